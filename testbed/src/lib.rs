@@ -1,0 +1,501 @@
+//! testbed: helpers for tests that need real NAT, built on `scripts/netns`.
+//!
+//! A [`TestBed`] is one private copy of the topology in DESIGN.md ("The test bed"):
+//! network namespaces with a unique prefix, a public switch, and two NAT gateways.
+//! Every test makes its own, so tests can run in parallel threads, and dropping it
+//! stops the processes started through it and removes the namespaces, also when the
+//! test panics. The topology is read back from `scripts/netns list --json` rather than
+//! duplicated here, so the script stays the single source of truth.
+//!
+//! Only std and libc are used, to keep this crate light and its behaviour obvious.
+
+pub mod json;
+pub mod proc;
+
+pub use proc::{run_with_timeout, Proc, ServerProc};
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Every host name `scripts/netns exec` accepts; "sw" is the public switch.
+pub const HOSTS: [&str; 8] = ["sw", "broker", "pub", "ga", "a1", "a2", "gb", "b1"];
+
+/// Bound for `scripts/netns up`/`list`/`down`; they normally take well under a second.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// True when running as root (effective UID 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Panic unless root. Tests that need namespaces call this first, so that a non-root
+/// run fails loudly instead of passing without having tested anything.
+pub fn require_root() {
+    if !is_root() {
+        panic!("these tests need root (network namespaces); run scripts/test as root");
+    }
+}
+
+/// The workspace root (the directory holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// The cargo target directory: CARGO_TARGET_DIR if set (relative paths are taken
+/// from the workspace root, as cargo does when run there), else `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Path of a release build artefact, e.g. `release_bin("dpfd")` or
+/// `release_bin("libgcb.so")`. Does not check that it exists.
+pub fn release_bin(name: &str) -> PathBuf {
+    target_dir().join("release").join(name)
+}
+
+/// Path of `scripts/netns`.
+pub fn netns_script() -> PathBuf {
+    workspace_root().join("scripts").join("netns")
+}
+
+/// The real python3 binary. Resolved once, because `ip netns exec` would otherwise
+/// go through wrapper shims (pyenv and the like) on every call, which is slow.
+pub fn python3() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let mut c = Command::new("python3");
+        c.args(["-c", "import sys; print(sys.executable)"])
+            .stdin(Stdio::null());
+        match run_with_timeout(c, Duration::from_secs(10)) {
+            Ok(o) if o.status.success() => {
+                let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+                if p.is_absolute() && p.exists() {
+                    p
+                } else {
+                    PathBuf::from("python3")
+                }
+            }
+            _ => PathBuf::from("python3"),
+        }
+    })
+}
+
+/// True if `name` is an executable file in a PATH directory.
+pub fn have_command(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|d| {
+        std::fs::metadata(d.join(name))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
+/// A prefix `scripts/netns` accepts: ^[a-z0-9]{1,10}$.
+pub fn valid_prefix(p: &str) -> bool {
+    (1..=10).contains(&p.len())
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Which network a host sits in. Gateways carry the realm they serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Realm {
+    Public,
+    A,
+    B,
+}
+
+/// One host of the test bed as `scripts/netns list --json` describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostInfo {
+    pub netns: String,
+    /// Public address first for gateways.
+    pub ips: Vec<Ipv4Addr>,
+    pub realm: Realm,
+    pub gateway: bool,
+}
+
+/// The whole topology of one test bed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    pub prefix: String,
+    pub hosts: BTreeMap<String, HostInfo>,
+}
+
+impl Topology {
+    /// Parse the output of `scripts/netns list PREFIX --json`.
+    pub fn from_json(text: &str) -> Result<Topology, String> {
+        let v = json::parse(text)?;
+        let prefix = v
+            .get("prefix")
+            .and_then(|p| p.as_str())
+            .ok_or("list --json: no \"prefix\" string")?;
+        if !valid_prefix(prefix) {
+            return Err(format!("list --json: bad prefix {prefix:?}"));
+        }
+        let hosts_v = v
+            .get("hosts")
+            .and_then(|h| h.as_object())
+            .ok_or("list --json: no \"hosts\" object")?;
+        let mut hosts = BTreeMap::new();
+        for (name, h) in hosts_v {
+            let bad = |what: &str| format!("list --json: host {name:?}: {what}");
+            let netns = h
+                .get("netns")
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| bad("no netns"))?;
+            if netns != format!("{prefix}-{name}") {
+                return Err(bad(&format!("netns {netns:?} does not match the prefix")));
+            }
+            let ips = h
+                .get("ips")
+                .and_then(|a| a.as_array())
+                .ok_or_else(|| bad("no ips array"))?
+                .iter()
+                .map(|ip| {
+                    ip.as_str()
+                        .and_then(|s| s.parse::<Ipv4Addr>().ok())
+                        .ok_or_else(|| bad("bad IPv4 address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if ips.is_empty() {
+                return Err(bad("no addresses"));
+            }
+            let realm = match h.get("realm").and_then(|r| r.as_str()) {
+                Some("public") => Realm::Public,
+                Some("A") => Realm::A,
+                Some("B") => Realm::B,
+                other => return Err(bad(&format!("bad realm {other:?}"))),
+            };
+            // Older listings may lack the flag; a gateway is the host with two addresses.
+            let gateway = h
+                .get("gateway")
+                .and_then(|g| g.as_bool())
+                .unwrap_or(ips.len() > 1);
+            hosts.insert(
+                name.clone(),
+                HostInfo {
+                    netns: netns.to_string(),
+                    ips,
+                    realm,
+                    gateway,
+                },
+            );
+        }
+        for h in HOSTS.iter().filter(|h| **h != "sw") {
+            if !hosts.contains_key(*h) {
+                return Err(format!("list --json: host {h:?} missing"));
+            }
+        }
+        Ok(Topology {
+            prefix: prefix.to_string(),
+            hosts,
+        })
+    }
+}
+
+/// Run `scripts/netns ARGS...` with a time bound; Ok(stdout) on success.
+fn netns_script_run(args: &[&str]) -> Result<String, String> {
+    let mut c = Command::new("bash");
+    c.arg(netns_script()).args(args).stdin(Stdio::null());
+    let o = run_with_timeout(c, SCRIPT_TIMEOUT)?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        return Err(format!(
+            "scripts/netns {}: {} ({})",
+            args.join(" "),
+            err.trim(),
+            o.status
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// One NAT test bed. See the crate documentation.
+pub struct TestBed {
+    topo: Topology,
+    /// Children started through `spawn*`, stopped before the namespaces go.
+    children: Mutex<Vec<Arc<Mutex<Child>>>>,
+    torn_down: bool,
+}
+
+impl TestBed {
+    /// Create a test bed with a fresh random prefix.
+    pub fn up() -> Result<TestBed, String> {
+        Self::create(None)
+    }
+
+    /// Create a test bed with a chosen prefix (fails if it is in use).
+    pub fn up_with_prefix(prefix: &str) -> Result<TestBed, String> {
+        if !valid_prefix(prefix) {
+            return Err(format!(
+                "bad test-bed prefix {prefix:?} (must match ^[a-z0-9]{{1,10}}$)"
+            ));
+        }
+        Self::create(Some(prefix))
+    }
+
+    fn create(prefix: Option<&str>) -> Result<TestBed, String> {
+        if !is_root() {
+            return Err(
+                "these tests need root (network namespaces); run scripts/test as root".into(),
+            );
+        }
+        let mut args = vec!["up"];
+        if let Some(p) = prefix {
+            args.extend(["--prefix", p]);
+        }
+        let out = netns_script_run(&args)?;
+        let p = out.trim().to_string();
+        if !valid_prefix(&p) {
+            // We cannot know what to remove; say so rather than guess.
+            return Err(format!("scripts/netns up printed {out:?}, not a prefix"));
+        }
+        let topo = netns_script_run(&["list", &p, "--json"])
+            .and_then(|j| Topology::from_json(&j))
+            .and_then(|t| match t.prefix == p {
+                true => Ok(t),
+                false => Err(format!(
+                    "list --json reported prefix {:?}, expected {p:?}",
+                    t.prefix
+                )),
+            });
+        let topo = match topo {
+            Ok(t) => t,
+            Err(e) => {
+                // The bed exists but is unusable: remove it before reporting.
+                let _ = netns_script_run(&["down", &p]);
+                return Err(e);
+            }
+        };
+        Ok(TestBed {
+            topo,
+            children: Mutex::new(Vec::new()),
+            torn_down: false,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.topo.prefix
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    fn host(&self, host: &str) -> &HostInfo {
+        self.topo.hosts.get(host).unwrap_or_else(|| {
+            panic!(
+                "unknown test-bed host {host:?} (hosts: {})",
+                HOSTS[1..].join(", ")
+            )
+        })
+    }
+
+    /// Namespace name of `host` (any of [`HOSTS`], including "sw"). Panics on an
+    /// unknown host: that is a bug in the test.
+    pub fn netns(&self, host: &str) -> String {
+        if host == "sw" {
+            return format!("{}-sw", self.topo.prefix);
+        }
+        self.host(host).netns.clone()
+    }
+
+    /// Primary address of `host`: the public one for gateways.
+    pub fn ip(&self, host: &str) -> Ipv4Addr {
+        self.host(host).ips[0]
+    }
+
+    /// All addresses of `host`, public first.
+    pub fn ips(&self, host: &str) -> &[Ipv4Addr] {
+        &self.host(host).ips
+    }
+
+    /// The private (realm-side) address of a gateway ("ga" or "gb").
+    pub fn private_ip(&self, gateway: &str) -> Ipv4Addr {
+        let h = self.host(gateway);
+        assert!(h.gateway && h.ips.len() > 1, "{gateway:?} is not a gateway");
+        h.ips[1]
+    }
+
+    /// `ip netns exec NETNS PROGRAM`, ready for more args. Stdin is /dev/null (set it
+    /// again for a piped stdin); stdout and stderr are left to the caller.
+    pub fn cmd(&self, host: &str, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.arg("netns")
+            .arg("exec")
+            .arg(self.netns(host))
+            .arg(program)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `cmd(host, args[0])` with the remaining args.
+    fn cmd_args<S: AsRef<OsStr>>(&self, host: &str, args: &[S]) -> Command {
+        assert!(!args.is_empty(), "empty command for host {host:?}");
+        let mut c = self.cmd(host, &args[0]);
+        c.args(&args[1..]);
+        c
+    }
+
+    /// Run a program in `host` to completion, killed if it exceeds `timeout`.
+    pub fn run<S: AsRef<OsStr>>(
+        &self,
+        host: &str,
+        args: &[S],
+        timeout: Duration,
+    ) -> Result<Output, String> {
+        run_with_timeout(self.cmd_args(host, args), timeout)
+    }
+
+    /// Start a background program in `host`. The test bed stops it on drop (as does
+    /// dropping the returned `Proc`).
+    pub fn spawn<S: AsRef<OsStr>>(&self, host: &str, args: &[S]) -> Result<Proc, String> {
+        self.spawn_cmd(self.cmd_args(host, args))
+    }
+
+    /// Start a prepared command (usually from [`TestBed::cmd`]) and record it.
+    pub fn spawn_cmd(&self, cmd: Command) -> Result<Proc, String> {
+        let p = Proc::spawn(cmd)?;
+        proc_lock(&self.children).push(p.child_handle());
+        Ok(p)
+    }
+
+    /// Start a server and wait until it prints a line starting with `ready_prefix`
+    /// (e.g. "LISTEN tcp "). Returns the process and the rest of that line; later
+    /// lines stay readable through the `Proc`.
+    pub fn spawn_server<S: AsRef<OsStr>>(
+        &self,
+        host: &str,
+        args: &[S],
+        ready_prefix: &str,
+        timeout: Duration,
+    ) -> Result<(ServerProc, String), String> {
+        let p = self.spawn(host, args)?;
+        let rest = p.wait_line(ready_prefix, timeout)?;
+        Ok((p, rest))
+    }
+
+    /// Stop recorded children, then remove the namespaces; reports failure instead of
+    /// only logging it as `Drop` does.
+    pub fn down(mut self) -> Result<(), String> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), String> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        // Our own children first, through their Child handles (safe against PID
+        // reuse); `scripts/netns down` then catches anything they left behind.
+        let children = std::mem::take(&mut *proc_lock(&self.children));
+        for c in children {
+            proc::terminate_child(&mut proc_lock(&c), proc::TERM_GRACE);
+        }
+        netns_script_run(&["down", &self.topo.prefix]).map(|_| ())
+    }
+}
+
+fn proc_lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            // Drop cannot fail; leave a trace, and `scripts/netns down-all` cleans up.
+            eprintln!("testbed: teardown of {} failed: {e}", self.topo.prefix);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"prefix":"gcb0a1b2c","hosts":{"broker":{"netns":"gcb0a1b2c-broker","ips":["203.0.113.10"],"realm":"public","gateway":false},"pub":{"netns":"gcb0a1b2c-pub","ips":["203.0.113.20"],"realm":"public","gateway":false},"ga":{"netns":"gcb0a1b2c-ga","ips":["203.0.113.1","192.0.2.1"],"realm":"A","gateway":true},"a1":{"netns":"gcb0a1b2c-a1","ips":["192.0.2.10"],"realm":"A","gateway":false},"a2":{"netns":"gcb0a1b2c-a2","ips":["192.0.2.11"],"realm":"A","gateway":false},"gb":{"netns":"gcb0a1b2c-gb","ips":["203.0.113.2","198.51.100.1"],"realm":"B","gateway":true},"b1":{"netns":"gcb0a1b2c-b1","ips":["198.51.100.10"],"realm":"B","gateway":false}}}"#;
+
+    #[test]
+    fn prefix_validation() {
+        for ok in ["gcb0a1b2c", "a", "t1", "0123456789"] {
+            assert!(valid_prefix(ok), "{ok}");
+        }
+        for bad in ["", "01234567890", "Gcb", "gcb-1", "a b", "a_b", "é", "../x"] {
+            assert!(!valid_prefix(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_list_json() {
+        let t = Topology::from_json(SAMPLE).unwrap();
+        assert_eq!(t.prefix, "gcb0a1b2c");
+        assert_eq!(t.hosts.len(), 7);
+        let ga = &t.hosts["ga"];
+        assert_eq!(ga.netns, "gcb0a1b2c-ga");
+        assert_eq!(
+            ga.ips,
+            vec![Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(192, 0, 2, 1)]
+        );
+        assert_eq!(ga.realm, Realm::A);
+        assert!(ga.gateway);
+        assert_eq!(t.hosts["b1"].realm, Realm::B);
+        assert_eq!(t.hosts["broker"].realm, Realm::Public);
+        assert!(!t.hosts["a1"].gateway);
+    }
+
+    #[test]
+    fn rejects_inconsistent_list_json() {
+        let cases = [
+            SAMPLE.replace("\"gcb0a1b2c-pub\"", "\"other-pub\""),
+            SAMPLE.replace("203.0.113.20", "203.0.113.300"),
+            SAMPLE.replace(
+                "\"realm\":\"B\",\"gateway\":false",
+                "\"realm\":\"C\",\"gateway\":false",
+            ),
+            SAMPLE
+                .replace("\"b1\":", "\"zz\":")
+                .replace("gcb0a1b2c-b1", "gcb0a1b2c-zz"),
+            SAMPLE.replace("\"prefix\":\"gcb0a1b2c\"", "\"prefix\":\"BAD\""),
+            SAMPLE[..SAMPLE.len() - 1].to_string(),
+        ];
+        for c in &cases {
+            assert!(Topology::from_json(c).is_err(), "accepted {c}");
+        }
+    }
+
+    #[test]
+    fn paths_are_under_the_workspace() {
+        assert!(workspace_root().join("Cargo.toml").exists());
+        assert!(netns_script().ends_with("scripts/netns"));
+        let b = release_bin("dpfd");
+        assert!(b.ends_with("release/dpfd"), "{}", b.display());
+    }
+
+    #[test]
+    fn root_check_is_consistent() {
+        // Cannot test both outcomes in one run; check that the two agree.
+        let r = std::panic::catch_unwind(require_root);
+        assert_eq!(r.is_ok(), is_root());
+    }
+}
