@@ -1,0 +1,18 @@
+//! `accept` and `accept4`: where a managed listener will hand out reversed and
+//! relayed connections from its queue, in order with the kernel's (paper 4.2.1).
+
+use libc::{c_int, sockaddr, socklen_t};
+
+use crate::fdtable;
+
+hook! {
+    fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+        real_unless!(fdtable::is_managed(fd) => accept(fd, addr, len))
+    }
+}
+
+hook! {
+    fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+        real_unless!(fdtable::is_managed(fd) => accept4(fd, addr, len, flags))
+    }
+}

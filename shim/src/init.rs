@@ -1,0 +1,135 @@
+//! One-time setup of the shim in a process: done by the first hooked call, never at
+//! load time, and never by waiting for another thread.
+//!
+//! # Why lazily, and why no constructor
+//!
+//! An `.init_array` constructor runs under the dynamic loader's lock, in an order
+//! relative to other libraries' constructors that we do not control, and possibly
+//! before the program has set up what its own hooks might meet. The only work
+//! there that would be trivially safe is work there is no need for, so the shim has
+//! no constructor. Everything is lazy: configuration on first use ([`config::get`]),
+//! and the side effects below on the first hooked call. After `execve` the new image
+//! starts over from its own environment.
+//!
+//! # Why init never waits
+//!
+//! A thread that finds init running elsewhere does not wait for it; it carries on
+//! (passing through) without the log file for that moment. Waiting would mean a
+//! lock or a spin, and a child forked while another thread held it would wait
+//! forever, since that thread does not exist in the child. The pieces that must
+//! exist once are published with a compare-and-swap instead ([`config::get`]).
+//!
+//! # fork
+//!
+//! The shim takes no locks today: its state is atomics and values published once.
+//! The `pthread_atfork` child handler resets an init that another thread had left
+//! half done at the moment of the fork, so the child runs it again. Any lock added
+//! later must be taken by a prepare handler (all of them, in one fixed order) and
+//! released by the parent and child handlers, so that no child starts with a lock
+//! held by a thread it does not have. Handlers run in the child of a possibly
+//! multi-threaded parent, so they may only do async-signal-safe work.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use crate::config;
+use crate::hook::ErrnoGuard;
+use crate::log;
+
+const NEW: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+
+static STATE: AtomicU8 = AtomicU8::new(NEW);
+
+/// Makes sure init has run or is running; one atomic load once it is done.
+#[inline]
+pub fn ensure() {
+    if STATE.load(Ordering::Acquire) != DONE {
+        start();
+    }
+}
+
+#[cold]
+fn start() {
+    if STATE.compare_exchange(NEW, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        return;
+    }
+    let _errno = ErrnoGuard::new();
+    register_fork_handlers();
+    install_panic_hook();
+
+    let cfg = config::get();
+    log::set_level(cfg.log_level);
+    if let Some(path) = &cfg.log_file {
+        if let Err(e) = log::open_file(path) {
+            let e = std::io::Error::from_raw_os_error(e);
+            log!(Warn, "GCB_LOG_FILE={path:?}: cannot open it ({e}); logging to stderr");
+        }
+    }
+    for problem in &cfg.problems {
+        log!(Warn, "{problem}");
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    log!(Debug, "loaded in process {pid}: {}", cfg.summary());
+    STATE.store(DONE, Ordering::Release);
+}
+
+/// Registered once per process image; forked children inherit the registration.
+fn register_fork_handlers() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    if REGISTERED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: a handler with no preconditions. glibc's pthread_atfork (linked from
+    // libc_nonshared) passes our __dso_handle, so a dlclose unregisters it.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    if rc != 0 {
+        log!(Warn, "pthread_atfork failed ({rc}); a child forked during init will log to stderr");
+    }
+}
+
+extern "C" fn after_fork_in_child() {
+    // An init another thread had under way will never finish in this process.
+    let _ = STATE.compare_exchange(RUNNING, NEW, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// A panic inside shim code is logged as one line (then `hook::dispatch` passes the
+/// call through). Panics elsewhere, possible only when the rlib is linked into a
+/// Rust program such as our unit tests, go to the hook that was there before.
+fn install_panic_hook() {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if crate::hook::in_shim() {
+            let payload = info.payload();
+            let what = payload.downcast_ref::<&str>().copied();
+            let what = what.or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+            let at = info.location().map(|l| (l.file(), l.line())).unwrap_or(("?", 0));
+            log!(Error, "internal error at {}:{}: {}; passing the call through", at.0, at.1, what.unwrap_or("panic"));
+        } else {
+            previous(info);
+        }
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensure_completes() {
+        // Another test thread may be the one running init; it finishes without us.
+        for _ in 0..5000 {
+            ensure();
+            if STATE.load(Ordering::Acquire) == DONE {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("init did not complete");
+    }
+}

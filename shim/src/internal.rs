@@ -1,0 +1,250 @@
+//! The shim's own fds (the log file now, management sockets later): where they are
+//! placed, and how they survive an application that closes or reuses fds wholesale.
+//!
+//! DESIGN.md asks that internal fds be CLOEXEC, sit at high numbers, and be
+//! protected from the application's `close`, `close_range`, `closefrom` and `dup2`.
+//! Daemons routinely close every fd from 3 up at start and `dup2` onto fixed
+//! numbers, so without this the shim would lose its sockets, or worse, write its
+//! lines into whatever file the application opened on the reused number.
+//!
+//! The application's view: an internal fd is not open. `close` on it fails with
+//! `EBADF`; range closes skip it; `dup2` onto it succeeds after the shim has moved
+//! its fd out of the way.
+
+use libc::{c_int, c_uint, c_ulong};
+
+use crate::fdtable::{self, Kind, TABLE};
+use crate::hook::{set_errno, ErrnoGuard};
+use crate::{managed, real};
+
+/// The lowest number for internal fds: high, but inside both the table and the
+/// soft `RLIMIT_NOFILE` (above which `F_DUPFD` fails).
+fn high_base() -> c_int {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 { rl.rlim_cur } else { 1024 };
+    let soft = soft.min(fdtable::CAPACITY as libc::rlim_t);
+    // Three quarters of the limit leaves the top for the application's own
+    // high-number tricks; 1000 keeps it below select()'s FD_SETSIZE of 1024.
+    (soft * 3 / 4).clamp(3, 1000) as c_int
+}
+
+/// Duplicates `fd` to a high, CLOEXEC number; `None` if the table of open files is full.
+fn dup_high(fd: c_int) -> Option<c_int> {
+    // SAFETY: fcntl on an fd we own; the third argument is an int for F_DUPFD_CLOEXEC.
+    let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_base() as c_ulong) };
+    (high >= 0).then_some(high)
+}
+
+/// Takes `fd` (just opened by the shim) as internal: moved to a high number, marked.
+/// Returns the fd to use from now on.
+pub fn adopt(fd: c_int) -> c_int {
+    let _errno = ErrnoGuard::new();
+    let fd = match dup_high(fd) {
+        Some(high) => {
+            // SAFETY: `fd` is ours and now duplicated.
+            unsafe { real::close(fd) };
+            high
+        }
+        // Keep it where it is: still protected, only lower than we like.
+        None => fd,
+    };
+    fdtable::set(fd, Kind::Internal);
+    fd
+}
+
+/// Closes an internal fd the shim no longer needs.
+pub fn release(fd: c_int) {
+    let _errno = ErrnoGuard::new();
+    fdtable::set(fd, Kind::Plain);
+    // SAFETY: `fd` is ours.
+    unsafe { real::close(fd) };
+}
+
+/// `close` on an internal fd: as if it were not open, and it stays open.
+pub fn refuse_close() -> c_int {
+    set_errno(libc::EBADF);
+    -1
+}
+
+/// Runs `dup`, a `dup2` or `dup3` of `old` onto `new`, keeping the table right for
+/// `new`: an internal fd there is moved away first, a managed one is forgotten once
+/// it has been replaced.
+pub fn dup_onto(old: c_int, new: c_int, dup: impl FnOnce() -> c_int) -> c_int {
+    if old == new {
+        // dup2 does nothing and dup3 fails; either way `new` is untouched.
+        return dup();
+    }
+    match fdtable::kind(new) {
+        Kind::Plain => dup(),
+        Kind::Internal => {
+            evacuate(new);
+            dup()
+        }
+        Kind::Managed => {
+            let result = dup();
+            if result >= 0 {
+                managed::forget(new);
+            }
+            result
+        }
+    }
+}
+
+/// Moves internal fd `fd` to another number because the application is about to
+/// take its number.
+fn evacuate(fd: c_int) {
+    let _errno = ErrnoGuard::new();
+    let moved = dup_high(fd);
+    if let Some(moved) = moved {
+        fdtable::set(moved, Kind::Internal);
+    }
+    // Every owner of internal fds gets asked in turn; the log is the only one so far.
+    // Without a new fd the log falls back to stderr rather than write into the
+    // application's file.
+    let owned = crate::log::replace_fd(fd, moved.unwrap_or(libc::STDERR_FILENO));
+    if let (false, Some(moved)) = (owned, moved) {
+        release(moved);
+    }
+    fdtable::set(fd, Kind::Plain);
+    match moved {
+        Some(moved) => log!(Debug, "internal fd {fd} moved to {moved}: the application dup2()s onto it"),
+        None => log!(Warn, "internal fd {fd} given up: the application dup2()s onto it, no fd is free"),
+    }
+}
+
+/// `close_range` when some fds are marked: internal fds are cut out of the range,
+/// managed ones are forgotten (unless the call only sets CLOEXEC).
+pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    let known = libc::CLOSE_RANGE_UNSHARE | libc::CLOSE_RANGE_CLOEXEC;
+    if first > last || (flags as c_uint) & !known != 0 {
+        // Invalid: let the real call report it, before anything is closed.
+        // SAFETY: plain pass-through.
+        return unsafe { real::close_range(first, last, flags) };
+    }
+    let closing = (flags as c_uint) & libc::CLOSE_RANGE_CLOEXEC == 0;
+    let mut from = first;
+    for (fd, kind) in TABLE.marked_in(first, last) {
+        let fd = fd as c_uint;
+        match kind {
+            Kind::Internal => {
+                if from < fd {
+                    // SAFETY: a sub-range of the caller's request.
+                    let r = unsafe { real::close_range(from, fd - 1, flags) };
+                    if r < 0 {
+                        return r;
+                    }
+                }
+                from = fd + 1;
+            }
+            Kind::Managed if closing => managed::forget(fd as c_int),
+            _ => {}
+        }
+    }
+    if from > last {
+        return 0;
+    }
+    // SAFETY: the rest of the caller's request.
+    unsafe { real::close_range(from, last, flags) }
+}
+
+/// `closefrom` when some fds are marked; see [`close_range`].
+pub fn closefrom(lowfd: c_int) {
+    let mut from = lowfd.max(0) as c_uint;
+    for (fd, kind) in TABLE.marked_in(from, c_uint::MAX) {
+        let fd = fd as c_uint;
+        match kind {
+            Kind::Internal => {
+                close_gap(from, fd);
+                from = fd + 1;
+            }
+            Kind::Managed => managed::forget(fd as c_int),
+            Kind::Plain => {}
+        }
+    }
+    // `from` is at most one past an fd in the table, so it fits a c_int.
+    // SAFETY: the open-ended rest of the caller's request.
+    unsafe { real::closefrom(from as c_int) }
+}
+
+/// Closes `from..end` as `closefrom` would: with `close_range`, or one by one where
+/// the kernel lacks it (before Linux 5.9).
+fn close_gap(from: c_uint, end: c_uint) {
+    if from >= end {
+        return;
+    }
+    // closefrom reports nothing, and the one-by-one fallback sets EBADF for every
+    // fd that was not open.
+    let _errno = ErrnoGuard::new();
+    // SAFETY: a sub-range of the caller's request.
+    if unsafe { real::close_range(from, end - 1, 0) } < 0 {
+        for fd in from..end {
+            // SAFETY: as above; `end` is inside the table, so `fd` fits a c_int.
+            unsafe { real::close(fd as c_int) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pipe ends moved to fds at 5000 and up, far from any other test's fds, since
+    /// range closes reach whatever lies in the range.
+    fn high_fds(n: usize) -> Vec<c_int> {
+        let mut fds = Vec::new();
+        while fds.len() < n {
+            let mut p = [0; 2];
+            // SAFETY: pipe writes two fds into `p`.
+            assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+            for fd in p {
+                // SAFETY: our own fds.
+                let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 5000) };
+                assert!(high >= 5000);
+                unsafe { real::close(fd) };
+                fds.push(high);
+            }
+        }
+        fds.sort();
+        fds
+    }
+
+    fn is_open(fd: c_int) -> bool {
+        // SAFETY: F_GETFD only queries.
+        unsafe { real::fcntl(fd, libc::F_GETFD, 0) >= 0 }
+    }
+
+    #[test]
+    fn range_closes_skip_internal_and_forget_managed() {
+        let fds = high_fds(6);
+        let (internal, managed) = (fds[2], fds[4]);
+        fdtable::set(internal, Kind::Internal);
+        fdtable::set(managed, Kind::Managed);
+        let (lo, hi) = (fds[0] as c_uint, fds[5] as c_uint);
+
+        assert_eq!(close_range(lo, hi, libc::CLOSE_RANGE_CLOEXEC as c_int), 0);
+        assert!(fds.iter().all(|&fd| is_open(fd)), "CLOEXEC mode closes nothing");
+        assert_eq!(fdtable::kind(managed), Kind::Managed, "and forgets nothing");
+
+        assert_eq!(close_range(lo, hi, 0), 0);
+        assert!(is_open(internal), "the internal fd survives");
+        assert_eq!(fdtable::kind(managed), Kind::Plain, "the managed fd is forgotten");
+        let closed: Vec<_> = fds.iter().filter(|&&fd| fd != internal).map(|&fd| is_open(fd)).collect();
+        assert_eq!(closed, vec![false; 5], "everything else is closed");
+
+        crate::hook::set_errno(0);
+        assert_eq!(refuse_close(), -1);
+        assert_eq!(crate::hook::errno(), libc::EBADF);
+        release(internal);
+        assert!(!is_open(internal) && fdtable::kind(internal) == Kind::Plain);
+    }
+
+    #[test]
+    fn invalid_close_range_fails_like_the_kernel() {
+        crate::hook::set_errno(0);
+        assert_eq!(close_range(10, 5, 0), -1);
+        assert_eq!(crate::hook::errno(), libc::EINVAL);
+        assert_eq!(close_range(5, 10, 0x4000), -1);
+        assert_eq!(crate::hook::errno(), libc::EINVAL);
+    }
+}

@@ -1,0 +1,61 @@
+//! `libgcb.so`, the GCB/DPF client that unmodified programs load with `LD_PRELOAD`.
+//!
+//! # Design note
+//!
+//! The shim defines C symbols (`connect`, `recv`, `close`, ...) that the dynamic
+//! linker binds ahead of libc's. Today every hook passes through: a program runs
+//! exactly as it would without the shim. The structure is the one the GCB and DPF
+//! clients will fill in:
+//!
+//! * [`hook`] is the machinery every interposed function is built from: the
+//!   `hook!` macro, the re-entrancy guard, `errno` handling and panic containment.
+//! * `hooks/` holds the exported functions, one module per call family. Each hook is
+//!   a thin shell: a fast-path test, then either the real function or the logic
+//!   for fds the shim owns or manages ([`managed`], [`internal`]).
+//! * [`real`] resolves libc's definitions with `dlsym(RTLD_NEXT)`, so shim code
+//!   can call `real::close(fd)` without landing in its own hook.
+//! * [`fdtable`] says, per fd, whether the shim has any business with it. Testing it
+//!   is one relaxed atomic load, which keeps unmanaged fds (all of them, for now) on
+//!   a fast path with no extra system call.
+//! * [`config`] and [`route`] read the environment once; [`log`] writes lines without
+//!   allocating; [`init`] does the one-time work lazily on the first hooked call.
+//!
+//! Rules every part keeps, because the shim runs inside programs it knows nothing
+//! about:
+//!
+//! * No work at load time: no constructor, no threads. Init is lazy, never blocks and
+//!   never waits for another thread, so a child forked mid-init cannot deadlock.
+//! * The hot path takes no locks and allocates nothing. Shim state is atomics, or
+//!   values published once with a compare-and-swap. A future lock must be taken in a
+//!   `pthread_atfork` prepare handler and released on both sides (see [`init`]).
+//! * `errno` after a hook is what the real call set; shim-internal work in between
+//!   runs under [`hook::ErrnoGuard`].
+//! * Nothing unwinds into C: a panic in shim logic is caught and the call is handed to
+//!   the real function.
+//! * Only the hooks are exported. rustc already links a cdylib with a version script
+//!   that exports its `#[no_mangle] extern "C"` functions and makes everything else
+//!   local, so there is no script of our own: one with a named version node would
+//!   even break interposition, since the loader does not bind a program's
+//!   `recv@GLIBC_2.2.5` to a `recv` of another version. The hooks stay unversioned,
+//!   and the test `exports_only_hooks` in `tests/passthrough.rs` checks the list.
+
+#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+compile_error!(
+    "libgcb.so supports Linux on x86_64 and aarch64 only: the variadic fcntl hooks rely \
+     on those ABIs passing variadic integer arguments like fixed ones (hooks/lifetime.rs)"
+);
+
+#[macro_use]
+pub mod hook;
+#[macro_use]
+pub mod log;
+
+pub mod config;
+pub mod fdtable;
+pub mod init;
+pub mod internal;
+pub mod managed;
+pub mod real;
+pub mod route;
+
+mod hooks;
