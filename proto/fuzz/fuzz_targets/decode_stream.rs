@@ -1,0 +1,52 @@
+//! Fuzzes the TCP preamble frames and the UDP relay header: one-shot decoding
+//! and incremental decoding with chunk sizes taken from the input must agree,
+//! never panic, and never consume bytes past the frame.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use proto::gcb::{Frame, FrameReader, StreamHello, StreamPeer, UdpRelayHeader};
+
+/// Feeds `data` in chunks of 1..=8 bytes (sizes cycling through `chunks`)
+/// and checks the result against one-shot decoding.
+fn incremental<F: Frame + PartialEq + std::fmt::Debug>(chunks: &[u8], data: &[u8]) {
+    let mut reader = FrameReader::<F>::new();
+    let mut pos = 0;
+    let mut i = 0;
+    let outcome = loop {
+        let step = chunks.get(i % chunks.len().max(1)).map_or(1, |c| usize::from(c % 8) + 1);
+        i += 1;
+        let end = (pos + step).min(data.len());
+        match reader.feed(&data[pos..end]) {
+            Ok((used, frame)) => {
+                assert!(used <= end - pos);
+                pos += used;
+                assert!(pos <= F::LEN);
+                if frame.is_some() {
+                    break Ok(frame);
+                }
+                if pos == data.len() {
+                    break Ok(None);
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    match (outcome, F::decode(data)) {
+        (Ok(Some(a)), Ok(b)) => assert_eq!(a, b),
+        (Ok(Some(_)), Err(e)) => panic!("incremental accepted what one-shot refused: {e}"),
+        (Ok(None), r) => assert!(r.is_err()),
+        (Err(_), r) => assert!(r.is_err()),
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    let (chunks, data) = input.split_at(input.len().min(4));
+    incremental::<StreamHello>(chunks, data);
+    incremental::<StreamPeer>(chunks, data);
+    if let Ok((header, payload)) = UdpRelayHeader::decode(data) {
+        if let Ok(again) = header.encode(payload) {
+            assert_eq!(again, data);
+        }
+    }
+});

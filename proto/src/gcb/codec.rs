@@ -1,0 +1,355 @@
+//! Byte layout of GCB datagrams: the kind numbers and each message's body.
+//!
+//! Kinds with the top bit set are replies. Bodies use the shared encodings of
+//! `wire` (addresses are 6 bytes, options a 0/1 tag, strings u8-prefixed,
+//! lists u8-counted) and must be consumed exactly: trailing bytes are an error.
+//!
+//! | kind | message           | body                                                        |
+//! | ---: | ----------------- | ----------------------------------------------------------- |
+//! | 0x01 | Register          | proto, local, opt realm, opt u16 port, mgmt_local, u32 pid, u16 heartbeat_secs, program |
+//! | 0x02 | Unregister        | endpoint (proto + addr)                                     |
+//! | 0x03 | Heartbeat         | u8 n, n × endpoint                                          |
+//! | 0x04 | Connect           | proto, target, connector, opt connector_id, opt realm       |
+//! | 0x11 | ReverseConnect    | u64 token, connector, peer, proxy                           |
+//! | 0x12 | RelayConnect      | u64 token, broker, peer, proxy                              |
+//! | 0x13 | MakeHole          | u64 token, target, peer, proxy                              |
+//! | 0x21 | Dummy             | u64 token                                                   |
+//! | 0x81 | RegisterOk        | proxy, observed, opt u64 udp_token                          |
+//! | 0x82 | HeartbeatAck      | (empty)                                                     |
+//! | 0x83 | ReregisterRequest | u8 n, n × endpoint                                          |
+//! | 0x84 | ConnectDecision   | u8 tag: 1 Direct addr, 2 SameRealm addr, 3 Reversal token, 4 Relay via token, 5 NotRegistered |
+//! | 0x85 | Ack               | (empty)                                                     |
+//! | 0x86 | DummyAck          | u64 token                                                   |
+//! | 0xff | Error             | u8 code, detail                                             |
+
+use super::message::*;
+use crate::common::{read_endpoints, write_endpoints, Endpoint, Proto};
+use crate::header::{Family, Flags, Header};
+use crate::wire::{DecodeError, EncodeError, Reader, Sink, Writer};
+use std::net::SocketAddrV4;
+
+/// Kind byte of each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    Register = 0x01,
+    Unregister = 0x02,
+    Heartbeat = 0x03,
+    Connect = 0x04,
+    ReverseConnect = 0x11,
+    RelayConnect = 0x12,
+    MakeHole = 0x13,
+    Dummy = 0x21,
+    RegisterOk = 0x81,
+    HeartbeatAck = 0x82,
+    ReregisterRequest = 0x83,
+    ConnectDecision = 0x84,
+    Ack = 0x85,
+    DummyAck = 0x86,
+    Error = 0xff,
+}
+
+impl Kind {
+    const ALL: [Kind; 15] = [
+        Kind::Register,
+        Kind::Unregister,
+        Kind::Heartbeat,
+        Kind::Connect,
+        Kind::ReverseConnect,
+        Kind::RelayConnect,
+        Kind::MakeHole,
+        Kind::Dummy,
+        Kind::RegisterOk,
+        Kind::HeartbeatAck,
+        Kind::ReregisterRequest,
+        Kind::ConnectDecision,
+        Kind::Ack,
+        Kind::DummyAck,
+        Kind::Error,
+    ];
+
+    pub fn from_wire(b: u8) -> Result<Kind, DecodeError> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| *k as u8 == b)
+            .ok_or(DecodeError::UnknownKind(b))
+    }
+
+    /// Replies are exactly the kinds with the top bit set.
+    pub const fn is_response(self) -> bool {
+        self as u8 & 0x80 != 0
+    }
+}
+
+impl Message {
+    pub const fn kind(&self) -> Kind {
+        match self {
+            Message::Register { .. } => Kind::Register,
+            Message::RegisterOk { .. } => Kind::RegisterOk,
+            Message::Unregister { .. } => Kind::Unregister,
+            Message::Heartbeat { .. } => Kind::Heartbeat,
+            Message::HeartbeatAck => Kind::HeartbeatAck,
+            Message::ReregisterRequest { .. } => Kind::ReregisterRequest,
+            Message::Connect { .. } => Kind::Connect,
+            Message::ConnectDecision(_) => Kind::ConnectDecision,
+            Message::ReverseConnect { .. } => Kind::ReverseConnect,
+            Message::RelayConnect { .. } => Kind::RelayConnect,
+            Message::MakeHole { .. } => Kind::MakeHole,
+            Message::Ack => Kind::Ack,
+            Message::Error { .. } => Kind::Error,
+            Message::Dummy { .. } => Kind::Dummy,
+            Message::DummyAck { .. } => Kind::DummyAck,
+        }
+    }
+}
+
+/// Encodes `msg` as a complete datagram with `request_id` in its header.
+/// Fails only if a string or list exceeds its documented maximum.
+pub fn encode(msg: &Message, request_id: u64) -> Result<Vec<u8>, EncodeError> {
+    encode_into(msg, request_id, Vec::with_capacity(64))
+}
+
+/// Encodes into any sink, e.g. a [`SliceSink`](crate::wire::SliceSink) over a
+/// stack buffer when the caller must not allocate.
+pub fn encode_into<S: Sink>(msg: &Message, request_id: u64, sink: S) -> Result<S, EncodeError> {
+    let flags = if msg.is_response() {
+        Flags::RESPONSE
+    } else {
+        Flags::empty()
+    };
+    let mut w = Writer::new(sink);
+    Header::new(Family::Gcb, msg.kind() as u8, flags, request_id).write(&mut w);
+    write_body(&mut w, msg);
+    w.finish()
+}
+
+/// Decodes a GCB datagram. Never panics; allocates at most what the input's
+/// strings and lists actually contain.
+pub fn decode(buf: &[u8]) -> Result<(Header, Message), DecodeError> {
+    let (header, body) = Header::parse(buf, Family::Gcb)?;
+    let kind = Kind::from_wire(header.kind)?;
+    if header.flags.is_response() != kind.is_response() {
+        return Err(DecodeError::BadFlags(header.flags.bits()));
+    }
+    let mut r = Reader::new(body);
+    let msg = read_body(&mut r, kind)?;
+    r.finish()?;
+    Ok((header, msg))
+}
+
+fn write_token<S: Sink>(w: &mut Writer<S>, t: Token) {
+    w.u64(t.0);
+}
+
+fn read_token(r: &mut Reader<'_>) -> Result<Token, DecodeError> {
+    Ok(Token(r.u64()?))
+}
+
+fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
+    match msg {
+        Message::Register {
+            proto,
+            local,
+            realm,
+            desired_port,
+            mgmt,
+        } => {
+            proto.write(w);
+            w.addr(local);
+            w.opt_str8(realm, MAX_REALM_LEN, "realm");
+            w.opt_u16(*desired_port);
+            w.addr(&mgmt.mgmt_local);
+            w.u32(mgmt.pid);
+            w.u16(mgmt.heartbeat_secs);
+            w.str8(&mgmt.program, MAX_PROGRAM_LEN, "program");
+        }
+        Message::RegisterOk {
+            proxy,
+            observed,
+            udp_token,
+        } => {
+            w.addr(proxy);
+            w.addr(observed);
+            if let Some(t) = w.opt_tag(*udp_token) {
+                write_token(w, t);
+            }
+        }
+        Message::Unregister { proxy } => proxy.write(w),
+        Message::Heartbeat { held } => write_endpoints(w, held, MAX_ENDPOINTS, "heartbeat list"),
+        Message::ReregisterRequest { unknown } => {
+            write_endpoints(w, unknown, MAX_ENDPOINTS, "reregister list")
+        }
+        Message::Connect {
+            proto,
+            target,
+            connector,
+            connector_id,
+            realm,
+        } => {
+            proto.write(w);
+            w.addr(target);
+            w.addr(connector);
+            w.opt_addr(connector_id);
+            w.opt_str8(realm, MAX_REALM_LEN, "realm");
+        }
+        Message::ConnectDecision(d) => write_decision(w, d),
+        Message::ReverseConnect {
+            token,
+            connector: a,
+            peer,
+            proxy,
+        }
+        | Message::RelayConnect {
+            token,
+            broker: a,
+            peer,
+            proxy,
+        }
+        | Message::MakeHole {
+            token,
+            target: a,
+            peer,
+            proxy,
+        } => {
+            write_token(w, *token);
+            w.addr(a);
+            w.addr(peer);
+            w.addr(proxy);
+        }
+        Message::HeartbeatAck | Message::Ack => {}
+        Message::Error { code, detail } => {
+            w.u8(code.wire());
+            w.str8(detail, MAX_DETAIL_LEN, "error detail");
+        }
+        Message::Dummy { token } | Message::DummyAck { token } => write_token(w, *token),
+    }
+}
+
+fn write_decision<S: Sink>(w: &mut Writer<S>, d: &Decision) {
+    match d {
+        Decision::Direct { addr } => {
+            w.u8(1);
+            w.addr(addr);
+        }
+        Decision::SameRealm { addr } => {
+            w.u8(2);
+            w.addr(addr);
+        }
+        Decision::Reversal { token } => {
+            w.u8(3);
+            write_token(w, *token);
+        }
+        Decision::Relay { via, token } => {
+            w.u8(4);
+            w.addr(via);
+            write_token(w, *token);
+        }
+        Decision::NotRegistered => w.u8(5),
+    }
+}
+
+fn read_decision(r: &mut Reader<'_>) -> Result<Decision, DecodeError> {
+    Ok(match r.u8()? {
+        1 => Decision::Direct { addr: r.addr()? },
+        2 => Decision::SameRealm { addr: r.addr()? },
+        3 => Decision::Reversal {
+            token: read_token(r)?,
+        },
+        4 => Decision::Relay {
+            via: r.addr()?,
+            token: read_token(r)?,
+        },
+        5 => Decision::NotRegistered,
+        _ => return Err(DecodeError::BadValue("connect decision")),
+    })
+}
+
+/// The (token, dial-or-send address, peer, proxy) body shared by the three
+/// broker → listener commands.
+type Command = (Token, SocketAddrV4, SocketAddrV4, SocketAddrV4);
+
+fn read_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
+    Ok((read_token(r)?, r.addr()?, r.addr()?, r.addr()?))
+}
+
+fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, DecodeError> {
+    Ok(match kind {
+        Kind::Register => Message::Register {
+            proto: Proto::read(r)?,
+            local: r.addr()?,
+            realm: r.opt_str8(MAX_REALM_LEN, "realm")?,
+            desired_port: r.opt_u16()?,
+            mgmt: MgmtInfo {
+                mgmt_local: r.addr()?,
+                pid: r.u32()?,
+                heartbeat_secs: r.u16()?,
+                program: r.str8(MAX_PROGRAM_LEN, "program")?,
+            },
+        },
+        Kind::RegisterOk => Message::RegisterOk {
+            proxy: r.addr()?,
+            observed: r.addr()?,
+            udp_token: if r.opt_tag()? {
+                Some(read_token(r)?)
+            } else {
+                None
+            },
+        },
+        Kind::Unregister => Message::Unregister {
+            proxy: Endpoint::read(r)?,
+        },
+        Kind::Heartbeat => Message::Heartbeat {
+            held: read_endpoints(r, MAX_ENDPOINTS, "heartbeat list")?,
+        },
+        Kind::HeartbeatAck => Message::HeartbeatAck,
+        Kind::ReregisterRequest => Message::ReregisterRequest {
+            unknown: read_endpoints(r, MAX_ENDPOINTS, "reregister list")?,
+        },
+        Kind::Connect => Message::Connect {
+            proto: Proto::read(r)?,
+            target: r.addr()?,
+            connector: r.addr()?,
+            connector_id: r.opt_addr()?,
+            realm: r.opt_str8(MAX_REALM_LEN, "realm")?,
+        },
+        Kind::ConnectDecision => Message::ConnectDecision(read_decision(r)?),
+        Kind::ReverseConnect => {
+            let (token, connector, peer, proxy) = read_command(r)?;
+            Message::ReverseConnect {
+                token,
+                connector,
+                peer,
+                proxy,
+            }
+        }
+        Kind::RelayConnect => {
+            let (token, broker, peer, proxy) = read_command(r)?;
+            Message::RelayConnect {
+                token,
+                broker,
+                peer,
+                proxy,
+            }
+        }
+        Kind::MakeHole => {
+            let (token, target, peer, proxy) = read_command(r)?;
+            Message::MakeHole {
+                token,
+                target,
+                peer,
+                proxy,
+            }
+        }
+        Kind::Ack => Message::Ack,
+        Kind::Error => Message::Error {
+            code: ErrorCode::from_wire(r.u8()?),
+            detail: r.str8(MAX_DETAIL_LEN, "error detail")?,
+        },
+        Kind::Dummy => Message::Dummy {
+            token: read_token(r)?,
+        },
+        Kind::DummyAck => Message::DummyAck {
+            token: read_token(r)?,
+        },
+    })
+}

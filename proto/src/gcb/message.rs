@@ -1,0 +1,294 @@
+//! GCB command datagrams as plain data: what each message means, who sends it,
+//! and what the receiver does. Encoding lives in `codec`.
+//!
+//! Roles: a *client* is a shim-loaded process; a *listener* is a client with a
+//! registered TCP listening socket or UDP socket; a *connector* is a client
+//! about to connect or send to a proxy address; the *broker* is `gcb-broker`,
+//! reached over UDP at `proxy_ip:command_port` (default [`COMMAND_PORT`]).
+//! Requests are retransmitted by the reliable layer (`rudp`) until a reply
+//! with the same request id arrives; the receiver answers duplicates from its
+//! reply cache, so handlers run once per request.
+
+use crate::common::{Endpoint, Proto};
+use crate::wire::truncate_str;
+use std::fmt;
+use std::net::SocketAddrV4;
+
+/// Historic GCB's command port: the broker's UDP commands and TCP rendezvous.
+pub const COMMAND_PORT: u16 = 65432;
+/// Longest realm name (`GCB_REALM`), in bytes.
+pub const MAX_REALM_LEN: usize = 64;
+/// Longest program name in [`MgmtInfo`], in bytes; clients truncate.
+pub const MAX_PROGRAM_LEN: usize = 64;
+/// Longest human-readable detail in an error reply, in bytes.
+pub const MAX_DETAIL_LEN: usize = 200;
+/// Most endpoints in one heartbeat or re-register request. 128 × 7 bytes keeps
+/// a heartbeat under 1 KiB, below any path MTU; a client holding more sends
+/// several heartbeats.
+pub const MAX_ENDPOINTS: usize = 128;
+
+/// An unguessable value the broker makes up to pair the two halves of a
+/// brokered connection (reversal, relay, UDP hole). Random from the broker's
+/// point of view; this crate only carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Token(pub u64);
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What the broker needs to know about a registering client's management
+/// socket, besides the address the request arrived from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MgmtInfo {
+    /// The management UDP socket's own address as the client sees it
+    /// (`getsockname` after connecting it to the broker, so never 0.0.0.0).
+    /// The broker compares its IP with the request's source IP: equal means
+    /// the client is public, different means it is behind NAT (DESIGN.md).
+    pub mgmt_local: SocketAddrV4,
+    /// The client's process id, for the broker's logs.
+    pub pid: u32,
+    /// The client's heartbeat interval (`GCB_HEARTBEAT_S`), in seconds. The
+    /// broker drops the registration after several intervals of silence.
+    pub heartbeat_secs: u16,
+    /// The client's program name, at most [`MAX_PROGRAM_LEN`] bytes, for logs.
+    pub program: String,
+}
+
+impl MgmtInfo {
+    /// Builds the info, cutting `program` to [`MAX_PROGRAM_LEN`] bytes.
+    pub fn new(mgmt_local: SocketAddrV4, pid: u32, heartbeat_secs: u16, program: &str) -> Self {
+        let program = truncate_str(program, MAX_PROGRAM_LEN).to_owned();
+        Self {
+            mgmt_local,
+            pid,
+            heartbeat_secs,
+            program,
+        }
+    }
+}
+
+/// The broker's answer to [`Message::Connect`]: who dials whom (paper 4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// The listener is public: connect (or send) straight to `addr`, its real
+    /// address.
+    Direct { addr: SocketAddrV4 },
+    /// Listener and connector share a realm: connect (or send) to the
+    /// listener's local address `addr` inside the private network.
+    SameRealm { addr: SocketAddrV4 },
+    /// The listener is private, the connector public. TCP: the connector
+    /// listens on the address it sent as `connector` and accepts a connection
+    /// whose [`StreamHello`](crate::gcb::StreamHello) carries `token`. UDP: the
+    /// connector waits for a `Dummy{token}` from the listener, answers
+    /// `DummyAck{token}`, and from then on sends to the Dummy's source. The
+    /// broker has sent the listener `ReverseConnect` or `MakeHole`.
+    Reversal { token: Token },
+    /// Both are private in different realms. TCP: dial `via` (the broker's
+    /// rendezvous, same IP and port number as its command port), send
+    /// `StreamHello{token, Connector}`, and treat the connection as
+    /// established once `StreamPeer::Paired` arrives. UDP: send datagrams
+    /// unchanged to `via`, the listener's proxy socket, like a non-GCB peer;
+    /// `token` is zero and unused.
+    Relay { via: SocketAddrV4, token: Token },
+    /// Nothing is registered at the target: the connect fails (ECONNREFUSED),
+    /// since a proxy address on a broker has no other listener behind it.
+    NotRegistered,
+}
+
+/// Why a request failed. Unknown codes decode as [`ErrorCode::Other`] so an
+/// older peer still sees a failure, just a less specific one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request was well-formed but made no sense (e.g. a zero port).
+    BadRequest,
+    /// Authentication was required and missing or wrong.
+    Unauthorized,
+    /// The proxy address named is not registered (to this client).
+    NotRegistered,
+    /// The broker is at a limit: registrations, relays, or per-client quota.
+    LimitReached,
+    /// The desired proxy port is taken or outside the broker's range.
+    PortUnavailable,
+    /// The request's version is not spoken here; the detail names ours.
+    VersionMismatch,
+    /// A token was unknown or had expired.
+    UnknownToken,
+    /// The request asks for something this broker does not do (e.g. a
+    /// configuration with UDP relaying switched off).
+    Unsupported,
+    /// The receiver failed for its own reasons (e.g. a socket call failed).
+    Internal,
+    /// A code newer than this build.
+    Other(u8),
+}
+
+impl ErrorCode {
+    pub const fn wire(self) -> u8 {
+        match self {
+            ErrorCode::BadRequest => 1,
+            ErrorCode::Unauthorized => 2,
+            ErrorCode::NotRegistered => 3,
+            ErrorCode::LimitReached => 4,
+            ErrorCode::PortUnavailable => 5,
+            ErrorCode::VersionMismatch => 6,
+            ErrorCode::UnknownToken => 7,
+            ErrorCode::Unsupported => 8,
+            ErrorCode::Internal => 9,
+            ErrorCode::Other(c) => c,
+        }
+    }
+
+    pub const fn from_wire(c: u8) -> Self {
+        match c {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::Unauthorized,
+            3 => ErrorCode::NotRegistered,
+            4 => ErrorCode::LimitReached,
+            5 => ErrorCode::PortUnavailable,
+            6 => ErrorCode::VersionMismatch,
+            7 => ErrorCode::UnknownToken,
+            8 => ErrorCode::Unsupported,
+            9 => ErrorCode::Internal,
+            c => ErrorCode::Other(c),
+        }
+    }
+}
+
+/// One GCB datagram body. Requests have the response flag clear in the
+/// header; replies ([`Message::is_response`]) have it set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// Client → broker, when the application listens on a TCP socket or binds
+    /// a UDP socket (and again after `ReregisterRequest`). The broker opens a
+    /// proxy socket of the same protocol, preferring `desired_port` (the port
+    /// the client held before a broker restart), and answers `RegisterOk`, or
+    /// `Error{PortUnavailable | LimitReached | ...}`. A repeated Register for
+    /// the same `local` from the same client returns the same proxy address.
+    Register {
+        proto: Proto,
+        /// The socket's local address; a socket bound to 0.0.0.0 reports the
+        /// IP of `mgmt.mgmt_local`. Peers in the same realm dial this.
+        local: SocketAddrV4,
+        /// `GCB_REALM`, overriding the broker's guess (the public source IP).
+        realm: Option<String>,
+        desired_port: Option<u16>,
+        mgmt: MgmtInfo,
+    },
+    /// Broker → client, reply to `Register`.
+    RegisterOk {
+        /// The address the application now reports as its own.
+        proxy: SocketAddrV4,
+        /// The request's source as the broker saw it (the client's NAT
+        /// mapping): the client's public IP, for its logs and realm.
+        observed: SocketAddrV4,
+        /// UDP only: the client sends `Dummy{token}` from the registered
+        /// socket to `proxy` right away and with every heartbeat, so the
+        /// broker learns (and NAT keeps) the path for relayed datagrams; the
+        /// broker answers `DummyAck`. `None` for TCP.
+        udp_token: Option<Token>,
+    },
+    /// Client → broker, when the registered socket is closed or made active.
+    /// The broker closes the proxy socket and answers `Ack` (or
+    /// `Error{NotRegistered}`, which the client may ignore).
+    Unregister { proxy: Endpoint },
+    /// Client → broker, every heartbeat interval: the proxy endpoints this
+    /// client's management socket holds. Keeps the registrations and the
+    /// client's NAT mapping alive, so asynchronous commands reach it.
+    Heartbeat { held: Vec<Endpoint> },
+    /// Broker → client, reply to `Heartbeat` when every endpoint is known.
+    HeartbeatAck,
+    /// Broker → client, reply to `Heartbeat` naming the endpoints the broker
+    /// does not know (it restarted, or expired them). The client sends
+    /// `Register` for each with `desired_port` set to its old port.
+    ReregisterRequest { unknown: Vec<Endpoint> },
+    /// Connector → the broker at `target`'s IP and the command port, before
+    /// connecting or first sending to `target`. Answered by `ConnectDecision`
+    /// or `Error`. Silence, ECONNREFUSED or a non-protocol reply mean `target`
+    /// is not brokered: the connector dials it directly.
+    Connect {
+        proto: Proto,
+        /// The proxy address the application asked for.
+        target: SocketAddrV4,
+        /// The connector socket's local address (bound to a concrete IP and
+        /// port before asking). On `Reversal` a TCP connector listens on it.
+        connector: SocketAddrV4,
+        /// The connector's own advertised address, when its socket is itself
+        /// registered (typical for UDP); the listener reports it as the peer.
+        connector_id: Option<SocketAddrV4>,
+        /// The connector's `GCB_REALM`, if set.
+        realm: Option<String>,
+    },
+    /// Broker → connector, reply to `Connect`.
+    ConnectDecision(Decision),
+    /// Broker → listener (TCP reversal). The listener dials `connector`,
+    /// sends `StreamHello{token, Listener}`, and queues the connection on the
+    /// listening socket for `proxy` with `peer` as its peer address. Answered
+    /// by `Ack`, or `Error{NotRegistered}` if the socket is gone.
+    ReverseConnect {
+        token: Token,
+        connector: SocketAddrV4,
+        peer: SocketAddrV4,
+        proxy: SocketAddrV4,
+    },
+    /// Broker → listener (TCP relay, and any connection a non-GCB connector
+    /// made to the proxy socket). The listener dials `broker`, sends
+    /// `StreamHello{token, Listener}`, reads `StreamPeer`, and queues the
+    /// connection on `proxy`'s listening socket with `peer` (the original
+    /// connector) as peer. Answered by `Ack` or `Error`.
+    RelayConnect {
+        token: Token,
+        broker: SocketAddrV4,
+        peer: SocketAddrV4,
+        proxy: SocketAddrV4,
+    },
+    /// Broker → listener (UDP reversal). From the UDP socket registered as
+    /// `proxy`, the listener sends `Dummy{token}` to `target` until a
+    /// `DummyAck{token}` arrives (bounded), and records `peer` ↔ the
+    /// ack's source in its receiver list. Answered by `Ack` or `Error`.
+    MakeHole {
+        token: Token,
+        target: SocketAddrV4,
+        peer: SocketAddrV4,
+        proxy: SocketAddrV4,
+    },
+    /// Generic success reply to `Unregister`, `ReverseConnect`,
+    /// `RelayConnect` and `MakeHole`.
+    Ack,
+    /// Failure reply to any request. `detail` is at most [`MAX_DETAIL_LEN`]
+    /// bytes, meant for one clear log or stderr line.
+    Error { code: ErrorCode, detail: String },
+    /// Sent on an application UDP socket, not the management socket, to open
+    /// a NAT hole (paper 4.2): listener → connector after `MakeHole`, and
+    /// listener → its own proxy address after `RegisterOk`. The receiver
+    /// answers `DummyAck` with the same token and never passes either to the
+    /// application. Not retransmitted by `rudp`; the sender retries itself.
+    Dummy { token: Token },
+    /// Reply to `Dummy`, sent back to the Dummy's source address.
+    DummyAck { token: Token },
+}
+
+impl Message {
+    /// Whether this message is a reply (header response flag set).
+    pub const fn is_response(&self) -> bool {
+        matches!(
+            self,
+            Message::RegisterOk { .. }
+                | Message::HeartbeatAck
+                | Message::ReregisterRequest { .. }
+                | Message::ConnectDecision(_)
+                | Message::Ack
+                | Message::Error { .. }
+                | Message::DummyAck { .. }
+        )
+    }
+
+    /// An error reply; `detail` is cut to [`MAX_DETAIL_LEN`] bytes so the
+    /// reply always encodes.
+    pub fn error(code: ErrorCode, detail: &str) -> Self {
+        let detail = truncate_str(detail, MAX_DETAIL_LEN).to_owned();
+        Message::Error { code, detail }
+    }
+}

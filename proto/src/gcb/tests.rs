@@ -1,0 +1,244 @@
+//! GCB command tests: one sample of every message, golden bytes pinning the
+//! layout, limits, and properties (round trip, truncation, arbitrary input).
+
+use super::*;
+use crate::common::{Endpoint, Proto};
+use crate::header::{Flags, HEADER_LEN};
+use crate::strategies::{self, hex};
+use crate::wire::{DecodeError, EncodeError, SliceSink};
+use proptest::prelude::*;
+use std::net::SocketAddrV4;
+
+fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+/// One instance of every message kind.
+fn samples() -> Vec<Message> {
+    let ep = Endpoint::new(Proto::Tcp, a("203.0.113.1:40000"));
+    vec![
+        Message::Register {
+            proto: Proto::Tcp,
+            local: a("192.0.2.10:5000"),
+            realm: None,
+            desired_port: None,
+            mgmt: MgmtInfo::new(a("192.0.2.10:6000"), 42, 30, "condor_schedd"),
+        },
+        Message::RegisterOk {
+            proxy: ep.addr,
+            observed: a("198.51.100.2:1024"),
+            udp_token: None,
+        },
+        Message::Unregister { proxy: ep },
+        Message::Heartbeat {
+            held: vec![ep, Endpoint::new(Proto::Udp, ep.addr)],
+        },
+        Message::HeartbeatAck,
+        Message::ReregisterRequest { unknown: vec![ep] },
+        Message::Connect {
+            proto: Proto::Udp,
+            target: ep.addr,
+            connector: a("198.51.100.9:7000"),
+            connector_id: Some(a("203.0.113.1:40001")),
+            realm: Some("realm-b".into()),
+        },
+        Message::ConnectDecision(Decision::SameRealm {
+            addr: a("192.0.2.10:5000"),
+        }),
+        Message::ReverseConnect {
+            token: Token(1),
+            connector: a("198.51.100.9:7000"),
+            peer: a("198.51.100.9:7000"),
+            proxy: ep.addr,
+        },
+        Message::RelayConnect {
+            token: Token(2),
+            broker: a("203.0.113.1:65432"),
+            peer: a("198.51.100.3:5555"),
+            proxy: ep.addr,
+        },
+        Message::MakeHole {
+            token: Token(3),
+            target: a("198.51.100.9:7000"),
+            peer: a("203.0.113.1:40001"),
+            proxy: ep.addr,
+        },
+        Message::Ack,
+        Message::error(ErrorCode::LimitReached, "too many registrations"),
+        Message::Dummy { token: Token(4) },
+        Message::DummyAck { token: Token(4) },
+    ]
+}
+
+#[test]
+fn every_message_round_trips_with_its_kind_and_flag() {
+    let all = samples();
+    let mut kinds: Vec<u8> = all.iter().map(|m| m.kind() as u8).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    assert_eq!(kinds.len(), 15, "one sample per kind");
+    for (i, m) in all.iter().enumerate() {
+        let bytes = encode(m, i as u64).unwrap();
+        let (h, back) = decode(&bytes).unwrap();
+        assert_eq!(&back, m);
+        assert_eq!(h.request_id, i as u64);
+        assert_eq!(h.kind, m.kind() as u8);
+        assert_eq!(h.flags.is_response(), m.is_response());
+        assert_eq!(Kind::from_wire(h.kind), Ok(m.kind()));
+    }
+}
+
+#[test]
+fn golden_heartbeat() {
+    let m = Message::Heartbeat {
+        held: vec![Endpoint::new(Proto::Tcp, a("192.0.2.10:4000"))],
+    };
+    let want = hex("47434231 01 03 00 0000000000000007  01 06 c000020a 0fa0");
+    assert_eq!(encode(&m, 7).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+}
+
+#[test]
+fn golden_register() {
+    let m = Message::Register {
+        proto: Proto::Udp,
+        local: a("192.0.2.10:5000"),
+        realm: Some("lab".into()),
+        desired_port: Some(40001),
+        mgmt: MgmtInfo::new(a("192.0.2.10:6000"), 0x1234, 30, "sd"),
+    };
+    let want = hex("47434231 01 01 00 0000000000000002
+         11 c000020a 1388  01 03 6c6162  01 9c41
+         c000020a 1770  00001234  001e  02 7364");
+    assert_eq!(encode(&m, 2).unwrap(), want);
+}
+
+#[test]
+fn golden_relay_decision_and_error() {
+    let m = Message::ConnectDecision(Decision::Relay {
+        via: a("203.0.113.1:65432"),
+        token: Token(0x1122_3344_5566_7788),
+    });
+    let want = hex("47434231 01 84 01 0102030405060708  04 cb007101 ff98 1122334455667788");
+    assert_eq!(encode(&m, 0x0102_0304_0506_0708).unwrap(), want);
+
+    let e = Message::error(ErrorCode::NotRegistered, "gone");
+    assert_eq!(
+        encode(&e, 1).unwrap(),
+        hex("47434231 01 ff 01 0000000000000001 03 04 676f6e65")
+    );
+}
+
+#[test]
+fn limits_are_enforced_on_encode() {
+    let long = "x".repeat(MAX_REALM_LEN + 1);
+    let m = Message::Connect {
+        proto: Proto::Tcp,
+        target: a("192.0.2.1:1"),
+        connector: a("192.0.2.2:2"),
+        connector_id: None,
+        realm: Some(long),
+    };
+    assert!(matches!(
+        encode(&m, 0),
+        Err(EncodeError::TooLong { what: "realm", .. })
+    ));
+    let ep = Endpoint::new(Proto::Tcp, a("192.0.2.1:1"));
+    let m = Message::Heartbeat {
+        held: vec![ep; MAX_ENDPOINTS + 1],
+    };
+    assert!(matches!(encode(&m, 0), Err(EncodeError::TooLong { .. })));
+    let m = Message::Heartbeat {
+        held: vec![ep; MAX_ENDPOINTS],
+    };
+    assert!(encode(&m, 0).unwrap().len() < 1024);
+    // The helper constructors cut free text instead of failing.
+    let e = Message::error(ErrorCode::Internal, &"é".repeat(300));
+    assert!(encode(&e, 0).is_ok());
+    assert_eq!(
+        MgmtInfo::new(a("192.0.2.1:1"), 1, 1, &"p".repeat(99))
+            .program
+            .len(),
+        MAX_PROGRAM_LEN
+    );
+}
+
+#[test]
+fn encode_into_fixed_buffer() {
+    let m = Message::Dummy { token: Token(9) };
+    let mut buf = [0u8; HEADER_LEN + 8];
+    let n = encode_into(&m, 5, SliceSink::new(&mut buf)).unwrap().len();
+    assert_eq!(&buf[..n], &encode(&m, 5).unwrap()[..]);
+    let mut small = [0u8; HEADER_LEN + 7];
+    assert!(encode_into(&m, 5, SliceSink::new(&mut small)).is_err());
+}
+
+#[test]
+fn malformed_input_is_classified() {
+    let mut b = encode(&Message::Ack, 1).unwrap();
+    b[5] = 0x55;
+    assert_eq!(decode(&b), Err(DecodeError::UnknownKind(0x55)));
+    let mut b = encode(&Message::Ack, 1).unwrap();
+    b[6] = 0;
+    assert_eq!(decode(&b), Err(DecodeError::BadFlags(0)));
+    let mut b = encode(&Message::Heartbeat { held: vec![] }, 1).unwrap();
+    b[6] = Flags::RESPONSE.bits();
+    assert_eq!(decode(&b), Err(DecodeError::BadFlags(1)));
+    let mut b = encode(&Message::Ack, 1).unwrap();
+    b.push(0);
+    assert_eq!(decode(&b), Err(DecodeError::TrailingBytes(1)));
+    let mut b = encode(&Message::ConnectDecision(Decision::NotRegistered), 1).unwrap();
+    *b.last_mut().unwrap() = 9;
+    assert_eq!(decode(&b), Err(DecodeError::BadValue("connect decision")));
+    assert_eq!(decode(b"DPF1\x01\x01\x00"), Err(DecodeError::NotProtocol));
+    // A list count the datagram cannot hold is refused before allocating.
+    let mut b = encode(&Message::Heartbeat { held: vec![] }, 1).unwrap();
+    *b.last_mut().unwrap() = 100;
+    assert_eq!(decode(&b), Err(DecodeError::Truncated));
+}
+
+proptest! {
+    #![proptest_config(strategies::config())]
+
+    #[test]
+    fn round_trip(m in strategies::gcb_message(), id in any::<u64>()) {
+        let bytes = encode(&m, id).unwrap();
+        let (h, back) = decode(&bytes).unwrap();
+        prop_assert_eq!(back, m);
+        prop_assert_eq!(h.request_id, id);
+    }
+
+    #[test]
+    fn every_truncation_or_extension_fails(m in strategies::gcb_message(), extra in any::<u8>()) {
+        let bytes = encode(&m, 3).unwrap();
+        for cut in 0..bytes.len() {
+            prop_assert!(decode(&bytes[..cut]).is_err(), "prefix of {} bytes decoded", cut);
+        }
+        let mut longer = bytes;
+        longer.push(extra);
+        prop_assert_eq!(decode(&longer), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode(&b);
+    }
+
+    #[test]
+    fn arbitrary_bodies_never_panic(
+        kind in any::<u8>(),
+        response in any::<bool>(),
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        // A valid header makes the decoder reach the body parsers.
+        let flags = if response { Flags::RESPONSE } else { Flags::empty() };
+        let mut b = crate::header::Header::new(crate::header::Family::Gcb, kind, flags, 1)
+            .to_bytes()
+            .to_vec();
+        b.extend_from_slice(&body);
+        if let Ok((_, m)) = decode(&b) {
+            // Whatever decodes must re-encode to the same bytes.
+            prop_assert_eq!(encode(&m, 1).unwrap(), b);
+        }
+    }
+}
