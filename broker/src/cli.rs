@@ -1,0 +1,163 @@
+//! Command-line interface of `gcb-broker`: the clap definitions only.
+//!
+//! Every daemon option is an `Option` (or a plain flag) with no clap default,
+//! so `config::merge` can tell "given on the command line or in the
+//! environment" from "not given" and apply the rule flag > file > default.
+//! The defaults are therefore spelled out in the help texts and live as
+//! constants in `config.rs`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::DEFAULT_COMMAND_PORT;
+use crate::values::{parse_listen, PortRange, LOG_LEVELS};
+
+/// GCB connection broker.
+///
+/// Registers the listening and UDP sockets of shim-loaded processes, gives each a proxy address
+/// on --public-ip, and brokers connections to them: direct, reversed, or relayed through the
+/// broker. Takes GCB commands over UDP on the command port. Settings come from flags, then
+/// environment variables, then the --config file, then the built-in defaults. SIGHUP re-reads
+/// the config file; SIGTERM or SIGINT stops the broker.
+#[derive(Debug, Parser)]
+#[command(name = "gcb-broker", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// Client subcommands; without one, `gcb-broker` runs the daemon.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ask a running broker for its status: registrations, relays and counters.
+    Query {
+        /// Command port of the broker to ask, as HOST:PORT.
+        #[arg(value_name = "HOST:PORT")]
+        target: String,
+
+        /// Print the answer as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Options of the daemon itself.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DaemonArgs {
+    /// UDP address of the command port, where clients send GCB commands. Give IP or IP:PORT; the
+    /// port defaults to 65432, historic GCB's. Required, here or as `listen` in the config file.
+    #[arg(long, value_name = "IP[:PORT]", env = "GCB_BROKER_LISTEN", value_parser = parse_listen_arg)]
+    pub listen: Option<SocketAddr>,
+
+    /// Local address the proxy sockets are bound on; connectors reach the broker at this IP and
+    /// the command port. Must be a concrete address, not 0.0.0.0 or ::. [default: the --listen
+    /// IP]
+    #[arg(long, value_name = "IP", env = "GCB_BROKER_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+
+    /// Ports the proxy sockets are taken from. LO must not exceed HI, must be at least 1024
+    /// unless running as root, and the range must not contain the command port. [default:
+    /// 20000-29999]
+    #[arg(long, value_name = "LO-HI", env = "GCB_BROKER_PORT_RANGE")]
+    pub port_range: Option<PortRange>,
+
+    /// Seconds without a heartbeat after which a registration is dropped and its proxy sockets
+    /// closed. Clients send one every 10 s by default (GCB_HEARTBEAT_S), so the default allows
+    /// two to be lost. [default: 30]
+    #[arg(long, value_name = "N", env = "GCB_BROKER_HEARTBEAT_TIMEOUT_S")]
+    pub heartbeat_timeout_s: Option<u64>,
+
+    /// Most registered sockets at once; further registrations are refused. [default: 100000]
+    #[arg(long, value_name = "N", env = "GCB_BROKER_MAX_REGISTRATIONS")]
+    pub max_registrations: Option<u32>,
+
+    /// Most relayed TCP connections at once; further relays are refused. [default: 10000]
+    #[arg(long, value_name = "N", env = "GCB_BROKER_MAX_RELAYS")]
+    pub max_relays: Option<u32>,
+
+    /// Most commands per second accepted from one source IP; the excess is dropped and
+    /// counted. 0 turns the limit off. [default: 200]
+    #[arg(long, value_name = "N", env = "GCB_BROKER_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+
+    /// Seconds a UDP relay rule may stay unused before it is deleted; traffic after that makes a
+    /// new rule. [default: 120]
+    #[arg(long, value_name = "N", env = "GCB_BROKER_UDP_RULE_IDLE_S")]
+    pub udp_rule_idle_s: Option<u64>,
+
+    /// Most UDP relay rules (peer addresses) per registered UDP socket. [default: 64]
+    #[arg(long, value_name = "N", env = "GCB_BROKER_UDP_RULES_PER_REGISTRATION")]
+    pub udp_rules_per_registration: Option<u32>,
+
+    /// File holding the shared secret that authenticates commands (HMAC). It must exist and not
+    /// be empty; a trailing newline is ignored. A warning is logged if others can read it.
+    /// [default: none, commands are not authenticated]
+    #[arg(long, value_name = "PATH", env = "GCB_BROKER_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// TOML file with the same settings (keys are the flag names with underscores, e.g.
+    /// port_range). Flags and environment variables override it; unknown keys are an error.
+    /// SIGHUP re-reads it. [default: none]
+    #[arg(long, value_name = "PATH", env = "GCB_BROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug or trace. Logs go to stderr, one line per event.
+    /// Without this flag RUST_LOG is honoured if set (it also takes full filter directives),
+    /// then `log` in the config file. [default: info]
+    #[arg(long, value_name = "LEVEL", env = "GCB_BROKER_LOG", value_parser = LOG_LEVELS)]
+    pub log: Option<String>,
+
+    /// Only check the configuration (flags, environment, config file, secret file), print
+    /// "configuration ok" and exit 0, or print what is wrong and exit 2.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// clap wants a plain function; the broker's default command port is 65432.
+fn parse_listen_arg(s: &str) -> Result<SocketAddr, String> {
+    parse_listen(s, DEFAULT_COMMAND_PORT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn listen_takes_ip_or_ip_port() {
+        let cli = Cli::try_parse_from(["gcb-broker", "--listen", "192.0.2.1"]).unwrap();
+        assert_eq!(cli.daemon.listen, Some("192.0.2.1:65432".parse().unwrap()));
+        let cli = Cli::try_parse_from(["gcb-broker", "--listen", "192.0.2.1:7"]).unwrap();
+        assert_eq!(cli.daemon.listen, Some("192.0.2.1:7".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_values_are_clap_errors() {
+        assert!(Cli::try_parse_from(["gcb-broker", "--port-range", "9-1"]).is_err());
+        assert!(Cli::try_parse_from(["gcb-broker", "--log", "loud"]).is_err());
+        assert!(Cli::try_parse_from(["gcb-broker", "--max-relays", "-1"]).is_err());
+    }
+
+    #[test]
+    fn query_subcommand_parses() {
+        let cli =
+            Cli::try_parse_from(["gcb-broker", "query", "192.0.2.1:65432", "--json"]).unwrap();
+        match cli.command {
+            Some(Command::Query { target, json }) => {
+                assert_eq!(target, "192.0.2.1:65432");
+                assert!(json);
+            }
+            None => panic!("no subcommand"),
+        }
+    }
+}

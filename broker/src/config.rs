@@ -1,0 +1,406 @@
+//! The broker's effective configuration: the TOML file format, the merge of
+//! flags, file and defaults (flag or environment > file > default), and the
+//! checks that involve several settings at once.
+//!
+//! Merging is a pure function of its inputs so it can be tested without a
+//! process, and so SIGHUP can rerun it with the original command line and the
+//! re-read file.
+
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::DaemonArgs;
+use crate::values::{load_secret, parse_level, parse_listen, PortRange, Secret};
+
+/// Historic GCB's command port, used when --listen gives only an IP.
+pub const DEFAULT_COMMAND_PORT: u16 = 65432;
+pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
+    lo: 20000,
+    hi: 29999,
+};
+/// Three times the shim's default heartbeat interval of 10 s.
+pub const DEFAULT_HEARTBEAT_TIMEOUT_S: u64 = 30;
+pub const DEFAULT_MAX_REGISTRATIONS: u32 = 100_000;
+pub const DEFAULT_MAX_RELAYS: u32 = 10_000;
+pub const DEFAULT_RATE_LIMIT: u32 = 200;
+pub const DEFAULT_UDP_RULE_IDLE_S: u64 = 120;
+pub const DEFAULT_UDP_RULES_PER_REGISTRATION: u32 = 64;
+pub const DEFAULT_LOG: &str = "info";
+/// Longest accepted duration, one day. The bound keeps `now + setting`
+/// deadlines far from overflowing `Instant`, and nothing sensible is longer.
+pub const MAX_SECONDS: u64 = 86_400;
+
+/// The config file as written. Every key is optional; unknown keys are an
+/// error so that a typo never silently leaves a setting at its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub public_ip: Option<String>,
+    pub port_range: Option<String>,
+    pub heartbeat_timeout_s: Option<u64>,
+    pub max_registrations: Option<u32>,
+    pub max_relays: Option<u32>,
+    pub rate_limit: Option<u32>,
+    pub udp_rule_idle_s: Option<u64>,
+    pub udp_rules_per_registration: Option<u32>,
+    pub secret_file: Option<PathBuf>,
+    pub log: Option<String>,
+}
+
+/// Settings that SIGHUP may change while the broker runs: they only bound
+/// future work and need no socket to be re-created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub heartbeat_timeout_s: u64,
+    pub max_registrations: u32,
+    pub max_relays: u32,
+    /// Commands per second per source IP; 0 means no limit.
+    pub rate_limit: u32,
+    pub udp_rule_idle_s: u64,
+    pub udp_rules_per_registration: u32,
+}
+
+/// The merged and checked configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_ip: IpAddr,
+    pub port_range: PortRange,
+    pub limits: Limits,
+    pub secret_file: Option<PathBuf>,
+    /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
+    pub log_filter: String,
+}
+
+/// What merging needs from the process environment, passed in so tests can
+/// choose it.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub rust_log: Option<String>,
+    pub is_root: bool,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            rust_log: std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
+            is_root: nix::unistd::geteuid().is_root(),
+        }
+    }
+}
+
+/// A configuration ready to run, with the secret read and any warnings that
+/// could only be logged once logging is set up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub secret: Option<Secret>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the config file named by --config (if any), merges, checks, and
+/// reads the secret file. The error is one line, without the program name.
+pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let file_dir = args.config.as_deref().and_then(Path::parent);
+    let config = merge(args, &file, file_dir, env)?;
+    let mut warnings = Vec::new();
+    let secret = match &config.secret_file {
+        Some(path) => {
+            let (secret, warning) = load_secret(path)?;
+            warnings.extend(warning);
+            Some(secret)
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        config,
+        secret,
+        warnings,
+    })
+}
+
+pub fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let shown = path.display();
+    let text = fs::read_to_string(path).map_err(|e| format!("config file {shown}: {e}"))?;
+    parse_file(&text).map_err(|e| format!("config file {shown}: {e}"))
+}
+
+/// Parses the TOML text; the error names the line and, for a typo, the key.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        // toml's Display draws a multi-line snippet; the contract is one line.
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        match e.span() {
+            Some(span) => {
+                // Type errors do not name the key, so quote the line itself.
+                let start = span.start.min(text.len());
+                let number = text[..start].matches('\n').count() + 1;
+                let line = text.lines().nth(number - 1).unwrap_or("").trim();
+                let quoted: String = line.chars().take(60).collect();
+                let more = if quoted.len() < line.len() { "..." } else { "" };
+                format!("line {number} `{quoted}{more}`: {message}")
+            }
+            None => message,
+        }
+    })
+}
+
+/// Where a merged value came from, so an error can point at the right place.
+#[derive(Clone, Copy)]
+enum Origin {
+    Flag,
+    File,
+    Default,
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> (T, Origin) {
+    match (flag, file) {
+        (Some(v), _) => (v, Origin::Flag),
+        (None, Some(v)) => (v, Origin::File),
+        (None, None) => (default, Origin::Default),
+    }
+}
+
+/// "--max-relays" or "max_relays in the config file": the key is the flag
+/// name with underscores, so one name gives both spellings.
+fn place(key: &str, origin: Origin) -> String {
+    match origin {
+        Origin::Flag | Origin::Default => format!("--{}", key.replace('_', "-")),
+        Origin::File => format!("{key} in the config file"),
+    }
+}
+
+/// Parses a string value from the file with the same parser as its flag.
+fn from_file<T>(
+    key: &str,
+    value: &Option<String>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    value
+        .as_deref()
+        .map(|s| parse(s).map_err(|e| format!("{key} in the config file: {e}")))
+        .transpose()
+}
+
+fn in_bounds<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    (value, origin): (T, Origin),
+    min: T,
+    max: T,
+) -> Result<T, String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{} is {value}; it must be between {min} and {max}",
+            place(key, origin)
+        ));
+    }
+    Ok(value)
+}
+
+/// Merges flags (and their environment variables) over the file over the
+/// defaults, then checks the result as a whole. Relative paths in the file
+/// are taken relative to the file's directory, as an administrator editing
+/// the file would expect; relative paths on the command line, to the
+/// working directory.
+pub fn merge(
+    args: &DaemonArgs,
+    file: &FileConfig,
+    file_dir: Option<&Path>,
+    env: &Env,
+) -> Result<Config, String> {
+    let file_listen = from_file("listen", &file.listen, |s| {
+        parse_listen(s, DEFAULT_COMMAND_PORT)
+    })?;
+    let listen = args.listen.or(file_listen).ok_or_else(|| {
+        "no command port: give --listen IP[:PORT] or `listen` in the config file".to_string()
+    })?;
+    let file_public = from_file("public_ip", &file.public_ip, |s| {
+        s.trim()
+            .parse::<IpAddr>()
+            .map_err(|_| format!("'{s}' is not an IP address"))
+    })?;
+    let (public_ip, public_origin) = pick(args.public_ip, file_public, listen.ip());
+    let file_range = from_file("port_range", &file.port_range, |s| s.parse())?;
+    let (port_range, range_origin) = pick(args.port_range, file_range, DEFAULT_PORT_RANGE);
+
+    let u32_max = u32::MAX;
+    let limits = Limits {
+        heartbeat_timeout_s: in_bounds(
+            "heartbeat_timeout_s",
+            pick(
+                args.heartbeat_timeout_s,
+                file.heartbeat_timeout_s,
+                DEFAULT_HEARTBEAT_TIMEOUT_S,
+            ),
+            1,
+            MAX_SECONDS,
+        )?,
+        max_registrations: in_bounds(
+            "max_registrations",
+            pick(
+                args.max_registrations,
+                file.max_registrations,
+                DEFAULT_MAX_REGISTRATIONS,
+            ),
+            1,
+            u32_max,
+        )?,
+        max_relays: in_bounds(
+            "max_relays",
+            pick(args.max_relays, file.max_relays, DEFAULT_MAX_RELAYS),
+            1,
+            u32_max,
+        )?,
+        rate_limit: pick(args.rate_limit, file.rate_limit, DEFAULT_RATE_LIMIT).0,
+        udp_rule_idle_s: in_bounds(
+            "udp_rule_idle_s",
+            pick(
+                args.udp_rule_idle_s,
+                file.udp_rule_idle_s,
+                DEFAULT_UDP_RULE_IDLE_S,
+            ),
+            1,
+            MAX_SECONDS,
+        )?,
+        udp_rules_per_registration: in_bounds(
+            "udp_rules_per_registration",
+            pick(
+                args.udp_rules_per_registration,
+                file.udp_rules_per_registration,
+                DEFAULT_UDP_RULES_PER_REGISTRATION,
+            ),
+            1,
+            u32_max,
+        )?,
+    };
+
+    let secret_file = args.secret_file.clone().or_else(|| {
+        file.secret_file.as_ref().map(|p| match file_dir {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.clone(),
+        })
+    });
+
+    let log_filter = if let Some(level) = &args.log {
+        level.clone()
+    } else if let Some(filter) = &env.rust_log {
+        crate::logging::check_filter(filter).map_err(|e| format!("RUST_LOG: {e}"))?;
+        filter.clone()
+    } else {
+        from_file("log", &file.log, parse_level)?.unwrap_or_else(|| DEFAULT_LOG.to_string())
+    };
+
+    check_addresses(listen, public_ip, public_origin)?;
+    check_port_range(listen, port_range, range_origin, env.is_root)?;
+    Ok(Config {
+        listen,
+        public_ip,
+        port_range,
+        limits,
+        secret_file,
+        log_filter,
+    })
+}
+
+fn check_addresses(listen: SocketAddr, public_ip: IpAddr, origin: Origin) -> Result<(), String> {
+    if public_ip.is_unspecified() {
+        return Err(match origin {
+            Origin::Default => format!(
+                "--listen {listen} is a wildcard address, so --public-ip must name the concrete \
+                 address proxy sockets are bound on"
+            ),
+            _ => format!(
+                "{} is {public_ip}; proxy addresses are handed to clients, so it must be a \
+                 concrete address",
+                place("public_ip", origin)
+            ),
+        });
+    }
+    if public_ip.is_multicast() {
+        return Err(format!(
+            "{} is {public_ip}, a multicast address",
+            place("public_ip", origin)
+        ));
+    }
+    if listen.is_ipv4() != public_ip.is_ipv4() {
+        return Err(format!(
+            "--listen {listen} and --public-ip {public_ip} are of different address families"
+        ));
+    }
+    // Connectors find the broker at PROXY_IP:COMMAND_PORT (DESIGN.md, Fixed
+    // interfaces), so the command socket must be reachable on the public IP.
+    if !listen.ip().is_unspecified() && listen.ip() != public_ip {
+        return Err(format!(
+            "--listen {listen} is not on --public-ip {public_ip}; connectors reach the broker at \
+             PUBLIC_IP:COMMAND_PORT, so listen on {public_ip} or on the wildcard address"
+        ));
+    }
+    Ok(())
+}
+
+fn check_port_range(
+    listen: SocketAddr,
+    range: PortRange,
+    origin: Origin,
+    is_root: bool,
+) -> Result<(), String> {
+    if range.lo < 1024 && !is_root {
+        return Err(format!(
+            "{} {range} includes ports below 1024, which only root may bind",
+            place("port_range", origin)
+        ));
+    }
+    if range.contains(listen.port()) {
+        return Err(format!(
+            "{} {range} contains the command port {}; proxy sockets would collide with it",
+            place("port_range", origin),
+            listen.port()
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// The one-line startup summary, with the command address as bound (it
+    /// differs from `listen` when port 0 asked the kernel to choose); never
+    /// shows the secret itself.
+    pub fn summary(&self, bound: SocketAddr, secret: Option<&Secret>) -> String {
+        let l = &self.limits;
+        let rate = match l.rate_limit {
+            0 => "off".to_string(),
+            n => format!("{n}/s per source IP"),
+        };
+        let auth = match secret {
+            Some(s) => format!("HMAC with {s}"),
+            None => "off".to_string(),
+        };
+        format!(
+            "command port udp {}, proxies on {} ports {} ({} ports), heartbeat timeout {}s, \
+             max registrations {}, max relays {}, rate limit {rate}, udp rule idle {}s, \
+             udp rules per registration {}, authentication {auth}, log {}",
+            bound,
+            self.public_ip,
+            self.port_range,
+            self.port_range.len(),
+            l.heartbeat_timeout_s,
+            l.max_registrations,
+            l.max_relays,
+            l.udp_rule_idle_s,
+            l.udp_rules_per_registration,
+            self.log_filter,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! Unit tests of config-file parsing, the flag > file > default merge, and
+//! the cross-setting checks.
+
+use super::*;
+use clap::Parser;
+
+fn args(argv: &[&str]) -> DaemonArgs {
+    let mut full = vec!["gcb-broker"];
+    full.extend_from_slice(argv);
+    crate::cli::Cli::try_parse_from(full)
+        .expect("test argv parses")
+        .daemon
+}
+
+fn user() -> Env {
+    Env {
+        rust_log: None,
+        is_root: false,
+    }
+}
+
+fn merged(argv: &[&str], file: &str) -> Result<Config, String> {
+    merge(
+        &args(argv),
+        &parse_file(file)?,
+        Some(Path::new("/etc/gcb")),
+        &user(),
+    )
+}
+
+#[test]
+fn defaults_fill_everything_but_listen() {
+    let c = merged(&["--listen", "192.0.2.1"], "").unwrap();
+    assert_eq!(c.listen, "192.0.2.1:65432".parse().unwrap());
+    assert_eq!(c.public_ip, "192.0.2.1".parse::<IpAddr>().unwrap());
+    assert_eq!(c.port_range, DEFAULT_PORT_RANGE);
+    assert_eq!(c.limits.heartbeat_timeout_s, 30);
+    assert_eq!(c.limits.max_registrations, 100_000);
+    assert_eq!(c.limits.max_relays, 10_000);
+    assert_eq!(c.limits.rate_limit, 200);
+    assert_eq!(c.limits.udp_rule_idle_s, 120);
+    assert_eq!(c.limits.udp_rules_per_registration, 64);
+    assert_eq!(c.secret_file, None);
+    assert_eq!(c.log_filter, "info");
+}
+
+#[test]
+fn listen_is_required() {
+    let err = merged(&[], "").unwrap_err();
+    assert!(err.contains("--listen"), "{err}");
+}
+
+#[test]
+fn flag_beats_file_beats_default() {
+    let file = r#"
+        listen = "192.0.2.1:7000"
+        max_relays = 5
+        rate_limit = 0
+        port_range = "30000-30009"
+        log = "debug"
+    "#;
+    let c = merged(&["--max-relays", "9", "--log", "warn"], file).unwrap();
+    assert_eq!(c.listen, "192.0.2.1:7000".parse().unwrap());
+    assert_eq!(c.limits.max_relays, 9);
+    assert_eq!(c.limits.rate_limit, 0);
+    assert_eq!(
+        c.port_range,
+        PortRange {
+            lo: 30000,
+            hi: 30009
+        }
+    );
+    assert_eq!(c.log_filter, "warn");
+    assert_eq!(c.limits.max_registrations, DEFAULT_MAX_REGISTRATIONS);
+}
+
+#[test]
+fn rust_log_sits_between_flag_and_file() {
+    let file = parse_file("listen = \"192.0.2.1\"\nlog = \"debug\"").unwrap();
+    let env = Env {
+        rust_log: Some("broker=trace".into()),
+        is_root: false,
+    };
+    let c = merge(&args(&[]), &file, None, &env).unwrap();
+    assert_eq!(c.log_filter, "broker=trace");
+    let c = merge(&args(&["--log", "error"]), &file, None, &env).unwrap();
+    assert_eq!(c.log_filter, "error");
+    let c = merge(&args(&[]), &file, None, &user()).unwrap();
+    assert_eq!(c.log_filter, "debug");
+    let bad = Env {
+        rust_log: Some("=[".into()),
+        is_root: false,
+    };
+    assert!(merge(&args(&[]), &file, None, &bad)
+        .unwrap_err()
+        .starts_with("RUST_LOG"));
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let err = parse_file("listen = \"192.0.2.1\"\nmax_relay = 3\n").unwrap_err();
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("max_relay"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
+#[test]
+fn bad_file_values_name_the_key() {
+    for (file, key) in [
+        ("listen = \"nowhere\"", "listen"),
+        ("listen = \"192.0.2.1\"\npublic_ip = \"x\"", "public_ip"),
+        ("listen = \"192.0.2.1\"\nport_range = \"2-1\"", "port_range"),
+        ("listen = \"192.0.2.1\"\nlog = \"loud\"", "log"),
+        ("listen = \"192.0.2.1\"\nmax_relays = 0", "max_relays"),
+        (
+            "listen = \"192.0.2.1\"\nheartbeat_timeout_s = 100000",
+            "heartbeat_timeout_s",
+        ),
+    ] {
+        let err = merged(&[], file).unwrap_err();
+        assert!(err.contains(key), "{file}: {err}");
+    }
+    let err = merged(&[], "max_relays = -1").unwrap_err();
+    assert!(err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn out_of_range_flag_is_named_as_a_flag() {
+    let err = merged(&["--listen", "192.0.2.1", "--udp-rule-idle-s", "0"], "").unwrap_err();
+    assert!(err.starts_with("--udp-rule-idle-s is 0"), "{err}");
+}
+
+#[test]
+fn public_ip_must_be_concrete() {
+    let err = merged(&["--listen", "0.0.0.0"], "").unwrap_err();
+    assert!(err.contains("--public-ip"), "{err}");
+    let err = merged(&["--listen", "192.0.2.1", "--public-ip", "0.0.0.0"], "").unwrap_err();
+    assert!(err.contains("concrete"), "{err}");
+    let c = merged(&["--listen", "0.0.0.0:5", "--public-ip", "192.0.2.1"], "").unwrap();
+    assert_eq!(c.public_ip, "192.0.2.1".parse::<IpAddr>().unwrap());
+    assert!(merged(&["--listen", "0.0.0.0", "--public-ip", "::1"], "").is_err());
+}
+
+#[test]
+fn command_port_must_be_on_the_public_ip() {
+    let err = merged(&["--listen", "192.0.2.1", "--public-ip", "192.0.2.2"], "").unwrap_err();
+    assert!(err.contains("PUBLIC_IP:COMMAND_PORT"), "{err}");
+}
+
+#[test]
+fn port_range_checks() {
+    let err = merged(&["--listen", "192.0.2.1:20005"], "").unwrap_err();
+    assert!(err.contains("contains the command port 20005"), "{err}");
+    let err = merged(&["--listen", "192.0.2.1", "--port-range", "1000-2000"], "").unwrap_err();
+    assert!(err.contains("below 1024"), "{err}");
+    let root = Env {
+        rust_log: None,
+        is_root: true,
+    };
+    let ok = merge(
+        &args(&["--listen", "192.0.2.1", "--port-range", "1000-2000"]),
+        &FileConfig::default(),
+        None,
+        &root,
+    );
+    assert!(ok.is_ok());
+    let err = merged(&["--listen", "192.0.2.1:1"], "port_range = \"1-10\"").unwrap_err();
+    assert!(err.starts_with("port_range in the config file"), "{err}");
+}
+
+#[test]
+fn relative_secret_path_follows_the_file() {
+    let c = merged(&["--listen", "192.0.2.1"], "secret_file = \"key\"").unwrap();
+    assert_eq!(c.secret_file, Some(PathBuf::from("/etc/gcb/key")));
+    let c = merged(&["--listen", "192.0.2.1"], "secret_file = \"/k\"").unwrap();
+    assert_eq!(c.secret_file, Some(PathBuf::from("/k")));
+    let c = merged(
+        &["--listen", "192.0.2.1", "--secret-file", "k2"],
+        "secret_file = \"key\"",
+    )
+    .unwrap();
+    assert_eq!(c.secret_file, Some(PathBuf::from("k2")));
+}
+
+#[test]
+fn load_reads_file_and_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("gcb-broker-load-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("broker.toml");
+    fs::write(dir.join("key"), "k").unwrap();
+    fs::set_permissions(dir.join("key"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(&conf, "listen = \"127.0.0.1:7\"\nsecret_file = \"key\"\n").unwrap();
+    let loaded = load(&args(&["--config", conf.to_str().unwrap()]), &user()).unwrap();
+    assert_eq!(loaded.secret.unwrap().bytes(), b"k");
+    assert!(loaded.warnings.is_empty());
+    let err = load(
+        &args(&["--config", dir.join("none.toml").to_str().unwrap()]),
+        &user(),
+    )
+    .unwrap_err();
+    assert!(err.starts_with("config file"), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn example_file_is_valid_and_complete() {
+    let text = include_str!("../../gcb-broker.example.toml");
+    parse_file(text).unwrap();
+    // Every key, uncommented, must parse: the example documents them all.
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .filter(|r| r.contains(" = "))
+                .unwrap_or(l)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = parse_file(&uncommented).unwrap();
+    assert!(file.listen.is_some() && file.public_ip.is_some() && file.port_range.is_some());
+    assert!(file.heartbeat_timeout_s.is_some() && file.max_registrations.is_some());
+    assert!(file.max_relays.is_some() && file.rate_limit.is_some());
+    assert!(file.udp_rule_idle_s.is_some() && file.udp_rules_per_registration.is_some());
+    assert!(file.secret_file.is_some() && file.log.is_some());
+}

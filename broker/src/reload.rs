@@ -1,0 +1,165 @@
+//! SIGHUP support: what changed between the running configuration and the
+//! re-read one, and which changes can take effect without a restart.
+//!
+//! Limits, the log filter and the secret only govern future work, so they
+//! change at once. The command address, the public IP and the port range are
+//! baked into bound sockets and into proxy addresses that clients have
+//! already advertised, so a change to them is reported and ignored until
+//! the broker is restarted.
+
+use std::fmt::Display;
+
+use crate::config::Config;
+
+/// One setting whose value differs in the re-read configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: &'static str,
+    pub old: String,
+    pub new: String,
+    /// Whether the new value takes effect now (true) or at the next restart.
+    pub live: bool,
+}
+
+fn compare<T: PartialEq + Display>(
+    out: &mut Vec<Change>,
+    key: &'static str,
+    old: T,
+    new: T,
+    live: bool,
+) {
+    if old != new {
+        out.push(Change {
+            key,
+            old: old.to_string(),
+            new: new.to_string(),
+            live,
+        });
+    }
+}
+
+fn optional<T: Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+/// Lists the differences, restart-only settings first. `secret_changed`
+/// covers a secret file whose name stayed but whose contents changed; the
+/// secret itself never appears in a `Change`.
+pub fn diff(old: &Config, new: &Config, secret_changed: bool) -> Vec<Change> {
+    let mut out = Vec::new();
+    compare(&mut out, "listen", old.listen, new.listen, false);
+    compare(&mut out, "public_ip", old.public_ip, new.public_ip, false);
+    compare(
+        &mut out,
+        "port_range",
+        old.port_range,
+        new.port_range,
+        false,
+    );
+    let (o, n) = (&old.limits, &new.limits);
+    compare(
+        &mut out,
+        "heartbeat_timeout_s",
+        o.heartbeat_timeout_s,
+        n.heartbeat_timeout_s,
+        true,
+    );
+    compare(
+        &mut out,
+        "max_registrations",
+        o.max_registrations,
+        n.max_registrations,
+        true,
+    );
+    compare(&mut out, "max_relays", o.max_relays, n.max_relays, true);
+    compare(&mut out, "rate_limit", o.rate_limit, n.rate_limit, true);
+    compare(
+        &mut out,
+        "udp_rule_idle_s",
+        o.udp_rule_idle_s,
+        n.udp_rule_idle_s,
+        true,
+    );
+    compare(
+        &mut out,
+        "udp_rules_per_registration",
+        o.udp_rules_per_registration,
+        n.udp_rules_per_registration,
+        true,
+    );
+    let old_file = optional(old.secret_file.as_ref().map(|p| p.display()));
+    let new_file = optional(new.secret_file.as_ref().map(|p| p.display()));
+    if old_file != new_file {
+        compare(&mut out, "secret_file", old_file, new_file, true);
+    } else if secret_changed {
+        out.push(Change {
+            key: "secret_file",
+            old: format!("{old_file} (old contents)"),
+            new: format!("{new_file} (new contents)"),
+            live: true,
+        });
+    }
+    compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
+    out
+}
+
+/// The configuration to run with after a reload: the new live settings on
+/// top of the running restart-only ones.
+pub fn apply(running: &Config, reread: &Config) -> Config {
+    Config {
+        limits: reread.limits.clone(),
+        secret_file: reread.secret_file.clone(),
+        log_filter: reread.log_filter.clone(),
+        ..running.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{merge, parse_file, Env};
+    use clap::Parser;
+
+    fn config(file: &str) -> Config {
+        let args = crate::cli::Cli::try_parse_from(["gcb-broker"])
+            .unwrap()
+            .daemon;
+        merge(&args, &parse_file(file).unwrap(), None, &Env::default()).unwrap()
+    }
+
+    #[test]
+    fn no_change_no_entries() {
+        let c = config("listen = \"192.0.2.1\"");
+        assert!(diff(&c, &c, false).is_empty());
+    }
+
+    #[test]
+    fn live_and_restart_changes_are_told_apart() {
+        let old = config("listen = \"192.0.2.1\"\nmax_relays = 10");
+        let new = config("listen = \"192.0.2.1:7\"\nmax_relays = 20\nlog = \"debug\"");
+        let changes = diff(&old, &new, false);
+        let keys: Vec<_> = changes.iter().map(|c| (c.key, c.live)).collect();
+        assert_eq!(
+            keys,
+            [("listen", false), ("max_relays", true), ("log", true)]
+        );
+        assert_eq!(
+            (changes[1].old.as_str(), changes[1].new.as_str()),
+            ("10", "20")
+        );
+
+        let running = apply(&old, &new);
+        assert_eq!(running.listen, old.listen);
+        assert_eq!(running.limits.max_relays, 20);
+        assert_eq!(running.log_filter, "debug");
+    }
+
+    #[test]
+    fn secret_contents_change_is_reported_without_the_secret() {
+        let c = config("listen = \"192.0.2.1\"\nsecret_file = \"/k\"");
+        let changes = diff(&c, &c, true);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].key, "secret_file");
+        assert!(changes[0].new.contains("new contents"));
+    }
+}

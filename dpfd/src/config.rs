@@ -1,0 +1,339 @@
+//! dpfd's effective configuration: the TOML file format, the merge of
+//! flags, file and defaults (flag or environment > file > default), and the
+//! checks that involve several settings at once.
+//!
+//! Merging is a pure function of its inputs (the host's interface addresses
+//! are passed in) so it can be tested without a process, and so SIGHUP can
+//! rerun it with the original command line and the re-read file.
+
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::cli::DaemonArgs;
+use crate::net::{self, Cidr, IfAddr};
+use crate::values::{load_secret, parse_level, parse_listen, parse_table_name, PortRange, Secret};
+
+mod checks;
+mod file;
+use checks::{check_mirror, check_port_range, check_public_ips, derive_private_net};
+pub use file::{parse_file, FileConfig};
+
+/// dpfd's command port when --listen gives only an IP: one above GCB's
+/// 65432, so both daemons can share a gateway.
+pub const DEFAULT_COMMAND_PORT: u16 = 65433;
+pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
+    lo: 40000,
+    hi: 49999,
+};
+pub const DEFAULT_NFT_TABLE: &str = "dpf";
+pub const DEFAULT_PROBE_INTERVAL_S: u64 = 30;
+pub const DEFAULT_PER_HOST_QUOTA: u32 = 1024;
+pub const DEFAULT_LOG: &str = "info";
+/// Longest accepted interval, one day. The bound keeps `now + setting`
+/// deadlines far from overflowing `Instant`, and nothing sensible is longer.
+pub const MAX_SECONDS: u64 = 86_400;
+
+/// The merged and checked configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_ips: Vec<IpAddr>,
+    pub port_range: PortRange,
+    pub mirror: PathBuf,
+    pub nft_table: String,
+    pub private_nets: Vec<Cidr>,
+    /// The private network was derived from --listen, not given.
+    pub private_nets_derived: bool,
+    pub probe_interval_s: u64,
+    pub per_host_quota: u32,
+    pub secret_file: Option<PathBuf>,
+    /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
+    pub log_filter: String,
+}
+
+/// What merging needs from the process and the host, passed in so tests can
+/// choose it.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub rust_log: Option<String>,
+    pub addresses: Vec<IfAddr>,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            rust_log: std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
+            addresses: net::local_addresses(),
+        }
+    }
+}
+
+/// A configuration ready to run, with the secret read and any warnings that
+/// could only be logged once logging is set up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub secret: Option<Secret>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the config file named by --config (if any), merges, checks (also
+/// against the file system), and reads the secret file. The error is one
+/// line, without the program name.
+pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let file_dir = args.config.as_deref().and_then(Path::parent);
+    let config = merge(args, &file, file_dir, env)?;
+    check_mirror(&config.mirror)?;
+    let mut warnings = Vec::new();
+    for ip in &config.public_ips {
+        if !env.addresses.iter().any(|a| a.ip == *ip) {
+            warnings.push(format!(
+                "public IP {ip} is not an address of this host; its forwards work only if \
+                 traffic for it is routed here"
+            ));
+        }
+    }
+    let secret = match &config.secret_file {
+        Some(path) => {
+            let (secret, warning) = load_secret(path)?;
+            warnings.extend(warning);
+            Some(secret)
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        config,
+        secret,
+        warnings,
+    })
+}
+
+pub fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let shown = path.display();
+    let text = fs::read_to_string(path).map_err(|e| format!("config file {shown}: {e}"))?;
+    parse_file(&text).map_err(|e| format!("config file {shown}: {e}"))
+}
+
+/// Where a merged value came from, so an error can point at the right place.
+#[derive(Clone, Copy)]
+enum Origin {
+    Flag,
+    File,
+    Default,
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> (T, Origin) {
+    match (flag, file) {
+        (Some(v), _) => (v, Origin::Flag),
+        (None, Some(v)) => (v, Origin::File),
+        (None, None) => (default, Origin::Default),
+    }
+}
+
+/// "--per-host-quota" or "per_host_quota in the config file": the key is
+/// the flag name with underscores, so one name gives both spellings.
+fn place(key: &str, origin: Origin) -> String {
+    match origin {
+        Origin::Flag | Origin::Default => format!("--{}", key.replace('_', "-")),
+        Origin::File => format!("{key} in the config file"),
+    }
+}
+
+/// Parses a value from the file with the same parser as its flag.
+fn from_file<T>(
+    key: &str,
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    value
+        .map(|s| parse(s).map_err(|e| format!("{key} in the config file: {e}")))
+        .transpose()
+}
+
+/// Parses every entry of a list from the file; `None` if the key is absent.
+fn list_from_file<T>(
+    key: &str,
+    values: Option<&[String]>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<Vec<T>>, String> {
+    let parse_one = |s: &String| parse(s).map_err(|e| format!("{key} in the config file: {e}"));
+    values
+        .map(|list| list.iter().map(parse_one).collect())
+        .transpose()
+}
+
+fn in_bounds<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    (value, origin): (T, Origin),
+    min: T,
+    max: T,
+) -> Result<T, String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{} is {value}; it must be between {min} and {max}",
+            place(key, origin)
+        ));
+    }
+    Ok(value)
+}
+
+fn relative_to(dir: Option<&Path>, path: &Path) -> PathBuf {
+    match dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Merges flags (and their environment variables) over the file over the
+/// defaults, then checks the result as a whole. Relative paths in the file
+/// are taken relative to the file's directory; on the command line, to the
+/// working directory.
+pub fn merge(
+    args: &DaemonArgs,
+    file: &FileConfig,
+    file_dir: Option<&Path>,
+    env: &Env,
+) -> Result<Config, String> {
+    let file_listen = from_file("listen", file.listen.as_deref(), |s| {
+        parse_listen(s, DEFAULT_COMMAND_PORT)
+    })?;
+    let listen = args.listen.or(file_listen).ok_or_else(|| {
+        "no command port: give --listen IP[:PORT] or `listen` in the config file".to_string()
+    })?;
+
+    let file_public = list_from_file("public_ip", file.public_ip.as_deref(), |s| {
+        s.trim()
+            .parse::<IpAddr>()
+            .map_err(|_| format!("'{s}' is not an IP address"))
+    })?;
+    let flag_public = Some(args.public_ip.clone()).filter(|v| !v.is_empty());
+    let (public_ips, public_origin) = pick(flag_public, file_public, Vec::new());
+    if public_ips.is_empty() {
+        return Err(
+            "no public address: give --public-ip IP[,IP...] or `public_ip` in the \
+                    config file"
+                .to_string(),
+        );
+    }
+
+    let file_range = from_file("port_range", file.port_range.as_deref(), |s| s.parse())?;
+    let (port_range, range_origin) = pick(args.port_range, file_range, DEFAULT_PORT_RANGE);
+
+    let mirror = args
+        .mirror
+        .clone()
+        .or_else(|| file.mirror.as_deref().map(|p| relative_to(file_dir, p)))
+        .ok_or_else(|| {
+            "no mirror file: give --mirror PATH or `mirror` in the config file".to_string()
+        })?;
+
+    let file_table = from_file("nft_table", file.nft_table.as_deref(), parse_table_name)?;
+    let nft_table = pick(
+        args.nft_table.clone(),
+        file_table,
+        DEFAULT_NFT_TABLE.to_string(),
+    )
+    .0;
+
+    let file_nets = list_from_file("private_net", file.private_net.as_deref(), |s| s.parse())?;
+    let flag_nets = Some(args.private_net.clone()).filter(|v| !v.is_empty());
+    let (private_nets, private_nets_derived) = match flag_nets.or(file_nets) {
+        Some(nets) if !nets.is_empty() => (nets, false),
+        Some(_) => return Err("private_net in the config file is an empty list".to_string()),
+        None => (vec![derive_private_net(listen, &env.addresses)?], true),
+    };
+
+    let probe_interval_s = in_bounds(
+        "probe_interval_s",
+        pick(
+            args.probe_interval_s,
+            file.probe_interval_s,
+            DEFAULT_PROBE_INTERVAL_S,
+        ),
+        1,
+        MAX_SECONDS,
+    )?;
+    let per_host_quota = in_bounds(
+        "per_host_quota",
+        pick(
+            args.per_host_quota,
+            file.per_host_quota,
+            DEFAULT_PER_HOST_QUOTA,
+        ),
+        1,
+        u32::MAX,
+    )?;
+    let secret_file = args.secret_file.clone().or_else(|| {
+        file.secret_file
+            .as_deref()
+            .map(|p| relative_to(file_dir, p))
+    });
+
+    let log_filter = if let Some(level) = &args.log {
+        level.clone()
+    } else if let Some(filter) = &env.rust_log {
+        crate::logging::check_filter(filter).map_err(|e| format!("RUST_LOG: {e}"))?;
+        filter.clone()
+    } else {
+        from_file("log", file.log.as_deref(), parse_level)?.unwrap_or_else(|| DEFAULT_LOG.into())
+    };
+
+    check_public_ips(&public_ips, public_origin, &private_nets)?;
+    check_port_range(listen, &public_ips, port_range, range_origin)?;
+    Ok(Config {
+        listen,
+        public_ips,
+        port_range,
+        mirror,
+        nft_table,
+        private_nets,
+        private_nets_derived,
+        probe_interval_s,
+        per_host_quota,
+        secret_file,
+        log_filter,
+    })
+}
+
+/// Comma-joined, for the summary and the reload report.
+pub fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+}
+
+impl Config {
+    /// The one-line startup summary, with the command address as bound (it
+    /// differs from `listen` when port 0 asked the kernel to choose); never
+    /// shows the secret itself.
+    pub fn summary(&self, bound: SocketAddr, secret: Option<&Secret>) -> String {
+        let derived = if self.private_nets_derived {
+            " (subnet of --listen)"
+        } else {
+            ""
+        };
+        let auth = secret.map_or_else(|| "off".to_string(), |s| format!("HMAC with {s}"));
+        format!(
+            "command port udp {bound}, requests from {}{derived}, forwards on {} ports {} \
+             ({} ports), nft table {}, mirror {}, probe every {}s, per-host quota {}, \
+             authentication {auth}, log {}",
+            list(&self.private_nets),
+            list(&self.public_ips),
+            self.port_range,
+            self.port_range.len(),
+            self.nft_table,
+            self.mirror.display(),
+            self.probe_interval_s,
+            self.per_host_quota,
+            self.log_filter,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

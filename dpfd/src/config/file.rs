@@ -1,0 +1,78 @@
+//! The config file as written: TOML keys named like the flags, and the
+//! parsing that turns TOML errors into one line naming the place.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// Every key is optional; unknown keys are an error so that a typo never
+/// silently leaves a setting at its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    #[serde(default, deserialize_with = "string_list")]
+    pub public_ip: Option<Vec<String>>,
+    pub port_range: Option<String>,
+    pub mirror: Option<PathBuf>,
+    pub nft_table: Option<String>,
+    #[serde(default, deserialize_with = "string_list")]
+    pub private_net: Option<Vec<String>>,
+    pub probe_interval_s: Option<u64>,
+    pub per_host_quota: Option<u32>,
+    pub secret_file: Option<PathBuf>,
+    pub log: Option<String>,
+}
+
+/// Lists may be written as TOML arrays or, like the flags, as one
+/// comma-separated string: `public_ip = "198.51.100.1,198.51.100.2"`.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    struct ListVisitor;
+
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or an array of strings")
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<String>, E> {
+            Ok(s.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    d.deserialize_any(ListVisitor).map(Some)
+}
+
+/// Parses the TOML text; the error names the line and, for a typo, the key.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        // toml's Display draws a multi-line snippet; the contract is one line.
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        match e.span() {
+            Some(span) => {
+                // Type errors do not name the key, so quote the line itself.
+                let start = span.start.min(text.len());
+                let number = text[..start].matches('\n').count() + 1;
+                let line = text.lines().nth(number - 1).unwrap_or("").trim();
+                let quoted: String = line.chars().take(60).collect();
+                let more = if quoted.len() < line.len() { "..." } else { "" };
+                format!("line {number} `{quoted}{more}`: {message}")
+            }
+            None => message,
+        }
+    })
+}

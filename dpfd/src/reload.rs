@@ -1,0 +1,180 @@
+//! SIGHUP support: what changed between the running configuration and the
+//! re-read one, and which changes can take effect without a restart.
+//!
+//! The accepted networks, the probe interval, the quota, the secret and the
+//! log filter only govern future requests and probes, so they change at
+//! once. The command address is a bound socket; the public IPs, the port
+//! range, the mirror file and the nftables table name the forwards that
+//! already exist, so a change to them is reported and ignored until dpfd is
+//! restarted (when the mirror file is replayed against the new settings).
+
+use std::fmt::Display;
+
+use crate::config::{list, Config};
+
+/// One setting whose value differs in the re-read configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: &'static str,
+    pub old: String,
+    pub new: String,
+    /// Whether the new value takes effect now (true) or at the next restart.
+    pub live: bool,
+}
+
+fn compare<T: PartialEq + Display>(
+    out: &mut Vec<Change>,
+    key: &'static str,
+    old: T,
+    new: T,
+    live: bool,
+) {
+    if old != new {
+        out.push(Change {
+            key,
+            old: old.to_string(),
+            new: new.to_string(),
+            live,
+        });
+    }
+}
+
+fn optional<T: Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+/// Lists the differences, restart-only settings first. `secret_changed`
+/// covers a secret file whose name stayed but whose contents changed; the
+/// secret itself never appears in a `Change`.
+pub fn diff(old: &Config, new: &Config, secret_changed: bool) -> Vec<Change> {
+    let mut out = Vec::new();
+    compare(&mut out, "listen", old.listen, new.listen, false);
+    compare(
+        &mut out,
+        "public_ip",
+        list(&old.public_ips),
+        list(&new.public_ips),
+        false,
+    );
+    compare(
+        &mut out,
+        "port_range",
+        old.port_range,
+        new.port_range,
+        false,
+    );
+    compare(
+        &mut out,
+        "mirror",
+        old.mirror.display().to_string(),
+        new.mirror.display().to_string(),
+        false,
+    );
+    compare(&mut out, "nft_table", &old.nft_table, &new.nft_table, false);
+    compare(
+        &mut out,
+        "private_net",
+        list(&old.private_nets),
+        list(&new.private_nets),
+        true,
+    );
+    compare(
+        &mut out,
+        "probe_interval_s",
+        old.probe_interval_s,
+        new.probe_interval_s,
+        true,
+    );
+    compare(
+        &mut out,
+        "per_host_quota",
+        old.per_host_quota,
+        new.per_host_quota,
+        true,
+    );
+    let old_file = optional(old.secret_file.as_ref().map(|p| p.display()));
+    let new_file = optional(new.secret_file.as_ref().map(|p| p.display()));
+    if old_file != new_file {
+        compare(&mut out, "secret_file", old_file, new_file, true);
+    } else if secret_changed {
+        out.push(Change {
+            key: "secret_file",
+            old: format!("{old_file} (old contents)"),
+            new: format!("{new_file} (new contents)"),
+            live: true,
+        });
+    }
+    compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
+    out
+}
+
+/// The configuration to run with after a reload: the new live settings on
+/// top of the running restart-only ones.
+pub fn apply(running: &Config, reread: &Config) -> Config {
+    Config {
+        private_nets: reread.private_nets.clone(),
+        private_nets_derived: reread.private_nets_derived,
+        probe_interval_s: reread.probe_interval_s,
+        per_host_quota: reread.per_host_quota,
+        secret_file: reread.secret_file.clone(),
+        log_filter: reread.log_filter.clone(),
+        ..running.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{merge, parse_file, Env};
+    use clap::Parser;
+
+    fn config(file: &str) -> Config {
+        let args = crate::cli::Cli::try_parse_from(["dpfd"]).unwrap().daemon;
+        let base = "listen = \"0.0.0.0\"\npublic_ip = \"198.51.100.1\"\nmirror = \"/m\"\n";
+        merge(
+            &args,
+            &parse_file(&format!("{base}{file}")).unwrap(),
+            None,
+            &Env::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn no_change_no_entries() {
+        let c = config("private_net = \"192.0.2.0/24\"");
+        assert!(diff(&c, &c, false).is_empty());
+    }
+
+    #[test]
+    fn live_and_restart_changes_are_told_apart() {
+        let old = config("private_net = \"192.0.2.0/24\"\nprobe_interval_s = 30");
+        let new = config(
+            "private_net = \"192.0.2.0/24,10.0.0.0/8\"\nprobe_interval_s = 5\nnft_table = \"x\"",
+        );
+        let changes = diff(&old, &new, false);
+        let keys: Vec<_> = changes.iter().map(|c| (c.key, c.live)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("nft_table", false),
+                ("private_net", true),
+                ("probe_interval_s", true)
+            ]
+        );
+        assert_eq!(changes[1].new, "192.0.2.0/24,10.0.0.0/8");
+
+        let running = apply(&old, &new);
+        assert_eq!(running.nft_table, "dpf");
+        assert_eq!(running.probe_interval_s, 5);
+        assert_eq!(running.private_nets.len(), 2);
+    }
+
+    #[test]
+    fn secret_contents_change_is_reported_without_the_secret() {
+        let c = config("private_net = \"192.0.2.0/24\"\nsecret_file = \"/k\"");
+        let changes = diff(&c, &c, true);
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].new.contains("new contents"));
+    }
+}
