@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_COMMAND_PORT;
-use crate::values::{parse_listen, PortRange, LOG_LEVELS};
+use crate::values::{parse_listen, Networks, PortRange, LOG_LEVELS};
 
 /// GCB connection broker.
 ///
@@ -34,9 +34,10 @@ pub struct Cli {
 /// Client subcommands; without one, `gcb-broker` runs the daemon.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Ask a running broker for its status: registrations, relays and counters.
+    /// Ask a running broker for its status: registrations, relays, pending pairings and
+    /// counters. The broker answers only its own host and --status-allow networks.
     Query {
-        /// Command port of the broker to ask, as HOST:PORT.
+        /// Command port of the broker to ask, as HOST:PORT (the port defaults to 65432).
         #[arg(value_name = "HOST:PORT")]
         target: String,
 
@@ -93,6 +94,13 @@ pub struct DaemonArgs {
     /// Most UDP relay rules (peer addresses) per registered UDP socket. [default: 64]
     #[arg(long, value_name = "N", env = "GCB_BROKER_UDP_RULES_PER_REGISTRATION")]
     pub udp_rules_per_registration: Option<u32>,
+
+    /// Networks besides the broker's own host that may ask for its status (`gcb-broker query`),
+    /// as a comma-separated list of IP or IP/LEN. The status names every client's addresses and
+    /// programs, so it is refused to anyone else. [default: none, only loopback and the host's
+    /// own addresses]
+    #[arg(long, value_name = "CIDR[,CIDR...]", env = "GCB_BROKER_STATUS_ALLOW")]
+    pub status_allow: Option<Networks>,
 
     /// File holding the shared secret that authenticates commands (HMAC). It must exist and not
     /// be empty; a trailing newline is ignored. A warning is logged if others can read it.

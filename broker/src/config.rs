@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::cli::DaemonArgs;
-use crate::values::{load_secret, parse_level, parse_listen, PortRange, Secret};
+use crate::values::{load_secret, parse_level, parse_listen, Networks, PortRange, Secret};
 
 /// Historic GCB's command port, used when --listen gives only an IP.
 pub const DEFAULT_COMMAND_PORT: u16 = 65432;
@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub rate_limit: Option<u32>,
     pub udp_rule_idle_s: Option<u64>,
     pub udp_rules_per_registration: Option<u32>,
+    pub status_allow: Option<String>,
     pub secret_file: Option<PathBuf>,
     pub log: Option<String>,
 }
@@ -71,6 +72,8 @@ pub struct Config {
     pub public_ip: IpAddr,
     pub port_range: PortRange,
     pub limits: Limits,
+    /// Networks besides the host itself that may query the status.
+    pub status_allow: Networks,
     pub secret_file: Option<PathBuf>,
     /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
     pub log_filter: String,
@@ -284,6 +287,9 @@ pub fn merge(
         )?,
     };
 
+    let file_allow = from_file("status_allow", &file.status_allow, |s| s.parse())?;
+    let status_allow = pick(args.status_allow.clone(), file_allow, Networks::default()).0;
+
     let secret_file = args.secret_file.clone().or_else(|| {
         file.secret_file.as_ref().map(|p| match file_dir {
             Some(dir) if p.is_relative() => dir.join(p),
@@ -300,74 +306,17 @@ pub fn merge(
         from_file("log", &file.log, parse_level)?.unwrap_or_else(|| DEFAULT_LOG.to_string())
     };
 
-    check_addresses(listen, public_ip, public_origin)?;
-    check_port_range(listen, port_range, range_origin, env.is_root)?;
+    checks::addresses(listen, public_ip, public_origin)?;
+    checks::port_range(listen, port_range, range_origin, env.is_root)?;
     Ok(Config {
         listen,
         public_ip,
         port_range,
         limits,
+        status_allow,
         secret_file,
         log_filter,
     })
-}
-
-fn check_addresses(listen: SocketAddr, public_ip: IpAddr, origin: Origin) -> Result<(), String> {
-    if public_ip.is_unspecified() {
-        return Err(match origin {
-            Origin::Default => format!(
-                "--listen {listen} is a wildcard address, so --public-ip must name the concrete \
-                 address proxy sockets are bound on"
-            ),
-            _ => format!(
-                "{} is {public_ip}; proxy addresses are handed to clients, so it must be a \
-                 concrete address",
-                place("public_ip", origin)
-            ),
-        });
-    }
-    if public_ip.is_multicast() {
-        return Err(format!(
-            "{} is {public_ip}, a multicast address",
-            place("public_ip", origin)
-        ));
-    }
-    if listen.is_ipv4() != public_ip.is_ipv4() {
-        return Err(format!(
-            "--listen {listen} and --public-ip {public_ip} are of different address families"
-        ));
-    }
-    // Connectors find the broker at PROXY_IP:COMMAND_PORT (DESIGN.md, Fixed
-    // interfaces), so the command socket must be reachable on the public IP.
-    if !listen.ip().is_unspecified() && listen.ip() != public_ip {
-        return Err(format!(
-            "--listen {listen} is not on --public-ip {public_ip}; connectors reach the broker at \
-             PUBLIC_IP:COMMAND_PORT, so listen on {public_ip} or on the wildcard address"
-        ));
-    }
-    Ok(())
-}
-
-fn check_port_range(
-    listen: SocketAddr,
-    range: PortRange,
-    origin: Origin,
-    is_root: bool,
-) -> Result<(), String> {
-    if range.lo < 1024 && !is_root {
-        return Err(format!(
-            "{} {range} includes ports below 1024, which only root may bind",
-            place("port_range", origin)
-        ));
-    }
-    if range.contains(listen.port()) {
-        return Err(format!(
-            "{} {range} contains the command port {}; proxy sockets would collide with it",
-            place("port_range", origin),
-            listen.port()
-        ));
-    }
-    Ok(())
 }
 
 impl Config {
@@ -380,15 +329,19 @@ impl Config {
             0 => "off".to_string(),
             n => format!("{n}/s per source IP"),
         };
+        let status = match self.status_allow.0.len() {
+            0 => String::new(),
+            _ => format!(" and {}", self.status_allow),
+        };
         let auth = match secret {
             Some(s) => format!("HMAC with {s}"),
             None => "off".to_string(),
         };
         format!(
-            "command port udp {}, proxies on {} ports {} ({} ports), heartbeat timeout {}s, \
+            "command port udp {bound}, rendezvous tcp {bound}, proxies on {} ports {} ({} ports), heartbeat timeout {}s, \
              max registrations {}, max relays {}, rate limit {rate}, udp rule idle {}s, \
-             udp rules per registration {}, authentication {auth}, log {}",
-            bound,
+             udp rules per registration {}, status from this host{status}, authentication {auth}, \
+             log {}",
             self.public_ip,
             self.port_range,
             self.port_range.len(),
@@ -402,5 +355,6 @@ impl Config {
     }
 }
 
+mod checks;
 #[cfg(test)]
 mod tests;

@@ -1,92 +1,157 @@
-//! The broker's event loop: one thread, one mio `Poll` over the signalfd,
-//! the UDP command socket and, as the broker grows, the proxy and relay
-//! sockets, with deadlines from [`Timers`] setting the poll timeout.
+//! The broker's event loop: one thread, one mio `Poll` over the signalfd, the
+//! UDP command socket, the TCP rendezvous socket and the dynamic sources
+//! (proxy listeners, rendezvous connections saying hello, relay sockets).
 //!
 //! Each turn of the loop:
-//! 1. sleeps in `poll` until an event or the next deadline (or not at all if
-//!    the command socket still has a backlog from the previous turn);
-//! 2. handles the events: fixed tokens by name, the rest through the slab;
+//! 1. sleeps in `poll` until an event or the next deadline, or not at all if
+//!    some source stopped at its budget in the previous turn;
+//! 2. handles the events: fixed tokens by name, the rest through the slab,
+//!    then the sources that stopped at their budget;
 //! 3. ends the token batch, so slots freed in step 2 become reusable;
-//! 4. fires the deadlines that are due;
+//! 4. handles what is due: timers, registration expiry, pairing deadlines,
+//!    retransmissions of commands to clients;
 //! 5. stops if SIGTERM or SIGINT arrived.
 //!
 //! Nothing here blocks except `poll`, so a flood on one socket, a slow peer
-//! or a reload never stalls the rest.
+//! or a reload never stalls the rest. The handlers live in their own
+//! modules as further `impl Daemon` blocks: `command` (the command port),
+//! `handlers` (the GCB requests), `relay` (proxy sockets, rendezvous,
+//! relays) and `status`; this struct is the state they share.
 
+use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use mio::net::UdpSocket;
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
-use tracing::{debug, error, info, trace, warn};
+use proto::rudp::ReplyCache;
+use proto::Endpoint;
+use tracing::{debug, info, trace, warn};
 
+use crate::async_cmd::AsyncCommands;
 use crate::cli::DaemonArgs;
-use crate::config::{self, Config, Env, Loaded};
+use crate::config::{Config, Env, Loaded};
+use crate::counters::Counters;
 use crate::logging::LogHandle;
-use crate::reload;
-use crate::signals::{Request, Signals};
-use crate::timers::Timers;
+use crate::pairing::Pairings;
+use crate::registry::Registry;
+use crate::relay::{Hello, Relays, RENDEZVOUS};
+use crate::signals::Signals;
+use crate::status::Snapshots;
+use crate::timers::{TimerId, Timers};
 use crate::tokens::{TokenSlab, COMMAND, SIGNALS};
 use crate::values::Secret;
+use daemon_kit::random::{random_u64, SplitMix64};
+use daemon_kit::ratelimit::RateLimiter;
+use daemon_kit::throttle::Throttle;
 
 /// Largest UDP payload; a command never comes close, but reading less would
 /// silently truncate whatever arrives.
 const MAX_DATAGRAM: usize = 65_536;
-/// Datagrams read from the command socket per loop turn before other events
-/// get their share; the rest waits for the next turn.
-const COMMAND_BUDGET: usize = 1024;
 /// How often the counters go to the debug log.
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// Sources the rate limiter tracks at once (see daemon_kit::ratelimit).
+const RATE_LIMIT_SOURCES: usize = 65_536;
+/// Reply cache bounds: at the default rate limit a source cannot push its
+/// own entries out within the cache's time to live.
+const REPLY_CACHE_ENTRIES: usize = 65_536;
+const REPLY_CACHE_BYTES: usize = 16 << 20;
+/// At most one warning line per condition per this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// The open-files limit is raised to the hard limit, up to this.
+const NOFILE_CAP: u64 = 1 << 20;
 
-/// What happened on the command socket since startup.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    pub received: u64,
-    /// Datagrams that are not a well-formed command (counted once the
-    /// command parser lands; dropped, never fatal).
-    pub malformed: u64,
-    /// Datagrams read and dropped because this build has no command handler.
-    pub unhandled: u64,
-    pub receive_errors: u64,
+/// Event sources that get a token from the slab.
+pub(crate) enum Dynamic {
+    /// The proxy TCP listener of registration `proxy`.
+    Proxy {
+        proxy: Endpoint,
+        listener: TcpListener,
+    },
+    /// A rendezvous connection that has not said hello yet.
+    Hello(Hello),
+    /// One of the two sockets of relay number `.0`.
+    Relay(u64),
 }
 
-/// Event sources that get a token from the slab: proxy listeners, proxy UDP
-/// sockets and relay connections will be variants here. There are none yet,
-/// so no dynamic token can be live.
-enum Dynamic {}
-
-/// Deadlines the loop acts on.
+/// Deadlines kept in the timer heap; registrations, pairings and commands
+/// keep their own deadline indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Timer {
+pub(crate) enum Timer {
     /// Log the counters and schedule the next one.
     Stats,
+    /// A rendezvous connection's time to say hello; `serial` tells it from
+    /// a later source that got the same slab token.
+    Hello { token: Token, serial: u64 },
+    /// Retry accepting on a proxy listener after running out of descriptors
+    /// (a late retry on a reused token is a harmless spurious event).
+    Accept(Token),
+    /// Retry accepting on the rendezvous socket, likewise.
+    Rendezvous,
+}
+
+/// Warning lines that could flood the log, each throttled on its own.
+pub(crate) struct Throttles {
+    pub rate_limit: Throttle,
+    pub registrations: Throttle,
+    pub relays: Throttle,
+    pub accept: Throttle,
 }
 
 pub struct Daemon {
-    poll: Poll,
-    signals: Signals,
-    command: UdpSocket,
-    command_addr: SocketAddr,
+    pub(crate) poll: Poll,
+    pub(crate) signals: Signals,
+    pub(crate) command: UdpSocket,
+    pub(crate) command_addr: SocketAddr,
     /// The command socket stopped at its budget and still has datagrams.
-    command_backlog: bool,
-    dynamic: TokenSlab<Dynamic>,
-    timers: Timers<Timer>,
-    counters: Counters,
-    config: Config,
-    secret: Option<Secret>,
+    pub(crate) command_backlog: bool,
+    pub(crate) rendezvous: TcpListener,
+    /// `public_ip:command_port`: where clients meet for relays.
+    pub(crate) rendezvous_addr: SocketAddrV4,
+    /// The rendezvous socket stopped at its accept budget.
+    pub(crate) rendezvous_backlog: bool,
+    pub(crate) public_ip: Ipv4Addr,
+    pub(crate) slab: TokenSlab<Dynamic>,
+    /// Sources that stopped at their budget, to run again next turn.
+    pub(crate) rerun: VecDeque<Token>,
+    pub(crate) timers: Timers<Timer>,
+    pub(crate) registry: Registry,
+    pub(crate) pairings: Pairings<TcpStream>,
+    pub(crate) relays: Relays,
+    pub(crate) asyncs: AsyncCommands,
+    pub(crate) replies: ReplyCache<SocketAddrV4>,
+    pub(crate) limiter: RateLimiter<Ipv4Addr>,
+    pub(crate) snapshots: Snapshots,
+    pub(crate) throttles: Throttles,
+    pub(crate) counters: Counters,
+    pub(crate) rng: SplitMix64,
+    pub(crate) hellos: usize,
+    pub(crate) next_serial: u64,
+    pub(crate) started: Instant,
+    pub(crate) config: Config,
+    pub(crate) secret: Option<Secret>,
     /// The command line and environment as parsed at startup, for re-merging
     /// with the re-read file on SIGHUP.
-    args: DaemonArgs,
-    env: Env,
-    log: LogHandle,
-    buf: Vec<u8>,
+    pub(crate) args: DaemonArgs,
+    pub(crate) env: Env,
+    pub(crate) log: LogHandle,
+    pub(crate) buf: Vec<u8>,
+}
+
+fn ipv4(ip: IpAddr, what: &str) -> Result<Ipv4Addr, String> {
+    match ip {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(format!(
+            "{what} {ip} is IPv6; GCB proxy addresses are IPv4, so give an IPv4 address"
+        )),
+    }
 }
 
 impl Daemon {
-    /// Binds the command socket and registers the fixed sources. Errors are
-    /// one line, for exit code 1.
+    /// Binds the command and rendezvous sockets and registers the fixed
+    /// sources. Errors are one line, for exit code 1.
     pub fn start(
         loaded: Loaded,
         args: DaemonArgs,
@@ -95,6 +160,8 @@ impl Daemon {
         signals: Signals,
     ) -> Result<Daemon, String> {
         let config = loaded.config;
+        let public_ip = ipv4(config.public_ip, "--public-ip")?;
+        ipv4(config.listen.ip(), "--listen")?;
         // Proxy sockets are bound on the public IP later, one by one; find
         // out now, not at the first registration, if it is not ours.
         std::net::UdpSocket::bind(SocketAddr::new(config.public_ip, 0))
@@ -104,6 +171,11 @@ impl Daemon {
         let command_addr = command
             .local_addr()
             .map_err(|e| format!("command socket: {e}"))?;
+        // Same IP and port number as the command socket, TCP: see
+        // docs/gcb-client-design.md, "Rendezvous on the broker".
+        let mut rendezvous = TcpListener::bind(command_addr)
+            .map_err(|e| format!("cannot bind the rendezvous port tcp {command_addr}: {e}"))?;
+        let rendezvous_addr = SocketAddrV4::new(public_ip, command_addr.port());
 
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         signals
@@ -112,21 +184,60 @@ impl Daemon {
         poll.registry()
             .register(&mut command, COMMAND, Interest::READABLE)
             .map_err(|e| format!("cannot watch the command socket: {e}"))?;
+        poll.registry()
+            .register(&mut rendezvous, RENDEZVOUS, Interest::READABLE)
+            .map_err(|e| format!("cannot watch the rendezvous socket: {e}"))?;
 
         info!(
             "gcb-broker {} started: {}",
             env!("CARGO_PKG_VERSION"),
             config.summary(command_addr, loaded.secret.as_ref())
         );
+        match daemon_kit::rlimit::raise_nofile(NOFILE_CAP) {
+            Ok((soft, _)) => debug!("open files limit {soft}"),
+            Err(e) => warn!("cannot raise the open files limit: {e}"),
+        }
+        let limits = &config.limits;
+        let throttle = || Throttle::new(WARN_INTERVAL);
         Ok(Daemon {
             poll,
             signals,
             command,
             command_addr,
             command_backlog: false,
-            dynamic: TokenSlab::new(),
+            rendezvous,
+            rendezvous_addr,
+            rendezvous_backlog: false,
+            public_ip,
+            slab: TokenSlab::new(),
+            rerun: VecDeque::new(),
             timers: Timers::new(),
+            registry: Registry::new(
+                public_ip,
+                config.port_range,
+                Duration::from_secs(limits.heartbeat_timeout_s),
+            ),
+            pairings: Pairings::new(),
+            relays: Relays::default(),
+            asyncs: AsyncCommands::new(random_u64()),
+            replies: ReplyCache::new(
+                ReplyCache::<SocketAddrV4>::DEFAULT_TTL,
+                REPLY_CACHE_ENTRIES,
+                REPLY_CACHE_BYTES,
+            ),
+            limiter: RateLimiter::new(limits.rate_limit, RATE_LIMIT_SOURCES),
+            snapshots: Snapshots::default(),
+            throttles: Throttles {
+                rate_limit: throttle(),
+                registrations: throttle(),
+                relays: throttle(),
+                accept: throttle(),
+            },
             counters: Counters::default(),
+            rng: SplitMix64::from_entropy(),
+            hellos: 0,
+            next_serial: 0,
+            started: Instant::now(),
             config,
             secret: loaded.secret,
             args,
@@ -143,10 +254,12 @@ impl Daemon {
         self.timers
             .schedule(Instant::now() + STATS_INTERVAL, Timer::Stats);
         loop {
-            let timeout = if self.command_backlog {
+            let busy = self.command_backlog || self.rendezvous_backlog || !self.rerun.is_empty();
+            let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
-                self.timers.poll_timeout(Instant::now())
+                self.next_deadline()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
             };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -155,7 +268,8 @@ impl Daemon {
             }
 
             let mut stop = None;
-            let mut command_done = false;
+            let (mut command_done, mut rendezvous_done) = (false, false);
+            let rerun = std::mem::take(&mut self.rerun);
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => stop = stop.or(self.on_signals()),
@@ -163,138 +277,129 @@ impl Daemon {
                         self.on_command();
                         command_done = true;
                     }
+                    RENDEZVOUS => {
+                        self.on_rendezvous();
+                        rendezvous_done = true;
+                    }
                     token => self.on_dynamic(token),
                 }
             }
             if self.command_backlog && !command_done {
                 self.on_command();
             }
-            self.dynamic.end_batch();
-
-            let now = Instant::now();
-            while let Some(timer) = self.timers.pop_due(now) {
-                self.on_timer(timer, now);
+            if self.rendezvous_backlog && !rendezvous_done {
+                self.on_rendezvous();
             }
+            for token in rerun {
+                self.on_dynamic(token);
+            }
+            self.slab.end_batch();
+            self.on_deadlines(Instant::now());
 
             if let Some(signal) = stop {
                 let c = &self.counters;
                 info!(
-                    "stopping on {}: command datagrams received {}, malformed {}, unhandled {}",
+                    "stopping on {}: command datagrams received {}, malformed {}, registrations {}, \
+                     relays opened {}, bytes relayed {}",
                     signal.as_str(),
                     c.received,
                     c.malformed,
-                    c.unhandled
+                    self.registry.len(),
+                    c.relays_opened,
+                    self.relays.bytes_total(c).iter().sum::<u64>()
                 );
+                self.abort_relays();
                 return Ok(signal);
             }
         }
     }
 
-    /// Returns the stop signal if one arrived; a reload is done on the spot.
-    fn on_signals(&mut self) -> Option<Signal> {
-        let requests = match self.signals.drain() {
-            Ok(requests) => requests,
-            Err(e) => {
-                // A signalfd read does not fail in practice; if it does,
-                // going on without signals is better than dying on a hiccup.
-                error!("reading signals: {e}");
-                return None;
-            }
-        };
-        let mut stop = None;
-        for request in requests {
-            match request {
-                Request::Reload => self.reload(),
-                Request::Stop(signal) => stop = stop.or(Some(signal)),
-            }
-        }
-        stop
-    }
-
-    /// Drains the command socket up to the budget. Every datagram is
-    /// counted and, in this build, dropped: the command handler arrives with
-    /// the `proto` crate.
-    fn on_command(&mut self) {
-        self.command_backlog = false;
-        for _ in 0..COMMAND_BUDGET {
-            match self.command.recv_from(&mut self.buf) {
-                Ok((len, from)) => {
-                    self.counters.received += 1;
-                    self.counters.unhandled += 1;
-                    debug!("command port: dropped {len} bytes from {from}: no command handler in this build");
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Per-datagram errors (e.g. an ICMP error queued on the
-                    // socket) are reported once and cleared; keep reading.
-                    self.counters.receive_errors += 1;
-                    debug!("command port {}: receive error: {e}", self.command_addr);
-                }
-            }
-        }
-        self.command_backlog = true;
+    /// The earliest deadline of every component.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        [
+            self.timers.next_deadline(),
+            self.registry.next_deadline(),
+            self.pairings.next_deadline(),
+            self.asyncs.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_dynamic(&mut self, token: Token) {
-        match self.dynamic.get(token) {
-            Some(source) => match *source {},
-            // The source was closed earlier in this batch.
-            None => trace!("event for closed token {}", token.0),
-        }
-    }
-
-    fn on_timer(&mut self, timer: Timer, now: Instant) {
-        match timer {
-            Timer::Stats => {
-                let c = &self.counters;
-                debug!(
-                    "stats: command datagrams received {}, malformed {}, unhandled {}, receive errors {}",
-                    c.received, c.malformed, c.unhandled, c.receive_errors
-                );
-                self.timers.schedule(now + STATS_INTERVAL, Timer::Stats);
+        let what = match self.slab.get(token) {
+            Some(Dynamic::Proxy { .. }) => 0,
+            Some(Dynamic::Hello(_)) => 1,
+            Some(Dynamic::Relay(id)) => {
+                let id = *id;
+                self.pump_relay(id);
+                return;
             }
-        }
-    }
-
-    /// SIGHUP: re-read the config file and apply what can change live.
-    fn reload(&mut self) {
-        let Some(path) = self.args.config.clone() else {
-            info!("SIGHUP: no --config file to re-read; nothing changed");
-            return;
-        };
-        let loaded = match config::load(&self.args, &self.env) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                error!("reload failed, keeping the running configuration: {e}");
+            // The source was closed earlier in this batch.
+            None => {
+                trace!("event for closed token {}", token.0);
                 return;
             }
         };
-        for warning in &loaded.warnings {
-            warn!("{warning}");
+        if what == 0 {
+            self.on_proxy_ready(token);
+        } else {
+            self.on_hello_readable(token);
         }
-        let changes = reload::diff(&self.config, &loaded.config, loaded.secret != self.secret);
-        if changes.is_empty() {
-            info!("reload: {}: no changes", path.display());
-            return;
-        }
-        for c in &changes {
-            if c.live {
-                info!("reload: {} changed from {} to {}", c.key, c.old, c.new);
-            } else {
-                warn!(
-                    "reload: {} changed from {} to {}, which needs a restart; still using {}",
-                    c.key, c.old, c.new, c.old
-                );
+    }
+
+    fn on_deadlines(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Stats => {
+                    let fields = self.counters.fields();
+                    let line: Vec<String> = fields
+                        .iter()
+                        .filter(|(_, v)| *v > 0)
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect();
+                    debug!(
+                        "stats: registrations {}, relays {}, pending pairings {}; {}",
+                        self.registry.len(),
+                        self.relays.len(),
+                        self.pairings.len(),
+                        line.join(", ")
+                    );
+                    self.timers.schedule(now + STATS_INTERVAL, Timer::Stats);
+                }
+                Timer::Hello { token, serial } => self.hello_timed_out(token, serial),
+                Timer::Accept(token) => self.on_dynamic(token),
+                Timer::Rendezvous => self.on_rendezvous(),
             }
         }
-        // Log the changes before a new filter may hide info lines.
-        if loaded.config.log_filter != self.config.log_filter {
-            if let Err(e) = self.log.set(&loaded.config.log_filter) {
-                error!("reload: {e}");
-            }
+        for record in self.registry.expire(now) {
+            self.counters.expired += 1;
+            self.close_proxy(record.token);
+            info!(
+                "expired {} {} of {}[{}] (local {}, mgmt {}): no heartbeat for {:.0?}",
+                record.proxy.proto,
+                record.proxy.addr,
+                record.client.program,
+                record.client.pid,
+                record.local,
+                record.client.mgmt,
+                now.saturating_duration_since(record.last_heartbeat)
+            );
         }
-        self.config = reload::apply(&self.config, &loaded.config);
-        self.secret = loaded.secret;
+        self.expire_pairings(now);
+        self.poll_commands(now);
+    }
+
+    /// Deregisters and closes a proxy listener.
+    pub(crate) fn close_proxy(&mut self, token: Token) {
+        if let Some(Dynamic::Proxy { mut listener, .. }) = self.slab.remove(token) {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+    }
+
+    /// Schedules a timer; exists so other modules need not name the heap.
+    pub(crate) fn schedule(&mut self, at: Instant, timer: Timer) -> TimerId {
+        self.timers.schedule(at, timer)
     }
 }

@@ -1,15 +1,38 @@
 //! `gcb-broker`, the GCB connection broker: entry point.
 //!
-//! Parses the command line, handles the client subcommands, loads the
-//! configuration and runs the daemon's event loop. Every failure ends as one
-//! line on stderr, `gcb-broker: <what is wrong>`, with exit code 2 for usage
-//! and configuration errors and 1 for failures at run time, such as a
-//! command port that is already taken.
+//! Parses the command line, handles the client subcommand (`query`), loads
+//! the configuration and runs the daemon's event loop. Every failure ends as
+//! one line on stderr, `gcb-broker: <what is wrong>`, with exit code 2 for
+//! usage and configuration errors and 1 for failures at run time, such as a
+//! command port that is already taken or a broker that does not answer.
+//!
+//! Modules, from the outside in:
+//! * `cli`, `config`, `reload`, `values`: settings;
+//! * `daemon`: the event loop and the state it owns;
+//! * `command`: the UDP command port (decode, rate limit, reply cache);
+//! * `handlers`: what Register, Heartbeat, Unregister and Connect do, with
+//!   `decide` (the network-situation rules), `registry` and `ports` (the
+//!   registration table and proxy ports), `pairing` (tokens waiting for
+//!   their connections) and `async_cmd` (commands to listeners);
+//! * `relay`: proxy sockets, the rendezvous port and the splice relays;
+//! * `status` and `query`: the status query, broker and tool side;
+//! * `counters`: what is counted.
 
+mod async_cmd;
 mod cli;
+mod command;
 mod config;
+mod counters;
 mod daemon;
+mod decide;
+mod handlers;
+mod pairing;
+mod ports;
+mod query;
+mod registry;
+mod relay;
 mod reload;
+mod status;
 mod values;
 
 use daemon_kit::{logging, signals, timers, tokens};
@@ -90,12 +113,10 @@ fn clap_failure(e: clap::Error) -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    if let Some(Command::Query { .. }) = cli.command {
-        // The status request is not part of the wire protocol yet; say so
-        // rather than send something a broker would not understand.
-        return Err(Failure::usage(
-            "query: the status protocol is not implemented yet",
-        ));
+    if let Some(Command::Query { target, json }) = cli.command {
+        let text = query::fetch(&target, json).map_err(Failure::runtime)?;
+        print!("{text}");
+        return Ok(());
     }
     let args = cli.daemon;
     let env = Env::from_process();

@@ -1,15 +1,25 @@
 //! SIGHUP support: what changed between the running configuration and the
 //! re-read one, and which changes can take effect without a restart.
 //!
-//! Limits, the log filter and the secret only govern future work, so they
-//! change at once. The command address, the public IP and the port range are
-//! baked into bound sockets and into proxy addresses that clients have
-//! already advertised, so a change to them is reported and ignored until
-//! the broker is restarted.
+//! Limits, the status networks, the log filter and the secret only govern
+//! future work, so they change at once (the rate limiter and the
+//! registrations' deadlines are updated on the spot). The command address,
+//! the public IP and the port range are baked into bound sockets and into
+//! proxy addresses that clients have already advertised, so a change to
+//! them is reported and ignored until the broker is restarted.
+//!
+//! The signal handling itself (`Daemon::on_signals`, `Daemon::reload`) is
+//! here too, next to the rules it applies.
 
 use std::fmt::Display;
+use std::time::Duration;
 
-use crate::config::Config;
+use nix::sys::signal::Signal;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config};
+use crate::daemon::Daemon;
+use crate::signals::Request;
 
 /// One setting whose value differs in the re-read configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +97,13 @@ pub fn diff(old: &Config, new: &Config, secret_changed: bool) -> Vec<Change> {
         n.udp_rules_per_registration,
         true,
     );
+    compare(
+        &mut out,
+        "status_allow",
+        &old.status_allow,
+        &new.status_allow,
+        true,
+    );
     let old_file = optional(old.secret_file.as_ref().map(|p| p.display()));
     let new_file = optional(new.secret_file.as_ref().map(|p| p.display()));
     if old_file != new_file {
@@ -108,9 +125,78 @@ pub fn diff(old: &Config, new: &Config, secret_changed: bool) -> Vec<Change> {
 pub fn apply(running: &Config, reread: &Config) -> Config {
     Config {
         limits: reread.limits.clone(),
+        status_allow: reread.status_allow.clone(),
         secret_file: reread.secret_file.clone(),
         log_filter: reread.log_filter.clone(),
         ..running.clone()
+    }
+}
+
+impl Daemon {
+    /// Returns the stop signal if one arrived; a reload is done on the spot.
+    pub(crate) fn on_signals(&mut self) -> Option<Signal> {
+        let requests = match self.signals.drain() {
+            Ok(requests) => requests,
+            Err(e) => {
+                // A signalfd read does not fail in practice; if it does,
+                // going on without signals is better than dying on a hiccup.
+                error!("reading signals: {e}");
+                return None;
+            }
+        };
+        let mut stop = None;
+        for request in requests {
+            match request {
+                Request::Reload => self.reload(),
+                Request::Stop(signal) => stop = stop.or(Some(signal)),
+            }
+        }
+        stop
+    }
+
+    /// SIGHUP: re-read the config file and apply what can change live.
+    fn reload(&mut self) {
+        let Some(path) = self.args.config.clone() else {
+            info!("SIGHUP: no --config file to re-read; nothing changed");
+            return;
+        };
+        let loaded = match config::load(&self.args, &self.env) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                error!("reload failed, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        for warning in &loaded.warnings {
+            warn!("{warning}");
+        }
+        let changes = diff(&self.config, &loaded.config, loaded.secret != self.secret);
+        if changes.is_empty() {
+            info!("reload: {}: no changes", path.display());
+            return;
+        }
+        for c in &changes {
+            if c.live {
+                info!("reload: {} changed from {} to {}", c.key, c.old, c.new);
+            } else {
+                warn!(
+                    "reload: {} changed from {} to {}, which needs a restart; still using {}",
+                    c.key, c.old, c.new, c.old
+                );
+            }
+        }
+        // Log the changes before a new filter may hide info lines.
+        if loaded.config.log_filter != self.config.log_filter {
+            if let Err(e) = self.log.set(&loaded.config.log_filter) {
+                error!("reload: {e}");
+            }
+        }
+        self.config = apply(&self.config, &loaded.config);
+        self.secret = loaded.secret;
+        let limits = &self.config.limits;
+        self.limiter.set_rate(limits.rate_limit);
+        self.registry
+            .set_timeout(Duration::from_secs(limits.heartbeat_timeout_s));
     }
 }
 

@@ -219,10 +219,15 @@ fn unknown_config_key_is_named() {
 }
 
 #[test]
-fn query_says_it_is_not_implemented() {
-    let (code, _, err) = run(&["query", "127.0.0.1:65432", "--json"]);
-    assert_eq!(code, 2);
-    assert_one_line_error(&err, "query: the status protocol is not implemented yet");
+fn query_without_a_broker_is_one_line_and_exit_1() {
+    // Nothing listens on a port just freed: refused at once.
+    let target = format!("127.0.0.1:{}", free_port());
+    let (code, _, err) = run(&["query", &target, "--json"]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "query: no broker at");
+    let (code, _, err) = run(&["query", "no-such-host.invalid:1"]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "query: cannot resolve no-such-host.invalid:1");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Parsers and small value types shared by the command line and the config
-//! file: command-port addresses, port ranges, log levels and the secret file.
+//! file: command-port addresses, port ranges, networks (CIDR), log levels and
+//! the secret file.
 //!
 //! Flags and file keys go through the same parsers so a value means the same
 //! thing wherever it is written, and errors read the same.
@@ -80,6 +81,77 @@ impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.lo, self.hi)
     }
+}
+
+/// An IP network written `IP/LEN`, or a bare IP meaning that one host. The
+/// address is kept as given; only its first `len` bits take part in
+/// matching, so `192.0.2.7/24` means 192.0.2.0/24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the network. An IPv4 network never contains an
+    /// IPv6 address or the reverse, mapped addresses included: a rule should
+    /// mean exactly what it says.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not IP or IP/LEN"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => match l.trim().parse::<u8>() {
+                Ok(l) if l <= max => l,
+                _ => return Err(format!("'{s}': the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(Cidr { addr, len })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// A comma-separated list of networks, as one flag or config value takes it;
+/// an empty string is the empty list.
+pub fn parse_cidr_list(s: &str) -> Result<Vec<Cidr>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::parse)
+        .collect()
 }
 
 /// Checks a log level written in the config file; clap checks the flag.
@@ -198,6 +270,33 @@ mod tests {
         let r = PortRange { lo: 10, hi: 20 };
         assert!(r.contains(10) && r.contains(20) && !r.contains(9) && !r.contains(21));
         assert_eq!(r.to_string(), "10-20");
+    }
+
+    #[test]
+    fn networks() {
+        let net: Cidr = "192.0.2.7/24".parse().unwrap();
+        assert!(net.contains("192.0.2.200".parse().unwrap()));
+        assert!(!net.contains("192.0.3.1".parse().unwrap()));
+        assert!(!net.contains("::ffff:192.0.2.1".parse().unwrap()));
+        let host: Cidr = "198.51.100.1".parse().unwrap();
+        assert_eq!(host.to_string(), "198.51.100.1/32");
+        assert!(host.contains("198.51.100.1".parse().unwrap()));
+        assert!(!host.contains("198.51.100.2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        assert!("::/0"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        for bad in ["", "10.0.0.0/33", "::/129", "host/8", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_cidr_list(" 10.0.0.0/8 , ::1").unwrap().len(), 2);
+        assert_eq!(parse_cidr_list("").unwrap(), vec![]);
+        assert!(parse_cidr_list("10.0.0.0/8,bad").is_err());
     }
 
     #[test]

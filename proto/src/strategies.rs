@@ -3,7 +3,7 @@
 
 use crate::common::{Endpoint, Proto};
 use crate::dpf;
-use crate::gcb::{self, Decision, MgmtInfo, Token};
+use crate::gcb::{self, Decision, MgmtInfo, StatusFormat, Token};
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -127,6 +127,26 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
         }),
         token().prop_map(|token| M::Dummy { token }),
         token().prop_map(|token| M::DummyAck { token }),
+        (
+            any::<u64>(),
+            any::<u16>(),
+            prop_oneof![Just(StatusFormat::Text), Just(StatusFormat::Json)]
+        )
+            .prop_map(|(snapshot, page, format)| M::StatusRequest {
+                snapshot,
+                page,
+                format
+            }),
+        // Short chunks: the limit itself is checked by a unit test, and
+        // 32 KiB strings would make every truncation property slow.
+        (any::<u64>(), any::<u16>(), any::<u16>(), text(300)).prop_map(
+            |(snapshot, page, pages, chunk)| M::StatusReply {
+                snapshot,
+                page,
+                pages,
+                chunk
+            }
+        ),
     ]
     .boxed()
 }

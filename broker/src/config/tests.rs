@@ -223,4 +223,25 @@ fn example_file_is_valid_and_complete() {
     assert!(file.max_relays.is_some() && file.rate_limit.is_some());
     assert!(file.udp_rule_idle_s.is_some() && file.udp_rules_per_registration.is_some());
     assert!(file.secret_file.is_some() && file.log.is_some());
+    assert!(file.status_allow.is_some());
+}
+
+#[test]
+fn status_allow_comes_from_flag_or_file() {
+    let c = merged(&["--listen", "192.0.2.1"], "").unwrap();
+    assert!(c.status_allow.0.is_empty());
+    let c = merged(
+        &["--listen", "192.0.2.1"],
+        "status_allow = \"10.0.0.0/8, 192.0.2.7\"",
+    )
+    .unwrap();
+    assert_eq!(c.status_allow.to_string(), "10.0.0.0/8,192.0.2.7/32");
+    let c = merged(
+        &["--listen", "192.0.2.1", "--status-allow", "198.51.100.0/24"],
+        "status_allow = \"10.0.0.0/8\"",
+    )
+    .unwrap();
+    assert_eq!(c.status_allow.to_string(), "198.51.100.0/24");
+    let err = merged(&["--listen", "192.0.2.1"], "status_allow = \"10.0.0.0/40\"").unwrap_err();
+    assert!(err.starts_with("status_allow in the config file"), "{err}");
 }

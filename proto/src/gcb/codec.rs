@@ -10,6 +10,7 @@
 //! | 0x02 | Unregister        | endpoint (proto + addr)                                     |
 //! | 0x03 | Heartbeat         | u8 n, n × endpoint                                          |
 //! | 0x04 | Connect           | proto, target, connector, opt connector_id, opt realm       |
+//! | 0x05 | StatusRequest     | u64 snapshot, u16 page, u8 format (0 text, 1 json)          |
 //! | 0x11 | ReverseConnect    | u64 token, connector, peer, proxy                           |
 //! | 0x12 | RelayConnect      | u64 token, broker, peer, proxy                              |
 //! | 0x13 | MakeHole          | u64 token, target, peer, proxy                              |
@@ -20,6 +21,7 @@
 //! | 0x84 | ConnectDecision   | u8 tag: 1 Direct addr, 2 SameRealm addr, 3 Reversal token, 4 Relay via token, 5 NotRegistered |
 //! | 0x85 | Ack               | (empty)                                                     |
 //! | 0x86 | DummyAck          | u64 token                                                   |
+//! | 0x87 | StatusReply       | u64 snapshot, u16 page, u16 pages, u16-prefixed chunk       |
 //! | 0xff | Error             | u8 code, detail                                             |
 
 use super::message::*;
@@ -36,6 +38,7 @@ pub enum Kind {
     Unregister = 0x02,
     Heartbeat = 0x03,
     Connect = 0x04,
+    StatusRequest = 0x05,
     ReverseConnect = 0x11,
     RelayConnect = 0x12,
     MakeHole = 0x13,
@@ -46,15 +49,17 @@ pub enum Kind {
     ConnectDecision = 0x84,
     Ack = 0x85,
     DummyAck = 0x86,
+    StatusReply = 0x87,
     Error = 0xff,
 }
 
 impl Kind {
-    const ALL: [Kind; 15] = [
+    const ALL: [Kind; 17] = [
         Kind::Register,
         Kind::Unregister,
         Kind::Heartbeat,
         Kind::Connect,
+        Kind::StatusRequest,
         Kind::ReverseConnect,
         Kind::RelayConnect,
         Kind::MakeHole,
@@ -65,6 +70,7 @@ impl Kind {
         Kind::ConnectDecision,
         Kind::Ack,
         Kind::DummyAck,
+        Kind::StatusReply,
         Kind::Error,
     ];
 
@@ -99,6 +105,8 @@ impl Message {
             Message::Error { .. } => Kind::Error,
             Message::Dummy { .. } => Kind::Dummy,
             Message::DummyAck { .. } => Kind::DummyAck,
+            Message::StatusRequest { .. } => Kind::StatusRequest,
+            Message::StatusReply { .. } => Kind::StatusReply,
         }
     }
 }
@@ -222,6 +230,26 @@ fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             w.str8(detail, MAX_DETAIL_LEN, "error detail");
         }
         Message::Dummy { token } | Message::DummyAck { token } => write_token(w, *token),
+        Message::StatusRequest {
+            snapshot,
+            page,
+            format,
+        } => {
+            w.u64(*snapshot);
+            w.u16(*page);
+            w.u8(format.wire());
+        }
+        Message::StatusReply {
+            snapshot,
+            page,
+            pages,
+            chunk,
+        } => {
+            w.u64(*snapshot);
+            w.u16(*page);
+            w.u16(*pages);
+            w.str16(chunk, MAX_STATUS_CHUNK, "status chunk");
+        }
     }
 }
 
@@ -350,6 +378,21 @@ fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, DecodeError> {
         },
         Kind::DummyAck => Message::DummyAck {
             token: read_token(r)?,
+        },
+        Kind::StatusRequest => Message::StatusRequest {
+            snapshot: r.u64()?,
+            page: r.u16()?,
+            format: match r.u8()? {
+                0 => StatusFormat::Text,
+                1 => StatusFormat::Json,
+                _ => return Err(DecodeError::BadValue("status format")),
+            },
+        },
+        Kind::StatusReply => Message::StatusReply {
+            snapshot: r.u64()?,
+            page: r.u16()?,
+            pages: r.u16()?,
+            chunk: r.str16(MAX_STATUS_CHUNK, "status chunk")?,
         },
     })
 }

@@ -26,6 +26,10 @@ pub const MAX_DETAIL_LEN: usize = 200;
 /// a heartbeat under 1 KiB, below any path MTU; a client holding more sends
 /// several heartbeats.
 pub const MAX_ENDPOINTS: usize = 128;
+/// Most bytes of status text in one [`Message::StatusReply`]. 32 KiB keeps a
+/// reply well inside one UDP datagram, and a status snapshot of a few MiB
+/// within a few hundred pages.
+pub const MAX_STATUS_CHUNK: usize = 32 * 1024;
 
 /// An unguessable value the broker makes up to pair the two halves of a
 /// brokered connection (reversal, relay, UDP hole). Random from the broker's
@@ -96,6 +100,24 @@ pub enum Decision {
     /// Nothing is registered at the target: the connect fails (ECONNREFUSED),
     /// since a proxy address on a broker has no other listener behind it.
     NotRegistered,
+}
+
+/// How the broker renders a status snapshot ([`Message::StatusRequest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusFormat {
+    /// Lines for a person to read.
+    Text,
+    /// One JSON object, for scripts.
+    Json,
+}
+
+impl StatusFormat {
+    pub const fn wire(self) -> u8 {
+        match self {
+            StatusFormat::Text => 0,
+            StatusFormat::Json => 1,
+        }
+    }
 }
 
 /// Why a request failed. Unknown codes decode as [`ErrorCode::Other`] so an
@@ -268,6 +290,28 @@ pub enum Message {
     Dummy { token: Token },
     /// Reply to `Dummy`, sent back to the Dummy's source address.
     DummyAck { token: Token },
+    /// Operator tool → broker (`gcb-broker query`): one page of a status
+    /// snapshot. `snapshot` 0 asks the broker to take a new snapshot, rendered
+    /// in `format`, and returns page `page` of it (normally 0); later pages
+    /// name the snapshot id from the first reply, so every page comes from
+    /// the same moment. Answered by `StatusReply`, or `Error{Unauthorized}`
+    /// (the broker answers only trusted sources), `Error{UnknownToken}` (the
+    /// snapshot expired: start again) or `Error{BadRequest}` (no such page).
+    StatusRequest {
+        snapshot: u64,
+        page: u16,
+        format: StatusFormat,
+    },
+    /// Broker → operator tool, reply to `StatusRequest`: page `page` of
+    /// `pages` (at least 1) of snapshot `snapshot`. The text of the snapshot
+    /// is the concatenation of the chunks in page order; each chunk is at most
+    /// [`MAX_STATUS_CHUNK`] bytes and ends on a character boundary.
+    StatusReply {
+        snapshot: u64,
+        page: u16,
+        pages: u16,
+        chunk: String,
+    },
 }
 
 impl Message {
@@ -282,6 +326,7 @@ impl Message {
                 | Message::Ack
                 | Message::Error { .. }
                 | Message::DummyAck { .. }
+                | Message::StatusReply { .. }
         )
     }
 

@@ -23,6 +23,8 @@
 //! 3. A non-GCB connector simply dials the proxy socket; the broker sends the
 //!    listener `RelayConnect` and relays. A non-GCB UDP peer sends to the
 //!    proxy socket, and the broker relays with a [`UdpRelayHeader`].
+//! 4. An operator asks a broker for its state (`gcb-broker query`) with
+//!    `StatusRequest`, and gets the snapshot in `StatusReply` pages.
 
 mod codec;
 mod message;
@@ -31,8 +33,8 @@ mod stream;
 
 pub use codec::{decode, encode, encode_into, Kind};
 pub use message::{
-    Decision, ErrorCode, Message, MgmtInfo, Token, COMMAND_PORT, MAX_DETAIL_LEN, MAX_ENDPOINTS,
-    MAX_PROGRAM_LEN, MAX_REALM_LEN,
+    Decision, ErrorCode, Message, MgmtInfo, StatusFormat, Token, COMMAND_PORT, MAX_DETAIL_LEN,
+    MAX_ENDPOINTS, MAX_PROGRAM_LEN, MAX_REALM_LEN, MAX_STATUS_CHUNK,
 };
 pub use relay::{UdpRelayHeader, MAX_RELAY_PAYLOAD, RELAY_HEADER_LEN};
 pub use stream::{Frame, FrameReader, Role, StreamHello, StreamPeer, MAX_FRAME_LEN};

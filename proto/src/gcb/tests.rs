@@ -67,6 +67,17 @@ fn samples() -> Vec<Message> {
         Message::error(ErrorCode::LimitReached, "too many registrations"),
         Message::Dummy { token: Token(4) },
         Message::DummyAck { token: Token(4) },
+        Message::StatusRequest {
+            snapshot: 0,
+            page: 0,
+            format: StatusFormat::Json,
+        },
+        Message::StatusReply {
+            snapshot: 7,
+            page: 1,
+            pages: 2,
+            chunk: "registrations: 0".into(),
+        },
     ]
 }
 
@@ -76,7 +87,7 @@ fn every_message_round_trips_with_its_kind_and_flag() {
     let mut kinds: Vec<u8> = all.iter().map(|m| m.kind() as u8).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    assert_eq!(kinds.len(), 15, "one sample per kind");
+    assert_eq!(kinds.len(), 17, "one sample per kind");
     for (i, m) in all.iter().enumerate() {
         let bytes = encode(m, i as u64).unwrap();
         let (h, back) = decode(&bytes).unwrap();
@@ -127,6 +138,55 @@ fn golden_relay_decision_and_error() {
         encode(&e, 1).unwrap(),
         hex("47434231 01 ff 01 0000000000000001 03 04 676f6e65")
     );
+}
+
+#[test]
+fn golden_status_request_and_reply() {
+    let m = Message::StatusRequest {
+        snapshot: 0x0a0b,
+        page: 3,
+        format: StatusFormat::Json,
+    };
+    let want = hex("47434231 01 05 00 0000000000000009  0000000000000a0b 0003 01");
+    assert_eq!(encode(&m, 9).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+    let mut bad = want.clone();
+    *bad.last_mut().unwrap() = 2;
+    assert_eq!(decode(&bad), Err(DecodeError::BadValue("status format")));
+
+    let m = Message::StatusReply {
+        snapshot: 0x0a0b,
+        page: 3,
+        pages: 4,
+        chunk: "ok".into(),
+    };
+    let want = hex("47434231 01 87 01 0000000000000009  0000000000000a0b 0003 0004 0002 6f6b");
+    assert_eq!(encode(&m, 9).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+
+    // A full chunk fits one datagram; one byte more does not encode.
+    let full = Message::StatusReply {
+        snapshot: 1,
+        page: 0,
+        pages: 1,
+        chunk: "x".repeat(MAX_STATUS_CHUNK),
+    };
+    let bytes = encode(&full, 1).unwrap();
+    assert!(bytes.len() < crate::header::MAX_UDP_PAYLOAD);
+    assert_eq!(decode(&bytes).unwrap().1, full);
+    let over = Message::StatusReply {
+        snapshot: 1,
+        page: 0,
+        pages: 1,
+        chunk: "x".repeat(MAX_STATUS_CHUNK + 1),
+    };
+    assert!(matches!(
+        encode(&over, 1),
+        Err(EncodeError::TooLong {
+            what: "status chunk",
+            ..
+        })
+    ));
 }
 
 #[test]

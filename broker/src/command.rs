@@ -1,0 +1,260 @@
+//! The command port: every datagram is decoded, rate-limited, answered from
+//! the reply cache if it is a retransmission, and otherwise handed to its
+//! handler, whose reply is sent and cached.
+//!
+//! Order of the checks, and why:
+//! 1. decode first (cheap, no allocation beyond the datagram's own strings),
+//!    so a status request from a trusted source can skip the rate limit: an
+//!    operator's `query` fetches many pages back to back;
+//! 2. the per-source-IP rate limit, before any work or reply, so a flood
+//!    costs one hash lookup per datagram and produces no traffic;
+//! 3. malformed input is dropped and counted; a newer protocol version is
+//!    answered `VersionMismatch` so the peer learns why, not just silence;
+//! 4. replies (response flag set) are clients answering the broker's own
+//!    commands and go to the command requester;
+//! 5. a request already answered is answered again from the cache, never
+//!    executed twice (a retransmitted `Connect` must not mint a second
+//!    token, a retransmitted `Register` must not log twice).
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Instant;
+
+use mio::net::UdpSocket;
+use proto::gcb::{self, ErrorCode, Message};
+use proto::DecodeError;
+use tracing::{debug, info, warn};
+
+use crate::async_cmd::Outcome;
+use crate::counters::Counters;
+use crate::daemon::Daemon;
+use crate::handlers::{ConnectReq, RegisterReq};
+use crate::pairing::Kind;
+
+/// Datagrams read from the command socket per loop turn before other events
+/// get their share; the rest waits for the next turn.
+const COMMAND_BUDGET: usize = 1024;
+
+/// Sends one datagram from the command socket. A full socket buffer drops
+/// it: requests are retransmitted by their senders, and so are the broker's
+/// own commands.
+pub(crate) fn send_datagram(
+    sock: &UdpSocket,
+    counters: &mut Counters,
+    to: SocketAddrV4,
+    bytes: &[u8],
+) {
+    if let Err(e) = sock.send_to(bytes, SocketAddr::V4(to)) {
+        counters.send_errors += 1;
+        debug!(
+            "command port: cannot send {} bytes to {to}: {e}",
+            bytes.len()
+        );
+    }
+}
+
+impl Daemon {
+    /// Drains the command socket up to the budget.
+    pub(crate) fn on_command(&mut self) {
+        self.command_backlog = false;
+        for _ in 0..COMMAND_BUDGET {
+            match self.command.recv_from(&mut self.buf) {
+                Ok((len, from)) => {
+                    self.counters.received += 1;
+                    self.on_datagram(len, from);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Per-datagram errors (e.g. an ICMP error queued on the
+                    // socket) are reported once and cleared; keep reading.
+                    self.counters.receive_errors += 1;
+                    debug!("command port {}: receive error: {e}", self.command_addr);
+                }
+            }
+        }
+        self.command_backlog = true;
+    }
+
+    fn on_datagram(&mut self, len: usize, from: SocketAddr) {
+        let now = Instant::now();
+        let SocketAddr::V4(from) = from else {
+            self.counters.malformed += 1;
+            debug!("command port: dropped {len} bytes from {from}: GCB speaks IPv4 only");
+            return;
+        };
+        let decoded = gcb::decode(&self.buf[..len]);
+        let trusted_status = matches!(decoded, Ok((_, Message::StatusRequest { .. })))
+            && self.status_allowed(*from.ip());
+        if !trusted_status && !self.limiter.allow(from.ip(), now) {
+            self.counters.rate_limited += 1;
+            if let Some(more) = self.throttles.rate_limit.hit(now) {
+                warn!(
+                    "rate limit: {} sends more than {} commands/s; dropping the excess \
+                     ({more} more dropped since the last such line)",
+                    from.ip(),
+                    self.limiter.rate()
+                );
+            }
+            return;
+        }
+        let (header, msg) = match decoded {
+            Ok(decoded) => decoded,
+            Err(DecodeError::UnsupportedVersion {
+                version,
+                request_id,
+                ..
+            }) => {
+                self.counters.version_mismatch += 1;
+                debug!("command port: version {version} request from {from}");
+                let detail = format!(
+                    "this broker speaks GCB protocol version {}",
+                    proto::header::VERSION
+                );
+                let reply = Message::error(ErrorCode::VersionMismatch, &detail);
+                if let Ok(bytes) = gcb::encode(&reply, request_id) {
+                    send_datagram(&self.command, &mut self.counters, from, &bytes);
+                }
+                return;
+            }
+            Err(e) => {
+                self.counters.malformed += 1;
+                debug!("command port: dropped {len} bytes from {from}: {e}");
+                return;
+            }
+        };
+        if msg.is_response() {
+            self.on_command_reply(header.request_id, from, &msg, now);
+            return;
+        }
+        if let Some(cached) = self.replies.lookup(&from, header.request_id, now) {
+            self.counters.duplicates += 1;
+            debug!(
+                "command port: request {} from {from} again; same reply",
+                header.request_id
+            );
+            let cached = cached.to_vec();
+            send_datagram(&self.command, &mut self.counters, from, &cached);
+            return;
+        }
+        // Later status pages are served again from their snapshot as they
+        // are, and are large: caching them would only push out other
+        // replies. The first page is cached, since a retransmission of it
+        // must not take a second snapshot.
+        let cache = !matches!(msg, Message::StatusRequest { snapshot, .. } if snapshot != 0);
+        let reply = self.handle(msg, from, now);
+        match gcb::encode(&reply, header.request_id) {
+            Ok(bytes) => {
+                send_datagram(&self.command, &mut self.counters, from, &bytes);
+                if cache {
+                    self.replies.insert(from, header.request_id, bytes, now);
+                }
+            }
+            Err(e) => warn!("cannot encode the reply to {from}: {e}"),
+        }
+    }
+
+    /// Runs the handler of one request and returns its reply.
+    fn handle(&mut self, msg: Message, from: SocketAddrV4, now: Instant) -> Message {
+        match msg {
+            Message::Register {
+                proto,
+                local,
+                realm,
+                desired_port,
+                mgmt,
+            } => {
+                let req = RegisterReq {
+                    proto,
+                    local,
+                    realm,
+                    desired_port,
+                    mgmt,
+                };
+                self.on_register(from, req, now)
+            }
+            Message::Heartbeat { held } => self.on_heartbeat(from, held, now),
+            Message::Unregister { proxy } => self.on_unregister(from, proxy, now),
+            Message::Connect {
+                proto,
+                target,
+                connector,
+                connector_id,
+                realm,
+            } => {
+                let req = ConnectReq {
+                    proto,
+                    target,
+                    connector,
+                    connector_id,
+                    realm,
+                };
+                self.on_connect(from, req, now)
+            }
+            Message::StatusRequest {
+                snapshot,
+                page,
+                format,
+            } => self.on_status(from, snapshot, page, format, now),
+            other => {
+                self.counters.unsupported += 1;
+                debug!(
+                    "command port: {:?} from {from} is not a broker request",
+                    other.kind()
+                );
+                Message::error(ErrorCode::Unsupported, "not a request this broker serves")
+            }
+        }
+    }
+
+    /// A client answered one of the broker's commands.
+    fn on_command_reply(&mut self, id: u64, from: SocketAddrV4, msg: &Message, now: Instant) {
+        match self.asyncs.on_reply(id, from, msg, now) {
+            Some(outcome) => self.on_command_outcome(outcome),
+            None => debug!(
+                "command port: stray {:?} reply {id} from {from}",
+                msg.kind()
+            ),
+        }
+    }
+
+    /// Retransmits due commands and handles those given up.
+    pub(crate) fn poll_commands(&mut self, now: Instant) {
+        let (sock, counters) = (&self.command, &mut self.counters);
+        let failed = self
+            .asyncs
+            .poll(now, |to, bytes| send_datagram(sock, counters, to, bytes));
+        for outcome in failed {
+            self.on_command_outcome(outcome);
+        }
+    }
+
+    fn on_command_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Acked(p) => {
+                debug!(
+                    "{:?} for {} acknowledged by {}",
+                    p.kind, p.proxy, p.listener
+                );
+                // A reversal needs nothing more from the broker.
+                if self
+                    .pairings
+                    .get(p.token)
+                    .is_some_and(|e| e.kind == Kind::Reversal)
+                {
+                    self.pairings.cancel(p.token);
+                }
+            }
+            Outcome::Failed(p, why) => {
+                self.counters.commands_failed += 1;
+                info!(
+                    "{:?} to listener {} for {} failed: {why}",
+                    p.kind, p.listener, p.proxy
+                );
+                if let Some(pending) = self.pairings.cancel(p.token) {
+                    self.abandon_pairing(pending);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! What the broker counts since it started: for the status query, the
+//! periodic debug line and the stop line. Plain integers, owned by the event
+//! loop's one thread.
+
+/// Event counts. Relay byte totals of running relays live with the relays;
+/// `bytes_closed` holds those of relays already closed.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Datagrams read from the command socket.
+    pub received: u64,
+    /// Datagrams that are not the protocol or do not decode: dropped.
+    pub malformed: u64,
+    /// Requests of a protocol version this broker does not speak.
+    pub version_mismatch: u64,
+    /// Retransmitted requests answered from the reply cache.
+    pub duplicates: u64,
+    /// Datagrams dropped by the per-source rate limit.
+    pub rate_limited: u64,
+    /// Requests this broker does not serve (UDP, broker-bound commands).
+    pub unsupported: u64,
+    pub receive_errors: u64,
+    pub send_errors: u64,
+    /// New registrations (repeats of an existing one not counted).
+    pub registered: u64,
+    pub unregistered: u64,
+    pub expired: u64,
+    /// Registrations and relays refused at a limit.
+    pub refused: u64,
+    pub connects: u64,
+    pub decided_direct: u64,
+    pub decided_same_realm: u64,
+    pub decided_reversal: u64,
+    pub decided_relay: u64,
+    pub decided_not_registered: u64,
+    /// Non-GCB connections accepted on proxy sockets.
+    pub regular_accepted: u64,
+    /// Rendezvous connections that sent no valid hello in time.
+    pub bad_hellos: u64,
+    /// Rendezvous connections answered `Rejected`.
+    pub rendezvous_rejected: u64,
+    /// Pairings whose other half never came.
+    pub pairings_expired: u64,
+    /// Commands to listeners refused or unanswered.
+    pub commands_failed: u64,
+    pub relays_opened: u64,
+    /// Relay byte totals of closed relays, connector → listener and back.
+    pub bytes_closed: [u64; 2],
+}
+
+impl Counters {
+    /// Every counter by name, in a fixed order, for rendering.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("received", self.received),
+            ("malformed", self.malformed),
+            ("version_mismatch", self.version_mismatch),
+            ("duplicates", self.duplicates),
+            ("rate_limited", self.rate_limited),
+            ("unsupported", self.unsupported),
+            ("receive_errors", self.receive_errors),
+            ("send_errors", self.send_errors),
+            ("registered", self.registered),
+            ("unregistered", self.unregistered),
+            ("expired", self.expired),
+            ("refused", self.refused),
+            ("connects", self.connects),
+            ("decided_direct", self.decided_direct),
+            ("decided_same_realm", self.decided_same_realm),
+            ("decided_reversal", self.decided_reversal),
+            ("decided_relay", self.decided_relay),
+            ("decided_not_registered", self.decided_not_registered),
+            ("regular_accepted", self.regular_accepted),
+            ("bad_hellos", self.bad_hellos),
+            ("rendezvous_rejected", self.rendezvous_rejected),
+            ("pairings_expired", self.pairings_expired),
+            ("commands_failed", self.commands_failed),
+            ("relays_opened", self.relays_opened),
+        ]
+    }
+}

@@ -1,0 +1,203 @@
+//! `gcb-broker query HOST:PORT [--json]`: the operator's view of a running
+//! broker, fetched over the command port with `StatusRequest` pages (see
+//! `status`) and printed as the broker rendered it.
+//!
+//! Every request is retransmitted by the proto `Requester` with the default
+//! policy, so a lost datagram costs a retransmission, and a broker that does
+//! not answer at all costs about 3 s, then one clear line and exit code 1.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use proto::gcb::{self, ErrorCode, Message, StatusFormat, COMMAND_PORT};
+use proto::rudp::{Requester, RetryPolicy, Timeout};
+
+/// Snapshots may expire between pages (a very slow link); start over at
+/// most this many times.
+const MAX_RESTARTS: usize = 3;
+
+/// Resolves `HOST:PORT` (or a bare host, on the default command port) to
+/// an IPv4 address.
+fn resolve(target: &str) -> Result<SocketAddrV4, String> {
+    let with_port = if target.parse::<SocketAddr>().is_ok()
+        || target
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        target.to_string()
+    } else {
+        format!("{target}:{COMMAND_PORT}")
+    };
+    let addrs = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("query: cannot resolve {target}: {e}"))?;
+    addrs
+        .filter_map(|a| match a {
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(_) => None,
+        })
+        .next()
+        .ok_or_else(|| format!("query: {target} has no IPv4 address"))
+}
+
+/// One request, retransmitted until its reply arrives or the policy gives up.
+fn exchange(
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    req: &mut Requester<SocketAddrV4>,
+    msg: &Message,
+) -> Result<Message, String> {
+    let (id, bytes) = req
+        .send(to, Instant::now(), |id| gcb::encode(msg, id))
+        .map_err(|e| format!("query: {e}"))?;
+    let bytes = bytes.to_vec();
+    sock.send(&bytes).map_err(|e| failure(to, e))?;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let now = Instant::now();
+        let wait = req
+            .next_deadline()
+            .map_or(Duration::from_millis(1), |t| {
+                t.saturating_duration_since(now)
+            })
+            .max(Duration::from_millis(1));
+        sock.set_read_timeout(Some(wait))
+            .map_err(|e| failure(to, e))?;
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let Ok((header, reply)) = gcb::decode(&buf[..n]) else {
+                    return Err(format!(
+                        "query: {to} answered something that is not the GCB protocol"
+                    ));
+                };
+                if header.request_id == id && req.on_response(id, &to, Instant::now()).is_some() {
+                    return Ok(reply);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failure(to, e)),
+        }
+        for t in req.poll_timeout(Instant::now()) {
+            match t {
+                Timeout::Retransmit { bytes, .. } => {
+                    sock.send(&bytes).map_err(|e| failure(to, e))?;
+                }
+                Timeout::GaveUp { .. } => {
+                    let total = req.policy().total;
+                    return Err(format!(
+                        "query: no answer from {to} within {total:?}; is gcb-broker running there?"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn failure(to: SocketAddrV4, e: io::Error) -> String {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        format!("query: no broker at {to} (connection refused)")
+    } else {
+        format!("query: {to}: {e}")
+    }
+}
+
+/// Fetches the whole status text from the broker at `target`.
+pub fn fetch(target: &str, json: bool) -> Result<String, String> {
+    let to = resolve(target)?;
+    let sock =
+        UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("query: cannot open a socket: {e}"))?;
+    // Connected, so an absent broker shows as ECONNREFUSED at once.
+    sock.connect(to).map_err(|e| failure(to, e))?;
+    let format = if json {
+        StatusFormat::Json
+    } else {
+        StatusFormat::Text
+    };
+    let mut req = Requester::new(RetryPolicy::default(), daemon_kit::random::random_u64(), 1);
+    'restart: for _ in 0..=MAX_RESTARTS {
+        let mut text = String::new();
+        let (mut snapshot, mut page, mut pages) = (0, 0u16, 1u16);
+        while page < pages {
+            let msg = Message::StatusRequest {
+                snapshot,
+                page,
+                format,
+            };
+            match exchange(&sock, to, &mut req, &msg)? {
+                Message::StatusReply {
+                    snapshot: id,
+                    page: got,
+                    pages: n,
+                    chunk,
+                } if got == page && (snapshot == 0 || id == snapshot) => {
+                    text.push_str(&chunk);
+                    (snapshot, pages) = (id, n.max(1));
+                    page += 1;
+                }
+                Message::Error {
+                    code: ErrorCode::UnknownToken,
+                    ..
+                } => continue 'restart,
+                Message::Error { code, detail } => {
+                    return Err(format!(
+                        "query: the broker at {to} refused: {detail} ({code:?})"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "query: unexpected reply {:?} from {to}",
+                        other.kind()
+                    ))
+                }
+            }
+        }
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        return Ok(text);
+    }
+    Err(format!(
+        "query: the status of {to} kept expiring before all pages arrived"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_resolve_with_or_without_port() {
+        assert_eq!(
+            resolve("127.0.0.1:7").unwrap(),
+            "127.0.0.1:7".parse().unwrap()
+        );
+        assert_eq!(resolve("127.0.0.1").unwrap().port(), COMMAND_PORT);
+        assert_eq!(resolve("localhost:9").unwrap().port(), 9);
+        assert!(resolve("[::1]:9").unwrap_err().contains("no IPv4"));
+    }
+
+    #[test]
+    fn silent_or_absent_broker_is_one_clear_error() {
+        // A bound socket that never answers: the requester gives up.
+        let mute = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = fetch(&mute.local_addr().unwrap().to_string(), false).unwrap_err();
+        assert!(
+            err.contains("no answer") || err.contains("refused"),
+            "{err}"
+        );
+        // A closed port: refused at once.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = fetch(&format!("127.0.0.1:{port}"), true).unwrap_err();
+        assert!(err.contains("refused"), "{err}");
+    }
+}

@@ -1,0 +1,209 @@
+//! The rendezvous port: a TCP listener on the command port's IP and port
+//! number where both halves of a relayed connection meet
+//! (docs/gcb-client-design.md).
+//!
+//! An accepted connection must first say `StreamHello{token, role}` (16
+//! bytes) within [`HELLO_TIMEOUT`]. It is read with the proto
+//! `FrameReader`, never a byte past the hello, so application data that
+//! follows stays in the socket for the relay. Garbage, EOF or silence close
+//! the connection and are counted. A complete hello goes to the pairing
+//! table: unknown tokens are answered `Rejected{UnknownToken}`, a first half
+//! waits (unread, deregistered) for its partner, and a second half starts
+//! the relay.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use proto::gcb::{FrameReader, StreamHello, MAX_FRAME_LEN};
+use tracing::{debug, info, warn};
+
+use super::reject;
+use crate::daemon::{Daemon, Dynamic, Timer};
+use crate::pairing::{Arrival, Half};
+use crate::timers::TimerId;
+
+/// The rendezvous TCP listener's fixed token (the slab starts at 16).
+pub(crate) const RENDEZVOUS: Token = Token(2);
+/// How long a rendezvous connection may take to say hello. The shim sends
+/// it right after connecting, so this only has to cover a slow network.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rendezvous connections waiting to say hello at once; more are closed at
+/// once, so idle connections cannot use up the broker's descriptors.
+const MAX_HELLOS: usize = 1024;
+/// Connections accepted per event before other sources get their turn.
+pub(crate) const ACCEPT_BUDGET: usize = 64;
+/// When accepting fails for want of descriptors, the next try is this much
+/// later: retrying at once would spin the loop until one is freed.
+pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// A rendezvous connection that has not said hello yet.
+pub(crate) struct Hello {
+    stream: TcpStream,
+    addr: SocketAddrV4,
+    reader: FrameReader<StreamHello>,
+    serial: u64,
+    timer: Option<TimerId>,
+}
+
+/// Whether an accept error is about one connection (skip it) rather than
+/// the process (stop accepting for now).
+pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ECONNABORTED | nix::libc::EPROTO | nix::libc::EPERM)
+    ) || e.kind() == io::ErrorKind::Interrupted
+}
+
+impl Daemon {
+    /// Accepts rendezvous connections, up to the budget.
+    pub(crate) fn on_rendezvous(&mut self) {
+        self.rendezvous_backlog = false;
+        for _ in 0..ACCEPT_BUDGET {
+            match self.rendezvous.accept() {
+                Ok((stream, addr)) => self.on_rendezvous_conn(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if transient_accept_error(&e) => {}
+                Err(e) => {
+                    // Out of descriptors, typically. The pending connection
+                    // stays queued, and no new edge will tell: try again soon.
+                    let now = Instant::now();
+                    if let Some(more) = self.throttles.accept.hit(now) {
+                        warn!("rendezvous: cannot accept: {e} ({more} more such errors)");
+                    }
+                    self.schedule(now + ACCEPT_RETRY, Timer::Rendezvous);
+                    return;
+                }
+            }
+        }
+        self.rendezvous_backlog = true;
+    }
+
+    fn on_rendezvous_conn(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let SocketAddr::V4(addr) = addr else {
+            return;
+        };
+        if self.hellos >= MAX_HELLOS {
+            self.counters.bad_hellos += 1;
+            debug!(
+                "rendezvous: {MAX_HELLOS} connections already waiting to say hello; closing {addr}"
+            );
+            return;
+        }
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        let token = self.slab.insert(Dynamic::Hello(Hello {
+            stream,
+            addr,
+            reader: FrameReader::new(),
+            serial,
+            timer: None,
+        }));
+        let now = Instant::now();
+        let timer = self.schedule(now + HELLO_TIMEOUT, Timer::Hello { token, serial });
+        let registered = match self.slab.get_mut(token) {
+            Some(Dynamic::Hello(h)) => {
+                h.timer = Some(timer);
+                self.poll
+                    .registry()
+                    .register(&mut h.stream, token, Interest::READABLE)
+            }
+            _ => return,
+        };
+        self.hellos += 1;
+        if let Err(e) = registered {
+            warn!("rendezvous: cannot watch the connection from {addr}: {e}");
+            self.drop_hello(token);
+            return;
+        }
+        debug!("rendezvous: connection from {addr}");
+        self.on_hello_readable(token);
+    }
+
+    /// Removes a hello connection from the loop and hands it back.
+    fn drop_hello(&mut self, token: Token) -> Option<Hello> {
+        let Some(Dynamic::Hello(mut h)) = self.slab.remove(token) else {
+            return None;
+        };
+        self.hellos -= 1;
+        if let Some(t) = h.timer {
+            self.timers.cancel(t);
+        }
+        let _ = self.poll.registry().deregister(&mut h.stream);
+        Some(h)
+    }
+
+    /// Reads what there is of the hello; acts on it once complete.
+    pub(crate) fn on_hello_readable(&mut self, token: Token) {
+        let Some(Dynamic::Hello(h)) = self.slab.get_mut(token) else {
+            return;
+        };
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let outcome = loop {
+            let want = h.reader.missing();
+            match h.stream.read(&mut buf[..want]) {
+                Ok(0) => break Err("closed before saying hello".to_string()),
+                Ok(n) => match h.reader.feed(&buf[..n]) {
+                    Ok((_, Some(hello))) => break Ok(hello),
+                    Ok((_, None)) => {}
+                    Err(e) => break Err(format!("not a hello: {e}")),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        let Some(h) = self.drop_hello(token) else {
+            return;
+        };
+        match outcome {
+            Ok(hello) => self.on_hello(
+                hello,
+                Half {
+                    stream: h.stream,
+                    addr: h.addr,
+                },
+            ),
+            Err(why) => {
+                self.counters.bad_hellos += 1;
+                debug!("rendezvous: closing {}: {why}", h.addr);
+            }
+        }
+    }
+
+    pub(crate) fn hello_timed_out(&mut self, token: Token, serial: u64) {
+        let ours = matches!(self.slab.get(token), Some(Dynamic::Hello(h)) if h.serial == serial);
+        if !ours {
+            return;
+        }
+        if let Some(h) = self.drop_hello(token) {
+            self.counters.bad_hellos += 1;
+            debug!(
+                "rendezvous: closing {}: no hello within {HELLO_TIMEOUT:?}",
+                h.addr
+            );
+        }
+    }
+
+    fn on_hello(&mut self, hello: StreamHello, half: Half<TcpStream>) {
+        let now = Instant::now();
+        let addr = half.addr;
+        match self.pairings.arrive(hello.token, hello.role, half, now) {
+            Arrival::Waiting => debug!(
+                "rendezvous: {:?} from {addr} waits for its other half",
+                hello.role
+            ),
+            Arrival::Rejected(half, code) => {
+                self.counters.rendezvous_rejected += 1;
+                info!(
+                    "rendezvous: {:?} from {addr} rejected: {code:?}",
+                    hello.role
+                );
+                reject(half.stream, code);
+            }
+            Arrival::Paired(token, pending) => self.start_relay(token, pending, now),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Unit tests of the status renderings: content, valid JSON (checked with
+//! the testbed's strict parser), escaping, and the byte budget.
+
+use super::*;
+use testbed::json::{self, Value};
+
+fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn view(registrations: usize) -> View {
+    let reg = |n: usize| RegView {
+        proto: Proto::Tcp,
+        proxy: SocketAddrV4::new([203, 0, 113, 1].into(), 20000 + n as u16),
+        local: a("10.0.0.5:8080"),
+        observed: a("198.51.100.1:40000"),
+        public: false,
+        realm: "lab \\ \"one\"".into(),
+        realm_named: true,
+        pid: 42,
+        program: "condor_\u{1}schedd".into(),
+        age: Duration::from_secs(3725),
+        since_heartbeat: Duration::from_millis(1500),
+        heartbeat_secs: 10,
+    };
+    View {
+        version: "0.1.0",
+        uptime: Duration::from_secs(61),
+        command: "203.0.113.1:65432".parse().unwrap(),
+        rendezvous: a("203.0.113.1:65432"),
+        port_range: PortRange {
+            lo: 20000,
+            hi: 29999,
+        },
+        free_ports: 9999,
+        quarantined_ports: 0,
+        max_registrations: 100,
+        max_relays: 10,
+        rate_limit: 0,
+        registrations: (0..registrations).map(reg).collect(),
+        relays: vec![RelayView {
+            id: 3,
+            connector: a("198.51.100.2:5555"),
+            listener: a("198.51.100.1:6666"),
+            proxy: a("203.0.113.1:20000"),
+            bytes: [1 << 20, 7],
+            age: Duration::from_secs(2),
+        }],
+        pending: vec![PendingView {
+            kind: "regular",
+            proxy: a("203.0.113.1:20000"),
+            peer: a("198.51.100.3:7777"),
+            age: Duration::from_secs(1),
+            expires_in: Duration::from_secs(9),
+            connector_here: true,
+            listener_here: false,
+        }],
+        bytes_relayed: [1 << 20, 7],
+        counters: vec![("received", 12), ("malformed", 1)],
+    }
+}
+
+#[test]
+fn text_names_every_part() {
+    let t = text(&view(1), 1 << 20);
+    for needle in [
+        "gcb-broker 0.1.0, up 1m01s",
+        "proxy ports 20000-29999: 9999 free",
+        "rate off",
+        "registrations: 1",
+        "tcp 203.0.113.1:20000 local 10.0.0.5:8080 observed 198.51.100.1:40000 private realm \"lab \\ \"one\"\"",
+        "age 1h02m05s heartbeat 1.5s ago (every 10s)",
+        "#3 198.51.100.2:5555 -> 203.0.113.1:20000 (listener 198.51.100.1:6666) 1048576 bytes -> 7 bytes <-",
+        "regular for 203.0.113.1:20000 peer 198.51.100.3:7777: connector here",
+        "counters: received 12, malformed 1",
+    ] {
+        assert!(t.contains(needle), "{needle:?} not in:\n{t}");
+    }
+}
+
+#[test]
+fn json_is_valid_and_complete() {
+    let out = json(&view(2), 1 << 20);
+    let v = json::parse(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let regs = v.get("registrations").and_then(Value::as_array).unwrap();
+    assert_eq!(regs.len(), 2);
+    assert_eq!(
+        regs[0].get("proxy").and_then(Value::as_str),
+        Some("203.0.113.1:20000")
+    );
+    assert_eq!(
+        regs[0].get("realm").and_then(Value::as_str),
+        Some("lab \\ \"one\"")
+    );
+    assert_eq!(
+        regs[0].get("program").and_then(Value::as_str),
+        Some("condor_\u{1}schedd")
+    );
+    assert_eq!(regs[0].get("public").and_then(Value::as_bool), Some(false));
+    assert_eq!(v.get("truncated").and_then(Value::as_bool), Some(false));
+    assert_eq!(v.get("relays").and_then(Value::as_array).unwrap().len(), 1);
+    assert_eq!(v.get("pending").and_then(Value::as_array).unwrap().len(), 1);
+    assert!(v.get("counters").and_then(|c| c.get("malformed")).is_some());
+    assert!(v.get("limits").and_then(|l| l.get("max_relays")).is_some());
+}
+
+#[test]
+fn budget_cuts_lists_and_says_so() {
+    let v = view(1000);
+    let out = json(&v, 8192);
+    assert!(out.len() < 8192 + 1024, "{} bytes", out.len());
+    let parsed = json::parse(&out).unwrap();
+    assert_eq!(parsed.get("truncated").and_then(Value::as_bool), Some(true));
+    let shown = parsed
+        .get("registrations")
+        .and_then(Value::as_array)
+        .unwrap()
+        .len();
+    assert!(shown > 0 && shown < 1000);
+    let t = text(&v, 8192);
+    assert!(t.len() < 8192 + 1024);
+    assert!(t.contains("more not shown"), "{t}");
+    assert!(t.contains("counters:"), "the counters always come out");
+}
