@@ -37,7 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Ask a running dpfd for its status: forwards, quotas and counters.
     Status {
-        /// Command port of the dpfd to ask, as IP:PORT. [default: 127.0.0.1:65433]
+        /// Command port of the dpfd to ask, as IP:PORT, IP or PORT; only the port matters: the
+        /// status socket is local to this host and network namespace. [default: 65433]
         #[arg(long, value_name = "IP:PORT")]
         listen: Option<String>,
 

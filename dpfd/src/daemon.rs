@@ -1,43 +1,57 @@
 //! dpfd's event loop: one thread, one mio `Poll` over the signalfd, the UDP
-//! command socket and, as dpfd grows, the TCP connects of each probe round,
-//! with deadlines from [`Timers`] setting the poll timeout.
+//! command socket, the status socket and the TCP connects of each probe
+//! round, with deadlines from [`Timers`] setting the poll timeout.
 //!
 //! Each turn of the loop:
 //! 1. sleeps in `poll` until an event or the next deadline (or not at all if
 //!    the command socket still has a backlog from the previous turn);
 //! 2. handles the events: fixed tokens by name, the rest through the slab;
+//!    requests and probe verdicts change the mapping table only;
 //! 3. ends the token batch, so slots freed in step 2 become reusable;
-//! 4. fires the deadlines that are due (the periodic probe among them);
-//! 5. stops if SIGTERM or SIGINT arrived.
+//! 4. fires the deadlines that are due (probe rounds, probe timeouts);
+//! 5. commits what steps 2 and 4 changed (mirror file, kernel; see
+//!    `engine.rs`) and only then sends the replies: one group commit per
+//!    turn;
+//! 6. runs the sync once a probe round has ended, and schedules the next;
+//! 7. stops if SIGTERM or SIGINT arrived.
 //!
-//! Nothing here blocks except `poll`, so a flood of requests, a slow probe
-//! target or a reload never stalls the rest.
+//! Nothing here blocks except `poll`, the fdatasync of a commit and the
+//! `nft` run of a commit, each bounded by the work of one turn.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::UdpSocket;
+use mio::net::{UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
-use tracing::{debug, error, info, trace, warn};
+use proto::rudp::ReplyCache;
+use tracing::{error, info, trace, warn};
 
 use crate::cli::DaemonArgs;
-use crate::config::{self, Config, Env, Loaded};
+use crate::config::{Config, Env, Loaded};
+use crate::engine::Engine;
+use crate::handler::Refusals;
 use crate::logging::LogHandle;
-use crate::net;
-use crate::reload;
+use crate::mirror::MirrorFile;
+use crate::nft::Nft;
+use crate::probe::{ProbeConn, Round, Tally};
 use crate::signals::{Request, Signals};
+use crate::status::{self, StatusConn, STATUS};
+use crate::sync::SyncReport;
+use crate::table::Table;
 use crate::timers::{TimerId, Timers};
 use crate::tokens::{TokenSlab, COMMAND, SIGNALS};
 use crate::values::Secret;
 
 /// Largest UDP payload; a request never comes close, but reading less would
 /// silently truncate whatever arrives.
-const MAX_DATAGRAM: usize = 65_536;
-/// Datagrams read from the command socket per loop turn before other events
-/// get their share; the rest waits for the next turn.
-const COMMAND_BUDGET: usize = 1024;
+pub const MAX_DATAGRAM: usize = 65_536;
+/// Most cached replies, and their bytes: a reply is under 64 bytes, so this
+/// covers ten seconds of requests at well over 5,000 a second.
+const REPLY_CACHE_ENTRIES: usize = 100_000;
+const REPLY_CACHE_BYTES: usize = 8 << 20;
 
 /// What happened on the command socket since startup.
 #[derive(Debug, Default, Clone)]
@@ -45,51 +59,79 @@ pub struct Counters {
     pub received: u64,
     /// Dropped because the source is outside every private network.
     pub foreign: u64,
-    /// Datagrams that are not a well-formed request (counted once the
-    /// request parser lands; dropped, never fatal).
+    /// Not a well-formed DPF request: dropped, never fatal.
     pub malformed: u64,
-    /// From a private host, but dropped: this build has no request handler.
-    pub unhandled: u64,
+    /// Retransmissions answered from the reply cache (or still pending).
+    pub duplicates: u64,
+    pub forward: u64,
+    pub delete: u64,
+    pub query: u64,
+    pub refused: Refusals,
     pub receive_errors: u64,
+    pub send_errors: u64,
 }
 
-/// Event sources that get a token from the slab: the probe's TCP connects
-/// will be a variant here. There are none yet, so no dynamic token can be
-/// live.
-enum Dynamic {}
+/// Event sources that get a token from the slab.
+pub enum Dynamic {
+    Probe(ProbeConn),
+    Status(StatusConn),
+}
 
 /// Deadlines the loop acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Timer {
+pub enum Timer {
     /// Probe the clients' management sockets, then sync the tables.
     Probe,
+    /// One probe connect took too long.
+    ProbeTimeout(Token),
 }
 
 pub struct Daemon {
-    poll: Poll,
+    pub(crate) poll: Poll,
     signals: Signals,
-    command: UdpSocket,
-    command_addr: SocketAddr,
+    pub(crate) command: UdpSocket,
+    pub(crate) command_addr: SocketAddr,
     /// The command socket stopped at its budget and still has datagrams.
-    command_backlog: bool,
-    dynamic: TokenSlab<Dynamic>,
-    timers: Timers<Timer>,
+    pub(crate) command_backlog: bool,
+    pub(crate) status_listener: Option<UnixListener>,
+    pub(crate) dynamic: TokenSlab<Dynamic>,
+    pub(crate) timers: Timers<Timer>,
     /// The pending probe, rescheduled when SIGHUP changes the interval.
-    probe: Option<TimerId>,
-    counters: Counters,
-    config: Config,
-    secret: Option<Secret>,
+    pub(crate) probe: Option<TimerId>,
+    pub(crate) round: Option<Round>,
+    /// A probe round ended; sync once the turn's batch is committed.
+    pub(crate) sync_due: bool,
+    pub(crate) engine: Engine<MirrorFile, Nft>,
+    pub(crate) replies: ReplyCache<SocketAddr>,
+    /// Requests of this turn not yet answered, to drop retransmissions of
+    /// them that arrive in the same turn.
+    pub(crate) in_batch: HashSet<(SocketAddr, u64)>,
+    pub(crate) counters: Counters,
+    pub(crate) probes: Tally,
+    pub(crate) started: Instant,
+    pub(crate) recovery: SyncReport,
+    pub(crate) last_sync: Option<(Instant, SyncReport)>,
+    pub(crate) config: Config,
+    pub(crate) secret: Option<Secret>,
     /// The command line and environment as parsed at startup, for re-merging
     /// with the re-read file on SIGHUP.
-    args: DaemonArgs,
-    env: Env,
-    log: LogHandle,
-    buf: Vec<u8>,
+    pub(crate) args: DaemonArgs,
+    pub(crate) env: Env,
+    pub(crate) log: LogHandle,
+    pub(crate) buf: Vec<u8>,
+}
+
+/// Unix seconds now, for creation times in the mirror file.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Daemon {
-    /// Binds the command socket and registers the fixed sources. Errors are
-    /// one line, for exit code 1.
+    /// Binds the command socket, recovers the forwards from the mirror file
+    /// into the table and the kernel, opens the status socket and registers
+    /// the fixed sources. Errors are one line, for exit code 1.
     pub fn start(
         loaded: Loaded,
         args: DaemonArgs,
@@ -98,11 +140,39 @@ impl Daemon {
         signals: Signals,
     ) -> Result<Daemon, String> {
         let config = loaded.config;
+        // The port first: a second dpfd fails here before touching anything.
         let mut command = UdpSocket::bind(config.listen)
             .map_err(|e| format!("cannot bind the command port udp {}: {e}", config.listen))?;
         let command_addr = command
             .local_addr()
             .map_err(|e| format!("command socket: {e}"))?;
+
+        let public_ips = config
+            .public_ips
+            .iter()
+            .map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => Ok(*v4),
+                std::net::IpAddr::V6(_) => {
+                    Err(format!("public IP {ip}: only IPv4 forwards are supported"))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let table = Table::new(public_ips, config.port_range, config.per_host_quota);
+        let recovery_started = Instant::now();
+        let (mirror, replay) = MirrorFile::open(&config.mirror)?;
+        let mut engine = Engine::new(table, mirror, Nft::new(&config.nft_table));
+        let recovery = engine.recover(&replay, recovery_started)?;
+        info!(
+            "recovered {} forwards from the mirror file in {} ms ({} records, {} corrupt, torn last record: {}, \
+             {} outside the configuration dropped; kernel: {} element changes)",
+            recovery.live,
+            recovery.millis,
+            recovery.records,
+            recovery.corrupt,
+            if recovery.torn { "yes" } else { "no" },
+            recovery.dropped,
+            recovery.kernel_ops
+        );
 
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         signals
@@ -111,6 +181,24 @@ impl Daemon {
         poll.registry()
             .register(&mut command, COMMAND, Interest::READABLE)
             .map_err(|e| format!("cannot watch the command socket: {e}"))?;
+        let status_listener = match status::listen(command_addr.port()) {
+            Ok(mut l) => {
+                poll.registry()
+                    .register(&mut l, STATUS, Interest::READABLE)
+                    .map_err(|e| format!("cannot watch the status socket: {e}"))?;
+                Some(l)
+            }
+            Err(e) => {
+                warn!("{e}; `dpfd status` will not reach this daemon");
+                None
+            }
+        };
+        if loaded.secret.is_some() {
+            warn!(
+                "request authentication (HMAC) is not in the wire protocol yet: with --secret-file set, \
+                 every request is refused as unauthorized"
+            );
+        }
 
         info!(
             "dpfd {} started: {}",
@@ -123,10 +211,24 @@ impl Daemon {
             command,
             command_addr,
             command_backlog: false,
+            status_listener,
             dynamic: TokenSlab::new(),
             timers: Timers::new(),
             probe: None,
+            round: None,
+            sync_due: false,
+            engine,
+            replies: ReplyCache::new(
+                ReplyCache::<SocketAddr>::DEFAULT_TTL,
+                REPLY_CACHE_ENTRIES,
+                REPLY_CACHE_BYTES,
+            ),
+            in_batch: HashSet::new(),
             counters: Counters::default(),
+            probes: Tally::default(),
+            started: Instant::now(),
+            recovery,
+            last_sync: None,
             config,
             secret: loaded.secret,
             args,
@@ -136,18 +238,23 @@ impl Daemon {
         })
     }
 
-    fn probe_interval(&self) -> Duration {
+    pub(crate) fn probe_interval(&self) -> Duration {
         Duration::from_secs(self.config.probe_interval_s)
+    }
+
+    pub(crate) fn schedule_probe(&mut self) {
+        if let Some(pending) = self.probe.take() {
+            self.timers.cancel(pending);
+        }
+        let next = Instant::now() + self.probe_interval();
+        self.probe = Some(self.timers.schedule(next, Timer::Probe));
     }
 
     /// Runs until SIGTERM or SIGINT, returning the signal; an error is a
     /// failure of the loop itself (the poll call), not of any one client.
     pub fn run(&mut self) -> Result<Signal, String> {
         let mut events = Events::with_capacity(1024);
-        self.probe = Some(
-            self.timers
-                .schedule(Instant::now() + self.probe_interval(), Timer::Probe),
-        );
+        self.schedule_probe();
         loop {
             let timeout = if self.command_backlog {
                 Some(Duration::ZERO)
@@ -169,6 +276,7 @@ impl Daemon {
                         self.on_command();
                         command_done = true;
                     }
+                    STATUS => self.on_status_accept(),
                     token => self.on_dynamic(token),
                 }
             }
@@ -182,20 +290,71 @@ impl Daemon {
                 self.on_timer(timer);
             }
 
+            self.flush();
+            if self.sync_due {
+                self.run_sync();
+            }
+
             if let Some(signal) = stop {
-                let c = &self.counters;
-                info!(
-                    "stopping on {}: requests received {}, from outside the private networks {}, \
-                     malformed {}, unhandled {}",
-                    signal.as_str(),
-                    c.received,
-                    c.foreign,
-                    c.malformed,
-                    c.unhandled
-                );
+                self.log_stop(signal);
                 return Ok(signal);
             }
         }
+    }
+
+    fn log_stop(&self, signal: Signal) {
+        let c = &self.counters;
+        let s = &self.engine.stats;
+        info!(
+            "stopping on {}: requests received {}, from outside the private networks {}, malformed {}, \
+             duplicates {}, refused {}; forwards {} (added {}, deleted by clients {}, by the probe {})",
+            signal.as_str(),
+            c.received,
+            c.foreign,
+            c.malformed,
+            c.duplicates,
+            c.refused.values().sum::<u64>(),
+            self.engine.table.len(),
+            s.added,
+            s.deleted_by_client,
+            s.deleted_by_probe
+        );
+    }
+
+    /// Commits the turn's batch and sends its replies (step 5).
+    fn flush(&mut self) {
+        if !self.engine.has_pending() {
+            return;
+        }
+        let replies = self.engine.commit();
+        let now = Instant::now();
+        for r in replies {
+            self.send_reply(r.to, r.request_id, &r.msg, now);
+        }
+        self.in_batch.clear();
+    }
+
+    /// The sync after a probe round (step 6), then the next round.
+    fn run_sync(&mut self) {
+        self.sync_due = false;
+        match self.engine.sync() {
+            Ok(report) => {
+                let line = format!(
+                    "sync: {} forwards, mirror file compacted from {} records in {} ms; table fixes {}, kernel changes {}",
+                    report.live, report.records, report.millis, report.table_fixes, report.kernel_ops
+                );
+                if report.table_fixes + report.kernel_ops > 0 {
+                    info!("{line}");
+                } else {
+                    tracing::debug!("{line}");
+                }
+                self.last_sync = Some((Instant::now(), report));
+            }
+            Err(e) => error!("sync failed, retrying after the next probe round: {e}"),
+        }
+        // The next round counts from the end of this one, so a slow round
+        // never makes rounds pile up.
+        self.schedule_probe();
     }
 
     /// Returns the stop signal if one arrived; a reload is done on the spot.
@@ -219,45 +378,10 @@ impl Daemon {
         stop
     }
 
-    /// Drains the command socket up to the budget. Requests from outside
-    /// the private networks are dropped first (DESIGN.md, Security); the
-    /// rest are counted and, in this build, dropped: the request handler
-    /// arrives with the `proto` crate.
-    fn on_command(&mut self) {
-        self.command_backlog = false;
-        for _ in 0..COMMAND_BUDGET {
-            match self.command.recv_from(&mut self.buf) {
-                Ok((len, from)) => {
-                    self.counters.received += 1;
-                    if !self
-                        .config
-                        .private_nets
-                        .iter()
-                        .any(|n| n.contains(from.ip()))
-                    {
-                        self.counters.foreign += 1;
-                        debug!("command port: dropped {len} bytes from {from}: not in a private network");
-                        continue;
-                    }
-                    self.counters.unhandled += 1;
-                    debug!("command port: dropped {len} bytes from {from}: no request handler in this build");
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Per-datagram errors (e.g. an ICMP error queued on the
-                    // socket) are reported once and cleared; keep reading.
-                    self.counters.receive_errors += 1;
-                    debug!("command port {}: receive error: {e}", self.command_addr);
-                }
-            }
-        }
-        self.command_backlog = true;
-    }
-
     fn on_dynamic(&mut self, token: Token) {
         match self.dynamic.get(token) {
-            Some(source) => match *source {},
+            Some(Dynamic::Probe(_)) => self.on_probe_event(token),
+            Some(Dynamic::Status(_)) => self.on_status_writable(token),
             // The source was closed earlier in this batch.
             None => trace!("event for closed token {}", token.0),
         }
@@ -266,65 +390,12 @@ impl Daemon {
     fn on_timer(&mut self, timer: Timer) {
         match timer {
             Timer::Probe => {
-                // There is no mapping table yet, hence nothing to probe.
-                debug!("probe: 0 forwards");
-                // The next round counts from the end of this one, so a slow
-                // round never makes rounds pile up.
-                let next = Instant::now() + self.probe_interval();
-                self.probe = Some(self.timers.schedule(next, Timer::Probe));
+                self.probe = None;
+                if self.round.is_none() {
+                    self.start_probe_round();
+                }
             }
-        }
-    }
-
-    /// SIGHUP: re-read the config file and apply what can change live.
-    fn reload(&mut self) {
-        let Some(path) = self.args.config.clone() else {
-            info!("SIGHUP: no --config file to re-read; nothing changed");
-            return;
-        };
-        // Interfaces may have changed since startup; a derived private
-        // network follows them.
-        self.env.addresses = net::local_addresses();
-        let loaded = match config::load(&self.args, &self.env) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                error!("reload failed, keeping the running configuration: {e}");
-                return;
-            }
-        };
-        for warning in &loaded.warnings {
-            warn!("{warning}");
-        }
-        let changes = reload::diff(&self.config, &loaded.config, loaded.secret != self.secret);
-        if changes.is_empty() {
-            info!("reload: {}: no changes", path.display());
-            return;
-        }
-        for c in &changes {
-            if c.live {
-                info!("reload: {} changed from {} to {}", c.key, c.old, c.new);
-            } else {
-                warn!(
-                    "reload: {} changed from {} to {}, which needs a restart; still using {}",
-                    c.key, c.old, c.new, c.old
-                );
-            }
-        }
-        // Log the changes before a new filter may hide info lines.
-        if loaded.config.log_filter != self.config.log_filter {
-            if let Err(e) = self.log.set(&loaded.config.log_filter) {
-                error!("reload: {e}");
-            }
-        }
-        let interval_changed = loaded.config.probe_interval_s != self.config.probe_interval_s;
-        self.config = reload::apply(&self.config, &loaded.config);
-        self.secret = loaded.secret;
-        if interval_changed {
-            if let Some(pending) = self.probe.take() {
-                self.timers.cancel(pending);
-            }
-            let next = Instant::now() + self.probe_interval();
-            self.probe = Some(self.timers.schedule(next, Timer::Probe));
+            Timer::ProbeTimeout(token) => self.on_probe_timeout(token),
         }
     }
 }

@@ -7,11 +7,21 @@
 //! such as missing privileges or a command port that is already taken.
 
 mod cli;
+mod command;
 mod config;
 mod daemon;
+mod engine;
+mod fault;
+mod handler;
+mod mirror;
 mod net;
+mod nft;
 mod privilege;
+mod probe;
 mod reload;
+mod status;
+mod sync;
+mod table;
 mod values;
 
 use daemon_kit::{logging, signals, timers, tokens};
@@ -92,12 +102,15 @@ fn clap_failure(e: clap::Error) -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    if let Some(Command::Status { .. }) = cli.command {
-        // The status request is not part of the wire protocol yet; say so
-        // rather than send something a dpfd would not understand.
-        return Err(Failure::usage(
-            "status: the status protocol is not implemented yet",
-        ));
+    if let Some(Command::Status { listen, json }) = cli.command {
+        let port = status::parse_target(listen.as_deref()).map_err(Failure::usage)?;
+        let doc = status::fetch(port).map_err(Failure::runtime)?;
+        if json {
+            println!("{doc}");
+        } else {
+            print!("{}", status::render_text(&doc));
+        }
+        return Ok(());
     }
     let args = cli.daemon;
     let env = Env::from_process();

@@ -10,7 +10,11 @@
 
 use std::fmt::Display;
 
-use crate::config::{list, Config};
+use tracing::{error, info, warn};
+
+use crate::config::{self, list, Config};
+use crate::daemon::Daemon;
+use crate::net;
 
 /// One setting whose value differs in the re-read configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +123,57 @@ pub fn apply(running: &Config, reread: &Config) -> Config {
         secret_file: reread.secret_file.clone(),
         log_filter: reread.log_filter.clone(),
         ..running.clone()
+    }
+}
+
+impl Daemon {
+    /// SIGHUP: re-read the config file and apply what can change live.
+    pub(crate) fn reload(&mut self) {
+        let Some(path) = self.args.config.clone() else {
+            info!("SIGHUP: no --config file to re-read; nothing changed");
+            return;
+        };
+        // Interfaces may have changed since startup; a derived private
+        // network follows them.
+        self.env.addresses = net::local_addresses();
+        let loaded = match config::load(&self.args, &self.env) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                error!("reload failed, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        for warning in &loaded.warnings {
+            warn!("{warning}");
+        }
+        let changes = diff(&self.config, &loaded.config, loaded.secret != self.secret);
+        if changes.is_empty() {
+            info!("reload: {}: no changes", path.display());
+            return;
+        }
+        for c in &changes {
+            if c.live {
+                info!("reload: {} changed from {} to {}", c.key, c.old, c.new);
+            } else {
+                warn!(
+                    "reload: {} changed from {} to {}, which needs a restart; still using {}",
+                    c.key, c.old, c.new, c.old
+                );
+            }
+        }
+        // Log the changes before a new filter may hide info lines.
+        if loaded.config.log_filter != self.config.log_filter {
+            if let Err(e) = self.log.set(&loaded.config.log_filter) {
+                error!("reload: {e}");
+            }
+        }
+        let interval_changed = loaded.config.probe_interval_s != self.config.probe_interval_s;
+        self.config = apply(&self.config, &loaded.config);
+        self.secret = loaded.secret;
+        self.engine.table.set_quota(self.config.per_host_quota);
+        if interval_changed && self.round.is_none() {
+            self.schedule_probe();
+        }
     }
 }
 

@@ -2,176 +2,23 @@
 //! codes, the config file, the privilege check, and the daemon's probe
 //! timer and reaction to SIGTERM and SIGHUP. Every wait is bounded, and
 //! every started daemon is killed when its guard drops, also when an
-//! assertion fails. The daemon does not touch nftables yet, so running it
-//! as root here changes nothing on the host.
+//! assertion fails. The daemon changes nftables, so each test that runs it
+//! first moves its own thread into a fresh network namespace
+//! (`private_netns`): the daemon, the test's sockets and `dpfd status`
+//! inherit it, and the host's rule set is never touched.
+
+mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dpfd");
-/// Documentation address (RFC 5737); dpfd only warns that it is not local.
-const PUBLIC: &str = "198.51.100.1";
+use support::*;
+
 /// The uid of `nobody`, to run as a user without privileges.
 const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The binary with a clean environment, so settings of the developer's
-/// shell cannot change the outcome.
-fn dpfd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DPFD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-/// Runs a command that must end by itself; gives its exit code and output.
-fn run_cmd(mut cmd: Command) -> (i32, String, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("{cmd:?} did not exit within 10 s");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        text(out.stdout),
-        text(out.stderr),
-    )
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    run_cmd(dpfd(args))
-}
-
-fn assert_one_line_error(stderr: &str, needle: &str) {
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
-    assert!(stderr.starts_with("dpfd: "), "{stderr:?}");
-    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
-}
-
-/// A fresh directory others may enter, so `nobody` can see a mirror path.
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("dpfd-cli-{}-{n}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A port that was free a moment ago: bind to port 0, note it, let it go.
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running daemon whose stderr lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = dpfd(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Finds a stderr line containing `needle`, among those already read or
-    /// arriving within 5 s; the order of lines does not matter.
-    fn expect_line(&mut self, needle: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no line with {needle:?} within 5 s; stderr so far: {:#?}",
-            self.seen
-        );
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {within:?}: {:#?}",
-                self.seen
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn help_mentions_every_flag() {
@@ -248,10 +95,16 @@ fn unknown_config_key_is_named() {
 }
 
 #[test]
-fn status_says_it_is_not_implemented() {
-    let (code, _, err) = run(&["status", "--listen", "127.0.0.1:65433", "--json"]);
+fn status_without_a_daemon_is_one_line_and_exit_1() {
+    let (code, _, err) = run(&["status", "--listen", "127.0.0.1:1", "--json"]);
+    assert_eq!(code, 1);
+    assert_one_line_error(
+        &err,
+        "status: no dpfd with command port 1 runs in this network namespace",
+    );
+    let (code, _, err) = run(&["status", "--listen", "nowhere"]);
     assert_eq!(code, 2);
-    assert_one_line_error(&err, "status: the status protocol is not implemented yet");
+    assert_one_line_error(&err, "status --listen");
 }
 
 /// As root, the same commands also run as `nobody`, to check the privilege
@@ -295,6 +148,7 @@ fn probes_filters_and_stops_cleanly_within_2s() {
         eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
         return;
     }
+    private_netns();
     let dir = temp_dir();
     let mirror = dir.join("mirror");
     let listen = format!("127.0.0.1:{}", free_port());
@@ -324,7 +178,7 @@ fn probes_filters_and_stops_cleanly_within_2s() {
         .send_to(b"hello", &listen)
         .unwrap();
     daemon.expect_line("dropped 5 bytes from 127.0.0.1");
-    daemon.expect_line("no request handler");
+    daemon.expect_line("malformed");
 
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(2)).code(), Some(0));
@@ -338,6 +192,7 @@ fn sighup_rereads_the_config_file() {
         eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
         return;
     }
+    private_netns();
     let dir = temp_dir();
     let conf = dir.join("dpfd.toml");
     let port = free_port();
@@ -365,7 +220,7 @@ fn sighup_rereads_the_config_file() {
         .unwrap()
         .send_to(b"x", &listen)
         .unwrap();
-    daemon.expect_line("no request handler");
+    daemon.expect_line("dropped 1 bytes from 127.0.0.1");
 
     fs::write(&conf, format!("{base}private_net = \"127.0.0.1/8\"\n")).unwrap();
     daemon.signal(libc::SIGHUP);
@@ -383,6 +238,7 @@ fn foreign_sources_are_dropped() {
         eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
         return;
     }
+    private_netns();
     let dir = temp_dir();
     let listen = format!("127.0.0.1:{}", free_port());
     let mirror = dir.join("mirror");

@@ -1,0 +1,156 @@
+//! The UDP command port: datagrams in, DPF requests to the engine, encoded
+//! replies out, with the reply cache of the reliable layer (`proto::rudp`)
+//! so a retransmitted request is answered again, never executed twice.
+//!
+//! Filters, in order, each counted: a source outside the private networks
+//! is dropped silently (DESIGN.md, Security: only the private side may
+//! open the NAT); input that is not a well-formed DPF request is dropped
+//! as malformed, except a request of a newer protocol version, which gets
+//! a `VersionMismatch` reply; a retransmission gets the cached reply. With
+//! a secret configured every request is refused as unauthorized, since the
+//! authentication trailer is not implemented yet.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use proto::dpf::{self, ErrorCode, Message};
+use proto::DecodeError;
+use tracing::{debug, warn};
+
+use crate::daemon::{unix_now, Daemon};
+use crate::handler::code_name;
+
+/// Datagrams read from the command socket per loop turn before other events
+/// get their share; the rest waits for the next turn. It also bounds a
+/// group commit.
+const COMMAND_BUDGET: usize = 1024;
+
+impl Daemon {
+    /// Drains the command socket up to the budget.
+    pub(crate) fn on_command(&mut self) {
+        self.command_backlog = false;
+        for _ in 0..COMMAND_BUDGET {
+            match self.command.recv_from(&mut self.buf) {
+                Ok((len, from)) => {
+                    self.counters.received += 1;
+                    if !self
+                        .config
+                        .private_nets
+                        .iter()
+                        .any(|n| n.contains(from.ip()))
+                    {
+                        self.counters.foreign += 1;
+                        debug!("command port: dropped {len} bytes from {from}: not in a private network");
+                        continue;
+                    }
+                    self.on_datagram(len, from);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Per-datagram errors (e.g. an ICMP error queued on the
+                    // socket) are reported once and cleared; keep reading.
+                    self.counters.receive_errors += 1;
+                    debug!("command port {}: receive error: {e}", self.command_addr);
+                }
+            }
+        }
+        self.command_backlog = true;
+    }
+
+    fn on_datagram(&mut self, len: usize, from: SocketAddr) {
+        let now = Instant::now();
+        let (header, msg) = match dpf::decode(&self.buf[..len]) {
+            Ok(decoded) => decoded,
+            Err(DecodeError::UnsupportedVersion {
+                version,
+                request_id,
+                ..
+            }) => {
+                *self
+                    .counters
+                    .refused
+                    .entry(code_name(ErrorCode::VersionMismatch))
+                    .or_insert(0) += 1;
+                debug!("command port: version {version} request from {from}");
+                let reply = Message::error(ErrorCode::VersionMismatch, "dpfd speaks DPF version 1");
+                self.send_reply(from, request_id, &reply, now);
+                return;
+            }
+            Err(e) => {
+                self.counters.malformed += 1;
+                debug!("command port: dropped {len} bytes from {from}: malformed ({e})");
+                return;
+            }
+        };
+        if msg.is_response() {
+            self.counters.malformed += 1;
+            debug!(
+                "command port: dropped a {:?} from {from}: replies are not requests",
+                msg.kind()
+            );
+            return;
+        }
+        let id = header.request_id;
+        if let Some(cached) = self.replies.lookup(&from, id, now) {
+            self.counters.duplicates += 1;
+            let cached = cached.to_vec();
+            if let Err(e) = self.command.send_to(&cached, from) {
+                self.counters.send_errors += 1;
+                debug!("command port: resending to {from}: {e}");
+            }
+            return;
+        }
+        if !self.in_batch.insert((from, id)) {
+            // Its first copy is in this turn's batch and gets the reply.
+            self.counters.duplicates += 1;
+            return;
+        }
+        match msg {
+            Message::Forward { .. } => self.counters.forward += 1,
+            Message::Delete { .. } => self.counters.delete += 1,
+            _ => self.counters.query += 1,
+        }
+        if self.secret.is_some() {
+            *self
+                .counters
+                .refused
+                .entry(code_name(ErrorCode::Unauthorized))
+                .or_insert(0) += 1;
+            warn!(
+                "refused request from {from}: unauthorized (authentication is not implemented yet)"
+            );
+            let reply = Message::error(ErrorCode::Unauthorized, "authentication required");
+            self.engine.queue_reply(from, id, reply, false);
+            return;
+        }
+        self.engine
+            .handle(from, id, msg, &mut self.counters.refused, unix_now());
+    }
+
+    /// Encodes, sends and caches a reply. A full socket buffer loses the
+    /// reply; the client's retransmission then finds it in the cache.
+    pub(crate) fn send_reply(
+        &mut self,
+        to: SocketAddr,
+        request_id: u64,
+        msg: &Message,
+        now: Instant,
+    ) {
+        let bytes = match dpf::encode(msg, request_id) {
+            Ok(b) => b,
+            Err(e) => {
+                // Only an over-long error detail can fail, and
+                // `Message::error` cuts those; never send garbage.
+                warn!("cannot encode the reply to {to}: {e:?}");
+                return;
+            }
+        };
+        if let Err(e) = self.command.send_to(&bytes, to) {
+            self.counters.send_errors += 1;
+            debug!("command port: reply to {to}: {e}");
+        }
+        self.replies.insert(to, request_id, bytes, now);
+    }
+}
