@@ -11,6 +11,20 @@
 //!
 //! Counters of non-plain entries let calls that take many fds at once (`poll`,
 //! `close_range`) skip their scan with one load when there is nothing to find.
+//!
+//! # Kinds and which hooks care
+//!
+//! | kind      | what it is                                   | hooks that leave the fast path                 |
+//! | --------- | -------------------------------------------- | ---------------------------------------------- |
+//! | `Plain`   | none of the shim's business                  | none                                           |
+//! | `Internal`| the shim's own fd (log, management socket)   | `close`, `dup2`/`dup3` onto it, range closes   |
+//! | `Managed` | a GCB listener (registered or trying to be)  | every hook that takes the fd; waits run the AEH|
+//! | `Named`   | a socket whose *names* the shim answers for  | `getsockname`, `getpeername`, `close`, dups    |
+//! | `Watched` | a GCB-mode TCP socket not yet listening or connected | `listen`, `connect`, `epoll_ctl`, `close`, dups |
+//!
+//! `Named` (accepted or brokered connections) and `Watched` (connector candidates)
+//! keep their data path on the fast path: `read`, `send`, `poll` and the rest test
+//! for `Managed` only.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 
@@ -29,6 +43,12 @@ pub enum Kind {
     Internal = 1,
     /// An application socket under GCB or DPF.
     Managed = 2,
+    /// A connection whose local or peer name the shim reports (accepted from a
+    /// registered listener, or brokered by the connector); data passes through.
+    Named = 3,
+    /// A TCP socket made in GCB mode that may still listen or connect; the shim
+    /// watches `listen`, `connect` and `epoll_ctl` on it.
+    Watched = 4,
 }
 
 impl Kind {
@@ -36,6 +56,8 @@ impl Kind {
         match v {
             1 => Kind::Internal,
             2 => Kind::Managed,
+            3 => Kind::Named,
+            4 => Kind::Watched,
             _ => Kind::Plain,
         }
     }
@@ -45,6 +67,8 @@ pub struct FdTable {
     kinds: [AtomicU8; CAPACITY],
     managed: AtomicUsize,
     internal: AtomicUsize,
+    /// `Named` and `Watched` entries together: they matter only to range closes.
+    other: AtomicUsize,
     /// One past the highest fd ever marked: the end of any scan.
     high: AtomicUsize,
 }
@@ -64,6 +88,7 @@ impl FdTable {
             kinds: [const { AtomicU8::new(Kind::Plain as u8) }; CAPACITY],
             managed: AtomicUsize::new(0),
             internal: AtomicUsize::new(0),
+            other: AtomicUsize::new(0),
             high: AtomicUsize::new(0),
         }
     }
@@ -85,10 +110,10 @@ impl FdTable {
         self.managed.load(Relaxed) != 0
     }
 
-    /// Whether any fd is managed or internal.
+    /// Whether any fd is anything but plain.
     #[inline]
     pub fn any_marked(&self) -> bool {
-        self.any_managed() || self.internal.load(Relaxed) != 0
+        self.any_managed() || self.internal.load(Relaxed) != 0 || self.other.load(Relaxed) != 0
     }
 
     /// Sets the kind of `fd` and returns the previous one; `None` if `fd` is outside
@@ -96,18 +121,34 @@ impl FdTable {
     pub fn set(&self, fd: c_int, kind: Kind) -> Option<Kind> {
         let i = index(fd)?;
         let old = Kind::from_u8(self.kinds[i].swap(kind as u8, Relaxed));
-        if old != kind {
+        self.count(i, old, kind);
+        Some(old)
+    }
+
+    /// Sets the kind of `fd` to `to` only if it is `from` now; false otherwise (also
+    /// for fds outside the table). For state changes that race with the
+    /// application closing the fd in another thread.
+    pub fn replace(&self, fd: c_int, from: Kind, to: Kind) -> bool {
+        let Some(i) = index(fd) else { return false };
+        let swapped = self.kinds[i].compare_exchange(from as u8, to as u8, Relaxed, Relaxed).is_ok();
+        if swapped {
+            self.count(i, from, to);
+        }
+        swapped
+    }
+
+    fn count(&self, i: usize, old: Kind, new: Kind) {
+        if old != new {
             if let Some(c) = self.counter(old) {
                 c.fetch_sub(1, Relaxed);
             }
-            if let Some(c) = self.counter(kind) {
+            if let Some(c) = self.counter(new) {
                 c.fetch_add(1, Relaxed);
             }
         }
-        if kind != Kind::Plain {
+        if new != Kind::Plain {
             self.high.fetch_max(i + 1, Relaxed);
         }
-        Some(old)
     }
 
     fn counter(&self, kind: Kind) -> Option<&AtomicUsize> {
@@ -115,6 +156,7 @@ impl FdTable {
             Kind::Plain => None,
             Kind::Internal => Some(&self.internal),
             Kind::Managed => Some(&self.managed),
+            Kind::Named | Kind::Watched => Some(&self.other),
         }
     }
 
@@ -153,6 +195,10 @@ pub fn set(fd: c_int, kind: Kind) -> Option<Kind> {
     TABLE.set(fd, kind)
 }
 
+pub fn replace(fd: c_int, from: Kind, to: Kind) -> bool {
+    TABLE.replace(fd, from, to)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +230,23 @@ mod tests {
         assert!(!t.is_managed(5) && !t.any_managed() && t.any_marked());
         assert_eq!(t.set(5, Kind::Plain), Some(Kind::Internal));
         assert!(t.kind(5) == Kind::Plain && !t.any_marked());
+    }
+
+    #[test]
+    fn other_kinds_count_as_marked_not_managed() {
+        let t = table();
+        t.set(9, Kind::Named);
+        t.set(10, Kind::Watched);
+        assert!(t.any_marked() && !t.any_managed());
+        assert!(!t.is_managed(9) && t.kind(10) == Kind::Watched);
+        assert_eq!(t.marked_in(0, 100).count(), 2);
+        assert!(!t.replace(10, Kind::Named, Kind::Managed), "not Named");
+        assert!(t.replace(10, Kind::Watched, Kind::Managed));
+        assert!(t.any_managed() && t.is_managed(10));
+        t.set(9, Kind::Plain);
+        t.set(10, Kind::Plain);
+        assert!(!t.any_marked());
+        assert!(!t.replace(-1, Kind::Plain, Kind::Named));
     }
 
     #[test]

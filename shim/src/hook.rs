@@ -35,12 +35,13 @@
 //! `real::NAME` must exist with the same signature; a hook for a function libc does
 //! not have fails with `ENOSYS` (see [`crate::real`]).
 //!
-//! `hook! { tail fn NAME(ARGS) -> RET { BODY } }` is for calls that do not return on
-//! success (`execve`): BODY runs guarded for its side effects (without lazy init, and
-//! with `errno` preserved), then the guard is released and the real function is
-//! called. Releasing first matters under `vfork`: the child shares the parent's
-//! memory, thread-local guard included, so a guard still set when `execve` replaces
-//! the child would leave the parent thread marked "inside the shim" forever.
+//! Calls that do not return on success (the exec family, `hooks/lifetime.rs`) are
+//! not built with `hook!`: their shim work runs guarded by [`prepare_value`]
+//! (without lazy init, and with `errno` preserved), then the guard is released and
+//! the real function is called, and [`prepare`] undoes the work if it returns.
+//! Releasing first matters under `vfork`: the child shares the parent's memory,
+//! thread-local guard included, so a guard still set when `execve` replaces the
+//! child would leave the parent thread marked "inside the shim" forever.
 //!
 //! Shim logic only ever runs inside the guard, so any lock it takes is held inside
 //! it. A signal handler that interrupts shim code and calls a hooked function passes
@@ -105,7 +106,8 @@ pub fn dispatch<R>(logic: impl FnOnce() -> R, real: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Runs the body of a `tail` hook: guarded, panic-contained, `errno` untouched.
+/// Runs shim work outside `hook!` (the exec hooks): guarded, panic-contained,
+/// `errno` untouched.
 #[inline(always)]
 pub fn prepare(body: impl FnOnce()) {
     let Some(_inside) = Inside::enter() else {
@@ -113,6 +115,15 @@ pub fn prepare(body: impl FnOnce()) {
     };
     let _errno = ErrnoGuard::new();
     let _ = catch_unwind(AssertUnwindSafe(body));
+}
+
+/// Like [`prepare`], for a body that computes something for the real call (the
+/// exec hooks' new environment). `None` when re-entered or on a panic.
+#[inline(always)]
+pub fn prepare_value<T>(body: impl FnOnce() -> Option<T>) -> Option<T> {
+    let _inside = Inside::enter()?;
+    let _errno = ErrnoGuard::new();
+    catch_unwind(AssertUnwindSafe(body)).ok().flatten()
 }
 
 /// The calling thread's `errno`.
@@ -185,21 +196,6 @@ macro_rules! hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
             $crate::hook::dispatch(|| $body, || $crate::real::$name($($arg),*))
-        }
-    };
-    (
-        $(#[$meta:meta])*
-        tail fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block
-    ) => {
-        $(#[$meta])*
-        ///
-        /// # Safety
-        ///
-        /// The C contract of the libc function of the same name.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-            $crate::hook::prepare(|| $body);
-            $crate::real::$name($($arg),*)
         }
     };
 }

@@ -21,13 +21,15 @@
 //!
 //! # fork
 //!
-//! The shim takes no locks today: its state is atomics and values published once.
-//! The `pthread_atfork` child handler resets an init that another thread had left
-//! half done at the moment of the fork, so the child runs it again. Any lock added
-//! later must be taken by a prepare handler (all of them, in one fixed order) and
-//! released by the parent and child handlers, so that no child starts with a lock
-//! held by a thread it does not have. Handlers run in the child of a possibly
-//! multi-threaded parent, so they may only do async-signal-safe work.
+//! The shim's state is atomics, values published once, and one lock: the GCB
+//! client's registry ([`crate::gcb::lock`]). The `pthread_atfork` prepare handler
+//! takes that lock (and marks every listener shared with the coming child); the
+//! parent and child handlers release it, so that no child starts with a lock held
+//! by a thread it does not have. The child handler also resets an init that
+//! another thread had left half done at the moment of the fork, so the child runs
+//! it again. Any lock added later must be taken by the prepare handler too, in one
+//! fixed order. Parent and child handlers run in the child of a possibly
+//! multi-threaded parent, so they only do async-signal-safe work.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -69,6 +71,7 @@ fn start() {
     for problem in &cfg.problems {
         log!(Warn, "{problem}");
     }
+    crate::gcb::init();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     log!(Debug, "loaded in process {pid}: {}", cfg.summary());
@@ -83,15 +86,24 @@ fn register_fork_handlers() {
     }
     // SAFETY: a handler with no preconditions. glibc's pthread_atfork (linked from
     // libc_nonshared) passes our __dso_handle, so a dlclose unregisters it.
-    let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    let rc = unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(after_fork_in_child)) };
     if rc != 0 {
         log!(Warn, "pthread_atfork failed ({rc}); a child forked during init will log to stderr");
     }
 }
 
+extern "C" fn before_fork() {
+    crate::gcb::prepare_fork();
+}
+
+extern "C" fn after_fork_in_parent() {
+    crate::gcb::after_fork(false);
+}
+
 extern "C" fn after_fork_in_child() {
     // An init another thread had under way will never finish in this process.
     let _ = STATE.compare_exchange(RUNNING, NEW, Ordering::Relaxed, Ordering::Relaxed);
+    crate::gcb::after_fork(true);
 }
 
 /// A panic inside shim code is logged as one line (then `hook::dispatch` passes the

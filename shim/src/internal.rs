@@ -1,4 +1,4 @@
-//! The shim's own fds (the log file now, management sockets later): where they are
+//! The shim's own fds (the log file, GCB management sockets): where they are
 //! placed, and how they survive an application that closes or reuses fds wholesale.
 //!
 //! DESIGN.md asks that internal fds be CLOEXEC, sit at high numbers, and be
@@ -67,28 +67,23 @@ pub fn refuse_close() -> c_int {
     -1
 }
 
-/// Runs `dup`, a `dup2` or `dup3` of `old` onto `new`, keeping the table right for
-/// `new`: an internal fd there is moved away first, a managed one is forgotten once
-/// it has been replaced.
+/// Runs a `dup2` or `dup3` of `old` onto `new`, keeping the table right for `new`:
+/// an internal fd there is moved away first, a tracked one is forgotten once it
+/// has been replaced, and `new` then names what `old` names.
 pub fn dup_onto(old: c_int, new: c_int, dup: impl FnOnce() -> c_int) -> c_int {
     if old == new {
         // dup2 does nothing and dup3 fails; either way `new` is untouched.
         return dup();
     }
-    match fdtable::kind(new) {
-        Kind::Plain => dup(),
-        Kind::Internal => {
-            evacuate(new);
-            dup()
-        }
-        Kind::Managed => {
-            let result = dup();
-            if result >= 0 {
-                managed::forget(new);
-            }
-            result
-        }
+    if fdtable::kind(new) == Kind::Internal {
+        evacuate(new);
     }
+    let result = dup();
+    if result >= 0 {
+        managed::forget(new);
+        managed::duplicated(old, new);
+    }
+    result
 }
 
 /// Moves internal fd `fd` to another number because the application is about to
@@ -99,10 +94,12 @@ fn evacuate(fd: c_int) {
     if let Some(moved) = moved {
         fdtable::set(moved, Kind::Internal);
     }
-    // Every owner of internal fds gets asked in turn; the log is the only one so far.
-    // Without a new fd the log falls back to stderr rather than write into the
-    // application's file.
-    let owned = crate::log::replace_fd(fd, moved.unwrap_or(libc::STDERR_FILENO));
+    // Every owner of internal fds gets asked in turn: the log, then the GCB client's
+    // management sockets. Without a new fd the log falls back to stderr rather than
+    // write into the application's file; a management socket without one is lost
+    // to its listener, whose heartbeats then stop.
+    let owned = crate::log::replace_fd(fd, moved.unwrap_or(libc::STDERR_FILENO))
+        || moved.is_some_and(|m| crate::gcb::internal_fd_moved(fd, m));
     if let (false, Some(moved)) = (owned, moved) {
         release(moved);
     }
@@ -114,7 +111,8 @@ fn evacuate(fd: c_int) {
 }
 
 /// `close_range` when some fds are marked: internal fds are cut out of the range,
-/// managed ones are forgotten (unless the call only sets CLOEXEC).
+/// tracked ones are forgotten (unless the call only sets CLOEXEC), which runs their
+/// close logic (a listener's last fd unregisters).
 pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     let known = libc::CLOSE_RANGE_UNSHARE | libc::CLOSE_RANGE_CLOEXEC;
     if first > last || (flags as c_uint) & !known != 0 {
@@ -137,7 +135,7 @@ pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
                 }
                 from = fd + 1;
             }
-            Kind::Managed if closing => managed::forget(fd as c_int),
+            _ if closing => managed::forget(fd as c_int),
             _ => {}
         }
     }
@@ -158,8 +156,7 @@ pub fn closefrom(lowfd: c_int) {
                 close_gap(from, fd);
                 from = fd + 1;
             }
-            Kind::Managed => managed::forget(fd as c_int),
-            Kind::Plain => {}
+            _ => managed::forget(fd as c_int),
         }
     }
     // `from` is at most one past an fd in the table, so it fits a c_int.

@@ -3,9 +3,10 @@
 //! # Design note
 //!
 //! The shim defines C symbols (`connect`, `recv`, `close`, ...) that the dynamic
-//! linker binds ahead of libc's. Today every hook passes through: a program runs
-//! exactly as it would without the shim. The structure is the one the GCB and DPF
-//! clients will fill in:
+//! linker binds ahead of libc's. Without configuration every hook passes through:
+//! a program runs exactly as it would without the shim. With `GCB_INAGENT` set,
+//! the GCB client ([`gcb`]) registers listeners, brokers connects and runs the
+//! asynchronous event handler inside the program's blocking calls. The parts:
 //!
 //! * [`hook`] is the machinery every interposed function is built from: the
 //!   `hook!` macro, the re-entrancy guard, `errno` handling and panic containment.
@@ -15,8 +16,10 @@
 //! * [`real`] resolves libc's definitions with `dlsym(RTLD_NEXT)`, so shim code
 //!   can call `real::close(fd)` without landing in its own hook.
 //! * [`fdtable`] says, per fd, whether the shim has any business with it. Testing it
-//!   is one relaxed atomic load, which keeps unmanaged fds (all of them, for now) on
-//!   a fast path with no extra system call.
+//!   is one relaxed atomic load, which keeps unmanaged fds on a fast path with no
+//!   extra system call.
+//! * [`gcb`] is the GCB client: listener registry, management sockets, AEH,
+//!   doorbells, connector, and the fork/exec hand-over.
 //! * [`config`] and [`route`] read the environment once; [`log`] writes lines without
 //!   allocating; [`init`] does the one-time work lazily on the first hooked call.
 //!
@@ -26,8 +29,8 @@
 //! * No work at load time: no constructor, no threads. Init is lazy, never blocks and
 //!   never waits for another thread, so a child forked mid-init cannot deadlock.
 //! * The hot path takes no locks and allocates nothing. Shim state is atomics, or
-//!   values published once with a compare-and-swap. A future lock must be taken in a
-//!   `pthread_atfork` prepare handler and released on both sides (see [`init`]).
+//!   values published once with a compare-and-swap, and the GCB registry's one lock,
+//!   taken only for fds the client tracks and handled across `fork` (see [`init`]).
 //! * `errno` after a hook is what the real call set; shim-internal work in between
 //!   runs under [`hook::ErrnoGuard`].
 //! * Nothing unwinds into C: a panic in shim logic is caught and the call is handed to
@@ -52,6 +55,7 @@ pub mod log;
 
 pub mod config;
 pub mod fdtable;
+pub mod gcb;
 pub mod init;
 pub mod internal;
 pub mod managed;

@@ -1,45 +1,34 @@
-//! What the hooks do with managed fds: application sockets under GCB or DPF
-//! ([`crate::fdtable::Kind::Managed`]).
+//! What the hooks do with the fds the shim tracks: the seam between the thin
+//! hooks in `hooks/` and the GCB client in [`crate::gcb`].
 //!
-//! This is the seam the GCB and DPF clients fill in. Hooks call `managed::NAME` with
-//! the arguments of the real `NAME` whenever the call involves a managed fd, and the
-//! real function otherwise. Nothing marks an fd managed yet, so the entries below
-//! are the real functions re-exported; replacing one with a function of the same
-//! signature is all a hook needs to change behaviour.
+//! Hooks call `managed::NAME` with the arguments of the real `NAME` whenever the
+//! fd table says the call involves an fd the shim tracks, and the real function
+//! otherwise. Which kinds leave the fast path for which call is listed in
+//! [`crate::fdtable`]; in short:
+//!
+//! * listeners (`Managed`): `listen`, `accept`, names, dups and close, and every
+//!   wait of the process runs the AEH; their data calls pass through (a listening
+//!   TCP socket carries no data);
+//! * connections the shim names (`Named`): names, dups and close;
+//! * connector candidates (`Watched`): `listen`, `connect`, `epoll_ctl`, dups and close.
 
-use libc::c_int;
+use libc::{c_int, sockaddr, socklen_t};
 
-use crate::fdtable::{self, Kind};
-use crate::real;
-
+pub use crate::gcb::connector::connect;
+pub use crate::gcb::fdops::{close, dup, duplicated, epoll_ctl, fcntl, fcntl64, forget};
+pub use crate::gcb::identity::{getpeername, getsockname};
+pub use crate::gcb::listener::{accept4, listen};
+pub use crate::gcb::waits::{epoll_pwait, epoll_pwait2, epoll_wait, poll, ppoll, pselect, select};
 pub use crate::real::{
-    accept, accept4, bind, connect, dup, epoll_ctl, epoll_pwait, epoll_pwait2, epoll_wait, fcntl,
-    fcntl64, getpeername, getsockname, getsockopt, listen, poll, ppoll, pselect, read, readv, recv,
-    recvfrom, recvmmsg, recvmsg, select, send, sendmmsg, sendmsg, sendto, setsockopt, shutdown,
-    write, writev,
+    bind, getsockopt, read, readv, recv, recvfrom, recvmmsg, recvmsg, send, sendmmsg, sendmsg, sendto,
+    setsockopt, shutdown, write, writev,
 };
 
-/// Drops the shim's knowledge of `fd`, which the application is closing or
-/// replacing. Called before the fd is closed: once closed, its number can be
-/// reused (and marked) by another thread at once.
-pub fn forget(fd: c_int) {
-    fdtable::set(fd, Kind::Plain);
-}
-
-/// `close` of a managed fd.
+/// `accept` of a managed listener: `accept4` without flags.
 ///
 /// # Safety
 ///
-/// The C contract of `close`.
-pub unsafe fn close(fd: c_int) -> c_int {
-    forget(fd);
-    real::close(fd)
+/// The C contract of `accept`.
+pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    accept4(fd, addr, len, 0)
 }
-
-/// Runs before every `exec*` hook hands over to the real call. The new image has to
-/// learn which inherited fds are managed (DESIGN.md, "Management sockets"); with no
-/// managed fds there is nothing to tell it.
-///
-/// It may run in a `vfork` child, which shares the parent's memory: it must not
-/// take locks or leave shared state changed for the parent.
-pub fn before_exec() {}

@@ -1,5 +1,6 @@
-//! `accept` and `accept4`: where a managed listener will hand out reversed and
-//! relayed connections from its queue, in order with the kernel's (paper 4.2.1).
+//! `accept` and `accept4`: a managed listener hands out reversed and relayed
+//! connections in order with the kernel's (paper 4.2.1), and runs the AEH while it
+//! waits (see `gcb::listener`).
 
 use libc::{c_int, sockaddr, socklen_t};
 

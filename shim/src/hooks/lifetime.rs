@@ -46,6 +46,9 @@
 use libc::{c_char, c_int, c_uint, c_ulong, pid_t};
 
 use crate::fdtable::{self, Kind};
+use crate::gcb::fdops::tracked;
+use crate::gcb::inherit::{self, ExecEnv};
+use crate::hook;
 use crate::{internal, managed, real};
 
 hook! {
@@ -53,20 +56,20 @@ hook! {
         match fdtable::kind(fd) {
             Kind::Plain => real::close(fd),
             Kind::Internal => internal::refuse_close(),
-            Kind::Managed => managed::close(fd),
+            _ => managed::close(fd),
         }
     }
 }
 
 hook! {
     fn dup(fd: c_int) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => dup(fd))
+        real_unless!(tracked(fdtable::kind(fd)) => dup(fd))
     }
 }
 
 hook! {
     fn dup2(oldfd: c_int, newfd: c_int) -> c_int {
-        if fdtable::kind(newfd) == Kind::Plain {
+        if fdtable::kind(newfd) == Kind::Plain && !tracked(fdtable::kind(oldfd)) {
             return real::dup2(oldfd, newfd);
         }
         internal::dup_onto(oldfd, newfd, || real::dup2(oldfd, newfd))
@@ -75,7 +78,7 @@ hook! {
 
 hook! {
     fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> c_int {
-        if fdtable::kind(newfd) == Kind::Plain {
+        if fdtable::kind(newfd) == Kind::Plain && !tracked(fdtable::kind(oldfd)) {
             return real::dup3(oldfd, newfd, flags);
         }
         internal::dup_onto(oldfd, newfd, || real::dup3(oldfd, newfd, flags))
@@ -85,14 +88,14 @@ hook! {
 hook! {
     /// Variadic in C; see the module documentation for the fixed third argument.
     fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => fcntl(fd, cmd, arg))
+        real_unless!(tracked(fdtable::kind(fd)) => fcntl(fd, cmd, arg))
     }
 }
 
 hook! {
     /// `fcntl` under its large-file name (the same function on 64-bit glibc).
     fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => fcntl64(fd, cmd, arg))
+        real_unless!(tracked(fdtable::kind(fd)) => fcntl64(fd, cmd, arg))
     }
 }
 
@@ -120,43 +123,71 @@ hook! {
     }
 }
 
-// The exec hooks are `tail` hooks: their body runs guarded, then the guard is
-// released and the real call made, so a vfork child that execs leaves nothing set in
-// the memory it shares with its parent. They skip lazy init for the same reason:
-// with nothing initialised there is nothing managed to pass on.
-
-hook! {
-    tail fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-        managed::before_exec()
-    }
+extern "C" {
+    static environ: *const *const c_char;
 }
 
-hook! {
-    tail fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
-        managed::before_exec()
-    }
+/// The exec hooks' shape: prepare the hand-over guarded (no lazy init, `errno`
+/// kept), release the guard, make the real call, undo if it returned.
+macro_rules! exec_hook {
+    (
+        fn $name:ident($($arg:ident: $ty:ty),*) envp = $envp:expr;
+        plain = $plain:expr;
+        with_env($env:ident) = $with_env:expr;
+    ) => {
+        /// Hands managed listeners to the new image (module documentation).
+        ///
+        /// # Safety
+        ///
+        /// The C contract of the libc function of the same name.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            let prepared = hook::prepare_value(|| inherit::prepare($envp));
+            match prepared {
+                None => $plain,
+                Some(prepared) => {
+                    let $env = prepared.envp();
+                    let r = $with_env;
+                    hook::prepare(|| ExecEnv::undo(prepared));
+                    r
+                }
+            }
+        }
+    };
 }
 
-hook! {
-    tail fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
-        managed::before_exec()
-    }
+exec_hook! {
+    fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) envp = envp;
+    plain = real::execve(path, argv, envp);
+    with_env(env) = real::execve(path, argv, env);
 }
 
-hook! {
-    tail fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-        managed::before_exec()
-    }
+exec_hook! {
+    fn execv(path: *const c_char, argv: *const *const c_char) envp = environ;
+    plain = real::execv(path, argv);
+    with_env(env) = real::execve(path, argv, env);
 }
 
-hook! {
-    tail fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-        managed::before_exec()
-    }
+exec_hook! {
+    fn execvp(file: *const c_char, argv: *const *const c_char) envp = environ;
+    plain = real::execvp(file, argv);
+    with_env(env) = real::execvpe(file, argv, env);
 }
 
-hook! {
-    tail fn execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int {
-        managed::before_exec()
-    }
+exec_hook! {
+    fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) envp = envp;
+    plain = real::execvpe(file, argv, envp);
+    with_env(env) = real::execvpe(file, argv, env);
+}
+
+exec_hook! {
+    fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) envp = envp;
+    plain = real::fexecve(fd, argv, envp);
+    with_env(env) = real::fexecve(fd, argv, env);
+}
+
+exec_hook! {
+    fn execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) envp = envp;
+    plain = real::execveat(dirfd, path, argv, envp, flags);
+    with_env(env) = real::execveat(dirfd, path, argv, env, flags);
 }

@@ -1,18 +1,20 @@
 //! Waiting for fds: `select`, `pselect`, `poll`, `ppoll`, the `epoll` family and the
 //! fortified `__poll_chk` and `__ppoll_chk`.
 //!
-//! These are where the asynchronous event handler will run: an interposed wait
-//! also waits on the management sockets and answers the broker (DESIGN.md, "The
-//! asynchronous event handler"). A wait matters to the shim only once some fd is
-//! managed, so the fast path is one load of the table's managed count, whatever the
-//! number of fds waited on.
+//! These are where the asynchronous event handler runs: an interposed wait also
+//! waits on the management sockets and answers the broker (DESIGN.md, "The
+//! asynchronous event handler"; `gcb::waits`). A wait matters to the shim only
+//! once the process holds a registration (a managed fd), so the fast path is one
+//! load of the table's managed count, whatever the number of fds waited on.
+//! `epoll_ctl` is recorded for watched sockets, which a reversed connect may swap.
 
 use std::mem::size_of;
 
 use libc::{c_int, epoll_event, fd_set, nfds_t, pollfd, size_t, sigset_t, timespec, timeval};
 
 use super::fortify;
-use crate::{fdtable, managed, real};
+use crate::fdtable::{self, Kind};
+use crate::{managed, real};
 
 hook! {
     fn select(nfds: c_int, readfds: *mut fd_set, writefds: *mut fd_set, exceptfds: *mut fd_set, timeout: *mut timeval) -> c_int {
@@ -81,7 +83,7 @@ hook! {
 
 hook! {
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => epoll_ctl(epfd, op, fd, event))
+        real_unless!(fdtable::kind(fd) == Kind::Watched => epoll_ctl(epfd, op, fd, event))
     }
 }
 

@@ -1,17 +1,29 @@
 //! Socket creation, naming and options: `socket`, `bind`, `listen`, `getsockname`,
 //! `getpeername`, `setsockopt`, `getsockopt`, `shutdown`.
 //!
-//! These are where GCB and DPF will register listening and UDP sockets and report
-//! proxy or public addresses (DESIGN.md, "Identities").
+//! GCB registers listening sockets at `listen` and reports proxy addresses from
+//! `getsockname` and `getpeername` (DESIGN.md, "Identities").
 
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
-use crate::{fdtable, real};
+use crate::fdtable::{self, Kind};
+use crate::{gcb, real};
+
+/// Whether `socket(domain, ty, protocol)` makes a TCP/IPv4 socket.
+fn is_tcp4(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    domain == libc::AF_INET && base == libc::SOCK_STREAM && (protocol == 0 || protocol == libc::IPPROTO_TCP)
+}
 
 hook! {
-    /// A new socket is never managed; GCB and DPF take over at `bind` and `listen`.
+    /// In GCB mode a new TCP/IPv4 socket is watched: it may listen (and register)
+    /// or connect (and be brokered). Nothing else is ever marked here.
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-        real::socket(domain, ty, protocol)
+        let fd = real::socket(domain, ty, protocol);
+        if fd >= 0 && gcb::enabled() && is_tcp4(domain, ty, protocol) {
+            fdtable::set(fd, Kind::Watched);
+        }
+        fd
     }
 }
 
@@ -23,19 +35,24 @@ hook! {
 
 hook! {
     fn listen(fd: c_int, backlog: c_int) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => listen(fd, backlog))
+        real_unless!(fdtable::kind(fd) == Kind::Watched => listen(fd, backlog))
     }
+}
+
+/// Whether the shim may report its own names for `fd`.
+fn named(fd: c_int) -> bool {
+    matches!(fdtable::kind(fd), Kind::Managed | Kind::Named)
 }
 
 hook! {
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => getsockname(fd, addr, len))
+        real_unless!(named(fd) => getsockname(fd, addr, len))
     }
 }
 
 hook! {
     fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => getpeername(fd, addr, len))
+        real_unless!(named(fd) => getpeername(fd, addr, len))
     }
 }
 
@@ -54,5 +71,20 @@ hook! {
 hook! {
     fn shutdown(fd: c_int, how: c_int) -> c_int {
         real_unless!(fdtable::is_managed(fd) => shutdown(fd, how))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tcp4_sockets_are_watched() {
+        assert!(is_tcp4(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0));
+        assert!(is_tcp4(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP));
+        assert!(!is_tcp4(libc::AF_INET6, libc::SOCK_STREAM, 0));
+        assert!(!is_tcp4(libc::AF_INET, libc::SOCK_DGRAM, 0));
+        assert!(!is_tcp4(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP));
+        assert!(!is_tcp4(libc::AF_UNIX, libc::SOCK_STREAM, 0));
     }
 }

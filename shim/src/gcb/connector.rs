@@ -1,0 +1,308 @@
+//! The connector side: `connect` on a GCB-mode TCP socket asks the broker at the
+//! destination's IP who dials whom, and carries out the answer
+//! (docs/gcb-client-design.md, "Connector side").
+//!
+//! 1. Destinations that never need brokering go straight to the real `connect`:
+//!    loopback, `GCB_ROUTE` `direct`, and IPs in the negative cache.
+//! 2. Otherwise a hidden temporary listener is opened on the IP the kernel uses
+//!    towards the destination (in case the answer is a reversal), and `Connect`
+//!    goes to `IP:command_port` on a *connected* UDP socket, with the short probe
+//!    retry policy. ECONNREFUSED, a foreign reply or silence mean "not GCB": the
+//!    IP is cached as negative and the socket connects directly.
+//! 3. `Direct` and `SameRealm`: the real `connect` to the address given, so a
+//!    non-blocking socket still gets EINPROGRESS. `NotRegistered`: ECONNREFUSED.
+//!    `Relay`: the application's socket meets the listener at the broker's
+//!    rendezvous. `Reversal`: the listener's connection arrives on the temporary
+//!    listener and is put on the application's fd number with `dup3`, keeping its
+//!    O_NONBLOCK and FD_CLOEXEC, its common options, and its epoll registrations.
+//!
+//! Brokered connects (relay, reversal) complete inside the call, also on a
+//! non-blocking socket, which then returns 0 at once connected, bounded by the
+//! socket's `SO_SNDTIMEO` or else the `dial` timeouts (ETIMEDOUT past them). `getpeername` on a brokered socket
+//! reports the address the application dialed, its peer's identity. The wait
+//! does not run the AEH: a connect takes a few round trips, well inside one
+//! heartbeat interval.
+//!
+//! Only sockets made by `socket()` in this process image while GCB is on are
+//! candidates (`Watched`). A reversal replaces the socket, so a local address the
+//! application bound before `connect` is not kept; an application that needs a
+//! fixed source port should list the destination as `direct` in `GCB_ROUTE`.
+
+use std::net::{IpAddr, SocketAddrV4};
+use std::time::Instant;
+
+use libc::{c_int, sockaddr, socklen_t};
+use proto::gcb::{Decision, ErrorCode, Message, COMMAND_PORT};
+use proto::rudp::RetryPolicy;
+use proto::Proto;
+
+use super::dial;
+use super::mgmt;
+use super::registry::Names;
+use super::sys::{self, Errno, Sock};
+use crate::fdtable::{self, Kind};
+use crate::hook::{errno, set_errno};
+use crate::route::Route;
+use crate::{config, real};
+
+/// What the destination's command port said.
+enum Asked {
+    /// No broker there: connect directly.
+    NotGcb,
+    /// Our own broker did not answer in time: connect directly this once (a
+    /// proxy address still reaches the listener, relayed), but do not remember it.
+    Silent,
+    /// A broker refused the request.
+    Refused(ErrorCode),
+    /// A broker decided; the temporary listener, in case it is a reversal.
+    Decision(Decision, Option<(Sock, SocketAddrV4)>),
+}
+
+/// `connect` on a watched socket.
+///
+/// # Safety
+///
+/// The C contract of `connect`.
+pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(dest) = sys::from_sockaddr(addr, len) else { return real::connect(fd, addr, len) };
+    let now = Instant::now();
+    if !worth_asking(dest, now) {
+        fdtable::replace(fd, Kind::Watched, Kind::Plain);
+        return real::connect(fd, addr, len);
+    }
+    let saved = errno();
+    match ask(dest) {
+        Asked::NotGcb => {
+            log!(Debug, "{} has no broker; connecting directly", dest.ip());
+            super::with(|reg| {
+                reg.negative.insert(*dest.ip(), Instant::now());
+                super::fdops::unwatch(reg, fd);
+            });
+            set_errno(saved);
+            real::connect(fd, addr, len)
+        }
+        Asked::Silent => {
+            log!(Warn, "the broker at {} did not answer a Connect for {dest}; connecting to it directly", dest.ip());
+            super::with(|reg| super::fdops::unwatch(reg, fd));
+            set_errno(saved);
+            real::connect(fd, addr, len)
+        }
+        Asked::Refused(code) => {
+            log!(Warn, "the broker at {} refused a connection to {dest}: {code:?}", dest.ip());
+            fail(libc::ECONNREFUSED)
+        }
+        Asked::Decision(decision, tmp) => decide(fd, dest, decision, tmp, saved),
+    }
+}
+
+fn fail(e: Errno) -> c_int {
+    set_errno(e);
+    -1
+}
+
+/// Whether `dest` may be brokered and is not known not to be.
+fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
+    let ip = *dest.ip();
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || dest.port() == 0 {
+        return false;
+    }
+    if config::get().routes.lookup(IpAddr::V4(ip)) == Route::Direct {
+        return false;
+    }
+    !super::with(|reg| reg.negative.contains(ip, now))
+}
+
+/// One of `GCB_INAGENT`'s brokers, if `ip` is one.
+fn our_broker(ip: std::net::Ipv4Addr) -> Option<std::net::SocketAddr> {
+    match &config::get().mode {
+        config::Mode::Gcb(brokers) => brokers.iter().find(|b| b.ip() == IpAddr::V4(ip)).copied(),
+        _ => None,
+    }
+}
+
+/// The command port to ask at `ip`: our own broker's, if `ip` is one of ours and
+/// it uses another port, else the historic default.
+fn command_port(ip: std::net::Ipv4Addr) -> u16 {
+    our_broker(ip).map_or(COMMAND_PORT, |b| b.port())
+}
+
+fn temp_listener(ip: std::net::Ipv4Addr) -> Result<(Sock, SocketAddrV4), Errno> {
+    let s = sys::socket(libc::SOCK_STREAM, true, true)?;
+    sys::bind(s.raw(), SocketAddrV4::new(ip, 0))?;
+    // SAFETY: our socket.
+    if unsafe { real::listen(s.raw(), 8) } < 0 {
+        return Err(errno());
+    }
+    let at = sys::local_addr(s.raw())?;
+    Ok((s, at))
+}
+
+/// Asks the broker at `dest`'s IP. A destination on one of our own brokers is
+/// known to be brokered: it gets the normal command retry policy rather than the
+/// short probe, and silence there is not remembered as "no broker".
+fn ask(dest: SocketAddrV4) -> Asked {
+    let ours = our_broker(*dest.ip()).is_some();
+    let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
+    let Ok((probe, local)) = mgmt::open(cmd) else { return Asked::NotGcb };
+    let tmp = temp_listener(*local.ip()).ok();
+    let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.1);
+    let msg = Message::Connect { proto: Proto::Tcp, target: dest, connector, connector_id: None, realm: config::get().realm.clone() };
+    let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
+    match mgmt::exchange(probe.raw(), cmd, policy, &msg) {
+        Ok(reply) => match mgmt::decision_of(reply) {
+            Ok(d) => Asked::Decision(d, tmp),
+            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, None),
+            Err(Some(code)) => Asked::Refused(code),
+            Err(None) => Asked::NotGcb,
+        },
+        Err(why) => {
+            log!(Debug, "Connect for {dest} at {cmd}: {why:?}");
+            match why {
+                mgmt::NoAnswer::Timeout if ours => Asked::Silent,
+                _ => Asked::NotGcb,
+            }
+        }
+    }
+}
+
+/// Carries out the broker's decision on the application's socket `fd`.
+unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, tmp: Option<(Sock, SocketAddrV4)>, saved: c_int) -> c_int {
+    log!(Debug, "connect to {dest}: {d:?}");
+    match d {
+        Decision::Direct { addr } | Decision::SameRealm { addr } => {
+            drop(tmp);
+            name(fd, dest);
+            let sin = sys::to_sockaddr(addr);
+            set_errno(saved);
+            real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t)
+        }
+        Decision::NotRegistered => {
+            log!(Info, "connect to {dest}: nothing is registered there");
+            fail(libc::ECONNREFUSED)
+        }
+        Decision::Relay { via, token } => {
+            drop(tmp);
+            match dial::relay(fd, via, token, connect_deadline(fd)) {
+                Ok(()) => {
+                    name(fd, dest);
+                    set_errno(saved);
+                    0
+                }
+                Err(e) => brokered_failed(dest, "relay", e),
+            }
+        }
+        Decision::Reversal { token } => {
+            let Some((tmp, _)) = tmp else { return brokered_failed(dest, "reversal", libc::ECONNREFUSED) };
+            match dial::accept_reversed(tmp.raw(), token, connect_deadline(fd)).and_then(|c| swap(fd, c)) {
+                Ok(()) => {
+                    name(fd, dest);
+                    set_errno(saved);
+                    0
+                }
+                Err(e) => brokered_failed(dest, "reversal", e),
+            }
+        }
+    }
+}
+
+/// How long a brokered connect of `fd` may take: the socket's `SO_SNDTIMEO` if the
+/// application set one (the kernel bounds a blocking connect by it), else
+/// [`dial::PAIR_TIMEOUT`].
+fn connect_deadline(fd: c_int) -> Instant {
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = std::mem::size_of::<libc::timeval>() as socklen_t;
+    // SAFETY: a timeval-sized buffer.
+    let r = unsafe { real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&mut tv as *mut libc::timeval).cast(), &mut len) };
+    let set = std::time::Duration::new(tv.tv_sec.max(0) as u64, tv.tv_usec.clamp(0, 999_999) as u32 * 1000);
+    Instant::now() + if r == 0 && !set.is_zero() { set } else { dial::PAIR_TIMEOUT }
+}
+
+/// One line for a brokered connect that failed; the application gets `e`.
+fn brokered_failed(dest: SocketAddrV4, how: &str, e: Errno) -> c_int {
+    log!(Warn, "connect to {dest} by {how} failed: {}", std::io::Error::from_raw_os_error(e));
+    fail(e)
+}
+
+/// `fd` is now a brokered connection to `dest`: report `dest` as its peer.
+fn name(fd: c_int, dest: SocketAddrV4) {
+    super::with(|reg| {
+        reg.interest.take(fd);
+        reg.set_names(fd, Names { local: None, peer: Some(dest) });
+        fdtable::set(fd, Kind::Named);
+    });
+}
+
+/// Puts connection `c` on the application's fd number, as the application's own
+/// socket would have been: same O_NONBLOCK and FD_CLOEXEC, common options, and
+/// the epoll registrations it had (see `interest`).
+fn swap(fd: c_int, c: Sock) -> Result<(), Errno> {
+    let nonblocking = sys::get_fl(fd)? & libc::O_NONBLOCK != 0;
+    // SAFETY: F_GETFD takes no argument.
+    let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+    sys::copy_options(fd, c.raw());
+    sys::set_nonblock(c.raw(), nonblocking)?;
+    let regs = super::with(|reg| reg.interest.take(fd));
+    let event = |r: &super::interest::Registration| libc::epoll_event { events: r.events, u64: r.data };
+    // Re-add only where the old registration is confirmed live (module docs of `interest`).
+    let live: Vec<_> = regs
+        .into_iter()
+        // SAFETY: a valid event struct; MOD on a set without `fd` just fails.
+        .filter(|r| unsafe { real::epoll_ctl(r.epfd, libc::EPOLL_CTL_MOD, fd, &mut event(r)) } == 0)
+        .collect();
+    let cloexec = if fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: both fds are valid; `fd` is replaced atomically.
+    if unsafe { real::dup3(c.raw(), fd, cloexec) } < 0 {
+        return Err(errno());
+    }
+    for r in &live {
+        // SAFETY: as above.
+        if unsafe { real::epoll_ctl(r.epfd, libc::EPOLL_CTL_ADD, fd, &mut event(r)) } < 0 {
+            log!(Warn, "fd {fd} not re-added to epoll fd {} after a reversed connect: {}", r.epfd, std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_and_special_destinations_are_not_asked() {
+        let now = Instant::now();
+        for d in ["127.0.0.1:80", "0.0.0.0:80", "255.255.255.255:80", "224.0.0.1:80", "192.0.2.1:0"] {
+            assert!(!worth_asking(d.parse().unwrap(), now), "{d}");
+        }
+        let ip = "198.51.100.77".parse().unwrap();
+        assert!(worth_asking(SocketAddrV4::new(ip, 80), now));
+        super::super::with(|reg| reg.negative.insert(ip, now));
+        assert!(!worth_asking(SocketAddrV4::new(ip, 80), now), "negative cache hit");
+        assert_eq!(command_port(ip), COMMAND_PORT);
+    }
+
+    #[test]
+    fn swap_keeps_flags_and_epoll_registrations() {
+        let l = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
+        sys::bind(l.raw(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(unsafe { real::listen(l.raw(), 4) }, 0);
+        let at = sys::local_addr(l.raw()).unwrap();
+        // The application's socket: non-blocking, not close-on-exec, in an epoll set.
+        let app = sys::socket(libc::SOCK_STREAM, false, true).unwrap();
+        let ep = unsafe { real::epoll_create1(libc::EPOLL_CLOEXEC) };
+        let mut ev = libc::epoll_event { events: libc::EPOLLOUT as u32, u64: 5 };
+        assert_eq!(unsafe { real::epoll_ctl(ep, libc::EPOLL_CTL_ADD, app.raw(), &mut ev) }, 0);
+        super::super::with(|reg| reg.interest.record(ep, libc::EPOLL_CTL_ADD, app.raw(), Some((ev.events, 5))));
+        super::super::with(|reg| reg.interest.record(ep + 1000, libc::EPOLL_CTL_ADD, app.raw(), Some((1, 1))));
+        let c = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
+        sys::connect(c.raw(), at, Instant::now() + std::time::Duration::from_secs(2)).unwrap_or(());
+        let local = sys::local_addr(c.raw()).unwrap();
+        swap(app.raw(), c).unwrap();
+        assert_eq!(sys::local_addr(app.raw()).unwrap(), local, "the fd number now holds the new connection");
+        assert!(sys::is_nonblocking(app.raw()));
+        assert_eq!(unsafe { real::fcntl(app.raw(), libc::F_GETFD, 0) } & libc::FD_CLOEXEC, 0);
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        assert_eq!(unsafe { real::epoll_wait(ep, out.as_mut_ptr(), 2, 1000) }, 1, "re-added to the live set");
+        assert_eq!({ out[0].u64 }, 5);
+        unsafe { real::close(ep) };
+    }
+}

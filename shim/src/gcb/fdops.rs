@@ -1,0 +1,166 @@
+//! What closing and duplicating does to the fds the GCB client knows: listeners
+//! (`Managed`), named connections (`Named`) and connector candidates (`Watched`).
+//!
+//! * `dup`, `dup2`, `dup3` and `fcntl(F_DUPFD*)` make the new fd name the same
+//!   thing as the old: another fd of the same listener record, a copy of the
+//!   names, or another watched socket.
+//! * Closing an fd forgets it (before the real close: once closed, the number can
+//!   be reused at once by another thread). Closing a listener's last fd in this
+//!   process closes its management socket and sends `Unregister` (one datagram,
+//!   no wait), unless the listener is shared with another process (after `fork`,
+//!   or inherited across `exec`): then the other holders keep using it, and the
+//!   broker drops the registration when the last holder stops heartbeating.
+//! * `close_range` and `closefrom` by the application run the same logic for every
+//!   such fd in the range (see `internal`).
+
+use libc::{c_int, c_ulong, epoll_event};
+
+use super::mgmt;
+use super::registry::{Listener, Registry, Removed};
+use crate::fdtable::{self, Kind};
+use crate::hook::ErrnoGuard;
+use crate::real;
+
+/// Whether the GCB client keeps anything for fds of `kind`.
+pub fn tracked(kind: Kind) -> bool {
+    matches!(kind, Kind::Managed | Kind::Named | Kind::Watched)
+}
+
+/// `close` of a tracked fd.
+///
+/// # Safety
+///
+/// The C contract of `close`.
+pub unsafe fn close(fd: c_int) -> c_int {
+    forget(fd);
+    real::close(fd)
+}
+
+/// Drops what the client knows about `fd`, which is being closed or replaced.
+pub fn forget(fd: c_int) {
+    let _errno = ErrnoGuard::new();
+    match fdtable::kind(fd) {
+        Kind::Plain | Kind::Internal => {}
+        Kind::Watched => super::with(|reg| unwatch(reg, fd)),
+        Kind::Named | Kind::Managed => {
+            let removed = super::with(|reg| {
+                let removed = reg.remove_fd(fd);
+                fdtable::set(fd, Kind::Plain);
+                if matches!(removed, Removed::Last(_) | Removed::Alias) {
+                    super::inherit::publish(reg);
+                }
+                removed
+            });
+            if let Removed::Last(l) = removed {
+                wind_up(l);
+            }
+        }
+    }
+}
+
+/// The listener's last fd in this process is gone.
+fn wind_up(mut l: Box<Listener>) {
+    if l.shared {
+        log!(Debug, "tcp {} closed here; shared with another process, so left registered", l.reg_local);
+    } else {
+        mgmt::send_unregister(&mut l);
+    }
+    crate::internal::release(l.mgmt.fd);
+}
+
+/// A watched socket stops being a candidate (connected directly, or closed).
+pub fn unwatch(reg: &mut Registry, fd: c_int) {
+    reg.interest.take(fd);
+    fdtable::replace(fd, Kind::Watched, Kind::Plain);
+}
+
+/// An fd the kernel just handed out must start plain, whatever a missed close
+/// left in the table.
+pub fn unmark(reg: &mut Registry, fd: c_int) {
+    reg.remove_fd(fd);
+    fdtable::set(fd, Kind::Plain);
+}
+
+/// `new` was just made a duplicate of `old`: it names what `old` names.
+pub fn duplicated(old: c_int, new: c_int) {
+    if old == new {
+        return;
+    }
+    let _errno = ErrnoGuard::new();
+    match fdtable::kind(old) {
+        Kind::Watched => {
+            fdtable::set(new, Kind::Watched);
+        }
+        kind @ (Kind::Named | Kind::Managed) => super::with(|reg| {
+            if reg.alias(old, new) {
+                fdtable::set(new, kind);
+                if kind == Kind::Managed {
+                    super::inherit::publish(reg);
+                }
+            }
+        }),
+        Kind::Plain | Kind::Internal => {}
+    }
+}
+
+/// `dup` of a tracked fd.
+///
+/// # Safety
+///
+/// The C contract of `dup`.
+pub unsafe fn dup(fd: c_int) -> c_int {
+    let new = real::dup(fd);
+    if new >= 0 {
+        duplicated(fd, new);
+    }
+    new
+}
+
+fn is_dupfd(cmd: c_int) -> bool {
+    cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
+}
+
+/// `fcntl` of a tracked fd: duplicates are tracked, everything else passes.
+///
+/// # Safety
+///
+/// The C contract of `fcntl`.
+pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real::fcntl(fd, cmd, arg);
+    if r >= 0 && is_dupfd(cmd) {
+        duplicated(fd, r);
+    }
+    r
+}
+
+/// `fcntl64`, as [`fcntl`].
+///
+/// # Safety
+///
+/// The C contract of `fcntl64`.
+pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real::fcntl64(fd, cmd, arg);
+    if r >= 0 && is_dupfd(cmd) {
+        duplicated(fd, r);
+    }
+    r
+}
+
+/// `epoll_ctl` on a watched socket: the registration is recorded, so it can be
+/// restored if a reversed connect swaps the socket (see `interest`).
+///
+/// # Safety
+///
+/// The C contract of `epoll_ctl`.
+pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int {
+    let r = real::epoll_ctl(epfd, op, fd, event);
+    if r == 0 {
+        let _errno = ErrnoGuard::new();
+        let ev = (!event.is_null()).then(|| {
+            let e = std::ptr::read_unaligned(event);
+            (e.events, e.u64)
+        });
+        super::with(|reg| reg.interest.record(epfd, op, fd, ev));
+    }
+    r
+}

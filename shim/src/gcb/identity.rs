@@ -1,0 +1,48 @@
+//! The names the application sees (DESIGN.md, "Identities"):
+//!
+//! * `getsockname` on a registered listener: its proxy address;
+//! * `getsockname` on a connection accepted from it: the proxy address too, the
+//!   address the peer dialed;
+//! * `getpeername` on a relayed or reversed connection the listener accepted: the
+//!   original peer from the broker's command or `StreamPeer`;
+//! * `getpeername` on a connector's brokered socket: the proxy address the
+//!   application dialed, its peer's identity.
+//!
+//! Everything else is the kernel's answer. The names live in the registry
+//! ([`Names`](super::registry::Names)), recorded by `accept` and `connect`.
+
+use libc::{c_int, sockaddr, socklen_t};
+
+use super::registry::Names;
+use super::sys;
+use crate::real;
+
+type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+
+unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(Names) -> Option<std::net::SocketAddrV4>, real_fn: NameFn) -> c_int {
+    // Bad pointers get the kernel's EFAULT.
+    if addr.is_null() || len.is_null() {
+        return real_fn(fd, addr, len);
+    }
+    match super::with(|reg| reg.names(fd)).and_then(pick) {
+        Some(name) => {
+            sys::copy_out(name, addr, len);
+            0
+        }
+        None => real_fn(fd, addr, len),
+    }
+}
+
+/// # Safety
+///
+/// The C contract of `getsockname`.
+pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    answer(fd, addr, len, |n| n.local, real::getsockname)
+}
+
+/// # Safety
+///
+/// The C contract of `getpeername`.
+pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    answer(fd, addr, len, |n| n.peer, real::getpeername)
+}

@@ -1,0 +1,323 @@
+//! Management sockets: the UDP conversation between a listener and its broker.
+//!
+//! Each registered listener has one management socket, a UDP socket connected to
+//! the broker (paper 4.2.1: it shares the listener's fate). Over it go the
+//! listener's requests (`Register`, `Heartbeat`, `Unregister`), numbered and
+//! retransmitted by the proto [`Requester`], and the broker's commands
+//! (`ReverseConnect`, `RelayConnect`), answered with `Ack` through the proto
+//! [`ReplyCache`](proto::rudp::ReplyCache) so retransmissions are answered again
+//! without being acted on twice.
+//!
+//! Two styles of exchange:
+//! * [`exchange`] is blocking and bounded: `listen` registers this way, and the
+//!   connector asks `Connect` this way on a socket of its own;
+//! * everything else is asynchronous: [`start`] sends, and the AEH feeds the
+//!   socket's datagrams to [`on_datagram`] and calls [`on_timers`] when
+//!   [`next_deadline`] passes. These run under the registry lock and only ever
+//!   send (non-blocking), never wait.
+//!
+//! A management socket shared by several processes (fork, exec) delivers each
+//! datagram to whichever process reads it first. So replies are matched by
+//! request id per process and others' replies ignored, while a
+//! `ReregisterRequest` is acted on by whoever gets it.
+
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+use proto::gcb::{self, Decision, ErrorCode, Message, MgmtInfo};
+use proto::rudp::{Requester, RetryPolicy, Timeout};
+use proto::{DecodeError, Endpoint, Proto};
+
+use super::doorbell::{Dial, Job, Record};
+use super::registry::{Listener, ListenerId, Purpose, Registry};
+use super::sys::{self, Errno, Sock};
+use crate::{config, real};
+
+/// Requests in flight per management socket: a heartbeat, a register, spare.
+const MAX_OUTSTANDING: usize = 8;
+/// Room for any GCB datagram (the largest, a heartbeat, stays under 1 KiB).
+pub const DATAGRAM_MAX: usize = 2048;
+
+pub fn new_requester(policy: RetryPolicy) -> Requester<SocketAddrV4> {
+    Requester::new(policy, sys::random_u64(), MAX_OUTSTANDING)
+}
+
+/// Opens a non-blocking UDP socket connected to `to`; returns it and its own
+/// address, which names the IP the kernel uses towards `to`.
+pub fn open(to: SocketAddrV4) -> Result<(Sock, SocketAddrV4), Errno> {
+    let s = sys::socket(libc::SOCK_DGRAM, true, true)?;
+    sys::connect(s.raw(), to, Instant::now())?;
+    let local = sys::local_addr(s.raw())?;
+    Ok((s, local))
+}
+
+/// Sends one datagram on a connected socket; the error, if any.
+pub fn send_datagram(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
+    // SAFETY: a live buffer of the given length.
+    let n = unsafe { real::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(crate::hook::errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Why a blocking [`exchange`] got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// ICMP port unreachable: nothing listens on the peer's port.
+    Refused,
+    /// Something answered that does not speak the protocol.
+    NotProtocol,
+    /// Silence until the retry policy gave up.
+    Timeout,
+    /// Another socket error.
+    Io(Errno),
+}
+
+/// Sends `msg` on the connected, non-blocking UDP socket `fd` and waits for the
+/// reply, retransmitting per `policy`. Bounded by `policy.total`.
+pub fn exchange(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, msg: &Message) -> Result<Message, NoAnswer> {
+    let mut req = new_requester(policy);
+    let (_, bytes) = req.send(peer, Instant::now(), |id| gcb::encode(msg, id)).map_err(|_| NoAnswer::Io(libc::EINVAL))?;
+    send_or_refused(fd, bytes)?;
+    let mut buf = [0u8; DATAGRAM_MAX];
+    loop {
+        let Some(deadline) = req.next_deadline() else { return Err(NoAnswer::Timeout) };
+        match sys::wait_fd(fd, libc::POLLIN, deadline) {
+            Ok(_) => {
+                // SAFETY: a live buffer of the given length.
+                let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    match crate::hook::errno() {
+                        libc::ECONNREFUSED => return Err(NoAnswer::Refused),
+                        libc::EAGAIN | libc::EINTR => continue,
+                        e => return Err(NoAnswer::Io(e)),
+                    }
+                }
+                match gcb::decode(&buf[..n as usize]) {
+                    Ok((h, m)) if m.is_response() && req.on_response(h.request_id, &peer, Instant::now()).is_some() => {
+                        return Ok(m)
+                    }
+                    Err(DecodeError::NotProtocol) => return Err(NoAnswer::NotProtocol),
+                    // A stale reply, or a GCB message we cannot use: keep waiting.
+                    _ => {}
+                }
+            }
+            Err(libc::ETIMEDOUT) => {
+                for t in req.poll_timeout(Instant::now()) {
+                    match t {
+                        Timeout::Retransmit { bytes, .. } => send_or_refused(fd, &bytes)?,
+                        Timeout::GaveUp { .. } => return Err(NoAnswer::Timeout),
+                    }
+                }
+            }
+            Err(e) => return Err(NoAnswer::Io(e)),
+        }
+    }
+}
+
+fn send_or_refused(fd: c_int, bytes: &[u8]) -> Result<(), NoAnswer> {
+    match send_datagram(fd, bytes) {
+        Err(libc::ECONNREFUSED) => Err(NoAnswer::Refused),
+        // Anything else (a full buffer): the retransmission timer covers it.
+        _ => Ok(()),
+    }
+}
+
+extern "C" {
+    /// glibc's name of the running program, without directories.
+    static program_invocation_short_name: *const libc::c_char;
+}
+
+fn mgmt_info(mgmt_local: SocketAddrV4) -> MgmtInfo {
+    // SAFETY: glibc sets it before main; a NUL-terminated string or null.
+    let name = unsafe {
+        let p = program_invocation_short_name;
+        if p.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let secs = config::get().heartbeat.as_secs().min(u64::from(u16::MAX)) as u16;
+    MgmtInfo::new(mgmt_local, pid, secs, &name)
+}
+
+/// The `Register` for a TCP listener known to the broker as `local`.
+pub fn register_message(local: SocketAddrV4, mgmt_local: SocketAddrV4, desired_port: Option<u16>) -> Message {
+    Message::Register {
+        proto: Proto::Tcp,
+        local,
+        realm: config::get().realm.clone(),
+        desired_port,
+        mgmt: mgmt_info(mgmt_local),
+    }
+}
+
+/// Starts a request on `l`'s management socket; its reply comes through [`on_datagram`].
+pub fn start(l: &mut Listener, purpose: Purpose, msg: &Message, now: Instant) {
+    let broker = l.mgmt.broker;
+    match l.mgmt.requester.send(broker, now, |id| gcb::encode(msg, id)) {
+        Ok((id, bytes)) => {
+            let _ = send_datagram(l.mgmt.fd, bytes);
+            l.mgmt.pending.insert(id, purpose);
+        }
+        Err(e) => log!(Debug, "{purpose:?} to {broker} not sent: {e}"),
+    }
+}
+
+/// Best effort, one datagram, no reply awaited: the listener is being closed.
+pub fn send_unregister(l: &mut Listener) {
+    let Some(proxy) = l.proxy else { return };
+    let msg = Message::Unregister { proxy: Endpoint::new(Proto::Tcp, proxy) };
+    if let Ok((id, bytes)) = l.mgmt.requester.send(l.mgmt.broker, Instant::now(), |id| gcb::encode(&msg, id)) {
+        let _ = send_datagram(l.mgmt.fd, bytes);
+        l.mgmt.requester.cancel(id);
+    }
+    log!(Debug, "unregistered tcp {proxy}");
+}
+
+fn register_pending(l: &Listener) -> bool {
+    l.mgmt.pending.values().any(|p| *p == Purpose::Register)
+}
+
+fn reregister(l: &mut Listener, now: Instant) {
+    if !register_pending(l) {
+        let msg = register_message(l.reg_local, l.mgmt.local, l.proxy.map(|p| p.port()));
+        start(l, Purpose::Register, &msg, now);
+    }
+}
+
+/// Handles one datagram from listener `id`'s management socket. Returns the
+/// connection to make when it is a `ReverseConnect` or `RelayConnect`.
+pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instant) -> Option<Job> {
+    let (header, msg) = match gcb::decode(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            log!(Debug, "management datagram dropped: {e:?}");
+            return None;
+        }
+    };
+    if msg.is_response() {
+        on_reply(reg, id, header.request_id, msg, now);
+        return None;
+    }
+    let (broker, fd) = reg.listener(id).map(|l| (l.mgmt.broker, l.mgmt.fd))?;
+    if let Some(cached) = reg.replies.lookup(&broker, header.request_id, now) {
+        let _ = send_datagram(fd, cached);
+        return None;
+    }
+    let (reply, job) = command(reg.listener(id)?, id, msg);
+    if let Ok(bytes) = gcb::encode(&reply, header.request_id) {
+        let _ = send_datagram(fd, &bytes);
+        reg.replies.insert(broker, header.request_id, bytes, now);
+    }
+    job
+}
+
+/// The reply to a broker command, and the connection it asks for.
+fn command(l: &Listener, id: ListenerId, msg: Message) -> (Message, Option<Job>) {
+    let (token, dial, peer, proxy) = match msg {
+        Message::ReverseConnect { token, connector, peer, proxy } => (token, Dial::Reverse { connector }, peer, proxy),
+        Message::RelayConnect { token, broker, peer, proxy } => (token, Dial::Relay { broker }, peer, proxy),
+        other => {
+            log!(Debug, "command {:?} not handled by a TCP listener", other.kind());
+            return (Message::error(ErrorCode::Unsupported, "not a TCP listener command"), None);
+        }
+    };
+    if l.proxy != Some(proxy) {
+        return (Message::error(ErrorCode::NotRegistered, "no such listener here"), None);
+    }
+    let record = Record { secret: l.secret, token, dial, peer, proxy };
+    log!(Debug, "broker asks for a connection from {peer} to {proxy}: {dial:?}");
+    (Message::Ack, Some(Job { listener: id, target: l.doorbell_target(), record }))
+}
+
+fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, now: Instant) {
+    let Some(l) = reg.listener_mut(id) else { return };
+    let broker = l.mgmt.broker;
+    let purpose = l.mgmt.requester.on_response(request_id, &broker, now).and_then(|_| l.mgmt.pending.remove(&request_id));
+    let mut renamed = false;
+    match (purpose, msg) {
+        (Some(Purpose::Register), Message::RegisterOk { proxy, .. }) => {
+            if l.proxy.is_some_and(|old| old != proxy) {
+                log!(Warn, "tcp {} re-registered as {proxy}, not as before {}", l.reg_local, l.proxy.unwrap_or(proxy));
+            }
+            renamed = l.proxy != Some(proxy);
+            l.proxy = Some(proxy);
+            log!(Info, "registered tcp {} as {proxy}", l.reg_local);
+        }
+        (Some(Purpose::Register), Message::Error { code, detail }) => {
+            log!(Warn, "the broker {broker} refused to register tcp {}: {code:?} {detail}", l.reg_local);
+            if code == ErrorCode::PortUnavailable && l.proxy.is_some() {
+                let msg = register_message(l.reg_local, l.mgmt.local, None);
+                start(l, Purpose::Register, &msg, now);
+            }
+        }
+        (_, Message::ReregisterRequest { unknown }) => {
+            if l.proxy.is_some_and(|p| unknown.contains(&Endpoint::new(Proto::Tcp, p))) {
+                log!(Debug, "the broker {broker} forgot tcp {}; registering again", l.reg_local);
+                reregister(l, now);
+            }
+        }
+        (Some(Purpose::Heartbeat), Message::HeartbeatAck) => {}
+        (Some(Purpose::Heartbeat), Message::Error { code: ErrorCode::NotRegistered, .. }) => reregister(l, now),
+        (Some(_), other) => log!(Debug, "reply {:?} from {broker} ignored", other.kind()),
+        (None, _) => {} // a reply to another process sharing the socket, or a late one
+    }
+    if renamed {
+        super::inherit::publish(reg);
+    }
+}
+
+/// Heartbeats and registration retries that are due, and retransmissions.
+pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
+    for (_, l) in reg.listeners_mut() {
+        if now >= l.mgmt.next_heartbeat {
+            l.mgmt.next_heartbeat = now + interval;
+            match l.proxy {
+                Some(proxy) => {
+                    let msg = Message::Heartbeat { held: vec![Endpoint::new(Proto::Tcp, proxy)] };
+                    start(l, Purpose::Heartbeat, &msg, now);
+                }
+                None => reregister(l, now),
+            }
+        }
+        for t in l.mgmt.requester.poll_timeout(now) {
+            match t {
+                Timeout::Retransmit { bytes, .. } => {
+                    let _ = send_datagram(l.mgmt.fd, &bytes);
+                }
+                Timeout::GaveUp { id, peer } => {
+                    let purpose = l.mgmt.pending.remove(&id);
+                    log!(Debug, "{purpose:?} to {peer} for tcp {} got no answer", l.reg_local);
+                }
+            }
+        }
+    }
+}
+
+/// When [`on_timers`] next has work.
+pub fn next_deadline(reg: &Registry) -> Option<Instant> {
+    reg.listeners().flat_map(|(_, l)| [Some(l.mgmt.next_heartbeat), l.mgmt.requester.next_deadline()]).flatten().min()
+}
+
+/// Reads a `ConnectDecision` (or its refusal) from a connector's exchange.
+pub fn decision_of(reply: Message) -> Result<Decision, Option<ErrorCode>> {
+    match reply {
+        Message::ConnectDecision(d) => Ok(d),
+        Message::Error { code, detail } => {
+            log!(Debug, "Connect refused: {code:?} {detail}");
+            Err(Some(code))
+        }
+        _ => Err(None),
+    }
+}
+
+#[cfg(test)]
+#[path = "mgmt_tests.rs"]
+mod tests;

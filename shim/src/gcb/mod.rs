@@ -1,0 +1,148 @@
+//! The GCB client for TCP (paper section 4, DESIGN.md, docs/gcb-client-design.md).
+//!
+//! With `GCB_INAGENT` set, the shim:
+//!
+//! * registers every non-loopback AF_INET TCP listener with the broker and
+//!   reports the proxy address it gets ([`listener`], [`identity`]);
+//! * answers the broker's commands and sends heartbeats from inside the
+//!   application's blocking calls ([`aeh`], [`waits`], [`mgmt`]);
+//! * turns reversed and relayed connections into connections the application
+//!   accepts, in kernel order, through doorbells ([`doorbell`], [`dial`]);
+//! * brokers the application's own connects ([`connector`]);
+//! * keeps its records right across dup, close, fork and exec ([`fdops`],
+//!   [`inherit`], [`lock`]).
+//!
+//! Without `GCB_INAGENT` nothing here runs: [`enabled`] is false, no socket is
+//! watched, and every hook stays on its fast path.
+//!
+//! State lives in one [`Registry`] behind one fork-safe [`lock::Lock`], taken
+//! through [`with`] for short, non-blocking critical sections only.
+
+pub mod aeh;
+pub mod connector;
+pub mod dial;
+pub mod doorbell;
+pub mod fdops;
+pub mod identity;
+pub mod inherit;
+pub mod interest;
+pub mod listener;
+pub mod lock;
+pub mod mgmt;
+pub mod negcache;
+pub mod registry;
+pub mod sys;
+pub mod waits;
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::config::{self, Mode};
+use lock::Lock;
+use registry::Registry;
+
+const UNKNOWN: u8 = 0;
+const OFF: u8 = 1;
+const ON: u8 = 2;
+static ENABLED: AtomicU8 = AtomicU8::new(UNKNOWN);
+static REGISTRY: Lock<Option<Registry>> = Lock::new(None);
+
+/// Whether this process is a GCB client (`GCB_INAGENT` set and usable).
+///
+/// Decided from the configuration itself, not by init: lazy init never makes a
+/// thread wait, so threads whose first calls race with it run before it is done,
+/// and a socket one of them makes must still be brokered. The configuration is
+/// published once without waiting either ([`config::get`]).
+#[inline]
+pub fn enabled() -> bool {
+    match ENABLED.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => decide(),
+    }
+}
+
+#[cold]
+fn decide() -> bool {
+    let on = matches!(config::get().mode, Mode::Gcb(_)) && broker().is_some();
+    ENABLED.store(if on { ON } else { OFF }, Ordering::Relaxed);
+    on
+}
+
+/// The broker listeners register with: the first IPv4 address of `GCB_INAGENT`
+/// (the protocol speaks IPv4 only).
+pub fn broker() -> Option<SocketAddrV4> {
+    match &config::get().mode {
+        Mode::Gcb(brokers) => brokers.iter().find_map(|b| match b {
+            SocketAddr::V4(v4) => Some(*v4),
+            SocketAddr::V6(_) => None,
+        }),
+        _ => None,
+    }
+}
+
+/// Turns the client on if configured, and takes over inherited listeners. Called
+/// once per process image by [`crate::init`].
+pub fn init() {
+    if enabled() {
+        inherit::adopt();
+    } else if matches!(config::get().mode, Mode::Gcb(_)) {
+        log!(Warn, "GCB_INAGENT names no IPv4 broker; GCB is off");
+    }
+}
+
+/// Runs `f` on the registry, locked. `f` must not block and must not call `with`.
+pub fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    let mut guard = REGISTRY.lock();
+    let reg = guard.get_or_insert_with(Registry::new);
+    let generation = lock::fork_generation();
+    if reg.generation != generation {
+        reg.generation = generation;
+        after_fork_in_child(reg);
+    }
+    f(reg)
+}
+
+/// First use in a forked child: the parent's outstanding requests are the
+/// parent's, and request ids must not repeat the parent's (the broker caches
+/// replies by source address and id, and both processes share the socket).
+fn after_fork_in_child(reg: &mut Registry) {
+    // Pending doorbells are the parent's to finish; the child's copies go.
+    for b in reg.bells.drain(..) {
+        crate::internal::release(b.fd);
+    }
+    for (_, l) in reg.listeners_mut() {
+        l.shared = true;
+        l.mgmt.requester = mgmt::new_requester(proto::rudp::RetryPolicy::default());
+        l.mgmt.pending.clear();
+    }
+}
+
+/// `pthread_atfork` prepare handler.
+pub fn prepare_fork() {
+    lock::prepare_fork(&REGISTRY, |reg| {
+        if let Some(reg) = reg {
+            reg.mark_all_shared();
+        }
+    });
+}
+
+/// `pthread_atfork` parent and child handlers.
+pub fn after_fork(in_child: bool) {
+    if in_child {
+        lock::note_fork_in_child();
+    }
+    lock::after_fork(&REGISTRY);
+}
+
+/// An internal fd moved (the application `dup2`ed onto its number); true if it was
+/// one of the client's (a management socket or a doorbell).
+pub fn internal_fd_moved(old: libc::c_int, new: libc::c_int) -> bool {
+    with(|reg| {
+        let moved = reg.replace_internal_fd(old, new);
+        if moved {
+            inherit::publish(reg);
+        }
+        moved
+    })
+}

@@ -1,0 +1,384 @@
+//! Socket plumbing for the GCB client: address conversion, fds the shim owns for a
+//! moment, and connect/send/receive with a deadline.
+//!
+//! Everything here calls [`crate::real`], never the hooks, and reports failure as
+//! an errno value (`Err(Errno)`) instead of leaving it in `errno`, so callers can
+//! decide which errno the application finally sees. Every wait takes an absolute
+//! deadline: the shim must never hang the application (DESIGN.md).
+
+use std::mem::{size_of, MaybeUninit};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use libc::{c_int, c_void, sockaddr, sockaddr_in, socklen_t};
+
+use crate::hook::errno;
+use crate::real;
+
+pub type Errno = c_int;
+
+/// `Ok(v)` for a non-negative result, else the errno the call left.
+fn check(r: c_int) -> Result<c_int, Errno> {
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn to_sockaddr(a: SocketAddrV4) -> sockaddr_in {
+    sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+const SIN_LEN: socklen_t = size_of::<sockaddr_in>() as socklen_t;
+
+/// The IPv4 address in `sa`, if it is one and `len` covers it.
+///
+/// # Safety
+///
+/// `sa` is null or points to at least `len` readable bytes.
+pub unsafe fn from_sockaddr(sa: *const sockaddr, len: socklen_t) -> Option<SocketAddrV4> {
+    if sa.is_null() || len < SIN_LEN {
+        return None;
+    }
+    // The caller's buffer need not be aligned for sockaddr_in.
+    let sin = std::ptr::read_unaligned(sa.cast::<sockaddr_in>());
+    (sin.sin_family == libc::AF_INET as libc::sa_family_t)
+        .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), u16::from_be(sin.sin_port)))
+}
+
+/// Writes `addr` to a caller's `(addr, len)` pair the way the kernel does: at most
+/// `*len` bytes, and `*len` set to the full size. Null pointers mean "not wanted".
+///
+/// # Safety
+///
+/// `out` is null or has `*len` writable bytes; `len` is null or valid.
+pub unsafe fn copy_out(addr: SocketAddrV4, out: *mut sockaddr, len: *mut socklen_t) {
+    if out.is_null() || len.is_null() {
+        return;
+    }
+    let sin = to_sockaddr(addr);
+    let n = (*len).min(SIN_LEN) as usize;
+    std::ptr::copy_nonoverlapping((&sin as *const sockaddr_in).cast::<u8>(), out.cast::<u8>(), n);
+    *len = SIN_LEN;
+}
+
+type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+
+fn name_of(fd: c_int, f: NameFn) -> Result<SocketAddrV4, Errno> {
+    let mut sin = MaybeUninit::<sockaddr_in>::zeroed();
+    let mut len = SIN_LEN;
+    // SAFETY: a buffer of `len` bytes.
+    check(unsafe { f(fd, sin.as_mut_ptr().cast(), &mut len) })?;
+    // SAFETY: the kernel wrote at most `len` bytes into the zeroed buffer.
+    unsafe { from_sockaddr(sin.as_ptr().cast(), len) }.ok_or(libc::EAFNOSUPPORT)
+}
+
+pub fn local_addr(fd: c_int) -> Result<SocketAddrV4, Errno> {
+    name_of(fd, real::getsockname)
+}
+
+pub fn peer_addr(fd: c_int) -> Result<SocketAddrV4, Errno> {
+    name_of(fd, real::getpeername)
+}
+
+pub fn get_int_opt(fd: c_int, level: c_int, name: c_int) -> Result<c_int, Errno> {
+    let mut v: c_int = 0;
+    let mut len = size_of::<c_int>() as socklen_t;
+    // SAFETY: an int-sized buffer.
+    check(unsafe { real::getsockopt(fd, level, name, (&mut v as *mut c_int).cast(), &mut len) })?;
+    Ok(v)
+}
+
+pub fn set_int_opt(fd: c_int, level: c_int, name: c_int, v: c_int) -> Result<(), Errno> {
+    let len = size_of::<c_int>() as socklen_t;
+    // SAFETY: an int-sized value.
+    check(unsafe { real::setsockopt(fd, level, name, (&v as *const c_int).cast(), len) }).map(drop)
+}
+
+/// An fd the shim owns for now: closed on drop unless handed over with [`Sock::into_raw`].
+#[derive(Debug)]
+pub struct Sock(c_int);
+
+impl Sock {
+    /// Takes ownership of `fd`.
+    pub fn from_raw(fd: c_int) -> Sock {
+        Sock(fd)
+    }
+
+    pub fn raw(&self) -> c_int {
+        self.0
+    }
+
+    /// Gives the fd away: the caller closes it.
+    pub fn into_raw(self) -> c_int {
+        let fd = self.0;
+        std::mem::forget(self);
+        fd
+    }
+}
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        let _errno = crate::hook::ErrnoGuard::new();
+        // SAFETY: our fd.
+        unsafe { real::close(self.0) };
+    }
+}
+
+/// A new AF_INET socket of `ty` (`SOCK_STREAM` or `SOCK_DGRAM`), close-on-exec
+/// unless `cloexec` is false, non-blocking if `nonblock`.
+pub fn socket(ty: c_int, cloexec: bool, nonblock: bool) -> Result<Sock, Errno> {
+    let flags = if cloexec { libc::SOCK_CLOEXEC } else { 0 } | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: plain socket call.
+    check(unsafe { real::socket(libc::AF_INET, ty | flags, 0) }).map(Sock)
+}
+
+pub fn bind(fd: c_int, addr: SocketAddrV4) -> Result<(), Errno> {
+    let sin = to_sockaddr(addr);
+    // SAFETY: a sockaddr_in of the stated length.
+    check(unsafe { real::bind(fd, (&sin as *const sockaddr_in).cast(), SIN_LEN) }).map(drop)
+}
+
+pub fn get_fl(fd: c_int) -> Result<c_int, Errno> {
+    // SAFETY: F_GETFL takes no argument.
+    check(unsafe { real::fcntl(fd, libc::F_GETFL, 0) })
+}
+
+pub fn set_fl(fd: c_int, flags: c_int) -> Result<(), Errno> {
+    // SAFETY: F_SETFL takes an int.
+    check(unsafe { real::fcntl(fd, libc::F_SETFL, flags as libc::c_ulong) }).map(drop)
+}
+
+/// Sets or clears `O_NONBLOCK` on `fd`'s open file description.
+pub fn set_nonblock(fd: c_int, on: bool) -> Result<(), Errno> {
+    let fl = get_fl(fd)?;
+    set_fl(fd, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK })
+}
+
+pub fn is_nonblocking(fd: c_int) -> bool {
+    get_fl(fd).is_ok_and(|f| f & libc::O_NONBLOCK != 0)
+}
+
+/// Makes `fd` non-blocking until dropped, then puts its flags back: for the shim's
+/// bounded exchanges on an application socket.
+pub struct NonBlocking {
+    fd: c_int,
+    old: Option<c_int>,
+}
+
+impl NonBlocking {
+    pub fn new(fd: c_int) -> Result<NonBlocking, Errno> {
+        let old = get_fl(fd)?;
+        if old & libc::O_NONBLOCK == 0 {
+            set_fl(fd, old | libc::O_NONBLOCK)?;
+            return Ok(NonBlocking { fd, old: Some(old) });
+        }
+        Ok(NonBlocking { fd, old: None })
+    }
+}
+
+impl Drop for NonBlocking {
+    fn drop(&mut self) {
+        if let Some(old) = self.old {
+            let _errno = crate::hook::ErrnoGuard::new();
+            let _ = set_fl(self.fd, old);
+        }
+    }
+}
+
+/// Milliseconds from `now` to `deadline` for poll, rounded up so a wait never ends
+/// early (which would make the caller spin for the last fraction of a millisecond).
+pub fn poll_ms(deadline: Instant, now: Instant) -> c_int {
+    let left = deadline.saturating_duration_since(now);
+    let ms = left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0);
+    ms.min(c_int::MAX as u128) as c_int
+}
+
+/// Waits until `fd` has one of `events` (or an error or hang-up); `ETIMEDOUT` at
+/// the deadline. Signals do not cut the wait short: callers are bounded already.
+pub fn wait_fd(fd: c_int, events: i16, deadline: Instant) -> Result<i16, Errno> {
+    loop {
+        let now = Instant::now();
+        let mut p = libc::pollfd { fd, events, revents: 0 };
+        // SAFETY: one pollfd.
+        let r = unsafe { real::poll(&mut p, 1, poll_ms(deadline, now)) };
+        if r > 0 {
+            return Ok(p.revents);
+        }
+        if r < 0 && errno() != libc::EINTR {
+            return Err(errno());
+        }
+        if r == 0 && Instant::now() >= deadline {
+            return Err(libc::ETIMEDOUT);
+        }
+    }
+}
+
+/// Connects non-blocking `fd` to `addr` by `deadline`.
+pub fn connect(fd: c_int, addr: SocketAddrV4, deadline: Instant) -> Result<(), Errno> {
+    let sin = to_sockaddr(addr);
+    // SAFETY: a sockaddr_in of the stated length.
+    if unsafe { real::connect(fd, (&sin as *const sockaddr_in).cast(), SIN_LEN) } == 0 {
+        return Ok(());
+    }
+    match errno() {
+        libc::EINPROGRESS | libc::EINTR | libc::EALREADY => {}
+        e => return Err(e),
+    }
+    wait_fd(fd, libc::POLLOUT, deadline)?;
+    match get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+        0 => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Sends all of `bytes` on non-blocking `fd` by `deadline`.
+pub fn send_all(fd: c_int, mut bytes: &[u8], deadline: Instant) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        // SAFETY: a live buffer of the given length.
+        let n = unsafe { real::send(fd, bytes.as_ptr().cast::<c_void>(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            bytes = &bytes[n as usize..];
+            continue;
+        }
+        match errno() {
+            libc::EAGAIN | libc::EINTR => {
+                wait_fd(fd, libc::POLLOUT, deadline)?;
+            }
+            e => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf` from non-blocking `fd` by `deadline`, never reading past it, so the
+/// application's bytes that follow a preamble stay in the socket. End of stream
+/// before that is `ECONNRESET`.
+pub fn recv_exact(fd: c_int, buf: &mut [u8], deadline: Instant) -> Result<(), Errno> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        // SAFETY: a live buffer of the given length.
+        let n = unsafe { real::recv(fd, rest.as_mut_ptr().cast::<c_void>(), rest.len(), 0) };
+        match n {
+            0 => return Err(libc::ECONNRESET),
+            n if n > 0 => got += n as usize,
+            _ => match errno() {
+                libc::EAGAIN | libc::EINTR => {
+                    wait_fd(fd, libc::POLLIN, deadline)?;
+                }
+                e => return Err(e),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// A random u64 from the kernel (for doorbell secrets and request ids), or a
+/// clock-and-pid mix if `getrandom` is unavailable.
+pub fn random_u64() -> u64 {
+    let mut v = [0u8; 8];
+    // SAFETY: an 8-byte buffer. GRND_NONBLOCK: never wait for the pool at early boot;
+    // the fallback below covers that.
+    let n = unsafe { libc::getrandom(v.as_mut_ptr().cast(), v.len(), libc::GRND_NONBLOCK) };
+    if n == 8 {
+        return u64::from_ne_bytes(v);
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    (t.as_nanos() as u64).rotate_left(17) ^ pid.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Socket options an application commonly sets on a socket that the shim later
+/// replaces with another (a reversed connect, a doorbell turned into a dialed
+/// connection): without them a `recv` bounded by `SO_RCVTIMEO`, say, would block
+/// for ever on the replacement. Buffer sizes are left out on purpose: `getsockopt`
+/// reports the kernel's doubled value, and setting it back would double it again.
+const CARRIED_OPTIONS: &[(c_int, c_int)] = &[
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    (libc::SOL_SOCKET, libc::SO_LINGER),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT),
+    (libc::IPPROTO_IP, libc::IP_TOS),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+];
+
+/// Copies [`CARRIED_OPTIONS`] from `from` to `to`, best effort.
+pub fn copy_options(from: c_int, to: c_int) {
+    for &(level, name) in CARRIED_OPTIONS {
+        let mut buf = [0u8; 32];
+        let mut len = buf.len() as socklen_t;
+        // SAFETY: a buffer of `len` bytes; the kernel writes at most that.
+        if unsafe { real::getsockopt(from, level, name, buf.as_mut_ptr().cast(), &mut len) } == 0 {
+            // SAFETY: the bytes just read, of the length the kernel reported.
+            unsafe { real::setsockopt(to, level, name, buf.as_ptr().cast(), len) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip_and_copy_out_truncates() {
+        let a: SocketAddrV4 = "192.0.2.7:4242".parse().unwrap();
+        let sin = to_sockaddr(a);
+        let back = unsafe { from_sockaddr((&sin as *const sockaddr_in).cast(), SIN_LEN) };
+        assert_eq!(back, Some(a));
+        assert_eq!(unsafe { from_sockaddr((&sin as *const sockaddr_in).cast(), SIN_LEN - 1) }, None);
+
+        let mut out = [0xffu8; 4];
+        let mut len: socklen_t = 4;
+        unsafe { copy_out(a, out.as_mut_ptr().cast(), &mut len) };
+        assert_eq!(len, SIN_LEN, "the full size is reported");
+        assert_eq!(&out[2..4], &4242u16.to_be_bytes(), "only the first 4 bytes written");
+        unsafe { copy_out(a, std::ptr::null_mut(), &mut len) };
+    }
+
+    #[test]
+    fn poll_ms_rounds_up() {
+        let now = Instant::now();
+        assert_eq!(poll_ms(now, now), 0);
+        assert_eq!(poll_ms(now + Duration::from_micros(10), now), 1);
+        assert_eq!(poll_ms(now + Duration::from_millis(5), now), 5);
+        assert_eq!(poll_ms(now, now + Duration::from_secs(1)), 0, "past deadlines are zero");
+    }
+
+    #[test]
+    fn bounded_loopback_exchange() {
+        let l = socket(libc::SOCK_STREAM, true, false).unwrap();
+        bind(l.raw(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(unsafe { real::listen(l.raw(), 4) }, 0);
+        let at = local_addr(l.raw()).unwrap();
+        let c = socket(libc::SOCK_STREAM, true, true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        connect(c.raw(), at, deadline).unwrap();
+        send_all(c.raw(), b"hello", deadline).unwrap();
+        let a = Sock::from_raw(unsafe { real::accept4(l.raw(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK) });
+        let mut buf = [0u8; 5];
+        recv_exact(a.raw(), &mut buf, deadline).unwrap();
+        assert_eq!(&buf, b"hello");
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(recv_exact(a.raw(), &mut buf, soon), Err(libc::ETIMEDOUT));
+        assert_eq!(peer_addr(a.raw()).unwrap(), local_addr(c.raw()).unwrap());
+        set_int_opt(c.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
+        copy_options(c.raw(), a.raw());
+        assert_eq!(get_int_opt(a.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY), Ok(1));
+        assert_ne!(random_u64(), random_u64());
+    }
+}
