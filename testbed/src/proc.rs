@@ -305,6 +305,14 @@ impl Proc {
         terminate_child(&mut lock(&self.child), TERM_GRACE)
     }
 
+    /// Kill the process with SIGKILL, as a crash would, and reap it. No grace: tests
+    /// of crash recovery need the process to get no chance to clean up.
+    pub fn kill(&self) -> Option<ExitStatus> {
+        let mut child = lock(&self.child);
+        let _ = child.kill();
+        wait_child_timeout(&mut child, Duration::from_secs(10))
+    }
+
     fn failure(&self, what: &str) -> String {
         let status = match self.try_wait() {
             Some(st) => format!("exited: {st}"),
