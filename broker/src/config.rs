@@ -6,14 +6,14 @@
 //! process, and so SIGHUP can rerun it with the original command line and the
 //! re-read file.
 
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
 use serde::Deserialize;
 
 use crate::cli::DaemonArgs;
-use crate::values::{load_secret, parse_level, parse_listen, Networks, PortRange, Secret};
+use crate::values::{load_secret, parse_listen, Networks, PortRange, Secret};
 
 /// Historic GCB's command port, used when --listen gives only an IP.
 pub const DEFAULT_COMMAND_PORT: u16 = 65432;
@@ -90,9 +90,7 @@ pub struct Env {
 impl Env {
     pub fn from_process() -> Env {
         Env {
-            rust_log: std::env::var("RUST_LOG")
-                .ok()
-                .filter(|v| !v.trim().is_empty()),
+            rust_log: settings::rust_log_from_env(),
             is_root: nix::unistd::geteuid().is_root(),
         }
     }
@@ -111,7 +109,7 @@ pub struct Loaded {
 /// reads the secret file. The error is one line, without the program name.
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
     let file = match &args.config {
-        Some(path) => read_file(path)?,
+        Some(path) => settings::read_toml(path)?,
         None => FileConfig::default(),
     };
     let file_dir = args.config.as_deref().and_then(Path::parent);
@@ -132,82 +130,11 @@ pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
     })
 }
 
-pub fn read_file(path: &Path) -> Result<FileConfig, String> {
-    let shown = path.display();
-    let text = fs::read_to_string(path).map_err(|e| format!("config file {shown}: {e}"))?;
-    parse_file(&text).map_err(|e| format!("config file {shown}: {e}"))
-}
-
-/// Parses the TOML text; the error names the line and, for a typo, the key.
+/// Parses the TOML text as a `FileConfig`, for tests; the daemon reads the
+/// file through `settings::read_toml`, which gives the same errors.
+#[cfg(test)]
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| {
-        // toml's Display draws a multi-line snippet; the contract is one line.
-        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
-        match e.span() {
-            Some(span) => {
-                // Type errors do not name the key, so quote the line itself.
-                let start = span.start.min(text.len());
-                let number = text[..start].matches('\n').count() + 1;
-                let line = text.lines().nth(number - 1).unwrap_or("").trim();
-                let quoted: String = line.chars().take(60).collect();
-                let more = if quoted.len() < line.len() { "..." } else { "" };
-                format!("line {number} `{quoted}{more}`: {message}")
-            }
-            None => message,
-        }
-    })
-}
-
-/// Where a merged value came from, so an error can point at the right place.
-#[derive(Clone, Copy)]
-enum Origin {
-    Flag,
-    File,
-    Default,
-}
-
-fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> (T, Origin) {
-    match (flag, file) {
-        (Some(v), _) => (v, Origin::Flag),
-        (None, Some(v)) => (v, Origin::File),
-        (None, None) => (default, Origin::Default),
-    }
-}
-
-/// "--max-relays" or "max_relays in the config file": the key is the flag
-/// name with underscores, so one name gives both spellings.
-fn place(key: &str, origin: Origin) -> String {
-    match origin {
-        Origin::Flag | Origin::Default => format!("--{}", key.replace('_', "-")),
-        Origin::File => format!("{key} in the config file"),
-    }
-}
-
-/// Parses a string value from the file with the same parser as its flag.
-fn from_file<T>(
-    key: &str,
-    value: &Option<String>,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Option<T>, String> {
-    value
-        .as_deref()
-        .map(|s| parse(s).map_err(|e| format!("{key} in the config file: {e}")))
-        .transpose()
-}
-
-fn in_bounds<T: PartialOrd + std::fmt::Display>(
-    key: &str,
-    (value, origin): (T, Origin),
-    min: T,
-    max: T,
-) -> Result<T, String> {
-    if value < min || value > max {
-        return Err(format!(
-            "{} is {value}; it must be between {min} and {max}",
-            place(key, origin)
-        ));
-    }
-    Ok(value)
+    settings::parse_toml(text)
 }
 
 /// Merges flags (and their environment variables) over the file over the
@@ -221,19 +148,19 @@ pub fn merge(
     file_dir: Option<&Path>,
     env: &Env,
 ) -> Result<Config, String> {
-    let file_listen = from_file("listen", &file.listen, |s| {
+    let file_listen = from_file("listen", file.listen.as_deref(), |s| {
         parse_listen(s, DEFAULT_COMMAND_PORT)
     })?;
     let listen = args.listen.or(file_listen).ok_or_else(|| {
         "no command port: give --listen IP[:PORT] or `listen` in the config file".to_string()
     })?;
-    let file_public = from_file("public_ip", &file.public_ip, |s| {
+    let file_public = from_file("public_ip", file.public_ip.as_deref(), |s| {
         s.trim()
             .parse::<IpAddr>()
             .map_err(|_| format!("'{s}' is not an IP address"))
     })?;
     let (public_ip, public_origin) = pick(args.public_ip, file_public, listen.ip());
-    let file_range = from_file("port_range", &file.port_range, |s| s.parse())?;
+    let file_range = from_file("port_range", file.port_range.as_deref(), |s| s.parse())?;
     let (port_range, range_origin) = pick(args.port_range, file_range, DEFAULT_PORT_RANGE);
 
     let u32_max = u32::MAX;
@@ -287,24 +214,21 @@ pub fn merge(
         )?,
     };
 
-    let file_allow = from_file("status_allow", &file.status_allow, |s| s.parse())?;
+    let file_allow = from_file("status_allow", file.status_allow.as_deref(), |s| s.parse())?;
     let status_allow = pick(args.status_allow.clone(), file_allow, Networks::default()).0;
 
     let secret_file = args.secret_file.clone().or_else(|| {
-        file.secret_file.as_ref().map(|p| match file_dir {
-            Some(dir) if p.is_relative() => dir.join(p),
-            _ => p.clone(),
-        })
+        file.secret_file
+            .as_deref()
+            .map(|p| relative_to(file_dir, p))
     });
 
-    let log_filter = if let Some(level) = &args.log {
-        level.clone()
-    } else if let Some(filter) = &env.rust_log {
-        crate::logging::check_filter(filter).map_err(|e| format!("RUST_LOG: {e}"))?;
-        filter.clone()
-    } else {
-        from_file("log", &file.log, parse_level)?.unwrap_or_else(|| DEFAULT_LOG.to_string())
-    };
+    let log_filter = settings::log_filter(
+        args.log.as_deref(),
+        env.rust_log.as_deref(),
+        file.log.as_deref(),
+        DEFAULT_LOG,
+    )?;
 
     checks::addresses(listen, public_ip, public_origin)?;
     checks::port_range(listen, port_range, range_origin, env.is_root)?;

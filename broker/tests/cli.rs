@@ -4,14 +4,12 @@
 //! its guard drops, also when an assertion fails.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use daemon_kit::testing::{clean_command, free_port, run_cmd, Running};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gcb-broker");
 /// A range that free ports from the kernel's ephemeral range never fall in.
@@ -20,143 +18,24 @@ const RANGE: &str = "20000-20099";
 /// The binary with a clean environment, so settings of the developer's
 /// shell cannot change the outcome.
 fn broker(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("GCB_BROKER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
+    clean_command(BIN, "GCB_BROKER_", args)
 }
 
 /// Runs a command that must end by itself; gives its exit code and output.
 fn run(args: &[&str]) -> (i32, String, String) {
-    let mut child = broker(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("gcb-broker {args:?} did not exit within 10 s");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        text(out.stdout),
-        text(out.stderr),
-    )
+    run_cmd(broker(args))
 }
 
 fn assert_one_line_error(stderr: &str, needle: &str) {
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
-    assert!(stderr.starts_with("gcb-broker: "), "{stderr:?}");
-    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    daemon_kit::testing::assert_one_line_error(stderr, "gcb-broker", needle);
 }
 
 fn temp_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("gcb-broker-cli-{}-{n}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    daemon_kit::testing::temp_dir("gcb-broker-cli")
 }
 
-/// A port that was free a moment ago: bind to port 0, note it, let it go.
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running daemon whose stderr lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = broker(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Finds a stderr line containing `needle`, among those already read or
-    /// arriving within 5 s; the order of lines does not matter.
-    fn expect_line(&mut self, needle: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no line with {needle:?} within 5 s; stderr so far: {:#?}",
-            self.seen
-        );
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {within:?}: {:#?}",
-                self.seen
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(args: &[&str]) -> Running {
+    Running::spawn(broker(args))
 }
 
 #[test]
@@ -252,8 +131,7 @@ fn taken_command_port_is_a_one_line_runtime_error() {
 #[test]
 fn sigterm_stops_cleanly_within_2s() {
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut broker =
-        Running::start(&["--listen", &listen, "--port-range", RANGE, "--log", "debug"]);
+    let mut broker = start(&["--listen", &listen, "--port-range", RANGE, "--log", "debug"]);
     let started = broker.expect_line("started:");
     assert!(started.contains(&listen), "{started}");
     assert!(!started.contains('\x1b'), "colours on a pipe: {started:?}");
@@ -286,7 +164,7 @@ fn sighup_rereads_the_config_file() {
         .unwrap()
     };
     write("max_relays = 10\n");
-    let mut broker = Running::start(&["--config", conf.to_str().unwrap()]);
+    let mut broker = start(&["--config", conf.to_str().unwrap()]);
     broker.expect_line("started:");
 
     let moved = format!("127.0.0.1:{}", port + 1);

@@ -3,13 +3,23 @@
 //! registered in the event loop, a deadline heap, the mio token slab, tracing
 //! setup with a reloadable level, the value parsers flags and config files
 //! have in common, kernel randomness, per-source rate limiting, log-line
-//! throttling, and the open-files limit.
+//! throttling, the open-files limit, the exit contract (one line, exit code
+//! 2 or 1), the startup steps before the event loop, the config-merge
+//! helpers and the report of what a SIGHUP reload changed. With the
+//! `testing` feature it also holds the helpers of both daemons'
+//! end-to-end tests.
 
+pub mod exit;
 pub mod logging;
 pub mod random;
 pub mod ratelimit;
+pub mod reload;
 pub mod rlimit;
+pub mod settings;
 pub mod signals;
+pub mod startup;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod throttle;
 pub mod timers;
 pub mod tokens;

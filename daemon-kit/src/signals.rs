@@ -15,6 +15,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tracing::error;
 
 /// What the daemon was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,4 +66,27 @@ impl Signals {
         }
         Ok(requests)
     }
+
+    /// [`Signals::drain`] for the event loop: a read error is logged and
+    /// reads as no signals. A signalfd read does not fail in practice; if it
+    /// does, going on without signals is better than dying on a hiccup.
+    pub fn pending(&mut self) -> Vec<Request> {
+        self.drain().unwrap_or_else(|e| {
+            error!("reading signals: {e}");
+            Vec::new()
+        })
+    }
+}
+
+/// Runs `reload` for each SIGHUP, in order, and returns the first stop
+/// signal, which the loop acts on once the turn's events are handled.
+pub fn handle(requests: Vec<Request>, mut reload: impl FnMut()) -> Option<Signal> {
+    let mut stop = None;
+    for request in requests {
+        match request {
+            Request::Reload => reload(),
+            Request::Stop(signal) => stop = stop.or(Some(signal)),
+        }
+    }
+    stop
 }

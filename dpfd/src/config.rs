@@ -6,18 +6,21 @@
 //! are passed in) so it can be tested without a process, and so SIGHUP can
 //! rerun it with the original command line and the re-read file.
 
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
+
 use crate::cli::DaemonArgs;
 use crate::net::{self, Cidr, IfAddr};
-use crate::values::{load_secret, parse_level, parse_listen, parse_table_name, PortRange, Secret};
+use crate::values::{load_secret, parse_listen, parse_table_name, PortRange, Secret};
 
 mod checks;
 mod file;
 use checks::{check_mirror, check_port_range, check_public_ips, derive_private_net};
-pub use file::{parse_file, FileConfig};
+#[cfg(test)]
+pub use file::parse_file;
+pub use file::FileConfig;
 
 /// dpfd's command port when --listen gives only an IP: one above GCB's
 /// 65432, so both daemons can share a gateway.
@@ -63,9 +66,7 @@ pub struct Env {
 impl Env {
     pub fn from_process() -> Env {
         Env {
-            rust_log: std::env::var("RUST_LOG")
-                .ok()
-                .filter(|v| !v.trim().is_empty()),
+            rust_log: settings::rust_log_from_env(),
             addresses: net::local_addresses(),
         }
     }
@@ -85,7 +86,7 @@ pub struct Loaded {
 /// line, without the program name.
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
     let file = match &args.config {
-        Some(path) => read_file(path)?,
+        Some(path) => settings::read_toml(path)?,
         None => FileConfig::default(),
     };
     let file_dir = args.config.as_deref().and_then(Path::parent);
@@ -115,48 +116,6 @@ pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
     })
 }
 
-pub fn read_file(path: &Path) -> Result<FileConfig, String> {
-    let shown = path.display();
-    let text = fs::read_to_string(path).map_err(|e| format!("config file {shown}: {e}"))?;
-    parse_file(&text).map_err(|e| format!("config file {shown}: {e}"))
-}
-
-/// Where a merged value came from, so an error can point at the right place.
-#[derive(Clone, Copy)]
-enum Origin {
-    Flag,
-    File,
-    Default,
-}
-
-fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> (T, Origin) {
-    match (flag, file) {
-        (Some(v), _) => (v, Origin::Flag),
-        (None, Some(v)) => (v, Origin::File),
-        (None, None) => (default, Origin::Default),
-    }
-}
-
-/// "--per-host-quota" or "per_host_quota in the config file": the key is
-/// the flag name with underscores, so one name gives both spellings.
-fn place(key: &str, origin: Origin) -> String {
-    match origin {
-        Origin::Flag | Origin::Default => format!("--{}", key.replace('_', "-")),
-        Origin::File => format!("{key} in the config file"),
-    }
-}
-
-/// Parses a value from the file with the same parser as its flag.
-fn from_file<T>(
-    key: &str,
-    value: Option<&str>,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Option<T>, String> {
-    value
-        .map(|s| parse(s).map_err(|e| format!("{key} in the config file: {e}")))
-        .transpose()
-}
-
 /// Parses every entry of a list from the file; `None` if the key is absent.
 fn list_from_file<T>(
     key: &str,
@@ -167,28 +126,6 @@ fn list_from_file<T>(
     values
         .map(|list| list.iter().map(parse_one).collect())
         .transpose()
-}
-
-fn in_bounds<T: PartialOrd + std::fmt::Display>(
-    key: &str,
-    (value, origin): (T, Origin),
-    min: T,
-    max: T,
-) -> Result<T, String> {
-    if value < min || value > max {
-        return Err(format!(
-            "{} is {value}; it must be between {min} and {max}",
-            place(key, origin)
-        ));
-    }
-    Ok(value)
-}
-
-fn relative_to(dir: Option<&Path>, path: &Path) -> PathBuf {
-    match dir {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.to_path_buf(),
-    }
 }
 
 /// Merges flags (and their environment variables) over the file over the
@@ -276,14 +213,12 @@ pub fn merge(
             .map(|p| relative_to(file_dir, p))
     });
 
-    let log_filter = if let Some(level) = &args.log {
-        level.clone()
-    } else if let Some(filter) = &env.rust_log {
-        crate::logging::check_filter(filter).map_err(|e| format!("RUST_LOG: {e}"))?;
-        filter.clone()
-    } else {
-        from_file("log", file.log.as_deref(), parse_level)?.unwrap_or_else(|| DEFAULT_LOG.into())
-    };
+    let log_filter = settings::log_filter(
+        args.log.as_deref(),
+        env.rust_log.as_deref(),
+        file.log.as_deref(),
+        DEFAULT_LOG,
+    )?;
 
     check_public_ips(&public_ips, public_origin, &private_nets)?;
     check_port_range(listen, &public_ips, port_range, range_origin)?;

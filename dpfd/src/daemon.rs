@@ -37,7 +37,7 @@ use crate::logging::LogHandle;
 use crate::mirror::MirrorFile;
 use crate::nft::Nft;
 use crate::probe::{ProbeConn, Round, Tally};
-use crate::signals::{Request, Signals};
+use crate::signals::{self, Signals};
 use crate::status::{self, StatusConn, STATUS};
 use crate::sync::SyncReport;
 use crate::table::Table;
@@ -359,23 +359,8 @@ impl Daemon {
 
     /// Returns the stop signal if one arrived; a reload is done on the spot.
     fn on_signals(&mut self) -> Option<Signal> {
-        let requests = match self.signals.drain() {
-            Ok(requests) => requests,
-            Err(e) => {
-                // A signalfd read does not fail in practice; if it does,
-                // going on without signals is better than dying on a hiccup.
-                error!("reading signals: {e}");
-                return None;
-            }
-        };
-        let mut stop = None;
-        for request in requests {
-            match request {
-                Request::Reload => self.reload(),
-                Request::Stop(signal) => stop = stop.or(Some(signal)),
-            }
-        }
-        stop
+        let requests = self.signals.pending();
+        signals::handle(requests, || self.reload())
     }
 
     fn on_dynamic(&mut self, token: Token) {

@@ -8,44 +8,12 @@
 //! already exist, so a change to them is reported and ignored until dpfd is
 //! restarted (when the mirror file is replayed against the new settings).
 
-use std::fmt::Display;
-
+use daemon_kit::reload::{compare, compare_secret_file, report, switch_log_filter, Change};
 use tracing::{error, info, warn};
 
 use crate::config::{self, list, Config};
 use crate::daemon::Daemon;
 use crate::net;
-
-/// One setting whose value differs in the re-read configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub key: &'static str,
-    pub old: String,
-    pub new: String,
-    /// Whether the new value takes effect now (true) or at the next restart.
-    pub live: bool,
-}
-
-fn compare<T: PartialEq + Display>(
-    out: &mut Vec<Change>,
-    key: &'static str,
-    old: T,
-    new: T,
-    live: bool,
-) {
-    if old != new {
-        out.push(Change {
-            key,
-            old: old.to_string(),
-            new: new.to_string(),
-            live,
-        });
-    }
-}
-
-fn optional<T: Display>(value: Option<T>) -> String {
-    value.map_or_else(|| "none".to_string(), |v| v.to_string())
-}
 
 /// Lists the differences, restart-only settings first. `secret_changed`
 /// covers a secret file whose name stayed but whose contents changed; the
@@ -96,18 +64,12 @@ pub fn diff(old: &Config, new: &Config, secret_changed: bool) -> Vec<Change> {
         new.per_host_quota,
         true,
     );
-    let old_file = optional(old.secret_file.as_ref().map(|p| p.display()));
-    let new_file = optional(new.secret_file.as_ref().map(|p| p.display()));
-    if old_file != new_file {
-        compare(&mut out, "secret_file", old_file, new_file, true);
-    } else if secret_changed {
-        out.push(Change {
-            key: "secret_file",
-            old: format!("{old_file} (old contents)"),
-            new: format!("{new_file} (new contents)"),
-            live: true,
-        });
-    }
+    compare_secret_file(
+        &mut out,
+        old.secret_file.as_deref(),
+        new.secret_file.as_deref(),
+        secret_changed,
+    );
     compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
     out
 }
@@ -147,26 +109,14 @@ impl Daemon {
             warn!("{warning}");
         }
         let changes = diff(&self.config, &loaded.config, loaded.secret != self.secret);
-        if changes.is_empty() {
-            info!("reload: {}: no changes", path.display());
+        if !report(&path, &changes) {
             return;
         }
-        for c in &changes {
-            if c.live {
-                info!("reload: {} changed from {} to {}", c.key, c.old, c.new);
-            } else {
-                warn!(
-                    "reload: {} changed from {} to {}, which needs a restart; still using {}",
-                    c.key, c.old, c.new, c.old
-                );
-            }
-        }
-        // Log the changes before a new filter may hide info lines.
-        if loaded.config.log_filter != self.config.log_filter {
-            if let Err(e) = self.log.set(&loaded.config.log_filter) {
-                error!("reload: {e}");
-            }
-        }
+        switch_log_filter(
+            &self.log,
+            &self.config.log_filter,
+            &loaded.config.log_filter,
+        );
         let interval_changed = loaded.config.probe_interval_s != self.config.probe_interval_s;
         self.config = apply(&self.config, &loaded.config);
         self.secret = loaded.secret;

@@ -4,7 +4,7 @@
 //! every started daemon is killed when its guard drops, also when an
 //! assertion fails. The daemon changes nftables, so each test that runs it
 //! first moves its own thread into a fresh network namespace
-//! (`private_netns`): the daemon, the test's sockets and `dpfd status`
+//! (`root_in_private_netns`): the daemon, the test's sockets and `dpfd status`
 //! inherit it, and the host's rule set is never touched.
 
 mod support;
@@ -144,15 +144,13 @@ fn check_config_needs_no_privileges_and_the_daemon_does() {
 
 #[test]
 fn probes_filters_and_stops_cleanly_within_2s() {
-    if !is_root() {
-        eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
+    if !root_in_private_netns() {
         return;
     }
-    private_netns();
     let dir = temp_dir();
     let mirror = dir.join("mirror");
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut daemon = Running::start(&[
+    let mut daemon = start(&[
         "--listen",
         &listen,
         "--public-ip",
@@ -188,11 +186,9 @@ fn probes_filters_and_stops_cleanly_within_2s() {
 
 #[test]
 fn sighup_rereads_the_config_file() {
-    if !is_root() {
-        eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
+    if !root_in_private_netns() {
         return;
     }
-    private_netns();
     let dir = temp_dir();
     let conf = dir.join("dpfd.toml");
     let port = free_port();
@@ -203,7 +199,7 @@ fn sighup_rereads_the_config_file() {
         format!("{base}probe_interval_s = 600\nprivate_net = \"10.0.0.0/8\"\n"),
     )
     .unwrap();
-    let mut daemon = Running::start(&["--config", conf.to_str().unwrap()]);
+    let mut daemon = start(&["--config", conf.to_str().unwrap()]);
     daemon.expect_line("started:");
 
     let reread = "probe_interval_s = 1\nprivate_net = \"127.0.0.0/8\"\nnft_table = \"other\"\n";
@@ -234,15 +230,13 @@ fn sighup_rereads_the_config_file() {
 
 #[test]
 fn foreign_sources_are_dropped() {
-    if !is_root() {
-        eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
+    if !root_in_private_netns() {
         return;
     }
-    private_netns();
     let dir = temp_dir();
     let listen = format!("127.0.0.1:{}", free_port());
     let mirror = dir.join("mirror");
-    let mut daemon = Running::start(&[
+    let mut daemon = start(&[
         "--listen",
         &listen,
         "--public-ip",

@@ -57,7 +57,7 @@ impl Case {
 
     fn start(&self, fault: Option<&str>) -> Running {
         let env: Vec<(&str, &str)> = fault.map(|f| ("DPFD_FAULT", f)).into_iter().collect();
-        let mut d = Running::start_with_env(&self.args(), &env);
+        let mut d = start_with_env(&self.args(), &env);
         d.expect_line("started:");
         d
     }
@@ -116,11 +116,9 @@ fn public() -> Message {
 
 #[test]
 fn every_add_step_recovers_consistently() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !root_in_private_netns() {
         return;
     }
-    private_netns();
     let mgmt = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let req = forward(mgmt.local_addr().unwrap().port());
     // What the restarted dpfd must have recovered after each crash point.
@@ -157,11 +155,9 @@ fn every_add_step_recovers_consistently() {
 
 #[test]
 fn every_delete_step_recovers_consistently() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !root_in_private_netns() {
         return;
     }
-    private_netns();
     let mgmt = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let req = forward(mgmt.local_addr().unwrap().port());
     let del = Message::Delete {

@@ -14,11 +14,9 @@ use support::*;
 #[test]
 fn forwards_on_loopback_with_reply_cache_status_and_mirror_lock() {
     use proto::dpf::{decode, Message};
-    if !is_root() {
-        eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
+    if !root_in_private_netns() {
         return;
     }
-    private_netns();
     let dir = temp_dir();
     let mirror = dir.join("mirror");
     let port = free_port();
@@ -35,7 +33,7 @@ fn forwards_on_loopback_with_reply_cache_status_and_mirror_lock() {
         "--log",
         "debug",
     ];
-    let mut daemon = Running::start(&args);
+    let mut daemon = start(&args);
     daemon.expect_line("started:");
 
     let mgmt = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -95,7 +93,7 @@ fn forwards_on_loopback_with_reply_cache_status_and_mirror_lock() {
 
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(2)).code(), Some(0));
-    let mut daemon = Running::start(&args);
+    let mut daemon = start(&args);
     daemon.expect_line("recovered 1 forwards from the mirror file");
     drop(daemon);
     drop(mgmt);

@@ -4,8 +4,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{place, Origin};
 use crate::values::PortRange;
+use daemon_kit::settings::{place, Origin};
 
 pub(super) fn addresses(
     listen: SocketAddr,

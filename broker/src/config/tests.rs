@@ -3,6 +3,7 @@
 
 use super::*;
 use clap::Parser;
+use std::fs;
 
 fn args(argv: &[&str]) -> DaemonArgs {
     let mut full = vec!["gcb-broker"];

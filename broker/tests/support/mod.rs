@@ -1,40 +1,31 @@
 //! Shared harness of the broker's end-to-end tests: a running `gcb-broker`
-//! on loopback whose log lines arrive on a channel, and a fake GCB client
-//! speaking the proto crate over a UDP socket. Every wait is bounded, and a
-//! broker is killed when its guard drops, also when an assertion fails.
+//! on loopback whose log lines arrive on a channel (`daemon_kit::testing`,
+//! shared with dpfd's tests), and a fake GCB client speaking the proto crate
+//! over a UDP socket. Every wait is bounded, and a broker is killed when its
+//! guard drops, also when an assertion fails.
 
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddrV4, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::mpsc::{channel, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
+
+pub use daemon_kit::testing::free_port;
+use daemon_kit::testing::{clean_command, Running};
 
 use proto::gcb::{self, Frame, Message, MgmtInfo, Role, StreamHello, StreamPeer, Token};
 use proto::Proto;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gcb-broker");
 /// How long any single expected event may take.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub const WAIT: Duration = daemon_kit::testing::LINE_WAIT;
 
 pub fn a(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
-}
-
-/// A port free for both UDP and TCP a moment ago (command + rendezvous).
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
 }
 
 /// A proxy port range of 50 ports no other broker of this test binary
@@ -46,9 +37,7 @@ pub fn range() -> (u16, u16) {
 }
 
 pub struct Broker {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+    daemon: Running,
     pub addr: SocketAddrV4,
     pub range: (u16, u16),
 }
@@ -60,34 +49,12 @@ impl Broker {
 
     pub fn start_on(port: u16, range: (u16, u16), extra: &[&str]) -> Broker {
         let addr = SocketAddrV4::new([127, 0, 0, 1].into(), port);
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--listen", &addr.to_string()])
-            .args(["--port-range", &format!("{}-{}", range.0, range.1)])
-            .args(["--log", "debug"])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("GCB_BROKER_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (listen, port_range) = (addr.to_string(), format!("{}-{}", range.0, range.1));
+        let mut args = vec!["--listen", &listen, "--port-range", &port_range];
+        args.extend(["--log", "debug"]);
+        args.extend(extra);
         let mut b = Broker {
-            child,
-            lines,
-            seen: Vec::new(),
+            daemon: Running::spawn(clean_command(BIN, "GCB_BROKER_", &args)),
             addr,
             range,
         };
@@ -97,40 +64,13 @@ impl Broker {
 
     /// A log line containing `needle`, already seen or within [`WAIT`].
     pub fn expect_line(&mut self, needle: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + WAIT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line with {needle:?} within {WAIT:?}; seen: {:#?}",
-            self.seen
-        );
+        self.daemon.expect_line(needle)
     }
 
     /// Sends `signal` to the broker and waits (bounded) for it to exit.
     pub fn stop_with(&mut self, signal: i32) -> Option<i32> {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        panic!("broker still running {WAIT:?} after signal {signal}");
+        self.daemon.signal(signal);
+        self.daemon.wait_exit(WAIT).code()
     }
 
     pub fn in_range(&self, port: u16) -> bool {
@@ -157,12 +97,10 @@ impl Drop for Broker {
     /// Kills the broker; prints its log if the test failed (or if
     /// BROKER_TEST_LOG is set), since the log says what the broker saw.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.kill();
         if thread::panicking() || std::env::var_os("BROKER_TEST_LOG").is_some() {
-            self.seen.extend(self.lines.try_iter());
             eprintln!("--- gcb-broker {} log ---", self.addr);
-            for line in &self.seen {
+            for line in self.daemon.log() {
                 eprintln!("{line}");
             }
         }

@@ -6,9 +6,9 @@ use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use super::{place, Origin};
 use crate::net::{self, Cidr, IfAddr};
 use crate::values::PortRange;
+use daemon_kit::settings::{place, Origin};
 
 /// The mirror file is created and rewritten in place, so its directory must
 /// exist, and the path must not be something other than a file.

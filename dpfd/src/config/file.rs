@@ -1,5 +1,7 @@
-//! The config file as written: TOML keys named like the flags, and the
-//! parsing that turns TOML errors into one line naming the place.
+//! The config file as written: TOML keys named like the flags, and lists
+//! that may be written either as TOML arrays or as comma-separated strings.
+//! Reading it, with TOML errors cut to one line naming the place, is
+//! `daemon_kit::settings::read_toml`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -57,22 +59,9 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D
     d.deserialize_any(ListVisitor).map(Some)
 }
 
-/// Parses the TOML text; the error names the line and, for a typo, the key.
+/// Parses the TOML text as a `FileConfig`, for tests; the daemon reads the
+/// file through `settings::read_toml`, which gives the same errors.
+#[cfg(test)]
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| {
-        // toml's Display draws a multi-line snippet; the contract is one line.
-        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
-        match e.span() {
-            Some(span) => {
-                // Type errors do not name the key, so quote the line itself.
-                let start = span.start.min(text.len());
-                let number = text[..start].matches('\n').count() + 1;
-                let line = text.lines().nth(number - 1).unwrap_or("").trim();
-                let quoted: String = line.chars().take(60).collect();
-                let more = if quoted.len() < line.len() { "..." } else { "" };
-                format!("line {number} `{quoted}{more}`: {message}")
-            }
-            None => message,
-        }
-    })
+    daemon_kit::settings::parse_toml(text)
 }

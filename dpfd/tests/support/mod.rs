@@ -1,17 +1,16 @@
 //! Helpers shared by dpfd's end-to-end tests: the binary with a clean
-//! environment, bounded runs, a private network namespace per test thread,
-//! and a running daemon whose stderr lines can be waited for.
+//! environment, a private network namespace per test thread, and requests
+//! on the wire. Bounded runs and the running daemon whose stderr lines can
+//! be waited for come from `daemon_kit::testing`, shared with the broker.
 #![allow(dead_code)] // each test crate uses its own subset
 
-use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use daemon_kit::testing::clean_command;
+pub use daemon_kit::testing::{free_port, run_cmd, Running};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dpfd");
 /// Documentation address (RFC 5737); dpfd only warns that it is not local.
@@ -24,38 +23,7 @@ pub fn is_root() -> bool {
 /// The binary with a clean environment, so settings of the developer's
 /// shell cannot change the outcome.
 pub fn dpfd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DPFD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-/// Runs a command that must end by itself; gives its exit code and output.
-pub fn run_cmd(mut cmd: Command) -> (i32, String, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("{cmd:?} did not exit within 10 s");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        text(out.stdout),
-        text(out.stderr),
-    )
+    clean_command(BIN, "DPFD_", args)
 }
 
 pub fn run(args: &[&str]) -> (i32, String, String) {
@@ -63,9 +31,7 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 pub fn assert_one_line_error(stderr: &str, needle: &str) {
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
-    assert!(stderr.starts_with("dpfd: "), "{stderr:?}");
-    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    daemon_kit::testing::assert_one_line_error(stderr, "dpfd", needle);
 }
 
 /// Moves the calling test thread into a new network namespace with its
@@ -86,110 +52,32 @@ pub fn private_netns() {
     assert_eq!(code, 0, "ip link set lo up: {err}");
 }
 
+/// The daemon needs root: as root, moves the test into its own network
+/// namespace and returns true; otherwise says the test is skipped.
+pub fn root_in_private_netns() -> bool {
+    if !is_root() {
+        eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
+        return false;
+    }
+    private_netns();
+    true
+}
+
 /// A fresh directory others may enter, so `nobody` can see a mirror path.
 pub fn temp_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("dpfd-cli-{}-{n}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    daemon_kit::testing::temp_dir("dpfd-cli")
 }
 
-/// A port that was free a moment ago: bind to port 0, note it, let it go.
-pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Starts the daemon.
+pub fn start(args: &[&str]) -> Running {
+    Running::spawn(dpfd(args))
 }
 
-/// A running daemon whose stderr lines arrive on a channel.
-pub struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    pub fn start(args: &[&str]) -> Running {
-        Running::start_with_env(args, &[])
-    }
-
-    /// Starts the daemon with extra environment variables (e.g. DPFD_FAULT).
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = dpfd(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Finds a stderr line containing `needle`, among those already read or
-    /// arriving within 5 s; the order of lines does not matter.
-    pub fn expect_line(&mut self, needle: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no line with {needle:?} within 5 s; stderr so far: {:#?}",
-            self.seen
-        );
-    }
-
-    pub fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {within:?}: {:#?}",
-                self.seen
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the daemon with extra environment variables (e.g. DPFD_FAULT).
+pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut cmd = dpfd(args);
+    cmd.envs(env.iter().copied());
+    Running::spawn(cmd)
 }
 
 /// Sends `msg` with `id` and returns the raw reply.

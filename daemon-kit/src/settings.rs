@@ -1,0 +1,155 @@
+//! Building blocks of a daemon's configuration merge: flag (or its
+//! environment variable) over config file over default, with errors that
+//! point at where the offending value came from, and the TOML file read
+//! with errors cut to one line.
+//!
+//! The merge itself stays in each daemon, since the settings and the checks
+//! between them are its own; these are the parts whose wording must match
+//! across daemons.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::logging::check_filter;
+use crate::values::parse_level;
+
+/// Where a merged value came from, so an error can point at the right place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Flag,
+    File,
+    Default,
+}
+
+/// The flag's value if given, else the file's, else the default.
+pub fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> (T, Origin) {
+    match (flag, file) {
+        (Some(v), _) => (v, Origin::Flag),
+        (None, Some(v)) => (v, Origin::File),
+        (None, None) => (default, Origin::Default),
+    }
+}
+
+/// "--max-relays" or "max_relays in the config file": the key is the flag
+/// name with underscores, so one name gives both spellings. A default is
+/// blamed on the flag, the way to change it.
+pub fn place(key: &str, origin: Origin) -> String {
+    match origin {
+        Origin::Flag | Origin::Default => format!("--{}", key.replace('_', "-")),
+        Origin::File => format!("{key} in the config file"),
+    }
+}
+
+/// Parses a value from the file with the same parser as its flag.
+pub fn from_file<T>(
+    key: &str,
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    value
+        .map(|s| parse(s).map_err(|e| format!("{key} in the config file: {e}")))
+        .transpose()
+}
+
+/// The picked value if it lies in `min..=max`, else an error naming its place.
+pub fn in_bounds<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    (value, origin): (T, Origin),
+    min: T,
+    max: T,
+) -> Result<T, String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{} is {value}; it must be between {min} and {max}",
+            place(key, origin)
+        ));
+    }
+    Ok(value)
+}
+
+/// A path from the config file, taken relative to the file's directory as
+/// an administrator editing the file would expect.
+pub fn relative_to(dir: Option<&Path>, path: &Path) -> PathBuf {
+    match dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The log filter: --log if given, else RUST_LOG (full directives, checked
+/// here so a typo is a configuration error), else `log` from the file, else
+/// `default`.
+pub fn log_filter(
+    flag: Option<&str>,
+    rust_log: Option<&str>,
+    file: Option<&str>,
+    default: &str,
+) -> Result<String, String> {
+    if let Some(level) = flag {
+        Ok(level.to_string())
+    } else if let Some(filter) = rust_log {
+        check_filter(filter).map_err(|e| format!("RUST_LOG: {e}"))?;
+        Ok(filter.to_string())
+    } else {
+        Ok(from_file("log", file, parse_level)?.unwrap_or_else(|| default.to_string()))
+    }
+}
+
+/// RUST_LOG from the process environment, unless unset or blank.
+pub fn rust_log_from_env() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// Reads and parses a config file; the error names the file.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let shown = path.display();
+    let text = fs::read_to_string(path).map_err(|e| format!("config file {shown}: {e}"))?;
+    parse_toml(&text).map_err(|e| format!("config file {shown}: {e}"))
+}
+
+/// Parses the TOML text; the error names the line and, for a typo (with
+/// `deny_unknown_fields`), the key.
+pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|e| {
+        // toml's Display draws a multi-line snippet; the contract is one line.
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        match e.span() {
+            Some(span) => {
+                // Type errors do not name the key, so quote the line itself.
+                let start = span.start.min(text.len());
+                let number = text[..start].matches('\n').count() + 1;
+                let line = text.lines().nth(number - 1).unwrap_or("").trim();
+                let quoted: String = line.chars().take(60).collect();
+                let more = if quoted.len() < line.len() { "..." } else { "" };
+                format!("line {number} `{quoted}{more}`: {message}")
+            }
+            None => message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_over_file_over_default() {
+        assert_eq!(pick(Some(1), Some(2), 3), (1, Origin::Flag));
+        assert_eq!(pick(None, Some(2), 3), (2, Origin::File));
+        assert_eq!(pick(None, None, 3), (3, Origin::Default));
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let err = in_bounds("max_relays", (0u32, Origin::File), 1, 9).unwrap_err();
+        assert_eq!(
+            err,
+            "max_relays in the config file is 0; it must be between 1 and 9"
+        );
+        assert_eq!(place("max_relays", Origin::Default), "--max-relays");
+    }
+}
