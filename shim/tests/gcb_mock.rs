@@ -351,3 +351,34 @@ fn threads_accepting_on_a_high_fd() {
     let count = |ip: [u8; 4]| seen.iter().filter(|p| **p == Ipv4Addr::from(ip)).count();
     assert_eq!((count(PUB), count(A2), count(GB)), (24, 12, 12), "{seen:?}\nbroker: {:#?}\nclients: {client_logs}", b.broker.log());
 }
+
+#[test]
+fn a_server_blocked_in_read_keeps_heartbeating() {
+    let b = Bed::up();
+    let script = python_script("gcb_lifecycle.py");
+    let mut c = b.program("a1", testbed::python3().to_path_buf(), &[script.to_str().unwrap(), "blocked-read", "7350"], true);
+    c.env("GCB_HEARTBEAT_S", "1").stdin(std::process::Stdio::piped());
+    let mut p = b.bed.spawn_cmd(c).expect("python driver");
+    let mut stdin = p.take_stdin().expect("driver stdin");
+    let proxy = next(&p, "PROXY ");
+    assert!(proxy.starts_with("203.0.113.10:"), "{proxy}");
+    next(&p, "READING");
+    std::thread::sleep(Duration::from_millis(300));
+    // Over three heartbeat intervals with the process blocked in read() and no data.
+    let heartbeats = || b.broker.count("heartbeat from 203.0.113.1:");
+    let before = heartbeats();
+    std::thread::sleep(Duration::from_millis(3600));
+    let during = heartbeats() - before;
+    assert!(during >= 3, "{during} heartbeats in 3.6 s of read(): {:#?}\n{}", b.broker.log(), p.stderr_text());
+    go(&mut stdin);
+    assert_eq!(next(&p, "READ "), "late data");
+    let secs = |prefix: &str| -> f64 { next(&p, prefix).parse().unwrap() };
+    let nonblock = secs("NONBLOCK ");
+    assert!(nonblock < 0.1, "a non-blocking read took {nonblock} s");
+    for what in ["RCVTIMEO-RECV ", "RCVTIMEO-READ "] {
+        let t = secs(what);
+        assert!((1.15..1.7).contains(&t), "{what}after {t} s, want 1.2 s");
+    }
+    assert_eq!(next(&p, "EOF "), "0");
+    next(&p, "done");
+}

@@ -142,7 +142,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     let nonblocking = sys::is_nonblocking(fd);
     // A blocking accept bounded by SO_RCVTIMEO fails with EAGAIN at the bound, as
     // the kernel's would.
-    let bound = if nonblocking { None } else { receive_timeout(fd).map(|t| Instant::now() + t) };
+    let bound = if nonblocking { None } else { sys::receive_timeout(fd).map(|t| Instant::now() + t) };
     let saved = errno();
     let mut rounds = 0;
     loop {
@@ -191,16 +191,6 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
 fn fail(e: c_int) -> c_int {
     set_errno(e);
     -1
-}
-
-/// The listener's `SO_RCVTIMEO`, if set: the kernel bounds a blocking accept by it.
-fn receive_timeout(fd: c_int) -> Option<Duration> {
-    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
-    let mut len = size_of::<libc::timeval>() as socklen_t;
-    // SAFETY: a timeval-sized buffer.
-    let r = unsafe { real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&mut tv as *mut libc::timeval).cast(), &mut len) };
-    let t = Duration::new(tv.tv_sec.max(0) as u64, tv.tv_usec.clamp(0, 999_999) as u32 * 1000);
-    (r == 0 && !t.is_zero()).then_some(t)
 }
 
 /// Success leaves `errno` as the application had it, whatever the shim's own

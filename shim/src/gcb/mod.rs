@@ -5,7 +5,8 @@
 //! * registers every non-loopback AF_INET TCP listener with the broker and
 //!   reports the proxy address it gets ([`listener`], [`identity`]);
 //! * answers the broker's commands and sends heartbeats from inside the
-//!   application's blocking calls ([`aeh`], [`waits`], [`mgmt`]);
+//!   application's blocking calls ([`aeh`], [`waits`], [`mgmt`]), reads on the
+//!   connections it names included ([`blocking_read`]);
 //! * turns reversed and relayed connections into connections the application
 //!   accepts, in kernel order, through doorbells ([`doorbell`], [`dial`]);
 //! * brokers the application's own connects ([`connector`]);
@@ -19,6 +20,7 @@
 //! through [`with`] for short, non-blocking critical sections only.
 
 pub mod aeh;
+pub mod blocking_read;
 pub mod connector;
 pub mod dial;
 pub mod doorbell;

@@ -95,6 +95,19 @@ pub fn get_int_opt(fd: c_int, level: c_int, name: c_int) -> Result<c_int, Errno>
     Ok(v)
 }
 
+/// The socket's `SO_RCVTIMEO`, if set: the kernel bounds a blocking `accept` or
+/// receive by it, so the shim's own waits in those calls must end there too.
+pub fn receive_timeout(fd: c_int) -> Option<std::time::Duration> {
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: a timeval-sized buffer and its length.
+    let r = unsafe {
+        real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&mut tv as *mut libc::timeval).cast(), &mut len)
+    };
+    let t = std::time::Duration::new(tv.tv_sec.max(0) as u64, tv.tv_usec.clamp(0, 999_999) as u32 * 1000);
+    (r == 0 && !t.is_zero()).then_some(t)
+}
+
 pub fn set_int_opt(fd: c_int, level: c_int, name: c_int, v: c_int) -> Result<(), Errno> {
     let len = size_of::<c_int>() as socklen_t;
     // SAFETY: an int-sized value.

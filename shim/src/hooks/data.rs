@@ -5,6 +5,15 @@
 //! `read` and `write` run for every file a program touches, so the fast path is what
 //! matters here: the guard, one table load, the real call.
 //!
+//! # Blocking reads on named connections
+//!
+//! `read`, `readv`, `recv`, `recvfrom` and `recvmsg` (and the fortified ones) on a
+//! connection the shim names (`Named`), in a GCB process that holds a registration,
+//! take [`crate::gcb::blocking_read`]: a real call with `MSG_DONTWAIT` first (one system
+//! call when data is waiting), and only when it would block, the AEH wait, so a
+//! server blocked reading a connection still heartbeats and answers the broker.
+//! Other fds, and every fd of a process without a registration, keep the fast path.
+//!
 //! # The fortified entry points
 //!
 //! Programs built with `_FORTIFY_SOURCE` call `__recv_chk(fd, buf, len, buflen,
@@ -20,23 +29,38 @@
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
 use super::fortify;
-use crate::{fdtable, managed, real};
+use crate::fdtable::{self, Kind};
+use crate::gcb::blocking_read;
+use crate::{managed, real};
+
+/// `real_unless!` for the reads: a named connection of a registered process waits
+/// in the AEH ([`blocking_read`]), a managed fd goes to `managed::NAME`, any other
+/// to the real call; one table load for a plain fd.
+macro_rules! read_path {
+    ($fd:expr => $name:ident($($arg:expr),* $(,)?)) => {
+        match fdtable::kind($fd) {
+            Kind::Managed => managed::$name($($arg),*),
+            kind if blocking_read::applies(kind) => blocking_read::$name($($arg),*),
+            _ => real::$name($($arg),*),
+        }
+    };
+}
 
 hook! {
     fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => recv(fd, buf, len, flags))
+        read_path!(fd => recv(fd, buf, len, flags))
     }
 }
 
 hook! {
     fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => recvfrom(fd, buf, len, flags, addr, addrlen))
+        read_path!(fd => recvfrom(fd, buf, len, flags, addr, addrlen))
     }
 }
 
 hook! {
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => recvmsg(fd, msg, flags))
+        read_path!(fd => recvmsg(fd, msg, flags))
     }
 }
 
@@ -48,13 +72,13 @@ hook! {
 
 hook! {
     fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => read(fd, buf, count))
+        read_path!(fd => read(fd, buf, count))
     }
 }
 
 hook! {
     fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => readv(fd, iov, iovcnt))
+        read_path!(fd => readv(fd, iov, iovcnt))
     }
 }
 
@@ -96,30 +120,45 @@ hook! {
 
 hook! {
     fn __recv_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int) -> ssize_t {
-        if !fdtable::is_managed(fd) {
+        let kind = fdtable::kind(fd);
+        let named = blocking_read::applies(kind);
+        if kind != Kind::Managed && !named {
             return real::__recv_chk(fd, buf, len, buflen, flags);
         }
         fortify(len <= buflen);
+        if named {
+            return blocking_read::recv(fd, buf, len, flags);
+        }
         managed::recv(fd, buf, len, flags)
     }
 }
 
 hook! {
     fn __recvfrom_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> ssize_t {
-        if !fdtable::is_managed(fd) {
+        let kind = fdtable::kind(fd);
+        let named = blocking_read::applies(kind);
+        if kind != Kind::Managed && !named {
             return real::__recvfrom_chk(fd, buf, len, buflen, flags, addr, addrlen);
         }
         fortify(len <= buflen);
+        if named {
+            return blocking_read::recvfrom(fd, buf, len, flags, addr, addrlen);
+        }
         managed::recvfrom(fd, buf, len, flags, addr, addrlen)
     }
 }
 
 hook! {
     fn __read_chk(fd: c_int, buf: *mut c_void, nbytes: size_t, buflen: size_t) -> ssize_t {
-        if !fdtable::is_managed(fd) {
+        let kind = fdtable::kind(fd);
+        let named = blocking_read::applies(kind);
+        if kind != Kind::Managed && !named {
             return real::__read_chk(fd, buf, nbytes, buflen);
         }
         fortify(nbytes <= buflen);
+        if named {
+            return blocking_read::read(fd, buf, nbytes);
+        }
         managed::read(fd, buf, nbytes)
     }
 }
@@ -127,7 +166,6 @@ hook! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fdtable::Kind;
 
     #[test]
     fn recv_chk_on_a_managed_fd_checks_then_takes_the_recv_path() {

@@ -8,13 +8,19 @@ between steps, waits for a line on stdin.
   gcb_lifecycle.py epoll-connect ADDR non-blocking connect after epoll registration
   gcb_lifecycle.py threads PORT N     N threads accepting on one listener at fd 1500,
                                       half in blocking accept, half in poll + accept
+  gcb_lifecycle.py blocked-read PORT  a server blocked in read() on an accepted
+                                      connection until a line on stdin releases the
+                                      data; then EAGAIN from a non-blocking read and
+                                      from SO_RCVTIMEO
 """
 import os
 import resource
 import select
 import socket
+import struct
 import sys
 import threading
+import time
 
 
 def say(*words):
@@ -128,10 +134,53 @@ def threads(port, n):
     step()
 
 
+def blocked_read(port):
+    s = listener(port)
+    say("PROXY", fmt(s.getsockname()))
+    # A loopback connection to our own listener: the accepted end is a connection
+    # the shim names, like any accepted from a registered listener.
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = s.accept()
+    fd = a.fileno()
+
+    def feed():
+        step()
+        c.sendall(b"late data")
+
+    threading.Thread(target=feed, daemon=True).start()
+    say("READING")
+    say("READ", os.read(fd, 100).decode())
+
+    def eagain(what, call):
+        try:
+            got = call()
+        except BlockingIOError:
+            return
+        sys.exit("%s returned %r instead of EAGAIN" % (what, got))
+
+    a.setblocking(False)
+    t0 = time.monotonic()
+    eagain("non-blocking recv", lambda: a.recv(10))
+    eagain("non-blocking read", lambda: os.read(fd, 10))
+    say("NONBLOCK %.3f" % (time.monotonic() - t0))
+    a.setblocking(True)
+    eagain("recv with MSG_DONTWAIT", lambda: a.recv(10, socket.MSG_DONTWAIT))
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 200000))
+    t0 = time.monotonic()
+    eagain("recv under SO_RCVTIMEO", lambda: a.recv(10))
+    say("RCVTIMEO-RECV %.3f" % (time.monotonic() - t0))
+    t0 = time.monotonic()
+    eagain("read under SO_RCVTIMEO", lambda: os.read(fd, 10))
+    say("RCVTIMEO-READ %.3f" % (time.monotonic() - t0))
+    c.close()
+    say("EOF", len(os.read(fd, 10)))
+
+
 if __name__ == "__main__":
     {
         "close": lambda: close_steps(int(sys.argv[2])),
         "epoll-connect": lambda: epoll_connect(sys.argv[2]),
         "threads": lambda: threads(int(sys.argv[2]), int(sys.argv[3])),
+        "blocked-read": lambda: blocked_read(int(sys.argv[2])),
     }[sys.argv[1]]()
     say("done")
