@@ -72,6 +72,7 @@ fn start() {
         log!(Warn, "{problem}");
     }
     crate::gcb::init();
+    crate::dpf::init();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     log!(Debug, "loaded in process {pid}: {}", cfg.summary());
@@ -93,17 +94,30 @@ fn register_fork_handlers() {
 }
 
 extern "C" fn before_fork() {
-    crate::gcb::prepare_fork();
+    // One client per mode: the lock helpers track one lock taken for fork.
+    if crate::dpf::enabled() {
+        crate::dpf::prepare_fork();
+    } else {
+        crate::gcb::prepare_fork();
+    }
 }
 
 extern "C" fn after_fork_in_parent() {
-    crate::gcb::after_fork(false);
+    if crate::dpf::enabled() {
+        crate::dpf::after_fork(false);
+    } else {
+        crate::gcb::after_fork(false);
+    }
 }
 
 extern "C" fn after_fork_in_child() {
     // An init another thread had under way will never finish in this process.
     let _ = STATE.compare_exchange(RUNNING, NEW, Ordering::Relaxed, Ordering::Relaxed);
-    crate::gcb::after_fork(true);
+    if crate::dpf::enabled() {
+        crate::dpf::after_fork(true);
+    } else {
+        crate::gcb::after_fork(true);
+    }
 }
 
 /// A panic inside shim code is logged as one line (then `hook::dispatch` passes the

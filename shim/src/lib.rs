@@ -18,6 +18,9 @@
 //! * [`fdtable`] says, per fd, whether the shim has any business with it. Testing it
 //!   is one relaxed atomic load, which keeps unmanaged fds on a fast path with no
 //!   extra system call.
+//! * [`dpf`] is the DPF client: forwards for bound UDP and listening TCP sockets,
+//!   their management sockets, and `dpfd` queries for connects; [`client`] holds
+//!   what it shares with GCB.
 //! * [`gcb`] is the GCB client: listener registry, management sockets, AEH,
 //!   doorbells, connector, and the fork/exec hand-over.
 //! * [`config`] and [`route`] read the environment once; [`log`] writes lines without
@@ -53,8 +56,10 @@ pub mod hook;
 #[macro_use]
 pub mod log;
 
+pub mod client;
 pub mod config;
 pub mod fdtable;
+pub mod dpf;
 pub mod gcb;
 pub mod init;
 pub mod internal;

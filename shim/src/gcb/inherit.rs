@@ -14,7 +14,8 @@
 //! checks each fd (a listening TCP socket with that local address; a connected
 //! UDP socket), moves the management socket to a high close-on-exec number, and
 //! heartbeats it. Inherited listeners are shared: closing them in either image
-//! never unregisters them (see `fdops`).
+//! never unregisters them (see `fdops`). DPF hands its forwards over in the same
+//! variable and table ([`publish_entries`], `dpf::inherit`).
 //!
 //! # Why a snapshot, and vfork
 //!
@@ -101,20 +102,24 @@ static TABLE: [[AtomicU64; 4]; SLOTS] = [const { [const { AtomicU64::new(0) }; 4
 /// Publishes the registry's listener fds for exec. Call with the registry locked
 /// (the lock is what makes this the only writer).
 pub fn publish(reg: &Registry) {
+    publish_entries(reg.listeners().flat_map(|(_, l)| {
+        l.fds.iter().map(|&fd| Entry { fd, mgmt: l.mgmt.fd, proxy: l.proxy, local: l.local, secret: l.secret })
+    }));
+}
+
+/// Publishes `entries` as the fds to hand over at exec. One client writes the
+/// table per process (GCB and DPF are exclusive modes), under its own lock.
+/// DPF hands its forwarded sockets over in the same format (`dpf::inherit`).
+pub fn publish_entries(entries: impl Iterator<Item = Entry>) {
     let s = SEQ.load(Ordering::Relaxed);
     SEQ.store(s.wrapping_add(1), Ordering::Relaxed);
     fence(Ordering::Release);
     let mut n = 0;
-    for (_, l) in reg.listeners() {
-        for &fd in &l.fds {
-            if n < SLOTS {
-                let e = Entry { fd, mgmt: l.mgmt.fd, proxy: l.proxy, local: l.local, secret: l.secret };
-                for (slot, w) in TABLE[n].iter().zip(e.pack()) {
-                    slot.store(w, Ordering::Relaxed);
-                }
-                n += 1;
-            }
+    for e in entries.take(SLOTS) {
+        for (slot, w) in TABLE[n].iter().zip(e.pack()) {
+            slot.store(w, Ordering::Relaxed);
         }
+        n += 1;
     }
     LEN.store(n, Ordering::Relaxed);
     SEQ.store(s.wrapping_add(2), Ordering::Release);
@@ -247,7 +252,8 @@ pub unsafe fn prepare(envp: *const *const c_char) -> Option<ExecEnv> {
     let mut k = 0;
     for e in &all[..n] {
         let fl = real::fcntl(e.fd, libc::F_GETFD, 0);
-        if fl >= 0 && fl & libc::FD_CLOEXEC == 0 && fdtable::is_managed(e.fd) {
+        // Managed: a GCB listener or DPF TCP listener; Named: a DPF UDP socket.
+        if fl >= 0 && fl & libc::FD_CLOEXEC == 0 && matches!(fdtable::kind(e.fd), Kind::Managed | Kind::Named) {
             keep[k] = *e;
             k += 1;
         }

@@ -3,7 +3,7 @@
 //! Each registered listener has one management socket, a UDP socket connected to
 //! the broker (paper 4.2.1: it shares the listener's fate). Over it go the
 //! listener's requests (`Register`, `Heartbeat`, `Unregister`), numbered and
-//! retransmitted by the proto [`Requester`], and the broker's commands
+//! retransmitted by the proto [`Requester`](proto::rudp::Requester), and the broker's commands
 //! (`ReverseConnect`, `RelayConnect`), answered with `Ack` through the proto
 //! [`ReplyCache`](proto::rudp::ReplyCache) so retransmissions are answered again
 //! without being acted on twice.
@@ -26,22 +26,19 @@ use std::time::{Duration, Instant};
 
 use libc::c_int;
 use proto::gcb::{self, Decision, ErrorCode, Message, MgmtInfo};
-use proto::rudp::{Requester, RetryPolicy, Timeout};
-use proto::{DecodeError, Endpoint, Proto};
+use proto::rudp::{RetryPolicy, Timeout};
+use proto::{Endpoint, Proto};
 
 use super::doorbell::{Dial, Job, Record};
 use super::registry::{Listener, ListenerId, Purpose, Registry};
 use super::sys::{self, Errno, Sock};
-use crate::{config, real};
+use crate::config;
 
-/// Requests in flight per management socket: a heartbeat, a register, spare.
-const MAX_OUTSTANDING: usize = 8;
-/// Room for any GCB datagram (the largest, a heartbeat, stays under 1 KiB).
-pub const DATAGRAM_MAX: usize = 2048;
+pub use crate::client::exchange::{new_requester, send_datagram, NoAnswer, DATAGRAM_MAX};
 
-pub fn new_requester(policy: RetryPolicy) -> Requester<SocketAddrV4> {
-    Requester::new(policy, sys::random_u64(), MAX_OUTSTANDING)
-}
+/// The GCB codec for [`crate::client::exchange`].
+const CODEC: crate::client::exchange::Codec<Message> =
+    crate::client::exchange::Codec { encode: gcb::encode, decode: gcb::decode, is_response: Message::is_response };
 
 /// Opens a non-blocking UDP socket connected to `to`; returns it and its own
 /// address, which names the IP the kernel uses towards `to`.
@@ -52,78 +49,10 @@ pub fn open(to: SocketAddrV4) -> Result<(Sock, SocketAddrV4), Errno> {
     Ok((s, local))
 }
 
-/// Sends one datagram on a connected socket; the error, if any.
-pub fn send_datagram(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
-    // SAFETY: a live buffer of the given length.
-    let n = unsafe { real::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(crate::hook::errno())
-    } else {
-        Ok(())
-    }
-}
-
-/// Why a blocking [`exchange`] got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoAnswer {
-    /// ICMP port unreachable: nothing listens on the peer's port.
-    Refused,
-    /// Something answered that does not speak the protocol.
-    NotProtocol,
-    /// Silence until the retry policy gave up.
-    Timeout,
-    /// Another socket error.
-    Io(Errno),
-}
-
-/// Sends `msg` on the connected, non-blocking UDP socket `fd` and waits for the
-/// reply, retransmitting per `policy`. Bounded by `policy.total`.
+/// Sends `msg` to the broker and waits for the reply, retransmitting per
+/// `policy` (see [`crate::client::exchange::exchange`]).
 pub fn exchange(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, msg: &Message) -> Result<Message, NoAnswer> {
-    let mut req = new_requester(policy);
-    let (_, bytes) = req.send(peer, Instant::now(), |id| gcb::encode(msg, id)).map_err(|_| NoAnswer::Io(libc::EINVAL))?;
-    send_or_refused(fd, bytes)?;
-    let mut buf = [0u8; DATAGRAM_MAX];
-    loop {
-        let Some(deadline) = req.next_deadline() else { return Err(NoAnswer::Timeout) };
-        match sys::wait_fd(fd, libc::POLLIN, deadline) {
-            Ok(_) => {
-                // SAFETY: a live buffer of the given length.
-                let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-                if n < 0 {
-                    match crate::hook::errno() {
-                        libc::ECONNREFUSED => return Err(NoAnswer::Refused),
-                        libc::EAGAIN | libc::EINTR => continue,
-                        e => return Err(NoAnswer::Io(e)),
-                    }
-                }
-                match gcb::decode(&buf[..n as usize]) {
-                    Ok((h, m)) if m.is_response() && req.on_response(h.request_id, &peer, Instant::now()).is_some() => {
-                        return Ok(m)
-                    }
-                    Err(DecodeError::NotProtocol) => return Err(NoAnswer::NotProtocol),
-                    // A stale reply, or a GCB message we cannot use: keep waiting.
-                    _ => {}
-                }
-            }
-            Err(libc::ETIMEDOUT) => {
-                for t in req.poll_timeout(Instant::now()) {
-                    match t {
-                        Timeout::Retransmit { bytes, .. } => send_or_refused(fd, &bytes)?,
-                        Timeout::GaveUp { .. } => return Err(NoAnswer::Timeout),
-                    }
-                }
-            }
-            Err(e) => return Err(NoAnswer::Io(e)),
-        }
-    }
-}
-
-fn send_or_refused(fd: c_int, bytes: &[u8]) -> Result<(), NoAnswer> {
-    match send_datagram(fd, bytes) {
-        Err(libc::ECONNREFUSED) => Err(NoAnswer::Refused),
-        // Anything else (a full buffer): the retransmission timer covers it.
-        _ => Ok(()),
-    }
+    crate::client::exchange::exchange(fd, peer, policy, &CODEC, msg)
 }
 
 extern "C" {

@@ -1,5 +1,6 @@
 //! `connect`: a GCB connector asks the broker who dials whom (see `gcb::connector`);
-//! DPF will drop the forwarding rule of a socket that turns active.
+//! DPF drops the forward of a socket that turns active and asks `dpfd` whether
+//! the destination is one of its public addresses (see `dpf::ops`).
 
 use libc::{c_int, sockaddr, socklen_t};
 
@@ -7,8 +8,8 @@ use crate::fdtable::{self, Kind};
 
 hook! {
     /// Only watched sockets (TCP/IPv4 made in GCB mode, neither listening nor
-    /// connected yet) can be brokered.
+    /// connected yet) can be brokered; in DPF mode every connect is looked at.
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real_unless!(fdtable::kind(fd) == Kind::Watched => connect(fd, addr, len))
+        real_unless!(fdtable::kind(fd) == Kind::Watched || crate::dpf::enabled() => connect(fd, addr, len))
     }
 }

@@ -6,6 +6,8 @@
 //! asynchronous event handler"; `gcb::waits`). A wait matters to the shim only
 //! once the process holds a registration (a managed fd), so the fast path is one
 //! load of the table's managed count, whatever the number of fds waited on.
+//! In DPF mode the waits are sliced instead, so the management sockets' probe
+//! queues are swept while the process sleeps (`dpf::waits`).
 //! `epoll_ctl` is recorded for watched sockets, which a reversed connect may swap.
 
 use std::mem::size_of;
@@ -18,26 +20,33 @@ use crate::{managed, real};
 
 hook! {
     fn select(nfds: c_int, readfds: *mut fd_set, writefds: *mut fd_set, exceptfds: *mut fd_set, timeout: *mut timeval) -> c_int {
-        real_unless!(fdtable::any_managed() => select(nfds, readfds, writefds, exceptfds, timeout))
+        real_unless!(shim_waits() => select(nfds, readfds, writefds, exceptfds, timeout))
     }
 }
 
 hook! {
     fn pselect(nfds: c_int, readfds: *mut fd_set, writefds: *mut fd_set, exceptfds: *mut fd_set, timeout: *const timespec, sigmask: *const sigset_t) -> c_int {
-        real_unless!(fdtable::any_managed() => pselect(nfds, readfds, writefds, exceptfds, timeout, sigmask))
+        real_unless!(shim_waits() => pselect(nfds, readfds, writefds, exceptfds, timeout, sigmask))
     }
 }
 
 hook! {
     fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
-        real_unless!(fdtable::any_managed() => poll(fds, nfds, timeout))
+        real_unless!(shim_waits() => poll(fds, nfds, timeout))
     }
 }
 
 hook! {
     fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int {
-        real_unless!(fdtable::any_managed() => ppoll(fds, nfds, timeout, sigmask))
+        real_unless!(shim_waits() => ppoll(fds, nfds, timeout, sigmask))
     }
+}
+
+/// Whether waits are the shim's: GCB's AEH runs once a listener is managed; DPF
+/// sweeps its management sockets while it holds forwards (`dpf::waits`).
+#[inline]
+fn shim_waits() -> bool {
+    fdtable::any_managed() || crate::dpf::active()
 }
 
 /// glibc's check for the fortified polls: the array holds at least `nfds` entries.
@@ -50,7 +59,7 @@ hook! {
     /// checked entry point runs, so the check is exactly glibc's. With them, the
     /// shim checks as glibc would, then takes the same path as `poll`.
     fn __poll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: c_int, fdslen: size_t) -> c_int {
-        if !fdtable::any_managed() {
+        if !shim_waits() {
             return real::__poll_chk(fds, nfds, timeout, fdslen);
         }
         fortify(pollfds_fit(nfds, fdslen));
@@ -61,7 +70,7 @@ hook! {
 hook! {
     /// `ppoll` compiled with `_FORTIFY_SOURCE`; see `__poll_chk`.
     fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fdslen: size_t) -> c_int {
-        if !fdtable::any_managed() {
+        if !shim_waits() {
             return real::__ppoll_chk(fds, nfds, timeout, sigmask, fdslen);
         }
         fortify(pollfds_fit(nfds, fdslen));
@@ -89,19 +98,19 @@ hook! {
 
 hook! {
     fn epoll_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout: c_int) -> c_int {
-        real_unless!(fdtable::any_managed() => epoll_wait(epfd, events, maxevents, timeout))
+        real_unless!(shim_waits() => epoll_wait(epfd, events, maxevents, timeout))
     }
 }
 
 hook! {
     fn epoll_pwait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout: c_int, sigmask: *const sigset_t) -> c_int {
-        real_unless!(fdtable::any_managed() => epoll_pwait(epfd, events, maxevents, timeout, sigmask))
+        real_unless!(shim_waits() => epoll_pwait(epfd, events, maxevents, timeout, sigmask))
     }
 }
 
 hook! {
     fn epoll_pwait2(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout: *const timespec, sigmask: *const sigset_t) -> c_int {
-        real_unless!(fdtable::any_managed() => epoll_pwait2(epfd, events, maxevents, timeout, sigmask))
+        real_unless!(shim_waits() => epoll_pwait2(epfd, events, maxevents, timeout, sigmask))
     }
 }
 

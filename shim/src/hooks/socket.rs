@@ -1,13 +1,14 @@
 //! Socket creation, naming and options: `socket`, `bind`, `listen`, `getsockname`,
 //! `getpeername`, `setsockopt`, `getsockopt`, `shutdown`.
 //!
-//! GCB registers listening sockets at `listen` and reports proxy addresses from
+//! GCB registers listening sockets at `listen`, DPF forwards UDP sockets at
+//! `bind` and TCP sockets at `listen`; both report the public names from
 //! `getsockname` and `getpeername` (DESIGN.md, "Identities").
 
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
 use crate::fdtable::{self, Kind};
-use crate::{gcb, real};
+use crate::{dpf, gcb, real};
 
 /// Whether `socket(domain, ty, protocol)` makes a TCP/IPv4 socket.
 fn is_tcp4(domain: c_int, ty: c_int, protocol: c_int) -> bool {
@@ -29,13 +30,13 @@ hook! {
 
 hook! {
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => bind(fd, addr, len))
+        real_unless!(fdtable::is_managed(fd) || dpf::enabled() => bind(fd, addr, len))
     }
 }
 
 hook! {
     fn listen(fd: c_int, backlog: c_int) -> c_int {
-        real_unless!(fdtable::kind(fd) == Kind::Watched => listen(fd, backlog))
+        real_unless!(fdtable::kind(fd) == Kind::Watched || dpf::enabled() => listen(fd, backlog))
     }
 }
 

@@ -1,0 +1,122 @@
+//! One request, one reply, over a connected non-blocking UDP socket, with the
+//! proto [`Requester`]'s retransmissions: the blocking and bounded style of
+//! exchange both clients use (GCB `Register` and `Connect`, DPF `Forward` and
+//! `Query`). Generic over the message family, so GCB and DPF share the loop and
+//! only pass their own codec.
+
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+use libc::c_int;
+use proto::rudp::{Requester, RetryPolicy, Timeout};
+use proto::{DecodeError, EncodeError, Header};
+
+use crate::gcb::sys::{self, Errno};
+use crate::real;
+
+/// Requests in flight per socket: a heartbeat, a register, spare.
+pub const MAX_OUTSTANDING: usize = 8;
+/// Room for any GCB or DPF datagram (the largest, a GCB heartbeat, stays under 1 KiB).
+pub const DATAGRAM_MAX: usize = 2048;
+
+/// A requester with a random first id, so ids of processes sharing a socket
+/// (fork, exec) do not collide in the daemon's reply cache.
+pub fn new_requester(policy: RetryPolicy) -> Requester<SocketAddrV4> {
+    Requester::new(policy, sys::random_u64(), MAX_OUTSTANDING)
+}
+
+/// Sends one datagram on a connected socket; the error, if any.
+pub fn send_datagram(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
+    // SAFETY: a live buffer of the given length.
+    let n = unsafe { real::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(crate::hook::errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Why a blocking [`exchange`] got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// ICMP port unreachable: nothing listens on the peer's port.
+    Refused,
+    /// Something answered that does not speak the protocol.
+    NotProtocol,
+    /// Silence until the retry policy gave up.
+    Timeout,
+    /// Another socket error.
+    Io(Errno),
+}
+
+impl NoAnswer {
+    /// For log lines.
+    pub fn describe(self) -> String {
+        match self {
+            NoAnswer::Refused => "connection refused".to_string(),
+            NoAnswer::Timeout => "no answer".to_string(),
+            NoAnswer::NotProtocol => "not the protocol".to_string(),
+            NoAnswer::Io(e) => std::io::Error::from_raw_os_error(e).to_string(),
+        }
+    }
+}
+
+/// A message family's decoder: the header and the message.
+pub type DecodeFn<M> = fn(&[u8]) -> Result<(Header, M), DecodeError>;
+
+/// A message family's codec, as the exchange needs it.
+pub struct Codec<M> {
+    pub encode: fn(&M, u64) -> Result<Vec<u8>, EncodeError>,
+    pub decode: DecodeFn<M>,
+    pub is_response: fn(&M) -> bool,
+}
+
+/// Sends `msg` on the connected, non-blocking UDP socket `fd` and waits for the
+/// reply, retransmitting per `policy`. Bounded by `policy.total`.
+pub fn exchange<M>(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, codec: &Codec<M>, msg: &M) -> Result<M, NoAnswer> {
+    let mut req = new_requester(policy);
+    let (_, bytes) = req.send(peer, Instant::now(), |id| (codec.encode)(msg, id)).map_err(|_| NoAnswer::Io(libc::EINVAL))?;
+    send_or_refused(fd, bytes)?;
+    let mut buf = [0u8; DATAGRAM_MAX];
+    loop {
+        let Some(deadline) = req.next_deadline() else { return Err(NoAnswer::Timeout) };
+        match sys::wait_fd(fd, libc::POLLIN, deadline) {
+            Ok(_) => {
+                // SAFETY: a live buffer of the given length.
+                let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    match crate::hook::errno() {
+                        libc::ECONNREFUSED => return Err(NoAnswer::Refused),
+                        libc::EAGAIN | libc::EINTR => continue,
+                        e => return Err(NoAnswer::Io(e)),
+                    }
+                }
+                match (codec.decode)(&buf[..n as usize]) {
+                    Ok((h, m)) if (codec.is_response)(&m) && req.on_response(h.request_id, &peer, Instant::now()).is_some() => {
+                        return Ok(m)
+                    }
+                    Err(DecodeError::NotProtocol) => return Err(NoAnswer::NotProtocol),
+                    // A stale reply, or a message we cannot use: keep waiting.
+                    _ => {}
+                }
+            }
+            Err(libc::ETIMEDOUT) => {
+                for t in req.poll_timeout(Instant::now()) {
+                    match t {
+                        Timeout::Retransmit { bytes, .. } => send_or_refused(fd, &bytes)?,
+                        Timeout::GaveUp { .. } => return Err(NoAnswer::Timeout),
+                    }
+                }
+            }
+            Err(e) => return Err(NoAnswer::Io(e)),
+        }
+    }
+}
+
+fn send_or_refused(fd: c_int, bytes: &[u8]) -> Result<(), NoAnswer> {
+    match send_datagram(fd, bytes) {
+        Err(libc::ECONNREFUSED) => Err(NoAnswer::Refused),
+        // Anything else (a full buffer): the retransmission timer covers it.
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,169 @@
+//! Forwards and their management sockets (paper 3.2.1).
+//!
+//! After `bind` of a UDP socket or `listen` of a TCP socket (AF_INET, not
+//! loopback), [`forward`] opens the coupled management socket, a passive TCP
+//! socket on the same local IP and an ephemeral port, and sends `Forward` to
+//! `dpfd` in a bounded exchange. On `ForwardOk` the socket is recorded with its
+//! public address, which `getsockname` reports from then on; on an error the
+//! socket simply works unforwarded, after one warning.
+//!
+//! # Answering dpfd's probes
+//!
+//! `dpfd` probes liveness with a TCP connect to the management socket every probe
+//! interval and deletes the forward after three failures. The kernel completes
+//! those connects only while the accept queue has room, so queued probes must be
+//! taken off it. Three layers do that:
+//!
+//! 1. the backlog is as large as the kernel allows (`somaxconn`, 4096 by default
+//!    since Linux 5.4), so thousands of probes fit before anything is lost;
+//! 2. [`sweep`] accepts and closes what is queued, non-blocking, whenever the
+//!    process calls into the shim: every hooked call runs [`super::tick`], which
+//!    sweeps at most every [`super::SWEEP_EVERY_MS`] ms at the cost of one relaxed
+//!    load (and a coarse clock read while forwards exist);
+//! 3. the process's waits (`poll`, `epoll_wait`, ...) are cut into slices of at most
+//!    [`super::waits::SLICE`] while forwards exist, sweeping between slices, so an
+//!    idle server blocked in a wait keeps answering.
+//!
+//! Residual risk: a process that holds a forward and makes no hooked call at all
+//! (spinning in user code, or blocked in a call the shim does not hook, such as
+//! `sigwait` or `pause`) queues one probe per interval and loses its forward after
+//! `somaxconn` intervals (over an hour at 1 s probes, more at dpfd's defaults).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use libc::c_int;
+use proto::dpf::{MappingKey, Message};
+use proto::rudp::RetryPolicy;
+use proto::Proto;
+
+use super::query::CODEC;
+use super::state::Forward;
+use crate::client::exchange::{self, NoAnswer};
+use crate::fdtable::{self, Kind};
+use crate::gcb::mgmt;
+use crate::gcb::sys::{self, Errno, Sock};
+use crate::real;
+
+/// Asked of `listen`; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: c_int = c_int::MAX;
+/// Probes taken off one management socket per sweep.
+const ACCEPTS_PER_SWEEP: usize = 256;
+
+/// A passive, non-blocking, close-on-exec TCP socket on `ip`, any port.
+fn open_mgmt(ip: Ipv4Addr) -> Result<(Sock, u16), Errno> {
+    let s = sys::socket(libc::SOCK_STREAM, true, true)?;
+    sys::bind(s.raw(), SocketAddrV4::new(ip, 0))?;
+    // SAFETY: listen on our own socket.
+    if unsafe { real::listen(s.raw(), BACKLOG) } < 0 {
+        return Err(crate::hook::errno());
+    }
+    let port = sys::local_addr(s.raw())?.port();
+    Ok((s, port))
+}
+
+/// Asks `dpfd` to forward `fd`'s bound address (`proto`); see the module docs.
+pub fn forward(fd: c_int, proto: Proto) {
+    let Ok(bound) = sys::local_addr(fd) else { return };
+    if bound.ip().is_loopback() || bound.port() == 0 || super::with(|st| st.forward_of(fd).is_some()) {
+        return;
+    }
+    let Some(dpfd) = super::server() else { return };
+    let (sock, towards) = match mgmt::open(dpfd) {
+        Ok(s) => s,
+        Err(e) => {
+            log!(Warn, "cannot reach dpfd {dpfd} to forward {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
+            return;
+        }
+    };
+    let local = if bound.ip().is_unspecified() { SocketAddrV4::new(*towards.ip(), bound.port()) } else { bound };
+    let (mgmt_sock, mgmt_port) = match open_mgmt(*local.ip()) {
+        Ok(m) => m,
+        Err(e) => {
+            log!(Warn, "no management socket for {proto} {local} ({}); not forwarded", std::io::Error::from_raw_os_error(e));
+            return;
+        }
+    };
+    let msg = Message::Forward { proto, local, mgmt_port, desired: None };
+    let public = match exchange::exchange(sock.raw(), dpfd, RetryPolicy::default(), &CODEC, &msg) {
+        Ok(Message::ForwardOk { public }) => public,
+        Ok(Message::Error { code, detail }) => {
+            log!(Warn, "dpfd {dpfd} refused to forward {proto} {local}: {code:?} {detail}; the socket works unforwarded");
+            return;
+        }
+        Ok(other) => {
+            log!(Warn, "dpfd {dpfd} answered Forward of {proto} {local} with {:?}; the socket works unforwarded", other.kind());
+            return;
+        }
+        Err(e) => {
+            let why = if e == NoAnswer::NotProtocol { "not a dpfd".to_string() } else { e.describe() };
+            log!(Warn, "dpfd {dpfd} is unreachable ({why}); {proto} {local} is not forwarded");
+            return;
+        }
+    };
+    log!(Info, "registered {proto} {local} as {public}");
+    let mgmt_fd = crate::internal::adopt(mgmt_sock.into_raw());
+    let kind = kind_of(proto);
+    super::with(|st| {
+        st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false });
+        fdtable::set(fd, kind);
+        super::inherit::publish(st);
+    });
+}
+
+/// The fd-table kind of a forwarded socket: a TCP listener is `Managed` (its
+/// `accept` names what it returns), a UDP socket `Named` (its data stays on the
+/// fast path; only names, dups and close leave it).
+pub fn kind_of(proto: Proto) -> Kind {
+    match proto {
+        Proto::Tcp => Kind::Managed,
+        Proto::Udp => Kind::Named,
+    }
+}
+
+/// `Delete`, one datagram, no reply awaited: the probe cleans up if it is lost.
+pub fn send_delete(proto: Proto, local: SocketAddrV4) {
+    let Some(dpfd) = super::server() else { return };
+    let Ok((sock, _)) = mgmt::open(dpfd) else { return };
+    let msg = Message::Delete { proto, key: MappingKey::Local(local) };
+    if let Ok(bytes) = proto::dpf::encode(&msg, sys::random_u64()) {
+        let _ = exchange::send_datagram(sock.raw(), &bytes);
+    }
+    log!(Debug, "deleted forward of {proto} {local}");
+}
+
+/// The forward's last fd in this process is gone (closed, or the socket turned
+/// active): delete it unless another process still holds the socket.
+pub fn wind_up(f: Forward, turned_active: bool) {
+    if turned_active || !f.shared {
+        send_delete(f.proto, f.local);
+    } else {
+        log!(Debug, "{} {} closed here; shared with another process, left to dpfd's probe", f.proto, f.local);
+    }
+    crate::internal::release(f.mgmt_fd);
+}
+
+/// Accepts and closes the probes queued on every management socket (module docs).
+/// Under the state lock, so a management fd cannot be released and its number
+/// reused by the application while it is being accepted on.
+pub fn sweep() {
+    let _errno = crate::hook::ErrnoGuard::new();
+    super::with(|st| {
+        for fd in st.mgmt_fds() {
+            for _ in 0..ACCEPTS_PER_SWEEP {
+                // SAFETY: our own non-blocking listening socket; no address wanted.
+                let n = unsafe {
+                    real::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                };
+                if n < 0 {
+                    if crate::hook::errno() == libc::EINTR {
+                        continue;
+                    }
+                    break;
+                }
+                // SAFETY: the probe connection we just accepted.
+                unsafe { real::close(n) };
+            }
+        }
+    });
+    super::note_swept();
+}

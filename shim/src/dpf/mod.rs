@@ -1,0 +1,157 @@
+//! The DPF client (paper 3.2.1, DESIGN.md): with `DPF_INAGENT` set, the shim
+//!
+//! * asks `dpfd` on the NAT gateway to forward a public address to every AF_INET
+//!   UDP socket after `bind` and every TCP socket after `listen` (not loopback),
+//!   keeps the coupled management socket `dpfd` probes, and reports the public
+//!   address from `getsockname`, also on connections accepted from a forwarded
+//!   listener ([`forward`], [`ops`]);
+//! * deletes the forward when the socket turns active (`connect`) or its last fd
+//!   in this process closes, unless another process shares it ([`ops`]);
+//! * asks `dpfd` before a `connect` whether the destination is one of its public
+//!   addresses, and dials the private address behind it directly ([`query`]);
+//! * hands forwarded sockets over `exec` in `GCB_INHERITED` ([`inherit`]).
+//!
+//! GCB and DPF are exclusive modes; the hooks reach this module through
+//! [`crate::managed`], which picks the client by mode. State lives in one
+//! [`State`] behind one fork-safe lock (`gcb::lock`), taken through [`with`] for
+//! short, non-blocking critical sections only.
+
+pub mod forward;
+pub mod inherit;
+pub mod ops;
+pub mod query;
+pub mod state;
+pub mod waits;
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+
+use crate::config::{self, Mode};
+use crate::gcb::lock::{self, Lock};
+use state::State;
+
+const UNKNOWN: u8 = 0;
+const OFF: u8 = 1;
+const ON: u8 = 2;
+static ENABLED: AtomicU8 = AtomicU8::new(UNKNOWN);
+static STATE: Lock<Option<State>> = Lock::new(None);
+/// Whether any forward exists: the one load [`tick`] costs otherwise.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Coarse monotonic milliseconds of the next sweep [`tick`] may run.
+static NEXT_SWEEP_MS: AtomicU64 = AtomicU64::new(0);
+/// How often hooked calls sweep the management sockets, at most.
+pub const SWEEP_EVERY_MS: u64 = 200;
+
+/// Whether this process is a DPF client (`DPF_INAGENT` set to an IPv4 address).
+#[inline]
+pub fn enabled() -> bool {
+    match ENABLED.load(Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => decide(),
+    }
+}
+
+#[cold]
+fn decide() -> bool {
+    let on = server().is_some();
+    ENABLED.store(if on { ON } else { OFF }, Relaxed);
+    on
+}
+
+/// `dpfd`'s command address.
+pub fn server() -> Option<SocketAddrV4> {
+    match config::get().mode {
+        Mode::Dpf(SocketAddr::V4(a)) => Some(a),
+        _ => None,
+    }
+}
+
+/// Whether this process holds forwards (waits then slice and sweep).
+#[inline]
+pub fn active() -> bool {
+    ACTIVE.load(Relaxed)
+}
+
+/// Takes over inherited forwards; once per process image, from [`crate::init`].
+pub fn init() {
+    if enabled() {
+        inherit::adopt();
+    } else if matches!(config::get().mode, Mode::Dpf(_)) {
+        log!(Warn, "DPF_INAGENT is not an IPv4 address; DPF is off");
+    }
+}
+
+/// Runs `f` on the state, locked. `f` must not block and must not call `with`.
+pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut guard = STATE.lock();
+    let st = guard.get_or_insert_with(State::default);
+    let generation = lock::fork_generation();
+    if st.generation != generation {
+        // First use in a forked child: the parent holds every socket too.
+        st.generation = generation;
+        st.mark_all_shared();
+    }
+    let r = f(st);
+    ACTIVE.store(!st.is_empty(), Relaxed);
+    r
+}
+
+fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes the timespec we pass; served by the vDSO, no system call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Run by every hooked call (`hook::dispatch`): sweeps the management sockets'
+/// probe queues every [`SWEEP_EVERY_MS`] at most (see [`forward`]).
+#[inline]
+pub fn tick() {
+    if active() {
+        tick_slow();
+    }
+}
+
+#[cold]
+fn tick_slow() {
+    let now = coarse_ms();
+    let next = NEXT_SWEEP_MS.load(Relaxed);
+    if now >= next && NEXT_SWEEP_MS.compare_exchange(next, now + SWEEP_EVERY_MS, Relaxed, Relaxed).is_ok() {
+        forward::sweep();
+    }
+}
+
+/// A sweep just ran; the next tick need not sweep for a while.
+fn note_swept() {
+    NEXT_SWEEP_MS.store(coarse_ms() + SWEEP_EVERY_MS, Relaxed);
+}
+
+/// `pthread_atfork` prepare handler (DPF mode).
+pub fn prepare_fork() {
+    lock::prepare_fork(&STATE, |st| {
+        if let Some(st) = st {
+            st.mark_all_shared();
+        }
+    });
+}
+
+/// `pthread_atfork` parent and child handlers (DPF mode).
+pub fn after_fork(in_child: bool) {
+    if in_child {
+        lock::note_fork_in_child();
+    }
+    lock::after_fork(&STATE);
+}
+
+/// An internal fd moved (the application `dup2`ed onto its number); true if it was
+/// a management socket.
+pub fn internal_fd_moved(old: libc::c_int, new: libc::c_int) -> bool {
+    with(|st| {
+        let moved = st.replace_mgmt_fd(old, new);
+        if moved {
+            inherit::publish(st);
+        }
+        moved
+    })
+}

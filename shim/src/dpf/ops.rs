@@ -1,0 +1,260 @@
+//! The hooks' entry points in DPF mode (reached through [`crate::managed`]):
+//! `bind`, `listen`, `accept4`, `connect`, the names, and what dup and close do
+//! to forwarded sockets. Each runs the real call and keeps [`super::state`]
+//! and the fd table in step; `errno` is the real call's.
+
+use std::net::SocketAddrV4;
+
+use libc::{c_int, c_ulong, sockaddr, socklen_t};
+use proto::Proto;
+
+use super::forward;
+use super::state::{Names, Removed};
+use crate::fdtable::{self, Kind};
+use crate::gcb::sys;
+use crate::hook::ErrnoGuard;
+use crate::real;
+
+/// The protocol of an AF_INET socket the client cares about.
+fn proto_of(fd: c_int) -> Option<Proto> {
+    match sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()? {
+        libc::SOCK_STREAM => Some(Proto::Tcp),
+        libc::SOCK_DGRAM => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
+/// `bind`: a UDP/IPv4 socket is forwarded at once.
+///
+/// # Safety
+///
+/// The C contract of `bind`.
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let r = real::bind(fd, addr, len);
+    if r == 0 && sys::from_sockaddr(addr, len).is_some() {
+        let _errno = ErrnoGuard::new();
+        if proto_of(fd) == Some(Proto::Udp) {
+            forward::forward(fd, Proto::Udp);
+        }
+    }
+    r
+}
+
+/// `listen`: a TCP/IPv4 socket is forwarded once it listens.
+///
+/// # Safety
+///
+/// The C contract of `listen`.
+pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let r = real::listen(fd, backlog);
+    if r == 0 {
+        let _errno = ErrnoGuard::new();
+        forward::sweep();
+        if proto_of(fd) == Some(Proto::Tcp) {
+            forward::forward(fd, Proto::Tcp);
+        }
+    }
+    r
+}
+
+/// `accept4` on a forwarded listener: the connection's own name is the public
+/// address, the one its peer dialed.
+///
+/// # Safety
+///
+/// The C contract of `accept4`.
+pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    {
+        let _errno = ErrnoGuard::new();
+        forward::sweep();
+    }
+    let n = real::accept4(fd, addr, len, flags);
+    if n >= 0 {
+        let _errno = ErrnoGuard::new();
+        super::with(|st| {
+            let public = st.forward_of(fd).and_then(|id| st.forward(id)).map(|f| f.public);
+            match public {
+                Some(public) => {
+                    st.set_names(n, Names { local: Some(public), peer: None });
+                    fdtable::set(n, Kind::Named);
+                }
+                None => {
+                    // A fresh fd starts plain, whatever a missed close left.
+                    st.remove_fd(n);
+                    fdtable::set(n, Kind::Plain);
+                }
+            }
+        });
+    }
+    n
+}
+
+/// `connect`: a forwarded socket turning active loses its forward; a connect to
+/// one of `dpfd`'s public addresses goes to the private address behind it, and
+/// `getpeername` reports the address dialed. The application's own fd connects,
+/// so a non-blocking socket still gets `EINPROGRESS`.
+///
+/// # Safety
+///
+/// The C contract of `connect`.
+pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let target = {
+        let _errno = ErrnoGuard::new();
+        prepare_connect(fd, sys::from_sockaddr(addr, len))
+    };
+    let Some((dest, local)) = target else { return real::connect(fd, addr, len) };
+    let sin = sys::to_sockaddr(local);
+    let r = real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t);
+    if r == 0 || crate::hook::errno() == libc::EINPROGRESS {
+        let _errno = ErrnoGuard::new();
+        log!(Debug, "connect to {dest} goes to {local}, behind it");
+        super::with(|st| {
+            st.set_names(fd, Names { local: None, peer: Some(dest) });
+            fdtable::set(fd, Kind::Named);
+        });
+    }
+    r
+}
+
+/// Drops the forward or names `fd` had, and looks `dest` up; the private address
+/// to dial instead, if any.
+fn prepare_connect(fd: c_int, dest: Option<SocketAddrV4>) -> Option<(SocketAddrV4, SocketAddrV4)> {
+    if matches!(fdtable::kind(fd), Kind::Managed | Kind::Named) {
+        let taken = super::with(|st| {
+            let f = st.forward_of(fd).and_then(|id| st.take(id));
+            match &f {
+                Some(f) => f.fds.iter().for_each(|&x| {
+                    fdtable::set(x, Kind::Plain);
+                }),
+                None => {
+                    // Stale names of an earlier connect of this socket.
+                    st.remove_fd(fd);
+                    fdtable::set(fd, Kind::Plain);
+                }
+            }
+            if f.is_some() {
+                super::inherit::publish(st);
+            }
+            f
+        });
+        if let Some(f) = taken {
+            log!(Debug, "{} {} turns active; its forward {} is deleted", f.proto, f.local, f.public);
+            forward::wind_up(f, true);
+        }
+    }
+    let dest = dest.filter(|d| super::query::worth_asking(*d))?;
+    let proto = proto_of(fd)?;
+    super::query::resolve(proto, dest).map(|local| (dest, local))
+}
+
+type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+
+unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(Names) -> Option<SocketAddrV4>, real_fn: NameFn) -> c_int {
+    if addr.is_null() || len.is_null() {
+        return real_fn(fd, addr, len);
+    }
+    match super::with(|st| st.names(fd)).and_then(pick) {
+        Some(name) => {
+            sys::copy_out(name, addr, len);
+            0
+        }
+        None => real_fn(fd, addr, len),
+    }
+}
+
+/// # Safety
+///
+/// The C contract of `getsockname`.
+pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    answer(fd, addr, len, |n| n.local, real::getsockname)
+}
+
+/// # Safety
+///
+/// The C contract of `getpeername`.
+pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    answer(fd, addr, len, |n| n.peer, real::getpeername)
+}
+
+/// # Safety
+///
+/// The C contract of `close`.
+pub unsafe fn close(fd: c_int) -> c_int {
+    forget(fd);
+    real::close(fd)
+}
+
+/// Drops what the client knows about `fd` (closed, or replaced by a dup onto it).
+/// Before the real close: once closed, another thread may get the number.
+pub fn forget(fd: c_int) {
+    let _errno = ErrnoGuard::new();
+    if !matches!(fdtable::kind(fd), Kind::Managed | Kind::Named) {
+        return;
+    }
+    let removed = super::with(|st| {
+        let removed = st.remove_fd(fd);
+        fdtable::set(fd, Kind::Plain);
+        if matches!(removed, Removed::Last(_) | Removed::Alias) {
+            super::inherit::publish(st);
+        }
+        removed
+    });
+    if let Removed::Last(f) = removed {
+        forward::wind_up(*f, false);
+    }
+}
+
+/// `new` was just made a duplicate of `old`.
+pub fn duplicated(old: c_int, new: c_int) {
+    if old == new {
+        return;
+    }
+    let _errno = ErrnoGuard::new();
+    let kind = fdtable::kind(old);
+    if matches!(kind, Kind::Managed | Kind::Named) {
+        super::with(|st| {
+            st.remove_fd(new);
+            if st.alias(old, new) {
+                fdtable::set(new, kind);
+                super::inherit::publish(st);
+            }
+        });
+    }
+}
+
+/// # Safety
+///
+/// The C contract of `dup`.
+pub unsafe fn dup(fd: c_int) -> c_int {
+    let new = real::dup(fd);
+    if new >= 0 {
+        duplicated(fd, new);
+    }
+    new
+}
+
+fn is_dupfd(cmd: c_int) -> bool {
+    cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
+}
+
+/// # Safety
+///
+/// The C contract of `fcntl`.
+pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real::fcntl(fd, cmd, arg);
+    if r >= 0 && is_dupfd(cmd) {
+        duplicated(fd, r);
+    }
+    r
+}
+
+/// # Safety
+///
+/// The C contract of `fcntl64`.
+pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real::fcntl64(fd, cmd, arg);
+    if r >= 0 && is_dupfd(cmd) {
+        duplicated(fd, r);
+    }
+    r
+}
