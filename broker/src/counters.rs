@@ -16,7 +16,7 @@ pub struct Counters {
     pub duplicates: u64,
     /// Datagrams dropped by the per-source rate limit.
     pub rate_limited: u64,
-    /// Requests this broker does not serve (UDP, broker-bound commands).
+    /// Requests this broker does not serve (broker-bound commands).
     pub unsupported: u64,
     pub receive_errors: u64,
     pub send_errors: u64,
@@ -45,6 +45,26 @@ pub struct Counters {
     pub relays_opened: u64,
     /// Relay byte totals of closed relays, connector → listener and back.
     pub bytes_closed: [u64; 2],
+    /// UDP proxy sockets: datagrams relayed peer → client and client → peer.
+    pub udp_relayed_to_client: u64,
+    pub udp_relayed_to_peer: u64,
+    /// Client datagrams naming a peer without a live rule: dropped.
+    pub udp_refused: u64,
+    /// New peers refused at a registration's rule cap.
+    pub udp_rule_cap: u64,
+    /// Peer datagrams too large to relay behind the 12-byte header.
+    pub udp_oversize: u64,
+    /// Client datagrams without a valid relay header.
+    pub udp_malformed: u64,
+    /// Peer datagrams dropped because the client has sent no Dummy yet.
+    pub udp_no_path: u64,
+    /// Valid Dummies answered, and Dummy/DummyAck dropped (wrong token or
+    /// not from the client).
+    pub udp_dummies: u64,
+    pub udp_dummies_dropped: u64,
+    pub udp_rules_created: u64,
+    pub udp_rules_expired: u64,
+    pub udp_send_errors: u64,
 }
 
 impl Counters {
@@ -75,6 +95,18 @@ impl Counters {
             ("pairings_expired", self.pairings_expired),
             ("commands_failed", self.commands_failed),
             ("relays_opened", self.relays_opened),
+            ("udp_relayed_to_client", self.udp_relayed_to_client),
+            ("udp_relayed_to_peer", self.udp_relayed_to_peer),
+            ("udp_refused", self.udp_refused),
+            ("udp_rule_cap", self.udp_rule_cap),
+            ("udp_oversize", self.udp_oversize),
+            ("udp_malformed", self.udp_malformed),
+            ("udp_no_path", self.udp_no_path),
+            ("udp_dummies", self.udp_dummies),
+            ("udp_dummies_dropped", self.udp_dummies_dropped),
+            ("udp_rules_created", self.udp_rules_created),
+            ("udp_rules_expired", self.udp_rules_expired),
+            ("udp_send_errors", self.udp_send_errors),
         ]
     }
 }

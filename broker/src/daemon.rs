@@ -16,7 +16,8 @@
 //! or a reload never stalls the rest. The handlers live in their own
 //! modules as further `impl Daemon` blocks: `command` (the command port),
 //! `handlers` (the GCB requests), `relay` (proxy sockets, rendezvous,
-//! relays) and `status`; this struct is the state they share.
+//! relays), `udp` (proxy UDP sockets and relay rules) and `status`; this
+//! struct is the state they share.
 
 use std::collections::VecDeque;
 use std::io;
@@ -42,6 +43,7 @@ use crate::signals::Signals;
 use crate::status::Snapshots;
 use crate::timers::{TimerId, Timers};
 use crate::tokens::{TokenSlab, COMMAND, SIGNALS};
+use crate::udp::UdpRelay;
 use crate::values::Secret;
 use daemon_kit::random::{random_u64, SplitMix64};
 use daemon_kit::ratelimit::RateLimiter;
@@ -74,6 +76,8 @@ pub(crate) enum Dynamic {
     Hello(Hello),
     /// One of the two sockets of relay number `.0`.
     Relay(u64),
+    /// The proxy UDP socket of registration `proxy` (see `udp`).
+    UdpProxy { proxy: Endpoint, socket: UdpSocket },
 }
 
 /// Deadlines kept in the timer heap; registrations, pairings and commands
@@ -120,6 +124,7 @@ pub struct Daemon {
     pub(crate) registry: Registry,
     pub(crate) pairings: Pairings<TcpStream>,
     pub(crate) relays: Relays,
+    pub(crate) udp: UdpRelay,
     pub(crate) asyncs: AsyncCommands,
     pub(crate) replies: ReplyCache<SocketAddrV4>,
     pub(crate) limiter: RateLimiter<Ipv4Addr>,
@@ -219,6 +224,7 @@ impl Daemon {
             ),
             pairings: Pairings::new(),
             relays: Relays::default(),
+            udp: UdpRelay::new(limits),
             asyncs: AsyncCommands::new(random_u64()),
             replies: ReplyCache::new(
                 ReplyCache::<SocketAddrV4>::DEFAULT_TTL,
@@ -321,6 +327,7 @@ impl Daemon {
             self.registry.next_deadline(),
             self.pairings.next_deadline(),
             self.asyncs.next_deadline(),
+            self.udp.table.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -336,6 +343,7 @@ impl Daemon {
                 self.pump_relay(id);
                 return;
             }
+            Some(Dynamic::UdpProxy { .. }) => return self.on_udp_proxy_ready(token),
             // The source was closed earlier in this batch.
             None => {
                 trace!("event for closed token {}", token.0);
@@ -388,14 +396,8 @@ impl Daemon {
             );
         }
         self.expire_pairings(now);
+        self.expire_udp_rules(now);
         self.poll_commands(now);
-    }
-
-    /// Deregisters and closes a proxy listener.
-    pub(crate) fn close_proxy(&mut self, token: Token) {
-        if let Some(Dynamic::Proxy { mut listener, .. }) = self.slab.remove(token) {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
     }
 
     /// Schedules a timer; exists so other modules need not name the heap.

@@ -3,16 +3,18 @@
 //! (retransmissions are answered from its reply cache).
 //!
 //! * `Register`: classify the client (decide::situation), find its existing
-//!   registration or open a proxy listener on a port from the pool, record it.
+//!   registration or open a proxy socket (a TCP listener, or a UDP socket
+//!   with its `udp_token`) on a port from the pool, record it.
 //! * `Heartbeat`: refresh what the client holds; name what is unknown.
 //! * `Unregister`: only the owner may.
 //! * `Connect`: look the target up, apply the decision table, and for a
-//!   reversal or relay mint a token and send the listener its command.
+//!   reversal or relay mint a token and send the listener its command
+//!   (UDP's decisions are in `udp::connect`).
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
+use mio::net::{TcpListener, UdpSocket};
 use mio::Interest;
 use proto::gcb::{Decision, ErrorCode, Message, MgmtInfo, Token};
 use proto::{Endpoint, Proto};
@@ -48,13 +50,6 @@ pub(crate) struct ConnectReq {
     pub realm: Option<String>,
 }
 
-fn unsupported_udp() -> Message {
-    Message::error(
-        ErrorCode::Unsupported,
-        "this broker brokers TCP only; UDP is not supported yet",
-    )
-}
-
 impl Daemon {
     pub(crate) fn on_register(
         &mut self,
@@ -62,10 +57,6 @@ impl Daemon {
         req: RegisterReq,
         now: Instant,
     ) -> Message {
-        if req.proto != Proto::Tcp {
-            self.counters.unsupported += 1;
-            return unsupported_udp();
-        }
         if req.local.port() == 0 || req.local.ip().is_unspecified() {
             return Message::error(ErrorCode::BadRequest, "the local address must be concrete");
         }
@@ -80,10 +71,10 @@ impl Daemon {
             program: req.mgmt.program,
             heartbeat_secs: req.mgmt.heartbeat_secs,
         };
-        let ok = |proxy: SocketAddrV4| Message::RegisterOk {
+        let ok = |proxy: SocketAddrV4, udp_token| Message::RegisterOk {
             proxy,
             observed: from,
-            udp_token: None,
+            udp_token,
         };
         if let Some(ep) =
             self.registry
@@ -94,7 +85,8 @@ impl Daemon {
                 req.proto, req.local, ep.addr
             );
             self.registry.renew(&ep, client, now);
-            return ok(ep.addr);
+            let udp_token = self.udp.table.get(&ep.addr).map(|r| r.udp_token);
+            return ok(ep.addr, udp_token);
         }
         let max = self.config.limits.max_registrations as usize;
         if self.registry.len() >= max {
@@ -115,42 +107,55 @@ impl Daemon {
             local: req.local,
             ip: *from.ip(),
         };
-        let ip = self.public_ip;
-        let bind = |port| TcpListener::bind(SocketAddr::V4(SocketAddrV4::new(ip, port)));
+        let (ip, proto) = (self.public_ip, req.proto);
+        // The proxy socket has the registered socket's protocol; TCP and
+        // UDP ports come from separate pools, so both may have one number.
+        let bind = |port| {
+            let addr = SocketAddrV4::new(ip, port);
+            let proxy = Endpoint::new(proto, addr);
+            match proto {
+                Proto::Tcp => TcpListener::bind(SocketAddr::V4(addr))
+                    .map(|listener| Dynamic::Proxy { proxy, listener }),
+                Proto::Udp => UdpSocket::bind(SocketAddr::V4(addr))
+                    .map(|socket| Dynamic::UdpProxy { proxy, socket }),
+            }
+        };
         let pool = self.registry.pool_mut(req.proto);
-        let (port, listener) =
-            match pool.allocate(req.desired_port, &owner, now, &mut self.rng, bind) {
-                Ok(got) => got,
-                // A full range is a limit like the registration limit. Not
-                // PortUnavailable: that means "not the port you asked for",
-                // and a desired port is never refused on its own here (the
-                // pool falls back to another port).
-                Err(AllocError::Exhausted) => {
-                    self.counters.refused += 1;
-                    if let Some(more) = self.throttles.registrations.hit(now) {
-                        warn!(
-                            "no free proxy port in {}: refusing {} {} from {from} \
+        let (port, source) = match pool.allocate(req.desired_port, &owner, now, &mut self.rng, bind)
+        {
+            Ok(got) => got,
+            // A full range is a limit like the registration limit. Not
+            // PortUnavailable: that means "not the port you asked for",
+            // and a desired port is never refused on its own here (the
+            // pool falls back to another port).
+            Err(AllocError::Exhausted) => {
+                self.counters.refused += 1;
+                if let Some(more) = self.throttles.registrations.hit(now) {
+                    warn!(
+                        "no free proxy port in {}: refusing {} {} from {from} \
                              ({more} more refused since the last such line)",
-                            self.config.port_range, req.proto, req.local
-                        );
-                    }
-                    return Message::error(ErrorCode::LimitReached, "no free proxy port");
-                }
-                Err(AllocError::Bind(e)) => {
-                    error!("cannot open a proxy socket on {ip}: {e}");
-                    return Message::error(
-                        ErrorCode::Internal,
-                        &format!("cannot open a proxy socket: {e}"),
+                        self.config.port_range, req.proto, req.local
                     );
                 }
-            };
+                return Message::error(ErrorCode::LimitReached, "no free proxy port");
+            }
+            Err(AllocError::Bind(e)) => {
+                error!("cannot open a proxy socket on {ip}: {e}");
+                return Message::error(
+                    ErrorCode::Internal,
+                    &format!("cannot open a proxy socket: {e}"),
+                );
+            }
+        };
         let proxy = Endpoint::new(req.proto, SocketAddrV4::new(ip, port));
-        let token = self.slab.insert(Dynamic::Proxy { proxy, listener });
+        let token = self.slab.insert(source);
+        let registry = self.poll.registry();
         let registered = match self.slab.get_mut(token) {
             Some(Dynamic::Proxy { listener, .. }) => {
-                self.poll
-                    .registry()
-                    .register(listener, token, Interest::READABLE)
+                registry.register(listener, token, Interest::READABLE)
+            }
+            Some(Dynamic::UdpProxy { socket, .. }) => {
+                registry.register(socket, token, Interest::READABLE)
             }
             _ => Err(std::io::ErrorKind::NotFound.into()),
         };
@@ -162,12 +167,17 @@ impl Daemon {
         }
         self.registry
             .insert(proxy, req.local, client.clone(), token, now);
+        // The client proves it owns the data path with this token (Dummy).
+        let udp_token = (proto == Proto::Udp).then(|| {
+            let t = Token(daemon_kit::random::random_u64() | 1);
+            self.udp.table.add(proxy.addr, t)
+        });
         self.counters.registered += 1;
         info!(
             "registered {} {} of {}[{}] ({situation}, mgmt {from}) as {}",
             req.proto, req.local, client.program, client.pid, proxy.addr
         );
-        ok(proxy.addr)
+        ok(proxy.addr, udp_token)
     }
 
     pub(crate) fn on_heartbeat(
@@ -287,9 +297,8 @@ impl Daemon {
         now: Instant,
     ) -> Message {
         self.counters.connects += 1;
-        if req.proto != Proto::Tcp {
-            self.counters.unsupported += 1;
-            return unsupported_udp();
+        if req.proto == Proto::Udp {
+            return self.on_connect_udp(from, req, now);
         }
         let connector = decide::situation(*req.connector.ip(), *from.ip(), req.realm.as_deref());
         let Some(record) = self.registry.get(&Endpoint::new(Proto::Tcp, req.target)) else {

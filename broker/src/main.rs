@@ -15,6 +15,7 @@
 //!   registration table and proxy ports), `pairing` (tokens waiting for
 //!   their connections) and `async_cmd` (commands to listeners);
 //! * `relay`: proxy sockets, the rendezvous port and the splice relays;
+//! * `udp`: proxy UDP sockets, the data path and the UDP relay rules;
 //! * `status` and `query`: the status query, broker and tool side;
 //! * `counters`: what is counted.
 
@@ -33,6 +34,7 @@ mod registry;
 mod relay;
 mod reload;
 mod status;
+mod udp;
 mod values;
 
 use daemon_kit::{logging, signals, timers, tokens};

@@ -133,6 +133,7 @@ impl Daemon {
         self.limiter.set_rate(limits.rate_limit);
         self.registry
             .set_timeout(Duration::from_secs(limits.heartbeat_timeout_s));
+        self.udp.set_limits(limits);
     }
 }
 

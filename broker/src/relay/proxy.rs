@@ -5,6 +5,8 @@
 //! or SSH), and sends the listener `RelayConnect`; the listener dials the
 //! rendezvous, and the relay starts. If the listener does not come within
 //! the pairing timeout, the parked connection is reset.
+//!
+//! Closing a proxy socket, TCP or UDP, is here too (`close_proxy`).
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -95,6 +97,20 @@ impl Daemon {
                 proxy.addr, self.rendezvous_addr
             ),
             Err(e) => warn!("connection from {addr} to proxy {}: cannot ask the listener: {e}", proxy.addr),
+        }
+    }
+
+    /// Deregisters and closes a proxy socket, with a UDP one's relay rules.
+    pub(crate) fn close_proxy(&mut self, token: Token) {
+        match self.slab.remove(token) {
+            Some(Dynamic::Proxy { mut listener, .. }) => {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
+            Some(Dynamic::UdpProxy { proxy, mut socket }) => {
+                let _ = self.poll.registry().deregister(&mut socket);
+                self.udp.table.remove(&proxy.addr);
+            }
+            _ => {}
         }
     }
 }

@@ -15,7 +15,7 @@
 
 mod render;
 
-pub use render::{PendingView, RegView, RelayView, View};
+pub use render::{PendingView, RegView, RelayView, UdpRuleView, View};
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -178,6 +178,7 @@ impl Daemon {
                 age: ago(r.registered),
                 since_heartbeat: ago(r.last_heartbeat),
                 heartbeat_secs: r.client.heartbeat_secs,
+                data_path: self.udp.table.data_path(&r.proxy.addr),
             })
             .collect();
         registrations.sort_by_key(|r| (r.proto, r.proxy));
@@ -212,11 +213,28 @@ impl Daemon {
             })
             .collect();
         pending.sort_by_key(|p| std::cmp::Reverse(p.age));
+        let mut udp_rules: Vec<UdpRuleView> = self
+            .udp
+            .table
+            .iter()
+            .flat_map(|(proxy, reg)| {
+                reg.rules().map(|(peer, rule)| UdpRuleView {
+                    peer: *peer,
+                    proxy: *proxy,
+                    age: ago(rule.created),
+                    idle: ago(rule.last_used),
+                    datagrams: rule.datagrams,
+                    bytes: rule.bytes,
+                })
+            })
+            .collect();
+        udp_rules.sort_by_key(|r| (r.proxy, r.peer));
         let pool = self.registry.pool(proto::Proto::Tcp);
         let limits = &self.config.limits;
         let mut counters = self.counters.fields();
         counters.push(("relays_active", self.relays.len() as u64));
         counters.push(("commands_in_flight", self.asyncs.len() as u64));
+        counters.push(("udp_rules_active", self.udp.table.rules_len() as u64));
         View {
             version: env!("CARGO_PKG_VERSION"),
             uptime: ago(self.started),
@@ -231,6 +249,7 @@ impl Daemon {
             registrations,
             relays,
             pending,
+            udp_rules,
             bytes_relayed: self.relays.bytes_total(&self.counters),
             counters,
         }

@@ -31,6 +31,20 @@ pub struct RegView {
     pub age: Duration,
     pub since_heartbeat: Duration,
     pub heartbeat_secs: u16,
+    /// UDP: where relayed datagrams go (learned from `Dummy`), if known yet.
+    pub data_path: Option<SocketAddrV4>,
+}
+
+/// One UDP relay rule: a peer allowed to talk to a UDP registration.
+#[derive(Debug, Clone)]
+pub struct UdpRuleView {
+    pub peer: SocketAddrV4,
+    pub proxy: SocketAddrV4,
+    pub age: Duration,
+    pub idle: Duration,
+    /// Peer → client, client → peer.
+    pub datagrams: [u64; 2],
+    pub bytes: [u64; 2],
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +85,7 @@ pub struct View {
     pub registrations: Vec<RegView>,
     pub relays: Vec<RelayView>,
     pub pending: Vec<PendingView>,
+    pub udp_rules: Vec<UdpRuleView>,
     pub bytes_relayed: [u64; 2],
     pub counters: Vec<(&'static str, u64)>,
 }
@@ -132,9 +147,14 @@ pub fn text(v: &View, budget: usize) -> String {
         } else {
             r.realm.clone()
         };
+        let path = match (r.proto, r.data_path) {
+            (Proto::Udp, Some(p)) => format!(" data path {p}"),
+            (Proto::Udp, None) => " data path unknown".to_string(),
+            (Proto::Tcp, _) => String::new(),
+        };
         let _ = writeln!(
             o,
-            "  {} {} local {} observed {} {place} realm {} {}[{}] age {} heartbeat {} ago (every {}s)",
+            "  {} {} local {} observed {} {place} realm {} {}[{}] age {} heartbeat {} ago (every {}s){path}",
             r.proto,
             r.proxy,
             r.local,
@@ -182,6 +202,22 @@ pub fn text(v: &View, budget: usize) -> String {
         );
     });
     more(&mut o, v.pending.len() - shown);
+    let _ = writeln!(o, "\nudp rules: {}", v.udp_rules.len());
+    let shown = bounded(&mut o, budget, &v.udp_rules, |o, r| {
+        let _ = writeln!(
+            o,
+            "  {} <-> {}: {} datagrams ({} bytes) to the client, {} ({} bytes) back, age {}, idle {}",
+            r.peer,
+            r.proxy,
+            r.datagrams[0],
+            r.bytes[0],
+            r.datagrams[1],
+            r.bytes[1],
+            secs(r.age),
+            secs(r.idle)
+        );
+    });
+    more(&mut o, v.udp_rules.len() - shown);
     let _ = writeln!(
         o,
         "\nbytes relayed: {} connector -> listener, {} back",
@@ -271,7 +307,8 @@ pub fn json(v: &View, budget: usize) -> String {
     let mut cut = json_list(&mut o, "registrations", &v.registrations, budget, |r| {
         format!(
             "{{\"proto\":{},\"proxy\":{},\"local\":{},\"observed\":{},\"public\":{},\"realm\":{},\
-             \"realm_named\":{},\"pid\":{},\"program\":{},\"age_s\":{},\"last_heartbeat_s\":{},\"heartbeat_s\":{}}}",
+             \"realm_named\":{},\"pid\":{},\"program\":{},\"age_s\":{},\"last_heartbeat_s\":{},\"heartbeat_s\":{},\
+             \"data_path\":{}}}",
             js(&r.proto.to_string()),
             js(&r.proxy.to_string()),
             js(&r.local.to_string()),
@@ -283,7 +320,8 @@ pub fn json(v: &View, budget: usize) -> String {
             js(&r.program),
             jsecs(r.age),
             jsecs(r.since_heartbeat),
-            r.heartbeat_secs
+            r.heartbeat_secs,
+            r.data_path.map_or("null".to_string(), |p| js(&p.to_string()))
         )
     });
     o.push(',');
@@ -312,6 +350,21 @@ pub fn json(v: &View, budget: usize) -> String {
             jsecs(p.expires_in),
             p.connector_here,
             p.listener_here
+        )
+    });
+    o.push(',');
+    cut |= json_list(&mut o, "udp_rules", &v.udp_rules, budget, |r| {
+        format!(
+            "{{\"peer\":{},\"proxy\":{},\"age_s\":{},\"idle_s\":{},\"datagrams_to_client\":{},\
+             \"bytes_to_client\":{},\"datagrams_to_peer\":{},\"bytes_to_peer\":{}}}",
+            js(&r.peer.to_string()),
+            js(&r.proxy.to_string()),
+            jsecs(r.age),
+            jsecs(r.idle),
+            r.datagrams[0],
+            r.bytes[0],
+            r.datagrams[1],
+            r.bytes[1]
         )
     });
     let counters: Vec<String> = v

@@ -22,6 +22,7 @@ fn view(registrations: usize) -> View {
         age: Duration::from_secs(3725),
         since_heartbeat: Duration::from_millis(1500),
         heartbeat_secs: 10,
+        data_path: None,
     };
     View {
         version: "0.1.0",
@@ -55,6 +56,14 @@ fn view(registrations: usize) -> View {
             connector_here: true,
             listener_here: false,
         }],
+        udp_rules: vec![UdpRuleView {
+            peer: a("198.51.100.4:9000"),
+            proxy: a("203.0.113.1:20001"),
+            age: Duration::from_secs(5),
+            idle: Duration::from_secs(1),
+            datagrams: [3, 2],
+            bytes: [300, 20],
+        }],
         bytes_relayed: [1 << 20, 7],
         counters: vec![("received", 12), ("malformed", 1)],
     }
@@ -62,16 +71,24 @@ fn view(registrations: usize) -> View {
 
 #[test]
 fn text_names_every_part() {
-    let t = text(&view(1), 1 << 20);
+    let mut v = view(1);
+    let mut udp = v.registrations[0].clone();
+    udp.proto = Proto::Udp;
+    udp.data_path = Some(a("198.51.100.1:40001"));
+    v.registrations.push(udp);
+    let t = text(&v, 1 << 20);
     for needle in [
         "gcb-broker 0.1.0, up 1m01s",
         "proxy ports 20000-29999: 9999 free",
         "rate off",
-        "registrations: 1",
+        "registrations: 2",
         "tcp 203.0.113.1:20000 local 10.0.0.5:8080 observed 198.51.100.1:40000 private realm \"lab \\ \"one\"\"",
         "age 1h02m05s heartbeat 1.5s ago (every 10s)",
         "#3 198.51.100.2:5555 -> 203.0.113.1:20000 (listener 198.51.100.1:6666) 1048576 bytes -> 7 bytes <-",
         "regular for 203.0.113.1:20000 peer 198.51.100.3:7777: connector here",
+        "(every 10s) data path 198.51.100.1:40001",
+        "udp rules: 1",
+        "198.51.100.4:9000 <-> 203.0.113.1:20001: 3 datagrams (300 bytes) to the client, 2 (20 bytes) back",
         "counters: received 12, malformed 1",
     ] {
         assert!(t.contains(needle), "{needle:?} not in:\n{t}");
@@ -100,6 +117,13 @@ fn json_is_valid_and_complete() {
     assert_eq!(v.get("truncated").and_then(Value::as_bool), Some(false));
     assert_eq!(v.get("relays").and_then(Value::as_array).unwrap().len(), 1);
     assert_eq!(v.get("pending").and_then(Value::as_array).unwrap().len(), 1);
+    let rules = v.get("udp_rules").and_then(Value::as_array).unwrap();
+    assert_eq!(
+        rules[0].get("peer").and_then(Value::as_str),
+        Some("198.51.100.4:9000")
+    );
+    assert!(rules[0].get("bytes_to_peer").is_some());
+    assert!(regs[0].get("data_path").is_some());
     assert!(v.get("counters").and_then(|c| c.get("malformed")).is_some());
     assert!(v.get("limits").and_then(|l| l.get("max_relays")).is_some());
 }

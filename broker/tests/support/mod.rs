@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod udp;
+
 pub use daemon_kit::testing::free_port;
 use daemon_kit::testing::{clean_command, Running};
 
@@ -204,9 +206,22 @@ impl Mgmt {
         desired: Option<u16>,
         heartbeat_secs: u16,
     ) -> Message {
+        self.register_proto(Proto::Tcp, local, mgmt_ip, realm, desired, heartbeat_secs)
+    }
+
+    /// [`register`](Self::register) for either protocol.
+    pub fn register_proto(
+        &mut self,
+        proto: Proto,
+        local: &str,
+        mgmt_ip: &str,
+        realm: Option<&str>,
+        desired: Option<u16>,
+        heartbeat_secs: u16,
+    ) -> Message {
         let mgmt_local = SocketAddrV4::new(mgmt_ip.parse().unwrap(), self.addr().port());
         self.request(&Message::Register {
-            proto: Proto::Tcp,
+            proto,
             local: a(local),
             realm: realm.map(str::to_string),
             desired_port: desired,
