@@ -8,8 +8,13 @@
 //! * `Heartbeat`: refresh what the client holds; name what is unknown.
 //! * `Unregister`: only the owner may.
 //! * `Connect`: look the target up, apply the decision table, and for a
-//!   reversal or relay mint a token and send the listener its command
-//!   (UDP's decisions are in `udp::connect`).
+//!   reversal or relay mint a token and send the listener its command. TCP
+//!   and UDP share the table; they differ in the reversal command
+//!   (`ReverseConnect` vs `MakeHole`: the listener dials, or sends a Dummy
+//!   through its NAT to the connector) and in the relay: a TCP relay pairs
+//!   two rendezvous connections and takes a relay slot, while a UDP
+//!   connector just sends plain datagrams to the listener's proxy socket, so
+//!   it needs no pairing, only a rule made by its first datagram.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -297,13 +302,14 @@ impl Daemon {
         now: Instant,
     ) -> Message {
         self.counters.connects += 1;
-        if req.proto == Proto::Udp {
-            return self.on_connect_udp(from, req, now);
-        }
+        let proto = req.proto;
         let connector = decide::situation(*req.connector.ip(), *from.ip(), req.realm.as_deref());
-        let Some(record) = self.registry.get(&Endpoint::new(Proto::Tcp, req.target)) else {
+        let Some(record) = self.registry.get(&Endpoint::new(proto, req.target)) else {
             self.counters.decided_not_registered += 1;
-            info!("connect from {from} to {}: not registered", req.target);
+            info!(
+                "connect {proto} from {from} to {}: not registered",
+                req.target
+            );
             return Message::ConnectDecision(Decision::NotRegistered);
         };
         let listener = Situation {
@@ -333,18 +339,33 @@ impl Daemon {
                     now,
                     now + PAIR_TIMEOUT,
                 );
-                let msg = Message::ReverseConnect {
-                    token,
-                    connector: req.connector,
-                    peer,
-                    proxy: req.target,
+                let msg = match proto {
+                    Proto::Tcp => Message::ReverseConnect {
+                        token,
+                        connector: req.connector,
+                        peer,
+                        proxy: req.target,
+                    },
+                    Proto::Udp => Message::MakeHole {
+                        token,
+                        target: req.connector,
+                        peer,
+                        proxy: req.target,
+                    },
                 };
                 if let Err(e) = self.start_pairing(token, pending, msg, now) {
-                    error!("cannot send ReverseConnect to {mgmt}: {e}");
+                    error!("cannot send the {proto} reversal command to {mgmt}: {e}");
                     return Message::error(ErrorCode::Internal, "cannot reach the listener");
                 }
                 self.counters.decided_reversal += 1;
                 Decision::Reversal { token }
+            }
+            Path::Relay if proto == Proto::Udp => {
+                self.counters.decided_relay += 1;
+                Decision::Relay {
+                    via: req.target,
+                    token: Token(0),
+                }
             }
             Path::Relay => {
                 if !self.relay_room() {
@@ -381,7 +402,7 @@ impl Daemon {
             }
         };
         info!(
-            "connect from {from} (connector {}, {connector}) to {} (listener {local}, {listener}): {path}",
+            "connect {proto} from {from} (connector {}, {connector}) to {} (listener {local}, {listener}): {path}",
             req.connector, req.target
         );
         Message::ConnectDecision(decision)

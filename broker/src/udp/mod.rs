@@ -6,13 +6,11 @@
 //!   learning, relaying peer → client with a `UdpRelayHeader` and client →
 //!   peer with the header stripped, all from the one proxy socket, so a
 //!   regular peer only ever sees the proxy address.
-//! * `connect`: `Connect{proto: Udp}` decisions, and `MakeHole` for a
-//!   reversal.
 //!
-//! Registration itself (the port, the socket, the token) is in `handlers`,
+//! Registration itself (the port, the socket, the token) and the Connect
+//! decision table (with `MakeHole` for a UDP reversal) are in `handlers`,
 //! shared with TCP.
 
-mod connect;
 mod proxy;
 pub(crate) mod rules;
 
