@@ -74,8 +74,16 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     match ask(dest) {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; connecting directly", dest.ip());
+            // One of our own brokers that refused is down, not absent: ask it
+            // again next time rather than routing around it for a minute.
+            let remember = our_broker(*dest.ip()).is_none();
+            if remember {
+                super::negcache::remember_not_gcb(*dest.ip());
+            }
             super::with(|reg| {
-                reg.negative.insert(*dest.ip(), Instant::now());
+                if remember {
+                    reg.negative.insert(*dest.ip(), Instant::now());
+                }
                 super::fdops::unwatch(reg, fd);
             });
             set_errno(saved);
@@ -109,7 +117,8 @@ fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
     if config::get().routes.lookup(IpAddr::V4(ip)) == Route::Direct {
         return false;
     }
-    !super::with(|reg| reg.negative.contains(ip, now))
+    let local = super::with(|reg| reg.negative.contains(ip, now));
+    !super::negcache::known_not_gcb(local, ip)
 }
 
 /// One of `GCB_INAGENT`'s brokers, if `ip` is one.

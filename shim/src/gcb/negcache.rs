@@ -6,6 +6,12 @@
 //! [`NegCache::TTL`] so only the first connect pays that round trip. Bounded: at
 //! most [`NegCache::CAPACITY`] entries; when full, expired entries go first, then
 //! the one closest to expiry.
+//!
+//! Behind the process's own cache sits one [`shared`] by every GCB process of the
+//! user on the host, so a short-lived client does not pay the probe that another
+//! one already paid; [`known_not_gcb`] and [`remember_not_gcb`] consult both.
+
+pub mod shared;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -69,6 +75,20 @@ impl NegCache {
 
     pub fn is_empty(&self) -> bool {
         self.until.is_empty()
+    }
+}
+
+/// Whether `ip` is known not to be brokered, by this process (`local`, under the
+/// registry lock) or by any process of this user in this network namespace.
+pub fn known_not_gcb(local: bool, ip: Ipv4Addr) -> bool {
+    local || shared::table().is_some_and(|t| t.contains(ip, shared::now_secs(), NegCache::TTL.as_secs()))
+}
+
+/// Tells the other processes that `ip` is not brokered (the caller records it in
+/// its own cache too).
+pub fn remember_not_gcb(ip: Ipv4Addr) {
+    if let Some(t) = shared::table() {
+        t.insert(ip, shared::now_secs(), NegCache::TTL.as_secs());
     }
 }
 
