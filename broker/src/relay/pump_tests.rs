@@ -134,3 +134,35 @@ fn a_reset_fails_the_relay_on_its_side() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_bulk_direction_grows_its_pipe_and_a_quiet_one_does_not() {
+    let (mut c, mut l, mut r) = relay();
+    const TOTAL: usize = 16 * 1024 * 1024;
+    let pattern = |i: usize| (i % 251) as u8;
+    let writer = std::thread::spawn(move || {
+        let chunk: Vec<u8> = (0..TOTAL).map(pattern).collect();
+        c.write_all(&chunk).unwrap();
+        c
+    });
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; TOTAL];
+        l.read_exact(&mut got).unwrap();
+        let bad = (0..TOTAL).find(|&i| got[i] != pattern(i));
+        (l, bad)
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.bytes()[0] < TOTAL as u64 {
+        assert!(Instant::now() < deadline, "relay stalled at {:?}", r.bytes());
+        if let Pumped::Blocked = r.pump(64) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let (_l, bad) = reader.join().unwrap();
+    assert_eq!(bad, None, "every byte arrives in order");
+    let _c = writer.join().unwrap();
+    assert_eq!(r.dirs[0].growth, Growth::Grown, "16 MiB one way is bulk");
+    assert!(r.dirs[0].capacity >= BULK_PIPE);
+    assert_eq!(r.dirs[1].growth, Growth::NotYet, "the silent direction keeps the default pipe");
+    assert!(bulk_pipes() >= 1);
+}
