@@ -94,13 +94,13 @@ fn handle_tcp(c: TcpStream, s: &Serving) -> std::io::Result<()> {
             }
             let mut data = vec![0; len];
             r.read_exact(&mut data)?;
-            write!(w, "ECHO-OK name={} seed={seed} len={len}\n", s.name)?;
+            writeln!(w, "ECHO-OK name={} seed={seed} len={len}", s.name)?;
             w.write_all(&data)
         }
         ("AD", Some((reg, on_new))) => {
             let ad = Ad::parse(&head).filter(|a| wire::valid_name(&a.name)).ok_or_else(|| bad("bad AD"))?;
             store(reg, on_new, ad);
-            write!(w, "ACK name={}\n", s.name)
+            writeln!(w, "ACK name={}", s.name)
         }
         ("QUERY", Some((reg, _))) => {
             let mut out = String::new();

@@ -7,9 +7,9 @@
 //! * `AD name=N realm=R mode=M tcp=IP:PORT udp=IP:PORT` — a worker's ad, by TCP
 //!   or UDP; the manager answers `ACK name=manager`.
 //! * `QUERY` (TCP) — the manager answers every ad it holds, one per line, then `END`.
-//! * `ECHO from=N seed=S len=L` + L bytes — answered `ECHO-OK name=N seed=S len=L`
-//!   + the same L bytes. The payload is derived from the seed, so both ends
-//!   know what must arrive, and the name proves who answered.
+//! * `ECHO from=N seed=S len=L` and L bytes — answered `ECHO-OK name=N seed=S
+//!   len=L` and the same L bytes. The payload is derived from the seed, so both
+//!   ends know what must arrive, and the name proves who answered.
 
 use std::fmt;
 use std::net::SocketAddrV4;
