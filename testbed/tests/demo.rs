@@ -29,16 +29,8 @@ fn demo(cmd: Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn demo_cmd(prefix: &[&str]) -> Command {
-    let script = workspace_root().join("scripts/demo");
-    let mut c = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&script);
-            c
-        }
-        None => Command::new(&script),
-    };
+fn demo_cmd() -> Command {
+    let mut c = Command::new(workspace_root().join("scripts/demo"));
     c.arg("--ci").env("CARGO_TARGET_DIR", target_dir()).current_dir(workspace_root());
     c
 }
@@ -60,7 +52,7 @@ fn row<'a>(rows: &'a [Vec<&'a str>], from: &str, to: &str, proto: &str) -> &'a [
 #[test]
 fn the_pool_crosses_the_nat_test_bed_by_every_path() {
     require_root();
-    let (ok, text) = demo(demo_cmd(&[]));
+    let (ok, text) = demo(demo_cmd());
     assert!(ok, "scripts/demo --ci failed:\n{text}");
     let rows = rows(&text);
     assert_eq!(rows.len(), EXCHANGES, "one row per exchange:\n{text}");
@@ -105,10 +97,39 @@ fn the_pool_crosses_the_nat_test_bed_by_every_path() {
     assert!(text.contains("demo: tearing down"), "{text}");
 }
 
+/// A copy of what the demo needs without root, in a directory the unprivileged
+/// user can read wherever the checkout lives (a home directory may be closed).
+fn unprivileged_copy() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("gcb-demo-nobody-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (from, to) in [
+        (workspace_root().join("scripts/demo"), "scripts/demo"),
+        (workspace_root().join("scripts/gcb-run"), "scripts/gcb-run"),
+        (release_bin("libgcb.so"), "target/release/libgcb.so"),
+        (release_bin("gcb-broker"), "target/release/gcb-broker"),
+        (release_bin("pool-demo"), "target/release/pool-demo"),
+        (release_bin("dpfd"), "target/release/dpfd"),
+    ] {
+        let to = dir.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+    for d in [dir.clone(), dir.join("scripts"), dir.join("target"), dir.join("target/release")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
 #[test]
 fn without_root_the_pool_runs_on_loopback() {
     require_root(); // to drop to an unprivileged user for the run
-    let (ok, text) = demo(demo_cmd(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]));
+    let dir = unprivileged_copy();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(dir.join("scripts/demo")).arg("--ci");
+    cmd.env("CARGO_TARGET_DIR", dir.join("target")).env("TMPDIR", "/tmp").current_dir(&dir);
+    let (ok, text) = demo(cmd);
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(ok, "scripts/demo --ci as nobody failed:\n{text}");
     assert!(text.starts_with("demo: not root, so no NAT test bed"), "{text}");
     let rows = rows(&text);
