@@ -79,7 +79,12 @@ pub fn resolve(proto: Proto, public: SocketAddrV4) -> Option<SocketAddrV4> {
     let dpfd = super::server()?;
     let answer = match mgmt::open(dpfd) {
         Ok((sock, _)) => match crate::client::exchange::exchange(sock.raw(), dpfd, RetryPolicy::probe(), &CODEC, &Message::Query { proto, public }) {
-            Ok(Message::QueryOk { local }) => Some(local),
+            Ok(Message::QueryOk { local }) => {
+                // One line per fresh answer (cached ones repeat it silently), so
+                // an operator can see why a peer sees a private source address.
+                log!(Info, "dpfd forwards {proto} {public} to {local}; connecting there directly");
+                Some(local)
+            }
             Ok(Message::QueryNak) => None,
             Ok(other) => {
                 log!(Debug, "dpfd {dpfd} answered a Query for {proto} {public} with {:?}", other.kind());

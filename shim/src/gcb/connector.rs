@@ -99,7 +99,28 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             log!(Warn, "the broker at {} refused a connection to {dest}: {code:?}", dest.ip());
             fail(libc::ECONNREFUSED)
         }
-        Asked::Decision(decision, tmp) => decide(fd, dest, decision, tmp, saved),
+        Asked::Decision(decision, tmp) => {
+            let r = decide(fd, dest, decision, tmp, saved);
+            if r == 0 || errno() == libc::EINPROGRESS {
+                log_path(dest, &decision, now);
+            }
+            r
+        }
+    }
+}
+
+/// The one info line per brokered connect that operators (and `scripts/demo`)
+/// read to learn which way a connection went: `gcb: connect tcp DEST via PATH
+/// [to ADDR] in N us`. The time runs from the application's call to the moment
+/// it gets its answer, so a non-blocking direct connect counts until EINPROGRESS.
+fn log_path(dest: SocketAddrV4, d: &Decision, since: Instant) {
+    let us = since.elapsed().as_micros();
+    match d {
+        Decision::Direct { addr } => log!(Info, "connect tcp {dest} via direct to {addr} in {us} us"),
+        Decision::SameRealm { addr } => log!(Info, "connect tcp {dest} via same-realm to {addr} in {us} us"),
+        Decision::Reversal { .. } => log!(Info, "connect tcp {dest} via reversal in {us} us"),
+        Decision::Relay { via, .. } => log!(Info, "connect tcp {dest} via relay at {via} in {us} us"),
+        Decision::NotRegistered => {}
     }
 }
 
