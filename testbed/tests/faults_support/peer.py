@@ -1,0 +1,160 @@
+"""A plain-socket test peer for the fault tests, run unmodified under the shim.
+
+  peer.py server PORT      listen on 0.0.0.0:PORT; print 'NAME ip:port' (getsockname)
+                           at start and whenever it changes (a broker failover);
+                           echo every connection on a thread of its own and print
+                           'ACCEPT ip:port' and 'END ip:port reason bytes=N'
+  peer.py stream IP:PORT   connect, then echo 4 KiB blocks in a loop, checking every
+                           byte; print 'CONNECTED', 'PROGRESS bytes=N' now and then,
+                           and 'END reason bytes=N' when the connection ends
+                           (reason: eof, an errno name, timeout or corrupt)
+  peer.py exhaust IP:PORT  lower RLIMIT_NOFILE to 64, fill the table, report what a
+                           socket, a listen and a brokered connect get, close fds,
+                           and try again (the lines say what happened)
+
+Every wait is bounded (socket timeouts), so a hang shows up as 'timeout'.
+"""
+import errno
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+
+
+def say(*words):
+    print(*words, flush=True)
+
+
+def reason_of(e):
+    if isinstance(e, socket.timeout):
+        return "timeout"
+    return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def pattern(n, offset):
+    return bytes(((offset + i) * 7 + 13) & 0xFF for i in range(n))
+
+
+def serve_one(conn, peer):
+    total = 0
+    conn.settimeout(120)
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                say("END", peer, "eof", f"bytes={total}")
+                return
+            conn.sendall(data)
+            total += len(data)
+    except OSError as e:
+        say("END", peer, reason_of(e), f"bytes={total}")
+    finally:
+        conn.close()
+
+
+def server(port):
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", port))
+    ls.listen(64)
+    ls.settimeout(0.2)
+    name = None
+    while True:
+        now = "%s:%d" % ls.getsockname()
+        if now != name:
+            name = now
+            say("NAME", name)
+        try:
+            conn, addr = ls.accept()
+        except socket.timeout:
+            continue
+        peer = "%s:%d" % addr
+        say("ACCEPT", peer)
+        threading.Thread(target=serve_one, args=(conn, peer), daemon=True).start()
+
+
+def stream(dest):
+    ip, port = dest.rsplit(":", 1)
+    s = socket.create_connection((ip, int(port)), timeout=30)
+    s.settimeout(30)
+    say("CONNECTED")
+    total, last = 0, 0
+    try:
+        while True:
+            block = pattern(4096, total)
+            s.sendall(block)
+            got = b""
+            while len(got) < len(block):
+                more = s.recv(len(block) - len(got))
+                if not more:
+                    say("END eof", f"bytes={total}")
+                    return
+                got += more
+            if got != block:
+                say("END corrupt", f"bytes={total}")
+                return
+            total += len(block)
+            if total - last >= 256 * 1024:
+                last = total
+                say("PROGRESS", f"bytes={total}")
+            time.sleep(0.002)
+    except OSError as e:
+        say("END", reason_of(e), f"bytes={total}")
+
+
+def attempt(what, f):
+    try:
+        r = f()
+        say(what, "ok")
+        return r
+    except OSError as e:
+        say(what, reason_of(e))
+        return None
+
+
+def exhaust(dest):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    held = []
+    for _ in range(200):
+        try:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as e:
+            say("FILLED", reason_of(e), f"held={len(held)}")
+            break
+    attempt("SOCKET", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    # One free slot: the application's socket gets it, the shim's own sockets cannot.
+    os.close(held.pop())
+    ls = attempt("SOCKET-FOR-LISTEN", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    if ls is not None:
+        attempt("LISTEN", lambda: (ls.bind(("0.0.0.0", 0)), ls.listen(8)))
+        ls.close()
+    ip, port = dest.rsplit(":", 1)
+    c = attempt("SOCKET-FOR-CONNECT", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    if c is not None:
+        c.settimeout(30)
+        attempt("CONNECT-EXHAUSTED", lambda: c.connect((ip, int(port))))
+        c.close()
+    for fd in held[:32]:
+        os.close(fd)
+    del held[:32]
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    c.settimeout(30)
+    if attempt("CONNECT-AFTER", lambda: c.connect((ip, int(port)))) is not None or c.fileno() >= 0:
+        try:
+            c.sendall(b"after exhaustion")
+            got = b""
+            while len(got) < 16:
+                more = c.recv(16 - len(got))
+                if not more:
+                    break
+                got += more
+            say("ECHO", got.decode(errors="replace"))
+        except OSError as e:
+            say("ECHO", reason_of(e))
+    say("DONE")
+
+
+if __name__ == "__main__":
+    {"server": lambda a: server(int(a)), "stream": stream, "exhaust": exhaust}[sys.argv[1]](sys.argv[2])
