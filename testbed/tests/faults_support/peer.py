@@ -23,8 +23,15 @@ import threading
 import time
 
 
+OUT = threading.Lock()
+
+
 def say(*words):
-    print(*words, flush=True)
+    # One write per line under a lock: threads must not interleave lines.
+    line = " ".join(str(w) for w in words) + "\n"
+    with OUT:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def reason_of(e):
