@@ -183,6 +183,32 @@ impl Faults {
         stdout
     }
 
+    /// Runs echo-clients to `dest` from `host` until one carries every byte
+    /// back, for at most `within`; returns how long that took.
+    pub fn echo_until_ok(&self, host: &str, brokers: Option<&str>, dest: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        let cli = ctest("echo-client");
+        let mut last = String::new();
+        while start.elapsed() < within {
+            let args = [cli.to_str().unwrap(), "--proto", "tcp", "--connect", dest, "--bytes", "20000", "--timeout-ms", "2000"];
+            if let Ok(out) = testbed::run_with_timeout(self.cmd(host, brokers, &args), CLIENT_TIMEOUT) {
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                if out.status.success() && stdout.contains(" ok=1 ") {
+                    return start.elapsed();
+                }
+                last = stdout + &String::from_utf8_lossy(&out.stderr);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no echo from {host} to {dest} within {within:?}; last try:\n{last}\n{}", self.broker_logs());
+    }
+
+    /// Runs `args` on `host` and asserts it succeeded.
+    pub fn must(&self, host: &str, args: &[&str]) {
+        let out = self.bed.run(host, args, STARTUP).unwrap_or_else(|e| panic!("{args:?} on {host}: {e}"));
+        assert!(out.status.success(), "{args:?} on {host}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// The proxy addresses (`ip:port`) the broker on `ip` has registered for TCP.
     pub fn registrations(&self, ip: &str) -> Vec<String> {
         self.registrations_with_pid(ip).into_iter().map(|(p, _)| p).collect()
