@@ -50,20 +50,30 @@ const NONBLOCKING_ROUNDS: usize = 64;
 /// The C contract of `listen`.
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let r = real::listen(fd, backlog);
-    if r == 0 {
-        let _errno = crate::hook::ErrnoGuard::new();
-        register(fd);
+    if r != 0 {
+        return r;
     }
-    r
+    let registered = {
+        let _errno = crate::hook::ErrnoGuard::new();
+        register(fd)
+    };
+    match registered {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
 }
 
-fn register(fd: c_int) {
-    let Ok(local) = sys::local_addr(fd) else { return };
+/// Registers a listening `fd`. Fails only when the process has no descriptor
+/// (or memory) for the management socket: `listen` then reports that errno,
+/// the socket listens but stays unregistered, and calling `listen` again once
+/// descriptors are free registers it.
+fn register(fd: c_int) -> Result<(), sys::Errno> {
+    let Ok(local) = sys::local_addr(fd) else { return Ok(()) };
     if !registrable(*local.ip()) {
         fdtable::replace(fd, Kind::Watched, Kind::Plain);
-        return;
+        return Ok(());
     }
-    let Some(Registered { sock, broker, mgmt_local, reg_local, proxy }) = register_somewhere(local) else { return };
+    let Some(Registered { sock, broker, mgmt_local, reg_local, proxy }) = register_somewhere(local)? else { return Ok(()) };
     let interval = crate::config::get().heartbeat;
     let mgmt_fd = crate::internal::adopt(sock.into_raw());
     let listener = super::registry::Listener {
@@ -98,6 +108,7 @@ fn register(fd: c_int) {
         }
         crate::internal::release(l.mgmt.fd);
     }
+    Ok(())
 }
 
 /// Where a new listener ended up: its management socket, pointed at `broker`.
@@ -115,7 +126,7 @@ struct Registered {
 /// `brokers`' order. A broker that answers, even with a refusal, is kept; one
 /// that is silent or refuses the datagram is marked dead and the next tried. With
 /// none answering, the listener stays with the preferred broker, unregistered.
-fn register_somewhere(local: SocketAddrV4) -> Option<Registered> {
+fn register_somewhere(local: SocketAddrV4) -> Result<Option<Registered>, sys::Errno> {
     let candidates = super::with(|reg| super::brokers::set(reg).candidates(Instant::now()));
     let mut fallback = None;
     for broker in candidates {
@@ -123,6 +134,9 @@ fn register_somewhere(local: SocketAddrV4) -> Option<Registered> {
             Ok(s) => s,
             Err(e) => {
                 log!(Warn, "cannot reach the broker {broker} to register tcp {local}: {}", std::io::Error::from_raw_os_error(e));
+                if super::connector::out_of_resources(e) {
+                    return Err(e);
+                }
                 continue;
             }
         };
@@ -159,12 +173,12 @@ fn register_somewhere(local: SocketAddrV4) -> Option<Registered> {
             if answered.is_some() { set.mark_alive(broker) } else { set.mark_dead(broker, now, interval) }
         });
         match answered {
-            Some(proxy) => return Some(Registered { sock, broker, mgmt_local, reg_local, proxy }),
+            Some(proxy) => return Ok(Some(Registered { sock, broker, mgmt_local, reg_local, proxy })),
             None if fallback.is_none() => fallback = Some(Registered { sock, broker, mgmt_local, reg_local, proxy: None }),
             None => {}
         }
     }
-    fallback
+    Ok(fallback)
 }
 
 /// `accept4` on a managed listener; `accept` is this with no flags.

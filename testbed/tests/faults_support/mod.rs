@@ -60,11 +60,15 @@ pub struct Faults {
 
 impl Faults {
     pub fn up(heartbeat_s: u64) -> Faults {
-        require_root();
-        let bed = TestBed::up().expect("test bed");
-        let mut f = Faults { bed, brokers: Vec::new(), heartbeat_s };
+        let mut f = Faults::without_broker(heartbeat_s);
         f.start_broker(BROKER, &[]);
         f
+    }
+
+    pub fn without_broker(heartbeat_s: u64) -> Faults {
+        require_root();
+        let bed = TestBed::up().expect("test bed");
+        Faults { bed, brokers: Vec::new(), heartbeat_s }
     }
 
     /// Gives the broker host a second public address, for a second broker.
@@ -76,11 +80,17 @@ impl Faults {
     /// Starts a broker on `ip` (heartbeat timeout three shim intervals) and waits
     /// for its command port; replaces a dead one on the same IP.
     pub fn start_broker(&mut self, ip: &str, extra: &[&str]) {
+        self.start_broker_under(&[], ip, extra);
+    }
+
+    /// [`Faults::start_broker`] with a command in front (`prlimit --nofile=N`).
+    pub fn start_broker_under(&mut self, wrapper: &[&str], ip: &str, extra: &[&str]) {
         let listen = format!("{ip}:65432");
         let timeout = (3 * self.heartbeat_s).to_string();
         let bin = built("gcb-broker");
-        let mut args = vec![bin.to_str().unwrap(), "--listen", &listen, "--public-ip", ip, "--port-range", "20000-20999"];
-        args.extend_from_slice(&["--heartbeat-timeout-s", &timeout, "--log", "debug"]);
+        let mut args = wrapper.to_vec();
+        args.extend_from_slice(&[bin.to_str().unwrap(), "--listen", &listen, "--public-ip", ip]);
+        args.extend_from_slice(&["--port-range", "20000-20999", "--heartbeat-timeout-s", &timeout, "--log", "debug"]);
         args.extend_from_slice(extra);
         let p = self.bed.spawn("broker", &args).expect("gcb-broker");
         self.brokers.retain(|(i, _)| i != ip);

@@ -8,15 +8,19 @@
                            byte; print 'CONNECTED', 'PROGRESS bytes=N' now and then,
                            and 'END reason bytes=N' when the connection ends
                            (reason: eof, an errno name, timeout or corrupt)
+  peer.py many N           listen on N sockets on kernel-chosen ports and wait in
+                           select; print 'REGISTERED k' whenever the number whose
+                           getsockname is not 0.0.0.0 (registered) changes
   peer.py exhaust IP:PORT  lower RLIMIT_NOFILE to 64, fill the table, report what a
-                           socket, a listen and a brokered connect get, close fds,
-                           and try again (the lines say what happened)
+                           socket, a brokered connect and a listen get ('WHAT ok' or
+                           'WHAT ERRNO'), close fds, listen and connect again
 
 Every wait is bounded (socket timeouts), so a hang shows up as 'timeout'.
 """
 import errno
 import os
 import resource
+import select
 import socket
 import sys
 import threading
@@ -128,40 +132,58 @@ def exhaust(dest):
         try:
             held.append(os.open("/dev/null", os.O_RDONLY))
         except OSError as e:
-            say("FILLED", reason_of(e), f"held={len(held)}")
+            say("FILLED", reason_of(e))
             break
     attempt("SOCKET", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    ip, port = dest.rsplit(":", 1)
     # One free slot: the application's socket gets it, the shim's own sockets cannot.
     os.close(held.pop())
-    ls = attempt("SOCKET-FOR-LISTEN", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-    if ls is not None:
-        attempt("LISTEN", lambda: (ls.bind(("0.0.0.0", 0)), ls.listen(8)))
-        ls.close()
-    ip, port = dest.rsplit(":", 1)
     c = attempt("SOCKET-FOR-CONNECT", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-    if c is not None:
-        c.settimeout(30)
-        attempt("CONNECT-EXHAUSTED", lambda: c.connect((ip, int(port))))
-        c.close()
+    c.settimeout(30)
+    attempt("CONNECT-EXHAUSTED", lambda: c.connect((ip, int(port))))
+    c.close()
+    ls = attempt("SOCKET-FOR-LISTEN", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    ls.bind(("0.0.0.0", 0))
+    attempt("LISTEN-EXHAUSTED", lambda: ls.listen(8))
     for fd in held[:32]:
         os.close(fd)
     del held[:32]
+    attempt("LISTEN-AGAIN", lambda: ls.listen(8))
+    say("NAME", "%s:%d" % ls.getsockname())
     c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     c.settimeout(30)
-    if attempt("CONNECT-AFTER", lambda: c.connect((ip, int(port)))) is not None or c.fileno() >= 0:
-        try:
-            c.sendall(b"after exhaustion")
-            got = b""
-            while len(got) < 16:
-                more = c.recv(16 - len(got))
-                if not more:
-                    break
-                got += more
-            say("ECHO", got.decode(errors="replace"))
-        except OSError as e:
-            say("ECHO", reason_of(e))
+    attempt("CONNECT-AFTER", lambda: c.connect((ip, int(port))))
+    try:
+        c.sendall(b"after exhaustion")
+        got = b""
+        while len(got) < 16:
+            more = c.recv(16 - len(got))
+            if not more:
+                break
+            got += more
+        say("ECHO", got.decode(errors="replace"))
+    except OSError as e:
+        say("ECHO", reason_of(e))
     say("DONE")
 
 
+def many(n):
+    listeners = []
+    for _ in range(int(n)):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("0.0.0.0", 0))
+        s.listen(8)
+        listeners.append(s)
+    say("OPENED", len(listeners))
+    last = None
+    while True:
+        # Waiting in select runs the shim's heartbeats and registration retries.
+        select.select(listeners, [], [], 0.5)
+        registered = sum(1 for s in listeners if s.getsockname()[0] != "0.0.0.0")
+        if registered != last:
+            last = registered
+            say("REGISTERED", registered)
+
+
 if __name__ == "__main__":
-    {"server": lambda a: server(int(a)), "stream": stream, "exhaust": exhaust}[sys.argv[1]](sys.argv[2])
+    {"server": lambda a: server(int(a)), "stream": stream, "exhaust": exhaust, "many": many}[sys.argv[1]](sys.argv[2])
