@@ -145,7 +145,16 @@ impl Daemon {
                 return Message::error(ErrorCode::LimitReached, "no free proxy port");
             }
             Err(AllocError::Bind(e)) => {
-                error!("cannot open a proxy socket on {ip}: {e}");
+                // Typically EMFILE, and every client retries each heartbeat:
+                // one line per throttle period, not one per retry.
+                self.counters.refused += 1;
+                if let Some(more) = self.throttles.registrations.hit(now) {
+                    error!(
+                        "cannot open a proxy socket on {ip}: {e}: refusing {} {} from {from} \
+                         ({more} more refused since the last such line)",
+                        req.proto, req.local
+                    );
+                }
                 return Message::error(
                     ErrorCode::Internal,
                     &format!("cannot open a proxy socket: {e}"),

@@ -56,6 +56,15 @@ enum Asked {
     Refused(ErrorCode),
     /// A broker decided; the temporary listener, in case it is a reversal.
     Decision(Decision, Option<(Sock, SocketAddrV4)>),
+    /// The shim could not make its own sockets for the exchange (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM): the caller gets that errno and may retry; the
+    /// destination is not cached as "not GCB" for it.
+    NoResources(Errno),
+}
+
+/// Errors that say "this process or host is out of something", not "no broker".
+pub(super) fn out_of_resources(e: Errno) -> bool {
+    matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
 }
 
 /// `connect` on a watched socket.
@@ -105,6 +114,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
                 log_path(dest, &decision, now);
             }
             r
+        }
+        Asked::NoResources(e) => {
+            log!(Warn, "connect to {dest}: no socket for the broker's exchange: {}", std::io::Error::from_raw_os_error(e));
+            fail(e)
         }
     }
 }
@@ -173,8 +186,16 @@ fn temp_listener(ip: std::net::Ipv4Addr) -> Result<(Sock, SocketAddrV4), Errno> 
 fn ask(dest: SocketAddrV4) -> Asked {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
-    let Ok((probe, local)) = mgmt::open(cmd) else { return Asked::NotGcb };
-    let tmp = temp_listener(*local.ip()).ok();
+    let (probe, local) = match mgmt::open(cmd) {
+        Ok(p) => p,
+        Err(e) if out_of_resources(e) => return Asked::NoResources(e),
+        Err(_) => return Asked::NotGcb,
+    };
+    let tmp = match temp_listener(*local.ip()) {
+        Ok(t) => Some(t),
+        Err(e) if out_of_resources(e) => return Asked::NoResources(e),
+        Err(_) => None,
+    };
     let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.1);
     let msg = Message::Connect { proto: Proto::Tcp, target: dest, connector, connector_id: None, realm: config::get().realm.clone() };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
@@ -189,6 +210,7 @@ fn ask(dest: SocketAddrV4) -> Asked {
             log!(Debug, "Connect for {dest} at {cmd}: {why:?}");
             match why {
                 mgmt::NoAnswer::Timeout if ours => Asked::Silent,
+                mgmt::NoAnswer::Io(e) if out_of_resources(e) => Asked::NoResources(e),
                 _ => Asked::NotGcb,
             }
         }

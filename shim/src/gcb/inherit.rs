@@ -336,6 +336,7 @@ pub fn adopt() {
                 pending: Default::default(),
                 // Heartbeat at once: it also tells whether the broker still knows us.
                 next_heartbeat: Instant::now(),
+                heard: Instant::now(),
             },
         };
         super::with(|reg| {

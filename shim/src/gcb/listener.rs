@@ -5,8 +5,8 @@
 //!
 //! On a GCB-mode AF_INET TCP socket bound to anything but loopback, after the
 //! real `listen` (which also picks the port of an unbound socket): open a
-//! management socket to the first broker, `Register` in a bounded blocking
-//! exchange, and mark the fd managed. `getsockname` then reports the proxy
+//! management socket to this process's broker (`brokers`: the next one if it is
+//! silent), `Register` in a bounded blocking exchange, and mark the fd managed. `getsockname` then reports the proxy
 //! address. An unreachable or refusing broker costs one warning; `listen` still
 //! succeeds and the AEH retries every heartbeat interval.
 //!
@@ -50,53 +50,30 @@ const NONBLOCKING_ROUNDS: usize = 64;
 /// The C contract of `listen`.
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let r = real::listen(fd, backlog);
-    if r == 0 {
-        let _errno = crate::hook::ErrnoGuard::new();
-        register(fd);
+    if r != 0 {
+        return r;
     }
-    r
+    let registered = {
+        let _errno = crate::hook::ErrnoGuard::new();
+        register(fd)
+    };
+    match registered {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
 }
 
-fn register(fd: c_int) {
-    let Ok(local) = sys::local_addr(fd) else { return };
+/// Registers a listening `fd`. Fails only when the process has no descriptor
+/// (or memory) for the management socket: `listen` then reports that errno,
+/// the socket listens but stays unregistered, and calling `listen` again once
+/// descriptors are free registers it.
+fn register(fd: c_int) -> Result<(), sys::Errno> {
+    let Ok(local) = sys::local_addr(fd) else { return Ok(()) };
     if !registrable(*local.ip()) {
         fdtable::replace(fd, Kind::Watched, Kind::Plain);
-        return;
+        return Ok(());
     }
-    let Some(broker) = super::broker() else { return };
-    let (sock, mgmt_local) = match mgmt::open(broker) {
-        Ok(s) => s,
-        Err(e) => {
-            log!(Warn, "cannot reach the broker {broker} to register tcp {local}: {}", std::io::Error::from_raw_os_error(e));
-            return;
-        }
-    };
-    let reg_local = if local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), local.port()) } else { local };
-    let msg = mgmt::register_message(reg_local, mgmt_local, None);
-    let proxy = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {
-        Ok(proto::gcb::Message::RegisterOk { proxy, .. }) => {
-            log!(Info, "registered tcp {reg_local} as {proxy}");
-            Some(proxy)
-        }
-        Ok(proto::gcb::Message::Error { code, detail }) => {
-            log!(Warn, "the broker {broker} refused to register tcp {reg_local}: {code:?} {detail}; retrying every heartbeat");
-            None
-        }
-        Ok(_) | Err(NoAnswer::NotProtocol) => {
-            log!(Warn, "{broker} does not answer as a GCB broker; tcp {reg_local} stays unregistered, retrying every heartbeat");
-            None
-        }
-        Err(e) => {
-            let why = match e {
-                NoAnswer::Refused => "connection refused".to_string(),
-                NoAnswer::Timeout => "no answer".to_string(),
-                NoAnswer::NotProtocol => "not a GCB broker".to_string(),
-                NoAnswer::Io(e) => std::io::Error::from_raw_os_error(e).to_string(),
-            };
-            log!(Warn, "the broker {broker} is unreachable ({why}); tcp {reg_local} stays unregistered, retrying every heartbeat");
-            None
-        }
-    };
+    let Some(Registered { sock, broker, mgmt_local, reg_local, proxy }) = register_somewhere(local)? else { return Ok(()) };
     let interval = crate::config::get().heartbeat;
     let mgmt_fd = crate::internal::adopt(sock.into_raw());
     let listener = super::registry::Listener {
@@ -113,6 +90,7 @@ fn register(fd: c_int) {
             requester: mgmt::new_requester(proto::rudp::RetryPolicy::default()),
             pending: Default::default(),
             next_heartbeat: Instant::now() + interval,
+            heard: Instant::now(),
         },
     };
     let adopted = super::with(|reg| {
@@ -130,6 +108,77 @@ fn register(fd: c_int) {
         }
         crate::internal::release(l.mgmt.fd);
     }
+    Ok(())
+}
+
+/// Where a new listener ended up: its management socket, pointed at `broker`.
+struct Registered {
+    sock: Sock,
+    broker: SocketAddrV4,
+    mgmt_local: SocketAddrV4,
+    reg_local: SocketAddrV4,
+    /// `None` if no broker registered it; the AEH retries every heartbeat and
+    /// fails over from a silent broker (`brokers`).
+    proxy: Option<SocketAddrV4>,
+}
+
+/// Registers `local` with the first of this process's brokers that answers, in
+/// `brokers`' order. A broker that answers, even with a refusal, is kept; one
+/// that is silent or refuses the datagram is marked dead and the next tried. With
+/// none answering, the listener stays with the preferred broker, unregistered.
+fn register_somewhere(local: SocketAddrV4) -> Result<Option<Registered>, sys::Errno> {
+    let candidates = super::with(|reg| super::brokers::set(reg).candidates(Instant::now()));
+    let mut fallback = None;
+    for broker in candidates {
+        let (sock, mgmt_local) = match mgmt::open(broker) {
+            Ok(s) => s,
+            Err(e) => {
+                log!(Warn, "cannot reach the broker {broker} to register tcp {local}: {}", std::io::Error::from_raw_os_error(e));
+                if super::connector::out_of_resources(e) {
+                    return Err(e);
+                }
+                continue;
+            }
+        };
+        let reg_local = if local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), local.port()) } else { local };
+        let msg = mgmt::register_message(reg_local, mgmt_local, None);
+        let answered = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {
+            Ok(proto::gcb::Message::RegisterOk { proxy, .. }) => {
+                log!(Info, "registered tcp {reg_local} as {proxy}");
+                Some(Some(proxy))
+            }
+            Ok(proto::gcb::Message::Error { code, detail }) => {
+                log!(Warn, "the broker {broker} refused to register tcp {reg_local}: {code:?} {detail}; retrying every heartbeat");
+                Some(None)
+            }
+            Ok(_) | Err(NoAnswer::NotProtocol) => {
+                log!(Warn, "{broker} does not answer as a GCB broker; tcp {reg_local} stays unregistered, retrying every heartbeat");
+                None
+            }
+            Err(e) => {
+                let why = match e {
+                    NoAnswer::Refused => "connection refused".to_string(),
+                    NoAnswer::Timeout => "no answer".to_string(),
+                    NoAnswer::NotProtocol => "not a GCB broker".to_string(),
+                    NoAnswer::Io(e) => std::io::Error::from_raw_os_error(e).to_string(),
+                };
+                log!(Warn, "the broker {broker} is unreachable ({why}); tcp {reg_local} stays unregistered, retrying every heartbeat");
+                None
+            }
+        };
+        let now = Instant::now();
+        let interval = crate::config::get().heartbeat;
+        super::with(|reg| {
+            let set = super::brokers::set(reg);
+            if answered.is_some() { set.mark_alive(broker) } else { set.mark_dead(broker, now, interval) }
+        });
+        match answered {
+            Some(proxy) => return Ok(Some(Registered { sock, broker, mgmt_local, reg_local, proxy })),
+            None if fallback.is_none() => fallback = Some(Registered { sock, broker, mgmt_local, reg_local, proxy: None }),
+            None => {}
+        }
+    }
+    Ok(fallback)
 }
 
 /// `accept4` on a managed listener; `accept` is this with no flags.

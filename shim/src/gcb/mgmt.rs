@@ -131,6 +131,7 @@ pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instan
             return None;
         }
     };
+    note_heard(reg, id, now);
     if msg.is_response() {
         on_reply(reg, id, header.request_id, msg, now);
         return None;
@@ -146,6 +147,14 @@ pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instan
         reg.replies.insert(broker, header.request_id, bytes, now);
     }
     job
+}
+
+/// The broker spoke on listener `id`'s socket: it is alive (failover's clock).
+fn note_heard(reg: &mut Registry, id: ListenerId, now: Instant) {
+    let Some(l) = reg.listener_mut(id) else { return };
+    l.mgmt.heard = now;
+    let broker = l.mgmt.broker;
+    super::brokers::set(reg).mark_alive(broker);
 }
 
 /// The reply to a broker command, and the connection it asks for.
@@ -203,8 +212,15 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
     }
 }
 
-/// Heartbeats and registration retries that are due, and retransmissions.
+/// Heartbeats and registration retries that are due, retransmissions, and
+/// failover of listeners whose broker went silent.
 pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
+    let limit = super::brokers::silence_limit(interval);
+    let silent: Vec<ListenerId> =
+        reg.listeners().filter(|(_, l)| now.saturating_duration_since(l.mgmt.heard) >= limit).map(|(id, _)| id).collect();
+    for id in silent {
+        super::brokers::fail_over(reg, id, now, interval);
+    }
     for (_, l) in reg.listeners_mut() {
         if now >= l.mgmt.next_heartbeat {
             l.mgmt.next_heartbeat = now + interval;

@@ -30,6 +30,7 @@ fn setup() -> (Registry, ListenerId, Sock) {
             requester: new_requester(RetryPolicy::default()),
             pending: Default::default(),
             next_heartbeat: Instant::now() + Duration::from_secs(10),
+            heard: Instant::now(),
         },
     };
     let (id, _) = reg.add_listener(listener);

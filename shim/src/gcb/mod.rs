@@ -10,6 +10,7 @@
 //! * turns reversed and relayed connections into connections the application
 //!   accepts, in kernel order, through doorbells ([`doorbell`], [`dial`]);
 //! * brokers the application's own connects ([`connector`]);
+//! * spreads over several brokers and fails over when one goes silent ([`brokers`]);
 //! * keeps its records right across dup, close, fork and exec ([`fdops`],
 //!   [`inherit`], [`lock`]).
 //!
@@ -21,6 +22,7 @@
 
 pub mod aeh;
 pub mod blocking_read;
+pub mod brokers;
 pub mod connector;
 pub mod dial;
 pub mod doorbell;
@@ -71,8 +73,8 @@ fn decide() -> bool {
     on
 }
 
-/// The broker listeners register with: the first IPv4 address of `GCB_INAGENT`
-/// (the protocol speaks IPv4 only).
+/// Whether `GCB_INAGENT` names a usable broker: its first IPv4 address (the
+/// protocol speaks IPv4 only). Which broker a listener uses is `brokers`' choice.
 pub fn broker() -> Option<SocketAddrV4> {
     match &config::get().mode {
         Mode::Gcb(brokers) => brokers.iter().find_map(|b| match b {

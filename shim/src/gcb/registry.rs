@@ -47,6 +47,9 @@ pub struct Mgmt {
     pub requester: Requester<SocketAddrV4>,
     pub pending: HashMap<u64, Purpose>,
     pub next_heartbeat: Instant,
+    /// When the broker last said anything on this socket (or the socket was
+    /// pointed at it): the clock of failover (`brokers`).
+    pub heard: Instant,
 }
 
 /// A listening socket registered (or being registered) with the broker.
@@ -126,6 +129,9 @@ pub struct Registry {
     pub bells: Vec<PendingBell>,
     /// The fork generation this registry was last used in (see `lock`).
     pub generation: u32,
+    /// `GCB_INAGENT`'s brokers, which one this process prefers, which are dead
+    /// (see `brokers`); empty until first used.
+    pub brokers: super::brokers::Brokers,
 }
 
 impl Default for Registry {
@@ -145,6 +151,7 @@ impl Registry {
             replies: ReplyCache::new(ReplyCache::<SocketAddrV4>::DEFAULT_TTL, 256, 64 * 1024),
             bells: Vec::new(),
             generation: 0,
+            brokers: Default::default(),
         }
     }
 
@@ -322,6 +329,7 @@ mod tests {
                 requester: Requester::new(RetryPolicy::default(), 1, 4),
                 pending: HashMap::new(),
                 next_heartbeat: Instant::now(),
+                heard: Instant::now(),
             },
         }
     }
