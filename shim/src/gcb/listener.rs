@@ -26,6 +26,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, sockaddr, socklen_t};
+use proto::Proto;
 
 use super::aeh::{self, Waited};
 use super::doorbell::{self, Job, Record, RECORD_LEN};
@@ -52,38 +53,43 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let r = real::listen(fd, backlog);
     if r == 0 {
         let _errno = crate::hook::ErrnoGuard::new();
-        register(fd);
+        register(fd, Proto::Tcp, Kind::Watched);
     }
     r
 }
 
-fn register(fd: c_int) {
-    let Ok(local) = sys::local_addr(fd) else { return };
+/// Registers the bound socket `fd` (TCP at `listen`, UDP at `bind`), whose fd
+/// kind is `watched` now; it becomes `Managed`, or `Plain` if it is bound to
+/// loopback. Returns whether the fd is now managed.
+pub fn register(fd: c_int, proto: Proto, watched: Kind) -> bool {
+    let Ok(local) = sys::local_addr(fd) else { return false };
     if !registrable(*local.ip()) {
-        fdtable::replace(fd, Kind::Watched, Kind::Plain);
-        return;
+        fdtable::replace(fd, watched, Kind::Plain);
+        return false;
     }
-    let Some(broker) = super::broker() else { return };
+    let Some(broker) = super::broker() else { return false };
     let (sock, mgmt_local) = match mgmt::open(broker) {
         Ok(s) => s,
         Err(e) => {
-            log!(Warn, "cannot reach the broker {broker} to register tcp {local}: {}", std::io::Error::from_raw_os_error(e));
-            return;
+            log!(Warn, "cannot reach the broker {broker} to register {proto} {local}: {}", std::io::Error::from_raw_os_error(e));
+            return false;
         }
     };
     let reg_local = if local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), local.port()) } else { local };
-    let msg = mgmt::register_message(reg_local, mgmt_local, None);
+    let msg = mgmt::register_message(proto, reg_local, mgmt_local, None);
+    let mut udp_token = None;
     let proxy = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {
-        Ok(proto::gcb::Message::RegisterOk { proxy, .. }) => {
-            log!(Info, "registered tcp {reg_local} as {proxy}");
+        Ok(proto::gcb::Message::RegisterOk { proxy, udp_token: token, .. }) => {
+            log!(Info, "registered {proto} {reg_local} as {proxy}");
+            udp_token = token;
             Some(proxy)
         }
         Ok(proto::gcb::Message::Error { code, detail }) => {
-            log!(Warn, "the broker {broker} refused to register tcp {reg_local}: {code:?} {detail}; retrying every heartbeat");
+            log!(Warn, "the broker {broker} refused to register {proto} {reg_local}: {code:?} {detail}; retrying every heartbeat");
             None
         }
         Ok(_) | Err(NoAnswer::NotProtocol) => {
-            log!(Warn, "{broker} does not answer as a GCB broker; tcp {reg_local} stays unregistered, retrying every heartbeat");
+            log!(Warn, "{broker} does not answer as a GCB broker; {proto} {reg_local} stays unregistered, retrying every heartbeat");
             None
         }
         Err(e) => {
@@ -93,7 +99,7 @@ fn register(fd: c_int) {
                 NoAnswer::NotProtocol => "not a GCB broker".to_string(),
                 NoAnswer::Io(e) => std::io::Error::from_raw_os_error(e).to_string(),
             };
-            log!(Warn, "the broker {broker} is unreachable ({why}); tcp {reg_local} stays unregistered, retrying every heartbeat");
+            log!(Warn, "the broker {broker} is unreachable ({why}); {proto} {reg_local} stays unregistered, retrying every heartbeat");
             None
         }
     };
@@ -114,21 +120,33 @@ fn register(fd: c_int) {
             pending: Default::default(),
             next_heartbeat: Instant::now() + interval,
         },
+        proto,
+        udp_token,
     };
     let adopted = super::with(|reg| {
         // The application may have closed the fd while we were registering.
-        if !fdtable::replace(fd, Kind::Watched, Kind::Managed) {
+        if !fdtable::replace(fd, watched, Kind::Managed) && fdtable::kind(fd) != Kind::Managed {
             return Err(Box::new(listener));
         }
-        reg.add_listener(listener);
+        let (id, _) = reg.add_listener(listener);
+        if proto == Proto::Udp {
+            reg.udp.entry(fd).listener = Some(id);
+            if let Some(l) = reg.listener(id) {
+                super::udp::control::open_data_path(l);
+            }
+        }
         super::inherit::publish(reg);
         Ok(())
     });
-    if let Err(mut l) = adopted {
-        if l.proxy.is_some() {
-            mgmt::send_unregister(&mut l);
+    match adopted {
+        Ok(()) => true,
+        Err(mut l) => {
+            if l.proxy.is_some() {
+                mgmt::send_unregister(&mut l);
+            }
+            crate::internal::release(l.mgmt.fd);
+            false
         }
-        crate::internal::release(l.mgmt.fd);
     }
 }
 

@@ -31,6 +31,8 @@ fn setup() -> (Registry, ListenerId, Sock) {
             pending: Default::default(),
             next_heartbeat: Instant::now() + Duration::from_secs(10),
         },
+        proto: Proto::Tcp,
+        udp_token: None,
     };
     let (id, _) = reg.add_listener(listener);
     (reg, id, Sock::from_raw(sv[1]))

@@ -34,6 +34,7 @@ pub mod mgmt;
 pub mod negcache;
 pub mod registry;
 pub mod sys;
+pub mod udp;
 pub mod waits;
 
 use std::net::{SocketAddr, SocketAddrV4};

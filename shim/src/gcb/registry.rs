@@ -68,6 +68,10 @@ pub struct Listener {
     /// not unregister it.
     pub shared: bool,
     pub mgmt: Mgmt,
+    /// TCP (a listening socket) or UDP (a bound datagram socket, see `udp`).
+    pub proto: proto::Proto,
+    /// UDP: the token of the Dummies that keep the data path open (`RegisterOk`).
+    pub udp_token: Option<proto::gcb::Token>,
 }
 
 impl Listener {
@@ -126,6 +130,8 @@ pub struct Registry {
     pub bells: Vec<PendingBell>,
     /// The fork generation this registry was last used in (see `lock`).
     pub generation: u32,
+    /// Managed UDP sockets: receiver lists, relay peers, buffers (see `udp`).
+    pub udp: super::udp::table::UdpTable,
 }
 
 impl Default for Registry {
@@ -145,6 +151,7 @@ impl Registry {
             replies: ReplyCache::new(ReplyCache::<SocketAddrV4>::DEFAULT_TTL, 256, 64 * 1024),
             bells: Vec::new(),
             generation: 0,
+            udp: Default::default(),
         }
     }
 
@@ -323,6 +330,8 @@ mod tests {
                 pending: HashMap::new(),
                 next_heartbeat: Instant::now(),
             },
+            proto: proto::Proto::Tcp,
+            udp_token: None,
         }
     }
 

@@ -82,6 +82,13 @@ hook! {
     }
 }
 
+/// Sends that name a destination leave the fast path for managed fds and for
+/// GCB-mode UDP sockets, whose destination may be a proxy address (`gcb::udp`).
+#[inline]
+fn sends_watched(fd: c_int) -> bool {
+    matches!(fdtable::kind(fd), Kind::Managed | Kind::WatchedUdp)
+}
+
 hook! {
     fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
         real_unless!(fdtable::is_managed(fd) => send(fd, buf, len, flags))
@@ -90,19 +97,19 @@ hook! {
 
 hook! {
     fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => sendto(fd, buf, len, flags, addr, addrlen))
+        real_unless!(sends_watched(fd) => sendto(fd, buf, len, flags, addr, addrlen))
     }
 }
 
 hook! {
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => sendmsg(fd, msg, flags))
+        real_unless!(sends_watched(fd) => sendmsg(fd, msg, flags))
     }
 }
 
 hook! {
     fn sendmmsg(fd: c_int, msgvec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => sendmmsg(fd, msgvec, vlen, flags))
+        real_unless!(sends_watched(fd) => sendmmsg(fd, msgvec, vlen, flags))
     }
 }
 
