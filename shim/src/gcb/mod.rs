@@ -1,4 +1,4 @@
-//! The GCB client for TCP (paper section 4, DESIGN.md, docs/gcb-client-design.md).
+//! The GCB client for TCP and UDP (paper section 4, DESIGN.md, docs/gcb-client-design.md).
 //!
 //! With `GCB_INAGENT` set, the shim:
 //!
@@ -10,6 +10,8 @@
 //! * turns reversed and relayed connections into connections the application
 //!   accepts, in kernel order, through doorbells ([`doorbell`], [`dial`]);
 //! * brokers the application's own connects ([`connector`]);
+//! * carries UDP: registration at `bind`, relay header, receiver list, holes
+//!   and the UDP buffer ([`udp`]);
 //! * keeps its records right across dup, close, fork and exec ([`fdops`],
 //!   [`inherit`], [`lock`]).
 //!

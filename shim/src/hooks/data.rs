@@ -14,6 +14,13 @@
 //! server blocked reading a connection still heartbeats and answers the broker.
 //! Other fds, and every fd of a process without a registration, keep the fast path.
 //!
+//! # GCB for UDP
+//!
+//! Reads of a `Managed` UDP socket (registered, or brokered as a sender) and the
+//! sends that name a destination on a GCB-mode UDP socket (`WatchedUdp` too) go
+//! to [`crate::gcb::udp`] through `managed`; `send`, `write` and `writev` carry no
+//! destination and stay on the fast path.
+//!
 //! # The fortified entry points
 //!
 //! Programs built with `_FORTIFY_SOURCE` call `__recv_chk(fd, buf, len, buflen,
