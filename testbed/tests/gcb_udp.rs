@@ -242,3 +242,53 @@ fn traffic_resumes_after_the_nat_drops_its_udp_mappings() {
     drop(server);
     b.bed.down().expect("tear down");
 }
+
+/// A Python UDP server under the shim on a1: `MSG_PEEK` then a full read see the
+/// same datagram and sender; a reply one byte over the relay maximum fails with
+/// `EMSGSIZE`, never silently; one of exactly the maximum reaches the plain
+/// client on pub whole, from the proxy address.
+const PY_SERVER: &str = r#"
+import errno, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7799))
+print("LISTEN udp %s:%d" % s.getsockname(), flush=True)
+s.settimeout(30)
+head, peer = s.recvfrom(10, socket.MSG_PEEK)
+whole, peer2 = s.recvfrom(65535)
+print("PEEK %s %s" % (head == whole[:10] and peer == peer2, len(whole)), flush=True)
+try:
+    s.sendto(b"x" * 65496, peer)
+    print("OVERSIZE sent", flush=True)
+except OSError as e:
+    print("OVERSIZE %s" % errno.errorcode.get(e.errno, e.errno), flush=True)
+s.sendto(b"y" * 65495, peer)
+print("PEER %s:%d" % peer, flush=True)
+"#;
+
+const PY_CLIENT: &str = r#"
+import socket, sys
+ip, port = sys.argv[1].split(":")
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(20)
+c.sendto(b"0123456789abcdef" * 8, (ip, int(port)))
+d, src = c.recvfrom(70000)
+print("GOT %d %s %s:%d" % (len(d), set(d) == {ord("y")}, src[0], src[1]), flush=True)
+"#;
+
+#[test]
+fn peek_and_the_relay_size_limit() {
+    let b = Bed::up();
+    let py = testbed::python3().to_path_buf();
+    let server = b.bed.spawn_cmd(b.cmd("a1", &py, &["-c", PY_SERVER], true)).expect("python server");
+    let proxy = server.wait_line("LISTEN udp ", STARTUP).unwrap_or_else(|e| panic!("{e}: {}", server.stderr_text()));
+    assert!(proxy.starts_with("203.0.113.10:"), "{proxy}");
+    let out = testbed::run_with_timeout(b.cmd("pub", &py, &["-c", PY_CLIENT, &proxy], false), CLIENT_TIMEOUT).expect("client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let detail = format!("{stdout}{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), server.stderr_text());
+    assert_eq!(stdout.trim(), format!("GOT 65495 True {proxy}"), "{detail}");
+    assert_eq!(server.wait_line("PEEK ", STARTUP).unwrap(), "True 128", "{detail}");
+    assert_eq!(server.wait_line("OVERSIZE ", STARTUP).unwrap(), "EMSGSIZE", "{detail}");
+    assert!(server.wait_line("PEER 203.0.113.20:", STARTUP).is_ok(), "the original sender: {detail}");
+    drop(server);
+    b.bed.down().expect("tear down");
+}
