@@ -180,7 +180,7 @@ pub unsafe fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     match next(fd, flags) {
         Ok(d) => {
             let m = &mut *msg;
-            let copied = scatter(&d.data, m.msg_iov, m.msg_iovlen as usize);
+            let copied = scatter(&d.data, m.msg_iov, m.msg_iovlen);
             let mut namelen = m.msg_namelen;
             sys::copy_out(d.from, m.msg_name.cast(), &mut namelen);
             if !m.msg_name.is_null() {
@@ -226,6 +226,7 @@ pub unsafe fn recvmmsg(fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int,
         Some(Instant::now() + std::time::Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32))
     };
     let base = flags & !libc::MSG_WAITFORONE;
+    let saved = errno();
     let mut got = 0;
     for i in 0..vlen as usize {
         let f = if i > 0 && flags & libc::MSG_WAITFORONE != 0 { base | libc::MSG_DONTWAIT } else { base };
@@ -235,6 +236,8 @@ pub unsafe fn recvmmsg(fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int,
             if got == 0 {
                 return -1;
             }
+            // The error waits for the next call, as the kernel keeps it.
+            set_errno(saved);
             break;
         }
         e.msg_len = n as c_uint;

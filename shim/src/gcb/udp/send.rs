@@ -231,7 +231,7 @@ pub unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
             real::sendmsg(fd, &copy, flags)
         }
         Out::Relayed { proxy, peer } => {
-            let payload = gather(m.msg_iov, m.msg_iovlen as usize);
+            let payload = gather(m.msg_iov, m.msg_iovlen);
             send_relayed(fd, &payload, proxy, peer, flags)
         }
     };
