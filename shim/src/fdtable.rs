@@ -21,6 +21,10 @@
 //! | `Managed` | a GCB listener (registered or trying to be)  | every hook that takes the fd; waits run the AEH|
 //! | `Named`   | a socket whose *names* the shim answers for  | `getsockname`, `getpeername`, `close`, dups    |
 //! | `Watched` | a GCB-mode TCP socket not yet listening or connected | `listen`, `connect`, `epoll_ctl`, `close`, dups |
+//! | `WatchedUdp` | a GCB-mode UDP socket not (yet) registered or brokered | `bind`, `connect`, `sendto`/`sendmsg`/`sendmmsg`, `close`, dups |
+//!
+//! A UDP socket becomes `Managed` once registered or once it sends to a GCB
+//! address: then its reads are the shim's too (`gcb::udp`).
 //!
 //! `Named` (accepted or brokered connections) and `Watched` (connector candidates)
 //! keep their data path on the fast path: `read`, `send`, `poll` and the rest test
@@ -49,6 +53,9 @@ pub enum Kind {
     /// A TCP socket made in GCB mode that may still listen or connect; the shim
     /// watches `listen`, `connect` and `epoll_ctl` on it.
     Watched = 4,
+    /// A UDP socket made in GCB mode: its binds and sends are looked at, so it
+    /// registers or is brokered when it needs to (`gcb::udp`).
+    WatchedUdp = 5,
 }
 
 impl Kind {
@@ -58,6 +65,7 @@ impl Kind {
             2 => Kind::Managed,
             3 => Kind::Named,
             4 => Kind::Watched,
+            5 => Kind::WatchedUdp,
             _ => Kind::Plain,
         }
     }
@@ -156,7 +164,7 @@ impl FdTable {
             Kind::Plain => None,
             Kind::Internal => Some(&self.internal),
             Kind::Managed => Some(&self.managed),
-            Kind::Named | Kind::Watched => Some(&self.other),
+            Kind::Named | Kind::Watched | Kind::WatchedUdp => Some(&self.other),
         }
     }
 

@@ -14,17 +14,19 @@
 //!   TCP socket carries no data);
 //! * connections the shim names (`Named`, also DPF's forwarded UDP sockets):
 //!   names, dups and close;
-//! * connector candidates (`Watched`): `listen`, `connect`, `epoll_ctl`, dups and close.
+//! * connector candidates (`Watched`): `listen`, `connect`, `epoll_ctl`, dups and close;
+//! * GCB-mode UDP sockets (`WatchedUdp`): `bind`, `connect` and the sends that name
+//!   a destination; once registered or brokered (`Managed`), every read too (`gcb::udp`).
 
-use libc::{c_int, c_ulong, epoll_event, fd_set, nfds_t, pollfd, sigset_t, sockaddr, socklen_t, timespec, timeval};
+use libc::{
+    c_int, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, pollfd, sigset_t, size_t, sockaddr, socklen_t,
+    ssize_t, timespec, timeval,
+};
 
 use crate::{dpf, gcb};
 
 pub use crate::gcb::fdops::epoll_ctl;
-pub use crate::real::{
-    getsockopt, read, readv, recv, recvfrom, recvmmsg, recvmsg, send, sendmmsg, sendmsg, sendto, setsockopt, shutdown,
-    write, writev,
-};
+pub use crate::real::{getsockopt, send, setsockopt, shutdown, write, writev};
 
 /// Defines `managed::NAME` as the DPF or the GCB version, by mode.
 macro_rules! by_mode {
@@ -46,10 +48,10 @@ macro_rules! by_mode {
 }
 
 by_mode! {
-    fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int = dpf::ops::bind, crate::real::bind;
+    fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int = dpf::ops::bind, gcb::udp::bind;
     fn listen(fd: c_int, backlog: c_int) -> c_int = dpf::ops::listen, gcb::listener::listen;
     fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int = dpf::ops::accept4, gcb::listener::accept4;
-    fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int = dpf::ops::connect, gcb::connector::connect;
+    fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int = dpf::ops::connect, gcb_connect;
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int = dpf::ops::getsockname, gcb::identity::getsockname;
     fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int = dpf::ops::getpeername, gcb::identity::getpeername;
     fn close(fd: c_int) -> c_int = dpf::ops::close, gcb::fdops::close;
@@ -63,6 +65,50 @@ by_mode! {
     fn epoll_wait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: c_int) -> c_int = dpf::waits::epoll_wait, gcb::waits::epoll_wait;
     fn epoll_pwait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: c_int, sigmask: *const sigset_t) -> c_int = dpf::waits::epoll_pwait, gcb::waits::epoll_pwait;
     fn epoll_pwait2(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: *const timespec, sigmask: *const sigset_t) -> c_int = dpf::waits::epoll_pwait2, gcb::waits::epoll_pwait2;
+}
+
+/// `connect` in GCB mode: UDP sockets through the receiver list, watched TCP
+/// sockets through the connector, anything else (a listener) as it is.
+unsafe fn gcb_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if gcb::udp::sends_through(fd) {
+        gcb::udp::send::connect(fd, addr, len)
+    } else if crate::fdtable::kind(fd) == crate::fdtable::Kind::Watched {
+        gcb::connector::connect(fd, addr, len)
+    } else {
+        crate::real::connect(fd, addr, len)
+    }
+}
+
+/// Defines `managed::NAME` as `gcb::udp::MODULE::NAME` for the UDP sockets
+/// GCB manages (or, for sends, watches) and the real call for any other fd.
+macro_rules! udp_or_real {
+    ($(fn $name:ident(fd: c_int $(, $arg:ident: $ty:ty)*) -> $ret:ty = $test:path, $module:ident;)*) => {$(
+        /// The GCB UDP version of the call for the sockets it concerns, else the real one.
+        ///
+        /// # Safety
+        ///
+        /// The C contract of the libc function of the same name.
+        #[allow(clippy::missing_safety_doc)]
+        pub unsafe fn $name(fd: c_int $(, $arg: $ty)*) -> $ret {
+            if $test(fd) {
+                gcb::udp::$module::$name(fd $(, $arg)*)
+            } else {
+                crate::real::$name(fd $(, $arg)*)
+            }
+        }
+    )*};
+}
+
+udp_or_real! {
+    fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t = gcb::udp::manages, recv;
+    fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t = gcb::udp::manages, recv;
+    fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t = gcb::udp::manages, recv;
+    fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> ssize_t = gcb::udp::manages, recv;
+    fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t = gcb::udp::manages, recv;
+    fn recvmmsg(fd: c_int, msgvec: *mut mmsghdr, vlen: c_uint, flags: c_int, timeout: *mut timespec) -> c_int = gcb::udp::manages, recv;
+    fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t) -> ssize_t = gcb::udp::sends_through, send;
+    fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t = gcb::udp::sends_through, send;
+    fn sendmmsg(fd: c_int, msgvec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int = gcb::udp::sends_through, send;
 }
 
 /// Drops what the mode's client knows about `fd` (closed, or replaced).

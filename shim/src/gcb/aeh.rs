@@ -60,11 +60,14 @@ pub unsafe fn wait(app: &mut [pollfd], deadline: Option<Instant>, sigmask: *cons
     // would report them at once, for ever.
     let mut invalid: Vec<c_int> = Vec::new();
     loop {
-        let (mut mgmt_fds, bell_fds, aeh_deadline) = super::with(|reg| {
+        let (mut mgmt_fds, bell_fds, aeh_deadline, buffered) = super::with(|reg| {
             let bells = reg.bells.iter().map(|b| (b.fd, b.events())).collect::<Vec<_>>();
             let deadline = mgmt::next_deadline(reg).into_iter().chain(reg.bells.iter().map(|b| b.deadline)).min();
-            (reg.mgmt_fds(), bells, deadline)
+            (reg.mgmt_fds(), bells, deadline, buffered_udp(reg, app))
         });
+        if buffered > 0 {
+            return Waited::Ready(buffered);
+        }
         mgmt_fds.retain(|fd| !invalid.contains(fd));
         all.clear();
         all.extend(app.iter().map(|p| pollfd { revents: 0, ..*p }));
@@ -115,6 +118,22 @@ pub unsafe fn wait(app: &mut [pollfd], deadline: Option<Instant>, sigmask: *cons
             return Waited::Ready(0);
         }
     }
+}
+
+/// Marks readable the application's pollfds on UDP sockets whose buffer holds
+/// data the kernel no longer has (see `udp::recv`); how many.
+fn buffered_udp(reg: &super::registry::Registry, app: &mut [pollfd]) -> c_int {
+    if reg.udp.is_empty() {
+        return 0;
+    }
+    let buffered = |p: &pollfd| p.events & libc::POLLIN != 0 && reg.udp.get(p.fd).is_some_and(|s| s.has_stashed());
+    let n = app.iter().filter(|p| buffered(p)).count() as c_int;
+    if n > 0 {
+        for p in app.iter_mut() {
+            p.revents = if buffered(p) { libc::POLLIN } else { 0 };
+        }
+    }
+    n
 }
 
 /// One AEH pass: the datagrams waiting on `readable` management sockets, then the

@@ -173,7 +173,7 @@ pub fn fail_over(reg: &mut Registry, id: ListenerId, now: Instant, interval: Dur
             return;
         }
     };
-    log!(Warn, "broker {old} silent for {}s; tcp {} moves to broker {next}", silent.as_secs(), l.reg_local);
+    log!(Warn, "broker {old} silent for {}s; {} {} moves to broker {next}", silent.as_secs(), l.proto, l.reg_local);
     l.mgmt.broker = next;
     l.mgmt.local = local;
     if l.local.ip().is_unspecified() {
@@ -182,7 +182,7 @@ pub fn fail_over(reg: &mut Registry, id: ListenerId, now: Instant, interval: Dur
     l.mgmt.requester = mgmt::new_requester(proto::rudp::RetryPolicy::default());
     l.mgmt.pending.clear();
     l.mgmt.next_heartbeat = now + interval;
-    let msg = mgmt::register_message(l.reg_local, local, l.proxy.map(|p| p.port()));
+    let msg = mgmt::register_message(l.proto, l.reg_local, local, l.proxy.map(|p| p.port()));
     mgmt::start(l, Purpose::Register, &msg, now);
 }
 

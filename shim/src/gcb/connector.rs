@@ -143,7 +143,7 @@ fn fail(e: Errno) -> c_int {
 }
 
 /// Whether `dest` may be brokered and is not known not to be.
-fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
+pub(crate) fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
     let ip = *dest.ip();
     if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || dest.port() == 0 {
         return false;
@@ -156,7 +156,7 @@ fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
 }
 
 /// One of `GCB_INAGENT`'s brokers, if `ip` is one.
-fn our_broker(ip: std::net::Ipv4Addr) -> Option<std::net::SocketAddr> {
+pub(crate) fn our_broker(ip: std::net::Ipv4Addr) -> Option<std::net::SocketAddr> {
     match &config::get().mode {
         config::Mode::Gcb(brokers) => brokers.iter().find(|b| b.ip() == IpAddr::V4(ip)).copied(),
         _ => None,
@@ -165,7 +165,7 @@ fn our_broker(ip: std::net::Ipv4Addr) -> Option<std::net::SocketAddr> {
 
 /// The command port to ask at `ip`: our own broker's, if `ip` is one of ours and
 /// it uses another port, else the historic default.
-fn command_port(ip: std::net::Ipv4Addr) -> u16 {
+pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
     our_broker(ip).map_or(COMMAND_PORT, |b| b.port())
 }
 

@@ -23,7 +23,7 @@ use crate::real;
 
 /// Whether the GCB client keeps anything for fds of `kind`.
 pub fn tracked(kind: Kind) -> bool {
-    matches!(kind, Kind::Managed | Kind::Named | Kind::Watched)
+    matches!(kind, Kind::Managed | Kind::Named | Kind::Watched | Kind::WatchedUdp)
 }
 
 /// `close` of a tracked fd.
@@ -42,8 +42,12 @@ pub fn forget(fd: c_int) {
     match fdtable::kind(fd) {
         Kind::Plain | Kind::Internal => {}
         Kind::Watched => super::with(|reg| unwatch(reg, fd)),
+        Kind::WatchedUdp => {
+            fdtable::replace(fd, Kind::WatchedUdp, Kind::Plain);
+        }
         Kind::Named | Kind::Managed => {
             let removed = super::with(|reg| {
+                reg.udp.remove(fd);
                 let removed = reg.remove_fd(fd);
                 fdtable::set(fd, Kind::Plain);
                 if matches!(removed, Removed::Last(_) | Removed::Alias) {
@@ -78,6 +82,7 @@ pub fn unwatch(reg: &mut Registry, fd: c_int) {
 /// left in the table.
 pub fn unmark(reg: &mut Registry, fd: c_int) {
     reg.remove_fd(fd);
+    reg.udp.remove(fd);
     fdtable::set(fd, Kind::Plain);
 }
 
@@ -88,11 +93,12 @@ pub fn duplicated(old: c_int, new: c_int) {
     }
     let _errno = ErrnoGuard::new();
     match fdtable::kind(old) {
-        Kind::Watched => {
-            fdtable::set(new, Kind::Watched);
+        kind @ (Kind::Watched | Kind::WatchedUdp) => {
+            fdtable::set(new, kind);
         }
         kind @ (Kind::Named | Kind::Managed) => super::with(|reg| {
-            if reg.alias(old, new) {
+            let udp = reg.udp.alias(old, new);
+            if reg.alias(old, new) || udp {
                 fdtable::set(new, kind);
                 if kind == Kind::Managed {
                     super::inherit::publish(reg);

@@ -8,6 +8,9 @@
 //! * `getpeername` on a connector's brokered socket: the proxy address the
 //!   application dialed, its peer's identity.
 //!
+//! * `getsockname` on a registered UDP socket: its proxy address;
+//! * `getpeername` on a UDP socket connected to a GCB address: that address.
+//!
 //! Everything else is the kernel's answer. The names live in the registry
 //! ([`Names`](super::registry::Names)), recorded by `accept` and `connect`.
 
@@ -24,7 +27,12 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
     if addr.is_null() || len.is_null() {
         return real_fn(fd, addr, len);
     }
-    match super::with(|reg| reg.names(fd)).and_then(pick) {
+    let names = super::with(|reg| {
+        // A connected UDP socket reports the GCB address it was connected to.
+        let udp_peer = reg.udp.get(fd).and_then(|s| s.connected_to);
+        reg.names(fd).map_or(Names { local: None, peer: udp_peer }, |n| Names { peer: n.peer.or(udp_peer), ..n })
+    });
+    match pick(names) {
         Some(name) => {
             sys::copy_out(name, addr, len);
             0

@@ -102,7 +102,9 @@ static TABLE: [[AtomicU64; 4]; SLOTS] = [const { [const { AtomicU64::new(0) }; 4
 /// Publishes the registry's listener fds for exec. Call with the registry locked
 /// (the lock is what makes this the only writer).
 pub fn publish(reg: &Registry) {
-    publish_entries(reg.listeners().flat_map(|(_, l)| {
+    // UDP registrations are not handed over: their relay header, receiver list
+    // and buffer live in this image only (README, "GCB for UDP", limits).
+    publish_entries(reg.listeners().filter(|(_, l)| l.proto == proto::Proto::Tcp).flat_map(|(_, l)| {
         l.fds.iter().map(|&fd| Entry { fd, mgmt: l.mgmt.fd, proxy: l.proxy, local: l.local, secret: l.secret })
     }));
 }
@@ -338,6 +340,8 @@ pub fn adopt() {
                 next_heartbeat: Instant::now(),
                 heard: Instant::now(),
             },
+            proto: proto::Proto::Tcp,
+            udp_token: None,
         };
         super::with(|reg| {
             for &fd in &fds {

@@ -26,6 +26,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, sockaddr, socklen_t};
+use proto::Proto;
 
 use super::aeh::{self, Waited};
 use super::doorbell::{self, Job, Record, RECORD_LEN};
@@ -55,25 +56,28 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     }
     let registered = {
         let _errno = crate::hook::ErrnoGuard::new();
-        register(fd)
+        register(fd, Proto::Tcp, Kind::Watched)
     };
     match registered {
-        Ok(()) => 0,
+        Ok(_) => 0,
         Err(e) => fail(e),
     }
 }
 
-/// Registers a listening `fd`. Fails only when the process has no descriptor
-/// (or memory) for the management socket: `listen` then reports that errno,
-/// the socket listens but stays unregistered, and calling `listen` again once
-/// descriptors are free registers it.
-fn register(fd: c_int) -> Result<(), sys::Errno> {
-    let Ok(local) = sys::local_addr(fd) else { return Ok(()) };
+/// Registers the bound socket `fd` (TCP at `listen`, UDP at `bind`), whose fd
+/// kind is `watched` now; it becomes `Managed`, or `Plain` if it is bound to
+/// loopback. Returns whether the fd is now managed. Fails only when the process
+/// has no descriptor (or memory) for the management socket: the caller reports
+/// that errno, the socket stays unregistered, and a later `listen` registers it.
+pub fn register(fd: c_int, proto: Proto, watched: Kind) -> Result<bool, sys::Errno> {
+    let Ok(local) = sys::local_addr(fd) else { return Ok(false) };
     if !registrable(*local.ip()) {
-        fdtable::replace(fd, Kind::Watched, Kind::Plain);
-        return Ok(());
+        fdtable::replace(fd, watched, Kind::Plain);
+        return Ok(false);
     }
-    let Some(Registered { sock, broker, mgmt_local, reg_local, proxy }) = register_somewhere(local)? else { return Ok(()) };
+    let Some(Registered { sock, broker, mgmt_local, reg_local, proxy, udp_token }) = register_somewhere(local, proto)? else {
+        return Ok(false);
+    };
     let interval = crate::config::get().heartbeat;
     let mgmt_fd = crate::internal::adopt(sock.into_raw());
     let listener = super::registry::Listener {
@@ -92,23 +96,34 @@ fn register(fd: c_int) -> Result<(), sys::Errno> {
             next_heartbeat: Instant::now() + interval,
             heard: Instant::now(),
         },
+        proto,
+        udp_token,
     };
     let adopted = super::with(|reg| {
         // The application may have closed the fd while we were registering.
-        if !fdtable::replace(fd, Kind::Watched, Kind::Managed) {
+        if !fdtable::replace(fd, watched, Kind::Managed) && fdtable::kind(fd) != Kind::Managed {
             return Err(Box::new(listener));
         }
-        reg.add_listener(listener);
+        let (id, _) = reg.add_listener(listener);
+        if proto == Proto::Udp {
+            reg.udp.entry(fd).listener = Some(id);
+            if let Some(l) = reg.listener(id) {
+                super::udp::control::open_data_path(l);
+            }
+        }
         super::inherit::publish(reg);
         Ok(())
     });
-    if let Err(mut l) = adopted {
-        if l.proxy.is_some() {
-            mgmt::send_unregister(&mut l);
+    match adopted {
+        Ok(()) => Ok(true),
+        Err(mut l) => {
+            if l.proxy.is_some() {
+                mgmt::send_unregister(&mut l);
+            }
+            crate::internal::release(l.mgmt.fd);
+            Ok(false)
         }
-        crate::internal::release(l.mgmt.fd);
     }
-    Ok(())
 }
 
 /// Where a new listener ended up: its management socket, pointed at `broker`.
@@ -120,20 +135,22 @@ struct Registered {
     /// `None` if no broker registered it; the AEH retries every heartbeat and
     /// fails over from a silent broker (`brokers`).
     proxy: Option<SocketAddrV4>,
+    /// UDP only: the token of the Dummies that keep the data path open.
+    udp_token: Option<proto::gcb::Token>,
 }
 
 /// Registers `local` with the first of this process's brokers that answers, in
 /// `brokers`' order. A broker that answers, even with a refusal, is kept; one
 /// that is silent or refuses the datagram is marked dead and the next tried. With
 /// none answering, the listener stays with the preferred broker, unregistered.
-fn register_somewhere(local: SocketAddrV4) -> Result<Option<Registered>, sys::Errno> {
+fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Registered>, sys::Errno> {
     let candidates = super::with(|reg| super::brokers::set(reg).candidates(Instant::now()));
     let mut fallback = None;
     for broker in candidates {
         let (sock, mgmt_local) = match mgmt::open(broker) {
             Ok(s) => s,
             Err(e) => {
-                log!(Warn, "cannot reach the broker {broker} to register tcp {local}: {}", std::io::Error::from_raw_os_error(e));
+                log!(Warn, "cannot reach the broker {broker} to register {proto} {local}: {}", std::io::Error::from_raw_os_error(e));
                 if super::connector::out_of_resources(e) {
                     return Err(e);
                 }
@@ -141,18 +158,18 @@ fn register_somewhere(local: SocketAddrV4) -> Result<Option<Registered>, sys::Er
             }
         };
         let reg_local = if local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), local.port()) } else { local };
-        let msg = mgmt::register_message(reg_local, mgmt_local, None);
+        let msg = mgmt::register_message(proto, reg_local, mgmt_local, None);
         let answered = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {
-            Ok(proto::gcb::Message::RegisterOk { proxy, .. }) => {
-                log!(Info, "registered tcp {reg_local} as {proxy}");
-                Some(Some(proxy))
+            Ok(proto::gcb::Message::RegisterOk { proxy, udp_token, .. }) => {
+                log!(Info, "registered {proto} {reg_local} as {proxy}");
+                Some(Some((proxy, udp_token)))
             }
             Ok(proto::gcb::Message::Error { code, detail }) => {
-                log!(Warn, "the broker {broker} refused to register tcp {reg_local}: {code:?} {detail}; retrying every heartbeat");
+                log!(Warn, "the broker {broker} refused to register {proto} {reg_local}: {code:?} {detail}; retrying every heartbeat");
                 Some(None)
             }
             Ok(_) | Err(NoAnswer::NotProtocol) => {
-                log!(Warn, "{broker} does not answer as a GCB broker; tcp {reg_local} stays unregistered, retrying every heartbeat");
+                log!(Warn, "{broker} does not answer as a GCB broker; {proto} {reg_local} stays unregistered, retrying every heartbeat");
                 None
             }
             Err(e) => {
@@ -162,7 +179,7 @@ fn register_somewhere(local: SocketAddrV4) -> Result<Option<Registered>, sys::Er
                     NoAnswer::NotProtocol => "not a GCB broker".to_string(),
                     NoAnswer::Io(e) => std::io::Error::from_raw_os_error(e).to_string(),
                 };
-                log!(Warn, "the broker {broker} is unreachable ({why}); tcp {reg_local} stays unregistered, retrying every heartbeat");
+                log!(Warn, "the broker {broker} is unreachable ({why}); {proto} {reg_local} stays unregistered, retrying every heartbeat");
                 None
             }
         };
@@ -173,8 +190,13 @@ fn register_somewhere(local: SocketAddrV4) -> Result<Option<Registered>, sys::Er
             if answered.is_some() { set.mark_alive(broker) } else { set.mark_dead(broker, now, interval) }
         });
         match answered {
-            Some(proxy) => return Ok(Some(Registered { sock, broker, mgmt_local, reg_local, proxy })),
-            None if fallback.is_none() => fallback = Some(Registered { sock, broker, mgmt_local, reg_local, proxy: None }),
+            Some(got) => {
+                let (proxy, udp_token) = got.map_or((None, None), |(p, t)| (Some(p), t));
+                return Ok(Some(Registered { sock, broker, mgmt_local, reg_local, proxy, udp_token }));
+            }
+            None if fallback.is_none() => {
+                fallback = Some(Registered { sock, broker, mgmt_local, reg_local, proxy: None, udp_token: None });
+            }
             None => {}
         }
     }

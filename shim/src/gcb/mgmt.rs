@@ -76,10 +76,10 @@ fn mgmt_info(mgmt_local: SocketAddrV4) -> MgmtInfo {
     MgmtInfo::new(mgmt_local, pid, secs, &name)
 }
 
-/// The `Register` for a TCP listener known to the broker as `local`.
-pub fn register_message(local: SocketAddrV4, mgmt_local: SocketAddrV4, desired_port: Option<u16>) -> Message {
+/// The `Register` for a TCP listener or UDP socket known to the broker as `local`.
+pub fn register_message(proto: Proto, local: SocketAddrV4, mgmt_local: SocketAddrV4, desired_port: Option<u16>) -> Message {
     Message::Register {
-        proto: Proto::Tcp,
+        proto,
         local,
         realm: config::get().realm.clone(),
         desired_port,
@@ -102,12 +102,12 @@ pub fn start(l: &mut Listener, purpose: Purpose, msg: &Message, now: Instant) {
 /// Best effort, one datagram, no reply awaited: the listener is being closed.
 pub fn send_unregister(l: &mut Listener) {
     let Some(proxy) = l.proxy else { return };
-    let msg = Message::Unregister { proxy: Endpoint::new(Proto::Tcp, proxy) };
+    let msg = Message::Unregister { proxy: Endpoint::new(l.proto, proxy) };
     if let Ok((id, bytes)) = l.mgmt.requester.send(l.mgmt.broker, Instant::now(), |id| gcb::encode(&msg, id)) {
         let _ = send_datagram(l.mgmt.fd, bytes);
         l.mgmt.requester.cancel(id);
     }
-    log!(Debug, "unregistered tcp {proxy}");
+    log!(Debug, "unregistered {} {proxy}", l.proto);
 }
 
 fn register_pending(l: &Listener) -> bool {
@@ -116,7 +116,7 @@ fn register_pending(l: &Listener) -> bool {
 
 fn reregister(l: &mut Listener, now: Instant) {
     if !register_pending(l) {
-        let msg = register_message(l.reg_local, l.mgmt.local, l.proxy.map(|p| p.port()));
+        let msg = register_message(l.proto, l.reg_local, l.mgmt.local, l.proxy.map(|p| p.port()));
         start(l, Purpose::Register, &msg, now);
     }
 }
@@ -141,7 +141,10 @@ pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instan
         let _ = send_datagram(fd, cached);
         return None;
     }
-    let (reply, job) = command(reg.listener(id)?, id, msg);
+    let (reply, job) = match msg {
+        Message::MakeHole { token, target, peer, proxy } => (super::udp::control::make_hole(reg, id, token, target, peer, proxy, now), None),
+        msg => command(reg.listener(id)?, id, msg),
+    };
     if let Ok(bytes) = gcb::encode(&reply, header.request_id) {
         let _ = send_datagram(fd, &bytes);
         reg.replies.insert(broker, header.request_id, bytes, now);
@@ -181,24 +184,26 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
     let purpose = l.mgmt.requester.on_response(request_id, &broker, now).and_then(|_| l.mgmt.pending.remove(&request_id));
     let mut renamed = false;
     match (purpose, msg) {
-        (Some(Purpose::Register), Message::RegisterOk { proxy, .. }) => {
+        (Some(Purpose::Register), Message::RegisterOk { proxy, udp_token, .. }) => {
             if l.proxy.is_some_and(|old| old != proxy) {
-                log!(Warn, "tcp {} re-registered as {proxy}, not as before {}", l.reg_local, l.proxy.unwrap_or(proxy));
+                log!(Warn, "{} {} re-registered as {proxy}, not as before {}", l.proto, l.reg_local, l.proxy.unwrap_or(proxy));
             }
             renamed = l.proxy != Some(proxy);
             l.proxy = Some(proxy);
-            log!(Info, "registered tcp {} as {proxy}", l.reg_local);
+            l.udp_token = udp_token;
+            log!(Info, "registered {} {} as {proxy}", l.proto, l.reg_local);
+            super::udp::control::open_data_path(l);
         }
         (Some(Purpose::Register), Message::Error { code, detail }) => {
-            log!(Warn, "the broker {broker} refused to register tcp {}: {code:?} {detail}", l.reg_local);
+            log!(Warn, "the broker {broker} refused to register {} {}: {code:?} {detail}", l.proto, l.reg_local);
             if code == ErrorCode::PortUnavailable && l.proxy.is_some() {
-                let msg = register_message(l.reg_local, l.mgmt.local, None);
+                let msg = register_message(l.proto, l.reg_local, l.mgmt.local, None);
                 start(l, Purpose::Register, &msg, now);
             }
         }
         (_, Message::ReregisterRequest { unknown }) => {
-            if l.proxy.is_some_and(|p| unknown.contains(&Endpoint::new(Proto::Tcp, p))) {
-                log!(Debug, "the broker {broker} forgot tcp {}; registering again", l.reg_local);
+            if l.proxy.is_some_and(|p| unknown.contains(&Endpoint::new(l.proto, p))) {
+                log!(Debug, "the broker {broker} forgot {} {}; registering again", l.proto, l.reg_local);
                 reregister(l, now);
             }
         }
@@ -226,8 +231,11 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
             l.mgmt.next_heartbeat = now + interval;
             match l.proxy {
                 Some(proxy) => {
-                    let msg = Message::Heartbeat { held: vec![Endpoint::new(Proto::Tcp, proxy)] };
+                    let msg = Message::Heartbeat { held: vec![Endpoint::new(l.proto, proxy)] };
                     start(l, Purpose::Heartbeat, &msg, now);
+                    // A UDP socket's NAT mapping is kept (or, after the gateway
+                    // dropped it, made again) by its own Dummy.
+                    super::udp::control::open_data_path(l);
                 }
                 None => reregister(l, now),
             }
@@ -239,16 +247,18 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
                 }
                 Timeout::GaveUp { id, peer } => {
                     let purpose = l.mgmt.pending.remove(&id);
-                    log!(Debug, "{purpose:?} to {peer} for tcp {} got no answer", l.reg_local);
+                    log!(Debug, "{purpose:?} to {peer} for {} {} got no answer", l.proto, l.reg_local);
                 }
             }
         }
     }
+    super::udp::control::on_timers(reg, now);
 }
 
 /// When [`on_timers`] next has work.
 pub fn next_deadline(reg: &Registry) -> Option<Instant> {
-    reg.listeners().flat_map(|(_, l)| [Some(l.mgmt.next_heartbeat), l.mgmt.requester.next_deadline()]).flatten().min()
+    let holes = super::udp::control::next_deadline(reg);
+    reg.listeners().flat_map(|(_, l)| [Some(l.mgmt.next_heartbeat), l.mgmt.requester.next_deadline()]).flatten().chain(holes).min()
 }
 
 /// Reads a `ConnectDecision` (or its refusal) from a connector's exchange.

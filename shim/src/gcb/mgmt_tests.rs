@@ -32,6 +32,8 @@ fn setup() -> (Registry, ListenerId, Sock) {
             next_heartbeat: Instant::now() + Duration::from_secs(10),
             heard: Instant::now(),
         },
+        proto: Proto::Tcp,
+        udp_token: None,
     };
     let (id, _) = reg.add_listener(listener);
     (reg, id, Sock::from_raw(sv[1]))

@@ -1,4 +1,4 @@
-//! The GCB client for TCP (paper section 4, DESIGN.md, docs/gcb-client-design.md).
+//! The GCB client for TCP and UDP (paper section 4, DESIGN.md, docs/gcb-client-design.md).
 //!
 //! With `GCB_INAGENT` set, the shim:
 //!
@@ -11,6 +11,8 @@
 //!   accepts, in kernel order, through doorbells ([`doorbell`], [`dial`]);
 //! * brokers the application's own connects ([`connector`]);
 //! * spreads over several brokers and fails over when one goes silent ([`brokers`]);
+//! * carries UDP: registration at `bind`, relay header, receiver list, holes
+//!   and the UDP buffer ([`udp`]);
 //! * keeps its records right across dup, close, fork and exec ([`fdops`],
 //!   [`inherit`], [`lock`]).
 //!
@@ -36,6 +38,7 @@ pub mod mgmt;
 pub mod negcache;
 pub mod registry;
 pub mod sys;
+pub mod udp;
 pub mod waits;
 
 use std::net::{SocketAddr, SocketAddrV4};

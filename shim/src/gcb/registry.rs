@@ -71,6 +71,10 @@ pub struct Listener {
     /// not unregister it.
     pub shared: bool,
     pub mgmt: Mgmt,
+    /// TCP (a listening socket) or UDP (a bound datagram socket, see `udp`).
+    pub proto: proto::Proto,
+    /// UDP: the token of the Dummies that keep the data path open (`RegisterOk`).
+    pub udp_token: Option<proto::gcb::Token>,
 }
 
 impl Listener {
@@ -132,6 +136,8 @@ pub struct Registry {
     /// `GCB_INAGENT`'s brokers, which one this process prefers, which are dead
     /// (see `brokers`); empty until first used.
     pub brokers: super::brokers::Brokers,
+    /// Managed UDP sockets: receiver lists, relay peers, buffers (see `udp`).
+    pub udp: super::udp::table::UdpTable,
 }
 
 impl Default for Registry {
@@ -152,6 +158,7 @@ impl Registry {
             bells: Vec::new(),
             generation: 0,
             brokers: Default::default(),
+            udp: Default::default(),
         }
     }
 
@@ -331,6 +338,8 @@ mod tests {
                 next_heartbeat: Instant::now(),
                 heard: Instant::now(),
             },
+            proto: proto::Proto::Tcp,
+            udp_token: None,
         }
     }
 

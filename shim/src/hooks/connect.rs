@@ -8,8 +8,9 @@ use crate::fdtable::{self, Kind};
 
 hook! {
     /// Only watched sockets (TCP/IPv4 made in GCB mode, neither listening nor
-    /// connected yet) can be brokered; in DPF mode every connect is looked at.
+    /// connected yet), GCB-mode UDP sockets and managed ones (a registered UDP
+    /// socket may connect) can be brokered; in DPF mode every connect is looked at.
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real_unless!(fdtable::kind(fd) == Kind::Watched || crate::dpf::enabled() => connect(fd, addr, len))
+        real_unless!(matches!(fdtable::kind(fd), Kind::Watched | Kind::WatchedUdp | Kind::Managed) || crate::dpf::enabled() => connect(fd, addr, len))
     }
 }

@@ -14,6 +14,13 @@
 //! server blocked reading a connection still heartbeats and answers the broker.
 //! Other fds, and every fd of a process without a registration, keep the fast path.
 //!
+//! # GCB for UDP
+//!
+//! Reads of a `Managed` UDP socket (registered, or brokered as a sender) and the
+//! sends that name a destination on a GCB-mode UDP socket (`WatchedUdp` too) go
+//! to [`crate::gcb::udp`] through `managed`; `send`, `write` and `writev` carry no
+//! destination and stay on the fast path.
+//!
 //! # The fortified entry points
 //!
 //! Programs built with `_FORTIFY_SOURCE` call `__recv_chk(fd, buf, len, buflen,
@@ -82,6 +89,13 @@ hook! {
     }
 }
 
+/// Sends that name a destination leave the fast path for managed fds and for
+/// GCB-mode UDP sockets, whose destination may be a proxy address (`gcb::udp`).
+#[inline]
+fn sends_watched(fd: c_int) -> bool {
+    matches!(fdtable::kind(fd), Kind::Managed | Kind::WatchedUdp)
+}
+
 hook! {
     fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
         real_unless!(fdtable::is_managed(fd) => send(fd, buf, len, flags))
@@ -90,19 +104,19 @@ hook! {
 
 hook! {
     fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => sendto(fd, buf, len, flags, addr, addrlen))
+        real_unless!(sends_watched(fd) => sendto(fd, buf, len, flags, addr, addrlen))
     }
 }
 
 hook! {
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => sendmsg(fd, msg, flags))
+        real_unless!(sends_watched(fd) => sendmsg(fd, msg, flags))
     }
 }
 
 hook! {
     fn sendmmsg(fd: c_int, msgvec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => sendmmsg(fd, msgvec, vlen, flags))
+        real_unless!(sends_watched(fd) => sendmmsg(fd, msgvec, vlen, flags))
     }
 }
 

@@ -16,13 +16,24 @@ fn is_tcp4(domain: c_int, ty: c_int, protocol: c_int) -> bool {
     domain == libc::AF_INET && base == libc::SOCK_STREAM && (protocol == 0 || protocol == libc::IPPROTO_TCP)
 }
 
+/// Whether `socket(domain, ty, protocol)` makes a UDP/IPv4 socket.
+fn is_udp4(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    domain == libc::AF_INET && base == libc::SOCK_DGRAM && (protocol == 0 || protocol == libc::IPPROTO_UDP)
+}
+
 hook! {
     /// In GCB mode a new TCP/IPv4 socket is watched: it may listen (and register)
-    /// or connect (and be brokered). Nothing else is ever marked here.
+    /// or connect (and be brokered); a new UDP/IPv4 socket too: it may bind (and
+    /// register) or send to a GCB address (`gcb::udp`). Nothing else is marked.
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
         let fd = real::socket(domain, ty, protocol);
-        if fd >= 0 && gcb::enabled() && is_tcp4(domain, ty, protocol) {
-            fdtable::set(fd, Kind::Watched);
+        if fd >= 0 && gcb::enabled() {
+            if is_tcp4(domain, ty, protocol) {
+                fdtable::set(fd, Kind::Watched);
+            } else if is_udp4(domain, ty, protocol) {
+                fdtable::set(fd, Kind::WatchedUdp);
+            }
         }
         fd
     }
@@ -30,7 +41,7 @@ hook! {
 
 hook! {
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real_unless!(fdtable::is_managed(fd) || dpf::enabled() => bind(fd, addr, len))
+        real_unless!(fdtable::is_managed(fd) || fdtable::kind(fd) == Kind::WatchedUdp || dpf::enabled() => bind(fd, addr, len))
     }
 }
 
@@ -87,5 +98,8 @@ mod tests {
         assert!(!is_tcp4(libc::AF_INET, libc::SOCK_DGRAM, 0));
         assert!(!is_tcp4(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP));
         assert!(!is_tcp4(libc::AF_UNIX, libc::SOCK_STREAM, 0));
+        assert!(is_udp4(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, libc::IPPROTO_UDP));
+        assert!(!is_udp4(libc::AF_INET6, libc::SOCK_DGRAM, 0));
+        assert!(!is_udp4(libc::AF_INET, libc::SOCK_STREAM, 0));
     }
 }

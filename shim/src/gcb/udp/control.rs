@@ -1,0 +1,204 @@
+//! The control side of a managed UDP socket: the Dummies that open and keep
+//! NAT holes (paper 4.2.2), and the sorting of every datagram that arrives on
+//! the application's socket into the application's data and the shim's
+//! control traffic.
+//!
+//! * Data path: after `RegisterOk` and with every heartbeat, a `Dummy{udp_token}`
+//!   goes from the application's socket to its own proxy address. The broker
+//!   answers `DummyAck` and relays to the Dummy's source, so a NAT mapping the
+//!   gateway dropped (`conntrack -D`) is made again by the next heartbeat.
+//! * `MakeHole` (a public GCB peer is about to send): `Dummy{token}` from the
+//!   application's socket to the peer, retried until its `DummyAck` (bounded);
+//!   the ack's source is then where the peer is reached, and what it is called.
+//! * The connector's side of the same hole: a `Dummy{token}` for a reversal it
+//!   awaits is answered with `DummyAck` and opens a direct path.
+//!
+//! Only datagrams whose token the socket expects are taken as control: anything
+//! else, however it looks, is the application's.
+
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+use proto::gcb::{self, Message, Token, UdpRelayHeader};
+use proto::Proto;
+
+use super::super::registry::{Listener, ListenerId, Registry};
+use super::super::sys;
+use super::table::Hole;
+use crate::real;
+
+/// Dummies sent for one `MakeHole` before the peer is left relayed.
+const HOLE_TRIES: u8 = 5;
+/// Between two Dummies of one hole.
+const HOLE_RETRY: Duration = Duration::from_millis(300);
+
+/// Sends `bytes` from `fd` to `to` without blocking; the errno on failure.
+pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys::Errno> {
+    let sin = sys::to_sockaddr(to);
+    // SAFETY: a live buffer and address of the given lengths.
+    let n = unsafe {
+        real::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        Err(crate::hook::errno())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn send_control(fd: c_int, msg: &Message, request_id: u64, to: SocketAddrV4) {
+    if let Ok(bytes) = gcb::encode(msg, request_id) {
+        if let Err(e) = send_from(fd, &bytes, to) {
+            log!(Debug, "{:?} to {to} not sent: {}", msg.kind(), std::io::Error::from_raw_os_error(e));
+        }
+    }
+}
+
+/// Sends the data-path Dummy of a registered UDP socket (nothing for TCP, or
+/// before the broker has answered).
+pub fn open_data_path(l: &Listener) {
+    if l.proto != Proto::Udp {
+        return;
+    }
+    if let (Some(proxy), Some(token), Some(&fd)) = (l.proxy, l.udp_token, l.fds.first()) {
+        send_control(fd, &Message::Dummy { token }, sys::random_u64(), proxy);
+    }
+}
+
+/// The reply to `MakeHole` for listener `id`; the first Dummy goes out at once.
+pub fn make_hole(
+    reg: &mut Registry,
+    id: ListenerId,
+    token: Token,
+    target: SocketAddrV4,
+    peer: SocketAddrV4,
+    proxy: SocketAddrV4,
+    now: Instant,
+) -> Message {
+    let Some(l) = reg.listener(id) else { return Message::error(gcb::ErrorCode::NotRegistered, "no such socket here") };
+    if l.proto != Proto::Udp || l.proxy != Some(proxy) {
+        return Message::error(gcb::ErrorCode::NotRegistered, "no such UDP socket here");
+    }
+    let Some(&fd) = l.fds.first() else { return Message::error(gcb::ErrorCode::NotRegistered, "socket closed") };
+    log!(Debug, "making a hole from udp {proxy} to {target} for {peer}");
+    reg.udp.entry(fd).start_hole(Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1 });
+    send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
+    Message::Ack
+}
+
+/// Retries the Dummies of holes not yet acknowledged.
+pub fn on_timers(reg: &mut Registry, now: Instant) {
+    for (fd, s) in reg.udp.sockets_mut() {
+        for (token, target) in s.due_holes(now, HOLE_RETRY) {
+            send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
+        }
+    }
+}
+
+pub fn next_deadline(reg: &Registry) -> Option<Instant> {
+    reg.udp.sockets().filter_map(|s| s.next_hole_deadline()).min()
+}
+
+/// What a datagram that arrived on a managed UDP socket is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// The application's: `bytes[offset..]`, reported as sent by `from`.
+    Data { from: SocketAddrV4, offset: usize },
+    /// The shim's (a Dummy, an ack, or a broken relay datagram): not delivered.
+    Consumed,
+}
+
+/// Sorts the datagram `bytes` that arrived on `fd` from `src`, acting on
+/// control traffic (answering a Dummy, recording an opened hole).
+pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], now: Instant) -> Incoming {
+    let listener = reg.udp.get(fd).and_then(|s| s.listener).and_then(|id| reg.listener(id));
+    let (proxy, data_token) = listener.map_or((None, None), |l| (l.proxy, l.udp_token));
+    let Some(sock) = reg.udp.get_mut(fd) else { return Incoming::Data { from: src, offset: 0 } };
+    if proxy == Some(src) {
+        if let Ok((_, Message::DummyAck { token })) = gcb::decode(bytes) {
+            if Some(token) == data_token {
+                return Incoming::Consumed;
+            }
+        }
+        return match UdpRelayHeader::decode(bytes) {
+            Ok((h, _)) => {
+                sock.note_relay_peer(h.peer, now);
+                Incoming::Data { from: h.peer, offset: gcb::RELAY_HEADER_LEN }
+            }
+            Err(e) => {
+                log!(Debug, "a datagram from our own proxy {src} without a relay header dropped: {e:?}");
+                Incoming::Consumed
+            }
+        };
+    }
+    match gcb::decode(bytes) {
+        Ok((h, Message::Dummy { token })) => {
+            match sock.dummy_from(token, src, now) {
+                Some((app, true)) => {
+                    log!(Debug, "hole to {app} open: it answers from {src}");
+                    send_control(fd, &Message::DummyAck { token }, h.request_id, src);
+                    return Incoming::Consumed;
+                }
+                // It came before the socket was connected to the proxy, which
+                // stays the path: not acked, so the listener keeps relaying.
+                Some((_, false)) => return Incoming::Consumed,
+                None => {}
+            }
+        }
+        Ok((_, Message::DummyAck { token })) => {
+            if let Some(peer) = sock.hole_acked(token, src, now) {
+                log!(Debug, "hole to {peer} made: it is reached at {src}");
+                return Incoming::Consumed;
+            }
+        }
+        _ => {}
+    }
+    Incoming::Data { from: sock.name_of(src), offset: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gcb::udp::table::Route;
+
+    fn a(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn sorts_data_from_control() {
+        let mut reg = Registry::new();
+        let now = Instant::now();
+        // An unregistered connector socket that awaits a reversal's Dummy.
+        let sock = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
+        sys::bind(sock.raw(), a("127.0.0.1:0")).unwrap();
+        let fd = sock.raw();
+        let proxy = a("203.0.113.10:20001");
+        reg.udp.entry(fd).set_route(proxy, Route::AsNamed, now);
+        reg.udp.entry(fd).await_dummy(Token(3), proxy, true);
+        let peer = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
+        sys::bind(peer.raw(), a("127.0.0.1:0")).unwrap();
+        let src = sys::local_addr(peer.raw()).unwrap();
+
+        assert_eq!(classify(&mut reg, fd, src, b"hello", now), Incoming::Data { from: src, offset: 0 });
+        let forged = gcb::encode(&Message::Dummy { token: Token(4) }, 1).unwrap();
+        assert_eq!(classify(&mut reg, fd, src, &forged, now), Incoming::Data { from: src, offset: 0 }, "not our token");
+        let dummy = gcb::encode(&Message::Dummy { token: Token(3) }, 77).unwrap();
+        assert_eq!(classify(&mut reg, fd, src, &dummy, now), Incoming::Consumed);
+        let mut buf = [0u8; 64];
+        let n = unsafe { libc::recv(peer.raw(), buf.as_mut_ptr().cast(), 64, 0) };
+        let (h, m) = gcb::decode(&buf[..n as usize]).unwrap();
+        assert_eq!((h.request_id, m), (77, Message::DummyAck { token: Token(3) }), "the Dummy is answered");
+        assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::Direct(src)));
+        assert_eq!(classify(&mut reg, fd, src, b"x", now), Incoming::Data { from: proxy, offset: 0 }, "named as the proxy");
+        reg.udp.remove(fd);
+    }
+}

@@ -1,0 +1,57 @@
+//! The GCB client for UDP (paper 4.2.1 and 4.2.2, DESIGN.md; the broker side is
+//! `broker/src/udp`).
+//!
+//! * Every AF_INET UDP socket made while GCB is on starts `WatchedUdp`: its
+//!   `bind`, `connect`, `sendto`, `sendmsg` and `sendmmsg` are looked at, its
+//!   reads are not (one table load, as for any fd).
+//! * `bind` to a non-loopback address registers the socket
+//!   ([`listener::register`](super::listener::register), proto UDP): it becomes
+//!   `Managed`, `getsockname` reports the proxy address, and the data path is
+//!   opened and kept with Dummies ([`control`]).
+//! * Sending to a GCB address asks the broker once and records the answer in
+//!   the socket's receiver list ([`send`], [`table`]); the socket becomes
+//!   `Managed` so replies are named after the address sent to.
+//! * Every read of a `Managed` UDP socket goes through [`recv`]: relay headers
+//!   stripped, senders named, control traffic consumed, data buffered in order.
+//!
+//! Everything else, including all UDP of a process without `GCB_INAGENT` and
+//! sockets bound to loopback, stays on the fast path.
+
+pub mod control;
+pub mod recv;
+pub mod send;
+pub mod table;
+
+use libc::{c_int, sockaddr, socklen_t};
+use proto::Proto;
+
+use crate::fdtable::{self, Kind};
+use crate::real;
+
+/// Whether `fd` is a UDP socket this client manages (`Managed` and known to
+/// the UDP table; a `Managed` TCP listener is not).
+pub fn manages(fd: c_int) -> bool {
+    fdtable::kind(fd) == Kind::Managed && super::enabled() && super::with(|reg| reg.udp.get(fd).is_some())
+}
+
+/// Whether sends and connects on `fd` take [`send`].
+pub fn sends_through(fd: c_int) -> bool {
+    fdtable::kind(fd) == Kind::WatchedUdp || manages(fd)
+}
+
+/// `bind` of a GCB-mode socket: a UDP socket bound to a non-loopback address
+/// registers with the broker. The bind's own result is what the caller gets.
+///
+/// # Safety
+///
+/// The C contract of `bind`.
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let r = real::bind(fd, addr, len);
+    if r == 0 && fdtable::kind(fd) == Kind::WatchedUdp {
+        let _errno = crate::hook::ErrnoGuard::new();
+        // The bind itself succeeded; a socket that could not register (no
+        // descriptor for its management socket) works unbrokered, as logged.
+        let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp);
+    }
+    r
+}

@@ -1,0 +1,319 @@
+//! Sending from a GCB-mode UDP socket, and `connect` on one: the receiver list
+//! of paper 4.2.2.
+//!
+//! For each destination the application names, [`route`] finds where the
+//! datagram really goes:
+//!
+//! 1. A made hole or a direct answer in the receiver list: the real address.
+//! 2. A peer the broker relays for this (registered) socket: back to the
+//!    socket's own proxy, behind a relay header naming the peer, so the peer
+//!    sees the reply come from the address it sent to.
+//! 3. A live `Relay` / not-yet-open `Reversal` record: unchanged, to the proxy.
+//! 4. Loopback, `GCB_ROUTE direct`, negative cache: unchanged, no record, no
+//!    system call.
+//! 5. Otherwise the broker at the destination's IP is asked (`Connect`,
+//!    proto UDP) and the answer recorded: `Direct` / `SameRealm` give the real
+//!    address; `Relay` sends unchanged to the proxy; `Reversal` sends
+//!    unchanged meanwhile and awaits the listener's Dummy, which opens the
+//!    direct path (not on a connected socket, which would not hear the direct
+//!    replies: its Dummy, which can arrive before the real `connect`, is only
+//!    kept from the application); no broker there: the negative cache.
+//!
+//! Records live [`RECORD_TTL`](super::table::RECORD_TTL) and are dropped at a
+//! network error (`ECONNREFUSED`, unreachable), so the next send asks again.
+//! The `Connect` exchange runs outside the registry lock and bounded (the
+//! probe policy for a foreign IP, the command policy for our broker).
+
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+use proto::gcb::{Decision, ErrorCode, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD};
+use proto::rudp::RetryPolicy;
+use proto::Proto;
+
+use super::super::connector::{command_port, our_broker, worth_asking};
+use super::super::{mgmt, sys};
+use super::table::Route;
+use crate::fdtable::{self, Kind};
+use crate::hook::{errno, set_errno};
+use crate::{config, real};
+
+/// Where one datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    /// To this address, as is.
+    To(SocketAddrV4),
+    /// To our own proxy, behind a header naming the peer.
+    Relayed { proxy: SocketAddrV4, peer: SocketAddrV4 },
+}
+
+/// What the receiver list says about `dest` without asking anyone.
+fn known(fd: c_int, dest: SocketAddrV4, now: Instant) -> Option<Out> {
+    super::super::with(|reg| {
+        let s = reg.udp.get(fd)?;
+        let route = s.route(dest, now);
+        if let Some(Route::Direct(real)) = route {
+            return Some(Out::To(real));
+        }
+        if s.is_relay_peer(dest, now) {
+            let proxy = s.listener.and_then(|id| reg.listener(id)).and_then(|l| l.proxy);
+            if let Some(proxy) = proxy {
+                return Some(Out::Relayed { proxy, peer: dest });
+            }
+        }
+        route.map(|_| Out::To(dest))
+    })
+}
+
+/// Where a datagram from `fd` to `dest` goes (module docs); `connected` for
+/// `connect`, which never awaits a hole.
+pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_int> {
+    let now = Instant::now();
+    if let Some(out) = known(fd, dest, now) {
+        return Ok(out);
+    }
+    if !worth_asking(dest, now) {
+        return Ok(Out::To(dest));
+    }
+    let (route, awaited) = match ask(fd, dest) {
+        Asked::NotGcb => {
+            log!(Debug, "{} has no broker; udp to {dest} goes straight out", dest.ip());
+            super::super::with(|reg| reg.negative.insert(*dest.ip(), Instant::now()));
+            return Ok(Out::To(dest));
+        }
+        Asked::Decision(d) => {
+            log!(Debug, "udp to {dest}: {d:?}");
+            match d {
+                Decision::Direct { addr } | Decision::SameRealm { addr } => (Route::Direct(addr), None),
+                Decision::Relay { .. } => (Route::AsNamed, None),
+                Decision::Reversal { token } => (Route::AsNamed, Some(token)),
+                Decision::NotRegistered => {
+                    log!(Info, "udp to {dest}: nothing is registered there");
+                    if connected {
+                        return Err(libc::ECONNREFUSED);
+                    }
+                    (Route::NotGcb, None)
+                }
+            }
+        }
+        Asked::Silent => (Route::AsNamed, None),
+    };
+    super::super::with(|reg| {
+        let s = reg.udp.entry(fd);
+        s.set_route(dest, route, Instant::now());
+        if let Some(token) = awaited {
+            s.await_dummy(token, dest, !connected);
+        }
+        fdtable::replace(fd, Kind::WatchedUdp, Kind::Managed);
+    });
+    Ok(match route {
+        Route::Direct(real) => Out::To(real),
+        Route::AsNamed | Route::NotGcb => Out::To(dest),
+    })
+}
+
+enum Asked {
+    NotGcb,
+    /// Our own broker did not answer: send unchanged, ask again later.
+    Silent,
+    Decision(Decision),
+}
+
+/// Asks the broker at `dest`'s IP about UDP from `fd` (bound first if it is
+/// not, so the broker learns the port a reversal's Dummy must reach).
+fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
+    let ours = our_broker(*dest.ip()).is_some();
+    let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
+    let Ok((probe, probe_local)) = mgmt::open(cmd) else { return Asked::NotGcb };
+    let mut local = sys::local_addr(fd).unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
+    if local.port() == 0 {
+        let _ = sys::bind(fd, SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
+        local = sys::local_addr(fd).unwrap_or(local);
+    }
+    let ip = if local.ip().is_unspecified() { *probe_local.ip() } else { *local.ip() };
+    let connector = SocketAddrV4::new(ip, local.port());
+    let msg = Message::Connect { proto: Proto::Udp, target: dest, connector, connector_id: None, realm: config::get().realm.clone() };
+    let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
+    match mgmt::exchange(probe.raw(), cmd, policy, &msg) {
+        Ok(reply) => match mgmt::decision_of(reply) {
+            Ok(d) => Asked::Decision(d),
+            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered),
+            Err(Some(code)) => {
+                log!(Warn, "the broker at {} refused udp to {dest}: {code:?}; sending unchanged", dest.ip());
+                Asked::Silent
+            }
+            Err(None) => Asked::NotGcb,
+        },
+        Err(mgmt::NoAnswer::Timeout) if ours => {
+            log!(Warn, "the broker at {} did not answer a Connect for udp {dest}; sending unchanged", dest.ip());
+            Asked::Silent
+        }
+        Err(_) => Asked::NotGcb,
+    }
+}
+
+/// A send failed with `e`: a network error drops `dest`'s record.
+fn after_error(fd: c_int, dest: SocketAddrV4, e: c_int) {
+    if matches!(e, libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN) {
+        super::super::with(|reg| {
+            if let Some(s) = reg.udp.get_mut(fd) {
+                s.remove_route(dest);
+            }
+        });
+    }
+}
+
+/// Gathers iovecs into one buffer.
+unsafe fn gather(iov: *const iovec, iovcnt: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..iovcnt {
+        let v = &*iov.add(i);
+        if v.iov_len > 0 {
+            out.extend_from_slice(std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len));
+        }
+    }
+    out
+}
+
+/// Sends `payload` to our proxy for `peer`; EMSGSIZE past the relay maximum.
+fn send_relayed(fd: c_int, payload: &[u8], proxy: SocketAddrV4, peer: SocketAddrV4, flags: c_int) -> ssize_t {
+    if payload.len() > MAX_RELAY_PAYLOAD {
+        set_errno(libc::EMSGSIZE);
+        return -1;
+    }
+    let header = UdpRelayHeader { peer }.to_bytes();
+    let iov = [
+        iovec { iov_base: header.as_ptr() as *mut c_void, iov_len: header.len() },
+        iovec { iov_base: payload.as_ptr() as *mut c_void, iov_len: payload.len() },
+    ];
+    let sin = sys::to_sockaddr(proxy);
+    // SAFETY: all-zero is a valid msghdr; every pointer lives through the call.
+    let n = unsafe {
+        let mut m: msghdr = std::mem::zeroed();
+        m.msg_name = (&sin as *const libc::sockaddr_in).cast_mut().cast();
+        m.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as socklen_t;
+        m.msg_iov = iov.as_ptr().cast_mut();
+        m.msg_iovlen = 2;
+        real::sendmsg(fd, &m, flags)
+    };
+    if n < 0 {
+        return n;
+    }
+    (n as usize).saturating_sub(header.len()) as ssize_t
+}
+
+/// # Safety
+///
+/// The C contract of `sendmsg`.
+pub unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    if msg.is_null() {
+        return real::sendmsg(fd, msg, flags);
+    }
+    let m = &*msg;
+    let Some(dest) = sys::from_sockaddr(m.msg_name.cast(), m.msg_namelen) else { return real::sendmsg(fd, msg, flags) };
+    let saved = errno();
+    let out = match route(fd, dest, false) {
+        Ok(o) => o,
+        Err(e) => {
+            set_errno(e);
+            return -1;
+        }
+    };
+    set_errno(saved);
+    let n = match out {
+        Out::To(to) if to == dest => real::sendmsg(fd, msg, flags),
+        Out::To(to) => {
+            let sin = sys::to_sockaddr(to);
+            let mut copy = *m;
+            copy.msg_name = (&sin as *const libc::sockaddr_in).cast_mut().cast();
+            copy.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as socklen_t;
+            real::sendmsg(fd, &copy, flags)
+        }
+        Out::Relayed { proxy, peer } => {
+            let payload = gather(m.msg_iov, m.msg_iovlen);
+            send_relayed(fd, &payload, proxy, peer, flags)
+        }
+    };
+    if n < 0 {
+        after_error(fd, dest, errno());
+    } else {
+        set_errno(saved);
+    }
+    n
+}
+
+/// # Safety
+///
+/// The C contract of `sendto`.
+pub unsafe fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t) -> ssize_t {
+    if sys::from_sockaddr(addr, addrlen).is_none() {
+        return real::sendto(fd, buf, len, flags, addr, addrlen);
+    }
+    let iov = iovec { iov_base: buf.cast_mut(), iov_len: len };
+    let mut m: msghdr = std::mem::zeroed();
+    m.msg_name = addr.cast_mut().cast();
+    m.msg_namelen = addrlen;
+    m.msg_iov = (&iov as *const iovec).cast_mut();
+    m.msg_iovlen = 1;
+    sendmsg(fd, &m, flags)
+}
+
+/// # Safety
+///
+/// The C contract of `sendmmsg`.
+pub unsafe fn sendmmsg(fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int {
+    if vec.is_null() {
+        return real::sendmmsg(fd, vec, vlen, flags);
+    }
+    let mut sent = 0;
+    for i in 0..vlen.min(1024) as usize {
+        let e = &mut *vec.add(i);
+        let n = sendmsg(fd, &e.msg_hdr, flags);
+        if n < 0 {
+            return if sent == 0 { -1 } else { sent };
+        }
+        e.msg_len = n as c_uint;
+        sent += 1;
+    }
+    sent
+}
+
+/// `connect` on a GCB-mode UDP socket: the real socket is connected to where
+/// the datagrams really go; `getpeername` reports the address the
+/// application named. `AF_UNSPEC` (dissolving the association) passes.
+///
+/// # Safety
+///
+/// The C contract of `connect`.
+pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(dest) = sys::from_sockaddr(addr, len) else {
+        super::super::with(|reg| {
+            if let Some(s) = reg.udp.get_mut(fd) {
+                s.connected_to = None;
+            }
+        });
+        return real::connect(fd, addr, len);
+    };
+    let saved = errno();
+    let to = match route(fd, dest, true) {
+        Ok(Out::To(to)) => to,
+        // Connecting to a relayed peer: it is reached through the proxy, which the
+        // connected socket could not hear from; connect to it as it is instead.
+        Ok(Out::Relayed { .. }) => dest,
+        Err(e) => {
+            set_errno(e);
+            return -1;
+        }
+    };
+    let sin = sys::to_sockaddr(to);
+    set_errno(saved);
+    let r = real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t);
+    if r == 0 && to != dest {
+        super::super::with(|reg| reg.udp.entry(fd).connected_to = Some(dest));
+        fdtable::replace(fd, Kind::WatchedUdp, Kind::Managed);
+    } else if r == 0 && fdtable::kind(fd) == Kind::Managed {
+        super::super::with(|reg| reg.udp.entry(fd).connected_to = Some(dest));
+    }
+    r
+}

@@ -1,0 +1,402 @@
+//! What the shim knows about each UDP socket it manages, as plain data: the
+//! receiver list (paper 4.2.2: for each address the application sends to, where
+//! the datagrams really go), the reverse names of real sources, the peers the
+//! broker relays for this socket, holes being made, and the buffer of data
+//! datagrams read but not yet delivered. No system calls: every rule here is
+//! unit-tested; `udp::recv` and `udp::send` do the I/O.
+//!
+//! # Invariants
+//!
+//! 1. An fd maps to at most one socket; a socket has at least one fd (dups share
+//!    it, so a datagram stashed through one fd is read through any).
+//! 2. `reverse[real] == app` only while `receivers[app]` is `Route::Direct(real)`
+//!    or a made hole: the reverse name never outlives its record.
+//! 3. Every map is bounded ([`MAX_RECORDS`], [`MAX_STASH`]): a flood of new peers
+//!    evicts the oldest record rather than growing without end.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+use proto::gcb::Token;
+
+/// Records per map of one socket.
+pub const MAX_RECORDS: usize = 4096;
+/// Datagrams buffered per socket; beyond it the oldest is dropped, as a full
+/// kernel receive queue would drop the newest.
+pub const MAX_STASH: usize = 256;
+/// How long a receiver-list record is trusted before the broker is asked again
+/// (the periodic flush of paper 4.2.2).
+pub const RECORD_TTL: Duration = Duration::from_secs(120);
+/// How long a relayed peer counts as one after its last datagram: a little less
+/// than the broker's default rule idle time, whose expiry makes it refuse.
+pub const RELAY_PEER_TTL: Duration = Duration::from_secs(110);
+
+/// Where datagrams the application addresses to a GCB address really go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To this real address (direct, same realm, or a hole the peer made).
+    Direct(SocketAddrV4),
+    /// Unchanged to the address the application named: a proxy socket that
+    /// relays (decision `Relay`, or `Reversal` before its hole is open).
+    AsNamed,
+    /// Not a GCB address: straight out, unchanged.
+    NotGcb,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    route: Route,
+    since: Instant,
+}
+
+/// A data datagram with the sender the application is told about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub from: SocketAddrV4,
+    pub data: Vec<u8>,
+}
+
+/// A hole this socket is making after `MakeHole`: Dummies to `target` until
+/// its `DummyAck`; then `peer` is reached at the ack's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hole {
+    pub token: Token,
+    pub target: SocketAddrV4,
+    pub peer: SocketAddrV4,
+    pub next_try: Instant,
+    pub tries_left: u8,
+}
+
+/// One managed UDP socket.
+#[derive(Debug, Default)]
+pub struct UdpSocket {
+    /// Its registration, if it is registered (bound to a non-loopback address).
+    pub listener: Option<super::super::registry::ListenerId>,
+    /// `getpeername`: the GCB address a connected socket was connected to.
+    pub connected_to: Option<SocketAddrV4>,
+    receivers: HashMap<SocketAddrV4, Record>,
+    reverse: HashMap<SocketAddrV4, SocketAddrV4>,
+    relay_peers: HashMap<SocketAddrV4, Instant>,
+    /// Reversal connects waiting for the listener's Dummy: token → the GCB
+    /// address it opens a hole to, and whether to open it (a connected socket
+    /// does not: the kernel would not let the direct replies in, so its Dummy
+    /// is only kept from the application).
+    awaiting: HashMap<Token, (SocketAddrV4, bool)>,
+    pub holes: Vec<Hole>,
+    stash: VecDeque<Datagram>,
+}
+
+/// Drops the oldest entry of `map` (by `age`) when it is full.
+fn make_room<K: Copy + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, age: impl Fn(&V) -> Instant) -> Option<K> {
+    if map.len() < MAX_RECORDS {
+        return None;
+    }
+    let oldest = map.iter().min_by_key(|(_, v)| age(v)).map(|(k, _)| *k)?;
+    map.remove(&oldest);
+    Some(oldest)
+}
+
+impl UdpSocket {
+    /// The route for `app`, if a live record exists.
+    pub fn route(&self, app: SocketAddrV4, now: Instant) -> Option<Route> {
+        let r = self.receivers.get(&app)?;
+        (now.saturating_duration_since(r.since) < RECORD_TTL).then_some(r.route)
+    }
+
+    /// Records the broker's answer for `app`, replacing an older one.
+    pub fn set_route(&mut self, app: SocketAddrV4, route: Route, now: Instant) {
+        self.remove_route(app);
+        if let Some(evicted) = make_room(&mut self.receivers, |r| r.since) {
+            self.reverse.retain(|_, a| *a != evicted);
+        }
+        if let Route::Direct(real) = route {
+            if real != app {
+                self.reverse.insert(real, app);
+            }
+        }
+        self.receivers.insert(app, Record { route, since: now });
+    }
+
+    /// Forgets `app`'s record (a network error, or a new answer).
+    pub fn remove_route(&mut self, app: SocketAddrV4) {
+        if let Some(Record { route: Route::Direct(real), .. }) = self.receivers.remove(&app) {
+            if self.reverse.get(&real) == Some(&app) {
+                self.reverse.remove(&real);
+            }
+        }
+    }
+
+    /// The name to report for a datagram from the real address `src`.
+    pub fn name_of(&self, src: SocketAddrV4) -> SocketAddrV4 {
+        self.reverse.get(&src).copied().unwrap_or(src)
+    }
+
+    /// A relayed datagram came from `peer` through this socket's proxy.
+    pub fn note_relay_peer(&mut self, peer: SocketAddrV4, now: Instant) {
+        if !self.relay_peers.contains_key(&peer) {
+            make_room(&mut self.relay_peers, |t| *t);
+        }
+        self.relay_peers.insert(peer, now);
+    }
+
+    /// Whether replies to `peer` go back through the proxy with a header.
+    pub fn is_relay_peer(&self, peer: SocketAddrV4, now: Instant) -> bool {
+        self.relay_peers.get(&peer).is_some_and(|t| now.saturating_duration_since(*t) < RELAY_PEER_TTL)
+    }
+
+    /// A reversal connect to `app` waits for the listener's `Dummy{token}`;
+    /// `open`: the hole is to be used (see `awaiting`).
+    pub fn await_dummy(&mut self, token: Token, app: SocketAddrV4, open: bool) {
+        if self.awaiting.len() >= MAX_RECORDS {
+            self.awaiting.clear();
+        }
+        self.awaiting.insert(token, (app, open));
+    }
+
+    /// A `Dummy{token}` arrived from `src`: if its hole is to be used, the GCB
+    /// address it was awaited for is now reached at `src`. Returns that address
+    /// and whether the hole is used (the caller then acks); `None` if no connect
+    /// awaits this token (the Dummy is not ours).
+    pub fn dummy_from(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<(SocketAddrV4, bool)> {
+        let (app, open) = self.awaiting.remove(&token)?;
+        if open {
+            self.set_route(app, Route::Direct(src), now);
+        }
+        Some((app, open))
+    }
+
+    /// Starts making a hole after `MakeHole`; the caller sends the first Dummy.
+    pub fn start_hole(&mut self, hole: Hole) {
+        self.holes.retain(|h| h.token != hole.token);
+        if self.holes.len() >= 64 {
+            self.holes.remove(0);
+        }
+        self.holes.push(hole);
+    }
+
+    /// A `DummyAck{token}` came from `src`: the hole is made, and its peer is
+    /// reached at (and reported for) `src`. `None` if no hole had this token.
+    pub fn hole_acked(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<SocketAddrV4> {
+        let i = self.holes.iter().position(|h| h.token == token)?;
+        let hole = self.holes.remove(i);
+        self.set_route(hole.peer, Route::Direct(src), now);
+        Some(hole.peer)
+    }
+
+    /// Holes whose next Dummy is due: their targets and tokens. Each try is
+    /// counted; a hole out of tries is dropped (the peer stays relayed).
+    pub fn due_holes(&mut self, now: Instant, every: Duration) -> Vec<(Token, SocketAddrV4)> {
+        let mut due = Vec::new();
+        self.holes.retain_mut(|h| {
+            if now < h.next_try {
+                return true;
+            }
+            if h.tries_left == 0 {
+                return false;
+            }
+            h.tries_left -= 1;
+            h.next_try = now + every;
+            due.push((h.token, h.target));
+            true
+        });
+        due
+    }
+
+    pub fn next_hole_deadline(&self) -> Option<Instant> {
+        self.holes.iter().map(|h| h.next_try).min()
+    }
+
+    /// Buffers a data datagram for the application, in arrival order.
+    pub fn stash(&mut self, d: Datagram) {
+        if self.stash.len() >= MAX_STASH {
+            self.stash.pop_front();
+        }
+        self.stash.push_back(d);
+    }
+
+    /// Puts a datagram back at the head (a `MSG_PEEK` read it).
+    pub fn unread(&mut self, d: Datagram) {
+        self.stash.push_front(d);
+    }
+
+    pub fn take_stashed(&mut self) -> Option<Datagram> {
+        self.stash.pop_front()
+    }
+
+    pub fn has_stashed(&self) -> bool {
+        !self.stash.is_empty()
+    }
+}
+
+/// Every managed UDP socket of the process, by fd.
+#[derive(Debug, Default)]
+pub struct UdpTable {
+    socks: HashMap<u64, UdpSocket>,
+    fds: HashMap<c_int, u64>,
+    next: u64,
+}
+
+impl UdpTable {
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    pub fn get(&self, fd: c_int) -> Option<&UdpSocket> {
+        self.socks.get(self.fds.get(&fd)?)
+    }
+
+    pub fn get_mut(&mut self, fd: c_int) -> Option<&mut UdpSocket> {
+        self.socks.get_mut(self.fds.get(&fd)?)
+    }
+
+    /// The socket of `fd`, made if new.
+    pub fn entry(&mut self, fd: c_int) -> &mut UdpSocket {
+        let id = match self.fds.get(&fd) {
+            Some(id) => *id,
+            None => {
+                self.next += 1;
+                self.fds.insert(fd, self.next);
+                self.next
+            }
+        };
+        self.socks.entry(id).or_default()
+    }
+
+    /// `new` is a dup of `old`: the same socket. False if `old` is unknown.
+    pub fn alias(&mut self, old: c_int, new: c_int) -> bool {
+        let Some(&id) = self.fds.get(&old) else { return false };
+        self.remove(new);
+        self.fds.insert(new, id);
+        true
+    }
+
+    /// Forgets `fd`; the socket goes with its last fd.
+    pub fn remove(&mut self, fd: c_int) {
+        if let Some(id) = self.fds.remove(&fd) {
+            if !self.fds.values().any(|&i| i == id) {
+                self.socks.remove(&id);
+            }
+        }
+    }
+
+    /// The fds and sockets, one fd per socket (for timers).
+    pub fn sockets_mut(&mut self) -> impl Iterator<Item = (c_int, &mut UdpSocket)> {
+        let mut firsts: HashMap<u64, c_int> = HashMap::new();
+        for (&fd, &id) in &self.fds {
+            firsts.entry(id).and_modify(|f| *f = (*f).min(fd)).or_insert(fd);
+        }
+        self.socks.iter_mut().filter_map(move |(id, s)| Some((*firsts.get(id)?, s)))
+    }
+
+    pub fn sockets(&self) -> impl Iterator<Item = &UdpSocket> {
+        self.socks.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn routes_name_their_sources_and_expire() {
+        let now = Instant::now();
+        let mut s = UdpSocket::default();
+        let proxy = a("203.0.113.10:20001");
+        assert_eq!(s.route(proxy, now), None);
+        s.set_route(proxy, Route::Direct(a("192.0.2.10:9000")), now);
+        assert_eq!(s.route(proxy, now), Some(Route::Direct(a("192.0.2.10:9000"))));
+        assert_eq!(s.name_of(a("192.0.2.10:9000")), proxy, "the reply is reported from the address sent to");
+        assert_eq!(s.name_of(a("192.0.2.99:1")), a("192.0.2.99:1"));
+        assert_eq!(s.route(proxy, now + RECORD_TTL), None, "flushed after the TTL");
+        // A new answer replaces the old one and its reverse name.
+        s.set_route(proxy, Route::AsNamed, now);
+        assert_eq!(s.name_of(a("192.0.2.10:9000")), a("192.0.2.10:9000"));
+        s.set_route(proxy, Route::Direct(a("192.0.2.10:9000")), now);
+        s.remove_route(proxy);
+        assert_eq!(s.route(proxy, now), None);
+        assert_eq!(s.name_of(a("192.0.2.10:9000")), a("192.0.2.10:9000"), "reverse name gone with its record");
+    }
+
+    #[test]
+    fn reversal_dummy_and_makehole_ack_open_direct_paths() {
+        let now = Instant::now();
+        let mut s = UdpSocket::default();
+        let proxy = a("203.0.113.10:20001");
+        s.set_route(proxy, Route::AsNamed, now);
+        s.await_dummy(Token(6), proxy, false);
+        assert_eq!(s.dummy_from(Token(6), a("203.0.113.1:4000"), now), Some((proxy, false)));
+        assert_eq!(s.route(proxy, now), Some(Route::AsNamed), "a connected socket's hole is not used");
+        s.await_dummy(Token(7), proxy, true);
+        assert_eq!(s.dummy_from(Token(8), a("203.0.113.1:4000"), now), None, "unknown token: not ours");
+        assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now), Some((proxy, true)));
+        assert_eq!(s.route(proxy, now), Some(Route::Direct(a("203.0.113.1:4000"))));
+        assert_eq!(s.name_of(a("203.0.113.1:4000")), proxy);
+        assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now), None, "once");
+
+        let peer = a("203.0.113.20:5000");
+        s.start_hole(Hole { token: Token(9), target: peer, peer, next_try: now, tries_left: 2 });
+        assert_eq!(s.due_holes(now, Duration::from_secs(1)), vec![(Token(9), peer)]);
+        assert!(s.due_holes(now, Duration::from_secs(1)).is_empty(), "not due again yet");
+        assert_eq!(s.next_hole_deadline(), Some(now + Duration::from_secs(1)));
+        assert_eq!(s.hole_acked(Token(9), peer, now), Some(peer));
+        assert_eq!(s.route(peer, now), Some(Route::Direct(peer)));
+        assert!(s.holes.is_empty());
+        // Out of tries: dropped.
+        s.start_hole(Hole { token: Token(10), target: peer, peer, next_try: now, tries_left: 1 });
+        assert_eq!(s.due_holes(now, Duration::ZERO).len(), 1);
+        assert!(s.due_holes(now, Duration::ZERO).is_empty());
+        assert!(s.holes.is_empty());
+    }
+
+    #[test]
+    fn relay_peers_expire_and_are_bounded() {
+        let now = Instant::now();
+        let mut s = UdpSocket::default();
+        let p = a("203.0.113.20:5000");
+        s.note_relay_peer(p, now);
+        assert!(s.is_relay_peer(p, now));
+        assert!(!s.is_relay_peer(p, now + RELAY_PEER_TTL));
+        for i in 0..MAX_RECORDS as u32 + 10 {
+            s.note_relay_peer(SocketAddrV4::new(i.into(), 1), now + Duration::from_millis(u64::from(i) + 1));
+        }
+        assert!(s.relay_peers.len() <= MAX_RECORDS);
+        assert!(!s.is_relay_peer(p, now + Duration::from_millis(1)), "the oldest went first");
+    }
+
+    #[test]
+    fn stash_keeps_order_peeks_and_is_bounded() {
+        let mut s = UdpSocket::default();
+        let d = |i: u8| Datagram { from: a("198.51.100.10:1"), data: vec![i] };
+        s.stash(d(1));
+        s.stash(d(2));
+        let first = s.take_stashed().unwrap();
+        s.unread(first.clone());
+        assert_eq!(s.take_stashed(), Some(first));
+        assert_eq!(s.take_stashed(), Some(d(2)));
+        assert!(!s.has_stashed());
+        for i in 0..MAX_STASH + 3 {
+            s.stash(d(i as u8));
+        }
+        assert_eq!(s.take_stashed(), Some(d(3)), "the oldest three dropped");
+    }
+
+    #[test]
+    fn table_shares_sockets_between_dups() {
+        let mut t = UdpTable::default();
+        t.entry(5).set_route(a("1.2.3.4:5"), Route::NotGcb, Instant::now());
+        assert!(t.alias(5, 9));
+        assert!(!t.alias(6, 7));
+        assert!(t.get(9).unwrap().route(a("1.2.3.4:5"), Instant::now()).is_some());
+        t.remove(5);
+        assert!(t.get(9).is_some(), "still open through the dup");
+        assert_eq!(t.sockets_mut().count(), 1);
+        t.remove(9);
+        assert!(t.is_empty() && t.sockets().count() == 0);
+    }
+}
