@@ -88,7 +88,6 @@ fn broker_kill_under_load_and_restart() {
 
 /// The same for GCB over UDP: proxy UDP sockets and relay rules come back.
 #[test]
-#[ignore = "needs GCB for UDP in the shim (issue 4)"]
 fn broker_kill_with_udp_rules_and_restart() {
     let mut f = Faults::up(HEARTBEAT_S);
     let srv = support::ctest("echo-server");

@@ -83,18 +83,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     match ask(dest) {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; connecting directly", dest.ip());
-            // One of our own brokers that refused is down, not absent: ask it
-            // again next time rather than routing around it for a minute.
-            let remember = our_broker(*dest.ip()).is_none();
-            if remember {
-                super::negcache::remember_not_gcb(*dest.ip());
-            }
-            super::with(|reg| {
-                if remember {
-                    reg.negative.insert(*dest.ip(), Instant::now());
-                }
-                super::fdops::unwatch(reg, fd);
-            });
+            remember_no_broker(*dest.ip());
+            super::with(|reg| super::fdops::unwatch(reg, fd));
             set_errno(saved);
             real::connect(fd, addr, len)
         }
@@ -111,7 +101,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         Asked::Decision(decision, tmp) => {
             let r = decide(fd, dest, decision, tmp, saved);
             if r == 0 || errno() == libc::EINPROGRESS {
-                log_path(dest, &decision, now);
+                log_path(Proto::Tcp, dest, &decision, now);
             }
             r
         }
@@ -126,15 +116,28 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 /// read to learn which way a connection went: `gcb: connect tcp DEST via PATH
 /// [to ADDR] in N us`. The time runs from the application's call to the moment
 /// it gets its answer, so a non-blocking direct connect counts until EINPROGRESS.
-fn log_path(dest: SocketAddrV4, d: &Decision, since: Instant) {
+/// The same line serves UDP (`connect udp DEST via PATH`), logged when a
+/// destination's receiver-list record is made.
+pub(crate) fn log_path(proto: Proto, dest: SocketAddrV4, d: &Decision, since: Instant) {
     let us = since.elapsed().as_micros();
     match d {
-        Decision::Direct { addr } => log!(Info, "connect tcp {dest} via direct to {addr} in {us} us"),
-        Decision::SameRealm { addr } => log!(Info, "connect tcp {dest} via same-realm to {addr} in {us} us"),
-        Decision::Reversal { .. } => log!(Info, "connect tcp {dest} via reversal in {us} us"),
-        Decision::Relay { via, .. } => log!(Info, "connect tcp {dest} via relay at {via} in {us} us"),
+        Decision::Direct { addr } => log!(Info, "connect {proto} {dest} via direct to {addr} in {us} us"),
+        Decision::SameRealm { addr } => log!(Info, "connect {proto} {dest} via same-realm to {addr} in {us} us"),
+        Decision::Reversal { .. } => log!(Info, "connect {proto} {dest} via reversal in {us} us"),
+        Decision::Relay { via, .. } => log!(Info, "connect {proto} {dest} via relay at {via} in {us} us"),
         Decision::NotRegistered => {}
     }
+}
+
+/// Records that `ip` has no broker, for this process and the user's others
+/// (`negcache`). One of our own brokers that refused is down, not absent: it is
+/// asked again next time rather than routed around for a minute.
+pub(crate) fn remember_no_broker(ip: std::net::Ipv4Addr) {
+    if our_broker(ip).is_some() {
+        return;
+    }
+    super::negcache::remember_not_gcb(ip);
+    super::with(|reg| reg.negative.insert(ip, Instant::now()));
 }
 
 fn fail(e: Errno) -> c_int {

@@ -32,7 +32,7 @@ use proto::gcb::{Decision, ErrorCode, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
-use super::super::connector::{command_port, our_broker, worth_asking};
+use super::super::connector::{command_port, log_path, our_broker, remember_no_broker, worth_asking};
 use super::super::{mgmt, sys};
 use super::table::Route;
 use crate::fdtable::{self, Kind};
@@ -79,11 +79,11 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
     let (route, awaited) = match ask(fd, dest) {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; udp to {dest} goes straight out", dest.ip());
-            super::super::with(|reg| reg.negative.insert(*dest.ip(), Instant::now()));
+            remember_no_broker(*dest.ip());
             return Ok(Out::To(dest));
         }
         Asked::Decision(d) => {
-            log!(Debug, "udp to {dest}: {d:?}");
+            log_path(Proto::Udp, dest, &d, now);
             match d {
                 Decision::Direct { addr } | Decision::SameRealm { addr } => (Route::Direct(addr), None),
                 Decision::Relay { .. } => (Route::AsNamed, None),
