@@ -155,7 +155,7 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
     }
     match super::with(|st| st.names(fd)).and_then(pick) {
         Some(name) => {
-            sys::copy_out(name, addr, len);
+            crate::gcb::family::copy_out(name, crate::gcb::family::of(fd), addr, len);
             0
         }
         None => real_fn(fd, addr, len),

@@ -3,12 +3,17 @@
 //!
 //! # listen
 //!
-//! On a GCB-mode AF_INET TCP socket bound to anything but loopback, after the
-//! real `listen` (which also picks the port of an unbound socket): open a
-//! management socket to the first broker, `Register` in a bounded blocking
-//! exchange, and mark the fd managed. `getsockname` then reports the proxy
-//! address. An unreachable or refusing broker costs one warning; `listen` still
-//! succeeds and the AEH retries every heartbeat interval.
+//! On a GCB-mode TCP socket bound to anything but loopback, after the real
+//! `listen` (which also picks the port of an unbound socket): open a management
+//! socket to the first broker, `Register` in a bounded blocking exchange, and
+//! mark the fd managed. `getsockname` then reports the proxy address. An
+//! unreachable or refusing broker costs one warning; `listen` still succeeds and
+//! the AEH retries every heartbeat interval.
+//!
+//! An AF_INET6 socket counts when it reaches IPv4: bound to `::` with
+//! `IPV6_V6ONLY` off, or to a v4-mapped address. Its names are then v4-mapped
+//! (see `family`), and the connections it hands out are AF_INET6 sockets too.
+//! Pure IPv6 listeners are left alone.
 //!
 //! # accept
 //!
@@ -32,7 +37,7 @@ use super::doorbell::{self, Job, Record, RECORD_LEN};
 use super::mgmt::{self, NoAnswer};
 use super::registry::{ListenerId, Mgmt, Names};
 use super::sys::{self, Sock};
-use super::{dial, fdops};
+use super::{dial, family, fdops};
 use crate::fdtable::{self, Kind};
 use crate::hook::{errno, set_errno};
 use crate::real;
@@ -58,7 +63,11 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
 }
 
 fn register(fd: c_int) {
-    let Ok(local) = sys::local_addr(fd) else { return };
+    // Pure IPv6 (v6-only, or a real IPv6 address) is not ours to register.
+    let Ok(local) = sys::local_addr(fd) else {
+        fdtable::replace(fd, Kind::Watched, Kind::Plain);
+        return;
+    };
     if !registrable(*local.ip()) {
         fdtable::replace(fd, Kind::Watched, Kind::Plain);
         return;
@@ -176,7 +185,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         if peer.is_some_and(|p| doorbell::is_doorbell_peer(*p.ip())) {
             match answer_doorbell(id, fd, n, flags) {
                 Some(peer) => {
-                    sys::copy_out(peer, addr, len);
+                    family::copy_out(peer, family::of(fd), addr, len);
                     return ok(n, saved);
                 }
                 None => continue,
@@ -228,7 +237,8 @@ fn named_accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
 /// have it; `None` if the dial failed (the caller waits for the next connection).
 unsafe fn dial_now(listener: c_int, job: &Job, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> Option<c_int> {
     let cloexec = flags & libc::SOCK_CLOEXEC != 0;
-    let (sock, peer) = match dial::for_listener(&job.record, cloexec) {
+    let fam = family::of(listener);
+    let (sock, peer) = match dial::for_listener(&job.record, fam, cloexec) {
         Ok(s) => s,
         Err(e) => {
             dial_failed(&job.record, e);
@@ -241,7 +251,7 @@ unsafe fn dial_now(listener: c_int, job: &Job, flags: c_int, addr: *mut sockaddr
     }
     let fd = sock.into_raw();
     named_accepted(job.listener, fd, Some(peer));
-    sys::copy_out(peer, addr, len);
+    family::copy_out(peer, fam, addr, len);
     Some(fd)
 }
 
@@ -265,7 +275,8 @@ fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> O
             return None;
         }
     };
-    let (sock, peer) = match dial::for_listener(&record, true) {
+    // Of the listener's family, as the doorbell on `n` it replaces.
+    let (sock, peer) = match dial::for_listener(&record, family::of(listener), true) {
         Ok(s) => s,
         Err(e) => {
             dial_failed(&record, e);

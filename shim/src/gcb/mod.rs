@@ -24,6 +24,7 @@ pub mod blocking_read;
 pub mod connector;
 pub mod dial;
 pub mod doorbell;
+pub mod family;
 pub mod fdops;
 pub mod identity;
 pub mod inherit;
