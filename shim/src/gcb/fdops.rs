@@ -64,6 +64,9 @@ fn wind_up(mut l: Box<Listener>) {
         log!(Debug, "tcp {} closed here; shared with another process, so left registered", l.reg_local);
     } else {
         mgmt::send_unregister(&mut l);
+        if let Some(proxy) = l.proxy {
+            super::with(|reg| reg.released.remember(l.reg_local, proxy));
+        }
     }
     crate::internal::release(l.mgmt.fd);
 }

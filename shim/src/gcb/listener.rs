@@ -81,7 +81,9 @@ fn register(fd: c_int) {
         }
     };
     let reg_local = if local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), local.port()) } else { local };
-    let msg = mgmt::register_message(reg_local, mgmt_local, None);
+    // A re-listen on the same local address keeps the address clients know.
+    let desired = super::with(|reg| reg.released.take(reg_local)).map(|p| p.port());
+    let msg = mgmt::register_message(reg_local, mgmt_local, desired);
     let proxy = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {
         Ok(proto::gcb::Message::RegisterOk { proxy, .. }) => {
             log!(Info, "registered tcp {reg_local} as {proxy}");

@@ -34,6 +34,7 @@ pub mod lock;
 pub mod mgmt;
 pub mod negcache;
 pub mod registry;
+pub mod released;
 pub mod sys;
 pub mod waits;
 
