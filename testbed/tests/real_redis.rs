@@ -22,7 +22,11 @@ const CLI: Duration = Duration::from_secs(30);
 
 fn redis_server(r: &RealBed, host: &str, port: u16) -> (Proc, String) {
     let p = port.to_string();
-    let args = ["redis-server", "--port", &p, "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"];
+    // Its own working directory: a dump.rdb left anywhere else must not be loaded.
+    let dir = r.file(&format!("redis-{port}"));
+    std::fs::create_dir_all(&dir).expect("redis dir");
+    let dir = dir.to_str().unwrap().to_string();
+    let args = ["redis-server", "--port", &p, "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", &dir];
     let server = r.spawn(host, true, &args);
     let local = format!("{}:{port}", r.bed.ip(host));
     let public = r.registered(&server, "tcp", &local);
