@@ -11,8 +11,9 @@
 
 pub mod json;
 pub mod proc;
+pub mod real;
 
-pub use proc::{run_with_timeout, Proc, ServerProc};
+pub use proc::{run_with_timeout, wait_for, Proc, ServerProc};
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

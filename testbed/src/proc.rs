@@ -137,6 +137,18 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
+/// Polls `check` every 50 ms until it returns Some, for at most `within`.
+pub fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A running background process (typically a server) with its stdout delivered line
 /// by line. Dropping it stops the process (SIGTERM, then SIGKILL).
 pub struct Proc {

@@ -18,9 +18,9 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use testbed::{release_bin, require_root, workspace_root, Proc, TestBed};
+use testbed::{release_bin, require_root, wait_for, workspace_root, Proc, TestBed};
 
 const DPFD: &str = "192.0.2.1";
 const STEP: Duration = Duration::from_secs(15);
@@ -43,18 +43,6 @@ fn ctest(name: &str) -> PathBuf {
 
 fn release(name: &str) -> PathBuf {
     built(release_bin(name), "run `cargo build --release`")
-}
-
-/// Polls `check` every 50 ms until it returns Some, for at most `within`.
-fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 struct Bed {

@@ -10,9 +10,9 @@
 //! Needs root, `cargo build --release` (dpfd) and `make -C c-tests`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use testbed::{release_bin, require_root, workspace_root, Proc, TestBed};
+use testbed::{release_bin, require_root, wait_for, workspace_root, Proc, TestBed};
 
 const SERVER: &str = "192.0.2.1:65433";
 const STEP: Duration = Duration::from_secs(10);
@@ -37,18 +37,6 @@ fn ctest(name: &str) -> PathBuf {
 
 fn requester() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dpf-request"))
-}
-
-/// Polls `check` every 50 ms until it returns Some, for at most `within`.
-fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 struct Bed {

@@ -83,7 +83,14 @@ pub fn forward(fd: c_int, proto: Proto) {
             return;
         }
     };
-    let msg = Message::Forward { proto, local, mgmt_port, desired: None };
+    // A re-listen on the same local address keeps the address clients know;
+    // a program serving TCP and UDP on one port (iperf3, DNS) is reached on one
+    // public port for both, so the second socket asks for the first one's port.
+    let desired = super::with(|st| {
+        let sibling = st.forwards().find(|f| f.local == local && f.proto != proto).map(|f| f.public);
+        st.released.take((proto, local)).or(sibling)
+    });
+    let msg = Message::Forward { proto, local, mgmt_port, desired };
     let public = match exchange::exchange(sock.raw(), dpfd, RetryPolicy::default(), &CODEC, &msg) {
         Ok(Message::ForwardOk { public }) => public,
         Ok(Message::Error { code, detail }) => {
@@ -136,6 +143,9 @@ pub fn send_delete(proto: Proto, local: SocketAddrV4) {
 pub fn wind_up(f: Forward, turned_active: bool) {
     if turned_active || !f.shared {
         send_delete(f.proto, f.local);
+        if !turned_active {
+            super::with(|st| st.released.remember((f.proto, f.local), f.public));
+        }
     } else {
         log!(Debug, "{} {} closed here; shared with another process, left to dpfd's probe", f.proto, f.local);
     }

@@ -31,7 +31,9 @@ fn proto_of(fd: c_int) -> Option<Proto> {
 /// The C contract of `bind`.
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let r = real::bind(fd, addr, len);
-    if r == 0 && sys::from_sockaddr(addr, len).is_some() {
+    // IPv4, also through a dual-stack AF_INET6 socket (bound to `::` or a
+    // v4-mapped address); pure IPv6 is not forwarded.
+    if r == 0 && crate::gcb::family::local_view(fd, addr, len).is_some() {
         let _errno = ErrnoGuard::new();
         if proto_of(fd) == Some(Proto::Udp) {
             forward::forward(fd, Proto::Udp);
@@ -155,7 +157,7 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
     }
     match super::with(|st| st.names(fd)).and_then(pick) {
         Some(name) => {
-            sys::copy_out(name, addr, len);
+            crate::gcb::family::copy_out(name, crate::gcb::family::of(fd), addr, len);
             0
         }
         None => real_fn(fd, addr, len),

@@ -76,6 +76,8 @@ pub struct State {
     next_id: ForwardId,
     /// `Query` answers (see `query`).
     pub cache: QueryCache,
+    /// Public addresses of closed forwards, for re-listens (see `gcb::released`).
+    pub released: crate::gcb::released::Released<(Proto, SocketAddrV4)>,
     /// The fork generation this state was last used in (see `gcb::lock`).
     pub generation: u32,
 }

@@ -24,7 +24,9 @@
 //! heartbeat interval.
 //!
 //! Only sockets made by `socket()` in this process image while GCB is on are
-//! candidates (`Watched`). A reversal replaces the socket, so a local address the
+//! candidates (`Watched`): AF_INET, and AF_INET6 dialing a v4-mapped address
+//! (names and the reversed connection's socket are then AF_INET6 too, see
+//! `family`); pure IPv6 passes through. A reversal replaces the socket, so a local address the
 //! application bound before `connect` is not kept; an application that needs a
 //! fixed source port should list the destination as `direct` in `GCB_ROUTE`.
 
@@ -37,6 +39,7 @@ use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use super::dial;
+use super::family::{self, Family};
 use super::mgmt;
 use super::registry::Names;
 use super::sys::{self, Errno, Sock};
@@ -73,14 +76,17 @@ pub(super) fn out_of_resources(e: Errno) -> bool {
 ///
 /// The C contract of `connect`.
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let Some(dest) = sys::from_sockaddr(addr, len) else { return real::connect(fd, addr, len) };
     let now = Instant::now();
-    if !worth_asking(dest, now) {
+    // Pure IPv6 is not brokered; neither is a v4-mapped address on a v6-only
+    // socket, which the kernel refuses by itself.
+    let dest = sys::from_sockaddr(addr, len).filter(|d| worth_asking(*d, now));
+    let fam = if dest.is_some() { family::of(fd) } else { Family::V4 };
+    let Some(dest) = dest.filter(|_| fam == Family::V4 || !family::v6only(fd)) else {
         fdtable::replace(fd, Kind::Watched, Kind::Plain);
         return real::connect(fd, addr, len);
-    }
+    };
     let saved = errno();
-    match ask(dest) {
+    match ask(dest, fam) {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; connecting directly", dest.ip());
             remember_no_broker(*dest.ip());
@@ -172,8 +178,10 @@ pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
     our_broker(ip).map_or(COMMAND_PORT, |b| b.port())
 }
 
-fn temp_listener(ip: std::net::Ipv4Addr) -> Result<(Sock, SocketAddrV4), Errno> {
-    let s = sys::socket(libc::SOCK_STREAM, true, true)?;
+/// The hidden listener a reversed connection arrives on, of the application
+/// socket's `family`, since the connection it accepts takes that socket's place.
+fn temp_listener(ip: std::net::Ipv4Addr, family: Family) -> Result<(Sock, SocketAddrV4), Errno> {
+    let s = sys::socket_of(family, libc::SOCK_STREAM, true, true)?;
     sys::bind(s.raw(), SocketAddrV4::new(ip, 0))?;
     // SAFETY: our socket.
     if unsafe { real::listen(s.raw(), 8) } < 0 {
@@ -186,7 +194,7 @@ fn temp_listener(ip: std::net::Ipv4Addr) -> Result<(Sock, SocketAddrV4), Errno> 
 /// Asks the broker at `dest`'s IP. A destination on one of our own brokers is
 /// known to be brokered: it gets the normal command retry policy rather than the
 /// short probe, and silence there is not remembered as "no broker".
-fn ask(dest: SocketAddrV4) -> Asked {
+fn ask(dest: SocketAddrV4, family: Family) -> Asked {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
     let (probe, local) = match mgmt::open(cmd) {
@@ -194,7 +202,7 @@ fn ask(dest: SocketAddrV4) -> Asked {
         Err(e) if out_of_resources(e) => return Asked::NoResources(e),
         Err(_) => return Asked::NotGcb,
     };
-    let tmp = match temp_listener(*local.ip()) {
+    let tmp = match temp_listener(*local.ip(), family) {
         Ok(t) => Some(t),
         Err(e) if out_of_resources(e) => return Asked::NoResources(e),
         Err(_) => None,
@@ -227,9 +235,9 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, tmp: Option<(Sock, 
         Decision::Direct { addr } | Decision::SameRealm { addr } => {
             drop(tmp);
             name(fd, dest);
-            let sin = sys::to_sockaddr(addr);
+            let raw = family::encode(addr, family::of(fd));
             set_errno(saved);
-            real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t)
+            real::connect(fd, raw.ptr(), raw.len())
         }
         Decision::NotRegistered => {
             log!(Info, "connect to {dest}: nothing is registered there");

@@ -18,6 +18,7 @@ use libc::c_int;
 use proto::gcb::{Frame, Role, StreamHello, StreamPeer, Token};
 
 use super::doorbell::{Dial, Record};
+use super::family::Family;
 use super::sys::{self, Errno, Sock};
 use crate::real;
 
@@ -31,11 +32,12 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// the kernel bounds its blocking connects.
 pub const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Dials for `record` (listener side). Returns the connected socket, blocking and
-/// close-on-exec if `cloexec`, with the peer to report.
-pub fn for_listener(record: &Record, cloexec: bool) -> Result<(Sock, SocketAddrV4), Errno> {
+/// Dials for `record` (listener side). Returns the connected socket, of the
+/// listener's `family`, blocking and close-on-exec if `cloexec`, with the peer to
+/// report.
+pub fn for_listener(record: &Record, family: Family, cloexec: bool) -> Result<(Sock, SocketAddrV4), Errno> {
     let start = Instant::now();
-    let s = sys::socket(libc::SOCK_STREAM, cloexec, true)?;
+    let s = sys::socket_of(family, libc::SOCK_STREAM, cloexec, true)?;
     let (to, token) = match record.dial {
         Dial::Reverse { connector } => (connector, record.token),
         Dial::Relay { broker } => (broker, record.token),
@@ -121,8 +123,8 @@ mod tests {
         let peer: SocketAddrV4 = "198.51.100.10:4000".parse().unwrap();
         let record = |token| Record { secret: 1, token: Token(token), dial: Dial::Reverse { connector: at }, peer, proxy: peer };
         // A wrong token first: dropped, then the right one is taken.
-        let (_stray, _) = for_listener(&record(1), true).unwrap();
-        let (dialed, reported) = for_listener(&record(2), true).unwrap();
+        let (_stray, _) = for_listener(&record(1), Family::V4, true).unwrap();
+        let (dialed, reported) = for_listener(&record(2), Family::Mapped, true).unwrap();
         assert_eq!(reported, peer);
         let got = accept_reversed(tmp.raw(), Token(2), Instant::now() + PAIR_TIMEOUT).unwrap();
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(dialed.raw()).unwrap());
@@ -144,7 +146,7 @@ mod tests {
             }
         });
         let record = Record { secret: 1, token: Token(7), dial: Dial::Relay { broker: at }, peer, proxy: peer };
-        let (_s, reported) = for_listener(&record, true).unwrap();
+        let (_s, reported) = for_listener(&record, Family::V4, true).unwrap();
         assert_eq!(reported, peer);
         let app = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         assert_eq!(relay(app.raw(), at, Token(7), Instant::now() + PAIR_TIMEOUT), Err(libc::ECONNREFUSED));

@@ -65,9 +65,14 @@ pub fn forget(fd: c_int) {
 /// The listener's last fd in this process is gone.
 fn wind_up(mut l: Box<Listener>) {
     if l.shared {
-        log!(Debug, "tcp {} closed here; shared with another process, so left registered", l.reg_local);
+        log!(Debug, "{} {} closed here; shared with another process, so left registered", l.proto, l.reg_local);
     } else {
         mgmt::send_unregister(&mut l);
+        // Only TCP re-listens are remembered: the table is keyed by local
+        // address alone, and a UDP socket's old port means nothing to TCP.
+        if let (Some(proxy), proto::Proto::Tcp) = (l.proxy, l.proto) {
+            super::with(|reg| reg.released.remember(l.reg_local, proxy));
+        }
     }
     crate::internal::release(l.mgmt.fd);
 }

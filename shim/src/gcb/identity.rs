@@ -11,13 +11,14 @@
 //! * `getsockname` on a registered UDP socket: its proxy address;
 //! * `getpeername` on a UDP socket connected to a GCB address: that address.
 //!
-//! Everything else is the kernel's answer. The names live in the registry
+//! On an AF_INET6 socket the names are v4-mapped (see `family`). Everything
+//! else is the kernel's answer. The names live in the registry
 //! ([`Names`](super::registry::Names)), recorded by `accept` and `connect`.
 
 use libc::{c_int, sockaddr, socklen_t};
 
 use super::registry::Names;
-use super::sys;
+use super::family;
 use crate::real;
 
 type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
@@ -34,7 +35,7 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
     });
     match pick(names) {
         Some(name) => {
-            sys::copy_out(name, addr, len);
+            family::copy_out(name, family::of(fd), addr, len);
             0
         }
         None => real_fn(fd, addr, len),

@@ -3,12 +3,18 @@
 //!
 //! # listen
 //!
-//! On a GCB-mode AF_INET TCP socket bound to anything but loopback, after the
-//! real `listen` (which also picks the port of an unbound socket): open a
-//! management socket to this process's broker (`brokers`: the next one if it is
-//! silent), `Register` in a bounded blocking exchange, and mark the fd managed. `getsockname` then reports the proxy
+//! On a GCB-mode TCP socket bound to anything but loopback, after the real
+//! `listen` (which also picks the port of an unbound socket), and on a UDP
+//! socket at `bind` (`udp`): open a management socket to this process's broker
+//! (`brokers`: the next one if it is silent), `Register` in a bounded blocking
+//! exchange, and mark the fd managed. `getsockname` then reports the proxy
 //! address. An unreachable or refusing broker costs one warning; `listen` still
 //! succeeds and the AEH retries every heartbeat interval.
+//!
+//! An AF_INET6 TCP socket counts when it reaches IPv4: bound to `::` with
+//! `IPV6_V6ONLY` off, or to a v4-mapped address. Its names are then v4-mapped
+//! (see `family`), and the connections it hands out are AF_INET6 sockets too.
+//! Pure IPv6 listeners are left alone.
 //!
 //! # accept
 //!
@@ -33,7 +39,7 @@ use super::doorbell::{self, Job, Record, RECORD_LEN};
 use super::mgmt::{self, NoAnswer};
 use super::registry::{ListenerId, Mgmt, Names};
 use super::sys::{self, Sock};
-use super::{dial, fdops};
+use super::{dial, family, fdops};
 use crate::fdtable::{self, Kind};
 use crate::hook::{errno, set_errno};
 use crate::real;
@@ -66,11 +72,16 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
 
 /// Registers the bound socket `fd` (TCP at `listen`, UDP at `bind`), whose fd
 /// kind is `watched` now; it becomes `Managed`, or `Plain` if it is bound to
-/// loopback. Returns whether the fd is now managed. Fails only when the process
-/// has no descriptor (or memory) for the management socket: the caller reports
-/// that errno, the socket stays unregistered, and a later `listen` registers it.
+/// loopback or is pure IPv6. Returns whether the fd is now managed. Fails only
+/// when the process has no descriptor (or memory) for the management socket:
+/// the caller reports that errno, the socket stays unregistered, and a later
+/// `listen` registers it.
 pub fn register(fd: c_int, proto: Proto, watched: Kind) -> Result<bool, sys::Errno> {
-    let Ok(local) = sys::local_addr(fd) else { return Ok(false) };
+    // Pure IPv6 (v6-only, or a real IPv6 address) is not ours to register.
+    let Ok(local) = sys::local_addr(fd) else {
+        fdtable::replace(fd, watched, Kind::Plain);
+        return Ok(false);
+    };
     if !registrable(*local.ip()) {
         fdtable::replace(fd, watched, Kind::Plain);
         return Ok(false);
@@ -146,6 +157,7 @@ struct Registered {
 fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Registered>, sys::Errno> {
     let candidates = super::with(|reg| super::brokers::set(reg).candidates(Instant::now()));
     let mut fallback = None;
+    let (mut looked_up, mut desired) = (false, None);
     for broker in candidates {
         let (sock, mgmt_local) = match mgmt::open(broker) {
             Ok(s) => s,
@@ -158,7 +170,13 @@ fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Regist
             }
         };
         let reg_local = if local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), local.port()) } else { local };
-        let msg = mgmt::register_message(proto, reg_local, mgmt_local, None);
+        // A re-listen on the same local address keeps the address clients know
+        // (taken once: a later broker in the loop is asked for the same port).
+        if !looked_up {
+            looked_up = true;
+            desired = super::with(|reg| reg.released.take(reg_local)).map(|p| p.port());
+        }
+        let msg = mgmt::register_message(proto, reg_local, mgmt_local, desired);
         let answered = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {
             Ok(proto::gcb::Message::RegisterOk { proxy, udp_token, .. }) => {
                 log!(Info, "registered {proto} {reg_local} as {proxy}");
@@ -247,7 +265,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         if peer.is_some_and(|p| doorbell::is_doorbell_peer(*p.ip())) {
             match answer_doorbell(id, fd, n, flags) {
                 Some(peer) => {
-                    sys::copy_out(peer, addr, len);
+                    family::copy_out(peer, family::of(fd), addr, len);
                     return ok(n, saved);
                 }
                 None => continue,
@@ -299,7 +317,8 @@ fn named_accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
 /// have it; `None` if the dial failed (the caller waits for the next connection).
 unsafe fn dial_now(listener: c_int, job: &Job, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> Option<c_int> {
     let cloexec = flags & libc::SOCK_CLOEXEC != 0;
-    let (sock, peer) = match dial::for_listener(&job.record, cloexec) {
+    let fam = family::of(listener);
+    let (sock, peer) = match dial::for_listener(&job.record, fam, cloexec) {
         Ok(s) => s,
         Err(e) => {
             dial_failed(&job.record, e);
@@ -312,7 +331,7 @@ unsafe fn dial_now(listener: c_int, job: &Job, flags: c_int, addr: *mut sockaddr
     }
     let fd = sock.into_raw();
     named_accepted(job.listener, fd, Some(peer));
-    sys::copy_out(peer, addr, len);
+    family::copy_out(peer, fam, addr, len);
     Some(fd)
 }
 
@@ -336,7 +355,8 @@ fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> O
             return None;
         }
     };
-    let (sock, peer) = match dial::for_listener(&record, true) {
+    // Of the listener's family, as the doorbell on `n` it replaces.
+    let (sock, peer) = match dial::for_listener(&record, family::of(listener), true) {
         Ok(s) => s,
         Err(e) => {
             dial_failed(&record, e);

@@ -131,6 +131,8 @@ pub struct Registry {
     pub replies: ReplyCache<SocketAddrV4>,
     /// Doorbells waiting for room in their listener's accept queue (`doorbell`).
     pub bells: Vec<PendingBell>,
+    /// Proxy addresses of closed listeners, for re-listens (see `released`).
+    pub released: super::released::Released,
     /// The fork generation this registry was last used in (see `lock`).
     pub generation: u32,
     /// `GCB_INAGENT`'s brokers, which one this process prefers, which are dead
@@ -156,6 +158,7 @@ impl Registry {
             negative: NegCache::default(),
             replies: ReplyCache::new(ReplyCache::<SocketAddrV4>::DEFAULT_TTL, 256, 64 * 1024),
             bells: Vec::new(),
+            released: Default::default(),
             generation: 0,
             brokers: Default::default(),
             udp: Default::default(),

@@ -7,12 +7,13 @@
 //! deadline: the shim must never hang the application (DESIGN.md).
 
 use std::mem::{size_of, MaybeUninit};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use once_cell::race::OnceBox;
 use libc::{c_int, c_void, sockaddr, sockaddr_in, socklen_t};
 
+use super::family::{self, Family};
 use crate::hook::errno;
 use crate::real;
 
@@ -36,56 +37,35 @@ pub fn to_sockaddr(a: SocketAddrV4) -> sockaddr_in {
     }
 }
 
-const SIN_LEN: socklen_t = size_of::<sockaddr_in>() as socklen_t;
-
-/// The IPv4 address in `sa`, if it is one and `len` covers it.
+/// The IPv4 endpoint in `sa`, AF_INET or v4-mapped AF_INET6 (see [`family`]).
 ///
 /// # Safety
 ///
 /// `sa` is null or points to at least `len` readable bytes.
 pub unsafe fn from_sockaddr(sa: *const sockaddr, len: socklen_t) -> Option<SocketAddrV4> {
-    if sa.is_null() || len < SIN_LEN {
-        return None;
-    }
-    // The caller's buffer need not be aligned for sockaddr_in.
-    let sin = std::ptr::read_unaligned(sa.cast::<sockaddr_in>());
-    (sin.sin_family == libc::AF_INET as libc::sa_family_t)
-        .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), u16::from_be(sin.sin_port)))
-}
-
-/// Writes `addr` to a caller's `(addr, len)` pair the way the kernel does: at most
-/// `*len` bytes, and `*len` set to the full size. Null pointers mean "not wanted".
-///
-/// # Safety
-///
-/// `out` is null or has `*len` writable bytes; `len` is null or valid.
-pub unsafe fn copy_out(addr: SocketAddrV4, out: *mut sockaddr, len: *mut socklen_t) {
-    if out.is_null() || len.is_null() {
-        return;
-    }
-    let sin = to_sockaddr(addr);
-    let n = (*len).min(SIN_LEN) as usize;
-    std::ptr::copy_nonoverlapping((&sin as *const sockaddr_in).cast::<u8>(), out.cast::<u8>(), n);
-    *len = SIN_LEN;
+    family::decode(sa, len)
 }
 
 type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
 
-fn name_of(fd: c_int, f: NameFn) -> Result<SocketAddrV4, Errno> {
-    let mut sin = MaybeUninit::<sockaddr_in>::zeroed();
-    let mut len = SIN_LEN;
+/// `f`'s name for `fd` as IPv4; for its own name (`local`), the wildcard of a
+/// dual-stack AF_INET6 socket counts as 0.0.0.0. Pure IPv6 is EAFNOSUPPORT.
+fn name_of(fd: c_int, f: NameFn, local: bool) -> Result<SocketAddrV4, Errno> {
+    let mut ss = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
     // SAFETY: a buffer of `len` bytes.
-    check(unsafe { f(fd, sin.as_mut_ptr().cast(), &mut len) })?;
+    check(unsafe { f(fd, ss.as_mut_ptr().cast(), &mut len) })?;
     // SAFETY: the kernel wrote at most `len` bytes into the zeroed buffer.
-    unsafe { from_sockaddr(sin.as_ptr().cast(), len) }.ok_or(libc::EAFNOSUPPORT)
+    let v4 = unsafe { if local { family::local_view(fd, ss.as_ptr().cast(), len) } else { family::decode(ss.as_ptr().cast(), len) } };
+    v4.ok_or(libc::EAFNOSUPPORT)
 }
 
 pub fn local_addr(fd: c_int) -> Result<SocketAddrV4, Errno> {
-    name_of(fd, real::getsockname)
+    name_of(fd, real::getsockname, true)
 }
 
 pub fn peer_addr(fd: c_int) -> Result<SocketAddrV4, Errno> {
-    name_of(fd, real::getpeername)
+    name_of(fd, real::getpeername, false)
 }
 
 pub fn get_int_opt(fd: c_int, level: c_int, name: c_int) -> Result<c_int, Errno> {
@@ -148,15 +128,23 @@ impl Drop for Sock {
 /// A new AF_INET socket of `ty` (`SOCK_STREAM` or `SOCK_DGRAM`), close-on-exec
 /// unless `cloexec` is false, non-blocking if `nonblock`.
 pub fn socket(ty: c_int, cloexec: bool, nonblock: bool) -> Result<Sock, Errno> {
-    let flags = if cloexec { libc::SOCK_CLOEXEC } else { 0 } | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
-    // SAFETY: plain socket call.
-    check(unsafe { real::socket(libc::AF_INET, ty | flags, 0) }).map(Sock)
+    socket_of(Family::V4, ty, cloexec, nonblock)
 }
 
+/// As [`socket`], of `family`: what the shim puts on an application's fd number
+/// must be of the family the application made (an AF_INET6 one stays dual-stack,
+/// the kernel's default).
+pub fn socket_of(family: Family, ty: c_int, cloexec: bool, nonblock: bool) -> Result<Sock, Errno> {
+    let flags = if cloexec { libc::SOCK_CLOEXEC } else { 0 } | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: plain socket call.
+    check(unsafe { real::socket(family.domain(), ty | flags, 0) }).map(Sock)
+}
+
+/// Binds `fd` to `addr`, spelt for `fd`'s family.
 pub fn bind(fd: c_int, addr: SocketAddrV4) -> Result<(), Errno> {
-    let sin = to_sockaddr(addr);
-    // SAFETY: a sockaddr_in of the stated length.
-    check(unsafe { real::bind(fd, (&sin as *const sockaddr_in).cast(), SIN_LEN) }).map(drop)
+    let raw = family::encode(addr, family::of(fd));
+    // SAFETY: a socket address of the stated length.
+    check(unsafe { real::bind(fd, raw.ptr(), raw.len()) }).map(drop)
 }
 
 pub fn get_fl(fd: c_int) -> Result<c_int, Errno> {
@@ -234,11 +222,11 @@ pub fn wait_fd(fd: c_int, events: i16, deadline: Instant) -> Result<i16, Errno> 
     }
 }
 
-/// Connects non-blocking `fd` to `addr` by `deadline`.
+/// Connects non-blocking `fd` to `addr` (spelt for `fd`'s family) by `deadline`.
 pub fn connect(fd: c_int, addr: SocketAddrV4, deadline: Instant) -> Result<(), Errno> {
-    let sin = to_sockaddr(addr);
-    // SAFETY: a sockaddr_in of the stated length.
-    if unsafe { real::connect(fd, (&sin as *const sockaddr_in).cast(), SIN_LEN) } == 0 {
+    let raw = family::encode(addr, family::of(fd));
+    // SAFETY: a socket address of the stated length.
+    if unsafe { real::connect(fd, raw.ptr(), raw.len()) } == 0 {
         return Ok(());
     }
     match errno() {
@@ -384,21 +372,17 @@ pub fn copy_options(from: c_int, to: c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    const SIN_LEN: socklen_t = size_of::<sockaddr_in>() as socklen_t;
 
     #[test]
-    fn sockaddr_round_trip_and_copy_out_truncates() {
+    fn sockaddr_round_trip() {
         let a: SocketAddrV4 = "192.0.2.7:4242".parse().unwrap();
         let sin = to_sockaddr(a);
         let back = unsafe { from_sockaddr((&sin as *const sockaddr_in).cast(), SIN_LEN) };
         assert_eq!(back, Some(a));
         assert_eq!(unsafe { from_sockaddr((&sin as *const sockaddr_in).cast(), SIN_LEN - 1) }, None);
-
-        let mut out = [0xffu8; 4];
-        let mut len: socklen_t = 4;
-        unsafe { copy_out(a, out.as_mut_ptr().cast(), &mut len) };
-        assert_eq!(len, SIN_LEN, "the full size is reported");
-        assert_eq!(&out[2..4], &4242u16.to_be_bytes(), "only the first 4 bytes written");
-        unsafe { copy_out(a, std::ptr::null_mut(), &mut len) };
     }
 
     #[test]

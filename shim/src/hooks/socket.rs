@@ -10,10 +10,12 @@ use libc::{c_int, c_void, sockaddr, socklen_t};
 use crate::fdtable::{self, Kind};
 use crate::{dpf, gcb, real};
 
-/// Whether `socket(domain, ty, protocol)` makes a TCP/IPv4 socket.
-fn is_tcp4(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+/// Whether `socket(domain, ty, protocol)` makes a TCP socket that may reach IPv4:
+/// AF_INET, or AF_INET6 (dual-stack, or dialing v4-mapped addresses; whether it
+/// does is known only at `listen` or `connect`, which let pure IPv6 go).
+fn is_tcp_ip(domain: c_int, ty: c_int, protocol: c_int) -> bool {
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
-    domain == libc::AF_INET && base == libc::SOCK_STREAM && (protocol == 0 || protocol == libc::IPPROTO_TCP)
+    (domain == libc::AF_INET || domain == libc::AF_INET6) && base == libc::SOCK_STREAM && (protocol == 0 || protocol == libc::IPPROTO_TCP)
 }
 
 /// Whether `socket(domain, ty, protocol)` makes a UDP/IPv4 socket.
@@ -23,13 +25,14 @@ fn is_udp4(domain: c_int, ty: c_int, protocol: c_int) -> bool {
 }
 
 hook! {
-    /// In GCB mode a new TCP/IPv4 socket is watched: it may listen (and register)
-    /// or connect (and be brokered); a new UDP/IPv4 socket too: it may bind (and
-    /// register) or send to a GCB address (`gcb::udp`). Nothing else is marked.
+    /// In GCB mode a new TCP socket of an IP family is watched: it may listen
+    /// (and register) or connect (and be brokered); a new UDP/IPv4 socket too:
+    /// it may bind (and register) or send to a GCB address (`gcb::udp`).
+    /// Nothing else is marked.
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
         let fd = real::socket(domain, ty, protocol);
         if fd >= 0 && gcb::enabled() {
-            if is_tcp4(domain, ty, protocol) {
+            if is_tcp_ip(domain, ty, protocol) {
                 fdtable::set(fd, Kind::Watched);
             } else if is_udp4(domain, ty, protocol) {
                 fdtable::set(fd, Kind::WatchedUdp);
@@ -91,13 +94,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_tcp4_sockets_are_watched() {
-        assert!(is_tcp4(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0));
-        assert!(is_tcp4(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP));
-        assert!(!is_tcp4(libc::AF_INET6, libc::SOCK_STREAM, 0));
-        assert!(!is_tcp4(libc::AF_INET, libc::SOCK_DGRAM, 0));
-        assert!(!is_tcp4(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP));
-        assert!(!is_tcp4(libc::AF_UNIX, libc::SOCK_STREAM, 0));
+    fn only_tcp_of_ip_families_and_udp4_sockets_are_watched() {
+        assert!(is_tcp_ip(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0));
+        assert!(is_tcp_ip(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP));
+        assert!(is_tcp_ip(libc::AF_INET6, libc::SOCK_STREAM, 0));
+        assert!(!is_tcp_ip(libc::AF_INET6, libc::SOCK_DGRAM, 0));
+        assert!(!is_tcp_ip(libc::AF_INET, libc::SOCK_DGRAM, 0));
+        assert!(!is_tcp_ip(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP));
+        assert!(!is_tcp_ip(libc::AF_UNIX, libc::SOCK_STREAM, 0));
         assert!(is_udp4(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, libc::IPPROTO_UDP));
         assert!(!is_udp4(libc::AF_INET6, libc::SOCK_DGRAM, 0));
         assert!(!is_udp4(libc::AF_INET, libc::SOCK_STREAM, 0));
