@@ -13,7 +13,10 @@
 //!
 //! Semantics kept: `MSG_DONTWAIT` and `O_NONBLOCK` give `EAGAIN`; `SO_RCVTIMEO`
 //! bounds the wait (`EAGAIN` at the bound); `MSG_PEEK` leaves the datagram to
-//! the next read (it waits in the buffer); `MSG_TRUNC` returns the datagram's
+//! the next read: a datagram still in the kernel is peeked there, not moved
+//! into the buffer, because after `fork` the buffer is per process while the
+//! kernel queue is shared (`socat UDP-RECVFROM,fork` peeks in the parent and
+//! reads in the child; a buffered copy would be delivered twice); `MSG_TRUNC` returns the datagram's
 //! real length, and a short buffer truncates as the kernel does (with
 //! `MSG_TRUNC` in `msg_flags`); signals interrupt as in `blocking_read`; errors
 //! the kernel queued (ECONNREFUSED on a connected socket) are returned.
@@ -47,23 +50,21 @@ const REAL_ONLY: c_int = libc::MSG_OOB | libc::MSG_ERRQUEUE;
 /// and `MSG_PEEK`; the errno the call fails with otherwise.
 pub fn next(fd: c_int, flags: c_int) -> Result<Datagram, c_int> {
     let peek = flags & libc::MSG_PEEK != 0;
-    let take = |d: Datagram| {
-        if peek {
-            super::super::with(|reg| reg.udp.entry(fd).unread(d.clone()));
-        }
-        Ok(d)
-    };
     let mut buf = vec![0u8; READ_BUF];
     let mut bound: Option<Option<Instant>> = None;
     loop {
-        if let Some(d) = super::super::with(|reg| reg.udp.get_mut(fd).and_then(|s| s.take_stashed())) {
-            return take(d);
+        let stashed = super::super::with(|reg| {
+            reg.udp.get_mut(fd).and_then(|s| if peek { s.peek_stashed() } else { s.take_stashed() })
+        });
+        if let Some(d) = stashed {
+            return Ok(d);
         }
         let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut sl = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+        let rflags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
         // SAFETY: live buffers of the stated lengths.
         let n = unsafe {
-            real::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, (&mut st as *mut libc::sockaddr_storage).cast(), &mut sl)
+            real::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), rflags, (&mut st as *mut libc::sockaddr_storage).cast(), &mut sl)
         };
         if n >= 0 {
             let n = n as usize;
@@ -72,8 +73,16 @@ pub fn next(fd: c_int, flags: c_int) -> Result<Datagram, c_int> {
             let src = src.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
             let now = Instant::now();
             match super::super::with(|reg| control::classify(reg, fd, src, &buf[..n], now)) {
-                Incoming::Data { from, offset } => return take(Datagram { from, data: buf[offset..n].to_vec() }),
-                Incoming::Consumed => continue,
+                Incoming::Data { from, offset } => return Ok(Datagram { from, data: buf[offset..n].to_vec() }),
+                Incoming::Consumed => {
+                    if peek {
+                        // The shim's own datagram was only peeked: take it off
+                        // the queue so the application's next one surfaces.
+                        // SAFETY: a live buffer of the stated length.
+                        unsafe { real::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut()) };
+                    }
+                    continue;
+                }
             }
         }
         let e = errno();

@@ -216,13 +216,13 @@ impl UdpSocket {
         self.stash.push_back(d);
     }
 
-    /// Puts a datagram back at the head (a `MSG_PEEK` read it).
-    pub fn unread(&mut self, d: Datagram) {
-        self.stash.push_front(d);
-    }
-
     pub fn take_stashed(&mut self) -> Option<Datagram> {
         self.stash.pop_front()
+    }
+
+    /// The datagram the next read would take, left in place (`MSG_PEEK`).
+    pub fn peek_stashed(&self) -> Option<Datagram> {
+        self.stash.front().cloned()
     }
 
     pub fn has_stashed(&self) -> bool {
@@ -375,8 +375,8 @@ mod tests {
         let d = |i: u8| Datagram { from: a("198.51.100.10:1"), data: vec![i] };
         s.stash(d(1));
         s.stash(d(2));
-        let first = s.take_stashed().unwrap();
-        s.unread(first.clone());
+        let first = s.peek_stashed().unwrap();
+        assert_eq!(first, d(1));
         assert_eq!(s.take_stashed(), Some(first));
         assert_eq!(s.take_stashed(), Some(d(2)));
         assert!(!s.has_stashed());
