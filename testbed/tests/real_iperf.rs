@@ -81,7 +81,14 @@ fn iperf3_tcp_dpf() {
     iperf3(Mode::Dpf, false);
 }
 
+/// Known limit (README, "GCB for UDP"): iperf3's UDP server `connect`s its
+/// listening socket to the first sender and binds a fresh socket to the same
+/// port with SO_REUSEPORT. The broker keys a UDP registration by local address,
+/// so the two sockets share one registration (closing either unregisters
+/// both), and replies on the connected socket to a relayed peer are not yet
+/// sent back through the proxy.
 #[test]
+#[ignore = "GCB for UDP does not yet carry a UDP socket connected to a relayed peer, nor two sockets on one port (SO_REUSEPORT)"]
 fn iperf3_udp_gcb() {
     iperf3(Mode::Gcb, true);
 }

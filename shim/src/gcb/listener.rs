@@ -170,11 +170,12 @@ fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Regist
             }
         };
         let reg_local = if local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), local.port()) } else { local };
-        // A re-listen on the same local address keeps the address clients know
-        // (taken once: a later broker in the loop is asked for the same port).
+        // A re-listen on the same local address keeps the address clients know,
+        // and TCP and UDP on one local port share one proxy port number (looked
+        // up once: a later broker in the loop is asked for the same port).
         if !looked_up {
             looked_up = true;
-            desired = super::with(|reg| reg.released.take(reg_local)).map(|p| p.port());
+            desired = super::with(|reg| reg.released.take(reg_local).or_else(|| reg.twin_proxy(proto, reg_local))).map(|p| p.port());
         }
         let msg = mgmt::register_message(proto, reg_local, mgmt_local, desired);
         let answered = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {

@@ -197,6 +197,18 @@ impl Registry {
         self.listeners.iter().map(|(id, l)| (*id, l))
     }
 
+    /// The proxy address of a registered socket of the other protocol on the
+    /// same local port: a program that serves TCP and UDP on one port (iperf3,
+    /// Condor's daemons) is told one port number, so the second registration
+    /// asks the broker for the first one's.
+    pub fn twin_proxy(&self, proto: proto::Proto, local: SocketAddrV4) -> Option<SocketAddrV4> {
+        self.listeners
+            .values()
+            .filter(|l| l.proto != proto && l.reg_local.port() == local.port())
+            .find(|l| l.reg_local.ip() == local.ip() || l.local.ip().is_unspecified() || local.ip().is_unspecified())
+            .and_then(|l| l.proxy)
+    }
+
     pub fn listeners_mut(&mut self) -> impl Iterator<Item = (ListenerId, &mut Listener)> {
         self.listeners.iter_mut().map(|(id, l)| (*id, l))
     }

@@ -18,15 +18,17 @@ fn is_tcp_ip(domain: c_int, ty: c_int, protocol: c_int) -> bool {
     (domain == libc::AF_INET || domain == libc::AF_INET6) && base == libc::SOCK_STREAM && (protocol == 0 || protocol == libc::IPPROTO_TCP)
 }
 
-/// Whether `socket(domain, ty, protocol)` makes a UDP/IPv4 socket.
-fn is_udp4(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+/// Whether `socket(domain, ty, protocol)` makes a UDP socket that may reach
+/// IPv4: AF_INET, or AF_INET6 (iperf3 and others bind UDP to a dual-stack `::`;
+/// a v6-only one is let go at `bind`, as for TCP at `listen`).
+fn is_udp_ip(domain: c_int, ty: c_int, protocol: c_int) -> bool {
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
-    domain == libc::AF_INET && base == libc::SOCK_DGRAM && (protocol == 0 || protocol == libc::IPPROTO_UDP)
+    (domain == libc::AF_INET || domain == libc::AF_INET6) && base == libc::SOCK_DGRAM && (protocol == 0 || protocol == libc::IPPROTO_UDP)
 }
 
 hook! {
     /// In GCB mode a new TCP socket of an IP family is watched: it may listen
-    /// (and register) or connect (and be brokered); a new UDP/IPv4 socket too:
+    /// (and register) or connect (and be brokered); a new UDP socket too:
     /// it may bind (and register) or send to a GCB address (`gcb::udp`).
     /// Nothing else is marked.
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
@@ -34,7 +36,7 @@ hook! {
         if fd >= 0 && gcb::enabled() {
             if is_tcp_ip(domain, ty, protocol) {
                 fdtable::set(fd, Kind::Watched);
-            } else if is_udp4(domain, ty, protocol) {
+            } else if is_udp_ip(domain, ty, protocol) {
                 fdtable::set(fd, Kind::WatchedUdp);
             }
         }
@@ -94,7 +96,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_tcp_of_ip_families_and_udp4_sockets_are_watched() {
+    fn only_tcp_and_udp_sockets_of_ip_families_are_watched() {
         assert!(is_tcp_ip(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0));
         assert!(is_tcp_ip(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP));
         assert!(is_tcp_ip(libc::AF_INET6, libc::SOCK_STREAM, 0));
@@ -102,8 +104,9 @@ mod tests {
         assert!(!is_tcp_ip(libc::AF_INET, libc::SOCK_DGRAM, 0));
         assert!(!is_tcp_ip(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP));
         assert!(!is_tcp_ip(libc::AF_UNIX, libc::SOCK_STREAM, 0));
-        assert!(is_udp4(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, libc::IPPROTO_UDP));
-        assert!(!is_udp4(libc::AF_INET6, libc::SOCK_DGRAM, 0));
-        assert!(!is_udp4(libc::AF_INET, libc::SOCK_STREAM, 0));
+        assert!(is_udp_ip(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, libc::IPPROTO_UDP));
+        assert!(is_udp_ip(libc::AF_INET6, libc::SOCK_DGRAM, 0));
+        assert!(!is_udp_ip(libc::AF_INET, libc::SOCK_STREAM, 0));
+        assert!(!is_udp_ip(libc::AF_UNIX, libc::SOCK_DGRAM, 0));
     }
 }

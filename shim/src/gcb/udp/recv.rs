@@ -33,7 +33,7 @@ use std::time::Instant;
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, pollfd, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
 use super::super::aeh::{self, Waited};
-use super::super::family::{self, Family};
+use super::super::family;
 use super::super::sys;
 use super::control::{self, Incoming};
 use super::table::Datagram;
@@ -154,7 +154,7 @@ pub unsafe fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, a
             let iov = iovec { iov_base: buf, iov_len: len };
             let copied = scatter(&d.data, &iov, 1);
             if !d.from.ip().is_unspecified() || d.from.port() != 0 {
-                family::copy_out(d.from, Family::V4, addr, addrlen);
+                family::copy_out(d.from, family::of(fd), addr, addrlen);
             } else if !addrlen.is_null() {
                 *addrlen = 0;
             }
@@ -192,7 +192,7 @@ pub unsafe fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
             let m = &mut *msg;
             let copied = scatter(&d.data, m.msg_iov, m.msg_iovlen);
             let mut namelen = m.msg_namelen;
-            family::copy_out(d.from, Family::V4, m.msg_name.cast(), &mut namelen);
+            family::copy_out(d.from, family::of(fd), m.msg_name.cast(), &mut namelen);
             if !m.msg_name.is_null() {
                 m.msg_namelen = namelen;
             }
