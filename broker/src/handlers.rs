@@ -283,7 +283,7 @@ impl Daemon {
         };
         self.pairings.insert(token, pending);
         let (sock, counters) = (&self.command, &mut self.counters);
-        let sent = self.asyncs.send(&msg, purpose, now, |to, bytes| {
+        let sent = self.asyncs.send(&msg, purpose, now, self.auth.as_ref(), |to, bytes| {
             send_datagram(sock, counters, to, bytes)
         });
         if let Err(e) = sent {

@@ -37,6 +37,10 @@
 //! long as their timestamp is inside the window, which bounds its memory by
 //! the authenticated message rate, never by what an attacker sends.
 
+mod authenticator;
+
+pub use authenticator::{Authenticator, Refusals};
+
 use std::collections::BTreeSet;
 use std::fmt;
 
