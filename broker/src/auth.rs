@@ -10,45 +10,14 @@
 //! that will actually be executed and for replies to the broker's commands.
 
 use std::net::SocketAddrV4;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use proto::auth::{Authenticator, ReplayGuard, Stamp, Verified};
-use proto::EncodeError;
+pub(crate) use daemon_kit::auth::{authenticator, seal, stamp_now};
+use daemon_kit::auth::unix_ms;
+use proto::auth::{Stamp, Verified};
 use tracing::debug;
 
 use crate::daemon::Daemon;
 use crate::values::Secret;
-
-/// The clock and a fresh random nonce, for one outgoing datagram.
-pub(crate) fn stamp_now() -> Stamp {
-    Stamp {
-        unix_ms: unix_ms(),
-        nonce: daemon_kit::random::random_u64(),
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Seals an encoded message when a secret is configured; passes it through
-/// otherwise. Every datagram the broker sends goes through here.
-pub(crate) fn seal(
-    auth: Option<&Authenticator>,
-    encoded: Result<Vec<u8>, EncodeError>,
-) -> Result<Vec<u8>, EncodeError> {
-    match auth {
-        Some(a) => a.seal(encoded, stamp_now()),
-        None => encoded,
-    }
-}
-
-/// The authenticator for a loaded secret.
-pub(crate) fn authenticator(secret: &Secret) -> Authenticator {
-    Authenticator::new(secret.bytes(), ReplayGuard::DAEMON_CAP)
-}
 
 /// What `Daemon::authenticate` made of a datagram.
 pub(crate) enum Inbound {
@@ -92,14 +61,9 @@ impl Daemon {
         }
     }
 
-    /// Follows a reloaded secret: added, removed or replaced. Counters and
-    /// the replay guard survive a replacement.
+    /// Follows a reloaded secret: added, removed or replaced.
     pub(crate) fn apply_secret(&mut self, secret: Option<&Secret>) {
-        match (secret, self.auth.as_mut()) {
-            (None, _) => self.auth = None,
-            (Some(s), Some(a)) => a.rekey(s.bytes()),
-            (Some(s), None) => self.auth = Some(authenticator(s)),
-        }
+        daemon_kit::auth::reload(&mut self.auth, secret);
     }
 
     /// The `auth_*` counters for the status, zero without a secret.
