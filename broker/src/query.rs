@@ -223,7 +223,7 @@ mod tests {
     fn silent_or_absent_broker_is_one_clear_error() {
         // A bound socket that never answers: the requester gives up.
         let mute = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let err = fetch(&mute.local_addr().unwrap().to_string(), false).unwrap_err();
+        let err = fetch(&mute.local_addr().unwrap().to_string(), false, None).unwrap_err();
         assert!(
             err.contains("no answer") || err.contains("refused"),
             "{err}"
@@ -234,7 +234,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let err = fetch(&format!("127.0.0.1:{port}"), true).unwrap_err();
+        let err = fetch(&format!("127.0.0.1:{port}"), true, None).unwrap_err();
         assert!(err.contains("refused"), "{err}");
     }
 }

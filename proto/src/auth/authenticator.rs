@@ -54,6 +54,12 @@ impl Authenticator {
         }
     }
 
+    /// The key, for receivers that verify without this state (the shim's
+    /// threads share one authenticator read-only).
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
     pub fn refused(&self) -> Refusals {
         self.refused
     }
