@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::Instant;
 
-use proto::gcb::{self, Message, Token};
 use proto::auth::Authenticator;
+use proto::gcb::{self, Message, Token};
 use proto::rudp::{Requester, RetryPolicy, Timeout};
 
 /// Commands in flight at once; each belongs to a pending pairing, which are
@@ -71,7 +71,9 @@ impl AsyncCommands {
     ) -> Result<(), String> {
         let (id, bytes) = self
             .requester
-            .send(purpose.listener, now, |id| crate::auth::seal(auth, gcb::encode(msg, id)))
+            .send(purpose.listener, now, |id| {
+                crate::auth::seal(auth, gcb::encode(msg, id))
+            })
             .map_err(|e| e.to_string())?;
         send(purpose.listener, bytes);
         self.purposes.insert(id, purpose);

@@ -11,8 +11,8 @@
 
 use std::net::SocketAddrV4;
 
-pub(crate) use daemon_kit::auth::{authenticator, seal, stamp_now};
 use daemon_kit::auth::unix_ms;
+pub(crate) use daemon_kit::auth::{authenticator, seal, stamp_now};
 use proto::auth::{Stamp, Verified};
 use tracing::debug;
 
@@ -33,7 +33,12 @@ pub(crate) enum Inbound {
 impl Daemon {
     /// Checks MAC and window of `datagram` from `from` (`what` names the
     /// socket, for the debug line).
-    pub(crate) fn authenticate(&mut self, datagram: &[u8], from: SocketAddrV4, what: &str) -> Inbound {
+    pub(crate) fn authenticate(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddrV4,
+        what: &str,
+    ) -> Inbound {
         let Some(auth) = self.auth.as_mut() else {
             return Inbound::Plain;
         };
@@ -68,7 +73,11 @@ impl Daemon {
 
     /// The `auth_*` counters for the status, zero without a secret.
     pub(crate) fn auth_counters(&self) -> [(&'static str, u64); 4] {
-        self.auth.as_ref().map(|a| a.refused()).unwrap_or_default().fields()
+        self.auth
+            .as_ref()
+            .map(|a| a.refused())
+            .unwrap_or_default()
+            .fields()
     }
 }
 
@@ -94,7 +103,9 @@ impl Daemon {
             };
         };
         let sealed = proto::Family::of(data) == Some(proto::Family::Gcb)
-            && data.get(6).is_some_and(|f| f & proto::Flags::AUTHENTICATED.bits() != 0);
+            && data
+                .get(6)
+                .is_some_and(|f| f & proto::Flags::AUTHENTICATED.bits() != 0);
         if !sealed {
             return UdpControl::Data;
         }

@@ -10,8 +10,8 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-use proto::gcb::{self, ErrorCode, Message, StatusFormat, COMMAND_PORT};
 use proto::auth::{AuthError, Authenticator};
+use proto::gcb::{self, ErrorCode, Message, StatusFormat, COMMAND_PORT};
 use proto::rudp::{Requester, RetryPolicy, Timeout};
 use proto::DecodeError;
 

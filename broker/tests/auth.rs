@@ -27,12 +27,16 @@ fn secret_file(name: &str, bytes: &[u8]) -> String {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn stamp_at(unix_ms: u64) -> Stamp {
     static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let nonce = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ u64::from(std::process::id()) << 32;
+    let nonce = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ^ u64::from(std::process::id()) << 32;
     Stamp { unix_ms, nonce }
 }
 
@@ -69,7 +73,8 @@ fn recv(sock: &UdpSocket, within: Duration) -> Option<Vec<u8>> {
     let deadline = Instant::now() + within;
     let mut buf = vec![0u8; 65_536];
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
             return Some(buf[..n].to_vec());
         }
@@ -90,7 +95,11 @@ fn query(b: &Broker, secret: Option<&str>) -> (i32, String, String) {
     }
     let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
     let text = |v: Vec<u8>| String::from_utf8(v).unwrap();
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
 }
 
 /// The broker's counter `name` and its registration count, via an
@@ -99,7 +108,10 @@ fn status(b: &Broker, secret: &str) -> (testbed::json::Value, usize) {
     let (code, out, err) = query(b, Some(secret));
     assert_eq!(code, 0, "{err}");
     let v = testbed::json::parse(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let regs = v.get("registrations").and_then(|r| r.as_array()).map_or(0, |r| r.len());
+    let regs = v
+        .get("registrations")
+        .and_then(|r| r.as_array())
+        .map_or(0, |r| r.len());
     (v, regs)
 }
 
@@ -121,17 +133,42 @@ fn unauthenticated_wrong_key_stale_and_replayed_requests_are_refused_and_counted
 
     // Unauthenticated: silence, and nothing registered.
     let c = client();
-    c.send_to(&gcb::encode(&register_msg(&c, "10.0.0.1:80"), 1).unwrap(), b.addr).unwrap();
-    assert_eq!(recv(&c, SILENCE), None, "an unauthenticated Register got an answer");
+    c.send_to(
+        &gcb::encode(&register_msg(&c, "10.0.0.1:80"), 1).unwrap(),
+        b.addr,
+    )
+    .unwrap();
+    assert_eq!(
+        recv(&c, SILENCE),
+        None,
+        "an unauthenticated Register got an answer"
+    );
 
     // Wrong key: silence.
     let wrong = Key::new(b"not the broker's secret");
-    c.send_to(&sealed(&register_msg(&c, "10.0.0.1:80"), 2, &wrong, stamp_at(unix_ms())), b.addr).unwrap();
-    assert_eq!(recv(&c, SILENCE), None, "a Register under the wrong key got an answer");
+    c.send_to(
+        &sealed(
+            &register_msg(&c, "10.0.0.1:80"),
+            2,
+            &wrong,
+            stamp_at(unix_ms()),
+        ),
+        b.addr,
+    )
+    .unwrap();
+    assert_eq!(
+        recv(&c, SILENCE),
+        None,
+        "a Register under the wrong key got an answer"
+    );
 
     // Two minutes old: silence.
     let old = stamp_at(unix_ms() - 120_000);
-    c.send_to(&sealed(&register_msg(&c, "10.0.0.1:80"), 3, &key, old), b.addr).unwrap();
+    c.send_to(
+        &sealed(&register_msg(&c, "10.0.0.1:80"), 3, &key, old),
+        b.addr,
+    )
+    .unwrap();
     assert_eq!(recv(&c, SILENCE), None, "a stale Register got an answer");
     b.expect_line("timestamp");
 
@@ -142,15 +179,25 @@ fn unauthenticated_wrong_key_stale_and_replayed_requests_are_refused_and_counted
     assert_eq!(counter(&v, "auth_stale"), 1);
 
     // Authenticated: served, and the reply is sealed with the same key.
-    let good = sealed(&register_msg(&c, "10.0.0.1:80"), 4, &key, stamp_at(unix_ms()));
+    let good = sealed(
+        &register_msg(&c, "10.0.0.1:80"),
+        4,
+        &key,
+        stamp_at(unix_ms()),
+    );
     c.send_to(&good, b.addr).unwrap();
     let reply = recv(&c, WAIT).expect("a reply to a sealed Register");
-    assert_eq!(gcb::decode(&reply).err(), Some(proto::DecodeError::AuthUnsupported));
+    assert_eq!(
+        gcb::decode(&reply).err(),
+        Some(proto::DecodeError::AuthUnsupported)
+    );
     let mut guard = ReplayGuard::new(16);
     let opened = auth::open(&reply, &key, unix_ms(), &mut guard).expect("the reply opens");
     let (h, m) = gcb::decode(&opened).unwrap();
     assert_eq!(h.request_id, 4);
-    let Message::RegisterOk { proxy, .. } = m else { panic!("{m:?}") };
+    let Message::RegisterOk { proxy, .. } = m else {
+        panic!("{m:?}")
+    };
     assert!(b.in_range(proxy.port()));
 
     // The same bytes again from the same socket are a retransmission: the
@@ -160,7 +207,11 @@ fn unauthenticated_wrong_key_stale_and_replayed_requests_are_refused_and_counted
     // From another address they are a replay: silence.
     let replayer = client();
     replayer.send_to(&good, b.addr).unwrap();
-    assert_eq!(recv(&replayer, SILENCE), None, "a replayed Register got an answer");
+    assert_eq!(
+        recv(&replayer, SILENCE),
+        None,
+        "a replayed Register got an answer"
+    );
 
     let (v, regs) = status(&b, &path);
     assert_eq!(regs, 1);
@@ -179,7 +230,12 @@ fn any_flipped_byte_is_refused() {
     let b = Broker::start(&["--secret-file", &path]);
     let key = Key::new(SECRET);
     let c = client();
-    let good = sealed(&register_msg(&c, "10.0.0.2:80"), 9, &key, stamp_at(unix_ms()));
+    let good = sealed(
+        &register_msg(&c, "10.0.0.2:80"),
+        9,
+        &key,
+        stamp_at(unix_ms()),
+    );
     // A few positions: header, body, timestamp, nonce, MAC.
     for at in [6, 10, 20, good.len() - 45, good.len() - 35, good.len() - 1] {
         let mut bad = good.clone();

@@ -13,8 +13,8 @@
 
 use std::net::SocketAddr;
 
-pub(crate) use daemon_kit::auth::{authenticator, seal};
 use daemon_kit::auth::unix_ms;
+pub(crate) use daemon_kit::auth::{authenticator, seal};
 use proto::auth::{Stamp, Verified};
 use tracing::debug;
 
@@ -33,7 +33,10 @@ impl Daemon {
             return Ok(None);
         };
         auth.verify(datagram, unix_ms()).map(Some).map_err(|e| {
-            debug!("command port: dropped {} bytes from {from}: {e}", datagram.len());
+            debug!(
+                "command port: dropped {} bytes from {from}: {e}",
+                datagram.len()
+            );
         })
     }
 

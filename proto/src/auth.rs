@@ -287,11 +287,7 @@ impl ReplayGuard {
                 skew_ms: skew(stamp.unix_ms, now_ms),
             });
         }
-        while self
-            .seen
-            .first()
-            .is_some_and(|s| s.unix_ms < oldest_fresh)
-        {
+        while self.seen.first().is_some_and(|s| s.unix_ms < oldest_fresh) {
             self.seen.pop_first();
         }
         if self.floor.is_some_and(|f| stamp.unix_ms <= f) || self.seen.contains(&stamp) {

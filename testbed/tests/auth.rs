@@ -20,12 +20,23 @@ use testbed::{release_bin, require_root, workspace_root, Proc, TestBed};
 const BROKER: &str = "203.0.113.10";
 const STARTUP: Duration = Duration::from_secs(20);
 const SHIM_VARS: [&str; 9] = [
-    "GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "DPF_INAGENT", "GCB_LOG", "GCB_LOG_FILE", "GCB_HEARTBEAT_S", "GCB_SECRET_FILE",
+    "GCB_INAGENT",
+    "GCB_ROUTE",
+    "GCB_REALM",
+    "DPF_INAGENT",
+    "GCB_LOG",
+    "GCB_LOG_FILE",
+    "GCB_HEARTBEAT_S",
+    "GCB_SECRET_FILE",
     "LD_PRELOAD",
 ];
 
 fn built(path: PathBuf) -> PathBuf {
-    assert!(path.exists(), "{} is missing: cargo build --release and make -C c-tests", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build --release and make -C c-tests",
+        path.display()
+    );
     path
 }
 
@@ -65,7 +76,16 @@ fn echo_through(bed: &TestBed, dest: &str, server: &Proc, broker: &Proc) {
     for v in SHIM_VARS {
         c.env_remove(v);
     }
-    c.args(["--proto", "tcp", "--connect", dest, "--bytes", "50000", "--rounds", "2"]);
+    c.args([
+        "--proto",
+        "tcp",
+        "--connect",
+        dest,
+        "--bytes",
+        "50000",
+        "--rounds",
+        "2",
+    ]);
     let out = testbed::run_with_timeout(c, Duration::from_secs(60)).expect("echo-client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -75,8 +95,16 @@ fn echo_through(bed: &TestBed, dest: &str, server: &Proc, broker: &Proc) {
         server.stderr_text(),
         broker.stderr_text()
     );
-    let summary = stdout.lines().find(|l| l.starts_with("SUMMARY ")).expect("SUMMARY line");
-    let field = |k: &str| summary.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_string);
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("SUMMARY "))
+        .expect("SUMMARY line");
+    let field = |k: &str| {
+        summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+    };
     assert_eq!(field("ok"), field("runs"), "{summary}");
     assert!(field("ok").is_some_and(|n| n != "0"), "{summary}");
 }
@@ -96,13 +124,27 @@ fn only_a_shim_with_the_secret_is_brokered() {
             "broker",
             &[
                 built(release_bin("gcb-broker")).to_str().unwrap(),
-                "--listen", "203.0.113.10:65432", "--public-ip", BROKER, "--port-range", "20000-20999",
-                "--secret-file", &good, "--log", "debug",
+                "--listen",
+                "203.0.113.10:65432",
+                "--public-ip",
+                BROKER,
+                "--port-range",
+                "20000-20999",
+                "--secret-file",
+                &good,
+                "--log",
+                "debug",
             ],
         )
         .expect("gcb-broker");
     let bound = (0..200).any(|_| {
-        let out = bed.run("broker", &["ss", "-Hlun", "sport = :65432"], Duration::from_secs(5)).expect("ss");
+        let out = bed
+            .run(
+                "broker",
+                &["ss", "-Hlun", "sport = :65432"],
+                Duration::from_secs(5),
+            )
+            .expect("ss");
         let up = !String::from_utf8_lossy(&out.stdout).trim().is_empty();
         if !up {
             std::thread::sleep(Duration::from_millis(50));
@@ -124,17 +166,32 @@ fn only_a_shim_with_the_secret_is_brokered() {
 
     // A wrong secret: nothing registered; the program serves on its own address.
     let (srv, listen) = server(&bed, &wrong, 7002);
-    assert!(listen.ends_with(":7002") && !listen.starts_with("203.0.113.10:"), "{listen}: {}", srv.stderr_text());
-    assert!(!srv.stderr_text().contains("registered tcp"), "{}", srv.stderr_text());
+    assert!(
+        listen.ends_with(":7002") && !listen.starts_with("203.0.113.10:"),
+        "{listen}: {}",
+        srv.stderr_text()
+    );
+    assert!(
+        !srv.stderr_text().contains("registered tcp"),
+        "{}",
+        srv.stderr_text()
+    );
     drop(srv);
 
     // An unreadable secret file: one line, brokering off, still serving.
     let (srv, listen) = server(&bed, &missing, 7003);
-    assert!(listen.ends_with(":7003") && !listen.starts_with("203.0.113.10:"), "{listen}: {}", srv.stderr_text());
+    assert!(
+        listen.ends_with(":7003") && !listen.starts_with("203.0.113.10:"),
+        "{listen}: {}",
+        srv.stderr_text()
+    );
     let err = srv.stderr_text();
     // One message (init currently prints each configuration problem twice,
     // for every variable alike; that is init's business, not this test's).
-    let mut lines: Vec<&str> = err.lines().filter(|l| l.contains("GCB_SECRET_FILE")).collect();
+    let mut lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("GCB_SECRET_FILE"))
+        .collect();
     lines.dedup();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains("GCB and DPF are off"), "{err}");

@@ -135,9 +135,12 @@ impl Daemon {
             DummyOutcome::Same => {}
         }
         self.counters.udp_dummies += 1;
-        let sent = seal(self.auth.as_ref(), gcb::encode(&Message::DummyAck { token: t }, id))
-            .map_err(|e| io::Error::other(e.to_string()))
-            .and_then(|bytes| send_from(&self.slab, token, &bytes, from));
+        let sent = seal(
+            self.auth.as_ref(),
+            gcb::encode(&Message::DummyAck { token: t }, id),
+        )
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|bytes| send_from(&self.slab, token, &bytes, from));
         if let Err(e) = sent {
             self.counters.udp_send_errors += 1;
             debug!("proxy udp {proxy}: cannot answer DummyAck to {from}: {e}");

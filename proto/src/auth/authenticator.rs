@@ -3,7 +3,9 @@
 //! implementation of the receive order documented in [`super`] and only
 //! supply their clock and nonces.
 
-use super::{seal, verify, AuthError, Key, ReplayGuard, SealError, Stamp, Verified, MAX_SEALED_MESSAGE};
+use super::{
+    seal, verify, AuthError, Key, ReplayGuard, SealError, Stamp, Verified, MAX_SEALED_MESSAGE,
+};
 use crate::wire::EncodeError;
 
 /// Datagrams refused, per reason. Named `auth_*` in the daemons' status.
@@ -121,17 +123,35 @@ mod tests {
     #[test]
     fn refusals_are_counted_per_reason() {
         let mut a = Authenticator::new(b"k", 8);
-        let plain = dpf::encode(&Message::Query { proto: crate::Proto::Tcp, public: "192.0.2.1:80".parse().unwrap() }, 1).unwrap();
-        let st = Stamp { unix_ms: 1_000_000, nonce: 5 };
+        let plain = dpf::encode(
+            &Message::Query {
+                proto: crate::Proto::Tcp,
+                public: "192.0.2.1:80".parse().unwrap(),
+            },
+            1,
+        )
+        .unwrap();
+        let st = Stamp {
+            unix_ms: 1_000_000,
+            nonce: 5,
+        };
         let sealed = a.seal(Ok(plain.clone()), st).unwrap();
         assert_eq!(a.open(&plain, 1_000_000), Err(AuthError::Missing));
         assert_eq!(a.open(&sealed, 1_000_000).as_deref(), Ok(&plain[..]));
         assert_eq!(a.open(&sealed, 1_000_000), Err(AuthError::Replayed));
         assert!(a.open(&sealed, 9_000_000).is_err());
-        assert_eq!(Authenticator::new(b"x", 8).open(&sealed, 1_000_000), Err(AuthError::BadMac));
+        assert_eq!(
+            Authenticator::new(b"x", 8).open(&sealed, 1_000_000),
+            Err(AuthError::BadMac)
+        );
         assert_eq!(
             a.refused(),
-            Refusals { missing: 1, bad_mac: 0, stale: 1, replayed: 1 }
+            Refusals {
+                missing: 1,
+                bad_mac: 0,
+                stale: 1,
+                replayed: 1
+            }
         );
     }
 }

@@ -70,7 +70,10 @@ impl fmt::Display for DecodeError {
             Self::Truncated => write!(f, "message truncated"),
             Self::UnknownKind(k) => write!(f, "unknown message kind {k:#04x}"),
             Self::BadFlags(b) => write!(f, "invalid flags {b:#04x}"),
-            Self::AuthUnsupported => write!(f, "authenticated (sealed) message, and no secret is configured here"),
+            Self::AuthUnsupported => write!(
+                f,
+                "authenticated (sealed) message, and no secret is configured here"
+            ),
             Self::BadValue(what) => write!(f, "invalid value for {what}"),
             Self::TooLong { what, len, max } => write!(f, "{what} too long: {len} > {max}"),
             Self::TrailingBytes(n) => write!(f, "{n} trailing bytes after message"),
