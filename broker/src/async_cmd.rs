@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::Instant;
 
+use proto::auth::Authenticator;
 use proto::gcb::{self, Message, Token};
 use proto::rudp::{Requester, RetryPolicy, Timeout};
 
@@ -65,11 +66,14 @@ impl AsyncCommands {
         msg: &Message,
         purpose: Purpose,
         now: Instant,
+        auth: Option<&Authenticator>,
         send: impl FnOnce(SocketAddrV4, &[u8]),
     ) -> Result<(), String> {
         let (id, bytes) = self
             .requester
-            .send(purpose.listener, now, |id| gcb::encode(msg, id))
+            .send(purpose.listener, now, |id| {
+                crate::auth::seal(auth, gcb::encode(msg, id))
+            })
             .map_err(|e| e.to_string())?;
         send(purpose.listener, bytes);
         self.purposes.insert(id, purpose);
@@ -151,7 +155,7 @@ mod tests {
         let t = Instant::now();
         let mut c = AsyncCommands::new(100);
         let mut sent = Vec::new();
-        c.send(&command(), purpose(), t, |to, b| {
+        c.send(&command(), purpose(), t, None, |to, b| {
             sent.push((to, b.to_vec()))
         })
         .unwrap();
@@ -177,7 +181,7 @@ mod tests {
     fn error_reply_and_silence_fail_the_command() {
         let t = Instant::now();
         let mut c = AsyncCommands::new(1);
-        c.send(&command(), purpose(), t, |_, _| {}).unwrap();
+        c.send(&command(), purpose(), t, None, |_, _| {}).unwrap();
         let refusal = Message::error(gcb::ErrorCode::NotRegistered, "gone");
         match c.on_reply(1, purpose().listener, &refusal, t) {
             Some(Outcome::Failed(p, why)) => {
@@ -185,7 +189,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        c.send(&command(), purpose(), t, |_, _| {}).unwrap();
+        c.send(&command(), purpose(), t, None, |_, _| {}).unwrap();
         let mut resent = 0;
         let mut failed = Vec::new();
         let end = t + Duration::from_secs(10);

@@ -44,6 +44,11 @@ pub enum Command {
         /// Print the answer as one JSON object instead of text.
         #[arg(long)]
         json: bool,
+
+        /// The broker's shared secret, when it runs with --secret-file: requests are then sealed
+        /// with it and only sealed answers are believed.
+        #[arg(long, value_name = "PATH")]
+        secret_file: Option<PathBuf>,
     },
 }
 
@@ -161,7 +166,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["gcb-broker", "query", "192.0.2.1:65432", "--json"]).unwrap();
         match cli.command {
-            Some(Command::Query { target, json }) => {
+            Some(Command::Query { target, json, .. }) => {
                 assert_eq!(target, "192.0.2.1:65432");
                 assert!(json);
             }

@@ -3,6 +3,9 @@
 //! handler, whose reply is sent and cached.
 //!
 //! Order of the checks, and why:
+//! 0. with a secret, MAC and time window (see `auth`): an unauthenticated
+//!    datagram is dropped before it can cost anything else or get an answer;
+//!    the replay guard comes after the reply cache, in steps 4 and 5;
 //! 1. decode first (cheap, no allocation beyond the datagram's own strings),
 //!    so a status request from a trusted source can skip the rate limit: an
 //!    operator's `query` fetches many pages back to back;
@@ -26,6 +29,7 @@ use proto::DecodeError;
 use tracing::{debug, info, warn};
 
 use crate::async_cmd::Outcome;
+use crate::auth::{seal, Inbound};
 use crate::counters::Counters;
 use crate::daemon::Daemon;
 use crate::handlers::{ConnectReq, RegisterReq};
@@ -83,7 +87,20 @@ impl Daemon {
             debug!("command port: dropped {len} bytes from {from}: GCB speaks IPv4 only");
             return;
         };
-        let decoded = gcb::decode(&self.buf[..len]);
+        // Everything is authenticated before anything else reads it.
+        let datagram = std::mem::take(&mut self.buf);
+        let inbound = self.authenticate(&datagram[..len], from, "command port");
+        let stamp = match &inbound {
+            Inbound::Verified(v) => Some(v.stamp),
+            _ => None,
+        };
+        let decoded = match &inbound {
+            Inbound::Plain => Some(gcb::decode(&datagram[..len])),
+            Inbound::Verified(v) => Some(gcb::decode(&v.message)),
+            Inbound::Refused => None,
+        };
+        self.buf = datagram;
+        let Some(decoded) = decoded else { return };
         let trusted_status = matches!(decoded, Ok((_, Message::StatusRequest { .. })))
             && self.status_allowed(*from.ip());
         if !trusted_status && !self.limiter.allow(from.ip(), now) {
@@ -112,7 +129,7 @@ impl Daemon {
                     proto::header::VERSION
                 );
                 let reply = Message::error(ErrorCode::VersionMismatch, &detail);
-                if let Ok(bytes) = gcb::encode(&reply, request_id) {
+                if let Ok(bytes) = seal(self.auth.as_ref(), gcb::encode(&reply, request_id)) {
                     send_datagram(&self.command, &mut self.counters, from, &bytes);
                 }
                 return;
@@ -124,6 +141,9 @@ impl Daemon {
             }
         };
         if msg.is_response() {
+            if !self.admit(stamp, from, "command port") {
+                return;
+            }
             self.on_command_reply(header.request_id, from, &msg, now);
             return;
         }
@@ -141,9 +161,12 @@ impl Daemon {
         // are, and are large: caching them would only push out other
         // replies. The first page is cached, since a retransmission of it
         // must not take a second snapshot.
+        if !self.admit(stamp, from, "command port") {
+            return;
+        }
         let cache = !matches!(msg, Message::StatusRequest { snapshot, .. } if snapshot != 0);
         let reply = self.handle(msg, from, now);
-        match gcb::encode(&reply, header.request_id) {
+        match seal(self.auth.as_ref(), gcb::encode(&reply, header.request_id)) {
             Ok(bytes) => {
                 send_datagram(&self.command, &mut self.counters, from, &bytes);
                 if cache {

@@ -137,6 +137,8 @@ pub struct Daemon {
     pub(crate) started: Instant,
     pub(crate) config: Config,
     pub(crate) secret: Option<Secret>,
+    /// Seals and opens datagrams; present exactly when `secret` is.
+    pub(crate) auth: Option<proto::auth::Authenticator>,
     /// The command line and environment as parsed at startup, for re-merging
     /// with the re-read file on SIGHUP.
     pub(crate) args: DaemonArgs,
@@ -245,6 +247,7 @@ impl Daemon {
             next_serial: 0,
             started: Instant::now(),
             config,
+            auth: loaded.secret.as_ref().map(crate::auth::authenticator),
             secret: loaded.secret,
             args,
             env,
@@ -361,7 +364,8 @@ impl Daemon {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Stats => {
-                    let fields = self.counters.fields();
+                    let mut fields = self.counters.fields();
+                    fields.extend(self.auth_counters());
                     let line: Vec<String> = fields
                         .iter()
                         .filter(|(_, v)| *v > 0)

@@ -292,9 +292,11 @@ impl Daemon {
         };
         self.pairings.insert(token, pending);
         let (sock, counters) = (&self.command, &mut self.counters);
-        let sent = self.asyncs.send(&msg, purpose, now, |to, bytes| {
-            send_datagram(sock, counters, to, bytes)
-        });
+        let sent = self
+            .asyncs
+            .send(&msg, purpose, now, self.auth.as_ref(), |to, bytes| {
+                send_datagram(sock, counters, to, bytes)
+            });
         if let Err(e) = sent {
             if let Some(p) = self.pairings.cancel(token) {
                 self.abandon_pairing(p);

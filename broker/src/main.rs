@@ -20,6 +20,7 @@
 //! * `counters`: what is counted.
 
 mod async_cmd;
+mod auth;
 mod cli;
 mod command;
 mod config;
@@ -55,8 +56,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    if let Some(Command::Query { target, json }) = cli.command {
-        let text = query::fetch(&target, json).map_err(Failure::runtime)?;
+    if let Some(Command::Query {
+        target,
+        json,
+        secret_file,
+    }) = cli.command
+    {
+        let auth = match secret_file {
+            Some(path) => Some(auth::authenticator(
+                &values::load_secret(&path).map_err(Failure::usage)?.0,
+            )),
+            None => None,
+        };
+        let text = query::fetch(&target, json, auth).map_err(Failure::runtime)?;
         print!("{text}");
         return Ok(());
     }

@@ -10,8 +10,10 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
+use proto::auth::{AuthError, Authenticator};
 use proto::gcb::{self, ErrorCode, Message, StatusFormat, COMMAND_PORT};
 use proto::rudp::{Requester, RetryPolicy, Timeout};
+use proto::DecodeError;
 
 /// Snapshots may expire between pages (a very slow link); start over at
 /// most this many times.
@@ -46,10 +48,13 @@ fn exchange(
     sock: &UdpSocket,
     to: SocketAddrV4,
     req: &mut Requester<SocketAddrV4>,
+    auth: &mut Option<Authenticator>,
     msg: &Message,
 ) -> Result<Message, String> {
     let (id, bytes) = req
-        .send(to, Instant::now(), |id| gcb::encode(msg, id))
+        .send(to, Instant::now(), |id| {
+            crate::auth::seal(auth.as_ref(), gcb::encode(msg, id))
+        })
         .map_err(|e| format!("query: {e}"))?;
     let bytes = bytes.to_vec();
     sock.send(&bytes).map_err(|e| failure(to, e))?;
@@ -66,10 +71,8 @@ fn exchange(
             .map_err(|e| failure(to, e))?;
         match sock.recv(&mut buf) {
             Ok(n) => {
-                let Ok((header, reply)) = gcb::decode(&buf[..n]) else {
-                    return Err(format!(
-                        "query: {to} answered something that is not the GCB protocol"
-                    ));
+                let Some((header, reply)) = open_reply(auth, &buf[..n], to)? else {
+                    continue;
                 };
                 if header.request_id == id && req.on_response(id, &to, Instant::now()).is_some() {
                     return Ok(reply);
@@ -99,6 +102,40 @@ fn exchange(
     }
 }
 
+/// Decodes a reply, opening it first with a secret. `None`: a sealed reply
+/// that does not open (forged, replayed): ignored, the retransmissions go on.
+fn open_reply(
+    auth: &mut Option<Authenticator>,
+    datagram: &[u8],
+    to: SocketAddrV4,
+) -> Result<Option<(proto::Header, Message)>, String> {
+    let opened;
+    let plain = match auth {
+        None => datagram,
+        Some(a) => match a.open(datagram, crate::auth::stamp_now().unix_ms) {
+            Ok(m) => {
+                opened = m;
+                &opened
+            }
+            Err(AuthError::Missing) => {
+                return Err(format!(
+                    "query: {to} answered without authentication; is its --secret-file set?"
+                ))
+            }
+            Err(_) => return Ok(None),
+        },
+    };
+    match gcb::decode(plain) {
+        Ok(decoded) => Ok(Some(decoded)),
+        Err(DecodeError::AuthUnsupported) => Err(format!(
+            "query: {to} answered with authentication; pass its --secret-file"
+        )),
+        Err(_) => Err(format!(
+            "query: {to} answered something that is not the GCB protocol"
+        )),
+    }
+}
+
 fn failure(to: SocketAddrV4, e: io::Error) -> String {
     if e.kind() == io::ErrorKind::ConnectionRefused {
         format!("query: no broker at {to} (connection refused)")
@@ -108,7 +145,7 @@ fn failure(to: SocketAddrV4, e: io::Error) -> String {
 }
 
 /// Fetches the whole status text from the broker at `target`.
-pub fn fetch(target: &str, json: bool) -> Result<String, String> {
+pub fn fetch(target: &str, json: bool, mut auth: Option<Authenticator>) -> Result<String, String> {
     let to = resolve(target)?;
     let sock =
         UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("query: cannot open a socket: {e}"))?;
@@ -129,7 +166,7 @@ pub fn fetch(target: &str, json: bool) -> Result<String, String> {
                 page,
                 format,
             };
-            match exchange(&sock, to, &mut req, &msg)? {
+            match exchange(&sock, to, &mut req, &mut auth, &msg)? {
                 Message::StatusReply {
                     snapshot: id,
                     page: got,
@@ -186,7 +223,7 @@ mod tests {
     fn silent_or_absent_broker_is_one_clear_error() {
         // A bound socket that never answers: the requester gives up.
         let mute = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let err = fetch(&mute.local_addr().unwrap().to_string(), false).unwrap_err();
+        let err = fetch(&mute.local_addr().unwrap().to_string(), false, None).unwrap_err();
         assert!(
             err.contains("no answer") || err.contains("refused"),
             "{err}"
@@ -197,7 +234,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let err = fetch(&format!("127.0.0.1:{port}"), true).unwrap_err();
+        let err = fetch(&format!("127.0.0.1:{port}"), true, None).unwrap_err();
         assert!(err.contains("refused"), "{err}");
     }
 }

@@ -128,6 +128,7 @@ impl Daemon {
             &loaded.config.log_filter,
         );
         self.config = apply(&self.config, &loaded.config);
+        self.apply_secret(loaded.secret.as_ref());
         self.secret = loaded.secret;
         let limits = &self.config.limits;
         self.limiter.set_rate(limits.rate_limit);

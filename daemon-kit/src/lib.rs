@@ -9,6 +9,7 @@
 //! `testing` feature it also holds the helpers of both daemons'
 //! end-to-end tests.
 
+pub mod auth;
 pub mod exit;
 pub mod logging;
 pub mod random;

@@ -7,8 +7,8 @@
 //! open the NAT); input that is not a well-formed DPF request is dropped
 //! as malformed, except a request of a newer protocol version, which gets
 //! a `VersionMismatch` reply; a retransmission gets the cached reply. With
-//! a secret configured every request is refused as unauthorized, since the
-//! authentication trailer is not implemented yet.
+//! a secret configured, a request that is not sealed with it (or is stale or
+//! replayed) is dropped without an answer and counted; see `auth`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use proto::dpf::{self, ErrorCode, Message};
 use proto::DecodeError;
 use tracing::{debug, warn};
 
+use crate::auth::seal;
 use crate::daemon::{unix_now, Daemon};
 use crate::handler::code_name;
 
@@ -61,7 +62,17 @@ impl Daemon {
 
     fn on_datagram(&mut self, len: usize, from: SocketAddr) {
         let now = Instant::now();
-        let (header, msg) = match dpf::decode(&self.buf[..len]) {
+        let datagram = std::mem::take(&mut self.buf);
+        let verified = self.authenticate(&datagram[..len], from);
+        let decoded = match &verified {
+            Ok(None) => Some(dpf::decode(&datagram[..len])),
+            Ok(Some(v)) => Some(dpf::decode(&v.message)),
+            Err(()) => None,
+        };
+        self.buf = datagram;
+        let stamp = verified.ok().flatten().map(|v| v.stamp);
+        let Some(decoded) = decoded else { return };
+        let (header, msg) = match decoded {
             Ok(decoded) => decoded,
             Err(DecodeError::UnsupportedVersion {
                 version,
@@ -107,23 +118,14 @@ impl Daemon {
             self.counters.duplicates += 1;
             return;
         }
+        if !self.admit(stamp, from) {
+            self.in_batch.remove(&(from, id));
+            return;
+        }
         match msg {
             Message::Forward { .. } => self.counters.forward += 1,
             Message::Delete { .. } => self.counters.delete += 1,
             _ => self.counters.query += 1,
-        }
-        if self.secret.is_some() {
-            *self
-                .counters
-                .refused
-                .entry(code_name(ErrorCode::Unauthorized))
-                .or_insert(0) += 1;
-            warn!(
-                "refused request from {from}: unauthorized (authentication is not implemented yet)"
-            );
-            let reply = Message::error(ErrorCode::Unauthorized, "authentication required");
-            self.engine.queue_reply(from, id, reply, false);
-            return;
         }
         self.engine
             .handle(from, id, msg, &mut self.counters.refused, unix_now());
@@ -138,7 +140,7 @@ impl Daemon {
         msg: &Message,
         now: Instant,
     ) {
-        let bytes = match dpf::encode(msg, request_id) {
+        let bytes = match seal(self.auth.as_ref(), dpf::encode(msg, request_id)) {
             Ok(b) => b,
             Err(e) => {
                 // Only an over-long error detail can fail, and

@@ -113,6 +113,8 @@ pub struct Daemon {
     pub(crate) last_sync: Option<(Instant, SyncReport)>,
     pub(crate) config: Config,
     pub(crate) secret: Option<Secret>,
+    /// Seals replies and opens requests; present exactly when `secret` is.
+    pub(crate) auth: Option<proto::auth::Authenticator>,
     /// The command line and environment as parsed at startup, for re-merging
     /// with the re-read file on SIGHUP.
     pub(crate) args: DaemonArgs,
@@ -193,13 +195,6 @@ impl Daemon {
                 None
             }
         };
-        if loaded.secret.is_some() {
-            warn!(
-                "request authentication (HMAC) is not in the wire protocol yet: with --secret-file set, \
-                 every request is refused as unauthorized"
-            );
-        }
-
         info!(
             "dpfd {} started: {}",
             env!("CARGO_PKG_VERSION"),
@@ -230,6 +225,7 @@ impl Daemon {
             recovery,
             last_sync: None,
             config,
+            auth: loaded.secret.as_ref().map(crate::auth::authenticator),
             secret: loaded.secret,
             args,
             env,

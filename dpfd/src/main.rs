@@ -6,6 +6,7 @@
 //! code 2 for usage and configuration errors and 1 for failures at run time,
 //! such as missing privileges or a command port that is already taken.
 
+mod auth;
 mod cli;
 mod command;
 mod config;

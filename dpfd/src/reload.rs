@@ -119,6 +119,7 @@ impl Daemon {
         );
         let interval_changed = loaded.config.probe_interval_s != self.config.probe_interval_s;
         self.config = apply(&self.config, &loaded.config);
+        self.apply_secret(loaded.secret.as_ref());
         self.secret = loaded.secret;
         self.engine.table.set_quota(self.config.per_host_quota);
         if interval_changed && self.round.is_none() {

@@ -207,6 +207,7 @@ impl Daemon {
                 "duplicates": c.duplicates,
                 "requests": { "forward": c.forward, "delete": c.delete, "query": c.query },
                 "refused": refused,
+                "auth": self.auth_counters(),
                 "receive_errors": c.receive_errors,
                 "send_errors": c.send_errors,
             },

@@ -21,10 +21,11 @@
 //! reliability layer (`rudp`) tell replies from requests without knowing the
 //! kinds, and the family decoders reject a flag that disagrees with the kind.
 //!
-//! # Authentication (planned, not implemented)
+//! # Authentication
 //!
-//! The authenticated flag is reserved for a shared-secret scheme (DESIGN.md,
-//! Security). When set, an [`AUTH_TRAILER_LEN`]-byte trailer follows the body:
+//! With a shared secret configured (DESIGN.md, Security), every datagram has
+//! the authenticated flag set and an [`AUTH_TRAILER_LEN`]-byte trailer after
+//! the body; [`crate::auth`] seals and opens it:
 //!
 //! | size | field     | notes                                                  |
 //! | ---: | --------- | ------------------------------------------------------ |
@@ -32,11 +33,12 @@
 //! |    8 | nonce     | random per message                                     |
 //! |   32 | mac       | HMAC-SHA256(secret, header ‖ body ‖ timestamp ‖ nonce) |
 //!
-//! The receiver will check the MAC, reject timestamps outside a small window,
-//! and remember nonces within the window to refuse replays. A receiver that
-//! has a secret configured treats a message without the flag as
-//! `Unauthorized`, so stripping the trailer gains an attacker nothing. Until
-//! then, decoders reject the flag with [`DecodeError::AuthUnsupported`].
+//! The header under the MAC is the one sent, flag set. Receivers open a
+//! sealed datagram before decoding it; [`Header::parse`] itself still rejects
+//! the flag with [`DecodeError::AuthUnsupported`], so a sealed datagram that
+//! reaches a receiver without a secret is refused rather than misread. A
+//! receiver with a secret refuses every message without the flag, so
+//! stripping the trailer gains an attacker nothing.
 
 use crate::wire::{DecodeError, Reader, Sink, SliceSink, Writer};
 
@@ -44,7 +46,7 @@ use crate::wire::{DecodeError, Reader, Sink, SliceSink, Writer};
 pub const HEADER_LEN: usize = 15;
 /// The only protocol version this crate speaks.
 pub const VERSION: u8 = 1;
-/// Length of the planned authentication trailer (see the module docs).
+/// Length of the authentication trailer (see the module docs).
 pub const AUTH_TRAILER_LEN: usize = 48;
 /// Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP).
 pub const MAX_UDP_PAYLOAD: usize = 65507;
@@ -79,7 +81,7 @@ pub struct Flags(u8);
 impl Flags {
     /// Set on every reply; clear on every request.
     pub const RESPONSE: Flags = Flags(0x01);
-    /// An authentication trailer follows the body (planned, see module docs).
+    /// An authentication trailer follows the body (see the module docs).
     pub const AUTHENTICATED: Flags = Flags(0x02);
     const KNOWN: u8 = 0x03;
 

@@ -11,8 +11,10 @@
 //! * [`common`]: protocol and endpoint types both families use;
 //! * [`gcb`]: connection-brokering commands, stream preambles, UDP relay header;
 //! * [`dpf`]: dynamic port forwarding requests;
-//! * [`rudp`]: the reliable request/response layer over UDP (paper's RUDP).
+//! * [`rudp`]: the reliable request/response layer over UDP (paper's RUDP);
+//! * [`auth`]: shared-secret HMAC sealing of datagrams, and the replay guard.
 
+pub mod auth;
 pub mod common;
 pub mod dpf;
 pub mod gcb;

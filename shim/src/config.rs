@@ -50,6 +50,9 @@ pub struct Config {
     /// `GCB_LOG_FILE`; `None` logs to stderr.
     pub log_file: Option<CString>,
     pub heartbeat: Duration,
+    /// `GCB_SECRET_FILE`'s contents: every request is sealed with it and
+    /// every reply and command must be (see `client::seal`).
+    pub secret: Option<SharedSecret>,
     /// One line per variable that is set but invalid.
     pub problems: Vec<String>,
 }
@@ -80,7 +83,16 @@ impl Config {
 
         let gcb = setting(env, p, "GCB_INAGENT", "GCB is off", parse_inagents);
         let dpf = setting(env, p, "DPF_INAGENT", "DPF is off", |s| parse_addr(s, DEFAULT_DPF_PORT));
+        // A secret that is configured but unusable must not mean "talk
+        // without one": the daemons would refuse every request anyway, and a
+        // client that silently dropped authentication would hide the mistake.
+        // So brokering is off, the program runs unbrokered, and the problem
+        // line says why.
+        let secret_file = env("GCB_SECRET_FILE").filter(|v| !v.is_empty());
+        let secret = setting(env, p, "GCB_SECRET_FILE", "GCB and DPF are off", load_secret);
+        let secret_failed = secret_file.is_some() && secret.is_none();
         let mode = match (gcb, dpf) {
+            (Some(_), _) | (_, Some(_)) if secret_failed => Mode::Off,
             (Some(_), Some(_)) => {
                 p.push("GCB_INAGENT and DPF_INAGENT are both set, but they are alternatives; GCB and DPF are off".into());
                 Mode::Off
@@ -105,6 +117,7 @@ impl Config {
             log_level: log_level.unwrap_or(Level::DEFAULT),
             log_file,
             heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+            secret,
             problems,
         }
     }
@@ -135,8 +148,40 @@ impl fmt::Display for Summary<'_> {
             }
             Mode::Dpf(addr) => write!(f, "DPF via {addr}")?,
         }
+        if c.secret.is_some() {
+            f.write_str(", authenticated")?;
+        }
         write!(f, ", heartbeat {}s, log {}", c.heartbeat.as_secs(), c.log_level.name())
     }
+}
+
+/// The shared secret of `GCB_SECRET_FILE`. Debug never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedSecret(Vec<u8>);
+
+impl SharedSecret {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "SharedSecret({} bytes)", self.0.len())
+    }
+}
+
+/// Reads the secret file as the daemons do (daemon-kit `load_secret`): the
+/// bytes without trailing newlines, and not empty.
+fn load_secret(path: &str) -> Result<SharedSecret, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(SharedSecret(bytes))
 }
 
 /// Reads and parses variable `name`. Unset or empty gives `None`; so does an invalid

@@ -232,6 +232,7 @@ impl Daemon {
         let pool = self.registry.pool(proto::Proto::Tcp);
         let limits = &self.config.limits;
         let mut counters = self.counters.fields();
+        counters.extend(self.auth_counters());
         counters.push(("relays_active", self.relays.len() as u64));
         counters.push(("commands_in_flight", self.asyncs.len() as u64));
         counters.push(("udp_rules_active", self.udp.table.rules_len() as u64));

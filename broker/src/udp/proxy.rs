@@ -28,6 +28,7 @@ use proto::gcb::{self, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD, RELAY_HEADER_
 use tracing::{debug, info, warn};
 
 use super::rules::{DummyOutcome, Inbound};
+use crate::auth::{seal, UdpControl};
 use crate::daemon::{Daemon, Dynamic};
 use crate::tokens::TokenSlab;
 
@@ -85,10 +86,16 @@ impl Daemon {
         len: usize,
     ) {
         let now = Instant::now();
-        let data = &self.buf[H..H + len];
+        let data = std::mem::take(&mut self.buf);
+        let control = self.udp_control(&data[H..H + len], from);
+        self.buf = data;
         let path = self.udp.table.data_path(&proxy);
         // Control datagrams first: a GCB header never starts a relay header.
-        if let Ok((header, msg)) = gcb::decode(data) {
+        if matches!(control, UdpControl::Refused) {
+            self.counters.udp_dummies_dropped += 1;
+            return;
+        }
+        if let UdpControl::Message(header, msg) = control {
             if let Message::Dummy { token: t } = msg {
                 self.on_dummy(token, proxy, from, t, header.request_id);
                 return;
@@ -128,9 +135,12 @@ impl Daemon {
             DummyOutcome::Same => {}
         }
         self.counters.udp_dummies += 1;
-        let sent = gcb::encode(&Message::DummyAck { token: t }, id)
-            .map_err(|e| io::Error::other(e.to_string()))
-            .and_then(|bytes| send_from(&self.slab, token, &bytes, from));
+        let sent = seal(
+            self.auth.as_ref(),
+            gcb::encode(&Message::DummyAck { token: t }, id),
+        )
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|bytes| send_from(&self.slab, token, &bytes, from));
         if let Err(e) = sent {
             self.counters.udp_send_errors += 1;
             debug!("proxy udp {proxy}: cannot answer DummyAck to {from}: {e}");

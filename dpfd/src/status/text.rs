@@ -106,6 +106,10 @@ pub fn render_text(v: &Value) -> String {
         num(v, &["counters", "duplicates"])
     );
     out += &format!("refused: {}\n", pairs(v.pointer("/counters/refused")));
+    out += &format!(
+        "authentication refused: {}\n",
+        pairs(v.pointer("/counters/auth"))
+    );
     out += &format!("probes: {}\n", pairs(v.get("probes")));
     out += &format!("changes: {}\n", pairs(v.get("changes")));
     out += &format!(

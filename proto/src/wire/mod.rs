@@ -45,7 +45,8 @@ pub enum DecodeError {
     UnknownKind(u8),
     /// Reserved flag bits were set, or the response bit disagrees with the kind.
     BadFlags(u8),
-    /// The authenticated flag was set; this build has no authentication yet.
+    /// The authenticated flag was set: the datagram is sealed and must be
+    /// opened with `auth` first, which a receiver without a secret cannot do.
     AuthUnsupported,
     /// A field held a value outside its domain (bad tag, bad UTF-8, ...).
     BadValue(&'static str),
@@ -69,7 +70,10 @@ impl fmt::Display for DecodeError {
             Self::Truncated => write!(f, "message truncated"),
             Self::UnknownKind(k) => write!(f, "unknown message kind {k:#04x}"),
             Self::BadFlags(b) => write!(f, "invalid flags {b:#04x}"),
-            Self::AuthUnsupported => write!(f, "authenticated messages are not supported"),
+            Self::AuthUnsupported => write!(
+                f,
+                "authenticated (sealed) message, and no secret is configured here"
+            ),
             Self::BadValue(what) => write!(f, "invalid value for {what}"),
             Self::TooLong { what, len, max } => write!(f, "{what} too long: {len} > {max}"),
             Self::TrailingBytes(n) => write!(f, "{n} trailing bytes after message"),

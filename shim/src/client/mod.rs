@@ -4,3 +4,4 @@
 //! copy; socket plumbing itself stays in `gcb::sys`, which DPF reuses as is.
 
 pub mod exchange;
+pub mod seal;

@@ -157,3 +157,30 @@ fn realm_and_heartbeat_bounds() {
         assert!(parse_heartbeat(bad).is_err(), "{bad:?} accepted");
     }
 }
+
+#[test]
+fn secret_file_is_read_once_and_an_unusable_one_turns_brokering_off() {
+    let dir = std::env::temp_dir().join(format!("gcb-shim-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    std::fs::write(&good, b"s3cret\n").unwrap();
+    let empty = dir.join("empty");
+    std::fs::write(&empty, b"\n").unwrap();
+    let good = good.to_str().unwrap();
+
+    let c = config(&[("GCB_INAGENT", "192.0.2.1"), ("GCB_SECRET_FILE", good)]);
+    assert_eq!(c.secret.as_ref().map(SharedSecret::bytes), Some(&b"s3cret"[..]));
+    assert!(matches!(c.mode, Mode::Gcb(_)) && c.problems.is_empty());
+    assert!(c.summary().to_string().contains(", authenticated"));
+    assert_eq!(format!("{:?}", c.secret), "Some(SharedSecret(6 bytes))");
+
+    for bad in [empty.to_str().unwrap(), "/nonexistent/gcb-secret"] {
+        for agent in ["GCB_INAGENT", "DPF_INAGENT"] {
+            let c = config(&[(agent, "192.0.2.1"), ("GCB_SECRET_FILE", bad)]);
+            assert_eq!(c.mode, Mode::Off, "{bad}");
+            assert_eq!(c.problems.len(), 1, "{:#?}", c.problems);
+            assert!(c.problems[0].starts_with("GCB_SECRET_FILE=") && c.problems[0].ends_with("GCB and DPF are off"));
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

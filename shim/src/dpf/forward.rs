@@ -132,7 +132,7 @@ pub fn send_delete(proto: Proto, local: SocketAddrV4) {
     let Some(dpfd) = super::server() else { return };
     let Ok((sock, _)) = mgmt::open(dpfd) else { return };
     let msg = Message::Delete { proto, key: MappingKey::Local(local) };
-    if let Ok(bytes) = proto::dpf::encode(&msg, sys::random_u64()) {
+    if let Ok(bytes) = crate::client::seal::dpf_encode(&msg, sys::random_u64()) {
         let _ = exchange::send_datagram(sock.raw(), &bytes);
     }
     log!(Debug, "deleted forward of {proto} {local}");

@@ -59,8 +59,8 @@ impl QueryCache {
 
 /// The DPF codec for the shared exchange.
 pub const CODEC: crate::client::exchange::Codec<Message> = crate::client::exchange::Codec {
-    encode: proto::dpf::encode,
-    decode: proto::dpf::decode,
+    encode: crate::client::seal::dpf_encode,
+    decode: crate::client::seal::dpf_decode,
     is_response: Message::is_response,
 };
 

@@ -32,13 +32,14 @@ use proto::{Endpoint, Proto};
 use super::doorbell::{Dial, Job, Record};
 use super::registry::{Listener, ListenerId, Purpose, Registry};
 use super::sys::{self, Errno, Sock};
+use crate::client::seal;
 use crate::config;
 
 pub use crate::client::exchange::{new_requester, send_datagram, NoAnswer, DATAGRAM_MAX};
 
 /// The GCB codec for [`crate::client::exchange`].
 const CODEC: crate::client::exchange::Codec<Message> =
-    crate::client::exchange::Codec { encode: gcb::encode, decode: gcb::decode, is_response: Message::is_response };
+    crate::client::exchange::Codec { encode: seal::gcb_encode, decode: seal::gcb_decode, is_response: Message::is_response };
 
 /// Opens a non-blocking UDP socket connected to `to`; returns it and its own
 /// address, which names the IP the kernel uses towards `to`.
@@ -90,7 +91,7 @@ pub fn register_message(proto: Proto, local: SocketAddrV4, mgmt_local: SocketAdd
 /// Starts a request on `l`'s management socket; its reply comes through [`on_datagram`].
 pub fn start(l: &mut Listener, purpose: Purpose, msg: &Message, now: Instant) {
     let broker = l.mgmt.broker;
-    match l.mgmt.requester.send(broker, now, |id| gcb::encode(msg, id)) {
+    match l.mgmt.requester.send(broker, now, |id| seal::gcb_encode(msg, id)) {
         Ok((id, bytes)) => {
             let _ = send_datagram(l.mgmt.fd, bytes);
             l.mgmt.pending.insert(id, purpose);
@@ -103,7 +104,7 @@ pub fn start(l: &mut Listener, purpose: Purpose, msg: &Message, now: Instant) {
 pub fn send_unregister(l: &mut Listener) {
     let Some(proxy) = l.proxy else { return };
     let msg = Message::Unregister { proxy: Endpoint::new(l.proto, proxy) };
-    if let Ok((id, bytes)) = l.mgmt.requester.send(l.mgmt.broker, Instant::now(), |id| gcb::encode(&msg, id)) {
+    if let Ok((id, bytes)) = l.mgmt.requester.send(l.mgmt.broker, Instant::now(), |id| seal::gcb_encode(&msg, id)) {
         let _ = send_datagram(l.mgmt.fd, bytes);
         l.mgmt.requester.cancel(id);
     }
@@ -124,7 +125,11 @@ fn reregister(l: &mut Listener, now: Instant) {
 /// Handles one datagram from listener `id`'s management socket. Returns the
 /// connection to make when it is a `ReverseConnect` or `RelayConnect`.
 pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instant) -> Option<Job> {
-    let (header, msg) = match gcb::decode(bytes) {
+    let opened = match seal::verify(bytes) {
+        Ok(o) => o,
+        Err(e) => return drop_datagram(e),
+    };
+    let (header, msg) = match gcb::decode(&opened.message) {
         Ok(m) => m,
         Err(e) => {
             log!(Debug, "management datagram dropped: {e:?}");
@@ -133,6 +138,9 @@ pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instan
     };
     note_heard(reg, id, now);
     if msg.is_response() {
+        if let Err(e) = seal::admit(&mut reg.guard, opened.stamp) {
+            return drop_datagram(e);
+        }
         on_reply(reg, id, header.request_id, msg, now);
         return None;
     }
@@ -141,11 +149,14 @@ pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instan
         let _ = send_datagram(fd, cached);
         return None;
     }
+    if let Err(e) = seal::admit(&mut reg.guard, opened.stamp) {
+        return drop_datagram(e);
+    }
     let (reply, job) = match msg {
         Message::MakeHole { token, target, peer, proxy } => (super::udp::control::make_hole(reg, id, token, target, peer, proxy, now), None),
         msg => command(reg.listener(id)?, id, msg),
     };
-    if let Ok(bytes) = gcb::encode(&reply, header.request_id) {
+    if let Ok(bytes) = seal::gcb_encode(&reply, header.request_id) {
         let _ = send_datagram(fd, &bytes);
         reg.replies.insert(broker, header.request_id, bytes, now);
     }
@@ -158,6 +169,12 @@ fn note_heard(reg: &mut Registry, id: ListenerId, now: Instant) {
     l.mgmt.heard = now;
     let broker = l.mgmt.broker;
     super::brokers::set(reg).mark_alive(broker);
+}
+
+/// A management datagram that failed authentication: dropped, one debug line.
+fn drop_datagram(e: proto::auth::AuthError) -> Option<Job> {
+    log!(Debug, "management datagram dropped: {e}");
+    None
 }
 
 /// The reply to a broker command, and the connection it asks for.

@@ -129,6 +129,8 @@ pub struct Registry {
     pub negative: NegCache,
     /// Replies to the broker's commands, for its retransmissions (rudp).
     pub replies: ReplyCache<SocketAddrV4>,
+    /// Nonces of the broker's sealed commands, checked after `replies`.
+    pub guard: proto::auth::ReplayGuard,
     /// Doorbells waiting for room in their listener's accept queue (`doorbell`).
     pub bells: Vec<PendingBell>,
     /// Proxy addresses of closed listeners, for re-listens (see `released`).
@@ -157,6 +159,7 @@ impl Registry {
             interest: Interest::default(),
             negative: NegCache::default(),
             replies: ReplyCache::new(ReplyCache::<SocketAddrV4>::DEFAULT_TTL, 256, 64 * 1024),
+            guard: crate::client::seal::new_guard(),
             bells: Vec::new(),
             released: Default::default(),
             generation: 0,

@@ -26,6 +26,7 @@ use proto::Proto;
 use super::super::registry::{Listener, ListenerId, Registry};
 use super::super::sys;
 use super::table::Hole;
+use crate::client::seal;
 use crate::real;
 
 /// Dummies sent for one `MakeHole` before the peer is left relayed.
@@ -55,7 +56,7 @@ pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys
 }
 
 fn send_control(fd: c_int, msg: &Message, request_id: u64, to: SocketAddrV4) {
-    if let Ok(bytes) = gcb::encode(msg, request_id) {
+    if let Ok(bytes) = seal::gcb_encode(msg, request_id) {
         if let Err(e) = send_from(fd, &bytes, to) {
             log!(Debug, "{:?} to {to} not sent: {}", msg.kind(), std::io::Error::from_raw_os_error(e));
         }
@@ -123,7 +124,7 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
     let (proxy, data_token) = listener.map_or((None, None), |l| (l.proxy, l.udp_token));
     let Some(sock) = reg.udp.get_mut(fd) else { return Incoming::Data { from: src, offset: 0 } };
     if proxy == Some(src) {
-        if let Ok((_, Message::DummyAck { token })) = gcb::decode(bytes) {
+        if let Ok((_, Message::DummyAck { token })) = seal::gcb_decode(bytes) {
             if Some(token) == data_token {
                 return Incoming::Consumed;
             }
@@ -139,7 +140,7 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
             }
         };
     }
-    match gcb::decode(bytes) {
+    match seal::gcb_decode(bytes) {
         Ok((h, Message::Dummy { token })) => {
             match sock.dummy_from(token, src, now) {
                 Some((app, true)) => {
