@@ -54,6 +54,11 @@ fn secret(dir: &Path, name: &str, bytes: &[u8]) -> String {
 /// An echo server on a1 under the shim with `GCB_SECRET_FILE=secret`;
 /// returns it and the address it advertised.
 fn server(bed: &TestBed, secret: &str, port: u16) -> (Proc, String) {
+    server_proto(bed, secret, port, "tcp")
+}
+
+/// [`server`] for `proto` (`tcp` or `udp`).
+fn server_proto(bed: &TestBed, secret: &str, port: u16, proto: &str) -> (Proc, String) {
     let mut c = bed.cmd("a1", ctest("echo-server"));
     for v in SHIM_VARS {
         c.env_remove(v);
@@ -62,9 +67,9 @@ fn server(bed: &TestBed, secret: &str, port: u16) -> (Proc, String) {
         .env("GCB_INAGENT", BROKER)
         .env("GCB_LOG", "info")
         .env("GCB_SECRET_FILE", secret)
-        .args(["--proto", "tcp", "--port", &port.to_string()]);
+        .args(["--proto", proto, "--port", &port.to_string()]);
     let p = bed.spawn_cmd(c).expect("echo-server");
-    match p.wait_line("LISTEN tcp ", STARTUP) {
+    match p.wait_line(&format!("LISTEN {proto} "), STARTUP) {
         Ok(addr) => (p, addr),
         Err(e) => panic!("echo-server: {e}\nstderr:\n{}", p.stderr_text()),
     }
@@ -72,20 +77,17 @@ fn server(bed: &TestBed, secret: &str, port: u16) -> (Proc, String) {
 
 /// A plain echo client on pub to `dest`; asserts every byte came back.
 fn echo_through(bed: &TestBed, dest: &str, server: &Proc, broker: &Proc) {
+    echo_through_proto(bed, dest, server, broker, "tcp")
+}
+
+/// [`echo_through`] for `proto`; for UDP, every datagram must come back.
+fn echo_through_proto(bed: &TestBed, dest: &str, server: &Proc, broker: &Proc, proto: &str) {
     let mut c: Command = bed.cmd("pub", ctest("echo-client"));
     for v in SHIM_VARS {
         c.env_remove(v);
     }
-    c.args([
-        "--proto",
-        "tcp",
-        "--connect",
-        dest,
-        "--bytes",
-        "50000",
-        "--rounds",
-        "2",
-    ]);
+    let bytes = if proto == "udp" { "1000" } else { "50000" };
+    c.args(["--proto", proto, "--connect", dest, "--bytes", bytes, "--rounds", "2"]);
     let out = testbed::run_with_timeout(c, Duration::from_secs(60)).expect("echo-client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -107,6 +109,9 @@ fn echo_through(bed: &TestBed, dest: &str, server: &Proc, broker: &Proc) {
     };
     assert_eq!(field("ok"), field("runs"), "{summary}");
     assert!(field("ok").is_some_and(|n| n != "0"), "{summary}");
+    if proto == "udp" {
+        assert_eq!(field("lost").as_deref(), Some("0"), "{summary}");
+    }
 }
 
 #[test]
@@ -162,6 +167,17 @@ fn only_a_shim_with_the_secret_is_brokered() {
         broker.stderr_text()
     );
     echo_through(&bed, &listen, &srv, &broker);
+    drop(srv);
+
+    // UDP with the secret: the Dummies that open the data path are sealed too,
+    // so datagrams from a plain peer are relayed in and the replies out.
+    let (srv, listen) = server_proto(&bed, &good, 7003, "udp");
+    assert!(
+        listen.starts_with("203.0.113.10:"),
+        "with the secret the UDP server must advertise a proxy address, not {listen}\nserver:\n{}",
+        srv.stderr_text()
+    );
+    echo_through_proto(&bed, &listen, &srv, &broker, "udp");
     drop(srv);
 
     // A wrong secret: nothing registered; the program serves on its own address.
