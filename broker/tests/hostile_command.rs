@@ -10,8 +10,10 @@ mod support;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
-use hostile_support::{assert_error, counters, expect_moved, moved, state};
-use proto::gcb::{self, Decision, ErrorCode, Message, Token};
+use hostile_support::{
+    assert_error, connect_msg, counters, expect_moved, expect_reversal, heartbeat, moved, state,
+};
+use proto::gcb::{self, ErrorCode, Message, Token};
 use proto::header::MAX_UDP_PAYLOAD;
 use proto::{Endpoint, Proto};
 use support::*;
@@ -24,12 +26,6 @@ fn stranger(b: &Broker, ip: &str) -> Mgmt {
     let mut m = Mgmt::new(b.addr);
     m.sock = UdpSocket::bind(format!("{ip}:0")).unwrap();
     m
-}
-
-fn heartbeat(proxy: SocketAddrV4) -> Message {
-    Message::Heartbeat {
-        held: vec![Endpoint::new(Proto::Tcp, proxy)],
-    }
 }
 
 /// A broker with one private TCP listener and one UDP client registered.
@@ -142,23 +138,10 @@ fn replays_are_answered_from_the_cache_or_refused_to_strangers() {
     };
     let mut conn = Mgmt::new(b.addr);
     conn.sock = connector;
-    let connect = Message::Connect {
-        proto: Proto::Tcp,
-        target: proxy,
-        connector: me,
-        connector_id: None,
-        realm: None,
-    };
+    let connect = connect_msg(proxy, me);
     let before = counters(&b);
     let (first, decision) = conn.request_with_id(&connect, 900);
-    assert!(
-        matches!(
-            decision,
-            Message::ConnectDecision(Decision::Reversal { .. })
-        ),
-        "{decision:?}"
-    );
-    assert!(matches!(m.command(), Message::ReverseConnect { .. }));
+    expect_reversal(&decision, &mut m);
     let (again, _) = conn.request_with_id(&connect, 900);
     assert_eq!(
         again, first,

@@ -7,11 +7,15 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use testbed::json::{self, Value};
 
-use crate::support::{Broker, WAIT};
+use proto::gcb::{Decision, Message};
+use proto::{Endpoint, Proto};
+
+use crate::support::{Broker, Mgmt, WAIT};
 
 fn query_json(b: &Broker) -> Value {
     let (code, out, err) = b.query(true);
@@ -116,5 +120,36 @@ pub fn assert_error(reply: &proto::gcb::Message, code: proto::gcb::ErrorCode) {
     match reply {
         proto::gcb::Message::Error { code: got, .. } if *got == code => {}
         other => panic!("want Error{{{code:?}}}, got {other:?}"),
+    }
+}
+
+/// A TCP `Connect` to `target` by a connector that reports `connector`.
+pub fn connect_msg(target: SocketAddrV4, connector: SocketAddrV4) -> Message {
+    Message::Connect {
+        proto: Proto::Tcp,
+        target,
+        connector,
+        connector_id: None,
+        realm: None,
+    }
+}
+
+/// Asserts a reversal was decided and the listener was commanded (once
+/// taken here, and acknowledged).
+pub fn expect_reversal(decision: &Message, listener: &mut Mgmt) {
+    assert!(
+        matches!(
+            decision,
+            Message::ConnectDecision(Decision::Reversal { .. })
+        ),
+        "{decision:?}"
+    );
+    assert!(matches!(listener.command(), Message::ReverseConnect { .. }));
+}
+
+/// A heartbeat for one TCP proxy.
+pub fn heartbeat(proxy: SocketAddrV4) -> Message {
+    Message::Heartbeat {
+        held: vec![Endpoint::new(Proto::Tcp, proxy)],
     }
 }
