@@ -11,7 +11,8 @@ use std::net::{SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 use hostile_support::{
-    assert_error, connect_msg, counters, expect_moved, expect_reversal, heartbeat, moved, state,
+    assert_error, connect_msg, counters, expect_moved, expect_reversal, heartbeat, moved, settled,
+    state,
 };
 use proto::gcb::{self, ErrorCode, Message, Token};
 use proto::header::MAX_UDP_PAYLOAD;
@@ -224,18 +225,7 @@ fn a_flood_is_rate_limited_and_others_are_still_served() {
 
     // Every flood datagram that arrived is either rate-limited or dropped
     // as junk, and nothing else moved.
-    let settled = {
-        let mut last = counters(&b);
-        for _ in 0..50 {
-            std::thread::sleep(Duration::from_millis(100));
-            let now = counters(&b);
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-        last
-    };
+    let settled = settled(&b);
     let got = moved(&before.1, &settled);
     let n = |k: &str| got.get(k).copied().unwrap_or(0);
     let keys: Vec<&str> = got.keys().map(String::as_str).collect();

@@ -6,10 +6,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+use daemon_kit::testing::counters;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
-
 use testbed::json::{self, Value};
 
 use proto::gcb::{Decision, Message};
@@ -86,33 +85,26 @@ pub fn moved(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .filter(|(k, _)| k.as_str() != "received")
-        .filter_map(|(k, n)| {
-            let was = before.get(k).copied().unwrap_or(0);
-            (*n != was).then(|| (k.clone(), n.wrapping_sub(was)))
-        })
-        .collect()
+    let mut got = counters::moved(before, after);
+    got.remove("received");
+    got
 }
 
 /// Waits (bounded) until exactly the counters in `want` have moved by
-/// exactly those amounts since `before`, and no other; the broker counts
-/// after datagrams a test cannot watch arrive.
+/// exactly those amounts since `before`, and no other.
 pub fn expect_moved(b: &Broker, before: &BTreeMap<String, u64>, want: &[(&str, u64)]) {
-    let want: BTreeMap<String, u64> = want.iter().map(|(k, n)| (k.to_string(), *n)).collect();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = moved(before, &counters(b));
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counters moved {got:?}, want {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut before = before.clone();
+    before.remove("received");
+    counters::expect_moved(&before, want, WAIT, || {
+        let mut now = counters(b);
+        now.remove("received");
+        now
+    });
+}
+
+/// The counters once the broker has worked through a flood.
+pub fn settled(b: &Broker) -> BTreeMap<String, u64> {
+    counters::settled(|| counters(b))
 }
 
 /// Asserts that `reply` is an error reply with `code`.
