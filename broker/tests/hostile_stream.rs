@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use hostile_support::{counters, expect_moved, state};
+use hostile_support::{counters, expect_moved, expect_moved_within, state};
 use proto::gcb::{ErrorCode, Frame, Message, Role, StreamHello, StreamPeer, Token};
 use support::*;
 
@@ -208,6 +208,57 @@ fn a_crowd_of_junk_connections_is_counted_and_served_after() {
         &[("bad_hellos", 200), ("bad_hellos_garbage", 200)],
     );
     let (_, verdict) = rendezvous(b.addr, Token(77), Role::Connector);
+    assert_eq!(
+        verdict,
+        StreamPeer::Rejected {
+            code: ErrorCode::UnknownToken
+        }
+    );
+}
+
+/// Raises this process's descriptor limit (inherited by the broker it
+/// starts) to `want`, so both sides can hold more than 1,024 connections.
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert!(
+        lim.rlim_max >= want,
+        "this test needs a hard descriptor limit of at least {want} (ulimit -Hn), not {}",
+        lim.rlim_max
+    );
+    if lim.rlim_cur < want {
+        lim.rlim_cur = want;
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+}
+
+#[test]
+fn silent_connections_past_the_hello_cap_are_closed_at_once() {
+    // The broker holds at most 1,024 connections waiting to say hello.
+    const CAP: u64 = 1024;
+    const EXTRA: u64 = 40;
+    raise_fd_limit(4096);
+    let b = Broker::start(&[]);
+    let before = counters(&b);
+    let crowd: Vec<TcpStream> = (0..CAP + EXTRA)
+        .map(|_| TcpStream::connect_timeout(&b.addr.into(), WAIT).unwrap())
+        .collect();
+    // The extra ones are closed at once, the rest at the hello timeout.
+    expect_moved_within(
+        &b,
+        &before,
+        &[
+            ("bad_hellos", CAP + EXTRA),
+            ("bad_hellos_overflow", EXTRA),
+            ("bad_hellos_silent", CAP),
+        ],
+        Duration::from_secs(20),
+    );
+    drop(crowd);
+    let (_, verdict) = rendezvous(b.addr, Token(78), Role::Listener);
     assert_eq!(
         verdict,
         StreamPeer::Rejected {

@@ -9,6 +9,7 @@
 use daemon_kit::testing::counters;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
+use std::time::Duration;
 use testbed::json::{self, Value};
 
 use proto::gcb::{Decision, Message};
@@ -93,9 +94,19 @@ pub fn moved(
 /// Waits (bounded) until exactly the counters in `want` have moved by
 /// exactly those amounts since `before`, and no other.
 pub fn expect_moved(b: &Broker, before: &BTreeMap<String, u64>, want: &[(&str, u64)]) {
+    expect_moved_within(b, before, want, WAIT);
+}
+
+/// [`expect_moved`] for events that take longer than [`WAIT`].
+pub fn expect_moved_within(
+    b: &Broker,
+    before: &BTreeMap<String, u64>,
+    want: &[(&str, u64)],
+    within: Duration,
+) {
     let mut before = before.clone();
     before.remove("received");
-    counters::expect_moved(&before, want, WAIT, || {
+    counters::expect_moved(&before, want, within, || {
         let mut now = counters(b);
         now.remove("received");
         now
