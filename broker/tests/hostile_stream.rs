@@ -1,9 +1,10 @@
 //! Hostile input on the broker's TCP side: the rendezvous port (junk
 //! instead of a StreamHello, half a hello then close, silence, unknown and
-//! already used tokens, a crowd of junk connections) and a TCP proxy socket
-//! (junk from a regular client that leaves at once). Each is closed and
-//! counted by reason, leaves the tables as they were, and a relay running
-//! meanwhile keeps its bytes intact.
+//! already used tokens, a crowd of junk connections, more silent ones than
+//! it will wait for) and a TCP proxy socket (junk from a regular client
+//! that leaves at once). Each is closed and counted by reason, leaves the
+//! tables as they were, and a relay running meanwhile keeps its bytes
+//! intact.
 
 mod hostile_support;
 mod support;
