@@ -279,9 +279,7 @@ mod tests {
         let alphabet = ['a', 'é', '€', '😀'];
         for len in 0..=6u32 {
             for n in 0..4usize.pow(len) {
-                let text: String = (0..len)
-                    .map(|i| alphabet[n / 4usize.pow(i) % 4])
-                    .collect();
+                let text: String = (0..len).map(|i| alphabet[n / 4usize.pow(i) % 4]).collect();
                 for max in 4..=9 {
                     let pages = paginate(&text, max);
                     assert_eq!(pages.concat(), text, "max {max}");
