@@ -136,6 +136,7 @@ impl Daemon {
             }
             Err(e) => {
                 self.counters.malformed += 1;
+                self.counters.malformed_why.count(&e);
                 debug!("command port: dropped {len} bytes from {from}: {e}");
                 return;
             }
@@ -234,10 +235,13 @@ impl Daemon {
     fn on_command_reply(&mut self, id: u64, from: SocketAddrV4, msg: &Message, now: Instant) {
         match self.asyncs.on_reply(id, from, msg, now) {
             Some(outcome) => self.on_command_outcome(outcome),
-            None => debug!(
-                "command port: stray {:?} reply {id} from {from}",
-                msg.kind()
-            ),
+            None => {
+                self.counters.stray_replies += 1;
+                debug!(
+                    "command port: stray {:?} reply {id} from {from}",
+                    msg.kind()
+                )
+            }
         }
     }
 

@@ -10,6 +10,8 @@ pub struct Counters {
     pub received: u64,
     /// Datagrams that are not the protocol or do not decode: dropped.
     pub malformed: u64,
+    /// The same drops by class (the rest of `malformed` came from IPv6).
+    pub malformed_why: proto::drops::DecodeDrops,
     /// Requests of a protocol version this broker does not speak.
     pub version_mismatch: u64,
     /// Retransmitted requests answered from the reply cache.
@@ -18,6 +20,9 @@ pub struct Counters {
     pub rate_limited: u64,
     /// Requests this broker does not serve (broker-bound commands).
     pub unsupported: u64,
+    /// Replies that answer no command of this broker's (late, forged or
+    /// replayed Acks): dropped.
+    pub stray_replies: u64,
     pub receive_errors: u64,
     pub send_errors: u64,
     /// New registrations (repeats of an existing one not counted).
@@ -36,6 +41,13 @@ pub struct Counters {
     pub regular_accepted: u64,
     /// Rendezvous connections that sent no valid hello in time.
     pub bad_hellos: u64,
+    /// The same by reason: bytes that are no hello, the end of the stream
+    /// (or a reset) before a whole hello, silence past the hello timeout,
+    /// and connections closed at once because too many were waiting.
+    pub bad_hellos_garbage: u64,
+    pub bad_hellos_closed: u64,
+    pub bad_hellos_silent: u64,
+    pub bad_hellos_overflow: u64,
     /// Rendezvous connections answered `Rejected`.
     pub rendezvous_rejected: u64,
     /// Pairings whose other half never came.
@@ -73,10 +85,15 @@ impl Counters {
         vec![
             ("received", self.received),
             ("malformed", self.malformed),
+            ("malformed_not_gcb", self.malformed_why.not_protocol),
+            ("malformed_truncated", self.malformed_why.truncated),
+            ("malformed_oversize", self.malformed_why.oversize),
+            ("malformed_invalid", self.malformed_why.invalid),
             ("version_mismatch", self.version_mismatch),
             ("duplicates", self.duplicates),
             ("rate_limited", self.rate_limited),
             ("unsupported", self.unsupported),
+            ("stray_replies", self.stray_replies),
             ("receive_errors", self.receive_errors),
             ("send_errors", self.send_errors),
             ("registered", self.registered),
@@ -91,6 +108,10 @@ impl Counters {
             ("decided_not_registered", self.decided_not_registered),
             ("regular_accepted", self.regular_accepted),
             ("bad_hellos", self.bad_hellos),
+            ("bad_hellos_garbage", self.bad_hellos_garbage),
+            ("bad_hellos_closed", self.bad_hellos_closed),
+            ("bad_hellos_silent", self.bad_hellos_silent),
+            ("bad_hellos_overflow", self.bad_hellos_overflow),
             ("rendezvous_rejected", self.rendezvous_rejected),
             ("pairings_expired", self.pairings_expired),
             ("commands_failed", self.commands_failed),

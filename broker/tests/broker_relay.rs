@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddrV4, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::Duration;
 
@@ -14,26 +14,6 @@ use proto::Proto;
 use support::*;
 
 const MB: usize = 1 << 20;
-
-/// The listener side of a relay: takes the RelayConnect, dials the
-/// rendezvous, and returns the stream with the peer the broker named.
-fn listener_side(m: &mut Mgmt, proxy: SocketAddrV4) -> (TcpStream, SocketAddrV4, SocketAddrV4) {
-    let Message::RelayConnect {
-        token,
-        broker,
-        peer,
-        proxy: p,
-    } = m.command()
-    else {
-        panic!("not a RelayConnect")
-    };
-    assert_eq!(p, proxy);
-    let (s, verdict) = rendezvous(broker, token, Role::Listener);
-    let StreamPeer::Paired { peer: paired } = verdict else {
-        panic!("{verdict:?}")
-    };
-    (s, peer, paired)
-}
 
 #[test]
 fn regular_client_is_relayed_with_server_speaking_first_and_half_close() {

@@ -7,6 +7,8 @@
 //! stalling the suite, and a [`Running`] daemon is killed when it drops,
 //! also when an assertion fails.
 
+pub mod counters;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};

@@ -91,12 +91,14 @@ impl Daemon {
             }
             Err(e) => {
                 self.counters.malformed += 1;
+                self.counters.malformed_by.count(&e);
                 debug!("command port: dropped {len} bytes from {from}: malformed ({e})");
                 return;
             }
         };
         if msg.is_response() {
             self.counters.malformed += 1;
+            self.counters.malformed_replies += 1;
             debug!(
                 "command port: dropped a {:?} from {from}: replies are not requests",
                 msg.kind()

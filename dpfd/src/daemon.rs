@@ -61,6 +61,10 @@ pub struct Counters {
     pub foreign: u64,
     /// Not a well-formed DPF request: dropped, never fatal.
     pub malformed: u64,
+    /// The same drops by class; `replies` are well-formed DPF replies sent
+    /// to the command port, which takes only requests.
+    pub malformed_by: proto::drops::DecodeDrops,
+    pub malformed_replies: u64,
     /// Retransmissions answered from the reply cache (or still pending).
     pub duplicates: u64,
     pub forward: u64,

@@ -204,6 +204,11 @@ impl Daemon {
                 "received": c.received,
                 "foreign": c.foreign,
                 "malformed": c.malformed,
+                "malformed_by": {
+                    "not_dpf": c.malformed_by.not_protocol, "truncated": c.malformed_by.truncated,
+                    "oversize": c.malformed_by.oversize, "invalid": c.malformed_by.invalid,
+                    "reply": c.malformed_replies,
+                },
                 "duplicates": c.duplicates,
                 "requests": { "forward": c.forward, "delete": c.delete, "query": c.query },
                 "refused": refused,

@@ -21,18 +21,7 @@ fn forwards_on_loopback_with_reply_cache_status_and_mirror_lock() {
     let mirror = dir.join("mirror");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "--listen",
-        &listen,
-        "--public-ip",
-        PUBLIC,
-        "--port-range",
-        "40000-40009",
-        "--mirror",
-        mirror.to_str().unwrap(),
-        "--log",
-        "debug",
-    ];
+    let args = loopback_args(&listen, mirror.to_str().unwrap());
     let mut daemon = start(&args);
     daemon.expect_line("started:");
 
@@ -80,7 +69,7 @@ fn forwards_on_loopback_with_reply_cache_status_and_mirror_lock() {
 
     // A second daemon on the same mirror file is refused.
     let other = format!("127.0.0.1:{}", free_port());
-    let mut second = args.to_vec();
+    let mut second = args.clone();
     second[1] = &other;
     let (code, _, err) = run(&second);
     assert_eq!(code, 1);

@@ -9,6 +9,7 @@
 //! * [`wire`]: the big-endian codec everything is built on;
 //! * [`header`]: the 15-byte header shared by GCB and DPF datagrams;
 //! * [`common`]: protocol and endpoint types both families use;
+//! * [`drops`]: the classes of undecodable input daemons count;
 //! * [`gcb`]: connection-brokering commands, stream preambles, UDP relay header;
 //! * [`dpf`]: dynamic port forwarding requests;
 //! * [`rudp`]: the reliable request/response layer over UDP (paper's RUDP);
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod common;
 pub mod dpf;
+pub mod drops;
 pub mod gcb;
 pub mod header;
 pub mod rudp;

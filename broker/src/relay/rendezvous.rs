@@ -87,6 +87,7 @@ impl Daemon {
         };
         if self.hellos >= MAX_HELLOS {
             self.counters.bad_hellos += 1;
+            self.counters.bad_hellos_overflow += 1;
             debug!(
                 "rendezvous: {MAX_HELLOS} connections already waiting to say hello; closing {addr}"
             );
@@ -144,15 +145,15 @@ impl Daemon {
         let outcome = loop {
             let want = h.reader.missing();
             match h.stream.read(&mut buf[..want]) {
-                Ok(0) => break Err("closed before saying hello".to_string()),
+                Ok(0) => break Err((false, "closed before saying hello".to_string())),
                 Ok(n) => match h.reader.feed(&buf[..n]) {
                     Ok((_, Some(hello))) => break Ok(hello),
                     Ok((_, None)) => {}
-                    Err(e) => break Err(format!("not a hello: {e}")),
+                    Err(e) => break Err((true, format!("not a hello: {e}"))),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e.to_string()),
+                Err(e) => break Err((false, e.to_string())),
             }
         };
         let Some(h) = self.drop_hello(token) else {
@@ -166,8 +167,13 @@ impl Daemon {
                     addr: h.addr,
                 },
             ),
-            Err(why) => {
+            Err((garbage, why)) => {
                 self.counters.bad_hellos += 1;
+                if garbage {
+                    self.counters.bad_hellos_garbage += 1;
+                } else {
+                    self.counters.bad_hellos_closed += 1;
+                }
                 debug!("rendezvous: closing {}: {why}", h.addr);
             }
         }
@@ -180,6 +186,7 @@ impl Daemon {
         }
         if let Some(h) = self.drop_hello(token) {
             self.counters.bad_hellos += 1;
+            self.counters.bad_hellos_silent += 1;
             debug!(
                 "rendezvous: closing {}: no hello within {HELLO_TIMEOUT:?}",
                 h.addr

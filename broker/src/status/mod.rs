@@ -271,6 +271,36 @@ mod tests {
         assert_eq!(paginate("abcdef", 3), vec!["abc", "def"]);
     }
 
+    /// Every text of up to 6 characters of 1 to 4 bytes each, cut at every
+    /// limit that holds the widest character: pages stay within the limit,
+    /// are never empty, join back to the text, and each one travels in a
+    /// `StatusReply` that decodes to the same page.
+    #[test]
+    fn every_short_text_pages_and_round_trips() {
+        let alphabet = ['a', 'é', '€', '😀'];
+        for len in 0..=6u32 {
+            for n in 0..4usize.pow(len) {
+                let text: String = (0..len).map(|i| alphabet[n / 4usize.pow(i) % 4]).collect();
+                for max in 4..=9 {
+                    let pages = paginate(&text, max);
+                    assert_eq!(pages.concat(), text, "max {max}");
+                    let total = pages.len() as u16;
+                    for (i, page) in pages.iter().enumerate() {
+                        assert!(page.len() <= max && (!page.is_empty() || text.is_empty()));
+                        let reply = Message::StatusReply {
+                            snapshot: 9,
+                            page: i as u16,
+                            pages: total,
+                            chunk: page.clone(),
+                        };
+                        let bytes = proto::gcb::encode(&reply, 1).unwrap();
+                        assert_eq!(proto::gcb::decode(&bytes).unwrap().1, reply);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn snapshots_are_paged_bounded_and_expire() {
         let t = Instant::now();

@@ -260,6 +260,26 @@ pub fn rendezvous(via: SocketAddrV4, token: Token, role: Role) -> (TcpStream, St
     (s, StreamPeer::decode(&buf).unwrap())
 }
 
+/// The listener side of a relay: takes the RelayConnect, dials the
+/// rendezvous, and returns the stream with the peer the broker named.
+pub fn listener_side(m: &mut Mgmt, proxy: SocketAddrV4) -> (TcpStream, SocketAddrV4, SocketAddrV4) {
+    let Message::RelayConnect {
+        token,
+        broker,
+        peer,
+        proxy: p,
+    } = m.command()
+    else {
+        panic!("not a RelayConnect")
+    };
+    assert_eq!(p, proxy);
+    let (s, verdict) = rendezvous(broker, token, Role::Listener);
+    let StreamPeer::Paired { peer: paired } = verdict else {
+        panic!("{verdict:?}")
+    };
+    (s, peer, paired)
+}
+
 /// `len` bytes of a pattern that shows misordering and loss.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ seed).collect()

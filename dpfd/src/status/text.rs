@@ -105,6 +105,10 @@ pub fn render_text(v: &Value) -> String {
         num(v, &["counters", "foreign"]),
         num(v, &["counters", "duplicates"])
     );
+    out += &format!(
+        "malformed by class: {}\n",
+        pairs(v.pointer("/counters/malformed_by"))
+    );
     out += &format!("refused: {}\n", pairs(v.pointer("/counters/refused")));
     out += &format!(
         "authentication refused: {}\n",

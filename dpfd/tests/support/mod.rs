@@ -68,6 +68,23 @@ pub fn temp_dir() -> PathBuf {
     daemon_kit::testing::temp_dir("dpfd-cli")
 }
 
+/// The flags of a dpfd on loopback: command port `listen`, public ports
+/// 40000-40009 of [`PUBLIC`], mirror file `mirror`, debug logs.
+pub fn loopback_args<'a>(listen: &'a str, mirror: &'a str) -> Vec<&'a str> {
+    vec![
+        "--listen",
+        listen,
+        "--public-ip",
+        PUBLIC,
+        "--port-range",
+        "40000-40009",
+        "--mirror",
+        mirror,
+        "--log",
+        "debug",
+    ]
+}
+
 /// Starts the daemon.
 pub fn start(args: &[&str]) -> Running {
     Running::spawn(dpfd(args))

@@ -6,7 +6,9 @@
 //!   encoded by [`encode`] and decoded by [`decode`] (layouts in `codec`);
 //! * fixed-size preambles on TCP connections that pair a reversed or relayed
 //!   connection: [`StreamHello`] and [`StreamPeer`] (module `stream`);
-//! * the [`UdpRelayHeader`] on datagrams relayed through a proxy socket.
+//! * the [`UdpRelayHeader`] on datagrams relayed through a proxy socket;
+//! * the [`doorbell::Record`] one shim-loaded process sends another over
+//!   loopback to make a listener dial.
 //!
 //! # End to end
 //!
@@ -27,6 +29,7 @@
 //!    `StatusRequest`, and gets the snapshot in `StatusReply` pages.
 
 mod codec;
+pub mod doorbell;
 mod message;
 mod relay;
 mod stream;

@@ -128,3 +128,19 @@ fn slice_sink_reports_overflow_without_panicking() {
     assert_eq!(w.finish().unwrap().len(), 4);
     assert_eq!(buf, [0xde, 0xad, 0xbe, 0xef]);
 }
+
+proptest::proptest! {
+    #![proptest_config(crate::strategies::config())]
+
+    /// Status pages and error details are cut with this: the cut is a
+    /// prefix, within the limit, on a character boundary, and as long as
+    /// the limit allows.
+    #[test]
+    fn truncate_str_cuts_on_a_boundary_within_the_limit(s in "\\PC{0,40}", max in 0usize..130) {
+        let cut = truncate_str(&s, max);
+        proptest::prop_assert!(s.starts_with(cut));
+        proptest::prop_assert!(cut.len() <= max);
+        let next = s[cut.len()..].chars().next();
+        proptest::prop_assert!(cut.len() == s.len() || cut.len() + next.unwrap().len_utf8() > max);
+    }
+}

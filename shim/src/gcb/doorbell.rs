@@ -10,19 +10,8 @@
 //! work without the shim faking readiness (docs/gcb-client-design.md).
 //!
 //! The doorbell carries one fixed-size [`Record`]; `accept` reads it, dials, and
-//! puts the dialed connection on the fd number the kernel returned.
-//!
-//! | offset | size | field                                        |
-//! | -----: | ---: | -------------------------------------------- |
-//! |      0 |    4 | magic `b"GCBD"`                              |
-//! |      4 |    1 | version (1)                                  |
-//! |      5 |    1 | kind: 1 reverse, 2 relay                     |
-//! |      6 |    2 | reserved, zero                               |
-//! |      8 |    8 | the listener's doorbell secret               |
-//! |     16 |    8 | token                                        |
-//! |     24 |    6 | dial address (connector, or broker rendezvous) |
-//! |     30 |    6 | peer address (for `getpeername`)             |
-//! |     36 |    6 | proxy address (for `getsockname`)            |
+//! puts the dialed connection on the fd number the kernel returned. Its codec,
+//! with the byte layout, is `proto::gcb::doorbell`, where it is fuzzed.
 //!
 //! The secret (random per listener, inherited with it) keeps other local
 //! processes, which can also connect from 127.71.0.0/16, from making the
@@ -33,17 +22,13 @@ use std::time::{Duration, Instant};
 
 use libc::c_int;
 
-use proto::gcb::Token;
-use proto::wire::{Reader, SliceSink, Writer};
+pub use proto::gcb::doorbell::{Dial, Record, RECORD_LEN};
 
 use super::registry::ListenerId;
 use super::sys;
 
 /// Doorbells are rung from here; the kernel picks the port.
 pub const SOURCE: Ipv4Addr = Ipv4Addr::new(127, 71, 0, 1);
-pub const RECORD_LEN: usize = 42;
-const MAGIC: [u8; 4] = *b"GCBD";
-const VERSION: u8 = 1;
 /// How long a doorbell may wait for room in the listener's accept queue: the
 /// kernel's SYN retries 1, 3, 7 and 15 s after the first, as long as a connector
 /// waits for its reversed connection (`dial::PAIR_TIMEOUT`).
@@ -58,27 +43,6 @@ pub fn is_doorbell_peer(ip: Ipv4Addr) -> bool {
     o[0] == 127 && o[1] == 71
 }
 
-/// Whom the listener dials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dial {
-    /// `ReverseConnect`: the connector's temporary listener.
-    Reverse { connector: SocketAddrV4 },
-    /// `RelayConnect`: the broker's rendezvous port.
-    Relay { broker: SocketAddrV4 },
-}
-
-/// A doorbell's content: one connection to make for a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record {
-    pub secret: u64,
-    pub token: Token,
-    pub dial: Dial,
-    /// The original peer, reported by `getpeername`.
-    pub peer: SocketAddrV4,
-    /// The listener's proxy address, reported by `getsockname`.
-    pub proxy: SocketAddrV4,
-}
-
 /// A connection to make, as the AEH hands it on: dial now inside `accept`, or ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Job {
@@ -86,51 +50,6 @@ pub struct Job {
     /// Where the listener's doorbells go.
     pub target: SocketAddrV4,
     pub record: Record,
-}
-
-impl Record {
-    pub fn encode(&self) -> [u8; RECORD_LEN] {
-        let mut out = [0u8; RECORD_LEN];
-        let mut w = Writer::new(SliceSink::new(&mut out));
-        w.bytes(&MAGIC);
-        w.u8(VERSION);
-        let (kind, dial) = match self.dial {
-            Dial::Reverse { connector } => (1, connector),
-            Dial::Relay { broker } => (2, broker),
-        };
-        w.u8(kind);
-        w.u16(0);
-        w.u64(self.secret);
-        w.u64(self.token.0);
-        w.addr(&dial);
-        w.addr(&self.peer);
-        w.addr(&self.proxy);
-        debug_assert!(w.finish().is_ok());
-        out
-    }
-
-    /// Decodes a record; `None` for anything that is not exactly one of ours.
-    pub fn decode(buf: &[u8; RECORD_LEN]) -> Option<Record> {
-        let mut r = Reader::new(buf);
-        if r.array::<4>().ok()? != MAGIC || r.u8().ok()? != VERSION {
-            return None;
-        }
-        let kind = r.u8().ok()?;
-        if r.u16().ok()? != 0 {
-            return None;
-        }
-        let secret = r.u64().ok()?;
-        let token = Token(r.u64().ok()?);
-        let at = r.addr().ok()?;
-        let dial = match kind {
-            1 => Dial::Reverse { connector: at },
-            2 => Dial::Relay { broker: at },
-            _ => return None,
-        };
-        let (peer, proxy) = (r.addr().ok()?, r.addr().ok()?);
-        r.finish().ok()?;
-        Some(Record { secret, token, dial, peer, proxy })
-    }
 }
 
 /// A doorbell the AEH still looks after: an internal fd, connecting (waiting for
@@ -261,41 +180,6 @@ mod tests {
     use super::*;
     use super::sys::Sock;
 
-    fn record(dial: Dial) -> Record {
-        Record {
-            secret: 0x1122_3344_5566_7788,
-            token: Token(0xdead_beef),
-            dial,
-            peer: "198.51.100.10:40000".parse().unwrap(),
-            proxy: "203.0.113.10:20001".parse().unwrap(),
-        }
-    }
-
-    #[test]
-    fn round_trip_and_golden_bytes() {
-        for dial in [
-            Dial::Reverse { connector: "203.0.113.20:33000".parse().unwrap() },
-            Dial::Relay { broker: "203.0.113.10:65432".parse().unwrap() },
-        ] {
-            let r = record(dial);
-            assert_eq!(Record::decode(&r.encode()), Some(r));
-        }
-        let b = record(Dial::Relay { broker: "203.0.113.10:65432".parse().unwrap() }).encode();
-        assert_eq!(&b[..8], b"GCBD\x01\x02\x00\x00");
-        assert_eq!(&b[24..30], &[203, 0, 113, 10, 0xff, 0x98]);
-    }
-
-    #[test]
-    fn rejects_foreign_input() {
-        let good = record(Dial::Reverse { connector: "203.0.113.20:1".parse().unwrap() }).encode();
-        for (at, v) in [(0, b'X'), (4, 2), (5, 3), (6, 1)] {
-            let mut bad = good;
-            bad[at] = v;
-            assert_eq!(Record::decode(&bad), None, "byte {at} = {v}");
-        }
-        assert_eq!(Record::decode(&[0; RECORD_LEN]), None);
-    }
-
     /// A listener whose accept queue is full: the doorbell waits for room in the
     /// AEH, then its record arrives intact, and the ringing side lets go once the
     /// accepting side has closed the doorbell.
@@ -313,7 +197,13 @@ mod tests {
                 c
             })
             .collect();
-        let record = record(Dial::Relay { broker: "203.0.113.10:65432".parse().unwrap() });
+        let record = Record {
+            secret: 0x1122_3344_5566_7788,
+            token: proto::gcb::Token(0xdead_beef),
+            dial: Dial::Relay { broker: "203.0.113.10:65432".parse().unwrap() },
+            peer: "198.51.100.10:40000".parse().unwrap(),
+            proxy: "203.0.113.10:20001".parse().unwrap(),
+        };
         let job = Job { listener: 1, target, record };
         ring(&job);
         let mine = |reg: &crate::gcb::registry::Registry| reg.bells.iter().filter(|b| b.target == target).map(|b| (b.fd, b.events())).collect::<Vec<_>>();
