@@ -244,20 +244,41 @@ fn silent_connections_past_the_hello_cap_are_closed_at_once() {
     raise_fd_limit(4096);
     let b = Broker::start(&[]);
     let before = counters(&b);
+    let started = Instant::now();
     let crowd: Vec<TcpStream> = (0..CAP + EXTRA)
         .map(|_| TcpStream::connect_timeout(&b.addr.into(), WAIT).unwrap())
         .collect();
-    // The extra ones are closed at once, the rest at the hello timeout.
-    expect_moved_within(
-        &b,
-        &before,
-        &[
-            ("bad_hellos", CAP + EXTRA),
-            ("bad_hellos_overflow", EXTRA),
-            ("bad_hellos_silent", CAP),
-        ],
-        Duration::from_secs(20),
-    );
+    let took = started.elapsed();
+    if took < Duration::from_secs(2) {
+        // The extra ones are closed at once, the rest at the hello timeout.
+        expect_moved_within(
+            &b,
+            &before,
+            &[
+                ("bad_hellos", CAP + EXTRA),
+                ("bad_hellos_overflow", EXTRA),
+                ("bad_hellos_silent", CAP),
+            ],
+            Duration::from_secs(20),
+        );
+    } else {
+        // On a machine so loaded that the crowd took longer to arrive than a
+        // good part of the 5 s hello timeout, the first ones may time out before
+        // the last arrive, so fewer overflow: every connection is still closed
+        // and counted exactly once, under one reason or the other.
+        eprintln!("the crowd took {took:?} to connect; checking totals only");
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = counters(&b);
+            let moved = |k: &str| now.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+            let (all, over, silent) = (moved("bad_hellos"), moved("bad_hellos_overflow"), moved("bad_hellos_silent"));
+            if all == CAP + EXTRA && over + silent == all && over <= EXTRA {
+                break;
+            }
+            assert!(Instant::now() < end, "bad_hellos {all}, overflow {over}, silent {silent} of {}", CAP + EXTRA);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     drop(crowd);
     let (_, verdict) = rendezvous(b.addr, Token(78), Role::Listener);
     assert_eq!(
