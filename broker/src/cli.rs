@@ -96,7 +96,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", env = "GCB_BROKER_UDP_RULE_IDLE_S")]
     pub udp_rule_idle_s: Option<u64>,
 
-    /// Most UDP relay rules (peer addresses) per registered UDP socket. [default: 64]
+    /// Most UDP relay rules (peer addresses heard from in the last idle time) per
+    /// registered UDP socket; a new peer beyond it is refused, so a flood of new
+    /// sources cannot evict the peers already talking. A collector hears from
+    /// every worker of its pool: size it to the pool. [default: 4096]
     #[arg(long, value_name = "N", env = "GCB_BROKER_UDP_RULES_PER_REGISTRATION")]
     pub udp_rules_per_registration: Option<u32>,
 

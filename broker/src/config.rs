@@ -27,7 +27,9 @@ pub const DEFAULT_MAX_REGISTRATIONS: u32 = 100_000;
 pub const DEFAULT_MAX_RELAYS: u32 = 10_000;
 pub const DEFAULT_RATE_LIMIT: u32 = 200;
 pub const DEFAULT_UDP_RULE_IDLE_S: u64 = 120;
-pub const DEFAULT_UDP_RULES_PER_REGISTRATION: u32 = 64;
+/// Room for every worker of a large pool reporting to one UDP collector
+/// socket; a rule is about a hundred bytes.
+pub const DEFAULT_UDP_RULES_PER_REGISTRATION: u32 = 4096;
 pub const DEFAULT_LOG: &str = "info";
 /// Longest accepted duration, one day. The bound keeps `now + setting`
 /// deadlines far from overflowing `Instant`, and nothing sensible is longer.

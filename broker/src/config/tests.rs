@@ -40,7 +40,7 @@ fn defaults_fill_everything_but_listen() {
     assert_eq!(c.limits.max_relays, 10_000);
     assert_eq!(c.limits.rate_limit, 200);
     assert_eq!(c.limits.udp_rule_idle_s, 120);
-    assert_eq!(c.limits.udp_rules_per_registration, 64);
+    assert_eq!(c.limits.udp_rules_per_registration, 4096);
     assert_eq!(c.secret_file, None);
     assert_eq!(c.log_filter, "info");
 }
