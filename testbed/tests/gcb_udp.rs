@@ -161,6 +161,18 @@ fn four_paths(b: &Bed, server: &Proc, proxy: &str) {
         b.check("a2", proxy, extra, true, server); // (c) same realm, direct
         b.check("b1", proxy, extra, true, server); // (d) other realm, relayed
     }
+    // An unconnected client never binds its socket; sending to a GCB address
+    // registers it like a bound one, so it too has a proxy address.
+    let (s, detail) = b.client("b1", proxy, &[], true, server);
+    assert!(s.runs > 0 && s.ok == s.runs, "{detail}");
+    assert!(
+        detail.contains("gcb: registered udp 198.51.100.10:"),
+        "the unbound client socket on b1 did not register: {detail}"
+    );
+    // A connected one does not (it could not hear from its proxy anyway).
+    let (s, detail) = b.client("b1", proxy, &["--udp-connected"], true, server);
+    assert!(s.runs > 0 && s.ok == s.runs, "{detail}");
+    assert!(!detail.contains("gcb: registered udp 198.51.100.10:"), "a connected client socket registered: {detail}");
 }
 
 #[test]

@@ -99,6 +99,9 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
         }
         Asked::Silent => (Route::AsNamed, None),
     };
+    if route != Route::NotGcb && !connected && fdtable::kind(fd) == Kind::WatchedUdp {
+        register_unbound(fd);
+    }
     super::super::with(|reg| {
         let s = reg.udp.entry(fd);
         s.set_route(dest, route, Instant::now());
@@ -150,6 +153,21 @@ fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
             Asked::Silent
         }
         Err(_) => Asked::NotGcb,
+    }
+}
+
+/// A socket the application never bound, sending to a GCB address: `ask` has
+/// bound it (as the kernel would at the first send), and it registers now like
+/// a bound one, so `getsockname` reports its proxy address and peers that learn
+/// that address (from `recvfrom`, or from the payload, as Condor's UDP
+/// commands carry a reply address) reach it. Only sockets that talk to GCB
+/// addresses pay the registration: a resolver's sockets, and every socket
+/// connected with `connect`, never do. A failed registration is logged by
+/// `register`, and the socket keeps working as a plain sender.
+fn register_unbound(fd: c_int) {
+    let unbound_before = sys::local_addr(fd).is_ok_and(|a| a.ip().is_unspecified());
+    if unbound_before {
+        let _ = super::super::listener::register(fd, Proto::Udp, Kind::WatchedUdp);
     }
 }
 
