@@ -161,18 +161,31 @@ fn four_paths(b: &Bed, server: &Proc, proxy: &str) {
         b.check("a2", proxy, extra, true, server); // (c) same realm, direct
         b.check("b1", proxy, extra, true, server); // (d) other realm, relayed
     }
-    // An unconnected client never binds its socket; sending to a GCB address
-    // registers it like a bound one, so it too has a proxy address.
+    // A client socket never bound, which sent to a GCB address, registers when
+    // the program asks its own address, and reports its proxy address.
+    let (ip, port) = proxy.rsplit_once(':').unwrap();
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(10)\n\
+         s.sendto(b'who am i', ('{ip}', {port}))\n\
+         data, frm = s.recvfrom(100)\n\
+         print('ECHO', data.decode(), frm[0] + ':' + str(frm[1]))\n\
+         name = s.getsockname()\n\
+         print('NAME', name[0] + ':' + str(name[1]))\n"
+    );
+    let py = testbed::python3().to_path_buf();
+    let out = testbed::run_with_timeout(b.cmd("b1", &py, &["-c", &script], true), CLIENT_TIMEOUT).expect("python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let detail = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains(&format!("ECHO who am i {proxy}\n")), "{detail}");
+    let name = stdout.lines().find_map(|l| l.strip_prefix("NAME ")).unwrap_or_else(|| panic!("no NAME: {detail}"));
+    assert!(name.starts_with("203.0.113.10:") && name != proxy, "the unbound socket must report its own proxy address, not {name}: {detail}");
+    assert!(detail.contains(&format!("as {name}")), "its registration line: {detail}");
+    // The echo client never asks its address: its sockets never register.
     let (s, detail) = b.client("b1", proxy, &[], true, server);
     assert!(s.runs > 0 && s.ok == s.runs, "{detail}");
-    assert!(
-        detail.contains("gcb: registered udp 198.51.100.10:"),
-        "the unbound client socket on b1 did not register: {detail}"
-    );
-    // A connected one does not (it could not hear from its proxy anyway).
-    let (s, detail) = b.client("b1", proxy, &["--udp-connected"], true, server);
-    assert!(s.runs > 0 && s.ok == s.runs, "{detail}");
-    assert!(!detail.contains("gcb: registered udp 198.51.100.10:"), "a connected client socket registered: {detail}");
+    assert!(!detail.contains("gcb: registered udp 198.51.100.10:"), "a client that never asked registered: {detail}");
 }
 
 #[test]

@@ -46,6 +46,10 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
 ///
 /// The C contract of `getsockname`.
 pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if !addr.is_null() && !len.is_null() {
+        let _errno = crate::hook::ErrnoGuard::new();
+        super::udp::send::register_if_auto_bound(fd);
+    }
     answer(fd, addr, len, |n| n.local, real::getsockname)
 }
 

@@ -99,9 +99,6 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
         }
         Asked::Silent => (Route::AsNamed, None),
     };
-    if route != Route::NotGcb && !connected && fdtable::kind(fd) == Kind::WatchedUdp {
-        register_unbound(fd);
-    }
     super::super::with(|reg| {
         let s = reg.udp.entry(fd);
         s.set_route(dest, route, Instant::now());
@@ -156,18 +153,24 @@ fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
     }
 }
 
-/// A socket the application never bound, sending to a GCB address: `ask` has
-/// bound it (as the kernel would at the first send), and it registers now like
-/// a bound one, so `getsockname` reports its proxy address and peers that learn
-/// that address (from `recvfrom`, or from the payload, as Condor's UDP
-/// commands carry a reply address) reach it. Only sockets that talk to GCB
-/// addresses pay the registration: a resolver's sockets, and every socket
-/// connected with `connect`, never do. A failed registration is logged by
-/// `register`, and the socket keeps working as a plain sender.
-fn register_unbound(fd: c_int) {
-    let unbound_before = sys::local_addr(fd).is_ok_and(|a| a.ip().is_unspecified());
-    if unbound_before {
-        let _ = super::super::listener::register(fd, Proto::Udp, Kind::WatchedUdp);
+/// `getsockname` on a socket the application never bound but that has sent to
+/// a GCB address (so `ask` bound it, as the kernel would at the first send):
+/// it registers now, like a bound one, and reports its proxy address, which
+/// is what a program asking for its own address wants to tell its peers (Condor's
+/// UDP commands carry a reply address). Registering at the first send instead
+/// would put a blocking exchange with the broker in front of every new client
+/// socket's first datagram (measured: UDP connection times 100× worse in the
+/// bench); a socket nobody asks about never pays. Connected sockets, which
+/// could not hear from a proxy, are left alone.
+pub fn register_if_auto_bound(fd: c_int) {
+    let candidate = super::super::with(|reg| {
+        reg.udp.get(fd).is_some_and(|s| s.listener.is_none() && s.connected_to.is_none())
+    });
+    if !candidate || sys::peer_addr(fd).is_ok() {
+        return;
+    }
+    if sys::local_addr(fd).is_ok_and(|a| a.ip().is_unspecified() && a.port() != 0) {
+        let _ = super::super::listener::register(fd, Proto::Udp, fdtable::kind(fd));
     }
 }
 
