@@ -28,6 +28,11 @@ fn predicted(host: &[u8], pid: u32) -> &'static str {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     [BROKER, BROKER2][(h % 2) as usize]
 }
 

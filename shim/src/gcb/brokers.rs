@@ -126,15 +126,24 @@ impl Brokers {
     }
 }
 
-/// FNV-1a of the host name and pid: stable across runs and platforms, unlike
-/// std's randomly keyed hasher.
+/// FNV-1a of the host name and pid, then a xor-shift-multiply finaliser:
+/// stable across runs and platforms, unlike std's randomly keyed hasher.
+///
+/// The finaliser matters: FNV-1a's lowest bit is only the parity of its input
+/// bytes' lowest bits, so `fnv % 2` put every process whose pid differed by an
+/// even number on the same broker (seen in CI: twelve servers started by a
+/// script, all on one of two brokers).
 pub fn spread_seed(host: &[u8], pid: u32) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in host.iter().chain(pid.to_le_bytes().iter()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 fn host_name() -> Vec<u8> {
@@ -208,6 +217,20 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 50), "300 processes over 3 brokers: {seen:?}");
         assert_ne!(spread_seed(b"a", 1), spread_seed(b"b", 1));
+    }
+
+    #[test]
+    fn pids_a_script_starts_spread_over_two_brokers() {
+        // A shell that forks a wrapper per server hands out pids two or three
+        // apart: every such sequence must use both brokers.
+        let two = || vec![addr("203.0.113.10:65432"), addr("203.0.113.11:65432")];
+        for step in 1..=4u32 {
+            let mut seen = [0usize; 2];
+            for k in 0..40 {
+                seen[Brokers::new(two(), spread_seed(b"gcb-test", 4000 + step * k)).preferred] += 1;
+            }
+            assert!(seen.iter().all(|&n| n >= 8), "pids {step} apart: {seen:?}");
+        }
     }
 
     #[test]
