@@ -26,7 +26,10 @@ fn socat_tcp_echo(mode: Mode) {
     let r = RealBed::up(mode);
     let file = r.file("payload.bin");
     let want = payload(&file, 1 << 20, 11);
-    let server = r.spawn("a1", true, &["socat", "TCP4-LISTEN:7000,fork,reuseaddr", "PIPE"]);
+    // -t 30 on the server too: once the client's end of stream arrives, socat
+    // closes after -t (0.5 s by default) even with echo still in its pipe, which
+    // truncated the echo on a loaded CI machine.
+    let server = r.spawn("a1", true, &["socat", "-t", "30", "TCP4-LISTEN:7000,fork,reuseaddr", "PIPE"]);
     let public = r.registered(&server, "tcp", "192.0.2.10:7000");
     for &(host, shim) in r.client_hosts() {
         let to = format!("TCP4:{public}");
