@@ -10,20 +10,21 @@ use libc::{c_int, c_void, sockaddr, socklen_t};
 use crate::fdtable::{self, Kind};
 use crate::{dpf, gcb, real};
 
-/// Whether `socket(domain, ty, protocol)` makes a TCP socket that may reach IPv4:
-/// AF_INET, or AF_INET6 (dual-stack, or dialing v4-mapped addresses; whether it
-/// does is known only at `listen` or `connect`, which let pure IPv6 go).
-fn is_tcp_ip(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+/// Whether `socket(domain, ty, protocol)` makes a socket of type `want`
+/// (`SOCK_STREAM` with TCP, `SOCK_DGRAM` with UDP) that may reach IPv4: AF_INET,
+/// or AF_INET6 (dual-stack, or v4-mapped peers; whether it does is known only at
+/// `bind`, `listen` or `connect`, which let pure IPv6 go).
+fn is_ip(domain: c_int, ty: c_int, protocol: c_int, want: c_int, ipproto: c_int) -> bool {
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
-    (domain == libc::AF_INET || domain == libc::AF_INET6) && base == libc::SOCK_STREAM && (protocol == 0 || protocol == libc::IPPROTO_TCP)
+    (domain == libc::AF_INET || domain == libc::AF_INET6) && base == want && (protocol == 0 || protocol == ipproto)
 }
 
-/// Whether `socket(domain, ty, protocol)` makes a UDP socket that may reach
-/// IPv4: AF_INET, or AF_INET6 (iperf3 and others bind UDP to a dual-stack `::`;
-/// a v6-only one is let go at `bind`, as for TCP at `listen`).
+fn is_tcp_ip(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+    is_ip(domain, ty, protocol, libc::SOCK_STREAM, libc::IPPROTO_TCP)
+}
+
 fn is_udp_ip(domain: c_int, ty: c_int, protocol: c_int) -> bool {
-    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
-    (domain == libc::AF_INET || domain == libc::AF_INET6) && base == libc::SOCK_DGRAM && (protocol == 0 || protocol == libc::IPPROTO_UDP)
+    is_ip(domain, ty, protocol, libc::SOCK_DGRAM, libc::IPPROTO_UDP)
 }
 
 hook! {
@@ -46,7 +47,7 @@ hook! {
 
 hook! {
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real_unless!(fdtable::is_managed(fd) || fdtable::kind(fd) == Kind::WatchedUdp || dpf::enabled() => bind(fd, addr, len))
+        real_unless!(matches!(fdtable::kind(fd), Kind::Managed | Kind::WatchedUdp) || dpf::enabled() => bind(fd, addr, len))
     }
 }
 
