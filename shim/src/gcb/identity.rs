@@ -46,7 +46,9 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
 ///
 /// The C contract of `getsockname`.
 pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    if !addr.is_null() && !len.is_null() {
+    // Only a managed UDP socket can be a never-bound one that should register;
+    // accepted and brokered TCP connections (`Named`) skip the registry lookup.
+    if !addr.is_null() && !len.is_null() && crate::fdtable::kind(fd) == crate::fdtable::Kind::Managed {
         let _errno = crate::hook::ErrnoGuard::new();
         super::udp::send::register_if_auto_bound(fd);
     }
