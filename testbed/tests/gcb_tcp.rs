@@ -148,7 +148,8 @@ impl Gcb {
             self.broker.stderr_text()
         );
         let local = self.bed.ip(host);
-        wait_stderr(&server, &format!("gcb: registered tcp {local}:{port} as {listen}\n"));
+        let line = format!("gcb: registered tcp {local}:{port} as {listen}\n");
+        server.wait_stderr(&line, STARTUP).unwrap_or_else(|e| panic!("{e}"));
         (server, listen)
     }
 
@@ -186,19 +187,6 @@ impl Gcb {
             assert_eq!(ip, peer, "{host} {extra:?}: the server's peer");
         }
     }
-}
-
-/// Waits until `p` has written `needle` to stderr (read on another thread, so it
-/// may lag stdout).
-fn wait_stderr(p: &Proc, needle: &str) {
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        if p.stderr_text().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("no {needle:?} in:\n{}", p.stderr_text());
 }
 
 /// Scenarios (a) to (d) against a registered server on a1.
