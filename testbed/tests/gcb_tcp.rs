@@ -296,6 +296,27 @@ fn sixty_four_concurrent_relayed_connections() {
     g.bed.down().expect("tear down");
 }
 
+/// Reversed connections under load: a client on pub under the shim runs eight
+/// threads of two connections each, all at once, and echoes 1 MiB twice on each
+/// (a1 dials pub for every one), against a worker forked per connection,
+/// pre-forked blocking workers (they hold the listener, so their blocking reads
+/// wait in the AEH), pre-forked edge-triggered epoll loops, and one select loop.
+/// Every byte is verified: a shim that lost a wake-up, readiness or bytes on a
+/// swapped connection stalls or fails here. The client keeps a bounded window in
+/// flight, so unlike an echo through a pipe (`real_netcat.rs`) it cannot
+/// deadlock by itself.
+#[test]
+fn reversed_megabyte_echoes_in_every_process_model() {
+    let g = Gcb::up();
+    let models: [&[&str]; 4] = [&["--fork"], &["--prefork", "3"], &["--prefork", "2", "--mode", "epoll-et"], &["--mode", "select"]];
+    for (i, extra) in models.iter().enumerate() {
+        let (server, listen) = g.registered_server("a1", 7950 + i as u16, extra);
+        g.check("pub", &listen, &["--parallel", "8", "--runs", "2", "--bytes", "1048576"], true, &server, 16, PUB);
+        drop(server);
+    }
+    g.bed.down().expect("tear down");
+}
+
 /// An unmodified Python web server under the shim in realm A, fetched with curl from
 /// the public host (plain) and from realm B (under the shim); the file's hash must
 /// survive the relay.
