@@ -23,7 +23,7 @@ use proto::gcb::{self, ErrorCode, Message};
 use proto::{Endpoint, Proto};
 use tracing::{debug, info, warn};
 
-use super::channels::Refusal;
+use super::channels::{Channel, Refusal};
 use super::proxy::{send_from, UDP_BUDGET};
 use super::rules::DummyOutcome;
 use crate::auth::{seal, UdpControl};
@@ -174,9 +174,13 @@ impl Daemon {
 
     /// Closes the channel at `addr`: its socket, its port, its entry.
     pub(crate) fn close_channel(&mut self, addr: SocketAddrV4, why: &str) {
-        let Some(c) = self.udp.channels.remove(&addr) else {
-            return;
-        };
+        if let Some(c) = self.udp.channels.remove(&addr) {
+            self.shut_channel(addr, &c, why);
+        }
+    }
+
+    /// Closes the socket and frees the port of channel `c`, out of the table.
+    fn shut_channel(&mut self, addr: SocketAddrV4, c: &Channel, why: &str) {
         if let Some(Dynamic::UdpChannel { mut socket, .. }) = self.slab.remove(c.socket) {
             let _ = self.poll.registry().deregister(&mut socket);
         }
@@ -199,16 +203,7 @@ impl Daemon {
     /// Closes channels whose client stopped sending Dummies and data.
     pub(crate) fn expire_udp_channels(&mut self, now: Instant) {
         for (addr, c) in self.udp.channels.expire(now) {
-            // Already out of the table: close the socket the same way.
-            if let Some(Dynamic::UdpChannel { mut socket, .. }) = self.slab.remove(c.socket) {
-                let _ = self.poll.registry().deregister(&mut socket);
-            }
-            self.registry.pool_mut(Proto::Udp).abandon(addr.port());
-            self.counters.udp_channels_closed += 1;
-            info!(
-                "udp channel {addr} for {} <-> {} closed: idle",
-                c.peer, c.proxy
-            );
+            self.shut_channel(addr, &c, "idle");
         }
     }
 
