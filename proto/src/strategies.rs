@@ -127,6 +127,15 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
         }),
         token().prop_map(|token| M::Dummy { token }),
         token().prop_map(|token| M::DummyAck { token }),
+        (addr(), addr(), token(), any::<bool>()).prop_map(|(proxy, peer, udp_token, open)| {
+            M::UdpChannel {
+                proxy,
+                peer,
+                udp_token,
+                open,
+            }
+        }),
+        (addr(), token()).prop_map(|(channel, token)| M::UdpChannelOk { channel, token }),
         (
             any::<u64>(),
             any::<u16>(),

@@ -11,6 +11,7 @@
 //! | 0x03 | Heartbeat         | u8 n, n × endpoint                                          |
 //! | 0x04 | Connect           | proto, target, connector, opt connector_id, opt realm       |
 //! | 0x05 | StatusRequest     | u64 snapshot, u16 page, u8 format (0 text, 1 json)          |
+//! | 0x06 | UdpChannel        | proxy, peer, u64 udp_token, u8 open (0 close, 1 open)       |
 //! | 0x11 | ReverseConnect    | u64 token, connector, peer, proxy                           |
 //! | 0x12 | RelayConnect      | u64 token, broker, peer, proxy                              |
 //! | 0x13 | MakeHole          | u64 token, target, peer, proxy                              |
@@ -22,6 +23,7 @@
 //! | 0x85 | Ack               | (empty)                                                     |
 //! | 0x86 | DummyAck          | u64 token                                                   |
 //! | 0x87 | StatusReply       | u64 snapshot, u16 page, u16 pages, u16-prefixed chunk       |
+//! | 0x88 | UdpChannelOk      | channel, u64 token                                          |
 //! | 0xff | Error             | u8 code, detail                                             |
 
 use super::message::*;
@@ -39,6 +41,7 @@ pub enum Kind {
     Heartbeat = 0x03,
     Connect = 0x04,
     StatusRequest = 0x05,
+    UdpChannel = 0x06,
     ReverseConnect = 0x11,
     RelayConnect = 0x12,
     MakeHole = 0x13,
@@ -50,16 +53,18 @@ pub enum Kind {
     Ack = 0x85,
     DummyAck = 0x86,
     StatusReply = 0x87,
+    UdpChannelOk = 0x88,
     Error = 0xff,
 }
 
 impl Kind {
-    const ALL: [Kind; 17] = [
+    const ALL: [Kind; 19] = [
         Kind::Register,
         Kind::Unregister,
         Kind::Heartbeat,
         Kind::Connect,
         Kind::StatusRequest,
+        Kind::UdpChannel,
         Kind::ReverseConnect,
         Kind::RelayConnect,
         Kind::MakeHole,
@@ -71,6 +76,7 @@ impl Kind {
         Kind::Ack,
         Kind::DummyAck,
         Kind::StatusReply,
+        Kind::UdpChannelOk,
         Kind::Error,
     ];
 
@@ -107,6 +113,8 @@ impl Message {
             Message::DummyAck { .. } => Kind::DummyAck,
             Message::StatusRequest { .. } => Kind::StatusRequest,
             Message::StatusReply { .. } => Kind::StatusReply,
+            Message::UdpChannel { .. } => Kind::UdpChannel,
+            Message::UdpChannelOk { .. } => Kind::UdpChannelOk,
         }
     }
 }
@@ -249,6 +257,21 @@ fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             w.u16(*page);
             w.u16(*pages);
             w.str16(chunk, MAX_STATUS_CHUNK, "status chunk");
+        }
+        Message::UdpChannel {
+            proxy,
+            peer,
+            udp_token,
+            open,
+        } => {
+            w.addr(proxy);
+            w.addr(peer);
+            write_token(w, *udp_token);
+            w.u8(u8::from(*open));
+        }
+        Message::UdpChannelOk { channel, token } => {
+            w.addr(channel);
+            write_token(w, *token);
         }
     }
 }
@@ -393,6 +416,20 @@ fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, DecodeError> {
             page: r.u16()?,
             pages: r.u16()?,
             chunk: r.str16(MAX_STATUS_CHUNK, "status chunk")?,
+        },
+        Kind::UdpChannel => Message::UdpChannel {
+            proxy: r.addr()?,
+            peer: r.addr()?,
+            udp_token: read_token(r)?,
+            open: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::BadValue("channel open flag")),
+            },
+        },
+        Kind::UdpChannelOk => Message::UdpChannelOk {
+            channel: r.addr()?,
+            token: read_token(r)?,
         },
     })
 }

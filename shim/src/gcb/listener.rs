@@ -118,9 +118,7 @@ pub fn register(fd: c_int, proto: Proto, watched: Kind) -> Result<bool, sys::Err
         let (id, _) = reg.add_listener(listener);
         if proto == Proto::Udp {
             reg.udp.entry(fd).listener = Some(id);
-            if let Some(l) = reg.listener(id) {
-                super::udp::control::open_data_path(l);
-            }
+            super::udp::control::open_data_path(reg, id);
         }
         super::inherit::publish(reg);
         Ok(())
