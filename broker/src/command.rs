@@ -186,6 +186,7 @@ impl Daemon {
                 local,
                 realm,
                 desired_port,
+                port_required,
                 mgmt,
             } => {
                 let req = RegisterReq {
@@ -193,6 +194,7 @@ impl Daemon {
                     local,
                     realm,
                     desired_port,
+                    port_required,
                     mgmt,
                 };
                 self.on_register(from, req, now)
