@@ -6,7 +6,8 @@
 //!
 //! * GCB, TCP: `python3 -m http.server --bind 203.0.113.10 PORT` (its banner
 //!   prints `getsockname`), fetched with `curl` from pub (plain and under the
-//!   shim) and from b1, every copy hashed;
+//!   shim) and from b1, every copy hashed; and by a Python client on b1 whose
+//!   socket is bound to the proxy IP before it connects (it must be brokered);
 //! * GCB, UDP: `socat UDP4-RECVFROM:PORT,bind=203.0.113.10,fork PIPE`, a
 //!   3000-byte datagram echoed to the same clients;
 //! * DPF, TCP: `http.server --bind 203.0.113.1 PORT` reached from pub;
@@ -82,8 +83,22 @@ fn fetch_everywhere(r: &RealBed, server: &Proc, public: &str, want: &str) {
     }
 }
 
+/// Fetches `/payload.bin` from `argv[1]` (IP:PORT) over a connection whose
+/// source is bound to `argv[2]` port 0 first (`source_address`, as Condor binds
+/// its outgoing sockets to its `NETWORK_INTERFACE`); prints the hash.
+const BOUND_CLIENT: &str = r#"
+import hashlib, http.client, sys
+host, port = sys.argv[1].rsplit(":", 1)
+c = http.client.HTTPConnection(host, int(port), timeout=30, source_address=(sys.argv[2], 0))
+c.request("GET", "/payload.bin")
+r = c.getresponse()
+print(r.status, hashlib.sha256(r.read()).hexdigest(), flush=True)
+"#;
+
 /// The restarted `http.server` bound to `public` itself: its banner (from
-/// `getsockname`) names `public`, and every client gets the file.
+/// `getsockname`) names `public`, and every client gets the file. In GCB mode
+/// also a client on b1 whose socket is bound to the proxy IP before it
+/// connects: registered at `bind`, it must still be brokered (relayed).
 fn restarted_http_server(r: &RealBed, public: &str, want: &str) {
     let (ip, port) = host_port(public);
     let server = http_server(r, port, ip);
@@ -92,6 +107,13 @@ fn restarted_http_server(r: &RealBed, public: &str, want: &str) {
         .unwrap_or_else(|e| panic!("{e}\nserver stderr:\n{}", server.stderr_text()));
     pinned(&server, "tcp", public);
     fetch_everywhere(r, &server, public, want);
+    if r.mode == Mode::Gcb {
+        let out = r.run_ok("b1", true, &[python3().to_str().unwrap(), "-c", BOUND_CLIENT, public, ip], None, RUN, &server);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("200 {want}"), "{log}");
+        // Brokered by its own shim, not dialed at the proxy socket as a plain client would.
+        assert!(log.contains(&format!("gcb: connect tcp {public} via relay")), "{log}");
+    }
     drop(server);
 }
 
