@@ -13,7 +13,8 @@
 //! 1. the mode decides whether the IP is one it reports (its brokers' proxy IP,
 //!    or dpfd's public IPs); if not, the application gets the kernel's
 //!    EADDRNOTAVAIL untouched;
-//! 2. the socket is bound to the wildcard address of its family and an
+//! 2. the socket is bound to the real local address behind the reported one
+//!    (DESIGN.md, "Identities"): the host's IP towards the broker or dpfd, and an
 //!    ephemeral port (the local port is invisible to the program: it only ever
 //!    sees the reported address);
 //! 3. the mode registers or forwards it at once, TCP included, asking for
@@ -24,7 +25,7 @@
 //!    on the same fd as after any failed bind, and the call fails: EADDRINUSE
 //!    when the port is taken (or outside the range), EADDRNOTAVAIL otherwise.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, sockaddr, socklen_t};
 
@@ -87,15 +88,15 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t, saved: c_in
     }
 }
 
-/// Step 2: binds `fd` to the wildcard of its family and an ephemeral port. A
-/// v6-only AF_INET6 socket cannot hold IPv4 at all: EADDRNOTAVAIL, as the
-/// kernel said.
-pub fn bind_wildcard(fd: c_int) -> Result<(), Errno> {
+/// Step 2: binds `fd` to `ip` (the local address behind the reported one),
+/// spelt for its family, and an ephemeral port. A v6-only AF_INET6 socket
+/// cannot hold IPv4 at all: EADDRNOTAVAIL, as the kernel said.
+pub fn bind_local(fd: c_int, ip: Ipv4Addr) -> Result<(), Errno> {
     let fam = family::of(fd);
     if fam == Family::Mapped && family::v6only(fd) {
         return Err(libc::EADDRNOTAVAIL);
     }
-    let raw = family::encode(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0), fam);
+    let raw = family::encode(SocketAddrV4::new(ip, 0), fam);
     // SAFETY: a socket address of the stated length.
     if unsafe { real::bind(fd, raw.ptr(), raw.len()) } < 0 {
         return Err(errno());
@@ -183,7 +184,7 @@ mod tests {
             let s = sys::socket_of(fam, ty, false, true).unwrap();
             let fd = s.raw();
             sys::set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).unwrap();
-            bind_wildcard(fd).unwrap();
+            bind_local(fd, Ipv4Addr::LOCALHOST).unwrap();
             assert_ne!(sys::local_addr(fd).unwrap().port(), 0, "{fam:?}: bound");
             unbind(fd);
             assert_eq!(sys::local_addr(fd).unwrap().port(), 0, "{fam:?}: unbound again");
@@ -193,7 +194,7 @@ mod tests {
             assert!(sys::is_nonblocking(fd));
             let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
             assert_eq!(fd_flags & libc::FD_CLOEXEC, 0, "{fam:?}: not close-on-exec, as made");
-            bind_wildcard(fd).unwrap();
+            bind_local(fd, Ipv4Addr::LOCALHOST).unwrap();
         }
     }
 
@@ -201,6 +202,6 @@ mod tests {
     fn a_v6only_socket_cannot_be_pinned_to_ipv4() {
         let s = sys::socket_of(Family::Mapped, libc::SOCK_STREAM, true, false).unwrap();
         sys::set_int_opt(s.raw(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).unwrap();
-        assert_eq!(bind_wildcard(s.raw()), Err(libc::EADDRNOTAVAIL));
+        assert_eq!(bind_local(s.raw(), Ipv4Addr::LOCALHOST), Err(libc::EADDRNOTAVAIL));
     }
 }

@@ -11,7 +11,8 @@
 //! other foreign address by mistake pays it once too; no answer is not kept,
 //! so the next such bind asks again.
 //!
-//! The socket is forwarded at `bind`, TCP included (a TCP socket is otherwise
+//! The socket is bound to this host's IP towards dpfd (the address behind the
+//! public one) and forwarded at `bind`, TCP included (a TCP socket is otherwise
 //! forwarded at `listen`), so a public port that cannot be had fails the
 //! `bind`. `listen` finds the forward made and asks for nothing more; a socket
 //! that connects instead loses its forward, as any forwarded socket does.
@@ -97,7 +98,14 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     if !is_public(*want.ip()) {
         return Pinned::NotOurs;
     }
-    if let Err(e) = pinned::bind_wildcard(fd) {
+    // The local address behind the public one: this host's IP towards dpfd,
+    // the one dpfd forwards to.
+    let Some(dpfd) = super::server() else { return Pinned::NotOurs };
+    let towards = match mgmt::open(dpfd) {
+        Ok((_, towards)) => towards,
+        Err(e) => return Pinned::Failed(if crate::gcb::connector::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }),
+    };
+    if let Err(e) = pinned::bind_local(fd, *towards.ip()) {
         return Pinned::Failed(e);
     }
     match forward::request(fd, proto, Some(want)) {

@@ -6,7 +6,8 @@
 //! port and proxy sockets share one IP), or one a broker answered in a
 //! `RegisterOk` of this process (a broker whose `--public-ip` differs from the
 //! address it was named by). The socket registers with that very broker,
-//! whichever this process prefers, since the address belongs to it. TCP
+//! whichever this process prefers, since the address belongs to it, from the
+//! host's address towards that broker (the management socket's). TCP
 //! registers at `bind` here, not at `listen`, so a port that cannot be had
 //! fails the `bind`; a TCP socket pinned this way that connects instead of
 //! listening ([`turns_active`]) gives its registration up and is brokered like
@@ -44,9 +45,6 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
         owner_of(*want.ip(), named, reg.listeners().filter_map(|(_, l)| l.proxy.map(|p| (*p.ip(), l.mgmt.broker))))
     });
     let Some(broker) = broker else { return Pinned::NotOurs };
-    if let Err(e) = pinned::bind_wildcard(fd) {
-        return Pinned::Failed(e);
-    }
     match register_at(fd, proto, watched, broker, want) {
         Ok(()) => Pinned::Done,
         Err(e) => {
@@ -57,15 +55,16 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     }
 }
 
-/// Registers `fd`, bound to the wildcard, with `broker`, requiring `want`'s
-/// port; one log line either way.
+/// Binds `fd` to this host's IP towards `broker` and registers it there,
+/// requiring `want`'s port; one log line either way.
 fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, want: SocketAddrV4) -> Result<(), Errno> {
-    let local = sys::local_addr(fd)?;
     let (sock, mgmt_local) = mgmt::open(broker).map_err(|e| {
         log!(Warn, "cannot bind {proto} to {want}: cannot reach its broker {broker}: {}", std::io::Error::from_raw_os_error(e));
         if super::connector::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }
     })?;
-    let reg_local = SocketAddrV4::new(*mgmt_local.ip(), local.port());
+    pinned::bind_local(fd, *mgmt_local.ip())?;
+    let local = sys::local_addr(fd)?;
+    let reg_local = local;
     let msg = mgmt::pinned_register_message(proto, reg_local, mgmt_local, want.port());
     let (proxy, udp_token) = match mgmt::exchange(sock.raw(), broker, RetryPolicy::default(), &msg) {
         Ok(Message::RegisterOk { proxy, udp_token, .. }) => (proxy, udp_token),
