@@ -99,12 +99,6 @@ impl Brokers {
         live.into_iter().chain(dead).map(|i| self.list[i]).collect()
     }
 
-    /// The broker of this set at `ip`: a broker's command port and its proxy
-    /// sockets share one IP, so a program binding that IP means that broker.
-    pub fn at_ip(&self, ip: std::net::Ipv4Addr) -> Option<SocketAddrV4> {
-        self.list.iter().copied().find(|b| *b.ip() == ip)
-    }
-
     /// The brokers a new registration tries, best first.
     pub fn candidates(&self, now: Instant) -> Vec<SocketAddrV4> {
         self.ring_from(self.preferred, now)

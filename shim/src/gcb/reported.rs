@@ -26,6 +26,15 @@ use super::sys::{self, Errno};
 use crate::client::pinned::{self, Pinned};
 use crate::fdtable::{self, Kind};
 
+/// The broker of `GCB_INAGENT` at `ip`: a broker's command port and its proxy
+/// sockets share one IP, so a program binding that IP means that broker.
+fn named_at(ip: Ipv4Addr, list: &[std::net::SocketAddr]) -> Option<SocketAddrV4> {
+    list.iter().find_map(|b| match b {
+        std::net::SocketAddr::V4(v4) if *v4.ip() == ip => Some(*v4),
+        _ => None,
+    })
+}
+
 /// The broker `ip` belongs to: one named in `GCB_INAGENT` at that IP, else the
 /// broker that gave this process a proxy address on it (`learned`: proxy IP,
 /// broker).
@@ -40,10 +49,17 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
         Kind::WatchedUdp => (Proto::Udp, Kind::WatchedUdp),
         _ => return Pinned::NotOurs,
     };
-    let broker = super::with(|reg| {
-        let named = super::brokers::set(reg).at_ip(*want.ip());
-        owner_of(*want.ip(), named, reg.listeners().filter_map(|(_, l)| l.proxy.map(|p| (*p.ip(), l.mgmt.broker))))
-    });
+    // `GCB_INAGENT` as configured, not the broker set: making that costs
+    // system calls, which a bind to a stranger's address must not pay.
+    let named = match &crate::config::get().mode {
+        crate::config::Mode::Gcb(list) => named_at(*want.ip(), list),
+        _ => None,
+    };
+    // Proxy IPs are learned only from listeners, which are managed fds.
+    if named.is_none() && !fdtable::any_managed() {
+        return Pinned::NotOurs;
+    }
+    let broker = super::with(|reg| owner_of(*want.ip(), named, reg.listeners().filter_map(|(_, l)| l.proxy.map(|p| (*p.ip(), l.mgmt.broker)))));
     let Some(broker) = broker else { return Pinned::NotOurs };
     match register_at(fd, proto, watched, broker, want) {
         Ok(()) => Pinned::Done,
@@ -119,7 +135,6 @@ pub fn turns_active(fd: c_int) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::brokers::Brokers;
     use super::*;
 
     fn a(s: &str) -> SocketAddrV4 {
@@ -127,13 +142,10 @@ mod tests {
     }
 
     #[test]
-    fn a_proxy_ip_belongs_to_the_broker_at_it_whichever_is_preferred() {
-        let list = vec![a("203.0.113.10:65432"), a("203.0.113.11:7000")];
-        for seed in 0..2 {
-            let set = Brokers::new(list.clone(), seed);
-            assert_eq!(set.at_ip("203.0.113.11".parse().unwrap()), Some(list[1]), "seed {seed}");
-            assert_eq!(set.at_ip("203.0.113.12".parse().unwrap()), None);
-        }
+    fn a_proxy_ip_belongs_to_the_broker_named_at_it() {
+        let list: Vec<std::net::SocketAddr> = vec!["203.0.113.10:65432".parse().unwrap(), "203.0.113.11:7000".parse().unwrap(), "[2001:db8::1]:65432".parse().unwrap()];
+        assert_eq!(named_at("203.0.113.11".parse().unwrap(), &list), Some(a("203.0.113.11:7000")));
+        assert_eq!(named_at("203.0.113.12".parse().unwrap(), &list), None);
     }
 
     #[test]
