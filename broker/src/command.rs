@@ -187,6 +187,7 @@ impl Daemon {
                 local,
                 realm,
                 desired_port,
+                port_required,
                 mgmt,
             } => {
                 let req = RegisterReq {
@@ -194,6 +195,7 @@ impl Daemon {
                     local,
                     realm,
                     desired_port,
+                    port_required,
                     mgmt,
                 };
                 self.on_register(from, req, now)

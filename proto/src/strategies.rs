@@ -72,12 +72,14 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
         });
     let command = || (token(), addr(), addr(), addr());
     prop_oneof![
-        (proto(), addr(), realm.clone(), any::<Option<u16>>(), mgmt).prop_map(
-            |(proto, local, realm, desired_port, mgmt)| M::Register {
+        (proto(), addr(), realm.clone(), any::<Option<u16>>(), any::<bool>(), mgmt).prop_map(
+            |(proto, local, realm, desired_port, required, mgmt)| M::Register {
                 proto,
                 local,
                 realm,
                 desired_port,
+                // Not encoded without a port, so not generated without one.
+                port_required: required && desired_port.is_some(),
                 mgmt
             }
         ),
@@ -181,6 +183,10 @@ pub fn dpf_message() -> BoxedStrategy<dpf::Message> {
         (proto(), addr()).prop_map(|(proto, public)| M::Query { proto, public }),
         addr().prop_map(|local| M::QueryOk { local }),
         Just(M::QueryNak),
+        Just(M::Info),
+        proptest::collection::vec(any::<[u8; 4]>(), 0..=dpf::MAX_PUBLIC_IPS).prop_map(|ips| M::InfoOk {
+            public_ips: ips.into_iter().map(Into::into).collect()
+        }),
         (any::<u8>(), text(dpf::MAX_DETAIL_LEN)).prop_map(|(c, detail)| M::Error {
             code: dpf::ErrorCode::from_wire(c),
             detail

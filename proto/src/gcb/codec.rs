@@ -6,7 +6,7 @@
 //!
 //! | kind | message           | body                                                        |
 //! | ---: | ----------------- | ----------------------------------------------------------- |
-//! | 0x01 | Register          | proto, local, opt realm, opt u16 port, mgmt_local, u32 pid, u16 heartbeat_secs, program |
+//! | 0x01 | Register          | proto, local, opt realm, port wish, mgmt_local, u32 pid, u16 heartbeat_secs, program |
 //! | 0x02 | Unregister        | endpoint (proto + addr)                                     |
 //! | 0x03 | Heartbeat         | u8 n, n × endpoint                                          |
 //! | 0x04 | Connect           | proto, target, connector, opt connector_id, opt realm       |
@@ -25,6 +25,9 @@
 //! | 0x87 | StatusReply       | u64 snapshot, u16 page, u16 pages, u16-prefixed chunk       |
 //! | 0x88 | UdpChannelOk      | channel, u64 token                                          |
 //! | 0xff | Error             | u8 code, detail                                             |
+//!
+//! A *port wish* is an option tag with a third value: 0 none, 1 `u16` port
+//! preferred, 2 `u16` port required (`port_required`).
 
 use super::message::*;
 use crate::common::{read_endpoints, write_endpoints, Endpoint, Proto};
@@ -161,6 +164,30 @@ fn read_token(r: &mut Reader<'_>) -> Result<Token, DecodeError> {
     Ok(Token(r.u64()?))
 }
 
+/// Port wish tags (module docs).
+const WISH_NONE: u8 = 0;
+const WISH_PREFERRED: u8 = 1;
+const WISH_REQUIRED: u8 = 2;
+
+fn write_port_wish<S: Sink>(w: &mut Writer<S>, port: Option<u16>, required: bool) {
+    match port {
+        None => w.u8(WISH_NONE),
+        Some(p) => {
+            w.u8(if required { WISH_REQUIRED } else { WISH_PREFERRED });
+            w.u16(p);
+        }
+    }
+}
+
+fn read_port_wish(r: &mut Reader<'_>) -> Result<(Option<u16>, bool), DecodeError> {
+    match r.u8()? {
+        WISH_NONE => Ok((None, false)),
+        WISH_PREFERRED => Ok((Some(r.u16()?), false)),
+        WISH_REQUIRED => Ok((Some(r.u16()?), true)),
+        _ => Err(DecodeError::BadValue("port wish")),
+    }
+}
+
 fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
     match msg {
         Message::Register {
@@ -168,12 +195,13 @@ fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             local,
             realm,
             desired_port,
+            port_required,
             mgmt,
         } => {
             proto.write(w);
             w.addr(local);
             w.opt_str8(realm, MAX_REALM_LEN, "realm");
-            w.opt_u16(*desired_port);
+            write_port_wish(w, *desired_port, *port_required);
             w.addr(&mgmt.mgmt_local);
             w.u32(mgmt.pid);
             w.u16(mgmt.heartbeat_secs);
@@ -325,18 +353,25 @@ fn read_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
 
 fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, DecodeError> {
     Ok(match kind {
-        Kind::Register => Message::Register {
-            proto: Proto::read(r)?,
-            local: r.addr()?,
-            realm: r.opt_str8(MAX_REALM_LEN, "realm")?,
-            desired_port: r.opt_u16()?,
-            mgmt: MgmtInfo {
-                mgmt_local: r.addr()?,
-                pid: r.u32()?,
-                heartbeat_secs: r.u16()?,
-                program: r.str8(MAX_PROGRAM_LEN, "program")?,
-            },
-        },
+        Kind::Register => {
+            let proto = Proto::read(r)?;
+            let local = r.addr()?;
+            let realm = r.opt_str8(MAX_REALM_LEN, "realm")?;
+            let (desired_port, port_required) = read_port_wish(r)?;
+            Message::Register {
+                proto,
+                local,
+                realm,
+                desired_port,
+                port_required,
+                mgmt: MgmtInfo {
+                    mgmt_local: r.addr()?,
+                    pid: r.u32()?,
+                    heartbeat_secs: r.u16()?,
+                    program: r.str8(MAX_PROGRAM_LEN, "program")?,
+                },
+            }
+        }
         Kind::RegisterOk => Message::RegisterOk {
             proxy: r.addr()?,
             observed: r.addr()?,

@@ -197,6 +197,12 @@ pub enum Message {
         /// `GCB_REALM`, overriding the broker's guess (the public source IP).
         realm: Option<String>,
         desired_port: Option<u16>,
+        /// With `desired_port`: that port or nothing. The application bound
+        /// its socket to this proxy address itself (an address it advertised
+        /// before a restart), so any other port would be a wrong identity; the
+        /// broker answers `Error{PortUnavailable}` instead of picking another.
+        /// Meaningless (and not encoded) without `desired_port`.
+        port_required: bool,
         mgmt: MgmtInfo,
     },
     /// Broker → client, reply to `Register`.

@@ -22,6 +22,7 @@ fn samples() -> Vec<Message> {
             local: a("192.0.2.10:5000"),
             realm: None,
             desired_port: None,
+            port_required: false,
             mgmt: MgmtInfo::new(a("192.0.2.10:6000"), 42, 30, "condor_schedd"),
         },
         Message::RegisterOk {
@@ -126,12 +127,40 @@ fn golden_register() {
         local: a("192.0.2.10:5000"),
         realm: Some("lab".into()),
         desired_port: Some(40001),
+        port_required: false,
         mgmt: MgmtInfo::new(a("192.0.2.10:6000"), 0x1234, 30, "sd"),
     };
     let want = hex("47434231 01 01 00 0000000000000002
          11 c000020a 1388  01 03 6c6162  01 9c41
          c000020a 1770  00001234  001e  02 7364");
     assert_eq!(encode(&m, 2).unwrap(), want);
+}
+
+/// A required port is the preferred-port layout with tag 2; a required flag
+/// without a port is not on the wire, and tags past 2 are malformed.
+#[test]
+fn golden_register_with_a_required_port() {
+    let mut m = Message::Register {
+        proto: Proto::Tcp,
+        local: a("192.0.2.10:5000"),
+        realm: None,
+        desired_port: Some(20500),
+        port_required: true,
+        mgmt: MgmtInfo::new(a("192.0.2.10:6000"), 1, 30, "sd"),
+    };
+    let want = hex("47434231 01 01 00 0000000000000003
+         06 c000020a 1388  00  02 5014
+         c000020a 1770  00000001  001e  02 7364");
+    assert_eq!(encode(&m, 3).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+    let mut bad = want.clone();
+    bad[HEADER_LEN + 8] = 3;
+    assert_eq!(decode(&bad), Err(DecodeError::BadValue("port wish")));
+    if let Message::Register { desired_port, .. } = &mut m {
+        *desired_port = None;
+    }
+    let (_, back) = decode(&encode(&m, 3).unwrap()).unwrap();
+    assert!(matches!(back, Message::Register { desired_port: None, port_required: false, .. }));
 }
 
 #[test]

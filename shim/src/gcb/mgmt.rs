@@ -84,8 +84,20 @@ pub fn register_message(proto: Proto, local: SocketAddrV4, mgmt_local: SocketAdd
         local,
         realm: config::get().realm.clone(),
         desired_port,
+        port_required: false,
         mgmt: mgmt_info(mgmt_local),
     }
+}
+
+/// As [`register_message`], for a socket the application bound to the proxy
+/// address itself: `port` (when not 0) is required, not preferred.
+pub fn pinned_register_message(proto: Proto, local: SocketAddrV4, mgmt_local: SocketAddrV4, port: u16) -> Message {
+    let desired_port = (port != 0).then_some(port);
+    let mut msg = register_message(proto, local, mgmt_local, desired_port);
+    if let Message::Register { port_required, .. } = &mut msg {
+        *port_required = desired_port.is_some();
+    }
+    msg
 }
 
 /// Starts a request on `l`'s management socket; its reply comes through [`on_datagram`].
