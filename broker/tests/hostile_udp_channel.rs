@@ -17,7 +17,12 @@ use support::*;
 /// Asks for (or closes) the channel of `peer` on `c`'s registration with `token`.
 fn channel_req(c: &mut Client, peer: SocketAddrV4, token: Token, open: bool) -> Message {
     let proxy = c.proxy;
-    c.mgmt.request(&Message::UdpChannel { proxy, peer, udp_token: token, open })
+    c.mgmt.request(&Message::UdpChannel {
+        proxy,
+        peer,
+        udp_token: token,
+        open,
+    })
 }
 
 /// A peer that wrote to `c`'s proxy (so it has a live rule), its datagram
@@ -39,7 +44,10 @@ fn open_channel(c: &mut Client, peer: SocketAddrV4) -> (SocketAddrV4, Token) {
     let dummy = gcb::encode(&Message::Dummy { token }, 8).unwrap();
     c.app.send_to(&dummy, channel).unwrap();
     let (ack, src) = recv(&c.app, WAIT).expect("the channel's DummyAck");
-    assert_eq!((gcb::decode(&ack).unwrap().1, src), (Message::DummyAck { token }, channel));
+    assert_eq!(
+        (gcb::decode(&ack).unwrap().1, src),
+        (Message::DummyAck { token }, channel)
+    );
     (channel, token)
 }
 
@@ -54,7 +62,10 @@ fn strangers_at_a_channel_port_are_dropped_and_counted() {
     c.app.send_to(b"to the peer", channel).unwrap();
     assert_eq!(recv(&peer, WAIT), Some((b"to the peer".to_vec(), c.proxy)));
     peer.send_to(b"to the client", c.proxy).unwrap();
-    assert_eq!(recv(&c.app, WAIT), Some((b"to the client".to_vec(), channel)));
+    assert_eq!(
+        recv(&c.app, WAIT),
+        Some((b"to the client".to_vec(), channel))
+    );
     let before = (state(&b), counters(&b));
 
     let stranger = sock();
@@ -64,15 +75,34 @@ fn strangers_at_a_channel_port_are_dropped_and_counted() {
     // The peer itself knows only the proxy; at the channel it is a stranger too.
     peer.send_to(b"sideways", channel).unwrap();
     // A Dummy with another token, and an unsolicited DummyAck.
-    let wrong = gcb::encode(&Message::Dummy { token: Token(token.0 ^ 1) }, 9).unwrap();
+    let wrong = gcb::encode(
+        &Message::Dummy {
+            token: Token(token.0 ^ 1),
+        },
+        9,
+    )
+    .unwrap();
     stranger.send_to(&wrong, channel).unwrap();
     let ack = gcb::encode(&Message::DummyAck { token }, 9).unwrap();
     stranger.send_to(&ack, channel).unwrap();
 
-    expect_moved(&b, &before.1, &[("udp_channel_strangers", 4), ("udp_dummies_dropped", 2)]);
-    assert!(recv(&peer, QUIET).is_none(), "a stranger's datagram reached the peer");
-    assert!(recv(&stranger, QUIET).is_none(), "the stranger got an answer");
-    assert!(recv(&c.app, QUIET).is_none(), "a stranger's datagram reached the client");
+    expect_moved(
+        &b,
+        &before.1,
+        &[("udp_channel_strangers", 4), ("udp_dummies_dropped", 2)],
+    );
+    assert!(
+        recv(&peer, QUIET).is_none(),
+        "a stranger's datagram reached the peer"
+    );
+    assert!(
+        recv(&stranger, QUIET).is_none(),
+        "the stranger got an answer"
+    );
+    assert!(
+        recv(&c.app, QUIET).is_none(),
+        "a stranger's datagram reached the client"
+    );
     assert_eq!(state(&b), before.0);
     // The data path did not move: the client still talks through it.
     c.app.send_to(b"still mine", channel).unwrap();
@@ -92,38 +122,67 @@ fn channels_only_for_the_owner_and_a_peer_that_wrote() {
     // A peer that never wrote to the proxy: a channel would send from the
     // proxy address to a stranger.
     let token = c.token;
-    assert_error(&channel_req(&mut c, v4(&silent), token, true), ErrorCode::NotRegistered);
+    assert_error(
+        &channel_req(&mut c, v4(&silent), token, true),
+        ErrorCode::NotRegistered,
+    );
     // Wrong tokens: made up, another registration's, and zero.
     for wrong in [Token(c.token.0 ^ 1), other.token, Token(0)] {
-        assert_error(&channel_req(&mut c, v4(&talker), wrong, true), ErrorCode::UnknownToken);
-        assert_error(&channel_req(&mut c, v4(&talker), wrong, false), ErrorCode::UnknownToken);
+        assert_error(
+            &channel_req(&mut c, v4(&talker), wrong, true),
+            ErrorCode::UnknownToken,
+        );
+        assert_error(
+            &channel_req(&mut c, v4(&talker), wrong, false),
+            ErrorCode::UnknownToken,
+        );
     }
     // A proxy address nobody holds, and a TCP registration's.
     let mut tcp = Mgmt::new(b.addr);
     let tcp_proxy = tcp.register_ok("10.0.0.10:80", "10.0.0.10");
     for proxy in [SocketAddrV4::new(*c.proxy.ip(), 1), tcp_proxy] {
-        let msg = Message::UdpChannel { proxy, peer: v4(&talker), udp_token: token, open: true };
+        let msg = Message::UdpChannel {
+            proxy,
+            peer: v4(&talker),
+            udp_token: token,
+            open: true,
+        };
         assert_error(&c.mgmt.request(&msg), ErrorCode::NotRegistered);
     }
     // Closing a channel that does not exist changes nothing.
     assert_eq!(channel_req(&mut c, v4(&talker), token, false), Message::Ack);
 
-    expect_moved(&b, &before.1, &[("udp_channels_refused", 9), ("registered", 1)]);
+    expect_moved(
+        &b,
+        &before.1,
+        &[("udp_channels_refused", 9), ("registered", 1)],
+    );
     let after = state(&b);
     assert!(after.contains(&tcp_proxy.to_string()), "{after}");
-    assert!(recv(&silent, QUIET).is_none(), "the silent peer got a datagram");
+    assert!(
+        recv(&silent, QUIET).is_none(),
+        "the silent peer got a datagram"
+    );
     assert!(recv(&talker, QUIET).is_none());
 
     // The old token of a registration made again is refused too.
     let old = c.token;
-    let unregister = Message::Unregister { proxy: proto::Endpoint::new(proto::Proto::Udp, c.proxy) };
+    let unregister = Message::Unregister {
+        proxy: proto::Endpoint::new(proto::Proto::Udp, c.proxy),
+    };
     assert_eq!(c.mgmt.request(&unregister), Message::Ack);
     let mut again = Client::register(&b, "10.0.0.7", None);
     again.dummy();
     let peer = peer_of(&again);
-    assert_error(&channel_req(&mut again, v4(&peer), old, true), ErrorCode::UnknownToken);
+    assert_error(
+        &channel_req(&mut again, v4(&peer), old, true),
+        ErrorCode::UnknownToken,
+    );
     let token = again.token;
-    assert!(matches!(channel_req(&mut again, v4(&peer), token, true), Message::UdpChannelOk { .. }));
+    assert!(matches!(
+        channel_req(&mut again, v4(&peer), token, true),
+        Message::UdpChannelOk { .. }
+    ));
 }
 
 #[test]
@@ -147,14 +206,26 @@ fn a_registration_holds_a_bounded_number_of_channels() {
     assert_eq!(channels.len(), CAP, "one port each");
     let before = (state(&b), counters(&b));
 
-    assert_error(&channel_req(&mut c, v4(&peers[CAP]), token, true), ErrorCode::LimitReached);
+    assert_error(
+        &channel_req(&mut c, v4(&peers[CAP]), token, true),
+        ErrorCode::LimitReached,
+    );
     // Asking again for one it has is not a new channel.
     let again = channel_req(&mut c, v4(&peers[0]), token, true);
-    assert!(matches!(again, Message::UdpChannelOk { channel, .. } if channels.contains(&channel)), "{again:?}");
+    assert!(
+        matches!(again, Message::UdpChannelOk { channel, .. } if channels.contains(&channel)),
+        "{again:?}"
+    );
     expect_moved(&b, &before.1, &[("udp_channels_refused", 1)]);
     assert_eq!(state(&b), before.0, "no port taken");
 
     // Closing one makes room for the refused peer.
-    assert_eq!(channel_req(&mut c, v4(&peers[0]), token, false), Message::Ack);
-    assert!(matches!(channel_req(&mut c, v4(&peers[CAP]), token, true), Message::UdpChannelOk { .. }));
+    assert_eq!(
+        channel_req(&mut c, v4(&peers[0]), token, false),
+        Message::Ack
+    );
+    assert!(matches!(
+        channel_req(&mut c, v4(&peers[CAP]), token, true),
+        Message::UdpChannelOk { .. }
+    ));
 }
