@@ -31,7 +31,7 @@ use crate::daemon::{Daemon, Dynamic};
 use crate::decide::{self, Path, Situation};
 use crate::pairing::{Kind, Pending};
 use crate::ports::{AllocError, Owner};
-use crate::registry::{Client, Refresh};
+use crate::registry::{Claim, Client, Refresh};
 
 /// How long a token waits for both halves of its connection. The shim
 /// waits as long (its PAIR_TIMEOUT) before giving up on its side.
@@ -95,20 +95,30 @@ impl Daemon {
             observed: from,
             udp_token,
         };
-        if let Some(ep) =
-            self.registry
-                .find_for_register(req.proto, from, req.local, req.desired_port)
-        {
-            if req.port_required && req.desired_port != Some(ep.addr.port()) {
-                return port_unavailable((req.proto, req.local, req.desired_port), from, "this socket is registered on another port");
+        let (proto, pid) = (req.proto, client.pid);
+        match self.registry.find_for_register(proto, from, req.local, req.desired_port, pid, now) {
+            Claim::Again(ep) => {
+                if req.port_required && req.desired_port != Some(ep.addr.port()) {
+                    return port_unavailable((req.proto, req.local, req.desired_port), from, "this socket is registered on another port");
+                }
+                debug!(
+                    "register again: {} {} from {from} keeps {}",
+                    req.proto, req.local, ep.addr
+                );
+                self.registry.renew(&ep, client, now);
+                let udp_token = self.udp.table.get(&ep.addr).map(|r| r.udp_token);
+                return ok(ep.addr, udp_token);
             }
-            debug!(
-                "register again: {} {} from {from} keeps {}",
-                req.proto, req.local, ep.addr
-            );
-            self.registry.renew(&ep, client, now);
-            let udp_token = self.udp.table.get(&ep.addr).map(|r| r.udp_token);
-            return ok(ep.addr, udp_token);
+            Claim::HeldByOther { proxy, pid: holder } => {
+                if req.port_required {
+                    return port_unavailable((req.proto, req.local, req.desired_port), from, "another live process holds this port");
+                }
+                info!(
+                    "{} {} from {from} (pid {pid}) asks for {}, which pid {holder} holds for the same address and is alive: registered on its own",
+                    req.proto, req.local, proxy.addr
+                )
+            }
+            Claim::New => {}
         }
         let max = self.config.limits.max_registrations as usize;
         if self.registry.len() >= max {

@@ -46,6 +46,18 @@ pub struct Client {
     pub heartbeat_secs: u16,
 }
 
+/// What a `Register` is to the records ([`Registry::find_for_register`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The same socket registering again: this record is renewed.
+    Again(Endpoint),
+    /// The port asked for has this address registered by another live
+    /// process (`pid`): the claimant gets a registration of its own.
+    HeldByOther { proxy: Endpoint, pid: u32 },
+    /// Nothing of the claimant's: a new registration.
+    New,
+}
+
 #[derive(Debug, Clone)]
 pub struct Record {
     pub proxy: Endpoint,
@@ -140,24 +152,46 @@ impl Registry {
             .max(Duration::from_secs(u64::from(client.heartbeat_secs) * 3))
     }
 
-    /// The existing registration a `Register` refers to, if any: the same
-    /// socket from the same management address; or, when the client asks
-    /// for a port, the record on that port for the same socket from the same
-    /// public IP (its NAT mapping changed, so it lost its registration's
-    /// address but not its identity).
+    /// What a `Register` is to the existing records: the same socket from
+    /// the same management address; or, when the client asks for a port, the
+    /// record on that port for the same socket from the same public IP and
+    /// the same process (its NAT mapping changed, so it lost its
+    /// registration's address but not its identity). Another process with
+    /// that address (two programs bound to one port with SO_REUSEPORT) never
+    /// takes a live record over: it is [`Claim::HeldByOther`], and registers
+    /// on its own. An owner silent for two of its heartbeat intervals is not
+    /// live, and its record goes to whoever claims it.
     pub fn find_for_register(
         &self,
         proto: Proto,
         mgmt: SocketAddrV4,
         local: SocketAddrV4,
         desired: Option<u16>,
-    ) -> Option<Endpoint> {
+        pid: u32,
+        now: Instant,
+    ) -> Claim {
         if let Some(ep) = self.by_identity.get(&(proto, mgmt, local)) {
-            return Some(*ep);
+            return Claim::Again(*ep);
         }
-        let ep = Endpoint::new(proto, SocketAddrV4::new(self.public_ip, desired?));
-        let r = self.records.get(&ep)?;
-        (r.local == local && r.client.mgmt.ip() == mgmt.ip()).then_some(ep)
+        let Some(desired) = desired else {
+            return Claim::New;
+        };
+        let ep = Endpoint::new(proto, SocketAddrV4::new(self.public_ip, desired));
+        let Some(r) = self.records.get(&ep) else {
+            return Claim::New;
+        };
+        if r.local != local || r.client.mgmt.ip() != mgmt.ip() {
+            return Claim::New;
+        }
+        let silent = now.saturating_duration_since(r.last_heartbeat);
+        let live = silent < Duration::from_secs(u64::from(r.client.heartbeat_secs.max(1)) * 2);
+        if r.client.pid != pid && live {
+            return Claim::HeldByOther {
+                proxy: ep,
+                pid: r.client.pid,
+            };
+        }
+        Claim::Again(ep)
     }
 
     /// Adds a record for a port allocated from [`pool_mut`](Self::pool_mut).

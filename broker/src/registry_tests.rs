@@ -73,7 +73,7 @@ fn register(
     now: Instant,
 ) -> Endpoint {
     let local = a(local);
-    if let Some(ep) = r.find_for_register(Proto::Tcp, c.mgmt, local, desired) {
+    if let Claim::Again(ep) = r.find_for_register(Proto::Tcp, c.mgmt, local, desired, c.pid, now) {
         r.renew(&ep, c, now).unwrap();
         check(r);
         return ep;
@@ -291,5 +291,85 @@ fn reregister_after_nat_loss_takes_over_its_own_record() {
         t,
     );
     assert_ne!(other, p);
+    assert_eq!(r.len(), 2);
+}
+
+#[test]
+fn another_live_process_on_the_same_address_never_takes_a_record_over() {
+    let t = Instant::now();
+    let mut r = registry();
+    let first = client("198.51.100.1:5000", 10);
+    let p = register(&mut r, first.clone(), "10.0.0.5:80", None, t);
+    // A second program bound to the same address (SO_REUSEPORT), from the
+    // same host, asking for the first one's port: a record of its own.
+    let second = Client {
+        mgmt: a("198.51.100.1:6000"),
+        pid: 8,
+        ..first.clone()
+    };
+    let want = r.find_for_register(
+        Proto::Tcp,
+        second.mgmt,
+        a("10.0.0.5:80"),
+        Some(p.addr.port()),
+        8,
+        t,
+    );
+    assert_eq!(want, Claim::HeldByOther { proxy: p, pid: 7 });
+    let q = register(&mut r, second, "10.0.0.5:80", Some(p.addr.port()), t);
+    assert_ne!(q, p);
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        (
+            r.get(&p).unwrap().client.mgmt,
+            r.get(&q).unwrap().client.pid
+        ),
+        (first.mgmt, 8)
+    );
+    // Each renews its own, however often.
+    for _ in 0..3 {
+        assert_eq!(
+            register(&mut r, first.clone(), "10.0.0.5:80", Some(p.addr.port()), t),
+            p
+        );
+        assert_eq!(
+            register(
+                &mut r,
+                Client {
+                    mgmt: a("198.51.100.1:6000"),
+                    pid: 8,
+                    ..first.clone()
+                },
+                "10.0.0.5:80",
+                Some(q.addr.port()),
+                t
+            ),
+            q
+        );
+    }
+    // An owner silent for two heartbeat intervals is not live: its record
+    // goes to the claimant (a client whose pid changed, as after an exec
+    // of another image, behind a new NAT mapping).
+    let later = t + Duration::from_secs(21);
+    let third = Client {
+        mgmt: a("198.51.100.1:7000"),
+        pid: 9,
+        ..first
+    };
+    assert_eq!(
+        r.find_for_register(
+            Proto::Tcp,
+            third.mgmt,
+            a("10.0.0.5:80"),
+            Some(p.addr.port()),
+            9,
+            later
+        ),
+        Claim::Again(p)
+    );
+    assert_eq!(
+        register(&mut r, third, "10.0.0.5:80", Some(p.addr.port()), later),
+        p
+    );
     assert_eq!(r.len(), 2);
 }

@@ -249,3 +249,109 @@ fn any_flipped_byte_is_refused() {
     // Flipping the flag bit makes it unauthenticated; the rest are bad MACs.
     assert_eq!(counter(&v, "auth_bad_mac") + counter(&v, "auth_missing"), 6);
 }
+
+/// Sends `msg` sealed from `c` and opens the sealed reply.
+#[track_caller]
+fn sealed_request(
+    b: &Broker,
+    c: &UdpSocket,
+    key: &Key,
+    msg: &Message,
+    id: u64,
+) -> (Vec<u8>, Message) {
+    let bytes = sealed(msg, id, key, stamp_at(unix_ms()));
+    c.send_to(&bytes, b.addr).unwrap();
+    let reply = recv(c, WAIT).expect("a reply to a sealed request");
+    let opened =
+        auth::open(&reply, key, unix_ms(), &mut ReplayGuard::new(16)).expect("the reply opens");
+    let (h, m) = gcb::decode(&opened).unwrap();
+    assert_eq!(h.request_id, id);
+    (bytes, m)
+}
+
+#[test]
+fn replayed_channel_requests_open_and_close_nothing() {
+    let path = secret_file("channel", SECRET);
+    let b = Broker::start(&["--secret-file", &path]);
+    let key = Key::new(SECRET);
+    let c = client();
+    let app = client();
+    let SocketAddr4(mgmt) = SocketAddr4::of(&c);
+    let SocketAddr4(local) = SocketAddr4::of(&app);
+    let register = Message::Register {
+        proto: Proto::Udp,
+        local,
+        realm: None,
+        desired_port: None,
+        mgmt: MgmtInfo::new(mgmt, std::process::id(), 10, "auth-test"),
+    };
+    let (_, reply) = sealed_request(&b, &c, &key, &register, 1);
+    let Message::RegisterOk {
+        proxy,
+        udp_token: Some(udp_token),
+        ..
+    } = reply
+    else {
+        panic!("{reply:?}")
+    };
+    // The data path (a sealed Dummy), then a peer writes to the proxy, so a
+    // channel to it may be opened.
+    let dummy = sealed(
+        &Message::Dummy { token: udp_token },
+        3,
+        &key,
+        stamp_at(unix_ms()),
+    );
+    app.send_to(&dummy, proxy).unwrap();
+    assert!(recv(&app, WAIT).is_some(), "the DummyAck");
+    let peer = client();
+    peer.send_to(b"hello", proxy).unwrap();
+    assert!(recv(&app, WAIT).is_some(), "the relayed hello");
+    let SocketAddr4(peer_addr) = SocketAddr4::of(&peer);
+    let open = Message::UdpChannel {
+        proxy,
+        peer: peer_addr,
+        udp_token,
+        open: true,
+    };
+    let (open_bytes, first) = sealed_request(&b, &c, &key, &open, 2);
+    let Message::UdpChannelOk { channel, .. } = first else {
+        panic!("{first:?}")
+    };
+
+    // The same bytes from the same socket: the cached reply, no second channel.
+    c.send_to(&open_bytes, b.addr).unwrap();
+    assert!(recv(&c, WAIT).is_some(), "a retransmission is answered");
+    // From elsewhere: a replay, silence.
+    let replayer = client();
+    replayer.send_to(&open_bytes, b.addr).unwrap();
+    assert_eq!(
+        recv(&replayer, SILENCE),
+        None,
+        "a replayed channel request got an answer"
+    );
+
+    // Closed by its owner; the close and the open replayed afterwards do
+    // nothing, from a new socket or from the owner's.
+    let close = Message::UdpChannel {
+        proxy,
+        peer: peer_addr,
+        udp_token,
+        open: false,
+    };
+    let (close_bytes, closed) = sealed_request(&b, &c, &key, &close, 1_000);
+    assert_eq!(closed, Message::Ack);
+    for bytes in [&open_bytes, &close_bytes] {
+        replayer.send_to(bytes, b.addr).unwrap();
+    }
+    assert_eq!(recv(&replayer, SILENCE), None, "a replay got an answer");
+    let (v, _) = status(&b, &path);
+    assert_eq!(counter(&v, "auth_replayed"), 3);
+    assert_eq!(counter(&v, "udp_channels_opened"), 1);
+    assert_eq!(counter(&v, "udp_channels_closed"), 1);
+    assert_eq!(
+        counter(&v, "udp_channels_active"),
+        0,
+        "channel {channel} not opened again"
+    );
+}

@@ -308,3 +308,100 @@ fn connect_udp_decisions_follow_the_table() {
     private.app.send_to(&bytes, private.proxy).unwrap();
     assert!(recv(&private.app, QUIET).is_none());
 }
+
+/// `Register` of UDP `local` by process `pid`, asking for port `desired`.
+fn register_as(
+    m: &mut Mgmt,
+    local: SocketAddrV4,
+    pid: u32,
+    desired: Option<u16>,
+) -> (SocketAddrV4, Token) {
+    let mgmt_local = SocketAddrV4::new([10, 0, 0, 12].into(), m.addr().port());
+    let reply = m.request(&Message::Register {
+        proto: Proto::Udp,
+        local,
+        realm: None,
+        desired_port: desired,
+        mgmt: gcb::MgmtInfo::new(mgmt_local, pid, 10, "reuseport"),
+    });
+    match reply {
+        Message::RegisterOk {
+            proxy,
+            udp_token: Some(t),
+            ..
+        } => (proxy, t),
+        other => panic!("register refused: {other:?}"),
+    }
+}
+
+/// The UDP registrations in `query --json`: (proxy, pid, observed).
+fn udp_registrations(b: &Broker) -> Vec<(String, u64, String)> {
+    let (code, out, err) = b.query(true);
+    assert_eq!(code, 0, "{err}");
+    let v = testbed::json::parse(&out).unwrap();
+    let regs = v
+        .get("registrations")
+        .and_then(|r| r.as_array())
+        .expect("registrations");
+    let mut got: Vec<(String, u64, String)> = regs
+        .iter()
+        .filter(|r| r.get("proto").and_then(|p| p.as_str()) == Some("udp"))
+        .map(|r| {
+            let s = |k: &str| {
+                r.get(k)
+                    .and_then(|x| x.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let pid = match r.get("pid") {
+                Some(testbed::json::Value::Num(n)) => *n as u64,
+                other => panic!("pid {other:?}"),
+            };
+            (s("proxy"), pid, s("observed"))
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+#[test]
+fn two_processes_on_one_address_keep_a_registration_each() {
+    let mut b = Broker::start(&[]);
+    // Two programs bound to one address with SO_REUSEPORT: one socket here
+    // stands for both, since only its address is sent.
+    let local = v4(&sock());
+    let (mut first, mut second) = (Mgmt::new(b.addr), Mgmt::new(b.addr));
+    let (p, t1) = register_as(&mut first, local, 100, None);
+    // The second asks for the first one's port (as a TCP twin or a re-listen
+    // would make it): it is not the first registering again.
+    let (q, t2) = register_as(&mut second, local, 200, Some(p.port()));
+    assert!(p != q && t1 != t2, "{p} {q}");
+    b.expect_line("which pid 100 holds for the same address and is alive: registered on its own");
+    let want = |a: &Mgmt, pa: SocketAddrV4, b: &Mgmt, pb: SocketAddrV4| {
+        let mut w = vec![
+            (pa.to_string(), 100, a.addr().to_string()),
+            (pb.to_string(), 200, b.addr().to_string()),
+        ];
+        w.sort();
+        w
+    };
+    assert_eq!(udp_registrations(&b), want(&first, p, &second, q));
+    // Heartbeats and registering again, in turn: each keeps its own.
+    let heartbeat = |proxy| Message::Heartbeat {
+        held: vec![Endpoint::new(Proto::Udp, proxy)],
+    };
+    for _ in 0..3 {
+        assert_eq!(first.request(&heartbeat(p)), Message::HeartbeatAck);
+        assert_eq!(second.request(&heartbeat(q)), Message::HeartbeatAck);
+        assert_eq!(register_as(&mut second, local, 200, Some(p.port())).0, q);
+        assert_eq!(register_as(&mut first, local, 100, Some(p.port())).0, p);
+    }
+    assert_eq!(udp_registrations(&b), want(&first, p, &second, q));
+    // One closing leaves the other.
+    let bye = Message::Unregister {
+        proxy: Endpoint::new(Proto::Udp, p),
+    };
+    assert_eq!(first.request(&bye), Message::Ack);
+    let left = udp_registrations(&b);
+    assert_eq!(left, vec![(q.to_string(), 200, second.addr().to_string())]);
+}

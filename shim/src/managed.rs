@@ -26,7 +26,7 @@ use libc::{
 use crate::{dpf, gcb};
 
 pub use crate::gcb::fdops::epoll_ctl;
-pub use crate::real::{getsockopt, send, setsockopt, shutdown, write, writev};
+pub use crate::real::{getsockopt, setsockopt, shutdown};
 
 /// Defines `managed::NAME` as the DPF or the GCB version, by mode.
 macro_rules! by_mode {
@@ -124,6 +124,36 @@ udp_or_real! {
     fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t) -> ssize_t = gcb::udp::sends_through, send;
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t = gcb::udp::sends_through, send;
     fn sendmmsg(fd: c_int, msgvec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int = gcb::udp::sends_through, send;
+}
+
+/// Defines `managed::NAME` for the sends without a destination (`send`,
+/// `write`, `writev`): the real call, and only when it fails, a look at
+/// whether the error is a lost UDP channel's (`gcb::udp::channel::absorbs`),
+/// which is not the application's: the datagram is then sent again.
+macro_rules! send_on_channel {
+    ($(fn $name:ident(fd: c_int $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {$(
+        /// The real call; a lost channel's refusal absorbed (see above).
+        ///
+        /// # Safety
+        ///
+        /// The C contract of the libc function of the same name.
+        #[allow(clippy::missing_safety_doc)]
+        pub unsafe fn $name(fd: c_int $(, $arg: $ty)*) -> $ret {
+            let saved = crate::hook::errno();
+            let n = crate::real::$name(fd $(, $arg)*);
+            if n >= 0 || dpf::enabled() || !gcb::udp::channel::absorbs(fd, crate::hook::errno()) {
+                return n;
+            }
+            crate::hook::set_errno(saved);
+            crate::real::$name(fd $(, $arg)*)
+        }
+    )*};
+}
+
+send_on_channel! {
+    fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t;
+    fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t;
+    fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t;
 }
 
 /// Drops what the mode's client knows about `fd` (closed, or replaced).

@@ -54,6 +54,7 @@ impl Daemon {
             open,
         } = req;
         let Some(reg) = self.udp.table.get(&proxy) else {
+            self.counters.udp_channels_refused += 1;
             return Message::error(
                 ErrorCode::NotRegistered,
                 "no UDP registration at that proxy address",

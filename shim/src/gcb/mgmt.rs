@@ -213,6 +213,7 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
     let purpose = l.mgmt.requester.on_response(request_id, &broker, now).and_then(|_| l.mgmt.pending.remove(&request_id));
     let mut renamed = false;
     let mut paths = false;
+    let mut reopened = None;
     match (purpose, msg) {
         (Some(Purpose::Register), Message::RegisterOk { proxy, udp_token, .. }) => {
             if l.proxy.is_some_and(|old| old != proxy) {
@@ -239,11 +240,16 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
         }
         (Some(Purpose::Heartbeat), Message::HeartbeatAck) => {}
         (Some(Purpose::Heartbeat), Message::Error { code: ErrorCode::NotRegistered, .. }) => reregister(l, now),
+        (Some(Purpose::Channel { fd, peer }), reply) => reopened = Some((fd, peer, reply)),
         (Some(_), other) => log!(Debug, "reply {:?} from {broker} ignored", other.kind()),
         (None, _) => {} // a reply to another process sharing the socket, or a late one
     }
     if paths {
         super::udp::control::open_data_path(reg, id);
+        super::udp::channel::reopen_all(reg, id, now, config::get().heartbeat);
+    }
+    if let Some((fd, peer, reply)) = reopened {
+        super::udp::channel::on_reopen_reply(reg, id, fd, peer, reply, now);
     }
     if renamed {
         super::inherit::publish(reg);
@@ -290,11 +296,12 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
         super::udp::control::open_data_path(reg, id);
     }
     super::udp::control::on_timers(reg, now);
+    super::udp::channel::on_timers(reg, now, interval);
 }
 
 /// When [`on_timers`] next has work.
 pub fn next_deadline(reg: &Registry) -> Option<Instant> {
-    let holes = super::udp::control::next_deadline(reg);
+    let holes = super::udp::control::next_deadline(reg).into_iter().chain(super::udp::channel::next_deadline(reg));
     reg.listeners().flat_map(|(_, l)| [Some(l.mgmt.next_heartbeat), l.mgmt.requester.next_deadline()]).flatten().chain(holes).min()
 }
 

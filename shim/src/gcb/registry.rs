@@ -35,6 +35,8 @@ pub type ListenerId = u64;
 pub enum Purpose {
     Register,
     Heartbeat,
+    /// Asking again for the channel of UDP socket `fd` to `peer` (`udp::channel`).
+    Channel { fd: c_int, peer: SocketAddrV4 },
 }
 
 /// A listener's management socket: a UDP socket connected to the broker.

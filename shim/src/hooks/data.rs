@@ -19,7 +19,8 @@
 //! Reads of a `Managed` UDP socket (registered, or brokered as a sender) and the
 //! sends that name a destination on a GCB-mode UDP socket (`WatchedUdp` too) go
 //! to [`crate::gcb::udp`] through `managed`; `send`, `write` and `writev` carry no
-//! destination and stay on the fast path.
+//! destination and stay on the fast path (a failed one is looked at: a lost UDP
+//! channel's `ECONNREFUSED` is not the application's).
 //!
 //! # The fortified entry points
 //!

@@ -88,7 +88,8 @@ pub fn open_data_path(reg: &Registry, id: ListenerId) {
         send_dummy(fd, token, proxy);
     }
     for &fd in &l.fds {
-        if let Some(c) = reg.udp.get(fd).and_then(|s| s.channel) {
+        // A channel being asked for again is gone at the broker.
+        if let Some(c) = reg.udp.get(fd).and_then(|s| s.channel).filter(|c| c.reopen.is_none()) {
             send_dummy(fd, c.token, c.addr);
         }
     }

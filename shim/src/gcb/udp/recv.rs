@@ -19,7 +19,8 @@
 //! reads in the child; a buffered copy would be delivered twice); `MSG_TRUNC` returns the datagram's
 //! real length, and a short buffer truncates as the kernel does (with
 //! `MSG_TRUNC` in `msg_flags`); signals interrupt as in `blocking_read`; errors
-//! the kernel queued (ECONNREFUSED on a connected socket) are returned.
+//! the kernel queued (ECONNREFUSED on a connected socket) are returned, but
+//! for one that names a broker channel's closed port (`channel::absorbs`).
 //! `MSG_OOB` and `MSG_ERRQUEUE` go to the real call.
 //!
 //! Known differences: ancillary data (`msg_control`) is not delivered
@@ -91,6 +92,9 @@ pub fn next(fd: c_int, flags: c_int) -> Result<Datagram, c_int> {
             }
         }
         let e = errno();
+        if super::channel::absorbs(fd, e) {
+            continue;
+        }
         if e != libc::EAGAIN && e != libc::EINTR {
             return Err(e);
         }

@@ -80,6 +80,8 @@ pub struct Channel {
     pub addr: SocketAddrV4,
     /// The token of the Dummies that keep it (and its NAT mapping) open.
     pub token: Token,
+    /// Set while the broker has forgotten it (`channel::reopen_all`).
+    pub reopen: Option<super::channel::Reopen>,
 }
 
 /// One managed UDP socket.
@@ -382,7 +384,7 @@ mod tests {
         let mut s = UdpSocket::default();
         let (peer, addr) = (a("203.0.113.20:5000"), a("203.0.113.10:21001"));
         assert_eq!(s.channel_to(peer), None);
-        s.channel = Some(Channel { peer, addr, token: Token(3) });
+        s.channel = Some(Channel { peer, addr, token: Token(3), reopen: None });
         assert_eq!(s.channel_to(peer), Some(addr));
         assert_eq!(s.channel_to(a("203.0.113.20:5001")), None, "only its own peer");
         assert_eq!(s.name_of(addr), peer, "its datagrams are the peer's");

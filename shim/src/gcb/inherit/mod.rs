@@ -14,7 +14,7 @@
 //! (not close-on-exec), and clears close-on-exec on their management sockets.
 //! A UDP entry carries its registration's data-path token (`u` and hex), so
 //! the new image keeps the data path and reads the relay header; older images
-//! skip such entries. The new image's shim reads it at init ([`adopt`]),
+//! skip such entries. The new image's shim reads it at init ([`adopt`](adopt())),
 //! checks each fd (a listening TCP socket, or a UDP socket, with that local
 //! address), moves the management socket to a high close-on-exec number, and
 //! heartbeats it. Inherited listeners are shared: closing them in either image
@@ -39,20 +39,24 @@
 //! `posix_spawn`, `system` and `popen` reach the kernel without passing the
 //! shim's exec hooks (see `hooks/lifetime.rs`), so listeners are not handed over
 //! through them.
+//!
+//! Here: the entry, the published table and the exec side; the variable's
+//! text in `text`, the new image's side in `adopt`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+mod adopt;
+mod text;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 
 use libc::{c_char, c_int, c_void};
 
-use super::mgmt;
-use super::registry::{Listener, Mgmt, Registry};
-use super::sys;
+use super::registry::Registry;
 use crate::fdtable::{self, Kind};
 use crate::real;
+pub use adopt::adopt;
+pub use text::parse;
+use text::{render, Buf};
 
 pub const VAR: &str = "GCB_INHERITED";
 /// Listener fds that can be handed over in one exec.
@@ -162,66 +166,6 @@ fn snapshot(out: &mut [Entry; SLOTS]) -> usize {
     0
 }
 
-/// A fixed buffer to format into without allocating; overflow is remembered.
-struct Buf<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-    overflow: bool,
-}
-
-impl<const N: usize> std::fmt::Write for Buf<N> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        if end > N {
-            self.overflow = true;
-            return Err(std::fmt::Error);
-        }
-        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-/// Writes `VAR=entries` and a NUL into `buf`; false if it does not fit.
-fn render<const N: usize>(entries: &[Entry], buf: &mut Buf<N>) -> bool {
-    let _ = write!(buf, "{VAR}=");
-    for (i, e) in entries.iter().enumerate() {
-        let sep = if i == 0 { "" } else { ";" };
-        let _ = write!(buf, "{sep}{},{},", e.fd, e.mgmt);
-        let _ = match e.proxy {
-            Some(p) => write!(buf, "{p}"),
-            None => write!(buf, "-"),
-        };
-        let _ = write!(buf, ",{},{:x}", e.local, e.secret);
-        if let Some(t) = e.udp_token {
-            let _ = write!(buf, ",u{t:x}");
-        }
-    }
-    let _ = buf.write_str("\0");
-    !buf.overflow
-}
-
-/// Parses the variable's value; malformed entries are skipped.
-pub fn parse(value: &str) -> Vec<Entry> {
-    let entry = |s: &str| -> Option<Entry> {
-        let mut f = s.split(',');
-        let (fd, mgmt, proxy, local, secret) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-        let udp_token = match f.next() {
-            None => None,
-            Some(t) => Some(u64::from_str_radix(t.strip_prefix('u')?, 16).ok()?),
-        };
-        if f.next().is_some() {
-            return None;
-        }
-        let proxy = if proxy == "-" { None } else { Some(proxy.parse().ok()?) };
-        let fd: c_int = fd.parse().ok()?;
-        let mgmt: c_int = mgmt.parse().ok()?;
-        (fd >= 0 && mgmt >= 0).then_some(())?;
-        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, secret: u64::from_str_radix(secret, 16).ok()?, udp_token })
-    };
-    value.split(';').filter_map(entry).collect()
-}
-
 /// The environment and fd changes for one exec; undone if the exec fails.
 pub struct ExecEnv {
     map: *mut c_void,
@@ -325,117 +269,16 @@ pub unsafe fn prepare(envp: *const *const c_char) -> Option<ExecEnv> {
     Some(env)
 }
 
-/// At init in a new image: takes over the listeners `GCB_INHERITED` names.
-pub fn adopt() {
-    let Some(value) = std::env::var_os(VAR) else { return };
-    let entries = parse(&value.to_string_lossy());
-    let mut groups: BTreeMap<c_int, Vec<Entry>> = BTreeMap::new();
-    for e in entries {
-        groups.entry(e.mgmt).or_default().push(e);
-    }
-    for (mgmt_fd, entries) in groups {
-        let Some((broker, mgmt_local)) = valid_mgmt(mgmt_fd) else { continue };
-        let first = entries[0];
-        let proto = if first.udp_token.is_some() { proto::Proto::Udp } else { proto::Proto::Tcp };
-        let valid = |e: &&Entry| e.udp_token.is_some() == (proto == proto::Proto::Udp) && valid_socket(e, proto);
-        let fds: Vec<c_int> = entries.iter().filter(valid).map(|e| e.fd).collect();
-        if fds.is_empty() {
-            // Ours, handed over for a listener that is gone: nobody else uses it.
-            // SAFETY: a UDP socket no one in this image knows.
-            unsafe { real::close(mgmt_fd) };
-            continue;
-        }
-        let reg_local =
-            if first.local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), first.local.port()) } else { first.local };
-        let listener = Listener {
-            fds: fds.clone(),
-            local: first.local,
-            reg_local,
-            proxy: first.proxy,
-            secret: first.secret,
-            shared: true,
-            mgmt: Mgmt {
-                fd: crate::internal::adopt(mgmt_fd),
-                broker,
-                local: mgmt_local,
-                requester: mgmt::new_requester(proto::rudp::RetryPolicy::default()),
-                pending: Default::default(),
-                // Heartbeat at once: it also tells whether the broker still knows us.
-                next_heartbeat: Instant::now(),
-                heard: Instant::now(),
-            },
-            proto,
-            udp_token: first.udp_token.filter(|&t| t != 0).map(proto::gcb::Token),
-        };
-        super::with(|reg| {
-            for &fd in &fds {
-                fdtable::set(fd, Kind::Managed);
-            }
-            let (id, _) = reg.add_listener(listener);
-            if proto == proto::Proto::Udp {
-                for &fd in &fds {
-                    reg.udp.entry(fd).listener = Some(id);
-                }
-                super::udp::control::open_data_path(reg, id);
-            }
-            publish(reg);
-        });
-        log!(Debug, "inherited {proto} socket {fds:?} ({reg_local} as {:?}) with management fd {mgmt_fd}", first.proxy);
-    }
-}
-
-fn valid_mgmt(fd: c_int) -> Option<(SocketAddrV4, SocketAddrV4)> {
-    (sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()? == libc::SOCK_DGRAM).then_some(())?;
-    Some((sys::peer_addr(fd).ok()?, sys::local_addr(fd).ok()?))
-}
-
-/// A listening TCP socket, or a UDP socket, bound to the entry's address.
-fn valid_socket(e: &Entry, proto: proto::Proto) -> bool {
-    let kind = match proto {
-        proto::Proto::Tcp => {
-            sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_STREAM)
-                && sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Ok(1)
-        }
-        proto::Proto::Udp => sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_DGRAM),
-    };
-    kind && sys::local_addr(e.fd) == Ok(e.local)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entries() -> Vec<Entry> {
+    pub(super) fn entries() -> Vec<Entry> {
         vec![
             Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), secret: 0xabc, udp_token: None },
             Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), secret: u64::MAX, udp_token: None },
             Entry { fd: 5, mgmt: 1001, proxy: Some("203.0.113.10:20002".parse().unwrap()), local: "0.0.0.0:7302".parse().unwrap(), secret: 1, udp_token: Some(0x5eed) },
         ]
-    }
-
-    #[test]
-    fn render_parse_round_trip() {
-        let mut buf = Buf::<512> { bytes: [0; 512], len: 0, overflow: false };
-        assert!(render(&entries(), &mut buf));
-        let text = std::str::from_utf8(&buf.bytes[..buf.len]).unwrap();
-        assert_eq!(
-            text,
-            "GCB_INHERITED=3,1000,203.0.113.10:20001,0.0.0.0:7300,abc;4,1000,-,192.0.2.10:7301,ffffffffffffffff;5,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed\0"
-        );
-        let value = text.trim_end_matches('\0').strip_prefix("GCB_INHERITED=").unwrap();
-        assert_eq!(parse(value), entries());
-        let mut small = Buf::<20> { bytes: [0; 20], len: 0, overflow: false };
-        assert!(!render(&entries(), &mut small), "overflow is reported");
-    }
-
-    #[test]
-    fn parse_skips_malformed_entries() {
-        let v = "x,1,-,0.0.0.0:1,0;3,1000,-,0.0.0.0:7,1f;;5,6,-,0.0.0.0:1;7,8,-,0.0.0.0:1,0,9;-1,2,-,0.0.0.0:1,0;9,8,-,0.0.0.0:1,0,ux;10,8,-,0.0.0.0:1,0,u1,2";
-        let got = parse(v);
-        assert_eq!(got.len(), 1);
-        assert_eq!((got[0].fd, got[0].secret, got[0].udp_token), (3, 0x1f, None));
-        let udp = parse("9,8,-,0.0.0.0:1,0,uff");
-        assert_eq!(udp[0].udp_token, Some(0xff), "a UDP entry");
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! The text of `GCB_INHERITED` (format in the parent module's docs):
+//! rendered at exec into a fixed buffer, without allocating (a `vfork` child
+//! may be the one exec-ing), and parsed by the new image.
+
+use std::fmt::Write as _;
+
+use libc::c_int;
+
+use super::{Entry, VAR};
+
+/// A fixed buffer to format into without allocating; overflow is remembered.
+pub(super) struct Buf<const N: usize> {
+    pub(super) bytes: [u8; N],
+    pub(super) len: usize,
+    pub(super) overflow: bool,
+}
+
+impl<const N: usize> std::fmt::Write for Buf<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > N {
+            self.overflow = true;
+            return Err(std::fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Writes `VAR=entries` and a NUL into `buf`; false if it does not fit.
+pub(super) fn render<const N: usize>(entries: &[Entry], buf: &mut Buf<N>) -> bool {
+    let _ = write!(buf, "{VAR}=");
+    for (i, e) in entries.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ";" };
+        let _ = write!(buf, "{sep}{},{},", e.fd, e.mgmt);
+        let _ = match e.proxy {
+            Some(p) => write!(buf, "{p}"),
+            None => write!(buf, "-"),
+        };
+        let _ = write!(buf, ",{},{:x}", e.local, e.secret);
+        if let Some(t) = e.udp_token {
+            let _ = write!(buf, ",u{t:x}");
+        }
+    }
+    let _ = buf.write_str("\0");
+    !buf.overflow
+}
+
+/// Parses the variable's value; malformed entries are skipped.
+pub fn parse(value: &str) -> Vec<Entry> {
+    let entry = |s: &str| -> Option<Entry> {
+        let mut f = s.split(',');
+        let (fd, mgmt, proxy, local, secret) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        let udp_token = match f.next() {
+            None => None,
+            Some(t) => Some(u64::from_str_radix(t.strip_prefix('u')?, 16).ok()?),
+        };
+        if f.next().is_some() {
+            return None;
+        }
+        let proxy = if proxy == "-" { None } else { Some(proxy.parse().ok()?) };
+        let fd: c_int = fd.parse().ok()?;
+        let mgmt: c_int = mgmt.parse().ok()?;
+        (fd >= 0 && mgmt >= 0).then_some(())?;
+        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, secret: u64::from_str_radix(secret, 16).ok()?, udp_token })
+    };
+    value.split(';').filter_map(entry).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::entries;
+    use super::*;
+
+    #[test]
+    fn render_parse_round_trip() {
+        let mut buf = Buf::<512> { bytes: [0; 512], len: 0, overflow: false };
+        assert!(render(&entries(), &mut buf));
+        let text = std::str::from_utf8(&buf.bytes[..buf.len]).unwrap();
+        assert_eq!(
+            text,
+            "GCB_INHERITED=3,1000,203.0.113.10:20001,0.0.0.0:7300,abc;4,1000,-,192.0.2.10:7301,ffffffffffffffff;5,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed\0"
+        );
+        let value = text.trim_end_matches('\0').strip_prefix("GCB_INHERITED=").unwrap();
+        assert_eq!(parse(value), entries());
+        let mut small = Buf::<20> { bytes: [0; 20], len: 0, overflow: false };
+        assert!(!render(&entries(), &mut small), "overflow is reported");
+    }
+
+    #[test]
+    fn parse_skips_malformed_entries() {
+        let v = "x,1,-,0.0.0.0:1,0;3,1000,-,0.0.0.0:7,1f;;5,6,-,0.0.0.0:1;7,8,-,0.0.0.0:1,0,9;-1,2,-,0.0.0.0:1,0;9,8,-,0.0.0.0:1,0,ux;10,8,-,0.0.0.0:1,0,u1,2";
+        let got = parse(v);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].fd, got[0].secret, got[0].udp_token), (3, 0x1f, None));
+        let udp = parse("9,8,-,0.0.0.0:1,0,uff");
+        assert_eq!(udp[0].udp_token, Some(0xff), "a UDP entry");
+    }
+}
