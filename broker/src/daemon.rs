@@ -46,7 +46,7 @@ use crate::tokens::{TokenSlab, COMMAND, SIGNALS};
 use crate::udp::UdpRelay;
 use crate::values::Secret;
 use daemon_kit::random::{random_u64, SplitMix64};
-use daemon_kit::ratelimit::RateLimiter;
+use daemon_kit::ratelimit::SourceGate;
 use daemon_kit::throttle::Throttle;
 
 /// Largest UDP payload; a command never comes close, but reading less would
@@ -98,7 +98,6 @@ pub(crate) enum Timer {
 
 /// Warning lines that could flood the log, each throttled on its own.
 pub(crate) struct Throttles {
-    pub rate_limit: Throttle,
     pub registrations: Throttle,
     pub relays: Throttle,
     pub accept: Throttle,
@@ -127,7 +126,7 @@ pub struct Daemon {
     pub(crate) udp: UdpRelay,
     pub(crate) asyncs: AsyncCommands,
     pub(crate) replies: ReplyCache<SocketAddrV4>,
-    pub(crate) limiter: RateLimiter<Ipv4Addr>,
+    pub(crate) gate: SourceGate<Ipv4Addr>,
     pub(crate) snapshots: Snapshots,
     pub(crate) throttles: Throttles,
     pub(crate) counters: Counters,
@@ -233,10 +232,9 @@ impl Daemon {
                 REPLY_CACHE_ENTRIES,
                 REPLY_CACHE_BYTES,
             ),
-            limiter: RateLimiter::new(limits.rate_limit, RATE_LIMIT_SOURCES),
+            gate: SourceGate::new(limits.rate_limit, RATE_LIMIT_SOURCES, "commands"),
             snapshots: Snapshots::default(),
             throttles: Throttles {
-                rate_limit: throttle(),
                 registrations: throttle(),
                 relays: throttle(),
                 accept: throttle(),

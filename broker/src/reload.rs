@@ -131,7 +131,7 @@ impl Daemon {
         self.apply_secret(loaded.secret.as_ref());
         self.secret = loaded.secret;
         let limits = &self.config.limits;
-        self.limiter.set_rate(limits.rate_limit);
+        self.gate.set_rate(limits.rate_limit);
         self.registry
             .set_timeout(Duration::from_secs(limits.heartbeat_timeout_s));
         self.udp.set_limits(limits);

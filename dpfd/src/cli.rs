@@ -104,6 +104,13 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", env = "DPFD_PER_HOST_QUOTA")]
     pub per_host_quota: Option<u32>,
 
+    /// Most requests per second accepted from one source IP; the excess is dropped and counted
+    /// (`rate_limited` in `dpfd status`). A host may send a second's worth at once, so the
+    /// default lets one host ask for its whole default quota in a burst. 0 turns the limit off.
+    /// [default: 1000]
+    #[arg(long, value_name = "N", env = "DPFD_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+
     /// File holding the shared secret that authenticates requests (HMAC). It must exist and not
     /// be empty; a trailing newline is ignored. A warning is logged if others can read it.
     /// [default: none, requests are not authenticated]

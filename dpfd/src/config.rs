@@ -32,6 +32,9 @@ pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
 pub const DEFAULT_NFT_TABLE: &str = "dpf";
 pub const DEFAULT_PROBE_INTERVAL_S: u64 = 30;
 pub const DEFAULT_PER_HOST_QUOTA: u32 = 1024;
+/// Requests per second per source IP: the burst covers a host asking for
+/// its whole default quota at once.
+pub const DEFAULT_RATE_LIMIT: u32 = 1000;
 pub const DEFAULT_LOG: &str = "info";
 /// Longest accepted interval, one day. The bound keeps `now + setting`
 /// deadlines far from overflowing `Instant`, and nothing sensible is longer.
@@ -50,6 +53,8 @@ pub struct Config {
     pub private_nets_derived: bool,
     pub probe_interval_s: u64,
     pub per_host_quota: u32,
+    /// Requests per second per source IP; 0 means no limit.
+    pub rate_limit: u32,
     pub secret_file: Option<PathBuf>,
     /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
     pub log_filter: String,
@@ -207,6 +212,7 @@ pub fn merge(
         1,
         u32::MAX,
     )?;
+    let rate_limit = pick(args.rate_limit, file.rate_limit, DEFAULT_RATE_LIMIT).0;
     let secret_file = args.secret_file.clone().or_else(|| {
         file.secret_file
             .as_deref()
@@ -232,6 +238,7 @@ pub fn merge(
         private_nets_derived,
         probe_interval_s,
         per_host_quota,
+        rate_limit,
         secret_file,
         log_filter,
     })
@@ -253,10 +260,14 @@ impl Config {
             ""
         };
         let auth = secret.map_or_else(|| "off".to_string(), |s| format!("HMAC with {s}"));
+        let rate = match self.rate_limit {
+            0 => "off".to_string(),
+            n => format!("{n}/s per source IP"),
+        };
         format!(
             "command port udp {bound}, requests from {}{derived}, forwards on {} ports {} \
              ({} ports), nft table {}, mirror {}, probe every {}s, per-host quota {}, \
-             authentication {auth}, log {}",
+             rate limit {rate}, authentication {auth}, log {}",
             list(&self.private_nets),
             list(&self.public_ips),
             self.port_range,

@@ -1,8 +1,8 @@
 //! SIGHUP support: what changed between the running configuration and the
 //! re-read one, and which changes can take effect without a restart.
 //!
-//! The accepted networks, the probe interval, the quota, the secret and the
-//! log filter only govern future requests and probes, so they change at
+//! The accepted networks, the probe interval, the quota, the rate limit,
+//! the secret and the log filter only govern future requests and probes, so they change at
 //! once. The command address is a bound socket; the public IPs, the port
 //! range, the mirror file and the nftables table name the forwards that
 //! already exist, so a change to them is reported and ignored until dpfd is
@@ -64,6 +64,7 @@ pub fn diff(old: &Config, new: &Config, secret_changed: bool) -> Vec<Change> {
         new.per_host_quota,
         true,
     );
+    compare(&mut out, "rate_limit", old.rate_limit, new.rate_limit, true);
     compare_secret_file(
         &mut out,
         old.secret_file.as_deref(),
@@ -82,6 +83,7 @@ pub fn apply(running: &Config, reread: &Config) -> Config {
         private_nets_derived: reread.private_nets_derived,
         probe_interval_s: reread.probe_interval_s,
         per_host_quota: reread.per_host_quota,
+        rate_limit: reread.rate_limit,
         secret_file: reread.secret_file.clone(),
         log_filter: reread.log_filter.clone(),
         ..running.clone()
@@ -122,6 +124,7 @@ impl Daemon {
         self.apply_secret(loaded.secret.as_ref());
         self.secret = loaded.secret;
         self.engine.table.set_quota(self.config.per_host_quota);
+        self.gate.set_rate(self.config.rate_limit);
         if interval_changed && self.round.is_none() {
             self.schedule_probe();
         }
@@ -156,7 +159,7 @@ mod tests {
     fn live_and_restart_changes_are_told_apart() {
         let old = config("private_net = \"192.0.2.0/24\"\nprobe_interval_s = 30");
         let new = config(
-            "private_net = \"192.0.2.0/24,10.0.0.0/8\"\nprobe_interval_s = 5\nnft_table = \"x\"",
+            "private_net = \"192.0.2.0/24,10.0.0.0/8\"\nprobe_interval_s = 5\nnft_table = \"x\"\nrate_limit = 7",
         );
         let changes = diff(&old, &new, false);
         let keys: Vec<_> = changes.iter().map(|c| (c.key, c.live)).collect();
@@ -165,7 +168,8 @@ mod tests {
             [
                 ("nft_table", false),
                 ("private_net", true),
-                ("probe_interval_s", true)
+                ("probe_interval_s", true),
+                ("rate_limit", true)
             ]
         );
         assert_eq!(changes[1].new, "192.0.2.0/24,10.0.0.0/8");
@@ -174,6 +178,7 @@ mod tests {
         assert_eq!(running.nft_table, "dpf");
         assert_eq!(running.probe_interval_s, 5);
         assert_eq!(running.private_nets.len(), 2);
+        assert_eq!(running.rate_limit, 7);
     }
 
     #[test]
