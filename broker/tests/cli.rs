@@ -180,6 +180,7 @@ fn sighup_rereads_the_config_file() {
     broker.expect_line("log changed from info to debug");
     let restart = broker.expect_line("listen changed");
     assert!(restart.contains("needs a restart"), "{restart}");
+    broker.expect_line("applied max_relays, log; needs a restart: listen");
 
     // The new level is live, and the old command port is still the one in use.
     let to = format!("127.0.0.1:{port}");

@@ -1,10 +1,41 @@
-//! Draining a daemon's UDP command port: how many datagrams one loop turn
-//! reads, and what a receive error means. Each daemon decides what a
-//! datagram is; both read their port the same way, so a flood on it is
-//! bounded per turn and an error from one peer never stops the port.
+//! A daemon's UDP command port: binding it into a new event loop, and
+//! draining it, with how many datagrams one loop turn reads and what a
+//! receive error means. Each daemon decides what a datagram is; both read
+//! their port the same way, so a flood on it is bounded per turn and an
+//! error from one peer never stops the port.
 
 use std::io;
 use std::net::SocketAddr;
+
+use mio::net::UdpSocket;
+use mio::{Interest, Poll};
+
+use crate::signals::Signals;
+use crate::tokens::{COMMAND, SIGNALS};
+
+/// Binds the command port at `listen`; also returns the address as bound
+/// (port 0 asks the kernel for one). Errors are one line.
+pub fn bind(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr), String> {
+    let socket = UdpSocket::bind(listen)
+        .map_err(|e| format!("cannot bind the command port udp {listen}: {e}"))?;
+    let bound = socket
+        .local_addr()
+        .map_err(|e| format!("command socket: {e}"))?;
+    Ok((socket, bound))
+}
+
+/// A new event loop watching the signals and the command port under their
+/// fixed tokens.
+pub fn event_loop(signals: &Signals, command: &mut UdpSocket) -> Result<Poll, String> {
+    let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+    signals
+        .register(poll.registry(), SIGNALS)
+        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    poll.registry()
+        .register(command, COMMAND, Interest::READABLE)
+        .map_err(|e| format!("cannot watch the command socket: {e}"))?;
+    Ok(poll)
+}
 
 /// A command port as the drain sees it. `recv` reads the next datagram
 /// into the daemon's own buffer; `on_datagram` handles it from there.

@@ -5,15 +5,17 @@
 //!
 //! The merge itself stays in each daemon, since the settings and the checks
 //! between them are its own; these are the parts whose wording must match
-//! across daemons.
+//! across daemons, and [`load`], the steps around the merge: read the file
+//! named by --config, merge, read the secret file.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
 use crate::logging::check_filter;
-use crate::values::parse_level;
+use crate::values::{load_secret, parse_level, parse_listen, Secret};
 
 /// Where a merged value came from, so an error can point at the right place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +104,61 @@ pub fn rust_log_from_env() -> Option<String> {
     std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
+}
+
+/// The command port: --listen, else `listen` in the file (a bare IP gets
+/// `default_port`); one of them is required.
+pub fn command_port(
+    flag: Option<SocketAddr>,
+    file: Option<&str>,
+    default_port: u16,
+) -> Result<SocketAddr, String> {
+    let file = from_file("listen", file, |s| parse_listen(s, default_port))?;
+    flag.or(file).ok_or_else(|| {
+        "no command port: give --listen IP[:PORT] or `listen` in the config file".to_string()
+    })
+}
+
+/// A configuration ready to run, with the secret read and any warnings that
+/// could only be logged once logging is set up.
+#[derive(Debug)]
+pub struct Loaded<C> {
+    pub config: C,
+    pub secret: Option<Secret>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the config file at `path` (if any) into the daemon's file struct
+/// `F`, hands it to `merge` with the file's directory (relative paths in the
+/// file are relative to it), then reads the secret file the merged config
+/// names. Errors are one line, without the program name.
+pub fn load<F, C>(
+    path: Option<&Path>,
+    merge: impl FnOnce(&F, Option<&Path>) -> Result<C, String>,
+    secret_file: impl FnOnce(&C) -> Option<&Path>,
+) -> Result<Loaded<C>, String>
+where
+    F: DeserializeOwned + Default,
+{
+    let file = match path {
+        Some(path) => read_toml(path)?,
+        None => F::default(),
+    };
+    let config = merge(&file, path.and_then(Path::parent))?;
+    let mut warnings = Vec::new();
+    let secret = match secret_file(&config) {
+        Some(path) => {
+            let (secret, warning) = load_secret(path)?;
+            warnings.extend(warning);
+            Some(secret)
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        config,
+        secret,
+        warnings,
+    })
 }
 
 /// Reads and parses a config file; the error names the file.

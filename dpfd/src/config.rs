@@ -13,7 +13,7 @@ use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
 
 use crate::cli::DaemonArgs;
 use crate::net::{self, Cidr, IfAddr};
-use crate::values::{load_secret, parse_listen, parse_table_name, PortRange, Secret};
+use crate::values::{parse_ip, parse_table_name, PortRange, Secret};
 
 mod checks;
 mod file;
@@ -77,48 +77,30 @@ impl Env {
     }
 }
 
-/// A configuration ready to run, with the secret read and any warnings that
-/// could only be logged once logging is set up.
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    pub secret: Option<Secret>,
-    pub warnings: Vec<String>,
-}
+pub type Loaded = settings::Loaded<Config>;
 
 /// Reads the config file named by --config (if any), merges, checks (also
 /// against the file system), and reads the secret file. The error is one
 /// line, without the program name.
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
-    let file = match &args.config {
-        Some(path) => settings::read_toml(path)?,
-        None => FileConfig::default(),
-    };
-    let file_dir = args.config.as_deref().and_then(Path::parent);
-    let config = merge(args, &file, file_dir, env)?;
-    check_mirror(&config.mirror)?;
-    let mut warnings = Vec::new();
-    for ip in &config.public_ips {
+    let mut loaded = settings::load(
+        args.config.as_deref(),
+        |file: &FileConfig, dir| {
+            let config = merge(args, file, dir, env)?;
+            check_mirror(&config.mirror)?;
+            Ok(config)
+        },
+        |c| c.secret_file.as_deref(),
+    )?;
+    for ip in &loaded.config.public_ips {
         if !env.addresses.iter().any(|a| a.ip == *ip) {
-            warnings.push(format!(
+            loaded.warnings.push(format!(
                 "public IP {ip} is not an address of this host; its forwards work only if \
                  traffic for it is routed here"
             ));
         }
     }
-    let secret = match &config.secret_file {
-        Some(path) => {
-            let (secret, warning) = load_secret(path)?;
-            warnings.extend(warning);
-            Some(secret)
-        }
-        None => None,
-    };
-    Ok(Loaded {
-        config,
-        secret,
-        warnings,
-    })
+    Ok(loaded)
 }
 
 /// Parses every entry of a list from the file; `None` if the key is absent.
@@ -143,18 +125,9 @@ pub fn merge(
     file_dir: Option<&Path>,
     env: &Env,
 ) -> Result<Config, String> {
-    let file_listen = from_file("listen", file.listen.as_deref(), |s| {
-        parse_listen(s, DEFAULT_COMMAND_PORT)
-    })?;
-    let listen = args.listen.or(file_listen).ok_or_else(|| {
-        "no command port: give --listen IP[:PORT] or `listen` in the config file".to_string()
-    })?;
+    let listen = settings::command_port(args.listen, file.listen.as_deref(), DEFAULT_COMMAND_PORT)?;
 
-    let file_public = list_from_file("public_ip", file.public_ip.as_deref(), |s| {
-        s.trim()
-            .parse::<IpAddr>()
-            .map_err(|_| format!("'{s}' is not an IP address"))
-    })?;
+    let file_public = list_from_file("public_ip", file.public_ip.as_deref(), parse_ip)?;
     let flag_public = Some(args.public_ip.clone()).filter(|v| !v.is_empty());
     let (public_ips, public_origin) = pick(flag_public, file_public, Vec::new());
     if public_ips.is_empty() {

@@ -23,6 +23,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use daemon_kit::command_port;
 use daemon_kit::ratelimit::SourceGate;
 use mio::net::{UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
@@ -155,11 +156,7 @@ impl Daemon {
     ) -> Result<Daemon, String> {
         let config = loaded.config;
         // The port first: a second dpfd fails here before touching anything.
-        let mut command = UdpSocket::bind(config.listen)
-            .map_err(|e| format!("cannot bind the command port udp {}: {e}", config.listen))?;
-        let command_addr = command
-            .local_addr()
-            .map_err(|e| format!("command socket: {e}"))?;
+        let (mut command, command_addr) = command_port::bind(config.listen)?;
 
         let public_ips = config
             .public_ips
@@ -188,13 +185,7 @@ impl Daemon {
             recovery.kernel_ops
         );
 
-        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
-        signals
-            .register(poll.registry(), SIGNALS)
-            .map_err(|e| format!("cannot watch signals: {e}"))?;
-        poll.registry()
-            .register(&mut command, COMMAND, Interest::READABLE)
-            .map_err(|e| format!("cannot watch the command socket: {e}"))?;
+        let poll = command_port::event_loop(&signals, &mut command)?;
         let status_listener = match status::listen(command_addr.port()) {
             Ok(mut l) => {
                 poll.registry()

@@ -212,6 +212,7 @@ fn sighup_rereads_the_config_file() {
     daemon.expect_line("rate_limit changed from 1000 to 5");
     let restart = daemon.expect_line("nft_table changed");
     assert!(restart.contains("needs a restart"), "{restart}");
+    daemon.expect_line("applied private_net, probe_interval_s, rate_limit, log; needs a restart: nft_table");
     // The rescheduled probe fires within the new interval, not the old one.
     daemon.expect_line("probe: 0 forwards");
     // The new private network is live: loopback is now accepted.
