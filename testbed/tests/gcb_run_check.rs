@@ -10,11 +10,10 @@
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
+use testbed::daemons::{start_dpfd, DPFD};
 use testbed::{release_bin, require_root, workspace_root, Proc, TestBed};
 
 const BROKER: &str = "203.0.113.10";
-/// dpfd on GA's private side.
-const DPFD: &str = "192.0.2.1";
 const STARTUP: Duration = Duration::from_secs(15);
 /// The check's own listener is bounded by `timeout 10`; leave room around it.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -135,24 +134,7 @@ fn check_reports_dpfd_and_forwarded_address() {
     require_root();
     let bed = TestBed::up().expect("test bed");
     let mirror = std::env::temp_dir().join(format!("gcb-run-check-{}.mirror", bed.prefix()));
-    let bin = built("dpfd");
-    let args = [
-        bin.to_str().unwrap(),
-        "--listen",
-        DPFD,
-        "--public-ip",
-        "203.0.113.1",
-        "--port-range",
-        "40000-40999",
-        "--mirror",
-        mirror.to_str().unwrap(),
-    ];
-    let dpfd = bed.spawn("ga", &args).expect("dpfd");
-    let end = Instant::now() + STARTUP;
-    while !dpfd.stderr_text().contains("started: command port udp") {
-        assert!(Instant::now() < end, "dpfd did not start: {}", dpfd.stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let dpfd = start_dpfd(&bed, &mirror, &[], STARTUP);
 
     let (out, text) = check(&bed, "a1", ["--dpf", DPFD]);
     assert_eq!(out.status.code(), Some(0), "gcb-run --check with dpfd up:\n{text}\ndpfd stderr:\n{}", dpfd.stderr_text());
