@@ -35,7 +35,9 @@ pub struct Cli {
 /// Client subcommands; without one, `dpfd` runs the daemon.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Ask a running dpfd for its status: forwards, quotas and counters.
+    /// Ask a running dpfd for its status: forwards (age, last probe), free ports per protocol,
+    /// limits, and counters of requests (refused by reason, malformed by class, from outside,
+    /// rate limited), probes, recovery and sync. Answers root and dpfd's own user.
     Status {
         /// Command port of the dpfd to ask, as IP:PORT, IP or PORT; only the port matters: the
         /// status socket is local to this host and network namespace. [default: 65433]
