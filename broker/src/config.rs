@@ -87,13 +87,16 @@ pub struct Config {
 pub struct Env {
     pub rust_log: Option<String>,
     pub is_root: bool,
+    /// The options given on the command line or in the environment.
+    pub flags: Vec<String>,
 }
 
 impl Env {
-    pub fn from_process() -> Env {
+    pub fn from_process(flags: Vec<String>) -> Env {
         Env {
             rust_log: settings::rust_log_from_env(),
             is_root: nix::unistd::geteuid().is_root(),
+            flags,
         }
     }
 }
@@ -105,6 +108,7 @@ pub type Loaded = settings::Loaded<Config>;
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
     settings::load(
         args.config.as_deref(),
+        &env.flags,
         |file: &FileConfig, dir| merge(args, file, dir, env),
         |c| c.secret_file.as_deref(),
     )

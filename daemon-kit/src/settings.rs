@@ -131,21 +131,37 @@ pub struct Loaded<C> {
 /// Reads the config file at `path` (if any) into the daemon's file struct
 /// `F`, hands it to `merge` with the file's directory (relative paths in the
 /// file are relative to it), then reads the secret file the merged config
-/// names. Errors are one line, without the program name.
+/// names. `flags` are the options given on the command line or in the
+/// environment (`exit::given`): a file key one of them overrides gets a
+/// warning, since editing it would otherwise change nothing, silently.
+/// Errors are one line, without the program name.
 pub fn load<F, C>(
     path: Option<&Path>,
+    flags: &[String],
     merge: impl FnOnce(&F, Option<&Path>) -> Result<C, String>,
     secret_file: impl FnOnce(&C) -> Option<&Path>,
 ) -> Result<Loaded<C>, String>
 where
     F: DeserializeOwned + Default,
 {
+    let mut warnings = Vec::new();
     let file = match path {
-        Some(path) => read_toml(path)?,
+        Some(path) => {
+            let shown = path.display();
+            let text = fs::read_to_string(path).map_err(|e| format!("config file {shown}: {e}"))?;
+            let file = parse_toml(&text).map_err(|e| format!("config file {shown}: {e}"))?;
+            warnings.extend(overridden(&text, flags).into_iter().map(|key| {
+                format!(
+                    "{key} in the config file {shown} is overridden by --{} (command line or \
+                     environment); the file's value is not used",
+                    key.replace('_', "-")
+                )
+            }));
+            file
+        }
         None => F::default(),
     };
     let config = merge(&file, path.and_then(Path::parent))?;
-    let mut warnings = Vec::new();
     let secret = match secret_file(&config) {
         Some(path) => {
             let (secret, warning) = load_secret(path)?;
@@ -159,6 +175,18 @@ where
         secret,
         warnings,
     })
+}
+
+/// The keys of the config file `text` that one of `flags` overrides.
+fn overridden(text: &str, flags: &[String]) -> Vec<String> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    table
+        .keys()
+        .filter(|key| flags.iter().any(|f| f == *key))
+        .cloned()
+        .collect()
 }
 
 /// Reads and parses a config file; the error names the file.
@@ -208,5 +236,38 @@ mod tests {
             "max_relays in the config file is 0; it must be between 1 and 9"
         );
         assert_eq!(place("max_relays", Origin::Default), "--max-relays");
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct File {
+        max_relays: Option<u32>,
+        log: Option<String>,
+    }
+
+    #[test]
+    fn file_keys_a_flag_overrides_are_warned_about() {
+        let dir = std::env::temp_dir().join(format!("dk-settings-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.toml");
+        fs::write(&path, "max_relays = 5\nlog = \"debug\"\n").unwrap();
+        let flags = ["max_relays".to_string(), "listen".to_string()];
+        let loaded = load(
+            Some(&path),
+            &flags,
+            |f: &File, _| Ok((f.max_relays, f.log.clone())),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(loaded.config, (Some(5), Some("debug".to_string())));
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(
+            loaded.warnings[0].starts_with("max_relays in the config file ")
+                && loaded.warnings[0].contains("is overridden by --max-relays"),
+            "{}",
+            loaded.warnings[0]
+        );
+        let quiet = load(Some(&path), &[], |_: &File, _| Ok(()), |_| None).unwrap();
+        assert!(quiet.warnings.is_empty());
+        fs::remove_dir_all(dir).unwrap();
     }
 }

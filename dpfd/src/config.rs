@@ -66,13 +66,16 @@ pub struct Config {
 pub struct Env {
     pub rust_log: Option<String>,
     pub addresses: Vec<IfAddr>,
+    /// The options given on the command line or in the environment.
+    pub flags: Vec<String>,
 }
 
 impl Env {
-    pub fn from_process() -> Env {
+    pub fn from_process(flags: Vec<String>) -> Env {
         Env {
             rust_log: settings::rust_log_from_env(),
             addresses: net::local_addresses(),
+            flags,
         }
     }
 }
@@ -85,6 +88,7 @@ pub type Loaded = settings::Loaded<Config>;
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
     let mut loaded = settings::load(
         args.config.as_deref(),
+        &env.flags,
         |file: &FileConfig, dir| {
             let config = merge(args, file, dir, env)?;
             check_mirror(&config.mirror)?;

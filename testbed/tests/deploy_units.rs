@@ -24,6 +24,9 @@ struct Unit {
     /// Settings the example cannot know on a machine that is not the
     /// gateway it describes, given the way an operator would.
     env: &'static [(&'static str, &'static str)],
+    /// The variable that moves the example's state into a scratch
+    /// directory, if the daemon keeps state.
+    state_env: Option<(&'static str, &'static str)>,
 }
 
 const UNITS: [Unit; 2] = [
@@ -32,12 +35,14 @@ const UNITS: [Unit; 2] = [
         binary: "gcb-broker",
         example: "broker/gcb-broker.example.toml",
         env: &[],
+        state_env: None,
     },
     Unit {
         name: "dpfd.service",
         binary: "dpfd",
         example: "dpfd/dpfd.example.toml",
         env: &[("DPFD_PRIVATE_NET", "192.0.2.0/24")],
+        state_env: Some(("DPFD_MIRROR", "mirror")),
     },
 ];
 
@@ -101,6 +106,9 @@ fn units_verify_and_start_what_the_daemons_accept() {
             c.arg(arg.replace(&format!("/var/lib/{}", u.binary), state.to_str().unwrap()));
         }
         c.arg("--check-config").env_clear().env("PATH", "/usr/bin:/bin").envs(u.env.iter().copied());
+        if let Some((var, file)) = u.state_env {
+            c.env(var, state.join(file));
+        }
         let (ok, out) = output(c);
         assert!(ok && out.contains("configuration ok"), "{}'s ExecStart with the example config:\n{out}", u.name);
 

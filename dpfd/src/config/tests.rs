@@ -22,6 +22,7 @@ fn gateway() -> Env {
     Env {
         rust_log: None,
         addresses: vec![addr("192.0.2.1", 24), addr("198.51.100.1", 24)],
+        flags: Vec::new(),
     }
 }
 
