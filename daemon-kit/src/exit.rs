@@ -95,6 +95,18 @@ fn clap_failure(name: &str, e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The first paragraph of clap's rendering, joined, without "error: ".
+fn one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = first.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,16 +134,4 @@ mod tests {
         let m = cmd.clone().try_get_matches_from(["d"]).unwrap();
         assert!(given(&cmd, &m).is_empty(), "defaults are not given");
     }
-}
-
-/// The first paragraph of clap's rendering, joined, without "error: ".
-fn one_line(e: &clap::Error) -> String {
-    let rendered = e.render().to_string();
-    let first: Vec<&str> = rendered
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect();
-    let line = first.join(" ");
-    line.strip_prefix("error: ").unwrap_or(&line).to_string()
 }
