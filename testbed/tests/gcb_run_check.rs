@@ -1,6 +1,7 @@
 //! `scripts/gcb-run --check` in the NAT test bed: with `gcb-broker` running on the
 //! broker host, a check on a1 (behind GA) exits 0 and names a proxy address on
-//! the broker; with the broker at its registration limit it exits 1 and says the
+//! the broker, and a check of that broker and an absent one says so for each and
+//! exits 1; with the broker at its registration limit it exits 1 and says the
 //! broker answered but refused; with the broker stopped it exits 1 and says it did
 //! not answer. With `dpfd` on GA, a check on a1 names a public port of GA, and
 //! with dpfd stopped it says dpfd did not answer.
@@ -83,6 +84,12 @@ fn check_reports_broker_and_proxy_address() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{addr} is not a proxy address on the broker: {line}"));
     assert!((20000..=20999).contains(&port), "proxy port {port} outside the broker's range: {line}");
+
+    // Two brokers, one of them absent: a line each, and the check fails.
+    let (out, text) = check(&bed, "a1", ["--broker", "203.0.113.10,203.0.113.20"]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("gcb-run: broker 203.0.113.10:65432 reachable; ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("gcb-run: broker 203.0.113.20:65432 did not answer (")), "{text}");
 
     broker.kill();
     drop(broker);
