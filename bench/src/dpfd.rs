@@ -47,8 +47,11 @@ fn start_dpfd(ctx: &Ctx, bed: &TestBed, mirror: &str) -> Result<(Proc, Vec<Strin
         TABLE,
     ];
     let mut last = String::new();
-    // The quota flag first; a dpfd that does not know it gets the plain line.
-    for extra in [&["--per-host-quota", "20000"][..], &[][..]] {
+    // One host asks for everything, as fast as dpfd answers: no quota and
+    // no rate limit in the way. Older dpfds that do not know a flag get
+    // the line without it.
+    let unlimited = ["--per-host-quota", "20000", "--rate-limit", "0"];
+    for extra in [&unlimited[..], &unlimited[..2], &[][..]] {
         let args: Vec<String> = base.iter().chain(extra).map(|s| s.to_string()).collect();
         let p = spawn_dpfd(ctx, bed, &args)?;
         match ctx::expect_alive(&p, "dpfd", Duration::from_millis(500)) {

@@ -34,8 +34,10 @@ pub struct Cli {
 /// Client subcommands; without one, `gcb-broker` runs the daemon.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Ask a running broker for its status: registrations, relays, pending pairings and
-    /// counters. The broker answers only its own host and --status-allow networks.
+    /// Ask a running broker for its status: registrations, relays (bytes, age), pending
+    /// pairings, UDP relay rules, free proxy ports, and counters, those of refused and malformed
+    /// input on a line of their own. The broker answers only its own host and --status-allow
+    /// networks.
     Query {
         /// Command port of the broker to ask, as HOST:PORT (the port defaults to 65432).
         #[arg(value_name = "HOST:PORT")]

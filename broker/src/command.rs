@@ -23,6 +23,7 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
+use daemon_kit::command_port::{self, CommandPort};
 use mio::net::UdpSocket;
 use proto::gcb::{self, ErrorCode, Message};
 use proto::DecodeError;
@@ -39,6 +40,22 @@ use crate::udp::channel_io::ChannelReq;
 /// Datagrams read from the command socket per loop turn before other events
 /// get their share; the rest waits for the next turn.
 const COMMAND_BUDGET: usize = 1024;
+
+impl CommandPort for Daemon {
+    fn recv(&mut self) -> io::Result<(usize, SocketAddr)> {
+        self.command.recv_from(&mut self.buf)
+    }
+
+    fn on_datagram(&mut self, len: usize, from: SocketAddr) {
+        self.counters.received += 1;
+        self.on_command_datagram(len, from);
+    }
+
+    fn on_receive_error(&mut self, e: io::Error) {
+        self.counters.receive_errors += 1;
+        debug!("command port {}: receive error: {e}", self.command_addr);
+    }
+}
 
 /// Sends one datagram from the command socket. A full socket buffer drops
 /// it: requests are retransmitted by their senders, and so are the broker's
@@ -61,27 +78,10 @@ pub(crate) fn send_datagram(
 impl Daemon {
     /// Drains the command socket up to the budget.
     pub(crate) fn on_command(&mut self) {
-        self.command_backlog = false;
-        for _ in 0..COMMAND_BUDGET {
-            match self.command.recv_from(&mut self.buf) {
-                Ok((len, from)) => {
-                    self.counters.received += 1;
-                    self.on_datagram(len, from);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Per-datagram errors (e.g. an ICMP error queued on the
-                    // socket) are reported once and cleared; keep reading.
-                    self.counters.receive_errors += 1;
-                    debug!("command port {}: receive error: {e}", self.command_addr);
-                }
-            }
-        }
-        self.command_backlog = true;
+        self.command_backlog = command_port::drain(self, COMMAND_BUDGET);
     }
 
-    fn on_datagram(&mut self, len: usize, from: SocketAddr) {
+    fn on_command_datagram(&mut self, len: usize, from: SocketAddr) {
         let now = Instant::now();
         let SocketAddr::V4(from) = from else {
             self.counters.malformed += 1;
@@ -104,16 +104,8 @@ impl Daemon {
         let Some(decoded) = decoded else { return };
         let trusted_status = matches!(decoded, Ok((_, Message::StatusRequest { .. })))
             && self.status_allowed(*from.ip());
-        if !trusted_status && !self.limiter.allow(from.ip(), now) {
+        if !trusted_status && !self.gate.admit(from.ip(), now) {
             self.counters.rate_limited += 1;
-            if let Some(more) = self.throttles.rate_limit.hit(now) {
-                warn!(
-                    "rate limit: {} sends more than {} commands/s; dropping the excess \
-                     ({more} more dropped since the last such line)",
-                    from.ip(),
-                    self.limiter.rate()
-                );
-            }
             return;
         }
         let (header, msg) = match decoded {

@@ -13,7 +13,7 @@ use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
 use serde::Deserialize;
 
 use crate::cli::DaemonArgs;
-use crate::values::{load_secret, parse_listen, Networks, PortRange, Secret};
+use crate::values::{parse_ip, Networks, PortRange, Secret};
 
 /// Historic GCB's command port, used when --listen gives only an IP.
 pub const DEFAULT_COMMAND_PORT: u16 = 65432;
@@ -87,49 +87,31 @@ pub struct Config {
 pub struct Env {
     pub rust_log: Option<String>,
     pub is_root: bool,
+    /// The options given on the command line or in the environment.
+    pub flags: Vec<String>,
 }
 
 impl Env {
-    pub fn from_process() -> Env {
+    pub fn from_process(flags: Vec<String>) -> Env {
         Env {
             rust_log: settings::rust_log_from_env(),
             is_root: nix::unistd::geteuid().is_root(),
+            flags,
         }
     }
 }
 
-/// A configuration ready to run, with the secret read and any warnings that
-/// could only be logged once logging is set up.
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    pub secret: Option<Secret>,
-    pub warnings: Vec<String>,
-}
+pub type Loaded = settings::Loaded<Config>;
 
 /// Reads the config file named by --config (if any), merges, checks, and
 /// reads the secret file. The error is one line, without the program name.
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
-    let file = match &args.config {
-        Some(path) => settings::read_toml(path)?,
-        None => FileConfig::default(),
-    };
-    let file_dir = args.config.as_deref().and_then(Path::parent);
-    let config = merge(args, &file, file_dir, env)?;
-    let mut warnings = Vec::new();
-    let secret = match &config.secret_file {
-        Some(path) => {
-            let (secret, warning) = load_secret(path)?;
-            warnings.extend(warning);
-            Some(secret)
-        }
-        None => None,
-    };
-    Ok(Loaded {
-        config,
-        secret,
-        warnings,
-    })
+    settings::load(
+        args.config.as_deref(),
+        &env.flags,
+        |file: &FileConfig, dir| merge(args, file, dir, env),
+        |c| c.secret_file.as_deref(),
+    )
 }
 
 /// Parses the TOML text as a `FileConfig`, for tests; the daemon reads the
@@ -150,17 +132,8 @@ pub fn merge(
     file_dir: Option<&Path>,
     env: &Env,
 ) -> Result<Config, String> {
-    let file_listen = from_file("listen", file.listen.as_deref(), |s| {
-        parse_listen(s, DEFAULT_COMMAND_PORT)
-    })?;
-    let listen = args.listen.or(file_listen).ok_or_else(|| {
-        "no command port: give --listen IP[:PORT] or `listen` in the config file".to_string()
-    })?;
-    let file_public = from_file("public_ip", file.public_ip.as_deref(), |s| {
-        s.trim()
-            .parse::<IpAddr>()
-            .map_err(|_| format!("'{s}' is not an IP address"))
-    })?;
+    let listen = settings::command_port(args.listen, file.listen.as_deref(), DEFAULT_COMMAND_PORT)?;
+    let file_public = from_file("public_ip", file.public_ip.as_deref(), parse_ip)?;
     let (public_ip, public_origin) = pick(args.public_ip, file_public, listen.ip());
     let file_range = from_file("port_range", file.port_range.as_deref(), |s| s.parse())?;
     let (port_range, range_origin) = pick(args.port_range, file_range, DEFAULT_PORT_RANGE);

@@ -45,8 +45,9 @@ use crate::timers::{TimerId, Timers};
 use crate::tokens::{TokenSlab, COMMAND, SIGNALS};
 use crate::udp::UdpRelay;
 use crate::values::Secret;
+use daemon_kit::command_port;
 use daemon_kit::random::{random_u64, SplitMix64};
-use daemon_kit::ratelimit::RateLimiter;
+use daemon_kit::ratelimit::SourceGate;
 use daemon_kit::throttle::Throttle;
 
 /// Largest UDP payload; a command never comes close, but reading less would
@@ -103,7 +104,6 @@ pub(crate) enum Timer {
 
 /// Warning lines that could flood the log, each throttled on its own.
 pub(crate) struct Throttles {
-    pub rate_limit: Throttle,
     pub registrations: Throttle,
     pub relays: Throttle,
     pub accept: Throttle,
@@ -132,7 +132,7 @@ pub struct Daemon {
     pub(crate) udp: UdpRelay,
     pub(crate) asyncs: AsyncCommands,
     pub(crate) replies: ReplyCache<SocketAddrV4>,
-    pub(crate) limiter: RateLimiter<Ipv4Addr>,
+    pub(crate) gate: SourceGate<Ipv4Addr>,
     pub(crate) snapshots: Snapshots,
     pub(crate) throttles: Throttles,
     pub(crate) counters: Counters,
@@ -178,24 +178,14 @@ impl Daemon {
         // out now, not at the first registration, if it is not ours.
         std::net::UdpSocket::bind(SocketAddr::new(config.public_ip, 0))
             .map_err(|e| format!("cannot bind on --public-ip {}: {e}", config.public_ip))?;
-        let mut command = UdpSocket::bind(config.listen)
-            .map_err(|e| format!("cannot bind the command port udp {}: {e}", config.listen))?;
-        let command_addr = command
-            .local_addr()
-            .map_err(|e| format!("command socket: {e}"))?;
+        let (mut command, command_addr) = command_port::bind(config.listen)?;
         // Same IP and port number as the command socket, TCP: see
         // docs/gcb-client-design.md, "Rendezvous on the broker".
         let mut rendezvous = TcpListener::bind(command_addr)
             .map_err(|e| format!("cannot bind the rendezvous port tcp {command_addr}: {e}"))?;
         let rendezvous_addr = SocketAddrV4::new(public_ip, command_addr.port());
 
-        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
-        signals
-            .register(poll.registry(), SIGNALS)
-            .map_err(|e| format!("cannot watch signals: {e}"))?;
-        poll.registry()
-            .register(&mut command, COMMAND, Interest::READABLE)
-            .map_err(|e| format!("cannot watch the command socket: {e}"))?;
+        let poll = command_port::event_loop(&signals, &mut command)?;
         poll.registry()
             .register(&mut rendezvous, RENDEZVOUS, Interest::READABLE)
             .map_err(|e| format!("cannot watch the rendezvous socket: {e}"))?;
@@ -238,10 +228,9 @@ impl Daemon {
                 REPLY_CACHE_ENTRIES,
                 REPLY_CACHE_BYTES,
             ),
-            limiter: RateLimiter::new(limits.rate_limit, RATE_LIMIT_SOURCES),
+            gate: SourceGate::new(limits.rate_limit, RATE_LIMIT_SOURCES, "commands"),
             snapshots: Snapshots::default(),
             throttles: Throttles {
-                rate_limit: throttle(),
                 registrations: throttle(),
                 relays: throttle(),
                 accept: throttle(),

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     exit::main(NAME, run)
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli, flags: Vec<String>) -> Result<(), Failure> {
     if let Some(Command::Query {
         target,
         json,
@@ -73,7 +73,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
     let args = cli.daemon;
-    let env = Env::from_process();
+    let env = Env::from_process(flags);
     let loaded = config::load(&args, &env).map_err(Failure::usage)?;
     if args.check_config {
         startup::config_ok(NAME, &loaded.warnings);

@@ -2,6 +2,7 @@
 //! broker, fetched over the command port with `StatusRequest` pages (see
 //! `status`) and printed as the broker rendered it.
 //!
+//! The pages are asked for and put together by `proto::gcb::StatusFetch`.
 //! Every request is retransmitted by the proto `Requester` with the default
 //! policy, so a lost datagram costs a retransmission, and a broker that does
 //! not answer at all costs about 3 s, then one clear line and exit code 1.
@@ -11,7 +12,7 @@ use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 use proto::auth::{AuthError, Authenticator};
-use proto::gcb::{self, ErrorCode, Message, StatusFormat, COMMAND_PORT};
+use proto::gcb::{self, Message, Progress, StatusFetch, StatusFormat, COMMAND_PORT};
 use proto::rudp::{Requester, RetryPolicy, Timeout};
 use proto::DecodeError;
 
@@ -157,51 +158,26 @@ pub fn fetch(target: &str, json: bool, mut auth: Option<Authenticator>) -> Resul
         StatusFormat::Text
     };
     let mut req = Requester::new(RetryPolicy::default(), daemon_kit::random::random_u64(), 1);
-    'restart: for _ in 0..=MAX_RESTARTS {
-        let mut text = String::new();
-        let (mut snapshot, mut page, mut pages) = (0, 0u16, 1u16);
-        while page < pages {
-            let msg = Message::StatusRequest {
-                snapshot,
-                page,
-                format,
-            };
-            match exchange(&sock, to, &mut req, &mut auth, &msg)? {
-                Message::StatusReply {
-                    snapshot: id,
-                    page: got,
-                    pages: n,
-                    chunk,
-                } if got == page && (snapshot == 0 || id == snapshot) => {
-                    text.push_str(&chunk);
-                    (snapshot, pages) = (id, n.max(1));
-                    page += 1;
-                }
-                Message::Error {
-                    code: ErrorCode::UnknownToken,
-                    ..
-                } => continue 'restart,
-                Message::Error { code, detail } => {
-                    return Err(format!(
-                        "query: the broker at {to} refused: {detail} ({code:?})"
-                    ));
-                }
-                other => {
-                    return Err(format!(
-                        "query: unexpected reply {:?} from {to}",
-                        other.kind()
-                    ))
-                }
+    let mut fetch = StatusFetch::new(format);
+    let mut restarts = 0;
+    while let Some(msg) = fetch.request() {
+        let reply = exchange(&sock, to, &mut req, &mut auth, &msg)?;
+        match fetch.on_reply(reply) {
+            Ok(Progress::More | Progress::Done) => {}
+            Ok(Progress::Restarted) if restarts < MAX_RESTARTS => restarts += 1,
+            Ok(Progress::Restarted) => {
+                return Err(format!(
+                    "query: the status of {to} kept expiring before all pages arrived"
+                ))
             }
+            Err(e) => return Err(format!("query: the broker at {to}: {e}")),
         }
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        return Ok(text);
     }
-    Err(format!(
-        "query: the status of {to} kept expiring before all pages arrived"
-    ))
+    let mut text = fetch.into_text();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -13,75 +13,12 @@
 
 use std::time::Duration;
 
-use daemon_kit::reload::{compare, compare_secret_file, report, switch_log_filter, Change};
+use daemon_kit::reload::{compare, compare_secret_file, reread, Change, Reloadable};
 use nix::sys::signal::Signal;
-use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
 use crate::daemon::Daemon;
 use crate::signals;
-
-/// Lists the differences, restart-only settings first. `secret_changed`
-/// covers a secret file whose name stayed but whose contents changed; the
-/// secret itself never appears in a `Change`.
-pub fn diff(old: &Config, new: &Config, secret_changed: bool) -> Vec<Change> {
-    let mut out = Vec::new();
-    compare(&mut out, "listen", old.listen, new.listen, false);
-    compare(&mut out, "public_ip", old.public_ip, new.public_ip, false);
-    compare(
-        &mut out,
-        "port_range",
-        old.port_range,
-        new.port_range,
-        false,
-    );
-    let (o, n) = (&old.limits, &new.limits);
-    compare(
-        &mut out,
-        "heartbeat_timeout_s",
-        o.heartbeat_timeout_s,
-        n.heartbeat_timeout_s,
-        true,
-    );
-    compare(
-        &mut out,
-        "max_registrations",
-        o.max_registrations,
-        n.max_registrations,
-        true,
-    );
-    compare(&mut out, "max_relays", o.max_relays, n.max_relays, true);
-    compare(&mut out, "rate_limit", o.rate_limit, n.rate_limit, true);
-    compare(
-        &mut out,
-        "udp_rule_idle_s",
-        o.udp_rule_idle_s,
-        n.udp_rule_idle_s,
-        true,
-    );
-    compare(
-        &mut out,
-        "udp_rules_per_registration",
-        o.udp_rules_per_registration,
-        n.udp_rules_per_registration,
-        true,
-    );
-    compare(
-        &mut out,
-        "status_allow",
-        &old.status_allow,
-        &new.status_allow,
-        true,
-    );
-    compare_secret_file(
-        &mut out,
-        old.secret_file.as_deref(),
-        new.secret_file.as_deref(),
-        secret_changed,
-    );
-    compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
-    out
-}
 
 /// The configuration to run with after a reload: the new live settings on
 /// top of the running restart-only ones.
@@ -104,37 +41,91 @@ impl Daemon {
 
     /// SIGHUP: re-read the config file and apply what can change live.
     fn reload(&mut self) {
-        let Some(path) = self.args.config.clone() else {
-            info!("SIGHUP: no --config file to re-read; nothing changed");
-            return;
-        };
-        let loaded = match config::load(&self.args, &self.env) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                error!("reload failed, keeping the running configuration: {e}");
-                return;
-            }
-        };
-        for warning in &loaded.warnings {
-            warn!("{warning}");
-        }
-        let changes = diff(&self.config, &loaded.config, loaded.secret != self.secret);
-        if !report(&path, &changes) {
-            return;
-        }
-        switch_log_filter(
+        let Some(loaded) = reread(
+            self.args.config.as_deref(),
+            &self.config,
+            self.secret.as_ref(),
             &self.log,
-            &self.config.log_filter,
-            &loaded.config.log_filter,
-        );
+            || config::load(&self.args, &self.env),
+        ) else {
+            return;
+        };
         self.config = apply(&self.config, &loaded.config);
         self.apply_secret(loaded.secret.as_ref());
         self.secret = loaded.secret;
         let limits = &self.config.limits;
-        self.limiter.set_rate(limits.rate_limit);
+        self.gate.set_rate(limits.rate_limit);
         self.registry
             .set_timeout(Duration::from_secs(limits.heartbeat_timeout_s));
         self.udp.set_limits(limits);
+    }
+}
+
+impl Reloadable for Config {
+    fn log_filter(&self) -> &str {
+        &self.log_filter
+    }
+
+    /// Lists the differences, restart-only settings first. The secret
+    /// itself never appears in a `Change`.
+    fn changes(&self, new: &Config, secret_changed: bool) -> Vec<Change> {
+        let old = self;
+        let mut out = Vec::new();
+        compare(&mut out, "listen", old.listen, new.listen, false);
+        compare(&mut out, "public_ip", old.public_ip, new.public_ip, false);
+        compare(
+            &mut out,
+            "port_range",
+            old.port_range,
+            new.port_range,
+            false,
+        );
+        let (o, n) = (&old.limits, &new.limits);
+        compare(
+            &mut out,
+            "heartbeat_timeout_s",
+            o.heartbeat_timeout_s,
+            n.heartbeat_timeout_s,
+            true,
+        );
+        compare(
+            &mut out,
+            "max_registrations",
+            o.max_registrations,
+            n.max_registrations,
+            true,
+        );
+        compare(&mut out, "max_relays", o.max_relays, n.max_relays, true);
+        compare(&mut out, "rate_limit", o.rate_limit, n.rate_limit, true);
+        compare(
+            &mut out,
+            "udp_rule_idle_s",
+            o.udp_rule_idle_s,
+            n.udp_rule_idle_s,
+            true,
+        );
+        compare(
+            &mut out,
+            "udp_rules_per_registration",
+            o.udp_rules_per_registration,
+            n.udp_rules_per_registration,
+            true,
+        );
+        compare(
+            &mut out,
+            "status_allow",
+            &old.status_allow,
+            &new.status_allow,
+            true,
+        );
+        compare_secret_file(
+            &mut out,
+            old.secret_file.as_deref(),
+            new.secret_file.as_deref(),
+            secret_changed,
+        );
+        compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
+        out
     }
 }
 
@@ -154,14 +145,14 @@ mod tests {
     #[test]
     fn no_change_no_entries() {
         let c = config("listen = \"192.0.2.1\"");
-        assert!(diff(&c, &c, false).is_empty());
+        assert!(c.changes(&c, false).is_empty());
     }
 
     #[test]
     fn live_and_restart_changes_are_told_apart() {
         let old = config("listen = \"192.0.2.1\"\nmax_relays = 10");
         let new = config("listen = \"192.0.2.1:7\"\nmax_relays = 20\nlog = \"debug\"");
-        let changes = diff(&old, &new, false);
+        let changes = old.changes(&new, false);
         let keys: Vec<_> = changes.iter().map(|c| (c.key, c.live)).collect();
         assert_eq!(
             keys,
@@ -181,7 +172,7 @@ mod tests {
     #[test]
     fn secret_contents_change_is_reported_without_the_secret() {
         let c = config("listen = \"192.0.2.1\"\nsecret_file = \"/k\"");
-        let changes = diff(&c, &c, true);
+        let changes = c.changes(&c, true);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].key, "secret_file");
         assert!(changes[0].new.contains("new contents"));

@@ -98,6 +98,34 @@ fn unknown_config_key_is_named() {
 }
 
 #[test]
+fn file_keys_that_flags_override_are_warned_about() {
+    let dir = temp_dir();
+    let conf = dir.join("broker.toml");
+    fs::write(
+        &conf,
+        "listen = \"127.0.0.1\"\nrate_limit = 5\nmax_relays = 3\n",
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap();
+    let mut cmd = broker(&["--config", conf, "--rate-limit", "7", "--check-config"]);
+    cmd.env("GCB_BROKER_MAX_RELAYS", "4");
+    let (code, out, err) = run_cmd(cmd);
+    assert_eq!((code, out.as_str()), (0, "configuration ok\n"), "{err}");
+    for key in ["rate_limit", "max_relays"] {
+        let flag = key.replace('_', "-");
+        let want = format!(
+            "gcb-broker: warning: {key} in the config file {conf} is overridden by --{flag}"
+        );
+        assert!(
+            err.lines().any(|l| l.starts_with(&want)),
+            "{want}\nnot in:\n{err}"
+        );
+    }
+    assert_eq!(err.lines().count(), 2, "{err}");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn query_without_a_broker_is_one_line_and_exit_1() {
     // Nothing listens on a port just freed: refused at once.
     let target = format!("127.0.0.1:{}", free_port());
@@ -180,6 +208,7 @@ fn sighup_rereads_the_config_file() {
     broker.expect_line("log changed from info to debug");
     let restart = broker.expect_line("listen changed");
     assert!(restart.contains("needs a restart"), "{restart}");
+    broker.expect_line("applied max_relays, log; needs a restart: listen");
 
     // The new level is live, and the old command port is still the one in use.
     let to = format!("127.0.0.1:{port}");

@@ -1,15 +1,16 @@
-//! The parts of a daemon that `gcb-broker` and `dpfd` share, so each daemon crate
-//! holds only its own protocol and state: signals delivered through a signalfd
-//! registered in the event loop, a deadline heap, the mio token slab, tracing
-//! setup with a reloadable level, the value parsers flags and config files
-//! have in common, kernel randomness, per-source rate limiting, log-line
-//! throttling, the open-files limit, the exit contract (one line, exit code
-//! 2 or 1), the startup steps before the event loop, the config-merge
-//! helpers and the report of what a SIGHUP reload changed. With the
-//! `testing` feature it also holds the helpers of both daemons'
-//! end-to-end tests.
+//! The parts of a daemon that `gcb-broker` and `dpfd` share, so each daemon
+//! crate holds only its own protocol and state: signals delivered through a
+//! signalfd registered in the event loop, the drain of the UDP command port,
+//! a deadline heap, the mio token slab, tracing setup with a reloadable
+//! level, the value parsers flags and config files have in common, kernel
+//! randomness, per-source rate limiting, log-line throttling, the open-files
+//! limit, the exit contract (one line, exit code 2 or 1), the startup steps
+//! before the event loop, the config-merge helpers and the report of what a
+//! SIGHUP reload changed. With the `testing` feature it also holds the
+//! helpers of both daemons' end-to-end tests.
 
 pub mod auth;
+pub mod command_port;
 pub mod exit;
 pub mod logging;
 pub mod random;

@@ -10,10 +10,19 @@
 //! distinct sources than the table holds cannot be stopped per source
 //! anyway, and failing closed would let such a flood lock out legitimate
 //! clients.
+//!
+//! [`SourceGate`] is what a daemon puts in front of its command port: the
+//! buckets plus one throttled warning line, so both daemons drop and report
+//! an over-eager source the same way.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::throttle::Throttle;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -109,9 +118,74 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
+/// At most one rate-limit warning per this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A command port's per-source limit: `rate` requests per second from one
+/// source (0: no limit), the excess dropped with a throttled warning that
+/// names the source.
+#[derive(Debug)]
+pub struct SourceGate<K> {
+    limiter: RateLimiter<K>,
+    warnings: Throttle,
+    /// What the port takes, for the warning: "commands", "requests".
+    what: &'static str,
+}
+
+impl<K: Hash + Eq + Clone + Display> SourceGate<K> {
+    pub fn new(rate: u32, max_sources: usize, what: &'static str) -> Self {
+        SourceGate {
+            limiter: RateLimiter::new(rate, max_sources),
+            warnings: Throttle::new(WARN_INTERVAL),
+            what,
+        }
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.limiter.rate()
+    }
+
+    /// A new rate, from a reload.
+    pub fn set_rate(&mut self, rate: u32) {
+        self.limiter.set_rate(rate);
+    }
+
+    /// Whether a datagram from `source` at `now` may be handled; false:
+    /// drop it (the caller counts it).
+    pub fn admit(&mut self, source: &K, now: Instant) -> bool {
+        if self.limiter.allow(source, now) {
+            return true;
+        }
+        if let Some(more) = self.warnings.hit(now) {
+            warn!(
+                "rate limit: {source} sends more than {} {}/s; dropping the excess \
+                 ({more} more dropped since the last such line)",
+                self.limiter.rate(),
+                self.what
+            );
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gate_admits_the_burst_per_source_then_drops() {
+        let t0 = Instant::now();
+        let mut g = SourceGate::new(3, 16, "requests");
+        let admitted = (0..10).filter(|_| g.admit(&"192.0.2.10", t0)).count();
+        assert_eq!(admitted, 3);
+        assert!(g.admit(&"192.0.2.11", t0), "per source");
+        g.set_rate(0);
+        assert!(
+            (0..10).all(|_| g.admit(&"192.0.2.10", t0)),
+            "0 turns it off"
+        );
+        assert_eq!(g.rate(), 0);
+    }
 
     #[test]
     fn burst_then_steady_rate() {

@@ -4,7 +4,8 @@
 //! Each daemon decides which of its keys may change live and applies them;
 //! what is shared is the shape of a change, the wording of the report, so
 //! operators read the same lines from both daemons (and tests look for
-//! them), and the switch to a new log filter.
+//! them), the switch to a new log filter, and the steps around them
+//! ([`reread`]).
 
 use std::fmt::Display;
 use std::path::Path;
@@ -12,6 +13,52 @@ use std::path::Path;
 use tracing::{error, info, warn};
 
 use crate::logging::LogHandle;
+use crate::settings::Loaded;
+use crate::values::Secret;
+
+/// What the shared half of a reload needs from a daemon's configuration.
+pub trait Reloadable {
+    fn log_filter(&self) -> &str;
+    /// The settings that differ in `reread`, restart-only ones first.
+    /// `secret_changed` covers a secret file whose name stayed but whose
+    /// contents changed.
+    fn changes(&self, reread: &Self, secret_changed: bool) -> Vec<Change>;
+}
+
+/// The daemon-neutral steps of SIGHUP: re-read the config file at `path`
+/// with `load`, log the warnings and what changed, and switch the log
+/// filter. Returns the re-read configuration for the daemon to apply its
+/// live settings from; `None`, after logging why, when there is nothing to
+/// apply: no config file, a file that does not load, or no change.
+pub fn reread<C: Reloadable>(
+    path: Option<&Path>,
+    running: &C,
+    running_secret: Option<&Secret>,
+    log: &LogHandle,
+    load: impl FnOnce() -> Result<Loaded<C>, String>,
+) -> Option<Loaded<C>> {
+    let Some(path) = path else {
+        info!("SIGHUP: no --config file to re-read; nothing changed");
+        return None;
+    };
+    let loaded = match load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            error!("reload failed, keeping the running configuration: {e}");
+            return None;
+        }
+    };
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    let secret_changed = loaded.secret.as_ref() != running_secret;
+    let changes = running.changes(&loaded.config, secret_changed);
+    if !report(path, &changes) {
+        return None;
+    }
+    switch_log_filter(log, running.log_filter(), loaded.config.log_filter());
+    Some(loaded)
+}
 
 /// One setting whose value differs in the re-read configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +113,8 @@ pub fn compare_secret_file(
 }
 
 /// Logs the changes read from `path`: live ones as info, restart-only ones
-/// as warnings saying the old value stays. Returns false, after saying so,
-/// if nothing changed.
+/// as warnings saying the old value stays, then one line summing them up.
+/// Returns false, after saying so, if nothing changed.
 pub fn report(path: &Path, changes: &[Change]) -> bool {
     if changes.is_empty() {
         info!("reload: {}: no changes", path.display());
@@ -83,7 +130,26 @@ pub fn report(path: &Path, changes: &[Change]) -> bool {
             );
         }
     }
+    info!("reload: {}: {}", path.display(), summary(changes));
     true
+}
+
+/// "applied a, b; needs a restart: c": the keys by how they took effect.
+pub fn summary(changes: &[Change]) -> String {
+    let keys = |live: bool| {
+        let keys: Vec<&str> = changes
+            .iter()
+            .filter(|c| c.live == live)
+            .map(|c| c.key)
+            .collect();
+        (!keys.is_empty()).then(|| keys.join(", "))
+    };
+    match (keys(true), keys(false)) {
+        (Some(now), Some(later)) => format!("applied {now}; needs a restart: {later}"),
+        (Some(now), None) => format!("applied {now}"),
+        (None, Some(later)) => format!("nothing applied; needs a restart: {later}"),
+        (None, None) => "no changes".to_string(),
+    }
 }
 
 /// Switches to the re-read log filter if it differs from the running one.
@@ -116,6 +182,30 @@ mod tests {
                 live: false
             }]
         );
+    }
+
+    #[test]
+    fn summary_names_the_keys_by_effect() {
+        let change = |key, live| Change {
+            key,
+            old: "1".into(),
+            new: "2".into(),
+            live,
+        };
+        assert_eq!(
+            summary(&[
+                change("listen", false),
+                change("a", true),
+                change("b", true)
+            ]),
+            "applied a, b; needs a restart: listen"
+        );
+        assert_eq!(summary(&[change("a", true)]), "applied a");
+        assert_eq!(
+            summary(&[change("listen", false)]),
+            "nothing applied; needs a restart: listen"
+        );
+        assert_eq!(summary(&[]), "no changes");
     }
 
     #[test]

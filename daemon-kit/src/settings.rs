@@ -5,15 +5,17 @@
 //!
 //! The merge itself stays in each daemon, since the settings and the checks
 //! between them are its own; these are the parts whose wording must match
-//! across daemons.
+//! across daemons, and [`load`], the steps around the merge: read the file
+//! named by --config, merge, read the secret file.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
 use crate::logging::check_filter;
-use crate::values::parse_level;
+use crate::values::{load_secret, parse_level, parse_listen, Secret};
 
 /// Where a merged value came from, so an error can point at the right place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +106,89 @@ pub fn rust_log_from_env() -> Option<String> {
         .filter(|v| !v.trim().is_empty())
 }
 
+/// The command port: --listen, else `listen` in the file (a bare IP gets
+/// `default_port`); one of them is required.
+pub fn command_port(
+    flag: Option<SocketAddr>,
+    file: Option<&str>,
+    default_port: u16,
+) -> Result<SocketAddr, String> {
+    let file = from_file("listen", file, |s| parse_listen(s, default_port))?;
+    flag.or(file).ok_or_else(|| {
+        "no command port: give --listen IP[:PORT] or `listen` in the config file".to_string()
+    })
+}
+
+/// A configuration ready to run, with the secret read and any warnings that
+/// could only be logged once logging is set up.
+#[derive(Debug)]
+pub struct Loaded<C> {
+    pub config: C,
+    pub secret: Option<Secret>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the config file at `path` (if any) into the daemon's file struct
+/// `F`, hands it to `merge` with the file's directory (relative paths in the
+/// file are relative to it), then reads the secret file the merged config
+/// names. `flags` are the options given on the command line or in the
+/// environment (`exit::given`): a file key one of them overrides gets a
+/// warning, since editing it would otherwise change nothing, silently.
+/// Errors are one line, without the program name.
+pub fn load<F, C>(
+    path: Option<&Path>,
+    flags: &[String],
+    merge: impl FnOnce(&F, Option<&Path>) -> Result<C, String>,
+    secret_file: impl FnOnce(&C) -> Option<&Path>,
+) -> Result<Loaded<C>, String>
+where
+    F: DeserializeOwned + Default,
+{
+    let mut warnings = Vec::new();
+    let file = match path {
+        Some(path) => {
+            let shown = path.display();
+            let text = fs::read_to_string(path).map_err(|e| format!("config file {shown}: {e}"))?;
+            let file = parse_toml(&text).map_err(|e| format!("config file {shown}: {e}"))?;
+            warnings.extend(overridden(&text, flags).into_iter().map(|key| {
+                format!(
+                    "{key} in the config file {shown} is overridden by --{} (command line or \
+                     environment); the file's value is not used",
+                    key.replace('_', "-")
+                )
+            }));
+            file
+        }
+        None => F::default(),
+    };
+    let config = merge(&file, path.and_then(Path::parent))?;
+    let secret = match secret_file(&config) {
+        Some(path) => {
+            let (secret, warning) = load_secret(path)?;
+            warnings.extend(warning);
+            Some(secret)
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        config,
+        secret,
+        warnings,
+    })
+}
+
+/// The keys of the config file `text` that one of `flags` overrides.
+fn overridden(text: &str, flags: &[String]) -> Vec<String> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    table
+        .keys()
+        .filter(|key| flags.iter().any(|f| f == *key))
+        .cloned()
+        .collect()
+}
+
 /// Reads and parses a config file; the error names the file.
 pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     let shown = path.display();
@@ -151,5 +236,38 @@ mod tests {
             "max_relays in the config file is 0; it must be between 1 and 9"
         );
         assert_eq!(place("max_relays", Origin::Default), "--max-relays");
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct File {
+        max_relays: Option<u32>,
+        log: Option<String>,
+    }
+
+    #[test]
+    fn file_keys_a_flag_overrides_are_warned_about() {
+        let dir = std::env::temp_dir().join(format!("dk-settings-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.toml");
+        fs::write(&path, "max_relays = 5\nlog = \"debug\"\n").unwrap();
+        let flags = ["max_relays".to_string(), "listen".to_string()];
+        let loaded = load(
+            Some(&path),
+            &flags,
+            |f: &File, _| Ok((f.max_relays, f.log.clone())),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(loaded.config, (Some(5), Some("debug".to_string())));
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(
+            loaded.warnings[0].starts_with("max_relays in the config file ")
+                && loaded.warnings[0].contains("is overridden by --max-relays"),
+            "{}",
+            loaded.warnings[0]
+        );
+        let quiet = load(Some(&path), &[], |_: &File, _| Ok(()), |_| None).unwrap();
+        assert!(quiet.warnings.is_empty());
+        fs::remove_dir_all(dir).unwrap();
     }
 }

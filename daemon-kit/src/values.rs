@@ -32,6 +32,13 @@ pub fn parse_listen(s: &str, default_port: u16) -> Result<SocketAddr, String> {
     }
 }
 
+/// Parses one IP address, as `--public-ip` and its config key take it.
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not an IP address"))
+}
+
 /// An inclusive range of ports, written `LO-HI`; never empty and never
 /// containing port 0, which would mean "any port" to bind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

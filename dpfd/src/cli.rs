@@ -35,7 +35,9 @@ pub struct Cli {
 /// Client subcommands; without one, `dpfd` runs the daemon.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Ask a running dpfd for its status: forwards, quotas and counters.
+    /// Ask a running dpfd for its status: forwards (age, last probe), free ports per protocol,
+    /// limits, and counters of requests (refused by reason, malformed by class, from outside,
+    /// rate limited), probes, recovery and sync. Answers root and dpfd's own user.
     Status {
         /// Command port of the dpfd to ask, as IP:PORT, IP or PORT; only the port matters: the
         /// status socket is local to this host and network namespace. [default: 65433]
@@ -103,6 +105,13 @@ pub struct DaemonArgs {
     /// 1024]
     #[arg(long, value_name = "N", env = "DPFD_PER_HOST_QUOTA")]
     pub per_host_quota: Option<u32>,
+
+    /// Most requests per second accepted from one source IP; the excess is dropped and counted
+    /// (`rate_limited` in `dpfd status`). A host may send a second's worth at once, so the
+    /// default lets one host ask for its whole default quota in a burst. 0 turns the limit off.
+    /// [default: 1000]
+    #[arg(long, value_name = "N", env = "DPFD_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
 
     /// File holding the shared secret that authenticates requests (HMAC). It must exist and not
     /// be empty; a trailing newline is ignored. A warning is logged if others can read it.

@@ -4,16 +4,19 @@
 //!
 //! Filters, in order, each counted: a source outside the private networks
 //! is dropped silently (DESIGN.md, Security: only the private side may
-//! open the NAT); input that is not a well-formed DPF request is dropped
-//! as malformed, except a request of a newer protocol version, which gets
-//! a `VersionMismatch` reply; a retransmission gets the cached reply. With
-//! a secret configured, a request that is not sealed with it (or is stale or
-//! replayed) is dropped without an answer and counted; see `auth`.
+//! open the NAT); with a secret, a request not sealed with it (or stale or
+//! replayed) is dropped without an answer (see `auth`); a source past the
+//! per-source rate limit is dropped before any decode or reply, as the
+//! broker does (one throttled warning names it); input that is not a
+//! well-formed DPF request is dropped as malformed, except a request of a
+//! newer protocol version, which gets a `VersionMismatch` reply; a
+//! retransmission gets the cached reply.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use daemon_kit::command_port::{self, CommandPort};
 use proto::dpf::{self, ErrorCode, Message};
 use proto::DecodeError;
 use tracing::{debug, warn};
@@ -27,43 +30,48 @@ use crate::handler::code_name;
 /// group commit.
 const COMMAND_BUDGET: usize = 1024;
 
-impl Daemon {
-    /// Drains the command socket up to the budget.
-    pub(crate) fn on_command(&mut self) {
-        self.command_backlog = false;
-        for _ in 0..COMMAND_BUDGET {
-            match self.command.recv_from(&mut self.buf) {
-                Ok((len, from)) => {
-                    self.counters.received += 1;
-                    if !self
-                        .config
-                        .private_nets
-                        .iter()
-                        .any(|n| n.contains(from.ip()))
-                    {
-                        self.counters.foreign += 1;
-                        debug!("command port: dropped {len} bytes from {from}: not in a private network");
-                        continue;
-                    }
-                    self.on_datagram(len, from);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Per-datagram errors (e.g. an ICMP error queued on the
-                    // socket) are reported once and cleared; keep reading.
-                    self.counters.receive_errors += 1;
-                    debug!("command port {}: receive error: {e}", self.command_addr);
-                }
-            }
-        }
-        self.command_backlog = true;
+impl CommandPort for Daemon {
+    fn recv(&mut self) -> io::Result<(usize, SocketAddr)> {
+        self.command.recv_from(&mut self.buf)
     }
 
     fn on_datagram(&mut self, len: usize, from: SocketAddr) {
-        let now = Instant::now();
+        self.counters.received += 1;
+        if !self
+            .config
+            .private_nets
+            .iter()
+            .any(|n| n.contains(from.ip()))
+        {
+            self.counters.foreign += 1;
+            debug!("command port: dropped {len} bytes from {from}: not in a private network");
+            return;
+        }
+        self.on_request(len, from, Instant::now());
+    }
+
+    fn on_receive_error(&mut self, e: io::Error) {
+        self.counters.receive_errors += 1;
+        debug!("command port {}: receive error: {e}", self.command_addr);
+    }
+}
+
+impl Daemon {
+    /// Drains the command socket up to the budget.
+    pub(crate) fn on_command(&mut self) {
+        self.command_backlog = command_port::drain(self, COMMAND_BUDGET);
+    }
+
+    fn on_request(&mut self, len: usize, from: SocketAddr, now: Instant) {
         let datagram = std::mem::take(&mut self.buf);
         let verified = self.authenticate(&datagram[..len], from);
+        // After the MAC check, so datagrams forged in a host's name cannot
+        // use up its allowance; before the decode and any reply.
+        if verified.is_ok() && !self.gate.admit(&from.ip(), now) {
+            self.counters.rate_limited += 1;
+            self.buf = datagram;
+            return;
+        }
         let decoded = match &verified {
             Ok(None) => Some(dpf::decode(&datagram[..len])),
             Ok(Some(v)) => Some(dpf::decode(&v.message)),

@@ -13,7 +13,7 @@ use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
 
 use crate::cli::DaemonArgs;
 use crate::net::{self, Cidr, IfAddr};
-use crate::values::{load_secret, parse_listen, parse_table_name, PortRange, Secret};
+use crate::values::{parse_ip, parse_table_name, PortRange, Secret};
 
 mod checks;
 mod file;
@@ -32,6 +32,9 @@ pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
 pub const DEFAULT_NFT_TABLE: &str = "dpf";
 pub const DEFAULT_PROBE_INTERVAL_S: u64 = 30;
 pub const DEFAULT_PER_HOST_QUOTA: u32 = 1024;
+/// Requests per second per source IP: the burst covers a host asking for
+/// its whole default quota at once.
+pub const DEFAULT_RATE_LIMIT: u32 = 1000;
 pub const DEFAULT_LOG: &str = "info";
 /// Longest accepted interval, one day. The bound keeps `now + setting`
 /// deadlines far from overflowing `Instant`, and nothing sensible is longer.
@@ -50,6 +53,8 @@ pub struct Config {
     pub private_nets_derived: bool,
     pub probe_interval_s: u64,
     pub per_host_quota: u32,
+    /// Requests per second per source IP; 0 means no limit.
+    pub rate_limit: u32,
     pub secret_file: Option<PathBuf>,
     /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
     pub log_filter: String,
@@ -61,59 +66,45 @@ pub struct Config {
 pub struct Env {
     pub rust_log: Option<String>,
     pub addresses: Vec<IfAddr>,
+    /// The options given on the command line or in the environment.
+    pub flags: Vec<String>,
 }
 
 impl Env {
-    pub fn from_process() -> Env {
+    pub fn from_process(flags: Vec<String>) -> Env {
         Env {
             rust_log: settings::rust_log_from_env(),
             addresses: net::local_addresses(),
+            flags,
         }
     }
 }
 
-/// A configuration ready to run, with the secret read and any warnings that
-/// could only be logged once logging is set up.
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    pub secret: Option<Secret>,
-    pub warnings: Vec<String>,
-}
+pub type Loaded = settings::Loaded<Config>;
 
 /// Reads the config file named by --config (if any), merges, checks (also
 /// against the file system), and reads the secret file. The error is one
 /// line, without the program name.
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
-    let file = match &args.config {
-        Some(path) => settings::read_toml(path)?,
-        None => FileConfig::default(),
-    };
-    let file_dir = args.config.as_deref().and_then(Path::parent);
-    let config = merge(args, &file, file_dir, env)?;
-    check_mirror(&config.mirror)?;
-    let mut warnings = Vec::new();
-    for ip in &config.public_ips {
+    let mut loaded = settings::load(
+        args.config.as_deref(),
+        &env.flags,
+        |file: &FileConfig, dir| {
+            let config = merge(args, file, dir, env)?;
+            check_mirror(&config.mirror)?;
+            Ok(config)
+        },
+        |c| c.secret_file.as_deref(),
+    )?;
+    for ip in &loaded.config.public_ips {
         if !env.addresses.iter().any(|a| a.ip == *ip) {
-            warnings.push(format!(
+            loaded.warnings.push(format!(
                 "public IP {ip} is not an address of this host; its forwards work only if \
                  traffic for it is routed here"
             ));
         }
     }
-    let secret = match &config.secret_file {
-        Some(path) => {
-            let (secret, warning) = load_secret(path)?;
-            warnings.extend(warning);
-            Some(secret)
-        }
-        None => None,
-    };
-    Ok(Loaded {
-        config,
-        secret,
-        warnings,
-    })
+    Ok(loaded)
 }
 
 /// Parses every entry of a list from the file; `None` if the key is absent.
@@ -138,18 +129,9 @@ pub fn merge(
     file_dir: Option<&Path>,
     env: &Env,
 ) -> Result<Config, String> {
-    let file_listen = from_file("listen", file.listen.as_deref(), |s| {
-        parse_listen(s, DEFAULT_COMMAND_PORT)
-    })?;
-    let listen = args.listen.or(file_listen).ok_or_else(|| {
-        "no command port: give --listen IP[:PORT] or `listen` in the config file".to_string()
-    })?;
+    let listen = settings::command_port(args.listen, file.listen.as_deref(), DEFAULT_COMMAND_PORT)?;
 
-    let file_public = list_from_file("public_ip", file.public_ip.as_deref(), |s| {
-        s.trim()
-            .parse::<IpAddr>()
-            .map_err(|_| format!("'{s}' is not an IP address"))
-    })?;
+    let file_public = list_from_file("public_ip", file.public_ip.as_deref(), parse_ip)?;
     let flag_public = Some(args.public_ip.clone()).filter(|v| !v.is_empty());
     let (public_ips, public_origin) = pick(flag_public, file_public, Vec::new());
     if public_ips.is_empty() {
@@ -207,6 +189,7 @@ pub fn merge(
         1,
         u32::MAX,
     )?;
+    let rate_limit = pick(args.rate_limit, file.rate_limit, DEFAULT_RATE_LIMIT).0;
     let secret_file = args.secret_file.clone().or_else(|| {
         file.secret_file
             .as_deref()
@@ -232,6 +215,7 @@ pub fn merge(
         private_nets_derived,
         probe_interval_s,
         per_host_quota,
+        rate_limit,
         secret_file,
         log_filter,
     })
@@ -253,10 +237,14 @@ impl Config {
             ""
         };
         let auth = secret.map_or_else(|| "off".to_string(), |s| format!("HMAC with {s}"));
+        let rate = match self.rate_limit {
+            0 => "off".to_string(),
+            n => format!("{n}/s per source IP"),
+        };
         format!(
             "command port udp {bound}, requests from {}{derived}, forwards on {} ports {} \
              ({} ports), nft table {}, mirror {}, probe every {}s, per-host quota {}, \
-             authentication {auth}, log {}",
+             rate limit {rate}, authentication {auth}, log {}",
             list(&self.private_nets),
             list(&self.public_ips),
             self.port_range,

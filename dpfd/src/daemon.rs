@@ -20,9 +20,11 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use daemon_kit::command_port;
+use daemon_kit::ratelimit::SourceGate;
 use mio::net::{UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
@@ -52,6 +54,9 @@ pub const MAX_DATAGRAM: usize = 65_536;
 /// covers ten seconds of requests at well over 5,000 a second.
 const REPLY_CACHE_ENTRIES: usize = 100_000;
 const REPLY_CACHE_BYTES: usize = 8 << 20;
+/// Sources the rate limiter tracks at once: more hosts than a private
+/// network behind one gateway holds.
+const RATE_LIMIT_SOURCES: usize = 65_536;
 
 /// What happened on the command socket since startup.
 #[derive(Debug, Default, Clone)]
@@ -59,6 +64,8 @@ pub struct Counters {
     pub received: u64,
     /// Dropped because the source is outside every private network.
     pub foreign: u64,
+    /// Dropped because the source sent more than the rate limit.
+    pub rate_limited: u64,
     /// Not a well-formed DPF request: dropped, never fatal.
     pub malformed: u64,
     /// The same drops by class; `replies` are well-formed DPF replies sent
@@ -107,6 +114,8 @@ pub struct Daemon {
     pub(crate) sync_due: bool,
     pub(crate) engine: Engine<MirrorFile, Nft>,
     pub(crate) replies: ReplyCache<SocketAddr>,
+    /// The per-source rate limit, after the private-network filter.
+    pub(crate) gate: SourceGate<IpAddr>,
     /// Requests of this turn not yet answered, to drop retransmissions of
     /// them that arrive in the same turn.
     pub(crate) in_batch: HashSet<(SocketAddr, u64)>,
@@ -147,11 +156,7 @@ impl Daemon {
     ) -> Result<Daemon, String> {
         let config = loaded.config;
         // The port first: a second dpfd fails here before touching anything.
-        let mut command = UdpSocket::bind(config.listen)
-            .map_err(|e| format!("cannot bind the command port udp {}: {e}", config.listen))?;
-        let command_addr = command
-            .local_addr()
-            .map_err(|e| format!("command socket: {e}"))?;
+        let (mut command, command_addr) = command_port::bind(config.listen)?;
 
         let public_ips = config
             .public_ips
@@ -180,13 +185,7 @@ impl Daemon {
             recovery.kernel_ops
         );
 
-        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
-        signals
-            .register(poll.registry(), SIGNALS)
-            .map_err(|e| format!("cannot watch signals: {e}"))?;
-        poll.registry()
-            .register(&mut command, COMMAND, Interest::READABLE)
-            .map_err(|e| format!("cannot watch the command socket: {e}"))?;
+        let poll = command_port::event_loop(&signals, &mut command)?;
         let status_listener = match status::listen(command_addr.port()) {
             Ok(mut l) => {
                 poll.registry()
@@ -223,6 +222,7 @@ impl Daemon {
                 REPLY_CACHE_BYTES,
             ),
             in_batch: HashSet::new(),
+            gate: SourceGate::new(config.rate_limit, RATE_LIMIT_SOURCES, "requests"),
             counters: Counters::default(),
             probes: Tally::default(),
             started: Instant::now(),
@@ -306,11 +306,12 @@ impl Daemon {
         let c = &self.counters;
         let s = &self.engine.stats;
         info!(
-            "stopping on {}: requests received {}, from outside the private networks {}, malformed {}, \
-             duplicates {}, refused {}; forwards {} (added {}, deleted by clients {}, by the probe {})",
+            "stopping on {}: requests received {}, from outside the private networks {}, rate limited {}, \
+             malformed {}, duplicates {}, refused {}; forwards {} (added {}, deleted by clients {}, by the probe {})",
             signal.as_str(),
             c.received,
             c.foreign,
+            c.rate_limited,
             c.malformed,
             c.duplicates,
             c.refused.values().sum::<u64>(),

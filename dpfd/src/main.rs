@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     exit::main(NAME, run)
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli, flags: Vec<String>) -> Result<(), Failure> {
     if let Some(Command::Status { listen, json }) = cli.command {
         let port = status::parse_target(listen.as_deref()).map_err(Failure::usage)?;
         let doc = status::fetch(port).map_err(Failure::runtime)?;
@@ -54,7 +54,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
     let args = cli.daemon;
-    let env = Env::from_process();
+    let env = Env::from_process(flags);
     let loaded = config::load(&args, &env).map_err(Failure::usage)?;
     if args.check_config {
         startup::config_ok(NAME, &loaded.warnings);

@@ -1,78 +1,18 @@
 //! SIGHUP support: what changed between the running configuration and the
 //! re-read one, and which changes can take effect without a restart.
 //!
-//! The accepted networks, the probe interval, the quota, the secret and the
-//! log filter only govern future requests and probes, so they change at
+//! The accepted networks, the probe interval, the quota, the rate limit,
+//! the secret and the log filter only govern future requests and probes, so they change at
 //! once. The command address is a bound socket; the public IPs, the port
 //! range, the mirror file and the nftables table name the forwards that
 //! already exist, so a change to them is reported and ignored until dpfd is
 //! restarted (when the mirror file is replayed against the new settings).
 
-use daemon_kit::reload::{compare, compare_secret_file, report, switch_log_filter, Change};
-use tracing::{error, info, warn};
+use daemon_kit::reload::{compare, compare_secret_file, reread, Change, Reloadable};
 
 use crate::config::{self, list, Config};
 use crate::daemon::Daemon;
 use crate::net;
-
-/// Lists the differences, restart-only settings first. `secret_changed`
-/// covers a secret file whose name stayed but whose contents changed; the
-/// secret itself never appears in a `Change`.
-pub fn diff(old: &Config, new: &Config, secret_changed: bool) -> Vec<Change> {
-    let mut out = Vec::new();
-    compare(&mut out, "listen", old.listen, new.listen, false);
-    compare(
-        &mut out,
-        "public_ip",
-        list(&old.public_ips),
-        list(&new.public_ips),
-        false,
-    );
-    compare(
-        &mut out,
-        "port_range",
-        old.port_range,
-        new.port_range,
-        false,
-    );
-    compare(
-        &mut out,
-        "mirror",
-        old.mirror.display().to_string(),
-        new.mirror.display().to_string(),
-        false,
-    );
-    compare(&mut out, "nft_table", &old.nft_table, &new.nft_table, false);
-    compare(
-        &mut out,
-        "private_net",
-        list(&old.private_nets),
-        list(&new.private_nets),
-        true,
-    );
-    compare(
-        &mut out,
-        "probe_interval_s",
-        old.probe_interval_s,
-        new.probe_interval_s,
-        true,
-    );
-    compare(
-        &mut out,
-        "per_host_quota",
-        old.per_host_quota,
-        new.per_host_quota,
-        true,
-    );
-    compare_secret_file(
-        &mut out,
-        old.secret_file.as_deref(),
-        new.secret_file.as_deref(),
-        secret_changed,
-    );
-    compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
-    out
-}
 
 /// The configuration to run with after a reload: the new live settings on
 /// top of the running restart-only ones.
@@ -82,6 +22,7 @@ pub fn apply(running: &Config, reread: &Config) -> Config {
         private_nets_derived: reread.private_nets_derived,
         probe_interval_s: reread.probe_interval_s,
         per_host_quota: reread.per_host_quota,
+        rate_limit: reread.rate_limit,
         secret_file: reread.secret_file.clone(),
         log_filter: reread.log_filter.clone(),
         ..running.clone()
@@ -91,40 +32,93 @@ pub fn apply(running: &Config, reread: &Config) -> Config {
 impl Daemon {
     /// SIGHUP: re-read the config file and apply what can change live.
     pub(crate) fn reload(&mut self) {
-        let Some(path) = self.args.config.clone() else {
-            info!("SIGHUP: no --config file to re-read; nothing changed");
-            return;
-        };
         // Interfaces may have changed since startup; a derived private
         // network follows them.
         self.env.addresses = net::local_addresses();
-        let loaded = match config::load(&self.args, &self.env) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                error!("reload failed, keeping the running configuration: {e}");
-                return;
-            }
-        };
-        for warning in &loaded.warnings {
-            warn!("{warning}");
-        }
-        let changes = diff(&self.config, &loaded.config, loaded.secret != self.secret);
-        if !report(&path, &changes) {
-            return;
-        }
-        switch_log_filter(
+        let Some(loaded) = reread(
+            self.args.config.as_deref(),
+            &self.config,
+            self.secret.as_ref(),
             &self.log,
-            &self.config.log_filter,
-            &loaded.config.log_filter,
-        );
+            || config::load(&self.args, &self.env),
+        ) else {
+            return;
+        };
         let interval_changed = loaded.config.probe_interval_s != self.config.probe_interval_s;
         self.config = apply(&self.config, &loaded.config);
         self.apply_secret(loaded.secret.as_ref());
         self.secret = loaded.secret;
         self.engine.table.set_quota(self.config.per_host_quota);
+        self.gate.set_rate(self.config.rate_limit);
         if interval_changed && self.round.is_none() {
             self.schedule_probe();
         }
+    }
+}
+
+impl Reloadable for Config {
+    fn log_filter(&self) -> &str {
+        &self.log_filter
+    }
+
+    /// Lists the differences, restart-only settings first. The secret
+    /// itself never appears in a `Change`.
+    fn changes(&self, new: &Config, secret_changed: bool) -> Vec<Change> {
+        let old = self;
+        let mut out = Vec::new();
+        compare(&mut out, "listen", old.listen, new.listen, false);
+        compare(
+            &mut out,
+            "public_ip",
+            list(&old.public_ips),
+            list(&new.public_ips),
+            false,
+        );
+        compare(
+            &mut out,
+            "port_range",
+            old.port_range,
+            new.port_range,
+            false,
+        );
+        compare(
+            &mut out,
+            "mirror",
+            old.mirror.display().to_string(),
+            new.mirror.display().to_string(),
+            false,
+        );
+        compare(&mut out, "nft_table", &old.nft_table, &new.nft_table, false);
+        compare(
+            &mut out,
+            "private_net",
+            list(&old.private_nets),
+            list(&new.private_nets),
+            true,
+        );
+        compare(
+            &mut out,
+            "probe_interval_s",
+            old.probe_interval_s,
+            new.probe_interval_s,
+            true,
+        );
+        compare(
+            &mut out,
+            "per_host_quota",
+            old.per_host_quota,
+            new.per_host_quota,
+            true,
+        );
+        compare(&mut out, "rate_limit", old.rate_limit, new.rate_limit, true);
+        compare_secret_file(
+            &mut out,
+            old.secret_file.as_deref(),
+            new.secret_file.as_deref(),
+            secret_changed,
+        );
+        compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
+        out
     }
 }
 
@@ -149,23 +143,24 @@ mod tests {
     #[test]
     fn no_change_no_entries() {
         let c = config("private_net = \"192.0.2.0/24\"");
-        assert!(diff(&c, &c, false).is_empty());
+        assert!(c.changes(&c, false).is_empty());
     }
 
     #[test]
     fn live_and_restart_changes_are_told_apart() {
         let old = config("private_net = \"192.0.2.0/24\"\nprobe_interval_s = 30");
         let new = config(
-            "private_net = \"192.0.2.0/24,10.0.0.0/8\"\nprobe_interval_s = 5\nnft_table = \"x\"",
+            "private_net = \"192.0.2.0/24,10.0.0.0/8\"\nprobe_interval_s = 5\nnft_table = \"x\"\nrate_limit = 7",
         );
-        let changes = diff(&old, &new, false);
+        let changes = old.changes(&new, false);
         let keys: Vec<_> = changes.iter().map(|c| (c.key, c.live)).collect();
         assert_eq!(
             keys,
             [
                 ("nft_table", false),
                 ("private_net", true),
-                ("probe_interval_s", true)
+                ("probe_interval_s", true),
+                ("rate_limit", true)
             ]
         );
         assert_eq!(changes[1].new, "192.0.2.0/24,10.0.0.0/8");
@@ -174,12 +169,13 @@ mod tests {
         assert_eq!(running.nft_table, "dpf");
         assert_eq!(running.probe_interval_s, 5);
         assert_eq!(running.private_nets.len(), 2);
+        assert_eq!(running.rate_limit, 7);
     }
 
     #[test]
     fn secret_contents_change_is_reported_without_the_secret() {
         let c = config("private_net = \"192.0.2.0/24\"\nsecret_file = \"/k\"");
-        let changes = diff(&c, &c, true);
+        let changes = c.changes(&c, true);
         assert_eq!(changes.len(), 1);
         assert!(changes[0].new.contains("new contents"));
     }

@@ -195,6 +195,7 @@ impl Daemon {
             "mirror": self.config.mirror.display().to_string(),
             "probe_interval_s": self.config.probe_interval_s,
             "per_host_quota": self.config.per_host_quota,
+            "rate_limit": self.config.rate_limit,
             "free_ports": {
                 "tcp": self.engine.table.free_ports(Proto::Tcp),
                 "udp": self.engine.table.free_ports(Proto::Udp),
@@ -203,6 +204,7 @@ impl Daemon {
             "counters": {
                 "received": c.received,
                 "foreign": c.foreign,
+                "rate_limited": c.rate_limited,
                 "malformed": c.malformed,
                 "malformed_by": {
                     "not_dpf": c.malformed_by.not_protocol, "truncated": c.malformed_by.truncated,

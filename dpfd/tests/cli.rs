@@ -33,6 +33,7 @@ fn help_mentions_every_flag() {
         "--private-net",
         "--probe-interval-s",
         "--per-host-quota",
+        "--rate-limit",
         "--secret-file",
         "--config",
         "--log",
@@ -202,13 +203,16 @@ fn sighup_rereads_the_config_file() {
     let mut daemon = start(&["--config", conf.to_str().unwrap()]);
     daemon.expect_line("started:");
 
-    let reread = "probe_interval_s = 1\nprivate_net = \"127.0.0.0/8\"\nnft_table = \"other\"\n";
+    let reread = "probe_interval_s = 1\nprivate_net = \"127.0.0.0/8\"\nnft_table = \"other\"\n\
+                  rate_limit = 5\n";
     fs::write(&conf, format!("{base}{reread}log = \"debug\"\n")).unwrap();
     daemon.signal(libc::SIGHUP);
     daemon.expect_line("probe_interval_s changed from 600 to 1");
     daemon.expect_line("private_net changed from 10.0.0.0/8 to 127.0.0.0/8");
+    daemon.expect_line("rate_limit changed from 1000 to 5");
     let restart = daemon.expect_line("nft_table changed");
     assert!(restart.contains("needs a restart"), "{restart}");
+    daemon.expect_line("applied private_net, probe_interval_s, rate_limit, log; needs a restart: nft_table");
     // The rescheduled probe fires within the new interval, not the old one.
     daemon.expect_line("probe: 0 forwards");
     // The new private network is live: loopback is now accepted.

@@ -1,8 +1,8 @@
 //! Hostile input on dpfd's command port, on loopback inside a private
 //! network namespace: junk of every class, replays from the sender and from
 //! another host, requests from outside the private network, forwards to
-//! another host, outside the port range or past the per-host quota, and a
-//! flood. Each is dropped or refused and counted under its own counter and
+//! another host, outside the port range or past the per-host quota, a
+//! flood of junk, and a source over the rate limit. Each is dropped or refused and counted under its own counter and
 //! no other, the nft maps and the forwards stay exactly as they were, and
 //! dpfd answers a valid request afterwards.
 
@@ -24,22 +24,24 @@ use support::*;
 const PRIVATE_NET: &str = "127.0.0.0/30";
 
 struct Dpfd {
-    _daemon: Running,
+    daemon: Running,
     listen: String,
     dir: std::path::PathBuf,
 }
 
 impl Dpfd {
-    fn start() -> Dpfd {
+    /// A dpfd taking `rate_limit` requests per second per source.
+    fn start(rate_limit: &str) -> Dpfd {
         let dir = temp_dir();
         let mirror = dir.join("mirror");
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = loopback_args(&listen, mirror.to_str().unwrap());
         args.extend(["--private-net", PRIVATE_NET, "--per-host-quota", "2"]);
+        args.extend(["--rate-limit", rate_limit]);
         let mut daemon = start(&args);
         daemon.expect_line("started:");
         Dpfd {
-            _daemon: daemon,
+            daemon,
             listen,
             dir,
         }
@@ -161,13 +163,18 @@ struct Setup {
     first: Option<Message>,
 }
 
-/// The [`Setup`], in a network namespace of the test's own; `None` (test
-/// skipped) when not root.
+/// The [`Setup`], with the default rate limit unless the test names one,
+/// in a network namespace of the test's own; `None` (test skipped) when not
+/// root.
 fn with_one_forward() -> Option<Setup> {
+    with_one_forward_at("1000")
+}
+
+fn with_one_forward_at(rate_limit: &str) -> Option<Setup> {
     if !root_in_private_netns() {
         return None;
     }
-    let d = Dpfd::start();
+    let d = Dpfd::start(rate_limit);
     let mgmt = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = sock("127.0.0.1");
     let fwd = dpf::encode(&forward("127.0.0.1:7000", &mgmt, None), 77).unwrap();
@@ -343,7 +350,8 @@ fn junk_replays_and_refusals_change_nothing() {
 
 #[test]
 fn a_flood_of_junk_is_counted_and_valid_requests_still_answered() {
-    let Some(Setup { d, client, .. }) = with_one_forward() else {
+    // No rate limit: every junk datagram that arrives reaches the decoder.
+    let Some(Setup { d, client, .. }) = with_one_forward_at("0") else {
         return;
     };
     let before = (d.state(), d.counters());
@@ -380,4 +388,46 @@ fn a_flood_of_junk_is_counted_and_valid_requests_still_answered() {
     assert_eq!(n("malformed"), n("malformed_by.not_dpf"));
     assert!(n("malformed") > 0 && n("malformed") <= sent, "{got:?}");
     assert_eq!(d.state(), before.0);
+}
+
+#[test]
+fn a_source_over_the_rate_limit_is_dropped_and_others_still_served() {
+    let Some(Setup { mut d, client, .. }) = with_one_forward_at("2") else {
+        return;
+    };
+    let before = d.counters();
+    let eager = sock("127.0.0.2");
+    let sent = 20u64;
+    for id in 0..sent {
+        let query = Message::Query {
+            proto: Proto::Tcp,
+            public: "198.51.100.1:40009".parse().unwrap(),
+        };
+        eager
+            .send_to(&dpf::encode(&query, 1000 + id).unwrap(), &d.listen)
+            .unwrap();
+    }
+    d.daemon
+        .expect_line("rate limit: 127.0.0.2 sends more than 2 requests/s");
+    // The limit is per source: the client's bucket is its own.
+    let q = dpf::encode(
+        &Message::Query {
+            proto: Proto::Tcp,
+            public: "198.51.100.1:40008".parse().unwrap(),
+        },
+        3,
+    )
+    .unwrap();
+    assert_eq!(
+        exchange(&client, &d.listen, &q, ANSWER),
+        Some(Message::QueryNak)
+    );
+
+    let got = counters::moved(&before, &counters::settled(|| d.counters()));
+    let n = |k: &str| got.get(k).copied().unwrap_or(0);
+    assert_eq!(got.len(), 2, "only queries and rate_limited move: {got:?}");
+    // 127.0.0.2 had a burst of 2 and refills at 2/s: all but a few of its
+    // 20 are dropped unless dpfd stalled for seconds while reading them.
+    assert_eq!(n("requests.query") + n("rate_limited"), sent + 1, "{got:?}");
+    assert!(n("rate_limited") >= sent / 2, "{got:?}");
 }

@@ -9,6 +9,7 @@
 //!
 //! Only std and libc are used, to keep this crate light and its behaviour obvious.
 
+pub mod daemons;
 pub mod json;
 pub mod proc;
 pub mod real;

@@ -19,7 +19,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use testbed::{release_bin, require_root, wait_for, workspace_root, Proc, TestBed};
+use testbed::daemons::start_dpfd;
+use testbed::{release_bin, require_root, workspace_root, Proc, TestBed};
 
 const BROKER: &str = "203.0.113.10";
 const STARTUP: Duration = Duration::from_secs(20);
@@ -261,26 +262,8 @@ fn only_a_shim_with_the_secret_opens_a_forward() {
 
     let bed = TestBed::up().expect("test bed");
     let mirror = dir.join("dpfd.mirror");
+    let dpfd = start_dpfd(&bed, &mirror, &["--secret-file", &good], DPF_STEP);
     let dpfd_bin = built(release_bin("dpfd"));
-    let dpfd = bed
-        .spawn(
-            "ga",
-            &[
-                dpfd_bin.to_str().unwrap(),
-                "--listen",
-                DPFD,
-                "--public-ip",
-                "203.0.113.1",
-                "--port-range",
-                "40000-40999",
-                "--mirror",
-                mirror.to_str().unwrap(),
-                "--secret-file",
-                &good,
-            ],
-        )
-        .expect("dpfd");
-    wait_for(DPF_STEP, "dpfd started", || dpfd.stderr_text().contains("started: command port udp").then_some(()));
 
     // The right secret: a forward, and bytes intact through it.
     let (srv, public) = dpf_server(&bed, &good, 7101);

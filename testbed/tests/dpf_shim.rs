@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use testbed::daemons::start_dpfd;
 use testbed::{release_bin, require_root, wait_for, workspace_root, Proc, TestBed};
 
 const DPFD: &str = "192.0.2.1";
@@ -55,22 +56,7 @@ impl Bed {
         require_root();
         let bed = TestBed::up().expect("test bed");
         let mirror = std::env::temp_dir().join(format!("dpf-shim-{}.mirror", bed.prefix()));
-        let dpfd_bin = release("dpfd");
-        let args = [
-            dpfd_bin.to_str().unwrap(),
-            "--listen",
-            DPFD,
-            "--public-ip",
-            "203.0.113.1",
-            "--port-range",
-            "40000-40999",
-            "--mirror",
-            mirror.to_str().unwrap(),
-            "--probe-interval-s",
-            "1",
-        ];
-        let dpfd = bed.spawn("ga", &args).expect("start dpfd");
-        wait_for(STEP, "dpfd started", || dpfd.stderr_text().contains("started: command port udp").then_some(()));
+        let dpfd = start_dpfd(&bed, &mirror, &["--probe-interval-s", "1"], STEP);
         Bed { bed, dpfd }
     }
 

@@ -17,6 +17,7 @@ fn user() -> Env {
     Env {
         rust_log: None,
         is_root: false,
+        flags: Vec::new(),
     }
 }
 
@@ -81,6 +82,7 @@ fn rust_log_sits_between_flag_and_file() {
     let env = Env {
         rust_log: Some("broker=trace".into()),
         is_root: false,
+        flags: Vec::new(),
     };
     let c = merge(&args(&[]), &file, None, &env).unwrap();
     assert_eq!(c.log_filter, "broker=trace");
@@ -91,6 +93,7 @@ fn rust_log_sits_between_flag_and_file() {
     let bad = Env {
         rust_log: Some("=[".into()),
         is_root: false,
+        flags: Vec::new(),
     };
     assert!(merge(&args(&[]), &file, None, &bad)
         .unwrap_err()
@@ -157,6 +160,7 @@ fn port_range_checks() {
     let root = Env {
         rust_log: None,
         is_root: true,
+        flags: Vec::new(),
     };
     let ok = merge(
         &args(&["--listen", "192.0.2.1", "--port-range", "1000-2000"]),

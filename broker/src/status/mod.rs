@@ -21,9 +21,8 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use proto::gcb::{ErrorCode, Message, StatusFormat, MAX_STATUS_CHUNK};
-use proto::wire::truncate_str;
-use tracing::debug;
+use proto::gcb::{paginate, ErrorCode, Message, StatusFormat, MAX_STATUS_CHUNK};
+use tracing::{debug, warn};
 
 use crate::daemon::Daemon;
 use crate::decide::Realm;
@@ -48,29 +47,17 @@ pub struct Snapshots {
     list: VecDeque<Snapshot>,
 }
 
-/// Cuts `text` into pieces of at most `max` bytes on character boundaries;
-/// always at least one piece (an empty one for empty text).
-pub fn paginate(text: &str, max: usize) -> Vec<String> {
-    let mut pages = Vec::new();
-    let mut rest = text;
-    loop {
-        let page = truncate_str(rest, max);
-        pages.push(page.to_owned());
-        rest = &rest[page.len()..];
-        if rest.is_empty() || page.is_empty() {
-            return pages;
-        }
-    }
-}
-
 impl Snapshots {
     fn expire(&mut self, now: Instant) {
         self.list
             .retain(|s| now.saturating_duration_since(s.taken) < SNAPSHOT_TTL);
     }
 
-    /// Stores a rendered snapshot and returns its id.
-    pub fn store(&mut self, id: u64, text: &str, now: Instant) -> u64 {
+    /// Stores a rendered snapshot under `id`. A snapshot is at most
+    /// [`MAX_SNAPSHOT_BYTES`], far fewer pages than a reply can count, so
+    /// the error is for a text that broke that bound.
+    pub fn store(&mut self, id: u64, text: &str, now: Instant) -> Result<(), String> {
+        let pages = paginate(text, MAX_STATUS_CHUNK).map_err(|e| e.to_string())?;
         self.expire(now);
         while self.list.len() >= MAX_SNAPSHOTS {
             self.list.pop_front();
@@ -78,9 +65,9 @@ impl Snapshots {
         self.list.push_back(Snapshot {
             id,
             taken: now,
-            pages: paginate(text, MAX_STATUS_CHUNK),
+            pages,
         });
-        id
+        Ok(())
     }
 
     /// Page `page` of snapshot `id` as a reply message.
@@ -98,7 +85,7 @@ impl Snapshots {
         Message::StatusReply {
             snapshot: id,
             page,
-            // At most 4 MiB / 32 KiB pages, far below u16::MAX.
+            // `paginate` makes at most u16::MAX pages.
             pages: u16::try_from(s.pages.len()).unwrap_or(u16::MAX),
             chunk: chunk.clone(),
         }
@@ -152,8 +139,13 @@ impl Daemon {
                 break id;
             }
         };
-        self.snapshots.store(id, &text, now);
-        self.snapshots.page(id, page, now)
+        match self.snapshots.store(id, &text, now) {
+            Ok(()) => self.snapshots.page(id, page, now),
+            Err(e) => {
+                warn!("status request from {from}: {e}");
+                Message::error(ErrorCode::Internal, &e)
+            }
+        }
     }
 
     /// The broker's state at `now`, sorted for stable output.
@@ -263,51 +255,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pages_cut_on_character_boundaries_and_join_back() {
-        let text = "é".repeat(10);
-        let pages = paginate(&text, 3);
-        assert!(pages.iter().all(|p| p.len() <= 3 && !p.is_empty()));
-        assert_eq!(pages.concat(), text);
-        assert_eq!(paginate("", 3), vec![String::new()]);
-        assert_eq!(paginate("abcdef", 3), vec!["abc", "def"]);
-    }
-
-    /// Every text of up to 6 characters of 1 to 4 bytes each, cut at every
-    /// limit that holds the widest character: pages stay within the limit,
-    /// are never empty, join back to the text, and each one travels in a
-    /// `StatusReply` that decodes to the same page.
-    #[test]
-    fn every_short_text_pages_and_round_trips() {
-        let alphabet = ['a', 'é', '€', '😀'];
-        for len in 0..=6u32 {
-            for n in 0..4usize.pow(len) {
-                let text: String = (0..len).map(|i| alphabet[n / 4usize.pow(i) % 4]).collect();
-                for max in 4..=9 {
-                    let pages = paginate(&text, max);
-                    assert_eq!(pages.concat(), text, "max {max}");
-                    let total = pages.len() as u16;
-                    for (i, page) in pages.iter().enumerate() {
-                        assert!(page.len() <= max && (!page.is_empty() || text.is_empty()));
-                        let reply = Message::StatusReply {
-                            snapshot: 9,
-                            page: i as u16,
-                            pages: total,
-                            chunk: page.clone(),
-                        };
-                        let bytes = proto::gcb::encode(&reply, 1).unwrap();
-                        assert_eq!(proto::gcb::decode(&bytes).unwrap().1, reply);
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
     fn snapshots_are_paged_bounded_and_expire() {
         let t = Instant::now();
         let mut s = Snapshots::default();
         let big = "x".repeat(MAX_STATUS_CHUNK * 2 + 1);
-        s.store(7, &big, t);
+        s.store(7, &big, t).unwrap();
         match s.page(7, 2, t) {
             Message::StatusReply {
                 snapshot,
@@ -334,7 +286,7 @@ mod tests {
             }
         ));
         for id in 10..10 + MAX_SNAPSHOTS as u64 {
-            s.store(id, "x", t);
+            s.store(id, "x", t).unwrap();
         }
         assert!(
             matches!(s.page(7, 0, t), Message::Error { .. }),

@@ -223,10 +223,40 @@ pub fn text(v: &View, budget: usize) -> String {
         "\nbytes relayed: {} connector -> listener, {} back",
         v.bytes_relayed[0], v.bytes_relayed[1]
     );
+    let dropped: Vec<String> = REFUSALS
+        .iter()
+        .filter_map(|name| v.counters.iter().find(|(k, _)| k == name))
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(o, "refused and malformed: {}", dropped.join(", "));
+    }
     let counters: Vec<String> = v.counters.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let _ = writeln!(o, "counters: {}", counters.join(", "));
     o
 }
+
+/// The counters of input the broker refused or could not read, repeated on
+/// a line of their own in the text: what an operator looks at first when
+/// clients complain. Totals only; `counters:` has the split by class.
+const REFUSALS: [&str; 16] = [
+    "malformed",
+    "version_mismatch",
+    "rate_limited",
+    "unsupported",
+    "refused",
+    "bad_hellos",
+    "rendezvous_rejected",
+    "udp_refused",
+    "udp_rule_cap",
+    "udp_malformed",
+    "udp_oversize",
+    "udp_dummies_dropped",
+    "auth_missing",
+    "auth_bad_mac",
+    "auth_stale",
+    "auth_replayed",
+];
 
 fn more(o: &mut String, left: usize) {
     if left > 0 {

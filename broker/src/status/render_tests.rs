@@ -89,6 +89,7 @@ fn text_names_every_part() {
         "(every 10s) data path 198.51.100.1:40001",
         "udp rules: 1",
         "198.51.100.4:9000 <-> 203.0.113.1:20001: 3 datagrams (300 bytes) to the client, 2 (20 bytes) back",
+        "refused and malformed: malformed 1",
         "counters: received 12, malformed 1",
     ] {
         assert!(t.contains(needle), "{needle:?} not in:\n{t}");

@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub private_net: Option<Vec<String>>,
     pub probe_interval_s: Option<u64>,
     pub per_host_quota: Option<u32>,
+    pub rate_limit: Option<u32>,
     pub secret_file: Option<PathBuf>,
     pub log: Option<String>,
 }

@@ -22,6 +22,7 @@ fn gateway() -> Env {
     Env {
         rust_log: None,
         addresses: vec![addr("192.0.2.1", 24), addr("198.51.100.1", 24)],
+        flags: Vec::new(),
     }
 }
 
@@ -59,6 +60,7 @@ fn defaults_and_derived_private_net() {
     assert_eq!(c.private_nets, ["192.0.2.0/24".parse::<Cidr>().unwrap()]);
     assert!(c.private_nets_derived);
     assert_eq!((c.probe_interval_s, c.per_host_quota), (30, 1024));
+    assert_eq!(c.rate_limit, DEFAULT_RATE_LIMIT);
     assert_eq!(c.secret_file, None);
     assert_eq!(c.log_filter, "info");
 }
@@ -130,10 +132,18 @@ fn flag_beats_file_beats_default() {
         nft_table = "from_file"
         probe_interval_s = 5
         per_host_quota = 10
+        rate_limit = 50
         log = "debug"
     "#;
     let c = merged(
-        &["--per-host-quota", "3", "--public-ip", "198.51.100.9"],
+        &[
+            "--per-host-quota",
+            "3",
+            "--public-ip",
+            "198.51.100.9",
+            "--rate-limit",
+            "0",
+        ],
         file,
     )
     .unwrap();
@@ -144,9 +154,9 @@ fn flag_beats_file_beats_default() {
         (c.nft_table.as_str(), c.probe_interval_s, c.per_host_quota),
         ("from_file", 5, 3)
     );
-    assert_eq!(c.log_filter, "debug");
+    assert_eq!((c.log_filter.as_str(), c.rate_limit), ("debug", 0));
     let c = merged(&["--public-ip", "198.51.100.9"], file).unwrap();
-    assert_eq!(c.public_ips.len(), 1);
+    assert_eq!((c.public_ips.len(), c.rate_limit), (1, 50));
     let c = merged(&[], file).unwrap();
     assert_eq!(c.public_ips.len(), 2);
 }
@@ -285,5 +295,6 @@ fn example_file_is_valid_and_complete() {
     assert!(f.listen.is_some() && f.public_ip.is_some() && f.port_range.is_some());
     assert!(f.mirror.is_some() && f.nft_table.is_some() && f.private_net.is_some());
     assert!(f.probe_interval_s.is_some() && f.per_host_quota.is_some());
+    assert!(f.rate_limit.is_some());
     assert!(f.secret_file.is_some() && f.log.is_some());
 }

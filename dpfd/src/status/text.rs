@@ -67,6 +67,14 @@ pub fn render_text(v: &Value) -> String {
         num(v, &["mirror"]),
         num(v, &["probe_interval_s"])
     );
+    let rate = match num(v, &["rate_limit"]).as_str() {
+        "0" => "off".to_string(),
+        n => format!("{n}/s per source IP"),
+    };
+    out += &format!(
+        "limits: {} forwards per host, rate {rate}\n",
+        num(v, &["per_host_quota"])
+    );
     let forwards = v["forwards"].as_array().cloned().unwrap_or_default();
     out += &format!(
         "forwards: {} (free ports: tcp {}, udp {})\n",
@@ -98,11 +106,12 @@ pub fn render_text(v: &Value) -> String {
         }
     }
     out += &format!(
-        "requests: received {} ({}), malformed {}, from outside {}, duplicates {}\n",
+        "requests: received {} ({}), malformed {}, from outside {}, rate limited {}, duplicates {}\n",
         num(v, &["counters", "received"]),
         pairs(v.pointer("/counters/requests")),
         num(v, &["counters", "malformed"]),
         num(v, &["counters", "foreign"]),
+        num(v, &["counters", "rate_limited"]),
         num(v, &["counters", "duplicates"])
     );
     out += &format!(
@@ -150,7 +159,8 @@ mod tests {
             "dpfd": "0.1.0", "pid": 7, "listen": "192.0.2.1:65433", "uptime_s": 3725,
             "forwards": [{"proto": "tcp", "public": "203.0.113.1:40000", "local": "192.0.2.10:7000",
                           "mgmt_port": 5555, "age_s": 61, "last_probe": "timeout", "timeouts": 2}],
-            "counters": {"refused": {"not_local": 1}},
+            "per_host_quota": 2, "rate_limit": 0,
+            "counters": {"refused": {"not_local": 1}, "rate_limited": 4},
         });
         let text = render_text(&v);
         assert!(
@@ -163,6 +173,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("refused: not_local 1\n"), "{text}");
+        assert!(
+            text.contains("limits: 2 forwards per host, rate off\n"),
+            "{text}"
+        );
+        assert!(text.contains(", rate limited 4, "), "{text}");
         assert!(text.contains("free ports: tcp ?, udp ?"), "{text}");
         assert!(text.contains("last sync: none yet"));
     }

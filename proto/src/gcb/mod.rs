@@ -26,12 +26,14 @@
 //!    listener `RelayConnect` and relays. A non-GCB UDP peer sends to the
 //!    proxy socket, and the broker relays with a [`UdpRelayHeader`].
 //! 4. An operator asks a broker for its state (`gcb-broker query`) with
-//!    `StatusRequest`, and gets the snapshot in `StatusReply` pages.
+//!    `StatusRequest`, and gets the snapshot in `StatusReply` pages (module
+//!    `status`: the cut into pages and the client's reassembly).
 
 mod codec;
 pub mod doorbell;
 mod message;
 mod relay;
+mod status;
 mod stream;
 
 pub use codec::{decode, encode, encode_into, Kind};
@@ -40,8 +42,14 @@ pub use message::{
     MAX_ENDPOINTS, MAX_PROGRAM_LEN, MAX_REALM_LEN, MAX_STATUS_CHUNK,
 };
 pub use relay::{UdpRelayHeader, MAX_RELAY_PAYLOAD, RELAY_HEADER_LEN};
+pub use status::{
+    page_limit, paginate, FetchError, Progress, StatusFetch, TooManyPages, MAX_STATUS_PAGES,
+    MIN_STATUS_PAGE,
+};
 pub use stream::{Frame, FrameReader, Role, StreamHello, StreamPeer, MAX_FRAME_LEN};
 
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]
