@@ -82,15 +82,26 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 /// A loopback port free for both UDP and TCP a moment ago: the broker binds
 /// its command port on both, and a port free for UDP alone may be taken
 /// for TCP.
+///
+/// Picked below the kernel's ephemeral range (32768 up by default), not by
+/// binding port 0: an ephemeral port is released for anyone's next connect
+/// or autobind, and lost that race now and then on a busy CI machine. Test
+/// processes start at pid-spread offsets so that concurrent suites rarely
+/// try the same ports; proxy ranges in the suites start at 22000.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    const LO: u32 = 10_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = std::process::id().wrapping_mul(101) % SPAN;
+    for _ in 0..1_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (LO + (start + n) % SPAN) as u16;
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if udp.is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no port free for both UDP and TCP");
+    panic!("no port free for both UDP and TCP in {LO}-{}", LO + SPAN - 1);
 }
 
 /// A running daemon whose stderr lines arrive on a channel.
