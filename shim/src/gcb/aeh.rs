@@ -166,7 +166,10 @@ fn run(readable: &[c_int], now: Instant, accepting: Option<ListenerId>) -> Optio
         }
     }
     let interval = config::get().heartbeat;
-    super::with(|reg| mgmt::on_timers(reg, now, interval));
+    super::with(|reg| {
+        mgmt::send_acks_due(reg);
+        mgmt::on_timers(reg, now, interval)
+    });
     found
 }
 

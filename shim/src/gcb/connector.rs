@@ -41,6 +41,7 @@ use proto::Proto;
 use super::dial;
 use super::family::{self, Family};
 use super::mgmt;
+use super::options::Options;
 use super::registry::Names;
 use super::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
@@ -182,7 +183,10 @@ pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
 /// socket's `family`, since the connection it accepts takes that socket's place.
 fn temp_listener(ip: std::net::Ipv4Addr, family: Family) -> Result<(Sock, SocketAddrV4), Errno> {
     let s = sys::socket_of(family, libc::SOCK_STREAM, true, true)?;
-    sys::bind(s.raw(), SocketAddrV4::new(ip, 0))?;
+    sys::bind_as(s.raw(), family, SocketAddrV4::new(ip, 0))?;
+    // Accept only once the listener's hello is in: one wake-up instead of two,
+    // and a connection dialed ahead that never speaks (`predial`) is never taken.
+    let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, dial::PAIR_TIMEOUT.as_secs() as c_int);
     // SAFETY: our socket.
     if unsafe { real::listen(s.raw(), 8) } < 0 {
         return Err(errno());
@@ -256,7 +260,10 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, tmp: Option<(Sock, 
         }
         Decision::Reversal { token } => {
             let Some((tmp, _)) = tmp else { return brokered_failed(dest, "reversal", libc::ECONNREFUSED) };
-            match dial::accept_reversed(tmp.raw(), token, connect_deadline(fd)).and_then(|c| swap(fd, c)) {
+            let deadline = connect_deadline(fd);
+            // Read while the listener dials, not after its connection is in.
+            let options = Options::read(fd);
+            match dial::accept_reversed(tmp.raw(), token, deadline).and_then(|c| swap(fd, c, &options)) {
                 Ok(()) => {
                     name(fd, dest);
                     set_errno(saved);
@@ -296,13 +303,13 @@ fn name(fd: c_int, dest: SocketAddrV4) {
 }
 
 /// Puts connection `c` on the application's fd number, as the application's own
-/// socket would have been: same O_NONBLOCK and FD_CLOEXEC, common options, and
+/// socket would have been: same O_NONBLOCK and FD_CLOEXEC, its `options`, and
 /// the epoll registrations it had (see `interest`).
-fn swap(fd: c_int, c: Sock) -> Result<(), Errno> {
+fn swap(fd: c_int, c: Sock, options: &Options) -> Result<(), Errno> {
     let nonblocking = sys::get_fl(fd)? & libc::O_NONBLOCK != 0;
     // SAFETY: F_GETFD takes no argument.
     let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
-    sys::copy_options(fd, c.raw());
+    options.apply(c.raw());
     sys::set_nonblock(c.raw(), nonblocking)?;
     let regs = super::with(|reg| reg.interest.take(fd));
     let event = |r: &super::interest::Registration| libc::epoll_event { events: r.events, u64: r.data };
@@ -359,9 +366,11 @@ mod tests {
         let c = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         sys::connect(c.raw(), at, Instant::now() + std::time::Duration::from_secs(2)).unwrap_or(());
         let local = sys::local_addr(c.raw()).unwrap();
-        swap(app.raw(), c).unwrap();
+        sys::set_int_opt(app.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
+        swap(app.raw(), c, &Options::read(app.raw())).unwrap();
         assert_eq!(sys::local_addr(app.raw()).unwrap(), local, "the fd number now holds the new connection");
         assert!(sys::is_nonblocking(app.raw()));
+        assert_eq!(sys::get_int_opt(app.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY), Ok(1), "options carried");
         assert_eq!(unsafe { real::fcntl(app.raw(), libc::F_GETFD, 0) } & libc::FD_CLOEXEC, 0);
         let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
         assert_eq!(unsafe { real::epoll_wait(ep, out.as_mut_ptr(), 2, 1000) }, 1, "re-added to the live set");
