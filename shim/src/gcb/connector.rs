@@ -350,6 +350,26 @@ mod tests {
         assert_eq!(command_port(ip), COMMAND_PORT);
     }
 
+    /// A connection that never says hello (dialed ahead, then claimed by no
+    /// one) is not taken by a reversed connect: the one that speaks is.
+    #[test]
+    fn a_silent_connection_does_not_hold_up_the_reversed_one() {
+        let (tmp, at) = temp_listener(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
+        let silent = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
+        sys::connect(silent.raw(), at, Instant::now() + std::time::Duration::from_secs(5)).unwrap();
+        let peer = "198.51.100.10:4000".parse().unwrap();
+        let token = proto::gcb::Token(9);
+        let record = super::super::doorbell::Record { secret: 1, token, dial: super::super::doorbell::Dial::Reverse { connector: at }, peer, proxy: peer };
+        let (speaking, _) = dial::for_listener(&record, Family::V4, true, true).unwrap();
+        // Well under the hello timeout a silent connection taken first would cost.
+        let got = dial::accept_reversed(tmp.raw(), token, Instant::now() + std::time::Duration::from_secs(3)).unwrap();
+        assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(speaking.raw()).unwrap());
+        assert_eq!(sys::get_int_opt(got.raw(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT), Ok(0), "not carried to the application");
+        // Never accepted, so never closed by the connector: no end of stream.
+        let soon = Instant::now() + std::time::Duration::from_millis(500);
+        assert_eq!(sys::wait_fd(silent.raw(), libc::POLLIN, soon), Err(libc::ETIMEDOUT), "the silent connection was not taken");
+    }
+
     #[test]
     fn swap_keeps_flags_and_epoll_registrations() {
         let l = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
