@@ -13,7 +13,8 @@
 //! A command asking for a connection becomes a [`Job`]. If the caller is `accept`
 //! on that very listener (and the kernel has nothing queued on it), the job is
 //! returned to be dialed at once; otherwise its doorbell is rung
-//! ([`doorbell::ring`]).
+//! ([`doorbell::ring`], which dials ahead first, see `predial`). The broker's
+//! command is acknowledged at the end of the pass, once the dial is under way.
 
 use std::time::Instant;
 
