@@ -261,8 +261,9 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, tmp: Option<(Sock, 
         Decision::Reversal { token } => {
             let Some((tmp, _)) = tmp else { return brokered_failed(dest, "reversal", libc::ECONNREFUSED) };
             let deadline = connect_deadline(fd);
-            // Read while the listener dials, not after its connection is in.
-            let options = Options::read(fd);
+            // Read while the listener dials, not after its connection is in;
+            // a watched socket was made here, so only the options set matter.
+            let options = Options::read_noted(fd);
             match dial::accept_reversed(tmp.raw(), token, deadline).and_then(|c| swap(fd, c, &options)) {
                 Ok(()) => {
                     name(fd, dest);

@@ -37,6 +37,7 @@ use proto::Proto;
 use super::aeh::{self, Waited};
 use super::doorbell::{self, Job, Record, RECORD_LEN};
 use super::mgmt::{self, NoAnswer};
+use super::options::Options;
 use super::registry::{ListenerId, Mgmt, Names};
 use super::sys::{self, Sock};
 use super::{dial, family, fdops};
@@ -326,11 +327,20 @@ unsafe fn dial_now(listener: c_int, job: &Job, flags: c_int, addr: *mut sockaddr
             return None;
         }
     };
-    sys::copy_options(listener, sock.raw());
+    carry_options(job.listener, listener, sock.raw());
     let fd = sock.into_raw();
     named_accepted(job.listener, fd, Some(peer));
     family::copy_out(peer, fam, addr, len);
     Some(fd)
+}
+
+/// Gives `to` the options of listener `id` (fd `listener`) that an accepted
+/// socket inherits: only those the application set, unless another process
+/// holds the listener and may have set others (`options`).
+fn carry_options(id: ListenerId, listener: c_int, to: c_int) {
+    let shared = super::with(|reg| reg.listener(id).map_or(true, |l| l.shared));
+    let options = if shared { Options::read(listener) } else { Options::read_noted(listener) };
+    options.apply(to);
 }
 
 fn dial_failed(record: &Record, e: sys::Errno) {
@@ -366,7 +376,7 @@ fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> O
     };
     // The doorbell inherited the listener's options, as the application expects of
     // an accepted socket; carry them over (accept4's flags are set already).
-    sys::copy_options(listener, sock.raw());
+    carry_options(id, listener, sock.raw());
     let dup_flags = if flags & libc::SOCK_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
     // SAFETY: both fds are ours; `n` is replaced atomically.
     if unsafe { real::dup3(sock.raw(), n, dup_flags) } < 0 {

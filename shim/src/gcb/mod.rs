@@ -133,6 +133,7 @@ fn after_fork_in_child(reg: &mut Registry) {
 
 /// `pthread_atfork` prepare handler.
 pub fn prepare_fork() {
+    options::note_all();
     lock::prepare_fork(&REGISTRY, |reg| {
         if let Some(reg) = reg {
             reg.mark_all_shared();

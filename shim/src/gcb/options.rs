@@ -1,6 +1,18 @@
 //! Socket options the shim carries from a socket the application configured to
 //! the one that replaces it (a reversed connect's accepted socket, a doorbell's
 //! dialed connection), so the replacement behaves as the application set it up.
+//!
+//! Reading all of them costs a `getsockopt` each, on every brokered connection
+//! and on both sides. So the `setsockopt` hook notes which of them the
+//! application has set on a socket the shim watches or manages ([`note`]), and
+//! [`Options::read_noted`] reads only those: the others are still as on a fresh
+//! socket. That holds for sockets whose every `setsockopt` this process image
+//! saw: ones it made while GCB was on, and listeners no other process holds.
+//! Across `fork` the other process's calls are not seen, so from the first
+//! fork on every option counts as noted; listeners inherited across `exec` or
+//! shared after `fork` are read in full ([`copy_options`]).
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use libc::{c_int, socklen_t};
 use once_cell::race::OnceBox;
@@ -27,6 +39,33 @@ const CARRIED_OPTIONS: &[(c_int, c_int)] = &[
     (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
     (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
 ];
+
+/// Bit `i`: the application set `CARRIED_OPTIONS[i]` on a watched or managed socket.
+static NOTED: AtomicU32 = AtomicU32::new(0);
+const _: () = assert!(CARRIED_OPTIONS.len() <= 32, "one bit of NOTED per option");
+
+/// `SO_RCVTIMEO_NEW` and `SO_SNDTIMEO_NEW` (64-bit `time_t` on 32-bit ABIs): the
+/// same options as the old names for this purpose.
+const SO_RCVTIMEO_NEW: c_int = 66;
+const SO_SNDTIMEO_NEW: c_int = 67;
+
+/// The `setsockopt` hook saw option `(level, name)` set on a watched or managed socket.
+pub fn note(level: c_int, name: c_int) {
+    let name = match (level, name) {
+        (libc::SOL_SOCKET, SO_RCVTIMEO_NEW) => libc::SO_RCVTIMEO,
+        (libc::SOL_SOCKET, SO_SNDTIMEO_NEW) => libc::SO_SNDTIMEO,
+        _ => name,
+    };
+    if let Some(i) = CARRIED_OPTIONS.iter().position(|&o| o == (level, name)) {
+        NOTED.fetch_or(1 << i, Relaxed);
+    }
+}
+
+/// Every option counts as set from now on (the process forks: the other
+/// process's `setsockopt`s on shared sockets are not seen here).
+pub fn note_all() {
+    NOTED.store(u32::MAX, Relaxed);
+}
 
 /// One option's value as `getsockopt` reported it.
 type OptionValue = Option<([u8; 32], socklen_t)>;
@@ -72,9 +111,20 @@ pub struct Options(Vec<(c_int, c_int, [u8; 32], socklen_t)>);
 impl Options {
     /// Reads `from`'s carried options.
     pub fn read(from: c_int) -> Options {
+        Options::read_these(from, u32::MAX)
+    }
+
+    /// Reads those of `from`'s carried options the application has set on some
+    /// socket ([`note`]); for a socket whose every `setsockopt` this process
+    /// image saw (module docs).
+    pub fn read_noted(from: c_int) -> Options {
+        Options::read_these(from, NOTED.load(Relaxed))
+    }
+
+    fn read_these(from: c_int, mask: u32) -> Options {
         let defaults = fresh_defaults();
         let mut set = Vec::new();
-        for (i, &(level, name)) in CARRIED_OPTIONS.iter().enumerate() {
+        for (i, &(level, name)) in CARRIED_OPTIONS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0) {
             let Some((buf, len)) = read_option(from, level, name) else { continue };
             if let Some(Some((dbuf, dlen))) = defaults.get(i) {
                 if *dlen == len && dbuf[..len as usize] == buf[..len as usize] {
@@ -114,6 +164,12 @@ mod tests {
         sys::set_int_opt(app.raw(), libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 33).unwrap();
         let opts = Options::read(app.raw());
         assert_eq!(opts.0.len(), 2);
+        let bit = |name| 1u32 << CARRIED_OPTIONS.iter().position(|&o| o == (libc::IPPROTO_TCP, name)).unwrap();
+        assert!(Options::read_these(app.raw(), 0).0.is_empty(), "nothing noted, nothing read");
+        let nodelay_only = Options::read_these(app.raw(), bit(libc::TCP_NODELAY));
+        assert_eq!(nodelay_only.0.iter().map(|o| o.1).collect::<Vec<_>>(), vec![libc::TCP_NODELAY]);
+        note(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE);
+        assert!(Options::read_noted(app.raw()).0.iter().any(|o| o.1 == libc::TCP_KEEPIDLE), "noted, so read");
         let to = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         opts.apply(to.raw());
         assert_eq!(sys::get_int_opt(to.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY), Ok(1));
