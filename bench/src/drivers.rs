@@ -114,6 +114,7 @@ pub fn register(
                 local: SocketAddrV4::new(local_ip, next_port),
                 realm: None,
                 desired_port: None,
+                port_required: false,
                 // A long heartbeat interval: the registrations must outlive the
                 // measurement without the driver heartbeating.
                 mgmt: proto::gcb::MgmtInfo::new(mgmt[sock], std::process::id(), 3600, "gcb-bench"),

@@ -34,6 +34,7 @@ use crate::counters::Counters;
 use crate::daemon::Daemon;
 use crate::handlers::{ConnectReq, RegisterReq};
 use crate::pairing::Kind;
+use crate::udp::channel_io::ChannelReq;
 
 /// Datagrams read from the command socket per loop turn before other events
 /// get their share; the rest waits for the next turn.
@@ -186,6 +187,7 @@ impl Daemon {
                 local,
                 realm,
                 desired_port,
+                port_required,
                 mgmt,
             } => {
                 let req = RegisterReq {
@@ -193,6 +195,7 @@ impl Daemon {
                     local,
                     realm,
                     desired_port,
+                    port_required,
                     mgmt,
                 };
                 self.on_register(from, req, now)
@@ -220,6 +223,20 @@ impl Daemon {
                 page,
                 format,
             } => self.on_status(from, snapshot, page, format, now),
+            Message::UdpChannel {
+                proxy,
+                peer,
+                udp_token,
+                open,
+            } => {
+                let req = ChannelReq {
+                    proxy,
+                    peer,
+                    udp_token,
+                    open,
+                };
+                self.on_udp_channel(from, req, now)
+            }
             other => {
                 self.counters.unsupported += 1;
                 debug!(

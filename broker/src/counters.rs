@@ -77,6 +77,12 @@ pub struct Counters {
     pub udp_rules_created: u64,
     pub udp_rules_expired: u64,
     pub udp_send_errors: u64,
+    /// UDP channels (`udp::channels`) opened, closed, and requests refused.
+    pub udp_channels_opened: u64,
+    pub udp_channels_closed: u64,
+    pub udp_channels_refused: u64,
+    /// Datagrams at a channel socket from anyone but its client: dropped.
+    pub udp_channel_strangers: u64,
 }
 
 impl Counters {
@@ -128,6 +134,10 @@ impl Counters {
             ("udp_rules_created", self.udp_rules_created),
             ("udp_rules_expired", self.udp_rules_expired),
             ("udp_send_errors", self.udp_send_errors),
+            ("udp_channels_opened", self.udp_channels_opened),
+            ("udp_channels_closed", self.udp_channels_closed),
+            ("udp_channels_refused", self.udp_channels_refused),
+            ("udp_channel_strangers", self.udp_channel_strangers),
         ]
     }
 }

@@ -78,6 +78,11 @@ pub(crate) enum Dynamic {
     Relay(u64),
     /// The proxy UDP socket of registration `proxy` (see `udp`).
     UdpProxy { proxy: Endpoint, socket: UdpSocket },
+    /// A UDP channel socket at `addr` (see `udp::channels`).
+    UdpChannel {
+        addr: SocketAddrV4,
+        socket: UdpSocket,
+    },
 }
 
 /// Deadlines kept in the timer heap; registrations, pairings and commands
@@ -331,6 +336,7 @@ impl Daemon {
             self.pairings.next_deadline(),
             self.asyncs.next_deadline(),
             self.udp.table.next_deadline(),
+            self.udp.channels.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -347,6 +353,7 @@ impl Daemon {
                 return;
             }
             Some(Dynamic::UdpProxy { .. }) => return self.on_udp_proxy_ready(token),
+            Some(Dynamic::UdpChannel { .. }) => return self.on_udp_channel_ready(token),
             // The source was closed earlier in this batch.
             None => {
                 trace!("event for closed token {}", token.0);
@@ -401,6 +408,7 @@ impl Daemon {
         }
         self.expire_pairings(now);
         self.expire_udp_rules(now);
+        self.expire_udp_channels(now);
         self.poll_commands(now);
     }
 

@@ -43,6 +43,8 @@ pub(crate) struct RegisterReq {
     pub local: SocketAddrV4,
     pub realm: Option<String>,
     pub desired_port: Option<u16>,
+    /// `desired_port` or nothing (`Register::port_required`).
+    pub port_required: bool,
     pub mgmt: MgmtInfo,
 }
 
@@ -53,6 +55,18 @@ pub(crate) struct ConnectReq {
     pub connector: SocketAddrV4,
     pub connector_id: Option<SocketAddrV4>,
     pub realm: Option<String>,
+}
+
+/// The refusal of a `Register` whose required port cannot be had: the
+/// client's application sees EADDRINUSE from its `bind`.
+fn port_unavailable(
+    (proto, local, port): (Proto, SocketAddrV4, Option<u16>),
+    from: SocketAddrV4,
+    why: &str,
+) -> Message {
+    let port = port.unwrap_or(0);
+    info!("refused {proto} {local} from {from}: it requires proxy port {port}, and {why}");
+    Message::error(ErrorCode::PortUnavailable, &format!("port {port}: {why}"))
 }
 
 impl Daemon {
@@ -85,6 +99,9 @@ impl Daemon {
             self.registry
                 .find_for_register(req.proto, from, req.local, req.desired_port)
         {
+            if req.port_required && req.desired_port != Some(ep.addr.port()) {
+                return port_unavailable((req.proto, req.local, req.desired_port), from, "this socket is registered on another port");
+            }
             debug!(
                 "register again: {} {} from {from} keeps {}",
                 req.proto, req.local, ep.addr
@@ -126,8 +143,17 @@ impl Daemon {
             }
         };
         let pool = self.registry.pool_mut(req.proto);
-        let (port, source) = match pool.allocate(req.desired_port, &owner, now, &mut self.rng, bind)
-        {
+        let allocated = match (req.desired_port, req.port_required) {
+            (Some(port), true) => match pool.allocate_exact(port, &owner, now, bind) {
+                Ok(source) => Ok((port, source)),
+                Err(AllocError::Exhausted) => {
+                    return port_unavailable((req.proto, req.local, req.desired_port), from, "the port is taken or outside the range");
+                }
+                Err(e) => Err(e),
+            },
+            _ => pool.allocate(req.desired_port, &owner, now, &mut self.rng, bind),
+        };
+        let (port, source) = match allocated {
             Ok(got) => got,
             // A full range is a limit like the registration limit. Not
             // PortUnavailable: that means "not the port you asked for",

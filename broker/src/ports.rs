@@ -21,6 +21,13 @@
 //! 4. Only when nothing else is left are quarantined ports reused, oldest
 //!    first: a possibly stale address is better than refusing service.
 //!
+//! A client may also *require* a port (`Register` with `port_required`: the
+//! application bound its socket to that proxy address itself, typically the
+//! one it advertised before a restart). [`allocate_exact`](PortPool::allocate_exact)
+//! gives that port or nothing; a port quarantined for a socket of the same
+//! public IP counts as available, since a restarted daemon comes back with a
+//! new local port but asks for exactly the address it advertised.
+//!
 //! Ports another program holds on the host are found by the bind failing
 //! (EADDRINUSE), and skipped; a bounded number of failures ends the search,
 //! so a range mostly taken by others cannot stall the event loop.
@@ -190,6 +197,32 @@ impl PortPool {
         Err(AllocError::Exhausted)
     }
 
+    /// Takes exactly `port` for `owner` (module docs) and binds it with
+    /// `bind`; `Exhausted` when it is out of range, in use by a client or
+    /// another program, or quarantined for a client of another public IP.
+    pub fn allocate_exact<S>(
+        &mut self,
+        port: u16,
+        owner: &Owner,
+        now: Instant,
+        bind: impl FnOnce(u16) -> io::Result<S>,
+    ) -> Result<S, AllocError> {
+        self.expire(now);
+        let stranger = matches!(self.quarantine.get(&port), Some(q) if q.owner.ip != owner.ip);
+        if !self.range.contains(port) || self.in_use.contains(&port) || stranger {
+            return Err(AllocError::Exhausted);
+        }
+        match bind(port) {
+            Ok(s) => {
+                self.in_use.insert(port);
+                self.quarantine.remove(&port);
+                Ok(s)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(AllocError::Exhausted),
+            Err(e) => Err(AllocError::Bind(e)),
+        }
+    }
+
     /// Gives a port back; it is quarantined for `owner`.
     pub fn release(&mut self, port: u16, owner: Owner, now: Instant) {
         if self.in_use.remove(&port) {
@@ -267,6 +300,31 @@ mod tests {
         // After the quarantine, anyone may have it.
         let later = t + Duration::from_secs(61);
         assert_eq!(take(&mut pool, Some(103), 4, later), 103);
+    }
+
+    #[test]
+    fn a_required_port_is_that_port_or_nothing() {
+        let t = Instant::now();
+        let mut pool = PortPool::new(RANGE, Duration::from_secs(60));
+        assert!(pool.allocate_exact(104, &owner(1), t, ok).is_ok());
+        let taken = pool.allocate_exact(104, &owner(2), t, ok);
+        assert!(matches!(taken, Err(AllocError::Exhausted)), "in use");
+        assert!(matches!(pool.allocate_exact(5, &owner(2), t, ok), Err(AllocError::Exhausted)), "out of range");
+        let busy = |_| -> io::Result<()> { Err(io::ErrorKind::AddrInUse.into()) };
+        assert!(matches!(pool.allocate_exact(106, &owner(2), t, busy), Err(AllocError::Exhausted)), "held by another program");
+        let broken = |_| -> io::Result<()> { Err(io::Error::from_raw_os_error(libc::EMFILE)) };
+        assert!(matches!(pool.allocate_exact(106, &owner(2), t, broken), Err(AllocError::Bind(_))));
+        assert_eq!(pool.in_use(), 1, "failures take nothing");
+        // Released: quarantined for its owner's public IP, whatever the local
+        // socket (a restarted daemon has a new local port), not for strangers.
+        pool.release(104, owner(1), t);
+        assert!(matches!(pool.allocate_exact(104, &owner(2), t, ok), Err(AllocError::Exhausted)));
+        let restarted = Owner {
+            local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 41000),
+            ..owner(1)
+        };
+        assert!(pool.allocate_exact(104, &restarted, t, ok).is_ok());
+        assert_eq!((pool.in_use(), pool.quarantined()), (1, 0));
     }
 
     #[test]

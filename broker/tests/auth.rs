@@ -53,6 +53,7 @@ fn register_msg(sock: &UdpSocket, local: &str) -> Message {
         local: a(local),
         realm: None,
         desired_port: None,
+        port_required: false,
         mgmt: MgmtInfo::new(mgmt, std::process::id(), 10, "auth-test"),
     }
 }

@@ -296,6 +296,52 @@ fn restart_gives_the_old_port_back_on_reregister() {
     );
 }
 
+/// A `Register` that requires its port gets that port or `PortUnavailable`,
+/// never another one; after the holder is gone, a restarted program (another
+/// local socket, same public IP) gets it back from the quarantine.
+#[test]
+fn a_required_port_is_granted_exactly_or_refused() {
+    let mut b = Broker::start(&[]);
+    let required = |m: &mut Mgmt, local: &str, port: u16| {
+        let mgmt_local = SocketAddrV4::new([127, 0, 0, 1].into(), m.addr().port());
+        m.request(&Message::Register {
+            proto: Proto::Tcp,
+            local: a(local),
+            realm: None,
+            desired_port: Some(port),
+            port_required: true,
+            mgmt: gcb::MgmtInfo::new(mgmt_local, 1, 10, "required-test"),
+        })
+    };
+    let mut first = Mgmt::new(b.addr);
+    let port = first.register_ok("127.0.0.1:7100", "127.0.0.1").port();
+    // Taken by a live registration: refused, not moved elsewhere.
+    let mut second = Mgmt::new(b.addr);
+    assert!(matches!(
+        required(&mut second, "127.0.0.1:7200", port),
+        Message::Error { code: ErrorCode::PortUnavailable, .. }
+    ));
+    b.expect_line(&format!("requires proxy port {port}"));
+    assert!(!b.in_range(1));
+    assert!(matches!(
+        required(&mut second, "127.0.0.1:7200", 1),
+        Message::Error { code: ErrorCode::PortUnavailable, .. }
+    ));
+    let ep = Endpoint::new(Proto::Tcp, SocketAddrV4::new(*b.addr.ip(), port));
+    assert_eq!(first.request(&Message::Unregister { proxy: ep }), Message::Ack);
+    match required(&mut second, "127.0.0.1:7200", port) {
+        Message::RegisterOk { proxy, .. } => assert_eq!(proxy.port(), port),
+        other => panic!("{other:?}"),
+    }
+    // The same socket asking again keeps it; asking for another port while
+    // registered on this one is refused.
+    assert!(matches!(required(&mut second, "127.0.0.1:7200", port), Message::RegisterOk { .. }));
+    assert!(matches!(
+        required(&mut second, "127.0.0.1:7200", if b.in_range(port + 1) { port + 1 } else { port - 1 }),
+        Message::Error { code: ErrorCode::PortUnavailable, .. }
+    ));
+}
+
 #[test]
 fn query_prints_registrations_in_text_and_json() {
     let b = Broker::start(&[]);

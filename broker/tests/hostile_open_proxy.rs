@@ -127,6 +127,7 @@ fn a_registration_naming_a_third_party_never_sends_it_anything() {
         local: a("10.0.0.5:2525"),
         realm: Some("lab".into()),
         desired_port: None,
+        port_required: false,
         mgmt: MgmtInfo::new(victim_addr, 1, 10, "reflector"),
     });
     let Message::RegisterOk {

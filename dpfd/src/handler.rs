@@ -166,6 +166,12 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
                 debug!("query from {from}: {proto} {public}: {reply:?}");
                 Ok((reply, false))
             }
+            Message::Info => Ok((
+                Message::InfoOk {
+                    public_ips: self.table.public_ips().to_vec(),
+                },
+                false,
+            )),
             // The caller drops replies before they get here.
             other => Err((
                 ErrorCode::BadRequest,

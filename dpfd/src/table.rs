@@ -217,6 +217,11 @@ impl Table {
     }
 
     /// Whether `public` is an address this table may hand out.
+    /// The addresses forwards are made from (`--public-ip`).
+    pub fn public_ips(&self) -> &[Ipv4Addr] {
+        &self.public_ips
+    }
+
     pub fn in_range(&self, public: SocketAddrV4) -> bool {
         self.public_ips.contains(public.ip()) && self.range.contains(public.port())
     }

@@ -43,6 +43,14 @@ fn forwards_on_loopback_with_reply_cache_status_and_mirror_lock() {
     );
     // A retransmission gets the same bytes and changes nothing.
     assert_eq!(ask(&sock, &listen, &forward, 77), first);
+    // Info names the public IPs, so a client can tell them from mistakes.
+    let (_, info) = decode(&ask(&sock, &listen, &Message::Info, 78)).unwrap();
+    assert_eq!(
+        info,
+        Message::InfoOk {
+            public_ips: vec!["198.51.100.1".parse().unwrap()]
+        }
+    );
     daemon.expect_line("forward added: tcp 198.51.100.1:40000 -> 127.0.0.1:7000");
 
     let (code, out, err) = run_cmd({

@@ -72,12 +72,14 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
         });
     let command = || (token(), addr(), addr(), addr());
     prop_oneof![
-        (proto(), addr(), realm.clone(), any::<Option<u16>>(), mgmt).prop_map(
-            |(proto, local, realm, desired_port, mgmt)| M::Register {
+        (proto(), addr(), realm.clone(), any::<Option<u16>>(), any::<bool>(), mgmt).prop_map(
+            |(proto, local, realm, desired_port, required, mgmt)| M::Register {
                 proto,
                 local,
                 realm,
                 desired_port,
+                // Not encoded without a port, so not generated without one.
+                port_required: required && desired_port.is_some(),
                 mgmt
             }
         ),
@@ -127,6 +129,15 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
         }),
         token().prop_map(|token| M::Dummy { token }),
         token().prop_map(|token| M::DummyAck { token }),
+        (addr(), addr(), token(), any::<bool>()).prop_map(|(proxy, peer, udp_token, open)| {
+            M::UdpChannel {
+                proxy,
+                peer,
+                udp_token,
+                open,
+            }
+        }),
+        (addr(), token()).prop_map(|(channel, token)| M::UdpChannelOk { channel, token }),
         (
             any::<u64>(),
             any::<u16>(),
@@ -172,6 +183,10 @@ pub fn dpf_message() -> BoxedStrategy<dpf::Message> {
         (proto(), addr()).prop_map(|(proto, public)| M::Query { proto, public }),
         addr().prop_map(|local| M::QueryOk { local }),
         Just(M::QueryNak),
+        Just(M::Info),
+        proptest::collection::vec(any::<[u8; 4]>(), 0..=dpf::MAX_PUBLIC_IPS).prop_map(|ips| M::InfoOk {
+            public_ips: ips.into_iter().map(Into::into).collect()
+        }),
         (any::<u8>(), text(dpf::MAX_DETAIL_LEN)).prop_map(|(c, detail)| M::Error {
             code: dpf::ErrorCode::from_wire(c),
             detail

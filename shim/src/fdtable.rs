@@ -20,7 +20,7 @@
 //! | `Internal`| the shim's own fd (log, management socket)   | `close`, `dup2`/`dup3` onto it, range closes   |
 //! | `Managed` | a GCB listener (registered or trying to be)  | every hook that takes the fd; waits run the AEH|
 //! | `Named`   | a socket whose *names* the shim answers for  | `getsockname`, `getpeername`, `close`, dups    |
-//! | `Watched` | a GCB-mode TCP socket not yet listening or connected | `listen`, `connect`, `epoll_ctl`, `close`, dups |
+//! | `Watched` | a GCB-mode TCP socket not yet listening or connected | `bind`, `listen`, `connect`, `epoll_ctl`, `close`, dups |
 //! | `WatchedUdp` | a GCB-mode UDP socket not (yet) registered or brokered | `bind`, `connect`, `sendto`/`sendmsg`/`sendmmsg`, `close`, dups |
 //!
 //! A UDP socket becomes `Managed` once registered or once it sends to a GCB

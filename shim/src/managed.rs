@@ -14,7 +14,7 @@
 //!   TCP socket carries no data);
 //! * connections the shim names (`Named`, also DPF's forwarded UDP sockets):
 //!   names, dups and close;
-//! * connector candidates (`Watched`): `listen`, `connect`, `epoll_ctl`, dups and close;
+//! * connector candidates (`Watched`): `bind`, `listen`, `connect`, `epoll_ctl`, dups and close;
 //! * GCB-mode UDP sockets (`WatchedUdp`): `bind`, `connect` and the sends that name
 //!   a destination; once registered or brokered (`Managed`), every read too (`gcb::udp`).
 
@@ -47,8 +47,23 @@ macro_rules! by_mode {
     )*};
 }
 
+/// `bind` of a socket the mode cares about. A refusal because the address is
+/// not local may be a bind to the address this process reports, which the
+/// mode then makes good (`client::pinned`); any other result is the real one.
+///
+/// # Safety
+///
+/// The C contract of `bind`.
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let saved = crate::hook::errno();
+    let r = if dpf::enabled() { dpf::ops::bind(fd, addr, len) } else { gcb::udp::bind(fd, addr, len) };
+    if r == 0 || crate::hook::errno() != libc::EADDRNOTAVAIL {
+        return r;
+    }
+    crate::client::pinned::bind(fd, addr, len, saved)
+}
+
 by_mode! {
-    fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int = dpf::ops::bind, gcb::udp::bind;
     fn listen(fd: c_int, backlog: c_int) -> c_int = dpf::ops::listen, gcb::listener::listen;
     fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int = dpf::ops::accept4, gcb::listener::accept4;
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int = dpf::ops::connect, gcb_connect;
@@ -72,7 +87,7 @@ by_mode! {
 unsafe fn gcb_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if gcb::udp::sends_through(fd) {
         gcb::udp::send::connect(fd, addr, len)
-    } else if crate::fdtable::kind(fd) == crate::fdtable::Kind::Watched {
+    } else if crate::fdtable::kind(fd) == crate::fdtable::Kind::Watched || gcb::reported::turns_active(fd) {
         gcb::connector::connect(fd, addr, len)
     } else {
         crate::real::connect(fd, addr, len)

@@ -304,6 +304,22 @@ impl Proc {
         lock(&self.stderr).clone()
     }
 
+    /// Stderr once it contains `needle`: a reader thread collects it, so a line
+    /// the process wrote before its stdout line may not be here yet.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.stderr_text();
+            if text.contains(needle) {
+                return Ok(text);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(&format!("no {needle:?} on stderr within {timeout:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn try_wait(&self) -> Option<ExitStatus> {
         lock(&self.child).try_wait().ok().flatten()
     }

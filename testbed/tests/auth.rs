@@ -205,7 +205,7 @@ fn only_a_shim_with_the_secret_is_brokered() {
         "{listen}: {}",
         srv.stderr_text()
     );
-    let err = srv.stderr_text();
+    let err = srv.wait_stderr("GCB_SECRET_FILE", STARTUP).unwrap_or_else(|e| panic!("{e}"));
     // One message (init currently prints each configuration problem twice,
     // for every variable alike; that is init's business, not this test's).
     let mut lines: Vec<&str> = err
@@ -218,8 +218,7 @@ fn only_a_shim_with_the_secret_is_brokered() {
     drop(srv);
 
     // The broker saw the wrongly keyed registrations and refused them.
-    let log = broker.stderr_text();
-    assert!(log.contains("bad MAC"), "{log}");
+    let log = broker.wait_stderr("bad MAC", STARTUP).unwrap_or_else(|e| panic!("{e}"));
     assert!(!log.contains("registered tcp 192.0.2.10:7002"), "{log}");
     drop(broker);
     bed.down().expect("test bed down");

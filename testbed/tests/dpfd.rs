@@ -315,11 +315,7 @@ fn dpfd_forwards_probes_recovers_and_refuses() {
         "the dead client's forward gone from the kernel",
         || (!b.map("tcp").contains(&nft_addr(&tcp_pub))).then_some(()),
     );
-    assert!(
-        dpfd.stderr_text().contains("probe refused"),
-        "{}",
-        dpfd.stderr_text()
-    );
+    dpfd.wait_stderr("probe refused", PROBE_BOUND).unwrap_or_else(|e| panic!("{e}"));
 
     // kill -9 of dpfd, restart: the forward still works.
     let (_tcp_holder, tcp_pub) = b.hold("tcp", "192.0.2.10:7000");
@@ -328,11 +324,7 @@ fn dpfd_forwards_probes_recovers_and_refuses() {
     b.echo("pub", "tcp", &tcp_pub);
     kill9(&dpfd);
     dpfd = b.start_dpfd();
-    assert!(
-        dpfd.stderr_text().contains("recovered 2 forwards"),
-        "{}",
-        dpfd.stderr_text()
-    );
+    dpfd.wait_stderr("recovered 2 forwards", PROBE_BOUND).unwrap_or_else(|e| panic!("{e}"));
     b.echo("pub", "tcp", &tcp_pub);
 
     // Our table deleted while dpfd is down: restored from the mirror file.

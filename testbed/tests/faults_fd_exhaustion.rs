@@ -54,7 +54,9 @@ fn the_broker_out_of_descriptors_refuses_keeps_serving_and_recovers() {
     wait_for(STARTUP, || format!("refusals\n{}\n{}", flood.stderr_text(), context()), || {
         flood.stderr_text().contains("refused to register").then_some(())
     });
-    assert!(f.broker(BROKER).stderr_text().contains("cannot open a proxy socket"), "{}", f.broker_logs());
+    if let Err(e) = f.broker(BROKER).wait_stderr("cannot open a proxy socket", STARTUP) {
+        panic!("{e}\n{}", f.broker_logs());
+    }
     let ticks = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu_ticks(pid) - ticks;

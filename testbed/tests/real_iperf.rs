@@ -5,8 +5,7 @@
 //! test exercises several brokered connections. The byte counts of iperf3's
 //! JSON report (sender's and receiver's) are checked.
 //!
-//! GCB mode for TCP; DPF mode from pub; GCB UDP is written and ignored until
-//! the shim does GCB for UDP.
+//! GCB mode for TCP and UDP; DPF mode from pub.
 //!
 //! Needs root and `cargo build --release` (libgcb.so, gcb-broker, dpfd).
 
@@ -81,14 +80,10 @@ fn iperf3_tcp_dpf() {
     iperf3(Mode::Dpf, false);
 }
 
-/// Known limit (README, "GCB for UDP"): iperf3's UDP server `connect`s its
-/// listening socket to the first sender and binds a fresh socket to the same
-/// port with SO_REUSEPORT. The broker keys a UDP registration by local address,
-/// so the two sockets share one registration (closing either unregisters
-/// both), and replies on the connected socket to a relayed peer are not yet
-/// sent back through the proxy.
+/// iperf3's UDP server `connect`s its listening socket to the first sender
+/// (relayed by the broker: a broker channel carries that peer) and binds a
+/// fresh socket to the same port for the next one (it joins the registration).
 #[test]
-#[ignore = "GCB for UDP does not yet carry a UDP socket connected to a relayed peer, nor two sockets on one port (SO_REUSEPORT)"]
 fn iperf3_udp_gcb() {
     iperf3(Mode::Gcb, true);
 }

@@ -109,6 +109,7 @@ impl Daemon {
             Some(Dynamic::UdpProxy { proxy, mut socket }) => {
                 let _ = self.poll.registry().deregister(&mut socket);
                 self.udp.table.remove(&proxy.addr);
+                self.close_channels_of(proxy.addr);
             }
             _ => {}
         }

@@ -236,6 +236,7 @@ impl Daemon {
         counters.push(("relays_active", self.relays.len() as u64));
         counters.push(("commands_in_flight", self.asyncs.len() as u64));
         counters.push(("udp_rules_active", self.udp.table.rules_len() as u64));
+        counters.push(("udp_channels_active", self.udp.channels.len() as u64));
         View {
             version: env!("CARGO_PKG_VERSION"),
             uptime: ago(self.started),

@@ -7,10 +7,16 @@
 //!   peer with the header stripped, all from the one proxy socket, so a
 //!   regular peer only ever sees the proxy address.
 //!
+//! * `channels` / `channel_io`: a socket of the broker's own per client
+//!   socket `connect`ed to a relayed peer, so the client's kernel tells
+//!   that peer's datagrams from the other peers' (iperf3's UDP server).
+//!
 //! Registration itself (the port, the socket, the token) and the Connect
 //! decision table (with `MakeHole` for a UDP reversal) are in `handlers`,
 //! shared with TCP.
 
+pub(crate) mod channel_io;
+pub(crate) mod channels;
 mod proxy;
 pub(crate) mod rules;
 
@@ -21,6 +27,7 @@ use tracing::debug;
 
 use crate::config::Limits;
 use crate::daemon::Daemon;
+use channels::Channels;
 use rules::UdpTable;
 
 /// At most one warning line per kind of refusal per this interval.
@@ -29,6 +36,7 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// The UDP relay state the event loop owns.
 pub struct UdpRelay {
     pub table: UdpTable,
+    pub channels: Channels,
     /// Client datagrams to a peer without a rule.
     refused: Throttle,
     /// New peers refused at a registration's rule cap.
@@ -39,6 +47,7 @@ impl UdpRelay {
     pub fn new(limits: &Limits) -> Self {
         UdpRelay {
             table: UdpTable::new(idle(limits), limits.udp_rules_per_registration as usize),
+            channels: Channels::new(idle(limits)),
             refused: Throttle::new(WARN_INTERVAL),
             full: Throttle::new(WARN_INTERVAL),
         }
@@ -48,6 +57,7 @@ impl UdpRelay {
     pub fn set_limits(&mut self, limits: &Limits) {
         self.table
             .set_limits(idle(limits), limits.udp_rules_per_registration as usize);
+        self.channels.set_idle(idle(limits));
     }
 }
 

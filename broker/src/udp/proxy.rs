@@ -13,7 +13,9 @@
 //!   the proxy recently): never an open relay. No header: malformed.
 //! * from anyone else: a peer. Its datagram creates (or refreshes) its rule
 //!   and goes to the data path with a `UdpRelayHeader{peer}` in front, so
-//!   the shim can report the real sender from `recvfrom`.
+//!   the shim can report the real sender from `recvfrom`; or, when the
+//!   client opened a channel for that peer, as it is through the channel
+//!   (`channel_io`).
 //!
 //! Datagrams are read 12 bytes into the buffer, so the header is written in
 //! front of a peer's payload in place, without a copy. Sends that fail (a
@@ -34,19 +36,19 @@ use crate::tokens::TokenSlab;
 
 /// Datagrams read from one proxy socket per event before other sources get
 /// their turn.
-const UDP_BUDGET: usize = 256;
+pub(super) const UDP_BUDGET: usize = 256;
 
 const H: usize = RELAY_HEADER_LEN;
 
-/// Sends from the proxy socket behind `token`.
-fn send_from(
+/// Sends from the proxy (or channel) socket behind `token`.
+pub(super) fn send_from(
     slab: &TokenSlab<Dynamic>,
     token: Token,
     bytes: &[u8],
     to: SocketAddrV4,
 ) -> io::Result<()> {
     match slab.get(token) {
-        Some(Dynamic::UdpProxy { socket, .. }) => {
+        Some(Dynamic::UdpProxy { socket, .. } | Dynamic::UdpChannel { socket, .. }) => {
             socket.send_to(bytes, SocketAddr::V4(to)).map(|_| ())
         }
         _ => Err(io::ErrorKind::NotFound.into()),
@@ -221,6 +223,13 @@ impl Daemon {
                         self.config.limits.udp_rules_per_registration
                     );
                 }
+                return;
+            }
+        }
+        // A peer whose client socket is connected to it goes through its
+        // channel, without a header (`channels`).
+        if let Some(channel) = self.udp.channels.for_peer(&proxy, &from) {
+            if self.relay_to_channel(channel, H..H + len, now) {
                 return;
             }
         }

@@ -236,6 +236,14 @@ impl UdpTable {
         true
     }
 
+    /// Whether `peer` has a rule on `proxy` that is not idle past its time.
+    pub fn has_live_rule(&self, proxy: &SocketAddrV4, peer: &SocketAddrV4, now: Instant) -> bool {
+        self.regs
+            .get(proxy)
+            .and_then(|r| r.rules.get(peer))
+            .is_some_and(|rule| rule.last_used + self.idle > now)
+    }
+
     /// When the next index entry falls due (possibly only to be re-indexed).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.expiry.first().map(|e| e.0)

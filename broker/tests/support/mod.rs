@@ -225,6 +225,7 @@ impl Mgmt {
             local: a(local),
             realm: realm.map(str::to_string),
             desired_port: desired,
+            port_required: false,
             mgmt: MgmtInfo::new(
                 mgmt_local,
                 std::process::id(),

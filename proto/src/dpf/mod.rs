@@ -10,19 +10,23 @@
 //! | 0x01 | Forward   | proto, local, u16 mgmt_port, opt desired public   |
 //! | 0x02 | Delete    | proto, u8 key tag (1 local, 2 public), addr       |
 //! | 0x03 | Query     | proto, public                                     |
+//! | 0x04 | Info      | (empty)                                           |
 //! | 0x81 | ForwardOk | public                                            |
 //! | 0x82 | DeleteOk  | (empty)                                           |
 //! | 0x83 | QueryOk   | local                                             |
 //! | 0x84 | QueryNak  | (empty)                                           |
+//! | 0x85 | InfoOk    | u8 n, n × u32 public IP                           |
 //! | 0xff | Error     | u8 code, u8-prefixed detail (≤ 200 bytes)         |
 
 use crate::common::Proto;
 use crate::header::{Family, Flags, Header};
 use crate::wire::{truncate_str, DecodeError, EncodeError, Reader, Sink, Writer};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Longest human-readable detail in an error reply, in bytes.
 pub const MAX_DETAIL_LEN: usize = 200;
+/// Most public IPs in one `InfoOk`.
+pub const MAX_PUBLIC_IPS: usize = 64;
 
 /// Which side of a mapping a `Delete` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,6 +134,13 @@ pub enum Message {
     QueryOk { local: SocketAddrV4 },
     /// dpfd → client: `public` is not forwarded by this dpfd; dial it as is.
     QueryNak,
+    /// Client → dpfd: which public IPs do you forward from? Asked when an
+    /// application binds a socket to an address that is not local, to tell
+    /// one of dpfd's public addresses (which it advertised, and which the
+    /// shim then forwards) from a mistake (which fails as the kernel says).
+    Info,
+    /// dpfd → client, reply to `Info`: its `--public-ip` addresses.
+    InfoOk { public_ips: Vec<Ipv4Addr> },
     /// dpfd → client, failure reply to any request.
     Error { code: ErrorCode, detail: String },
 }
@@ -141,22 +152,26 @@ pub enum Kind {
     Forward = 0x01,
     Delete = 0x02,
     Query = 0x03,
+    Info = 0x04,
     ForwardOk = 0x81,
     DeleteOk = 0x82,
     QueryOk = 0x83,
     QueryNak = 0x84,
+    InfoOk = 0x85,
     Error = 0xff,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 10] = [
         Kind::Forward,
         Kind::Delete,
         Kind::Query,
+        Kind::Info,
         Kind::ForwardOk,
         Kind::DeleteOk,
         Kind::QueryOk,
         Kind::QueryNak,
+        Kind::InfoOk,
         Kind::Error,
     ];
 
@@ -182,6 +197,8 @@ impl Message {
             Message::Query { .. } => Kind::Query,
             Message::QueryOk { .. } => Kind::QueryOk,
             Message::QueryNak => Kind::QueryNak,
+            Message::Info => Kind::Info,
+            Message::InfoOk { .. } => Kind::InfoOk,
             Message::Error { .. } => Kind::Error,
         }
     }
@@ -239,7 +256,14 @@ pub fn encode_into<S: Sink>(msg: &Message, request_id: u64, sink: S) -> Result<S
             proto.write(&mut w);
             w.addr(public);
         }
-        Message::DeleteOk | Message::QueryNak => {}
+        Message::DeleteOk | Message::QueryNak | Message::Info => {}
+        Message::InfoOk { public_ips } => {
+            if w.count8(public_ips.len(), MAX_PUBLIC_IPS, "public IPs") {
+                for ip in public_ips {
+                    w.bytes(&ip.octets());
+                }
+            }
+        }
         Message::Error { code, detail } => {
             w.u8(code.wire());
             w.str8(detail, MAX_DETAIL_LEN, "error detail");
@@ -280,6 +304,15 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message), DecodeError> {
         },
         Kind::QueryOk => Message::QueryOk { local: r.addr()? },
         Kind::QueryNak => Message::QueryNak,
+        Kind::Info => Message::Info,
+        Kind::InfoOk => {
+            let n = r.count8(MAX_PUBLIC_IPS, 4, "public IPs")?;
+            let mut public_ips = Vec::with_capacity(n);
+            for _ in 0..n {
+                public_ips.push(Ipv4Addr::from(r.array::<4>()?));
+            }
+            Message::InfoOk { public_ips }
+        }
         Kind::Error => Message::Error {
             code: ErrorCode::from_wire(r.u8()?),
             detail: r.str8(MAX_DETAIL_LEN, "error detail")?,

@@ -33,6 +33,10 @@ fn samples() -> Vec<Message> {
             local: a("192.0.2.20:8080"),
         },
         Message::QueryNak,
+        Message::Info,
+        Message::InfoOk {
+            public_ips: vec![[203, 0, 113, 1].into(), [203, 0, 113, 3].into()],
+        },
         Message::error(ErrorCode::PortOutOfRange, "port 80 outside 30000-40000"),
     ]
 }
@@ -74,6 +78,25 @@ fn golden_forward_delete_nak() {
         encode(&Message::QueryNak, 5).unwrap(),
         hex("44504631 01 84 01 0000000000000005")
     );
+}
+
+#[test]
+fn golden_info() {
+    assert_eq!(encode(&Message::Info, 9).unwrap(), hex("44504631 01 04 00 0000000000000009"));
+    let ok = Message::InfoOk {
+        public_ips: vec![[203, 0, 113, 1].into()],
+    };
+    let want = hex("44504631 01 85 01 0000000000000009 01 cb007101");
+    assert_eq!(encode(&ok, 9).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, ok);
+    // A count the body cannot hold is refused before anything is allocated.
+    let mut short = want.clone();
+    short[HEADER_LEN] = 2;
+    assert!(decode(&short).is_err());
+    let many = Message::InfoOk {
+        public_ips: vec![[203, 0, 113, 1].into(); MAX_PUBLIC_IPS + 1],
+    };
+    assert!(encode(&many, 1).is_err(), "longer than MAX_PUBLIC_IPS");
 }
 
 #[test]

@@ -6,11 +6,12 @@
 //!
 //! | kind | message           | body                                                        |
 //! | ---: | ----------------- | ----------------------------------------------------------- |
-//! | 0x01 | Register          | proto, local, opt realm, opt u16 port, mgmt_local, u32 pid, u16 heartbeat_secs, program |
+//! | 0x01 | Register          | proto, local, opt realm, port wish, mgmt_local, u32 pid, u16 heartbeat_secs, program |
 //! | 0x02 | Unregister        | endpoint (proto + addr)                                     |
 //! | 0x03 | Heartbeat         | u8 n, n × endpoint                                          |
 //! | 0x04 | Connect           | proto, target, connector, opt connector_id, opt realm       |
 //! | 0x05 | StatusRequest     | u64 snapshot, u16 page, u8 format (0 text, 1 json)          |
+//! | 0x06 | UdpChannel        | proxy, peer, u64 udp_token, u8 open (0 close, 1 open)       |
 //! | 0x11 | ReverseConnect    | u64 token, connector, peer, proxy                           |
 //! | 0x12 | RelayConnect      | u64 token, broker, peer, proxy                              |
 //! | 0x13 | MakeHole          | u64 token, target, peer, proxy                              |
@@ -22,7 +23,11 @@
 //! | 0x85 | Ack               | (empty)                                                     |
 //! | 0x86 | DummyAck          | u64 token                                                   |
 //! | 0x87 | StatusReply       | u64 snapshot, u16 page, u16 pages, u16-prefixed chunk       |
+//! | 0x88 | UdpChannelOk      | channel, u64 token                                          |
 //! | 0xff | Error             | u8 code, detail                                             |
+//!
+//! A *port wish* is an option tag with a third value: 0 none, 1 `u16` port
+//! preferred, 2 `u16` port required (`port_required`).
 
 use super::message::*;
 use crate::common::{read_endpoints, write_endpoints, Endpoint, Proto};
@@ -39,6 +44,7 @@ pub enum Kind {
     Heartbeat = 0x03,
     Connect = 0x04,
     StatusRequest = 0x05,
+    UdpChannel = 0x06,
     ReverseConnect = 0x11,
     RelayConnect = 0x12,
     MakeHole = 0x13,
@@ -50,16 +56,18 @@ pub enum Kind {
     Ack = 0x85,
     DummyAck = 0x86,
     StatusReply = 0x87,
+    UdpChannelOk = 0x88,
     Error = 0xff,
 }
 
 impl Kind {
-    const ALL: [Kind; 17] = [
+    const ALL: [Kind; 19] = [
         Kind::Register,
         Kind::Unregister,
         Kind::Heartbeat,
         Kind::Connect,
         Kind::StatusRequest,
+        Kind::UdpChannel,
         Kind::ReverseConnect,
         Kind::RelayConnect,
         Kind::MakeHole,
@@ -71,6 +79,7 @@ impl Kind {
         Kind::Ack,
         Kind::DummyAck,
         Kind::StatusReply,
+        Kind::UdpChannelOk,
         Kind::Error,
     ];
 
@@ -107,6 +116,8 @@ impl Message {
             Message::DummyAck { .. } => Kind::DummyAck,
             Message::StatusRequest { .. } => Kind::StatusRequest,
             Message::StatusReply { .. } => Kind::StatusReply,
+            Message::UdpChannel { .. } => Kind::UdpChannel,
+            Message::UdpChannelOk { .. } => Kind::UdpChannelOk,
         }
     }
 }
@@ -153,6 +164,30 @@ fn read_token(r: &mut Reader<'_>) -> Result<Token, DecodeError> {
     Ok(Token(r.u64()?))
 }
 
+/// Port wish tags (module docs).
+const WISH_NONE: u8 = 0;
+const WISH_PREFERRED: u8 = 1;
+const WISH_REQUIRED: u8 = 2;
+
+fn write_port_wish<S: Sink>(w: &mut Writer<S>, port: Option<u16>, required: bool) {
+    match port {
+        None => w.u8(WISH_NONE),
+        Some(p) => {
+            w.u8(if required { WISH_REQUIRED } else { WISH_PREFERRED });
+            w.u16(p);
+        }
+    }
+}
+
+fn read_port_wish(r: &mut Reader<'_>) -> Result<(Option<u16>, bool), DecodeError> {
+    match r.u8()? {
+        WISH_NONE => Ok((None, false)),
+        WISH_PREFERRED => Ok((Some(r.u16()?), false)),
+        WISH_REQUIRED => Ok((Some(r.u16()?), true)),
+        _ => Err(DecodeError::BadValue("port wish")),
+    }
+}
+
 fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
     match msg {
         Message::Register {
@@ -160,12 +195,13 @@ fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             local,
             realm,
             desired_port,
+            port_required,
             mgmt,
         } => {
             proto.write(w);
             w.addr(local);
             w.opt_str8(realm, MAX_REALM_LEN, "realm");
-            w.opt_u16(*desired_port);
+            write_port_wish(w, *desired_port, *port_required);
             w.addr(&mgmt.mgmt_local);
             w.u32(mgmt.pid);
             w.u16(mgmt.heartbeat_secs);
@@ -250,6 +286,21 @@ fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             w.u16(*pages);
             w.str16(chunk, MAX_STATUS_CHUNK, "status chunk");
         }
+        Message::UdpChannel {
+            proxy,
+            peer,
+            udp_token,
+            open,
+        } => {
+            w.addr(proxy);
+            w.addr(peer);
+            write_token(w, *udp_token);
+            w.u8(u8::from(*open));
+        }
+        Message::UdpChannelOk { channel, token } => {
+            w.addr(channel);
+            write_token(w, *token);
+        }
     }
 }
 
@@ -302,18 +353,25 @@ fn read_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
 
 fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, DecodeError> {
     Ok(match kind {
-        Kind::Register => Message::Register {
-            proto: Proto::read(r)?,
-            local: r.addr()?,
-            realm: r.opt_str8(MAX_REALM_LEN, "realm")?,
-            desired_port: r.opt_u16()?,
-            mgmt: MgmtInfo {
-                mgmt_local: r.addr()?,
-                pid: r.u32()?,
-                heartbeat_secs: r.u16()?,
-                program: r.str8(MAX_PROGRAM_LEN, "program")?,
-            },
-        },
+        Kind::Register => {
+            let proto = Proto::read(r)?;
+            let local = r.addr()?;
+            let realm = r.opt_str8(MAX_REALM_LEN, "realm")?;
+            let (desired_port, port_required) = read_port_wish(r)?;
+            Message::Register {
+                proto,
+                local,
+                realm,
+                desired_port,
+                port_required,
+                mgmt: MgmtInfo {
+                    mgmt_local: r.addr()?,
+                    pid: r.u32()?,
+                    heartbeat_secs: r.u16()?,
+                    program: r.str8(MAX_PROGRAM_LEN, "program")?,
+                },
+            }
+        }
         Kind::RegisterOk => Message::RegisterOk {
             proxy: r.addr()?,
             observed: r.addr()?,
@@ -393,6 +451,20 @@ fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, DecodeError> {
             page: r.u16()?,
             pages: r.u16()?,
             chunk: r.str16(MAX_STATUS_CHUNK, "status chunk")?,
+        },
+        Kind::UdpChannel => Message::UdpChannel {
+            proxy: r.addr()?,
+            peer: r.addr()?,
+            udp_token: read_token(r)?,
+            open: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::BadValue("channel open flag")),
+            },
+        },
+        Kind::UdpChannelOk => Message::UdpChannelOk {
+            channel: r.addr()?,
+            token: read_token(r)?,
         },
     })
 }

@@ -197,6 +197,12 @@ pub enum Message {
         /// `GCB_REALM`, overriding the broker's guess (the public source IP).
         realm: Option<String>,
         desired_port: Option<u16>,
+        /// With `desired_port`: that port or nothing. The application bound
+        /// its socket to this proxy address itself (an address it advertised
+        /// before a restart), so any other port would be a wrong identity; the
+        /// broker answers `Error{PortUnavailable}` instead of picking another.
+        /// Meaningless (and not encoded) without `desired_port`.
+        port_required: bool,
         mgmt: MgmtInfo,
     },
     /// Broker → client, reply to `Register`.
@@ -276,8 +282,33 @@ pub enum Message {
         peer: SocketAddrV4,
         proxy: SocketAddrV4,
     },
+    /// Client → broker, from any socket of the client: a registered UDP
+    /// socket was `connect`ed to `peer`, a peer the broker relays for the
+    /// registration `proxy` (it has a live relay rule there). With `open`,
+    /// the broker opens a *channel*: a UDP socket of its own on another
+    /// port, through which datagrams between `peer` and the client travel
+    /// without a relay header, so the client's kernel delivers them to the
+    /// connected socket (its remote address is the channel) and everything
+    /// else from the proxy to the registration's other sockets. `udp_token`
+    /// (from `RegisterOk`) proves the registration is the sender's. Answered
+    /// by `UdpChannelOk`, or `Error{NotRegistered | UnknownToken |
+    /// LimitReached}`. Without `open`, the channel for `peer` is closed
+    /// (the socket was closed or disconnected); answered by `Ack`.
+    UdpChannel {
+        proxy: SocketAddrV4,
+        peer: SocketAddrV4,
+        udp_token: Token,
+        open: bool,
+    },
+    /// Broker → client, reply to `UdpChannel{open}`. The client connects its
+    /// socket to `channel` and sends `Dummy{token}` there at once and with
+    /// every heartbeat: the broker learns the channel's data path from it
+    /// (as for a registration) and closes a channel idle for its UDP rule
+    /// idle time. Datagrams the client sends to `channel` go from the proxy
+    /// to `peer`; `peer`'s datagrams to the proxy come from `channel`.
+    UdpChannelOk { channel: SocketAddrV4, token: Token },
     /// Generic success reply to `Unregister`, `ReverseConnect`,
-    /// `RelayConnect` and `MakeHole`.
+    /// `RelayConnect`, `MakeHole` and a closing `UdpChannel`.
     Ack,
     /// Failure reply to any request. `detail` is at most [`MAX_DETAIL_LEN`]
     /// bytes, meant for one clear log or stderr line.
@@ -327,6 +358,7 @@ impl Message {
                 | Message::Error { .. }
                 | Message::DummyAck { .. }
                 | Message::StatusReply { .. }
+                | Message::UdpChannelOk { .. }
         )
     }
 

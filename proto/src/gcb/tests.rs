@@ -22,6 +22,7 @@ fn samples() -> Vec<Message> {
             local: a("192.0.2.10:5000"),
             realm: None,
             desired_port: None,
+            port_required: false,
             mgmt: MgmtInfo::new(a("192.0.2.10:6000"), 42, 30, "condor_schedd"),
         },
         Message::RegisterOk {
@@ -67,6 +68,16 @@ fn samples() -> Vec<Message> {
         Message::error(ErrorCode::LimitReached, "too many registrations"),
         Message::Dummy { token: Token(4) },
         Message::DummyAck { token: Token(4) },
+        Message::UdpChannel {
+            proxy: ep.addr,
+            peer: a("198.51.100.9:7000"),
+            udp_token: Token(5),
+            open: true,
+        },
+        Message::UdpChannelOk {
+            channel: a("203.0.113.1:40002"),
+            token: Token(6),
+        },
         Message::StatusRequest {
             snapshot: 0,
             page: 0,
@@ -87,7 +98,7 @@ fn every_message_round_trips_with_its_kind_and_flag() {
     let mut kinds: Vec<u8> = all.iter().map(|m| m.kind() as u8).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    assert_eq!(kinds.len(), 17, "one sample per kind");
+    assert_eq!(kinds.len(), 19, "one sample per kind");
     for (i, m) in all.iter().enumerate() {
         let bytes = encode(m, i as u64).unwrap();
         let (h, back) = decode(&bytes).unwrap();
@@ -116,12 +127,66 @@ fn golden_register() {
         local: a("192.0.2.10:5000"),
         realm: Some("lab".into()),
         desired_port: Some(40001),
+        port_required: false,
         mgmt: MgmtInfo::new(a("192.0.2.10:6000"), 0x1234, 30, "sd"),
     };
     let want = hex("47434231 01 01 00 0000000000000002
          11 c000020a 1388  01 03 6c6162  01 9c41
          c000020a 1770  00001234  001e  02 7364");
     assert_eq!(encode(&m, 2).unwrap(), want);
+}
+
+/// A required port is the preferred-port layout with tag 2; a required flag
+/// without a port is not on the wire, and tags past 2 are malformed.
+#[test]
+fn golden_register_with_a_required_port() {
+    let mut m = Message::Register {
+        proto: Proto::Tcp,
+        local: a("192.0.2.10:5000"),
+        realm: None,
+        desired_port: Some(20500),
+        port_required: true,
+        mgmt: MgmtInfo::new(a("192.0.2.10:6000"), 1, 30, "sd"),
+    };
+    let want = hex("47434231 01 01 00 0000000000000003
+         06 c000020a 1388  00  02 5014
+         c000020a 1770  00000001  001e  02 7364");
+    assert_eq!(encode(&m, 3).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+    let mut bad = want.clone();
+    bad[HEADER_LEN + 8] = 3;
+    assert_eq!(decode(&bad), Err(DecodeError::BadValue("port wish")));
+    if let Message::Register { desired_port, .. } = &mut m {
+        *desired_port = None;
+    }
+    let (_, back) = decode(&encode(&m, 3).unwrap()).unwrap();
+    assert!(matches!(back, Message::Register { desired_port: None, port_required: false, .. }));
+}
+
+#[test]
+fn golden_udp_channel_and_its_reply() {
+    let m = Message::UdpChannel {
+        proxy: a("203.0.113.10:21000"),
+        peer: a("198.51.100.1:5000"),
+        udp_token: Token(0x0a0b),
+        open: false,
+    };
+    let want = hex("47434231 01 06 00 0000000000000003
+         cb00710a 5208  c6336401 1388  0000000000000a0b  00");
+    assert_eq!(encode(&m, 3).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+    let mut bad = want.clone();
+    *bad.last_mut().unwrap() = 2;
+    assert_eq!(
+        decode(&bad),
+        Err(DecodeError::BadValue("channel open flag"))
+    );
+    let ok = Message::UdpChannelOk {
+        channel: a("203.0.113.10:21001"),
+        token: Token(9),
+    };
+    let want = hex("47434231 01 88 01 0000000000000003  cb00710a 5209  0000000000000009");
+    assert_eq!(encode(&ok, 3).unwrap(), want);
 }
 
 #[test]

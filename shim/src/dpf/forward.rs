@@ -32,7 +32,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::c_int;
-use proto::dpf::{MappingKey, Message};
+use proto::dpf::{ErrorCode, MappingKey, Message};
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
@@ -62,59 +62,85 @@ fn open_mgmt(ip: Ipv4Addr) -> Result<(Sock, u16), Errno> {
 }
 
 /// Asks `dpfd` to forward `fd`'s bound address (`proto`); see the module docs.
+/// A refusal leaves the socket working unforwarded.
 pub fn forward(fd: c_int, proto: Proto) {
-    let Ok(bound) = sys::local_addr(fd) else { return };
+    let _ = request(fd, proto, None);
+}
+
+/// Why a forward was not made: dpfd refused it (`Exists`, `PortOutOfRange`
+/// and `Quota` mean the public port cannot be had), or no forward was asked
+/// for or could be (with the errno that says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotForwarded {
+    PortUnavailable,
+    Other(Errno),
+}
+
+/// As [`forward`]; with `pinned`, the public address the program bound the
+/// socket to itself (`client::pinned`): that port is asked for (any port for
+/// port 0) and a forward elsewhere counts as a refusal. Returns the public
+/// address, or why there is none (already logged).
+pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<SocketAddrV4, NotForwarded> {
+    let bound = sys::local_addr(fd).map_err(NotForwarded::Other)?;
     if bound.ip().is_loopback() || bound.port() == 0 || super::with(|st| st.forward_of(fd).is_some()) {
-        return;
+        return Err(NotForwarded::Other(libc::EINVAL));
     }
-    let Some(dpfd) = super::server() else { return };
-    let (sock, towards) = match mgmt::open(dpfd) {
-        Ok(s) => s,
-        Err(e) => {
-            log!(Warn, "cannot reach dpfd {dpfd} to forward {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
-            return;
-        }
-    };
+    let dpfd = super::server().ok_or(NotForwarded::Other(libc::EADDRNOTAVAIL))?;
+    let unreachable = NotForwarded::Other(libc::EADDRNOTAVAIL);
+    let (sock, towards) = mgmt::open(dpfd).map_err(|e| {
+        log!(Warn, "cannot reach dpfd {dpfd} to forward {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
+        unreachable
+    })?;
     let local = if bound.ip().is_unspecified() { SocketAddrV4::new(*towards.ip(), bound.port()) } else { bound };
-    let (mgmt_sock, mgmt_port) = match open_mgmt(*local.ip()) {
-        Ok(m) => m,
-        Err(e) => {
-            log!(Warn, "no management socket for {proto} {local} ({}); not forwarded", std::io::Error::from_raw_os_error(e));
-            return;
-        }
-    };
+    let (mgmt_sock, mgmt_port) = open_mgmt(*local.ip()).map_err(|e| {
+        log!(Warn, "no management socket for {proto} {local} ({}); not forwarded", std::io::Error::from_raw_os_error(e));
+        NotForwarded::Other(e)
+    })?;
     // A re-listen on the same local address keeps the address clients know;
     // a program serving TCP and UDP on one port (iperf3, DNS) is reached on one
     // public port for both, so the second socket asks for the first one's port.
-    let desired = super::with(|st| {
-        let sibling = st.forwards().find(|f| f.local == local && f.proto != proto).map(|f| f.public);
-        st.released.take((proto, local)).or(sibling)
-    });
+    let desired = match pinned {
+        Some(p) => (p.port() != 0).then_some(p),
+        None => super::with(|st| {
+            let sibling = st.forwards().find(|f| f.local == local && f.proto != proto).map(|f| f.public);
+            st.released.take((proto, local)).or(sibling)
+        }),
+    };
+    let unforwarded = if pinned.is_some() { "the bind fails" } else { "the socket works unforwarded" };
     let msg = Message::Forward { proto, local, mgmt_port, desired };
     let public = match exchange::exchange(sock.raw(), dpfd, RetryPolicy::default(), &CODEC, &msg) {
         Ok(Message::ForwardOk { public }) => public,
         Ok(Message::Error { code, detail }) => {
-            log!(Warn, "dpfd {dpfd} refused to forward {proto} {local}: {code:?} {detail}; the socket works unforwarded");
-            return;
+            log!(Warn, "dpfd {dpfd} refused to forward {proto} {local}: {code:?} {detail}; {unforwarded}");
+            let taken = matches!(code, ErrorCode::Exists | ErrorCode::PortOutOfRange | ErrorCode::Quota);
+            return Err(if taken { NotForwarded::PortUnavailable } else { unreachable });
         }
         Ok(other) => {
-            log!(Warn, "dpfd {dpfd} answered Forward of {proto} {local} with {:?}; the socket works unforwarded", other.kind());
-            return;
+            log!(Warn, "dpfd {dpfd} answered Forward of {proto} {local} with {:?}; {unforwarded}", other.kind());
+            return Err(unreachable);
         }
         Err(e) => {
             let why = if e == NoAnswer::NotProtocol { "not a dpfd".to_string() } else { e.describe() };
             log!(Warn, "dpfd {dpfd} is unreachable ({why}); {proto} {local} is not forwarded");
-            return;
+            return Err(unreachable);
         }
     };
-    log!(Info, "registered {proto} {local} as {public}");
+    if let Some(asked) = pinned.filter(|p| !crate::client::pinned::matches(*p, public)) {
+        log!(Warn, "dpfd {dpfd} forwards {proto} {local} from {public}, not {asked}; the bind fails");
+        send_delete(proto, local);
+        return Err(NotForwarded::PortUnavailable);
+    }
+    let bound_there = if pinned.is_some() { ", the address the program bound" } else { "" };
+    log!(Info, "registered {proto} {local} as {public}{bound_there}");
     let mgmt_fd = crate::internal::adopt(mgmt_sock.into_raw());
     let kind = kind_of(proto);
     super::with(|st| {
+        st.public.learn(*public.ip());
         st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false });
         fdtable::set(fd, kind);
         super::inherit::publish(st);
     });
+    Ok(public)
 }
 
 /// The fd-table kind of a forwarded socket: a TCP listener is `Managed` (its

@@ -9,7 +9,9 @@
 //!   in this process closes, unless another process shares it ([`ops`]);
 //! * asks `dpfd` before a `connect` whether the destination is one of its public
 //!   addresses, and dials the private address behind it directly ([`query`]);
-//! * hands forwarded sockets over `exec` in `GCB_INHERITED` ([`inherit`]).
+//! * hands forwarded sockets over `exec` in `GCB_INHERITED` ([`inherit`]);
+//! * forwards a socket the application binds to one of dpfd's public addresses
+//!   from exactly that address ([`reported`], `client::pinned`).
 //!
 //! GCB and DPF are exclusive modes; the hooks reach this module through
 //! [`crate::managed`], which picks the client by mode. State lives in one
@@ -20,6 +22,7 @@ pub mod forward;
 pub mod inherit;
 pub mod ops;
 pub mod query;
+pub mod reported;
 pub mod state;
 pub mod waits;
 

@@ -16,7 +16,7 @@ use crate::hook::ErrnoGuard;
 use crate::real;
 
 /// The protocol of an AF_INET socket the client cares about.
-fn proto_of(fd: c_int) -> Option<Proto> {
+pub(super) fn proto_of(fd: c_int) -> Option<Proto> {
     match sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()? {
         libc::SOCK_STREAM => Some(Proto::Tcp),
         libc::SOCK_DGRAM => Some(Proto::Udp),

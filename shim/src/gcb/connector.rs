@@ -67,7 +67,7 @@ enum Asked {
 }
 
 /// Errors that say "this process or host is out of something", not "no broker".
-pub(super) fn out_of_resources(e: Errno) -> bool {
+pub(crate) fn out_of_resources(e: Errno) -> bool {
     matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
 }
 

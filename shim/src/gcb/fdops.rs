@@ -47,7 +47,12 @@ pub fn forget(fd: c_int) {
         }
         Kind::Named | Kind::Managed => {
             let removed = super::with(|reg| {
-                reg.udp.remove(fd);
+                // The socket's last fd: its channel goes (before its registration may).
+                if let Some(sock) = reg.udp.remove(fd) {
+                    if let Some(c) = sock.channel {
+                        super::udp::channel::close(reg, sock.listener, c);
+                    }
+                }
                 let removed = reg.remove_fd(fd);
                 fdtable::set(fd, Kind::Plain);
                 if matches!(removed, Removed::Last(_) | Removed::Alias) {

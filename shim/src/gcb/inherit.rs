@@ -1,18 +1,22 @@
-//! Handing managed listeners over `exec` (DESIGN.md, "Management sockets").
+//! Handing managed listeners and UDP sockets over `exec` (DESIGN.md,
+//! "Management sockets").
 //!
 //! A new process image starts with no shim state, but it may inherit listening
 //! sockets (Condor's master hands its command socket to the daemons it starts;
-//! `echo-server --exec` does the same). Before `execve`, the shim adds
+//! `echo-server --exec` does the same), or registered UDP sockets. Before
+//! `execve`, the shim adds
 //!
 //! ```text
-//! GCB_INHERITED=FD,MGMT_FD,PROXY|-,LOCAL,SECRET;...
+//! GCB_INHERITED=FD,MGMT_FD,PROXY|-,LOCAL,SECRET[,uUDP_TOKEN];...
 //! ```
 //!
-//! to the new environment, one entry per managed listener fd that survives the
-//! exec (not close-on-exec), and clears close-on-exec on those listeners'
-//! management sockets. The new image's shim reads it at init ([`adopt`]),
-//! checks each fd (a listening TCP socket with that local address; a connected
-//! UDP socket), moves the management socket to a high close-on-exec number, and
+//! to the new environment, one entry per managed fd that survives the exec
+//! (not close-on-exec), and clears close-on-exec on their management sockets.
+//! A UDP entry carries its registration's data-path token (`u` and hex), so
+//! the new image keeps the data path and reads the relay header; older images
+//! skip such entries. The new image's shim reads it at init ([`adopt`]),
+//! checks each fd (a listening TCP socket, or a UDP socket, with that local
+//! address), moves the management socket to a high close-on-exec number, and
 //! heartbeats it. Inherited listeners are shared: closing them in either image
 //! never unregisters them (see `fdops`). DPF hands its forwards over in the same
 //! variable and table ([`publish_entries`], `dpf::inherit`).
@@ -28,7 +32,10 @@
 //! anonymous `mmap` (a system call, safe anywhere), unmapped if `exec` fails,
 //! which also restores close-on-exec on the management sockets.
 //!
-//! Limits: at most [`SLOTS`] listener fds are handed over. `execl*`,
+//! Limits: at most [`SLOTS`] fds are handed over. A UDP socket's receiver list,
+//! buffer and channel (`udp`) stay behind: a socket connected through a
+//! channel reaches the new image still connected, but its peer's datagrams are
+//! then reported from the channel's address. `execl*`,
 //! `posix_spawn`, `system` and `popen` reach the kernel without passing the
 //! shim's exec hooks (see `hooks/lifetime.rs`), so listeners are not handed over
 //! through them.
@@ -59,10 +66,15 @@ pub struct Entry {
     pub proxy: Option<SocketAddrV4>,
     pub local: SocketAddrV4,
     pub secret: u64,
+    /// A registered UDP socket's data-path token; `None` for TCP (and DPF).
+    pub udp_token: Option<u64>,
 }
 
 const EMPTY: Entry =
-    Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), secret: 0 };
+    Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), secret: 0, udp_token: None };
+
+/// Words of one packed entry.
+const WORDS: usize = 5;
 
 fn addr_bits(a: SocketAddrV4) -> u64 {
     (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
@@ -75,37 +87,40 @@ fn bits_addr(b: u64) -> SocketAddrV4 {
 const PRESENT: u64 = 1 << 48;
 
 impl Entry {
-    fn pack(&self) -> [u64; 4] {
+    fn pack(&self) -> [u64; WORDS] {
         [
             u64::from(self.fd as u32) | (u64::from(self.mgmt as u32) << 32),
             self.proxy.map_or(0, |p| addr_bits(p) | PRESENT),
-            addr_bits(self.local),
+            addr_bits(self.local) | if self.udp_token.is_some() { PRESENT } else { 0 },
             self.secret,
+            self.udp_token.unwrap_or(0),
         ]
     }
 
-    fn unpack(w: [u64; 4]) -> Entry {
+    fn unpack(w: [u64; WORDS]) -> Entry {
         Entry {
             fd: w[0] as u32 as c_int,
             mgmt: (w[0] >> 32) as u32 as c_int,
             proxy: (w[1] & PRESENT != 0).then(|| bits_addr(w[1] & !PRESENT)),
-            local: bits_addr(w[2]),
+            local: bits_addr(w[2] & !PRESENT),
             secret: w[3],
+            udp_token: (w[2] & PRESENT != 0).then_some(w[4]),
         }
     }
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static LEN: AtomicUsize = AtomicUsize::new(0);
-static TABLE: [[AtomicU64; 4]; SLOTS] = [const { [const { AtomicU64::new(0) }; 4] }; SLOTS];
+static TABLE: [[AtomicU64; WORDS]; SLOTS] = [const { [const { AtomicU64::new(0) }; WORDS] }; SLOTS];
 
-/// Publishes the registry's listener fds for exec. Call with the registry locked
-/// (the lock is what makes this the only writer).
+/// Publishes the registry's listener and UDP fds for exec. Call with the
+/// registry locked (the lock is what makes this the only writer).
 pub fn publish(reg: &Registry) {
-    // UDP registrations are not handed over: their relay header, receiver list
-    // and buffer live in this image only (README, "GCB for UDP", limits).
-    publish_entries(reg.listeners().filter(|(_, l)| l.proto == proto::Proto::Tcp).flat_map(|(_, l)| {
-        l.fds.iter().map(|&fd| Entry { fd, mgmt: l.mgmt.fd, proxy: l.proxy, local: l.local, secret: l.secret })
+    publish_entries(reg.listeners().flat_map(|(_, l)| {
+        // A UDP registration always has a token once the broker answered;
+        // before, there is no proxy to keep either.
+        let udp_token = (l.proto == proto::Proto::Udp).then(|| l.udp_token.map_or(0, |t| t.0));
+        l.fds.iter().map(move |&fd| Entry { fd, mgmt: l.mgmt.fd, proxy: l.proxy, local: l.local, secret: l.secret, udp_token })
     }));
 }
 
@@ -137,7 +152,7 @@ fn snapshot(out: &mut [Entry; SLOTS]) -> usize {
         }
         let n = LEN.load(Ordering::Relaxed).min(SLOTS);
         for (o, slot) in out.iter_mut().zip(&TABLE).take(n) {
-            *o = Entry::unpack([0, 1, 2, 3].map(|i| slot[i].load(Ordering::Relaxed)));
+            *o = Entry::unpack(std::array::from_fn(|i| slot[i].load(Ordering::Relaxed)));
         }
         fence(Ordering::Acquire);
         if SEQ.load(Ordering::Relaxed) == s1 {
@@ -178,6 +193,9 @@ fn render<const N: usize>(entries: &[Entry], buf: &mut Buf<N>) -> bool {
             None => write!(buf, "-"),
         };
         let _ = write!(buf, ",{},{:x}", e.local, e.secret);
+        if let Some(t) = e.udp_token {
+            let _ = write!(buf, ",u{t:x}");
+        }
     }
     let _ = buf.write_str("\0");
     !buf.overflow
@@ -188,6 +206,10 @@ pub fn parse(value: &str) -> Vec<Entry> {
     let entry = |s: &str| -> Option<Entry> {
         let mut f = s.split(',');
         let (fd, mgmt, proxy, local, secret) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        let udp_token = match f.next() {
+            None => None,
+            Some(t) => Some(u64::from_str_radix(t.strip_prefix('u')?, 16).ok()?),
+        };
         if f.next().is_some() {
             return None;
         }
@@ -195,7 +217,7 @@ pub fn parse(value: &str) -> Vec<Entry> {
         let fd: c_int = fd.parse().ok()?;
         let mgmt: c_int = mgmt.parse().ok()?;
         (fd >= 0 && mgmt >= 0).then_some(())?;
-        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, secret: u64::from_str_radix(secret, 16).ok()? })
+        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, secret: u64::from_str_radix(secret, 16).ok()?, udp_token })
     };
     value.split(';').filter_map(entry).collect()
 }
@@ -313,14 +335,16 @@ pub fn adopt() {
     }
     for (mgmt_fd, entries) in groups {
         let Some((broker, mgmt_local)) = valid_mgmt(mgmt_fd) else { continue };
-        let fds: Vec<c_int> = entries.iter().filter(|e| valid_listener(e)).map(|e| e.fd).collect();
+        let first = entries[0];
+        let proto = if first.udp_token.is_some() { proto::Proto::Udp } else { proto::Proto::Tcp };
+        let valid = |e: &&Entry| e.udp_token.is_some() == (proto == proto::Proto::Udp) && valid_socket(e, proto);
+        let fds: Vec<c_int> = entries.iter().filter(valid).map(|e| e.fd).collect();
         if fds.is_empty() {
             // Ours, handed over for a listener that is gone: nobody else uses it.
             // SAFETY: a UDP socket no one in this image knows.
             unsafe { real::close(mgmt_fd) };
             continue;
         }
-        let first = entries[0];
         let reg_local =
             if first.local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), first.local.port()) } else { first.local };
         let listener = Listener {
@@ -340,17 +364,23 @@ pub fn adopt() {
                 next_heartbeat: Instant::now(),
                 heard: Instant::now(),
             },
-            proto: proto::Proto::Tcp,
-            udp_token: None,
+            proto,
+            udp_token: first.udp_token.filter(|&t| t != 0).map(proto::gcb::Token),
         };
         super::with(|reg| {
             for &fd in &fds {
                 fdtable::set(fd, Kind::Managed);
             }
-            reg.add_listener(listener);
+            let (id, _) = reg.add_listener(listener);
+            if proto == proto::Proto::Udp {
+                for &fd in &fds {
+                    reg.udp.entry(fd).listener = Some(id);
+                }
+                super::udp::control::open_data_path(reg, id);
+            }
             publish(reg);
         });
-        log!(Debug, "inherited tcp listener {fds:?} ({reg_local} as {:?}) with management fd {mgmt_fd}", first.proxy);
+        log!(Debug, "inherited {proto} socket {fds:?} ({reg_local} as {:?}) with management fd {mgmt_fd}", first.proxy);
     }
 }
 
@@ -359,10 +389,16 @@ fn valid_mgmt(fd: c_int) -> Option<(SocketAddrV4, SocketAddrV4)> {
     Some((sys::peer_addr(fd).ok()?, sys::local_addr(fd).ok()?))
 }
 
-fn valid_listener(e: &Entry) -> bool {
-    sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_STREAM)
-        && sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Ok(1)
-        && sys::local_addr(e.fd) == Ok(e.local)
+/// A listening TCP socket, or a UDP socket, bound to the entry's address.
+fn valid_socket(e: &Entry, proto: proto::Proto) -> bool {
+    let kind = match proto {
+        proto::Proto::Tcp => {
+            sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_STREAM)
+                && sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Ok(1)
+        }
+        proto::Proto::Udp => sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_DGRAM),
+    };
+    kind && sys::local_addr(e.fd) == Ok(e.local)
 }
 
 #[cfg(test)]
@@ -371,8 +407,9 @@ mod tests {
 
     fn entries() -> Vec<Entry> {
         vec![
-            Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), secret: 0xabc },
-            Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), secret: u64::MAX },
+            Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), secret: 0xabc, udp_token: None },
+            Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), secret: u64::MAX, udp_token: None },
+            Entry { fd: 5, mgmt: 1001, proxy: Some("203.0.113.10:20002".parse().unwrap()), local: "0.0.0.0:7302".parse().unwrap(), secret: 1, udp_token: Some(0x5eed) },
         ]
     }
 
@@ -381,7 +418,10 @@ mod tests {
         let mut buf = Buf::<512> { bytes: [0; 512], len: 0, overflow: false };
         assert!(render(&entries(), &mut buf));
         let text = std::str::from_utf8(&buf.bytes[..buf.len]).unwrap();
-        assert_eq!(text, "GCB_INHERITED=3,1000,203.0.113.10:20001,0.0.0.0:7300,abc;4,1000,-,192.0.2.10:7301,ffffffffffffffff\0");
+        assert_eq!(
+            text,
+            "GCB_INHERITED=3,1000,203.0.113.10:20001,0.0.0.0:7300,abc;4,1000,-,192.0.2.10:7301,ffffffffffffffff;5,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed\0"
+        );
         let value = text.trim_end_matches('\0').strip_prefix("GCB_INHERITED=").unwrap();
         assert_eq!(parse(value), entries());
         let mut small = Buf::<20> { bytes: [0; 20], len: 0, overflow: false };
@@ -390,10 +430,12 @@ mod tests {
 
     #[test]
     fn parse_skips_malformed_entries() {
-        let v = "x,1,-,0.0.0.0:1,0;3,1000,-,0.0.0.0:7,1f;;5,6,-,0.0.0.0:1;7,8,-,0.0.0.0:1,0,9;-1,2,-,0.0.0.0:1,0";
+        let v = "x,1,-,0.0.0.0:1,0;3,1000,-,0.0.0.0:7,1f;;5,6,-,0.0.0.0:1;7,8,-,0.0.0.0:1,0,9;-1,2,-,0.0.0.0:1,0;9,8,-,0.0.0.0:1,0,ux;10,8,-,0.0.0.0:1,0,u1,2";
         let got = parse(v);
         assert_eq!(got.len(), 1);
-        assert_eq!((got[0].fd, got[0].secret), (3, 0x1f));
+        assert_eq!((got[0].fd, got[0].secret, got[0].udp_token), (3, 0x1f, None));
+        let udp = parse("9,8,-,0.0.0.0:1,0,uff");
+        assert_eq!(udp[0].udp_token, Some(0xff), "a UDP entry");
     }
 
     #[test]

@@ -87,9 +87,17 @@ pub fn register(fd: c_int, proto: Proto, watched: Kind) -> Result<bool, sys::Err
         fdtable::replace(fd, watched, Kind::Plain);
         return Ok(false);
     }
-    let Some(Registered { sock, broker, mgmt_local, reg_local, proxy, udp_token }) = register_somewhere(local, proto)? else {
+    let Some(registered) = register_somewhere(local, proto)? else {
         return Ok(false);
     };
+    Ok(adopt(fd, proto, watched, local, registered))
+}
+
+/// Records `fd` (bound to `local`, of kind `watched`) as the listener
+/// `registered`, and marks it `Managed`. False if the application closed the
+/// fd meanwhile: the registration is then undone.
+pub(super) fn adopt(fd: c_int, proto: Proto, watched: Kind, local: SocketAddrV4, registered: Registered) -> bool {
+    let Registered { sock, broker, mgmt_local, reg_local, proxy, udp_token } = registered;
     let interval = crate::config::get().heartbeat;
     let mgmt_fd = crate::internal::adopt(sock.into_raw());
     let listener = super::registry::Listener {
@@ -119,36 +127,34 @@ pub fn register(fd: c_int, proto: Proto, watched: Kind) -> Result<bool, sys::Err
         let (id, _) = reg.add_listener(listener);
         if proto == Proto::Udp {
             reg.udp.entry(fd).listener = Some(id);
-            if let Some(l) = reg.listener(id) {
-                super::udp::control::open_data_path(l);
-            }
+            super::udp::control::open_data_path(reg, id);
         }
         super::inherit::publish(reg);
         Ok(())
     });
     match adopted {
-        Ok(()) => Ok(true),
+        Ok(()) => true,
         Err(mut l) => {
             if l.proxy.is_some() {
                 mgmt::send_unregister(&mut l);
             }
             crate::internal::release(l.mgmt.fd);
-            Ok(false)
+            false
         }
     }
 }
 
 /// Where a new listener ended up: its management socket, pointed at `broker`.
-struct Registered {
-    sock: Sock,
-    broker: SocketAddrV4,
-    mgmt_local: SocketAddrV4,
-    reg_local: SocketAddrV4,
+pub(super) struct Registered {
+    pub sock: Sock,
+    pub broker: SocketAddrV4,
+    pub mgmt_local: SocketAddrV4,
+    pub reg_local: SocketAddrV4,
     /// `None` if no broker registered it; the AEH retries every heartbeat and
     /// fails over from a silent broker (`brokers`).
-    proxy: Option<SocketAddrV4>,
+    pub proxy: Option<SocketAddrV4>,
     /// UDP only: the token of the Dummies that keep the data path open.
-    udp_token: Option<proto::gcb::Token>,
+    pub udp_token: Option<proto::gcb::Token>,
 }
 
 /// Registers `local` with the first of this process's brokers that answers, in

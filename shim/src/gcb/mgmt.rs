@@ -85,8 +85,20 @@ pub fn register_message(proto: Proto, local: SocketAddrV4, mgmt_local: SocketAdd
         local,
         realm: config::get().realm.clone(),
         desired_port,
+        port_required: false,
         mgmt: mgmt_info(mgmt_local),
     }
+}
+
+/// As [`register_message`], for a socket the application bound to the proxy
+/// address itself: `port` (when not 0) is required, not preferred.
+pub fn pinned_register_message(proto: Proto, local: SocketAddrV4, mgmt_local: SocketAddrV4, port: u16) -> Message {
+    let desired_port = (port != 0).then_some(port);
+    let mut msg = register_message(proto, local, mgmt_local, desired_port);
+    if let Message::Register { port_required, .. } = &mut msg {
+        *port_required = desired_port.is_some();
+    }
+    msg
 }
 
 /// Starts a request on `l`'s management socket; its reply comes through [`on_datagram`].
@@ -216,6 +228,7 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
     let broker = l.mgmt.broker;
     let purpose = l.mgmt.requester.on_response(request_id, &broker, now).and_then(|_| l.mgmt.pending.remove(&request_id));
     let mut renamed = false;
+    let mut paths = false;
     match (purpose, msg) {
         (Some(Purpose::Register), Message::RegisterOk { proxy, udp_token, .. }) => {
             if l.proxy.is_some_and(|old| old != proxy) {
@@ -225,7 +238,7 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
             l.proxy = Some(proxy);
             l.udp_token = udp_token;
             log!(Info, "registered {} {} as {proxy}", l.proto, l.reg_local);
-            super::udp::control::open_data_path(l);
+            paths = true;
         }
         (Some(Purpose::Register), Message::Error { code, detail }) => {
             log!(Warn, "the broker {broker} refused to register {} {}: {code:?} {detail}", l.proto, l.reg_local);
@@ -245,6 +258,9 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
         (Some(_), other) => log!(Debug, "reply {:?} from {broker} ignored", other.kind()),
         (None, _) => {} // a reply to another process sharing the socket, or a late one
     }
+    if paths {
+        super::udp::control::open_data_path(reg, id);
+    }
     if renamed {
         super::inherit::publish(reg);
     }
@@ -259,16 +275,15 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
     for id in silent {
         super::brokers::fail_over(reg, id, now, interval);
     }
-    for (_, l) in reg.listeners_mut() {
+    let mut heartbeated = Vec::new();
+    for (id, l) in reg.listeners_mut() {
         if now >= l.mgmt.next_heartbeat {
             l.mgmt.next_heartbeat = now + interval;
             match l.proxy {
                 Some(proxy) => {
                     let msg = Message::Heartbeat { held: vec![Endpoint::new(l.proto, proxy)] };
                     start(l, Purpose::Heartbeat, &msg, now);
-                    // A UDP socket's NAT mapping is kept (or, after the gateway
-                    // dropped it, made again) by its own Dummy.
-                    super::udp::control::open_data_path(l);
+                    heartbeated.push(id);
                 }
                 None => reregister(l, now),
             }
@@ -284,6 +299,11 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
                 }
             }
         }
+    }
+    // A UDP socket's NAT mapping is kept (or, after the gateway dropped it,
+    // made again) by its own Dummy.
+    for id in heartbeated {
+        super::udp::control::open_data_path(reg, id);
     }
     super::udp::control::on_timers(reg, now);
 }

@@ -11,6 +11,8 @@
 //!   accepts, in kernel order, through doorbells ([`doorbell`], [`dial`]);
 //! * brokers the application's own connects ([`connector`]);
 //! * spreads over several brokers and fails over when one goes silent ([`brokers`]);
+//! * registers a socket the application binds to a proxy address on exactly
+//!   that address ([`reported`], `client::pinned`);
 //! * carries UDP: registration at `bind`, relay header, receiver list, holes
 //!   and the UDP buffer ([`udp`]);
 //! * keeps its records right across dup, close, fork and exec ([`fdops`],
@@ -41,6 +43,7 @@ pub mod options;
 pub mod predial;
 pub mod registry;
 pub mod released;
+pub mod reported;
 pub mod sys;
 pub mod udp;
 pub mod waits;

@@ -55,7 +55,8 @@ pub struct Mgmt {
 /// A listening socket registered (or being registered) with the broker.
 #[derive(Debug)]
 pub struct Listener {
-    /// The application's fds for this socket: several after `dup`.
+    /// The application's fds for this socket: several after `dup`, and for
+    /// UDP, the fds of every socket bound to `local` (`udp::bind`).
     pub fds: Vec<c_int>,
     /// The socket's real bound address; may be 0.0.0.0.
     pub local: SocketAddrV4,
@@ -267,6 +268,19 @@ impl Registry {
         true
     }
 
+    /// `fd`, a new socket, shares listener `id`'s registration (UDP sockets
+    /// bound to one address); false if there is no such listener.
+    pub fn add_fd(&mut self, id: ListenerId, fd: c_int) -> bool {
+        if !self.listeners.contains_key(&id) {
+            return false;
+        }
+        self.remove_fd(fd);
+        let Some(l) = self.listeners.get_mut(&id) else { return false };
+        l.fds.push(fd);
+        self.fds.insert(fd, Entry::Listener(id));
+        true
+    }
+
     /// Forgets `fd` (closed, or replaced by a dup2 onto it).
     pub fn remove_fd(&mut self, fd: c_int) -> Removed {
         match self.fds.remove(&fd) {
@@ -436,6 +450,19 @@ mod tests {
         r.check().unwrap();
         r.listener_mut(b).unwrap().mgmt.fd = 900;
         assert!(r.check().unwrap_err().contains("shared"));
+    }
+
+    #[test]
+    fn a_second_socket_joins_a_registration_until_the_last_goes() {
+        let mut r = Registry::new();
+        let (id, _) = r.add_listener(listener(&[5], 900));
+        assert!(r.add_fd(id, 8));
+        assert!(!r.add_fd(id + 1, 9), "no such listener");
+        r.check().unwrap();
+        assert_eq!(r.listener_id(8), Some(id));
+        assert!(matches!(r.remove_fd(5), Removed::Alias), "the first socket closed: still registered");
+        assert!(matches!(r.remove_fd(8), Removed::Last(_)));
+        r.check().unwrap();
     }
 
     #[test]

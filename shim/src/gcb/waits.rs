@@ -10,7 +10,11 @@
 //! * `select` reports readiness with the kernel's mapping (readable: in, hang-up
 //!   or error; writable: out or error; exceptional: priority), fails with `EBADF`
 //!   on a closed fd, and writes the time left back into the `timeval`, as Linux
-//!   does; fds beyond `FD_SETSIZE` are the caller's business, as in the kernel;
+//!   does; fds beyond `FD_SETSIZE` are the caller's business, as in the kernel.
+//!   One difference: where the kernel's `select` sleeps on through a hang-up on
+//!   an fd watched for writing, or an error or hang-up on one watched only for
+//!   exceptions, the shim reports the fd in the set it is watched in: `poll`
+//!   reports both whatever was asked, so waiting on would spin;
 //! * `epoll`: the epoll fd itself is polled, then the real `epoll_wait` with a
 //!   zero timeout collects the events, so level and edge triggering, one-shot
 //!   and event data are exactly the kernel's.

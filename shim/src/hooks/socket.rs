@@ -3,7 +3,9 @@
 //!
 //! GCB registers listening sockets at `listen`, DPF forwards UDP sockets at
 //! `bind` and TCP sockets at `listen`; both report the public names from
-//! `getsockname` and `getpeername` (DESIGN.md, "Identities").
+//! `getsockname` and `getpeername` (DESIGN.md, "Identities"). A socket bound to
+//! the reported address itself is registered or forwarded at `bind`
+//! (`client::pinned`).
 
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
@@ -46,8 +48,11 @@ hook! {
 }
 
 hook! {
+    /// GCB-mode sockets that may register, and every socket in DPF mode: UDP
+    /// registers or is forwarded at `bind`, and a bind to the address the
+    /// process reports is made good (`client::pinned`).
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real_unless!(matches!(fdtable::kind(fd), Kind::Managed | Kind::WatchedUdp) || dpf::enabled() => bind(fd, addr, len))
+        real_unless!(matches!(fdtable::kind(fd), Kind::Managed | Kind::Watched | Kind::WatchedUdp) || dpf::enabled() => bind(fd, addr, len))
     }
 }
 

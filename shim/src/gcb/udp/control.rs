@@ -12,6 +12,9 @@
 //!   the ack's source is then where the peer is reached, and what it is called.
 //! * The connector's side of the same hole: a `Dummy{token}` for a reversal it
 //!   awaits is answered with `DummyAck` and opens a direct path.
+//! * A socket connected through a channel (`channel`): a `Dummy` to the
+//!   channel at connect and with every heartbeat; what comes from the
+//!   channel is its peer's, but for the `DummyAck`.
 //!
 //! Only datagrams whose token the socket expects are taken as control: anything
 //! else, however it looks, is the application's.
@@ -63,14 +66,31 @@ fn send_control(fd: c_int, msg: &Message, request_id: u64, to: SocketAddrV4) {
     }
 }
 
-/// Sends the data-path Dummy of a registered UDP socket (nothing for TCP, or
-/// before the broker has answered).
-pub fn open_data_path(l: &Listener) {
-    if l.proto != Proto::Udp {
-        return;
+/// A `Dummy{token}` from `fd` to `to`: opens or keeps a path (no reply awaited).
+pub fn send_dummy(fd: c_int, token: Token, to: SocketAddrV4) {
+    send_control(fd, &Message::Dummy { token }, sys::random_u64(), to);
+}
+
+/// The fd of listener `l` that keeps its data path and makes its holes: an
+/// unconnected socket's, since a connected one's kernel would not let the
+/// proxy's (or a peer's) datagrams in. Several sockets share a registration
+/// when they are bound to one address (`udp::bind`).
+fn data_fd(reg: &Registry, l: &Listener) -> Option<c_int> {
+    let unconnected = |fd: &c_int| reg.udp.get(*fd).is_some_and(|s| s.connected_to.is_none());
+    l.fds.iter().copied().find(unconnected).or(l.fds.first().copied())
+}
+
+/// Sends the Dummies of registered UDP socket `id` (nothing for TCP, or
+/// before the broker has answered): its data path's, and each channel's.
+pub fn open_data_path(reg: &Registry, id: ListenerId) {
+    let Some(l) = reg.listener(id).filter(|l| l.proto == Proto::Udp) else { return };
+    if let (Some(proxy), Some(token), Some(fd)) = (l.proxy, l.udp_token, data_fd(reg, l)) {
+        send_dummy(fd, token, proxy);
     }
-    if let (Some(proxy), Some(token), Some(&fd)) = (l.proxy, l.udp_token, l.fds.first()) {
-        send_control(fd, &Message::Dummy { token }, sys::random_u64(), proxy);
+    for &fd in &l.fds {
+        if let Some(c) = reg.udp.get(fd).and_then(|s| s.channel) {
+            send_dummy(fd, c.token, c.addr);
+        }
     }
 }
 
@@ -88,7 +108,7 @@ pub fn make_hole(
     if l.proto != Proto::Udp || l.proxy != Some(proxy) {
         return Message::error(gcb::ErrorCode::NotRegistered, "no such UDP socket here");
     }
-    let Some(&fd) = l.fds.first() else { return Message::error(gcb::ErrorCode::NotRegistered, "socket closed") };
+    let Some(fd) = data_fd(reg, l) else { return Message::error(gcb::ErrorCode::NotRegistered, "socket closed") };
     log!(Debug, "making a hole from udp {proxy} to {target} for {peer}");
     reg.udp.entry(fd).start_hole(Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1 });
     send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
@@ -123,6 +143,12 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
     let listener = reg.udp.get(fd).and_then(|s| s.listener).and_then(|id| reg.listener(id));
     let (proxy, data_token) = listener.map_or((None, None), |l| (l.proxy, l.udp_token));
     let Some(sock) = reg.udp.get_mut(fd) else { return Incoming::Data { from: src, offset: 0 } };
+    if let Some(c) = sock.channel.filter(|c| c.addr == src) {
+        return match seal::gcb_decode(bytes) {
+            Ok((_, Message::DummyAck { token })) if token == c.token => Incoming::Consumed,
+            _ => Incoming::Data { from: c.peer, offset: 0 },
+        };
+    }
     if proxy == Some(src) {
         if let Ok((_, Message::DummyAck { token })) = seal::gcb_decode(bytes) {
             if Some(token) == data_token {

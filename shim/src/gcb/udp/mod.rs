@@ -15,10 +15,13 @@
 //!   `Managed` so replies are named after the address sent to.
 //! * Every read of a `Managed` UDP socket goes through [`recv`]: relay headers
 //!   stripped, senders named, control traffic consumed, data buffered in order.
+//! * A socket bound to the address of a registered one joins its registration
+//!   ([`bind`]); one connected to a relayed peer gets a broker [`channel`].
 //!
 //! Everything else, including all UDP of a process without `GCB_INAGENT` and
 //! sockets bound to loopback, stays on the fast path.
 
+pub mod channel;
 pub mod control;
 pub mod recv;
 pub mod send;
@@ -51,9 +54,31 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let r = real::bind(fd, addr, len);
     if r == 0 && fdtable::kind(fd) == Kind::WatchedUdp {
         let _errno = crate::hook::ErrnoGuard::new();
-        // The bind itself succeeded; a socket that could not register (no
-        // descriptor for its management socket) works unbrokered, as logged.
-        let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp);
+        if !join_registered(fd) {
+            // The bind itself succeeded; a socket that could not register (no
+            // descriptor for its management socket) works unbrokered, as logged.
+            let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp);
+        }
     }
     r
+}
+
+/// A socket bound to the very address of a registered UDP socket of this
+/// process (SO_REUSEADDR / SO_REUSEPORT: iperf3's UDP server binds a new one
+/// for the next client after connecting the first) joins that registration
+/// rather than registering again: peers know one proxy address, and the
+/// kernel tells the sockets' datagrams apart (a connected one gets its peer's
+/// through its [`channel`]). The registration lasts until the last of them
+/// is closed.
+fn join_registered(fd: c_int) -> bool {
+    let Ok(local) = super::sys::local_addr(fd) else { return false };
+    super::with(|reg| {
+        let twin = reg.listeners().find(|(_, l)| l.proto == Proto::Udp && l.local == local).map(|(id, _)| id);
+        let Some(id) = twin.filter(|&id| reg.add_fd(id, fd)) else { return false };
+        reg.udp.entry(fd).listener = Some(id);
+        fdtable::replace(fd, Kind::WatchedUdp, Kind::Managed);
+        super::inherit::publish(reg);
+        log!(Debug, "udp {local}: another socket bound there shares its registration");
+        true
+    })
 }

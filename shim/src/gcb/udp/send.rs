@@ -52,6 +52,9 @@ pub enum Out {
 fn known(fd: c_int, dest: SocketAddrV4, now: Instant) -> Option<Out> {
     super::super::with(|reg| {
         let s = reg.udp.get(fd)?;
+        if let Some(channel) = s.channel_to(dest) {
+            return Some(Out::To(channel));
+        }
         let route = s.route(dest, now);
         if let Some(Route::Direct(real)) = route {
             return Some(Out::To(real));
@@ -308,20 +311,23 @@ pub unsafe fn sendmmsg(fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int)
 ///
 /// The C contract of `connect`.
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let Some(dest) = sys::from_sockaddr(addr, len) else {
-        super::super::with(|reg| {
-            if let Some(s) = reg.udp.get_mut(fd) {
-                s.connected_to = None;
-            }
-        });
-        return real::connect(fd, addr, len);
-    };
+    // A new association (or none) ends the channel of the old one.
+    super::super::with(|reg| {
+        super::channel::drop_from(reg, fd);
+        if let Some(s) = reg.udp.get_mut(fd) {
+            s.connected_to = None;
+        }
+    });
+    let Some(dest) = sys::from_sockaddr(addr, len) else { return real::connect(fd, addr, len) };
     let saved = errno();
-    let to = match route(fd, dest, true) {
-        Ok(Out::To(to)) => to,
-        // Connecting to a relayed peer: it is reached through the proxy, which the
-        // connected socket could not hear from; connect to it as it is instead.
-        Ok(Out::Relayed { .. }) => dest,
+    let (to, channel) = match route(fd, dest, true) {
+        Ok(Out::To(to)) => (to, None),
+        // A peer the broker relays: through a channel of its own, or, with
+        // none, to the peer as it is (`channel`).
+        Ok(Out::Relayed { peer, .. }) => match super::channel::open(fd, peer) {
+            Some(c) => (c.addr, Some(c)),
+            None => (dest, None),
+        },
         Err(e) => {
             set_errno(e);
             return -1;
@@ -330,11 +336,25 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let sin = sys::to_sockaddr(to);
     set_errno(saved);
     let r = real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t);
-    if r == 0 && to != dest {
-        super::super::with(|reg| reg.udp.entry(fd).connected_to = Some(dest));
-        fdtable::replace(fd, Kind::WatchedUdp, Kind::Managed);
-    } else if r == 0 && fdtable::kind(fd) == Kind::Managed {
-        super::super::with(|reg| reg.udp.entry(fd).connected_to = Some(dest));
-    }
+    let managed = fdtable::kind(fd) == Kind::Managed;
+    super::super::with(|reg| {
+        if r != 0 {
+            if let Some(c) = channel {
+                super::channel::close(reg, reg.udp.get(fd).and_then(|s| s.listener), c);
+            }
+            return;
+        }
+        if to != dest || managed {
+            let s = reg.udp.entry(fd);
+            s.connected_to = Some(dest);
+            s.channel = channel;
+            fdtable::replace(fd, Kind::WatchedUdp, Kind::Managed);
+        }
+        // The channel learns where this socket is (and its NAT maps it)
+        // before the application's first datagram follows.
+        if let Some(c) = channel {
+            super::control::send_dummy(fd, c.token, c.addr);
+        }
+    });
     r
 }

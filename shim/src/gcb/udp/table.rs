@@ -13,6 +13,8 @@
 //!    or a made hole: the reverse name never outlives its record.
 //! 3. Every map is bounded ([`MAX_RECORDS`], [`MAX_STASH`]): a flood of new peers
 //!    evicts the oldest record rather than growing without end.
+//! 4. A socket has a [`Channel`] only while it is connected to it: datagrams
+//!    from the channel's address are its peer's, whatever the other records say.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
@@ -69,6 +71,17 @@ pub struct Hole {
     pub tries_left: u8,
 }
 
+/// The broker's channel of a socket connected to a relayed peer (proto
+/// `UdpChannel`): the real socket is connected to `addr`, and what comes from
+/// there is `peer`'s, without a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channel {
+    pub peer: SocketAddrV4,
+    pub addr: SocketAddrV4,
+    /// The token of the Dummies that keep it (and its NAT mapping) open.
+    pub token: Token,
+}
+
 /// One managed UDP socket.
 #[derive(Debug, Default)]
 pub struct UdpSocket {
@@ -76,6 +89,8 @@ pub struct UdpSocket {
     pub listener: Option<super::super::registry::ListenerId>,
     /// `getpeername`: the GCB address a connected socket was connected to.
     pub connected_to: Option<SocketAddrV4>,
+    /// Its channel, when it is connected to a relayed peer.
+    pub channel: Option<Channel>,
     receivers: HashMap<SocketAddrV4, Record>,
     reverse: HashMap<SocketAddrV4, SocketAddrV4>,
     relay_peers: HashMap<SocketAddrV4, Instant>,
@@ -130,7 +145,15 @@ impl UdpSocket {
 
     /// The name to report for a datagram from the real address `src`.
     pub fn name_of(&self, src: SocketAddrV4) -> SocketAddrV4 {
-        self.reverse.get(&src).copied().unwrap_or(src)
+        match self.channel {
+            Some(c) if c.addr == src => c.peer,
+            _ => self.reverse.get(&src).copied().unwrap_or(src),
+        }
+    }
+
+    /// Where a datagram to `app` goes when the socket has a channel for it.
+    pub fn channel_to(&self, app: SocketAddrV4) -> Option<SocketAddrV4> {
+        self.channel.filter(|c| c.peer == app).map(|c| c.addr)
     }
 
     /// A relayed datagram came from `peer` through this socket's proxy.
@@ -272,13 +295,13 @@ impl UdpTable {
         true
     }
 
-    /// Forgets `fd`; the socket goes with its last fd.
-    pub fn remove(&mut self, fd: c_int) {
-        if let Some(id) = self.fds.remove(&fd) {
-            if !self.fds.values().any(|&i| i == id) {
-                self.socks.remove(&id);
-            }
+    /// Forgets `fd`; the socket goes with its last fd, and is returned then.
+    pub fn remove(&mut self, fd: c_int) -> Option<UdpSocket> {
+        let id = self.fds.remove(&fd)?;
+        if self.fds.values().any(|&i| i == id) {
+            return None;
         }
+        self.socks.remove(&id)
     }
 
     /// The fds and sockets, one fd per socket (for timers).
@@ -355,6 +378,18 @@ mod tests {
     }
 
     #[test]
+    fn a_channel_names_its_peer_and_carries_its_datagrams() {
+        let mut s = UdpSocket::default();
+        let (peer, addr) = (a("203.0.113.20:5000"), a("203.0.113.10:21001"));
+        assert_eq!(s.channel_to(peer), None);
+        s.channel = Some(Channel { peer, addr, token: Token(3) });
+        assert_eq!(s.channel_to(peer), Some(addr));
+        assert_eq!(s.channel_to(a("203.0.113.20:5001")), None, "only its own peer");
+        assert_eq!(s.name_of(addr), peer, "its datagrams are the peer's");
+        assert_eq!(s.name_of(a("203.0.113.10:21000")), a("203.0.113.10:21000"));
+    }
+
+    #[test]
     fn relay_peers_expire_and_are_bounded() {
         let now = Instant::now();
         let mut s = UdpSocket::default();
@@ -393,10 +428,10 @@ mod tests {
         assert!(t.alias(5, 9));
         assert!(!t.alias(6, 7));
         assert!(t.get(9).unwrap().route(a("1.2.3.4:5"), Instant::now()).is_some());
-        t.remove(5);
-        assert!(t.get(9).is_some(), "still open through the dup");
+        assert!(t.remove(5).is_none(), "still open through the dup");
+        assert!(t.get(9).is_some());
         assert_eq!(t.sockets_mut().count(), 1);
-        t.remove(9);
+        assert!(t.remove(9).is_some(), "the last fd takes the socket");
         assert!(t.is_empty() && t.sockets().count() == 0);
     }
 }
