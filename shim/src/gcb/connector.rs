@@ -261,10 +261,12 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, tmp: Option<(Sock, 
         Decision::Reversal { token } => {
             let Some((tmp, _)) = tmp else { return brokered_failed(dest, "reversal", libc::ECONNREFUSED) };
             let deadline = connect_deadline(fd);
-            // Read while the listener dials, not after its connection is in;
-            // a watched socket was made here, so only the options set matter.
-            let options = Options::read_noted(fd);
-            match dial::accept_reversed(tmp.raw(), token, deadline).and_then(|c| swap(fd, c, &options)) {
+            // Read while the listener dials, not after its connection is in.
+            let app = match AppSocket::read(fd) {
+                Ok(app) => app,
+                Err(e) => return brokered_failed(dest, "reversal", e),
+            };
+            match dial::accept_reversed(tmp.raw(), token, deadline, app.nonblocking).and_then(|c| swap(fd, c, app.nonblocking, &app)) {
                 Ok(()) => {
                     name(fd, dest);
                     set_errno(saved);
@@ -303,15 +305,34 @@ fn name(fd: c_int, dest: SocketAddrV4) {
     });
 }
 
-/// Puts connection `c` on the application's fd number, as the application's own
-/// socket would have been: same O_NONBLOCK and FD_CLOEXEC, its `options`, and
-/// the epoll registrations it had (see `interest`).
-fn swap(fd: c_int, c: Sock, options: &Options) -> Result<(), Errno> {
-    let nonblocking = sys::get_fl(fd)? & libc::O_NONBLOCK != 0;
-    // SAFETY: F_GETFD takes no argument.
-    let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
-    options.apply(c.raw());
-    sys::set_nonblock(c.raw(), nonblocking)?;
+/// What a reversed connection takes over from the application's socket,
+/// read while the listener dials.
+struct AppSocket {
+    nonblocking: bool,
+    cloexec: bool,
+    /// A watched socket was made in this image: only the options set matter.
+    options: Options,
+}
+
+impl AppSocket {
+    fn read(fd: c_int) -> Result<AppSocket, Errno> {
+        let nonblocking = sys::get_fl(fd)? & libc::O_NONBLOCK != 0;
+        // SAFETY: F_GETFD takes no argument.
+        let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+        let cloexec = fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0;
+        Ok(AppSocket { nonblocking, cloexec, options: Options::read_noted(fd) })
+    }
+}
+
+/// Puts connection `c` (non-blocking if `c_nonblocking`) on the application's
+/// fd number, as the application's own socket `app` would have been: same
+/// O_NONBLOCK and FD_CLOEXEC, its options, and the epoll registrations it had
+/// (see `interest`).
+fn swap(fd: c_int, c: Sock, c_nonblocking: bool, app: &AppSocket) -> Result<(), Errno> {
+    app.options.apply(c.raw());
+    if c_nonblocking != app.nonblocking {
+        sys::set_nonblock(c.raw(), app.nonblocking)?;
+    }
     let regs = super::with(|reg| reg.interest.take(fd));
     let event = |r: &super::interest::Registration| libc::epoll_event { events: r.events, u64: r.data };
     // Re-add only where the old registration is confirmed live (module docs of `interest`).
@@ -320,7 +341,7 @@ fn swap(fd: c_int, c: Sock, options: &Options) -> Result<(), Errno> {
         // SAFETY: a valid event struct; MOD on a set without `fd` just fails.
         .filter(|r| unsafe { real::epoll_ctl(r.epfd, libc::EPOLL_CTL_MOD, fd, &mut event(r)) } == 0)
         .collect();
-    let cloexec = if fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
+    let cloexec = if app.cloexec { libc::O_CLOEXEC } else { 0 };
     // SAFETY: both fds are valid; `fd` is replaced atomically.
     if unsafe { real::dup3(c.raw(), fd, cloexec) } < 0 {
         return Err(errno());
@@ -363,7 +384,7 @@ mod tests {
         let record = super::super::doorbell::Record { secret: 1, token, dial: super::super::doorbell::Dial::Reverse { connector: at }, peer, proxy: peer };
         let (speaking, _) = dial::for_listener(&record, Family::V4, true, true).unwrap();
         // Well under the hello timeout a silent connection taken first would cost.
-        let got = dial::accept_reversed(tmp.raw(), token, Instant::now() + std::time::Duration::from_secs(3)).unwrap();
+        let got = dial::accept_reversed(tmp.raw(), token, Instant::now() + std::time::Duration::from_secs(3), true).unwrap();
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(speaking.raw()).unwrap());
         assert_eq!(sys::get_int_opt(got.raw(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT), Ok(0), "not carried to the application");
         // Never accepted, so never closed by the connector: no end of stream.
@@ -388,7 +409,8 @@ mod tests {
         sys::connect(c.raw(), at, Instant::now() + std::time::Duration::from_secs(2)).unwrap_or(());
         let local = sys::local_addr(c.raw()).unwrap();
         sys::set_int_opt(app.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
-        swap(app.raw(), c, &Options::read(app.raw())).unwrap();
+        let read = AppSocket { options: Options::read(app.raw()), ..AppSocket::read(app.raw()).unwrap() };
+        swap(app.raw(), c, false, &read).unwrap();
         assert_eq!(sys::local_addr(app.raw()).unwrap(), local, "the fd number now holds the new connection");
         assert!(sys::is_nonblocking(app.raw()));
         assert_eq!(sys::get_int_opt(app.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY), Ok(1), "options carried");

@@ -122,12 +122,13 @@ pub fn relay(fd: c_int, via: SocketAddrV4, token: Token, deadline: Instant) -> R
 }
 
 /// Connector side of `Reversal`: waits on the temporary listener `tmp` for the
-/// listener's connection bearing `token`. Connections with another token (a
-/// stray, or a late duplicate of an earlier attempt) are closed.
-pub fn accept_reversed(tmp: c_int, token: Token, deadline: Instant) -> Result<Sock, Errno> {
+/// listener's connection bearing `token`, non-blocking if `nonblocking`.
+/// Connections with another token (a stray, or a late duplicate of an earlier
+/// attempt) are closed.
+pub fn accept_reversed(tmp: c_int, token: Token, deadline: Instant, nonblocking: bool) -> Result<Sock, Errno> {
     loop {
         sys::wait_fd(tmp, libc::POLLIN, deadline)?;
-        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 } | libc::SOCK_CLOEXEC;
         // SAFETY: no address wanted.
         let c = unsafe { real::accept4(tmp, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
         if c < 0 {
@@ -165,7 +166,8 @@ mod tests {
         let (_stray, _) = for_listener(&record(1), Family::V4, true, true).unwrap();
         let (dialed, reported) = for_listener(&record(2), Family::Mapped, true, false).unwrap();
         assert_eq!(reported, peer);
-        let got = accept_reversed(tmp.raw(), Token(2), Instant::now() + PAIR_TIMEOUT).unwrap();
+        let got = accept_reversed(tmp.raw(), Token(2), Instant::now() + PAIR_TIMEOUT, false).unwrap();
+        assert!(!sys::is_nonblocking(got.raw()), "blocking as asked");
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(dialed.raw()).unwrap());
         assert!(!sys::is_nonblocking(dialed.raw()), "handed over blocking");
     }
