@@ -11,10 +11,12 @@
 //! `EBADF`; range closes skip it; `dup2` onto it succeeds after the shim has moved
 //! its fd out of the way.
 
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+
 use libc::{c_int, c_uint, c_ulong};
 
 use crate::fdtable::{self, Kind, TABLE};
-use crate::hook::{set_errno, ErrnoGuard};
+use crate::hook::{errno, set_errno, ErrnoGuard};
 use crate::{managed, real};
 
 /// The lowest number for internal fds: high, but inside both the table and the
@@ -29,10 +31,24 @@ fn high_base() -> c_int {
     (soft * 3 / 4).clamp(3, 1000) as c_int
 }
 
+/// [`high_base`] as last computed (0: not yet). Brokered connections adopt fds
+/// on their way, so the limit is not asked again each time; a limit lowered
+/// since shows as EINVAL, and the base is computed again.
+static HIGH_BASE: AtomicI32 = AtomicI32::new(0);
+
 /// Duplicates `fd` to a high, CLOEXEC number; `None` if the table of open files is full.
 fn dup_high(fd: c_int) -> Option<c_int> {
-    // SAFETY: fcntl on an fd we own; the third argument is an int for F_DUPFD_CLOEXEC.
-    let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_base() as c_ulong) };
+    let dup = |base: c_int| {
+        // SAFETY: fcntl on an fd we own; the third argument is an int for F_DUPFD_CLOEXEC.
+        unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, base as c_ulong) }
+    };
+    let cached = HIGH_BASE.load(Relaxed);
+    let mut high = if cached > 0 { dup(cached) } else { -1 };
+    if cached == 0 || (high < 0 && errno() == libc::EINVAL) {
+        let base = high_base();
+        HIGH_BASE.store(base, Relaxed);
+        high = dup(base);
+    }
     (high >= 0).then_some(high)
 }
 

@@ -383,3 +383,47 @@ fn sha256_of(path: &std::path::Path) -> String {
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
+
+/// Socket options the application set survive the shim's replacement sockets:
+/// the listener's on a reversed connection it accepts through a doorbell (set
+/// before and after `listen`), the connector's on its reversed `connect`.
+#[test]
+fn socket_options_carry_over_to_brokered_connections() {
+    const SERVER: &str = "import select, socket as s\n\
+l = s.socket(); l.setsockopt(s.SOL_SOCKET, s.SO_REUSEADDR, 1)\n\
+l.setsockopt(s.IPPROTO_TCP, s.TCP_NODELAY, 1); l.setsockopt(s.IPPROTO_TCP, s.TCP_KEEPIDLE, 77)\n\
+l.bind(('0.0.0.0', 7400)); l.listen(8); l.setsockopt(s.IPPROTO_TCP, s.TCP_KEEPINTVL, 33)\n\
+print('LISTEN', '%s:%d' % l.getsockname(), flush=True)\n\
+select.select([l], [], [], 30); c, _ = l.accept()\n\
+o = lambda lv, n: c.getsockopt(lv, n)\n\
+print('OPTS', o(s.IPPROTO_TCP, s.TCP_NODELAY) != 0, o(s.IPPROTO_TCP, s.TCP_KEEPIDLE), o(s.IPPROTO_TCP, s.TCP_KEEPINTVL), flush=True)\n\
+c.sendall(c.recv(64))\n";
+    const CLIENT: &str = "import socket as s, struct, sys\n\
+c = s.socket(); c.setsockopt(s.IPPROTO_TCP, s.TCP_NODELAY, 1); c.setsockopt(s.IPPROTO_TCP, s.TCP_KEEPCNT, 4)\n\
+c.setsockopt(s.SOL_SOCKET, s.SO_RCVTIMEO, struct.pack('ll', 7, 0))\n\
+h, p = sys.argv[1].rsplit(':', 1); c.connect((h, int(p)))\n\
+t = struct.unpack('ll', c.getsockopt(s.SOL_SOCKET, s.SO_RCVTIMEO, 16))[0]\n\
+print('OPTS', c.getsockopt(s.IPPROTO_TCP, s.TCP_NODELAY) != 0, c.getsockopt(s.IPPROTO_TCP, s.TCP_KEEPCNT), t)\n\
+c.sendall(b'ping'); print('ECHO', c.recv(64).decode())\n";
+    let g = Gcb::up();
+    let py = |host: &str, script: &str, arg: Option<&str>| {
+        let mut c = g.bed.cmd(host, workspace_root().join("scripts/gcb-run"));
+        c.args(["--broker", BROKER, "--log", "info", "--lib"]).arg(built("libgcb.so")).arg("--").arg(testbed::python3());
+        c.args(["-c", script]).args(arg);
+        for v in SHIM_VARS {
+            c.env_remove(v);
+        }
+        c
+    };
+    let server = g.bed.spawn_cmd(py("a1", SERVER, None)).expect("python server");
+    let listen = server.wait_line("LISTEN ", STARTUP).unwrap_or_else(|e| panic!("{e}: {}", server.stderr_text()));
+    assert!(listen.starts_with("203.0.113.10:"), "advertised {listen}");
+    let out = testbed::run_with_timeout(py("pub", CLIENT, Some(&listen)), CLIENT_TIMEOUT).expect("python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client: {stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), server.stderr_text());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("via reversal"), "not a reversal: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("OPTS True 4 7\n") && stdout.contains("ECHO ping\n"), "client saw: {stdout}");
+    let opts = server.wait_line("OPTS ", Duration::from_secs(10)).expect("server OPTS");
+    assert_eq!(opts, "True 77 33", "the accepted connection's options");
+    g.bed.down().expect("tear down");
+}

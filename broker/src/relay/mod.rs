@@ -120,14 +120,20 @@ impl Daemon {
             }
         };
         // The listener reports the connector as its peer; the GCB connector
-        // reports the address it dialed, the proxy.
+        // reports the address it dialed, the proxy. The connector is told
+        // first: its `connect` waits for this, while the listener's `accept`
+        // has its own doorbell to answer, and on a busy machine the first side
+        // woken may run before the broker gets to tell the second.
         let connector_id = p.connector_id.unwrap_or(caddr);
-        let mut told = send_frame(
-            &mut relay.streams[1],
-            &StreamPeer::Paired { peer: connector_id },
-        );
-        if told.is_ok() && is_gcb {
+        let mut told = Ok(());
+        if is_gcb {
             told = send_frame(&mut relay.streams[0], &StreamPeer::Paired { peer: p.proxy });
+        }
+        if told.is_ok() {
+            told = send_frame(
+                &mut relay.streams[1],
+                &StreamPeer::Paired { peer: connector_id },
+            );
         }
         if let Err(e) = told {
             debug!("relay {caddr} to {laddr}: cannot tell the sides they are paired: {e}");

@@ -5,7 +5,10 @@
 //! An accepted connection must first say `StreamHello{token, role}` (16
 //! bytes) within [`HELLO_TIMEOUT`]. It is read with the proto
 //! `FrameReader`, never a byte past the hello, so application data that
-//! follows stays in the socket for the relay. Garbage, EOF or silence close
+//! follows stays in the socket for the relay. It is read at once on accept
+//! (the shim's hello comes with the handshake's last ACK); only a connection
+//! whose hello is not complete yet takes a slot, a timer and a registration
+//! in the loop. Garbage, EOF or silence close
 //! the connection and are counted. A complete hello goes to the pairing
 //! table: unknown tokens are answered `Rejected{UnknownToken}`, a first half
 //! waits (unread, deregistered) for its partner, and a second half starts
@@ -48,6 +51,30 @@ pub(crate) struct Hello {
     timer: Option<TimerId>,
 }
 
+/// What reading a hello came to: the hello, or whether the bytes were
+/// garbage (rather than an early close or an error) and why.
+type HelloRead = Result<StreamHello, (bool, String)>;
+
+/// Reads what there is of a hello from `stream` into `reader`, never a byte
+/// past it; `None` while it is incomplete and the socket has nothing more.
+fn read_hello(stream: &mut TcpStream, reader: &mut FrameReader<StreamHello>) -> Option<HelloRead> {
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    loop {
+        let want = reader.missing();
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => return Some(Err((false, "closed before saying hello".to_string()))),
+            Ok(n) => match reader.feed(&buf[..n]) {
+                Ok((_, Some(hello))) => return Some(Ok(hello)),
+                Ok((_, None)) => {}
+                Err(e) => return Some(Err((true, format!("not a hello: {e}")))),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(Err((false, e.to_string()))),
+        }
+    }
+}
+
 /// Whether an accept error is about one connection (skip it) rather than
 /// the process (stop accepting for now).
 pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
@@ -85,6 +112,19 @@ impl Daemon {
         let SocketAddr::V4(addr) = addr else {
             return;
         };
+        // The shim sends its hello with the handshake's last ACK, so it is
+        // usually here already: then the connection needs no slot, timer or
+        // registration of its own.
+        let mut stream = stream;
+        let mut reader = FrameReader::new();
+        match read_hello(&mut stream, &mut reader) {
+            None => {}
+            Some(outcome) => {
+                debug!("rendezvous: connection from {addr}");
+                self.hello_outcome(outcome, Half { stream, addr });
+                return;
+            }
+        }
         if self.hellos >= MAX_HELLOS {
             self.counters.bad_hellos += 1;
             self.counters.bad_hellos_overflow += 1;
@@ -98,7 +138,7 @@ impl Daemon {
         let token = self.slab.insert(Dynamic::Hello(Hello {
             stream,
             addr,
-            reader: FrameReader::new(),
+            reader,
             serial,
             timer: None,
         }));
@@ -119,8 +159,7 @@ impl Daemon {
             self.drop_hello(token);
             return;
         }
-        debug!("rendezvous: connection from {addr}");
-        self.on_hello_readable(token);
+        debug!("rendezvous: connection from {addr}, waiting for its hello");
     }
 
     /// Removes a hello connection from the loop and hands it back.
@@ -141,32 +180,27 @@ impl Daemon {
         let Some(Dynamic::Hello(h)) = self.slab.get_mut(token) else {
             return;
         };
-        let mut buf = [0u8; MAX_FRAME_LEN];
-        let outcome = loop {
-            let want = h.reader.missing();
-            match h.stream.read(&mut buf[..want]) {
-                Ok(0) => break Err((false, "closed before saying hello".to_string())),
-                Ok(n) => match h.reader.feed(&buf[..n]) {
-                    Ok((_, Some(hello))) => break Ok(hello),
-                    Ok((_, None)) => {}
-                    Err(e) => break Err((true, format!("not a hello: {e}"))),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err((false, e.to_string())),
-            }
+        let Some(outcome) = read_hello(&mut h.stream, &mut h.reader) else {
+            return;
         };
         let Some(h) = self.drop_hello(token) else {
             return;
         };
+        self.hello_outcome(
+            outcome,
+            Half {
+                stream: h.stream,
+                addr: h.addr,
+            },
+        );
+    }
+
+    /// A complete hello goes to the pairing table; anything else is counted
+    /// and the connection closed.
+    fn hello_outcome(&mut self, outcome: HelloRead, half: Half<TcpStream>) {
+        let addr = half.addr;
         match outcome {
-            Ok(hello) => self.on_hello(
-                hello,
-                Half {
-                    stream: h.stream,
-                    addr: h.addr,
-                },
-            ),
+            Ok(hello) => self.on_hello(hello, half),
             Err((garbage, why)) => {
                 self.counters.bad_hellos += 1;
                 if garbage {
@@ -174,7 +208,7 @@ impl Daemon {
                 } else {
                     self.counters.bad_hellos_closed += 1;
                 }
-                debug!("rendezvous: closing {}: {why}", h.addr);
+                debug!("rendezvous: closing {addr}: {why}");
             }
         }
     }

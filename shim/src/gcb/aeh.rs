@@ -13,7 +13,8 @@
 //! A command asking for a connection becomes a [`Job`]. If the caller is `accept`
 //! on that very listener (and the kernel has nothing queued on it), the job is
 //! returned to be dialed at once; otherwise its doorbell is rung
-//! ([`doorbell::ring`]).
+//! ([`doorbell::ring`], which dials ahead first, see `predial`). The broker's
+//! command is acknowledged at the end of the pass, once the dial is under way.
 
 use std::time::Instant;
 
@@ -166,7 +167,10 @@ fn run(readable: &[c_int], now: Instant, accepting: Option<ListenerId>) -> Optio
         }
     }
     let interval = config::get().heartbeat;
-    super::with(|reg| mgmt::on_timers(reg, now, interval));
+    super::with(|reg| {
+        mgmt::send_acks_due(reg);
+        mgmt::on_timers(reg, now, interval)
+    });
     found
 }
 

@@ -41,6 +41,7 @@ use proto::Proto;
 use super::dial;
 use super::family::{self, Family};
 use super::mgmt;
+use super::options::Options;
 use super::registry::Names;
 use super::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
@@ -182,7 +183,10 @@ pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
 /// socket's `family`, since the connection it accepts takes that socket's place.
 fn temp_listener(ip: std::net::Ipv4Addr, family: Family) -> Result<(Sock, SocketAddrV4), Errno> {
     let s = sys::socket_of(family, libc::SOCK_STREAM, true, true)?;
-    sys::bind(s.raw(), SocketAddrV4::new(ip, 0))?;
+    sys::bind_as(s.raw(), family, SocketAddrV4::new(ip, 0))?;
+    // Accept only once the listener's hello is in: one wake-up instead of two,
+    // and a connection dialed ahead that never speaks (`predial`) is never taken.
+    let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, dial::PAIR_TIMEOUT.as_secs() as c_int);
     // SAFETY: our socket.
     if unsafe { real::listen(s.raw(), 8) } < 0 {
         return Err(errno());
@@ -256,7 +260,13 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, tmp: Option<(Sock, 
         }
         Decision::Reversal { token } => {
             let Some((tmp, _)) = tmp else { return brokered_failed(dest, "reversal", libc::ECONNREFUSED) };
-            match dial::accept_reversed(tmp.raw(), token, connect_deadline(fd)).and_then(|c| swap(fd, c)) {
+            let deadline = connect_deadline(fd);
+            // Read while the listener dials, not after its connection is in.
+            let app = match AppSocket::read(fd) {
+                Ok(app) => app,
+                Err(e) => return brokered_failed(dest, "reversal", e),
+            };
+            match dial::accept_reversed(tmp.raw(), token, deadline, app.nonblocking).and_then(|c| swap(fd, c, app.nonblocking, &app)) {
                 Ok(()) => {
                     name(fd, dest);
                     set_errno(saved);
@@ -295,15 +305,34 @@ fn name(fd: c_int, dest: SocketAddrV4) {
     });
 }
 
-/// Puts connection `c` on the application's fd number, as the application's own
-/// socket would have been: same O_NONBLOCK and FD_CLOEXEC, common options, and
-/// the epoll registrations it had (see `interest`).
-fn swap(fd: c_int, c: Sock) -> Result<(), Errno> {
-    let nonblocking = sys::get_fl(fd)? & libc::O_NONBLOCK != 0;
-    // SAFETY: F_GETFD takes no argument.
-    let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
-    sys::copy_options(fd, c.raw());
-    sys::set_nonblock(c.raw(), nonblocking)?;
+/// What a reversed connection takes over from the application's socket,
+/// read while the listener dials.
+struct AppSocket {
+    nonblocking: bool,
+    cloexec: bool,
+    /// A watched socket was made in this image: only the options set matter.
+    options: Options,
+}
+
+impl AppSocket {
+    fn read(fd: c_int) -> Result<AppSocket, Errno> {
+        let nonblocking = sys::get_fl(fd)? & libc::O_NONBLOCK != 0;
+        // SAFETY: F_GETFD takes no argument.
+        let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+        let cloexec = fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0;
+        Ok(AppSocket { nonblocking, cloexec, options: Options::read_noted(fd) })
+    }
+}
+
+/// Puts connection `c` (non-blocking if `c_nonblocking`) on the application's
+/// fd number, as the application's own socket `app` would have been: same
+/// O_NONBLOCK and FD_CLOEXEC, its options, and the epoll registrations it had
+/// (see `interest`).
+fn swap(fd: c_int, c: Sock, c_nonblocking: bool, app: &AppSocket) -> Result<(), Errno> {
+    app.options.apply(c.raw());
+    if c_nonblocking != app.nonblocking {
+        sys::set_nonblock(c.raw(), app.nonblocking)?;
+    }
     let regs = super::with(|reg| reg.interest.take(fd));
     let event = |r: &super::interest::Registration| libc::epoll_event { events: r.events, u64: r.data };
     // Re-add only where the old registration is confirmed live (module docs of `interest`).
@@ -312,7 +341,7 @@ fn swap(fd: c_int, c: Sock) -> Result<(), Errno> {
         // SAFETY: a valid event struct; MOD on a set without `fd` just fails.
         .filter(|r| unsafe { real::epoll_ctl(r.epfd, libc::EPOLL_CTL_MOD, fd, &mut event(r)) } == 0)
         .collect();
-    let cloexec = if fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
+    let cloexec = if app.cloexec { libc::O_CLOEXEC } else { 0 };
     // SAFETY: both fds are valid; `fd` is replaced atomically.
     if unsafe { real::dup3(c.raw(), fd, cloexec) } < 0 {
         return Err(errno());
@@ -343,6 +372,26 @@ mod tests {
         assert_eq!(command_port(ip), COMMAND_PORT);
     }
 
+    /// A connection that never says hello (dialed ahead, then claimed by no
+    /// one) is not taken by a reversed connect: the one that speaks is.
+    #[test]
+    fn a_silent_connection_does_not_hold_up_the_reversed_one() {
+        let (tmp, at) = temp_listener(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
+        let silent = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
+        sys::connect(silent.raw(), at, Instant::now() + std::time::Duration::from_secs(5)).unwrap();
+        let peer = "198.51.100.10:4000".parse().unwrap();
+        let token = proto::gcb::Token(9);
+        let record = super::super::doorbell::Record { secret: 1, token, dial: super::super::doorbell::Dial::Reverse { connector: at }, peer, proxy: peer };
+        let (speaking, _) = dial::for_listener(&record, Family::V4, true, true).unwrap();
+        // Well under the hello timeout a silent connection taken first would cost.
+        let got = dial::accept_reversed(tmp.raw(), token, Instant::now() + std::time::Duration::from_secs(3), true).unwrap();
+        assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(speaking.raw()).unwrap());
+        assert_eq!(sys::get_int_opt(got.raw(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT), Ok(0), "not carried to the application");
+        // Never accepted, so never closed by the connector: no end of stream.
+        let soon = Instant::now() + std::time::Duration::from_millis(500);
+        assert_eq!(sys::wait_fd(silent.raw(), libc::POLLIN, soon), Err(libc::ETIMEDOUT), "the silent connection was not taken");
+    }
+
     #[test]
     fn swap_keeps_flags_and_epoll_registrations() {
         let l = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
@@ -359,9 +408,12 @@ mod tests {
         let c = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         sys::connect(c.raw(), at, Instant::now() + std::time::Duration::from_secs(2)).unwrap_or(());
         let local = sys::local_addr(c.raw()).unwrap();
-        swap(app.raw(), c).unwrap();
+        sys::set_int_opt(app.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
+        let read = AppSocket { options: Options::read(app.raw()), ..AppSocket::read(app.raw()).unwrap() };
+        swap(app.raw(), c, false, &read).unwrap();
         assert_eq!(sys::local_addr(app.raw()).unwrap(), local, "the fd number now holds the new connection");
         assert!(sys::is_nonblocking(app.raw()));
+        assert_eq!(sys::get_int_opt(app.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY), Ok(1), "options carried");
         assert_eq!(unsafe { real::fcntl(app.raw(), libc::F_GETFD, 0) } & libc::FD_CLOEXEC, 0);
         let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
         assert_eq!(unsafe { real::epoll_wait(ep, out.as_mut_ptr(), 2, 1000) }, 1, "re-added to the live set");

@@ -33,23 +33,57 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Dials for `record` (listener side). Returns the connected socket, of the
-/// listener's `family`, blocking and close-on-exec if `cloexec`, with the peer to
-/// report.
-pub fn for_listener(record: &Record, family: Family, cloexec: bool) -> Result<(Sock, SocketAddrV4), Errno> {
+/// listener's `family`, non-blocking if `nonblocking` and close-on-exec if
+/// `cloexec`, with the peer to report.
+pub fn for_listener(record: &Record, family: Family, cloexec: bool, nonblocking: bool) -> Result<(Sock, SocketAddrV4), Errno> {
     let start = Instant::now();
     let s = sys::socket_of(family, libc::SOCK_STREAM, cloexec, true)?;
-    let (to, token) = match record.dial {
-        Dial::Reverse { connector } => (connector, record.token),
-        Dial::Relay { broker } => (broker, record.token),
+    let to = match record.dial {
+        Dial::Reverse { connector } => connector,
+        Dial::Relay { broker } => broker,
     };
-    sys::connect(s.raw(), to, start + DIAL_TIMEOUT)?;
-    let hello = StreamHello { token, role: Role::Listener }.to_bytes();
-    sys::send_all(s.raw(), &hello, start + DIAL_TIMEOUT)?;
+    sys::ack_with_first_data(s.raw());
+    sys::connect_start(s.raw(), family, to)?;
+    // The hello goes as soon as the handshake is over (its send waits for
+    // that), carrying the handshake's last ACK.
+    send_hello(s.raw(), record, start)?;
+    preamble_rest(s, record, start, nonblocking)
+}
+
+/// [`for_listener`] for a doorbell's record: the connection the AEH dialed
+/// ahead for it (`predial`) if there is one and its handshake succeeded, else a
+/// fresh one. Close-on-exec, at whatever number: the caller puts it on the
+/// doorbell's fd.
+pub fn for_doorbell(record: &Record, family: Family, nonblocking: bool) -> Result<(Sock, SocketAddrV4), Errno> {
+    if let Some(s) = super::predial::take(record.token) {
+        let start = Instant::now();
+        // A failed handshake shows here, before anything was said on it.
+        match send_hello(s.raw(), record, start) {
+            Ok(()) => return preamble_rest(s, record, start, nonblocking),
+            Err(e) => log!(Debug, "the connection dialed ahead for token {} failed ({}); dialing again", record.token, std::io::Error::from_raw_os_error(e)),
+        }
+    }
+    for_listener(record, family, true, nonblocking)
+}
+
+/// The listener's `StreamHello` on `fd`, connected or still connecting.
+fn send_hello(fd: c_int, record: &Record, start: Instant) -> Result<(), Errno> {
+    let hello = StreamHello { token: record.token, role: Role::Listener }.to_bytes();
+    sys::send_all(fd, &hello, start + DIAL_TIMEOUT)
+}
+
+/// The rest of the listener's preamble on `s` after its hello: for a relay the
+/// broker's `StreamPeer`. `s`, a non-blocking socket the shim made, is then
+/// blocking unless `nonblocking`.
+fn preamble_rest(s: Sock, record: &Record, start: Instant, nonblocking: bool) -> Result<(Sock, SocketAddrV4), Errno> {
     let peer = match record.dial {
         Dial::Reverse { .. } => record.peer,
         Dial::Relay { .. } => read_peer(s.raw(), start + PAIR_TIMEOUT)?,
     };
-    sys::set_nonblock(s.raw(), false)?;
+    if !nonblocking {
+        // Made with SOCK_NONBLOCK and no other status flag: no F_GETFL needed.
+        sys::set_fl(s.raw(), 0)?;
+    }
     Ok((s, peer))
 }
 
@@ -76,19 +110,25 @@ fn read_peer(fd: c_int, deadline: Instant) -> Result<SocketAddrV4, Errno> {
 pub fn relay(fd: c_int, via: SocketAddrV4, token: Token, deadline: Instant) -> Result<(), Errno> {
     let start = Instant::now();
     let _nb = sys::NonBlocking::new(fd)?;
-    sys::connect(fd, via, deadline.min(start + DIAL_TIMEOUT))?;
+    // The hello carries the handshake's last ACK, so the rendezvous wakes once;
+    // the option is the application's socket's, so it is cleared again.
+    sys::ack_with_first_data(fd);
+    sys::connect_start(fd, super::family::of(fd), via)?;
     let hello = StreamHello { token, role: Role::Connector }.to_bytes();
-    sys::send_all(fd, &hello, deadline.min(start + DIAL_TIMEOUT))?;
+    let sent = sys::send_all(fd, &hello, deadline.min(start + DIAL_TIMEOUT));
+    let _ = sys::set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 0);
+    sent?;
     read_peer(fd, deadline).map(drop)
 }
 
 /// Connector side of `Reversal`: waits on the temporary listener `tmp` for the
-/// listener's connection bearing `token`. Connections with another token (a
-/// stray, or a late duplicate of an earlier attempt) are closed.
-pub fn accept_reversed(tmp: c_int, token: Token, deadline: Instant) -> Result<Sock, Errno> {
+/// listener's connection bearing `token`, non-blocking if `nonblocking`.
+/// Connections with another token (a stray, or a late duplicate of an earlier
+/// attempt) are closed.
+pub fn accept_reversed(tmp: c_int, token: Token, deadline: Instant, nonblocking: bool) -> Result<Sock, Errno> {
     loop {
         sys::wait_fd(tmp, libc::POLLIN, deadline)?;
-        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 } | libc::SOCK_CLOEXEC;
         // SAFETY: no address wanted.
         let c = unsafe { real::accept4(tmp, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
         if c < 0 {
@@ -123,10 +163,11 @@ mod tests {
         let peer: SocketAddrV4 = "198.51.100.10:4000".parse().unwrap();
         let record = |token| Record { secret: 1, token: Token(token), dial: Dial::Reverse { connector: at }, peer, proxy: peer };
         // A wrong token first: dropped, then the right one is taken.
-        let (_stray, _) = for_listener(&record(1), Family::V4, true).unwrap();
-        let (dialed, reported) = for_listener(&record(2), Family::Mapped, true).unwrap();
+        let (_stray, _) = for_listener(&record(1), Family::V4, true, true).unwrap();
+        let (dialed, reported) = for_listener(&record(2), Family::Mapped, true, false).unwrap();
         assert_eq!(reported, peer);
-        let got = accept_reversed(tmp.raw(), Token(2), Instant::now() + PAIR_TIMEOUT).unwrap();
+        let got = accept_reversed(tmp.raw(), Token(2), Instant::now() + PAIR_TIMEOUT, false).unwrap();
+        assert!(!sys::is_nonblocking(got.raw()), "blocking as asked");
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(dialed.raw()).unwrap());
         assert!(!sys::is_nonblocking(dialed.raw()), "handed over blocking");
     }
@@ -146,7 +187,8 @@ mod tests {
             }
         });
         let record = Record { secret: 1, token: Token(7), dial: Dial::Relay { broker: at }, peer, proxy: peer };
-        let (_s, reported) = for_listener(&record, Family::V4, true).unwrap();
+        let (_s, reported) = for_listener(&record, Family::V4, true, true).unwrap();
+        assert!(sys::is_nonblocking(_s.raw()), "non-blocking as asked");
         assert_eq!(reported, peer);
         let app = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         assert_eq!(relay(app.raw(), at, Token(7), Instant::now() + PAIR_TIMEOUT), Err(libc::ECONNREFUSED));

@@ -24,6 +24,7 @@ use libc::c_int;
 
 pub use proto::gcb::doorbell::{Dial, Record, RECORD_LEN};
 
+use super::family::Family;
 use super::registry::ListenerId;
 use super::sys;
 
@@ -64,6 +65,9 @@ pub struct Job {
 #[derive(Debug)]
 pub struct PendingBell {
     pub fd: c_int,
+    /// The command's token: a connection dialed ahead for it (`predial`) goes
+    /// when the bell does.
+    pub token: proto::gcb::Token,
     pub record: [u8; RECORD_LEN],
     pub target: SocketAddrV4,
     pub sent: bool,
@@ -86,7 +90,11 @@ impl PendingBell {
 /// [`RING_TIMEOUT`]: a loopback connect completes at once unless the listener's
 /// accept queue is full, and then the application's call is not held up while
 /// the kernel retries. Failure is logged; the broker's side then times out.
+///
+/// The connection itself is dialed ahead first (`predial`), so its handshake
+/// is under way while the doorbell is rung and answered.
 pub fn ring(job: &Job) {
+    super::predial::start(job);
     match start(job) {
         Ok(bell) => {
             if bell.sent {
@@ -96,7 +104,10 @@ pub fn ring(job: &Job) {
             }
             super::with(|reg| reg.bells.push(bell));
         }
-        Err(e) => rang_in_vain(job.target, e),
+        Err(e) => {
+            rang_in_vain(job.target, e);
+            super::with(|reg| super::predial::forget(reg, job.record.token));
+        }
     }
 }
 
@@ -107,19 +118,22 @@ fn rang_in_vain(target: SocketAddrV4, e: sys::Errno) {
 
 fn start(job: &Job) -> Result<PendingBell, sys::Errno> {
     let s = sys::socket(libc::SOCK_STREAM, true, true)?;
-    sys::bind(s.raw(), SocketAddrV4::new(SOURCE, 0))?;
+    sys::bind_as(s.raw(), Family::V4, SocketAddrV4::new(SOURCE, 0))?;
     let record = job.record.encode();
-    let sent = match sys::connect(s.raw(), job.target, Instant::now() + QUICK_RING) {
-        Ok(()) => {
-            sys::send_all(s.raw(), &record, Instant::now() + QUICK_RING)?;
-            true
-        }
+    sys::ack_with_first_data(s.raw());
+    sys::connect_start(s.raw(), Family::V4, job.target)?;
+    // A loopback handshake with room in the accept queue is over before
+    // `connect` returns, even when it says EINPROGRESS: the send goes at once,
+    // with no wait for writability. Still not connected after the quick wait
+    // inside (a full queue), the AEH sends once the socket is writable.
+    let sent = match sys::send_all(s.raw(), &record, Instant::now() + QUICK_RING) {
+        Ok(()) => true,
         Err(libc::ETIMEDOUT) => false,
         Err(e) => return Err(e),
     };
     // Kept for a while: protected from the application like any internal fd.
     let fd = crate::internal::adopt(s.into_raw());
-    Ok(PendingBell { fd, record, target: job.target, sent, deadline: Instant::now() + RING_TIMEOUT })
+    Ok(PendingBell { fd, token: job.record.token, record, target: job.target, sent, deadline: Instant::now() + RING_TIMEOUT })
 }
 
 /// AEH work on doorbells: sends the record on those that became writable, lets
@@ -141,10 +155,12 @@ pub fn progress(ready: &[c_int], now: Instant) {
         (due, expired)
     });
     let mut still = Vec::new();
+    let mut gone = Vec::new();
     for mut b in due {
         if b.sent {
             // The end of stream (or an error): the accepting side is done with it.
             crate::internal::release(b.fd);
+            gone.push(b.token);
             continue;
         }
         let sent = match sys::get_int_opt(b.fd, libc::SOL_SOCKET, libc::SO_ERROR) {
@@ -161,17 +177,22 @@ pub fn progress(ready: &[c_int], now: Instant) {
             Err(e) => {
                 rang_in_vain(b.target, e);
                 crate::internal::release(b.fd);
+                gone.push(b.token);
             }
         }
-    }
-    if !still.is_empty() {
-        super::with(|reg| reg.bells.extend(still));
     }
     for b in expired {
         if !b.sent {
             rang_in_vain(b.target, libc::ETIMEDOUT);
         }
         crate::internal::release(b.fd);
+        gone.push(b.token);
+    }
+    if !still.is_empty() || !gone.is_empty() {
+        super::with(|reg| {
+            reg.bells.extend(still);
+            gone.into_iter().for_each(|t| super::predial::forget(reg, t));
+        });
     }
 }
 
@@ -204,7 +225,8 @@ mod tests {
             peer: "198.51.100.10:40000".parse().unwrap(),
             proxy: "203.0.113.10:20001".parse().unwrap(),
         };
-        let job = Job { listener: 1, target, record };
+        // No such listener: nothing is dialed ahead (`predial`) towards the record's broker.
+        let job = Job { listener: ListenerId::MAX, target, record };
         ring(&job);
         let mine = |reg: &crate::gcb::registry::Registry| reg.bells.iter().filter(|b| b.target == target).map(|b| (b.fd, b.events())).collect::<Vec<_>>();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -37,6 +37,7 @@ use proto::Proto;
 use super::aeh::{self, Waited};
 use super::doorbell::{self, Job, Record, RECORD_LEN};
 use super::mgmt::{self, NoAnswer};
+use super::options::Options;
 use super::registry::{ListenerId, Mgmt, Names};
 use super::sys::{self, Sock};
 use super::{dial, family, fdops};
@@ -271,8 +272,8 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         let peer = sys::from_sockaddr((&sin as *const libc::sockaddr_storage).cast(), sl);
         if peer.is_some_and(|p| doorbell::is_doorbell_peer(*p.ip())) {
             match answer_doorbell(id, fd, n, flags) {
-                Some(peer) => {
-                    family::copy_out(peer, family::of(fd), addr, len);
+                Some((peer, fam)) => {
+                    family::copy_out(peer, fam, addr, len);
                     return ok(n, saved);
                 }
                 None => continue,
@@ -325,21 +326,27 @@ fn named_accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
 unsafe fn dial_now(listener: c_int, job: &Job, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> Option<c_int> {
     let cloexec = flags & libc::SOCK_CLOEXEC != 0;
     let fam = family::of(listener);
-    let (sock, peer) = match dial::for_listener(&job.record, fam, cloexec) {
+    let (sock, peer) = match dial::for_listener(&job.record, fam, cloexec, flags & libc::SOCK_NONBLOCK != 0) {
         Ok(s) => s,
         Err(e) => {
             dial_failed(&job.record, e);
             return None;
         }
     };
-    sys::copy_options(listener, sock.raw());
-    if flags & libc::SOCK_NONBLOCK != 0 {
-        let _ = sys::set_nonblock(sock.raw(), true);
-    }
+    carry_options(job.listener, listener, sock.raw());
     let fd = sock.into_raw();
     named_accepted(job.listener, fd, Some(peer));
     family::copy_out(peer, fam, addr, len);
     Some(fd)
+}
+
+/// Gives `to` the options of listener `id` (fd `listener`) that an accepted
+/// socket inherits: only those the application set, unless another process
+/// holds the listener and may have set others (`options`).
+fn carry_options(id: ListenerId, listener: c_int, to: c_int) {
+    let shared = super::with(|reg| reg.listener(id).map_or(true, |l| l.shared));
+    let options = if shared { Options::read(listener) } else { Options::read_noted(listener) };
+    options.apply(to);
 }
 
 fn dial_failed(record: &Record, e: sys::Errno) {
@@ -348,12 +355,14 @@ fn dial_failed(record: &Record, e: sys::Errno) {
 }
 
 /// A doorbell came out of the kernel's queue as fd `n`: read its record, dial, and
-/// put the dialed connection on `n`. Returns the peer to report, or `None` (with
-/// `n` closed) for a stray connection or a failed dial.
-fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> Option<SocketAddrV4> {
+/// put the dialed connection on `n`. Returns the peer to report and the
+/// listener's family, or `None` (with `n` closed) for a stray connection or a
+/// failed dial.
+fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> Option<(SocketAddrV4, family::Family)> {
     let bell = Sock::from_raw(n);
     let mut buf = [0u8; RECORD_LEN];
-    let read = sys::NonBlocking::new(n).and_then(|_nb| sys::recv_exact(n, &mut buf, Instant::now() + RECORD_TIMEOUT));
+    // The doorbell's own flags do not matter: its fd is replaced or closed.
+    let read = sys::recv_exact(n, &mut buf, Instant::now() + RECORD_TIMEOUT);
     let secret = super::with(|reg| reg.listener(id).map(|l| l.secret));
     let record = match (read, Record::decode(&buf)) {
         (Ok(()), Some(r)) if Some(r.secret) == secret => r,
@@ -363,7 +372,8 @@ fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> O
         }
     };
     // Of the listener's family, as the doorbell on `n` it replaces.
-    let (sock, peer) = match dial::for_listener(&record, family::of(listener), true) {
+    let fam = family::of(listener);
+    let (sock, peer) = match dial::for_doorbell(&record, fam, flags & libc::SOCK_NONBLOCK != 0) {
         Ok(s) => s,
         Err(e) => {
             dial_failed(&record, e);
@@ -371,12 +381,14 @@ fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> O
         }
     };
     // The doorbell inherited the listener's options, as the application expects of
-    // an accepted socket; carry them over, and accept4's flags.
-    sys::copy_options(listener, sock.raw());
-    if flags & libc::SOCK_NONBLOCK != 0 {
-        let _ = sys::set_nonblock(sock.raw(), true);
-    }
+    // an accepted socket; carry them over (accept4's flags are set already).
+    carry_options(id, listener, sock.raw());
     let dup_flags = if flags & libc::SOCK_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
+    // The doorbell ends with a reset when `dup3` closes it: one segment instead
+    // of a FIN exchange, and no TIME-WAIT; the ringing side lets go on either.
+    let abort = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a linger struct of the stated size.
+    unsafe { real::setsockopt(n, libc::SOL_SOCKET, libc::SO_LINGER, (&abort as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as socklen_t) };
     // SAFETY: both fds are ours; `n` is replaced atomically.
     if unsafe { real::dup3(sock.raw(), n, dup_flags) } < 0 {
         dial_failed(&record, errno());
@@ -384,7 +396,7 @@ fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> O
     }
     let n = bell.into_raw();
     named_accepted(id, n, Some(peer));
-    Some(peer)
+    Some((peer, fam))
 }
 
 /// Whether `ip` may register: loopback listeners are local business.

@@ -30,6 +30,7 @@ use proto::rudp::{RetryPolicy, Timeout};
 use proto::{Endpoint, Proto};
 
 use super::doorbell::{Dial, Job, Record};
+use super::family::Family;
 use super::registry::{Listener, ListenerId, Purpose, Registry};
 use super::sys::{self, Errno, Sock};
 use crate::client::seal;
@@ -45,7 +46,7 @@ const CODEC: crate::client::exchange::Codec<Message> =
 /// address, which names the IP the kernel uses towards `to`.
 pub fn open(to: SocketAddrV4) -> Result<(Sock, SocketAddrV4), Errno> {
     let s = sys::socket(libc::SOCK_DGRAM, true, true)?;
-    sys::connect(s.raw(), to, Instant::now())?;
+    sys::connect_as(s.raw(), Family::V4, to, Instant::now())?;
     let local = sys::local_addr(s.raw())?;
     Ok((s, local))
 }
@@ -169,10 +170,25 @@ pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instan
         msg => command(reg.listener(id)?, id, msg),
     };
     if let Ok(bytes) = seal::gcb_encode(&reply, header.request_id) {
-        let _ = send_datagram(fd, &bytes);
+        // The Ack of a connection command waits until the connection is under
+        // way ([`send_acks_due`]): sent first, it wakes the broker, which on a
+        // busy machine takes the CPU from the dial it only confirms.
+        if job.is_some() {
+            reg.acks_due.push((fd, bytes.clone()));
+        } else {
+            let _ = send_datagram(fd, &bytes);
+        }
         reg.replies.insert(broker, header.request_id, bytes, now);
     }
     job
+}
+
+/// Sends the Acks [`on_datagram`] held back. The broker retransmits a command
+/// only after its first timeout, far longer than the dial that comes first.
+pub fn send_acks_due(reg: &mut Registry) {
+    for (fd, bytes) in reg.acks_due.drain(..) {
+        let _ = send_datagram(fd, &bytes);
+    }
 }
 
 /// The broker spoke on listener `id`'s socket: it is alive (failover's clock).

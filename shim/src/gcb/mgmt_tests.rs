@@ -61,6 +61,8 @@ fn commands_are_acked_once_and_duplicates_answered_from_the_cache() {
     let job = on_datagram(&mut reg, id, &bytes, now).expect("a connection to make");
     assert_eq!(job.record.dial, Dial::Relay { broker: addr("203.0.113.10:65432") });
     assert_eq!((job.record.secret, job.record.token, job.target), (42, Token(7), addr("127.0.0.1:7000")));
+    assert_eq!(sent(&broker), None, "the Ack waits for the dial");
+    send_acks_due(&mut reg);
     assert_eq!(sent(&broker), Some((77, Message::Ack)));
     // The broker's retransmission: the same Ack, no second connection.
     assert!(on_datagram(&mut reg, id, &bytes, now).is_none());

@@ -39,6 +39,8 @@ pub mod listener;
 pub mod lock;
 pub mod mgmt;
 pub mod negcache;
+pub mod options;
+pub mod predial;
 pub mod registry;
 pub mod released;
 pub mod reported;
@@ -123,6 +125,8 @@ fn after_fork_in_child(reg: &mut Registry) {
     for b in reg.bells.drain(..) {
         crate::internal::release(b.fd);
     }
+    predial::forget_all(reg);
+    reg.acks_due.clear();
     for (_, l) in reg.listeners_mut() {
         l.shared = true;
         l.mgmt.requester = mgmt::new_requester(proto::rudp::RetryPolicy::default());
@@ -132,6 +136,7 @@ fn after_fork_in_child(reg: &mut Registry) {
 
 /// `pthread_atfork` prepare handler.
 pub fn prepare_fork() {
+    options::note_all();
     lock::prepare_fork(&REGISTRY, |reg| {
         if let Some(reg) = reg {
             reg.mark_all_shared();

@@ -136,6 +136,11 @@ pub struct Registry {
     pub guard: proto::auth::ReplayGuard,
     /// Doorbells waiting for room in their listener's accept queue (`doorbell`).
     pub bells: Vec<PendingBell>,
+    /// Connections dialed ahead for rung doorbells (`predial`).
+    pub ahead: Vec<super::predial::Ahead>,
+    /// Acks of connection commands, sent once the connection is under way
+    /// (`mgmt::send_acks_due`): management fd and sealed datagram.
+    pub acks_due: Vec<(c_int, Vec<u8>)>,
     /// Proxy addresses of closed listeners, for re-listens (see `released`).
     pub released: super::released::Released,
     /// The fork generation this registry was last used in (see `lock`).
@@ -164,6 +169,8 @@ impl Registry {
             replies: ReplyCache::new(ReplyCache::<SocketAddrV4>::DEFAULT_TTL, 256, 64 * 1024),
             guard: crate::client::seal::new_guard(),
             bells: Vec::new(),
+            ahead: Vec::new(),
+            acks_due: Vec::new(),
             released: Default::default(),
             generation: 0,
             brokers: Default::default(),
@@ -302,11 +309,16 @@ impl Registry {
         }
     }
 
-    /// An internal fd of the client (a management socket or a doorbell) moved to
-    /// another number (the application `dup2`ed onto it); false if not ours.
+    /// An internal fd of the client (a management socket, a doorbell or a
+    /// connection dialed ahead) moved to another number (the application
+    /// `dup2`ed onto it); false if not ours.
     pub fn replace_internal_fd(&mut self, old: c_int, new: c_int) -> bool {
         if let Some(l) = self.listeners.values_mut().find(|l| l.mgmt.fd == old) {
             l.mgmt.fd = new;
+            return true;
+        }
+        if let Some(a) = self.ahead.iter_mut().find(|a| a.fd == old) {
+            a.fd = new;
             return true;
         }
         match self.bells.iter_mut().find(|b| b.fd == old) {

@@ -10,7 +10,6 @@ use std::mem::{size_of, MaybeUninit};
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use once_cell::race::OnceBox;
 use libc::{c_int, c_void, sockaddr, sockaddr_in, socklen_t};
 
 use super::family::{self, Family};
@@ -142,7 +141,12 @@ pub fn socket_of(family: Family, ty: c_int, cloexec: bool, nonblock: bool) -> Re
 
 /// Binds `fd` to `addr`, spelt for `fd`'s family.
 pub fn bind(fd: c_int, addr: SocketAddrV4) -> Result<(), Errno> {
-    let raw = family::encode(addr, family::of(fd));
+    bind_as(fd, family::of(fd), addr)
+}
+
+/// [`bind`] for a socket whose family the caller knows (one the shim made).
+pub fn bind_as(fd: c_int, fam: Family, addr: SocketAddrV4) -> Result<(), Errno> {
+    let raw = family::encode(addr, fam);
     // SAFETY: a socket address of the stated length.
     check(unsafe { real::bind(fd, raw.ptr(), raw.len()) }).map(drop)
 }
@@ -160,7 +164,11 @@ pub fn set_fl(fd: c_int, flags: c_int) -> Result<(), Errno> {
 /// Sets or clears `O_NONBLOCK` on `fd`'s open file description.
 pub fn set_nonblock(fd: c_int, on: bool) -> Result<(), Errno> {
     let fl = get_fl(fd)?;
-    set_fl(fd, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK })
+    let want = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+    if want == fl {
+        return Ok(());
+    }
+    set_fl(fd, want)
 }
 
 pub fn is_nonblocking(fd: c_int) -> bool {
@@ -224,15 +232,44 @@ pub fn wait_fd(fd: c_int, events: i16, deadline: Instant) -> Result<i16, Errno> 
 
 /// Connects non-blocking `fd` to `addr` (spelt for `fd`'s family) by `deadline`.
 pub fn connect(fd: c_int, addr: SocketAddrV4, deadline: Instant) -> Result<(), Errno> {
-    let raw = family::encode(addr, family::of(fd));
+    connect_as(fd, family::of(fd), addr, deadline)
+}
+
+/// [`connect`] for a socket whose family the caller knows (one the shim made).
+pub fn connect_as(fd: c_int, fam: Family, addr: SocketAddrV4, deadline: Instant) -> Result<(), Errno> {
+    match connect_start(fd, fam, addr)? {
+        true => Ok(()),
+        false => finish_connect(fd, deadline),
+    }
+}
+
+/// Starts connecting non-blocking `fd` (of family `fam`) to `addr`: the SYN is
+/// on its way when this returns. `true` if it connected at once (UDP, and
+/// loopback may); else [`finish_connect`] waits for the handshake.
+pub fn connect_start(fd: c_int, fam: Family, addr: SocketAddrV4) -> Result<bool, Errno> {
+    let raw = family::encode(addr, fam);
     // SAFETY: a socket address of the stated length.
     if unsafe { real::connect(fd, raw.ptr(), raw.len()) } == 0 {
-        return Ok(());
+        return Ok(true);
     }
     match errno() {
-        libc::EINPROGRESS | libc::EINTR | libc::EALREADY => {}
-        e => return Err(e),
+        libc::EINPROGRESS | libc::EINTR | libc::EALREADY => Ok(false),
+        e => Err(e),
     }
+}
+
+/// Makes connecting socket `fd` hold back the last ACK of its handshake until it
+/// sends data, which then carries it: one segment fewer for a connection whose
+/// first bytes (a preamble) follow at once. A peer that waits for data anyway
+/// (`TCP_DEFER_ACCEPT` on its listener) loses nothing; if no data comes, the
+/// kernel sends the ACK on its own after its delayed-ACK time (200 ms). Best
+/// effort: without it the handshake is the usual one.
+pub fn ack_with_first_data(fd: c_int) {
+    let _ = set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 1);
+}
+
+/// Waits by `deadline` for the connect started on `fd` to complete; its error if it failed.
+pub fn finish_connect(fd: c_int, deadline: Instant) -> Result<(), Errno> {
     wait_fd(fd, libc::POLLOUT, deadline)?;
     match get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
         0 => Ok(()),
@@ -259,15 +296,16 @@ pub fn send_all(fd: c_int, mut bytes: &[u8], deadline: Instant) -> Result<(), Er
     Ok(())
 }
 
-/// Fills `buf` from non-blocking `fd` by `deadline`, never reading past it, so the
+/// Fills `buf` from `fd` by `deadline`, never reading past it, so the
 /// application's bytes that follow a preamble stay in the socket. End of stream
 /// before that is `ECONNRESET`.
 pub fn recv_exact(fd: c_int, buf: &mut [u8], deadline: Instant) -> Result<(), Errno> {
     let mut got = 0;
     while got < buf.len() {
         let rest = &mut buf[got..];
-        // SAFETY: a live buffer of the given length.
-        let n = unsafe { real::recv(fd, rest.as_mut_ptr().cast::<c_void>(), rest.len(), 0) };
+        // SAFETY: a live buffer of the given length. MSG_DONTWAIT: a blocking
+        // `fd` too waits only in `wait_fd`, bounded.
+        let n = unsafe { real::recv(fd, rest.as_mut_ptr().cast::<c_void>(), rest.len(), libc::MSG_DONTWAIT) };
         match n {
             0 => return Err(libc::ECONNRESET),
             n if n > 0 => got += n as usize,
@@ -298,76 +336,8 @@ pub fn random_u64() -> u64 {
     (t.as_nanos() as u64).rotate_left(17) ^ pid.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Socket options an application commonly sets on a socket that the shim later
-/// replaces with another (a reversed connect, a doorbell turned into a dialed
-/// connection): without them a `recv` bounded by `SO_RCVTIMEO`, say, would block
-/// for ever on the replacement. Buffer sizes are left out on purpose: `getsockopt`
-/// reports the kernel's doubled value, and setting it back would double it again.
-const CARRIED_OPTIONS: &[(c_int, c_int)] = &[
-    (libc::SOL_SOCKET, libc::SO_RCVTIMEO),
-    (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
-    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-    (libc::SOL_SOCKET, libc::SO_LINGER),
-    (libc::SOL_SOCKET, libc::SO_OOBINLINE),
-    (libc::SOL_SOCKET, libc::SO_PRIORITY),
-    (libc::SOL_SOCKET, libc::SO_RCVLOWAT),
-    (libc::IPPROTO_IP, libc::IP_TOS),
-    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
-    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
-];
-
-/// One option's value as `getsockopt` reported it.
-type OptionValue = Option<([u8; 32], socklen_t)>;
-
-fn read_option(fd: c_int, level: c_int, name: c_int) -> OptionValue {
-    let mut buf = [0u8; 32];
-    let mut len = buf.len() as socklen_t;
-    // SAFETY: a buffer of `len` bytes; the kernel writes at most that.
-    let r = unsafe { real::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) };
-    (r == 0).then_some((buf, len))
-}
-
-/// [`CARRIED_OPTIONS`] as a fresh TCP socket of this process has them, read
-/// once: the sockets `copy_options` writes to are always fresh (dialed, or
-/// accepted on a fresh temporary listener), so only values that differ from
-/// these need a `setsockopt`. That saves a dozen system calls per brokered
-/// connection for the usual application that sets few or no options.
-fn fresh_defaults() -> &'static [OptionValue] {
-    static DEFAULTS: OnceBox<Vec<OptionValue>> = OnceBox::new();
-    DEFAULTS.get_or_init(|| {
-        // SAFETY: plain socket creation; closed below.
-        let fd = unsafe { real::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        let values = CARRIED_OPTIONS
-            .iter()
-            // Without a socket to compare with, every value counts as changed.
-            .map(|&(level, name)| if fd >= 0 { read_option(fd, level, name) } else { None })
-            .collect();
-        if fd >= 0 {
-            // SAFETY: our own socket.
-            unsafe { real::close(fd) };
-        }
-        Box::new(values)
-    })
-}
-
-/// Copies [`CARRIED_OPTIONS`] from `from` to the fresh socket `to`, best effort,
-/// setting only those that differ from a fresh socket's.
-pub fn copy_options(from: c_int, to: c_int) {
-    let defaults = fresh_defaults();
-    for (i, &(level, name)) in CARRIED_OPTIONS.iter().enumerate() {
-        let Some((buf, len)) = read_option(from, level, name) else { continue };
-        if let Some(Some((dbuf, dlen))) = defaults.get(i) {
-            if *dlen == len && dbuf[..len as usize] == buf[..len as usize] {
-                continue;
-            }
-        }
-        // SAFETY: the bytes just read, of the length the kernel reported.
-        unsafe { real::setsockopt(to, level, name, buf.as_ptr().cast(), len) };
-    }
-}
+/// Socket options carried to replacement sockets live in `options`.
+pub use super::options::copy_options;
 
 #[cfg(test)]
 mod tests {

@@ -80,8 +80,14 @@ hook! {
 }
 
 hook! {
+    /// Options set on a socket the shim may replace are noted, so a brokered
+    /// connection reads only those back (`gcb::options`).
     fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => setsockopt(fd, level, name, value, len))
+        let kind = fdtable::kind(fd);
+        if matches!(kind, Kind::Watched | Kind::Managed) {
+            gcb::options::note(level, name);
+        }
+        real_unless!(kind == Kind::Managed => setsockopt(fd, level, name, value, len))
     }
 }
 
