@@ -283,6 +283,7 @@ fn replayed_channel_requests_open_and_close_nothing() {
         local,
         realm: None,
         desired_port: None,
+        port_required: false,
         mgmt: MgmtInfo::new(mgmt, std::process::id(), 10, "auth-test"),
     };
     let (_, reply) = sealed_request(&b, &c, &key, &register, 1);

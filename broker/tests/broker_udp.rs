@@ -322,6 +322,7 @@ fn register_as(
         local,
         realm: None,
         desired_port: desired,
+        port_required: false,
         mgmt: gcb::MgmtInfo::new(mgmt_local, pid, 10, "reuseport"),
     });
     match reply {
