@@ -6,4 +6,5 @@
 
 pub mod exchange;
 pub mod pinned;
+pub mod records;
 pub mod seal;
