@@ -69,10 +69,6 @@ by_mode! {
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int = dpf::ops::connect, gcb_connect;
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int = dpf::ops::getsockname, gcb::identity::getsockname;
     fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int = dpf::ops::getpeername, gcb::identity::getpeername;
-    fn close(fd: c_int) -> c_int = dpf::ops::close, gcb::fdops::close;
-    fn dup(fd: c_int) -> c_int = dpf::ops::dup, gcb::fdops::dup;
-    fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int = dpf::ops::fcntl, gcb::fdops::fcntl;
-    fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int = dpf::ops::fcntl64, gcb::fdops::fcntl64;
     fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int = dpf::waits::poll, gcb::waits::poll;
     fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int = dpf::waits::ppoll, gcb::waits::ppoll;
     fn select(nfds: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, timeout: *mut timeval) -> c_int = dpf::waits::select, gcb::waits::select;
@@ -172,6 +168,60 @@ pub fn duplicated(old: c_int, new: c_int) {
     } else {
         gcb::fdops::duplicated(old, new)
     }
+}
+
+/// `close` of a tracked fd: the mode's client forgets it first, since once
+/// closed another thread may get the number.
+///
+/// # Safety
+///
+/// The C contract of `close`.
+pub unsafe fn close(fd: c_int) -> c_int {
+    forget(fd);
+    crate::real::close(fd)
+}
+
+/// `dup` of a tracked fd: the new fd holds what the old one does.
+///
+/// # Safety
+///
+/// The C contract of `dup`.
+pub unsafe fn dup(fd: c_int) -> c_int {
+    let new = crate::real::dup(fd);
+    if new >= 0 {
+        duplicated(fd, new);
+    }
+    new
+}
+
+fn is_dupfd(cmd: c_int) -> bool {
+    cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
+}
+
+/// `fcntl` of a tracked fd: duplicates are tracked, everything else passes.
+///
+/// # Safety
+///
+/// The C contract of `fcntl`.
+pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = crate::real::fcntl(fd, cmd, arg);
+    if r >= 0 && is_dupfd(cmd) {
+        duplicated(fd, r);
+    }
+    r
+}
+
+/// `fcntl64`, as [`fcntl`].
+///
+/// # Safety
+///
+/// The C contract of `fcntl64`.
+pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = crate::real::fcntl64(fd, cmd, arg);
+    if r >= 0 && is_dupfd(cmd) {
+        duplicated(fd, r);
+    }
+    r
 }
 
 /// `accept` of a managed listener: `accept4` without flags.

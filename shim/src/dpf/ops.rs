@@ -1,11 +1,13 @@
 //! The hooks' entry points in DPF mode (reached through [`crate::managed`]):
 //! `bind`, `listen`, `accept4`, `connect`, the names, and what dup and close do
-//! to forwarded sockets. Each runs the real call and keeps [`super::state`]
-//! and the fd table in step; `errno` is the real call's.
+//! to forwarded sockets ([`forget`], [`duplicated`]; the `close`, `dup` and
+//! `fcntl` hooks around them are `managed`'s, the same in both modes). Each runs
+//! the real call and keeps [`super::state`] and the fd table in step; `errno` is
+//! the real call's.
 
 use std::net::SocketAddrV4;
 
-use libc::{c_int, c_ulong, sockaddr, socklen_t};
+use libc::{c_int, sockaddr, socklen_t};
 use proto::Proto;
 
 use super::forward;
@@ -178,14 +180,6 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
     answer(fd, addr, len, |n| n.peer, real::getpeername)
 }
 
-/// # Safety
-///
-/// The C contract of `close`.
-pub unsafe fn close(fd: c_int) -> c_int {
-    forget(fd);
-    real::close(fd)
-}
-
 /// Drops what the client knows about `fd` (closed, or replaced by a dup onto it).
 /// Before the real close: once closed, another thread may get the number.
 pub fn forget(fd: c_int) {
@@ -222,41 +216,4 @@ pub fn duplicated(old: c_int, new: c_int) {
             }
         });
     }
-}
-
-/// # Safety
-///
-/// The C contract of `dup`.
-pub unsafe fn dup(fd: c_int) -> c_int {
-    let new = real::dup(fd);
-    if new >= 0 {
-        duplicated(fd, new);
-    }
-    new
-}
-
-fn is_dupfd(cmd: c_int) -> bool {
-    cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
-}
-
-/// # Safety
-///
-/// The C contract of `fcntl`.
-pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let r = real::fcntl(fd, cmd, arg);
-    if r >= 0 && is_dupfd(cmd) {
-        duplicated(fd, r);
-    }
-    r
-}
-
-/// # Safety
-///
-/// The C contract of `fcntl64`.
-pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let r = real::fcntl64(fd, cmd, arg);
-    if r >= 0 && is_dupfd(cmd) {
-        duplicated(fd, r);
-    }
-    r
 }

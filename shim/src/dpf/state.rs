@@ -2,27 +2,28 @@
 //! (a UDP socket after `bind`, a TCP socket after `listen`) with their public
 //! address and management socket, and the names it reports for connections
 //! (accepted from a forwarded listener, or dialed through a `Query`). Pure data,
-//! the same shape as the GCB registry (`gcb::registry`), so every rule is
-//! unit-tested; `dpf::ops` does the I/O and keeps the fd table in step.
+//! kept in the fd-keyed table the GCB registry uses too (`client::records`), so
+//! every rule is unit-tested; `dpf::ops` does the I/O and keeps the fd table in
+//! step.
 //!
 //! # Invariants
 //!
-//! 1. An fd maps to at most one entry; `Entry::Forward(id)` for fd `f` holds
-//!    exactly when `f` is in `forwards[id].fds`.
-//! 2. A forward has at least one fd: removing its last fd removes the forward and
-//!    hands it back ([`Removed::Last`]) to be deleted at `dpfd` and its
-//!    management socket closed.
-//! 3. No two forwards share a management socket.
+//! Those of `client::records`: an fd holds at most one forward or names entry;
+//! a forward has at least one fd (removing its last fd hands it back as
+//! [`Removed::Last`], to be deleted at `dpfd` and its management socket
+//! closed); no two forwards share a management socket.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddrV4;
 
 use libc::c_int;
 use proto::Proto;
 
 use super::query::QueryCache;
+use crate::client::records::{self, FdRecords, Record, RecordId};
 
-pub type ForwardId = u64;
+pub use crate::client::records::Names;
+
+pub type ForwardId = RecordId;
 
 /// A socket `dpfd` forwards a public address to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,37 +44,29 @@ pub struct Forward {
     pub shared: bool,
 }
 
-/// Names the shim reports instead of the kernel's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Names {
-    /// `getsockname`: the public address a peer dialed (accepted connections).
-    pub local: Option<SocketAddrV4>,
-    /// `getpeername`: the public address the application dialed (hairpin-free connects).
-    pub peer: Option<SocketAddrV4>,
+impl Record for Forward {
+    fn fds(&self) -> &Vec<c_int> {
+        &self.fds
+    }
+    fn fds_mut(&mut self) -> &mut Vec<c_int> {
+        &mut self.fds
+    }
+    fn mgmt_fd(&self) -> c_int {
+        self.mgmt_fd
+    }
+    /// The public address a peer dials.
+    fn names(&self) -> Names {
+        Names { local: Some(self.public), peer: None }
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Entry {
-    Forward(ForwardId),
-    Named(Names),
-}
-
-/// What removing an fd left behind.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Removed {
-    Nothing,
-    Named,
-    /// One fd of a forward that other fds still hold.
-    Alias,
-    /// The forward's last fd in this process.
-    Last(Box<Forward>),
-}
+/// What removing an fd left behind; `Last` carries the forward to delete.
+pub type Removed = records::Removed<Forward>;
 
 #[derive(Debug, Default)]
 pub struct State {
-    forwards: BTreeMap<ForwardId, Forward>,
-    fds: HashMap<c_int, Entry>,
-    next_id: ForwardId,
+    /// Forwards by id and what each fd holds (see `client::records`).
+    forwards: FdRecords<Forward>,
     /// `Query` answers (see `query`).
     pub cache: QueryCache,
     /// Public addresses of closed forwards, for re-listens (see `gcb::released`).
@@ -91,100 +84,57 @@ impl State {
 
     /// Adds a forward under every fd in `f.fds`, taking them from older entries.
     pub fn add(&mut self, f: Forward) -> ForwardId {
-        for &fd in &f.fds {
-            self.remove_fd(fd);
-        }
-        self.next_id += 1;
-        let id = self.next_id;
-        for &fd in &f.fds {
-            self.fds.insert(fd, Entry::Forward(id));
-        }
-        self.forwards.insert(id, f);
-        id
+        self.forwards.add(f).0
     }
 
     pub fn forward_of(&self, fd: c_int) -> Option<ForwardId> {
-        match self.fds.get(&fd)? {
-            Entry::Forward(id) => Some(*id),
-            Entry::Named(_) => None,
-        }
+        self.forwards.id_of(fd)
     }
 
     pub fn forward(&self, id: ForwardId) -> Option<&Forward> {
-        self.forwards.get(&id)
+        self.forwards.get(id)
     }
 
     pub fn forwards(&self) -> impl Iterator<Item = &Forward> {
-        self.forwards.values()
+        self.forwards.iter().map(|(_, f)| f)
     }
 
     pub fn mgmt_fds(&self) -> Vec<c_int> {
-        self.forwards.values().map(|f| f.mgmt_fd).collect()
+        self.forwards.mgmt_fds()
     }
 
     /// The names to report for `fd`: a forward's public address, or a record.
     pub fn names(&self, fd: c_int) -> Option<Names> {
-        match self.fds.get(&fd)? {
-            Entry::Forward(id) => Some(Names { local: Some(self.forwards.get(id)?.public), peer: None }),
-            Entry::Named(n) => Some(*n),
-        }
+        self.forwards.names(fd)
     }
 
     pub fn set_names(&mut self, fd: c_int, names: Names) -> Removed {
-        let removed = self.remove_fd(fd);
-        self.fds.insert(fd, Entry::Named(names));
-        removed
+        self.forwards.set_names(fd, names)
     }
 
     /// `new` duplicates `old`; false if `old` has no entry. `new`'s old entry
     /// must have been removed by the caller.
     pub fn alias(&mut self, old: c_int, new: c_int) -> bool {
-        if old == new {
-            return self.fds.contains_key(&old);
-        }
-        let Some(entry) = self.fds.get(&old).copied() else { return false };
-        if let Entry::Forward(id) = entry {
-            let Some(f) = self.forwards.get_mut(&id) else { return false };
-            if !f.fds.contains(&new) {
-                f.fds.push(new);
-            }
-        }
-        self.fds.insert(new, entry);
-        true
+        self.forwards.alias(old, new)
     }
 
     pub fn remove_fd(&mut self, fd: c_int) -> Removed {
-        match self.fds.remove(&fd) {
-            None => Removed::Nothing,
-            Some(Entry::Named(_)) => Removed::Named,
-            Some(Entry::Forward(id)) => {
-                let Some(f) = self.forwards.get_mut(&id) else { return Removed::Nothing };
-                f.fds.retain(|&x| x != fd);
-                if !f.fds.is_empty() {
-                    return Removed::Alias;
-                }
-                self.forwards.remove(&id).map_or(Removed::Nothing, |f| Removed::Last(Box::new(f)))
-            }
-        }
+        self.forwards.remove_fd(fd)
     }
 
     /// Removes forward `id` with all its fds (the socket turned active).
     pub fn take(&mut self, id: ForwardId) -> Option<Forward> {
-        let f = self.forwards.remove(&id)?;
-        for fd in &f.fds {
-            self.fds.remove(fd);
-        }
-        Some(f)
+        self.forwards.take(id)
     }
 
     pub fn mark_all_shared(&mut self) {
-        self.forwards.values_mut().for_each(|f| f.shared = true);
+        self.forwards.iter_mut().for_each(|(_, f)| f.shared = true);
     }
 
     /// A management fd moved to another number; false if not ours.
     pub fn replace_mgmt_fd(&mut self, old: c_int, new: c_int) -> bool {
-        match self.forwards.values_mut().find(|f| f.mgmt_fd == old) {
-            Some(f) => {
+        match self.forwards.iter_mut().find(|(_, f)| f.mgmt_fd == old) {
+            Some((_, f)) => {
                 f.mgmt_fd = new;
                 true
             }
@@ -194,27 +144,7 @@ impl State {
 
     /// The invariants of the module docs; the first broken one.
     pub fn check(&self) -> Result<(), String> {
-        for (&fd, e) in &self.fds {
-            if let Entry::Forward(id) = e {
-                let f = self.forwards.get(id).ok_or(format!("fd {fd} names missing forward {id}"))?;
-                if !f.fds.contains(&fd) {
-                    return Err(format!("fd {fd} names forward {id}, which does not list it"));
-                }
-            }
-        }
-        let mut mgmt = std::collections::HashSet::new();
-        for (id, f) in &self.forwards {
-            if f.fds.is_empty() {
-                return Err(format!("forward {id} has no fd"));
-            }
-            if f.fds.iter().any(|fd| self.fds.get(fd) != Some(&Entry::Forward(*id))) {
-                return Err(format!("forward {id} lists an fd that names something else"));
-            }
-            if !mgmt.insert(f.mgmt_fd) {
-                return Err(format!("management fd {} shared", f.mgmt_fd));
-            }
-        }
-        Ok(())
+        self.forwards.check()
     }
 }
 

@@ -37,7 +37,7 @@ impl Family {
     }
 
     /// The size of this family's socket address.
-    pub fn len(self) -> socklen_t {
+    pub(crate) fn len(self) -> socklen_t {
         match self {
             Family::V4 => size_of::<sockaddr_in>() as socklen_t,
             Family::Mapped => size_of::<sockaddr_in6>() as socklen_t,
@@ -79,7 +79,7 @@ impl Raw {
         (&self.storage as *const libc::sockaddr_storage).cast()
     }
 
-    pub fn len(&self) -> socklen_t {
+    pub(crate) fn len(&self) -> socklen_t {
         self.len
     }
 }

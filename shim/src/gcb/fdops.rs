@@ -12,8 +12,11 @@
 //!   broker drops the registration when the last holder stops heartbeating.
 //! * `close_range` and `closefrom` by the application run the same logic for every
 //!   such fd in the range (see `internal`).
+//!
+//! The hooks themselves (`close`, `dup`, `fcntl`) are `managed`'s, the same in
+//! both modes; they call [`forget`] and [`duplicated`] here.
 
-use libc::{c_int, c_ulong, epoll_event};
+use libc::{c_int, epoll_event};
 
 use super::mgmt;
 use super::registry::{Listener, Registry, Removed};
@@ -24,16 +27,6 @@ use crate::real;
 /// Whether the GCB client keeps anything for fds of `kind`.
 pub fn tracked(kind: Kind) -> bool {
     matches!(kind, Kind::Managed | Kind::Named | Kind::Watched | Kind::WatchedUdp)
-}
-
-/// `close` of a tracked fd.
-///
-/// # Safety
-///
-/// The C contract of `close`.
-pub unsafe fn close(fd: c_int) -> c_int {
-    forget(fd);
-    real::close(fd)
 }
 
 /// Drops what the client knows about `fd`, which is being closed or replaced.
@@ -117,49 +110,6 @@ pub fn duplicated(old: c_int, new: c_int) {
         }),
         Kind::Plain | Kind::Internal => {}
     }
-}
-
-/// `dup` of a tracked fd.
-///
-/// # Safety
-///
-/// The C contract of `dup`.
-pub unsafe fn dup(fd: c_int) -> c_int {
-    let new = real::dup(fd);
-    if new >= 0 {
-        duplicated(fd, new);
-    }
-    new
-}
-
-fn is_dupfd(cmd: c_int) -> bool {
-    cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC
-}
-
-/// `fcntl` of a tracked fd: duplicates are tracked, everything else passes.
-///
-/// # Safety
-///
-/// The C contract of `fcntl`.
-pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let r = real::fcntl(fd, cmd, arg);
-    if r >= 0 && is_dupfd(cmd) {
-        duplicated(fd, r);
-    }
-    r
-}
-
-/// `fcntl64`, as [`fcntl`].
-///
-/// # Safety
-///
-/// The C contract of `fcntl64`.
-pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let r = real::fcntl64(fd, cmd, arg);
-    if r >= 0 && is_dupfd(cmd) {
-        duplicated(fd, r);
-    }
-    r
 }
 
 /// `epoll_ctl` on a watched socket: the registration is recorded, so it can be

@@ -17,23 +17,27 @@
 
 use libc::{c_int, sockaddr, socklen_t};
 
-use super::registry::Names;
+use std::net::SocketAddrV4;
+
 use super::family;
+use super::registry::{Names, Registry};
+use super::udp::send;
+use crate::fdtable::{self, Kind};
+use crate::hook::ErrnoGuard;
 use crate::real;
 
 type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
 
-unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(Names) -> Option<std::net::SocketAddrV4>, real_fn: NameFn) -> c_int {
-    // Bad pointers get the kernel's EFAULT.
-    if addr.is_null() || len.is_null() {
-        return real_fn(fd, addr, len);
-    }
-    let names = super::with(|reg| {
-        // A connected UDP socket reports the GCB address it was connected to.
-        let udp_peer = reg.udp.get(fd).and_then(|s| s.connected_to);
-        reg.names(fd).map_or(Names { local: None, peer: udp_peer }, |n| Names { peer: n.peer.or(udp_peer), ..n })
-    });
-    match pick(names) {
+/// The names to report for `fd`; a connected UDP socket reports the GCB
+/// address it was connected to as its peer.
+fn names_of(reg: &Registry, fd: c_int) -> Names {
+    let udp_peer = reg.udp.get(fd).and_then(|s| s.connected_to);
+    reg.names(fd).map_or(Names { local: None, peer: udp_peer }, |n| Names { peer: n.peer.or(udp_peer), ..n })
+}
+
+/// Copies `name` out if the shim reports one, else asks the kernel.
+unsafe fn reply(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, name: Option<SocketAddrV4>, real_fn: NameFn) -> c_int {
+    match name {
         Some(name) => {
             family::copy_out(name, family::of(fd), addr, len);
             0
@@ -46,18 +50,31 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
 ///
 /// The C contract of `getsockname`.
 pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    // Only a managed UDP socket can be a never-bound one that should register;
-    // accepted and brokered TCP connections (`Named`) skip the registry lookup.
-    if !addr.is_null() && !len.is_null() && crate::fdtable::kind(fd) == crate::fdtable::Kind::Managed {
-        let _errno = crate::hook::ErrnoGuard::new();
-        super::udp::send::register_if_auto_bound(fd);
+    // Bad pointers get the kernel's EFAULT.
+    if addr.is_null() || len.is_null() {
+        return real::getsockname(fd, addr, len);
     }
-    answer(fd, addr, len, |n| n.local, real::getsockname)
+    // Only a managed UDP socket can be a never-bound one that should register;
+    // accepted and brokered TCP connections (`Named`) skip that question. One
+    // lock answers both it and the names; only a socket that registers now
+    // (once in its life) looks its names up again.
+    let managed = fdtable::kind(fd) == Kind::Managed;
+    let (mut names, candidate) = super::with(|reg| (names_of(reg, fd), managed && send::auto_bound_candidate(reg, fd)));
+    if candidate {
+        let _errno = ErrnoGuard::new();
+        send::register_auto_bound(fd);
+        names = super::with(|reg| names_of(reg, fd));
+    }
+    reply(fd, addr, len, names.local, real::getsockname)
 }
 
 /// # Safety
 ///
 /// The C contract of `getpeername`.
 pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    answer(fd, addr, len, |n| n.peer, real::getpeername)
+    if addr.is_null() || len.is_null() {
+        return real::getpeername(fd, addr, len);
+    }
+    let names = super::with(|reg| names_of(reg, fd));
+    reply(fd, addr, len, names.peer, real::getpeername)
 }

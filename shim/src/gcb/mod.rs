@@ -41,6 +41,7 @@ pub mod mgmt;
 pub mod negcache;
 pub mod options;
 pub mod predial;
+pub mod registration;
 pub mod registry;
 pub mod released;
 pub mod reported;

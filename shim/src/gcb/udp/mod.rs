@@ -9,7 +9,7 @@
 //!   `Managed`, `getsockname` reports the proxy address, and the data path is
 //!   opened and kept with Dummies ([`control`]).
 //! * A socket never bound that has sent to a GCB address registers when the
-//!   application asks its address (`send::register_if_auto_bound`).
+//!   application asks its address (`send::register_auto_bound`).
 //! * Sending to a GCB address asks the broker once and records the answer in
 //!   the socket's receiver list ([`send`], [`table`]); the socket becomes
 //!   `Managed` so replies are named after the address sent to.

@@ -33,6 +33,7 @@ use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use super::super::connector::{command_port, log_path, our_broker, remember_no_broker, worth_asking};
+use super::super::registry::Registry;
 use super::super::{mgmt, sys};
 use super::table::Route;
 use crate::fdtable::{self, Kind};
@@ -165,16 +166,23 @@ fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
 /// socket's first datagram (measured: UDP connection times 100× worse in the
 /// bench); a socket nobody asks about never pays. Connected sockets, which
 /// could not hear from a proxy, are left alone.
-pub fn register_if_auto_bound(fd: c_int) {
-    let candidate = super::super::with(|reg| {
-        reg.udp.get(fd).is_some_and(|s| s.listener.is_none() && s.connected_to.is_none())
-    });
-    if !candidate || sys::peer_addr(fd).is_ok() {
+///
+/// Split in two so `getsockname` decides with the lock it already holds:
+/// [`auto_bound_candidate`] reads the registry, [`register_auto_bound`] does the
+/// system calls.
+pub fn register_auto_bound(fd: c_int) {
+    if sys::peer_addr(fd).is_ok() {
         return;
     }
     if sys::local_addr(fd).is_ok_and(|a| a.ip().is_unspecified() && a.port() != 0) {
         let _ = super::super::listener::register(fd, Proto::Udp, fdtable::kind(fd));
     }
+}
+
+/// Whether `fd` is a managed UDP socket with neither a registration nor a
+/// connected GCB peer: the only kind [`register_auto_bound`] may register.
+pub fn auto_bound_candidate(reg: &Registry, fd: c_int) -> bool {
+    reg.udp.get(fd).is_some_and(|s| s.listener.is_none() && s.connected_to.is_none())
 }
 
 /// A send failed with `e`: a network error drops `dest`'s record.
