@@ -33,7 +33,7 @@ impl Daemon {
             _ => Proto::Tcp,
         };
         let ep = Endpoint::new(proto, p.proxy);
-        if !self.registry.get(&ep).is_some_and(|r| r.client.mgmt == p.listener) {
+        if self.registry.get(&ep).is_none_or(|r| r.client.mgmt != p.listener) {
             return;
         }
         let Some(record) = self.registry.remove(&ep, now) else { return };
