@@ -10,11 +10,12 @@
 //! serves, so the daemon can cancel that pairing when the command fails.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddrV4;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use proto::auth::Authenticator;
-use proto::gcb::{self, Message, Token};
+use proto::gcb::{self, ErrorCode, Message, Token};
 use proto::rudp::{Requester, RetryPolicy, Timeout};
 
 /// Commands in flight at once; each belongs to a pending pairing, which are
@@ -26,17 +27,48 @@ const MAX_OUTSTANDING: usize = 65_536;
 pub struct Purpose {
     pub token: Token,
     pub kind: gcb::Kind,
-    /// The listener's management address the command went to.
+    /// The client the command went to: the listener's management address,
+    /// or for `ConnectFailed` the connector's.
     pub listener: SocketAddrV4,
     pub proxy: SocketAddrV4,
+}
+
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within the retry policy's total time.
+    Silent(Duration),
+    /// The client answered `Error`.
+    Refused(ErrorCode, String),
+    /// The client answered something that is not an answer to a command.
+    Unexpected(gcb::Kind),
+}
+
+impl Failure {
+    /// Whether the registration the command was for has no owner any more:
+    /// the client is silent (killed, or its host gone) or says the socket is
+    /// not registered. Other refusals (e.g. out of descriptors) are passing.
+    pub fn owner_gone(&self) -> bool {
+        matches!(self, Failure::Silent(_) | Failure::Refused(ErrorCode::NotRegistered, _))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Silent(total) => write!(f, "no answer within {total:?}"),
+            Failure::Refused(code, detail) => write!(f, "refused: {code:?} {detail}"),
+            Failure::Unexpected(kind) => write!(f, "unexpected reply {kind:?}"),
+        }
+    }
 }
 
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Acked(Purpose),
-    /// Refused by the listener, or not answered: the reason, for the log.
-    Failed(Purpose, String),
+    /// Refused by the client, or not answered.
+    Failed(Purpose, Failure),
 }
 
 #[derive(Debug)]
@@ -94,9 +126,9 @@ impl AsyncCommands {
         Some(match msg {
             Message::Ack => Outcome::Acked(purpose),
             Message::Error { code, detail } => {
-                Outcome::Failed(purpose, format!("refused: {code:?} {detail}"))
+                Outcome::Failed(purpose, Failure::Refused(*code, detail.clone()))
             }
-            other => Outcome::Failed(purpose, format!("unexpected reply {:?}", other.kind())),
+            other => Outcome::Failed(purpose, Failure::Unexpected(other.kind())),
         })
     }
 
@@ -117,7 +149,7 @@ impl AsyncCommands {
                 Timeout::GaveUp { id, .. } => {
                     if let Some(p) = self.purposes.remove(&id) {
                         let total = self.requester.policy().total;
-                        failed.push(Outcome::Failed(p, format!("no answer within {total:?}")));
+                        failed.push(Outcome::Failed(p, Failure::Silent(total)));
                     }
                 }
             }
@@ -185,7 +217,8 @@ mod tests {
         let refusal = Message::error(gcb::ErrorCode::NotRegistered, "gone");
         match c.on_reply(1, purpose().listener, &refusal, t) {
             Some(Outcome::Failed(p, why)) => {
-                assert!(p == purpose() && why.contains("NotRegistered"))
+                assert!(p == purpose() && why.owner_gone());
+                assert!(why.to_string().contains("NotRegistered"));
             }
             other => panic!("{other:?}"),
         }
@@ -199,6 +232,8 @@ mod tests {
         }
         assert!(resent >= 3);
         assert_eq!(failed.len(), 1);
-        assert!(matches!(&failed[0], Outcome::Failed(_, why) if why.contains("no answer")));
+        assert!(matches!(&failed[0], Outcome::Failed(_, why) if why.owner_gone() && why.to_string().contains("no answer")));
+        let busy = Failure::Refused(gcb::ErrorCode::Internal, "EMFILE".into());
+        assert!(!busy.owner_gone(), "a passing refusal keeps the registration");
     }
 }

@@ -34,7 +34,7 @@ use crate::auth::{seal, Inbound};
 use crate::counters::Counters;
 use crate::daemon::Daemon;
 use crate::handlers::{ConnectReq, RegisterReq};
-use crate::pairing::Kind;
+use crate::pairing::Kind as PairingKind;
 use crate::udp::channel_io::ChannelReq;
 
 /// Datagrams read from the command socket per loop turn before other events
@@ -243,7 +243,7 @@ impl Daemon {
     /// A client answered one of the broker's commands.
     fn on_command_reply(&mut self, id: u64, from: SocketAddrV4, msg: &Message, now: Instant) {
         match self.asyncs.on_reply(id, from, msg, now) {
-            Some(outcome) => self.on_command_outcome(outcome),
+            Some(outcome) => self.on_command_outcome(outcome, now),
             None => {
                 self.counters.stray_replies += 1;
                 debug!(
@@ -261,12 +261,19 @@ impl Daemon {
             .asyncs
             .poll(now, |to, bytes| send_datagram(sock, counters, to, bytes));
         for outcome in failed {
-            self.on_command_outcome(outcome);
+            self.on_command_outcome(outcome, now);
         }
     }
 
-    fn on_command_outcome(&mut self, outcome: Outcome) {
+    fn on_command_outcome(&mut self, outcome: Outcome, now: Instant) {
         match outcome {
+            Outcome::Acked(p) if p.kind == gcb::Kind::ConnectFailed => {
+                debug!("connector {} told that {} will not dial", p.listener, p.proxy)
+            }
+            // An older connector closed the socket its Connect came from.
+            Outcome::Failed(p, why) if p.kind == gcb::Kind::ConnectFailed => {
+                debug!("connector {} not told that {} will not dial: {why}", p.listener, p.proxy)
+            }
             Outcome::Acked(p) => {
                 debug!(
                     "{:?} for {} acknowledged by {}",
@@ -276,7 +283,7 @@ impl Daemon {
                 if self
                     .pairings
                     .get(p.token)
-                    .is_some_and(|e| e.kind == Kind::Reversal)
+                    .is_some_and(|e| e.kind == PairingKind::Reversal)
                 {
                     self.pairings.cancel(p.token);
                 }
@@ -287,7 +294,12 @@ impl Daemon {
                     "{:?} to listener {} for {} failed: {why}",
                     p.kind, p.listener, p.proxy
                 );
-                if let Some(pending) = self.pairings.cancel(p.token) {
+                let pending = self.pairings.cancel(p.token);
+                if why.owner_gone() {
+                    self.drop_ownerless(&p, now);
+                }
+                if let Some(pending) = pending {
+                    self.tell_connector(p.token, &pending, now);
                     self.abandon_pairing(pending);
                 }
             }

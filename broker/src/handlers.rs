@@ -25,8 +25,6 @@ use proto::gcb::{Decision, ErrorCode, Message, MgmtInfo, Token};
 use proto::{Endpoint, Proto};
 use tracing::{debug, error, info, warn};
 
-use crate::async_cmd::Purpose;
-use crate::command::send_datagram;
 use crate::daemon::{Daemon, Dynamic};
 use crate::decide::{self, Path, Situation};
 use crate::pairing::{Kind, Pending};
@@ -320,19 +318,9 @@ impl Daemon {
         msg: Message,
         now: Instant,
     ) -> Result<(), String> {
-        let purpose = Purpose {
-            token,
-            kind: msg.kind(),
-            listener: pending.listener_mgmt,
-            proxy: pending.proxy,
-        };
+        let (listener, proxy) = (pending.listener_mgmt, pending.proxy);
         self.pairings.insert(token, pending);
-        let (sock, counters) = (&self.command, &mut self.counters);
-        let sent = self
-            .asyncs
-            .send(&msg, purpose, now, self.auth.as_ref(), |to, bytes| {
-                send_datagram(sock, counters, to, bytes)
-            });
+        let sent = self.send_command(&msg, token, listener, proxy, now);
         if let Err(e) = sent {
             if let Some(p) = self.pairings.cancel(token) {
                 self.abandon_pairing(p);
@@ -378,7 +366,7 @@ impl Daemon {
                 let token = self.new_token();
                 // A public connector is known by its own address.
                 let peer = req.connector_id.unwrap_or(req.connector);
-                let pending = Pending::new(
+                let mut pending = Pending::new(
                     Kind::Reversal,
                     req.target,
                     mgmt,
@@ -386,6 +374,7 @@ impl Daemon {
                     now,
                     now + PAIR_TIMEOUT,
                 );
+                pending.connector_cmd = (proto == Proto::Tcp).then_some(from);
                 let msg = match proto {
                     Proto::Tcp => Message::ReverseConnect {
                         token,

@@ -28,6 +28,7 @@ mod counters;
 mod daemon;
 mod decide;
 mod handlers;
+mod ownerless;
 mod pairing;
 mod ports;
 mod query;

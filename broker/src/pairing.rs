@@ -65,6 +65,9 @@ pub struct Pending<S> {
     /// The connector's own registered address, if any: it beats the
     /// address its rendezvous connection comes from.
     pub connector_id: Option<SocketAddrV4>,
+    /// Where a TCP reversal's `Connect` came from: the connector waits there
+    /// for `ConnectFailed` should the listener not dial.
+    pub connector_cmd: Option<SocketAddrV4>,
     pub created: Instant,
     pub deadline: Instant,
     pub connector: Option<Half<S>>,
@@ -86,6 +89,7 @@ impl<S> Pending<S> {
             listener_mgmt,
             peer,
             connector_id: None,
+            connector_cmd: None,
             created: now,
             deadline,
             connector: None,

@@ -122,6 +122,10 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
             peer,
             proxy
         }),
+        (token(), any::<u8>()).prop_map(|(token, c)| M::ConnectFailed {
+            token,
+            code: gcb::ErrorCode::from_wire(c)
+        }),
         Just(M::Ack),
         (any::<u8>(), text(gcb::MAX_DETAIL_LEN)).prop_map(|(c, detail)| M::Error {
             code: gcb::ErrorCode::from_wire(c),

@@ -1,11 +1,15 @@
 //! The shim's failures reach the program as the errno of the call it made,
 //! with one `GCB_LOG` line saying why, never a crash or a hang: in the NAT
-//! test bed, a listener on a1 registers and is then killed with SIGKILL, so
-//! the broker still holds its registration; a GCB connector in realm B (a
-//! relay) and one on the public host (a reversal) each get an error from
-//! `connect` within a bounded time and exactly one warning naming the
-//! proxy address. With the broker stopped, `listen` still succeeds, with
-//! one warning that the listener stays unregistered.
+//! test bed, two listeners on a1 register and are then killed with SIGKILL,
+//! so the broker still holds their registrations; a GCB connector in realm B
+//! (a relay) to one and one on the public host (a reversal) to the other
+//! each get an error from `connect` within a bounded time and exactly one
+//! warning naming the proxy address. The reversal's is ECONNREFUSED, told
+//! by the broker (`ConnectFailed`) as soon as the listener fails to answer,
+//! well before the connector's own 20 s timeout; the broker then drops the
+//! registration, so the next connect is refused at once (`NotRegistered`).
+//! With the broker stopped, `listen` still succeeds, with one warning that
+//! the listener stays unregistered.
 //!
 //! Needs root and `cargo build --release` (libgcb.so, gcb-broker).
 
@@ -14,9 +18,12 @@ use std::time::Duration;
 use testbed::{python3, release_bin, require_root, wait_for, TestBed};
 
 const BROKER: &str = "203.0.113.10";
-/// A connector waits for a reversed connection about 20 s before ETIMEDOUT.
+/// A connector waits for a reversed connection 20 s before ETIMEDOUT.
 const CONNECT_LIMIT: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_secs(15);
+/// A behaviour bound, not a benchmark: the broker gives up on a silent
+/// listener after about 2.4 s, the connector's own timeout is 20 s.
+const TOLD_WITHIN_S: f64 = 10.0;
 
 /// Runs `script` under the shim on `host`; its stdout and the shim's log.
 fn under_shim(bed: &TestBed, host: &str, script: &str) -> (String, String) {
@@ -32,19 +39,35 @@ fn under_shim(bed: &TestBed, host: &str, script: &str) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Connects to the proxy port and prints the outcome.
+/// Connects to the proxy port and prints the outcome and how long
+/// `connect` took, in seconds.
 fn connect_script(port: u16) -> String {
     format!(
         "
-import errno, socket
+import errno, socket, time
 s = socket.socket()
+t = time.monotonic()
 try:
     s.connect(('{BROKER}', {port}))
     print('CONNECTED')
 except OSError as e:
-    print('ERRNO', errno.errorcode.get(e.errno, e.errno))
+    print('ERRNO', errno.errorcode.get(e.errno, e.errno), time.monotonic() - t)
 "
     )
+}
+
+/// Runs `connect_script` on `host`: the errno's name, the seconds it took,
+/// and the shim's log.
+fn failed_connect(bed: &TestBed, host: &str, port: u16) -> (String, f64, String) {
+    let (out, log) = under_shim(bed, host, &connect_script(port));
+    let failed = out.trim().strip_prefix("ERRNO ").unwrap_or_else(|| panic!("{host}: connect did not fail: {out}\n{log}"));
+    let (errno, secs) = failed.split_once(' ').unwrap_or_else(|| panic!("{host}: {out}"));
+    (errno.to_owned(), secs.parse().unwrap(), log)
+}
+
+/// The shim's warnings in `log`.
+fn warnings(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.starts_with("gcb: warning: ")).collect()
 }
 
 #[test]
@@ -57,27 +80,47 @@ fn a_dead_listener_is_an_errno_and_one_line() {
     let broker = bed.spawn("broker", &args).expect("gcb-broker");
     wait_for(STEP, "broker started", || broker.stderr_text().contains("started:").then_some(()));
 
-    let kill_after_listen = "
+    let kill_after_listen = |port: u16| {
+        format!(
+            "
 import os, socket
 s = socket.socket()
-s.bind(('0.0.0.0', 7000))
+s.bind(('0.0.0.0', {port}))
 s.listen()
 print('LISTEN %s:%d' % s.getsockname(), flush=True)
 os.kill(os.getpid(), 9)
-";
-    let (out, log) = under_shim(&bed, "a1", kill_after_listen);
-    let proxy = out.trim().strip_prefix("LISTEN 203.0.113.10:").unwrap_or_else(|| panic!("not registered: {out}\n{log}"));
-    let port: u16 = proxy.parse().unwrap();
+"
+        )
+    };
+    let dead_listener = |port| {
+        let (out, log) = under_shim(&bed, "a1", &kill_after_listen(port));
+        let proxy = out.trim().strip_prefix("LISTEN 203.0.113.10:").unwrap_or_else(|| panic!("not registered: {out}\n{log}"));
+        proxy.parse::<u16>().unwrap()
+    };
+    let (relayed, reversed) = (dead_listener(7000), dead_listener(7002));
 
-    for (host, path) in [("b1", "relay"), ("pub", "reversal")] {
-        let (out, log) = under_shim(&bed, host, &connect_script(port));
-        let errno = out.trim().strip_prefix("ERRNO ").unwrap_or_else(|| panic!("{host}: connect did not fail: {out}\n{log}"));
-        assert!(["ECONNREFUSED", "ETIMEDOUT", "ECONNRESET"].contains(&errno), "{host}: {errno}");
-        let warnings: Vec<&str> = log.lines().filter(|l| l.starts_with("gcb: warning: ")).collect();
-        assert_eq!(warnings.len(), 1, "{host}: one warning, not {warnings:?}\n{log}");
-        let want = format!("gcb: warning: connect to 203.0.113.10:{port} by {path} failed: ");
-        assert!(warnings[0].starts_with(&want), "{host}: {}\nwant {want}", warnings[0]);
-    }
+    let (errno, _, log) = failed_connect(&bed, "b1", relayed);
+    assert!(["ECONNREFUSED", "ETIMEDOUT", "ECONNRESET"].contains(&errno.as_str()), "b1: {errno}");
+    let w = warnings(&log);
+    assert_eq!(w.len(), 1, "b1: one warning, not {w:?}\n{log}");
+    let want = format!("gcb: warning: connect to 203.0.113.10:{relayed} by relay failed: ");
+    assert!(w[0].starts_with(&want), "b1: {}\nwant {want}", w[0]);
+
+    let (errno, secs, log) = failed_connect(&bed, "pub", reversed);
+    assert_eq!(errno, "ECONNREFUSED", "pub: the broker tells the connector the listener is gone\n{log}");
+    assert!(secs < TOLD_WITHIN_S, "pub: refused after {secs:.1} s, not as soon as the broker knew\n{log}");
+    let w = warnings(&log);
+    assert_eq!(w.len(), 1, "pub: one warning, not {w:?}\n{log}");
+    let want = format!("gcb: warning: connect to 203.0.113.10:{reversed} by reversal failed: ");
+    assert!(w[0].starts_with(&want), "pub: {}\nwant {want}", w[0]);
+    eprintln!("reversal to a dead listener refused after {secs:.2} s");
+
+    // The broker dropped the registration: the next connect is refused by
+    // its answer, with no reversal tried.
+    let (errno, _, log) = failed_connect(&bed, "pub", reversed);
+    assert_eq!(errno, "ECONNREFUSED", "pub again\n{log}");
+    assert!(log.contains("nothing is registered there"), "pub again: not NotRegistered\n{log}");
+    assert_eq!(warnings(&log), Vec::<&str>::new(), "pub again: {log}");
 
     broker.kill();
     drop(broker);
@@ -90,8 +133,8 @@ print('LISTEN %s:%d' % s.getsockname())
 ";
     let (out, log) = under_shim(&bed, "b1", listen);
     assert_eq!(out.trim(), "LISTEN 0.0.0.0:7001", "{log}");
-    let warnings: Vec<&str> = log.lines().filter(|l| l.starts_with("gcb: warning: ")).collect();
-    assert_eq!(warnings.len(), 1, "{log}");
-    assert!(warnings[0].contains("stays unregistered"), "{}", warnings[0]);
+    let w = warnings(&log);
+    assert_eq!(w.len(), 1, "{log}");
+    assert!(w[0].contains("stays unregistered"), "{}", w[0]);
     bed.down().expect("test bed down");
 }

@@ -15,6 +15,7 @@
 //! | 0x11 | ReverseConnect    | u64 token, connector, peer, proxy                           |
 //! | 0x12 | RelayConnect      | u64 token, broker, peer, proxy                              |
 //! | 0x13 | MakeHole          | u64 token, target, peer, proxy                              |
+//! | 0x14 | ConnectFailed     | u64 token, u8 code                                          |
 //! | 0x21 | Dummy             | u64 token                                                   |
 //! | 0x81 | RegisterOk        | proxy, observed, opt u64 udp_token                          |
 //! | 0x82 | HeartbeatAck      | (empty)                                                     |
@@ -48,6 +49,7 @@ pub enum Kind {
     ReverseConnect = 0x11,
     RelayConnect = 0x12,
     MakeHole = 0x13,
+    ConnectFailed = 0x14,
     Dummy = 0x21,
     RegisterOk = 0x81,
     HeartbeatAck = 0x82,
@@ -61,7 +63,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 19] = [
+    const ALL: [Kind; 20] = [
         Kind::Register,
         Kind::Unregister,
         Kind::Heartbeat,
@@ -71,6 +73,7 @@ impl Kind {
         Kind::ReverseConnect,
         Kind::RelayConnect,
         Kind::MakeHole,
+        Kind::ConnectFailed,
         Kind::Dummy,
         Kind::RegisterOk,
         Kind::HeartbeatAck,
@@ -110,6 +113,7 @@ impl Message {
             Message::ReverseConnect { .. } => Kind::ReverseConnect,
             Message::RelayConnect { .. } => Kind::RelayConnect,
             Message::MakeHole { .. } => Kind::MakeHole,
+            Message::ConnectFailed { .. } => Kind::ConnectFailed,
             Message::Ack => Kind::Ack,
             Message::Error { .. } => Kind::Error,
             Message::Dummy { .. } => Kind::Dummy,
@@ -259,6 +263,10 @@ fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             w.addr(a);
             w.addr(peer);
             w.addr(proxy);
+        }
+        Message::ConnectFailed { token, code } => {
+            write_token(w, *token);
+            w.u8(code.wire());
         }
         Message::HeartbeatAck | Message::Ack => {}
         Message::Error { code, detail } => {
@@ -426,6 +434,10 @@ fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, DecodeError> {
                 proxy,
             }
         }
+        Kind::ConnectFailed => Message::ConnectFailed {
+            token: read_token(r)?,
+            code: ErrorCode::from_wire(r.u8()?),
+        },
         Kind::Ack => Message::Ack,
         Kind::Error => Message::Error {
             code: ErrorCode::from_wire(r.u8()?),

@@ -282,6 +282,15 @@ pub enum Message {
         peer: SocketAddrV4,
         proxy: SocketAddrV4,
     },
+    /// Broker → connector, after a `ConnectDecision(Reversal{token})`: the
+    /// listener will not dial (it refused `ReverseConnect`, or did not answer
+    /// it within the broker's retry policy), so the connector stops waiting
+    /// and fails its `connect` (`NotRegistered`: ECONNREFUSED, the
+    /// registration's owner is gone). Sent to the address the `Connect` came
+    /// from, which the connector keeps open while it waits, and answered by
+    /// `Ack`. A connector that does not know this kind has closed that socket
+    /// and simply times out, as before the kind existed.
+    ConnectFailed { token: Token, code: ErrorCode },
     /// Client → broker, from any socket of the client: a registered UDP
     /// socket was `connect`ed to `peer`, a peer the broker relays for the
     /// registration `proxy` (it has a live relay rule there). With `open`,
@@ -308,7 +317,7 @@ pub enum Message {
     /// to `peer`; `peer`'s datagrams to the proxy come from `channel`.
     UdpChannelOk { channel: SocketAddrV4, token: Token },
     /// Generic success reply to `Unregister`, `ReverseConnect`,
-    /// `RelayConnect`, `MakeHole` and a closing `UdpChannel`.
+    /// `RelayConnect`, `MakeHole`, `ConnectFailed` and a closing `UdpChannel`.
     Ack,
     /// Failure reply to any request. `detail` is at most [`MAX_DETAIL_LEN`]
     /// bytes, meant for one clear log or stderr line.

@@ -64,6 +64,10 @@ fn samples() -> Vec<Message> {
             peer: a("203.0.113.1:40001"),
             proxy: ep.addr,
         },
+        Message::ConnectFailed {
+            token: Token(8),
+            code: ErrorCode::NotRegistered,
+        },
         Message::Ack,
         Message::error(ErrorCode::LimitReached, "too many registrations"),
         Message::Dummy { token: Token(4) },
@@ -98,7 +102,7 @@ fn every_message_round_trips_with_its_kind_and_flag() {
     let mut kinds: Vec<u8> = all.iter().map(|m| m.kind() as u8).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    assert_eq!(kinds.len(), 19, "one sample per kind");
+    assert_eq!(kinds.len(), 20, "one sample per kind");
     for (i, m) in all.iter().enumerate() {
         let bytes = encode(m, i as u64).unwrap();
         let (h, back) = decode(&bytes).unwrap();
@@ -108,6 +112,18 @@ fn every_message_round_trips_with_its_kind_and_flag() {
         assert_eq!(h.flags.is_response(), m.is_response());
         assert_eq!(Kind::from_wire(h.kind), Ok(m.kind()));
     }
+}
+
+#[test]
+fn golden_connect_failed() {
+    let m = Message::ConnectFailed {
+        token: Token(0x0102030405060708),
+        code: ErrorCode::NotRegistered,
+    };
+    let want = hex("47434231 01 14 00 0000000000000009  0102030405060708 03");
+    assert_eq!(encode(&m, 9).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+    assert!(!m.is_response(), "a request: the connector acknowledges it");
 }
 
 #[test]

@@ -14,7 +14,9 @@
 //!    `Relay`: the application's socket meets the listener at the broker's
 //!    rendezvous. `Reversal`: the listener's connection arrives on the temporary
 //!    listener and is put on the application's fd number with `dup3`, keeping its
-//!    O_NONBLOCK and FD_CLOEXEC, its common options, and its epoll registrations.
+//!    O_NONBLOCK and FD_CLOEXEC, its common options, and its epoll registrations;
+//!    or the broker's `ConnectFailed` arrives on the `Connect` socket, kept open
+//!    for it, and the connect fails with ECONNREFUSED (the listener is gone).
 //!
 //! Brokered connects (relay, reversal) complete inside the call, also on a
 //! non-blocking socket, which then returns 0 at once connected, bounded by the
@@ -58,8 +60,10 @@ enum Asked {
     Silent,
     /// A broker refused the request.
     Refused(ErrorCode),
-    /// A broker decided; the temporary listener, in case it is a reversal.
-    Decision(Decision, Option<(Sock, SocketAddrV4)>),
+    /// A broker decided; in case it is a reversal, the temporary listener and
+    /// the socket the `Connect` went out on (the broker's `ConnectFailed`
+    /// arrives there).
+    Decision(Decision, Option<(Sock, SocketAddrV4)>, Option<Sock>),
     /// The shim could not make its own sockets for the exchange (EMFILE,
     /// ENFILE, ENOBUFS, ENOMEM): the caller gets that errno and may retry; the
     /// destination is not cached as "not GCB" for it.
@@ -105,8 +109,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             log!(Warn, "the broker at {} refused a connection to {dest}: {code:?}", dest.ip());
             fail(libc::ECONNREFUSED)
         }
-        Asked::Decision(decision, tmp) => {
-            let r = decide(fd, dest, decision, tmp, saved);
+        Asked::Decision(decision, tmp, notices) => {
+            let r = decide(fd, dest, decision, (tmp, notices), saved);
             if r == 0 || errno() == libc::EINPROGRESS {
                 log_path(Proto::Tcp, dest, &decision, now);
             }
@@ -216,8 +220,8 @@ fn ask(dest: SocketAddrV4, family: Family) -> Asked {
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
     match mgmt::exchange(probe.raw(), cmd, policy, &msg) {
         Ok(reply) => match mgmt::decision_of(reply) {
-            Ok(d) => Asked::Decision(d, tmp),
-            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, None),
+            Ok(d) => Asked::Decision(d, tmp, Some(probe)),
+            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, None, None),
             Err(Some(code)) => Asked::Refused(code),
             Err(None) => Asked::NotGcb,
         },
@@ -233,7 +237,7 @@ fn ask(dest: SocketAddrV4, family: Family) -> Asked {
 }
 
 /// Carries out the broker's decision on the application's socket `fd`.
-unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, tmp: Option<(Sock, SocketAddrV4)>, saved: c_int) -> c_int {
+unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Option<(Sock, SocketAddrV4)>, Option<Sock>), saved: c_int) -> c_int {
     log!(Debug, "connect to {dest}: {d:?}");
     match d {
         Decision::Direct { addr } | Decision::SameRealm { addr } => {
@@ -266,7 +270,8 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, tmp: Option<(Sock, 
                 Ok(app) => app,
                 Err(e) => return brokered_failed(dest, "reversal", e),
             };
-            match dial::accept_reversed(tmp.raw(), token, deadline, app.nonblocking).and_then(|c| swap(fd, c, app.nonblocking, &app)) {
+            let notices = notices.as_ref().map(Sock::raw);
+            match dial::accept_reversed(tmp.raw(), notices, token, deadline, app.nonblocking).and_then(|c| swap(fd, c, app.nonblocking, &app)) {
                 Ok(()) => {
                     name(fd, dest);
                     set_errno(saved);
@@ -384,7 +389,7 @@ mod tests {
         let record = super::super::doorbell::Record { secret: 1, token, dial: super::super::doorbell::Dial::Reverse { connector: at }, peer, proxy: peer };
         let (speaking, _) = dial::for_listener(&record, Family::V4, true, true).unwrap();
         // Well under the hello timeout a silent connection taken first would cost.
-        let got = dial::accept_reversed(tmp.raw(), token, Instant::now() + std::time::Duration::from_secs(3), true).unwrap();
+        let got = dial::accept_reversed(tmp.raw(), None, token, Instant::now() + std::time::Duration::from_secs(3), true).unwrap();
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(speaking.raw()).unwrap());
         assert_eq!(sys::get_int_opt(got.raw(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT), Ok(0), "not carried to the application");
         // Never accepted, so never closed by the connector: no end of stream.

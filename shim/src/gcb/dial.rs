@@ -124,10 +124,21 @@ pub fn relay(fd: c_int, via: SocketAddrV4, token: Token, deadline: Instant) -> R
 /// Connector side of `Reversal`: waits on the temporary listener `tmp` for the
 /// listener's connection bearing `token`, non-blocking if `nonblocking`.
 /// Connections with another token (a stray, or a late duplicate of an earlier
-/// attempt) are closed.
-pub fn accept_reversed(tmp: c_int, token: Token, deadline: Instant, nonblocking: bool) -> Result<Sock, Errno> {
+/// attempt) are closed. A `ConnectFailed` for `token` on `notices` (the socket
+/// the `Connect` went out on) ends the wait with ECONNREFUSED.
+pub fn accept_reversed(tmp: c_int, notices: Option<c_int>, token: Token, deadline: Instant, nonblocking: bool) -> Result<Sock, Errno> {
     loop {
-        sys::wait_fd(tmp, libc::POLLIN, deadline)?;
+        let mut fds = [libc::pollfd { fd: tmp, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: notices.unwrap_or(-1), events: libc::POLLIN, revents: 0 }];
+        sys::wait_fds(&mut fds, deadline)?;
+        if fds[1].revents != 0 {
+            if let Some(code) = notices.and_then(|fd| super::notice::take(fd, token)) {
+                log!(Debug, "the broker says the listener will not dial: {code:?}");
+                return Err(libc::ECONNREFUSED);
+            }
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
         let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 } | libc::SOCK_CLOEXEC;
         // SAFETY: no address wanted.
         let c = unsafe { real::accept4(tmp, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
@@ -166,7 +177,7 @@ mod tests {
         let (_stray, _) = for_listener(&record(1), Family::V4, true, true).unwrap();
         let (dialed, reported) = for_listener(&record(2), Family::Mapped, true, false).unwrap();
         assert_eq!(reported, peer);
-        let got = accept_reversed(tmp.raw(), Token(2), Instant::now() + PAIR_TIMEOUT, false).unwrap();
+        let got = accept_reversed(tmp.raw(), None, Token(2), Instant::now() + PAIR_TIMEOUT, false).unwrap();
         assert!(!sys::is_nonblocking(got.raw()), "blocking as asked");
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(dialed.raw()).unwrap());
         assert!(!sys::is_nonblocking(dialed.raw()), "handed over blocking");

@@ -39,6 +39,7 @@ pub mod listener;
 pub mod lock;
 pub mod mgmt;
 pub mod negcache;
+pub mod notice;
 pub mod options;
 pub mod predial;
 pub mod registration;

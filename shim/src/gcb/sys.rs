@@ -213,13 +213,21 @@ pub fn poll_ms(deadline: Instant, now: Instant) -> c_int {
 /// Waits until `fd` has one of `events` (or an error or hang-up); `ETIMEDOUT` at
 /// the deadline. Signals do not cut the wait short: callers are bounded already.
 pub fn wait_fd(fd: c_int, events: i16, deadline: Instant) -> Result<i16, Errno> {
+    let mut p = [libc::pollfd { fd, events, revents: 0 }];
+    wait_fds(&mut p, deadline)?;
+    Ok(p[0].revents)
+}
+
+/// [`wait_fd`] for several descriptors: returns once one of them is ready, with
+/// each one's `revents` filled in. A negative fd is ignored (poll's rule), so
+/// an optional descriptor can take a place as -1.
+pub fn wait_fds(fds: &mut [libc::pollfd], deadline: Instant) -> Result<(), Errno> {
     loop {
         let now = Instant::now();
-        let mut p = libc::pollfd { fd, events, revents: 0 };
-        // SAFETY: one pollfd.
-        let r = unsafe { real::poll(&mut p, 1, poll_ms(deadline, now)) };
+        // SAFETY: `fds.len()` pollfds.
+        let r = unsafe { real::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, poll_ms(deadline, now)) };
         if r > 0 {
-            return Ok(p.revents);
+            return Ok(());
         }
         if r < 0 && errno() != libc::EINTR {
             return Err(errno());
