@@ -350,7 +350,6 @@ pub use super::options::copy_options;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     const SIN_LEN: socklen_t = size_of::<sockaddr_in>() as socklen_t;
 
