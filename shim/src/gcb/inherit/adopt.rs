@@ -102,5 +102,8 @@ fn valid_socket(e: &Entry, proto: proto::Proto) -> bool {
         }
         proto::Proto::Udp => sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_DGRAM),
     };
-    kind && sys::local_addr(e.fd) == Ok(e.local)
+    // A connected UDP socket bound to 0.0.0.0 reports the address the
+    // kernel chose towards its peer.
+    let bound_there = |got: SocketAddrV4| got == e.local || (e.local.ip().is_unspecified() && got.port() == e.local.port());
+    kind && sys::local_addr(e.fd).is_ok_and(bound_there)
 }
