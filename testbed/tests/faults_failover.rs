@@ -43,12 +43,17 @@ fn ip_of(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(ip, _)| ip)
 }
 
+/// A test bed with a broker on each of the broker host's two addresses.
+fn two_brokers() -> Faults {
+    let mut f = Faults::up(HEARTBEAT_S);
+    f.second_address();
+    f.start_broker(BROKER2, &[]);
+    f
+}
+
 #[test]
 fn clients_spread_over_brokers_and_fail_over() {
-    let f = Faults::up(HEARTBEAT_S);
-    f.second_address();
-    let mut f = f;
-    f.start_broker(BROKER2, &[]);
+    let f = two_brokers();
     // Same UTS namespace as the test bed's hosts: the host name the shim hashes.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     let host = host.trim().as_bytes().to_vec();
@@ -115,10 +120,7 @@ fn clients_spread_over_brokers_and_fail_over() {
 /// it, from the new proxy address, on the same fd with the same peer.
 #[test]
 fn connected_udp_socket_fails_over_with_its_channel() {
-    let f = Faults::up(HEARTBEAT_S);
-    f.second_address();
-    let mut f = f;
-    f.start_broker(BROKER2, &[]);
+    let f = two_brokers();
     let (server, proxy) = udp::server(&f, BOTH, 7250, false);
     let first = ip_of(&proxy).to_string();
     let other = if first == BROKER { BROKER2 } else { BROKER };

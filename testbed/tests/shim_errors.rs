@@ -70,8 +70,8 @@ fn warnings(log: &str) -> Vec<&str> {
     log.lines().filter(|l| l.starts_with("gcb: warning: ")).collect()
 }
 
-#[test]
-fn a_dead_listener_is_an_errno_and_one_line() {
+/// A test bed with a broker on the broker host.
+fn bed_with_broker() -> (TestBed, testbed::Proc) {
     require_root();
     let bin = release_bin("gcb-broker");
     assert!(bin.exists(), "{} is missing: run `cargo build --release`", bin.display());
@@ -79,6 +79,12 @@ fn a_dead_listener_is_an_errno_and_one_line() {
     let args = [bin.to_str().unwrap(), "--listen", "203.0.113.10:65432", "--port-range", "20000-20099"];
     let broker = bed.spawn("broker", &args).expect("gcb-broker");
     wait_for(STEP, "broker started", || broker.stderr_text().contains("started:").then_some(()));
+    (bed, broker)
+}
+
+#[test]
+fn a_dead_listener_is_an_errno_and_one_line() {
+    let (bed, broker) = bed_with_broker();
 
     let kill_after_listen = |port: u16| {
         format!(
@@ -150,13 +156,7 @@ print('LISTEN %s:%d' % s.getsockname())
 /// to a dead peer does), and a new `connect` is refused at once.
 #[test]
 fn a_dead_udp_listener_is_refused_as_plain_udp_would_be() {
-    require_root();
-    let bin = release_bin("gcb-broker");
-    assert!(bin.exists(), "{} is missing: run `cargo build --release`", bin.display());
-    let bed = TestBed::up().expect("test bed");
-    let args = [bin.to_str().unwrap(), "--listen", "203.0.113.10:65432", "--port-range", "20000-20099"];
-    let broker = bed.spawn("broker", &args).expect("gcb-broker");
-    wait_for(STEP, "broker started", || broker.stderr_text().contains("started:").then_some(()));
+    let (bed, broker) = bed_with_broker();
     let die = "
 import os, socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
