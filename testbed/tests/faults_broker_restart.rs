@@ -20,7 +20,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{wait_for, wait_stderr_count, Faults, BROKER};
+use support::{udp, wait_for, wait_stderr_count, Faults, BROKER};
 
 const HEARTBEAT_S: u64 = 2;
 
@@ -111,115 +111,93 @@ fn broker_kill_with_udp_rules_and_restart() {
     f.bed.down().expect("tear down");
 }
 
-/// A UDP server under the shim that connects its socket to its first client
-/// (iperf3's UDP server does) and echoes on the connected socket until
-/// `stop`; says which peer and fd it had at the start and at the end.
-const CONNECTED_SERVER: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 7220))
-s.settimeout(120)
-print("LISTEN udp %s:%d" % s.getsockname(), flush=True)
-data, peer = s.recvfrom(65536)
-s.connect(peer)
-print("CONNECTED %s:%d %d" % (s.getpeername() + (s.fileno(),)), flush=True)
-n = 0
-while data != b"stop":
-    s.send(b"echo:" + data)
-    n += 1
-    data = s.recv(65536)
-print("DONE %s:%d %d %d" % (s.getpeername() + (s.fileno(), n)), flush=True)
-s.send(b"done")
-"#;
-
-/// A plain client that sends a numbered datagram every 100 ms (iperf3 -u
-/// style) until the file argv[2] exists, checks every echo byte for byte and
-/// its source, and prints `REPLY seq sent_unix_ms ok|BAD`.
-const STREAMING_CLIENT: &str = r#"
-import os, socket, sys, time
-ip, port = sys.argv[1].split(":")
-dest = (ip, int(port))
-def payload(n):
-    return ("seq:%d:" % n).encode() + bytes((n * 7 + i) % 256 for i in range(200))
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sent, n, end = {}, 0, time.time() + 150
-while time.time() < end and not os.path.exists(sys.argv[2]):
-    n += 1
-    sent[n] = time.time()
-    s.sendto(payload(n), dest)
-    tick = time.time() + 0.1
-    while time.time() < tick:
-        s.settimeout(max(tick - time.time(), 0.001))
-        try:
-            data, src = s.recvfrom(65536)
-        except socket.timeout:
-            break
-        k = int(data.split(b":")[2]) if data.startswith(b"echo:seq:") else 0
-        ok = k in sent and data == b"echo:" + payload(k) and src == dest
-        print("REPLY %d %d %s" % (k, int(sent.get(k, 0) * 1000), "ok" if ok else "BAD %r from %s" % (data[:40], src)), flush=True)
-s.settimeout(0.2)
-for _ in range(50):
-    s.sendto(b"stop", dest)
-    try:
-        if s.recvfrom(65536)[0] == b"done":
-            print("DONE", flush=True)
-            break
-    except socket.timeout:
-        pass
-"#;
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 /// A connected UDP socket under the shim (its broker channel) keeps working
 /// across a broker restart, with the same fd and `getpeername`: the shim asks
 /// for the channel again when it registers again.
 #[test]
 fn broker_kill_with_a_connected_udp_socket_and_restart() {
     let mut f = Faults::up(HEARTBEAT_S);
-    let py = testbed::python3().to_str().unwrap().to_string();
-    let server = f.bed.spawn_cmd(f.cmd("a1", Some(BROKER), &[&py, "-u", "-c", CONNECTED_SERVER])).expect("server");
-    let proxy = server.wait_line("LISTEN udp ", support::STARTUP).unwrap_or_else(|e| panic!("{e}"));
+    let (server, proxy) = udp::server(&f, BROKER, 7220, false);
     assert!(proxy.starts_with("203.0.113.10:"), "the UDP socket advertised {proxy}");
-    let stop = std::env::temp_dir().join(format!("faults-{}-udp-stop", f.bed.prefix()));
-    let _ = std::fs::remove_file(&stop);
-    let client = f.bed.spawn_cmd(f.cmd("pub", None, &[&py, "-u", "-c", STREAMING_CLIENT, &proxy, stop.to_str().unwrap()])).expect("client");
-    let context = |f: &Faults| format!("{}\nserver:\n{}\nclient:\n{}", f.broker_logs(), server.stderr_text(), client.stderr_text());
-    let connected = server.wait_line("CONNECTED ", support::STARTUP).unwrap_or_else(|e| panic!("{e}\n{}", context(&f)));
+    let stream = udp::Stream::start(&f, &proxy, &stop_file(&f, "udp-stop"));
+    let context = |f: &Faults| format!("{}\nserver:\n{}\nclient:\n{}", f.broker_logs(), server.stderr_text(), stream.client.stderr_text());
+    let connected = udp::line(&server, "CONNECTED parent ", support::STARTUP, &|| context(&f));
     assert!(connected.starts_with("203.0.113.20:"), "connected to the client on pub: {connected}");
-    // The next REPLY line, verified; when its datagram was sent.
-    let reply = |f: &Faults, within: Duration| {
-        let line = client.wait_line("REPLY ", within).unwrap_or_else(|e| panic!("{e}\n{}", context(f)));
-        let fields: Vec<&str> = line.splitn(3, ' ').collect();
-        assert_eq!(fields[2], "ok", "an echo's bytes or source: {line}\n{}", context(f));
-        fields[1].parse::<u64>().unwrap()
-    };
     for _ in 0..3 {
-        reply(&f, support::STARTUP);
+        stream.reply(support::STARTUP, &|| context(&f));
     }
 
     f.kill_broker(BROKER);
     std::thread::sleep(Duration::from_secs(1));
     f.start_broker(BROKER, &[]);
-    let (restarted, restarted_ms) = (Instant::now(), unix_ms());
-    // Echoes of datagrams sent before the restart may still be queued.
+    let (restarted, restarted_ms) = (Instant::now(), udp::unix_ms());
     let bound = Duration::from_secs(2 * HEARTBEAT_S + 20);
-    while reply(&f, bound.saturating_sub(restarted.elapsed())) < restarted_ms {}
-    let took = restarted.elapsed();
+    let took = stream.first_echo_after(restarted, restarted_ms, bound, &|| context(&f));
     eprintln!("the first echo of a datagram sent after the broker restart came {took:?} after it");
-    assert!(took < bound, "{took:?}\n{}", context(&f));
     for _ in 0..5 {
-        reply(&f, support::STARTUP);
+        stream.reply(support::STARTUP, &|| context(&f));
     }
 
-    std::fs::write(&stop, b"").expect("stop file");
-    let done = server.wait_line("DONE ", support::STARTUP).unwrap_or_else(|e| panic!("{e}\n{}", context(&f)));
-    client.wait_line("DONE", support::STARTUP).unwrap_or_else(|e| panic!("{e}\n{}", context(&f)));
-    let _ = std::fs::remove_file(&stop);
+    stream.stop(&|| context(&f));
+    let done = udp::line(&server, "DONE parent ", support::STARTUP, &|| context(&f));
     assert!(done.starts_with(&connected), "the same fd and getpeername after the restart: {done} vs {connected}");
     assert!(server.stderr_text().contains(" reopened at "), "the shim asked for the channel again:\n{}", context(&f));
     assert_eq!(f.broker(BROKER).stderr_text().matches(" opened for ").count(), 1, "one channel on the new broker:\n{}", context(&f));
-    drop((client, server));
+    drop((stream, server));
+    f.bed.down().expect("tear down");
+}
+
+fn stop_file(f: &Faults, what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("faults-{}-{what}", f.bed.prefix()))
+}
+
+/// A registration shared by a parent and its forked child, each with a
+/// socket connected through a channel to a client of its own: after a broker
+/// restart only one of them reads the `RegisterOk` with the new `udp_token`,
+/// and both must get their channels back (the other learns the token when
+/// the broker refuses the old one).
+#[test]
+fn broker_restart_with_connected_udp_sockets_in_parent_and_forked_child() {
+    let mut f = Faults::up(HEARTBEAT_S);
+    let (server, proxy) = udp::server(&f, BROKER, 7221, true);
+    let first = udp::Stream::start(&f, &proxy, &stop_file(&f, "udp-stop-1"));
+    let context = |f: &Faults, more: &str| format!("{}\nserver:\n{}\n{more}", f.broker_logs(), server.stderr_text());
+    let ctx = || context(&f, "");
+    let parent = udp::line(&server, "CONNECTED parent ", support::STARTUP, &ctx);
+    udp::line(&server, "READY", support::STARTUP, &ctx);
+    let second = udp::Stream::start(&f, &proxy, &stop_file(&f, "udp-stop-2"));
+    let child = udp::line(&server, "CONNECTED child ", support::STARTUP, &ctx);
+    assert_ne!(parent.split(' ').next(), child.split(' ').next(), "two clients: {parent} / {child}");
+    for s in [&first, &second] {
+        for _ in 0..3 {
+            s.reply(support::STARTUP, &ctx);
+        }
+    }
+
+    f.kill_broker(BROKER);
+    std::thread::sleep(Duration::from_secs(1));
+    f.start_broker(BROKER, &[]);
+    let (restarted, restarted_ms) = (Instant::now(), udp::unix_ms());
+    let ctx = || context(&f, "");
+    let bound = Duration::from_secs(2 * HEARTBEAT_S + 20);
+    for (who, s) in [("parent", &first), ("child", &second)] {
+        let took = s.first_echo_after(restarted, restarted_ms, bound, &ctx);
+        eprintln!("{who}: the first echo of a datagram sent after the broker restart came {took:?} after it");
+    }
+    for s in [&first, &second] {
+        for _ in 0..5 {
+            s.reply(support::STARTUP, &ctx);
+        }
+    }
+    first.stop(&ctx);
+    second.stop(&ctx);
+    for (who, connected) in [("parent", &parent), ("child", &child)] {
+        let done = udp::line(&server, &format!("DONE {who} "), support::STARTUP, &ctx);
+        assert!(done.starts_with(connected.as_str()), "{who}: the same fd and getpeername after the restart: {done} vs {connected}");
+    }
+    let log = server.stderr_text();
+    assert!(log.matches(" reopened at ").count() >= 2, "both processes asked for their channel again:\n{}", ctx());
+    eprintln!("token refreshes after a refusal: {}", log.matches("has a newer udp token").count());
+    drop((first, second, server));
     f.bed.down().expect("tear down");
 }

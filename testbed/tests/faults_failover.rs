@@ -9,14 +9,17 @@
 //!   `getsockname`, and be reachable there by a plain client (relayed from the
 //!   proxy socket) and a GCB client in realm B (relay), bytes verified. The
 //!   servers of the second broker keep their addresses.
+//! * A UDP socket connected through a broker channel moves with its
+//!   registration and gets a channel on the new broker once its client looks
+//!   the server up again: echoes verified, same fd and `getpeername`.
 //!
 //! Needs root, `cargo build --release` and `make -C c-tests`.
 
 #[path = "faults_support/mod.rs"]
 mod support;
 
-use std::time::Duration;
-use support::{wait_for, Faults, BROKER, BROKER2};
+use std::time::{Duration, Instant};
+use support::{udp, wait_for, Faults, BROKER, BROKER2};
 
 const HEARTBEAT_S: u64 = 1;
 const BOTH: &str = "203.0.113.10,203.0.113.11";
@@ -40,12 +43,17 @@ fn ip_of(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(ip, _)| ip)
 }
 
+/// A test bed with a broker on each of the broker host's two addresses.
+fn two_brokers() -> Faults {
+    let mut f = Faults::up(HEARTBEAT_S);
+    f.second_address();
+    f.start_broker(BROKER2, &[]);
+    f
+}
+
 #[test]
 fn clients_spread_over_brokers_and_fail_over() {
-    let f = Faults::up(HEARTBEAT_S);
-    f.second_address();
-    let mut f = f;
-    f.start_broker(BROKER2, &[]);
+    let f = two_brokers();
     // Same UTS namespace as the test bed's hosts: the host name the shim hashes.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     let host = host.trim().as_bytes().to_vec();
@@ -101,5 +109,54 @@ fn clients_spread_over_brokers_and_fail_over() {
         }
     }
     drop(servers);
+    f.bed.down().expect("tear down");
+}
+
+/// A UDP server connected to its client through a channel on the broker it
+/// registered with; that broker is killed. The socket moves to the other
+/// broker (a new proxy address, reported by `getsockname`), the client is
+/// told the new address (as a Condor daemon learns it from the collector)
+/// and the shim asks the new broker for the channel: echoes go on through
+/// it, from the new proxy address, on the same fd with the same peer.
+#[test]
+fn connected_udp_socket_fails_over_with_its_channel() {
+    let f = two_brokers();
+    let (server, proxy) = udp::server(&f, BOTH, 7250, false);
+    let first = ip_of(&proxy).to_string();
+    let other = if first == BROKER { BROKER2 } else { BROKER };
+    let tmp = |what: &str| std::env::temp_dir().join(format!("faults-{}-{what}", f.bed.prefix()));
+    let (dest, stop) = (tmp("udp-dest"), tmp("udp-stop"));
+    let tell = |addr: &str| {
+        let next = dest.with_extension("next");
+        std::fs::write(&next, addr).expect("dest file");
+        std::fs::rename(&next, &dest).expect("dest file");
+    };
+    tell(&proxy);
+    let stream = udp::Stream::start(&f, &format!("@{}", dest.display()), &stop);
+    let context = |f: &Faults| format!("{}\nserver:\n{}\nclient:\n{}", f.broker_logs(), server.stderr_text(), stream.client.stderr_text());
+    let connected = udp::line(&server, "CONNECTED parent ", support::STARTUP, &|| context(&f));
+    for _ in 0..3 {
+        stream.reply(support::STARTUP, &|| context(&f));
+    }
+
+    f.kill_broker(&first);
+    let bound = Duration::from_secs(4 * HEARTBEAT_S + 10);
+    let moved = udp::line(&server, "NAME parent ", bound, &|| context(&f));
+    assert_eq!(ip_of(&moved), other, "{proxy} moved to {moved}");
+    tell(&moved);
+    let (told, told_ms) = (Instant::now(), udp::unix_ms());
+    let took = stream.first_echo_after(told, told_ms, Duration::from_secs(2 * HEARTBEAT_S + 20), &|| context(&f));
+    eprintln!("the first echo through the new broker came {took:?} after the client was told its address");
+    for _ in 0..5 {
+        stream.reply(support::STARTUP, &|| context(&f));
+    }
+
+    stream.stop(&|| context(&f));
+    let done = udp::line(&server, "DONE parent ", support::STARTUP, &|| context(&f));
+    assert!(done.starts_with(&connected), "the same fd and getpeername after the move: {done} vs {connected}");
+    assert!(server.stderr_text().contains(" reopened at "), "the shim asked the new broker for the channel:\n{}", context(&f));
+    assert_eq!(f.broker(other).stderr_text().matches(" opened for ").count(), 1, "one channel on the new broker:\n{}", context(&f));
+    let _ = std::fs::remove_file(&dest);
+    drop((stream, server));
     f.bed.down().expect("tear down");
 }

@@ -9,6 +9,9 @@
 //!   leaves the second registered.
 //! * A registered socket handed to an `exec`'d image, and one used by a
 //!   forked child: the same proxy address there, and the echo works.
+//! * A socket connected through a channel handed to an `exec`'d image: there
+//!   it is still connected to its peer, `getpeername` and `recvfrom` name the
+//!   peer (not the channel), and its replies reach the peer.
 //!
 //! Needs root and `cargo build --release` (libgcb.so, gcb-broker).
 
@@ -87,6 +90,32 @@ if pid == 0:
 os.waitpid(pid, 0)
 "#;
 
+/// A socket on port 7803 connected to its first client (a channel), then
+/// handed to an exec'd image of this script, which names its peer and
+/// echoes two datagrams on it.
+const CONNECTED_EXEC: &str = r#"
+import os, socket, sys
+if len(sys.argv) == 2:
+    s = socket.socket(fileno=int(sys.argv[1]))
+    s.settimeout(60)
+    print("EXEC %s:%d %s:%d" % (s.getsockname() + s.getpeername()), flush=True)
+    for _ in range(2):
+        data, peer = s.recvfrom(4096)
+        print("FROM %s:%d" % peer, flush=True)
+        s.send(b"exec:" + data)
+    sys.exit(0)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7803))
+s.settimeout(60)
+print("LISTEN udp %s:%d" % s.getsockname(), flush=True)
+data, peer = s.recvfrom(4096)
+s.connect(peer)
+print("CONNECTED %s:%d" % peer, flush=True)
+s.send(b"first:" + data)
+os.set_inheritable(s.fileno(), True)
+os.execv(sys.executable, [sys.executable, sys.argv[0], str(s.fileno())])
+"#;
+
 fn python() -> &'static Path {
     testbed::python3()
 }
@@ -157,4 +186,29 @@ fn a_registered_socket_across_exec() {
 #[test]
 fn a_registered_socket_in_a_forked_child() {
     hand_over("fork");
+}
+
+#[test]
+fn a_socket_connected_through_a_channel_across_exec() {
+    let r = RealBed::up(Mode::Gcb);
+    let script = r.file("connected_exec.py");
+    std::fs::write(&script, CONNECTED_EXEC).expect("script");
+    let server = r.spawn("a1", true, &[python().to_str().unwrap(), script.to_str().unwrap()]);
+    let proxy = server.wait_line("LISTEN udp ", STARTUP).unwrap_or_else(|e| panic!("{e}: {}", server.stderr_text()));
+    let detail = || format!("server:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
+    let got = client(&r, "pub", false, &proxy, &["hello", "one", "two"], &server);
+    let mut want = replies("first", &["hello"], &proxy);
+    want.extend(replies("exec", &["one", "two"], &proxy));
+    assert_eq!(got, want, "{}", detail());
+    let peer = server.wait_line("CONNECTED ", STARTUP).unwrap();
+    assert!(peer.starts_with("203.0.113.20:"), "connected to the client on pub: {peer}");
+    let exec = server.wait_line("EXEC ", STARTUP).unwrap();
+    assert_eq!(exec, format!("{proxy} {peer}"), "the exec'd image's getsockname and getpeername: {}", detail());
+    for _ in 0..2 {
+        let from = server.wait_line("FROM ", STARTUP).unwrap();
+        assert_eq!(from, peer, "recvfrom in the exec'd image names the peer, not the channel: {}", detail());
+    }
+    assert_eq!(r.daemon.stderr_text().matches(" opened for ").count(), 1, "one channel, kept across exec: {}", detail());
+    drop(server);
+    r.down();
 }

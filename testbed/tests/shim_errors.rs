@@ -70,8 +70,8 @@ fn warnings(log: &str) -> Vec<&str> {
     log.lines().filter(|l| l.starts_with("gcb: warning: ")).collect()
 }
 
-#[test]
-fn a_dead_listener_is_an_errno_and_one_line() {
+/// A test bed with a broker on the broker host.
+fn bed_with_broker() -> (TestBed, testbed::Proc) {
     require_root();
     let bin = release_bin("gcb-broker");
     assert!(bin.exists(), "{} is missing: run `cargo build --release`", bin.display());
@@ -79,6 +79,12 @@ fn a_dead_listener_is_an_errno_and_one_line() {
     let args = [bin.to_str().unwrap(), "--listen", "203.0.113.10:65432", "--port-range", "20000-20099"];
     let broker = bed.spawn("broker", &args).expect("gcb-broker");
     wait_for(STEP, "broker started", || broker.stderr_text().contains("started:").then_some(()));
+    (bed, broker)
+}
+
+#[test]
+fn a_dead_listener_is_an_errno_and_one_line() {
+    let (bed, broker) = bed_with_broker();
 
     let kill_after_listen = |port: u16| {
         format!(
@@ -136,5 +142,72 @@ print('LISTEN %s:%d' % s.getsockname())
     let w = warnings(&log);
     assert_eq!(w.len(), 1, "{log}");
     assert!(w[0].contains("stays unregistered"), "{}", w[0]);
+    bed.down().expect("test bed down");
+}
+
+/// A registered UDP socket on a1 whose process died, sent to from a GCB
+/// sender on pub (a reversal: the broker asks the dead listener for a hole).
+/// UDP has no call that waits for the listener, so nothing needs telling, as
+/// a TCP connector does (`ConnectFailed`): the sender's datagrams go through
+/// the proxy meanwhile, and once the broker gives up on the hole (about
+/// 2.4 s) it drops the registration and closes the proxy port. Then a
+/// connected sender gets ECONNREFUSED from its next send, as from any dead
+/// UDP peer, an unconnected one's `sendto` goes on succeeding (as plain UDP
+/// to a dead peer does), and a new `connect` is refused at once.
+#[test]
+fn a_dead_udp_listener_is_refused_as_plain_udp_would_be() {
+    let (bed, broker) = bed_with_broker();
+    let die = "
+import os, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 7010))
+print('BOUND %s:%d' % s.getsockname(), flush=True)
+os.kill(os.getpid(), 9)
+";
+    let (out, log) = under_shim(&bed, "a1", die);
+    let port: u16 = out.trim().strip_prefix("BOUND 203.0.113.10:").unwrap_or_else(|| panic!("not registered: {out}\n{log}")).parse().unwrap();
+
+    let send = format!(
+        "
+import errno, socket, time
+dest = ('{BROKER}', {port})
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.connect(dest)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t, refused, unconnected = time.monotonic(), None, 'ok'
+while refused is None and time.monotonic() - t < 20:
+    try:
+        c.send(b'to a dead listener')
+    except OSError as e:
+        refused = '%s %.2f' % (errno.errorcode.get(e.errno, e.errno), time.monotonic() - t)
+    try:
+        u.sendto(b'to a dead listener', dest)
+    except OSError as e:
+        unconnected = errno.errorcode.get(e.errno, e.errno)
+    time.sleep(0.05)
+print('CONNECTED', refused)
+print('UNCONNECTED', unconnected)
+n = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    n.connect(dest)
+    print('AGAIN connected')
+except OSError as e:
+    print('AGAIN', errno.errorcode.get(e.errno, e.errno))
+"
+    );
+    let (out, log) = under_shim(&bed, "pub", &send);
+    let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_else(|| panic!("no {k}: {out}\n{log}")).trim().to_string();
+    let connected = field("CONNECTED ");
+    let (errno, secs) = connected.split_once(' ').unwrap_or_else(|| panic!("the connected sender never failed: {out}\n{log}"));
+    assert_eq!(errno, "ECONNREFUSED", "{out}\n{log}\n{}", broker.stderr_text());
+    let secs: f64 = secs.parse().unwrap();
+    assert!(secs < TOLD_WITHIN_S, "refused after {secs:.1} s\n{log}");
+    eprintln!("a connected UDP sender to a dead listener refused after {secs:.2} s");
+    assert_eq!(field("UNCONNECTED "), "ok", "sendto as plain UDP: {out}\n{log}");
+    assert_eq!(field("AGAIN "), "ECONNREFUSED", "{out}\n{log}");
+    assert!(log.contains("nothing is registered there"), "the broker answered NotRegistered:\n{log}");
+    assert_eq!(warnings(&log), Vec::<&str>::new(), "no warning for what plain UDP does too: {log}");
+    broker.kill();
+    drop(broker);
     bed.down().expect("test bed down");
 }

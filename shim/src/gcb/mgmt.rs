@@ -128,7 +128,10 @@ fn register_pending(l: &Listener) -> bool {
     l.mgmt.pending.values().any(|p| *p == Purpose::Register)
 }
 
-fn reregister(l: &mut Listener, now: Instant) {
+/// Sends `Register` for `l` again unless one is under way. From the same
+/// management socket the broker answers with the registration it has (its
+/// current proxy and `udp_token`), or makes a new one if it has none.
+pub fn reregister(l: &mut Listener, now: Instant) {
     if !register_pending(l) {
         let msg = register_message(l.proto, l.reg_local, l.mgmt.local, l.proxy.map(|p| p.port()));
         start(l, Purpose::Register, &msg, now);

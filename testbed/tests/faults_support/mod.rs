@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod udp;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -10,6 +10,8 @@ use libc::c_int;
 use super::super::mgmt;
 use super::super::registry::{Listener, Mgmt};
 use super::super::sys;
+use super::super::udp::channel::Reopen;
+use super::super::udp::table::Channel;
 use super::{parse, publish, Entry, VAR};
 use crate::fdtable::{self, Kind};
 use crate::real;
@@ -62,8 +64,13 @@ pub fn adopt() {
             }
             let (id, _) = reg.add_listener(listener);
             if proto == proto::Proto::Udp {
-                for &fd in &fds {
-                    reg.udp.entry(fd).listener = Some(id);
+                for e in entries.iter().filter(|e| fds.contains(&e.fd)) {
+                    let s = reg.udp.entry(e.fd);
+                    s.listener = Some(id);
+                    if let Some(c) = e.channel.filter(|c| sys::peer_addr(e.fd) == Ok(c.addr)) {
+                        s.connected_to = Some(c.peer);
+                        s.channel = Some(inherited_channel(c));
+                    }
                 }
                 super::super::udp::control::open_data_path(reg, id);
             }
@@ -71,6 +78,14 @@ pub fn adopt() {
         });
         log!(Debug, "inherited {proto} socket {fds:?} ({reg_local} as {:?}) with management fd {mgmt_fd}", first.proxy);
     }
+}
+
+/// A channel handed over: kept as it was, or, while the parent was asking
+/// for it again (token 0), asked for again here (the socket is connected to
+/// the peer meanwhile, as `udp::channel::open` leaves it).
+fn inherited_channel(c: super::ChannelEntry) -> Channel {
+    let reopen = (c.token == 0).then(|| Reopen::now(Instant::now()));
+    Channel { peer: c.peer, addr: c.addr, token: proto::gcb::Token(c.token), reopen }
 }
 
 fn valid_mgmt(fd: c_int) -> Option<(SocketAddrV4, SocketAddrV4)> {
@@ -87,5 +102,8 @@ fn valid_socket(e: &Entry, proto: proto::Proto) -> bool {
         }
         proto::Proto::Udp => sys::get_int_opt(e.fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_DGRAM),
     };
-    kind && sys::local_addr(e.fd) == Ok(e.local)
+    // A connected UDP socket bound to 0.0.0.0 reports the address the
+    // kernel chose towards its peer.
+    let bound_there = |got: SocketAddrV4| got == e.local || (e.local.ip().is_unspecified() && got.port() == e.local.port());
+    kind && sys::local_addr(e.fd).is_ok_and(bound_there)
 }

@@ -7,14 +7,19 @@
 //! `execve`, the shim adds
 //!
 //! ```text
-//! GCB_INHERITED=FD,MGMT_FD,PROXY|-,LOCAL,SECRET[,uUDP_TOKEN];...
+//! GCB_INHERITED=FD,MGMT_FD,PROXY|-,LOCAL,SECRET[,uUDP_TOKEN[,cPEER/CHANNEL/TOKEN]];...
 //! ```
 //!
 //! to the new environment, one entry per managed fd that survives the exec
 //! (not close-on-exec), and clears close-on-exec on their management sockets.
 //! A UDP entry carries its registration's data-path token (`u` and hex), so
 //! the new image keeps the data path and reads the relay header; older images
-//! skip such entries. The new image's shim reads it at init ([`adopt`](adopt())),
+//! skip such entries. A UDP socket connected through a broker channel
+//! (`udp::channel`) also carries the channel (`c`, its peer, its address and
+//! its token in hex; token 0 while it is being asked for again), so the new
+//! image names the peer's datagrams after the peer, `getpeername` included,
+//! and keeps the channel open; images without this field skip such entries.
+//! The new image's shim reads it at init ([`adopt`](adopt())),
 //! checks each fd (a listening TCP socket, or a UDP socket, with that local
 //! address), moves the management socket to a high close-on-exec number, and
 //! heartbeats it. Inherited listeners are shared: closing them in either image
@@ -32,10 +37,8 @@
 //! anonymous `mmap` (a system call, safe anywhere), unmapped if `exec` fails,
 //! which also restores close-on-exec on the management sockets.
 //!
-//! Limits: at most [`SLOTS`] fds are handed over. A UDP socket's receiver list,
-//! buffer and channel (`udp`) stay behind: a socket connected through a
-//! channel reaches the new image still connected, but its peer's datagrams are
-//! then reported from the channel's address. `execl*`,
+//! Limits: at most [`SLOTS`] fds are handed over. A UDP socket's receiver list
+//! and buffer (`udp`) stay behind. `execl*`,
 //! `posix_spawn`, `system` and `popen` reach the kernel without passing the
 //! shim's exec hooks (see `hooks/lifetime.rs`), so listeners are not handed over
 //! through them.
@@ -72,13 +75,24 @@ pub struct Entry {
     pub secret: u64,
     /// A registered UDP socket's data-path token; `None` for TCP (and DPF).
     pub udp_token: Option<u64>,
+    /// The broker channel a UDP socket is connected through.
+    pub channel: Option<ChannelEntry>,
+}
+
+/// A UDP socket's broker channel as handed over (`udp::table::Channel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelEntry {
+    pub peer: SocketAddrV4,
+    pub addr: SocketAddrV4,
+    /// 0: the channel is being asked for again (no live port to keep).
+    pub token: u64,
 }
 
 const EMPTY: Entry =
-    Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), secret: 0, udp_token: None };
+    Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), secret: 0, udp_token: None, channel: None };
 
 /// Words of one packed entry.
-const WORDS: usize = 5;
+const WORDS: usize = 8;
 
 fn addr_bits(a: SocketAddrV4) -> u64 {
     (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
@@ -98,6 +112,9 @@ impl Entry {
             addr_bits(self.local) | if self.udp_token.is_some() { PRESENT } else { 0 },
             self.secret,
             self.udp_token.unwrap_or(0),
+            self.channel.map_or(0, |c| addr_bits(c.peer) | PRESENT),
+            self.channel.map_or(0, |c| addr_bits(c.addr)),
+            self.channel.map_or(0, |c| c.token),
         ]
     }
 
@@ -109,6 +126,7 @@ impl Entry {
             local: bits_addr(w[2] & !PRESENT),
             secret: w[3],
             udp_token: (w[2] & PRESENT != 0).then_some(w[4]),
+            channel: (w[5] & PRESENT != 0).then(|| ChannelEntry { peer: bits_addr(w[5] & !PRESENT), addr: bits_addr(w[6]), token: w[7] }),
         }
     }
 }
@@ -124,7 +142,14 @@ pub fn publish(reg: &Registry) {
         // A UDP registration always has a token once the broker answered;
         // before, there is no proxy to keep either.
         let udp_token = (l.proto == proto::Proto::Udp).then(|| l.udp_token.map_or(0, |t| t.0));
-        l.fds.iter().map(move |&fd| Entry { fd, mgmt: l.mgmt.fd, proxy: l.proxy, local: l.local, secret: l.secret, udp_token })
+        l.fds.iter().map(move |&fd| {
+            let channel = reg.udp.get(fd).and_then(|s| s.channel).map(|c| ChannelEntry {
+                peer: c.peer,
+                addr: c.addr,
+                token: if c.reopen.is_some() { 0 } else { c.token.0 },
+            });
+            Entry { fd, mgmt: l.mgmt.fd, proxy: l.proxy, local: l.local, secret: l.secret, udp_token, channel }
+        })
     }));
 }
 
@@ -229,7 +254,7 @@ pub unsafe fn prepare(envp: *const *const c_char) -> Option<ExecEnv> {
     if k == 0 {
         return None;
     }
-    let mut text = Buf::<{ SLOTS * 100 }> { bytes: [0; SLOTS * 100], len: 0, overflow: false };
+    let mut text = Buf::<{ SLOTS * 160 }> { bytes: [0; SLOTS * 160], len: 0, overflow: false };
     if !render(&keep[..k], &mut text) {
         return None;
     }
@@ -275,9 +300,18 @@ mod tests {
 
     pub(super) fn entries() -> Vec<Entry> {
         vec![
-            Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), secret: 0xabc, udp_token: None },
-            Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), secret: u64::MAX, udp_token: None },
-            Entry { fd: 5, mgmt: 1001, proxy: Some("203.0.113.10:20002".parse().unwrap()), local: "0.0.0.0:7302".parse().unwrap(), secret: 1, udp_token: Some(0x5eed) },
+            Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), secret: 0xabc, udp_token: None, channel: None },
+            Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), secret: u64::MAX, udp_token: None, channel: None },
+            Entry { fd: 5, mgmt: 1001, proxy: Some("203.0.113.10:20002".parse().unwrap()), local: "0.0.0.0:7302".parse().unwrap(), secret: 1, udp_token: Some(0x5eed), channel: None },
+            Entry {
+                fd: 6,
+                mgmt: 1001,
+                proxy: Some("203.0.113.10:20002".parse().unwrap()),
+                local: "0.0.0.0:7302".parse().unwrap(),
+                secret: 1,
+                udp_token: Some(0x5eed),
+                channel: Some(ChannelEntry { peer: "203.0.113.20:5000".parse().unwrap(), addr: "203.0.113.10:20003".parse().unwrap(), token: 0xc4 }),
+            },
         ]
     }
 

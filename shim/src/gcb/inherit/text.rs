@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use libc::c_int;
 
-use super::{Entry, VAR};
+use super::{ChannelEntry, Entry, VAR};
 
 /// A fixed buffer to format into without allocating; overflow is remembered.
 pub(super) struct Buf<const N: usize> {
@@ -41,6 +41,9 @@ pub(super) fn render<const N: usize>(entries: &[Entry], buf: &mut Buf<N>) -> boo
         let _ = write!(buf, ",{},{:x}", e.local, e.secret);
         if let Some(t) = e.udp_token {
             let _ = write!(buf, ",u{t:x}");
+            if let Some(c) = e.channel {
+                let _ = write!(buf, ",c{}/{}/{:x}", c.peer, c.addr, c.token);
+            }
         }
     }
     let _ = buf.write_str("\0");
@@ -56,6 +59,15 @@ pub fn parse(value: &str) -> Vec<Entry> {
             None => None,
             Some(t) => Some(u64::from_str_radix(t.strip_prefix('u')?, 16).ok()?),
         };
+        let channel = match f.next() {
+            None => None,
+            Some(c) => {
+                let mut parts = c.strip_prefix('c')?.split('/');
+                let (peer, addr, token) = (parts.next()?, parts.next()?, parts.next()?);
+                (parts.next().is_none()).then_some(())?;
+                Some(ChannelEntry { peer: peer.parse().ok()?, addr: addr.parse().ok()?, token: u64::from_str_radix(token, 16).ok()? })
+            }
+        };
         if f.next().is_some() {
             return None;
         }
@@ -63,7 +75,7 @@ pub fn parse(value: &str) -> Vec<Entry> {
         let fd: c_int = fd.parse().ok()?;
         let mgmt: c_int = mgmt.parse().ok()?;
         (fd >= 0 && mgmt >= 0).then_some(())?;
-        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, secret: u64::from_str_radix(secret, 16).ok()?, udp_token })
+        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, secret: u64::from_str_radix(secret, 16).ok()?, udp_token, channel })
     };
     value.split(';').filter_map(entry).collect()
 }
@@ -80,7 +92,7 @@ mod tests {
         let text = std::str::from_utf8(&buf.bytes[..buf.len]).unwrap();
         assert_eq!(
             text,
-            "GCB_INHERITED=3,1000,203.0.113.10:20001,0.0.0.0:7300,abc;4,1000,-,192.0.2.10:7301,ffffffffffffffff;5,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed\0"
+            "GCB_INHERITED=3,1000,203.0.113.10:20001,0.0.0.0:7300,abc;4,1000,-,192.0.2.10:7301,ffffffffffffffff;5,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed;6,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed,c203.0.113.20:5000/203.0.113.10:20003/c4\0"
         );
         let value = text.trim_end_matches('\0').strip_prefix("GCB_INHERITED=").unwrap();
         assert_eq!(parse(value), entries());
@@ -90,7 +102,7 @@ mod tests {
 
     #[test]
     fn parse_skips_malformed_entries() {
-        let v = "x,1,-,0.0.0.0:1,0;3,1000,-,0.0.0.0:7,1f;;5,6,-,0.0.0.0:1;7,8,-,0.0.0.0:1,0,9;-1,2,-,0.0.0.0:1,0;9,8,-,0.0.0.0:1,0,ux;10,8,-,0.0.0.0:1,0,u1,2";
+        let v = "x,1,-,0.0.0.0:1,0;3,1000,-,0.0.0.0:7,1f;;5,6,-,0.0.0.0:1;7,8,-,0.0.0.0:1,0,9;-1,2,-,0.0.0.0:1,0;9,8,-,0.0.0.0:1,0,ux;10,8,-,0.0.0.0:1,0,u1,2;11,8,-,0.0.0.0:1,0,u1,c1.2.3.4:5/1.2.3.4:6;12,8,-,0.0.0.0:1,0,u1,c1.2.3.4:5/1.2.3.4:6/1/2;13,8,-,0.0.0.0:1,0,u1,c1.2.3.4:5/1.2.3.4:6/1,x";
         let got = parse(v);
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].fd, got[0].secret, got[0].udp_token), (3, 0x1f, None));

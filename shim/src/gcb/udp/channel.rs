@@ -33,7 +33,7 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use libc::c_int;
-use proto::gcb::Message;
+use proto::gcb::{ErrorCode, Message};
 use proto::rudp::RetryPolicy;
 
 use super::super::mgmt;
@@ -45,9 +45,10 @@ use crate::client::seal;
 /// Asks the broker for a channel to `fd`'s relayed `peer`. `None` when the
 /// socket is not registered or the broker has none to give.
 pub fn open(fd: c_int, peer: SocketAddrV4) -> Option<Channel> {
-    let (proxy, udp_token, broker) = super::super::with(|reg| {
-        let l = reg.listener(reg.udp.get(fd)?.listener?)?;
-        Some((l.proxy?, l.udp_token?, l.mgmt.broker))
+    let (id, proxy, udp_token, broker) = super::super::with(|reg| {
+        let id = reg.udp.get(fd)?.listener?;
+        let l = reg.listener(id)?;
+        Some((id, l.proxy?, l.udp_token?, l.mgmt.broker))
     })?;
     // A socket of its own: the management socket is read by the AEH of
     // whichever thread (or process) waits, which would take the reply.
@@ -57,6 +58,14 @@ pub fn open(fd: c_int, peer: SocketAddrV4) -> Option<Channel> {
         Ok(Message::UdpChannelOk { channel, token }) => {
             log!(Debug, "udp {proxy}: channel {channel} for {peer}");
             Some(Channel { peer, addr: channel, token, reopen: None })
+        }
+        Ok(Message::Error { code: ErrorCode::UnknownToken, .. }) => {
+            // Another process sharing the registration holds the new token:
+            // connected to the peer itself until the refreshed token gets the
+            // channel (`on_reopen_reply` then connects the socket to it).
+            let now = Instant::now();
+            super::super::with(|reg| refresh_token(reg, id, now));
+            Some(Channel { peer, addr: peer, token: proto::gcb::Token(0), reopen: Some(Reopen::now(now)) })
         }
         Ok(Message::Error { code, detail }) => {
             log!(Warn, "udp {proxy}: the broker gave no channel for {peer} ({code:?} {detail}); connected to it directly, replies may be lost");
@@ -92,6 +101,7 @@ pub fn drop_from(reg: &mut Registry, fd: c_int) {
     let (listener, channel) = (s.listener, s.channel.take());
     if let Some(c) = channel {
         close(reg, listener, c);
+        super::super::inherit::publish(reg);
     }
 }
 
@@ -145,6 +155,7 @@ pub fn reopen_all(reg: &mut Registry, id: ListenerId, now: Instant, heartbeat: D
         }
     }
     on_timers(reg, now, heartbeat);
+    super::super::inherit::publish(reg);
 }
 
 /// A call on `fd` failed with `e`. On a socket connected to a channel,
@@ -191,6 +202,19 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
     reg.udp.sockets().filter_map(|s| s.channel?.reopen).map(|r| r.next_try).min()
 }
 
+/// The broker refused listener `id`'s `udp_token`. A registration shared
+/// by several processes (fork, exec) is registered again by whichever of
+/// them hears the broker first, and the `RegisterOk` carrying the new token
+/// reaches only the process that reads it; the others would ask with the old
+/// one for ever. A `Register` from the shared management socket is answered
+/// with the registration the broker has, new token included, and its
+/// `RegisterOk` asks for every channel of this process again.
+fn refresh_token(reg: &mut Registry, id: ListenerId, now: Instant) {
+    let Some(l) = reg.listener_mut(id) else { return };
+    log!(Info, "udp {}: the broker has a newer udp token (another process sharing the socket registered it); asking for it", l.reg_local);
+    mgmt::reregister(l, now);
+}
+
 /// The broker's answer to a reopen of `fd`'s channel to `peer`.
 pub fn on_reopen_reply(reg: &mut Registry, id: ListenerId, fd: c_int, peer: SocketAddrV4, reply: Message, now: Instant) {
     let waiting = reg.udp.get(fd).and_then(|s| s.channel).filter(|c| c.peer == peer && c.reopen.is_some());
@@ -214,8 +238,10 @@ pub fn on_reopen_reply(reg: &mut Registry, id: ListenerId, fd: c_int, peer: Sock
                 s.channel = Some(granted);
             }
             super::control::send_dummy(fd, token, channel);
+            super::super::inherit::publish(reg);
             log!(Info, "udp: channel for {peer} reopened at {channel}");
         }
+        Message::Error { code: ErrorCode::UnknownToken, .. } => refresh_token(reg, id, now),
         Message::Error { code, detail } => {
             log!(Debug, "udp: no channel for {peer} yet ({code:?} {detail}); asking again later");
         }

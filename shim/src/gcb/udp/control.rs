@@ -144,9 +144,21 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
     let listener = reg.udp.get(fd).and_then(|s| s.listener).and_then(|id| reg.listener(id));
     let (proxy, data_token) = listener.map_or((None, None), |l| (l.proxy, l.udp_token));
     let Some(sock) = reg.udp.get_mut(fd) else { return Incoming::Data { from: src, offset: 0 } };
-    if let Some(c) = sock.channel.filter(|c| c.addr == src) {
+    if let Some(c) = sock.channel.as_mut().filter(|c| c.addr != src) {
+        follow_moved_channel(fd, c, src);
+    }
+    if let Some(c) = sock.channel.as_mut().filter(|c| c.addr == src) {
         return match seal::gcb_decode(bytes) {
             Ok((_, Message::DummyAck { token })) if token == c.token => Incoming::Consumed,
+            // Being asked for again, yet heard from: another process sharing
+            // the socket got it back (`follow_moved_channel`), and this ack of
+            // its Dummy tells the token, so this process stops asking. (Token 0
+            // is a socket connected to the peer itself until it has one.)
+            Ok((_, Message::DummyAck { token })) if c.reopen.is_some() && c.token != Token(0) => {
+                c.token = token;
+                c.reopen = None;
+                Incoming::Consumed
+            }
             _ => Incoming::Data { from: c.peer, offset: 0 },
         };
     }
@@ -192,6 +204,18 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
     Incoming::Data { from: sock.name_of(src), offset: 0 }
 }
 
+/// A datagram from `src` on a socket whose channel `c` is elsewhere. A
+/// connected socket hears only its peer, so when the real socket is now
+/// connected to `src`, another process sharing it (fork, exec) reconnected
+/// it to the channel's new port (a reopen after the broker forgot the old
+/// one): `c` follows. One `getpeername`, only on this rare path.
+fn follow_moved_channel(fd: c_int, c: &mut super::table::Channel, src: SocketAddrV4) {
+    if sys::peer_addr(fd) == Ok(src) {
+        log!(Debug, "udp: the channel for {} moved from {} to {src} (reopened by another process sharing the socket)", c.peer, c.addr);
+        c.addr = src;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +251,34 @@ mod tests {
         assert_eq!((h.request_id, m), (77, Message::DummyAck { token: Token(3) }), "the Dummy is answered");
         assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::Direct(src)));
         assert_eq!(classify(&mut reg, fd, src, b"x", now), Incoming::Data { from: proxy, offset: 0 }, "named as the proxy");
+        reg.udp.remove(fd);
+    }
+
+    #[test]
+    fn a_channel_another_process_reconnected_is_followed() {
+        let mut reg = Registry::new();
+        let now = Instant::now();
+        let new_port = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
+        sys::bind(new_port.raw(), a("127.0.0.1:0")).unwrap();
+        let moved = sys::local_addr(new_port.raw()).unwrap();
+        let sock = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
+        sys::bind(sock.raw(), a("127.0.0.1:0")).unwrap();
+        let fd = sock.raw();
+        // This process knows the old port, being asked for again; the
+        // socket is connected to the new one (by the other process).
+        let (peer, old) = (a("203.0.113.20:5000"), a("203.0.113.10:20002"));
+        let reopen = Some(super::super::channel::Reopen::now(now));
+        reg.udp.entry(fd).channel = Some(super::super::table::Channel { peer, addr: old, token: Token(1), reopen });
+        let stranger = a("127.0.0.1:9");
+        assert_eq!(classify(&mut reg, fd, stranger, b"x", now), Incoming::Data { from: stranger, offset: 0 }, "not where the socket is connected");
+        assert_eq!(reg.udp.get(fd).unwrap().channel.unwrap().addr, old);
+
+        sys::connect(fd, moved, now).unwrap();
+        assert_eq!(classify(&mut reg, fd, moved, b"data", now), Incoming::Data { from: peer, offset: 0 }, "the peer's, through the channel");
+        let ack = gcb::encode(&Message::DummyAck { token: Token(9) }, 5).unwrap();
+        assert_eq!(classify(&mut reg, fd, moved, &ack, now), Incoming::Consumed, "the other process's Dummy answered");
+        let c = reg.udp.get(fd).unwrap().channel.unwrap();
+        assert_eq!((c.addr, c.token, c.reopen), (moved, Token(9), None), "followed, and no longer asked for");
         reg.udp.remove(fd);
     }
 }

@@ -360,8 +360,12 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         }
         // The channel learns where this socket is (and its NAT maps it)
         // before the application's first datagram follows.
-        if let Some(c) = channel {
+        // One still to be granted (`channel::open`) has no port to keep yet.
+        if let Some(c) = channel.filter(|c| c.reopen.is_none()) {
             super::control::send_dummy(fd, c.token, c.addr);
+        }
+        if channel.is_some() {
+            super::super::inherit::publish(reg);
         }
     });
     r
