@@ -165,6 +165,12 @@ pub(crate) fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
     if config::get().routes.lookup(IpAddr::V4(ip)) == Route::Direct {
         return false;
     }
+    // Our own brokers never enter either negative cache (`remember_no_broker`),
+    // so a connect to a proxy address neither takes the registry lock for the
+    // local one nor maps the shared one on a process's first connect.
+    if our_broker(ip).is_some() {
+        return true;
+    }
     let local = super::with(|reg| reg.negative.contains(ip, now));
     !super::negcache::known_not_gcb(local, ip)
 }
