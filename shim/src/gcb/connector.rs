@@ -253,13 +253,13 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             fail(libc::ECONNREFUSED)
         }
         Decision::Relay { via, token } => match dial::relay(fd, via, token, connect_deadline(fd)) {
-                Ok(()) => {
-                    name(fd, dest);
-                    set_errno(saved);
-                    0
-                }
-                Err(e) => brokered_failed(dest, "relay", e),
-            },
+            Ok(()) => {
+                name(fd, dest);
+                set_errno(saved);
+                0
+            }
+            Err(e) => brokered_failed(dest, "relay", e),
+        },
         Decision::Reversal { token } => {
             let Some(tmp) = tmp else { return brokered_failed(dest, "reversal", libc::ECONNREFUSED) };
             let deadline = connect_deadline(fd);
