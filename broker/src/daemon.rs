@@ -284,7 +284,18 @@ impl Daemon {
                         self.on_rendezvous();
                         rendezvous_done = true;
                     }
-                    token => self.on_dynamic(token),
+                    token => match self.slab.get(token) {
+                        Some(Dynamic::Relay(id)) => {
+                            let id = *id;
+                            let writable_only = event.is_writable()
+                                && !(event.is_readable()
+                                    || event.is_read_closed()
+                                    || event.is_write_closed()
+                                    || event.is_error());
+                            self.on_relay_event(id, token, writable_only);
+                        }
+                        _ => self.on_dynamic(token),
+                    },
                 }
             }
             if self.command_backlog && !command_done {

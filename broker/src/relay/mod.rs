@@ -164,6 +164,18 @@ impl Daemon {
             if is_gcb { "gcb connector" } else { "connector" },
             p.proxy,
         );
+        // No pump now: registering reports what is ready already (bytes a
+        // regular connector sent ahead, an EOF), and empty splices cost the
+        // connect that waits for this pairing.
+    }
+
+    /// An event on relay `id`'s socket `token`; `writable_only` if it says
+    /// nothing but "room to write" (see [`Relay::waits_for_room`]).
+    pub(crate) fn on_relay_event(&mut self, id: u64, token: mio::Token, writable_only: bool) {
+        let idle = |r: &Relay| writable_only && !r.waits_for_room(token);
+        if self.relays.map.get(&id).is_some_and(idle) {
+            return;
+        }
         self.pump_relay(id);
     }
 

@@ -191,6 +191,19 @@ impl Relay {
         })
     }
 
+    /// Whether a writable edge on the socket registered under `token` can move
+    /// anything: only a direction into it that holds bytes or an EOF to pass
+    /// on waits for room. Every other writable edge (each socket's first one,
+    /// right after pairing, and one after every send that drained its buffer)
+    /// would cost a pump run of empty splices.
+    pub fn waits_for_room(&self, token: Token) -> bool {
+        let Some(side) = self.tokens.iter().position(|t| *t == token) else {
+            return true;
+        };
+        let into = &self.dirs[1 - side];
+        into.held > 0 || (into.eof && !into.shut)
+    }
+
     /// Bytes delivered: connector → listener, listener → connector.
     pub fn bytes(&self) -> [u64; 2] {
         [self.dirs[0].bytes, self.dirs[1].bytes]

@@ -70,6 +70,11 @@ fn bytes_flow_both_ways_and_half_closes_pass_through() {
 #[test]
 fn a_slow_reader_holds_back_the_sender() {
     let (c, mut l, mut r) = relay();
+    r.tokens = [Token(1), Token(2)];
+    assert!(
+        !r.waits_for_room(Token(1)) && !r.waits_for_room(Token(2)),
+        "a fresh relay has nothing to write"
+    );
     c.set_nonblocking(true).unwrap();
     let chunk = vec![7u8; 64 * 1024];
     let mut written = 0usize;
@@ -91,6 +96,8 @@ fn a_slow_reader_holds_back_the_sender() {
     }
     let delivered = r.bytes()[0] as usize;
     assert!(delivered < written, "the relay must not absorb everything");
+    assert!(r.waits_for_room(Token(2)), "the listener's side holds bytes back");
+    assert!(!r.waits_for_room(Token(1)), "nothing waits to go to the connector");
     assert!(
         written < 64 << 20,
         "no unbounded buffering: {written} bytes taken"

@@ -4,8 +4,9 @@
 //!
 //! 1. Destinations that never need brokering go straight to the real `connect`:
 //!    loopback, `GCB_ROUTE` `direct`, and IPs in the negative cache.
-//! 2. Otherwise a hidden temporary listener is opened on the IP the kernel uses
-//!    towards the destination (in case the answer is a reversal), and `Connect`
+//! 2. Otherwise a hidden temporary listener on the IP the kernel uses towards
+//!    the destination (in case the answer is a reversal; the process's spare
+//!    one if free, see `reversal_listener`) is sent along, and `Connect`
 //!    goes to `IP:command_port` on a *connected* UDP socket, with the short probe
 //!    retry policy. ECONNREFUSED, a foreign reply or silence mean "not GCB": the
 //!    IP is cached as negative and the socket connects directly.
@@ -45,6 +46,7 @@ use super::family::{self, Family};
 use super::mgmt;
 use super::options::Options;
 use super::registry::Names;
+use super::reversal_listener::{self, TempListener};
 use super::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
 use crate::hook::{errno, set_errno};
@@ -63,7 +65,7 @@ enum Asked {
     /// A broker decided; in case it is a reversal, the temporary listener and
     /// the socket the `Connect` went out on (the broker's `ConnectFailed`
     /// arrives there).
-    Decision(Decision, Option<(Sock, SocketAddrV4)>, Option<Sock>),
+    Decision(Decision, Option<TempListener>, Option<Sock>),
     /// The shim could not make its own sockets for the exchange (EMFILE,
     /// ENFILE, ENOBUFS, ENOMEM): the caller gets that errno and may retry; the
     /// destination is not cached as "not GCB" for it.
@@ -165,6 +167,12 @@ pub(crate) fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
     if config::get().routes.lookup(IpAddr::V4(ip)) == Route::Direct {
         return false;
     }
+    // Our own brokers never enter either negative cache (`remember_no_broker`),
+    // so a connect to a proxy address neither takes the registry lock for the
+    // local one nor maps the shared one on a process's first connect.
+    if our_broker(ip).is_some() {
+        return true;
+    }
     let local = super::with(|reg| reg.negative.contains(ip, now));
     !super::negcache::known_not_gcb(local, ip)
 }
@@ -183,22 +191,6 @@ pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
     our_broker(ip).map_or(COMMAND_PORT, |b| b.port())
 }
 
-/// The hidden listener a reversed connection arrives on, of the application
-/// socket's `family`, since the connection it accepts takes that socket's place.
-fn temp_listener(ip: std::net::Ipv4Addr, family: Family) -> Result<(Sock, SocketAddrV4), Errno> {
-    let s = sys::socket_of(family, libc::SOCK_STREAM, true, true)?;
-    sys::bind_as(s.raw(), family, SocketAddrV4::new(ip, 0))?;
-    // Accept only once the listener's hello is in: one wake-up instead of two,
-    // and a connection dialed ahead that never speaks (`predial`) is never taken.
-    let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, dial::PAIR_TIMEOUT.as_secs() as c_int);
-    // SAFETY: our socket.
-    if unsafe { real::listen(s.raw(), 8) } < 0 {
-        return Err(errno());
-    }
-    let at = sys::local_addr(s.raw())?;
-    Ok((s, at))
-}
-
 /// Asks the broker at `dest`'s IP. A destination on one of our own brokers is
 /// known to be brokered: it gets the normal command retry policy rather than the
 /// short probe, and silence there is not remembered as "no broker".
@@ -210,18 +202,18 @@ fn ask(dest: SocketAddrV4, family: Family) -> Asked {
         Err(e) if out_of_resources(e) => return Asked::NoResources(e),
         Err(_) => return Asked::NotGcb,
     };
-    let tmp = match temp_listener(*local.ip(), family) {
+    let tmp = match reversal_listener::take(*local.ip(), family) {
         Ok(t) => Some(t),
         Err(e) if out_of_resources(e) => return Asked::NoResources(e),
         Err(_) => None,
     };
-    let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.1);
+    let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
     let msg = Message::Connect { proto: Proto::Tcp, target: dest, connector, connector_id: None, realm: config::get().realm.clone() };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
     match mgmt::exchange(probe.raw(), cmd, policy, &msg) {
         Ok(reply) => match mgmt::decision_of(reply) {
             Ok(d) => Asked::Decision(d, tmp, Some(probe)),
-            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, None, None),
+            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, tmp, None),
             Err(Some(code)) => Asked::Refused(code),
             Err(None) => Asked::NotGcb,
         },
@@ -237,11 +229,20 @@ fn ask(dest: SocketAddrV4, family: Family) -> Asked {
 }
 
 /// Carries out the broker's decision on the application's socket `fd`.
-unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Option<(Sock, SocketAddrV4)>, Option<Sock>), saved: c_int) -> c_int {
+unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Option<TempListener>, Option<Sock>), saved: c_int) -> c_int {
     log!(Debug, "connect to {dest}: {d:?}");
+    let tmp = match d {
+        Decision::Reversal { .. } => tmp,
+        _ => {
+            // Unused: nothing was told to dial it.
+            if let Some(t) = tmp {
+                reversal_listener::give_back(t);
+            }
+            None
+        }
+    };
     match d {
         Decision::Direct { addr } | Decision::SameRealm { addr } => {
-            drop(tmp);
             name(fd, dest);
             let raw = family::encode(addr, family::of(fd));
             set_errno(saved);
@@ -251,19 +252,16 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             log!(Info, "connect to {dest}: nothing is registered there");
             fail(libc::ECONNREFUSED)
         }
-        Decision::Relay { via, token } => {
-            drop(tmp);
-            match dial::relay(fd, via, token, connect_deadline(fd)) {
-                Ok(()) => {
-                    name(fd, dest);
-                    set_errno(saved);
-                    0
-                }
-                Err(e) => brokered_failed(dest, "relay", e),
+        Decision::Relay { via, token } => match dial::relay(fd, via, token, connect_deadline(fd)) {
+            Ok(()) => {
+                name(fd, dest);
+                set_errno(saved);
+                0
             }
-        }
+            Err(e) => brokered_failed(dest, "relay", e),
+        },
         Decision::Reversal { token } => {
-            let Some((tmp, _)) = tmp else { return brokered_failed(dest, "reversal", libc::ECONNREFUSED) };
+            let Some(tmp) = tmp else { return brokered_failed(dest, "reversal", libc::ECONNREFUSED) };
             let deadline = connect_deadline(fd);
             // Read while the listener dials, not after its connection is in.
             let app = match AppSocket::read(fd) {
@@ -271,8 +269,11 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
                 Err(e) => return brokered_failed(dest, "reversal", e),
             };
             let notices = notices.as_ref().map(Sock::raw);
-            match dial::accept_reversed(tmp.raw(), notices, token, deadline, app.nonblocking).and_then(|c| swap(fd, c, app.nonblocking, &app)) {
+            match dial::accept_reversed(tmp.raw(), notices, token, deadline, app.nonblocking, tmp.hello_wait()).and_then(|c| swap(fd, c, app.nonblocking, &app)) {
                 Ok(()) => {
+                    // Its connection taken; after a failure the listener's
+                    // dial may still come, so that one is closed (dropped).
+                    reversal_listener::give_back(tmp);
                     name(fd, dest);
                     set_errno(saved);
                     0
@@ -381,7 +382,8 @@ mod tests {
     /// one) is not taken by a reversed connect: the one that speaks is.
     #[test]
     fn a_silent_connection_does_not_hold_up_the_reversed_one() {
-        let (tmp, at) = temp_listener(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
+        let tmp = reversal_listener::take(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
+        let at = tmp.at;
         let silent = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
         sys::connect(silent.raw(), at, Instant::now() + std::time::Duration::from_secs(5)).unwrap();
         let peer = "198.51.100.10:4000".parse().unwrap();
@@ -389,7 +391,7 @@ mod tests {
         let record = super::super::doorbell::Record { secret: 1, token, dial: super::super::doorbell::Dial::Reverse { connector: at }, peer, proxy: peer };
         let (speaking, _) = dial::for_listener(&record, Family::V4, true, true).unwrap();
         // Well under the hello timeout a silent connection taken first would cost.
-        let got = dial::accept_reversed(tmp.raw(), None, token, Instant::now() + std::time::Duration::from_secs(3), true).unwrap();
+        let got = dial::accept_reversed(tmp.raw(), None, token, Instant::now() + std::time::Duration::from_secs(3), true, tmp.hello_wait()).unwrap();
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(speaking.raw()).unwrap());
         assert_eq!(sys::get_int_opt(got.raw(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT), Ok(0), "not carried to the application");
         // Never accepted, so never closed by the connector: no end of stream.

@@ -122,11 +122,12 @@ pub fn relay(fd: c_int, via: SocketAddrV4, token: Token, deadline: Instant) -> R
 }
 
 /// Connector side of `Reversal`: waits on the temporary listener `tmp` for the
-/// listener's connection bearing `token`, non-blocking if `nonblocking`.
+/// listener's connection bearing `token`, non-blocking if `nonblocking`. An
+/// accepted connection gets `hello_wait` to say its hello.
 /// Connections with another token (a stray, or a late duplicate of an earlier
 /// attempt) are closed. A `ConnectFailed` for `token` on `notices` (the socket
 /// the `Connect` went out on) ends the wait with ECONNREFUSED.
-pub fn accept_reversed(tmp: c_int, notices: Option<c_int>, token: Token, deadline: Instant, nonblocking: bool) -> Result<Sock, Errno> {
+pub fn accept_reversed(tmp: c_int, notices: Option<c_int>, token: Token, deadline: Instant, nonblocking: bool, hello_wait: Duration) -> Result<Sock, Errno> {
     loop {
         let mut fds = [libc::pollfd { fd: tmp, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: notices.unwrap_or(-1), events: libc::POLLIN, revents: 0 }];
         sys::wait_fds(&mut fds, deadline)?;
@@ -147,7 +148,7 @@ pub fn accept_reversed(tmp: c_int, notices: Option<c_int>, token: Token, deadlin
         }
         let c = Sock::from_raw(c);
         let mut buf = [0u8; StreamHello::LEN];
-        let hello_by = deadline.min(Instant::now() + DIAL_TIMEOUT);
+        let hello_by = deadline.min(Instant::now() + hello_wait);
         match sys::recv_exact(c.raw(), &mut buf, hello_by).map(|()| StreamHello::decode(&buf)) {
             Ok(Ok(StreamHello { token: t, role: Role::Listener })) if t == token => return Ok(c),
             other => log!(Debug, "reversed connection dropped: want token {token}, got {other:?}"),
@@ -177,7 +178,7 @@ mod tests {
         let (_stray, _) = for_listener(&record(1), Family::V4, true, true).unwrap();
         let (dialed, reported) = for_listener(&record(2), Family::Mapped, true, false).unwrap();
         assert_eq!(reported, peer);
-        let got = accept_reversed(tmp.raw(), None, Token(2), Instant::now() + PAIR_TIMEOUT, false).unwrap();
+        let got = accept_reversed(tmp.raw(), None, Token(2), Instant::now() + PAIR_TIMEOUT, false, DIAL_TIMEOUT).unwrap();
         assert!(!sys::is_nonblocking(got.raw()), "blocking as asked");
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(dialed.raw()).unwrap());
         assert!(!sys::is_nonblocking(dialed.raw()), "handed over blocking");

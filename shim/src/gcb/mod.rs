@@ -46,6 +46,7 @@ pub mod registration;
 pub mod registry;
 pub mod released;
 pub mod reported;
+pub mod reversal_listener;
 pub mod sys;
 pub mod udp;
 pub mod waits;
@@ -128,6 +129,7 @@ fn after_fork_in_child(reg: &mut Registry) {
         crate::internal::release(b.fd);
     }
     predial::forget_all(reg);
+    reversal_listener::forget_in_child(&mut reg.spare_listener);
     reg.acks_due.clear();
     for (_, l) in reg.listeners_mut() {
         l.shared = true;

@@ -42,7 +42,8 @@ const CARRIED_OPTIONS: &[(c_int, c_int)] = &[
 
 /// Bit `i`: the application set `CARRIED_OPTIONS[i]` on a watched or managed socket.
 static NOTED: AtomicU32 = AtomicU32::new(0);
-const _: () = assert!(CARRIED_OPTIONS.len() <= 32, "one bit of NOTED per option");
+const OPTION_COUNT: usize = CARRIED_OPTIONS.len();
+const _: () = assert!(OPTION_COUNT <= 32, "one bit of NOTED per option");
 
 /// `SO_RCVTIMEO_NEW` and `SO_SNDTIMEO_NEW` (64-bit `time_t` on 32-bit ABIs): the
 /// same options as the old names for this purpose.
@@ -78,27 +79,32 @@ fn read_option(fd: c_int, level: c_int, name: c_int) -> OptionValue {
     (r == 0).then_some((buf, len))
 }
 
-/// [`CARRIED_OPTIONS`] as a fresh TCP socket of this process has them, read
-/// once: the sockets `copy_options` writes to are always fresh (dialed, or
-/// accepted on a fresh temporary listener), so only values that differ from
-/// these need a `setsockopt`. That saves a dozen system calls per brokered
-/// connection for the usual application that sets few or no options.
-fn fresh_defaults() -> &'static [OptionValue] {
-    static DEFAULTS: OnceBox<Vec<OptionValue>> = OnceBox::new();
-    DEFAULTS.get_or_init(|| {
+/// [`CARRIED_OPTIONS`] as a fresh TCP socket of this process has them, each
+/// read once, the first time a socket with that option in `mask` is read: the
+/// sockets `copy_options` writes to are always fresh (dialed, or accepted on a
+/// fresh temporary listener), so only values that differ from these need a
+/// `setsockopt`. That saves a dozen system calls per brokered connection for
+/// the usual application that sets few or no options; reading only the masked
+/// ones keeps a process's first brokered connect from paying a dozen
+/// `getsockopt`s for options it never set.
+fn fresh_defaults(mask: u32) -> &'static [OnceBox<OptionValue>; OPTION_COUNT] {
+    static DEFAULTS: [OnceBox<OptionValue>; OPTION_COUNT] = [const { OnceBox::new() }; OPTION_COUNT];
+    let missing = |i: usize| mask & (1 << i) != 0 && DEFAULTS[i].get().is_none();
+    if (0..OPTION_COUNT).any(missing) {
         // SAFETY: plain socket creation; closed below.
         let fd = unsafe { real::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        let values = CARRIED_OPTIONS
-            .iter()
+        for (i, &(level, name)) in CARRIED_OPTIONS.iter().enumerate().filter(|&(i, _)| missing(i)) {
             // Without a socket to compare with, every value counts as changed.
-            .map(|&(level, name)| if fd >= 0 { read_option(fd, level, name) } else { None })
-            .collect();
+            let value = if fd >= 0 { read_option(fd, level, name) } else { None };
+            // A racing thread read the same value; either one will do.
+            let _ = DEFAULTS[i].set(Box::new(value));
+        }
         if fd >= 0 {
             // SAFETY: our own socket.
             unsafe { real::close(fd) };
         }
-        Box::new(values)
-    })
+    }
+    &DEFAULTS
 }
 
 /// The [`CARRIED_OPTIONS`] of a socket that differ from a fresh socket's, read
@@ -122,11 +128,11 @@ impl Options {
     }
 
     fn read_these(from: c_int, mask: u32) -> Options {
-        let defaults = fresh_defaults();
+        let defaults = fresh_defaults(mask);
         let mut set = Vec::new();
         for (i, &(level, name)) in CARRIED_OPTIONS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0) {
             let Some((buf, len)) = read_option(from, level, name) else { continue };
-            if let Some(Some((dbuf, dlen))) = defaults.get(i) {
+            if let Some(Some((dbuf, dlen))) = defaults[i].get() {
                 if *dlen == len && dbuf[..len as usize] == buf[..len as usize] {
                     continue;
                 }

@@ -61,6 +61,9 @@ pub struct Registry {
     pub brokers: super::brokers::Brokers,
     /// Managed UDP sockets: receiver lists, relay peers, buffers (see `udp`).
     pub udp: super::udp::table::UdpTable,
+    /// The connector's listener for reversed connections, between connects
+    /// (see `reversal_listener`).
+    pub spare_listener: super::reversal_listener::Spare,
 }
 
 impl Default for Registry {
@@ -84,6 +87,7 @@ impl Registry {
             generation: 0,
             brokers: Default::default(),
             udp: Default::default(),
+            spare_listener: None,
         }
     }
 
@@ -173,6 +177,9 @@ impl Registry {
     pub fn replace_internal_fd(&mut self, old: c_int, new: c_int) -> bool {
         if let Some((_, l)) = self.listeners_mut().find(|(_, l)| l.mgmt.fd == old) {
             l.mgmt.fd = new;
+            return true;
+        }
+        if super::reversal_listener::moved(&mut self.spare_listener, old, new) {
             return true;
         }
         if let Some(a) = self.ahead.iter_mut().find(|a| a.fd == old) {
