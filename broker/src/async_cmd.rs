@@ -49,7 +49,10 @@ impl Failure {
     /// the client is silent (killed, or its host gone) or says the socket is
     /// not registered. Other refusals (e.g. out of descriptors) are passing.
     pub fn owner_gone(&self) -> bool {
-        matches!(self, Failure::Silent(_) | Failure::Refused(ErrorCode::NotRegistered, _))
+        matches!(
+            self,
+            Failure::Silent(_) | Failure::Refused(ErrorCode::NotRegistered, _)
+        )
     }
 }
 
@@ -110,6 +113,12 @@ impl AsyncCommands {
         send(purpose.listener, bytes);
         self.purposes.insert(id, purpose);
         Ok(())
+    }
+
+    /// Whether `id` is a command in flight to `from`: its answer is one the
+    /// broker asked for, so it is not charged to the source's rate limit.
+    pub fn awaits(&self, id: u64, from: SocketAddrV4) -> bool {
+        self.purposes.get(&id).is_some_and(|p| p.listener == from)
     }
 
     /// A reply arrived on the command socket. `None` if it answers nothing
@@ -183,6 +192,22 @@ mod tests {
     }
 
     #[test]
+    fn only_a_command_in_flight_to_that_address_is_awaited() {
+        let t = Instant::now();
+        let mut c = AsyncCommands::new(100);
+        c.send(&command(), purpose(), t, None, |_, _| {}).unwrap();
+        let listener = purpose().listener;
+        assert!(c.awaits(100, listener));
+        assert!(!c.awaits(101, listener), "no such command");
+        assert!(
+            !c.awaits(100, "198.51.100.9:5000".parse().unwrap()),
+            "wrong peer"
+        );
+        c.on_reply(100, listener, &Message::Ack, t).unwrap();
+        assert!(!c.awaits(100, listener), "answered already");
+    }
+
+    #[test]
     fn ack_completes_and_duplicates_are_ignored() {
         let t = Instant::now();
         let mut c = AsyncCommands::new(100);
@@ -232,8 +257,13 @@ mod tests {
         }
         assert!(resent >= 3);
         assert_eq!(failed.len(), 1);
-        assert!(matches!(&failed[0], Outcome::Failed(_, why) if why.owner_gone() && why.to_string().contains("no answer")));
+        assert!(
+            matches!(&failed[0], Outcome::Failed(_, why) if why.owner_gone() && why.to_string().contains("no answer"))
+        );
         let busy = Failure::Refused(gcb::ErrorCode::Internal, "EMFILE".into());
-        assert!(!busy.owner_gone(), "a passing refusal keeps the registration");
+        assert!(
+            !busy.owner_gone(),
+            "a passing refusal keeps the registration"
+        );
     }
 }

@@ -10,7 +10,11 @@
 //!    so a status request from a trusted source can skip the rate limit: an
 //!    operator's `query` fetches many pages back to back;
 //! 2. the per-source-IP rate limit, before any work or reply, so a flood
-//!    costs one hash lookup per datagram and produces no traffic;
+//!    costs one hash lookup per datagram and produces no traffic. An answer
+//!    to a command the broker has in flight to that address is exempt: the
+//!    broker asked for it, there is at most one per command, and dropping it
+//!    would make a busy NAT site's servers look dead and lose their
+//!    registrations (many servers share one public IP);
 //! 3. malformed input is dropped and counted; a newer protocol version is
 //!    answered `VersionMismatch` so the peer learns why, not just silence;
 //! 4. replies (response flag set) are clients answering the broker's own
@@ -104,7 +108,8 @@ impl Daemon {
         let Some(decoded) = decoded else { return };
         let trusted_status = matches!(decoded, Ok((_, Message::StatusRequest { .. })))
             && self.status_allowed(*from.ip());
-        if !trusted_status && !self.gate.admit(from.ip(), now) {
+        let awaited = matches!(&decoded, Ok((h, m)) if m.is_response() && self.asyncs.awaits(h.request_id, from));
+        if !trusted_status && !awaited && !self.gate.admit(from.ip(), now) {
             self.counters.rate_limited += 1;
             return;
         }
@@ -268,11 +273,17 @@ impl Daemon {
     fn on_command_outcome(&mut self, outcome: Outcome, now: Instant) {
         match outcome {
             Outcome::Acked(p) if p.kind == gcb::Kind::ConnectFailed => {
-                debug!("connector {} told that {} will not dial", p.listener, p.proxy)
+                debug!(
+                    "connector {} told that {} will not dial",
+                    p.listener, p.proxy
+                )
             }
             // An older connector closed the socket its Connect came from.
             Outcome::Failed(p, why) if p.kind == gcb::Kind::ConnectFailed => {
-                debug!("connector {} not told that {} will not dial: {why}", p.listener, p.proxy)
+                debug!(
+                    "connector {} not told that {} will not dial: {why}",
+                    p.listener, p.proxy
+                )
             }
             Outcome::Acked(p) => {
                 debug!(
