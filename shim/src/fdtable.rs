@@ -22,6 +22,7 @@
 //! | `Named`   | a socket whose *names* the shim answers for  | `getsockname`, `getpeername`, `close`, dups    |
 //! | `Watched` | a GCB-mode TCP socket not yet listening or connected | `bind`, `listen`, `connect`, `epoll_ctl`, `close`, dups |
 //! | `WatchedUdp` | a GCB-mode UDP socket not (yet) registered or brokered | `bind`, `connect`, `sendto`/`sendmsg`/`sendmmsg`, `close`, dups |
+//! | `Connecting` | a socket whose non-blocking connect the responder brokers | `getsockopt`, `epoll_ctl`, `close`, dups |
 //!
 //! A UDP socket becomes `Managed` once registered or once it sends to a GCB
 //! address: then its reads are the shim's too (`gcb::udp`).
@@ -56,6 +57,9 @@ pub enum Kind {
     /// A UDP socket made in GCB mode: its binds and sends are looked at, so it
     /// registers or is brokered when it needs to (`gcb::udp`).
     WatchedUdp = 5,
+    /// A TCP socket whose non-blocking connect the responder is brokering: a
+    /// placeholder the connection will be put on (`gcb::connecting`).
+    Connecting = 6,
 }
 
 impl Kind {
@@ -66,6 +70,7 @@ impl Kind {
             3 => Kind::Named,
             4 => Kind::Watched,
             5 => Kind::WatchedUdp,
+            6 => Kind::Connecting,
             _ => Kind::Plain,
         }
     }
@@ -75,7 +80,7 @@ pub struct FdTable {
     kinds: [AtomicU8; CAPACITY],
     managed: AtomicUsize,
     internal: AtomicUsize,
-    /// `Named` and `Watched` entries together: they matter only to range closes.
+    /// The other kinds together: they matter only to range closes.
     other: AtomicUsize,
     /// One past the highest fd ever marked: the end of any scan.
     high: AtomicUsize,
@@ -164,7 +169,7 @@ impl FdTable {
             Kind::Plain => None,
             Kind::Internal => Some(&self.internal),
             Kind::Managed => Some(&self.managed),
-            Kind::Named | Kind::Watched | Kind::WatchedUdp => Some(&self.other),
+            Kind::Named | Kind::Watched | Kind::WatchedUdp | Kind::Connecting => Some(&self.other),
         }
     }
 

@@ -93,8 +93,6 @@ pub fn dispatch<R>(logic: impl FnOnce() -> R, real: impl FnOnce() -> R) -> R {
     };
     let run = || {
         crate::init::ensure();
-        // DPF: take dpfd's queued probes off the management sockets now and then.
-        crate::dpf::tick();
         logic()
     };
     match catch_unwind(AssertUnwindSafe(run)) {

@@ -40,6 +40,8 @@ use crate::log;
 const NEW: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
+/// Done, in a forked child whose own responder has not been started yet.
+const FORKED: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(NEW);
 
@@ -53,11 +55,19 @@ pub fn ensure() {
 
 #[cold]
 fn start() {
+    if STATE.compare_exchange(FORKED, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        let _errno = ErrnoGuard::new();
+        resume_in_child();
+        STATE.store(DONE, Ordering::Release);
+        return;
+    }
     if STATE.compare_exchange(NEW, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_err() {
         return;
     }
     let _errno = ErrnoGuard::new();
+    crate::process::claim();
     register_fork_handlers();
+    register_exit_handler();
     install_panic_hook();
 
     let cfg = config::get();
@@ -93,6 +103,29 @@ fn register_fork_handlers() {
     }
 }
 
+/// Registered once per process image; a forked child inherits it.
+fn register_exit_handler() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    if REGISTERED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: a handler with no preconditions; glibc's atexit (from
+    // libc_nonshared) ties it to this object's __dso_handle.
+    if unsafe { libc::atexit(at_exit) } != 0 {
+        log!(Warn, "atexit failed; registrations are dropped at their expiry when this process exits");
+    }
+}
+
+extern "C" fn at_exit() {
+    // A panic must not unwind into libc's exit; the guard keeps the shim's
+    // own calls out of the hooks.
+    crate::hook::prepare(|| {
+        if !crate::dpf::enabled() {
+            crate::gcb::at_exit();
+        }
+    });
+}
+
 extern "C" fn before_fork() {
     // One client per mode: the lock helpers track one lock taken for fork.
     if crate::dpf::enabled() {
@@ -111,12 +144,27 @@ extern "C" fn after_fork_in_parent() {
 }
 
 extern "C" fn after_fork_in_child() {
-    // An init another thread had under way will never finish in this process.
+    // Async-signal-safe work only: atomics, getpid, an unlock.
+    crate::process::claim();
+    crate::responder::forget_in_child();
+    // An init another thread had under way will never finish in this process;
+    // a finished one still owes the child its responder.
     let _ = STATE.compare_exchange(RUNNING, NEW, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = STATE.compare_exchange(DONE, FORKED, Ordering::Relaxed, Ordering::Relaxed);
     if crate::dpf::enabled() {
         crate::dpf::after_fork(true);
     } else {
         crate::gcb::after_fork(true);
+    }
+}
+
+/// The first hooked call of a forked child (or its `fork` hook): the child's
+/// own responder, for what it holds.
+fn resume_in_child() {
+    if crate::dpf::enabled() {
+        crate::dpf::resume_in_child();
+    } else {
+        crate::gcb::resume_in_child();
     }
 }
 

@@ -64,7 +64,9 @@ pub mod gcb;
 pub mod init;
 pub mod internal;
 pub mod managed;
+pub mod process;
 pub mod real;
+pub mod responder;
 pub mod route;
 
 mod hooks;

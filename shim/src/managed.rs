@@ -9,19 +9,15 @@
 //! Which kinds leave the fast path for which call is listed in
 //! [`crate::fdtable`]; in short:
 //!
-//! * listeners (`Managed`): `listen`, `accept`, names, dups and close, and every
-//!   wait of the process runs the AEH; their data calls pass through (a listening
-//!   TCP socket carries no data);
+//! * listeners (`Managed`): `listen`, `accept`, names, dups and close; their
+//!   data calls pass through (a listening TCP socket carries no data);
 //! * connections the shim names (`Named`, also DPF's forwarded UDP sockets):
 //!   names, dups and close;
 //! * connector candidates (`Watched`): `bind`, `listen`, `connect`, `epoll_ctl`, dups and close;
 //! * GCB-mode UDP sockets (`WatchedUdp`): `bind`, `connect` and the sends that name
 //!   a destination; once registered or brokered (`Managed`), every read too (`gcb::udp`).
 
-use libc::{
-    c_int, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, pollfd, sigset_t, size_t, sockaddr, socklen_t,
-    ssize_t, timespec, timeval,
-};
+use libc::{c_int, c_uint, c_ulong, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
 use crate::{dpf, gcb};
 
@@ -65,17 +61,10 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 
 by_mode! {
     fn listen(fd: c_int, backlog: c_int) -> c_int = dpf::ops::listen, gcb::listener::listen;
-    fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int = dpf::ops::accept4, gcb::listener::accept4;
+    fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int = dpf::ops::accept4, gcb::accept::accept4;
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int = dpf::ops::connect, gcb_connect;
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int = dpf::ops::getsockname, gcb::identity::getsockname;
     fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int = dpf::ops::getpeername, gcb::identity::getpeername;
-    fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int = dpf::waits::poll, gcb::waits::poll;
-    fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int = dpf::waits::ppoll, gcb::waits::ppoll;
-    fn select(nfds: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, timeout: *mut timeval) -> c_int = dpf::waits::select, gcb::waits::select;
-    fn pselect(nfds: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, timeout: *const timespec, sigmask: *const sigset_t) -> c_int = dpf::waits::pselect, gcb::waits::pselect;
-    fn epoll_wait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: c_int) -> c_int = dpf::waits::epoll_wait, gcb::waits::epoll_wait;
-    fn epoll_pwait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: c_int, sigmask: *const sigset_t) -> c_int = dpf::waits::epoll_pwait, gcb::waits::epoll_pwait;
-    fn epoll_pwait2(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: *const timespec, sigmask: *const sigset_t) -> c_int = dpf::waits::epoll_pwait2, gcb::waits::epoll_pwait2;
 }
 
 /// `connect` in GCB mode: UDP sockets through the receiver list, watched TCP

@@ -71,41 +71,85 @@ pub struct Codec<M> {
     pub is_response: fn(&M) -> bool,
 }
 
+/// One request in flight on a connected, non-blocking UDP socket, driven by
+/// whoever waits on it: [`exchange`] in the calling thread, or the responder
+/// for a non-blocking connect (`gcb::connecting`).
+pub struct Exchange {
+    req: Requester<SocketAddrV4>,
+    peer: SocketAddrV4,
+}
+
+impl Exchange {
+    /// Sends `msg` on `fd` to `peer`, retransmitted per `policy`.
+    pub fn start<M>(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, codec: &Codec<M>, msg: &M) -> Result<Exchange, NoAnswer> {
+        let mut req = new_requester(policy);
+        let (_, bytes) = req.send(peer, Instant::now(), |id| (codec.encode)(msg, id)).map_err(|_| NoAnswer::Io(libc::EINVAL))?;
+        send_or_refused(fd, bytes)?;
+        Ok(Exchange { req, peer })
+    }
+
+    /// When [`on_timeout`](Self::on_timeout) next has work; `None` once given up.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.req.next_deadline()
+    }
+
+    /// Reads what `fd` holds: the reply, a failure, or `None` to wait on.
+    pub fn on_readable<M>(&mut self, fd: c_int, codec: &Codec<M>) -> Option<Result<M, NoAnswer>> {
+        let mut buf = [0u8; DATAGRAM_MAX];
+        // A few stale or foreign datagrams may come first; bounded.
+        for _ in 0..16 {
+            // SAFETY: a live buffer of the given length.
+            let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                return match crate::hook::errno() {
+                    libc::ECONNREFUSED => Some(Err(NoAnswer::Refused)),
+                    libc::EAGAIN | libc::EINTR => None,
+                    e => Some(Err(NoAnswer::Io(e))),
+                };
+            }
+            match (codec.decode)(&buf[..n as usize]) {
+                Ok((h, m)) if (codec.is_response)(&m) && self.req.on_response(h.request_id, &self.peer, Instant::now()).is_some() => {
+                    return Some(Ok(m))
+                }
+                Err(DecodeError::NotProtocol) => return Some(Err(NoAnswer::NotProtocol)),
+                // A stale reply, or a message we cannot use: keep waiting.
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Retransmits what is due on `fd`; `Some` once the policy gave up.
+    pub fn on_timeout(&mut self, fd: c_int, now: Instant) -> Option<NoAnswer> {
+        for t in self.req.poll_timeout(now) {
+            match t {
+                Timeout::Retransmit { bytes, .. } => {
+                    if let Err(e) = send_or_refused(fd, &bytes) {
+                        return Some(e);
+                    }
+                }
+                Timeout::GaveUp { .. } => return Some(NoAnswer::Timeout),
+            }
+        }
+        None
+    }
+}
+
 /// Sends `msg` on the connected, non-blocking UDP socket `fd` and waits for the
 /// reply, retransmitting per `policy`. Bounded by `policy.total`.
 pub fn exchange<M>(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, codec: &Codec<M>, msg: &M) -> Result<M, NoAnswer> {
-    let mut req = new_requester(policy);
-    let (_, bytes) = req.send(peer, Instant::now(), |id| (codec.encode)(msg, id)).map_err(|_| NoAnswer::Io(libc::EINVAL))?;
-    send_or_refused(fd, bytes)?;
-    let mut buf = [0u8; DATAGRAM_MAX];
+    let mut ex = Exchange::start(fd, peer, policy, codec, msg)?;
     loop {
-        let Some(deadline) = req.next_deadline() else { return Err(NoAnswer::Timeout) };
+        let Some(deadline) = ex.next_deadline() else { return Err(NoAnswer::Timeout) };
         match sys::wait_fd(fd, libc::POLLIN, deadline) {
             Ok(_) => {
-                // SAFETY: a live buffer of the given length.
-                let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-                if n < 0 {
-                    match crate::hook::errno() {
-                        libc::ECONNREFUSED => return Err(NoAnswer::Refused),
-                        libc::EAGAIN | libc::EINTR => continue,
-                        e => return Err(NoAnswer::Io(e)),
-                    }
-                }
-                match (codec.decode)(&buf[..n as usize]) {
-                    Ok((h, m)) if (codec.is_response)(&m) && req.on_response(h.request_id, &peer, Instant::now()).is_some() => {
-                        return Ok(m)
-                    }
-                    Err(DecodeError::NotProtocol) => return Err(NoAnswer::NotProtocol),
-                    // A stale reply, or a message we cannot use: keep waiting.
-                    _ => {}
+                if let Some(answer) = ex.on_readable(fd, codec) {
+                    return answer;
                 }
             }
             Err(libc::ETIMEDOUT) => {
-                for t in req.poll_timeout(Instant::now()) {
-                    match t {
-                        Timeout::Retransmit { bytes, .. } => send_or_refused(fd, &bytes)?,
-                        Timeout::GaveUp { .. } => return Err(NoAnswer::Timeout),
-                    }
+                if let Some(e) = ex.on_timeout(fd, Instant::now()) {
+                    return Err(e);
                 }
             }
             Err(e) => return Err(NoAnswer::Io(e)),

@@ -11,7 +11,8 @@
 //!    exactly when `f` is in `records[id].fds()`.
 //! 2. A record has at least one fd: removing its last fd removes the record and
 //!    hands it back ([`Removed::Last`]).
-//! 3. No two records share a management socket ([`Record::mgmt_fd`]).
+//! 3. No two records share a management socket ([`Record::mgmt_fd`]); a
+//!    record without one yet says -1.
 //!
 //! [`FdRecords::check`] verifies all three; the tests run it after every step.
 
@@ -117,9 +118,9 @@ impl<R: Record> FdRecords<R> {
         self.records.iter_mut().map(|(id, r)| (*id, r))
     }
 
-    /// Every management fd, for the poll set of waits.
+    /// Every management fd, for the responder's poll set.
     pub fn mgmt_fds(&self) -> Vec<c_int> {
-        self.records.values().map(|r| r.mgmt_fd()).collect()
+        self.records.values().map(|r| r.mgmt_fd()).filter(|&fd| fd >= 0).collect()
     }
 
     /// The names to report for `fd`: its record's, or its own entry's.
@@ -210,7 +211,7 @@ impl<R: Record> FdRecords<R> {
             if let Some(fd) = r.fds().iter().find(|fd| self.fds.get(fd) != Some(&Entry::Record(*id))) {
                 return Err(format!("record {id} lists fd {fd}, which names something else"));
             }
-            if !mgmt.insert(r.mgmt_fd()) {
+            if r.mgmt_fd() >= 0 && !mgmt.insert(r.mgmt_fd()) {
                 return Err(format!("management fd {} is shared", r.mgmt_fd()));
             }
         }

@@ -12,22 +12,10 @@
 //! `dpfd` probes liveness with a TCP connect to the management socket every probe
 //! interval and deletes the forward after three failures. The kernel completes
 //! those connects only while the accept queue has room, so queued probes must be
-//! taken off it. Three layers do that:
-//!
-//! 1. the backlog is as large as the kernel allows (`somaxconn`, 4096 by default
-//!    since Linux 5.4), so thousands of probes fit before anything is lost;
-//! 2. [`sweep`] accepts and closes what is queued, non-blocking, whenever the
-//!    process calls into the shim: every hooked call runs [`super::tick`], which
-//!    sweeps at most every [`super::SWEEP_EVERY_MS`] ms at the cost of one relaxed
-//!    load (and a coarse clock read while forwards exist);
-//! 3. the process's waits (`poll`, `epoll_wait`, ...) are cut into slices of at most
-//!    [`super::waits::SLICE`] while forwards exist, sweeping between slices, so an
-//!    idle server blocked in a wait keeps answering.
-//!
-//! Residual risk: a process that holds a forward and makes no hooked call at all
-//! (spinning in user code, or blocked in a call the shim does not hook, such as
-//! `sigwait` or `pause`) queues one probe per interval and loses its forward after
-//! `somaxconn` intervals (over an hour at 1 s probes, more at dpfd's defaults).
+//! taken off it: the responder thread waits on every management socket and
+//! [`sweep`]s them as they come (`serve`), whatever the program is doing. The
+//! backlog is as large as the kernel allows (`somaxconn`) besides, so a
+//! responder that could not be started still leaves hours of room.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -140,6 +128,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         fdtable::set(fd, kind);
         super::inherit::publish(st);
     });
+    super::serve::ensure();
     Ok(public)
 }
 
@@ -201,5 +190,4 @@ pub fn sweep() {
             }
         }
     });
-    super::note_swept();
 }

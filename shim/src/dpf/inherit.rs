@@ -21,7 +21,7 @@ use crate::gcb::sys;
 /// Publishes the forwarded fds for exec. Call inside [`super::with`].
 pub fn publish(st: &State) {
     shared::publish_entries(st.forwards().flat_map(|f| {
-        f.fds.iter().map(|&fd| Entry { fd, mgmt: f.mgmt_fd, proxy: Some(f.public), local: f.bound, secret: 0, udp_token: None, channel: None })
+        f.fds.iter().map(|&fd| Entry { fd, mgmt: f.mgmt_fd, proxy: Some(f.public), local: f.bound, backlog: 0, udp_token: None, channel: None })
     }));
 }
 
@@ -56,6 +56,7 @@ pub fn adopt() {
             publish(st);
         });
         log!(Debug, "inherited {proto} {fds:?} ({local} as {public}) with management fd {mgmt_fd}");
+        super::serve::ensure();
     }
 }
 

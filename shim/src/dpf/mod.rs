@@ -23,11 +23,11 @@ pub mod inherit;
 pub mod ops;
 pub mod query;
 pub mod reported;
+pub mod serve;
 pub mod state;
-pub mod waits;
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 
 use crate::config::{self, Mode};
 use crate::gcb::lock::{self, Lock};
@@ -38,12 +38,8 @@ const OFF: u8 = 1;
 const ON: u8 = 2;
 static ENABLED: AtomicU8 = AtomicU8::new(UNKNOWN);
 static STATE: Lock<Option<State>> = Lock::new(None);
-/// Whether any forward exists: the one load [`tick`] costs otherwise.
+/// Whether any forward exists.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
-/// Coarse monotonic milliseconds of the next sweep [`tick`] may run.
-static NEXT_SWEEP_MS: AtomicU64 = AtomicU64::new(0);
-/// How often hooked calls sweep the management sockets, at most.
-pub const SWEEP_EVERY_MS: u64 = 200;
 
 /// Whether this process is a DPF client (`DPF_INAGENT` set to an IPv4 address).
 #[inline]
@@ -70,7 +66,7 @@ pub fn server() -> Option<SocketAddrV4> {
     }
 }
 
-/// Whether this process holds forwards (waits then slice and sweep).
+/// Whether this process holds forwards.
 #[inline]
 pub fn active() -> bool {
     ACTIVE.load(Relaxed)
@@ -100,34 +96,12 @@ pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     r
 }
 
-fn coarse_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: writes the timespec we pass; served by the vDSO, no system call.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
-/// Run by every hooked call (`hook::dispatch`): sweeps the management sockets'
-/// probe queues every [`SWEEP_EVERY_MS`] at most (see [`forward`]).
-#[inline]
-pub fn tick() {
-    if active() {
-        tick_slow();
+/// In a forked child (from the `fork` hook or its first hooked call): the
+/// child's own responder answers dpfd's probes for the forwards it shares.
+pub fn resume_in_child() {
+    if enabled() && active() {
+        serve::ensure();
     }
-}
-
-#[cold]
-fn tick_slow() {
-    let now = coarse_ms();
-    let next = NEXT_SWEEP_MS.load(Relaxed);
-    if now >= next && NEXT_SWEEP_MS.compare_exchange(next, now + SWEEP_EVERY_MS, Relaxed, Relaxed).is_ok() {
-        forward::sweep();
-    }
-}
-
-/// A sweep just ran; the next tick need not sweep for a while.
-fn note_swept() {
-    NEXT_SWEEP_MS.store(coarse_ms() + SWEEP_EVERY_MS, Relaxed);
 }
 
 /// `pthread_atfork` prepare handler (DPF mode).

@@ -191,6 +191,7 @@ pub fn fail_over(reg: &mut Registry, id: ListenerId, now: Instant, interval: Dur
     l.mgmt.requester = mgmt::new_requester(proto::rudp::RetryPolicy::default());
     l.mgmt.pending.clear();
     l.mgmt.next_heartbeat = now + interval;
+    l.joined = false;
     let msg = mgmt::register_message(l.proto, l.reg_local, local, l.proxy.map(|p| p.port()));
     mgmt::start(l, Purpose::Register, &msg, now);
 }

@@ -10,8 +10,8 @@
 //!    goes to `IP:command_port` on a *connected* UDP socket, with the short probe
 //!    retry policy. ECONNREFUSED, a foreign reply or silence mean "not GCB": the
 //!    IP is cached as negative and the socket connects directly.
-//! 3. `Direct` and `SameRealm`: the real `connect` to the address given, so a
-//!    non-blocking socket still gets EINPROGRESS. `NotRegistered`: ECONNREFUSED.
+//! 3. `Direct` and `SameRealm`: the real `connect` to the address given.
+//!    `NotRegistered`: ECONNREFUSED.
 //!    `Relay`: the application's socket meets the listener at the broker's
 //!    rendezvous. `Reversal`: the listener's connection arrives on the temporary
 //!    listener and is put on the application's fd number with `dup3`, keeping its
@@ -19,12 +19,14 @@
 //!    or the broker's `ConnectFailed` arrives on the `Connect` socket, kept open
 //!    for it, and the connect fails with ECONNREFUSED (the listener is gone).
 //!
-//! Brokered connects (relay, reversal) complete inside the call, also on a
-//! non-blocking socket, which then returns 0 at once connected, bounded by the
-//! socket's `SO_SNDTIMEO` or else the `dial` timeouts (ETIMEDOUT past them). `getpeername` on a brokered socket
-//! reports the address the application dialed, its peer's identity. The wait
-//! does not run the AEH: a connect takes a few round trips, well inside one
-//! heartbeat interval.
+//! A non-blocking socket returns EINPROGRESS at once, before any of this:
+//! the responder carries the steps out and puts the connection on the fd
+//! (`connecting`). A blocking one does them inside the call, bounded by the
+//! socket's `SO_SNDTIMEO` or else the `dial` timeouts (ETIMEDOUT past them),
+//! and its connect completes as soon as the connection is established end to
+//! end: the listener's responder dials and parks it without waiting for its
+//! program's `accept`. `getpeername` on a brokered socket reports the address
+//! the application dialed, its peer's identity.
 //!
 //! Only sockets made by `socket()` in this process image while GCB is on are
 //! candidates (`Watched`): AF_INET, and AF_INET6 dialing a v4-mapped address
@@ -44,9 +46,9 @@ use proto::Proto;
 use super::dial;
 use super::family::{self, Family};
 use super::mgmt;
-use super::options::Options;
 use super::registry::Names;
 use super::reversal_listener::{self, TempListener};
+use super::swap::{put_on, AppSocket};
 use super::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
 use crate::hook::{errno, set_errno};
@@ -54,7 +56,7 @@ use crate::route::Route;
 use crate::{config, real};
 
 /// What the destination's command port said.
-enum Asked {
+pub(crate) enum Asked {
     /// No broker there: connect directly.
     NotGcb,
     /// Our own broker did not answer in time: connect directly this once (a
@@ -93,6 +95,12 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         return real::connect(fd, addr, len);
     };
     let saved = errno();
+    // A non-blocking socket gets EINPROGRESS at once; the responder brokers it.
+    if sys::is_nonblocking(fd) {
+        if let Some(r) = super::connecting::start(fd, dest, fam, now) {
+            return r;
+        }
+    }
     match ask(dest, fam) {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; connecting directly", dest.ip());
@@ -191,26 +199,45 @@ pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
     our_broker(ip).map_or(COMMAND_PORT, |b| b.port())
 }
 
-/// Asks the broker at `dest`'s IP. A destination on one of our own brokers is
-/// known to be brokered: it gets the normal command retry policy rather than the
-/// short probe, and silence there is not remembered as "no broker".
-fn ask(dest: SocketAddrV4, family: Family) -> Asked {
+/// A `Connect` ready to go: its socket (connected to the command port at
+/// `cmd`), the temporary listener named in it, and the retry policy.
+pub(crate) struct Asking {
+    pub probe: Sock,
+    pub cmd: SocketAddrV4,
+    pub tmp: Option<TempListener>,
+    pub msg: Message,
+    pub policy: RetryPolicy,
+    /// `cmd` is one of our own brokers.
+    pub ours: bool,
+}
+
+/// Prepares asking the broker at `dest`'s IP. A destination on one of our own
+/// brokers is known to be brokered: it gets the normal command retry policy
+/// rather than the short probe, and silence there is not remembered as "no
+/// broker". `Err` when there is nothing to ask.
+pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, Asked> {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
     let (probe, local) = match mgmt::open(cmd) {
         Ok(p) => p,
-        Err(e) if out_of_resources(e) => return Asked::NoResources(e),
-        Err(_) => return Asked::NotGcb,
+        Err(e) if out_of_resources(e) => return Err(Asked::NoResources(e)),
+        Err(_) => return Err(Asked::NotGcb),
     };
     let tmp = match reversal_listener::take(*local.ip(), family) {
         Ok(t) => Some(t),
-        Err(e) if out_of_resources(e) => return Asked::NoResources(e),
+        Err(e) if out_of_resources(e) => return Err(Asked::NoResources(e)),
         Err(_) => None,
     };
     let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
     let msg = Message::Connect { proto: Proto::Tcp, target: dest, connector, connector_id: None, realm: config::get().realm.clone() };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
-    match mgmt::exchange(probe.raw(), cmd, policy, &msg) {
+    Ok(Asking { probe, cmd, tmp, msg, policy, ours })
+}
+
+/// What the exchange `asked` came to.
+pub(crate) fn answered(asked: Asking, got: Result<Message, mgmt::NoAnswer>, dest: SocketAddrV4) -> Asked {
+    let Asking { probe, cmd, tmp, ours, .. } = asked;
+    match got {
         Ok(reply) => match mgmt::decision_of(reply) {
             Ok(d) => Asked::Decision(d, tmp, Some(probe)),
             Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, tmp, None),
@@ -225,6 +252,17 @@ fn ask(dest: SocketAddrV4, family: Family) -> Asked {
                 _ => Asked::NotGcb,
             }
         }
+    }
+}
+
+/// Asks the broker at `dest`'s IP, waiting for the answer (a blocking connect).
+fn ask(dest: SocketAddrV4, family: Family) -> Asked {
+    match prepare_ask(dest, family) {
+        Ok(a) => {
+            let got = mgmt::exchange(a.probe.raw(), a.cmd, a.policy, &a.msg);
+            answered(a, got, dest)
+        }
+        Err(asked) => asked,
     }
 }
 
@@ -311,54 +349,11 @@ fn name(fd: c_int, dest: SocketAddrV4) {
     });
 }
 
-/// What a reversed connection takes over from the application's socket,
-/// read while the listener dials.
-struct AppSocket {
-    nonblocking: bool,
-    cloexec: bool,
-    /// A watched socket was made in this image: only the options set matter.
-    options: Options,
-}
-
-impl AppSocket {
-    fn read(fd: c_int) -> Result<AppSocket, Errno> {
-        let nonblocking = sys::get_fl(fd)? & libc::O_NONBLOCK != 0;
-        // SAFETY: F_GETFD takes no argument.
-        let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
-        let cloexec = fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0;
-        Ok(AppSocket { nonblocking, cloexec, options: Options::read_noted(fd) })
-    }
-}
-
 /// Puts connection `c` (non-blocking if `c_nonblocking`) on the application's
-/// fd number, as the application's own socket `app` would have been: same
-/// O_NONBLOCK and FD_CLOEXEC, its options, and the epoll registrations it had
-/// (see `interest`).
+/// fd number, as `app` was set up (see `swap`).
 fn swap(fd: c_int, c: Sock, c_nonblocking: bool, app: &AppSocket) -> Result<(), Errno> {
-    app.options.apply(c.raw());
-    if c_nonblocking != app.nonblocking {
-        sys::set_nonblock(c.raw(), app.nonblocking)?;
-    }
     let regs = super::with(|reg| reg.interest.take(fd));
-    let event = |r: &super::interest::Registration| libc::epoll_event { events: r.events, u64: r.data };
-    // Re-add only where the old registration is confirmed live (module docs of `interest`).
-    let live: Vec<_> = regs
-        .into_iter()
-        // SAFETY: a valid event struct; MOD on a set without `fd` just fails.
-        .filter(|r| unsafe { real::epoll_ctl(r.epfd, libc::EPOLL_CTL_MOD, fd, &mut event(r)) } == 0)
-        .collect();
-    let cloexec = if app.cloexec { libc::O_CLOEXEC } else { 0 };
-    // SAFETY: both fds are valid; `fd` is replaced atomically.
-    if unsafe { real::dup3(c.raw(), fd, cloexec) } < 0 {
-        return Err(errno());
-    }
-    for r in &live {
-        // SAFETY: as above.
-        if unsafe { real::epoll_ctl(r.epfd, libc::EPOLL_CTL_ADD, fd, &mut event(r)) } < 0 {
-            log!(Warn, "fd {fd} not re-added to epoll fd {} after a reversed connect: {}", r.epfd, std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    put_on(fd, c, c_nonblocking, app, regs)
 }
 
 #[cfg(test)]
@@ -378,18 +373,16 @@ mod tests {
         assert_eq!(command_port(ip), COMMAND_PORT);
     }
 
-    /// A connection that never says hello (dialed ahead, then claimed by no
-    /// one) is not taken by a reversed connect: the one that speaks is.
+    /// A connection that never says hello (a stray, or one that lost its
+    /// way) is not taken by a reversed connect: the one that speaks is.
     #[test]
     fn a_silent_connection_does_not_hold_up_the_reversed_one() {
         let tmp = reversal_listener::take(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
         let at = tmp.at;
         let silent = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
         sys::connect(silent.raw(), at, Instant::now() + std::time::Duration::from_secs(5)).unwrap();
-        let peer = "198.51.100.10:4000".parse().unwrap();
         let token = proto::gcb::Token(9);
-        let record = super::super::doorbell::Record { secret: 1, token, dial: super::super::doorbell::Dial::Reverse { connector: at }, peer, proxy: peer };
-        let (speaking, _) = dial::for_listener(&record, Family::V4, true, true).unwrap();
+        let speaking = dial::tests::dial_hello(at, token);
         // Well under the hello timeout a silent connection taken first would cost.
         let got = dial::accept_reversed(tmp.raw(), None, token, Instant::now() + std::time::Duration::from_secs(3), true, tmp.hello_wait()).unwrap();
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(speaking.raw()).unwrap());
@@ -401,6 +394,7 @@ mod tests {
 
     #[test]
     fn swap_keeps_flags_and_epoll_registrations() {
+        use super::super::options::Options;
         let l = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         sys::bind(l.raw(), "127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(unsafe { real::listen(l.raw(), 4) }, 0);

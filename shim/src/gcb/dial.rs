@@ -1,12 +1,11 @@
-//! The TCP legs of brokered connections and their preambles (proto `stream`).
-//!
-//! Listener side, for a [`Record`](super::doorbell::Record): reversal dials the
-//! connector and sends `StreamHello{token, Listener}`; relay dials the broker's
-//! rendezvous, sends the same, and waits for `StreamPeer`. Connector side: relay
-//! connects the application's own socket to the rendezvous (`StreamHello{token,
-//! Connector}`, then `StreamPeer`); reversal accepts on the temporary listener and
-//! checks the hello's token. Preambles are exchanged here in full, so once a
-//! connection reaches the application its byte stream is the application's alone.
+//! The connector's TCP legs of brokered connections and their preambles
+//! (proto `stream`), for a blocking `connect`: relay connects the
+//! application's own socket to the rendezvous (`StreamHello{token,
+//! Connector}`, then `StreamPeer`); reversal accepts on the temporary listener
+//! and checks the hello's token. Preambles are exchanged here in full, so once a
+//! connection reaches the application its byte stream is the application's
+//! alone. The listener's legs are the responder's (`serve`); a non-blocking
+//! connect's are `connecting`'s.
 //!
 //! Every step is bounded by [`DIAL_TIMEOUT`] or [`PAIR_TIMEOUT`]; failures come
 //! back as the errno the application's call will report.
@@ -17,8 +16,6 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::gcb::{Frame, Role, StreamHello, StreamPeer, Token};
 
-use super::doorbell::{Dial, Record};
-use super::family::Family;
 use super::sys::{self, Errno, Sock};
 use crate::real;
 
@@ -26,66 +23,11 @@ use crate::real;
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// For the other side of a brokered connection to turn up: the broker sends
 /// `StreamPeer` once both halves have arrived, and a reversed connection comes
-/// once the listening application accepts it (at once when idle; a busy server
-/// with a full accept queue takes the kernel's SYN retries, 1, 3, 7, 15 s).
-/// A connector whose socket has `SO_SNDTIMEO` is bounded by that instead, as
-/// the kernel bounds its blocking connects.
+/// as soon as the listener's responder dials (a round trip after the broker's
+/// command; the broker says so with `ConnectFailed` when the listener does not
+/// answer). A connector whose socket has `SO_SNDTIMEO` is bounded by that
+/// instead, as the kernel bounds its blocking connects.
 pub const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Dials for `record` (listener side). Returns the connected socket, of the
-/// listener's `family`, non-blocking if `nonblocking` and close-on-exec if
-/// `cloexec`, with the peer to report.
-pub fn for_listener(record: &Record, family: Family, cloexec: bool, nonblocking: bool) -> Result<(Sock, SocketAddrV4), Errno> {
-    let start = Instant::now();
-    let s = sys::socket_of(family, libc::SOCK_STREAM, cloexec, true)?;
-    let to = match record.dial {
-        Dial::Reverse { connector } => connector,
-        Dial::Relay { broker } => broker,
-    };
-    sys::ack_with_first_data(s.raw());
-    sys::connect_start(s.raw(), family, to)?;
-    // The hello goes as soon as the handshake is over (its send waits for
-    // that), carrying the handshake's last ACK.
-    send_hello(s.raw(), record, start)?;
-    preamble_rest(s, record, start, nonblocking)
-}
-
-/// [`for_listener`] for a doorbell's record: the connection the AEH dialed
-/// ahead for it (`predial`) if there is one and its handshake succeeded, else a
-/// fresh one. Close-on-exec, at whatever number: the caller puts it on the
-/// doorbell's fd.
-pub fn for_doorbell(record: &Record, family: Family, nonblocking: bool) -> Result<(Sock, SocketAddrV4), Errno> {
-    if let Some(s) = super::predial::take(record.token) {
-        let start = Instant::now();
-        // A failed handshake shows here, before anything was said on it.
-        match send_hello(s.raw(), record, start) {
-            Ok(()) => return preamble_rest(s, record, start, nonblocking),
-            Err(e) => log!(Debug, "the connection dialed ahead for token {} failed ({}); dialing again", record.token, std::io::Error::from_raw_os_error(e)),
-        }
-    }
-    for_listener(record, family, true, nonblocking)
-}
-
-/// The listener's `StreamHello` on `fd`, connected or still connecting.
-fn send_hello(fd: c_int, record: &Record, start: Instant) -> Result<(), Errno> {
-    let hello = StreamHello { token: record.token, role: Role::Listener }.to_bytes();
-    sys::send_all(fd, &hello, start + DIAL_TIMEOUT)
-}
-
-/// The rest of the listener's preamble on `s` after its hello: for a relay the
-/// broker's `StreamPeer`. `s`, a non-blocking socket the shim made, is then
-/// blocking unless `nonblocking`.
-fn preamble_rest(s: Sock, record: &Record, start: Instant, nonblocking: bool) -> Result<(Sock, SocketAddrV4), Errno> {
-    let peer = match record.dial {
-        Dial::Reverse { .. } => record.peer,
-        Dial::Relay { .. } => read_peer(s.raw(), start + PAIR_TIMEOUT)?,
-    };
-    if !nonblocking {
-        // Made with SOCK_NONBLOCK and no other status flag: no F_GETFL needed.
-        sys::set_fl(s.raw(), 0)?;
-    }
-    Ok((s, peer))
-}
 
 /// Reads the broker's `StreamPeer`: the original peer once paired.
 fn read_peer(fd: c_int, deadline: Instant) -> Result<SocketAddrV4, Errno> {
@@ -157,7 +99,7 @@ pub fn accept_reversed(tmp: c_int, notices: Option<c_int>, token: Token, deadlin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
@@ -169,19 +111,25 @@ mod tests {
         (l, at)
     }
 
+    /// A listener's side of a reversal, as the responder dials it: connect,
+    /// then the hello.
+    pub(crate) fn dial_hello(to: SocketAddrV4, token: Token) -> Sock {
+        let s = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
+        sys::connect(s.raw(), to, Instant::now() + DIAL_TIMEOUT).unwrap();
+        let hello = StreamHello { token, role: Role::Listener }.to_bytes();
+        sys::send_all(s.raw(), &hello, Instant::now() + DIAL_TIMEOUT).unwrap();
+        s
+    }
+
     #[test]
     fn reversal_on_loopback_checks_the_token() {
         let (tmp, at) = listening();
-        let peer: SocketAddrV4 = "198.51.100.10:4000".parse().unwrap();
-        let record = |token| Record { secret: 1, token: Token(token), dial: Dial::Reverse { connector: at }, peer, proxy: peer };
         // A wrong token first: dropped, then the right one is taken.
-        let (_stray, _) = for_listener(&record(1), Family::V4, true, true).unwrap();
-        let (dialed, reported) = for_listener(&record(2), Family::Mapped, true, false).unwrap();
-        assert_eq!(reported, peer);
+        let _stray = dial_hello(at, Token(1));
+        let dialed = dial_hello(at, Token(2));
         let got = accept_reversed(tmp.raw(), None, Token(2), Instant::now() + PAIR_TIMEOUT, false, DIAL_TIMEOUT).unwrap();
         assert!(!sys::is_nonblocking(got.raw()), "blocking as asked");
         assert_eq!(sys::peer_addr(got.raw()).unwrap(), sys::local_addr(dialed.raw()).unwrap());
-        assert!(!sys::is_nonblocking(dialed.raw()), "handed over blocking");
     }
 
     #[test]
@@ -198,10 +146,8 @@ mod tests {
                 sys::send_all(c.raw(), &answer.to_bytes(), Instant::now() + Duration::from_secs(5)).unwrap();
             }
         });
-        let record = Record { secret: 1, token: Token(7), dial: Dial::Relay { broker: at }, peer, proxy: peer };
-        let (_s, reported) = for_listener(&record, Family::V4, true, true).unwrap();
-        assert!(sys::is_nonblocking(_s.raw()), "non-blocking as asked");
-        assert_eq!(reported, peer);
+        let app = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
+        assert_eq!(relay(app.raw(), at, Token(7), Instant::now() + PAIR_TIMEOUT), Ok(()));
         let app = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         assert_eq!(relay(app.raw(), at, Token(7), Instant::now() + PAIR_TIMEOUT), Err(libc::ECONNREFUSED));
         assert!(!sys::is_nonblocking(app.raw()), "flags restored");

@@ -7,9 +7,9 @@
 //! * Closing an fd forgets it (before the real close: once closed, the number can
 //!   be reused at once by another thread). Closing a listener's last fd in this
 //!   process closes its management socket and sends `Unregister` (one datagram,
-//!   no wait), unless the listener is shared with another process (after `fork`,
-//!   or inherited across `exec`): then the other holders keep using it, and the
-//!   broker drops the registration when the last holder stops heartbeating.
+//!   no wait) for this process's holding: the broker keeps the registration
+//!   for its other holders (after `fork`, `exec`, `SCM_RIGHTS`), and drops it
+//!   with the last one, or when the last one stops heartbeating.
 //! * `close_range` and `closefrom` by the application run the same logic for every
 //!   such fd in the range (see `internal`).
 //!
@@ -26,7 +26,7 @@ use crate::real;
 
 /// Whether the GCB client keeps anything for fds of `kind`.
 pub fn tracked(kind: Kind) -> bool {
-    matches!(kind, Kind::Managed | Kind::Named | Kind::Watched | Kind::WatchedUdp)
+    matches!(kind, Kind::Managed | Kind::Named | Kind::Watched | Kind::WatchedUdp | Kind::Connecting)
 }
 
 /// Drops what the client knows about `fd`, which is being closed or replaced.
@@ -35,6 +35,11 @@ pub fn forget(fd: c_int) {
     match fdtable::kind(fd) {
         Kind::Plain | Kind::Internal => {}
         Kind::Watched => super::with(|reg| unwatch(reg, fd)),
+        Kind::Connecting => super::with(|reg| {
+            super::connecting::cancel(reg, fd);
+            reg.interest.take(fd);
+            fdtable::set(fd, Kind::Plain);
+        }),
         Kind::WatchedUdp => {
             fdtable::replace(fd, Kind::WatchedUdp, Kind::Plain);
         }
@@ -47,6 +52,7 @@ pub fn forget(fd: c_int) {
                     }
                 }
                 let removed = reg.remove_fd(fd);
+                super::connecting::cancel(reg, fd);
                 fdtable::set(fd, Kind::Plain);
                 if matches!(removed, Removed::Last(_) | Removed::Alias) {
                     super::inherit::publish(reg);
@@ -60,19 +66,32 @@ pub fn forget(fd: c_int) {
     }
 }
 
-/// The listener's last fd in this process is gone.
+/// The listener's last fd in this process is gone: this process leaves the
+/// registration (the broker keeps it while another holder remains), and its
+/// management socket is closed.
 fn wind_up(mut l: Box<Listener>) {
-    if l.shared {
-        log!(Debug, "{} {} closed here; shared with another process, so left registered", l.proto, l.reg_local);
-    } else {
-        mgmt::send_unregister(&mut l);
-        // Only TCP re-listens are remembered: the table is keyed by local
-        // address alone, and a UDP socket's old port means nothing to TCP.
-        if let (Some(proxy), proto::Proto::Tcp) = (l.proxy, l.proto) {
-            super::with(|reg| reg.released.remember(l.reg_local, proxy));
-        }
+    mgmt::send_unregister(&mut l);
+    // Only TCP re-listens are remembered: the table is keyed by local
+    // address alone, and a UDP socket's old port means nothing to TCP.
+    if let (Some(proxy), proto::Proto::Tcp, false) = (l.proxy, l.proto, l.shared) {
+        super::with(|reg| reg.released.remember(l.reg_local, proxy));
     }
-    crate::internal::release(l.mgmt.fd);
+    if l.mgmt.fd >= 0 {
+        crate::internal::release(l.mgmt.fd);
+    }
+}
+
+/// This process stops being a holder of every registration (it exits, or
+/// replaces its image): one `Unregister` each, no reply awaited. The
+/// registrations stay with their other holders; a new image that inherits
+/// the listeners joins again.
+pub fn leave_all() {
+    super::with(|reg| {
+        for (_, l) in reg.listeners_mut() {
+            mgmt::send_unregister(l);
+            l.joined = false;
+        }
+    });
 }
 
 /// A watched socket stops being a candidate (connected directly, or closed).
@@ -108,7 +127,8 @@ pub fn duplicated(old: c_int, new: c_int) {
                 }
             }
         }),
-        Kind::Plain | Kind::Internal => {}
+        // A dup of a placeholder stays one (`connecting`, limits).
+        Kind::Plain | Kind::Internal | Kind::Connecting => {}
     }
 }
 

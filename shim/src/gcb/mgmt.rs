@@ -11,15 +11,16 @@
 //! Two styles of exchange:
 //! * [`exchange`] is blocking and bounded: `listen` registers this way, and the
 //!   connector asks `Connect` this way on a socket of its own;
-//! * everything else is asynchronous: [`start`] sends, and the AEH feeds the
-//!   socket's datagrams to [`on_datagram`] and calls [`on_timers`] when
+//! * everything else is asynchronous: [`start`] sends, and the responder feeds
+//!   the socket's datagrams to [`on_datagram`] and calls [`on_timers`] when
 //!   [`next_deadline`] passes. These run under the registry lock and only ever
 //!   send (non-blocking), never wait.
 //!
-//! A management socket shared by several processes (fork, exec) delivers each
-//! datagram to whichever process reads it first. So replies are matched by
-//! request id per process and others' replies ignored, while a
-//! `ReregisterRequest` is acted on by whoever gets it.
+//! A management socket is one process's own: every process that holds a
+//! listener (after `fork`, `exec`, or receiving it over `SCM_RIGHTS`) opens
+//! its own and registers the same local address from it, which the broker
+//! takes as one more holder of the same registration ([`Listener::joined`]).
+//! A holder heartbeats only once its own `Register` has been answered.
 
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -29,8 +30,8 @@ use proto::gcb::{self, Decision, ErrorCode, Message, MgmtInfo};
 use proto::rudp::{RetryPolicy, Timeout};
 use proto::{Endpoint, Proto};
 
-use super::doorbell::{Dial, Job, Record};
 use super::family::Family;
+use super::serve::{Dial, Job};
 use super::registry::{Listener, ListenerId, Purpose, Registry};
 use super::sys::{self, Errno, Sock};
 use crate::client::seal;
@@ -39,7 +40,7 @@ use crate::config;
 pub use crate::client::exchange::{new_requester, send_datagram, NoAnswer, DATAGRAM_MAX};
 
 /// The GCB codec for [`crate::client::exchange`].
-const CODEC: crate::client::exchange::Codec<Message> =
+pub(crate) const CODEC: crate::client::exchange::Codec<Message> =
     crate::client::exchange::Codec { encode: seal::gcb_encode, decode: seal::gcb_decode, is_response: Message::is_response };
 
 /// Opens a non-blocking UDP socket connected to `to`; returns it and its own
@@ -115,7 +116,9 @@ pub fn start(l: &mut Listener, purpose: Purpose, msg: &Message, now: Instant) {
 
 /// Best effort, one datagram, no reply awaited: the listener is being closed.
 pub fn send_unregister(l: &mut Listener) {
-    let Some(proxy) = l.proxy else { return };
+    // A `Register` still in flight may yet join: leave after it, in order.
+    let holding = l.joined || register_pending(l);
+    let Some(proxy) = l.proxy.filter(|_| l.mgmt.fd >= 0 && holding) else { return };
     let msg = Message::Unregister { proxy: Endpoint::new(l.proto, proxy) };
     if let Ok((id, bytes)) = l.mgmt.requester.send(l.mgmt.broker, Instant::now(), |id| seal::gcb_encode(&msg, id)) {
         let _ = send_datagram(l.mgmt.fd, bytes);
@@ -170,7 +173,7 @@ pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instan
     }
     let (reply, job) = match msg {
         Message::MakeHole { token, target, peer, proxy } => (super::udp::control::make_hole(reg, id, token, target, peer, proxy, now), None),
-        msg => command(reg.listener(id)?, id, msg),
+        msg => command(reg, id, msg),
     };
     if let Ok(bytes) = seal::gcb_encode(&reply, header.request_id) {
         // The Ack of a connection command waits until the connection is under
@@ -208,8 +211,13 @@ fn drop_datagram(e: proto::auth::AuthError) -> Option<Job> {
     None
 }
 
-/// The reply to a broker command, and the connection it asks for.
-fn command(l: &Listener, id: ListenerId, msg: Message) -> (Message, Option<Job>) {
+/// The reply to a broker command, and the connection it asks for: refused
+/// when the listener's backlog is full, as the kernel drops a connection it
+/// has no room for.
+fn command(reg: &Registry, id: ListenerId, msg: Message) -> (Message, Option<Job>) {
+    let Some(l) = reg.listener(id) else {
+        return (Message::error(ErrorCode::NotRegistered, "no such listener here"), None);
+    };
     let (token, dial, peer, proxy) = match msg {
         Message::ReverseConnect { token, connector, peer, proxy } => (token, Dial::Reverse { connector }, peer, proxy),
         Message::RelayConnect { token, broker, peer, proxy } => (token, Dial::Relay { broker }, peer, proxy),
@@ -221,9 +229,12 @@ fn command(l: &Listener, id: ListenerId, msg: Message) -> (Message, Option<Job>)
     if l.proxy != Some(proxy) {
         return (Message::error(ErrorCode::NotRegistered, "no such listener here"), None);
     }
-    let record = Record { secret: l.secret, token, dial, peer, proxy };
+    if !super::serve::room_for(reg, id) {
+        log!(Debug, "a connection from {peer} to {proxy} refused: its accept queue is full ({})", l.backlog);
+        return (Message::error(ErrorCode::LimitReached, "the listener's accept queue is full"), None);
+    }
     log!(Debug, "broker asks for a connection from {peer} to {proxy}: {dial:?}");
-    (Message::Ack, Some(Job { listener: id, target: l.doorbell_target(), record }))
+    (Message::Ack, Some(Job { listener: id, token, dial, peer, proxy }))
 }
 
 fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, now: Instant) {
@@ -240,6 +251,7 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
             }
             renamed = l.proxy != Some(proxy);
             l.proxy = Some(proxy);
+            l.joined = true;
             l.udp_token = udp_token;
             log!(Info, "registered {} {} as {proxy}", l.proto, l.reg_local);
             paths = true;
@@ -254,11 +266,15 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
         (_, Message::ReregisterRequest { unknown }) => {
             if l.proxy.is_some_and(|p| unknown.contains(&Endpoint::new(l.proto, p))) {
                 log!(Debug, "the broker {broker} forgot {} {}; registering again", l.proto, l.reg_local);
+                l.joined = false;
                 reregister(l, now);
             }
         }
         (Some(Purpose::Heartbeat), Message::HeartbeatAck) => {}
-        (Some(Purpose::Heartbeat), Message::Error { code: ErrorCode::NotRegistered, .. }) => reregister(l, now),
+        (Some(Purpose::Heartbeat), Message::Error { code: ErrorCode::NotRegistered, .. }) => {
+            l.joined = false;
+            reregister(l, now)
+        }
         (Some(Purpose::Channel { fd, peer }), reply) => reopened = Some((fd, peer, reply)),
         (Some(_), other) => log!(Debug, "reply {:?} from {broker} ignored", other.kind()),
         (None, _) => {} // a reply to another process sharing the socket, or a late one
@@ -280,15 +296,18 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
 pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
     let limit = super::brokers::silence_limit(interval);
     let silent: Vec<ListenerId> =
-        reg.listeners().filter(|(_, l)| now.saturating_duration_since(l.mgmt.heard) >= limit).map(|(id, _)| id).collect();
+        reg.listeners().filter(|(_, l)| l.mgmt.fd >= 0 && now.saturating_duration_since(l.mgmt.heard) >= limit).map(|(id, _)| id).collect();
     for id in silent {
         super::brokers::fail_over(reg, id, now, interval);
     }
     let mut heartbeated = Vec::new();
     for (id, l) in reg.listeners_mut() {
+        if l.mgmt.fd < 0 && !open_own(l) {
+            continue;
+        }
         if now >= l.mgmt.next_heartbeat {
             l.mgmt.next_heartbeat = now + interval;
-            match l.proxy {
+            match l.proxy.filter(|_| l.joined) {
                 Some(proxy) => {
                     let msg = Message::Heartbeat { held: vec![Endpoint::new(l.proto, proxy)] };
                     start(l, Purpose::Heartbeat, &msg, now);
@@ -316,6 +335,28 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
     }
     super::udp::control::on_timers(reg, now);
     super::udp::channel::on_timers(reg, now, interval);
+}
+
+/// Opens this process's own management socket for `l`, which it holds
+/// without one (a forked child, a new image, a received listener); the next
+/// step registers from it, which joins the registration. False if it could
+/// not (out of descriptors): tried again next round.
+fn open_own(l: &mut Listener) -> bool {
+    match open(l.mgmt.broker) {
+        Ok((sock, local)) => {
+            l.mgmt.fd = crate::internal::adopt(sock.into_raw());
+            l.mgmt.local = local;
+            if l.local.ip().is_unspecified() {
+                l.reg_local = SocketAddrV4::new(*local.ip(), l.local.port());
+            }
+            l.joined = false;
+            true
+        }
+        Err(e) => {
+            log!(Debug, "no management socket for {} {} yet: {}", l.proto, l.reg_local, std::io::Error::from_raw_os_error(e));
+            false
+        }
+    }
 }
 
 /// When [`on_timers`] next has work.

@@ -21,8 +21,10 @@ fn setup() -> (Registry, ListenerId, Sock) {
         local: addr("0.0.0.0:7000"),
         reg_local: addr("192.0.2.10:7000"),
         proxy: Some(addr("203.0.113.10:20001")),
-        secret: 42,
+        joined: true,
         shared: false,
+        family: super::super::family::Family::V4,
+        backlog: 16,
         mgmt: Mgmt {
             fd: sv[0],
             broker: addr("203.0.113.10:65432"),
@@ -59,8 +61,8 @@ fn commands_are_acked_once_and_duplicates_answered_from_the_cache() {
     };
     let bytes = gcb::encode(&relay, 77).unwrap();
     let job = on_datagram(&mut reg, id, &bytes, now).expect("a connection to make");
-    assert_eq!(job.record.dial, Dial::Relay { broker: addr("203.0.113.10:65432") });
-    assert_eq!((job.record.secret, job.record.token, job.target), (42, Token(7), addr("127.0.0.1:7000")));
+    assert_eq!(job.dial, Dial::Relay { broker: addr("203.0.113.10:65432") });
+    assert_eq!((job.token, job.peer, job.proxy), (Token(7), addr("198.51.100.9:5000"), addr("203.0.113.10:20001")));
     assert_eq!(sent(&broker), None, "the Ack waits for the dial");
     send_acks_due(&mut reg);
     assert_eq!(sent(&broker), Some((77, Message::Ack)));

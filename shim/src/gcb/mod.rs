@@ -4,12 +4,13 @@
 //!
 //! * registers every non-loopback AF_INET TCP listener with the broker and
 //!   reports the proxy address it gets ([`listener`], [`identity`]);
-//! * answers the broker's commands and sends heartbeats from inside the
-//!   application's blocking calls ([`aeh`], [`waits`], [`mgmt`]), reads on the
-//!   connections it names included ([`blocking_read`]);
-//! * turns reversed and relayed connections into connections the application
-//!   accepts, in kernel order, through doorbells ([`doorbell`], [`dial`]);
-//! * brokers the application's own connects ([`connector`]);
+//! * answers the broker from a thread of its own, whatever the program is
+//!   doing ([`responder`], [`mgmt`]): heartbeats, commands, and the brokered
+//!   connections it dials at once and parks for `accept` ([`serve`], [`park`]);
+//! * hands those connections to the program's `accept`, in kernel order,
+//!   through doorbells ([`doorbell`], [`accept`]);
+//! * brokers the application's own connects ([`connector`], [`dial`]), the
+//!   non-blocking ones in the background ([`connecting`]);
 //! * spreads over several brokers and fails over when one goes silent ([`brokers`]);
 //! * registers a socket the application binds to a proxy address on exactly
 //!   that address ([`reported`], `client::pinned`);
@@ -24,14 +25,15 @@
 //! State lives in one [`Registry`] behind one fork-safe [`lock::Lock`], taken
 //! through [`with`] for short, non-blocking critical sections only.
 
-pub mod aeh;
-pub mod blocking_read;
+pub mod accept;
 pub mod brokers;
+pub mod connecting;
 pub mod connector;
 pub mod dial;
 pub mod doorbell;
 pub mod family;
 pub mod fdops;
+pub mod gate;
 pub mod identity;
 pub mod inherit;
 pub mod interest;
@@ -41,15 +43,17 @@ pub mod mgmt;
 pub mod negcache;
 pub mod notice;
 pub mod options;
-pub mod predial;
+pub mod park;
 pub mod registration;
 pub mod registry;
 pub mod released;
 pub mod reported;
+pub mod responder;
 pub mod reversal_listener;
+pub mod serve;
+pub mod swap;
 pub mod sys;
 pub mod udp;
-pub mod waits;
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -120,21 +124,56 @@ pub fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     f(reg)
 }
 
-/// First use in a forked child: the parent's outstanding requests are the
-/// parent's, and request ids must not repeat the parent's (the broker caches
-/// replies by source address and id, and both processes share the socket).
+/// First use in a forked child: the parent's work in progress is the
+/// parent's, and so are its management sockets. The child closes its copies
+/// and becomes a holder of each registration with a socket of its own
+/// (`mgmt::on_timers`, run by the child's responder), so the parent's replies
+/// and commands never reach it; request ids start afresh (the broker caches
+/// replies by source address and id).
 fn after_fork_in_child(reg: &mut Registry) {
-    // Pending doorbells are the parent's to finish; the child's copies go.
-    for b in reg.bells.drain(..) {
-        crate::internal::release(b.fd);
-    }
-    predial::forget_all(reg);
+    doorbell::forget_in_child(reg);
+    serve::forget_in_child(reg);
+    park::forget_in_child(reg);
+    connecting::forget_in_child(reg);
     reversal_listener::forget_in_child(&mut reg.spare_listener);
     reg.acks_due.clear();
+    let now = std::time::Instant::now();
     for (_, l) in reg.listeners_mut() {
         l.shared = true;
+        if l.mgmt.fd >= 0 {
+            crate::internal::release(l.mgmt.fd);
+        }
+        l.mgmt.fd = -1;
+        l.joined = false;
         l.mgmt.requester = mgmt::new_requester(proto::rudp::RetryPolicy::default());
         l.mgmt.pending.clear();
+        l.mgmt.next_heartbeat = now;
+        l.mgmt.heard = now;
+    }
+}
+
+/// In a forked child, from the `fork` hook or the child's first hooked call:
+/// starts the child's own responder if it holds anything to answer for.
+pub fn resume_in_child() {
+    if enabled() && with(|reg| reg.listeners().next().is_some()) {
+        responder::ensure();
+    }
+}
+
+/// The process is about to replace its image (not in a borrowing child,
+/// which holds nothing of its own): it leaves its registrations, which the
+/// new image joins again for the listeners it inherits.
+pub fn before_exec() {
+    if enabled() && !crate::process::borrowed() {
+        fdops::leave_all();
+    }
+}
+
+/// The process exits (`atexit`): it leaves its registrations, so a listener
+/// it alone held is unregistered at once rather than at its expiry.
+pub fn at_exit() {
+    if enabled() && !crate::process::borrowed() {
+        fdops::leave_all();
     }
 }
 

@@ -22,9 +22,13 @@ pub enum Purpose {
     Channel { fd: c_int, peer: SocketAddrV4 },
 }
 
-/// A listener's management socket: a UDP socket connected to the broker.
+/// A listener's management socket: a UDP socket connected to the broker,
+/// this process's own (every process holding a listener is a holder of its
+/// registration, with a socket of its own: `docs/gcb-client-design.md`).
 #[derive(Debug)]
 pub struct Mgmt {
+    /// -1 until this process has opened one (a forked child, a new image, a
+    /// process that received the listener): the responder opens it and joins.
     pub fd: c_int,
     pub broker: SocketAddrV4,
     /// Its own address (`getsockname` after `connect`), sent as `mgmt_local`.
@@ -50,12 +54,17 @@ pub struct Listener {
     pub reg_local: SocketAddrV4,
     /// The proxy address, once the broker has answered `RegisterOk`.
     pub proxy: Option<SocketAddrV4>,
-    /// Shared secret of this listener's doorbells, so only the shim's own records
-    /// are acted on (any local process can connect from 127.71.0.0/16).
-    pub secret: u64,
-    /// Another process holds the socket too (fork, exec): closing it here must
-    /// not unregister it.
+    /// This process's management socket has had its `RegisterOk`: it is a
+    /// holder and heartbeats; until then it registers (and so joins).
+    pub joined: bool,
+    /// Another process holds the socket too (fork, exec, `SCM_RIGHTS`):
+    /// closing it here must not unregister it.
     pub shared: bool,
+    /// The socket's family, which the connections parked for it take.
+    pub family: super::family::Family,
+    /// Connections that may wait for `accept` at once, dialing or parked
+    /// (`serve::room_for`): the listen backlog as the kernel caps it.
+    pub backlog: usize,
     pub mgmt: Mgmt,
     /// TCP (a listening socket) or UDP (a bound datagram socket, see `udp`).
     pub proto: proto::Proto,
@@ -107,8 +116,10 @@ pub(crate) mod tests {
             local: addr("0.0.0.0:7000"),
             reg_local: addr("192.0.2.10:7000"),
             proxy: None,
-            secret: 9,
+            joined: true,
             shared: false,
+            family: crate::gcb::family::Family::V4,
+            backlog: 16,
             mgmt: Mgmt {
                 fd: mgmt_fd,
                 broker: addr("203.0.113.10:65432"),

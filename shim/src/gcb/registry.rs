@@ -45,10 +45,14 @@ pub struct Registry {
     pub replies: ReplyCache<SocketAddrV4>,
     /// Nonces of the broker's sealed commands, checked after `replies`.
     pub guard: proto::auth::ReplayGuard,
-    /// Doorbells waiting for room in their listener's accept queue (`doorbell`).
+    /// Doorbells rung and not yet answered (`doorbell`).
     pub bells: Vec<PendingBell>,
-    /// Connections dialed ahead for rung doorbells (`predial`).
-    pub ahead: Vec<super::predial::Ahead>,
+    /// Connections being dialed for the broker's commands (`serve`).
+    pub serving: Vec<super::serve::Serving>,
+    /// Connections established and waiting for `accept` (`park`).
+    pub parked: super::park::Parking,
+    /// The program's non-blocking connects being brokered (`connecting`).
+    pub connects: super::connecting::Connects,
     /// Acks of connection commands, sent once the connection is under way
     /// (`mgmt::send_acks_due`): management fd and sealed datagram.
     pub acks_due: Vec<(c_int, Vec<u8>)>,
@@ -81,7 +85,9 @@ impl Registry {
             replies: ReplyCache::new(ReplyCache::<SocketAddrV4>::DEFAULT_TTL, 256, 64 * 1024),
             guard: crate::client::seal::new_guard(),
             bells: Vec::new(),
-            ahead: Vec::new(),
+            serving: Vec::new(),
+            parked: Default::default(),
+            connects: Default::default(),
             acks_due: Vec::new(),
             released: Default::default(),
             generation: 0,
@@ -172,7 +178,7 @@ impl Registry {
     }
 
     /// An internal fd of the client (a management socket, a doorbell or a
-    /// connection dialed ahead) moved to another number (the application
+    /// connection being dialed) moved to another number (the application
     /// `dup2`ed onto it); false if not ours.
     pub fn replace_internal_fd(&mut self, old: c_int, new: c_int) -> bool {
         if let Some((_, l)) = self.listeners_mut().find(|(_, l)| l.mgmt.fd == old) {
@@ -182,8 +188,11 @@ impl Registry {
         if super::reversal_listener::moved(&mut self.spare_listener, old, new) {
             return true;
         }
-        if let Some(a) = self.ahead.iter_mut().find(|a| a.fd == old) {
-            a.fd = new;
+        if let Some(s) = self.serving.iter_mut().find(|s| s.fd == old) {
+            s.fd = new;
+            return true;
+        }
+        if self.parked.moved(old, new) || super::connecting::moved(self, old, new) {
             return true;
         }
         match self.bells.iter_mut().find(|b| b.fd == old) {

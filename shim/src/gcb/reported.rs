@@ -102,7 +102,7 @@ fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, wan
     };
     super::with(|reg| super::brokers::set(reg).mark_alive(broker));
     let registered = Registered { sock, broker, mgmt_local, reg_local, proxy: Some(proxy), udp_token };
-    if !listener::adopt(fd, proto, watched, local, registered) {
+    if !listener::adopt(fd, proto, watched, local, registered, listener::UNKNOWN_BACKLOG) {
         return Err(libc::EBADF);
     }
     if !pinned::matches(want, proxy) {

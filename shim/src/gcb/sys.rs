@@ -328,6 +328,27 @@ pub fn recv_exact(fd: c_int, buf: &mut [u8], deadline: Instant) -> Result<(), Er
     Ok(())
 }
 
+/// Whether the real call would have been restarted after the signal that just
+/// interrupted the shim's wait: only if every caught signal has `SA_RESTART`.
+/// Which signal it was is unknown, so one handler without the flag is enough to
+/// report `EINTR`, as the kernel would for that handler.
+pub fn signal_restarts() -> bool {
+    for sig in 1..=libc::SIGRTMAX() {
+        let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: query only.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) } != 0 {
+            continue;
+        }
+        // SAFETY: filled in by sigaction.
+        let old = unsafe { old.assume_init() };
+        let caught = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
+        if caught && old.sa_flags & libc::SA_RESTART == 0 {
+            return false;
+        }
+    }
+    true
+}
+
 /// A random u64 from the kernel (for doorbell secrets and request ids), or a
 /// clock-and-pid mix if `getrandom` is unavailable.
 pub fn random_u64() -> u64 {

@@ -5,15 +5,6 @@
 //! `read` and `write` run for every file a program touches, so the fast path is what
 //! matters here: the guard, one table load, the real call.
 //!
-//! # Blocking reads on named connections
-//!
-//! `read`, `readv`, `recv`, `recvfrom` and `recvmsg` (and the fortified ones) on a
-//! connection the shim names (`Named`), in a GCB process that holds a registration,
-//! take [`crate::gcb::blocking_read`]: a real call with `MSG_DONTWAIT` first (one system
-//! call when data is waiting), and only when it would block, the AEH wait, so a
-//! server blocked reading a connection still heartbeats and answers the broker.
-//! Other fds, and every fd of a process without a registration, keep the fast path.
-//!
 //! # GCB for UDP
 //!
 //! Reads of a `Managed` UDP socket (registered, or brokered as a sender) and the
@@ -38,19 +29,14 @@ use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, sock
 
 use super::fortify;
 use crate::fdtable::{self, Kind};
-use crate::gcb::blocking_read;
 use crate::{managed, real};
 
-/// `real_unless!` for the reads: a named connection of a registered process waits
-/// in the AEH ([`blocking_read`]), a managed fd goes to `managed::NAME`, any other
-/// to the real call; one table load for a plain fd.
+/// `real_unless!` for the reads: a managed fd (a registered or brokered UDP
+/// socket) goes to `managed::NAME`, any other to the real call; one table
+/// load for a plain fd.
 macro_rules! read_path {
     ($fd:expr => $name:ident($($arg:expr),* $(,)?)) => {
-        match fdtable::kind($fd) {
-            Kind::Managed => managed::$name($($arg),*),
-            kind if blocking_read::applies(kind) => blocking_read::$name($($arg),*),
-            _ => real::$name($($arg),*),
-        }
+        real_unless!(fdtable::is_managed($fd) => $name($($arg),*))
     };
 }
 
@@ -135,45 +121,30 @@ hook! {
 
 hook! {
     fn __recv_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int) -> ssize_t {
-        let kind = fdtable::kind(fd);
-        let named = blocking_read::applies(kind);
-        if kind != Kind::Managed && !named {
+        if !fdtable::is_managed(fd) {
             return real::__recv_chk(fd, buf, len, buflen, flags);
         }
         fortify(len <= buflen);
-        if named {
-            return blocking_read::recv(fd, buf, len, flags);
-        }
         managed::recv(fd, buf, len, flags)
     }
 }
 
 hook! {
     fn __recvfrom_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> ssize_t {
-        let kind = fdtable::kind(fd);
-        let named = blocking_read::applies(kind);
-        if kind != Kind::Managed && !named {
+        if !fdtable::is_managed(fd) {
             return real::__recvfrom_chk(fd, buf, len, buflen, flags, addr, addrlen);
         }
         fortify(len <= buflen);
-        if named {
-            return blocking_read::recvfrom(fd, buf, len, flags, addr, addrlen);
-        }
         managed::recvfrom(fd, buf, len, flags, addr, addrlen)
     }
 }
 
 hook! {
     fn __read_chk(fd: c_int, buf: *mut c_void, nbytes: size_t, buflen: size_t) -> ssize_t {
-        let kind = fdtable::kind(fd);
-        let named = blocking_read::applies(kind);
-        if kind != Kind::Managed && !named {
+        if !fdtable::is_managed(fd) {
             return real::__read_chk(fd, buf, nbytes, buflen);
         }
         fortify(nbytes <= buflen);
-        if named {
-            return blocking_read::read(fd, buf, nbytes);
-        }
         managed::read(fd, buf, nbytes)
     }
 }

@@ -118,8 +118,15 @@ hook! {
 }
 
 hook! {
+    /// The child starts its own responder before `fork` returns in it, so a
+    /// child that serves a listener it inherited answers at once.
     fn fork() -> pid_t {
-        real::fork()
+        let pid = real::fork();
+        if pid == 0 {
+            let _errno = hook::ErrnoGuard::new();
+            crate::init::ensure();
+        }
+        pid
     }
 }
 
@@ -142,6 +149,7 @@ macro_rules! exec_hook {
         /// The C contract of the libc function of the same name.
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            hook::prepare(crate::gcb::before_exec);
             let prepared = hook::prepare_value(|| inherit::prepare($envp));
             match prepared {
                 None => $plain,

@@ -58,7 +58,7 @@ hook! {
 
 hook! {
     fn listen(fd: c_int, backlog: c_int) -> c_int {
-        real_unless!(fdtable::kind(fd) == Kind::Watched || dpf::enabled() => listen(fd, backlog))
+        real_unless!(matches!(fdtable::kind(fd), Kind::Watched | Kind::Managed) || dpf::enabled() => listen(fd, backlog))
     }
 }
 
@@ -92,8 +92,14 @@ hook! {
 }
 
 hook! {
+    /// `SO_ERROR` of a connection the shim named may be a brokered connect's
+    /// failure that the kernel's socket cannot say (`gcb::connecting`).
     fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => getsockopt(fd, level, name, value, len))
+        match fdtable::kind(fd) {
+            Kind::Managed => crate::managed::getsockopt(fd, level, name, value, len),
+            Kind::Named if level == libc::SOL_SOCKET && name == libc::SO_ERROR && !dpf::enabled() => gcb::connecting::getsockopt_error(fd, value, len),
+            _ => real::getsockopt(fd, level, name, value, len),
+        }
     }
 }
 

@@ -80,6 +80,7 @@ def epoll_connect(dest):
     events = dict(ep.poll(5))
     if not events.get(c.fileno(), 0) & select.EPOLLOUT:
         sys.exit("epoll did not report the connected socket writable: %r" % events)
+    say("SO_ERROR", c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
     say("PEER", fmt(c.getpeername()))
     c.setblocking(True)
     c.settimeout(5)

@@ -23,7 +23,9 @@ const PORT: u16 = gcb::COMMAND_PORT;
 
 struct Reg {
     local: SocketAddrV4,
-    mgmt: SocketAddrV4,
+    /// Every process holding the socket registers from its own management
+    /// socket and joins; commands go to the first still here.
+    holders: Vec<SocketAddrV4>,
     public: bool,
     realm: String,
 }
@@ -109,6 +111,12 @@ impl MockBroker {
         self.log().iter().filter(|l| l.starts_with(prefix)).count()
     }
 
+    /// Whether `proxy` is registered, and how many processes hold it.
+    pub fn holders(&self, proxy: &str) -> usize {
+        let proxy: SocketAddrV4 = proxy.parse().expect("a proxy address");
+        self.shared.regs.lock().unwrap().get(&proxy).map_or(0, |r| r.holders.len())
+    }
+
     /// Behave as if restarted: every registration is forgotten (proxy sockets stay
     /// bound, so a re-registration can get its old port back).
     pub fn forget_registrations(&self) {
@@ -140,7 +148,8 @@ fn command_loop(s: Arc<Shared>) {
         let src = v4(from);
         match msg {
             Message::Register { local, realm, desired_port, mgmt, .. } => {
-                let existing = s.regs.lock().unwrap().iter().find(|(_, r)| r.local == local && r.mgmt == src).map(|(p, _)| *p);
+                // The same socket from the same public IP: another holder joins.
+                let existing = s.regs.lock().unwrap().iter().find(|(_, r)| r.local == local && r.holders.iter().any(|h| h.ip() == src.ip())).map(|(p, _)| *p);
                 let proxy = match existing {
                     Some(p) => p,
                     None => {
@@ -162,7 +171,12 @@ fn command_loop(s: Arc<Shared>) {
                 };
                 let public = *mgmt.mgmt_local.ip() == *src.ip();
                 let realm = realm.unwrap_or_else(|| if public { String::new() } else { src.ip().to_string() });
-                s.regs.lock().unwrap().insert(proxy, Reg { local, mgmt: src, public, realm });
+                let mut regs = s.regs.lock().unwrap();
+                let r = regs.entry(proxy).or_insert_with(|| Reg { local, holders: Vec::new(), public, realm });
+                if !r.holders.contains(&src) {
+                    r.holders.push(src);
+                }
+                drop(regs);
                 note(&s, format!("register {local} as {proxy} from {src} desired {desired_port:?}"));
                 reply(&s, from, h.request_id, &Message::RegisterOk { proxy, observed: src, udp_token: None });
             }
@@ -178,8 +192,15 @@ fn command_loop(s: Arc<Shared>) {
                 reply(&s, from, h.request_id, &r);
             }
             Message::Unregister { proxy } => {
-                s.regs.lock().unwrap().remove(&proxy.addr);
-                note(&s, format!("unregister {}", proxy.addr));
+                let mut regs = s.regs.lock().unwrap();
+                if let Some(r) = regs.get_mut(&proxy.addr) {
+                    r.holders.retain(|h| *h != src);
+                    if r.holders.is_empty() {
+                        regs.remove(&proxy.addr);
+                    }
+                }
+                drop(regs);
+                note(&s, format!("unregister {} from {src}", proxy.addr));
                 reply(&s, from, h.request_id, &Message::Ack);
             }
             Message::Connect { target, connector, realm, .. } => {
@@ -209,7 +230,7 @@ fn decide(s: &Arc<Shared>, src: SocketAddrV4, target: SocketAddrV4, connector: S
     let connector_public = connector.ip() == src.ip();
     let c_realm = realm.unwrap_or_else(|| if connector_public { String::new() } else { src.ip().to_string() });
     let token = Token(s.next.fetch_add(1, Ordering::Relaxed) * 7919);
-    let (mgmt, local) = (l.mgmt, l.local);
+    let (mgmt, local) = (l.holders[0], l.local);
     if l.public {
         return Decision::Direct { addr: l.local };
     }
@@ -251,7 +272,7 @@ fn proxy_loop(s: Arc<Shared>, l: TcpListener, proxy: SocketAddrV4) {
             Ok((c, from)) => {
                 c.set_nonblocking(false).unwrap();
                 let from = v4(from);
-                let mgmt = s.regs.lock().unwrap().get(&proxy).map(|r| r.mgmt);
+                let mgmt = s.regs.lock().unwrap().get(&proxy).map(|r| r.holders[0]);
                 let Some(mgmt) = mgmt else { continue };
                 let token = Token(s.next.fetch_add(1, Ordering::Relaxed) * 104_729);
                 note(&s, format!("proxy {proxy} accepted {from}"));

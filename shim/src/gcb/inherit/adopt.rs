@@ -1,5 +1,6 @@
 //! The new image's side of an `exec` hand-over: at init, the sockets named
-//! in `GCB_INHERITED` are checked and taken over as shared registrations.
+//! in `GCB_INHERITED` are checked and held again, and the responder joins
+//! their registrations from this image's own management sockets.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -7,62 +8,39 @@ use std::time::Instant;
 
 use libc::c_int;
 
-use super::super::mgmt;
 use super::super::registry::{Listener, Mgmt};
 use super::super::sys;
 use super::super::udp::channel::Reopen;
 use super::super::udp::table::Channel;
+use super::super::{listener, mgmt};
 use super::{parse, publish, Entry, VAR};
 use crate::fdtable::{self, Kind};
-use crate::real;
 
 /// At init in a new image: takes over the listeners `GCB_INHERITED` names.
 pub fn adopt() {
     let Some(value) = std::env::var_os(VAR) else { return };
-    let entries = parse(&value.to_string_lossy());
-    let mut groups: BTreeMap<c_int, Vec<Entry>> = BTreeMap::new();
-    for e in entries {
-        groups.entry(e.mgmt).or_default().push(e);
+    // One registration per protocol and local address; its fds are the dups.
+    let mut groups: BTreeMap<(bool, SocketAddrV4), Vec<Entry>> = BTreeMap::new();
+    for e in parse(&value.to_string_lossy()) {
+        groups.entry((e.udp_token.is_some(), e.local)).or_default().push(e);
     }
-    for (mgmt_fd, entries) in groups {
-        let Some((broker, mgmt_local)) = valid_mgmt(mgmt_fd) else { continue };
+    let mut any = false;
+    for ((udp, local), entries) in groups {
+        let proto = if udp { proto::Proto::Udp } else { proto::Proto::Tcp };
+        let fds: Vec<c_int> = entries.iter().filter(|e| valid_socket(e, proto)).map(|e| e.fd).collect();
+        let Some(&first_fd) = fds.first() else { continue };
         let first = entries[0];
-        let proto = if first.udp_token.is_some() { proto::Proto::Udp } else { proto::Proto::Tcp };
-        let valid = |e: &&Entry| e.udp_token.is_some() == (proto == proto::Proto::Udp) && valid_socket(e, proto);
-        let fds: Vec<c_int> = entries.iter().filter(valid).map(|e| e.fd).collect();
-        if fds.is_empty() {
-            // Ours, handed over for a listener that is gone: nobody else uses it.
-            // SAFETY: a UDP socket no one in this image knows.
-            unsafe { real::close(mgmt_fd) };
-            continue;
-        }
-        let reg_local =
-            if first.local.ip().is_unspecified() { SocketAddrV4::new(*mgmt_local.ip(), first.local.port()) } else { first.local };
-        let listener = Listener {
-            fds: fds.clone(),
-            local: first.local,
-            reg_local,
-            proxy: first.proxy,
-            secret: first.secret,
-            shared: true,
-            mgmt: Mgmt {
-                fd: crate::internal::adopt(mgmt_fd),
-                broker,
-                local: mgmt_local,
-                requester: mgmt::new_requester(proto::rudp::RetryPolicy::default()),
-                pending: Default::default(),
-                // Heartbeat at once: it also tells whether the broker still knows us.
-                next_heartbeat: Instant::now(),
-                heard: Instant::now(),
-            },
-            proto,
-            udp_token: first.udp_token.filter(|&t| t != 0).map(proto::gcb::Token),
+        let backlog = match first.backlog {
+            0 => listener::UNKNOWN_BACKLOG,
+            n => n as usize,
         };
+        let l = held(fds.clone(), local, first.proxy, proto, super::super::family::of(first_fd), backlog);
+        let udp_token = first.udp_token.filter(|&t| t != 0).map(proto::gcb::Token);
         super::super::with(|reg| {
             for &fd in &fds {
                 fdtable::set(fd, Kind::Managed);
             }
-            let (id, _) = reg.add_listener(listener);
+            let (id, _) = reg.add_listener(Listener { udp_token, ..l });
             if proto == proto::Proto::Udp {
                 for e in entries.iter().filter(|e| fds.contains(&e.fd)) {
                     let s = reg.udp.entry(e.fd);
@@ -72,11 +50,49 @@ pub fn adopt() {
                         s.channel = Some(inherited_channel(c));
                     }
                 }
-                super::super::udp::control::open_data_path(reg, id);
             }
             publish(reg);
         });
-        log!(Debug, "inherited {proto} socket {fds:?} ({reg_local} as {:?}) with management fd {mgmt_fd}", first.proxy);
+        log!(Debug, "inherited {proto} socket {fds:?} ({local} as {:?})", first.proxy);
+        any = true;
+    }
+    if any {
+        super::super::responder::ensure();
+    }
+}
+
+/// The record of a listener this process holds without having registered it
+/// (inherited across `exec`, received over `SCM_RIGHTS`, handed over by
+/// socket activation): shared, with no management socket yet. The responder
+/// opens one and registers from it (`mgmt::on_timers`), which joins the
+/// registration another holder made, or makes it.
+pub fn held(fds: Vec<c_int>, local: SocketAddrV4, proxy: Option<SocketAddrV4>, proto: proto::Proto, family: super::super::family::Family, backlog: usize) -> Listener {
+    let now = Instant::now();
+    let broker = proxy.and_then(|p| super::super::connector::our_broker(*p.ip())).and_then(|b| match b {
+        std::net::SocketAddr::V4(v4) => Some(v4),
+        std::net::SocketAddr::V6(_) => None,
+    });
+    let broker = broker.or_else(|| super::super::with(|reg| super::super::brokers::set(reg).candidates(now).into_iter().next()));
+    Listener {
+        fds,
+        local,
+        reg_local: local,
+        proxy,
+        joined: false,
+        shared: true,
+        family,
+        backlog,
+        mgmt: Mgmt {
+            fd: -1,
+            broker: broker.unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            local: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            requester: mgmt::new_requester(proto::rudp::RetryPolicy::default()),
+            pending: Default::default(),
+            next_heartbeat: now,
+            heard: now,
+        },
+        proto,
+        udp_token: None,
     }
 }
 
@@ -86,11 +102,6 @@ pub fn adopt() {
 fn inherited_channel(c: super::ChannelEntry) -> Channel {
     let reopen = (c.token == 0).then(|| Reopen::now(Instant::now()));
     Channel { peer: c.peer, addr: c.addr, token: proto::gcb::Token(c.token), reopen }
-}
-
-fn valid_mgmt(fd: c_int) -> Option<(SocketAddrV4, SocketAddrV4)> {
-    (sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()? == libc::SOCK_DGRAM).then_some(())?;
-    Some((sys::peer_addr(fd).ok()?, sys::local_addr(fd).ok()?))
 }
 
 /// A listening TCP socket, or a UDP socket, bound to the entry's address.

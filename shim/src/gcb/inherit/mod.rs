@@ -7,11 +7,14 @@
 //! `execve`, the shim adds
 //!
 //! ```text
-//! GCB_INHERITED=FD,MGMT_FD,PROXY|-,LOCAL,SECRET[,uUDP_TOKEN[,cPEER/CHANNEL/TOKEN]];...
+//! GCB_INHERITED=FD,MGMT_FD,PROXY|-,LOCAL,BACKLOG[,uUDP_TOKEN[,cPEER/CHANNEL/TOKEN]];...
 //! ```
 //!
 //! to the new environment, one entry per managed fd that survives the exec
-//! (not close-on-exec), and clears close-on-exec on their management sockets.
+//! (not close-on-exec). A GCB entry names no management socket (-1): the new
+//! image is a process of its own, and joins the registration from a socket of
+//! its own; DPF hands its management socket over (dpfd probes it), and the
+//! shim clears its close-on-exec for the exec.
 //! A UDP entry carries its registration's data-path token (`u` and hex), so
 //! the new image keeps the data path and reads the relay header; older images
 //! skip such entries. A UDP socket connected through a broker channel
@@ -21,10 +24,9 @@
 //! and keeps the channel open; images without this field skip such entries.
 //! The new image's shim reads it at init ([`adopt`](adopt())),
 //! checks each fd (a listening TCP socket, or a UDP socket, with that local
-//! address), moves the management socket to a high close-on-exec number, and
-//! heartbeats it. Inherited listeners are shared: closing them in either image
-//! never unregisters them (see `fdops`). DPF hands its forwards over in the same
-//! variable and table ([`publish_entries`], `dpf::inherit`).
+//! address), and has its responder join the registration. Inherited listeners
+//! are shared (see `fdops`). DPF hands its forwards over in the same variable
+//! and table ([`publish_entries`], `dpf::inherit`).
 //!
 //! # Why a snapshot, and vfork
 //!
@@ -72,7 +74,7 @@ pub struct Entry {
     pub mgmt: c_int,
     pub proxy: Option<SocketAddrV4>,
     pub local: SocketAddrV4,
-    pub secret: u64,
+    pub backlog: u64,
     /// A registered UDP socket's data-path token; `None` for TCP (and DPF).
     pub udp_token: Option<u64>,
     /// The broker channel a UDP socket is connected through.
@@ -89,7 +91,7 @@ pub struct ChannelEntry {
 }
 
 const EMPTY: Entry =
-    Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), secret: 0, udp_token: None, channel: None };
+    Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), backlog: 0, udp_token: None, channel: None };
 
 /// Words of one packed entry.
 const WORDS: usize = 8;
@@ -110,7 +112,7 @@ impl Entry {
             u64::from(self.fd as u32) | (u64::from(self.mgmt as u32) << 32),
             self.proxy.map_or(0, |p| addr_bits(p) | PRESENT),
             addr_bits(self.local) | if self.udp_token.is_some() { PRESENT } else { 0 },
-            self.secret,
+            self.backlog,
             self.udp_token.unwrap_or(0),
             self.channel.map_or(0, |c| addr_bits(c.peer) | PRESENT),
             self.channel.map_or(0, |c| addr_bits(c.addr)),
@@ -124,7 +126,7 @@ impl Entry {
             mgmt: (w[0] >> 32) as u32 as c_int,
             proxy: (w[1] & PRESENT != 0).then(|| bits_addr(w[1] & !PRESENT)),
             local: bits_addr(w[2] & !PRESENT),
-            secret: w[3],
+            backlog: w[3],
             udp_token: (w[2] & PRESENT != 0).then_some(w[4]),
             channel: (w[5] & PRESENT != 0).then(|| ChannelEntry { peer: bits_addr(w[5] & !PRESENT), addr: bits_addr(w[6]), token: w[7] }),
         }
@@ -148,7 +150,7 @@ pub fn publish(reg: &Registry) {
                 addr: c.addr,
                 token: if c.reopen.is_some() { 0 } else { c.token.0 },
             });
-            Entry { fd, mgmt: l.mgmt.fd, proxy: l.proxy, local: l.local, secret: l.secret, udp_token, channel }
+            Entry { fd, mgmt: -1, proxy: l.proxy, local: l.local, backlog: l.backlog as u64, udp_token, channel }
         })
     }));
 }
@@ -283,7 +285,7 @@ pub unsafe fn prepare(envp: *const *const c_char) -> Option<ExecEnv> {
     *arr.add(j) = string.cast();
     *arr.add(j + 1) = std::ptr::null();
     let mut env = ExecEnv { map, size, restore: [-1; SLOTS], nrestore: 0 };
-    for e in &keep[..k] {
+    for e in keep[..k].iter().filter(|e| e.mgmt >= 0) {
         let fl = real::fcntl(e.mgmt, libc::F_GETFD, 0);
         if fl >= 0 && fl & libc::FD_CLOEXEC != 0 {
             real::fcntl(e.mgmt, libc::F_SETFD, (fl & !libc::FD_CLOEXEC) as libc::c_ulong);
@@ -300,15 +302,15 @@ mod tests {
 
     pub(super) fn entries() -> Vec<Entry> {
         vec![
-            Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), secret: 0xabc, udp_token: None, channel: None },
-            Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), secret: u64::MAX, udp_token: None, channel: None },
-            Entry { fd: 5, mgmt: 1001, proxy: Some("203.0.113.10:20002".parse().unwrap()), local: "0.0.0.0:7302".parse().unwrap(), secret: 1, udp_token: Some(0x5eed), channel: None },
+            Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), backlog: 0xabc, udp_token: None, channel: None },
+            Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), backlog: u64::MAX, udp_token: None, channel: None },
+            Entry { fd: 5, mgmt: 1001, proxy: Some("203.0.113.10:20002".parse().unwrap()), local: "0.0.0.0:7302".parse().unwrap(), backlog: 1, udp_token: Some(0x5eed), channel: None },
             Entry {
                 fd: 6,
                 mgmt: 1001,
                 proxy: Some("203.0.113.10:20002".parse().unwrap()),
                 local: "0.0.0.0:7302".parse().unwrap(),
-                secret: 1,
+                backlog: 1,
                 udp_token: Some(0x5eed),
                 channel: Some(ChannelEntry { peer: "203.0.113.20:5000".parse().unwrap(), addr: "203.0.113.10:20003".parse().unwrap(), token: 0xc4 }),
             },

@@ -38,7 +38,7 @@ pub(super) fn render<const N: usize>(entries: &[Entry], buf: &mut Buf<N>) -> boo
             Some(p) => write!(buf, "{p}"),
             None => write!(buf, "-"),
         };
-        let _ = write!(buf, ",{},{:x}", e.local, e.secret);
+        let _ = write!(buf, ",{},{:x}", e.local, e.backlog);
         if let Some(t) = e.udp_token {
             let _ = write!(buf, ",u{t:x}");
             if let Some(c) = e.channel {
@@ -54,7 +54,7 @@ pub(super) fn render<const N: usize>(entries: &[Entry], buf: &mut Buf<N>) -> boo
 pub fn parse(value: &str) -> Vec<Entry> {
     let entry = |s: &str| -> Option<Entry> {
         let mut f = s.split(',');
-        let (fd, mgmt, proxy, local, secret) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        let (fd, mgmt, proxy, local, backlog) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
         let udp_token = match f.next() {
             None => None,
             Some(t) => Some(u64::from_str_radix(t.strip_prefix('u')?, 16).ok()?),
@@ -74,8 +74,9 @@ pub fn parse(value: &str) -> Vec<Entry> {
         let proxy = if proxy == "-" { None } else { Some(proxy.parse().ok()?) };
         let fd: c_int = fd.parse().ok()?;
         let mgmt: c_int = mgmt.parse().ok()?;
-        (fd >= 0 && mgmt >= 0).then_some(())?;
-        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, secret: u64::from_str_radix(secret, 16).ok()?, udp_token, channel })
+        // A GCB entry names no management socket (-1): the new image opens its own.
+        (fd >= 0 && mgmt >= -1).then_some(())?;
+        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, backlog: u64::from_str_radix(backlog, 16).ok()?, udp_token, channel })
     };
     value.split(';').filter_map(entry).collect()
 }
@@ -105,7 +106,7 @@ mod tests {
         let v = "x,1,-,0.0.0.0:1,0;3,1000,-,0.0.0.0:7,1f;;5,6,-,0.0.0.0:1;7,8,-,0.0.0.0:1,0,9;-1,2,-,0.0.0.0:1,0;9,8,-,0.0.0.0:1,0,ux;10,8,-,0.0.0.0:1,0,u1,2;11,8,-,0.0.0.0:1,0,u1,c1.2.3.4:5/1.2.3.4:6;12,8,-,0.0.0.0:1,0,u1,c1.2.3.4:5/1.2.3.4:6/1/2;13,8,-,0.0.0.0:1,0,u1,c1.2.3.4:5/1.2.3.4:6/1,x";
         let got = parse(v);
         assert_eq!(got.len(), 1);
-        assert_eq!((got[0].fd, got[0].secret, got[0].udp_token), (3, 0x1f, None));
+        assert_eq!((got[0].fd, got[0].backlog, got[0].udp_token), (3, 0x1f, None));
         let udp = parse("9,8,-,0.0.0.0:1,0,uff");
         assert_eq!(udp[0].udp_token, Some(0xff), "a UDP entry");
     }

@@ -57,7 +57,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
         if !join_registered(fd) {
             // The bind itself succeeded; a socket that could not register (no
             // descriptor for its management socket) works unbrokered, as logged.
-            let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp);
+            let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp, 0);
         }
     }
     r

@@ -8,8 +8,8 @@
 //! ones lose their header and are reported from their original sender, replies
 //! over a direct path are reported from the GCB address the application sent
 //! to, Dummies and acks are consumed. When nothing is there, a blocking call
-//! waits in the AEH ([`aeh::wait`]), so a process blocked in `recvfrom` still
-//! heartbeats and answers the broker.
+//! waits for the socket in `ppoll` (the responder answers the broker
+//! meanwhile).
 //!
 //! Semantics kept: `MSG_DONTWAIT` and `O_NONBLOCK` give `EAGAIN`; `SO_RCVTIMEO`
 //! bounds the wait (`EAGAIN` at the bound); `MSG_PEEK` leaves the datagram to
@@ -33,7 +33,6 @@ use std::time::Instant;
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, pollfd, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
-use super::super::aeh::{self, Waited};
 use super::super::family;
 use super::super::sys;
 use super::control::{self, Incoming};
@@ -113,12 +112,20 @@ pub fn next(fd: c_int, flags: c_int) -> Result<Datagram, c_int> {
             }
         };
         let mut p = [pollfd { fd, events: libc::POLLIN, revents: 0 }];
-        // SAFETY: no signal mask.
-        match unsafe { aeh::wait(&mut p, deadline, std::ptr::null(), None) } {
-            Waited::Ready(0) => return Err(libc::EAGAIN),
-            Waited::Ready(_) | Waited::Job(_) => {}
-            Waited::Failed(libc::EINTR) if deadline.is_none() && aeh::signal_restarts() => {}
-            Waited::Failed(e) => return Err(e),
+        let now = Instant::now();
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(now);
+            libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long }
+        });
+        let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: one live pollfd; a valid timespec or null; no signal mask.
+        match unsafe { real::ppoll(p.as_mut_ptr(), 1, ts_ptr, std::ptr::null()) } {
+            0 => return Err(libc::EAGAIN),
+            n if n > 0 => {}
+            _ => match errno() {
+                libc::EINTR if deadline.is_none() && sys::signal_restarts() => {}
+                e => return Err(e),
+            },
         }
     }
 }

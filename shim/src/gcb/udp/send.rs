@@ -175,7 +175,7 @@ pub fn register_auto_bound(fd: c_int) {
         return;
     }
     if sys::local_addr(fd).is_ok_and(|a| a.ip().is_unspecified() && a.port() != 0) {
-        let _ = super::super::listener::register(fd, Proto::Udp, fdtable::kind(fd));
+        let _ = super::super::listener::register(fd, Proto::Udp, fdtable::kind(fd), 0);
     }
 }
 

@@ -1,0 +1,36 @@
+//! What the responder thread (`crate::responder`) does for the DPF client:
+//! it waits on every forward's management socket and takes dpfd's probes off
+//! its accept queue as they come (`forward::sweep`), so a forward stays while
+//! its process lives, whatever the process is doing: sleeping, computing, or
+//! blocked in a call the shim does not hook. Without it the probes queue up
+//! and dpfd, finding the queue full, deletes the forward.
+
+use std::time::Instant;
+
+use crate::responder::{Duties, PollSet};
+
+/// The DPF client's duties.
+pub struct Dpf;
+
+impl Duties for Dpf {
+    fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
+        super::with(|st| {
+            for fd in st.mgmt_fds() {
+                set.add(fd, libc::POLLIN, fd as u64);
+            }
+        });
+        None
+    }
+
+    fn run(ready: &[(u64, i16)], _now: Instant) {
+        if !ready.is_empty() {
+            super::forward::sweep();
+        }
+    }
+}
+
+/// Starts this process's responder if needed, and wakes it for a new forward.
+pub fn ensure() {
+    crate::responder::ensure::<Dpf>();
+    crate::responder::wake();
+}

@@ -1,0 +1,554 @@
+//! The program's non-blocking brokered connects, carried by the responder.
+//!
+//! `connect` on a non-blocking watched socket returns EINPROGRESS at once,
+//! with no round trip inside the call: the socket is parked in SYN_SENT on
+//! the process's gate (`gate`), marked `Connecting`, and handed to the
+//! responder as a [`Job`]. The responder asks the broker, dials (directly, at
+//! the broker's rendezvous, or waits for the listener's reversed connection)
+//! on sockets of its own, and when the connection is established end to end,
+//! or has failed, puts it on the program's fd number (`swap`): the socket
+//! becomes writable, and `SO_ERROR` says how it went, through the program's
+//! own `select`, `poll`, `epoll` or library loop, as a kernel connect would.
+//! The placeholder is shut down after the swap, which wakes a `poll` or
+//! `select` another thread was blocked in on the old file.
+//!
+//! A failure the kernel would report with another errno than ECONNREFUSED
+//! (ETIMEDOUT for a listener that stays silent, or an out-of-resources error)
+//! is kept for `getsockopt(SO_ERROR)` ([`so_error`]), since the socket put on
+//! the fd is a refused one (`gate::refused`).
+//!
+//! The program may close the fd (or `dup2` over it) meanwhile: the job is
+//! then cancelled ([`cancel`]), and a swap happens only under the registry
+//! lock while the job is still live and the fd still holds the placeholder
+//! (`kcmp`), so it never lands on a number the program has reused.
+//!
+//! Limits: the socket is replaced, so a local address bound before `connect`
+//! is not kept (such sockets are brokered inside the call instead, see
+//! `connector`); a `dup` of a connecting socket keeps the placeholder; a
+//! child forked meanwhile keeps a placeholder that never connects.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+use proto::gcb::{Decision, ErrorCode, Frame, Role, StreamHello, StreamPeer, Token};
+
+use super::connector::{self, Asked, Asking};
+use super::family::{self, Family};
+use super::registry::{Names, Registry};
+use super::reversal_listener::{self, TempListener};
+use super::swap::{put_on, AppSocket};
+use super::sys::{self, Errno, Sock};
+use crate::client::exchange::Exchange;
+use crate::fdtable::{self, Kind};
+use crate::{process, real};
+
+/// Bound on a brokered connect (the blocking path's too, `dial::PAIR_TIMEOUT`).
+const CONNECT_TIMEOUT: Duration = super::dial::PAIR_TIMEOUT;
+/// Reversed connections that have not said hello yet, per job.
+const MAX_UNSPOKEN: usize = 4;
+
+/// Where a job stands.
+enum Stage {
+    /// Not started: the responder sends the `Connect`.
+    New,
+    Asking(Box<Asking>, Exchange),
+    /// A plain TCP connect to `to` (direct, same realm, or no broker there).
+    Dialing { sock: Sock, decision: Option<Decision> },
+    Relaying { sock: Sock, token: Token, said_hello: bool, buf: [u8; StreamPeer::LEN], have: usize, decision: Decision },
+    Reversing { tmp: TempListener, notices: Option<Sock>, token: Token, unspoken: Vec<Sock>, decision: Decision },
+}
+
+/// One non-blocking connect being brokered.
+pub struct Job {
+    id: u64,
+    /// The program's fd, holding the placeholder until the swap.
+    app_fd: c_int,
+    /// An internal duplicate of the placeholder: proves the fd still holds it,
+    /// and wakes waiters on it once the fd holds the connection.
+    placeholder: c_int,
+    dest: SocketAddrV4,
+    family: Family,
+    since: Instant,
+    deadline: Instant,
+    stage: Stage,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        crate::internal::release(self.placeholder);
+    }
+}
+
+/// The jobs, and the errors kept for `SO_ERROR`.
+#[derive(Default)]
+pub struct Connects {
+    jobs: Vec<Job>,
+    /// Program fd → the id of its live job; gone once cancelled or swapped.
+    live: HashMap<c_int, u64>,
+    next_id: u64,
+    errors: HashMap<c_int, c_int>,
+}
+
+impl std::fmt::Debug for Connects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connects").field("live", &self.live).field("errors", &self.errors).finish()
+    }
+}
+
+/// Starts brokering a non-blocking connect of watched socket `fd` to `dest`;
+/// `Some(-1)` with EINPROGRESS, or `None` when it must be brokered inside the
+/// call (the socket is bound, there is no gate, or no responder here).
+pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option<c_int> {
+    if process::borrowed() || sys::local_addr(fd).is_ok_and(|a| a.port() != 0) {
+        return None;
+    }
+    let gate = super::gate::at()?;
+    // SAFETY: duplicating the program's socket to a high, close-on-exec number.
+    let dup = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return None;
+    }
+    let placeholder = crate::internal::adopt(dup);
+    let raw = family::encode(gate, fam);
+    // SAFETY: a valid address of the stated length.
+    let r = unsafe { real::connect(fd, raw.ptr(), raw.len()) };
+    if r == 0 || crate::hook::errno() != libc::EINPROGRESS {
+        log!(Warn, "the gate did not hold a connect ({}); connecting to {dest} inside the call", std::io::Error::last_os_error());
+        crate::internal::release(placeholder);
+        return None;
+    }
+    let job = |id| Job { id, app_fd: fd, placeholder, dest, family: fam, since: now, deadline: now + CONNECT_TIMEOUT, stage: Stage::New };
+    super::with(|reg| {
+        let c = &mut reg.connects;
+        c.next_id += 1;
+        let id = c.next_id;
+        c.live.insert(fd, id);
+        c.jobs.push(job(id));
+        fdtable::replace(fd, Kind::Watched, Kind::Connecting);
+    });
+    super::responder::ensure();
+    crate::hook::set_errno(libc::EINPROGRESS);
+    Some(-1)
+}
+
+/// The program closed `fd` (or replaced it): its job is dropped.
+pub fn cancel(reg: &mut Registry, fd: c_int) {
+    if reg.connects.live.remove(&fd).is_some() {
+        reg.connects.jobs.retain(|j| j.app_fd != fd);
+    }
+    reg.connects.errors.remove(&fd);
+}
+
+/// `getsockopt(fd, SOL_SOCKET, SO_ERROR, ...)` on a named connection: the
+/// error kept for a failed brokered connect, once, if there is one (the
+/// kernel's own is cleared with it); else the kernel's.
+///
+/// # Safety
+///
+/// The C contract of `getsockopt`.
+pub unsafe fn getsockopt_error(fd: c_int, value: *mut libc::c_void, len: *mut libc::socklen_t) -> c_int {
+    let r = real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, value, len);
+    if r == 0 && !value.is_null() && !len.is_null() && *len as usize >= std::mem::size_of::<c_int>() {
+        if let Some(e) = super::with(|reg| reg.connects.errors.remove(&fd)) {
+            std::ptr::write_unaligned(value.cast::<c_int>(), e);
+        }
+    }
+    r
+}
+
+/// The fds the responder waits on, with their events.
+pub fn poll_fds(reg: &Registry) -> Vec<(c_int, i16)> {
+    let mut out = Vec::new();
+    for j in &reg.connects.jobs {
+        match &j.stage {
+            Stage::New => {}
+            Stage::Asking(a, _) => out.push((a.probe.raw(), libc::POLLIN)),
+            Stage::Dialing { sock, .. } => out.push((sock.raw(), libc::POLLOUT)),
+            Stage::Relaying { sock, said_hello, .. } => out.push((sock.raw(), if *said_hello { libc::POLLIN } else { libc::POLLOUT })),
+            Stage::Reversing { tmp, notices, unspoken, .. } => {
+                out.push((tmp.raw(), libc::POLLIN));
+                out.extend(notices.iter().map(|n| (n.raw(), libc::POLLIN)));
+                out.extend(unspoken.iter().map(|u| (u.raw(), libc::POLLIN)));
+            }
+        }
+    }
+    out
+}
+
+/// When the responder must look at the jobs again without an event.
+pub fn next_deadline(reg: &Registry) -> Option<Instant> {
+    let now = Instant::now();
+    reg.connects
+        .jobs
+        .iter()
+        .map(|j| match &j.stage {
+            Stage::New => now,
+            Stage::Asking(_, ex) => ex.next_deadline().unwrap_or(now).min(j.deadline),
+            _ => j.deadline,
+        })
+        .min()
+}
+
+/// What a step came to.
+enum Step {
+    Wait,
+    /// Connected (or, for a direct dial, done with the kernel's verdict in
+    /// the socket), to be reported as a connection to the destination or not.
+    Done { sock: Sock, named: bool, decision: Option<Decision> },
+    Failed(Errno),
+}
+
+/// The responder's work on job socket `fd`, ready with `revents`.
+pub fn progress(fd: c_int, revents: i16, now: Instant) {
+    let job = super::with(|reg| {
+        let i = reg.connects.jobs.iter().position(|j| owns(j, fd))?;
+        Some(reg.connects.jobs.swap_remove(i))
+    });
+    if let Some(mut job) = job {
+        let step = advance(&mut job, Some((fd, revents)), now);
+        conclude(job, step);
+    }
+}
+
+/// New jobs, and those whose timers fell due.
+pub fn on_timers(now: Instant) {
+    let due: Vec<Job> = super::with(|reg| {
+        let (due, keep): (Vec<Job>, Vec<Job>) = reg.connects.jobs.drain(..).partition(|j| due(j, now));
+        reg.connects.jobs = keep;
+        due
+    });
+    for mut job in due {
+        let step = advance(&mut job, None, now);
+        conclude(job, step);
+    }
+}
+
+fn due(j: &Job, now: Instant) -> bool {
+    match &j.stage {
+        Stage::New => true,
+        Stage::Asking(_, ex) => now >= j.deadline || ex.next_deadline().map_or(true, |d| now >= d),
+        Stage::Dialing { .. } => false,
+        _ => now >= j.deadline,
+    }
+}
+
+fn owns(j: &Job, fd: c_int) -> bool {
+    match &j.stage {
+        Stage::New => false,
+        Stage::Asking(a, _) => a.probe.raw() == fd,
+        Stage::Dialing { sock, .. } | Stage::Relaying { sock, .. } => sock.raw() == fd,
+        Stage::Reversing { tmp, notices, unspoken, .. } => {
+            tmp.raw() == fd || notices.as_ref().is_some_and(|n| n.raw() == fd) || unspoken.iter().any(|u| u.raw() == fd)
+        }
+    }
+}
+
+/// One step of `job`; `ready` is the socket that woke it, if one did.
+fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) -> Step {
+    if now >= job.deadline && !matches!(job.stage, Stage::Dialing { .. }) {
+        return Step::Failed(libc::ETIMEDOUT);
+    }
+    match std::mem::replace(&mut job.stage, Stage::New) {
+        Stage::New => ask(job),
+        Stage::Asking(asking, mut ex) => {
+            let got = match ready {
+                Some((fd, _)) => ex.on_readable(fd, &super::mgmt::CODEC),
+                None => ex.on_timeout(asking.probe.raw(), now).map(Err),
+            };
+            match got {
+                Some(got) => {
+                    let asked = connector::answered(*asking, got, job.dest);
+                    decided(job, asked)
+                }
+                None => {
+                    job.stage = Stage::Asking(asking, ex);
+                    Step::Wait
+                }
+            }
+        }
+        Stage::Dialing { sock, decision } => Step::Done { named: decision.is_some(), sock, decision },
+        Stage::Relaying { sock, token, said_hello, buf, have, decision } => relaying(job, sock, token, said_hello, buf, have, decision),
+        Stage::Reversing { tmp, notices, token, unspoken, decision } => reversing(job, ready, tmp, notices, token, unspoken, decision),
+    }
+}
+
+/// Sends the `Connect`.
+fn ask(job: &mut Job) -> Step {
+    match connector::prepare_ask(job.dest, job.family) {
+        Ok(asking) => match Exchange::start(asking.probe.raw(), asking.cmd, asking.policy, &super::mgmt::CODEC, &asking.msg) {
+            Ok(ex) => {
+                job.stage = Stage::Asking(Box::new(asking), ex);
+                Step::Wait
+            }
+            Err(why) => {
+                let asked = connector::answered(asking, Err(why), job.dest);
+                decided(job, asked)
+            }
+        },
+        Err(asked) => decided(job, asked),
+    }
+}
+
+/// The next stage once the broker (or its absence) has spoken.
+fn decided(job: &mut Job, asked: Asked) -> Step {
+    match asked {
+        Asked::NotGcb => {
+            log!(Debug, "{} has no broker; connecting directly", job.dest.ip());
+            connector::remember_no_broker(*job.dest.ip());
+            dial(job, job.dest, None)
+        }
+        Asked::Silent => {
+            log!(Warn, "the broker at {} did not answer a Connect for {}; connecting to it directly", job.dest.ip(), job.dest);
+            dial(job, job.dest, None)
+        }
+        Asked::Refused(code) => {
+            log!(Warn, "the broker at {} refused a connection to {}: {code:?}", job.dest.ip(), job.dest);
+            Step::Failed(libc::ECONNREFUSED)
+        }
+        Asked::NoResources(e) => Step::Failed(e),
+        Asked::Decision(d, tmp, notices) => {
+            log!(Debug, "connect to {}: {d:?}", job.dest);
+            let tmp = match d {
+                Decision::Reversal { .. } => tmp,
+                _ => {
+                    if let Some(t) = tmp {
+                        reversal_listener::give_back(t);
+                    }
+                    None
+                }
+            };
+            match d {
+                Decision::Direct { addr } | Decision::SameRealm { addr } => dial(job, addr, Some(d)),
+                Decision::NotRegistered => {
+                    log!(Info, "connect to {}: nothing is registered there", job.dest);
+                    Step::Failed(libc::ECONNREFUSED)
+                }
+                Decision::Relay { via, token } => match started(job.family, via) {
+                    Ok(sock) => {
+                        job.stage = Stage::Relaying { sock, token, said_hello: false, buf: [0; StreamPeer::LEN], have: 0, decision: d };
+                        Step::Wait
+                    }
+                    Err(e) => Step::Failed(e),
+                },
+                Decision::Reversal { token } => match tmp {
+                    Some(tmp) => {
+                        job.stage = Stage::Reversing { tmp, notices, token, unspoken: Vec::new(), decision: d };
+                        Step::Wait
+                    }
+                    None => Step::Failed(libc::ECONNREFUSED),
+                },
+            }
+        }
+    }
+}
+
+/// A new non-blocking socket of `fam` connecting to `to`.
+fn started(fam: Family, to: SocketAddrV4) -> Result<Sock, Errno> {
+    let s = sys::socket_of(fam, libc::SOCK_STREAM, true, true)?;
+    sys::connect_start(s.raw(), fam, to)?;
+    Ok(s)
+}
+
+fn dial(job: &mut Job, to: SocketAddrV4, decision: Option<Decision>) -> Step {
+    match started(job.family, to) {
+        Ok(sock) => {
+            job.stage = Stage::Dialing { sock, decision };
+            Step::Wait
+        }
+        Err(e) => Step::Failed(e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn relaying(job: &mut Job, sock: Sock, token: Token, said_hello: bool, mut buf: [u8; StreamPeer::LEN], mut have: usize, decision: Decision) -> Step {
+    if !said_hello {
+        match sys::get_int_opt(sock.raw(), libc::SOL_SOCKET, libc::SO_ERROR) {
+            Ok(0) => {}
+            Ok(e) | Err(e) => return Step::Failed(e),
+        }
+        let hello = StreamHello { token, role: Role::Connector }.to_bytes();
+        // SAFETY: a live buffer; a fresh socket takes 16 bytes whole.
+        let n = unsafe { real::send(sock.raw(), hello.as_ptr().cast(), hello.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n != hello.len() as isize {
+            return Step::Failed(if n < 0 { crate::hook::errno() } else { libc::EIO });
+        }
+        job.stage = Stage::Relaying { sock, token, said_hello: true, buf, have, decision };
+        return Step::Wait;
+    }
+    // Never past the 12 bytes: what follows is the program's.
+    // SAFETY: a live buffer of the given length.
+    let n = unsafe { real::recv(sock.raw(), buf[have..].as_mut_ptr().cast(), StreamPeer::LEN - have, libc::MSG_DONTWAIT) };
+    match n {
+        0 => return Step::Failed(libc::ECONNREFUSED),
+        n if n < 0 => {
+            let e = crate::hook::errno();
+            if e != libc::EAGAIN && e != libc::EINTR {
+                return Step::Failed(e);
+            }
+        }
+        n => have += n as usize,
+    }
+    if have < StreamPeer::LEN {
+        job.stage = Stage::Relaying { sock, token, said_hello, buf, have, decision };
+        return Step::Wait;
+    }
+    match StreamPeer::decode(&buf) {
+        Ok(StreamPeer::Paired { .. }) => Step::Done { sock, named: true, decision: Some(decision) },
+        Ok(StreamPeer::Rejected { code }) => {
+            log!(Debug, "the broker rejected a rendezvous: {code:?}");
+            Step::Failed(libc::ECONNREFUSED)
+        }
+        Err(_) => Step::Failed(libc::EPROTO),
+    }
+}
+
+fn reversing(job: &mut Job, ready: Option<(c_int, i16)>, tmp: TempListener, notices: Option<Sock>, token: Token, mut unspoken: Vec<Sock>, decision: Decision) -> Step {
+    let fd = ready.map(|(fd, _)| fd);
+    if let (Some(n), Some(fd)) = (&notices, fd) {
+        if n.raw() == fd {
+            if let Some(code) = super::notice::take(fd, token) {
+                log!(Debug, "the broker says the listener will not dial: {code:?}");
+                return Step::Failed(refusal_errno(code));
+            }
+        }
+    }
+    if fd == Some(tmp.raw()) {
+        for _ in 0..MAX_UNSPOKEN {
+            // SAFETY: no address wanted.
+            let c = unsafe { real::accept4(tmp.raw(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) };
+            if c < 0 {
+                break;
+            }
+            unspoken.push(Sock::from_raw(c));
+        }
+        unspoken.truncate(MAX_UNSPOKEN);
+    }
+    let mut i = 0;
+    while i < unspoken.len() {
+        match hello_of(unspoken[i].raw()) {
+            Some(Ok(t)) if t == token => {
+                let sock = unspoken.swap_remove(i);
+                reversal_listener::give_back(tmp);
+                return Step::Done { sock, named: true, decision: Some(decision) };
+            }
+            None => i += 1,
+            // Another token, or not a hello: a stray connection.
+            Some(_) => drop(unspoken.swap_remove(i)),
+        }
+    }
+    job.stage = Stage::Reversing { tmp, notices, token, unspoken, decision };
+    Step::Wait
+}
+
+/// The token of the hello waiting whole on `fd`; `None` while it has not
+/// arrived whole (it was sent in one segment, so it comes whole or not yet).
+fn hello_of(fd: c_int) -> Option<Result<Token, ()>> {
+    let mut buf = [0u8; StreamHello::LEN];
+    // SAFETY: a live buffer of the given length.
+    let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_PEEK) };
+    if n == 0 || (n < 0 && crate::hook::errno() != libc::EAGAIN) {
+        return Some(Err(()));
+    }
+    if n < StreamHello::LEN as isize {
+        return None;
+    }
+    // SAFETY: as above; takes the hello that was peeked.
+    unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    match StreamHello::decode(&buf) {
+        Ok(StreamHello { token, role: Role::Listener }) => Some(Ok(token)),
+        _ => Some(Err(())),
+    }
+}
+
+/// The errno of a `ConnectFailed`: a listener that never answered the broker
+/// is a connect that timed out; any other refusal is a refused connect.
+pub fn refusal_errno(code: ErrorCode) -> Errno {
+    match code {
+        ErrorCode::Other(10) => libc::ETIMEDOUT,
+        _ => libc::ECONNREFUSED,
+    }
+}
+
+/// Ends a step: the job goes back to wait, or its connection (or failure)
+/// goes on the program's fd.
+fn conclude(mut job: Job, step: Step) {
+    let (sock, named, decision, error) = match step {
+        Step::Wait => {
+            super::with(|reg| {
+                if reg.connects.live.get(&job.app_fd) == Some(&job.id) {
+                    reg.connects.jobs.push(job);
+                }
+            });
+            return;
+        }
+        Step::Done { sock, named, decision } => (sock, named, decision, None),
+        Step::Failed(e) => {
+            log!(Warn, "connect to {} failed: {}", job.dest, std::io::Error::from_raw_os_error(e));
+            match super::gate::refused(job.family) {
+                Ok(sock) => (sock, false, None, (e != libc::ECONNREFUSED).then_some(e)),
+                Err(_) => return,
+            }
+        }
+    };
+    let stage = std::mem::replace(&mut job.stage, Stage::New);
+    drop(stage);
+    let swapped = super::with(|reg| {
+        if reg.connects.live.get(&job.app_fd) != Some(&job.id) || !same_file(job.app_fd, job.placeholder) {
+            return false;
+        }
+        reg.connects.live.remove(&job.app_fd);
+        let Ok(app) = AppSocket::read(job.app_fd) else { return false };
+        let regs = reg.interest.take(job.app_fd);
+        if let Err(e) = put_on(job.app_fd, sock, true, &app, regs) {
+            log!(Warn, "connect to {}: the connection could not be put on fd {}: {}", job.dest, job.app_fd, std::io::Error::from_raw_os_error(e));
+            return false;
+        }
+        if named || error.is_some() {
+            reg.set_names(job.app_fd, Names { local: None, peer: named.then_some(job.dest) });
+            fdtable::set(job.app_fd, Kind::Named);
+        } else {
+            fdtable::set(job.app_fd, Kind::Plain);
+        }
+        if let Some(e) = error {
+            reg.connects.errors.insert(job.app_fd, e);
+        }
+        true
+    });
+    if swapped {
+        // Wakes a poll or select still waiting on the placeholder.
+        // SAFETY: our duplicate of the placeholder.
+        unsafe { real::shutdown(job.placeholder, libc::SHUT_RDWR) };
+        if let Some(d) = decision {
+            connector::log_path(proto::Proto::Tcp, job.dest, &d, job.since);
+        }
+    }
+}
+
+/// Whether fds `a` and `b` of this process refer to the same open file
+/// (`kcmp`); true where the kernel cannot say.
+fn same_file(a: c_int, b: c_int) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    let pid = libc::c_long::from(process::owner());
+    // SAFETY: kcmp only compares; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as libc::c_long, b as libc::c_long) };
+    r != 1 && r != 2
+}
+
+/// A forked child's copies of its parent's jobs are the parent's.
+pub fn forget_in_child(reg: &mut Registry) {
+    reg.connects.jobs.clear();
+    reg.connects.live.clear();
+}
+
+/// An internal fd of a job moved (the program `dup2`ed onto its number).
+pub fn moved(reg: &mut Registry, old: c_int, new: c_int) -> bool {
+    match reg.connects.jobs.iter_mut().find(|j| j.placeholder == old) {
+        Some(j) => {
+            j.placeholder = new;
+            true
+        }
+        None => false,
+    }
+}
