@@ -44,6 +44,7 @@ pub mod negcache;
 pub mod notice;
 pub mod options;
 pub mod park;
+pub mod received;
 pub mod registration;
 pub mod registry;
 pub mod released;
@@ -107,6 +108,7 @@ pub fn broker() -> Option<SocketAddrV4> {
 pub fn init() {
     if enabled() {
         inherit::adopt();
+        received::adopt_activated();
     } else if matches!(config::get().mode, Mode::Gcb(_)) {
         log!(Warn, "GCB_INAGENT names no IPv4 broker; GCB is off");
     }

@@ -53,8 +53,15 @@ hook! {
 }
 
 hook! {
+    /// A listener received over a unix socket (`SCM_RIGHTS`) is taken on
+    /// (`gcb::received`): looked at only when the message has control data.
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-        read_path!(fd => recvmsg(fd, msg, flags))
+        let n = read_path!(fd => recvmsg(fd, msg, flags));
+        if n >= 0 && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
+            let _errno = crate::hook::ErrnoGuard::new();
+            crate::gcb::received::on_received(msg);
+        }
+        n
     }
 }
 
@@ -96,8 +103,14 @@ hook! {
 }
 
 hook! {
+    /// A listener sent to another process (`SCM_RIGHTS`) is shared from then on.
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-        real_unless!(sends_watched(fd) => sendmsg(fd, msg, flags))
+        let n = real_unless!(sends_watched(fd) => sendmsg(fd, msg, flags));
+        if n >= 0 && fdtable::any_managed() && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
+            let _errno = crate::hook::ErrnoGuard::new();
+            crate::gcb::received::on_sent(msg);
+        }
+        n
     }
 }
 

@@ -34,7 +34,8 @@ pub fn adopt() {
             0 => listener::UNKNOWN_BACKLOG,
             n => n as usize,
         };
-        let l = held(fds.clone(), local, first.proxy, proto, super::super::family::of(first_fd), backlog);
+        let broker = broker_for(first.proxy);
+        let l = held(fds.clone(), local, first.proxy, proto, super::super::family::of(first_fd), backlog, broker);
         let udp_token = first.udp_token.filter(|&t| t != 0).map(proto::gcb::Token);
         super::super::with(|reg| {
             for &fd in &fds {
@@ -66,13 +67,16 @@ pub fn adopt() {
 /// socket activation): shared, with no management socket yet. The responder
 /// opens one and registers from it (`mgmt::on_timers`), which joins the
 /// registration another holder made, or makes it.
-pub fn held(fds: Vec<c_int>, local: SocketAddrV4, proxy: Option<SocketAddrV4>, proto: proto::Proto, family: super::super::family::Family, backlog: usize) -> Listener {
+pub fn held(
+    fds: Vec<c_int>,
+    local: SocketAddrV4,
+    proxy: Option<SocketAddrV4>,
+    proto: proto::Proto,
+    family: super::super::family::Family,
+    backlog: usize,
+    broker: Option<SocketAddrV4>,
+) -> Listener {
     let now = Instant::now();
-    let broker = proxy.and_then(|p| super::super::connector::our_broker(*p.ip())).and_then(|b| match b {
-        std::net::SocketAddr::V4(v4) => Some(v4),
-        std::net::SocketAddr::V6(_) => None,
-    });
-    let broker = broker.or_else(|| super::super::with(|reg| super::super::brokers::set(reg).candidates(now).into_iter().next()));
     Listener {
         fds,
         local,
@@ -94,6 +98,16 @@ pub fn held(fds: Vec<c_int>, local: SocketAddrV4, proxy: Option<SocketAddrV4>, p
         proto,
         udp_token: None,
     }
+}
+
+/// The broker to register a held listener with: the one its proxy address
+/// is on, else this process's preferred one. Takes the registry lock.
+pub fn broker_for(proxy: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
+    let named = proxy.and_then(|p| super::super::connector::our_broker(*p.ip())).and_then(|b| match b {
+        std::net::SocketAddr::V4(v4) => Some(v4),
+        std::net::SocketAddr::V6(_) => None,
+    });
+    named.or_else(|| super::super::with(|reg| super::super::brokers::set(reg).candidates(Instant::now()).into_iter().next()))
 }
 
 /// A channel handed over: kept as it was, or, while the parent was asking

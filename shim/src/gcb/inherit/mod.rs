@@ -59,7 +59,7 @@ use libc::{c_char, c_int, c_void};
 use super::registry::Registry;
 use crate::fdtable::{self, Kind};
 use crate::real;
-pub use adopt::adopt;
+pub use adopt::{adopt, broker_for, held};
 pub use text::parse;
 use text::{render, Buf};
 
