@@ -1,18 +1,34 @@
 //! The registration table: one record per registered listening socket
-//! (paper 4.2.2, "client socket records"), and the proxy ports behind them.
+//! (paper 4.2.2, "client socket records"), the processes that hold it, and
+//! the proxy ports behind them.
+//!
+//! A registration belongs to a socket, not to a process. Every process that
+//! holds the socket (the one that made it, its forked children, an exec'd
+//! image, a process handed it over `SCM_RIGHTS` or by socket activation)
+//! registers it from a management socket of its own and becomes a *holder*:
+//! same protocol, same public source IP, same local address is the same
+//! socket, and the `Register` joins the record instead of making a second
+//! one. Each holder heartbeats for itself and expires on its own deadline;
+//! the record goes when its last holder unregisters or expires. Commands go
+//! to the holder heard from last ([`Record::freshest`]); a command that
+//! fails changes nothing but the holder that disowned it
+//! ([`Registry::command_failed`]). The record types are in `record`.
 //!
 //! Invariants (each mutating method keeps all of them; `check` in the tests
 //! verifies them after every step):
 //! 1. `records` owns the records, keyed by proxy endpoint; a record's key is
 //!    its `proxy`.
-//! 2. `by_mgmt[m]` is exactly the set of proxies whose record has management
-//!    address `m`; no set is empty.
-//! 3. `by_identity[(proto, mgmt, local)]` names the one record with that
-//!    identity: a client registering the same socket again finds it there.
-//! 4. `expiry` holds exactly one `(deadline, proxy)` per record, its
-//!    deadline being last heartbeat + [`Registry::timeout_for`].
+//! 2. Every record has between 1 and [`MAX_HOLDERS`] holders, with distinct
+//!    management addresses, all on the record's public IP `ip`.
+//! 3. `by_socket[(proto, ip, local)]` names the one record of that socket:
+//!    there is never a second registration of a socket seen from one IP.
+//! 4. `expiry` holds exactly one `(deadline, proxy, mgmt)` per holder, its
+//!    deadline being its last heartbeat + [`Registry::timeout_for`] its
+//!    heartbeat interval.
 //! 5. Every record's proxy port is in use in the pool of its protocol; a
 //!    removed record's port goes into quarantine (see `ports`).
+//! 6. A record's `former` holders are at most `record::FORMER` distinct
+//!    addresses, none of them a holder's.
 //!
 //! The table holds no sockets: a record names its proxy socket by the mio
 //! token the event loop registered it under, so the table can be tested
@@ -26,94 +42,38 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use proto::{Endpoint, Proto};
 
-use crate::decide::Realm;
-use crate::ports::{Owner, PortPool, QUARANTINE};
+use crate::ports::{PortPool, QUARANTINE};
 use crate::values::PortRange;
 
-/// What the broker knows about the client behind a registration; all of it
-/// may change when the client registers again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Client {
-    /// The management socket as seen from here (its NAT mapping): where
-    /// asynchronous commands go.
-    pub mgmt: SocketAddrV4,
-    /// The management socket's address as the client sees it.
-    pub mgmt_local: SocketAddrV4,
-    pub public: bool,
-    pub realm: Realm,
-    pub pid: u32,
-    pub program: String,
-    pub heartbeat_secs: u16,
-}
+mod record;
 
-/// What a `Register` is to the records ([`Registry::find_for_register`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// The same socket registering again: this record is renewed.
-    Again(Endpoint),
-    /// The port asked for has this address registered by another live
-    /// process (`pid`): the claimant gets a registration of its own.
-    HeldByOther { proxy: Endpoint, pid: u32 },
-    /// Nothing of the claimant's: a new registration.
-    New,
-}
+pub use record::{Claim, Client, Full, Holder, Record, Refresh, Removed, MAX_HOLDERS};
 
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub proxy: Endpoint,
-    /// The registered socket's own address; same-realm peers dial it.
-    pub local: SocketAddrV4,
-    pub client: Client,
-    pub registered: Instant,
-    pub last_heartbeat: Instant,
-    /// The proxy socket's token in the event loop.
-    pub token: Token,
-    deadline: Instant,
-}
+type Socket = (Proto, Ipv4Addr, SocketAddrV4);
 
-impl Record {
-    fn owner(&self) -> Owner {
-        Owner {
-            local: self.local,
-            ip: *self.client.mgmt.ip(),
-        }
-    }
+/// [`Registry::timeout_for`] with the broker's timeout given.
+fn timeout_for(timeout: Duration, heartbeat_secs: u16) -> Duration {
+    timeout.max(Duration::from_secs(u64::from(heartbeat_secs) * 3))
 }
-
-/// What a heartbeat did to one held endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refresh {
-    Refreshed,
-    /// Refreshed, and the client's NAT mapping changed from this address.
-    Moved(SocketAddrV4),
-    /// Not registered, or not to this client.
-    Unknown,
-}
-
-type Identity = (Proto, SocketAddrV4, SocketAddrV4);
 
 #[derive(Debug)]
 pub struct Registry {
     records: HashMap<Endpoint, Record>,
-    by_mgmt: HashMap<SocketAddrV4, BTreeSet<Endpoint>>,
-    by_identity: HashMap<Identity, Endpoint>,
-    expiry: BTreeSet<(Instant, Endpoint)>,
+    by_socket: HashMap<Socket, Endpoint>,
+    expiry: BTreeSet<(Instant, Endpoint, SocketAddrV4)>,
     tcp: PortPool,
     udp: PortPool,
-    public_ip: Ipv4Addr,
     timeout: Duration,
 }
 
 impl Registry {
-    pub fn new(public_ip: Ipv4Addr, range: PortRange, timeout: Duration) -> Self {
+    pub fn new(range: PortRange, timeout: Duration) -> Self {
         Registry {
             records: HashMap::new(),
-            by_mgmt: HashMap::new(),
-            by_identity: HashMap::new(),
+            by_socket: HashMap::new(),
             expiry: BTreeSet::new(),
             tcp: PortPool::new(range, QUARANTINE),
             udp: PortPool::new(range, QUARANTINE),
-            public_ip,
             timeout,
         }
     }
@@ -144,58 +104,46 @@ impl Registry {
         }
     }
 
-    /// A client is dropped after the broker's timeout, or after three of its
+    /// A holder is dropped after the broker's timeout, or after three of its
     /// own heartbeat intervals if that is longer: a client that announced a
     /// slow heartbeat must not be expired between two of them.
-    pub fn timeout_for(&self, client: &Client) -> Duration {
-        self.timeout
-            .max(Duration::from_secs(u64::from(client.heartbeat_secs) * 3))
+    pub fn timeout_for(&self, heartbeat_secs: u16) -> Duration {
+        timeout_for(self.timeout, heartbeat_secs)
     }
 
-    /// What a `Register` is to the existing records: the same socket from
-    /// the same management address; or, when the client asks for a port, the
-    /// record on that port for the same socket from the same public IP and
-    /// the same process (its NAT mapping changed, so it lost its
-    /// registration's address but not its identity). Another process with
-    /// that address (two programs bound to one port with SO_REUSEPORT) never
-    /// takes a live record over: it is [`Claim::HeldByOther`], and registers
-    /// on its own. An owner silent for two of its heartbeat intervals is not
-    /// live, and its record goes to whoever claims it.
+    /// What a `Register` of `local` from `mgmt` is to the records. The
+    /// desired port plays no part: a socket has one registration per public
+    /// IP, and whether a required port matches it is the caller's question.
     pub fn find_for_register(
         &self,
         proto: Proto,
         mgmt: SocketAddrV4,
         local: SocketAddrV4,
-        desired: Option<u16>,
-        pid: u32,
-        now: Instant,
     ) -> Claim {
-        if let Some(ep) = self.by_identity.get(&(proto, mgmt, local)) {
-            return Claim::Again(*ep);
-        }
-        let Some(desired) = desired else {
+        let Some(ep) = self.by_socket.get(&(proto, *mgmt.ip(), local)) else {
             return Claim::New;
         };
-        let ep = Endpoint::new(proto, SocketAddrV4::new(self.public_ip, desired));
-        let Some(r) = self.records.get(&ep) else {
-            return Claim::New;
-        };
-        if r.local != local || r.client.mgmt.ip() != mgmt.ip() {
-            return Claim::New;
+        match self.records.get(ep).and_then(|r| r.holder(mgmt)) {
+            Some(_) => Claim::Again(*ep),
+            None => Claim::Join(*ep),
         }
-        let silent = now.saturating_duration_since(r.last_heartbeat);
-        let live = silent < Duration::from_secs(u64::from(r.client.heartbeat_secs.max(1)) * 2);
-        if r.client.pid != pid && live {
-            return Claim::HeldByOther {
-                proxy: ep,
-                pid: r.client.pid,
-            };
-        }
-        Claim::Again(ep)
     }
 
-    /// Adds a record for a port allocated from [`pool_mut`](Self::pool_mut).
-    /// The caller has checked that the identity is new.
+    fn new_holder(&self, client: Client, now: Instant) -> Holder {
+        Holder {
+            deadline: now + self.timeout_for(client.heartbeat_secs),
+            mgmt: client.mgmt,
+            mgmt_local: client.mgmt_local,
+            pid: client.pid,
+            program: client.program,
+            heartbeat_secs: client.heartbeat_secs,
+            joined: now,
+            last_heartbeat: now,
+        }
+    }
+
+    /// Adds a record for a port allocated from [`pool_mut`](Self::pool_mut),
+    /// held by `client`. The caller has found the socket [`Claim::New`].
     pub fn insert(
         &mut self,
         proxy: Endpoint,
@@ -204,78 +152,106 @@ impl Registry {
         token: Token,
         now: Instant,
     ) -> &Record {
-        let deadline = now + self.timeout_for(&client);
-        let identity = (proxy.proto, client.mgmt, local);
-        debug_assert!(!self.by_identity.contains_key(&identity));
-        self.by_identity.insert(identity, proxy);
-        self.by_mgmt.entry(client.mgmt).or_default().insert(proxy);
-        self.expiry.insert((deadline, proxy));
+        let ip = *client.mgmt.ip();
+        debug_assert!(!self.by_socket.contains_key(&(proxy.proto, ip, local)));
+        self.by_socket.insert((proxy.proto, ip, local), proxy);
+        let (public, realm) = (client.public, client.realm.clone());
+        let holder = self.new_holder(client, now);
+        self.expiry.insert((holder.deadline, proxy, holder.mgmt));
         let record = Record {
             proxy,
             local,
-            client,
+            ip,
+            public,
+            realm,
             registered: now,
-            last_heartbeat: now,
             token,
-            deadline,
+            holders: vec![holder],
+            former: Vec::new(),
         };
         self.records.insert(proxy, record);
         &self.records[&proxy]
     }
 
-    /// Detaches a record from every index; the caller re-attaches it.
-    fn unindex(&mut self, proxy: &Endpoint) -> Option<Record> {
-        let r = self.records.remove(proxy)?;
-        self.by_identity
-            .remove(&(proxy.proto, r.client.mgmt, r.local));
-        if let Some(set) = self.by_mgmt.get_mut(&r.client.mgmt) {
-            set.remove(proxy);
-            if set.is_empty() {
-                self.by_mgmt.remove(&r.client.mgmt);
-            }
-        }
-        self.expiry.remove(&(r.deadline, *proxy));
+    /// A holder's repeated `Register`: its details may have changed (pid
+    /// after an exec, realm); the registration counts as a heartbeat.
+    pub fn renew(&mut self, proxy: &Endpoint, client: Client, now: Instant) -> Option<&Record> {
+        let timeout = self.timeout_for(client.heartbeat_secs);
+        let r = self.records.get_mut(proxy)?;
+        let h = r.holders.iter_mut().find(|h| h.mgmt == client.mgmt)?;
+        self.expiry.remove(&(h.deadline, *proxy, h.mgmt));
+        h.mgmt_local = client.mgmt_local;
+        h.pid = client.pid;
+        h.program = client.program;
+        h.heartbeat_secs = client.heartbeat_secs;
+        h.last_heartbeat = now;
+        h.deadline = now + timeout;
+        self.expiry.insert((h.deadline, *proxy, h.mgmt));
+        (r.public, r.realm) = (client.public, client.realm);
         Some(r)
     }
 
-    fn reindex(&mut self, mut r: Record) {
-        r.deadline = r.last_heartbeat + self.timeout_for(&r.client);
-        let proxy = r.proxy;
-        self.by_identity
-            .insert((proxy.proto, r.client.mgmt, r.local), proxy);
-        self.by_mgmt.entry(r.client.mgmt).or_default().insert(proxy);
-        self.expiry.insert((r.deadline, proxy));
-        self.records.insert(proxy, r);
-    }
-
-    /// A repeated `Register`: the client's details may have changed (a new
-    /// NAT mapping, pid, realm); the registration counts as a heartbeat.
-    pub fn renew(&mut self, proxy: &Endpoint, client: Client, now: Instant) -> Option<&Record> {
-        let mut r = self.unindex(proxy)?;
-        r.client = client;
-        r.last_heartbeat = now;
-        self.reindex(r);
-        self.records.get(proxy)
-    }
-
-    /// A heartbeat from `from` holding `proxy`. The heartbeat counts for the
-    /// record's own management address, and for another port on the same
-    /// public IP, which is the same client after its NAT forgot the mapping:
-    /// the record then follows the client to its new address.
-    pub fn refresh(&mut self, proxy: &Endpoint, from: SocketAddrV4, now: Instant) -> Refresh {
+    /// Another process holding the socket of `proxy` joins it. Holders it
+    /// supersedes leave and are returned: the same management socket behind
+    /// a new NAT mapping (same `mgmt_local`), and holders silent for two of
+    /// their heartbeat intervals, whose record the claimant takes over as
+    /// one silent owner's always went to whoever claimed it. Refused,
+    /// changing nothing, when the record has [`MAX_HOLDERS`] others.
+    pub fn join(
+        &mut self,
+        proxy: &Endpoint,
+        client: Client,
+        now: Instant,
+    ) -> Result<Vec<Holder>, Full> {
         let Some(r) = self.records.get(proxy) else {
-            return Refresh::Unknown;
+            return Err(Full);
         };
-        let old = r.client.mgmt;
-        if old.ip() != from.ip() {
-            return Refresh::Unknown;
+        debug_assert!(r.ip == *client.mgmt.ip() && r.holder(client.mgmt).is_none());
+        let superseded = |h: &Holder| h.mgmt_local == client.mgmt_local || !h.live(now);
+        let staying = r.holders.iter().filter(|h| !superseded(h)).count();
+        if staying >= MAX_HOLDERS {
+            return Err(Full);
         }
-        let Some(mut r) = self.unindex(proxy) else {
+        let holder = self.new_holder(client.clone(), now);
+        let Some(r) = self.records.get_mut(proxy) else {
+            return Err(Full);
+        };
+        let (gone, kept): (Vec<Holder>, Vec<Holder>) = std::mem::take(&mut r.holders)
+            .into_iter()
+            .partition(superseded);
+        r.holders = kept;
+        for h in &gone {
+            self.expiry.remove(&(h.deadline, *proxy, h.mgmt));
+            r.forget(h.mgmt);
+        }
+        self.expiry.insert((holder.deadline, *proxy, holder.mgmt));
+        r.former.retain(|m| *m != holder.mgmt);
+        r.holders.push(holder);
+        (r.public, r.realm) = (client.public, client.realm);
+        Ok(gone)
+    }
+
+    /// A heartbeat from `from` holding `proxy`. It refreshes the holder at
+    /// `from` alone. From another port of the record's IP, it is the same
+    /// process after its NAT forgot the mapping when the record has one
+    /// holder, which then follows it to its new address; with several, it
+    /// cannot be told which, and the client registers again to join. So
+    /// does a former holder: it left, and the one holder left is another.
+    pub fn refresh(&mut self, proxy: &Endpoint, from: SocketAddrV4, now: Instant) -> Refresh {
+        let Some(r) = self.records.get_mut(proxy) else {
             return Refresh::Unknown;
         };
-        r.client.mgmt = from;
-        r.last_heartbeat = now;
-        self.reindex(r);
+        let i = match r.holders.iter().position(|h| h.mgmt == from) {
+            Some(i) => i,
+            None if r.holders.len() == 1 && r.ip == *from.ip() && !r.former.contains(&from) => 0,
+            None => return Refresh::Unknown,
+        };
+        let h = &mut r.holders[i];
+        self.expiry.remove(&(h.deadline, *proxy, h.mgmt));
+        let old = std::mem::replace(&mut h.mgmt, from);
+        h.last_heartbeat = now;
+        h.deadline = now + timeout_for(self.timeout, h.heartbeat_secs);
+        self.expiry.insert((h.deadline, *proxy, h.mgmt));
         if old == from {
             Refresh::Refreshed
         } else {
@@ -283,29 +259,71 @@ impl Registry {
         }
     }
 
-    /// Removes a record; its port is quarantined for its owner.
-    pub fn remove(&mut self, proxy: &Endpoint, now: Instant) -> Option<Record> {
-        let r = self.unindex(proxy)?;
+    /// The holder at `mgmt` leaves `proxy` (it unregistered, expired, or
+    /// said it does not hold the socket); the record goes with its last
+    /// holder. `None` if `mgmt` holds no such record.
+    pub fn remove_holder(
+        &mut self,
+        proxy: &Endpoint,
+        mgmt: SocketAddrV4,
+        now: Instant,
+    ) -> Option<Removed> {
+        let r = self.records.get_mut(proxy)?;
+        let i = r.holders.iter().position(|h| h.mgmt == mgmt)?;
+        let h = r.holders.remove(i);
+        self.expiry.remove(&(h.deadline, *proxy, h.mgmt));
+        if !r.holders.is_empty() {
+            r.forget(h.mgmt);
+            return Some(Removed::Holder(h));
+        }
+        r.holders.push(h);
+        let r = self.records.remove(proxy)?;
+        self.by_socket.remove(&(proxy.proto, r.ip, r.local));
         let owner = r.owner();
         self.pool_mut(proxy.proto)
             .release(proxy.addr.port(), owner, now);
-        Some(r)
+        Some(Removed::Record(r))
     }
 
-    /// When the next registration would expire.
+    /// A command for `proxy` failed at the holder `at`. That holder leaves
+    /// if it said it does not hold the socket (`disowned`), and what that
+    /// did is returned; nothing else changes, whatever the failure, since a
+    /// registration lives by its holders' heartbeats alone. The second value
+    /// is where the command may go once more: the freshest other holder.
+    pub fn command_failed(
+        &mut self,
+        proxy: &Endpoint,
+        at: SocketAddrV4,
+        disowned: bool,
+        now: Instant,
+    ) -> (Option<Removed>, Option<SocketAddrV4>) {
+        let removed = if disowned {
+            self.remove_holder(proxy, at, now)
+        } else {
+            None
+        };
+        let next = self
+            .get(proxy)
+            .and_then(|r| r.freshest_other(at))
+            .map(|h| h.mgmt);
+        (removed, next)
+    }
+
+    /// When the next holder would expire.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.expiry.first().map(|(t, _)| *t)
+        self.expiry.first().map(|(t, ..)| *t)
     }
 
-    /// Removes and returns every record whose deadline has passed.
-    pub fn expire(&mut self, now: Instant) -> Vec<Record> {
+    /// Removes every holder whose deadline has passed, in deadline order,
+    /// and with the last holder of a record the record.
+    pub fn expire(&mut self, now: Instant) -> Vec<(Endpoint, Removed)> {
         let mut out = Vec::new();
-        while let Some(&(deadline, proxy)) = self.expiry.first() {
+        while let Some(&(deadline, proxy, mgmt)) = self.expiry.first() {
             if deadline > now {
                 break;
             }
-            match self.remove(&proxy, now) {
-                Some(r) => out.push(r),
+            match self.remove_holder(&proxy, mgmt, now) {
+                Some(removed) => out.push((proxy, removed)),
                 // Unreachable by invariant 4; never loop on it.
                 None => {
                     self.expiry.pop_first();
@@ -315,21 +333,21 @@ impl Registry {
         out
     }
 
-    /// Applies a new broker timeout (SIGHUP) to every record's deadline.
+    /// Applies a new broker timeout (SIGHUP) to every holder's deadline.
     pub fn set_timeout(&mut self, timeout: Duration) {
         if timeout == self.timeout {
             return;
         }
         self.timeout = timeout;
-        let proxies: Vec<Endpoint> = self.records.keys().copied().collect();
-        for proxy in proxies {
-            if let Some(r) = self.unindex(&proxy) {
-                self.reindex(r);
+        self.expiry.clear();
+        for (proxy, r) in &mut self.records {
+            for h in &mut r.holders {
+                h.deadline = h.last_heartbeat + timeout_for(timeout, h.heartbeat_secs);
+                self.expiry.insert((h.deadline, *proxy, h.mgmt));
             }
         }
     }
 }
 
 #[cfg(test)]
-#[path = "registry_tests.rs"]
 mod tests;

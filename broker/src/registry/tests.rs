@@ -1,15 +1,20 @@
 //! Unit tests of the registration table: every operation, with the
-//! invariants of the module docs checked after each step.
+//! invariants of the module docs checked after each step. The property
+//! tests are in `proptests`.
 
 use super::*;
+use crate::decide::Realm;
+use crate::ports::Owner;
 use daemon_kit::random::SplitMix64;
+
+mod proptests;
 
 const RANGE: PortRange = PortRange {
     lo: 20000,
     hi: 20009,
 };
 
-fn a(s: &str) -> SocketAddrV4 {
+pub(super) fn a(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
 }
 
@@ -17,11 +22,13 @@ fn public_ip() -> Ipv4Addr {
     "203.0.113.1".parse().unwrap()
 }
 
-fn client(mgmt: &str, heartbeat_secs: u16) -> Client {
+/// A process whose management socket is `mgmt` as the broker sees it and
+/// 10.0.0.5 with the same port as it sees itself.
+pub(super) fn client(mgmt: &str, heartbeat_secs: u16) -> Client {
     let mgmt = a(mgmt);
     Client {
         mgmt,
-        mgmt_local: a("10.0.0.5:4000"),
+        mgmt_local: SocketAddrV4::new([10, 0, 0, 5].into(), mgmt.port()),
         public: false,
         realm: Realm::Ip(*mgmt.ip()),
         pid: 7,
@@ -31,41 +38,49 @@ fn client(mgmt: &str, heartbeat_secs: u16) -> Client {
 }
 
 /// Every invariant of the module docs.
-fn check(r: &Registry) {
-    let mut idx_mgmt = 0;
-    for (m, set) in &r.by_mgmt {
-        assert!(!set.is_empty(), "empty set for {m}");
-        for p in set {
-            assert_eq!(r.records[p].client.mgmt, *m);
-            idx_mgmt += 1;
-        }
-    }
-    assert_eq!(idx_mgmt, r.records.len());
-    assert_eq!(r.by_identity.len(), r.records.len());
-    for ((proto, mgmt, local), p) in &r.by_identity {
-        let rec = &r.records[p];
-        assert_eq!(
-            (rec.proxy.proto, rec.client.mgmt, rec.local),
-            (*proto, *mgmt, *local)
-        );
-    }
-    assert_eq!(r.expiry.len(), r.records.len());
+pub(super) fn check(r: &Registry) {
+    let mut holders = 0;
     for (key, rec) in &r.records {
+        // 1, 2
         assert_eq!(*key, rec.proxy);
-        assert!(r.expiry.contains(&(rec.deadline, rec.proxy)));
+        assert!((1..=MAX_HOLDERS).contains(&rec.holders.len()), "{rec:?}");
+        for (i, h) in rec.holders.iter().enumerate() {
+            assert_eq!(*h.mgmt.ip(), rec.ip, "{rec:?}");
+            assert!(rec.holders[..i].iter().all(|o| o.mgmt != h.mgmt), "{rec:?}");
+            // 4
+            assert!(r.expiry.contains(&(h.deadline, rec.proxy, h.mgmt)));
+            assert_eq!(
+                h.deadline,
+                h.last_heartbeat + r.timeout_for(h.heartbeat_secs)
+            );
+        }
+        holders += rec.holders.len();
+        // 6
+        assert!(rec.former.len() <= record::FORMER, "{rec:?}");
+        for (i, m) in rec.former.iter().enumerate() {
+            assert!(
+                !rec.former[..i].contains(m) && rec.holder(*m).is_none(),
+                "{rec:?}"
+            );
+        }
+        // 3
         assert_eq!(
-            rec.deadline,
-            rec.last_heartbeat + r.timeout_for(&rec.client)
+            r.by_socket.get(&(rec.proxy.proto, rec.ip, rec.local)),
+            Some(key)
         );
     }
-    assert_eq!(
-        r.tcp.in_use(),
-        r.iter().filter(|x| x.proxy.proto == Proto::Tcp).count()
-    );
+    assert_eq!(r.by_socket.len(), r.records.len());
+    assert_eq!(r.expiry.len(), holders);
+    // 5
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let n = r.iter().filter(|x| x.proxy.proto == proto).count();
+        assert_eq!(r.pool(proto).in_use(), n);
+    }
 }
 
-/// Registers like the command handler does: allocate, then insert.
-fn register(
+/// Registers like the command handler does: renew, join, or allocate and
+/// insert.
+pub(super) fn register(
     r: &mut Registry,
     c: Client,
     local: &str,
@@ -73,10 +88,18 @@ fn register(
     now: Instant,
 ) -> Endpoint {
     let local = a(local);
-    if let Claim::Again(ep) = r.find_for_register(Proto::Tcp, c.mgmt, local, desired, c.pid, now) {
-        r.renew(&ep, c, now).unwrap();
-        check(r);
-        return ep;
+    match r.find_for_register(Proto::Tcp, c.mgmt, local) {
+        Claim::Again(ep) => {
+            r.renew(&ep, c, now).unwrap();
+            check(r);
+            return ep;
+        }
+        Claim::Join(ep) => {
+            r.join(&ep, c, now).unwrap();
+            check(r);
+            return ep;
+        }
+        Claim::New => {}
     }
     let owner = Owner {
         local,
@@ -94,8 +117,13 @@ fn register(
     ep
 }
 
-fn registry() -> Registry {
-    Registry::new(public_ip(), RANGE, Duration::from_secs(30))
+pub(super) fn registry() -> Registry {
+    Registry::new(RANGE, Duration::from_secs(30))
+}
+
+fn mgmts(r: &Registry, p: &Endpoint) -> Vec<SocketAddrV4> {
+    r.get(p)
+        .map_or(Vec::new(), |x| x.holders().iter().map(|h| h.mgmt).collect())
 }
 
 #[test]
@@ -111,7 +139,7 @@ fn add_lookup_and_idempotent_register() {
     );
     assert!(RANGE.contains(p.addr.port()) && *p.addr.ip() == public_ip());
     assert_eq!(r.get(&p).unwrap().local, a("10.0.0.5:80"));
-    // Same socket, same management address: same proxy, no second record.
+    // Same socket, same management address: same proxy, one holder.
     let again = register(
         &mut r,
         client("198.51.100.1:5000", 10),
@@ -120,8 +148,9 @@ fn add_lookup_and_idempotent_register() {
         t,
     );
     assert_eq!(again, p);
-    assert_eq!(r.len(), 1);
-    // Another socket of the same client, and the same socket elsewhere.
+    assert_eq!((r.len(), mgmts(&r, &p).len()), (1, 1));
+    // Another socket of the same client, and the same address behind
+    // another NAT (another host): registrations of their own.
     let q = register(
         &mut r,
         client("198.51.100.1:5000", 10),
@@ -141,7 +170,127 @@ fn add_lookup_and_idempotent_register() {
 }
 
 #[test]
-fn heartbeat_refreshes_and_follows_a_nat_remapping() {
+fn processes_sharing_a_socket_join_one_registration() {
+    let t = Instant::now();
+    let mut r = registry();
+    let parent = client("198.51.100.1:5000", 10);
+    let p = register(&mut r, parent.clone(), "10.0.0.5:80", None, t);
+    // A forked child (its own management socket, asking for the port it
+    // inherited) and a process handed the socket (asking for nothing).
+    let child = Client {
+        pid: 8,
+        ..client("198.51.100.1:5001", 10)
+    };
+    let t1 = t + Duration::from_secs(1);
+    assert_eq!(
+        r.find_for_register(Proto::Tcp, child.mgmt, a("10.0.0.5:80")),
+        Claim::Join(p)
+    );
+    assert_eq!(
+        register(
+            &mut r,
+            child.clone(),
+            "10.0.0.5:80",
+            Some(p.addr.port()),
+            t1
+        ),
+        p
+    );
+    let handed = Client {
+        pid: 9,
+        ..client("198.51.100.1:5002", 10)
+    };
+    assert_eq!(register(&mut r, handed.clone(), "10.0.0.5:80", None, t1), p);
+    assert_eq!(r.len(), 1);
+    assert_eq!(mgmts(&r, &p), [parent.mgmt, child.mgmt, handed.mgmt]);
+    // A holder registering again is renewed, not added.
+    assert_eq!(
+        r.find_for_register(Proto::Tcp, child.mgmt, a("10.0.0.5:80")),
+        Claim::Again(p)
+    );
+    assert_eq!(register(&mut r, child, "10.0.0.5:80", None, t1), p);
+    assert_eq!(mgmts(&r, &p).len(), 3);
+}
+
+#[test]
+fn a_join_replaces_its_own_old_mapping_and_silent_holders() {
+    let t = Instant::now();
+    let mut r = registry();
+    let p = register(
+        &mut r,
+        client("198.51.100.1:5000", 10),
+        "10.0.0.5:80",
+        None,
+        t,
+    );
+    let child = client("198.51.100.1:5001", 10);
+    register(&mut r, child.clone(), "10.0.0.5:80", None, t);
+    // The child's NAT forgot its mapping: same management socket (same
+    // local address), another public port. It replaces its old self.
+    let t1 = t + Duration::from_secs(5);
+    let moved = Client {
+        mgmt: a("198.51.100.1:6001"),
+        ..child
+    };
+    r.refresh(&p, a("198.51.100.1:5000"), t1);
+    let gone = r.join(&p, moved.clone(), t1).unwrap();
+    check(&r);
+    assert_eq!(
+        gone.iter().map(|h| h.mgmt).collect::<Vec<_>>(),
+        [a("198.51.100.1:5001")]
+    );
+    assert_eq!(mgmts(&r, &p), [a("198.51.100.1:5000"), moved.mgmt]);
+    // The parent silent for two of its intervals: the next process to
+    // join takes its place (a silent owner's record goes to its claimant).
+    let t2 = t1 + Duration::from_secs(20);
+    r.refresh(&p, moved.mgmt, t2);
+    let exec = client("198.51.100.1:5002", 10);
+    let gone = r.join(&p, exec.clone(), t2).unwrap();
+    check(&r);
+    assert_eq!(
+        gone.iter().map(|h| h.mgmt).collect::<Vec<_>>(),
+        [a("198.51.100.1:5000")]
+    );
+    assert_eq!(mgmts(&r, &p), [moved.mgmt, exec.mgmt]);
+}
+
+#[test]
+fn a_registration_has_at_most_max_holders() {
+    let t = Instant::now();
+    let mut r = registry();
+    let p = register(
+        &mut r,
+        client("198.51.100.1:1000", 10),
+        "10.0.0.5:80",
+        None,
+        t,
+    );
+    for i in 1..MAX_HOLDERS {
+        register(
+            &mut r,
+            client(&format!("198.51.100.1:{}", 1000 + i), 10),
+            "10.0.0.5:80",
+            None,
+            t,
+        );
+    }
+    assert_eq!(mgmts(&r, &p).len(), MAX_HOLDERS);
+    let late = client("198.51.100.1:3000", 10);
+    assert_eq!(r.join(&p, late.clone(), t), Err(Full));
+    check(&r);
+    assert_eq!(
+        mgmts(&r, &p).len(),
+        MAX_HOLDERS,
+        "a refusal changes nothing"
+    );
+    // Room again once one leaves.
+    r.remove_holder(&p, a("198.51.100.1:1000"), t).unwrap();
+    assert!(r.join(&p, late, t).unwrap().is_empty());
+    check(&r);
+}
+
+#[test]
+fn a_heartbeat_refreshes_its_holder_and_follows_a_lone_one_across_nat() {
     let t = Instant::now();
     let mut r = registry();
     let p = register(
@@ -156,14 +305,14 @@ fn heartbeat_refreshes_and_follows_a_nat_remapping() {
         r.refresh(&p, a("198.51.100.1:5000"), t1),
         Refresh::Refreshed
     );
-    assert_eq!(r.get(&p).unwrap().last_heartbeat, t1);
+    assert_eq!(r.get(&p).unwrap().freshest().last_heartbeat, t1);
     check(&r);
-    // Same public IP, new port: the NAT lost the mapping; follow it.
+    // Same public IP, new port, one holder: the NAT lost the mapping.
     assert_eq!(
         r.refresh(&p, a("198.51.100.1:6000"), t1),
         Refresh::Moved(a("198.51.100.1:5000"))
     );
-    assert_eq!(r.get(&p).unwrap().client.mgmt, a("198.51.100.1:6000"));
+    assert_eq!(mgmts(&r, &p), [a("198.51.100.1:6000")]);
     check(&r);
     // Another IP is someone else; unknown endpoints are unknown.
     assert_eq!(r.refresh(&p, a("198.51.100.9:6000"), t1), Refresh::Unknown);
@@ -172,48 +321,79 @@ fn heartbeat_refreshes_and_follows_a_nat_remapping() {
         r.refresh(&nowhere, a("198.51.100.1:6000"), t1),
         Refresh::Unknown
     );
+    // With two holders a stranger port cannot be told apart: the client
+    // registers again (and joins), nobody's entry moves.
+    register(
+        &mut r,
+        client("198.51.100.1:6001", 10),
+        "10.0.0.5:80",
+        None,
+        t1,
+    );
+    assert_eq!(r.refresh(&p, a("198.51.100.1:7000"), t1), Refresh::Unknown);
+    assert_eq!(
+        mgmts(&r, &p),
+        [a("198.51.100.1:6000"), a("198.51.100.1:6001")]
+    );
+    // Each heartbeat refreshes its own holder only.
+    let t2 = t1 + Duration::from_secs(5);
+    assert_eq!(
+        r.refresh(&p, a("198.51.100.1:6001"), t2),
+        Refresh::Refreshed
+    );
+    let rec = r.get(&p).unwrap();
+    assert_eq!(
+        rec.holder(a("198.51.100.1:6000")).unwrap().last_heartbeat,
+        t1
+    );
+    assert_eq!(
+        rec.holder(a("198.51.100.1:6001")).unwrap().last_heartbeat,
+        t2
+    );
     check(&r);
 }
 
 #[test]
-fn expiry_uses_the_longer_of_broker_and_client_timeouts() {
+fn each_holder_expires_on_its_own_and_the_last_takes_the_registration() {
     let t = Instant::now();
     let mut r = registry();
-    let fast = register(
+    let fast = client("198.51.100.1:5000", 1);
+    let slow = client("198.51.100.1:5001", 60);
+    let p = register(&mut r, fast.clone(), "10.0.0.5:80", None, t);
+    register(&mut r, slow.clone(), "10.0.0.5:80", None, t);
+    // The broker's 30 s for the fast one, three of its 60 s for the slow.
+    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(30)));
+    assert!(r.expire(t + Duration::from_secs(29)).is_empty());
+    let gone = r.expire(t + Duration::from_secs(30));
+    check(&r);
+    assert!(matches!(gone.as_slice(), [(q, Removed::Holder(h))] if *q == p && h.mgmt == fast.mgmt));
+    assert_eq!(mgmts(&r, &p), [slow.mgmt]);
+    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(180)));
+    // A heartbeat pushes its holder's deadline out.
+    r.refresh(&p, slow.mgmt, t + Duration::from_secs(100));
+    assert!(r.expire(t + Duration::from_secs(200)).is_empty());
+    let gone = r.expire(t + Duration::from_secs(280));
+    check(&r);
+    assert!(
+        matches!(gone.as_slice(), [(q, Removed::Record(rec))] if *q == p && rec.holders()[0].mgmt == slow.mgmt)
+    );
+    assert_eq!((r.len(), r.pool(Proto::Tcp).quarantined()), (0, 1));
+}
+
+#[test]
+fn reload_of_the_timeout_moves_every_holders_deadline() {
+    let t = Instant::now();
+    let mut r = registry();
+    let p = register(
         &mut r,
         client("198.51.100.1:5000", 1),
         "10.0.0.5:80",
         None,
         t,
     );
-    let slow = register(
-        &mut r,
-        client("198.51.100.1:5001", 60),
-        "10.0.0.5:81",
-        None,
-        t,
-    );
-    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(30)));
-    assert!(r.expire(t + Duration::from_secs(29)).is_empty());
-    let gone = r.expire(t + Duration::from_secs(30));
-    assert_eq!(gone.iter().map(|x| x.proxy).collect::<Vec<_>>(), [fast]);
-    check(&r);
-    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(180)));
-    // A heartbeat pushes the deadline out.
-    r.refresh(&slow, a("198.51.100.1:5001"), t + Duration::from_secs(100));
-    assert!(r.expire(t + Duration::from_secs(200)).is_empty());
-    assert_eq!(r.expire(t + Duration::from_secs(280)).len(), 1);
-    assert_eq!(r.len(), 0);
-    check(&r);
-}
-
-#[test]
-fn reload_of_the_timeout_moves_deadlines() {
-    let t = Instant::now();
-    let mut r = registry();
     register(
         &mut r,
-        client("198.51.100.1:5000", 1),
+        client("198.51.100.1:5001", 10),
         "10.0.0.5:80",
         None,
         t,
@@ -221,10 +401,48 @@ fn reload_of_the_timeout_moves_deadlines() {
     r.set_timeout(Duration::from_secs(5));
     check(&r);
     assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(5)));
+    assert_eq!(r.expire(t + Duration::from_secs(30)).len(), 2);
+    assert!(r.get(&p).is_none());
+    check(&r);
 }
 
 #[test]
-fn unregister_quarantines_the_port_for_its_owner() {
+fn unregister_by_one_holder_keeps_the_registration_for_the_others() {
+    let t = Instant::now();
+    let mut r = registry();
+    let (first, second) = (
+        client("198.51.100.1:5000", 10),
+        client("198.51.100.1:5001", 10),
+    );
+    let p = register(&mut r, first.clone(), "10.0.0.5:80", None, t);
+    register(&mut r, second.clone(), "10.0.0.5:80", None, t);
+    assert!(
+        r.remove_holder(&p, a("198.51.100.1:5999"), t).is_none(),
+        "not a holder"
+    );
+    assert!(
+        matches!(r.remove_holder(&p, first.mgmt, t), Some(Removed::Holder(h)) if h.mgmt == first.mgmt)
+    );
+    check(&r);
+    assert_eq!(mgmts(&r, &p), [second.mgmt]);
+    assert_eq!(r.pool(Proto::Tcp).quarantined(), 0);
+    assert!(r.remove_holder(&p, first.mgmt, t).is_none(), "left already");
+    // Its heartbeat is not the lone holder's NAT remapping: it registers
+    // again, and joins.
+    assert_eq!(r.refresh(&p, first.mgmt, t), Refresh::Unknown);
+    assert_eq!(mgmts(&r, &p), [second.mgmt]);
+    assert_eq!(register(&mut r, first.clone(), "10.0.0.5:80", None, t), p);
+    assert!(r.remove_holder(&p, first.mgmt, t).is_some());
+    let Some(Removed::Record(rec)) = r.remove_holder(&p, second.mgmt, t) else {
+        panic!("the last holder takes the registration")
+    };
+    check(&r);
+    assert_eq!(rec.token, Token(usize::from(p.addr.port())));
+    assert_eq!((r.len(), r.pool(Proto::Tcp).quarantined()), (0, 1));
+}
+
+#[test]
+fn a_quarantined_port_goes_back_to_its_owner_only() {
     let t = Instant::now();
     let mut r = registry();
     let p = register(
@@ -235,11 +453,7 @@ fn unregister_quarantines_the_port_for_its_owner() {
         t,
     );
     let port = p.addr.port();
-    let gone = r.remove(&p, t).unwrap();
-    assert_eq!(gone.token, Token(usize::from(port)));
-    assert!(r.remove(&p, t).is_none());
-    check(&r);
-    assert_eq!(r.pool(Proto::Tcp).quarantined(), 1);
+    r.remove_holder(&p, a("198.51.100.1:5000"), t).unwrap();
     // A stranger asking for that port does not get it...
     let s = register(
         &mut r,
@@ -261,9 +475,14 @@ fn unregister_quarantines_the_port_for_its_owner() {
 }
 
 #[test]
-fn reregister_after_nat_loss_takes_over_its_own_record() {
+fn commands_go_to_the_holder_heard_from_last() {
     let t = Instant::now();
     let mut r = registry();
+    let (a1, b1, c1) = (
+        a("198.51.100.1:5000"),
+        a("198.51.100.1:5001"),
+        a("198.51.100.1:5002"),
+    );
     let p = register(
         &mut r,
         client("198.51.100.1:5000", 10),
@@ -271,105 +490,76 @@ fn reregister_after_nat_loss_takes_over_its_own_record() {
         None,
         t,
     );
-    // New mapping, asking for the port it holds: the same registration.
-    let same = register(
+    let fresh = |r: &Registry| r.get(&p).unwrap().freshest().mgmt;
+    assert_eq!(fresh(&r), a1);
+    assert_eq!(r.get(&p).unwrap().freshest_other(a1), None, "nobody else");
+    // At the same instant, the latest to join wins.
+    register(
         &mut r,
-        client("198.51.100.1:5999", 10),
+        client("198.51.100.1:5001", 10),
         "10.0.0.5:80",
-        Some(p.addr.port()),
+        None,
         t,
     );
-    assert_eq!(same, p);
-    assert_eq!(r.len(), 1);
-    assert_eq!(r.get(&p).unwrap().client.mgmt, a("198.51.100.1:5999"));
-    // Another IP asking for it is a stranger and gets a port of its own.
-    let other = register(
+    assert_eq!(fresh(&r), b1);
+    register(
         &mut r,
-        client("198.51.100.7:5000", 10),
+        client("198.51.100.1:5002", 10),
         "10.0.0.5:80",
-        Some(p.addr.port()),
-        t,
+        None,
+        t + Duration::from_secs(1),
     );
-    assert_ne!(other, p);
-    assert_eq!(r.len(), 2);
+    assert_eq!(fresh(&r), c1);
+    r.refresh(&p, a1, t + Duration::from_secs(2));
+    assert_eq!(fresh(&r), a1);
+    assert_eq!(
+        r.get(&p).unwrap().freshest_other(a1).map(|h| h.mgmt),
+        Some(c1)
+    );
+    r.refresh(&p, b1, t + Duration::from_secs(3));
+    assert_eq!(
+        r.get(&p).unwrap().freshest_other(b1).map(|h| h.mgmt),
+        Some(a1)
+    );
 }
 
 #[test]
-fn another_live_process_on_the_same_address_never_takes_a_record_over() {
+fn a_failed_command_changes_nothing_but_a_holder_that_disowns() {
     let t = Instant::now();
     let mut r = registry();
-    let first = client("198.51.100.1:5000", 10);
-    let p = register(&mut r, first.clone(), "10.0.0.5:80", None, t);
-    // A second program bound to the same address (SO_REUSEPORT), from the
-    // same host, asking for the first one's port: a record of its own.
-    let second = Client {
-        mgmt: a("198.51.100.1:6000"),
-        pid: 8,
-        ..first.clone()
-    };
-    let want = r.find_for_register(
-        Proto::Tcp,
-        second.mgmt,
-        a("10.0.0.5:80"),
-        Some(p.addr.port()),
-        8,
+    let (a1, b1) = (a("198.51.100.1:5000"), a("198.51.100.1:5001"));
+    let p = register(
+        &mut r,
+        client("198.51.100.1:5000", 10),
+        "10.0.0.5:80",
+        None,
         t,
     );
-    assert_eq!(want, Claim::HeldByOther { proxy: p, pid: 7 });
-    let q = register(&mut r, second, "10.0.0.5:80", Some(p.addr.port()), t);
-    assert_ne!(q, p);
-    assert_eq!(r.len(), 2);
-    assert_eq!(
-        (
-            r.get(&p).unwrap().client.mgmt,
-            r.get(&q).unwrap().client.pid
-        ),
-        (first.mgmt, 8)
-    );
-    // Each renews its own, however often.
+    // A silent or refusing lone holder: the registration stays as it was.
     for _ in 0..3 {
-        assert_eq!(
-            register(&mut r, first.clone(), "10.0.0.5:80", Some(p.addr.port()), t),
-            p
-        );
-        assert_eq!(
-            register(
-                &mut r,
-                Client {
-                    mgmt: a("198.51.100.1:6000"),
-                    pid: 8,
-                    ..first.clone()
-                },
-                "10.0.0.5:80",
-                Some(q.addr.port()),
-                t
-            ),
-            q
-        );
+        let (removed, next) = r.command_failed(&p, a1, false, t);
+        assert!(removed.is_none() && next.is_none());
+        check(&r);
     }
-    // An owner silent for two heartbeat intervals is not live: its record
-    // goes to the claimant (a client whose pid changed, as after an exec
-    // of another image, behind a new NAT mapping).
-    let later = t + Duration::from_secs(21);
-    let third = Client {
-        mgmt: a("198.51.100.1:7000"),
-        pid: 9,
-        ..first
-    };
-    assert_eq!(
-        r.find_for_register(
-            Proto::Tcp,
-            third.mgmt,
-            a("10.0.0.5:80"),
-            Some(p.addr.port()),
-            9,
-            later
-        ),
-        Claim::Again(p)
+    assert_eq!(mgmts(&r, &p), [a1]);
+    // With two holders, the other one is next.
+    register(
+        &mut r,
+        client("198.51.100.1:5001", 10),
+        "10.0.0.5:80",
+        None,
+        t,
     );
-    assert_eq!(
-        register(&mut r, third, "10.0.0.5:80", Some(p.addr.port()), later),
-        p
-    );
-    assert_eq!(r.len(), 2);
+    assert_eq!(r.command_failed(&p, b1, false, t).1, Some(a1));
+    assert_eq!(mgmts(&r, &p), [a1, b1]);
+    // A holder saying it does not hold the socket leaves; the other stays.
+    let (removed, next) = r.command_failed(&p, b1, true, t);
+    assert!(matches!(removed, Some(Removed::Holder(h)) if h.mgmt == b1));
+    assert_eq!((next, mgmts(&r, &p)), (Some(a1), vec![a1]));
+    check(&r);
+    // The last one disowning it takes the registration with it.
+    let (removed, next) = r.command_failed(&p, a1, true, t);
+    assert!(matches!(removed, Some(Removed::Record(_))) && next.is_none());
+    assert_eq!(r.len(), 0);
+    check(&r);
 }
