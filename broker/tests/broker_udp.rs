@@ -338,13 +338,7 @@ fn register_as(
 /// The UDP registrations in `query --json`: proxy, and each holder's pid
 /// and management address, the freshest first.
 fn udp_registrations(b: &Broker) -> Vec<(String, Vec<(u64, String)>)> {
-    let (code, out, err) = b.query(true);
-    assert_eq!(code, 0, "{err}");
-    let v = testbed::json::parse(&out).unwrap();
-    let regs = v
-        .get("registrations")
-        .and_then(|r| r.as_array())
-        .expect("registrations");
+    let regs = b.registrations();
     let s = |v: &testbed::json::Value, k: &str| {
         v.get(k)
             .and_then(|x| x.as_str())
