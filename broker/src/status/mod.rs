@@ -157,9 +157,12 @@ impl Daemon {
             .iter()
             .map(|r| {
                 let freshest = r.freshest();
+                // The freshest first, and on a tie the latest to join, as
+                // `Record::freshest` picks them (the sort is stable).
                 let mut holders: Vec<HolderView> = r
                     .holders()
                     .iter()
+                    .rev()
                     .map(|h| HolderView {
                         mgmt: h.mgmt,
                         pid: h.pid,
