@@ -7,7 +7,9 @@
 //! The client answers on the command socket, where its replies are told
 //! apart from requests by the header's response flag and handed to
 //! [`AsyncCommands::on_reply`]. Each command carries the pairing token it
-//! serves, so the daemon can cancel that pairing when the command fails.
+//! serves, so the daemon can fail that pairing alone when the command fails,
+//! and a failed command comes back with its message, so the daemon can send
+//! it once more to another holder of the registration.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,6 +33,9 @@ pub struct Purpose {
     /// or for `ConnectFailed` the connector's.
     pub listener: SocketAddrV4,
     pub proxy: SocketAddrV4,
+    /// This is the command sent once more, to another holder, after the
+    /// first one failed it: it is not sent again.
+    pub resent: bool,
 }
 
 /// Why a command failed.
@@ -45,14 +50,29 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Whether the registration the command was for has no owner any more:
-    /// the client is silent (killed, or its host gone) or says the socket is
-    /// not registered. Other refusals (e.g. out of descriptors) are passing.
-    pub fn owner_gone(&self) -> bool {
-        matches!(
-            self,
-            Failure::Silent(_) | Failure::Refused(ErrorCode::NotRegistered, _)
-        )
+    /// What the connector of the failed connection is told: `Timeout` for
+    /// a silent listener (ETIMEDOUT), the listener's own code for a refusal
+    /// (ECONNREFUSED).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Failure::Silent(_) => ErrorCode::Timeout,
+            Failure::Refused(code, _) => *code,
+            Failure::Unexpected(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The holder commanded says it does not hold the registration (any
+    /// more): it is no holder of it.
+    pub fn disowned(&self) -> bool {
+        matches!(self, Failure::Refused(ErrorCode::NotRegistered, _))
+    }
+
+    /// Another holder may do better: this one was silent (busy, killed,
+    /// its NAT mapping lost) or does not hold the socket. A refusal for its
+    /// own reasons (a full accept queue, no descriptors) is the socket's,
+    /// which every holder shares.
+    pub fn try_another(&self) -> bool {
+        matches!(self, Failure::Silent(_)) || self.disowned()
     }
 }
 
@@ -70,14 +90,14 @@ impl fmt::Display for Failure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Acked(Purpose),
-    /// Refused by the client, or not answered.
-    Failed(Purpose, Failure),
+    /// Refused by the client, or not answered; with the command.
+    Failed(Purpose, Failure, Message),
 }
 
 #[derive(Debug)]
 pub struct AsyncCommands {
     requester: Requester<SocketAddrV4>,
-    purposes: HashMap<u64, Purpose>,
+    purposes: HashMap<u64, (Purpose, Message)>,
 }
 
 impl AsyncCommands {
@@ -111,14 +131,16 @@ impl AsyncCommands {
             })
             .map_err(|e| e.to_string())?;
         send(purpose.listener, bytes);
-        self.purposes.insert(id, purpose);
+        self.purposes.insert(id, (purpose, msg.clone()));
         Ok(())
     }
 
     /// Whether `id` is a command in flight to `from`: its answer is one the
     /// broker asked for, so it is not charged to the source's rate limit.
     pub fn awaits(&self, id: u64, from: SocketAddrV4) -> bool {
-        self.purposes.get(&id).is_some_and(|p| p.listener == from)
+        self.purposes
+            .get(&id)
+            .is_some_and(|(p, _)| p.listener == from)
     }
 
     /// A reply arrived on the command socket. `None` if it answers nothing
@@ -131,13 +153,13 @@ impl AsyncCommands {
         now: Instant,
     ) -> Option<Outcome> {
         self.requester.on_response(id, &from, now)?;
-        let purpose = self.purposes.remove(&id)?;
+        let (purpose, sent) = self.purposes.remove(&id)?;
         Some(match msg {
             Message::Ack => Outcome::Acked(purpose),
             Message::Error { code, detail } => {
-                Outcome::Failed(purpose, Failure::Refused(*code, detail.clone()))
+                Outcome::Failed(purpose, Failure::Refused(*code, detail.clone()), sent)
             }
-            other => Outcome::Failed(purpose, Failure::Unexpected(other.kind())),
+            other => Outcome::Failed(purpose, Failure::Unexpected(other.kind()), sent),
         })
     }
 
@@ -156,9 +178,9 @@ impl AsyncCommands {
             match t {
                 Timeout::Retransmit { peer, bytes, .. } => send(peer, &bytes),
                 Timeout::GaveUp { id, .. } => {
-                    if let Some(p) = self.purposes.remove(&id) {
+                    if let Some((p, sent)) = self.purposes.remove(&id) {
                         let total = self.requester.policy().total;
-                        failed.push(Outcome::Failed(p, Failure::Silent(total)));
+                        failed.push(Outcome::Failed(p, Failure::Silent(total), sent));
                     }
                 }
             }
@@ -178,6 +200,7 @@ mod tests {
             kind: gcb::Kind::RelayConnect,
             listener: "198.51.100.1:5000".parse().unwrap(),
             proxy: "203.0.113.1:20000".parse().unwrap(),
+            resent: false,
         }
     }
 
@@ -235,14 +258,16 @@ mod tests {
     }
 
     #[test]
-    fn error_reply_and_silence_fail_the_command() {
+    fn error_reply_and_silence_fail_the_command_with_its_message() {
         let t = Instant::now();
         let mut c = AsyncCommands::new(1);
         c.send(&command(), purpose(), t, None, |_, _| {}).unwrap();
         let refusal = Message::error(gcb::ErrorCode::NotRegistered, "gone");
         match c.on_reply(1, purpose().listener, &refusal, t) {
-            Some(Outcome::Failed(p, why)) => {
-                assert!(p == purpose() && why.owner_gone());
+            Some(Outcome::Failed(p, why, sent)) => {
+                assert!(p == purpose() && sent == command());
+                assert!(why.disowned() && why.try_another());
+                assert_eq!(why.code(), gcb::ErrorCode::NotRegistered);
                 assert!(why.to_string().contains("NotRegistered"));
             }
             other => panic!("{other:?}"),
@@ -257,13 +282,21 @@ mod tests {
         }
         assert!(resent >= 3);
         assert_eq!(failed.len(), 1);
-        assert!(
-            matches!(&failed[0], Outcome::Failed(_, why) if why.owner_gone() && why.to_string().contains("no answer"))
-        );
-        let busy = Failure::Refused(gcb::ErrorCode::Internal, "EMFILE".into());
-        assert!(
-            !busy.owner_gone(),
-            "a passing refusal keeps the registration"
+        match &failed[0] {
+            Outcome::Failed(_, why, sent) => {
+                assert!(why.try_another() && !why.disowned() && *sent == command());
+                assert_eq!(why.code(), gcb::ErrorCode::Timeout, "silence is a timeout");
+                assert!(why.to_string().contains("no answer"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A full accept queue is the socket's, whichever process holds it.
+        let full = Failure::Refused(gcb::ErrorCode::LimitReached, "backlog".into());
+        assert!(!full.try_another() && !full.disowned());
+        assert_eq!(full.code(), gcb::ErrorCode::LimitReached);
+        assert_eq!(
+            Failure::Unexpected(gcb::Kind::Ack).code(),
+            gcb::ErrorCode::Internal
         );
     }
 }

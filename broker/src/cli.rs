@@ -74,9 +74,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "LO-HI", env = "GCB_BROKER_PORT_RANGE")]
     pub port_range: Option<PortRange>,
 
-    /// Seconds without a heartbeat after which a registration is dropped and its proxy sockets
-    /// closed. Clients send one every 10 s by default (GCB_HEARTBEAT_S), so the default allows
-    /// two to be lost. [default: 30]
+    /// Seconds without a heartbeat after which a process holding a registered socket is dropped
+    /// as its holder (three of its own heartbeat intervals if that is longer); the registration
+    /// and its proxy socket go with its last holder. Clients send one every 10 s by default
+    /// (GCB_HEARTBEAT_S), so the default allows two to be lost. [default: 30]
     #[arg(long, value_name = "N", env = "GCB_BROKER_HEARTBEAT_TIMEOUT_S")]
     pub heartbeat_timeout_s: Option<u64>,
 

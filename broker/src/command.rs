@@ -31,14 +31,15 @@ use daemon_kit::command_port::{self, CommandPort};
 use mio::net::UdpSocket;
 use proto::gcb::{self, ErrorCode, Message};
 use proto::DecodeError;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::async_cmd::Outcome;
 use crate::auth::{seal, Inbound};
 use crate::counters::Counters;
 use crate::daemon::Daemon;
-use crate::handlers::{ConnectReq, RegisterReq};
+use crate::handlers::ConnectReq;
 use crate::pairing::Kind as PairingKind;
+use crate::register::RegisterReq;
 use crate::udp::channel_io::ChannelReq;
 
 /// Datagrams read from the command socket per loop turn before other events
@@ -279,7 +280,7 @@ impl Daemon {
                 )
             }
             // An older connector closed the socket its Connect came from.
-            Outcome::Failed(p, why) if p.kind == gcb::Kind::ConnectFailed => {
+            Outcome::Failed(p, why, _) if p.kind == gcb::Kind::ConnectFailed => {
                 debug!(
                     "connector {} not told that {} will not dial: {why}",
                     p.listener, p.proxy
@@ -299,21 +300,7 @@ impl Daemon {
                     self.pairings.cancel(p.token);
                 }
             }
-            Outcome::Failed(p, why) => {
-                self.counters.commands_failed += 1;
-                info!(
-                    "{:?} to listener {} for {} failed: {why}",
-                    p.kind, p.listener, p.proxy
-                );
-                let pending = self.pairings.cancel(p.token);
-                if why.owner_gone() {
-                    self.drop_ownerless(&p, now);
-                }
-                if let Some(pending) = pending {
-                    self.tell_connector(p.token, &pending, now);
-                    self.abandon_pairing(pending);
-                }
-            }
+            Outcome::Failed(p, why, msg) => self.on_command_failed(p, why, msg, now),
         }
     }
 }

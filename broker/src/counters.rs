@@ -27,8 +27,21 @@ pub struct Counters {
     pub send_errors: u64,
     /// New registrations (repeats of an existing one not counted).
     pub registered: u64,
+    /// Registrations that ended because their last holder unregistered (or
+    /// said it does not hold the socket), and because it stopped
+    /// heartbeating.
     pub unregistered: u64,
     pub expired: u64,
+    /// Holders that joined a registration (processes sharing its socket),
+    /// and holders that left one: replaced by a joining holder (its own
+    /// management socket behind a new NAT mapping, or silent), unregistered,
+    /// expired, or answered a command `NotRegistered`. A registration's
+    /// last holder is counted here too.
+    pub holders_joined: u64,
+    pub holders_replaced: u64,
+    pub holders_left: u64,
+    pub holders_expired: u64,
+    pub holders_disowned: u64,
     /// Registrations and relays refused at a limit.
     pub refused: u64,
     pub connects: u64,
@@ -52,8 +65,17 @@ pub struct Counters {
     pub rendezvous_rejected: u64,
     /// Pairings whose other half never came.
     pub pairings_expired: u64,
-    /// Commands to listeners refused or unanswered.
+    /// Commands to listeners that failed their connection (after being
+    /// sent once more to another holder, if there was one), by the code
+    /// the connector was given: the listener was silent, does not hold the
+    /// socket, has a full accept queue, or refused otherwise.
     pub commands_failed: u64,
+    pub commands_failed_timeout: u64,
+    pub commands_failed_not_registered: u64,
+    pub commands_failed_full: u64,
+    pub commands_failed_other: u64,
+    /// Commands sent once more, to another holder, after one failed them.
+    pub commands_resent: u64,
     pub relays_opened: u64,
     /// Relay byte totals of closed relays, connector → listener and back.
     pub bytes_closed: [u64; 2],
@@ -105,6 +127,11 @@ impl Counters {
             ("registered", self.registered),
             ("unregistered", self.unregistered),
             ("expired", self.expired),
+            ("holders_joined", self.holders_joined),
+            ("holders_replaced", self.holders_replaced),
+            ("holders_left", self.holders_left),
+            ("holders_expired", self.holders_expired),
+            ("holders_disowned", self.holders_disowned),
             ("refused", self.refused),
             ("connects", self.connects),
             ("decided_direct", self.decided_direct),
@@ -121,6 +148,14 @@ impl Counters {
             ("rendezvous_rejected", self.rendezvous_rejected),
             ("pairings_expired", self.pairings_expired),
             ("commands_failed", self.commands_failed),
+            ("commands_failed_timeout", self.commands_failed_timeout),
+            (
+                "commands_failed_not_registered",
+                self.commands_failed_not_registered,
+            ),
+            ("commands_failed_full", self.commands_failed_full),
+            ("commands_failed_other", self.commands_failed_other),
+            ("commands_resent", self.commands_resent),
             ("relays_opened", self.relays_opened),
             ("udp_relayed_to_client", self.udp_relayed_to_client),
             ("udp_relayed_to_peer", self.udp_relayed_to_peer),

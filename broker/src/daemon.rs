@@ -215,7 +215,6 @@ impl Daemon {
             rerun: VecDeque::new(),
             timers: Timers::new(),
             registry: Registry::new(
-                public_ip,
                 config.port_range,
                 Duration::from_secs(limits.heartbeat_timeout_s),
             ),
@@ -392,20 +391,7 @@ impl Daemon {
                 Timer::Rendezvous => self.on_rendezvous(),
             }
         }
-        for record in self.registry.expire(now) {
-            self.counters.expired += 1;
-            self.close_proxy(record.token);
-            info!(
-                "expired {} {} of {}[{}] (local {}, mgmt {}): no heartbeat for {:.0?}",
-                record.proxy.proto,
-                record.proxy.addr,
-                record.client.program,
-                record.client.pid,
-                record.local,
-                record.client.mgmt,
-                now.saturating_duration_since(record.last_heartbeat)
-            );
-        }
+        self.expire_holders(now);
         self.expire_pairings(now);
         self.expire_udp_rules(now);
         self.expire_udp_channels(now);

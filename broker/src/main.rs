@@ -10,10 +10,12 @@
 //! * `cli`, `config`, `reload`, `values`: settings;
 //! * `daemon`: the event loop and the state it owns;
 //! * `command`: the UDP command port (decode, rate limit, reply cache);
-//! * `handlers`: what Register, Heartbeat, Unregister and Connect do, with
-//!   `decide` (the network-situation rules), `registry` and `ports` (the
-//!   registration table and proxy ports), `pairing` (tokens waiting for
-//!   their connections) and `async_cmd` (commands to listeners);
+//! * `register`, `holders`, `handlers`: what Register, Heartbeat and
+//!   Unregister, and Connect do, with `decide` (the network-situation
+//!   rules), `registry` and `ports` (the registration table, its holders and
+//!   the proxy ports), `pairing` (tokens waiting for their connections),
+//!   `async_cmd` (commands to listeners) and `cmd_failure` (a command that
+//!   fails fails its connection, never the registration);
 //! * `relay`: proxy sockets, the rendezvous port and the splice relays;
 //! * `udp`: proxy UDP sockets, the data path and the UDP relay rules;
 //! * `status` and `query`: the status query, broker and tool side;
@@ -22,16 +24,18 @@
 mod async_cmd;
 mod auth;
 mod cli;
+mod cmd_failure;
 mod command;
 mod config;
 mod counters;
 mod daemon;
 mod decide;
 mod handlers;
-mod ownerless;
+mod holders;
 mod pairing;
 mod ports;
 mod query;
+mod register;
 mod registry;
 mod relay;
 mod reload;

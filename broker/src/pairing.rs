@@ -11,7 +11,9 @@
 //!   accepted connection is parked here from the start, unread.
 //!
 //! Each entry has a deadline; expired entries are handed back so the caller
-//! can close what they hold. Each role can arrive once; a second arrival of
+//! can close what they hold. A relay whose listener failed its command
+//! before the connector's half arrived stays until then, marked `failed`,
+//! so the connector is told why rather than that its token is unknown. Each role can arrive once; a second arrival of
 //! a role, a role the kind does not expect, or an unknown token is rejected.
 //! The table is generic over the stream type so its rules are tested without
 //! sockets.
@@ -68,6 +70,9 @@ pub struct Pending<S> {
     /// Where a TCP reversal's `Connect` came from: the connector waits there
     /// for `ConnectFailed` should the listener not dial.
     pub connector_cmd: Option<SocketAddrV4>,
+    /// The listener failed its command with this code: the connection
+    /// will not be made, and an arriving half is rejected with the code.
+    pub failed: Option<ErrorCode>,
     pub created: Instant,
     pub deadline: Instant,
     pub connector: Option<Half<S>>,
@@ -90,6 +95,7 @@ impl<S> Pending<S> {
             peer,
             connector_id: None,
             connector_cmd: None,
+            failed: None,
             created: now,
             deadline,
             connector: None,
@@ -141,7 +147,10 @@ impl<S> Pairings<S> {
     /// `--max-relays` with the running relays, so the limit cannot be
     /// overrun by many pairings completing at once.
     pub fn relaying(&self) -> usize {
-        self.entries.values().filter(|p| p.kind.relays()).count()
+        self.entries
+            .values()
+            .filter(|p| p.kind.relays() && p.failed.is_none())
+            .count()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Token, &Pending<S>)> {
@@ -150,6 +159,12 @@ impl<S> Pairings<S> {
 
     pub fn get(&self, token: Token) -> Option<&Pending<S>> {
         self.entries.get(&token)
+    }
+
+    /// For what the deadline index does not depend on (where the command
+    /// went, whether it failed).
+    pub fn get_mut(&mut self, token: Token) -> Option<&mut Pending<S>> {
+        self.entries.get_mut(&token)
     }
 
     /// Adds an entry. Tokens are 64 random bits, so a collision means a
@@ -177,6 +192,14 @@ impl<S> Pairings<S> {
         };
         if p.deadline <= now || !p.kind.expects(role) {
             return Arrival::Rejected(half, ErrorCode::UnknownToken);
+        }
+        if let Some(code) = p.failed {
+            // Kept for the connector alone; a listener arriving late (the
+            // holder the broker gave up on) is told the same.
+            if role == Role::Connector {
+                self.cancel(token);
+            }
+            return Arrival::Rejected(half, code);
         }
         let slot = match role {
             Role::Connector => &mut p.connector,
@@ -305,6 +328,28 @@ mod tests {
         let late = t + Duration::from_secs(10);
         assert!(reject(p.arrive(Token(4), Role::Listener, half(5), late)));
         assert_eq!(p.relaying(), 3);
+    }
+
+    #[test]
+    fn a_failed_relay_tells_its_connector_why_once() {
+        let t = Instant::now();
+        let mut p = Pairings::new();
+        p.insert(Token(1), entry(Kind::Relay, t));
+        p.get_mut(Token(1)).unwrap().failed = Some(ErrorCode::Timeout);
+        assert_eq!(p.relaying(), 0, "it will never relay");
+        assert!(matches!(
+            p.arrive(Token(1), Role::Listener, half(3), t),
+            Arrival::Rejected(_, ErrorCode::Timeout)
+        ));
+        assert!(matches!(
+            p.arrive(Token(1), Role::Connector, half(1), t),
+            Arrival::Rejected(_, ErrorCode::Timeout)
+        ));
+        assert_eq!(p.len(), 0, "told once, then gone");
+        assert!(matches!(
+            p.arrive(Token(1), Role::Connector, half(2), t),
+            Arrival::Rejected(_, ErrorCode::UnknownToken)
+        ));
     }
 
     #[test]

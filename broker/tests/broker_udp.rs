@@ -335,74 +335,105 @@ fn register_as(
     }
 }
 
-/// The UDP registrations in `query --json`: (proxy, pid, observed).
-fn udp_registrations(b: &Broker) -> Vec<(String, u64, String)> {
-    let (code, out, err) = b.query(true);
-    assert_eq!(code, 0, "{err}");
-    let v = testbed::json::parse(&out).unwrap();
-    let regs = v
-        .get("registrations")
-        .and_then(|r| r.as_array())
-        .expect("registrations");
-    let mut got: Vec<(String, u64, String)> = regs
+/// The UDP registrations in `query --json`: proxy, and each holder's pid
+/// and management address, the freshest first.
+fn udp_registrations(b: &Broker) -> Vec<(String, Vec<(u64, String)>)> {
+    let regs = b.registrations();
+    let s = |v: &testbed::json::Value, k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let n = |v: &testbed::json::Value, k: &str| match v.get(k) {
+        Some(testbed::json::Value::Num(n)) => *n as u64,
+        other => panic!("{k} {other:?}"),
+    };
+    let mut got: Vec<(String, Vec<(u64, String)>)> = regs
         .iter()
         .filter(|r| r.get("proto").and_then(|p| p.as_str()) == Some("udp"))
         .map(|r| {
-            let s = |k: &str| {
-                r.get(k)
-                    .and_then(|x| x.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let pid = match r.get("pid") {
-                Some(testbed::json::Value::Num(n)) => *n as u64,
-                other => panic!("pid {other:?}"),
-            };
-            (s("proxy"), pid, s("observed"))
+            let holders = r
+                .get("holders")
+                .and_then(|h| h.as_array())
+                .expect("holders");
+            let holders = holders
+                .iter()
+                .map(|h| (n(h, "pid"), s(h, "mgmt")))
+                .collect();
+            // The registration's own fields are its freshest holder's.
+            let first: &Vec<(u64, String)> = &holders;
+            assert_eq!(Some(&(n(r, "pid"), s(r, "observed"))), first.first());
+            (s(r, "proxy"), holders)
         })
         .collect();
     got.sort();
     got
 }
 
+/// Two processes holding one UDP socket (a forked child, or a program
+/// handed it) share its registration: the same proxy address and token,
+/// each heartbeating for itself, and one leaving leaves it to the other.
 #[test]
-fn two_processes_on_one_address_keep_a_registration_each() {
+fn two_processes_on_one_address_share_one_registration() {
     let mut b = Broker::start(&[]);
-    // Two programs bound to one address with SO_REUSEPORT: one socket here
-    // stands for both, since only its address is sent.
     let local = v4(&sock());
     let (mut first, mut second) = (Mgmt::new(b.addr), Mgmt::new(b.addr));
     let (p, t1) = register_as(&mut first, local, 100, None);
-    // The second asks for the first one's port (as a TCP twin or a re-listen
-    // would make it): it is not the first registering again.
+    // The second asks for the first one's port (as a child that inherited
+    // it does); one handed the socket would ask for none.
     let (q, t2) = register_as(&mut second, local, 200, Some(p.port()));
-    assert!(p != q && t1 != t2, "{p} {q}");
-    b.expect_line("which pid 100 holds for the same address and is alive: registered on its own");
-    let want = |a: &Mgmt, pa: SocketAddrV4, b: &Mgmt, pb: SocketAddrV4| {
-        let mut w = vec![
-            (pa.to_string(), 100, a.addr().to_string()),
-            (pb.to_string(), 200, b.addr().to_string()),
-        ];
-        w.sort();
-        w
+    assert_eq!((q, t2), (p, t1), "one socket, one registration");
+    b.expect_line(&format!(
+        "udp {local} of reuseport[200] (mgmt {}) joins {p}: 2 holders",
+        second.addr()
+    ));
+    let holders = |a: &[(u64, &Mgmt)]| {
+        vec![(
+            p.to_string(),
+            a.iter()
+                .map(|(pid, m)| (*pid, m.addr().to_string()))
+                .collect::<Vec<_>>(),
+        )]
     };
-    assert_eq!(udp_registrations(&b), want(&first, p, &second, q));
-    // Heartbeats and registering again, in turn: each keeps its own.
-    let heartbeat = |proxy| Message::Heartbeat {
-        held: vec![Endpoint::new(Proto::Udp, proxy)],
+    assert_eq!(
+        udp_registrations(&b),
+        holders(&[(200, &second), (100, &first)])
+    );
+    // Heartbeats and registering again, in turn: both stay holders, the
+    // one heard from last first.
+    let heartbeat = Message::Heartbeat {
+        held: vec![Endpoint::new(Proto::Udp, p)],
     };
     for _ in 0..3 {
-        assert_eq!(first.request(&heartbeat(p)), Message::HeartbeatAck);
-        assert_eq!(second.request(&heartbeat(q)), Message::HeartbeatAck);
-        assert_eq!(register_as(&mut second, local, 200, Some(p.port())).0, q);
-        assert_eq!(register_as(&mut first, local, 100, Some(p.port())).0, p);
+        assert_eq!(second.request(&heartbeat), Message::HeartbeatAck);
+        assert_eq!(register_as(&mut second, local, 200, None), (p, t1));
+        assert_eq!(register_as(&mut first, local, 100, Some(p.port())), (p, t1));
+        assert_eq!(first.request(&heartbeat), Message::HeartbeatAck);
     }
-    assert_eq!(udp_registrations(&b), want(&first, p, &second, q));
-    // One closing leaves the other.
+    assert_eq!(
+        udp_registrations(&b),
+        holders(&[(100, &first), (200, &second)])
+    );
+    // One closing leaves the other, with the same address.
     let bye = Message::Unregister {
         proxy: Endpoint::new(Proto::Udp, p),
     };
     assert_eq!(first.request(&bye), Message::Ack);
-    let left = udp_registrations(&b);
-    assert_eq!(left, vec![(q.to_string(), 200, second.addr().to_string())]);
+    b.expect_line(&format!(
+        "udp {p}: holder reuseport[100] (mgmt {}) unregistered; 1 holders left",
+        first.addr()
+    ));
+    assert_eq!(udp_registrations(&b), holders(&[(200, &second)]));
+    assert_eq!(
+        first.request(&heartbeat),
+        Message::ReregisterRequest {
+            unknown: vec![Endpoint::new(Proto::Udp, p)]
+        },
+        "no holder any more"
+    );
+    assert_eq!(second.request(&heartbeat), Message::HeartbeatAck);
+    assert_eq!(second.request(&bye), Message::Ack);
+    b.expect_line(&format!("unregistered udp {p}"));
+    assert!(udp_registrations(&b).is_empty());
 }

@@ -244,21 +244,29 @@ impl Daemon {
     }
 
     /// Closes what a failed or expired pairing holds: rendezvous halves
-    /// learn the token is no good; a parked regular connection is reset.
-    pub(crate) fn abandon_pairing(&mut self, p: Pending<TcpStream>) {
+    /// are rejected with `code` (why the connection will not be made); a
+    /// parked regular connection is reset.
+    pub(crate) fn abandon_pairing(&mut self, p: Pending<TcpStream>, code: ErrorCode) {
         if let Some(l) = p.listener {
-            reject(l.stream, ErrorCode::UnknownToken);
+            reject(l.stream, code);
         }
         if let Some(c) = p.connector {
             match p.kind {
                 Kind::Regular => abort(c.stream),
-                _ => reject(c.stream, ErrorCode::UnknownToken),
+                _ => reject(c.stream, code),
             }
         }
     }
 
     pub(crate) fn expire_pairings(&mut self, now: Instant) {
         for (token, p) in self.pairings.expire(now) {
+            if let Some(code) = p.failed {
+                debug!(
+                    "failed pairing {token} for {} ({code:?}): its connector never came",
+                    p.proxy
+                );
+                continue;
+            }
             self.counters.pairings_expired += 1;
             let missing = match (p.kind, p.connector.is_some(), p.listener.is_some()) {
                 (Kind::Reversal, ..) => "the listener did not acknowledge",
@@ -271,7 +279,7 @@ impl Daemon {
                 p.proxy, p.peer, p.listener_mgmt
             );
             debug!("expired token {token}");
-            self.abandon_pairing(p);
+            self.abandon_pairing(p, ErrorCode::UnknownToken);
         }
     }
 }

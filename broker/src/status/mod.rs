@@ -13,9 +13,10 @@
 //! networks given with `--status-allow`. The state names every client's
 //! addresses and programs, which strangers have no business seeing.
 
+mod json;
 mod render;
 
-pub use render::{PendingView, RegView, RelayView, UdpRuleView, View};
+pub use render::{HolderView, PendingView, RegView, RelayView, UdpRuleView, View};
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -154,23 +155,43 @@ impl Daemon {
         let mut registrations: Vec<RegView> = self
             .registry
             .iter()
-            .map(|r| RegView {
-                proto: r.proxy.proto,
-                proxy: r.proxy.addr,
-                local: r.local,
-                observed: r.client.mgmt,
-                public: r.client.public,
-                realm: match &r.client.realm {
-                    Realm::Named(name) => name.clone(),
-                    Realm::Ip(ip) => ip.to_string(),
-                },
-                realm_named: matches!(r.client.realm, Realm::Named(_)),
-                pid: r.client.pid,
-                program: r.client.program.clone(),
-                age: ago(r.registered),
-                since_heartbeat: ago(r.last_heartbeat),
-                heartbeat_secs: r.client.heartbeat_secs,
-                data_path: self.udp.table.data_path(&r.proxy.addr),
+            .map(|r| {
+                let freshest = r.freshest();
+                // The freshest first, and on a tie the latest to join, as
+                // `Record::freshest` picks them (the sort is stable).
+                let mut holders: Vec<HolderView> = r
+                    .holders()
+                    .iter()
+                    .rev()
+                    .map(|h| HolderView {
+                        mgmt: h.mgmt,
+                        pid: h.pid,
+                        program: h.program.clone(),
+                        heartbeat_secs: h.heartbeat_secs,
+                        age: ago(h.joined),
+                        since_heartbeat: ago(h.last_heartbeat),
+                    })
+                    .collect();
+                holders.sort_by_key(|h| h.since_heartbeat);
+                RegView {
+                    proto: r.proxy.proto,
+                    proxy: r.proxy.addr,
+                    local: r.local,
+                    observed: freshest.mgmt,
+                    public: r.public,
+                    realm: match &r.realm {
+                        Realm::Named(name) => name.clone(),
+                        Realm::Ip(ip) => ip.to_string(),
+                    },
+                    realm_named: matches!(r.realm, Realm::Named(_)),
+                    pid: freshest.pid,
+                    program: freshest.program.clone(),
+                    age: ago(r.registered),
+                    since_heartbeat: ago(freshest.last_heartbeat),
+                    heartbeat_secs: freshest.heartbeat_secs,
+                    data_path: self.udp.table.data_path(&r.proxy.addr),
+                    holders,
+                }
             })
             .collect();
         registrations.sort_by_key(|r| (r.proto, r.proxy));

@@ -1,11 +1,11 @@
 //! The status snapshot as data ([`View`]) and its two renderings: lines for
-//! a person (`gcb-broker query`) and one JSON object (`query --json`).
+//! a person (`gcb-broker query`, here) and one JSON object (`query --json`,
+//! in `json`).
 //!
 //! Both are bounded by a byte budget: lists are cut when the budget is
 //! spent, and the output says so (`truncated`), so a broker with 100 000
 //! registrations answers with what fits instead of building an unbounded
-//! string. JSON is written by hand: the shapes are flat, and a serializer
-//! dependency would buy nothing here.
+//! string.
 
 use std::fmt::Write;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -33,6 +33,23 @@ pub struct RegView {
     pub heartbeat_secs: u16,
     /// UDP: where relayed datagrams go (learned from `Dummy`), if known yet.
     pub data_path: Option<SocketAddrV4>,
+    /// Every process holding the socket, the freshest first; `observed`,
+    /// `pid`, `program` and the heartbeat fields above are the first one's.
+    pub holders: Vec<HolderView>,
+}
+
+/// One process holding a registered socket.
+#[derive(Debug, Clone)]
+pub struct HolderView {
+    /// Its management socket as seen from here (the client's own idea of
+    /// its address is not shown: it is a claim, never used).
+    pub mgmt: SocketAddrV4,
+    pub pid: u32,
+    pub program: String,
+    pub heartbeat_secs: u16,
+    /// Since it joined.
+    pub age: Duration,
+    pub since_heartbeat: Duration,
 }
 
 /// One UDP relay rule: a peer allowed to talk to a UDP registration.
@@ -91,7 +108,7 @@ pub struct View {
 }
 
 /// Writes list items while they fit the budget; returns how many did.
-fn bounded<T>(
+pub(super) fn bounded<T>(
     out: &mut String,
     budget: usize,
     items: &[T],
@@ -166,6 +183,18 @@ pub fn text(v: &View, budget: usize) -> String {
             secs(r.since_heartbeat),
             r.heartbeat_secs
         );
+        for h in &r.holders {
+            let _ = writeln!(
+                o,
+                "    holder {}[{}] mgmt {} heartbeat {} ago (every {}s), joined {} ago",
+                h.program,
+                h.pid,
+                h.mgmt,
+                secs(h.since_heartbeat),
+                h.heartbeat_secs,
+                secs(h.age)
+            );
+        }
     });
     more(&mut o, v.registrations.len() - shown);
     let _ = writeln!(o, "\nrelays: {}", v.relays.len());
@@ -264,153 +293,7 @@ fn more(o: &mut String, left: usize) {
     }
 }
 
-/// A JSON string literal.
-fn js(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", u32::from(c));
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// Seconds as a JSON number with millisecond precision.
-fn jsecs(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64())
-}
-
-/// Writes `"key":[items]`, cut at the budget; returns whether it was cut.
-fn json_list<T>(
-    o: &mut String,
-    key: &str,
-    items: &[T],
-    budget: usize,
-    mut item: impl FnMut(&T) -> String,
-) -> bool {
-    let _ = write!(o, "{}:[", js(key));
-    let mut cut = false;
-    for (n, it) in items.iter().enumerate() {
-        if o.len() >= budget {
-            cut = true;
-            break;
-        }
-        if n > 0 {
-            o.push(',');
-        }
-        o.push_str(&item(it));
-    }
-    o.push(']');
-    cut
-}
-
-/// One JSON object. Lists are cut at `budget` bytes; `"truncated": true`
-/// then says so.
-pub fn json(v: &View, budget: usize) -> String {
-    let mut o = String::from("{");
-    let _ = write!(
-        o,
-        "\"version\":{},\"uptime_s\":{},\"command\":{},\"rendezvous\":{},\"port_range\":{},\
-         \"free_ports\":{},\"quarantined_ports\":{},\"limits\":{{\"max_registrations\":{},\
-         \"max_relays\":{},\"rate_limit\":{}}},",
-        js(v.version),
-        jsecs(v.uptime),
-        js(&v.command.to_string()),
-        js(&v.rendezvous.to_string()),
-        js(&v.port_range.to_string()),
-        v.free_ports,
-        v.quarantined_ports,
-        v.max_registrations,
-        v.max_relays,
-        v.rate_limit
-    );
-    let mut cut = json_list(&mut o, "registrations", &v.registrations, budget, |r| {
-        format!(
-            "{{\"proto\":{},\"proxy\":{},\"local\":{},\"observed\":{},\"public\":{},\"realm\":{},\
-             \"realm_named\":{},\"pid\":{},\"program\":{},\"age_s\":{},\"last_heartbeat_s\":{},\"heartbeat_s\":{},\
-             \"data_path\":{}}}",
-            js(&r.proto.to_string()),
-            js(&r.proxy.to_string()),
-            js(&r.local.to_string()),
-            js(&r.observed.to_string()),
-            r.public,
-            js(&r.realm),
-            r.realm_named,
-            r.pid,
-            js(&r.program),
-            jsecs(r.age),
-            jsecs(r.since_heartbeat),
-            r.heartbeat_secs,
-            r.data_path.map_or("null".to_string(), |p| js(&p.to_string()))
-        )
-    });
-    o.push(',');
-    cut |= json_list(&mut o, "relays", &v.relays, budget, |r| {
-        format!(
-            "{{\"id\":{},\"connector\":{},\"listener\":{},\"proxy\":{},\"bytes_to_listener\":{},\
-             \"bytes_to_connector\":{},\"age_s\":{}}}",
-            r.id,
-            js(&r.connector.to_string()),
-            js(&r.listener.to_string()),
-            js(&r.proxy.to_string()),
-            r.bytes[0],
-            r.bytes[1],
-            jsecs(r.age)
-        )
-    });
-    o.push(',');
-    cut |= json_list(&mut o, "pending", &v.pending, budget, |p| {
-        format!(
-            "{{\"kind\":{},\"proxy\":{},\"peer\":{},\"age_s\":{},\"expires_in_s\":{},\
-             \"connector_here\":{},\"listener_here\":{}}}",
-            js(p.kind),
-            js(&p.proxy.to_string()),
-            js(&p.peer.to_string()),
-            jsecs(p.age),
-            jsecs(p.expires_in),
-            p.connector_here,
-            p.listener_here
-        )
-    });
-    o.push(',');
-    cut |= json_list(&mut o, "udp_rules", &v.udp_rules, budget, |r| {
-        format!(
-            "{{\"peer\":{},\"proxy\":{},\"age_s\":{},\"idle_s\":{},\"datagrams_to_client\":{},\
-             \"bytes_to_client\":{},\"datagrams_to_peer\":{},\"bytes_to_peer\":{}}}",
-            js(&r.peer.to_string()),
-            js(&r.proxy.to_string()),
-            jsecs(r.age),
-            jsecs(r.idle),
-            r.datagrams[0],
-            r.bytes[0],
-            r.datagrams[1],
-            r.bytes[1]
-        )
-    });
-    let counters: Vec<String> = v
-        .counters
-        .iter()
-        .map(|(k, n)| format!("{}:{n}", js(k)))
-        .collect();
-    let _ = write!(
-        o,
-        ",\"bytes_relayed\":{{\"to_listener\":{},\"to_connector\":{}}},\"counters\":{{{}}},\"truncated\":{cut}}}",
-        v.bytes_relayed[0],
-        v.bytes_relayed[1],
-        counters.join(",")
-    );
-    o
-}
+pub use super::json::json;
 
 #[cfg(test)]
 #[path = "render_tests.rs"]

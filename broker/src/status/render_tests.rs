@@ -23,6 +23,24 @@ fn view(registrations: usize) -> View {
         since_heartbeat: Duration::from_millis(1500),
         heartbeat_secs: 10,
         data_path: None,
+        holders: vec![
+            HolderView {
+                mgmt: a("198.51.100.1:40000"),
+                pid: 42,
+                program: "condor_\u{1}schedd".into(),
+                heartbeat_secs: 10,
+                age: Duration::from_secs(3725),
+                since_heartbeat: Duration::from_millis(1500),
+            },
+            HolderView {
+                mgmt: a("198.51.100.1:40001"),
+                pid: 43,
+                program: "condor_shadow".into(),
+                heartbeat_secs: 10,
+                age: Duration::from_secs(5),
+                since_heartbeat: Duration::from_secs(4),
+            },
+        ],
     };
     View {
         version: "0.1.0",
@@ -87,6 +105,8 @@ fn text_names_every_part() {
         "#3 198.51.100.2:5555 -> 203.0.113.1:20000 (listener 198.51.100.1:6666) 1048576 bytes -> 7 bytes <-",
         "regular for 203.0.113.1:20000 peer 198.51.100.3:7777: connector here",
         "(every 10s) data path 198.51.100.1:40001",
+        "\n    holder condor_\u{1}schedd[42] mgmt 198.51.100.1:40000 heartbeat 1.5s ago (every 10s), joined 1h02m05s ago\n",
+        "\n    holder condor_shadow[43] mgmt 198.51.100.1:40001 heartbeat 4.0s ago (every 10s), joined 5.0s ago\n",
         "udp rules: 1",
         "198.51.100.4:9000 <-> 203.0.113.1:20001: 3 datagrams (300 bytes) to the client, 2 (20 bytes) back",
         "refused and malformed: malformed 1",
@@ -125,6 +145,15 @@ fn json_is_valid_and_complete() {
     );
     assert!(rules[0].get("bytes_to_peer").is_some());
     assert!(regs[0].get("data_path").is_some());
+    let holders = regs[0].get("holders").and_then(Value::as_array).unwrap();
+    assert_eq!(holders.len(), 2);
+    let field = |i: usize, k: &str| holders[i].get(k).cloned();
+    assert_eq!(field(1, "pid"), Some(Value::Num(43.0)));
+    assert_eq!(field(1, "program"), Some(Value::Str("condor_shadow".into())));
+    assert_eq!(field(1, "mgmt"), Some(Value::Str("198.51.100.1:40001".into())));
+    assert_eq!(field(1, "last_heartbeat_s"), Some(Value::Num(4.0)));
+    assert_eq!(field(0, "heartbeat_s"), Some(Value::Num(10.0)));
+    assert_eq!(field(0, "age_s"), Some(Value::Num(3725.0)));
     assert!(v.get("counters").and_then(|c| c.get("malformed")).is_some());
     assert!(v.get("limits").and_then(|l| l.get("max_relays")).is_some());
 }

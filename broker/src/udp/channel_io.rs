@@ -121,7 +121,7 @@ impl Daemon {
         let record = self.registry.get(&Endpoint::new(Proto::Udp, proxy));
         let Some(owner) = record.map(|r| Owner {
             local: r.local,
-            ip: *r.client.mgmt.ip(),
+            ip: r.ip,
         }) else {
             return Err(Message::error(
                 ErrorCode::NotRegistered,

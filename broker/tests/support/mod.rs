@@ -79,6 +79,15 @@ impl Broker {
         self.range.0 <= port && port <= self.range.1
     }
 
+    /// The registrations in `query --json`.
+    pub fn registrations(&self) -> Vec<testbed::json::Value> {
+        let (code, out, err) = self.query(true);
+        assert_eq!(code, 0, "{err}");
+        let v = testbed::json::parse(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let regs = v.get("registrations").and_then(|r| r.as_array());
+        regs.expect("registrations").to_vec()
+    }
+
     /// Runs `gcb-broker query` against this broker: (exit code, stdout, stderr).
     pub fn query(&self, json: bool) -> (i32, String, String) {
         let mut cmd = Command::new(BIN);
@@ -181,19 +190,33 @@ impl Mgmt {
 
     /// A command from the broker (ReverseConnect, RelayConnect), answered Ack.
     pub fn command(&mut self) -> Message {
-        let (id, m) = match self.commands.pop_front() {
-            Some(c) => c,
-            None => loop {
-                let (id, m, _) = self.recv(WAIT).expect("a command from the broker");
-                if !m.is_response() {
-                    break (id, m);
-                }
-            },
-        };
-        self.sock
-            .send_to(&gcb::encode(&Message::Ack, id).unwrap(), self.broker)
-            .unwrap();
+        let (id, m) = self.take_command(WAIT);
+        self.answer(id, &Message::Ack);
         m
+    }
+
+    /// The next command from the broker within `within`, not answered:
+    /// (request id, command). Retransmissions come again.
+    pub fn take_command(&mut self, within: Duration) -> (u64, Message) {
+        if let Some(c) = self.commands.pop_front() {
+            return c;
+        }
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.recv(left) {
+                Some((id, m, _)) if !m.is_response() => return (id, m),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        panic!("no command from the broker within {within:?}");
+    }
+
+    /// Answers the broker's command `id` with `reply` (Ack or an Error).
+    pub fn answer(&self, id: u64, reply: &Message) {
+        self.sock
+            .send_to(&gcb::encode(reply, id).unwrap(), self.broker)
+            .unwrap();
     }
 
     /// Registers `local` reporting `mgmt_ip` as the management socket's own

@@ -143,6 +143,10 @@ pub enum ErrorCode {
     Unsupported,
     /// The receiver failed for its own reasons (e.g. a socket call failed).
     Internal,
+    /// Nobody answered in time: in `ConnectFailed` and a rendezvous
+    /// `Rejected`, the listener stayed silent to the broker's command, so
+    /// the connector fails with ETIMEDOUT (a refusal is ECONNREFUSED).
+    Timeout,
     /// A code newer than this build.
     Other(u8),
 }
@@ -159,6 +163,7 @@ impl ErrorCode {
             ErrorCode::UnknownToken => 7,
             ErrorCode::Unsupported => 8,
             ErrorCode::Internal => 9,
+            ErrorCode::Timeout => 10,
             ErrorCode::Other(c) => c,
         }
     }
@@ -174,6 +179,7 @@ impl ErrorCode {
             7 => ErrorCode::UnknownToken,
             8 => ErrorCode::Unsupported,
             9 => ErrorCode::Internal,
+            10 => ErrorCode::Timeout,
             c => ErrorCode::Other(c),
         }
     }
@@ -285,8 +291,10 @@ pub enum Message {
     /// Broker → connector, after a `ConnectDecision(Reversal{token})`: the
     /// listener will not dial (it refused `ReverseConnect`, or did not answer
     /// it within the broker's retry policy), so the connector stops waiting
-    /// and fails its `connect` (`NotRegistered`: ECONNREFUSED, the
-    /// registration's owner is gone). Sent to the address the `Connect` came
+    /// and fails its `connect`: `Timeout` when the listener stayed silent
+    /// (ETIMEDOUT), its own code when it refused (`NotRegistered`,
+    /// `LimitReached`: ECONNREFUSED). Only that connection fails; the
+    /// registration lives or dies by its heartbeats. Sent to the address the `Connect` came
     /// from, which the connector keeps open while it waits, and answered by
     /// `Ack`. A connector that does not know this kind has closed that socket
     /// and simply times out, as before the kind existed.

@@ -126,6 +126,42 @@ fn golden_connect_failed() {
     assert!(!m.is_response(), "a request: the connector acknowledges it");
 }
 
+/// A listener that stayed silent: code 10, the newest one.
+#[test]
+fn golden_connect_failed_timeout() {
+    let m = Message::ConnectFailed {
+        token: Token(0x0102030405060708),
+        code: ErrorCode::Timeout,
+    };
+    let want = hex("47434231 01 14 00 0000000000000009  0102030405060708 0a");
+    assert_eq!(encode(&m, 9).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+}
+
+/// Every code keeps its wire value, and the first unknown one decodes as
+/// `Other` (what an older peer makes of `Timeout`).
+#[test]
+fn error_codes_have_fixed_wire_values() {
+    let all = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotRegistered,
+        ErrorCode::LimitReached,
+        ErrorCode::PortUnavailable,
+        ErrorCode::VersionMismatch,
+        ErrorCode::UnknownToken,
+        ErrorCode::Unsupported,
+        ErrorCode::Internal,
+        ErrorCode::Timeout,
+    ];
+    for (i, code) in all.into_iter().enumerate() {
+        let wire = u8::try_from(i + 1).unwrap();
+        assert_eq!((code.wire(), ErrorCode::from_wire(wire)), (wire, code));
+    }
+    assert_eq!(ErrorCode::from_wire(11), ErrorCode::Other(11));
+    assert_eq!(ErrorCode::from_wire(0), ErrorCode::Other(0));
+}
+
 #[test]
 fn golden_heartbeat() {
     let m = Message::Heartbeat {
@@ -347,6 +383,13 @@ proptest! {
         let (h, back) = decode(&bytes).unwrap();
         prop_assert_eq!(back, m);
         prop_assert_eq!(h.request_id, id);
+    }
+
+    /// Every byte is a code and back, known or not: nothing is lost
+    /// between peers of different versions.
+    #[test]
+    fn error_code_wire_round_trips(c in any::<u8>()) {
+        prop_assert_eq!(ErrorCode::from_wire(c).wire(), c);
     }
 
     #[test]

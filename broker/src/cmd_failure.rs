@@ -1,0 +1,173 @@
+//! What the broker does when a command it sent a listener for a connection
+//! (`ReverseConnect`, `RelayConnect`, `MakeHole`) fails: it went to the
+//! registration's holder heard from last, which stayed silent through every
+//! retransmission or answered with an error.
+//!
+//! * Silent, or `NotRegistered` (that holder does not hold the socket any
+//!   more, and leaves the registration): the command goes once more to the
+//!   freshest other holder, if there is one. A refusal for the socket's own
+//!   reasons (`LimitReached`: its accept queue is full) is not retried,
+//!   since every holder shares that socket.
+//! * Otherwise that connection alone fails. A TCP reversal's connector,
+//!   which waits for the listener's connection rather than talking to the
+//!   broker, is told with `ConnectFailed` on the address its `Connect` came
+//!   from (retransmitted until it answers `Ack`; an older connector has
+//!   closed that socket and times out as it always did). A relayed
+//!   connector's rendezvous connection is rejected, now or when it arrives;
+//!   a plain connector's parked connection is reset. The code says why:
+//!   `Timeout` for silence (ETIMEDOUT), the listener's own code for a
+//!   refusal (ECONNREFUSED).
+//!
+//! The registration is never dropped here: it lives or dies by its
+//! holders' heartbeats (`holders`). A busy or briefly unreachable listener
+//! loses one connection, not its address.
+
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+use proto::gcb::{self, ErrorCode, Message, Token};
+use proto::{Endpoint, Proto};
+use tracing::{info, warn};
+
+use crate::async_cmd::{Failure, Purpose};
+use crate::command::send_datagram;
+use crate::daemon::Daemon;
+use crate::holders::Gone;
+use crate::pairing::{Kind, Pending};
+
+impl Daemon {
+    /// The command `msg` for the pairing `p.token` failed at `p.listener`.
+    pub(crate) fn on_command_failed(
+        &mut self,
+        p: Purpose,
+        why: Failure,
+        msg: Message,
+        now: Instant,
+    ) {
+        let proto = match p.kind {
+            gcb::Kind::MakeHole => Proto::Udp,
+            _ => Proto::Tcp,
+        };
+        let ep = Endpoint::new(proto, p.proxy);
+        let (removed, next) = self
+            .registry
+            .command_failed(&ep, p.listener, why.disowned(), now);
+        if let Some(removed) = removed {
+            self.holder_gone(ep, removed, Gone::Disowned, now);
+        }
+        if why.try_another() && !p.resent && self.pairings.get(p.token).is_some() {
+            if let Some(next) = next {
+                let again = Purpose {
+                    listener: next,
+                    resent: true,
+                    ..p
+                };
+                match self.send_purpose(&msg, again, now) {
+                    Ok(()) => {
+                        self.counters.commands_resent += 1;
+                        if let Some(pending) = self.pairings.get_mut(p.token) {
+                            pending.listener_mgmt = next;
+                        }
+                        info!(
+                            "{:?} for {} failed at holder {}: {why}; sent once more to holder {next}",
+                            p.kind, p.proxy, p.listener
+                        );
+                        return;
+                    }
+                    Err(e) => warn!(
+                        "cannot send {:?} for {} to holder {next}: {e}",
+                        p.kind, p.proxy
+                    ),
+                }
+            }
+        }
+        let c = &mut self.counters;
+        c.commands_failed += 1;
+        *match why.code() {
+            ErrorCode::Timeout => &mut c.commands_failed_timeout,
+            ErrorCode::NotRegistered => &mut c.commands_failed_not_registered,
+            ErrorCode::LimitReached => &mut c.commands_failed_full,
+            _ => &mut c.commands_failed_other,
+        } += 1;
+        info!(
+            "{:?} to listener {} for {} failed: {why}; that connection fails ({:?}), the registration stays",
+            p.kind,
+            p.listener,
+            p.proxy,
+            why.code()
+        );
+        self.fail_connection(p.token, why.code(), now);
+    }
+
+    /// The listener will not make the connection of `token`: its connector
+    /// learns it with `code`, and whatever the pairing holds is closed.
+    fn fail_connection(&mut self, token: Token, code: ErrorCode, now: Instant) {
+        let Some(mut pending) = self.pairings.cancel(token) else {
+            return;
+        };
+        self.tell_connector(token, &pending, code, now);
+        if pending.kind == Kind::Relay && pending.connector.is_none() {
+            // Its rendezvous connection is on its way: it is told then.
+            pending.failed = Some(code);
+            self.pairings.insert(token, pending);
+            return;
+        }
+        self.abandon_pairing(pending, code);
+    }
+
+    /// Tells the connector of a failed TCP reversal that no connection is
+    /// coming, so its `connect` fails now rather than at its own timeout.
+    fn tell_connector(
+        &mut self,
+        token: Token,
+        pending: &Pending<mio::net::TcpStream>,
+        code: ErrorCode,
+        now: Instant,
+    ) {
+        let Some(to) = pending
+            .connector_cmd
+            .filter(|_| pending.kind == Kind::Reversal)
+        else {
+            return;
+        };
+        let msg = Message::ConnectFailed { token, code };
+        if let Err(e) = self.send_command(&msg, token, to, pending.proxy, now) {
+            warn!(
+                "cannot tell connector {to} that {} will not dial: {e}",
+                pending.proxy
+            );
+        }
+    }
+
+    /// Sends a broker → client command, retransmitted until answered.
+    pub(crate) fn send_command(
+        &mut self,
+        msg: &Message,
+        token: Token,
+        to: SocketAddrV4,
+        proxy: SocketAddrV4,
+        now: Instant,
+    ) -> Result<(), String> {
+        let purpose = Purpose {
+            token,
+            kind: msg.kind(),
+            listener: to,
+            proxy,
+            resent: false,
+        };
+        self.send_purpose(msg, purpose, now)
+    }
+
+    fn send_purpose(
+        &mut self,
+        msg: &Message,
+        purpose: Purpose,
+        now: Instant,
+    ) -> Result<(), String> {
+        let (sock, counters) = (&self.command, &mut self.counters);
+        self.asyncs
+            .send(msg, purpose, now, self.auth.as_ref(), |to, bytes| {
+                send_datagram(sock, counters, to, bytes)
+            })
+    }
+}

@@ -1,0 +1,162 @@
+//! The records of the registration table (`registry`): a registered
+//! socket, the processes holding it, and what the table's operations
+//! answer.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use proto::Endpoint;
+
+use crate::decide::Realm;
+use crate::ports::Owner;
+
+/// Holders one registration may have: a pre-fork server's workers each
+/// hold the listener; past this a `Register` is refused (the socket keeps
+/// working through the holders it has, since any of them can take a
+/// connection for all).
+pub const MAX_HOLDERS: usize = 64;
+
+/// Former holders a record remembers.
+pub const FORMER: usize = 8;
+
+/// What a `Register` says about the process sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The management socket as seen from here (its NAT mapping): where
+    /// asynchronous commands go.
+    pub mgmt: SocketAddrV4,
+    /// The management socket's address as the client sees it.
+    pub mgmt_local: SocketAddrV4,
+    pub public: bool,
+    pub realm: Realm,
+    pub pid: u32,
+    pub program: String,
+    pub heartbeat_secs: u16,
+}
+
+/// One process holding a registered socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub mgmt: SocketAddrV4,
+    pub mgmt_local: SocketAddrV4,
+    pub pid: u32,
+    pub program: String,
+    pub heartbeat_secs: u16,
+    pub joined: Instant,
+    pub last_heartbeat: Instant,
+    pub(super) deadline: Instant,
+}
+
+impl Holder {
+    /// Heard from within two of its heartbeat intervals.
+    pub(super) fn live(&self, now: Instant) -> bool {
+        let silent = now.saturating_duration_since(self.last_heartbeat);
+        silent < Duration::from_secs(u64::from(self.heartbeat_secs.max(1)) * 2)
+    }
+}
+
+/// What a `Register` is to the records ([`Registry::find_for_register`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A holder registering again: its entry is renewed.
+    Again(Endpoint),
+    /// Another holder of a registered socket: it joins the record.
+    Join(Endpoint),
+    /// A socket nobody registered: a new registration.
+    New,
+}
+
+/// Why a holder could not join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub proxy: Endpoint,
+    /// The registered socket's own address; same-realm peers dial it.
+    pub local: SocketAddrV4,
+    /// The public IP every holder's requests come from.
+    pub ip: Ipv4Addr,
+    /// Where the socket sits, as the latest `Register` showed it.
+    pub public: bool,
+    pub realm: Realm,
+    pub registered: Instant,
+    /// The proxy socket's token in the event loop.
+    pub token: Token,
+    /// In the order they joined; never empty.
+    pub(super) holders: Vec<Holder>,
+    /// Management addresses of the latest holders that left while the
+    /// record stayed, at most [`FORMER`], the latest last: a heartbeat from
+    /// one is no NAT remapping of the holder left (`Registry::refresh`).
+    pub(super) former: Vec<SocketAddrV4>,
+}
+
+impl Record {
+    /// Remembers that the holder at `mgmt` left.
+    pub(super) fn forget(&mut self, mgmt: SocketAddrV4) {
+        self.former.retain(|m| *m != mgmt);
+        if self.former.len() == FORMER {
+            self.former.remove(0);
+        }
+        self.former.push(mgmt);
+    }
+
+    pub(super) fn owner(&self) -> Owner {
+        Owner {
+            local: self.local,
+            ip: self.ip,
+        }
+    }
+
+    pub fn holders(&self) -> &[Holder] {
+        &self.holders
+    }
+
+    pub fn holder(&self, mgmt: SocketAddrV4) -> Option<&Holder> {
+        self.holders.iter().find(|h| h.mgmt == mgmt)
+    }
+
+    /// The holder heard from last (the latest joined on a tie): where
+    /// commands go.
+    pub fn freshest(&self) -> &Holder {
+        self.freshest_but(None)
+            .unwrap_or_else(|| unreachable!("a record has a holder (invariant 2)"))
+    }
+
+    /// The freshest holder other than `mgmt`: where a command goes once
+    /// more after `mgmt` failed it.
+    pub fn freshest_other(&self, mgmt: SocketAddrV4) -> Option<&Holder> {
+        self.freshest_but(Some(mgmt))
+    }
+
+    fn freshest_but(&self, but: Option<SocketAddrV4>) -> Option<&Holder> {
+        self.holders
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| Some(h.mgmt) != but)
+            .max_by_key(|(i, h)| (h.last_heartbeat, *i))
+            .map(|(_, h)| h)
+    }
+}
+
+/// What a heartbeat did to one held endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    Refreshed,
+    /// Refreshed, and the holder's NAT mapping changed from this address.
+    Moved(SocketAddrV4),
+    /// Not registered, or not held by this management address: the client
+    /// registers again (and joins, if the socket is registered).
+    Unknown,
+}
+
+/// What taking a holder out of a record did.
+#[derive(Debug, Clone)]
+pub enum Removed {
+    /// The holder left; others still hold the record.
+    Holder(Holder),
+    /// That was the last holder: the record is gone (its holder inside),
+    /// its port quarantined, and the caller closes its proxy socket.
+    Record(Record),
+}
