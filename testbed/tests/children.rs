@@ -4,13 +4,15 @@
 //!
 //! * `listeners_outlive_every_kind_of_child`: a Python server on a1 with a TCP
 //!   and a UDP echo socket (`spawn_support/children.py serve`) runs, one after
-//!   another, `subprocess.run(["true"])` (vfork, then `close_range` in the
-//!   child), `os.system`, `os.popen`, glibc's `posix_spawn` (closing the
-//!   listeners in the child's file actions), and a `multiprocessing` child
-//!   with each of the fork, spawn and forkserver contexts. Before the first and
-//!   after each, the server's `getsockname` is unchanged, the broker lists
-//!   both registrations with the same proxy and local addresses, and both
-//!   sockets echo every byte to a plain client on pub and a GCB client on b1.
+//!   another: `os.system` (glibc's `system`), glibc's `popen` (through
+//!   ctypes), glibc's `posix_spawn` (closing the listeners in the child's
+//!   file actions), a `multiprocessing` child of the fork context,
+//!   `subprocess.run(["true"])` (vfork, then `close_range` in the child),
+//!   `os.popen` (subprocess again), and `multiprocessing` children of the
+//!   spawn and forkserver contexts. Before the first and after each, the
+//!   server's `getsockname` is unchanged, the broker lists both registrations
+//!   with the same proxy and local addresses, and both sockets echo every
+//!   byte to a plain client on pub and a GCB client on b1.
 //! * `prefork_children_serve_and_the_last_holder_takes_the_registration`: a
 //!   pre-fork server (`children.py prefork`): the parent listens and forks
 //!   three children that accept on the inherited listener; the parent never
@@ -38,7 +40,7 @@ use testbed::real::{Mode, RealBed};
 use testbed::{python3, wait_for};
 
 /// Each step's name as `children.py serve` knows it.
-const STEPS: [&str; 7] = ["subprocess", "system", "popen", "posix_spawn", "mp-fork", "mp-spawn", "mp-forkserver"];
+const STEPS: [&str; 8] = ["system", "c-popen", "posix_spawn", "mp-fork", "subprocess", "popen", "mp-spawn", "mp-forkserver"];
 /// A step starts Python interpreters (spawn, forkserver) on a loaded machine.
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 

@@ -9,7 +9,8 @@ under the shim. Plain sockets and the standard library only.
       thread and prints
       'STEP NAME ok ms=N tcp=ADDR udp=ADDR DETAIL' (the names again, so a
       changed address shows) or 'STEP NAME failed WHY'. Steps: subprocess,
-      system, popen, posix_spawn, mp-fork, mp-spawn, mp-forkserver.
+      system, popen (Python's), c-popen (glibc's), posix_spawn, mp-fork,
+      mp-spawn, mp-forkserver.
 
   children.py prefork PORT N
       Listens on 0.0.0.0:PORT, prints 'NAME tcp ADDR', forks N children that
@@ -22,6 +23,7 @@ under the shim. Plain sockets and the standard library only.
 Pre-fork children outlive their parent; the test bed's teardown stops them
 with everything else in its namespaces.
 """
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -76,9 +78,26 @@ def run_step(step):
             raise RuntimeError(f"system returned {st}")
         return "status=0"
     if step == "popen":
+        # Python's os.popen is subprocess underneath.
         out = os.popen("echo x").read()
         if out != "x\n":
             raise RuntimeError(f"popen read {out!r}")
+        return "read=x"
+    if step == "c-popen":
+        # glibc's popen (posix_spawn underneath), through ctypes.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.popen.restype = ctypes.c_void_p
+        libc.popen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.fgets.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+        libc.pclose.argtypes = [ctypes.c_void_p]
+        f = libc.popen(b"echo x", b"r")
+        if not f:
+            raise RuntimeError(f"popen: errno {ctypes.get_errno()}")
+        buf = ctypes.create_string_buffer(16)
+        libc.fgets(buf, 16, f)
+        st = libc.pclose(f)
+        if buf.value != b"x\n" or st != 0:
+            raise RuntimeError(f"popen read {buf.value!r}, pclose {st}")
         return "read=x"
     if step == "posix_spawn":
         # glibc's posix_spawn itself (os.posix_spawn calls it): CLONE_VM and
