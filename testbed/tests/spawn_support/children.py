@@ -4,9 +4,9 @@ under the shim. Plain sockets and the standard library only.
   children.py serve TCP_PORT UDP_PORT
       A TCP echo listener on 0.0.0.0:TCP_PORT and a UDP echo socket on
       0.0.0.0:UDP_PORT, each served by a thread of its own in its blocking
-      call. Prints 'NAME tcp ADDR' and 'NAME udp ADDR' (getsockname). Then
-      reads step names on stdin, one a line, runs each to its end on the main
-      thread and prints
+      call ('SERVED PID' after each TCP connection). Prints 'NAME tcp ADDR'
+      and 'NAME udp ADDR' (getsockname). Then reads step names on stdin, one
+      a line, runs each to its end on the main thread and prints
       'STEP NAME ok ms=N tcp=ADDR udp=ADDR DETAIL' (the names again, so a
       changed address shows) or 'STEP NAME failed WHY'. Steps: subprocess,
       system, popen (Python's), c-popen (glibc's), posix_spawn, mp-fork,
@@ -33,14 +33,7 @@ import sys
 import threading
 import time
 
-
-def say(*words):
-    # One write(2) per line: forked children share this stdout.
-    os.write(1, (" ".join(str(w) for w in words) + "\n").encode())
-
-
-def name(s):
-    return "%s:%d" % s.getsockname()[:2]
+from serving import name, say, serve as serve_tcp, tcp_listener
 
 
 def double(conn, x):
@@ -116,18 +109,6 @@ def run_step(step):
 LISTENER_FDS = []
 
 
-def echo_tcp(ls):
-    while True:
-        conn, _ = ls.accept()
-        with conn:
-            conn.settimeout(30)
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            except OSError:
-                pass
-
-
 def echo_udp(us):
     while True:
         data, peer = us.recvfrom(65536)
@@ -135,10 +116,7 @@ def echo_udp(us):
 
 
 def serve(tcp_port, udp_port):
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", tcp_port))
-    ls.listen(64)
+    ls = tcp_listener(tcp_port)
     us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     us.bind(("0.0.0.0", udp_port))
     LISTENER_FDS.extend([ls.fileno(), us.fileno()])
@@ -146,7 +124,7 @@ def serve(tcp_port, udp_port):
     say("NAME udp", name(us))
     # A thread per socket, each in its blocking call, and the children run
     # from the main thread meanwhile, as a daemon's control loop would.
-    threading.Thread(target=echo_tcp, args=(ls,), daemon=True).start()
+    threading.Thread(target=serve_tcp, args=(ls,), daemon=True).start()
     threading.Thread(target=echo_udp, args=(us,), daemon=True).start()
     for line in sys.stdin:
         step = line.strip()
@@ -165,23 +143,11 @@ def prefork_child(ls):
         ls.close()
         os._exit(0)
     signal.signal(signal.SIGTERM, stop)
-    while True:
-        conn, _ = ls.accept()
-        with conn:
-            conn.settimeout(30)
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            except OSError:
-                pass
-        say("SERVED", os.getpid())
+    serve_tcp(ls)
 
 
 def prefork(port, n):
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", port))
-    ls.listen(64)
+    ls = tcp_listener(port)
     say("NAME tcp", name(ls))
     children = []
     for _ in range(n):

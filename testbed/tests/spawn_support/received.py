@@ -31,32 +31,7 @@ import socket
 import subprocess
 import sys
 
-
-def say(*words):
-    # One write(2) per line: parent and child share this stdout.
-    os.write(1, (" ".join(str(w) for w in words) + "\n").encode())
-
-
-def name(s):
-    return "%s:%d" % s.getsockname()[:2]
-
-
-def serve(ls, parent=None):
-    """Echoes one connection at a time until the parent (if any) is gone."""
-    ls.settimeout(0.5)
-    while parent is None or os.getppid() == parent:
-        try:
-            conn, _ = ls.accept()
-        except socket.timeout:
-            continue
-        with conn:
-            conn.settimeout(30)
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            except OSError:
-                pass
-        say("SERVED", os.getpid())
+from serving import name, say, serve, tcp_listener
 
 
 def child_sendfds(fd, parent):
@@ -67,21 +42,18 @@ def child_sendfds(fd, parent):
     ls = socket.socket(fileno=fds[0])
     say("CHILD", os.getpid(), "NAME", name(ls))
     link.sendall(b"ok")
-    serve(ls, parent)
+    serve(ls, alive=lambda: os.getppid() == parent)
 
 
 def child_mp(conn, parent):
     ls = conn.recv()
     say("CHILD", os.getpid(), "NAME", name(ls))
     conn.send("ok")
-    serve(ls, parent)
+    serve(ls, alive=lambda: os.getppid() == parent)
 
 
 def parent(port, how):
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", port))
-    ls.listen(64)
+    ls = tcp_listener(port)
     say("NAME tcp", name(ls))
     me = os.getpid()
     if how == "sendfds":
