@@ -18,9 +18,9 @@
 //!   to each worker, each digest computed on the other worker (pinned with
 //!   `workers=`, `allow_other_workers=False`) and one digest of both, so the
 //!   job cannot finish without worker-to-worker transfers both ways. Results
-//!   are checked exactly against the client's own digests, the scheduler must
-//!   know both copies of each input afterwards (the transfers happened), and
-//!   the scheduler calls both nannies. The broker lists the four
+//!   are checked exactly against the client's own digests, each worker's own
+//!   transfer log must show the other's input fetched from the other worker
+//!   (4 MiB each way), and the scheduler calls both nannies. The broker lists the four
 //!   registrations with the proxy addresses they got at the start.
 //!
 //! Needs root, `cargo build --release`, and the test venv that `.ci/run`
@@ -72,9 +72,8 @@ fn logs(r: &RealBed, procs: &[(&str, &Proc)]) -> String {
     s + &format!("--- broker stderr (tail):\n{}", tail(&r.daemon.stderr_text(), 40))
 }
 
-/// A worker with its nanny on `host` under the shim; returns it with the
-/// proxy addresses of the worker's and the nanny's listeners.
-fn worker(r: &RealBed, dask: &str, host: &str, name: &str, port: u16) -> (Proc, String, String) {
+/// Starts a worker with its nanny on `host` under the shim.
+fn start_worker(r: &RealBed, dask: &str, host: &str, name: &str, port: u16) -> Proc {
     let dir = r.file(name);
     std::fs::create_dir_all(&dir).expect("local directory");
     let listen = format!("tcp://0.0.0.0:{port}");
@@ -83,14 +82,20 @@ fn worker(r: &RealBed, dask: &str, host: &str, name: &str, port: u16) -> (Proc, 
         dask, "worker", SCHEDULER, "--listen-address", &listen, "--nanny-port", &nanny_port, "--nthreads", "1",
         "--name", name, "--no-dashboard", "--death-timeout", "120", "--local-directory", dir.to_str().unwrap(),
     ];
-    let p = r.spawn(host, true, &args);
+    r.spawn(host, true, &args)
+}
+
+/// Waits until the worker on `host` registered its nanny's and its own
+/// listener and advertised the latter's proxy address; returns the worker's
+/// and the nanny's proxy addresses.
+fn worker_up(r: &RealBed, p: &Proc, host: &str, name: &str, port: u16) -> (String, String) {
     let ip = r.bed.ip(host);
-    let nanny = r.registered(&p, "tcp", &format!("{ip}:{nanny_port}"));
-    let public = r.registered(&p, "tcp", &format!("{ip}:{port}"));
+    let nanny = r.registered(p, "tcp", &format!("{ip}:{}", port + 10_000));
+    let public = r.registered(p, "tcp", &format!("{ip}:{port}"));
     let start = p.wait_stderr("Start worker at:", START).unwrap_or_else(|e| panic!("{e}"));
     let said = start.lines().find_map(|l| l.split("Start worker at:").nth(1)).unwrap_or_default().trim().to_string();
-    assert_eq!(said, format!("tcp://{public}"), "{name} must advertise its proxy address\n{}", logs(r, &[(name, &p)]));
-    (p, public, nanny)
+    assert_eq!(said, format!("tcp://{public}"), "{name} must advertise its proxy address\n{}", logs(r, &[(name, p)]));
+    (public, nanny)
 }
 
 #[test]
@@ -102,8 +107,10 @@ fn dask_workers_in_two_realms_transfer_to_each_other() {
     let t0 = Instant::now();
     let sched = r.spawn("pub", false, &[&dask, "scheduler", "--host", "203.0.113.20", "--port", "8786", "--no-dashboard"]);
     sched.wait_stderr(&format!("Scheduler at:   {SCHEDULER}"), START).unwrap_or_else(|e| panic!("{e}"));
-    let (wa, a_public, a_nanny) = worker(&r, &dask, "a1", "wa", 9001);
-    let (wb, b_public, b_nanny) = worker(&r, &dask, "b1", "wb", 9002);
+    let wa = start_worker(&r, &dask, "a1", "wa", 9001);
+    let wb = start_worker(&r, &dask, "b1", "wb", 9002);
+    let (a_public, a_nanny) = worker_up(&r, &wa, "a1", "wa", 9001);
+    let (b_public, b_nanny) = worker_up(&r, &wb, "b1", "wb", 9002);
     let started = t0.elapsed();
     let all = [("scheduler", &sched), ("worker a1", &wa), ("worker b1", &wb)];
 
@@ -121,12 +128,18 @@ fn dask_workers_in_two_realms_transfer_to_each_other() {
     let expect = field("EXPECT ");
     assert_eq!(expect.len(), 3, "{}", failure());
     assert_eq!(field("RESULT "), expect, "results differ\n{}", failure());
-    let both = {
-        let mut v = [wa_addr.clone(), wb_addr.clone()];
-        v.sort();
-        v.join(" ")
-    };
-    assert_eq!(field("WHO_HAS "), [format!("a {both}"), format!("b {both}")], "each input copied to the other worker\n{}", failure());
+    let mut fetched: Vec<String> = field("FETCHED ")
+        .iter()
+        .map(|f| {
+            let (head, bytes) = f.rsplit_once(' ').unwrap_or((f, ""));
+            assert!(bytes.parse::<u64>().is_ok_and(|b| b >= 4 << 20), "a whole input per transfer: {f}\n{}", failure());
+            head.to_string()
+        })
+        .collect();
+    fetched.sort();
+    let mut want = [format!("{wa_addr} from {wb_addr} b"), format!("{wb_addr} from {wa_addr} a")];
+    want.sort();
+    assert_eq!(fetched, want, "each worker fetched the other's input from it\n{}", failure());
     let ran = [format!("a-on-b {wb_addr}"), format!("b-on-a {wa_addr}"), format!("both-on-a {wa_addr}")];
     assert_eq!(field("RAN "), ran, "{}", failure());
     let nannies = field("NANNY ");

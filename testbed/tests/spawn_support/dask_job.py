@@ -10,8 +10,8 @@ worker (scatter with workers=) and computes, each task pinned to the OTHER
 worker (workers=, allow_other_workers=False), so the worker running it must
 fetch its input from the other one: a digest of A's data on B, of B's data on
 A, and a digest of both on A. Prints 'RESULT TASK GOT' per task with what the
-client computed locally as 'EXPECT TASK VALUE', 'WHO_HAS KEY ADDRESSES' (the
-copies the scheduler knows of, after the transfers), 'SECONDS STEP N',
+client computed locally as 'EXPECT TASK VALUE', 'FETCHED TO from FROM INPUT
+BYTES' for each transfer a worker logged, 'SECONDS STEP N',
 'RAN TASK ADDRESS' (where each task's result lives) and 'NANNY WORKER PID'
 (the scheduler calling each worker's nanny); exits 1 on any difference.
 """
@@ -34,6 +34,10 @@ def digest(b):
 
 def digest_both(x, y):
     return f"{hashlib.sha256(x + y).hexdigest()}:{len(x) + len(y)}"
+
+
+def fetches(dask_worker):
+    return [(e["who"], sorted(e["keys"]), e["total"]) for e in dask_worker.transfer_incoming_log]
 
 
 def main(scheduler, name_a, name_b):
@@ -68,9 +72,12 @@ def main(scheduler, name_a, name_b):
         print("EXPECT", task, expect[task], flush=True)
         print("RESULT", task, got[task], flush=True)
         ok &= got[task] == expect[task]
-    who = client.who_has([fa, fb])
-    for future, name in ((fa, "a"), (fb, "b")):
-        print("WHO_HAS", name, " ".join(sorted(who[future.key])), flush=True)
+    # Each worker's own record of what it fetched from which worker.
+    label = {fa.key: "a", fb.key: "b"}
+    for worker, fetched in sorted(client.run(fetches).items()):
+        for who, keys, total in fetched:
+            for key in keys:
+                print("FETCHED", worker, "from", who, label.get(key, key), total, flush=True)
     ran = client.who_has(list(tasks.values()))
     for task, future in tasks.items():
         print("RAN", task, " ".join(sorted(ran[future.key])), flush=True)
