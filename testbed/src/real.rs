@@ -176,27 +176,33 @@ impl RealBed {
         out
     }
 
-    /// The broker's registrations as `(proto, proxy, local)`, from
-    /// `gcb-broker query --json` (GCB mode). Panics when the broker does not
-    /// answer, so that no one mistakes a dead broker for an empty one.
+    /// What the daemon has registered, as `(proto, public, local)`: the
+    /// broker's registrations (`gcb-broker query --json`) in GCB mode, dpfd's
+    /// forwards (`dpfd status --json` on GA) in DPF mode. Panics when the
+    /// daemon does not answer, so that no one mistakes a dead daemon for an
+    /// empty one.
     pub fn registrations(&self) -> Vec<(String, String, String)> {
-        assert_eq!(self.mode, Mode::Gcb, "registrations are the broker's");
-        let bin = built("gcb-broker");
-        let target = format!("{BROKER}:65432");
-        let out = self.bed.run("broker", &[bin.to_str().unwrap(), "query", &target, "--json"], STARTUP);
-        let out = out.unwrap_or_else(|e| panic!("gcb-broker query: {e}"));
+        let (host, args, list, public) = match self.mode {
+            Mode::Gcb => {
+                let args = vec![built("gcb-broker"), "query".into(), format!("{BROKER}:65432").into(), "--json".into()];
+                ("broker", args, "registrations", "proxy")
+            }
+            Mode::Dpf => ("ga", vec![built("dpfd"), "status".into(), "--json".into()], "forwards", "public"),
+        };
+        let out = self.bed.run(host, &args, STARTUP).unwrap_or_else(|e| panic!("{:?} status: {e}", self.mode));
         assert!(
             out.status.success(),
-            "gcb-broker query failed ({}): {}\nbroker stderr:\n{}",
+            "{:?} status failed ({}): {}\ndaemon stderr:\n{}",
+            self.mode,
             out.status,
             String::from_utf8_lossy(&out.stderr),
             self.daemon.stderr_text()
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        let v = crate::json::parse(&text).unwrap_or_else(|e| panic!("query --json: {e}: {text}"));
+        let v = crate::json::parse(&text).unwrap_or_else(|e| panic!("status --json: {e}: {text}"));
         let field = |r: &crate::json::Value, k: &str| r.get(k).and_then(|p| p.as_str()).unwrap_or_default().to_string();
-        let regs = v.get("registrations").and_then(|r| r.as_array()).unwrap_or(&[]);
-        regs.iter().map(|r| (field(r, "proto"), field(r, "proxy"), field(r, "local"))).collect()
+        let regs = v.get(list).and_then(|r| r.as_array()).unwrap_or(&[]);
+        regs.iter().map(|r| (field(r, "proto"), field(r, public), field(r, "local"))).collect()
     }
 
     /// A path in the scratch directory.

@@ -2,7 +2,7 @@
 //! that runs children keeps its listeners, and children that inherit a
 //! listener serve it.
 //!
-//! * `listeners_outlive_every_kind_of_child`: a Python server on a1 with a TCP
+//! * `listeners_outlive_every_kind_of_child_{gcb,dpf}`: a Python server on a1 with a TCP
 //!   and a UDP echo socket (`spawn_support/children.py serve`) runs, one after
 //!   another: `os.system` (glibc's `system`), glibc's `popen` (through
 //!   ctypes), glibc's `posix_spawn` (closing the listeners in the child's
@@ -12,7 +12,8 @@
 //!   spawn and forkserver contexts. Before the first and after each, the
 //!   server's `getsockname` is unchanged, the broker lists both registrations
 //!   with the same proxy and local addresses, and both sockets echo every
-//!   byte to a plain client on pub and a GCB client on b1.
+//!   byte to a plain client on pub and a GCB client on b1. In DPF mode the
+//!   same with dpfd's forwards on GA and a plain client on pub.
 //! * `prefork_children_serve_and_the_last_holder_takes_the_registration`: a
 //!   pre-fork server (`children.py prefork`): the parent listens and forks
 //!   three children that accept on the inherited listener; the parent never
@@ -26,7 +27,7 @@
 //!   every second), the proxy port closes, and a
 //!   plain client is refused.
 //!
-//! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
+//! Needs root, `cargo build --release` (libgcb.so, gcb-broker, dpfd) and
 //! `make -C c-tests`.
 
 #[path = "spawn_support/mod.rs"]
@@ -44,9 +45,8 @@ const STEPS: [&str; 8] = ["system", "c-popen", "posix_spawn", "mp-fork", "subpro
 /// A step starts Python interpreters (spawn, forkserver) on a loaded machine.
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 
-#[test]
-fn listeners_outlive_every_kind_of_child() {
-    let r = RealBed::up(Mode::Gcb);
+fn listeners_outlive_every_kind_of_child(mode: Mode) {
+    let r = RealBed::up(mode);
     let py = python3().to_str().unwrap();
     let prog = script("children.py");
     let (server, mut stdin) = spawn_with_stdin(&r, "a1", true, &[py, "-u", &prog, "serve", "7400", "7401"]);
@@ -69,6 +69,16 @@ fn listeners_outlive_every_kind_of_child() {
     assert!(server.try_wait().is_none(), "the server exited:\n{}", context(&r, &server));
     drop(server);
     r.down();
+}
+
+#[test]
+fn listeners_outlive_every_kind_of_child_gcb() {
+    listeners_outlive_every_kind_of_child(Mode::Gcb);
+}
+
+#[test]
+fn listeners_outlive_every_kind_of_child_dpf() {
+    listeners_outlive_every_kind_of_child(Mode::Dpf);
 }
 
 /// The pids that printed `SERVED`, with how many connections each served.

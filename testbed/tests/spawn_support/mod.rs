@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use testbed::real::RealBed;
+use testbed::real::{Mode, RealBed};
 use testbed::{workspace_root, Proc};
 
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,9 +46,10 @@ pub fn tell(stdin: &mut std::process::ChildStdin, line: &str) {
 /// Everything useful when a check fails.
 pub fn context(r: &RealBed, server: &Proc) -> String {
     format!(
-        "server stdout:\n{}\nserver stderr:\n{}\nbroker stderr:\n{}",
+        "server stdout:\n{}\nserver stderr:\n{}\n{:?} daemon stderr:\n{}",
         server.stdout_seen().join("\n"),
         server.stderr_text(),
+        r.mode,
         r.daemon.stderr_text()
     )
 }
@@ -87,22 +88,32 @@ pub fn echo(r: &RealBed, host: &str, shim: bool, proto: &str, dest: &str, extra:
     field("conn_us_mean").and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
-/// The clients of these tests: a plain one on pub (the broker relays from the
-/// proxy socket) and a GCB one in realm B (a relay between two realms).
+/// The clients of these tests in GCB mode: a plain one on pub (the broker
+/// relays from the proxy socket) and a GCB one in realm B (a relay between
+/// two realms).
 pub const CLIENTS: [(&str, bool); 2] = [("pub", false), ("b1", true)];
 
+/// The clients for `r`'s mode: [`CLIENTS`], or in DPF mode a plain client on
+/// pub, through GA's forward.
+pub fn clients(r: &RealBed) -> &'static [(&'static str, bool)] {
+    match r.mode {
+        Mode::Gcb => &CLIENTS,
+        Mode::Dpf => &[("pub", false)],
+    }
+}
+
 /// Asserts that `addrs` (`(proto, advertised, local)`) are all served from
-/// both clients and listed by the broker with those proxy and local
-/// addresses; prints what it measured under `label`.
+/// the mode's clients and listed by the broker (or dpfd) with those public
+/// and local addresses; prints what it measured under `label`.
 pub fn still_served(r: &RealBed, server: &Proc, label: &str, addrs: &[(&str, &str, &str)]) {
     let regs = r.registrations();
     for &(proto, public, local) in addrs {
         let listed = regs.iter().any(|(p, proxy, l)| p == proto && proxy == public && l == local);
-        assert!(listed, "{label}: the broker does not list {proto} {public} for {local}: {regs:?}\n{}", context(r, server));
+        assert!(listed, "{label}: {:?} does not list {proto} {public} for {local}: {regs:?}\n{}", r.mode, context(r, server));
     }
     let mut report = Vec::new();
     for &(proto, public, _) in addrs {
-        for (host, shim) in CLIENTS {
+        for &(host, shim) in clients(r) {
             let start = Instant::now();
             let conn_us = echo(r, host, shim, proto, public, &[], server);
             report.push(format!("{proto} from {host}: connect {conn_us:.0} µs, run {} ms", start.elapsed().as_millis()));
