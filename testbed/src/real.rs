@@ -44,6 +44,17 @@ pub struct RealBed {
     pub scratch: PathBuf,
     /// The shim's heartbeat interval (`gcb-run --heartbeat`) in GCB mode, seconds.
     pub heartbeat_s: u64,
+    /// Removes `scratch` when a test panics before [`RealBed::down`].
+    _scratch_guard: ScratchGuard,
+}
+
+/// Removes a directory when dropped.
+struct ScratchGuard(PathBuf);
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A release artefact the tests need; panics with the build command when missing.
@@ -88,7 +99,8 @@ impl RealBed {
                 p
             }
         };
-        RealBed { bed, mode, daemon, scratch, heartbeat_s: 2 }
+        let _scratch_guard = ScratchGuard(scratch.clone());
+        RealBed { bed, mode, daemon, scratch, heartbeat_s: 2, _scratch_guard }
     }
 
     /// `program` on `host`, under `scripts/gcb-run` in this bed's mode when `shim`,
