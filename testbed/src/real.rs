@@ -42,6 +42,19 @@ pub struct RealBed {
     pub daemon: Proc,
     /// Files for this run (payloads, keys, what clients received); removed on drop.
     pub scratch: PathBuf,
+    /// The shim's heartbeat interval (`gcb-run --heartbeat`) in GCB mode, seconds.
+    pub heartbeat_s: u64,
+    /// Removes `scratch` when a test panics before [`RealBed::down`].
+    _scratch_guard: ScratchGuard,
+}
+
+/// Removes a directory when dropped.
+struct ScratchGuard(PathBuf);
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A release artefact the tests need; panics with the build command when missing.
@@ -53,6 +66,12 @@ pub fn built(name: &str) -> PathBuf {
 
 impl RealBed {
     pub fn up(mode: Mode) -> RealBed {
+        RealBed::up_with(mode, &[])
+    }
+
+    /// [`RealBed::up`] with more flags for the daemon (`gcb-broker` or `dpfd`),
+    /// such as a short `--heartbeat-timeout-s`.
+    pub fn up_with(mode: Mode, daemon_args: &[&str]) -> RealBed {
         require_root();
         let bed = TestBed::up().expect("test bed");
         let scratch = std::env::temp_dir().join(format!("gcb-real-{}", bed.prefix()));
@@ -62,7 +81,7 @@ impl RealBed {
                 let broker = built("gcb-broker");
                 let args = ["--listen", "203.0.113.10:65432", "--public-ip", BROKER, "--port-range", "20000-20999"];
                 let mut c = bed.cmd("broker", broker);
-                c.args(args);
+                c.args(args).args(daemon_args);
                 let p = bed.spawn_cmd(c).expect("gcb-broker");
                 wait_for(STARTUP, "gcb-broker binds its command port", || {
                     let out = bed.run("broker", &["ss", "-Hlun", "sport = :65432"], Duration::from_secs(5)).ok()?;
@@ -74,13 +93,14 @@ impl RealBed {
                 let mirror = scratch.join("dpfd.mirror");
                 let mut c = bed.cmd("ga", built("dpfd"));
                 c.args(["--listen", DPFD, "--public-ip", "203.0.113.1", "--port-range", "40000-40999", "--mirror"]);
-                c.arg(&mirror).args(["--probe-interval-s", "1"]);
+                c.arg(&mirror).args(["--probe-interval-s", "1"]).args(daemon_args);
                 let p = bed.spawn_cmd(c).expect("dpfd");
                 wait_for(STARTUP, "dpfd started", || p.stderr_text().contains("started: command port udp").then_some(()));
                 p
             }
         };
-        RealBed { bed, mode, daemon, scratch }
+        let _scratch_guard = ScratchGuard(scratch.clone());
+        RealBed { bed, mode, daemon, scratch, heartbeat_s: 2, _scratch_guard }
     }
 
     /// `program` on `host`, under `scripts/gcb-run` in this bed's mode when `shim`,
@@ -89,7 +109,7 @@ impl RealBed {
         let mut c = if shim {
             let mut c = self.bed.cmd(host, workspace_root().join("scripts/gcb-run"));
             match self.mode {
-                Mode::Gcb => c.args(["--broker", BROKER, "--heartbeat", "2"]),
+                Mode::Gcb => c.args(["--broker", BROKER, "--heartbeat", &self.heartbeat_s.to_string()]),
                 Mode::Dpf => c.args(["--dpf", DPFD]),
             };
             c.args(["--log", "info", "--lib"]).arg(built("libgcb.so")).arg("--").arg(program);
@@ -166,6 +186,35 @@ impl RealBed {
             self.daemon.stderr_text()
         );
         out
+    }
+
+    /// What the daemon has registered, as `(proto, public, local)`: the
+    /// broker's registrations (`gcb-broker query --json`) in GCB mode, dpfd's
+    /// forwards (`dpfd status --json` on GA) in DPF mode. Panics when the
+    /// daemon does not answer, so that no one mistakes a dead daemon for an
+    /// empty one.
+    pub fn registrations(&self) -> Vec<(String, String, String)> {
+        let (host, args, list, public) = match self.mode {
+            Mode::Gcb => {
+                let args = vec![built("gcb-broker"), "query".into(), format!("{BROKER}:65432").into(), "--json".into()];
+                ("broker", args, "registrations", "proxy")
+            }
+            Mode::Dpf => ("ga", vec![built("dpfd"), "status".into(), "--json".into()], "forwards", "public"),
+        };
+        let out = self.bed.run(host, &args, STARTUP).unwrap_or_else(|e| panic!("{:?} status: {e}", self.mode));
+        assert!(
+            out.status.success(),
+            "{:?} status failed ({}): {}\ndaemon stderr:\n{}",
+            self.mode,
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.daemon.stderr_text()
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = crate::json::parse(&text).unwrap_or_else(|e| panic!("status --json: {e}: {text}"));
+        let field = |r: &crate::json::Value, k: &str| r.get(k).and_then(|p| p.as_str()).unwrap_or_default().to_string();
+        let regs = v.get(list).and_then(|r| r.as_array()).unwrap_or(&[]);
+        regs.iter().map(|r| (field(r, "proto"), field(r, public), field(r, "local"))).collect()
     }
 
     /// A path in the scratch directory.
