@@ -87,7 +87,8 @@ pub fn refuse_close() -> c_int {
 /// an internal fd there is moved away first, a tracked one is forgotten once it
 /// has been replaced, and `new` then names what `old` names.
 pub fn dup_onto(old: c_int, new: c_int, dup: impl FnOnce() -> c_int) -> c_int {
-    if old == new {
+    // A vfork child's dups act on its own fd table only (`process`).
+    if old == new || crate::process::borrowed() {
         // dup2 does nothing and dup3 fails; either way `new` is untouched.
         return dup();
     }
@@ -132,7 +133,10 @@ fn evacuate(fd: c_int) {
 /// close logic (a listener's last fd unregisters).
 pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     let known = libc::CLOSE_RANGE_UNSHARE | libc::CLOSE_RANGE_CLOEXEC;
-    if first > last || (flags as c_uint) & !known != 0 {
+    // A vfork child (Python's subprocess closes the inherited fds there)
+    // closes its own copies, the shim's included, and changes no record of
+    // its parent's (`process`).
+    if first > last || (flags as c_uint) & !known != 0 || crate::process::borrowed() {
         // Invalid: let the real call report it, before anything is closed.
         // SAFETY: plain pass-through.
         return unsafe { real::close_range(first, last, flags) };
@@ -165,6 +169,10 @@ pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
 
 /// `closefrom` when some fds are marked; see [`close_range`].
 pub fn closefrom(lowfd: c_int) {
+    if crate::process::borrowed() {
+        // SAFETY: plain pass-through in a vfork child (see `close_range`).
+        return unsafe { real::closefrom(lowfd) };
+    }
     let mut from = lowfd.max(0) as c_uint;
     for (fd, kind) in TABLE.marked_in(from, c_uint::MAX) {
         let fd = fd as c_uint;

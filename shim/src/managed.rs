@@ -166,7 +166,11 @@ pub fn duplicated(old: c_int, new: c_int) {
 ///
 /// The C contract of `close`.
 pub unsafe fn close(fd: c_int) -> c_int {
-    forget(fd);
+    // A vfork child closes its own fd table's entry; the shim's records
+    // are its parent's (`process`).
+    if !crate::process::borrowed() {
+        forget(fd);
+    }
     crate::real::close(fd)
 }
 
@@ -177,7 +181,7 @@ pub unsafe fn close(fd: c_int) -> c_int {
 /// The C contract of `dup`.
 pub unsafe fn dup(fd: c_int) -> c_int {
     let new = crate::real::dup(fd);
-    if new >= 0 {
+    if new >= 0 && !crate::process::borrowed() {
         duplicated(fd, new);
     }
     new
@@ -194,7 +198,7 @@ fn is_dupfd(cmd: c_int) -> bool {
 /// The C contract of `fcntl`.
 pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     let r = crate::real::fcntl(fd, cmd, arg);
-    if r >= 0 && is_dupfd(cmd) {
+    if r >= 0 && is_dupfd(cmd) && !crate::process::borrowed() {
         duplicated(fd, r);
     }
     r
@@ -207,7 +211,7 @@ pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 /// The C contract of `fcntl64`.
 pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     let r = crate::real::fcntl64(fd, cmd, arg);
-    if r >= 0 && is_dupfd(cmd) {
+    if r >= 0 && is_dupfd(cmd) && !crate::process::borrowed() {
         duplicated(fd, r);
     }
     r

@@ -398,7 +398,7 @@ fn relaying(job: &mut Job, sock: Sock, token: Token, said_hello: bool, mut buf: 
         Ok(StreamPeer::Paired { .. }) => Step::Done { sock, named: true, decision: Some(decision) },
         Ok(StreamPeer::Rejected { code }) => {
             log!(Debug, "the broker rejected a rendezvous: {code:?}");
-            Step::Failed(libc::ECONNREFUSED)
+            Step::Failed(refusal_errno(code))
         }
         Err(_) => Step::Failed(libc::EPROTO),
     }
@@ -466,7 +466,7 @@ fn hello_of(fd: c_int) -> Option<Result<Token, ()>> {
 /// is a connect that timed out; any other refusal is a refused connect.
 pub fn refusal_errno(code: ErrorCode) -> Errno {
     match code {
-        ErrorCode::Other(10) => libc::ETIMEDOUT,
+        ErrorCode::Timeout => libc::ETIMEDOUT,
         _ => libc::ECONNREFUSED,
     }
 }

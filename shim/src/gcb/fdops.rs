@@ -6,10 +6,10 @@
 //!   names, or another watched socket.
 //! * Closing an fd forgets it (before the real close: once closed, the number can
 //!   be reused at once by another thread). Closing a listener's last fd in this
-//!   process closes its management socket and sends `Unregister` (one datagram,
-//!   no wait) for this process's holding: the broker keeps the registration
-//!   for its other holders (after `fork`, `exec`, `SCM_RIGHTS`), and drops it
-//!   with the last one, or when the last one stops heartbeating.
+//!   process closes its management socket, and sends `Unregister` (one datagram,
+//!   no wait) unless the listener is shared with another process (after `fork`,
+//!   `exec`, `SCM_RIGHTS`): the broker retires a holder whose socket is gone,
+//!   and drops the registration with its last holder.
 //! * `close_range` and `closefrom` by the application run the same logic for every
 //!   such fd in the range (see `internal`).
 //!
@@ -66,30 +66,37 @@ pub fn forget(fd: c_int) {
     }
 }
 
-/// The listener's last fd in this process is gone: this process leaves the
-/// registration (the broker keeps it while another holder remains), and its
-/// management socket is closed.
+/// The listener's last fd in this process is gone: its management socket is
+/// closed, and, unless another process may hold the listener too, this
+/// process unregisters it. A shared listener is left to the broker, which
+/// retires a holder whose socket is gone (at its next command, or when its
+/// heartbeats stop): an `Unregister` here could remove a registration that a
+/// process which received the listener (`SCM_RIGHTS`, `fork`) has not joined
+/// yet.
 fn wind_up(mut l: Box<Listener>) {
-    mgmt::send_unregister(&mut l);
-    // Only TCP re-listens are remembered: the table is keyed by local
-    // address alone, and a UDP socket's old port means nothing to TCP.
-    if let (Some(proxy), proto::Proto::Tcp, false) = (l.proxy, l.proto, l.shared) {
-        super::with(|reg| reg.released.remember(l.reg_local, proxy));
+    if !l.shared {
+        mgmt::send_unregister(&mut l);
+        // Only TCP re-listens are remembered: the table is keyed by local
+        // address alone, and a UDP socket's old port means nothing to TCP.
+        if let (Some(proxy), proto::Proto::Tcp) = (l.proxy, l.proto) {
+            super::with(|reg| reg.released.remember(l.reg_local, proxy));
+        }
     }
     if l.mgmt.fd >= 0 {
         crate::internal::release(l.mgmt.fd);
     }
 }
 
-/// This process stops being a holder of every registration (it exits, or
-/// replaces its image): one `Unregister` each, no reply awaited. The
-/// registrations stay with their other holders; a new image that inherits
-/// the listeners joins again.
+/// This process stops holding its listeners (it exits, or replaces its
+/// image): one `Unregister` for each it alone holds, as [`wind_up`]; a new
+/// image that inherits a listener joins its registration again.
 pub fn leave_all() {
     super::with(|reg| {
         for (_, l) in reg.listeners_mut() {
-            mgmt::send_unregister(l);
-            l.joined = false;
+            if !l.shared {
+                mgmt::send_unregister(l);
+                l.joined = false;
+            }
         }
     });
 }

@@ -59,13 +59,43 @@ pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
     // lock answers both it and the names; only a socket that registers now
     // (once in its life) looks its names up again.
     let managed = fdtable::kind(fd) == Kind::Managed;
-    let (mut names, candidate) = super::with(|reg| (names_of(reg, fd), managed && send::auto_bound_candidate(reg, fd)));
+    let (mut names, candidate, joining) =
+        super::with(|reg| (names_of(reg, fd), managed && send::auto_bound_candidate(reg, fd), managed && joining(reg, fd)));
     if candidate {
         let _errno = ErrnoGuard::new();
         send::register_auto_bound(fd);
         names = super::with(|reg| names_of(reg, fd));
+    } else if joining {
+        names = wait_for_join(fd).unwrap_or(names);
     }
     reply(fd, addr, len, names.local, real::getsockname)
+}
+
+/// How long `getsockname` waits for a received listener's first
+/// registration (about a broker round trip, unless the broker is away).
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `fd` is a listener this process holds without knowing its proxy
+/// address yet (received over `SCM_RIGHTS`, or by socket activation) and the
+/// responder is still registering it.
+fn joining(reg: &Registry, fd: c_int) -> bool {
+    let Some(l) = reg.listener_id(fd).and_then(|id| reg.listener(id)) else { return false };
+    l.proxy.is_none() && !l.joined && (l.mgmt.fd < 0 || l.mgmt.pending.values().any(|p| *p == super::registry::Purpose::Register))
+}
+
+/// Waits, bounded by [`JOIN_WAIT`], for the registration of `fd` the
+/// responder is making: the program asks for the address it is known by,
+/// which the broker is about to tell. The names once known.
+fn wait_for_join(fd: c_int) -> Option<Names> {
+    let end = std::time::Instant::now() + JOIN_WAIT;
+    while std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (names, still) = super::with(|reg| (names_of(reg, fd), joining(reg, fd)));
+        if names.local.is_some() || !still {
+            return Some(names);
+        }
+    }
+    None
 }
 
 /// # Safety
