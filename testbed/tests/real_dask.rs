@@ -8,8 +8,8 @@
 //!   listener serves (scheduler to worker and nanny: a plain public client
 //!   through the broker's relay; worker to worker: realm B to realm A and
 //!   back, relayed between two realms).
-//! * One worker on a1 and one on b1, each `dask worker --listen-address
-//!   tcp://0.0.0.0:PORT` with its nanny (the default) under `scripts/gcb-run`.
+//! * One worker on a1 and one on b1, each `dask worker --worker-port PORT`
+//!   with its nanny (the default) under `scripts/gcb-run`.
 //!   The nanny spawns the worker process (multiprocessing, spawn context),
 //!   which is the child-spawning the issue reports as fatal; both the nanny
 //!   and the worker must register, and the worker must advertise its proxy
@@ -76,10 +76,13 @@ fn logs(r: &RealBed, procs: &[(&str, &Proc)]) -> String {
 fn start_worker(r: &RealBed, dask: &str, host: &str, name: &str, port: u16) -> Proc {
     let dir = r.file(name);
     std::fs::create_dir_all(&dir).expect("local directory");
-    let listen = format!("tcp://0.0.0.0:{port}");
+    // `--worker-port`, not `--listen-address`: with a listen address and no
+    // contact address, Dask advertises the listen address as given (0.0.0.0)
+    // without asking its socket; with a port, it asks `getsockname`.
+    let worker_port = port.to_string();
     let nanny_port = (port + 10_000).to_string();
     let args = [
-        dask, "worker", SCHEDULER, "--listen-address", &listen, "--nanny-port", &nanny_port, "--nthreads", "1",
+        dask, "worker", SCHEDULER, "--worker-port", &worker_port, "--nanny-port", &nanny_port, "--nthreads", "1",
         "--name", name, "--no-dashboard", "--death-timeout", "120", "--local-directory", dir.to_str().unwrap(),
     ];
     r.spawn(host, true, &args)
