@@ -42,6 +42,8 @@ pub struct RealBed {
     pub daemon: Proc,
     /// Files for this run (payloads, keys, what clients received); removed on drop.
     pub scratch: PathBuf,
+    /// The shim's heartbeat interval in GCB mode (`scripts/gcb-run --heartbeat`).
+    pub heartbeat_s: u64,
 }
 
 /// A release artefact the tests need; panics with the build command when missing.
@@ -53,6 +55,13 @@ pub fn built(name: &str) -> PathBuf {
 
 impl RealBed {
     pub fn up(mode: Mode) -> RealBed {
+        RealBed::up_with(mode, 2, &[])
+    }
+
+    /// A bed whose shims heartbeat every `heartbeat_s` seconds (GCB mode) and
+    /// whose daemon gets `daemon_args` after its usual ones (for example
+    /// `--heartbeat-timeout-s 3`, so a silent client expires within a test).
+    pub fn up_with(mode: Mode, heartbeat_s: u64, daemon_args: &[&str]) -> RealBed {
         require_root();
         let bed = TestBed::up().expect("test bed");
         let scratch = std::env::temp_dir().join(format!("gcb-real-{}", bed.prefix()));
@@ -62,7 +71,7 @@ impl RealBed {
                 let broker = built("gcb-broker");
                 let args = ["--listen", "203.0.113.10:65432", "--public-ip", BROKER, "--port-range", "20000-20999"];
                 let mut c = bed.cmd("broker", broker);
-                c.args(args);
+                c.args(args).args(daemon_args);
                 let p = bed.spawn_cmd(c).expect("gcb-broker");
                 wait_for(STARTUP, "gcb-broker binds its command port", || {
                     let out = bed.run("broker", &["ss", "-Hlun", "sport = :65432"], Duration::from_secs(5)).ok()?;
@@ -74,13 +83,13 @@ impl RealBed {
                 let mirror = scratch.join("dpfd.mirror");
                 let mut c = bed.cmd("ga", built("dpfd"));
                 c.args(["--listen", DPFD, "--public-ip", "203.0.113.1", "--port-range", "40000-40999", "--mirror"]);
-                c.arg(&mirror).args(["--probe-interval-s", "1"]);
+                c.arg(&mirror).args(["--probe-interval-s", "1"]).args(daemon_args);
                 let p = bed.spawn_cmd(c).expect("dpfd");
                 wait_for(STARTUP, "dpfd started", || p.stderr_text().contains("started: command port udp").then_some(()));
                 p
             }
         };
-        RealBed { bed, mode, daemon, scratch }
+        RealBed { bed, mode, daemon, scratch, heartbeat_s }
     }
 
     /// `program` on `host`, under `scripts/gcb-run` in this bed's mode when `shim`,
@@ -89,7 +98,7 @@ impl RealBed {
         let mut c = if shim {
             let mut c = self.bed.cmd(host, workspace_root().join("scripts/gcb-run"));
             match self.mode {
-                Mode::Gcb => c.args(["--broker", BROKER, "--heartbeat", "2"]),
+                Mode::Gcb => c.args(["--broker", BROKER, "--heartbeat"]).arg(self.heartbeat_s.to_string()),
                 Mode::Dpf => c.args(["--dpf", DPFD]),
             };
             c.args(["--log", "info", "--lib"]).arg(built("libgcb.so")).arg("--").arg(program);
