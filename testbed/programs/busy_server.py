@@ -20,8 +20,8 @@ Prints, one line each, flushed:
 
 `--busy file` sleeps in 50 ms steps until FILE (`--go`) exists, at most
 `--max-busy-s`: busy until the test says so, still without a socket call.
-After the busy period it serves forever: each TCP connection is read to its
-end and everything is echoed back before the next one; each datagram is
+After the busy period it serves forever: each TCP connection, on a thread of
+its own, is read to its end and everything is echoed back; each datagram is
 echoed to its sender.
 """
 
@@ -30,6 +30,7 @@ import os
 import selectors
 import socket
 import sys
+import threading
 import time
 
 
@@ -123,7 +124,8 @@ def main():
         for key, _ in sel.select():
             if key.data == "tcp":
                 conn, _ = key.fileobj.accept()
-                serve_tcp(conn)
+                # A thread each, so a client that never finishes cannot hold up the rest.
+                threading.Thread(target=serve_tcp, args=(conn,), daemon=True).start()
             else:
                 data, src = key.fileobj.recvfrom(65536)
                 key.fileobj.sendto(data, src)

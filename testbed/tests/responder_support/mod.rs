@@ -124,6 +124,15 @@ impl Server {
     }
 }
 
+/// The last `n` bytes of `s` or a little more, cut at a character boundary.
+pub fn tail(s: &str, n: usize) -> &str {
+    let mut at = s.len().saturating_sub(n);
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    &s[at..]
+}
+
 /// A one-shot `echo_peer.py` (`proto` tcp or udp) from `host`, running.
 pub fn echo_peer(r: &RealBed, host: &str, shim: bool, proto: &str, dest: &str, bytes: usize) -> Proc {
     let script = program("echo_peer.py");
