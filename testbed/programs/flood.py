@@ -12,7 +12,8 @@
         open= connect_timeout= unfinished= max_call_us= max_verdict_ms=`.
     flood.py datagrams IP:PORT COUNT
         COUNT malformed datagrams to IP:PORT from one socket: empty, random,
-        and headers that start like GCB's (`GCB1`, `GCBU`) with a random rest.
+        GCB and DPF headers cut short, of another version, or with reserved
+        flag bits set.
     flood.py spoof SRC_IP:SRC_PORT IP:PORT COUNT
         The same, sent from a raw socket with a forged source address (for
         example the broker's command port, which a NAT lets through to a
@@ -41,14 +42,21 @@ def addr(s):
 
 
 def garbage(rng):
+    """A datagram no GCB or DPF decoder can accept: empty, random, a header
+    cut short, or a header of another version or with reserved flag bits.
+    (Well-formed messages are left out on purpose: forged as the broker's,
+    one could be a real command, which is not what this test is about.)"""
     kind = rng.randrange(5)
     if kind == 0:
         return b""
     if kind == 1:
-        return os.urandom(rng.choice([1, 3, 14, 15, 16, 64, 500, 1400]))
-    head = rng.choice([b"GCB1", b"GCBU", b"DPF1"])
-    body = bytes([1, rng.randrange(256), rng.randrange(4)]) + os.urandom(rng.choice([0, 4, 8, 12, 30, 200]))
-    return head + body
+        return os.urandom(rng.choice([1, 3, 14, 64, 500, 1400]))
+    head = rng.choice([b"GCB1", b"DPF1"])
+    if kind == 2:
+        return (head + os.urandom(11))[: rng.randrange(5, 15)]
+    version, flags = (rng.choice([0, 2, 255]), rng.randrange(4)) if kind == 3 else (1, 0x80 | rng.randrange(128))
+    body = os.urandom(8 + rng.choice([0, 4, 12, 30, 200]))
+    return head + bytes([version, rng.randrange(256), flags]) + body
 
 
 def doorbell_garbage(rng):

@@ -45,10 +45,11 @@ const RSS_BOUND_KIB: u64 = 32 << 10;
 const HOLD_S: &str = "15";
 const FLOOD_BOUND: Duration = Duration::from_secs(240);
 
-/// The highest fd count and RSS of `pid`, sampled every 100 ms until stopped.
+/// The highest fd count and RSS of `pid`, sampled every 100 ms until stopped
+/// (also when the test fails first: dropping it stops the thread).
 struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(usize, u64)>,
+    thread: Option<std::thread::JoinHandle<(usize, u64)>>,
 }
 
 impl Sampler {
@@ -64,12 +65,18 @@ impl Sampler {
             }
             (fds, rss)
         });
-        Sampler { stop, thread }
+        Sampler { stop, thread: Some(thread) }
     }
 
-    fn finish(self) -> (usize, u64) {
+    fn finish(mut self) -> (usize, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("sampler")
+        self.thread.take().expect("running").join().expect("sampler")
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
