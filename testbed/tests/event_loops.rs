@@ -90,6 +90,8 @@ fn event_loop(client: &str) {
     let dead = busy_server(&r, "a1", 7805, &idle);
     let dead_addr = dead.tcp.clone().expect("tcp");
     dead.proc.kill();
+    let gone = format!("/proc/{}", dead.pid);
+    testbed::wait_for(Duration::from_secs(10), "the dead listener's process is gone", || (!std::path::Path::new(&gone).exists()).then_some(()));
     let nothing = unregistered(&r);
 
     let mut args: Vec<String> = match client {
