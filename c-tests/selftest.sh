@@ -2,8 +2,9 @@
 # selftest.sh - checks echo-server and echo-client against each other on
 # 127.0.0.1, without the shim: every server mode for TCP and UDP, --fork,
 # --prefork 3 and --exec, blocking/non-blocking/parallel clients, limits,
-# usage and connect errors, and epoll-connects (the event-loop client). Prints "N passed, M failed"; exits 1 on any
-# failure. Run it after `make -C c-tests`.
+# usage and connect errors, and epoll-connects (the event-loop client).
+# Prints "N passed, M failed"; exits 1 on any failure. Run it after
+# `make -C c-tests`.
 set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
