@@ -1,8 +1,8 @@
 """A peer that calls its peer before it answers (issue 12, "Mutual connects").
 
-    mutual.py NAME PEER DIR PORT BYTES
+    mutual.py NAME PEER DIR PORT BYTES [BIND_IP]
 
-Listens on 0.0.0.0:PORT, writes the address getsockname reports (under the
+Listens on BIND_IP:PORT (default 0.0.0.0), writes the address getsockname reports (under the
 shim: the advertised one) to DIR/NAME.addr, waits for DIR/PEER.addr, and
 then, before any `accept`, makes a blocking `connect` to it (bounded by
 SO_SNDTIMEO, timed inside this process). Only once both connects returned
@@ -76,7 +76,7 @@ def main():
     name, peer, folder, port, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.bind(("0.0.0.0", port))
+    lst.bind((sys.argv[6] if len(sys.argv) > 6 else "0.0.0.0", port))
     lst.listen(16)
     addr = "%s:%d" % lst.getsockname()
     print(f"ADDR {addr}", flush=True)
