@@ -14,6 +14,7 @@ Prints, one line each, flushed:
     PID <pid>
     LISTEN tcp|udp <getsockname>
     BUSY start=<unix time> kind=<kind>
+    CHILD pid=<pid> asleep|awake at=<unix time>         (--busy waitpid)
     BUSY end=<unix time> took=<seconds>
     ACCEPT peer=<ip:port> bytes=<n> at=<unix time>     (per TCP connection)
     DGRAM from=<ip:port> bytes=<n> at=<unix time>      (per datagram)
@@ -54,7 +55,9 @@ def busy(kind, seconds, go, max_s):
     elif kind == "waitpid":
         pid = os.fork()
         if pid == 0:
+            say(f"CHILD pid={os.getpid()} asleep at={time.time():.6f}")
             time.sleep(seconds)
+            say(f"CHILD pid={os.getpid()} awake at={time.time():.6f}")
             os._exit(0)
         _, status = os.waitpid(pid, 0)
         if status != 0:
