@@ -13,7 +13,8 @@
 //! * Malformed datagrams at its management sockets: 300 from a2 to each of
 //!   its UDP sockets' private addresses, and 300 with the broker's command
 //!   address forged as their source, sent from the broker host to the NAT
-//!   mapping the broker knows (`mgmt` in its log), which GA lets through.
+//!   mapping the broker knows (`mgmt` in its log), which GA lets through (an
+//!   nftables counter on a1 checks that they arrived).
 //!
 //! Throughout, the listener process's fd count stays within 64 of what it had
 //! once registered and its resident memory within 32 MiB of it. After the
@@ -117,6 +118,25 @@ fn udp_sockets(r: &RealBed, host: &str, pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Datagrams from the broker's command port that a1 has received, counted by
+/// an nftables rule made on first use.
+fn from_broker_on_a1(r: &RealBed) -> u64 {
+    let nft = |args: &str| {
+        let all: Vec<&str> = std::iter::once("nft").chain(args.split(' ')).collect();
+        let out = r.bed.run("a1", &all, STARTUP).expect("nft");
+        assert!(out.status.success(), "nft {args}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    if !nft("list tables").contains("table ip flood") {
+        nft("add table ip flood");
+        nft("add chain ip flood in { type filter hook input priority 0 ; }");
+        nft(&format!("add rule ip flood in ip saddr {BROKER} udp sport 65432 counter"));
+    }
+    let listing = nft("list chain ip flood in");
+    let packets = listing.split("counter packets ").nth(1).and_then(|t| t.split_whitespace().next());
+    packets.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no counter in {listing}"))
+}
+
 fn check_flood(what: &str, line: &str, count: f64, wrong: &mut Vec<String>) {
     eprintln!("{what}: {line}");
     let gone = num(line, "refused") + num(line, "reset") + num(line, "closed") + num(line, "failed");
@@ -156,7 +176,11 @@ fn flooded_busy_listener_stays_bounded_and_serves() {
         flood(&r, "a2", false, &["datagrams", to, "300"], &srv);
     }
     let mapped = mgmt_seen_by_broker(&r, &local);
+    let before = from_broker_on_a1(&r);
     flood(&r, "broker", false, &["spoof", &format!("{BROKER}:65432"), &mapped, "300"], &srv);
+    // The forged datagrams must have reached a1 through GA, or this tested nothing.
+    let arrived = from_broker_on_a1(&r) - before;
+    assert!(arrived >= 300, "only {arrived} datagrams from the broker's command port reached a1 while 300 were forged\n{}", context());
     eprintln!("garbage sent to management sockets {privately:?} and, as the broker, to {mapped}");
 
     let (fds, rss) = sampler.finish();
