@@ -98,7 +98,7 @@ fn mgmt_seen_by_broker(r: &RealBed, local: &str) -> String {
         .find(|l| l.contains(&format!("registered tcp {local} ")))
         .unwrap_or_else(|| panic!("no registration of {local} in the broker's log:\n{log}"));
     let rest = line.split("mgmt ").nth(1).unwrap_or_else(|| panic!("no mgmt address in {line:?}"));
-    rest.split(|c| c == ')' || c == ',' || c == ' ').next().unwrap_or_default().to_string()
+    rest.split([')', ',', ' ']).next().unwrap_or_default().to_string()
 }
 
 /// The UDP sockets `pid` holds on `host` (its management sockets), as
