@@ -2,8 +2,9 @@
 # selftest.sh - checks echo-server and echo-client against each other on
 # 127.0.0.1, without the shim: every server mode for TCP and UDP, --fork,
 # --prefork 3 and --exec, blocking/non-blocking/parallel clients, limits,
-# usage and connect errors. Prints "N passed, M failed"; exits 1 on any
-# failure. Run it after `make -C c-tests`.
+# usage and connect errors, and epoll-connects (the event-loop client).
+# Prints "N passed, M failed"; exits 1 on any failure. Run it after
+# `make -C c-tests`.
 set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -12,9 +13,10 @@ SRV=$B/echo-server
 SRVF=$B/echo-server-fortify
 CLI=$B/echo-client
 CLIF=$B/echo-client-fortify
+EPC=$B/epoll-connects
 MODES="blocking select poll epoll epoll-et nonblock"
 
-for f in "$SRV" "$SRVF" "$CLI" "$CLIF"; do
+for f in "$SRV" "$SRVF" "$CLI" "$CLIF" "$EPC"; do
 	if [ ! -x "$f" ]; then
 		echo "missing $f; run make -C $HERE first" >&2
 		exit 2
@@ -271,6 +273,18 @@ if start_server "tcp udp" "$SRV" --proto both; then
 	expect_exit "refused udp connected" 3 "$CLI" --proto udp --connect "127.0.0.1:$closed" --udp-connected
 	expect_exit "lost udp probe" 3 "$CLI" --proto udp --connect "127.0.0.1:$closed" --timeout-ms 300
 	grep -q '^SUMMARY .* lost=1 ' "$TMP/x.out" && ok || bad "lost udp probe counted" "$TMP/x.out"
+	# The event-loop client: 100 non-blocking connects at once, one refused.
+	if start_server tcp "$SRV" --mode epoll; then
+		out=$TMP/epc.out
+		timeout 20 "$EPC" --target "127.0.0.1:$PORT" --refused "127.0.0.1:$closed" --count 100 >"$out" 2>&1
+		if [ $? -eq 0 ] && grep -q '^CALLS n=101 einprogress=101 ' "$out" && grep -q '^ECHO ok=100 bad=0' "$out" &&
+			grep -q "^REFUSED addr=127.0.0.1:$closed returned=EINPROGRESS so_error=ECONNREFUSED " "$out"; then
+			ok
+		else
+			bad "epoll-connects" "$out"
+		fi
+		stop_server "epoll-connects server"
+	fi
 fi
 expect_exit "server bad flag" 2 "$SRV" --bogus
 expect_exit "server bad mode" 2 "$SRV" --mode spin
@@ -279,6 +293,8 @@ expect_exit "client no --connect" 2 "$CLI"
 expect_exit "client udp too big" 2 "$CLI" --proto udp --connect 127.0.0.1:9 --bytes 65001
 expect_exit "server help" 0 "$SRV" --help
 expect_exit "client help" 0 "$CLI" --help
+expect_exit "epoll-connects no --target" 2 "$EPC"
+expect_exit "epoll-connects help" 0 "$EPC" --help
 
 echo "$pass passed, $fail failed ($(( $(date +%s) - start )) s)"
 [ "$fail" -eq 0 ]

@@ -66,12 +66,13 @@ pub fn built(name: &str) -> PathBuf {
 
 impl RealBed {
     pub fn up(mode: Mode) -> RealBed {
-        RealBed::up_with(mode, &[])
+        RealBed::up_with(mode, 2, &[])
     }
 
-    /// [`RealBed::up`] with more flags for the daemon (`gcb-broker` or `dpfd`),
-    /// such as a short `--heartbeat-timeout-s`.
-    pub fn up_with(mode: Mode, daemon_args: &[&str]) -> RealBed {
+    /// A bed whose shims heartbeat every `heartbeat_s` seconds (GCB mode) and
+    /// whose daemon gets `daemon_args` after its usual ones (for example
+    /// `--heartbeat-timeout-s 3`, so a silent client expires within a test).
+    pub fn up_with(mode: Mode, heartbeat_s: u64, daemon_args: &[&str]) -> RealBed {
         require_root();
         let bed = TestBed::up().expect("test bed");
         let scratch = std::env::temp_dir().join(format!("gcb-real-{}", bed.prefix()));
@@ -100,7 +101,7 @@ impl RealBed {
             }
         };
         let _scratch_guard = ScratchGuard(scratch.clone());
-        RealBed { bed, mode, daemon, scratch, heartbeat_s: 2, _scratch_guard }
+        RealBed { bed, mode, daemon, scratch, heartbeat_s, _scratch_guard }
     }
 
     /// `program` on `host`, under `scripts/gcb-run` in this bed's mode when `shim`,
@@ -109,7 +110,7 @@ impl RealBed {
         let mut c = if shim {
             let mut c = self.bed.cmd(host, workspace_root().join("scripts/gcb-run"));
             match self.mode {
-                Mode::Gcb => c.args(["--broker", BROKER, "--heartbeat", &self.heartbeat_s.to_string()]),
+                Mode::Gcb => c.args(["--broker", BROKER, "--heartbeat"]).arg(self.heartbeat_s.to_string()),
                 Mode::Dpf => c.args(["--dpf", DPFD]),
             };
             c.args(["--log", "info", "--lib"]).arg(built("libgcb.so")).arg("--").arg(program);

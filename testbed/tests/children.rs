@@ -121,8 +121,7 @@ fn wait_exited(pid: u32) {
 
 #[test]
 fn prefork_children_serve_and_the_last_holder_takes_the_registration() {
-    let mut r = RealBed::up_with(Mode::Gcb, &["--heartbeat-timeout-s", "3"]);
-    r.heartbeat_s = 1;
+    let r = RealBed::up_with(Mode::Gcb, 1, &["--heartbeat-timeout-s", "3"]);
     let py = python3().to_str().unwrap();
     let prog = script("children.py");
     let (server, mut stdin) = spawn_with_stdin(&r, "a1", true, &[py, "-u", &prog, "prefork", "7410", "3"]);
