@@ -52,6 +52,31 @@ fn dup_high(fd: c_int) -> Option<c_int> {
     (high >= 0).then_some(high)
 }
 
+/// Internal fds a process may hold above the high base before the kernel
+/// grows its fd table again.
+const ROOM: c_int = 1024;
+
+/// Grows the process's fd table now to cover the numbers internal fds take,
+/// before the responder thread exists. The kernel grows a table shared by
+/// several threads only after an RCU grace period (milliseconds on a busy
+/// machine), during which every thread that opens an fd waits: done here,
+/// while the process may still be single-threaded, the program's `connect`
+/// and `accept` never meet that wait on the shim's account.
+pub fn reserve_room(fd: c_int) {
+    let base = match HIGH_BASE.load(Relaxed) {
+        0 => high_base(),
+        b => b,
+    };
+    let _errno = ErrnoGuard::new();
+    // SAFETY: duplicating our own fd, then closing the duplicate.
+    unsafe {
+        let top = real::fcntl(fd, libc::F_DUPFD_CLOEXEC, (base + ROOM) as c_ulong);
+        if top >= 0 {
+            real::close(top);
+        }
+    }
+}
+
 /// Takes `fd` (just opened by the shim) as internal: moved to a high number, marked.
 /// Returns the fd to use from now on.
 pub fn adopt(fd: c_int) -> c_int {

@@ -110,7 +110,9 @@ fn start<D: Duties>() -> std::io::Result<()> {
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    WAKE.store(crate::internal::adopt(fd), Relaxed);
+    let wake = crate::internal::adopt(fd);
+    WAKE.store(wake, Relaxed);
+    crate::internal::reserve_room(wake);
     let pid = process::owner();
     // The new thread inherits the caller's signal mask: block all for it.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };

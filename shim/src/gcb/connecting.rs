@@ -22,6 +22,12 @@
 //! lock while the job is still live and the fd still holds the placeholder
 //! (`kcmp`), so it never lands on a number the program has reused.
 //!
+//! `connect` itself takes no lock: on a loaded machine a thread that waits
+//! for a lock the responder holds can lose its CPU for milliseconds, and an
+//! event loop must not. A job goes to the responder through a lock-free list
+//! ([`Incoming`]), and whether it is still live is one atomic per fd
+//! ([`LIVE`]): the job's id while it is, 0 once cancelled or done.
+//!
 //! Limits: the socket is replaced, so a local address bound before `connect`
 //! is not kept (such sockets are brokered inside the call instead, see
 //! `connector`); a `dup` of a connecting socket keeps the placeholder; a
@@ -29,6 +35,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
@@ -62,7 +70,7 @@ enum Stage {
 
 /// One non-blocking connect being brokered.
 pub struct Job {
-    id: u64,
+    id: u32,
     /// The program's fd, holding the placeholder until the swap.
     app_fd: c_int,
     /// An internal duplicate of the placeholder: proves the fd still holds it,
@@ -81,19 +89,83 @@ impl Drop for Job {
     }
 }
 
-/// The jobs, and the errors kept for `SO_ERROR`.
+/// Per program fd, the id of its live job; 0 when it has none (cancelled,
+/// done, or never). Fds beyond the table are never brokered in the
+/// background.
+static LIVE: [AtomicU32; fdtable::CAPACITY] = [const { AtomicU32::new(0) }; fdtable::CAPACITY];
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+fn live_slot(fd: c_int) -> Option<&'static AtomicU32> {
+    usize::try_from(fd).ok().and_then(|i| LIVE.get(i))
+}
+
+fn is_live(fd: c_int, id: u32) -> bool {
+    live_slot(fd).is_some_and(|s| s.load(Ordering::Acquire) == id)
+}
+
+/// New jobs on their way to the responder: a lock-free stack the program's
+/// threads push on and the responder takes whole (no ABA: nothing is ever
+/// popped singly).
+struct Incoming {
+    head: AtomicPtr<Node>,
+}
+
+struct Node {
+    job: Job,
+    next: *mut Node,
+}
+
+static INCOMING: Incoming = Incoming { head: AtomicPtr::new(ptr::null_mut()) };
+
+impl Incoming {
+    fn push(&self, job: Job) {
+        let node = Box::into_raw(Box::new(Node { job, next: ptr::null_mut() }));
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `node` is ours until the exchange publishes it.
+            unsafe { (*node).next = head };
+            match self.head.compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Every job pushed so far, oldest first.
+    fn take_all(&self) -> Vec<Job> {
+        let mut p = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut out = Vec::new();
+        while !p.is_null() {
+            // SAFETY: each node was made by `push` and is taken here once.
+            let node = unsafe { Box::from_raw(p) };
+            p = node.next;
+            out.push(node.job);
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// The jobs the responder works on, and the errors kept for `SO_ERROR`.
 #[derive(Default)]
 pub struct Connects {
     jobs: Vec<Job>,
-    /// Program fd → the id of its live job; gone once cancelled or swapped.
-    live: HashMap<c_int, u64>,
-    next_id: u64,
     errors: HashMap<c_int, c_int>,
 }
 
 impl std::fmt::Debug for Connects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connects").field("live", &self.live).field("errors", &self.errors).finish()
+        f.debug_struct("Connects").field("jobs", &self.jobs.len()).field("errors", &self.errors).finish()
+    }
+}
+
+/// Moves the jobs pushed since the last round into the registry (the
+/// responder, under the lock); cancelled ones are dropped.
+pub fn take_incoming(reg: &mut Registry) {
+    for job in INCOMING.take_all() {
+        if is_live(job.app_fd, job.id) {
+            reg.connects.jobs.push(job);
+        }
     }
 }
 
@@ -119,15 +191,14 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
         crate::internal::release(placeholder);
         return None;
     }
-    let job = |id| Job { id, app_fd: fd, placeholder, dest, family: fam, since: now, deadline: now + CONNECT_TIMEOUT, stage: Stage::New };
-    super::with(|reg| {
-        let c = &mut reg.connects;
-        c.next_id += 1;
-        let id = c.next_id;
-        c.live.insert(fd, id);
-        c.jobs.push(job(id));
-        fdtable::replace(fd, Kind::Watched, Kind::Connecting);
-    });
+    let Some(slot) = live_slot(fd) else {
+        crate::internal::release(placeholder);
+        return None;
+    };
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed).max(1);
+    slot.store(id, Ordering::Release);
+    fdtable::replace(fd, Kind::Watched, Kind::Connecting);
+    INCOMING.push(Job { id, app_fd: fd, placeholder, dest, family: fam, since: now, deadline: now + CONNECT_TIMEOUT, stage: Stage::New });
     super::responder::ensure();
     crate::hook::set_errno(libc::EINPROGRESS);
     Some(-1)
@@ -135,8 +206,10 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
 
 /// The program closed `fd` (or replaced it): its job is dropped.
 pub fn cancel(reg: &mut Registry, fd: c_int) {
-    if reg.connects.live.remove(&fd).is_some() {
-        reg.connects.jobs.retain(|j| j.app_fd != fd);
+    if let Some(slot) = live_slot(fd) {
+        if slot.swap(0, Ordering::AcqRel) != 0 {
+            reg.connects.jobs.retain(|j| j.app_fd != fd);
+        }
     }
     reg.connects.errors.remove(&fd);
 }
@@ -477,7 +550,7 @@ fn conclude(mut job: Job, step: Step) {
     let (sock, named, decision, error) = match step {
         Step::Wait => {
             super::with(|reg| {
-                if reg.connects.live.get(&job.app_fd) == Some(&job.id) {
+                if is_live(job.app_fd, job.id) {
                     reg.connects.jobs.push(job);
                 }
             });
@@ -495,10 +568,12 @@ fn conclude(mut job: Job, step: Step) {
     let stage = std::mem::replace(&mut job.stage, Stage::New);
     drop(stage);
     let swapped = super::with(|reg| {
-        if reg.connects.live.get(&job.app_fd) != Some(&job.id) || !same_file(job.app_fd, job.placeholder) {
+        if !is_live(job.app_fd, job.id) || !same_file(job.app_fd, job.placeholder) {
             return false;
         }
-        reg.connects.live.remove(&job.app_fd);
+        if let Some(slot) = live_slot(job.app_fd) {
+            slot.store(0, Ordering::Release);
+        }
         let Ok(app) = AppSocket::read(job.app_fd) else { return false };
         let regs = reg.interest.take(job.app_fd);
         if let Err(e) = put_on(job.app_fd, sock, true, &app, regs) {
@@ -538,8 +613,11 @@ fn same_file(a: c_int, b: c_int) -> bool {
 
 /// A forked child's copies of its parent's jobs are the parent's.
 pub fn forget_in_child(reg: &mut Registry) {
-    reg.connects.jobs.clear();
-    reg.connects.live.clear();
+    for job in reg.connects.jobs.drain(..).chain(INCOMING.take_all()) {
+        if let Some(slot) = live_slot(job.app_fd) {
+            slot.store(0, Ordering::Release);
+        }
+    }
 }
 
 /// An internal fd of a job moved (the program `dup2`ed onto its number).

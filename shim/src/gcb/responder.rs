@@ -46,6 +46,7 @@ pub struct Gcb;
 impl Duties for Gcb {
     fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
         super::with(|reg| {
+            connecting::take_incoming(reg);
             for fd in reg.mgmt_fds() {
                 set.add(fd, libc::POLLIN, tag(MGMT, fd));
             }
