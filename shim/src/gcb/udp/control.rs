@@ -111,7 +111,8 @@ pub fn make_hole(
     }
     let Some(fd) = data_fd(reg, l) else { return Message::error(gcb::ErrorCode::NotRegistered, "socket closed") };
     log!(Debug, "making a hole from udp {proxy} to {target} for {peer}");
-    reg.udp.entry(fd).start_hole(Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1 });
+    let expires = now + super::table::HOLE_ACK_TTL;
+    reg.udp.entry(fd).start_hole(Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1, expires });
     send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
     Message::Ack
 }

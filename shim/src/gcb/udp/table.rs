@@ -69,7 +69,15 @@ pub struct Hole {
     pub peer: SocketAddrV4,
     pub next_try: Instant,
     pub tries_left: u8,
+    /// Out of tries, the hole is still known until then: its ack may wait in
+    /// the socket until the program reads (the responder sends the Dummies
+    /// whatever the program does; only the program's reads take the acks),
+    /// and must not reach the program as data.
+    pub expires: Instant,
 }
+
+/// How long a hole's ack is recognised after the hole was asked for.
+pub const HOLE_ACK_TTL: Duration = Duration::from_secs(120);
 
 /// The broker's channel of a socket connected to a relayed peer (proto
 /// `UdpChannel`): the real socket is connected to `addr`, and what comes from
@@ -211,15 +219,16 @@ impl UdpSocket {
     }
 
     /// Holes whose next Dummy is due: their targets and tokens. Each try is
-    /// counted; a hole out of tries is dropped (the peer stays relayed).
+    /// counted; a hole out of tries sends no more (the peer stays relayed)
+    /// and is dropped when it expires.
     pub fn due_holes(&mut self, now: Instant, every: Duration) -> Vec<(Token, SocketAddrV4)> {
         let mut due = Vec::new();
         self.holes.retain_mut(|h| {
+            if h.tries_left == 0 {
+                return now < h.expires;
+            }
             if now < h.next_try {
                 return true;
-            }
-            if h.tries_left == 0 {
-                return false;
             }
             h.tries_left -= 1;
             h.next_try = now + every;
@@ -230,7 +239,7 @@ impl UdpSocket {
     }
 
     pub fn next_hole_deadline(&self) -> Option<Instant> {
-        self.holes.iter().map(|h| h.next_try).min()
+        self.holes.iter().map(|h| if h.tries_left == 0 { h.expires } else { h.next_try }).min()
     }
 
     /// Buffers a data datagram for the application, in arrival order.
@@ -365,18 +374,23 @@ mod tests {
         assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now), None, "once");
 
         let peer = a("203.0.113.20:5000");
-        s.start_hole(Hole { token: Token(9), target: peer, peer, next_try: now, tries_left: 2 });
+        s.start_hole(Hole { token: Token(9), target: peer, peer, next_try: now, tries_left: 2, expires: now + HOLE_ACK_TTL });
         assert_eq!(s.due_holes(now, Duration::from_secs(1)), vec![(Token(9), peer)]);
         assert!(s.due_holes(now, Duration::from_secs(1)).is_empty(), "not due again yet");
         assert_eq!(s.next_hole_deadline(), Some(now + Duration::from_secs(1)));
         assert_eq!(s.hole_acked(Token(9), peer, now), Some(peer));
         assert_eq!(s.route(peer, now), Some(Route::Direct(peer)));
         assert!(s.holes.is_empty());
-        // Out of tries: dropped.
-        s.start_hole(Hole { token: Token(10), target: peer, peer, next_try: now, tries_left: 1 });
+        // Out of tries: no more Dummies, its ack still recognised, then dropped.
+        let expires = now + Duration::from_secs(5);
+        s.start_hole(Hole { token: Token(10), target: peer, peer, next_try: now, tries_left: 1, expires });
         assert_eq!(s.due_holes(now, Duration::ZERO).len(), 1);
         assert!(s.due_holes(now, Duration::ZERO).is_empty());
-        assert!(s.holes.is_empty());
+        assert_eq!(s.next_hole_deadline(), Some(expires));
+        assert!(s.due_holes(expires, Duration::ZERO).is_empty());
+        assert!(s.holes.is_empty(), "expired");
+        s.start_hole(Hole { token: Token(11), target: peer, peer, next_try: now, tries_left: 0, expires });
+        assert_eq!(s.hole_acked(Token(11), peer, now), Some(peer), "a late ack is still the hole's");
     }
 
     #[test]
