@@ -14,7 +14,7 @@
 //! command is in flight to, and fails those commands at once (`icmp`).
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -107,8 +107,8 @@ pub enum Outcome {
 pub struct AsyncCommands {
     requester: Requester<SocketAddrV4>,
     purposes: HashMap<u64, (Purpose, Message)>,
-    /// Commands in flight by destination; no zero entries.
-    to: HashMap<SocketAddrV4, usize>,
+    /// The ids of the commands in flight by destination; no empty sets.
+    to: HashMap<SocketAddrV4, BTreeSet<u64>>,
 }
 
 impl AsyncCommands {
@@ -126,8 +126,8 @@ impl AsyncCommands {
     fn end(&mut self, id: u64) -> Option<(Purpose, Message)> {
         let (purpose, msg) = self.purposes.remove(&id)?;
         if let Entry::Occupied(mut e) = self.to.entry(purpose.listener) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
+            e.get_mut().remove(&id);
+            if e.get().is_empty() {
                 e.remove();
             }
         }
@@ -142,12 +142,12 @@ impl AsyncCommands {
     /// The socket at `to` is gone: every command to it fails now, with its
     /// message, in the order they were sent.
     pub fn fail_to(&mut self, to: SocketAddrV4) -> Vec<Outcome> {
-        if !self.in_flight_to(to) {
-            return Vec::new();
-        }
-        let ids = self.requester.cancel_peer(&to);
+        let ids = self.to.get(&to).cloned().unwrap_or_default();
         ids.into_iter()
-            .filter_map(|id| self.end(id))
+            .filter_map(|id| {
+                self.requester.cancel(id);
+                self.end(id)
+            })
             .map(|(p, msg)| Outcome::Failed(p, Failure::Unreachable, msg))
             .collect()
     }
@@ -174,7 +174,7 @@ impl AsyncCommands {
             .map_err(|e| e.to_string())?;
         send(purpose.listener, bytes);
         self.purposes.insert(id, (purpose, msg.clone()));
-        *self.to.entry(purpose.listener).or_default() += 1;
+        self.to.entry(purpose.listener).or_default().insert(id);
         Ok(())
     }
 
