@@ -9,9 +9,12 @@
 //! [`AsyncCommands::on_reply`]. Each command carries the pairing token it
 //! serves, so the daemon can fail that pairing alone when the command fails,
 //! and a failed command comes back with its message, so the daemon can send
-//! it once more to another holder of the registration.
+//! it once more to another holder of the registration. Commands are also
+//! counted by destination: an ICMP error is believed only for an address a
+//! command is in flight to, and fails those commands at once (`icmp`).
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -47,6 +50,8 @@ pub enum Failure {
     Refused(ErrorCode, String),
     /// The client answered something that is not an answer to a command.
     Unexpected(gcb::Kind),
+    /// An ICMP port unreachable came back: no socket is there any more.
+    Unreachable,
 }
 
 impl Failure {
@@ -58,6 +63,9 @@ impl Failure {
             Failure::Silent(_) => ErrorCode::Timeout,
             Failure::Refused(code, _) => *code,
             Failure::Unexpected(_) => ErrorCode::Internal,
+            // The process holding the socket there is gone: as far as that
+            // holder goes, nothing is registered (ECONNREFUSED).
+            Failure::Unreachable => ErrorCode::NotRegistered,
         }
     }
 
@@ -68,11 +76,11 @@ impl Failure {
     }
 
     /// Another holder may do better: this one was silent (busy, killed,
-    /// its NAT mapping lost) or does not hold the socket. A refusal for its
-    /// own reasons (a full accept queue, no descriptors) is the socket's,
-    /// which every holder shares.
+    /// its NAT mapping lost), does not hold the socket, or is gone. A
+    /// refusal for its own reasons (a full accept queue, no descriptors) is
+    /// the socket's, which every holder shares.
     pub fn try_another(&self) -> bool {
-        matches!(self, Failure::Silent(_)) || self.disowned()
+        matches!(self, Failure::Silent(_) | Failure::Unreachable) || self.disowned()
     }
 }
 
@@ -82,6 +90,7 @@ impl fmt::Display for Failure {
             Failure::Silent(total) => write!(f, "no answer within {total:?}"),
             Failure::Refused(code, detail) => write!(f, "refused: {code:?} {detail}"),
             Failure::Unexpected(kind) => write!(f, "unexpected reply {kind:?}"),
+            Failure::Unreachable => write!(f, "its socket is gone (ICMP port unreachable)"),
         }
     }
 }
@@ -98,6 +107,8 @@ pub enum Outcome {
 pub struct AsyncCommands {
     requester: Requester<SocketAddrV4>,
     purposes: HashMap<u64, (Purpose, Message)>,
+    /// The ids of the commands in flight by destination; no empty sets.
+    to: HashMap<SocketAddrV4, BTreeSet<u64>>,
 }
 
 impl AsyncCommands {
@@ -107,7 +118,38 @@ impl AsyncCommands {
         AsyncCommands {
             requester: Requester::new(RetryPolicy::default(), first_id, MAX_OUTSTANDING),
             purposes: HashMap::new(),
+            to: HashMap::new(),
         }
+    }
+
+    /// The command `id` is over: forgets it.
+    fn end(&mut self, id: u64) -> Option<(Purpose, Message)> {
+        let (purpose, msg) = self.purposes.remove(&id)?;
+        if let Entry::Occupied(mut e) = self.to.entry(purpose.listener) {
+            e.get_mut().remove(&id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        Some((purpose, msg))
+    }
+
+    /// Whether a command is in flight to `to`.
+    pub fn in_flight_to(&self, to: SocketAddrV4) -> bool {
+        self.to.contains_key(&to)
+    }
+
+    /// The socket at `to` is gone: every command to it fails now, with its
+    /// message, in the order they were sent.
+    pub fn fail_to(&mut self, to: SocketAddrV4) -> Vec<Outcome> {
+        let ids = self.to.get(&to).cloned().unwrap_or_default();
+        ids.into_iter()
+            .filter_map(|id| {
+                self.requester.cancel(id);
+                self.end(id)
+            })
+            .map(|(p, msg)| Outcome::Failed(p, Failure::Unreachable, msg))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -132,6 +174,7 @@ impl AsyncCommands {
             .map_err(|e| e.to_string())?;
         send(purpose.listener, bytes);
         self.purposes.insert(id, (purpose, msg.clone()));
+        self.to.entry(purpose.listener).or_default().insert(id);
         Ok(())
     }
 
@@ -153,7 +196,7 @@ impl AsyncCommands {
         now: Instant,
     ) -> Option<Outcome> {
         self.requester.on_response(id, &from, now)?;
-        let (purpose, sent) = self.purposes.remove(&id)?;
+        let (purpose, sent) = self.end(id)?;
         Some(match msg {
             Message::Ack => Outcome::Acked(purpose),
             Message::Error { code, detail } => {
@@ -178,7 +221,7 @@ impl AsyncCommands {
             match t {
                 Timeout::Retransmit { peer, bytes, .. } => send(peer, &bytes),
                 Timeout::GaveUp { id, .. } => {
-                    if let Some((p, sent)) = self.purposes.remove(&id) {
+                    if let Some((p, sent)) = self.end(id) {
                         let total = self.requester.policy().total;
                         failed.push(Outcome::Failed(p, Failure::Silent(total), sent));
                     }
@@ -228,6 +271,53 @@ mod tests {
         );
         c.on_reply(100, listener, &Message::Ack, t).unwrap();
         assert!(!c.awaits(100, listener), "answered already");
+    }
+
+    #[test]
+    fn a_gone_socket_fails_every_command_to_it_and_nothing_else() {
+        let t = Instant::now();
+        let mut c = AsyncCommands::new(1);
+        let other = Purpose {
+            listener: "198.51.100.2:5000".parse().unwrap(),
+            ..purpose()
+        };
+        let failed = Purpose {
+            kind: gcb::Kind::ConnectFailed,
+            ..purpose()
+        };
+        let told = Message::ConnectFailed {
+            token: Token(5),
+            code: gcb::ErrorCode::Timeout,
+        };
+        c.send(&command(), purpose(), t, None, |_, _| {}).unwrap();
+        c.send(&command(), other, t, None, |_, _| {}).unwrap();
+        c.send(&told, failed, t, None, |_, _| {}).unwrap();
+        let gone = purpose().listener;
+        assert!(c.in_flight_to(gone) && c.in_flight_to(other.listener));
+        let outcomes = c.fail_to(gone);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Failed(purpose(), Failure::Unreachable, command()),
+                Outcome::Failed(failed, Failure::Unreachable, told),
+            ]
+        );
+        let why = Failure::Unreachable;
+        assert!(why.try_another() && !why.disowned());
+        assert_eq!(why.code(), gcb::ErrorCode::NotRegistered);
+        assert!(!c.in_flight_to(gone) && c.fail_to(gone).is_empty());
+        assert_eq!(c.len(), 1);
+        // Nothing more is sent to it; the other command goes on to its end.
+        let mut sent_to = Vec::new();
+        let mut ended = Vec::new();
+        while let Some(at) = c.next_deadline() {
+            ended.extend(c.poll(at, |to, _| sent_to.push(to)));
+        }
+        assert!(!sent_to.is_empty() && sent_to.iter().all(|to| *to == other.listener));
+        assert!(matches!(&ended[..], [Outcome::Failed(p, Failure::Silent(_), _)] if *p == other));
+        assert!(!c.in_flight_to(other.listener));
+        // An answer from the gone address is late: nothing is waiting.
+        assert_eq!(c.on_reply(1, gone, &Message::Ack, t), None);
     }
 
     #[test]

@@ -77,7 +77,9 @@ pub struct DaemonArgs {
     /// Seconds without a heartbeat after which a process holding a registered socket is dropped
     /// as its holder (three of its own heartbeat intervals if that is longer); the registration
     /// and its proxy socket go with its last holder. Clients send one every 10 s by default
-    /// (GCB_HEARTBEAT_S), so the default allows two to be lost. [default: 30]
+    /// (GCB_HEARTBEAT_S), so the default allows two to be lost. A holder whose process has
+    /// died is dropped sooner, at once, when a command the broker sends it draws an ICMP port
+    /// unreachable from its address. [default: 30]
     #[arg(long, value_name = "N", env = "GCB_BROKER_HEARTBEAT_TIMEOUT_S")]
     pub heartbeat_timeout_s: Option<u64>,
 

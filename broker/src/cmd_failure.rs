@@ -5,18 +5,22 @@
 //!
 //! * Silent, or `NotRegistered` (that holder does not hold the socket any
 //!   more, and leaves the registration): the command goes once more to the
-//!   freshest other holder, if there is one. A refusal for the socket's own
+//!   freshest other holder, if there is one. Gone (an ICMP port unreachable
+//!   came back, and the holder has left, see `icmp`): likewise, and again
+//!   after a command sent once more, since that costs no wait and each time
+//!   one holder fewer is left. A refusal for the socket's own
 //!   reasons (`LimitReached`: its accept queue is full) is not retried,
 //!   since every holder shares that socket.
 //! * Otherwise that connection alone fails. A TCP reversal's connector,
 //!   which waits for the listener's connection rather than talking to the
 //!   broker, is told with `ConnectFailed` on the address its `Connect` came
-//!   from (retransmitted until it answers `Ack`; an older connector has
-//!   closed that socket and times out as it always did). A relayed
+//!   from (retransmitted until it answers `Ack` or its socket is found
+//!   gone; an older connector has closed that socket and times out as it
+//!   always did). A relayed
 //!   connector's rendezvous connection is rejected, now or when it arrives;
 //!   a plain connector's parked connection is reset. The code says why:
 //!   `Timeout` for silence (ETIMEDOUT), the listener's own code for a
-//!   refusal (ECONNREFUSED).
+//!   refusal, `NotRegistered` for a listener gone (ECONNREFUSED).
 //!
 //! The registration is never dropped here: it lives or dies by its
 //! holders' heartbeats (`holders`). A busy or briefly unreachable listener
@@ -55,7 +59,8 @@ impl Daemon {
         if let Some(removed) = removed {
             self.holder_gone(ep, removed, Gone::Disowned, now);
         }
-        if why.try_another() && !p.resent && self.pairings.get(p.token).is_some() {
+        let again = !p.resent || why == Failure::Unreachable;
+        if why.try_another() && again && self.pairings.get(p.token).is_some() {
             if let Some(next) = next {
                 let again = Purpose {
                     listener: next,

@@ -46,6 +46,9 @@ use crate::udp::channel_io::ChannelReq;
 /// get their share; the rest waits for the next turn.
 const COMMAND_BUDGET: usize = 1024;
 
+/// Attempts at sending one datagram (see [`send_datagram`]).
+const SEND_TRIES: u32 = 3;
+
 impl CommandPort for Daemon {
     fn recv(&mut self) -> io::Result<(usize, SocketAddr)> {
         self.command.recv_from(&mut self.buf)
@@ -56,34 +59,59 @@ impl CommandPort for Daemon {
         self.on_command_datagram(len, from);
     }
 
+    /// With `IP_RECVERR` (see `icmp`), a failed receive is an error
+    /// queued on the socket, reported once: its details are in the error
+    /// queue, read next.
     fn on_receive_error(&mut self, e: io::Error) {
-        self.counters.receive_errors += 1;
         debug!("command port {}: receive error: {e}", self.command_addr);
+        self.command_errors = true;
     }
 }
 
 /// Sends one datagram from the command socket. A full socket buffer drops
 /// it: requests are retransmitted by their senders, and so are the broker's
 /// own commands.
+///
+/// With `IP_RECVERR` (see `icmp`) an ICMP error for an earlier datagram,
+/// to anyone, makes the socket's next send fail once with its errno
+/// without sending: that send is made again, a bounded number of times.
 pub(crate) fn send_datagram(
     sock: &UdpSocket,
     counters: &mut Counters,
     to: SocketAddrV4,
     bytes: &[u8],
 ) {
-    if let Err(e) = sock.send_to(bytes, SocketAddr::V4(to)) {
+    let mut tries = 1;
+    loop {
+        let e = match sock.send_to(bytes, SocketAddr::V4(to)) {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        if tries < SEND_TRIES && e.kind() != io::ErrorKind::WouldBlock {
+            debug!("command port: send to {to} failed ({e}), an earlier error; again");
+            tries += 1;
+            continue;
+        }
         counters.send_errors += 1;
         debug!(
             "command port: cannot send {} bytes to {to}: {e}",
             bytes.len()
         );
+        return;
     }
 }
 
 impl Daemon {
-    /// Drains the command socket up to the budget.
+    /// Reads the command socket's error queue, then drains its datagrams,
+    /// each up to its budget.
     pub(crate) fn on_command(&mut self) {
-        self.command_backlog = command_port::drain(self, COMMAND_BUDGET);
+        self.on_command_errors();
+        let more = command_port::drain(self, COMMAND_BUDGET);
+        if self.command_errors {
+            // An error arrived while draining: read it in this turn.
+            self.on_command_errors();
+        }
+        self.command_backlog = more || self.command_errors;
     }
 
     fn on_command_datagram(&mut self, len: usize, from: SocketAddr) {
@@ -271,7 +299,7 @@ impl Daemon {
         }
     }
 
-    fn on_command_outcome(&mut self, outcome: Outcome, now: Instant) {
+    pub(crate) fn on_command_outcome(&mut self, outcome: Outcome, now: Instant) {
         match outcome {
             Outcome::Acked(p) if p.kind == gcb::Kind::ConnectFailed => {
                 debug!(

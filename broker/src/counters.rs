@@ -23,25 +23,38 @@ pub struct Counters {
     /// Replies that answer no command of this broker's (late, forged or
     /// replayed Acks): dropped.
     pub stray_replies: u64,
+    /// Receive failures on the command and proxy sockets (on the command
+    /// socket, other than the ICMP errors below).
     pub receive_errors: u64,
     pub send_errors: u64,
+    /// ICMP errors queued on the command socket (`icmp`): port unreachable
+    /// for an address a command was in flight to, whose socket is then
+    /// taken as gone; port unreachable not believed (no command in flight
+    /// there, or sent by another host than the one addressed); any other
+    /// error (host or network unreachable, local errors), which changes
+    /// nothing.
+    pub icmp_port_unreachable: u64,
+    pub icmp_untrusted: u64,
+    pub icmp_other: u64,
     /// New registrations (repeats of an existing one not counted).
     pub registered: u64,
     /// Registrations that ended because their last holder unregistered (or
-    /// said it does not hold the socket), and because it stopped
-    /// heartbeating.
+    /// said it does not hold the socket, or its socket is gone), and
+    /// because it stopped heartbeating.
     pub unregistered: u64,
     pub expired: u64,
     /// Holders that joined a registration (processes sharing its socket),
     /// and holders that left one: replaced by a joining holder (its own
     /// management socket behind a new NAT mapping, or silent), unregistered,
-    /// expired, or answered a command `NotRegistered`. A registration's
-    /// last holder is counted here too.
+    /// expired, answered a command `NotRegistered`, or whose management
+    /// socket is gone (a command to it drew an ICMP port unreachable). A
+    /// registration's last holder is counted here too.
     pub holders_joined: u64,
     pub holders_replaced: u64,
     pub holders_left: u64,
     pub holders_expired: u64,
     pub holders_disowned: u64,
+    pub holders_gone: u64,
     /// Registrations and relays refused at a limit.
     pub refused: u64,
     pub connects: u64,
@@ -124,6 +137,9 @@ impl Counters {
             ("stray_replies", self.stray_replies),
             ("receive_errors", self.receive_errors),
             ("send_errors", self.send_errors),
+            ("icmp_port_unreachable", self.icmp_port_unreachable),
+            ("icmp_untrusted", self.icmp_untrusted),
+            ("icmp_other", self.icmp_other),
             ("registered", self.registered),
             ("unregistered", self.unregistered),
             ("expired", self.expired),
@@ -132,6 +148,7 @@ impl Counters {
             ("holders_left", self.holders_left),
             ("holders_expired", self.holders_expired),
             ("holders_disowned", self.holders_disowned),
+            ("holders_gone", self.holders_gone),
             ("refused", self.refused),
             ("connects", self.connects),
             ("decided_direct", self.decided_direct),

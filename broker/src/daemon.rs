@@ -114,8 +114,11 @@ pub struct Daemon {
     pub(crate) signals: Signals,
     pub(crate) command: UdpSocket,
     pub(crate) command_addr: SocketAddr,
-    /// The command socket stopped at its budget and still has datagrams.
+    /// The command socket stopped at its budget and still has datagrams,
+    /// or errors queued.
     pub(crate) command_backlog: bool,
+    /// The command socket's error queue may hold entries (see `icmp`).
+    pub(crate) command_errors: bool,
     pub(crate) rendezvous: TcpListener,
     /// `public_ip:command_port`: where clients meet for relays.
     pub(crate) rendezvous_addr: SocketAddrV4,
@@ -179,6 +182,9 @@ impl Daemon {
         std::net::UdpSocket::bind(SocketAddr::new(config.public_ip, 0))
             .map_err(|e| format!("cannot bind on --public-ip {}: {e}", config.public_ip))?;
         let (mut command, command_addr) = command_port::bind(config.listen)?;
+        // A dead client's closed socket then shows as an ICMP error (`icmp`).
+        crate::icmp::errqueue::enable(&command)
+            .map_err(|e| format!("cannot set IP_RECVERR on the command port: {e}"))?;
         // Same IP and port number as the command socket, TCP: see
         // docs/gcb-client-design.md, "Rendezvous on the broker".
         let mut rendezvous = TcpListener::bind(command_addr)
@@ -207,6 +213,7 @@ impl Daemon {
             command,
             command_addr,
             command_backlog: false,
+            command_errors: false,
             rendezvous,
             rendezvous_addr,
             rendezvous_backlog: false,

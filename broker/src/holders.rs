@@ -10,6 +10,8 @@
 //! * Expiry: a holder whose heartbeats stopped leaves in the same way.
 //! * A holder that answers a command `NotRegistered` leaves too (it does
 //!   not hold the socket any more), see `cmd_failure`.
+//! * So does a holder whose management socket is gone: a command to it drew
+//!   an ICMP port unreachable (`icmp`).
 //!
 //! Nothing else ends a registration: a command that goes unanswered fails
 //! its connection alone.
@@ -24,6 +26,8 @@ use tracing::{debug, info};
 use crate::daemon::Daemon;
 use crate::registry::{Refresh, Removed};
 
+const GONE: &str = "its socket is gone (ICMP port unreachable)";
+
 /// Why a holder left its registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Gone {
@@ -31,6 +35,8 @@ pub(crate) enum Gone {
     Expired,
     /// It answered a command `NotRegistered`.
     Disowned,
+    /// Its management socket is gone (ICMP port unreachable).
+    Unreachable,
 }
 
 impl Daemon {
@@ -97,6 +103,7 @@ impl Daemon {
             Gone::Unregistered => &mut c.holders_left,
             Gone::Expired => &mut c.holders_expired,
             Gone::Disowned => &mut c.holders_disowned,
+            Gone::Unreachable => &mut c.holders_gone,
         } += 1;
         let record = match removed {
             Removed::Holder(h) => {
@@ -106,6 +113,7 @@ impl Daemon {
                     Gone::Unregistered => "unregistered".to_string(),
                     Gone::Expired => format!("expired, no heartbeat for {silent:.0?}"),
                     Gone::Disowned => "does not hold it any more".to_string(),
+                    Gone::Unreachable => GONE.to_string(),
                 };
                 info!(
                     "{} {}: holder {}[{}] (mgmt {}) {how}; {left} holders left",
@@ -122,6 +130,7 @@ impl Daemon {
             Gone::Expired => ("expired", format!(": no heartbeat for {silent:.0?}")),
             Gone::Unregistered => ("unregistered", String::new()),
             Gone::Disowned => ("unregistered", ": it does not hold it any more".to_string()),
+            Gone::Unreachable => ("unregistered", format!(": {GONE}")),
         };
         if verb == "expired" {
             self.counters.expired += 1;

@@ -14,8 +14,9 @@
 //!   Unregister, and Connect do, with `decide` (the network-situation
 //!   rules), `registry` and `ports` (the registration table, its holders and
 //!   the proxy ports), `pairing` (tokens waiting for their connections),
-//!   `async_cmd` (commands to listeners) and `cmd_failure` (a command that
-//!   fails fails its connection, never the registration);
+//!   `async_cmd` (commands to listeners), `cmd_failure` (a command that
+//!   fails fails its connection, never the registration) and `icmp` (a
+//!   client's socket found gone by the ICMP error a command drew);
 //! * `relay`: proxy sockets, the rendezvous port and the splice relays;
 //! * `udp`: proxy UDP sockets, the data path and the UDP relay rules;
 //! * `status` and `query`: the status query, broker and tool side;
@@ -32,6 +33,7 @@ mod daemon;
 mod decide;
 mod handlers;
 mod holders;
+mod icmp;
 mod pairing;
 mod ports;
 mod query;

@@ -12,7 +12,9 @@
 //! the record goes when its last holder unregisters or expires. Commands go
 //! to the holder heard from last ([`Record::freshest`]); a command that
 //! fails changes nothing but the holder that disowned it
-//! ([`Registry::command_failed`]). The record types are in `record`.
+//! ([`Registry::command_failed`]); a holder whose management socket is
+//! gone (an ICMP port unreachable, see `icmp`) leaves every record it holds
+//! ([`Registry::remove_mgmt`]). The record types are in `record`.
 //!
 //! Invariants (each mutating method keeps all of them; `check` in the tests
 //! verifies them after every step):
@@ -29,12 +31,16 @@
 //!    removed record's port goes into quarantine (see `ports`).
 //! 6. A record's `former` holders are at most `record::FORMER` distinct
 //!    addresses, none of them a holder's.
+//! 7. `by_mgmt[mgmt]` is exactly the set of records with a holder at
+//!    `mgmt`, and has no empty sets: what goes when that socket is gone
+//!    ([`Registry::remove_mgmt`]).
 //!
 //! The table holds no sockets: a record names its proxy socket by the mio
 //! token the event loop registered it under, so the table can be tested
 //! without binding anything, and removal hands the token back for the
 //! caller to close the socket.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -60,6 +66,7 @@ fn timeout_for(timeout: Duration, heartbeat_secs: u16) -> Duration {
 pub struct Registry {
     records: HashMap<Endpoint, Record>,
     by_socket: HashMap<Socket, Endpoint>,
+    by_mgmt: HashMap<SocketAddrV4, BTreeSet<Endpoint>>,
     expiry: BTreeSet<(Instant, Endpoint, SocketAddrV4)>,
     tcp: PortPool,
     udp: PortPool,
@@ -71,6 +78,7 @@ impl Registry {
         Registry {
             records: HashMap::new(),
             by_socket: HashMap::new(),
+            by_mgmt: HashMap::new(),
             expiry: BTreeSet::new(),
             tcp: PortPool::new(range, QUARANTINE),
             udp: PortPool::new(range, QUARANTINE),
@@ -129,6 +137,21 @@ impl Registry {
         }
     }
 
+    /// Notes that the holder at `mgmt` holds `proxy` (invariant 7).
+    fn index(&mut self, mgmt: SocketAddrV4, proxy: Endpoint) {
+        self.by_mgmt.entry(mgmt).or_default().insert(proxy);
+    }
+
+    /// Notes that the holder at `mgmt` left `proxy`.
+    fn unindex(&mut self, mgmt: SocketAddrV4, proxy: &Endpoint) {
+        if let Entry::Occupied(mut e) = self.by_mgmt.entry(mgmt) {
+            e.get_mut().remove(proxy);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
     fn new_holder(&self, client: Client, now: Instant) -> Holder {
         Holder {
             deadline: now + self.timeout_for(client.heartbeat_secs),
@@ -158,6 +181,7 @@ impl Registry {
         let (public, realm) = (client.public, client.realm.clone());
         let holder = self.new_holder(client, now);
         self.expiry.insert((holder.deadline, proxy, holder.mgmt));
+        self.index(holder.mgmt, proxy);
         let record = Record {
             proxy,
             local,
@@ -226,8 +250,13 @@ impl Registry {
         }
         self.expiry.insert((holder.deadline, *proxy, holder.mgmt));
         r.former.retain(|m| *m != holder.mgmt);
+        let mgmt = holder.mgmt;
         r.holders.push(holder);
         (r.public, r.realm) = (client.public, client.realm);
+        for h in &gone {
+            self.unindex(h.mgmt, proxy);
+        }
+        self.index(mgmt, *proxy);
         Ok(gone)
     }
 
@@ -253,15 +282,16 @@ impl Registry {
         h.deadline = now + timeout_for(self.timeout, h.heartbeat_secs);
         self.expiry.insert((h.deadline, *proxy, h.mgmt));
         if old == from {
-            Refresh::Refreshed
-        } else {
-            Refresh::Moved(old)
+            return Refresh::Refreshed;
         }
+        self.unindex(old, proxy);
+        self.index(from, *proxy);
+        Refresh::Moved(old)
     }
 
-    /// The holder at `mgmt` leaves `proxy` (it unregistered, expired, or
-    /// said it does not hold the socket); the record goes with its last
-    /// holder. `None` if `mgmt` holds no such record.
+    /// The holder at `mgmt` leaves `proxy` (it unregistered, expired, said
+    /// it does not hold the socket, or its socket is gone); the record goes
+    /// with its last holder. `None` if `mgmt` holds no such record.
     pub fn remove_holder(
         &mut self,
         proxy: &Endpoint,
@@ -270,13 +300,21 @@ impl Registry {
     ) -> Option<Removed> {
         let r = self.records.get_mut(proxy)?;
         let i = r.holders.iter().position(|h| h.mgmt == mgmt)?;
-        let h = r.holders.remove(i);
-        self.expiry.remove(&(h.deadline, *proxy, h.mgmt));
-        if !r.holders.is_empty() {
+        // The last holder stays in the record it goes with.
+        let last = r.holders.len() == 1;
+        let h = if last {
+            r.holders[i].clone()
+        } else {
+            r.holders.remove(i)
+        };
+        if !last {
             r.forget(h.mgmt);
+        }
+        self.expiry.remove(&(h.deadline, *proxy, h.mgmt));
+        self.unindex(mgmt, proxy);
+        if !last {
             return Some(Removed::Holder(h));
         }
-        r.holders.push(h);
         let r = self.records.remove(proxy)?;
         self.by_socket.remove(&(proxy.proto, r.ip, r.local));
         let owner = r.owner();
@@ -307,6 +345,16 @@ impl Registry {
             .and_then(|r| r.freshest_other(at))
             .map(|h| h.mgmt);
         (removed, next)
+    }
+
+    /// The socket at `mgmt` is gone (its process died): every holder at
+    /// that address leaves, each registration going with its last holder,
+    /// in the order of their proxy endpoints.
+    pub fn remove_mgmt(&mut self, mgmt: SocketAddrV4, now: Instant) -> Vec<(Endpoint, Removed)> {
+        let held = self.by_mgmt.get(&mgmt).cloned().unwrap_or_default();
+        held.into_iter()
+            .filter_map(|ep| Some((ep, self.remove_holder(&ep, mgmt, now)?)))
+            .collect()
     }
 
     /// When the next holder would expire.

@@ -70,6 +70,14 @@ pub(super) fn check(r: &Registry) {
             Some(key)
         );
     }
+    // 7
+    let mut held: HashMap<SocketAddrV4, BTreeSet<Endpoint>> = HashMap::new();
+    for rec in r.records.values() {
+        for h in &rec.holders {
+            held.entry(h.mgmt).or_default().insert(rec.proxy);
+        }
+    }
+    assert_eq!(r.by_mgmt, held);
     assert_eq!(r.by_socket.len(), r.records.len());
     assert_eq!(r.expiry.len(), holders);
     // 5

@@ -1,5 +1,5 @@
-//! Unit tests of holders joining a registration and of where commands go:
-//! the invariants of the module docs are checked after each step.
+//! Unit tests of holders joining a registration, of where commands go, and
+//! of holders whose management socket is gone: the invariants of the module docs are checked after each step.
 
 use super::*;
 
@@ -209,6 +209,44 @@ fn a_failed_command_changes_nothing_but_a_holder_that_disowns() {
     // The last one disowning it takes the registration with it.
     let (removed, next) = r.command_failed(&p, a1, true, t);
     assert!(matches!(removed, Some(Removed::Record(_))) && next.is_none());
+    assert_eq!(r.len(), 0);
+    check(&r);
+}
+
+/// A process holding two sockets, one of them shared with another process,
+/// dies: its management socket is gone, and it leaves both registrations;
+/// the one it held alone goes with it, the shared one stays with the other.
+#[test]
+fn a_gone_management_socket_leaves_every_registration_it_held() {
+    let t = Instant::now();
+    let mut r = registry();
+    let (dead, other) = (a("198.51.100.1:5000"), a("198.51.100.1:5001"));
+    let mut hold =
+        |mgmt: SocketAddrV4, local| register(&mut r, client(&mgmt.to_string(), 10), local, None, t);
+    let shared = hold(dead, "10.0.0.5:80");
+    let alone = hold(dead, "10.0.0.5:81");
+    hold(other, "10.0.0.5:80");
+    let gone = r.remove_mgmt(dead, t);
+    check(&r);
+    let mut what: Vec<(Endpoint, bool)> = gone
+        .iter()
+        .map(|(ep, removed)| (*ep, matches!(removed, Removed::Record(_))))
+        .collect();
+    what.sort();
+    let mut want = vec![(shared, false), (alone, true)];
+    want.sort();
+    assert_eq!(what, want);
+    assert_eq!(mgmts(&r, &shared), [other]);
+    assert!(r.get(&alone).is_none());
+    // Nothing is left at that address; a second report changes nothing.
+    assert!(r.remove_mgmt(dead, t).is_empty());
+    assert!(r.remove_mgmt(a("198.51.100.9:1"), t).is_empty());
+    // A lone holder that moved across its NAT is found at its new address.
+    let moved = a("198.51.100.1:6000");
+    assert_eq!(r.refresh(&shared, moved, t), Refresh::Moved(other));
+    check(&r);
+    assert!(r.remove_mgmt(other, t).is_empty());
+    assert_eq!(r.remove_mgmt(moved, t).len(), 1);
     assert_eq!(r.len(), 0);
     check(&r);
 }

@@ -30,6 +30,8 @@ enum Op {
     /// The command to the freshest holder of a local address (seen from
     /// the first NAT) fails; `true`: it answered `NotRegistered`.
     Fail(usize, bool),
+    /// The management socket of a process is gone (ICMP port unreachable).
+    Gone(usize),
     Advance(u64),
 }
 
@@ -41,6 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (p.clone(), l.clone()).prop_map(|(p, l)| Op::Heartbeat(p, l)),
         1 => (p, l.clone()).prop_map(|(p, l)| Op::Unregister(p, l)),
         2 => (l, any::<bool>()).prop_map(|(l, d)| Op::Fail(l, d)),
+        1 => (0..PROCS).prop_map(Op::Gone),
         3 => (0u64..40).prop_map(Op::Advance),
     ]
 }
@@ -188,6 +191,24 @@ fn step(r: &mut Registry, m: &mut Model, op: &Op, now: &mut Instant) -> Result<(
             } else {
                 prop_assert!(removed.is_none(), "a failed command removed {:?}", removed);
             }
+        }
+        Op::Gone(p) => {
+            let mut got: Vec<(Endpoint, bool)> = r
+                .remove_mgmt(proc_client(p, 1).mgmt, *now)
+                .into_iter()
+                .map(|(ep, removed)| (ep, matches!(removed, Removed::Record(_))))
+                .collect();
+            let mut want = Vec::new();
+            for (ep, hs) in m.regs.values_mut() {
+                if hs.iter().any(|h| h.p == p) {
+                    hs.retain(|h| h.p != p);
+                    want.push((*ep, hs.is_empty()));
+                }
+            }
+            m.regs.retain(|_, (_, hs)| !hs.is_empty());
+            got.sort();
+            want.sort();
+            prop_assert_eq!(got, want);
         }
         Op::Advance(secs) => {
             *now += Duration::from_secs(secs);
