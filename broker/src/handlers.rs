@@ -109,7 +109,7 @@ impl Daemon {
             public: record.public,
             realm: record.realm.clone(),
         };
-        let (local, mgmt) = (record.local, record.freshest().mgmt);
+        let (local, mgmt) = (record.local, record.commanded(now).mgmt);
         let path = decide::decide(&listener, &connector);
         let decision = match path {
             Path::Direct => {

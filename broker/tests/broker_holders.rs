@@ -146,7 +146,7 @@ fn a_registration_survives_an_unanswered_reverse_connect_while_its_holder_heartb
 /// the other heartbeats; commands go to the one heard from last, and one
 /// unanswered goes once more to the other.
 #[test]
-fn two_holders_join_and_commands_go_to_the_live_one() {
+fn two_holders_join_and_commands_go_to_the_longest_standing_live_one() {
     let mut b = Broker::start(&["--heartbeat-timeout-s", "8"]);
     let (mut first, mut second) = (Mgmt::new(b.addr), Mgmt::new(b.addr));
     let proxy = register(&mut first);
@@ -156,47 +156,46 @@ fn two_holders_join_and_commands_go_to_the_live_one() {
         std::process::id(),
         second.addr()
     ));
-    // The second, heard from last, gets the command; it has hung (no
-    // answer, no heartbeats), so after the retransmissions the command goes
-    // once more to the first, which answers.
+    // The first, the longest-standing live holder, gets the command; it has
+    // hung (no answer, no heartbeats), so after the retransmissions the
+    // command goes once more to the second, which answers.
     let mut c = Mgmt::new(b.addr);
     let token = reversal(&mut c, proxy, "127.0.0.1:5001");
-    let (_, cmd) = command_for(&mut second, token, WAIT);
+    let (_, cmd) = command_for(&mut first, token, WAIT);
     assert!(token_of(&cmd) == Some(token));
-    let (id, resent) = command_for(&mut first, token, Duration::from_secs(10));
+    let (id, resent) = command_for(&mut second, token, Duration::from_secs(10));
     assert_eq!(resent, cmd, "the same command");
-    first.answer(id, &Message::Ack);
+    second.answer(id, &Message::Ack);
     b.expect_line(&format!(
         "ReverseConnect for {proxy} failed at holder {}: no answer within 3s; sent once more to holder {}",
-        second.addr(),
-        first.addr()
+        first.addr(),
+        second.addr()
     ));
-    // The first heartbeats, the second stays silent: commands go to the
-    // first at once.
-    assert_eq!(first.request(&heartbeat(proxy)), Message::HeartbeatAck);
-    let token = reversal(&mut c, proxy, "127.0.0.1:5002");
-    let (id, _) = command_for(&mut first, token, WAIT);
-    first.answer(id, &Message::Ack);
-    // The second expires alone; the registration stays with the first.
+    // The second heartbeats, the first stays silent: it expires alone, and
+    // the registration stays with the second.
     let holders = || {
         let regs = b.registrations();
         let holders = regs[0].get("holders").and_then(|h| h.as_array());
         let mgmt = |h: &testbed::json::Value| h.get("mgmt")?.as_str().map(str::to_string);
         holders.unwrap().iter().filter_map(mgmt).collect::<Vec<_>>()
     };
-    let left = heartbeat_until(&mut first, proxy, Duration::from_secs(20), || {
+    let left = heartbeat_until(&mut second, proxy, Duration::from_secs(20), || {
         thread::sleep(Duration::from_millis(200));
         Some(holders()).filter(|h| h.len() == 1)
     });
-    assert_eq!(left, [first.addr().to_string()]);
+    assert_eq!(left, [second.addr().to_string()]);
     b.expect_line(&format!(
         "tcp {proxy}: holder broker-test[{}] (mgmt {}) expired",
         std::process::id(),
-        second.addr()
+        first.addr()
     ));
+    // Commands go to the second at once now.
+    let token = reversal(&mut c, proxy, "127.0.0.1:5002");
+    let (id, _) = command_for(&mut second, token, WAIT);
+    second.answer(id, &Message::Ack);
     // The expired one learns it and would join again.
     assert_eq!(
-        second.request(&heartbeat(proxy)),
+        first.request(&heartbeat(proxy)),
         Message::ReregisterRequest {
             unknown: vec![Endpoint::new(Proto::Tcp, proxy)]
         }
@@ -349,13 +348,15 @@ fn a_disowning_holder_leaves_and_a_refusal_reaches_the_connector() {
     assert_eq!(register(&mut second), proxy);
     let mut c = Mgmt::new(b.addr);
     let token = reversal(&mut c, proxy, "127.0.0.1:5001");
-    let (id, _) = command_for(&mut second, token, WAIT);
-    second.answer(
+    // The first holder, commanded first, no longer holds the socket; the
+    // command goes to the second, whose queue is full.
+    let (id, _) = command_for(&mut first, token, WAIT);
+    first.answer(
         id,
         &Message::error(ErrorCode::NotRegistered, "no such listener here"),
     );
-    let (id, _) = command_for(&mut first, token, WAIT);
-    first.answer(
+    let (id, _) = command_for(&mut second, token, WAIT);
+    second.answer(
         id,
         &Message::error(ErrorCode::LimitReached, "the accept queue is full"),
     );
@@ -371,9 +372,9 @@ fn a_disowning_holder_leaves_and_a_refusal_reaches_the_connector() {
     b.expect_line(&format!(
         "tcp {proxy}: holder broker-test[{}] (mgmt {}) does not hold it any more; 1 holders left",
         std::process::id(),
-        second.addr()
+        first.addr()
     ));
-    assert_eq!(first.request(&heartbeat(proxy)), Message::HeartbeatAck);
+    assert_eq!(second.request(&heartbeat(proxy)), Message::HeartbeatAck);
     for (name, want) in [
         ("holders_disowned", 1),
         ("commands_resent", 1),

@@ -125,20 +125,20 @@ fn the_command_moves_at_once_to_the_holder_left() {
     let (mut first, mut second) = (Mgmt::new(b.addr), Mgmt::new(b.addr));
     let proxy = register(&mut first);
     assert_eq!(register(&mut second), proxy, "joined");
-    // The second, heard from last, is the one commands go to; it dies.
-    let dead = second.addr();
-    drop(second);
+    // The first, the longest-standing holder, is the one commands go to; it dies.
+    let dead = first.addr();
+    drop(first);
     let mut c = Mgmt::new(b.addr);
     let asked = Instant::now();
     let token = reversal(&mut c, proxy);
-    let (id, cmd) = first.take_command(AT_ONCE);
+    let (id, cmd) = second.take_command(AT_ONCE);
     eprintln!("the other holder commanded after {:?}", asked.elapsed());
     assert!(
         matches!(cmd, Message::ReverseConnect { token: t, proxy: p, .. } if t == token && p == proxy),
         "{cmd:?}"
     );
-    first.answer(id, &Message::Ack);
-    assert_eq!(holders(&b), [first.addr().to_string()]);
+    second.answer(id, &Message::Ack);
+    assert_eq!(holders(&b), [second.addr().to_string()]);
     b.expect_line(&format!(
         "tcp {proxy}: holder broker-test[{}] (mgmt {dead}) its socket is gone \
          (ICMP port unreachable); 1 holders left",
@@ -147,10 +147,10 @@ fn the_command_moves_at_once_to_the_holder_left() {
     b.expect_line(&format!(
         "ReverseConnect for {proxy} failed at holder {dead}: its socket is gone \
          (ICMP port unreachable); sent once more to holder {}",
-        first.addr()
+        second.addr()
     ));
     assert_eq!(
-        first.request(&Message::Heartbeat {
+        second.request(&Message::Heartbeat {
             held: vec![Endpoint::new(Proto::Tcp, proxy)]
         }),
         Message::HeartbeatAck

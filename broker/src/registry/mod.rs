@@ -10,7 +10,7 @@
 //! socket, and the `Register` joins the record instead of making a second
 //! one. Each holder heartbeats for itself and expires on its own deadline;
 //! the record goes when its last holder unregisters or expires. Commands go
-//! to the holder heard from last ([`Record::freshest`]); a command that
+//! to the longest-standing live holder ([`Record::commanded`]); a command that
 //! fails changes nothing but the holder that disowned it
 //! ([`Registry::command_failed`]); a holder whose management socket is
 //! gone (an ICMP port unreachable, see `icmp`) leaves every record it holds
@@ -327,7 +327,8 @@ impl Registry {
     /// if it said it does not hold the socket (`disowned`), and what that
     /// did is returned; nothing else changes, whatever the failure, since a
     /// registration lives by its holders' heartbeats alone. The second value
-    /// is where the command may go once more: the freshest other holder.
+    /// is where the command may go once more: the next holder in line
+    /// ([`Record::commanded_other`]).
     pub fn command_failed(
         &mut self,
         proxy: &Endpoint,
@@ -342,7 +343,7 @@ impl Registry {
         };
         let next = self
             .get(proxy)
-            .and_then(|r| r.freshest_other(at))
+            .and_then(|r| r.commanded_other(at, now))
             .map(|h| h.mgmt);
         (removed, next)
     }

@@ -117,17 +117,39 @@ impl Record {
         self.holders.iter().find(|h| h.mgmt == mgmt)
     }
 
-    /// The holder heard from last (the latest joined on a tie): where
-    /// commands go.
+    /// The holder heard from last (the latest joined on a tie): whom `query`
+    /// shows first.
     pub fn freshest(&self) -> &Holder {
         self.freshest_but(None)
             .unwrap_or_else(|| unreachable!("a record has a holder (invariant 2)"))
     }
 
-    /// The freshest holder other than `mgmt`: where a command goes once
-    /// more after `mgmt` failed it.
-    pub fn freshest_other(&self, mgmt: SocketAddrV4) -> Option<&Holder> {
-        self.freshest_but(Some(mgmt))
+    /// Where a command goes: the longest-standing holder among the live ones
+    /// (heard from within two of their heartbeat intervals), else the holder
+    /// heard from last. The process that registered first is the one that
+    /// stays: a pre-fork server's master, the parent of workers that come and
+    /// go, a daemon that forks children for a moment (`subprocess`, a
+    /// `waitpid` on a helper); a connection parked with a child dies with it.
+    /// When the first one goes, its heartbeats stop, or its socket is seen
+    /// gone (`icmp`), and the next in line takes over.
+    pub fn commanded(&self, now: Instant) -> &Holder {
+        self.commanded_but(None, now)
+            .unwrap_or_else(|| unreachable!("a record has a holder (invariant 2)"))
+    }
+
+    /// As [`commanded`](Self::commanded), other than `mgmt`: where a command
+    /// goes once more after `mgmt` failed it.
+    pub fn commanded_other(&self, mgmt: SocketAddrV4, now: Instant) -> Option<&Holder> {
+        self.commanded_but(Some(mgmt), now)
+    }
+
+    fn commanded_but(&self, but: Option<SocketAddrV4>, now: Instant) -> Option<&Holder> {
+        let others = || self.holders.iter().enumerate().filter(move |(_, h)| Some(h.mgmt) != but);
+        others()
+            .filter(|(_, h)| h.live(now))
+            .min_by_key(|(i, h)| (h.joined, *i))
+            .map(|(_, h)| h)
+            .or_else(|| self.freshest_but(but))
     }
 
     fn freshest_but(&self, but: Option<SocketAddrV4>) -> Option<&Holder> {

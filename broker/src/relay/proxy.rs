@@ -66,7 +66,7 @@ impl Daemon {
             abort(stream);
             return;
         };
-        let (mgmt, local) = (record.freshest().mgmt, record.local);
+        let (mgmt, local) = (record.commanded(now).mgmt, record.local);
         if !self.relay_room() {
             self.relay_refused(
                 &format!("the connection from {addr} to {}", proxy.addr),

@@ -124,7 +124,7 @@ fn a_registration_has_at_most_max_holders() {
 }
 
 #[test]
-fn commands_go_to_the_holder_heard_from_last() {
+fn the_freshest_is_shown_first_and_commands_go_to_the_longest_standing_live_holder() {
     let t = Instant::now();
     let mut r = registry();
     let (a1, b1, c1) = (
@@ -141,7 +141,7 @@ fn commands_go_to_the_holder_heard_from_last() {
     );
     let fresh = |r: &Registry| r.get(&p).unwrap().freshest().mgmt;
     assert_eq!(fresh(&r), a1);
-    assert_eq!(r.get(&p).unwrap().freshest_other(a1), None, "nobody else");
+    assert_eq!(r.get(&p).unwrap().commanded_other(a1, t), None, "nobody else");
     // At the same instant, the latest to join wins.
     register(
         &mut r,
@@ -161,15 +161,18 @@ fn commands_go_to_the_holder_heard_from_last() {
     assert_eq!(fresh(&r), c1);
     r.refresh(&p, a1, t + Duration::from_secs(2));
     assert_eq!(fresh(&r), a1);
-    assert_eq!(
-        r.get(&p).unwrap().freshest_other(a1).map(|h| h.mgmt),
-        Some(c1)
-    );
-    r.refresh(&p, b1, t + Duration::from_secs(3));
-    assert_eq!(
-        r.get(&p).unwrap().freshest_other(b1).map(|h| h.mgmt),
-        Some(a1)
-    );
+    // Commands go to the first to join while it is live, then down the line.
+    let now = t + Duration::from_secs(3);
+    r.refresh(&p, b1, now);
+    let commanded = |r: &Registry, at| r.get(&p).unwrap().commanded(at).mgmt;
+    assert_eq!(commanded(&r, now), a1);
+    assert_eq!(r.get(&p).unwrap().commanded_other(a1, now).map(|h| h.mgmt), Some(b1));
+    // a1 silent for two of its intervals: b1 is next, c1 (silent too) is not.
+    let later = t + Duration::from_secs(22);
+    r.refresh(&p, b1, later);
+    assert_eq!(commanded(&r, later), b1);
+    // No other live holder: the freshest of the others, a1 (heard at 2 s).
+    assert_eq!(r.get(&p).unwrap().commanded_other(b1, later).map(|h| h.mgmt), Some(a1));
 }
 
 #[test]

@@ -27,7 +27,7 @@ enum Op {
     Register(usize, usize),
     Heartbeat(usize, usize),
     Unregister(usize, usize),
-    /// The command to the freshest holder of a local address (seen from
+    /// The command to the commanded holder of a local address (seen from
     /// the first NAT) fails; `true`: it answered `NotRegistered`.
     Fail(usize, bool),
     /// The management socket of a process is gone (ICMP port unreachable).
@@ -82,11 +82,18 @@ impl Model {
             .max_by_key(|(i, m)| (m.last, *i))
             .map(|(_, m)| m.p)
     }
+
+    /// Where commands go: the first holder to join among those heard from
+    /// within two heartbeat intervals, else the freshest.
+    fn commanded(&self, hs: &[M], but: Option<usize>, now: Instant) -> Option<usize> {
+        let live = |h: &M| now.saturating_duration_since(h.last) < Duration::from_secs(u64::from(self.hb[h.p].max(1)) * 2);
+        hs.iter().find(|h| Some(h.p) != but && live(h)).map(|h| h.p).or_else(|| Model::freshest(hs, but))
+    }
 }
 
-/// The table and the model agree on every registration, holder and
-/// freshest holder.
-fn same(r: &Registry, m: &Model) -> Result<(), TestCaseError> {
+/// The table and the model agree on every registration, holder, freshest
+/// holder and commanded holder.
+fn same(r: &Registry, m: &Model, now: Instant) -> Result<(), TestCaseError> {
     prop_assert_eq!(r.len(), m.regs.len());
     for (ep, hs) in m.regs.values() {
         let rec = r.get(ep);
@@ -104,6 +111,8 @@ fn same(r: &Registry, m: &Model) -> Result<(), TestCaseError> {
         prop_assert_eq!(got, want);
         let fresh = Model::freshest(hs, None).map(|p| proc_client(p, 1).mgmt);
         prop_assert_eq!(Some(rec.freshest().mgmt), fresh);
+        let commanded = m.commanded(hs, None, now).map(|p| proc_client(p, 1).mgmt);
+        prop_assert_eq!(Some(rec.commanded(now).mgmt), commanded);
     }
     Ok(())
 }
@@ -177,8 +186,8 @@ fn step(r: &mut Registry, m: &mut Model, op: &Op, now: &mut Instant) -> Result<(
             let Some((ep, hs)) = m.regs.get(&(0, l)).cloned() else {
                 return Ok(());
             };
-            let at = Model::freshest(&hs, None).unwrap();
-            let want_next = Model::freshest(&hs, Some(at)).map(|p| proc_client(p, 1).mgmt);
+            let at = m.commanded(&hs, None, *now).unwrap();
+            let want_next = m.commanded(&hs, Some(at), *now).map(|p| proc_client(p, 1).mgmt);
             let (removed, next) = r.command_failed(&ep, proc_client(at, 1).mgmt, disowned, *now);
             prop_assert_eq!(next, want_next);
             if disowned {
@@ -255,7 +264,7 @@ proptest! {
         for op in &ops {
             step(&mut r, &mut m, op, &mut now)?;
             check(&r);
-            same(&r, &m)?;
+            same(&r, &m, now)?;
         }
     }
 

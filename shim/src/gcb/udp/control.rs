@@ -236,7 +236,7 @@ mod tests {
         let fd = sock.raw();
         let proxy = a("203.0.113.10:20001");
         reg.udp.entry(fd).set_route(proxy, Route::AsNamed, now);
-        reg.udp.entry(fd).await_dummy(Token(3), proxy, true);
+        reg.udp.entry(fd).await_dummy(Token(3), proxy, true, now);
         let peer = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
         sys::bind(peer.raw(), a("127.0.0.1:0")).unwrap();
         let src = sys::local_addr(peer.raw()).unwrap();

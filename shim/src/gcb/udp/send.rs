@@ -107,7 +107,7 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
         let s = reg.udp.entry(fd);
         s.set_route(dest, route, Instant::now());
         if let Some(token) = awaited {
-            s.await_dummy(token, dest, !connected);
+            s.await_dummy(token, dest, !connected, Instant::now());
         }
         fdtable::replace(fd, Kind::WatchedUdp, Kind::Managed);
     });

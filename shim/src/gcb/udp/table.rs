@@ -105,10 +105,12 @@ pub struct UdpSocket {
     reverse: HashMap<SocketAddrV4, SocketAddrV4>,
     relay_peers: HashMap<SocketAddrV4, Instant>,
     /// Reversal connects waiting for the listener's Dummy: token → the GCB
-    /// address it opens a hole to, and whether to open it (a connected socket
+    /// address it opens a hole to, whether to open it (a connected socket
     /// does not: the kernel would not let the direct replies in, so its Dummy
-    /// is only kept from the application).
-    awaiting: HashMap<Token, (SocketAddrV4, bool)>,
+    /// is only kept from the application), and since when. Kept for
+    /// [`HOLE_ACK_TTL`] after the first Dummy: the listener repeats its Dummy
+    /// until it sees the ack, which its program may read only much later.
+    awaiting: HashMap<Token, (SocketAddrV4, bool, Instant)>,
     pub holes: Vec<Hole>,
     stash: VecDeque<Datagram>,
 }
@@ -181,19 +183,27 @@ impl UdpSocket {
 
     /// A reversal connect to `app` waits for the listener's `Dummy{token}`;
     /// `open`: the hole is to be used (see `awaiting`).
-    pub fn await_dummy(&mut self, token: Token, app: SocketAddrV4, open: bool) {
+    pub fn await_dummy(&mut self, token: Token, app: SocketAddrV4, open: bool, now: Instant) {
+        if self.awaiting.len() >= MAX_RECORDS {
+            self.awaiting.retain(|_, (_, _, since)| now.saturating_duration_since(*since) < HOLE_ACK_TTL);
+        }
         if self.awaiting.len() >= MAX_RECORDS {
             self.awaiting.clear();
         }
-        self.awaiting.insert(token, (app, open));
+        self.awaiting.insert(token, (app, open, now));
     }
 
     /// A `Dummy{token}` arrived from `src`: if its hole is to be used, the GCB
     /// address it was awaited for is now reached at `src`. Returns that address
-    /// and whether the hole is used (the caller then acks); `None` if no connect
-    /// awaits this token (the Dummy is not ours).
+    /// and whether the hole is used (the caller then acks, again for a
+    /// repeated Dummy); `None` if no connect awaits this token (the Dummy is
+    /// not ours).
     pub fn dummy_from(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<(SocketAddrV4, bool)> {
-        let (app, open) = self.awaiting.remove(&token)?;
+        let (app, open, since) = *self.awaiting.get(&token)?;
+        if now.saturating_duration_since(since) >= HOLE_ACK_TTL {
+            self.awaiting.remove(&token);
+            return None;
+        }
         if open {
             self.set_route(app, Route::Direct(src), now);
         }
@@ -363,15 +373,16 @@ mod tests {
         let mut s = UdpSocket::default();
         let proxy = a("203.0.113.10:20001");
         s.set_route(proxy, Route::AsNamed, now);
-        s.await_dummy(Token(6), proxy, false);
+        s.await_dummy(Token(6), proxy, false, now);
         assert_eq!(s.dummy_from(Token(6), a("203.0.113.1:4000"), now), Some((proxy, false)));
         assert_eq!(s.route(proxy, now), Some(Route::AsNamed), "a connected socket's hole is not used");
-        s.await_dummy(Token(7), proxy, true);
+        s.await_dummy(Token(7), proxy, true, now);
         assert_eq!(s.dummy_from(Token(8), a("203.0.113.1:4000"), now), None, "unknown token: not ours");
         assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now), Some((proxy, true)));
         assert_eq!(s.route(proxy, now), Some(Route::Direct(a("203.0.113.1:4000"))));
         assert_eq!(s.name_of(a("203.0.113.1:4000")), proxy);
-        assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now), None, "once");
+        assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now), Some((proxy, true)), "a repeated Dummy is still ours");
+        assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now + HOLE_ACK_TTL), None, "until it is old");
 
         let peer = a("203.0.113.20:5000");
         s.start_hole(Hole { token: Token(9), target: peer, peer, next_try: now, tries_left: 2, expires: now + HOLE_ACK_TTL });
