@@ -304,7 +304,7 @@ fn replayed_channel_requests_open_and_close_nothing() {
         stamp_at(unix_ms()),
     );
     app.send_to(&dummy, proxy).unwrap();
-    assert!(recv(&app, WAIT).is_some(), "the DummyAck");
+    // The Dummy is not answered; the data path shows when the broker relays.
     let peer = client();
     peer.send_to(b"hello", proxy).unwrap();
     assert!(recv(&app, WAIT).is_some(), "the relayed hello");

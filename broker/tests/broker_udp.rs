@@ -56,13 +56,13 @@ fn register_dummy_and_relay_both_ways() {
     peer.send_to(b"too early", c.proxy).unwrap();
     expect_counter(&b, "udp_no_path", 1);
 
-    c.dummy();
+    c.dummy(&b);
     b.expect_line(&format!("udp {}: data path is {}", c.proxy, v4(&c.app)));
     let hb = Message::Heartbeat {
         held: vec![Endpoint::new(Proto::Udp, c.proxy)],
     };
     assert_eq!(c.mgmt.request(&hb), Message::HeartbeatAck);
-    c.dummy(); // with every heartbeat: same path, acked again
+    c.dummy(&b); // with every heartbeat: same path
 
     // 1,000 datagrams of varying sizes, in bursts, arrive whole and in order.
     let mut sent = 0;
@@ -136,7 +136,7 @@ fn register_dummy_and_relay_both_ways() {
 fn the_data_path_follows_the_client() {
     let mut b = Broker::start(&[]);
     let c = Client::register(&b, "127.0.0.1", None);
-    c.dummy();
+    c.dummy(&b);
     // A wrong token from elsewhere changes nothing (and gets no ack).
     let moved = sock();
     moved
@@ -153,7 +153,7 @@ fn the_data_path_follows_the_client() {
         .unwrap();
     assert!(recv(&moved, QUIET).is_none());
     // The client's NAT mapping changed: its Dummy now comes from `moved`.
-    c.dummy_from(&moved, c.token);
+    c.dummy_from(&b, &moved, c.token);
     b.expect_line(&format!(
         "data path moved from {} to {}",
         v4(&c.app),
@@ -180,7 +180,7 @@ fn idle_rules_expire_and_come_back_and_are_capped() {
         "2",
     ]);
     let c = Client::register(&b, "127.0.0.1", None);
-    c.dummy();
+    c.dummy(&b);
     let peers = [sock(), sock(), sock()];
     for p in &peers[..2] {
         p.send_to(b"hi", c.proxy).unwrap();

@@ -35,7 +35,7 @@ fn populated() -> (Broker, Mgmt, SocketAddrV4, support::udp::Client) {
     let mut m = Mgmt::new(b.addr);
     let proxy = m.register_ok("10.0.0.5:2525", "10.0.0.5");
     let c = support::udp::Client::register(&b, "10.0.0.6", None);
-    c.dummy();
+    c.dummy(&b);
     (b, m, proxy, c)
 }
 

@@ -61,7 +61,7 @@ fn connect_to_anything_but_a_registered_proxy_is_not_registered() {
 fn a_client_cannot_send_through_its_proxy_to_peers_that_never_wrote() {
     let b = Broker::start(&[]);
     let c = Client::register(&b, "10.0.0.6", None);
-    c.dummy();
+    c.dummy(&b);
     let bystander = sock();
     let command_port = b.addr;
     let before = (state(&b), counters(&b));

@@ -55,7 +55,7 @@ fn open_channel(c: &mut Client, peer: SocketAddrV4) -> (SocketAddrV4, Token) {
 fn strangers_at_a_channel_port_are_dropped_and_counted() {
     let b = Broker::start(&[]);
     let mut c = Client::register(&b, "10.0.0.7", None);
-    c.dummy();
+    c.dummy(&b);
     let peer = peer_of(&c);
     let (channel, token) = open_channel(&mut c, v4(&peer));
     // It works both ways, without a header, and the peer sees the proxy.
@@ -114,7 +114,7 @@ fn channels_only_for_the_owner_and_a_peer_that_wrote() {
     let b = Broker::start(&[]);
     let mut c = Client::register(&b, "10.0.0.8", None);
     let other = Client::register(&b, "10.0.0.9", None);
-    c.dummy();
+    c.dummy(&b);
     let silent = sock();
     let talker = peer_of(&c);
     let before = (state(&b), counters(&b));
@@ -172,7 +172,7 @@ fn channels_only_for_the_owner_and_a_peer_that_wrote() {
     };
     assert_eq!(c.mgmt.request(&unregister), Message::Ack);
     let mut again = Client::register(&b, "10.0.0.7", None);
-    again.dummy();
+    again.dummy(&b);
     let peer = peer_of(&again);
     assert_error(
         &channel_req(&mut again, v4(&peer), old, true),
@@ -191,7 +191,7 @@ fn a_registration_holds_a_bounded_number_of_channels() {
     // Room for the proxy, the cap, and more: the pool is not what stops it.
     let b = Broker::start_on(free_port(), (24000, 24099), &[]);
     let mut c = Client::register(&b, "10.0.0.11", None);
-    c.dummy();
+    c.dummy(&b);
     let peers: Vec<UdpSocket> = (0..=CAP).map(|_| peer_of(&c)).collect();
     let token = c.token;
     let mut channels = Vec::new();

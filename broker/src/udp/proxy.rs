@@ -4,9 +4,13 @@
 //! seen from here, learned from `Dummy{udp_token}`):
 //!
 //! * `Dummy` with the registration's token, from anywhere: the source
-//!   becomes the data path (it moves when the client's NAT mapping does) and
-//!   gets `DummyAck`. Any other `Dummy`/`DummyAck` is dropped, never relayed
-//!   to the client, whose shim would take it for its own hole punching.
+//!   becomes the data path (it moves when the client's NAT mapping does).
+//!   It is not answered: the Dummy only has to go out (it keeps the client's
+//!   NAT mapping), and an answer would be one more datagram on the client
+//!   program's socket that the program's `select` wakes for but never gets
+//!   (the shim takes it), after which a blocking read waits for the next
+//!   real one. Any other `Dummy`/`DummyAck` is dropped, never relayed to the
+//!   client, whose shim would take it for its own hole punching.
 //! * from the data path: a `UdpRelayHeader` naming the destination, then
 //!   the payload. The payload goes out of the proxy socket to the
 //!   destination, but only if that peer has a live rule here (it sent to
@@ -30,7 +34,7 @@ use proto::gcb::{self, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD, RELAY_HEADER_
 use tracing::{debug, info, warn};
 
 use super::rules::{DummyOutcome, Inbound};
-use crate::auth::{seal, UdpControl};
+use crate::auth::UdpControl;
 use crate::daemon::{Daemon, Dynamic};
 use crate::tokens::TokenSlab;
 
@@ -97,9 +101,9 @@ impl Daemon {
             self.counters.udp_dummies_dropped += 1;
             return;
         }
-        if let UdpControl::Message(header, msg) = control {
+        if let UdpControl::Message(_, msg) = control {
             if let Message::Dummy { token: t } = msg {
-                self.on_dummy(token, proxy, from, t, header.request_id);
+                self.on_dummy(proxy, from, t);
                 return;
             }
             if matches!(msg, Message::DummyAck { .. }) {
@@ -115,14 +119,7 @@ impl Daemon {
         }
     }
 
-    fn on_dummy(
-        &mut self,
-        token: Token,
-        proxy: SocketAddrV4,
-        from: SocketAddrV4,
-        t: gcb::Token,
-        id: u64,
-    ) {
+    fn on_dummy(&mut self, proxy: SocketAddrV4, from: SocketAddrV4, t: gcb::Token) {
         let outcome = self.udp.table.dummy(&proxy, from, t);
         match outcome {
             DummyOutcome::Refused => {
@@ -137,16 +134,6 @@ impl Daemon {
             DummyOutcome::Same => {}
         }
         self.counters.udp_dummies += 1;
-        let sent = seal(
-            self.auth.as_ref(),
-            gcb::encode(&Message::DummyAck { token: t }, id),
-        )
-        .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|bytes| send_from(&self.slab, token, &bytes, from));
-        if let Err(e) = sent {
-            self.counters.udp_send_errors += 1;
-            debug!("proxy udp {proxy}: cannot answer DummyAck to {from}: {e}");
-        }
     }
 
     fn on_client_datagram(

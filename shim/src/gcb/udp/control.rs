@@ -5,13 +5,22 @@
 //!
 //! * Data path: after `RegisterOk` and with every heartbeat, a `Dummy{udp_token}`
 //!   goes from the application's socket to its own proxy address. The broker
-//!   answers `DummyAck` and relays to the Dummy's source, so a NAT mapping the
-//!   gateway dropped (`conntrack -D`) is made again by the next heartbeat.
+//!   relays to the Dummy's source from then on, so a NAT mapping the gateway
+//!   dropped (`conntrack -D`) is made again by the next heartbeat; it does not
+//!   answer (an older broker's `DummyAck` is still taken as control).
 //! * `MakeHole` (a public GCB peer is about to send): `Dummy{token}` from the
-//!   application's socket to the peer, retried until its `DummyAck` (bounded);
-//!   the ack's source is then where the peer is reached, and what it is called.
+//!   application's socket to the peer, retried (bounded) until the peer is
+//!   heard from directly: its next datagram comes through the hole, and is
+//!   the application's. (An older peer's `DummyAck` says the same.)
 //! * The connector's side of the same hole: a `Dummy{token}` for a reversal it
-//!   awaits is answered with `DummyAck` and opens a direct path.
+//!   awaits opens a direct path, and is not answered.
+//!
+//! Why so few answers: every control datagram that reaches the application's
+//! socket is one its program's `select` or `poll` may wake for, and a
+//! blocking read after such a wake-up would then wait for the next real
+//! datagram (as after a datagram the kernel drops for a bad checksum, see
+//! select(2)). The responder sends the Dummies whatever the program does; only
+//! what must come back to the program's socket does.
 //! * A socket connected through a channel (`channel`): a `Dummy` to the
 //!   channel at connect and with every heartbeat; what comes from the
 //!   channel is its peer's, but for the `DummyAck`.
@@ -181,16 +190,16 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
         };
     }
     match seal::gcb_decode(bytes) {
-        Ok((h, Message::Dummy { token })) => {
+        Ok((_, Message::Dummy { token })) => {
             match sock.dummy_from(token, src, now) {
-                Some((app, true)) => {
-                    log!(Debug, "hole to {app} open: it answers from {src}");
-                    send_control(fd, &Message::DummyAck { token }, h.request_id, src);
+                Some((app, open)) => {
+                    // A socket connected to the proxy keeps it as the path,
+                    // and the listener keeps relaying.
+                    if open {
+                        log!(Debug, "hole to {app} open: it is reached at {src}");
+                    }
                     return Incoming::Consumed;
                 }
-                // It came before the socket was connected to the proxy, which
-                // stays the path: not acked, so the listener keeps relaying.
-                Some((_, false)) => return Incoming::Consumed,
                 None => {}
             }
         }
@@ -201,6 +210,9 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
             }
         }
         _ => {}
+    }
+    if let Some(peer) = sock.hole_heard(src, now) {
+        log!(Debug, "hole to {peer} made: it is heard from {src}");
     }
     Incoming::Data { from: sock.name_of(src), offset: 0 }
 }
@@ -247,9 +259,9 @@ mod tests {
         let dummy = gcb::encode(&Message::Dummy { token: Token(3) }, 77).unwrap();
         assert_eq!(classify(&mut reg, fd, src, &dummy, now), Incoming::Consumed);
         let mut buf = [0u8; 64];
-        let n = unsafe { libc::recv(peer.raw(), buf.as_mut_ptr().cast(), 64, 0) };
-        let (h, m) = gcb::decode(&buf[..n as usize]).unwrap();
-        assert_eq!((h.request_id, m), (77, Message::DummyAck { token: Token(3) }), "the Dummy is answered");
+        let n = unsafe { libc::recv(peer.raw(), buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
+        assert_eq!(n, -1, "the Dummy is not answered: the program's next datagram tells the listener");
+        assert_eq!(classify(&mut reg, fd, src, &dummy, now), Incoming::Consumed, "nor is a repeated one data");
         assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::Direct(src)));
         assert_eq!(classify(&mut reg, fd, src, b"x", now), Incoming::Data { from: proxy, offset: 0 }, "named as the proxy");
         reg.udp.remove(fd);

@@ -221,11 +221,26 @@ impl UdpSocket {
 
     /// A `DummyAck{token}` came from `src`: the hole is made, and its peer is
     /// reached at (and reported for) `src`. `None` if no hole had this token.
+    /// The hole stays known, sending nothing more, until it expires: the peer
+    /// acks each Dummy that reached it, and the later acks are not data.
     pub fn hole_acked(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<SocketAddrV4> {
-        let i = self.holes.iter().position(|h| h.token == token)?;
-        let hole = self.holes.remove(i);
-        self.set_route(hole.peer, Route::Direct(src), now);
-        Some(hole.peer)
+        let hole = self.holes.iter_mut().find(|h| h.token == token)?;
+        let first = hole.tries_left != 0 || hole.next_try != hole.expires;
+        hole.tries_left = 0;
+        hole.next_try = hole.expires;
+        let peer = hole.peer;
+        if first {
+            self.set_route(peer, Route::Direct(src), now);
+        }
+        Some(peer)
+    }
+
+    /// A datagram came straight from `src`: if a hole being made targets it,
+    /// the hole is made (the peer is reached at `src`). The peer.
+    pub fn hole_heard(&mut self, src: SocketAddrV4, now: Instant) -> Option<SocketAddrV4> {
+        let hole = self.holes.iter().find(|h| h.target == src && (h.tries_left != 0 || h.next_try != h.expires))?;
+        let token = hole.token;
+        self.hole_acked(token, src, now)
     }
 
     /// Holes whose next Dummy is due: their targets and tokens. Each try is
@@ -391,7 +406,9 @@ mod tests {
         assert_eq!(s.next_hole_deadline(), Some(now + Duration::from_secs(1)));
         assert_eq!(s.hole_acked(Token(9), peer, now), Some(peer));
         assert_eq!(s.route(peer, now), Some(Route::Direct(peer)));
-        assert!(s.holes.is_empty());
+        assert!(s.due_holes(now + Duration::from_secs(5), Duration::ZERO).is_empty(), "made: no more Dummies");
+        assert_eq!(s.hole_acked(Token(9), peer, now), Some(peer), "a later ack is the hole's too");
+        s.holes.clear();
         // Out of tries: no more Dummies, its ack still recognised, then dropped.
         let expires = now + Duration::from_secs(5);
         s.start_hole(Hole { token: Token(10), target: peer, peer, next_try: now, tries_left: 1, expires });
@@ -402,6 +419,15 @@ mod tests {
         assert!(s.holes.is_empty(), "expired");
         s.start_hole(Hole { token: Token(11), target: peer, peer, next_try: now, tries_left: 0, expires });
         assert_eq!(s.hole_acked(Token(11), peer, now), Some(peer), "a late ack is still the hole's");
+        // Made by the peer's first datagram straight from its mapping.
+        s.holes.clear();
+        let mapping = a("203.0.113.20:6000");
+        s.start_hole(Hole { token: Token(12), target: mapping, peer, next_try: now, tries_left: 3, expires });
+        assert_eq!(s.hole_heard(a("203.0.113.20:6001"), now), None, "another source");
+        assert_eq!(s.hole_heard(mapping, now), Some(peer));
+        assert_eq!(s.route(peer, now), Some(Route::Direct(mapping)));
+        assert!(s.due_holes(now, Duration::ZERO).is_empty(), "no more Dummies");
+        assert_eq!(s.hole_heard(mapping, now), None, "made once");
     }
 
     #[test]
