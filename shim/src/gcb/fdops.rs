@@ -87,12 +87,30 @@ fn wind_up(mut l: Box<Listener>) {
     }
 }
 
+/// Which listeners [`leave_all`] leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// The process exits: every one.
+    All,
+    /// The process replaces its image: those whose every fd closes on exec;
+    /// the others are the new image's, shared with it.
+    ClosedOnExec,
+}
+
 /// This process stops holding its listeners (it exits, or replaces its
-/// image): one `Unregister` for each it alone holds, as [`wind_up`]; a new
-/// image that inherits a listener joins its registration again.
-pub fn leave_all() {
+/// image): one `Unregister` for each it alone holds, as [`wind_up`].
+pub fn leave_all(which: Leaving) {
+    let inherited = |fd: c_int| {
+        // SAFETY: F_GETFD takes no argument.
+        let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+        fl >= 0 && fl & libc::FD_CLOEXEC == 0
+    };
     super::with(|reg| {
         for (_, l) in reg.listeners_mut() {
+            if which == Leaving::ClosedOnExec && l.fds.iter().any(|&fd| inherited(fd)) {
+                l.shared = true;
+                continue;
+            }
             if !l.shared {
                 mgmt::send_unregister(l);
                 l.joined = false;

@@ -253,7 +253,13 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
             l.proxy = Some(proxy);
             l.joined = true;
             l.udp_token = udp_token;
-            log!(Info, "registered {} {} as {proxy}", l.proto, l.reg_local);
+            if renamed {
+                log!(Info, "registered {} {} as {proxy}", l.proto, l.reg_local);
+            } else {
+                // This process joined a registration it knew (a forked child,
+                // a new image): the address it reports has not changed.
+                log!(Debug, "holding {} {} as {proxy}", l.proto, l.reg_local);
+            }
             paths = true;
         }
         (Some(Purpose::Register), Message::Error { code, detail }) => {

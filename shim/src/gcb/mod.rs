@@ -163,11 +163,12 @@ pub fn resume_in_child() {
 }
 
 /// The process is about to replace its image (not in a borrowing child,
-/// which holds nothing of its own): it leaves its registrations, which the
-/// new image joins again for the listeners it inherits.
+/// which holds nothing of its own): it leaves the registrations of the
+/// listeners the new image does not inherit (all their fds close on exec);
+/// the new image joins the others again from its own management sockets.
 pub fn before_exec() {
     if enabled() && !crate::process::borrowed() {
-        fdops::leave_all();
+        fdops::leave_all(fdops::Leaving::ClosedOnExec);
     }
 }
 
@@ -175,7 +176,7 @@ pub fn before_exec() {
 /// it alone held is unregistered at once rather than at its expiry.
 pub fn at_exit() {
     if enabled() && !crate::process::borrowed() {
-        fdops::leave_all();
+        fdops::leave_all(fdops::Leaving::All);
     }
 }
 
