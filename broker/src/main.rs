@@ -17,6 +17,7 @@
 //! * `relay`: proxy sockets, the rendezvous port and the splice relays;
 //! * `udp`: proxy UDP sockets, the data path and the UDP relay rules;
 //! * `status` and `query`: the status query, broker and tool side;
+//! * `metrics`: what `/metrics` shows (`--metrics-listen`);
 //! * `counters`: what is counted.
 
 mod async_cmd;
@@ -28,6 +29,7 @@ mod counters;
 mod daemon;
 mod decide;
 mod handlers;
+mod metrics;
 mod ownerless;
 mod pairing;
 mod ports;
