@@ -15,7 +15,6 @@ use daemon_kit::metrics::http::{self, Server};
 use daemon_kit::metrics::{render, Snapshot, Timing};
 use mio::{Registry, Token};
 use proto::Proto;
-use tracing::info;
 
 use crate::daemon::Daemon;
 
@@ -37,14 +36,7 @@ pub struct Metrics {
 impl Metrics {
     /// Binds `listen` if given. Errors are one line, for exit code 1.
     pub fn start(listen: Option<SocketAddr>, registry: &Registry) -> Result<Metrics, String> {
-        let server = match listen {
-            Some(addr) => {
-                let s = Server::bind(addr, registry)?;
-                info!("metrics at http://{}/metrics", s.local_addr());
-                Some(s)
-            }
-            None => None,
-        };
+        let server = http::start(listen, registry)?;
         Ok(Metrics {
             server,
             decision: Timing::new(
@@ -111,18 +103,7 @@ impl Daemon {
             );
         }
         if let Some(server) = &self.metrics.server {
-            let st = server.stats;
-            s.counter("metrics_scrapes", "Answers to GET /metrics", st.scrapes);
-            s.counter(
-                "metrics_refused",
-                "Metrics connections closed at once: too many open",
-                st.refused,
-            );
-            s.counter(
-                "metrics_timed_out",
-                "Metrics connections closed at their timeout",
-                st.timed_out,
-            );
+            server.report(&mut s);
         }
 
         let g = |s: &mut Snapshot, name: &str, help: &'static str, v: usize| {

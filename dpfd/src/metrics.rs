@@ -19,7 +19,6 @@ use daemon_kit::metrics::{render, Snapshot, Timing};
 use mio::{Registry, Token};
 use proto::Proto;
 use serde_json::Value;
-use tracing::info;
 
 use crate::daemon::Daemon;
 
@@ -52,14 +51,7 @@ impl Metrics {
         registry: &Registry,
         kernel: Timing,
     ) -> Result<Metrics, String> {
-        let server = match listen {
-            Some(addr) => {
-                let s = Server::bind(addr, registry)?;
-                info!("metrics at http://{}/metrics", s.local_addr());
-                Some(s)
-            }
-            None => None,
-        };
+        let server = http::start(listen, registry)?;
         Ok(Metrics { server, kernel })
     }
 
@@ -95,18 +87,7 @@ impl Daemon {
         let mut s = Snapshot::new();
         counters(&self.counter_tree(), &mut s);
         if let Some(server) = &self.metrics.server {
-            let st = server.stats;
-            s.counter("metrics_scrapes", "Answers to GET /metrics", st.scrapes);
-            s.counter(
-                "metrics_refused",
-                "Metrics connections closed at once: too many open",
-                st.refused,
-            );
-            s.counter(
-                "metrics_timed_out",
-                "Metrics connections closed at their timeout",
-                st.timed_out,
-            );
+            server.report(&mut s);
         }
         let table = &self.engine.table;
         for proto in [Proto::Tcp, Proto::Udp] {

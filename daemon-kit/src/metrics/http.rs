@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
-use super::CONTENT_TYPE;
+use super::{Snapshot, CONTENT_TYPE};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -85,6 +85,17 @@ pub struct Server {
     pub stats: Stats,
 }
 
+/// The server for `--metrics-listen`, if given: bound, watched, and its
+/// address logged. Errors are one line, for exit code 1.
+pub fn start(listen: Option<SocketAddr>, registry: &Registry) -> Result<Option<Server>, String> {
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let server = Server::bind(addr, registry)?;
+    tracing::info!("metrics at http://{}/metrics", server.local_addr());
+    Ok(Some(server))
+}
+
 impl Server {
     /// Binds `addr` and watches it in `registry`. Errors are one line.
     pub fn bind(addr: SocketAddr, registry: &Registry) -> Result<Server, String> {
@@ -107,6 +118,27 @@ impl Server {
     /// The address as bound (port 0 asks the kernel for one).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Adds the server's own counters to a scrape.
+    pub fn report(&self, s: &mut Snapshot) {
+        let st = self.stats;
+        s.counter("metrics_scrapes", "Answers to GET /metrics", st.scrapes);
+        s.counter(
+            "metrics_refused",
+            "Metrics connections closed at once: too many open",
+            st.refused,
+        );
+        s.counter(
+            "metrics_timed_out",
+            "Metrics connections closed at their timeout",
+            st.timed_out,
+        );
+        s.counter(
+            "metrics_bad_requests",
+            "Metrics requests answered with an error",
+            st.bad_requests,
+        );
     }
 
     /// Connections open now.
