@@ -9,12 +9,13 @@
 //! * the installed `gcb-run --check` finds the installed shim without any
 //!   path given, and registers a listener with the installed broker;
 //! * `dpkg --purge` removes every file the packages installed, their
-//!   conffiles, the units' enablement and dpfd's state directory.
+//!   conffiles, the units' enablement and dpfd's state directory;
+//! * lintian finds no error or warning in them.
 //!
 //! This changes the machine's /usr and /etc, so the packages are purged
 //! again however the test ends (a guard), and the test refuses to run if
-//! they were installed by someone else. Needs root, cargo-deb, help2man and
-//! dpkg (`.ci/run` installs them) and `cargo build --release`.
+//! they were installed by someone else. Needs root, cargo-deb, help2man,
+//! lintian and dpkg (`.ci/run` installs them) and `cargo build --release`.
 
 use std::fs;
 use std::path::Path;
@@ -63,7 +64,7 @@ impl Drop for Installed {
 #[test]
 fn packages_install_check_and_purge_cleanly() {
     require_root();
-    for tool in ["cargo-deb", "help2man", "dpkg", "systemd-analyze"] {
+    for tool in ["cargo-deb", "help2man", "dpkg", "systemd-analyze", "lintian"] {
         assert!(have_command(tool), "{tool} is missing; .ci/run installs it");
     }
     // One run at a time on this machine: dpkg has one database.
@@ -97,6 +98,12 @@ fn packages_install_check_and_purge_cleanly() {
     for (deb, p) in debs.iter().zip(["gcb-broker_", "dpfd_", "libgcb_"]) {
         assert!(Path::new(deb).file_name().unwrap().to_str().unwrap().starts_with(p), "{debs:?}");
     }
+
+    // Lintian-clean where it matters: no error or warning tags.
+    let mut c = Command::new("lintian");
+    c.args(["--fail-on", "error,warning"]).args(&debs);
+    let (ok, out) = run(c);
+    assert!(ok, "lintian:\n{out}");
 
     fs::write(MARKER, "scripts/package test\n").unwrap();
     let guard = Installed;
