@@ -2,7 +2,8 @@
 //!
 //! Run without a subcommand (or with `run`) it reproduces the paper's Tables
 //! 1-3 on the NAT test bed and measures more: relay throughput, the shim's
-//! fast-path overhead, broker scale and dpfd. Every figure goes to
+//! fast-path overhead, broker scale, dpfd, and what serving `/metrics` costs
+//! the daemons. Every figure goes to
 //! `target/bench/results.json` with its ratio to a baseline measured in the
 //! same run; the tables also go to `tables.md` and `tables.png`, and all of
 //! it to `report.md` and stdout. Benchmarks report: a timing never fails the
@@ -25,6 +26,7 @@ mod chart;
 mod ctx;
 mod dpfd;
 mod drivers;
+mod metrics_cpu;
 mod paper;
 mod procfs;
 mod relay;
@@ -44,7 +46,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: gcb-bench [run] [--quick] [--only tables|relay|shim|broker|dpfd[,...]] [--out DIR]
+usage: gcb-bench [run] [--quick] [--only tables|relay|shim|broker|dpfd|metrics[,...]] [--out DIR]
        gcb-bench pingpong --messages N [--transport tcp|unix]
        gcb-bench sink --port P
        gcb-bench source --connect IP:PORT --bytes N
@@ -55,7 +57,7 @@ Needs root for `run` (network namespaces). Normally started by scripts/bench.";
 
 /// The parts of a run, in the order they run: the cheapest first, so a quick
 /// look at the first lines of output is already informative.
-pub const PARTS: [&str; 5] = ["shim", "tables", "relay", "broker", "dpfd"];
+pub const PARTS: [&str; 6] = ["shim", "tables", "relay", "broker", "dpfd", "metrics"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -197,6 +199,7 @@ fn run(f: &HashMap<String, String>) -> Result<i32, String> {
             "tables" => tables::run(&ctx, &mut res),
             "relay" => relay::run(&ctx, &mut res),
             "broker" => broker_scale::run(&ctx, &mut res),
+            "metrics" => metrics_cpu::run(&ctx, &mut res),
             _ => dpfd::run(&ctx, &mut res),
         };
         res.num(&format!("meta.seconds.{part}"), tp.elapsed().as_secs_f64());

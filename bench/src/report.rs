@@ -270,7 +270,20 @@ fn parts_md(res: &Results) -> String {
             ("TCP conn through a forward, 10,000 forwards, µs", "dpfd.conn_us_10000_forwards.mean", " µs", Some("dpfd.lookup_ratio_10000_to_10")),
         ]));
     }
-    for key in ["shim_overhead", "relay", "broker", "dpfd"] {
+    if has("metrics") {
+        s.push_str("\n## Metrics: the daemons' CPU, scraped every second vs not\n\n");
+        s.push_str(&rows_md(res, &[
+            ("gcb-broker CPU, not scraped, ms per s", "metrics.gcb-broker.cpu_ms_per_s_idle", " ms/s", None),
+            ("gcb-broker CPU, scraped every second, ms per s", "metrics.gcb-broker.cpu_ms_per_s_scraped", " ms/s", None),
+            ("gcb-broker CPU per scrape", "metrics.gcb-broker.cpu_ms_per_scrape", " ms", None),
+            ("gcb-broker scrape size", "metrics.gcb-broker.scrape_bytes", " B", None),
+            ("dpfd CPU, not scraped, ms per s", "metrics.dpfd.cpu_ms_per_s_idle", " ms/s", None),
+            ("dpfd CPU, scraped every second, ms per s", "metrics.dpfd.cpu_ms_per_s_scraped", " ms/s", None),
+            ("dpfd CPU per scrape", "metrics.dpfd.cpu_ms_per_scrape", " ms", None),
+            ("dpfd scrape size", "metrics.dpfd.scrape_bytes", " B", None),
+        ]));
+    }
+    for key in ["shim_overhead", "relay", "broker", "dpfd", "metrics"] {
         // An error at the part's own key: the part could not run at all.
         if let Some(why) = res.why_missing(key) {
             let _ = writeln!(s, "\n{key}: not run: {why}");

@@ -9,10 +9,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_COMMAND_PORT;
 use crate::values::{parse_listen, Networks, PortRange, LOG_LEVELS};
+use daemon_kit::values::parse_metrics_listen;
 
 /// GCB connection broker.
 ///
@@ -121,6 +123,21 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "PATH", env = "GCB_BROKER_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics over HTTP at http://IP:PORT/metrics: every counter of `gcb-broker
+    /// query`, gauges of registrations, relays, UDP rules and channels, and a histogram of the
+    /// time to decide a brokered connect. Served from the event loop; the status has no client
+    /// addresses, but bind it where only the monitoring can reach it. [default: off]
+    #[arg(long, value_name = "IP:PORT", env = "GCB_BROKER_METRICS_LISTEN", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Bind the command port and the rendezvous port even if this host does not hold the
+    /// --listen address yet (IP_FREEBIND), and skip the check that it holds --public-ip: for a
+    /// standby broker behind a floating IP (keepalived), which starts at boot and begins to
+    /// serve when the address moves to it. `--freebind` alone means true. [default: false]
+    #[arg(long, value_name = "BOOL", env = "GCB_BROKER_FREEBIND", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub freebind: Option<bool>,
+
     /// TOML file with the same settings (keys are the flag names with underscores, e.g.
     /// port_range). Flags and environment variables override it; unknown keys are an error.
     /// SIGHUP re-reads it. [default: none]
@@ -167,6 +184,25 @@ mod tests {
         assert!(Cli::try_parse_from(["gcb-broker", "--port-range", "9-1"]).is_err());
         assert!(Cli::try_parse_from(["gcb-broker", "--log", "loud"]).is_err());
         assert!(Cli::try_parse_from(["gcb-broker", "--max-relays", "-1"]).is_err());
+    }
+
+    #[test]
+    fn metrics_and_freebind_flags() {
+        let cli = Cli::try_parse_from([
+            "gcb-broker",
+            "--metrics-listen",
+            "127.0.0.1:9465",
+            "--freebind",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.daemon.metrics_listen,
+            Some("127.0.0.1:9465".parse().unwrap())
+        );
+        assert_eq!(cli.daemon.freebind, Some(true));
+        let cli = Cli::try_parse_from(["gcb-broker", "--freebind=no"]).unwrap();
+        assert_eq!(cli.daemon.freebind, Some(false));
+        assert!(Cli::try_parse_from(["gcb-broker", "--metrics-listen", "127.0.0.1"]).is_err());
     }
 
     #[test]

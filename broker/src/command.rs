@@ -242,7 +242,10 @@ impl Daemon {
                     connector_id,
                     realm,
                 };
-                self.on_connect(from, req, now)
+                let started = Instant::now();
+                let reply = self.on_connect(from, req, now);
+                self.metrics.decided(started.elapsed());
+                reply
             }
             Message::StatusRequest {
                 snapshot,

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
+use daemon_kit::values::parse_metrics_listen;
 use serde::Deserialize;
 
 use crate::cli::DaemonArgs;
@@ -52,6 +53,8 @@ pub struct FileConfig {
     pub status_allow: Option<String>,
     pub secret_file: Option<PathBuf>,
     pub log: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub freebind: Option<bool>,
 }
 
 /// Settings that SIGHUP may change while the broker runs: they only bound
@@ -79,6 +82,10 @@ pub struct Config {
     pub secret_file: Option<PathBuf>,
     /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
     pub log_filter: String,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bind the startup sockets with IP_FREEBIND (daemon_kit::freebind).
+    pub freebind: bool,
 }
 
 /// What merging needs from the process environment, passed in so tests can
@@ -205,6 +212,14 @@ pub fn merge(
         DEFAULT_LOG,
     )?;
 
+    let file_metrics = from_file(
+        "metrics_listen",
+        file.metrics_listen.as_deref(),
+        parse_metrics_listen,
+    )?;
+    let metrics_listen = args.metrics_listen.or(file_metrics);
+    let freebind = pick(args.freebind, file.freebind, false).0;
+
     checks::addresses(listen, public_ip, public_origin)?;
     checks::port_range(listen, port_range, range_origin, env.is_root)?;
     Ok(Config {
@@ -215,6 +230,8 @@ pub fn merge(
         status_allow,
         secret_file,
         log_filter,
+        metrics_listen,
+        freebind,
     })
 }
 
@@ -236,11 +253,16 @@ impl Config {
             Some(s) => format!("HMAC with {s}"),
             None => "off".to_string(),
         };
+        let metrics = match self.metrics_listen {
+            Some(m) => format!(", metrics http://{m}/metrics"),
+            None => String::new(),
+        };
+        let freebind = if self.freebind { ", freebind" } else { "" };
         format!(
             "command port udp {bound}, rendezvous tcp {bound}, proxies on {} ports {} ({} ports), heartbeat timeout {}s, \
              max registrations {}, max relays {}, rate limit {rate}, udp rule idle {}s, \
              udp rules per registration {}, status from this host{status}, authentication {auth}, \
-             log {}",
+             log {}{metrics}{freebind}",
             self.public_ip,
             self.port_range,
             self.port_range.len(),

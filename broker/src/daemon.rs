@@ -36,6 +36,7 @@ use crate::cli::DaemonArgs;
 use crate::config::{Config, Env, Loaded};
 use crate::counters::Counters;
 use crate::logging::LogHandle;
+use crate::metrics::{self, Metrics};
 use crate::pairing::Pairings;
 use crate::registry::Registry;
 use crate::relay::{Hello, Relays, RENDEZVOUS};
@@ -139,6 +140,7 @@ pub struct Daemon {
     pub(crate) snapshots: Snapshots,
     pub(crate) throttles: Throttles,
     pub(crate) counters: Counters,
+    pub(crate) metrics: Metrics,
     pub(crate) rng: SplitMix64,
     pub(crate) hellos: usize,
     pub(crate) next_serial: u64,
@@ -178,23 +180,41 @@ impl Daemon {
         let public_ip = ipv4(config.public_ip, "--public-ip")?;
         ipv4(config.listen.ip(), "--listen")?;
         // Proxy sockets are bound on the public IP later, one by one; find
-        // out now, not at the first registration, if it is not ours.
-        std::net::UdpSocket::bind(SocketAddr::new(config.public_ip, 0))
-            .map_err(|e| format!("cannot bind on --public-ip {}: {e}", config.public_ip))?;
-        let (mut command, command_addr) = command_port::bind(config.listen)?;
+        // out now, not at the first registration, if it is not ours. With
+        // --freebind it may not be ours yet: proxy sockets are only made
+        // for clients that reached the broker there, so it is by then.
+        let held = std::net::UdpSocket::bind(SocketAddr::new(config.public_ip, 0));
+        match (held, config.freebind) {
+            (Ok(_), _) => {}
+            (Err(e), false) => {
+                return Err(format!(
+                    "cannot bind on --public-ip {}: {e}",
+                    config.public_ip
+                ))
+            }
+            (Err(_), true) => info!(
+                "--public-ip {} is not on this host yet (freebind): serving once it arrives",
+                config.public_ip
+            ),
+        }
+        let (mut command, command_addr) = command_port::bind_with(config.listen, config.freebind)?;
         // A dead client's closed socket then shows as an ICMP error (`icmp`).
         crate::icmp::errqueue::enable(&command)
             .map_err(|e| format!("cannot set IP_RECVERR on the command port: {e}"))?;
         // Same IP and port number as the command socket, TCP: see
         // docs/gcb-client-design.md, "Rendezvous on the broker".
-        let mut rendezvous = TcpListener::bind(command_addr)
-            .map_err(|e| format!("cannot bind the rendezvous port tcp {command_addr}: {e}"))?;
+        let mut rendezvous = match config.freebind {
+            false => TcpListener::bind(command_addr),
+            true => daemon_kit::freebind::tcp_listener(command_addr).map(TcpListener::from_std),
+        }
+        .map_err(|e| format!("cannot bind the rendezvous port tcp {command_addr}: {e}"))?;
         let rendezvous_addr = SocketAddrV4::new(public_ip, command_addr.port());
 
         let poll = command_port::event_loop(&signals, &mut command)?;
         poll.registry()
             .register(&mut rendezvous, RENDEZVOUS, Interest::READABLE)
             .map_err(|e| format!("cannot watch the rendezvous socket: {e}"))?;
+        let metrics = Metrics::start(config.metrics_listen, poll.registry())?;
 
         info!(
             "gcb-broker {} started: {}",
@@ -242,6 +262,7 @@ impl Daemon {
                 accept: throttle(),
             },
             counters: Counters::default(),
+            metrics,
             rng: SplitMix64::from_entropy(),
             hellos: 0,
             next_serial: 0,
@@ -290,6 +311,7 @@ impl Daemon {
                         self.on_rendezvous();
                         rendezvous_done = true;
                     }
+                    token if metrics::owns(token) => self.on_metrics_event(token),
                     token => match self.slab.get(token) {
                         Some(Dynamic::Relay(id)) => {
                             let id = *id;
@@ -343,6 +365,7 @@ impl Daemon {
             self.asyncs.next_deadline(),
             self.udp.table.next_deadline(),
             self.udp.channels.next_deadline(),
+            self.metrics.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -403,6 +426,7 @@ impl Daemon {
         self.expire_udp_rules(now);
         self.expire_udp_channels(now);
         self.poll_commands(now);
+        self.expire_metrics(now);
     }
 
     /// Schedules a timer; exists so other modules need not name the heap.

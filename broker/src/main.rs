@@ -20,6 +20,7 @@
 //! * `relay`: proxy sockets, the rendezvous port and the splice relays;
 //! * `udp`: proxy UDP sockets, the data path and the UDP relay rules;
 //! * `status` and `query`: the status query, broker and tool side;
+//! * `metrics`: what `/metrics` shows (`--metrics-listen`);
 //! * `counters`: what is counted.
 
 mod async_cmd;
@@ -34,6 +35,7 @@ mod decide;
 mod handlers;
 mod holders;
 mod icmp;
+mod metrics;
 mod pairing;
 mod ports;
 mod query;

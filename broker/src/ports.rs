@@ -93,7 +93,7 @@ impl PortPool {
         }
     }
 
-    #[cfg(test)]
+    /// Ports bound by registrations right now.
     pub fn in_use(&self) -> usize {
         self.in_use.len()
     }

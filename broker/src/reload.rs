@@ -80,6 +80,14 @@ impl Reloadable for Config {
             new.port_range,
             false,
         );
+        compare(
+            &mut out,
+            "metrics_listen",
+            old.metrics_listen.map_or("off".into(), |a| a.to_string()),
+            new.metrics_listen.map_or("off".into(), |a| a.to_string()),
+            false,
+        );
+        compare(&mut out, "freebind", old.freebind, new.freebind, false);
         let (o, n) = (&old.limits, &new.limits);
         compare(
             &mut out,

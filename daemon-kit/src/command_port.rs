@@ -16,8 +16,17 @@ use crate::tokens::{COMMAND, SIGNALS};
 /// Binds the command port at `listen`; also returns the address as bound
 /// (port 0 asks the kernel for one). Errors are one line.
 pub fn bind(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr), String> {
-    let socket = UdpSocket::bind(listen)
-        .map_err(|e| format!("cannot bind the command port udp {listen}: {e}"))?;
+    bind_with(listen, false)
+}
+
+/// [`bind`], with `freebind`: also when this host does not hold the
+/// address yet (see `freebind`).
+pub fn bind_with(listen: SocketAddr, freebind: bool) -> Result<(UdpSocket, SocketAddr), String> {
+    let socket = match freebind {
+        false => UdpSocket::bind(listen),
+        true => crate::freebind::udp(listen).map(UdpSocket::from_std),
+    }
+    .map_err(|e| format!("cannot bind the command port udp {listen}: {e}"))?;
     let bound = socket
         .local_addr()
         .map_err(|e| format!("command socket: {e}"))?;

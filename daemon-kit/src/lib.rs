@@ -5,14 +5,18 @@
 //! level, the value parsers flags and config files have in common, kernel
 //! randomness, per-source rate limiting, log-line throttling, the open-files
 //! limit, the exit contract (one line, exit code 2 or 1), the startup steps
-//! before the event loop, the config-merge helpers and the report of what a
-//! SIGHUP reload changed. With the `testing` feature it also holds the
-//! helpers of both daemons' end-to-end tests.
+//! before the event loop, binding an address not held yet (IP_FREEBIND),
+//! the config-merge helpers, the report of what a SIGHUP reload changed,
+//! and the Prometheus `/metrics` endpoint served from the event loop. With
+//! the `testing` feature it also holds the helpers of both daemons'
+//! end-to-end tests.
 
 pub mod auth;
 pub mod command_port;
 pub mod exit;
+pub mod freebind;
 pub mod logging;
+pub mod metrics;
 pub mod random;
 pub mod ratelimit;
 pub mod reload;

@@ -32,6 +32,14 @@ pub fn parse_listen(s: &str, default_port: u16) -> Result<SocketAddr, String> {
     }
 }
 
+/// Parses `--metrics-listen` and its config key: `IP:PORT`, the port
+/// given (no daemon owns a well-known metrics port).
+pub fn parse_metrics_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not IP:PORT (e.g. 127.0.0.1:9465)"))
+}
+
 /// Parses one IP address, as `--public-ip` and its config key take it.
 pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
     s.trim()

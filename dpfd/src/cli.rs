@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use daemon_kit::values::parse_metrics_listen;
 
 use crate::config::DEFAULT_COMMAND_PORT;
 use crate::net::Cidr;
@@ -118,6 +119,13 @@ pub struct DaemonArgs {
     /// [default: none, requests are not authenticated]
     #[arg(long, value_name = "PATH", env = "DPFD_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP at http://IP:PORT/metrics: every counter of `dpfd
+    /// status`, gauges of the forwards and free ports, and a histogram of the time each change
+    /// of the kernel's NAT map takes. Served from the event loop. The metrics name no client,
+    /// but bind it where only the monitoring can reach it. [default: off]
+    #[arg(long, value_name = "IP:PORT", env = "DPFD_METRICS_LISTEN", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// TOML file with the same settings (keys are the flag names with underscores, e.g.
     /// port_range). Flags and environment variables override it; unknown keys are an error.

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
+use daemon_kit::values::parse_metrics_listen;
 
 use crate::cli::DaemonArgs;
 use crate::net::{self, Cidr, IfAddr};
@@ -58,6 +59,8 @@ pub struct Config {
     pub secret_file: Option<PathBuf>,
     /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
     pub log_filter: String,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What merging needs from the process and the host, passed in so tests can
@@ -203,6 +206,13 @@ pub fn merge(
         DEFAULT_LOG,
     )?;
 
+    let file_metrics = from_file(
+        "metrics_listen",
+        file.metrics_listen.as_deref(),
+        parse_metrics_listen,
+    )?;
+    let metrics_listen = args.metrics_listen.or(file_metrics);
+
     check_public_ips(&public_ips, public_origin, &private_nets)?;
     check_port_range(listen, &public_ips, port_range, range_origin)?;
     Ok(Config {
@@ -218,6 +228,7 @@ pub fn merge(
         rate_limit,
         secret_file,
         log_filter,
+        metrics_listen,
     })
 }
 
@@ -241,10 +252,13 @@ impl Config {
             0 => "off".to_string(),
             n => format!("{n}/s per source IP"),
         };
+        let metrics = self
+            .metrics_listen
+            .map_or_else(String::new, |m| format!(", metrics http://{m}/metrics"));
         format!(
             "command port udp {bound}, requests from {}{derived}, forwards on {} ports {} \
              ({} ports), nft table {}, mirror {}, probe every {}s, per-host quota {}, \
-             rate limit {rate}, authentication {auth}, log {}",
+             rate limit {rate}, authentication {auth}, log {}{metrics}",
             list(&self.private_nets),
             list(&self.public_ips),
             self.port_range,

@@ -36,6 +36,7 @@ use crate::config::{Config, Env, Loaded};
 use crate::engine::Engine;
 use crate::handler::Refusals;
 use crate::logging::LogHandle;
+use crate::metrics::{self, Metrics};
 use crate::mirror::MirrorFile;
 use crate::nft::Nft;
 use crate::probe::{ProbeConn, Round, Tally};
@@ -120,6 +121,7 @@ pub struct Daemon {
     /// them that arrive in the same turn.
     pub(crate) in_batch: HashSet<(SocketAddr, u64)>,
     pub(crate) counters: Counters,
+    pub(crate) metrics: Metrics,
     pub(crate) probes: Tally,
     pub(crate) started: Instant,
     pub(crate) recovery: SyncReport,
@@ -171,7 +173,10 @@ impl Daemon {
         let table = Table::new(public_ips, config.port_range, config.per_host_quota);
         let recovery_started = Instant::now();
         let (mirror, replay) = MirrorFile::open(&config.mirror)?;
-        let mut engine = Engine::new(table, mirror, Nft::new(&config.nft_table));
+        let kernel_timing = metrics::kernel_timing();
+        let mut nft = Nft::new(&config.nft_table);
+        nft.timing = Some(kernel_timing.clone());
+        let mut engine = Engine::new(table, mirror, nft);
         let recovery = engine.recover(&replay, recovery_started)?;
         info!(
             "recovered {} forwards from the mirror file in {} ms ({} records, {} corrupt, torn last record: {}, \
@@ -186,6 +191,7 @@ impl Daemon {
         );
 
         let poll = command_port::event_loop(&signals, &mut command)?;
+        let metrics = Metrics::start(config.metrics_listen, poll.registry(), kernel_timing)?;
         let status_listener = match status::listen(command_addr.port()) {
             Ok(mut l) => {
                 poll.registry()
@@ -224,6 +230,7 @@ impl Daemon {
             in_batch: HashSet::new(),
             gate: SourceGate::new(config.rate_limit, RATE_LIMIT_SOURCES, "requests"),
             counters: Counters::default(),
+            metrics,
             probes: Tally::default(),
             started: Instant::now(),
             recovery,
@@ -259,7 +266,13 @@ impl Daemon {
             let timeout = if self.command_backlog {
                 Some(Duration::ZERO)
             } else {
-                self.timers.poll_timeout(Instant::now())
+                let now = Instant::now();
+                let metrics = self.metrics.next_deadline();
+                let timers = self.timers.poll_timeout(now);
+                match metrics.map(|at| at.saturating_duration_since(now)) {
+                    Some(m) => Some(timers.map_or(m, |t| t.min(m))),
+                    None => timers,
+                }
             };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -277,6 +290,7 @@ impl Daemon {
                         command_done = true;
                     }
                     STATUS => self.on_status_accept(),
+                    token if metrics::owns(token) => self.on_metrics_event(token),
                     token => self.on_dynamic(token),
                 }
             }
@@ -289,6 +303,7 @@ impl Daemon {
             while let Some(timer) = self.timers.pop_due(now) {
                 self.on_timer(timer);
             }
+            self.expire_metrics(now);
 
             self.flush();
             if self.sync_due {

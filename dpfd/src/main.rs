@@ -14,6 +14,7 @@ mod daemon;
 mod engine;
 mod fault;
 mod handler;
+mod metrics;
 mod mirror;
 mod net;
 mod nft;

@@ -262,6 +262,8 @@ pub fn parse_listing(json: &str, table: &str) -> Result<Listing, String> {
 pub struct Nft {
     pub table: String,
     pub program: String,
+    /// Each transaction's time, for `/metrics` (see `metrics`).
+    pub timing: Option<daemon_kit::metrics::Timing>,
 }
 
 impl Nft {
@@ -269,6 +271,7 @@ impl Nft {
         Nft {
             table: table.to_string(),
             program: "nft".to_string(),
+            timing: None,
         }
     }
 
@@ -279,6 +282,15 @@ impl Nft {
         if script.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        let result = self.run_nft(script);
+        if let Some(t) = &self.timing {
+            t.observe(started.elapsed());
+        }
+        result
+    }
+
+    fn run_nft(&self, script: &str) -> Result<(), String> {
         let mut child = Command::new(&self.program)
             .args(["-f", "-"])
             .stdin(Stdio::piped())

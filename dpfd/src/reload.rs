@@ -91,6 +91,13 @@ impl Reloadable for Config {
         compare(&mut out, "nft_table", &old.nft_table, &new.nft_table, false);
         compare(
             &mut out,
+            "metrics_listen",
+            old.metrics_listen.map_or("off".into(), |a| a.to_string()),
+            new.metrics_listen.map_or("off".into(), |a| a.to_string()),
+            false,
+        );
+        compare(
+            &mut out,
             "private_net",
             list(&old.private_nets),
             list(&new.private_nets),

@@ -172,19 +172,8 @@ impl Daemon {
                 })
             })
             .collect();
-        let c = &self.counters;
-        let mut refused = serde_json::Map::new();
-        for code in REFUSAL_CODES {
-            let name = code_name(code);
-            refused.insert(
-                name.into(),
-                json!(c.refused.get(name).copied().unwrap_or(0)),
-            );
-        }
-        let s = &self.engine.stats;
-        let p = &self.probes;
         let r = &self.recovery;
-        json!({
+        let mut doc = json!({
             "dpfd": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "uptime_s": self.started.elapsed().as_secs(),
@@ -201,6 +190,37 @@ impl Daemon {
                 "udp": self.engine.table.free_ports(Proto::Udp),
             },
             "forwards": forwards,
+            "recovery": {
+                "forwards": r.live, "records": r.records, "corrupt": r.corrupt,
+                "torn": r.torn, "dropped": r.dropped, "ms": r.millis as u64,
+            },
+            "last_sync": self.last_sync.as_ref().map(|(at, rep)| json!({
+                "ago_s": at.elapsed().as_secs(), "forwards": rep.live, "records": rep.records,
+                "kernel_changes": rep.kernel_ops, "table_fixes": rep.table_fixes, "ms": rep.millis as u64,
+            })),
+        });
+        if let (Value::Object(doc), Value::Object(counts)) = (&mut doc, self.counter_tree()) {
+            doc.extend(counts);
+        }
+        doc
+    }
+
+    /// The counters of the status document (`counters`, `probes`,
+    /// `changes`), which `/metrics` shows too (see `metrics`): one place
+    /// for both, so a counter added here is a metric as well.
+    pub(crate) fn counter_tree(&self) -> Value {
+        let c = &self.counters;
+        let mut refused = serde_json::Map::new();
+        for code in REFUSAL_CODES {
+            let name = code_name(code);
+            refused.insert(
+                name.into(),
+                json!(c.refused.get(name).copied().unwrap_or(0)),
+            );
+        }
+        let s = &self.engine.stats;
+        let p = &self.probes;
+        json!({
             "counters": {
                 "received": c.received,
                 "foreign": c.foreign,
@@ -229,14 +249,6 @@ impl Daemon {
                 "commits": s.commits, "kernel_batches": s.kernel_batches,
                 "kernel_errors": s.kernel_errors, "mirror_errors": s.mirror_errors, "syncs": s.syncs,
             },
-            "recovery": {
-                "forwards": r.live, "records": r.records, "corrupt": r.corrupt,
-                "torn": r.torn, "dropped": r.dropped, "ms": r.millis as u64,
-            },
-            "last_sync": self.last_sync.as_ref().map(|(at, rep)| json!({
-                "ago_s": at.elapsed().as_secs(), "forwards": rep.live, "records": rep.records,
-                "kernel_changes": rep.kernel_ops, "table_fixes": rep.table_fixes, "ms": rep.millis as u64,
-            })),
         })
     }
 }

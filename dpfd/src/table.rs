@@ -207,6 +207,11 @@ impl Table {
         self.per_host.get(&ip).copied().unwrap_or(0)
     }
 
+    /// Forwards of `proto`.
+    pub fn forwards(&self, proto: Proto) -> u64 {
+        self.used[proto_index(proto)]
+    }
+
     /// Public addresses of `proto` not in use.
     pub fn free_ports(&self, proto: Proto) -> u64 {
         self.capacity() - self.used[proto_index(proto)]

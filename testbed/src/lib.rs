@@ -142,7 +142,13 @@ pub struct TestBed {
 impl TestBed {
     /// Create a test bed with a fresh random prefix.
     pub fn up() -> Result<TestBed, String> {
-        Self::create(None)
+        Self::create(None, false)
+    }
+
+    /// Create a test bed with a second broker host, `broker2` (203.0.113.11,
+    /// public), for broker failover (`scripts/netns up --broker2`).
+    pub fn up_with_broker2() -> Result<TestBed, String> {
+        Self::create(None, true)
     }
 
     /// Create a test bed with a chosen prefix (fails if it is in use).
@@ -152,10 +158,10 @@ impl TestBed {
                 "bad test-bed prefix {prefix:?} (must match ^[a-z0-9]{{1,10}}$)"
             ));
         }
-        Self::create(Some(prefix))
+        Self::create(Some(prefix), false)
     }
 
-    fn create(prefix: Option<&str>) -> Result<TestBed, String> {
+    fn create(prefix: Option<&str>, broker2: bool) -> Result<TestBed, String> {
         if !is_root() {
             return Err(
                 "these tests need root (network namespaces); run scripts/test as root".into(),
@@ -164,6 +170,9 @@ impl TestBed {
         let mut args = vec!["up"];
         if let Some(p) = prefix {
             args.extend(["--prefix", p]);
+        }
+        if broker2 {
+            args.push("--broker2");
         }
         let out = netns_script_run(&args)?;
         let p = out.trim().to_string();

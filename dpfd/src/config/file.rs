@@ -27,6 +27,7 @@ pub struct FileConfig {
     pub rate_limit: Option<u32>,
     pub secret_file: Option<PathBuf>,
     pub log: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 /// Lists may be written as TOML arrays or, like the flags, as one

@@ -1,0 +1,277 @@
+//! The broker's Prometheus metrics (`--metrics-listen`): what a scrape
+//! shows, and the timing of brokered-connect decisions. The HTTP side and
+//! the text format are `daemon_kit::metrics`; the server is one more
+//! source of the event loop, under tokens of its own.
+//!
+//! Names are `gcb_broker_` and the names `gcb-broker query` uses: each of
+//! its counters is a counter here (`gcb_broker_received_total`, ...), its
+//! live counts are gauges, and the limits are gauges too so a dashboard
+//! can show how close the broker is to them.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use daemon_kit::metrics::http::{self, Server};
+use daemon_kit::metrics::{render, Snapshot, Timing};
+use mio::{Registry, Token};
+use proto::Proto;
+
+use crate::daemon::Daemon;
+
+/// Bucket bounds of the decision time, in seconds: a decision is a table
+/// look-up and, for a reversal or relay, one datagram to the listener,
+/// so tens of microseconds; the top buckets catch a stalled loop.
+const DECISION_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
+    1.0,
+];
+
+/// The metrics server, if configured, and the timings it reports.
+pub struct Metrics {
+    server: Option<Server>,
+    /// Time from a `Connect` request to its decision (`on_connect`).
+    pub decision: Timing,
+}
+
+impl Metrics {
+    /// Binds `listen` if given. Errors are one line, for exit code 1.
+    pub fn start(listen: Option<SocketAddr>, registry: &Registry) -> Result<Metrics, String> {
+        let server = http::start(listen, registry)?;
+        Ok(Metrics {
+            server,
+            decision: Timing::new(
+                "connect_decision",
+                "Time from a Connect request to the broker's decision (a reversal or relay \
+                 includes sending the listener its command)",
+                &DECISION_BUCKETS,
+            ),
+        })
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.server.as_ref().and_then(Server::next_deadline)
+    }
+
+    pub fn decided(&self, took: Duration) {
+        self.decision.observe(took);
+    }
+}
+
+/// Whether an event is the metrics server's.
+pub fn owns(token: Token) -> bool {
+    http::owns(token)
+}
+
+impl Daemon {
+    pub(crate) fn on_metrics_event(&mut self, token: Token) {
+        // Out of `self` while it runs, so rendering can read the rest.
+        let Some(mut server) = self.metrics.server.take() else {
+            return;
+        };
+        server.on_event(self.poll.registry(), token, Instant::now(), &mut || {
+            self.scrape()
+        });
+        self.metrics.server = Some(server);
+    }
+
+    pub(crate) fn expire_metrics(&mut self, now: Instant) {
+        if let Some(server) = self.metrics.server.as_mut() {
+            server.expire(self.poll.registry(), now);
+        }
+    }
+
+    /// One scrape's text.
+    pub(crate) fn scrape(&self) -> String {
+        render("gcb_broker", self.snapshot(), &[&self.metrics.decision])
+    }
+
+    /// Everything a scrape shows but the timings.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::new();
+        let mut counters = self.counters.fields();
+        counters.extend(self.auth_counters());
+        for (name, value) in counters {
+            s.counter(name, help(name), value);
+        }
+        let bytes = self.relays.bytes_total(&self.counters);
+        for (direction, n) in [("to_listener", bytes[0]), ("to_connector", bytes[1])] {
+            s.counter_with(
+                "relayed_bytes",
+                "Bytes relayed over TCP, running and closed relays, by direction",
+                vec![("direction", direction.into())],
+                n,
+            );
+        }
+        if let Some(server) = &self.metrics.server {
+            server.report(&mut s);
+        }
+
+        let g = |s: &mut Snapshot, name: &str, help: &'static str, v: usize| {
+            s.gauge(name, help, v as f64)
+        };
+        g(
+            &mut s,
+            "registrations",
+            "Registered sockets (TCP and UDP)",
+            self.registry.len(),
+        );
+        g(
+            &mut s,
+            "relays_active",
+            "TCP connections being relayed",
+            self.relays.len(),
+        );
+        g(
+            &mut s,
+            "pending_pairings",
+            "Reversals and relays waiting for their connections",
+            self.pairings.len(),
+        );
+        g(
+            &mut s,
+            "commands_in_flight",
+            "Commands to listeners not yet acknowledged",
+            self.asyncs.len(),
+        );
+        g(
+            &mut s,
+            "udp_rules_active",
+            "UDP relay rules (peers allowed)",
+            self.udp.table.rules_len(),
+        );
+        g(
+            &mut s,
+            "udp_channels_active",
+            "UDP channels open",
+            self.udp.channels.len(),
+        );
+        for (what, help) in [
+            ("proxy_ports_in_use", "Proxy ports bound, by protocol"),
+            ("proxy_ports_free", "Proxy ports free, by protocol"),
+            (
+                "proxy_ports_quarantined",
+                "Proxy ports held for their last owner, by protocol",
+            ),
+        ] {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                let pool = self.registry.pool(proto);
+                let n = match what {
+                    "proxy_ports_in_use" => pool.in_use(),
+                    "proxy_ports_free" => pool.free(),
+                    _ => pool.quarantined(),
+                };
+                s.gauge_with(what, help, vec![("proto", proto.to_string())], n as f64);
+            }
+        }
+        let l = &self.config.limits;
+        s.gauge(
+            "max_registrations",
+            "The --max-registrations limit",
+            l.max_registrations.into(),
+        );
+        s.gauge("max_relays", "The --max-relays limit", l.max_relays.into());
+        s.gauge(
+            "uptime_seconds",
+            "Seconds since the broker started",
+            self.started.elapsed().as_secs_f64(),
+        );
+        s
+    }
+}
+
+/// The help text of each counter `Counters::fields` and the authenticator
+/// name. A counter added there needs a line here: a unit test checks.
+pub(crate) fn help(name: &str) -> &'static str {
+    match name {
+        "received" => "Datagrams read from the command port",
+        "malformed" => "Command datagrams dropped as not the protocol or not decodable",
+        "malformed_not_gcb" => "Command datagrams dropped: not the GCB protocol",
+        "malformed_truncated" => "Command datagrams dropped: truncated",
+        "malformed_oversize" => "Command datagrams dropped: a field over its bound",
+        "malformed_invalid" => "Command datagrams dropped: an invalid value",
+        "version_mismatch" => "Requests of a protocol version this broker does not speak",
+        "duplicates" => "Retransmitted requests answered from the reply cache",
+        "rate_limited" => "Command datagrams dropped by the per-source rate limit",
+        "unsupported" => "Requests this broker does not serve",
+        "stray_replies" => "Replies that answer no command of this broker's",
+        "receive_errors" => "Errors reading the command port",
+        "send_errors" => "Errors sending on the command port",
+        "registered" => "New registrations",
+        "unregistered" => "Registrations ended by their client",
+        "expired" => "Registrations dropped for want of heartbeats",
+        "refused" => "Registrations and relays refused at a limit",
+        "connects" => "Connect requests",
+        "decided_direct" => "Connects decided: direct",
+        "decided_same_realm" => "Connects decided: same realm",
+        "decided_reversal" => "Connects decided: reversal",
+        "decided_relay" => "Connects decided: relay",
+        "decided_not_registered" => "Connects to an address not registered here",
+        "regular_accepted" => "Connections from non-GCB clients accepted on proxy sockets",
+        "bad_hellos" => "Rendezvous connections without a valid hello in time",
+        "bad_hellos_garbage" => "Rendezvous connections that sent bytes that are no hello",
+        "bad_hellos_closed" => "Rendezvous connections closed before a whole hello",
+        "bad_hellos_silent" => "Rendezvous connections silent past the hello timeout",
+        "bad_hellos_overflow" => "Rendezvous connections closed: too many waiting",
+        "rendezvous_rejected" => "Rendezvous connections answered Rejected",
+        "pairings_expired" => "Reversals and relays whose other half never came",
+        "commands_failed" => "Commands to listeners refused or unanswered",
+        "commands_failed_timeout" => "Commands no holder answered (the connector is told Timeout)",
+        "commands_failed_not_registered" => "Commands whose holders said they no longer hold the socket",
+        "commands_failed_full" => "Commands a listener refused because its accept queue was full",
+        "commands_failed_other" => "Commands refused for another reason",
+        "commands_resent" => "Commands sent once more to another holder after one failed",
+        "holders_joined" => "Processes that joined an existing registration as holders",
+        "holders_replaced" => "Holders replaced by a joining one (the same process after a NAT remap, or a silent one)",
+        "holders_left" => "Holders that unregistered while others still held the registration",
+        "holders_expired" => "Holders dropped at their heartbeat deadline",
+        "holders_disowned" => "Holders that answered a command saying they no longer hold the socket",
+        "holders_gone" => "Holders whose management socket was gone (ICMP port unreachable)",
+        "icmp_port_unreachable" => "ICMP port-unreachable errors acted on (a client's socket is gone)",
+        "icmp_untrusted" => "ICMP errors not believed (no command in flight to that address)",
+        "icmp_other" => "ICMP errors of other kinds on the command socket",
+        "relays_opened" => "TCP relays opened",
+        "udp_relayed_to_client" => "UDP datagrams relayed from peers to clients",
+        "udp_relayed_to_peer" => "UDP datagrams relayed from clients to peers",
+        "udp_refused" => "Client datagrams naming a peer without a live rule",
+        "udp_rule_cap" => "New UDP peers refused at a registration's rule cap",
+        "udp_oversize" => "Peer datagrams too large to relay behind the header",
+        "udp_malformed" => "Client datagrams without a valid relay header",
+        "udp_no_path" => "Peer datagrams dropped: the client has sent no Dummy yet",
+        "udp_dummies" => "Valid data-path Dummies taken (not answered)",
+        "udp_dummies_dropped" => "Dummy or DummyAck datagrams dropped",
+        "udp_rules_created" => "UDP relay rules created",
+        "udp_rules_expired" => "UDP relay rules expired",
+        "udp_send_errors" => "Errors sending UDP relay datagrams",
+        "udp_channels_opened" => "UDP channels opened",
+        "udp_channels_closed" => "UDP channels closed",
+        "udp_channels_refused" => "UDP channel requests refused",
+        "udp_channel_strangers" => "Datagrams at a channel socket from anyone but its client",
+        "auth_missing" => "Datagrams without the authentication a secret requires",
+        "auth_bad_mac" => "Datagrams whose authentication code is wrong",
+        "auth_stale" => "Authenticated datagrams outside the time window",
+        "auth_replayed" => "Authenticated datagrams seen before (replays)",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Counters;
+
+    #[test]
+    fn every_counter_has_help() {
+        let auth = proto::auth::Refusals::default();
+        let names: Vec<&str> = Counters::default()
+            .fields()
+            .into_iter()
+            .map(|(n, _)| n)
+            .chain(auth.fields().into_iter().map(|(n, _)| n))
+            .collect();
+        let missing: Vec<&&str> = names.iter().filter(|n| help(n).is_empty()).collect();
+        assert!(
+            missing.is_empty(),
+            "counters without help text in broker/src/metrics.rs: {missing:?}"
+        );
+    }
+}
