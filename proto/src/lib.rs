@@ -13,7 +13,8 @@
 //! * [`gcb`]: connection-brokering commands, stream preambles, UDP relay header;
 //! * [`dpf`]: dynamic port forwarding requests;
 //! * [`natpmp`], [`pcp`]: the standard port mapping protocols (RFC 6886,
-//!   RFC 6887), which `dpfd` answers as well;
+//!   RFC 6887), which `dpfd` answers as well, and [`portmap`], a client
+//!   keeping one port mapped through either;
 //! * [`rudp`]: the reliable request/response layer over UDP (paper's RUDP);
 //! * [`auth`]: shared-secret HMAC sealing of datagrams, and the replay guard.
 
@@ -25,6 +26,7 @@ pub mod gcb;
 pub mod header;
 pub mod natpmp;
 pub mod pcp;
+pub mod portmap;
 pub mod rudp;
 pub mod wire;
 
