@@ -172,7 +172,7 @@ impl Daemon {
         let recovery_started = Instant::now();
         let (mirror, replay) = MirrorFile::open(&config.mirror)?;
         let mut engine = Engine::new(table, mirror, Nft::new(&config.nft_table));
-        let recovery = engine.recover(&replay, recovery_started)?;
+        let recovery = engine.recover(&replay, recovery_started, unix_now())?;
         info!(
             "recovered {} forwards from the mirror file in {} ms ({} records, {} corrupt, torn last record: {}, \
              {} outside the configuration dropped; kernel: {} element changes)",
