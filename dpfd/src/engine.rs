@@ -115,7 +115,11 @@ impl StdPending {
     fn resolve(self, failed: bool) -> StdReply {
         StdReply {
             to: self.to,
-            bytes: if failed && self.changed { self.failed } else { self.ok },
+            bytes: if failed && self.changed {
+                self.failed
+            } else {
+                self.ok
+            },
         }
     }
 }
@@ -211,12 +215,15 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.batch.pending.is_empty() || !self.batch.changes.is_empty() || !self.batch.std.is_empty()
+        !self.batch.pending.is_empty()
+            || !self.batch.changes.is_empty()
+            || !self.batch.std.is_empty()
     }
 
     /// The standard protocols' epoch at `now` (Unix seconds).
     pub fn epoch(&self, now: u64) -> u32 {
-        now.saturating_sub(self.epoch_start).min(u64::from(u32::MAX)) as u32
+        now.saturating_sub(self.epoch_start)
+            .min(u64::from(u32::MAX)) as u32
     }
 
     /// The NAT-PMP and PCP answers the last [`commit`](Self::commit) made.

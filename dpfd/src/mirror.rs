@@ -156,13 +156,20 @@ impl Record {
     }
 }
 
-fn parse_lease(via: &str, expires: Option<&str>, nonce: Option<&str>) -> Result<Lease, &'static str> {
+fn parse_lease(
+    via: &str,
+    expires: Option<&str>,
+    nonce: Option<&str>,
+) -> Result<Lease, &'static str> {
     let via = match via {
         "pcp" => Via::Pcp,
         "natpmp" => Via::NatPmp,
         _ => return Err("unknown protocol"),
     };
-    let expires = expires.ok_or("too few fields")?.parse::<u64>().map_err(|_| "bad number")?;
+    let expires = expires
+        .ok_or("too few fields")?
+        .parse::<u64>()
+        .map_err(|_| "bad number")?;
     let hex = nonce.ok_or("too few fields")?;
     if hex.len() != 24 || !hex.is_ascii() {
         return Err("bad nonce");
@@ -171,7 +178,11 @@ fn parse_lease(via: &str, expires: Option<&str>, nonce: Option<&str>) -> Result<
     for (i, b) in nonce.iter_mut().enumerate() {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| "bad nonce")?;
     }
-    Ok(Lease { via, nonce, expires })
+    Ok(Lease {
+        via,
+        nonce,
+        expires,
+    })
 }
 
 /// Appends `body`, a space, its CRC-32 in hex and a newline.

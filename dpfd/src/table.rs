@@ -371,7 +371,7 @@ impl Table {
 }
 
 mod rules;
-mod standard;
+pub mod standard;
 #[cfg(test)]
 mod standard_tests;
 #[cfg(test)]

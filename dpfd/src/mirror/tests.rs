@@ -257,7 +257,10 @@ fn leased_records_and_the_epoch_line() {
     epoch_line(1_699_999_000, &mut bytes);
     add(natpmp).encode(&mut bytes);
     let r = replay(&bytes);
-    assert_eq!((r.epoch, r.live.clone(), r.corrupt.clone()), (Some(1_699_999_000), vec![natpmp], vec![]));
+    assert_eq!(
+        (r.epoch, r.live.clone(), r.corrupt.clone()),
+        (Some(1_699_999_000), vec![natpmp], vec![])
+    );
     // A damaged epoch line is corrupt like any record; a later one wins.
     let mut bad = bytes.clone();
     bad.extend_from_slice(b"epoch 12 00000000\n");

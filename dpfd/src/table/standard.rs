@@ -36,6 +36,8 @@ pub struct StdRequest {
     pub suggested_ip: Option<Ipv4Addr>,
     pub suggested_port: u16,
     pub prefer_failure: bool,
+    /// Map on this public IP only: NAT-PMP tells clients one address.
+    pub only_ip: Option<Ipv4Addr>,
     pub lifetime: u32,
 }
 
@@ -74,7 +76,7 @@ impl Table {
         if req.suggested_port == 0 || !self.range.contains(req.suggested_port) {
             return None;
         }
-        let ips: Vec<Ipv4Addr> = match req.suggested_ip {
+        let ips: Vec<Ipv4Addr> = match req.only_ip.or(req.suggested_ip) {
             Some(ip) => vec![ip],
             None => self.public_ips.clone(),
         };
@@ -86,6 +88,18 @@ impl Table {
                         proto: req.proto,
                         public: *public,
                     })
+            })
+    }
+
+    /// The lowest free port on `ip`.
+    fn allocate_on(&self, proto: Proto, ip: Ipv4Addr) -> Option<SocketAddrV4> {
+        (self.range.lo..=self.range.hi)
+            .map(|port| SocketAddrV4::new(ip, port))
+            .find(|public| {
+                !self.by_public.contains_key(&Key {
+                    proto,
+                    public: *public,
+                })
             })
     }
 
@@ -115,7 +129,11 @@ impl Table {
         let public = match self.suggestion(&req) {
             Some(p) => p,
             None if req.prefer_failure => return Err(StdRefusal::CannotProvide),
-            None => self.allocate(req.proto).ok_or(StdRefusal::NoResources)?,
+            None => match req.only_ip {
+                Some(ip) => self.allocate_on(req.proto, ip),
+                None => self.allocate(req.proto),
+            }
+            .ok_or(StdRefusal::NoResources)?,
         };
         let fwd = Forward {
             proto: req.proto,
