@@ -241,7 +241,7 @@ impl RequestError {
 }
 
 fn check_length(len: usize) -> Result<(), ResultCode> {
-    match len < HEADER_LEN || len > MAX_LEN || len % 4 != 0 {
+    match !(HEADER_LEN..=MAX_LEN).contains(&len) || len % 4 != 0 {
         true => Err(ResultCode::MalformedRequest),
         false => Ok(()),
     }
