@@ -241,7 +241,7 @@ impl RequestError {
 }
 
 fn check_length(len: usize) -> Result<(), ResultCode> {
-    match !(HEADER_LEN..=MAX_LEN).contains(&len) || len % 4 != 0 {
+    match !(HEADER_LEN..=MAX_LEN).contains(&len) || len & 3 != 0 {
         true => Err(ResultCode::MalformedRequest),
         false => Ok(()),
     }
@@ -349,7 +349,7 @@ pub fn decode_response(buf: &[u8]) -> Result<Response, DecodeError> {
     if buf.len() < HEADER_LEN {
         return Err(DecodeError::Truncated);
     }
-    if buf.len() > MAX_LEN || buf.len() % 4 != 0 {
+    if buf.len() > MAX_LEN || buf.len() & 3 != 0 {
         return Err(DecodeError::TrailingBytes(buf.len() % 4));
     }
     if buf[1] & RESPONSE_BIT == 0 {
