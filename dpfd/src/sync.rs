@@ -110,7 +110,10 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
         let (live, dropped) = usable(&self.table, replay);
         let (live, ended): (Vec<Forward>, Vec<Forward>) = live
             .into_iter()
-            .partition(|f| !f.lease.is_some_and(|l| l.expires <= now));
+            .partition(|f| match f.lease {
+                Some(l) => l.expires > now,
+                None => true,
+            });
         let lost = !replay.corrupt.is_empty() || dropped > 0;
         let kept = replay.epoch.filter(|e| !lost && *e <= now);
         self.epoch_start = kept.unwrap_or(now);
