@@ -127,6 +127,11 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
         });
     }
 
+    /// Queues an answer that changed nothing, so the commit cannot fail it.
+    fn answer_only(&mut self, to: SocketAddrV4, bytes: Vec<u8>) {
+        self.queue_std(to, bytes.clone(), bytes, false);
+    }
+
     /// Records a granted mapping's change and its log line.
     fn granted(&mut self, g: &StdGrant, std: &StdRequest, from: SocketAddrV4) {
         if g.renewed {
@@ -181,7 +186,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
             Err(RequestError::Drop(e)) => return c.malformed(&e),
             Err(RequestError::Answer(code)) => {
                 let bytes = refuse(c, code);
-                return self.queue_std(from, bytes.clone(), bytes, false);
+                return self.answer_only(from, bytes);
             }
         };
         if req.opcode == pcp::OP_ANNOUNCE {
@@ -196,7 +201,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
                 options: Vec::new(),
             };
             let bytes = pcp::encode_response(&resp);
-            return self.queue_std(from, bytes.clone(), bytes, false);
+            return self.answer_only(from, bytes);
         }
         c.pcp_map += 1;
         let checked = match policy.allowed {
@@ -207,7 +212,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
             Ok(v) => v,
             Err(code) => {
                 let bytes = refuse(c, code);
-                return self.queue_std(from, bytes.clone(), bytes, false);
+                return self.answer_only(from, bytes);
             }
         };
         let outcome = match (req.lifetime, std.local.port()) {
@@ -236,7 +241,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
             Ok(v) => v,
             Err(r) => {
                 let bytes = refuse(c, pcp_code(r));
-                return self.queue_std(from, bytes.clone(), bytes, false);
+                return self.answer_only(from, bytes);
             }
         };
         let changed = lifetime == 0 && !gone.is_empty() || self.batch_touches(std.local, std.proto);
@@ -297,7 +302,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
             Err(natpmp::RequestError::Answer { opcode, result }) => {
                 c.refuse(format!("natpmp.{}", result.name()));
                 let bytes = answer(opcode, result, Body::None);
-                return self.queue_std(from, bytes.clone(), bytes, false);
+                return self.answer_only(from, bytes);
             }
         };
         let first_ip = self.table.public_ips()[0];
@@ -312,7 +317,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
                     c.refuse(format!("natpmp.{}", result.name()));
                 }
                 let bytes = answer(natpmp::OP_PUBLIC_ADDRESS, result, Body::PublicAddress(ip));
-                return self.queue_std(from, bytes.clone(), bytes, false);
+                return self.answer_only(from, bytes);
             }
             natpmp::Request::Map {
                 proto,
@@ -366,7 +371,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
                 let code = natpmp_code(r);
                 c.refuse(format!("natpmp.{}", code.name()));
                 let bytes = answer(opcode, code, map_body(0, 0));
-                return self.queue_std(from, bytes.clone(), bytes, false);
+                return self.answer_only(from, bytes);
             }
         };
         let changed = !gone.is_empty() || self.batch_touches(local, proto);
