@@ -25,6 +25,7 @@ mod broker_scale;
 mod chart;
 mod ctx;
 mod dpfd;
+mod portmap;
 mod drivers;
 mod metrics_cpu;
 mod paper;
@@ -46,18 +47,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: gcb-bench [run] [--quick] [--only tables|relay|shim|broker|dpfd|metrics[,...]] [--out DIR]
+usage: gcb-bench [run] [--quick] [--only tables|relay|shim|broker|dpfd|metrics|portmap[,...]] [--out DIR]
        gcb-bench pingpong --messages N [--transport tcp|unix]
        gcb-bench sink --port P
        gcb-bench source --connect IP:PORT --bytes N
        gcb-bench hold --connect IP:PORT --conns M --bytes K
        gcb-bench register --broker IP:PORT --local-ip IP [--sockets S] [--window W]
        gcb-bench dpf-driver --dpfd IP:PORT --local-ip IP [--sockets S] [--window W]
+       gcb-bench map-driver --gateway IP --local-ip IP [--via pcp|dpf] [--count N]
 Needs root for `run` (network namespaces). Normally started by scripts/bench.";
 
 /// The parts of a run, in the order they run: the cheapest first, so a quick
 /// look at the first lines of output is already informative.
-pub const PARTS: [&str; 6] = ["shim", "tables", "relay", "broker", "dpfd", "metrics"];
+pub const PARTS: [&str; 7] = ["shim", "tables", "relay", "broker", "dpfd", "metrics", "portmap"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -147,6 +149,12 @@ fn dispatch(sub: &str, f: &HashMap<String, String>) -> Result<i32, String> {
             get_or(f, "sockets", 100)?,
             get_or(f, "window", 8)?,
         )),
+        "map-driver" => done(portmap::map_driver(
+            get(f, "gateway")?,
+            get::<Ipv4Addr>(f, "local-ip")?,
+            f.get("via").map(String::as_str).unwrap_or("pcp"),
+            get_or(f, "count", 20)?,
+        )),
         "dpf-driver" => done(drivers::dpf_driver(
             get(f, "dpfd")?,
             get::<Ipv4Addr>(f, "local-ip")?,
@@ -200,6 +208,7 @@ fn run(f: &HashMap<String, String>) -> Result<i32, String> {
             "relay" => relay::run(&ctx, &mut res),
             "broker" => broker_scale::run(&ctx, &mut res),
             "metrics" => metrics_cpu::run(&ctx, &mut res),
+            "portmap" => portmap::run(&ctx, &mut res),
             _ => dpfd::run(&ctx, &mut res),
         };
         res.num(&format!("meta.seconds.{part}"), tp.elapsed().as_secs_f64());

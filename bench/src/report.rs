@@ -283,7 +283,21 @@ fn parts_md(res: &Results) -> String {
             ("dpfd scrape size", "metrics.dpfd.scrape_bytes", " B", None),
         ]));
     }
-    for key in ["shim_overhead", "relay", "broker", "dpfd", "metrics"] {
+    if has("portmap") {
+        s.push_str("\n## Mapping a port: PCP on dpfd and miniupnpd, beside DPF\n\n");
+        s.push_str(&rows_md(
+            res,
+            &[
+                ("PCP MAP on dpfd, median µs", "portmap.pcp_dpfd.p50_us", " µs", None),
+                ("PCP MAP on dpfd, 90th percentile µs", "portmap.pcp_dpfd.p90_us", " µs", None),
+                ("DPF Forward on dpfd, median µs", "portmap.dpf_dpfd.p50_us", " µs", None),
+                ("DPF Forward on dpfd, 90th percentile µs", "portmap.dpf_dpfd.p90_us", " µs", None),
+                ("PCP MAP on miniupnpd, median µs", "portmap.pcp_miniupnpd.p50_us", " µs", None),
+                ("PCP MAP on miniupnpd, 90th percentile µs", "portmap.pcp_miniupnpd.p90_us", " µs", None),
+            ],
+        ));
+    }
+    for key in ["shim_overhead", "relay", "broker", "dpfd", "metrics", "portmap"] {
         // An error at the part's own key: the part could not run at all.
         if let Some(why) = res.why_missing(key) {
             let _ = writeln!(s, "\n{key}: not run: {why}");

@@ -127,6 +127,30 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "IP:PORT", env = "DPFD_METRICS_LISTEN", value_parser = parse_metrics_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// UDP port for NAT-PMP (RFC 6886) and PCP (RFC 6887) on the --listen IP, so standard
+    /// clients (natpmpc, libnatpmp, libp2p, ...) get forwards under the same rules as DPF
+    /// requests: only to themselves, inside --port-range, within --per-host-quota and
+    /// --rate-limit, kept in the mirror file. Their mappings expire at the end of their lease
+    /// unless renewed. 0 turns both protocols off. [default: 5351]
+    #[arg(long, value_name = "PORT", env = "DPFD_PCP_PORT")]
+    pub pcp_port: Option<u16>,
+
+    /// Shortest lease granted to a NAT-PMP or PCP mapping, in seconds; shorter requests are
+    /// raised to it. [default: 120]
+    #[arg(long, value_name = "N", env = "DPFD_PCP_MIN_LIFETIME_S")]
+    pub pcp_min_lifetime_s: Option<u32>,
+
+    /// Longest lease granted to a NAT-PMP or PCP mapping, in seconds (at most 86400); longer
+    /// requests are cut to it. [default: 86400]
+    #[arg(long, value_name = "N", env = "DPFD_PCP_MAX_LIFETIME_S")]
+    pub pcp_max_lifetime_s: Option<u32>,
+
+    /// With --secret-file, answer NAT-PMP and PCP anyway. They carry no authentication, so by
+    /// default a dpfd with a secret refuses them all (NOT_AUTHORIZED); with this flag any host
+    /// of the private networks can open forwards to itself without the secret.
+    #[arg(long, env = "DPFD_ALLOW_UNAUTHENTICATED_PCP")]
+    pub allow_unauthenticated_pcp: bool,
+
     /// TOML file with the same settings (keys are the flag names with underscores, e.g.
     /// port_range). Flags and environment variables override it; unknown keys are an error.
     /// SIGHUP re-reads it. [default: none]

@@ -37,6 +37,12 @@ pub const DEFAULT_PER_HOST_QUOTA: u32 = 1024;
 /// its whole default quota at once.
 pub const DEFAULT_RATE_LIMIT: u32 = 1000;
 pub const DEFAULT_LOG: &str = "info";
+/// NAT-PMP's and PCP's port (RFC 6886, RFC 6887).
+pub const DEFAULT_PCP_PORT: u16 = 5351;
+/// RFC 6887 §15 suggests no shorter lease, so a client's renewals stay rare.
+pub const DEFAULT_PCP_MIN_LIFETIME_S: u32 = 120;
+/// A day, as miniupnpd grants at most.
+pub const DEFAULT_PCP_MAX_LIFETIME_S: u32 = 86_400;
 /// Longest accepted interval, one day. The bound keeps `now + setting`
 /// deadlines far from overflowing `Instant`, and nothing sensible is longer.
 pub const MAX_SECONDS: u64 = 86_400;
@@ -57,6 +63,12 @@ pub struct Config {
     /// Requests per second per source IP; 0 means no limit.
     pub rate_limit: u32,
     pub secret_file: Option<PathBuf>,
+    /// NAT-PMP and PCP port on the --listen IP; 0 turns them off.
+    pub pcp_port: u16,
+    pub pcp_min_lifetime_s: u32,
+    pub pcp_max_lifetime_s: u32,
+    /// Answer NAT-PMP and PCP even with a secret (they cannot carry it).
+    pub allow_unauthenticated_pcp: bool,
     /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
     pub log_filter: String,
     /// Where `/metrics` is served, if anywhere.
@@ -199,6 +211,30 @@ pub fn merge(
             .map(|p| relative_to(file_dir, p))
     });
 
+    let pcp_port = pick(args.pcp_port, file.pcp_port, DEFAULT_PCP_PORT).0;
+    let pcp_min_lifetime_s = in_bounds(
+        "pcp_min_lifetime_s",
+        pick(
+            args.pcp_min_lifetime_s,
+            file.pcp_min_lifetime_s,
+            DEFAULT_PCP_MIN_LIFETIME_S,
+        ),
+        1,
+        MAX_SECONDS as u32,
+    )?;
+    let pcp_max_lifetime_s = in_bounds(
+        "pcp_max_lifetime_s",
+        pick(
+            args.pcp_max_lifetime_s,
+            file.pcp_max_lifetime_s,
+            DEFAULT_PCP_MAX_LIFETIME_S,
+        ),
+        pcp_min_lifetime_s,
+        MAX_SECONDS as u32,
+    )?;
+    let allow_unauthenticated_pcp =
+        args.allow_unauthenticated_pcp || file.allow_unauthenticated_pcp.unwrap_or(false);
+
     let log_filter = settings::log_filter(
         args.log.as_deref(),
         env.rust_log.as_deref(),
@@ -227,6 +263,10 @@ pub fn merge(
         per_host_quota,
         rate_limit,
         secret_file,
+        pcp_port,
+        pcp_min_lifetime_s,
+        pcp_max_lifetime_s,
+        allow_unauthenticated_pcp,
         log_filter,
         metrics_listen,
     })
@@ -255,10 +295,26 @@ impl Config {
         let metrics = self
             .metrics_listen
             .map_or_else(String::new, |m| format!(", metrics http://{m}/metrics"));
+        let standard = match (
+            self.pcp_port,
+            secret.is_some() && !self.allow_unauthenticated_pcp,
+        ) {
+            (0, _) => "off".to_string(),
+            (port, refused) => format!(
+                "udp port {port}, leases {}-{} s{}",
+                self.pcp_min_lifetime_s,
+                self.pcp_max_lifetime_s,
+                if refused {
+                    ", refused (--secret-file)"
+                } else {
+                    ""
+                }
+            ),
+        };
         format!(
             "command port udp {bound}, requests from {}{derived}, forwards on {} ports {} \
              ({} ports), nft table {}, mirror {}, probe every {}s, per-host quota {}, \
-             rate limit {rate}, authentication {auth}, log {}{metrics}",
+             rate limit {rate}, authentication {auth}, NAT-PMP/PCP {standard}, log {}{metrics}",
             list(&self.private_nets),
             list(&self.public_ips),
             self.port_range,

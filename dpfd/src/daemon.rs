@@ -1,6 +1,7 @@
 //! dpfd's event loop: one thread, one mio `Poll` over the signalfd, the UDP
-//! command socket, the status socket and the TCP connects of each probe
-//! round, with deadlines from [`Timers`] setting the poll timeout.
+//! command socket, the NAT-PMP/PCP socket (`standard`), the status socket
+//! and the TCP connects of each probe round, with deadlines from [`Timers`]
+//! setting the poll timeout.
 //!
 //! Each turn of the loop:
 //! 1. sleeps in `poll` until an event or the next deadline (or not at all if
@@ -41,6 +42,7 @@ use crate::mirror::MirrorFile;
 use crate::nft::Nft;
 use crate::probe::{ProbeConn, Round, Tally};
 use crate::signals::{self, Signals};
+use crate::standard::{self, Counters as StdCounters, StdSocket, STD};
 use crate::status::{self, StatusConn, STATUS};
 use crate::sync::SyncReport;
 use crate::table::Table;
@@ -94,6 +96,8 @@ pub enum Dynamic {
 pub enum Timer {
     /// Probe the clients' management sockets, then sync the tables.
     Probe,
+    /// The earliest NAT-PMP/PCP lease ends.
+    Expiry,
     /// One probe connect took too long.
     ProbeTimeout(Token),
 }
@@ -114,6 +118,11 @@ pub struct Daemon {
     /// A probe round ended; sync once the turn's batch is committed.
     pub(crate) sync_due: bool,
     pub(crate) engine: Engine<MirrorFile, Nft>,
+    /// The NAT-PMP/PCP socket, unless `--pcp-port 0`.
+    pub(crate) std: Option<StdSocket>,
+    pub(crate) std_counters: StdCounters,
+    /// The pending lease-expiry timer and the Unix second it is for.
+    pub(crate) expiry: Option<(u64, TimerId)>,
     pub(crate) replies: ReplyCache<SocketAddr>,
     /// The per-source rate limit, after the private-network filter.
     pub(crate) gate: SourceGate<IpAddr>,
@@ -177,21 +186,25 @@ impl Daemon {
         let mut nft = Nft::new(&config.nft_table);
         nft.timing = Some(kernel_timing.clone());
         let mut engine = Engine::new(table, mirror, nft);
-        let recovery = engine.recover(&replay, recovery_started)?;
+        let recovery = engine.recover(&replay, recovery_started, unix_now())?;
         info!(
             "recovered {} forwards from the mirror file in {} ms ({} records, {} corrupt, torn last record: {}, \
-             {} outside the configuration dropped; kernel: {} element changes)",
+             {} outside the configuration dropped, {} leases ended while down; kernel: {} element changes; \
+             NAT-PMP/PCP epoch {})",
             recovery.live,
             recovery.millis,
             recovery.records,
             recovery.corrupt,
             if recovery.torn { "yes" } else { "no" },
             recovery.dropped,
-            recovery.kernel_ops
+            recovery.expired,
+            recovery.kernel_ops,
+            if recovery.epoch_kept { "kept" } else { "started again" }
         );
 
         let poll = command_port::event_loop(&signals, &mut command)?;
         let metrics = Metrics::start(config.metrics_listen, poll.registry(), kernel_timing)?;
+        let std = standard::bind(command_addr.ip(), config.pcp_port, poll.registry())?;
         let status_listener = match status::listen(command_addr.port()) {
             Ok(mut l) => {
                 poll.registry()
@@ -209,7 +222,7 @@ impl Daemon {
             env!("CARGO_PKG_VERSION"),
             config.summary(command_addr, loaded.secret.as_ref())
         );
-        Ok(Daemon {
+        let mut daemon = Daemon {
             poll,
             signals,
             command,
@@ -222,6 +235,9 @@ impl Daemon {
             round: None,
             sync_due: false,
             engine,
+            std,
+            std_counters: StdCounters::default(),
+            expiry: None,
             replies: ReplyCache::new(
                 ReplyCache::<SocketAddr>::DEFAULT_TTL,
                 REPLY_CACHE_ENTRIES,
@@ -242,7 +258,12 @@ impl Daemon {
             env,
             log,
             buf: vec![0; MAX_DATAGRAM],
-        })
+        };
+        if !daemon.recovery.epoch_kept {
+            daemon.announce();
+        }
+        daemon.schedule_expiry();
+        Ok(daemon)
     }
 
     pub(crate) fn probe_interval(&self) -> Duration {
@@ -263,7 +284,8 @@ impl Daemon {
         let mut events = Events::with_capacity(1024);
         self.schedule_probe();
         loop {
-            let timeout = if self.command_backlog {
+            let std_backlog = self.std.as_ref().is_some_and(|s| s.backlog);
+            let timeout = if self.command_backlog || std_backlog {
                 Some(Duration::ZERO)
             } else {
                 let now = Instant::now();
@@ -282,6 +304,7 @@ impl Daemon {
 
             let mut stop = None;
             let mut command_done = false;
+            let mut std_done = false;
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => stop = stop.or(self.on_signals()),
@@ -291,11 +314,18 @@ impl Daemon {
                     }
                     STATUS => self.on_status_accept(),
                     token if metrics::owns(token) => self.on_metrics_event(token),
+                    STD => {
+                        self.on_std();
+                        std_done = true;
+                    }
                     token => self.on_dynamic(token),
                 }
             }
             if self.command_backlog && !command_done {
                 self.on_command();
+            }
+            if std_backlog && !std_done {
+                self.on_std();
             }
             self.dynamic.end_batch();
 
@@ -306,6 +336,7 @@ impl Daemon {
             self.expire_metrics(now);
 
             self.flush();
+            self.schedule_expiry();
             if self.sync_due {
                 self.run_sync();
             }
@@ -347,6 +378,7 @@ impl Daemon {
         for r in replies {
             self.send_reply(r.to, r.request_id, &r.msg, now);
         }
+        self.send_std_replies();
         self.in_batch.clear();
     }
 
@@ -397,6 +429,7 @@ impl Daemon {
                 }
             }
             Timer::ProbeTimeout(token) => self.on_probe_timeout(token),
+            Timer::Expiry => self.on_expiry(),
         }
     }
 }

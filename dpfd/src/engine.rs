@@ -40,7 +40,8 @@ pub trait Mirror {
     fn append(&mut self, rec: &Record);
     fn commit(&mut self) -> io::Result<()>;
     fn load(&mut self) -> io::Result<Replay>;
-    fn compact(&mut self, live: &[Forward]) -> io::Result<()>;
+    /// Rewrites the file as `live`, recording `epoch` (see `mirror.rs`).
+    fn compact(&mut self, live: &[Forward], epoch: u64) -> io::Result<()>;
 }
 
 /// The kernel's map elements as the engine uses them.
@@ -60,8 +61,8 @@ impl Mirror for MirrorFile {
     fn load(&mut self) -> io::Result<Replay> {
         MirrorFile::load(self)
     }
-    fn compact(&mut self, live: &[Forward]) -> io::Result<()> {
-        MirrorFile::compact(self, live)
+    fn compact(&mut self, live: &[Forward], epoch: u64) -> io::Result<()> {
+        MirrorFile::compact(self, live, epoch)
     }
 }
 
@@ -92,11 +93,43 @@ struct Pending {
     changed: bool,
 }
 
+/// A NAT-PMP or PCP answer, encoded both ways at decision time: `ok` if
+/// the batch is written, `failed` if a request that changed the table
+/// could not be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StdPending {
+    pub to: SocketAddr,
+    pub ok: Vec<u8>,
+    pub failed: Vec<u8>,
+    pub changed: bool,
+}
+
+/// A NAT-PMP or PCP answer ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StdReply {
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+impl StdPending {
+    fn resolve(self, failed: bool) -> StdReply {
+        StdReply {
+            to: self.to,
+            bytes: if failed && self.changed {
+                self.failed
+            } else {
+                self.ok
+            },
+        }
+    }
+}
+
 /// What one event-loop turn has done to the table and not yet written.
 #[derive(Default)]
 pub(crate) struct Batch {
     pub changes: Vec<Change>,
     pending: Vec<Pending>,
+    pub std: Vec<StdPending>,
     /// Info lines to log once the changes are durable.
     pub events: Vec<String>,
 }
@@ -110,6 +143,10 @@ pub struct Stats {
     pub moved: u64,
     pub deleted_by_client: u64,
     pub deleted_by_probe: u64,
+    /// Leased mappings (NAT-PMP, PCP): made, renewed, expired.
+    pub leased: u64,
+    pub renewed: u64,
+    pub expired: u64,
     pub commits: u64,
     pub mirror_errors: u64,
     pub kernel_batches: u64,
@@ -126,6 +163,11 @@ pub struct Engine<M, K> {
     pub(crate) shadow: Option<Elements>,
     pub(crate) batch: Batch,
     pub stats: Stats,
+    /// Unix seconds when the standard protocols' epoch began: set by
+    /// recovery, kept in the mirror file.
+    pub epoch_start: u64,
+    /// Answers of the last commit for the standard protocols' socket.
+    std_out: Vec<StdReply>,
 }
 
 /// The kernel elements the table implies.
@@ -167,11 +209,26 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
             shadow: None,
             batch: Batch::default(),
             stats: Stats::default(),
+            epoch_start: 0,
+            std_out: Vec::new(),
         }
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.batch.pending.is_empty() || !self.batch.changes.is_empty()
+        !self.batch.pending.is_empty()
+            || !self.batch.changes.is_empty()
+            || !self.batch.std.is_empty()
+    }
+
+    /// The standard protocols' epoch at `now` (Unix seconds).
+    pub fn epoch(&self, now: u64) -> u32 {
+        now.saturating_sub(self.epoch_start)
+            .min(u64::from(u32::MAX)) as u32
+    }
+
+    /// The NAT-PMP and PCP answers the last [`commit`](Self::commit) made.
+    pub fn take_std_replies(&mut self) -> Vec<StdReply> {
+        std::mem::take(&mut self.std_out)
     }
 
     /// Queues a reply; `changed` says whether the request changed the table.
@@ -311,6 +368,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
         for line in &batch.events {
             info!("{line}");
         }
+        self.std_out = batch.std.into_iter().map(|p| p.resolve(internal)).collect();
         batch
             .pending
             .into_iter()
@@ -347,6 +405,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
             self.stats.mirror_errors += 1;
             error!("mirror file: cannot cancel the undone changes; the probe will clean up: {e}");
         }
+        self.std_out = batch.std.into_iter().map(|p| p.resolve(true)).collect();
         batch
             .pending
             .into_iter()

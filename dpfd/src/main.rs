@@ -21,6 +21,7 @@ mod nft;
 mod privilege;
 mod probe;
 mod reload;
+mod standard;
 mod status;
 mod sync;
 mod table;

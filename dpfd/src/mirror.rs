@@ -12,7 +12,19 @@
 //!
 //! Fields: op, proto, public, local, mgmt port, generation, creation time
 //! (Unix seconds), and the CRC-32 of everything before the last space.
-//! Lines starting with `#` are comments (the format header).
+//! A mapping made through NAT-PMP or PCP (mgmt port 0) has three more
+//! fields before the checksum: the protocol (`natpmp` or `pcp`), the lease's
+//! expiry (Unix seconds) and the PCP mapping nonce in hex. Lines starting
+//! with `#` are comments (the format header).
+//!
+//! ```text
+//! epoch 1712345000 5be1c2d0
+//! add udp 203.0.113.1:40001 192.0.2.11:5000 0 18 1712345690 pcp 1712352890 0102030405060708090a0b0c 4c1d9e07
+//! ```
+//!
+//! An `epoch` line records when the state the standard protocols report
+//! (their epoch, RFC 6887 §8.5) began; compaction writes it first, and a
+//! restart that recovers everything keeps counting from it.
 //!
 //! Replay: `add` sets the forward at (proto, public), replacing what was
 //! there; `del` removes it only if the generation matches. Matching on the
@@ -40,7 +52,7 @@ use nix::fcntl::{Flock, FlockArg};
 use proto::Proto;
 
 use crate::fault;
-use crate::table::{Forward, Key};
+use crate::table::{Forward, Key, Lease, Via};
 
 pub const HEADER: &str = "#dpf-mirror v1\n";
 
@@ -91,22 +103,20 @@ impl Record {
             Op::Add => "add",
             Op::Del => "del",
         };
-        let body = format!(
+        let mut body = format!(
             "{op} {} {} {} {} {} {}",
             f.proto, f.public, f.local, f.mgmt_port, f.gen, f.created
         );
-        out.extend_from_slice(body.as_bytes());
-        out.extend_from_slice(format!(" {:08x}\n", crc32(body.as_bytes())).as_bytes());
+        if let Some(l) = f.lease {
+            let nonce: String = l.nonce.iter().map(|b| format!("{b:02x}")).collect();
+            body += &format!(" {} {} {nonce}", l.via.name(), l.expires);
+        }
+        checked_line(&body, out);
     }
 
     /// Parses one line without its newline.
     pub fn parse(line: &[u8]) -> Result<Record, &'static str> {
-        let text = std::str::from_utf8(line).map_err(|_| "not UTF-8")?;
-        let (body, sum) = text.rsplit_once(' ').ok_or("no checksum")?;
-        let sum = u32::from_str_radix(sum, 16).map_err(|_| "bad checksum field")?;
-        if sum != crc32(body.as_bytes()) || text.len() != body.len() + 9 {
-            return Err("checksum mismatch");
-        }
+        let body = checked_body(line)?;
         let mut it = body.split(' ');
         let mut next = || it.next().ok_or("too few fields");
         let op = match next()? {
@@ -126,6 +136,10 @@ impl Record {
         let mgmt_port = next()?.parse::<u16>().map_err(|_| "bad port")?;
         let gen = num(next()?)?;
         let created = num(next()?)?;
+        let lease = match it.next() {
+            None => None,
+            Some(via) => Some(parse_lease(via, it.next(), it.next())?),
+        };
         if it.next().is_some() {
             return Err("too many fields");
         }
@@ -136,9 +150,73 @@ impl Record {
             mgmt_port,
             gen,
             created,
+            lease,
         };
         Ok(Record { op, fwd })
     }
+}
+
+fn parse_lease(
+    via: &str,
+    expires: Option<&str>,
+    nonce: Option<&str>,
+) -> Result<Lease, &'static str> {
+    let via = match via {
+        "pcp" => Via::Pcp,
+        "natpmp" => Via::NatPmp,
+        _ => return Err("unknown protocol"),
+    };
+    let expires = expires
+        .ok_or("too few fields")?
+        .parse::<u64>()
+        .map_err(|_| "bad number")?;
+    let hex = nonce.ok_or("too few fields")?;
+    if hex.len() != 24 || !hex.is_ascii() {
+        return Err("bad nonce");
+    }
+    let mut nonce = [0u8; 12];
+    for (i, b) in nonce.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| "bad nonce")?;
+    }
+    Ok(Lease {
+        via,
+        nonce,
+        expires,
+    })
+}
+
+/// Appends `body`, a space, its CRC-32 in hex and a newline.
+fn checked_line(body: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(format!(" {:08x}\n", crc32(body.as_bytes())).as_bytes());
+}
+
+/// The checked body of a line, without its checksum.
+fn checked_body(line: &[u8]) -> Result<&str, &'static str> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8")?;
+    let (body, sum) = text.rsplit_once(' ').ok_or("no checksum")?;
+    let sum = u32::from_str_radix(sum, 16).map_err(|_| "bad checksum field")?;
+    if sum != crc32(body.as_bytes()) || text.len() != body.len() + 9 {
+        return Err("checksum mismatch");
+    }
+    Ok(body)
+}
+
+/// The line recording the epoch's start.
+pub fn epoch_line(start: u64, out: &mut Vec<u8>) {
+    checked_line(&format!("epoch {start}"), out);
+}
+
+/// Parses an `epoch` line; `None` if the line is not one.
+fn parse_epoch(line: &[u8]) -> Option<Result<u64, &'static str>> {
+    if !line.starts_with(b"epoch ") {
+        return None;
+    }
+    Some(checked_body(line).and_then(|body| {
+        body["epoch ".len()..]
+            .parse::<u64>()
+            .map_err(|_| "bad epoch")
+    }))
 }
 
 /// What replaying a mirror file found.
@@ -155,6 +233,8 @@ pub struct Replay {
     pub valid_len: usize,
     /// Forwards dropped because a newer one claimed the same local socket.
     pub superseded: usize,
+    /// When the standard protocols' epoch began (the last `epoch` line).
+    pub epoch: Option<u64>,
 }
 
 /// Replays the bytes of a mirror file (see the module docs).
@@ -167,6 +247,17 @@ pub fn replay(bytes: &[u8]) -> Replay {
     for (i, line) in bytes[..valid_len].split(|b| *b == b'\n').enumerate() {
         if line.is_empty() || line.starts_with(b"#") {
             continue;
+        }
+        match parse_epoch(line) {
+            Some(Ok(start)) => {
+                r.epoch = Some(start);
+                continue;
+            }
+            Some(Err(_)) => {
+                r.corrupt.push(i + 1);
+                continue;
+            }
+            None => {}
         }
         match Record::parse(line) {
             Ok(rec) => {
@@ -202,9 +293,11 @@ pub fn replay(bytes: &[u8]) -> Replay {
     r
 }
 
-/// The compacted contents for a live set: the header and one add each.
-pub fn compacted(live: &[Forward]) -> Vec<u8> {
+/// The compacted contents for a live set: the header, the epoch and one
+/// add each.
+pub fn compacted(live: &[Forward], epoch: u64) -> Vec<u8> {
     let mut out = HEADER.as_bytes().to_vec();
+    epoch_line(epoch, &mut out);
     for f in live {
         Record {
             op: Op::Add,
@@ -342,9 +435,9 @@ impl MirrorFile {
     /// Replaces the file by one add record per live forward: write a
     /// temporary file, fsync it, rename it over the mirror, fsync the
     /// directory. A crash at any point leaves the old or the new file whole.
-    pub fn compact(&mut self, live: &[Forward]) -> io::Result<()> {
+    pub fn compact(&mut self, live: &[Forward], epoch: u64) -> io::Result<()> {
         let tmp = PathBuf::from(format!("{}.tmp", self.path.display()));
-        let data = compacted(live);
+        let data = compacted(live, epoch);
         {
             let mut f = OpenOptions::new()
                 .write(true)

@@ -11,6 +11,9 @@
 //! * a local error (e.g. out of file descriptors) says nothing about the
 //!   client and changes nothing.
 //!
+//! Mappings made through NAT-PMP or PCP are not probed: they have no
+//! management socket, and expire at the end of their lease instead.
+//!
 //! Connects are non-blocking sockets in the daemon's mio loop, at most
 //! `MAX_IN_FLIGHT` at a time; forwards that share a management socket are
 //! probed once. The round's verdicts enter the engine as they come and are
@@ -174,10 +177,13 @@ impl Daemon {
 
     /// Starts a round over every forward in the table.
     pub(crate) fn start_probe_round(&mut self) {
+        // Leased mappings (NAT-PMP, PCP) have no management socket: their
+        // lease decides how long they live.
         let forwards = self
             .engine
             .table
             .entries()
+            .filter(|e| e.fwd.lease.is_none())
             .map(|e| (e.fwd.mgmt(), e.fwd.key(), e.fwd.gen));
         let round = Round::new(forwards, Instant::now());
         debug!(

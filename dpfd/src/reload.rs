@@ -2,8 +2,10 @@
 //! re-read one, and which changes can take effect without a restart.
 //!
 //! The accepted networks, the probe interval, the quota, the rate limit,
-//! the secret and the log filter only govern future requests and probes, so they change at
-//! once. The command address is a bound socket; the public IPs, the port
+//! the secret, the NAT-PMP/PCP lease bounds and whether they are answered
+//! without authentication, and the log filter only govern future requests
+//! and probes, so they change at once. The command address and the
+//! NAT-PMP/PCP port are bound sockets; the public IPs, the port
 //! range, the mirror file and the nftables table name the forwards that
 //! already exist, so a change to them is reported and ignored until dpfd is
 //! restarted (when the mirror file is replayed against the new settings).
@@ -24,6 +26,9 @@ pub fn apply(running: &Config, reread: &Config) -> Config {
         per_host_quota: reread.per_host_quota,
         rate_limit: reread.rate_limit,
         secret_file: reread.secret_file.clone(),
+        pcp_min_lifetime_s: reread.pcp_min_lifetime_s,
+        pcp_max_lifetime_s: reread.pcp_max_lifetime_s,
+        allow_unauthenticated_pcp: reread.allow_unauthenticated_pcp,
         log_filter: reread.log_filter.clone(),
         ..running.clone()
     }
@@ -67,6 +72,7 @@ impl Reloadable for Config {
         let old = self;
         let mut out = Vec::new();
         compare(&mut out, "listen", old.listen, new.listen, false);
+        compare(&mut out, "pcp_port", old.pcp_port, new.pcp_port, false);
         compare(
             &mut out,
             "public_ip",
@@ -118,6 +124,20 @@ impl Reloadable for Config {
             true,
         );
         compare(&mut out, "rate_limit", old.rate_limit, new.rate_limit, true);
+        compare(
+            &mut out,
+            "pcp_lifetime_s",
+            format!("{}-{}", old.pcp_min_lifetime_s, old.pcp_max_lifetime_s),
+            format!("{}-{}", new.pcp_min_lifetime_s, new.pcp_max_lifetime_s),
+            true,
+        );
+        compare(
+            &mut out,
+            "allow_unauthenticated_pcp",
+            old.allow_unauthenticated_pcp,
+            new.allow_unauthenticated_pcp,
+            true,
+        );
         compare_secret_file(
             &mut out,
             old.secret_file.as_deref(),

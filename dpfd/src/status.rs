@@ -165,8 +165,10 @@ impl Daemon {
                     "proto": e.fwd.proto.to_string(),
                     "public": e.fwd.public.to_string(),
                     "local": e.fwd.local.to_string(),
+                    "via": e.fwd.via_name(),
                     "mgmt_port": e.fwd.mgmt_port,
                     "age_s": now.saturating_sub(e.fwd.created),
+                    "lifetime_s": e.fwd.lease.map(|l| l.expires.saturating_sub(now)),
                     "last_probe": e.probe.last.map(|r| r.name()),
                     "timeouts": e.probe.timeouts,
                 })
@@ -193,11 +195,13 @@ impl Daemon {
             "recovery": {
                 "forwards": r.live, "records": r.records, "corrupt": r.corrupt,
                 "torn": r.torn, "dropped": r.dropped, "ms": r.millis as u64,
+                "leases_ended": r.expired, "epoch_kept": r.epoch_kept,
             },
             "last_sync": self.last_sync.as_ref().map(|(at, rep)| json!({
                 "ago_s": at.elapsed().as_secs(), "forwards": rep.live, "records": rep.records,
                 "kernel_changes": rep.kernel_ops, "table_fixes": rep.table_fixes, "ms": rep.millis as u64,
             })),
+            "standard": self.std_status(),
         });
         if let (Value::Object(doc), Value::Object(counts)) = (&mut doc, self.counter_tree()) {
             doc.extend(counts);
@@ -235,6 +239,7 @@ impl Daemon {
                 "requests": { "forward": c.forward, "delete": c.delete, "query": c.query },
                 "refused": refused,
                 "auth": self.auth_counters(),
+                "standard": self.std_counters.json(),
                 "receive_errors": c.receive_errors,
                 "send_errors": c.send_errors,
             },
@@ -246,6 +251,7 @@ impl Daemon {
             "changes": {
                 "added": s.added, "reused": s.reused, "updated": s.updated, "moved": s.moved,
                 "deleted_by_client": s.deleted_by_client, "deleted_by_probe": s.deleted_by_probe,
+                "leased": s.leased, "renewed": s.renewed, "expired": s.expired,
                 "commits": s.commits, "kernel_batches": s.kernel_batches,
                 "kernel_errors": s.kernel_errors, "mirror_errors": s.mirror_errors, "syncs": s.syncs,
             },

@@ -37,6 +37,11 @@ pub struct SyncReport {
     pub torn: bool,
     /// Forwards whose public address is outside the configuration.
     pub dropped: usize,
+    /// Leased mappings whose lease ended while dpfd was down.
+    pub expired: usize,
+    /// Recovery kept the epoch of the previous run: nothing a client had
+    /// been told of was lost.
+    pub epoch_kept: bool,
     pub table_fixes: usize,
     pub kernel_ops: usize,
     pub millis: u128,
@@ -87,15 +92,36 @@ fn log_damage(replay: &Replay) {
 impl<M: Mirror, K: Kernel> Engine<M, K> {
     /// Startup: load `replay` (read when the mirror file was opened) into
     /// the empty table, compact the file, install the kernel side. `started`
-    /// is when recovery began, so the report includes reading the file.
-    pub fn recover(&mut self, replay: &Replay, started: Instant) -> Result<SyncReport, String> {
+    /// is when recovery began, so the report includes reading the file;
+    /// `now` is Unix seconds, against which leases are judged.
+    ///
+    /// The standard protocols' epoch goes on from the previous run when
+    /// the file recorded it and nothing was lost (no corrupt record, no
+    /// forward outside the configuration; leases that ended meanwhile
+    /// ended as they would have anyway). Otherwise it starts again now,
+    /// which tells PCP and NAT-PMP clients to map again (RFC 6887 §8.5).
+    pub fn recover(
+        &mut self,
+        replay: &Replay,
+        started: Instant,
+        now: u64,
+    ) -> Result<SyncReport, String> {
         log_damage(replay);
         let (live, dropped) = usable(&self.table, replay);
+        let (live, ended): (Vec<Forward>, Vec<Forward>) = live
+            .into_iter()
+            .partition(|f| match f.lease {
+                Some(l) => l.expires > now,
+                None => true,
+            });
+        let lost = !replay.corrupt.is_empty() || dropped > 0;
+        let kept = replay.epoch.filter(|e| !lost && *e <= now);
+        self.epoch_start = kept.unwrap_or(now);
         for f in &live {
             self.table.load(*f);
         }
         self.mirror
-            .compact(&live)
+            .compact(&live, self.epoch_start)
             .map_err(|e| format!("mirror file: compaction at startup failed: {e}"))?;
         fault::point("after-recovery-mirror");
         let kernel_ops = self
@@ -107,6 +133,8 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
             corrupt: replay.corrupt.len(),
             torn: replay.torn > 0,
             dropped,
+            expired: ended.len(),
+            epoch_kept: kept.is_some(),
             table_fixes: 0,
             kernel_ops,
             millis: started.elapsed().as_millis(),
@@ -125,7 +153,7 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
         log_damage(&replay);
         let (live, dropped) = usable(&self.table, &replay);
         self.mirror
-            .compact(&live)
+            .compact(&live, self.epoch_start)
             .map_err(|e| format!("compacting the mirror file: {e}"))?;
         let table_fixes = self.table_follow(&live);
         let kernel_ops = self.kernel_full_sync().map_err(|e| {
@@ -139,6 +167,8 @@ impl<M: Mirror, K: Kernel> Engine<M, K> {
             corrupt: replay.corrupt.len(),
             torn: replay.torn > 0,
             dropped,
+            expired: 0,
+            epoch_kept: true,
             table_fixes,
             kernel_ops,
             millis: started.elapsed().as_millis(),

@@ -16,12 +16,18 @@
 //! 5. `gen` is unique per created mapping and below `next_gen`. A reuse that
 //!    only changes client information keeps the gen; the mirror file uses
 //!    gens to match a delete record with the add it cancels.
+//! 6. `expiry` holds (expiry, key) for exactly the forwards with a lease.
+//!
+//! Forwards come in two kinds. A DPF forward belongs to a shim client and
+//! lives as long as its management socket answers the probe. A *leased*
+//! one was asked for in NAT-PMP or PCP, has no management socket (port 0)
+//! and lives until its lease expires unless renewed.
 //!
 //! The request rules (reuse, allocation, quota, who may delete what) are
-//! in `rules.rs`; this file holds the types and the primitives that keep
-//! the indexes in step.
+//! in `rules.rs`, those of the standard protocols in `standard.rs`; this
+//! file holds the types and the primitives that keep the indexes in step.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use proto::Proto;
@@ -46,6 +52,35 @@ pub struct Forward {
     pub gen: u64,
     /// Unix seconds at creation, persisted so ages survive a restart.
     pub created: u64,
+    /// Set for a mapping made through NAT-PMP or PCP.
+    pub lease: Option<Lease>,
+}
+
+/// Which standard protocol made a leased mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    Pcp,
+    NatPmp,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Pcp => "pcp",
+            Via::NatPmp => "natpmp",
+        }
+    }
+}
+
+/// What makes a mapping of the standard protocols: who may renew or delete
+/// it (the protocol and, for PCP, the mapping nonce), and when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub via: Via,
+    /// PCP's mapping nonce; all zero for NAT-PMP, which has none.
+    pub nonce: [u8; 12],
+    /// Unix seconds.
+    pub expires: u64,
 }
 
 impl Forward {
@@ -59,6 +94,11 @@ impl Forward {
     /// Where the probe connects.
     pub fn mgmt(&self) -> SocketAddrV4 {
         SocketAddrV4::new(*self.local.ip(), self.mgmt_port)
+    }
+
+    /// The protocol that made it: `dpf`, `pcp` or `natpmp`.
+    pub fn via_name(&self) -> &'static str {
+        self.lease.map_or("dpf", |l| l.via.name())
     }
 }
 
@@ -156,6 +196,7 @@ pub struct Table {
     /// consecutive allocations spread across them.
     cursor: [u64; 2],
     next_gen: u64,
+    expiry: BTreeSet<(u64, Key)>,
 }
 
 impl Table {
@@ -171,6 +212,7 @@ impl Table {
             used: [0; 2],
             cursor: [0; 2],
             next_gen: 1,
+            expiry: BTreeSet::new(),
         }
     }
 
@@ -270,6 +312,9 @@ impl Table {
         );
         debug_assert!(old.is_none(), "insert over {old:?}");
         self.by_local.insert((f.proto, f.local), f.public);
+        if let Some(l) = f.lease {
+            self.expiry.insert((l.expires, f.key()));
+        }
         *self.per_host.entry(*f.local.ip()).or_insert(0) += 1;
         self.used[proto_index(f.proto)] += 1;
     }
@@ -280,6 +325,9 @@ impl Table {
             return;
         }
         self.by_local.remove(&(f.proto, f.local));
+        if let Some(l) = f.lease {
+            self.expiry.remove(&(l.expires, f.key()));
+        }
         if let Some(n) = self.per_host.get_mut(f.local.ip()) {
             *n -= 1;
             if *n == 0 {
@@ -289,10 +337,30 @@ impl Table {
         self.used[proto_index(f.proto)] -= 1;
     }
 
+    /// The earliest lease expiry, Unix seconds.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiry.first().map(|(at, _)| *at)
+    }
+
+    /// Leased forwards whose lease ended at or before `now`.
+    pub fn expired(&self, now: u64) -> Vec<Forward> {
+        self.expiry
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .filter_map(|(_, k)| self.by_public.get(k).map(|e| e.fwd))
+            .collect()
+    }
+
     /// Asserts the invariants in the module docs; for tests.
     #[cfg(test)]
     pub fn check(&self) {
         assert_eq!(self.by_public.len(), self.by_local.len());
+        let leased: BTreeSet<(u64, Key)> = self
+            .by_public
+            .values()
+            .filter_map(|e| e.fwd.lease.map(|l| (l.expires, e.fwd.key())))
+            .collect();
+        assert_eq!(leased, self.expiry);
         let mut hosts: HashMap<Ipv4Addr, u32> = HashMap::new();
         let mut used = [0u64; 2];
         for (k, e) in &self.by_public {
@@ -308,5 +376,8 @@ impl Table {
 }
 
 mod rules;
+pub mod standard;
+#[cfg(test)]
+mod standard_tests;
 #[cfg(test)]
 mod tests;

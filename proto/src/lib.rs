@@ -12,6 +12,9 @@
 //! * [`drops`]: the classes of undecodable input daemons count;
 //! * [`gcb`]: connection-brokering commands, stream preambles, UDP relay header;
 //! * [`dpf`]: dynamic port forwarding requests;
+//! * [`natpmp`], [`pcp`]: the standard port mapping protocols (RFC 6886,
+//!   RFC 6887), which `dpfd` answers as well, and [`portmap`], a client
+//!   keeping one port mapped through either;
 //! * [`rudp`]: the reliable request/response layer over UDP (paper's RUDP);
 //! * [`auth`]: shared-secret HMAC sealing of datagrams, and the replay guard.
 
@@ -21,6 +24,9 @@ pub mod dpf;
 pub mod drops;
 pub mod gcb;
 pub mod header;
+pub mod natpmp;
+pub mod pcp;
+pub mod portmap;
 pub mod rudp;
 pub mod wire;
 

@@ -11,6 +11,7 @@
 
 pub mod daemons;
 pub mod json;
+pub mod miniupnpd;
 pub mod proc;
 pub mod real;
 mod topology;

@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub per_host_quota: Option<u32>,
     pub rate_limit: Option<u32>,
     pub secret_file: Option<PathBuf>,
+    pub pcp_port: Option<u16>,
+    pub pcp_min_lifetime_s: Option<u32>,
+    pub pcp_max_lifetime_s: Option<u32>,
+    pub allow_unauthenticated_pcp: Option<bool>,
     pub log: Option<String>,
     pub metrics_listen: Option<String>,
 }

@@ -134,7 +134,7 @@ fn recovery_loads_the_mirror_and_installs_the_kernel() {
     );
     let mut e2 = Engine::new(table, m, k);
     let report = e2
-        .recover(&replay(&bytes), std::time::Instant::now())
+        .recover(&replay(&bytes), std::time::Instant::now(), 0)
         .unwrap();
     assert_eq!(
         (report.live, report.dropped, report.records),

@@ -93,9 +93,9 @@ impl Mirror for FakeMirror {
         Ok(replay(&self.world.borrow().mirror_bytes))
     }
 
-    fn compact(&mut self, live: &[Forward]) -> io::Result<()> {
+    fn compact(&mut self, live: &[Forward], epoch: u64) -> io::Result<()> {
         let mut w = self.world.borrow_mut();
-        w.mirror_bytes = compacted(live);
+        w.mirror_bytes = compacted(live, epoch);
         w.log.push(format!("mirror compact {}", live.len()));
         Ok(())
     }
@@ -195,7 +195,7 @@ pub fn engine(quota: u32) -> (E, Shared) {
         quota,
     );
     let mut e = Engine::new(table, m, k);
-    e.recover(&Replay::default(), std::time::Instant::now())
+    e.recover(&Replay::default(), std::time::Instant::now(), 0)
         .unwrap();
     w.borrow_mut().log.clear();
     (e, w)

@@ -13,6 +13,7 @@ fn fwd(public_port: u16, local_port: u16, gen: u64) -> Forward {
         mgmt_port: 5555,
         gen,
         created: 1_700_000_000,
+        lease: None,
     }
 }
 
@@ -201,10 +202,11 @@ fn compaction_keeps_only_the_live_set() {
     let live = m.load().unwrap().live;
     assert_eq!(live.len(), 5);
     let before = fs::metadata(&path).unwrap().len();
-    m.compact(&live).unwrap();
+    m.compact(&live, 1_700_000_000).unwrap();
     let after = fs::metadata(&path).unwrap().len();
     assert!(after < before / 10, "{before} -> {after}");
-    assert_eq!(fs::read(&path).unwrap(), compacted(&live));
+    assert_eq!(fs::read(&path).unwrap(), compacted(&live, 1_700_000_000));
+    assert_eq!(m.load().unwrap().epoch, Some(1_700_000_000));
     assert!(!dir.join("mirror.tmp").exists());
     // Appends go to the new file.
     m.append(&del(live[0]));
@@ -224,4 +226,51 @@ fn second_opener_is_refused() {
     drop(m);
     assert!(MirrorFile::open(&path).is_ok());
     fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn leased_records_and_the_epoch_line() {
+    let mut f = fwd(40001, 5000, 18);
+    f.mgmt_port = 0;
+    f.lease = Some(Lease {
+        via: Via::Pcp,
+        nonce: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        expires: 1_700_007_200,
+    });
+    let mut out = Vec::new();
+    add(f).encode(&mut out);
+    let line = String::from_utf8(out.clone()).unwrap();
+    assert!(
+        line.starts_with(
+            "add tcp 203.0.113.1:40001 192.0.2.10:5000 0 18 1700000000 pcp 1700007200 0102030405060708090a0b0c "
+        ),
+        "{line}"
+    );
+    assert_eq!(Record::parse(&out[..out.len() - 1]), Ok(add(f)));
+    let mut natpmp = f;
+    natpmp.lease = Some(Lease {
+        via: Via::NatPmp,
+        nonce: [0; 12],
+        expires: 5,
+    });
+    let mut bytes = HEADER.as_bytes().to_vec();
+    epoch_line(1_699_999_000, &mut bytes);
+    add(natpmp).encode(&mut bytes);
+    let r = replay(&bytes);
+    assert_eq!(
+        (r.epoch, r.live.clone(), r.corrupt.clone()),
+        (Some(1_699_999_000), vec![natpmp], vec![])
+    );
+    // A damaged epoch line is corrupt like any record; a later one wins.
+    let mut bad = bytes.clone();
+    bad.extend_from_slice(b"epoch 12 00000000\n");
+    epoch_line(1_699_999_500, &mut bad);
+    let r = replay(&bad);
+    assert_eq!((r.epoch, r.corrupt), (Some(1_699_999_500), vec![4]));
+    for broken in ["pcp 1", "xyz 1 00", "pcp 1 0102"] {
+        let body = format!("add tcp 203.0.113.1:40001 192.0.2.10:5000 0 18 1700000000 {broken}");
+        let mut line = Vec::new();
+        checked_line(&body, &mut line);
+        assert!(Record::parse(&line[..line.len() - 1]).is_err(), "{broken}");
+    }
 }

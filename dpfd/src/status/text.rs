@@ -84,8 +84,8 @@ pub fn render_text(v: &Value) -> String {
     );
     if !forwards.is_empty() {
         out += &format!(
-            "  {:<5} {:<21} {:<21} {:>5} {:>8}  {}\n",
-            "PROTO", "PUBLIC", "LOCAL", "MGMT", "AGE", "LAST PROBE"
+            "  {:<5} {:<21} {:<21} {:<6} {:>5} {:>8} {:>8}  {}\n",
+            "PROTO", "PUBLIC", "LOCAL", "VIA", "MGMT", "AGE", "LEASE", "LAST PROBE"
         );
         for f in &forwards {
             let last = match f.get("last_probe").and_then(Value::as_str) {
@@ -95,15 +95,54 @@ pub fn render_text(v: &Value) -> String {
                 },
                 None => "-".to_string(),
             };
+            // A leased mapping shows its remaining lease; a DPF forward, "-".
+            let lease = match f.get("lifetime_s").and_then(Value::as_u64) {
+                Some(s) => duration(&s.to_string()),
+                None => "-".to_string(),
+            };
             out += &format!(
-                "  {:<5} {:<21} {:<21} {:>5} {:>8}  {last}\n",
+                "  {:<5} {:<21} {:<21} {:<6} {:>5} {:>8} {:>8}  {last}\n",
                 num(f, &["proto"]),
                 num(f, &["public"]),
                 num(f, &["local"]),
+                f.get("via").and_then(Value::as_str).unwrap_or("dpf"),
                 num(f, &["mgmt_port"]),
-                duration(&num(f, &["age_s"]))
+                duration(&num(f, &["age_s"])),
+                lease
             );
         }
+    }
+    if let Some(std) = v.get("standard").filter(|s| s.is_object()) {
+        let listen = std.get("listen").and_then(Value::as_str).unwrap_or("off");
+        out += &format!(
+            "NAT-PMP/PCP: udp {listen}, epoch {} s ({}), leases {} s, without authentication: {}\n",
+            num(std, &["epoch_s"]),
+            match std.get("epoch_kept").and_then(Value::as_bool) {
+                Some(true) => "kept across restarts",
+                _ => "since this start",
+            },
+            num(std, &["lifetime_s"]),
+            num(std, &["unauthenticated"])
+        );
+        let c = v.pointer("/counters/standard");
+        let refused: Vec<String> = c
+            .and_then(|c| c.get("refused"))
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out += &format!(
+            "  requests: received {} ({}), malformed {} ({}), from outside {}, rate limited {}, refused: {}\n",
+            num(v, &["counters", "standard", "received"]),
+            pairs(c.and_then(|c| c.get("requests"))),
+            num(v, &["counters", "standard", "malformed"]),
+            pairs(c.and_then(|c| c.get("malformed_by"))),
+            num(v, &["counters", "standard", "foreign"]),
+            num(v, &["counters", "standard", "rate_limited"]),
+            if refused.is_empty() { "none".to_string() } else { refused.join(", ") }
+        );
     }
     out += &format!(
         "requests: received {} ({}), malformed {}, from outside {}, rate limited {}, duplicates {}\n",
@@ -154,6 +193,28 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn renders_leased_mappings_and_the_standard_protocols() {
+        let v = json!({
+            "forwards": [{"proto": "udp", "public": "203.0.113.1:40001", "local": "192.0.2.11:5000",
+                          "via": "natpmp", "mgmt_port": 0, "age_s": 5, "lifetime_s": 3595}],
+            "standard": {"listen": "192.0.2.1:5351", "epoch_s": 42, "epoch_kept": true,
+                         "lifetime_s": "120-86400", "unauthenticated": "none"},
+            "counters": {"standard": {"received": 3, "requests": {"natpmp_map": 2},
+                         "refused": {"natpmp.not_authorized": 1, "pcp.NO_RESOURCES": 0}}},
+        });
+        let text = render_text(&v);
+        assert!(text.contains("natpmp     0       5s   59m55s  -"), "{text}");
+        assert!(
+            text.contains("NAT-PMP/PCP: udp 192.0.2.1:5351, epoch 42 s (kept across restarts)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("refused: natpmp.not_authorized 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn renders_forwards_and_tolerates_missing_fields() {
         let v = json!({
             "dpfd": "0.1.0", "pid": 7, "listen": "192.0.2.1:65433", "uptime_s": 3725,
@@ -169,7 +230,7 @@ mod tests {
         );
         assert!(text.contains("203.0.113.1:40000"), "{text}");
         assert!(
-            text.contains("1m1s  timeout (2 timeouts in a row)"),
+            text.contains("1m1s        -  timeout (2 timeouts in a row)"),
             "{text}"
         );
         assert!(text.contains("refused: not_local 1\n"), "{text}");

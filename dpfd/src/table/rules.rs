@@ -38,7 +38,7 @@ impl Table {
     /// from a moving cursor, rather than taking the lowest free port, avoids
     /// handing a just-freed address to a new client while old peers may
     /// still dial it.
-    fn allocate(&mut self, proto: Proto) -> Option<SocketAddrV4> {
+    pub(super) fn allocate(&mut self, proto: Proto) -> Option<SocketAddrV4> {
         let cap = self.capacity();
         let p = proto_index(proto);
         if self.used[p] >= cap {
@@ -70,6 +70,8 @@ impl Table {
             }
         }
         let mine = self.by_local(proto, local).map(|e| e.fwd);
+        // (A leased forward has mgmt port 0, which no request has, so
+        // "same public, same local" below turns it into a DPF forward.)
         let target = desired.or(mine.map(|f| f.public));
 
         // Same public and same local: reuse, touching at most the mgmt port.
@@ -77,7 +79,12 @@ impl Table {
             if cur.mgmt_port == mgmt_port {
                 return Ok(self.outcome(cur.public, ForwardKind::Reused, Vec::new()));
             }
-            let new = Forward { mgmt_port, ..cur };
+            // A host's own NAT-PMP or PCP mapping becomes a DPF forward.
+            let new = Forward {
+                mgmt_port,
+                lease: None,
+                ..cur
+            };
             let change = Change::Updated { old: cur, new };
             self.apply(change);
             return Ok(self.outcome(cur.public, ForwardKind::Updated, vec![change]));
@@ -122,6 +129,7 @@ impl Table {
             mgmt_port,
             gen: self.next_gen,
             created: now,
+            lease: None,
         };
         self.next_gen += 1;
         let added = Change::Added(fwd);

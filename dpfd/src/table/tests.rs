@@ -287,6 +287,7 @@ fn load_keeps_generations_unique() {
         mgmt_port: 9,
         gen: 41,
         created: 5,
+        lease: None,
     });
     let o = t.forward(req(Proto::Tcp, sa(A1, 2), 9, None), 0).unwrap();
     let Change::Added(f) = o.changes[0] else {
