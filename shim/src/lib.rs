@@ -51,6 +51,17 @@ compile_error!(
      on those ABIs passing variadic integer arguments like fixed ones (hooks/lifetime.rs)"
 );
 
+// Containment catches panics with `catch_unwind` (hook.rs). With panic=abort
+// it catches nothing, and a bug in the shim's bookkeeping for one socket would
+// kill whatever program it is loaded into, instead of failing one call.
+#[cfg(panic = "abort")]
+compile_error!(
+    "libgcb.so must be built with panic = \"unwind\": it runs inside other people's \
+     programs, and contains its own panics (hook.rs) so that a shim bug fails one call \
+     with EIO instead of aborting the program; panic = \"abort\" would turn every such \
+     bug into a crash of the application"
+);
+
 #[macro_use]
 pub mod hook;
 #[macro_use]
