@@ -36,8 +36,12 @@
 //!   taken only for fds the client tracks and handled across `fork` (see [`init`]).
 //! * `errno` after a hook is what the real call set; shim-internal work in between
 //!   runs under [`hook::ErrnoGuard`].
-//! * Nothing unwinds into C: a panic in shim logic is caught and the call is handed to
-//!   the real function.
+//! * Nothing unwinds into C, and a fault in the shim never hands the application
+//!   what the shim keeps from it: a panic in a hook's logic is caught and fails
+//!   that call with `EIO`; bookkeeping after the real operation is contained on
+//!   its own, so the real result stands; a closed fd is never left marked
+//!   (the contract is in [`hook`]). This needs unwinding: a build with
+//!   `panic = "abort"` is refused below.
 //! * Only the hooks are exported. rustc already links a cdylib with a version script
 //!   that exports its `#[no_mangle] extern "C"` functions and makes everything else
 //!   local, so there is no script of our own: one with a named version node would
