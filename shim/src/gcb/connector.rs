@@ -292,7 +292,8 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
         }
         Decision::Relay { via, token } => match dial::relay(fd, via, token, connect_deadline(fd)) {
             Ok(()) => {
-                name(fd, dest);
+                // Connected: a panic naming it must not fail the connect (`hook`, rule 4).
+                crate::hook::bookkeep(|| name(fd, dest));
                 set_errno(saved);
                 0
             }
@@ -311,8 +312,12 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
                 Ok(()) => {
                     // Its connection taken; after a failure the listener's
                     // dial may still come, so that one is closed (dropped).
-                    reversal_listener::give_back(tmp);
-                    name(fd, dest);
+                    // Connected: a panic from here on must not fail the
+                    // connect (`hook`, rule 4).
+                    crate::hook::bookkeep(|| {
+                        reversal_listener::give_back(tmp);
+                        name(fd, dest);
+                    });
                     set_errno(saved);
                     0
                 }

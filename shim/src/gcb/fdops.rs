@@ -166,12 +166,14 @@ pub fn duplicated(old: c_int, new: c_int) {
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int {
     let r = real::epoll_ctl(epfd, op, fd, event);
     if r == 0 {
-        let _errno = ErrnoGuard::new();
-        let ev = (!event.is_null()).then(|| {
-            let e = std::ptr::read_unaligned(event);
-            (e.events, e.u64)
+        // Done in the kernel; recording it is bookkeeping (`hook`, rule 4).
+        crate::hook::bookkeep(|| {
+            let ev = (!event.is_null()).then(|| {
+                let e = std::ptr::read_unaligned(event);
+                (e.events, e.u64)
+            });
+            super::with(|reg| reg.interest.record(epfd, op, fd, ev));
         });
-        super::with(|reg| reg.interest.record(epfd, op, fd, ev));
     }
     r
 }

@@ -53,12 +53,14 @@ pub fn sends_through(fd: c_int) -> bool {
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let r = real::bind(fd, addr, len);
     if r == 0 && fdtable::kind(fd) == Kind::WatchedUdp {
-        let _errno = crate::hook::ErrnoGuard::new();
-        if !join_registered(fd) {
-            // The bind itself succeeded; a socket that could not register (no
-            // descriptor for its management socket) works unbrokered, as logged.
-            let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp, 0);
-        }
+        // Bound whatever happens next (`hook`, rule 4).
+        crate::hook::bookkeep(|| {
+            if !join_registered(fd) {
+                // The bind itself succeeded; a socket that could not register (no
+                // descriptor for its management socket) works unbrokered, as logged.
+                let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp, 0);
+            }
+        });
     }
     r
 }
