@@ -34,6 +34,11 @@ pub fn forget(fd: c_int) {
     let _errno = ErrnoGuard::new();
     match fdtable::kind(fd) {
         Kind::Plain | Kind::Internal => {}
+        // A socket never put in an epoll set (the usual case: bound to find a
+        // free port, then closed) has no record to drop, and takes no lock.
+        Kind::Watched if !super::interest::maybe_recorded(fd) => {
+            fdtable::replace(fd, Kind::Watched, Kind::Plain);
+        }
         Kind::Watched => super::with(|reg| unwatch(reg, fd)),
         Kind::Connecting => super::with(|reg| {
             super::connecting::cancel(reg, fd);

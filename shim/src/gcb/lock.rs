@@ -25,6 +25,18 @@ thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
+#[cfg(test)]
+thread_local! {
+    // Locks this thread took: tests prove a fast path takes none.
+    static TAKEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times this thread has taken any [`Lock`] (test builds only).
+#[cfg(test)]
+pub fn taken_by_this_thread() -> u64 {
+    TAKEN.with(Cell::get)
+}
+
 /// A mutex whose state `fork` handles (see the module docs).
 pub struct Lock<T> {
     mutex: UnsafeCell<libc::pthread_mutex_t>,
@@ -47,6 +59,8 @@ impl<T> Lock<T> {
         // passes through the hook guard before reaching here).
         unsafe { libc::pthread_mutex_lock(self.mutex.get()) };
         let _ = HOLDING.try_with(|h| h.set(true));
+        #[cfg(test)]
+        let _ = TAKEN.try_with(|t| t.set(t.get() + 1));
         Guard { lock: self }
     }
 
