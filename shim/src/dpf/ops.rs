@@ -45,7 +45,9 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     r
 }
 
-/// `listen`: a TCP/IPv4 socket is forwarded once it listens.
+/// `listen`: a TCP/IPv4 socket is forwarded once it listens. dpfd's probes
+/// are the responder's to take (`serve`), not this call's: a `listen` on a
+/// socket the client does not forward (a unix socket, loopback) takes no lock.
 ///
 /// # Safety
 ///
@@ -54,7 +56,6 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let r = real::listen(fd, backlog);
     if r == 0 {
         crate::hook::bookkeep(|| {
-            forward::sweep();
             if proto_of(fd) == Some(Proto::Tcp) {
                 forward::forward(fd, Proto::Tcp);
             }
@@ -154,7 +155,8 @@ fn prepare_connect(fd: c_int, dest: Option<SocketAddrV4>) -> Option<(SocketAddrV
             forward::wind_up(f, true);
         }
     }
-    let dest = dest.filter(|d| super::query::worth_asking(*d))?;
+    // Lock-free up to here for a destination that is not dpfd's.
+    let dest = dest.filter(|d| super::query::worth_asking(*d) && super::public::may_be_public(*d.ip()))?;
     let proto = proto_of(fd)?;
     super::query::resolve(proto, dest).map(|local| (dest, local))
 }

@@ -4,7 +4,8 @@
 //! DPF state's. Test builds count every `Lock` acquisition per thread
 //! (`gcb::lock::taken_by_this_thread`), so each step asserts the count did
 //! not move. The unit tests run with neither mode on: GCB-mode kinds are
-//! marked by hand, as the `socket` hook marks them.
+//! marked by hand, as the `socket` hook marks them, and DPF mode's calls are
+//! `dpf::ops`, which `managed` sends every `bind`, `listen` and `connect` to.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -153,4 +154,53 @@ fn ordinary_gcb_mode_udp_sockets_take_no_lock() {
         assert_eq!(super::lifetime::close(client), 0);
         assert_eq!(super::lifetime::close(server), 0);
     });
+}
+
+#[test]
+fn dpf_mode_calls_take_no_lock_unless_the_destination_is_dpfd_s() {
+    warm_up();
+    let gateway = Ipv4Addr::new(203, 0, 113, 1);
+    crate::dpf::public::KNOWN.learn_all(&[gateway]);
+    let (l, at) = listener();
+    no_lock("DPF bind, listen and connect of sockets it does not forward", || unsafe {
+        let s = socket(libc::SOCK_STREAM, false, Kind::Plain);
+        let (sin, len) = addr_of("127.0.0.1:0".parse().unwrap());
+        assert_eq!(crate::dpf::ops::bind(s, ptr(&sin), len), 0);
+        assert_eq!(crate::dpf::ops::listen(s, 4), 0);
+        real::close(s);
+        let u = socket(libc::SOCK_DGRAM, false, Kind::Plain);
+        assert_eq!(crate::dpf::ops::bind(u, ptr(&sin), len), 0);
+        real::close(u);
+        let c = socket(libc::SOCK_STREAM, false, Kind::Plain);
+        let (to, tolen) = addr_of(at);
+        assert_eq!(crate::dpf::ops::connect(c, ptr(&to), tolen), 0);
+        real::close(c);
+        // Not one of dpfd's IPs: no Query, so no cache and no lock.
+        let c = socket(libc::SOCK_STREAM, true, Kind::Plain);
+        let (to, tolen) = addr_of(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 9));
+        crate::dpf::ops::connect(c, ptr(&to), tolen);
+        real::close(c);
+    });
+    no_lock("DPF bind and listen of a unix socket", || unsafe {
+        let u = real::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let mut sun: libc::sockaddr_un = std::mem::zeroed();
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        // Just the family: the kernel picks an abstract name (autobind).
+        let len = std::mem::size_of::<libc::sa_family_t>() as socklen_t;
+        assert_eq!(crate::dpf::ops::bind(u, (&sun as *const libc::sockaddr_un).cast(), len), 0);
+        assert_eq!(crate::dpf::ops::listen(u, 4), 0);
+        real::close(u);
+    });
+    // And one of dpfd's IPs is looked up in the Query cache, under the lock.
+    let before = taken_by_this_thread();
+    let c = socket(libc::SOCK_STREAM, true, Kind::Plain);
+    let (to, tolen) = addr_of(SocketAddrV4::new(gateway, 9));
+    // SAFETY: a valid address.
+    unsafe { crate::dpf::ops::connect(c, ptr(&to), tolen) };
+    assert!(taken_by_this_thread() > before, "a connect to dpfd's public IP asks the cache");
+    // SAFETY: ours.
+    unsafe {
+        real::close(c);
+        real::close(l);
+    }
 }
