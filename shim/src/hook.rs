@@ -40,7 +40,7 @@
 //!    [`bookkeep`], which contains the panic there, logs one line, and lets BODY
 //!    return the real call's result, so nothing runs twice and the application sees
 //!    what the kernel did. Where the fd table must not be left wrong, BODY puts it
-//!    right regardless (a closed fd is always left `Plain`, see `managed::close`).
+//!    right regardless (a closed fd is always left `Plain`, see `managed::forget`).
 //!    A read whose data the shim must strip (a UDP relay header) cannot return the
 //!    raw result: a panic there fails the read with EIO, as if the datagram were
 //!    lost.
@@ -58,8 +58,8 @@
 //! (without lazy init, and with `errno` preserved), then the guard is released and
 //! the real function is called, and [`prepare`] undoes the work if it returns.
 //! They are the one exception to rule 3: a panic in that work leaves the new image
-//! without the shim's hand-over (its listeners are then plain sockets), and the
-//! exec itself goes ahead, since failing an exec would end the program.
+//! without the shim's hand-over, and the exec itself goes ahead: what failed is the
+//! shim's extra, and the raw exec hands the application nothing of the shim's.
 //! Releasing first matters under `vfork`: the child shares the parent's memory,
 //! thread-local guard included, so a guard still set when `execve` replaces the
 //! child would leave the parent thread marked "inside the shim" forever.
