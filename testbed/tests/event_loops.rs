@@ -130,7 +130,7 @@ fn event_loop(client: &str) {
         };
         if num(&echo, "ok") as usize != COUNT || !lines.iter().any(|l| l == "DONE ok") {
             let failed: Vec<&String> = lines.iter().filter(|l| l.starts_with("FAILED")).collect();
-            wrong.push(format!("{what}: {echo}: {failed:?}"));
+            wrong.push(format!("{what}: {echo}: {failed:?}\nits shim's log: ...{}", support::tail(&p.stderr_text(), 3000)));
         }
         let n = num(&calls, "n");
         if num(&calls, "einprogress") != n {

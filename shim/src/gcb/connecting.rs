@@ -545,7 +545,10 @@ pub fn refusal_errno(code: ErrorCode) -> Errno {
 }
 
 /// Ends a step: the job goes back to wait, or its connection (or failure)
-/// goes on the program's fd.
+/// goes on the program's fd. Whatever stops that (no socket for the
+/// failure, the fd holding something else, a failed `dup3`), a job still live
+/// ends with its placeholder shut down: the program's connect then fails, it
+/// never waits for ever.
 fn conclude(mut job: Job, step: Step) {
     let (sock, named, decision, error) = match step {
         Step::Wait => {
@@ -556,59 +559,87 @@ fn conclude(mut job: Job, step: Step) {
             });
             return;
         }
-        Step::Done { sock, named, decision } => (sock, named, decision, None),
+        Step::Done { sock, named, decision } => (Some(sock), named, decision, None),
         Step::Failed(e) => {
             log!(Warn, "connect to {} failed: {}", job.dest, std::io::Error::from_raw_os_error(e));
-            match super::gate::refused(job.family) {
-                Ok(sock) => (sock, false, None, (e != libc::ECONNREFUSED).then_some(e)),
-                Err(_) => return,
-            }
+            let refused = super::gate::refused(job.family).ok();
+            let error = (e != libc::ECONNREFUSED || refused.is_none()).then_some(e);
+            (refused, false, None, error)
         }
     };
-    let stage = std::mem::replace(&mut job.stage, Stage::New);
-    drop(stage);
+    drop(std::mem::replace(&mut job.stage, Stage::New));
     let swapped = super::with(|reg| {
-        if !is_live(job.app_fd, job.id) || !same_file(job.app_fd, job.placeholder) {
-            return false;
+        if !is_live(job.app_fd, job.id) {
+            return Swap::Cancelled;
         }
         if let Some(slot) = live_slot(job.app_fd) {
             slot.store(0, Ordering::Release);
         }
-        let Ok(app) = AppSocket::read(job.app_fd) else { return false };
-        let regs = reg.interest.take(job.app_fd);
-        if let Err(e) = put_on(job.app_fd, sock, true, &app, regs) {
-            log!(Warn, "connect to {}: the connection could not be put on fd {}: {}", job.dest, job.app_fd, std::io::Error::from_raw_os_error(e));
-            return false;
+        if !same_file(job.app_fd, job.placeholder) {
+            return Swap::Cancelled;
         }
-        if named || error.is_some() {
+        let put = match (sock, AppSocket::read(job.app_fd)) {
+            (Some(sock), Ok(app)) => {
+                let regs = reg.interest.take(job.app_fd);
+                put_on(job.app_fd, sock, true, &app, regs)
+            }
+            (None, _) => Err(libc::ENOBUFS),
+            (_, Err(e)) => Err(e),
+        };
+        if named || error.is_some() || put.is_err() {
             reg.set_names(job.app_fd, Names { local: None, peer: named.then_some(job.dest) });
             fdtable::set(job.app_fd, Kind::Named);
         } else {
             fdtable::set(job.app_fd, Kind::Plain);
         }
-        if let Some(e) = error {
-            reg.connects.errors.insert(job.app_fd, e);
+        match put {
+            Ok(()) => {
+                if let Some(e) = error {
+                    reg.connects.errors.insert(job.app_fd, e);
+                }
+                Swap::Done
+            }
+            Err(e) => {
+                // The placeholder stays on the fd and fails below.
+                reg.connects.errors.insert(job.app_fd, error.unwrap_or(libc::ECONNREFUSED));
+                Swap::Failed(e)
+            }
         }
-        true
     });
-    if swapped {
-        // Wakes a poll or select still waiting on the placeholder.
-        // SAFETY: our duplicate of the placeholder.
-        unsafe { real::shutdown(job.placeholder, libc::SHUT_RDWR) };
-        if let Some(d) = decision {
-            connector::log_path(proto::Proto::Tcp, job.dest, &d, job.since);
+    match swapped {
+        Swap::Cancelled => return,
+        Swap::Failed(e) => {
+            log!(Warn, "connect to {}: the connection could not be put on fd {} ({}); the connect fails", job.dest, job.app_fd, std::io::Error::from_raw_os_error(e));
+        }
+        Swap::Done => {
+            if let Some(d) = decision {
+                connector::log_path(proto::Proto::Tcp, job.dest, &d, job.since);
+            }
         }
     }
+    // Wakes a poll or select still waiting on the placeholder (after a swap),
+    // or fails the connect on it (when the swap could not be made).
+    // SAFETY: our duplicate of the placeholder.
+    unsafe { real::shutdown(job.placeholder, libc::SHUT_RDWR) };
+}
+
+/// How putting a job's outcome on the program's fd went.
+enum Swap {
+    Done,
+    /// The job was cancelled, or the fd holds something else now.
+    Cancelled,
+    Failed(Errno),
 }
 
 /// Whether fds `a` and `b` of this process refer to the same open file
-/// (`kcmp`); true where the kernel cannot say.
+/// (`kcmp` says 0); true where the kernel cannot say (no `kcmp`, or not
+/// allowed here).
 fn same_file(a: c_int, b: c_int) -> bool {
     const KCMP_FILE: libc::c_long = 0;
     let pid = libc::c_long::from(process::owner());
     // SAFETY: kcmp only compares; no memory is passed.
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as libc::c_long, b as libc::c_long) };
-    r != 1 && r != 2
+    r == 0 || r < 0
 }
 
 /// A forked child's copies of its parent's jobs are the parent's.

@@ -253,7 +253,7 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
             l.proxy = Some(proxy);
             l.joined = true;
             l.udp_token = udp_token;
-            if renamed {
+            if renamed || std::mem::take(&mut l.lost) {
                 log!(Info, "registered {} {} as {proxy}", l.proto, l.reg_local);
             } else {
                 // This process joined a registration it knew (a forked child,
@@ -273,12 +273,14 @@ fn on_reply(reg: &mut Registry, id: ListenerId, request_id: u64, msg: Message, n
             if l.proxy.is_some_and(|p| unknown.contains(&Endpoint::new(l.proto, p))) {
                 log!(Debug, "the broker {broker} forgot {} {}; registering again", l.proto, l.reg_local);
                 l.joined = false;
+                l.lost = true;
                 reregister(l, now);
             }
         }
         (Some(Purpose::Heartbeat), Message::HeartbeatAck) => {}
         (Some(Purpose::Heartbeat), Message::Error { code: ErrorCode::NotRegistered, .. }) => {
             l.joined = false;
+            l.lost = true;
             reregister(l, now)
         }
         (Some(Purpose::Channel { fd, peer }), reply) => reopened = Some((fd, peer, reply)),

@@ -22,6 +22,7 @@ fn setup() -> (Registry, ListenerId, Sock) {
         reg_local: addr("192.0.2.10:7000"),
         proxy: Some(addr("203.0.113.10:20001")),
         joined: true,
+        lost: false,
         shared: false,
         family: super::super::family::Family::V4,
         backlog: 16,

@@ -57,6 +57,9 @@ pub struct Listener {
     /// This process's management socket has had its `RegisterOk`: it is a
     /// holder and heartbeats; until then it registers (and so joins).
     pub joined: bool,
+    /// The broker forgot the registration (a restart): the next `RegisterOk`
+    /// is a registration again, logged as one.
+    pub lost: bool,
     /// Another process holds the socket too (fork, exec, `SCM_RIGHTS`):
     /// closing it here must not unregister it.
     pub shared: bool,
@@ -117,6 +120,7 @@ pub(crate) mod tests {
             reg_local: addr("192.0.2.10:7000"),
             proxy: None,
             joined: true,
+            lost: false,
             shared: false,
             family: crate::gcb::family::Family::V4,
             backlog: 16,

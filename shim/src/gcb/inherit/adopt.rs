@@ -83,6 +83,7 @@ pub fn held(
         reg_local: local,
         proxy,
         joined: false,
+        lost: false,
         shared: true,
         family,
         backlog,
