@@ -1,5 +1,6 @@
 //! The machinery every interposed function is built from: the `hook!` macro, the
-//! per-thread re-entrancy guard, `errno` access and the `ErrnoGuard`.
+//! per-thread re-entrancy guard, `errno` access and the `ErrnoGuard`, and panic
+//! containment ([`contain`], [`bookkeep`]).
 //!
 //! # Why our own macro and not `redhook`
 //!
@@ -28,9 +29,26 @@
 //! 2. Otherwise the thread is marked as inside the shim, lazy init runs if it has not
 //!    ([`crate::init::ensure`]), and BODY runs. BODY's value is the return value, and
 //!    BODY is expected to end in a real call so `errno` is the real call's.
-//! 3. If BODY panics, the panic is caught (it must never unwind into C), logged, and
-//!    the real `NAME` is called with the original arguments. So BODY must not panic
-//!    after it has performed the real operation.
+//! 3. If BODY panics, the panic is caught (it must never unwind into C), one line
+//!    is logged, and the call fails: it returns the type's failure value ([`Failure`],
+//!    `-1`) with `errno = EIO`. It is **not** handed to the real `NAME`: on a fd the
+//!    shim manages, the raw call would hand the application what the shim keeps from
+//!    it (a relay header, a doorbell) or do twice what BODY already did (a `dup`, a
+//!    `send`, an `accept`).
+//! 4. Hence the rule for BODY: whatever may panic *after* BODY has performed the real
+//!    operation (closed, duplicated, accepted, listened, connected, bound) runs under
+//!    [`bookkeep`], which contains the panic there, logs one line, and lets BODY
+//!    return the real call's result, so nothing runs twice and the application sees
+//!    what the kernel did. Where the fd table must not be left wrong, BODY puts it
+//!    right regardless (a closed fd is always left `Plain`, see `managed::forget`).
+//!    A read whose data the shim must strip (a UDP relay header) cannot return the
+//!    raw result: a panic there fails the read with EIO, as if the datagram were
+//!    lost.
+//!
+//! Every other function C calls into (the `pthread_atfork` and `atexit` handlers in
+//! [`crate::init`], the responder thread's rounds) runs its work under [`contain`]
+//! too. A build with `panic = "abort"` is refused (`lib.rs`): every one of these
+//! guarantees would turn into killing the application.
 //!
 //! `real::NAME` must exist with the same signature; a hook for a function libc does
 //! not have fails with `ENOSYS` (see [`crate::real`]).
@@ -39,6 +57,9 @@
 //! not built with `hook!`: their shim work runs guarded by [`prepare_value`]
 //! (without lazy init, and with `errno` preserved), then the guard is released and
 //! the real function is called, and [`prepare`] undoes the work if it returns.
+//! They are the one exception to rule 3: a panic in that work leaves the new image
+//! without the shim's hand-over, and the exec itself goes ahead: what failed is the
+//! shim's extra, and the raw exec hands the application nothing of the shim's.
 //! Releasing first matters under `vfork`: the child shares the parent's memory,
 //! thread-local guard included, so a guard still set when `execve` replaces the
 //! child would leave the parent thread marked "inside the shim" forever.
@@ -85,23 +106,64 @@ pub fn in_shim() -> bool {
     IN_SHIM.try_with(Cell::get).unwrap_or(true)
 }
 
-/// Runs `logic` as a hook body per the `hook!` contract; `real` is the pass-through.
+/// What a caught panic leads to, for the one line the panic hook logs.
+pub mod aftermath {
+    pub const FAILS: &str = "the call fails with EIO";
+    pub const STANDS: &str = "the shim's bookkeeping stops there; the call returns what the kernel did";
+    pub const EXEC: &str = "the exec goes ahead without the shim's hand-over";
+}
+
+thread_local! {
+    // What the innermost `contain` on this thread makes of a panic; "" outside any.
+    static AFTERMATH: Cell<&'static str> = const { Cell::new("") };
+}
+
+/// What a panic on this thread now leads to, if it is inside [`contain`]; a
+/// panic inside the shim but outside any `contain` is a hook body's, and fails
+/// its call ([`aftermath::FAILS`], see [`dispatch`]).
+pub fn current_aftermath() -> Option<&'static str> {
+    AFTERMATH.try_with(Cell::get).ok().filter(|a| !a.is_empty())
+}
+
+/// Runs `f`; a panic in it is caught and logged as one line ending in
+/// `aftermath` (what the caller does next), and gives `None`. Nests.
+#[inline]
+pub fn contain<T>(aftermath: &'static str, f: impl FnOnce() -> T) -> Option<T> {
+    let outer = AFTERMATH.try_with(|a| a.replace(aftermath)).unwrap_or("");
+    let r = catch_unwind(AssertUnwindSafe(f)).ok();
+    let _ = AFTERMATH.try_with(|a| a.set(outer));
+    r
+}
+
+/// Bookkeeping around a real operation that has been performed, or must be
+/// whatever happens (a close; rule 4 of the contract): a panic in `f` stops
+/// there, and the body goes on to return the real result. `errno` is the real
+/// call's either way.
+#[inline]
+pub fn bookkeep<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let _errno = ErrnoGuard::new();
+    contain(aftermath::STANDS, f)
+}
+
+/// Runs `logic` as a hook body per the `hook!` contract; `real` is the pass-through
+/// for a thread already inside the shim.
 #[inline(always)]
-pub fn dispatch<R>(logic: impl FnOnce() -> R, real: impl FnOnce() -> R) -> R {
-    let Some(inside) = Inside::enter() else {
+pub fn dispatch<R: Failure>(logic: impl FnOnce() -> R, real: impl FnOnce() -> R) -> R {
+    let Some(_inside) = Inside::enter() else {
         return real();
     };
-    let run = || {
-        crate::init::ensure();
-        logic()
-    };
-    match catch_unwind(AssertUnwindSafe(run)) {
+    // Init contains its own panics (`init`): a fault there must not fail
+    // calls on fds the shim has no business with.
+    crate::init::ensure();
+    // Not `contain`: every hooked call passes here, and a hook body's
+    // aftermath is the default one for a panic inside the shim (`FAILS`), so
+    // the thread-local need not be touched (two `__tls_get_addr` calls fewer
+    // on the fast path of a shared library).
+    match catch_unwind(AssertUnwindSafe(logic)) {
         Ok(value) => value,
         Err(_) => {
-            // The panic hook (init.rs) has logged it. Leave before the real call so
-            // it runs exactly as it would without the shim.
-            drop(inside);
-            real()
+            set_errno(libc::EIO);
+            R::FAILED
         }
     }
 }
@@ -114,7 +176,7 @@ pub fn prepare(body: impl FnOnce()) {
         return;
     };
     let _errno = ErrnoGuard::new();
-    let _ = catch_unwind(AssertUnwindSafe(body));
+    let _ = contain(aftermath::EXEC, body);
 }
 
 /// Like [`prepare`], for a body that computes something for the real call (the
@@ -123,7 +185,7 @@ pub fn prepare(body: impl FnOnce()) {
 pub fn prepare_value<T>(body: impl FnOnce() -> Option<T>) -> Option<T> {
     let _inside = Inside::enter()?;
     let _errno = ErrnoGuard::new();
-    catch_unwind(AssertUnwindSafe(body)).ok().flatten()
+    contain(aftermath::EXEC, body).flatten()
 }
 
 /// The calling thread's `errno`.
@@ -164,8 +226,9 @@ impl Drop for ErrnoGuard {
     }
 }
 
-/// The value a hooked function returns on failure, when its real definition is
-/// missing (with `errno = ENOSYS`).
+/// The value a hooked function returns on failure: when its real definition is
+/// missing (with `errno = ENOSYS`), or when the shim's work for it panicked
+/// (`EIO`).
 pub trait Failure {
     const FAILED: Self;
 }
@@ -180,6 +243,43 @@ impl Failure for libc::ssize_t {
 
 impl Failure for () {
     const FAILED: Self = ();
+}
+
+/// Test builds: a panic injected once at a named point of shim code, on the
+/// thread that armed it, so containment can be tested where real bugs would be.
+#[cfg(test)]
+pub mod fault {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ARMED: Cell<&'static str> = const { Cell::new("") };
+    }
+
+    /// The next time this thread passes `point`, it panics there.
+    pub fn arm(point: &'static str) {
+        ARMED.with(|a| a.set(point));
+    }
+
+    /// Whether a fault is armed and has not fired yet.
+    pub fn armed() -> bool {
+        ARMED.with(|a| !a.get().is_empty())
+    }
+
+    #[track_caller]
+    pub fn point(name: &'static str) {
+        if ARMED.with(|a| a.get()) == name {
+            ARMED.with(|a| a.set(""));
+            panic!("fault injected at {name}");
+        }
+    }
+}
+
+/// A point where a test may inject a panic ([`fault`]); nothing in other builds.
+macro_rules! fault_point {
+    ($name:literal) => {
+        #[cfg(test)]
+        $crate::hook::fault::point($name);
+    };
 }
 
 /// Defines an exported hook; see the module documentation for the contract.
@@ -215,13 +315,38 @@ mod tests {
     }
 
     #[test]
-    fn dispatch_falls_back_to_real_on_panic() {
-        let got = dispatch(|| -> c_int { panic!("logic bug") }, || 7);
-        assert_eq!(got, 7);
+    fn a_panic_fails_the_call_with_eio_and_never_calls_real() {
+        let real_ran = Cell::new(false);
+        set_errno(0);
+        let got = dispatch(|| -> c_int { panic!("logic bug") }, || {
+            real_ran.set(true);
+            7
+        });
+        assert_eq!((got, errno()), (-1, libc::EIO));
+        assert!(!real_ran.get(), "the raw call is not made after a panic");
         assert!(!in_shim(), "the guard is released after a panic");
+        assert_eq!(current_aftermath(), None, "and so is the aftermath");
+        let got: libc::ssize_t = dispatch(|| panic!("in a read"), || 5);
+        assert_eq!((got, errno()), (-1, libc::EIO));
         // Nested: the inner dispatch must not run its logic.
         let got = dispatch(|| dispatch(|| 1, || 2), || 3);
         assert_eq!(got, 2);
+    }
+
+    #[test]
+    fn bookkeep_keeps_the_result_and_errno() {
+        let got = dispatch(
+            || -> c_int {
+                set_errno(libc::EAGAIN);
+                let r = 4; // the real call's result
+                assert_eq!(bookkeep(|| -> u8 { panic!("bookkeeping bug") }), None);
+                assert_eq!(current_aftermath(), None, "the outer aftermath (a hook body's) is back");
+                assert_eq!(bookkeep(|| 9), Some(9));
+                r
+            },
+            || 0,
+        );
+        assert_eq!((got, errno()), (4, libc::EAGAIN));
     }
 
     #[test]

@@ -28,8 +28,9 @@
 //! by a thread it does not have. The child handler also resets an init that
 //! another thread had left half done at the moment of the fork, so the child runs
 //! it again. Any lock added later must be taken by the prepare handler too, in one
-//! fixed order. Parent and child handlers run in the child of a possibly
-//! multi-threaded parent, so they only do async-signal-safe work.
+//! fixed order. The child handler runs in the child of a possibly
+//! multi-threaded parent, so it only does async-signal-safe work. No handler
+//! (nor the `atexit` one) lets a panic unwind into libc.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -53,11 +54,16 @@ pub fn ensure() {
     }
 }
 
+/// Whether init has finished in this process.
+pub fn done() -> bool {
+    STATE.load(Ordering::Acquire) == DONE
+}
+
 #[cold]
 fn start() {
     if STATE.compare_exchange(FORKED, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
         let _errno = ErrnoGuard::new();
-        resume_in_child();
+        let _ = crate::hook::contain(aftermath::INIT, resume_in_child);
         STATE.store(DONE, Ordering::Release);
         return;
     }
@@ -65,10 +71,18 @@ fn start() {
         return;
     }
     let _errno = ErrnoGuard::new();
+    // The panic hook first, so that even a fault in the rest is one line.
+    install_panic_hook();
+    // A panic here leaves init done as far as it got: the call that ran it
+    // goes on, and no later call tries again.
+    let _ = crate::hook::contain(aftermath::INIT, first_time);
+    STATE.store(DONE, Ordering::Release);
+}
+
+fn first_time() {
     crate::process::claim();
     register_fork_handlers();
     register_exit_handler();
-    install_panic_hook();
 
     let cfg = config::get();
     log::set_level(cfg.log_level);
@@ -86,7 +100,13 @@ fn start() {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     log!(Debug, "loaded in process {pid}: {}", cfg.summary());
-    STATE.store(DONE, Ordering::Release);
+}
+
+/// What a caught panic in the C-called functions of this module leads to.
+mod aftermath {
+    pub const INIT: &str = "the shim's init stops there";
+    pub const EXIT: &str = "the exit goes ahead";
+    pub const FORK: &str = "the fork goes ahead";
 }
 
 /// Registered once per process image; forked children inherit the registration.
@@ -117,34 +137,50 @@ fn register_exit_handler() {
 }
 
 extern "C" fn at_exit() {
-    // A panic must not unwind into libc's exit; the guard keeps the shim's
-    // own calls out of the hooks.
-    crate::hook::prepare(|| {
+    // The guard keeps the shim's own calls out of the hooks; `prepare` would
+    // name the wrong aftermath.
+    let Some(_inside) = crate::hook::Inside::enter() else { return };
+    let _errno = ErrnoGuard::new();
+    let _ = crate::hook::contain(aftermath::EXIT, || {
         if !crate::dpf::enabled() {
             crate::gcb::at_exit();
         }
     });
 }
 
+// The three fork handlers are called by libc, in whatever thread forks, inside
+// a hook or not (a libc-internal fork, as in `daemon`): none may unwind into
+// it, so each runs its work under `contain`.
+
 extern "C" fn before_fork() {
-    // One client per mode: the lock helpers track one lock taken for fork.
-    if crate::dpf::enabled() {
-        crate::dpf::prepare_fork();
-    } else {
-        crate::gcb::prepare_fork();
-    }
+    let _ = crate::hook::contain(aftermath::FORK, || {
+        // One client per mode: the lock helpers track one lock taken for fork.
+        if crate::dpf::enabled() {
+            crate::dpf::prepare_fork();
+        } else {
+            crate::gcb::prepare_fork();
+        }
+    });
 }
 
 extern "C" fn after_fork_in_parent() {
-    if crate::dpf::enabled() {
-        crate::dpf::after_fork(false);
-    } else {
-        crate::gcb::after_fork(false);
-    }
+    let _ = crate::hook::contain(aftermath::FORK, || {
+        if crate::dpf::enabled() {
+            crate::dpf::after_fork(false);
+        } else {
+            crate::gcb::after_fork(false);
+        }
+    });
 }
 
 extern "C" fn after_fork_in_child() {
-    // Async-signal-safe work only: atomics, getpid, an unlock.
+    // Async-signal-safe work only: atomics, getpid, an unlock. `contain` adds a
+    // thread-local swap and `catch_unwind`, which costs nothing unless a panic
+    // comes (and then the child logs it rather than abort in libc).
+    let _ = crate::hook::contain(aftermath::FORK, in_child);
+}
+
+fn in_child() {
     crate::process::claim();
     crate::responder::forget_in_child();
     // An init another thread had under way will never finish in this process;
@@ -168,9 +204,10 @@ fn resume_in_child() {
     }
 }
 
-/// A panic inside shim code is logged as one line (then `hook::dispatch` passes the
-/// call through). Panics elsewhere, possible only when the rlib is linked into a
-/// Rust program such as our unit tests, go to the hook that was there before.
+/// A panic inside shim code is logged as one line, saying where and what the
+/// shim does next (`hook::contain`'s aftermath). Panics elsewhere, possible
+/// only when the rlib is linked into a Rust program such as our unit tests, go
+/// to the hook that was there before.
 fn install_panic_hook() {
     static INSTALLED: AtomicBool = AtomicBool::new(false);
     if INSTALLED.swap(true, Ordering::Relaxed) {
@@ -178,12 +215,14 @@ fn install_panic_hook() {
     }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if crate::hook::in_shim() {
+        let aftermath = crate::hook::current_aftermath();
+        if crate::hook::in_shim() || aftermath.is_some() {
             let payload = info.payload();
             let what = payload.downcast_ref::<&str>().copied();
             let what = what.or_else(|| payload.downcast_ref::<String>().map(String::as_str));
             let at = info.location().map(|l| (l.file(), l.line())).unwrap_or(("?", 0));
-            log!(Error, "internal error at {}:{}: {}; passing the call through", at.0, at.1, what.unwrap_or("panic"));
+            let next = aftermath.unwrap_or(crate::hook::aftermath::FAILS);
+            log!(Error, "internal error at {}:{}: {}; {next}", at.0, at.1, what.unwrap_or("panic"));
         } else {
             previous(info);
         }

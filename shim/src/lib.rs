@@ -36,8 +36,12 @@
 //!   taken only for fds the client tracks and handled across `fork` (see [`init`]).
 //! * `errno` after a hook is what the real call set; shim-internal work in between
 //!   runs under [`hook::ErrnoGuard`].
-//! * Nothing unwinds into C: a panic in shim logic is caught and the call is handed to
-//!   the real function.
+//! * Nothing unwinds into C, and a fault in the shim never hands the application
+//!   what the shim keeps from it: a panic in a hook's logic is caught and fails
+//!   that call with `EIO`; bookkeeping after the real operation is contained on
+//!   its own, so the real result stands; a closed fd is never left marked
+//!   (the contract is in [`hook`]). This needs unwinding: a build with
+//!   `panic = "abort"` is refused below.
 //! * Only the hooks are exported. rustc already links a cdylib with a version script
 //!   that exports its `#[no_mangle] extern "C"` functions and makes everything else
 //!   local, so there is no script of our own: one with a named version node would
@@ -49,6 +53,17 @@
 compile_error!(
     "libgcb.so supports Linux on x86_64 and aarch64 only: the variadic fcntl hooks rely \
      on those ABIs passing variadic integer arguments like fixed ones (hooks/lifetime.rs)"
+);
+
+// Containment catches panics with `catch_unwind` (hook.rs). With panic=abort
+// it catches nothing, and a bug in the shim's bookkeeping for one socket would
+// kill whatever program it is loaded into, instead of failing one call.
+#[cfg(panic = "abort")]
+compile_error!(
+    "libgcb.so must be built with panic = \"unwind\": it runs inside other people's \
+     programs, and contains its own panics (hook.rs) so that a shim bug fails one call \
+     with EIO instead of aborting the program; panic = \"abort\" would turn every such \
+     bug into a crash of the application"
 );
 
 #[macro_use]

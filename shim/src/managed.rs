@@ -19,6 +19,7 @@
 
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
+use crate::fdtable::{self, Kind};
 use crate::{dpf, gcb};
 
 pub use crate::gcb::fdops::epoll_ctl;
@@ -141,26 +142,46 @@ send_on_channel! {
     fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t;
 }
 
-/// Drops what the mode's client knows about `fd` (closed, or replaced).
+/// Drops what the mode's client knows about `fd` (closed, or replaced). Whatever
+/// that does (a panic in it is contained), the table says `Plain` for `fd`
+/// afterwards: once closed, the number is the next `open`'s, and must never
+/// send that file's calls into the shim.
 pub fn forget(fd: c_int) {
-    if dpf::enabled() {
-        dpf::ops::forget(fd)
-    } else {
-        gcb::fdops::forget(fd)
-    }
+    let _ = crate::hook::bookkeep(|| {
+        fault_point!("forget");
+        if dpf::enabled() {
+            dpf::ops::forget(fd)
+        } else {
+            gcb::fdops::forget(fd)
+        }
+    });
+    fdtable::set(fd, Kind::Plain);
 }
 
-/// `new` was just made a duplicate of `old`.
+/// `new` was just made a duplicate of `old` by the real call. If the mode's
+/// client fails to record it (a contained panic), `new` is still marked as a
+/// listener or named connection like `old`: its calls then leave the fast path
+/// (an `accept` on it never hands out a doorbell raw), and its close clears
+/// whatever half of the record was made.
 pub fn duplicated(old: c_int, new: c_int) {
-    if dpf::enabled() {
-        dpf::ops::duplicated(old, new)
-    } else {
-        gcb::fdops::duplicated(old, new)
+    let recorded = crate::hook::bookkeep(|| {
+        fault_point!("duplicated");
+        if dpf::enabled() {
+            dpf::ops::duplicated(old, new)
+        } else {
+            gcb::fdops::duplicated(old, new)
+        }
+    });
+    if recorded.is_none() && old != new {
+        if let kind @ (Kind::Managed | Kind::Named) = fdtable::kind(old) {
+            fdtable::set(new, kind);
+        }
     }
 }
 
 /// `close` of a tracked fd: the mode's client forgets it first, since once
-/// closed another thread may get the number.
+/// closed another thread may get the number. The fd is closed whatever the
+/// bookkeeping does.
 ///
 /// # Safety
 ///
@@ -223,5 +244,6 @@ pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 ///
 /// The C contract of `accept`.
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    fault_point!("accept");
     accept4(fd, addr, len, 0)
 }

@@ -28,7 +28,6 @@
 //!   (`init`). A `vfork` child never starts one (`process::borrowed`).
 //! * `exec` ends it with the image; [`WAKE`] is close-on-exec.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -161,8 +160,8 @@ fn serve<D: Duties>(pid: c_int) {
     let mut set = PollSet::default();
     let mut ready = Vec::new();
     loop {
-        let round = catch_unwind(AssertUnwindSafe(|| one_round::<D>(&mut set, &mut ready)));
-        if round.is_err() {
+        let round = crate::hook::contain("the responder goes on", || one_round::<D>(&mut set, &mut ready));
+        if round.is_none() {
             // Logged by the panic hook; a short pause keeps a persistent fault
             // from spinning.
             std::thread::sleep(std::time::Duration::from_millis(50));

@@ -122,8 +122,8 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     log!(Info, "registered {proto} {local} as {public}{bound_there}");
     let mgmt_fd = crate::internal::adopt(mgmt_sock.into_raw());
     let kind = kind_of(proto);
+    super::public::KNOWN.learn(*public.ip());
     super::with(|st| {
-        st.public.learn(*public.ip());
         st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false });
         fdtable::set(fd, kind);
         super::inherit::publish(st);

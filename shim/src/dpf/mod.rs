@@ -7,8 +7,9 @@
 //!   listener ([`forward`], [`ops`]);
 //! * deletes the forward when the socket turns active (`connect`) or its last fd
 //!   in this process closes, unless another process shares it ([`ops`]);
-//! * asks `dpfd` before a `connect` whether the destination is one of its public
-//!   addresses, and dials the private address behind it directly ([`query`]);
+//! * asks `dpfd` before a `connect` to one of its public IPs ([`public`], known
+//!   without a lock) which private address is behind it, and dials that one
+//!   directly ([`query`]); a connect elsewhere takes no lock;
 //! * hands forwarded sockets over `exec` in `GCB_INHERITED` ([`inherit`]);
 //! * forwards a socket the application binds to one of dpfd's public addresses
 //!   from exactly that address ([`reported`], `client::pinned`).
@@ -21,6 +22,7 @@
 pub mod forward;
 pub mod inherit;
 pub mod ops;
+pub mod public;
 pub mod query;
 pub mod reported;
 pub mod serve;

@@ -36,15 +36,18 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // IPv4, also through a dual-stack AF_INET6 socket (bound to `::` or a
     // v4-mapped address); pure IPv6 is not forwarded.
     if r == 0 && crate::gcb::family::local_view(fd, addr, len).is_some() {
-        let _errno = ErrnoGuard::new();
-        if proto_of(fd) == Some(Proto::Udp) {
-            forward::forward(fd, Proto::Udp);
-        }
+        crate::hook::bookkeep(|| {
+            if proto_of(fd) == Some(Proto::Udp) {
+                forward::forward(fd, Proto::Udp);
+            }
+        });
     }
     r
 }
 
-/// `listen`: a TCP/IPv4 socket is forwarded once it listens.
+/// `listen`: a TCP/IPv4 socket is forwarded once it listens. dpfd's probes
+/// are the responder's to take (`serve`), not this call's: a `listen` on a
+/// socket the client does not forward (a unix socket, loopback) takes no lock.
 ///
 /// # Safety
 ///
@@ -52,11 +55,11 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let r = real::listen(fd, backlog);
     if r == 0 {
-        let _errno = ErrnoGuard::new();
-        forward::sweep();
-        if proto_of(fd) == Some(Proto::Tcp) {
-            forward::forward(fd, Proto::Tcp);
-        }
+        crate::hook::bookkeep(|| {
+            if proto_of(fd) == Some(Proto::Tcp) {
+                forward::forward(fd, Proto::Tcp);
+            }
+        });
     }
     r
 }
@@ -73,24 +76,29 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         forward::sweep();
     }
     let n = real::accept4(fd, addr, len, flags);
-    if n >= 0 {
-        let _errno = ErrnoGuard::new();
-        super::with(|st| {
-            let public = st.forward_of(fd).and_then(|id| st.forward(id)).map(|f| f.public);
-            match public {
-                Some(public) => {
-                    st.set_names(n, Names { local: Some(public), peer: None });
-                    fdtable::set(n, Kind::Named);
-                }
-                None => {
-                    // A fresh fd starts plain, whatever a missed close left.
-                    st.remove_fd(n);
-                    fdtable::set(n, Kind::Plain);
-                }
-            }
-        });
+    if n >= 0 && crate::hook::bookkeep(|| name_accepted(fd, n)).is_none() {
+        fdtable::set(n, Kind::Plain);
     }
     n
+}
+
+/// Connection `n` was accepted from listener `fd`: its name is the forward's
+/// public address, and whatever a missed close left of `n` goes.
+fn name_accepted(fd: c_int, n: c_int) {
+    super::with(|st| {
+        let public = st.forward_of(fd).and_then(|id| st.forward(id)).map(|f| f.public);
+        match public {
+            Some(public) => {
+                st.set_names(n, Names { local: Some(public), peer: None });
+                fdtable::set(n, Kind::Named);
+            }
+            None => {
+                // A fresh fd starts plain, whatever a missed close left.
+                st.remove_fd(n);
+                fdtable::set(n, Kind::Plain);
+            }
+        }
+    });
 }
 
 /// `connect`: a forwarded socket turning active loses its forward; a connect to
@@ -110,11 +118,12 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let sin = sys::to_sockaddr(local);
     let r = real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t);
     if r == 0 || crate::hook::errno() == libc::EINPROGRESS {
-        let _errno = ErrnoGuard::new();
-        log!(Debug, "connect to {dest} goes to {local}, behind it");
-        super::with(|st| {
-            st.set_names(fd, Names { local: None, peer: Some(dest) });
-            fdtable::set(fd, Kind::Named);
+        crate::hook::bookkeep(|| {
+            log!(Debug, "connect to {dest} goes to {local}, behind it");
+            super::with(|st| {
+                st.set_names(fd, Names { local: None, peer: Some(dest) });
+                fdtable::set(fd, Kind::Named);
+            });
         });
     }
     r
@@ -146,7 +155,8 @@ fn prepare_connect(fd: c_int, dest: Option<SocketAddrV4>) -> Option<(SocketAddrV
             forward::wind_up(f, true);
         }
     }
-    let dest = dest.filter(|d| super::query::worth_asking(*d))?;
+    // Lock-free up to here for a destination that is not dpfd's.
+    let dest = dest.filter(|d| super::query::worth_asking(*d) && super::public::may_be_public(*d.ip()))?;
     let proto = proto_of(fd)?;
     super::query::resolve(proto, dest).map(|local| (dest, local))
 }

@@ -2,14 +2,10 @@
 //! steps): which IPs are dpfd's public ones, and the forward from exactly the
 //! address the program bound.
 //!
-//! dpfd's public IPs are not configured in the client (`DPF_INAGENT` names the
-//! gateway's private side), so they are learned: from every `ForwardOk` of this
-//! process, and, the first time a bind names an IP not learned yet, from
-//! dpfd's answer to `Info` (its whole list, kept for the life of the process:
-//! a gateway's public addresses do not come and go). A process restarted with
-//! an advertised address pays that one exchange, and a program binding some
-//! other foreign address by mistake pays it once too; no answer is not kept,
-//! so the next such bind asks again.
+//! Which IPs are dpfd's is `public`'s to say: a bind to an IP not known yet
+//! asks dpfd (`Info`) each time until it has answered once, so a process
+//! restarted with an advertised address pays that one exchange, and a program
+//! binding some other foreign address by mistake pays it once too.
 //!
 //! The socket is bound to this host's IP towards dpfd (the address behind the
 //! public one) and forwarded at `bind`, TCP included (a TCP socket is otherwise
@@ -20,73 +16,23 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::c_int;
-use proto::dpf::{Message, MAX_PUBLIC_IPS};
 use proto::rudp::RetryPolicy;
 
 use super::forward::{self, NotForwarded};
-use super::query::CODEC;
-use crate::client::exchange;
+use super::public::KNOWN;
 use crate::client::pinned::{self, Pinned};
 use crate::gcb::mgmt;
-
-/// What this process knows of dpfd's public IPs.
-#[derive(Debug, Default)]
-pub struct KnownPublic {
-    ips: Vec<Ipv4Addr>,
-    /// `ips` is dpfd's own list (`InfoOk`), not only what forwards showed.
-    complete: bool,
-}
-
-impl KnownPublic {
-    /// A forward was made from `ip`.
-    pub fn learn(&mut self, ip: Ipv4Addr) {
-        if !self.ips.contains(&ip) && self.ips.len() < MAX_PUBLIC_IPS {
-            self.ips.push(ip);
-        }
-    }
-
-    /// dpfd's whole list.
-    pub fn learn_all(&mut self, ips: Vec<Ipv4Addr>) {
-        self.ips = ips;
-        self.ips.truncate(MAX_PUBLIC_IPS);
-        self.complete = true;
-    }
-
-    /// `Some(answer)` when known without asking dpfd.
-    pub fn is_public(&self, ip: Ipv4Addr) -> Option<bool> {
-        if self.ips.contains(&ip) {
-            Some(true)
-        } else {
-            self.complete.then_some(false)
-        }
-    }
-}
 
 /// Whether `ip` is one of dpfd's public IPs, asking dpfd if this process does
 /// not know yet. `false` when dpfd cannot be asked.
 fn is_public(ip: Ipv4Addr) -> bool {
-    if let Some(known) = super::with(|st| st.public.is_public(ip)) {
+    if let Some(known) = KNOWN.is_public(ip) {
         return known;
     }
-    let Some(dpfd) = super::server() else { return false };
-    let answer = mgmt::open(dpfd).map_err(|_| None).and_then(|(sock, _)| {
-        exchange::exchange(sock.raw(), dpfd, RetryPolicy::default(), &CODEC, &Message::Info).map_err(Some)
-    });
-    match answer {
-        Ok(Message::InfoOk { public_ips }) => {
-            log!(Debug, "dpfd {dpfd} forwards from {public_ips:?}");
-            super::with(|st| {
-                st.public.learn_all(public_ips);
-                st.public.is_public(ip) == Some(true)
-            })
-        }
-        Ok(other) => {
-            log!(Warn, "dpfd {dpfd} answered Info with {:?}; a bind to {ip} fails as the kernel says", other.kind());
-            false
-        }
-        Err(e) => {
-            let why = e.map_or("cannot reach it".to_string(), |e| e.describe());
-            log!(Warn, "dpfd {dpfd} did not say its public addresses ({why}); a bind to {ip} fails as the kernel says");
+    match super::public::ask(RetryPolicy::default()) {
+        Ok(()) => KNOWN.is_public(ip) == Some(true),
+        Err(why) => {
+            log!(Warn, "dpfd did not say its public addresses ({why}); a bind to {ip} fails as the kernel says");
             false
         }
     }
@@ -117,24 +63,5 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
                 NotForwarded::Other(e) => e,
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn public_ips_are_known_from_forwards_and_only_dpfd_says_no() {
-        let (gw, other): (Ipv4Addr, Ipv4Addr) = ("203.0.113.1".parse().unwrap(), "203.0.113.3".parse().unwrap());
-        let mut k = KnownPublic::default();
-        assert_eq!(k.is_public(gw), None, "nothing known: ask");
-        k.learn(gw);
-        k.learn(gw);
-        assert_eq!((k.is_public(gw), k.is_public(other)), (Some(true), None), "a forward proves only its own IP");
-        k.learn_all(vec![gw]);
-        assert_eq!(k.is_public(other), Some(false), "dpfd's own list is the whole truth");
-        k.learn_all(vec![gw; MAX_PUBLIC_IPS + 5]);
-        assert_eq!(k.ips.len(), MAX_PUBLIC_IPS, "bounded");
     }
 }

@@ -73,8 +73,6 @@ pub struct State {
     pub released: crate::gcb::released::Released<(Proto, SocketAddrV4)>,
     /// The fork generation this state was last used in (see `gcb::lock`).
     pub generation: u32,
-    /// dpfd's public IPs as far as this process knows them (see `reported`).
-    pub public: super::reported::KnownPublic,
 }
 
 impl State {

@@ -51,14 +51,20 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         if n < 0 {
             return n;
         }
+        // From here on the kernel has handed out `n`: what follows is
+        // bookkeeping, whose panic must neither lose `n` nor accept again
+        // (`hook`, rule 4).
         let peer = sys::from_sockaddr((&sin as *const libc::sockaddr_storage).cast(), sl);
         if !peer.is_some_and(|p| doorbell::is_doorbell_peer(*p.ip())) {
-            named_accepted(id, n, None);
+            accepted(id, n, None);
             copy_raw(&sin, sl, addr, len);
             set_errno(saved);
             return n;
         }
-        if let Some(peer) = answer_doorbell(id, fd, n, flags) {
+        // A panic while answering the doorbell closes it (its `Sock`) and
+        // skips it, as a doorbell that named nothing.
+        if let Some(peer) = crate::hook::bookkeep(|| answer_doorbell(id, fd, n, flags)).flatten() {
+            accepted(id, n, Some(peer));
             family::copy_out(peer, family::of(fd), addr, len);
             set_errno(saved);
             return n;
@@ -79,6 +85,14 @@ unsafe fn copy_raw(sin: &libc::sockaddr_storage, sl: socklen_t, addr: *mut socka
     let n = (*len).min(sl) as usize;
     std::ptr::copy_nonoverlapping((sin as *const libc::sockaddr_storage).cast::<u8>(), addr.cast::<u8>(), n);
     *len = sl;
+}
+
+/// [`named_accepted`], contained: the connection is the program's whatever
+/// happens, and a fresh fd starts plain if its names could not be recorded.
+fn accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
+    if crate::hook::bookkeep(|| named_accepted(id, fd, peer)).is_none() {
+        fdtable::set(fd, Kind::Plain);
+    }
 }
 
 /// Records the names of a connection accepted from listener `id`: the proxy
@@ -105,8 +119,8 @@ fn carry_options(id: ListenerId, listener: c_int, to: c_int) {
 }
 
 /// A doorbell came out of the kernel's queue as fd `n`: read its record, take
-/// the parked connection, and put it on `n`. The peer to report, or `None`
-/// with `n` closed.
+/// the parked connection, and put it on `n`. The peer to report (the caller
+/// records the names), or `None` with `n` closed.
 fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> Option<SocketAddrV4> {
     let bell = Sock::from_raw(n);
     let mut buf = [0u8; RECORD_LEN];
@@ -147,8 +161,7 @@ fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> O
         log!(Warn, "a brokered connection from {} is lost: {}", record.peer, std::io::Error::last_os_error());
         return None;
     }
-    let n = bell.into_raw();
-    named_accepted(id, n, Some(record.peer));
+    let _ = bell.into_raw();
     Some(record.peer)
 }
 

@@ -88,7 +88,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let now = Instant::now();
     // Pure IPv6 is not brokered; neither is a v4-mapped address on a v6-only
     // socket, which the kernel refuses by itself.
-    let dest = sys::from_sockaddr(addr, len).filter(|d| worth_asking(*d, now));
+    let dest = sys::from_sockaddr(addr, len).filter(|d| worth_asking(*d));
     let fam = if dest.is_some() { family::of(fd) } else { Family::V4 };
     let Some(dest) = dest.filter(|_| fam == Family::V4 || !family::v6only(fd)) else {
         fdtable::replace(fd, Kind::Watched, Kind::Plain);
@@ -158,7 +158,6 @@ pub(crate) fn remember_no_broker(ip: std::net::Ipv4Addr) {
         return;
     }
     super::negcache::remember_not_gcb(ip);
-    super::with(|reg| reg.negative.insert(ip, Instant::now()));
 }
 
 fn fail(e: Errno) -> c_int {
@@ -167,7 +166,7 @@ fn fail(e: Errno) -> c_int {
 }
 
 /// Whether `dest` may be brokered and is not known not to be.
-pub(crate) fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
+pub(crate) fn worth_asking(dest: SocketAddrV4) -> bool {
     let ip = *dest.ip();
     if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || dest.port() == 0 {
         return false;
@@ -175,14 +174,14 @@ pub(crate) fn worth_asking(dest: SocketAddrV4, now: Instant) -> bool {
     if config::get().routes.lookup(IpAddr::V4(ip)) == Route::Direct {
         return false;
     }
-    // Our own brokers never enter either negative cache (`remember_no_broker`),
-    // so a connect to a proxy address neither takes the registry lock for the
-    // local one nor maps the shared one on a process's first connect.
+    // Our own brokers never enter the negative cache (`remember_no_broker`),
+    // so a connect to a proxy address does not map the shared one on a
+    // process's first connect.
     if our_broker(ip).is_some() {
         return true;
     }
-    let local = super::with(|reg| reg.negative.contains(ip, now));
-    !super::negcache::known_not_gcb(local, ip)
+    // Lock-free: a connect to a host known to be plain costs no wait (`negcache`).
+    !super::negcache::known_not_gcb(ip)
 }
 
 /// One of `GCB_INAGENT`'s brokers, if `ip` is one.
@@ -292,7 +291,8 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
         }
         Decision::Relay { via, token } => match dial::relay(fd, via, token, connect_deadline(fd)) {
             Ok(()) => {
-                name(fd, dest);
+                // Connected: a panic naming it must not fail the connect (`hook`, rule 4).
+                crate::hook::bookkeep(|| name(fd, dest));
                 set_errno(saved);
                 0
             }
@@ -311,8 +311,12 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
                 Ok(()) => {
                     // Its connection taken; after a failure the listener's
                     // dial may still come, so that one is closed (dropped).
-                    reversal_listener::give_back(tmp);
-                    name(fd, dest);
+                    // Connected: a panic from here on must not fail the
+                    // connect (`hook`, rule 4).
+                    crate::hook::bookkeep(|| {
+                        reversal_listener::give_back(tmp);
+                        name(fd, dest);
+                    });
                     set_errno(saved);
                     0
                 }
@@ -362,14 +366,13 @@ mod tests {
 
     #[test]
     fn local_and_special_destinations_are_not_asked() {
-        let now = Instant::now();
         for d in ["127.0.0.1:80", "0.0.0.0:80", "255.255.255.255:80", "224.0.0.1:80", "192.0.2.1:0"] {
-            assert!(!worth_asking(d.parse().unwrap(), now), "{d}");
+            assert!(!worth_asking(d.parse().unwrap()), "{d}");
         }
         let ip = "198.51.100.77".parse().unwrap();
-        assert!(worth_asking(SocketAddrV4::new(ip, 80), now));
-        super::super::with(|reg| reg.negative.insert(ip, now));
-        assert!(!worth_asking(SocketAddrV4::new(ip, 80), now), "negative cache hit");
+        assert!(worth_asking(SocketAddrV4::new(ip, 80)));
+        super::super::negcache::local().insert(ip, super::super::negcache::shared::now_secs(), 60);
+        assert!(!worth_asking(SocketAddrV4::new(ip, 80)), "negative cache hit");
         assert_eq!(command_port(ip), COMMAND_PORT);
     }
 

@@ -34,6 +34,11 @@ pub fn forget(fd: c_int) {
     let _errno = ErrnoGuard::new();
     match fdtable::kind(fd) {
         Kind::Plain | Kind::Internal => {}
+        // A socket never put in an epoll set (the usual case: bound to find a
+        // free port, then closed) has no record to drop, and takes no lock.
+        Kind::Watched if !super::interest::maybe_recorded(fd) => {
+            fdtable::replace(fd, Kind::Watched, Kind::Plain);
+        }
         Kind::Watched => super::with(|reg| unwatch(reg, fd)),
         Kind::Connecting => super::with(|reg| {
             super::connecting::cancel(reg, fd);
@@ -166,12 +171,14 @@ pub fn duplicated(old: c_int, new: c_int) {
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int {
     let r = real::epoll_ctl(epfd, op, fd, event);
     if r == 0 {
-        let _errno = ErrnoGuard::new();
-        let ev = (!event.is_null()).then(|| {
-            let e = std::ptr::read_unaligned(event);
-            (e.events, e.u64)
+        // Done in the kernel; recording it is bookkeeping (`hook`, rule 4).
+        crate::hook::bookkeep(|| {
+            let ev = (!event.is_null()).then(|| {
+                let e = std::ptr::read_unaligned(event);
+                (e.events, e.u64)
+            });
+            super::with(|reg| reg.interest.record(epfd, op, fd, ev));
         });
-        super::with(|reg| reg.interest.record(epfd, op, fd, ev));
     }
     r
 }

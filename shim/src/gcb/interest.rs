@@ -14,8 +14,27 @@
 //! the swap), so a stale record can never put the socket into a stranger's set.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use libc::c_int;
+
+use crate::fdtable::CAPACITY;
+
+/// Bit `fd`: the registry's [`Interest`] may hold records for `fd`. Read
+/// without the lock, so closing a watched socket that was never put in an
+/// epoll set (the usual case: one bound to find a free port, then closed)
+/// takes none. Set and cleared under the lock; a stale set bit costs a lock.
+static RECORDED: [AtomicU64; CAPACITY / 64] = [const { AtomicU64::new(0) }; CAPACITY / 64];
+
+fn bit(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
+    let i = usize::try_from(fd).ok().filter(|&i| i < CAPACITY)?;
+    Some((&RECORDED[i / 64], 1 << (i % 64)))
+}
+
+/// Whether the registry may hold epoll records for `fd`.
+pub fn maybe_recorded(fd: c_int) -> bool {
+    bit(fd).map_or(true, |(word, mask)| word.load(Relaxed) & mask != 0)
+}
 
 /// One registration: `epoll_ctl(epfd, ADD, fd, {events, data})`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,15 +50,33 @@ pub struct Registration {
 #[derive(Debug, Default)]
 pub struct Interest {
     by_fd: HashMap<c_int, Vec<Registration>>,
+    /// This is the registry's, whose records [`maybe_recorded`] tells of.
+    registry: bool,
 }
 
 impl Interest {
     pub const MAX_SETS: usize = 16;
 
+    /// The registry's records (the one instance [`maybe_recorded`] follows).
+    pub fn for_registry() -> Interest {
+        Interest { by_fd: HashMap::new(), registry: true }
+    }
+
+    fn mark(&self, fd: c_int, recorded: bool) {
+        if let Some((word, mask)) = bit(fd).filter(|_| self.registry) {
+            if recorded {
+                word.fetch_or(mask, Relaxed);
+            } else {
+                word.fetch_and(!mask, Relaxed);
+            }
+        }
+    }
+
     /// Records a successful `epoll_ctl(epfd, op, fd, event)`.
     pub fn record(&mut self, epfd: c_int, op: c_int, fd: c_int, event: Option<(u32, u64)>) {
         match (op, event) {
             (libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD, Some((events, data))) => {
+                self.mark(fd, true);
                 let regs = self.by_fd.entry(fd).or_default();
                 regs.retain(|r| r.epfd != epfd);
                 if regs.len() >= Self::MAX_SETS {
@@ -51,7 +88,7 @@ impl Interest {
                 if let Some(regs) = self.by_fd.get_mut(&fd) {
                     regs.retain(|r| r.epfd != epfd);
                     if regs.is_empty() {
-                        self.by_fd.remove(&fd);
+                        self.take(fd);
                     }
                 }
             }
@@ -61,6 +98,7 @@ impl Interest {
 
     /// Takes every record for `fd` (it is being swapped, or closed).
     pub fn take(&mut self, fd: c_int) -> Vec<Registration> {
+        self.mark(fd, false);
         self.by_fd.remove(&fd).unwrap_or_default()
     }
 

@@ -49,21 +49,26 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     if r != 0 {
         return r;
     }
-    // Registered already (at `bind`, `client::pinned`): the queue's new length.
-    let known = super::with(|reg| {
-        let id = reg.listener_id(fd)?;
-        reg.listener_mut(id).map(|l| l.backlog = effective_backlog(backlog))
-    });
-    if known.is_some() {
-        return 0;
-    }
-    let registered = {
-        let _errno = crate::hook::ErrnoGuard::new();
+    // The socket listens: a panic in what follows leaves that so (`hook`,
+    // rule 4), and the socket unregistered.
+    let registered = crate::hook::bookkeep(|| {
+        // Registered already (at `bind`, `client::pinned`, which made it
+        // `Managed`): the queue's new length. A watched socket (the usual
+        // case, and the only one on loopback) is not, and takes no lock here.
+        if fdtable::kind(fd) == Kind::Managed {
+            let known = super::with(|reg| {
+                let id = reg.listener_id(fd)?;
+                reg.listener_mut(id).map(|l| l.backlog = effective_backlog(backlog))
+            });
+            if known.is_some() {
+                return Ok(true);
+            }
+        }
         register(fd, Proto::Tcp, Kind::Watched, effective_backlog(backlog))
-    };
+    });
     match registered {
-        Ok(_) => 0,
-        Err(e) => fail(e),
+        Some(Err(e)) => fail(e),
+        _ => 0,
     }
 }
 

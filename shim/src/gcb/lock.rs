@@ -25,6 +25,18 @@ thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
+#[cfg(test)]
+thread_local! {
+    // Locks this thread took: tests prove a fast path takes none.
+    static TAKEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times this thread has taken any [`Lock`] (test builds only).
+#[cfg(test)]
+pub fn taken_by_this_thread() -> u64 {
+    TAKEN.with(Cell::get)
+}
+
 /// A mutex whose state `fork` handles (see the module docs).
 pub struct Lock<T> {
     mutex: UnsafeCell<libc::pthread_mutex_t>,
@@ -47,6 +59,8 @@ impl<T> Lock<T> {
         // passes through the hook guard before reaching here).
         unsafe { libc::pthread_mutex_lock(self.mutex.get()) };
         let _ = HOLDING.try_with(|h| h.set(true));
+        #[cfg(test)]
+        let _ = TAKEN.try_with(|t| t.set(t.get() + 1));
         Guard { lock: self }
     }
 
@@ -102,13 +116,15 @@ pub fn note_fork_in_child() {
 
 /// `pthread_atfork` prepare: take the lock unless this thread holds it already,
 /// and let `during` see the locked value (the registry marks its listeners shared).
+/// A panic in `during` is contained with the lock still held, so the child
+/// never starts with a lock another thread may hold.
 pub fn prepare_fork<T>(lock: &'static Lock<T>, during: impl FnOnce(&mut T)) {
     if HOLDING.try_with(Cell::get).unwrap_or(true) {
         TAKEN_FOR_FORK.store(false, Ordering::Relaxed);
         return;
     }
     let mut guard = lock.lock();
-    during(&mut guard);
+    let _ = crate::hook::contain("the fork goes ahead, the lock held", || during(&mut guard));
     std::mem::forget(guard);
     TAKEN_FOR_FORK.store(true, Ordering::Relaxed);
 }
@@ -150,5 +166,11 @@ mod tests {
         after_fork(&L);
         drop(g);
         assert_eq!(*L.lock(), 4001);
+
+        // A panic while preparing leaves the lock taken for the fork.
+        prepare_fork(&L, |_| panic!("while marking"));
+        assert!(TAKEN_FOR_FORK.load(Ordering::Relaxed), "still taken for the fork");
+        after_fork(&L);
+        assert_eq!(*L.lock(), 4001, "and released by the after handler");
     }
 }

@@ -184,6 +184,7 @@ pub fn at_exit() {
 pub fn prepare_fork() {
     options::note_all();
     lock::prepare_fork(&REGISTRY, |reg| {
+        fault_point!("prepare_fork");
         if let Some(reg) = reg {
             reg.mark_all_shared();
         }

@@ -24,7 +24,6 @@ use proto::rudp::ReplyCache;
 
 use super::doorbell::PendingBell;
 use super::interest::Interest;
-use super::negcache::NegCache;
 use crate::client::records::{self, FdRecords};
 
 pub use super::registration::{Listener, ListenerId, Mgmt, Purpose};
@@ -39,8 +38,6 @@ pub struct Registry {
     listeners: FdRecords<Listener>,
     /// Epoll registrations of watched sockets (see `interest`).
     pub interest: Interest,
-    /// Connect targets with no broker (see `negcache`).
-    pub negative: NegCache,
     /// Replies to the broker's commands, for its retransmissions (rudp).
     pub replies: ReplyCache<SocketAddrV4>,
     /// Nonces of the broker's sealed commands, checked after `replies`.
@@ -80,8 +77,7 @@ impl Registry {
     pub fn new() -> Registry {
         Registry {
             listeners: FdRecords::default(),
-            interest: Interest::default(),
-            negative: NegCache::default(),
+            interest: Interest::for_registry(),
             replies: ReplyCache::new(ReplyCache::<SocketAddrV4>::DEFAULT_TTL, 256, 64 * 1024),
             guard: crate::client::seal::new_guard(),
             bells: Vec::new(),

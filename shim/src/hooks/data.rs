@@ -58,8 +58,8 @@ hook! {
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
         let n = read_path!(fd => recvmsg(fd, msg, flags));
         if n >= 0 && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
-            let _errno = crate::hook::ErrnoGuard::new();
-            crate::gcb::received::on_received(msg);
+            // Received: the message is the program's whatever happens here.
+            crate::hook::bookkeep(|| crate::gcb::received::on_received(msg));
         }
         n
     }
@@ -107,8 +107,8 @@ hook! {
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
         let n = real_unless!(sends_watched(fd) => sendmsg(fd, msg, flags));
         if n >= 0 && fdtable::any_managed() && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
-            let _errno = crate::hook::ErrnoGuard::new();
-            crate::gcb::received::on_sent(msg);
+            // Sent, and not to be sent again.
+            crate::hook::bookkeep(|| crate::gcb::received::on_sent(msg));
         }
         n
     }

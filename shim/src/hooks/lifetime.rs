@@ -123,6 +123,7 @@ hook! {
     fn fork() -> pid_t {
         let pid = real::fork();
         if pid == 0 {
+            // Init contains its own panics: the child is born either way.
             let _errno = hook::ErrnoGuard::new();
             crate::init::ensure();
         }

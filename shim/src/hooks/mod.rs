@@ -25,6 +25,11 @@ mod lifetime;
 mod readiness;
 mod socket;
 
+#[cfg(test)]
+mod containment_tests;
+#[cfg(test)]
+mod fast_path_tests;
+
 /// The bounds check of glibc's `_FORTIFY_SOURCE` entry points (`__recv_chk`, ...),
 /// for the calls the shim handles itself instead of passing to libc's checked one.
 #[inline]

@@ -53,12 +53,14 @@ pub fn sends_through(fd: c_int) -> bool {
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let r = real::bind(fd, addr, len);
     if r == 0 && fdtable::kind(fd) == Kind::WatchedUdp {
-        let _errno = crate::hook::ErrnoGuard::new();
-        if !join_registered(fd) {
-            // The bind itself succeeded; a socket that could not register (no
-            // descriptor for its management socket) works unbrokered, as logged.
-            let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp, 0);
-        }
+        // Bound whatever happens next (`hook`, rule 4).
+        crate::hook::bookkeep(|| {
+            if !join_registered(fd) {
+                // The bind itself succeeded; a socket that could not register (no
+                // descriptor for its management socket) works unbrokered, as logged.
+                let _ = super::listener::register(fd, Proto::Udp, Kind::WatchedUdp, 0);
+            }
+        });
     }
     r
 }
@@ -71,7 +73,8 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 /// through its [`channel`]). The registration lasts until the last of them
 /// is closed.
 fn join_registered(fd: c_int) -> bool {
-    let Ok(local) = super::sys::local_addr(fd) else { return false };
+    // Loopback never registers: no twin to find, and no lock to take.
+    let Some(local) = super::sys::local_addr(fd).ok().filter(|a| super::listener::registrable(*a.ip())) else { return false };
     super::with(|reg| {
         let twin = reg.listeners().find(|(_, l)| l.proto == Proto::Udp && l.local == local).map(|(id, _)| id);
         let Some(id) = twin.filter(|&id| reg.add_fd(id, fd)) else { return false };

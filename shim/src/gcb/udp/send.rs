@@ -51,6 +51,10 @@ pub enum Out {
 
 /// What the receiver list says about `dest` without asking anyone.
 fn known(fd: c_int, dest: SocketAddrV4, now: Instant) -> Option<Out> {
+    // Only a managed socket has a record: a watched one's sends take no lock.
+    if fdtable::kind(fd) != Kind::Managed {
+        return None;
+    }
     super::super::with(|reg| {
         let s = reg.udp.get(fd)?;
         if let Some(channel) = s.channel_to(dest) {
@@ -77,7 +81,7 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
     if let Some(out) = known(fd, dest, now) {
         return Ok(out);
     }
-    if !worth_asking(dest, now) {
+    if !worth_asking(dest) {
         return Ok(Out::To(dest));
     }
     let (route, awaited) = match ask(fd, dest) {
@@ -319,13 +323,17 @@ pub unsafe fn sendmmsg(fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int)
 ///
 /// The C contract of `connect`.
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    // A new association (or none) ends the channel of the old one.
-    super::super::with(|reg| {
-        super::channel::drop_from(reg, fd);
-        if let Some(s) = reg.udp.get_mut(fd) {
-            s.connected_to = None;
-        }
-    });
+    // A new association (or none) ends the channel of the old one. Only a
+    // managed socket has one: a watched one's connect takes no lock.
+    let managed = fdtable::kind(fd) == Kind::Managed;
+    if managed {
+        super::super::with(|reg| {
+            super::channel::drop_from(reg, fd);
+            if let Some(s) = reg.udp.get_mut(fd) {
+                s.connected_to = None;
+            }
+        });
+    }
     let Some(dest) = sys::from_sockaddr(addr, len) else { return real::connect(fd, addr, len) };
     let saved = errno();
     let (to, channel) = match route(fd, dest, true) {
@@ -345,6 +353,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     set_errno(saved);
     let r = real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t);
     let managed = fdtable::kind(fd) == Kind::Managed;
+    if !managed && channel.is_none() && to == dest {
+        // A plain association: nothing to record.
+        return r;
+    }
     super::super::with(|reg| {
         if r != 0 {
             if let Some(c) = channel {
