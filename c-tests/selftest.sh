@@ -287,7 +287,7 @@ if start_server "tcp udp" "$SRV" --proto both; then
 		fi
 		# The bench's timed connects: one at a time, each echoed.
 		out=$TMP/nbc.out
-		timeout 20 "$NBC" --connect "127.0.0.1:$PORT" --count 20 >"$out" 2>&1
+		timeout 20 "$NBC" --connect "127.0.0.1:$PORT" --count 20 --gap-ms 1 >"$out" 2>&1
 		if [ $? -eq 0 ] && [ "$(grep -c '^RUN [0-9]* call_ns=[0-9]* est_us=[0-9.]* returned=' "$out")" -eq 20 ] &&
 			grep -q '^SUMMARY n=20 ok=20 ' "$out" && grep -q '^DONE ok' "$out"; then
 			ok
