@@ -2,7 +2,8 @@
 # selftest.sh - checks echo-server and echo-client against each other on
 # 127.0.0.1, without the shim: every server mode for TCP and UDP, --fork,
 # --prefork 3 and --exec, blocking/non-blocking/parallel clients, limits,
-# usage and connect errors, and epoll-connects (the event-loop client).
+# usage and connect errors, epoll-connects (the event-loop client) and
+# nb-connect (the bench's timed non-blocking connects).
 # Prints "N passed, M failed"; exits 1 on any failure. Run it after
 # `make -C c-tests`.
 set -u
@@ -14,9 +15,10 @@ SRVF=$B/echo-server-fortify
 CLI=$B/echo-client
 CLIF=$B/echo-client-fortify
 EPC=$B/epoll-connects
+NBC=$B/nb-connect
 MODES="blocking select poll epoll epoll-et nonblock"
 
-for f in "$SRV" "$SRVF" "$CLI" "$CLIF" "$EPC"; do
+for f in "$SRV" "$SRVF" "$CLI" "$CLIF" "$EPC" "$NBC"; do
 	if [ ! -x "$f" ]; then
 		echo "missing $f; run make -C $HERE first" >&2
 		exit 2
@@ -283,7 +285,18 @@ if start_server "tcp udp" "$SRV" --proto both; then
 		else
 			bad "epoll-connects" "$out"
 		fi
+		# The bench's timed connects: one at a time, each echoed.
+		out=$TMP/nbc.out
+		timeout 20 "$NBC" --connect "127.0.0.1:$PORT" --count 20 --gap-ms 1 >"$out" 2>&1
+		if [ $? -eq 0 ] && [ "$(grep -c '^RUN [0-9]* call_ns=[0-9]* est_us=[0-9.]* returned=' "$out")" -eq 20 ] &&
+			grep -q '^SUMMARY n=20 ok=20 ' "$out" && grep -q '^DONE ok' "$out"; then
+			ok
+		else
+			bad "nb-connect" "$out"
+		fi
 		stop_server "epoll-connects server"
+		expect_exit "nb-connect refused" 1 "$NBC" --connect "127.0.0.1:$closed" --count 2
+		grep -q '^FAILED 1 SO_ERROR: ECONNREFUSED' "$TMP/x.out" && ok || bad "nb-connect refused line" "$TMP/x.out"
 	fi
 fi
 expect_exit "server bad flag" 2 "$SRV" --bogus
@@ -295,6 +308,8 @@ expect_exit "server help" 0 "$SRV" --help
 expect_exit "client help" 0 "$CLI" --help
 expect_exit "epoll-connects no --target" 2 "$EPC"
 expect_exit "epoll-connects help" 0 "$EPC" --help
+expect_exit "nb-connect no --connect" 2 "$NBC"
+expect_exit "nb-connect help" 0 "$NBC" --help
 
 echo "$pass passed, $fail failed ($(( $(date +%s) - start )) s)"
 [ "$fail" -eq 0 ]

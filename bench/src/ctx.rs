@@ -88,6 +88,8 @@ pub fn raise_fd_limit() {
 pub struct Paths {
     pub echo_client: PathBuf,
     pub echo_server: PathBuf,
+    /// Timed non-blocking connects; a missing one only makes its part n/a.
+    pub nb_connect: PathBuf,
     pub gcb_run: PathBuf,
     pub libgcb: PathBuf,
     pub broker: PathBuf,
@@ -109,6 +111,7 @@ impl Ctx {
         let paths = Paths {
             echo_client: root.join("c-tests/build/echo-client"),
             echo_server: root.join("c-tests/build/echo-server"),
+            nb_connect: root.join("c-tests/build/nb-connect"),
             gcb_run: root.join("scripts/gcb-run"),
             libgcb: testbed::release_bin("libgcb.so"),
             broker: testbed::release_bin("gcb-broker"),

@@ -1,9 +1,10 @@
 //! gcb-bench: the benchmark behind `scripts/bench` (issue 6).
 //!
 //! Run without a subcommand (or with `run`) it reproduces the paper's Tables
-//! 1-3 on the NAT test bed and measures more: relay throughput, the shim's
-//! fast-path overhead, broker scale, dpfd, and what serving `/metrics` costs
-//! the daemons. Every figure goes to
+//! 1-3 on the NAT test bed and measures more: the time inside a non-blocking
+//! `connect` (issue 12), relay throughput, the shim's fast-path overhead,
+//! broker scale, dpfd, what serving `/metrics` costs the daemons, and the
+//! time to map a port (PCP, NAT-PMP). Every figure goes to
 //! `target/bench/results.json` with its ratio to a baseline measured in the
 //! same run; the tables also go to `tables.md` and `tables.png`, and all of
 //! it to `report.md` and stdout. Benchmarks report: a timing never fails the
@@ -14,7 +15,11 @@
 //! `{pattern: {configuration: {tcp|udp: {conn_us: {mean, sd}, data_us:
 //! {mean, sd}, runs}}}}` (keys that do not apply are absent); under
 //! `table_ratios` the same cells as ratios to `regular` (`conn`, `data`);
-//! then `shim_overhead`, `relay`, `broker`, `dpfd`, the verdicts on issue 6's
+//! under `table_ratios_vs_f261631` the GCB cells' conn ratios over those of
+//! the reference run (`reference`);
+//! then `nbconnect` (`{path: {call_us|est_us|first.call_us|first.est_us:
+//! {mean, p50, p99, max}, call_ratio, est_ratio, ...}}`), `shim_overhead`,
+//! `relay`, `broker`, `dpfd`, the verdicts on issue 6's
 //! `targets`, and last `errors`, shaped like the figures, with the reason for
 //! every figure that is missing.
 //!
@@ -28,8 +33,10 @@ mod dpfd;
 mod portmap;
 mod drivers;
 mod metrics_cpu;
+mod nbconnect;
 mod paper;
 mod procfs;
+mod reference;
 mod relay;
 mod report;
 mod results;
@@ -47,7 +54,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: gcb-bench [run] [--quick] [--only tables|relay|shim|broker|dpfd|metrics|portmap[,...]] [--out DIR]
+usage: gcb-bench [run] [--quick] [--only tables|nbconnect|relay|shim|broker|dpfd|metrics|portmap[,...]] [--out DIR]
        gcb-bench pingpong --messages N [--transport tcp|unix]
        gcb-bench sink --port P
        gcb-bench source --connect IP:PORT --bytes N
@@ -59,7 +66,7 @@ Needs root for `run` (network namespaces). Normally started by scripts/bench.";
 
 /// The parts of a run, in the order they run: the cheapest first, so a quick
 /// look at the first lines of output is already informative.
-pub const PARTS: [&str; 7] = ["shim", "tables", "relay", "broker", "dpfd", "metrics", "portmap"];
+pub const PARTS: [&str; 8] = ["shim", "tables", "nbconnect", "relay", "broker", "dpfd", "metrics", "portmap"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -205,6 +212,7 @@ fn run(f: &HashMap<String, String>) -> Result<i32, String> {
         let r = match *part {
             "shim" => shim_overhead::run(&ctx, &mut res),
             "tables" => tables::run(&ctx, &mut res),
+            "nbconnect" => nbconnect::run(&ctx, &mut res),
             "relay" => relay::run(&ctx, &mut res),
             "broker" => broker_scale::run(&ctx, &mut res),
             "metrics" => metrics_cpu::run(&ctx, &mut res),
@@ -228,6 +236,7 @@ fn run(f: &HashMap<String, String>) -> Result<i32, String> {
     }
     res.num("meta.seconds.total", t0.elapsed().as_secs_f64());
     let ran_tables = only.iter().any(|p| p == "tables");
+    reference::compare(&mut res);
     let verdicts = targets::evaluate(&mut res, &only);
     report::write_all(&ctx, &res, &verdicts, ran_tables)?;
     Ok(0)

@@ -99,6 +99,9 @@ fn parts_md(res: &Results) -> String {
     let mut s = String::new();
     let parts = res.get_str("meta.parts").unwrap_or("").to_string();
     let has = |p: &str| parts.split(',').any(|x| x == p);
+    if has("tables") {
+        s.push_str(&crate::reference::md(res));
+    }
     if has("shim") {
         let n = res.get("shim_overhead.messages").unwrap_or(0.0);
         let _ = writeln!(s, "\n## Shim fast-path overhead ({n:.0} round trips of 8 bytes per repetition, unmanaged sockets)\n");
@@ -143,6 +146,9 @@ fn parts_md(res: &Results) -> String {
                 ),
             ],
         ));
+    }
+    if has("nbconnect") {
+        s.push_str(&crate::nbconnect::md(res));
     }
     if has("relay") {
         let mb = res.get("relay.bytes_per_transfer").unwrap_or(0.0) / (1 << 20) as f64;
@@ -297,7 +303,7 @@ fn parts_md(res: &Results) -> String {
             ],
         ));
     }
-    for key in ["shim_overhead", "relay", "broker", "dpfd", "metrics", "portmap"] {
+    for key in ["shim_overhead", "nbconnect", "relay", "broker", "dpfd", "metrics", "portmap"] {
         // An error at the part's own key: the part could not run at all.
         if let Some(why) = res.why_missing(key) {
             let _ = writeln!(s, "\n{key}: not run: {why}");

@@ -93,6 +93,11 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<(), String> {
 }
 
 fn start_broker(ctx: &Ctx, bed: &TestBed) -> Result<Proc, String> {
+    start_broker_with(ctx, bed, &[])
+}
+
+/// The tables' broker, with `extra` flags after the usual ones.
+pub(crate) fn start_broker_with(ctx: &Ctx, bed: &TestBed, extra: &[&str]) -> Result<Proc, String> {
     ctx.need(&ctx.paths.broker)?;
     let listen = format!("{BROKER_IP}:{BROKER_PORT}");
     let args = [
@@ -104,7 +109,7 @@ fn start_broker(ctx: &Ctx, bed: &TestBed) -> Result<Proc, String> {
         "20000-20999",
     ];
     let mut c = bed.cmd("broker", &ctx.paths.broker);
-    c.args(args);
+    c.args(args).args(extra);
     let p = bed.spawn_cmd(c)?;
     ctx::expect_alive(&p, "gcb-broker", Duration::from_millis(500))?;
     Ok(p)

@@ -1,4 +1,4 @@
-//! The goals of issue 6, checked against this run's figures: each is met,
+//! The goals of issues 6 and 12, checked against this run's figures: each is met,
 //! missed, or n/a (with the reason the figure is missing). Goals, not
 //! assertions: a missed target is reported, never an error.
 
@@ -48,7 +48,11 @@ fn judge(
     }
     let reason = |p: &String| {
         // A ratio is missing because its cell is: ask for the cell's reason.
-        let cell = match p.strip_prefix("table_ratios.") {
+        let vs = format!("table_ratios_vs_{}.", crate::reference::COMMIT);
+        let cell = match p
+            .strip_prefix("table_ratios.")
+            .or_else(|| p.strip_prefix(vs.as_str()))
+        {
             Some(rest) => format!("tables.{}", rest.rsplit_once('.').map_or(rest, |(c, _)| c)),
             None => p.clone(),
         };
@@ -192,6 +196,29 @@ pub fn evaluate(res: &mut Results, parts: &[String]) -> Vec<Verdict> {
             le(1.2),
             "×",
         ),
+    );
+
+    push(
+        "gcb_conn_vs_f261631",
+        "tables",
+        "GCB conn ratios no worse than the full run at f261631 (issue 12; this/that ≤ 1)",
+        judge(
+            res,
+            &crate::reference::quotient_paths(),
+            false,
+            le(1.0),
+            "×",
+        ),
+    );
+    let nb: Vec<String> = ["negcache", "direct", "reversal", "relay"]
+        .iter()
+        .map(|k| format!("nbconnect.{k}.call_us.p99"))
+        .collect();
+    push(
+        "nbconnect_call",
+        "nbconnect",
+        "non-blocking connect under the shim returns within 1 ms (issue 12; p99 of the call, each path)",
+        judge(res, &nb, false, le(1000.0), " µs"),
     );
 
     let relay = judge(
