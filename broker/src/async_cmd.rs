@@ -169,7 +169,7 @@ impl AsyncCommands {
         let (id, bytes) = self
             .requester
             .send(purpose.listener, now, |id| {
-                crate::auth::seal(auth, gcb::encode(msg, id))
+                daemon_kit::auth::seal(auth, gcb::encode(msg, id))
             })
             .map_err(|e| e.to_string())?;
         send(purpose.listener, bytes);

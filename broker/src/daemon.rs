@@ -1,6 +1,10 @@
 //! The broker's event loop: one thread, one mio `Poll` over the signalfd, the
 //! UDP command socket, the TCP rendezvous socket and the dynamic sources
-//! (proxy listeners, rendezvous connections saying hello, relay sockets).
+//! (proxy listeners and UDP sockets, channel sockets, rendezvous
+//! connections saying hello, relay sockets), around the pure core
+//! ([`Engine`]), which decides everything; the loop reads and writes
+//! sockets, feeds the core what arrived, and carries out what it asks
+//! (`command::carry_out`).
 //!
 //! Each turn of the loop:
 //! 1. sleeps in `poll` until an event or the next deadline, or not at all if
@@ -8,47 +12,39 @@
 //! 2. handles the events: fixed tokens by name, the rest through the slab,
 //!    then the sources that stopped at their budget;
 //! 3. ends the token batch, so slots freed in step 2 become reusable;
-//! 4. handles what is due: timers, registration expiry, pairing deadlines,
-//!    retransmissions of commands to clients;
+//! 4. handles what is due: its own timers (the stats line, hello timeouts,
+//!    accept retries), the core's deadlines (expiry of holders, pairings,
+//!    UDP rules and channels; command retransmissions), `/metrics`
+//!    connections;
 //! 5. stops if SIGTERM or SIGINT arrived.
 //!
 //! Nothing here blocks except `poll`, so a flood on one socket, a slow peer
-//! or a reload never stalls the rest. The handlers live in their own
-//! modules as further `impl Daemon` blocks: `command` (the command port),
-//! `handlers` (the GCB requests), `relay` (proxy sockets, rendezvous,
-//! relays), `udp` (proxy UDP sockets and relay rules) and `status`; this
-//! struct is the state they share.
+//! or a reload never stalls the rest. The I/O lives in its own modules as
+//! further `impl Daemon` blocks: `command` (the command port and the
+//! effects), `relay` (proxy listeners, rendezvous, relays), `udp::io`
+//! (proxy and channel UDP sockets), `metrics` and `reload`.
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream, UdpSocket};
-use mio::{Events, Interest, Poll, Token};
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Events, Interest, Token};
 use nix::sys::signal::Signal;
-use proto::rudp::ReplyCache;
-use proto::Endpoint;
 use tracing::{debug, info, trace, warn};
 
-use crate::async_cmd::AsyncCommands;
 use crate::cli::DaemonArgs;
-use crate::config::{Config, Env, Loaded};
-use crate::counters::Counters;
+use crate::config::{Env, Loaded};
+use crate::engine::Engine;
+use crate::io::{Dynamic, Io};
 use crate::logging::LogHandle;
 use crate::metrics::{self, Metrics};
-use crate::pairing::Pairings;
-use crate::registry::Registry;
-use crate::relay::{Hello, Relays, RENDEZVOUS};
+use crate::relay::RENDEZVOUS;
 use crate::signals::Signals;
-use crate::status::Snapshots;
-use crate::timers::{TimerId, Timers};
-use crate::tokens::{TokenSlab, COMMAND, SIGNALS};
-use crate::udp::UdpRelay;
-use crate::values::Secret;
+use crate::timers::Timers;
+use crate::tokens::{COMMAND, SIGNALS};
 use daemon_kit::command_port;
-use daemon_kit::random::{random_u64, SplitMix64};
-use daemon_kit::ratelimit::SourceGate;
 use daemon_kit::throttle::Throttle;
 
 /// Largest UDP payload; a command never comes close, but reading less would
@@ -56,39 +52,12 @@ use daemon_kit::throttle::Throttle;
 const MAX_DATAGRAM: usize = 65_536;
 /// How often the counters go to the debug log.
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
-/// Sources the rate limiter tracks at once (see daemon_kit::ratelimit).
-const RATE_LIMIT_SOURCES: usize = 65_536;
-/// Reply cache bounds: at the default rate limit a source cannot push its
-/// own entries out within the cache's time to live.
-const REPLY_CACHE_ENTRIES: usize = 65_536;
-const REPLY_CACHE_BYTES: usize = 16 << 20;
 /// At most one warning line per condition per this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// The open-files limit is raised to the hard limit, up to this.
 const NOFILE_CAP: u64 = 1 << 20;
 
-/// Event sources that get a token from the slab.
-pub(crate) enum Dynamic {
-    /// The proxy TCP listener of registration `proxy`.
-    Proxy {
-        proxy: Endpoint,
-        listener: TcpListener,
-    },
-    /// A rendezvous connection that has not said hello yet.
-    Hello(Hello),
-    /// One of the two sockets of relay number `.0`.
-    Relay(u64),
-    /// The proxy UDP socket of registration `proxy` (see `udp`).
-    UdpProxy { proxy: Endpoint, socket: UdpSocket },
-    /// A UDP channel socket at `addr` (see `udp::channels`).
-    UdpChannel {
-        addr: SocketAddrV4,
-        socket: UdpSocket,
-    },
-}
-
-/// Deadlines kept in the timer heap; registrations, pairings and commands
-/// keep their own deadline indexes.
+/// The loop's own deadlines; the core keeps its own (`Engine::next_deadline`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Timer {
     /// Log the counters and schedule the next one.
@@ -103,15 +72,9 @@ pub(crate) enum Timer {
     Rendezvous,
 }
 
-/// Warning lines that could flood the log, each throttled on its own.
-pub(crate) struct Throttles {
-    pub registrations: Throttle,
-    pub relays: Throttle,
-    pub accept: Throttle,
-}
-
 pub struct Daemon {
-    pub(crate) poll: Poll,
+    pub(crate) engine: Engine,
+    pub(crate) io: Io,
     pub(crate) signals: Signals,
     pub(crate) command: UdpSocket,
     pub(crate) command_addr: SocketAddr,
@@ -121,34 +84,18 @@ pub struct Daemon {
     /// The command socket's error queue may hold entries (see `icmp`).
     pub(crate) command_errors: bool,
     pub(crate) rendezvous: TcpListener,
-    /// `public_ip:command_port`: where clients meet for relays.
-    pub(crate) rendezvous_addr: SocketAddrV4,
     /// The rendezvous socket stopped at its accept budget.
     pub(crate) rendezvous_backlog: bool,
-    pub(crate) public_ip: Ipv4Addr,
-    pub(crate) slab: TokenSlab<Dynamic>,
     /// Sources that stopped at their budget, to run again next turn.
     pub(crate) rerun: VecDeque<Token>,
     pub(crate) timers: Timers<Timer>,
-    pub(crate) registry: Registry,
-    pub(crate) pairings: Pairings<TcpStream>,
-    pub(crate) relays: Relays,
-    pub(crate) udp: UdpRelay,
-    pub(crate) asyncs: AsyncCommands,
-    pub(crate) replies: ReplyCache<SocketAddrV4>,
-    pub(crate) gate: SourceGate<Ipv4Addr>,
-    pub(crate) snapshots: Snapshots,
-    pub(crate) throttles: Throttles,
-    pub(crate) counters: Counters,
-    pub(crate) metrics: Metrics,
-    pub(crate) rng: SplitMix64,
+    /// Accept failures (out of descriptors), throttled in the log.
+    pub(crate) accept_errors: Throttle,
+    /// Rendezvous connections waiting for their hello, and the serial the
+    /// last one got.
     pub(crate) hellos: usize,
     pub(crate) next_serial: u64,
-    pub(crate) started: Instant,
-    pub(crate) config: Config,
-    pub(crate) secret: Option<Secret>,
-    /// Seals and opens datagrams; present exactly when `secret` is.
-    pub(crate) auth: Option<proto::auth::Authenticator>,
+    pub(crate) metrics: Metrics,
     /// The command line and environment as parsed at startup, for re-merging
     /// with the re-read file on SIGHUP.
     pub(crate) args: DaemonArgs,
@@ -208,7 +155,6 @@ impl Daemon {
             true => daemon_kit::freebind::tcp_listener(command_addr).map(TcpListener::from_std),
         }
         .map_err(|e| format!("cannot bind the rendezvous port tcp {command_addr}: {e}"))?;
-        let rendezvous_addr = SocketAddrV4::new(public_ip, command_addr.port());
 
         let poll = command_port::event_loop(&signals, &mut command)?;
         poll.registry()
@@ -225,51 +171,29 @@ impl Daemon {
             Ok((soft, _)) => debug!("open files limit {soft}"),
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
-        let limits = &config.limits;
-        let throttle = || Throttle::new(WARN_INTERVAL);
+        let engine = Engine::new(
+            config,
+            loaded.secret,
+            public_ip,
+            command_addr,
+            Instant::now(),
+        );
         Ok(Daemon {
-            poll,
+            engine,
+            io: Io::new(poll),
             signals,
             command,
             command_addr,
             command_backlog: false,
             command_errors: false,
             rendezvous,
-            rendezvous_addr,
             rendezvous_backlog: false,
-            public_ip,
-            slab: TokenSlab::new(),
             rerun: VecDeque::new(),
             timers: Timers::new(),
-            registry: Registry::new(
-                config.port_range,
-                Duration::from_secs(limits.heartbeat_timeout_s),
-            ),
-            pairings: Pairings::new(),
-            relays: Relays::default(),
-            udp: UdpRelay::new(limits),
-            asyncs: AsyncCommands::new(random_u64()),
-            replies: ReplyCache::new(
-                ReplyCache::<SocketAddrV4>::DEFAULT_TTL,
-                REPLY_CACHE_ENTRIES,
-                REPLY_CACHE_BYTES,
-            ),
-            gate: SourceGate::new(limits.rate_limit, RATE_LIMIT_SOURCES, "commands"),
-            snapshots: Snapshots::default(),
-            throttles: Throttles {
-                registrations: throttle(),
-                relays: throttle(),
-                accept: throttle(),
-            },
-            counters: Counters::default(),
-            metrics,
-            rng: SplitMix64::from_entropy(),
+            accept_errors: Throttle::new(WARN_INTERVAL),
             hellos: 0,
             next_serial: 0,
-            started: Instant::now(),
-            config,
-            auth: loaded.secret.as_ref().map(crate::auth::authenticator),
-            secret: loaded.secret,
+            metrics,
             args,
             env,
             log,
@@ -291,7 +215,7 @@ impl Daemon {
                 self.next_deadline()
                     .map(|at| at.saturating_duration_since(Instant::now()))
             };
-            match self.poll.poll(&mut events, timeout) {
+            match self.io.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("event loop: {e}")),
@@ -312,7 +236,7 @@ impl Daemon {
                         rendezvous_done = true;
                     }
                     token if metrics::owns(token) => self.on_metrics_event(token),
-                    token => match self.slab.get(token) {
+                    token => match self.io.slab.get(token) {
                         Some(Dynamic::Relay(id)) => {
                             let id = *id;
                             let writable_only = event.is_writable()
@@ -335,36 +259,33 @@ impl Daemon {
             for token in rerun {
                 self.on_dynamic(token);
             }
-            self.slab.end_batch();
+            self.io.slab.end_batch();
             self.on_deadlines(Instant::now());
 
             if let Some(signal) = stop {
-                let c = &self.counters;
+                let c = self.engine.counters();
+                let running = self.io.relays.bytes_running();
                 info!(
                     "stopping on {}: command datagrams received {}, malformed {}, registrations {}, \
                      relays opened {}, bytes relayed {}",
                     signal.as_str(),
                     c.received,
                     c.malformed,
-                    self.registry.len(),
+                    self.engine.gauges().registrations,
                     c.relays_opened,
-                    self.relays.bytes_total(c).iter().sum::<u64>()
+                    c.bytes_closed.iter().chain(&running).sum::<u64>()
                 );
-                self.abort_relays();
+                self.io.abort_relays();
                 return Ok(signal);
             }
         }
     }
 
-    /// The earliest deadline of every component.
+    /// The earliest deadline of the loop, the core and `/metrics`.
     fn next_deadline(&mut self) -> Option<Instant> {
         [
             self.timers.next_deadline(),
-            self.registry.next_deadline(),
-            self.pairings.next_deadline(),
-            self.asyncs.next_deadline(),
-            self.udp.table.next_deadline(),
-            self.udp.channels.next_deadline(),
+            self.engine.next_deadline(),
             self.metrics.next_deadline(),
         ]
         .into_iter()
@@ -373,26 +294,16 @@ impl Daemon {
     }
 
     fn on_dynamic(&mut self, token: Token) {
-        let what = match self.slab.get(token) {
-            Some(Dynamic::Proxy { .. }) => 0,
-            Some(Dynamic::Hello(_)) => 1,
+        match self.io.slab.get(token) {
+            Some(Dynamic::Proxy { .. }) => self.on_proxy_ready(token),
+            Some(Dynamic::Hello(_)) => self.on_hello_readable(token),
             Some(Dynamic::Relay(id)) => {
                 let id = *id;
                 self.pump_relay(id);
-                return;
             }
-            Some(Dynamic::UdpProxy { .. }) => return self.on_udp_proxy_ready(token),
-            Some(Dynamic::UdpChannel { .. }) => return self.on_udp_channel_ready(token),
+            Some(Dynamic::UdpProxy { .. } | Dynamic::UdpChannel { .. }) => self.on_udp_ready(token),
             // The source was closed earlier in this batch.
-            None => {
-                trace!("event for closed token {}", token.0);
-                return;
-            }
-        };
-        if what == 0 {
-            self.on_proxy_ready(token);
-        } else {
-            self.on_hello_readable(token);
+            None => trace!("event for closed token {}", token.0),
         }
     }
 
@@ -400,20 +311,7 @@ impl Daemon {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Stats => {
-                    let mut fields = self.counters.fields();
-                    fields.extend(self.auth_counters());
-                    let line: Vec<String> = fields
-                        .iter()
-                        .filter(|(_, v)| *v > 0)
-                        .map(|(k, v)| format!("{k} {v}"))
-                        .collect();
-                    debug!(
-                        "stats: registrations {}, relays {}, pending pairings {}; {}",
-                        self.registry.len(),
-                        self.relays.len(),
-                        self.pairings.len(),
-                        line.join(", ")
-                    );
+                    self.log_stats();
                     self.timers.schedule(now + STATS_INTERVAL, Timer::Stats);
                 }
                 Timer::Hello { token, serial } => self.hello_timed_out(token, serial),
@@ -421,16 +319,27 @@ impl Daemon {
                 Timer::Rendezvous => self.on_rendezvous(),
             }
         }
-        self.expire_holders(now);
-        self.expire_pairings(now);
-        self.expire_udp_rules(now);
-        self.expire_udp_channels(now);
-        self.poll_commands(now);
+        self.engine.on_deadlines(now);
+        self.carry_out();
         self.expire_metrics(now);
     }
 
-    /// Schedules a timer; exists so other modules need not name the heap.
-    pub(crate) fn schedule(&mut self, at: Instant, timer: Timer) -> TimerId {
-        self.timers.schedule(at, timer)
+    /// The periodic debug line: live counts and the counters that moved.
+    fn log_stats(&self) {
+        let g = self.engine.gauges();
+        let line: Vec<String> = self
+            .engine
+            .counter_fields()
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        debug!(
+            "stats: registrations {}, relays {}, pending pairings {}; {}",
+            g.registrations,
+            g.relays,
+            g.pending_pairings,
+            line.join(", ")
+        );
     }
 }

@@ -8,38 +8,35 @@
 //!
 //! Modules, from the outside in:
 //! * `cli`, `config`, `reload`, `values`: settings;
-//! * `daemon`: the event loop and the state it owns;
-//! * `command`: the UDP command port (decode, rate limit, reply cache);
-//! * `register`, `holders`, `handlers`: what Register, Heartbeat and
-//!   Unregister, and Connect do, with `decide` (the network-situation
-//!   rules), `registry` and `ports` (the registration table, its holders and
-//!   the proxy ports), `pairing` (tokens waiting for their connections),
-//!   `async_cmd` (commands to listeners), `cmd_failure` (a command that
-//!   fails fails its connection, never the registration) and `icmp` (a
-//!   client's socket found gone by the ICMP error a command drew);
-//! * `relay`: proxy sockets, the rendezvous port and the splice relays;
-//! * `udp`: proxy UDP sockets, the data path and the UDP relay rules;
-//! * `status` and `query`: the status query, broker and tool side;
-//! * `metrics`: what `/metrics` shows (`--metrics-listen`);
+//! * `daemon`: the event loop, around the core; `io` (the sockets it holds
+//!   for the core), `command` (the command port and the core's effects),
+//!   `relay` (proxy listeners, the rendezvous port, the splice relays),
+//!   `udp::io` (proxy and channel UDP sockets), `icmp::errqueue`, and
+//!   `metrics` (what `/metrics` shows): the I/O, with no decision in it;
+//! * `engine`: the pure core: what every request and event does, the
+//!   decisions and all their state, tested without sockets; its tables are
+//!   `decide` (the network-situation rules), `registry` and `ports` (the
+//!   registration table, its holders and the proxy ports), `pairing`
+//!   (tokens waiting for their connections), `async_cmd` (commands to
+//!   listeners), `udp::rules` and `udp::channels`, `icmp` (what an ICMP
+//!   error means) and `status` (snapshots and their rendering);
+//! * `query`: the status query, tool side;
 //! * `counters`: what is counted.
 
 mod async_cmd;
-mod auth;
 mod cli;
-mod cmd_failure;
 mod command;
 mod config;
 mod counters;
 mod daemon;
 mod decide;
-mod handlers;
-mod holders;
+mod engine;
 mod icmp;
+mod io;
 mod metrics;
 mod pairing;
 mod ports;
 mod query;
-mod register;
 mod registry;
 mod relay;
 mod reload;
@@ -72,7 +69,7 @@ fn run(cli: Cli, flags: Vec<String>) -> Result<(), Failure> {
     }) = cli.command
     {
         let auth = match secret_file {
-            Some(path) => Some(auth::authenticator(
+            Some(path) => Some(daemon_kit::auth::authenticator(
                 &values::load_secret(&path).map_err(Failure::usage)?.0,
             )),
             None => None,

@@ -9,51 +9,30 @@
 //! can show how close the broker is to them.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use daemon_kit::metrics::http::{self, Server};
-use daemon_kit::metrics::{render, Snapshot, Timing};
+use daemon_kit::metrics::{render, Snapshot};
 use mio::{Registry, Token};
-use proto::Proto;
 
 use crate::daemon::Daemon;
+use crate::engine::Ports;
 
-/// Bucket bounds of the decision time, in seconds: a decision is a table
-/// look-up and, for a reversal or relay, one datagram to the listener,
-/// so tens of microseconds; the top buckets catch a stalled loop.
-const DECISION_BUCKETS: [f64; 12] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
-    1.0,
-];
-
-/// The metrics server, if configured, and the timings it reports.
+/// The metrics server, if configured.
 pub struct Metrics {
     server: Option<Server>,
-    /// Time from a `Connect` request to its decision (`on_connect`).
-    pub decision: Timing,
 }
 
 impl Metrics {
     /// Binds `listen` if given. Errors are one line, for exit code 1.
     pub fn start(listen: Option<SocketAddr>, registry: &Registry) -> Result<Metrics, String> {
-        let server = http::start(listen, registry)?;
         Ok(Metrics {
-            server,
-            decision: Timing::new(
-                "connect_decision",
-                "Time from a Connect request to the broker's decision (a reversal or relay \
-                 includes sending the listener its command)",
-                &DECISION_BUCKETS,
-            ),
+            server: http::start(listen, registry)?,
         })
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.server.as_ref().and_then(Server::next_deadline)
-    }
-
-    pub fn decided(&self, took: Duration) {
-        self.decision.observe(took);
     }
 }
 
@@ -68,7 +47,7 @@ impl Daemon {
         let Some(mut server) = self.metrics.server.take() else {
             return;
         };
-        server.on_event(self.poll.registry(), token, Instant::now(), &mut || {
+        server.on_event(self.io.poll.registry(), token, Instant::now(), &mut || {
             self.scrape()
         });
         self.metrics.server = Some(server);
@@ -76,25 +55,31 @@ impl Daemon {
 
     pub(crate) fn expire_metrics(&mut self, now: Instant) {
         if let Some(server) = self.metrics.server.as_mut() {
-            server.expire(self.poll.registry(), now);
+            server.expire(self.io.poll.registry(), now);
         }
     }
 
     /// One scrape's text.
     pub(crate) fn scrape(&self) -> String {
-        render("gcb_broker", self.snapshot(), &[&self.metrics.decision])
+        render(
+            "gcb_broker",
+            self.snapshot(),
+            &[self.engine.decision_timing()],
+        )
     }
 
     /// Everything a scrape shows but the timings.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot::new();
-        let mut counters = self.counters.fields();
-        counters.extend(self.auth_counters());
-        for (name, value) in counters {
+        for (name, value) in self.engine.counter_fields() {
             s.counter(name, help(name), value);
         }
-        let bytes = self.relays.bytes_total(&self.counters);
-        for (direction, n) in [("to_listener", bytes[0]), ("to_connector", bytes[1])] {
+        let closed = self.engine.counters().bytes_closed;
+        let running = self.io.relays.bytes_running();
+        for (direction, n) in [
+            ("to_listener", closed[0] + running[0]),
+            ("to_connector", closed[1] + running[1]),
+        ] {
             s.counter_with(
                 "relayed_bytes",
                 "Bytes relayed over TCP, running and closed relays, by direction",
@@ -105,65 +90,58 @@ impl Daemon {
         if let Some(server) = &self.metrics.server {
             server.report(&mut s);
         }
-
-        let g = |s: &mut Snapshot, name: &str, help: &'static str, v: usize| {
-            s.gauge(name, help, v as f64)
-        };
-        g(
-            &mut s,
-            "registrations",
-            "Registered sockets (TCP and UDP)",
-            self.registry.len(),
-        );
-        g(
-            &mut s,
-            "relays_active",
-            "TCP connections being relayed",
-            self.relays.len(),
-        );
-        g(
-            &mut s,
-            "pending_pairings",
-            "Reversals and relays waiting for their connections",
-            self.pairings.len(),
-        );
-        g(
-            &mut s,
-            "commands_in_flight",
-            "Commands to listeners not yet acknowledged",
-            self.asyncs.len(),
-        );
-        g(
-            &mut s,
-            "udp_rules_active",
-            "UDP relay rules (peers allowed)",
-            self.udp.table.rules_len(),
-        );
-        g(
-            &mut s,
-            "udp_channels_active",
-            "UDP channels open",
-            self.udp.channels.len(),
-        );
-        for (what, help) in [
-            ("proxy_ports_in_use", "Proxy ports bound, by protocol"),
-            ("proxy_ports_free", "Proxy ports free, by protocol"),
+        let g = self.engine.gauges();
+        for (name, help, v) in [
             (
-                "proxy_ports_quarantined",
-                "Proxy ports held for their last owner, by protocol",
+                "registrations",
+                "Registered sockets (TCP and UDP)",
+                g.registrations,
             ),
+            ("relays_active", "TCP connections being relayed", g.relays),
+            (
+                "pending_pairings",
+                "Reversals and relays waiting for their connections",
+                g.pending_pairings,
+            ),
+            (
+                "commands_in_flight",
+                "Commands to listeners not yet acknowledged",
+                g.commands_in_flight,
+            ),
+            (
+                "udp_rules_active",
+                "UDP relay rules (peers allowed)",
+                g.udp_rules,
+            ),
+            ("udp_channels_active", "UDP channels open", g.udp_channels),
         ] {
-            for proto in [Proto::Tcp, Proto::Udp] {
-                let pool = self.registry.pool(proto);
-                let n = match what {
-                    "proxy_ports_in_use" => pool.in_use(),
-                    "proxy_ports_free" => pool.free(),
-                    _ => pool.quarantined(),
-                };
-                s.gauge_with(what, help, vec![("proto", proto.to_string())], n as f64);
-            }
+            s.gauge(name, help, v as f64);
         }
-        let l = &self.config.limits;
+        let per_pool = |s: &mut Snapshot, what: &str, help, n: fn(&Ports) -> usize| {
+            for pool in &g.ports {
+                let labels = vec![("proto", pool.proto.to_string())];
+                s.gauge_with(what, help, labels, n(pool) as f64);
+            }
+        };
+        per_pool(
+            &mut s,
+            "proxy_ports_in_use",
+            "Proxy ports bound, by protocol",
+            |p| p.in_use,
+        );
+        per_pool(
+            &mut s,
+            "proxy_ports_free",
+            "Proxy ports free, by protocol",
+            |p| p.free,
+        );
+        per_pool(
+            &mut s,
+            "proxy_ports_quarantined",
+            "Proxy ports held for their last owner, by protocol",
+            |p| p.quarantined,
+        );
+        let l = self.engine.limits();
         s.gauge(
             "max_registrations",
             "The --max-registrations limit",
@@ -173,7 +151,7 @@ impl Daemon {
         s.gauge(
             "uptime_seconds",
             "Seconds since the broker started",
-            self.started.elapsed().as_secs_f64(),
+            self.engine.uptime(Instant::now()).as_secs_f64(),
         );
         s
     }

@@ -12,11 +12,13 @@
 //!
 //! Each entry has a deadline; expired entries are handed back so the caller
 //! can close what they hold. A relay whose listener failed its command
-//! before the connector's half arrived stays until then, marked `failed`,
-//! so the connector is told why rather than that its token is unknown. Each role can arrive once; a second arrival of
-//! a role, a role the kind does not expect, or an unknown token is rejected.
-//! The table is generic over the stream type so its rules are tested without
-//! sockets.
+//! before the connector's half arrived stays until then, marked `failed`
+//! and holding no half (the core hands back a listener half already there),
+//! so the connector is told why rather than that its token is unknown. Each
+//! role can arrive once; a second arrival of a role, a role the kind does
+//! not expect, or an unknown token is rejected. The table is generic over
+//! the stream type: the core keeps the ids of streams the event loop holds
+//! (`engine::StreamId`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddrV4;

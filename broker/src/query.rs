@@ -54,7 +54,7 @@ fn exchange(
 ) -> Result<Message, String> {
     let (id, bytes) = req
         .send(to, Instant::now(), |id| {
-            crate::auth::seal(auth.as_ref(), gcb::encode(msg, id))
+            daemon_kit::auth::seal(auth.as_ref(), gcb::encode(msg, id))
         })
         .map_err(|e| format!("query: {e}"))?;
     let bytes = bytes.to_vec();
@@ -113,7 +113,7 @@ fn open_reply(
     let opened;
     let plain = match auth {
         None => datagram,
-        Some(a) => match a.open(datagram, crate::auth::stamp_now().unix_ms) {
+        Some(a) => match a.open(datagram, daemon_kit::auth::stamp_now().unix_ms) {
             Ok(m) => {
                 opened = m;
                 &opened

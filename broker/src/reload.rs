@@ -2,16 +2,14 @@
 //! re-read one, and which changes can take effect without a restart.
 //!
 //! Limits, the status networks, the log filter and the secret only govern
-//! future work, so they change at once (the rate limiter and the
-//! registrations' deadlines are updated on the spot). The command address,
+//! future work, so they change at once (the core updates the rate limiter
+//! and the registrations' deadlines on the spot, `Engine::reconfigure`). The command address,
 //! the public IP and the port range are baked into bound sockets and into
 //! proxy addresses that clients have already advertised, so a change to
 //! them is reported and ignored until the broker is restarted.
 //!
 //! The signal handling itself (`Daemon::on_signals`, `Daemon::reload`) is
 //! here too, next to the rules it applies.
-
-use std::time::Duration;
 
 use daemon_kit::reload::{compare, compare_secret_file, reread, Change, Reloadable};
 use nix::sys::signal::Signal;
@@ -43,21 +41,15 @@ impl Daemon {
     fn reload(&mut self) {
         let Some(loaded) = reread(
             self.args.config.as_deref(),
-            &self.config,
-            self.secret.as_ref(),
+            self.engine.config(),
+            self.engine.secret(),
             &self.log,
             || config::load(&self.args, &self.env),
         ) else {
             return;
         };
-        self.config = apply(&self.config, &loaded.config);
-        self.apply_secret(loaded.secret.as_ref());
-        self.secret = loaded.secret;
-        let limits = &self.config.limits;
-        self.gate.set_rate(limits.rate_limit);
-        self.registry
-            .set_timeout(Duration::from_secs(limits.heartbeat_timeout_s));
-        self.udp.set_limits(limits);
+        let config = apply(self.engine.config(), &loaded.config);
+        self.engine.reconfigure(config, loaded.secret);
     }
 }
 

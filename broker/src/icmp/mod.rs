@@ -21,12 +21,11 @@
 //! nothing, and one for a holder's address does something only while a
 //! command to it is being retransmitted (an attacker who knows that, being
 //! on the path, could as well drop the command). What the broker does
-//! about a gone socket is in `gone`.
+//! about a gone socket is the core's (`engine::icmp`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 pub mod errqueue;
-mod gone;
 
 /// `ee_origin` of an error carried by an ICMP message.
 pub const ORIGIN_ICMP: u8 = nix::libc::SO_EE_ORIGIN_ICMP;

@@ -1,13 +1,15 @@
-//! The relay module of paper 4.2.2, for TCP: how the two halves of a relayed
-//! connection reach the broker, and the relays themselves.
+//! The TCP side of the event loop (paper 4.2.2, the relay module): the
+//! connections that reach the broker, and the relays between them. What
+//! becomes of each connection is the core's decision (`engine::streams`);
+//! this is the I/O.
 //!
 //! * `proxy`: a regular (non-GCB) connector dials a proxy listener; the
-//!   broker parks the connection and asks the listener to come to the
-//!   rendezvous.
+//!   connection is accepted and handed to the core, parked unread.
 //! * `rendezvous`: clients dial the rendezvous port (`public_ip:command
-//!   port`, TCP) and say `StreamHello{token, role}`; the pairing table
-//!   matches halves by token.
-//! * this file: once both halves are there, each is told its peer
+//!   port`, TCP) and say `StreamHello{token, role}`, read here without a
+//!   byte past it; the complete hello goes to the core.
+//! * this file: the effects on streams: a rejection (`StreamPeer::Rejected`,
+//!   then close), a reset, and a relay: each side is told its peer
 //!   (`StreamPeer::Paired`) and a [`Relay`] pumps bytes between them until
 //!   both directions have ended or one side fails.
 //! * `pump`: the splice-based data pump of one relay.
@@ -25,12 +27,12 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::Interest;
-use proto::gcb::{ErrorCode, StreamPeer, Token};
+use proto::gcb::{ErrorCode, StreamPeer};
 use tracing::{debug, info, warn};
 
-use crate::counters::Counters;
-use crate::daemon::{Daemon, Dynamic};
-use crate::pairing::{Kind, Pending};
+use crate::daemon::Daemon;
+use crate::engine::RelayStart;
+use crate::io::{Dynamic, Io};
 use pump::{Pumped, SIDES};
 
 /// Pump rounds per event before other sources get their turn; a round moves
@@ -53,9 +55,9 @@ impl Relays {
         self.map.iter()
     }
 
-    /// Bytes relayed since startup in each direction, closed relays included.
-    pub fn bytes_total(&self, counters: &Counters) -> [u64; 2] {
-        self.map.values().fold(counters.bytes_closed, |acc, r| {
+    /// Bytes the running relays moved so far, in each direction.
+    pub fn bytes_running(&self) -> [u64; 2] {
+        self.map.values().fold([0, 0], |acc, r| {
             let b = r.bytes();
             [acc[0] + b[0], acc[1] + b[1]]
         })
@@ -70,11 +72,6 @@ fn send_frame(stream: &mut TcpStream, frame: &StreamPeer) -> io::Result<()> {
         n if n == bytes.len() => Ok(()),
         _ => Err(io::ErrorKind::WriteZero.into()),
     }
-}
-
-/// A time after every deadline, to drain a deadline-ordered table.
-fn far_future() -> Instant {
-    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 /// Tells a rendezvous connection it will not be paired, then closes it.
@@ -93,30 +90,24 @@ pub(crate) fn abort(stream: TcpStream) {
     let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &linger);
 }
 
-impl Daemon {
-    /// Both halves arrived: tell each its peer and start relaying.
-    pub(crate) fn start_relay(&mut self, token: Token, p: Pending<TcpStream>, now: Instant) {
-        let (Some(c), Some(l)) = (p.connector, p.listener) else {
-            return;
+impl Io {
+    /// Starts the relay the core asked for: tells each side its peer and
+    /// watches both. False if it could not (the streams are then closed).
+    pub(crate) fn start_relay(&mut self, s: RelayStart, now: Instant) -> bool {
+        let (Some(c), Some(l)) = (
+            self.unpark(s.connector.stream),
+            self.unpark(s.listener.stream),
+        ) else {
+            return false;
         };
-        if self.relays.len() >= self.config.limits.max_relays as usize {
-            self.relay_refused(&format!("the pairing of {} and {}", c.addr, l.addr), now);
-            reject(l.stream, ErrorCode::LimitReached);
-            match p.kind {
-                Kind::Relay => reject(c.stream, ErrorCode::LimitReached),
-                _ => abort(c.stream),
-            }
-            return;
-        }
-        let is_gcb = p.kind == Kind::Relay;
-        let (caddr, laddr) = (c.addr, l.addr);
+        let (caddr, laddr) = (s.connector.addr, s.listener.addr);
         // Pipes first: if they cannot be had, neither side has been told
         // it is paired.
-        let mut relay = match Relay::new([c.stream, l.stream], [caddr, laddr], p.proxy, now) {
+        let mut relay = match Relay::new([c, l], [caddr, laddr], s.proxy, now) {
             Ok(relay) => relay,
             Err(e) => {
-                warn!("cannot relay {caddr} to {laddr} for {}: {e}", p.proxy);
-                return;
+                warn!("cannot relay {caddr} to {laddr} for {}: {e}", s.proxy);
+                return false;
             }
         };
         // The listener reports the connector as its peer; the GCB connector
@@ -124,23 +115,19 @@ impl Daemon {
         // first: its `connect` waits for this, while the listener's `accept`
         // has its own doorbell to answer, and on a busy machine the first side
         // woken may run before the broker gets to tell the second.
-        let connector_id = p.connector_id.unwrap_or(caddr);
         let mut told = Ok(());
-        if is_gcb {
-            told = send_frame(&mut relay.streams[0], &StreamPeer::Paired { peer: p.proxy });
+        if s.gcb {
+            told = send_frame(&mut relay.streams[0], &StreamPeer::Paired { peer: s.proxy });
         }
         if told.is_ok() {
-            told = send_frame(
-                &mut relay.streams[1],
-                &StreamPeer::Paired { peer: connector_id },
-            );
+            let peer = s.connector_id;
+            told = send_frame(&mut relay.streams[1], &StreamPeer::Paired { peer });
         }
         if let Err(e) = told {
             debug!("relay {caddr} to {laddr}: cannot tell the sides they are paired: {e}");
-            return;
+            return false;
         }
-        self.relays.next_id += 1;
-        let id = self.relays.next_id;
+        let id = self.relays.next_id + 1;
         for side in 0..2 {
             let t = self.slab.insert(Dynamic::Relay(id));
             relay.tokens[side] = t;
@@ -154,58 +141,31 @@ impl Daemon {
                 for t in &relay.tokens[..=side] {
                     self.slab.remove(*t);
                 }
-                return;
+                return false;
             }
         }
+        self.relays.next_id = id;
         self.relays.map.insert(id, relay);
-        self.counters.relays_opened += 1;
         info!(
-            "relay #{id} open: {} {caddr} -> proxy {} -> listener {laddr} (token {token})",
-            if is_gcb { "gcb connector" } else { "connector" },
-            p.proxy,
+            "relay #{id} open: {} {caddr} -> proxy {} -> listener {laddr} (token {})",
+            if s.gcb { "gcb connector" } else { "connector" },
+            s.proxy,
+            s.token
         );
         // No pump now: registering reports what is ready already (bytes a
         // regular connector sent ahead, an EOF), and empty splices cost the
         // connect that waits for this pairing.
+        true
     }
 
-    /// An event on relay `id`'s socket `token`; `writable_only` if it says
-    /// nothing but "room to write" (see [`Relay::waits_for_room`]).
-    pub(crate) fn on_relay_event(&mut self, id: u64, token: mio::Token, writable_only: bool) {
-        let idle = |r: &Relay| writable_only && !r.waits_for_room(token);
-        if self.relays.map.get(&id).is_some_and(idle) {
-            return;
-        }
-        self.pump_relay(id);
-    }
-
-    /// Runs a relay's pump after an event on either of its sockets.
-    pub(crate) fn pump_relay(&mut self, id: u64) {
-        let Some(relay) = self.relays.map.get_mut(&id) else {
-            return;
-        };
-        match relay.pump(PUMP_BUDGET) {
-            Pumped::Blocked => {}
-            Pumped::Budget => self.rerun.push_back(relay.tokens[0]),
-            Pumped::Finished => self.close_relay(id, "both sides closed".into(), None),
-            Pumped::Failed { side, error } => {
-                let why = format!("{} side failed: {error}", SIDES[side]);
-                self.close_relay(id, why, Some(side));
-            }
-        }
-    }
-
-    fn close_relay(&mut self, id: u64, why: String, failed: Option<usize>) {
-        let Some(mut relay) = self.relays.map.remove(&id) else {
-            return;
-        };
+    /// Closes relay `id`; returns the bytes it moved each way.
+    fn close_relay(&mut self, id: u64, why: String, failed: Option<usize>) -> Option<[u64; 2]> {
+        let mut relay = self.relays.map.remove(&id)?;
         for side in 0..2 {
             self.slab.remove(relay.tokens[side]);
             let _ = self.poll.registry().deregister(&mut relay.streams[side]);
         }
         let bytes = relay.bytes();
-        self.counters.bytes_closed[0] += bytes[0];
-        self.counters.bytes_closed[1] += bytes[1];
         let [c, l] = relay.streams;
         if let Some(side) = failed {
             // Pass the failure on as a reset to the side still standing.
@@ -219,67 +179,58 @@ impl Daemon {
             bytes[1],
             relay.started.elapsed()
         );
+        Some(bytes)
     }
 
     /// On shutdown: resets every relayed connection and every parked one, so
-    /// both ends see the relay break (DESIGN.md, "Broker restart") instead
-    /// of a clean end of stream that would pass for a complete transfer.
+    /// both ends see the relay break (see "Faults and restarts" in the
+    /// README) instead of a clean end of stream that would pass for a
+    /// complete transfer.
     pub(crate) fn abort_relays(&mut self) {
-        let ids: Vec<u64> = self.relays.map.keys().copied().collect();
-        if !ids.is_empty() {
-            info!("resetting {} relayed connections", ids.len());
+        if self.relays.len() > 0 {
+            info!("resetting {} relayed connections", self.relays.len());
         }
-        for id in ids {
-            if let Some(relay) = self.relays.map.remove(&id) {
-                let [c, l] = relay.streams;
-                abort(c);
-                abort(l);
-            }
+        for (_, relay) in self.relays.map.drain() {
+            let [c, l] = relay.streams;
+            abort(c);
+            abort(l);
         }
-        for (_, p) in self.pairings.expire(far_future()) {
-            for half in [p.connector, p.listener].into_iter().flatten() {
-                abort(half.stream);
-            }
+        for stream in self.unpark_all() {
+            abort(stream);
         }
     }
+}
 
-    /// Closes what a failed or expired pairing holds: rendezvous halves
-    /// are rejected with `code` (why the connection will not be made); a
-    /// parked regular connection is reset.
-    pub(crate) fn abandon_pairing(&mut self, p: Pending<TcpStream>, code: ErrorCode) {
-        if let Some(l) = p.listener {
-            reject(l.stream, code);
+impl Daemon {
+    /// An event on relay `id`'s socket `token`; `writable_only` if it says
+    /// nothing but "room to write" (see [`Relay::waits_for_room`]).
+    pub(crate) fn on_relay_event(&mut self, id: u64, token: mio::Token, writable_only: bool) {
+        let idle = |r: &Relay| writable_only && !r.waits_for_room(token);
+        if self.io.relays.map.get(&id).is_some_and(idle) {
+            return;
         }
-        if let Some(c) = p.connector {
-            match p.kind {
-                Kind::Regular => abort(c.stream),
-                _ => reject(c.stream, code),
-            }
-        }
+        self.pump_relay(id);
     }
 
-    pub(crate) fn expire_pairings(&mut self, now: Instant) {
-        for (token, p) in self.pairings.expire(now) {
-            if let Some(code) = p.failed {
-                debug!(
-                    "failed pairing {token} for {} ({code:?}): its connector never came",
-                    p.proxy
-                );
-                continue;
+    /// Runs a relay's pump after an event on either of its sockets.
+    pub(crate) fn pump_relay(&mut self, id: u64) {
+        let Some(relay) = self.io.relays.map.get_mut(&id) else {
+            return;
+        };
+        let closed = match relay.pump(PUMP_BUDGET) {
+            Pumped::Blocked => None,
+            Pumped::Budget => {
+                self.rerun.push_back(relay.tokens[0]);
+                None
             }
-            self.counters.pairings_expired += 1;
-            let missing = match (p.kind, p.connector.is_some(), p.listener.is_some()) {
-                (Kind::Reversal, ..) => "the listener did not acknowledge",
-                (_, true, false) => "the listener never came",
-                (_, false, true) => "the connector never came",
-                _ => "neither side came",
-            };
-            info!(
-                "pairing for {} (peer {}, listener mgmt {}) expired: {missing}",
-                p.proxy, p.peer, p.listener_mgmt
-            );
-            debug!("expired token {token}");
-            self.abandon_pairing(p, ErrorCode::UnknownToken);
+            Pumped::Finished => self.io.close_relay(id, "both sides closed".into(), None),
+            Pumped::Failed { side, error } => {
+                let why = format!("{} side failed: {error}", SIDES[side]);
+                self.io.close_relay(id, why, Some(side))
+            }
+        };
+        if let Some(bytes) = closed {
+            self.engine.relay_ended(bytes);
         }
     }
 }

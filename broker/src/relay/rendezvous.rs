@@ -9,23 +9,21 @@
 //! (the shim's hello comes with the handshake's last ACK); only a connection
 //! whose hello is not complete yet takes a slot, a timer and a registration
 //! in the loop. Garbage, EOF or silence close
-//! the connection and are counted. A complete hello goes to the pairing
-//! table: unknown tokens are answered `Rejected{UnknownToken}`, a first half
-//! waits (unread, deregistered) for its partner, and a second half starts
-//! the relay.
+//! the connection and are counted. A complete hello goes to the core
+//! (`engine::streams`), with the connection parked, unread and
+//! deregistered, until the core rejects it or pairs it.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::{Interest, Token};
+use mio::{Interest, Registry, Token};
 use proto::gcb::{FrameReader, StreamHello, MAX_FRAME_LEN};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::reject;
-use crate::daemon::{Daemon, Dynamic, Timer};
-use crate::pairing::{Arrival, Half};
+use crate::daemon::{Daemon, Timer};
+use crate::io::Dynamic;
 use crate::timers::TimerId;
 
 /// The rendezvous TCP listener's fixed token (the slab starts at 16).
@@ -49,6 +47,16 @@ pub(crate) struct Hello {
     reader: FrameReader<StreamHello>,
     serial: u64,
     timer: Option<TimerId>,
+}
+
+impl Hello {
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(&mut self.stream, token, Interest::READABLE)
+    }
+
+    pub(crate) fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.deregister(&mut self.stream)
+    }
 }
 
 /// What reading a hello came to: the hello, or whether the bytes were
@@ -97,10 +105,10 @@ impl Daemon {
                     // Out of descriptors, typically. The pending connection
                     // stays queued, and no new edge will tell: try again soon.
                     let now = Instant::now();
-                    if let Some(more) = self.throttles.accept.hit(now) {
+                    if let Some(more) = self.accept_errors.hit(now) {
                         warn!("rendezvous: cannot accept: {e} ({more} more such errors)");
                     }
-                    self.schedule(now + ACCEPT_RETRY, Timer::Rendezvous);
+                    self.timers.schedule(now + ACCEPT_RETRY, Timer::Rendezvous);
                     return;
                 }
             }
@@ -108,26 +116,23 @@ impl Daemon {
         self.rendezvous_backlog = true;
     }
 
-    fn on_rendezvous_conn(&mut self, stream: TcpStream, addr: SocketAddr) {
+    fn on_rendezvous_conn(&mut self, mut stream: TcpStream, addr: SocketAddr) {
         let SocketAddr::V4(addr) = addr else {
             return;
         };
         // The shim sends its hello with the handshake's last ACK, so it is
         // usually here already: then the connection needs no slot, timer or
         // registration of its own.
-        let mut stream = stream;
         let mut reader = FrameReader::new();
-        match read_hello(&mut stream, &mut reader) {
-            None => {}
-            Some(outcome) => {
-                debug!("rendezvous: connection from {addr}");
-                self.hello_outcome(outcome, Half { stream, addr });
-                return;
-            }
+        if let Some(outcome) = read_hello(&mut stream, &mut reader) {
+            debug!("rendezvous: connection from {addr}");
+            self.hello_outcome(outcome, stream, addr);
+            return;
         }
         if self.hellos >= MAX_HELLOS {
-            self.counters.bad_hellos += 1;
-            self.counters.bad_hellos_overflow += 1;
+            let c = self.engine.count();
+            c.bad_hellos += 1;
+            c.bad_hellos_overflow += 1;
             debug!(
                 "rendezvous: {MAX_HELLOS} connections already waiting to say hello; closing {addr}"
             );
@@ -135,78 +140,70 @@ impl Daemon {
         }
         self.next_serial += 1;
         let serial = self.next_serial;
-        let token = self.slab.insert(Dynamic::Hello(Hello {
+        let hello = Hello {
             stream,
             addr,
             reader,
             serial,
             timer: None,
-        }));
-        let now = Instant::now();
-        let timer = self.schedule(now + HELLO_TIMEOUT, Timer::Hello { token, serial });
-        let registered = match self.slab.get_mut(token) {
-            Some(Dynamic::Hello(h)) => {
-                h.timer = Some(timer);
-                self.poll
-                    .registry()
-                    .register(&mut h.stream, token, Interest::READABLE)
+        };
+        let token = match self.io.watch(Dynamic::Hello(hello)) {
+            Ok(token) => token,
+            Err(e) => {
+                warn!("rendezvous: cannot watch the connection from {addr}: {e}");
+                return;
             }
-            _ => return,
         };
         self.hellos += 1;
-        if let Err(e) = registered {
-            warn!("rendezvous: cannot watch the connection from {addr}: {e}");
-            self.drop_hello(token);
-            return;
+        let at = Instant::now() + HELLO_TIMEOUT;
+        let timer = self.timers.schedule(at, Timer::Hello { token, serial });
+        if let Some(Dynamic::Hello(h)) = self.io.slab.get_mut(token) {
+            h.timer = Some(timer);
         }
         debug!("rendezvous: connection from {addr}, waiting for its hello");
     }
 
     /// Removes a hello connection from the loop and hands it back.
     fn drop_hello(&mut self, token: Token) -> Option<Hello> {
-        let Some(Dynamic::Hello(mut h)) = self.slab.remove(token) else {
+        let Some(Dynamic::Hello(h)) = self.io.close(token) else {
             return None;
         };
         self.hellos -= 1;
         if let Some(t) = h.timer {
             self.timers.cancel(t);
         }
-        let _ = self.poll.registry().deregister(&mut h.stream);
         Some(h)
     }
 
     /// Reads what there is of the hello; acts on it once complete.
     pub(crate) fn on_hello_readable(&mut self, token: Token) {
-        let Some(Dynamic::Hello(h)) = self.slab.get_mut(token) else {
+        let Some(Dynamic::Hello(h)) = self.io.slab.get_mut(token) else {
             return;
         };
         let Some(outcome) = read_hello(&mut h.stream, &mut h.reader) else {
             return;
         };
-        let Some(h) = self.drop_hello(token) else {
-            return;
-        };
-        self.hello_outcome(
-            outcome,
-            Half {
-                stream: h.stream,
-                addr: h.addr,
-            },
-        );
+        if let Some(h) = self.drop_hello(token) {
+            self.hello_outcome(outcome, h.stream, h.addr);
+        }
     }
 
-    /// A complete hello goes to the pairing table; anything else is counted
-    /// and the connection closed.
-    fn hello_outcome(&mut self, outcome: HelloRead, half: Half<TcpStream>) {
-        let addr = half.addr;
+    /// A complete hello goes to the core with its connection; anything else
+    /// is counted and the connection closed.
+    fn hello_outcome(&mut self, outcome: HelloRead, stream: TcpStream, addr: SocketAddrV4) {
         match outcome {
-            Ok(hello) => self.on_hello(hello, half),
+            Ok(hello) => {
+                let stream = self.io.park(stream);
+                self.engine.on_hello(hello, stream, addr, Instant::now());
+                self.carry_out();
+            }
             Err((garbage, why)) => {
-                self.counters.bad_hellos += 1;
+                let c = self.engine.count();
+                c.bad_hellos += 1;
                 if garbage {
-                    self.counters.bad_hellos_garbage += 1;
+                    c.bad_hellos_garbage += 1;
                 } else {
-                    self.counters.bad_hellos_closed += 1;
+                    c.bad_hellos_closed += 1;
                 }
                 debug!("rendezvous: closing {addr}: {why}");
             }
@@ -214,37 +211,18 @@ impl Daemon {
     }
 
     pub(crate) fn hello_timed_out(&mut self, token: Token, serial: u64) {
-        let ours = matches!(self.slab.get(token), Some(Dynamic::Hello(h)) if h.serial == serial);
+        let ours = matches!(self.io.slab.get(token), Some(Dynamic::Hello(h)) if h.serial == serial);
         if !ours {
             return;
         }
         if let Some(h) = self.drop_hello(token) {
-            self.counters.bad_hellos += 1;
-            self.counters.bad_hellos_silent += 1;
+            let c = self.engine.count();
+            c.bad_hellos += 1;
+            c.bad_hellos_silent += 1;
             debug!(
                 "rendezvous: closing {}: no hello within {HELLO_TIMEOUT:?}",
                 h.addr
             );
-        }
-    }
-
-    fn on_hello(&mut self, hello: StreamHello, half: Half<TcpStream>) {
-        let now = Instant::now();
-        let addr = half.addr;
-        match self.pairings.arrive(hello.token, hello.role, half, now) {
-            Arrival::Waiting => debug!(
-                "rendezvous: {:?} from {addr} waits for its other half",
-                hello.role
-            ),
-            Arrival::Rejected(half, code) => {
-                self.counters.rendezvous_rejected += 1;
-                info!(
-                    "rendezvous: {:?} from {addr} rejected: {code:?}",
-                    hello.role
-                );
-                reject(half.stream, code);
-            }
-            Arrival::Paired(token, pending) => self.start_relay(token, pending, now),
         }
     }
 }

@@ -1,170 +1,104 @@
 //! `query --json`: the status snapshot ([`View`]) as one JSON object,
-//! bounded like the text. JSON is written by hand: the shapes are flat, and
-//! a serializer dependency would buy nothing here.
+//! through serde (the types in `view` are the document's shape), bounded
+//! like the text.
+//!
+//! The formatter keeps the output byte for byte what readers have always
+//! got: durations with three decimals (`61.000`), and every control
+//! character other than tab, newline and carriage return as `\u00XX`.
 
-use std::fmt::Write;
-use std::time::Duration;
+use std::io;
 
-use super::render::{HolderView, View};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use serde_json::ser::{CharEscape, Formatter};
 
-/// A JSON string literal.
-fn js(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", u32::from(c));
-            }
-            c => o.push(c),
+use super::view::{Head, PendingView, RegView, RelayView, Relayed, UdpRuleView, View};
+
+/// serde_json's compact output, with the broker's number and escape style.
+struct Style;
+
+impl Formatter for Style {
+    fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+        write!(w, "{value:.3}")
+    }
+
+    fn write_char_escape<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        escape: CharEscape,
+    ) -> io::Result<()> {
+        match escape {
+            CharEscape::Backspace => w.write_all(b"\\u0008"),
+            CharEscape::FormFeed => w.write_all(b"\\u000c"),
+            other => serde_json::ser::CompactFormatter.write_char_escape(w, other),
         }
     }
-    o.push('"');
-    o
 }
 
-/// Seconds as a JSON number with millisecond precision.
-fn jsecs(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64())
-}
-
-/// Writes `"key":[items]`, cut at the budget; returns whether it was cut.
-fn json_list<T>(
-    o: &mut String,
-    key: &str,
-    items: &[T],
-    budget: usize,
-    mut item: impl FnMut(&T) -> String,
-) -> bool {
-    let _ = write!(o, "{}:[", js(key));
-    let mut cut = false;
-    for (n, it) in items.iter().enumerate() {
-        if o.len() >= budget {
-            cut = true;
-            break;
-        }
-        if n > 0 {
-            o.push(',');
-        }
-        o.push_str(&item(it));
+/// The counters as one object, in their fixed order.
+fn counters<S: Serializer>(list: &&[(&'static str, u64)], s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(list.len()))?;
+    for (k, v) in list.iter() {
+        map.serialize_entry(k, v)?;
     }
-    o.push(']');
-    cut
+    map.end()
 }
 
-fn holder(h: &HolderView) -> String {
-    format!(
-        "{{\"pid\":{},\"program\":{},\"mgmt\":{},\"heartbeat_s\":{},\
-         \"last_heartbeat_s\":{},\"age_s\":{}}}",
-        h.pid,
-        js(&h.program),
-        js(&h.mgmt.to_string()),
-        h.heartbeat_secs,
-        jsecs(h.since_heartbeat),
-        jsecs(h.age)
-    )
+/// The document: the view, its lists cut to the budget.
+#[derive(Serialize)]
+struct Doc<'a> {
+    #[serde(flatten)]
+    head: &'a Head,
+    registrations: &'a [RegView],
+    relays: &'a [RelayView],
+    pending: &'a [PendingView],
+    udp_rules: &'a [UdpRuleView],
+    bytes_relayed: Relayed,
+    #[serde(serialize_with = "counters")]
+    counters: &'a [(&'static str, u64)],
+    truncated: bool,
 }
 
-/// One JSON object. Lists are cut at `budget` bytes; `"truncated": true`
-/// then says so.
+fn to_string<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Style);
+    // Plain data with string keys: serializing it cannot fail.
+    let _ = value.serialize(&mut ser);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// How many of `items` fit once `used` bytes are spent: items are taken
+/// while less than `budget` is used, each counting its own length.
+fn fitting<T: Serialize>(items: &[T], used: &mut usize, budget: usize) -> usize {
+    for (n, item) in items.iter().enumerate() {
+        if *used >= budget {
+            return n;
+        }
+        *used += to_string(item).len() + 1;
+    }
+    items.len()
+}
+
+/// One JSON object. Lists are cut at about `budget` bytes;
+/// `"truncated": true` then says so.
 pub fn json(v: &View, budget: usize) -> String {
-    let mut o = String::from("{");
-    let _ = write!(
-        o,
-        "\"version\":{},\"uptime_s\":{},\"command\":{},\"rendezvous\":{},\"port_range\":{},\
-         \"free_ports\":{},\"quarantined_ports\":{},\"limits\":{{\"max_registrations\":{},\
-         \"max_relays\":{},\"rate_limit\":{}}},",
-        js(v.version),
-        jsecs(v.uptime),
-        js(&v.command.to_string()),
-        js(&v.rendezvous.to_string()),
-        js(&v.port_range.to_string()),
-        v.free_ports,
-        v.quarantined_ports,
-        v.max_registrations,
-        v.max_relays,
-        v.rate_limit
-    );
-    let mut cut = json_list(&mut o, "registrations", &v.registrations, budget, |r| {
-        format!(
-            "{{\"proto\":{},\"proxy\":{},\"local\":{},\"observed\":{},\"public\":{},\"realm\":{},\
-             \"realm_named\":{},\"pid\":{},\"program\":{},\"age_s\":{},\"last_heartbeat_s\":{},\"heartbeat_s\":{},\
-             \"data_path\":{},\"holders\":[{}]}}",
-            js(&r.proto.to_string()),
-            js(&r.proxy.to_string()),
-            js(&r.local.to_string()),
-            js(&r.observed.to_string()),
-            r.public,
-            js(&r.realm),
-            r.realm_named,
-            r.pid,
-            js(&r.program),
-            jsecs(r.age),
-            jsecs(r.since_heartbeat),
-            r.heartbeat_secs,
-            r.data_path.map_or("null".to_string(), |p| js(&p.to_string())),
-            r.holders.iter().map(holder).collect::<Vec<_>>().join(",")
-        )
-    });
-    o.push(',');
-    cut |= json_list(&mut o, "relays", &v.relays, budget, |r| {
-        format!(
-            "{{\"id\":{},\"connector\":{},\"listener\":{},\"proxy\":{},\"bytes_to_listener\":{},\
-             \"bytes_to_connector\":{},\"age_s\":{}}}",
-            r.id,
-            js(&r.connector.to_string()),
-            js(&r.listener.to_string()),
-            js(&r.proxy.to_string()),
-            r.bytes[0],
-            r.bytes[1],
-            jsecs(r.age)
-        )
-    });
-    o.push(',');
-    cut |= json_list(&mut o, "pending", &v.pending, budget, |p| {
-        format!(
-            "{{\"kind\":{},\"proxy\":{},\"peer\":{},\"age_s\":{},\"expires_in_s\":{},\
-             \"connector_here\":{},\"listener_here\":{}}}",
-            js(p.kind),
-            js(&p.proxy.to_string()),
-            js(&p.peer.to_string()),
-            jsecs(p.age),
-            jsecs(p.expires_in),
-            p.connector_here,
-            p.listener_here
-        )
-    });
-    o.push(',');
-    cut |= json_list(&mut o, "udp_rules", &v.udp_rules, budget, |r| {
-        format!(
-            "{{\"peer\":{},\"proxy\":{},\"age_s\":{},\"idle_s\":{},\"datagrams_to_client\":{},\
-             \"bytes_to_client\":{},\"datagrams_to_peer\":{},\"bytes_to_peer\":{}}}",
-            js(&r.peer.to_string()),
-            js(&r.proxy.to_string()),
-            jsecs(r.age),
-            jsecs(r.idle),
-            r.datagrams[0],
-            r.bytes[0],
-            r.datagrams[1],
-            r.bytes[1]
-        )
-    });
-    let counters: Vec<String> = v
-        .counters
-        .iter()
-        .map(|(k, n)| format!("{}:{n}", js(k)))
-        .collect();
-    let _ = write!(
-        o,
-        ",\"bytes_relayed\":{{\"to_listener\":{},\"to_connector\":{}}},\"counters\":{{{}}},\"truncated\":{cut}}}",
-        v.bytes_relayed[0],
-        v.bytes_relayed[1],
-        counters.join(",")
-    );
-    o
+    let mut used = to_string(&v.head).len();
+    let regs = fitting(&v.registrations, &mut used, budget);
+    let relays = fitting(&v.relays, &mut used, budget);
+    let pending = fitting(&v.pending, &mut used, budget);
+    let rules = fitting(&v.udp_rules, &mut used, budget);
+    let truncated = regs < v.registrations.len()
+        || relays < v.relays.len()
+        || pending < v.pending.len()
+        || rules < v.udp_rules.len();
+    to_string(&Doc {
+        head: &v.head,
+        registrations: &v.registrations[..regs],
+        relays: &v.relays[..relays],
+        pending: &v.pending[..pending],
+        udp_rules: &v.udp_rules[..rules],
+        bytes_relayed: v.bytes_relayed,
+        counters: &v.counters,
+        truncated,
+    })
 }

@@ -1,7 +1,7 @@
 //! The status query (`gcb-broker query`), broker side.
 //!
 //! A `StatusRequest` with snapshot 0 takes a snapshot of the broker's state,
-//! renders it once (text or JSON, see `render`), cuts it into pages of at
+//! renders it once (text or JSON, see `text` and `json`), cuts it into pages of at
 //! most [`MAX_STATUS_CHUNK`] bytes and answers page 0 with the snapshot's
 //! id; the tool then asks for the other pages of that snapshot, so all
 //! pages come from the same moment however long the transfer takes.
@@ -9,25 +9,23 @@
 //! them, each at most [`MAX_SNAPSHOT_BYTES`]: the memory a status request
 //! can make the broker hold is bounded.
 //!
-//! Who may ask: loopback, any address of the broker's own host, and the
-//! networks given with `--status-allow`. The state names every client's
-//! addresses and programs, which strangers have no business seeing.
+//! Who may ask, and the snapshot itself, are the core's (`engine::status`);
+//! this module keeps the snapshots and renders them.
 
 mod json;
-mod render;
+mod text;
+mod view;
 
-pub use render::{HolderView, PendingView, RegView, RelayView, UdpRuleView, View};
+pub use json::json;
+pub use text::text;
+pub use view::{
+    Head, HolderView, LimitsView, PendingView, RegView, RelayView, Relayed, UdpRuleView, View,
+};
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use proto::gcb::{paginate, ErrorCode, Message, StatusFormat, MAX_STATUS_CHUNK};
-use tracing::{debug, warn};
-
-use crate::daemon::Daemon;
-use crate::decide::Realm;
-use crate::pairing::Kind;
+use proto::gcb::{paginate, ErrorCode, Message, MAX_STATUS_CHUNK};
 
 /// How long the pages of a snapshot can be fetched.
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(30);
@@ -93,183 +91,8 @@ impl Snapshots {
     }
 }
 
-/// Whether `ip` is an address of this host: binding to it succeeds.
-fn is_own_address(ip: Ipv4Addr) -> bool {
-    std::net::UdpSocket::bind(SocketAddrV4::new(ip, 0)).is_ok()
-}
-
-impl Daemon {
-    pub(crate) fn status_allowed(&self, ip: Ipv4Addr) -> bool {
-        ip.is_loopback()
-            || ip == self.public_ip
-            || self
-                .config
-                .status_allow
-                .0
-                .iter()
-                .any(|n| n.contains(ip.into()))
-            || is_own_address(ip)
-    }
-
-    pub(crate) fn on_status(
-        &mut self,
-        from: SocketAddrV4,
-        snapshot: u64,
-        page: u16,
-        format: StatusFormat,
-        now: Instant,
-    ) -> Message {
-        if !self.status_allowed(*from.ip()) {
-            debug!("status request from {from} refused");
-            return Message::error(
-                ErrorCode::Unauthorized,
-                "this broker answers status queries only from its own host and --status-allow",
-            );
-        }
-        if snapshot != 0 {
-            return self.snapshots.page(snapshot, page, now);
-        }
-        let view = self.view(now);
-        let text = match format {
-            StatusFormat::Text => render::text(&view, MAX_SNAPSHOT_BYTES),
-            StatusFormat::Json => render::json(&view, MAX_SNAPSHOT_BYTES),
-        };
-        let id = loop {
-            let id = daemon_kit::random::random_u64();
-            if id != 0 {
-                break id;
-            }
-        };
-        match self.snapshots.store(id, &text, now) {
-            Ok(()) => self.snapshots.page(id, page, now),
-            Err(e) => {
-                warn!("status request from {from}: {e}");
-                Message::error(ErrorCode::Internal, &e)
-            }
-        }
-    }
-
-    /// The broker's state at `now`, sorted for stable output.
-    fn view(&self, now: Instant) -> View {
-        let ago = |t: Instant| now.saturating_duration_since(t);
-        let mut registrations: Vec<RegView> = self
-            .registry
-            .iter()
-            .map(|r| {
-                let freshest = r.freshest();
-                // The freshest first, and on a tie the latest to join, as
-                // `Record::freshest` picks them (the sort is stable).
-                let mut holders: Vec<HolderView> = r
-                    .holders()
-                    .iter()
-                    .rev()
-                    .map(|h| HolderView {
-                        mgmt: h.mgmt,
-                        pid: h.pid,
-                        program: h.program.clone(),
-                        heartbeat_secs: h.heartbeat_secs,
-                        age: ago(h.joined),
-                        since_heartbeat: ago(h.last_heartbeat),
-                    })
-                    .collect();
-                holders.sort_by_key(|h| h.since_heartbeat);
-                RegView {
-                    proto: r.proxy.proto,
-                    proxy: r.proxy.addr,
-                    local: r.local,
-                    observed: freshest.mgmt,
-                    public: r.public,
-                    realm: match &r.realm {
-                        Realm::Named(name) => name.clone(),
-                        Realm::Ip(ip) => ip.to_string(),
-                    },
-                    realm_named: matches!(r.realm, Realm::Named(_)),
-                    pid: freshest.pid,
-                    program: freshest.program.clone(),
-                    age: ago(r.registered),
-                    since_heartbeat: ago(freshest.last_heartbeat),
-                    heartbeat_secs: freshest.heartbeat_secs,
-                    data_path: self.udp.table.data_path(&r.proxy.addr),
-                    holders,
-                }
-            })
-            .collect();
-        registrations.sort_by_key(|r| (r.proto, r.proxy));
-        let mut relays: Vec<RelayView> = self
-            .relays
-            .iter()
-            .map(|(id, r)| RelayView {
-                id: *id,
-                connector: r.addrs[0],
-                listener: r.addrs[1],
-                proxy: r.proxy,
-                bytes: r.bytes(),
-                age: ago(r.started),
-            })
-            .collect();
-        relays.sort_by_key(|r| r.id);
-        let mut pending: Vec<PendingView> = self
-            .pairings
-            .iter()
-            .map(|(_, p)| PendingView {
-                kind: match p.kind {
-                    Kind::Reversal => "reversal",
-                    Kind::Relay => "relay",
-                    Kind::Regular => "regular",
-                },
-                proxy: p.proxy,
-                peer: p.peer,
-                age: ago(p.created),
-                expires_in: p.deadline.saturating_duration_since(now),
-                connector_here: p.connector.is_some(),
-                listener_here: p.listener.is_some(),
-            })
-            .collect();
-        pending.sort_by_key(|p| std::cmp::Reverse(p.age));
-        let mut udp_rules: Vec<UdpRuleView> = self
-            .udp
-            .table
-            .iter()
-            .flat_map(|(proxy, reg)| {
-                reg.rules().map(|(peer, rule)| UdpRuleView {
-                    peer: *peer,
-                    proxy: *proxy,
-                    age: ago(rule.created),
-                    idle: ago(rule.last_used),
-                    datagrams: rule.datagrams,
-                    bytes: rule.bytes,
-                })
-            })
-            .collect();
-        udp_rules.sort_by_key(|r| (r.proxy, r.peer));
-        let pool = self.registry.pool(proto::Proto::Tcp);
-        let limits = &self.config.limits;
-        let mut counters = self.counters.fields();
-        counters.extend(self.auth_counters());
-        counters.push(("relays_active", self.relays.len() as u64));
-        counters.push(("commands_in_flight", self.asyncs.len() as u64));
-        counters.push(("udp_rules_active", self.udp.table.rules_len() as u64));
-        counters.push(("udp_channels_active", self.udp.channels.len() as u64));
-        View {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime: ago(self.started),
-            command: self.command_addr,
-            rendezvous: self.rendezvous_addr,
-            port_range: self.config.port_range,
-            free_ports: pool.free(),
-            quarantined_ports: pool.quarantined(),
-            max_registrations: limits.max_registrations,
-            max_relays: limits.max_relays,
-            rate_limit: limits.rate_limit,
-            registrations,
-            relays,
-            pending,
-            udp_rules,
-            bytes_relayed: self.relays.bytes_total(&self.counters),
-            counters,
-        }
-    }
-}
+#[cfg(test)]
+mod render_tests;
 
 #[cfg(test)]
 mod tests {

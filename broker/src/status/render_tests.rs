@@ -1,8 +1,14 @@
 //! Unit tests of the status renderings: content, valid JSON (checked with
 //! the testbed's strict parser), escaping, and the byte budget.
 
-use super::*;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use proto::Proto;
 use testbed::json::{self, Value};
+
+use super::*;
+use crate::values::PortRange;
 
 fn a(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
@@ -43,26 +49,31 @@ fn view(registrations: usize) -> View {
         ],
     };
     View {
-        version: "0.1.0",
-        uptime: Duration::from_secs(61),
-        command: "203.0.113.1:65432".parse().unwrap(),
-        rendezvous: a("203.0.113.1:65432"),
-        port_range: PortRange {
-            lo: 20000,
-            hi: 29999,
+        head: Head {
+            version: "0.1.0",
+            uptime: Duration::from_secs(61),
+            command: "203.0.113.1:65432".parse().unwrap(),
+            rendezvous: a("203.0.113.1:65432"),
+            port_range: PortRange {
+                lo: 20000,
+                hi: 29999,
+            },
+            free_ports: 9999,
+            quarantined_ports: 0,
+            limits: LimitsView {
+                max_registrations: 100,
+                max_relays: 10,
+                rate_limit: 0,
+            },
         },
-        free_ports: 9999,
-        quarantined_ports: 0,
-        max_registrations: 100,
-        max_relays: 10,
-        rate_limit: 0,
         registrations: (0..registrations).map(reg).collect(),
         relays: vec![RelayView {
             id: 3,
             connector: a("198.51.100.2:5555"),
             listener: a("198.51.100.1:6666"),
             proxy: a("203.0.113.1:20000"),
-            bytes: [1 << 20, 7],
+            bytes_to_listener: 1 << 20,
+            bytes_to_connector: 7,
             age: Duration::from_secs(2),
         }],
         pending: vec![PendingView {
@@ -79,10 +90,15 @@ fn view(registrations: usize) -> View {
             proxy: a("203.0.113.1:20001"),
             age: Duration::from_secs(5),
             idle: Duration::from_secs(1),
-            datagrams: [3, 2],
-            bytes: [300, 20],
+            datagrams_to_client: 3,
+            bytes_to_client: 300,
+            datagrams_to_peer: 2,
+            bytes_to_peer: 20,
         }],
-        bytes_relayed: [1 << 20, 7],
+        bytes_relayed: Relayed {
+            to_listener: 1 << 20,
+            to_connector: 7,
+        },
         counters: vec![("received", 12), ("malformed", 1)],
     }
 }
@@ -149,8 +165,14 @@ fn json_is_valid_and_complete() {
     assert_eq!(holders.len(), 2);
     let field = |i: usize, k: &str| holders[i].get(k).cloned();
     assert_eq!(field(1, "pid"), Some(Value::Num(43.0)));
-    assert_eq!(field(1, "program"), Some(Value::Str("condor_shadow".into())));
-    assert_eq!(field(1, "mgmt"), Some(Value::Str("198.51.100.1:40001".into())));
+    assert_eq!(
+        field(1, "program"),
+        Some(Value::Str("condor_shadow".into()))
+    );
+    assert_eq!(
+        field(1, "mgmt"),
+        Some(Value::Str("198.51.100.1:40001".into()))
+    );
     assert_eq!(field(1, "last_heartbeat_s"), Some(Value::Num(4.0)));
     assert_eq!(field(0, "heartbeat_s"), Some(Value::Num(10.0)));
     assert_eq!(field(0, "age_s"), Some(Value::Num(3725.0)));
@@ -175,4 +197,26 @@ fn budget_cuts_lists_and_says_so() {
     assert!(t.len() < 8192 + 1024);
     assert!(t.contains("more not shown"), "{t}");
     assert!(t.contains("counters:"), "the counters always come out");
+}
+
+/// The JSON as the hand-written renderer wrote it before serde took over
+/// (`golden/`): byte for byte, escapes and number style included.
+#[test]
+fn json_is_byte_for_byte_what_it_was() {
+    let mut v = view(2);
+    v.registrations[1].proto = Proto::Udp;
+    v.registrations[1].data_path = Some(a("198.51.100.1:40001"));
+    v.registrations[0].realm_named = false;
+    v.registrations[0].program = "tab\there \"q\" \\ \u{7f} é \u{1f}".into();
+    assert_eq!(json(&v, 1 << 20), include_str!("golden/full.json"));
+    let mut empty = view(0);
+    empty.relays.clear();
+    empty.pending.clear();
+    empty.udp_rules.clear();
+    empty.counters.clear();
+    assert_eq!(json(&empty, 1 << 20), include_str!("golden/empty.json"));
+    // Backspace and form feed too, which serde_json would shorten.
+    let mut odd = view(1);
+    odd.registrations[0].program = "\u{8}\u{c}".into();
+    assert!(json(&odd, 1 << 20).contains(r#""program":"\u0008\u000c""#));
 }

@@ -1,4 +1,4 @@
-//! The broker's side of shared-secret authentication (proto `auth`): with
+//! The core's side of shared-secret authentication (proto `auth`): with
 //! `--secret-file`, everything it sends is sealed and everything it receives
 //! on the command port and as a UDP `Dummy` must open, or is dropped without
 //! an answer and counted (`auth_*` in the status).
@@ -12,15 +12,13 @@
 use std::net::SocketAddrV4;
 
 use daemon_kit::auth::unix_ms;
-pub(crate) use daemon_kit::auth::{authenticator, seal, stamp_now};
 use proto::auth::{Stamp, Verified};
 use tracing::debug;
 
-use crate::daemon::Daemon;
-use crate::values::Secret;
+use super::Engine;
 
-/// What `Daemon::authenticate` made of a datagram.
-pub(crate) enum Inbound {
+/// What `Engine::authenticate` made of a datagram.
+pub(super) enum Inbound {
     /// No secret configured: decode the datagram as it is.
     Plain,
     /// MAC and window checked: decode `message`, and `admit` the stamp
@@ -30,10 +28,21 @@ pub(crate) enum Inbound {
     Refused,
 }
 
-impl Daemon {
+/// What a datagram on a UDP proxy or channel socket is, as far as control
+/// goes.
+pub(super) enum UdpControl {
+    /// Not a control message (or not one without a secret): relay data.
+    Data,
+    /// A GCB message, authenticated if a secret is configured.
+    Message(proto::Header, proto::gcb::Message),
+    /// A sealed message that failed to open: dropped and counted.
+    Refused,
+}
+
+impl Engine {
     /// Checks MAC and window of `datagram` from `from` (`what` names the
     /// socket, for the debug line).
-    pub(crate) fn authenticate(
+    pub(super) fn authenticate(
         &mut self,
         datagram: &[u8],
         from: SocketAddrV4,
@@ -53,7 +62,7 @@ impl Daemon {
 
     /// The replay check, just before a verified datagram is acted on. True
     /// when it may proceed (always, without a secret).
-    pub(crate) fn admit(&mut self, stamp: Option<Stamp>, from: SocketAddrV4, what: &str) -> bool {
+    pub(super) fn admit(&mut self, stamp: Option<Stamp>, from: SocketAddrV4, what: &str) -> bool {
         let (Some(auth), Some(stamp)) = (self.auth.as_mut(), stamp) else {
             return true;
         };
@@ -66,36 +75,19 @@ impl Daemon {
         }
     }
 
-    /// Follows a reloaded secret: added, removed or replaced.
-    pub(crate) fn apply_secret(&mut self, secret: Option<&Secret>) {
-        daemon_kit::auth::reload(&mut self.auth, secret);
-    }
-
-    /// The `auth_*` counters for the status, zero without a secret.
-    pub(crate) fn auth_counters(&self) -> [(&'static str, u64); 4] {
+    /// The `auth_*` counters, zero without a secret.
+    pub(super) fn auth_counters(&self) -> [(&'static str, u64); 4] {
         self.auth
             .as_ref()
             .map(|a| a.refused())
             .unwrap_or_default()
             .fields()
     }
-}
 
-/// What a datagram on a UDP proxy socket is, as far as control goes.
-pub(crate) enum UdpControl {
-    /// Not a control message (or not one without a secret): relay data.
-    Data,
-    /// A GCB message, authenticated if a secret is configured.
-    Message(proto::Header, proto::gcb::Message),
-    /// A sealed message that failed to open: dropped and counted.
-    Refused,
-}
-
-impl Daemon {
     /// Classifies a proxy-socket datagram. With a secret, only a sealed GCB
     /// message is control; an unsealed `Dummy` is plain data to the relay,
     /// so nobody without the key can move a registration's data path.
-    pub(crate) fn udp_control(&mut self, data: &[u8], from: SocketAddrV4) -> UdpControl {
+    pub(super) fn udp_control(&mut self, data: &[u8], from: SocketAddrV4) -> UdpControl {
         let Some(auth) = self.auth.as_mut() else {
             return match proto::gcb::decode(data) {
                 Ok((h, m)) => UdpControl::Message(h, m),

@@ -1,37 +1,30 @@
-//! The broker module of paper 4.2.2: what each GCB request does to the
-//! broker's state, and the reply. `command` calls these once per request
-//! (retransmissions are answered from its reply cache). `Register` is in
-//! `register`, `Heartbeat` and `Unregister` in `holders`; this file has
-//! `Connect` and the pairings it starts.
+//! What a `Connect` does (paper 4.2.2, the broker module): look the target
+//! up, apply the decision table (`decide`), and for a reversal or relay
+//! mint a token and send the listener its command (to the registration's
+//! longest-standing live holder; see `cmd_failure` for what happens when it
+//! does not answer).
 //!
-//! * `Connect`: look the target up, apply the decision table, and for a
-//!   reversal or relay mint a token and send the listener its command (to
-//!   the registration's holder heard from last; see `cmd_failure` for what
-//!   happens when it does not answer). TCP
-//!   and UDP share the table; they differ in the reversal command
-//!   (`ReverseConnect` vs `MakeHole`: the listener dials, or sends a Dummy
-//!   through its NAT to the connector) and in the relay: a TCP relay pairs
-//!   two rendezvous connections and takes a relay slot, while a UDP
-//!   connector just sends plain datagrams to the listener's proxy socket, so
-//!   it needs no pairing, only a rule made by its first datagram.
+//! TCP and UDP share the table; they differ in the reversal command
+//! (`ReverseConnect` vs `MakeHole`: the listener dials, or sends a Dummy
+//! through its NAT to the connector) and in the relay: a TCP relay pairs
+//! two rendezvous connections and takes a relay slot, while a UDP
+//! connector just sends plain datagrams to the listener's proxy socket, so
+//! it needs no pairing, only a rule made by its first datagram.
 
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use proto::gcb::{Decision, ErrorCode, Message, Token};
 use proto::{Endpoint, Proto};
 use tracing::{error, info, warn};
 
-use crate::daemon::Daemon;
+use super::{Engine, StreamId, PAIR_TIMEOUT};
 use crate::decide::{self, Path, Situation};
 use crate::pairing::{Kind, Pending};
 
-/// How long a token waits for both halves of its connection. The shim
-/// waits as long (its PAIR_TIMEOUT) before giving up on its side.
-pub(crate) const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The fields of a `Connect` request.
-pub(crate) struct ConnectReq {
+#[derive(Debug, Clone)]
+pub struct ConnectReq {
     pub proto: Proto,
     pub target: SocketAddrV4,
     pub connector: SocketAddrV4,
@@ -39,25 +32,15 @@ pub(crate) struct ConnectReq {
     pub realm: Option<String>,
 }
 
-impl Daemon {
-    /// A fresh random token no pending pairing uses.
-    pub(crate) fn new_token(&mut self) -> Token {
-        loop {
-            let t = Token(daemon_kit::random::random_u64());
-            if t.0 != 0 && self.pairings.get(t).is_none() {
-                return t;
-            }
-        }
-    }
-
+impl Engine {
     /// Whether another relay may be set up: running relays and pairings that
     /// will become relays count against `--max-relays`.
-    pub(crate) fn relay_room(&self) -> bool {
-        self.relays.len() + self.pairings.relaying() < self.config.limits.max_relays as usize
+    pub(super) fn relay_room(&self) -> bool {
+        self.relays + self.pairings.relaying() < self.config.limits.max_relays as usize
     }
 
     /// Logs (throttled) and counts a relay refused at the limit.
-    pub(crate) fn relay_refused(&mut self, what: &str, now: Instant) {
+    pub(super) fn relay_refused(&mut self, what: &str, now: Instant) {
         self.counters.refused += 1;
         if let Some(more) = self.throttles.relays.hit(now) {
             warn!(
@@ -69,10 +52,10 @@ impl Daemon {
 
     /// Records a pairing and sends the listener its command; on failure the
     /// pairing is undone and the reason returned.
-    pub(crate) fn start_pairing(
+    pub(super) fn start_pairing(
         &mut self,
         token: Token,
-        pending: Pending<mio::net::TcpStream>,
+        pending: Pending<StreamId>,
         msg: Message,
         now: Instant,
     ) -> Result<(), String> {
@@ -88,7 +71,7 @@ impl Daemon {
         Ok(())
     }
 
-    pub(crate) fn on_connect(
+    pub(super) fn on_connect(
         &mut self,
         from: SocketAddrV4,
         req: ConnectReq,
@@ -180,7 +163,7 @@ impl Daemon {
                 let mut pending =
                     Pending::new(Kind::Relay, req.target, mgmt, peer, now, now + PAIR_TIMEOUT);
                 pending.connector_id = req.connector_id;
-                let via = self.rendezvous_addr;
+                let via = self.rendezvous;
                 let msg = Message::RelayConnect {
                     token,
                     broker: via,

@@ -26,22 +26,20 @@
 //! holders' heartbeats (`holders`). A busy or briefly unreachable listener
 //! loses one connection, not its address.
 
-use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use proto::gcb::{self, ErrorCode, Message, Token};
 use proto::{Endpoint, Proto};
 use tracing::{info, warn};
 
+use super::holders::Gone;
+use super::{Effect, Engine, StreamId};
 use crate::async_cmd::{Failure, Purpose};
-use crate::command::send_datagram;
-use crate::daemon::Daemon;
-use crate::holders::Gone;
 use crate::pairing::{Kind, Pending};
 
-impl Daemon {
+impl Engine {
     /// The command `msg` for the pairing `p.token` failed at `p.listener`.
-    pub(crate) fn on_command_failed(
+    pub(super) fn on_command_failed(
         &mut self,
         p: Purpose,
         why: Failure,
@@ -112,7 +110,15 @@ impl Daemon {
         };
         self.tell_connector(token, &pending, code, now);
         if pending.kind == Kind::Relay && pending.connector.is_none() {
-            // Its rendezvous connection is on its way: it is told then.
+            // Its rendezvous connection is on its way: it is told then. A
+            // listener half already here is told now, so the pairing kept
+            // for the connector holds no stream.
+            if let Some(l) = pending.listener.take() {
+                self.emit(Effect::Reject {
+                    stream: l.stream,
+                    code,
+                });
+            }
             pending.failed = Some(code);
             self.pairings.insert(token, pending);
             return;
@@ -125,7 +131,7 @@ impl Daemon {
     fn tell_connector(
         &mut self,
         token: Token,
-        pending: &Pending<mio::net::TcpStream>,
+        pending: &Pending<StreamId>,
         code: ErrorCode,
         now: Instant,
     ) {
@@ -142,37 +148,5 @@ impl Daemon {
                 pending.proxy
             );
         }
-    }
-
-    /// Sends a broker → client command, retransmitted until answered.
-    pub(crate) fn send_command(
-        &mut self,
-        msg: &Message,
-        token: Token,
-        to: SocketAddrV4,
-        proxy: SocketAddrV4,
-        now: Instant,
-    ) -> Result<(), String> {
-        let purpose = Purpose {
-            token,
-            kind: msg.kind(),
-            listener: to,
-            proxy,
-            resent: false,
-        };
-        self.send_purpose(msg, purpose, now)
-    }
-
-    fn send_purpose(
-        &mut self,
-        msg: &Message,
-        purpose: Purpose,
-        now: Instant,
-    ) -> Result<(), String> {
-        let (sock, counters) = (&self.command, &mut self.counters);
-        self.asyncs
-            .send(msg, purpose, now, self.auth.as_ref(), |to, bytes| {
-                send_datagram(sock, counters, to, bytes)
-            })
     }
 }

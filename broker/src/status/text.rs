@@ -1,114 +1,20 @@
-//! The status snapshot as data ([`View`]) and its two renderings: lines for
-//! a person (`gcb-broker query`, here) and one JSON object (`query --json`,
-//! in `json`).
+//! The status snapshot ([`View`]) as lines for a person (`gcb-broker
+//! query`); `json` has the other rendering.
 //!
 //! Both are bounded by a byte budget: lists are cut when the budget is
-//! spent, and the output says so (`truncated`), so a broker with 100 000
-//! registrations answers with what fits instead of building an unbounded
-//! string.
+//! spent, and the output says so (`... N more not shown`, `truncated`), so
+//! a broker with 100 000 registrations answers with what fits instead of
+//! building an unbounded string.
 
 use std::fmt::Write;
-use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use proto::Proto;
 
-use crate::values::PortRange;
-
-#[derive(Debug, Clone)]
-pub struct RegView {
-    pub proto: Proto,
-    pub proxy: SocketAddrV4,
-    pub local: SocketAddrV4,
-    pub observed: SocketAddrV4,
-    pub public: bool,
-    /// The realm's name (`GCB_REALM`), or the client's public IP.
-    pub realm: String,
-    /// Whether the realm was named by the client rather than guessed.
-    pub realm_named: bool,
-    pub pid: u32,
-    pub program: String,
-    pub age: Duration,
-    pub since_heartbeat: Duration,
-    pub heartbeat_secs: u16,
-    /// UDP: where relayed datagrams go (learned from `Dummy`), if known yet.
-    pub data_path: Option<SocketAddrV4>,
-    /// Every process holding the socket, the freshest first; `observed`,
-    /// `pid`, `program` and the heartbeat fields above are the first one's.
-    pub holders: Vec<HolderView>,
-}
-
-/// One process holding a registered socket.
-#[derive(Debug, Clone)]
-pub struct HolderView {
-    /// Its management socket as seen from here (the client's own idea of
-    /// its address is not shown: it is a claim, never used).
-    pub mgmt: SocketAddrV4,
-    pub pid: u32,
-    pub program: String,
-    pub heartbeat_secs: u16,
-    /// Since it joined.
-    pub age: Duration,
-    pub since_heartbeat: Duration,
-}
-
-/// One UDP relay rule: a peer allowed to talk to a UDP registration.
-#[derive(Debug, Clone)]
-pub struct UdpRuleView {
-    pub peer: SocketAddrV4,
-    pub proxy: SocketAddrV4,
-    pub age: Duration,
-    pub idle: Duration,
-    /// Peer → client, client → peer.
-    pub datagrams: [u64; 2],
-    pub bytes: [u64; 2],
-}
-
-#[derive(Debug, Clone)]
-pub struct RelayView {
-    pub id: u64,
-    pub connector: SocketAddrV4,
-    pub listener: SocketAddrV4,
-    pub proxy: SocketAddrV4,
-    /// Connector → listener, listener → connector.
-    pub bytes: [u64; 2],
-    pub age: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct PendingView {
-    pub kind: &'static str,
-    pub proxy: SocketAddrV4,
-    pub peer: SocketAddrV4,
-    pub age: Duration,
-    pub expires_in: Duration,
-    pub connector_here: bool,
-    pub listener_here: bool,
-}
-
-/// Everything a status reply shows, taken at one moment.
-#[derive(Debug, Clone)]
-pub struct View {
-    pub version: &'static str,
-    pub uptime: Duration,
-    pub command: SocketAddr,
-    pub rendezvous: SocketAddrV4,
-    pub port_range: PortRange,
-    pub free_ports: usize,
-    pub quarantined_ports: usize,
-    pub max_registrations: u32,
-    pub max_relays: u32,
-    pub rate_limit: u32,
-    pub registrations: Vec<RegView>,
-    pub relays: Vec<RelayView>,
-    pub pending: Vec<PendingView>,
-    pub udp_rules: Vec<UdpRuleView>,
-    pub bytes_relayed: [u64; 2],
-    pub counters: Vec<(&'static str, u64)>,
-}
+use super::view::View;
 
 /// Writes list items while they fit the budget; returns how many did.
-pub(super) fn bounded<T>(
+fn bounded<T>(
     out: &mut String,
     budget: usize,
     items: &[T],
@@ -136,25 +42,26 @@ fn secs(d: Duration) -> String {
 /// always come out.
 pub fn text(v: &View, budget: usize) -> String {
     let mut o = String::new();
-    let rate = match v.rate_limit {
+    let h = &v.head;
+    let rate = match h.limits.rate_limit {
         0 => "off".to_string(),
         n => format!("{n}/s per source IP"),
     };
-    let _ = writeln!(o, "gcb-broker {}, up {}", v.version, secs(v.uptime));
+    let _ = writeln!(o, "gcb-broker {}, up {}", h.version, secs(h.uptime));
     let _ = writeln!(
         o,
         "command udp {}, rendezvous tcp {}",
-        v.command, v.rendezvous
+        h.command, h.rendezvous
     );
     let _ = writeln!(
         o,
         "proxy ports {}: {} free, {} quarantined",
-        v.port_range, v.free_ports, v.quarantined_ports
+        h.port_range, h.free_ports, h.quarantined_ports
     );
     let _ = writeln!(
         o,
         "limits: {} registrations, {} relays, rate {rate}",
-        v.max_registrations, v.max_relays
+        h.limits.max_registrations, h.limits.max_relays
     );
     let _ = writeln!(o, "\nregistrations: {}", v.registrations.len());
     let shown = bounded(&mut o, budget, &v.registrations, |o, r| {
@@ -206,8 +113,8 @@ pub fn text(v: &View, budget: usize) -> String {
             r.connector,
             r.proxy,
             r.listener,
-            r.bytes[0],
-            r.bytes[1],
+            r.bytes_to_listener,
+            r.bytes_to_connector,
             secs(r.age)
         );
     });
@@ -238,10 +145,10 @@ pub fn text(v: &View, budget: usize) -> String {
             "  {} <-> {}: {} datagrams ({} bytes) to the client, {} ({} bytes) back, age {}, idle {}",
             r.peer,
             r.proxy,
-            r.datagrams[0],
-            r.bytes[0],
-            r.datagrams[1],
-            r.bytes[1],
+            r.datagrams_to_client,
+            r.bytes_to_client,
+            r.datagrams_to_peer,
+            r.bytes_to_peer,
             secs(r.age),
             secs(r.idle)
         );
@@ -250,7 +157,7 @@ pub fn text(v: &View, budget: usize) -> String {
     let _ = writeln!(
         o,
         "\nbytes relayed: {} connector -> listener, {} back",
-        v.bytes_relayed[0], v.bytes_relayed[1]
+        v.bytes_relayed.to_listener, v.bytes_relayed.to_connector
     );
     let dropped: Vec<String> = REFUSALS
         .iter()
@@ -292,9 +199,3 @@ fn more(o: &mut String, left: usize) {
         let _ = writeln!(o, "  ... {left} more not shown");
     }
 }
-
-pub use super::json::json;
-
-#[cfg(test)]
-#[path = "render_tests.rs"]
-mod tests;

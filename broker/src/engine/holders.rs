@@ -20,17 +20,17 @@ use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use proto::gcb::{ErrorCode, Message};
-use proto::Endpoint;
+use proto::{Endpoint, Proto};
 use tracing::{debug, info};
 
-use crate::daemon::Daemon;
+use super::{Effect, Engine, SocketId};
 use crate::registry::{Refresh, Removed};
 
 const GONE: &str = "its socket is gone (ICMP port unreachable)";
 
 /// Why a holder left its registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Gone {
+pub(super) enum Gone {
     Unregistered,
     Expired,
     /// It answered a command `NotRegistered`.
@@ -39,8 +39,8 @@ pub(crate) enum Gone {
     Unreachable,
 }
 
-impl Daemon {
-    pub(crate) fn on_heartbeat(
+impl Engine {
+    pub(super) fn on_heartbeat(
         &mut self,
         from: SocketAddrV4,
         held: Vec<Endpoint>,
@@ -67,7 +67,7 @@ impl Daemon {
         Message::ReregisterRequest { unknown }
     }
 
-    pub(crate) fn on_unregister(
+    pub(super) fn on_unregister(
         &mut self,
         from: SocketAddrV4,
         proxy: Endpoint,
@@ -83,7 +83,7 @@ impl Daemon {
     }
 
     /// Removes the holders whose heartbeats stopped.
-    pub(crate) fn expire_holders(&mut self, now: Instant) {
+    pub(super) fn expire_holders(&mut self, now: Instant) {
         for (proxy, removed) in self.registry.expire(now) {
             self.holder_gone(proxy, removed, Gone::Expired, now);
         }
@@ -91,7 +91,7 @@ impl Daemon {
 
     /// Counts and logs a holder's leaving, and closes the proxy socket of a
     /// registration that went with its last holder.
-    pub(crate) fn holder_gone(
+    pub(super) fn holder_gone(
         &mut self,
         proxy: Endpoint,
         removed: Removed,
@@ -123,7 +123,7 @@ impl Daemon {
             }
             Removed::Record(r) => r,
         };
-        self.close_proxy(record.token);
+        self.close_proxy(record.proxy, record.token);
         let h = record.freshest();
         let silent = now.saturating_duration_since(h.last_heartbeat);
         let (verb, why) = match why {
@@ -141,5 +141,15 @@ impl Daemon {
             "{verb} {} {} of {}[{}] (local {}, mgmt {}){why}",
             proxy.proto, proxy.addr, h.program, h.pid, record.local, h.mgmt
         );
+    }
+
+    /// Closes the proxy socket of a registration that went; a UDP one takes
+    /// its relay rules and channels with it.
+    fn close_proxy(&mut self, proxy: Endpoint, socket: SocketId) {
+        self.emit(Effect::Close(socket));
+        if proxy.proto == Proto::Udp {
+            self.udp.table.remove(&proxy.addr);
+            self.close_channels_of(proxy.addr);
+        }
     }
 }
