@@ -1,1 +1,24 @@
-//! placeholder
+//! Tests of the core without a socket, through its entry points alone:
+//! datagrams in, effects out, on a fake host and a clock the test turns
+//! (`harness`).
+//!
+//! * `decisions`: every row of the decision table, TCP and UDP, with the
+//!   command each sends and the pairing it leaves, and the refusals;
+//! * `register`: new registrations, joins, the port policy, the limits;
+//! * `expiry`: every expiry rule: holders and registrations, pairings,
+//!   UDP rules, channels, commands;
+//! * `commands`: the failed-command rule (issue 9) and ICMP errors;
+//! * `pipeline`: the command port's checks (malformed, version, rate limit,
+//!   reply cache, status);
+//! * `udp`: the UDP data path and channels;
+//! * `proptests`: random sequences of all of it against the invariants of
+//!   the module docs and a model of the decision table.
+
+mod commands;
+mod decisions;
+mod expiry;
+pub(super) mod harness;
+mod pipeline;
+mod proptests;
+mod register;
+mod udp;

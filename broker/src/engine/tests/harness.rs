@@ -1,0 +1,453 @@
+//! The test bed of the core: a fake [`Host`] that binds nothing, a clock,
+//! clients at known places, and the effects the core queued, carried out
+//! on plain data (datagrams decoded, sockets closed, streams given their
+//! fate) with the checks a real loop could not make: nothing is closed
+//! twice, no stream is handed back twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use proto::gcb::{self, ErrorCode, Message, MgmtInfo, Role, StreamHello, Token};
+use proto::{Endpoint, Proto};
+
+use crate::config::{Config, Limits};
+use crate::engine::{Effect, Engine, Host, Opening, RelayStart, SocketId, StreamId};
+use crate::engine::{UdpSend, HEADROOM};
+use crate::status::RelayView;
+use crate::values::{Networks, PortRange};
+
+pub fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+/// The broker's address, as a client sees it.
+pub const BROKER: &str = "203.0.113.10:65432";
+pub const RANGE: PortRange = PortRange {
+    lo: 20000,
+    hi: 20099,
+};
+
+/// A machine that binds nothing: ports in `busy` are held by another
+/// program, and with `broken` every bind fails as if out of descriptors.
+#[derive(Default)]
+pub struct FakeHost {
+    pub open: BTreeMap<SocketId, (Opening, SocketAddrV4)>,
+    next: usize,
+    pub busy: HashSet<u16>,
+    pub broken: bool,
+    pub own: Vec<Ipv4Addr>,
+    pub relays: Vec<RelayView>,
+}
+
+impl Host for FakeHost {
+    fn open(&mut self, what: Opening, addr: SocketAddrV4) -> io::Result<SocketId> {
+        if self.broken {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        if self.busy.contains(&addr.port()) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        let taken = |(w, at): &(Opening, SocketAddrV4)| {
+            *at == addr
+                && matches!((w, what), (Opening::Proxy(x), Opening::Proxy(y)) if x.proto == y.proto)
+        };
+        assert!(!self.open.values().any(taken), "{addr} bound twice");
+        self.next += 1;
+        let id = mio::Token(self.next);
+        self.open.insert(id, (what, addr));
+        Ok(id)
+    }
+
+    fn is_own_address(&self, ip: Ipv4Addr) -> bool {
+        self.own.contains(&ip)
+    }
+
+    fn relays(&self) -> Vec<RelayView> {
+        self.relays.clone()
+    }
+}
+
+/// What became of a stream handed to the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Rejected(ErrorCode),
+    Aborted,
+    Relayed,
+}
+
+/// A process with a management socket, as the broker sees it (`mgmt`,
+/// through its NAT if any) and as it sees itself (`own`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    pub mgmt: SocketAddrV4,
+    pub own: Ipv4Addr,
+    pub pid: u32,
+}
+
+impl Proc {
+    /// On the public host 203.0.113.20.
+    pub fn public(n: u16) -> Proc {
+        Proc::at("203.0.113.20", "203.0.113.20", n)
+    }
+
+    /// On 192.0.2.10 in realm A, behind the NAT at 198.51.100.1.
+    pub fn in_a(n: u16) -> Proc {
+        Proc::at("198.51.100.1", "192.0.2.10", n)
+    }
+
+    /// On 10.1.0.10 in realm B, behind the NAT at 198.51.100.2.
+    pub fn in_b(n: u16) -> Proc {
+        Proc::at("198.51.100.2", "10.1.0.10", n)
+    }
+
+    fn at(seen: &str, own: &str, n: u16) -> Proc {
+        Proc {
+            mgmt: SocketAddrV4::new(seen.parse().unwrap(), 5000 + n),
+            own: own.parse().unwrap(),
+            pid: 100 + u32::from(n),
+        }
+    }
+
+    pub fn info(&self) -> MgmtInfo {
+        MgmtInfo {
+            mgmt_local: SocketAddrV4::new(self.own, self.mgmt.port()),
+            pid: self.pid,
+            heartbeat_secs: 10,
+            program: format!("prog{}", self.pid),
+        }
+    }
+
+    /// Its socket `port`, as it sees it.
+    pub fn local(&self, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.own, port)
+    }
+
+    pub fn register(&self, proto: Proto, port: u16) -> Message {
+        self.register_for(proto, port, None, false)
+    }
+
+    /// A `Register` of `port` that wants proxy port `desired` (and with
+    /// `required`, that port or nothing).
+    pub fn register_for(
+        &self,
+        proto: Proto,
+        port: u16,
+        desired: Option<u16>,
+        required: bool,
+    ) -> Message {
+        Message::Register {
+            proto,
+            local: self.local(port),
+            realm: None,
+            desired_port: desired,
+            port_required: required,
+            mgmt: self.info(),
+        }
+    }
+
+    /// A `Connect` from its socket at port 40000 to `target`.
+    pub fn connect(&self, proto: Proto, target: SocketAddrV4) -> Message {
+        Message::Connect {
+            proto,
+            target,
+            connector: self.local(40000),
+            connector_id: None,
+            realm: None,
+        }
+    }
+}
+
+pub fn limits() -> Limits {
+    Limits {
+        heartbeat_timeout_s: 30,
+        max_registrations: 1000,
+        max_relays: 100,
+        rate_limit: 0,
+        udp_rule_idle_s: 120,
+        udp_rules_per_registration: 8,
+    }
+}
+
+pub fn config(limits: Limits) -> Config {
+    Config {
+        listen: BROKER.parse().unwrap(),
+        public_ip: "203.0.113.10".parse().unwrap(),
+        port_range: RANGE,
+        limits,
+        status_allow: Networks::default(),
+        secret_file: None,
+        log_filter: "info".into(),
+        metrics_listen: None,
+        freebind: false,
+    }
+}
+
+/// The core, its fake host and clock, and what came out of it.
+pub struct Bed {
+    pub engine: Engine,
+    pub host: FakeHost,
+    pub now: Instant,
+    /// Replies to requests, by (to, request id).
+    pub replies: Vec<(SocketAddrV4, u64, Message)>,
+    /// Commands to clients, retransmissions included: (to, id, command).
+    pub commands: Vec<(SocketAddrV4, u64, Message)>,
+    /// Datagrams sent sealed (with a secret), as they are.
+    pub sealed: Vec<(SocketAddrV4, Vec<u8>)>,
+    pub closed: Vec<SocketId>,
+    pub fates: BTreeMap<StreamId, Fate>,
+    pub relays: Vec<RelayStart>,
+    /// Streams handed in so far.
+    pub streams: u64,
+    /// Whether the loop fails to start relays (no pipes).
+    pub relay_fails: bool,
+    next_id: u64,
+}
+
+impl Bed {
+    pub fn new() -> Bed {
+        Bed::with(limits())
+    }
+
+    pub fn with(limits: Limits) -> Bed {
+        let now = Instant::now();
+        let command = BROKER.parse().unwrap();
+        Bed {
+            engine: Engine::new(
+                config(limits),
+                None,
+                "203.0.113.10".parse().unwrap(),
+                command,
+                now,
+            ),
+            host: FakeHost::default(),
+            now,
+            replies: Vec::new(),
+            commands: Vec::new(),
+            sealed: Vec::new(),
+            closed: Vec::new(),
+            fates: BTreeMap::new(),
+            relays: Vec::new(),
+            streams: 0,
+            relay_fails: false,
+            next_id: 1,
+        }
+    }
+
+    /// Carries out what the core queued.
+    pub fn apply(&mut self) {
+        for effect in self.engine.take_effects() {
+            match effect {
+                Effect::Send { to, bytes } => match gcb::decode(&bytes) {
+                    Ok((h, msg)) => {
+                        let list = match msg.is_response() {
+                            true => &mut self.replies,
+                            false => &mut self.commands,
+                        };
+                        list.push((to, h.request_id, msg));
+                    }
+                    Err(_) => self.sealed.push((to, bytes)),
+                },
+                Effect::Close(id) => {
+                    assert!(
+                        self.host.open.remove(&id).is_some(),
+                        "{id:?} closed but not open"
+                    );
+                    self.closed.push(id);
+                }
+                Effect::Reject { stream, code } => self.fate(stream, Fate::Rejected(code)),
+                Effect::Abort(stream) => self.fate(stream, Fate::Aborted),
+                Effect::Relay(start) => {
+                    self.fate(start.connector.stream, Fate::Relayed);
+                    self.fate(start.listener.stream, Fate::Relayed);
+                    self.relays.push(start);
+                    match self.relay_fails {
+                        false => self.engine.relay_started(),
+                        true => self.engine.relay_ended([0, 0]),
+                    }
+                }
+            }
+        }
+    }
+
+    fn fate(&mut self, stream: StreamId, fate: Fate) {
+        assert!(
+            stream.0 >= 1 && stream.0 <= self.streams,
+            "{stream:?} never handed in"
+        );
+        let before = self.fates.insert(stream, fate);
+        assert_eq!(before, None, "{stream:?} handed back twice");
+    }
+
+    /// Sends `msg` to the broker from `from` as a datagram; returns its
+    /// reply, if it got one.
+    pub fn send(&mut self, from: SocketAddrV4, msg: &Message) -> Option<Message> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let bytes = gcb::encode(msg, id).unwrap();
+        self.datagram(from, id, &bytes)
+    }
+
+    /// The datagram `bytes` (request `id`) from `from`; its reply, if any.
+    pub fn datagram(&mut self, from: SocketAddrV4, id: u64, bytes: &[u8]) -> Option<Message> {
+        let before = self.replies.len();
+        let now = self.now;
+        self.engine
+            .on_command_datagram(bytes, from.into(), now, &mut self.host);
+        self.apply();
+        self.replies[before..]
+            .iter()
+            .rev()
+            .find(|(to, rid, _)| *to == from && *rid == id)
+            .map(|(_, _, m)| m.clone())
+    }
+
+    /// Like [`send`](Self::send), for a request that must be answered.
+    pub fn ask(&mut self, from: SocketAddrV4, msg: Message) -> Message {
+        self.send(from, &msg)
+            .unwrap_or_else(|| panic!("no reply to {msg:?}"))
+    }
+
+    /// Answers command `id` from `from` with `msg` (`Ack`, an error).
+    pub fn answer(&mut self, from: SocketAddrV4, id: u64, msg: Message) {
+        let bytes = gcb::encode(&msg, id).unwrap();
+        self.datagram(from, id, &bytes);
+    }
+
+    /// Registers `port` of `p` and returns the proxy address.
+    pub fn register(&mut self, p: Proc, proto: Proto, port: u16) -> SocketAddrV4 {
+        match self.ask(p.mgmt, p.register(proto, port)) {
+            Message::RegisterOk { proxy, .. } => proxy,
+            other => panic!("register refused: {other:?}"),
+        }
+    }
+
+    pub fn heartbeat(&mut self, p: Proc, held: &[Endpoint]) -> Message {
+        self.ask(
+            p.mgmt,
+            Message::Heartbeat {
+                held: held.to_vec(),
+            },
+        )
+    }
+
+    /// The last command sent to `to`, with its id.
+    pub fn last_command(&self, to: SocketAddrV4) -> Option<(u64, Message)> {
+        self.commands
+            .iter()
+            .rev()
+            .find(|(at, ..)| *at == to)
+            .map(|(_, id, m)| (*id, m.clone()))
+    }
+
+    /// A connection from `addr` says hello with `token` in `role`.
+    pub fn hello(&mut self, token: Token, role: Role, addr: SocketAddrV4) -> StreamId {
+        let stream = self.new_stream();
+        let now = self.now;
+        self.engine
+            .on_hello(StreamHello { token, role }, stream, addr, now);
+        self.apply();
+        stream
+    }
+
+    /// A regular connector at `addr` dials the proxy listener `proxy`.
+    pub fn regular(&mut self, proxy: SocketAddrV4, addr: SocketAddrV4) -> StreamId {
+        let stream = self.new_stream();
+        let now = self.now;
+        self.engine
+            .on_regular(Endpoint::new(Proto::Tcp, proxy), stream, addr, now);
+        self.apply();
+        stream
+    }
+
+    fn new_stream(&mut self) -> StreamId {
+        self.streams += 1;
+        StreamId(self.streams)
+    }
+
+    /// Lets `d` pass as the loop would: the core's deadlines, one by one.
+    pub fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        for _ in 0..100_000 {
+            match self.engine.next_deadline() {
+                Some(at) if at <= until => {
+                    self.now = self.now.max(at);
+                    self.engine.on_deadlines(self.now);
+                    self.apply();
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+        self.engine.on_deadlines(until);
+        self.apply();
+    }
+
+    /// The counter `name`.
+    pub fn counter(&self, name: &str) -> u64 {
+        let fields = self.engine.counter_fields();
+        let found = fields.iter().find(|(k, _)| *k == name);
+        found.unwrap_or_else(|| panic!("no counter {name}")).1
+    }
+
+    /// The sockets open now, by address.
+    pub fn open_at(&self, addr: SocketAddrV4) -> Vec<Opening> {
+        self.host
+            .open
+            .values()
+            .filter(|(_, at)| *at == addr)
+            .map(|(w, _)| *w)
+            .collect()
+    }
+
+    /// The socket of the registration at `proxy`.
+    pub fn proxy_socket(&self, proto: Proto, proxy: SocketAddrV4) -> SocketId {
+        let rec = self.engine.registry.get(&Endpoint::new(proto, proxy));
+        rec.expect("registered").token
+    }
+
+    /// A datagram `payload` from `from` at the proxy UDP socket of `proxy`:
+    /// what the loop is to send, and the buffer it sends from.
+    pub fn udp_in(
+        &mut self,
+        proxy: SocketAddrV4,
+        from: SocketAddrV4,
+        payload: &[u8],
+    ) -> (UdpSend, Vec<u8>) {
+        let socket = self.proxy_socket(Proto::Udp, proxy);
+        let mut buf = vec![0; HEADROOM + payload.len()];
+        buf[HEADROOM..].copy_from_slice(payload);
+        let now = self.now;
+        let send = self
+            .engine
+            .on_udp_datagram(socket, proxy, from, &mut buf, payload.len(), now);
+        self.apply();
+        (send, buf)
+    }
+
+    /// A datagram `payload` from `from` at the channel socket `channel`.
+    pub fn channel_in(
+        &mut self,
+        channel: SocketAddrV4,
+        from: SocketAddrV4,
+        payload: &[u8],
+    ) -> (UdpSend, Vec<u8>) {
+        let mut buf = vec![0; HEADROOM + payload.len()];
+        buf[HEADROOM..].copy_from_slice(payload);
+        let now = self.now;
+        let send = self
+            .engine
+            .on_channel_datagram(channel, from, &buf, payload.len(), now);
+        self.apply();
+        (send, buf)
+    }
+}
+
+/// The bytes a `UdpSend::Relay` sends out of `buf`, and where to.
+pub fn relayed(send: &UdpSend, buf: &[u8]) -> Option<(SocketAddrV4, Vec<u8>)> {
+    match send {
+        UdpSend::Relay { range, to, .. } => Some((*to, buf[range.clone()].to_vec())),
+        _ => None,
+    }
+}
