@@ -9,14 +9,16 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use proto::gcb::{self, ErrorCode, Message, MgmtInfo, Role, StreamHello, Token};
+use proto::gcb::{self, ErrorCode, Message, Role, StreamHello, Token};
 use proto::{Endpoint, Proto};
 
-use crate::config::{Config, Limits};
+use crate::config::Limits;
 use crate::engine::{Effect, Engine, Host, Opening, RelayStart, SocketId, StreamId};
 use crate::engine::{UdpSend, HEADROOM};
 use crate::status::RelayView;
-use crate::values::{Networks, PortRange};
+use crate::values::PortRange;
+
+pub use super::clients::{config, limits, Proc};
 
 pub fn a(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
@@ -75,113 +77,6 @@ pub enum Fate {
     Rejected(ErrorCode),
     Aborted,
     Relayed,
-}
-
-/// A process with a management socket, as the broker sees it (`mgmt`,
-/// through its NAT if any) and as it sees itself (`own`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Proc {
-    pub mgmt: SocketAddrV4,
-    pub own: Ipv4Addr,
-    pub pid: u32,
-}
-
-impl Proc {
-    /// On the public host 203.0.113.20.
-    pub fn public(n: u16) -> Proc {
-        Proc::at("203.0.113.20", "203.0.113.20", n)
-    }
-
-    /// On 192.0.2.10 in realm A, behind the NAT at 198.51.100.1.
-    pub fn in_a(n: u16) -> Proc {
-        Proc::at("198.51.100.1", "192.0.2.10", n)
-    }
-
-    /// On 10.1.0.10 in realm B, behind the NAT at 198.51.100.2.
-    pub fn in_b(n: u16) -> Proc {
-        Proc::at("198.51.100.2", "10.1.0.10", n)
-    }
-
-    fn at(seen: &str, own: &str, n: u16) -> Proc {
-        Proc {
-            mgmt: SocketAddrV4::new(seen.parse().unwrap(), 5000 + n),
-            own: own.parse().unwrap(),
-            pid: 100 + u32::from(n),
-        }
-    }
-
-    pub fn info(&self) -> MgmtInfo {
-        MgmtInfo {
-            mgmt_local: SocketAddrV4::new(self.own, self.mgmt.port()),
-            pid: self.pid,
-            heartbeat_secs: 10,
-            program: format!("prog{}", self.pid),
-        }
-    }
-
-    /// Its socket `port`, as it sees it.
-    pub fn local(&self, port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(self.own, port)
-    }
-
-    pub fn register(&self, proto: Proto, port: u16) -> Message {
-        self.register_for(proto, port, None, false)
-    }
-
-    /// A `Register` of `port` that wants proxy port `desired` (and with
-    /// `required`, that port or nothing).
-    pub fn register_for(
-        &self,
-        proto: Proto,
-        port: u16,
-        desired: Option<u16>,
-        required: bool,
-    ) -> Message {
-        Message::Register {
-            proto,
-            local: self.local(port),
-            realm: None,
-            desired_port: desired,
-            port_required: required,
-            mgmt: self.info(),
-        }
-    }
-
-    /// A `Connect` from its socket at port 40000 to `target`.
-    pub fn connect(&self, proto: Proto, target: SocketAddrV4) -> Message {
-        Message::Connect {
-            proto,
-            target,
-            connector: self.local(40000),
-            connector_id: None,
-            realm: None,
-        }
-    }
-}
-
-pub fn limits() -> Limits {
-    Limits {
-        heartbeat_timeout_s: 30,
-        max_registrations: 1000,
-        max_relays: 100,
-        rate_limit: 0,
-        udp_rule_idle_s: 120,
-        udp_rules_per_registration: 8,
-    }
-}
-
-pub fn config(limits: Limits) -> Config {
-    Config {
-        listen: BROKER.parse().unwrap(),
-        public_ip: "203.0.113.10".parse().unwrap(),
-        port_range: RANGE,
-        limits,
-        status_allow: Networks::default(),
-        secret_file: None,
-        log_filter: "info".into(),
-        metrics_listen: None,
-        freebind: false,
-    }
 }
 
 /// The core, its fake host and clock, and what came out of it.

@@ -11,9 +11,11 @@
 //! * `pipeline`: the command port's checks (malformed, version, rate limit,
 //!   reply cache, status);
 //! * `udp`: the UDP data path and channels;
+//! * `clients`: the processes the tests speak for, and the configuration;
 //! * `proptests`: random sequences of all of it against the invariants of
 //!   the module docs and a model of the decision table.
 
+mod clients;
 mod commands;
 mod decisions;
 mod expiry;
