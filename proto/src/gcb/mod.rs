@@ -33,6 +33,7 @@ mod codec;
 pub mod doorbell;
 mod features;
 mod message;
+pub mod punch;
 mod relay;
 mod status;
 mod stream;
