@@ -15,10 +15,14 @@ pub struct Features(u8);
 impl Features {
     /// No feature beyond the paper's protocol.
     pub const NONE: Features = Features(0);
-    /// TCP and UDP hole punching between private realms
-    /// (docs/hole-punching.md): the shim understands `Decision::PunchTcp`,
-    /// `Decision::PunchUdp`, `PunchConnect`, `PunchHole` and the punch frames.
-    pub const HOLE_PUNCHING: Features = Features(1);
+    /// TCP hole punching between private realms (docs/hole-punching.md):
+    /// the shim understands `Decision::PunchTcp`, `PunchConnect` and the
+    /// punch frames.
+    pub const PUNCH_TCP: Features = Features(1);
+    /// UDP hole punching: the shim understands `Decision::PunchUdp` and
+    /// `PunchHole`.
+    pub const PUNCH_UDP: Features = Features(2);
+    const KNOWN: [(Features, &'static str); 2] = [(Features::PUNCH_TCP, "PUNCH_TCP"), (Features::PUNCH_UDP, "PUNCH_UDP")];
 
     pub const fn from_bits(bits: u8) -> Self {
         Features(bits)
@@ -43,11 +47,8 @@ impl Features {
 
 impl fmt::Debug for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names = Vec::new();
-        if self.contains(Features::HOLE_PUNCHING) {
-            names.push("HOLE_PUNCHING".to_string());
-        }
-        let unknown = self.0 & !Features::HOLE_PUNCHING.0;
+        let mut names: Vec<String> = Features::KNOWN.iter().filter(|(f, _)| self.contains(*f)).map(|(_, n)| n.to_string()).collect();
+        let unknown = Features::KNOWN.iter().fold(self.0, |bits, (f, _)| bits & !f.0);
         if unknown != 0 {
             names.push(format!("{unknown:#04x}"));
         }
@@ -62,14 +63,15 @@ mod tests {
     #[test]
     fn sets_and_names() {
         assert!(Features::NONE.is_empty());
-        assert!(Features::HOLE_PUNCHING.contains(Features::HOLE_PUNCHING));
-        assert!(!Features::NONE.contains(Features::HOLE_PUNCHING));
-        assert!(Features::HOLE_PUNCHING.contains(Features::NONE));
+        assert!(Features::PUNCH_TCP.contains(Features::PUNCH_TCP));
+        assert!(!Features::NONE.contains(Features::PUNCH_TCP));
+        assert!(Features::PUNCH_TCP.contains(Features::NONE));
         let odd = Features::from_bits(0x81);
-        assert!(odd.contains(Features::HOLE_PUNCHING), "unknown bits do not hide known ones");
+        assert!(odd.contains(Features::PUNCH_TCP), "unknown bits do not hide known ones");
         assert_eq!(odd.bits(), 0x81, "unknown bits are kept");
-        assert_eq!(format!("{odd:?}"), "Features(HOLE_PUNCHING|0x80)");
+        assert_eq!(format!("{odd:?}"), "Features(PUNCH_TCP|0x80)");
+        assert_eq!(format!("{:?}", Features::PUNCH_TCP.union(Features::PUNCH_UDP)), "Features(PUNCH_TCP|PUNCH_UDP)");
         assert_eq!(format!("{:?}", Features::NONE), "Features(NONE)");
-        assert_eq!(Features::NONE.union(Features::HOLE_PUNCHING), Features::HOLE_PUNCHING);
+        assert_eq!(Features::NONE.union(Features::PUNCH_TCP), Features::PUNCH_TCP);
     }
 }

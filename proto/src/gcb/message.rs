@@ -109,13 +109,14 @@ pub enum Decision {
     /// docs/hole-punching.md): dial the rendezvous `via` from a reusable
     /// socket, send `PunchHello{token, Connector, local}`, and follow the
     /// broker's `PunchGo` or `PunchVerdict`. Sent only to a connector whose
-    /// `Connect` offered [`Features::HOLE_PUNCHING`].
+    /// `Connect` offered [`Features::PUNCH_TCP`].
     PunchTcp { via: SocketAddrV4, token: Token },
     /// The UDP counterpart: send to `via` (the listener's proxy socket) as for
     /// `Relay` from the first datagram, and meanwhile send `Dummy{token}` to
     /// `listener_at`, the listener socket's mapping as the broker saw it; a
     /// `Dummy` or `DummyAck` with `token` from `listener_at` opens the direct
-    /// path. The listener was sent `PunchHole`.
+    /// path. The listener was sent `PunchHole`. Sent only to a connector
+    /// whose `Connect` offered [`Features::PUNCH_UDP`].
     PunchUdp { via: SocketAddrV4, token: Token, listener_at: SocketAddrV4 },
 }
 
@@ -317,7 +318,7 @@ pub enum Message {
     /// `PunchGo` (punch, report, await the verdict) or `PunchVerdict` (relay
     /// at once). Either way the connection ends up queued on `proxy`'s
     /// listening socket with `peer` as its peer. Sent only to a holder whose
-    /// `Register` offered [`Features::HOLE_PUNCHING`]. Answered by `Ack` or
+    /// `Register` offered [`Features::PUNCH_TCP`]. Answered by `Ack` or
     /// `Error`.
     PunchConnect {
         token: Token,
@@ -331,7 +332,9 @@ pub enum Message {
     /// `peer` keep going through the relay; a `DummyAck{token}` or the
     /// connector's own `Dummy{token}` from `target` opens the direct path:
     /// from then on datagrams to `peer` go to `target`, and those from
-    /// `target` are reported as from `peer`. Answered by `Ack` or `Error`.
+    /// `target` are reported as from `peer`. Sent only to a holder whose
+    /// `Register` offered [`Features::PUNCH_UDP`]. Answered by `Ack` or
+    /// `Error`.
     PunchHole {
         token: Token,
         target: SocketAddrV4,

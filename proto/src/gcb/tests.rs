@@ -51,7 +51,7 @@ fn samples() -> Vec<Message> {
             connector: a("198.51.100.9:7001"),
             connector_id: None,
             realm: None,
-            features: Features::HOLE_PUNCHING,
+            features: Features::PUNCH_TCP,
             asked_from_port: 40123,
         },
         Message::ConnectDecision(Decision::PunchTcp {
@@ -240,7 +240,7 @@ fn golden_register() {
 #[test]
 fn golden_features_tails() {
     let mut mgmt = MgmtInfo::new(a("192.0.2.10:6000"), 0x1234, 30, "sd");
-    mgmt.features = Features::HOLE_PUNCHING;
+    mgmt.features = Features::PUNCH_TCP;
     let m = Message::Register {
         proto: Proto::Udp,
         local: a("192.0.2.10:5000"),
@@ -270,7 +270,7 @@ fn golden_features_tails() {
     let plain = hex("47434231 01 04 00 0000000000000005  06 cb00710a 4e21  c633640a 9c40  00 00");
     assert_eq!(encode(&connect(Features::NONE, 0), 5).unwrap(), plain);
     let offering = hex("47434231 01 04 00 0000000000000005  06 cb00710a 4e21  c633640a 9c40  00 00  01 9c41");
-    let m = connect(Features::HOLE_PUNCHING, 40001);
+    let m = connect(Features::PUNCH_TCP, 40001);
     assert_eq!(encode(&m, 5).unwrap(), offering);
     assert_eq!(decode(&offering).unwrap().1, m);
     let cut = &offering[..offering.len() - 1];
