@@ -50,6 +50,8 @@ pub struct Config {
     /// `GCB_LOG_FILE`; `None` logs to stderr.
     pub log_file: Option<CString>,
     pub heartbeat: Duration,
+    /// `GCB_PUNCH`: offer the broker TCP hole punching (default on; `0` off).
+    pub punch: bool,
     /// `GCB_SECRET_FILE`'s contents: every request is sealed with it and
     /// every reply and command must be (see `client::seal`).
     pub secret: Option<SharedSecret>,
@@ -107,6 +109,7 @@ impl Config {
         });
         let heartbeat = setting(env, p, "GCB_HEARTBEAT_S", "heartbeat every 10 s", parse_heartbeat);
         let routes = setting(env, p, "GCB_ROUTE", "no routes: every destination is brokered", load_routes);
+        let punch = setting(env, p, "GCB_PUNCH", "hole punching is offered", parse_switch);
         // A path: any bytes will do.
         let log_file = env("GCB_LOG_FILE").filter(|v| !v.is_empty()).and_then(|v| CString::new(v).ok());
 
@@ -117,6 +120,7 @@ impl Config {
             log_level: log_level.unwrap_or(Level::DEFAULT),
             log_file,
             heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+            punch: punch.unwrap_or(true),
             secret,
             problems,
         }
@@ -151,6 +155,9 @@ impl fmt::Display for Summary<'_> {
         if c.secret.is_some() {
             f.write_str(", authenticated")?;
         }
+        if !c.punch {
+            f.write_str(", no hole punching")?;
+        }
         write!(f, ", heartbeat {}s, log {}", c.heartbeat.as_secs(), c.log_level.name())
     }
 }
@@ -182,6 +189,15 @@ fn load_secret(path: &str) -> Result<SharedSecret, String> {
         return Err("the file is empty".into());
     }
     Ok(SharedSecret(bytes))
+}
+
+/// `1` or `0` (also `on`/`off`, `yes`/`no`, `true`/`false`).
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "on" | "yes" | "true" => Ok(true),
+        "0" | "off" | "no" | "false" => Ok(false),
+        _ => Err("is not 1 or 0".into()),
+    }
 }
 
 /// Reads and parses variable `name`. Unset or empty gives `None`; so does an invalid

@@ -184,3 +184,17 @@ fn secret_file_is_read_once_and_an_unusable_one_turns_brokering_off() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn hole_punching_is_offered_unless_switched_off() {
+    assert!(config(&[]).punch, "on by default");
+    for off in ["0", "off", "NO", "false"] {
+        let c = config(&[("GCB_PUNCH", off)]);
+        assert!(!c.punch, "{off}");
+        assert!(c.problems.is_empty());
+    }
+    assert!(config(&[("GCB_PUNCH", "yes")]).punch);
+    let c = config(&[("GCB_PUNCH", "maybe")]);
+    assert!(c.punch, "an invalid value leaves the default");
+    assert_eq!(c.problems, vec!["GCB_PUNCH=\"maybe\": is not 1 or 0; hole punching is offered".to_string()]);
+}
