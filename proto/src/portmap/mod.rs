@@ -239,6 +239,14 @@ impl MapClient {
         &self.cfg
     }
 
+    /// Changes the bounds of the exchanges that start from now on: a
+    /// caller that maps inside an application's call with a short bound
+    /// hands the renewals that follow the RFCs' own.
+    pub fn set_retry(&mut self, pcp: Retry, natpmp: Retry) {
+        self.cfg.pcp_retry = pcp;
+        self.cfg.natpmp_retry = natpmp;
+    }
+
     /// When [`poll_timeout`](Self::poll_timeout) next has work.
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.phase {
