@@ -37,9 +37,11 @@
 
 mod epoch;
 mod handle;
+mod nonce;
 mod retry;
 
 pub use epoch::{lost as epoch_lost, Epoch};
+pub use nonce::derived_nonce;
 pub use retry::{Exchange, Fire, Retry, Rng};
 
 use std::fmt;
