@@ -13,7 +13,9 @@
 //! 3. Exits delete (dpfd logs the client's delete). A server that forks a
 //!    child to serve and closes its own sockets keeps its mappings while the
 //!    child lives (the child renews them), and the child's exit deletes
-//!    them; `echo-server --exec` keeps its mapping in the new image.
+//!    them; `echo-server --exec` keeps its mapping in the new image. A
+//!    server killed outright and started again gets its mapping back at
+//!    once, at the same address (the nonce is derived from the user's key).
 //!
 //! Needs root, python3, `cargo build --release` and `make -C c-tests`.
 
@@ -102,6 +104,18 @@ fn the_shims_pcp_client_against_dpfd() {
     close_stdin(&mut forked);
     deleted(&dpfd, "tcp", &f_tcp, "192.0.2.10:7005");
     deleted(&dpfd, "udp", &f_udp, "192.0.2.10:7005");
+
+    // Killed outright, it deletes nothing; restarted, it holds the mapping
+    // again (the nonce is the user's): the same address, no refusal.
+    let (killed, k_pub) = c_server(&bed, "a1", GATEWAY, &["--proto", "tcp", "--port", "7007"], "LISTEN tcp ");
+    killed.kill();
+    let (again, k_again) = c_server(&bed, "a1", GATEWAY, &["--proto", "tcp", "--port", "7007"], "LISTEN tcp ");
+    assert_eq!(k_again, k_pub, "{}", again.stderr_text());
+    assert!(warnings(&again).is_empty(), "{:?}", warnings(&again));
+    echo(&bed, "pub", "tcp", &k_again);
+    assert_eq!(dpfd.stderr_text().matches(&format!("mapping added (pcp): tcp {k_pub} ")).count(), 1, "renewed, not made again");
+    again.terminate();
+    deleted(&dpfd, "tcp", &k_pub, "192.0.2.10:7007");
 
     // exec: the new image renews the same mapping.
     let (exec, e_pub) = c_server(&bed, "a1", GATEWAY, &["--proto", "tcp", "--port", "7006", "--exec"], "LISTEN tcp ");

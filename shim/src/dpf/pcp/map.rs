@@ -39,7 +39,7 @@ pub enum Outcome {
 
 /// The client's settings for `proto` `local`, asking for `desired` if any.
 pub fn config(proto: Proto, local: SocketAddrV4, desired: Option<SocketAddrV4>, exact: bool) -> Config {
-    let mut cfg = Config::new(proto, local, super::nonce(), sys::random_u64());
+    let mut cfg = Config::new(proto, local, super::nonce::nonce_for(proto, local), sys::random_u64());
     cfg.lifetime = LIFETIME_S;
     if let Some(d) = desired {
         cfg.suggested_ip = Some(*d.ip());

@@ -21,7 +21,10 @@
 //!   (after `fork` or `exec`) asks the kernel whether the socket lives on
 //!   ([`holders`]) and deletes only if it does not; every holder renews
 //!   meanwhile, with the mapping's one nonce. A process killed outright
-//!   deletes nothing: its mappings end with their lease ([`LIFETIME_S`]).
+//!   deletes nothing: its mappings end with their lease ([`LIFETIME_S`]),
+//!   unless a process of the same user maps the same address again first,
+//!   which renews it: the nonce is derived from the user's secret and the
+//!   address ([`nonce`]).
 //!
 //! The gateway is `DPF_INAGENT`'s IP, or the default route's gateway
 //! ([`route`]), looked up once per process image.
@@ -29,6 +32,7 @@
 pub mod announce;
 pub mod holders;
 pub mod map;
+pub mod nonce;
 pub mod route;
 pub mod serve;
 pub mod wind;
@@ -141,7 +145,7 @@ fn resolve() -> Option<SocketAddrV4> {
     Some(SocketAddrV4::new(ip, gw.port))
 }
 
-/// A fresh mapping nonce (RFC 6887 §11.1: random, 96 bits).
+/// A random mapping nonce (RFC 6887 §11.1), where no derived one can be had.
 pub fn nonce() -> [u8; 12] {
     let mut n = [0u8; 12];
     n[..8].copy_from_slice(&sys::random_u64().to_ne_bytes());
