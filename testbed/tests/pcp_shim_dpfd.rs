@@ -13,7 +13,8 @@
 //! 3. Exits delete (dpfd logs the client's delete). A server that forks a
 //!    child to serve and closes its own sockets keeps its mappings while the
 //!    child lives (the child renews them), and the child's exit deletes
-//!    them; `echo-server --exec` keeps its mapping in the new image. A
+//!    them; `echo-server --exec` keeps its mapping in the new image, and
+//!    an exec to an image that does not inherit the socket deletes it. A
 //!    server killed outright and started again gets its mapping back at
 //!    once, at the same address (the nonce is derived from the user's key).
 //!
@@ -116,6 +117,17 @@ fn the_shims_pcp_client_against_dpfd() {
     assert_eq!(dpfd.stderr_text().matches(&format!("mapping added (pcp): tcp {k_pub} ")).count(), 1, "renewed, not made again");
     again.terminate();
     deleted(&dpfd, "tcp", &k_pub, "192.0.2.10:7007");
+
+    // exec of an image that does not get the socket (close-on-exec, as
+    // Python makes them): the mapping goes with the old image.
+    let away = "import os,socket; s=socket.socket(); s.bind(('0.0.0.0',7008)); s.listen(); print('LISTEN tcp %s:%d' % s.getsockname(), flush=True); os.execv('/bin/sleep', ['sleep', '60'])";
+    let mut c = pcp_support::shim(&bed, "a1", GATEWAY, testbed::python3().to_str().unwrap());
+    c.args(["-c", away]);
+    let execd = bed.spawn_cmd(c).unwrap();
+    let a_pub = execd.wait_line("LISTEN tcp ", STEP).unwrap();
+    deleted(&dpfd, "tcp", &a_pub, "192.0.2.10:7008");
+    assert!(execd.try_wait().is_none(), "the new image runs on");
+    drop(execd);
 
     // exec: the new image renews the same mapping.
     let (exec, e_pub) = c_server(&bed, "a1", GATEWAY, &["--proto", "tcp", "--port", "7006", "--exec"], "LISTEN tcp ");

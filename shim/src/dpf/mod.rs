@@ -105,6 +105,16 @@ pub fn at_exit() {
     }
 }
 
+/// Before `exec`: a standard gateway's mapping whose socket the new image
+/// will not have (every fd close-on-exec) and no other process holds is
+/// deleted now, since nothing would renew or delete it afterwards
+/// (`pcp::wind`). Not in a `vfork` child, which must not touch the state.
+pub fn before_exec() {
+    if enabled() && standard() && active() && !crate::process::borrowed() {
+        pcp::wind::before_exec();
+    }
+}
+
 fn active_or_winding() -> bool {
     active() || with(|st| !st.pcp.winding.is_empty())
 }

@@ -174,6 +174,30 @@ pub fn tick(list: &mut Vec<Winding>, ready: &[c_int], now: Instant) {
     done.into_iter().for_each(Winding::release);
 }
 
+/// Before `exec` (`dpf::before_exec`): one delete datagram for each mapping
+/// that only this image holds and that the new one will not inherit. The
+/// client itself is left as it is: if the exec fails, its next renewal maps
+/// the socket again.
+pub fn before_exec() {
+    let now = Instant::now();
+    crate::dpf::with(|st| {
+        for f in st.forwards().filter(|f| !f.shared && f.fds.iter().all(|&fd| closes_on_exec(fd))) {
+            let Some(m) = &f.pcp else { continue };
+            let mut w = Winding::new(f, m.client.clone());
+            w.sock = -1;
+            w.delete(now);
+            log!(Debug, "{} {} is not handed to the new image", f.proto, f.local);
+            w.release();
+        }
+    });
+}
+
+fn closes_on_exec(fd: c_int) -> bool {
+    // SAFETY: F_GETFD takes no argument.
+    let flags = unsafe { crate::real::fcntl(fd, libc::F_GETFD, 0) };
+    flags >= 0 && flags & libc::FD_CLOEXEC != 0
+}
+
 /// At exit: the deletes this process owes (module docs), waited for at most
 /// [`EXIT_WAIT`].
 pub fn at_exit() {
