@@ -159,14 +159,11 @@ pub fn tick(list: &mut Vec<Winding>, ready: &[c_int], now: Instant) {
                     w.left = true;
                 }
             },
-            Some(_) => {}
-            None if w.deleting => {
-                if w.client.next_deadline().is_some_and(|d| now >= d) {
-                    let out = w.client.poll_timeout(now);
-                    let _ = super::send(w.sock, &out);
-                }
+            None if w.deleting && w.client.next_deadline().is_some_and(|d| now >= d) => {
+                let out = w.client.poll_timeout(now);
+                let _ = super::send(w.sock, &out);
             }
-            None => {}
+            Some(_) | None => {}
         }
     }
     let (done, keep): (Vec<Winding>, Vec<Winding>) = std::mem::take(list).into_iter().partition(Winding::finished);
