@@ -27,7 +27,8 @@
 //!   address ([`nonce`]).
 //!
 //! The gateway is `DPF_INAGENT`'s IP, or the default route's gateway
-//! ([`route`]), looked up once per process image.
+//! ([`route`]), looked up once per process image. `docs/dpf-standard-gateway.md`
+//! says why it is done this way.
 
 pub mod announce;
 pub mod holders;
