@@ -183,9 +183,12 @@ pub fn wind_up(f: Forward, turned_active: bool) {
 /// Under the state lock, so a management fd cannot be released and its number
 /// reused by the application while it is being accepted on.
 pub fn sweep() {
+    // A standard gateway's mappings have no probes to take.
+    if super::standard() {
+        return;
+    }
     let _errno = crate::hook::ErrnoGuard::new();
     super::with(|st| {
-        // A standard gateway's mappings have no probes to take.
         let probed: Vec<c_int> = st.forwards().filter(|f| f.pcp.is_none()).map(|f| f.mgmt_fd).collect();
         for fd in probed {
             for _ in 0..ACCEPTS_PER_SWEEP {
