@@ -34,7 +34,7 @@ pub enum Mode {
     /// `dpfd` on GA; servers get port forwards on GA's public address.
     Dpf,
     /// `dpfd` on GA as a standard gateway: the shim maps by PCP
-    /// (`--dpf pcp://`), with leases of 4 s, so renewals happen within a test.
+    /// (`--dpf pcp://`), with leases of 6 s, so renewals happen within a test.
     Pcp,
 }
 
@@ -100,7 +100,7 @@ impl RealBed {
                 c.args(["--listen", DPFD, "--public-ip", "203.0.113.1", "--port-range", "40000-40999", "--mirror"]);
                 c.arg(&mirror).args(["--probe-interval-s", "1"]);
                 if mode == Mode::Pcp {
-                    c.args(["--pcp-min-lifetime-s", "1", "--pcp-max-lifetime-s", "4"]);
+                    c.args(["--pcp-min-lifetime-s", "1", "--pcp-max-lifetime-s", "6"]);
                 }
                 c.args(daemon_args);
                 let p = bed.spawn_cmd(c).expect("dpfd");

@@ -17,7 +17,7 @@
 //!   must serve a fresh client afterwards; and the broker must still hold both
 //!   registrations at the same proxy addresses, with nothing expired and no
 //!   command to a listener failed. DPF mode: the same from a plain pub client,
-//!   and dpfd's forwards are still there; also by PCP, with leases of 4 s
+//!   and dpfd's forwards are still there; also by PCP, with leases of 6 s
 //!   renewed while the program waits.
 //! * Idle: a process that makes no hooked call for two minutes, heartbeat
 //!   1 s (the broker's expiry 3 s: forty periods), keeps its registrations
@@ -156,7 +156,7 @@ fn busy_in_waitpid_dpf() {
     busy_listener(Mode::Dpf, "waitpid", 7506);
 }
 
-/// Through dpfd as a standard gateway, leases of 4 s: the responder renews
+/// Through dpfd as a standard gateway, leases of 6 s: the responder renews
 /// them while the program waits for its child.
 #[test]
 fn busy_in_waitpid_pcp() {

@@ -14,7 +14,7 @@
 //!   with the same proxy and local addresses, and both sockets echo every
 //!   byte to a plain client on pub and a GCB client on b1. In DPF mode the
 //!   same with dpfd's forwards on GA and a plain client on pub, by dpfd's
-//!   own protocol and by PCP (leases of 4 s, renewed throughout).
+//!   own protocol and by PCP (leases of 6 s, renewed throughout).
 //! * `prefork_children_serve_and_the_last_holder_takes_the_registration`: a
 //!   pre-fork server (`children.py prefork`): the parent listens and forks
 //!   three children that accept on the inherited listener; the parent never

@@ -1,5 +1,5 @@
 //! The shim's own PCP client against dpfd as a standard gateway (issue 14):
-//! dpfd on GA with short leases (4 s), unmodified servers on a1 under
+//! dpfd on GA with short leases (6 s), unmodified servers on a1 under
 //! `gcb-run --dpf pcp://192.0.2.1`.
 //!
 //! 1. MAP without a suggested port (a C echo server, TCP) and with one (a
@@ -31,11 +31,11 @@ use testbed::{require_root, wait_for, Proc, TestBed};
 
 const GATEWAY: &str = "pcp://192.0.2.1";
 /// Two leases and more: what renewals must have bridged.
-const LEASES: Duration = Duration::from_secs(9);
+const LEASES: Duration = Duration::from_secs(13);
 
 /// dpfd's log line for a mapping made by PCP for `local` (`tcp ... -> 192.0.2.10:7000`).
 fn added(dpfd: &Proc, proto: &str, public: &str, local: &str) -> bool {
-    dpfd.stderr_text().contains(&format!("mapping added (pcp): {proto} {public} -> {local} for 4 s"))
+    dpfd.stderr_text().contains(&format!("mapping added (pcp): {proto} {public} -> {local} for 6 s"))
 }
 
 /// Waits for dpfd's log line for a1's delete of that mapping (`local` may
@@ -51,7 +51,7 @@ fn the_shims_pcp_client_against_dpfd() {
     require_root();
     let bed = TestBed::up().expect("test bed");
     let mirror = std::env::temp_dir().join(format!("pcp-shim-dpfd-{}.mirror", bed.prefix()));
-    let quota = ["--per-host-quota", "5", "--pcp-min-lifetime-s", "1", "--pcp-max-lifetime-s", "4", "--log", "debug"];
+    let quota = ["--per-host-quota", "5", "--pcp-min-lifetime-s", "1", "--pcp-max-lifetime-s", "6", "--log", "debug"];
     let dpfd = start_dpfd(&bed, &mirror, &quota, STEP);
 
     // (1) Without a suggested port, and with one.
