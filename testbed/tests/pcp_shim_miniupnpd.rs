@@ -15,7 +15,8 @@
 //! 3. A bind to the mapped address itself (`client::pinned`) gets exactly
 //!    that address; one to a port miniupnpd refuses fails with EADDRINUSE and
 //!    one warning line naming the result code. `gcb-run --check` names the
-//!    gateway, the protocol it answered in and the address.
+//!    gateway, the protocol it answered in and the address, and leaves no
+//!    mapping behind.
 //!
 //! Needs root, miniupnpd, python3, `cargo build --release` and
 //! `make -C c-tests`.
@@ -147,6 +148,8 @@ fn binding_the_mapped_address_and_check() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let want = format!("gcb-run: gateway 192.0.2.1:5351 answered PCP version 2; a listener here would be reached at {EXT_IP}:");
     assert!(text.starts_with(&want), "{text}");
+    // The check's listener exited: its mapping is deleted, no port left open.
+    wait_for(Duration::from_secs(10), "the check's mapping deleted", || (!miniupnpd::rules(&bed).contains("dnat")).then_some(()));
 
     // Exactly the address bound: TCP and UDP on 100.0.0.1:40444.
     let (mut pinned, tcp, udp) = py_server(&bed, "a1", "pcp://", &["40444", "--bind", EXT_IP]);
