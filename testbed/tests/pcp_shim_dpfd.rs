@@ -25,7 +25,7 @@ mod pcp_support;
 
 use std::time::Duration;
 
-use pcp_support::{c_server, close_stdin, echo, py_server, registered, warnings, STEP};
+use pcp_support::{c_server, close_stdin, echo, py_server, registered, warned, warnings, STEP};
 use testbed::daemons::start_dpfd;
 use testbed::{require_root, wait_for, Proc, TestBed};
 
@@ -60,7 +60,7 @@ fn the_shims_pcp_client_against_dpfd() {
     registered(&c, "tcp 192.0.2.10:7000", &c_pub);
     let (mut py, py_tcp, py_udp) = py_server(&bed, "a1", GATEWAY, &["40500", "--bind", "203.0.113.1"]);
     assert_eq!((py_tcp.as_str(), py_udp.as_str()), ("203.0.113.1:40500", "203.0.113.1:40500"), "{}", py.stderr_text());
-    assert!(py.stderr_text().contains(", the address the program bound"));
+    py.wait_stderr(", the address the program bound", Duration::from_secs(5)).unwrap();
     for (proto, public) in [("tcp", &c_pub), ("tcp", &py_tcp), ("udp", &py_udp)] {
         echo(&bed, "pub", proto, public);
     }
@@ -76,7 +76,7 @@ fn the_shims_pcp_client_against_dpfd() {
     // (mapped: a1 holds 5 then, its quota).
     let (mut out_of_range, o_tcp, o_udp) = py_server(&bed, "a1", GATEWAY, &["80", "--bind", "203.0.113.1"]);
     assert_eq!(out_of_range.stdout_seen().first().map(String::as_str), Some("BIND_ERROR EADDRINUSE"));
-    let w = warnings(&out_of_range);
+    let w = warned(&out_of_range, "; the bind fails");
     assert!(w.len() == 1 && w[0].ends_with(": PCP CANNOT_PROVIDE_EXTERNAL (11); the bind fails"), "{w:?}");
     assert!(o_tcp.starts_with("203.0.113.1:40") && o_udp.starts_with("203.0.113.1:40"), "{o_tcp} {o_udp}");
     let (over, local) = c_server(&bed, "a1", GATEWAY, &["--proto", "tcp", "--port", "7004"], "LISTEN tcp ");

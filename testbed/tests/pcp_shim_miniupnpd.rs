@@ -26,7 +26,7 @@ mod pcp_support;
 
 use std::time::{Duration, Instant};
 
-use pcp_support::{c_server, close_stdin, echo, port, py_server, registered, warnings, STEP};
+use pcp_support::{c_server, close_stdin, echo, port, py_server, registered, warned, warnings, STEP};
 use testbed::miniupnpd::{self, Options, EXT_IP};
 use testbed::{have_command, python3, require_root, wait_for, workspace_root, TestBed};
 
@@ -82,7 +82,7 @@ fn servers_are_reached_at_the_mapped_address_and_unmapped_at_exit() {
             (!forwards(&bed, proto, port(public), local)).then_some(())
         });
         let removed = format!("PCP: {} port {} mapping removed", proto.to_uppercase(), port(public));
-        assert!(gw.stderr_text().contains(&removed), "no delete for {public} in miniupnpd's log");
+        gw.wait_stderr(&removed, Duration::from_secs(5)).unwrap_or_else(|e| panic!("no delete for {public}: {e}"));
     }
     assert!(exit.elapsed() < Duration::from_secs(60), "deleted, not expired");
     drop(gw);
@@ -162,7 +162,7 @@ fn binding_the_mapped_address_and_check() {
     // warning naming the code, and the program's fallback bind works.
     let (refused, tcp, _) = py_server(&bed, "a1", "pcp://", &["80", "--bind", EXT_IP]);
     assert_eq!(refused.stdout_seen().first().map(String::as_str), Some("BIND_ERROR EADDRINUSE"));
-    let w = warnings(&refused);
+    let w = warned(&refused, "; the bind fails");
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("refused to map tcp 192.0.2.10:") && w[0].ends_with(": PCP CANNOT_PROVIDE_EXTERNAL (11); the bind fails"), "{w:?}");
     echo(&bed, "pub", "tcp", &tcp);

@@ -69,6 +69,13 @@ pub fn registered(p: &Proc, local: &str, public: &str) {
     p.wait_stderr(&line, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The shim's warning lines once one contains `needle` (stderr is read by
+/// another thread, so a line written before a stdout line may lag behind it).
+pub fn warned(p: &Proc, needle: &str) -> Vec<String> {
+    p.wait_stderr(needle, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+    warnings(p)
+}
+
 /// The shim's warning lines so far.
 pub fn warnings(p: &Proc) -> Vec<String> {
     p.stderr_text().lines().filter(|l| l.starts_with("gcb: warning: ")).map(str::to_string).collect()
