@@ -11,7 +11,7 @@
 
 use std::ffi::{CStr, CString};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use once_cell::race::OnceBox;
@@ -23,6 +23,8 @@ use crate::route;
 pub const DEFAULT_GCB_PORT: u16 = 65432;
 /// `dpfd`'s port when `DPF_INAGENT` gives only an IP.
 pub const DEFAULT_DPF_PORT: u16 = 65433;
+/// A PCP or NAT-PMP server's port (RFC 6887 §19.1, RFC 6886 §3.1).
+pub const DEFAULT_PCP_PORT: u16 = 5351;
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 /// The longest heartbeat interval accepted, one day, as the broker's bound.
 pub const MAX_HEARTBEAT_S: u64 = 86_400;
@@ -37,6 +39,32 @@ pub enum Mode {
     Gcb(Vec<SocketAddr>),
     /// DPF, with the `dpfd` of `DPF_INAGENT`.
     Dpf(SocketAddr),
+    /// DPF through a standard gateway, PCP or NAT-PMP (`DPF_INAGENT=pcp://...`).
+    Pcp(PcpGateway),
+}
+
+/// `DPF_INAGENT=pcp://[IP][:PORT]`: the gateway to ask; no IP means the
+/// default route's gateway, looked up when first needed (`dpf::pcp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PcpGateway {
+    pub ip: Option<Ipv4Addr>,
+    pub port: u16,
+}
+
+impl fmt::Display for PcpGateway {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.ip {
+            Some(ip) => write!(f, "pcp://{ip}:{}", self.port),
+            None => write!(f, "pcp:// (the default gateway, port {})", self.port),
+        }
+    }
+}
+
+/// What `DPF_INAGENT` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DpfTarget {
+    Dpfd(SocketAddr),
+    Pcp(PcpGateway),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +112,7 @@ impl Config {
         let p = &mut problems;
 
         let gcb = setting(env, p, "GCB_INAGENT", "GCB is off", parse_inagents);
-        let dpf = setting(env, p, "DPF_INAGENT", "DPF is off", |s| parse_addr(s, DEFAULT_DPF_PORT));
+        let dpf = setting(env, p, "DPF_INAGENT", "DPF is off", parse_dpf);
         // A secret that is configured but unusable must not mean "talk
         // without one": the daemons would refuse every request anyway, and a
         // client that silently dropped authentication would hide the mistake.
@@ -100,7 +128,8 @@ impl Config {
                 Mode::Off
             }
             (Some(brokers), None) => Mode::Gcb(brokers),
-            (None, Some(dpfd)) => Mode::Dpf(dpfd),
+            (None, Some(DpfTarget::Dpfd(dpfd))) => Mode::Dpf(dpfd),
+            (None, Some(DpfTarget::Pcp(gateway))) => Mode::Pcp(gateway),
             (None, None) => Mode::Off,
         };
         let realm = setting(env, p, "GCB_REALM", "the broker derives the realm", parse_realm);
@@ -151,6 +180,7 @@ impl fmt::Display for Summary<'_> {
                 write!(f, ", {} routes", c.routes.len())?;
             }
             Mode::Dpf(addr) => write!(f, "DPF via {addr}")?,
+            Mode::Pcp(gateway) => write!(f, "DPF via {gateway}")?,
         }
         if c.secret.is_some() {
             f.write_str(", authenticated")?;
@@ -230,6 +260,25 @@ pub fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
         return Err(format!("'{s}' is not an address a client can reach"));
     }
     Ok(addr)
+}
+
+/// `DPF_INAGENT`: dpfd's `IP[:PORT]`, or a standard gateway's
+/// `pcp://[IP][:PORT]` (IPv4; no IP for the default route's gateway).
+pub fn parse_dpf(s: &str) -> Result<DpfTarget, String> {
+    let s = s.trim();
+    let Some(rest) = s.strip_prefix("pcp://") else { return parse_addr(s, DEFAULT_DPF_PORT).map(DpfTarget::Dpfd) };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok(DpfTarget::Pcp(PcpGateway { ip: None, port: DEFAULT_PCP_PORT }));
+    }
+    if let Some(port) = rest.strip_prefix(':') {
+        let port = port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("'{port}' is not a port"))?;
+        return Ok(DpfTarget::Pcp(PcpGateway { ip: None, port }));
+    }
+    match parse_addr(rest, DEFAULT_PCP_PORT)? {
+        SocketAddr::V4(a) => Ok(DpfTarget::Pcp(PcpGateway { ip: Some(*a.ip()), port: a.port() })),
+        SocketAddr::V6(_) => Err(format!("'{rest}' is not an IPv4 address (the shim maps IPv4 only)")),
+    }
 }
 
 /// `GCB_INAGENT`: `IP[:PORT][,IP[:PORT]...]`, brokers in order of preference.
