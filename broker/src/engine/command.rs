@@ -185,6 +185,7 @@ impl Engine {
                 connector,
                 connector_id,
                 realm,
+                ..
             } => {
                 let req = ConnectReq {
                     proto,

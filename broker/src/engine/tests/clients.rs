@@ -49,6 +49,7 @@ impl Proc {
             pid: self.pid,
             heartbeat_secs: 10,
             program: format!("prog{}", self.pid),
+            features: proto::gcb::Features::NONE,
         }
     }
 
@@ -88,6 +89,8 @@ impl Proc {
             connector: self.local(40000),
             connector_id: None,
             realm: None,
+            features: proto::gcb::Features::NONE,
+            asked_from_port: 0,
         }
     }
 }

@@ -86,6 +86,8 @@ fn row_2_the_same_realm_dials_the_local_address() {
         connector: c.local(40000),
         connector_id: None,
         realm: Some("lab".into()),
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     };
     let d = decision(bed.ask(c.mgmt, connect));
     assert_eq!(
@@ -137,6 +139,8 @@ fn row_3_a_private_listener_is_reversed_to_a_public_connector() {
         connector: c.local(40000),
         connector_id: Some(id_addr),
         realm: None,
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     };
     let Decision::Reversal { token } = decision(bed.ask(c.mgmt, connect)) else {
         panic!("not a reversal")
