@@ -77,32 +77,7 @@ impl Engine {
         }
         let (header, msg) = match decoded {
             Ok(decoded) => decoded,
-            Err(DecodeError::UnsupportedVersion {
-                version,
-                request_id,
-                ..
-            }) => {
-                self.counters.version_mismatch += 1;
-                debug!("command port: version {version} request from {from}");
-                let detail = format!(
-                    "this broker speaks GCB protocol version {}",
-                    proto::header::VERSION
-                );
-                let reply = Message::error(ErrorCode::VersionMismatch, &detail);
-                if let Some(bytes) = self.seal(&reply, request_id, from) {
-                    self.emit(Effect::Send { to: from, bytes });
-                }
-                return;
-            }
-            Err(e) => {
-                self.counters.malformed += 1;
-                self.counters.malformed_why.count(&e);
-                debug!(
-                    "command port: dropped {} bytes from {from}: {e}",
-                    datagram.len()
-                );
-                return;
-            }
+            Err(e) => return self.undecodable(e, from, datagram.len()),
         };
         if msg.is_response() {
             if self.admit(stamp, from, "command port") {
@@ -134,6 +109,33 @@ impl Engine {
                 self.replies
                     .insert(from, header.request_id, bytes.clone(), now);
             }
+            self.emit(Effect::Send { to: from, bytes });
+        }
+    }
+
+    /// A datagram that does not decode is dropped and counted, but a newer
+    /// protocol version is answered `VersionMismatch`, so the peer learns
+    /// why rather than hearing nothing.
+    fn undecodable(&mut self, e: DecodeError, from: SocketAddrV4, len: usize) {
+        let DecodeError::UnsupportedVersion {
+            version,
+            request_id,
+            ..
+        } = e
+        else {
+            self.counters.malformed += 1;
+            self.counters.malformed_why.count(&e);
+            debug!("command port: dropped {len} bytes from {from}: {e}");
+            return;
+        };
+        self.counters.version_mismatch += 1;
+        debug!("command port: version {version} request from {from}");
+        let detail = format!(
+            "this broker speaks GCB protocol version {}",
+            proto::header::VERSION
+        );
+        let reply = Message::error(ErrorCode::VersionMismatch, &detail);
+        if let Some(bytes) = self.seal(&reply, request_id, from) {
             self.emit(Effect::Send { to: from, bytes });
         }
     }

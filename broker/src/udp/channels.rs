@@ -82,11 +82,6 @@ impl Channels {
         }
     }
 
-    /// A new idle time (SIGHUP) applies from each channel's next use.
-    pub fn set_idle(&mut self, idle: Duration) {
-        self.idle = idle;
-    }
-
     pub fn len(&self) -> usize {
         self.by_addr.len()
     }
@@ -189,6 +184,11 @@ impl Channels {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.expiry.first().map(|e| e.0)
+    }
+
+    /// A new idle time (SIGHUP) applies from each channel's next use.
+    pub fn set_idle(&mut self, idle: Duration) {
+        self.idle = idle;
     }
 
     /// Removes and returns the channels idle for the idle time at `now`.
