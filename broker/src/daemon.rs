@@ -25,7 +25,6 @@
 //! (proxy and channel UDP sockets), `metrics` and `reload`.
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -39,13 +38,14 @@ use crate::config::{Env, Loaded};
 use crate::engine::Engine;
 use crate::io::{Dynamic, Io};
 use crate::logging::LogHandle;
-use crate::metrics::{self, Metrics};
 use crate::relay::RENDEZVOUS;
 use crate::signals::Signals;
 use crate::timers::Timers;
 use crate::tokens::{COMMAND, SIGNALS};
 use daemon_kit::command_port;
+use daemon_kit::metrics::http::{self, Server};
 use daemon_kit::throttle::Throttle;
+use daemon_kit::turn;
 
 /// Largest UDP payload; a command never comes close, but reading less would
 /// silently truncate whatever arrives.
@@ -95,7 +95,8 @@ pub struct Daemon {
     /// last one got.
     pub(crate) hellos: usize,
     pub(crate) next_serial: u64,
-    pub(crate) metrics: Metrics,
+    /// `/metrics`, if served (`--metrics-listen`).
+    pub(crate) metrics: Option<Server>,
     /// The command line and environment as parsed at startup, for re-merging
     /// with the re-read file on SIGHUP.
     pub(crate) args: DaemonArgs,
@@ -160,7 +161,7 @@ impl Daemon {
         poll.registry()
             .register(&mut rendezvous, RENDEZVOUS, Interest::READABLE)
             .map_err(|e| format!("cannot watch the rendezvous socket: {e}"))?;
-        let metrics = Metrics::start(config.metrics_listen, poll.registry())?;
+        let metrics = http::start(config.metrics_listen, poll.registry())?;
 
         info!(
             "gcb-broker {} started: {}",
@@ -209,76 +210,79 @@ impl Daemon {
             .schedule(Instant::now() + STATS_INTERVAL, Timer::Stats);
         loop {
             let busy = self.command_backlog || self.rendezvous_backlog || !self.rerun.is_empty();
-            let timeout = if busy {
-                Some(Duration::ZERO)
-            } else {
-                self.next_deadline()
-                    .map(|at| at.saturating_duration_since(Instant::now()))
-            };
-            match self.io.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("event loop: {e}")),
+            let deadline = self.next_deadline();
+            if !turn::wait(&mut self.io.poll, &mut events, busy, deadline)? {
+                continue;
             }
-
-            let mut stop = None;
-            let (mut command_done, mut rendezvous_done) = (false, false);
-            let rerun = std::mem::take(&mut self.rerun);
-            for event in events.iter() {
-                match event.token() {
-                    SIGNALS => stop = stop.or(self.on_signals()),
-                    COMMAND => {
-                        self.on_command();
-                        command_done = true;
-                    }
-                    RENDEZVOUS => {
-                        self.on_rendezvous();
-                        rendezvous_done = true;
-                    }
-                    token if metrics::owns(token) => self.on_metrics_event(token),
-                    token => match self.io.slab.get(token) {
-                        Some(Dynamic::Relay(id)) => {
-                            let id = *id;
-                            let writable_only = event.is_writable()
-                                && !(event.is_readable()
-                                    || event.is_read_closed()
-                                    || event.is_write_closed()
-                                    || event.is_error());
-                            self.on_relay_event(id, token, writable_only);
-                        }
-                        _ => self.on_dynamic(token),
-                    },
-                }
-            }
-            if self.command_backlog && !command_done {
-                self.on_command();
-            }
-            if self.rendezvous_backlog && !rendezvous_done {
-                self.on_rendezvous();
-            }
-            for token in rerun {
-                self.on_dynamic(token);
-            }
+            let stop = self.on_events(&events);
             self.io.slab.end_batch();
             self.on_deadlines(Instant::now());
-
             if let Some(signal) = stop {
-                let c = self.engine.counters();
-                let running = self.io.relays.bytes_running();
-                info!(
-                    "stopping on {}: command datagrams received {}, malformed {}, registrations {}, \
-                     relays opened {}, bytes relayed {}",
-                    signal.as_str(),
-                    c.received,
-                    c.malformed,
-                    self.engine.gauges().registrations,
-                    c.relays_opened,
-                    c.bytes_closed.iter().chain(&running).sum::<u64>()
-                );
-                self.io.abort_relays();
+                self.stop(signal);
                 return Ok(signal);
             }
         }
+    }
+
+    /// Handles one turn's events (step 2), and returns the stop signal if
+    /// one came.
+    fn on_events(&mut self, events: &Events) -> Option<Signal> {
+        let mut stop = None;
+        let (mut command, mut rendezvous) = (false, false);
+        let rerun = std::mem::take(&mut self.rerun);
+        for event in events.iter() {
+            let token = event.token();
+            if token == SIGNALS {
+                stop = stop.or(self.on_signals());
+            } else if token == COMMAND {
+                self.on_command();
+                command = true;
+            } else if token == RENDEZVOUS {
+                self.on_rendezvous();
+                rendezvous = true;
+            } else if http::owns(token) {
+                self.on_metrics_event(token);
+            } else if let Some(Dynamic::Relay(id)) = self.io.slab.get(token) {
+                let id = *id;
+                let writable_only = event.is_writable()
+                    && !(event.is_readable()
+                        || event.is_read_closed()
+                        || event.is_write_closed()
+                        || event.is_error());
+                self.on_relay_event(id, token, writable_only);
+            } else {
+                self.on_dynamic(token);
+            }
+        }
+        // What stopped at its budget last turn runs again without an event.
+        if self.command_backlog && !command {
+            self.on_command();
+        }
+        if self.rendezvous_backlog && !rendezvous {
+            self.on_rendezvous();
+        }
+        for token in rerun {
+            self.on_dynamic(token);
+        }
+        stop
+    }
+
+    /// On SIGTERM or SIGINT: one line of what the broker did, and every
+    /// relayed or parked connection reset.
+    fn stop(&mut self, signal: Signal) {
+        let c = self.engine.counters();
+        let running = self.io.relays.bytes_running();
+        info!(
+            "stopping on {}: command datagrams received {}, malformed {}, registrations {}, \
+             relays opened {}, bytes relayed {}",
+            signal.as_str(),
+            c.received,
+            c.malformed,
+            self.engine.gauges().registrations,
+            c.relays_opened,
+            c.bytes_closed.iter().chain(&running).sum::<u64>()
+        );
+        self.io.abort_relays();
     }
 
     /// The earliest deadline of the loop, the core and `/metrics`.
@@ -286,7 +290,7 @@ impl Daemon {
         [
             self.timers.next_deadline(),
             self.engine.next_deadline(),
-            self.metrics.next_deadline(),
+            self.metrics_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -8,55 +8,37 @@
 //! live counts are gauges, and the limits are gauges too so a dashboard
 //! can show how close the broker is to them.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use daemon_kit::metrics::http::{self, Server};
+use daemon_kit::metrics::http::Server;
 use daemon_kit::metrics::{render, Snapshot};
-use mio::{Registry, Token};
+use mio::Token;
 
 use crate::daemon::Daemon;
 use crate::engine::Ports;
 
-/// The metrics server, if configured.
-pub struct Metrics {
-    server: Option<Server>,
-}
-
-impl Metrics {
-    /// Binds `listen` if given. Errors are one line, for exit code 1.
-    pub fn start(listen: Option<SocketAddr>, registry: &Registry) -> Result<Metrics, String> {
-        Ok(Metrics {
-            server: http::start(listen, registry)?,
-        })
-    }
-
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.server.as_ref().and_then(Server::next_deadline)
-    }
-}
-
-/// Whether an event is the metrics server's.
-pub fn owns(token: Token) -> bool {
-    http::owns(token)
-}
-
 impl Daemon {
+    /// An event of the metrics server's (`daemon_kit::metrics::http::owns`).
+    /// The server is out of `self` while it runs, so a scrape can read the
+    /// rest.
     pub(crate) fn on_metrics_event(&mut self, token: Token) {
-        // Out of `self` while it runs, so rendering can read the rest.
-        let Some(mut server) = self.metrics.server.take() else {
-            return;
-        };
-        server.on_event(self.io.poll.registry(), token, Instant::now(), &mut || {
-            self.scrape()
-        });
-        self.metrics.server = Some(server);
+        if let Some(mut server) = self.metrics.take() {
+            let now = Instant::now();
+            server.on_event(self.io.poll.registry(), token, now, &mut || self.scrape());
+            self.metrics = Some(server);
+        }
     }
 
+    /// Closes `/metrics` connections past their time.
     pub(crate) fn expire_metrics(&mut self, now: Instant) {
-        if let Some(server) = self.metrics.server.as_mut() {
+        if let Some(server) = self.metrics.as_mut() {
             server.expire(self.io.poll.registry(), now);
         }
+    }
+
+    /// When the metrics server next needs a turn.
+    pub(crate) fn metrics_deadline(&self) -> Option<Instant> {
+        self.metrics.as_ref().and_then(Server::next_deadline)
     }
 
     /// One scrape's text.
@@ -87,7 +69,7 @@ impl Daemon {
                 n,
             );
         }
-        if let Some(server) = &self.metrics.server {
+        if let Some(server) = &self.metrics {
             server.report(&mut s);
         }
         let g = self.engine.gauges();

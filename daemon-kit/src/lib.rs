@@ -29,4 +29,5 @@ pub mod testing;
 pub mod throttle;
 pub mod timers;
 pub mod tokens;
+pub mod turn;
 pub mod values;

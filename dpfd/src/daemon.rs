@@ -20,12 +20,12 @@
 //! `nft` run of a commit, each bounded by the work of one turn.
 
 use std::collections::HashSet;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use daemon_kit::command_port;
 use daemon_kit::ratelimit::SourceGate;
+use daemon_kit::turn;
 use mio::net::{UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
@@ -285,21 +285,13 @@ impl Daemon {
         self.schedule_probe();
         loop {
             let std_backlog = self.std.as_ref().is_some_and(|s| s.backlog);
-            let timeout = if self.command_backlog || std_backlog {
-                Some(Duration::ZERO)
-            } else {
-                let now = Instant::now();
-                let metrics = self.metrics.next_deadline();
-                let timers = self.timers.poll_timeout(now);
-                match metrics.map(|at| at.saturating_duration_since(now)) {
-                    Some(m) => Some(timers.map_or(m, |t| t.min(m))),
-                    None => timers,
-                }
-            };
-            match self.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("event loop: {e}")),
+            let busy = self.command_backlog || std_backlog;
+            let deadline = [self.timers.next_deadline(), self.metrics.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
+            if !turn::wait(&mut self.poll, &mut events, busy, deadline)? {
+                continue;
             }
 
             let mut stop = None;
