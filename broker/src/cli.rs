@@ -13,8 +13,8 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_COMMAND_PORT;
-use crate::values::{parse_listen, Networks, PortRange, LOG_LEVELS};
-use daemon_kit::values::parse_metrics_listen;
+use crate::values::{listen_on, Networks, PortRange};
+use daemon_kit::cli::{Common, Flavor};
 
 /// GCB connection broker.
 ///
@@ -26,11 +26,11 @@ use daemon_kit::values::parse_metrics_listen;
 #[derive(Debug, Parser)]
 #[command(name = "gcb-broker", version, max_term_width = 100)]
 pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
     #[command(flatten)]
     pub daemon: DaemonArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
 }
 
 /// Client subcommands; without one, `gcb-broker` runs the daemon.
@@ -61,7 +61,7 @@ pub enum Command {
 pub struct DaemonArgs {
     /// UDP address of the command port, where clients send GCB commands. Give IP or IP:PORT; the
     /// port defaults to 65432, historic GCB's. Required, here or as `listen` in the config file.
-    #[arg(long, value_name = "IP[:PORT]", env = "GCB_BROKER_LISTEN", value_parser = parse_listen_arg)]
+    #[arg(long, value_name = "IP[:PORT]", env = "GCB_BROKER_LISTEN", value_parser = listen_on(DEFAULT_COMMAND_PORT))]
     pub listen: Option<SocketAddr>,
 
     /// Local address the proxy sockets are bound on; connectors reach the broker at this IP and
@@ -117,19 +117,6 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "CIDR[,CIDR...]", env = "GCB_BROKER_STATUS_ALLOW")]
     pub status_allow: Option<Networks>,
 
-    /// File holding the shared secret that authenticates commands (HMAC). It must exist and not
-    /// be empty; a trailing newline is ignored. A warning is logged if others can read it.
-    /// [default: none, commands are not authenticated]
-    #[arg(long, value_name = "PATH", env = "GCB_BROKER_SECRET_FILE")]
-    pub secret_file: Option<PathBuf>,
-
-    /// Serve Prometheus metrics over HTTP at http://IP:PORT/metrics: every counter of `gcb-broker
-    /// query`, gauges of registrations, relays, UDP rules and channels, and a histogram of the
-    /// time to decide a brokered connect. Served from the event loop; the status has no client
-    /// addresses, but bind it where only the monitoring can reach it. [default: off]
-    #[arg(long, value_name = "IP:PORT", env = "GCB_BROKER_METRICS_LISTEN", value_parser = parse_metrics_listen)]
-    pub metrics_listen: Option<SocketAddr>,
-
     /// Bind the command port and the rendezvous port even if this host does not hold the
     /// --listen address yet (IP_FREEBIND), and skip the check that it holds --public-ip: for a
     /// standby broker behind a floating IP (keepalived), which starts at boot and begins to
@@ -138,27 +125,19 @@ pub struct DaemonArgs {
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub freebind: Option<bool>,
 
-    /// TOML file with the same settings (keys are the flag names with underscores, e.g.
-    /// port_range). Flags and environment variables override it; unknown keys are an error.
-    /// SIGHUP re-reads it. [default: none]
-    #[arg(long, value_name = "PATH", env = "GCB_BROKER_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// Log level: error, warn, info, debug or trace. Logs go to stderr, one line per event.
-    /// Without this flag RUST_LOG is honoured if set (it also takes full filter directives),
-    /// then `log` in the config file. [default: info]
-    #[arg(long, value_name = "LEVEL", env = "GCB_BROKER_LOG", value_parser = LOG_LEVELS)]
-    pub log: Option<String>,
-
-    /// Only check the configuration (flags, environment, config file, secret file), print
-    /// "configuration ok" and exit 0, or print what is wrong and exit 2.
-    #[arg(long)]
-    pub check_config: bool,
+    /// The flags dpfd takes too: --secret-file, --metrics-listen, --config, --log,
+    /// --check-config (`daemon_kit::cli`).
+    #[command(flatten)]
+    pub common: Common<Broker>,
 }
 
-/// clap wants a plain function; the broker's default command port is 65432.
-fn parse_listen_arg(s: &str) -> Result<SocketAddr, String> {
-    parse_listen(s, DEFAULT_COMMAND_PORT)
+/// The broker's side of the shared flags: its environment variables are
+/// `GCB_BROKER_*`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Broker;
+
+impl Flavor for Broker {
+    const ENV_PREFIX: &'static str = "GCB_BROKER_";
 }
 
 #[cfg(test)]
@@ -167,12 +146,8 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
-    fn clap_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
     fn listen_takes_ip_or_ip_port() {
+        Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["gcb-broker", "--listen", "192.0.2.1"]).unwrap();
         assert_eq!(cli.daemon.listen, Some("192.0.2.1:65432".parse().unwrap()));
         let cli = Cli::try_parse_from(["gcb-broker", "--listen", "192.0.2.1:7"]).unwrap();
@@ -196,7 +171,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            cli.daemon.metrics_listen,
+            cli.daemon.common.metrics_listen,
             Some("127.0.0.1:9465".parse().unwrap())
         );
         assert_eq!(cli.daemon.freebind, Some(true));

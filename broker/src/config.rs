@@ -9,37 +9,75 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
-use daemon_kit::values::parse_metrics_listen;
-use serde::Deserialize;
+use daemon_kit::settings::{self, from_file, in_bounds, pick, Shared, MAX_SECONDS};
+use daemon_kit::values::shown;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::DaemonArgs;
 use crate::values::{parse_ip, Networks, PortRange, Secret};
 
 /// Historic GCB's command port, used when --listen gives only an IP.
 pub const DEFAULT_COMMAND_PORT: u16 = 65432;
+/// The proxy ports when nothing names them.
 pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
     lo: 20000,
     hi: 29999,
 };
-/// Three times the shim's default heartbeat interval of 10 s.
-pub const DEFAULT_HEARTBEAT_TIMEOUT_S: u64 = 30;
-pub const DEFAULT_MAX_REGISTRATIONS: u32 = 100_000;
-pub const DEFAULT_MAX_RELAYS: u32 = 10_000;
-pub const DEFAULT_RATE_LIMIT: u32 = 200;
-pub const DEFAULT_UDP_RULE_IDLE_S: u64 = 120;
-/// Room for every worker of a large pool reporting to one UDP collector
-/// socket; a rule is about a hundred bytes.
-pub const DEFAULT_UDP_RULES_PER_REGISTRATION: u32 = 4096;
-pub const DEFAULT_LOG: &str = "info";
-/// Longest accepted duration, one day. The bound keeps `now + setting`
-/// deadlines far from overflowing `Instant`, and nothing sensible is longer.
-pub const MAX_SECONDS: u64 = 86_400;
+
+/// The limits when nothing sets them: a heartbeat timeout of three times
+/// the shim's default interval of 10 s; room in the UDP rules for every
+/// worker of a large pool reporting to one collector socket (a rule is
+/// about a hundred bytes); status for this host alone.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    heartbeat_timeout_s: 30,
+    max_registrations: 100_000,
+    max_relays: 10_000,
+    rate_limit: 200,
+    udp_rule_idle_s: 120,
+    udp_rules_per_registration: 4096,
+    status_allow: Networks(Vec::new()),
+};
+
+/// The merged and checked configuration the daemon runs with. It
+/// serializes as its settings under their config-file keys, for the reload
+/// report (`reload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_ip: IpAddr,
+    #[serde(serialize_with = "shown")]
+    pub port_range: PortRange,
+    pub limits: Limits,
+    /// The secret file, the log filter, `/metrics`.
+    pub shared: Shared,
+    /// Bind the startup sockets with IP_FREEBIND (daemon_kit::freebind).
+    pub freebind: bool,
+}
+
+/// Settings that SIGHUP may change while the broker runs: they only bound
+/// or govern future work (the limits, who may ask for the status) and need
+/// no socket to be re-created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub heartbeat_timeout_s: u64,
+    pub max_registrations: u32,
+    pub max_relays: u32,
+    /// Commands per second per source IP; 0 means no limit.
+    pub rate_limit: u32,
+    pub udp_rule_idle_s: u64,
+    pub udp_rules_per_registration: u32,
+    /// Networks besides the host itself that may query the status.
+    #[serde(serialize_with = "shown")]
+    pub status_allow: Networks,
+}
 
 /// The config file as written. Every key is optional; unknown keys are an
 /// error so that a typo never silently leaves a setting at its default.
+/// The keys of the flags both daemons take are `daemon_kit::settings`'s to
+/// read; they are named here so that they are known.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 pub struct FileConfig {
     pub listen: Option<String>,
     pub public_ip: Option<String>,
@@ -51,41 +89,10 @@ pub struct FileConfig {
     pub udp_rule_idle_s: Option<u64>,
     pub udp_rules_per_registration: Option<u32>,
     pub status_allow: Option<String>,
+    pub freebind: Option<bool>,
     pub secret_file: Option<PathBuf>,
     pub log: Option<String>,
     pub metrics_listen: Option<String>,
-    pub freebind: Option<bool>,
-}
-
-/// Settings that SIGHUP may change while the broker runs: they only bound
-/// future work and need no socket to be re-created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub heartbeat_timeout_s: u64,
-    pub max_registrations: u32,
-    pub max_relays: u32,
-    /// Commands per second per source IP; 0 means no limit.
-    pub rate_limit: u32,
-    pub udp_rule_idle_s: u64,
-    pub udp_rules_per_registration: u32,
-}
-
-/// The merged and checked configuration the daemon runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub public_ip: IpAddr,
-    pub port_range: PortRange,
-    pub limits: Limits,
-    /// Networks besides the host itself that may query the status.
-    pub status_allow: Networks,
-    pub secret_file: Option<PathBuf>,
-    /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
-    pub log_filter: String,
-    /// Where `/metrics` is served, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Bind the startup sockets with IP_FREEBIND (daemon_kit::freebind).
-    pub freebind: bool,
 }
 
 /// What merging needs from the process environment, passed in so tests can
@@ -113,12 +120,8 @@ pub type Loaded = settings::Loaded<Config>;
 /// Reads the config file named by --config (if any), merges, checks, and
 /// reads the secret file. The error is one line, without the program name.
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
-    settings::load(
-        args.config.as_deref(),
-        &env.flags,
-        |file: &FileConfig, dir| merge(args, file, dir, env),
-        |c| c.secret_file.as_deref(),
-    )
+    let merge = |file: &FileConfig, shared, _: Option<&Path>| merge(args, file, shared, env);
+    settings::load(&args.common, env.rust_log.as_deref(), &env.flags, merge)
 }
 
 /// Parses the TOML text as a `FileConfig`, for tests; the daemon reads the
@@ -129,14 +132,12 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
 }
 
 /// Merges flags (and their environment variables) over the file over the
-/// defaults, then checks the result as a whole. Relative paths in the file
-/// are taken relative to the file's directory, as an administrator editing
-/// the file would expect; relative paths on the command line, to the
-/// working directory.
+/// defaults, then checks the result as a whole; `shared` holds the settings
+/// of the flags both daemons take, merged the same way.
 pub fn merge(
     args: &DaemonArgs,
     file: &FileConfig,
-    file_dir: Option<&Path>,
+    shared: Shared,
     env: &Env,
 ) -> Result<Config, String> {
     let listen = settings::command_port(args.listen, file.listen.as_deref(), DEFAULT_COMMAND_PORT)?;
@@ -145,14 +146,15 @@ pub fn merge(
     let file_range = from_file("port_range", file.port_range.as_deref(), |s| s.parse())?;
     let (port_range, range_origin) = pick(args.port_range, file_range, DEFAULT_PORT_RANGE);
 
-    let u32_max = u32::MAX;
+    let (d, most) = (DEFAULT_LIMITS, u32::MAX);
+    let file_allow = from_file("status_allow", file.status_allow.as_deref(), |s| s.parse())?;
     let limits = Limits {
         heartbeat_timeout_s: in_bounds(
             "heartbeat_timeout_s",
             pick(
                 args.heartbeat_timeout_s,
                 file.heartbeat_timeout_s,
-                DEFAULT_HEARTBEAT_TIMEOUT_S,
+                d.heartbeat_timeout_s,
             ),
             1,
             MAX_SECONDS,
@@ -162,24 +164,24 @@ pub fn merge(
             pick(
                 args.max_registrations,
                 file.max_registrations,
-                DEFAULT_MAX_REGISTRATIONS,
+                d.max_registrations,
             ),
             1,
-            u32_max,
+            most,
         )?,
         max_relays: in_bounds(
             "max_relays",
-            pick(args.max_relays, file.max_relays, DEFAULT_MAX_RELAYS),
+            pick(args.max_relays, file.max_relays, d.max_relays),
             1,
-            u32_max,
+            most,
         )?,
-        rate_limit: pick(args.rate_limit, file.rate_limit, DEFAULT_RATE_LIMIT).0,
+        rate_limit: pick(args.rate_limit, file.rate_limit, d.rate_limit).0,
         udp_rule_idle_s: in_bounds(
             "udp_rule_idle_s",
             pick(
                 args.udp_rule_idle_s,
                 file.udp_rule_idle_s,
-                DEFAULT_UDP_RULE_IDLE_S,
+                d.udp_rule_idle_s,
             ),
             1,
             MAX_SECONDS,
@@ -189,35 +191,14 @@ pub fn merge(
             pick(
                 args.udp_rules_per_registration,
                 file.udp_rules_per_registration,
-                DEFAULT_UDP_RULES_PER_REGISTRATION,
+                d.udp_rules_per_registration,
             ),
             1,
-            u32_max,
+            most,
         )?,
+        status_allow: pick(args.status_allow.clone(), file_allow, d.status_allow).0,
     };
 
-    let file_allow = from_file("status_allow", file.status_allow.as_deref(), |s| s.parse())?;
-    let status_allow = pick(args.status_allow.clone(), file_allow, Networks::default()).0;
-
-    let secret_file = args.secret_file.clone().or_else(|| {
-        file.secret_file
-            .as_deref()
-            .map(|p| relative_to(file_dir, p))
-    });
-
-    let log_filter = settings::log_filter(
-        args.log.as_deref(),
-        env.rust_log.as_deref(),
-        file.log.as_deref(),
-        DEFAULT_LOG,
-    )?;
-
-    let file_metrics = from_file(
-        "metrics_listen",
-        file.metrics_listen.as_deref(),
-        parse_metrics_listen,
-    )?;
-    let metrics_listen = args.metrics_listen.or(file_metrics);
     let freebind = pick(args.freebind, file.freebind, false).0;
 
     checks::addresses(listen, public_ip, public_origin)?;
@@ -227,10 +208,7 @@ pub fn merge(
         public_ip,
         port_range,
         limits,
-        status_allow,
-        secret_file,
-        log_filter,
-        metrics_listen,
+        shared,
         freebind,
     })
 }
@@ -245,15 +223,15 @@ impl Config {
             0 => "off".to_string(),
             n => format!("{n}/s per source IP"),
         };
-        let status = match self.status_allow.0.len() {
+        let status = match l.status_allow.0.len() {
             0 => String::new(),
-            _ => format!(" and {}", self.status_allow),
+            _ => format!(" and {}", l.status_allow),
         };
         let auth = match secret {
             Some(s) => format!("HMAC with {s}"),
             None => "off".to_string(),
         };
-        let metrics = match self.metrics_listen {
+        let metrics = match self.shared.metrics_listen {
             Some(m) => format!(", metrics http://{m}/metrics"),
             None => String::new(),
         };
@@ -271,7 +249,7 @@ impl Config {
             l.max_relays,
             l.udp_rule_idle_s,
             l.udp_rules_per_registration,
-            self.log_filter,
+            self.shared.log_filter,
         )
     }
 }

@@ -117,13 +117,15 @@ fn ipv4(ip: IpAddr, what: &str) -> Result<Ipv4Addr, String> {
 impl Daemon {
     /// Binds the command and rendezvous sockets and registers the fixed
     /// sources. Errors are one line, for exit code 1.
+    /// `given` is the command line and environment as parsed, kept for
+    /// re-merging on SIGHUP.
     pub fn start(
         loaded: Loaded,
-        args: DaemonArgs,
-        env: Env,
+        given: (DaemonArgs, Env),
         log: LogHandle,
         signals: Signals,
     ) -> Result<Daemon, String> {
+        let (args, env) = given;
         let config = loaded.config;
         let public_ip = ipv4(config.public_ip, "--public-ip")?;
         ipv4(config.listen.ip(), "--listen")?;
@@ -161,7 +163,7 @@ impl Daemon {
         poll.registry()
             .register(&mut rendezvous, RENDEZVOUS, Interest::READABLE)
             .map_err(|e| format!("cannot watch the rendezvous socket: {e}"))?;
-        let metrics = http::start(config.metrics_listen, poll.registry())?;
+        let metrics = http::start(config.shared.metrics_listen, poll.registry())?;
 
         info!(
             "gcb-broker {} started: {}",

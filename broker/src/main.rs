@@ -80,15 +80,17 @@ fn run(cli: Cli, flags: Vec<String>) -> Result<(), Failure> {
     }
     let args = cli.daemon;
     let env = Env::from_process(flags);
-    let loaded = config::load(&args, &env).map_err(Failure::usage)?;
-    if args.check_config {
-        startup::config_ok(NAME, &loaded.warnings);
-        return Ok(());
-    }
-
-    // Before anything could start a thread: see signals.rs.
-    let (signals, log) = startup::signals_and_logging(&loaded.config.log_filter, &loaded.warnings)?;
-    let mut daemon = Daemon::start(loaded, args, env, log, signals).map_err(Failure::runtime)?;
-    daemon.run().map_err(Failure::runtime)?;
-    Ok(())
+    let loaded = config::load(&args, &env);
+    let check_only = args.common.check_config;
+    startup::daemon(
+        NAME,
+        loaded,
+        check_only,
+        || Ok(()),
+        |loaded, signals, log| {
+            Daemon::start(loaded, (args, env), log, signals)?
+                .run()
+                .map(drop)
+        },
+    )
 }

@@ -11,7 +11,8 @@
 //! The signal handling itself (`Daemon::on_signals`, `Daemon::reload`) is
 //! here too, next to the rules it applies.
 
-use daemon_kit::reload::{compare, compare_secret_file, reread, Change, Reloadable};
+use daemon_kit::reload::{reread, Reloadable};
+use daemon_kit::settings::Shared;
 use nix::sys::signal::Signal;
 
 use crate::config::{self, Config};
@@ -23,9 +24,7 @@ use crate::signals;
 pub fn apply(running: &Config, reread: &Config) -> Config {
     Config {
         limits: reread.limits.clone(),
-        status_allow: reread.status_allow.clone(),
-        secret_file: reread.secret_file.clone(),
-        log_filter: reread.log_filter.clone(),
+        shared: running.shared.reloaded(&reread.shared),
         ..running.clone()
     }
 }
@@ -40,7 +39,7 @@ impl Daemon {
     /// SIGHUP: re-read the config file and apply what can change live.
     fn reload(&mut self) {
         let Some(loaded) = reread(
-            self.args.config.as_deref(),
+            self.args.common.config.as_deref(),
             self.engine.config(),
             self.engine.secret(),
             &self.log,
@@ -54,78 +53,16 @@ impl Daemon {
 }
 
 impl Reloadable for Config {
-    fn log_filter(&self) -> &str {
-        &self.log_filter
-    }
+    const RESTART: &'static [&'static str] = &[
+        "listen",
+        "public_ip",
+        "port_range",
+        "metrics_listen",
+        "freebind",
+    ];
 
-    /// Lists the differences, restart-only settings first. The secret
-    /// itself never appears in a `Change`.
-    fn changes(&self, new: &Config, secret_changed: bool) -> Vec<Change> {
-        let old = self;
-        let mut out = Vec::new();
-        compare(&mut out, "listen", old.listen, new.listen, false);
-        compare(&mut out, "public_ip", old.public_ip, new.public_ip, false);
-        compare(
-            &mut out,
-            "port_range",
-            old.port_range,
-            new.port_range,
-            false,
-        );
-        compare(
-            &mut out,
-            "metrics_listen",
-            old.metrics_listen.map_or("off".into(), |a| a.to_string()),
-            new.metrics_listen.map_or("off".into(), |a| a.to_string()),
-            false,
-        );
-        compare(&mut out, "freebind", old.freebind, new.freebind, false);
-        let (o, n) = (&old.limits, &new.limits);
-        compare(
-            &mut out,
-            "heartbeat_timeout_s",
-            o.heartbeat_timeout_s,
-            n.heartbeat_timeout_s,
-            true,
-        );
-        compare(
-            &mut out,
-            "max_registrations",
-            o.max_registrations,
-            n.max_registrations,
-            true,
-        );
-        compare(&mut out, "max_relays", o.max_relays, n.max_relays, true);
-        compare(&mut out, "rate_limit", o.rate_limit, n.rate_limit, true);
-        compare(
-            &mut out,
-            "udp_rule_idle_s",
-            o.udp_rule_idle_s,
-            n.udp_rule_idle_s,
-            true,
-        );
-        compare(
-            &mut out,
-            "udp_rules_per_registration",
-            o.udp_rules_per_registration,
-            n.udp_rules_per_registration,
-            true,
-        );
-        compare(
-            &mut out,
-            "status_allow",
-            &old.status_allow,
-            &new.status_allow,
-            true,
-        );
-        compare_secret_file(
-            &mut out,
-            old.secret_file.as_deref(),
-            new.secret_file.as_deref(),
-            secret_changed,
-        );
-        compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
-        out
+    fn shared(&self) -> &Shared {
+        &self.shared
     }
 }
 
@@ -134,47 +71,55 @@ mod tests {
     use super::*;
     use crate::config::{merge, parse_file, Env};
     use clap::Parser;
+    use daemon_kit::reload::changes;
+    use daemon_kit::settings::shared_of;
 
     fn config(file: &str) -> Config {
         let args = crate::cli::Cli::try_parse_from(["gcb-broker"])
             .unwrap()
             .daemon;
-        merge(&args, &parse_file(file).unwrap(), None, &Env::default()).unwrap()
+        let shared = shared_of(&args.common, file, None, None).unwrap();
+        merge(&args, &parse_file(file).unwrap(), shared, &Env::default()).unwrap()
     }
 
+    /// Every restart-only key is reported as such and keeps its running
+    /// value; everything else applies, in the file's terms.
     #[test]
-    fn no_change_no_entries() {
-        let c = config("listen = \"192.0.2.1\"");
-        assert!(c.changes(&c, false).is_empty());
-    }
-
-    #[test]
-    fn live_and_restart_changes_are_told_apart() {
-        let old = config("listen = \"192.0.2.1\"\nmax_relays = 10");
-        let new = config("listen = \"192.0.2.1:7\"\nmax_relays = 20\nlog = \"debug\"");
-        let changes = old.changes(&new, false);
-        let keys: Vec<_> = changes.iter().map(|c| (c.key, c.live)).collect();
-        assert_eq!(
-            keys,
-            [("listen", false), ("max_relays", true), ("log", true)]
+    fn restart_only_settings_wait_and_the_rest_apply() {
+        let old = config("listen = \"192.0.2.1\"");
+        assert!(changes(&old, &old, false).is_empty());
+        let new = config(
+            "listen = \"192.0.2.1:7\"\nport_range = \"21000-21999\"\nfreebind = true\n\
+             metrics_listen = \"127.0.0.1:9465\"\nmax_relays = 20\n\
+             status_allow = \"10.0.0.0/8\"\nlog = \"debug\"",
         );
-        assert_eq!(
-            (changes[1].old.as_str(), changes[1].new.as_str()),
-            ("10", "20")
-        );
-
+        let got: Vec<(&str, bool)> = changes(&old, &new, false)
+            .iter()
+            .map(|c| (c.key, c.live))
+            .collect();
+        let want = [
+            ("listen", false),
+            ("port_range", false),
+            ("metrics_listen", false),
+            ("freebind", false),
+            ("max_relays", true),
+            ("status_allow", true),
+            ("log", true),
+        ];
+        assert_eq!(got, want);
         let running = apply(&old, &new);
-        assert_eq!(running.listen, old.listen);
-        assert_eq!(running.limits.max_relays, 20);
-        assert_eq!(running.log_filter, "debug");
-    }
-
-    #[test]
-    fn secret_contents_change_is_reported_without_the_secret() {
-        let c = config("listen = \"192.0.2.1\"\nsecret_file = \"/k\"");
-        let changes = c.changes(&c, true);
-        assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].key, "secret_file");
-        assert!(changes[0].new.contains("new contents"));
+        assert_eq!(
+            (running.listen, running.port_range),
+            (old.listen, old.port_range)
+        );
+        assert_eq!(
+            (running.shared.metrics_listen, running.freebind),
+            (None, false)
+        );
+        assert_eq!(running.limits, new.limits);
+        assert_eq!(running.shared.log_filter, "debug");
+        let secret = config("listen = \"192.0.2.1\"\nsecret_file = \"/k\"");
+        let rekeyed = changes(&secret, &secret, true);
+        assert_eq!((rekeyed[0].key, rekeyed[0].live), ("secret_file", true));
     }
 }

@@ -6,14 +6,17 @@
 //! randomness, per-source rate limiting, log-line throttling, the open-files
 //! limit, the exit contract (one line, exit code 2 or 1), the startup steps
 //! before the event loop, binding an address not held yet (IP_FREEBIND),
-//! the config-merge helpers, the report of what a SIGHUP reload changed,
-//! and the Prometheus `/metrics` endpoint served from the event loop. With
-//! the `testing` feature it also holds the helpers of both daemons'
-//! end-to-end tests.
+//! the flags both daemons take and the settings behind them, the
+//! config-merge helpers, finding and reporting what a SIGHUP reload
+//! changed, and the Prometheus `/metrics` endpoint served from the event
+//! loop. With the `testing` feature it also holds the helpers of both
+//! daemons' end-to-end tests.
 
 pub mod auth;
+pub mod cli;
 pub mod command_port;
 pub mod exit;
+mod fields;
 pub mod freebind;
 pub mod logging;
 pub mod metrics;

@@ -1,28 +1,73 @@
 //! The daemon-neutral half of SIGHUP: recording which settings differ
 //! between the running and the re-read configuration, and logging them.
 //!
-//! Each daemon decides which of its keys may change live and applies them;
-//! what is shared is the shape of a change, the wording of the report, so
-//! operators read the same lines from both daemons (and tests look for
-//! them), the switch to a new log filter, and the steps around them
-//! ([`reread`]).
+//! Each daemon decides which of its keys need a restart and applies the
+//! rest; what is shared is finding what changed ([`changes`]: the
+//! configurations are read as their settings through serde, so a daemon
+//! names only its restart-only keys), the shape of a change, the wording of
+//! the report, so operators read the same lines from both daemons (and
+//! tests look for them), the switch to a new log filter, and the steps
+//! around them ([`reread`]).
 
-use std::fmt::Display;
 use std::path::Path;
 
+use serde::{Serialize, Serializer};
 use tracing::{error, info, warn};
 
+use crate::fields::fields;
 use crate::logging::LogHandle;
-use crate::settings::Loaded;
+use crate::settings::{Loaded, Shared};
 use crate::values::Secret;
 
-/// What the shared half of a reload needs from a daemon's configuration.
-pub trait Reloadable {
-    fn log_filter(&self) -> &str;
-    /// The settings that differ in `reread`, restart-only ones first.
-    /// `secret_changed` covers a secret file whose name stayed but whose
-    /// contents changed.
-    fn changes(&self, reread: &Self, secret_changed: bool) -> Vec<Change>;
+/// What the shared half of a reload needs from a daemon's configuration:
+/// its settings under their config-file keys (`Serialize`, read by
+/// [`changes`]), and which of them a running daemon cannot change.
+pub trait Reloadable: Serialize {
+    /// The keys baked into bound sockets, or naming what already exists: a
+    /// change to them is reported and waits for a restart.
+    const RESTART: &'static [&'static str];
+    /// The settings of the flags both daemons share.
+    fn shared(&self) -> &Shared;
+}
+
+/// The settings that differ in `new`: the restart-only ones first, so the
+/// warnings lead the report, each group in declaration order. A secret file
+/// whose name stayed but whose contents changed (`secret_changed`) is a
+/// change too; the secret itself never appears in one.
+pub fn changes<C: Reloadable>(old: &C, new: &C, secret_changed: bool) -> Vec<Change> {
+    let (Ok(old), Ok(new)) = (fields(old), fields(new)) else {
+        error!("reload: the configuration cannot be compared; assuming nothing changed");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ((key, old), (_, new)) in old.into_iter().zip(new) {
+        let live = !C::RESTART.contains(&key);
+        if old != new {
+            out.push(Change {
+                key,
+                old,
+                new,
+                live,
+            });
+        } else if key == "secret_file" && secret_changed {
+            out.push(Change {
+                key,
+                old: format!("{old} (old contents)"),
+                new: format!("{new} (new contents)"),
+                live,
+            });
+        }
+    }
+    out.sort_by_key(|c| c.live);
+    out
+}
+
+/// For `#[serde(serialize_with)]`: an address that may be off, as `off`.
+pub fn off_if_none<T: Serialize, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => v.serialize(s),
+        None => s.serialize_str("off"),
+    }
 }
 
 /// The daemon-neutral steps of SIGHUP: re-read the config file at `path`
@@ -52,11 +97,15 @@ pub fn reread<C: Reloadable>(
         warn!("{warning}");
     }
     let secret_changed = loaded.secret.as_ref() != running_secret;
-    let changes = running.changes(&loaded.config, secret_changed);
+    let changes = changes(running, &loaded.config, secret_changed);
     if !report(path, &changes) {
         return None;
     }
-    switch_log_filter(log, running.log_filter(), loaded.config.log_filter());
+    let (before, after) = (
+        &running.shared().log_filter,
+        &loaded.config.shared().log_filter,
+    );
+    switch_log_filter(log, before, after);
     Some(loaded)
 }
 
@@ -68,48 +117,6 @@ pub struct Change {
     pub new: String,
     /// Whether the new value takes effect now (true) or at the next restart.
     pub live: bool,
-}
-
-/// Adds a `Change` for `key` if the two values differ.
-pub fn compare<T: PartialEq + Display>(
-    out: &mut Vec<Change>,
-    key: &'static str,
-    old: T,
-    new: T,
-    live: bool,
-) {
-    if old != new {
-        out.push(Change {
-            key,
-            old: old.to_string(),
-            new: new.to_string(),
-            live,
-        });
-    }
-}
-
-/// The `secret_file` entry, always live. `contents_changed` covers a file
-/// whose name stayed but whose contents changed; the secret itself never
-/// appears in a `Change`.
-pub fn compare_secret_file(
-    out: &mut Vec<Change>,
-    old: Option<&Path>,
-    new: Option<&Path>,
-    contents_changed: bool,
-) {
-    let shown =
-        |p: Option<&Path>| p.map_or_else(|| "none".to_string(), |p| p.display().to_string());
-    let (old_file, new_file) = (shown(old), shown(new));
-    if old_file != new_file {
-        compare(out, "secret_file", old_file, new_file, true);
-    } else if contents_changed {
-        out.push(Change {
-            key: "secret_file",
-            old: format!("{old_file} (old contents)"),
-            new: format!("{new_file} (new contents)"),
-            live: true,
-        });
-    }
 }
 
 /// Logs the changes read from `path`: live ones as info, restart-only ones
@@ -166,21 +173,85 @@ pub fn switch_log_filter(log: &LogHandle, running: &str, reread: &str) {
 mod tests {
     use super::*;
 
+    #[derive(Serialize, Clone)]
+    struct Config {
+        listen: String,
+        max_relays: u32,
+        shared: Shared,
+    }
+
+    impl Reloadable for Config {
+        const RESTART: &'static [&'static str] = &["listen", "metrics_listen"];
+        fn shared(&self) -> &Shared {
+            &self.shared
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            listen: "192.0.2.1:7".into(),
+            max_relays: 10,
+            shared: Shared {
+                secret_file: None,
+                log_filter: "info".into(),
+                metrics_listen: None,
+            },
+        }
+    }
+
     #[test]
-    fn equal_values_add_nothing() {
-        let mut out = Vec::new();
-        compare(&mut out, "k", 1, 1, true);
-        compare_secret_file(&mut out, None, None, false);
-        assert!(out.is_empty());
-        compare(&mut out, "k", 1, 2, false);
+    fn changes_name_each_differing_setting_restart_only_first() {
+        let old = config();
+        assert!(changes(&old, &old, false).is_empty());
+        let mut new = config();
+        new.listen = "192.0.2.1:8".into();
+        new.max_relays = 20;
+        new.shared.metrics_listen = Some("127.0.0.1:9465".parse().unwrap());
+        new.shared.log_filter = "debug".into();
+        let got = changes(&old, &new, false);
+        let keys: Vec<_> = got.iter().map(|c| (c.key, c.live)).collect();
         assert_eq!(
-            out,
-            [Change {
-                key: "k",
-                old: "1".into(),
-                new: "2".into(),
-                live: false
-            }]
+            keys,
+            [
+                ("listen", false),
+                ("metrics_listen", false),
+                ("max_relays", true),
+                ("log", true)
+            ]
+        );
+        assert_eq!((got[2].old.as_str(), got[2].new.as_str()), ("10", "20"));
+        assert_eq!(
+            (got[1].old.as_str(), got[1].new.as_str()),
+            ("off", "127.0.0.1:9465")
+        );
+        assert_eq!(
+            summary(&got),
+            "applied max_relays, log; needs a restart: listen, metrics_listen"
+        );
+    }
+
+    #[test]
+    fn a_secret_file_changes_by_name_or_contents_never_showing_the_secret() {
+        let old = config();
+        let mut new = config();
+        new.shared.secret_file = Some("/k".into());
+        let got = changes(&old, &new, true);
+        assert_eq!(
+            (got[0].key, got[0].old.as_str(), got[0].new.as_str()),
+            ("secret_file", "none", "/k")
+        );
+        let got = changes(&new, &new, true);
+        assert_eq!(got[0].new, "/k (new contents)");
+        assert!(got[0].live);
+        assert!(changes(&new, &new, false).is_empty());
+        // A path from the command line need not be UTF-8; it still shows.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"/k\xff");
+        new.shared.secret_file = Some(odd.into());
+        let got = changes(&old, &new, false);
+        assert_eq!(
+            (got[0].key, got[0].new.as_str()),
+            ("secret_file", "/k\u{fffd}")
         );
     }
 
@@ -206,17 +277,5 @@ mod tests {
             "nothing applied; needs a restart: listen"
         );
         assert_eq!(summary(&[]), "no changes");
-    }
-
-    #[test]
-    fn secret_file_names_and_contents() {
-        let mut out = Vec::new();
-        compare_secret_file(&mut out, None, Some(Path::new("/k")), false);
-        assert_eq!((out[0].old.as_str(), out[0].new.as_str()), ("none", "/k"));
-        out.clear();
-        let k = Some(Path::new("/k"));
-        compare_secret_file(&mut out, k, k, true);
-        assert_eq!(out[0].new, "/k (new contents)");
-        assert!(out[0].live);
     }
 }

@@ -5,17 +5,28 @@
 //!
 //! The merge itself stays in each daemon, since the settings and the checks
 //! between them are its own; these are the parts whose wording must match
-//! across daemons, and [`load`], the steps around the merge: read the file
-//! named by --config, merge, read the secret file.
+//! across daemons, the settings of the flags they share ([`Shared`], from
+//! `cli::Common`), and [`load`], the steps around the merge: read the file
+//! named by --config, merge the shared settings and hand them to the
+//! daemon's merge, read the secret file.
 
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
+use crate::cli::Common;
 use crate::logging::check_filter;
-use crate::values::{load_secret, parse_level, parse_listen, Secret};
+use crate::values::{load_secret, parse_level, parse_listen, parse_metrics_listen, Secret};
+
+/// The log level when neither a flag, RUST_LOG nor the file names one.
+pub const DEFAULT_LOG: &str = "info";
+/// Longest accepted duration setting, one day. The bound keeps
+/// `now + setting` deadlines far from overflowing `Instant`, and nothing
+/// sensible is longer.
+pub const MAX_SECONDS: u64 = 86_400;
 
 /// Where a merged value came from, so an error can point at the right place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,28 +139,106 @@ pub struct Loaded<C> {
     pub warnings: Vec<String>,
 }
 
-/// Reads the config file at `path` (if any) into the daemon's file struct
-/// `F`, hands it to `merge` with the file's directory (relative paths in the
-/// file are relative to it), then reads the secret file the merged config
-/// names. `flags` are the options given on the command line or in the
-/// environment (`exit::given`): a file key one of them overrides gets a
-/// warning, since editing it would otherwise change nothing, silently.
-/// Errors are one line, without the program name.
-pub fn load<F, C>(
-    path: Option<&Path>,
+/// The settings of the flags every daemon shares (`cli::Common`), merged:
+/// flag (or its environment variable) > file > default. They serialize
+/// under their config-file keys, for the reload report (`reload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shared {
+    #[serde(serialize_with = "crate::values::shown_opt_path")]
+    pub secret_file: Option<PathBuf>,
+    /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
+    #[serde(rename = "log")]
+    pub log_filter: String,
+    /// Where `/metrics` is served, if anywhere.
+    #[serde(serialize_with = "crate::reload::off_if_none")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Shared {
+    /// What runs after a reload: the re-read secret and log filter (they
+    /// only govern what comes next), the running `/metrics` address (a
+    /// bound socket).
+    pub fn reloaded(&self, reread: &Shared) -> Shared {
+        Shared {
+            metrics_listen: self.metrics_listen,
+            ..reread.clone()
+        }
+    }
+}
+
+/// The shared keys of a config file, read beside the daemon's own struct
+/// (which lists them too, so that its `deny_unknown_fields` accepts them).
+#[derive(Debug, Default, Deserialize)]
+struct SharedFile {
+    secret_file: Option<PathBuf>,
+    log: Option<String>,
+    metrics_listen: Option<String>,
+}
+
+/// The shared settings of `flags` over the config file `text` (whose
+/// directory is `dir`) over the defaults, RUST_LOG between --log and the
+/// file's `log`. [`load`] does this; a daemon's tests call it to merge a
+/// file without writing one.
+pub fn shared_of<V>(
+    flags: &Common<V>,
+    text: &str,
+    dir: Option<&Path>,
+    rust_log: Option<&str>,
+) -> Result<Shared, String> {
+    shared(flags, &parse_toml(text)?, dir, rust_log)
+}
+
+fn shared<V>(
+    flags: &Common<V>,
+    file: &SharedFile,
+    dir: Option<&Path>,
+    rust_log: Option<&str>,
+) -> Result<Shared, String> {
+    let file_metrics = from_file(
+        "metrics_listen",
+        file.metrics_listen.as_deref(),
+        parse_metrics_listen,
+    )?;
+    Ok(Shared {
+        secret_file: flags
+            .secret_file
+            .clone()
+            .or_else(|| file.secret_file.as_deref().map(|p| relative_to(dir, p))),
+        log_filter: log_filter(
+            flags.log.as_deref(),
+            rust_log,
+            file.log.as_deref(),
+            DEFAULT_LOG,
+        )?,
+        metrics_listen: flags.metrics_listen.or(file_metrics),
+    })
+}
+
+/// Reads the config file named by `common.config` (if any) into the
+/// daemon's file struct `F`, merges the shared settings, hands both to
+/// `merge` with the file's directory (relative paths in the file are
+/// relative to it), then reads the secret file. `flags` are the options
+/// given on the command line or in the environment (`exit::given`): a file
+/// key one of them overrides gets a warning, since editing it would
+/// otherwise change nothing, silently. Errors are one line, without the
+/// program name.
+pub fn load<F, C, V>(
+    common: &Common<V>,
+    rust_log: Option<&str>,
     flags: &[String],
-    merge: impl FnOnce(&F, Option<&Path>) -> Result<C, String>,
-    secret_file: impl FnOnce(&C) -> Option<&Path>,
+    merge: impl FnOnce(&F, Shared, Option<&Path>) -> Result<C, String>,
 ) -> Result<Loaded<C>, String>
 where
     F: DeserializeOwned + Default,
 {
     let mut warnings = Vec::new();
-    let file = match path {
+    let path = common.config.as_deref();
+    let (file, file_shared) = match path {
         Some(path) => {
             let shown = path.display();
             let text = fs::read_to_string(path).map_err(|e| format!("config file {shown}: {e}"))?;
             let file = parse_toml(&text).map_err(|e| format!("config file {shown}: {e}"))?;
+            let shared = parse_toml(&text).map_err(|e| format!("config file {shown}: {e}"))?;
             warnings.extend(overridden(&text, flags).into_iter().map(|key| {
                 format!(
                     "{key} in the config file {shown} is overridden by --{} (command line or \
@@ -157,14 +246,17 @@ where
                     key.replace('_', "-")
                 )
             }));
-            file
+            (file, shared)
         }
-        None => F::default(),
+        None => (F::default(), SharedFile::default()),
     };
-    let config = merge(&file, path.and_then(Path::parent))?;
-    let secret = match secret_file(&config) {
+    let dir = path.and_then(Path::parent);
+    let shared = shared(common, &file_shared, dir, rust_log)?;
+    let secret_file = shared.secret_file.clone();
+    let config = merge(&file, shared, dir)?;
+    let secret = match secret_file {
         Some(path) => {
-            let (secret, warning) = load_secret(path)?;
+            let (secret, warning) = load_secret(&path)?;
             warnings.extend(warning);
             Some(secret)
         }
@@ -175,6 +267,21 @@ where
         secret,
         warnings,
     })
+}
+
+/// An example config file with every commented-out `# key = value` line
+/// uncommented: what a test parses to check the example documents every
+/// key.
+pub fn uncommented(example: &str) -> String {
+    example
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .filter(|r| r.contains(" = "))
+                .unwrap_or(l)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// The keys of the config file `text` that one of `flags` overrides.
@@ -251,14 +358,14 @@ mod tests {
         let path = dir.join("d.toml");
         fs::write(&path, "max_relays = 5\nlog = \"debug\"\n").unwrap();
         let flags = ["max_relays".to_string(), "listen".to_string()];
-        let loaded = load(
-            Some(&path),
-            &flags,
-            |f: &File, _| Ok((f.max_relays, f.log.clone())),
-            |_| None,
-        )
+        let mut common = Common::<()>::default();
+        common.config = Some(path.clone());
+        let loaded = load(&common, None, &flags, |f: &File, shared, _| {
+            Ok((f.max_relays, f.log.clone(), shared.log_filter))
+        })
         .unwrap();
-        assert_eq!(loaded.config, (Some(5), Some("debug".to_string())));
+        let debug = Some("debug".to_string());
+        assert_eq!(loaded.config, (Some(5), debug, "debug".to_string()));
         assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
         assert!(
             loaded.warnings[0].starts_with("max_relays in the config file ")
@@ -266,8 +373,31 @@ mod tests {
             "{}",
             loaded.warnings[0]
         );
-        let quiet = load(Some(&path), &[], |_: &File, _| Ok(()), |_| None).unwrap();
+        let quiet = load(&common, None, &[], |_: &File, _, _| Ok(())).unwrap();
         assert!(quiet.warnings.is_empty());
+        // The shared settings: a secret path relative to the file, the
+        // --log flag over RUST_LOG over the file.
+        fs::write(
+            &path,
+            "secret_file = \"k\"\nlog = \"warn\"\nmetrics_listen = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        fs::write(dir.join("k"), "key").unwrap();
+        let loaded = load(&common, Some("debug"), &[], |_: &File, s, _| Ok(s)).unwrap();
+        let s = loaded.config;
+        assert_eq!(s.secret_file, Some(dir.join("k")));
+        assert_eq!(s.log_filter, "debug", "RUST_LOG over the file");
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(loaded.secret.unwrap().bytes(), b"key");
+        let running = Shared {
+            metrics_listen: None,
+            ..s.clone()
+        };
+        assert_eq!(
+            running.reloaded(&s).metrics_listen,
+            None,
+            "a bound socket stays"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -15,6 +15,14 @@ use std::str::FromStr;
 /// Log levels `--log` and the `log` key accept, quietest first.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
+/// A clap value parser for `--listen`: [`parse_listen`] with the daemon's
+/// default command port.
+pub fn listen_on(
+    default_port: u16,
+) -> impl Fn(&str) -> Result<SocketAddr, String> + Clone + Send + Sync + 'static {
+    move |s| parse_listen(s, default_port)
+}
+
 /// Parses `IP` or `IP:PORT` (`[V6]:PORT` for IPv6); a bare IP gets `default_port`.
 pub fn parse_listen(s: &str, default_port: u16) -> Result<SocketAddr, String> {
     let s = s.trim();
@@ -239,6 +247,36 @@ pub fn load_secret(path: &Path) -> Result<(Secret, Option<String>), String> {
         },
         warning,
     ))
+}
+
+/// For `#[serde(serialize_with)]`: a value as its display text.
+pub fn shown<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// For `#[serde(serialize_with)]`: a path as its display text, so a path
+/// that is not UTF-8 (possible on the command line) still shows rather
+/// than failing the whole value.
+pub fn shown_path<P: AsRef<Path>, S: serde::Serializer>(p: &P, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.as_ref().display())
+}
+
+/// [`shown_path`] for a path that may be absent.
+pub fn shown_opt_path<P: AsRef<Path>, S: serde::Serializer>(
+    p: &Option<P>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => shown_path(p, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// For `#[serde(serialize_with)]`: a list as its items' display texts,
+/// joined by commas.
+pub fn shown_list<T: fmt::Display, S: serde::Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    let texts: Vec<String> = v.iter().map(T::to_string).collect();
+    s.serialize_str(&texts.join(","))
 }
 
 #[cfg(test)]

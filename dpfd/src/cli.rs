@@ -10,11 +10,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use daemon_kit::values::parse_metrics_listen;
+use daemon_kit::cli::{Common, Flavor};
 
 use crate::config::DEFAULT_COMMAND_PORT;
 use crate::net::Cidr;
-use crate::values::{parse_listen, parse_table_name, PortRange, LOG_LEVELS};
+use crate::values::{listen_on, parse_table_name, PortRange};
+
+/// Names dpfd's environment variables for the flags it shares with the
+/// broker: `DPFD_*`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dpfd;
+
+impl Flavor for Dpfd {
+    const ENV_PREFIX: &'static str = "DPFD_";
+}
 
 /// DPF dynamic port forwarding daemon, for the Linux NAT gateway of a private cluster.
 ///
@@ -57,7 +66,7 @@ pub struct DaemonArgs {
     /// UDP address of the command port on the private side, where clients send DPF requests.
     /// Give IP or IP:PORT; the port defaults to 65433. Required, here or as `listen` in the
     /// config file.
-    #[arg(long, value_name = "IP[:PORT]", env = "DPFD_LISTEN", value_parser = parse_listen_arg)]
+    #[arg(long, value_name = "IP[:PORT]", env = "DPFD_LISTEN", value_parser = listen_on(DEFAULT_COMMAND_PORT))]
     pub listen: Option<SocketAddr>,
 
     /// Public addresses of this gateway that forwarded ports are opened on, comma-separated or
@@ -114,19 +123,6 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", env = "DPFD_RATE_LIMIT")]
     pub rate_limit: Option<u32>,
 
-    /// File holding the shared secret that authenticates requests (HMAC). It must exist and not
-    /// be empty; a trailing newline is ignored. A warning is logged if others can read it.
-    /// [default: none, requests are not authenticated]
-    #[arg(long, value_name = "PATH", env = "DPFD_SECRET_FILE")]
-    pub secret_file: Option<PathBuf>,
-
-    /// Serve Prometheus metrics over HTTP at http://IP:PORT/metrics: every counter of `dpfd
-    /// status`, gauges of the forwards and free ports, and a histogram of the time each change
-    /// of the kernel's NAT map takes. Served from the event loop. The metrics name no client,
-    /// but bind it where only the monitoring can reach it. [default: off]
-    #[arg(long, value_name = "IP:PORT", env = "DPFD_METRICS_LISTEN", value_parser = parse_metrics_listen)]
-    pub metrics_listen: Option<SocketAddr>,
-
     /// UDP port for NAT-PMP (RFC 6886) and PCP (RFC 6887) on the --listen IP, so standard
     /// clients (natpmpc, libnatpmp, libp2p, ...) get forwards under the same rules as DPF
     /// requests: only to themselves, inside --port-range, within --per-host-quota and
@@ -151,27 +147,10 @@ pub struct DaemonArgs {
     #[arg(long, env = "DPFD_ALLOW_UNAUTHENTICATED_PCP")]
     pub allow_unauthenticated_pcp: bool,
 
-    /// TOML file with the same settings (keys are the flag names with underscores, e.g.
-    /// port_range). Flags and environment variables override it; unknown keys are an error.
-    /// SIGHUP re-reads it. [default: none]
-    #[arg(long, value_name = "PATH", env = "DPFD_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// Log level: error, warn, info, debug or trace. Logs go to stderr, one line per event.
-    /// Without this flag RUST_LOG is honoured if set (it also takes full filter directives), then
-    /// `log` in the config file. [default: info]
-    #[arg(long, value_name = "LEVEL", env = "DPFD_LOG", value_parser = LOG_LEVELS)]
-    pub log: Option<String>,
-
-    /// Only check the configuration (flags, environment, config file, secret file), print
-    /// "configuration ok" and exit 0, or print what is wrong and exit 2. Needs no root.
-    #[arg(long)]
-    pub check_config: bool,
-}
-
-/// clap wants a plain function; dpfd's default command port is 65433.
-fn parse_listen_arg(s: &str) -> Result<SocketAddr, String> {
-    parse_listen(s, DEFAULT_COMMAND_PORT)
+    /// --secret-file, --metrics-listen, --config, --log and --check-config, as the broker
+    /// takes them (`daemon_kit::cli`).
+    #[command(flatten)]
+    pub common: Common<Dpfd>,
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to};
-use daemon_kit::values::parse_metrics_listen;
+use daemon_kit::settings::{self, from_file, in_bounds, pick, relative_to, Shared, MAX_SECONDS};
+use daemon_kit::values::{shown, shown_list, shown_path};
+use serde::Serialize;
 
 use crate::cli::DaemonArgs;
 use crate::net::{self, Cidr, IfAddr};
@@ -36,43 +37,43 @@ pub const DEFAULT_PER_HOST_QUOTA: u32 = 1024;
 /// Requests per second per source IP: the burst covers a host asking for
 /// its whole default quota at once.
 pub const DEFAULT_RATE_LIMIT: u32 = 1000;
-pub const DEFAULT_LOG: &str = "info";
 /// NAT-PMP's and PCP's port (RFC 6886, RFC 6887).
 pub const DEFAULT_PCP_PORT: u16 = 5351;
 /// RFC 6887 §15 suggests no shorter lease, so a client's renewals stay rare.
 pub const DEFAULT_PCP_MIN_LIFETIME_S: u32 = 120;
 /// A day, as miniupnpd grants at most.
 pub const DEFAULT_PCP_MAX_LIFETIME_S: u32 = 86_400;
-/// Longest accepted interval, one day. The bound keeps `now + setting`
-/// deadlines far from overflowing `Instant`, and nothing sensible is longer.
-pub const MAX_SECONDS: u64 = 86_400;
 
-/// The merged and checked configuration the daemon runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The merged and checked configuration the daemon runs with. It
+/// serializes as its settings under their config-file keys, for the reload
+/// report (`reload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// NAT-PMP and PCP port on the --listen IP; 0 turns them off.
+    pub pcp_port: u16,
+    #[serde(rename = "public_ip", serialize_with = "shown_list")]
     pub public_ips: Vec<IpAddr>,
+    #[serde(serialize_with = "shown")]
     pub port_range: PortRange,
+    #[serde(serialize_with = "shown_path")]
     pub mirror: PathBuf,
     pub nft_table: String,
+    #[serde(rename = "private_net", serialize_with = "shown_list")]
     pub private_nets: Vec<Cidr>,
     /// The private network was derived from --listen, not given.
+    #[serde(skip)]
     pub private_nets_derived: bool,
     pub probe_interval_s: u64,
     pub per_host_quota: u32,
     /// Requests per second per source IP; 0 means no limit.
     pub rate_limit: u32,
-    pub secret_file: Option<PathBuf>,
-    /// NAT-PMP and PCP port on the --listen IP; 0 turns them off.
-    pub pcp_port: u16,
     pub pcp_min_lifetime_s: u32,
     pub pcp_max_lifetime_s: u32,
     /// Answer NAT-PMP and PCP even with a secret (they cannot carry it).
     pub allow_unauthenticated_pcp: bool,
-    /// A tracing-subscriber `EnvFilter` directive: a level, or RUST_LOG's text.
-    pub log_filter: String,
-    /// Where `/metrics` is served, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
+    /// The secret file, the log filter, `/metrics`.
+    pub shared: Shared,
 }
 
 /// What merging needs from the process and the host, passed in so tests can
@@ -101,16 +102,12 @@ pub type Loaded = settings::Loaded<Config>;
 /// against the file system), and reads the secret file. The error is one
 /// line, without the program name.
 pub fn load(args: &DaemonArgs, env: &Env) -> Result<Loaded, String> {
-    let mut loaded = settings::load(
-        args.config.as_deref(),
-        &env.flags,
-        |file: &FileConfig, dir| {
-            let config = merge(args, file, dir, env)?;
-            check_mirror(&config.mirror)?;
-            Ok(config)
-        },
-        |c| c.secret_file.as_deref(),
-    )?;
+    let rust_log = env.rust_log.as_deref();
+    let mut loaded = settings::load(&args.common, rust_log, &env.flags, |file, shared, dir| {
+        let config = merge(args, file, shared, dir, env)?;
+        check_mirror(&config.mirror)?;
+        Ok(config)
+    })?;
     for ip in &loaded.config.public_ips {
         if !env.addresses.iter().any(|a| a.ip == *ip) {
             loaded.warnings.push(format!(
@@ -141,6 +138,7 @@ fn list_from_file<T>(
 pub fn merge(
     args: &DaemonArgs,
     file: &FileConfig,
+    shared: Shared,
     file_dir: Option<&Path>,
     env: &Env,
 ) -> Result<Config, String> {
@@ -205,11 +203,6 @@ pub fn merge(
         u32::MAX,
     )?;
     let rate_limit = pick(args.rate_limit, file.rate_limit, DEFAULT_RATE_LIMIT).0;
-    let secret_file = args.secret_file.clone().or_else(|| {
-        file.secret_file
-            .as_deref()
-            .map(|p| relative_to(file_dir, p))
-    });
 
     let pcp_port = pick(args.pcp_port, file.pcp_port, DEFAULT_PCP_PORT).0;
     let pcp_min_lifetime_s = in_bounds(
@@ -235,20 +228,6 @@ pub fn merge(
     let allow_unauthenticated_pcp =
         args.allow_unauthenticated_pcp || file.allow_unauthenticated_pcp.unwrap_or(false);
 
-    let log_filter = settings::log_filter(
-        args.log.as_deref(),
-        env.rust_log.as_deref(),
-        file.log.as_deref(),
-        DEFAULT_LOG,
-    )?;
-
-    let file_metrics = from_file(
-        "metrics_listen",
-        file.metrics_listen.as_deref(),
-        parse_metrics_listen,
-    )?;
-    let metrics_listen = args.metrics_listen.or(file_metrics);
-
     check_public_ips(&public_ips, public_origin, &private_nets)?;
     check_port_range(listen, &public_ips, port_range, range_origin)?;
     Ok(Config {
@@ -262,13 +241,11 @@ pub fn merge(
         probe_interval_s,
         per_host_quota,
         rate_limit,
-        secret_file,
         pcp_port,
         pcp_min_lifetime_s,
         pcp_max_lifetime_s,
         allow_unauthenticated_pcp,
-        log_filter,
-        metrics_listen,
+        shared,
     })
 }
 
@@ -293,6 +270,7 @@ impl Config {
             n => format!("{n}/s per source IP"),
         };
         let metrics = self
+            .shared
             .metrics_listen
             .map_or_else(String::new, |m| format!(", metrics http://{m}/metrics"));
         let standard = match (
@@ -323,7 +301,7 @@ impl Config {
             self.mirror.display(),
             self.probe_interval_s,
             self.per_host_quota,
-            self.log_filter,
+            self.shared.log_filter,
         )
     }
 }

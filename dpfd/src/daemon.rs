@@ -203,7 +203,7 @@ impl Daemon {
         );
 
         let poll = command_port::event_loop(&signals, &mut command)?;
-        let metrics = Metrics::start(config.metrics_listen, poll.registry(), kernel_timing)?;
+        let metrics = Metrics::start(config.shared.metrics_listen, poll.registry(), kernel_timing)?;
         let std = standard::bind(command_addr.ip(), config.pcp_port, poll.registry())?;
         let status_listener = match status::listen(command_addr.port()) {
             Ok(mut l) => {

@@ -10,9 +10,10 @@
 //! already exist, so a change to them is reported and ignored until dpfd is
 //! restarted (when the mirror file is replayed against the new settings).
 
-use daemon_kit::reload::{compare, compare_secret_file, reread, Change, Reloadable};
+use daemon_kit::reload::{reread, Reloadable};
+use daemon_kit::settings::Shared;
 
-use crate::config::{self, list, Config};
+use crate::config::{self, Config};
 use crate::daemon::Daemon;
 use crate::net;
 
@@ -25,11 +26,10 @@ pub fn apply(running: &Config, reread: &Config) -> Config {
         probe_interval_s: reread.probe_interval_s,
         per_host_quota: reread.per_host_quota,
         rate_limit: reread.rate_limit,
-        secret_file: reread.secret_file.clone(),
         pcp_min_lifetime_s: reread.pcp_min_lifetime_s,
         pcp_max_lifetime_s: reread.pcp_max_lifetime_s,
         allow_unauthenticated_pcp: reread.allow_unauthenticated_pcp,
-        log_filter: reread.log_filter.clone(),
+        shared: running.shared.reloaded(&reread.shared),
         ..running.clone()
     }
 }
@@ -41,7 +41,7 @@ impl Daemon {
         // network follows them.
         self.env.addresses = net::local_addresses();
         let Some(loaded) = reread(
-            self.args.config.as_deref(),
+            self.args.common.config.as_deref(),
             &self.config,
             self.secret.as_ref(),
             &self.log,
@@ -62,90 +62,18 @@ impl Daemon {
 }
 
 impl Reloadable for Config {
-    fn log_filter(&self) -> &str {
-        &self.log_filter
-    }
+    const RESTART: &'static [&'static str] = &[
+        "listen",
+        "public_ip",
+        "port_range",
+        "mirror",
+        "nft_table",
+        "pcp_port",
+        "metrics_listen",
+    ];
 
-    /// Lists the differences, restart-only settings first. The secret
-    /// itself never appears in a `Change`.
-    fn changes(&self, new: &Config, secret_changed: bool) -> Vec<Change> {
-        let old = self;
-        let mut out = Vec::new();
-        compare(&mut out, "listen", old.listen, new.listen, false);
-        compare(&mut out, "pcp_port", old.pcp_port, new.pcp_port, false);
-        compare(
-            &mut out,
-            "public_ip",
-            list(&old.public_ips),
-            list(&new.public_ips),
-            false,
-        );
-        compare(
-            &mut out,
-            "port_range",
-            old.port_range,
-            new.port_range,
-            false,
-        );
-        compare(
-            &mut out,
-            "mirror",
-            old.mirror.display().to_string(),
-            new.mirror.display().to_string(),
-            false,
-        );
-        compare(&mut out, "nft_table", &old.nft_table, &new.nft_table, false);
-        compare(
-            &mut out,
-            "metrics_listen",
-            old.metrics_listen.map_or("off".into(), |a| a.to_string()),
-            new.metrics_listen.map_or("off".into(), |a| a.to_string()),
-            false,
-        );
-        compare(
-            &mut out,
-            "private_net",
-            list(&old.private_nets),
-            list(&new.private_nets),
-            true,
-        );
-        compare(
-            &mut out,
-            "probe_interval_s",
-            old.probe_interval_s,
-            new.probe_interval_s,
-            true,
-        );
-        compare(
-            &mut out,
-            "per_host_quota",
-            old.per_host_quota,
-            new.per_host_quota,
-            true,
-        );
-        compare(&mut out, "rate_limit", old.rate_limit, new.rate_limit, true);
-        compare(
-            &mut out,
-            "pcp_lifetime_s",
-            format!("{}-{}", old.pcp_min_lifetime_s, old.pcp_max_lifetime_s),
-            format!("{}-{}", new.pcp_min_lifetime_s, new.pcp_max_lifetime_s),
-            true,
-        );
-        compare(
-            &mut out,
-            "allow_unauthenticated_pcp",
-            old.allow_unauthenticated_pcp,
-            new.allow_unauthenticated_pcp,
-            true,
-        );
-        compare_secret_file(
-            &mut out,
-            old.secret_file.as_deref(),
-            new.secret_file.as_deref(),
-            secret_changed,
-        );
-        compare(&mut out, "log", &old.log_filter, &new.log_filter, true);
-        out
+    fn shared(&self) -> &Shared {
+        &self.shared
     }
 }
 
@@ -154,23 +82,21 @@ mod tests {
     use super::*;
     use crate::config::{merge, parse_file, Env};
     use clap::Parser;
+    use daemon_kit::reload::changes;
 
     fn config(file: &str) -> Config {
         let args = crate::cli::Cli::try_parse_from(["dpfd"]).unwrap().daemon;
         let base = "listen = \"0.0.0.0\"\npublic_ip = \"198.51.100.1\"\nmirror = \"/m\"\n";
-        merge(
-            &args,
-            &parse_file(&format!("{base}{file}")).unwrap(),
-            None,
-            &Env::default(),
-        )
-        .unwrap()
+        let text = format!("{base}{file}");
+        let shared = daemon_kit::settings::shared_of(&args.common, &text, None, None).unwrap();
+        let file = parse_file(&text).unwrap();
+        merge(&args, &file, shared, None, &Env::default()).unwrap()
     }
 
     #[test]
     fn no_change_no_entries() {
         let c = config("private_net = \"192.0.2.0/24\"");
-        assert!(c.changes(&c, false).is_empty());
+        assert!(changes(&c, &c, false).is_empty());
     }
 
     #[test]
@@ -179,7 +105,7 @@ mod tests {
         let new = config(
             "private_net = \"192.0.2.0/24,10.0.0.0/8\"\nprobe_interval_s = 5\nnft_table = \"x\"\nrate_limit = 7",
         );
-        let changes = old.changes(&new, false);
+        let changes = changes(&old, &new, false);
         let keys: Vec<_> = changes.iter().map(|c| (c.key, c.live)).collect();
         assert_eq!(
             keys,
@@ -202,7 +128,7 @@ mod tests {
     #[test]
     fn secret_contents_change_is_reported_without_the_secret() {
         let c = config("private_net = \"192.0.2.0/24\"\nsecret_file = \"/k\"");
-        let changes = c.changes(&c, true);
+        let changes = changes(&c, &c, true);
         assert_eq!(changes.len(), 1);
         assert!(changes[0].new.contains("new contents"));
     }

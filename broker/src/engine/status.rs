@@ -26,6 +26,7 @@ impl Engine {
             || ip == self.public_ip
             || self
                 .config
+                .limits
                 .status_allow
                 .0
                 .iter()

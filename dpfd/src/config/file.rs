@@ -10,9 +10,12 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// Every key is optional; unknown keys are an error so that a typo never
-/// silently leaves a setting at its default.
+/// silently leaves a setting at its default. The keys of the flags both
+/// daemons take are read by `daemon_kit::settings`; named here, they are
+/// known.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 pub struct FileConfig {
     pub listen: Option<String>,
     #[serde(default, deserialize_with = "string_list")]
@@ -25,11 +28,11 @@ pub struct FileConfig {
     pub probe_interval_s: Option<u64>,
     pub per_host_quota: Option<u32>,
     pub rate_limit: Option<u32>,
-    pub secret_file: Option<PathBuf>,
     pub pcp_port: Option<u16>,
     pub pcp_min_lifetime_s: Option<u32>,
     pub pcp_max_lifetime_s: Option<u32>,
     pub allow_unauthenticated_pcp: Option<bool>,
+    pub secret_file: Option<PathBuf>,
     pub log: Option<String>,
     pub metrics_listen: Option<String>,
 }

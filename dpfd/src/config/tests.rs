@@ -35,13 +35,15 @@ const MINIMAL: [&str; 6] = [
     "/var/lib/dpf/mirror",
 ];
 
+/// Merges `argv` over the config file `text` of /etc/dpf, with `env`.
+fn merged_in(argv: &[&str], text: &str, env: &Env) -> Result<Config, String> {
+    let (args, dir) = (args(argv), Some(Path::new("/etc/dpf")));
+    let shared = settings::shared_of(&args.common, text, dir, env.rust_log.as_deref())?;
+    merge(&args, &parse_file(text)?, shared, dir, env)
+}
+
 fn merged(argv: &[&str], file: &str) -> Result<Config, String> {
-    merge(
-        &args(argv),
-        &parse_file(file)?,
-        Some(Path::new("/etc/dpf")),
-        &gateway(),
-    )
+    merged_in(argv, file, &gateway())
 }
 
 /// MINIMAL without its --listen, plus `extra`.
@@ -61,8 +63,8 @@ fn defaults_and_derived_private_net() {
     assert!(c.private_nets_derived);
     assert_eq!((c.probe_interval_s, c.per_host_quota), (30, 1024));
     assert_eq!(c.rate_limit, DEFAULT_RATE_LIMIT);
-    assert_eq!(c.secret_file, None);
-    assert_eq!(c.log_filter, "info");
+    assert_eq!(c.shared.secret_file, None);
+    assert_eq!(c.shared.log_filter, "info");
 }
 
 #[test]
@@ -154,7 +156,7 @@ fn flag_beats_file_beats_default() {
         (c.nft_table.as_str(), c.probe_interval_s, c.per_host_quota),
         ("from_file", 5, 3)
     );
-    assert_eq!((c.log_filter.as_str(), c.rate_limit), ("debug", 0));
+    assert_eq!((c.shared.log_filter.as_str(), c.rate_limit), ("debug", 0));
     let c = merged(&["--public-ip", "198.51.100.9"], file).unwrap();
     assert_eq!((c.public_ips.len(), c.rate_limit), (1, 50));
     let c = merged(&[], file).unwrap();
@@ -167,27 +169,14 @@ fn rust_log_sits_between_flag_and_file() {
         rust_log: Some("dpfd=trace".into()),
         ..gateway()
     };
-    let file = parse_file("log = \"warn\"").unwrap();
-    assert_eq!(
-        merge(&args(&MINIMAL), &file, None, &env)
-            .unwrap()
-            .log_filter,
-        "dpfd=trace"
-    );
-    let c = merge(
-        &args(&but_listen(&["--listen", "192.0.2.1", "--log", "error"])),
-        &file,
-        None,
-        &env,
-    )
-    .unwrap();
-    assert_eq!(c.log_filter, "error");
-    assert_eq!(
-        merge(&args(&MINIMAL), &file, None, &gateway())
-            .unwrap()
-            .log_filter,
-        "warn"
-    );
+    let file = "log = \"warn\"";
+    let c = merged_in(&MINIMAL, file, &env).unwrap();
+    assert_eq!(c.shared.log_filter, "dpfd=trace");
+    let error = but_listen(&["--listen", "192.0.2.1", "--log", "error"]);
+    let c = merged_in(&error, file, &env).unwrap();
+    assert_eq!(c.shared.log_filter, "error");
+    let c = merged_in(&MINIMAL, file, &gateway()).unwrap();
+    assert_eq!(c.shared.log_filter, "warn");
 }
 
 #[test]
@@ -282,16 +271,7 @@ fn example_file_is_valid_and_complete() {
     let text = include_str!("../../dpfd.example.toml");
     parse_file(text).unwrap();
     // Every key, uncommented, must parse: the example documents them all.
-    let uncommented: String = text
-        .lines()
-        .map(|l| {
-            l.strip_prefix("# ")
-                .filter(|r| r.contains(" = "))
-                .unwrap_or(l)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let f = parse_file(&uncommented).unwrap();
+    let f = parse_file(&settings::uncommented(text)).unwrap();
     assert!(f.listen.is_some() && f.public_ip.is_some() && f.port_range.is_some());
     assert!(f.mirror.is_some() && f.nft_table.is_some() && f.private_net.is_some());
     assert!(f.probe_interval_s.is_some() && f.per_host_quota.is_some());

@@ -9,6 +9,7 @@ use proto::Proto;
 use super::harness::{BROKER, RANGE};
 use crate::config::{Config, Limits};
 use crate::values::Networks;
+use daemon_kit::settings::Shared;
 
 /// A process with a management socket, as the broker sees it (`mgmt`,
 /// through its NAT if any) and as it sees itself (`own`).
@@ -103,6 +104,7 @@ pub fn limits() -> Limits {
         rate_limit: 0,
         udp_rule_idle_s: 120,
         udp_rules_per_registration: 8,
+        status_allow: Networks::default(),
     }
 }
 
@@ -112,10 +114,11 @@ pub fn config(limits: Limits) -> Config {
         public_ip: "203.0.113.10".parse().unwrap(),
         port_range: RANGE,
         limits,
-        status_allow: Networks::default(),
-        secret_file: None,
-        log_filter: "info".into(),
-        metrics_listen: None,
+        shared: Shared {
+            secret_file: None,
+            log_filter: "info".into(),
+            metrics_listen: None,
+        },
         freebind: false,
     }
 }

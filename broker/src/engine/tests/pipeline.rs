@@ -143,7 +143,7 @@ fn the_status_is_for_this_host_and_allowed_networks_only() {
         }
     }
     let mut config = bed.engine.config().clone();
-    config.status_allow = "198.51.100.0/24".parse().unwrap();
+    config.limits.status_allow = "198.51.100.0/24".parse().unwrap();
     bed.engine.reconfigure(config, None);
     let text = bed.ask(stranger, status(StatusFormat::Text));
     assert!(
