@@ -138,6 +138,10 @@ pub struct Broker;
 
 impl Flavor for Broker {
     const ENV_PREFIX: &'static str = "GCB_BROKER_";
+    const AUTHENTICATES: &'static str = "commands";
+    const METRICS: &'static str = "every counter of `gcb-broker query`, gauges of registrations, \
+        relays, UDP rules and channels and of the limits, and a histogram of the time to decide a \
+        brokered connect";
 }
 
 #[cfg(test)]

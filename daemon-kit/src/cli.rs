@@ -25,6 +25,10 @@ pub trait Flavor {
     /// The prefix of the daemon's environment variables, such as
     /// `GCB_BROKER_`.
     const ENV_PREFIX: &'static str;
+    /// What the secret authenticates, for `--help`: "commands", "requests".
+    const AUTHENTICATES: &'static str;
+    /// What `/metrics` holds, for `--help`.
+    const METRICS: &'static str;
 }
 
 /// The flags every daemon takes (module docs).
@@ -80,13 +84,26 @@ impl<F> fmt::Debug for Common<F> {
     }
 }
 
-const SECRET_FILE: &str = "File holding the shared secret that authenticates requests (HMAC). It \
-    must exist and not be empty; a trailing newline is ignored. A warning is logged if others can \
-    read it. [default: none, requests are not authenticated]";
-const METRICS_LISTEN: &str = "Serve Prometheus metrics over HTTP at http://IP:PORT/metrics: every \
-    counter of the daemon's status, gauges of what it holds and of its limits, and histograms of \
-    its timings. Served from the event loop; the metrics name no client, but bind it where only \
-    the monitoring can reach it. [default: off]";
+/// `--secret-file`'s help, naming what the daemon authenticates.
+fn secret_file_help<F: Flavor>() -> String {
+    let what = F::AUTHENTICATES;
+    format!(
+        "File holding the shared secret that authenticates {what} (HMAC). It must exist and not \
+         be empty; a trailing newline is ignored. A warning is logged if others can read it. \
+         [default: none, {what} are not authenticated]"
+    )
+}
+
+/// `--metrics-listen`'s help, naming what the daemon's metrics hold.
+fn metrics_listen_help<F: Flavor>() -> String {
+    format!(
+        "Serve Prometheus metrics over HTTP at http://IP:PORT/metrics: {}. Served from the event \
+         loop; the metrics name no client, but bind it where only the monitoring can reach it. \
+         [default: off]",
+        F::METRICS
+    )
+}
+
 const CONFIG: &str = "TOML file with the same settings (keys are the flag names with underscores, \
     e.g. port_range). Flags and environment variables override it; unknown keys are an error. \
     SIGHUP re-reads it. [default: none]";
@@ -107,7 +124,7 @@ impl<F: Flavor> Args for Common<F> {
                 .value_name("PATH")
                 .env(env("SECRET_FILE"))
                 .value_parser(path.clone())
-                .help(SECRET_FILE),
+                .help(secret_file_help::<F>()),
         )
         .arg(
             Arg::new("metrics_listen")
@@ -115,7 +132,7 @@ impl<F: Flavor> Args for Common<F> {
                 .value_name("IP:PORT")
                 .env(env("METRICS_LISTEN"))
                 .value_parser(parse_metrics_listen)
-                .help(METRICS_LISTEN),
+                .help(metrics_listen_help::<F>()),
         )
         .arg(
             Arg::new("config")
@@ -172,6 +189,8 @@ mod tests {
     struct Test;
     impl Flavor for Test {
         const ENV_PREFIX: &'static str = "DK_CLI_TEST_";
+        const AUTHENTICATES: &'static str = "tests";
+        const METRICS: &'static str = "every test counter";
     }
 
     #[derive(Debug, Parser)]
@@ -207,7 +226,12 @@ mod tests {
         assert!(Cli::try_parse_from(["d", "--log", "loud"]).is_err());
         assert!(Cli::try_parse_from(["d", "--metrics-listen", "127.0.0.1"]).is_err());
         let help = Cli::command().render_help().to_string();
+        // Undo the wrapping, which depends on the terminal.
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(help.contains("DK_CLI_TEST_SECRET_FILE") && help.contains("--check-config"));
+        assert!(
+            help.contains("authenticates tests") && help.contains("/metrics: every test counter.")
+        );
     }
 
     #[test]

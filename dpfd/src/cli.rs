@@ -23,6 +23,9 @@ pub struct Dpfd;
 
 impl Flavor for Dpfd {
     const ENV_PREFIX: &'static str = "DPFD_";
+    const AUTHENTICATES: &'static str = "requests";
+    const METRICS: &'static str = "every counter of `dpfd status`, gauges of the forwards and \
+        free ports, and a histogram of the time each change of the kernel's NAT map takes";
 }
 
 /// DPF dynamic port forwarding daemon, for the Linux NAT gateway of a private cluster.
