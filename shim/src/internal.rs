@@ -1,7 +1,8 @@
 //! The shim's own fds (the log file, GCB management sockets): where they are
 //! placed, and how they survive an application that closes or reuses fds wholesale.
 //!
-//! DESIGN.md asks that internal fds be CLOEXEC, sit at high numbers, and be
+//! docs/design.md ("Management sockets and the shim's own fds") asks that
+//! internal fds be CLOEXEC, sit at high numbers, and be
 //! protected from the application's `close`, `close_range`, `closefrom` and `dup2`.
 //! Daemons routinely close every fd from 3 up at start and `dup2` onto fixed
 //! numbers, so without this the shim would lose its sockets, or worse, write its

@@ -104,7 +104,7 @@ fn python() -> PathBuf {
     let out = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()
-        .expect("python3 is needed for these tests (a DESIGN.md test package)");
+        .expect("python3 is needed for these tests (.ci/run installs it)");
     assert_success("python3", &out);
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }

@@ -318,7 +318,7 @@ fn ct_tuples(line: &str) -> Option<([String; 4], [String; 4])> {
 fn conntrack_on_gateway_shows_translation() {
     require_root();
     if !testbed::have_command("conntrack") {
-        // DESIGN.md lists conntrack as a test dependency and .ci/run installs it, so
+        // docs/testbed.md lists conntrack as a test dependency and .ci/run installs it, so
         // this only happens on a hand-made machine; say so loudly.
         eprintln!("SKIPPED conntrack_on_gateway_shows_translation: conntrack not installed (apt-get install conntrack)");
         return;

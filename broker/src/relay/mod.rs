@@ -222,8 +222,9 @@ impl Daemon {
     }
 
     /// On shutdown: resets every relayed connection and every parked one, so
-    /// both ends see the relay break (DESIGN.md, "Broker restart") instead
-    /// of a clean end of stream that would pass for a complete transfer.
+    /// both ends see the relay break (docs/design.md, "Broker restart and
+    /// several brokers") instead of a clean end of stream that would pass
+    /// for a complete transfer.
     pub(crate) fn abort_relays(&mut self) {
         let ids: Vec<u64> = self.relays.map.keys().copied().collect();
         if !ids.is_empty() {
