@@ -191,16 +191,13 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
     }
     match seal::gcb_decode(bytes) {
         Ok((_, Message::Dummy { token })) => {
-            match sock.dummy_from(token, src, now) {
-                Some((app, open)) => {
-                    // A socket connected to the proxy keeps it as the path,
-                    // and the listener keeps relaying.
-                    if open {
-                        log!(Debug, "hole to {app} open: it is reached at {src}");
-                    }
-                    return Incoming::Consumed;
+            if let Some((app, open)) = sock.dummy_from(token, src, now) {
+                // A socket connected to the proxy keeps it as the path, and
+                // the listener keeps relaying.
+                if open {
+                    log!(Debug, "hole to {app} open: it is reached at {src}");
                 }
-                None => {}
+                return Incoming::Consumed;
             }
         }
         Ok((_, Message::DummyAck { token })) => {

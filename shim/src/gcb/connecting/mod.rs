@@ -33,6 +33,10 @@
 //! `connector`); a `dup` of a connecting socket keeps the placeholder; a
 //! child forked meanwhile keeps a placeholder that never connects.
 
+mod steps;
+
+use steps::{advance, Step};
+
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::ptr;
@@ -40,12 +44,12 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
-use proto::gcb::{Decision, ErrorCode, Frame, Role, StreamHello, StreamPeer, Token};
+use proto::gcb::{Decision, ErrorCode, Frame, StreamPeer, Token};
 
-use super::connector::{self, Asked, Asking};
+use super::connector::{self, Asking};
 use super::family::{self, Family};
 use super::registry::{Names, Registry};
-use super::reversal_listener::{self, TempListener};
+use super::reversal_listener::TempListener;
 use super::swap::{put_on, AppSocket};
 use super::sys::{self, Errno, Sock};
 use crate::client::exchange::Exchange;
@@ -264,15 +268,6 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
         .min()
 }
 
-/// What a step came to.
-enum Step {
-    Wait,
-    /// Connected (or, for a direct dial, done with the kernel's verdict in
-    /// the socket), to be reported as a connection to the destination or not.
-    Done { sock: Sock, named: bool, decision: Option<Decision> },
-    Failed(Errno),
-}
-
 /// The responder's work on job socket `fd`, ready with `revents`.
 pub fn progress(fd: c_int, revents: i16, now: Instant) {
     let job = super::with(|reg| {
@@ -315,223 +310,6 @@ fn owns(j: &Job, fd: c_int) -> bool {
         Stage::Reversing { tmp, notices, unspoken, .. } => {
             tmp.raw() == fd || notices.as_ref().is_some_and(|n| n.raw() == fd) || unspoken.iter().any(|u| u.raw() == fd)
         }
-    }
-}
-
-/// One step of `job`; `ready` is the socket that woke it, if one did.
-fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) -> Step {
-    if now >= job.deadline && !matches!(job.stage, Stage::Dialing { .. }) {
-        return Step::Failed(libc::ETIMEDOUT);
-    }
-    match std::mem::replace(&mut job.stage, Stage::New) {
-        Stage::New => ask(job),
-        Stage::Asking(asking, mut ex) => {
-            let got = match ready {
-                Some((fd, _)) => ex.on_readable(fd, &super::mgmt::CODEC),
-                None => ex.on_timeout(asking.probe.raw(), now).map(Err),
-            };
-            match got {
-                Some(got) => {
-                    let asked = connector::answered(*asking, got, job.dest);
-                    decided(job, asked)
-                }
-                None => {
-                    job.stage = Stage::Asking(asking, ex);
-                    Step::Wait
-                }
-            }
-        }
-        Stage::Dialing { sock, decision } => Step::Done { named: decision.is_some(), sock, decision },
-        Stage::Relaying { sock, token, said_hello, buf, have, decision } => relaying(job, sock, token, said_hello, buf, have, decision),
-        Stage::Reversing { tmp, notices, token, unspoken, decision } => reversing(job, ready, tmp, notices, token, unspoken, decision),
-    }
-}
-
-/// Sends the `Connect`.
-fn ask(job: &mut Job) -> Step {
-    match connector::prepare_ask(job.dest, job.family) {
-        Ok(asking) => match Exchange::start(asking.probe.raw(), asking.cmd, asking.policy, &super::mgmt::CODEC, &asking.msg) {
-            Ok(ex) => {
-                job.stage = Stage::Asking(Box::new(asking), ex);
-                Step::Wait
-            }
-            Err(why) => {
-                let asked = connector::answered(asking, Err(why), job.dest);
-                decided(job, asked)
-            }
-        },
-        Err(asked) => decided(job, asked),
-    }
-}
-
-/// The next stage once the broker (or its absence) has spoken.
-fn decided(job: &mut Job, asked: Asked) -> Step {
-    match asked {
-        Asked::NotGcb => {
-            log!(Debug, "{} has no broker; connecting directly", job.dest.ip());
-            connector::remember_no_broker(*job.dest.ip());
-            dial(job, job.dest, None)
-        }
-        Asked::Silent => {
-            log!(Warn, "the broker at {} did not answer a Connect for {}; connecting to it directly", job.dest.ip(), job.dest);
-            dial(job, job.dest, None)
-        }
-        Asked::Refused(code) => {
-            log!(Warn, "the broker at {} refused a connection to {}: {code:?}", job.dest.ip(), job.dest);
-            Step::Failed(libc::ECONNREFUSED)
-        }
-        Asked::NoResources(e) => Step::Failed(e),
-        Asked::Decision(d, tmp, notices) => {
-            log!(Debug, "connect to {}: {d:?}", job.dest);
-            let tmp = match d {
-                Decision::Reversal { .. } => tmp,
-                _ => {
-                    if let Some(t) = tmp {
-                        reversal_listener::give_back(t);
-                    }
-                    None
-                }
-            };
-            match d {
-                Decision::Direct { addr } | Decision::SameRealm { addr } => dial(job, addr, Some(d)),
-                Decision::NotRegistered => {
-                    log!(Info, "connect to {}: nothing is registered there", job.dest);
-                    Step::Failed(libc::ECONNREFUSED)
-                }
-                Decision::Relay { via, token } => match started(job.family, via) {
-                    Ok(sock) => {
-                        job.stage = Stage::Relaying { sock, token, said_hello: false, buf: [0; StreamPeer::LEN], have: 0, decision: d };
-                        Step::Wait
-                    }
-                    Err(e) => Step::Failed(e),
-                },
-                Decision::Reversal { token } => match tmp {
-                    Some(tmp) => {
-                        job.stage = Stage::Reversing { tmp, notices, token, unspoken: Vec::new(), decision: d };
-                        Step::Wait
-                    }
-                    None => Step::Failed(libc::ECONNREFUSED),
-                },
-            }
-        }
-    }
-}
-
-/// A new non-blocking socket of `fam` connecting to `to`.
-fn started(fam: Family, to: SocketAddrV4) -> Result<Sock, Errno> {
-    let s = sys::socket_of(fam, libc::SOCK_STREAM, true, true)?;
-    sys::connect_start(s.raw(), fam, to)?;
-    Ok(s)
-}
-
-fn dial(job: &mut Job, to: SocketAddrV4, decision: Option<Decision>) -> Step {
-    match started(job.family, to) {
-        Ok(sock) => {
-            job.stage = Stage::Dialing { sock, decision };
-            Step::Wait
-        }
-        Err(e) => Step::Failed(e),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn relaying(job: &mut Job, sock: Sock, token: Token, said_hello: bool, mut buf: [u8; StreamPeer::LEN], mut have: usize, decision: Decision) -> Step {
-    if !said_hello {
-        match sys::get_int_opt(sock.raw(), libc::SOL_SOCKET, libc::SO_ERROR) {
-            Ok(0) => {}
-            Ok(e) | Err(e) => return Step::Failed(e),
-        }
-        let hello = StreamHello { token, role: Role::Connector }.to_bytes();
-        // SAFETY: a live buffer; a fresh socket takes 16 bytes whole.
-        let n = unsafe { real::send(sock.raw(), hello.as_ptr().cast(), hello.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-        if n != hello.len() as isize {
-            return Step::Failed(if n < 0 { crate::hook::errno() } else { libc::EIO });
-        }
-        job.stage = Stage::Relaying { sock, token, said_hello: true, buf, have, decision };
-        return Step::Wait;
-    }
-    // Never past the 12 bytes: what follows is the program's.
-    // SAFETY: a live buffer of the given length.
-    let n = unsafe { real::recv(sock.raw(), buf[have..].as_mut_ptr().cast(), StreamPeer::LEN - have, libc::MSG_DONTWAIT) };
-    match n {
-        0 => return Step::Failed(libc::ECONNREFUSED),
-        n if n < 0 => {
-            let e = crate::hook::errno();
-            if e != libc::EAGAIN && e != libc::EINTR {
-                return Step::Failed(e);
-            }
-        }
-        n => have += n as usize,
-    }
-    if have < StreamPeer::LEN {
-        job.stage = Stage::Relaying { sock, token, said_hello, buf, have, decision };
-        return Step::Wait;
-    }
-    match StreamPeer::decode(&buf) {
-        Ok(StreamPeer::Paired { .. }) => Step::Done { sock, named: true, decision: Some(decision) },
-        Ok(StreamPeer::Rejected { code }) => {
-            log!(Debug, "the broker rejected a rendezvous: {code:?}");
-            Step::Failed(refusal_errno(code))
-        }
-        Err(_) => Step::Failed(libc::EPROTO),
-    }
-}
-
-fn reversing(job: &mut Job, ready: Option<(c_int, i16)>, tmp: TempListener, notices: Option<Sock>, token: Token, mut unspoken: Vec<Sock>, decision: Decision) -> Step {
-    let fd = ready.map(|(fd, _)| fd);
-    if let (Some(n), Some(fd)) = (&notices, fd) {
-        if n.raw() == fd {
-            if let Some(code) = super::notice::take(fd, token) {
-                log!(Debug, "the broker says the listener will not dial: {code:?}");
-                return Step::Failed(refusal_errno(code));
-            }
-        }
-    }
-    if fd == Some(tmp.raw()) {
-        for _ in 0..MAX_UNSPOKEN {
-            // SAFETY: no address wanted.
-            let c = unsafe { real::accept4(tmp.raw(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) };
-            if c < 0 {
-                break;
-            }
-            unspoken.push(Sock::from_raw(c));
-        }
-        unspoken.truncate(MAX_UNSPOKEN);
-    }
-    let mut i = 0;
-    while i < unspoken.len() {
-        match hello_of(unspoken[i].raw()) {
-            Some(Ok(t)) if t == token => {
-                let sock = unspoken.swap_remove(i);
-                reversal_listener::give_back(tmp);
-                return Step::Done { sock, named: true, decision: Some(decision) };
-            }
-            None => i += 1,
-            // Another token, or not a hello: a stray connection.
-            Some(_) => drop(unspoken.swap_remove(i)),
-        }
-    }
-    job.stage = Stage::Reversing { tmp, notices, token, unspoken, decision };
-    Step::Wait
-}
-
-/// The token of the hello waiting whole on `fd`; `None` while it has not
-/// arrived whole (it was sent in one segment, so it comes whole or not yet).
-fn hello_of(fd: c_int) -> Option<Result<Token, ()>> {
-    let mut buf = [0u8; StreamHello::LEN];
-    // SAFETY: a live buffer of the given length.
-    let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_PEEK) };
-    if n == 0 || (n < 0 && crate::hook::errno() != libc::EAGAIN) {
-        return Some(Err(()));
-    }
-    if n < StreamHello::LEN as isize {
-        return None;
-    }
-    // SAFETY: as above; takes the hello that was peeked.
-    unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    match StreamHello::decode(&buf) {
-        Ok(StreamHello { token, role: Role::Listener }) => Some(Ok(token)),
-        _ => Some(Err(())),
     }
 }
 
@@ -639,7 +417,7 @@ fn same_file(a: c_int, b: c_int) -> bool {
     let pid = libc::c_long::from(process::owner());
     // SAFETY: kcmp only compares; no memory is passed.
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as libc::c_long, b as libc::c_long) };
-    r == 0 || r < 0
+    r <= 0
 }
 
 /// A forked child's copies of its parent's jobs are the parent's.

@@ -1,0 +1,245 @@
+//! The steps of a non-blocking brokered connect (`connecting`): ask the
+//! broker, then dial directly, meet the listener at the broker's rendezvous,
+//! or take the listener's reversed connection. Each step is a non-blocking
+//! call on a socket of the job's own, made by the responder when that socket
+//! is ready or a timer falls due; [`advance`] says what came of it.
+
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+use libc::c_int;
+use proto::gcb::{Decision, Frame, Role, StreamHello, StreamPeer, Token};
+
+use super::super::connector::{self, Asked};
+use super::super::family::Family;
+use super::super::reversal_listener::{self, TempListener};
+use super::super::sys::{self, Errno, Sock};
+use super::{refusal_errno, Job, Stage, MAX_UNSPOKEN};
+use crate::client::exchange::Exchange;
+use crate::real;
+
+/// What a step came to.
+pub(super) enum Step {
+    Wait,
+    /// Connected (or, for a direct dial, done with the kernel's verdict in
+    /// the socket), to be reported as a connection to the destination or not.
+    Done { sock: Sock, named: bool, decision: Option<Decision> },
+    Failed(Errno),
+}
+
+/// One step of `job`; `ready` is the socket that woke it, if one did.
+pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) -> Step {
+    if now >= job.deadline && !matches!(job.stage, Stage::Dialing { .. }) {
+        return Step::Failed(libc::ETIMEDOUT);
+    }
+    match std::mem::replace(&mut job.stage, Stage::New) {
+        Stage::New => ask(job),
+        Stage::Asking(asking, mut ex) => {
+            let got = match ready {
+                Some((fd, _)) => ex.on_readable(fd, &super::super::mgmt::CODEC),
+                None => ex.on_timeout(asking.probe.raw(), now).map(Err),
+            };
+            match got {
+                Some(got) => {
+                    let asked = connector::answered(*asking, got, job.dest);
+                    decided(job, asked)
+                }
+                None => {
+                    job.stage = Stage::Asking(asking, ex);
+                    Step::Wait
+                }
+            }
+        }
+        Stage::Dialing { sock, decision } => Step::Done { named: decision.is_some(), sock, decision },
+        Stage::Relaying { sock, token, said_hello, buf, have, decision } => relaying(job, sock, token, said_hello, buf, have, decision),
+        Stage::Reversing { tmp, notices, token, unspoken, decision } => reversing(job, ready, tmp, notices, token, unspoken, decision),
+    }
+}
+
+/// Sends the `Connect`.
+fn ask(job: &mut Job) -> Step {
+    match connector::prepare_ask(job.dest, job.family) {
+        Ok(asking) => match Exchange::start(asking.probe.raw(), asking.cmd, asking.policy, &super::super::mgmt::CODEC, &asking.msg) {
+            Ok(ex) => {
+                job.stage = Stage::Asking(Box::new(asking), ex);
+                Step::Wait
+            }
+            Err(why) => {
+                let asked = connector::answered(asking, Err(why), job.dest);
+                decided(job, asked)
+            }
+        },
+        Err(asked) => decided(job, asked),
+    }
+}
+
+/// The next stage once the broker (or its absence) has spoken.
+fn decided(job: &mut Job, asked: Asked) -> Step {
+    match asked {
+        Asked::NotGcb => {
+            log!(Debug, "{} has no broker; connecting directly", job.dest.ip());
+            connector::remember_no_broker(*job.dest.ip());
+            dial(job, job.dest, None)
+        }
+        Asked::Silent => {
+            log!(Warn, "the broker at {} did not answer a Connect for {}; connecting to it directly", job.dest.ip(), job.dest);
+            dial(job, job.dest, None)
+        }
+        Asked::Refused(code) => {
+            log!(Warn, "the broker at {} refused a connection to {}: {code:?}", job.dest.ip(), job.dest);
+            Step::Failed(libc::ECONNREFUSED)
+        }
+        Asked::NoResources(e) => Step::Failed(e),
+        Asked::Decision(d, tmp, notices) => {
+            log!(Debug, "connect to {}: {d:?}", job.dest);
+            let tmp = match d {
+                Decision::Reversal { .. } => tmp,
+                _ => {
+                    if let Some(t) = tmp {
+                        reversal_listener::give_back(t);
+                    }
+                    None
+                }
+            };
+            match d {
+                Decision::Direct { addr } | Decision::SameRealm { addr } => dial(job, addr, Some(d)),
+                Decision::NotRegistered => {
+                    log!(Info, "connect to {}: nothing is registered there", job.dest);
+                    Step::Failed(libc::ECONNREFUSED)
+                }
+                Decision::Relay { via, token } => match started(job.family, via) {
+                    Ok(sock) => {
+                        job.stage = Stage::Relaying { sock, token, said_hello: false, buf: [0; StreamPeer::LEN], have: 0, decision: d };
+                        Step::Wait
+                    }
+                    Err(e) => Step::Failed(e),
+                },
+                Decision::Reversal { token } => match tmp {
+                    Some(tmp) => {
+                        job.stage = Stage::Reversing { tmp, notices, token, unspoken: Vec::new(), decision: d };
+                        Step::Wait
+                    }
+                    None => Step::Failed(libc::ECONNREFUSED),
+                },
+            }
+        }
+    }
+}
+
+/// A new non-blocking socket of `fam` connecting to `to`.
+fn started(fam: Family, to: SocketAddrV4) -> Result<Sock, Errno> {
+    let s = sys::socket_of(fam, libc::SOCK_STREAM, true, true)?;
+    sys::connect_start(s.raw(), fam, to)?;
+    Ok(s)
+}
+
+fn dial(job: &mut Job, to: SocketAddrV4, decision: Option<Decision>) -> Step {
+    match started(job.family, to) {
+        Ok(sock) => {
+            job.stage = Stage::Dialing { sock, decision };
+            Step::Wait
+        }
+        Err(e) => Step::Failed(e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn relaying(job: &mut Job, sock: Sock, token: Token, said_hello: bool, mut buf: [u8; StreamPeer::LEN], mut have: usize, decision: Decision) -> Step {
+    if !said_hello {
+        match sys::get_int_opt(sock.raw(), libc::SOL_SOCKET, libc::SO_ERROR) {
+            Ok(0) => {}
+            Ok(e) | Err(e) => return Step::Failed(e),
+        }
+        let hello = StreamHello { token, role: Role::Connector }.to_bytes();
+        // SAFETY: a live buffer; a fresh socket takes 16 bytes whole.
+        let n = unsafe { real::send(sock.raw(), hello.as_ptr().cast(), hello.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n != hello.len() as isize {
+            return Step::Failed(if n < 0 { crate::hook::errno() } else { libc::EIO });
+        }
+        job.stage = Stage::Relaying { sock, token, said_hello: true, buf, have, decision };
+        return Step::Wait;
+    }
+    // Never past the 12 bytes: what follows is the program's.
+    // SAFETY: a live buffer of the given length.
+    let n = unsafe { real::recv(sock.raw(), buf[have..].as_mut_ptr().cast(), StreamPeer::LEN - have, libc::MSG_DONTWAIT) };
+    match n {
+        0 => return Step::Failed(libc::ECONNREFUSED),
+        n if n < 0 => {
+            let e = crate::hook::errno();
+            if e != libc::EAGAIN && e != libc::EINTR {
+                return Step::Failed(e);
+            }
+        }
+        n => have += n as usize,
+    }
+    if have < StreamPeer::LEN {
+        job.stage = Stage::Relaying { sock, token, said_hello, buf, have, decision };
+        return Step::Wait;
+    }
+    match StreamPeer::decode(&buf) {
+        Ok(StreamPeer::Paired { .. }) => Step::Done { sock, named: true, decision: Some(decision) },
+        Ok(StreamPeer::Rejected { code }) => {
+            log!(Debug, "the broker rejected a rendezvous: {code:?}");
+            Step::Failed(refusal_errno(code))
+        }
+        Err(_) => Step::Failed(libc::EPROTO),
+    }
+}
+
+fn reversing(job: &mut Job, ready: Option<(c_int, i16)>, tmp: TempListener, notices: Option<Sock>, token: Token, mut unspoken: Vec<Sock>, decision: Decision) -> Step {
+    let fd = ready.map(|(fd, _)| fd);
+    if let (Some(n), Some(fd)) = (&notices, fd) {
+        if n.raw() == fd {
+            if let Some(code) = super::super::notice::take(fd, token) {
+                log!(Debug, "the broker says the listener will not dial: {code:?}");
+                return Step::Failed(refusal_errno(code));
+            }
+        }
+    }
+    if fd == Some(tmp.raw()) {
+        for _ in 0..MAX_UNSPOKEN {
+            // SAFETY: no address wanted.
+            let c = unsafe { real::accept4(tmp.raw(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) };
+            if c < 0 {
+                break;
+            }
+            unspoken.push(Sock::from_raw(c));
+        }
+        unspoken.truncate(MAX_UNSPOKEN);
+    }
+    let mut i = 0;
+    while i < unspoken.len() {
+        match hello_of(unspoken[i].raw()) {
+            Some(Ok(t)) if t == token => {
+                let sock = unspoken.swap_remove(i);
+                reversal_listener::give_back(tmp);
+                return Step::Done { sock, named: true, decision: Some(decision) };
+            }
+            None => i += 1,
+            // Another token, or not a hello: a stray connection.
+            Some(_) => drop(unspoken.swap_remove(i)),
+        }
+    }
+    job.stage = Stage::Reversing { tmp, notices, token, unspoken, decision };
+    Step::Wait
+}
+
+/// The token of the hello waiting whole on `fd`; `None` while it has not
+/// arrived whole (it was sent in one segment, so it comes whole or not yet).
+fn hello_of(fd: c_int) -> Option<Result<Token, ()>> {
+    let mut buf = [0u8; StreamHello::LEN];
+    // SAFETY: a live buffer of the given length.
+    let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_PEEK) };
+    if n == 0 || (n < 0 && crate::hook::errno() != libc::EAGAIN) {
+        return Some(Err(()));
+    }
+    if n < StreamHello::LEN as isize {
+        return None;
+    }
+    // SAFETY: as above; takes the hello that was peeked.
+    unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    match StreamHello::decode(&buf) {
+        Ok(StreamHello { token, role: Role::Listener }) => Some(Ok(token)),
+        _ => Some(Err(())),
+    }
+}

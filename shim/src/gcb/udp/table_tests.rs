@@ -1,0 +1,133 @@
+//! Tests of `udp::table`: the records of a managed UDP socket.
+
+use super::*;
+
+fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+#[test]
+fn routes_name_their_sources_and_expire() {
+    let now = Instant::now();
+    let mut s = UdpSocket::default();
+    let proxy = a("203.0.113.10:20001");
+    assert_eq!(s.route(proxy, now), None);
+    s.set_route(proxy, Route::Direct(a("192.0.2.10:9000")), now);
+    assert_eq!(s.route(proxy, now), Some(Route::Direct(a("192.0.2.10:9000"))));
+    assert_eq!(s.name_of(a("192.0.2.10:9000")), proxy, "the reply is reported from the address sent to");
+    assert_eq!(s.name_of(a("192.0.2.99:1")), a("192.0.2.99:1"));
+    assert_eq!(s.route(proxy, now + RECORD_TTL), None, "flushed after the TTL");
+    // A new answer replaces the old one and its reverse name.
+    s.set_route(proxy, Route::AsNamed, now);
+    assert_eq!(s.name_of(a("192.0.2.10:9000")), a("192.0.2.10:9000"));
+    s.set_route(proxy, Route::Direct(a("192.0.2.10:9000")), now);
+    s.remove_route(proxy);
+    assert_eq!(s.route(proxy, now), None);
+    assert_eq!(s.name_of(a("192.0.2.10:9000")), a("192.0.2.10:9000"), "reverse name gone with its record");
+}
+
+#[test]
+fn reversal_dummy_and_makehole_ack_open_direct_paths() {
+    let now = Instant::now();
+    let mut s = UdpSocket::default();
+    let proxy = a("203.0.113.10:20001");
+    s.set_route(proxy, Route::AsNamed, now);
+    s.await_dummy(Token(6), proxy, false, now);
+    assert_eq!(s.dummy_from(Token(6), a("203.0.113.1:4000"), now), Some((proxy, false)));
+    assert_eq!(s.route(proxy, now), Some(Route::AsNamed), "a connected socket's hole is not used");
+    s.await_dummy(Token(7), proxy, true, now);
+    assert_eq!(s.dummy_from(Token(8), a("203.0.113.1:4000"), now), None, "unknown token: not ours");
+    assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now), Some((proxy, true)));
+    assert_eq!(s.route(proxy, now), Some(Route::Direct(a("203.0.113.1:4000"))));
+    assert_eq!(s.name_of(a("203.0.113.1:4000")), proxy);
+    assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now), Some((proxy, true)), "a repeated Dummy is still ours");
+    assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now + HOLE_ACK_TTL), None, "until it is old");
+
+    let peer = a("203.0.113.20:5000");
+    s.start_hole(Hole { token: Token(9), target: peer, peer, next_try: now, tries_left: 2, expires: now + HOLE_ACK_TTL });
+    assert_eq!(s.due_holes(now, Duration::from_secs(1)), vec![(Token(9), peer)]);
+    assert!(s.due_holes(now, Duration::from_secs(1)).is_empty(), "not due again yet");
+    assert_eq!(s.next_hole_deadline(), Some(now + Duration::from_secs(1)));
+    assert_eq!(s.hole_acked(Token(9), peer, now), Some(peer));
+    assert_eq!(s.route(peer, now), Some(Route::Direct(peer)));
+    assert!(s.due_holes(now + Duration::from_secs(5), Duration::ZERO).is_empty(), "made: no more Dummies");
+    assert_eq!(s.hole_acked(Token(9), peer, now), Some(peer), "a later ack is the hole's too");
+    s.holes.clear();
+    // Out of tries: no more Dummies, its ack still recognised, then dropped.
+    let expires = now + Duration::from_secs(5);
+    s.start_hole(Hole { token: Token(10), target: peer, peer, next_try: now, tries_left: 1, expires });
+    assert_eq!(s.due_holes(now, Duration::ZERO).len(), 1);
+    assert!(s.due_holes(now, Duration::ZERO).is_empty());
+    assert_eq!(s.next_hole_deadline(), Some(expires));
+    assert!(s.due_holes(expires, Duration::ZERO).is_empty());
+    assert!(s.holes.is_empty(), "expired");
+    s.start_hole(Hole { token: Token(11), target: peer, peer, next_try: now, tries_left: 0, expires });
+    assert_eq!(s.hole_acked(Token(11), peer, now), Some(peer), "a late ack is still the hole's");
+    // Made by the peer's first datagram straight from its mapping.
+    s.holes.clear();
+    let mapping = a("203.0.113.20:6000");
+    s.start_hole(Hole { token: Token(12), target: mapping, peer, next_try: now, tries_left: 3, expires });
+    assert_eq!(s.hole_heard(a("203.0.113.20:6001"), now), None, "another source");
+    assert_eq!(s.hole_heard(mapping, now), Some(peer));
+    assert_eq!(s.route(peer, now), Some(Route::Direct(mapping)));
+    assert!(s.due_holes(now, Duration::ZERO).is_empty(), "no more Dummies");
+    assert_eq!(s.hole_heard(mapping, now), None, "made once");
+}
+
+#[test]
+fn a_channel_names_its_peer_and_carries_its_datagrams() {
+    let mut s = UdpSocket::default();
+    let (peer, addr) = (a("203.0.113.20:5000"), a("203.0.113.10:21001"));
+    assert_eq!(s.channel_to(peer), None);
+    s.channel = Some(Channel { peer, addr, token: Token(3), reopen: None });
+    assert_eq!(s.channel_to(peer), Some(addr));
+    assert_eq!(s.channel_to(a("203.0.113.20:5001")), None, "only its own peer");
+    assert_eq!(s.name_of(addr), peer, "its datagrams are the peer's");
+    assert_eq!(s.name_of(a("203.0.113.10:21000")), a("203.0.113.10:21000"));
+}
+
+#[test]
+fn relay_peers_expire_and_are_bounded() {
+    let now = Instant::now();
+    let mut s = UdpSocket::default();
+    let p = a("203.0.113.20:5000");
+    s.note_relay_peer(p, now);
+    assert!(s.is_relay_peer(p, now));
+    assert!(!s.is_relay_peer(p, now + RELAY_PEER_TTL));
+    for i in 0..MAX_RECORDS as u32 + 10 {
+        s.note_relay_peer(SocketAddrV4::new(i.into(), 1), now + Duration::from_millis(u64::from(i) + 1));
+    }
+    assert!(s.relay_peers.len() <= MAX_RECORDS);
+    assert!(!s.is_relay_peer(p, now + Duration::from_millis(1)), "the oldest went first");
+}
+
+#[test]
+fn stash_keeps_order_peeks_and_is_bounded() {
+    let mut s = UdpSocket::default();
+    let d = |i: u8| Datagram { from: a("198.51.100.10:1"), data: vec![i] };
+    s.stash(d(1));
+    s.stash(d(2));
+    let first = s.peek_stashed().unwrap();
+    assert_eq!(first, d(1));
+    assert_eq!(s.take_stashed(), Some(first));
+    assert_eq!(s.take_stashed(), Some(d(2)));
+    assert!(!s.has_stashed());
+    for i in 0..MAX_STASH + 3 {
+        s.stash(d(i as u8));
+    }
+    assert_eq!(s.take_stashed(), Some(d(3)), "the oldest three dropped");
+}
+
+#[test]
+fn table_shares_sockets_between_dups() {
+    let mut t = UdpTable::default();
+    t.entry(5).set_route(a("1.2.3.4:5"), Route::NotGcb, Instant::now());
+    assert!(t.alias(5, 9));
+    assert!(!t.alias(6, 7));
+    assert!(t.get(9).unwrap().route(a("1.2.3.4:5"), Instant::now()).is_some());
+    assert!(t.remove(5).is_none(), "still open through the dup");
+    assert!(t.get(9).is_some());
+    assert_eq!(t.sockets_mut().count(), 1);
+    assert!(t.remove(9).is_some(), "the last fd takes the socket");
+    assert!(t.is_empty() && t.sockets().count() == 0);
+}
