@@ -234,6 +234,7 @@ impl Daemon {
                 connector,
                 connector_id,
                 realm,
+                ..
             } => {
                 let req = ConnectReq {
                     proto,

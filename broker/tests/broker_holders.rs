@@ -40,6 +40,8 @@ fn reversal(c: &mut Mgmt, proxy: SocketAddrV4, connector: &str) -> Token {
         connector: a(connector),
         connector_id: None,
         realm: None,
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     });
     match d {
         Message::ConnectDecision(Decision::Reversal { token }) => token,
@@ -277,6 +279,8 @@ fn relayed_and_plain_connectors_of_a_silent_listener_fail_alone() {
         connector: a("10.1.1.1:5002"),
         connector_id: None,
         realm: Some("elsewhere".into()),
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     });
     let Message::ConnectDecision(Decision::Relay { via, token }) = d else {
         panic!("{d:?}")

@@ -41,6 +41,8 @@ fn connect(c: &mut Mgmt, proxy: SocketAddrV4) -> Decision {
         connector: a("127.0.0.1:5001"),
         connector_id: None,
         realm: None,
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     }) {
         Message::ConnectDecision(d) => d,
         other => panic!("{other:?}"),
@@ -221,6 +223,8 @@ fn a_bounce_of_a_reply_is_not_believed() {
         connector: a("127.0.0.1:5001"),
         connector_id: None,
         realm: None,
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     };
     // The reply may outrun the close: another holder tries, until one
     // bounces (slow heartbeats, so no holder replaces a silent one).

@@ -96,6 +96,8 @@ fn gcb_connector_and_listener_meet_at_the_rendezvous() {
         connector: a("10.1.1.1:6000"),
         connector_id: None,
         realm: Some("other".into()),
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     });
     let Message::ConnectDecision(Decision::Relay { via, token }) = d else {
         panic!("{d:?}")

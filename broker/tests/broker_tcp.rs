@@ -22,6 +22,8 @@ fn connect(target: SocketAddrV4, connector: &str, realm: Option<&str>) -> Messag
         connector: a(connector),
         connector_id: None,
         realm: realm.map(str::to_string),
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     }
 }
 
@@ -210,6 +212,8 @@ fn connect_decisions_follow_the_table() {
         connector: a("127.0.0.1:5004"),
         connector_id: None,
         realm: None,
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     };
     assert_eq!(
         c.request(&udp),

@@ -228,6 +228,8 @@ fn connect(
         connector: a(connector),
         connector_id: id.map(a),
         realm: realm.map(str::to_string),
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     }
 }
 

@@ -41,6 +41,8 @@ fn connect_to_anything_but_a_registered_proxy_is_not_registered() {
             connector: connector.addr(),
             connector_id: None,
             realm: None,
+            features: proto::gcb::Features::NONE,
+            asked_from_port: 0,
         });
         assert_eq!(
             reply,

@@ -48,6 +48,12 @@ fn decision() -> impl Strategy<Value = Decision> {
         token().prop_map(|token| Decision::Reversal { token }),
         (addr(), token()).prop_map(|(via, token)| Decision::Relay { via, token }),
         Just(Decision::NotRegistered),
+        (addr(), token()).prop_map(|(via, token)| Decision::PunchTcp { via, token }),
+        (addr(), token(), addr()).prop_map(|(via, token, listener_at)| Decision::PunchUdp {
+            via,
+            token,
+            listener_at
+        }),
     ]
 }
 
@@ -63,12 +69,14 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
         any::<u32>(),
         any::<u16>(),
         text(gcb::MAX_PROGRAM_LEN),
+        any::<u8>(),
     )
-        .prop_map(|(mgmt_local, pid, heartbeat_secs, program)| MgmtInfo {
+        .prop_map(|(mgmt_local, pid, heartbeat_secs, program, f)| MgmtInfo {
             mgmt_local,
             pid,
             heartbeat_secs,
             program,
+            features: gcb::Features::from_bits(f),
         });
     let command = || (token(), addr(), addr(), addr());
     prop_oneof![
@@ -94,13 +102,19 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
         endpoints().prop_map(|held| M::Heartbeat { held }),
         Just(M::HeartbeatAck),
         endpoints().prop_map(|unknown| M::ReregisterRequest { unknown }),
-        (proto(), addr(), addr(), proptest::option::of(addr()), realm).prop_map(
-            |(proto, target, connector, connector_id, realm)| M::Connect {
-                proto,
-                target,
-                connector,
-                connector_id,
-                realm
+        (proto(), addr(), addr(), proptest::option::of(addr()), realm, any::<u8>(), any::<u16>()).prop_map(
+            |(proto, target, connector, connector_id, realm, f, port)| {
+                let features = gcb::Features::from_bits(f);
+                M::Connect {
+                    proto,
+                    target,
+                    connector,
+                    connector_id,
+                    realm,
+                    features,
+                    // Sent with features only, so not generated without them.
+                    asked_from_port: if features.is_empty() { 0 } else { port },
+                }
             }
         ),
         decision().prop_map(M::ConnectDecision),
@@ -117,6 +131,18 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
             proxy
         }),
         command().prop_map(|(token, target, peer, proxy)| M::MakeHole {
+            token,
+            target,
+            peer,
+            proxy
+        }),
+        command().prop_map(|(token, broker, peer, proxy)| M::PunchConnect {
+            token,
+            broker,
+            peer,
+            proxy
+        }),
+        command().prop_map(|(token, target, peer, proxy)| M::PunchHole {
             token,
             target,
             peer,

@@ -134,6 +134,8 @@ pub fn connect_msg(target: SocketAddrV4, connector: SocketAddrV4) -> Message {
         connector,
         connector_id: None,
         realm: None,
+        features: proto::gcb::Features::NONE,
+        asked_from_port: 0,
     }
 }
 

@@ -6,21 +6,23 @@
 //!
 //! | kind | message           | body                                                        |
 //! | ---: | ----------------- | ----------------------------------------------------------- |
-//! | 0x01 | Register          | proto, local, opt realm, port wish, mgmt_local, u32 pid, u16 heartbeat_secs, program |
+//! | 0x01 | Register          | proto, local, opt realm, port wish, mgmt_local, u32 pid, u16 heartbeat_secs, program, [u8 features] |
 //! | 0x02 | Unregister        | endpoint (proto + addr)                                     |
 //! | 0x03 | Heartbeat         | u8 n, n × endpoint                                          |
-//! | 0x04 | Connect           | proto, target, connector, opt connector_id, opt realm       |
+//! | 0x04 | Connect           | proto, target, connector, opt connector_id, opt realm, [u8 features, u16 asked_from_port] |
 //! | 0x05 | StatusRequest     | u64 snapshot, u16 page, u8 format (0 text, 1 json)          |
 //! | 0x06 | UdpChannel        | proxy, peer, u64 udp_token, u8 open (0 close, 1 open)       |
 //! | 0x11 | ReverseConnect    | u64 token, connector, peer, proxy                           |
 //! | 0x12 | RelayConnect      | u64 token, broker, peer, proxy                              |
 //! | 0x13 | MakeHole          | u64 token, target, peer, proxy                              |
 //! | 0x14 | ConnectFailed     | u64 token, u8 code                                          |
+//! | 0x15 | PunchConnect      | u64 token, broker, peer, proxy                              |
+//! | 0x16 | PunchHole         | u64 token, target, peer, proxy                              |
 //! | 0x21 | Dummy             | u64 token                                                   |
 //! | 0x81 | RegisterOk        | proxy, observed, opt u64 udp_token                          |
 //! | 0x82 | HeartbeatAck      | (empty)                                                     |
 //! | 0x83 | ReregisterRequest | u8 n, n × endpoint                                          |
-//! | 0x84 | ConnectDecision   | u8 tag: 1 Direct addr, 2 SameRealm addr, 3 Reversal token, 4 Relay via token, 5 NotRegistered |
+//! | 0x84 | ConnectDecision   | u8 tag: 1 Direct addr, 2 SameRealm addr, 3 Reversal token, 4 Relay via token, 5 NotRegistered, 6 PunchTcp via token, 7 PunchUdp via token listener_at |
 //! | 0x85 | Ack               | (empty)                                                     |
 //! | 0x86 | DummyAck          | u64 token                                                   |
 //! | 0x87 | StatusReply       | u64 snapshot, u16 page, u16 pages, u16-prefixed chunk       |
@@ -29,7 +31,12 @@
 //!
 //! A *port wish* is an option tag with a third value: 0 none, 1 `u16` port
 //! preferred, 2 `u16` port required (`port_required`).
+//!
+//! Fields in brackets are an optional *tail*, written only when the shim has
+//! [`Features`](super::Features) to offer: without it a request is exactly
+//! what an older shim sends, and a tail this broker reads is all or nothing.
 
+use super::features::Features;
 use super::message::*;
 use crate::common::{read_endpoints, write_endpoints, Endpoint, Proto};
 use crate::header::{Family, Flags, Header};
@@ -56,6 +63,8 @@ pub enum Kind {
     RelayConnect = 0x12,
     MakeHole = 0x13,
     ConnectFailed = 0x14,
+    PunchConnect = 0x15,
+    PunchHole = 0x16,
     Dummy = 0x21,
     RegisterOk = 0x81,
     HeartbeatAck = 0x82,
@@ -69,7 +78,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 20] = [
+    const ALL: [Kind; 22] = [
         Kind::Register,
         Kind::Unregister,
         Kind::Heartbeat,
@@ -80,6 +89,8 @@ impl Kind {
         Kind::RelayConnect,
         Kind::MakeHole,
         Kind::ConnectFailed,
+        Kind::PunchConnect,
+        Kind::PunchHole,
         Kind::Dummy,
         Kind::RegisterOk,
         Kind::HeartbeatAck,
@@ -120,6 +131,8 @@ impl Message {
             Message::RelayConnect { .. } => Kind::RelayConnect,
             Message::MakeHole { .. } => Kind::MakeHole,
             Message::ConnectFailed { .. } => Kind::ConnectFailed,
+            Message::PunchConnect { .. } => Kind::PunchConnect,
+            Message::PunchHole { .. } => Kind::PunchHole,
             Message::Ack => Kind::Ack,
             Message::Error { .. } => Kind::Error,
             Message::Dummy { .. } => Kind::Dummy,

@@ -9,6 +9,7 @@
 //! with the same request id arrives; the receiver answers duplicates from its
 //! reply cache, so handlers run once per request.
 
+use super::features::Features;
 use crate::common::{Endpoint, Proto};
 use crate::wire::truncate_str;
 use std::fmt;
@@ -60,6 +61,9 @@ pub struct MgmtInfo {
     pub heartbeat_secs: u16,
     /// The client's program name, at most [`MAX_PROGRAM_LEN`] bytes, for logs.
     pub program: String,
+    /// What the client's shim can do beyond the paper's protocol; the broker
+    /// sends its holders only commands they understand.
+    pub features: Features,
 }
 
 impl MgmtInfo {
@@ -71,6 +75,7 @@ impl MgmtInfo {
             pid,
             heartbeat_secs,
             program,
+            features: Features::NONE,
         }
     }
 }
@@ -101,6 +106,19 @@ pub enum Decision {
     /// Nothing is registered at the target: the connect fails (ECONNREFUSED),
     /// since a proxy address on a broker has no other listener behind it.
     NotRegistered,
+    /// Both are private in different realms and both can punch (TCP;
+    /// docs/hole-punching.md): dial the rendezvous `via` from a reusable
+    /// socket, send `PunchHello{token, Connector, local}`, and follow the
+    /// broker's `PunchGo` or `PunchVerdict`. Sent only to a connector whose
+    /// `Connect` offered [`Features::PUNCH_TCP`].
+    PunchTcp { via: SocketAddrV4, token: Token },
+    /// The UDP counterpart: send to `via` (the listener's proxy socket) as for
+    /// `Relay` from the first datagram, and meanwhile send `Dummy{token}` to
+    /// `listener_at`, the listener socket's mapping as the broker saw it; a
+    /// `Dummy` or `DummyAck` with `token` from `listener_at` opens the direct
+    /// path. The listener was sent `PunchHole`. Sent only to a connector
+    /// whose `Connect` offered [`Features::PUNCH_UDP`].
+    PunchUdp { via: SocketAddrV4, token: Token, listener_at: SocketAddrV4 },
 }
 
 /// How the broker renders a status snapshot ([`Message::StatusRequest`]).
@@ -255,6 +273,12 @@ pub enum Message {
         connector_id: Option<SocketAddrV4>,
         /// The connector's `GCB_REALM`, if set.
         realm: Option<String>,
+        /// What the connector's shim can do beyond the paper's protocol.
+        features: Features,
+        /// The local port of the socket this request is sent from, so the
+        /// broker can tell whether the connector's NAT kept it (0: not
+        /// said). Sent with `features`.
+        asked_from_port: u16,
     },
     /// Broker → connector, reply to `Connect`.
     ConnectDecision(Decision),
@@ -284,6 +308,35 @@ pub enum Message {
     /// `DummyAck{token}` arrives (bounded), and records `peer` ↔ the
     /// ack's source in its receiver list. Answered by `Ack` or `Error`.
     MakeHole {
+        token: Token,
+        target: SocketAddrV4,
+        peer: SocketAddrV4,
+        proxy: SocketAddrV4,
+    },
+    /// Broker → listener (TCP hole punching, docs/hole-punching.md). Like
+    /// `RelayConnect`, but the listener dials `broker` from a reusable socket
+    /// and sends `PunchHello{token, Listener, local}`; the broker then says
+    /// `PunchGo` (punch, report, await the verdict) or `PunchVerdict` (relay
+    /// at once). Either way the connection ends up queued on `proxy`'s
+    /// listening socket with `peer` as its peer. Sent only to a holder whose
+    /// `Register` offered [`Features::PUNCH_TCP`]. Answered by `Ack` or
+    /// `Error`.
+    PunchConnect {
+        token: Token,
+        broker: SocketAddrV4,
+        peer: SocketAddrV4,
+        proxy: SocketAddrV4,
+    },
+    /// Broker → listener (UDP hole punching). From the UDP socket registered
+    /// as `proxy`, the listener sends `Dummy{token}` to `target` (the
+    /// connector's mapping) with backoff, for a bound, while its replies to
+    /// `peer` keep going through the relay; a `DummyAck{token}` or the
+    /// connector's own `Dummy{token}` from `target` opens the direct path:
+    /// from then on datagrams to `peer` go to `target`, and those from
+    /// `target` are reported as from `peer`. Sent only to a holder whose
+    /// `Register` offered [`Features::PUNCH_UDP`]. Answered by `Ack` or
+    /// `Error`.
+    PunchHole {
         token: Token,
         target: SocketAddrV4,
         peer: SocketAddrV4,
@@ -326,7 +379,8 @@ pub enum Message {
     /// to `peer`; `peer`'s datagrams to the proxy come from `channel`.
     UdpChannelOk { channel: SocketAddrV4, token: Token },
     /// Generic success reply to `Unregister`, `ReverseConnect`,
-    /// `RelayConnect`, `MakeHole`, `ConnectFailed` and a closing `UdpChannel`.
+    /// `RelayConnect`, `MakeHole`, `PunchConnect`, `PunchHole`,
+    /// `ConnectFailed` and a closing `UdpChannel`.
     Ack,
     /// Failure reply to any request. `detail` is at most [`MAX_DETAIL_LEN`]
     /// bytes, meant for one clear log or stderr line.

@@ -31,12 +31,15 @@
 
 mod codec;
 pub mod doorbell;
+mod features;
 mod message;
+pub mod punch;
 mod relay;
 mod status;
 mod stream;
 
 pub use codec::{decode, encode, encode_into, Kind};
+pub use features::Features;
 pub use message::{
     Decision, ErrorCode, Message, MgmtInfo, StatusFormat, Token, COMMAND_PORT, MAX_DETAIL_LEN,
     MAX_ENDPOINTS, MAX_PROGRAM_LEN, MAX_REALM_LEN, MAX_STATUS_CHUNK,

@@ -49,12 +49,13 @@ pub trait Frame: Sized {
     fn decode(buf: &[u8]) -> Result<Self, DecodeError>;
 }
 
-/// Largest frame [`FrameReader`] can hold.
-pub const MAX_FRAME_LEN: usize = 16;
+/// Largest frame [`FrameReader`] can hold (the punch frames' `PunchHello`
+/// is the longest).
+pub const MAX_FRAME_LEN: usize = 24;
 
 /// Checks the magic on the bytes present and the length: foreign input is
 /// `NotProtocol` as soon as one byte differs.
-fn frame_reader<'a, F: Frame>(buf: &'a [u8]) -> Result<Reader<'a>, DecodeError> {
+pub(super) fn frame_reader<'a, F: Frame>(buf: &'a [u8]) -> Result<Reader<'a>, DecodeError> {
     let n = buf.len().min(4);
     if buf[..n] != F::MAGIC[..n] {
         return Err(DecodeError::NotProtocol);

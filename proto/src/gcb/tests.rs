@@ -42,6 +42,38 @@ fn samples() -> Vec<Message> {
             connector: a("198.51.100.9:7000"),
             connector_id: Some(a("203.0.113.1:40001")),
             realm: Some("realm-b".into()),
+            features: Features::NONE,
+            asked_from_port: 0,
+        },
+        Message::Connect {
+            proto: Proto::Tcp,
+            target: ep.addr,
+            connector: a("198.51.100.9:7001"),
+            connector_id: None,
+            realm: None,
+            features: Features::PUNCH_TCP,
+            asked_from_port: 40123,
+        },
+        Message::ConnectDecision(Decision::PunchTcp {
+            via: a("203.0.113.10:65432"),
+            token: Token(11),
+        }),
+        Message::ConnectDecision(Decision::PunchUdp {
+            via: a("203.0.113.10:20001"),
+            token: Token(12),
+            listener_at: a("203.0.113.1:7000"),
+        }),
+        Message::PunchConnect {
+            token: Token(13),
+            broker: a("203.0.113.10:65432"),
+            peer: a("203.0.113.2:40123"),
+            proxy: ep.addr,
+        },
+        Message::PunchHole {
+            token: Token(14),
+            target: a("203.0.113.2:7001"),
+            peer: a("203.0.113.10:20002"),
+            proxy: ep.addr,
         },
         Message::ConnectDecision(Decision::SameRealm {
             addr: a("192.0.2.10:5000"),
@@ -96,13 +128,27 @@ fn samples() -> Vec<Message> {
     ]
 }
 
+/// `m` without its features tail, if it has one.
+fn without_features(m: &Message) -> Option<Message> {
+    let mut m = m.clone();
+    match &mut m {
+        Message::Register { mgmt, .. } if !mgmt.features.is_empty() => mgmt.features = Features::NONE,
+        Message::Connect { features, asked_from_port, .. } if !features.is_empty() => {
+            *features = Features::NONE;
+            *asked_from_port = 0;
+        }
+        _ => return None,
+    }
+    Some(m)
+}
+
 #[test]
 fn every_message_round_trips_with_its_kind_and_flag() {
     let all = samples();
     let mut kinds: Vec<u8> = all.iter().map(|m| m.kind() as u8).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    assert_eq!(kinds.len(), 20, "one sample per kind");
+    assert_eq!(kinds.len(), 22, "one sample per kind");
     for (i, m) in all.iter().enumerate() {
         let bytes = encode(m, i as u64).unwrap();
         let (h, back) = decode(&bytes).unwrap();
@@ -186,6 +232,86 @@ fn golden_register() {
          11 c000020a 1388  01 03 6c6162  01 9c41
          c000020a 1770  00001234  001e  02 7364");
     assert_eq!(encode(&m, 2).unwrap(), want);
+}
+
+/// Features ride in an optional tail: a request without them is the bytes an
+/// older shim sends (pinned above), one with them appends the tail, and a
+/// tail with no feature set, or a part of one, is malformed.
+#[test]
+fn golden_features_tails() {
+    let mut mgmt = MgmtInfo::new(a("192.0.2.10:6000"), 0x1234, 30, "sd");
+    mgmt.features = Features::PUNCH_TCP;
+    let m = Message::Register {
+        proto: Proto::Udp,
+        local: a("192.0.2.10:5000"),
+        realm: Some("lab".into()),
+        desired_port: Some(40001),
+        port_required: false,
+        mgmt,
+    };
+    let want = hex("47434231 01 01 00 0000000000000002
+         11 c000020a 1388  01 03 6c6162  01 9c41
+         c000020a 1770  00001234  001e  02 7364  01");
+    assert_eq!(encode(&m, 2).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, m);
+    let mut empty_tail = want.clone();
+    *empty_tail.last_mut().unwrap() = 0;
+    assert_eq!(decode(&empty_tail), Err(DecodeError::BadValue("empty features tail")));
+
+    let connect = |features, asked_from_port| Message::Connect {
+        proto: Proto::Tcp,
+        target: a("203.0.113.10:20001"),
+        connector: a("198.51.100.10:40000"),
+        connector_id: None,
+        realm: None,
+        features,
+        asked_from_port,
+    };
+    let plain = hex("47434231 01 04 00 0000000000000005  06 cb00710a 4e21  c633640a 9c40  00 00");
+    assert_eq!(encode(&connect(Features::NONE, 0), 5).unwrap(), plain);
+    let offering = hex("47434231 01 04 00 0000000000000005  06 cb00710a 4e21  c633640a 9c40  00 00  01 9c41");
+    let m = connect(Features::PUNCH_TCP, 40001);
+    assert_eq!(encode(&m, 5).unwrap(), offering);
+    assert_eq!(decode(&offering).unwrap().1, m);
+    let cut = &offering[..offering.len() - 1];
+    assert_eq!(decode(cut), Err(DecodeError::Truncated));
+    let mut longer = offering.clone();
+    longer.push(0);
+    assert_eq!(decode(&longer), Err(DecodeError::TrailingBytes(1)));
+}
+
+#[test]
+fn golden_punch_decisions_and_commands() {
+    let tcp = Message::ConnectDecision(Decision::PunchTcp { via: a("203.0.113.10:65432"), token: Token(0x0102030405060708) });
+    let want = hex("47434231 01 84 01 0000000000000001  06 cb00710a ff98 0102030405060708");
+    assert_eq!(encode(&tcp, 1).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, tcp);
+    let udp = Message::ConnectDecision(Decision::PunchUdp {
+        via: a("203.0.113.10:20001"),
+        token: Token(9),
+        listener_at: a("203.0.113.1:5000"),
+    });
+    let want = hex("47434231 01 84 01 0000000000000001  07 cb00710a 4e21 0000000000000009 cb007101 1388");
+    assert_eq!(encode(&udp, 1).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, udp);
+    let cmd = Message::PunchConnect {
+        token: Token(9),
+        broker: a("203.0.113.10:65432"),
+        peer: a("203.0.113.2:40000"),
+        proxy: a("203.0.113.10:20001"),
+    };
+    let want = hex("47434231 01 15 00 0000000000000002  0000000000000009 cb00710a ff98 cb007102 9c40 cb00710a 4e21");
+    assert_eq!(encode(&cmd, 2).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, cmd);
+    let hole = Message::PunchHole {
+        token: Token(9),
+        target: a("203.0.113.2:40000"),
+        peer: a("203.0.113.10:20002"),
+        proxy: a("203.0.113.10:20001"),
+    };
+    let want = hex("47434231 01 16 00 0000000000000002  0000000000000009 cb007102 9c40 cb00710a 4e22 cb00710a 4e21");
+    assert_eq!(encode(&hole, 2).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, hole);
 }
 
 /// A required port is the preferred-port layout with tag 2; a required flag
@@ -315,6 +441,8 @@ fn limits_are_enforced_on_encode() {
         connector: a("192.0.2.2:2"),
         connector_id: None,
         realm: Some(long),
+        features: Features::NONE,
+        asked_from_port: 0,
     };
     assert!(matches!(
         encode(&m, 0),
@@ -392,15 +520,40 @@ proptest! {
         prop_assert_eq!(ErrorCode::from_wire(c).wire(), c);
     }
 
+    /// A cut or an added byte never goes unnoticed. The one exception is
+    /// the optional features tail: cutting exactly the tail leaves the same
+    /// request without features, and one byte after a tail-less `Register`
+    /// reads as its features (the decoded request then says so).
     #[test]
     fn every_truncation_or_extension_fails(m in strategies::gcb_message(), extra in any::<u8>()) {
         let bytes = encode(&m, 3).unwrap();
+        let stripped = without_features(&m);
+        let tail_at = stripped.as_ref().map(|s| encode(s, 3).unwrap().len());
         for cut in 0..bytes.len() {
-            prop_assert!(decode(&bytes[..cut]).is_err(), "prefix of {} bytes decoded", cut);
+            match decode(&bytes[..cut]) {
+                Err(_) => {}
+                Ok((_, back)) => {
+                    prop_assert_eq!(Some(cut), tail_at, "prefix of {} bytes decoded", cut);
+                    prop_assert_eq!(Some(back), stripped.clone());
+                }
+            }
         }
         let mut longer = bytes;
         longer.push(extra);
-        prop_assert_eq!(decode(&longer), Err(DecodeError::TrailingBytes(1)));
+        match (&m, decode(&longer)) {
+            (Message::Register { mgmt, .. }, Ok((_, Message::Register { mgmt: back, .. }))) if mgmt.features.is_empty() => {
+                prop_assert_eq!(back.features.bits(), extra);
+            }
+            (Message::Register { mgmt, .. }, got) if mgmt.features.is_empty() => {
+                prop_assert_eq!(extra, 0);
+                prop_assert_eq!(got, Err(DecodeError::BadValue("empty features tail")));
+            }
+            (Message::Connect { features, .. }, got) if features.is_empty() => {
+                let want = if extra == 0 { DecodeError::BadValue("empty features tail") } else { DecodeError::Truncated };
+                prop_assert_eq!(got, Err(want));
+            }
+            (_, got) => prop_assert_eq!(got, Err(DecodeError::TrailingBytes(1))),
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::net::{IpAddr, SocketAddrV4};
 use std::time::Instant;
 
 use libc::{c_int, sockaddr, socklen_t};
-use proto::gcb::{Decision, ErrorCode, Message, COMMAND_PORT};
+use proto::gcb::{Decision, ErrorCode, Features, Message, COMMAND_PORT};
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
@@ -146,7 +146,7 @@ pub(crate) fn log_path(proto: Proto, dest: SocketAddrV4, d: &Decision, since: In
         Decision::SameRealm { addr } => log!(Info, "connect {proto} {dest} via same-realm to {addr} in {us} us"),
         Decision::Reversal { .. } => log!(Info, "connect {proto} {dest} via reversal in {us} us"),
         Decision::Relay { via, .. } => log!(Info, "connect {proto} {dest} via relay at {via} in {us} us"),
-        Decision::NotRegistered => {}
+        Decision::NotRegistered | Decision::PunchTcp { .. } | Decision::PunchUdp { .. } => {}
     }
 }
 
@@ -228,7 +228,7 @@ pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, 
         Err(_) => None,
     };
     let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
-    let msg = Message::Connect { proto: Proto::Tcp, target: dest, connector, connector_id: None, realm: config::get().realm.clone() };
+    let msg = Message::Connect { proto: Proto::Tcp, target: dest, connector, connector_id: None, realm: config::get().realm.clone(), features: Features::NONE, asked_from_port: 0 };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
     Ok(Asking { probe, cmd, tmp, msg, policy, ours })
 }
@@ -289,6 +289,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             log!(Info, "connect to {dest}: nothing is registered there");
             fail(libc::ECONNREFUSED)
         }
+        Decision::PunchTcp { .. } | Decision::PunchUdp { .. } => brokered_failed(dest, "punch", unoffered(&d)),
         Decision::Relay { via, token } => match dial::relay(fd, via, token, connect_deadline(fd)) {
             Ok(()) => {
                 // Connected: a panic naming it must not fail the connect (`hook`, rule 4).
@@ -324,6 +325,13 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             }
         }
     }
+}
+
+/// A punch decision this shim did not offer to follow (it sends no
+/// `Features` yet): a broker that breaks the protocol, so EPROTO.
+pub(crate) fn unoffered(d: &Decision) -> Errno {
+    log!(Warn, "the broker decided {d:?}, which this shim did not offer");
+    libc::EPROTO
 }
 
 /// How long a brokered connect of `fd` may take: the socket's `SO_SNDTIMEO` if the

@@ -222,6 +222,7 @@ fn kind(d: &Decision) -> &'static str {
         Decision::Reversal { .. } => "reversal",
         Decision::Relay { .. } => "relay",
         Decision::NotRegistered => "not-registered",
+        Decision::PunchTcp { .. } | Decision::PunchUdp { .. } => "punch",
     }
 }
 

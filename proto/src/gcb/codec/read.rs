@@ -16,11 +16,33 @@ fn read_decision(r: &mut Reader<'_>) -> Result<Decision, DecodeError> {
             token: read_token(r)?,
         },
         5 => Decision::NotRegistered,
+        6 => Decision::PunchTcp {
+            via: r.addr()?,
+            token: read_token(r)?,
+        },
+        7 => Decision::PunchUdp {
+            via: r.addr()?,
+            token: read_token(r)?,
+            listener_at: r.addr()?,
+        },
         _ => return Err(DecodeError::BadValue("connect decision")),
     })
 }
 
-/// The (token, dial-or-send address, peer, proxy) body shared by the three
+/// The tail's features, if the request has a tail. A tail with no feature
+/// set is refused: an encoder never writes one, so it is not a request
+/// `write` could have produced.
+fn read_features(r: &mut Reader<'_>) -> Result<Features, DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(Features::NONE);
+    }
+    match Features::from_bits(r.u8()?) {
+        f if f.is_empty() => Err(DecodeError::BadValue("empty features tail")),
+        f => Ok(f),
+    }
+}
+
+/// The (token, dial-or-send address, peer, proxy) body shared by the
 /// broker → listener commands.
 type Command = (Token, SocketAddrV4, SocketAddrV4, SocketAddrV4);
 
@@ -46,6 +68,7 @@ pub(super) fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, Decod
                     pid: r.u32()?,
                     heartbeat_secs: r.u16()?,
                     program: r.str8(MAX_PROGRAM_LEN, "program")?,
+                    features: read_features(r)?,
                 },
             }
         }
@@ -68,13 +91,22 @@ pub(super) fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, Decod
         Kind::ReregisterRequest => Message::ReregisterRequest {
             unknown: read_endpoints(r, MAX_ENDPOINTS, "reregister list")?,
         },
-        Kind::Connect => Message::Connect {
-            proto: Proto::read(r)?,
-            target: r.addr()?,
-            connector: r.addr()?,
-            connector_id: r.opt_addr()?,
-            realm: r.opt_str8(MAX_REALM_LEN, "realm")?,
-        },
+        Kind::Connect => {
+            let (proto, target, connector) = (Proto::read(r)?, r.addr()?, r.addr()?);
+            let connector_id = r.opt_addr()?;
+            let realm = r.opt_str8(MAX_REALM_LEN, "realm")?;
+            let features = read_features(r)?;
+            let asked_from_port = if features.is_empty() { 0 } else { r.u16()? };
+            Message::Connect {
+                proto,
+                target,
+                connector,
+                connector_id,
+                realm,
+                features,
+                asked_from_port,
+            }
+        }
         Kind::ConnectDecision => Message::ConnectDecision(read_decision(r)?),
         Kind::ReverseConnect => {
             let (token, connector, peer, proxy) = read_command(r)?;
@@ -97,6 +129,24 @@ pub(super) fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, Decod
         Kind::MakeHole => {
             let (token, target, peer, proxy) = read_command(r)?;
             Message::MakeHole {
+                token,
+                target,
+                peer,
+                proxy,
+            }
+        }
+        Kind::PunchConnect => {
+            let (token, broker, peer, proxy) = read_command(r)?;
+            Message::PunchConnect {
+                token,
+                broker,
+                peer,
+                proxy,
+            }
+        }
+        Kind::PunchHole => {
+            let (token, target, peer, proxy) = read_command(r)?;
+            Message::PunchHole {
                 token,
                 target,
                 peer,

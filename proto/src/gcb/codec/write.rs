@@ -21,6 +21,9 @@ pub(super) fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             w.u32(mgmt.pid);
             w.u16(mgmt.heartbeat_secs);
             w.str8(&mgmt.program, MAX_PROGRAM_LEN, "program");
+            if !mgmt.features.is_empty() {
+                w.u8(mgmt.features.bits());
+            }
         }
         Message::RegisterOk {
             proxy,
@@ -44,12 +47,18 @@ pub(super) fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             connector,
             connector_id,
             realm,
+            features,
+            asked_from_port,
         } => {
             proto.write(w);
             w.addr(target);
             w.addr(connector);
             w.opt_addr(connector_id);
             w.opt_str8(realm, MAX_REALM_LEN, "realm");
+            if !features.is_empty() {
+                w.u8(features.bits());
+                w.u16(*asked_from_port);
+            }
         }
         Message::ConnectDecision(d) => write_decision(w, d),
         Message::ReverseConnect {
@@ -65,6 +74,18 @@ pub(super) fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             proxy,
         }
         | Message::MakeHole {
+            token,
+            target: a,
+            peer,
+            proxy,
+        }
+        | Message::PunchConnect {
+            token,
+            broker: a,
+            peer,
+            proxy,
+        }
+        | Message::PunchHole {
             token,
             target: a,
             peer,
@@ -143,5 +164,20 @@ fn write_decision<S: Sink>(w: &mut Writer<S>, d: &Decision) {
             write_token(w, *token);
         }
         Decision::NotRegistered => w.u8(5),
+        Decision::PunchTcp { via, token } => {
+            w.u8(6);
+            w.addr(via);
+            write_token(w, *token);
+        }
+        Decision::PunchUdp {
+            via,
+            token,
+            listener_at,
+        } => {
+            w.u8(7);
+            w.addr(via);
+            write_token(w, *token);
+            w.addr(listener_at);
+        }
     }
 }

@@ -107,6 +107,7 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
                     log!(Info, "connect to {}: nothing is registered there", job.dest);
                     Step::Failed(libc::ECONNREFUSED)
                 }
+                Decision::PunchTcp { .. } | Decision::PunchUdp { .. } => Step::Failed(connector::unoffered(&d)),
                 Decision::Relay { via, token } => match started(job.family, via) {
                     Ok(sock) => {
                         job.stage = Stage::Relaying { sock, token, said_hello: false, buf: [0; StreamPeer::LEN], have: 0, decision: d };

@@ -28,7 +28,7 @@ use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
-use proto::gcb::{Decision, ErrorCode, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD};
+use proto::gcb::{Decision, ErrorCode, Features, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD};
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
@@ -94,7 +94,8 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
             log_path(Proto::Udp, dest, &d, now);
             match d {
                 Decision::Direct { addr } | Decision::SameRealm { addr } => (Route::Direct(addr), None),
-                Decision::Relay { .. } => (Route::AsNamed, None),
+                // Unoffered, but its fallback is the relay through `via`, the proxy named.
+                Decision::Relay { .. } | Decision::PunchUdp { .. } | Decision::PunchTcp { .. } => (Route::AsNamed, None),
                 Decision::Reversal { token } => (Route::AsNamed, Some(token)),
                 Decision::NotRegistered => {
                     log!(Info, "udp to {dest}: nothing is registered there");
@@ -141,7 +142,7 @@ fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
     }
     let ip = if local.ip().is_unspecified() { *probe_local.ip() } else { *local.ip() };
     let connector = SocketAddrV4::new(ip, local.port());
-    let msg = Message::Connect { proto: Proto::Udp, target: dest, connector, connector_id: None, realm: config::get().realm.clone() };
+    let msg = Message::Connect { proto: Proto::Udp, target: dest, connector, connector_id: None, realm: config::get().realm.clone(), features: Features::NONE, asked_from_port: 0 };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
     match mgmt::exchange(probe.raw(), cmd, policy, &msg) {
         Ok(reply) => match mgmt::decision_of(reply) {

@@ -1,0 +1,363 @@
+//! One side's part of a TCP hole punch (docs/hole-punching.md), without I/O:
+//! when to dial the peer's mapping and from which port, which connection
+//! proved the token, what to report, and what the broker's verdict means.
+//! The shim (a non-blocking connect's job, a blocking connect, or the
+//! listener's responder) owns the sockets and tells the dialer what they did;
+//! the dialer answers with [`Do`]s.
+//!
+//! A side dials one attempt at a time: a SYN that meets the far gateway
+//! before the far side's own SYN left it is reset there (or dropped), so a
+//! refused attempt is followed by a fresh one after [`Schedule::after_refusal`],
+//! and one still in progress after [`Schedule::attempt_timeout`] is replaced
+//! rather than left to TCP's one-second retransmission. With
+//! [`Schedule::listen`] a listening socket on the same port takes a SYN that
+//! arrives between two attempts. Every connection, dialed or accepted, must
+//! come from the peer's mapping and start with the peer's `PunchHello`
+//! (right token, opposite role) before it counts.
+//!
+//! Invariants, checked by the tests:
+//! * exactly one `Report`, and never after the verdict;
+//! * nothing is dialed after the report or past the deadline;
+//! * `Use` names only a connection whose hello checked, and only on a
+//!   `Direct` verdict; every other connection and attempt is closed;
+//! * after `Finished` the dialer does nothing more.
+
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use super::frames::{BrokerFrame, PunchFailure, PunchGo, PunchHello, PunchReport, PunchVerdict};
+use crate::gcb::{ErrorCode, Role, Token};
+
+/// How a side spaces its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub after_refusal: Duration,
+    pub attempt_timeout: Duration,
+    pub max_attempts: u32,
+    pub listen: bool,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule { after_refusal: Duration::from_millis(1), attempt_timeout: Duration::from_millis(50), max_attempts: 200, listen: true }
+    }
+}
+
+/// A connection or dial attempt, named by the dialer.
+pub type ConnId = u32;
+
+/// Why a dial attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialFailure {
+    /// Refused or unreachable: the far gateway was not open yet.
+    Refused,
+    /// The side's own socket, bind or connect failed (EADDRINUSE, EMFILE…).
+    Local,
+}
+
+/// What the dialer asks its owner to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Do {
+    /// Open a listening socket on the local port, reusable.
+    Listen,
+    /// Close it.
+    Unlisten,
+    /// Open a reusable socket bound to the local port and connect it,
+    /// non-blocking, to `to`; tell the dialer what came of it as `conn`.
+    Dial { conn: ConnId, to: SocketAddrV4 },
+    /// Send our `PunchHello` on `conn`, then read the peer's.
+    SendHello(ConnId),
+    /// Close `conn` (an attempt or a connection).
+    Close(ConnId),
+    /// Send this report on the rendezvous connection.
+    Report(PunchReport),
+    /// The verdict is direct: `conn` is the program's connection, its peer
+    /// `peer`; close the rendezvous connection.
+    Use { conn: ConnId, peer: SocketAddrV4 },
+    /// The verdict is relay: the rendezvous connection is the program's.
+    UseRelay { peer: SocketAddrV4 },
+    /// No connection: fail the program's connect (or drop the parked
+    /// one) with this code.
+    Fail(ErrorCode),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stage {
+    /// Before the broker's first frame.
+    Waiting,
+    Dialing { peer: SocketAddrV4, deadline: Instant },
+    /// Reported; holding `chosen` (if punched) until the verdict.
+    Reported { chosen: Option<ConnId> },
+    Finished,
+}
+
+/// One side of one punch.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    token: Token,
+    role: Role,
+    schedule: Schedule,
+    stage: Stage,
+    next_id: ConnId,
+    attempts: u32,
+    /// The attempt in flight and when it started.
+    current: Option<(ConnId, Instant)>,
+    /// When the next attempt may start (none in flight).
+    next_dial: Option<Instant>,
+    /// Connections whose hello is awaited.
+    checking: Vec<ConnId>,
+    listening: bool,
+    check_failures: u32,
+    refusals: u32,
+    local_failures: u32,
+}
+
+impl Dialer {
+    pub fn new(token: Token, role: Role, schedule: Schedule) -> Self {
+        Dialer {
+            token,
+            role,
+            schedule,
+            stage: Stage::Waiting,
+            next_id: 1,
+            attempts: 0,
+            current: None,
+            next_dial: None,
+            checking: Vec::new(),
+            listening: false,
+            check_failures: 0,
+            refusals: 0,
+            local_failures: 0,
+        }
+    }
+
+    /// Our hello, for the rendezvous connection and each punched one.
+    pub fn hello(&self, local: SocketAddrV4) -> PunchHello {
+        PunchHello { token: self.token, role: self.role, local }
+    }
+
+    pub fn finished(&self) -> bool {
+        self.stage == Stage::Finished
+    }
+
+    /// Attempts dialed so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// When [`timer`](Self::timer) must run next, if ever.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let Stage::Dialing { deadline, .. } = self.stage else { return None };
+        let attempt = match self.current {
+            Some((_, since)) => Some(since + self.schedule.attempt_timeout),
+            None if self.checking.is_empty() => self.next_dial,
+            None => None,
+        };
+        Some(attempt.map_or(deadline, |a| a.min(deadline)))
+    }
+
+    /// The broker's frame after our hello on the rendezvous connection.
+    pub fn broker_frame(&mut self, frame: BrokerFrame, now: Instant) -> Vec<Do> {
+        match frame {
+            BrokerFrame::Verdict(v) => self.verdict(v),
+            BrokerFrame::Go(go) => self.go(go, now),
+        }
+    }
+
+    fn go(&mut self, go: PunchGo, now: Instant) -> Vec<Do> {
+        if self.stage != Stage::Waiting {
+            return self.protocol_broken();
+        }
+        let start = now + go.delay;
+        self.stage = Stage::Dialing { peer: go.peer, deadline: start + go.budget };
+        self.next_dial = Some(start);
+        let mut out = Vec::new();
+        if self.schedule.listen {
+            self.listening = true;
+            out.push(Do::Listen);
+        }
+        out.extend(self.timer(now));
+        out
+    }
+
+    /// Time passed: start, replace or give up attempts.
+    pub fn timer(&mut self, now: Instant) -> Vec<Do> {
+        let Stage::Dialing { peer, deadline } = self.stage else { return Vec::new() };
+        if now >= deadline {
+            let why = if self.check_failures > 0 {
+                PunchFailure::CheckFailed
+            } else if self.local_failures > 0 && self.refusals == 0 {
+                PunchFailure::LocalError
+            } else {
+                PunchFailure::Timeout
+            };
+            return self.report(None, PunchReport::Failed(why));
+        }
+        let mut out = Vec::new();
+        if let Some((conn, since)) = self.current {
+            if now < since + self.schedule.attempt_timeout {
+                return out;
+            }
+            out.push(Do::Close(conn));
+            self.current = None;
+            self.next_dial = Some(now);
+        }
+        let due = self.next_dial.is_some_and(|t| now >= t);
+        if due && self.checking.is_empty() && self.attempts < self.schedule.max_attempts {
+            let conn = self.take_id();
+            self.attempts += 1;
+            self.current = Some((conn, now));
+            self.next_dial = None;
+            out.push(Do::Dial { conn, to: peer });
+        }
+        out
+    }
+
+    /// Attempt `conn` failed.
+    pub fn dial_failed(&mut self, conn: ConnId, why: DialFailure, now: Instant) -> Vec<Do> {
+        if !matches!(self.current, Some((c, _)) if c == conn) {
+            return Vec::new();
+        }
+        self.current = None;
+        match why {
+            DialFailure::Refused => self.refusals += 1,
+            DialFailure::Local => self.local_failures += 1,
+        }
+        self.next_dial = Some(now + self.schedule.after_refusal);
+        let mut out = vec![Do::Close(conn)];
+        out.extend(self.timer(now));
+        out
+    }
+
+    /// Attempt `conn` connected, to `from` (its `getpeername`).
+    pub fn connected(&mut self, conn: ConnId, from: SocketAddrV4, now: Instant) -> Vec<Do> {
+        if !matches!(self.current, Some((c, _)) if c == conn) {
+            return vec![Do::Close(conn)];
+        }
+        self.current = None;
+        self.admit(conn, from, now)
+    }
+
+    /// The listening socket accepted a connection from `from`; the dialer
+    /// names it.
+    pub fn accepted(&mut self, from: SocketAddrV4, now: Instant) -> (ConnId, Vec<Do>) {
+        let conn = self.take_id();
+        if !matches!(self.stage, Stage::Dialing { .. }) {
+            return (conn, vec![Do::Close(conn)]);
+        }
+        (conn, self.admit(conn, from, now))
+    }
+
+    fn admit(&mut self, conn: ConnId, from: SocketAddrV4, now: Instant) -> Vec<Do> {
+        match self.stage {
+            Stage::Dialing { peer, .. } if from == peer => {
+                self.checking.push(conn);
+                vec![Do::SendHello(conn)]
+            }
+            Stage::Dialing { .. } => {
+                // Not the peer's mapping: a stranger, whatever it would say.
+                self.check_failures += 1;
+                let mut out = vec![Do::Close(conn)];
+                out.extend(self.timer(now));
+                out
+            }
+            _ => vec![Do::Close(conn)],
+        }
+    }
+
+    /// The peer's first bytes on `conn`: its hello, or something else
+    /// (`Err`), or the end of the connection (`Err`).
+    pub fn peer_hello(&mut self, conn: ConnId, hello: Result<PunchHello, ()>, now: Instant) -> Vec<Do> {
+        let Some(at) = self.checking.iter().position(|c| *c == conn) else { return Vec::new() };
+        self.checking.swap_remove(at);
+        let opposite = match self.role {
+            Role::Connector => Role::Listener,
+            Role::Listener => Role::Connector,
+        };
+        match hello {
+            Ok(h) if h.token == self.token && h.role == opposite => self.report(Some(conn), PunchReport::Punched),
+            _ => {
+                self.check_failures += 1;
+                let mut out = vec![Do::Close(conn)];
+                if self.checking.is_empty() && self.current.is_none() && self.next_dial.is_none() {
+                    self.next_dial = Some(now);
+                }
+                out.extend(self.timer(now));
+                out
+            }
+        }
+    }
+
+    /// Ends dialing: closes all but `chosen`, and reports.
+    fn report(&mut self, chosen: Option<ConnId>, report: PunchReport) -> Vec<Do> {
+        let mut out = self.close_all_but(chosen);
+        out.push(Do::Report(report));
+        self.stage = Stage::Reported { chosen };
+        out
+    }
+
+    fn close_all_but(&mut self, keep: Option<ConnId>) -> Vec<Do> {
+        let mut out = Vec::new();
+        if let Some((c, _)) = self.current.take() {
+            out.push(Do::Close(c));
+        }
+        out.extend(self.checking.drain(..).filter(|c| Some(*c) != keep).map(Do::Close));
+        if std::mem::take(&mut self.listening) {
+            out.push(Do::Unlisten);
+        }
+        self.next_dial = None;
+        out
+    }
+
+    /// The broker's verdict, whenever it comes (it may come before our
+    /// report: the other side failed, or the broker chose the relay at once).
+    pub fn verdict(&mut self, v: PunchVerdict) -> Vec<Do> {
+        let chosen = match self.stage {
+            Stage::Finished => return Vec::new(),
+            Stage::Reported { chosen } => chosen,
+            _ => None,
+        };
+        let mut out = self.close_all_but(None);
+        self.stage = Stage::Finished;
+        match (v, chosen) {
+            (PunchVerdict::Direct { peer }, Some(conn)) => out.push(Do::Use { conn, peer }),
+            (PunchVerdict::Direct { .. }, None) => out.push(Do::Fail(ErrorCode::Internal)),
+            (PunchVerdict::Relay { peer }, chosen) => {
+                out.extend(chosen.map(Do::Close));
+                out.push(Do::UseRelay { peer });
+            }
+            (PunchVerdict::Rejected { code }, chosen) => {
+                out.extend(chosen.map(Do::Close));
+                out.push(Do::Fail(code));
+            }
+        }
+        out
+    }
+
+    /// The rendezvous connection ended, or said something out of turn: no
+    /// connection at all.
+    pub fn broker_lost(&mut self) -> Vec<Do> {
+        if self.stage == Stage::Finished {
+            return Vec::new();
+        }
+        let chosen = match self.stage {
+            Stage::Reported { chosen } => chosen,
+            _ => None,
+        };
+        let mut out = self.close_all_but(None);
+        out.extend(chosen.map(Do::Close));
+        self.stage = Stage::Finished;
+        out.push(Do::Fail(ErrorCode::Internal));
+        out
+    }
+
+    fn protocol_broken(&mut self) -> Vec<Do> {
+        self.broker_lost()
+    }
+
+    fn take_id(&mut self) -> ConnId {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+}

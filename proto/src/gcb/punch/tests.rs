@@ -1,0 +1,548 @@
+//! Tests of hole punching's frames and state machines: golden bytes,
+//! incremental reading, the scenarios of docs/hole-punching.md, and
+//! properties over arbitrary event sequences that hold the invariants the
+//! module docs of `meeting` and `dialer` state.
+
+use super::*;
+use crate::gcb::{ErrorCode, Frame, Role, Token};
+use crate::strategies::{self, hex};
+use crate::wire::DecodeError;
+use proptest::prelude::*;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn frames_golden() {
+    let h = PunchHello { token: Token(0xa1b2), role: Role::Listener, local: a("192.0.2.10:40000") };
+    assert_eq!(h.to_bytes().to_vec(), hex("4743424a 01 02 0000 000000000000a1b2 c000020a 9c40"));
+    assert_eq!(PunchHello::decode(&h.to_bytes()), Ok(h));
+    let g = PunchGo { peer: a("203.0.113.2:40001"), delay: Duration::from_micros(250), budget: ms(500) };
+    assert_eq!(g.to_bytes().to_vec(), hex("47434247 01 00 cb007102 9c41 000000fa 01f4"));
+    assert_eq!(PunchGo::decode(&g.to_bytes()), Ok(g));
+    let r = PunchReport::Failed(PunchFailure::CheckFailed);
+    assert_eq!(r.to_bytes().to_vec(), hex("47434252 01 02 0000"));
+    assert_eq!(PunchReport::decode(&r.to_bytes()), Ok(r));
+    assert_eq!(PunchReport::decode(&hex("47434252 01 00 0000")), Ok(PunchReport::Punched));
+    assert_eq!(PunchReport::decode(&hex("47434252 01 63 0000")), Ok(PunchReport::Failed(PunchFailure::Other(0x63))));
+    let v = PunchVerdict::Direct { peer: a("203.0.113.10:20001") };
+    assert_eq!(v.to_bytes().to_vec(), hex("47434256 01 00 00 00 cb00710a 4e21"));
+    let v = PunchVerdict::Relay { peer: a("203.0.113.10:20001") };
+    assert_eq!(v.to_bytes().to_vec(), hex("47434256 01 01 00 00 cb00710a 4e21"));
+    let v = PunchVerdict::Rejected { code: ErrorCode::Timeout };
+    assert_eq!(v.to_bytes().to_vec(), hex("47434256 01 02 0a 00 00000000 0000"));
+    assert_eq!(PunchVerdict::decode(&v.to_bytes()), Ok(v));
+}
+
+#[test]
+fn malformed_frames_are_refused() {
+    assert_eq!(PunchGo::decode(&hex("47434247 01 00 cb007102 9c41 000000fa 0000")), Err(DecodeError::BadValue("punch budget")));
+    assert_eq!(PunchGo::decode(&hex("47434247 01 01 cb007102 9c41 000000fa 0001")), Err(DecodeError::BadValue("punch go reserved")));
+    assert_eq!(PunchHello::decode(&hex("4743424a 01 03 0000 000000000000a1b2 c000020a 9c40")), Err(DecodeError::BadValue("punch role")));
+    assert_eq!(PunchReport::decode(&hex("47434252 01 00 0100")), Err(DecodeError::BadValue("punch report reserved")));
+    for bad in ["47434256 01 00 01 00 cb00710a 4e21", "47434256 01 02 00 00 00000000 0000", "47434256 01 02 0a 00 cb00710a 4e21", "47434256 01 03 00 00 cb00710a 4e21"] {
+        assert_eq!(PunchVerdict::decode(&hex(bad)), Err(DecodeError::BadValue("punch verdict")), "{bad}");
+    }
+    assert_eq!(PunchHello::decode(b"GCBH\x01"), Err(DecodeError::NotProtocol), "a relay hello is not a punch hello");
+}
+
+#[test]
+fn go_cuts_what_its_fields_cannot_hold() {
+    let g = PunchGo { peer: a("203.0.113.2:1"), delay: Duration::from_secs(1 << 40), budget: Duration::from_micros(10) };
+    let back = PunchGo::decode(&g.to_bytes()).unwrap();
+    assert_eq!(back.delay, PunchGo::MAX_DELAY);
+    assert_eq!(back.budget, ms(1));
+}
+
+/// Feeds `stream` to a reader `step` bytes at a time; the frame and the
+/// bytes it used.
+fn read_broker_frame(stream: &[u8], step: usize) -> Result<(BrokerFrame, usize), DecodeError> {
+    let mut r = BrokerFrameReader::new();
+    let mut pos = 0;
+    loop {
+        let end = (pos + step.min(r.missing())).min(stream.len());
+        let (used, frame) = r.feed(&stream[pos..end])?;
+        pos += used;
+        if let Some(f) = frame {
+            return Ok((f, pos));
+        }
+        if pos == stream.len() {
+            return Err(DecodeError::Truncated);
+        }
+    }
+}
+
+#[test]
+fn broker_frames_are_read_to_their_end_and_no_further() {
+    let go = BrokerFrame::Go(PunchGo { peer: a("203.0.113.2:40001"), delay: ms(1), budget: ms(500) });
+    let relay = BrokerFrame::Verdict(PunchVerdict::Relay { peer: a("203.0.113.10:20001") });
+    for frame in [go, relay] {
+        let mut stream = frame.to_bytes();
+        let len = stream.len();
+        stream.extend_from_slice(b"application bytes");
+        for step in [1, 3, 4, 5, 100] {
+            assert_eq!(read_broker_frame(&stream, step), Ok((frame, len)), "step {step}");
+        }
+    }
+    // Whole in one feed, with the application's bytes after it.
+    let mut r = BrokerFrameReader::new();
+    let stream = [relay.to_bytes(), b"xyz".to_vec()].concat();
+    assert_eq!(r.feed(&stream), Ok((14, Some(relay))));
+    let mut r = BrokerFrameReader::new();
+    assert_eq!(r.feed(b"GCBP"), Err(DecodeError::NotProtocol), "a relay's StreamPeer is not a punch frame");
+}
+
+proptest! {
+    #![proptest_config(strategies::config())]
+
+    #[test]
+    fn frames_round_trip(token in any::<u64>(), connector in any::<bool>(), local in strategies::addr(), peer in strategies::addr(),
+                         delay in 0u32.., budget in 1u16.., report in any::<u8>(), code in 1u8..) {
+        let role = if connector { Role::Connector } else { Role::Listener };
+        let h = PunchHello { token: Token(token), role, local };
+        prop_assert_eq!(PunchHello::decode(&h.to_bytes()), Ok(h));
+        let g = PunchGo { peer, delay: Duration::from_micros(u64::from(delay)), budget: ms(u64::from(budget)) };
+        prop_assert_eq!(PunchGo::decode(&g.to_bytes()), Ok(g));
+        let r = match PunchFailure::from_wire(report) { None => PunchReport::Punched, Some(f) => PunchReport::Failed(f) };
+        prop_assert_eq!(PunchReport::decode(&r.to_bytes()), Ok(r));
+        for v in [PunchVerdict::Direct { peer }, PunchVerdict::Relay { peer }, PunchVerdict::Rejected { code: ErrorCode::from_wire(code) }] {
+            prop_assert_eq!(PunchVerdict::decode(&v.to_bytes()), Ok(v));
+        }
+    }
+
+    /// Arbitrary bytes in arbitrary pieces: the reader never panics, never
+    /// takes a byte past the frame, and agrees with one-shot decoding.
+    #[test]
+    fn broker_frame_reader_agrees_with_decode(bytes in proptest::collection::vec(any::<u8>(), 0..40), step in 1usize..20) {
+        match read_broker_frame(&bytes, step) {
+            Ok((BrokerFrame::Go(g), used)) => {
+                prop_assert_eq!(used, PunchGo::LEN);
+                prop_assert_eq!(PunchGo::decode(&bytes), Ok(g));
+            }
+            Ok((BrokerFrame::Verdict(v), used)) => {
+                prop_assert_eq!(used, PunchVerdict::LEN);
+                prop_assert_eq!(PunchVerdict::decode(&bytes), Ok(v));
+            }
+            Err(_) => {
+                prop_assert!(PunchGo::decode(&bytes).is_err() && PunchVerdict::decode(&bytes).is_err());
+            }
+        }
+    }
+}
+
+// ---- the broker's meeting ----
+
+const PROXY: &str = "203.0.113.10:20001";
+const CONNECTOR_ID: &str = "203.0.113.2:40001";
+
+fn arrival(observed: &str, local: &str, rtt_us: Option<u64>) -> Arrival {
+    Arrival { observed: a(observed), local: a(local), rtt: rtt_us.map(Duration::from_micros) }
+}
+
+fn meeting() -> Meeting {
+    Meeting::new(a(PROXY), a(CONNECTOR_ID), Policy::default())
+}
+
+fn sent(effects: &[Effect], role: Role) -> Vec<BrokerFrame> {
+    effects.iter().filter_map(|e| match e {
+        Effect::Send(r, f) if *r == role => Some(*f),
+        _ => None,
+    }).collect()
+}
+
+#[test]
+fn both_punched_is_direct_and_the_streams_are_released() {
+    let t0 = Instant::now();
+    let mut m = meeting();
+    assert_eq!(m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", Some(300)), t0), Some(vec![]));
+    let fx = m.arrived(Role::Connector, arrival("203.0.113.2:40001", "198.51.100.10:40001", Some(100)), t0).unwrap();
+    let [BrokerFrame::Go(to_c)] = sent(&fx, Role::Connector)[..] else { panic!("{fx:?}") };
+    let [BrokerFrame::Go(to_l)] = sent(&fx, Role::Listener)[..] else { panic!("{fx:?}") };
+    assert_eq!(to_c.peer, a("203.0.113.1:41000"), "the connector dials the listener's mapping");
+    assert_eq!(to_l.peer, a("203.0.113.2:40001"));
+    assert_eq!((to_c.delay, to_l.delay), (Duration::from_micros(100), Duration::ZERO), "the nearer side waits half the difference");
+    assert_eq!(m.deadline(), Some(t0 + ms(1000)));
+    assert_eq!(m.reported(Role::Connector, PunchReport::Punched), vec![]);
+    let fx = m.reported(Role::Listener, PunchReport::Punched);
+    assert_eq!(sent(&fx, Role::Connector), vec![BrokerFrame::Verdict(PunchVerdict::Direct { peer: a(PROXY) })]);
+    assert_eq!(sent(&fx, Role::Listener), vec![BrokerFrame::Verdict(PunchVerdict::Direct { peer: a(CONNECTOR_ID) })]);
+    assert!(fx.contains(&Effect::Release) && fx.contains(&Effect::Ended(Outcome::Direct)));
+    assert!(m.ended());
+    assert_eq!(m.reported(Role::Listener, PunchReport::Punched), vec![], "nothing after the end");
+    assert_eq!(m.timer(t0 + ms(5000)), vec![]);
+}
+
+#[test]
+fn an_unpredictable_mapping_is_relayed_at_once() {
+    let t0 = Instant::now();
+    let mut m = meeting();
+    m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", None), t0);
+    let fx = m.arrived(Role::Connector, arrival("203.0.113.2:61234", "198.51.100.10:40001", None), t0).unwrap();
+    assert_eq!(sent(&fx, Role::Connector), vec![BrokerFrame::Verdict(PunchVerdict::Relay { peer: a(PROXY) })]);
+    assert_eq!(sent(&fx, Role::Listener), vec![BrokerFrame::Verdict(PunchVerdict::Relay { peer: a(CONNECTOR_ID) })]);
+    assert!(fx.contains(&Effect::Splice));
+    assert!(fx.contains(&Effect::Ended(Outcome::Skipped(SkipReason::UnpredictableMapping))));
+    let mut tries = Meeting::new(a(PROXY), a(CONNECTOR_ID), Policy { punch_unpredictable: true, ..Policy::default() });
+    tries.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", None), t0);
+    let fx = tries.arrived(Role::Connector, arrival("203.0.113.2:61234", "198.51.100.10:40001", None), t0).unwrap();
+    assert!(matches!(sent(&fx, Role::Connector)[..], [BrokerFrame::Go(_)]), "told to try anyway");
+}
+
+#[test]
+fn a_failure_or_silence_falls_back_to_the_relay() {
+    let t0 = Instant::now();
+    let both_in = || {
+        let mut m = meeting();
+        m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", None), t0);
+        m.arrived(Role::Connector, arrival("203.0.113.2:40001", "198.51.100.10:40001", None), t0);
+        m
+    };
+    let mut m = both_in();
+    m.reported(Role::Connector, PunchReport::Punched);
+    let fx = m.reported(Role::Listener, PunchReport::Failed(PunchFailure::Timeout));
+    assert!(fx.contains(&Effect::Splice) && fx.contains(&Effect::Ended(Outcome::Fallback(FallbackReason::Failed(PunchFailure::Timeout)))));
+    assert_eq!(sent(&fx, Role::Connector), vec![BrokerFrame::Verdict(PunchVerdict::Relay { peer: a(PROXY) })]);
+
+    let mut m = both_in();
+    m.reported(Role::Connector, PunchReport::Punched);
+    assert_eq!(m.timer(t0 + ms(999)), vec![], "not before budget and margin");
+    let fx = m.timer(t0 + ms(1000));
+    assert!(fx.contains(&Effect::Splice) && fx.contains(&Effect::Ended(Outcome::Fallback(FallbackReason::NoReport))));
+}
+
+#[test]
+fn a_side_that_vanishes_takes_the_connection_with_it() {
+    let t0 = Instant::now();
+    let mut m = meeting();
+    m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", None), t0);
+    let fx = m.vanished(Role::Connector);
+    assert_eq!(sent(&fx, Role::Listener), vec![BrokerFrame::Verdict(PunchVerdict::Rejected { code: ErrorCode::Timeout })]);
+    assert!(fx.contains(&Effect::Drop) && fx.contains(&Effect::Ended(Outcome::Vanished)));
+    assert_eq!(m.vanished(Role::Listener), vec![]);
+    assert_eq!(m.arrived(Role::Connector, arrival("203.0.113.2:40001", "198.51.100.10:40001", None), t0), None);
+}
+
+#[test]
+fn a_role_arrives_once() {
+    let t0 = Instant::now();
+    let mut m = meeting();
+    let first = arrival("203.0.113.1:41000", "192.0.2.10:41000", None);
+    assert!(m.arrived(Role::Listener, first, t0).is_some());
+    assert_eq!(m.arrived(Role::Listener, first, t0), None);
+}
+
+#[derive(Debug, Clone)]
+enum MeetingEvent {
+    Arrive(bool, bool),
+    Report(bool, Option<u8>),
+    Tick(u64),
+    Vanish(bool),
+}
+
+fn meeting_event() -> impl Strategy<Value = MeetingEvent> {
+    prop_oneof![
+        (any::<bool>(), any::<bool>()).prop_map(|(c, p)| MeetingEvent::Arrive(c, p)),
+        (any::<bool>(), proptest::option::of(1u8..5)).prop_map(|(c, f)| MeetingEvent::Report(c, f)),
+        (0u64..2000).prop_map(MeetingEvent::Tick),
+        any::<bool>().prop_map(MeetingEvent::Vanish),
+    ]
+}
+
+proptest! {
+    #![proptest_config(strategies::config())]
+
+    /// Whatever happens in whatever order: at most one go and exactly one
+    /// verdict per side that arrived (once the meeting ended), go before the
+    /// verdict, one ending effect and one outcome, nothing after the end.
+    #[test]
+    fn a_meeting_keeps_its_invariants(events in proptest::collection::vec(meeting_event(), 0..30)) {
+        let t0 = Instant::now();
+        let mut m = meeting();
+        let mut now = t0;
+        let mut log: Vec<Effect> = Vec::new();
+        let mut arrived = [false; 2];
+        let role = |c: bool| if c { Role::Connector } else { Role::Listener };
+        for e in events {
+            let was_ended = m.ended();
+            let fx = match e {
+                MeetingEvent::Arrive(c, predictable) => {
+                    let local = if c { "198.51.100.10:40001" } else { "192.0.2.10:41000" };
+                    let observed = match (c, predictable) {
+                        (true, true) => "203.0.113.2:40001",
+                        (false, true) => "203.0.113.1:41000",
+                        (_, false) => "203.0.113.9:5555",
+                    };
+                    let r = m.arrived(role(c), arrival(observed, local, Some(200)), now);
+                    if r.is_some() { arrived[usize::from(!c)] = true; }
+                    r.unwrap_or_default()
+                }
+                MeetingEvent::Report(c, f) => {
+                    let report = f.and_then(PunchFailure::from_wire).map_or(PunchReport::Punched, PunchReport::Failed);
+                    m.reported(role(c), report)
+                }
+                MeetingEvent::Tick(d) => { now += ms(d); m.timer(now) }
+                MeetingEvent::Vanish(c) => m.vanished(role(c)),
+            };
+            if was_ended { prop_assert!(fx.is_empty(), "effects after the end: {:?}", fx); }
+            log.extend(fx);
+        }
+        let endings = log.iter().filter(|e| matches!(e, Effect::Splice | Effect::Release | Effect::Drop)).count();
+        let outcomes = log.iter().filter(|e| matches!(e, Effect::Ended(_))).count();
+        prop_assert_eq!(endings, usize::from(m.ended()));
+        prop_assert_eq!(outcomes, usize::from(m.ended()));
+        for (i, r) in [Role::Connector, Role::Listener].into_iter().enumerate() {
+            let frames = sent(&log, r);
+            let gos = frames.iter().filter(|f| matches!(f, BrokerFrame::Go(_))).count();
+            let verdicts: Vec<usize> = frames.iter().enumerate().filter(|(_, f)| matches!(f, BrokerFrame::Verdict(_))).map(|(k, _)| k).collect();
+            prop_assert!(gos <= 1);
+            prop_assert!(verdicts.len() <= 1);
+            if let Some(k) = verdicts.first() { prop_assert_eq!(*k, frames.len() - 1, "the verdict is the last frame"); }
+            if !arrived[i] { prop_assert!(frames.is_empty(), "frames to a side that never arrived"); }
+            if m.ended() && arrived[i] && !log.contains(&Effect::Drop) {
+                prop_assert_eq!(verdicts.len(), 1, "a side that arrived gets its verdict");
+            }
+        }
+        if log.contains(&Effect::Release) {
+            let relayed = log.iter().any(|e| matches!(e, Effect::Send(_, BrokerFrame::Verdict(PunchVerdict::Relay { .. }))));
+            prop_assert!(!relayed, "relay verdicts with a release");
+        }
+    }
+}
+
+// ---- a side's dialer ----
+
+const PEER: &str = "203.0.113.2:40001";
+
+fn go(delay_ms: u64, budget_ms: u64) -> BrokerFrame {
+    BrokerFrame::Go(PunchGo { peer: a(PEER), delay: ms(delay_ms), budget: ms(budget_ms) })
+}
+
+fn dialer(role: Role) -> Dialer {
+    Dialer::new(Token(77), role, Schedule::default())
+}
+
+fn peer_hello(role: Role) -> Result<PunchHello, ()> {
+    Ok(PunchHello { token: Token(77), role, local: a("198.51.100.10:40001") })
+}
+
+fn dials(out: &[Do]) -> Vec<ConnId> {
+    out.iter().filter_map(|d| match d { Do::Dial { conn, .. } => Some(*conn), _ => None }).collect()
+}
+
+#[test]
+fn refused_attempts_are_retried_until_one_checks_then_the_verdict_decides() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Listener);
+    assert_eq!(d.broker_frame(go(2, 500), t0), vec![Do::Listen], "listens at once, dials after the delay");
+    assert_eq!(d.next_wakeup(), Some(t0 + ms(2)));
+    let out = d.timer(t0 + ms(2));
+    assert_eq!(out, vec![Do::Dial { conn: 1, to: a(PEER) }]);
+    let out = d.dial_failed(1, DialFailure::Refused, t0 + ms(3));
+    assert_eq!(out, vec![Do::Close(1)], "the next attempt waits out the gap");
+    assert_eq!(d.next_wakeup(), Some(t0 + ms(4)));
+    let out = d.timer(t0 + ms(4));
+    assert_eq!(dials(&out), vec![2]);
+    assert_eq!(d.connected(2, a(PEER), t0 + ms(5)), vec![Do::SendHello(2)]);
+    let out = d.peer_hello(2, peer_hello(Role::Connector), t0 + ms(6));
+    assert_eq!(out, vec![Do::Unlisten, Do::Report(PunchReport::Punched)]);
+    assert_eq!(d.timer(t0 + ms(600)), vec![], "no failure report after the budget once punched");
+    assert_eq!(d.verdict(PunchVerdict::Direct { peer: a(CONNECTOR_ID) }), vec![Do::Use { conn: 2, peer: a(CONNECTOR_ID) }]);
+    assert!(d.finished());
+    assert_eq!(d.attempts(), 2);
+}
+
+#[test]
+fn a_relay_verdict_closes_the_punched_connection() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Connector);
+    d.broker_frame(go(0, 500), t0);
+    d.connected(1, a(PEER), t0);
+    d.peer_hello(1, peer_hello(Role::Listener), t0);
+    assert_eq!(d.verdict(PunchVerdict::Relay { peer: a(PROXY) }), vec![Do::Close(1), Do::UseRelay { peer: a(PROXY) }]);
+}
+
+#[test]
+fn strangers_and_wrong_hellos_never_count() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Connector);
+    d.broker_frame(go(0, 500), t0);
+    // An accepted connection from elsewhere is closed unread.
+    let (c, out) = d.accepted(a("203.0.113.66:1234"), t0);
+    assert_eq!(out[0], Do::Close(c));
+    // From the right mapping but with the wrong token, or the same role, or junk.
+    for wrong in [Ok(PunchHello { token: Token(78), role: Role::Listener, local: a("192.0.2.10:1") }), peer_hello(Role::Connector), Err(())] {
+        let (c, out) = d.accepted(a(PEER), t0);
+        assert_eq!(out, vec![Do::SendHello(c)]);
+        let out = d.peer_hello(c, wrong, t0);
+        assert_eq!(out.first(), Some(&Do::Close(c)), "{wrong:?}");
+        assert!(!out.contains(&Do::Report(PunchReport::Punched)));
+    }
+    let out = d.timer(t0 + ms(500));
+    assert!(out.contains(&Do::Report(PunchReport::Failed(PunchFailure::CheckFailed))), "{out:?}");
+    assert_eq!(d.verdict(PunchVerdict::Direct { peer: a(PROXY) }), vec![Do::Fail(ErrorCode::Internal)], "direct without a checked connection is the broker's error");
+}
+
+#[test]
+fn a_stalled_attempt_is_replaced_and_the_budget_ends_it_all() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Connector);
+    let out = d.broker_frame(go(0, 120), t0);
+    assert_eq!(dials(&out), vec![1]);
+    assert_eq!(d.next_wakeup(), Some(t0 + ms(50)));
+    let out = d.timer(t0 + ms(50));
+    assert_eq!(out, vec![Do::Close(1), Do::Dial { conn: 2, to: a(PEER) }]);
+    let out = d.timer(t0 + ms(100));
+    assert_eq!(dials(&out), vec![3]);
+    assert_eq!(d.next_wakeup(), Some(t0 + ms(120)), "the deadline comes before the attempt's timeout");
+    let out = d.timer(t0 + ms(120));
+    assert_eq!(out, vec![Do::Close(3), Do::Unlisten, Do::Report(PunchReport::Failed(PunchFailure::Timeout))]);
+    assert_eq!(d.timer(t0 + ms(200)), vec![]);
+    assert_eq!(d.verdict(PunchVerdict::Relay { peer: a(PROXY) }), vec![Do::UseRelay { peer: a(PROXY) }]);
+}
+
+#[test]
+fn a_verdict_before_the_go_or_during_dialing_is_obeyed() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Listener);
+    let out = d.broker_frame(BrokerFrame::Verdict(PunchVerdict::Relay { peer: a(CONNECTOR_ID) }), t0);
+    assert_eq!(out, vec![Do::UseRelay { peer: a(CONNECTOR_ID) }]);
+    let mut d = dialer(Role::Listener);
+    d.broker_frame(go(0, 500), t0);
+    let out = d.verdict(PunchVerdict::Rejected { code: ErrorCode::Timeout });
+    assert_eq!(out, vec![Do::Close(1), Do::Unlisten, Do::Fail(ErrorCode::Timeout)]);
+    assert_eq!(d.broker_frame(go(0, 500), t0), vec![], "nothing after the end");
+}
+
+#[test]
+fn only_local_failures_report_a_local_error() {
+    let t0 = Instant::now();
+    let mut d = Dialer::new(Token(77), Role::Connector, Schedule { listen: false, ..Schedule::default() });
+    d.broker_frame(go(0, 10), t0);
+    let mut reports = Vec::new();
+    for k in 1..=10 {
+        d.dial_failed(k, DialFailure::Local, t0 + ms(u64::from(k) - 1));
+        reports.extend(d.timer(t0 + ms(u64::from(k))).into_iter().filter(|x| matches!(x, Do::Report(_))));
+    }
+    assert_eq!(d.attempts(), 10);
+    assert_eq!(reports, vec![Do::Report(PunchReport::Failed(PunchFailure::LocalError))]);
+}
+
+#[derive(Debug, Clone)]
+enum DialEvent {
+    Frame(u8),
+    Tick(u64),
+    Refused(bool),
+    Connected(bool),
+    Accepted(bool),
+    Hello(u8),
+}
+
+fn dial_event() -> impl Strategy<Value = DialEvent> {
+    prop_oneof![
+        (0u8..4).prop_map(DialEvent::Frame),
+        (0u64..80).prop_map(DialEvent::Tick),
+        any::<bool>().prop_map(DialEvent::Refused),
+        any::<bool>().prop_map(DialEvent::Connected),
+        any::<bool>().prop_map(DialEvent::Accepted),
+        (0u8..4).prop_map(DialEvent::Hello),
+    ]
+}
+
+proptest! {
+    #![proptest_config(strategies::config())]
+
+    /// Whatever the sockets and the broker do: at most one report and never
+    /// after the end; no dial after the report or at or past the deadline;
+    /// `Use` only for a connection whose hello checked and only on a
+    /// direct verdict; nothing after `Finished`.
+    #[test]
+    fn a_dialer_keeps_its_invariants(events in proptest::collection::vec(dial_event(), 0..60)) {
+        let t0 = Instant::now();
+        let mut d = dialer(Role::Connector);
+        let mut now = t0;
+        let mut deadline = None;
+        let mut reported = false;
+        let mut checked: Vec<ConnId> = Vec::new();
+        let mut open: Vec<ConnId> = Vec::new();
+        let mut in_flight: Option<ConnId> = None;
+        let mut punched_first = false;
+        for e in events {
+            let was_finished = d.finished();
+            let out = match e {
+                DialEvent::Frame(k) => {
+                    let f = match k {
+                        0 => go(5, 100),
+                        1 => BrokerFrame::Verdict(PunchVerdict::Direct { peer: a(PROXY) }),
+                        2 => BrokerFrame::Verdict(PunchVerdict::Relay { peer: a(PROXY) }),
+                        _ => BrokerFrame::Verdict(PunchVerdict::Rejected { code: ErrorCode::Timeout }),
+                    };
+                    if k == 0 && deadline.is_none() && !d.finished() { deadline = Some(now + ms(105)); }
+                    d.broker_frame(f, now)
+                }
+                DialEvent::Tick(dt) => { now += ms(dt); d.timer(now) }
+                DialEvent::Refused(mine) => match in_flight { Some(c) if mine => d.dial_failed(c, DialFailure::Refused, now), _ => d.dial_failed(999, DialFailure::Refused, now) },
+                DialEvent::Connected(right) => match in_flight {
+                    Some(c) => d.connected(c, if right { a(PEER) } else { a("203.0.113.66:1") }, now),
+                    None => Vec::new(),
+                },
+                DialEvent::Accepted(right) => {
+                    let (c, out) = d.accepted(if right { a(PEER) } else { a("203.0.113.66:1") }, now);
+                    if out.contains(&Do::SendHello(c)) { open.push(c); }
+                    out
+                }
+                DialEvent::Hello(k) => match open.pop() {
+                    Some(c) => {
+                        let h = match k {
+                            0 => peer_hello(Role::Listener),
+                            1 => peer_hello(Role::Connector),
+                            2 => Ok(PunchHello { token: Token(1), role: Role::Listener, local: a("192.0.2.1:1") }),
+                            _ => Err(()),
+                        };
+                        if k == 0 { checked.push(c); }
+                        d.peer_hello(c, h, now)
+                    }
+                    None => Vec::new(),
+                },
+            };
+            if was_finished {
+                // Only a connection that raced the end is closed.
+                prop_assert!(out.iter().all(|x| matches!(x, Do::Close(_))), "after Finished: {:?}", out);
+            }
+            for x in &out {
+                match x {
+                    Do::Dial { conn, .. } => {
+                        prop_assert!(!reported, "dialed after the report");
+                        prop_assert!(deadline.is_some_and(|dl| now < dl), "dialed at or past the deadline");
+                        in_flight = Some(*conn);
+                    }
+                    Do::SendHello(c) => {
+                        if !open.contains(c) {
+                            open.push(*c);
+                        }
+                        if in_flight == Some(*c) {
+                            in_flight = None;
+                        }
+                    }
+                    Do::Close(c) => { if in_flight == Some(*c) { in_flight = None; } open.retain(|o| o != c); }
+                    Do::Report(r) => {
+                        prop_assert!(!reported, "two reports");
+                        reported = true;
+                        punched_first = *r == PunchReport::Punched;
+                    }
+                    Do::Use { conn, .. } => {
+                        prop_assert!(checked.contains(conn), "used an unchecked connection");
+                        prop_assert!(punched_first);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
