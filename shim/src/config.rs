@@ -11,7 +11,7 @@
 
 use std::ffi::{CStr, CString};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use once_cell::race::OnceBox;
@@ -23,6 +23,8 @@ use crate::route;
 pub const DEFAULT_GCB_PORT: u16 = 65432;
 /// `dpfd`'s port when `DPF_INAGENT` gives only an IP.
 pub const DEFAULT_DPF_PORT: u16 = 65433;
+/// A PCP or NAT-PMP server's port (RFC 6887 §19.1, RFC 6886 §3.1).
+pub const DEFAULT_PCP_PORT: u16 = 5351;
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 /// The longest heartbeat interval accepted, one day, as the broker's bound.
 pub const MAX_HEARTBEAT_S: u64 = 86_400;
@@ -37,6 +39,32 @@ pub enum Mode {
     Gcb(Vec<SocketAddr>),
     /// DPF, with the `dpfd` of `DPF_INAGENT`.
     Dpf(SocketAddr),
+    /// DPF through a standard gateway, PCP or NAT-PMP (`DPF_INAGENT=pcp://...`).
+    Pcp(PcpGateway),
+}
+
+/// `DPF_INAGENT=pcp://[IP][:PORT]`: the gateway to ask; no IP means the
+/// default route's gateway, looked up when first needed (`dpf::pcp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PcpGateway {
+    pub ip: Option<Ipv4Addr>,
+    pub port: u16,
+}
+
+impl fmt::Display for PcpGateway {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.ip {
+            Some(ip) => write!(f, "pcp://{ip}:{}", self.port),
+            None => write!(f, "pcp:// (the default gateway, port {})", self.port),
+        }
+    }
+}
+
+/// What `DPF_INAGENT` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DpfTarget {
+    Dpfd(SocketAddr),
+    Pcp(PcpGateway),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +78,8 @@ pub struct Config {
     /// `GCB_LOG_FILE`; `None` logs to stderr.
     pub log_file: Option<CString>,
     pub heartbeat: Duration,
+    /// `GCB_PUNCH`: offer the broker TCP hole punching (default on; `0` off).
+    pub punch: bool,
     /// `GCB_SECRET_FILE`'s contents: every request is sealed with it and
     /// every reply and command must be (see `client::seal`).
     pub secret: Option<SharedSecret>,
@@ -82,7 +112,7 @@ impl Config {
         let p = &mut problems;
 
         let gcb = setting(env, p, "GCB_INAGENT", "GCB is off", parse_inagents);
-        let dpf = setting(env, p, "DPF_INAGENT", "DPF is off", |s| parse_addr(s, DEFAULT_DPF_PORT));
+        let dpf = setting(env, p, "DPF_INAGENT", "DPF is off", parse_dpf);
         // A secret that is configured but unusable must not mean "talk
         // without one": the daemons would refuse every request anyway, and a
         // client that silently dropped authentication would hide the mistake.
@@ -98,7 +128,8 @@ impl Config {
                 Mode::Off
             }
             (Some(brokers), None) => Mode::Gcb(brokers),
-            (None, Some(dpfd)) => Mode::Dpf(dpfd),
+            (None, Some(DpfTarget::Dpfd(dpfd))) => Mode::Dpf(dpfd),
+            (None, Some(DpfTarget::Pcp(gateway))) => Mode::Pcp(gateway),
             (None, None) => Mode::Off,
         };
         let realm = setting(env, p, "GCB_REALM", "the broker derives the realm", parse_realm);
@@ -107,6 +138,7 @@ impl Config {
         });
         let heartbeat = setting(env, p, "GCB_HEARTBEAT_S", "heartbeat every 10 s", parse_heartbeat);
         let routes = setting(env, p, "GCB_ROUTE", "no routes: every destination is brokered", load_routes);
+        let punch = setting(env, p, "GCB_PUNCH", "hole punching is offered", parse_switch);
         // A path: any bytes will do.
         let log_file = env("GCB_LOG_FILE").filter(|v| !v.is_empty()).and_then(|v| CString::new(v).ok());
 
@@ -117,6 +149,7 @@ impl Config {
             log_level: log_level.unwrap_or(Level::DEFAULT),
             log_file,
             heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+            punch: punch.unwrap_or(true),
             secret,
             problems,
         }
@@ -147,9 +180,13 @@ impl fmt::Display for Summary<'_> {
                 write!(f, ", {} routes", c.routes.len())?;
             }
             Mode::Dpf(addr) => write!(f, "DPF via {addr}")?,
+            Mode::Pcp(gateway) => write!(f, "DPF via {gateway}")?,
         }
         if c.secret.is_some() {
             f.write_str(", authenticated")?;
+        }
+        if !c.punch {
+            f.write_str(", no hole punching")?;
         }
         write!(f, ", heartbeat {}s, log {}", c.heartbeat.as_secs(), c.log_level.name())
     }
@@ -184,6 +221,15 @@ fn load_secret(path: &str) -> Result<SharedSecret, String> {
     Ok(SharedSecret(bytes))
 }
 
+/// `1` or `0` (also `on`/`off`, `yes`/`no`, `true`/`false`).
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "on" | "yes" | "true" => Ok(true),
+        "0" | "off" | "no" | "false" => Ok(false),
+        _ => Err("is not 1 or 0".into()),
+    }
+}
+
 /// Reads and parses variable `name`. Unset or empty gives `None`; so does an invalid
 /// value, which also adds a problem line ending in `consequence`.
 fn setting<T>(
@@ -214,6 +260,25 @@ pub fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
         return Err(format!("'{s}' is not an address a client can reach"));
     }
     Ok(addr)
+}
+
+/// `DPF_INAGENT`: dpfd's `IP[:PORT]`, or a standard gateway's
+/// `pcp://[IP][:PORT]` (IPv4; no IP for the default route's gateway).
+pub fn parse_dpf(s: &str) -> Result<DpfTarget, String> {
+    let s = s.trim();
+    let Some(rest) = s.strip_prefix("pcp://") else { return parse_addr(s, DEFAULT_DPF_PORT).map(DpfTarget::Dpfd) };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok(DpfTarget::Pcp(PcpGateway { ip: None, port: DEFAULT_PCP_PORT }));
+    }
+    if let Some(port) = rest.strip_prefix(':') {
+        let port = port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("'{port}' is not a port"))?;
+        return Ok(DpfTarget::Pcp(PcpGateway { ip: None, port }));
+    }
+    match parse_addr(rest, DEFAULT_PCP_PORT)? {
+        SocketAddr::V4(a) => Ok(DpfTarget::Pcp(PcpGateway { ip: Some(*a.ip()), port: a.port() })),
+        SocketAddr::V6(_) => Err(format!("'{rest}' is not an IPv4 address (the shim maps IPv4 only)")),
+    }
 }
 
 /// `GCB_INAGENT`: `IP[:PORT][,IP[:PORT]...]`, brokers in order of preference.

@@ -142,7 +142,9 @@ extern "C" fn at_exit() {
     let Some(_inside) = crate::hook::Inside::enter() else { return };
     let _errno = ErrnoGuard::new();
     let _ = crate::hook::contain(aftermath::EXIT, || {
-        if !crate::dpf::enabled() {
+        if crate::dpf::enabled() {
+            crate::dpf::at_exit();
+        } else {
             crate::gcb::at_exit();
         }
     });

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests of real, unmodified programs
 //! (`testbed/tests/real_*.rs`): a test bed with either `gcb-broker` on the broker
-//! host (GCB mode) or `dpfd` on the gateway GA (DPF mode), commands that run a
+//! host (GCB mode) or `dpfd` on the gateway GA (DPF mode, by dpfd's own protocol
+//! or by PCP as a standard gateway), commands that run a
 //! program under `scripts/gcb-run` in that mode, and the byte checks the tests
 //! share (payload files, SHA-256 of what arrived).
 //!
@@ -32,6 +33,9 @@ pub enum Mode {
     Gcb,
     /// `dpfd` on GA; servers get port forwards on GA's public address.
     Dpf,
+    /// `dpfd` on GA as a standard gateway: the shim maps by PCP
+    /// (`--dpf pcp://`), with leases of 6 s, so renewals happen within a test.
+    Pcp,
 }
 
 /// A test bed with the daemon of one mode running, and a scratch directory.
@@ -90,11 +94,15 @@ impl RealBed {
                 });
                 p
             }
-            Mode::Dpf => {
+            Mode::Dpf | Mode::Pcp => {
                 let mirror = scratch.join("dpfd.mirror");
                 let mut c = bed.cmd("ga", built("dpfd"));
                 c.args(["--listen", DPFD, "--public-ip", "203.0.113.1", "--port-range", "40000-40999", "--mirror"]);
-                c.arg(&mirror).args(["--probe-interval-s", "1"]).args(daemon_args);
+                c.arg(&mirror).args(["--probe-interval-s", "1"]);
+                if mode == Mode::Pcp {
+                    c.args(["--pcp-min-lifetime-s", "1", "--pcp-max-lifetime-s", "6"]);
+                }
+                c.args(daemon_args);
                 let p = bed.spawn_cmd(c).expect("dpfd");
                 wait_for(STARTUP, "dpfd started", || p.stderr_text().contains("started: command port udp").then_some(()));
                 p
@@ -112,6 +120,7 @@ impl RealBed {
             match self.mode {
                 Mode::Gcb => c.args(["--broker", BROKER, "--heartbeat"]).arg(self.heartbeat_s.to_string()),
                 Mode::Dpf => c.args(["--dpf", DPFD]),
+                Mode::Pcp => c.args(["--dpf", "pcp://"]),
             };
             c.args(["--log", "info", "--lib"]).arg(built("libgcb.so")).arg("--").arg(program);
             c
@@ -143,7 +152,7 @@ impl RealBed {
         });
         let want = match self.mode {
             Mode::Gcb => "203.0.113.10:",
-            Mode::Dpf => "203.0.113.1:",
+            Mode::Dpf | Mode::Pcp => "203.0.113.1:",
         };
         assert!(public.starts_with(want), "{local} registered as {public}, expected {want}PORT");
         public
@@ -154,7 +163,7 @@ impl RealBed {
     pub fn client_hosts(&self) -> &'static [(&'static str, bool)] {
         match self.mode {
             Mode::Gcb => &[("pub", false), ("pub", true), ("b1", true)],
-            Mode::Dpf => &[("pub", false)],
+            Mode::Dpf | Mode::Pcp => &[("pub", false)],
         }
     }
 
@@ -200,7 +209,7 @@ impl RealBed {
                 let args = vec![built("gcb-broker"), "query".into(), format!("{BROKER}:65432").into(), "--json".into()];
                 ("broker", args, "registrations", "proxy")
             }
-            Mode::Dpf => ("ga", vec![built("dpfd"), "status".into(), "--json".into()], "forwards", "public"),
+            Mode::Dpf | Mode::Pcp => ("ga", vec![built("dpfd"), "status".into(), "--json".into()], "forwards", "public"),
         };
         let out = self.bed.run(host, &args, STARTUP).unwrap_or_else(|e| panic!("{:?} status: {e}", self.mode));
         assert!(

@@ -17,7 +17,8 @@
 //!   must serve a fresh client afterwards; and the broker must still hold both
 //!   registrations at the same proxy addresses, with nothing expired and no
 //!   command to a listener failed. DPF mode: the same from a plain pub client,
-//!   and dpfd's forwards are still there.
+//!   and dpfd's forwards are still there; also by PCP, with leases of 6 s
+//!   renewed while the program waits.
 //! * Idle: a process that makes no hooked call for two minutes, heartbeat
 //!   1 s (the broker's expiry 3 s: forty periods), keeps its registrations
 //!   throughout, and its UDP socket's NAT mapping on GA stays alive (GA forgets
@@ -114,7 +115,7 @@ fn busy_listener(mode: Mode, kind: &str, port: u16) {
     assert!(!srv.proc.stdout_seen().iter().any(|l| l.starts_with("CONNERROR") || l.starts_with("ERROR")), "{}", context(&r, &srv));
     match mode {
         Mode::Gcb => assert_broker_kept(&r, &[("tcp", &tcp), ("udp", &udp)], &|| context(&r, &srv)),
-        Mode::Dpf => {
+        Mode::Dpf | Mode::Pcp => {
             let forwards = dpf_forwards(&r);
             for (proto, public) in [("tcp", &tcp), ("udp", &udp)] {
                 assert!(
@@ -157,6 +158,13 @@ fn busy_in_compute_dpf() {
 #[test]
 fn busy_in_waitpid_dpf() {
     busy_listener(Mode::Dpf, "waitpid", 7506);
+}
+
+/// Through dpfd as a standard gateway, leases of 6 s: the responder renews
+/// them while the program waits for its child.
+#[test]
+fn busy_in_waitpid_pcp() {
+    busy_listener(Mode::Pcp, "waitpid", 7507);
 }
 
 /// Two minutes without a hooked call: forty of the broker's expiry periods.

@@ -13,7 +13,8 @@
 //!   server's `getsockname` is unchanged, the broker lists both registrations
 //!   with the same proxy and local addresses, and both sockets echo every
 //!   byte to a plain client on pub and a GCB client on b1. In DPF mode the
-//!   same with dpfd's forwards on GA and a plain client on pub.
+//!   same with dpfd's forwards on GA and a plain client on pub, by dpfd's
+//!   own protocol and by PCP (leases of 6 s, renewed throughout).
 //! * `prefork_children_serve_and_the_last_holder_takes_the_registration`: a
 //!   pre-fork server (`children.py prefork`): the parent listens and forks
 //!   three children that accept on the inherited listener; the parent never
@@ -79,6 +80,11 @@ fn listeners_outlive_every_kind_of_child_gcb() {
 #[test]
 fn listeners_outlive_every_kind_of_child_dpf() {
     listeners_outlive_every_kind_of_child(Mode::Dpf);
+}
+
+#[test]
+fn listeners_outlive_every_kind_of_child_pcp() {
+    listeners_outlive_every_kind_of_child(Mode::Pcp);
 }
 
 /// The pids that printed `SERVED`, with how many connections each served.

@@ -37,9 +37,11 @@
 
 mod epoch;
 mod handle;
+mod nonce;
 mod retry;
 
 pub use epoch::{lost as epoch_lost, Epoch};
+pub use nonce::derived_nonce;
 pub use retry::{Exchange, Fire, Retry, Rng};
 
 use std::fmt;
@@ -237,6 +239,14 @@ impl MapClient {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Changes the bounds of the exchanges that start from now on: a
+    /// caller that maps inside an application's call with a short bound
+    /// hands the renewals that follow the RFCs' own.
+    pub fn set_retry(&mut self, pcp: Retry, natpmp: Retry) {
+        self.cfg.pcp_retry = pcp;
+        self.cfg.natpmp_retry = natpmp;
     }
 
     /// When [`poll_timeout`](Self::poll_timeout) next has work.

@@ -385,6 +385,33 @@ fn delete_over_pcp_and_natpmp() {
     assert_eq!(out.events, vec![Event::Deleted]);
 }
 
+#[test]
+fn a_short_first_bound_then_the_rfc_timing() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.pcp_retry = Retry {
+        initial: secs(0.25),
+        max_interval: secs(1.0),
+        max_attempts: 0,
+        max_duration: secs(1.5),
+    };
+    let (mut m, req) = started(c, t0);
+    let again = m.next_deadline().unwrap() - t0;
+    assert!(again >= secs(0.225) && again <= secs(0.275), "{again:?}");
+    let out = m.on_datagram(
+        &pcp_answer(&req, pcp::ResultCode::Success, 120, 9, ext()),
+        t0,
+    );
+    assert_eq!(mapped_event(&out).0, ext());
+    m.set_retry(Retry::PCP, Retry::NATPMP);
+    assert_eq!(m.config().pcp_retry, Retry::PCP);
+    // The delete that follows waits the RFC's IRT before sending again.
+    let t1 = t0 + secs(1.0);
+    assert_eq!(m.delete(t1).send.len(), 1);
+    let again = m.next_deadline().unwrap() - t1;
+    assert!(again >= secs(2.7) && again <= secs(3.3), "{again:?}");
+}
+
 proptest! {
     #![proptest_config(strategies::config())]
 

@@ -46,6 +46,30 @@ fn dpf_agent() {
 }
 
 #[test]
+fn pcp_gateway() {
+    let gw = |ip: Option<&str>, port| Mode::Pcp(PcpGateway { ip: ip.map(|i| i.parse().unwrap()), port });
+    for (value, want) in [
+        ("pcp://", gw(None, 5351)),
+        ("pcp:///", gw(None, 5351)),
+        ("pcp://:6000", gw(None, 6000)),
+        ("pcp://192.0.2.1", gw(Some("192.0.2.1"), 5351)),
+        (" pcp://192.0.2.1:5000/ ", gw(Some("192.0.2.1"), 5000)),
+    ] {
+        let c = config(&[("DPF_INAGENT", value)]);
+        assert_eq!(c.mode, want, "{value}");
+        assert!(c.problems.is_empty(), "{value}: {:?}", c.problems);
+    }
+    assert_eq!(config(&[("DPF_INAGENT", "pcp://")]).summary().to_string().split(',').next(), Some("DPF via pcp:// (the default gateway"));
+    assert!(config(&[("DPF_INAGENT", "pcp://192.0.2.1")]).summary().to_string().starts_with("DPF via pcp://192.0.2.1:5351,"));
+    for bad in ["pcp://[2001:db8::1]", "pcp://gateway", "pcp://:0", "pcp://0.0.0.0", "pcp://192.0.2.1:x"] {
+        let c = config(&[("DPF_INAGENT", bad)]);
+        assert_eq!(c.mode, Mode::Off, "{bad}");
+        assert_eq!(c.problems.len(), 1, "{bad}");
+        assert!(c.problems[0].starts_with("DPF_INAGENT=") && c.problems[0].ends_with("DPF is off"), "{:?}", c.problems);
+    }
+}
+
+#[test]
 fn invalid_values_turn_the_feature_off_with_one_line_each() {
     let c = config(&[
         ("GCB_INAGENT", "192.0.2.1,broker.example"),
@@ -183,4 +207,18 @@ fn secret_file_is_read_once_and_an_unusable_one_turns_brokering_off() {
         }
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn hole_punching_is_offered_unless_switched_off() {
+    assert!(config(&[]).punch, "on by default");
+    for off in ["0", "off", "NO", "false"] {
+        let c = config(&[("GCB_PUNCH", off)]);
+        assert!(!c.punch, "{off}");
+        assert!(c.problems.is_empty());
+    }
+    assert!(config(&[("GCB_PUNCH", "yes")]).punch);
+    let c = config(&[("GCB_PUNCH", "maybe")]);
+    assert!(c.punch, "an invalid value leaves the default");
+    assert_eq!(c.problems, vec!["GCB_PUNCH=\"maybe\": is not 1 or 0; hole punching is offered".to_string()]);
 }

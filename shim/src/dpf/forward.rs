@@ -69,6 +69,9 @@ pub enum NotForwarded {
 /// port 0) and a forward elsewhere counts as a refusal. Returns the public
 /// address, or why there is none (already logged).
 pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<SocketAddrV4, NotForwarded> {
+    if super::standard() {
+        return super::pcp::map::request(fd, proto, pinned);
+    }
     let bound = sys::local_addr(fd).map_err(NotForwarded::Other)?;
     if bound.ip().is_loopback() || bound.port() == 0 || super::with(|st| st.forward_of(fd).is_some()) {
         return Err(NotForwarded::Other(libc::EINVAL));
@@ -84,16 +87,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         log!(Warn, "no management socket for {proto} {local} ({}); not forwarded", std::io::Error::from_raw_os_error(e));
         NotForwarded::Other(e)
     })?;
-    // A re-listen on the same local address keeps the address clients know;
-    // a program serving TCP and UDP on one port (iperf3, DNS) is reached on one
-    // public port for both, so the second socket asks for the first one's port.
-    let desired = match pinned {
-        Some(p) => (p.port() != 0).then_some(p),
-        None => super::with(|st| {
-            let sibling = st.forwards().find(|f| f.local == local && f.proto != proto).map(|f| f.public);
-            st.released.take((proto, local)).or(sibling)
-        }),
-    };
+    let desired = desired(proto, local, pinned);
     let unforwarded = if pinned.is_some() { "the bind fails" } else { "the socket works unforwarded" };
     let msg = Message::Forward { proto, local, mgmt_port, desired };
     let public = match exchange::exchange(sock.raw(), dpfd, RetryPolicy::default(), &CODEC, &msg) {
@@ -124,12 +118,27 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     let kind = kind_of(proto);
     super::public::KNOWN.learn(*public.ip());
     super::with(|st| {
-        st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false });
+        st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false, pcp: None });
         fdtable::set(fd, kind);
         super::inherit::publish(st);
     });
     super::serve::ensure();
     Ok(public)
+}
+
+/// The public address to ask for `proto` `local`, if any: the pinned one (any
+/// port for port 0). A re-listen on the same local address keeps the address
+/// clients know; a program serving TCP and UDP on one port (iperf3, DNS) is
+/// reached on one public port for both, so the second socket asks for the
+/// first one's port.
+pub fn desired(proto: Proto, local: SocketAddrV4, pinned: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
+    match pinned {
+        Some(p) => (p.port() != 0).then_some(p),
+        None => super::with(|st| {
+            let sibling = st.forwards().find(|f| f.local == local && f.proto != proto).map(|f| f.public);
+            st.released.take((proto, local)).or(sibling)
+        }),
+    }
 }
 
 /// The fd-table kind of a forwarded socket: a TCP listener is `Managed` (its
@@ -156,6 +165,9 @@ pub fn send_delete(proto: Proto, local: SocketAddrV4) {
 /// The forward's last fd in this process is gone (closed, or the socket turned
 /// active): delete it unless another process still holds the socket.
 pub fn wind_up(f: Forward, turned_active: bool) {
+    if f.pcp.is_some() {
+        return super::pcp::wind::wind_up(f, turned_active);
+    }
     if turned_active || !f.shared {
         send_delete(f.proto, f.local);
         if !turned_active {
@@ -171,9 +183,14 @@ pub fn wind_up(f: Forward, turned_active: bool) {
 /// Under the state lock, so a management fd cannot be released and its number
 /// reused by the application while it is being accepted on.
 pub fn sweep() {
+    // A standard gateway's mappings have no probes to take.
+    if super::standard() {
+        return;
+    }
     let _errno = crate::hook::ErrnoGuard::new();
     super::with(|st| {
-        for fd in st.mgmt_fds() {
+        let probed: Vec<c_int> = st.forwards().filter(|f| f.pcp.is_none()).map(|f| f.mgmt_fd).collect();
+        for fd in probed {
             for _ in 0..ACCEPTS_PER_SWEEP {
                 // SAFETY: our own non-blocking listening socket; no address wanted.
                 let n = unsafe {

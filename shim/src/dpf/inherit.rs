@@ -6,6 +6,11 @@
 //! socket with that address; a listening TCP management socket) and takes the
 //! forwards over as shared, so closing them in either image never deletes them:
 //! `dpfd`'s probe does once the last holder is gone.
+//!
+//! A standard gateway's forward (`pcp`) hands over no socket (`MGMT_FD` -1)
+//! but its mapping nonce (`,nHEX`): the new image opens its own socket to
+//! the gateway and renews the mapping at once with that nonce, asking for the
+//! same public address, which the gateway grants as a renewal.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -21,7 +26,9 @@ use crate::gcb::sys;
 /// Publishes the forwarded fds for exec. Call inside [`super::with`].
 pub fn publish(st: &State) {
     shared::publish_entries(st.forwards().flat_map(|f| {
-        f.fds.iter().map(|&fd| Entry { fd, mgmt: f.mgmt_fd, proxy: Some(f.public), local: f.bound, backlog: 0, udp_token: None, channel: None })
+        let nonce = f.pcp.as_ref().map(|m| m.client.config().nonce);
+        let mgmt = if nonce.is_some() { -1 } else { f.mgmt_fd };
+        f.fds.iter().map(move |&fd| Entry { fd, mgmt, proxy: Some(f.public), local: f.bound, backlog: 0, udp_token: None, channel: None, nonce })
     }));
 }
 
@@ -29,8 +36,19 @@ pub fn publish(st: &State) {
 pub fn adopt() {
     let Some(value) = std::env::var_os(shared::VAR) else { return };
     let mut groups: BTreeMap<c_int, Vec<Entry>> = BTreeMap::new();
+    let mut mapped: BTreeMap<[u8; 12], Vec<Entry>> = BTreeMap::new();
     for e in shared::parse(&value.to_string_lossy()) {
-        groups.entry(e.mgmt).or_default().push(e);
+        match e.nonce {
+            Some(n) if super::standard() => mapped.entry(n).or_default().push(e),
+            Some(_) => {}
+            None => groups.entry(e.mgmt).or_default().push(e),
+        }
+    }
+    for entries in mapped.into_values() {
+        adopt_mapping(&entries);
+    }
+    if super::standard() {
+        return;
     }
     for (mgmt_fd, entries) in groups {
         let Some(mgmt_local) = valid_mgmt(mgmt_fd) else { continue };
@@ -49,7 +67,7 @@ pub fn adopt() {
         let _ = sys::set_nonblock(mgmt_fd, true);
         let kind = super::forward::kind_of(proto);
         super::with(|st| {
-            st.add(Forward { fds: fds.clone(), proto, bound, local, public, mgmt_fd, shared: true });
+            st.add(Forward { fds: fds.clone(), proto, bound, local, public, mgmt_fd, shared: true, pcp: None });
             for &fd in &fds {
                 fdtable::set(fd, kind);
             }
@@ -58,6 +76,37 @@ pub fn adopt() {
         log!(Debug, "inherited {proto} {fds:?} ({local} as {public}) with management fd {mgmt_fd}");
         super::serve::ensure();
     }
+}
+
+/// Takes over a standard gateway's forward: the entries of one nonce.
+fn adopt_mapping(entries: &[Entry]) {
+    let first = entries[0];
+    let (Some(public), Some(proto), Some(gateway), Some(nonce)) = (first.proxy, proto_of(&first), super::pcp::gateway(), first.nonce) else { return };
+    let fds: Vec<c_int> = entries.iter().filter(|e| proto_of(e) == Some(proto)).map(|e| e.fd).collect();
+    let bound = first.local;
+    let local = match bound.ip().is_unspecified() {
+        true => match crate::gcb::mgmt::open(gateway) {
+            Ok((_, towards)) => SocketAddrV4::new(*towards.ip(), bound.port()),
+            Err(_) => return,
+        },
+        false => bound,
+    };
+    let mut cfg = super::pcp::map::config(proto, local, Some(public), false);
+    cfg.nonce = nonce;
+    let client = super::pcp::serve::fresh(&proto::portmap::MapClient::new(cfg), public);
+    let (inode, v6) = super::pcp::identity(fds[0]);
+    let mapping = super::pcp::Mapping { client, inode, v6, restart_at: Some(std::time::Instant::now()), failures: 0 };
+    let kind = super::forward::kind_of(proto);
+    super::public::KNOWN.learn(*public.ip());
+    super::with(|st| {
+        st.add(Forward { fds: fds.clone(), proto, bound, local, public, mgmt_fd: -1, shared: true, pcp: Some(Box::new(mapping)) });
+        for &fd in &fds {
+            fdtable::set(fd, kind);
+        }
+        publish(st);
+    });
+    log!(Debug, "inherited {proto} {fds:?} ({local} as {public}), mapped by gateway {gateway}");
+    super::serve::ensure();
 }
 
 /// The management socket's address, if `fd` is a listening TCP socket.

@@ -14,6 +14,11 @@
 //! * forwards a socket the application binds to one of dpfd's public addresses
 //!   from exactly that address ([`reported`], `client::pinned`).
 //!
+//! With `DPF_INAGENT=pcp://...` the forwards come from a standard gateway
+//! instead, by PCP MAP or NAT-PMP ([`pcp`]): the same records, names, dups,
+//! closes and hand-overs, with a port-mapping client in place of dpfd's
+//! `Forward`, its probes and its `Query`.
+//!
 //! GCB and DPF are exclusive modes; the hooks reach this module through
 //! [`crate::managed`], which picks the client by mode. State lives in one
 //! [`State`] behind one fork-safe lock (`gcb::lock`), taken through [`with`] for
@@ -22,6 +27,7 @@
 pub mod forward;
 pub mod inherit;
 pub mod ops;
+pub mod pcp;
 pub mod public;
 pub mod query;
 pub mod reported;
@@ -43,7 +49,8 @@ static STATE: Lock<Option<State>> = Lock::new(None);
 /// Whether any forward exists.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Whether this process is a DPF client (`DPF_INAGENT` set to an IPv4 address).
+/// Whether this process is a DPF client (`DPF_INAGENT` set to an IPv4 address,
+/// or to a standard gateway).
 #[inline]
 pub fn enabled() -> bool {
     match ENABLED.load(Relaxed) {
@@ -55,7 +62,7 @@ pub fn enabled() -> bool {
 
 #[cold]
 fn decide() -> bool {
-    let on = server().is_some();
+    let on = server().is_some() || standard();
     ENABLED.store(if on { ON } else { OFF }, Relaxed);
     on
 }
@@ -66,6 +73,12 @@ pub fn server() -> Option<SocketAddrV4> {
         Mode::Dpf(SocketAddr::V4(a)) => Some(a),
         _ => None,
     }
+}
+
+/// Whether the forwards come from a standard gateway (PCP, NAT-PMP) rather
+/// than dpfd.
+pub fn standard() -> bool {
+    matches!(config::get().mode, Mode::Pcp(_))
 }
 
 /// Whether this process holds forwards.
@@ -83,15 +96,40 @@ pub fn init() {
     }
 }
 
+/// The process exits (`atexit`): it deletes the mappings a standard gateway
+/// holds for sockets no other process holds (`pcp::wind`). dpfd's forwards
+/// need nothing: its probe finds the management sockets gone.
+pub fn at_exit() {
+    if enabled() && standard() && active_or_winding() && !crate::process::borrowed() {
+        pcp::wind::at_exit();
+    }
+}
+
+/// Before `exec`: a standard gateway's mapping whose socket the new image
+/// will not have (every fd close-on-exec) and no other process holds is
+/// deleted now, since nothing would renew or delete it afterwards
+/// (`pcp::wind`). Not in a `vfork` child, which must not touch the state.
+pub fn before_exec() {
+    if enabled() && standard() && active() && !crate::process::borrowed() {
+        pcp::wind::before_exec();
+    }
+}
+
+fn active_or_winding() -> bool {
+    active() || with(|st| !st.pcp.winding.is_empty())
+}
+
 /// Runs `f` on the state, locked. `f` must not block and must not call `with`.
 pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     let mut guard = STATE.lock();
     let st = guard.get_or_insert_with(State::default);
     let generation = lock::fork_generation();
     if st.generation != generation {
-        // First use in a forked child: the parent holds every socket too.
+        // First use in a forked child: the parent holds every socket too,
+        // and the sockets that talk to a standard gateway are its own.
         st.generation = generation;
         st.mark_all_shared();
+        pcp::forked(st);
     }
     let r = f(st);
     ACTIVE.store(!st.is_empty(), Relaxed);
@@ -127,7 +165,7 @@ pub fn after_fork(in_child: bool) {
 /// a management socket.
 pub fn internal_fd_moved(old: libc::c_int, new: libc::c_int) -> bool {
     with(|st| {
-        let moved = st.replace_mgmt_fd(old, new);
+        let moved = st.replace_mgmt_fd(old, new) || st.pcp.replace_fd(old, new);
         if moved {
             inherit::publish(st);
         }

@@ -155,6 +155,10 @@ fn prepare_connect(fd: c_int, dest: Option<SocketAddrV4>) -> Option<(SocketAddrV
             forward::wind_up(f, true);
         }
     }
+    // A standard gateway has no `Query`: connects go as dialed.
+    if super::standard() {
+        return None;
+    }
     // Lock-free up to here for a destination that is not dpfd's.
     let dest = dest.filter(|d| super::query::worth_asking(*d) && super::public::may_be_public(*d.ip()))?;
     let proto = proto_of(fd)?;

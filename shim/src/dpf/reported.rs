@@ -12,6 +12,11 @@
 //! forwarded at `listen`), so a public port that cannot be had fails the
 //! `bind`. `listen` finds the forward made and asks for nothing more; a socket
 //! that connects instead loses its forward, as any forwarded socket does.
+//!
+//! Through a standard gateway (`pcp`) the same, with the gateway in dpfd's
+//! place: its public address comes from NAT-PMP's public-address request
+//! (`pcp::map::ask_public`), and the MAP suggests the address bound with
+//! PREFER_FAILURE.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -29,10 +34,12 @@ fn is_public(ip: Ipv4Addr) -> bool {
     if let Some(known) = KNOWN.is_public(ip) {
         return known;
     }
-    match super::public::ask(RetryPolicy::default()) {
+    let asked = if super::standard() { super::pcp::map::ask_public() } else { super::public::ask(RetryPolicy::default()) };
+    match asked {
         Ok(()) => KNOWN.is_public(ip) == Some(true),
         Err(why) => {
-            log!(Warn, "dpfd did not say its public addresses ({why}); a bind to {ip} fails as the kernel says");
+            let who = if super::standard() { "the gateway" } else { "dpfd" };
+            log!(Warn, "{who} did not say its public addresses ({why}); a bind to {ip} fails as the kernel says");
             false
         }
     }
@@ -44,9 +51,9 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     if !is_public(*want.ip()) {
         return Pinned::NotOurs;
     }
-    // The local address behind the public one: this host's IP towards dpfd,
-    // the one dpfd forwards to.
-    let Some(dpfd) = super::server() else { return Pinned::NotOurs };
+    // The local address behind the public one: this host's IP towards dpfd
+    // (or the gateway), the one it forwards to.
+    let Some(dpfd) = super::server().or_else(super::pcp::gateway) else { return Pinned::NotOurs };
     let towards = match mgmt::open(dpfd) {
         Ok((_, towards)) => towards,
         Err(e) => return Pinned::Failed(if crate::gcb::connector::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }),

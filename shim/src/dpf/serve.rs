@@ -3,7 +3,8 @@
 //! its accept queue as they come (`forward::sweep`), so a forward stays while
 //! its process lives, whatever the process is doing: sleeping, computing, or
 //! blocked in a call the shim does not hook. Without it the probes queue up
-//! and dpfd, finding the queue full, deletes the forward.
+//! and dpfd, finding the queue full, deletes the forward. A standard
+//! gateway's mappings are renewed instead (`pcp::serve`).
 
 use std::time::Instant;
 
@@ -13,7 +14,10 @@ use crate::responder::{Duties, PollSet};
 pub struct Dpf;
 
 impl Duties for Dpf {
-    fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
+    fn gather(set: &mut PollSet, now: Instant) -> Option<Instant> {
+        if super::standard() {
+            return super::pcp::serve::gather(set, now);
+        }
         super::with(|st| {
             for fd in st.mgmt_fds() {
                 set.add(fd, libc::POLLIN, fd as u64);
@@ -22,7 +26,10 @@ impl Duties for Dpf {
         None
     }
 
-    fn run(ready: &[(u64, i16)], _now: Instant) {
+    fn run(ready: &[(u64, i16)], now: Instant) {
+        if super::standard() {
+            return super::pcp::serve::run(ready, now);
+        }
         if !ready.is_empty() {
             super::forward::sweep();
         }

@@ -40,8 +40,12 @@ pub struct Forward {
     /// The passive TCP socket `dpfd` probes (internal fd).
     pub mgmt_fd: c_int,
     /// Another process holds the socket too (fork, exec): closing it here must not
-    /// delete the forward; `dpfd`'s probe does once the last holder is gone.
+    /// delete the forward; `dpfd`'s probe does once the last holder is gone
+    /// (a standard gateway's mapping: see `pcp::wind`).
     pub shared: bool,
+    /// The port-mapping client when a standard gateway made the forward; its
+    /// `mgmt_fd` is then the UDP socket to the gateway (-1 until one is needed).
+    pub pcp: Option<Box<super::pcp::Mapping>>,
 }
 
 impl Record for Forward {
@@ -73,6 +77,8 @@ pub struct State {
     pub released: crate::gcb::released::Released<(Proto, SocketAddrV4)>,
     /// The fork generation this state was last used in (see `gcb::lock`).
     pub generation: u32,
+    /// A standard gateway's announcements and the mappings being wound up.
+    pub pcp: super::pcp::Side,
 }
 
 impl State {
@@ -95,6 +101,10 @@ impl State {
 
     pub fn forwards(&self) -> impl Iterator<Item = &Forward> {
         self.forwards.iter().map(|(_, f)| f)
+    }
+
+    pub fn forwards_mut(&mut self) -> impl Iterator<Item = &mut Forward> {
+        self.forwards.iter_mut().map(|(_, f)| f)
     }
 
     pub fn mgmt_fds(&self) -> Vec<c_int> {
@@ -163,6 +173,7 @@ mod tests {
             public: addr("203.0.113.1:40001"),
             mgmt_fd: mgmt,
             shared: false,
+            pcp: None,
         }
     }
 

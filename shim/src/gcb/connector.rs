@@ -39,7 +39,7 @@ use std::net::{IpAddr, SocketAddrV4};
 use std::time::Instant;
 
 use libc::{c_int, sockaddr, socklen_t};
-use proto::gcb::{Decision, ErrorCode, Features, Message, COMMAND_PORT};
+use proto::gcb::{Decision, ErrorCode, Message, Role, COMMAND_PORT};
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
@@ -120,8 +120,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             fail(libc::ECONNREFUSED)
         }
         Asked::Decision(decision, tmp, notices) => {
-            let r = decide(fd, dest, decision, (tmp, notices), saved);
-            if r == 0 || errno() == libc::EINPROGRESS {
+            let r = decide(fd, dest, decision, (tmp, notices), saved, now);
+            // A punch logs which way it went itself.
+            let logged = matches!(decision, Decision::PunchTcp { .. });
+            if !logged && (r == 0 || errno() == libc::EINPROGRESS) {
                 log_path(Proto::Tcp, dest, &decision, now);
             }
             r
@@ -146,7 +148,8 @@ pub(crate) fn log_path(proto: Proto, dest: SocketAddrV4, d: &Decision, since: In
         Decision::SameRealm { addr } => log!(Info, "connect {proto} {dest} via same-realm to {addr} in {us} us"),
         Decision::Reversal { .. } => log!(Info, "connect {proto} {dest} via reversal in {us} us"),
         Decision::Relay { via, .. } => log!(Info, "connect {proto} {dest} via relay at {via} in {us} us"),
-        Decision::NotRegistered | Decision::PunchTcp { .. } | Decision::PunchUdp { .. } => {}
+        Decision::PunchTcp { .. } => log!(Info, "connect {proto} {dest} via punched in {us} us"),
+        Decision::NotRegistered | Decision::PunchUdp { .. } => {}
     }
 }
 
@@ -228,7 +231,15 @@ pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, 
         Err(_) => None,
     };
     let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
-    let msg = Message::Connect { proto: Proto::Tcp, target: dest, connector, connector_id: None, realm: config::get().realm.clone(), features: Features::NONE, asked_from_port: 0 };
+    let msg = Message::Connect {
+        proto: Proto::Tcp,
+        target: dest,
+        connector,
+        connector_id: None,
+        realm: config::get().realm.clone(),
+        features: super::punch::offered(),
+        asked_from_port: local.port(),
+    };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
     Ok(Asking { probe, cmd, tmp, msg, policy, ours })
 }
@@ -266,7 +277,7 @@ fn ask(dest: SocketAddrV4, family: Family) -> Asked {
 }
 
 /// Carries out the broker's decision on the application's socket `fd`.
-unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Option<TempListener>, Option<Sock>), saved: c_int) -> c_int {
+unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Option<TempListener>, Option<Sock>), saved: c_int, since: Instant) -> c_int {
     log!(Debug, "connect to {dest}: {d:?}");
     let tmp = match d {
         Decision::Reversal { .. } => tmp,
@@ -289,7 +300,27 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             log!(Info, "connect to {dest}: nothing is registered there");
             fail(libc::ECONNREFUSED)
         }
-        Decision::PunchTcp { .. } | Decision::PunchUdp { .. } => brokered_failed(dest, "punch", unoffered(&d)),
+        Decision::PunchTcp { via, token } => {
+            let app = match AppSocket::read(fd) {
+                Ok(app) => app,
+                Err(e) => return brokered_failed(dest, "punch", e),
+            };
+            let fam = family::of(fd);
+            let punched = super::punch::Session::start(fam, via, token, Role::Connector, super::punch::schedule(), connect_deadline(fd)).and_then(|s| s.finish());
+            match punched.and_then(|(sock, direct)| swap(fd, sock.into_sock(), true, &app).map(|()| direct)) {
+                Ok(direct) => {
+                    // Connected: a panic from here on must not fail the connect (`hook`, rule 4).
+                    crate::hook::bookkeep(|| {
+                        name(fd, dest);
+                        log_path(Proto::Tcp, dest, &if direct { d } else { Decision::Relay { via, token } }, since);
+                    });
+                    set_errno(saved);
+                    0
+                }
+                Err(e) => brokered_failed(dest, "punch", e),
+            }
+        }
+        Decision::PunchUdp { .. } => brokered_failed(dest, "punch", unoffered(&d)),
         Decision::Relay { via, token } => match dial::relay(fd, via, token, connect_deadline(fd)) {
             Ok(()) => {
                 // Connected: a panic naming it must not fail the connect (`hook`, rule 4).
@@ -327,8 +358,9 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
     }
 }
 
-/// A punch decision this shim did not offer to follow (it sends no
-/// `Features` yet): a broker that breaks the protocol, so EPROTO.
+/// A decision this shim did not offer to follow (`PunchUdp` for a TCP
+/// connect, or a punch with `GCB_PUNCH=0`): a broker that breaks the
+/// protocol, so EPROTO.
 pub(crate) fn unoffered(d: &Decision) -> Errno {
     log!(Warn, "the broker decided {d:?}, which this shim did not offer");
     libc::EPROTO

@@ -76,7 +76,7 @@ fn mgmt_info(mgmt_local: SocketAddrV4) -> MgmtInfo {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
     let secs = config::get().heartbeat.as_secs().min(u64::from(u16::MAX)) as u16;
-    MgmtInfo::new(mgmt_local, pid, secs, &name)
+    MgmtInfo { features: super::punch::offered(), ..MgmtInfo::new(mgmt_local, pid, secs, &name) }
 }
 
 /// The `Register` for a TCP listener or UDP socket known to the broker as `local`.
@@ -221,6 +221,7 @@ fn command(reg: &Registry, id: ListenerId, msg: Message) -> (Message, Option<Job
     let (token, dial, peer, proxy) = match msg {
         Message::ReverseConnect { token, connector, peer, proxy } => (token, Dial::Reverse { connector }, peer, proxy),
         Message::RelayConnect { token, broker, peer, proxy } => (token, Dial::Relay { broker }, peer, proxy),
+        Message::PunchConnect { token, broker, peer, proxy } => (token, Dial::Punch { broker }, peer, proxy),
         other => {
             log!(Debug, "command {:?} not handled by a TCP listener", other.kind());
             return (Message::error(ErrorCode::Unsupported, "not a TCP listener command"), None);

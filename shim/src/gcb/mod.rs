@@ -44,6 +44,7 @@ pub mod negcache;
 pub mod notice;
 pub mod options;
 pub mod park;
+pub mod punch;
 pub mod received;
 pub mod registration;
 pub mod registry;
@@ -52,6 +53,7 @@ pub mod reported;
 pub mod responder;
 pub mod reversal_listener;
 pub mod serve;
+pub mod serve_punch;
 pub mod swap;
 pub mod sys;
 pub mod udp;
@@ -135,6 +137,7 @@ pub fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
 fn after_fork_in_child(reg: &mut Registry) {
     doorbell::forget_in_child(reg);
     serve::forget_in_child(reg);
+    serve_punch::forget_in_child(reg);
     park::forget_in_child(reg);
     connecting::forget_in_child(reg);
     reversal_listener::forget_in_child(&mut reg.spare_listener);

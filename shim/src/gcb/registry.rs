@@ -46,6 +46,8 @@ pub struct Registry {
     pub bells: Vec<PendingBell>,
     /// Connections being dialed for the broker's commands (`serve`).
     pub serving: Vec<super::serve::Serving>,
+    /// Hole punches under way for the broker's `PunchConnect` (`serve_punch`).
+    pub punching: Vec<super::serve_punch::Punching>,
     /// Connections established and waiting for `accept` (`park`).
     pub parked: super::park::Parking,
     /// The program's non-blocking connects being brokered (`connecting`).
@@ -82,6 +84,7 @@ impl Registry {
             guard: crate::client::seal::new_guard(),
             bells: Vec::new(),
             serving: Vec::new(),
+            punching: Vec::new(),
             parked: Default::default(),
             connects: Default::default(),
             acks_due: Vec::new(),

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use libc::c_int;
 
-use super::{connecting, doorbell, mgmt, park, serve};
+use super::{connecting, doorbell, mgmt, park, serve, serve_punch};
 use crate::real;
 use crate::responder::{Duties, PollSet};
 
@@ -31,6 +31,7 @@ const BELL: u64 = 2;
 const SERVING: u64 = 3;
 const PARK: u64 = 4;
 const CONNECT: u64 = 5;
+const PUNCH: u64 = 6;
 
 fn tag(kind: u64, fd: c_int) -> u64 {
     (kind << 32) | u64::from(fd as u32)
@@ -62,10 +63,16 @@ impl Duties for Gcb {
             for (fd, events) in connecting::poll_fds(reg) {
                 set.add(fd, events, tag(CONNECT, fd));
             }
+            let mut punches = Vec::new();
+            serve_punch::poll_fds(reg, &mut punches);
+            for (fd, events) in punches {
+                set.add(fd, events, tag(PUNCH, fd));
+            }
             [
                 mgmt::next_deadline(reg),
                 doorbell::next_deadline(reg),
                 serve::next_deadline(reg),
+                serve_punch::next_deadline(reg),
                 reg.parked.next_deadline(),
                 connecting::next_deadline(reg),
             ]
@@ -82,6 +89,7 @@ impl Duties for Gcb {
                 MGMT => management(fd, revents, now),
                 BELL => super::with(|reg| doorbell::progress(reg, fd, revents)),
                 SERVING => super::with(|reg| serve::progress(reg, fd, revents, now)),
+                PUNCH => super::with(|reg| serve_punch::progress(reg, fd, revents, now)),
                 PARK => super::with(|reg| park::on_ready(reg, fd, now)),
                 CONNECT => connecting::progress(fd, revents, now),
                 _ => {}
@@ -92,6 +100,7 @@ impl Duties for Gcb {
             mgmt::on_timers(reg, now, interval);
             doorbell::on_timers(reg, now);
             serve::on_timers(reg, now);
+            serve_punch::on_timers(reg, now);
             park::on_timers(reg, now);
         });
         connecting::on_timers(now);

@@ -35,6 +35,9 @@ pub enum Dial {
     Reverse { connector: SocketAddrV4 },
     /// `RelayConnect`: the broker's rendezvous port.
     Relay { broker: SocketAddrV4 },
+    /// `PunchConnect`: a hole punch met at the broker's rendezvous port
+    /// (`serve_punch`).
+    Punch { broker: SocketAddrV4 },
 }
 
 /// One connection the broker asked listener `listener` for.
@@ -80,7 +83,7 @@ impl Serving {
 /// connections parked for it stay below its backlog.
 pub fn room_for(reg: &Registry, id: ListenerId) -> bool {
     let Some(l) = reg.listener(id) else { return false };
-    let busy = reg.serving.iter().filter(|s| s.job.listener == id).count() + reg.parked.count_for(id);
+    let busy = reg.serving.iter().filter(|s| s.job.listener == id).count() + super::serve_punch::count_for(reg, id) + reg.parked.count_for(id);
     busy < l.backlog
 }
 
@@ -91,6 +94,7 @@ pub fn start(reg: &mut Registry, job: Job, now: Instant) {
     let to = match job.dial {
         Dial::Reverse { connector } => connector,
         Dial::Relay { broker } => broker,
+        Dial::Punch { broker } => return super::serve_punch::start(reg, job, broker, now),
     };
     let started = sys::socket_of(family, libc::SOCK_STREAM, true, true).and_then(|s| {
         // The hello carries the handshake's last ACK: one segment fewer.
@@ -155,7 +159,7 @@ fn advance(s: &mut Serving, revents: i16, now: Instant) -> Step {
             }
             match s.job.dial {
                 Dial::Reverse { .. } => Step::Done { peer: s.job.peer },
-                Dial::Relay { .. } => {
+                Dial::Relay { .. } | Dial::Punch { .. } => {
                     s.stage = Stage::Pairing { buf: [0; StreamPeer::LEN], have: 0 };
                     s.deadline = now + PAIR_TIMEOUT;
                     Step::Wait

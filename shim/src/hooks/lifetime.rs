@@ -150,7 +150,10 @@ macro_rules! exec_hook {
         /// The C contract of the libc function of the same name.
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
-            hook::prepare(crate::gcb::before_exec);
+            hook::prepare(|| {
+                crate::gcb::before_exec();
+                crate::dpf::before_exec();
+            });
             let prepared = hook::prepare_value(|| inherit::prepare($envp));
             match prepared {
                 None => $plain,

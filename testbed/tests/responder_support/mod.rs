@@ -48,7 +48,7 @@ pub fn bed(mode: Mode, heartbeat_s: u64) -> RealBed {
             let timeout = (3 * heartbeat_s).to_string();
             RealBed::up_with(Mode::Gcb, heartbeat_s, &["--heartbeat-timeout-s", &timeout])
         }
-        Mode::Dpf => RealBed::up_with(Mode::Dpf, heartbeat_s, &[]),
+        Mode::Dpf | Mode::Pcp => RealBed::up_with(mode, heartbeat_s, &[]),
     }
 }
 

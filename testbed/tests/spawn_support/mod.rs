@@ -98,7 +98,7 @@ pub const CLIENTS: [(&str, bool); 2] = [("pub", false), ("b1", true)];
 pub fn clients(r: &RealBed) -> &'static [(&'static str, bool)] {
     match r.mode {
         Mode::Gcb => &CLIENTS,
-        Mode::Dpf => &[("pub", false)],
+        Mode::Dpf | Mode::Pcp => &[("pub", false)],
     }
 }
 

@@ -70,6 +70,8 @@ enum Stage {
     Dialing { sock: Sock, decision: Option<Decision> },
     Relaying { sock: Sock, token: Token, said_hello: bool, buf: [u8; StreamPeer::LEN], have: usize, decision: Decision },
     Reversing { tmp: TempListener, notices: Option<Sock>, token: Token, unspoken: Vec<Sock>, decision: Decision },
+    /// A hole punch met at the broker's rendezvous (`punch`).
+    Punching { session: Box<super::punch::Session>, via: SocketAddrV4, token: Token },
 }
 
 /// One non-blocking connect being brokered.
@@ -249,6 +251,7 @@ pub fn poll_fds(reg: &Registry) -> Vec<(c_int, i16)> {
                 out.extend(notices.iter().map(|n| (n.raw(), libc::POLLIN)));
                 out.extend(unspoken.iter().map(|u| (u.raw(), libc::POLLIN)));
             }
+            Stage::Punching { session, .. } => session.poll_fds(&mut out),
         }
     }
     out
@@ -263,6 +266,7 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
         .map(|j| match &j.stage {
             Stage::New => now,
             Stage::Asking(_, ex) => ex.next_deadline().unwrap_or(now).min(j.deadline),
+            Stage::Punching { session, .. } => session.next_deadline().min(j.deadline),
             _ => j.deadline,
         })
         .min()
@@ -298,6 +302,7 @@ fn due(j: &Job, now: Instant) -> bool {
         Stage::New => true,
         Stage::Asking(_, ex) => now >= j.deadline || ex.next_deadline().map_or(true, |d| now >= d),
         Stage::Dialing { .. } => false,
+        Stage::Punching { session, .. } => now >= session.next_deadline().min(j.deadline),
         _ => now >= j.deadline,
     }
 }
@@ -310,6 +315,7 @@ fn owns(j: &Job, fd: c_int) -> bool {
         Stage::Reversing { tmp, notices, unspoken, .. } => {
             tmp.raw() == fd || notices.as_ref().is_some_and(|n| n.raw() == fd) || unspoken.iter().any(|u| u.raw() == fd)
         }
+        Stage::Punching { session, .. } => session.owns(fd),
     }
 }
 

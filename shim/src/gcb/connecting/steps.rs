@@ -12,6 +12,7 @@ use proto::gcb::{Decision, Frame, Role, StreamHello, StreamPeer, Token};
 
 use super::super::connector::{self, Asked};
 use super::super::family::Family;
+use super::super::punch::{self, Progress, Session};
 use super::super::reversal_listener::{self, TempListener};
 use super::super::sys::{self, Errno, Sock};
 use super::{refusal_errno, Job, Stage, MAX_UNSPOKEN};
@@ -29,7 +30,7 @@ pub(super) enum Step {
 
 /// One step of `job`; `ready` is the socket that woke it, if one did.
 pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) -> Step {
-    if now >= job.deadline && !matches!(job.stage, Stage::Dialing { .. }) {
+    if now >= job.deadline && !matches!(job.stage, Stage::Dialing { .. } | Stage::Punching { .. }) {
         return Step::Failed(libc::ETIMEDOUT);
     }
     match std::mem::replace(&mut job.stage, Stage::New) {
@@ -53,6 +54,15 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
         Stage::Dialing { sock, decision } => Step::Done { named: decision.is_some(), sock, decision },
         Stage::Relaying { sock, token, said_hello, buf, have, decision } => relaying(job, sock, token, said_hello, buf, have, decision),
         Stage::Reversing { tmp, notices, token, unspoken, decision } => reversing(job, ready, tmp, notices, token, unspoken, decision),
+        Stage::Punching { mut session, via, token } => match session.advance(ready, now) {
+            Progress::Wait => {
+                job.stage = Stage::Punching { session, via, token };
+                Step::Wait
+            }
+            Progress::Direct { sock, .. } => Step::Done { sock: sock.into_sock(), named: true, decision: Some(Decision::PunchTcp { via, token }) },
+            Progress::Relay { sock, .. } => Step::Done { sock: sock.into_sock(), named: true, decision: Some(Decision::Relay { via, token }) },
+            Progress::Failed(e) => Step::Failed(e),
+        },
     }
 }
 
@@ -107,7 +117,14 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
                     log!(Info, "connect to {}: nothing is registered there", job.dest);
                     Step::Failed(libc::ECONNREFUSED)
                 }
-                Decision::PunchTcp { .. } | Decision::PunchUdp { .. } => Step::Failed(connector::unoffered(&d)),
+                Decision::PunchTcp { via, token } => match Session::start(job.family, via, token, Role::Connector, punch::schedule(), job.deadline) {
+                    Ok(session) => {
+                        job.stage = Stage::Punching { session: Box::new(session), via, token };
+                        Step::Wait
+                    }
+                    Err(e) => Step::Failed(e),
+                },
+                Decision::PunchUdp { .. } => Step::Failed(connector::unoffered(&d)),
                 Decision::Relay { via, token } => match started(job.family, via) {
                     Ok(sock) => {
                         job.stage = Stage::Relaying { sock, token, said_hello: false, buf: [0; StreamPeer::LEN], have: 0, decision: d };

@@ -7,7 +7,7 @@
 //! `execve`, the shim adds
 //!
 //! ```text
-//! GCB_INHERITED=FD,MGMT_FD,PROXY|-,LOCAL,BACKLOG[,uUDP_TOKEN[,cPEER/CHANNEL/TOKEN]];...
+//! GCB_INHERITED=FD,MGMT_FD,PROXY|-,LOCAL,BACKLOG[,uUDP_TOKEN[,cPEER/CHANNEL/TOKEN]][,nNONCE];...
 //! ```
 //!
 //! to the new environment, one entry per managed fd that survives the exec
@@ -22,6 +22,8 @@
 //! its token in hex; token 0 while it is being asked for again), so the new
 //! image names the peer's datagrams after the peer, `getpeername` included,
 //! and keeps the channel open; images without this field skip such entries.
+//! A DPF forward that a standard gateway made carries its PCP mapping nonce
+//! (`n` and 24 hex digits), so the new image renews the same mapping.
 //! The new image's shim reads it at init ([`adopt`](adopt())),
 //! checks each fd (a listening TCP socket, or a UDP socket, with that local
 //! address), and has its responder join the registration. Inherited listeners
@@ -79,6 +81,8 @@ pub struct Entry {
     pub udp_token: Option<u64>,
     /// The broker channel a UDP socket is connected through.
     pub channel: Option<ChannelEntry>,
+    /// The PCP mapping nonce of a forward a standard gateway made (`dpf::pcp`).
+    pub nonce: Option<[u8; 12]>,
 }
 
 /// A UDP socket's broker channel as handed over (`udp::table::Channel`).
@@ -91,10 +95,10 @@ pub struct ChannelEntry {
 }
 
 const EMPTY: Entry =
-    Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), backlog: 0, udp_token: None, channel: None };
+    Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), backlog: 0, udp_token: None, channel: None, nonce: None };
 
 /// Words of one packed entry.
-const WORDS: usize = 8;
+const WORDS: usize = 10;
 
 fn addr_bits(a: SocketAddrV4) -> u64 {
     (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
@@ -117,6 +121,8 @@ impl Entry {
             self.channel.map_or(0, |c| addr_bits(c.peer) | PRESENT),
             self.channel.map_or(0, |c| addr_bits(c.addr)),
             self.channel.map_or(0, |c| c.token),
+            self.nonce.map_or(0, |n| u64::from_ne_bytes(n[..8].try_into().expect("8 bytes"))),
+            self.nonce.map_or(0, |n| u64::from(u32::from_ne_bytes(n[8..].try_into().expect("4 bytes"))) | PRESENT),
         ]
     }
 
@@ -129,6 +135,12 @@ impl Entry {
             backlog: w[3],
             udp_token: (w[2] & PRESENT != 0).then_some(w[4]),
             channel: (w[5] & PRESENT != 0).then(|| ChannelEntry { peer: bits_addr(w[5] & !PRESENT), addr: bits_addr(w[6]), token: w[7] }),
+            nonce: (w[9] & PRESENT != 0).then(|| {
+                let mut n = [0u8; 12];
+                n[..8].copy_from_slice(&w[8].to_ne_bytes());
+                n[8..].copy_from_slice(&(w[9] as u32).to_ne_bytes());
+                n
+            }),
         }
     }
 }
@@ -150,7 +162,7 @@ pub fn publish(reg: &Registry) {
                 addr: c.addr,
                 token: if c.reopen.is_some() { 0 } else { c.token.0 },
             });
-            Entry { fd, mgmt: -1, proxy: l.proxy, local: l.local, backlog: l.backlog as u64, udp_token, channel }
+            Entry { fd, mgmt: -1, proxy: l.proxy, local: l.local, backlog: l.backlog as u64, udp_token, channel, nonce: None }
         })
     }));
 }
@@ -302,9 +314,9 @@ mod tests {
 
     pub(super) fn entries() -> Vec<Entry> {
         vec![
-            Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), backlog: 0xabc, udp_token: None, channel: None },
-            Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), backlog: u64::MAX, udp_token: None, channel: None },
-            Entry { fd: 5, mgmt: 1001, proxy: Some("203.0.113.10:20002".parse().unwrap()), local: "0.0.0.0:7302".parse().unwrap(), backlog: 1, udp_token: Some(0x5eed), channel: None },
+            Entry { fd: 3, mgmt: 1000, proxy: Some("203.0.113.10:20001".parse().unwrap()), local: "0.0.0.0:7300".parse().unwrap(), backlog: 0xabc, udp_token: None, channel: None, nonce: None },
+            Entry { fd: 4, mgmt: 1000, proxy: None, local: "192.0.2.10:7301".parse().unwrap(), backlog: u64::MAX, udp_token: None, channel: None, nonce: Some(*b"\x00nonce-nonce") },
+            Entry { fd: 5, mgmt: 1001, proxy: Some("203.0.113.10:20002".parse().unwrap()), local: "0.0.0.0:7302".parse().unwrap(), backlog: 1, udp_token: Some(0x5eed), channel: None, nonce: None },
             Entry {
                 fd: 6,
                 mgmt: 1001,
@@ -313,6 +325,7 @@ mod tests {
                 backlog: 1,
                 udp_token: Some(0x5eed),
                 channel: Some(ChannelEntry { peer: "203.0.113.20:5000".parse().unwrap(), addr: "203.0.113.10:20003".parse().unwrap(), token: 0xc4 }),
+                nonce: None,
             },
         ]
     }

@@ -45,6 +45,12 @@ pub(super) fn render<const N: usize>(entries: &[Entry], buf: &mut Buf<N>) -> boo
                 let _ = write!(buf, ",c{}/{}/{:x}", c.peer, c.addr, c.token);
             }
         }
+        if let Some(n) = e.nonce {
+            let _ = buf.write_str(",n");
+            for b in n {
+                let _ = write!(buf, "{b:02x}");
+            }
+        }
     }
     let _ = buf.write_str("\0");
     !buf.overflow
@@ -55,20 +61,33 @@ pub fn parse(value: &str) -> Vec<Entry> {
     let entry = |s: &str| -> Option<Entry> {
         let mut f = s.split(',');
         let (fd, mgmt, proxy, local, backlog) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-        let udp_token = match f.next() {
+        let mut rest = f.peekable();
+        let udp_token = match rest.next_if(|t| t.starts_with('u')) {
             None => None,
-            Some(t) => Some(u64::from_str_radix(t.strip_prefix('u')?, 16).ok()?),
+            Some(t) => Some(u64::from_str_radix(&t[1..], 16).ok()?),
         };
-        let channel = match f.next() {
+        let channel = match rest.next_if(|c| c.starts_with('c')) {
             None => None,
             Some(c) => {
-                let mut parts = c.strip_prefix('c')?.split('/');
+                udp_token?;
+                let mut parts = c[1..].split('/');
                 let (peer, addr, token) = (parts.next()?, parts.next()?, parts.next()?);
                 (parts.next().is_none()).then_some(())?;
                 Some(ChannelEntry { peer: peer.parse().ok()?, addr: addr.parse().ok()?, token: u64::from_str_radix(token, 16).ok()? })
             }
         };
-        if f.next().is_some() {
+        let nonce = match rest.next() {
+            None => None,
+            Some(n) => {
+                let hex = n.strip_prefix('n').filter(|h| h.len() == 24 && h.is_ascii())?;
+                let mut nonce = [0u8; 12];
+                for (i, b) in nonce.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+                }
+                Some(nonce)
+            }
+        };
+        if rest.next().is_some() {
             return None;
         }
         let proxy = if proxy == "-" { None } else { Some(proxy.parse().ok()?) };
@@ -76,7 +95,7 @@ pub fn parse(value: &str) -> Vec<Entry> {
         let mgmt: c_int = mgmt.parse().ok()?;
         // A GCB entry names no management socket (-1): the new image opens its own.
         (fd >= 0 && mgmt >= -1).then_some(())?;
-        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, backlog: u64::from_str_radix(backlog, 16).ok()?, udp_token, channel })
+        Some(Entry { fd, mgmt, proxy, local: local.parse().ok()?, backlog: u64::from_str_radix(backlog, 16).ok()?, udp_token, channel, nonce })
     };
     value.split(';').filter_map(entry).collect()
 }
@@ -93,7 +112,7 @@ mod tests {
         let text = std::str::from_utf8(&buf.bytes[..buf.len]).unwrap();
         assert_eq!(
             text,
-            "GCB_INHERITED=3,1000,203.0.113.10:20001,0.0.0.0:7300,abc;4,1000,-,192.0.2.10:7301,ffffffffffffffff;5,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed;6,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed,c203.0.113.20:5000/203.0.113.10:20003/c4\0"
+            "GCB_INHERITED=3,1000,203.0.113.10:20001,0.0.0.0:7300,abc;4,1000,-,192.0.2.10:7301,ffffffffffffffff,n006e6f6e63652d6e6f6e6365;5,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed;6,1001,203.0.113.10:20002,0.0.0.0:7302,1,u5eed,c203.0.113.20:5000/203.0.113.10:20003/c4\0"
         );
         let value = text.trim_end_matches('\0').strip_prefix("GCB_INHERITED=").unwrap();
         assert_eq!(parse(value), entries());
@@ -109,5 +128,9 @@ mod tests {
         assert_eq!((got[0].fd, got[0].backlog, got[0].udp_token), (3, 0x1f, None));
         let udp = parse("9,8,-,0.0.0.0:1,0,uff");
         assert_eq!(udp[0].udp_token, Some(0xff), "a UDP entry");
+        let bad_nonces = "1,-1,-,0.0.0.0:1,0,n00;2,-1,-,0.0.0.0:1,0,n0000000000000000000000zz;3,-1,-,0.0.0.0:1,0,n000000000000000000000000,x";
+        assert!(parse(bad_nonces).is_empty());
+        let dpf = parse("7,-1,100.0.0.1:40000,0.0.0.0:7000,0,n0102030405060708090a0b0c");
+        assert_eq!(dpf[0].nonce, Some([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]), "a standard gateway's forward");
     }
 }

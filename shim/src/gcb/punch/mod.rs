@@ -1,0 +1,30 @@
+//! TCP hole punching in the shim (docs/hole-punching.md): whether this
+//! process offers it, and the [`Session`] that carries out one side of a
+//! punch for the connector (`connecting`, `connector`) and the listener
+//! (`serve_punch`).
+
+mod session;
+
+pub use session::{Held, Progress, Session};
+
+use proto::gcb::punch::Schedule;
+use proto::gcb::Features;
+
+/// The features this process offers the broker: TCP hole punching unless
+/// `GCB_PUNCH=0`.
+pub fn offered() -> Features {
+    if crate::config::get().punch {
+        Features::PUNCH_TCP
+    } else {
+        Features::NONE
+    }
+}
+
+/// How this side spaces its attempts (proto's defaults, measured on the test
+/// bed's gateways: docs/nat-punching-notes.md).
+pub fn schedule() -> Schedule {
+    Schedule::default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+//! A punch on loopback, both sides real sessions, the broker a thread that
+//! runs proto's `Meeting` over blocking sockets: the sides meet, dial each
+//! other from their rendezvous ports, check each other's hello, and use the
+//! punched connection (or the rendezvous one, on a relay verdict).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use proto::gcb::punch::{Arrival, BrokerFrame, Effect, Meeting, Policy, PunchHello, PunchReport, Schedule};
+use proto::gcb::{Frame, Role, Token};
+
+use super::{Progress, Session};
+use crate::gcb::family::Family;
+use crate::gcb::sys;
+use crate::real;
+
+const PROXY: &str = "203.0.113.10:20001";
+const CONNECTOR_ID: &str = "203.0.113.2:40001";
+
+fn v4(a: std::net::SocketAddr) -> SocketAddrV4 {
+    match a {
+        std::net::SocketAddr::V4(a) => a,
+        _ => panic!("v4 only"),
+    }
+}
+
+/// A broker for one meeting on `l`: `policy` decides, and with
+/// `force_relay` it answers the reports with relay verdicts whatever they say.
+fn broker(l: TcpListener, policy: Policy, force_relay: bool) -> thread::JoinHandle<Vec<Effect>> {
+    thread::spawn(move || {
+        let mut m = Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), policy);
+        let mut sides: Vec<(Role, TcpStream)> = Vec::new();
+        let mut log = Vec::new();
+        let send = |sides: &mut Vec<(Role, TcpStream)>, fx: &[Effect]| {
+            for e in fx {
+                if let Effect::Send(role, frame) = e {
+                    let s = &mut sides.iter_mut().find(|(r, _)| r == role).unwrap().1;
+                    s.write_all(&frame.to_bytes()).unwrap();
+                }
+            }
+        };
+        for _ in 0..2 {
+            let (mut s, from) = l.accept().unwrap();
+            let mut buf = [0u8; PunchHello::LEN];
+            s.read_exact(&mut buf).unwrap();
+            let h = PunchHello::decode(&buf).unwrap();
+            let fx = m.arrived(h.role, Arrival { observed: v4(from), local: h.local, rtt: None }, Instant::now()).unwrap();
+            sides.push((h.role, s));
+            send(&mut sides, &fx);
+            log.extend(fx);
+        }
+        if m.ended() {
+            return log;
+        }
+        for i in 0..2 {
+            let mut buf = [0u8; 8];
+            sides[i].1.read_exact(&mut buf).unwrap();
+            let mut report = PunchReport::decode(&buf).unwrap();
+            if force_relay {
+                report = PunchReport::Failed(proto::gcb::punch::PunchFailure::Timeout);
+            }
+            let fx = m.reported(sides[i].0, report);
+            send(&mut sides, &fx);
+            log.extend(fx);
+            if m.ended() {
+                break;
+            }
+        }
+        // Keep the rendezvous connections open until the sides are done with
+        // them (a relay's bytes would flow here; nothing is spliced).
+        for (_, s) in &mut sides {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        }
+        log
+    })
+}
+
+/// Drives both sessions until neither waits; their outcomes.
+fn drive(mut c: Session, mut l: Session) -> (Progress, Progress) {
+    let (mut done_c, mut done_l) = (None, None);
+    let until = Instant::now() + Duration::from_secs(10);
+    while done_c.is_none() || done_l.is_none() {
+        assert!(Instant::now() < until, "the punch did not finish");
+        let mut fds = Vec::new();
+        if done_c.is_none() {
+            c.poll_fds(&mut fds);
+        }
+        if done_l.is_none() {
+            l.poll_fds(&mut fds);
+        }
+        let mut p: Vec<libc::pollfd> = fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
+        let next = [done_c.is_none().then(|| c.next_deadline()), done_l.is_none().then(|| l.next_deadline())].into_iter().flatten().min().unwrap();
+        // SAFETY: a live array of pollfds.
+        unsafe { real::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, sys::poll_ms(next, Instant::now()).min(100)) };
+        let now = Instant::now();
+        let mut ready: Vec<(i32, i16)> = p.iter().filter(|p| p.revents != 0).map(|p| (p.fd, p.revents)).collect();
+        ready.push((-1, 0));
+        for (fd, rev) in ready {
+            let ev = (fd >= 0).then_some((fd, rev));
+            if done_c.is_none() && (fd < 0 || c.owns(fd)) {
+                match c.advance(ev, now) {
+                    Progress::Wait => {}
+                    p => done_c = Some(p),
+                }
+            }
+            if done_l.is_none() && (fd < 0 || l.owns(fd)) {
+                match l.advance(ev, now) {
+                    Progress::Wait => {}
+                    p => done_l = Some(p),
+                }
+            }
+        }
+    }
+    (done_c.unwrap(), done_l.unwrap())
+}
+
+fn sessions(at: SocketAddrV4, token: Token) -> (Session, Session) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = Session::start(Family::V4, at, token, Role::Connector, Schedule::default(), deadline).unwrap();
+    let l = Session::start(Family::V4, at, token, Role::Listener, Schedule::default(), deadline).unwrap();
+    (c, l)
+}
+
+fn exchange(a: &super::Held, b: &super::Held) {
+    let (a, b) = (a.raw(), b.raw());
+    // SAFETY: live buffers; loopback sockets with room for a few bytes.
+    unsafe {
+        assert_eq!(real::send(a, b"ping".as_ptr().cast(), 4, libc::MSG_NOSIGNAL), 4);
+    }
+    sys::wait_fd(b, libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    let mut buf = [0u8; 16];
+    // SAFETY: as above.
+    let n = unsafe { real::recv(b, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    assert_eq!(&buf[..n as usize], b"ping", "the application's bytes, and nothing of the punch");
+}
+
+#[test]
+fn two_sessions_punch_to_each_other_and_check_the_token() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = v4(l.local_addr().unwrap());
+    let b = broker(l, Policy::default(), false);
+    let token = Token(sys::random_u64());
+    let (c, l) = sessions(at, token);
+    let (pc, pl) = drive(c, l);
+    let (Progress::Direct { sock: sc, peer: peer_c }, Progress::Direct { sock: sl, peer: peer_l }) = (pc, pl) else { panic!("not both direct") };
+    assert_eq!(peer_c, PROXY.parse::<SocketAddrV4>().unwrap(), "the connector reports the listener's proxy address");
+    assert_eq!(peer_l, CONNECTOR_ID.parse::<SocketAddrV4>().unwrap());
+    assert_eq!(sys::peer_addr(sc.raw()).unwrap(), sys::local_addr(sl.raw()).unwrap(), "connected to each other");
+    exchange(&sc, &sl);
+    exchange(&sl, &sc);
+    assert_eq!(sys::get_int_opt(sc.raw(), libc::SOL_SOCKET, libc::SO_REUSEPORT), Ok(1), "still the session's");
+    let sock = sc.into_sock();
+    assert_eq!(sys::get_int_opt(sock.raw(), libc::SOL_SOCKET, libc::SO_REUSEPORT), Ok(0), "handed over plain");
+    drop((sock, sl));
+    let log = b.join().unwrap();
+    assert!(log.contains(&Effect::Release), "{log:?}");
+}
+
+#[test]
+fn a_relay_verdict_hands_over_the_rendezvous_connection() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = v4(l.local_addr().unwrap());
+    let b = broker(l, Policy::default(), true);
+    let (c, l) = sessions(at, Token(sys::random_u64()));
+    let (pc, pl) = drive(c, l);
+    let Progress::Relay { sock, peer } = pc else { panic!("{pc:?}") };
+    assert!(matches!(pl, Progress::Relay { .. }), "{pl:?}");
+    assert_eq!(peer, PROXY.parse::<SocketAddrV4>().unwrap());
+    drop(sock);
+    drop(pl);
+    assert!(b.join().unwrap().contains(&Effect::Splice));
+}
+
+/// A go whose peer never answers (nothing listens there): the side reports
+/// a timeout within its budget and the broker's relay verdict follows.
+#[test]
+fn a_peer_that_never_answers_ends_on_the_relay_within_the_budget() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = v4(l.local_addr().unwrap());
+    let policy = Policy { budget: Duration::from_millis(300), ..Policy::default() };
+    let token = Token(sys::random_u64());
+    // The broker thread of this test sends the connector a go towards a port
+    // where nothing listens, by giving the listener a hello from elsewhere.
+    let handle = thread::spawn(move || {
+        let mut m = Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), policy);
+        let (mut s, from) = l.accept().unwrap();
+        let mut buf = [0u8; PunchHello::LEN];
+        s.read_exact(&mut buf).unwrap();
+        let h = PunchHello::decode(&buf).unwrap();
+        m.arrived(h.role, Arrival { observed: v4(from), local: h.local, rtt: None }, Instant::now()).unwrap();
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let nowhere = v4(dead.local_addr().unwrap());
+        drop(dead);
+        let fx = m.arrived(Role::Listener, Arrival { observed: nowhere, local: nowhere, rtt: None }, Instant::now()).unwrap();
+        for e in &fx {
+            if let Effect::Send(Role::Connector, f @ BrokerFrame::Go(_)) = e {
+                s.write_all(&f.to_bytes()).unwrap();
+            }
+        }
+        let t = Instant::now();
+        let mut rep = [0u8; 8];
+        s.read_exact(&mut rep).unwrap();
+        let took = t.elapsed();
+        let fx = m.reported(Role::Connector, PunchReport::decode(&rep).unwrap());
+        for e in &fx {
+            if let Effect::Send(Role::Connector, f) = e {
+                s.write_all(&f.to_bytes()).unwrap();
+            }
+        }
+        (PunchReport::decode(&rep).unwrap(), took, s)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = Session::start(Family::V4, at, token, Role::Connector, Schedule::default(), deadline).unwrap();
+    let mut c = c;
+    let outcome = loop {
+        let mut fds = Vec::new();
+        c.poll_fds(&mut fds);
+        let mut p: Vec<libc::pollfd> = fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
+        unsafe { real::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, sys::poll_ms(c.next_deadline(), Instant::now()).min(100)) };
+        let ready = p.iter().find(|p| p.revents != 0).map(|p| (p.fd, p.revents));
+        match c.advance(ready, Instant::now()) {
+            Progress::Wait => assert!(Instant::now() < deadline),
+            other => break other,
+        }
+    };
+    let (report, took, _s) = handle.join().unwrap();
+    assert_eq!(report, PunchReport::Failed(proto::gcb::punch::PunchFailure::Timeout));
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "reported after {took:?}");
+    assert!(matches!(outcome, Progress::Relay { .. }), "{outcome:?}");
+}
