@@ -6,7 +6,7 @@ Prints "READY", then runs the trials it reads from stdin, one a line, and
 answers each with one line when it is over:
 
     TRIAL id=N proto=tcp|udp lport=P peer=IP:PORT start_ns=T bound_ms=M
-          [retry_us=R] [listen=0|1] [interval_us=I] [other=LABEL]
+          [retry_us=R] [jitter=0|1] [listen=0|1] [interval_us=I] [other=LABEL]
     RESULT id=N ok=0|1 via=connect|accept|udp t_us=.. attempts=.. late_us=..
            token=ok|bad|none extra=.. errors=NAME:COUNT,.. [heard_us=..] [src=IP:PORT]
 
@@ -17,7 +17,8 @@ start_ns + bound_ms.
 
 TCP: a socket bound to lport (SO_REUSEADDR and SO_REUSEPORT, as a puncher
 binds) connects non-blockingly to peer. When the attempt fails (RST, ICMP), a
-new socket on the same port tries again after retry_us (0: at once). With
+new socket on the same port tries again after retry_us (0: at once; with
+jitter=1, after a time drawn uniformly from 0 to retry_us instead). With
 listen=1 a listening socket shares lport the whole time, so a SYN that
 arrives between attempts is accepted instead of reset by this host's stack.
 The first established connection wins; both sides then exchange a token
@@ -32,6 +33,7 @@ from, which must be the peer's predicted mapping.
 """
 
 import errno
+import random
 import select
 import socket
 import sys
@@ -75,6 +77,7 @@ class Trial:
         self.start = int(fields["start_ns"])
         self.deadline = self.start + int(fields["bound_ms"]) * 1_000_000
         self.retry = int(fields.get("retry_us", "0")) * 1000
+        self.jitter = fields.get("jitter", "0") == "1"
         self.listen = fields.get("listen", "0") == "1"
         self.interval = int(fields.get("interval_us", "10000")) * 1000
         self.me = side
@@ -83,6 +86,11 @@ class Trial:
 
     def error(self, e):
         self.errors[name(e)] = self.errors.get(name(e), 0) + 1
+
+    def next_try(self):
+        """When to try again after a failed attempt."""
+        wait = random.randint(0, self.retry) if self.jitter else self.retry
+        return now() + wait
 
     def us(self, t):
         return (t - self.start) // 1000
@@ -121,7 +129,7 @@ def tcp(t):
             if e not in (0, errno.EINPROGRESS):
                 t.error(e)
                 s.close()
-                s, next_try = None, now() + t.retry
+                s, next_try = None, t.next_try()
                 continue
         until = t.deadline if s is not None else min(next_try, t.deadline)
         r, w, _ = select.select([lst] if lst else [], [s] if s else [], [], max(0, until - now()) / 1e9)
@@ -140,7 +148,7 @@ def tcp(t):
             else:
                 t.error(e)
                 s.close()
-                s, next_try = None, now() + t.retry
+                s, next_try = None, t.next_try()
     done = now()
     if s is not None:
         s.close()

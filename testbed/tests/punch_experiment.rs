@@ -23,7 +23,11 @@
 //! * `PUNCH_TCP`, `PUNCH_UDP`: comma-separated strategies (see [`Strategy::parse`];
 //!   an empty value skips the protocol);
 //! * `PUNCH_BOUND_MS`: how long one side tries (default 2000);
-//! * `PUNCH_OUT`: a file to write the result table to (Markdown) as well.
+//! * `PUNCH_OUT`: a file to write the result table to (Markdown) as well;
+//! * `PUNCH_EVENTS`: a directory; each strategy's conntrack events on both
+//!   gateways (`conntrack -E -o timestamp`) and the packets conntrack called
+//!   invalid there (`nft monitor trace`) are written there, to read what happened
+//!   to the entries of failed or slow trials.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -50,6 +54,8 @@ struct Strategy {
     proto: &'static str,
     /// TCP: wait after a failed attempt before the next (0: at once).
     retry_us: u64,
+    /// TCP: the wait is drawn uniformly from 0 to `retry_us` instead.
+    jitter: bool,
     /// TCP: a listening socket on the same port while connecting.
     listen: bool,
     /// UDP: time between datagrams.
@@ -59,7 +65,8 @@ struct Strategy {
 }
 
 impl Strategy {
-    /// `imm` (retry at once), `dN` (retry after N ms), either with `+L` (a listener
+    /// `imm` (retry at once), `dN` (retry after N ms), `jN` (after a random time of
+    /// up to N ms), any of them with `+L` (a listener
     /// too); `uN` (UDP, a datagram every N ms); any of them with `@SKEW` (`100us`,
     /// `1ms`, ...), side A's head start.
     fn parse(spec: &str) -> Strategy {
@@ -74,12 +81,13 @@ impl Strategy {
         let num = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("bad strategy {spec:?}"));
         let (proto, retry_us, interval_us) = match core {
             "imm" => ("tcp", 0, 0),
-            c if c.starts_with('d') => ("tcp", num(&c[1..]) * 1000, 0),
+            c if c.starts_with('d') || c.starts_with('j') => ("tcp", num(&c[1..]) * 1000, 0),
             c if c.starts_with('u') => ("udp", 0, num(&c[1..]) * 1000),
             _ => panic!("bad strategy {spec:?}"),
         };
+        let jitter = core.starts_with('j');
         assert!(proto == "tcp" || !listen, "+L is for TCP: {spec:?}");
-        Strategy { name: spec.to_string(), proto, retry_us, listen, interval_us, skew_us }
+        Strategy { name: spec.to_string(), proto, retry_us, jitter, listen, interval_us, skew_us }
     }
 }
 
@@ -164,6 +172,47 @@ fn ct_grown(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> St
     if v.is_empty() { "-".into() } else { v.join(", ") }
 }
 
+/// `conntrack -E` on both gateways while a strategy runs, and `nft monitor trace`
+/// of the packets conntrack calls invalid, when `PUNCH_EVENTS` asks.
+fn watch_events(bed: &TestBed, proto: &str) -> Vec<(String, Proc)> {
+    if std::env::var_os("PUNCH_EVENTS").is_none() {
+        return Vec::new();
+    }
+    // After conntrack (priority -200), so ct state is known; a table of its own, so
+    // the gateway's rules and counters are untouched.
+    let trace = "add table inet punchtrace; \
+                 add chain inet punchtrace pre { type filter hook prerouting priority -150; }; \
+                 add rule inet punchtrace pre ct state invalid meta nftrace set 1";
+    let mut procs = Vec::new();
+    for gw in ["ga", "gb"] {
+        let out = bed.run(gw, &["nft", trace], Duration::from_secs(10)).expect("nft");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let events = ["stdbuf", "-oL", "conntrack", "-E", "-p", proto, "-o", "timestamp"];
+        let invalid = ["stdbuf", "-oL", "nft", "monitor", "trace"];
+        for (what, args) in [("events", &events[..]), ("invalid", &invalid[..])] {
+            let p = bed.spawn(gw, args).unwrap_or_else(|e| panic!("{args:?} on {gw}: {e}"));
+            procs.push((format!("{gw}-{what}"), p));
+        }
+    }
+    // Neither tool gives a sign that it has subscribed; a measuring tool may wait.
+    std::thread::sleep(Duration::from_millis(300));
+    procs
+}
+
+fn save_events(bed: &TestBed, s: &Strategy, procs: Vec<(String, Proc)>) {
+    let Some(dir) = std::env::var_os("PUNCH_EVENTS") else { return };
+    std::thread::sleep(Duration::from_millis(300));
+    for (what, p) in procs {
+        p.terminate();
+        let name = format!("{}-{}-{}-{what}.txt", bed.nat_kind("ga"), bed.nat_kind("gb"), s.name.replace('@', "_"));
+        let path = std::path::Path::new(&dir).join(name);
+        std::fs::write(&path, p.stdout_seen().join("\n") + "\n").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    for gw in ["ga", "gb"] {
+        let _ = bed.run(gw, &["nft", "delete", "table", "inet", "punchtrace"], Duration::from_secs(10));
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -179,6 +228,7 @@ fn ms(us: u64) -> String {
 fn run_strategy(bed: &TestBed, sides: &mut [Side; 2], s: &Strategy, trials: u32, bound_ms: u64, next_id: &mut u32) -> String {
     let before = (drops(bed, "ga"), drops(bed, "gb"));
     let ct_before = (ct_stats(bed, "ga"), ct_stats(bed, "gb"));
+    let events = watch_events(bed, s.proto);
     let (mut ok, mut one_each, mut times, mut attempts) = (0, 0, Vec::new(), Vec::new());
     let (mut vias, mut errors, mut skews) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     for _ in 0..trials {
@@ -188,8 +238,8 @@ fn run_strategy(bed: &TestBed, sides: &mut [Side; 2], s: &Strategy, trials: u32,
         assert!(pb <= 65535, "out of fresh ports: too many trials for one bed");
         let t = monotonic_ns() + LEAD_NS;
         let common = format!(
-            "proto={} bound_ms={bound_ms} retry_us={} listen={} interval_us={}",
-            s.proto, s.retry_us, s.listen as u8, s.interval_us
+            "proto={} bound_ms={bound_ms} retry_us={} jitter={} listen={} interval_us={}",
+            s.proto, s.retry_us, s.jitter as u8, s.listen as u8, s.interval_us
         );
         sides[0].send(&format!("TRIAL id={id} {common} lport={pa} peer=203.0.113.2:{pb} start_ns={t} other=B"));
         let tb = t + s.skew_us * 1000;
@@ -229,6 +279,7 @@ fn run_strategy(bed: &TestBed, sides: &mut [Side; 2], s: &Strategy, trials: u32,
     attempts.sort_unstable();
     skews.sort_unstable();
     let skew = format!("{} [{}..{}]", skews[skews.len() / 2], skews[0], skews[skews.len() - 1]);
+    save_events(bed, s, events);
     let after = (drops(bed, "ga"), drops(bed, "gb"));
     let ct = format!("{} / {}", ct_grown(&ct_before.0, &ct_stats(bed, "ga")), ct_grown(&ct_before.1, &ct_stats(bed, "gb")));
     let delta = |b: Option<u64>, a: Option<u64>| a.zip(b).map_or("-".to_string(), |(a, b)| (a - b).to_string());
