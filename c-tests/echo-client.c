@@ -1,6 +1,6 @@
 /* echo-client.c - the measuring client that stands in for an unmodified
  * legacy program: it connects to echo-server, checks every echoed byte and
- * prints per-run timings and a summary (DESIGN.md, "Measuring"). This file
+ * prints per-run timings and a summary (docs/design.md, "Measuring"). This file
  * holds options, the worker threads and the SUMMARY; the runs themselves are
  * in client-tcp.c and client-udp.c. */
 #define _GNU_SOURCE

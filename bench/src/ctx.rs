@@ -20,7 +20,7 @@ pub const BROKER_IP: &str = "203.0.113.10";
 pub const GA_PUBLIC_IP: &str = "203.0.113.1";
 pub const GA_PRIVATE_IP: &str = "192.0.2.1";
 pub const A1_IP: &str = "192.0.2.10";
-/// The broker's command port (DESIGN.md: historic GCB's 65432).
+/// The broker's command port (docs/design.md, "The shim's environment": historic GCB's 65432).
 pub const BROKER_PORT: u16 = 65432;
 /// dpfd's default command port (its --help: "the port defaults to 65433").
 pub const DPFD_PORT: u16 = 65433;

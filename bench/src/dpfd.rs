@@ -314,8 +314,8 @@ fn recover(
     }
 }
 
-/// Forwards in dpfd's nftables table: the elements of its maps (DESIGN.md:
-/// one DNAT rule per protocol backed by a map), or its rules if it has no map.
+/// Forwards in dpfd's nftables table: the elements of its maps (docs/design.md,
+/// "DPF tables": one DNAT rule per protocol backed by a map), or its rules if it has no map.
 fn kernel_forwards(bed: &TestBed) -> usize {
     let Ok(out) = ctx::sh(bed, "ga", &["nft", "-j", "list", "table", "ip", TABLE]) else {
         return 0;

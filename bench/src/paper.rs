@@ -1,6 +1,7 @@
 //! The layout of the paper's Tables 1-3 (patterns, configurations, columns)
-//! and the paper's own figures, transcribed from section 5 of
-//! `paper-gcb-dpf.txt`, so our tables can be printed beside theirs.
+//! and the paper's own figures, transcribed from section 5 of the
+//! paper (Son and Livny, *Recovering Internet Symmetry in Distributed
+//! Computing*), so our tables can be printed beside theirs.
 
 /// A communication pattern: one of the paper's three tables.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

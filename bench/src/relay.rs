@@ -3,7 +3,7 @@
 //! * direct, through a static forward on GA (the baseline);
 //! * through the GCB relay: the sink runs under the shim and is registered
 //!   with the broker; the sender is a plain program dialing the proxy
-//!   address, so the broker relays (DESIGN.md, "Non-GCB peers");
+//!   address, so the broker relays (docs/design.md, "Non-GCB peers");
 //! * through socat on the broker host, forwarding to the static forward —
 //!   the obvious hand-made alternative to the broker's relay.
 //!

@@ -3,7 +3,7 @@
 //!
 //! Each socket keeps up to `window` requests outstanding, retransmits a
 //! request whose reply is late (the daemons answer duplicates from their reply
-//! caches, DESIGN.md / proto::rudp), and gives up after `max_tries` or the
+//! caches, docs/design.md, "Requests over UDP"), and gives up after `max_tries` or the
 //! overall deadline. Replies are matched by the request id in the shared
 //! 15-byte header, so the engine needs no knowledge of the message kinds.
 

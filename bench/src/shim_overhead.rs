@@ -1,5 +1,5 @@
 //! The shim's fast path: what `LD_PRELOAD=libgcb.so` costs a socket the shim
-//! does not manage (DESIGN.md: "no extra system call").
+//! does not manage (docs/design.md, "Interposition hygiene": no extra system call).
 //!
 //! `gcb-bench pingpong` does small round trips over loopback TCP and over a
 //! socketpair, run as a child so the preload applies to it, in three ways:

@@ -1,4 +1,4 @@
-//! The network-situation rules of DESIGN.md ("Network situation"), as pure
+//! The network-situation rules of docs/design.md ("Network situation"), as pure
 //! functions: who is public, which realm a party is in, and, for a listener
 //! and a connector, who dials whom.
 //!

@@ -103,9 +103,11 @@ fn gcb_connector_and_listener_meet_at_the_rendezvous() {
         panic!("{d:?}")
     };
 
-    // The connector arrives first and waits; then the listener.
+    // The connector arrives first and waits (the broker says so); then the
+    // listener.
     let conn = thread::spawn(move || rendezvous(via, token, Role::Connector));
-    thread::sleep(Duration::from_millis(100));
+    let waits = b.expect_line("rendezvous: Connector from");
+    assert!(waits.ends_with("waits for its other half"), "{waits}");
     let (server, _, paired) = listener_side(&mut l, proxy);
     let (client, verdict) = conn.join().unwrap();
     assert_eq!(

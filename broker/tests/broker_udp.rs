@@ -92,8 +92,8 @@ fn register_dummy_and_relay_both_ways() {
     // Never an open relay: a peer that has not sent gets nothing.
     let stranger = sock();
     c.send_to_peer(v4(&stranger), b"unsolicited");
-    assert!(recv(&stranger, QUIET).is_none());
     expect_counter(&b, "udp_refused", 1);
+    assert!(recv(&stranger, QUIET).is_none());
     assert!(b.expect_line("refusing to relay").contains("WARN"));
 
     // Oversize from a peer; garbage (no header) from the client.
@@ -138,6 +138,7 @@ fn the_data_path_follows_the_client() {
     let c = Client::register(&b, "127.0.0.1", None);
     c.dummy(&b);
     // A wrong token from elsewhere changes nothing (and gets no ack).
+    let dropped = counter(&b, "udp_dummies_dropped");
     let moved = sock();
     moved
         .send_to(
@@ -151,6 +152,7 @@ fn the_data_path_follows_the_client() {
             c.proxy,
         )
         .unwrap();
+    expect_counter(&b, "udp_dummies_dropped", dropped + 1);
     assert!(recv(&moved, QUIET).is_none());
     // The client's NAT mapping changed: its Dummy now comes from `moved`.
     c.dummy_from(&b, &moved, c.token);
@@ -189,8 +191,8 @@ fn idle_rules_expire_and_come_back_and_are_capped() {
     // The third peer is over the cap: dropped, counted, warned.
     peers[2].send_to(b"hi", c.proxy).unwrap();
     assert!(b.expect_line("refusing new peer").contains("WARN"));
+    expect_counter(&b, "udp_rule_cap", 1);
     assert!(recv(&c.app, QUIET).is_none());
-    assert_eq!(counter(&b, "udp_rule_cap"), 1);
 
     let p = &peers[0];
     b.expect_line(&format!("udp rule expired: {} <-> {}", v4(p), c.proxy));
@@ -200,11 +202,11 @@ fn idle_rules_expire_and_come_back_and_are_capped() {
         c.proxy
     ));
     c.send_to_peer(v4(p), b"late");
+    expect_counter(&b, "udp_refused", 1);
     assert!(
         recv(p, QUIET).is_none(),
         "the expired rule lets nothing out"
     );
-    expect_counter(&b, "udp_refused", 1);
     // The peer speaks again: the rule is made again, and the reply passes.
     p.send_to(b"again", c.proxy).unwrap();
     assert_eq!(c.recv_relayed(), (v4(p), b"again".to_vec()));

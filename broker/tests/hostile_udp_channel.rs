@@ -137,9 +137,18 @@ fn channels_only_for_the_owner_and_a_peer_that_wrote() {
             ErrorCode::UnknownToken,
         );
     }
-    // A proxy address nobody holds, and a TCP registration's.
+    // A proxy address nobody holds, and a TCP registration's. TCP and UDP
+    // ports are separate spaces, so the TCP one asks for a port no UDP
+    // registration here has: the same number would name `c`'s own proxy
+    // (that made this test fail about once in 50 runs).
     let mut tcp = Mgmt::new(b.addr);
-    let tcp_proxy = tcp.register_ok("10.0.0.10:80", "10.0.0.10");
+    let udp_ports = [c.proxy.port(), other.proxy.port()];
+    let port = (b.range.0..=b.range.1).find(|p| !udp_ports.contains(p)).expect("a free port");
+    let tcp_proxy = match tcp.register("10.0.0.10:80", "10.0.0.10", None, Some(port), 10) {
+        Message::RegisterOk { proxy, .. } => proxy,
+        other => panic!("register refused: {other:?}"),
+    };
+    assert_eq!(tcp_proxy.port(), port, "the desired port was free");
     for proxy in [SocketAddrV4::new(*c.proxy.ip(), 1), tcp_proxy] {
         let msg = Message::UdpChannel {
             proxy,

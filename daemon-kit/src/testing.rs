@@ -19,8 +19,12 @@ use std::sync::mpsc::{channel, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How long one expected log line may take.
-pub const LINE_WAIT: Duration = Duration::from_secs(5);
+/// How long one expected log line (or reply, or command) may take. Only
+/// ever waited for something that must come, so its size costs nothing when
+/// tests pass; it is wide because a loaded 2-core machine took over 5 s to
+/// start dpfd in a fresh network namespace (its first `nft` run) while other
+/// suites ran.
+pub const LINE_WAIT: Duration = Duration::from_secs(15);
 
 /// `bin` with `args` and a clean environment: RUST_LOG and every variable
 /// starting with `env_prefix` removed, so settings of the developer's shell
@@ -79,6 +83,11 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
     dir
 }
 
+/// The ports [`free_port`] picks from. A port range a test gives a daemon
+/// (the broker's proxy ports) must lie outside it, or the command port a
+/// test picked may fall inside the range, which the broker refuses.
+pub const FREE_PORTS: std::ops::Range<u16> = 10_000..22_000;
+
 /// A loopback port free for both UDP and TCP a moment ago: the broker binds
 /// its command port on both, and a port free for UDP alone may be taken
 /// for TCP.
@@ -89,8 +98,8 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 /// processes start at pid-spread offsets so that concurrent suites rarely
 /// try the same ports; proxy ranges in the suites start at 22000.
 pub fn free_port() -> u16 {
-    const LO: u32 = 10_000;
-    const SPAN: u32 = 12_000;
+    const LO: u32 = FREE_PORTS.start as u32;
+    const SPAN: u32 = (FREE_PORTS.end - FREE_PORTS.start) as u32;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let start = std::process::id().wrapping_mul(101) % SPAN;
     for _ in 0..1_000 {

@@ -3,7 +3,7 @@
 //! so a retransmitted request is answered again, never executed twice.
 //!
 //! Filters, in order, each counted: a source outside the private networks
-//! is dropped silently (DESIGN.md, Security: only the private side may
+//! is dropped silently (docs/design.md, "Security": only the private side may
 //! open the NAT); with a secret, a request not sealed with it (or stale or
 //! replayed) is dropped without an answer (see `auth`); a source past the
 //! per-source rate limit is dropped before any decode or reply, as the

@@ -1,4 +1,4 @@
-//! Requests to replies: the safety checks of DESIGN.md (Security), then the
+//! Requests to replies: the safety checks of docs/design.md ("Security"), then the
 //! mapping table, then a reply queued for the engine's next commit (see
 //! `engine.rs` for the write orders). Also the probe's verdicts, which
 //! delete forwards in the same delete order.

@@ -2,7 +2,7 @@
 //! addresses, from which the private network is derived when --private-net
 //! is not given.
 //!
-//! dpfd accepts requests only from the private side (DESIGN.md, Security).
+//! dpfd accepts requests only from the private side (docs/design.md, "Security").
 //! If the administrator names no network, the one that is certainly private
 //! is the subnet of the interface dpfd listens on: that is what it derives,
 //! with the interface's real netmask rather than a guessed /24, which could

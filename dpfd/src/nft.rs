@@ -1,6 +1,6 @@
 //! The nftables backend: the third of the paper's representations, the
-//! kernel's NAT rules, kept in one table of dpfd's own (DESIGN.md, DPF
-//! tables):
+//! kernel's NAT rules, kept in one table of dpfd's own (docs/design.md,
+//! "DPF tables"):
 //!
 //! ```text
 //! table ip dpf {

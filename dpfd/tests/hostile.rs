@@ -127,6 +127,13 @@ fn sock(ip: &str) -> UdpSocket {
 /// The reply to `bytes` within `within`, if any.
 fn exchange(s: &UdpSocket, to: &str, bytes: &[u8], within: Duration) -> Option<Message> {
     s.send_to(bytes, to).unwrap();
+    reply_within(s, within)
+}
+
+/// The next reply on `s` within `within`. To check that there is none,
+/// first wait for the counters that show dpfd handled the request: an
+/// answer would be queued by then, and `within` is only margin.
+fn reply_within(s: &UdpSocket, within: Duration) -> Option<Message> {
     s.set_read_timeout(Some(within)).unwrap();
     let mut buf = [0u8; 2048];
     let (n, _) = s.recv_from(&mut buf).ok()?;
@@ -164,16 +171,13 @@ struct Setup {
 }
 
 /// The [`Setup`], with the default rate limit unless the test names one,
-/// in a network namespace of the test's own; `None` (test skipped) when not
-/// root.
-fn with_one_forward() -> Option<Setup> {
+/// in a network namespace of the test's own (needs root).
+fn with_one_forward() -> Setup {
     with_one_forward_at("1000")
 }
 
-fn with_one_forward_at(rate_limit: &str) -> Option<Setup> {
-    if !root_in_private_netns() {
-        return None;
-    }
+fn with_one_forward_at(rate_limit: &str) -> Setup {
+    root_in_private_netns();
     let d = Dpfd::start(rate_limit);
     let mgmt = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = sock("127.0.0.1");
@@ -183,27 +187,25 @@ fn with_one_forward_at(rate_limit: &str) -> Option<Setup> {
         matches!(first, Some(Message::ForwardOk { .. })),
         "{first:?}"
     );
-    Some(Setup {
+    Setup {
         d,
         mgmt,
         client,
         fwd,
         first,
-    })
+    }
 }
 
 #[test]
+#[ignore = "needs root: dpfd changes nftables, in a network namespace of the test's own (scripts/test runs it)"]
 fn junk_replays_and_refusals_change_nothing() {
-    let Some(Setup {
+    let Setup {
         d,
         mgmt,
         client,
         fwd,
         first,
-    }) = with_one_forward()
-    else {
-        return;
-    };
+    } = with_one_forward();
     let before = (d.state(), d.counters());
 
     // Junk of every class: no reply, counted by class.
@@ -234,12 +236,7 @@ fn junk_replays_and_refusals_change_nothing() {
         &reply,
     ];
     for bytes in junk {
-        assert_eq!(
-            exchange(&client, &d.listen, bytes, QUIET),
-            None,
-            "{} bytes answered",
-            bytes.len()
-        );
+        client.send_to(bytes, &d.listen).unwrap();
     }
     d.expect_moved(
         &before.1,
@@ -252,6 +249,7 @@ fn junk_replays_and_refusals_change_nothing() {
             ("malformed_by.reply", 1),
         ],
     );
+    assert_eq!(reply_within(&client, QUIET), None, "junk was answered");
 
     // A newer version is told so; a replay from the sender gets the cached
     // reply; from another port of its host, the same forward again.
@@ -294,8 +292,8 @@ fn junk_replays_and_refusals_change_nothing() {
         ErrorCode::NotLocal,
     );
     let outside = sock("127.0.0.9");
-    assert_eq!(exchange(&outside, &d.listen, &fwd, QUIET), None);
-    assert_eq!(exchange(&outside, &d.listen, &delete, QUIET), None);
+    outside.send_to(&fwd, &d.listen).unwrap();
+    outside.send_to(&delete, &d.listen).unwrap();
     d.expect_moved(
         &counted,
         &[
@@ -305,6 +303,7 @@ fn junk_replays_and_refusals_change_nothing() {
             ("foreign", 2),
         ],
     );
+    assert_eq!(reply_within(&outside, QUIET), None, "the public side was answered");
     assert_eq!(d.state(), before.0, "hostile input changed the forwards");
 
     // Ports outside the range, as the desired public port.
@@ -349,11 +348,10 @@ fn junk_replays_and_refusals_change_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: dpfd changes nftables, in a network namespace of the test's own (scripts/test runs it)"]
 fn a_flood_of_junk_is_counted_and_valid_requests_still_answered() {
     // No rate limit: every junk datagram that arrives reaches the decoder.
-    let Some(Setup { d, client, .. }) = with_one_forward_at("0") else {
-        return;
-    };
+    let Setup { d, client, .. } = with_one_forward_at("0");
     let before = (d.state(), d.counters());
 
     let flood = sock("127.0.0.2");
@@ -391,10 +389,9 @@ fn a_flood_of_junk_is_counted_and_valid_requests_still_answered() {
 }
 
 #[test]
+#[ignore = "needs root: dpfd changes nftables, in a network namespace of the test's own (scripts/test runs it)"]
 fn a_source_over_the_rate_limit_is_dropped_and_others_still_served() {
-    let Some(Setup { mut d, client, .. }) = with_one_forward_at("2") else {
-        return;
-    };
+    let Setup { mut d, client, .. } = with_one_forward_at("2");
     let before = d.counters();
     let eager = sock("127.0.0.2");
     let sent = 20u64;

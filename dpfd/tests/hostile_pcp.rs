@@ -139,10 +139,8 @@ fn map_request(client: Ipv4Addr, port: u16) -> Vec<u8> {
 }
 
 /// A dpfd with one NAT-PMP mapping of 127.0.0.1:7000 and its client.
-fn setup(rate_limit: &str) -> Option<(Dpfd, UdpSocket)> {
-    if !root_in_private_netns() {
-        return None;
-    }
+fn setup(rate_limit: &str) -> (Dpfd, UdpSocket) {
+    root_in_private_netns();
     let d = Dpfd::start(rate_limit);
     let client = sock("127.0.0.1");
     let req = natpmp::encode_request(&natpmp::Request::Map {
@@ -156,12 +154,13 @@ fn setup(rate_limit: &str) -> Option<(Dpfd, UdpSocket)> {
     let n = client.recv(&mut buf).expect("an answer");
     let r = natpmp::decode_response(&buf[..n]).unwrap();
     assert_eq!(r.result, natpmp::ResultCode::Success);
-    Some((d, client))
+    (d, client)
 }
 
 #[test]
+#[ignore = "needs root: dpfd changes nftables, in a network namespace of the test's own (scripts/test runs it)"]
 fn junk_and_bad_requests_change_nothing() {
-    let Some((d, client)) = setup("1000") else { return };
+    let (d, client) = setup("1000");
     let before = (d.state(), d.counters());
 
     // Dropped without an answer, by class.
@@ -263,8 +262,9 @@ fn junk_and_bad_requests_change_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: dpfd changes nftables, in a network namespace of the test's own (scripts/test runs it)"]
 fn a_source_over_the_rate_limit_is_dropped_and_counted() {
-    let Some((d, client)) = setup("5") else { return };
+    let (d, client) = setup("5");
     let before = d.counters();
     let ask = natpmp::encode_request(&natpmp::Request::PublicAddress);
     for _ in 0..40 {

@@ -1,5 +1,5 @@
-//! Shared-secret authentication of GCB and DPF datagrams (DESIGN.md,
-//! Security): sealing a message with an HMAC trailer, and opening it again.
+//! Shared-secret authentication of GCB and DPF datagrams (docs/design.md,
+//! "Security"): sealing a message with an HMAC trailer, and opening it again.
 //!
 //! [`seal`] takes a complete encoded message (header and body), sets the
 //! header's authenticated flag and appends the trailer documented in

@@ -23,7 +23,7 @@
 //!
 //! # Authentication
 //!
-//! With a shared secret configured (DESIGN.md, Security), every datagram has
+//! With a shared secret configured (docs/design.md, "Security"), every datagram has
 //! the authenticated flag set and an [`AUTH_TRAILER_LEN`]-byte trailer after
 //! the body; [`crate::auth`] seals and opens it:
 //!

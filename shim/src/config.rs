@@ -1,4 +1,4 @@
-//! The shim's settings, from the environment (DESIGN.md, "Shim environment").
+//! The shim's settings, from the environment (docs/design.md, "The shim's environment").
 //!
 //! Read once per process image, on first use, so an `exec`ed program reads its own
 //! environment again. A value that is set but invalid turns its feature off and

@@ -1,7 +1,8 @@
 //! The shim's own fds (the log file, GCB management sockets): where they are
 //! placed, and how they survive an application that closes or reuses fds wholesale.
 //!
-//! DESIGN.md asks that internal fds be CLOEXEC, sit at high numbers, and be
+//! docs/design.md ("Management sockets and the shim's own fds") asks that
+//! internal fds be CLOEXEC, sit at high numbers, and be
 //! protected from the application's `close`, `close_range`, `closefrom` and `dup2`.
 //! Daemons routinely close every fd from 3 up at start and `dup2` onto fixed
 //! numbers, so without this the shim would lose its sockets, or worse, write its
@@ -237,8 +238,21 @@ mod tests {
     use super::*;
 
     /// Pipe ends moved to fds at 5000 and up, far from any other test's fds, since
-    /// range closes reach whatever lies in the range.
+    /// range closes reach whatever lies in the range. The soft `RLIMIT_NOFILE`
+    /// is raised to let them exist: an ordinary user's is often 1024, and this
+    /// test must run (not skip) as any user (`scripts/test --unit`).
     fn high_fds(n: usize) -> Vec<c_int> {
+        let need = 5000 + 2 * n as libc::rlim_t + 64;
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct we pass.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+        if rl.rlim_cur < need {
+            assert!(rl.rlim_max >= need, "this test needs RLIMIT_NOFILE {need}; the hard limit is {}", rl.rlim_max);
+            rl.rlim_cur = need;
+            // SAFETY: setrlimit reads the struct we pass; raising the soft
+            // limit up to the hard one needs no privilege.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) }, 0);
+        }
         let mut fds = Vec::new();
         while fds.len() < n {
             let mut p = [0; 2];

@@ -2,7 +2,7 @@
 //!
 //! One rule per line, `CIDR direct|gcb`, matched longest prefix first. Blank lines
 //! and `#` comments are allowed. A bare address is a host route. A destination no
-//! rule matches is `gcb`: the connector asks the broker (DESIGN.md, "Non-GCB peers").
+//! rule matches is `gcb`: the connector asks the broker (docs/design.md, "Non-GCB peers").
 
 use std::net::IpAddr;
 

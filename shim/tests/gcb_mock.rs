@@ -5,7 +5,8 @@
 //! the real `gcb-broker`.
 //!
 //! Needs root (network namespaces), `cargo build --release -p shim` and
-//! `make -C c-tests`.
+//! `make -C c-tests`; so every test is `#[ignore]`d with that reason, and
+//! `scripts/test` runs them as root (by hand: `-- --include-ignored`).
 
 mod support;
 
@@ -120,15 +121,11 @@ impl Bed {
 }
 
 /// Waits until `p` has written `needle` to stderr (read by another thread, so it
-/// can lag behind stdout); panics after a few seconds.
+/// can lag behind stdout); panics after [`STARTUP`].
 fn wait_stderr(p: &Proc, needle: &str) {
-    for _ in 0..300 {
-        if p.stderr_text().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if let Err(e) = p.wait_stderr(needle, STARTUP) {
+        panic!("{e}");
     }
-    panic!("no {needle:?} in:\n{}", p.stderr_text());
 }
 
 const PUB: [u8; 4] = [203, 0, 113, 20];
@@ -148,6 +145,7 @@ fn four_paths(b: &Bed, server: &Proc, listen: &str) {
 }
 
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn every_server_mode_and_path() {
     let b = Bed::up();
     for (i, mode) in MODES.iter().enumerate() {
@@ -165,6 +163,7 @@ fn every_server_mode_and_path() {
 }
 
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn process_models_fork_prefork_exec() {
     let b = Bed::up();
     let models: [&[&str]; 4] = [&["--fork"], &["--prefork", "3"], &["--prefork", "3", "--mode", "epoll"], &["--exec"]];
@@ -183,6 +182,7 @@ fn process_models_fork_prefork_exec() {
 }
 
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn connector_fallback_and_public_listener() {
     let b = Bed::up();
     // (e) GCB client on a1 to a plain server on pub: no broker there, direct.
@@ -234,6 +234,21 @@ fn wait_broker(b: &Bed, prefix: &str, within: Duration) {
     panic!("the broker never logged {prefix:?}: {:#?}", b.broker.log());
 }
 
+/// Waits until the broker has logged, after its first `from` lines, a line
+/// starting with `prefix`; returns that line. A line logged after an event
+/// shows that everything the broker received before it was handled, so a
+/// test can then check that something did *not* happen.
+fn wait_broker_after(b: &Bed, from: usize, prefix: &str, within: Duration) -> String {
+    let end = std::time::Instant::now() + within;
+    loop {
+        if let Some(line) = b.broker.log().iter().skip(from).find(|l| l.starts_with(prefix)) {
+            return line.clone();
+        }
+        assert!(std::time::Instant::now() < end, "the broker logged no {prefix:?} after line {from}: {:#?}", b.broker.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until `proxy` has `n` holders at the broker.
 fn wait_holders(b: &Bed, proxy: &str, n: usize, within: Duration) {
     let end = std::time::Instant::now() + within;
@@ -249,6 +264,7 @@ fn wait_holders(b: &Bed, proxy: &str, n: usize, within: Duration) {
 /// holder whose socket is gone); above all, the child's close is never taken
 /// for the parent's.
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn unregister_on_last_close_but_not_when_shared() {
     let b = Bed::up();
     let (p, mut stdin) = driver(&b, "a1", &["close", "7300"]);
@@ -263,16 +279,28 @@ fn unregister_on_last_close_but_not_when_shared() {
     go(&mut stdin);
     let shared = next(&p, "PROXY ");
     next(&p, "CHILD-CLOSED");
+    // The child has exited, so whatever it sent is on its way; the parent's
+    // next heartbeat takes the same path through GA after it, and the mock
+    // broker handles datagrams in order: once that heartbeat is logged, an
+    // Unregister from the child would have been too.
+    wait_broker_after(&b, b.broker.log().len(), "heartbeat from 203.0.113.1:", STARTUP);
     assert!(b.broker.holders(&shared) >= 1, "the parent still holds it: {:#?}", b.broker.log());
     go(&mut stdin);
     next(&p, "PARENT-CLOSED");
     go(&mut stdin);
     next(&p, "done");
+    // The same for the parent's close and exit: once the driver is gone, a
+    // registration from a1 comes after anything it sent.
+    testbed::wait_for(STARTUP, "the driver exits", || p.try_wait());
+    let from = b.broker.log().len();
+    let (_marker, _) = b.server("a1", &["--proto", "tcp", "--port", "7309", "--mode", "poll"], true);
+    wait_broker_after(&b, from, "register 192.0.2.10:7309 as ", STARTUP);
     assert_eq!(b.broker.count(&format!("unregister {shared}")), 0, "a shared listener is left to the broker: {:#?}", b.broker.log());
     assert_eq!(b.broker.count("unregister "), 1);
 }
 
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn reversed_connect_keeps_epoll_registration() {
     let b = Bed::up();
     let (server, listen) = b.server("a1", &["--proto", "tcp", "--port", "7310", "--mode", "epoll"], true);
@@ -287,25 +315,24 @@ fn reversed_connect_keeps_epoll_registration() {
 }
 
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn heartbeats_and_reregistration_after_a_broker_restart() {
     let b = Bed::up();
     let (server, listen) = b.server("a1", &["--proto", "tcp", "--port", "7320", "--mode", "epoll"], true);
     // Heartbeats every 2 s from the server idle in epoll_wait.
-    wait_broker(&b, "heartbeat from 203.0.113.1", Duration::from_secs(5));
+    wait_broker(&b, "heartbeat from 203.0.113.1", STARTUP);
+    let from = b.broker.log().len();
     b.broker.forget_registrations();
     let port = listen.rsplit_once(':').unwrap().1;
-    wait_broker(&b, &format!("register 192.0.2.10:7320 as {listen} from 203.0.113.1"), Duration::from_secs(1));
-    wait_broker(&b, "heartbeat from 203.0.113.1:", Duration::from_secs(1));
-    let desired = format!("desired Some({port})");
-    let wait_rereg = std::time::Instant::now() + Duration::from_secs(8);
-    while !b.broker.log().iter().any(|l| l.ends_with(&desired)) {
-        assert!(std::time::Instant::now() < wait_rereg, "no re-registration: {:#?}", b.broker.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The next heartbeat is answered ReregisterRequest, and the listener
+    // registers again asking for its old port, which it gets.
+    let again = wait_broker_after(&b, from, &format!("register 192.0.2.10:7320 as {listen} from 203.0.113.1"), STARTUP);
+    assert!(again.ends_with(&format!("desired Some({port})")), "{again}");
     b.check("pub", &listen, &[], false, &server, 1, PUB);
 }
 
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn a_broker_that_comes_up_after_listen() {
     require_root();
     let bed = TestBed::up().expect("test bed");
@@ -326,6 +353,7 @@ fn a_broker_that_comes_up_after_listen() {
 }
 
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn threads_accepting_on_a_high_fd() {
     let b = Bed::up();
     let (p, _stdin) = driver(&b, "a1", &["threads", "7340", "6"]);
@@ -369,6 +397,7 @@ fn threads_accepting_on_a_high_fd() {
 }
 
 #[test]
+#[ignore = "needs root: a NAT test bed of network namespaces (scripts/test runs it)"]
 fn a_server_blocked_in_read_keeps_heartbeating() {
     let b = Bed::up();
     let script = python_script("gcb_lifecycle.py");
@@ -379,21 +408,26 @@ fn a_server_blocked_in_read_keeps_heartbeating() {
     let proxy = next(&p, "PROXY ");
     assert!(proxy.starts_with("203.0.113.10:"), "{proxy}");
     next(&p, "READING");
-    std::thread::sleep(Duration::from_millis(300));
-    // Over three heartbeat intervals with the process blocked in read() and no data.
+    // Three more heartbeats (1 s apart) while the process is blocked in read()
+    // with no data: it stays there until the test says go. Counted, not timed,
+    // so a slow machine only makes the wait longer.
     let heartbeats = || b.broker.count("heartbeat from 203.0.113.1:");
     let before = heartbeats();
-    std::thread::sleep(Duration::from_millis(3600));
-    let during = heartbeats() - before;
-    assert!(during >= 3, "{during} heartbeats in 3.6 s of read(): {:#?}\n{}", b.broker.log(), p.stderr_text());
+    testbed::wait_for(Duration::from_secs(30), "three heartbeats during read()", || (heartbeats() >= before + 3).then_some(()));
+    assert!(p.stdout_seen().iter().all(|l| !l.starts_with("READ ")), "the read returned before any data was sent");
     go(&mut stdin);
     assert_eq!(next(&p, "READ "), "late data");
     let secs = |prefix: &str| -> f64 { next(&p, prefix).parse().unwrap() };
+    // Anything the shim could wait for inside a call takes a second or more
+    // (a heartbeat interval, the 1.2 s SO_RCVTIMEO); below that is the
+    // scheduler, however loaded the machine.
     let nonblock = secs("NONBLOCK ");
-    assert!(nonblock < 0.1, "a non-blocking read took {nonblock} s");
+    assert!(nonblock < 0.9, "a non-blocking read took {nonblock} s");
+    // SO_RCVTIMEO is 1.2 s: never shorter, and not restarted (which would
+    // take 2.4 s or more); the rest is slack for a loaded machine.
     for what in ["RCVTIMEO-RECV ", "RCVTIMEO-READ "] {
         let t = secs(what);
-        assert!((1.15..1.7).contains(&t), "{what}after {t} s, want 1.2 s");
+        assert!((1.15..2.3).contains(&t), "{what}after {t} s, want 1.2 s");
     }
     assert_eq!(next(&p, "EOF "), "0");
     next(&p, "done");

@@ -1,6 +1,6 @@
 //! testbed: helpers for tests that need real NAT, built on `scripts/netns`.
 //!
-//! A [`TestBed`] is one private copy of the topology in DESIGN.md ("The test bed"):
+//! A [`TestBed`] is one private copy of the topology of docs/testbed.md:
 //! network namespaces with a unique prefix, a public switch, and two NAT gateways.
 //! Every test makes its own, so tests can run in parallel threads, and dropping it
 //! stops the processes started through it and removes the namespaces, also when the

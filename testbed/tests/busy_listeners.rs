@@ -36,8 +36,12 @@ use support::{assert_broker_kept, bed, busy_server, daemon_log, dpf_forwards, ec
 use testbed::real::{Mode, RealBed, STARTUP};
 
 const BUSY_S: f64 = 10.0;
-/// The bound on a `connect` to a busy listener, in microseconds.
-const CONNECT_BOUND_US: f64 = 100_000.0;
+/// Bound on a `connect` to a busy listener, in microseconds. What must be
+/// told apart is "at once" from "once the program is back" (`BUSY_S`, and
+/// each connect must also return inside the busy period, checked below);
+/// the 100 ms is a figure of speed, which a loaded 2-core machine
+/// can miss without anything being wrong (the value is printed above).
+const CONNECT_BOUND_US: f64 = 1_000_000.0;
 const TCP_BYTES: usize = 6000;
 const UDP_BYTES: usize = 1000;
 /// The busy period, the echoes after it, and slack for a loaded machine.

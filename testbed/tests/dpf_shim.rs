@@ -94,7 +94,7 @@ impl Bed {
         let public = p.wait_line(ready, STEP).unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", p.stderr_text()));
         assert!(public.starts_with("203.0.113.1:4"), "advertised {public}, not a forward on GA:\n{}", p.stderr_text());
         let line = format!("gcb: registered {proto} 192.0.2.10:{port} as {public}\n");
-        wait_for(Duration::from_secs(5), &line, || p.stderr_text().contains(&line).then_some(()));
+        wait_for(STEP, &line, || p.stderr_text().contains(&line).then_some(()));
         (p, public)
     }
 
@@ -120,6 +120,26 @@ impl Bed {
         stdout.lines().filter_map(|l| l.split_once(" PEER ").map(|(_, p)| p.to_string())).collect()
     }
 
+    /// Probe rounds dpfd has finished: each ends with a sync (`dpfd status`,
+    /// `changes.syncs`), so a count of them is how long "idle" has been in
+    /// dpfd's own terms, whatever the machine's load.
+    fn probe_rounds(&self) -> u64 {
+        let dpfd = release("dpfd");
+        let out = self.bed.run("ga", &[dpfd.to_str().unwrap(), "status", "--json"], STEP).expect("dpfd status");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "dpfd status: {text}{}", String::from_utf8_lossy(&out.stderr));
+        let doc = testbed::json::parse(&text).unwrap_or_else(|e| panic!("dpfd status --json: {e}: {text}"));
+        let syncs = doc.get("changes").and_then(|c| c.get("syncs")).and_then(|s| s.as_f64());
+        syncs.unwrap_or_else(|| panic!("no changes.syncs in {text}")) as u64
+    }
+
+    /// Waits until dpfd has finished `n` more probe rounds.
+    fn wait_probe_rounds(&self, n: u64) {
+        let start = self.probe_rounds();
+        // One round a second; the bound leaves a loaded machine five times that.
+        wait_for(Duration::from_secs(5 * n + 10), &format!("{n} probe rounds"), || (self.probe_rounds() >= start + n).then_some(()));
+    }
+
     fn map(&self, proto: &str) -> String {
         self.ok("ga", &["nft", "list", "map", "ip", "dpf", &format!("fwd_{proto}")])
     }
@@ -127,7 +147,7 @@ impl Bed {
     /// Asserts the next `n` connections the server accepted came from `peer`.
     fn accepted_from(server: &Proc, n: usize, peer: Ipv4Addr) {
         for _ in 0..n {
-            let rest = server.wait_line("ACCEPT PEER ", Duration::from_secs(5)).expect("ACCEPT PEER");
+            let rest = server.wait_line("ACCEPT PEER ", STEP).expect("ACCEPT PEER");
             let ip: Ipv4Addr = rest.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok()).expect("peer ip");
             assert_eq!(ip, peer, "the server's peer");
         }
@@ -171,9 +191,9 @@ fn dpf_shim_forwards_queries_and_hands_over() {
     let peers = b.client("a2", "udp", &udp_pub, &["--bytes", "500", "--rounds", "100", "--udp-connected"], true, &udp_srv);
     assert!(peers.iter().all(|p| *p == udp_pub), "a2's UDP getpeername must be {udp_pub}: {peers:?}");
 
-    // Idle for well over five probe intervals: the probes are answered, and the
+    // Idle for well over five probe rounds: the probes are answered, and the
     // servers' waits take them off the management sockets' accept queues.
-    std::thread::sleep(Duration::from_secs(12));
+    b.wait_probe_rounds(12);
     let listening = b.ok("a1", &["ss", "-Hltn"]);
     // Both servers' management sockets (the servers themselves bind 0.0.0.0).
     assert!(listening.matches("192.0.2.10:").count() >= 2, "{listening}");
@@ -196,7 +216,9 @@ fn dpf_shim_forwards_queries_and_hands_over() {
     let inherited = exec_srv.wait_line("INHERITED tcp ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", exec_srv.stderr_text()));
     assert_eq!(inherited, exec_pub, "the new image reports the public address");
     b.client("pub", "tcp", &exec_pub, &["--bytes", "2000", "--rounds", "2", "--runs", "2"], false, &exec_srv);
-    std::thread::sleep(Duration::from_secs(4));
+    // Through probe rounds, which would delete a forward whose management
+    // socket the exec lost.
+    b.wait_probe_rounds(4);
     assert!(b.map("tcp").contains(&element(&exec_pub, "192.0.2.10:7002")), "the exec'd server keeps its forward");
 
     drop(udp_srv);

@@ -38,10 +38,15 @@ use testbed::{workspace_root, Proc};
 const COUNT: usize = 100;
 /// The bound on one non-blocking connect call, in microseconds.
 const CALL_BOUND_US: f64 = 1000.0;
-/// A call the scheduler preempted still returns within this.
-const PREEMPTED_BOUND_US: f64 = 100_000.0;
-/// Longest tolerated gap of the 10 ms timer.
-const TIMER_GAP_BOUND_MS: f64 = 1000.0;
+/// A call the scheduler preempted still returns within this: on a loaded
+/// 2-core machine a preempted thread may wait for its CPU a long while, and
+/// a call that blocks on the network is caught by [`CALL_BOUND_US`] (it
+/// sleeps, so it is not counted as preempted).
+const PREEMPTED_BOUND_US: f64 = 500_000.0;
+/// Longest tolerated gap of the 10 ms timer: well under [`BUSY_FOR`], the
+/// stall of a loop that waited for a busy listener, and wide enough for a
+/// loaded machine's scheduling.
+const TIMER_GAP_BOUND_MS: f64 = 2000.0;
 /// How long the busy servers stay busy after the clients start.
 const BUSY_FOR: Duration = Duration::from_secs(5);
 /// For both clients together, from their start.

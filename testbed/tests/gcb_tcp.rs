@@ -262,7 +262,12 @@ fn fallback_to_a_plain_server_and_a_public_listener() {
 fn a_broker_restart_keeps_the_proxy_address() {
     let mut g = Gcb::up();
     let (server, listen) = g.registered_server("a1", 7800, &["--mode", "epoll"]);
+    let t = Instant::now();
     g.check("pub", &listen, &[], false, &server, 1, PUB);
+    // What one relayed connection costs on this machine now, client start-up
+    // included: the baseline of the bound below, so a loaded machine is
+    // allowed its slowness and a slower protocol is not.
+    let one_check = t.elapsed();
     g.restart_broker();
     let restarted = Instant::now();
     // The next heartbeat (every 2 s) is answered with ReregisterRequest, and the
@@ -274,10 +279,12 @@ fn a_broker_restart_keeps_the_proxy_address() {
         std::thread::sleep(Duration::from_millis(50));
     }
     g.check("pub", &listen, &[], false, &server, 1, PUB); // (a) relayed again
-    // The promise is "within two heartbeat intervals" (2 x 2 s here); the slack
-    // covers process start-up on a loaded machine, not a slower protocol.
+    // The promise is "within two heartbeat intervals" (2 x 2 s here), then one
+    // connection, which may take twice what it took before the restart; a
+    // second more for the timers and the polling of the log.
     let took = restarted.elapsed();
-    assert!(took < Duration::from_secs(4 + 3), "a new connection took {took:?} after the broker restart");
+    let bound = Duration::from_secs(2 * 2 + 1) + 2 * one_check;
+    assert!(took < bound, "a new connection took {took:?} after the broker restart, more than {bound:?} (one took {one_check:?} before it)");
     g.check("b1", &listen, &["--nonblock"], true, &server, 1, GB); // (d)
     g.check("pub", &listen, &[], true, &server, 1, PUB); // (b)
     drop(server);

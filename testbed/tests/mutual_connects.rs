@@ -24,8 +24,10 @@ use support::{assert_broker_kept, bed, daemon_log, num, program, py};
 use testbed::real::{Mode, RealBed};
 use testbed::Proc;
 
-/// The bound on each of the two connects, in microseconds.
-const CONNECT_BOUND_US: f64 = 1_000_000.0;
+/// Bound on each of the two connects, in microseconds: far below the 10 s
+/// SO_SNDTIMEO a deadlock would end at, and wide enough for a loaded 2-core
+/// machine (the 1 s is a figure of speed; the value is printed).
+const CONNECT_BOUND_US: f64 = 3_000_000.0;
 const BYTES: usize = 256 << 10;
 /// Start-up, both connects (bounded at 10 s each by SO_SNDTIMEO), the exchange.
 const PEER_BOUND: Duration = Duration::from_secs(90);

@@ -170,8 +170,10 @@ fn public_cannot_reach_private() {
         // From the public host straight to the private address: there is no route.
         let (r, took) = client(&bed, "pub", proto, a1, port, 2.0);
         let err = r.expect_err("public host reached a private address");
+        // Failed by itself (at once, or at its own timeout), not by the
+        // harness's bound; the slack is the client's start-up on a loaded machine.
         assert!(
-            took < Duration::from_secs(3),
+            took < Duration::from_secs(2 + 5),
             "{proto:?} failure took {took:?}"
         );
         if proto == Proto::Tcp {
@@ -257,7 +259,7 @@ fn realm_a_cannot_reach_realm_b_directly() {
 
     let (r, took) = client(&bed, "a1", Proto::Tcp, b1, port, 2.0);
     let err = r.expect_err("a1 reached b1's private address");
-    assert!(took < Duration::from_secs(3), "failure took {took:?}");
+    assert!(took < Duration::from_secs(2 + 5), "failure took {took:?}");
     assert!(
         matches!(err.as_str(), "ENETUNREACH" | "EHOSTUNREACH" | "TIMEOUT"),
         "{err}"
@@ -276,7 +278,17 @@ fn realm_a_cannot_reach_realm_b_directly() {
         "all: {:?}",
         srv.stdout_seen()
     );
-    srv.expect_silence(Duration::from_millis(200)).unwrap();
+    // Nothing arrived before the control, and the failed clients are gone, so
+    // nothing can arrive after it: no wait for silence is needed.
+    assert_eq!(
+        srv.stdout_seen()
+            .iter()
+            .filter(|l| l.starts_with("PEER "))
+            .count(),
+        1,
+        "{:?}",
+        srv.stdout_seen()
+    );
 }
 
 /// key=value tokens of one conntrack line, split into original and reply tuples.
@@ -317,12 +329,12 @@ fn ct_tuples(line: &str) -> Option<([String; 4], [String; 4])> {
 #[test]
 fn conntrack_on_gateway_shows_translation() {
     require_root();
-    if !testbed::have_command("conntrack") {
-        // DESIGN.md lists conntrack as a test dependency and .ci/run installs it, so
-        // this only happens on a hand-made machine; say so loudly.
-        eprintln!("SKIPPED conntrack_on_gateway_shows_translation: conntrack not installed (apt-get install conntrack)");
-        return;
-    }
+    // docs/testbed.md lists conntrack as a test dependency and .ci/run
+    // installs it: its absence is a failure, never a skip.
+    assert!(
+        testbed::have_command("conntrack"),
+        "conntrack is needed for this test: apt-get install conntrack (.ci/run does)"
+    );
     let bed = TestBed::up().expect("test bed");
     for (proto, name) in [(Proto::Tcp, "tcp"), (Proto::Udp, "udp")] {
         let (local, seen, port) = masqueraded_flow(&bed, proto);

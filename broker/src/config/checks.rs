@@ -36,8 +36,9 @@ pub(super) fn addresses(
             "--listen {listen} and --public-ip {public_ip} are of different address families"
         ));
     }
-    // Connectors find the broker at PROXY_IP:COMMAND_PORT (DESIGN.md, Fixed
-    // interfaces), so the command socket must be reachable on the public IP.
+    // Connectors find the broker at PROXY_IP:COMMAND_PORT (docs/design.md,
+    // "The daemons' command lines"), so the command socket must be
+    // reachable on the public IP.
     if !listen.ip().is_unspecified() && listen.ip() != public_ip {
         return Err(format!(
             "--listen {listen} is not on --public-ip {public_ip}; connectors reach the broker at \

@@ -183,9 +183,9 @@ impl Io {
     }
 
     /// On shutdown: resets every relayed connection and every parked one, so
-    /// both ends see the relay break (see "Faults and restarts" in the
-    /// README) instead of a clean end of stream that would pass for a
-    /// complete transfer.
+    /// both ends see the relay break (docs/design.md, "Broker restart and
+    /// several brokers") instead of a clean end of stream that would pass
+    /// for a complete transfer.
     pub(crate) fn abort_relays(&mut self) {
         if self.relays.len() > 0 {
             info!("resetting {} relayed connections", self.relays.len());

@@ -11,7 +11,10 @@ use proto::Proto;
 
 use super::{Broker, Mgmt, WAIT};
 
-/// How long to wait before concluding that a datagram was dropped.
+/// How long to listen for a datagram that must not come. Only after the
+/// broker has shown (a counter, a reply, a log line it writes after the
+/// fact) that it handled what would have sent it: on loopback a datagram it
+/// sent by then is already queued, so this is margin, not the proof.
 pub const QUIET: Duration = Duration::from_millis(300);
 
 pub fn v4(s: &UdpSocket) -> SocketAddrV4 {

@@ -52,15 +52,17 @@ pub fn private_netns() {
     assert_eq!(code, 0, "ip link set lo up: {err}");
 }
 
-/// The daemon needs root: as root, moves the test into its own network
-/// namespace and returns true; otherwise says the test is skipped.
-pub fn root_in_private_netns() -> bool {
-    if !is_root() {
-        eprintln!("skipped: the daemon needs root; the refusal is checked elsewhere");
-        return false;
-    }
+/// The daemon needs root: moves the calling test into a network namespace
+/// of its own. The tests that call this are `#[ignore]`d with the reason,
+/// and `scripts/test` runs them as root; run by hand without root, they
+/// fail here rather than pass untested. (Without root the daemon's refusal
+/// is what is tested, in `cli.rs`.)
+pub fn root_in_private_netns() {
+    assert!(
+        is_root(),
+        "this test needs root: run it as root (scripts/test, or cargo test -- --include-ignored)"
+    );
     private_netns();
-    true
 }
 
 /// A fresh directory others may enter, so `nobody` can see a mirror path.

@@ -51,7 +51,8 @@ pub struct MgmtInfo {
     /// The management UDP socket's own address as the client sees it
     /// (`getsockname` after connecting it to the broker, so never 0.0.0.0).
     /// The broker compares its IP with the request's source IP: equal means
-    /// the client is public, different means it is behind NAT (DESIGN.md).
+    /// the client is public, different means it is behind NAT (docs/design.md,
+    /// "Network situation").
     pub mgmt_local: SocketAddrV4,
     /// The client's process id, for the broker's logs.
     pub pid: u32,

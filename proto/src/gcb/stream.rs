@@ -1,6 +1,6 @@
 //! Fixed-size preambles on TCP connections the shim and broker make to pair
 //! a reversed or relayed connection. The shim writes and strips them; the
-//! application's byte stream is never altered (DESIGN.md, Identities).
+//! application's byte stream is never altered (docs/design.md, "Identities").
 //!
 //! [`StreamHello`], 16 bytes, is the first thing the dialing side sends: a
 //! connector or listener dialing the broker's rendezvous (`Relay`,

@@ -59,7 +59,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// For a connector's first `Connect` to an address that may not be
     /// brokered at all: three sends within 350 ms, so a non-GCB destination
-    /// costs little before the direct connect (DESIGN.md, Non-GCB peers).
+    /// costs little before the direct connect (docs/design.md, "Non-GCB peers").
     pub const fn probe() -> Self {
         RetryPolicy {
             initial_rto: Duration::from_millis(50),

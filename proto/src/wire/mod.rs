@@ -26,7 +26,7 @@ pub use write::{Sink, SliceSink, Writer};
 use std::fmt;
 
 /// Why a byte string could not be decoded. Every decoder in the crate returns
-/// this; receivers drop the input and count it (DESIGN.md, Security).
+/// this; receivers drop the input and count it (docs/design.md, "Security").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// The input does not start with the expected magic: it is not this

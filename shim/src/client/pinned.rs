@@ -14,7 +14,7 @@
 //!    or dpfd's public IPs); if not, the application gets the kernel's
 //!    EADDRNOTAVAIL untouched;
 //! 2. the socket is bound to the real local address behind the reported one
-//!    (DESIGN.md, "Identities"): the host's IP towards the broker or dpfd, and an
+//!    (docs/design.md, "Identities"): the host's IP towards the broker or dpfd, and an
 //!    ephemeral port (the local port is invisible to the program: it only ever
 //!    sees the reported address);
 //! 3. the mode registers or forwards it at once, TCP included, asking for

@@ -1,4 +1,4 @@
-//! The DPF client (paper 3.2.1, DESIGN.md): with `DPF_INAGENT` set, the shim
+//! The DPF client (paper 3.2.1, docs/design.md, "DPF tables"): with `DPF_INAGENT` set, the shim
 //!
 //! * asks `dpfd` on the NAT gateway to forward a public address to every AF_INET
 //!   UDP socket after `bind` and every TCP socket after `listen` (not loopback),

@@ -1,4 +1,4 @@
-//! The names the application sees (DESIGN.md, "Identities"):
+//! The names the application sees (docs/design.md, "Identities"):
 //!
 //! * `getsockname` on a registered listener: its proxy address;
 //! * `getsockname` on a connection accepted from it: the proxy address too, the

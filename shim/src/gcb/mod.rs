@@ -1,4 +1,4 @@
-//! The GCB client for TCP and UDP (paper section 4, DESIGN.md, docs/gcb-client-design.md).
+//! The GCB client for TCP and UDP (paper section 4, docs/design.md, docs/gcb-client-design.md).
 //!
 //! With `GCB_INAGENT` set, the shim:
 //!

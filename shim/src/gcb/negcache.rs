@@ -1,7 +1,7 @@
 //! The connector's negative cache: IPs that turned out not to be brokered.
 //!
 //! A GCB connector asks `IP:command_port` before every connect to an address it
-//! knows nothing about (DESIGN.md, "Non-GCB peers"). When the answer is "no broker
+//! knows nothing about (docs/design.md, "Non-GCB peers"). When the answer is "no broker
 //! here" (ECONNREFUSED, a foreign reply, silence), the IP is remembered for
 //! [`TTL`] so only the first connect pays that round trip.
 //!

@@ -4,7 +4,8 @@
 //! Everything here calls [`crate::real`], never the hooks, and reports failure as
 //! an errno value (`Err(Errno)`) instead of leaving it in `errno`, so callers can
 //! decide which errno the application finally sees. Every wait takes an absolute
-//! deadline: the shim must never hang the application (DESIGN.md).
+//! deadline: the shim must never hang the application (docs/design.md,
+//! "Failing").
 
 use std::mem::{size_of, MaybeUninit};
 use std::net::SocketAddrV4;

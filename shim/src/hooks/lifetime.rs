@@ -2,8 +2,8 @@
 //! `close_range`, `closefrom`, `fork` and the `exec` family.
 //!
 //! Management sockets share the fate of their listening socket: created,
-//! duplicated, inherited and closed with it (DESIGN.md, "Management sockets"). The
-//! shim's own fds are protected here ([`crate::internal`]).
+//! duplicated, inherited and closed with it (docs/design.md, "Management sockets and the
+//! shim's own fds"). The shim's own fds are protected here ([`crate::internal`]).
 //!
 //! # fcntl is variadic
 //!

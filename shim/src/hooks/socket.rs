@@ -3,7 +3,7 @@
 //!
 //! GCB registers listening sockets at `listen`, DPF forwards UDP sockets at
 //! `bind` and TCP sockets at `listen`; both report the public names from
-//! `getsockname` and `getpeername` (DESIGN.md, "Identities"). A socket bound to
+//! `getsockname` and `getpeername` (docs/design.md, "Identities"). A socket bound to
 //! the reported address itself is registered or forwarded at `bind`
 //! (`client::pinned`).
 

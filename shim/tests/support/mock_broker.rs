@@ -1,8 +1,9 @@
 //! A scripted GCB broker for the shim's own end-to-end tests: just enough of the
 //! broker side of the protocol (proto crate) to drive every TCP path of the
-//! client, with the decision table of DESIGN.md. It is not `gcb-broker`: it has
-//! no limits, no security and one thread per connection, and it keeps a log of
-//! what it did so tests can check which path a connection took.
+//! client, with the decision table of docs/design.md ("Network situation").
+//! It is not `gcb-broker`: it has no limits, no security and one thread per
+//! connection, and it keeps a log of what it did so tests can check which
+//! path a connection took.
 //!
 //! It runs inside the test process, on threads that first join the test bed's
 //! broker namespace (`setns` is per thread for network namespaces; sockets stay in

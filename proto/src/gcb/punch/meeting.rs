@@ -187,7 +187,9 @@ impl Meeting {
 
     /// `role`'s rendezvous connection ended (closed, reset, or bytes that
     /// were not a report). The other side, if it is there and has no verdict
-    /// yet, is rejected: with one side gone there is no relay either.
+    /// yet, is rejected with `NotRegistered`, which its program sees as
+    /// ECONNREFUSED, as from a peer that reset the connection: with one side
+    /// gone there is no relay either.
     pub fn vanished(&mut self, role: Role) -> Vec<Effect> {
         if self.stage == Stage::Ended {
             return Vec::new();
@@ -199,7 +201,7 @@ impl Meeting {
         };
         let mut out = Vec::new();
         if self.arrivals[slot(other)].is_some() {
-            out.push(Effect::Send(other, BrokerFrame::Verdict(PunchVerdict::Rejected { code: ErrorCode::Timeout })));
+            out.push(Effect::Send(other, BrokerFrame::Verdict(PunchVerdict::Rejected { code: ErrorCode::NotRegistered })));
         }
         out.push(Effect::Drop);
         out.push(Effect::Ended(Outcome::Vanished));

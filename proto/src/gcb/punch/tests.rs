@@ -223,7 +223,7 @@ fn a_side_that_vanishes_takes_the_connection_with_it() {
     let mut m = meeting();
     m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", None), t0);
     let fx = m.vanished(Role::Connector);
-    assert_eq!(sent(&fx, Role::Listener), vec![BrokerFrame::Verdict(PunchVerdict::Rejected { code: ErrorCode::Timeout })]);
+    assert_eq!(sent(&fx, Role::Listener), vec![BrokerFrame::Verdict(PunchVerdict::Rejected { code: ErrorCode::NotRegistered })]);
     assert!(fx.contains(&Effect::Drop) && fx.contains(&Effect::Ended(Outcome::Vanished)));
     assert_eq!(m.vanished(Role::Listener), vec![]);
     assert_eq!(m.arrived(Role::Connector, arrival("203.0.113.2:40001", "198.51.100.10:40001", None), t0), None);

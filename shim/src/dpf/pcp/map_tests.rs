@@ -104,7 +104,9 @@ fn a_refusal_ends_it_at_once_with_its_code() {
 }
 
 /// Silence: three transmissions at about 0, 0.25 and 0.75 s, and the call
-/// returns at its bound.
+/// returns at its bound. RFC 6887's jitter compounds (each interval is
+/// (1 ± 0.1) times twice the last one as drawn), so when every draw is low a
+/// fourth goes out at about 1.36 s, still inside the 1.5 s bound.
 #[test]
 fn silence_is_bounded() {
     let (gw, got) = gateway(|_| None);
@@ -114,7 +116,8 @@ fn silence_is_bounded() {
     let took = t0.elapsed();
     assert_eq!(outcome, Outcome::Silent(NoAnswer::Timeout));
     assert!(took >= CALL_BOUND && took < CALL_BOUND + Duration::from_millis(500), "{took:?}");
-    assert_eq!(got.try_iter().count(), 3);
+    let sent = got.try_iter().count();
+    assert!((3..=4).contains(&sent), "{sent} transmissions");
 }
 
 /// Nothing listens at the gateway's port: the kernel says so at once.

@@ -56,7 +56,8 @@ pub const LIFETIME_S: u32 = 600;
 /// How long `bind` or `listen` waits for the gateway.
 pub const CALL_BOUND: Duration = Duration::from_millis(1500);
 /// The retransmissions inside that bound (RFC 6887 §8.1.1 with its MRD set
-/// to the bound): sent at about 0, 0.25 and 0.75 s. The RFC's IRT of 3 s
+/// to the bound): sent at about 0, 0.25 and 0.75 s (and about 1.36 s when
+/// the jitter draws low each time). The RFC's IRT of 3 s
 /// suits a client in the background; one holding up an application's call
 /// for at most 1.5 s would send once and never again.
 pub const CALL_RETRY: Retry = Retry {

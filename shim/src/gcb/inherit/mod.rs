@@ -1,5 +1,5 @@
-//! Handing managed listeners and UDP sockets over `exec` (DESIGN.md,
-//! "Management sockets").
+//! Handing managed listeners and UDP sockets over `exec` (docs/design.md,
+//! "Management sockets and the shim's own fds").
 //!
 //! A new process image starts with no shim state, but it may inherit listening
 //! sockets (Condor's master hands its command socket to the daemons it starts;

@@ -1,5 +1,5 @@
-//! The GCB client for UDP (paper 4.2.1 and 4.2.2, DESIGN.md; the broker side is
-//! `broker/src/udp`).
+//! The GCB client for UDP (paper 4.2.1 and 4.2.2, docs/design.md, "GCB for
+//! UDP"; the broker side is `broker/src/udp`).
 //!
 //! * Every AF_INET UDP socket made while GCB is on starts `WatchedUdp`: its
 //!   `bind`, `connect`, `sendto`, `sendmsg` and `sendmmsg` are looked at, its
