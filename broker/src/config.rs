@@ -32,6 +32,13 @@ pub const DEFAULT_UDP_RULE_IDLE_S: u64 = 120;
 /// socket; a rule is about a hundred bytes.
 pub const DEFAULT_UDP_RULES_PER_REGISTRATION: u32 = 4096;
 pub const DEFAULT_LOG: &str = "info";
+/// Each side's time to punch (docs/hole-punching.md); about five round trips
+/// across a continent, and measured ample on the test bed's gateways.
+pub const DEFAULT_PUNCH_BUDGET_MS: u64 = 500;
+/// How long a pair of realms whose punch failed is relayed at once.
+pub const DEFAULT_PUNCH_RETRY_S: u64 = 600;
+/// The punch budget's bounds: a frame carries at most u16 milliseconds.
+pub const PUNCH_BUDGET_MS: (u64, u64) = (10, 60_000);
 /// Longest accepted duration, one day. The bound keeps `now + setting`
 /// deadlines far from overflowing `Instant`, and nothing sensible is longer.
 pub const MAX_SECONDS: u64 = 86_400;
@@ -55,6 +62,10 @@ pub struct FileConfig {
     pub log: Option<String>,
     pub metrics_listen: Option<String>,
     pub freebind: Option<bool>,
+    pub punch: Option<bool>,
+    pub punch_budget_ms: Option<u64>,
+    pub punch_retry_s: Option<u64>,
+    pub punch_unpredictable: Option<bool>,
 }
 
 /// Settings that SIGHUP may change while the broker runs: they only bound
@@ -68,6 +79,29 @@ pub struct Limits {
     pub rate_limit: u32,
     pub udp_rule_idle_s: u64,
     pub udp_rules_per_registration: u32,
+    /// Hole punching between private realms (docs/hole-punching.md).
+    pub punch: Punch,
+}
+
+/// The hole-punching settings; they only govern future connects, so a
+/// reload changes them live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Punch {
+    pub enabled: bool,
+    pub budget_ms: u64,
+    pub retry_s: u64,
+    pub unpredictable: bool,
+}
+
+impl Default for Punch {
+    fn default() -> Self {
+        Punch {
+            enabled: true,
+            budget_ms: DEFAULT_PUNCH_BUDGET_MS,
+            retry_s: DEFAULT_PUNCH_RETRY_S,
+            unpredictable: false,
+        }
+    }
 }
 
 /// The merged and checked configuration the daemon runs with.
@@ -194,6 +228,22 @@ pub fn merge(
             1,
             u32_max,
         )?,
+        punch: Punch {
+            enabled: pick(args.no_punch.map(|no| !no), file.punch, true).0,
+            budget_ms: in_bounds(
+                "punch_budget_ms",
+                pick(args.punch_budget_ms, file.punch_budget_ms, DEFAULT_PUNCH_BUDGET_MS),
+                PUNCH_BUDGET_MS.0,
+                PUNCH_BUDGET_MS.1,
+            )?,
+            retry_s: in_bounds(
+                "punch_retry_s",
+                pick(args.punch_retry_s, file.punch_retry_s, DEFAULT_PUNCH_RETRY_S),
+                0,
+                MAX_SECONDS,
+            )?,
+            unpredictable: pick(args.punch_unpredictable, file.punch_unpredictable, false).0,
+        },
     };
 
     let file_allow = from_file("status_allow", file.status_allow.as_deref(), |s| s.parse())?;
@@ -258,11 +308,21 @@ impl Config {
             None => String::new(),
         };
         let freebind = if self.freebind { ", freebind" } else { "" };
+        let p = &l.punch;
+        let punch = match (p.enabled, p.unpredictable) {
+            (false, _) => "off".to_string(),
+            (true, u) => format!(
+                "on (budget {} ms, retry {}s{})",
+                p.budget_ms,
+                p.retry_s,
+                if u { ", unpredictable mappings too" } else { "" }
+            ),
+        };
         format!(
             "command port udp {bound}, rendezvous tcp {bound}, proxies on {} ports {} ({} ports), heartbeat timeout {}s, \
              max registrations {}, max relays {}, rate limit {rate}, udp rule idle {}s, \
-             udp rules per registration {}, status from this host{status}, authentication {auth}, \
-             log {}{metrics}{freebind}",
+             udp rules per registration {}, hole punching {punch}, status from this host{status}, \
+             authentication {auth}, log {}{metrics}{freebind}",
             self.public_ip,
             self.port_range,
             self.port_range.len(),

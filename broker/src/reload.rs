@@ -111,6 +111,11 @@ impl Reloadable for Config {
             n.udp_rules_per_registration,
             true,
         );
+        let (op, np) = (&o.punch, &n.punch);
+        compare(&mut out, "punch", op.enabled, np.enabled, true);
+        compare(&mut out, "punch_budget_ms", op.budget_ms, np.budget_ms, true);
+        compare(&mut out, "punch_retry_s", op.retry_s, np.retry_s, true);
+        compare(&mut out, "punch_unpredictable", op.unpredictable, np.unpredictable, true);
         compare(
             &mut out,
             "status_allow",

@@ -103,6 +103,7 @@ pub fn limits() -> Limits {
         rate_limit: 0,
         udp_rule_idle_s: 120,
         udp_rules_per_registration: 8,
+        punch: crate::config::Punch::default(),
     }
 }
 
