@@ -114,6 +114,16 @@ impl Daemon {
                 g.udp_rules,
             ),
             ("udp_channels_active", "UDP channels open", g.udp_channels),
+            (
+                "punches_active",
+                "TCP hole punches whose sides are both at the rendezvous",
+                g.punches,
+            ),
+            (
+                "punch_blocked_pairs",
+                "Pairs of realms relayed at once after a failed punch (the outcome cache)",
+                g.punch_blocked_pairs,
+            ),
         ] {
             s.gauge(name, help, v as f64);
         }

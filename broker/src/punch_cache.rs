@@ -117,7 +117,8 @@ impl OutcomeCache {
         self.remove(pair(a, b));
     }
 
-    /// The blocked pairs and how long each stays blocked, for the status.
+    /// The blocked pairs and how long each stays blocked.
+    #[cfg(test)]
     pub fn blocked_pairs(&self, now: Instant) -> Vec<(Ipv4Addr, Ipv4Addr, Duration)> {
         let mut out: Vec<_> = self
             .entries

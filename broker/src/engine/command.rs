@@ -185,7 +185,8 @@ impl Engine {
                 connector,
                 connector_id,
                 realm,
-                ..
+                features,
+                asked_from_port,
             } => {
                 let req = ConnectReq {
                     proto,
@@ -193,6 +194,8 @@ impl Engine {
                     connector,
                     connector_id,
                     realm,
+                    features,
+                    asked_from_port,
                 };
                 let started = Instant::now();
                 let reply = self.on_connect(from, req, now);
