@@ -12,10 +12,12 @@
 pub mod daemons;
 pub mod json;
 pub mod miniupnpd;
+mod nat;
 pub mod proc;
 pub mod real;
 mod topology;
 
+pub use nat::{parse_counter_packets, NatKind, NatKinds};
 pub use topology::{valid_prefix, HostInfo, Realm, Topology};
 
 pub use proc::{run_with_timeout, wait_for, Proc, ServerProc};
@@ -143,13 +145,19 @@ pub struct TestBed {
 impl TestBed {
     /// Create a test bed with a fresh random prefix.
     pub fn up() -> Result<TestBed, String> {
-        Self::create(None, false)
+        Self::create(None, false, NatKinds::default())
+    }
+
+    /// Create a test bed whose gateways have the given NAT kinds
+    /// (`scripts/netns up --nat-a A --nat-b B`).
+    pub fn up_with_nat(nat: NatKinds) -> Result<TestBed, String> {
+        Self::create(None, false, nat)
     }
 
     /// Create a test bed with a second broker host, `broker2` (203.0.113.11,
     /// public), for broker failover (`scripts/netns up --broker2`).
     pub fn up_with_broker2() -> Result<TestBed, String> {
-        Self::create(None, true)
+        Self::create(None, true, NatKinds::default())
     }
 
     /// Create a test bed with a chosen prefix (fails if it is in use).
@@ -159,10 +167,10 @@ impl TestBed {
                 "bad test-bed prefix {prefix:?} (must match ^[a-z0-9]{{1,10}}$)"
             ));
         }
-        Self::create(Some(prefix), false)
+        Self::create(Some(prefix), false, NatKinds::default())
     }
 
-    fn create(prefix: Option<&str>, broker2: bool) -> Result<TestBed, String> {
+    fn create(prefix: Option<&str>, broker2: bool, nat: NatKinds) -> Result<TestBed, String> {
         if !is_root() {
             return Err(
                 "these tests need root (network namespaces); run scripts/test as root".into(),
@@ -175,6 +183,7 @@ impl TestBed {
         if broker2 {
             args.push("--broker2");
         }
+        args.extend(["--nat-a", nat.a.as_str(), "--nat-b", nat.b.as_str()]);
         let out = netns_script_run(&args)?;
         let p = out.trim().to_string();
         if !valid_prefix(&p) {
@@ -189,6 +198,13 @@ impl TestBed {
                     "list --json reported prefix {:?}, expected {p:?}",
                     t.prefix
                 )),
+            })
+            .and_then(|t| {
+                let got = |g: &str| t.hosts.get(g).and_then(|h| h.nat);
+                match (got("ga"), got("gb")) {
+                    (Some(a), Some(b)) if NatKinds::new(a, b) == nat => Ok(t),
+                    other => Err(format!("list --json reported NAT kinds {other:?}, asked for {nat:?}")),
+                }
             });
         let topo = match topo {
             Ok(t) => t,
@@ -246,6 +262,26 @@ impl TestBed {
         let h = self.host(gateway);
         assert!(h.gateway && h.ips.len() > 1, "{gateway:?} is not a gateway");
         h.ips[1]
+    }
+
+    /// The NAT kind of a gateway ("ga" or "gb") as the bed was made.
+    pub fn nat_kind(&self, gateway: &str) -> NatKind {
+        let h = self.host(gateway);
+        assert!(h.gateway, "{gateway:?} is not a gateway");
+        h.nat.unwrap_or_else(|| panic!("the listing of {gateway:?} had no NAT kind"))
+    }
+
+    /// Packets counted so far by the named nft counter `name` of a gateway's
+    /// `table inet filter` (see [`NatKind`] for which kind has which counter).
+    pub fn nft_counter(&self, gateway: &str, name: &str) -> Result<u64, String> {
+        let out = self.run(gateway, &["nft", "list", "counter", "inet", "filter", name], SCRIPT_TIMEOUT)?;
+        if !out.status.success() {
+            return Err(format!(
+                "nft list counter inet filter {name} on {gateway}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        parse_counter_packets(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// `ip netns exec NETNS PROGRAM`, ready for more args. Stdin is /dev/null (set it

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::{release_bin, require_root, run_with_timeout, wait_for, workspace_root, Proc, TestBed};
+use crate::{release_bin, require_root, run_with_timeout, wait_for, workspace_root, NatKinds, Proc, TestBed};
 
 /// The broker host's address, where GCB proxy addresses live.
 pub const BROKER: &str = "203.0.113.10";
@@ -77,8 +77,13 @@ impl RealBed {
     /// whose daemon gets `daemon_args` after its usual ones (for example
     /// `--heartbeat-timeout-s 3`, so a silent client expires within a test).
     pub fn up_with(mode: Mode, heartbeat_s: u64, daemon_args: &[&str]) -> RealBed {
+        RealBed::up_with_nat(mode, heartbeat_s, daemon_args, NatKinds::default())
+    }
+
+    /// [`RealBed::up_with`] on a bed whose gateways have the given NAT kinds.
+    pub fn up_with_nat(mode: Mode, heartbeat_s: u64, daemon_args: &[&str], nat: NatKinds) -> RealBed {
         require_root();
-        let bed = TestBed::up().expect("test bed");
+        let bed = TestBed::up_with_nat(nat).expect("test bed");
         let scratch = std::env::temp_dir().join(format!("gcb-real-{}", bed.prefix()));
         std::fs::create_dir_all(&scratch).expect("scratch directory");
         let daemon = match mode {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::{json, HOSTS};
+use crate::{json, NatKind, HOSTS};
 
 /// A prefix `scripts/netns` accepts: ^[a-z0-9]{1,10}$.
 pub fn valid_prefix(p: &str) -> bool {
@@ -31,6 +31,9 @@ pub struct HostInfo {
     pub ips: Vec<Ipv4Addr>,
     pub realm: Realm,
     pub gateway: bool,
+    /// A gateway's NAT kind; None for other hosts, and for a gateway whose kind
+    /// the listing could not tell (its filter table was replaced by hand).
+    pub nat: Option<NatKind>,
 }
 
 /// The whole topology of one test bed.
@@ -90,6 +93,19 @@ impl Topology {
                 .get("gateway")
                 .and_then(|g| g.as_bool())
                 .unwrap_or(ips.len() > 1);
+            // Older listings lack "nat"; null means the gateway's kind is unknown.
+            let nat = match h.get("nat") {
+                None | Some(json::Value::Null) => None,
+                Some(v) => Some(
+                    v.as_str()
+                        .ok_or_else(|| bad("\"nat\" is not a string"))?
+                        .parse::<NatKind>()
+                        .map_err(|e| bad(&e))?,
+                ),
+            };
+            if nat.is_some() && !gateway {
+                return Err(bad("a NAT kind on a host that is not a gateway"));
+            }
             hosts.insert(
                 name.clone(),
                 HostInfo {
@@ -97,6 +113,7 @@ impl Topology {
                     ips,
                     realm,
                     gateway,
+                    nat,
                 },
             );
         }
@@ -116,7 +133,7 @@ impl Topology {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"{"prefix":"gcb0a1b2c","hosts":{"broker":{"netns":"gcb0a1b2c-broker","ips":["203.0.113.10"],"realm":"public","gateway":false},"pub":{"netns":"gcb0a1b2c-pub","ips":["203.0.113.20"],"realm":"public","gateway":false},"ga":{"netns":"gcb0a1b2c-ga","ips":["203.0.113.1","192.0.2.1"],"realm":"A","gateway":true},"a1":{"netns":"gcb0a1b2c-a1","ips":["192.0.2.10"],"realm":"A","gateway":false},"a2":{"netns":"gcb0a1b2c-a2","ips":["192.0.2.11"],"realm":"A","gateway":false},"gb":{"netns":"gcb0a1b2c-gb","ips":["203.0.113.2","198.51.100.1"],"realm":"B","gateway":true},"b1":{"netns":"gcb0a1b2c-b1","ips":["198.51.100.10"],"realm":"B","gateway":false}}}"#;
+    const SAMPLE: &str = r#"{"prefix":"gcb0a1b2c","hosts":{"broker":{"netns":"gcb0a1b2c-broker","ips":["203.0.113.10"],"realm":"public","gateway":false},"pub":{"netns":"gcb0a1b2c-pub","ips":["203.0.113.20"],"realm":"public","gateway":false},"ga":{"netns":"gcb0a1b2c-ga","ips":["203.0.113.1","192.0.2.1"],"realm":"A","gateway":true,"nat":"random"},"a1":{"netns":"gcb0a1b2c-a1","ips":["192.0.2.10"],"realm":"A","gateway":false},"a2":{"netns":"gcb0a1b2c-a2","ips":["192.0.2.11"],"realm":"A","gateway":false},"gb":{"netns":"gcb0a1b2c-gb","ips":["203.0.113.2","198.51.100.1"],"realm":"B","gateway":true,"nat":null},"b1":{"netns":"gcb0a1b2c-b1","ips":["198.51.100.10"],"realm":"B","gateway":false}}}"#;
 
     #[test]
     fn prefix_validation() {
@@ -141,6 +158,9 @@ mod tests {
         );
         assert_eq!(ga.realm, Realm::A);
         assert!(ga.gateway);
+        assert_eq!(ga.nat, Some(NatKind::Random));
+        assert_eq!(t.hosts["gb"].nat, None);
+        assert_eq!(t.hosts["a1"].nat, None);
         assert_eq!(t.hosts["b1"].realm, Realm::B);
         assert_eq!(t.hosts["broker"].realm, Realm::Public);
         assert!(!t.hosts["a1"].gateway);
@@ -159,6 +179,12 @@ mod tests {
                 .replace("\"b1\":", "\"zz\":")
                 .replace("gcb0a1b2c-b1", "gcb0a1b2c-zz"),
             SAMPLE.replace("\"prefix\":\"gcb0a1b2c\"", "\"prefix\":\"BAD\""),
+            SAMPLE.replace("\"nat\":\"random\"", "\"nat\":\"cone\""),
+            SAMPLE.replace("\"nat\":\"random\"", "\"nat\":7"),
+            SAMPLE.replace(
+                "\"realm\":\"B\",\"gateway\":false",
+                "\"realm\":\"B\",\"gateway\":false,\"nat\":\"drop\"",
+            ),
             SAMPLE[..SAMPLE.len() - 1].to_string(),
         ];
         for c in &cases {
