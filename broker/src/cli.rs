@@ -125,6 +125,37 @@ pub struct DaemonArgs {
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub freebind: Option<bool>,
 
+    /// Do not punch holes: connections between two private realms are always relayed, as
+    /// with shims that cannot punch. Without it, the broker lets two shims that both offer TCP
+    /// hole punching connect directly through their NATs, and relays only when that fails
+    /// (docs/hole-punching.md). `--no-punch` alone means true; the config key is `punch`
+    /// (true or false). [default: false, punching on]
+    #[arg(long, value_name = "BOOL", env = "GCB_BROKER_NO_PUNCH", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub no_punch: Option<bool>,
+
+    /// Milliseconds each side of a hole punch may spend dialing the other before it reports
+    /// failure and the connection falls back to the relay; the broker waits this plus a margin
+    /// of the same length at most (at least 100 ms) for both reports. A connect between two
+    /// private realms never waits much longer than this for the relay. [default: 500]
+    #[arg(long, value_name = "MS", env = "GCB_BROKER_PUNCH_BUDGET_MS")]
+    pub punch_budget_ms: Option<u64>,
+
+    /// Seconds a pair of realms (named by their public IPs) whose punch failed goes straight
+    /// to the relay before punching is tried between them again; a success clears the pair.
+    /// [default: 600]
+    #[arg(long, value_name = "N", env = "GCB_BROKER_PUNCH_RETRY_S")]
+    pub punch_retry_s: Option<u64>,
+
+    /// Punch even when a side's NAT did not keep its port (the port the broker saw differs
+    /// from the side's own): right for NATs that renumber ports but map one port for every
+    /// destination; behind a NAT that maps each destination to its own port the punch fails
+    /// and costs the budget. Without it such connections are relayed at once.
+    /// `--punch-unpredictable` alone means true. [default: false]
+    #[arg(long, value_name = "BOOL", env = "GCB_BROKER_PUNCH_UNPREDICTABLE", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub punch_unpredictable: Option<bool>,
+
     /// The flags dpfd takes too: --secret-file, --metrics-listen, --config, --log,
     /// --check-config (`daemon_kit::cli`).
     #[command(flatten)]
@@ -182,6 +213,27 @@ mod tests {
         let cli = Cli::try_parse_from(["gcb-broker", "--freebind=no"]).unwrap();
         assert_eq!(cli.daemon.freebind, Some(false));
         assert!(Cli::try_parse_from(["gcb-broker", "--metrics-listen", "127.0.0.1"]).is_err());
+    }
+
+    #[test]
+    fn punch_flags() {
+        let cli = Cli::try_parse_from([
+            "gcb-broker",
+            "--no-punch",
+            "--punch-budget-ms",
+            "300",
+            "--punch-retry-s",
+            "60",
+            "--punch-unpredictable",
+        ])
+        .unwrap();
+        let d = cli.daemon;
+        assert_eq!(d.no_punch, Some(true));
+        assert_eq!((d.punch_budget_ms, d.punch_retry_s), (Some(300), Some(60)));
+        assert_eq!(d.punch_unpredictable, Some(true));
+        let cli = Cli::try_parse_from(["gcb-broker", "--no-punch=false"]).unwrap();
+        assert_eq!(cli.daemon.no_punch, Some(false));
+        assert_eq!(Cli::try_parse_from(["gcb-broker"]).unwrap().daemon.no_punch, None);
     }
 
     #[test]

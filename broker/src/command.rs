@@ -7,7 +7,8 @@
 //!   and its reports go to the core (`engine::icmp`).
 //! * [`Daemon::carry_out`] does what the core queued, in order: datagrams
 //!   from the command socket, sockets closed, parked streams rejected,
-//!   reset or relayed.
+//!   reset, relayed or closed, and a punch's frames written and its
+//!   rendezvous connections read.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -15,19 +16,23 @@ use std::time::Instant;
 
 use daemon_kit::command_port::{self, CommandPort};
 use mio::net::UdpSocket;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::counters::Counters;
 use crate::daemon::Daemon;
 use crate::engine::Effect;
 use crate::icmp::errqueue;
-use crate::relay::{abort, reject};
+use crate::relay::{abort, reject, reject_punch};
 
 /// Datagrams read from the command socket per loop turn before other events
 /// get their share; the rest waits for the next turn.
 const COMMAND_BUDGET: usize = 1024;
 /// Error-queue entries read per loop turn, likewise.
 const ERROR_BUDGET: usize = 256;
+/// Rounds of effects one `carry_out` runs: each round's effects can queue
+/// more only by a punch frame that failed, which ends that punch, so two
+/// rounds suffice; the bound only keeps a mistake from spinning the loop.
+const CARRY_ROUNDS: usize = 8;
 /// Attempts at sending one datagram (see [`send_datagram`]).
 const SEND_TRIES: u32 = 3;
 
@@ -116,7 +121,19 @@ impl Daemon {
 
     /// Carries out what the core queued, in order.
     pub(crate) fn carry_out(&mut self) {
-        let mut effects = self.engine.take_effects();
+        // Carrying one out may tell the core something (a punch frame that
+        // could not be sent), which queues more: until none is left.
+        for _ in 0..CARRY_ROUNDS {
+            let effects = self.engine.take_effects();
+            if effects.is_empty() {
+                self.engine.give_back(effects);
+                return;
+            }
+            self.carry_out_batch(effects);
+        }
+    }
+
+    fn carry_out_batch(&mut self, mut effects: Vec<Effect>) {
         for effect in effects.drain(..) {
             match effect {
                 Effect::Send { to, bytes } => {
@@ -135,6 +152,25 @@ impl Daemon {
                         abort(s);
                     }
                 }
+                Effect::RejectPunch { stream, code } => {
+                    if let Some(s) = self.io.unpark(stream) {
+                        reject_punch(s, code);
+                    }
+                }
+                Effect::Hangup(stream) => drop(self.io.unpark(stream)),
+                Effect::PunchSend { stream, frame } => {
+                    if let Err(e) = self.io.send_parked(stream, &frame.to_bytes()) {
+                        debug!("punch: cannot send {frame:?}: {e}");
+                        self.engine.on_punch_gone(stream, Instant::now());
+                    }
+                }
+                Effect::PunchWatch(stream) => {
+                    if let Err(e) = self.io.watch_parked(stream) {
+                        warn!("punch: cannot watch a rendezvous connection: {e}");
+                        self.engine.on_punch_gone(stream, Instant::now());
+                    }
+                }
+                Effect::PunchUnwatch(stream) => self.io.unwatch_parked(stream),
                 Effect::Relay(start) => {
                     if self.io.start_relay(start, Instant::now()) {
                         self.engine.relay_started();

@@ -36,6 +36,22 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     udp_rule_idle_s: 120,
     udp_rules_per_registration: 4096,
     status_allow: Networks(Vec::new()),
+    punch: DEFAULT_PUNCH,
+};
+
+/// Each side's time to punch (docs/hole-punching.md); about five round trips
+/// across a continent, and measured ample on the test bed's gateways.
+pub const DEFAULT_PUNCH_BUDGET_MS: u64 = 500;
+/// How long a pair of realms whose punch failed is relayed at once.
+pub const DEFAULT_PUNCH_RETRY_S: u64 = 600;
+/// The punch budget's bounds: a frame carries at most u16 milliseconds.
+pub const PUNCH_BUDGET_MS: (u64, u64) = (10, 60_000);
+/// Hole punching when nothing sets it: on, for predictable mappings only.
+pub const DEFAULT_PUNCH: Punch = Punch {
+    enabled: true,
+    budget_ms: DEFAULT_PUNCH_BUDGET_MS,
+    retry_s: DEFAULT_PUNCH_RETRY_S,
+    unpredictable: false,
 };
 
 /// The merged and checked configuration the daemon runs with. It
@@ -69,6 +85,28 @@ pub struct Limits {
     /// Networks besides the host itself that may query the status.
     #[serde(serialize_with = "shown")]
     pub status_allow: Networks,
+    /// Hole punching between private realms (docs/hole-punching.md).
+    pub punch: Punch,
+}
+
+/// The hole-punching settings, under their config-file keys; they only
+/// govern future connects, so a reload changes them live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Punch {
+    #[serde(rename = "punch")]
+    pub enabled: bool,
+    #[serde(rename = "punch_budget_ms")]
+    pub budget_ms: u64,
+    #[serde(rename = "punch_retry_s")]
+    pub retry_s: u64,
+    #[serde(rename = "punch_unpredictable")]
+    pub unpredictable: bool,
+}
+
+impl Default for Punch {
+    fn default() -> Self {
+        DEFAULT_PUNCH
+    }
 }
 
 /// The config file as written. Every key is optional; unknown keys are an
@@ -93,6 +131,10 @@ pub struct FileConfig {
     pub secret_file: Option<PathBuf>,
     pub log: Option<String>,
     pub metrics_listen: Option<String>,
+    pub punch: Option<bool>,
+    pub punch_budget_ms: Option<u64>,
+    pub punch_retry_s: Option<u64>,
+    pub punch_unpredictable: Option<bool>,
 }
 
 /// What merging needs from the process environment, passed in so tests can
@@ -197,6 +239,22 @@ pub fn merge(
             most,
         )?,
         status_allow: pick(args.status_allow.clone(), file_allow, d.status_allow).0,
+        punch: Punch {
+            enabled: pick(args.no_punch.map(|no| !no), file.punch, d.punch.enabled).0,
+            budget_ms: in_bounds(
+                "punch_budget_ms",
+                pick(args.punch_budget_ms, file.punch_budget_ms, d.punch.budget_ms),
+                PUNCH_BUDGET_MS.0,
+                PUNCH_BUDGET_MS.1,
+            )?,
+            retry_s: in_bounds(
+                "punch_retry_s",
+                pick(args.punch_retry_s, file.punch_retry_s, d.punch.retry_s),
+                0,
+                MAX_SECONDS,
+            )?,
+            unpredictable: pick(args.punch_unpredictable, file.punch_unpredictable, d.punch.unpredictable).0,
+        },
     };
 
     let freebind = pick(args.freebind, file.freebind, false).0;
@@ -236,11 +294,21 @@ impl Config {
             None => String::new(),
         };
         let freebind = if self.freebind { ", freebind" } else { "" };
+        let p = &l.punch;
+        let punch = match (p.enabled, p.unpredictable) {
+            (false, _) => "off".to_string(),
+            (true, u) => format!(
+                "on (budget {} ms, retry {}s{})",
+                p.budget_ms,
+                p.retry_s,
+                if u { ", unpredictable mappings too" } else { "" }
+            ),
+        };
         format!(
             "command port udp {bound}, rendezvous tcp {bound}, proxies on {} ports {} ({} ports), heartbeat timeout {}s, \
              max registrations {}, max relays {}, rate limit {rate}, udp rule idle {}s, \
-             udp rules per registration {}, status from this host{status}, authentication {auth}, \
-             log {}{metrics}{freebind}",
+             udp rules per registration {}, hole punching {punch}, status from this host{status}, \
+             authentication {auth}, log {}{metrics}{freebind}",
             self.public_ip,
             self.port_range,
             self.port_range.len(),

@@ -90,6 +90,24 @@ pub struct Counters {
     /// Commands sent once more, to another holder, after one failed them.
     pub commands_resent: u64,
     pub relays_opened: u64,
+    /// TCP hole punching (docs/hole-punching.md): punches decided; those
+    /// that ended direct; those that fell back to the relay, by why (a
+    /// side's budget ran out, a connection failed the token check, a side
+    /// could not use its port, a report missing at the broker's deadline);
+    /// connects between private realms not punched, by why (a NAT did not
+    /// keep the port, the pair failed recently, a side's shim cannot punch,
+    /// `--no-punch`); and punches a side left before the verdict.
+    pub punch_attempts: u64,
+    pub punch_succeeded: u64,
+    pub punch_fallbacks_timeout: u64,
+    pub punch_fallbacks_check_failed: u64,
+    pub punch_fallbacks_local_error: u64,
+    pub punch_fallbacks_no_report: u64,
+    pub punch_skipped_unpredictable_mapping: u64,
+    pub punch_skipped_cached_failure: u64,
+    pub punch_skipped_not_capable: u64,
+    pub punch_skipped_disabled: u64,
+    pub punch_vanished: u64,
     /// Relay byte totals of closed relays, connector → listener and back.
     pub bytes_closed: [u64; 2],
     /// UDP proxy sockets: datagrams relayed peer → client and client → peer.
@@ -174,6 +192,20 @@ impl Counters {
             ("commands_failed_other", self.commands_failed_other),
             ("commands_resent", self.commands_resent),
             ("relays_opened", self.relays_opened),
+            ("punch_attempts", self.punch_attempts),
+            ("punch_succeeded", self.punch_succeeded),
+            ("punch_fallbacks_timeout", self.punch_fallbacks_timeout),
+            ("punch_fallbacks_check_failed", self.punch_fallbacks_check_failed),
+            ("punch_fallbacks_local_error", self.punch_fallbacks_local_error),
+            ("punch_fallbacks_no_report", self.punch_fallbacks_no_report),
+            (
+                "punch_skipped_unpredictable_mapping",
+                self.punch_skipped_unpredictable_mapping,
+            ),
+            ("punch_skipped_cached_failure", self.punch_skipped_cached_failure),
+            ("punch_skipped_not_capable", self.punch_skipped_not_capable),
+            ("punch_skipped_disabled", self.punch_skipped_disabled),
+            ("punch_vanished", self.punch_vanished),
             ("udp_relayed_to_client", self.udp_relayed_to_client),
             ("udp_relayed_to_peer", self.udp_relayed_to_peer),
             ("udp_refused", self.udp_refused),

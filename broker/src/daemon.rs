@@ -303,6 +303,7 @@ impl Daemon {
         match self.io.slab.get(token) {
             Some(Dynamic::Proxy { .. }) => self.on_proxy_ready(token),
             Some(Dynamic::Hello(_)) => self.on_hello_readable(token),
+            Some(Dynamic::Punch { .. }) => self.on_punch_readable(token),
             Some(Dynamic::Relay(id)) => {
                 let id = *id;
                 self.pump_relay(id);

@@ -11,15 +11,20 @@
 //! 2. A stream in `parked` is named by exactly one of the core's pairings
 //!    (or by an effect not carried out yet): it leaves `parked` only by a
 //!    `Reject`, `Abort` or `Relay` effect, or at shutdown.
-//! 3. A relay in `relays` has both streams registered, under the two slab
+//! 3. A parked stream is registered with `poll` exactly while `watched`
+//!    names it (a punch's rendezvous connection whose report is awaited),
+//!    under a slab slot holding `Dynamic::Punch` with its id.
+//! 4. A relay in `relays` has both streams registered, under the two slab
 //!    slots in its `tokens`, each holding `Dynamic::Relay` with its id.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Poll, Token};
+use proto::gcb::punch::PunchReport;
+use proto::gcb::FrameReader;
 use proto::{Endpoint, Proto};
 use tracing::error;
 
@@ -37,6 +42,11 @@ pub(crate) enum Dynamic {
     },
     /// A rendezvous connection that has not said hello yet.
     Hello(Hello),
+    /// A parked punch connection whose report is awaited.
+    Punch {
+        stream: StreamId,
+        reader: FrameReader<PunchReport>,
+    },
     /// One of the two sockets of relay number `.0`.
     Relay(u64),
     /// The proxy UDP socket of registration `proxy`.
@@ -54,6 +64,8 @@ pub(crate) struct Io {
     pub slab: TokenSlab<Dynamic>,
     /// Connections the core's pairings hold, by the id it knows them by.
     parked: HashMap<StreamId, TcpStream>,
+    /// Parked streams being read, and their slots (invariant 3).
+    watched: HashMap<StreamId, Token>,
     next_stream: u64,
     pub relays: Relays,
 }
@@ -64,6 +76,7 @@ impl Io {
             poll,
             slab: TokenSlab::new(),
             parked: HashMap::new(),
+            watched: HashMap::new(),
             next_stream: 0,
             relays: Relays::default(),
         }
@@ -79,7 +92,56 @@ impl Io {
 
     /// Takes back a stream the core hands back.
     pub fn unpark(&mut self, id: StreamId) -> Option<TcpStream> {
+        self.unwatch_parked(id);
         self.parked.remove(&id)
+    }
+
+    pub fn parked_mut(&mut self, id: StreamId) -> Option<&mut TcpStream> {
+        self.parked.get_mut(&id)
+    }
+
+    /// Reads a parked stream from now on: its events come as
+    /// `Dynamic::Punch`.
+    pub fn watch_parked(&mut self, id: StreamId) -> io::Result<()> {
+        if self.watched.contains_key(&id) {
+            return Ok(());
+        }
+        let stream = self.parked.get_mut(&id).ok_or(io::ErrorKind::NotFound)?;
+        let token = self.slab.insert(Dynamic::Punch {
+            stream: id,
+            reader: FrameReader::new(),
+        });
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(stream, token, Interest::READABLE)
+        {
+            self.slab.remove(token);
+            return Err(e);
+        }
+        self.watched.insert(id, token);
+        Ok(())
+    }
+
+    /// Stops reading a parked stream; it stays parked.
+    pub fn unwatch_parked(&mut self, id: StreamId) {
+        let Some(token) = self.watched.remove(&id) else {
+            return;
+        };
+        self.slab.remove(token);
+        if let Some(stream) = self.parked.get_mut(&id) {
+            let _ = self.poll.registry().deregister(stream);
+        }
+    }
+
+    /// Writes a small frame on a parked stream, whole: its send buffer holds
+    /// at most other frames of the same exchange.
+    pub fn send_parked(&mut self, id: StreamId, bytes: &[u8]) -> io::Result<()> {
+        let stream = self.parked.get_mut(&id).ok_or(io::ErrorKind::NotFound)?;
+        match stream.write(bytes)? {
+            n if n == bytes.len() => Ok(()),
+            _ => Err(io::ErrorKind::WriteZero.into()),
+        }
     }
 
     /// Every parked stream, at shutdown.
@@ -120,7 +182,7 @@ impl Io {
                 registry.deregister(socket)
             }
             Dynamic::Hello(h) => h.deregister(registry),
-            Dynamic::Relay(_) => Ok(()),
+            Dynamic::Relay(_) | Dynamic::Punch { .. } => Ok(()),
         };
         Some(source)
     }

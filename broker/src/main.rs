@@ -36,6 +36,7 @@ mod io;
 mod metrics;
 mod pairing;
 mod ports;
+mod punch_cache;
 mod query;
 mod registry;
 mod relay;

@@ -96,6 +96,16 @@ impl Daemon {
                 g.udp_rules,
             ),
             ("udp_channels_active", "UDP channels open", g.udp_channels),
+            (
+                "punches_active",
+                "TCP hole punches whose sides are both at the rendezvous",
+                g.punches,
+            ),
+            (
+                "punch_blocked_pairs",
+                "Pairs of realms relayed at once after a failed punch (the outcome cache)",
+                g.punch_blocked_pairs,
+            ),
         ] {
             s.gauge(name, help, v as f64);
         }
@@ -190,6 +200,21 @@ pub(crate) fn help(name: &str) -> &'static str {
         "icmp_untrusted" => "ICMP errors not believed (no command in flight to that address)",
         "icmp_other" => "ICMP errors of other kinds on the command socket",
         "relays_opened" => "TCP relays opened",
+        "punch_attempts" => "TCP hole punches decided between private realms",
+        "punch_succeeded" => "TCP hole punches that ended with a direct connection",
+        "punch_fallbacks_timeout" => "Punches relayed: a side's budget ran out with no connection",
+        "punch_fallbacks_check_failed" => "Punches relayed: connections came but failed the token check",
+        "punch_fallbacks_local_error" => "Punches relayed: a side could not use its port",
+        "punch_fallbacks_no_report" => "Punches relayed: a report missing at the broker's deadline",
+        "punch_skipped_unpredictable_mapping" => {
+            "Connects not punched: a NAT did not keep the side's port"
+        }
+        "punch_skipped_cached_failure" => {
+            "Connects not punched: the pair of realms failed to punch recently"
+        }
+        "punch_skipped_not_capable" => "Connects not punched: a side's shim does not offer it",
+        "punch_skipped_disabled" => "Connects not punched: --no-punch",
+        "punch_vanished" => "Punches a side left before the verdict (no connection)",
         "udp_relayed_to_client" => "UDP datagrams relayed from peers to clients",
         "udp_relayed_to_peer" => "UDP datagrams relayed from clients to peers",
         "udp_refused" => "Client datagrams naming a peer without a live rule",

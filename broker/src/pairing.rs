@@ -1,12 +1,15 @@
 //! Pending pairings: the tokens the broker has handed out and is waiting on,
 //! with the halves of each brokered connection that have arrived so far.
 //!
-//! Three kinds (the expected arrivals at the rendezvous in brackets):
+//! Four kinds (the expected arrivals at the rendezvous in brackets):
 //! * `Reversal` [none]: the listener dials the connector itself; the entry
 //!   only lives until the listener acknowledges `ReverseConnect`, so a
 //!   failure can be logged against the decision;
 //! * `Relay` [connector, listener]: a GCB connector and the listener both
 //!   dial the rendezvous with `StreamHello`;
+//! * `Punch` [connector, listener]: both dial the rendezvous with
+//!   `PunchHello` (docs/hole-punching.md); once both are here the core's
+//!   punch meeting takes over (`engine::punch`);
 //! * `Regular` [listener]: a non-GCB connector dialed the proxy socket; its
 //!   accepted connection is parked here from the start, unread.
 //!
@@ -16,7 +19,8 @@
 //! and holding no half (the core hands back a listener half already there),
 //! so the connector is told why rather than that its token is unknown. Each
 //! role can arrive once; a second arrival of a role, a role the kind does
-//! not expect, or an unknown token is rejected. The table is generic over
+//! not expect, a hello of the other family (a `StreamHello` for a punch, a
+//! `PunchHello` for a relay), or an unknown token is rejected. The table is generic over
 //! the stream type: the core keeps the ids of streams the event loop holds
 //! (`engine::StreamId`).
 
@@ -24,6 +28,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::time::Instant;
 
+use proto::gcb::punch::Arrival;
 use proto::gcb::{ErrorCode, Role, Token};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,13 +36,14 @@ pub enum Kind {
     Reversal,
     Relay,
     Regular,
+    Punch,
 }
 
 impl Kind {
     fn expects(self, role: Role) -> bool {
         match self {
             Kind::Reversal => false,
-            Kind::Relay => true,
+            Kind::Relay | Kind::Punch => true,
             Kind::Regular => role == Role::Listener,
         }
     }
@@ -54,6 +60,16 @@ pub struct Half<S> {
     pub stream: S,
     /// The side's address as this broker sees it.
     pub addr: SocketAddrV4,
+    /// A punch's side: how it arrived (its `PunchHello`'s local address,
+    /// the connection's round trip).
+    pub punch: Option<Arrival>,
+}
+
+impl<S> Half<S> {
+    /// A side that said `StreamHello`, or a regular connector.
+    pub fn plain(stream: S, addr: SocketAddrV4) -> Self {
+        Half { stream, addr, punch: None }
+    }
 }
 
 #[derive(Debug)]
@@ -112,7 +128,7 @@ impl<S> Pending<S> {
 
 /// What became of an arriving half.
 #[derive(Debug)]
-pub enum Arrival<S> {
+pub enum Arrived<S> {
     /// Both halves are here; the entry left the table.
     Paired(Token, Pending<S>),
     /// Stored; waiting for the other half.
@@ -188,12 +204,13 @@ impl<S> Pairings<S> {
     }
 
     /// A half said hello with `token` in `role`.
-    pub fn arrive(&mut self, token: Token, role: Role, half: Half<S>, now: Instant) -> Arrival<S> {
+    pub fn arrive(&mut self, token: Token, role: Role, half: Half<S>, now: Instant) -> Arrived<S> {
         let Some(p) = self.entries.get_mut(&token) else {
-            return Arrival::Rejected(half, ErrorCode::UnknownToken);
+            return Arrived::Rejected(half, ErrorCode::UnknownToken);
         };
-        if p.deadline <= now || !p.kind.expects(role) {
-            return Arrival::Rejected(half, ErrorCode::UnknownToken);
+        let family = (p.kind == Kind::Punch) == half.punch.is_some();
+        if p.deadline <= now || !p.kind.expects(role) || !family {
+            return Arrived::Rejected(half, ErrorCode::UnknownToken);
         }
         if let Some(code) = p.failed {
             // Kept for the connector alone; a listener arriving late (the
@@ -201,22 +218,22 @@ impl<S> Pairings<S> {
             if role == Role::Connector {
                 self.cancel(token);
             }
-            return Arrival::Rejected(half, code);
+            return Arrived::Rejected(half, code);
         }
         let slot = match role {
             Role::Connector => &mut p.connector,
             Role::Listener => &mut p.listener,
         };
         if slot.is_some() {
-            return Arrival::Rejected(half, ErrorCode::UnknownToken);
+            return Arrived::Rejected(half, ErrorCode::UnknownToken);
         }
         *slot = Some(half);
         if !p.complete() {
-            return Arrival::Waiting;
+            return Arrived::Waiting;
         }
         match self.cancel(token) {
-            Some(p) => Arrival::Paired(token, p),
-            None => Arrival::Waiting,
+            Some(p) => Arrived::Paired(token, p),
+            None => Arrived::Waiting,
         }
     }
 
@@ -250,10 +267,7 @@ mod tests {
     }
 
     fn half(n: u8) -> Half<u8> {
-        Half {
-            stream: n,
-            addr: SocketAddrV4::new([198, 51, 100, n].into(), 4000),
-        }
+        Half::plain(n, SocketAddrV4::new([198, 51, 100, n].into(), 4000))
     }
 
     fn entry(kind: Kind, now: Instant) -> Pending<u8> {
@@ -281,10 +295,10 @@ mod tests {
         assert_eq!(p.relaying(), 2);
         assert!(matches!(
             p.arrive(Token(1), Role::Listener, half(1), t),
-            Arrival::Waiting
+            Arrived::Waiting
         ));
         match p.arrive(Token(1), Role::Connector, half(2), t) {
-            Arrival::Paired(Token(1), e) => {
+            Arrived::Paired(Token(1), e) => {
                 assert_eq!(e.listener.unwrap().stream, 1);
                 assert_eq!(e.connector.unwrap().stream, 2);
             }
@@ -292,11 +306,11 @@ mod tests {
         }
         assert!(matches!(
             p.arrive(Token(2), Role::Connector, half(3), t),
-            Arrival::Waiting
+            Arrived::Waiting
         ));
         assert!(matches!(
             p.arrive(Token(2), Role::Listener, half(4), t),
-            Arrival::Paired(..)
+            Arrived::Paired(..)
         ));
         assert_eq!(p.len(), 0);
     }
@@ -305,12 +319,12 @@ mod tests {
     fn unknown_duplicate_unexpected_and_late_arrivals_are_rejected() {
         let t = Instant::now();
         let mut p = Pairings::new();
-        let reject = |a: Arrival<u8>| matches!(a, Arrival::Rejected(_, ErrorCode::UnknownToken));
+        let reject = |a: Arrived<u8>| matches!(a, Arrived::Rejected(_, ErrorCode::UnknownToken));
         assert!(reject(p.arrive(Token(9), Role::Listener, half(1), t)));
         p.insert(Token(1), entry(Kind::Relay, t));
         assert!(matches!(
             p.arrive(Token(1), Role::Listener, half(1), t),
-            Arrival::Waiting
+            Arrived::Waiting
         ));
         assert!(
             reject(p.arrive(Token(1), Role::Listener, half(2), t)),
@@ -341,16 +355,16 @@ mod tests {
         assert_eq!(p.relaying(), 0, "it will never relay");
         assert!(matches!(
             p.arrive(Token(1), Role::Listener, half(3), t),
-            Arrival::Rejected(_, ErrorCode::Timeout)
+            Arrived::Rejected(_, ErrorCode::Timeout)
         ));
         assert!(matches!(
             p.arrive(Token(1), Role::Connector, half(1), t),
-            Arrival::Rejected(_, ErrorCode::Timeout)
+            Arrived::Rejected(_, ErrorCode::Timeout)
         ));
         assert_eq!(p.len(), 0, "told once, then gone");
         assert!(matches!(
             p.arrive(Token(1), Role::Connector, half(2), t),
-            Arrival::Rejected(_, ErrorCode::UnknownToken)
+            Arrived::Rejected(_, ErrorCode::UnknownToken)
         ));
     }
 
@@ -362,7 +376,7 @@ mod tests {
         e.connector = Some(half(7));
         p.insert(Token(5), e);
         match p.arrive(Token(5), Role::Listener, half(8), t) {
-            Arrival::Paired(_, e) => assert_eq!(e.connector.unwrap().stream, 7),
+            Arrived::Paired(_, e) => assert_eq!(e.connector.unwrap().stream, 7),
             other => panic!("{other:?}"),
         }
     }

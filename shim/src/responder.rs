@@ -175,9 +175,7 @@ fn one_round<D: Duties>(set: &mut PollSet, ready: &mut Vec<(u64, i16)>) {
     let wake = WAKE.load(Relaxed);
     set.add(wake, libc::POLLIN, WAKE_TAG);
     let deadline = D::gather(set, Instant::now());
-    let timeout = deadline.map_or(-1, |d| crate::gcb::sys::poll_ms(d, Instant::now()));
-    // SAFETY: a live array of pollfds.
-    let n = unsafe { real::poll(set.fds.as_mut_ptr(), set.fds.len() as libc::nfds_t, timeout) };
+    let n = crate::gcb::sys::poll_until(&mut set.fds, deadline);
     if n < 0 {
         let e = crate::hook::errno();
         if e != libc::EINTR {

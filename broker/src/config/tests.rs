@@ -229,11 +229,33 @@ fn example_file_is_valid_and_complete() {
         "secret_file",
         "log",
         "metrics_listen",
+        "punch",
+        "punch_budget_ms",
+        "punch_retry_s",
+        "punch_unpredictable",
     ]
     .into_iter()
     .filter(|k| !documented(k))
     .collect();
     assert!(missing.is_empty(), "the example lacks {missing:?}");
+}
+
+#[test]
+fn punch_settings_from_flag_file_and_default() {
+    let c = merged(&["--listen", "192.0.2.1"], "").unwrap();
+    assert_eq!(c.limits.punch, Punch::default());
+    assert!(c.limits.punch.enabled && !c.limits.punch.unpredictable);
+    assert_eq!((c.limits.punch.budget_ms, c.limits.punch.retry_s), (500, 600));
+    let file = "punch = false\npunch_budget_ms = 250\npunch_retry_s = 30\npunch_unpredictable = true";
+    let c = merged(&["--listen", "192.0.2.1"], file).unwrap();
+    let want = Punch { enabled: false, budget_ms: 250, retry_s: 30, unpredictable: true };
+    assert_eq!(c.limits.punch, want);
+    // --no-punch=false beats the file's punch = false.
+    let c = merged(&["--listen", "192.0.2.1", "--no-punch=false", "--punch-budget-ms", "900"], file).unwrap();
+    assert!(c.limits.punch.enabled);
+    assert_eq!(c.limits.punch.budget_ms, 900);
+    let err = merged(&["--listen", "192.0.2.1", "--punch-budget-ms", "0"], "").unwrap_err();
+    assert!(err.contains("--punch-budget-ms"), "{err}");
 }
 
 #[test]

@@ -33,7 +33,7 @@ use proto::{Endpoint, Proto};
 use tracing::{info, warn};
 
 use super::holders::Gone;
-use super::{Effect, Engine, StreamId};
+use super::{Engine, StreamId};
 use crate::async_cmd::{Failure, Purpose};
 use crate::pairing::{Kind, Pending};
 
@@ -109,15 +109,13 @@ impl Engine {
             return;
         };
         self.tell_connector(token, &pending, code, now);
-        if pending.kind == Kind::Relay && pending.connector.is_none() {
+        let rendezvous = matches!(pending.kind, Kind::Relay | Kind::Punch);
+        if rendezvous && pending.connector.is_none() {
             // Its rendezvous connection is on its way: it is told then. A
             // listener half already here is told now, so the pairing kept
             // for the connector holds no stream.
             if let Some(l) = pending.listener.take() {
-                self.emit(Effect::Reject {
-                    stream: l.stream,
-                    code,
-                });
+                self.reject_half(l, code);
             }
             pending.failed = Some(code);
             self.pairings.insert(token, pending);

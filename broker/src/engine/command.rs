@@ -187,7 +187,8 @@ impl Engine {
                 connector,
                 connector_id,
                 realm,
-                ..
+                features,
+                asked_from_port,
             } => {
                 let req = ConnectReq {
                     proto,
@@ -195,6 +196,8 @@ impl Engine {
                     connector,
                     connector_id,
                     realm,
+                    features,
+                    asked_from_port,
                 };
                 let started = Instant::now();
                 let reply = self.on_connect(from, req, now);

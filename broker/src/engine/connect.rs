@@ -10,13 +10,19 @@
 //! two rendezvous connections and takes a relay slot, while a UDP
 //! connector just sends plain datagrams to the listener's proxy socket, so
 //! it needs no pairing, only a rule made by its first datagram.
+//!
+//! A TCP relay between two shims that can punch holes is punched instead
+//! (`punch`, docs/hole-punching.md): the connector is told `PunchTcp`, the
+//! listener `PunchConnect`, and the pairing waits for their `PunchHello`s
+//! just as a relay's waits for its `StreamHello`s; should the punch fail,
+//! the same two connections become the relay.
 
 use std::net::SocketAddrV4;
 use std::time::Instant;
 
-use proto::gcb::{Decision, ErrorCode, Message, Token};
+use proto::gcb::{Decision, ErrorCode, Features, Message, Token};
 use proto::{Endpoint, Proto};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Engine, StreamId, PAIR_TIMEOUT};
 use crate::decide::{self, Path, Situation};
@@ -30,6 +36,9 @@ pub struct ConnectReq {
     pub connector: SocketAddrV4,
     pub connector_id: Option<SocketAddrV4>,
     pub realm: Option<String>,
+    pub features: Features,
+    /// The port the `Connect` was sent from (0: not said).
+    pub asked_from_port: u16,
 }
 
 impl Engine {
@@ -94,6 +103,18 @@ impl Engine {
         };
         let (local, mgmt) = (record.local, record.commanded(now).mgmt);
         let path = decide::decide(&listener, &connector);
+        let punch = match (path, proto) {
+            (Path::Relay, Proto::Tcp) => {
+                let record = record.clone();
+                let skip = self.punch_skip(from, req.features, req.asked_from_port, &record, now);
+                if let Err(why) = skip {
+                    self.count_skip(why);
+                    debug!("connect tcp from {from} to {}: not punched: {why:?}", req.target);
+                }
+                skip.is_ok()
+            }
+            _ => false,
+        };
         let decision = match path {
             Path::Direct => {
                 self.counters.decided_direct += 1;
@@ -160,24 +181,29 @@ impl Engine {
                 let peer = req
                     .connector_id
                     .unwrap_or(SocketAddrV4::new(*from.ip(), req.connector.port()));
-                let mut pending =
-                    Pending::new(Kind::Relay, req.target, mgmt, peer, now, now + PAIR_TIMEOUT);
+                let kind = if punch { Kind::Punch } else { Kind::Relay };
+                let mut pending = Pending::new(kind, req.target, mgmt, peer, now, now + PAIR_TIMEOUT);
                 pending.connector_id = req.connector_id;
                 let via = self.rendezvous;
-                let msg = Message::RelayConnect {
-                    token,
-                    broker: via,
-                    peer,
-                    proxy: req.target,
+                let (broker, proxy) = (via, req.target);
+                let msg = match punch {
+                    true => Message::PunchConnect { token, broker, peer, proxy },
+                    false => Message::RelayConnect { token, broker, peer, proxy },
                 };
                 if let Err(e) = self.start_pairing(token, pending, msg, now) {
-                    error!("cannot send RelayConnect to {mgmt}: {e}");
+                    error!("cannot send {kind:?}Connect to {mgmt}: {e}");
                     return Message::error(ErrorCode::Internal, "cannot reach the listener");
                 }
-                self.counters.decided_relay += 1;
-                Decision::Relay { via, token }
+                if punch {
+                    self.counters.punch_attempts += 1;
+                    Decision::PunchTcp { via, token }
+                } else {
+                    self.counters.decided_relay += 1;
+                    Decision::Relay { via, token }
+                }
             }
         };
+        let path = if punch { "punch".to_string() } else { path.to_string() };
         info!(
             "connect {proto} from {from} (connector {}, {connector}) to {} (listener {local}, {listener}): {path}",
             req.connector, req.target

@@ -16,6 +16,9 @@
 //! * a datagram on a proxy UDP socket or a channel socket
 //!   ([`Engine::on_udp_datagram`], [`Engine::on_channel_datagram`]),
 //!   answered with one [`UdpSend`], so the data path allocates nothing;
+//! * a punch's hello, report or end on the rendezvous port
+//!   ([`Engine::on_punch_hello`], [`Engine::on_punch_report`],
+//!   [`Engine::on_punch_gone`]; `punch`);
 //! * a relay that started or ended ([`Engine::relay_started`],
 //!   [`Engine::relay_ended`]);
 //! * the clock ([`Engine::on_deadlines`] at [`Engine::next_deadline`]) and
@@ -36,8 +39,9 @@
 //! 1. Every socket opened through [`Host::open`] belongs to exactly one
 //!    registration (its record's token) or one UDP channel until the core
 //!    emits [`Effect::Close`] for it, once.
-//! 2. Every stream handed in is held by exactly one pending pairing, or
-//!    handed back in exactly one [`Effect::Reject`], [`Effect::Abort`] or
+//! 2. Every stream handed in is held by exactly one pending pairing or one
+//!    punch under way, or handed back in exactly one [`Effect::Reject`],
+//!    [`Effect::RejectPunch`], [`Effect::Abort`], [`Effect::Hangup`] or
 //!    [`Effect::Relay`].
 //! 3. `relays` is the number of [`Effect::Relay`]s emitted and not ended;
 //!    it never exceeds `--max-relays`, and neither does it plus the
@@ -52,6 +56,7 @@ mod command;
 mod connect;
 mod holders;
 mod icmp;
+mod punch;
 mod register;
 mod status;
 mod streams;
@@ -62,6 +67,7 @@ mod tests;
 
 pub use udp::{UdpSend, HEADROOM};
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -71,7 +77,8 @@ use daemon_kit::random::{random_u64, SplitMix64};
 use daemon_kit::ratelimit::SourceGate;
 use daemon_kit::throttle::Throttle;
 use proto::auth::Authenticator;
-use proto::gcb::{ErrorCode, Token};
+use proto::gcb::punch::BrokerFrame;
+use proto::gcb::{ErrorCode, Role, Token};
 use proto::rudp::ReplyCache;
 use proto::{Endpoint, Proto};
 
@@ -79,6 +86,7 @@ use crate::async_cmd::AsyncCommands;
 use crate::config::{Config, Limits};
 use crate::counters::Counters;
 use crate::pairing::{Half, Pairings};
+use crate::punch_cache::OutcomeCache;
 use crate::registry::Registry;
 use crate::status::{RelayView, Snapshots};
 use crate::udp::UdpRelay;
@@ -120,6 +128,9 @@ pub struct RelayStart {
     /// A GCB connector (told `Paired` first), or a regular one, which is
     /// told nothing.
     pub gcb: bool,
+    /// The fallback of a punch: the sides were told by their relay verdict,
+    /// so neither gets `StreamPeer`.
+    pub punched: bool,
     pub connector: Half<StreamId>,
     pub listener: Half<StreamId>,
     pub proxy: SocketAddrV4,
@@ -140,6 +151,20 @@ pub enum Effect {
     /// Close a parked connection with a reset, so its peer sees a failure
     /// rather than a clean end of stream.
     Abort(StreamId),
+    /// Tell a punch's rendezvous connection why it will not be paired
+    /// (`PunchVerdict::Rejected`), and close it.
+    RejectPunch { stream: StreamId, code: ErrorCode },
+    /// Write a punch frame on a rendezvous connection the loop holds; if it
+    /// cannot, it reports [`Engine::on_punch_gone`].
+    PunchSend { stream: StreamId, frame: BrokerFrame },
+    /// Read a held rendezvous connection: one `PunchReport`
+    /// ([`Engine::on_punch_report`]), or its end ([`Engine::on_punch_gone`]).
+    PunchWatch(StreamId),
+    /// Stop reading it: its verdict is out, and what follows is the
+    /// program's.
+    PunchUnwatch(StreamId),
+    /// Close a held connection quietly: its punch ended.
+    Hangup(StreamId),
     /// Tell both halves they are paired and relay between them; the loop
     /// reports the outcome with [`Engine::relay_started`] or
     /// [`Engine::relay_ended`].
@@ -178,6 +203,10 @@ pub struct Gauges {
     pub registrations: usize,
     pub relays: usize,
     pub pending_pairings: usize,
+    /// Punches whose sides are both at the rendezvous.
+    pub punches: usize,
+    /// Pairs of realms the outcome cache relays at once.
+    pub punch_blocked_pairs: usize,
     pub commands_in_flight: usize,
     pub udp_rules: usize,
     pub udp_channels: usize,
@@ -207,6 +236,10 @@ pub struct Engine {
     started: Instant,
     registry: Registry,
     pairings: Pairings<StreamId>,
+    /// Punches whose sides are both here (`punch`), and their streams.
+    punches: HashMap<Token, punch::Punch>,
+    punch_streams: HashMap<StreamId, (Token, Role)>,
+    punch_cache: OutcomeCache,
     asyncs: AsyncCommands,
     udp: UdpRelay,
     replies: ReplyCache<SocketAddrV4>,
@@ -240,6 +273,9 @@ impl Engine {
                 Duration::from_secs(limits.heartbeat_timeout_s),
             ),
             pairings: Pairings::new(),
+            punches: HashMap::new(),
+            punch_streams: HashMap::new(),
+            punch_cache: OutcomeCache::default(),
             asyncs: AsyncCommands::new(random_u64()),
             udp: UdpRelay::new(limits),
             replies: ReplyCache::new(
@@ -338,6 +374,8 @@ impl Engine {
             registrations: self.registry.len(),
             relays: self.relays,
             pending_pairings: self.pairings.len(),
+            punches: self.punches.len(),
+            punch_blocked_pairs: self.punch_cache.len(),
             commands_in_flight: self.asyncs.len(),
             udp_rules: self.udp.table.rules_len(),
             udp_channels: self.udp.channels.len(),
@@ -365,6 +403,7 @@ impl Engine {
             self.asyncs.next_deadline(),
             self.udp.table.next_deadline(),
             self.udp.channels.next_deadline(),
+            self.next_punch_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -377,6 +416,7 @@ impl Engine {
     pub fn on_deadlines(&mut self, now: Instant) {
         self.expire_holders(now);
         self.expire_pairings(now);
+        self.expire_punches(now);
         self.expire_udp_rules(now);
         self.expire_udp_channels(now);
         self.poll_commands(now);
@@ -390,7 +430,7 @@ impl Engine {
     fn new_token(&mut self) -> Token {
         loop {
             let t = Token(random_u64());
-            if t.0 != 0 && self.pairings.get(t).is_none() {
+            if t.0 != 0 && self.pairings.get(t).is_none() && !self.punches.contains_key(&t) {
                 return t;
             }
         }

@@ -62,6 +62,7 @@ pub fn classify(from: SocketAddrV4, req: &RegisterReq) -> (Client, Situation) {
         pid: req.mgmt.pid,
         program: req.mgmt.program.clone(),
         heartbeat_secs: req.mgmt.heartbeat_secs,
+        features: req.mgmt.features,
     };
     (client, situation)
 }

@@ -175,6 +175,7 @@ impl Engine {
                     Kind::Reversal => "reversal",
                     Kind::Relay => "relay",
                     Kind::Regular => "regular",
+                    Kind::Punch => "punch",
                 },
                 proxy: p.proxy,
                 peer: p.peer,

@@ -17,12 +17,12 @@
 use std::net::SocketAddrV4;
 use std::time::Instant;
 
-use proto::gcb::{ErrorCode, Message, StreamHello, Token};
+use proto::gcb::{ErrorCode, Message, Role, StreamHello, Token};
 use proto::Endpoint;
 use tracing::{debug, info, warn};
 
 use super::{Effect, Engine, RelayStart, StreamId, PAIR_TIMEOUT};
-use crate::pairing::{Arrival, Half, Kind, Pending};
+use crate::pairing::{Arrived, Half, Kind, Pending};
 
 impl Engine {
     /// A regular connector's connection `stream` from `addr`, accepted on
@@ -57,7 +57,7 @@ impl Engine {
             now,
             now + PAIR_TIMEOUT,
         );
-        pending.connector = Some(Half { stream, addr });
+        pending.connector = Some(Half::plain(stream, addr));
         let msg = Message::RelayConnect {
             token,
             broker: self.rendezvous,
@@ -81,24 +81,23 @@ impl Engine {
         addr: SocketAddrV4,
         now: Instant,
     ) {
-        let half = Half { stream, addr };
-        match self.pairings.arrive(hello.token, hello.role, half, now) {
-            Arrival::Waiting => debug!(
-                "rendezvous: {:?} from {addr} waits for its other half",
-                hello.role
-            ),
-            Arrival::Rejected(half, code) => {
+        self.arrive(hello.token, hello.role, Half::plain(stream, addr), now);
+    }
+
+    /// A half said hello (a relay's or a punch's) with `token` as `role`.
+    pub(super) fn arrive(&mut self, token: Token, role: Role, half: Half<StreamId>, now: Instant) {
+        let addr = half.addr;
+        match self.pairings.arrive(token, role, half, now) {
+            Arrived::Waiting => debug!("rendezvous: {role:?} from {addr} waits for its other half"),
+            Arrived::Rejected(half, code) => {
                 self.counters.rendezvous_rejected += 1;
-                info!(
-                    "rendezvous: {:?} from {addr} rejected: {code:?}",
-                    hello.role
-                );
-                self.emit(Effect::Reject {
-                    stream: half.stream,
-                    code,
-                });
+                info!("rendezvous: {role:?} from {addr} rejected: {code:?}");
+                self.reject_half(half, code);
             }
-            Arrival::Paired(token, pending) => self.start_relay(token, pending, now),
+            Arrived::Paired(token, pending) if pending.kind == Kind::Punch => {
+                self.start_punch(token, pending, now)
+            }
+            Arrived::Paired(token, pending) => self.start_relay(token, pending, now),
         }
     }
 
@@ -110,23 +109,18 @@ impl Engine {
         if self.relays >= self.config.limits.max_relays as usize {
             self.relay_refused(&format!("the pairing of {} and {}", c.addr, l.addr), now);
             let code = ErrorCode::LimitReached;
-            self.emit(Effect::Reject {
-                stream: l.stream,
-                code,
-            });
-            self.emit(match p.kind {
-                Kind::Relay => Effect::Reject {
-                    stream: c.stream,
-                    code,
-                },
-                _ => Effect::Abort(c.stream),
-            });
+            self.reject_half(l, code);
+            match p.kind {
+                Kind::Regular => self.emit(Effect::Abort(c.stream)),
+                _ => self.reject_half(c, code),
+            }
             return;
         }
         self.relays += 1;
         self.emit(Effect::Relay(RelayStart {
             token,
             gcb: p.kind == Kind::Relay,
+            punched: false,
             connector_id: p.connector_id.unwrap_or(c.addr),
             connector: c,
             listener: l,
@@ -152,19 +146,13 @@ impl Engine {
     /// parked regular connection is reset.
     pub(super) fn abandon_pairing(&mut self, p: Pending<StreamId>, code: ErrorCode) {
         if let Some(l) = p.listener {
-            self.emit(Effect::Reject {
-                stream: l.stream,
-                code,
-            });
+            self.reject_half(l, code);
         }
         if let Some(c) = p.connector {
-            self.emit(match p.kind {
-                Kind::Regular => Effect::Abort(c.stream),
-                _ => Effect::Reject {
-                    stream: c.stream,
-                    code,
-                },
-            });
+            match p.kind {
+                Kind::Regular => self.emit(Effect::Abort(c.stream)),
+                _ => self.reject_half(c, code),
+            }
         }
     }
 

@@ -160,6 +160,7 @@ impl Registry {
             pid: client.pid,
             program: client.program,
             heartbeat_secs: client.heartbeat_secs,
+            features: client.features,
             joined: now,
             last_heartbeat: now,
         }
@@ -208,6 +209,7 @@ impl Registry {
         h.pid = client.pid;
         h.program = client.program;
         h.heartbeat_secs = client.heartbeat_secs;
+        h.features = client.features;
         h.last_heartbeat = now;
         h.deadline = now + timeout;
         self.expiry.insert((h.deadline, *proxy, h.mgmt));

@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use mio::Token;
+use proto::gcb::Features;
 use proto::Endpoint;
 
 use crate::decide::Realm;
@@ -33,6 +34,8 @@ pub struct Client {
     pub pid: u32,
     pub program: String,
     pub heartbeat_secs: u16,
+    /// What its shim offered beyond the paper's protocol.
+    pub features: Features,
 }
 
 /// One process holding a registered socket.
@@ -43,6 +46,9 @@ pub struct Holder {
     pub pid: u32,
     pub program: String,
     pub heartbeat_secs: u16,
+    /// What its shim offered: commands it would not understand are never
+    /// sent to it.
+    pub features: Features,
     pub joined: Instant,
     pub last_heartbeat: Instant,
     pub(super) deadline: Instant,
@@ -111,6 +117,12 @@ impl Record {
 
     pub fn holders(&self) -> &[Holder] {
         &self.holders
+    }
+
+    /// Whether every holder offered `features`: a command that needs them
+    /// may then go to whichever holder the failed-command rule picks.
+    pub fn all_offer(&self, features: Features) -> bool {
+        self.holders.iter().all(|h| h.features.contains(features))
     }
 
     pub fn holder(&self, mgmt: SocketAddrV4) -> Option<&Holder> {

@@ -35,6 +35,7 @@ pub(super) fn client(mgmt: &str, heartbeat_secs: u16) -> Client {
         pid: 7,
         program: "condor_schedd".into(),
         heartbeat_secs,
+        features: proto::gcb::Features::NONE,
     }
 }
 

@@ -12,13 +12,19 @@
 //!   then close), a reset, and a relay: each side is told its peer
 //!   (`StreamPeer::Paired`) and a [`Relay`] pumps bytes between them until
 //!   both directions have ended or one side fails.
+//! * `punch`: a hole punch's rendezvous connections, between the hello and
+//!   the verdict: the frames the core sends and the one report each side
+//!   sends back. A punch that falls back becomes a relay here, told nothing
+//!   more (its relay verdict said it).
 //! * `pump`: the splice-based data pump of one relay.
 
 mod proxy;
 mod pump;
+mod punch;
 mod rendezvous;
 
 pub(crate) use pump::Relay;
+pub(crate) use punch::reject_punch;
 pub(crate) use rendezvous::{Hello, RENDEZVOUS};
 
 use std::collections::HashMap;
@@ -116,10 +122,12 @@ impl Io {
         // has its own doorbell to answer, and on a busy machine the first side
         // woken may run before the broker gets to tell the second.
         let mut told = Ok(());
-        if s.gcb {
+        if s.punched {
+            // Each side's relay verdict said it all.
+        } else if s.gcb {
             told = send_frame(&mut relay.streams[0], &StreamPeer::Paired { peer: s.proxy });
         }
-        if told.is_ok() {
+        if told.is_ok() && !s.punched {
             let peer = s.connector_id;
             told = send_frame(&mut relay.streams[1], &StreamPeer::Paired { peer });
         }
@@ -148,7 +156,11 @@ impl Io {
         self.relays.map.insert(id, relay);
         info!(
             "relay #{id} open: {} {caddr} -> proxy {} -> listener {laddr} (token {})",
-            if s.gcb { "gcb connector" } else { "connector" },
+            match (s.punched, s.gcb) {
+                (true, _) => "punch fallback, gcb connector",
+                (_, true) => "gcb connector",
+                _ => "connector",
+            },
             s.proxy,
             s.token
         );

@@ -2,16 +2,18 @@
 //! number where both halves of a relayed connection meet
 //! (docs/gcb-client-design.md).
 //!
-//! An accepted connection must first say `StreamHello{token, role}` (16
-//! bytes) within [`HELLO_TIMEOUT`]. It is read with the proto
-//! `FrameReader`, never a byte past the hello, so application data that
-//! follows stays in the socket for the relay. It is read at once on accept
+//! An accepted connection must first say hello within [`HELLO_TIMEOUT`]:
+//! `StreamHello{token, role}` (16 bytes) for a relay, or `PunchHello{token,
+//! role, local}` (22 bytes) for a hole punch, told apart by their magic
+//! (proto's `FirstFrameReader`). It is read never a byte past the hello,
+//! so application data that follows stays in the socket for the relay. It is read at once on accept
 //! (the shim's hello comes with the handshake's last ACK); only a connection
 //! whose hello is not complete yet takes a slot, a timer and a registration
 //! in the loop. Garbage, EOF or silence close
 //! the connection and are counted. A complete hello goes to the core
-//! (`engine::streams`), with the connection parked, unread and
-//! deregistered, until the core rejects it or pairs it.
+//! (`engine::streams`, `engine::punch`, the latter with the connection's
+//! smoothed round trip from `TCP_INFO`), with the connection parked,
+//! unread and deregistered, until the core rejects it or pairs it.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -19,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use proto::gcb::{FrameReader, StreamHello, MAX_FRAME_LEN};
+use proto::gcb::punch::{FirstFrame, FirstFrameReader};
+use proto::gcb::MAX_FRAME_LEN;
 use tracing::{debug, warn};
 
 use crate::daemon::{Daemon, Timer};
@@ -44,7 +47,7 @@ pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 pub(crate) struct Hello {
     stream: TcpStream,
     addr: SocketAddrV4,
-    reader: FrameReader<StreamHello>,
+    reader: FirstFrameReader,
     serial: u64,
     timer: Option<TimerId>,
 }
@@ -61,11 +64,11 @@ impl Hello {
 
 /// What reading a hello came to: the hello, or whether the bytes were
 /// garbage (rather than an early close or an error) and why.
-type HelloRead = Result<StreamHello, (bool, String)>;
+type HelloRead = Result<FirstFrame, (bool, String)>;
 
 /// Reads what there is of a hello from `stream` into `reader`, never a byte
 /// past it; `None` while it is incomplete and the socket has nothing more.
-fn read_hello(stream: &mut TcpStream, reader: &mut FrameReader<StreamHello>) -> Option<HelloRead> {
+fn read_hello(stream: &mut TcpStream, reader: &mut FirstFrameReader) -> Option<HelloRead> {
     let mut buf = [0u8; MAX_FRAME_LEN];
     loop {
         let want = reader.missing();
@@ -123,7 +126,7 @@ impl Daemon {
         // The shim sends its hello with the handshake's last ACK, so it is
         // usually here already: then the connection needs no slot, timer or
         // registration of its own.
-        let mut reader = FrameReader::new();
+        let mut reader = FirstFrameReader::new();
         if let Some(outcome) = read_hello(&mut stream, &mut reader) {
             debug!("rendezvous: connection from {addr}");
             self.hello_outcome(outcome, stream, addr);
@@ -192,9 +195,16 @@ impl Daemon {
     /// is counted and the connection closed.
     fn hello_outcome(&mut self, outcome: HelloRead, stream: TcpStream, addr: SocketAddrV4) {
         match outcome {
-            Ok(hello) => {
+            Ok(FirstFrame::Stream(hello)) => {
                 let stream = self.io.park(stream);
                 self.engine.on_hello(hello, stream, addr, Instant::now());
+                self.carry_out();
+            }
+            Ok(FirstFrame::Punch(hello)) => {
+                let rtt = super::punch::smoothed_rtt(&stream);
+                let stream = self.io.park(stream);
+                self.engine
+                    .on_punch_hello(hello, stream, addr, rtt, Instant::now());
                 self.carry_out();
             }
             Err((garbage, why)) => {

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::gcb::punch::{BrokerFrame, BrokerFrameReader, PunchGo, PunchHello, PunchReport, PunchVerdict};
+use proto::gcb::punch::{BrokerFrame, BrokerFrameReader, FirstFrame, FirstFrameReader, PunchGo, PunchHello, PunchReport, PunchVerdict};
 use proto::gcb::{Frame, FrameReader, StreamHello, StreamPeer, UdpRelayHeader};
 
 /// Feeds `data` in chunks of 1..=8 bytes (sizes cycling through `chunks`)
@@ -66,6 +66,29 @@ fn broker_frames(chunks: &[u8], data: &[u8]) {
     }
 }
 
+/// The rendezvous port's first frame, read the same way.
+fn first_frames(chunks: &[u8], data: &[u8]) {
+    let mut reader = FirstFrameReader::new();
+    let mut pos = 0;
+    for i in 0..=data.len() {
+        let step = chunks.get(i % chunks.len().max(1)).map_or(1, |c| usize::from(c % 8) + 1);
+        let end = (pos + step.min(reader.missing())).min(data.len());
+        match reader.feed(&data[pos..end]) {
+            Ok((used, frame)) => {
+                pos += used;
+                match frame {
+                    Some(FirstFrame::Stream(h)) => assert_eq!((pos, Ok(h)), (StreamHello::LEN, StreamHello::decode(data))),
+                    Some(FirstFrame::Punch(h)) => assert_eq!((pos, Ok(h)), (PunchHello::LEN, PunchHello::decode(data))),
+                    None if pos == data.len() => return,
+                    None => continue,
+                }
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let (chunks, data) = input.split_at(input.len().min(4));
     incremental::<StreamHello>(chunks, data);
@@ -75,6 +98,7 @@ fuzz_target!(|input: &[u8]| {
     incremental::<PunchReport>(chunks, data);
     incremental::<PunchVerdict>(chunks, data);
     broker_frames(chunks, data);
+    first_frames(chunks, data);
     if let Ok((header, payload)) = UdpRelayHeader::decode(data) {
         if let Ok(again) = header.encode(payload) {
             assert_eq!(again, data);

@@ -211,6 +211,21 @@ pub fn poll_ms(deadline: Instant, now: Instant) -> c_int {
     ms.min(c_int::MAX as u128) as c_int
 }
 
+/// `poll` on `fds` until `deadline` (for ever without one), to the
+/// microsecond: ppoll's timespec rather than poll's milliseconds, since a hole
+/// punch spaces its attempts by tens of microseconds and a millisecond tick
+/// would line both sides' retries up on it (docs/nat-punching-notes.md).
+pub fn poll_until(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> c_int {
+    let ts = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        libc::timespec { tv_sec: left.as_secs().min(i32::MAX as u64) as libc::time_t, tv_nsec: libc::c_long::from(left.subsec_nanos() as i32) }
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds.len()` pollfds, a timespec that outlives the call or none,
+    // and no signal mask.
+    unsafe { real::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ts_ptr, std::ptr::null()) }
+}
+
 /// Waits until `fd` has one of `events` (or an error or hang-up); `ETIMEDOUT` at
 /// the deadline. Signals do not cut the wait short: callers are bounded already.
 pub fn wait_fd(fd: c_int, events: i16, deadline: Instant) -> Result<i16, Errno> {
@@ -224,9 +239,7 @@ pub fn wait_fd(fd: c_int, events: i16, deadline: Instant) -> Result<i16, Errno> 
 /// an optional descriptor can take a place as -1.
 pub fn wait_fds(fds: &mut [libc::pollfd], deadline: Instant) -> Result<(), Errno> {
     loop {
-        let now = Instant::now();
-        // SAFETY: `fds.len()` pollfds.
-        let r = unsafe { real::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, poll_ms(deadline, now)) };
+        let r = poll_until(fds, Some(deadline));
         if r > 0 {
             return Ok(());
         }

@@ -82,6 +82,34 @@ impl Proc {
         }
     }
 
+    /// A TCP `Register` of `port` offering hole punching.
+    pub fn register_punching(&self, port: u16) -> Message {
+        let mut info = self.info();
+        info.features = proto::gcb::Features::PUNCH_TCP;
+        Message::Register {
+            proto: Proto::Tcp,
+            local: self.local(port),
+            realm: None,
+            desired_port: None,
+            port_required: false,
+            mgmt: info,
+        }
+    }
+
+    /// A TCP `Connect` offering hole punching, sent from its management
+    /// port, which its NAT keeps (`asked_from_port` as the broker sees it).
+    pub fn connect_punching(&self, target: SocketAddrV4) -> Message {
+        Message::Connect {
+            proto: Proto::Tcp,
+            target,
+            connector: self.local(40000),
+            connector_id: None,
+            realm: None,
+            features: proto::gcb::Features::PUNCH_TCP,
+            asked_from_port: self.mgmt.port(),
+        }
+    }
+
     /// A `Connect` from its socket at port 40000 to `target`.
     pub fn connect(&self, proto: Proto, target: SocketAddrV4) -> Message {
         Message::Connect {
@@ -105,6 +133,7 @@ pub fn limits() -> Limits {
         udp_rule_idle_s: 120,
         udp_rules_per_registration: 8,
         status_allow: Networks::default(),
+        punch: crate::config::Punch::default(),
     }
 }
 

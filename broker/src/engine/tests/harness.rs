@@ -4,11 +4,12 @@
 //! fate) with the checks a real loop could not make: nothing is closed
 //! twice, no stream is handed back twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use proto::gcb::punch::{BrokerFrame, PunchHello, PunchReport};
 use proto::gcb::{self, ErrorCode, Message, Role, StreamHello, Token};
 use proto::{Endpoint, Proto};
 
@@ -75,8 +76,12 @@ impl Host for FakeHost {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
     Rejected(ErrorCode),
+    /// A punch's side told `PunchVerdict::Rejected`.
+    PunchRejected(ErrorCode),
     Aborted,
     Relayed,
+    /// Closed quietly (a punch ended).
+    HungUp,
 }
 
 /// The core, its fake host and clock, and what came out of it.
@@ -93,6 +98,9 @@ pub struct Bed {
     pub closed: Vec<SocketId>,
     pub fates: BTreeMap<StreamId, Fate>,
     pub relays: Vec<RelayStart>,
+    /// Punch frames written, in order, and the streams being read.
+    pub frames: Vec<(StreamId, BrokerFrame)>,
+    pub watched: BTreeSet<StreamId>,
     /// Streams handed in so far.
     pub streams: u64,
     /// Whether the loop fails to start relays (no pipes).
@@ -124,6 +132,8 @@ impl Bed {
             closed: Vec::new(),
             fates: BTreeMap::new(),
             relays: Vec::new(),
+            frames: Vec::new(),
+            watched: BTreeSet::new(),
             streams: 0,
             relay_fails: false,
             next_id: 1,
@@ -153,6 +163,20 @@ impl Bed {
                 }
                 Effect::Reject { stream, code } => self.fate(stream, Fate::Rejected(code)),
                 Effect::Abort(stream) => self.fate(stream, Fate::Aborted),
+                Effect::RejectPunch { stream, code } => {
+                    self.fate(stream, Fate::PunchRejected(code))
+                }
+                Effect::Hangup(stream) => self.fate(stream, Fate::HungUp),
+                Effect::PunchSend { stream, frame } => {
+                    assert!(!self.fates.contains_key(&stream), "{stream:?} written after its fate");
+                    self.frames.push((stream, frame));
+                }
+                Effect::PunchWatch(stream) => {
+                    assert!(self.watched.insert(stream), "{stream:?} watched twice");
+                }
+                Effect::PunchUnwatch(stream) => {
+                    self.watched.remove(&stream);
+                }
                 Effect::Relay(start) => {
                     self.fate(start.connector.stream, Fate::Relayed);
                     self.fate(start.listener.stream, Fate::Relayed);
@@ -167,6 +191,7 @@ impl Bed {
     }
 
     fn fate(&mut self, stream: StreamId, fate: Fate) {
+        self.watched.remove(&stream);
         assert!(
             stream.0 >= 1 && stream.0 <= self.streams,
             "{stream:?} never handed in"
@@ -244,6 +269,50 @@ impl Bed {
             .on_hello(StreamHello { token, role }, stream, addr, now);
         self.apply();
         stream
+    }
+
+    /// A punch's side at `addr` says `PunchHello` with `token` in `role`,
+    /// its socket's own address `local`; its round trip `rtt_ms`.
+    pub fn punch_hello(
+        &mut self,
+        token: Token,
+        role: Role,
+        addr: SocketAddrV4,
+        local: SocketAddrV4,
+        rtt_ms: u64,
+    ) -> StreamId {
+        let stream = self.new_stream();
+        let now = self.now;
+        let hello = PunchHello { token, role, local };
+        let rtt = Some(Duration::from_millis(rtt_ms));
+        self.engine.on_punch_hello(hello, stream, addr, rtt, now);
+        self.apply();
+        stream
+    }
+
+    /// A watched punch connection reports.
+    pub fn report(&mut self, stream: StreamId, report: PunchReport) {
+        assert!(self.watched.remove(&stream), "{stream:?} reports unwatched");
+        let now = self.now;
+        self.engine.on_punch_report(stream, report, now);
+        self.apply();
+    }
+
+    /// A watched punch connection ends.
+    pub fn gone(&mut self, stream: StreamId) {
+        assert!(self.watched.remove(&stream), "{stream:?} read unwatched");
+        let now = self.now;
+        self.engine.on_punch_gone(stream, now);
+        self.apply();
+    }
+
+    /// The punch frames written on `stream`.
+    pub fn frames_to(&self, stream: StreamId) -> Vec<BrokerFrame> {
+        self.frames
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, f)| *f)
+            .collect()
     }
 
     /// A regular connector at `addr` dials the proxy listener `proxy`.

@@ -10,6 +10,8 @@
 //! * `commands`: the failed-command rule (issue 9) and ICMP errors;
 //! * `pipeline`: the command port's checks (malformed, version, rate limit,
 //!   reply cache, status);
+//! * `punch`: TCP hole punching: the decision, the meeting carried out,
+//!   the outcome cache;
 //! * `udp`: the UDP data path and channels;
 //! * `clients`: the processes the tests speak for, and the configuration;
 //! * `proptests`: random sequences of all of it against the invariants of
@@ -22,5 +24,6 @@ mod expiry;
 pub(super) mod harness;
 mod pipeline;
 mod proptests;
+mod punch;
 mod register;
 mod udp;

@@ -7,9 +7,19 @@
 //!
 //! A side dials one attempt at a time: a SYN that meets the far gateway
 //! before the far side's own SYN left it is reset there (or dropped), so a
-//! refused attempt is followed by a fresh one after [`Schedule::after_refusal`],
-//! and one still in progress after [`Schedule::attempt_timeout`] is replaced
-//! rather than left to TCP's one-second retransmission. With
+//! refused attempt is followed by a fresh one, and one still in progress after
+//! [`Schedule::attempt_timeout`] is replaced rather than left to TCP's
+//! one-second retransmission.
+//!
+//! The wait after a refusal is [`Schedule::after_refusal`] plus a random part
+//! of up to [`Schedule::spread`] times the refused attempt's own round trip.
+//! The two SYNs only meet when each leaves its gateway while the other's
+//! mapping is open, a window about one gateway-to-gateway round trip wide; the
+//! reset that closes one side's window closes the other's too. With a fixed
+//! wait both sides retry in lockstep and keep their first offset, so two sides
+//! that missed once miss every time (seen on the test bed: hundreds of
+//! attempts, docs/nat-punching-notes.md). A random wait on the scale of the
+//! round trip moves the offset by about a window each attempt. With
 //! [`Schedule::listen`] a listening socket on the same port takes a SYN that
 //! arrives between two attempts. Every connection, dialed or accepted, must
 //! come from the peer's mapping and start with the peer's `PunchHello`
@@ -31,7 +41,11 @@ use crate::gcb::{ErrorCode, Role, Token};
 /// How a side spaces its attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule {
+    /// The least wait after a refused attempt.
     pub after_refusal: Duration,
+    /// The random part of that wait is up to this many times the refused
+    /// attempt's round trip (0: none).
+    pub spread: u32,
     pub attempt_timeout: Duration,
     pub max_attempts: u32,
     pub listen: bool,
@@ -39,7 +53,7 @@ pub struct Schedule {
 
 impl Default for Schedule {
     fn default() -> Self {
-        Schedule { after_refusal: Duration::from_millis(1), attempt_timeout: Duration::from_millis(50), max_attempts: 200, listen: true }
+        Schedule { after_refusal: Duration::from_micros(20), spread: 2, attempt_timeout: Duration::from_millis(50), max_attempts: 1000, listen: true }
     }
 }
 
@@ -110,6 +124,9 @@ pub struct Dialer {
     check_failures: u32,
     refusals: u32,
     local_failures: u32,
+    /// xorshift64 state for the random part of the waits, seeded from the
+    /// token and the role, so the two sides draw differently.
+    rng: u64,
 }
 
 impl Dialer {
@@ -128,7 +145,17 @@ impl Dialer {
             check_failures: 0,
             refusals: 0,
             local_failures: 0,
+            rng: (token.0 ^ if role == Role::Connector { 0x9e37_79b9_7f4a_7c15 } else { 0xc2b2_ae3d_27d4_eb4f }) | 1,
         }
+    }
+
+    /// A random duration of up to `max`.
+    fn random_up_to(&mut self, max: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let nanos = max.as_nanos() as u64;
+        Duration::from_nanos(if nanos == 0 { 0 } else { self.rng % (nanos + 1) })
     }
 
     /// Our hello, for the rendezvous connection and each punched one.
@@ -215,7 +242,8 @@ impl Dialer {
 
     /// Attempt `conn` failed.
     pub fn dial_failed(&mut self, conn: ConnId, why: DialFailure, now: Instant) -> Vec<Do> {
-        if !matches!(self.current, Some((c, _)) if c == conn) {
+        let Some((c, since)) = self.current else { return Vec::new() };
+        if c != conn {
             return Vec::new();
         }
         self.current = None;
@@ -223,7 +251,11 @@ impl Dialer {
             DialFailure::Refused => self.refusals += 1,
             DialFailure::Local => self.local_failures += 1,
         }
-        self.next_dial = Some(now + self.schedule.after_refusal);
+        // Round trips are capped, so a refusal that took long (a loaded
+        // machine, an ICMP error after retransmissions) never stalls dialing.
+        let round_trip = now.saturating_duration_since(since).min(Duration::from_millis(100));
+        let random = self.random_up_to(round_trip * self.schedule.spread);
+        self.next_dial = Some(now + self.schedule.after_refusal + random);
         let mut out = vec![Do::Close(conn)];
         out.extend(self.timer(now));
         out

@@ -346,8 +346,14 @@ fn refused_attempts_are_retried_until_one_checks_then_the_verdict_decides() {
     assert_eq!(out, vec![Do::Dial { conn: 1, to: a(PEER) }]);
     let out = d.dial_failed(1, DialFailure::Refused, t0 + ms(3));
     assert_eq!(out, vec![Do::Close(1)], "the next attempt waits out the gap");
-    assert_eq!(d.next_wakeup(), Some(t0 + ms(4)));
-    let out = d.timer(t0 + ms(4));
+    // The gap: at least `after_refusal`, at most that plus `spread` times the
+    // refused attempt's round trip (1 ms here).
+    let schedule = Schedule::default();
+    let next = d.next_wakeup().expect("a next attempt");
+    let least = t0 + ms(3) + schedule.after_refusal;
+    assert!(next >= least && next <= least + ms(1) * schedule.spread, "next attempt {:?} after the refusal", next - (t0 + ms(3)));
+    assert_eq!(d.timer(next - Duration::from_nanos(1)), vec![], "not before its time");
+    let out = d.timer(next);
     assert_eq!(dials(&out), vec![2]);
     assert_eq!(d.connected(2, a(PEER), t0 + ms(5)), vec![Do::SendHello(2)]);
     let out = d.peer_hello(2, peer_hello(Role::Connector), t0 + ms(6));
@@ -545,4 +551,28 @@ proptest! {
             }
         }
     }
+}
+
+/// Two sides refused at the same instants do not retry in lockstep: their
+/// random waits differ, so the offset between their SYNs moves (dialer docs).
+#[test]
+fn the_two_sides_draw_different_waits_after_refusals() {
+    let t0 = Instant::now();
+    let mut sides = [dialer(Role::Connector), dialer(Role::Listener)];
+    let mut waits = [Vec::new(), Vec::new()];
+    for (d, w) in sides.iter_mut().zip(waits.iter_mut()) {
+        d.broker_frame(go(0, 500), t0);
+        let mut now = t0;
+        for conn in 1..=10 {
+            now += ms(1);
+            d.dial_failed(conn, DialFailure::Refused, now);
+            let next = d.next_wakeup().expect("a next attempt");
+            w.push(next - now);
+            now = next;
+            assert_eq!(dials(&d.timer(now)), vec![conn + 1]);
+        }
+    }
+    assert_ne!(waits[0], waits[1]);
+    let distinct: std::collections::BTreeSet<_> = waits[0].iter().collect();
+    assert!(distinct.len() > 5, "the waits vary: {:?}", waits[0]);
 }

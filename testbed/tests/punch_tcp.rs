@@ -1,0 +1,250 @@
+//! TCP hole punching end to end in the NAT test bed (issue 13,
+//! docs/hole-punching.md): the paper's C echo server under the shim on a1
+//! (realm A, behind GA) and the echo client under the shim on b1 (realm B,
+//! behind GB), through `gcb-broker` on the broker host.
+//!
+//! * GB drops strangers' packets (`drop`, as most home routers do): every
+//!   server mode is reached over a punched connection, blocking and
+//!   non-blocking connects alike; every byte echoes back, the client's shim
+//!   logs `via punched`, the server sees the connection come from GB, and
+//!   the broker counts each attempt a success and opens no relay;
+//! * both gateways reset strangers (`preserve`, the bed's default): on the
+//!   bed's zero-latency link the two SYNs must cross within microseconds
+//!   (docs/nat-punching-notes.md), so a punch may fail; each connect is then
+//!   either punched or relayed within the budget, with every byte, and the
+//!   broker's counters add up (attempts = successes + fallbacks; a failed
+//!   pair is relayed at once afterwards);
+//! * GA maps ports at random (`random`): the broker relays at once, the
+//!   connect costs less than 3 times a plain relayed one, and the next
+//!   connect between the two realms does not try again;
+//! * the client with `GCB_PUNCH=0` (a shim that does not offer it): the
+//!   connection is relayed as before, and the broker counts why it did not
+//!   punch (`punch_skipped_not_capable`).
+//!
+//! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
+//! `make -C c-tests`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use testbed::real::{built, Mode, RealBed, BROKER};
+use testbed::{run_with_timeout, workspace_root, NatKind, NatKinds, Proc};
+
+/// GB, realm B's public address: what the server sees as its peer.
+const GB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const STARTUP: Duration = Duration::from_secs(15);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ctest(name: &str) -> PathBuf {
+    let p = workspace_root().join("c-tests/build").join(name);
+    assert!(p.exists(), "{} is missing: run `make -C c-tests` (scripts/test does)", p.display());
+    p
+}
+
+/// `program` on `host` under the shim, logging at debug, with `env` set.
+fn shimmed(r: &RealBed, host: &str, program: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = r.bed.cmd(host, workspace_root().join("scripts/gcb-run"));
+    c.args(["--broker", BROKER, "--heartbeat", "2", "--log", "debug", "--lib"]).arg(built("libgcb.so"));
+    c.arg("--").arg(ctest(program));
+    for v in ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "GCB_LOG_FILE", "GCB_PUNCH", "LD_PRELOAD"] {
+        c.env_remove(v);
+    }
+    c.envs(env.iter().copied());
+    c
+}
+
+/// The broker's counters from `gcb-broker query --json`.
+fn counter(r: &RealBed, name: &str) -> u64 {
+    let bin = built("gcb-broker");
+    let target = format!("{BROKER}:65432");
+    let out = r.bed.run("broker", &[bin.to_str().unwrap(), "query", &target, "--json"], STARTUP).expect("query");
+    assert!(out.status.success(), "query failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = testbed::json::parse(&text).unwrap_or_else(|e| panic!("query --json: {e}: {text}"));
+    match v.get("counters").and_then(|c| c.get(name)) {
+        Some(testbed::json::Value::Num(n)) => *n as u64,
+        other => panic!("no counter {name} in the query ({other:?}): {text}"),
+    }
+}
+
+/// A server on a1 under the shim, registered; its proxy address.
+fn server(r: &RealBed, port: u16) -> (Proc, String) {
+    let p = port.to_string();
+    let mut c = shimmed(r, "a1", "echo-server", &[]);
+    c.args(["--proto", "tcp", "--port", &p, "--mode", "epoll"]);
+    let server = r.bed.spawn_cmd(c).expect("echo-server");
+    let listen = r.registered(&server, "tcp", &format!("{}:{port}", r.bed.ip("a1")));
+    (server, listen)
+}
+
+/// The echo client on b1 to `dest`; asserts every byte came back and the
+/// server accepted from realm B; returns the client's stderr (the shim's log).
+fn client(r: &RealBed, server: &Proc, dest: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let mut c = shimmed(r, "b1", "echo-client", env);
+    c.args(["--proto", "tcp", "--connect", dest, "--bytes", "100000", "--rounds", "3"]).args(extra);
+    let out = run_with_timeout(c, CLIENT_TIMEOUT).unwrap_or_else(|e| panic!("client: {e}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let context = || {
+        format!(
+            "stdout:\n{stdout}\nclient stderr:\n{stderr}\nserver stderr:\n{}\nbroker stderr:\n{}",
+            server.stderr_text(),
+            r.daemon.stderr_text()
+        )
+    };
+    assert!(out.status.success(), "echo-client {extra:?} failed ({}):\n{}", out.status, context());
+    let summary = stdout.lines().find(|l| l.starts_with("SUMMARY ")).unwrap_or_else(|| panic!("no SUMMARY:\n{}", context()));
+    let field = |k: &str| summary.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_string);
+    assert_eq!(field("ok"), field("runs"), "{summary}\n{}", context());
+    assert!(field("ok").is_some_and(|n| n != "0"), "{summary}");
+    // The client reports the proxy address as its peer, whatever the path.
+    for peer in stdout.lines().filter_map(|l| l.split_once(" PEER ").map(|(_, p)| p)) {
+        assert_eq!(peer, dest, "the client's getpeername\n{}", context());
+    }
+    let rest = server.wait_line("ACCEPT PEER ", Duration::from_secs(5)).expect("ACCEPT PEER");
+    let ip: Ipv4Addr = rest.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok()).expect("peer ip");
+    assert_eq!(ip, GB, "the server's peer is realm B's mapping\n{}", context());
+    stderr.into_owned()
+}
+
+/// [`client`], returning its stdout (the RUN and SUMMARY lines) and then its
+/// stderr (the shim's log).
+fn client_stdout(r: &RealBed, server: &Proc, dest: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let mut c = shimmed(r, "b1", "echo-client", env);
+    c.args(["--proto", "tcp", "--connect", dest, "--bytes", "100000", "--rounds", "3"]).args(extra);
+    let out = run_with_timeout(c, CLIENT_TIMEOUT).unwrap_or_else(|e| panic!("client: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "echo-client {extra:?} failed ({}):\n{text}\nserver:\n{}\nbroker:\n{}", out.status, server.stderr_text(), r.daemon.stderr_text());
+    let summary = text.lines().find(|l| l.starts_with("SUMMARY ")).unwrap_or_else(|| panic!("no SUMMARY:\n{text}"));
+    let field = |k: &str| summary.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_string);
+    assert_eq!(field("ok"), field("runs"), "{summary}\n{text}");
+    text
+}
+
+/// `--mode` values of the echo server: every way a server waits for its
+/// connections.
+const SERVER_MODES: [&str; 6] = ["blocking", "select", "poll", "epoll", "epoll-et", "nonblock"];
+
+/// The echo server on a1 in `mode`, registered; its proxy address.
+fn server_in(r: &RealBed, port: u16, mode: &str) -> (Proc, String) {
+    let p = port.to_string();
+    let mut c = shimmed(r, "a1", "echo-server", &[]);
+    c.args(["--proto", "tcp", "--port", &p, "--mode", mode]);
+    let server = r.bed.spawn_cmd(c).expect("echo-server");
+    let listen = r.registered(&server, "tcp", &format!("{}:{port}", r.bed.ip("a1")));
+    (server, listen)
+}
+
+/// The mean connect time of the client's runs, from its SUMMARY line.
+fn conn_us_mean(stdout_and_log: &str) -> f64 {
+    let summary = stdout_and_log.lines().find(|l| l.starts_with("SUMMARY ")).expect("SUMMARY");
+    summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("conn_us_mean="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no conn_us_mean in {summary}"))
+}
+
+#[test]
+fn every_server_mode_is_reached_over_a_punched_connection() {
+    let nat = NatKinds::new(NatKind::Preserve, NatKind::Drop);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let mut connects = 0;
+    for (i, mode) in SERVER_MODES.iter().enumerate() {
+        let (server, listen) = server_in(&r, 7470 + i as u16, mode);
+        for extra in [&[][..], &["--nonblock"][..]] {
+            let log = client(&r, &server, &listen, extra, &[]);
+            connects += 1;
+            assert!(
+                log.contains(&format!("connect tcp {listen} via punched")),
+                "server mode {mode}, client {extra:?}: the client's shim did not log `via punched`:\n{log}\nserver:\n{}\nbroker:\n{}",
+                server.stderr_text(),
+                r.daemon.stderr_text()
+            );
+        }
+        drop(server);
+    }
+    assert_eq!(counter(&r, "punch_attempts"), connects, "{}", r.daemon.stderr_text());
+    assert_eq!(counter(&r, "punch_succeeded"), connects, "{}", r.daemon.stderr_text());
+    assert_eq!(counter(&r, "relays_opened"), 0, "nothing went through the relay");
+    r.down();
+}
+
+#[test]
+fn resetting_gateways_punch_or_fall_back_and_every_byte_arrives() {
+    let r = RealBed::up_with(Mode::Gcb, 2, &["--log", "debug"]);
+    let (server, listen) = server(&r, 7461);
+    let (mut punched, mut relayed) = (0, 0);
+    for _ in 0..5 {
+        let log = client(&r, &server, &listen, &["--nonblock"], &[]);
+        if log.contains(&format!("connect tcp {listen} via punched")) {
+            punched += 1;
+        } else {
+            assert!(log.contains(&format!("connect tcp {listen} via relay")), "neither punched nor relayed:\n{log}");
+            relayed += 1;
+        }
+    }
+    println!("preserve/preserve: {punched} of 5 connects punched, {relayed} relayed");
+    let attempts = counter(&r, "punch_attempts");
+    let fallbacks: u64 = ["timeout", "check_failed", "local_error", "no_report"]
+        .iter()
+        .map(|why| counter(&r, &format!("punch_fallbacks_{why}")))
+        .sum();
+    let skipped = counter(&r, "punch_skipped_cached_failure");
+    assert_eq!(counter(&r, "punch_succeeded"), punched, "{}", r.daemon.stderr_text());
+    assert_eq!(attempts, punched + fallbacks, "every attempt ends punched or fallen back");
+    assert_eq!(attempts + skipped, 5, "a connect not attempted was skipped for a cached failure");
+    assert_eq!(counter(&r, "relays_opened"), relayed, "each relayed connect, and only those, is relayed");
+    // A failed pair is relayed at once afterwards: after the first fallback
+    // no attempt is made for the rest of the run.
+    if fallbacks > 0 {
+        assert_eq!(fallbacks, 1, "the first failure is cached");
+    }
+    drop(server);
+    r.down();
+}
+
+#[test]
+fn a_random_mapping_is_relayed_at_once_and_not_tried_again() {
+    let nat = NatKinds::new(NatKind::Random, NatKind::Preserve);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let (server, listen) = server(&r, 7463);
+    // The relay's own connect time: a client that does not offer punching.
+    let baseline_out = client_stdout(&r, &server, &listen, &["--runs", "5"], &[("GCB_PUNCH", "0")]);
+    let relay_us = conn_us_mean(&baseline_out);
+    // The first connect that could punch: the broker meets both sides, sees
+    // GA renumbered the listener's port, and relays at once.
+    let first_out = client_stdout(&r, &server, &listen, &[], &[]);
+    assert!(first_out.contains(&format!("connect tcp {listen} via relay")), "{first_out}");
+    let first_us = conn_us_mean(&first_out);
+    println!("random/preserve: relay connect {relay_us:.0} us, first connect that could punch {first_us:.0} us");
+    assert!(first_us < 3.0 * relay_us, "the fallback took {first_us:.0} us, the relay alone {relay_us:.0} us");
+    assert_eq!(counter(&r, "punch_skipped_unpredictable_mapping"), 1, "{}", r.daemon.stderr_text());
+    // Decided as a punch, ended at the meeting before anyone dialed.
+    assert_eq!(counter(&r, "punch_attempts"), 1);
+    assert_eq!(counter(&r, "punch_succeeded"), 0);
+    // The second connect between the two realms goes to the relay without a meeting.
+    let second_out = client_stdout(&r, &server, &listen, &[], &[]);
+    assert!(second_out.contains(&format!("connect tcp {listen} via relay")), "{second_out}");
+    assert_eq!(counter(&r, "punch_skipped_cached_failure"), 1, "{}", r.daemon.stderr_text());
+    assert_eq!(counter(&r, "punch_skipped_unpredictable_mapping"), 1);
+    assert_eq!(counter(&r, "punch_attempts"), 1, "not tried again");
+    assert_eq!(counter(&r, "relays_opened"), 7, "five baseline connects and two fallbacks");
+    drop(server);
+    r.down();
+}
+
+#[test]
+fn a_client_that_does_not_offer_punching_is_relayed() {
+    let r = RealBed::up_with(Mode::Gcb, 2, &[]);
+    let (server, listen) = server(&r, 7462);
+    let log = client(&r, &server, &listen, &["--nonblock"], &[("GCB_PUNCH", "0")]);
+    assert!(!log.contains("via punched"), "{log}");
+    assert_eq!(counter(&r, "punch_attempts"), 0);
+    assert_eq!(counter(&r, "punch_skipped_not_capable"), 1);
+    assert_eq!(counter(&r, "decided_relay"), 1);
+    assert_eq!(counter(&r, "relays_opened"), 1);
+    drop(server);
+    r.down();
+}
