@@ -6,7 +6,12 @@
 //! Every counter of `dpfd status` is a counter here, named by its place in
 //! the status document with `_` between the parts and the top `counters`
 //! left out: `counters.requests.forward` is `dpfd_requests_forward_total`,
-//! `changes.added` is `dpfd_changes_added_total`. The counters come from
+//! `changes.added` is `dpfd_changes_added_total`. A part that is no
+//! Prometheus name (the standard port's refusal reasons, such as
+//! `pcp.NO_RESOURCES`) is lowercased with `_` for every other character:
+//! `counters.standard.refused.pcp.NO_RESOURCES` is
+//! `dpfd_standard_refused_pcp_no_resources_total`; Prometheus rejects a
+//! whole scrape for one bad name. The counters come from
 //! the same function as the status document's (`Daemon::counter_tree`), so
 //! the two cannot drift apart. The forwards, free ports and the last
 //! recovery and sync are gauges.
@@ -170,13 +175,25 @@ pub(crate) fn counters(tree: &Value, s: &mut Snapshot) {
     walk(tree, &mut Vec::new(), s);
 }
 
-/// `counters.requests.forward` → `requests_forward`; other parts stay.
+/// `counters.requests.forward` → `requests_forward`; other parts stay,
+/// made into Prometheus names (see the module docs).
 fn name(path: &[String]) -> String {
     let parts = match path.first().map(String::as_str) {
         Some("counters") => &path[1..],
         _ => path,
     };
-    parts.join("_")
+    let part = |p: &String| -> String {
+        p.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    parts.iter().map(part).collect::<Vec<_>>().join("_")
 }
 
 /// Help for each counter of the status document. A counter added there
@@ -184,6 +201,9 @@ fn name(path: &[String]) -> String {
 pub(crate) fn help(name: &str) -> &'static str {
     if name.starts_with("refused_") {
         return "Requests refused, by the reason in the name";
+    }
+    if name.starts_with("standard_refused_") {
+        return "NAT-PMP and PCP requests answered with an error, by the protocol and result code in the name";
     }
     match name {
         "received" => "Datagrams read from the command port",
@@ -217,11 +237,32 @@ pub(crate) fn help(name: &str) -> &'static str {
         "changes_moved" => "Forwards moved to another public port",
         "changes_deleted_by_client" => "Forwards deleted at the client's request",
         "changes_deleted_by_probe" => "Forwards deleted because the probe found the client gone",
+        "changes_leased" => "NAT-PMP and PCP mappings granted with a lease",
+        "changes_renewed" => "NAT-PMP and PCP leases renewed",
+        "changes_expired" => "NAT-PMP and PCP mappings removed because their lease ran out",
         "changes_commits" => "Batches written (mirror file, kernel)",
         "changes_kernel_batches" => "Transactions sent to the kernel's NAT maps",
         "changes_kernel_errors" => "Failed kernel transactions",
         "changes_mirror_errors" => "Failed mirror file writes",
         "changes_syncs" => "Syncs of the three representations",
+        "standard_received" => "Datagrams read from the NAT-PMP and PCP port",
+        "standard_foreign" => "NAT-PMP and PCP requests dropped: from outside the private networks",
+        "standard_rate_limited" => "NAT-PMP and PCP requests dropped by the per-source rate limit",
+        "standard_malformed" => "Datagrams on the NAT-PMP and PCP port dropped without an answer",
+        "standard_malformed_by_truncated" => "NAT-PMP and PCP datagrams dropped: truncated",
+        "standard_malformed_by_oversize" => {
+            "NAT-PMP and PCP datagrams dropped: a field over its bound"
+        }
+        "standard_malformed_by_invalid" => "NAT-PMP and PCP datagrams dropped: an invalid value",
+        "standard_requests_pcp_map" => "PCP MAP requests served",
+        "standard_requests_pcp_announce" => "PCP ANNOUNCE requests served",
+        "standard_requests_natpmp_map" => "NAT-PMP mapping requests served",
+        "standard_requests_natpmp_address" => "NAT-PMP public address requests served",
+        "standard_receive_errors" => "Errors reading the NAT-PMP and PCP port",
+        "standard_send_errors" => "Errors sending NAT-PMP and PCP answers",
+        "standard_announcements" => {
+            "Datagrams announcing a restart sent to 224.0.0.1 (PCP and NAT-PMP)"
+        }
         _ => "",
     }
 }
@@ -253,5 +294,39 @@ mod tests {
             );
         }
         assert!(!text.contains("Help.\n") && text.contains("# HELP dpfd_received_total Datagrams"));
+    }
+
+    /// The standard port's counters, whose refusal reasons are no
+    /// Prometheus names as they stand (`pcp.NO_RESOURCES`): one bad name
+    /// makes Prometheus reject the whole scrape.
+    #[test]
+    fn standard_counters_have_prometheus_names_and_help() {
+        let mut c = crate::standard::Counters::default();
+        c.refuse("pcp.NO_RESOURCES".into());
+        let tree = json!({
+            "counters": { "standard": c.json() },
+            "changes": { "leased": 1, "renewed": 2, "expired": 3 },
+        });
+        let mut s = Snapshot::new();
+        counters(&tree, &mut s);
+        let names: Vec<String> = s.names().map(str::to_string).collect();
+        assert!(names.len() > 20, "{names:?}");
+        for n in &names {
+            let ok = n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            assert!(ok, "{n} is no Prometheus name");
+            assert!(!help(n).is_empty(), "{n} has no help");
+        }
+        let text = render("dpfd", s, &[]);
+        assert!(
+            text.lines()
+                .any(|l| l == "dpfd_standard_refused_pcp_no_resources_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l == "dpfd_changes_expired_total 3"),
+            "{text}"
+        );
     }
 }

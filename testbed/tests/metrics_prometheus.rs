@@ -223,7 +223,11 @@ fn prometheus_sees_what_query_and_status_show() {
     assert!(paths.len() > 30, "{paths:?}");
     for p in paths {
         let parts = if p[0] == "counters" { &p[1..] } else { &p[..] };
-        let metric = format!("dpfd_{}_total", parts.join("_"));
+        // dpfd's rule for parts that are no Prometheus names (pcp.NO_RESOURCES).
+        let prom = |part: &String| -> String {
+            part.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+        };
+        let metric = format!("dpfd_{}_total", parts.iter().map(prom).collect::<Vec<_>>().join("_"));
         let h = help(&dpfd_text, &metric).unwrap_or_else(|| panic!("status's {p:?} is not a metric ({metric})"));
         assert!(h.len() > 1, "{metric} has no help text");
     }

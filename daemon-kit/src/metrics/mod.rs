@@ -84,6 +84,9 @@ impl Snapshot {
 
     /// The last family if it has this name and kind, else a new one.
     fn family(&mut self, name: &str, help: &'static str, counter: bool) -> &mut Values {
+        // Prometheus drops the whole scrape for one bad name, so tests
+        // (debug builds) stop at it rather than a scraper far away.
+        debug_assert!(valid_name(name), "{name:?} is no Prometheus metric name");
         let same = self
             .families
             .last()
@@ -138,6 +141,15 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// Whether `name` may be a Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 /// A histogram of durations in seconds, kept for the whole run and shared
@@ -228,5 +240,20 @@ mod tests {
             !text.contains("# EOF"),
             "Prometheus text, not OpenMetrics:\n{text}"
         );
+    }
+
+    #[test]
+    fn names_prometheus_accepts() {
+        for ok in [
+            "received",
+            "standard_refused_pcp_no_resources",
+            "_x",
+            "a:b9",
+        ] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "refused_pcp.NO_RESOURCES", "9lives", "a-b", "a b"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
     }
 }
