@@ -214,7 +214,7 @@ pub(crate) fn help(name: &str) -> &'static str {
         }
         "punch_skipped_not_capable" => "Connects not punched: a side's shim does not offer it",
         "punch_skipped_disabled" => "Connects not punched: --no-punch",
-        "punch_vanished" => "Punches a side left before the verdict (no connection)",
+        "punch_vanished" => "Punches a side left before the verdict or never came to (no connection)",
         "udp_relayed_to_client" => "UDP datagrams relayed from peers to clients",
         "udp_relayed_to_peer" => "UDP datagrams relayed from clients to peers",
         "udp_refused" => "Client datagrams naming a peer without a live rule",

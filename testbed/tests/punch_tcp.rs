@@ -34,7 +34,6 @@ use testbed::{run_with_timeout, workspace_root, NatKind, NatKinds, Proc};
 
 /// GB, realm B's public address: what the server sees as its peer.
 const GB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-const STARTUP: Duration = Duration::from_secs(15);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn ctest(name: &str) -> PathBuf {
@@ -55,18 +54,9 @@ fn shimmed(r: &RealBed, host: &str, program: &str, env: &[(&str, &str)]) -> Comm
     c
 }
 
-/// The broker's counters from `gcb-broker query --json`.
+/// The broker's counter `name`.
 fn counter(r: &RealBed, name: &str) -> u64 {
-    let bin = built("gcb-broker");
-    let target = format!("{BROKER}:65432");
-    let out = r.bed.run("broker", &[bin.to_str().unwrap(), "query", &target, "--json"], STARTUP).expect("query");
-    assert!(out.status.success(), "query failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = testbed::json::parse(&text).unwrap_or_else(|e| panic!("query --json: {e}: {text}"));
-    match v.get("counters").and_then(|c| c.get(name)) {
-        Some(testbed::json::Value::Num(n)) => *n as u64,
-        other => panic!("no counter {name} in the query ({other:?}): {text}"),
-    }
+    r.broker_counter(name)
 }
 
 /// A server on a1 under the shim, registered; its proxy address.
