@@ -51,7 +51,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use testbed::real::{Mode, RealBed};
-use testbed::{python3, run_with_timeout, workspace_root, NatKind, NatKinds, Proc};
+use testbed::{python3, workspace_root, NatKind, NatKinds, Proc};
 
 const GA: &str = "203.0.113.1";
 const GB: &str = "203.0.113.2";
