@@ -47,7 +47,7 @@ impl Pattern {
                 "Table 2: public → private (client on pub, server on a1 in realm A)"
             }
             Pattern::PrivateToPrivate => {
-                "Table 3: private → private (client on b1 in realm B, server on a1 in realm A)"
+                "Table 3: private → private (client on b1 in realm B, server on a1 in realm A; GCB is the relay, as in the paper: hole punching has its own table below)"
             }
         }
     }

@@ -300,7 +300,7 @@ fn run_block(
         &timeout_ms,
     ];
     let (_, client_shim) = shims(p, cell.config);
-    let cmd = ctx::prog(
+    let mut cmd = ctx::prog(
         ctx,
         bed,
         p.client_host(),
@@ -308,6 +308,12 @@ fn run_block(
         &ctx.paths.echo_client,
         &args,
     );
+    if p == Pattern::PrivateToPrivate && client_shim == Shim::Gcb {
+        // The paper's Table 3 measures GCB's relay, and so does this cell,
+        // comparable with it and with earlier runs; the `punch` part measures
+        // the same pair with hole punching beside it.
+        cmd.env("GCB_PUNCH", "0");
+    }
     let limit = Duration::from_secs(30 + 2 * runs as u64);
     let fin = match ctx::run_in(bed, cmd, limit) {
         Ok(f) => f,
