@@ -3,8 +3,8 @@
 //! Run without a subcommand (or with `run`) it reproduces the paper's Tables
 //! 1-3 on the NAT test bed and measures more: the time inside a non-blocking
 //! `connect` (issue 12), relay throughput, the shim's fast-path overhead,
-//! broker scale, dpfd, what serving `/metrics` costs the daemons, and the
-//! time to map a port (PCP, NAT-PMP). Every figure goes to
+//! broker scale, dpfd, what serving `/metrics` costs the daemons, the
+//! time to map a port (PCP, NAT-PMP), and TCP hole punching (issue 13). Every figure goes to
 //! `target/bench/results.json` with its ratio to a baseline measured in the
 //! same run; the tables also go to `tables.md` and `tables.png`, and all of
 //! it to `report.md` and stdout. Benchmarks report: a timing never fails the
@@ -19,7 +19,8 @@
 //! the reference run (`reference`);
 //! then `nbconnect` (`{path: {call_us|est_us|first.call_us|first.est_us:
 //! {mean, p50, p99, max}, call_ratio, est_ratio, ...}}`), `shim_overhead`,
-//! `relay`, `broker`, `dpfd`, the verdicts on issue 6's
+//! `relay`, `broker`, `dpfd`, `portmap`, `punch` (`table3`, `throughput`,
+//! `matrix`), the verdicts on issue 6's
 //! `targets`, and last `errors`, shaped like the figures, with the reason for
 //! every figure that is missing.
 //!
@@ -30,12 +31,15 @@ mod broker_scale;
 mod chart;
 mod ctx;
 mod dpfd;
-mod portmap;
 mod drivers;
+mod portmap;
 mod metrics_cpu;
 mod nbconnect;
 mod paper;
 mod procfs;
+mod punch;
+mod punch_matrix;
+mod punch_md;
 mod reference;
 mod relay;
 mod report;
@@ -54,7 +58,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: gcb-bench [run] [--quick] [--only tables|nbconnect|relay|shim|broker|dpfd|metrics|portmap[,...]] [--out DIR]
+usage: gcb-bench [run] [--quick] [--only tables|nbconnect|relay|shim|broker|dpfd|metrics|portmap|punch[,...]] [--out DIR]
        gcb-bench pingpong --messages N [--transport tcp|unix]
        gcb-bench sink --port P
        gcb-bench source --connect IP:PORT --bytes N
@@ -66,7 +70,7 @@ Needs root for `run` (network namespaces). Normally started by scripts/bench.";
 
 /// The parts of a run, in the order they run: the cheapest first, so a quick
 /// look at the first lines of output is already informative.
-pub const PARTS: [&str; 8] = ["shim", "tables", "nbconnect", "relay", "broker", "dpfd", "metrics", "portmap"];
+pub const PARTS: [&str; 9] = ["shim", "tables", "nbconnect", "relay", "broker", "dpfd", "metrics", "portmap", "punch"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -217,6 +221,7 @@ fn run(f: &HashMap<String, String>) -> Result<i32, String> {
             "broker" => broker_scale::run(&ctx, &mut res),
             "metrics" => metrics_cpu::run(&ctx, &mut res),
             "portmap" => portmap::run(&ctx, &mut res),
+            "punch" => punch::run(&ctx, &mut res),
             _ => dpfd::run(&ctx, &mut res),
         };
         res.num(&format!("meta.seconds.{part}"), tp.elapsed().as_secs_f64());

@@ -142,7 +142,7 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<(), String> {
 }
 
 /// `gcb-bench sink` on a1; returns it and the address it reports.
-fn start_sink(
+pub(crate) fn start_sink(
     ctx: &Ctx,
     bed: &TestBed,
     shim: ctx::Shim,

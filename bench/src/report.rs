@@ -303,7 +303,10 @@ fn parts_md(res: &Results) -> String {
             ],
         ));
     }
-    for key in ["shim_overhead", "nbconnect", "relay", "broker", "dpfd", "metrics", "portmap"] {
+    if has("punch") {
+        s.push_str(&crate::punch_md::md(res));
+    }
+    for key in ["shim_overhead", "nbconnect", "relay", "broker", "dpfd", "metrics", "portmap", "punch"] {
         // An error at the part's own key: the part could not run at all.
         if let Some(why) = res.why_missing(key) {
             let _ = writeln!(s, "\n{key}: not run: {why}");

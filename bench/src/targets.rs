@@ -1,4 +1,4 @@
-//! The goals of issues 6 and 12, checked against this run's figures: each is met,
+//! The goals of issues 6, 12 and 13, checked against this run's figures: each is met,
 //! missed, or n/a (with the reason the figure is missing). Goals, not
 //! assertions: a missed target is reported, never an error.
 
@@ -336,6 +336,27 @@ pub fn evaluate(res: &mut Results, parts: &[String]) -> Vec<Verdict> {
         "dpfd",
         "10,000 forwards recovered < 1 s",
         rec,
+    );
+
+    // The runs that were punched: a fallback's 500 ms budget would swamp the mean.
+    let punched = |m: &str| vec![format!("punch.table3.gb_drop.gcb_punch.punched.{m}_ratio")];
+    push(
+        "punch_table3_conn",
+        "punch",
+        "Table 3 TCP, the punched runs (GB drop): conn ≤ 3× regular (issue 13)",
+        judge(res, &punched("conn"), false, le(3.0), "×"),
+    );
+    push(
+        "punch_table3_data",
+        "punch",
+        "Table 3 TCP, the punched runs (GB drop): data ≤ 1.05× regular (issue 13)",
+        judge(res, &punched("data"), false, le(1.05), "×"),
+    );
+    push(
+        "punch_throughput",
+        "punch",
+        "a punched connection ≥ 0.95× direct throughput (issue 13)",
+        judge(res, &["punch.throughput.punched_ratio_to_direct".into()], true, ge(0.95), "×"),
     );
 
     out.retain(|v| parts.iter().any(|p| p == v.part));

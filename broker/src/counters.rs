@@ -96,7 +96,8 @@ pub struct Counters {
     /// could not use its port, a report missing at the broker's deadline);
     /// connects between private realms not punched, by why (a NAT did not
     /// keep the port, the pair failed recently, a side's shim cannot punch,
-    /// `--no-punch`); and punches a side left before the verdict.
+    /// `--no-punch`); and punches a side left before the verdict or never
+    /// came to (its listener failed the command, the pairing expired).
     pub punch_attempts: u64,
     pub punch_succeeded: u64,
     pub punch_fallbacks_timeout: u64,

@@ -232,6 +232,21 @@ impl RealBed {
         regs.iter().map(|r| (field(r, "proto"), field(r, public), field(r, "local"))).collect()
     }
 
+    /// The broker's counter `name` (`gcb-broker query --json`, GCB mode);
+    /// panics when the broker does not answer or has no such counter.
+    pub fn broker_counter(&self, name: &str) -> u64 {
+        assert_eq!(self.mode, Mode::Gcb, "broker counters exist in GCB mode");
+        let args = [built("gcb-broker").into_os_string(), "query".into(), format!("{BROKER}:65432").into(), "--json".into()];
+        let out = self.bed.run("broker", &args, STARTUP).unwrap_or_else(|e| panic!("gcb-broker query: {e}"));
+        assert!(out.status.success(), "gcb-broker query failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = crate::json::parse(&text).unwrap_or_else(|e| panic!("query --json: {e}: {text}"));
+        match v.get("counters").and_then(|c| c.get(name)) {
+            Some(crate::json::Value::Num(n)) => *n as u64,
+            other => panic!("no counter {name} in the query ({other:?}): {text}"),
+        }
+    }
+
     /// A path in the scratch directory.
     pub fn file(&self, name: &str) -> PathBuf {
         self.scratch.join(name)

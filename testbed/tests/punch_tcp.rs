@@ -3,7 +3,9 @@
 //! (realm A, behind GA) and the echo client under the shim on b1 (realm B,
 //! behind GB), through `gcb-broker` on the broker host.
 //!
-//! * GB drops strangers' packets (`drop`, as most home routers do): every
+//! * both gateways drop strangers' packets (`drop`, as most home routers
+//!   do), so every punch succeeds on the bed (with a resetting gateway on one
+//!   side a few percent fall back, see the bench's NAT-kind matrix): every
 //!   server mode is reached over a punched connection, blocking and
 //!   non-blocking connects alike; every byte echoes back, the client's shim
 //!   logs `via punched`, the server sees the connection come from GB, and
@@ -116,7 +118,7 @@ fn conn_us_mean(stdout_and_log: &str) -> f64 {
 
 #[test]
 fn every_server_mode_is_reached_over_a_punched_connection() {
-    let nat = NatKinds::new(NatKind::Preserve, NatKind::Drop);
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Drop);
     let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
     let mut connects = 0;
     for (i, mode) in SERVER_MODES.iter().enumerate() {

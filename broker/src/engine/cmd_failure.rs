@@ -108,6 +108,11 @@ impl Engine {
         let Some(mut pending) = self.pairings.cancel(token) else {
             return;
         };
+        if pending.kind == Kind::Punch {
+            // Decided and counted as an attempt, it ends here: the
+            // listener's side will never come to the rendezvous.
+            self.counters.punch_vanished += 1;
+        }
         self.tell_connector(token, &pending, code, now);
         let rendezvous = matches!(pending.kind, Kind::Relay | Kind::Punch);
         if rendezvous && pending.connector.is_none() {

@@ -166,6 +166,10 @@ impl Engine {
                 continue;
             }
             self.counters.pairings_expired += 1;
+            if p.kind == Kind::Punch {
+                // An attempt whose sides never both came: no connection.
+                self.counters.punch_vanished += 1;
+            }
             let missing = match (p.kind, p.connector.is_some(), p.listener.is_some()) {
                 (Kind::Reversal, ..) => "the listener did not acknowledge",
                 (_, true, false) => "the listener never came",

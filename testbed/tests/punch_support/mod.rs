@@ -5,12 +5,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use testbed::real::{built, RealBed, BROKER};
 use testbed::workspace_root;
-
-pub const STARTUP: Duration = Duration::from_secs(15);
 
 pub fn ctest(name: &str) -> PathBuf {
     let p = workspace_root().join("c-tests/build").join(name);
@@ -30,16 +27,7 @@ pub fn shimmed(r: &RealBed, host: &str, program: &str, env: &[(&str, &str)]) -> 
     c
 }
 
-/// The broker's counters from `gcb-broker query --json`.
+/// The broker's counter `name`.
 pub fn counter(r: &RealBed, name: &str) -> u64 {
-    let bin = built("gcb-broker");
-    let target = format!("{BROKER}:65432");
-    let out = r.bed.run("broker", &[bin.to_str().unwrap(), "query", &target, "--json"], STARTUP).expect("query");
-    assert!(out.status.success(), "query failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = testbed::json::parse(&text).unwrap_or_else(|e| panic!("query --json: {e}: {text}"));
-    match v.get("counters").and_then(|c| c.get(name)) {
-        Some(testbed::json::Value::Num(n)) => *n as u64,
-        other => panic!("no counter {name} in the query ({other:?}): {text}"),
-    }
+    r.broker_counter(name)
 }

@@ -302,6 +302,11 @@ fn a_listener_that_never_answers_fails_the_punch_like_a_relay() {
     let c = s.bed.punch_hello(token, Role::Connector, a(C_SEEN), a(C_LOCAL), 1);
     assert_eq!(s.bed.fates[&c], Fate::PunchRejected(ErrorCode::Timeout));
     assert_eq!(s.bed.counter("commands_failed_timeout"), 1);
+    // The attempt ends, as every attempt does, in exactly one outcome.
+    assert_eq!((s.bed.counter("punch_attempts"), s.bed.counter("punch_vanished")), (1, 1));
+    // The pairing kept for its connector expires without counting it again.
+    s.bed.advance(Duration::from_secs(11));
+    assert_eq!(s.bed.counter("punch_vanished"), 1);
 }
 
 #[test]
@@ -314,4 +319,5 @@ fn a_pairing_whose_other_side_never_comes_expires_as_a_relay_would() {
     s.bed.advance(Duration::from_secs(11));
     assert_eq!(s.bed.fates[&c], Fate::PunchRejected(ErrorCode::UnknownToken));
     assert_eq!(s.bed.counter("pairings_expired"), 1);
+    assert_eq!((s.bed.counter("punch_attempts"), s.bed.counter("punch_vanished")), (1, 1));
 }
