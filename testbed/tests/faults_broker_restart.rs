@@ -1,7 +1,8 @@
 //! `gcb-broker` killed with SIGKILL under load and restarted (issue 8).
 //!
 //! Load at the moment of the kill, with a 2 s heartbeat and a 6 s broker
-//! heartbeat timeout: a streaming relayed connection from realm B (GCB client),
+//! heartbeat timeout: a streaming relayed connection from realm B (a GCB client
+//! that does not offer hole punching, so the stream is the relay's),
 //! a streaming connection from a plain client on pub (relayed from the proxy
 //! socket), a streaming reversed connection from a GCB client on pub (direct
 //! between the hosts, no broker in the path), and an idle registered listener.
@@ -36,7 +37,7 @@ fn broker_kill_under_load_and_restart() {
     let (idle, idle_proxy) = f.echo_server("a1", BROKER, 7201);
     assert!(proxy.starts_with("203.0.113.10:") && idle_proxy.starts_with("203.0.113.10:"), "{proxy} {idle_proxy}");
 
-    let relayed = f.peer("b1", Some(BROKER), "stream", &proxy);
+    let relayed = f.relayed_peer("b1", BROKER, "stream", &proxy);
     let plain = f.peer("pub", None, "stream", &proxy);
     let reversed = f.peer("pub", Some(BROKER), "stream", &proxy);
     let mut accepted = Vec::new();
@@ -73,7 +74,7 @@ fn broker_kill_under_load_and_restart() {
         (regs.contains(&proxy) && regs.contains(&idle_proxy)).then_some(())
     });
     for dest in [&proxy, &idle_proxy] {
-        f.echo("b1", Some(BROKER), dest, &["--nonblock"], &context); // relay
+        f.echo("b1", Some(BROKER), dest, &["--nonblock"], &context); // punched, or the relay
         f.echo("pub", None, dest, &[], &context); // plain, relayed from the proxy socket
         f.echo("pub", Some(BROKER), dest, &[], &context); // reversal
         f.echo("a2", Some(BROKER), dest, &[], &context); // same realm

@@ -155,6 +155,17 @@ impl Faults {
         self.bed.spawn_cmd(c).expect("peer.py")
     }
 
+    /// The Python peer in `role` on `host` under the shim with `brokers`, not
+    /// offering hole punching (`GCB_PUNCH=0`), so its connection to another
+    /// private realm is relayed whatever the gateways allow.
+    pub fn relayed_peer(&self, host: &str, brokers: &str, role: &str, arg: &str) -> Proc {
+        let py = testbed::python3().to_str().unwrap().to_string();
+        let script = peer_py();
+        let mut c = self.cmd(host, Some(brokers), &[&py, "-u", script.to_str().unwrap(), role, arg]);
+        c.env("GCB_PUNCH", "0");
+        self.bed.spawn_cmd(c).expect("peer.py")
+    }
+
     /// A peer server on `host`:`port` under the shim; waits for its first name.
     pub fn peer_server(&self, host: &str, brokers: &str, port: u16) -> (Proc, String) {
         let p = self.peer(host, Some(brokers), "server", &port.to_string());
