@@ -109,6 +109,11 @@ pub struct Counters {
     pub punch_skipped_not_capable: u64,
     pub punch_skipped_disabled: u64,
     pub punch_vanished: u64,
+    /// UDP hole punching: `PunchUdp` decisions (the listener was sent
+    /// `PunchHole`), and those whose connector said its direct path opened
+    /// (its one `Dummy{token}` to the proxy, `engine::punch_udp`).
+    pub udp_punch_attempts: u64,
+    pub udp_punch_direct: u64,
     /// Relay byte totals of closed relays, connector → listener and back.
     pub bytes_closed: [u64; 2],
     /// UDP proxy sockets: datagrams relayed peer → client and client → peer.
@@ -207,6 +212,8 @@ impl Counters {
             ("punch_skipped_not_capable", self.punch_skipped_not_capable),
             ("punch_skipped_disabled", self.punch_skipped_disabled),
             ("punch_vanished", self.punch_vanished),
+            ("udp_punch_attempts", self.udp_punch_attempts),
+            ("udp_punch_direct", self.udp_punch_direct),
             ("udp_relayed_to_client", self.udp_relayed_to_client),
             ("udp_relayed_to_peer", self.udp_relayed_to_peer),
             ("udp_refused", self.udp_refused),

@@ -215,6 +215,8 @@ pub(crate) fn help(name: &str) -> &'static str {
         "punch_skipped_not_capable" => "Connects not punched: a side's shim does not offer it",
         "punch_skipped_disabled" => "Connects not punched: --no-punch",
         "punch_vanished" => "Punches a side left before the verdict or never came to (no connection)",
+        "udp_punch_attempts" => "UDP hole punches decided between private realms (PunchHole sent)",
+        "udp_punch_direct" => "UDP hole punches whose connector reported its direct path open",
         "udp_relayed_to_client" => "UDP datagrams relayed from peers to clients",
         "udp_relayed_to_peer" => "UDP datagrams relayed from clients to peers",
         "udp_refused" => "Client datagrams naming a peer without a live rule",

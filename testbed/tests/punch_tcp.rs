@@ -27,39 +27,17 @@
 //! `make -C c-tests`.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use testbed::real::{built, Mode, RealBed, BROKER};
-use testbed::{run_with_timeout, workspace_root, NatKind, NatKinds, Proc};
+mod punch_support;
+
+use punch_support::{counter, shimmed};
+use testbed::real::{Mode, RealBed};
+use testbed::{run_with_timeout, NatKind, NatKinds, Proc};
 
 /// GB, realm B's public address: what the server sees as its peer.
 const GB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn ctest(name: &str) -> PathBuf {
-    let p = workspace_root().join("c-tests/build").join(name);
-    assert!(p.exists(), "{} is missing: run `make -C c-tests` (scripts/test does)", p.display());
-    p
-}
-
-/// `program` on `host` under the shim, logging at debug, with `env` set.
-fn shimmed(r: &RealBed, host: &str, program: &str, env: &[(&str, &str)]) -> Command {
-    let mut c = r.bed.cmd(host, workspace_root().join("scripts/gcb-run"));
-    c.args(["--broker", BROKER, "--heartbeat", "2", "--log", "debug", "--lib"]).arg(built("libgcb.so"));
-    c.arg("--").arg(ctest(program));
-    for v in ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "GCB_LOG_FILE", "GCB_PUNCH", "LD_PRELOAD"] {
-        c.env_remove(v);
-    }
-    c.envs(env.iter().copied());
-    c
-}
-
-/// The broker's counter `name`.
-fn counter(r: &RealBed, name: &str) -> u64 {
-    r.broker_counter(name)
-}
 
 /// A server on a1 under the shim, registered; its proxy address.
 fn server(r: &RealBed, port: u16) -> (Proc, String) {

@@ -47,7 +47,7 @@ impl Engine {
         now: Instant,
     ) {
         let proto = match p.kind {
-            gcb::Kind::MakeHole => Proto::Udp,
+            gcb::Kind::MakeHole | gcb::Kind::PunchHole => Proto::Udp,
             _ => Proto::Tcp,
         };
         let ep = Endpoint::new(proto, p.proxy);

@@ -15,7 +15,9 @@
 //! (`punch`, docs/hole-punching.md): the connector is told `PunchTcp`, the
 //! listener `PunchConnect`, and the pairing waits for their `PunchHello`s
 //! just as a relay's waits for its `StreamHello`s; should the punch fail,
-//! the same two connections become the relay.
+//! the same two connections become the relay. A UDP relay between two such
+//! shims is punched too (`punch_udp`): `PunchUdp` to the connector,
+//! `PunchHole` to the listener, the relay kept meanwhile.
 
 use std::net::SocketAddrV4;
 use std::time::Instant;
@@ -24,6 +26,7 @@ use proto::gcb::{Decision, ErrorCode, Features, Message, Token};
 use proto::{Endpoint, Proto};
 use tracing::{debug, error, info, warn};
 
+use super::punch_udp::UdpPunch;
 use super::{Engine, StreamId, PAIR_TIMEOUT};
 use crate::decide::{self, Path, Situation};
 use crate::pairing::{Kind, Pending};
@@ -80,6 +83,43 @@ impl Engine {
         Ok(())
     }
 
+    /// A UDP relay punched: the listener's holder at `mgmt` is told
+    /// `PunchHole` (a pairing like a UDP reversal's, over at its `Ack`);
+    /// should that fail to go out, the connect is relayed as before.
+    fn send_punch_hole(
+        &mut self,
+        proxy: SocketAddrV4,
+        mgmt: SocketAddrV4,
+        p: UdpPunch,
+        now: Instant,
+    ) -> Decision {
+        let token = self.new_token();
+        // The relay names the connector by its mapping, and so does the
+        // direct path: the listener's program sees one peer.
+        let peer = p.target;
+        let pending = Pending::new(Kind::Reversal, proxy, mgmt, peer, now, now + PAIR_TIMEOUT);
+        let msg = Message::PunchHole {
+            token,
+            target: p.target,
+            peer,
+            proxy,
+        };
+        if let Err(e) = self.start_pairing(token, pending, msg, now) {
+            error!("cannot send PunchHole to {mgmt}: {e}; relaying");
+            self.counters.decided_relay += 1;
+            return Decision::Relay {
+                via: proxy,
+                token: Token(0),
+            };
+        }
+        self.udp_punch_started(token, proxy, p, now);
+        Decision::PunchUdp {
+            via: proxy,
+            token,
+            listener_at: p.listener_at,
+        }
+    }
+
     pub(super) fn on_connect(
         &mut self,
         from: SocketAddrV4,
@@ -97,6 +137,8 @@ impl Engine {
             );
             return Message::ConnectDecision(Decision::NotRegistered);
         };
+        // Owned: punching decides with the engine borrowed mutably.
+        let record = record.clone();
         let listener = Situation {
             public: record.public,
             realm: record.realm.clone(),
@@ -105,8 +147,14 @@ impl Engine {
         let path = decide::decide(&listener, &connector);
         let punch = match (path, proto) {
             (Path::Relay, Proto::Tcp) => {
-                let record = record.clone();
-                let skip = self.punch_skip(from, req.features, req.asked_from_port, &record, now);
+                let skip = self.punch_skip(
+                    from,
+                    req.features,
+                    req.asked_from_port,
+                    &record,
+                    Features::PUNCH_TCP,
+                    now,
+                );
                 if let Err(why) = skip {
                     self.count_skip(why);
                     debug!("connect tcp from {from} to {}: not punched: {why:?}", req.target);
@@ -114,6 +162,10 @@ impl Engine {
                 skip.is_ok()
             }
             _ => false,
+        };
+        let udp_punch = match (path, proto) {
+            (Path::Relay, Proto::Udp) => self.udp_punch(from, &req, &record, now),
+            _ => None,
         };
         let decision = match path {
             Path::Direct => {
@@ -158,13 +210,16 @@ impl Engine {
                 self.counters.decided_reversal += 1;
                 Decision::Reversal { token }
             }
-            Path::Relay if proto == Proto::Udp => {
-                self.counters.decided_relay += 1;
-                Decision::Relay {
-                    via: req.target,
-                    token: Token(0),
+            Path::Relay if proto == Proto::Udp => match udp_punch {
+                Some(p) => self.send_punch_hole(req.target, mgmt, p, now),
+                None => {
+                    self.counters.decided_relay += 1;
+                    Decision::Relay {
+                        via: req.target,
+                        token: Token(0),
+                    }
                 }
-            }
+            },
             Path::Relay => {
                 if !self.relay_room() {
                     self.relay_refused(&format!("a relay from {from} to {}", req.target), now);
@@ -203,7 +258,12 @@ impl Engine {
                 }
             }
         };
-        let path = if punch { "punch".to_string() } else { path.to_string() };
+        let punched = punch || matches!(decision, Decision::PunchUdp { .. });
+        let path = if punched {
+            "punch".to_string()
+        } else {
+            path.to_string()
+        };
         info!(
             "connect {proto} from {from} (connector {}, {connector}) to {} (listener {local}, {listener}): {path}",
             req.connector, req.target

@@ -57,6 +57,7 @@ mod connect;
 mod holders;
 mod icmp;
 mod punch;
+mod punch_udp;
 mod register;
 mod status;
 mod streams;

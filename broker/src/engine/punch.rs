@@ -87,18 +87,20 @@ impl Punch {
 }
 
 impl Engine {
-    /// Whether a TCP connect from `from` to `record`'s socket, both private
-    /// in different realms, may be punched; `Err` says why not.
+    /// Whether a connect from `from` to `record`'s socket, both private in
+    /// different realms, may be punched, both sides offering `wanted`
+    /// (`PUNCH_TCP` or `PUNCH_UDP`); `Err` says why not.
     pub(super) fn punch_skip(
         &mut self,
         from: SocketAddrV4,
         features: Features,
         asked_from_port: u16,
         record: &Record,
+        wanted: Features,
         now: Instant,
     ) -> Result<(), Skip> {
         let p = self.config.limits.punch;
-        if !features.contains(Features::PUNCH_TCP) || !record.all_offer(Features::PUNCH_TCP) {
+        if !features.contains(wanted) || !record.all_offer(wanted) {
             return Err(Skip::NotCapable);
         }
         if !p.enabled {

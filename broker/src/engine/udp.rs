@@ -90,7 +90,9 @@ impl Engine {
                 return UdpSend::Nothing;
             }
             UdpControl::Message(_, Message::Dummy { token }) => {
-                self.on_dummy(proxy, from, token);
+                if !self.udp_punch_report(proxy, from, token, now) {
+                    self.on_dummy(proxy, from, token);
+                }
                 return UdpSend::Nothing;
             }
             UdpControl::Message(_, Message::DummyAck { .. }) => {

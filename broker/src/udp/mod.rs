@@ -17,9 +17,12 @@ pub(crate) mod channels;
 mod io;
 pub(crate) mod rules;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
 
 use daemon_kit::throttle::Throttle;
+use proto::gcb::Token;
 
 use crate::config::Limits;
 use channels::Channels;
@@ -36,6 +39,10 @@ pub struct UdpRelay {
     pub refused: Throttle,
     /// New peers refused at a registration's rule cap.
     pub full: Throttle,
+    /// UDP hole punches under way, by token: the listener's proxy, the
+    /// connector's mapping, and until when its report is taken
+    /// (`engine::punch_udp`).
+    pub punches: HashMap<Token, (SocketAddrV4, SocketAddrV4, Instant)>,
 }
 
 impl UdpRelay {
@@ -45,6 +52,7 @@ impl UdpRelay {
             channels: Channels::new(idle(limits)),
             refused: Throttle::new(WARN_INTERVAL),
             full: Throttle::new(WARN_INTERVAL),
+            punches: HashMap::new(),
         }
     }
 

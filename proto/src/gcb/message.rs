@@ -387,9 +387,12 @@ pub enum Message {
     Error { code: ErrorCode, detail: String },
     /// Sent on an application UDP socket, not the management socket, to open
     /// a NAT hole (paper 4.2): listener → connector after `MakeHole`, and
-    /// listener → its own proxy address after `RegisterOk`. The receiver
-    /// answers `DummyAck` with the same token and never passes either to the
-    /// application. Not retransmitted by `rudp`; the sender retries itself.
+    /// listener → its own proxy address after `RegisterOk`; both sides of a
+    /// UDP hole punch to each other's mapping, and the connector once to the
+    /// listener's proxy when its punched path opened (which the broker
+    /// counts). A broker channel and a punch's peer answer `DummyAck` with
+    /// the same token; no receiver passes either to the application. Not retransmitted by `rudp`; the sender
+    /// retries itself.
     Dummy { token: Token },
     /// Reply to `Dummy`, sent back to the Dummy's source address.
     DummyAck { token: Token },

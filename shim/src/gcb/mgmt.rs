@@ -172,7 +172,8 @@ pub fn on_datagram(reg: &mut Registry, id: ListenerId, bytes: &[u8], now: Instan
         return drop_datagram(e);
     }
     let (reply, job) = match msg {
-        Message::MakeHole { token, target, peer, proxy } => (super::udp::control::make_hole(reg, id, token, target, peer, proxy, now), None),
+        Message::MakeHole { token, target, peer, proxy } => (super::udp::control::make_hole(reg, id, token, target, peer, proxy, false, now), None),
+        Message::PunchHole { token, target, peer, proxy } => (super::udp::control::make_hole(reg, id, token, target, peer, proxy, true, now), None),
         msg => command(reg, id, msg),
     };
     if let Ok(bytes) = seal::gcb_encode(&reply, header.request_id) {

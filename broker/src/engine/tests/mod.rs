@@ -12,6 +12,8 @@
 //!   reply cache, status);
 //! * `punch`: TCP hole punching: the decision, the meeting carried out,
 //!   the outcome cache;
+//! * `punch_udp`: UDP hole punching: the decision, `PunchHole`, each
+//!   reason not to punch, the connector's report;
 //! * `udp`: the UDP data path and channels;
 //! * `clients`: the processes the tests speak for, and the configuration;
 //! * `proptests`: random sequences of all of it against the invariants of
@@ -25,5 +27,6 @@ pub(super) mod harness;
 mod pipeline;
 mod proptests;
 mod punch;
+mod punch_udp;
 mod register;
 mod udp;

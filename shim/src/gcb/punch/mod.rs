@@ -10,11 +10,11 @@ pub use session::{Held, Progress, Session};
 use proto::gcb::punch::Schedule;
 use proto::gcb::Features;
 
-/// The features this process offers the broker: TCP hole punching unless
-/// `GCB_PUNCH=0`.
+/// The features this process offers the broker: TCP and UDP hole punching
+/// (`udp::control`) unless `GCB_PUNCH=0`.
 pub fn offered() -> Features {
     if crate::config::get().punch {
-        Features::PUNCH_TCP
+        Features::PUNCH_TCP.union(Features::PUNCH_UDP)
     } else {
         Features::NONE
     }

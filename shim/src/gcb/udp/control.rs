@@ -14,6 +14,14 @@
 //!   the application's. (An older peer's `DummyAck` says the same.)
 //! * The connector's side of the same hole: a `Dummy{token}` for a reversal it
 //!   awaits opens a direct path, and is not answered.
+//! * A UDP hole punch (docs/hole-punching.md, "UDP"): both sides send
+//!   `Dummy{token}` to the other's mapping with backoff, the listener at once
+//!   on `PunchHole`, the connector after [`PUNCH_HEAD_START`] (`send`); each
+//!   answers the other's Dummy with `DummyAck`, and the first `Dummy`,
+//!   `DummyAck` or datagram from that mapping opens the direct path on its
+//!   side. The connector then tells the broker with one `Dummy{token}` to the
+//!   proxy. These are answered because a punch needs both sides to hear
+//!   each other, and they are few (bounded tries, one answer each).
 //!
 //! Why so few answers: every control datagram that reaches the application's
 //! socket is one its program's `select` or `poll` may wake for, and a
@@ -37,7 +45,7 @@ use proto::Proto;
 
 use super::super::registry::{Listener, ListenerId, Registry};
 use super::super::sys;
-use super::table::Hole;
+use super::table::{Heard, Hole, Punch};
 use crate::client::seal;
 use crate::real;
 
@@ -45,6 +53,17 @@ use crate::real;
 const HOLE_TRIES: u8 = 5;
 /// Between two Dummies of one hole.
 const HOLE_RETRY: Duration = Duration::from_millis(300);
+/// Dummies sent for one side of a punch, and the first wait between them
+/// (doubled each time: 0.1, 0.2, 0.4, 0.8 s, as bounded as `MakeHole`'s).
+pub const PUNCH_TRIES: u8 = 5;
+pub const PUNCH_GAP: Duration = Duration::from_millis(100);
+/// How long the connector lets the listener's first Dummy go ahead of its
+/// own. The listener's leaves its gateway first, and is dropped (or
+/// refused) at the connector's; had the connector's arrived first at a
+/// gateway that answers strangers, it would confirm a conntrack entry there
+/// that takes the listener's mapping from it for 30 s
+/// (docs/nat-punching-notes.md). The relay carries the data meanwhile.
+pub const PUNCH_HEAD_START: Duration = Duration::from_millis(200);
 
 /// Sends `bytes` from `fd` to `to` without blocking; the errno on failure.
 pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys::Errno> {
@@ -104,7 +123,9 @@ pub fn open_data_path(reg: &Registry, id: ListenerId) {
     }
 }
 
-/// The reply to `MakeHole` for listener `id`; the first Dummy goes out at once.
+/// The reply to `MakeHole` (or, with `punch`, `PunchHole`) for listener
+/// `id`; the first Dummy goes out at once.
+#[allow(clippy::too_many_arguments)]
 pub fn make_hole(
     reg: &mut Registry,
     id: ListenerId,
@@ -112,6 +133,7 @@ pub fn make_hole(
     target: SocketAddrV4,
     peer: SocketAddrV4,
     proxy: SocketAddrV4,
+    punch: bool,
     now: Instant,
 ) -> Message {
     let Some(l) = reg.listener(id) else { return Message::error(gcb::ErrorCode::NotRegistered, "no such socket here") };
@@ -119,9 +141,13 @@ pub fn make_hole(
         return Message::error(gcb::ErrorCode::NotRegistered, "no such UDP socket here");
     }
     let Some(fd) = data_fd(reg, l) else { return Message::error(gcb::ErrorCode::NotRegistered, "socket closed") };
-    log!(Debug, "making a hole from udp {proxy} to {target} for {peer}");
+    log!(Debug, "{} from udp {proxy} to {target} for {peer}", if punch { "punching a hole" } else { "making a hole" });
     let expires = now + super::table::HOLE_ACK_TTL;
-    reg.udp.entry(fd).start_hole(Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1, expires });
+    let hole = match punch {
+        true => Hole { token, target, peer, next_try: now + PUNCH_GAP, tries_left: PUNCH_TRIES - 1, expires, punch: Some(Punch { report: None, gap: PUNCH_GAP * 2 }) },
+        false => Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1, expires, punch: None },
+    };
+    reg.udp.entry(fd).start_hole(hole);
     send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
     Message::Ack
 }
@@ -189,7 +215,14 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
             }
         };
     }
-    match seal::gcb_decode(bytes) {
+    let decoded = seal::gcb_decode(bytes);
+    if let Ok((_, m @ (Message::Dummy { token } | Message::DummyAck { token }))) = &decoded {
+        if let Some(heard) = sock.punch_heard(*token, src, now) {
+            punched(fd, *token, src, heard, matches!(m, Message::Dummy { .. }));
+            return Incoming::Consumed;
+        }
+    }
+    match decoded {
         Ok((_, Message::Dummy { token })) => {
             if let Some((app, open)) = sock.dummy_from(token, src, now) {
                 // A socket connected to the proxy keeps it as the path, and
@@ -208,10 +241,37 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
         }
         _ => {}
     }
-    if let Some(peer) = sock.hole_heard(src, now) {
-        log!(Debug, "hole to {peer} made: it is heard from {src}");
+    if let Some(hole) = sock.hole_heard(src, now) {
+        match hole.punch {
+            Some(_) => opened(fd, &hole, src),
+            None => log!(Debug, "hole to {} made: it is heard from {src}", hole.peer),
+        }
     }
     Incoming::Data { from: sock.name_of(src), offset: 0 }
+}
+
+/// A punch's `Dummy` (`dummy`) or `DummyAck` with `token` came from `src`:
+/// the peer's Dummy is answered, and the path may open.
+fn punched(fd: c_int, token: Token, src: SocketAddrV4, heard: Heard, dummy: bool) {
+    if !heard.from_target {
+        log!(Debug, "udp: a punch's {} from {src}, not its peer's mapping, ignored", if dummy { "Dummy" } else { "DummyAck" });
+        return;
+    }
+    if dummy {
+        send_control(fd, &Message::DummyAck { token }, sys::random_u64(), src);
+    }
+    if let Some(hole) = heard.opened {
+        opened(fd, &hole, src);
+    }
+}
+
+/// A punched path to `hole.peer` opened at `src`: logged, and reported to
+/// the broker by the connector.
+fn opened(fd: c_int, hole: &Hole, src: SocketAddrV4) {
+    log!(Info, "udp to {}: via punched, reached at {src}", hole.peer);
+    if let Some(report) = hole.punch.and_then(|p| p.report) {
+        send_dummy(fd, hole.token, report);
+    }
 }
 
 /// A datagram from `src` on a socket whose channel `c` is elsewhere. A
@@ -261,6 +321,54 @@ mod tests {
         assert_eq!(classify(&mut reg, fd, src, &dummy, now), Incoming::Consumed, "nor is a repeated one data");
         assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::Direct(src)));
         assert_eq!(classify(&mut reg, fd, src, b"x", now), Incoming::Data { from: proxy, offset: 0 }, "named as the proxy");
+        reg.udp.remove(fd);
+    }
+
+    /// The next datagram on `fd` within a second, decoded.
+    fn control_on(fd: c_int) -> Message {
+        let mut p = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+        assert_eq!(unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) }, 1, "nothing arrived");
+        let mut buf = [0u8; 256];
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        gcb::decode(&buf[..n as usize]).unwrap().1
+    }
+
+    #[test]
+    fn a_punch_answers_its_peer_opens_and_reports_once() {
+        let mut reg = Registry::new();
+        let now = Instant::now();
+        let bound = || {
+            let s = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
+            sys::bind(s.raw(), a("127.0.0.1:0")).unwrap();
+            let at = sys::local_addr(s.raw()).unwrap();
+            (s, at)
+        };
+        // The connector's socket, the listener's (its mapping), the proxy.
+        let ((sock, _), (listener, listener_at), (proxy_sock, proxy)) = (bound(), bound(), bound());
+        let fd = sock.raw();
+        reg.udp.entry(fd).set_route(proxy, Route::AsNamed, now);
+        let punch = Some(Punch { report: Some(proxy), gap: PUNCH_GAP });
+        let expires = now + super::super::table::HOLE_ACK_TTL;
+        reg.udp.entry(fd).start_hole(Hole { token: Token(3), target: listener_at, peer: proxy, next_try: now, tries_left: 1, expires, punch });
+        on_timers(&mut reg, now);
+        assert_eq!(control_on(listener.raw()), Message::Dummy { token: Token(3) }, "to the listener's mapping");
+
+        let dummy = gcb::encode(&Message::Dummy { token: Token(3) }, 9).unwrap();
+        let (stranger, stranger_at) = bound();
+        assert_eq!(classify(&mut reg, fd, stranger_at, &dummy, now), Incoming::Consumed, "never the program's");
+        assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::AsNamed), "a stranger opens nothing");
+        assert_eq!(classify(&mut reg, fd, listener_at, &dummy, now), Incoming::Consumed);
+        assert_eq!(control_on(listener.raw()), Message::DummyAck { token: Token(3) }, "answered");
+        assert_eq!(control_on(proxy_sock.raw()), Message::Dummy { token: Token(3) }, "the broker told");
+        assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::Direct(listener_at)));
+        assert_eq!(classify(&mut reg, fd, listener_at, b"echo", now), Incoming::Data { from: proxy, offset: 0 }, "named as the proxy");
+        let ack = gcb::encode(&Message::DummyAck { token: Token(3) }, 10).unwrap();
+        assert_eq!(classify(&mut reg, fd, listener_at, &ack, now), Incoming::Consumed);
+        let mut buf = [0u8; 64];
+        for s in [&stranger, &proxy_sock] {
+            let n = unsafe { libc::recv(s.raw(), buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
+            assert_eq!(n, -1, "no answer to a stranger, one report only");
+        }
         reg.udp.remove(fd);
     }
 

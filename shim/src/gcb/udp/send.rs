@@ -15,8 +15,10 @@
 //!    proto UDP) and the answer recorded: `Direct` / `SameRealm` give the real
 //!    address; `Relay` sends unchanged to the proxy; `Reversal` sends
 //!    unchanged meanwhile and awaits the listener's Dummy, which opens the
-//!    direct path (not on a connected socket, which would not hear the direct
-//!    replies: its Dummy, which can arrive before the real `connect`, is only
+//!    direct path; `PunchUdp` sends unchanged meanwhile and punches a hole to
+//!    the listener's mapping (`control`), which opens the direct path (not on
+//!    a connected socket, which would not hear the direct replies: a
+//!    reversal's Dummy, which can arrive before the real `connect`, is only
 //!    kept from the application); no broker there: the negative cache.
 //!
 //! Records live [`RECORD_TTL`](super::table::RECORD_TTL) and are dropped at a
@@ -28,14 +30,15 @@ use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
-use proto::gcb::{Decision, ErrorCode, Features, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD};
+use proto::gcb::{Decision, ErrorCode, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD};
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use super::super::connector::{command_port, log_path, our_broker, remember_no_broker, worth_asking};
 use super::super::registry::Registry;
 use super::super::{mgmt, sys};
-use super::table::Route;
+use super::control::{PUNCH_GAP, PUNCH_HEAD_START, PUNCH_TRIES};
+use super::table::{Hole, Punch, Route, HOLE_ACK_TTL};
 use crate::fdtable::{self, Kind};
 use crate::hook::{errno, set_errno};
 use crate::{config, real};
@@ -95,8 +98,12 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
             match d {
                 Decision::Direct { addr } | Decision::SameRealm { addr } => (Route::Direct(addr), None),
                 // Unoffered, but its fallback is the relay through `via`, the proxy named.
-                Decision::Relay { .. } | Decision::PunchUdp { .. } | Decision::PunchTcp { .. } => (Route::AsNamed, None),
-                Decision::Reversal { token } => (Route::AsNamed, Some(token)),
+                Decision::Relay { .. } | Decision::PunchTcp { .. } => (Route::AsNamed, None),
+                // The relay from the first datagram; a connected socket
+                // could not hear the direct path, so it stays there.
+                Decision::PunchUdp { via, token, listener_at } if !connected => (Route::AsNamed, Some(Awaited::Punch { via, token, listener_at })),
+                Decision::PunchUdp { .. } => (Route::AsNamed, None),
+                Decision::Reversal { token } => (Route::AsNamed, Some(Awaited::Reversal(token))),
                 Decision::NotRegistered => {
                     log!(Info, "udp to {dest}: nothing is registered there");
                     if connected {
@@ -108,18 +115,42 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
         }
         Asked::Silent => (Route::AsNamed, None),
     };
+    let punching = matches!(awaited, Some(Awaited::Punch { .. }));
     super::super::with(|reg| {
         let s = reg.udp.entry(fd);
-        s.set_route(dest, route, Instant::now());
-        if let Some(token) = awaited {
-            s.await_dummy(token, dest, !connected, Instant::now());
+        let now = Instant::now();
+        s.set_route(dest, route, now);
+        match awaited {
+            Some(Awaited::Reversal(token)) => s.await_dummy(token, dest, !connected, now),
+            Some(Awaited::Punch { via, token, listener_at }) => s.start_hole(Hole {
+                token,
+                target: listener_at,
+                peer: dest,
+                next_try: now + PUNCH_HEAD_START,
+                tries_left: PUNCH_TRIES,
+                expires: now + HOLE_ACK_TTL,
+                punch: Some(Punch { report: Some(via), gap: PUNCH_GAP }),
+            }),
+            None => {}
         }
         fdtable::replace(fd, Kind::WatchedUdp, Kind::Managed);
     });
+    if punching {
+        // Its Dummies are the responder's timers.
+        super::super::responder::ensure();
+    }
     Ok(match route {
         Route::Direct(real) => Out::To(real),
         Route::AsNamed | Route::NotGcb => Out::To(dest),
     })
+}
+
+/// What a decision leaves the socket waiting for.
+enum Awaited {
+    /// The listener's Dummy of a reversal.
+    Reversal(proto::gcb::Token),
+    /// A punch's Dummies both ways (`control`).
+    Punch { via: SocketAddrV4, token: proto::gcb::Token, listener_at: SocketAddrV4 },
 }
 
 enum Asked {
@@ -142,7 +173,11 @@ fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
     }
     let ip = if local.ip().is_unspecified() { *probe_local.ip() } else { *local.ip() };
     let connector = SocketAddrV4::new(ip, local.port());
-    let msg = Message::Connect { proto: Proto::Udp, target: dest, connector, connector_id: None, realm: config::get().realm.clone(), features: Features::NONE, asked_from_port: 0 };
+    // The probe's port tells the broker whether this NAT keeps ports, so it
+    // may guess this socket's mapping for a punch. No `connector_id` even
+    // for a registered socket: it would rename the peer of a reversal's hole.
+    let features = super::super::punch::offered();
+    let msg = Message::Connect { proto: Proto::Udp, target: dest, connector, connector_id: None, realm: config::get().realm.clone(), features, asked_from_port: probe_local.port() };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
     match mgmt::exchange(probe.raw(), cmd, policy, &msg) {
         Ok(reply) => match mgmt::decision_of(reply) {

@@ -61,7 +61,8 @@ pub struct Datagram {
 }
 
 /// A hole this socket is making after `MakeHole`: Dummies to `target` until
-/// its `DummyAck`; then `peer` is reached at the ack's source.
+/// its `DummyAck`; then `peer` is reached at the ack's source. Or one side of
+/// a UDP hole punch (`punch`, docs/hole-punching.md, "UDP").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hole {
     pub token: Token,
@@ -74,6 +75,29 @@ pub struct Hole {
     /// whatever the program does; only the program's reads take the acks),
     /// and must not reach the program as data.
     pub expires: Instant,
+    pub punch: Option<Punch>,
+}
+
+/// What a punch's hole has beyond a `MakeHole`'s: only `target` opens it
+/// (with a `Dummy` or `DummyAck` of the token, or data), each of its Dummies
+/// is answered, and its Dummies back off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Punch {
+    /// Where the direct path, once open, is reported (the connector's: one
+    /// `Dummy{token}` to the listener's proxy, which the broker counts).
+    pub report: Option<SocketAddrV4>,
+    /// The wait after the next Dummy; doubled after each.
+    pub gap: Duration,
+}
+
+/// A `Dummy` or `DummyAck` of a punch's token, as [`UdpSocket::punch_heard`]
+/// found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    /// From the punch's target: answered (a Dummy), and the path is open.
+    pub from_target: bool,
+    /// This one opened it: the hole, as it was made.
+    pub opened: Option<Hole>,
 }
 
 /// How long a hole's ack is recognised after the hole was asked for.
@@ -223,24 +247,45 @@ impl UdpSocket {
     /// reached at (and reported for) `src`. `None` if no hole had this token.
     /// The hole stays known, sending nothing more, until it expires: the peer
     /// acks each Dummy that reached it, and the later acks are not data.
+    /// A punch's hole is not in this list: only its target opens it
+    /// ([`Self::punch_heard`]).
     pub fn hole_acked(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<SocketAddrV4> {
-        let hole = self.holes.iter_mut().find(|h| h.token == token)?;
+        let i = self.holes.iter().position(|h| h.token == token && h.punch.is_none())?;
+        self.made(i, src, now);
+        Some(self.holes[i].peer)
+    }
+
+    /// Marks hole `i` made, its peer reached at `src`: the hole if this
+    /// made it, `None` if it was made before.
+    fn made(&mut self, i: usize, src: SocketAddrV4, now: Instant) -> Option<Hole> {
+        let hole = &mut self.holes[i];
         let first = hole.tries_left != 0 || hole.next_try != hole.expires;
         hole.tries_left = 0;
         hole.next_try = hole.expires;
-        let peer = hole.peer;
+        let hole = *hole;
         if first {
-            self.set_route(peer, Route::Direct(src), now);
+            self.set_route(hole.peer, Route::Direct(src), now);
         }
-        Some(peer)
+        first.then_some(hole)
     }
 
     /// A datagram came straight from `src`: if a hole being made targets it,
-    /// the hole is made (the peer is reached at `src`). The peer.
-    pub fn hole_heard(&mut self, src: SocketAddrV4, now: Instant) -> Option<SocketAddrV4> {
-        let hole = self.holes.iter().find(|h| h.target == src && (h.tries_left != 0 || h.next_try != h.expires))?;
-        let token = hole.token;
-        self.hole_acked(token, src, now)
+    /// the hole is made (the peer is reached at `src`): that hole.
+    pub fn hole_heard(&mut self, src: SocketAddrV4, now: Instant) -> Option<Hole> {
+        let i = self.holes.iter().position(|h| h.target == src && (h.tries_left != 0 || h.next_try != h.expires))?;
+        self.made(i, src, now)
+    }
+
+    /// A `Dummy` or `DummyAck` with `token` came from `src`: `None` if no
+    /// punch of this socket has the token (not ours). One from anywhere but
+    /// the punch's target is taken and does nothing more: a stranger who
+    /// saw the token cannot move the path.
+    pub fn punch_heard(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<Heard> {
+        let i = self.holes.iter().position(|h| h.token == token && h.punch.is_some())?;
+        if self.holes[i].target != src {
+            return Some(Heard { from_target: false, opened: None });
+        }
+        Some(Heard { from_target: true, opened: self.made(i, src, now) })
     }
 
     /// Holes whose next Dummy is due: their targets and tokens. Each try is
@@ -256,7 +301,15 @@ impl UdpSocket {
                 return true;
             }
             h.tries_left -= 1;
-            h.next_try = now + every;
+            h.next_try = now
+                + match &mut h.punch {
+                    Some(p) => {
+                        let gap = p.gap;
+                        p.gap = gap * 2;
+                        gap
+                    }
+                    None => every,
+                };
             due.push((h.token, h.target));
             true
         });

@@ -44,7 +44,7 @@ fn reversal_dummy_and_makehole_ack_open_direct_paths() {
     assert_eq!(s.dummy_from(Token(7), a("203.0.113.1:4000"), now + HOLE_ACK_TTL), None, "until it is old");
 
     let peer = a("203.0.113.20:5000");
-    s.start_hole(Hole { token: Token(9), target: peer, peer, next_try: now, tries_left: 2, expires: now + HOLE_ACK_TTL });
+    s.start_hole(Hole { token: Token(9), target: peer, peer, next_try: now, tries_left: 2, expires: now + HOLE_ACK_TTL, punch: None });
     assert_eq!(s.due_holes(now, Duration::from_secs(1)), vec![(Token(9), peer)]);
     assert!(s.due_holes(now, Duration::from_secs(1)).is_empty(), "not due again yet");
     assert_eq!(s.next_hole_deadline(), Some(now + Duration::from_secs(1)));
@@ -55,20 +55,20 @@ fn reversal_dummy_and_makehole_ack_open_direct_paths() {
     s.holes.clear();
     // Out of tries: no more Dummies, its ack still recognised, then dropped.
     let expires = now + Duration::from_secs(5);
-    s.start_hole(Hole { token: Token(10), target: peer, peer, next_try: now, tries_left: 1, expires });
+    s.start_hole(Hole { token: Token(10), target: peer, peer, next_try: now, tries_left: 1, expires, punch: None });
     assert_eq!(s.due_holes(now, Duration::ZERO).len(), 1);
     assert!(s.due_holes(now, Duration::ZERO).is_empty());
     assert_eq!(s.next_hole_deadline(), Some(expires));
     assert!(s.due_holes(expires, Duration::ZERO).is_empty());
     assert!(s.holes.is_empty(), "expired");
-    s.start_hole(Hole { token: Token(11), target: peer, peer, next_try: now, tries_left: 0, expires });
+    s.start_hole(Hole { token: Token(11), target: peer, peer, next_try: now, tries_left: 0, expires, punch: None });
     assert_eq!(s.hole_acked(Token(11), peer, now), Some(peer), "a late ack is still the hole's");
     // Made by the peer's first datagram straight from its mapping.
     s.holes.clear();
     let mapping = a("203.0.113.20:6000");
-    s.start_hole(Hole { token: Token(12), target: mapping, peer, next_try: now, tries_left: 3, expires });
+    s.start_hole(Hole { token: Token(12), target: mapping, peer, next_try: now, tries_left: 3, expires, punch: None });
     assert_eq!(s.hole_heard(a("203.0.113.20:6001"), now), None, "another source");
-    assert_eq!(s.hole_heard(mapping, now), Some(peer));
+    assert_eq!(s.hole_heard(mapping, now).map(|h| h.peer), Some(peer));
     assert_eq!(s.route(peer, now), Some(Route::Direct(mapping)));
     assert!(s.due_holes(now, Duration::ZERO).is_empty(), "no more Dummies");
     assert_eq!(s.hole_heard(mapping, now), None, "made once");
@@ -130,4 +130,54 @@ fn table_shares_sockets_between_dups() {
     assert_eq!(t.sockets_mut().count(), 1);
     assert!(t.remove(9).is_some(), "the last fd takes the socket");
     assert!(t.is_empty() && t.sockets().count() == 0);
+}
+
+#[test]
+fn a_punch_opens_only_from_its_target_and_backs_off() {
+    let now = Instant::now();
+    let mut s = UdpSocket::default();
+    // The connector's side: the proxy it sends to, the listener's mapping.
+    let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
+    s.set_route(proxy, Route::AsNamed, now);
+    let punch = Some(Punch { report: Some(proxy), gap: Duration::from_millis(100) });
+    let first = now + Duration::from_millis(200);
+    s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: first, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
+    assert!(s.due_holes(now, Duration::ZERO).is_empty(), "the head start");
+    let ms = Duration::from_millis;
+    let mut at = first;
+    for gap in [100, 200] {
+        assert_eq!(s.due_holes(at, Duration::ZERO), vec![(Token(5), listener_at)]);
+        assert_eq!(s.next_hole_deadline(), Some(at + ms(gap)), "doubling");
+        at += ms(gap);
+    }
+    // Neither a MakeHole's ack rule nor a stranger opens it.
+    assert_eq!(s.hole_acked(Token(5), listener_at, now), None, "not a MakeHole's");
+    assert_eq!(s.punch_heard(Token(6), listener_at, now), None, "not our token");
+    let stranger = a("203.0.113.66:7000");
+    assert_eq!(s.punch_heard(Token(5), stranger, now), Some(Heard { from_target: false, opened: None }));
+    assert_eq!(s.route(proxy, now), Some(Route::AsNamed), "still relayed");
+    assert_eq!(s.hole_heard(stranger, now), None);
+
+    let heard = s.punch_heard(Token(5), listener_at, now).unwrap();
+    assert!(heard.from_target);
+    assert_eq!(heard.opened.map(|h| (h.peer, h.punch.unwrap().report)), Some((proxy, Some(proxy))), "opened once, reported");
+    assert_eq!(s.route(proxy, now), Some(Route::Direct(listener_at)));
+    assert_eq!(s.name_of(listener_at), proxy, "the listener's datagrams are named as the proxy");
+    assert_eq!(s.punch_heard(Token(5), listener_at, now), Some(Heard { from_target: true, opened: None }), "a repeat is still ours, opens nothing");
+    assert!(s.due_holes(at, Duration::ZERO).is_empty(), "no more Dummies once open");
+}
+
+#[test]
+fn a_punch_opens_at_its_peers_first_datagram() {
+    let now = Instant::now();
+    let mut s = UdpSocket::default();
+    // The listener's side: the connector is named by its mapping.
+    let mapping = a("198.51.100.2:40000");
+    let punch = Some(Punch { report: None, gap: Duration::from_millis(200) });
+    s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
+    let made = s.hole_heard(mapping, now).expect("the connector's data came straight");
+    assert_eq!((made.peer, made.punch.unwrap().report), (mapping, None));
+    assert_eq!(s.route(mapping, now), Some(Route::Direct(mapping)));
+    assert_eq!(s.name_of(mapping), mapping);
+    assert_eq!(s.punch_heard(Token(7), mapping, now), Some(Heard { from_target: true, opened: None }), "its Dummies still answered");
 }

@@ -1,0 +1,140 @@
+//! UDP hole punching, the broker's part (docs/hole-punching.md, "UDP"): a
+//! UDP connect the table would relay between two private realms is punched
+//! when both shims offer it (`Features::PUNCH_UDP`; the same rules as TCP,
+//! `punch::punch_skip`) and both mappings are known.
+//!
+//! * `listener_at`: the listener socket's data path, which its Dummies to
+//!   the proxy taught the broker exactly. None yet: not punched.
+//! * `target`: the connector socket's mapping. A registered connector
+//!   socket (named by `connector_id`) has a data path too; an unregistered
+//!   one is guessed as its public IP and its own port, and only when the
+//!   `Connect` showed that its NAT keeps ports (`asked_from_port`, the
+//!   probe socket's port, arrived unchanged). Otherwise not punched.
+//!
+//! The connector is told `PunchUdp` and keeps the relay from its first
+//! datagram, so nothing waits on the punch and there is no verdict: the
+//! broker hands `PunchHole` to the listener as it would `MakeHole` (a
+//! pairing without a relay, over when acknowledged) and is done. Neither
+//! side's datagrams tell the broker whether the direct path opened, so the
+//! connector says so with one `Dummy{token}` to the proxy when it does;
+//! that is `udp_punch_direct`. A report from elsewhere, or after
+//! [`REPORT_TTL`], counts nothing.
+
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use proto::gcb::{Features, Token};
+use proto::{Endpoint, Proto};
+use tracing::{debug, info};
+
+use super::connect::ConnectReq;
+use super::Engine;
+use crate::registry::Record;
+
+/// How long the broker takes a connector's report of its direct path: the
+/// shims give up on the Dummies well within it.
+pub const REPORT_TTL: Duration = Duration::from_secs(60);
+/// Punches remembered for their reports at once; the oldest go first.
+const MAX_PENDING: usize = 4096;
+
+/// A UDP punch decided: the listener's and the connector's mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct UdpPunch {
+    pub listener_at: SocketAddrV4,
+    pub target: SocketAddrV4,
+}
+
+impl Engine {
+    /// Whether a UDP connect from `from` to `record`'s socket, both private
+    /// in different realms, is punched, and between which mappings.
+    pub(super) fn udp_punch(
+        &mut self,
+        from: SocketAddrV4,
+        req: &ConnectReq,
+        record: &Record,
+        now: Instant,
+    ) -> Option<UdpPunch> {
+        let wanted = Features::PUNCH_UDP;
+        if let Err(why) =
+            self.punch_skip(from, req.features, req.asked_from_port, record, wanted, now)
+        {
+            self.count_skip(why);
+            debug!(
+                "connect udp from {from} to {}: not punched: {why:?}",
+                req.target
+            );
+            return None;
+        }
+        let Some(listener_at) = self.udp.table.data_path(&req.target) else {
+            debug!(
+                "connect udp from {from} to {}: not punched: no data path yet",
+                req.target
+            );
+            return None;
+        };
+        let registered = req
+            .connector_id
+            .filter(|id| self.registry.get(&Endpoint::new(Proto::Udp, *id)).is_some())
+            .and_then(|id| self.udp.table.data_path(&id));
+        let kept = req.asked_from_port != 0 && req.asked_from_port == from.port();
+        let target = match registered {
+            Some(observed) => observed,
+            None if kept => SocketAddrV4::new(*from.ip(), req.connector.port()),
+            None => {
+                debug!(
+                    "connect udp from {from} to {}: not punched: its mapping is unknown",
+                    req.target
+                );
+                return None;
+            }
+        };
+        Some(UdpPunch {
+            listener_at,
+            target,
+        })
+    }
+
+    /// A punch was decided with `token`: its report is awaited.
+    pub(super) fn udp_punch_started(
+        &mut self,
+        token: Token,
+        proxy: SocketAddrV4,
+        p: UdpPunch,
+        now: Instant,
+    ) {
+        let pending = &mut self.udp.punches;
+        pending.retain(|_, (_, _, until)| *until > now);
+        if pending.len() >= MAX_PENDING {
+            let oldest = pending
+                .iter()
+                .min_by_key(|(_, (_, _, until))| *until)
+                .map(|(t, _)| *t);
+            if let Some(t) = oldest {
+                pending.remove(&t);
+            }
+        }
+        pending.insert(token, (proxy, p.target, now + REPORT_TTL));
+        self.counters.udp_punch_attempts += 1;
+    }
+
+    /// A `Dummy{token}` at the proxy socket `proxy` from `from`, not the
+    /// registration's own: whether it was a punch's report (taken, counted).
+    pub(super) fn udp_punch_report(
+        &mut self,
+        proxy: SocketAddrV4,
+        from: SocketAddrV4,
+        token: Token,
+        now: Instant,
+    ) -> bool {
+        let Some(&(at, target, until)) = self.udp.punches.get(&token) else {
+            return false;
+        };
+        if at != proxy || target != from || until <= now {
+            return false;
+        }
+        self.udp.punches.remove(&token);
+        self.counters.udp_punch_direct += 1;
+        info!("udp {proxy}: the punch {token} to {from} is direct");
+        true
+    }
+}

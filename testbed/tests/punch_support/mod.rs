@@ -1,0 +1,33 @@
+//! What the hole-punching tests (`punch_tcp`, `punch_udp`) share: the C
+//! test programs under the shim on a bed host, and the broker's counters.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use testbed::real::{built, RealBed, BROKER};
+use testbed::workspace_root;
+
+pub fn ctest(name: &str) -> PathBuf {
+    let p = workspace_root().join("c-tests/build").join(name);
+    assert!(p.exists(), "{} is missing: run `make -C c-tests` (scripts/test does)", p.display());
+    p
+}
+
+/// `program` on `host` under the shim, logging at debug, with `env` set.
+pub fn shimmed(r: &RealBed, host: &str, program: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = r.bed.cmd(host, workspace_root().join("scripts/gcb-run"));
+    c.args(["--broker", BROKER, "--heartbeat", "2", "--log", "debug", "--lib"]).arg(built("libgcb.so"));
+    c.arg("--").arg(ctest(program));
+    for v in ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "GCB_LOG_FILE", "GCB_PUNCH", "LD_PRELOAD"] {
+        c.env_remove(v);
+    }
+    c.envs(env.iter().copied());
+    c
+}
+
+/// The broker's counter `name`.
+pub fn counter(r: &RealBed, name: &str) -> u64 {
+    r.broker_counter(name)
+}
