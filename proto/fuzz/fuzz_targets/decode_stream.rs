@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::gcb::punch::{BrokerFrame, BrokerFrameReader, FirstFrame, FirstFrameReader, PunchGo, PunchHello, PunchReport, PunchVerdict};
+use proto::gcb::punch::{BrokerFrame, BrokerFrameReader, FirstFrame, FirstFrameReader, PeerHello, PunchGo, PunchHello, PunchReport, PunchVerdict};
 use proto::gcb::{Frame, FrameReader, StreamHello, StreamPeer, UdpRelayHeader};
 
 /// Feeds `data` in chunks of 1..=8 bytes (sizes cycling through `chunks`)
@@ -94,6 +94,7 @@ fuzz_target!(|input: &[u8]| {
     incremental::<StreamHello>(chunks, data);
     incremental::<StreamPeer>(chunks, data);
     incremental::<PunchHello>(chunks, data);
+    incremental::<PeerHello>(chunks, data);
     incremental::<PunchGo>(chunks, data);
     incremental::<PunchReport>(chunks, data);
     incremental::<PunchVerdict>(chunks, data);

@@ -1,6 +1,7 @@
 //! One side's part of a TCP hole punch (docs/hole-punching.md), without I/O:
 //! when to dial the peer's mapping and from which port, which connection
-//! proved the token, what to report, and what the broker's verdict means.
+//! showed the peer's proof, what to report, and what the broker's verdict
+//! means.
 //! The shim (a non-blocking connect's job, a blocking connect, or the
 //! listener's responder) owns the sockets and tells the dialer what they did;
 //! the dialer answers with [`Do`]s.
@@ -22,8 +23,10 @@
 //! round trip moves the offset by about a window each attempt. With
 //! [`Schedule::listen`] a listening socket on the same port takes a SYN that
 //! arrives between two attempts. Every connection, dialed or accepted, must
-//! come from the peer's mapping and start with the peer's `PunchHello`
-//! (right token, opposite role) before it counts.
+//! come from the peer's mapping and start with the peer's [`PeerHello`]
+//! (the opposite role, and that role's proof of the token: `proof`) before
+//! it counts. The raw token goes only to the broker, in
+//! [`Dialer::rendezvous_hello`].
 //!
 //! Invariants, checked by the tests:
 //! * exactly one `Report`, and never after the verdict;
@@ -36,6 +39,7 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use super::frames::{BrokerFrame, PunchFailure, PunchGo, PunchHello, PunchReport, PunchVerdict};
+use super::proof::{PeerHello, PunchProof};
 use crate::gcb::{ErrorCode, Role, Token};
 
 /// How a side spaces its attempts.
@@ -79,7 +83,7 @@ pub enum Do {
     /// Open a reusable socket bound to the local port and connect it,
     /// non-blocking, to `to`; tell the dialer what came of it as `conn`.
     Dial { conn: ConnId, to: SocketAddrV4 },
-    /// Send our `PunchHello` on `conn`, then read the peer's.
+    /// Send our [`Dialer::peer_hello_frame`] on `conn`, then read the peer's.
     SendHello(ConnId),
     /// Close `conn` (an attempt or a connection).
     Close(ConnId),
@@ -158,9 +162,15 @@ impl Dialer {
         Duration::from_nanos(if nanos == 0 { 0 } else { self.rng % (nanos + 1) })
     }
 
-    /// Our hello, for the rendezvous connection and each punched one.
-    pub fn hello(&self, local: SocketAddrV4) -> PunchHello {
+    /// Our hello for the rendezvous connection to the broker, with the token.
+    pub fn rendezvous_hello(&self, local: SocketAddrV4) -> PunchHello {
         PunchHello { token: self.token, role: self.role, local }
+    }
+
+    /// Our hello for each punched connection, with our role's proof: the
+    /// token itself never goes to the peer's mapping.
+    pub fn peer_hello_frame(&self, local: SocketAddrV4) -> PeerHello {
+        PeerHello { proof: PunchProof::of(self.token, self.role), role: self.role, local }
     }
 
     pub fn finished(&self) -> bool {
@@ -299,15 +309,11 @@ impl Dialer {
 
     /// The peer's first bytes on `conn`: its hello, or something else
     /// (`Err`), or the end of the connection (`Err`).
-    pub fn peer_hello(&mut self, conn: ConnId, hello: Result<PunchHello, ()>, now: Instant) -> Vec<Do> {
+    pub fn peer_hello(&mut self, conn: ConnId, hello: Result<PeerHello, ()>, now: Instant) -> Vec<Do> {
         let Some(at) = self.checking.iter().position(|c| *c == conn) else { return Vec::new() };
         self.checking.swap_remove(at);
-        let opposite = match self.role {
-            Role::Connector => Role::Listener,
-            Role::Listener => Role::Connector,
-        };
         match hello {
-            Ok(h) if h.token == self.token && h.role == opposite => self.report(Some(conn), PunchReport::Punched),
+            Ok(h) if h.is_peer_of(self.token, self.role) => self.report(Some(conn), PunchReport::Punched),
             _ => {
                 self.check_failures += 1;
                 let mut out = vec![Do::Close(conn)];

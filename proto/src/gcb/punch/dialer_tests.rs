@@ -14,12 +14,24 @@ fn dialer(role: Role) -> Dialer {
     Dialer::new(Token(77), role, Schedule::default())
 }
 
-fn peer_hello(role: Role) -> Result<PunchHello, ()> {
-    Ok(PunchHello { token: Token(77), role, local: a("198.51.100.10:40001") })
+/// The hello of a side of `role` in the dialers' punch (token 77).
+fn peer_hello(role: Role) -> Result<PeerHello, ()> {
+    Ok(PeerHello { proof: PunchProof::of(Token(77), role), role, local: a("198.51.100.10:40001") })
 }
 
 fn dials(out: &[Do]) -> Vec<ConnId> {
     out.iter().filter_map(|d| match d { Do::Dial { conn, .. } => Some(*conn), _ => None }).collect()
+}
+
+#[test]
+fn the_token_goes_to_the_broker_and_only_a_proof_to_the_peer() {
+    let d = dialer(Role::Listener);
+    let local = a("192.0.2.10:40000");
+    assert_eq!(d.rendezvous_hello(local), PunchHello { token: Token(77), role: Role::Listener, local });
+    let h = d.peer_hello_frame(local);
+    assert_eq!(h, PeerHello { proof: PunchProof::of(Token(77), Role::Listener), role: Role::Listener, local });
+    assert_ne!(h.to_bytes()[8..16], 77u64.to_be_bytes(), "no token on the punched connection");
+    assert!(h.is_peer_of(Token(77), Role::Connector), "what the connector's check accepts");
 }
 
 #[test]
@@ -68,8 +80,12 @@ fn strangers_and_wrong_hellos_never_count() {
     // An accepted connection from elsewhere is closed unread.
     let (c, out) = d.accepted(a("203.0.113.66:1234"), t0);
     assert_eq!(out[0], Do::Close(c));
-    // From the right mapping but with the wrong token, or the same role, or junk.
-    for wrong in [Ok(PunchHello { token: Token(78), role: Role::Listener, local: a("192.0.2.10:1") }), peer_hello(Role::Connector), Err(())] {
+    // From the right mapping but with another token's proof, the raw token,
+    // our own hello back, our own proof with the role flipped (a replay), or junk.
+    let replay = PeerHello { role: Role::Listener, ..peer_hello(Role::Connector).unwrap() };
+    let raw = PeerHello { proof: PunchProof(77u64.to_be_bytes()), ..peer_hello(Role::Listener).unwrap() };
+    let other = PeerHello { proof: PunchProof::of(Token(78), Role::Listener), ..peer_hello(Role::Listener).unwrap() };
+    for wrong in [Ok(other), Ok(raw), peer_hello(Role::Connector), Ok(replay), Err(())] {
         let (c, out) = d.accepted(a(PEER), t0);
         assert_eq!(out, vec![Do::SendHello(c)]);
         let out = d.peer_hello(c, wrong, t0);
@@ -143,7 +159,7 @@ fn dial_event() -> impl Strategy<Value = DialEvent> {
         any::<bool>().prop_map(DialEvent::Refused),
         any::<bool>().prop_map(DialEvent::Connected),
         any::<bool>().prop_map(DialEvent::Accepted),
-        (0u8..4).prop_map(DialEvent::Hello),
+        (0u8..5).prop_map(DialEvent::Hello),
     ]
 }
 
@@ -194,7 +210,8 @@ proptest! {
                         let h = match k {
                             0 => peer_hello(Role::Listener),
                             1 => peer_hello(Role::Connector),
-                            2 => Ok(PunchHello { token: Token(1), role: Role::Listener, local: a("192.0.2.1:1") }),
+                            2 => Ok(PeerHello { proof: PunchProof::of(Token(1), Role::Listener), role: Role::Listener, local: a("192.0.2.1:1") }),
+                            3 => Ok(PeerHello { role: Role::Listener, ..d.peer_hello_frame(a("192.0.2.1:1")) }),
                             _ => Err(()),
                         };
                         if k == 0 { checked.push(c); }

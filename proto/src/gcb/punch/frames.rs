@@ -3,17 +3,19 @@
 //! their own, the protocol version, reserved bytes zero.
 //!
 //! [`PunchHello`], 22 bytes: each side → broker, first thing on its
-//! rendezvous connection; and each side → the other, first thing on the
-//! punched connection, where it proves the token.
+//! rendezvous connection, with the token. The same layout, as
+//! [`PeerHello`](super::PeerHello), is each side's first thing to the other on
+//! the punched connection, where the field holds the sender's proof instead
+//! (`proof`): the token itself never goes there.
 //!
-//! | offset | size | field                                  |
-//! | -----: | ---: | -------------------------------------- |
-//! |      0 |    4 | magic `b"GCBJ"`                        |
-//! |      4 |    1 | version (1)                            |
-//! |      5 |    1 | role: 1 connector, 2 listener          |
-//! |      6 |    2 | reserved, zero                         |
-//! |      8 |    8 | token, big-endian                      |
-//! |     16 |    6 | the sender socket's local address      |
+//! | offset | size | field                                                |
+//! | -----: | ---: | ---------------------------------------------------- |
+//! |      0 |    4 | magic `b"GCBJ"`                                      |
+//! |      4 |    1 | version (1)                                          |
+//! |      5 |    1 | role: 1 connector, 2 listener                        |
+//! |      6 |    2 | reserved, zero                                       |
+//! |      8 |    8 | token, big-endian (a peer hello: the sender's proof) |
+//! |     16 |    6 | the sender socket's local address                    |
 //!
 //! [`PunchGo`], 18 bytes: broker → each side once both are in.
 //!
@@ -61,7 +63,7 @@ use crate::wire::{DecodeError, Reader, SliceSink, Writer};
 
 const UNSPECIFIED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
 
-fn role_byte(role: Role) -> u8 {
+pub(super) fn role_byte(role: Role) -> u8 {
     match role {
         Role::Connector => 1,
         Role::Listener => 2,
@@ -75,8 +77,37 @@ fn reserved_zero(r: &mut Reader<'_>, n: usize, what: &'static str) -> Result<(),
     Ok(())
 }
 
-/// First bytes on a rendezvous connection in punch mode, and on a punched
-/// connection.
+/// A hello's layout (the table above): `field` is the token or a proof.
+pub(super) fn hello_bytes(role: Role, field: [u8; 8], local: SocketAddrV4) -> [u8; 22] {
+    let mut out = [0u8; 22];
+    let mut w = Writer::new(SliceSink::new(&mut out));
+    w.bytes(&PunchHello::MAGIC);
+    w.u8(VERSION);
+    w.u8(role_byte(role));
+    w.u16(0);
+    w.bytes(&field);
+    w.addr(&local);
+    debug_assert!(w.finish().is_ok());
+    out
+}
+
+/// Decodes a hello's layout into its role, field and local address.
+pub(super) fn hello_fields<F: Frame>(buf: &[u8]) -> Result<(Role, [u8; 8], SocketAddrV4), DecodeError> {
+    let mut r = frame_reader::<F>(buf)?;
+    let role = match r.u8()? {
+        1 => Role::Connector,
+        2 => Role::Listener,
+        _ => return Err(DecodeError::BadValue("punch role")),
+    };
+    reserved_zero(&mut r, 2, "punch hello reserved")?;
+    let mut field = [0u8; 8];
+    field.copy_from_slice(r.take(8)?);
+    Ok((role, field, r.addr()?))
+}
+
+/// First bytes on a rendezvous connection in punch mode: the broker finds
+/// the meeting by the token. Never sent on a punched connection
+/// ([`PeerHello`](super::PeerHello) is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PunchHello {
     pub token: Token,
@@ -88,16 +119,7 @@ pub struct PunchHello {
 
 impl PunchHello {
     pub fn to_bytes(&self) -> [u8; 22] {
-        let mut out = [0u8; 22];
-        let mut w = Writer::new(SliceSink::new(&mut out));
-        w.bytes(&Self::MAGIC);
-        w.u8(VERSION);
-        w.u8(role_byte(self.role));
-        w.u16(0);
-        w.u64(self.token.0);
-        w.addr(&self.local);
-        debug_assert!(w.finish().is_ok());
-        out
+        hello_bytes(self.role, self.token.0.to_be_bytes(), self.local)
     }
 }
 
@@ -106,18 +128,8 @@ impl Frame for PunchHello {
     const MAGIC: [u8; 4] = *b"GCBJ";
 
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = frame_reader::<Self>(buf)?;
-        let role = match r.u8()? {
-            1 => Role::Connector,
-            2 => Role::Listener,
-            _ => return Err(DecodeError::BadValue("punch role")),
-        };
-        reserved_zero(&mut r, 2, "punch hello reserved")?;
-        Ok(PunchHello {
-            token: Token(r.u64()?),
-            role,
-            local: r.addr()?,
-        })
+        let (role, token, local) = hello_fields::<Self>(buf)?;
+        Ok(PunchHello { token: Token(u64::from_be_bytes(token)), role, local })
     }
 }
 
@@ -174,8 +186,8 @@ impl Frame for PunchGo {
 pub enum PunchFailure {
     /// The budget ran out with no connection to the peer.
     Timeout,
-    /// Connections came, but none proved the token (a stranger, or bytes
-    /// that were not a hello).
+    /// Connections came, but none showed the peer's proof (a stranger, or
+    /// bytes that were not a hello).
     CheckFailed,
     /// The side could not use its port (bind or socket failed).
     LocalError,
@@ -218,8 +230,8 @@ impl PunchFailure {
 /// A side's one report to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PunchReport {
-    /// A connection to the peer proved the token; the side holds it until
-    /// the verdict.
+    /// A connection to the peer showed the peer's proof; the side holds it
+    /// until the verdict.
     Punched,
     Failed(PunchFailure),
 }

@@ -10,6 +10,11 @@
 //! [`Session::next_deadline`], then [`Session::advance`], until it is no
 //! longer [`Progress::Wait`].
 //!
+//! The rendezvous connection carries the token, which the broker finds the
+//! meeting by ([`Dialer::rendezvous_hello`]); a connection to the peer's
+//! mapping carries only this side's proof, and is checked against the
+//! peer's ([`Dialer::peer_hello_frame`], proto's `punch::proof`).
+//!
 //! Every socket shares the rendezvous connection's local port, with
 //! `SO_REUSEADDR` and `SO_REUSEPORT`: the port the broker saw, and the one
 //! the gateway mapped, is the one the peer dials. All are internal fds
@@ -20,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
 use libc::c_int;
-use proto::gcb::punch::{BrokerFrameReader, ConnId, DialFailure, Dialer, Do, PunchHello, PunchReport, PunchVerdict, Schedule};
+use proto::gcb::punch::{BrokerFrameReader, ConnId, DialFailure, Dialer, Do, PeerHello, PunchReport, PunchVerdict, Schedule};
 use proto::gcb::{Frame, FrameReader, Role, Token};
 
 use super::super::family::Family;
@@ -93,8 +98,8 @@ enum Rendezvous {
 #[derive(Debug)]
 enum Stage {
     Dialing,
-    /// Our hello sent; the peer's being read.
-    Checking { buf: [u8; PunchHello::LEN], have: usize },
+    /// Our hello (our proof) sent; the peer's being read.
+    Checking { buf: [u8; PeerHello::LEN], have: usize },
 }
 
 #[derive(Debug)]
@@ -265,7 +270,7 @@ impl Session {
                     e => return Err(e),
                 }
                 self.local = sys::local_addr(fd)?;
-                send_whole(fd, &self.dialer.hello(self.local).to_bytes())?;
+                send_whole(fd, &self.dialer.rendezvous_hello(self.local).to_bytes())?;
                 self.rv = Rendezvous::First(BrokerFrameReader::new());
                 Ok(Vec::new())
             }
@@ -319,14 +324,14 @@ impl Session {
             Stage::Checking { buf, have } => {
                 // Never past the hello: the peer sends nothing else before the verdict.
                 // SAFETY: a live buffer of the given length.
-                let n = unsafe { real::recv(fd, buf[*have..].as_mut_ptr().cast(), PunchHello::LEN - *have, libc::MSG_DONTWAIT) };
+                let n = unsafe { real::recv(fd, buf[*have..].as_mut_ptr().cast(), PeerHello::LEN - *have, libc::MSG_DONTWAIT) };
                 let hello = match n {
                     n if n > 0 => {
                         *have += n as usize;
-                        if *have < PunchHello::LEN {
+                        if *have < PeerHello::LEN {
                             return Vec::new();
                         }
-                        PunchHello::decode(&buf[..]).map_err(drop)
+                        PeerHello::decode(&buf[..]).map_err(drop)
                     }
                     n if n < 0 && matches!(crate::hook::errno(), libc::EAGAIN | libc::EINTR) => return Vec::new(),
                     _ => Err(()),
@@ -355,10 +360,10 @@ impl Session {
                     Err(e) => todo.extend(self.dialer.dial_failed(conn, if refused(e) { DialFailure::Refused } else { DialFailure::Local }, now)),
                 },
                 Do::SendHello(conn) => {
-                    let hello = self.dialer.hello(self.local).to_bytes();
+                    let hello = self.dialer.peer_hello_frame(self.local).to_bytes();
                     if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
                         match send_whole(c.sock.raw(), &hello) {
-                            Ok(()) => c.stage = Stage::Checking { buf: [0; PunchHello::LEN], have: 0 },
+                            Ok(()) => c.stage = Stage::Checking { buf: [0; PeerHello::LEN], have: 0 },
                             Err(_) => todo.extend(self.dialer.peer_hello(conn, Err(()), now)),
                         }
                     }
