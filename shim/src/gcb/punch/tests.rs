@@ -1,6 +1,6 @@
 //! A punch on loopback, both sides real sessions, the broker a thread that
 //! runs proto's `Meeting` over blocking sockets: the sides meet, dial each
-//! other from their rendezvous ports, check each other's hello, and use the
+//! other from their rendezvous ports, check each other's proof, and use the
 //! punched connection (or the rendezvous one, on a relay verdict).
 
 use std::io::{Read, Write};
@@ -8,7 +8,7 @@ use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use proto::gcb::punch::{Arrival, BrokerFrame, Effect, Meeting, Policy, PunchHello, PunchReport, Schedule};
+use proto::gcb::punch::{Arrival, BrokerFrame, Effect, Meeting, PeerHello, Policy, PunchFailure, PunchHello, PunchProof, PunchReport, Schedule};
 use proto::gcb::{Frame, Role, Token};
 
 use super::{Progress, Session};
@@ -139,7 +139,7 @@ fn exchange(a: &super::Held, b: &super::Held) {
 }
 
 #[test]
-fn two_sessions_punch_to_each_other_and_check_the_token() {
+fn two_sessions_punch_to_each_other_and_check_each_others_proof() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let at = v4(l.local_addr().unwrap());
     let b = broker(l, Policy::default(), false);
@@ -175,27 +175,23 @@ fn a_relay_verdict_hands_over_the_rendezvous_connection() {
     assert!(b.join().unwrap().contains(&Effect::Splice));
 }
 
-/// A go whose peer never answers (nothing listens there): the side reports
-/// a timeout within its budget and the broker's relay verdict follows.
-#[test]
-fn a_peer_that_never_answers_ends_on_the_relay_within_the_budget() {
+/// A connector alone: a broker thread sends its session a go towards
+/// `peer` (the listener's hello is made up) with `budget`, and answers its
+/// report with the meeting's verdict. The report, how long after the go it
+/// came, and the session's outcome.
+fn lone_connector(peer: SocketAddrV4, token: Token, budget: Duration) -> (PunchReport, Duration, Progress) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let at = v4(l.local_addr().unwrap());
-    let policy = Policy { budget: Duration::from_millis(300), ..Policy::default() };
-    let token = Token(sys::random_u64());
-    // The broker thread of this test sends the connector a go towards a port
-    // where nothing listens, by giving the listener a hello from elsewhere.
+    let policy = Policy { budget, ..Policy::default() };
     let handle = thread::spawn(move || {
         let mut m = Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), policy);
         let (mut s, from) = l.accept().unwrap();
         let mut buf = [0u8; PunchHello::LEN];
         s.read_exact(&mut buf).unwrap();
         let h = PunchHello::decode(&buf).unwrap();
+        assert_eq!((h.token, h.role), (token, Role::Connector), "the broker gets the token itself");
         m.arrived(h.role, Arrival { observed: v4(from), local: h.local, rtt: None }, Instant::now()).unwrap();
-        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
-        let nowhere = v4(dead.local_addr().unwrap());
-        drop(dead);
-        let fx = m.arrived(Role::Listener, Arrival { observed: nowhere, local: nowhere, rtt: None }, Instant::now()).unwrap();
+        let fx = m.arrived(Role::Listener, Arrival { observed: peer, local: peer, rtt: None }, Instant::now()).unwrap();
         for e in &fx {
             if let Effect::Send(Role::Connector, f @ BrokerFrame::Go(_)) = e {
                 s.write_all(&f.to_bytes()).unwrap();
@@ -214,12 +210,12 @@ fn a_peer_that_never_answers_ends_on_the_relay_within_the_budget() {
         (PunchReport::decode(&rep).unwrap(), took, s)
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    let c = Session::start(Family::V4, at, token, Role::Connector, Schedule::default(), deadline).unwrap();
-    let mut c = c;
+    let mut c = Session::start(Family::V4, at, token, Role::Connector, Schedule::default(), deadline).unwrap();
     let outcome = loop {
         let mut fds = Vec::new();
         c.poll_fds(&mut fds);
         let mut p: Vec<libc::pollfd> = fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
+        // SAFETY: a live array of pollfds.
         unsafe { real::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, sys::poll_ms(c.next_deadline(), Instant::now()).min(100)) };
         let ready = p.iter().find(|p| p.revents != 0).map(|p| (p.fd, p.revents));
         match c.advance(ready, Instant::now()) {
@@ -228,7 +224,65 @@ fn a_peer_that_never_answers_ends_on_the_relay_within_the_budget() {
         }
     };
     let (report, took, _s) = handle.join().unwrap();
-    assert_eq!(report, PunchReport::Failed(proto::gcb::punch::PunchFailure::Timeout));
+    (report, took, outcome)
+}
+
+/// A go whose peer never answers (nothing listens there): the side reports
+/// a timeout within its budget and the broker's relay verdict follows.
+#[test]
+fn a_peer_that_never_answers_ends_on_the_relay_within_the_budget() {
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = v4(dead.local_addr().unwrap());
+    drop(dead);
+    let (report, took, outcome) = lone_connector(nowhere, Token(sys::random_u64()), Duration::from_millis(300));
+    assert_eq!(report, PunchReport::Failed(PunchFailure::Timeout));
     assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "reported after {took:?}");
+    assert!(matches!(outcome, Progress::Relay { .. }), "{outcome:?}");
+}
+
+/// A stranger at the peer's mapping (here: whatever listens where the go
+/// points) gets the connector's proof, never the token, and cannot use it:
+/// the proof sent back as the listener's (the replay) and a hello with the
+/// raw token are both refused, and the punch falls back as `CheckFailed`.
+#[test]
+fn a_stranger_at_the_peers_mapping_gets_a_proof_it_cannot_replay() {
+    let stranger = TcpListener::bind("127.0.0.1:0").unwrap();
+    stranger.set_nonblocking(true).unwrap();
+    let peer = v4(stranger.local_addr().unwrap());
+    let token = Token(sys::random_u64());
+    let st = thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while seen.len() < 2 && Instant::now() < until {
+            let Ok((mut s, _)) = stranger.accept() else {
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut first = [0u8; PeerHello::LEN];
+            s.read_exact(&mut first).unwrap();
+            let h = PeerHello::decode(&first).unwrap();
+            let answer = match seen.len() {
+                0 => PeerHello { role: Role::Listener, ..h },
+                _ => PeerHello { role: Role::Listener, proof: PunchProof(token.0.to_be_bytes()), ..h },
+            };
+            s.write_all(&answer.to_bytes()).unwrap();
+            let mut rest = Vec::new();
+            let end = s.read_to_end(&mut rest).map_err(|e| e.kind());
+            seen.push((first, rest, end));
+        }
+        seen
+    });
+    let (report, _, outcome) = lone_connector(peer, token, Duration::from_millis(1000));
+    let seen = st.join().unwrap();
+    assert_eq!(seen.len(), 2, "the connector checked two connections from the stranger");
+    for (first, rest, end) in &seen {
+        assert_ne!(first[8..16], token.0.to_be_bytes(), "the token never goes to the peer's mapping");
+        let h = PeerHello::decode(first).unwrap();
+        assert_eq!((h.role, h.proof), (Role::Connector, PunchProof::of(token, Role::Connector)), "the connector's proof");
+        assert!(rest.is_empty() && *end != Err(std::io::ErrorKind::WouldBlock), "closed after its hello, nothing more: {rest:?} {end:?}");
+    }
+    assert_eq!(report, PunchReport::Failed(PunchFailure::CheckFailed));
     assert!(matches!(outcome, Progress::Relay { .. }), "{outcome:?}");
 }
