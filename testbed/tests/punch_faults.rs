@@ -22,13 +22,17 @@
 //!   connector's address check passes: only the hello check stands. The
 //!   stranger must get a connection (else the test fails: it would have
 //!   checked nothing); it reads the connector's hello and answers with junk
-//!   on its first connection and with a well-formed hello of the listener's
-//!   role and a wrong token on its second. The test then asserts that the
-//!   connector reported `Failed(CheckFailed)` to the broker, that each
-//!   stranger connection got the connector's 22-byte hello and nothing more
-//!   before the connector closed it, that the program's connect ended on the
-//!   relay with every echoed byte verified (junk from the stranger would
-//!   fail that), and that nothing was punched.
+//!   on its first connection; on its second with that very hello, the role
+//!   flipped to the listener's (the replay a raw token in the hello would
+//!   have let through); and on its third with a hello of the listener's role
+//!   carrying the token itself (which the test hands it from the broker's
+//!   log, as if it had leaked). The test then asserts that the connector
+//!   reported `Failed(CheckFailed)` to the broker, that each stranger
+//!   connection got the connector's 22-byte hello with the connector's proof
+//!   (not the token) and nothing more before the connector closed it, that
+//!   the program's connect ended on the relay with every echoed byte
+//!   verified (junk from the stranger would fail that), and that nothing was
+//!   punched.
 //! * **A listener that died before the punch gives ECONNREFUSED, not a
 //!   hang.** A SIGKILLed server leaves its registration at the broker (no
 //!   `Unregister`; its heartbeats would take 6 s to be missed), so the broker
@@ -50,6 +54,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use proto::gcb::punch::PunchProof;
+use proto::gcb::{Role, Token};
 use testbed::real::{Mode, RealBed};
 use testbed::{python3, workspace_root, NatKind, NatKinds, Proc};
 
@@ -88,16 +94,18 @@ fn client(r: &RealBed, dest: &str, nonblock: bool) -> std::process::Command {
     c
 }
 
-/// Dials IP:PORT from IP:PORT until it has had two connections or its time
-/// is up; on each, reads the first 22 bytes, answers with junk (the first) or
-/// that hello with the listener's role and its token inverted (the second),
-/// and reads to the end.
+/// Dials IP:PORT from IP:PORT until it has had three connections or its
+/// time is up; on each, reads the first 22 bytes, answers with junk (the
+/// first), that hello with the listener's role (the second), or that hello
+/// with the listener's role and the token (hex, argv 6) in the proof's place
+/// (the third), and reads to the end.
 const STRANGER: &str = r#"
 import select, socket, sys, time
 bip, bport, tip, tport = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 end = time.monotonic() + float(sys.argv[5])
+token = bytes.fromhex(sys.argv[6])
 conns = attempts = 0
-while time.monotonic() < end and conns < 2:
+while time.monotonic() < end and conns < 3:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -123,8 +131,10 @@ while time.monotonic() < end and conns < 2:
         pass
     if conns == 1 or len(first) < 22:
         mine = bytes(range(1, 23))
+    elif conns == 2:
+        mine = first[:5] + b"\x02" + first[6:]
     else:
-        mine = first[:5] + b"\x02" + first[6:8] + bytes(x ^ 0xff for x in first[8:16]) + first[16:]
+        mine = first[:5] + b"\x02" + first[6:8] + token + first[16:]
     try:
         s.sendall(mine)
     except OSError:
@@ -145,13 +155,14 @@ while time.monotonic() < end and conns < 2:
 print("STRANGER done conns=%d attempts=%d" % (conns, attempts), flush=True)
 "#;
 
-/// The observed mappings in the broker's `punch TOKEN: connector IP:PORT
-/// (local …), listener IP:PORT (local …) are here` line.
-fn meeting(broker_log: &str) -> Option<(String, String)> {
+/// The token (hex) and the observed mappings in the broker's `punch TOKEN:
+/// connector IP:PORT (local …), listener IP:PORT (local …) are here` line.
+fn meeting(broker_log: &str) -> Option<(String, String, String)> {
     let line = broker_log.lines().find(|l| l.contains("are here") && l.contains(": connector "))?;
+    let token = line.split(": connector ").next()?.rsplit(' ').next()?.to_string();
     let connector = line.split(": connector ").nth(1)?.split_whitespace().next()?.to_string();
     let listener = line.split(", listener ").nth(1)?.split_whitespace().next()?.to_string();
-    Some((connector, listener))
+    Some((token, connector, listener))
 }
 
 fn nft(r: &RealBed, host: &str, args: &[&str]) {
@@ -171,13 +182,16 @@ fn a_stranger_at_the_listeners_mapping_gets_nothing_through() {
     nft(&r, "ga", &rule.split(' ').collect::<Vec<_>>());
 
     let client = r.bed.spawn_cmd(client(&r, &public, false)).expect("echo-client");
-    let (connector, listener) = testbed::wait_for(STARTUP, "the broker logs the meeting", || meeting(&r.daemon.stderr_text()));
+    let (token, connector, listener) = testbed::wait_for(STARTUP, "the broker logs the meeting", || meeting(&r.daemon.stderr_text()));
+    let token = Token(u64::from_str_radix(&token, 16).unwrap_or_else(|_| panic!("the broker's token {token:?}")));
+    let token_hex = format!("{:016x}", token.0);
+    let proof_hex: String = PunchProof::of(token, Role::Connector).0.iter().map(|b| format!("{b:02x}")).collect();
     let (c_ip, c_port) = connector.rsplit_once(':').expect("connector IP:PORT");
     let (l_ip, l_port) = listener.rsplit_once(':').expect("listener IP:PORT");
     assert_eq!((c_ip, l_ip), (GB, GA), "the mappings the broker saw");
     // Until the connector's budget is nearly over.
     let mut c = r.bed.cmd("ga", python3());
-    c.args(["-c", STRANGER, l_ip, l_port, c_ip, c_port, "2.8"]);
+    c.args(["-c", STRANGER, l_ip, l_port, c_ip, c_port, "2.8", &token_hex]);
     let stranger = r.bed.spawn_cmd(c).expect("stranger");
 
     let context = |client: &Proc| {
@@ -199,13 +213,16 @@ fn a_stranger_at_the_listeners_mapping_gets_nothing_through() {
     assert!(summary.contains(" runs=1 ok=1 "), "every echoed byte verified: {summary}\n{}", context(&client));
     assert!(client.stderr_text().contains(&format!("connect tcp {public} via relay")), "the connect ended on the relay\n{}", context(&client));
 
-    // The stranger did reach the connector's punch, and got only its hello.
+    // The stranger did reach the connector's punch, and got only its hello,
+    // with the connector's proof and never the token.
     let lines = stranger.stdout_seen();
     let conns: Vec<&String> = lines.iter().filter(|l| l.starts_with("STRANGER conn=")).collect();
-    assert!(!conns.is_empty(), "the stranger never got a connection: nothing was checked\n{}", context(&client));
+    assert_eq!(conns.len(), 3, "the stranger tried junk, the replay and the raw token\n{}", context(&client));
     for l in &conns {
         let first = l.split("first=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or_default();
         assert!(first.len() == 44 && first.starts_with("4743424a") && &first[10..12] == "01", "not the connector's hello: {l}");
+        assert_ne!(&first[16..32], token_hex, "the token went to the stranger: {l}");
+        assert_eq!(&first[16..32], proof_hex, "the connector's proof: {l}");
         assert!(l.contains(" rest=0 ") && !l.ends_with("end=timeout"), "the connector must close the stranger's connection after the hello: {l}");
     }
     println!("stranger: {lines:?}");
