@@ -17,8 +17,9 @@
 //!   broker's counters add up (attempts = successes + fallbacks; a failed
 //!   pair is relayed at once afterwards);
 //! * GA maps ports at random (`random`): the broker relays at once, the
-//!   connect costs less than 3 times a plain relayed one, and the next
-//!   connect between the two realms does not try again;
+//!   connect costs less than 3 times a plain relayed one (medians of 7 each,
+//!   taking turns, every one through the meeting), and the next connect
+//!   between the two realms does not try again;
 //! * the client with `GCB_PUNCH=0` (a shim that does not offer it): the
 //!   connection is relayed as before, and the broker counts why it did not
 //!   punch (`punch_skipped_not_capable`).
@@ -180,16 +181,12 @@ fn a_random_mapping_is_relayed_at_once_and_not_tried_again() {
     let nat = NatKinds::new(NatKind::Random, NatKind::Preserve);
     let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
     let (server, listen) = server(&r, 7463);
-    // The relay's own connect time: a client that does not offer punching.
-    let baseline_out = client_stdout(&r, &server, &listen, &["--runs", "5"], &[("GCB_PUNCH", "0")]);
-    let relay_us = conn_us_mean(&baseline_out);
+    // Five connects of a client that does not offer punching: the relay.
+    client_stdout(&r, &server, &listen, &["--runs", "5"], &[("GCB_PUNCH", "0")]);
     // The first connect that could punch: the broker meets both sides, sees
     // GA renumbered the listener's port, and relays at once.
     let first_out = client_stdout(&r, &server, &listen, &[], &[]);
     assert!(first_out.contains(&format!("connect tcp {listen} via relay")), "{first_out}");
-    let first_us = conn_us_mean(&first_out);
-    println!("random/preserve: relay connect {relay_us:.0} us, first connect that could punch {first_us:.0} us");
-    assert!(first_us < 3.0 * relay_us, "the fallback took {first_us:.0} us, the relay alone {relay_us:.0} us");
     assert_eq!(counter(&r, "punch_skipped_unpredictable_mapping"), 1, "{}", r.daemon.stderr_text());
     // Decided as a punch, ended at the meeting before anyone dialed.
     assert_eq!(counter(&r, "punch_attempts"), 1);
@@ -201,6 +198,35 @@ fn a_random_mapping_is_relayed_at_once_and_not_tried_again() {
     assert_eq!(counter(&r, "punch_skipped_unpredictable_mapping"), 1);
     assert_eq!(counter(&r, "punch_attempts"), 1, "not tried again");
     assert_eq!(counter(&r, "relays_opened"), 7, "five baseline connects and two fallbacks");
+    drop(server);
+    r.down();
+}
+
+/// The median over several connects of each kind, taking turns, so that one
+/// slow moment of a loaded machine decides nothing.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[test]
+fn a_random_mapping_falls_back_in_less_than_three_relay_connects() {
+    // Without the outcome cache, so that every connect meets at the broker.
+    let nat = NatKinds::new(NatKind::Random, NatKind::Preserve);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--punch-retry-s", "0"], nat);
+    let (server, listen) = server(&r, 7464);
+    let (mut relayed, mut fallen_back) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let out = client_stdout(&r, &server, &listen, &[], &[("GCB_PUNCH", "0")]);
+        relayed.push(conn_us_mean(&out));
+        let out = client_stdout(&r, &server, &listen, &[], &[]);
+        assert!(out.contains(&format!("connect tcp {listen} via relay")), "{out}");
+        fallen_back.push(conn_us_mean(&out));
+    }
+    assert_eq!(counter(&r, "punch_skipped_unpredictable_mapping"), 7, "each met at the broker: {}", r.daemon.stderr_text());
+    let (relay_us, fallback_us) = (median(relayed.clone()), median(fallen_back.clone()));
+    println!("random/preserve: relay connect median {relay_us:.0} us {relayed:?}, through the meeting {fallback_us:.0} us {fallen_back:?}");
+    assert!(fallback_us < 3.0 * relay_us, "the fallback took {fallback_us:.0} us, the relay alone {relay_us:.0} us (medians of 7)");
     drop(server);
     r.down();
 }
