@@ -151,11 +151,9 @@ fn answer_doorbell(id: ListenerId, listener: c_int, n: c_int, flags: c_int) -> O
         return None;
     }
     let dup_flags = if flags & libc::SOCK_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
-    // The doorbell ends with a reset when `dup3` closes it: one segment instead
-    // of a FIN exchange, and no TIME-WAIT; the ringing side lets go on either.
-    let abort = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: a linger struct of the stated size.
-    unsafe { real::setsockopt(n, libc::SOL_SOCKET, libc::SO_LINGER, (&abort as *const libc::linger).cast(), size_of::<libc::linger>() as socklen_t) };
+    // The doorbell ends with a reset when `dup3` closes it; the ringing side
+    // lets go on either.
+    sys::reset_on_close(n);
     // SAFETY: both fds are ours; `n` is replaced atomically.
     if unsafe { real::dup3(conn.raw(), n, dup_flags) } < 0 {
         log!(Warn, "a brokered connection from {} is lost: {}", record.peer, std::io::Error::last_os_error());

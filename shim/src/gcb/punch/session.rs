@@ -373,7 +373,7 @@ impl Session {
                     // FIN would leave it in TIME-WAIT, and every later attempt
                     // from this port to the same peer would fail locally.
                     if let Some(c) = self.conns.iter().find(|c| c.id == conn) {
-                        reset_on_close(c.sock.raw());
+                        sys::reset_on_close(c.sock.raw());
                     }
                     self.conns.retain(|c| c.id != conn);
                 }
@@ -409,13 +409,6 @@ impl Session {
         }
         Progress::Wait
     }
-}
-
-/// Makes the close of `fd` a reset (SO_LINGER with no time).
-fn reset_on_close(fd: c_int) {
-    let abort = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: a linger struct of the stated size, on our own socket.
-    unsafe { real::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&abort as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t) };
 }
 
 /// Sends `bytes` whole on non-blocking `fd`: a frame this small always fits
