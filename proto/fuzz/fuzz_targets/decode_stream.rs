@@ -42,50 +42,47 @@ fn incremental<F: Frame + PartialEq + std::fmt::Debug>(chunks: &[u8], data: &[u8
     }
 }
 
-/// The broker's punch frames, read the same way: a frame it accepts is the
-/// one-shot decoding of exactly the bytes it took.
-fn broker_frames(chunks: &[u8], data: &[u8]) {
-    let mut reader = BrokerFrameReader::new();
+/// Feeds `data` to `reader` in the steps `chunks` picks, never past what it
+/// asks for; the first frame it completes and the bytes it took by then, or
+/// `None` when it refused the bytes or they ran out first.
+fn feed_in_steps<R, F, E>(
+    reader: &mut R,
+    missing: fn(&R) -> usize,
+    feed: fn(&mut R, &[u8]) -> Result<(usize, Option<F>), E>,
+    chunks: &[u8],
+    data: &[u8],
+) -> Option<(usize, F)> {
     let mut pos = 0;
     for i in 0..=data.len() {
         let step = chunks.get(i % chunks.len().max(1)).map_or(1, |c| usize::from(c % 8) + 1);
-        let end = (pos + step.min(reader.missing())).min(data.len());
-        match reader.feed(&data[pos..end]) {
-            Ok((used, frame)) => {
-                pos += used;
-                match frame {
-                    Some(BrokerFrame::Go(g)) => assert_eq!((pos, Ok(g)), (PunchGo::LEN, PunchGo::decode(data))),
-                    Some(BrokerFrame::Verdict(v)) => assert_eq!((pos, Ok(v)), (PunchVerdict::LEN, PunchVerdict::decode(data))),
-                    None if pos == data.len() => return,
-                    None => continue,
-                }
-                return;
-            }
-            Err(_) => return,
+        let end = (pos + step.min(missing(reader))).min(data.len());
+        let (used, frame) = feed(reader, &data[pos..end]).ok()?;
+        pos += used;
+        match frame {
+            Some(f) => return Some((pos, f)),
+            None if pos == data.len() => return None,
+            None => {}
         }
+    }
+    None
+}
+
+/// The broker's punch frames, read the same way: a frame it accepts is the
+/// one-shot decoding of exactly the bytes it took.
+fn broker_frames(chunks: &[u8], data: &[u8]) {
+    match feed_in_steps(&mut BrokerFrameReader::new(), BrokerFrameReader::missing, BrokerFrameReader::feed, chunks, data) {
+        Some((pos, BrokerFrame::Go(g))) => assert_eq!((pos, Ok(g)), (PunchGo::LEN, PunchGo::decode(data))),
+        Some((pos, BrokerFrame::Verdict(v))) => assert_eq!((pos, Ok(v)), (PunchVerdict::LEN, PunchVerdict::decode(data))),
+        None => {}
     }
 }
 
 /// The rendezvous port's first frame, read the same way.
 fn first_frames(chunks: &[u8], data: &[u8]) {
-    let mut reader = FirstFrameReader::new();
-    let mut pos = 0;
-    for i in 0..=data.len() {
-        let step = chunks.get(i % chunks.len().max(1)).map_or(1, |c| usize::from(c % 8) + 1);
-        let end = (pos + step.min(reader.missing())).min(data.len());
-        match reader.feed(&data[pos..end]) {
-            Ok((used, frame)) => {
-                pos += used;
-                match frame {
-                    Some(FirstFrame::Stream(h)) => assert_eq!((pos, Ok(h)), (StreamHello::LEN, StreamHello::decode(data))),
-                    Some(FirstFrame::Punch(h)) => assert_eq!((pos, Ok(h)), (PunchHello::LEN, PunchHello::decode(data))),
-                    None if pos == data.len() => return,
-                    None => continue,
-                }
-                return;
-            }
-            Err(_) => return,
-        }
+    match feed_in_steps(&mut FirstFrameReader::new(), FirstFrameReader::missing, FirstFrameReader::feed, chunks, data) {
+        Some((pos, FirstFrame::Stream(h))) => assert_eq!((pos, Ok(h)), (StreamHello::LEN, StreamHello::decode(data))),
+        Some((pos, FirstFrame::Punch(h))) => assert_eq!((pos, Ok(h)), (PunchHello::LEN, PunchHello::decode(data))),
+        None => {}
     }
 }
 
