@@ -35,7 +35,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::config;
-use crate::hook::ErrnoGuard;
+use crate::guard::ErrnoGuard;
 use crate::log;
 
 const NEW: u8 = 0;
@@ -63,7 +63,7 @@ pub fn done() -> bool {
 fn start() {
     if STATE.compare_exchange(FORKED, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
         let _errno = ErrnoGuard::new();
-        let _ = crate::hook::contain(aftermath::INIT, resume_in_child);
+        let _ = crate::guard::contain(aftermath::INIT, resume_in_child);
         STATE.store(DONE, Ordering::Release);
         return;
     }
@@ -75,7 +75,7 @@ fn start() {
     install_panic_hook();
     // A panic here leaves init done as far as it got: the call that ran it
     // goes on, and no later call tries again.
-    let _ = crate::hook::contain(aftermath::INIT, first_time);
+    let _ = crate::guard::contain(aftermath::INIT, first_time);
     STATE.store(DONE, Ordering::Release);
 }
 
@@ -139,9 +139,9 @@ fn register_exit_handler() {
 extern "C" fn at_exit() {
     // The guard keeps the shim's own calls out of the hooks; `prepare` would
     // name the wrong aftermath.
-    let Some(_inside) = crate::hook::Inside::enter() else { return };
+    let Some(_inside) = crate::guard::Inside::enter() else { return };
     let _errno = ErrnoGuard::new();
-    let _ = crate::hook::contain(aftermath::EXIT, || {
+    let _ = crate::guard::contain(aftermath::EXIT, || {
         if crate::dpf::enabled() {
             crate::dpf::at_exit();
         } else {
@@ -155,7 +155,7 @@ extern "C" fn at_exit() {
 // it, so each runs its work under `contain`.
 
 extern "C" fn before_fork() {
-    let _ = crate::hook::contain(aftermath::FORK, || {
+    let _ = crate::guard::contain(aftermath::FORK, || {
         // One client per mode: the lock helpers track one lock taken for fork.
         if crate::dpf::enabled() {
             crate::dpf::prepare_fork();
@@ -166,7 +166,7 @@ extern "C" fn before_fork() {
 }
 
 extern "C" fn after_fork_in_parent() {
-    let _ = crate::hook::contain(aftermath::FORK, || {
+    let _ = crate::guard::contain(aftermath::FORK, || {
         if crate::dpf::enabled() {
             crate::dpf::after_fork(false);
         } else {
@@ -179,7 +179,7 @@ extern "C" fn after_fork_in_child() {
     // Async-signal-safe work only: atomics, getpid, an unlock. `contain` adds a
     // thread-local swap and `catch_unwind`, which costs nothing unless a panic
     // comes (and then the child logs it rather than abort in libc).
-    let _ = crate::hook::contain(aftermath::FORK, in_child);
+    let _ = crate::guard::contain(aftermath::FORK, in_child);
 }
 
 fn in_child() {
@@ -207,7 +207,7 @@ fn resume_in_child() {
 }
 
 /// A panic inside shim code is logged as one line, saying where and what the
-/// shim does next (`hook::contain`'s aftermath). Panics elsewhere, possible
+/// shim does next (`guard::contain`'s aftermath). Panics elsewhere, possible
 /// only when the rlib is linked into a Rust program such as our unit tests, go
 /// to the hook that was there before.
 fn install_panic_hook() {
@@ -217,13 +217,13 @@ fn install_panic_hook() {
     }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let aftermath = crate::hook::current_aftermath();
-        if crate::hook::in_shim() || aftermath.is_some() {
+        let aftermath = crate::guard::current_aftermath();
+        if crate::guard::in_shim() || aftermath.is_some() {
             let payload = info.payload();
             let what = payload.downcast_ref::<&str>().copied();
             let what = what.or_else(|| payload.downcast_ref::<String>().map(String::as_str));
             let at = info.location().map(|l| (l.file(), l.line())).unwrap_or(("?", 0));
-            let next = aftermath.unwrap_or(crate::hook::aftermath::FAILS);
+            let next = aftermath.unwrap_or(crate::guard::aftermath::FAILS);
             log!(Error, "internal error at {}:{}: {}; {next}", at.0, at.1, what.unwrap_or("panic"));
         } else {
             previous(info);

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use libc::{c_int, c_uint, c_ulong};
 
 use crate::fdtable::{self, Kind, TABLE};
-use crate::hook::{errno, set_errno, ErrnoGuard};
+use crate::guard::{errno, set_errno, ErrnoGuard};
 use crate::{managed, real};
 
 /// The lowest number for internal fds: high, but inside both the table and the
@@ -293,19 +293,19 @@ mod tests {
         let closed: Vec<_> = fds.iter().filter(|&&fd| fd != internal).map(|&fd| is_open(fd)).collect();
         assert_eq!(closed, vec![false; 5], "everything else is closed");
 
-        crate::hook::set_errno(0);
+        crate::guard::set_errno(0);
         assert_eq!(refuse_close(), -1);
-        assert_eq!(crate::hook::errno(), libc::EBADF);
+        assert_eq!(crate::guard::errno(), libc::EBADF);
         release(internal);
         assert!(!is_open(internal) && fdtable::kind(internal) == Kind::Plain);
     }
 
     #[test]
     fn invalid_close_range_fails_like_the_kernel() {
-        crate::hook::set_errno(0);
+        crate::guard::set_errno(0);
         assert_eq!(close_range(10, 5, 0), -1);
-        assert_eq!(crate::hook::errno(), libc::EINVAL);
+        assert_eq!(crate::guard::errno(), libc::EINVAL);
         assert_eq!(close_range(5, 10, 0x4000), -1);
-        assert_eq!(crate::hook::errno(), libc::EINVAL);
+        assert_eq!(crate::guard::errno(), libc::EINVAL);
     }
 }

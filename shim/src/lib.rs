@@ -35,7 +35,7 @@
 //!   values published once with a compare-and-swap, and the GCB registry's one lock,
 //!   taken only for fds the client tracks and handled across `fork` (see [`init`]).
 //! * `errno` after a hook is what the real call set; shim-internal work in between
-//!   runs under [`hook::ErrnoGuard`].
+//!   runs under [`guard::ErrnoGuard`].
 //! * Nothing unwinds into C, and a fault in the shim never hands the application
 //!   what the shim keeps from it: a panic in a hook's logic is caught and fails
 //!   that call with `EIO`; bookkeeping after the real operation is contained on
@@ -66,6 +66,8 @@ compile_error!(
      bug into a crash of the application"
 );
 
+#[macro_use]
+pub mod guard;
 #[macro_use]
 pub mod hook;
 #[macro_use]

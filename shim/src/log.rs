@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI32, AtomicU8, Ordering::Relaxed};
 
 use libc::c_int;
 
-use crate::hook::{errno, ErrnoGuard};
+use crate::guard::{errno, ErrnoGuard};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]

@@ -52,9 +52,9 @@ macro_rules! by_mode {
 ///
 /// The C contract of `bind`.
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let saved = crate::hook::errno();
+    let saved = crate::guard::errno();
     let r = if dpf::enabled() { dpf::ops::bind(fd, addr, len) } else { gcb::udp::bind(fd, addr, len) };
-    if r == 0 || crate::hook::errno() != libc::EADDRNOTAVAIL {
+    if r == 0 || crate::guard::errno() != libc::EADDRNOTAVAIL {
         return r;
     }
     crate::client::pinned::bind(fd, addr, len, saved)
@@ -125,12 +125,12 @@ macro_rules! send_on_channel {
         /// The C contract of the libc function of the same name.
         #[allow(clippy::missing_safety_doc)]
         pub unsafe fn $name(fd: c_int $(, $arg: $ty)*) -> $ret {
-            let saved = crate::hook::errno();
+            let saved = crate::guard::errno();
             let n = crate::real::$name(fd $(, $arg)*);
-            if n >= 0 || dpf::enabled() || !gcb::udp::channel::absorbs(fd, crate::hook::errno()) {
+            if n >= 0 || dpf::enabled() || !gcb::udp::channel::absorbs(fd, crate::guard::errno()) {
                 return n;
             }
-            crate::hook::set_errno(saved);
+            crate::guard::set_errno(saved);
             crate::real::$name(fd $(, $arg)*)
         }
     )*};
@@ -147,7 +147,7 @@ send_on_channel! {
 /// afterwards: once closed, the number is the next `open`'s, and must never
 /// send that file's calls into the shim.
 pub fn forget(fd: c_int) {
-    let _ = crate::hook::bookkeep(|| {
+    let _ = crate::guard::bookkeep(|| {
         fault_point!("forget");
         if dpf::enabled() {
             dpf::ops::forget(fd)
@@ -164,7 +164,7 @@ pub fn forget(fd: c_int) {
 /// (an `accept` on it never hands out a doorbell raw), and its close clears
 /// whatever half of the record was made.
 pub fn duplicated(old: c_int, new: c_int) {
-    let recorded = crate::hook::bookkeep(|| {
+    let recorded = crate::guard::bookkeep(|| {
         fault_point!("duplicated");
         if dpf::enabled() {
             dpf::ops::duplicated(old, new)

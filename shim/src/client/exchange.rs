@@ -30,7 +30,7 @@ pub fn send_datagram(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
     // SAFETY: a live buffer of the given length.
     let n = unsafe { real::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
-        Err(crate::hook::errno())
+        Err(crate::guard::errno())
     } else {
         Ok(())
     }
@@ -101,7 +101,7 @@ impl Exchange {
             // SAFETY: a live buffer of the given length.
             let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n < 0 {
-                return match crate::hook::errno() {
+                return match crate::guard::errno() {
                     libc::ECONNREFUSED => Some(Err(NoAnswer::Refused)),
                     libc::EAGAIN | libc::EINTR => None,
                     e => Some(Err(NoAnswer::Io(e))),

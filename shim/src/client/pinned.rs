@@ -31,7 +31,7 @@ use libc::{c_int, sockaddr, socklen_t};
 
 use crate::gcb::family::{self, Family};
 use crate::gcb::sys::{self, Errno};
-use crate::hook::{errno, set_errno, ErrnoGuard};
+use crate::guard::{errno, set_errno, ErrnoGuard};
 use crate::real;
 
 /// What the mode made of a bind to a non-local address.

@@ -43,7 +43,7 @@ fn open_mgmt(ip: Ipv4Addr) -> Result<(Sock, u16), Errno> {
     sys::bind(s.raw(), SocketAddrV4::new(ip, 0))?;
     // SAFETY: listen on our own socket.
     if unsafe { real::listen(s.raw(), BACKLOG) } < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     let port = sys::local_addr(s.raw())?.port();
     Ok((s, port))
@@ -187,7 +187,7 @@ pub fn sweep() {
     if super::standard() {
         return;
     }
-    let _errno = crate::hook::ErrnoGuard::new();
+    let _errno = crate::guard::ErrnoGuard::new();
     super::with(|st| {
         let probed: Vec<c_int> = st.forwards().filter(|f| f.pcp.is_none()).map(|f| f.mgmt_fd).collect();
         for fd in probed {
@@ -197,7 +197,7 @@ pub fn sweep() {
                     real::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
                 };
                 if n < 0 {
-                    if crate::hook::errno() == libc::EINTR {
+                    if crate::guard::errno() == libc::EINTR {
                         continue;
                     }
                     break;

@@ -14,7 +14,7 @@ use super::forward;
 use super::state::{Names, Removed};
 use crate::fdtable::{self, Kind};
 use crate::gcb::sys;
-use crate::hook::ErrnoGuard;
+use crate::guard::ErrnoGuard;
 use crate::real;
 
 /// The protocol of an AF_INET socket the client cares about.
@@ -36,7 +36,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // IPv4, also through a dual-stack AF_INET6 socket (bound to `::` or a
     // v4-mapped address); pure IPv6 is not forwarded.
     if r == 0 && crate::gcb::family::local_view(fd, addr, len).is_some() {
-        crate::hook::bookkeep(|| {
+        crate::guard::bookkeep(|| {
             if proto_of(fd) == Some(Proto::Udp) {
                 forward::forward(fd, Proto::Udp);
             }
@@ -55,7 +55,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let r = real::listen(fd, backlog);
     if r == 0 {
-        crate::hook::bookkeep(|| {
+        crate::guard::bookkeep(|| {
             if proto_of(fd) == Some(Proto::Tcp) {
                 forward::forward(fd, Proto::Tcp);
             }
@@ -76,7 +76,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         forward::sweep();
     }
     let n = real::accept4(fd, addr, len, flags);
-    if n >= 0 && crate::hook::bookkeep(|| name_accepted(fd, n)).is_none() {
+    if n >= 0 && crate::guard::bookkeep(|| name_accepted(fd, n)).is_none() {
         fdtable::set(n, Kind::Plain);
     }
     n
@@ -117,8 +117,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let Some((dest, local)) = target else { return real::connect(fd, addr, len) };
     let sin = sys::to_sockaddr(local);
     let r = real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t);
-    if r == 0 || crate::hook::errno() == libc::EINPROGRESS {
-        crate::hook::bookkeep(|| {
+    if r == 0 || crate::guard::errno() == libc::EINPROGRESS {
+        crate::guard::bookkeep(|| {
             log!(Debug, "connect to {dest} goes to {local}, behind it");
             super::with(|st| {
                 st.set_names(fd, Names { local: None, peer: Some(dest) });

@@ -26,7 +26,7 @@ use super::options::Options;
 use super::registry::{ListenerId, Names};
 use super::sys::{self, Sock};
 use crate::fdtable::{self, Kind};
-use crate::hook::{errno, set_errno};
+use crate::guard::{errno, set_errno};
 use crate::real;
 
 /// Doorbells are written right after their connect, usually before they are
@@ -63,7 +63,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         }
         // A panic while answering the doorbell closes it (its `Sock`) and
         // skips it, as a doorbell that named nothing.
-        if let Some(peer) = crate::hook::bookkeep(|| answer_doorbell(id, fd, n, flags)).flatten() {
+        if let Some(peer) = crate::guard::bookkeep(|| answer_doorbell(id, fd, n, flags)).flatten() {
             accepted(id, n, Some(peer));
             family::copy_out(peer, family::of(fd), addr, len);
             set_errno(saved);
@@ -90,7 +90,7 @@ unsafe fn copy_raw(sin: &libc::sockaddr_storage, sl: socklen_t, addr: *mut socka
 /// [`named_accepted`], contained: the connection is the program's whatever
 /// happens, and a fresh fd starts plain if its names could not be recorded.
 fn accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
-    if crate::hook::bookkeep(|| named_accepted(id, fd, peer)).is_none() {
+    if crate::guard::bookkeep(|| named_accepted(id, fd, peer)).is_none() {
         fdtable::set(fd, Kind::Plain);
     }
 }

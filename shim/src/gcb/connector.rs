@@ -51,7 +51,7 @@ use super::reversal_listener::{self, TempListener};
 use super::swap::{put_on, AppSocket};
 use super::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
-use crate::hook::{errno, set_errno};
+use crate::guard::{errno, set_errno};
 use crate::route::Route;
 use crate::{config, real};
 
@@ -310,7 +310,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             match punched.and_then(|(sock, direct)| swap(fd, sock.into_sock(), true, &app).map(|()| direct)) {
                 Ok(direct) => {
                     // Connected: a panic from here on must not fail the connect (`hook`, rule 4).
-                    crate::hook::bookkeep(|| {
+                    crate::guard::bookkeep(|| {
                         name(fd, dest);
                         log_path(Proto::Tcp, dest, &if direct { d } else { Decision::Relay { via, token } }, since);
                     });
@@ -324,7 +324,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
         Decision::Relay { via, token } => match dial::relay(fd, via, token, connect_deadline(fd)) {
             Ok(()) => {
                 // Connected: a panic naming it must not fail the connect (`hook`, rule 4).
-                crate::hook::bookkeep(|| name(fd, dest));
+                crate::guard::bookkeep(|| name(fd, dest));
                 set_errno(saved);
                 0
             }
@@ -345,7 +345,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
                     // dial may still come, so that one is closed (dropped).
                     // Connected: a panic from here on must not fail the
                     // connect (`hook`, rule 4).
-                    crate::hook::bookkeep(|| {
+                    crate::guard::bookkeep(|| {
                         reversal_listener::give_back(tmp);
                         name(fd, dest);
                     });

@@ -116,7 +116,7 @@ fn send_record(b: &mut PendingBell) -> Result<(), sys::Errno> {
         b.deadline = None;
         return Ok(());
     }
-    match crate::hook::errno() {
+    match crate::guard::errno() {
         // Still connecting: sent once writable.
         libc::EAGAIN | libc::ENOTCONN if n < 0 => Ok(()),
         e if n < 0 => {

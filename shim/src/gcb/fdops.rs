@@ -21,7 +21,7 @@ use libc::{c_int, epoll_event};
 use super::mgmt;
 use super::registry::{Listener, Registry, Removed};
 use crate::fdtable::{self, Kind};
-use crate::hook::ErrnoGuard;
+use crate::guard::ErrnoGuard;
 use crate::real;
 
 /// Whether the GCB client keeps anything for fds of `kind`.
@@ -172,7 +172,7 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_eve
     let r = real::epoll_ctl(epfd, op, fd, event);
     if r == 0 {
         // Done in the kernel; recording it is bookkeeping (`hook`, rule 4).
-        crate::hook::bookkeep(|| {
+        crate::guard::bookkeep(|| {
             let ev = (!event.is_null()).then(|| {
                 let e = std::ptr::read_unaligned(event);
                 (e.events, e.u64)

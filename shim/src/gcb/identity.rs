@@ -23,7 +23,7 @@ use super::family;
 use super::registry::{Names, Registry};
 use super::udp::send;
 use crate::fdtable::{self, Kind};
-use crate::hook::ErrnoGuard;
+use crate::guard::ErrnoGuard;
 use crate::real;
 
 type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;

@@ -32,7 +32,7 @@ use super::mgmt::{self, NoAnswer};
 use super::registry::Mgmt;
 use super::sys::{self, Sock};
 use crate::fdtable::{self, Kind};
-use crate::hook::set_errno;
+use crate::guard::set_errno;
 use crate::real;
 
 /// The backlog assumed for a listener whose `listen` this process did not
@@ -51,7 +51,7 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     }
     // The socket listens: a panic in what follows leaves that so (`hook`,
     // rule 4), and the socket unregistered.
-    let registered = crate::hook::bookkeep(|| {
+    let registered = crate::guard::bookkeep(|| {
         // Registered already (at `bind`, `client::pinned`, which made it
         // `Managed`): the queue's new length. A watched socket (the usual
         // case, and the only one on loopback) is not, and takes no lock here.

@@ -124,7 +124,7 @@ pub fn prepare_fork<T>(lock: &'static Lock<T>, during: impl FnOnce(&mut T)) {
         return;
     }
     let mut guard = lock.lock();
-    let _ = crate::hook::contain("the fork goes ahead, the lock held", || during(&mut guard));
+    let _ = crate::guard::contain("the fork goes ahead, the lock held", || during(&mut guard));
     std::mem::forget(guard);
     TAKEN_FOR_FORK.store(true, Ordering::Relaxed);
 }

@@ -148,11 +148,11 @@ fn open_server() -> Result<Server, Errno> {
     let (sa, len) = address(park);
     // SAFETY: a valid address of the given length.
     if unsafe { real::bind(s.raw(), (&sa as *const sockaddr_un).cast(), len) } < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     // SAFETY: our socket.
     if unsafe { real::listen(s.raw(), MAX_REQUESTS as c_int) } < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     Ok(Server { fd: crate::internal::adopt(s.into_raw()), park })
 }
@@ -161,7 +161,7 @@ fn unix_socket() -> Result<Sock, Errno> {
     // SAFETY: plain socket creation.
     let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
     if fd < 0 {
-        Err(crate::hook::errno())
+        Err(crate::guard::errno())
     } else {
         Ok(Sock::from_raw(fd))
     }
@@ -235,7 +235,7 @@ pub fn fetch(record: &Record) -> Result<Sock, Errno> {
     let (sa, len) = address(record.park);
     // SAFETY: a valid address of the given length.
     if unsafe { real::connect(s.raw(), (&sa as *const sockaddr_un).cast(), len) } < 0 {
-        let e = crate::hook::errno();
+        let e = crate::guard::errno();
         if e != libc::EAGAIN && e != libc::EINPROGRESS {
             return Err(e);
         }
@@ -268,7 +268,7 @@ fn receive_fd(fd: c_int) -> Result<Option<c_int>, Errno> {
     // SAFETY: as above.
     let n = unsafe { real::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
     if n < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     let mut got = None;
     // SAFETY: walking the control buffer the kernel filled in.

@@ -120,7 +120,7 @@ fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, wan
 /// reported address and never listened. Condor binds its outgoing sockets to
 /// its `NETWORK_INTERFACE` address too, and those must be brokered.
 pub fn turns_active(fd: c_int) -> bool {
-    let _errno = crate::hook::ErrnoGuard::new();
+    let _errno = crate::guard::ErrnoGuard::new();
     if fdtable::kind(fd) != Kind::Managed || !super::with(|reg| reg.listener_id(fd).is_some() && reg.udp.get(fd).is_none()) {
         return false;
     }

@@ -128,7 +128,7 @@ fn management(fd: c_int, revents: i16, now: Instant) {
         // SAFETY: a live buffer of the given length.
         let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
-            match crate::hook::errno() {
+            match crate::guard::errno() {
                 // A queued ICMP error (the broker is down): reading reports and clears it.
                 libc::ECONNREFUSED | libc::EINTR => continue,
                 _ => break,

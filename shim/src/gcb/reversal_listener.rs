@@ -34,7 +34,7 @@ use super::dial;
 use super::family::Family;
 use super::sys::{self, Errno};
 use crate::fdtable::{self, Kind};
-use crate::hook::errno;
+use crate::guard::errno;
 use crate::real;
 
 /// How long a connection taken from a listener that defers accepting may take
@@ -73,7 +73,7 @@ impl TempListener {
 
 impl Drop for TempListener {
     fn drop(&mut self) {
-        let _errno = crate::hook::ErrnoGuard::new();
+        let _errno = crate::guard::ErrnoGuard::new();
         // Plain again, then closed: right whether it was spare (internal) or lent.
         crate::internal::release(self.fd);
     }

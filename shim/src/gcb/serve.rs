@@ -155,7 +155,7 @@ fn advance(s: &mut Serving, revents: i16, now: Instant) -> Step {
             // SAFETY: a live buffer of the given length.
             let n = unsafe { real::send(s.fd, hello.as_ptr().cast(), hello.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
             if n != hello.len() as isize {
-                return Step::Failed(if n < 0 { crate::hook::errno() } else { libc::EIO });
+                return Step::Failed(if n < 0 { crate::guard::errno() } else { libc::EIO });
             }
             match s.job.dial {
                 Dial::Reverse { .. } => Step::Done { peer: s.job.peer },
@@ -174,7 +174,7 @@ fn advance(s: &mut Serving, revents: i16, now: Instant) -> Step {
             match n {
                 0 => return Step::Failed(libc::ECONNRESET),
                 n if n < 0 => {
-                    return match crate::hook::errno() {
+                    return match crate::guard::errno() {
                         libc::EAGAIN | libc::EINTR => Step::Wait,
                         e => Step::Failed(e),
                     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_void, sockaddr, sockaddr_in, socklen_t};
 
 use super::family::{self, Family};
-use crate::hook::errno;
+use crate::guard::errno;
 use crate::real;
 
 pub type Errno = c_int;
@@ -119,7 +119,7 @@ impl Sock {
 
 impl Drop for Sock {
     fn drop(&mut self) {
-        let _errno = crate::hook::ErrnoGuard::new();
+        let _errno = crate::guard::ErrnoGuard::new();
         // SAFETY: our fd.
         unsafe { real::close(self.0) };
     }
@@ -197,7 +197,7 @@ impl NonBlocking {
 impl Drop for NonBlocking {
     fn drop(&mut self) {
         if let Some(old) = self.old {
-            let _errno = crate::hook::ErrnoGuard::new();
+            let _errno = crate::guard::ErrnoGuard::new();
             let _ = set_fl(self.fd, old);
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 
 use crate::fdtable::{self, Kind};
-use crate::hook::{errno, fault, set_errno};
+use crate::guard::{errno, fault, set_errno};
 use crate::real;
 
 fn socketpair() -> (c_int, c_int) {
@@ -154,7 +154,7 @@ fn a_fork_whose_prepare_handler_panics_forks_and_the_child_works() {
     // SAFETY: the child runs only the checks above and `_exit`s.
     let pid = unsafe { super::lifetime::fork() };
     if pid == 0 {
-        let code = crate::hook::contain("", || child_checks(b)).unwrap_or(9);
+        let code = crate::guard::contain("", || child_checks(b)).unwrap_or(9);
         // SAFETY: leaves the child without running the test harness's exit.
         unsafe { libc::_exit(code) };
     }

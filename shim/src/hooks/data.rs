@@ -59,7 +59,7 @@ hook! {
         let n = read_path!(fd => recvmsg(fd, msg, flags));
         if n >= 0 && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
             // Received: the message is the program's whatever happens here.
-            crate::hook::bookkeep(|| crate::gcb::received::on_received(msg));
+            crate::guard::bookkeep(|| crate::gcb::received::on_received(msg));
         }
         n
     }
@@ -108,7 +108,7 @@ hook! {
         let n = real_unless!(sends_watched(fd) => sendmsg(fd, msg, flags));
         if n >= 0 && fdtable::any_managed() && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
             // Sent, and not to be sent again.
-            crate::hook::bookkeep(|| crate::gcb::received::on_sent(msg));
+            crate::guard::bookkeep(|| crate::gcb::received::on_sent(msg));
         }
         n
     }

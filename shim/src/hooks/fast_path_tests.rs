@@ -124,7 +124,7 @@ fn ordinary_gcb_mode_tcp_sockets_take_no_lock() {
         let s = socket(libc::SOCK_STREAM, true, Kind::Watched);
         let (sin, len) = addr_of(SocketAddrV4::new(plain_host, 9));
         let r = super::connect::connect(s, ptr(&sin), len);
-        let e = crate::hook::errno();
+        let e = crate::guard::errno();
         assert!(r == -1 && e != libc::EIO, "the kernel's own answer: {}", std::io::Error::from_raw_os_error(e));
         assert_eq!(fdtable::kind(s), Kind::Plain);
         assert_eq!(super::lifetime::close(s), 0);

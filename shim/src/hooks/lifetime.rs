@@ -48,7 +48,7 @@ use libc::{c_char, c_int, c_uint, c_ulong, pid_t};
 use crate::fdtable::{self, Kind};
 use crate::gcb::fdops::tracked;
 use crate::gcb::inherit::{self, ExecEnv};
-use crate::hook;
+use crate::guard;
 use crate::{internal, managed, real};
 
 hook! {
@@ -124,7 +124,7 @@ hook! {
         let pid = real::fork();
         if pid == 0 {
             // Init contains its own panics: the child is born either way.
-            let _errno = hook::ErrnoGuard::new();
+            let _errno = guard::ErrnoGuard::new();
             crate::init::ensure();
         }
         pid
@@ -150,17 +150,17 @@ macro_rules! exec_hook {
         /// The C contract of the libc function of the same name.
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
-            hook::prepare(|| {
+            guard::prepare(|| {
                 crate::gcb::before_exec();
                 crate::dpf::before_exec();
             });
-            let prepared = hook::prepare_value(|| inherit::prepare($envp));
+            let prepared = guard::prepare_value(|| inherit::prepare($envp));
             match prepared {
                 None => $plain,
                 Some(prepared) => {
                     let $env = prepared.envp();
                     let r = $with_env;
-                    hook::prepare(|| ExecEnv::undo(prepared));
+                    guard::prepare(|| ExecEnv::undo(prepared));
                     r
                 }
             }

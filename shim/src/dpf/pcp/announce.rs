@@ -52,7 +52,7 @@ pub fn read(fd: c_int, gateway: Ipv4Addr) -> Vec<Vec<u8>> {
         // SAFETY: live buffers of the given lengths.
         let n = unsafe { real::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, (&mut from as *mut libc::sockaddr_in).cast(), &mut len) };
         if n < 0 {
-            if crate::hook::errno() == libc::EINTR {
+            if crate::guard::errno() == libc::EINTR {
                 continue;
             }
             break;

@@ -92,7 +92,7 @@ fn diag(inode: u64, v6: bool, proto: Proto) -> Option<bool> {
         // SAFETY: a live buffer of the given length.
         let n = unsafe { real::recv(sock.raw(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
-            match crate::hook::errno() {
+            match crate::guard::errno() {
                 libc::EAGAIN | libc::EINTR => continue,
                 _ => return None,
             }

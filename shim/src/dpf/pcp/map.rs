@@ -166,7 +166,7 @@ pub fn ask_public() -> Result<(), String> {
             // SAFETY: a live buffer of the given length.
             let n = unsafe { crate::real::recv(sock.raw(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n < 0 {
-                return match crate::hook::errno() {
+                return match crate::guard::errno() {
                     libc::EAGAIN | libc::EINTR => continue,
                     libc::ECONNREFUSED => Err(NoAnswer::Refused.describe()),
                     e => Err(NoAnswer::Io(e).describe()),

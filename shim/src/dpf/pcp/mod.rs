@@ -176,7 +176,7 @@ pub fn drain(fd: c_int, client: &mut MapClient, now: Instant) -> Result<Output, 
         // SAFETY: a live buffer of the given length.
         let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
-            return match crate::hook::errno() {
+            return match crate::guard::errno() {
                 libc::EAGAIN | libc::EINTR => Ok(all),
                 e => Err(e),
             };

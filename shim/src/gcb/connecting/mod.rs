@@ -192,7 +192,7 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
     let raw = family::encode(gate, fam);
     // SAFETY: a valid address of the stated length.
     let r = unsafe { real::connect(fd, raw.ptr(), raw.len()) };
-    if r == 0 || crate::hook::errno() != libc::EINPROGRESS {
+    if r == 0 || crate::guard::errno() != libc::EINPROGRESS {
         log!(Warn, "the gate did not hold a connect ({}); connecting to {dest} inside the call", std::io::Error::last_os_error());
         crate::internal::release(placeholder);
         return None;
@@ -206,7 +206,7 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
     fdtable::replace(fd, Kind::Watched, Kind::Connecting);
     INCOMING.push(Job { id, app_fd: fd, placeholder, dest, family: fam, since: now, deadline: now + CONNECT_TIMEOUT, stage: Stage::New });
     super::responder::ensure();
-    crate::hook::set_errno(libc::EINPROGRESS);
+    crate::guard::set_errno(libc::EINPROGRESS);
     Some(-1)
 }
 

@@ -172,7 +172,7 @@ fn relaying(job: &mut Job, sock: Sock, token: Token, said_hello: bool, mut buf: 
         // SAFETY: a live buffer; a fresh socket takes 16 bytes whole.
         let n = unsafe { real::send(sock.raw(), hello.as_ptr().cast(), hello.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
         if n != hello.len() as isize {
-            return Step::Failed(if n < 0 { crate::hook::errno() } else { libc::EIO });
+            return Step::Failed(if n < 0 { crate::guard::errno() } else { libc::EIO });
         }
         job.stage = Stage::Relaying { sock, token, said_hello: true, buf, have, decision };
         return Step::Wait;
@@ -183,7 +183,7 @@ fn relaying(job: &mut Job, sock: Sock, token: Token, said_hello: bool, mut buf: 
     match n {
         0 => return Step::Failed(libc::ECONNREFUSED),
         n if n < 0 => {
-            let e = crate::hook::errno();
+            let e = crate::guard::errno();
             if e != libc::EAGAIN && e != libc::EINTR {
                 return Step::Failed(e);
             }
@@ -248,7 +248,7 @@ fn hello_of(fd: c_int) -> Option<Result<Token, ()>> {
     let mut buf = [0u8; StreamHello::LEN];
     // SAFETY: a live buffer of the given length.
     let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_PEEK) };
-    if n == 0 || (n < 0 && crate::hook::errno() != libc::EAGAIN) {
+    if n == 0 || (n < 0 && crate::guard::errno() != libc::EAGAIN) {
         return Some(Err(()));
     }
     if n < StreamHello::LEN as isize {

@@ -80,7 +80,7 @@ pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys
         )
     };
     if n < 0 {
-        Err(crate::hook::errno())
+        Err(crate::guard::errno())
     } else {
         Ok(n as usize)
     }

@@ -54,7 +54,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let r = real::bind(fd, addr, len);
     if r == 0 && fdtable::kind(fd) == Kind::WatchedUdp {
         // Bound whatever happens next (`hook`, rule 4).
-        crate::hook::bookkeep(|| {
+        crate::guard::bookkeep(|| {
             if !join_registered(fd) {
                 // The bind itself succeeded; a socket that could not register (no
                 // descriptor for its management socket) works unbrokered, as logged.

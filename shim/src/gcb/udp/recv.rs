@@ -37,7 +37,7 @@ use super::super::family;
 use super::super::sys;
 use super::control::{self, Incoming};
 use super::table::Datagram;
-use crate::hook::{errno, set_errno};
+use crate::guard::{errno, set_errno};
 use crate::real;
 
 /// Larger than any UDP payload, so the kernel never truncates what the shim reads.

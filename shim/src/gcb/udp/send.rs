@@ -40,7 +40,7 @@ use super::super::{mgmt, sys};
 use super::control::{PUNCH_GAP, PUNCH_HEAD_START, PUNCH_TRIES};
 use super::table::{Hole, Punch, Route, HOLE_ACK_TTL};
 use crate::fdtable::{self, Kind};
-use crate::hook::{errno, set_errno};
+use crate::guard::{errno, set_errno};
 use crate::{config, real};
 
 /// Where one datagram goes.
