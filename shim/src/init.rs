@@ -22,7 +22,7 @@
 //! # fork
 //!
 //! The shim's state is atomics, values published once, and one lock: the GCB
-//! client's registry ([`crate::gcb::lock`]). The `pthread_atfork` prepare handler
+//! client's registry ([`crate::client::lock`]). The `pthread_atfork` prepare handler
 //! takes that lock (and marks every listener shared with the coming child); the
 //! parent and child handlers release it, so that no child starts with a lock held
 //! by a thread it does not have. The child handler also resets an init that
@@ -87,7 +87,7 @@ fn first_time() {
     let cfg = config::get();
     log::set_level(cfg.log_level);
     if let Some(path) = &cfg.log_file {
-        if let Err(e) = log::open_file(path) {
+        if let Err(e) = crate::internal::open_log(path) {
             let e = std::io::Error::from_raw_os_error(e);
             log!(Warn, "GCB_LOG_FILE={path:?}: cannot open it ({e}); logging to stderr");
         }

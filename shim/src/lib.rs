@@ -83,6 +83,7 @@ pub mod internal;
 pub mod managed;
 pub mod process;
 pub mod real;
+pub mod reclaim;
 pub mod responder;
 pub mod route;
 

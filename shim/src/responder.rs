@@ -175,7 +175,7 @@ fn one_round<D: Duties>(set: &mut PollSet, ready: &mut Vec<(u64, i16)>) {
     let wake = WAKE.load(Relaxed);
     set.add(wake, libc::POLLIN, WAKE_TAG);
     let deadline = D::gather(set, Instant::now());
-    let n = crate::gcb::sys::poll_until(&mut set.fds, deadline);
+    let n = crate::client::sys::poll_until(&mut set.fds, deadline);
     if n < 0 {
         let e = crate::guard::errno();
         if e != libc::EINTR {

@@ -11,7 +11,7 @@ use libc::c_int;
 use proto::rudp::{Requester, RetryPolicy, Timeout};
 use proto::{DecodeError, EncodeError, Header};
 
-use crate::gcb::sys::{self, Errno};
+use crate::client::sys::{self, Errno};
 use crate::real;
 
 /// Requests in flight per socket: a heartbeat, a register, spare.

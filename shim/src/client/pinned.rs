@@ -29,8 +29,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, sockaddr, socklen_t};
 
-use crate::gcb::family::{self, Family};
-use crate::gcb::sys::{self, Errno};
+use crate::client::family::{self, Family};
+use crate::client::sys::{self, Errno};
 use crate::guard::{errno, set_errno, ErrnoGuard};
 use crate::real;
 

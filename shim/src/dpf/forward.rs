@@ -29,7 +29,7 @@ use super::state::Forward;
 use crate::client::exchange::{self, NoAnswer};
 use crate::fdtable::{self, Kind};
 use crate::gcb::mgmt;
-use crate::gcb::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// Asked of `listen`; the kernel caps it at `net.core.somaxconn`.

@@ -21,7 +21,7 @@ use proto::Proto;
 use super::state::{Forward, State};
 use crate::fdtable;
 use crate::gcb::inherit::{self as shared, Entry};
-use crate::gcb::sys;
+use crate::client::sys;
 
 /// Publishes the forwarded fds for exec. Call inside [`super::with`].
 pub fn publish(st: &State) {

@@ -21,7 +21,7 @@
 //!
 //! GCB and DPF are exclusive modes; the hooks reach this module through
 //! [`crate::managed`], which picks the client by mode. State lives in one
-//! [`State`] behind one fork-safe lock (`gcb::lock`), taken through [`with`] for
+//! [`State`] behind one fork-safe lock (`client::lock`), taken through [`with`] for
 //! short, non-blocking critical sections only.
 
 pub mod forward;
@@ -38,7 +38,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 
 use crate::config::{self, Mode};
-use crate::gcb::lock::{self, Lock};
+use crate::client::lock::{self, Lock};
 use state::State;
 
 const UNKNOWN: u8 = 0;

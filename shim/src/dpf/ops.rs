@@ -13,7 +13,7 @@ use proto::Proto;
 use super::forward;
 use super::state::{Names, Removed};
 use crate::fdtable::{self, Kind};
-use crate::gcb::sys;
+use crate::client::sys;
 use crate::guard::ErrnoGuard;
 use crate::real;
 
@@ -35,7 +35,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let r = real::bind(fd, addr, len);
     // IPv4, also through a dual-stack AF_INET6 socket (bound to `::` or a
     // v4-mapped address); pure IPv6 is not forwarded.
-    if r == 0 && crate::gcb::family::local_view(fd, addr, len).is_some() {
+    if r == 0 && crate::client::family::local_view(fd, addr, len).is_some() {
         crate::guard::bookkeep(|| {
             if proto_of(fd) == Some(Proto::Udp) {
                 forward::forward(fd, Proto::Udp);
@@ -173,7 +173,7 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
     }
     match super::with(|st| st.names(fd)).and_then(pick) {
         Some(name) => {
-            crate::gcb::family::copy_out(name, crate::gcb::family::of(fd), addr, len);
+            crate::client::family::copy_out(name, crate::client::family::of(fd), addr, len);
             0
         }
         None => real_fn(fd, addr, len),

@@ -73,9 +73,9 @@ pub struct State {
     forwards: FdRecords<Forward>,
     /// `Query` answers (see `query`).
     pub cache: QueryCache,
-    /// Public addresses of closed forwards, for re-listens (see `gcb::released`).
-    pub released: crate::gcb::released::Released<(Proto, SocketAddrV4)>,
-    /// The fork generation this state was last used in (see `gcb::lock`).
+    /// Public addresses of closed forwards, for re-listens (see `client::released`).
+    pub released: crate::client::released::Released<(Proto, SocketAddrV4)>,
+    /// The fork generation this state was last used in (see `client::lock`).
     pub generation: u32,
     /// A standard gateway's announcements and the mappings being wound up.
     pub pcp: super::pcp::Side,

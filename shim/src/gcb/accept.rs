@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use libc::{c_int, sockaddr, socklen_t};
 
 use super::doorbell::{self, Record, RECORD_LEN};
-use super::family;
+use crate::client::family;
 use super::fdops;
-use super::options::Options;
+use crate::client::options::Options;
 use super::registry::{ListenerId, Names};
-use super::sys::{self, Sock};
+use crate::client::sys::{self, Sock};
 use crate::fdtable::{self, Kind};
 use crate::guard::{errno, set_errno};
 use crate::real;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::mgmt;
 use super::registry::{ListenerId, Purpose, Registry};
-use super::sys;
+use crate::client::sys;
 use crate::config::{self, Mode};
 
 /// How long a broker that went silent is tried only after the others.

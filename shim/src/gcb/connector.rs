@@ -44,12 +44,12 @@ use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use super::dial;
-use super::family::{self, Family};
+use crate::client::family::{self, Family};
 use super::mgmt;
 use super::registry::Names;
 use super::reversal_listener::{self, TempListener};
 use super::swap::{put_on, AppSocket};
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
 use crate::guard::{errno, set_errno};
 use crate::route::Route;
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn swap_keeps_flags_and_epoll_registrations() {
-        use super::super::options::Options;
+        use super::crate::client::options::Options;
         let l = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         sys::bind(l.raw(), "127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(unsafe { real::listen(l.raw(), 4) }, 0);

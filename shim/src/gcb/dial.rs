@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::gcb::{Frame, Role, StreamHello, StreamPeer, Token};
 
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// For a TCP connect to a connector or the broker, and for sending a preamble.
@@ -55,7 +55,7 @@ pub fn relay(fd: c_int, via: SocketAddrV4, token: Token, deadline: Instant) -> R
     // The hello carries the handshake's last ACK, so the rendezvous wakes once;
     // the option is the application's socket's, so it is cleared again.
     sys::ack_with_first_data(fd);
-    sys::connect_start(fd, super::family::of(fd), via)?;
+    sys::connect_start(fd, crate::client::family::of(fd), via)?;
     let hello = StreamHello { token, role: Role::Connector }.to_bytes();
     let sent = sys::send_all(fd, &hello, deadline.min(start + DIAL_TIMEOUT));
     let _ = sys::set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 0);

@@ -31,9 +31,9 @@ use libc::c_int;
 
 pub use proto::gcb::doorbell::{Record, RECORD_LEN};
 
-use super::family::Family;
+use crate::client::family::Family;
 use super::registry::Registry;
-use super::sys;
+use crate::client::sys;
 use crate::real;
 
 /// Doorbells are rung from here; the kernel picks the port.
@@ -185,7 +185,7 @@ pub fn forget_in_child(reg: &mut Registry) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use super::sys::Sock;
+    use crate::client::sys::Sock;
     use proto::gcb::doorbell::Park;
 
     /// A listener whose accept queue is full: the doorbell waits for room,

@@ -28,8 +28,8 @@ use std::time::Instant;
 
 use once_cell::race::OnceBox;
 
-use super::family::{self, Family};
-use super::sys::{self, Errno, Sock};
+use crate::client::family::{self, Family};
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// The gate and the refuser, or why there are none.

@@ -19,7 +19,7 @@ use libc::{c_int, sockaddr, socklen_t};
 
 use std::net::SocketAddrV4;
 
-use super::family;
+use crate::client::family;
 use super::registry::{Names, Registry};
 use super::udp::send;
 use crate::fdtable::{self, Kind};

@@ -30,7 +30,7 @@ use proto::Proto;
 
 use super::mgmt::{self, NoAnswer};
 use super::registry::Mgmt;
-use super::sys::{self, Sock};
+use crate::client::sys::{self, Sock};
 use crate::fdtable::{self, Kind};
 use crate::guard::set_errno;
 use crate::real;
@@ -133,7 +133,7 @@ pub(super) fn adopt(fd: c_int, proto: Proto, watched: Kind, local: SocketAddrV4,
         lost: false,
         proxy,
         shared: false,
-        family: super::family::of(fd),
+        family: crate::client::family::of(fd),
         backlog,
         mgmt: Mgmt {
             fd: mgmt_fd,

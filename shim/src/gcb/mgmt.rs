@@ -30,10 +30,10 @@ use proto::gcb::{self, Decision, ErrorCode, Message, MgmtInfo};
 use proto::rudp::{RetryPolicy, Timeout};
 use proto::{Endpoint, Proto};
 
-use super::family::Family;
+use crate::client::family::Family;
 use super::serve::{Dial, Job};
 use super::registry::{Listener, ListenerId, Purpose, Registry};
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::client::seal;
 use crate::config;
 

@@ -22,7 +22,7 @@
 //! Without `GCB_INAGENT` nothing here runs: [`enabled`] is false, no socket is
 //! watched, and every hook stays on its fast path.
 //!
-//! State lives in one [`Registry`] behind one fork-safe [`lock::Lock`], taken
+//! State lives in one [`Registry`] behind one fork-safe [`crate::client::lock::Lock`], taken
 //! through [`with`] for short, non-blocking critical sections only.
 
 pub mod accept;
@@ -31,38 +31,33 @@ pub mod connecting;
 pub mod connector;
 pub mod dial;
 pub mod doorbell;
-pub mod family;
 pub mod fdops;
 pub mod gate;
 pub mod identity;
 pub mod inherit;
 pub mod interest;
 pub mod listener;
-pub mod lock;
 pub mod mgmt;
 pub mod negcache;
 pub mod notice;
-pub mod options;
 pub mod park;
 pub mod punch;
 pub mod received;
 pub mod registration;
 pub mod registry;
-pub mod released;
 pub mod reported;
 pub mod responder;
 pub mod reversal_listener;
 pub mod serve;
 pub mod serve_punch;
 pub mod swap;
-pub mod sys;
 pub mod udp;
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::config::{self, Mode};
-use lock::Lock;
+use crate::client::lock::Lock;
 use registry::Registry;
 
 const UNKNOWN: u8 = 0;
@@ -120,7 +115,7 @@ pub fn init() {
 pub fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     let mut guard = REGISTRY.lock();
     let reg = guard.get_or_insert_with(Registry::new);
-    let generation = lock::fork_generation();
+    let generation = crate::client::lock::fork_generation();
     if reg.generation != generation {
         reg.generation = generation;
         after_fork_in_child(reg);
@@ -185,8 +180,8 @@ pub fn at_exit() {
 
 /// `pthread_atfork` prepare handler.
 pub fn prepare_fork() {
-    options::note_all();
-    lock::prepare_fork(&REGISTRY, |reg| {
+    crate::client::options::note_all();
+    crate::client::lock::prepare_fork(&REGISTRY, |reg| {
         fault_point!("prepare_fork");
         if let Some(reg) = reg {
             reg.mark_all_shared();
@@ -197,9 +192,9 @@ pub fn prepare_fork() {
 /// `pthread_atfork` parent and child handlers.
 pub fn after_fork(in_child: bool) {
     if in_child {
-        lock::note_fork_in_child();
+        crate::client::lock::note_fork_in_child();
     }
-    lock::after_fork(&REGISTRY);
+    crate::client::lock::after_fork(&REGISTRY);
 }
 
 /// An internal fd moved (the application `dup2`ed onto its number); true if it was

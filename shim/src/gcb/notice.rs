@@ -49,7 +49,7 @@ fn failed(datagram: &[u8], token: Token) -> Option<(u64, ErrorCode)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcb::sys;
+    use crate::client::sys;
     use std::net::{Ipv4Addr, SocketAddrV4};
     use std::time::{Duration, Instant};
 

@@ -35,7 +35,7 @@ use libc::{c_int, c_void, sockaddr_un, socklen_t};
 use proto::gcb::doorbell::{Park, Record};
 
 use super::registry::{ListenerId, Registry};
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
 use crate::{process, real};
 

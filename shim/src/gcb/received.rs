@@ -23,8 +23,8 @@ use std::net::SocketAddrV4;
 use libc::{c_int, msghdr};
 use proto::Proto;
 
-use super::family;
-use super::sys;
+use crate::client::family;
+use crate::client::sys;
 use crate::fdtable::{self, Kind};
 
 /// The fds an `SCM_RIGHTS` message in `msg`'s control buffer carries.

@@ -22,7 +22,7 @@ use proto::Proto;
 
 use super::listener::{self, Registered};
 use super::mgmt::{self, NoAnswer};
-use super::sys::{self, Errno};
+use crate::client::sys::{self, Errno};
 use crate::client::pinned::{self, Pinned};
 use crate::fdtable::{self, Kind};
 

@@ -31,8 +31,8 @@ use std::time::Duration;
 use libc::c_int;
 
 use super::dial;
-use super::family::Family;
-use super::sys::{self, Errno};
+use crate::client::family::Family;
+use crate::client::sys::{self, Errno};
 use crate::fdtable::{self, Kind};
 use crate::guard::errno;
 use crate::real;

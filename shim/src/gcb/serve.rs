@@ -19,7 +19,7 @@ use libc::c_int;
 use proto::gcb::{Frame, Role, StreamHello, StreamPeer, Token};
 
 use super::registry::{ListenerId, Registry};
-use super::sys::{self, Errno};
+use crate::client::sys::{self, Errno};
 use crate::real;
 
 /// For the TCP handshake to the connector or the broker, and the hello.

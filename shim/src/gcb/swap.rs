@@ -11,8 +11,8 @@
 use libc::c_int;
 
 use super::interest::Registration;
-use super::options::Options;
-use super::sys::{self, Errno, Sock};
+use crate::client::options::Options;
+use crate::client::sys::{self, Errno, Sock};
 use crate::guard::errno;
 use crate::real;
 

@@ -2,7 +2,7 @@
 //! on GCB-mode sockets whose calls turn out ordinary (loopback, a host known
 //! to be plain, a port probe), take neither the GCB registry's lock nor the
 //! DPF state's. Test builds count every `Lock` acquisition per thread
-//! (`gcb::lock::taken_by_this_thread`), so each step asserts the count did
+//! (`client::lock::taken_by_this_thread`), so each step asserts the count did
 //! not move. The unit tests run with neither mode on: GCB-mode kinds are
 //! marked by hand, as the `socket` hook marks them, and DPF mode's calls are
 //! `dpf::ops`, which `managed` sends every `bind`, `listen` and `connect` to.
@@ -12,8 +12,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use libc::{c_int, sockaddr, socklen_t};
 
 use crate::fdtable::{self, Kind};
-use crate::gcb::lock::taken_by_this_thread;
-use crate::gcb::sys;
+use crate::client::lock::taken_by_this_thread;
+use crate::client::sys;
 use crate::real;
 
 /// Runs `f` and asserts this thread took no lock in it.

@@ -49,7 +49,7 @@ use crate::fdtable::{self, Kind};
 use crate::gcb::fdops::tracked;
 use crate::gcb::inherit::{self, ExecEnv};
 use crate::guard;
-use crate::{internal, managed, real};
+use crate::{internal, managed, real, reclaim};
 
 hook! {
     fn close(fd: c_int) -> c_int {
@@ -72,7 +72,7 @@ hook! {
         if fdtable::kind(newfd) == Kind::Plain && !tracked(fdtable::kind(oldfd)) {
             return real::dup2(oldfd, newfd);
         }
-        internal::dup_onto(oldfd, newfd, || real::dup2(oldfd, newfd))
+        reclaim::dup_onto(oldfd, newfd, || real::dup2(oldfd, newfd))
     }
 }
 
@@ -81,7 +81,7 @@ hook! {
         if fdtable::kind(newfd) == Kind::Plain && !tracked(fdtable::kind(oldfd)) {
             return real::dup3(oldfd, newfd, flags);
         }
-        internal::dup_onto(oldfd, newfd, || real::dup3(oldfd, newfd, flags))
+        reclaim::dup_onto(oldfd, newfd, || real::dup3(oldfd, newfd, flags))
     }
 }
 
@@ -104,7 +104,7 @@ hook! {
         if !fdtable::any_marked() {
             return real::close_range(first, last, flags);
         }
-        internal::close_range(first, last, flags)
+        reclaim::close_range(first, last, flags)
     }
 }
 
@@ -113,7 +113,7 @@ hook! {
         if !fdtable::any_marked() {
             return real::closefrom(lowfd);
         }
-        internal::closefrom(lowfd)
+        reclaim::closefrom(lowfd)
     }
 }
 

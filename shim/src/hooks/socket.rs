@@ -81,11 +81,11 @@ hook! {
 
 hook! {
     /// Options set on a socket the shim may replace are noted, so a brokered
-    /// connection reads only those back (`gcb::options`).
+    /// connection reads only those back (`client::options`).
     fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
         let kind = fdtable::kind(fd);
         if matches!(kind, Kind::Watched | Kind::Managed) {
-            gcb::options::note(level, name);
+            crate::client::options::note(level, name);
         }
         real_unless!(kind == Kind::Managed => setsockopt(fd, level, name, value, len))
     }

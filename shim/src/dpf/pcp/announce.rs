@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::c_int;
 
-use crate::gcb::sys::{self, Errno};
+use crate::client::sys::{self, Errno};
 use crate::real;
 
 /// The all-hosts group, where announcements go.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::Proto;
 
-use crate::gcb::sys::{self, Sock};
+use crate::client::sys::{self, Sock};
 use crate::real;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;

@@ -27,7 +27,8 @@ use crate::client::exchange::NoAnswer;
 use crate::dpf::forward::{self, NotForwarded};
 use crate::dpf::state::Forward;
 use crate::fdtable;
-use crate::gcb::{mgmt, sys};
+use crate::client::sys;
+use crate::gcb::mgmt;
 
 /// How a bounded MAP ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,7 +47,7 @@ use proto::portmap::{MapClient, Output, Retry};
 
 use super::state::State;
 use crate::config::{self, Mode};
-use crate::gcb::sys::{self, Errno};
+use crate::client::sys::{self, Errno};
 use crate::real;
 
 /// The lease asked for. Short, since a process killed outright cannot

@@ -110,7 +110,7 @@ pub fn run(ready: &[(u64, i16)], now: Instant) {
                 merge(&mut out, m.client.on_datagram(d, now));
                 if m.client.is_done() {
                     // A gateway back from a restart: map again soon.
-                    let soon = now + Duration::from_millis(u64::from(crate::gcb::sys::random_u64() as u16 % 5000));
+                    let soon = now + Duration::from_millis(u64::from(crate::client::sys::random_u64() as u16 % 5000));
                     m.restart_at = Some(m.restart_at.map_or(soon, |r| r.min(soon)));
                 }
             }

@@ -27,7 +27,8 @@ use proto::Proto;
 
 use super::holders;
 use crate::dpf::state::Forward;
-use crate::gcb::{mgmt, sys};
+use crate::client::sys;
+use crate::gcb::mgmt;
 
 /// A delete's retransmissions: at about 0, 0.5, 1.5 and 3.5 s.
 pub const WIND_RETRY: Retry = Retry {

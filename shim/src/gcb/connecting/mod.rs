@@ -47,11 +47,11 @@ use libc::c_int;
 use proto::gcb::{Decision, ErrorCode, Frame, StreamPeer, Token};
 
 use super::connector::{self, Asking};
-use super::family::{self, Family};
+use crate::client::family::{self, Family};
 use super::registry::{Names, Registry};
 use super::reversal_listener::TempListener;
 use super::swap::{put_on, AppSocket};
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::client::exchange::Exchange;
 use crate::fdtable::{self, Kind};
 use crate::{process, real};

@@ -11,10 +11,10 @@ use libc::c_int;
 use proto::gcb::{Decision, Frame, Role, StreamHello, StreamPeer, Token};
 
 use super::super::connector::{self, Asked};
-use super::super::family::Family;
+use crate::client::family::Family;
 use super::super::punch::{self, Progress, Session};
 use super::super::reversal_listener::{self, TempListener};
-use super::super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use super::{refusal_errno, Job, Stage, MAX_UNSPOKEN};
 use crate::client::exchange::Exchange;
 use crate::real;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use libc::c_int;
 
 use super::super::registry::{Listener, Mgmt};
-use super::super::sys;
+use crate::client::sys;
 use super::super::udp::channel::Reopen;
 use super::super::udp::table::Channel;
 use super::super::{listener, mgmt};
@@ -35,7 +35,7 @@ pub fn adopt() {
             n => n as usize,
         };
         let broker = broker_for(first.proxy);
-        let l = held(fds.clone(), local, first.proxy, proto, super::super::family::of(first_fd), backlog, broker);
+        let l = held(fds.clone(), local, first.proxy, proto, crate::client::family::of(first_fd), backlog, broker);
         let udp_token = first.udp_token.filter(|&t| t != 0).map(proto::gcb::Token);
         super::super::with(|reg| {
             for &fd in &fds {
@@ -72,7 +72,7 @@ pub fn held(
     local: SocketAddrV4,
     proxy: Option<SocketAddrV4>,
     proto: proto::Proto,
-    family: super::super::family::Family,
+    family: crate::client::family::Family,
     backlog: usize,
     broker: Option<SocketAddrV4>,
 ) -> Listener {

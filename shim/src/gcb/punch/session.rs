@@ -28,8 +28,8 @@ use libc::c_int;
 use proto::gcb::punch::{BrokerFrameReader, ConnId, DialFailure, Dialer, Do, PeerHello, PunchReport, PunchVerdict, Schedule};
 use proto::gcb::{Frame, FrameReader, Role, Token};
 
-use super::super::family::Family;
-use super::super::sys::{self, Errno, Sock};
+use crate::client::family::Family;
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// An internal fd the session holds: released when dropped.

@@ -38,7 +38,7 @@ use proto::rudp::RetryPolicy;
 
 use super::super::mgmt;
 use super::super::registry::{ListenerId, Purpose, Registry};
-use super::super::sys;
+use crate::client::sys;
 use super::table::Channel;
 use crate::client::seal;
 

@@ -44,7 +44,7 @@ use proto::gcb::{self, Message, Token, UdpRelayHeader};
 use proto::Proto;
 
 use super::super::registry::{Listener, ListenerId, Registry};
-use super::super::sys;
+use crate::client::sys;
 use super::table::{Heard, Hole, Punch};
 use crate::client::seal;
 use crate::real;

@@ -74,7 +74,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 /// is closed.
 fn join_registered(fd: c_int) -> bool {
     // Loopback never registers: no twin to find, and no lock to take.
-    let Some(local) = super::sys::local_addr(fd).ok().filter(|a| super::listener::registrable(*a.ip())) else { return false };
+    let Some(local) = crate::client::sys::local_addr(fd).ok().filter(|a| super::listener::registrable(*a.ip())) else { return false };
     super::with(|reg| {
         let twin = reg.listeners().find(|(_, l)| l.proto == Proto::Udp && l.local == local).map(|(id, _)| id);
         let Some(id) = twin.filter(|&id| reg.add_fd(id, fd)) else { return false };

@@ -33,8 +33,8 @@ use std::time::Instant;
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, pollfd, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
-use super::super::family;
-use super::super::sys;
+use crate::client::family;
+use crate::client::sys;
 use super::control::{self, Incoming};
 use super::table::Datagram;
 use crate::guard::{errno, set_errno};

@@ -36,7 +36,8 @@ use proto::Proto;
 
 use super::super::connector::{command_port, log_path, our_broker, remember_no_broker, worth_asking};
 use super::super::registry::Registry;
-use super::super::{mgmt, sys};
+use super::super::mgmt;
+use crate::client::sys;
 use super::control::{PUNCH_GAP, PUNCH_HEAD_START, PUNCH_TRIES};
 use super::table::{Hole, Punch, Route, HOLE_ACK_TTL};
 use crate::fdtable::{self, Kind};

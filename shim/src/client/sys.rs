@@ -1,4 +1,4 @@
-//! Socket plumbing for the GCB client: address conversion, fds the shim owns for a
+//! Socket plumbing for both clients: address conversion, fds the shim owns for a
 //! moment, and connect/send/receive with a deadline.
 //!
 //! Everything here calls [`crate::real`], never the hooks, and reports failure as

@@ -1,4 +1,4 @@
-//! The one lock of the GCB client, and what `fork` does with it.
+//! The one lock of a client (the GCB registry, or the DPF state), and what `fork` does with it.
 //!
 //! The registry (listeners, names, caches) sits behind a plain `pthread_mutex_t`
 //! rather than `std::sync::Mutex`, because `fork` needs to take it and drop it
