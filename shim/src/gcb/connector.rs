@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn swap_keeps_flags_and_epoll_registrations() {
-        use super::crate::client::options::Options;
+        use crate::client::options::Options;
         let l = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         sys::bind(l.raw(), "127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(unsafe { real::listen(l.raw(), 4) }, 0);

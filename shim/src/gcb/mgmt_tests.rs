@@ -24,7 +24,7 @@ fn setup() -> (Registry, ListenerId, Sock) {
         joined: true,
         lost: false,
         shared: false,
-        family: super::crate::client::family::Family::V4,
+        family: crate::client::family::Family::V4,
         backlog: 16,
         mgmt: Mgmt {
             fd: sv[0],
