@@ -19,7 +19,9 @@
 
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
+use crate::client::pinned;
 use crate::fdtable::{self, Kind};
+use crate::guard::ErrnoGuard;
 use crate::{dpf, gcb};
 
 pub use crate::gcb::fdops::epoll_ctl;
@@ -57,7 +59,16 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if r == 0 || crate::guard::errno() != libc::EADDRNOTAVAIL {
         return r;
     }
-    crate::client::pinned::bind(fd, addr, len, saved)
+    let Some(want) = pinned::candidate(addr, len) else { return -1 };
+    let pinned = {
+        let _errno = ErrnoGuard::new();
+        if dpf::enabled() {
+            dpf::reported::pin(fd, want)
+        } else {
+            gcb::reported::pin(fd, want)
+        }
+    };
+    pinned::answer(pinned, saved)
 }
 
 by_mode! {
