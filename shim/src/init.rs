@@ -96,7 +96,7 @@ fn first_time() {
         log!(Warn, "{problem}");
     }
     crate::gcb::init();
-    crate::dpf::init();
+    crate::dpf::lifecycle::init();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     log!(Debug, "loaded in process {pid}: {}", cfg.summary());
@@ -143,7 +143,7 @@ extern "C" fn at_exit() {
     let _errno = ErrnoGuard::new();
     let _ = crate::guard::contain(aftermath::EXIT, || {
         if crate::dpf::enabled() {
-            crate::dpf::at_exit();
+            crate::dpf::lifecycle::at_exit();
         } else {
             crate::gcb::at_exit();
         }
@@ -158,7 +158,7 @@ extern "C" fn before_fork() {
     let _ = crate::guard::contain(aftermath::FORK, || {
         // One client per mode: the lock helpers track one lock taken for fork.
         if crate::dpf::enabled() {
-            crate::dpf::prepare_fork();
+            crate::dpf::state::prepare_fork();
         } else {
             crate::gcb::prepare_fork();
         }
@@ -168,7 +168,7 @@ extern "C" fn before_fork() {
 extern "C" fn after_fork_in_parent() {
     let _ = crate::guard::contain(aftermath::FORK, || {
         if crate::dpf::enabled() {
-            crate::dpf::after_fork(false);
+            crate::dpf::state::after_fork(false);
         } else {
             crate::gcb::after_fork(false);
         }
@@ -190,7 +190,7 @@ fn in_child() {
     let _ = STATE.compare_exchange(RUNNING, NEW, Ordering::Relaxed, Ordering::Relaxed);
     let _ = STATE.compare_exchange(DONE, FORKED, Ordering::Relaxed, Ordering::Relaxed);
     if crate::dpf::enabled() {
-        crate::dpf::after_fork(true);
+        crate::dpf::state::after_fork(true);
     } else {
         crate::gcb::after_fork(true);
     }
@@ -200,7 +200,7 @@ fn in_child() {
 /// own responder, for what it holds.
 fn resume_in_child() {
     if crate::dpf::enabled() {
-        crate::dpf::resume_in_child();
+        crate::dpf::lifecycle::resume_in_child();
     } else {
         crate::gcb::resume_in_child();
     }

@@ -73,7 +73,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         return super::pcp::map::request(fd, proto, pinned);
     }
     let bound = sys::local_addr(fd).map_err(NotForwarded::Other)?;
-    if bound.ip().is_loopback() || bound.port() == 0 || super::with(|st| st.forward_of(fd).is_some()) {
+    if bound.ip().is_loopback() || bound.port() == 0 || super::state::with(|st| st.forward_of(fd).is_some()) {
         return Err(NotForwarded::Other(libc::EINVAL));
     }
     let dpfd = super::server().ok_or(NotForwarded::Other(libc::EADDRNOTAVAIL))?;
@@ -117,7 +117,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     let mgmt_fd = crate::internal::adopt(mgmt_sock.into_raw());
     let kind = kind_of(proto);
     super::public::KNOWN.learn(*public.ip());
-    super::with(|st| {
+    super::state::with(|st| {
         st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false, pcp: None });
         fdtable::set(fd, kind);
         super::inherit::publish(st);
@@ -134,7 +134,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
 pub fn desired(proto: Proto, local: SocketAddrV4, pinned: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
     match pinned {
         Some(p) => (p.port() != 0).then_some(p),
-        None => super::with(|st| {
+        None => super::state::with(|st| {
             let sibling = st.forwards().find(|f| f.local == local && f.proto != proto).map(|f| f.public);
             st.released.take((proto, local)).or(sibling)
         }),
@@ -171,7 +171,7 @@ pub fn wind_up(f: Forward, turned_active: bool) {
     if turned_active || !f.shared {
         send_delete(f.proto, f.local);
         if !turned_active {
-            super::with(|st| st.released.remember((f.proto, f.local), f.public));
+            super::state::with(|st| st.released.remember((f.proto, f.local), f.public));
         }
     } else {
         log!(Debug, "{} {} closed here; shared with another process, left to dpfd's probe", f.proto, f.local);
@@ -188,7 +188,7 @@ pub fn sweep() {
         return;
     }
     let _errno = crate::guard::ErrnoGuard::new();
-    super::with(|st| {
+    super::state::with(|st| {
         let probed: Vec<c_int> = st.forwards().filter(|f| f.pcp.is_none()).map(|f| f.mgmt_fd).collect();
         for fd in probed {
             for _ in 0..ACCEPTS_PER_SWEEP {

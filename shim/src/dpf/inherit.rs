@@ -23,7 +23,7 @@ use crate::fdtable;
 use crate::gcb::inherit::{self as shared, Entry};
 use crate::client::sys;
 
-/// Publishes the forwarded fds for exec. Call inside [`super::with`].
+/// Publishes the forwarded fds for exec. Call inside [`super::state::with`].
 pub fn publish(st: &State) {
     shared::publish_entries(st.forwards().flat_map(|f| {
         let nonce = f.pcp.as_ref().map(|m| m.client.config().nonce);
@@ -66,7 +66,7 @@ pub fn adopt() {
         let mgmt_fd = crate::internal::adopt(mgmt_fd);
         let _ = sys::set_nonblock(mgmt_fd, true);
         let kind = super::forward::kind_of(proto);
-        super::with(|st| {
+        super::state::with(|st| {
             st.add(Forward { fds: fds.clone(), proto, bound, local, public, mgmt_fd, shared: true, pcp: None });
             for &fd in &fds {
                 fdtable::set(fd, kind);
@@ -98,7 +98,7 @@ fn adopt_mapping(entries: &[Entry]) {
     let mapping = super::pcp::Mapping { client, inode, v6, restart_at: Some(std::time::Instant::now()), failures: 0 };
     let kind = super::forward::kind_of(proto);
     super::public::KNOWN.learn(*public.ip());
-    super::with(|st| {
+    super::state::with(|st| {
         st.add(Forward { fds: fds.clone(), proto, bound, local, public, mgmt_fd: -1, shared: true, pcp: Some(Box::new(mapping)) });
         for &fd in &fds {
             fdtable::set(fd, kind);

@@ -85,7 +85,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
 /// Connection `n` was accepted from listener `fd`: its name is the forward's
 /// public address, and whatever a missed close left of `n` goes.
 fn name_accepted(fd: c_int, n: c_int) {
-    super::with(|st| {
+    super::state::with(|st| {
         let public = st.forward_of(fd).and_then(|id| st.forward(id)).map(|f| f.public);
         match public {
             Some(public) => {
@@ -120,7 +120,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     if r == 0 || crate::guard::errno() == libc::EINPROGRESS {
         crate::guard::bookkeep(|| {
             log!(Debug, "connect to {dest} goes to {local}, behind it");
-            super::with(|st| {
+            super::state::with(|st| {
                 st.set_names(fd, Names { local: None, peer: Some(dest) });
                 fdtable::set(fd, Kind::Named);
             });
@@ -133,7 +133,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 /// to dial instead, if any.
 fn prepare_connect(fd: c_int, dest: Option<SocketAddrV4>) -> Option<(SocketAddrV4, SocketAddrV4)> {
     if matches!(fdtable::kind(fd), Kind::Managed | Kind::Named) {
-        let taken = super::with(|st| {
+        let taken = super::state::with(|st| {
             let f = st.forward_of(fd).and_then(|id| st.take(id));
             match &f {
                 Some(f) => f.fds.iter().for_each(|&x| {
@@ -171,7 +171,7 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
     if addr.is_null() || len.is_null() {
         return real_fn(fd, addr, len);
     }
-    match super::with(|st| st.names(fd)).and_then(pick) {
+    match super::state::with(|st| st.names(fd)).and_then(pick) {
         Some(name) => {
             crate::client::family::copy_out(name, crate::client::family::of(fd), addr, len);
             0
@@ -201,7 +201,7 @@ pub fn forget(fd: c_int) {
     if !matches!(fdtable::kind(fd), Kind::Managed | Kind::Named) {
         return;
     }
-    let removed = super::with(|st| {
+    let removed = super::state::with(|st| {
         let removed = st.remove_fd(fd);
         fdtable::set(fd, Kind::Plain);
         if matches!(removed, Removed::Last(_) | Removed::Alias) {
@@ -222,7 +222,7 @@ pub fn duplicated(old: c_int, new: c_int) {
     let _errno = ErrnoGuard::new();
     let kind = fdtable::kind(old);
     if matches!(kind, Kind::Managed | Kind::Named) {
-        super::with(|st| {
+        super::state::with(|st| {
             st.remove_fd(new);
             if st.alias(old, new) {
                 fdtable::set(new, kind);

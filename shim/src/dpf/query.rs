@@ -73,7 +73,7 @@ pub fn worth_asking(dest: SocketAddrV4) -> bool {
 /// The private address behind `public`, if `dpfd` forwards it; cached.
 pub fn resolve(proto: Proto, public: SocketAddrV4) -> Option<SocketAddrV4> {
     let now = Instant::now();
-    if let Some(answer) = super::with(|st| st.cache.get(proto, public, now)) {
+    if let Some(answer) = super::state::with(|st| st.cache.get(proto, public, now)) {
         return answer;
     }
     let dpfd = super::server()?;
@@ -100,7 +100,7 @@ pub fn resolve(proto: Proto, public: SocketAddrV4) -> Option<SocketAddrV4> {
             None
         }
     };
-    super::with(|st| st.cache.insert(proto, public, answer, Instant::now()));
+    super::state::with(|st| st.cache.insert(proto, public, answer, Instant::now()));
     answer
 }
 

@@ -18,7 +18,7 @@ impl Duties for Dpf {
         if super::standard() {
             return super::pcp::serve::gather(set, now);
         }
-        super::with(|st| {
+        super::state::with(|st| {
             for fd in st.mgmt_fds() {
                 set.add(fd, libc::POLLIN, fd as u64);
             }

@@ -19,6 +19,7 @@ use libc::c_int;
 use proto::Proto;
 
 use super::query::QueryCache;
+use crate::client::lock::{self, Lock};
 use crate::client::records::{self, FdRecords, Record, RecordId};
 
 pub use crate::client::records::Names;
@@ -154,6 +155,42 @@ impl State {
     pub fn check(&self) -> Result<(), String> {
         self.forwards.check()
     }
+}
+
+static STATE: Lock<Option<State>> = Lock::new(None);
+
+/// Runs `f` on the state, locked. `f` must not block and must not call `with`.
+pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut guard = STATE.lock();
+    let st = guard.get_or_insert_with(State::default);
+    let generation = lock::fork_generation();
+    if st.generation != generation {
+        // First use in a forked child: the parent holds every socket too,
+        // and the sockets that talk to a standard gateway are its own.
+        st.generation = generation;
+        st.mark_all_shared();
+        super::pcp::forked(st);
+    }
+    let r = f(st);
+    super::set_active(!st.is_empty());
+    r
+}
+
+/// `pthread_atfork` prepare handler (DPF mode).
+pub fn prepare_fork() {
+    lock::prepare_fork(&STATE, |st| {
+        if let Some(st) = st {
+            st.mark_all_shared();
+        }
+    });
+}
+
+/// `pthread_atfork` parent and child handlers (DPF mode).
+pub fn after_fork(in_child: bool) {
+    if in_child {
+        lock::note_fork_in_child();
+    }
+    lock::after_fork(&STATE);
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ macro_rules! exec_hook {
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
             guard::prepare(|| {
                 crate::gcb::before_exec();
-                crate::dpf::before_exec();
+                crate::dpf::lifecycle::before_exec();
             });
             let prepared = guard::prepare_value(|| inherit::prepare($envp));
             match prepared {

@@ -96,7 +96,7 @@ pub fn port_unavailable(code: Refusal) -> bool {
 /// DPF's `forward::request` for a standard gateway: see the module docs.
 pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<SocketAddrV4, NotForwarded> {
     let bound = sys::local_addr(fd).map_err(NotForwarded::Other)?;
-    if bound.ip().is_loopback() || bound.port() == 0 || crate::dpf::with(|st| st.forward_of(fd).is_some()) {
+    if bound.ip().is_loopback() || bound.port() == 0 || crate::dpf::state::with(|st| st.forward_of(fd).is_some()) {
         return Err(NotForwarded::Other(libc::EINVAL));
     }
     let unreachable = NotForwarded::Other(libc::EADDRNOTAVAIL);
@@ -141,7 +141,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     let mapping = Mapping { client, inode, v6, restart_at: None, failures: 0 };
     let mgmt_fd = crate::internal::adopt(sock.into_raw());
     crate::dpf::public::KNOWN.learn(*public.ip());
-    crate::dpf::with(|st| {
+    crate::dpf::state::with(|st| {
         st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false, pcp: Some(Box::new(mapping)) });
         fdtable::set(fd, forward::kind_of(proto));
         crate::dpf::inherit::publish(st);

@@ -38,7 +38,7 @@ fn earliest(a: &mut Option<Instant>, b: Option<Instant>) {
 
 /// Adds the mappings' sockets to `set`; the next timer.
 pub fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
-    crate::dpf::with(|st| {
+    crate::dpf::state::with(|st| {
         keep_announce(st);
         if let Some(fd) = st.pcp.announce_fd {
             set.add(fd, libc::POLLIN, ANNOUNCE_TAG);
@@ -89,7 +89,7 @@ fn keep_announce(st: &mut State) {
 /// Handles the ready sockets and the timers that fell due.
 pub fn run(ready: &[(u64, i16)], now: Instant) {
     let Some(gateway) = super::gateway() else { return };
-    crate::dpf::with(|st| {
+    crate::dpf::state::with(|st| {
         let mut moved = false;
         let heard = match st.pcp.announce_fd {
             Some(fd) if ready.iter().any(|&(t, _)| t == ANNOUNCE_TAG) => announce::read(fd, *gateway.ip()),

@@ -121,7 +121,7 @@ pub fn wind_up(mut f: Forward, turned_active: bool) {
     let mut w = Winding::new(&f, m.client);
     if turned_active || !f.shared {
         if !turned_active {
-            crate::dpf::with(|st| st.released.remember((f.proto, f.local), f.public));
+            crate::dpf::state::with(|st| st.released.remember((f.proto, f.local), f.public));
         }
         w.delete(now);
     } else {
@@ -131,7 +131,7 @@ pub fn wind_up(mut f: Forward, turned_active: bool) {
     if w.finished() {
         return w.release();
     }
-    crate::dpf::with(|st| st.pcp.winding.push(w));
+    crate::dpf::state::with(|st| st.pcp.winding.push(w));
     crate::dpf::serve::ensure();
 }
 
@@ -178,7 +178,7 @@ pub fn tick(list: &mut Vec<Winding>, ready: &[c_int], now: Instant) {
 /// the socket again.
 pub fn before_exec() {
     let now = Instant::now();
-    crate::dpf::with(|st| {
+    crate::dpf::state::with(|st| {
         for f in st.forwards().filter(|f| !f.shared && f.fds.iter().all(|&fd| closes_on_exec(fd))) {
             let Some(m) = &f.pcp else { continue };
             let mut w = Winding::new(f, m.client.clone());
@@ -200,7 +200,7 @@ fn closes_on_exec(fd: c_int) -> bool {
 /// [`EXIT_WAIT`].
 pub fn at_exit() {
     let now = Instant::now();
-    let (forwards, mut list) = crate::dpf::with(|st| {
+    let (forwards, mut list) = crate::dpf::state::with(|st| {
         let ids: Vec<_> = st.forwards().filter(|f| f.pcp.is_some()).map(|f| f.fds[0]).filter_map(|fd| st.forward_of(fd)).collect();
         let forwards: Vec<Forward> = ids.into_iter().filter_map(|id| st.take(id)).collect();
         (forwards, std::mem::take(&mut st.pcp.winding))
