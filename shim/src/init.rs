@@ -95,7 +95,7 @@ fn first_time() {
     for problem in &cfg.problems {
         log!(Warn, "{problem}");
     }
-    crate::gcb::init();
+    crate::gcb::lifecycle::init();
     crate::dpf::lifecycle::init();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
@@ -145,7 +145,7 @@ extern "C" fn at_exit() {
         if crate::dpf::enabled() {
             crate::dpf::lifecycle::at_exit();
         } else {
-            crate::gcb::at_exit();
+            crate::gcb::lifecycle::at_exit();
         }
     });
 }
@@ -160,7 +160,7 @@ extern "C" fn before_fork() {
         if crate::dpf::enabled() {
             crate::dpf::state::prepare_fork();
         } else {
-            crate::gcb::prepare_fork();
+            crate::gcb::state::prepare_fork();
         }
     });
 }
@@ -170,7 +170,7 @@ extern "C" fn after_fork_in_parent() {
         if crate::dpf::enabled() {
             crate::dpf::state::after_fork(false);
         } else {
-            crate::gcb::after_fork(false);
+            crate::gcb::state::after_fork(false);
         }
     });
 }
@@ -192,7 +192,7 @@ fn in_child() {
     if crate::dpf::enabled() {
         crate::dpf::state::after_fork(true);
     } else {
-        crate::gcb::after_fork(true);
+        crate::gcb::state::after_fork(true);
     }
 }
 
@@ -202,7 +202,7 @@ fn resume_in_child() {
     if crate::dpf::enabled() {
         crate::dpf::lifecycle::resume_in_child();
     } else {
-        crate::gcb::resume_in_child();
+        crate::gcb::lifecycle::resume_in_child();
     }
 }
 

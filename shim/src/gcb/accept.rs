@@ -41,7 +41,7 @@ const SKIPPED_PER_CALL: usize = 64;
 ///
 /// The C contract of `accept4`.
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
-    let Some(id) = super::with(|reg| reg.listener_id(fd)) else { return real::accept4(fd, addr, len, flags) };
+    let Some(id) = super::state::with(|reg| reg.listener_id(fd)) else { return real::accept4(fd, addr, len, flags) };
     let saved = errno();
     let mut skipped = 0;
     loop {
@@ -98,7 +98,7 @@ fn accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
 /// Records the names of a connection accepted from listener `id`: the proxy
 /// address as its own (the address the peer dialed), and `peer` if brokered.
 fn named_accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
-    super::with(|reg| {
+    super::state::with(|reg| {
         let proxy = reg.listener(id).and_then(|l| l.proxy);
         if proxy.is_none() && peer.is_none() {
             fdops::unmark(reg, fd);
@@ -113,7 +113,7 @@ fn named_accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
 /// socket inherits: only those the application set, unless another process
 /// holds the listener and may have set others (`options`).
 fn carry_options(id: ListenerId, listener: c_int, to: c_int) {
-    let shared = super::with(|reg| reg.listener(id).map_or(true, |l| l.shared));
+    let shared = super::state::with(|reg| reg.listener(id).map_or(true, |l| l.shared));
     let options = if shared { Options::read(listener) } else { Options::read_noted(listener) };
     options.apply(to);
 }

@@ -105,13 +105,13 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; connecting directly", dest.ip());
             remember_no_broker(*dest.ip());
-            super::with(|reg| super::fdops::unwatch(reg, fd));
+            super::state::with(|reg| super::fdops::unwatch(reg, fd));
             set_errno(saved);
             real::connect(fd, addr, len)
         }
         Asked::Silent => {
             log!(Warn, "the broker at {} did not answer a Connect for {dest}; connecting to it directly", dest.ip());
-            super::with(|reg| super::fdops::unwatch(reg, fd));
+            super::state::with(|reg| super::fdops::unwatch(reg, fd));
             set_errno(saved);
             real::connect(fd, addr, len)
         }
@@ -386,7 +386,7 @@ fn brokered_failed(dest: SocketAddrV4, how: &str, e: Errno) -> c_int {
 
 /// `fd` is now a brokered connection to `dest`: report `dest` as its peer.
 fn name(fd: c_int, dest: SocketAddrV4) {
-    super::with(|reg| {
+    super::state::with(|reg| {
         reg.interest.take(fd);
         reg.set_names(fd, Names { local: None, peer: Some(dest) });
         fdtable::set(fd, Kind::Named);
@@ -396,7 +396,7 @@ fn name(fd: c_int, dest: SocketAddrV4) {
 /// Puts connection `c` (non-blocking if `c_nonblocking`) on the application's
 /// fd number, as `app` was set up (see `swap`).
 fn swap(fd: c_int, c: Sock, c_nonblocking: bool, app: &AppSocket) -> Result<(), Errno> {
-    let regs = super::with(|reg| reg.interest.take(fd));
+    let regs = super::state::with(|reg| reg.interest.take(fd));
     put_on(fd, c, c_nonblocking, app, regs)
 }
 
@@ -447,8 +447,8 @@ mod tests {
         let ep = unsafe { real::epoll_create1(libc::EPOLL_CLOEXEC) };
         let mut ev = libc::epoll_event { events: libc::EPOLLOUT as u32, u64: 5 };
         assert_eq!(unsafe { real::epoll_ctl(ep, libc::EPOLL_CTL_ADD, app.raw(), &mut ev) }, 0);
-        super::super::with(|reg| reg.interest.record(ep, libc::EPOLL_CTL_ADD, app.raw(), Some((ev.events, 5))));
-        super::super::with(|reg| reg.interest.record(ep + 1000, libc::EPOLL_CTL_ADD, app.raw(), Some((1, 1))));
+        super::super::state::with(|reg| reg.interest.record(ep, libc::EPOLL_CTL_ADD, app.raw(), Some((ev.events, 5))));
+        super::super::state::with(|reg| reg.interest.record(ep + 1000, libc::EPOLL_CTL_ADD, app.raw(), Some((1, 1))));
         let c = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         sys::connect(c.raw(), at, Instant::now() + std::time::Duration::from_secs(2)).unwrap_or(());
         let local = sys::local_addr(c.raw()).unwrap();

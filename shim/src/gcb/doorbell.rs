@@ -210,20 +210,20 @@ mod tests {
             peer: "198.51.100.10:40000".parse().unwrap(),
             proxy: "203.0.113.10:20001".parse().unwrap(),
         };
-        assert!(crate::gcb::with(|reg| ring(reg, target, &record, Instant::now())));
+        assert!(crate::gcb::state::with(|reg| ring(reg, target, &record, Instant::now())));
         let mine = |reg: &Registry| reg.bells.iter().filter(|b| b.target == target).map(|b| (b.fd, b.events())).collect::<Vec<_>>();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut got = None;
         let mut accepted = Vec::new();
         while Instant::now() < deadline {
-            let bells = crate::gcb::with(|reg| mine(reg));
+            let bells = crate::gcb::state::with(|reg| mine(reg));
             if got.is_some() && bells.is_empty() {
                 break;
             }
             let mut pfds: Vec<libc::pollfd> = bells.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
             unsafe { real::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 50) };
             for p in pfds.iter().filter(|p| p.revents != 0) {
-                crate::gcb::with(|reg| progress(reg, p.fd, p.revents));
+                crate::gcb::state::with(|reg| progress(reg, p.fd, p.revents));
             }
             // The application drains its queue slowly.
             let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -243,7 +243,7 @@ mod tests {
             }
         }
         assert_eq!(got, Some(record), "the record arrived");
-        assert!(crate::gcb::with(|reg| mine(reg)).is_empty(), "the ringing side let go");
+        assert!(crate::gcb::state::with(|reg| mine(reg)).is_empty(), "the ringing side let go");
         drop(fillers);
     }
 

@@ -39,8 +39,8 @@ pub fn forget(fd: c_int) {
         Kind::Watched if !super::interest::maybe_recorded(fd) => {
             fdtable::replace(fd, Kind::Watched, Kind::Plain);
         }
-        Kind::Watched => super::with(|reg| unwatch(reg, fd)),
-        Kind::Connecting => super::with(|reg| {
+        Kind::Watched => super::state::with(|reg| unwatch(reg, fd)),
+        Kind::Connecting => super::state::with(|reg| {
             super::connecting::cancel(reg, fd);
             reg.interest.take(fd);
             fdtable::set(fd, Kind::Plain);
@@ -49,7 +49,7 @@ pub fn forget(fd: c_int) {
             fdtable::replace(fd, Kind::WatchedUdp, Kind::Plain);
         }
         Kind::Named | Kind::Managed => {
-            let removed = super::with(|reg| {
+            let removed = super::state::with(|reg| {
                 // The socket's last fd: its channel goes (before its registration may).
                 if let Some(sock) = reg.udp.remove(fd) {
                     if let Some(c) = sock.channel {
@@ -84,7 +84,7 @@ fn wind_up(mut l: Box<Listener>) {
         // Only TCP re-listens are remembered: the table is keyed by local
         // address alone, and a UDP socket's old port means nothing to TCP.
         if let (Some(proxy), proto::Proto::Tcp) = (l.proxy, l.proto) {
-            super::with(|reg| reg.released.remember(l.reg_local, proxy));
+            super::state::with(|reg| reg.released.remember(l.reg_local, proxy));
         }
     }
     if l.mgmt.fd >= 0 {
@@ -110,7 +110,7 @@ pub fn leave_all(which: Leaving) {
         let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
         fl >= 0 && fl & libc::FD_CLOEXEC == 0
     };
-    super::with(|reg| {
+    super::state::with(|reg| {
         for (_, l) in reg.listeners_mut() {
             if which == Leaving::ClosedOnExec && l.fds.iter().any(|&fd| inherited(fd)) {
                 l.shared = true;
@@ -148,7 +148,7 @@ pub fn duplicated(old: c_int, new: c_int) {
         kind @ (Kind::Watched | Kind::WatchedUdp) => {
             fdtable::set(new, kind);
         }
-        kind @ (Kind::Named | Kind::Managed) => super::with(|reg| {
+        kind @ (Kind::Named | Kind::Managed) => super::state::with(|reg| {
             let udp = reg.udp.alias(old, new);
             if reg.alias(old, new) || udp {
                 fdtable::set(new, kind);
@@ -177,7 +177,7 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_eve
                 let e = std::ptr::read_unaligned(event);
                 (e.events, e.u64)
             });
-            super::with(|reg| reg.interest.record(epfd, op, fd, ev));
+            super::state::with(|reg| reg.interest.record(epfd, op, fd, ev));
         });
     }
     r

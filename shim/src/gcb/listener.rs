@@ -56,7 +56,7 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         // `Managed`): the queue's new length. A watched socket (the usual
         // case, and the only one on loopback) is not, and takes no lock here.
         if fdtable::kind(fd) == Kind::Managed {
-            let known = super::with(|reg| {
+            let known = super::state::with(|reg| {
                 let id = reg.listener_id(fd)?;
                 reg.listener_mut(id).map(|l| l.backlog = effective_backlog(backlog))
             });
@@ -147,7 +147,7 @@ pub(super) fn adopt(fd: c_int, proto: Proto, watched: Kind, local: SocketAddrV4,
         proto,
         udp_token,
     };
-    let adopted = super::with(|reg| {
+    let adopted = super::state::with(|reg| {
         // The application may have closed the fd while we were registering.
         if !fdtable::replace(fd, watched, Kind::Managed) && fdtable::kind(fd) != Kind::Managed {
             return Err(Box::new(listener));
@@ -193,7 +193,7 @@ pub(super) struct Registered {
 /// that is silent or refuses the datagram is marked dead and the next tried. With
 /// none answering, the listener stays with the preferred broker, unregistered.
 fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Registered>, sys::Errno> {
-    let candidates = super::with(|reg| super::brokers::set(reg).candidates(Instant::now()));
+    let candidates = super::state::with(|reg| super::brokers::set(reg).candidates(Instant::now()));
     let mut fallback = None;
     let (mut looked_up, mut desired) = (false, None);
     for broker in candidates {
@@ -213,7 +213,7 @@ fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Regist
         // up once: a later broker in the loop is asked for the same port).
         if !looked_up {
             looked_up = true;
-            desired = super::with(|reg| reg.released.take(reg_local).or_else(|| reg.twin_proxy(proto, reg_local))).map(|p| p.port());
+            desired = super::state::with(|reg| reg.released.take(reg_local).or_else(|| reg.twin_proxy(proto, reg_local))).map(|p| p.port());
         }
         let msg = mgmt::register_message(proto, reg_local, mgmt_local, desired);
         let answered = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {
@@ -242,7 +242,7 @@ fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Regist
         };
         let now = Instant::now();
         let interval = crate::config::get().heartbeat;
-        super::with(|reg| {
+        super::state::with(|reg| {
             let set = super::brokers::set(reg);
             if answered.is_some() { set.mark_alive(broker) } else { set.mark_dead(broker, now, interval) }
         });

@@ -85,7 +85,7 @@ pub unsafe fn on_sent(msg: *const msghdr) {
     if fds.iter().all(|&fd| fdtable::kind(fd) != Kind::Managed) {
         return;
     }
-    super::with(|reg| {
+    super::state::with(|reg| {
         for fd in fds {
             if let Some(l) = reg.listener_id(fd).and_then(|id| reg.listener_mut(id)) {
                 l.shared = true;
@@ -133,7 +133,7 @@ fn take_on(fd: c_int) -> bool {
     let Some((proto, local)) = kind_of(fd) else { return false };
     let fam = family::of(fd);
     let broker = super::inherit::broker_for(None);
-    super::with(|reg| {
+    super::state::with(|reg| {
         super::fdops::unmark(reg, fd);
         // Another fd of a listener this process holds already: a dup.
         let same = reg.listeners().find(|(_, l)| l.proto == proto && l.local == local).map(|(id, _)| id);

@@ -59,7 +59,7 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     if named.is_none() && !fdtable::any_managed() {
         return Pinned::NotOurs;
     }
-    let broker = super::with(|reg| owner_of(*want.ip(), named, reg.listeners().filter_map(|(_, l)| l.proxy.map(|p| (*p.ip(), l.mgmt.broker)))));
+    let broker = super::state::with(|reg| owner_of(*want.ip(), named, reg.listeners().filter_map(|(_, l)| l.proxy.map(|p| (*p.ip(), l.mgmt.broker)))));
     let Some(broker) = broker else { return Pinned::NotOurs };
     match register_at(fd, proto, watched, broker, want) {
         Ok(()) => Pinned::Done,
@@ -100,7 +100,7 @@ fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, wan
             return Err(libc::EADDRNOTAVAIL);
         }
     };
-    super::with(|reg| super::brokers::set(reg).mark_alive(broker));
+    super::state::with(|reg| super::brokers::set(reg).mark_alive(broker));
     let registered = Registered { sock, broker, mgmt_local, reg_local, proxy: Some(proxy), udp_token };
     if !listener::adopt(fd, proto, watched, local, registered, listener::UNKNOWN_BACKLOG) {
         return Err(libc::EBADF);
@@ -121,7 +121,7 @@ fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, wan
 /// its `NETWORK_INTERFACE` address too, and those must be brokered.
 pub fn turns_active(fd: c_int) -> bool {
     let _errno = crate::guard::ErrnoGuard::new();
-    if fdtable::kind(fd) != Kind::Managed || !super::with(|reg| reg.listener_id(fd).is_some() && reg.udp.get(fd).is_none()) {
+    if fdtable::kind(fd) != Kind::Managed || !super::state::with(|reg| reg.listener_id(fd).is_some() && reg.udp.get(fd).is_none()) {
         return false;
     }
     if sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Ok(0) {

@@ -46,7 +46,7 @@ pub struct Gcb;
 
 impl Duties for Gcb {
     fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
-        super::with(|reg| {
+        super::state::with(|reg| {
             connecting::take_incoming(reg);
             for fd in reg.mgmt_fds() {
                 set.add(fd, libc::POLLIN, tag(MGMT, fd));
@@ -87,16 +87,16 @@ impl Duties for Gcb {
             let (kind, fd) = untag(t);
             match kind {
                 MGMT => management(fd, revents, now),
-                BELL => super::with(|reg| doorbell::progress(reg, fd, revents)),
-                SERVING => super::with(|reg| serve::progress(reg, fd, revents, now)),
-                PUNCH => super::with(|reg| serve_punch::progress(reg, fd, revents, now)),
-                PARK => super::with(|reg| park::on_ready(reg, fd, now)),
+                BELL => super::state::with(|reg| doorbell::progress(reg, fd, revents)),
+                SERVING => super::state::with(|reg| serve::progress(reg, fd, revents, now)),
+                PUNCH => super::state::with(|reg| serve_punch::progress(reg, fd, revents, now)),
+                PARK => super::state::with(|reg| park::on_ready(reg, fd, now)),
                 CONNECT => connecting::progress(fd, revents, now),
                 _ => {}
             }
         }
         let interval = crate::config::get().heartbeat;
-        super::with(|reg| {
+        super::state::with(|reg| {
             mgmt::on_timers(reg, now, interval);
             doorbell::on_timers(reg, now);
             serve::on_timers(reg, now);
@@ -112,7 +112,7 @@ fn management(fd: c_int, revents: i16, now: Instant) {
     if revents & libc::POLLNVAL != 0 {
         // Closed under the shim (a raw system call): the next round opens
         // another and registers again.
-        super::with(|reg| {
+        super::state::with(|reg| {
             if let Some(id) = reg.by_mgmt_fd(fd) {
                 log!(Warn, "management fd {fd} is no longer open; opening another");
                 if let Some(l) = reg.listener_mut(id) {
@@ -135,7 +135,7 @@ fn management(fd: c_int, revents: i16, now: Instant) {
             }
         }
         let datagram = &buf[..n as usize];
-        super::with(|reg| {
+        super::state::with(|reg| {
             let Some(id) = reg.by_mgmt_fd(fd) else { return };
             if let Some(job) = mgmt::on_datagram(reg, id, datagram, now) {
                 serve::start(reg, job, now);

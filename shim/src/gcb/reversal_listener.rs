@@ -86,7 +86,7 @@ pub type Spare = Option<TempListener>;
 /// connection it accepts takes that socket's place): the spare if it fits and
 /// no other connect has it, else a new one.
 pub fn take(ip: Ipv4Addr, family: Family) -> Result<TempListener, Errno> {
-    let spare = super::with(|reg| match &reg.spare_listener {
+    let spare = super::state::with(|reg| match &reg.spare_listener {
         Some(t) if *t.at.ip() == ip && t.family == family => reg.spare_listener.take(),
         _ => None,
     });
@@ -108,7 +108,7 @@ pub fn give_back(mut t: TempListener) {
     }
     fdtable::set(t.fd, Kind::Internal);
     // Dropped (closed) outside the lock if the slot is taken.
-    let _other = super::with(|reg| reg.spare_listener.replace(t));
+    let _other = super::state::with(|reg| reg.spare_listener.replace(t));
 }
 
 /// A forked child's copy of the spare is closed (module docs).
@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn a_spare_is_lent_to_one_connect_at_a_time_and_kept_once() {
         let ip = Ipv4Addr::LOCALHOST;
-        super::super::with(|reg| reg.spare_listener = None);
+        super::super::state::with(|reg| reg.spare_listener = None);
         let first = take(ip, Family::V4).unwrap();
         let second = take(ip, Family::V4).unwrap();
         assert_ne!(
@@ -170,7 +170,7 @@ mod tests {
         let second_at = second.at;
         give_back(first);
         let spare_fd =
-            super::super::with(|reg| reg.spare_listener.as_ref().map(TempListener::raw)).unwrap();
+            super::super::state::with(|reg| reg.spare_listener.as_ref().map(TempListener::raw)).unwrap();
         assert_eq!(
             fdtable::kind(spare_fd),
             Kind::Internal,
@@ -193,7 +193,7 @@ mod tests {
             "this kernel defers accepting"
         );
         drop(again);
-        super::super::with(|reg| forget_in_child(&mut reg.spare_listener));
-        assert!(super::super::with(|reg| reg.spare_listener.is_none()));
+        super::super::state::with(|reg| forget_in_child(&mut reg.spare_listener));
+        assert!(super::super::state::with(|reg| reg.spare_listener.is_none()));
     }
 }

@@ -129,7 +129,7 @@ fn child_checks(marked: c_int) -> c_int {
     if crate::hook::dispatch(|| -> c_int { panic!("in the child") }, || 0) != -1 || errno() != libc::EIO {
         return 1;
     }
-    crate::gcb::with(|_| ());
+    crate::gcb::state::with(|_| ());
     if close(marked) != 0 || is_open(marked) || fdtable::kind(marked) != Kind::Plain {
         return 2;
     }
@@ -160,7 +160,7 @@ fn a_fork_whose_prepare_handler_panics_forks_and_the_child_works() {
     }
     assert!(pid > 0, "fork failed: {}", std::io::Error::last_os_error());
     assert!(!fault::armed(), "the prepare handler passed the fault point");
-    crate::gcb::with(|_| ());
+    crate::gcb::state::with(|_| ());
     let status = wait_child(pid);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child's checks: status {status:#x}");
     close(a);

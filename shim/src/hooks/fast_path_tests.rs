@@ -57,7 +57,7 @@ fn warm_up() {
 #[test]
 fn the_counter_counts() {
     let before = taken_by_this_thread();
-    crate::gcb::with(|_| ());
+    crate::gcb::state::with(|_| ());
     crate::dpf::state::with(|_| ());
     assert_eq!(taken_by_this_thread(), before + 2);
 }

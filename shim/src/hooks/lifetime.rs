@@ -151,7 +151,7 @@ macro_rules! exec_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
             guard::prepare(|| {
-                crate::gcb::before_exec();
+                crate::gcb::lifecycle::before_exec();
                 crate::dpf::lifecycle::before_exec();
             });
             let prepared = guard::prepare_value(|| inherit::prepare($envp));

@@ -230,7 +230,7 @@ pub fn cancel(reg: &mut Registry, fd: c_int) {
 pub unsafe fn getsockopt_error(fd: c_int, value: *mut libc::c_void, len: *mut libc::socklen_t) -> c_int {
     let r = real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, value, len);
     if r == 0 && !value.is_null() && !len.is_null() && *len as usize >= std::mem::size_of::<c_int>() {
-        if let Some(e) = super::with(|reg| reg.connects.errors.remove(&fd)) {
+        if let Some(e) = super::state::with(|reg| reg.connects.errors.remove(&fd)) {
             std::ptr::write_unaligned(value.cast::<c_int>(), e);
         }
     }
@@ -274,7 +274,7 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
 
 /// The responder's work on job socket `fd`, ready with `revents`.
 pub fn progress(fd: c_int, revents: i16, now: Instant) {
-    let job = super::with(|reg| {
+    let job = super::state::with(|reg| {
         let i = reg.connects.jobs.iter().position(|j| owns(j, fd))?;
         Some(reg.connects.jobs.swap_remove(i))
     });
@@ -286,7 +286,7 @@ pub fn progress(fd: c_int, revents: i16, now: Instant) {
 
 /// New jobs, and those whose timers fell due.
 pub fn on_timers(now: Instant) {
-    let due: Vec<Job> = super::with(|reg| {
+    let due: Vec<Job> = super::state::with(|reg| {
         let (due, keep): (Vec<Job>, Vec<Job>) = reg.connects.jobs.drain(..).partition(|j| due(j, now));
         reg.connects.jobs = keep;
         due
@@ -336,7 +336,7 @@ pub fn refusal_errno(code: ErrorCode) -> Errno {
 fn conclude(mut job: Job, step: Step) {
     let (sock, named, decision, error) = match step {
         Step::Wait => {
-            super::with(|reg| {
+            super::state::with(|reg| {
                 if is_live(job.app_fd, job.id) {
                     reg.connects.jobs.push(job);
                 }
@@ -352,7 +352,7 @@ fn conclude(mut job: Job, step: Step) {
         }
     };
     drop(std::mem::replace(&mut job.stage, Stage::New));
-    let swapped = super::with(|reg| {
+    let swapped = super::state::with(|reg| {
         if !is_live(job.app_fd, job.id) {
             return Swap::Cancelled;
         }

@@ -37,7 +37,7 @@ pub fn adopt() {
         let broker = broker_for(first.proxy);
         let l = held(fds.clone(), local, first.proxy, proto, crate::client::family::of(first_fd), backlog, broker);
         let udp_token = first.udp_token.filter(|&t| t != 0).map(proto::gcb::Token);
-        super::super::with(|reg| {
+        super::super::state::with(|reg| {
             for &fd in &fds {
                 fdtable::set(fd, Kind::Managed);
             }
@@ -108,7 +108,7 @@ pub fn broker_for(proxy: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
         std::net::SocketAddr::V4(v4) => Some(v4),
         std::net::SocketAddr::V6(_) => None,
     });
-    named.or_else(|| super::super::with(|reg| super::super::brokers::set(reg).candidates(Instant::now()).into_iter().next()))
+    named.or_else(|| super::super::state::with(|reg| super::super::brokers::set(reg).candidates(Instant::now()).into_iter().next()))
 }
 
 /// A channel handed over: kept as it was, or, while the parent was asking

@@ -59,7 +59,7 @@ fn known(fd: c_int, dest: SocketAddrV4, now: Instant) -> Option<Out> {
     if fdtable::kind(fd) != Kind::Managed {
         return None;
     }
-    super::super::with(|reg| {
+    super::super::state::with(|reg| {
         let s = reg.udp.get(fd)?;
         if let Some(channel) = s.channel_to(dest) {
             return Some(Out::To(channel));
@@ -117,7 +117,7 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
         Asked::Silent => (Route::AsNamed, None),
     };
     let punching = matches!(awaited, Some(Awaited::Punch { .. }));
-    super::super::with(|reg| {
+    super::super::state::with(|reg| {
         let s = reg.udp.entry(fd);
         let now = Instant::now();
         s.set_route(dest, route, now);
@@ -229,7 +229,7 @@ pub fn auto_bound_candidate(reg: &Registry, fd: c_int) -> bool {
 /// A send failed with `e`: a network error drops `dest`'s record.
 fn after_error(fd: c_int, dest: SocketAddrV4, e: c_int) {
     if matches!(e, libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN) {
-        super::super::with(|reg| {
+        super::super::state::with(|reg| {
             if let Some(s) = reg.udp.get_mut(fd) {
                 s.remove_route(dest);
             }
@@ -364,7 +364,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     // managed socket has one: a watched one's connect takes no lock.
     let managed = fdtable::kind(fd) == Kind::Managed;
     if managed {
-        super::super::with(|reg| {
+        super::super::state::with(|reg| {
             super::channel::drop_from(reg, fd);
             if let Some(s) = reg.udp.get_mut(fd) {
                 s.connected_to = None;
@@ -394,7 +394,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         // A plain association: nothing to record.
         return r;
     }
-    super::super::with(|reg| {
+    super::super::state::with(|reg| {
         if r != 0 {
             if let Some(c) = channel {
                 super::channel::close(reg, reg.udp.get(fd).and_then(|s| s.listener), c);
