@@ -75,6 +75,7 @@ pub mod log;
 
 pub mod client;
 pub mod config;
+pub mod detour;
 pub mod fdtable;
 pub mod dpf;
 pub mod gcb;

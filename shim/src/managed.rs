@@ -3,19 +3,13 @@
 //! or DPF ([`crate::dpf`]). The modes are exclusive, so each function here picks
 //! one by [`dpf::enabled`] (one relaxed load) and the clients never meet.
 //!
-//! Hooks call `managed::NAME` with the arguments of the real `NAME` whenever the
-//! fd table says the call involves an fd the shim tracks (or, for `bind`,
-//! `listen` and `connect`, whenever DPF is on), and the real function otherwise.
-//! Which kinds leave the fast path for which call is listed in
-//! [`crate::fdtable`]; in short:
-//!
-//! * listeners (`Managed`): `listen`, `accept`, names, dups and close; their
-//!   data calls pass through (a listening TCP socket carries no data);
-//! * connections the shim names (`Named`, also DPF's forwarded UDP sockets):
-//!   names, dups and close;
-//! * connector candidates (`Watched`): `bind`, `listen`, `connect`, `epoll_ctl`, dups and close;
-//! * GCB-mode UDP sockets (`WatchedUdp`): `bind`, `connect` and the sends that name
-//!   a destination; once registered or brokered (`Managed`), every read too (`gcb::udp`).
+//! Hooks call `managed::NAME` with the arguments of the real `NAME` when
+//! [`crate::detour`] says the call goes through the shim, and the real function
+//! when it bypasses it; which kinds of fd take which calls through is listed
+//! there and in [`crate::fdtable`]. Past that decision, what remains here is the
+//! choice of client, and for GCB's UDP sockets whether the registry holds the
+//! socket (`gcb::udp::manages`), which needs the client's lock and so cannot
+//! be part of the lock-free decision.
 
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
@@ -247,6 +241,16 @@ pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
         duplicated(fd, r);
     }
     r
+}
+
+/// `getsockopt(SO_ERROR)` of a connection GCB named: a brokered connect's
+/// failure, which the kernel's socket cannot say (`gcb::connecting`).
+///
+/// # Safety
+///
+/// The C contract of `getsockopt`.
+pub unsafe fn connect_error(fd: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int {
+    gcb::connecting::getsockopt_error(fd, value, len)
 }
 
 /// `accept` of a managed listener: `accept4` without flags.

@@ -24,11 +24,6 @@ use crate::fdtable::{self, Kind};
 use crate::guard::ErrnoGuard;
 use crate::real;
 
-/// Whether the GCB client keeps anything for fds of `kind`.
-pub fn tracked(kind: Kind) -> bool {
-    matches!(kind, Kind::Managed | Kind::Named | Kind::Watched | Kind::WatchedUdp | Kind::Connecting)
-}
-
 /// Drops what the client knows about `fd`, which is being closed or replaced.
 pub fn forget(fd: c_int) {
     let _errno = ErrnoGuard::new();

@@ -45,31 +45,30 @@
 
 use libc::{c_char, c_int, c_uint, c_ulong, pid_t};
 
-use crate::fdtable::{self, Kind};
-use crate::gcb::fdops::tracked;
+use crate::detour::{self, Detour};
 use crate::gcb::inherit::{self, ExecEnv};
 use crate::guard;
 use crate::{internal, managed, real, reclaim};
 
 hook! {
     fn close(fd: c_int) -> c_int {
-        match fdtable::kind(fd) {
-            Kind::Plain => real::close(fd),
-            Kind::Internal => internal::refuse_close(),
-            _ => managed::close(fd),
+        match detour::close(fd) {
+            Err(_) => real::close(fd),
+            Ok(Detour::Own) => internal::refuse_close(),
+            Ok(_) => managed::close(fd),
         }
     }
 }
 
 hook! {
     fn dup(fd: c_int) -> c_int {
-        real_unless!(tracked(fdtable::kind(fd)) => dup(fd))
+        detour_or_real!(detour::dup(fd) => dup(fd))
     }
 }
 
 hook! {
     fn dup2(oldfd: c_int, newfd: c_int) -> c_int {
-        if fdtable::kind(newfd) == Kind::Plain && !tracked(fdtable::kind(oldfd)) {
+        if detour::dup_onto(oldfd, newfd).is_err() {
             return real::dup2(oldfd, newfd);
         }
         reclaim::dup_onto(oldfd, newfd, || real::dup2(oldfd, newfd))
@@ -78,7 +77,7 @@ hook! {
 
 hook! {
     fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> c_int {
-        if fdtable::kind(newfd) == Kind::Plain && !tracked(fdtable::kind(oldfd)) {
+        if detour::dup_onto(oldfd, newfd).is_err() {
             return real::dup3(oldfd, newfd, flags);
         }
         reclaim::dup_onto(oldfd, newfd, || real::dup3(oldfd, newfd, flags))
@@ -88,20 +87,20 @@ hook! {
 hook! {
     /// Variadic in C; see the module documentation for the fixed third argument.
     fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-        real_unless!(tracked(fdtable::kind(fd)) => fcntl(fd, cmd, arg))
+        detour_or_real!(detour::dup(fd) => fcntl(fd, cmd, arg))
     }
 }
 
 hook! {
     /// `fcntl` under its large-file name (the same function on 64-bit glibc).
     fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-        real_unless!(tracked(fdtable::kind(fd)) => fcntl64(fd, cmd, arg))
+        detour_or_real!(detour::dup(fd) => fcntl64(fd, cmd, arg))
     }
 }
 
 hook! {
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-        if !fdtable::any_marked() {
+        if detour::range().is_err() {
             return real::close_range(first, last, flags);
         }
         reclaim::close_range(first, last, flags)
@@ -110,7 +109,7 @@ hook! {
 
 hook! {
     fn closefrom(lowfd: c_int) -> () {
-        if !fdtable::any_marked() {
+        if detour::range().is_err() {
             return real::closefrom(lowfd);
         }
         reclaim::closefrom(lowfd)
