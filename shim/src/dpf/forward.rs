@@ -122,7 +122,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         fdtable::set(fd, kind);
         super::inherit::publish(st);
     });
-    super::serve::ensure();
+    super::ensure_responder();
     Ok(public)
 }
 

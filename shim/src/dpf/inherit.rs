@@ -74,7 +74,7 @@ pub fn adopt() {
             publish(st);
         });
         log!(Debug, "inherited {proto} {fds:?} ({local} as {public}) with management fd {mgmt_fd}");
-        super::serve::ensure();
+        super::ensure_responder();
     }
 }
 
@@ -106,7 +106,7 @@ fn adopt_mapping(entries: &[Entry]) {
         publish(st);
     });
     log!(Debug, "inherited {proto} {fds:?} ({local} as {public}), mapped by gateway {gateway}");
-    super::serve::ensure();
+    super::ensure_responder();
 }
 
 /// The management socket's address, if `fd` is a listening TCP socket.

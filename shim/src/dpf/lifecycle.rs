@@ -5,7 +5,7 @@
 //! moved to another number. The top of the client: it calls into the rest,
 //! and nothing in the client calls it.
 
-use super::{active, enabled, inherit, pcp, serve, standard};
+use super::{active, enabled, inherit, pcp, standard};
 use super::state::with;
 use crate::config::{self, Mode};
 
@@ -45,7 +45,7 @@ fn active_or_winding() -> bool {
 /// child's own responder answers dpfd's probes for the forwards it shares.
 pub fn resume_in_child() {
     if enabled() && active() {
-        serve::ensure();
+        super::ensure_responder();
     }
 }
 

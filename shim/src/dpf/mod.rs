@@ -93,3 +93,15 @@ pub fn active() -> bool {
 pub(crate) fn set_active(active: bool) {
     ACTIVE.store(active, Relaxed)
 }
+
+/// The DPF client's work on the responder thread. Its `Duties` are
+/// implemented in [`serve`], at the top of the client, so the modules below
+/// start the thread through [`ensure_responder`] without importing the code
+/// it runs there.
+pub struct Duty;
+
+/// Starts this process's responder if needed, and wakes it for new work.
+pub fn ensure_responder() {
+    crate::responder::ensure::<Duty>();
+    crate::responder::wake();
+}

@@ -10,10 +10,7 @@ use std::time::Instant;
 
 use crate::responder::{Duties, PollSet};
 
-/// The DPF client's duties.
-pub struct Dpf;
-
-impl Duties for Dpf {
+impl Duties for super::Duty {
     fn gather(set: &mut PollSet, now: Instant) -> Option<Instant> {
         if super::standard() {
             return super::pcp::serve::gather(set, now);
@@ -34,10 +31,4 @@ impl Duties for Dpf {
             super::forward::sweep();
         }
     }
-}
-
-/// Starts this process's responder if needed, and wakes it for a new forward.
-pub fn ensure() {
-    crate::responder::ensure::<Dpf>();
-    crate::responder::wake();
 }

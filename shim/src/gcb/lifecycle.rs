@@ -6,7 +6,7 @@
 //! calls it.
 
 use super::state::with;
-use super::{enabled, fdops, inherit, received, responder};
+use super::{enabled, fdops, inherit, received};
 use crate::config::{self, Mode};
 
 /// Turns the client on if configured, and takes over inherited listeners. Called
@@ -24,7 +24,7 @@ pub fn init() {
 /// starts the child's own responder if it holds anything to answer for.
 pub fn resume_in_child() {
     if enabled() && with(|reg| reg.listeners().next().is_some()) {
-        responder::ensure();
+        super::ensure_responder();
     }
 }
 

@@ -162,7 +162,7 @@ pub(super) fn adopt(fd: c_int, proto: Proto, watched: Kind, local: SocketAddrV4,
     });
     match adopted {
         Ok(()) => {
-            super::responder::ensure();
+            super::ensure_responder();
             true
         }
         Err(mut l) => {

@@ -103,3 +103,15 @@ pub fn broker() -> Option<SocketAddrV4> {
         _ => None,
     }
 }
+
+/// The GCB client's work on the responder thread. Its `Duties` are
+/// implemented in [`responder`], at the top of the client, so the modules below
+/// start the thread through [`ensure_responder`] without importing the code
+/// it runs there.
+pub struct Duty;
+
+/// Starts this process's responder if needed, and wakes it for new work.
+pub fn ensure_responder() {
+    crate::responder::ensure::<Duty>();
+    crate::responder::wake();
+}

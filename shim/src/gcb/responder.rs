@@ -41,10 +41,7 @@ fn untag(tag: u64) -> (u64, c_int) {
     (tag >> 32, tag as u32 as c_int)
 }
 
-/// The GCB client's duties.
-pub struct Gcb;
-
-impl Duties for Gcb {
+impl Duties for super::Duty {
     fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
         super::state::with(|reg| {
             connecting::take_incoming(reg);
@@ -144,10 +141,4 @@ fn management(fd: c_int, revents: i16, now: Instant) {
             mgmt::send_acks_due(reg);
         });
     }
-}
-
-/// Starts this process's responder if needed, and wakes it for new work.
-pub fn ensure() {
-    crate::responder::ensure::<Gcb>();
-    crate::responder::wake();
 }

@@ -146,7 +146,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         fdtable::set(fd, forward::kind_of(proto));
         crate::dpf::inherit::publish(st);
     });
-    crate::dpf::serve::ensure();
+    crate::dpf::ensure_responder();
     Ok(public)
 }
 

@@ -132,7 +132,7 @@ pub fn wind_up(mut f: Forward, turned_active: bool) {
         return w.release();
     }
     crate::dpf::state::with(|st| st.pcp.winding.push(w));
-    crate::dpf::serve::ensure();
+    crate::dpf::ensure_responder();
 }
 
 /// The responder's round for the windings: looks, retransmissions, answers

@@ -58,7 +58,7 @@ pub fn adopt() {
         any = true;
     }
     if any {
-        super::super::responder::ensure();
+        super::super::ensure_responder();
     }
 }
 
