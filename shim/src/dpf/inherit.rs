@@ -95,7 +95,7 @@ fn adopt_mapping(entries: &[Entry]) {
     cfg.nonce = nonce;
     let client = super::pcp::serve::fresh(&proto::portmap::MapClient::new(cfg), public);
     let (inode, v6) = super::pcp::identity(fds[0]);
-    let mapping = super::pcp::Mapping { client, inode, v6, restart_at: Some(std::time::Instant::now()), failures: 0 };
+    let mapping = super::pcp::side::Mapping { client, inode, v6, restart_at: Some(std::time::Instant::now()), failures: 0 };
     let kind = super::forward::kind_of(proto);
     super::public::KNOWN.learn(*public.ip());
     super::state::with(|st| {

@@ -38,7 +38,7 @@ use crate::gcb::mgmt;
 use crate::gcb::negcache::shared::now_secs;
 
 /// How long a process whose `Info` went unanswered connects without asking.
-pub const RETRY: Duration = super::query::TTL;
+pub const RETRY: Duration = super::cache::TTL;
 
 /// Room for dpfd's whole list and as many IPs learned from forwards besides
 /// (a gateway restarted with other addresses).

@@ -18,7 +18,7 @@ use std::net::SocketAddrV4;
 use libc::c_int;
 use proto::Proto;
 
-use super::query::QueryCache;
+use super::cache::QueryCache;
 use crate::client::lock::{self, Lock};
 use crate::client::records::{self, FdRecords, Record, RecordId};
 
@@ -46,7 +46,7 @@ pub struct Forward {
     pub shared: bool,
     /// The port-mapping client when a standard gateway made the forward; its
     /// `mgmt_fd` is then the UDP socket to the gateway (-1 until one is needed).
-    pub pcp: Option<Box<super::pcp::Mapping>>,
+    pub pcp: Option<Box<super::pcp::side::Mapping>>,
 }
 
 impl Record for Forward {
@@ -79,7 +79,7 @@ pub struct State {
     /// The fork generation this state was last used in (see `client::lock`).
     pub generation: u32,
     /// A standard gateway's announcements and the mappings being wound up.
-    pub pcp: super::pcp::Side,
+    pub pcp: super::pcp::side::Side,
 }
 
 impl State {
@@ -169,7 +169,7 @@ pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
         // and the sockets that talk to a standard gateway are its own.
         st.generation = generation;
         st.mark_all_shared();
-        super::pcp::forked(st);
+        forked(st);
     }
     let r = f(st);
     super::set_active(!st.is_empty());
@@ -191,6 +191,26 @@ pub fn after_fork(in_child: bool) {
         lock::note_fork_in_child();
     }
     lock::after_fork(&STATE);
+}
+
+/// A forked child's first use of the state: the parent's sockets to the
+/// gateway are the parent's (an answer read here would be lost to it); the
+/// child opens its own when it has something to send, and leaves the
+/// parent's deletes to the parent.
+fn forked(st: &mut State) {
+    for f in st.forwards_mut().filter(|f| f.pcp.is_some() && f.mgmt_fd >= 0) {
+        crate::internal::release(f.mgmt_fd);
+        f.mgmt_fd = -1;
+    }
+    if let Some(fd) = st.pcp.announce_fd.take() {
+        crate::internal::release(fd);
+    }
+    st.pcp.announce_tried = false;
+    for w in st.pcp.winding.drain(..) {
+        if w.sock >= 0 {
+            crate::internal::release(w.sock);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use proto::pcp::ResultCode as Pcp;
 use proto::portmap::{Config, Event, MapClient, Refusal, Retry, Via};
 use proto::Proto;
 
-use super::{Mapping, CALL_BOUND, CALL_RETRY, LIFETIME_S};
+use super::side::Mapping;
+use super::{CALL_BOUND, CALL_RETRY, LIFETIME_S};
 use crate::client::exchange::NoAnswer;
 use crate::dpf::forward::{self, NotForwarded};
 use crate::dpf::state::Forward;
@@ -130,7 +131,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     log!(Info, "gateway {gateway} answered {via} version {}: {proto} {local} mapped to {public} for {lifetime} s", super::version(via));
     if let Some(asked) = pinned.filter(|p| !crate::client::pinned::matches(*p, public)) {
         log!(Warn, "gateway {gateway} maps {proto} {local} at {public}, not {asked}; the bind fails");
-        client.set_retry(super::wind::WIND_RETRY, super::wind::WIND_RETRY);
+        client.set_retry(super::side::WIND_RETRY, super::side::WIND_RETRY);
         let _ = super::send(sock.raw(), &client.delete(Instant::now()));
         return Err(NotForwarded::PortUnavailable);
     }

@@ -36,6 +36,7 @@ pub mod map;
 pub mod nonce;
 pub mod route;
 pub mod serve;
+pub mod side;
 pub mod wind;
 
 use std::net::SocketAddrV4;
@@ -45,7 +46,6 @@ use libc::c_int;
 use once_cell::race::OnceBox;
 use proto::portmap::{MapClient, Output, Retry};
 
-use super::state::State;
 use crate::config::{self, Mode};
 use crate::client::sys::{self, Errno};
 use crate::real;
@@ -69,57 +69,6 @@ pub const CALL_RETRY: Retry = Retry {
 /// How often a mapping the gateway refused to renew, or stopped answering
 /// for, is asked for again while its socket lives.
 pub const RETRY: Duration = Duration::from_secs(60);
-
-/// One forward's port-mapping client, kept in its `Forward` record.
-#[derive(Debug, Clone)]
-pub struct Mapping {
-    pub client: MapClient,
-    /// The socket's inode, by which other holders are told apart ([`holders`]).
-    pub inode: u64,
-    /// The socket is AF_INET6 (dual stack), which the kernel lists apart.
-    pub v6: bool,
-    /// Map afresh at this instant: after a loss, or in a new image.
-    pub restart_at: Option<Instant>,
-    /// Renewals or new MAPs that failed in a row (the first one is a
-    /// warning, the next ones are not).
-    pub failures: u32,
-}
-
-impl PartialEq for Mapping {
-    fn eq(&self, other: &Mapping) -> bool {
-        self.client.config().nonce == other.client.config().nonce && self.inode == other.inode
-    }
-}
-
-impl Eq for Mapping {}
-
-/// What the PCP side keeps besides the forwards.
-#[derive(Debug, Default)]
-pub struct Side {
-    /// The socket that hears ANNOUNCEs, once opened.
-    pub announce_fd: Option<c_int>,
-    /// Opening it was tried (and failed, if `announce_fd` is `None`).
-    pub announce_tried: bool,
-    /// Mappings whose socket this process has closed: deleted, or looked at first.
-    pub winding: Vec<wind::Winding>,
-}
-
-impl Side {
-    /// An internal fd moved (the application `dup2`ed onto its number).
-    pub fn replace_fd(&mut self, old: c_int, new: c_int) -> bool {
-        if self.announce_fd == Some(old) {
-            self.announce_fd = Some(new);
-            return true;
-        }
-        match self.winding.iter_mut().find(|w| w.sock == old) {
-            Some(w) => {
-                w.sock = new;
-                true
-            }
-            None => false,
-        }
-    }
-}
 
 static GATEWAY: OnceBox<Option<SocketAddrV4>> = OnceBox::new();
 
@@ -186,26 +135,6 @@ pub fn drain(fd: c_int, client: &mut MapClient, now: Instant) -> Result<Output, 
         all.events.extend(out.events);
     }
     Ok(all)
-}
-
-/// A forked child's first use of the state: the parent's sockets to the
-/// gateway are the parent's (an answer read here would be lost to it); the
-/// child opens its own when it has something to send, and leaves the
-/// parent's deletes to the parent.
-pub fn forked(st: &mut State) {
-    for f in st.forwards_mut().filter(|f| f.pcp.is_some() && f.mgmt_fd >= 0) {
-        crate::internal::release(f.mgmt_fd);
-        f.mgmt_fd = -1;
-    }
-    if let Some(fd) = st.pcp.announce_fd.take() {
-        crate::internal::release(fd);
-    }
-    st.pcp.announce_tried = false;
-    for w in st.pcp.winding.drain(..) {
-        if w.sock >= 0 {
-            crate::internal::release(w.sock);
-        }
-    }
 }
 
 /// The socket's inode and whether it is AF_INET6, for [`holders`].

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::portmap::{Event, MapClient, Output, Retry};
 
-use super::{announce, wind, Mapping, RETRY};
+use super::side::Mapping;
+use super::{announce, wind, RETRY};
 use crate::dpf::state::{Forward, State};
 use crate::gcb::mgmt;
 use crate::responder::PollSet;
