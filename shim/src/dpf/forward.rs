@@ -25,9 +25,10 @@ use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use super::query::CODEC;
+use super::ask::{desired, kind_of, NotForwarded};
 use super::state::Forward;
 use crate::client::exchange::{self, NoAnswer};
-use crate::fdtable::{self, Kind};
+use crate::fdtable;
 use crate::gcb::mgmt;
 use crate::client::sys::{self, Errno, Sock};
 use crate::real;
@@ -53,15 +54,6 @@ fn open_mgmt(ip: Ipv4Addr) -> Result<(Sock, u16), Errno> {
 /// A refusal leaves the socket working unforwarded.
 pub fn forward(fd: c_int, proto: Proto) {
     let _ = request(fd, proto, None);
-}
-
-/// Why a forward was not made: dpfd refused it (`Exists`, `PortOutOfRange`
-/// and `Quota` mean the public port cannot be had), or no forward was asked
-/// for or could be (with the errno that says why).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotForwarded {
-    PortUnavailable,
-    Other(Errno),
 }
 
 /// As [`forward`]; with `pinned`, the public address the program bound the
@@ -124,31 +116,6 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     });
     super::ensure_responder();
     Ok(public)
-}
-
-/// The public address to ask for `proto` `local`, if any: the pinned one (any
-/// port for port 0). A re-listen on the same local address keeps the address
-/// clients know; a program serving TCP and UDP on one port (iperf3, DNS) is
-/// reached on one public port for both, so the second socket asks for the
-/// first one's port.
-pub fn desired(proto: Proto, local: SocketAddrV4, pinned: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
-    match pinned {
-        Some(p) => (p.port() != 0).then_some(p),
-        None => super::state::with(|st| {
-            let sibling = st.forwards().find(|f| f.local == local && f.proto != proto).map(|f| f.public);
-            st.released.take((proto, local)).or(sibling)
-        }),
-    }
-}
-
-/// The fd-table kind of a forwarded socket: a TCP listener is `Managed` (its
-/// `accept` names what it returns), a UDP socket `Named` (its data stays on the
-/// fast path; only names, dups and close leave it).
-pub fn kind_of(proto: Proto) -> Kind {
-    match proto {
-        Proto::Tcp => Kind::Managed,
-        Proto::Udp => Kind::Named,
-    }
 }
 
 /// `Delete`, one datagram, no reply awaited: the probe cleans up if it is lost.

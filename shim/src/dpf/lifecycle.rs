@@ -12,7 +12,7 @@ use crate::config::{self, Mode};
 /// Takes over inherited forwards; once per process image, from [`crate::init`].
 pub fn init() {
     if enabled() {
-        inherit::adopt();
+        super::adopt::adopt();
     } else if matches!(config::get().mode, Mode::Dpf(_)) {
         log!(Warn, "DPF_INAGENT is not an IPv4 address; DPF is off");
     }

@@ -28,6 +28,8 @@
 //! every module below uses; the process's lifetime events (init, fork, exec,
 //! exit) reach the client through [`lifecycle`], above the rest.
 
+pub mod adopt;
+pub mod ask;
 pub mod cache;
 pub mod forward;
 pub mod inherit;

@@ -23,7 +23,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use libc::c_int;
 use proto::rudp::RetryPolicy;
 
-use super::forward::{self, NotForwarded};
+use super::ask::NotForwarded;
+use super::forward;
 use super::public::KNOWN;
 use crate::client::pinned::{self, Pinned};
 use crate::gcb::mgmt;

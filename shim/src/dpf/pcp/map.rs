@@ -25,7 +25,7 @@ use proto::Proto;
 use super::side::Mapping;
 use super::{CALL_BOUND, CALL_RETRY, LIFETIME_S};
 use crate::client::exchange::NoAnswer;
-use crate::dpf::forward::{self, NotForwarded};
+use crate::dpf::ask::{self, NotForwarded};
 use crate::dpf::state::Forward;
 use crate::fdtable;
 use crate::client::sys;
@@ -107,7 +107,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         unreachable
     })?;
     let local = if bound.ip().is_unspecified() { SocketAddrV4::new(*towards.ip(), bound.port()) } else { bound };
-    let desired = forward::desired(proto, local, pinned);
+    let desired = ask::desired(proto, local, pinned);
     let mut cfg = config(proto, local, desired, pinned.is_some());
     cfg.pcp_retry = CALL_RETRY;
     cfg.natpmp_retry = CALL_RETRY;
@@ -144,7 +144,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     crate::dpf::public::KNOWN.learn(*public.ip());
     crate::dpf::state::with(|st| {
         st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false, pcp: Some(Box::new(mapping)) });
-        fdtable::set(fd, forward::kind_of(proto));
+        fdtable::set(fd, ask::kind_of(proto));
         crate::dpf::inherit::publish(st);
     });
     crate::dpf::ensure_responder();
