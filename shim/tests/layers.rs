@@ -1,6 +1,6 @@
 //! The shim's layers, checked: no module file imports one in a layer above
-//! its own, and no import cycle joins module files (lib.rs describes the
-//! layers). The import graph is read from the sources ([`scan`]); run
+//! its own, neither client imports the other, and no import cycle joins
+//! module files (lib.rs describes the layers). The import graph is read from the sources ([`scan`]); run
 //! `cargo test -p shim --test layers -- --nocapture` to see it.
 
 #[path = "layers/scan.rs"]
@@ -42,10 +42,10 @@ const LAYERS: &[(&str, Layer)] = &[
 const KNOWN_CYCLES: &[&str] = &[
     // The GCB client's registry and the code around it (issue 15).
     "gcb::brokers gcb::connecting gcb::connecting::steps gcb::connector gcb::dial \
-     gcb::doorbell gcb::fdops gcb::inherit gcb::inherit::adopt gcb::inherit::text \
-     gcb::listener gcb::mgmt gcb::notice gcb::park gcb::punch gcb::punch::session \
-     gcb::registry gcb::reversal_listener gcb::serve gcb::serve_punch gcb::state \
-     gcb::udp gcb::udp::channel gcb::udp::control gcb::udp::table",
+     gcb::doorbell gcb::fdops gcb::inherit gcb::listener gcb::mgmt gcb::notice \
+     gcb::park gcb::punch gcb::punch::session gcb::registry gcb::reversal_listener \
+     gcb::serve gcb::serve_punch gcb::state gcb::udp gcb::udp::channel \
+     gcb::udp::control gcb::udp::table",
 ];
 
 /// From the bottom up; `proto`, a crate of its own, lies below them all.
@@ -71,7 +71,13 @@ fn layer_of(table: &[(&str, Layer)], m: &str) -> Option<Layer> {
         .map(|&(_, l)| l)
 }
 
-/// Every breach of the rules: cycles, upward imports, modules without a layer.
+/// The top-level module `m` belongs to (`gcb` for `gcb::udp::send`).
+fn top(m: &str) -> &str {
+    m.split("::").next().unwrap_or(m)
+}
+
+/// Every breach of the rules: cycles, upward imports, one client importing
+/// the other, modules without a layer.
 fn breaches(krate: &Crate, table: &[(&str, Layer)]) -> Vec<String> {
     let edges = krate.edges();
     let mut out = vec![];
@@ -81,6 +87,10 @@ fn breaches(krate: &Crate, table: &[(&str, Layer)]) -> Vec<String> {
     for ((from, to), why) in &edges {
         match (layer_of(table, from), layer_of(table, to)) {
             (Some(a), Some(b)) if a < b => out.push(format!("up: {from} ({a:?}) -> {to} ({b:?}) by {why}")),
+            // The clients are peers: what they share lives in the core.
+            (Some(Layer::Clients), Some(Layer::Clients)) if top(from) != top(to) => {
+                out.push(format!("across: {from} -> {to} by {why}"))
+            }
             (Some(_), Some(_)) => {}
             _ => out.push(format!("no layer: {from} or {to}")),
         }
@@ -149,7 +159,12 @@ fn the_checker_finds_a_cycle_and_an_upward_import() {
     let table = [("", Layer::Hooks), ("a", Layer::Clients), ("b", Layer::Clients), ("low", Layer::Base)];
     assert_eq!(
         breaches(&krate, &table),
-        vec!["cycle: a b".to_string(), "up: low::leaf (Base) -> a (Clients) by super::super::a::f".to_string()]
+        vec![
+            "cycle: a b".to_string(),
+            "across: a -> b by crate::b".to_string(),
+            "across: b -> a by crate::a::f".to_string(),
+            "up: low::leaf (Base) -> a (Clients) by super::super::a::f".to_string(),
+        ]
     );
 }
 

@@ -11,7 +11,8 @@ use libc::c_int;
 use proto::rudp::{Requester, RetryPolicy, Timeout};
 use proto::{DecodeError, EncodeError, Header};
 
-use crate::client::sys::{self, Errno};
+use crate::client::family::Family;
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// Requests in flight per socket: a heartbeat, a register, spare.
@@ -163,4 +164,13 @@ fn send_or_refused(fd: c_int, bytes: &[u8]) -> Result<(), NoAnswer> {
         // Anything else (a full buffer): the retransmission timer covers it.
         _ => Ok(()),
     }
+}
+
+/// Opens a non-blocking UDP socket connected to `to`; returns it and its own
+/// address, which names the IP the kernel uses towards `to`.
+pub fn open(to: SocketAddrV4) -> Result<(Sock, SocketAddrV4), Errno> {
+    let s = sys::socket(libc::SOCK_DGRAM, true, true)?;
+    sys::connect_as(s.raw(), Family::V4, to, Instant::now())?;
+    let local = sys::local_addr(s.raw())?;
+    Ok((s, local))
 }

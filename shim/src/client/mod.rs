@@ -13,6 +13,7 @@
 
 pub mod exchange;
 pub mod family;
+pub mod inherit;
 pub mod lock;
 pub mod options;
 pub mod pinned;

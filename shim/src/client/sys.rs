@@ -388,6 +388,19 @@ pub fn random_u64() -> u64 {
 }
 
 /// Socket options carried to replacement sockets live in `options`.
+/// Errors that say "this process or host is out of something", not "no broker".
+pub fn out_of_resources(e: Errno) -> bool {
+    matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+}
+
+/// `CLOCK_MONOTONIC` in whole seconds: the clock every process of a boot shares.
+pub fn now_secs() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec; served by the vDSO, no system call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec.max(0) as u64
+}
+
 pub use super::options::copy_options;
 
 #[cfg(test)]

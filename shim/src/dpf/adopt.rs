@@ -13,7 +13,7 @@ use proto::Proto;
 use super::state::Forward;
 use crate::client::sys;
 use crate::fdtable;
-use crate::gcb::inherit::{self as shared, Entry};
+use crate::client::inherit::{self as shared, Entry};
 
 /// At init in a new image: takes over the forwards `GCB_INHERITED` names.
 pub fn adopt() {
@@ -68,7 +68,7 @@ fn adopt_mapping(entries: &[Entry]) {
     let fds: Vec<c_int> = entries.iter().filter(|e| proto_of(e) == Some(proto)).map(|e| e.fd).collect();
     let bound = first.local;
     let local = match bound.ip().is_unspecified() {
-        true => match crate::gcb::mgmt::open(gateway) {
+        true => match crate::client::exchange::open(gateway) {
             Ok((_, towards)) => SocketAddrV4::new(*towards.ip(), bound.port()),
             Err(_) => return,
         },

@@ -29,7 +29,6 @@ use super::ask::{desired, kind_of, NotForwarded};
 use super::state::Forward;
 use crate::client::exchange::{self, NoAnswer};
 use crate::fdtable;
-use crate::gcb::mgmt;
 use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
@@ -70,7 +69,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     }
     let dpfd = super::server().ok_or(NotForwarded::Other(libc::EADDRNOTAVAIL))?;
     let unreachable = NotForwarded::Other(libc::EADDRNOTAVAIL);
-    let (sock, towards) = mgmt::open(dpfd).map_err(|e| {
+    let (sock, towards) = crate::client::exchange::open(dpfd).map_err(|e| {
         log!(Warn, "cannot reach dpfd {dpfd} to forward {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
         unreachable
     })?;
@@ -121,7 +120,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
 /// `Delete`, one datagram, no reply awaited: the probe cleans up if it is lost.
 pub fn send_delete(proto: Proto, local: SocketAddrV4) {
     let Some(dpfd) = super::server() else { return };
-    let Ok((sock, _)) = mgmt::open(dpfd) else { return };
+    let Ok((sock, _)) = crate::client::exchange::open(dpfd) else { return };
     let msg = Message::Delete { proto, key: MappingKey::Local(local) };
     if let Ok(bytes) = crate::client::seal::dpf_encode(&msg, sys::random_u64()) {
         let _ = exchange::send_datagram(sock.raw(), &bytes);

@@ -1,5 +1,5 @@
 //! Handing forwarded sockets over `exec`, in the same `GCB_INHERITED` variable
-//! and the same lock-free published table as GCB listeners (`gcb::inherit`): one
+//! and the same lock-free published table as GCB listeners (`client::inherit`): one
 //! entry `FD,MGMT_FD,PUBLIC,BOUND,0` per forwarded fd that survives the exec,
 //! with the management socket's close-on-exec cleared for it. The new image's
 //! shim, in DPF mode, checks each fd (a bound UDP socket or a listening TCP
@@ -14,7 +14,7 @@
 //! same public address, which the gateway grants as a renewal.
 
 use super::state::State;
-use crate::gcb::inherit::{self as shared, Entry};
+use crate::client::inherit::{self as shared, Entry};
 
 /// Publishes the forwarded fds for exec. Call inside [`super::state::with`].
 pub fn publish(st: &State) {

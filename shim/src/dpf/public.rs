@@ -34,8 +34,7 @@ use proto::rudp::RetryPolicy;
 
 use super::query::CODEC;
 use crate::client::exchange;
-use crate::gcb::mgmt;
-use crate::gcb::negcache::shared::now_secs;
+use crate::client::sys::now_secs;
 
 /// How long a process whose `Info` went unanswered connects without asking.
 pub const RETRY: Duration = super::cache::TTL;
@@ -107,7 +106,7 @@ pub static KNOWN: PublicIps = PublicIps::new();
 /// not say.
 pub fn ask(policy: RetryPolicy) -> Result<(), String> {
     let Some(dpfd) = super::server() else { return Err("DPF is off".into()) };
-    let (sock, _) = mgmt::open(dpfd).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
+    let (sock, _) = crate::client::exchange::open(dpfd).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
     match exchange::exchange(sock.raw(), dpfd, policy, &CODEC, &Message::Info) {
         Ok(Message::InfoOk { public_ips }) => {
             log!(Debug, "dpfd {dpfd} forwards from {public_ips:?}");

@@ -16,7 +16,6 @@ use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use crate::client::exchange::NoAnswer;
-use crate::gcb::mgmt;
 
 /// The DPF codec for the shared exchange.
 pub const CODEC: crate::client::exchange::Codec<Message> = crate::client::exchange::Codec {
@@ -38,7 +37,7 @@ pub fn resolve(proto: Proto, public: SocketAddrV4) -> Option<SocketAddrV4> {
         return answer;
     }
     let dpfd = super::server()?;
-    let answer = match mgmt::open(dpfd) {
+    let answer = match crate::client::exchange::open(dpfd) {
         Ok((sock, _)) => match crate::client::exchange::exchange(sock.raw(), dpfd, RetryPolicy::probe(), &CODEC, &Message::Query { proto, public }) {
             Ok(Message::QueryOk { local }) => {
                 // One line per fresh answer (cached ones repeat it silently), so

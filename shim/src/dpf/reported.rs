@@ -27,7 +27,6 @@ use super::ask::NotForwarded;
 use super::forward;
 use super::public::KNOWN;
 use crate::client::pinned::{self, Pinned};
-use crate::gcb::mgmt;
 
 /// Whether `ip` is one of dpfd's public IPs, asking dpfd if this process does
 /// not know yet. `false` when dpfd cannot be asked.
@@ -55,9 +54,9 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     // The local address behind the public one: this host's IP towards dpfd
     // (or the gateway), the one it forwards to.
     let Some(dpfd) = super::server().or_else(super::pcp::gateway) else { return Pinned::NotOurs };
-    let towards = match mgmt::open(dpfd) {
+    let towards = match crate::client::exchange::open(dpfd) {
         Ok((_, towards)) => towards,
-        Err(e) => return Pinned::Failed(if crate::gcb::connector::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }),
+        Err(e) => return Pinned::Failed(if crate::client::sys::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }),
     };
     if let Err(e) = pinned::bind_local(fd, *towards.ip()) {
         return Pinned::Failed(e);

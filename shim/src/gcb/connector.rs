@@ -74,11 +74,6 @@ pub(crate) enum Asked {
     NoResources(Errno),
 }
 
-/// Errors that say "this process or host is out of something", not "no broker".
-pub(crate) fn out_of_resources(e: Errno) -> bool {
-    matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-}
-
 /// `connect` on a watched socket.
 ///
 /// # Safety
@@ -220,14 +215,14 @@ pub(crate) struct Asking {
 pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, Asked> {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
-    let (probe, local) = match mgmt::open(cmd) {
+    let (probe, local) = match crate::client::exchange::open(cmd) {
         Ok(p) => p,
-        Err(e) if out_of_resources(e) => return Err(Asked::NoResources(e)),
+        Err(e) if sys::out_of_resources(e) => return Err(Asked::NoResources(e)),
         Err(_) => return Err(Asked::NotGcb),
     };
     let tmp = match reversal_listener::take(*local.ip(), family) {
         Ok(t) => Some(t),
-        Err(e) if out_of_resources(e) => return Err(Asked::NoResources(e)),
+        Err(e) if sys::out_of_resources(e) => return Err(Asked::NoResources(e)),
         Err(_) => None,
     };
     let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
@@ -258,7 +253,7 @@ pub(crate) fn answered(asked: Asking, got: Result<Message, mgmt::NoAnswer>, dest
             log!(Debug, "Connect for {dest} at {cmd}: {why:?}");
             match why {
                 mgmt::NoAnswer::Timeout if ours => Asked::Silent,
-                mgmt::NoAnswer::Io(e) if out_of_resources(e) => Asked::NoResources(e),
+                mgmt::NoAnswer::Io(e) if sys::out_of_resources(e) => Asked::NoResources(e),
                 _ => Asked::NotGcb,
             }
         }

@@ -13,7 +13,7 @@ use crate::config::{self, Mode};
 /// once per process image by [`crate::init`].
 pub fn init() {
     if enabled() {
-        inherit::adopt();
+        super::adopt::adopt();
         received::adopt_activated();
     } else if matches!(config::get().mode, Mode::Gcb(_)) {
         log!(Warn, "GCB_INAGENT names no IPv4 broker; GCB is off");

@@ -197,11 +197,11 @@ fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Regist
     let mut fallback = None;
     let (mut looked_up, mut desired) = (false, None);
     for broker in candidates {
-        let (sock, mgmt_local) = match mgmt::open(broker) {
+        let (sock, mgmt_local) = match crate::client::exchange::open(broker) {
             Ok(s) => s,
             Err(e) => {
                 log!(Warn, "cannot reach the broker {broker} to register {proto} {local}: {}", std::io::Error::from_raw_os_error(e));
-                if super::connector::out_of_resources(e) {
+                if crate::client::sys::out_of_resources(e) {
                     return Err(e);
                 }
                 continue;

@@ -30,10 +30,8 @@ use proto::gcb::{self, Decision, ErrorCode, Message, MgmtInfo};
 use proto::rudp::{RetryPolicy, Timeout};
 use proto::{Endpoint, Proto};
 
-use crate::client::family::Family;
 use super::serve::{Dial, Job};
 use super::registry::{Listener, ListenerId, Purpose, Registry};
-use crate::client::sys::{self, Errno, Sock};
 use crate::client::seal;
 use crate::config;
 
@@ -42,15 +40,6 @@ pub use crate::client::exchange::{new_requester, send_datagram, NoAnswer, DATAGR
 /// The GCB codec for [`crate::client::exchange`].
 pub(crate) const CODEC: crate::client::exchange::Codec<Message> =
     crate::client::exchange::Codec { encode: seal::gcb_encode, decode: seal::gcb_decode, is_response: Message::is_response };
-
-/// Opens a non-blocking UDP socket connected to `to`; returns it and its own
-/// address, which names the IP the kernel uses towards `to`.
-pub fn open(to: SocketAddrV4) -> Result<(Sock, SocketAddrV4), Errno> {
-    let s = sys::socket(libc::SOCK_DGRAM, true, true)?;
-    sys::connect_as(s.raw(), Family::V4, to, Instant::now())?;
-    let local = sys::local_addr(s.raw())?;
-    Ok((s, local))
-}
 
 /// Sends `msg` to the broker and waits for the reply, retransmitting per
 /// `policy` (see [`crate::client::exchange::exchange`]).
@@ -352,7 +341,7 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
 /// step registers from it, which joins the registration. False if it could
 /// not (out of descriptors): tried again next round.
 fn open_own(l: &mut Listener) -> bool {
-    match open(l.mgmt.broker) {
+    match crate::client::exchange::open(l.mgmt.broker) {
         Ok((sock, local)) => {
             l.mgmt.fd = crate::internal::adopt(sock.into_raw());
             l.mgmt.local = local;

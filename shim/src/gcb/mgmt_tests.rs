@@ -2,6 +2,7 @@
 //! standing in for the management socket and the broker.
 
 use super::*;
+use crate::client::sys::Sock;
 use crate::gcb::registry::Mgmt;
 use proto::gcb::Token;
 

@@ -31,6 +31,7 @@
 //! exit) reach the client through [`lifecycle`], above the rest.
 
 pub mod accept;
+pub mod adopt;
 pub mod brokers;
 pub mod connecting;
 pub mod connector;

@@ -58,7 +58,7 @@ mod tests {
     fn pair() -> (sys::Sock, sys::Sock) {
         let broker = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
         sys::bind(broker.raw(), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let (conn, at) = super::super::mgmt::open(sys::local_addr(broker.raw()).unwrap()).unwrap();
+        let (conn, at) = crate::client::exchange::open(sys::local_addr(broker.raw()).unwrap()).unwrap();
         sys::connect(broker.raw(), at, Instant::now()).unwrap();
         (broker, conn)
     }

@@ -9,7 +9,7 @@
 //!
 //! A received TCP listener (or bound UDP socket) of an IP family, not on
 //! loopback, becomes a listener record with no management socket yet
-//! (`inherit::adopt::held`): the responder opens one and registers, which
+//! (`adopt::held`): the responder opens one and registers, which
 //! joins the registration the sender holds (same local address, same public
 //! IP), or makes one. A listener this process sends away over `SCM_RIGHTS` is
 //! marked shared ([`on_sent`]), as after `fork`.
@@ -132,7 +132,7 @@ fn kind_of(fd: c_int) -> Option<(Proto, SocketAddrV4)> {
 fn take_on(fd: c_int) -> bool {
     let Some((proto, local)) = kind_of(fd) else { return false };
     let fam = family::of(fd);
-    let broker = super::inherit::broker_for(None);
+    let broker = super::adopt::broker_for(None);
     super::state::with(|reg| {
         super::fdops::unmark(reg, fd);
         // Another fd of a listener this process holds already: a dup.
@@ -143,7 +143,7 @@ fn take_on(fd: c_int) -> bool {
                 id
             }
             None => {
-                let l = super::inherit::held(vec![fd], local, None, proto, fam, super::listener::UNKNOWN_BACKLOG, broker);
+                let l = super::adopt::held(vec![fd], local, None, proto, fam, super::listener::UNKNOWN_BACKLOG, broker);
                 reg.add_listener(l).0
             }
         };

@@ -74,9 +74,9 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
 /// Binds `fd` to this host's IP towards `broker` and registers it there,
 /// requiring `want`'s port; one log line either way.
 fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, want: SocketAddrV4) -> Result<(), Errno> {
-    let (sock, mgmt_local) = mgmt::open(broker).map_err(|e| {
+    let (sock, mgmt_local) = crate::client::exchange::open(broker).map_err(|e| {
         log!(Warn, "cannot bind {proto} to {want}: cannot reach its broker {broker}: {}", std::io::Error::from_raw_os_error(e));
-        if super::connector::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }
+        if crate::client::sys::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }
     })?;
     pinned::bind_local(fd, *mgmt_local.ip())?;
     let local = sys::local_addr(fd)?;

@@ -119,7 +119,7 @@ fn ordinary_gcb_mode_tcp_sockets_take_no_lock() {
     });
     // A host this process found plain: its connects go straight out.
     let plain_host = Ipv4Addr::new(192, 0, 2, 77);
-    crate::gcb::negcache::local().insert(plain_host, crate::gcb::negcache::shared::now_secs(), 60);
+    crate::gcb::negcache::local().insert(plain_host, crate::client::sys::now_secs(), 60);
     no_lock("a watched socket connecting to a host known to be plain", || unsafe {
         let s = socket(libc::SOCK_STREAM, true, Kind::Watched);
         let (sin, len) = addr_of(SocketAddrV4::new(plain_host, 9));

@@ -46,7 +46,7 @@
 use libc::{c_char, c_int, c_uint, c_ulong, pid_t};
 
 use crate::detour::{self, Detour};
-use crate::gcb::inherit::{self, ExecEnv};
+use crate::client::inherit::{self, ExecEnv};
 use crate::guard;
 use crate::{internal, managed, real, reclaim};
 

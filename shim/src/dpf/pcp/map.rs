@@ -29,7 +29,6 @@ use crate::dpf::ask::{self, NotForwarded};
 use crate::dpf::state::Forward;
 use crate::fdtable;
 use crate::client::sys;
-use crate::gcb::mgmt;
 
 /// How a bounded MAP ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +101,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     }
     let unreachable = NotForwarded::Other(libc::EADDRNOTAVAIL);
     let gateway = super::gateway().ok_or(unreachable)?;
-    let (sock, towards) = mgmt::open(gateway).map_err(|e| {
+    let (sock, towards) = crate::client::exchange::open(gateway).map_err(|e| {
         log!(Warn, "cannot reach gateway {gateway} to map {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
         unreachable
     })?;
@@ -155,7 +154,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
 /// its whole list; why not, if it did not say.
 pub fn ask_public() -> Result<(), String> {
     let gateway = super::gateway().ok_or("no gateway")?;
-    let (sock, _) = mgmt::open(gateway).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
+    let (sock, _) = crate::client::exchange::open(gateway).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
     let request = proto::natpmp::encode_request(&proto::natpmp::Request::PublicAddress);
     let end = Instant::now() + CALL_BOUND;
     let mut wait = Duration::from_millis(250);

@@ -23,7 +23,6 @@ use proto::portmap::{Event, MapClient, Output, Retry};
 use super::side::Mapping;
 use super::{announce, wind, RETRY};
 use crate::dpf::state::{Forward, State};
-use crate::gcb::mgmt;
 use crate::responder::PollSet;
 
 /// Tag of the announcement socket in the poll set (others are their fd).
@@ -154,7 +153,7 @@ pub fn fresh(old: &MapClient, public: SocketAddrV4) -> MapClient {
 fn apply(f: &mut Forward, m: &mut Mapping, out: Output, gateway: SocketAddrV4, now: Instant) -> bool {
     if !out.send.is_empty() {
         if f.mgmt_fd < 0 {
-            if let Ok((s, _)) = mgmt::open(gateway) {
+            if let Ok((s, _)) = crate::client::exchange::open(gateway) {
                 f.mgmt_fd = crate::internal::adopt(s.into_raw());
             }
         }

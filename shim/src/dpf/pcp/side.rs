@@ -11,7 +11,6 @@ use libc::c_int;
 use proto::portmap::{MapClient, Retry};
 use proto::Proto;
 
-use crate::gcb::mgmt;
 
 /// A delete's retransmissions: at about 0, 0.5, 1.5 and 3.5 s.
 pub const WIND_RETRY: Retry = Retry {
@@ -126,7 +125,7 @@ impl Winding {
         self.client.set_retry(WIND_RETRY, WIND_RETRY);
         let out = self.client.delete(now);
         if self.sock < 0 {
-            if let Some(fd) = super::gateway().and_then(|g| mgmt::open(g).ok()).map(|(s, _)| crate::internal::adopt(s.into_raw())) {
+            if let Some(fd) = super::gateway().and_then(|g| crate::client::exchange::open(g).ok()).map(|(s, _)| crate::internal::adopt(s.into_raw())) {
                 self.sock = fd;
             }
         }

@@ -52,7 +52,7 @@ pub fn open(fd: c_int, peer: SocketAddrV4) -> Option<Channel> {
     })?;
     // A socket of its own: the management socket is read by the AEH of
     // whichever thread (or process) waits, which would take the reply.
-    let (sock, _) = mgmt::open(broker).ok()?;
+    let (sock, _) = crate::client::exchange::open(broker).ok()?;
     let msg = Message::UdpChannel { proxy, peer, udp_token, open: true };
     match mgmt::exchange(sock.raw(), broker, RetryPolicy::default(), &msg) {
         Ok(Message::UdpChannelOk { channel, token }) => {

@@ -166,7 +166,7 @@ enum Asked {
 fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
-    let Ok((probe, probe_local)) = mgmt::open(cmd) else { return Asked::NotGcb };
+    let Ok((probe, probe_local)) = crate::client::exchange::open(cmd) else { return Asked::NotGcb };
     let mut local = sys::local_addr(fd).unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
     if local.port() == 0 {
         let _ = sys::bind(fd, SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
