@@ -109,7 +109,7 @@ pub fn broker_for(proxy: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
         std::net::SocketAddr::V4(v4) => Some(v4),
         std::net::SocketAddr::V6(_) => None,
     });
-    named.or_else(|| super::state::with(|reg| super::brokers::set(reg).candidates(Instant::now()).into_iter().next()))
+    named.or_else(|| super::state::with(|reg| reg.brokers.loaded().candidates(Instant::now()).into_iter().next()))
 }
 
 /// A channel handed over: kept as it was, or, while the parent was asking

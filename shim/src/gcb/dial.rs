@@ -37,7 +37,7 @@ fn read_peer(fd: c_int, deadline: Instant) -> Result<SocketAddrV4, Errno> {
         Ok(StreamPeer::Paired { peer }) => Ok(peer),
         Ok(StreamPeer::Rejected { code }) => {
             log!(Debug, "the broker rejected a rendezvous: {code:?}");
-            Err(super::connecting::refusal_errno(code))
+            Err(super::notice::refusal_errno(code))
         }
         Err(e) => {
             log!(Warn, "the broker's rendezvous answered something else ({e:?})");
@@ -76,7 +76,7 @@ pub fn accept_reversed(tmp: c_int, notices: Option<c_int>, token: Token, deadlin
         if fds[1].revents != 0 {
             if let Some(code) = notices.and_then(|fd| super::notice::take(fd, token)) {
                 log!(Debug, "the broker says the listener will not dial: {code:?}");
-                return Err(super::connecting::refusal_errno(code));
+                return Err(super::notice::refusal_errno(code));
             }
         }
         if fds[0].revents == 0 {

@@ -193,7 +193,7 @@ pub(super) struct Registered {
 /// that is silent or refuses the datagram is marked dead and the next tried. With
 /// none answering, the listener stays with the preferred broker, unregistered.
 fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Registered>, sys::Errno> {
-    let candidates = super::state::with(|reg| super::brokers::set(reg).candidates(Instant::now()));
+    let candidates = super::state::with(|reg| reg.brokers.loaded().candidates(Instant::now()));
     let mut fallback = None;
     let (mut looked_up, mut desired) = (false, None);
     for broker in candidates {
@@ -243,7 +243,7 @@ fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Regist
         let now = Instant::now();
         let interval = crate::config::get().heartbeat;
         super::state::with(|reg| {
-            let set = super::brokers::set(reg);
+            let set = reg.brokers.loaded();
             if answered.is_some() { set.mark_alive(broker) } else { set.mark_dead(broker, now, interval) }
         });
         match answered {

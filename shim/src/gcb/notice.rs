@@ -8,9 +8,19 @@
 use libc::c_int;
 use proto::gcb::{ErrorCode, Message, Token};
 
-use super::mgmt::{send_datagram, DATAGRAM_MAX};
+use crate::client::exchange::{send_datagram, DATAGRAM_MAX};
+use crate::client::sys::Errno;
 use crate::client::seal;
 use crate::real;
+
+/// The errno of a `ConnectFailed`: a listener that never answered the broker
+/// is a connect that timed out; any other refusal is a refused connect.
+pub fn refusal_errno(code: ErrorCode) -> Errno {
+    match code {
+        ErrorCode::Timeout => libc::ETIMEDOUT,
+        _ => libc::ECONNREFUSED,
+    }
+}
 
 /// Reads every datagram waiting on the non-blocking `fd`; the error code of a
 /// `ConnectFailed` for `token`, acknowledged, if one was among them. Anything

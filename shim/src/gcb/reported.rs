@@ -100,7 +100,7 @@ fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, wan
             return Err(libc::EADDRNOTAVAIL);
         }
     };
-    super::state::with(|reg| super::brokers::set(reg).mark_alive(broker));
+    super::state::with(|reg| reg.brokers.loaded().mark_alive(broker));
     let registered = Registered { sock, broker, mgmt_local, reg_local, proxy: Some(proxy), udp_token };
     if !listener::adopt(fd, proto, watched, local, registered, listener::UNKNOWN_BACKLOG) {
         return Err(libc::EBADF);

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
-use proto::gcb::{Decision, ErrorCode, Frame, StreamPeer, Token};
+use proto::gcb::{Decision, Frame, StreamPeer, Token};
 
 use super::connector::{self, Asking};
 use crate::client::family::{self, Family};
@@ -316,15 +316,6 @@ fn owns(j: &Job, fd: c_int) -> bool {
             tmp.raw() == fd || notices.as_ref().is_some_and(|n| n.raw() == fd) || unspoken.iter().any(|u| u.raw() == fd)
         }
         Stage::Punching { session, .. } => session.owns(fd),
-    }
-}
-
-/// The errno of a `ConnectFailed`: a listener that never answered the broker
-/// is a connect that timed out; any other refusal is a refused connect.
-pub fn refusal_errno(code: ErrorCode) -> Errno {
-    match code {
-        ErrorCode::Timeout => libc::ETIMEDOUT,
-        _ => libc::ECONNREFUSED,
     }
 }
 

@@ -15,7 +15,8 @@ use crate::client::family::Family;
 use super::super::punch::{self, Progress, Session};
 use super::super::reversal_listener::{self, TempListener};
 use crate::client::sys::{self, Errno, Sock};
-use super::{refusal_errno, Job, Stage, MAX_UNSPOKEN};
+use super::super::notice::refusal_errno;
+use super::{Job, Stage, MAX_UNSPOKEN};
 use crate::client::exchange::Exchange;
 use crate::real;
 

@@ -403,7 +403,7 @@ impl Session {
                 Do::Fail(code) => {
                     self.conns.clear();
                     self.rendezvous = None;
-                    return Progress::Failed(super::super::connecting::refusal_errno(code));
+                    return Progress::Failed(super::super::notice::refusal_errno(code));
                 }
             }
         }
