@@ -47,7 +47,8 @@ use super::dial;
 use crate::client::family::{self, Family};
 use super::mgmt;
 use super::registry::Names;
-use super::reversal_listener::{self, TempListener};
+use super::reversal_listener::TempListener;
+use super::spare;
 use super::swap::{put_on, AppSocket};
 use crate::client::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
@@ -220,7 +221,7 @@ pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, 
         Err(e) if sys::out_of_resources(e) => return Err(Asked::NoResources(e)),
         Err(_) => return Err(Asked::NotGcb),
     };
-    let tmp = match reversal_listener::take(*local.ip(), family) {
+    let tmp = match spare::take(*local.ip(), family) {
         Ok(t) => Some(t),
         Err(e) if sys::out_of_resources(e) => return Err(Asked::NoResources(e)),
         Err(_) => None,
@@ -279,7 +280,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
         _ => {
             // Unused: nothing was told to dial it.
             if let Some(t) = tmp {
-                reversal_listener::give_back(t);
+                spare::give_back(t);
             }
             None
         }
@@ -341,7 +342,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
                     // Connected: a panic from here on must not fail the
                     // connect (`hook`, rule 4).
                     crate::guard::bookkeep(|| {
-                        reversal_listener::give_back(tmp);
+                        spare::give_back(tmp);
                         name(fd, dest);
                     });
                     set_errno(saved);
@@ -415,7 +416,7 @@ mod tests {
     /// way) is not taken by a reversed connect: the one that speaks is.
     #[test]
     fn a_silent_connection_does_not_hold_up_the_reversed_one() {
-        let tmp = reversal_listener::take(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
+        let tmp = spare::take(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
         let at = tmp.at;
         let silent = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
         sys::connect(silent.raw(), at, Instant::now() + std::time::Duration::from_secs(5)).unwrap();

@@ -57,6 +57,7 @@ pub mod responder;
 pub mod reversal_listener;
 pub mod serve;
 pub mod serve_punch;
+pub mod spare;
 pub mod state;
 pub mod swap;
 pub mod udp;

@@ -13,7 +13,8 @@ use proto::gcb::{Decision, Frame, Role, StreamHello, StreamPeer, Token};
 use super::super::connector::{self, Asked};
 use crate::client::family::Family;
 use super::super::punch::{self, Progress, Session};
-use super::super::reversal_listener::{self, TempListener};
+use super::super::reversal_listener::TempListener;
+use super::super::spare;
 use crate::client::sys::{self, Errno, Sock};
 use super::super::notice::refusal_errno;
 use super::{Job, Stage, MAX_UNSPOKEN};
@@ -107,7 +108,7 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
                 Decision::Reversal { .. } => tmp,
                 _ => {
                     if let Some(t) = tmp {
-                        reversal_listener::give_back(t);
+                        spare::give_back(t);
                     }
                     None
                 }
@@ -231,7 +232,7 @@ fn reversing(job: &mut Job, ready: Option<(c_int, i16)>, tmp: TempListener, noti
         match hello_of(unspoken[i].raw()) {
             Some(Ok(t)) if t == token => {
                 let sock = unspoken.swap_remove(i);
-                reversal_listener::give_back(tmp);
+                spare::give_back(tmp);
                 return Step::Done { sock, named: true, decision: Some(decision) };
             }
             None => i += 1,
