@@ -105,7 +105,7 @@ pub fn held(
 /// The broker to register a held listener with: the one its proxy address
 /// is on, else this process's preferred one. Takes the registry lock.
 pub fn broker_for(proxy: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
-    let named = proxy.and_then(|p| super::connector::our_broker(*p.ip())).and_then(|b| match b {
+    let named = proxy.and_then(|p| super::ask::our_broker(*p.ip())).and_then(|b| match b {
         std::net::SocketAddr::V4(v4) => Some(v4),
         std::net::SocketAddr::V6(_) => None,
     });

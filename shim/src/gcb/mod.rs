@@ -32,6 +32,7 @@
 
 pub mod accept;
 pub mod adopt;
+pub mod ask;
 pub mod brokers;
 pub mod connecting;
 pub mod connector;

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::gcb::{Decision, Frame, StreamPeer, Token};
 
-use super::connector::{self, Asking};
+use super::ask::{self, Asking};
 use crate::client::family::{self, Family};
 use super::registry::{Names, Registry};
 use super::reversal_listener::TempListener;
@@ -388,7 +388,7 @@ fn conclude(mut job: Job, step: Step) {
         }
         Swap::Done => {
             if let Some(d) = decision {
-                connector::log_path(proto::Proto::Tcp, job.dest, &d, job.since);
+                ask::log_path(proto::Proto::Tcp, job.dest, &d, job.since);
             }
         }
     }

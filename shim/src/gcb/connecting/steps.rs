@@ -10,7 +10,7 @@ use std::time::Instant;
 use libc::c_int;
 use proto::gcb::{Decision, Frame, Role, StreamHello, StreamPeer, Token};
 
-use super::super::connector::{self, Asked};
+use super::super::ask::{self, Asked};
 use crate::client::family::Family;
 use super::super::punch::{self, Progress, Session};
 use super::super::reversal_listener::TempListener;
@@ -44,7 +44,7 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
             };
             match got {
                 Some(got) => {
-                    let asked = connector::answered(*asking, got, job.dest);
+                    let asked = ask::answered(*asking, got, job.dest);
                     decided(job, asked)
                 }
                 None => {
@@ -70,14 +70,14 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
 
 /// Sends the `Connect`.
 fn ask(job: &mut Job) -> Step {
-    match connector::prepare_ask(job.dest, job.family) {
+    match ask::prepare_ask(job.dest, job.family) {
         Ok(asking) => match Exchange::start(asking.probe.raw(), asking.cmd, asking.policy, &super::super::mgmt::CODEC, &asking.msg) {
             Ok(ex) => {
                 job.stage = Stage::Asking(Box::new(asking), ex);
                 Step::Wait
             }
             Err(why) => {
-                let asked = connector::answered(asking, Err(why), job.dest);
+                let asked = ask::answered(asking, Err(why), job.dest);
                 decided(job, asked)
             }
         },
@@ -90,7 +90,7 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
     match asked {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; connecting directly", job.dest.ip());
-            connector::remember_no_broker(*job.dest.ip());
+            ask::remember_no_broker(*job.dest.ip());
             dial(job, job.dest, None)
         }
         Asked::Silent => {
@@ -126,7 +126,7 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
                     }
                     Err(e) => Step::Failed(e),
                 },
-                Decision::PunchUdp { .. } => Step::Failed(connector::unoffered(&d)),
+                Decision::PunchUdp { .. } => Step::Failed(ask::unoffered(&d)),
                 Decision::Relay { via, token } => match started(job.family, via) {
                     Ok(sock) => {
                         job.stage = Stage::Relaying { sock, token, said_hello: false, buf: [0; StreamPeer::LEN], have: 0, decision: d };

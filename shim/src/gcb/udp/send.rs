@@ -34,7 +34,7 @@ use proto::gcb::{Decision, ErrorCode, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
-use super::super::connector::{command_port, log_path, our_broker, remember_no_broker, worth_asking};
+use super::super::ask::{command_port, log_path, our_broker, remember_no_broker, worth_asking};
 use super::super::registry::Registry;
 use super::super::mgmt;
 use crate::client::sys;
