@@ -193,7 +193,7 @@ mod tests {
         }
         let ip = "198.51.100.77".parse().unwrap();
         assert!(worth_asking(SocketAddrV4::new(ip, 80)));
-        super::super::negcache::local().insert(ip, super::super::negcache::shared::now_secs(), 60);
+        super::super::negcache::local().insert(ip, crate::client::sys::now_secs(), 60);
         assert!(!worth_asking(SocketAddrV4::new(ip, 80)), "negative cache hit");
         assert_eq!(command_port(ip), COMMAND_PORT);
     }

@@ -17,7 +17,7 @@
 //! * carries UDP: registration at `bind`, relay header, receiver list, holes
 //!   and the UDP buffer ([`udp`]);
 //! * keeps its records right across dup, close, fork and exec ([`fdops`],
-//!   [`inherit`], [`lock`]).
+//!   [`inherit`], [`crate::client::lock`]).
 //!
 //! Without `GCB_INAGENT` nothing here runs: [`enabled`] is false, no socket is
 //! watched, and every hook stays on its fast path.

@@ -3,7 +3,7 @@
 //!
 //! Management sockets share the fate of their listening socket: created,
 //! duplicated, inherited and closed with it (docs/design.md, "Management sockets and the
-//! shim's own fds"). The shim's own fds are protected here ([`crate::internal`]).
+//! shim's own fds"). The shim's own fds are protected here ([`crate::reclaim`], [`crate::internal`]).
 //!
 //! # fcntl is variadic
 //!

@@ -23,7 +23,7 @@ pub const WIND_RETRY: Retry = Retry {
 #[derive(Debug, Clone)]
 pub struct Mapping {
     pub client: MapClient,
-    /// The socket's inode, by which other holders are told apart ([`holders`]).
+    /// The socket's inode, by which other holders are told apart ([`super::holders`]).
     pub inode: u64,
     /// The socket is AF_INET6 (dual stack), which the kernel lists apart.
     pub v6: bool,

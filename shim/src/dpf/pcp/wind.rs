@@ -92,7 +92,7 @@ pub fn tick(list: &mut Vec<Winding>, ready: &[c_int], now: Instant) {
     done.into_iter().for_each(Winding::release);
 }
 
-/// Before `exec` (`dpf::before_exec`): one delete datagram for each mapping
+/// Before `exec` (`dpf::lifecycle::before_exec`): one delete datagram for each mapping
 /// that only this image holds and that the new one will not inherit. The
 /// client itself is left as it is: if the exec fails, its next renewal maps
 /// the socket again.
