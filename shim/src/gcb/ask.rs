@@ -143,7 +143,7 @@ pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, 
 }
 
 /// What the exchange `asked` came to.
-pub(crate) fn answered(asked: Asking, got: Result<Message, mgmt::NoAnswer>, dest: SocketAddrV4) -> Asked {
+pub(crate) fn answered(asked: Asking, got: Result<Message, crate::client::exchange::NoAnswer>, dest: SocketAddrV4) -> Asked {
     let Asking { probe, cmd, tmp, ours, .. } = asked;
     match got {
         Ok(reply) => match mgmt::decision_of(reply) {
@@ -155,8 +155,8 @@ pub(crate) fn answered(asked: Asking, got: Result<Message, mgmt::NoAnswer>, dest
         Err(why) => {
             log!(Debug, "Connect for {dest} at {cmd}: {why:?}");
             match why {
-                mgmt::NoAnswer::Timeout if ours => Asked::Silent,
-                mgmt::NoAnswer::Io(e) if sys::out_of_resources(e) => Asked::NoResources(e),
+                crate::client::exchange::NoAnswer::Timeout if ours => Asked::Silent,
+                crate::client::exchange::NoAnswer::Io(e) if sys::out_of_resources(e) => Asked::NoResources(e),
                 _ => Asked::NotGcb,
             }
         }

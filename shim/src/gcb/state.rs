@@ -3,7 +3,7 @@
 //! handlers' part in taking and releasing the lock.
 
 use super::registry::Registry;
-use super::{connecting, doorbell, mgmt, park, reversal_listener, serve, serve_punch};
+use super::{connecting, doorbell, park, reversal_listener, serve, serve_punch};
 use crate::client::lock::Lock;
 
 static REGISTRY: Lock<Option<Registry>> = Lock::new(None);
@@ -42,7 +42,7 @@ fn after_fork_in_child(reg: &mut Registry) {
         }
         l.mgmt.fd = -1;
         l.joined = false;
-        l.mgmt.requester = mgmt::new_requester(proto::rudp::RetryPolicy::default());
+        l.mgmt.requester = crate::client::exchange::new_requester(proto::rudp::RetryPolicy::default());
         l.mgmt.pending.clear();
         l.mgmt.next_heartbeat = now;
         l.mgmt.heard = now;
