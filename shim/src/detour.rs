@@ -57,7 +57,7 @@ fn by_kind(kind: Kind, concerned: bool) -> Way {
 #[inline(always)]
 fn by_kind_or_dpf(kind: Kind, concerned: bool) -> Way {
     match by_kind(kind, concerned) {
-        Err(_) if dpf::enabled() => Ok(Detour::DpfMode),
+        Err(_) if dpf::mode::enabled() => Ok(Detour::DpfMode),
         way => way,
     }
 }
@@ -126,7 +126,7 @@ pub fn epoll_ctl(fd: c_int) -> Way {
 #[inline(always)]
 pub fn getsockopt(fd: c_int, level: c_int, name: c_int) -> Way {
     let kind = fdtable::kind(fd);
-    let connect_error = kind == Kind::Named && level == libc::SOL_SOCKET && name == libc::SO_ERROR && !dpf::enabled();
+    let connect_error = kind == Kind::Named && level == libc::SOL_SOCKET && name == libc::SO_ERROR && !dpf::mode::enabled();
     by_kind(kind, kind == Kind::Managed || connect_error)
 }
 

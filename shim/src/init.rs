@@ -142,7 +142,7 @@ extern "C" fn at_exit() {
     let Some(_inside) = crate::guard::Inside::enter() else { return };
     let _errno = ErrnoGuard::new();
     let _ = crate::guard::contain(aftermath::EXIT, || {
-        if crate::dpf::enabled() {
+        if crate::dpf::mode::enabled() {
             crate::dpf::lifecycle::at_exit();
         } else {
             crate::gcb::lifecycle::at_exit();
@@ -157,7 +157,7 @@ extern "C" fn at_exit() {
 extern "C" fn before_fork() {
     let _ = crate::guard::contain(aftermath::FORK, || {
         // One client per mode: the lock helpers track one lock taken for fork.
-        if crate::dpf::enabled() {
+        if crate::dpf::mode::enabled() {
             crate::dpf::state::prepare_fork();
         } else {
             crate::gcb::state::prepare_fork();
@@ -167,7 +167,7 @@ extern "C" fn before_fork() {
 
 extern "C" fn after_fork_in_parent() {
     let _ = crate::guard::contain(aftermath::FORK, || {
-        if crate::dpf::enabled() {
+        if crate::dpf::mode::enabled() {
             crate::dpf::state::after_fork(false);
         } else {
             crate::gcb::state::after_fork(false);
@@ -189,7 +189,7 @@ fn in_child() {
     // a finished one still owes the child its responder.
     let _ = STATE.compare_exchange(RUNNING, NEW, Ordering::Relaxed, Ordering::Relaxed);
     let _ = STATE.compare_exchange(DONE, FORKED, Ordering::Relaxed, Ordering::Relaxed);
-    if crate::dpf::enabled() {
+    if crate::dpf::mode::enabled() {
         crate::dpf::state::after_fork(true);
     } else {
         crate::gcb::state::after_fork(true);
@@ -199,7 +199,7 @@ fn in_child() {
 /// The first hooked call of a forked child (or its `fork` hook): the child's
 /// own responder, for what it holds.
 fn resume_in_child() {
-    if crate::dpf::enabled() {
+    if crate::dpf::mode::enabled() {
         crate::dpf::lifecycle::resume_in_child();
     } else {
         crate::gcb::lifecycle::resume_in_child();

@@ -31,10 +31,11 @@
 //! 3. **Clients.** [`gcb`] is the GCB client (listener registry, management
 //!    sockets, responder duties, doorbells, connector, UDP, the fork/exec
 //!    hand-over); [`dpf`] is the DPF client (forwards from `dpfd` or a
-//!    standard gateway). Each keeps its mode in its `mod.rs`, its state behind
+//!    standard gateway). Each decides its mode in `mode`, keeps its state behind
 //!    `state::with`, and takes the process's lifetime events in `lifecycle`,
-//!    at its top. Lower modules start the responder through the client's
-//!    `ensure_responder`, whose duties are implemented at the top of the client.
+//!    at its top; its `mod.rs` only declares. Lower modules start the
+//!    responder through `state::ensure_responder`, whose duties are
+//!    implemented at the top of the client.
 //! 4. **Client core.** What both clients build on: [`client`] (socket
 //!    plumbing, families, the fork-safe lock, the exchange with a daemon,
 //!    fd-keyed records), [`fdtable`], the shim's own fds ([`internal`]), the

@@ -1,7 +1,7 @@
 //! What the hooks do with the fds the shim tracks: the seam between the thin
 //! hooks in `hooks/` and the client of this process's mode, GCB ([`crate::gcb`])
 //! or DPF ([`crate::dpf`]). The modes are exclusive, so each function here picks
-//! one by [`dpf::enabled`] (one relaxed load) and the clients never meet.
+//! one by [`dpf::mode::enabled`] (one relaxed load) and the clients never meet.
 //!
 //! Hooks call `managed::NAME` with the arguments of the real `NAME` when
 //! [`crate::detour`] says the call goes through the shim, and the real function
@@ -31,7 +31,7 @@ macro_rules! by_mode {
         /// The C contract of the libc function of the same name.
         #[allow(clippy::missing_safety_doc, unused_unsafe)]
         pub unsafe fn $name($($arg: $ty),*) -> $ret {
-            if dpf::enabled() {
+            if dpf::mode::enabled() {
                 unsafe { $dpf($($arg),*) }
             } else {
                 unsafe { $gcb($($arg),*) }
@@ -49,14 +49,14 @@ macro_rules! by_mode {
 /// The C contract of `bind`.
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let saved = crate::guard::errno();
-    let r = if dpf::enabled() { dpf::ops::bind(fd, addr, len) } else { gcb::udp::bind(fd, addr, len) };
+    let r = if dpf::mode::enabled() { dpf::ops::bind(fd, addr, len) } else { gcb::udp::bind(fd, addr, len) };
     if r == 0 || crate::guard::errno() != libc::EADDRNOTAVAIL {
         return r;
     }
     let Some(want) = pinned::candidate(addr, len) else { return -1 };
     let pinned = {
         let _errno = ErrnoGuard::new();
-        if dpf::enabled() {
+        if dpf::mode::enabled() {
             dpf::reported::pin(fd, want)
         } else {
             gcb::reported::pin(fd, want)
@@ -132,7 +132,7 @@ macro_rules! send_on_channel {
         pub unsafe fn $name(fd: c_int $(, $arg: $ty)*) -> $ret {
             let saved = crate::guard::errno();
             let n = crate::real::$name(fd $(, $arg)*);
-            if n >= 0 || dpf::enabled() || !gcb::udp::channel::absorbs(fd, crate::guard::errno()) {
+            if n >= 0 || dpf::mode::enabled() || !gcb::udp::channel::absorbs(fd, crate::guard::errno()) {
                 return n;
             }
             crate::guard::set_errno(saved);
@@ -154,7 +154,7 @@ send_on_channel! {
 pub fn forget(fd: c_int) {
     let _ = crate::guard::bookkeep(|| {
         fault_point!("forget");
-        if dpf::enabled() {
+        if dpf::mode::enabled() {
             dpf::ops::forget(fd)
         } else {
             gcb::fdops::forget(fd)
@@ -171,7 +171,7 @@ pub fn forget(fd: c_int) {
 pub fn duplicated(old: c_int, new: c_int) {
     let recorded = crate::guard::bookkeep(|| {
         fault_point!("duplicated");
-        if dpf::enabled() {
+        if dpf::mode::enabled() {
             dpf::ops::duplicated(old, new)
         } else {
             gcb::fdops::duplicated(old, new)

@@ -48,7 +48,7 @@ fn evacuate(fd: c_int) {
     // to its listener, whose heartbeats then stop.
     let owned = crate::log::replace_fd(fd, moved.unwrap_or(libc::STDERR_FILENO))
         || moved.is_some_and(|m| crate::responder::wake_fd_moved(fd, m))
-        || moved.is_some_and(|m| if crate::dpf::enabled() { crate::dpf::lifecycle::internal_fd_moved(fd, m) } else { crate::gcb::lifecycle::internal_fd_moved(fd, m) });
+        || moved.is_some_and(|m| if crate::dpf::mode::enabled() { crate::dpf::lifecycle::internal_fd_moved(fd, m) } else { crate::gcb::lifecycle::internal_fd_moved(fd, m) });
     if let (false, Some(moved)) = (owned, moved) {
         internal::release(moved);
     }

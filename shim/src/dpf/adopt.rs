@@ -22,7 +22,7 @@ pub fn adopt() {
     let mut mapped: BTreeMap<[u8; 12], Vec<Entry>> = BTreeMap::new();
     for e in shared::parse(&value.to_string_lossy()) {
         match e.nonce {
-            Some(n) if super::standard() => mapped.entry(n).or_default().push(e),
+            Some(n) if super::mode::standard() => mapped.entry(n).or_default().push(e),
             Some(_) => {}
             None => groups.entry(e.mgmt).or_default().push(e),
         }
@@ -30,7 +30,7 @@ pub fn adopt() {
     for entries in mapped.into_values() {
         adopt_mapping(&entries);
     }
-    if super::standard() {
+    if super::mode::standard() {
         return;
     }
     for (mgmt_fd, entries) in groups {
@@ -57,7 +57,7 @@ pub fn adopt() {
             super::inherit::publish(st);
         });
         log!(Debug, "inherited {proto} {fds:?} ({local} as {public}) with management fd {mgmt_fd}");
-        super::ensure_responder();
+        super::state::ensure_responder();
     }
 }
 
@@ -89,7 +89,7 @@ fn adopt_mapping(entries: &[Entry]) {
         super::inherit::publish(st);
     });
     log!(Debug, "inherited {proto} {fds:?} ({local} as {public}), mapped by gateway {gateway}");
-    super::ensure_responder();
+    super::state::ensure_responder();
 }
 
 /// The management socket's address, if `fd` is a listening TCP socket.

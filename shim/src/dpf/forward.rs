@@ -60,14 +60,14 @@ pub fn forward(fd: c_int, proto: Proto) {
 /// port 0) and a forward elsewhere counts as a refusal. Returns the public
 /// address, or why there is none (already logged).
 pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<SocketAddrV4, NotForwarded> {
-    if super::standard() {
+    if super::mode::standard() {
         return super::pcp::map::request(fd, proto, pinned);
     }
     let bound = sys::local_addr(fd).map_err(NotForwarded::Other)?;
     if bound.ip().is_loopback() || bound.port() == 0 || super::state::with(|st| st.forward_of(fd).is_some()) {
         return Err(NotForwarded::Other(libc::EINVAL));
     }
-    let dpfd = super::server().ok_or(NotForwarded::Other(libc::EADDRNOTAVAIL))?;
+    let dpfd = super::mode::server().ok_or(NotForwarded::Other(libc::EADDRNOTAVAIL))?;
     let unreachable = NotForwarded::Other(libc::EADDRNOTAVAIL);
     let (sock, towards) = crate::client::exchange::open(dpfd).map_err(|e| {
         log!(Warn, "cannot reach dpfd {dpfd} to forward {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
@@ -113,13 +113,13 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         fdtable::set(fd, kind);
         super::inherit::publish(st);
     });
-    super::ensure_responder();
+    super::state::ensure_responder();
     Ok(public)
 }
 
 /// `Delete`, one datagram, no reply awaited: the probe cleans up if it is lost.
 pub fn send_delete(proto: Proto, local: SocketAddrV4) {
-    let Some(dpfd) = super::server() else { return };
+    let Some(dpfd) = super::mode::server() else { return };
     let Ok((sock, _)) = crate::client::exchange::open(dpfd) else { return };
     let msg = Message::Delete { proto, key: MappingKey::Local(local) };
     if let Ok(bytes) = crate::client::seal::dpf_encode(&msg, sys::random_u64()) {
@@ -150,7 +150,7 @@ pub fn wind_up(f: Forward, turned_active: bool) {
 /// reused by the application while it is being accepted on.
 pub fn sweep() {
     // A standard gateway's mappings have no probes to take.
-    if super::standard() {
+    if super::mode::standard() {
         return;
     }
     let _errno = crate::guard::ErrnoGuard::new();

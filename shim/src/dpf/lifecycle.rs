@@ -5,7 +5,8 @@
 //! moved to another number. The top of the client: it calls into the rest,
 //! and nothing in the client calls it.
 
-use super::{active, enabled, inherit, pcp, standard};
+use super::mode::{active, enabled, standard};
+use super::{inherit, pcp};
 use super::state::with;
 use crate::config::{self, Mode};
 
@@ -45,7 +46,7 @@ fn active_or_winding() -> bool {
 /// child's own responder answers dpfd's probes for the forwards it shares.
 pub fn resume_in_child() {
     if enabled() && active() {
-        super::ensure_responder();
+        super::state::ensure_responder();
     }
 }
 

@@ -24,8 +24,8 @@
 //! [`state::State`] behind one fork-safe lock (`client::lock`), taken through
 //! [`state::with`] for short, non-blocking critical sections only.
 //!
-//! This file holds only the mode ([`enabled`] and what configures it), which
-//! every module below uses; the process's lifetime events (init, fork, exec,
+//! The mode ([`mode::enabled`]) is decided in [`mode`], which every module
+//! below uses; the process's lifetime events (init, fork, exec,
 //! exit) reach the client through [`lifecycle`], above the rest.
 
 pub mod adopt;
@@ -34,6 +34,7 @@ pub mod cache;
 pub mod forward;
 pub mod inherit;
 pub mod lifecycle;
+pub mod mode;
 pub mod ops;
 pub mod pcp;
 pub mod public;
@@ -41,70 +42,3 @@ pub mod query;
 pub mod reported;
 pub mod serve;
 pub mod state;
-
-use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
-
-use crate::config::{self, Mode};
-
-const UNKNOWN: u8 = 0;
-const OFF: u8 = 1;
-const ON: u8 = 2;
-static ENABLED: AtomicU8 = AtomicU8::new(UNKNOWN);
-/// Whether any forward exists.
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-
-/// Whether this process is a DPF client (`DPF_INAGENT` set to an IPv4 address,
-/// or to a standard gateway).
-#[inline]
-pub fn enabled() -> bool {
-    match ENABLED.load(Relaxed) {
-        ON => true,
-        OFF => false,
-        _ => decide(),
-    }
-}
-
-#[cold]
-fn decide() -> bool {
-    let on = server().is_some() || standard();
-    ENABLED.store(if on { ON } else { OFF }, Relaxed);
-    on
-}
-
-/// `dpfd`'s command address.
-pub fn server() -> Option<SocketAddrV4> {
-    match config::get().mode {
-        Mode::Dpf(SocketAddr::V4(a)) => Some(a),
-        _ => None,
-    }
-}
-
-/// Whether the forwards come from a standard gateway (PCP, NAT-PMP) rather
-/// than dpfd.
-pub fn standard() -> bool {
-    matches!(config::get().mode, Mode::Pcp(_))
-}
-
-/// Whether this process holds forwards.
-#[inline]
-pub fn active() -> bool {
-    ACTIVE.load(Relaxed)
-}
-
-/// Kept by [`state::with`] after every use of the state.
-pub(crate) fn set_active(active: bool) {
-    ACTIVE.store(active, Relaxed)
-}
-
-/// The DPF client's work on the responder thread. Its `Duties` are
-/// implemented in [`serve`], at the top of the client, so the modules below
-/// start the thread through [`ensure_responder`] without importing the code
-/// it runs there.
-pub struct Duty;
-
-/// Starts this process's responder if needed, and wakes it for new work.
-pub fn ensure_responder() {
-    crate::responder::ensure::<Duty>();
-    crate::responder::wake();
-}

@@ -156,7 +156,7 @@ fn prepare_connect(fd: c_int, dest: Option<SocketAddrV4>) -> Option<(SocketAddrV
         }
     }
     // A standard gateway has no `Query`: connects go as dialed.
-    if super::standard() {
+    if super::mode::standard() {
         return None;
     }
     // Lock-free up to here for a destination that is not dpfd's.

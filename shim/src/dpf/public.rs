@@ -105,7 +105,7 @@ pub static KNOWN: PublicIps = PublicIps::new();
 /// Asks dpfd for its public IPs (`Info`) and learns them; why not, if it did
 /// not say.
 pub fn ask(policy: RetryPolicy) -> Result<(), String> {
-    let Some(dpfd) = super::server() else { return Err("DPF is off".into()) };
+    let Some(dpfd) = super::mode::server() else { return Err("DPF is off".into()) };
     let (sock, _) = crate::client::exchange::open(dpfd).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
     match exchange::exchange(sock.raw(), dpfd, policy, &CODEC, &Message::Info) {
         Ok(Message::InfoOk { public_ips }) => {

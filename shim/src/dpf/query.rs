@@ -36,7 +36,7 @@ pub fn resolve(proto: Proto, public: SocketAddrV4) -> Option<SocketAddrV4> {
     if let Some(answer) = super::state::with(|st| st.cache.get(proto, public, now)) {
         return answer;
     }
-    let dpfd = super::server()?;
+    let dpfd = super::mode::server()?;
     let answer = match crate::client::exchange::open(dpfd) {
         Ok((sock, _)) => match crate::client::exchange::exchange(sock.raw(), dpfd, RetryPolicy::probe(), &CODEC, &Message::Query { proto, public }) {
             Ok(Message::QueryOk { local }) => {

@@ -34,11 +34,11 @@ fn is_public(ip: Ipv4Addr) -> bool {
     if let Some(known) = KNOWN.is_public(ip) {
         return known;
     }
-    let asked = if super::standard() { super::pcp::map::ask_public() } else { super::public::ask(RetryPolicy::default()) };
+    let asked = if super::mode::standard() { super::pcp::map::ask_public() } else { super::public::ask(RetryPolicy::default()) };
     match asked {
         Ok(()) => KNOWN.is_public(ip) == Some(true),
         Err(why) => {
-            let who = if super::standard() { "the gateway" } else { "dpfd" };
+            let who = if super::mode::standard() { "the gateway" } else { "dpfd" };
             log!(Warn, "{who} did not say its public addresses ({why}); a bind to {ip} fails as the kernel says");
             false
         }
@@ -53,7 +53,7 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     }
     // The local address behind the public one: this host's IP towards dpfd
     // (or the gateway), the one it forwards to.
-    let Some(dpfd) = super::server().or_else(super::pcp::gateway) else { return Pinned::NotOurs };
+    let Some(dpfd) = super::mode::server().or_else(super::pcp::gateway) else { return Pinned::NotOurs };
     let towards = match crate::client::exchange::open(dpfd) {
         Ok((_, towards)) => towards,
         Err(e) => return Pinned::Failed(if crate::client::sys::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }),

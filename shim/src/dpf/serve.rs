@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use crate::responder::{Duties, PollSet};
 
-impl Duties for super::Duty {
+impl Duties for super::state::Duty {
     fn gather(set: &mut PollSet, now: Instant) -> Option<Instant> {
-        if super::standard() {
+        if super::mode::standard() {
             return super::pcp::serve::gather(set, now);
         }
         super::state::with(|st| {
@@ -24,7 +24,7 @@ impl Duties for super::Duty {
     }
 
     fn run(ready: &[(u64, i16)], now: Instant) {
-        if super::standard() {
+        if super::mode::standard() {
             return super::pcp::serve::run(ready, now);
         }
         if !ready.is_empty() {

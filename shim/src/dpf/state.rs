@@ -12,6 +12,11 @@
 //! a forward has at least one fd (removing its last fd hands it back as
 //! [`Removed::Last`], to be deleted at `dpfd` and its management socket
 //! closed); no two forwards share a management socket.
+//!
+//! Also here, since every module takes the state through it: the one lock
+//! ([`with`], which gives a forked child's first use its own share, and the
+//! `fork` handlers' part), and the marker through which the modules below
+//! start the responder ([`ensure_responder`]).
 
 use std::net::SocketAddrV4;
 
@@ -172,7 +177,7 @@ pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
         forked(st);
     }
     let r = f(st);
-    super::set_active(!st.is_empty());
+    super::mode::set_active(!st.is_empty());
     r
 }
 
@@ -211,6 +216,18 @@ fn forked(st: &mut State) {
             crate::internal::release(w.sock);
         }
     }
+}
+
+/// The DPF client's work on the responder thread. Its `Duties` are
+/// implemented in [`super::serve`], at the top of the client, so the modules below
+/// start the thread through [`ensure_responder`] without importing the code
+/// it runs there.
+pub struct Duty;
+
+/// Starts this process's responder if needed, and wakes it for new work.
+pub fn ensure_responder() {
+    crate::responder::ensure::<Duty>();
+    crate::responder::wake();
 }
 
 #[cfg(test)]

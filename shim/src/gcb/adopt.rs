@@ -59,7 +59,7 @@ pub fn adopt() {
         any = true;
     }
     if any {
-        super::ensure_responder();
+        super::state::ensure_responder();
     }
 }
 

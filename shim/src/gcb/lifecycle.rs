@@ -6,7 +6,8 @@
 //! calls it.
 
 use super::state::with;
-use super::{enabled, fdops, inherit, received};
+use super::mode::enabled;
+use super::{fdops, inherit, received};
 use crate::config::{self, Mode};
 
 /// Turns the client on if configured, and takes over inherited listeners. Called
@@ -24,7 +25,7 @@ pub fn init() {
 /// starts the child's own responder if it holds anything to answer for.
 pub fn resume_in_child() {
     if enabled() && with(|reg| reg.listeners().next().is_some()) {
-        super::ensure_responder();
+        super::state::ensure_responder();
     }
 }
 

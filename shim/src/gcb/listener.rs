@@ -162,7 +162,7 @@ pub(super) fn adopt(fd: c_int, proto: Proto, watched: Kind, local: SocketAddrV4,
     });
     match adopted {
         Ok(()) => {
-            super::ensure_responder();
+            super::state::ensure_responder();
             true
         }
         Err(mut l) => {

@@ -70,7 +70,7 @@ pub unsafe fn on_received(msg: *const msghdr) {
         any |= take_on(fd);
     }
     if any {
-        super::ensure_responder();
+        super::state::ensure_responder();
     }
 }
 
@@ -108,7 +108,7 @@ pub fn adopt_activated() {
         any |= take_on(fd);
     }
     if any {
-        super::ensure_responder();
+        super::state::ensure_responder();
     }
 }
 

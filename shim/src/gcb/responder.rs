@@ -41,7 +41,7 @@ fn untag(tag: u64) -> (u64, c_int) {
     (tag >> 32, tag as u32 as c_int)
 }
 
-impl Duties for super::Duty {
+impl Duties for super::state::Duty {
     fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
         super::state::with(|reg| {
             connecting::take_incoming(reg);

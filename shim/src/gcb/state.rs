@@ -1,6 +1,7 @@
 //! The GCB client's registry behind its one lock: [`with`], which also gives a
 //! forked child's first use its own share of the state, and the `fork`
-//! handlers' part in taking and releasing the lock.
+//! handlers' part in taking and releasing the lock; and the marker through
+//! which the modules below start the responder ([`ensure_responder`]).
 
 use super::registry::Registry;
 use super::{connecting, doorbell, park, reversal_listener, serve, serve_punch};
@@ -68,3 +69,14 @@ pub fn after_fork(in_child: bool) {
     crate::client::lock::after_fork(&REGISTRY);
 }
 
+/// The GCB client's work on the responder thread. Its `Duties` are
+/// implemented in [`super::responder`], at the top of the client, so the
+/// modules below start the thread through [`ensure_responder`] without importing the code
+/// it runs there.
+pub struct Duty;
+
+/// Starts this process's responder if needed, and wakes it for new work.
+pub fn ensure_responder() {
+    crate::responder::ensure::<Duty>();
+    crate::responder::wake();
+}

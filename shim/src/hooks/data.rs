@@ -48,7 +48,7 @@ hook! {
     /// (`gcb::received`): looked at only when the message has control data.
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
         let n = detour_or_real!(detour::managed_only(fd) => recvmsg(fd, msg, flags));
-        if n >= 0 && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
+        if n >= 0 && crate::gcb::received::may_carry_fds(msg) && crate::gcb::mode::enabled() {
             // Received: the message is the program's whatever happens here.
             crate::guard::bookkeep(|| crate::gcb::received::on_received(msg));
         }
@@ -90,7 +90,7 @@ hook! {
     /// A listener sent to another process (`SCM_RIGHTS`) is shared from then on.
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
         let n = detour_or_real!(detour::send_to(fd) => sendmsg(fd, msg, flags));
-        if n >= 0 && fdtable::any_managed() && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
+        if n >= 0 && fdtable::any_managed() && crate::gcb::received::may_carry_fds(msg) && crate::gcb::mode::enabled() {
             // Sent, and not to be sent again.
             crate::guard::bookkeep(|| crate::gcb::received::on_sent(msg));
         }

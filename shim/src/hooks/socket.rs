@@ -37,7 +37,7 @@ hook! {
     /// Nothing else is marked.
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
         let fd = real::socket(domain, ty, protocol);
-        if fd >= 0 && gcb::enabled() {
+        if fd >= 0 && gcb::mode::enabled() {
             if is_tcp_ip(domain, ty, protocol) {
                 fdtable::set(fd, Kind::Watched);
             } else if is_udp_ip(domain, ty, protocol) {

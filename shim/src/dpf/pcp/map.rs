@@ -146,7 +146,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         fdtable::set(fd, ask::kind_of(proto));
         crate::dpf::inherit::publish(st);
     });
-    crate::dpf::ensure_responder();
+    crate::dpf::state::ensure_responder();
     Ok(public)
 }
 

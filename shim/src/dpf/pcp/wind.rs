@@ -52,7 +52,7 @@ pub fn wind_up(mut f: Forward, turned_active: bool) {
         return w.release();
     }
     crate::dpf::state::with(|st| st.pcp.winding.push(w));
-    crate::dpf::ensure_responder();
+    crate::dpf::state::ensure_responder();
 }
 
 /// The responder's round for the windings: looks, retransmissions, answers

@@ -205,7 +205,7 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
     slot.store(id, Ordering::Release);
     fdtable::replace(fd, Kind::Watched, Kind::Connecting);
     INCOMING.push(Job { id, app_fd: fd, placeholder, dest, family: fam, since: now, deadline: now + CONNECT_TIMEOUT, stage: Stage::New });
-    super::ensure_responder();
+    super::state::ensure_responder();
     crate::guard::set_errno(libc::EINPROGRESS);
     Some(-1)
 }

@@ -36,7 +36,7 @@ use crate::real;
 /// Whether `fd` is a UDP socket this client manages (`Managed` and known to
 /// the UDP table; a `Managed` TCP listener is not).
 pub fn manages(fd: c_int) -> bool {
-    fdtable::kind(fd) == Kind::Managed && super::enabled() && super::state::with(|reg| reg.udp.get(fd).is_some())
+    fdtable::kind(fd) == Kind::Managed && super::mode::enabled() && super::state::with(|reg| reg.udp.get(fd).is_some())
 }
 
 /// Whether sends and connects on `fd` take [`send`].

@@ -138,7 +138,7 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
     });
     if punching {
         // Its Dummies are the responder's timers.
-        super::super::ensure_responder();
+        super::super::state::ensure_responder();
     }
     Ok(match route {
         Route::Direct(real) => Out::To(real),
