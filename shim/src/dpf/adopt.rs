@@ -64,7 +64,7 @@ pub fn adopt() {
 /// Takes over a standard gateway's forward: the entries of one nonce.
 fn adopt_mapping(entries: &[Entry]) {
     let first = entries[0];
-    let (Some(public), Some(proto), Some(gateway), Some(nonce)) = (first.proxy, proto_of(&first), super::pcp::gateway(), first.nonce) else { return };
+    let (Some(public), Some(proto), Some(gateway), Some(nonce)) = (first.proxy, proto_of(&first), super::pcp::wire::gateway(), first.nonce) else { return };
     let fds: Vec<c_int> = entries.iter().filter(|e| proto_of(e) == Some(proto)).map(|e| e.fd).collect();
     let bound = first.local;
     let local = match bound.ip().is_unspecified() {
@@ -77,7 +77,7 @@ fn adopt_mapping(entries: &[Entry]) {
     let mut cfg = super::pcp::map::config(proto, local, Some(public), false);
     cfg.nonce = nonce;
     let client = super::pcp::serve::fresh(&proto::portmap::MapClient::new(cfg), public);
-    let (inode, v6) = super::pcp::identity(fds[0]);
+    let (inode, v6) = super::pcp::wire::identity(fds[0]);
     let mapping = super::pcp::side::Mapping { client, inode, v6, restart_at: Some(std::time::Instant::now()), failures: 0 };
     let kind = super::ask::kind_of(proto);
     super::public::KNOWN.learn(*public.ip());

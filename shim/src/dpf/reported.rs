@@ -53,7 +53,7 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     }
     // The local address behind the public one: this host's IP towards dpfd
     // (or the gateway), the one it forwards to.
-    let Some(dpfd) = super::mode::server().or_else(super::pcp::gateway) else { return Pinned::NotOurs };
+    let Some(dpfd) = super::mode::server().or_else(super::pcp::wire::gateway) else { return Pinned::NotOurs };
     let towards = match crate::client::exchange::open(dpfd) {
         Ok((_, towards)) => towards,
         Err(e) => return Pinned::Failed(if crate::client::sys::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }),

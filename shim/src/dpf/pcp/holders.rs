@@ -180,7 +180,7 @@ mod tests {
     use super::*;
 
     fn inode_of(fd: c_int) -> u64 {
-        super::super::identity(fd).0
+        super::super::wire::identity(fd).0
     }
 
     /// Whether `f` gives `want` within 2 s: another test's forked child may

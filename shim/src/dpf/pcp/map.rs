@@ -23,7 +23,7 @@ use proto::portmap::{Config, Event, MapClient, Refusal, Retry, Via};
 use proto::Proto;
 
 use super::side::Mapping;
-use super::{CALL_BOUND, CALL_RETRY, LIFETIME_S};
+use super::wire::{CALL_BOUND, CALL_RETRY, LIFETIME_S};
 use crate::client::exchange::NoAnswer;
 use crate::dpf::ask::{self, NotForwarded};
 use crate::dpf::state::Forward;
@@ -58,7 +58,7 @@ pub fn run(client: &mut MapClient, fd: c_int, bound: Duration) -> Outcome {
     // Each round sends, reads or fires a timer, and the time bound ends it;
     // the count bounds it as well.
     for _ in 0..256 {
-        if super::send(fd, &out).is_err() {
+        if super::wire::send(fd, &out).is_err() {
             return Outcome::Silent(NoAnswer::Refused);
         }
         match out.events.first() {
@@ -72,7 +72,7 @@ pub fn run(client: &mut MapClient, fd: c_int, bound: Duration) -> Outcome {
         }
         let wake = client.next_deadline().map_or(end, |d| d.min(end));
         out = match sys::wait_fd(fd, libc::POLLIN, wake) {
-            Ok(_) => match super::drain(fd, client, Instant::now()) {
+            Ok(_) => match super::wire::drain(fd, client, Instant::now()) {
                 Ok(out) => out,
                 Err(libc::ECONNREFUSED) => return Outcome::Silent(NoAnswer::Refused),
                 Err(e) => return Outcome::Silent(NoAnswer::Io(e)),
@@ -100,7 +100,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         return Err(NotForwarded::Other(libc::EINVAL));
     }
     let unreachable = NotForwarded::Other(libc::EADDRNOTAVAIL);
-    let gateway = super::gateway().ok_or(unreachable)?;
+    let gateway = super::wire::gateway().ok_or(unreachable)?;
     let (sock, towards) = crate::client::exchange::open(gateway).map_err(|e| {
         log!(Warn, "cannot reach gateway {gateway} to map {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
         unreachable
@@ -121,23 +121,23 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         }
         Outcome::Silent(why) => {
             // The gateway may have mapped it and the answer been lost.
-            let _ = super::send(sock.raw(), &client.delete(Instant::now()));
+            let _ = super::wire::send(sock.raw(), &client.delete(Instant::now()));
             let ms = CALL_BOUND.as_millis();
             log!(Warn, "gateway {gateway} did not map {proto} {local} ({}; asked by {} for {ms} ms); {unforwarded}", why.describe(), client.via());
             return Err(unreachable);
         }
     };
-    log!(Info, "gateway {gateway} answered {via} version {}: {proto} {local} mapped to {public} for {lifetime} s", super::version(via));
+    log!(Info, "gateway {gateway} answered {via} version {}: {proto} {local} mapped to {public} for {lifetime} s", super::wire::version(via));
     if let Some(asked) = pinned.filter(|p| !crate::client::pinned::matches(*p, public)) {
         log!(Warn, "gateway {gateway} maps {proto} {local} at {public}, not {asked}; the bind fails");
         client.set_retry(super::side::WIND_RETRY, super::side::WIND_RETRY);
-        let _ = super::send(sock.raw(), &client.delete(Instant::now()));
+        let _ = super::wire::send(sock.raw(), &client.delete(Instant::now()));
         return Err(NotForwarded::PortUnavailable);
     }
     let bound_there = if pinned.is_some() { ", the address the program bound" } else { "" };
     log!(Info, "registered {proto} {local} as {public}{bound_there}");
     client.set_retry(Retry::PCP, Retry::NATPMP);
-    let (inode, v6) = super::identity(fd);
+    let (inode, v6) = super::wire::identity(fd);
     let mapping = Mapping { client, inode, v6, restart_at: None, failures: 0 };
     let mgmt_fd = crate::internal::adopt(sock.into_raw());
     crate::dpf::public::KNOWN.learn(*public.ip());
@@ -153,7 +153,7 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
 /// Asks the gateway its public address (NAT-PMP opcode 0) and learns it as
 /// its whole list; why not, if it did not say.
 pub fn ask_public() -> Result<(), String> {
-    let gateway = super::gateway().ok_or("no gateway")?;
+    let gateway = super::wire::gateway().ok_or("no gateway")?;
     let (sock, _) = crate::client::exchange::open(gateway).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
     let request = proto::natpmp::encode_request(&proto::natpmp::Request::PublicAddress);
     let end = Instant::now() + CALL_BOUND;

@@ -35,7 +35,7 @@ pub fn nonce_for(proto: Proto, local: SocketAddrV4) -> [u8; 12] {
     });
     match key {
         Some(k) => proto::portmap::derived_nonce(k, proto, local),
-        None => super::nonce(),
+        None => super::wire::nonce(),
     }
 }
 

@@ -21,7 +21,8 @@ use libc::c_int;
 use proto::portmap::{Event, MapClient, Output, Retry};
 
 use super::side::Mapping;
-use super::{announce, wind, RETRY};
+use super::wire::RETRY;
+use super::{announce, wind};
 use crate::dpf::state::{Forward, State};
 use crate::responder::PollSet;
 
@@ -88,7 +89,7 @@ fn keep_announce(st: &mut State) {
 
 /// Handles the ready sockets and the timers that fell due.
 pub fn run(ready: &[(u64, i16)], now: Instant) {
-    let Some(gateway) = super::gateway() else { return };
+    let Some(gateway) = super::wire::gateway() else { return };
     crate::dpf::state::with(|st| {
         let mut moved = false;
         let heard = match st.pcp.announce_fd {
@@ -102,7 +103,7 @@ pub fn run(ready: &[(u64, i16)], now: Instant) {
             if f.mgmt_fd >= 0 && ready_fds.contains(&f.mgmt_fd) {
                 // An error here is the gateway's port refusing for a moment
                 // (it restarts): the retransmissions go on.
-                if let Ok(o) = super::drain(f.mgmt_fd, &mut m.client, now) {
+                if let Ok(o) = super::wire::drain(f.mgmt_fd, &mut m.client, now) {
                     merge(&mut out, o);
                 }
             }
@@ -157,7 +158,7 @@ fn apply(f: &mut Forward, m: &mut Mapping, out: Output, gateway: SocketAddrV4, n
                 f.mgmt_fd = crate::internal::adopt(s.into_raw());
             }
         }
-        let _ = super::send(f.mgmt_fd, &out);
+        let _ = super::wire::send(f.mgmt_fd, &out);
     }
     let (proto, local, public) = (f.proto, f.local, f.public);
     let mut moved = false;

@@ -125,12 +125,12 @@ impl Winding {
         self.client.set_retry(WIND_RETRY, WIND_RETRY);
         let out = self.client.delete(now);
         if self.sock < 0 {
-            if let Some(fd) = super::gateway().and_then(|g| crate::client::exchange::open(g).ok()).map(|(s, _)| crate::internal::adopt(s.into_raw())) {
+            if let Some(fd) = super::wire::gateway().and_then(|g| crate::client::exchange::open(g).ok()).map(|(s, _)| crate::internal::adopt(s.into_raw())) {
                 self.sock = fd;
             }
         }
         if self.sock >= 0 {
-            let _ = super::send(self.sock, &out);
+            let _ = super::wire::send(self.sock, &out);
         }
         log!(Debug, "deleting the mapping of {} {}", self.proto, self.local);
     }

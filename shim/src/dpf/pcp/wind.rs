@@ -60,8 +60,8 @@ pub fn wind_up(mut f: Forward, turned_active: bool) {
 pub fn tick(list: &mut Vec<Winding>, ready: &[c_int], now: Instant) {
     for w in list.iter_mut() {
         if w.sock >= 0 && ready.contains(&w.sock) {
-            if let Ok(out) = super::drain(w.sock, &mut w.client, now) {
-                let _ = super::send(w.sock, &out);
+            if let Ok(out) = super::wire::drain(w.sock, &mut w.client, now) {
+                let _ = super::wire::send(w.sock, &out);
             }
         }
         match w.check {
@@ -82,7 +82,7 @@ pub fn tick(list: &mut Vec<Winding>, ready: &[c_int], now: Instant) {
             },
             None if w.deleting && w.client.next_deadline().is_some_and(|d| now >= d) => {
                 let out = w.client.poll_timeout(now);
-                let _ = super::send(w.sock, &out);
+                let _ = super::wire::send(w.sock, &out);
             }
             Some(_) | None => {}
         }
@@ -148,7 +148,7 @@ pub fn at_exit() {
         }
         let ready: Vec<c_int> = fds.iter().filter(|p| p.revents != 0).map(|p| p.fd).collect();
         for w in list.iter_mut().filter(|w| w.waiting() && ready.contains(&w.sock)) {
-            if let Ok(out) = super::drain(w.sock, &mut w.client, Instant::now()) {
+            if let Ok(out) = super::wire::drain(w.sock, &mut w.client, Instant::now()) {
                 if out.events.iter().any(|e| matches!(e, Event::Deleted)) {
                     log!(Debug, "deleted the mapping of {} {}", w.proto, w.local);
                 }
