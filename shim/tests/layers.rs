@@ -172,13 +172,14 @@ fn the_checker_sees_parents_children_macros_and_skips_comments_and_tests() {
     let krate = synthetic(&[
         ("lib.rs", "#[macro_use] pub mod log; pub mod p;"),
         ("log.rs", "macro_rules! log { () => { $crate::p::no() } }"),
-        ("p/mod.rs", "pub mod c; pub mod d; #[cfg(test)] mod t;\nuse c::Thing;\npub fn f() {}"),
+        ("p/mod.rs", "pub mod c; pub mod d; pub mod e; #[cfg(test)] mod t;\nuse c::Thing;\npub fn f() {}"),
         ("p/c.rs", "// crate::p::d::x()\npub fn g() { let s = \"crate::p::d\"; super::f(); log!(); }"),
+        ("p/e.rs", "use crate::p;\npub fn h() { p::c::g() }"),
         ("p/d.rs", "#[cfg(test)]\nmod tests { use crate::p::c; }\n#[cfg(test)] use crate::p::c::g;"),
         ("p/t.rs", "use crate::p::d;"),
     ]);
     let edges: Vec<_> = krate.edges().into_keys().collect();
     let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
-    assert_eq!(edges, vec![pair("p", "p::c"), pair("p::c", "log"), pair("p::c", "p")]);
+    assert_eq!(edges, vec![pair("p", "p::c"), pair("p::c", "log"), pair("p::c", "p"), pair("p::e", "p"), pair("p::e", "p::c")]);
     assert_eq!(scan::cycles(&krate.edges()), vec![vec!["p".to_string(), "p::c".to_string()]]);
 }

@@ -7,7 +7,8 @@
 //! file that defines its longest prefix:
 //!
 //! * `crate::a::b`, `super::x`, `self::x`, with `{...}` groups in `use`;
-//! * a bare `child::x` naming a module file under the current one;
+//! * a bare `child::x` naming a module file under the current one, and
+//!   `m::x` where a `use` named module `m` whole;
 //! * `name!` invoking a `macro_rules! name` defined in another file.
 //!
 //! A parent's `mod child;` is not an edge; a child naming its parent's items
@@ -61,11 +62,21 @@ impl Crate {
                     edges.entry((from.clone(), to)).or_insert(why);
                 }
             };
-            for path in paths(src) {
-                if let Some(abs) = self.absolute(from, &path) {
-                    if let Some(to) = self.resolve(&abs) {
-                        add(to, path.join("::"));
-                    }
+            let all = paths(src);
+            // Modules named whole (`use crate::gcb::{self, mgmt}`), by the name
+            // they go by here, so that `mgmt::udp::f` counts as the module it reaches.
+            let aliases: BTreeMap<&String, Vec<String>> = all
+                .iter()
+                .filter_map(|path| Some((path.last()?, self.absolute(from, path)?)))
+                .filter(|(_, abs)| !abs.is_empty() && self.is_mod_file(&abs.join("::")))
+                .collect();
+            for path in &all {
+                let abs = self.absolute(from, path).or_else(|| {
+                    let base = aliases.get(&path[0])?;
+                    Some(base.iter().chain(&path[1..]).cloned().collect())
+                });
+                if let Some(to) = abs.and_then(|abs| self.resolve(&abs)) {
+                    add(to, path.join("::"));
                 }
             }
             for (name, to) in &macros {
