@@ -1,7 +1,8 @@
 //! The shim's layers, checked: no module file imports one in a layer above
 //! its own, neither client imports the other, and no import cycle joins
-//! module files (lib.rs describes the layers). The import graph is read from the sources ([`scan`]); run
-//! `cargo test -p shim --test layers -- --nocapture` to see it.
+//! module files (lib.rs describes the layers). The import graph is read from
+//! the sources ([`scan`]); `cargo test -p shim --test layers -- --nocapture`
+//! prints it.
 
 #[path = "layers/scan.rs"]
 mod scan;
@@ -11,8 +12,10 @@ use std::path::Path;
 
 use scan::{Crate, Module};
 
-/// Each module's layer, by the longest matching module path ("" is lib.rs).
-/// A file imports only from its own layer or the ones below it.
+/// Each module's layer, by the longest matching module path ("" is lib.rs
+/// alone). A file imports only from its own layer or the ones below it; a
+/// module that matches no entry is a breach, so a new top-level module gets
+/// its layer here.
 const LAYERS: &[(&str, Layer)] = &[
     ("", Layer::Hooks),
     ("hooks", Layer::Hooks),
@@ -71,7 +74,7 @@ enum Layer {
 fn layer_of(table: &[(&str, Layer)], m: &str) -> Option<Layer> {
     table
         .iter()
-        .filter(|(p, _)| m == *p || p.is_empty() || m.starts_with(&format!("{p}::")))
+        .filter(|(p, _)| m == *p || (!p.is_empty() && m.starts_with(&format!("{p}::"))))
         .max_by_key(|(p, _)| p.len())
         .map(|&(_, l)| l)
 }
@@ -155,7 +158,8 @@ fn synthetic(files: &[(&str, &str)]) -> Crate {
 #[test]
 fn the_checker_finds_a_cycle_and_an_upward_import() {
     let krate = synthetic(&[
-        ("lib.rs", "pub mod a; pub mod b; pub mod low;"),
+        ("lib.rs", "pub mod a; pub mod b; pub mod c; pub mod low;"),
+        ("c.rs", "pub fn z() { crate::low::leaf::h() }"),
         ("a.rs", "use crate::b::{self, X as Y};\nfn f() { b::g(); }"),
         ("b.rs", "pub fn g() { crate::a::f() }"),
         ("low/mod.rs", "pub mod leaf;"),
@@ -168,6 +172,7 @@ fn the_checker_finds_a_cycle_and_an_upward_import() {
             "cycle: a b".to_string(),
             "across: a -> b by crate::b".to_string(),
             "across: b -> a by crate::a::f".to_string(),
+            "no layer: c or low::leaf".to_string(),
             "up: low::leaf (Base) -> a (Clients) by super::super::a::f".to_string(),
         ]
     );
