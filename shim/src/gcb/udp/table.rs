@@ -78,14 +78,20 @@ pub struct Hole {
     pub punch: Option<Punch>,
 }
 
-/// What a punch's hole has beyond a `MakeHole`'s: only `target` opens it
-/// (with a `Dummy` or `DummyAck` of the token, or data), each of its Dummies
-/// is answered, and its Dummies back off.
+/// What a punch's hole has beyond a `MakeHole`'s: the hole's `token` is this
+/// side's proof (what its Dummies and answers carry, never the token itself),
+/// only `target` showing the other side's proof opens it (data does not: a
+/// stranger at the target's address has it too), each of its Dummies is
+/// answered, and its Dummies back off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Punch {
-    /// Where the direct path, once open, is reported (the connector's: one
-    /// `Dummy{token}` to the listener's proxy, which the broker counts).
-    pub report: Option<SocketAddrV4>,
+    /// The proof the other side shows (`proto::gcb::punch::PunchProof` of
+    /// its role, as a token).
+    pub expect: Token,
+    /// Where the direct path, once open, is reported, and the token it is
+    /// reported with (the connector's: one `Dummy{token}` to the listener's
+    /// proxy, which the broker counts).
+    pub report: Option<(SocketAddrV4, Token)>,
     /// The wait after the next Dummy; doubled after each.
     pub gap: Duration,
 }
@@ -94,8 +100,11 @@ pub struct Punch {
 /// found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heard {
-    /// From the punch's target: answered (a Dummy), and the path is open.
+    /// The other side's proof from the punch's target: answered (a Dummy,
+    /// with `answer`), and the path is open.
     pub from_target: bool,
+    /// This side's proof, which answers.
+    pub answer: Token,
     /// This one opened it: the hole, as it was made.
     pub opened: Option<Hole>,
 }
@@ -271,21 +280,30 @@ impl UdpSocket {
 
     /// A datagram came straight from `src`: if a hole being made targets it,
     /// the hole is made (the peer is reached at `src`): that hole.
+    /// A punch's hole is opened only by its peer's proof ([`Self::punch_heard`]).
     pub fn hole_heard(&mut self, src: SocketAddrV4, now: Instant) -> Option<Hole> {
-        let i = self.holes.iter().position(|h| h.target == src && (h.tries_left != 0 || h.next_try != h.expires))?;
+        let i = self.holes.iter().position(|h| h.target == src && h.punch.is_none() && (h.tries_left != 0 || h.next_try != h.expires))?;
         self.made(i, src, now)
     }
 
     /// A `Dummy` or `DummyAck` with `token` came from `src`: `None` if no
-    /// punch of this socket has the token (not ours). One from anywhere but
-    /// the punch's target is taken and does nothing more: a stranger who
-    /// saw the token cannot move the path.
+    /// punch of this socket has the token (not ours). It opens the path only
+    /// when it is the other side's proof from the punch's target; this
+    /// side's own proof (a stranger who caught a Dummy sending it back) or
+    /// either from anywhere else is taken and does nothing more.
     pub fn punch_heard(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<Heard> {
-        let i = self.holes.iter().position(|h| h.token == token && h.punch.is_some())?;
-        if self.holes[i].target != src {
-            return Some(Heard { from_target: false, opened: None });
+        let i = self.holes.iter().position(|h| h.punch.is_some_and(|p| p.expect == token) || (h.punch.is_some() && h.token == token))?;
+        let (answer, target) = (self.holes[i].token, self.holes[i].target);
+        if target != src || token == answer {
+            return Some(Heard { from_target: false, answer, opened: None });
         }
-        Some(Heard { from_target: true, opened: self.made(i, src, now) })
+        Some(Heard { from_target: true, answer, opened: self.made(i, src, now) })
+    }
+
+    /// Gives up the punch whose proof is `mine` (a connected socket that
+    /// went to the relay: it would not hear the direct path).
+    pub fn cancel_punch(&mut self, mine: Token) {
+        self.holes.retain(|h| !(h.punch.is_some() && h.token == mine));
     }
 
     /// Holes whose next Dummy is due: their targets and tokens. Each try is
