@@ -115,6 +115,7 @@ impl Engine {
         }
         pending.insert(token, (proxy, p.target, now + REPORT_TTL));
         self.counters.udp_punch_attempts += 1;
+        debug!("udp {proxy}: punch {token}: connector {}, listener {}", p.target, p.listener_at);
     }
 
     /// A `Dummy{token}` at the proxy socket `proxy` from `from`, not the
