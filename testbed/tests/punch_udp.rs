@@ -14,6 +14,9 @@
 //!   datagrams no longer pass through the broker.
 //! * A client with `GCB_PUNCH=0` is relayed as before, every datagram
 //!   through the broker.
+//! * A connected client (`--udp-connected`: `connect`, `send`, `recv`) waits
+//!   in `connect` for its punch, and then every datagram, the first
+//!   included, goes direct: all echoed, none relayed.
 //!
 //! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
 //! `make -C c-tests`.
@@ -109,6 +112,26 @@ fn a_udp_echo_moves_from_the_relay_to_a_punched_path() {
     // The probe that measures the connection, then the rounds, both ways.
     assert_eq!(relayed(&r) - before, 2 * (RELAYED_ROUNDS + 1), "relayed both ways: {all}");
     assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "punch_skipped_not_capable")), (1, 1), "{all}");
+    drop(server);
+    r.down();
+}
+
+#[test]
+fn a_connected_udp_echo_is_punched_from_its_first_datagram() {
+    let nat = NatKinds::new(NatKind::Preserve, NatKind::Drop);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let (server, listen) = server(&r, 7481);
+    let mut c = echo_client(&r, &listen, RELAYED_ROUNDS, &[]);
+    c.arg("--udp-connected");
+    let out = run_with_timeout(c, CLIENT_TIMEOUT).expect("echo-client");
+    let (stdout, log) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let all = format!("{stdout}\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
+    assert!(out.status.success(), "{all}");
+    all_echoed(&stdout, &all);
+    assert!(log.contains(&format!("udp to {listen}: via punched")), "the client's shim: {all}");
+    assert!(server.stderr_text().contains("via punched, reached at 203.0.113.2:"), "the server's shim: {all}");
+    assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (1, 1), "{all}");
+    assert_eq!(relayed(&r), 0, "not one datagram through the broker: {all}");
     drop(server);
     r.down();
 }
