@@ -18,10 +18,10 @@
 //!   `Dummy` with their role's proof of the token ([`proof`]) to the other's
 //!   mapping with backoff, the listener at once on `PunchHole`, the connector
 //!   after [`PUNCH_HEAD_START`] (`send`); each answers the other's Dummy with
-//!   a `DummyAck` of its own proof, and the first `Dummy` or `DummyAck` with
-//!   the other's proof from that mapping opens the direct path on its side.
-//!   The connector then tells the broker with one `Dummy{token}` to the
-//!   proxy. These are answered because a punch needs both sides to hear
+//!   a `DummyAck` of its own proof. The listener's proof from its mapping
+//!   opens the connector's side; the listener's opens at the connector's ack
+//!   or its data after its proof (`table::Punch::confirm`). The connector
+//!   then tells the broker with one `Dummy{token}` to the proxy. These are answered because a punch needs both sides to hear
 //!   each other, and they are few (bounded tries, one answer each).
 //!
 //! Why so few answers: every control datagram that reaches the application's
@@ -154,7 +154,7 @@ pub fn make_hole(
     let expires = now + super::table::HOLE_ACK_TTL;
     let hole = match punch {
         true => {
-            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2 };
+            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2, confirm: true, proven: false };
             Hole { token: proof(token, Role::Listener), target, peer, next_try: now + PUNCH_GAP, tries_left: PUNCH_TRIES - 1, expires, punch: Some(punch) }
         }
         false => Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1, expires, punch: None },
@@ -229,7 +229,7 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
     }
     let decoded = seal::gcb_decode(bytes);
     if let Ok((_, m @ (Message::Dummy { token } | Message::DummyAck { token }))) = &decoded {
-        if let Some(heard) = sock.punch_heard(*token, src, now) {
+        if let Some(heard) = sock.punch_heard(*token, src, matches!(m, Message::DummyAck { .. }), now) {
             punched(fd, src, heard, matches!(m, Message::Dummy { .. }));
             return Incoming::Consumed;
         }
@@ -254,19 +254,23 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
         _ => {}
     }
     if let Some(hole) = sock.hole_heard(src, now) {
-        log!(Debug, "hole to {} made: it is heard from {src}", hole.peer);
+        match hole.punch {
+            Some(_) => opened(fd, &hole, src),
+            None => log!(Debug, "hole to {} made: it is heard from {src}", hole.peer),
+        }
     }
     Incoming::Data { from: sock.name_of(src), offset: 0 }
 }
 
 /// A punch's `Dummy` (`dummy`) or `DummyAck` came from `src`: the peer's
-/// Dummy is answered with this side's proof, and the path may open.
+/// Dummy is answered with this side's proof, and the path may open; a side
+/// opened by the peer's ack says so with an ack (`Punch::confirm`).
 fn punched(fd: c_int, src: SocketAddrV4, heard: Heard, dummy: bool) {
     if !heard.from_target {
         log!(Debug, "udp: a punch's {} from {src}, not its peer's proof from its mapping, ignored", if dummy { "Dummy" } else { "DummyAck" });
         return;
     }
-    if dummy {
+    if dummy || heard.announce {
         send_control(fd, &Message::DummyAck { token: heard.answer }, sys::random_u64(), src);
     }
     if let Some(hole) = heard.opened {
@@ -359,7 +363,7 @@ mod tests {
         let (mine, theirs) = (proof(token, Role::Connector), proof(token, Role::Listener));
         assert!(mine != theirs && mine != token && theirs != token);
         reg.udp.entry(fd).set_route(proxy, Route::AsNamed, now);
-        let punch = Some(Punch { expect: theirs, report: Some((proxy, token)), gap: PUNCH_GAP });
+        let punch = Some(Punch { expect: theirs, report: Some((proxy, token)), gap: PUNCH_GAP, confirm: false, proven: false });
         let expires = now + super::super::table::HOLE_ACK_TTL;
         reg.udp.entry(fd).start_hole(Hole { token: mine, target: listener_at, peer: proxy, next_try: now, tries_left: 1, expires, punch });
         on_timers(&mut reg, now);

@@ -94,6 +94,14 @@ pub struct Punch {
     pub report: Option<(SocketAddrV4, Token)>,
     /// The wait after the next Dummy; doubled after each.
     pub gap: Duration,
+    /// The listener's side: the peer's proof alone does not open the path;
+    /// the peer's word that its side is open does (its `DummyAck`, or data
+    /// straight from it once its proof came). A connector whose `connect`
+    /// gave up waiting went to the relay, and a connected socket there could
+    /// not hear datagrams sent to it direct.
+    pub confirm: bool,
+    /// `confirm`, and the peer's proof came from the target in a `Dummy`.
+    pub proven: bool,
 }
 
 /// A `Dummy` or `DummyAck` of a punch's token, as [`UdpSocket::punch_heard`]
@@ -105,6 +113,9 @@ pub struct Heard {
     pub from_target: bool,
     /// This side's proof, which answers.
     pub answer: Token,
+    /// A `DummyAck` of the peer's opened this side, which does not confirm
+    /// (the connector's): it tells the peer so, with an ack of its own.
+    pub announce: bool,
     /// This one opened it: the hole, as it was made.
     pub opened: Option<Hole>,
 }
@@ -280,24 +291,35 @@ impl UdpSocket {
 
     /// A datagram came straight from `src`: if a hole being made targets it,
     /// the hole is made (the peer is reached at `src`): that hole.
-    /// A punch's hole is opened only by its peer's proof ([`Self::punch_heard`]).
+    /// A punch's hole is opened by data only on the side that confirms, once
+    /// the peer's proof came ([`Self::punch_heard`]).
     pub fn hole_heard(&mut self, src: SocketAddrV4, now: Instant) -> Option<Hole> {
-        let i = self.holes.iter().position(|h| h.target == src && h.punch.is_none() && (h.tries_left != 0 || h.next_try != h.expires))?;
+        let opens = |h: &Hole| h.punch.is_none_or(|p| p.confirm && p.proven);
+        let i = self.holes.iter().position(|h| h.target == src && opens(h) && (h.tries_left != 0 || h.next_try != h.expires))?;
         self.made(i, src, now)
     }
 
-    /// A `Dummy` or `DummyAck` with `token` came from `src`: `None` if no
-    /// punch of this socket has the token (not ours). It opens the path only
-    /// when it is the other side's proof from the punch's target; this
-    /// side's own proof (a stranger who caught a Dummy sending it back) or
-    /// either from anywhere else is taken and does nothing more.
-    pub fn punch_heard(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<Heard> {
+    /// A `Dummy` or (`ack`) `DummyAck` with `token` came from `src`: `None`
+    /// if no punch of this socket has the token (not ours). Only the other
+    /// side's proof from the punch's target counts, and opens the path but
+    /// on a side that confirms ([`Punch::confirm`]), where only an ack does;
+    /// this side's own proof (a stranger who caught a Dummy sending it back)
+    /// or either from anywhere else is taken and does nothing more.
+    pub fn punch_heard(&mut self, token: Token, src: SocketAddrV4, ack: bool, now: Instant) -> Option<Heard> {
         let i = self.holes.iter().position(|h| h.punch.is_some_and(|p| p.expect == token) || (h.punch.is_some() && h.token == token))?;
         let (answer, target) = (self.holes[i].token, self.holes[i].target);
+        let nothing = Heard { from_target: false, answer, opened: None, announce: false };
         if target != src || token == answer {
-            return Some(Heard { from_target: false, answer, opened: None });
+            return Some(nothing);
         }
-        Some(Heard { from_target: true, answer, opened: self.made(i, src, now) })
+        let Some(p) = self.holes[i].punch.as_mut() else { return Some(nothing) };
+        let confirm = p.confirm;
+        if confirm && !ack {
+            p.proven = true;
+            return Some(Heard { from_target: true, ..nothing });
+        }
+        let opened = self.made(i, src, now);
+        Some(Heard { from_target: true, answer, announce: ack && !confirm && opened.is_some(), opened })
     }
 
     /// Gives up the punch whose proof is `mine` (a connected socket that

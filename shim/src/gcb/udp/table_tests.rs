@@ -140,7 +140,7 @@ fn a_punch_opens_only_from_its_target_and_backs_off() {
     // its proof is 5, the listener's 50, the token (reported) 1.
     let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
     s.set_route(proxy, Route::AsNamed, now);
-    let punch = Some(Punch { expect: Token(50), report: Some((proxy, Token(1))), gap: Duration::from_millis(100) });
+    let punch = Some(Punch { expect: Token(50), report: Some((proxy, Token(1))), gap: Duration::from_millis(100), confirm: false, proven: false });
     let first = now + Duration::from_millis(200);
     s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: first, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
     assert!(s.due_holes(now, Duration::ZERO).is_empty(), "the head start");
@@ -155,23 +155,23 @@ fn a_punch_opens_only_from_its_target_and_backs_off() {
     // back from the target (a stranger there who caught a Dummy), nor data
     // from the target opens it.
     assert_eq!(s.hole_acked(Token(50), listener_at, now), None, "not a MakeHole's");
-    assert_eq!(s.punch_heard(Token(6), listener_at, now), None, "not our punch");
-    assert_eq!(s.punch_heard(Token(1), listener_at, now), None, "the raw token is no proof");
+    assert_eq!(s.punch_heard(Token(6), listener_at, false, now), None, "not our punch");
+    assert_eq!(s.punch_heard(Token(1), listener_at, true, now), None, "the raw token is no proof");
     let stranger = a("203.0.113.66:7000");
-    let nothing = Some(Heard { from_target: false, answer: Token(5), opened: None });
-    assert_eq!(s.punch_heard(Token(50), stranger, now), nothing);
-    assert_eq!(s.punch_heard(Token(5), listener_at, now), nothing, "a replay of its own proof");
+    let nothing = Some(Heard { from_target: false, answer: Token(5), opened: None, announce: false });
+    assert_eq!(s.punch_heard(Token(50), stranger, true, now), nothing);
+    assert_eq!(s.punch_heard(Token(5), listener_at, false, now), nothing, "a replay of its own proof");
     assert_eq!(s.hole_heard(listener_at, now), None, "data from the mapping proves nothing");
     assert_eq!(s.name_of(listener_at), listener_at, "nor is it named as the peer");
     assert_eq!(s.route(proxy, now), Some(Route::AsNamed), "still relayed");
     assert_eq!(s.hole_heard(stranger, now), None);
 
-    let heard = s.punch_heard(Token(50), listener_at, now).unwrap();
-    assert!(heard.from_target && heard.answer == Token(5));
+    let heard = s.punch_heard(Token(50), listener_at, false, now).unwrap();
+    assert!(heard.from_target && heard.answer == Token(5) && !heard.announce, "the listener's Dummy opens the connector, and is answered");
     assert_eq!(heard.opened.map(|h| (h.peer, h.punch.unwrap().report)), Some((proxy, Some((proxy, Token(1))))), "opened once, reported");
     assert_eq!(s.route(proxy, now), Some(Route::Direct(listener_at)));
     assert_eq!(s.name_of(listener_at), proxy, "the listener's datagrams are named as the proxy");
-    assert_eq!(s.punch_heard(Token(50), listener_at, now), Some(Heard { from_target: true, answer: Token(5), opened: None }), "a repeat is still ours, opens nothing");
+    assert_eq!(s.punch_heard(Token(50), listener_at, true, now), Some(Heard { from_target: true, answer: Token(5), opened: None, announce: false }), "a repeat is still ours, opens nothing");
     assert!(s.due_holes(at, Duration::ZERO).is_empty(), "no more Dummies once open");
 }
 
@@ -180,12 +180,53 @@ fn a_cancelled_punch_sends_and_opens_nothing() {
     let now = Instant::now();
     let mut s = UdpSocket::default();
     let mapping = a("198.51.100.2:40000");
-    let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200) });
+    let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false });
     s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
     s.cancel_punch(Token(70));
     assert_eq!(s.holes.len(), 1, "only by its own proof");
     s.cancel_punch(Token(7));
     assert!(s.due_holes(now, Duration::ZERO).is_empty());
-    assert_eq!(s.punch_heard(Token(70), mapping, now), None, "not ours any more");
+    assert_eq!(s.punch_heard(Token(70), mapping, true, now), None, "not ours any more");
     assert_eq!(s.route(mapping, now), None);
+}
+
+#[test]
+fn a_connector_opened_by_an_ack_announces_it() {
+    let now = Instant::now();
+    let mut s = UdpSocket::default();
+    let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
+    let punch = Some(Punch { expect: Token(50), report: None, gap: Duration::from_millis(100), confirm: false, proven: false });
+    s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: now, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
+    let heard = s.punch_heard(Token(50), listener_at, true, now).unwrap();
+    assert!(heard.opened.is_some() && heard.announce, "opened by the listener's ack: the listener is told");
+    assert!(!s.punch_heard(Token(50), listener_at, true, now).unwrap().announce, "once");
+}
+
+#[test]
+fn a_listeners_punch_opens_at_the_connectors_word() {
+    let now = Instant::now();
+    // The listener's side: the connector is named by its mapping.
+    let mapping = a("198.51.100.2:40000");
+    let fresh = || {
+        let mut s = UdpSocket::default();
+        let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false });
+        s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
+        s
+    };
+    // The connector's Dummy proves it, but it may still give up waiting.
+    let mut s = fresh();
+    assert_eq!(s.hole_heard(mapping, now), None, "data before its proof opens nothing");
+    let heard = s.punch_heard(Token(70), mapping, false, now).unwrap();
+    assert_eq!(heard, Heard { from_target: true, answer: Token(7), opened: None, announce: false }, "answered, not opened");
+    assert_eq!(s.route(mapping, now), None, "still relayed");
+    let made = s.hole_heard(mapping, now).expect("its data straight from its mapping, after its proof");
+    assert_eq!((made.peer, made.punch.unwrap().report), (mapping, None));
+    assert_eq!(s.route(mapping, now), Some(Route::Direct(mapping)));
+    assert_eq!(s.punch_heard(Token(70), mapping, false, now).map(|h| h.opened), Some(None), "its Dummies still answered");
+
+    // Its ack says it is open.
+    let mut s = fresh();
+    let heard = s.punch_heard(Token(70), mapping, true, now).unwrap();
+    assert!(heard.opened.is_some() && !heard.announce);
+    assert_eq!(s.route(mapping, now), Some(Route::Direct(mapping)));
 }
