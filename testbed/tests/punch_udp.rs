@@ -14,6 +14,11 @@
 //!   datagrams no longer pass through the broker.
 //! * A client with `GCB_PUNCH=0` is relayed as before, every datagram
 //!   through the broker.
+//! * Behind gateways the default order cannot punch (the connector's GB
+//!   answers strangers, GA drops them), a connected client's first connect
+//!   goes to the relay once its wait is over; the listener's shim then lets
+//!   the connector's Dummy go first, and the next client is punched. Every
+//!   echo verified both times.
 //! * A connected client (`--udp-connected`: `connect`, `send`, `recv`) waits
 //!   in `connect` for its punch, and then every datagram, the first
 //!   included, goes direct: all echoed, none relayed.
@@ -132,6 +137,33 @@ fn a_connected_udp_echo_is_punched_from_its_first_datagram() {
     assert!(server.stderr_text().contains("via punched, reached at 203.0.113.2:"), "the server's shim: {all}");
     assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (1, 1), "{all}");
     assert_eq!(relayed(&r), 0, "not one datagram through the broker: {all}");
+    drop(server);
+    r.down();
+}
+
+#[test]
+fn a_connector_behind_an_answering_gateway_punches_once_the_listener_yields() {
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Preserve);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let (server, listen) = server(&r, 7482);
+    let connected = || {
+        let mut c = echo_client(&r, &listen, 200, &[]);
+        c.arg("--udp-connected");
+        let out = run_with_timeout(c, CLIENT_TIMEOUT).expect("echo-client");
+        let (stdout, log) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        let all = format!("{stdout}\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
+        assert!(out.status.success(), "{all}");
+        all_echoed(&stdout, &all);
+        (log, all)
+    };
+    let (log, all) = connected();
+    assert!(log.contains(&format!("udp connect to {listen}: the punch did not answer")), "the listener first cannot punch here: {all}");
+    // The listener's punch is over once its last Dummy went unanswered.
+    wait_for(Duration::from_secs(30), "the listener's last Dummy", || server.stderr_text().contains(": its last Dummy sent").then_some(()));
+    let (log, all) = connected();
+    assert!(log.contains(&format!("udp to {listen}: via punched")), "the connector first punches: {all}");
+    assert!(server.stderr_text().contains("went unanswered, so the connector's Dummy goes first"), "{all}");
+    assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (2, 1), "{all}");
     drop(server);
     r.down();
 }

@@ -66,6 +66,11 @@ pub const PUNCH_GAP: Duration = Duration::from_millis(100);
 /// that takes the listener's mapping from it for 30 s
 /// (docs/nat-punching-notes.md). The relay carries the data meanwhile.
 pub const PUNCH_HEAD_START: Duration = Duration::from_millis(200);
+/// How long a listener that yields (`UdpSocket::listener_yields`: the last
+/// punch to that connector's IP, listener first, went unanswered) holds its
+/// first Dummy back, so that the connector's, at its head start, is the
+/// first to reach a gateway.
+pub const LISTENER_YIELD: Duration = Duration::from_millis(350);
 
 /// The proof a side of `role` puts in its punch's Dummies and acks instead of
 /// the token: a stranger who catches one cannot make the other side's
@@ -152,15 +157,23 @@ pub fn make_hole(
     let Some(fd) = data_fd(reg, l) else { return Message::error(gcb::ErrorCode::NotRegistered, "socket closed") };
     log!(Debug, "{} from udp {proxy} to {target} for {peer}", if punch { "punching a hole" } else { "making a hole" });
     let expires = now + super::table::HOLE_ACK_TTL;
+    let yields = punch && reg.udp.get(fd).is_some_and(|s| s.listener_yields(*target.ip()));
     let hole = match punch {
+        true if yields => {
+            log!(Debug, "udp punch to {target}: the last one to {} went unanswered, so the connector's Dummy goes first", target.ip());
+            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP, confirm: true, proven: false, yielded: true };
+            Hole { token: proof(token, Role::Listener), target, peer, next_try: now + LISTENER_YIELD, tries_left: PUNCH_TRIES, expires, punch: Some(punch) }
+        }
         true => {
-            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2, confirm: true, proven: false };
+            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2, confirm: true, proven: false, yielded: false };
             Hole { token: proof(token, Role::Listener), target, peer, next_try: now + PUNCH_GAP, tries_left: PUNCH_TRIES - 1, expires, punch: Some(punch) }
         }
         false => Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1, expires, punch: None },
     };
     reg.udp.entry(fd).start_hole(hole);
-    send_control(fd, &Message::Dummy { token: hole.token }, sys::random_u64(), target);
+    if !yields {
+        send_control(fd, &Message::Dummy { token: hole.token }, sys::random_u64(), target);
+    }
     Message::Ack
 }
 
@@ -169,6 +182,9 @@ pub fn on_timers(reg: &mut Registry, now: Instant) {
     for (fd, s) in reg.udp.sockets_mut() {
         for (token, target) in s.due_holes(now, HOLE_RETRY) {
             send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
+            if s.holes.iter().any(|h| h.token == token && h.punch.is_some() && h.tries_left == 0) {
+                log!(Debug, "udp punch to {target}: its last Dummy sent");
+            }
         }
     }
 }
@@ -363,7 +379,7 @@ mod tests {
         let (mine, theirs) = (proof(token, Role::Connector), proof(token, Role::Listener));
         assert!(mine != theirs && mine != token && theirs != token);
         reg.udp.entry(fd).set_route(proxy, Route::AsNamed, now);
-        let punch = Some(Punch { expect: theirs, report: Some((proxy, token)), gap: PUNCH_GAP, confirm: false, proven: false });
+        let punch = Some(Punch { expect: theirs, report: Some((proxy, token)), gap: PUNCH_GAP, confirm: false, proven: false, yielded: false });
         let expires = now + super::super::table::HOLE_ACK_TTL;
         reg.udp.entry(fd).start_hole(Hole { token: mine, target: listener_at, peer: proxy, next_try: now, tries_left: 1, expires, punch });
         on_timers(&mut reg, now);

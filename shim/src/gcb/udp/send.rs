@@ -136,7 +136,7 @@ fn route_punching(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<(Out
                 next_try: now + PUNCH_HEAD_START,
                 tries_left: PUNCH_TRIES,
                 expires: now + HOLE_ACK_TTL,
-                punch: Some(Punch { expect: proof(token, Role::Listener), report: Some((via, token)), gap: PUNCH_GAP, confirm: false, proven: false }),
+                punch: Some(Punch { expect: proof(token, Role::Listener), report: Some((via, token)), gap: PUNCH_GAP, confirm: false, proven: false, yielded: false }),
             }),
             None => {}
         }

@@ -102,6 +102,9 @@ pub struct Punch {
     pub confirm: bool,
     /// `confirm`, and the peer's proof came from the target in a `Dummy`.
     pub proven: bool,
+    /// The listener's side let the connector's first Dummy go ahead of its
+    /// own ([`UdpSocket::listener_yields`]).
+    pub yielded: bool,
 }
 
 /// A `Dummy` or `DummyAck` of a punch's token, as [`UdpSocket::punch_heard`]
@@ -320,6 +323,21 @@ impl UdpSocket {
         }
         let opened = self.made(i, src, now);
         Some(Heard { from_target: true, answer, announce: ack && !confirm && opened.is_some(), opened })
+    }
+
+    /// Whether the listener's next punch to a connector at `ip` lets the
+    /// connector's first Dummy go ahead of its own: the order of the last
+    /// punch to that IP that is over, flipped if it ended unanswered (the
+    /// listener first by default). Which side's first Dummy must arrive
+    /// first depends on the gateways (docs/nat-punching-notes.md: a gateway
+    /// that answers strangers must not be the first one reached), which
+    /// neither side can see; the outcome can.
+    pub fn listener_yields(&self, ip: std::net::Ipv4Addr) -> bool {
+        let over = |h: &&Hole| h.punch.is_some_and(|p| p.confirm) && *h.target.ip() == ip && h.tries_left == 0;
+        match self.holes.iter().rev().find(over) {
+            Some(h) => h.punch.is_some_and(|p| p.yielded) ^ (h.next_try != h.expires),
+            None => false,
+        }
     }
 
     /// Gives up the punch whose proof is `mine` (a connected socket that

@@ -140,7 +140,7 @@ fn a_punch_opens_only_from_its_target_and_backs_off() {
     // its proof is 5, the listener's 50, the token (reported) 1.
     let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
     s.set_route(proxy, Route::AsNamed, now);
-    let punch = Some(Punch { expect: Token(50), report: Some((proxy, Token(1))), gap: Duration::from_millis(100), confirm: false, proven: false });
+    let punch = Some(Punch { expect: Token(50), report: Some((proxy, Token(1))), gap: Duration::from_millis(100), confirm: false, proven: false, yielded: false });
     let first = now + Duration::from_millis(200);
     s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: first, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
     assert!(s.due_holes(now, Duration::ZERO).is_empty(), "the head start");
@@ -180,7 +180,7 @@ fn a_cancelled_punch_sends_and_opens_nothing() {
     let now = Instant::now();
     let mut s = UdpSocket::default();
     let mapping = a("198.51.100.2:40000");
-    let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false });
+    let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false, yielded: false });
     s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
     s.cancel_punch(Token(70));
     assert_eq!(s.holes.len(), 1, "only by its own proof");
@@ -195,7 +195,7 @@ fn a_connector_opened_by_an_ack_announces_it() {
     let now = Instant::now();
     let mut s = UdpSocket::default();
     let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
-    let punch = Some(Punch { expect: Token(50), report: None, gap: Duration::from_millis(100), confirm: false, proven: false });
+    let punch = Some(Punch { expect: Token(50), report: None, gap: Duration::from_millis(100), confirm: false, proven: false, yielded: false });
     s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: now, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
     let heard = s.punch_heard(Token(50), listener_at, true, now).unwrap();
     assert!(heard.opened.is_some() && heard.announce, "opened by the listener's ack: the listener is told");
@@ -209,7 +209,7 @@ fn a_listeners_punch_opens_at_the_connectors_word() {
     let mapping = a("198.51.100.2:40000");
     let fresh = || {
         let mut s = UdpSocket::default();
-        let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false });
+        let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false, yielded: false });
         s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
         s
     };
@@ -229,4 +229,28 @@ fn a_listeners_punch_opens_at_the_connectors_word() {
     let heard = s.punch_heard(Token(70), mapping, true, now).unwrap();
     assert!(heard.opened.is_some() && !heard.announce);
     assert_eq!(s.route(mapping, now), Some(Route::Direct(mapping)));
+}
+
+#[test]
+fn a_listener_yields_after_an_unanswered_punch_and_keeps_what_worked() {
+    let now = Instant::now();
+    let ip = "198.51.100.2".parse().unwrap();
+    let hole = |token: u64, target: &str, yielded: bool| {
+        let punch = Some(Punch { expect: Token(token * 10), report: None, gap: Duration::from_millis(100), confirm: true, proven: false, yielded });
+        Hole { token: Token(token), target: a(target), peer: a(target), next_try: now, tries_left: 1, expires: now + HOLE_ACK_TTL, punch }
+    };
+    let mut s = UdpSocket::default();
+    assert!(!s.listener_yields(ip), "the listener first, at first");
+    s.start_hole(hole(1, "198.51.100.2:40000", false));
+    assert!(!s.listener_yields(ip), "one still running tells nothing");
+    assert_eq!(s.due_holes(now, Duration::ZERO).len(), 1, "its last Dummy");
+    assert!(s.listener_yields(ip), "unanswered: the connector first next time");
+    assert!(!s.listener_yields("198.51.100.3".parse().unwrap()), "per connector IP");
+
+    s.start_hole(hole(2, "198.51.100.2:40001", true));
+    s.punch_heard(Token(20), a("198.51.100.2:40001"), true, now).expect("ours").opened.expect("opened");
+    assert!(s.listener_yields(ip), "that worked: kept");
+    s.start_hole(hole(3, "198.51.100.2:40002", true));
+    s.due_holes(now, Duration::ZERO);
+    assert!(!s.listener_yields(ip), "unanswered again: the listener first again");
 }
