@@ -121,18 +121,25 @@ fn a_udp_echo_moves_from_the_relay_to_a_punched_path() {
     r.down();
 }
 
-#[test]
-fn a_connected_udp_echo_is_punched_from_its_first_datagram() {
-    let nat = NatKinds::new(NatKind::Preserve, NatKind::Drop);
-    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
-    let (server, listen) = server(&r, 7481);
-    let mut c = echo_client(&r, &listen, RELAYED_ROUNDS, &[]);
+/// One run of a connected echo client (`--udp-connected`) to `dest`, every
+/// echo verified: the client's log, and everything for a failure message.
+fn connected_run(r: &RealBed, server: &Proc, dest: &str, rounds: u64) -> (String, String) {
+    let mut c = echo_client(r, dest, rounds, &[]);
     c.arg("--udp-connected");
     let out = run_with_timeout(c, CLIENT_TIMEOUT).expect("echo-client");
     let (stdout, log) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     let all = format!("{stdout}\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
     assert!(out.status.success(), "{all}");
     all_echoed(&stdout, &all);
+    (log, all)
+}
+
+#[test]
+fn a_connected_udp_echo_is_punched_from_its_first_datagram() {
+    let nat = NatKinds::new(NatKind::Preserve, NatKind::Drop);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let (server, listen) = server(&r, 7481);
+    let (log, all) = connected_run(&r, &server, &listen, RELAYED_ROUNDS);
     assert!(log.contains(&format!("udp to {listen}: via punched")), "the client's shim: {all}");
     assert!(server.stderr_text().contains("via punched, reached at 203.0.113.2:"), "the server's shim: {all}");
     assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (1, 1), "{all}");
@@ -146,16 +153,7 @@ fn a_connector_behind_an_answering_gateway_punches_once_the_listener_yields() {
     let nat = NatKinds::new(NatKind::Drop, NatKind::Preserve);
     let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
     let (server, listen) = server(&r, 7482);
-    let connected = || {
-        let mut c = echo_client(&r, &listen, 200, &[]);
-        c.arg("--udp-connected");
-        let out = run_with_timeout(c, CLIENT_TIMEOUT).expect("echo-client");
-        let (stdout, log) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-        let all = format!("{stdout}\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
-        assert!(out.status.success(), "{all}");
-        all_echoed(&stdout, &all);
-        (log, all)
-    };
+    let connected = || connected_run(&r, &server, &listen, 200);
     let (log, all) = connected();
     assert!(log.contains(&format!("udp connect to {listen}: the punch did not answer")), "the listener first cannot punch here: {all}");
     // The listener's punch is over once its last Dummy went unanswered.
