@@ -48,6 +48,11 @@ pub const CONNECT_WAIT: Duration = Duration::from_millis(600);
 pub fn await_punch(fd: c_int, dest: SocketAddrV4, mine: Token) -> Option<SocketAddrV4> {
     let start = Instant::now();
     let deadline = start + CONNECT_WAIT;
+    if sys::peer_addr(fd).is_ok() {
+        // Connected before: the old association would keep the punch out.
+        // The new `connect` replaces it anyway; it just goes first.
+        dissolve(fd);
+    }
     let mut buf = vec![0u8; 65_536];
     let opened = loop {
         drain(fd, dest, &mut buf);
@@ -106,5 +111,89 @@ fn drain(fd: c_int, dest: SocketAddrV4, buf: &mut [u8]) {
             Incoming::Data { .. } => log!(Debug, "udp connect to {dest}: a datagram from {src} dropped while the punch runs"),
             Incoming::Consumed => {}
         });
+    }
+}
+
+/// Dissolves `fd`'s association (`connect` to `AF_UNSPEC`).
+fn dissolve(fd: c_int) {
+    // SAFETY: all-zero is a valid sockaddr; AF_UNSPEC is 0.
+    let unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+    // SAFETY: a live sockaddr of the given length.
+    unsafe { real::connect(fd, &unspec, std::mem::size_of::<libc::sockaddr>() as socklen_t) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gcb::udp::control::proof;
+    use crate::gcb::udp::table::{Hole, Punch, HOLE_ACK_TTL};
+    use proto::gcb::{self, Message, Role};
+
+    fn bound() -> (sys::Sock, SocketAddrV4) {
+        let s = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
+        sys::bind(s.raw(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = sys::local_addr(s.raw()).unwrap();
+        (s, at)
+    }
+
+    fn send(from: &sys::Sock, bytes: &[u8], to: SocketAddrV4) {
+        control::send_from(from.raw(), bytes, to).unwrap();
+    }
+
+    /// The connector's socket with a punch to `listener_at` for `proxy`
+    /// whose Dummies the test sends itself (none due).
+    fn punching(fd: c_int, proxy: SocketAddrV4, listener_at: SocketAddrV4, token: Token) {
+        let now = Instant::now();
+        let punch = Punch { expect: proof(token, Role::Listener), report: None, gap: Duration::from_secs(60), confirm: false, proven: false, yielded: false };
+        super::super::super::with(|reg| {
+            let s = reg.udp.entry(fd);
+            s.set_route(proxy, Route::AsNamed, now);
+            s.start_hole(Hole { token: proof(token, Role::Connector), target: listener_at, peer: proxy, next_try: now + HOLE_ACK_TTL, tries_left: 1, expires: now + HOLE_ACK_TTL, punch: Some(punch) });
+        });
+    }
+
+    #[test]
+    fn a_connect_takes_the_path_the_listeners_proof_opens_and_only_the_peers_data() {
+        let ((sock, at), (listener, listener_at), (stranger, _)) = (bound(), bound(), bound());
+        let fd = sock.raw();
+        let proxy: SocketAddrV4 = "127.0.0.1:9".parse().unwrap();
+        let token = Token(42);
+        punching(fd, proxy, listener_at, token);
+        let theirs = gcb::encode(&Message::Dummy { token: proof(token, Role::Listener) }, 1).unwrap();
+        send(&stranger, b"junk", at);
+        send(&listener, b"before", at);
+        send(&stranger, &theirs, at);
+        send(&listener, &theirs, at);
+        send(&listener, b"after", at);
+        assert_eq!(await_punch(fd, proxy, proof(token, Role::Connector)), Some(listener_at));
+        let stashed = super::super::super::with(|reg| {
+            let s = reg.udp.get_mut(fd).unwrap();
+            let all: Vec<Datagram> = std::iter::from_fn(|| s.take_stashed()).collect();
+            all
+        });
+        assert_eq!(stashed, vec![Datagram { from: proxy, data: b"after".to_vec() }], "only the peer's, over the opened path");
+        let mut buf = [0u8; 64];
+        let n = unsafe { libc::recv(listener.raw(), buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
+        assert!(n > 0, "the listener's Dummy answered");
+        assert_eq!(gcb::decode(&buf[..n as usize]).unwrap().1, Message::DummyAck { token: proof(token, Role::Connector) });
+        super::super::super::with(|reg| reg.udp.remove(fd));
+    }
+
+    #[test]
+    fn an_unanswered_punch_is_given_up_within_the_wait() {
+        let ((sock, at), (listener, listener_at)) = (bound(), bound());
+        let fd = sock.raw();
+        let proxy: SocketAddrV4 = "127.0.0.1:9".parse().unwrap();
+        let token = Token(43);
+        punching(fd, proxy, listener_at, token);
+        // Its own proof sent back proves nothing.
+        send(&listener, &gcb::encode(&Message::Dummy { token: proof(token, Role::Connector) }, 1).unwrap(), at);
+        let t0 = Instant::now();
+        assert_eq!(await_punch(fd, proxy, proof(token, Role::Connector)), None);
+        let waited = t0.elapsed();
+        assert!(waited >= CONNECT_WAIT && waited < CONNECT_WAIT + Duration::from_secs(2), "{waited:?}");
+        let left = super::super::super::with(|reg| reg.udp.get(fd).map(|s| s.holes.len()));
+        assert_eq!(left, Some(0), "the punch is given up");
+        super::super::super::with(|reg| reg.udp.remove(fd));
     }
 }
