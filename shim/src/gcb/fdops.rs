@@ -165,20 +165,38 @@ pub fn duplicated(old: c_int, new: c_int) {
 /// `epoll_ctl` on a watched socket: the registration is recorded, so it can be
 /// restored if a reversed connect swaps the socket (see `interest`).
 ///
+/// The call and its record are one step under the registry lock, the lock
+/// the responder swaps a connecting socket under (`connecting`). Made outside
+/// it, a swap could fall between the two: it would find no record to re-add,
+/// and the program's registration would close with the placeholder, its
+/// connect never reported (an edge-triggered loop then waits for ever).
+/// `epoll_ctl` does not block, so it may run under the lock.
+///
 /// # Safety
 ///
 /// The C contract of `epoll_ctl`.
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int {
-    let r = real::epoll_ctl(epfd, op, fd, event);
-    if r == 0 {
-        // Done in the kernel; recording it is bookkeeping (`hook`, rule 4).
-        crate::hook::bookkeep(|| {
-            let ev = (!event.is_null()).then(|| {
-                let e = std::ptr::read_unaligned(event);
-                (e.events, e.u64)
-            });
-            super::with(|reg| reg.interest.record(epfd, op, fd, ev));
-        });
+    let mut done = None;
+    // A panic before the real call leaves `done` empty, and the call is made
+    // below; one in the record leaves the real result standing (`hook`, rule 4).
+    crate::hook::bookkeep(|| {
+        super::with(|reg| {
+            let r = real::epoll_ctl(epfd, op, fd, event);
+            done = Some((r, crate::hook::errno()));
+            if r == 0 {
+                let ev = (!event.is_null()).then(|| {
+                    let e = std::ptr::read_unaligned(event);
+                    (e.events, e.u64)
+                });
+                reg.interest.record(epfd, op, fd, ev);
+            }
+        })
+    });
+    match done {
+        Some((r, e)) => {
+            crate::hook::set_errno(e);
+            r
+        }
+        None => real::epoll_ctl(epfd, op, fd, event),
     }
-    r
 }

@@ -131,7 +131,7 @@ fn open(ip: Ipv4Addr, family: Family) -> Result<TempListener, Errno> {
     let s = sys::socket_of(family, libc::SOCK_STREAM, true, true)?;
     sys::bind_as(s.raw(), family, SocketAddrV4::new(ip, 0))?;
     // Accept only once the listener's hello is in: one wake-up instead of two,
-    // and a connection dialed ahead that never speaks (`predial`) is never taken.
+    // and a connection that never speaks (a stranger's, or a scan) is never taken.
     let deferred = sys::set_int_opt(
         s.raw(),
         libc::IPPROTO_TCP,
