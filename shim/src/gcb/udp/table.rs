@@ -297,7 +297,7 @@ impl UdpSocket {
     /// A punch's hole is opened by data only on the side that confirms, once
     /// the peer's proof came ([`Self::punch_heard`]).
     pub fn hole_heard(&mut self, src: SocketAddrV4, now: Instant) -> Option<Hole> {
-        let opens = |h: &Hole| h.punch.is_none_or(|p| p.confirm && p.proven);
+        let opens = |h: &Hole| h.punch.map_or(true, |p| p.confirm && p.proven);
         let i = self.holes.iter().position(|h| h.target == src && opens(h) && (h.tries_left != 0 || h.next_try != h.expires))?;
         self.made(i, src, now)
     }
