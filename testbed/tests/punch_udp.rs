@@ -21,7 +21,8 @@
 //!   echo verified both times.
 //! * A connected client (`--udp-connected`: `connect`, `send`, `recv`) waits
 //!   in `connect` for its punch, and then every datagram, the first
-//!   included, goes direct: all echoed, none relayed.
+//!   included, goes direct: all echoed, none relayed; so for a server in
+//!   every readiness mode.
 //!
 //! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
 //! `make -C c-tests`.
@@ -51,9 +52,14 @@ fn relayed(r: &RealBed) -> u64 {
 
 /// The UDP echo server on a1 under the shim, registered; its proxy address.
 fn server(r: &RealBed, port: u16) -> (Proc, String) {
+    server_in(r, port, "poll")
+}
+
+/// [`server`] in readiness mode `mode`.
+fn server_in(r: &RealBed, port: u16, mode: &str) -> (Proc, String) {
     let p = port.to_string();
     let mut c = shimmed(r, "a1", "echo-server", &[]);
-    c.args(["--proto", "udp", "--port", &p, "--mode", "poll"]);
+    c.args(["--proto", "udp", "--port", &p, "--mode", mode]);
     let server = r.bed.spawn_cmd(c).expect("echo-server");
     let listen = r.registered(&server, "udp", &format!("{}:{port}", r.bed.ip("a1")));
     (server, listen)
@@ -163,5 +169,23 @@ fn a_connector_behind_an_answering_gateway_punches_once_the_listener_yields() {
     assert!(server.stderr_text().contains("went unanswered, so the connector's Dummy goes first"), "{all}");
     assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (2, 1), "{all}");
     drop(server);
+    r.down();
+}
+
+#[test]
+fn every_server_mode_is_reached_over_a_punched_path() {
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Drop);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let modes = ["blocking", "select", "poll", "epoll", "epoll-et", "nonblock"];
+    for (i, mode) in modes.iter().enumerate() {
+        let (server, listen) = server_in(&r, 7490 + i as u16, mode);
+        let (log, all) = connected_run(&r, &server, &listen, 500);
+        assert!(log.contains(&format!("udp to {listen}: via punched")), "server mode {mode}: {all}");
+        assert!(server.stderr_text().contains("via punched, reached at 203.0.113.2:"), "server mode {mode}: {all}");
+        drop(server);
+    }
+    let n = modes.len() as u64;
+    assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (n, n), "{}", r.daemon.stderr_text());
+    assert_eq!(relayed(&r), 0, "not one datagram through the broker");
     r.down();
 }
