@@ -127,7 +127,7 @@ impl RealBed {
                 Mode::Dpf => c.args(["--dpf", DPFD]),
                 Mode::Pcp => c.args(["--dpf", "pcp://"]),
             };
-            c.args(["--log", "info", "--lib"]).arg(built("libgcb.so")).arg("--").arg(program);
+            c.args(["--log", &std::env::var("TESTBED_SHIM_LOG").unwrap_or_else(|_| "info".into()), "--lib"]).arg(built("libgcb.so")).arg("--").arg(program);
             c
         } else {
             self.bed.cmd(host, program)
