@@ -157,7 +157,7 @@ pub fn make_hole(
     let Some(fd) = data_fd(reg, l) else { return Message::error(gcb::ErrorCode::NotRegistered, "socket closed") };
     log!(Debug, "{} from udp {proxy} to {target} for {peer}", if punch { "punching a hole" } else { "making a hole" });
     let expires = now + super::table::HOLE_ACK_TTL;
-    let yields = punch && reg.udp.get(fd).is_some_and(|s| s.listener_yields(*target.ip()));
+    let yields = punch && reg.udp.listener_yields(fd, *target.ip());
     let hole = match punch {
         true if yields => {
             log!(Debug, "udp punch to {target}: the last one to {} went unanswered, so the connector's Dummy goes first", target.ip());
@@ -183,7 +183,7 @@ pub fn on_timers(reg: &mut Registry, now: Instant) {
         for (token, target) in s.due_holes(now, HOLE_RETRY) {
             send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
             if s.holes.iter().any(|h| h.token == token && h.punch.is_some() && h.tries_left == 0) {
-                log!(Debug, "udp punch to {target}: its last Dummy sent");
+                log!(Info, "udp punch to {target}: its last Dummy sent, none answered so far");
             }
         }
     }

@@ -26,6 +26,7 @@
 pub mod channel;
 pub mod connected;
 pub mod control;
+pub mod hole;
 pub mod recv;
 pub mod send;
 pub mod table;

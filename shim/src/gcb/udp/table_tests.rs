@@ -239,18 +239,27 @@ fn a_listener_yields_after_an_unanswered_punch_and_keeps_what_worked() {
         let punch = Some(Punch { expect: Token(token * 10), report: None, gap: Duration::from_millis(100), confirm: true, proven: false, yielded });
         Hole { token: Token(token), target: a(target), peer: a(target), next_try: now, tries_left: 1, expires: now + HOLE_ACK_TTL, punch }
     };
-    let mut s = UdpSocket::default();
-    assert!(!s.listener_yields(ip), "the listener first, at first");
-    s.start_hole(hole(1, "198.51.100.2:40000", false));
-    assert!(!s.listener_yields(ip), "one still running tells nothing");
-    assert_eq!(s.due_holes(now, Duration::ZERO).len(), 1, "its last Dummy");
-    assert!(s.listener_yields(ip), "unanswered: the connector first next time");
-    assert!(!s.listener_yields("198.51.100.3".parse().unwrap()), "per connector IP");
+    let mut t = UdpTable::default();
+    assert!(!t.listener_yields(3, ip), "the listener first, at first");
+    t.entry(3).start_hole(hole(1, "198.51.100.2:40000", false));
+    assert!(!t.listener_yields(3, ip), "one still running tells nothing");
+    assert_eq!(t.entry(3).due_holes(now, Duration::ZERO).len(), 1, "its last Dummy");
+    assert!(t.listener_yields(3, ip), "unanswered: the connector first next time");
+    assert!(!t.listener_yields(3, "198.51.100.3".parse().unwrap()), "per connector IP");
 
-    s.start_hole(hole(2, "198.51.100.2:40001", true));
-    s.punch_heard(Token(20), a("198.51.100.2:40001"), true, now).expect("ours").opened.expect("opened");
-    assert!(s.listener_yields(ip), "that worked: kept");
-    s.start_hole(hole(3, "198.51.100.2:40002", true));
-    s.due_holes(now, Duration::ZERO);
-    assert!(!s.listener_yields(ip), "unanswered again: the listener first again");
+    t.entry(3).start_hole(hole(2, "198.51.100.2:40001", true));
+    t.entry(3).punch_heard(Token(20), a("198.51.100.2:40001"), true, now).expect("ours").opened.expect("opened");
+    assert!(t.listener_yields(3, ip), "that worked: kept");
+    t.entry(3).start_hole(hole(3, "198.51.100.2:40002", true));
+    t.entry(3).due_holes(now, Duration::ZERO);
+    assert!(!t.listener_yields(3, ip), "unanswered again: the listener first again");
+
+    // A new socket (iperf3's server binds one per test) knows what the
+    // closed one learnt.
+    t.entry(3).start_hole(hole(4, "198.51.100.2:40003", false));
+    t.entry(3).due_holes(now, Duration::ZERO);
+    assert!(t.listener_yields(3, ip));
+    assert!(!t.listener_yields(4, ip), "another live socket's is its own");
+    assert!(t.remove(3).is_some());
+    assert!(t.listener_yields(4, ip) && t.listener_yields(5, ip), "kept past the socket's close");
 }
