@@ -19,7 +19,9 @@
 //!   the server's are both punched (their shims log `via punched`, the broker
 //!   counts the punch and its direct path), the datagrams arrive (iperf3's
 //!   report), and the broker host carries under 1% of the bytes; a relayed
-//!   run beside it shows the meter sees a relay.
+//!   run beside it shows the meter sees a relay. Behind a client gateway
+//!   that answers strangers (GB preserve, GA drop) the first test's punch
+//!   misses (relayed, every datagram delivered) and the next one punches.
 //!
 //! Needs root and `cargo build --release` (libgcb.so, gcb-broker).
 
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use testbed::json::{self, Value};
 use testbed::real::{host_port, payload, Mode, RealBed};
-use testbed::{python3, NatKind, NatKinds};
+use testbed::{python3, wait_for, NatKind, NatKinds};
 
 const SIZE: usize = 100_000_000;
 /// A transfer of 100 MB on a loaded 2-core machine, with both ends in Python.
@@ -252,6 +254,33 @@ fn iperf3_udp_runs_over_punched_paths_both_ways() {
     println!("iperf3 -u relayed: {packets} datagrams, {lost} lost, {bytes} bytes, {mbps:.1} Mbit/s; the broker host carried {carried} bytes");
     assert!(!log.contains("via punched"), "{log}");
     assert!(carried as f64 >= bytes, "a relayed run showed as only {carried} bytes on the broker host's interface ({bytes} sent)");
+    drop(server);
+    r.down();
+}
+
+#[test]
+fn iperf3_udp_behind_an_answering_gateway_is_punched_from_the_second_test() {
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &[], NatKinds::new(NatKind::Drop, NatKind::Preserve));
+    let server = r.spawn("a1", true, &["iperf3", "-s", "-p", "5201", "--forceflush"]);
+    let public = r.registered(&server, "tcp", "192.0.2.10:5201");
+    server.wait_line("Server listening on ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    let arrived = |report: &Value, context: &dyn Fn() -> String| {
+        let (packets, lost) = (num(report, &["end", "sum", "packets"]), num(report, &["end", "sum", "lost_packets"]));
+        assert!(packets > 100.0 && lost <= packets / 10.0, "{lost} of {packets} lost\n{}", context());
+    };
+    let (report, log, _) = iperf3_udp(&r, &server, &public, &[], &[]);
+    let context = || format!("client log:\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
+    arrived(&report, &context);
+    assert!(log.contains(&format!("udp connect to {public}: the punch did not answer")), "the listener first misses here\n{}", context());
+    wait_for(Duration::from_secs(30), "the server's punch to be over", || server.stderr_text().contains(": its last Dummy sent").then_some(()));
+
+    let (report, log, carried) = iperf3_udp(&r, &server, &public, &[], &[]);
+    let context = || format!("client log:\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
+    arrived(&report, &context);
+    assert!(log.contains(&format!("udp to {public}: via punched, reached at ")), "the connector first punches\n{}", context());
+    let bytes = num(&report, &["end", "sum", "bytes"]);
+    assert!((carried as f64) < bytes * 0.01, "the broker host carried {carried} bytes of {bytes}\n{}", context());
+    assert_eq!((r.broker_counter("udp_punch_attempts"), r.broker_counter("udp_punch_direct")), (2, 1), "{}", context());
     drop(server);
     r.down();
 }
