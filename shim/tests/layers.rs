@@ -53,7 +53,7 @@ const KNOWN_CYCLES: &[&str] = &[
     "gcb::ask gcb::connecting gcb::connecting::steps gcb::doorbell gcb::inherit \
      gcb::listener gcb::mgmt gcb::park gcb::registry gcb::serve gcb::serve_punch \
      gcb::spare gcb::state gcb::udp gcb::udp::channel gcb::udp::control \
-     gcb::udp::table",
+     gcb::udp::hole gcb::udp::table",
 ];
 
 /// From the bottom up; `proto`, a crate of its own, lies below them all.

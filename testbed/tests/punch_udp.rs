@@ -14,6 +14,15 @@
 //!   datagrams no longer pass through the broker.
 //! * A client with `GCB_PUNCH=0` is relayed as before, every datagram
 //!   through the broker.
+//! * Behind gateways the default order cannot punch (the connector's GB
+//!   answers strangers, GA drops them), a connected client's first connect
+//!   goes to the relay once its wait is over; the listener's shim then lets
+//!   the connector's Dummy go first, and the next client is punched. Every
+//!   echo verified both times.
+//! * A connected client (`--udp-connected`: `connect`, `send`, `recv`) waits
+//!   in `connect` for its punch, and then every datagram, the first
+//!   included, goes direct: all echoed, none relayed; so for a server in
+//!   every readiness mode.
 //!
 //! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
 //! `make -C c-tests`.
@@ -43,9 +52,14 @@ fn relayed(r: &RealBed) -> u64 {
 
 /// The UDP echo server on a1 under the shim, registered; its proxy address.
 fn server(r: &RealBed, port: u16) -> (Proc, String) {
+    server_in(r, port, "poll")
+}
+
+/// [`server`] in readiness mode `mode`.
+fn server_in(r: &RealBed, port: u16, mode: &str) -> (Proc, String) {
     let p = port.to_string();
     let mut c = shimmed(r, "a1", "echo-server", &[]);
-    c.args(["--proto", "udp", "--port", &p, "--mode", "poll"]);
+    c.args(["--proto", "udp", "--port", &p, "--mode", mode]);
     let server = r.bed.spawn_cmd(c).expect("echo-server");
     let listen = r.registered(&server, "udp", &format!("{}:{port}", r.bed.ip("a1")));
     (server, listen)
@@ -110,5 +124,68 @@ fn a_udp_echo_moves_from_the_relay_to_a_punched_path() {
     assert_eq!(relayed(&r) - before, 2 * (RELAYED_ROUNDS + 1), "relayed both ways: {all}");
     assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "punch_skipped_not_capable")), (1, 1), "{all}");
     drop(server);
+    r.down();
+}
+
+/// One run of a connected echo client (`--udp-connected`) to `dest`, every
+/// echo verified: the client's log, and everything for a failure message.
+fn connected_run(r: &RealBed, server: &Proc, dest: &str, rounds: u64) -> (String, String) {
+    let mut c = echo_client(r, dest, rounds, &[]);
+    c.arg("--udp-connected");
+    let out = run_with_timeout(c, CLIENT_TIMEOUT).expect("echo-client");
+    let (stdout, log) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let all = format!("{stdout}\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
+    assert!(out.status.success(), "{all}");
+    all_echoed(&stdout, &all);
+    (log, all)
+}
+
+#[test]
+fn a_connected_udp_echo_is_punched_from_its_first_datagram() {
+    let nat = NatKinds::new(NatKind::Preserve, NatKind::Drop);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let (server, listen) = server(&r, 7481);
+    let (log, all) = connected_run(&r, &server, &listen, RELAYED_ROUNDS);
+    assert!(log.contains(&format!("udp to {listen}: via punched")), "the client's shim: {all}");
+    assert!(server.stderr_text().contains("via punched, reached at 203.0.113.2:"), "the server's shim: {all}");
+    assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (1, 1), "{all}");
+    assert_eq!(relayed(&r), 0, "not one datagram through the broker: {all}");
+    drop(server);
+    r.down();
+}
+
+#[test]
+fn a_connector_behind_an_answering_gateway_punches_once_the_listener_yields() {
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Preserve);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let (server, listen) = server(&r, 7482);
+    let connected = || connected_run(&r, &server, &listen, 200);
+    let (log, all) = connected();
+    assert!(log.contains(&format!("udp connect to {listen}: the punch did not answer")), "the listener first cannot punch here: {all}");
+    // The listener's punch is over once its last Dummy went unanswered.
+    wait_for(Duration::from_secs(30), "the listener's last Dummy", || server.stderr_text().contains(": its last Dummy sent").then_some(()));
+    let (log, all) = connected();
+    assert!(log.contains(&format!("udp to {listen}: via punched")), "the connector first punches: {all}");
+    assert!(server.stderr_text().contains("went unanswered, so the connector's Dummy goes first"), "{all}");
+    assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (2, 1), "{all}");
+    drop(server);
+    r.down();
+}
+
+#[test]
+fn every_server_mode_is_reached_over_a_punched_path() {
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Drop);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let modes = ["blocking", "select", "poll", "epoll", "epoll-et", "nonblock"];
+    for (i, mode) in modes.iter().enumerate() {
+        let (server, listen) = server_in(&r, 7490 + i as u16, mode);
+        let (log, all) = connected_run(&r, &server, &listen, 500);
+        assert!(log.contains(&format!("udp to {listen}: via punched")), "server mode {mode}: {all}");
+        assert!(server.stderr_text().contains("via punched, reached at 203.0.113.2:"), "server mode {mode}: {all}");
+        drop(server);
+    }
+    let n = modes.len() as u64;
+    assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (n, n), "{}", r.daemon.stderr_text());
+    assert_eq!(relayed(&r), 0, "not one datagram through the broker");
     r.down();
 }

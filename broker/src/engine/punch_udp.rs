@@ -4,7 +4,12 @@
 //! `punch::punch_skip`) and both mappings are known.
 //!
 //! * `listener_at`: the listener socket's data path, which its Dummies to
-//!   the proxy taught the broker exactly. None yet: not punched.
+//!   the proxy taught the broker exactly. None yet, within [`FRESH`] of the
+//!   registration: its public IP and its socket's own port (iperf3's server
+//!   binds its UDP socket and tells its client at once, whose `Connect` can
+//!   beat the first Dummy by microseconds; a NAT that renumbers makes the
+//!   guess wrong, which costs only the punch: the listener's proof never
+//!   comes from there). None later: not punched.
 //! * `target`: the connector socket's mapping. A registered connector
 //!   socket (named by `connector_id`) has a data path too; an unregistered
 //!   one is guessed as its public IP and its own port, and only when the
@@ -36,6 +41,8 @@ use crate::registry::Record;
 pub const REPORT_TTL: Duration = Duration::from_secs(60);
 /// Punches remembered for their reports at once; the oldest go first.
 const MAX_PENDING: usize = 4096;
+/// How long after a UDP registration its data path may still be on its way.
+pub const FRESH: Duration = Duration::from_secs(1);
 
 /// A UDP punch decided: the listener's and the connector's mappings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +72,18 @@ impl Engine {
             );
             return None;
         }
-        let Some(listener_at) = self.udp.table.data_path(&req.target) else {
-            debug!(
-                "connect udp from {from} to {}: not punched: no data path yet",
-                req.target
-            );
-            return None;
+        let listener_at = match self.udp.table.data_path(&req.target) {
+            Some(at) => at,
+            None if now.saturating_duration_since(record.registered) < FRESH => {
+                SocketAddrV4::new(record.ip, record.local.port())
+            }
+            None => {
+                debug!(
+                    "connect udp from {from} to {}: not punched: no data path",
+                    req.target
+                );
+                return None;
+            }
         };
         let registered = req
             .connector_id
@@ -115,6 +128,7 @@ impl Engine {
         }
         pending.insert(token, (proxy, p.target, now + REPORT_TTL));
         self.counters.udp_punch_attempts += 1;
+        debug!("udp {proxy}: punch {token}: connector {}, listener {}", p.target, p.listener_at);
     }
 
     /// A `Dummy{token}` at the proxy socket `proxy` from `from`, not the

@@ -14,13 +14,14 @@
 //!   the application's. (An older peer's `DummyAck` says the same.)
 //! * The connector's side of the same hole: a `Dummy{token}` for a reversal it
 //!   awaits opens a direct path, and is not answered.
-//! * A UDP hole punch (docs/hole-punching.md, "UDP"): both sides send
-//!   `Dummy{token}` to the other's mapping with backoff, the listener at once
-//!   on `PunchHole`, the connector after [`PUNCH_HEAD_START`] (`send`); each
-//!   answers the other's Dummy with `DummyAck`, and the first `Dummy`,
-//!   `DummyAck` or datagram from that mapping opens the direct path on its
-//!   side. The connector then tells the broker with one `Dummy{token}` to the
-//!   proxy. These are answered because a punch needs both sides to hear
+//! * A UDP hole punch (docs/hole-punching.md, "UDP"): both sides send a
+//!   `Dummy` with their role's proof of the token ([`proof`]) to the other's
+//!   mapping with backoff, the listener at once on `PunchHole`, the connector
+//!   after [`PUNCH_HEAD_START`] (`send`); each answers the other's Dummy with
+//!   a `DummyAck` of its own proof. The listener's proof from its mapping
+//!   opens the connector's side; the listener's opens at the connector's ack
+//!   or its data after its proof (`table::Punch::confirm`). The connector
+//!   then tells the broker with one `Dummy{token}` to the proxy. These are answered because a punch needs both sides to hear
 //!   each other, and they are few (bounded tries, one answer each).
 //!
 //! Why so few answers: every control datagram that reaches the application's
@@ -40,7 +41,8 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use libc::c_int;
-use proto::gcb::{self, Message, Token, UdpRelayHeader};
+use proto::gcb::punch::PunchProof;
+use proto::gcb::{self, Message, Role, Token, UdpRelayHeader};
 use proto::Proto;
 
 use super::super::registry::{Listener, ListenerId, Registry};
@@ -64,6 +66,18 @@ pub const PUNCH_GAP: Duration = Duration::from_millis(100);
 /// that takes the listener's mapping from it for 30 s
 /// (docs/nat-punching-notes.md). The relay carries the data meanwhile.
 pub const PUNCH_HEAD_START: Duration = Duration::from_millis(200);
+/// How long a listener that yields (`UdpSocket::listener_yields`: the last
+/// punch to that connector's IP, listener first, went unanswered) holds its
+/// first Dummy back, so that the connector's, at its head start, is the
+/// first to reach a gateway.
+pub const LISTENER_YIELD: Duration = Duration::from_millis(350);
+
+/// The proof a side of `role` puts in its punch's Dummies and acks instead of
+/// the token: a stranger who catches one cannot make the other side's
+/// (docs/hole-punching.md, step 4 for TCP, the same proof).
+pub fn proof(token: Token, role: Role) -> Token {
+    Token(u64::from_be_bytes(PunchProof::of(token, role).0))
+}
 
 /// Sends `bytes` from `fd` to `to` without blocking; the errno on failure.
 pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys::Errno> {
@@ -143,12 +157,23 @@ pub fn make_hole(
     let Some(fd) = data_fd(reg, l) else { return Message::error(gcb::ErrorCode::NotRegistered, "socket closed") };
     log!(Debug, "{} from udp {proxy} to {target} for {peer}", if punch { "punching a hole" } else { "making a hole" });
     let expires = now + super::table::HOLE_ACK_TTL;
+    let yields = punch && reg.udp.listener_yields(fd, *target.ip());
     let hole = match punch {
-        true => Hole { token, target, peer, next_try: now + PUNCH_GAP, tries_left: PUNCH_TRIES - 1, expires, punch: Some(Punch { report: None, gap: PUNCH_GAP * 2 }) },
+        true if yields => {
+            log!(Debug, "udp punch to {target}: the last one to {} went unanswered, so the connector's Dummy goes first", target.ip());
+            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP, confirm: true, proven: false, yielded: true };
+            Hole { token: proof(token, Role::Listener), target, peer, next_try: now + LISTENER_YIELD, tries_left: PUNCH_TRIES, expires, punch: Some(punch) }
+        }
+        true => {
+            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2, confirm: true, proven: false, yielded: false };
+            Hole { token: proof(token, Role::Listener), target, peer, next_try: now + PUNCH_GAP, tries_left: PUNCH_TRIES - 1, expires, punch: Some(punch) }
+        }
         false => Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1, expires, punch: None },
     };
     reg.udp.entry(fd).start_hole(hole);
-    send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
+    if !yields {
+        send_control(fd, &Message::Dummy { token: hole.token }, sys::random_u64(), target);
+    }
     Message::Ack
 }
 
@@ -157,6 +182,9 @@ pub fn on_timers(reg: &mut Registry, now: Instant) {
     for (fd, s) in reg.udp.sockets_mut() {
         for (token, target) in s.due_holes(now, HOLE_RETRY) {
             send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
+            if s.holes.iter().any(|h| h.token == token && h.punch.is_some() && h.tries_left == 0) {
+                log!(Info, "udp punch to {target}: its last Dummy sent, none answered so far");
+            }
         }
     }
 }
@@ -217,8 +245,8 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
     }
     let decoded = seal::gcb_decode(bytes);
     if let Ok((_, m @ (Message::Dummy { token } | Message::DummyAck { token }))) = &decoded {
-        if let Some(heard) = sock.punch_heard(*token, src, now) {
-            punched(fd, *token, src, heard, matches!(m, Message::Dummy { .. }));
+        if let Some(heard) = sock.punch_heard(*token, src, matches!(m, Message::DummyAck { .. }), now) {
+            punched(fd, src, heard, matches!(m, Message::Dummy { .. }));
             return Incoming::Consumed;
         }
     }
@@ -250,15 +278,16 @@ pub fn classify(reg: &mut Registry, fd: c_int, src: SocketAddrV4, bytes: &[u8], 
     Incoming::Data { from: sock.name_of(src), offset: 0 }
 }
 
-/// A punch's `Dummy` (`dummy`) or `DummyAck` with `token` came from `src`:
-/// the peer's Dummy is answered, and the path may open.
-fn punched(fd: c_int, token: Token, src: SocketAddrV4, heard: Heard, dummy: bool) {
+/// A punch's `Dummy` (`dummy`) or `DummyAck` came from `src`: the peer's
+/// Dummy is answered with this side's proof, and the path may open; a side
+/// opened by the peer's ack says so with an ack (`Punch::confirm`).
+fn punched(fd: c_int, src: SocketAddrV4, heard: Heard, dummy: bool) {
     if !heard.from_target {
-        log!(Debug, "udp: a punch's {} from {src}, not its peer's mapping, ignored", if dummy { "Dummy" } else { "DummyAck" });
+        log!(Debug, "udp: a punch's {} from {src}, not its peer's proof from its mapping, ignored", if dummy { "Dummy" } else { "DummyAck" });
         return;
     }
-    if dummy {
-        send_control(fd, &Message::DummyAck { token }, sys::random_u64(), src);
+    if dummy || heard.announce {
+        send_control(fd, &Message::DummyAck { token: heard.answer }, sys::random_u64(), src);
     }
     if let Some(hole) = heard.opened {
         opened(fd, &hole, src);
@@ -269,8 +298,8 @@ fn punched(fd: c_int, token: Token, src: SocketAddrV4, heard: Heard, dummy: bool
 /// the broker by the connector.
 fn opened(fd: c_int, hole: &Hole, src: SocketAddrV4) {
     log!(Info, "udp to {}: via punched, reached at {src}", hole.peer);
-    if let Some(report) = hole.punch.and_then(|p| p.report) {
-        send_dummy(fd, hole.token, report);
+    if let Some((report, token)) = hole.punch.and_then(|p| p.report) {
+        send_dummy(fd, token, report);
     }
 }
 
@@ -346,28 +375,37 @@ mod tests {
         // The connector's socket, the listener's (its mapping), the proxy.
         let ((sock, _), (listener, listener_at), (proxy_sock, proxy)) = (bound(), bound(), bound());
         let fd = sock.raw();
+        let token = Token(3);
+        let (mine, theirs) = (proof(token, Role::Connector), proof(token, Role::Listener));
+        assert!(mine != theirs && mine != token && theirs != token);
         reg.udp.entry(fd).set_route(proxy, Route::AsNamed, now);
-        let punch = Some(Punch { report: Some(proxy), gap: PUNCH_GAP });
+        let punch = Some(Punch { expect: theirs, report: Some((proxy, token)), gap: PUNCH_GAP, confirm: false, proven: false, yielded: false });
         let expires = now + super::super::table::HOLE_ACK_TTL;
-        reg.udp.entry(fd).start_hole(Hole { token: Token(3), target: listener_at, peer: proxy, next_try: now, tries_left: 1, expires, punch });
+        reg.udp.entry(fd).start_hole(Hole { token: mine, target: listener_at, peer: proxy, next_try: now, tries_left: 1, expires, punch });
         on_timers(&mut reg, now);
-        assert_eq!(control_on(listener.raw()), Message::Dummy { token: Token(3) }, "to the listener's mapping");
+        assert_eq!(control_on(listener.raw()), Message::Dummy { token: mine }, "to the listener's mapping, with the connector's proof");
 
-        let dummy = gcb::encode(&Message::Dummy { token: Token(3) }, 9).unwrap();
+        let dummy = gcb::encode(&Message::Dummy { token: theirs }, 9).unwrap();
         let (stranger, stranger_at) = bound();
         assert_eq!(classify(&mut reg, fd, stranger_at, &dummy, now), Incoming::Consumed, "never the program's");
         assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::AsNamed), "a stranger opens nothing");
+        let replay = gcb::encode(&Message::Dummy { token: mine }, 9).unwrap();
+        assert_eq!(classify(&mut reg, fd, listener_at, &replay, now), Incoming::Consumed, "its own Dummy sent back");
+        let raw = gcb::encode(&Message::DummyAck { token }, 9).unwrap();
+        assert_eq!(classify(&mut reg, fd, listener_at, &raw, now), Incoming::Data { from: listener_at, offset: 0 }, "the raw token is nothing of the punch's");
+        assert_eq!(classify(&mut reg, fd, listener_at, b"junk", now), Incoming::Data { from: listener_at, offset: 0 }, "not named as the peer");
+        assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::AsNamed), "neither opens it");
         assert_eq!(classify(&mut reg, fd, listener_at, &dummy, now), Incoming::Consumed);
-        assert_eq!(control_on(listener.raw()), Message::DummyAck { token: Token(3) }, "answered");
-        assert_eq!(control_on(proxy_sock.raw()), Message::Dummy { token: Token(3) }, "the broker told");
+        assert_eq!(control_on(listener.raw()), Message::DummyAck { token: mine }, "answered with its own proof");
+        assert_eq!(control_on(proxy_sock.raw()), Message::Dummy { token }, "the broker told, with the token");
         assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::Direct(listener_at)));
         assert_eq!(classify(&mut reg, fd, listener_at, b"echo", now), Incoming::Data { from: proxy, offset: 0 }, "named as the proxy");
-        let ack = gcb::encode(&Message::DummyAck { token: Token(3) }, 10).unwrap();
+        let ack = gcb::encode(&Message::DummyAck { token: theirs }, 10).unwrap();
         assert_eq!(classify(&mut reg, fd, listener_at, &ack, now), Incoming::Consumed);
         let mut buf = [0u8; 64];
-        for s in [&stranger, &proxy_sock] {
+        for s in [&stranger, &proxy_sock, &listener] {
             let n = unsafe { libc::recv(s.raw(), buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
-            assert_eq!(n, -1, "no answer to a stranger, one report only");
+            assert_eq!(n, -1, "no answer to a stranger or a replay, one report only");
         }
         reg.udp.remove(fd);
     }

@@ -15,6 +15,8 @@
 //!   `Managed` so replies are named after the address sent to.
 //! * Every read of a `Managed` UDP socket goes through [`recv`]: relay headers
 //!   stripped, senders named, control traffic consumed, data buffered in order.
+//! * A socket connected to a peer the broker punches to waits, bounded, for
+//!   the punched path ([`connected`]).
 //! * A socket bound to the address of a registered one joins its registration
 //!   ([`bind`]); one connected to a relayed peer gets a broker [`channel`].
 //!
@@ -22,7 +24,9 @@
 //! sockets bound to loopback, stays on the fast path.
 
 pub mod channel;
+pub mod connected;
 pub mod control;
+pub mod hole;
 pub mod recv;
 pub mod send;
 pub mod table;

@@ -15,11 +15,12 @@
 //!    proto UDP) and the answer recorded: `Direct` / `SameRealm` give the real
 //!    address; `Relay` sends unchanged to the proxy; `Reversal` sends
 //!    unchanged meanwhile and awaits the listener's Dummy, which opens the
-//!    direct path; `PunchUdp` sends unchanged meanwhile and punches a hole to
-//!    the listener's mapping (`control`), which opens the direct path (not on
-//!    a connected socket, which would not hear the direct replies: a
-//!    reversal's Dummy, which can arrive before the real `connect`, is only
-//!    kept from the application); no broker there: the negative cache.
+//!    direct path (not on a connected socket, which would not hear the direct
+//!    replies: a reversal's Dummy, which can arrive before the real `connect`,
+//!    is only kept from the application); `PunchUdp` sends unchanged
+//!    meanwhile and punches a hole to the listener's mapping (`control`),
+//!    which opens the direct path; a `connect` waits for that punch, bounded
+//!    ([`connected`](super::connected)); no broker there: the negative cache.
 //!
 //! Records live [`RECORD_TTL`](super::table::RECORD_TTL) and are dropped at a
 //! network error (`ECONNREFUSED`, unreachable), so the next send asks again.
@@ -30,7 +31,7 @@ use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
-use proto::gcb::{Decision, ErrorCode, Message, UdpRelayHeader, MAX_RELAY_PAYLOAD};
+use proto::gcb::{Decision, ErrorCode, Message, Role, Token, UdpRelayHeader, MAX_RELAY_PAYLOAD};
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
@@ -38,7 +39,7 @@ use super::super::ask::{command_port, log_path, our_broker, remember_no_broker, 
 use super::super::registry::Registry;
 use super::super::mgmt;
 use crate::client::sys;
-use super::control::{PUNCH_GAP, PUNCH_HEAD_START, PUNCH_TRIES};
+use super::control::{proof, PUNCH_GAP, PUNCH_HEAD_START, PUNCH_TRIES};
 use super::table::{Hole, Punch, Route, HOLE_ACK_TTL};
 use crate::fdtable::{self, Kind};
 use crate::guard::{errno, set_errno};
@@ -79,20 +80,25 @@ fn known(fd: c_int, dest: SocketAddrV4, now: Instant) -> Option<Out> {
 }
 
 /// Where a datagram from `fd` to `dest` goes (module docs); `connected` for
-/// `connect`, which never awaits a hole.
+/// `connect`, which never awaits a reversal's hole.
 pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_int> {
+    route_punching(fd, dest, connected).map(|(out, _)| out)
+}
+
+/// [`route`], and this side's proof when it started a punch to `dest`.
+fn route_punching(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<(Out, Option<Token>), c_int> {
     let now = Instant::now();
     if let Some(out) = known(fd, dest, now) {
-        return Ok(out);
+        return Ok((out, None));
     }
     if !worth_asking(dest) {
-        return Ok(Out::To(dest));
+        return Ok((Out::To(dest), None));
     }
     let (route, awaited) = match ask(fd, dest) {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; udp to {dest} goes straight out", dest.ip());
             remember_no_broker(*dest.ip());
-            return Ok(Out::To(dest));
+            return Ok((Out::To(dest), None));
         }
         Asked::Decision(d) => {
             log_path(Proto::Udp, dest, &d, now);
@@ -100,10 +106,8 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
                 Decision::Direct { addr } | Decision::SameRealm { addr } => (Route::Direct(addr), None),
                 // Unoffered, but its fallback is the relay through `via`, the proxy named.
                 Decision::Relay { .. } | Decision::PunchTcp { .. } => (Route::AsNamed, None),
-                // The relay from the first datagram; a connected socket
-                // could not hear the direct path, so it stays there.
-                Decision::PunchUdp { via, token, listener_at } if !connected => (Route::AsNamed, Some(Awaited::Punch { via, token, listener_at })),
-                Decision::PunchUdp { .. } => (Route::AsNamed, None),
+                // The relay from the first datagram (a `connect` waits).
+                Decision::PunchUdp { via, token, listener_at } => (Route::AsNamed, Some(Awaited::Punch { via, token, listener_at })),
                 Decision::Reversal { token } => (Route::AsNamed, Some(Awaited::Reversal(token))),
                 Decision::NotRegistered => {
                     log!(Info, "udp to {dest}: nothing is registered there");
@@ -116,7 +120,10 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
         }
         Asked::Silent => (Route::AsNamed, None),
     };
-    let punching = matches!(awaited, Some(Awaited::Punch { .. }));
+    let punching = match awaited {
+        Some(Awaited::Punch { token, .. }) => Some(proof(token, Role::Connector)),
+        _ => None,
+    };
     super::super::state::with(|reg| {
         let s = reg.udp.entry(fd);
         let now = Instant::now();
@@ -124,26 +131,27 @@ pub fn route(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<Out, c_in
         match awaited {
             Some(Awaited::Reversal(token)) => s.await_dummy(token, dest, !connected, now),
             Some(Awaited::Punch { via, token, listener_at }) => s.start_hole(Hole {
-                token,
+                token: proof(token, Role::Connector),
                 target: listener_at,
                 peer: dest,
                 next_try: now + PUNCH_HEAD_START,
                 tries_left: PUNCH_TRIES,
                 expires: now + HOLE_ACK_TTL,
-                punch: Some(Punch { report: Some(via), gap: PUNCH_GAP }),
+                punch: Some(Punch { expect: proof(token, Role::Listener), report: Some((via, token)), gap: PUNCH_GAP, confirm: false, proven: false, yielded: false }),
             }),
             None => {}
         }
         fdtable::replace(fd, Kind::WatchedUdp, Kind::Managed);
     });
-    if punching {
+    if punching.is_some() {
         // Its Dummies are the responder's timers.
         super::super::state::ensure_responder();
     }
-    Ok(match route {
+    let out = match route {
         Route::Direct(real) => Out::To(real),
         Route::AsNamed | Route::NotGcb => Out::To(dest),
-    })
+    };
+    Ok((out, punching))
 }
 
 /// What a decision leaves the socket waiting for.
@@ -373,11 +381,13 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
     let Some(dest) = sys::from_sockaddr(addr, len) else { return real::connect(fd, addr, len) };
     let saved = errno();
-    let (to, channel) = match route(fd, dest, true) {
-        Ok(Out::To(to)) => (to, None),
+    let (to, channel) = match route_punching(fd, dest, true) {
+        // The punched path once it answers, else the relay (`connected`).
+        Ok((Out::To(to), Some(mine))) => (super::connected::await_punch(fd, dest, mine).unwrap_or(to), None),
+        Ok((Out::To(to), None)) => (to, None),
         // A peer the broker relays: through a channel of its own, or, with
         // none, to the peer as it is (`channel`).
-        Ok(Out::Relayed { peer, .. }) => match super::channel::open(fd, peer) {
+        Ok((Out::Relayed { peer, .. }, _)) => match super::channel::open(fd, peer) {
             Some(c) => (c.addr, Some(c)),
             None => (dest, None),
         },

@@ -1,8 +1,9 @@
 //! What the shim knows about each UDP socket it manages, as plain data: the
 //! receiver list (paper 4.2.2: for each address the application sends to, where
 //! the datagrams really go), the reverse names of real sources, the peers the
-//! broker relays for this socket, holes being made, and the buffer of data
-//! datagrams read but not yet delivered. No system calls: every rule here is
+//! broker relays for this socket, holes being made (their rules are in
+//! [`hole`](super::hole)), and the buffer of data datagrams read but not yet
+//! delivered. No system calls: every rule here is
 //! unit-tested; `udp::recv` and `udp::send` do the I/O.
 //!
 //! # Invariants
@@ -17,11 +18,13 @@
 //!    from the channel's address are its peer's, whatever the other records say.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
 use proto::gcb::Token;
+
+pub use super::hole::{Heard, Hole, Punch, HOLE_ACK_TTL};
 
 /// Records per map of one socket.
 pub const MAX_RECORDS: usize = 4096;
@@ -59,49 +62,6 @@ pub struct Datagram {
     pub from: SocketAddrV4,
     pub data: Vec<u8>,
 }
-
-/// A hole this socket is making after `MakeHole`: Dummies to `target` until
-/// its `DummyAck`; then `peer` is reached at the ack's source. Or one side of
-/// a UDP hole punch (`punch`, docs/hole-punching.md, "UDP").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hole {
-    pub token: Token,
-    pub target: SocketAddrV4,
-    pub peer: SocketAddrV4,
-    pub next_try: Instant,
-    pub tries_left: u8,
-    /// Out of tries, the hole is still known until then: its ack may wait in
-    /// the socket until the program reads (the responder sends the Dummies
-    /// whatever the program does; only the program's reads take the acks),
-    /// and must not reach the program as data.
-    pub expires: Instant,
-    pub punch: Option<Punch>,
-}
-
-/// What a punch's hole has beyond a `MakeHole`'s: only `target` opens it
-/// (with a `Dummy` or `DummyAck` of the token, or data), each of its Dummies
-/// is answered, and its Dummies back off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Punch {
-    /// Where the direct path, once open, is reported (the connector's: one
-    /// `Dummy{token}` to the listener's proxy, which the broker counts).
-    pub report: Option<SocketAddrV4>,
-    /// The wait after the next Dummy; doubled after each.
-    pub gap: Duration,
-}
-
-/// A `Dummy` or `DummyAck` of a punch's token, as [`UdpSocket::punch_heard`]
-/// found it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Heard {
-    /// From the punch's target: answered (a Dummy), and the path is open.
-    pub from_target: bool,
-    /// This one opened it: the hole, as it was made.
-    pub opened: Option<Hole>,
-}
-
-/// How long a hole's ack is recognised after the hole was asked for.
-pub const HOLE_ACK_TTL: Duration = Duration::from_secs(120);
 
 /// The broker's channel of a socket connected to a relayed peer (proto
 /// `UdpChannel`): the real socket is connected to `addr`, and what comes from
@@ -234,92 +194,6 @@ impl UdpSocket {
         Some((app, open))
     }
 
-    /// Starts making a hole after `MakeHole`; the caller sends the first Dummy.
-    pub fn start_hole(&mut self, hole: Hole) {
-        self.holes.retain(|h| h.token != hole.token);
-        if self.holes.len() >= 64 {
-            self.holes.remove(0);
-        }
-        self.holes.push(hole);
-    }
-
-    /// A `DummyAck{token}` came from `src`: the hole is made, and its peer is
-    /// reached at (and reported for) `src`. `None` if no hole had this token.
-    /// The hole stays known, sending nothing more, until it expires: the peer
-    /// acks each Dummy that reached it, and the later acks are not data.
-    /// A punch's hole is not in this list: only its target opens it
-    /// ([`Self::punch_heard`]).
-    pub fn hole_acked(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<SocketAddrV4> {
-        let i = self.holes.iter().position(|h| h.token == token && h.punch.is_none())?;
-        self.made(i, src, now);
-        Some(self.holes[i].peer)
-    }
-
-    /// Marks hole `i` made, its peer reached at `src`: the hole if this
-    /// made it, `None` if it was made before.
-    fn made(&mut self, i: usize, src: SocketAddrV4, now: Instant) -> Option<Hole> {
-        let hole = &mut self.holes[i];
-        let first = hole.tries_left != 0 || hole.next_try != hole.expires;
-        hole.tries_left = 0;
-        hole.next_try = hole.expires;
-        let hole = *hole;
-        if first {
-            self.set_route(hole.peer, Route::Direct(src), now);
-        }
-        first.then_some(hole)
-    }
-
-    /// A datagram came straight from `src`: if a hole being made targets it,
-    /// the hole is made (the peer is reached at `src`): that hole.
-    pub fn hole_heard(&mut self, src: SocketAddrV4, now: Instant) -> Option<Hole> {
-        let i = self.holes.iter().position(|h| h.target == src && (h.tries_left != 0 || h.next_try != h.expires))?;
-        self.made(i, src, now)
-    }
-
-    /// A `Dummy` or `DummyAck` with `token` came from `src`: `None` if no
-    /// punch of this socket has the token (not ours). One from anywhere but
-    /// the punch's target is taken and does nothing more: a stranger who
-    /// saw the token cannot move the path.
-    pub fn punch_heard(&mut self, token: Token, src: SocketAddrV4, now: Instant) -> Option<Heard> {
-        let i = self.holes.iter().position(|h| h.token == token && h.punch.is_some())?;
-        if self.holes[i].target != src {
-            return Some(Heard { from_target: false, opened: None });
-        }
-        Some(Heard { from_target: true, opened: self.made(i, src, now) })
-    }
-
-    /// Holes whose next Dummy is due: their targets and tokens. Each try is
-    /// counted; a hole out of tries sends no more (the peer stays relayed)
-    /// and is dropped when it expires.
-    pub fn due_holes(&mut self, now: Instant, every: Duration) -> Vec<(Token, SocketAddrV4)> {
-        let mut due = Vec::new();
-        self.holes.retain_mut(|h| {
-            if h.tries_left == 0 {
-                return now < h.expires;
-            }
-            if now < h.next_try {
-                return true;
-            }
-            h.tries_left -= 1;
-            h.next_try = now
-                + match &mut h.punch {
-                    Some(p) => {
-                        let gap = p.gap;
-                        p.gap = gap * 2;
-                        gap
-                    }
-                    None => every,
-                };
-            due.push((h.token, h.target));
-            true
-        });
-        due
-    }
-
-    pub fn next_hole_deadline(&self) -> Option<Instant> {
-        self.holes.iter().map(|h| if h.tries_left == 0 { h.expires } else { h.next_try }).min()
-    }
-
     /// Buffers a data datagram for the application, in arrival order.
     pub fn stash(&mut self, d: Datagram) {
         if self.stash.len() >= MAX_STASH {
@@ -348,9 +222,26 @@ pub struct UdpTable {
     socks: HashMap<u64, UdpSocket>,
     fds: HashMap<c_int, u64>,
     next: u64,
+    /// The last punch that was over of closed sockets, by connector IP
+    /// (`UdpSocket::last_punch_to`): iperf3's server binds a new socket for
+    /// each test.
+    punched: HashMap<Ipv4Addr, (bool, bool)>,
 }
 
 impl UdpTable {
+    /// Whether the listener's next punch from `fd` to a connector at `ip`
+    /// lets the connector's first Dummy go ahead of its own: the order of
+    /// the last punch to that IP that is over (the socket's own, else a
+    /// closed one's), flipped if it went unanswered; the listener first by
+    /// default. Which side's first Dummy must arrive first depends on the
+    /// gateways (docs/nat-punching-notes.md: a gateway that answers
+    /// strangers must not be the first one reached), which neither side can
+    /// see; the outcome can.
+    pub fn listener_yields(&self, fd: c_int, ip: Ipv4Addr) -> bool {
+        let last = self.get(fd).and_then(|s| s.last_punch_to(ip)).or_else(|| self.punched.get(&ip).copied());
+        last.is_some_and(|(yielded, answered)| yielded == answered)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty()
     }
@@ -390,7 +281,16 @@ impl UdpTable {
         if self.fds.values().any(|&i| i == id) {
             return None;
         }
-        self.socks.remove(&id)
+        let s = self.socks.remove(&id)?;
+        for h in &s.holes {
+            if let Some(last) = s.last_punch_to(*h.target.ip()) {
+                if self.punched.len() >= MAX_RECORDS {
+                    self.punched.clear();
+                }
+                self.punched.insert(*h.target.ip(), last);
+            }
+        }
+        Some(s)
     }
 
     /// The fds and sockets, one fd per socket (for timers).

@@ -136,48 +136,130 @@ fn table_shares_sockets_between_dups() {
 fn a_punch_opens_only_from_its_target_and_backs_off() {
     let now = Instant::now();
     let mut s = UdpSocket::default();
-    // The connector's side: the proxy it sends to, the listener's mapping.
+    // The connector's side: the proxy it sends to, the listener's mapping;
+    // its proof is 5, the listener's 50, the token (reported) 1.
     let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
     s.set_route(proxy, Route::AsNamed, now);
-    let punch = Some(Punch { report: Some(proxy), gap: Duration::from_millis(100) });
+    let punch = Some(Punch { expect: Token(50), report: Some((proxy, Token(1))), gap: Duration::from_millis(100), confirm: false, proven: false, yielded: false });
     let first = now + Duration::from_millis(200);
     s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: first, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
     assert!(s.due_holes(now, Duration::ZERO).is_empty(), "the head start");
     let ms = Duration::from_millis;
     let mut at = first;
     for gap in [100, 200] {
-        assert_eq!(s.due_holes(at, Duration::ZERO), vec![(Token(5), listener_at)]);
+        assert_eq!(s.due_holes(at, Duration::ZERO), vec![(Token(5), listener_at)], "its own proof goes out");
         assert_eq!(s.next_hole_deadline(), Some(at + ms(gap)), "doubling");
         at += ms(gap);
     }
-    // Neither a MakeHole's ack rule nor a stranger opens it.
-    assert_eq!(s.hole_acked(Token(5), listener_at, now), None, "not a MakeHole's");
-    assert_eq!(s.punch_heard(Token(6), listener_at, now), None, "not our token");
+    // Neither a MakeHole's ack rule, nor a stranger, nor its own proof sent
+    // back from the target (a stranger there who caught a Dummy), nor data
+    // from the target opens it.
+    assert_eq!(s.hole_acked(Token(50), listener_at, now), None, "not a MakeHole's");
+    assert_eq!(s.punch_heard(Token(6), listener_at, false, now), None, "not our punch");
+    assert_eq!(s.punch_heard(Token(1), listener_at, true, now), None, "the raw token is no proof");
     let stranger = a("203.0.113.66:7000");
-    assert_eq!(s.punch_heard(Token(5), stranger, now), Some(Heard { from_target: false, opened: None }));
+    let nothing = Some(Heard { from_target: false, answer: Token(5), opened: None, announce: false });
+    assert_eq!(s.punch_heard(Token(50), stranger, true, now), nothing);
+    assert_eq!(s.punch_heard(Token(5), listener_at, false, now), nothing, "a replay of its own proof");
+    assert_eq!(s.hole_heard(listener_at, now), None, "data from the mapping proves nothing");
+    assert_eq!(s.name_of(listener_at), listener_at, "nor is it named as the peer");
     assert_eq!(s.route(proxy, now), Some(Route::AsNamed), "still relayed");
     assert_eq!(s.hole_heard(stranger, now), None);
 
-    let heard = s.punch_heard(Token(5), listener_at, now).unwrap();
-    assert!(heard.from_target);
-    assert_eq!(heard.opened.map(|h| (h.peer, h.punch.unwrap().report)), Some((proxy, Some(proxy))), "opened once, reported");
+    let heard = s.punch_heard(Token(50), listener_at, false, now).unwrap();
+    assert!(heard.from_target && heard.answer == Token(5) && !heard.announce, "the listener's Dummy opens the connector, and is answered");
+    assert_eq!(heard.opened.map(|h| (h.peer, h.punch.unwrap().report)), Some((proxy, Some((proxy, Token(1))))), "opened once, reported");
     assert_eq!(s.route(proxy, now), Some(Route::Direct(listener_at)));
     assert_eq!(s.name_of(listener_at), proxy, "the listener's datagrams are named as the proxy");
-    assert_eq!(s.punch_heard(Token(5), listener_at, now), Some(Heard { from_target: true, opened: None }), "a repeat is still ours, opens nothing");
+    assert_eq!(s.punch_heard(Token(50), listener_at, true, now), Some(Heard { from_target: true, answer: Token(5), opened: None, announce: false }), "a repeat is still ours, opens nothing");
     assert!(s.due_holes(at, Duration::ZERO).is_empty(), "no more Dummies once open");
 }
 
 #[test]
-fn a_punch_opens_at_its_peers_first_datagram() {
+fn a_cancelled_punch_sends_and_opens_nothing() {
     let now = Instant::now();
     let mut s = UdpSocket::default();
+    let mapping = a("198.51.100.2:40000");
+    let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false, yielded: false });
+    s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
+    s.cancel_punch(Token(70));
+    assert_eq!(s.holes.len(), 1, "only by its own proof");
+    s.cancel_punch(Token(7));
+    assert!(s.due_holes(now, Duration::ZERO).is_empty());
+    assert_eq!(s.punch_heard(Token(70), mapping, true, now), None, "not ours any more");
+    assert_eq!(s.route(mapping, now), None);
+}
+
+#[test]
+fn a_connector_opened_by_an_ack_announces_it() {
+    let now = Instant::now();
+    let mut s = UdpSocket::default();
+    let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
+    let punch = Some(Punch { expect: Token(50), report: None, gap: Duration::from_millis(100), confirm: false, proven: false, yielded: false });
+    s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: now, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
+    let heard = s.punch_heard(Token(50), listener_at, true, now).unwrap();
+    assert!(heard.opened.is_some() && heard.announce, "opened by the listener's ack: the listener is told");
+    assert!(!s.punch_heard(Token(50), listener_at, true, now).unwrap().announce, "once");
+}
+
+#[test]
+fn a_listeners_punch_opens_at_the_connectors_word() {
+    let now = Instant::now();
     // The listener's side: the connector is named by its mapping.
     let mapping = a("198.51.100.2:40000");
-    let punch = Some(Punch { report: None, gap: Duration::from_millis(200) });
-    s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
-    let made = s.hole_heard(mapping, now).expect("the connector's data came straight");
+    let fresh = || {
+        let mut s = UdpSocket::default();
+        let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false, yielded: false });
+        s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
+        s
+    };
+    // The connector's Dummy proves it, but it may still give up waiting.
+    let mut s = fresh();
+    assert_eq!(s.hole_heard(mapping, now), None, "data before its proof opens nothing");
+    let heard = s.punch_heard(Token(70), mapping, false, now).unwrap();
+    assert_eq!(heard, Heard { from_target: true, answer: Token(7), opened: None, announce: false }, "answered, not opened");
+    assert_eq!(s.route(mapping, now), None, "still relayed");
+    let made = s.hole_heard(mapping, now).expect("its data straight from its mapping, after its proof");
     assert_eq!((made.peer, made.punch.unwrap().report), (mapping, None));
     assert_eq!(s.route(mapping, now), Some(Route::Direct(mapping)));
-    assert_eq!(s.name_of(mapping), mapping);
-    assert_eq!(s.punch_heard(Token(7), mapping, now), Some(Heard { from_target: true, opened: None }), "its Dummies still answered");
+    assert_eq!(s.punch_heard(Token(70), mapping, false, now).map(|h| h.opened), Some(None), "its Dummies still answered");
+
+    // Its ack says it is open.
+    let mut s = fresh();
+    let heard = s.punch_heard(Token(70), mapping, true, now).unwrap();
+    assert!(heard.opened.is_some() && !heard.announce);
+    assert_eq!(s.route(mapping, now), Some(Route::Direct(mapping)));
+}
+
+#[test]
+fn a_listener_yields_after_an_unanswered_punch_and_keeps_what_worked() {
+    let now = Instant::now();
+    let ip = "198.51.100.2".parse().unwrap();
+    let hole = |token: u64, target: &str, yielded: bool| {
+        let punch = Some(Punch { expect: Token(token * 10), report: None, gap: Duration::from_millis(100), confirm: true, proven: false, yielded });
+        Hole { token: Token(token), target: a(target), peer: a(target), next_try: now, tries_left: 1, expires: now + HOLE_ACK_TTL, punch }
+    };
+    let mut t = UdpTable::default();
+    assert!(!t.listener_yields(3, ip), "the listener first, at first");
+    t.entry(3).start_hole(hole(1, "198.51.100.2:40000", false));
+    assert!(!t.listener_yields(3, ip), "one still running tells nothing");
+    assert_eq!(t.entry(3).due_holes(now, Duration::ZERO).len(), 1, "its last Dummy");
+    assert!(t.listener_yields(3, ip), "unanswered: the connector first next time");
+    assert!(!t.listener_yields(3, "198.51.100.3".parse().unwrap()), "per connector IP");
+
+    t.entry(3).start_hole(hole(2, "198.51.100.2:40001", true));
+    t.entry(3).punch_heard(Token(20), a("198.51.100.2:40001"), true, now).expect("ours").opened.expect("opened");
+    assert!(t.listener_yields(3, ip), "that worked: kept");
+    t.entry(3).start_hole(hole(3, "198.51.100.2:40002", true));
+    t.entry(3).due_holes(now, Duration::ZERO);
+    assert!(!t.listener_yields(3, ip), "unanswered again: the listener first again");
+
+    // A new socket (iperf3's server binds one per test) knows what the
+    // closed one learnt.
+    t.entry(3).start_hole(hole(4, "198.51.100.2:40003", false));
+    t.entry(3).due_holes(now, Duration::ZERO);
+    assert!(t.listener_yields(3, ip));
+    assert!(!t.listener_yields(4, ip), "another live socket's is its own");
+    assert!(t.remove(3).is_some());
+    assert!(t.listener_yields(4, ip) && t.listener_yields(5, ip), "kept past the socket's close");
 }
