@@ -23,6 +23,11 @@
 //!   in `connect` for its punch, and then every datagram, the first
 //!   included, goes direct: all echoed, none relayed; so for a server in
 //!   every readiness mode.
+//! * A non-blocking connected client never waits in `connect`: it does not
+//!   offer UDP punching, and goes to the relay at once (no punch attempt at
+//!   the broker, every echo through it). A blocking one whose punch went
+//!   unanswered does not wait again: the same process's next socket to that
+//!   server goes to the relay at once.
 //!
 //! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
 //! `make -C c-tests`.
@@ -78,7 +83,7 @@ fn all_echoed(stdout: &str, context: &str) {
     assert!(!stdout.contains("MISMATCH"), "an echo from the wrong address or with the wrong bytes:\n{context}");
     let summary = stdout.lines().find(|l| l.starts_with("SUMMARY ")).unwrap_or_else(|| panic!("no SUMMARY:\n{context}"));
     let field = |k: &str| summary.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_string);
-    assert_eq!((field("ok").as_deref(), field("runs").as_deref()), (Some("1"), Some("1")), "{summary}\n{context}");
+    assert!(field("runs").is_some_and(|n| n != "0") && field("ok") == field("runs"), "every run ok: {summary}\n{context}");
     assert_eq!((field("lost").as_deref(), field("reordered").as_deref()), (Some("0"), Some("0")), "{summary}\n{context}");
 }
 
@@ -130,8 +135,13 @@ fn a_udp_echo_moves_from_the_relay_to_a_punched_path() {
 /// One run of a connected echo client (`--udp-connected`) to `dest`, every
 /// echo verified: the client's log, and everything for a failure message.
 fn connected_run(r: &RealBed, server: &Proc, dest: &str, rounds: u64) -> (String, String) {
+    connected_runs(r, server, dest, rounds, &[])
+}
+
+/// [`connected_run`] with more of the client's flags (`extra`).
+fn connected_runs(r: &RealBed, server: &Proc, dest: &str, rounds: u64, extra: &[&str]) -> (String, String) {
     let mut c = echo_client(r, dest, rounds, &[]);
-    c.arg("--udp-connected");
+    c.arg("--udp-connected").args(extra);
     let out = run_with_timeout(c, CLIENT_TIMEOUT).expect("echo-client");
     let (stdout, log) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     let all = format!("{stdout}\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
@@ -187,5 +197,36 @@ fn every_server_mode_is_reached_over_a_punched_path() {
     let n = modes.len() as u64;
     assert_eq!((counter(&r, "udp_punch_attempts"), counter(&r, "udp_punch_direct")), (n, n), "{}", r.daemon.stderr_text());
     assert_eq!(relayed(&r), 0, "not one datagram through the broker");
+    r.down();
+}
+
+#[test]
+fn a_nonblocking_connected_client_goes_to_the_relay_without_waiting() {
+    // Gateways a blocking client is punched behind (the test above).
+    let nat = NatKinds::new(NatKind::Preserve, NatKind::Drop);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let (server, listen) = server(&r, 7483);
+    let (log, all) = connected_runs(&r, &server, &listen, 200, &["--nonblock"]);
+    assert!(log.contains(&format!("connect udp {listen} via relay at ")), "relayed from the start: {all}");
+    assert!(!log.contains(&format!("udp connect to {listen}:")), "no wait for a punch: {all}");
+    assert_eq!(counter(&r, "udp_punch_attempts"), 0, "no punch offered: {all}");
+    assert!(relayed(&r) >= 400, "every datagram and echo through the broker: {all}");
+    drop(server);
+    r.down();
+}
+
+#[test]
+fn a_missed_punch_is_not_waited_for_again_by_the_same_process() {
+    // Gateways where the listener's first punch misses (the test above).
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Preserve);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let (server, listen) = server(&r, 7484);
+    // Two runs, each on a fresh socket, in one process.
+    let (log, all) = connected_runs(&r, &server, &listen, 50, &["--runs", "2"]);
+    let missed = format!("udp connect to {listen}: the punch did not answer");
+    assert_eq!(log.matches(&missed).count(), 1, "the first socket waits, the second does not: {all}");
+    assert!(log.contains(&format!("connect udp {listen} via relay at ")), "the second goes to the relay: {all}");
+    assert_eq!(counter(&r, "udp_punch_attempts"), 1, "one punch offered: {all}");
+    drop(server);
     r.down();
 }

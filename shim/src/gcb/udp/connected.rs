@@ -23,8 +23,13 @@
 //! data after the path opened is kept for the program's first read.
 //!
 //! The wait is the price of a direct path: about the head start on a path
-//! that punches (0.2 s), [`CONNECT_WAIT`] on one that does not, also for a
-//! non-blocking socket (a UDP `connect` has no EINPROGRESS to give).
+//! that punches (0.2 s), [`CONNECT_WAIT`] on one that does not. Only a
+//! blocking socket pays it ([`may_wait`]): a UDP `connect` has no EINPROGRESS
+//! to give, and an event loop must not stall in one, so a non-blocking socket
+//! asks the broker without offering UDP punching and goes to the relay at once,
+//! as before punching. And a destination whose punch went unanswered is not
+//! punched again for [`REMEMBERED`](super::table::ConnectMisses::REMEMBERED): its next connects go to the
+//! relay at once.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -41,6 +46,13 @@ use crate::real;
 /// connector's first two Dummies (0.2 and 0.3 s) and the listener's third
 /// (0.3 s after its first), with room for a loaded machine.
 pub const CONNECT_WAIT: Duration = Duration::from_millis(600);
+
+/// Whether a `connect` of `fd` to `dest` may wait for a punch (module docs):
+/// the socket blocks, and `dest`'s last punch was not missed lately.
+pub fn may_wait(fd: c_int, dest: SocketAddrV4) -> bool {
+    let blocking = sys::get_fl(fd).is_ok_and(|fl| fl & libc::O_NONBLOCK == 0);
+    blocking && !super::super::state::with(|reg| reg.udp.connect_misses.recent(dest, Instant::now()))
+}
 
 /// Waits for the punch whose proof is `mine` to open `fd`'s path to `dest`:
 /// the real address to connect the socket to, or `None` (given up; the
@@ -76,12 +88,16 @@ pub fn await_punch(fd: c_int, dest: SocketAddrV4, mine: Token) -> Option<SocketA
         unsafe { real::ppoll(p.as_mut_ptr(), 1, &ts, std::ptr::null()) };
     };
     match opened {
-        Some(real) => log!(Debug, "udp connect to {dest}: punched in {} us, connected to {real}", start.elapsed().as_micros()),
+        Some(real) => {
+            super::super::state::with(|reg| reg.udp.connect_misses.forget(dest));
+            log!(Debug, "udp connect to {dest}: punched in {} us, connected to {real}", start.elapsed().as_micros());
+        }
         None => {
             super::super::state::with(|reg| {
                 if let Some(s) = reg.udp.get_mut(fd) {
                     s.cancel_punch(mine);
                 }
+                reg.udp.connect_misses.note(dest, Instant::now());
             });
             log!(Info, "udp connect to {dest}: the punch did not answer within {} ms; connected through the relay", CONNECT_WAIT.as_millis());
         }
@@ -177,6 +193,20 @@ mod tests {
         assert!(n > 0, "the listener's Dummy answered");
         assert_eq!(gcb::decode(&buf[..n as usize]).unwrap().1, Message::DummyAck { token: proof(token, Role::Connector) });
         super::super::super::state::with(|reg| reg.udp.remove(fd));
+    }
+
+    #[test]
+    fn only_a_blocking_socket_to_a_destination_not_missed_lately_may_wait() {
+        let (sock, _) = bound();
+        let fd = sock.raw();
+        let dest: SocketAddrV4 = "127.0.0.1:19".parse().unwrap();
+        sys::set_nonblock(fd, true).unwrap();
+        assert!(!may_wait(fd, dest), "a non-blocking socket goes to the relay at once");
+        sys::set_nonblock(fd, false).unwrap();
+        assert!(may_wait(fd, dest));
+        super::super::super::state::with(|reg| reg.udp.connect_misses.note(dest, Instant::now()));
+        assert!(!may_wait(fd, dest), "a destination missed lately is not waited for");
+        super::super::super::state::with(|reg| reg.udp.connect_misses.forget(dest));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! side of a punch (proofs, backoff, which side opens when, and the order a
 //! listener's next punch takes). No system calls; `control` does the I/O.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -191,5 +192,68 @@ impl UdpSocket {
 
     pub fn next_hole_deadline(&self) -> Option<Instant> {
         self.holes.iter().map(|h| if h.tries_left == 0 { h.expires } else { h.next_try }).min()
+    }
+}
+
+/// The destinations whose last punch for a connected socket went unanswered,
+/// and when (`connected`): a `connect` to one goes to the relay at once for a
+/// minute, instead of making every connect to a server that cannot be
+/// punched wait for the punch again. A minute, not the broker's ten for a
+/// TCP pair: the listener changes its order after a miss, so the next punch
+/// may well answer (`UdpTable::listener_yields`), and a miss costs a
+/// blocking `connect` 0.6 s once a minute at most.
+#[derive(Debug, Default)]
+pub struct ConnectMisses {
+    at: HashMap<SocketAddrV4, Instant>,
+}
+
+impl ConnectMisses {
+    pub const REMEMBERED: Duration = Duration::from_secs(60);
+    /// Bound on the records: the oldest goes first.
+    const MAX: usize = 256;
+
+    pub fn note(&mut self, dest: SocketAddrV4, now: Instant) {
+        if self.at.len() >= Self::MAX && !self.at.contains_key(&dest) {
+            if let Some(oldest) = self.at.iter().min_by_key(|(_, t)| **t).map(|(d, _)| *d) {
+                self.at.remove(&oldest);
+            }
+        }
+        self.at.insert(dest, now);
+    }
+
+    pub fn forget(&mut self, dest: SocketAddrV4) {
+        self.at.remove(&dest);
+    }
+
+    pub fn recent(&self, dest: SocketAddrV4, now: Instant) -> bool {
+        self.at.get(&dest).is_some_and(|t| now.saturating_duration_since(*t) < Self::REMEMBERED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), port)
+    }
+
+    #[test]
+    fn a_miss_is_remembered_for_a_while_forgotten_on_success_and_bounded() {
+        let t0 = Instant::now();
+        let mut m = ConnectMisses::default();
+        assert!(!m.recent(dest(1), t0));
+        m.note(dest(1), t0);
+        assert!(m.recent(dest(1), t0 + ConnectMisses::REMEMBERED - Duration::from_millis(1)));
+        assert!(!m.recent(dest(1), t0 + ConnectMisses::REMEMBERED), "tried again after a while");
+        assert!(!m.recent(dest(2), t0), "per destination");
+        m.forget(dest(1));
+        assert!(!m.recent(dest(1), t0), "a punch that answered clears it");
+        for p in 0..(ConnectMisses::MAX as u16 + 10) {
+            m.note(dest(100 + p), t0 + Duration::from_millis(u64::from(p)));
+        }
+        assert_eq!(m.at.len(), ConnectMisses::MAX);
+        assert!(!m.recent(dest(100), t0 + Duration::from_secs(1)), "the oldest went first");
+        assert!(m.recent(dest(100 + ConnectMisses::MAX as u16 + 9), t0 + Duration::from_secs(1)));
     }
 }

@@ -31,7 +31,7 @@ use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t};
-use proto::gcb::{Decision, ErrorCode, Message, Role, Token, UdpRelayHeader, MAX_RELAY_PAYLOAD};
+use proto::gcb::{Decision, ErrorCode, Features, Message, Role, Token, UdpRelayHeader, MAX_RELAY_PAYLOAD};
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
@@ -94,7 +94,9 @@ fn route_punching(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<(Out
     if !worth_asking(dest) {
         return Ok((Out::To(dest), None));
     }
-    let (route, awaited) = match ask(fd, dest) {
+    // A `connect` offers UDP punching only if it may wait for it (`connected`).
+    let punch = !connected || super::connected::may_wait(fd, dest);
+    let (route, awaited) = match ask(fd, dest, punch) {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; udp to {dest} goes straight out", dest.ip());
             remember_no_broker(*dest.ip());
@@ -170,8 +172,9 @@ enum Asked {
 }
 
 /// Asks the broker at `dest`'s IP about UDP from `fd` (bound first if it is
-/// not, so the broker learns the port a reversal's Dummy must reach).
-fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
+/// not, so the broker learns the port a reversal's Dummy must reach),
+/// offering UDP punching when `punch`.
+fn ask(fd: c_int, dest: SocketAddrV4, punch: bool) -> Asked {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
     let Ok((probe, probe_local)) = crate::client::exchange::open(cmd) else { return Asked::NotGcb };
@@ -185,7 +188,8 @@ fn ask(fd: c_int, dest: SocketAddrV4) -> Asked {
     // The probe's port tells the broker whether this NAT keeps ports, so it
     // may guess this socket's mapping for a punch. No `connector_id` even
     // for a registered socket: it would rename the peer of a reversal's hole.
-    let features = super::super::punch::offered();
+    let offered = super::super::punch::offered();
+    let features = if punch { offered } else { Features::from_bits(offered.bits() & !Features::PUNCH_UDP.bits()) };
     let msg = Message::Connect { proto: Proto::Udp, target: dest, connector, connector_id: None, realm: config::get().realm.clone(), features, asked_from_port: probe_local.port() };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
     match mgmt::exchange(probe.raw(), cmd, policy, &msg) {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::gcb::Token;
 
-pub use super::hole::{Heard, Hole, Punch, HOLE_ACK_TTL};
+pub use super::hole::{ConnectMisses, Heard, Hole, Punch, HOLE_ACK_TTL};
 
 /// Records per map of one socket.
 pub const MAX_RECORDS: usize = 4096;
@@ -226,6 +226,8 @@ pub struct UdpTable {
     /// (`UdpSocket::last_punch_to`): iperf3's server binds a new socket for
     /// each test.
     punched: HashMap<Ipv4Addr, (bool, bool)>,
+    /// Destinations a connected socket's punch did not reach (`connected`).
+    pub connect_misses: ConnectMisses,
 }
 
 impl UdpTable {
