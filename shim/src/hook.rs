@@ -1,6 +1,9 @@
-//! The machinery every interposed function is built from: the `hook!` macro, the
-//! per-thread re-entrancy guard, `errno` access and the `ErrnoGuard`, and panic
-//! containment ([`contain`], [`bookkeep`]).
+//! The machinery every interposed function is built from: the `hook!` macro
+//! and [`dispatch`], which puts together the pieces of [`crate::guard`] (the
+//! per-thread re-entrancy guard, `errno` handling and panic containment) with
+//! lazy init ([`crate::init::ensure`]). It sits at the top of the shim with the
+//! hooks themselves: nothing below may use it, and what they need of the rules
+//! below is in `guard`.
 //!
 //! # Why our own macro and not `redhook`
 //!
@@ -8,7 +11,7 @@
 //! arbitrary programs needs three things it does not give:
 //!
 //! * `errno` handling: the caller must see exactly the `errno` of the real call, and
-//!   shim-internal work must not disturb it ([`ErrnoGuard`]).
+//!   shim-internal work must not disturb it ([`ErrnoGuard`](crate::guard::ErrnoGuard)).
 //! * A re-entrancy guard: Rust's std and our own helpers call `write`, `close`,
 //!   `read`... which bind to our hooks again. Without a guard the shim would recurse
 //!   into its own logic.
@@ -37,7 +40,7 @@
 //!    `send`, an `accept`).
 //! 4. Hence the rule for BODY: whatever may panic *after* BODY has performed the real
 //!    operation (closed, duplicated, accepted, listened, connected, bound) runs under
-//!    [`bookkeep`], which contains the panic there, logs one line, and lets BODY
+//!    [`bookkeep`](crate::guard::bookkeep), which contains the panic there, logs one line, and lets BODY
 //!    return the real call's result, so nothing runs twice and the application sees
 //!    what the kernel did. Where the fd table must not be left wrong, BODY puts it
 //!    right regardless (a closed fd is always left `Plain`, see `managed::forget`).
@@ -46,7 +49,7 @@
 //!    lost.
 //!
 //! Every other function C calls into (the `pthread_atfork` and `atexit` handlers in
-//! [`crate::init`], the responder thread's rounds) runs its work under [`contain`]
+//! [`crate::init`], the responder thread's rounds) runs its work under [`contain`](crate::guard::contain)
 //! too. A build with `panic = "abort"` is refused (`lib.rs`): every one of these
 //! guarantees would turn into killing the application.
 //!
@@ -54,9 +57,9 @@
 //! not have fails with `ENOSYS` (see [`crate::real`]).
 //!
 //! Calls that do not return on success (the exec family, `hooks/lifetime.rs`) are
-//! not built with `hook!`: their shim work runs guarded by [`prepare_value`]
+//! not built with `hook!`: their shim work runs guarded by [`prepare_value`](crate::guard::prepare_value)
 //! (without lazy init, and with `errno` preserved), then the guard is released and
-//! the real function is called, and [`prepare`] undoes the work if it returns.
+//! the real function is called, and [`prepare`](crate::guard::prepare) undoes the work if it returns.
 //! They are the one exception to rule 3: a panic in that work leaves the new image
 //! without the shim's hand-over, and the exec itself goes ahead: what failed is the
 //! shim's extra, and the raw exec hands the application nothing of the shim's.
@@ -68,82 +71,9 @@
 //! it. A signal handler that interrupts shim code and calls a hooked function passes
 //! straight through, and cannot deadlock on a lock its own thread holds.
 
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use libc::c_int;
-
-thread_local! {
-    // Const-initialised and `Copy`: no lazy init, no allocation and no destructor
-    // registration on first use in a thread, so the guard is safe to touch anywhere.
-    static IN_SHIM: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Proof that this thread has entered the shim; dropping it leaves.
-pub struct Inside(());
-
-impl Inside {
-    /// `None` if this thread is already inside, or has no thread-local storage left
-    /// (a thread being torn down); either way the caller must pass through.
-    #[inline(always)]
-    pub fn enter() -> Option<Inside> {
-        match IN_SHIM.try_with(|c| c.replace(true)) {
-            Ok(false) => Some(Inside(())),
-            _ => None,
-        }
-    }
-}
-
-impl Drop for Inside {
-    #[inline(always)]
-    fn drop(&mut self) {
-        let _ = IN_SHIM.try_with(|c| c.set(false));
-    }
-}
-
-/// Whether this thread is running shim logic right now.
-pub fn in_shim() -> bool {
-    IN_SHIM.try_with(Cell::get).unwrap_or(true)
-}
-
-/// What a caught panic leads to, for the one line the panic hook logs.
-pub mod aftermath {
-    pub const FAILS: &str = "the call fails with EIO";
-    pub const STANDS: &str = "the shim's bookkeeping stops there; the call returns what the kernel did";
-    pub const EXEC: &str = "the exec goes ahead without the shim's hand-over";
-}
-
-thread_local! {
-    // What the innermost `contain` on this thread makes of a panic; "" outside any.
-    static AFTERMATH: Cell<&'static str> = const { Cell::new("") };
-}
-
-/// What a panic on this thread now leads to, if it is inside [`contain`]; a
-/// panic inside the shim but outside any `contain` is a hook body's, and fails
-/// its call ([`aftermath::FAILS`], see [`dispatch`]).
-pub fn current_aftermath() -> Option<&'static str> {
-    AFTERMATH.try_with(Cell::get).ok().filter(|a| !a.is_empty())
-}
-
-/// Runs `f`; a panic in it is caught and logged as one line ending in
-/// `aftermath` (what the caller does next), and gives `None`. Nests.
-#[inline]
-pub fn contain<T>(aftermath: &'static str, f: impl FnOnce() -> T) -> Option<T> {
-    let outer = AFTERMATH.try_with(|a| a.replace(aftermath)).unwrap_or("");
-    let r = catch_unwind(AssertUnwindSafe(f)).ok();
-    let _ = AFTERMATH.try_with(|a| a.set(outer));
-    r
-}
-
-/// Bookkeeping around a real operation that has been performed, or must be
-/// whatever happens (a close; rule 4 of the contract): a panic in `f` stops
-/// there, and the body goes on to return the real result. `errno` is the real
-/// call's either way.
-#[inline]
-pub fn bookkeep<T>(f: impl FnOnce() -> T) -> Option<T> {
-    let _errno = ErrnoGuard::new();
-    contain(aftermath::STANDS, f)
-}
+use crate::guard::{set_errno, Inside, Failure};
 
 /// Runs `logic` as a hook body per the `hook!` contract; `real` is the pass-through
 /// for a thread already inside the shim.
@@ -168,120 +98,6 @@ pub fn dispatch<R: Failure>(logic: impl FnOnce() -> R, real: impl FnOnce() -> R)
     }
 }
 
-/// Runs shim work outside `hook!` (the exec hooks): guarded, panic-contained,
-/// `errno` untouched.
-#[inline(always)]
-pub fn prepare(body: impl FnOnce()) {
-    let Some(_inside) = Inside::enter() else {
-        return;
-    };
-    let _errno = ErrnoGuard::new();
-    let _ = contain(aftermath::EXEC, body);
-}
-
-/// Like [`prepare`], for a body that computes something for the real call (the
-/// exec hooks' new environment). `None` when re-entered or on a panic.
-#[inline(always)]
-pub fn prepare_value<T>(body: impl FnOnce() -> Option<T>) -> Option<T> {
-    let _inside = Inside::enter()?;
-    let _errno = ErrnoGuard::new();
-    contain(aftermath::EXEC, body).flatten()
-}
-
-/// The calling thread's `errno`.
-#[inline]
-pub fn errno() -> c_int {
-    // SAFETY: __errno_location always returns this thread's errno slot.
-    unsafe { *libc::__errno_location() }
-}
-
-#[inline]
-pub fn set_errno(value: c_int) {
-    // SAFETY: as in `errno`.
-    unsafe { *libc::__errno_location() = value }
-}
-
-/// Saves `errno` on creation and restores it on drop, for shim work (logging,
-/// bookkeeping calls) between the application's call and the result it sees.
-pub struct ErrnoGuard(c_int);
-
-impl ErrnoGuard {
-    #[inline]
-    #[must_use = "errno is restored when the guard is dropped"]
-    pub fn new() -> ErrnoGuard {
-        ErrnoGuard(errno())
-    }
-}
-
-impl Default for ErrnoGuard {
-    fn default() -> Self {
-        ErrnoGuard::new()
-    }
-}
-
-impl Drop for ErrnoGuard {
-    #[inline]
-    fn drop(&mut self) {
-        set_errno(self.0)
-    }
-}
-
-/// The value a hooked function returns on failure: when its real definition is
-/// missing (with `errno = ENOSYS`), or when the shim's work for it panicked
-/// (`EIO`).
-pub trait Failure {
-    const FAILED: Self;
-}
-
-impl Failure for c_int {
-    const FAILED: Self = -1;
-}
-
-impl Failure for libc::ssize_t {
-    const FAILED: Self = -1;
-}
-
-impl Failure for () {
-    const FAILED: Self = ();
-}
-
-/// Test builds: a panic injected once at a named point of shim code, on the
-/// thread that armed it, so containment can be tested where real bugs would be.
-#[cfg(test)]
-pub mod fault {
-    use std::cell::Cell;
-
-    thread_local! {
-        static ARMED: Cell<&'static str> = const { Cell::new("") };
-    }
-
-    /// The next time this thread passes `point`, it panics there.
-    pub fn arm(point: &'static str) {
-        ARMED.with(|a| a.set(point));
-    }
-
-    /// Whether a fault is armed and has not fired yet.
-    pub fn armed() -> bool {
-        ARMED.with(|a| !a.get().is_empty())
-    }
-
-    #[track_caller]
-    pub fn point(name: &'static str) {
-        if ARMED.with(|a| a.get()) == name {
-            ARMED.with(|a| a.set(""));
-            panic!("fault injected at {name}");
-        }
-    }
-}
-
-/// A point where a test may inject a panic ([`fault`]); nothing in other builds.
-macro_rules! fault_point {
-    ($name:literal) => {
-        #[cfg(test)]
-        $crate::hook::fault::point($name);
-    };
-}
-
 /// Defines an exported hook; see the module documentation for the contract.
 macro_rules! hook {
     (
@@ -302,17 +118,12 @@ macro_rules! hook {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::cell::Cell;
 
-    #[test]
-    fn guard_is_not_reentrant_and_releases() {
-        let outer = Inside::enter().expect("first entry");
-        assert!(in_shim());
-        assert!(Inside::enter().is_none(), "a nested entry must pass through");
-        drop(outer);
-        assert!(!in_shim());
-        assert!(Inside::enter().is_some());
-    }
+    use libc::c_int;
+
+    use super::*;
+    use crate::guard::{bookkeep, current_aftermath, errno, in_shim};
 
     #[test]
     fn a_panic_fails_the_call_with_eio_and_never_calls_real() {
@@ -349,13 +160,4 @@ mod tests {
         assert_eq!((got, errno()), (4, libc::EAGAIN));
     }
 
-    #[test]
-    fn errno_guard_restores() {
-        set_errno(libc::EAGAIN);
-        {
-            let _g = ErrnoGuard::new();
-            set_errno(libc::EBADF);
-        }
-        assert_eq!(errno(), libc::EAGAIN);
-    }
 }

@@ -22,7 +22,7 @@
 //! # fork
 //!
 //! The shim's state is atomics, values published once, and one lock: the GCB
-//! client's registry ([`crate::gcb::lock`]). The `pthread_atfork` prepare handler
+//! client's registry ([`crate::client::lock`]). The `pthread_atfork` prepare handler
 //! takes that lock (and marks every listener shared with the coming child); the
 //! parent and child handlers release it, so that no child starts with a lock held
 //! by a thread it does not have. The child handler also resets an init that
@@ -35,7 +35,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::config;
-use crate::hook::ErrnoGuard;
+use crate::guard::ErrnoGuard;
 use crate::log;
 
 const NEW: u8 = 0;
@@ -63,7 +63,7 @@ pub fn done() -> bool {
 fn start() {
     if STATE.compare_exchange(FORKED, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
         let _errno = ErrnoGuard::new();
-        let _ = crate::hook::contain(aftermath::INIT, resume_in_child);
+        let _ = crate::guard::contain(aftermath::INIT, resume_in_child);
         STATE.store(DONE, Ordering::Release);
         return;
     }
@@ -75,7 +75,7 @@ fn start() {
     install_panic_hook();
     // A panic here leaves init done as far as it got: the call that ran it
     // goes on, and no later call tries again.
-    let _ = crate::hook::contain(aftermath::INIT, first_time);
+    let _ = crate::guard::contain(aftermath::INIT, first_time);
     STATE.store(DONE, Ordering::Release);
 }
 
@@ -87,7 +87,7 @@ fn first_time() {
     let cfg = config::get();
     log::set_level(cfg.log_level);
     if let Some(path) = &cfg.log_file {
-        if let Err(e) = log::open_file(path) {
+        if let Err(e) = crate::internal::open_log(path) {
             let e = std::io::Error::from_raw_os_error(e);
             log!(Warn, "GCB_LOG_FILE={path:?}: cannot open it ({e}); logging to stderr");
         }
@@ -95,8 +95,8 @@ fn first_time() {
     for problem in &cfg.problems {
         log!(Warn, "{problem}");
     }
-    crate::gcb::init();
-    crate::dpf::init();
+    crate::gcb::lifecycle::init();
+    crate::dpf::lifecycle::init();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     log!(Debug, "loaded in process {pid}: {}", cfg.summary());
@@ -139,13 +139,13 @@ fn register_exit_handler() {
 extern "C" fn at_exit() {
     // The guard keeps the shim's own calls out of the hooks; `prepare` would
     // name the wrong aftermath.
-    let Some(_inside) = crate::hook::Inside::enter() else { return };
+    let Some(_inside) = crate::guard::Inside::enter() else { return };
     let _errno = ErrnoGuard::new();
-    let _ = crate::hook::contain(aftermath::EXIT, || {
-        if crate::dpf::enabled() {
-            crate::dpf::at_exit();
+    let _ = crate::guard::contain(aftermath::EXIT, || {
+        if crate::dpf::mode::enabled() {
+            crate::dpf::lifecycle::at_exit();
         } else {
-            crate::gcb::at_exit();
+            crate::gcb::lifecycle::at_exit();
         }
     });
 }
@@ -155,22 +155,22 @@ extern "C" fn at_exit() {
 // it, so each runs its work under `contain`.
 
 extern "C" fn before_fork() {
-    let _ = crate::hook::contain(aftermath::FORK, || {
+    let _ = crate::guard::contain(aftermath::FORK, || {
         // One client per mode: the lock helpers track one lock taken for fork.
-        if crate::dpf::enabled() {
-            crate::dpf::prepare_fork();
+        if crate::dpf::mode::enabled() {
+            crate::dpf::state::prepare_fork();
         } else {
-            crate::gcb::prepare_fork();
+            crate::gcb::state::prepare_fork();
         }
     });
 }
 
 extern "C" fn after_fork_in_parent() {
-    let _ = crate::hook::contain(aftermath::FORK, || {
-        if crate::dpf::enabled() {
-            crate::dpf::after_fork(false);
+    let _ = crate::guard::contain(aftermath::FORK, || {
+        if crate::dpf::mode::enabled() {
+            crate::dpf::state::after_fork(false);
         } else {
-            crate::gcb::after_fork(false);
+            crate::gcb::state::after_fork(false);
         }
     });
 }
@@ -179,7 +179,7 @@ extern "C" fn after_fork_in_child() {
     // Async-signal-safe work only: atomics, getpid, an unlock. `contain` adds a
     // thread-local swap and `catch_unwind`, which costs nothing unless a panic
     // comes (and then the child logs it rather than abort in libc).
-    let _ = crate::hook::contain(aftermath::FORK, in_child);
+    let _ = crate::guard::contain(aftermath::FORK, in_child);
 }
 
 fn in_child() {
@@ -189,25 +189,25 @@ fn in_child() {
     // a finished one still owes the child its responder.
     let _ = STATE.compare_exchange(RUNNING, NEW, Ordering::Relaxed, Ordering::Relaxed);
     let _ = STATE.compare_exchange(DONE, FORKED, Ordering::Relaxed, Ordering::Relaxed);
-    if crate::dpf::enabled() {
-        crate::dpf::after_fork(true);
+    if crate::dpf::mode::enabled() {
+        crate::dpf::state::after_fork(true);
     } else {
-        crate::gcb::after_fork(true);
+        crate::gcb::state::after_fork(true);
     }
 }
 
 /// The first hooked call of a forked child (or its `fork` hook): the child's
 /// own responder, for what it holds.
 fn resume_in_child() {
-    if crate::dpf::enabled() {
-        crate::dpf::resume_in_child();
+    if crate::dpf::mode::enabled() {
+        crate::dpf::lifecycle::resume_in_child();
     } else {
-        crate::gcb::resume_in_child();
+        crate::gcb::lifecycle::resume_in_child();
     }
 }
 
 /// A panic inside shim code is logged as one line, saying where and what the
-/// shim does next (`hook::contain`'s aftermath). Panics elsewhere, possible
+/// shim does next (`guard::contain`'s aftermath). Panics elsewhere, possible
 /// only when the rlib is linked into a Rust program such as our unit tests, go
 /// to the hook that was there before.
 fn install_panic_hook() {
@@ -217,13 +217,13 @@ fn install_panic_hook() {
     }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let aftermath = crate::hook::current_aftermath();
-        if crate::hook::in_shim() || aftermath.is_some() {
+        let aftermath = crate::guard::current_aftermath();
+        if crate::guard::in_shim() || aftermath.is_some() {
             let payload = info.payload();
             let what = payload.downcast_ref::<&str>().copied();
             let what = what.or_else(|| payload.downcast_ref::<String>().map(String::as_str));
             let at = info.location().map(|l| (l.file(), l.line())).unwrap_or(("?", 0));
-            let next = aftermath.unwrap_or(crate::hook::aftermath::FAILS);
+            let next = aftermath.unwrap_or(crate::guard::aftermath::FAILS);
             log!(Error, "internal error at {}:{}: {}; {next}", at.0, at.1, what.unwrap_or("panic"));
         } else {
             previous(info);

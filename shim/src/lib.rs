@@ -6,25 +6,48 @@
 //! linker binds ahead of libc's. Without configuration every hook passes through:
 //! a program runs exactly as it would without the shim. With `GCB_INAGENT` set,
 //! the GCB client ([`gcb`]) registers listeners, brokers connects and runs the
-//! asynchronous event handler inside the program's blocking calls. The parts:
+//! asynchronous event handler inside the program's blocking calls; with
+//! `DPF_INAGENT` set, the DPF client ([`dpf`]) has its sockets forwarded.
 //!
-//! * [`hook`] is the machinery every interposed function is built from: the
-//!   `hook!` macro, the re-entrancy guard, `errno` handling and panic containment.
-//! * `hooks/` holds the exported functions, one module per call family. Each hook is
-//!   a thin shell: a fast-path test, then either the real function or the logic
-//!   for fds the shim owns or manages ([`managed`], [`internal`]).
-//! * [`real`] resolves libc's definitions with `dlsym(RTLD_NEXT)`, so shim code
-//!   can call `real::close(fd)` without landing in its own hook.
-//! * [`fdtable`] says, per fd, whether the shim has any business with it. Testing it
-//!   is one relaxed atomic load, which keeps unmanaged fds on a fast path with no
-//!   extra system call.
-//! * [`dpf`] is the DPF client: forwards for bound UDP and listening TCP sockets,
-//!   their management sockets, and `dpfd` queries for connects; [`client`] holds
-//!   what it shares with GCB.
-//! * [`gcb`] is the GCB client: listener registry, management sockets, AEH,
-//!   doorbells, connector, and the fork/exec hand-over.
-//! * [`config`] and [`route`] read the environment once; [`log`] writes lines without
-//!   allocating; [`init`] does the one-time work lazily on the first hooked call.
+//! # Layers
+//!
+//! The modules form layers. A module uses its own layer and the ones below,
+//! never one above, and no chain of imports between module files comes back
+//! to where it started; `tests/layers.rs` reads the sources and fails on an
+//! upward import or a cycle, with each module's layer in one table there.
+//! From the top down:
+//!
+//! 1. **Hooks.** `hooks/` holds the exported functions, one module per call
+//!    family, each a thin shell; [`hook`] is the machinery they are built
+//!    from: the `hook!` macro and [`hook::dispatch`], which runs lazy init and
+//!    contains panics.
+//! 2. **Dispatch.** [`detour`] is the one place that decides whether a call
+//!    goes through the shim (`Detour`) or straight to libc (`Bypass`, with the
+//!    reason), from the fd table ([`fdtable`], one relaxed atomic load) and the
+//!    mode. [`managed`] then hands a detoured call to the client of this
+//!    process's mode, [`reclaim`] handles the application's closes and dups
+//!    that meet the shim's own fds, and [`init`] does the one-time work on the
+//!    first hooked call and the `fork` and `exit` handlers.
+//! 3. **Clients.** [`gcb`] is the GCB client (listener registry, management
+//!    sockets, responder duties, doorbells, connector, UDP, the fork/exec
+//!    hand-over); [`dpf`] is the DPF client (forwards from `dpfd` or a
+//!    standard gateway). Each decides its mode in `mode`, keeps its state behind
+//!    `state::with`, and takes the process's lifetime events in `lifecycle`,
+//!    at its top; its `mod.rs` only declares. Lower modules start the
+//!    responder through `state::ensure_responder`, whose duties are
+//!    implemented at the top of the client.
+//! 4. **Client core.** What both clients build on: [`client`] (socket
+//!    plumbing, families, the fork-safe lock, the exchange with a daemon,
+//!    fd-keyed records), [`fdtable`], the shim's own fds ([`internal`]), the
+//!    responder thread ([`responder`]) and process identity ([`process`]).
+//! 5. **Base.** Needs nothing of the shim: [`guard`] (re-entrancy guard,
+//!    `errno`, panic containment), [`real`] (libc's definitions through
+//!    `dlsym(RTLD_NEXT)`, so shim code can call `real::close(fd)` without
+//!    landing in its own hook), [`log`] (lines without allocating), and
+//!    [`config`] and [`route`], which read the environment once.
+//!
+//! Below them all lies the `proto` crate: the wire formats and state machines,
+//! sans I/O.
 //!
 //! Rules every part keeps, because the shim runs inside programs it knows nothing
 //! about:
@@ -35,7 +58,7 @@
 //!   values published once with a compare-and-swap, and the GCB registry's one lock,
 //!   taken only for fds the client tracks and handled across `fork` (see [`init`]).
 //! * `errno` after a hook is what the real call set; shim-internal work in between
-//!   runs under [`hook::ErrnoGuard`].
+//!   runs under [`guard::ErrnoGuard`].
 //! * Nothing unwinds into C, and a fault in the shim never hands the application
 //!   what the shim keeps from it: a panic in a hook's logic is caught and fails
 //!   that call with `EIO`; bookkeeping after the real operation is contained on
@@ -67,12 +90,15 @@ compile_error!(
 );
 
 #[macro_use]
+pub mod guard;
+#[macro_use]
 pub mod hook;
 #[macro_use]
 pub mod log;
 
 pub mod client;
 pub mod config;
+pub mod detour;
 pub mod fdtable;
 pub mod dpf;
 pub mod gcb;
@@ -81,6 +107,7 @@ pub mod internal;
 pub mod managed;
 pub mod process;
 pub mod real;
+pub mod reclaim;
 pub mod responder;
 pub mod route;
 

@@ -9,13 +9,12 @@
 //! Info lines carry no level tag, so the registration line has the exact form
 //! operators grep for: `gcb: registered tcp 10.0.0.5:9618 as 192.0.2.7:20001`.
 
-use std::ffi::CStr;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering::Relaxed};
 
 use libc::c_int;
 
-use crate::hook::{errno, ErrnoGuard};
+use crate::guard::{errno, ErrnoGuard};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -67,24 +66,10 @@ pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Relaxed)
 }
 
-/// Sends further lines to the file at `path` (appending, created 0644), on an
-/// internal fd at a high number. On failure returns the `errno` of `open` and
-/// lines keep going where they went.
-pub fn open_file(path: &CStr) -> Result<(), c_int> {
-    let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOCTTY;
-    // SAFETY: a valid C string; `open` is not hooked.
-    let fd = unsafe { libc::open(path.as_ptr(), flags, 0o644 as libc::c_uint) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    let fd = crate::internal::adopt(fd);
-    let old = FD.swap(fd, Relaxed);
-    // A second open happens only in a child that forked while the parent was
-    // initialising; the inherited fd is then ours to drop.
-    if old != libc::STDERR_FILENO {
-        crate::internal::release(old);
-    }
-    Ok(())
+/// Sends further lines to `fd`, an internal fd the log now owns
+/// (`internal::open_log`); returns the fd lines went to before.
+pub fn use_fd(fd: c_int) -> c_int {
+    FD.swap(fd, Relaxed)
 }
 
 /// Moves logging from internal fd `old` to `new`; false if `old` is not the log's.

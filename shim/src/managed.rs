@@ -1,25 +1,21 @@
 //! What the hooks do with the fds the shim tracks: the seam between the thin
 //! hooks in `hooks/` and the client of this process's mode, GCB ([`crate::gcb`])
 //! or DPF ([`crate::dpf`]). The modes are exclusive, so each function here picks
-//! one by [`dpf::enabled`] (one relaxed load) and the clients never meet.
+//! one by [`dpf::mode::enabled`] (one relaxed load) and the clients never meet.
 //!
-//! Hooks call `managed::NAME` with the arguments of the real `NAME` whenever the
-//! fd table says the call involves an fd the shim tracks (or, for `bind`,
-//! `listen` and `connect`, whenever DPF is on), and the real function otherwise.
-//! Which kinds leave the fast path for which call is listed in
-//! [`crate::fdtable`]; in short:
-//!
-//! * listeners (`Managed`): `listen`, `accept`, names, dups and close; their
-//!   data calls pass through (a listening TCP socket carries no data);
-//! * connections the shim names (`Named`, also DPF's forwarded UDP sockets):
-//!   names, dups and close;
-//! * connector candidates (`Watched`): `bind`, `listen`, `connect`, `epoll_ctl`, dups and close;
-//! * GCB-mode UDP sockets (`WatchedUdp`): `bind`, `connect` and the sends that name
-//!   a destination; once registered or brokered (`Managed`), every read too (`gcb::udp`).
+//! Hooks call `managed::NAME` with the arguments of the real `NAME` when
+//! [`crate::detour`] says the call goes through the shim, and the real function
+//! when it bypasses it; which kinds of fd take which calls through is listed
+//! there and in [`crate::fdtable`]. Past that decision, what remains here is the
+//! choice of client, and for GCB's UDP sockets whether the registry holds the
+//! socket (`gcb::udp::manages`), which needs the client's lock and so cannot
+//! be part of the lock-free decision.
 
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
+use crate::client::pinned;
 use crate::fdtable::{self, Kind};
+use crate::guard::ErrnoGuard;
 use crate::{dpf, gcb};
 
 pub use crate::gcb::fdops::epoll_ctl;
@@ -35,7 +31,7 @@ macro_rules! by_mode {
         /// The C contract of the libc function of the same name.
         #[allow(clippy::missing_safety_doc, unused_unsafe)]
         pub unsafe fn $name($($arg: $ty),*) -> $ret {
-            if dpf::enabled() {
+            if dpf::mode::enabled() {
                 unsafe { $dpf($($arg),*) }
             } else {
                 unsafe { $gcb($($arg),*) }
@@ -52,12 +48,21 @@ macro_rules! by_mode {
 ///
 /// The C contract of `bind`.
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let saved = crate::hook::errno();
-    let r = if dpf::enabled() { dpf::ops::bind(fd, addr, len) } else { gcb::udp::bind(fd, addr, len) };
-    if r == 0 || crate::hook::errno() != libc::EADDRNOTAVAIL {
+    let saved = crate::guard::errno();
+    let r = if dpf::mode::enabled() { dpf::ops::bind(fd, addr, len) } else { gcb::udp::bind(fd, addr, len) };
+    if r == 0 || crate::guard::errno() != libc::EADDRNOTAVAIL {
         return r;
     }
-    crate::client::pinned::bind(fd, addr, len, saved)
+    let Some(want) = pinned::candidate(addr, len) else { return -1 };
+    let pinned = {
+        let _errno = ErrnoGuard::new();
+        if dpf::mode::enabled() {
+            dpf::reported::pin(fd, want)
+        } else {
+            gcb::reported::pin(fd, want)
+        }
+    };
+    pinned::answer(pinned, saved)
 }
 
 by_mode! {
@@ -125,12 +130,12 @@ macro_rules! send_on_channel {
         /// The C contract of the libc function of the same name.
         #[allow(clippy::missing_safety_doc)]
         pub unsafe fn $name(fd: c_int $(, $arg: $ty)*) -> $ret {
-            let saved = crate::hook::errno();
+            let saved = crate::guard::errno();
             let n = crate::real::$name(fd $(, $arg)*);
-            if n >= 0 || dpf::enabled() || !gcb::udp::channel::absorbs(fd, crate::hook::errno()) {
+            if n >= 0 || dpf::mode::enabled() || !gcb::udp::channel::absorbs(fd, crate::guard::errno()) {
                 return n;
             }
-            crate::hook::set_errno(saved);
+            crate::guard::set_errno(saved);
             crate::real::$name(fd $(, $arg)*)
         }
     )*};
@@ -147,9 +152,9 @@ send_on_channel! {
 /// afterwards: once closed, the number is the next `open`'s, and must never
 /// send that file's calls into the shim.
 pub fn forget(fd: c_int) {
-    let _ = crate::hook::bookkeep(|| {
+    let _ = crate::guard::bookkeep(|| {
         fault_point!("forget");
-        if dpf::enabled() {
+        if dpf::mode::enabled() {
             dpf::ops::forget(fd)
         } else {
             gcb::fdops::forget(fd)
@@ -164,9 +169,9 @@ pub fn forget(fd: c_int) {
 /// (an `accept` on it never hands out a doorbell raw), and its close clears
 /// whatever half of the record was made.
 pub fn duplicated(old: c_int, new: c_int) {
-    let recorded = crate::hook::bookkeep(|| {
+    let recorded = crate::guard::bookkeep(|| {
         fault_point!("duplicated");
-        if dpf::enabled() {
+        if dpf::mode::enabled() {
             dpf::ops::duplicated(old, new)
         } else {
             gcb::fdops::duplicated(old, new)
@@ -236,6 +241,16 @@ pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
         duplicated(fd, r);
     }
     r
+}
+
+/// `getsockopt(SO_ERROR)` of a connection GCB named: a brokered connect's
+/// failure, which the kernel's socket cannot say (`gcb::connecting`).
+///
+/// # Safety
+///
+/// The C contract of `getsockopt`.
+pub unsafe fn connect_error(fd: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int {
+    gcb::connecting::getsockopt_error(fd, value, len)
 }
 
 /// `accept` of a managed listener: `accept4` without flags.

@@ -14,7 +14,7 @@ use libc::{
     nfds_t, pid_t, pollfd, size_t, sigset_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
 };
 
-use crate::hook::{set_errno, Failure};
+use crate::guard::{set_errno, Failure};
 
 const UNRESOLVED: usize = 0;
 const MISSING: usize = 1;
@@ -44,7 +44,7 @@ impl Slot {
     fn resolve(&self) -> Option<usize> {
         // A failed lookup builds a dlerror message, which allocates and can set
         // errno; the application's errno must survive that.
-        let _errno = crate::hook::ErrnoGuard::new();
+        let _errno = crate::guard::ErrnoGuard::new();
         // SAFETY: `name` is NUL-terminated (checked by `names_are_terminated`).
         let addr = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr().cast::<c_char>()) };
         let addr = if addr.is_null() { MISSING } else { addr as usize };
@@ -201,9 +201,9 @@ mod tests {
         assert!(slot.get().is_some());
         assert_eq!(slot.get(), slot.get(), "cached");
         let slot = Slot::new(b"gcb_no_such_function\0");
-        crate::hook::set_errno(0);
+        crate::guard::set_errno(0);
         assert_eq!(slot.get(), None);
-        assert_eq!(crate::hook::errno(), 0, "resolution leaves errno alone");
+        assert_eq!(crate::guard::errno(), 0, "resolution leaves errno alone");
     }
 
     #[test]
@@ -219,10 +219,10 @@ mod tests {
     #[test]
     fn real_calls_reach_libc() {
         // A bad fd: the real close answers EBADF, with errno set by it.
-        crate::hook::set_errno(0);
+        crate::guard::set_errno(0);
         assert_eq!(unsafe { close(-1) }, -1);
-        assert_eq!(crate::hook::errno(), libc::EBADF);
+        assert_eq!(crate::guard::errno(), libc::EBADF);
         assert_eq!(unsafe { fcntl(-1, libc::F_GETFD, 0) }, -1);
-        assert_eq!(crate::hook::errno(), libc::EBADF);
+        assert_eq!(crate::guard::errno(), libc::EBADF);
     }
 }

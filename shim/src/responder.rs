@@ -155,12 +155,12 @@ pub fn forget_in_child() {
 /// The thread's body: rounds for ever.
 fn serve<D: Duties>(pid: c_int) {
     // Inside the shim for the thread's whole life (module docs).
-    std::mem::forget(crate::hook::Inside::enter());
+    std::mem::forget(crate::guard::Inside::enter());
     log!(Debug, "responder started in process {pid}");
     let mut set = PollSet::default();
     let mut ready = Vec::new();
     loop {
-        let round = crate::hook::contain("the responder goes on", || one_round::<D>(&mut set, &mut ready));
+        let round = crate::guard::contain("the responder goes on", || one_round::<D>(&mut set, &mut ready));
         if round.is_none() {
             // Logged by the panic hook; a short pause keeps a persistent fault
             // from spinning.
@@ -175,9 +175,9 @@ fn one_round<D: Duties>(set: &mut PollSet, ready: &mut Vec<(u64, i16)>) {
     let wake = WAKE.load(Relaxed);
     set.add(wake, libc::POLLIN, WAKE_TAG);
     let deadline = D::gather(set, Instant::now());
-    let n = crate::gcb::sys::poll_until(&mut set.fds, deadline);
+    let n = crate::client::sys::poll_until(&mut set.fds, deadline);
     if n < 0 {
-        let e = crate::hook::errno();
+        let e = crate::guard::errno();
         if e != libc::EINTR {
             log!(Warn, "responder: poll failed: {}", std::io::Error::from_raw_os_error(e));
             std::thread::sleep(std::time::Duration::from_millis(50));

@@ -11,7 +11,8 @@ use libc::c_int;
 use proto::rudp::{Requester, RetryPolicy, Timeout};
 use proto::{DecodeError, EncodeError, Header};
 
-use crate::gcb::sys::{self, Errno};
+use crate::client::family::Family;
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// Requests in flight per socket: a heartbeat, a register, spare.
@@ -30,7 +31,7 @@ pub fn send_datagram(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
     // SAFETY: a live buffer of the given length.
     let n = unsafe { real::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
-        Err(crate::hook::errno())
+        Err(crate::guard::errno())
     } else {
         Ok(())
     }
@@ -101,7 +102,7 @@ impl Exchange {
             // SAFETY: a live buffer of the given length.
             let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n < 0 {
-                return match crate::hook::errno() {
+                return match crate::guard::errno() {
                     libc::ECONNREFUSED => Some(Err(NoAnswer::Refused)),
                     libc::EAGAIN | libc::EINTR => None,
                     e => Some(Err(NoAnswer::Io(e))),
@@ -163,4 +164,13 @@ fn send_or_refused(fd: c_int, bytes: &[u8]) -> Result<(), NoAnswer> {
         // Anything else (a full buffer): the retransmission timer covers it.
         _ => Ok(()),
     }
+}
+
+/// Opens a non-blocking UDP socket connected to `to`; returns it and its own
+/// address, which names the IP the kernel uses towards `to`.
+pub fn open(to: SocketAddrV4) -> Result<(Sock, SocketAddrV4), Errno> {
+    let s = sys::socket(libc::SOCK_DGRAM, true, true)?;
+    sys::connect_as(s.raw(), Family::V4, to, Instant::now())?;
+    let local = sys::local_addr(s.raw())?;
+    Ok((s, local))
 }

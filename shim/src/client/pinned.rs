@@ -29,9 +29,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::{c_int, sockaddr, socklen_t};
 
-use crate::gcb::family::{self, Family};
-use crate::gcb::sys::{self, Errno};
-use crate::hook::{errno, set_errno, ErrnoGuard};
+use crate::client::family::{self, Family};
+use crate::client::sys::{self, Errno};
+use crate::guard::{errno, set_errno};
 use crate::real;
 
 /// What the mode made of a bind to a non-local address.
@@ -58,23 +58,11 @@ pub unsafe fn candidate(addr: *const sockaddr, len: socklen_t) -> Option<SocketA
     (!special).then_some(want)
 }
 
-/// `bind` after the real one failed with EADDRNOTAVAIL (still in `errno`):
-/// the steps of the module docs. `saved` is `errno` from before the call, given
-/// back on success.
-///
-/// # Safety
-///
-/// The C contract of `bind`.
-pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t, saved: c_int) -> c_int {
-    let Some(want) = candidate(addr, len) else { return -1 };
-    let pinned = {
-        let _errno = ErrnoGuard::new();
-        if crate::dpf::enabled() {
-            crate::dpf::reported::pin(fd, want)
-        } else {
-            crate::gcb::reported::pin(fd, want)
-        }
-    };
+/// The result of a `bind` that the real one refused with EADDRNOTAVAIL
+/// (still in `errno`), once the mode has made `pinned` of it (step 1 and 3,
+/// `managed::bind`). `saved` is `errno` from before the call, given back on
+/// success.
+pub fn answer(pinned: Pinned, saved: c_int) -> c_int {
     match pinned {
         Pinned::NotOurs => -1,
         Pinned::Done => {

@@ -24,7 +24,7 @@ use proto::auth::{AuthError, Authenticator, ReplayGuard, Stamp};
 use proto::{dpf, gcb, DecodeError, EncodeError, Family, Header};
 
 use crate::config;
-use crate::gcb::sys;
+use crate::client::sys;
 
 /// The sealing key, built once from the configuration.
 static AUTH: OnceBox<Option<Authenticator>> = OnceBox::new();

@@ -25,11 +25,11 @@ use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use super::query::CODEC;
+use super::ask::{desired, kind_of, NotForwarded};
 use super::state::Forward;
 use crate::client::exchange::{self, NoAnswer};
-use crate::fdtable::{self, Kind};
-use crate::gcb::mgmt;
-use crate::gcb::sys::{self, Errno, Sock};
+use crate::fdtable;
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// Asked of `listen`; the kernel caps it at `net.core.somaxconn`.
@@ -43,7 +43,7 @@ fn open_mgmt(ip: Ipv4Addr) -> Result<(Sock, u16), Errno> {
     sys::bind(s.raw(), SocketAddrV4::new(ip, 0))?;
     // SAFETY: listen on our own socket.
     if unsafe { real::listen(s.raw(), BACKLOG) } < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     let port = sys::local_addr(s.raw())?.port();
     Ok((s, port))
@@ -55,30 +55,21 @@ pub fn forward(fd: c_int, proto: Proto) {
     let _ = request(fd, proto, None);
 }
 
-/// Why a forward was not made: dpfd refused it (`Exists`, `PortOutOfRange`
-/// and `Quota` mean the public port cannot be had), or no forward was asked
-/// for or could be (with the errno that says why).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotForwarded {
-    PortUnavailable,
-    Other(Errno),
-}
-
 /// As [`forward`]; with `pinned`, the public address the program bound the
 /// socket to itself (`client::pinned`): that port is asked for (any port for
 /// port 0) and a forward elsewhere counts as a refusal. Returns the public
 /// address, or why there is none (already logged).
 pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<SocketAddrV4, NotForwarded> {
-    if super::standard() {
+    if super::mode::standard() {
         return super::pcp::map::request(fd, proto, pinned);
     }
     let bound = sys::local_addr(fd).map_err(NotForwarded::Other)?;
-    if bound.ip().is_loopback() || bound.port() == 0 || super::with(|st| st.forward_of(fd).is_some()) {
+    if bound.ip().is_loopback() || bound.port() == 0 || super::state::with(|st| st.forward_of(fd).is_some()) {
         return Err(NotForwarded::Other(libc::EINVAL));
     }
-    let dpfd = super::server().ok_or(NotForwarded::Other(libc::EADDRNOTAVAIL))?;
+    let dpfd = super::mode::server().ok_or(NotForwarded::Other(libc::EADDRNOTAVAIL))?;
     let unreachable = NotForwarded::Other(libc::EADDRNOTAVAIL);
-    let (sock, towards) = mgmt::open(dpfd).map_err(|e| {
+    let (sock, towards) = crate::client::exchange::open(dpfd).map_err(|e| {
         log!(Warn, "cannot reach dpfd {dpfd} to forward {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
         unreachable
     })?;
@@ -117,44 +108,19 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
     let mgmt_fd = crate::internal::adopt(mgmt_sock.into_raw());
     let kind = kind_of(proto);
     super::public::KNOWN.learn(*public.ip());
-    super::with(|st| {
+    super::state::with(|st| {
         st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false, pcp: None });
         fdtable::set(fd, kind);
         super::inherit::publish(st);
     });
-    super::serve::ensure();
+    super::state::ensure_responder();
     Ok(public)
-}
-
-/// The public address to ask for `proto` `local`, if any: the pinned one (any
-/// port for port 0). A re-listen on the same local address keeps the address
-/// clients know; a program serving TCP and UDP on one port (iperf3, DNS) is
-/// reached on one public port for both, so the second socket asks for the
-/// first one's port.
-pub fn desired(proto: Proto, local: SocketAddrV4, pinned: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
-    match pinned {
-        Some(p) => (p.port() != 0).then_some(p),
-        None => super::with(|st| {
-            let sibling = st.forwards().find(|f| f.local == local && f.proto != proto).map(|f| f.public);
-            st.released.take((proto, local)).or(sibling)
-        }),
-    }
-}
-
-/// The fd-table kind of a forwarded socket: a TCP listener is `Managed` (its
-/// `accept` names what it returns), a UDP socket `Named` (its data stays on the
-/// fast path; only names, dups and close leave it).
-pub fn kind_of(proto: Proto) -> Kind {
-    match proto {
-        Proto::Tcp => Kind::Managed,
-        Proto::Udp => Kind::Named,
-    }
 }
 
 /// `Delete`, one datagram, no reply awaited: the probe cleans up if it is lost.
 pub fn send_delete(proto: Proto, local: SocketAddrV4) {
-    let Some(dpfd) = super::server() else { return };
-    let Ok((sock, _)) = mgmt::open(dpfd) else { return };
+    let Some(dpfd) = super::mode::server() else { return };
+    let Ok((sock, _)) = crate::client::exchange::open(dpfd) else { return };
     let msg = Message::Delete { proto, key: MappingKey::Local(local) };
     if let Ok(bytes) = crate::client::seal::dpf_encode(&msg, sys::random_u64()) {
         let _ = exchange::send_datagram(sock.raw(), &bytes);
@@ -171,7 +137,7 @@ pub fn wind_up(f: Forward, turned_active: bool) {
     if turned_active || !f.shared {
         send_delete(f.proto, f.local);
         if !turned_active {
-            super::with(|st| st.released.remember((f.proto, f.local), f.public));
+            super::state::with(|st| st.released.remember((f.proto, f.local), f.public));
         }
     } else {
         log!(Debug, "{} {} closed here; shared with another process, left to dpfd's probe", f.proto, f.local);
@@ -184,11 +150,11 @@ pub fn wind_up(f: Forward, turned_active: bool) {
 /// reused by the application while it is being accepted on.
 pub fn sweep() {
     // A standard gateway's mappings have no probes to take.
-    if super::standard() {
+    if super::mode::standard() {
         return;
     }
-    let _errno = crate::hook::ErrnoGuard::new();
-    super::with(|st| {
+    let _errno = crate::guard::ErrnoGuard::new();
+    super::state::with(|st| {
         let probed: Vec<c_int> = st.forwards().filter(|f| f.pcp.is_none()).map(|f| f.mgmt_fd).collect();
         for fd in probed {
             for _ in 0..ACCEPTS_PER_SWEEP {
@@ -197,7 +163,7 @@ pub fn sweep() {
                     real::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
                 };
                 if n < 0 {
-                    if crate::hook::errno() == libc::EINTR {
+                    if crate::guard::errno() == libc::EINTR {
                         continue;
                     }
                     break;

@@ -21,11 +21,20 @@
 //!
 //! GCB and DPF are exclusive modes; the hooks reach this module through
 //! [`crate::managed`], which picks the client by mode. State lives in one
-//! [`State`] behind one fork-safe lock (`gcb::lock`), taken through [`with`] for
-//! short, non-blocking critical sections only.
+//! [`state::State`] behind one fork-safe lock (`client::lock`), taken through
+//! [`state::with`] for short, non-blocking critical sections only.
+//!
+//! The mode ([`mode::enabled`]) is decided in [`mode`], which every module
+//! below uses; the process's lifetime events (init, fork, exec,
+//! exit) reach the client through [`lifecycle`], above the rest.
 
+pub mod adopt;
+pub mod ask;
+pub mod cache;
 pub mod forward;
 pub mod inherit;
+pub mod lifecycle;
+pub mod mode;
 pub mod ops;
 pub mod pcp;
 pub mod public;
@@ -33,142 +42,3 @@ pub mod query;
 pub mod reported;
 pub mod serve;
 pub mod state;
-
-use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
-
-use crate::config::{self, Mode};
-use crate::gcb::lock::{self, Lock};
-use state::State;
-
-const UNKNOWN: u8 = 0;
-const OFF: u8 = 1;
-const ON: u8 = 2;
-static ENABLED: AtomicU8 = AtomicU8::new(UNKNOWN);
-static STATE: Lock<Option<State>> = Lock::new(None);
-/// Whether any forward exists.
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-
-/// Whether this process is a DPF client (`DPF_INAGENT` set to an IPv4 address,
-/// or to a standard gateway).
-#[inline]
-pub fn enabled() -> bool {
-    match ENABLED.load(Relaxed) {
-        ON => true,
-        OFF => false,
-        _ => decide(),
-    }
-}
-
-#[cold]
-fn decide() -> bool {
-    let on = server().is_some() || standard();
-    ENABLED.store(if on { ON } else { OFF }, Relaxed);
-    on
-}
-
-/// `dpfd`'s command address.
-pub fn server() -> Option<SocketAddrV4> {
-    match config::get().mode {
-        Mode::Dpf(SocketAddr::V4(a)) => Some(a),
-        _ => None,
-    }
-}
-
-/// Whether the forwards come from a standard gateway (PCP, NAT-PMP) rather
-/// than dpfd.
-pub fn standard() -> bool {
-    matches!(config::get().mode, Mode::Pcp(_))
-}
-
-/// Whether this process holds forwards.
-#[inline]
-pub fn active() -> bool {
-    ACTIVE.load(Relaxed)
-}
-
-/// Takes over inherited forwards; once per process image, from [`crate::init`].
-pub fn init() {
-    if enabled() {
-        inherit::adopt();
-    } else if matches!(config::get().mode, Mode::Dpf(_)) {
-        log!(Warn, "DPF_INAGENT is not an IPv4 address; DPF is off");
-    }
-}
-
-/// The process exits (`atexit`): it deletes the mappings a standard gateway
-/// holds for sockets no other process holds (`pcp::wind`). dpfd's forwards
-/// need nothing: its probe finds the management sockets gone.
-pub fn at_exit() {
-    if enabled() && standard() && active_or_winding() && !crate::process::borrowed() {
-        pcp::wind::at_exit();
-    }
-}
-
-/// Before `exec`: a standard gateway's mapping whose socket the new image
-/// will not have (every fd close-on-exec) and no other process holds is
-/// deleted now, since nothing would renew or delete it afterwards
-/// (`pcp::wind`). Not in a `vfork` child, which must not touch the state.
-pub fn before_exec() {
-    if enabled() && standard() && active() && !crate::process::borrowed() {
-        pcp::wind::before_exec();
-    }
-}
-
-fn active_or_winding() -> bool {
-    active() || with(|st| !st.pcp.winding.is_empty())
-}
-
-/// Runs `f` on the state, locked. `f` must not block and must not call `with`.
-pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
-    let mut guard = STATE.lock();
-    let st = guard.get_or_insert_with(State::default);
-    let generation = lock::fork_generation();
-    if st.generation != generation {
-        // First use in a forked child: the parent holds every socket too,
-        // and the sockets that talk to a standard gateway are its own.
-        st.generation = generation;
-        st.mark_all_shared();
-        pcp::forked(st);
-    }
-    let r = f(st);
-    ACTIVE.store(!st.is_empty(), Relaxed);
-    r
-}
-
-/// In a forked child (from the `fork` hook or its first hooked call): the
-/// child's own responder answers dpfd's probes for the forwards it shares.
-pub fn resume_in_child() {
-    if enabled() && active() {
-        serve::ensure();
-    }
-}
-
-/// `pthread_atfork` prepare handler (DPF mode).
-pub fn prepare_fork() {
-    lock::prepare_fork(&STATE, |st| {
-        if let Some(st) = st {
-            st.mark_all_shared();
-        }
-    });
-}
-
-/// `pthread_atfork` parent and child handlers (DPF mode).
-pub fn after_fork(in_child: bool) {
-    if in_child {
-        lock::note_fork_in_child();
-    }
-    lock::after_fork(&STATE);
-}
-
-/// An internal fd moved (the application `dup2`ed onto its number); true if it was
-/// a management socket.
-pub fn internal_fd_moved(old: libc::c_int, new: libc::c_int) -> bool {
-    with(|st| {
-        let moved = st.replace_mgmt_fd(old, new) || st.pcp.replace_fd(old, new);
-        if moved {
-            inherit::publish(st);
-        }
-        moved
-    })
-}

@@ -13,8 +13,8 @@ use proto::Proto;
 use super::forward;
 use super::state::{Names, Removed};
 use crate::fdtable::{self, Kind};
-use crate::gcb::sys;
-use crate::hook::ErrnoGuard;
+use crate::client::sys;
+use crate::guard::ErrnoGuard;
 use crate::real;
 
 /// The protocol of an AF_INET socket the client cares about.
@@ -35,8 +35,8 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let r = real::bind(fd, addr, len);
     // IPv4, also through a dual-stack AF_INET6 socket (bound to `::` or a
     // v4-mapped address); pure IPv6 is not forwarded.
-    if r == 0 && crate::gcb::family::local_view(fd, addr, len).is_some() {
-        crate::hook::bookkeep(|| {
+    if r == 0 && crate::client::family::local_view(fd, addr, len).is_some() {
+        crate::guard::bookkeep(|| {
             if proto_of(fd) == Some(Proto::Udp) {
                 forward::forward(fd, Proto::Udp);
             }
@@ -55,7 +55,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let r = real::listen(fd, backlog);
     if r == 0 {
-        crate::hook::bookkeep(|| {
+        crate::guard::bookkeep(|| {
             if proto_of(fd) == Some(Proto::Tcp) {
                 forward::forward(fd, Proto::Tcp);
             }
@@ -76,7 +76,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         forward::sweep();
     }
     let n = real::accept4(fd, addr, len, flags);
-    if n >= 0 && crate::hook::bookkeep(|| name_accepted(fd, n)).is_none() {
+    if n >= 0 && crate::guard::bookkeep(|| name_accepted(fd, n)).is_none() {
         fdtable::set(n, Kind::Plain);
     }
     n
@@ -85,7 +85,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
 /// Connection `n` was accepted from listener `fd`: its name is the forward's
 /// public address, and whatever a missed close left of `n` goes.
 fn name_accepted(fd: c_int, n: c_int) {
-    super::with(|st| {
+    super::state::with(|st| {
         let public = st.forward_of(fd).and_then(|id| st.forward(id)).map(|f| f.public);
         match public {
             Some(public) => {
@@ -117,10 +117,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let Some((dest, local)) = target else { return real::connect(fd, addr, len) };
     let sin = sys::to_sockaddr(local);
     let r = real::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as socklen_t);
-    if r == 0 || crate::hook::errno() == libc::EINPROGRESS {
-        crate::hook::bookkeep(|| {
+    if r == 0 || crate::guard::errno() == libc::EINPROGRESS {
+        crate::guard::bookkeep(|| {
             log!(Debug, "connect to {dest} goes to {local}, behind it");
-            super::with(|st| {
+            super::state::with(|st| {
                 st.set_names(fd, Names { local: None, peer: Some(dest) });
                 fdtable::set(fd, Kind::Named);
             });
@@ -133,7 +133,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 /// to dial instead, if any.
 fn prepare_connect(fd: c_int, dest: Option<SocketAddrV4>) -> Option<(SocketAddrV4, SocketAddrV4)> {
     if matches!(fdtable::kind(fd), Kind::Managed | Kind::Named) {
-        let taken = super::with(|st| {
+        let taken = super::state::with(|st| {
             let f = st.forward_of(fd).and_then(|id| st.take(id));
             match &f {
                 Some(f) => f.fds.iter().for_each(|&x| {
@@ -156,7 +156,7 @@ fn prepare_connect(fd: c_int, dest: Option<SocketAddrV4>) -> Option<(SocketAddrV
         }
     }
     // A standard gateway has no `Query`: connects go as dialed.
-    if super::standard() {
+    if super::mode::standard() {
         return None;
     }
     // Lock-free up to here for a destination that is not dpfd's.
@@ -171,9 +171,9 @@ unsafe fn answer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, pick: fn(N
     if addr.is_null() || len.is_null() {
         return real_fn(fd, addr, len);
     }
-    match super::with(|st| st.names(fd)).and_then(pick) {
+    match super::state::with(|st| st.names(fd)).and_then(pick) {
         Some(name) => {
-            crate::gcb::family::copy_out(name, crate::gcb::family::of(fd), addr, len);
+            crate::client::family::copy_out(name, crate::client::family::of(fd), addr, len);
             0
         }
         None => real_fn(fd, addr, len),
@@ -201,7 +201,7 @@ pub fn forget(fd: c_int) {
     if !matches!(fdtable::kind(fd), Kind::Managed | Kind::Named) {
         return;
     }
-    let removed = super::with(|st| {
+    let removed = super::state::with(|st| {
         let removed = st.remove_fd(fd);
         fdtable::set(fd, Kind::Plain);
         if matches!(removed, Removed::Last(_) | Removed::Alias) {
@@ -222,7 +222,7 @@ pub fn duplicated(old: c_int, new: c_int) {
     let _errno = ErrnoGuard::new();
     let kind = fdtable::kind(old);
     if matches!(kind, Kind::Managed | Kind::Named) {
-        super::with(|st| {
+        super::state::with(|st| {
             st.remove_fd(new);
             if st.alias(old, new) {
                 fdtable::set(new, kind);

@@ -34,11 +34,10 @@ use proto::rudp::RetryPolicy;
 
 use super::query::CODEC;
 use crate::client::exchange;
-use crate::gcb::mgmt;
-use crate::gcb::negcache::shared::now_secs;
+use crate::client::sys::now_secs;
 
 /// How long a process whose `Info` went unanswered connects without asking.
-pub const RETRY: Duration = super::query::TTL;
+pub const RETRY: Duration = super::cache::TTL;
 
 /// Room for dpfd's whole list and as many IPs learned from forwards besides
 /// (a gateway restarted with other addresses).
@@ -106,8 +105,8 @@ pub static KNOWN: PublicIps = PublicIps::new();
 /// Asks dpfd for its public IPs (`Info`) and learns them; why not, if it did
 /// not say.
 pub fn ask(policy: RetryPolicy) -> Result<(), String> {
-    let Some(dpfd) = super::server() else { return Err("DPF is off".into()) };
-    let (sock, _) = mgmt::open(dpfd).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
+    let Some(dpfd) = super::mode::server() else { return Err("DPF is off".into()) };
+    let (sock, _) = crate::client::exchange::open(dpfd).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
     match exchange::exchange(sock.raw(), dpfd, policy, &CODEC, &Message::Info) {
         Ok(Message::InfoOk { public_ips }) => {
             log!(Debug, "dpfd {dpfd} forwards from {public_ips:?}");

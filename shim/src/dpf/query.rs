@@ -2,60 +2,20 @@
 //! public addresses (`Query`). If it is, the application's socket connects to the
 //! private address behind it instead: no hairpin through the gateway's NAT, and
 //! the peer sees the real source. Answers, negative ones and silence included,
-//! are cached per (proto, address) for [`TTL`] so only the first connect to an
-//! address pays the round trip; the cache is bounded ([`CAPACITY`]).
+//! are cached per (proto, address) for [`super::cache::TTL`] so only the first connect to an
+//! address pays the round trip; the cache is bounded ([`super::cache::CAPACITY`]).
 //!
 //! The TTL is short because a public port can be given to another socket once
 //! its forward is gone; a stale positive answer costs one refused connect.
 
-use std::collections::HashMap;
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use proto::dpf::Message;
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use crate::client::exchange::NoAnswer;
-use crate::gcb::mgmt;
-
-pub const TTL: Duration = Duration::from_secs(10);
-pub const CAPACITY: usize = 1024;
-
-/// Cached answers: `Some(local)` to dial instead, `None` to dial as is.
-#[derive(Debug, Default)]
-pub struct QueryCache {
-    map: HashMap<(Proto, SocketAddrV4), (Option<SocketAddrV4>, Instant)>,
-}
-
-impl QueryCache {
-    /// `Some(answer)` if cached and fresh at `now`.
-    pub fn get(&self, proto: Proto, public: SocketAddrV4, now: Instant) -> Option<Option<SocketAddrV4>> {
-        let (answer, expires) = self.map.get(&(proto, public))?;
-        (now < *expires).then_some(*answer)
-    }
-
-    pub fn insert(&mut self, proto: Proto, public: SocketAddrV4, answer: Option<SocketAddrV4>, now: Instant) {
-        if self.map.len() >= CAPACITY && !self.map.contains_key(&(proto, public)) {
-            self.map.retain(|_, (_, exp)| *exp > now);
-            if self.map.len() >= CAPACITY {
-                // Still full of fresh entries: drop the one closest to expiring.
-                if let Some(k) = self.map.iter().min_by_key(|(_, (_, exp))| *exp).map(|(k, _)| *k) {
-                    self.map.remove(&k);
-                }
-            }
-        }
-        self.map.insert((proto, public), (answer, now + TTL));
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
 
 /// The DPF codec for the shared exchange.
 pub const CODEC: crate::client::exchange::Codec<Message> = crate::client::exchange::Codec {
@@ -73,11 +33,11 @@ pub fn worth_asking(dest: SocketAddrV4) -> bool {
 /// The private address behind `public`, if `dpfd` forwards it; cached.
 pub fn resolve(proto: Proto, public: SocketAddrV4) -> Option<SocketAddrV4> {
     let now = Instant::now();
-    if let Some(answer) = super::with(|st| st.cache.get(proto, public, now)) {
+    if let Some(answer) = super::state::with(|st| st.cache.get(proto, public, now)) {
         return answer;
     }
-    let dpfd = super::server()?;
-    let answer = match mgmt::open(dpfd) {
+    let dpfd = super::mode::server()?;
+    let answer = match crate::client::exchange::open(dpfd) {
         Ok((sock, _)) => match crate::client::exchange::exchange(sock.raw(), dpfd, RetryPolicy::probe(), &CODEC, &Message::Query { proto, public }) {
             Ok(Message::QueryOk { local }) => {
                 // One line per fresh answer (cached ones repeat it silently), so
@@ -100,7 +60,7 @@ pub fn resolve(proto: Proto, public: SocketAddrV4) -> Option<SocketAddrV4> {
             None
         }
     };
-    super::with(|st| st.cache.insert(proto, public, answer, Instant::now()));
+    super::state::with(|st| st.cache.insert(proto, public, answer, Instant::now()));
     answer
 }
 
@@ -110,31 +70,6 @@ mod tests {
 
     fn a(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn answers_expire_and_protos_are_apart() {
-        let mut c = QueryCache::default();
-        let t0 = Instant::now();
-        c.insert(Proto::Tcp, a("203.0.113.1:40000"), Some(a("192.0.2.10:7000")), t0);
-        c.insert(Proto::Udp, a("203.0.113.1:40000"), None, t0);
-        assert_eq!(c.get(Proto::Tcp, a("203.0.113.1:40000"), t0), Some(Some(a("192.0.2.10:7000"))));
-        assert_eq!(c.get(Proto::Udp, a("203.0.113.1:40000"), t0), Some(None), "negative answers are cached");
-        assert_eq!(c.get(Proto::Tcp, a("203.0.113.1:40001"), t0), None);
-        assert_eq!(c.get(Proto::Tcp, a("203.0.113.1:40000"), t0 + TTL), None, "expired");
-    }
-
-    #[test]
-    fn cache_is_bounded() {
-        let mut c = QueryCache::default();
-        let t0 = Instant::now();
-        for i in 0..(CAPACITY as u16 + 50) {
-            c.insert(Proto::Tcp, SocketAddrV4::new([203, 0, 113, 1].into(), 1000 + i), None, t0 + Duration::from_millis(u64::from(i)));
-        }
-        assert_eq!(c.len(), CAPACITY);
-        let last = SocketAddrV4::new([203, 0, 113, 1].into(), 1000 + CAPACITY as u16 + 49);
-        assert!(c.get(Proto::Tcp, last, t0).is_some(), "the newest entry stays");
-        assert!(c.get(Proto::Tcp, a("203.0.113.1:1000"), t0).is_none(), "the oldest went");
     }
 
     #[test]

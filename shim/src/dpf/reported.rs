@@ -23,10 +23,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use libc::c_int;
 use proto::rudp::RetryPolicy;
 
-use super::forward::{self, NotForwarded};
+use super::ask::NotForwarded;
+use super::forward;
 use super::public::KNOWN;
 use crate::client::pinned::{self, Pinned};
-use crate::gcb::mgmt;
 
 /// Whether `ip` is one of dpfd's public IPs, asking dpfd if this process does
 /// not know yet. `false` when dpfd cannot be asked.
@@ -34,11 +34,11 @@ fn is_public(ip: Ipv4Addr) -> bool {
     if let Some(known) = KNOWN.is_public(ip) {
         return known;
     }
-    let asked = if super::standard() { super::pcp::map::ask_public() } else { super::public::ask(RetryPolicy::default()) };
+    let asked = if super::mode::standard() { super::pcp::map::ask_public() } else { super::public::ask(RetryPolicy::default()) };
     match asked {
         Ok(()) => KNOWN.is_public(ip) == Some(true),
         Err(why) => {
-            let who = if super::standard() { "the gateway" } else { "dpfd" };
+            let who = if super::mode::standard() { "the gateway" } else { "dpfd" };
             log!(Warn, "{who} did not say its public addresses ({why}); a bind to {ip} fails as the kernel says");
             false
         }
@@ -53,10 +53,10 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     }
     // The local address behind the public one: this host's IP towards dpfd
     // (or the gateway), the one it forwards to.
-    let Some(dpfd) = super::server().or_else(super::pcp::gateway) else { return Pinned::NotOurs };
-    let towards = match mgmt::open(dpfd) {
+    let Some(dpfd) = super::mode::server().or_else(super::pcp::wire::gateway) else { return Pinned::NotOurs };
+    let towards = match crate::client::exchange::open(dpfd) {
         Ok((_, towards)) => towards,
-        Err(e) => return Pinned::Failed(if crate::gcb::connector::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }),
+        Err(e) => return Pinned::Failed(if crate::client::sys::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }),
     };
     if let Err(e) = pinned::bind_local(fd, *towards.ip()) {
         return Pinned::Failed(e);

@@ -10,15 +10,12 @@ use std::time::Instant;
 
 use crate::responder::{Duties, PollSet};
 
-/// The DPF client's duties.
-pub struct Dpf;
-
-impl Duties for Dpf {
+impl Duties for super::state::Duty {
     fn gather(set: &mut PollSet, now: Instant) -> Option<Instant> {
-        if super::standard() {
+        if super::mode::standard() {
             return super::pcp::serve::gather(set, now);
         }
-        super::with(|st| {
+        super::state::with(|st| {
             for fd in st.mgmt_fds() {
                 set.add(fd, libc::POLLIN, fd as u64);
             }
@@ -27,17 +24,11 @@ impl Duties for Dpf {
     }
 
     fn run(ready: &[(u64, i16)], now: Instant) {
-        if super::standard() {
+        if super::mode::standard() {
             return super::pcp::serve::run(ready, now);
         }
         if !ready.is_empty() {
             super::forward::sweep();
         }
     }
-}
-
-/// Starts this process's responder if needed, and wakes it for a new forward.
-pub fn ensure() {
-    crate::responder::ensure::<Dpf>();
-    crate::responder::wake();
 }

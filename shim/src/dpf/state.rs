@@ -12,13 +12,19 @@
 //! a forward has at least one fd (removing its last fd hands it back as
 //! [`Removed::Last`], to be deleted at `dpfd` and its management socket
 //! closed); no two forwards share a management socket.
+//!
+//! Also here, since every module takes the state through it: the one lock
+//! ([`with`], which gives a forked child's first use its own share, and the
+//! `fork` handlers' part), and the marker through which the modules below
+//! start the responder ([`ensure_responder`]).
 
 use std::net::SocketAddrV4;
 
 use libc::c_int;
 use proto::Proto;
 
-use super::query::QueryCache;
+use super::cache::QueryCache;
+use crate::client::lock::{self, Lock};
 use crate::client::records::{self, FdRecords, Record, RecordId};
 
 pub use crate::client::records::Names;
@@ -45,7 +51,7 @@ pub struct Forward {
     pub shared: bool,
     /// The port-mapping client when a standard gateway made the forward; its
     /// `mgmt_fd` is then the UDP socket to the gateway (-1 until one is needed).
-    pub pcp: Option<Box<super::pcp::Mapping>>,
+    pub pcp: Option<Box<super::pcp::side::Mapping>>,
 }
 
 impl Record for Forward {
@@ -73,12 +79,12 @@ pub struct State {
     forwards: FdRecords<Forward>,
     /// `Query` answers (see `query`).
     pub cache: QueryCache,
-    /// Public addresses of closed forwards, for re-listens (see `gcb::released`).
-    pub released: crate::gcb::released::Released<(Proto, SocketAddrV4)>,
-    /// The fork generation this state was last used in (see `gcb::lock`).
+    /// Public addresses of closed forwards, for re-listens (see `client::released`).
+    pub released: crate::client::released::Released<(Proto, SocketAddrV4)>,
+    /// The fork generation this state was last used in (see `client::lock`).
     pub generation: u32,
     /// A standard gateway's announcements and the mappings being wound up.
-    pub pcp: super::pcp::Side,
+    pub pcp: super::pcp::side::Side,
 }
 
 impl State {
@@ -154,6 +160,74 @@ impl State {
     pub fn check(&self) -> Result<(), String> {
         self.forwards.check()
     }
+}
+
+static STATE: Lock<Option<State>> = Lock::new(None);
+
+/// Runs `f` on the state, locked. `f` must not block and must not call `with`.
+pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut guard = STATE.lock();
+    let st = guard.get_or_insert_with(State::default);
+    let generation = lock::fork_generation();
+    if st.generation != generation {
+        // First use in a forked child: the parent holds every socket too,
+        // and the sockets that talk to a standard gateway are its own.
+        st.generation = generation;
+        st.mark_all_shared();
+        forked(st);
+    }
+    let r = f(st);
+    super::mode::set_active(!st.is_empty());
+    r
+}
+
+/// `pthread_atfork` prepare handler (DPF mode).
+pub fn prepare_fork() {
+    lock::prepare_fork(&STATE, |st| {
+        if let Some(st) = st {
+            st.mark_all_shared();
+        }
+    });
+}
+
+/// `pthread_atfork` parent and child handlers (DPF mode).
+pub fn after_fork(in_child: bool) {
+    if in_child {
+        lock::note_fork_in_child();
+    }
+    lock::after_fork(&STATE);
+}
+
+/// A forked child's first use of the state: the parent's sockets to the
+/// gateway are the parent's (an answer read here would be lost to it); the
+/// child opens its own when it has something to send, and leaves the
+/// parent's deletes to the parent.
+fn forked(st: &mut State) {
+    for f in st.forwards_mut().filter(|f| f.pcp.is_some() && f.mgmt_fd >= 0) {
+        crate::internal::release(f.mgmt_fd);
+        f.mgmt_fd = -1;
+    }
+    if let Some(fd) = st.pcp.announce_fd.take() {
+        crate::internal::release(fd);
+    }
+    st.pcp.announce_tried = false;
+    for w in st.pcp.winding.drain(..) {
+        if w.sock >= 0 {
+            crate::internal::release(w.sock);
+        }
+    }
+}
+
+/// The DPF client's work on the responder thread. Its `Duties` are
+/// implemented in [`super::serve`], at the top of the client, so the modules below
+/// start the thread through [`ensure_responder`] without importing the code
+/// it runs there.
+pub struct Duty;
+
+/// Starts this process's responder if needed, and wakes it for new work.
+pub fn ensure_responder() {
+    crate::responder::ensure::<Duty>();
+    crate::responder::wake();
 }
 
 #[cfg(test)]

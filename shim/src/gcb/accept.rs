@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use libc::{c_int, sockaddr, socklen_t};
 
 use super::doorbell::{self, Record, RECORD_LEN};
-use super::family;
+use crate::client::family;
 use super::fdops;
-use super::options::Options;
+use crate::client::options::Options;
 use super::registry::{ListenerId, Names};
-use super::sys::{self, Sock};
+use crate::client::sys::{self, Sock};
 use crate::fdtable::{self, Kind};
-use crate::hook::{errno, set_errno};
+use crate::guard::{errno, set_errno};
 use crate::real;
 
 /// Doorbells are written right after their connect, usually before they are
@@ -41,7 +41,7 @@ const SKIPPED_PER_CALL: usize = 64;
 ///
 /// The C contract of `accept4`.
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
-    let Some(id) = super::with(|reg| reg.listener_id(fd)) else { return real::accept4(fd, addr, len, flags) };
+    let Some(id) = super::state::with(|reg| reg.listener_id(fd)) else { return real::accept4(fd, addr, len, flags) };
     let saved = errno();
     let mut skipped = 0;
     loop {
@@ -63,7 +63,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         }
         // A panic while answering the doorbell closes it (its `Sock`) and
         // skips it, as a doorbell that named nothing.
-        if let Some(peer) = crate::hook::bookkeep(|| answer_doorbell(id, fd, n, flags)).flatten() {
+        if let Some(peer) = crate::guard::bookkeep(|| answer_doorbell(id, fd, n, flags)).flatten() {
             accepted(id, n, Some(peer));
             family::copy_out(peer, family::of(fd), addr, len);
             set_errno(saved);
@@ -90,7 +90,7 @@ unsafe fn copy_raw(sin: &libc::sockaddr_storage, sl: socklen_t, addr: *mut socka
 /// [`named_accepted`], contained: the connection is the program's whatever
 /// happens, and a fresh fd starts plain if its names could not be recorded.
 fn accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
-    if crate::hook::bookkeep(|| named_accepted(id, fd, peer)).is_none() {
+    if crate::guard::bookkeep(|| named_accepted(id, fd, peer)).is_none() {
         fdtable::set(fd, Kind::Plain);
     }
 }
@@ -98,7 +98,7 @@ fn accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
 /// Records the names of a connection accepted from listener `id`: the proxy
 /// address as its own (the address the peer dialed), and `peer` if brokered.
 fn named_accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
-    super::with(|reg| {
+    super::state::with(|reg| {
         let proxy = reg.listener(id).and_then(|l| l.proxy);
         if proxy.is_none() && peer.is_none() {
             fdops::unmark(reg, fd);
@@ -113,7 +113,7 @@ fn named_accepted(id: ListenerId, fd: c_int, peer: Option<SocketAddrV4>) {
 /// socket inherits: only those the application set, unless another process
 /// holds the listener and may have set others (`options`).
 fn carry_options(id: ListenerId, listener: c_int, to: c_int) {
-    let shared = super::with(|reg| reg.listener(id).map_or(true, |l| l.shared));
+    let shared = super::state::with(|reg| reg.listener(id).map_or(true, |l| l.shared));
     let options = if shared { Options::read(listener) } else { Options::read_noted(listener) };
     options.apply(to);
 }

@@ -23,15 +23,13 @@
 //! listener and on connections accepted from then on — see the new address;
 //! values the application already copied do not change.
 //!
-//! The set is pure bookkeeping ([`Brokers`]); [`fail_over`] is the one place that
-//! touches a socket, under the registry lock and without blocking.
+//! The set is pure bookkeeping ([`Brokers`]); `mgmt::fail_over` moves a
+//! listener to the next broker, the one place that touches a socket, under
+//! the registry lock and without blocking.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use super::mgmt;
-use super::registry::{ListenerId, Purpose, Registry};
-use super::sys;
 use crate::config::{self, Mode};
 
 /// How long a broker that went silent is tried only after the others.
@@ -55,6 +53,14 @@ pub struct Brokers {
 }
 
 impl Brokers {
+    /// The set, read from the configuration on first use.
+    pub fn loaded(&mut self) -> &mut Brokers {
+        if self.is_empty() {
+            *self = Brokers::from_config();
+        }
+        self
+    }
+
     /// `seed` picks the preferred broker; the same seed, the same broker.
     pub fn new(list: Vec<SocketAddrV4>, seed: u64) -> Brokers {
         let preferred = if list.is_empty() { 0 } else { (seed % list.len() as u64) as usize };
@@ -155,46 +161,6 @@ fn host_name() -> Vec<u8> {
     buf.iter().take_while(|b| **b != 0).copied().collect()
 }
 
-/// The registry's broker set, read from the configuration on first use.
-pub fn set(reg: &mut Registry) -> &mut Brokers {
-    if reg.brokers.is_empty() {
-        reg.brokers = Brokers::from_config();
-    }
-    &mut reg.brokers
-}
-
-/// Listener `id`'s broker has been silent past [`silence_limit`]: move it to the
-/// next broker and register there. With nowhere to go, only restart the clock.
-pub fn fail_over(reg: &mut Registry, id: ListenerId, now: Instant, interval: Duration) {
-    let Some(old) = reg.listener(id).map(|l| l.mgmt.broker) else { return };
-    let brokers = set(reg);
-    brokers.mark_dead(old, now, interval);
-    let next = brokers.after(old, now);
-    let Some(l) = reg.listener_mut(id) else { return };
-    let silent = now.saturating_duration_since(l.mgmt.heard);
-    l.mgmt.heard = now;
-    let Some(next) = next else { return };
-    // A UDP connect only changes the socket's peer: it never blocks.
-    let local = match sys::connect(l.mgmt.fd, next, now).and_then(|()| sys::local_addr(l.mgmt.fd)) {
-        Ok(local) => local,
-        Err(e) => {
-            log!(Warn, "broker {old} silent for {}s; cannot move tcp {} to {next}: {}", silent.as_secs(), l.reg_local, std::io::Error::from_raw_os_error(e));
-            return;
-        }
-    };
-    log!(Warn, "broker {old} silent for {}s; {} {} moves to broker {next}", silent.as_secs(), l.proto, l.reg_local);
-    l.mgmt.broker = next;
-    l.mgmt.local = local;
-    if l.local.ip().is_unspecified() {
-        l.reg_local = SocketAddrV4::new(*local.ip(), l.local.port());
-    }
-    l.mgmt.requester = mgmt::new_requester(proto::rudp::RetryPolicy::default());
-    l.mgmt.pending.clear();
-    l.mgmt.next_heartbeat = now + interval;
-    l.joined = false;
-    let msg = mgmt::register_message(l.proto, l.reg_local, local, l.proxy.map(|p| p.port()));
-    mgmt::start(l, Purpose::Register, &msg, now);
-}
 
 #[cfg(test)]
 mod tests {

@@ -35,49 +35,24 @@
 //! application bound before `connect` is not kept; an application that needs a
 //! fixed source port should list the destination as `direct` in `GCB_ROUTE`.
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use libc::{c_int, sockaddr, socklen_t};
-use proto::gcb::{Decision, ErrorCode, Message, Role, COMMAND_PORT};
-use proto::rudp::RetryPolicy;
+use proto::gcb::{Decision, Role};
 use proto::Proto;
 
+use super::ask::{ask, log_path, remember_no_broker, unoffered, worth_asking, Asked};
 use super::dial;
-use super::family::{self, Family};
-use super::mgmt;
+use crate::client::family::{self, Family};
 use super::registry::Names;
-use super::reversal_listener::{self, TempListener};
+use super::reversal_listener::TempListener;
+use super::spare;
 use super::swap::{put_on, AppSocket};
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
-use crate::hook::{errno, set_errno};
-use crate::route::Route;
-use crate::{config, real};
-
-/// What the destination's command port said.
-pub(crate) enum Asked {
-    /// No broker there: connect directly.
-    NotGcb,
-    /// Our own broker did not answer in time: connect directly this once (a
-    /// proxy address still reaches the listener, relayed), but do not remember it.
-    Silent,
-    /// A broker refused the request.
-    Refused(ErrorCode),
-    /// A broker decided; in case it is a reversal, the temporary listener and
-    /// the socket the `Connect` went out on (the broker's `ConnectFailed`
-    /// arrives there).
-    Decision(Decision, Option<TempListener>, Option<Sock>),
-    /// The shim could not make its own sockets for the exchange (EMFILE,
-    /// ENFILE, ENOBUFS, ENOMEM): the caller gets that errno and may retry; the
-    /// destination is not cached as "not GCB" for it.
-    NoResources(Errno),
-}
-
-/// Errors that say "this process or host is out of something", not "no broker".
-pub(crate) fn out_of_resources(e: Errno) -> bool {
-    matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-}
+use crate::guard::{errno, set_errno};
+use crate::real;
 
 /// `connect` on a watched socket.
 ///
@@ -105,13 +80,13 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; connecting directly", dest.ip());
             remember_no_broker(*dest.ip());
-            super::with(|reg| super::fdops::unwatch(reg, fd));
+            super::state::with(|reg| super::fdops::unwatch(reg, fd));
             set_errno(saved);
             real::connect(fd, addr, len)
         }
         Asked::Silent => {
             log!(Warn, "the broker at {} did not answer a Connect for {dest}; connecting to it directly", dest.ip());
-            super::with(|reg| super::fdops::unwatch(reg, fd));
+            super::state::with(|reg| super::fdops::unwatch(reg, fd));
             set_errno(saved);
             real::connect(fd, addr, len)
         }
@@ -135,145 +110,9 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
 }
 
-/// The one info line per brokered connect that operators (and `scripts/demo`)
-/// read to learn which way a connection went: `gcb: connect tcp DEST via PATH
-/// [to ADDR] in N us`. The time runs from the application's call to the moment
-/// it gets its answer, so a non-blocking direct connect counts until EINPROGRESS.
-/// The same line serves UDP (`connect udp DEST via PATH`), logged when a
-/// destination's receiver-list record is made.
-pub(crate) fn log_path(proto: Proto, dest: SocketAddrV4, d: &Decision, since: Instant) {
-    let us = since.elapsed().as_micros();
-    match d {
-        Decision::Direct { addr } => log!(Info, "connect {proto} {dest} via direct to {addr} in {us} us"),
-        Decision::SameRealm { addr } => log!(Info, "connect {proto} {dest} via same-realm to {addr} in {us} us"),
-        Decision::Reversal { .. } => log!(Info, "connect {proto} {dest} via reversal in {us} us"),
-        Decision::Relay { via, .. } => log!(Info, "connect {proto} {dest} via relay at {via} in {us} us"),
-        Decision::PunchTcp { .. } => log!(Info, "connect {proto} {dest} via punched in {us} us"),
-        Decision::NotRegistered | Decision::PunchUdp { .. } => {}
-    }
-}
-
-/// Records that `ip` has no broker, for this process and the user's others
-/// (`negcache`). One of our own brokers that refused is down, not absent: it is
-/// asked again next time rather than routed around for a minute.
-pub(crate) fn remember_no_broker(ip: std::net::Ipv4Addr) {
-    if our_broker(ip).is_some() {
-        return;
-    }
-    super::negcache::remember_not_gcb(ip);
-}
-
 fn fail(e: Errno) -> c_int {
     set_errno(e);
     -1
-}
-
-/// Whether `dest` may be brokered and is not known not to be.
-pub(crate) fn worth_asking(dest: SocketAddrV4) -> bool {
-    let ip = *dest.ip();
-    if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || dest.port() == 0 {
-        return false;
-    }
-    if config::get().routes.lookup(IpAddr::V4(ip)) == Route::Direct {
-        return false;
-    }
-    // Our own brokers never enter the negative cache (`remember_no_broker`),
-    // so a connect to a proxy address does not map the shared one on a
-    // process's first connect.
-    if our_broker(ip).is_some() {
-        return true;
-    }
-    // Lock-free: a connect to a host known to be plain costs no wait (`negcache`).
-    !super::negcache::known_not_gcb(ip)
-}
-
-/// One of `GCB_INAGENT`'s brokers, if `ip` is one.
-pub(crate) fn our_broker(ip: std::net::Ipv4Addr) -> Option<std::net::SocketAddr> {
-    match &config::get().mode {
-        config::Mode::Gcb(brokers) => brokers.iter().find(|b| b.ip() == IpAddr::V4(ip)).copied(),
-        _ => None,
-    }
-}
-
-/// The command port to ask at `ip`: our own broker's, if `ip` is one of ours and
-/// it uses another port, else the historic default.
-pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
-    our_broker(ip).map_or(COMMAND_PORT, |b| b.port())
-}
-
-/// A `Connect` ready to go: its socket (connected to the command port at
-/// `cmd`), the temporary listener named in it, and the retry policy.
-pub(crate) struct Asking {
-    pub probe: Sock,
-    pub cmd: SocketAddrV4,
-    pub tmp: Option<TempListener>,
-    pub msg: Message,
-    pub policy: RetryPolicy,
-    /// `cmd` is one of our own brokers.
-    pub ours: bool,
-}
-
-/// Prepares asking the broker at `dest`'s IP. A destination on one of our own
-/// brokers is known to be brokered: it gets the normal command retry policy
-/// rather than the short probe, and silence there is not remembered as "no
-/// broker". `Err` when there is nothing to ask.
-pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, Asked> {
-    let ours = our_broker(*dest.ip()).is_some();
-    let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
-    let (probe, local) = match mgmt::open(cmd) {
-        Ok(p) => p,
-        Err(e) if out_of_resources(e) => return Err(Asked::NoResources(e)),
-        Err(_) => return Err(Asked::NotGcb),
-    };
-    let tmp = match reversal_listener::take(*local.ip(), family) {
-        Ok(t) => Some(t),
-        Err(e) if out_of_resources(e) => return Err(Asked::NoResources(e)),
-        Err(_) => None,
-    };
-    let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
-    let msg = Message::Connect {
-        proto: Proto::Tcp,
-        target: dest,
-        connector,
-        connector_id: None,
-        realm: config::get().realm.clone(),
-        features: super::punch::offered(),
-        asked_from_port: local.port(),
-    };
-    let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
-    Ok(Asking { probe, cmd, tmp, msg, policy, ours })
-}
-
-/// What the exchange `asked` came to.
-pub(crate) fn answered(asked: Asking, got: Result<Message, mgmt::NoAnswer>, dest: SocketAddrV4) -> Asked {
-    let Asking { probe, cmd, tmp, ours, .. } = asked;
-    match got {
-        Ok(reply) => match mgmt::decision_of(reply) {
-            Ok(d) => Asked::Decision(d, tmp, Some(probe)),
-            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, tmp, None),
-            Err(Some(code)) => Asked::Refused(code),
-            Err(None) => Asked::NotGcb,
-        },
-        Err(why) => {
-            log!(Debug, "Connect for {dest} at {cmd}: {why:?}");
-            match why {
-                mgmt::NoAnswer::Timeout if ours => Asked::Silent,
-                mgmt::NoAnswer::Io(e) if out_of_resources(e) => Asked::NoResources(e),
-                _ => Asked::NotGcb,
-            }
-        }
-    }
-}
-
-/// Asks the broker at `dest`'s IP, waiting for the answer (a blocking connect).
-fn ask(dest: SocketAddrV4, family: Family) -> Asked {
-    match prepare_ask(dest, family) {
-        Ok(a) => {
-            let got = mgmt::exchange(a.probe.raw(), a.cmd, a.policy, &a.msg);
-            answered(a, got, dest)
-        }
-        Err(asked) => asked,
-    }
 }
 
 /// Carries out the broker's decision on the application's socket `fd`.
@@ -284,7 +123,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
         _ => {
             // Unused: nothing was told to dial it.
             if let Some(t) = tmp {
-                reversal_listener::give_back(t);
+                spare::give_back(t);
             }
             None
         }
@@ -310,7 +149,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             match punched.and_then(|(sock, direct)| swap(fd, sock.into_sock(), true, &app).map(|()| direct)) {
                 Ok(direct) => {
                     // Connected: a panic from here on must not fail the connect (`hook`, rule 4).
-                    crate::hook::bookkeep(|| {
+                    crate::guard::bookkeep(|| {
                         name(fd, dest);
                         log_path(Proto::Tcp, dest, &if direct { d } else { Decision::Relay { via, token } }, since);
                     });
@@ -324,7 +163,7 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
         Decision::Relay { via, token } => match dial::relay(fd, via, token, connect_deadline(fd)) {
             Ok(()) => {
                 // Connected: a panic naming it must not fail the connect (`hook`, rule 4).
-                crate::hook::bookkeep(|| name(fd, dest));
+                crate::guard::bookkeep(|| name(fd, dest));
                 set_errno(saved);
                 0
             }
@@ -345,8 +184,8 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
                     // dial may still come, so that one is closed (dropped).
                     // Connected: a panic from here on must not fail the
                     // connect (`hook`, rule 4).
-                    crate::hook::bookkeep(|| {
-                        reversal_listener::give_back(tmp);
+                    crate::guard::bookkeep(|| {
+                        spare::give_back(tmp);
                         name(fd, dest);
                     });
                     set_errno(saved);
@@ -356,14 +195,6 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             }
         }
     }
-}
-
-/// A decision this shim did not offer to follow (`PunchUdp` for a TCP
-/// connect, or a punch with `GCB_PUNCH=0`): a broker that breaks the
-/// protocol, so EPROTO.
-pub(crate) fn unoffered(d: &Decision) -> Errno {
-    log!(Warn, "the broker decided {d:?}, which this shim did not offer");
-    libc::EPROTO
 }
 
 /// How long a brokered connect of `fd` may take: the socket's `SO_SNDTIMEO` if the
@@ -386,7 +217,7 @@ fn brokered_failed(dest: SocketAddrV4, how: &str, e: Errno) -> c_int {
 
 /// `fd` is now a brokered connection to `dest`: report `dest` as its peer.
 fn name(fd: c_int, dest: SocketAddrV4) {
-    super::with(|reg| {
+    super::state::with(|reg| {
         reg.interest.take(fd);
         reg.set_names(fd, Names { local: None, peer: Some(dest) });
         fdtable::set(fd, Kind::Named);
@@ -396,7 +227,7 @@ fn name(fd: c_int, dest: SocketAddrV4) {
 /// Puts connection `c` (non-blocking if `c_nonblocking`) on the application's
 /// fd number, as `app` was set up (see `swap`).
 fn swap(fd: c_int, c: Sock, c_nonblocking: bool, app: &AppSocket) -> Result<(), Errno> {
-    let regs = super::with(|reg| reg.interest.take(fd));
+    let regs = super::state::with(|reg| reg.interest.take(fd));
     put_on(fd, c, c_nonblocking, app, regs)
 }
 
@@ -404,23 +235,11 @@ fn swap(fd: c_int, c: Sock, c_nonblocking: bool, app: &AppSocket) -> Result<(), 
 mod tests {
     use super::*;
 
-    #[test]
-    fn local_and_special_destinations_are_not_asked() {
-        for d in ["127.0.0.1:80", "0.0.0.0:80", "255.255.255.255:80", "224.0.0.1:80", "192.0.2.1:0"] {
-            assert!(!worth_asking(d.parse().unwrap()), "{d}");
-        }
-        let ip = "198.51.100.77".parse().unwrap();
-        assert!(worth_asking(SocketAddrV4::new(ip, 80)));
-        super::super::negcache::local().insert(ip, super::super::negcache::shared::now_secs(), 60);
-        assert!(!worth_asking(SocketAddrV4::new(ip, 80)), "negative cache hit");
-        assert_eq!(command_port(ip), COMMAND_PORT);
-    }
-
     /// A connection that never says hello (a stray, or one that lost its
     /// way) is not taken by a reversed connect: the one that speaks is.
     #[test]
     fn a_silent_connection_does_not_hold_up_the_reversed_one() {
-        let tmp = reversal_listener::take(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
+        let tmp = spare::take(std::net::Ipv4Addr::LOCALHOST, Family::V4).unwrap();
         let at = tmp.at;
         let silent = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
         sys::connect(silent.raw(), at, Instant::now() + std::time::Duration::from_secs(5)).unwrap();
@@ -437,7 +256,7 @@ mod tests {
 
     #[test]
     fn swap_keeps_flags_and_epoll_registrations() {
-        use super::super::options::Options;
+        use crate::client::options::Options;
         let l = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         sys::bind(l.raw(), "127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(unsafe { real::listen(l.raw(), 4) }, 0);
@@ -447,8 +266,8 @@ mod tests {
         let ep = unsafe { real::epoll_create1(libc::EPOLL_CLOEXEC) };
         let mut ev = libc::epoll_event { events: libc::EPOLLOUT as u32, u64: 5 };
         assert_eq!(unsafe { real::epoll_ctl(ep, libc::EPOLL_CTL_ADD, app.raw(), &mut ev) }, 0);
-        super::super::with(|reg| reg.interest.record(ep, libc::EPOLL_CTL_ADD, app.raw(), Some((ev.events, 5))));
-        super::super::with(|reg| reg.interest.record(ep + 1000, libc::EPOLL_CTL_ADD, app.raw(), Some((1, 1))));
+        super::super::state::with(|reg| reg.interest.record(ep, libc::EPOLL_CTL_ADD, app.raw(), Some((ev.events, 5))));
+        super::super::state::with(|reg| reg.interest.record(ep + 1000, libc::EPOLL_CTL_ADD, app.raw(), Some((1, 1))));
         let c = sys::socket(libc::SOCK_STREAM, true, false).unwrap();
         sys::connect(c.raw(), at, Instant::now() + std::time::Duration::from_secs(2)).unwrap_or(());
         let local = sys::local_addr(c.raw()).unwrap();

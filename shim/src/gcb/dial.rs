@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::gcb::{Frame, Role, StreamHello, StreamPeer, Token};
 
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// For a TCP connect to a connector or the broker, and for sending a preamble.
@@ -37,7 +37,7 @@ fn read_peer(fd: c_int, deadline: Instant) -> Result<SocketAddrV4, Errno> {
         Ok(StreamPeer::Paired { peer }) => Ok(peer),
         Ok(StreamPeer::Rejected { code }) => {
             log!(Debug, "the broker rejected a rendezvous: {code:?}");
-            Err(super::connecting::refusal_errno(code))
+            Err(super::notice::refusal_errno(code))
         }
         Err(e) => {
             log!(Warn, "the broker's rendezvous answered something else ({e:?})");
@@ -55,7 +55,7 @@ pub fn relay(fd: c_int, via: SocketAddrV4, token: Token, deadline: Instant) -> R
     // The hello carries the handshake's last ACK, so the rendezvous wakes once;
     // the option is the application's socket's, so it is cleared again.
     sys::ack_with_first_data(fd);
-    sys::connect_start(fd, super::family::of(fd), via)?;
+    sys::connect_start(fd, crate::client::family::of(fd), via)?;
     let hello = StreamHello { token, role: Role::Connector }.to_bytes();
     let sent = sys::send_all(fd, &hello, deadline.min(start + DIAL_TIMEOUT));
     let _ = sys::set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 0);
@@ -76,7 +76,7 @@ pub fn accept_reversed(tmp: c_int, notices: Option<c_int>, token: Token, deadlin
         if fds[1].revents != 0 {
             if let Some(code) = notices.and_then(|fd| super::notice::take(fd, token)) {
                 log!(Debug, "the broker says the listener will not dial: {code:?}");
-                return Err(super::connecting::refusal_errno(code));
+                return Err(super::notice::refusal_errno(code));
             }
         }
         if fds[0].revents == 0 {

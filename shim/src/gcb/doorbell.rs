@@ -31,9 +31,9 @@ use libc::c_int;
 
 pub use proto::gcb::doorbell::{Record, RECORD_LEN};
 
-use super::family::Family;
+use crate::client::family::Family;
 use super::registry::Registry;
-use super::sys;
+use crate::client::sys;
 use crate::real;
 
 /// Doorbells are rung from here; the kernel picks the port.
@@ -116,7 +116,7 @@ fn send_record(b: &mut PendingBell) -> Result<(), sys::Errno> {
         b.deadline = None;
         return Ok(());
     }
-    match crate::hook::errno() {
+    match crate::guard::errno() {
         // Still connecting: sent once writable.
         libc::EAGAIN | libc::ENOTCONN if n < 0 => Ok(()),
         e if n < 0 => {
@@ -185,7 +185,7 @@ pub fn forget_in_child(reg: &mut Registry) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use super::sys::Sock;
+    use crate::client::sys::Sock;
     use proto::gcb::doorbell::Park;
 
     /// A listener whose accept queue is full: the doorbell waits for room,
@@ -210,20 +210,20 @@ mod tests {
             peer: "198.51.100.10:40000".parse().unwrap(),
             proxy: "203.0.113.10:20001".parse().unwrap(),
         };
-        assert!(crate::gcb::with(|reg| ring(reg, target, &record, Instant::now())));
+        assert!(crate::gcb::state::with(|reg| ring(reg, target, &record, Instant::now())));
         let mine = |reg: &Registry| reg.bells.iter().filter(|b| b.target == target).map(|b| (b.fd, b.events())).collect::<Vec<_>>();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut got = None;
         let mut accepted = Vec::new();
         while Instant::now() < deadline {
-            let bells = crate::gcb::with(|reg| mine(reg));
+            let bells = crate::gcb::state::with(|reg| mine(reg));
             if got.is_some() && bells.is_empty() {
                 break;
             }
             let mut pfds: Vec<libc::pollfd> = bells.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
             unsafe { real::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 50) };
             for p in pfds.iter().filter(|p| p.revents != 0) {
-                crate::gcb::with(|reg| progress(reg, p.fd, p.revents));
+                crate::gcb::state::with(|reg| progress(reg, p.fd, p.revents));
             }
             // The application drains its queue slowly.
             let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -243,7 +243,7 @@ mod tests {
             }
         }
         assert_eq!(got, Some(record), "the record arrived");
-        assert!(crate::gcb::with(|reg| mine(reg)).is_empty(), "the ringing side let go");
+        assert!(crate::gcb::state::with(|reg| mine(reg)).is_empty(), "the ringing side let go");
         drop(fillers);
     }
 

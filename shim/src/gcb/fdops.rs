@@ -21,13 +21,8 @@ use libc::{c_int, epoll_event};
 use super::mgmt;
 use super::registry::{Listener, Registry, Removed};
 use crate::fdtable::{self, Kind};
-use crate::hook::ErrnoGuard;
+use crate::guard::ErrnoGuard;
 use crate::real;
-
-/// Whether the GCB client keeps anything for fds of `kind`.
-pub fn tracked(kind: Kind) -> bool {
-    matches!(kind, Kind::Managed | Kind::Named | Kind::Watched | Kind::WatchedUdp | Kind::Connecting)
-}
 
 /// Drops what the client knows about `fd`, which is being closed or replaced.
 pub fn forget(fd: c_int) {
@@ -39,8 +34,8 @@ pub fn forget(fd: c_int) {
         Kind::Watched if !super::interest::maybe_recorded(fd) => {
             fdtable::replace(fd, Kind::Watched, Kind::Plain);
         }
-        Kind::Watched => super::with(|reg| unwatch(reg, fd)),
-        Kind::Connecting => super::with(|reg| {
+        Kind::Watched => super::state::with(|reg| unwatch(reg, fd)),
+        Kind::Connecting => super::state::with(|reg| {
             super::connecting::cancel(reg, fd);
             reg.interest.take(fd);
             fdtable::set(fd, Kind::Plain);
@@ -49,7 +44,7 @@ pub fn forget(fd: c_int) {
             fdtable::replace(fd, Kind::WatchedUdp, Kind::Plain);
         }
         Kind::Named | Kind::Managed => {
-            let removed = super::with(|reg| {
+            let removed = super::state::with(|reg| {
                 // The socket's last fd: its channel goes (before its registration may).
                 if let Some(sock) = reg.udp.remove(fd) {
                     if let Some(c) = sock.channel {
@@ -84,7 +79,7 @@ fn wind_up(mut l: Box<Listener>) {
         // Only TCP re-listens are remembered: the table is keyed by local
         // address alone, and a UDP socket's old port means nothing to TCP.
         if let (Some(proxy), proto::Proto::Tcp) = (l.proxy, l.proto) {
-            super::with(|reg| reg.released.remember(l.reg_local, proxy));
+            super::state::with(|reg| reg.released.remember(l.reg_local, proxy));
         }
     }
     if l.mgmt.fd >= 0 {
@@ -110,7 +105,7 @@ pub fn leave_all(which: Leaving) {
         let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
         fl >= 0 && fl & libc::FD_CLOEXEC == 0
     };
-    super::with(|reg| {
+    super::state::with(|reg| {
         for (_, l) in reg.listeners_mut() {
             if which == Leaving::ClosedOnExec && l.fds.iter().any(|&fd| inherited(fd)) {
                 l.shared = true;
@@ -148,7 +143,7 @@ pub fn duplicated(old: c_int, new: c_int) {
         kind @ (Kind::Watched | Kind::WatchedUdp) => {
             fdtable::set(new, kind);
         }
-        kind @ (Kind::Named | Kind::Managed) => super::with(|reg| {
+        kind @ (Kind::Named | Kind::Managed) => super::state::with(|reg| {
             let udp = reg.udp.alias(old, new);
             if reg.alias(old, new) || udp {
                 fdtable::set(new, kind);
@@ -179,10 +174,10 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_eve
     let mut done = None;
     // A panic before the real call leaves `done` empty, and the call is made
     // below; one in the record leaves the real result standing (`hook`, rule 4).
-    crate::hook::bookkeep(|| {
-        super::with(|reg| {
+    crate::guard::bookkeep(|| {
+        super::state::with(|reg| {
             let r = real::epoll_ctl(epfd, op, fd, event);
-            done = Some((r, crate::hook::errno()));
+            done = Some((r, crate::guard::errno()));
             if r == 0 {
                 let ev = (!event.is_null()).then(|| {
                     let e = std::ptr::read_unaligned(event);
@@ -194,7 +189,7 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_eve
     });
     match done {
         Some((r, e)) => {
-            crate::hook::set_errno(e);
+            crate::guard::set_errno(e);
             r
         }
         None => real::epoll_ctl(epfd, op, fd, event),

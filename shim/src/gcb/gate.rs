@@ -28,8 +28,8 @@ use std::time::Instant;
 
 use once_cell::race::OnceBox;
 
-use super::family::{self, Family};
-use super::sys::{self, Errno, Sock};
+use crate::client::family::{self, Family};
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// The gate and the refuser, or why there are none.
@@ -57,7 +57,7 @@ fn open_gate() -> Result<Option<SocketAddrV4>, Errno> {
     sys::bind(listener.raw(), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
     // SAFETY: our socket.
     if unsafe { real::listen(listener.raw(), 0) } < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     let at = sys::local_addr(listener.raw())?;
     let filler = sys::socket(libc::SOCK_STREAM, true, true)?;
@@ -110,7 +110,7 @@ mod tests {
         assert_eq!(sys::wait_fd(s.raw(), libc::POLLOUT, Instant::now() + std::time::Duration::from_millis(200)), Err(libc::ETIMEDOUT), "pending");
         // SAFETY: our socket; a second connect on a pending one.
         let again = unsafe { real::connect(s.raw(), family::encode(at, Family::V4).ptr(), family::encode(at, Family::V4).len()) };
-        assert_eq!((again, crate::hook::errno()), (-1, libc::EALREADY));
+        assert_eq!((again, crate::guard::errno()), (-1, libc::EALREADY));
         let r = refused(Family::V4).unwrap();
         assert_eq!(sys::get_int_opt(r.raw(), libc::SOL_SOCKET, libc::SO_ERROR), Ok(libc::ECONNREFUSED));
     }

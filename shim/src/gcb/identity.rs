@@ -19,11 +19,11 @@ use libc::{c_int, sockaddr, socklen_t};
 
 use std::net::SocketAddrV4;
 
-use super::family;
+use crate::client::family;
 use super::registry::{Names, Registry};
 use super::udp::send;
 use crate::fdtable::{self, Kind};
-use crate::hook::ErrnoGuard;
+use crate::guard::ErrnoGuard;
 use crate::real;
 
 type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
@@ -60,11 +60,11 @@ pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
     // (once in its life) looks its names up again.
     let managed = fdtable::kind(fd) == Kind::Managed;
     let (mut names, candidate, joining) =
-        super::with(|reg| (names_of(reg, fd), managed && send::auto_bound_candidate(reg, fd), managed && joining(reg, fd)));
+        super::state::with(|reg| (names_of(reg, fd), managed && send::auto_bound_candidate(reg, fd), managed && joining(reg, fd)));
     if candidate {
         let _errno = ErrnoGuard::new();
         send::register_auto_bound(fd);
-        names = super::with(|reg| names_of(reg, fd));
+        names = super::state::with(|reg| names_of(reg, fd));
     } else if joining {
         names = wait_for_join(fd).unwrap_or(names);
     }
@@ -90,7 +90,7 @@ fn wait_for_join(fd: c_int) -> Option<Names> {
     let end = std::time::Instant::now() + JOIN_WAIT;
     while std::time::Instant::now() < end {
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let (names, still) = super::with(|reg| (names_of(reg, fd), joining(reg, fd)));
+        let (names, still) = super::state::with(|reg| (names_of(reg, fd), joining(reg, fd)));
         if names.local.is_some() || !still {
             return Some(names);
         }
@@ -105,6 +105,6 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
     if addr.is_null() || len.is_null() {
         return real::getpeername(fd, addr, len);
     }
-    let names = super::with(|reg| names_of(reg, fd));
+    let names = super::state::with(|reg| names_of(reg, fd));
     reply(fd, addr, len, names.peer, real::getpeername)
 }

@@ -30,9 +30,9 @@ use proto::Proto;
 
 use super::mgmt::{self, NoAnswer};
 use super::registry::Mgmt;
-use super::sys::{self, Sock};
+use crate::client::sys::{self, Sock};
 use crate::fdtable::{self, Kind};
-use crate::hook::set_errno;
+use crate::guard::set_errno;
 use crate::real;
 
 /// The backlog assumed for a listener whose `listen` this process did not
@@ -51,12 +51,12 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     }
     // The socket listens: a panic in what follows leaves that so (`hook`,
     // rule 4), and the socket unregistered.
-    let registered = crate::hook::bookkeep(|| {
+    let registered = crate::guard::bookkeep(|| {
         // Registered already (at `bind`, `client::pinned`, which made it
         // `Managed`): the queue's new length. A watched socket (the usual
         // case, and the only one on loopback) is not, and takes no lock here.
         if fdtable::kind(fd) == Kind::Managed {
-            let known = super::with(|reg| {
+            let known = super::state::with(|reg| {
                 let id = reg.listener_id(fd)?;
                 reg.listener_mut(id).map(|l| l.backlog = effective_backlog(backlog))
             });
@@ -133,7 +133,7 @@ pub(super) fn adopt(fd: c_int, proto: Proto, watched: Kind, local: SocketAddrV4,
         lost: false,
         proxy,
         shared: false,
-        family: super::family::of(fd),
+        family: crate::client::family::of(fd),
         backlog,
         mgmt: Mgmt {
             fd: mgmt_fd,
@@ -147,7 +147,7 @@ pub(super) fn adopt(fd: c_int, proto: Proto, watched: Kind, local: SocketAddrV4,
         proto,
         udp_token,
     };
-    let adopted = super::with(|reg| {
+    let adopted = super::state::with(|reg| {
         // The application may have closed the fd while we were registering.
         if !fdtable::replace(fd, watched, Kind::Managed) && fdtable::kind(fd) != Kind::Managed {
             return Err(Box::new(listener));
@@ -162,7 +162,7 @@ pub(super) fn adopt(fd: c_int, proto: Proto, watched: Kind, local: SocketAddrV4,
     });
     match adopted {
         Ok(()) => {
-            super::responder::ensure();
+            super::state::ensure_responder();
             true
         }
         Err(mut l) => {
@@ -193,15 +193,15 @@ pub(super) struct Registered {
 /// that is silent or refuses the datagram is marked dead and the next tried. With
 /// none answering, the listener stays with the preferred broker, unregistered.
 fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Registered>, sys::Errno> {
-    let candidates = super::with(|reg| super::brokers::set(reg).candidates(Instant::now()));
+    let candidates = super::state::with(|reg| reg.brokers.loaded().candidates(Instant::now()));
     let mut fallback = None;
     let (mut looked_up, mut desired) = (false, None);
     for broker in candidates {
-        let (sock, mgmt_local) = match mgmt::open(broker) {
+        let (sock, mgmt_local) = match crate::client::exchange::open(broker) {
             Ok(s) => s,
             Err(e) => {
                 log!(Warn, "cannot reach the broker {broker} to register {proto} {local}: {}", std::io::Error::from_raw_os_error(e));
-                if super::connector::out_of_resources(e) {
+                if crate::client::sys::out_of_resources(e) {
                     return Err(e);
                 }
                 continue;
@@ -213,7 +213,7 @@ fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Regist
         // up once: a later broker in the loop is asked for the same port).
         if !looked_up {
             looked_up = true;
-            desired = super::with(|reg| reg.released.take(reg_local).or_else(|| reg.twin_proxy(proto, reg_local))).map(|p| p.port());
+            desired = super::state::with(|reg| reg.released.take(reg_local).or_else(|| reg.twin_proxy(proto, reg_local))).map(|p| p.port());
         }
         let msg = mgmt::register_message(proto, reg_local, mgmt_local, desired);
         let answered = match mgmt::exchange(sock.raw(), broker, proto::rudp::RetryPolicy::default(), &msg) {
@@ -242,8 +242,8 @@ fn register_somewhere(local: SocketAddrV4, proto: Proto) -> Result<Option<Regist
         };
         let now = Instant::now();
         let interval = crate::config::get().heartbeat;
-        super::with(|reg| {
-            let set = super::brokers::set(reg);
+        super::state::with(|reg| {
+            let set = reg.brokers.loaded();
             if answered.is_some() { set.mark_alive(broker) } else { set.mark_dead(broker, now, interval) }
         });
         match answered {

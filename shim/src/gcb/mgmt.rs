@@ -30,11 +30,10 @@ use proto::gcb::{self, Decision, ErrorCode, Message, MgmtInfo};
 use proto::rudp::{RetryPolicy, Timeout};
 use proto::{Endpoint, Proto};
 
-use super::family::Family;
 use super::serve::{Dial, Job};
 use super::registry::{Listener, ListenerId, Purpose, Registry};
-use super::sys::{self, Errno, Sock};
 use crate::client::seal;
+use crate::client::sys;
 use crate::config;
 
 pub use crate::client::exchange::{new_requester, send_datagram, NoAnswer, DATAGRAM_MAX};
@@ -42,15 +41,6 @@ pub use crate::client::exchange::{new_requester, send_datagram, NoAnswer, DATAGR
 /// The GCB codec for [`crate::client::exchange`].
 pub(crate) const CODEC: crate::client::exchange::Codec<Message> =
     crate::client::exchange::Codec { encode: seal::gcb_encode, decode: seal::gcb_decode, is_response: Message::is_response };
-
-/// Opens a non-blocking UDP socket connected to `to`; returns it and its own
-/// address, which names the IP the kernel uses towards `to`.
-pub fn open(to: SocketAddrV4) -> Result<(Sock, SocketAddrV4), Errno> {
-    let s = sys::socket(libc::SOCK_DGRAM, true, true)?;
-    sys::connect_as(s.raw(), Family::V4, to, Instant::now())?;
-    let local = sys::local_addr(s.raw())?;
-    Ok((s, local))
-}
 
 /// Sends `msg` to the broker and waits for the reply, retransmitting per
 /// `policy` (see [`crate::client::exchange::exchange`]).
@@ -203,7 +193,7 @@ fn note_heard(reg: &mut Registry, id: ListenerId, now: Instant) {
     let Some(l) = reg.listener_mut(id) else { return };
     l.mgmt.heard = now;
     let broker = l.mgmt.broker;
-    super::brokers::set(reg).mark_alive(broker);
+    reg.brokers.loaded().mark_alive(broker);
 }
 
 /// A management datagram that failed authentication: dropped, one debug line.
@@ -308,7 +298,7 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
     let silent: Vec<ListenerId> =
         reg.listeners().filter(|(_, l)| l.mgmt.fd >= 0 && now.saturating_duration_since(l.mgmt.heard) >= limit).map(|(id, _)| id).collect();
     for id in silent {
-        super::brokers::fail_over(reg, id, now, interval);
+        fail_over(reg, id, now, interval);
     }
     let mut heartbeated = Vec::new();
     for (id, l) in reg.listeners_mut() {
@@ -352,7 +342,7 @@ pub fn on_timers(reg: &mut Registry, now: Instant, interval: Duration) {
 /// step registers from it, which joins the registration. False if it could
 /// not (out of descriptors): tried again next round.
 fn open_own(l: &mut Listener) -> bool {
-    match open(l.mgmt.broker) {
+    match crate::client::exchange::open(l.mgmt.broker) {
         Ok((sock, local)) => {
             l.mgmt.fd = crate::internal::adopt(sock.into_raw());
             l.mgmt.local = local;
@@ -385,6 +375,39 @@ pub fn decision_of(reply: Message) -> Result<Decision, Option<ErrorCode>> {
         }
         _ => Err(None),
     }
+}
+
+/// Listener `id`'s broker has been silent past [`super::brokers::silence_limit`]: move it to the
+/// next broker and register there. With nowhere to go, only restart the clock.
+pub fn fail_over(reg: &mut Registry, id: ListenerId, now: Instant, interval: Duration) {
+    let Some(old) = reg.listener(id).map(|l| l.mgmt.broker) else { return };
+    let brokers = reg.brokers.loaded();
+    brokers.mark_dead(old, now, interval);
+    let next = brokers.after(old, now);
+    let Some(l) = reg.listener_mut(id) else { return };
+    let silent = now.saturating_duration_since(l.mgmt.heard);
+    l.mgmt.heard = now;
+    let Some(next) = next else { return };
+    // A UDP connect only changes the socket's peer: it never blocks.
+    let local = match sys::connect(l.mgmt.fd, next, now).and_then(|()| sys::local_addr(l.mgmt.fd)) {
+        Ok(local) => local,
+        Err(e) => {
+            log!(Warn, "broker {old} silent for {}s; cannot move tcp {} to {next}: {}", silent.as_secs(), l.reg_local, std::io::Error::from_raw_os_error(e));
+            return;
+        }
+    };
+    log!(Warn, "broker {old} silent for {}s; {} {} moves to broker {next}", silent.as_secs(), l.proto, l.reg_local);
+    l.mgmt.broker = next;
+    l.mgmt.local = local;
+    if l.local.ip().is_unspecified() {
+        l.reg_local = SocketAddrV4::new(*local.ip(), l.local.port());
+    }
+    l.mgmt.requester = new_requester(proto::rudp::RetryPolicy::default());
+    l.mgmt.pending.clear();
+    l.mgmt.next_heartbeat = now + interval;
+    l.joined = false;
+    let msg = register_message(l.proto, l.reg_local, local, l.proxy.map(|p| p.port()));
+    start(l, Purpose::Register, &msg, now);
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! standing in for the management socket and the broker.
 
 use super::*;
+use crate::client::sys::Sock;
 use crate::gcb::registry::Mgmt;
 use proto::gcb::Token;
 
@@ -24,7 +25,7 @@ fn setup() -> (Registry, ListenerId, Sock) {
         joined: true,
         lost: false,
         shared: false,
-        family: super::super::family::Family::V4,
+        family: crate::client::family::Family::V4,
         backlog: 16,
         mgmt: Mgmt {
             fd: sv[0],

@@ -8,9 +8,19 @@
 use libc::c_int;
 use proto::gcb::{ErrorCode, Message, Token};
 
-use super::mgmt::{send_datagram, DATAGRAM_MAX};
+use crate::client::exchange::{send_datagram, DATAGRAM_MAX};
+use crate::client::sys::Errno;
 use crate::client::seal;
 use crate::real;
+
+/// The errno of a `ConnectFailed`: a listener that never answered the broker
+/// is a connect that timed out; any other refusal is a refused connect.
+pub fn refusal_errno(code: ErrorCode) -> Errno {
+    match code {
+        ErrorCode::Timeout => libc::ETIMEDOUT,
+        _ => libc::ECONNREFUSED,
+    }
+}
 
 /// Reads every datagram waiting on the non-blocking `fd`; the error code of a
 /// `ConnectFailed` for `token`, acknowledged, if one was among them. Anything
@@ -49,7 +59,7 @@ fn failed(datagram: &[u8], token: Token) -> Option<(u64, ErrorCode)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcb::sys;
+    use crate::client::sys;
     use std::net::{Ipv4Addr, SocketAddrV4};
     use std::time::{Duration, Instant};
 
@@ -58,7 +68,7 @@ mod tests {
     fn pair() -> (sys::Sock, sys::Sock) {
         let broker = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
         sys::bind(broker.raw(), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let (conn, at) = super::super::mgmt::open(sys::local_addr(broker.raw()).unwrap()).unwrap();
+        let (conn, at) = crate::client::exchange::open(sys::local_addr(broker.raw()).unwrap()).unwrap();
         sys::connect(broker.raw(), at, Instant::now()).unwrap();
         (broker, conn)
     }

@@ -35,7 +35,7 @@ use libc::{c_int, c_void, sockaddr_un, socklen_t};
 use proto::gcb::doorbell::{Park, Record};
 
 use super::registry::{ListenerId, Registry};
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
 use crate::{process, real};
 
@@ -148,11 +148,11 @@ fn open_server() -> Result<Server, Errno> {
     let (sa, len) = address(park);
     // SAFETY: a valid address of the given length.
     if unsafe { real::bind(s.raw(), (&sa as *const sockaddr_un).cast(), len) } < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     // SAFETY: our socket.
     if unsafe { real::listen(s.raw(), MAX_REQUESTS as c_int) } < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     Ok(Server { fd: crate::internal::adopt(s.into_raw()), park })
 }
@@ -161,7 +161,7 @@ fn unix_socket() -> Result<Sock, Errno> {
     // SAFETY: plain socket creation.
     let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
     if fd < 0 {
-        Err(crate::hook::errno())
+        Err(crate::guard::errno())
     } else {
         Ok(Sock::from_raw(fd))
     }
@@ -214,7 +214,7 @@ pub fn let_go(reg: &mut Registry, key: u64) {
 /// The connection `record` names, if this process parked it: now a plain fd
 /// of the caller's.
 pub fn take_local(record: &Record) -> Option<c_int> {
-    super::with(|reg| {
+    super::state::with(|reg| {
         let ours = reg.parked.server.as_ref().is_some_and(|s| s.park == record.park);
         let p = if ours { reg.parked.by_key.remove(&record.key)? } else { return None };
         fdtable::set(p.fd, Kind::Plain);
@@ -224,7 +224,7 @@ pub fn take_local(record: &Record) -> Option<c_int> {
 
 /// Whether `record`'s park is this process's.
 pub fn is_local(record: &Record) -> bool {
-    super::with(|reg| reg.parked.server.as_ref().is_some_and(|s| s.park == record.park))
+    super::state::with(|reg| reg.parked.server.as_ref().is_some_and(|s| s.park == record.park))
 }
 
 /// Fetches the connection `record` names from the process that parked it
@@ -235,7 +235,7 @@ pub fn fetch(record: &Record) -> Result<Sock, Errno> {
     let (sa, len) = address(record.park);
     // SAFETY: a valid address of the given length.
     if unsafe { real::connect(s.raw(), (&sa as *const sockaddr_un).cast(), len) } < 0 {
-        let e = crate::hook::errno();
+        let e = crate::guard::errno();
         if e != libc::EAGAIN && e != libc::EINPROGRESS {
             return Err(e);
         }
@@ -268,7 +268,7 @@ fn receive_fd(fd: c_int) -> Result<Option<c_int>, Errno> {
     // SAFETY: as above.
     let n = unsafe { real::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
     if n < 0 {
-        return Err(crate::hook::errno());
+        return Err(crate::guard::errno());
     }
     let mut got = None;
     // SAFETY: walking the control buffer the kernel filled in.
@@ -403,7 +403,7 @@ mod tests {
         };
         crate::process::claim();
         let now = Instant::now();
-        let key = super::super::with(|reg| {
+        let key = super::super::state::with(|reg| {
             if reg.parked.server.is_none() {
                 reg.parked.server = Some(open_server().unwrap());
             }
@@ -411,15 +411,15 @@ mod tests {
             reg.parked.by_key.insert(key, Parked { listener: 999_999, fd: crate::internal::adopt(a), since: now });
             key
         });
-        let park = super::super::with(|reg| reg.parked.server.as_ref().unwrap().park);
+        let park = super::super::state::with(|reg| reg.parked.server.as_ref().unwrap().park);
         let peer = "198.51.100.10:1".parse().unwrap();
         let record = |key| Record { key, park, peer, proxy: peer };
         // The responder's part, run by a thread of ours.
         let serve = std::thread::spawn(move || {
             for _ in 0..200 {
-                let fds: Vec<c_int> = super::super::with(|reg| reg.parked.poll_fds().collect());
+                let fds: Vec<c_int> = super::super::state::with(|reg| reg.parked.poll_fds().collect());
                 for fd in fds {
-                    super::super::with(|reg| on_ready(reg, fd, Instant::now()));
+                    super::super::state::with(|reg| on_ready(reg, fd, Instant::now()));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -430,7 +430,7 @@ mod tests {
         let mut buf = [0u8; 1];
         sys::recv_exact(got.raw(), &mut buf, Instant::now() + Duration::from_secs(2)).unwrap();
         assert_eq!(&buf, b"x", "the parked connection itself");
-        assert!(super::super::with(|reg| !reg.parked.by_key.contains_key(&key)), "handed out once");
+        assert!(super::super::state::with(|reg| !reg.parked.by_key.contains_key(&key)), "handed out once");
         serve.join().unwrap();
         unsafe { libc::close(b) };
     }

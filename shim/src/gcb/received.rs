@@ -9,7 +9,7 @@
 //!
 //! A received TCP listener (or bound UDP socket) of an IP family, not on
 //! loopback, becomes a listener record with no management socket yet
-//! (`inherit::adopt::held`): the responder opens one and registers, which
+//! (`adopt::held`): the responder opens one and registers, which
 //! joins the registration the sender holds (same local address, same public
 //! IP), or makes one. A listener this process sends away over `SCM_RIGHTS` is
 //! marked shared ([`on_sent`]), as after `fork`.
@@ -23,8 +23,8 @@ use std::net::SocketAddrV4;
 use libc::{c_int, msghdr};
 use proto::Proto;
 
-use super::family;
-use super::sys;
+use crate::client::family;
+use crate::client::sys;
 use crate::fdtable::{self, Kind};
 
 /// The fds an `SCM_RIGHTS` message in `msg`'s control buffer carries.
@@ -70,7 +70,7 @@ pub unsafe fn on_received(msg: *const msghdr) {
         any |= take_on(fd);
     }
     if any {
-        super::responder::ensure();
+        super::state::ensure_responder();
     }
 }
 
@@ -85,7 +85,7 @@ pub unsafe fn on_sent(msg: *const msghdr) {
     if fds.iter().all(|&fd| fdtable::kind(fd) != Kind::Managed) {
         return;
     }
-    super::with(|reg| {
+    super::state::with(|reg| {
         for fd in fds {
             if let Some(l) = reg.listener_id(fd).and_then(|id| reg.listener_mut(id)) {
                 l.shared = true;
@@ -108,7 +108,7 @@ pub fn adopt_activated() {
         any |= take_on(fd);
     }
     if any {
-        super::responder::ensure();
+        super::state::ensure_responder();
     }
 }
 
@@ -132,8 +132,8 @@ fn kind_of(fd: c_int) -> Option<(Proto, SocketAddrV4)> {
 fn take_on(fd: c_int) -> bool {
     let Some((proto, local)) = kind_of(fd) else { return false };
     let fam = family::of(fd);
-    let broker = super::inherit::broker_for(None);
-    super::with(|reg| {
+    let broker = super::adopt::broker_for(None);
+    super::state::with(|reg| {
         super::fdops::unmark(reg, fd);
         // Another fd of a listener this process holds already: a dup.
         let same = reg.listeners().find(|(_, l)| l.proto == proto && l.local == local).map(|(id, _)| id);
@@ -143,7 +143,7 @@ fn take_on(fd: c_int) -> bool {
                 id
             }
             None => {
-                let l = super::inherit::held(vec![fd], local, None, proto, fam, super::listener::UNKNOWN_BACKLOG, broker);
+                let l = super::adopt::held(vec![fd], local, None, proto, fam, super::listener::UNKNOWN_BACKLOG, broker);
                 reg.add_listener(l).0
             }
         };

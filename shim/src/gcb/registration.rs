@@ -64,7 +64,7 @@ pub struct Listener {
     /// closing it here must not unregister it.
     pub shared: bool,
     /// The socket's family, which the connections parked for it take.
-    pub family: super::family::Family,
+    pub family: crate::client::family::Family,
     /// Connections that may wait for `accept` at once, dialing or parked
     /// (`serve::room_for`): the listen backlog as the kernel caps it.
     pub backlog: usize,
@@ -122,7 +122,7 @@ pub(crate) mod tests {
             joined: true,
             lost: false,
             shared: false,
-            family: crate::gcb::family::Family::V4,
+            family: crate::client::family::Family::V4,
             backlog: 16,
             mgmt: Mgmt {
                 fd: mgmt_fd,

@@ -56,7 +56,7 @@ pub struct Registry {
     /// (`mgmt::send_acks_due`): management fd and sealed datagram.
     pub acks_due: Vec<(c_int, Vec<u8>)>,
     /// Proxy addresses of closed listeners, for re-listens (see `released`).
-    pub released: super::released::Released,
+    pub released: crate::client::released::Released,
     /// The fork generation this registry was last used in (see `lock`).
     pub generation: u32,
     /// `GCB_INAGENT`'s brokers, which one this process prefers, which are dead

@@ -22,7 +22,7 @@ use proto::Proto;
 
 use super::listener::{self, Registered};
 use super::mgmt::{self, NoAnswer};
-use super::sys::{self, Errno};
+use crate::client::sys::{self, Errno};
 use crate::client::pinned::{self, Pinned};
 use crate::fdtable::{self, Kind};
 
@@ -59,7 +59,7 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
     if named.is_none() && !fdtable::any_managed() {
         return Pinned::NotOurs;
     }
-    let broker = super::with(|reg| owner_of(*want.ip(), named, reg.listeners().filter_map(|(_, l)| l.proxy.map(|p| (*p.ip(), l.mgmt.broker)))));
+    let broker = super::state::with(|reg| owner_of(*want.ip(), named, reg.listeners().filter_map(|(_, l)| l.proxy.map(|p| (*p.ip(), l.mgmt.broker)))));
     let Some(broker) = broker else { return Pinned::NotOurs };
     match register_at(fd, proto, watched, broker, want) {
         Ok(()) => Pinned::Done,
@@ -74,9 +74,9 @@ pub fn pin(fd: c_int, want: SocketAddrV4) -> Pinned {
 /// Binds `fd` to this host's IP towards `broker` and registers it there,
 /// requiring `want`'s port; one log line either way.
 fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, want: SocketAddrV4) -> Result<(), Errno> {
-    let (sock, mgmt_local) = mgmt::open(broker).map_err(|e| {
+    let (sock, mgmt_local) = crate::client::exchange::open(broker).map_err(|e| {
         log!(Warn, "cannot bind {proto} to {want}: cannot reach its broker {broker}: {}", std::io::Error::from_raw_os_error(e));
-        if super::connector::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }
+        if crate::client::sys::out_of_resources(e) { e } else { libc::EADDRNOTAVAIL }
     })?;
     pinned::bind_local(fd, *mgmt_local.ip())?;
     let local = sys::local_addr(fd)?;
@@ -100,7 +100,7 @@ fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, wan
             return Err(libc::EADDRNOTAVAIL);
         }
     };
-    super::with(|reg| super::brokers::set(reg).mark_alive(broker));
+    super::state::with(|reg| reg.brokers.loaded().mark_alive(broker));
     let registered = Registered { sock, broker, mgmt_local, reg_local, proxy: Some(proxy), udp_token };
     if !listener::adopt(fd, proto, watched, local, registered, listener::UNKNOWN_BACKLOG) {
         return Err(libc::EBADF);
@@ -120,8 +120,8 @@ fn register_at(fd: c_int, proto: Proto, watched: Kind, broker: SocketAddrV4, wan
 /// reported address and never listened. Condor binds its outgoing sockets to
 /// its `NETWORK_INTERFACE` address too, and those must be brokered.
 pub fn turns_active(fd: c_int) -> bool {
-    let _errno = crate::hook::ErrnoGuard::new();
-    if fdtable::kind(fd) != Kind::Managed || !super::with(|reg| reg.listener_id(fd).is_some() && reg.udp.get(fd).is_none()) {
+    let _errno = crate::guard::ErrnoGuard::new();
+    if fdtable::kind(fd) != Kind::Managed || !super::state::with(|reg| reg.listener_id(fd).is_some() && reg.udp.get(fd).is_none()) {
         return false;
     }
     if sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Ok(0) {

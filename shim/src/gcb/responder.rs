@@ -41,12 +41,9 @@ fn untag(tag: u64) -> (u64, c_int) {
     (tag >> 32, tag as u32 as c_int)
 }
 
-/// The GCB client's duties.
-pub struct Gcb;
-
-impl Duties for Gcb {
+impl Duties for super::state::Duty {
     fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
-        super::with(|reg| {
+        super::state::with(|reg| {
             connecting::take_incoming(reg);
             for fd in reg.mgmt_fds() {
                 set.add(fd, libc::POLLIN, tag(MGMT, fd));
@@ -87,16 +84,16 @@ impl Duties for Gcb {
             let (kind, fd) = untag(t);
             match kind {
                 MGMT => management(fd, revents, now),
-                BELL => super::with(|reg| doorbell::progress(reg, fd, revents)),
-                SERVING => super::with(|reg| serve::progress(reg, fd, revents, now)),
-                PUNCH => super::with(|reg| serve_punch::progress(reg, fd, revents, now)),
-                PARK => super::with(|reg| park::on_ready(reg, fd, now)),
+                BELL => super::state::with(|reg| doorbell::progress(reg, fd, revents)),
+                SERVING => super::state::with(|reg| serve::progress(reg, fd, revents, now)),
+                PUNCH => super::state::with(|reg| serve_punch::progress(reg, fd, revents, now)),
+                PARK => super::state::with(|reg| park::on_ready(reg, fd, now)),
                 CONNECT => connecting::progress(fd, revents, now),
                 _ => {}
             }
         }
         let interval = crate::config::get().heartbeat;
-        super::with(|reg| {
+        super::state::with(|reg| {
             mgmt::on_timers(reg, now, interval);
             doorbell::on_timers(reg, now);
             serve::on_timers(reg, now);
@@ -112,7 +109,7 @@ fn management(fd: c_int, revents: i16, now: Instant) {
     if revents & libc::POLLNVAL != 0 {
         // Closed under the shim (a raw system call): the next round opens
         // another and registers again.
-        super::with(|reg| {
+        super::state::with(|reg| {
             if let Some(id) = reg.by_mgmt_fd(fd) {
                 log!(Warn, "management fd {fd} is no longer open; opening another");
                 if let Some(l) = reg.listener_mut(id) {
@@ -128,14 +125,14 @@ fn management(fd: c_int, revents: i16, now: Instant) {
         // SAFETY: a live buffer of the given length.
         let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
-            match crate::hook::errno() {
+            match crate::guard::errno() {
                 // A queued ICMP error (the broker is down): reading reports and clears it.
                 libc::ECONNREFUSED | libc::EINTR => continue,
                 _ => break,
             }
         }
         let datagram = &buf[..n as usize];
-        super::with(|reg| {
+        super::state::with(|reg| {
             let Some(id) = reg.by_mgmt_fd(fd) else { return };
             if let Some(job) = mgmt::on_datagram(reg, id, datagram, now) {
                 serve::start(reg, job, now);
@@ -144,10 +141,4 @@ fn management(fd: c_int, revents: i16, now: Instant) {
             mgmt::send_acks_due(reg);
         });
     }
-}
-
-/// Starts this process's responder if needed, and wakes it for new work.
-pub fn ensure() {
-    crate::responder::ensure::<Gcb>();
-    crate::responder::wake();
 }

@@ -19,7 +19,7 @@ use libc::c_int;
 use proto::gcb::{Frame, Role, StreamHello, StreamPeer, Token};
 
 use super::registry::{ListenerId, Registry};
-use super::sys::{self, Errno};
+use crate::client::sys::{self, Errno};
 use crate::real;
 
 /// For the TCP handshake to the connector or the broker, and the hello.
@@ -155,7 +155,7 @@ fn advance(s: &mut Serving, revents: i16, now: Instant) -> Step {
             // SAFETY: a live buffer of the given length.
             let n = unsafe { real::send(s.fd, hello.as_ptr().cast(), hello.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
             if n != hello.len() as isize {
-                return Step::Failed(if n < 0 { crate::hook::errno() } else { libc::EIO });
+                return Step::Failed(if n < 0 { crate::guard::errno() } else { libc::EIO });
             }
             match s.job.dial {
                 Dial::Reverse { .. } => Step::Done { peer: s.job.peer },
@@ -174,7 +174,7 @@ fn advance(s: &mut Serving, revents: i16, now: Instant) -> Step {
             match n {
                 0 => return Step::Failed(libc::ECONNRESET),
                 n if n < 0 => {
-                    return match crate::hook::errno() {
+                    return match crate::guard::errno() {
                         libc::EAGAIN | libc::EINTR => Step::Wait,
                         e => Step::Failed(e),
                     }
@@ -236,7 +236,7 @@ mod tests {
         l.local = sys::local_addr(app.raw()).unwrap();
         l.proxy = Some("203.0.113.10:20001".parse().unwrap());
         l.backlog = backlog;
-        let id = super::super::with(|reg| reg.add_listener(l).0);
+        let id = super::super::state::with(|reg| reg.add_listener(l).0);
         (app, id)
     }
 
@@ -254,21 +254,21 @@ mod tests {
         let proxy: SocketAddrV4 = "203.0.113.10:20001".parse().unwrap();
         let job = Job { listener: id, token, dial: Dial::Reverse { connector: at }, peer, proxy };
         let now = Instant::now();
-        let fd = super::super::with(|reg| {
+        let fd = super::super::state::with(|reg| {
             assert!(room_for(reg, id));
             start(reg, job, now);
             reg.serving.last().unwrap().fd
         });
         sys::wait_fd(fd, libc::POLLOUT, now + Duration::from_secs(5)).unwrap();
-        super::super::with(|reg| progress(reg, fd, libc::POLLOUT, Instant::now()));
-        assert!(super::super::with(|reg| reg.serving.iter().all(|s| s.fd != fd)), "done dialing");
+        super::super::state::with(|reg| progress(reg, fd, libc::POLLOUT, Instant::now()));
+        assert!(super::super::state::with(|reg| reg.serving.iter().all(|s| s.fd != fd)), "done dialing");
         sys::wait_fd(connector.raw(), libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
         let c = sys::Sock::from_raw(unsafe { real::accept(connector.raw(), std::ptr::null_mut(), std::ptr::null_mut()) });
         let mut hello = [0u8; StreamHello::LEN];
         sys::recv_exact(c.raw(), &mut hello, Instant::now() + Duration::from_secs(5)).unwrap();
         assert_eq!(StreamHello::decode(&hello).unwrap(), StreamHello { token, role: Role::Listener });
-        assert_eq!(super::super::with(|reg| reg.parked.count_for(id)), 1, "parked");
-        super::super::with(|reg| {
+        assert_eq!(super::super::state::with(|reg| reg.parked.count_for(id)), 1, "parked");
+        super::super::state::with(|reg| {
             reg.parked.forget_listener_for_tests(id);
             reg.remove_fd(_app.raw());
         });

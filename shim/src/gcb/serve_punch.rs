@@ -33,7 +33,7 @@ pub fn start(reg: &mut Registry, job: Job, broker: std::net::SocketAddrV4, now: 
     }
 }
 
-fn failed(job: &Job, e: super::sys::Errno) {
+fn failed(job: &Job, e: crate::client::sys::Errno) {
     let e = std::io::Error::from_raw_os_error(e);
     log!(Warn, "brokered connection from {} to {} failed: {e}", job.peer, job.proxy);
 }

@@ -11,9 +11,9 @@
 use libc::c_int;
 
 use super::interest::Registration;
-use super::options::Options;
-use super::sys::{self, Errno, Sock};
-use crate::hook::errno;
+use crate::client::options::Options;
+use crate::client::sys::{self, Errno, Sock};
+use crate::guard::errno;
 use crate::real;
 
 /// What a replacement takes over from the application's socket.

@@ -4,16 +4,16 @@
 
 use libc::{c_int, sockaddr, socklen_t};
 
-use crate::fdtable;
+use crate::detour;
 
 hook! {
     fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => accept(fd, addr, len))
+        detour_or_real!(detour::managed_only(fd) => accept(fd, addr, len))
     }
 }
 
 hook! {
     fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => accept4(fd, addr, len, flags))
+        detour_or_real!(detour::managed_only(fd) => accept4(fd, addr, len, flags))
     }
 }

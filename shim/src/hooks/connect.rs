@@ -4,13 +4,13 @@
 
 use libc::{c_int, sockaddr, socklen_t};
 
-use crate::fdtable::{self, Kind};
+use crate::detour;
 
 hook! {
     /// Only watched sockets (TCP/IPv4 made in GCB mode, neither listening nor
     /// connected yet), GCB-mode UDP sockets and managed ones (a registered UDP
     /// socket may connect) can be brokered; in DPF mode every connect is looked at.
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real_unless!(matches!(fdtable::kind(fd), Kind::Watched | Kind::WatchedUdp | Kind::Managed) || crate::dpf::enabled() => connect(fd, addr, len))
+        detour_or_real!(detour::connect(fd) => connect(fd, addr, len))
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 
 use crate::fdtable::{self, Kind};
-use crate::hook::{errno, fault, set_errno};
+use crate::guard::{errno, fault, set_errno};
 use crate::real;
 
 fn socketpair() -> (c_int, c_int) {
@@ -79,13 +79,13 @@ fn a_dup_whose_bookkeeping_panics_returns_the_real_dup_once() {
 
 #[test]
 fn an_accept_whose_logic_panics_fails_with_eio_and_takes_nothing() {
-    let l = crate::gcb::sys::socket(libc::SOCK_STREAM, true, true).unwrap().into_raw();
-    crate::gcb::sys::bind(l, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = crate::client::sys::socket(libc::SOCK_STREAM, true, true).unwrap().into_raw();
+    crate::client::sys::bind(l, "127.0.0.1:0".parse().unwrap()).unwrap();
     // SAFETY: our socket.
     assert_eq!(unsafe { real::listen(l, 4) }, 0);
-    let at = crate::gcb::sys::local_addr(l).unwrap();
-    let client = crate::gcb::sys::socket(libc::SOCK_STREAM, true, false).unwrap();
-    crate::gcb::sys::connect(client.raw(), at, Instant::now() + Duration::from_secs(5)).unwrap();
+    let at = crate::client::sys::local_addr(l).unwrap();
+    let client = crate::client::sys::socket(libc::SOCK_STREAM, true, false).unwrap();
+    crate::client::sys::connect(client.raw(), at, Instant::now() + Duration::from_secs(5)).unwrap();
     fdtable::set(l, Kind::Managed);
 
     fault::arm("accept");
@@ -95,11 +95,11 @@ fn an_accept_whose_logic_panics_fails_with_eio_and_takes_nothing() {
     assert_eq!((r, errno()), (-1, libc::EIO), "the call fails with EIO");
     // Not handed to the raw accept: the connection still waits in the queue.
     let deadline = Instant::now() + Duration::from_secs(5);
-    assert!(crate::gcb::sys::wait_fd(l, libc::POLLIN, deadline).is_ok());
+    assert!(crate::client::sys::wait_fd(l, libc::POLLIN, deadline).is_ok());
     // SAFETY: as above.
     let n = unsafe { real::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
     assert!(n >= 0, "the connection was still queued");
-    assert_eq!(crate::gcb::sys::peer_addr(n).unwrap(), crate::gcb::sys::local_addr(client.raw()).unwrap());
+    assert_eq!(crate::client::sys::peer_addr(n).unwrap(), crate::client::sys::local_addr(client.raw()).unwrap());
     close(n);
     close(l);
 }
@@ -129,7 +129,7 @@ fn child_checks(marked: c_int) -> c_int {
     if crate::hook::dispatch(|| -> c_int { panic!("in the child") }, || 0) != -1 || errno() != libc::EIO {
         return 1;
     }
-    crate::gcb::with(|_| ());
+    crate::gcb::state::with(|_| ());
     if close(marked) != 0 || is_open(marked) || fdtable::kind(marked) != Kind::Plain {
         return 2;
     }
@@ -154,13 +154,13 @@ fn a_fork_whose_prepare_handler_panics_forks_and_the_child_works() {
     // SAFETY: the child runs only the checks above and `_exit`s.
     let pid = unsafe { super::lifetime::fork() };
     if pid == 0 {
-        let code = crate::hook::contain("", || child_checks(b)).unwrap_or(9);
+        let code = crate::guard::contain("", || child_checks(b)).unwrap_or(9);
         // SAFETY: leaves the child without running the test harness's exit.
         unsafe { libc::_exit(code) };
     }
     assert!(pid > 0, "fork failed: {}", std::io::Error::last_os_error());
     assert!(!fault::armed(), "the prepare handler passed the fault point");
-    crate::gcb::with(|_| ());
+    crate::gcb::state::with(|_| ());
     let status = wait_child(pid);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child's checks: status {status:#x}");
     close(a);

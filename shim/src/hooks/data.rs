@@ -28,27 +28,18 @@
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
 use super::fortify;
-use crate::fdtable::{self, Kind};
-use crate::{managed, real};
-
-/// `real_unless!` for the reads: a managed fd (a registered or brokered UDP
-/// socket) goes to `managed::NAME`, any other to the real call; one table
-/// load for a plain fd.
-macro_rules! read_path {
-    ($fd:expr => $name:ident($($arg:expr),* $(,)?)) => {
-        real_unless!(fdtable::is_managed($fd) => $name($($arg),*))
-    };
-}
+use crate::fdtable;
+use crate::{detour, managed, real};
 
 hook! {
     fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
-        read_path!(fd => recv(fd, buf, len, flags))
+        detour_or_real!(detour::managed_only(fd) => recv(fd, buf, len, flags))
     }
 }
 
 hook! {
     fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> ssize_t {
-        read_path!(fd => recvfrom(fd, buf, len, flags, addr, addrlen))
+        detour_or_real!(detour::managed_only(fd) => recvfrom(fd, buf, len, flags, addr, addrlen))
     }
 }
 
@@ -56,10 +47,10 @@ hook! {
     /// A listener received over a unix socket (`SCM_RIGHTS`) is taken on
     /// (`gcb::received`): looked at only when the message has control data.
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-        let n = read_path!(fd => recvmsg(fd, msg, flags));
-        if n >= 0 && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
+        let n = detour_or_real!(detour::managed_only(fd) => recvmsg(fd, msg, flags));
+        if n >= 0 && crate::gcb::received::may_carry_fds(msg) && crate::gcb::mode::enabled() {
             // Received: the message is the program's whatever happens here.
-            crate::hook::bookkeep(|| crate::gcb::received::on_received(msg));
+            crate::guard::bookkeep(|| crate::gcb::received::on_received(msg));
         }
         n
     }
@@ -67,48 +58,41 @@ hook! {
 
 hook! {
     fn recvmmsg(fd: c_int, msgvec: *mut mmsghdr, vlen: c_uint, flags: c_int, timeout: *mut timespec) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => recvmmsg(fd, msgvec, vlen, flags, timeout))
+        detour_or_real!(detour::managed_only(fd) => recvmmsg(fd, msgvec, vlen, flags, timeout))
     }
 }
 
 hook! {
     fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-        read_path!(fd => read(fd, buf, count))
+        detour_or_real!(detour::managed_only(fd) => read(fd, buf, count))
     }
 }
 
 hook! {
     fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
-        read_path!(fd => readv(fd, iov, iovcnt))
+        detour_or_real!(detour::managed_only(fd) => readv(fd, iov, iovcnt))
     }
-}
-
-/// Sends that name a destination leave the fast path for managed fds and for
-/// GCB-mode UDP sockets, whose destination may be a proxy address (`gcb::udp`).
-#[inline]
-fn sends_watched(fd: c_int) -> bool {
-    matches!(fdtable::kind(fd), Kind::Managed | Kind::WatchedUdp)
 }
 
 hook! {
     fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => send(fd, buf, len, flags))
+        detour_or_real!(detour::managed_only(fd) => send(fd, buf, len, flags))
     }
 }
 
 hook! {
     fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t) -> ssize_t {
-        real_unless!(sends_watched(fd) => sendto(fd, buf, len, flags, addr, addrlen))
+        detour_or_real!(detour::send_to(fd) => sendto(fd, buf, len, flags, addr, addrlen))
     }
 }
 
 hook! {
     /// A listener sent to another process (`SCM_RIGHTS`) is shared from then on.
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-        let n = real_unless!(sends_watched(fd) => sendmsg(fd, msg, flags));
-        if n >= 0 && fdtable::any_managed() && crate::gcb::received::may_carry_fds(msg) && crate::gcb::enabled() {
+        let n = detour_or_real!(detour::send_to(fd) => sendmsg(fd, msg, flags));
+        if n >= 0 && fdtable::any_managed() && crate::gcb::received::may_carry_fds(msg) && crate::gcb::mode::enabled() {
             // Sent, and not to be sent again.
-            crate::hook::bookkeep(|| crate::gcb::received::on_sent(msg));
+            crate::guard::bookkeep(|| crate::gcb::received::on_sent(msg));
         }
         n
     }
@@ -116,25 +100,25 @@ hook! {
 
 hook! {
     fn sendmmsg(fd: c_int, msgvec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int {
-        real_unless!(sends_watched(fd) => sendmmsg(fd, msgvec, vlen, flags))
+        detour_or_real!(detour::send_to(fd) => sendmmsg(fd, msgvec, vlen, flags))
     }
 }
 
 hook! {
     fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => write(fd, buf, count))
+        detour_or_real!(detour::managed_only(fd) => write(fd, buf, count))
     }
 }
 
 hook! {
     fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
-        real_unless!(fdtable::is_managed(fd) => writev(fd, iov, iovcnt))
+        detour_or_real!(detour::managed_only(fd) => writev(fd, iov, iovcnt))
     }
 }
 
 hook! {
     fn __recv_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int) -> ssize_t {
-        if !fdtable::is_managed(fd) {
+        if detour::managed_only(fd).is_err() {
             return real::__recv_chk(fd, buf, len, buflen, flags);
         }
         fortify(len <= buflen);
@@ -144,7 +128,7 @@ hook! {
 
 hook! {
     fn __recvfrom_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> ssize_t {
-        if !fdtable::is_managed(fd) {
+        if detour::managed_only(fd).is_err() {
             return real::__recvfrom_chk(fd, buf, len, buflen, flags, addr, addrlen);
         }
         fortify(len <= buflen);
@@ -154,7 +138,7 @@ hook! {
 
 hook! {
     fn __read_chk(fd: c_int, buf: *mut c_void, nbytes: size_t, buflen: size_t) -> ssize_t {
-        if !fdtable::is_managed(fd) {
+        if detour::managed_only(fd).is_err() {
             return real::__read_chk(fd, buf, nbytes, buflen);
         }
         fortify(nbytes <= buflen);
@@ -165,6 +149,7 @@ hook! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fdtable::Kind;
 
     #[test]
     fn recv_chk_on_a_managed_fd_checks_then_takes_the_recv_path() {

@@ -2,7 +2,7 @@
 //! on GCB-mode sockets whose calls turn out ordinary (loopback, a host known
 //! to be plain, a port probe), take neither the GCB registry's lock nor the
 //! DPF state's. Test builds count every `Lock` acquisition per thread
-//! (`gcb::lock::taken_by_this_thread`), so each step asserts the count did
+//! (`client::lock::taken_by_this_thread`), so each step asserts the count did
 //! not move. The unit tests run with neither mode on: GCB-mode kinds are
 //! marked by hand, as the `socket` hook marks them, and DPF mode's calls are
 //! `dpf::ops`, which `managed` sends every `bind`, `listen` and `connect` to.
@@ -12,8 +12,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use libc::{c_int, sockaddr, socklen_t};
 
 use crate::fdtable::{self, Kind};
-use crate::gcb::lock::taken_by_this_thread;
-use crate::gcb::sys;
+use crate::client::lock::taken_by_this_thread;
+use crate::client::sys;
 use crate::real;
 
 /// Runs `f` and asserts this thread took no lock in it.
@@ -57,8 +57,8 @@ fn warm_up() {
 #[test]
 fn the_counter_counts() {
     let before = taken_by_this_thread();
-    crate::gcb::with(|_| ());
-    crate::dpf::with(|_| ());
+    crate::gcb::state::with(|_| ());
+    crate::dpf::state::with(|_| ());
     assert_eq!(taken_by_this_thread(), before + 2);
 }
 
@@ -119,12 +119,12 @@ fn ordinary_gcb_mode_tcp_sockets_take_no_lock() {
     });
     // A host this process found plain: its connects go straight out.
     let plain_host = Ipv4Addr::new(192, 0, 2, 77);
-    crate::gcb::negcache::local().insert(plain_host, crate::gcb::negcache::shared::now_secs(), 60);
+    crate::gcb::negcache::local().insert(plain_host, crate::client::sys::now_secs(), 60);
     no_lock("a watched socket connecting to a host known to be plain", || unsafe {
         let s = socket(libc::SOCK_STREAM, true, Kind::Watched);
         let (sin, len) = addr_of(SocketAddrV4::new(plain_host, 9));
         let r = super::connect::connect(s, ptr(&sin), len);
-        let e = crate::hook::errno();
+        let e = crate::guard::errno();
         assert!(r == -1 && e != libc::EIO, "the kernel's own answer: {}", std::io::Error::from_raw_os_error(e));
         assert_eq!(fdtable::kind(s), Kind::Plain);
         assert_eq!(super::lifetime::close(s), 0);

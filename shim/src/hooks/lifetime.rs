@@ -3,7 +3,7 @@
 //!
 //! Management sockets share the fate of their listening socket: created,
 //! duplicated, inherited and closed with it (docs/design.md, "Management sockets and the
-//! shim's own fds"). The shim's own fds are protected here ([`crate::internal`]).
+//! shim's own fds"). The shim's own fds are protected here ([`crate::reclaim`], [`crate::internal`]).
 //!
 //! # fcntl is variadic
 //!
@@ -45,75 +45,74 @@
 
 use libc::{c_char, c_int, c_uint, c_ulong, pid_t};
 
-use crate::fdtable::{self, Kind};
-use crate::gcb::fdops::tracked;
-use crate::gcb::inherit::{self, ExecEnv};
-use crate::hook;
-use crate::{internal, managed, real};
+use crate::detour::{self, Detour};
+use crate::client::inherit::{self, ExecEnv};
+use crate::guard;
+use crate::{internal, managed, real, reclaim};
 
 hook! {
     fn close(fd: c_int) -> c_int {
-        match fdtable::kind(fd) {
-            Kind::Plain => real::close(fd),
-            Kind::Internal => internal::refuse_close(),
-            _ => managed::close(fd),
+        match detour::close(fd) {
+            Err(_) => real::close(fd),
+            Ok(Detour::Own) => internal::refuse_close(),
+            Ok(_) => managed::close(fd),
         }
     }
 }
 
 hook! {
     fn dup(fd: c_int) -> c_int {
-        real_unless!(tracked(fdtable::kind(fd)) => dup(fd))
+        detour_or_real!(detour::dup(fd) => dup(fd))
     }
 }
 
 hook! {
     fn dup2(oldfd: c_int, newfd: c_int) -> c_int {
-        if fdtable::kind(newfd) == Kind::Plain && !tracked(fdtable::kind(oldfd)) {
+        if detour::dup_onto(oldfd, newfd).is_err() {
             return real::dup2(oldfd, newfd);
         }
-        internal::dup_onto(oldfd, newfd, || real::dup2(oldfd, newfd))
+        reclaim::dup_onto(oldfd, newfd, || real::dup2(oldfd, newfd))
     }
 }
 
 hook! {
     fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> c_int {
-        if fdtable::kind(newfd) == Kind::Plain && !tracked(fdtable::kind(oldfd)) {
+        if detour::dup_onto(oldfd, newfd).is_err() {
             return real::dup3(oldfd, newfd, flags);
         }
-        internal::dup_onto(oldfd, newfd, || real::dup3(oldfd, newfd, flags))
+        reclaim::dup_onto(oldfd, newfd, || real::dup3(oldfd, newfd, flags))
     }
 }
 
 hook! {
     /// Variadic in C; see the module documentation for the fixed third argument.
     fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-        real_unless!(tracked(fdtable::kind(fd)) => fcntl(fd, cmd, arg))
+        detour_or_real!(detour::dup(fd) => fcntl(fd, cmd, arg))
     }
 }
 
 hook! {
     /// `fcntl` under its large-file name (the same function on 64-bit glibc).
     fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-        real_unless!(tracked(fdtable::kind(fd)) => fcntl64(fd, cmd, arg))
+        detour_or_real!(detour::dup(fd) => fcntl64(fd, cmd, arg))
     }
 }
 
 hook! {
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-        if !fdtable::any_marked() {
+        if detour::range().is_err() {
             return real::close_range(first, last, flags);
         }
-        internal::close_range(first, last, flags)
+        reclaim::close_range(first, last, flags)
     }
 }
 
 hook! {
     fn closefrom(lowfd: c_int) -> () {
-        if !fdtable::any_marked() {
+        if detour::range().is_err() {
             return real::closefrom(lowfd);
         }
-        internal::closefrom(lowfd)
+        reclaim::closefrom(lowfd)
     }
 }
 
@@ -124,7 +123,7 @@ hook! {
         let pid = real::fork();
         if pid == 0 {
             // Init contains its own panics: the child is born either way.
-            let _errno = hook::ErrnoGuard::new();
+            let _errno = guard::ErrnoGuard::new();
             crate::init::ensure();
         }
         pid
@@ -150,17 +149,17 @@ macro_rules! exec_hook {
         /// The C contract of the libc function of the same name.
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
-            hook::prepare(|| {
-                crate::gcb::before_exec();
-                crate::dpf::before_exec();
+            guard::prepare(|| {
+                crate::gcb::lifecycle::before_exec();
+                crate::dpf::lifecycle::before_exec();
             });
-            let prepared = hook::prepare_value(|| inherit::prepare($envp));
+            let prepared = guard::prepare_value(|| inherit::prepare($envp));
             match prepared {
                 None => $plain,
                 Some(prepared) => {
                     let $env = prepared.envp();
                     let r = $with_env;
-                    hook::prepare(|| ExecEnv::undo(prepared));
+                    guard::prepare(|| ExecEnv::undo(prepared));
                     r
                 }
             }

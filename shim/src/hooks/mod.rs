@@ -1,19 +1,19 @@
 //! The exported functions, one module per call family. Each hook is a thin shell
-//! built with `hook!` (see [`crate::hook`] for its contract): a fast-path test on
-//! the fd table, then the real function, or the shim's logic for fds it manages
-//! ([`crate::managed`]) or owns ([`crate::internal`]).
+//! built with `hook!` (see [`crate::hook`] for its contract): it asks
+//! [`crate::detour`] whether the call goes through the shim, then calls the
+//! real function, or the shim's logic for fds it manages ([`crate::managed`])
+//! or owns ([`crate::reclaim`], [`crate::internal`]).
 //!
 //! Programs reach these through the dynamic linker, ahead of libc's definitions.
 //! Shim code never calls them; it calls [`crate::real`].
 
-/// `real::NAME(ARGS)`, or `managed::NAME(ARGS)` when TEST says the call involves a
-/// managed fd: the shape of most hook bodies.
-macro_rules! real_unless {
-    ($test:expr => $name:ident($($arg:expr),* $(,)?)) => {
-        if $test {
-            $crate::managed::$name($($arg),*)
-        } else {
-            $crate::real::$name($($arg),*)
+/// `managed::NAME(ARGS)` when WAY (a [`crate::detour`] answer) is a detour,
+/// else `real::NAME(ARGS)`: the shape of most hook bodies.
+macro_rules! detour_or_real {
+    ($way:expr => $name:ident($($arg:expr),* $(,)?)) => {
+        match $way {
+            Ok(_) => $crate::managed::$name($($arg),*),
+            Err(_) => $crate::real::$name($($arg),*),
         }
     };
 }

@@ -10,10 +10,10 @@
 
 use libc::{c_int, epoll_event};
 
-use crate::fdtable::{self, Kind};
+use crate::detour;
 
 hook! {
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int {
-        real_unless!(matches!(fdtable::kind(fd), Kind::Watched | Kind::Connecting) => epoll_ctl(epfd, op, fd, event))
+        detour_or_real!(detour::epoll_ctl(fd) => epoll_ctl(epfd, op, fd, event))
     }
 }

@@ -9,8 +9,9 @@
 
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
+use crate::detour::{self, Bypass, Detour};
 use crate::fdtable::{self, Kind};
-use crate::{dpf, gcb, real};
+use crate::{gcb, real};
 
 /// Whether `socket(domain, ty, protocol)` makes a socket of type `want`
 /// (`SOCK_STREAM` with TCP, `SOCK_DGRAM` with UDP) that may reach IPv4: AF_INET,
@@ -36,7 +37,7 @@ hook! {
     /// Nothing else is marked.
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
         let fd = real::socket(domain, ty, protocol);
-        if fd >= 0 && gcb::enabled() {
+        if fd >= 0 && gcb::mode::enabled() {
             if is_tcp_ip(domain, ty, protocol) {
                 fdtable::set(fd, Kind::Watched);
             } else if is_udp_ip(domain, ty, protocol) {
@@ -52,42 +53,37 @@ hook! {
     /// registers or is forwarded at `bind`, and a bind to the address the
     /// process reports is made good (`client::pinned`).
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real_unless!(matches!(fdtable::kind(fd), Kind::Managed | Kind::Watched | Kind::WatchedUdp) || dpf::enabled() => bind(fd, addr, len))
+        detour_or_real!(detour::bind(fd) => bind(fd, addr, len))
     }
 }
 
 hook! {
     fn listen(fd: c_int, backlog: c_int) -> c_int {
-        real_unless!(matches!(fdtable::kind(fd), Kind::Watched | Kind::Managed) || dpf::enabled() => listen(fd, backlog))
+        detour_or_real!(detour::listen(fd) => listen(fd, backlog))
     }
-}
-
-/// Whether the shim may report its own names for `fd`.
-fn named(fd: c_int) -> bool {
-    matches!(fdtable::kind(fd), Kind::Managed | Kind::Named)
 }
 
 hook! {
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        real_unless!(named(fd) => getsockname(fd, addr, len))
+        detour_or_real!(detour::names(fd) => getsockname(fd, addr, len))
     }
 }
 
 hook! {
     fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        real_unless!(named(fd) => getpeername(fd, addr, len))
+        detour_or_real!(detour::names(fd) => getpeername(fd, addr, len))
     }
 }
 
 hook! {
     /// Options set on a socket the shim may replace are noted, so a brokered
-    /// connection reads only those back (`gcb::options`).
+    /// connection reads only those back (`client::options`).
     fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
-        let kind = fdtable::kind(fd);
-        if matches!(kind, Kind::Watched | Kind::Managed) {
-            gcb::options::note(level, name);
+        let way = detour::managed_only(fd);
+        if matches!(way, Ok(_) | Err(Bypass::NotForThisCall(Kind::Watched))) {
+            crate::client::options::note(level, name);
         }
-        real_unless!(kind == Kind::Managed => setsockopt(fd, level, name, value, len))
+        detour_or_real!(way => setsockopt(fd, level, name, value, len))
     }
 }
 
@@ -95,17 +91,17 @@ hook! {
     /// `SO_ERROR` of a connection the shim named may be a brokered connect's
     /// failure that the kernel's socket cannot say (`gcb::connecting`).
     fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int {
-        match fdtable::kind(fd) {
-            Kind::Managed => crate::managed::getsockopt(fd, level, name, value, len),
-            Kind::Named if level == libc::SOL_SOCKET && name == libc::SO_ERROR && !dpf::enabled() => gcb::connecting::getsockopt_error(fd, value, len),
-            _ => real::getsockopt(fd, level, name, value, len),
+        match detour::getsockopt(fd, level, name) {
+            Ok(Detour::Tracked(Kind::Managed)) => crate::managed::getsockopt(fd, level, name, value, len),
+            Ok(_) => crate::managed::connect_error(fd, value, len),
+            Err(_) => real::getsockopt(fd, level, name, value, len),
         }
     }
 }
 
 hook! {
     fn shutdown(fd: c_int, how: c_int) -> c_int {
-        real_unless!(fdtable::is_managed(fd) => shutdown(fd, how))
+        detour_or_real!(detour::managed_only(fd) => shutdown(fd, how))
     }
 }
 

@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libc::c_int;
 
-use crate::gcb::sys::{self, Errno};
+use crate::client::sys::{self, Errno};
 use crate::real;
 
 /// The all-hosts group, where announcements go.
@@ -52,7 +52,7 @@ pub fn read(fd: c_int, gateway: Ipv4Addr) -> Vec<Vec<u8>> {
         // SAFETY: live buffers of the given lengths.
         let n = unsafe { real::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, (&mut from as *mut libc::sockaddr_in).cast(), &mut len) };
         if n < 0 {
-            if crate::hook::errno() == libc::EINTR {
+            if crate::guard::errno() == libc::EINTR {
                 continue;
             }
             break;

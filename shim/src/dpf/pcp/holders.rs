@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::Proto;
 
-use crate::gcb::sys::{self, Sock};
+use crate::client::sys::{self, Sock};
 use crate::real;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -92,7 +92,7 @@ fn diag(inode: u64, v6: bool, proto: Proto) -> Option<bool> {
         // SAFETY: a live buffer of the given length.
         let n = unsafe { real::recv(sock.raw(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
-            match crate::hook::errno() {
+            match crate::guard::errno() {
                 libc::EAGAIN | libc::EINTR => continue,
                 _ => return None,
             }
@@ -180,7 +180,7 @@ mod tests {
     use super::*;
 
     fn inode_of(fd: c_int) -> u64 {
-        super::super::identity(fd).0
+        super::super::wire::identity(fd).0
     }
 
     /// Whether `f` gives `want` within 2 s: another test's forked child may

@@ -22,12 +22,13 @@ use proto::pcp::ResultCode as Pcp;
 use proto::portmap::{Config, Event, MapClient, Refusal, Retry, Via};
 use proto::Proto;
 
-use super::{Mapping, CALL_BOUND, CALL_RETRY, LIFETIME_S};
+use super::side::Mapping;
+use super::wire::{CALL_BOUND, CALL_RETRY, LIFETIME_S};
 use crate::client::exchange::NoAnswer;
-use crate::dpf::forward::{self, NotForwarded};
+use crate::dpf::ask::{self, NotForwarded};
 use crate::dpf::state::Forward;
 use crate::fdtable;
-use crate::gcb::{mgmt, sys};
+use crate::client::sys;
 
 /// How a bounded MAP ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +58,7 @@ pub fn run(client: &mut MapClient, fd: c_int, bound: Duration) -> Outcome {
     // Each round sends, reads or fires a timer, and the time bound ends it;
     // the count bounds it as well.
     for _ in 0..256 {
-        if super::send(fd, &out).is_err() {
+        if super::wire::send(fd, &out).is_err() {
             return Outcome::Silent(NoAnswer::Refused);
         }
         match out.events.first() {
@@ -71,7 +72,7 @@ pub fn run(client: &mut MapClient, fd: c_int, bound: Duration) -> Outcome {
         }
         let wake = client.next_deadline().map_or(end, |d| d.min(end));
         out = match sys::wait_fd(fd, libc::POLLIN, wake) {
-            Ok(_) => match super::drain(fd, client, Instant::now()) {
+            Ok(_) => match super::wire::drain(fd, client, Instant::now()) {
                 Ok(out) => out,
                 Err(libc::ECONNREFUSED) => return Outcome::Silent(NoAnswer::Refused),
                 Err(e) => return Outcome::Silent(NoAnswer::Io(e)),
@@ -95,17 +96,17 @@ pub fn port_unavailable(code: Refusal) -> bool {
 /// DPF's `forward::request` for a standard gateway: see the module docs.
 pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<SocketAddrV4, NotForwarded> {
     let bound = sys::local_addr(fd).map_err(NotForwarded::Other)?;
-    if bound.ip().is_loopback() || bound.port() == 0 || crate::dpf::with(|st| st.forward_of(fd).is_some()) {
+    if bound.ip().is_loopback() || bound.port() == 0 || crate::dpf::state::with(|st| st.forward_of(fd).is_some()) {
         return Err(NotForwarded::Other(libc::EINVAL));
     }
     let unreachable = NotForwarded::Other(libc::EADDRNOTAVAIL);
-    let gateway = super::gateway().ok_or(unreachable)?;
-    let (sock, towards) = mgmt::open(gateway).map_err(|e| {
+    let gateway = super::wire::gateway().ok_or(unreachable)?;
+    let (sock, towards) = crate::client::exchange::open(gateway).map_err(|e| {
         log!(Warn, "cannot reach gateway {gateway} to map {proto} {bound}: {}", std::io::Error::from_raw_os_error(e));
         unreachable
     })?;
     let local = if bound.ip().is_unspecified() { SocketAddrV4::new(*towards.ip(), bound.port()) } else { bound };
-    let desired = forward::desired(proto, local, pinned);
+    let desired = ask::desired(proto, local, pinned);
     let mut cfg = config(proto, local, desired, pinned.is_some());
     cfg.pcp_retry = CALL_RETRY;
     cfg.natpmp_retry = CALL_RETRY;
@@ -120,40 +121,40 @@ pub fn request(fd: c_int, proto: Proto, pinned: Option<SocketAddrV4>) -> Result<
         }
         Outcome::Silent(why) => {
             // The gateway may have mapped it and the answer been lost.
-            let _ = super::send(sock.raw(), &client.delete(Instant::now()));
+            let _ = super::wire::send(sock.raw(), &client.delete(Instant::now()));
             let ms = CALL_BOUND.as_millis();
             log!(Warn, "gateway {gateway} did not map {proto} {local} ({}; asked by {} for {ms} ms); {unforwarded}", why.describe(), client.via());
             return Err(unreachable);
         }
     };
-    log!(Info, "gateway {gateway} answered {via} version {}: {proto} {local} mapped to {public} for {lifetime} s", super::version(via));
+    log!(Info, "gateway {gateway} answered {via} version {}: {proto} {local} mapped to {public} for {lifetime} s", super::wire::version(via));
     if let Some(asked) = pinned.filter(|p| !crate::client::pinned::matches(*p, public)) {
         log!(Warn, "gateway {gateway} maps {proto} {local} at {public}, not {asked}; the bind fails");
-        client.set_retry(super::wind::WIND_RETRY, super::wind::WIND_RETRY);
-        let _ = super::send(sock.raw(), &client.delete(Instant::now()));
+        client.set_retry(super::side::WIND_RETRY, super::side::WIND_RETRY);
+        let _ = super::wire::send(sock.raw(), &client.delete(Instant::now()));
         return Err(NotForwarded::PortUnavailable);
     }
     let bound_there = if pinned.is_some() { ", the address the program bound" } else { "" };
     log!(Info, "registered {proto} {local} as {public}{bound_there}");
     client.set_retry(Retry::PCP, Retry::NATPMP);
-    let (inode, v6) = super::identity(fd);
+    let (inode, v6) = super::wire::identity(fd);
     let mapping = Mapping { client, inode, v6, restart_at: None, failures: 0 };
     let mgmt_fd = crate::internal::adopt(sock.into_raw());
     crate::dpf::public::KNOWN.learn(*public.ip());
-    crate::dpf::with(|st| {
+    crate::dpf::state::with(|st| {
         st.add(Forward { fds: vec![fd], proto, bound, local, public, mgmt_fd, shared: false, pcp: Some(Box::new(mapping)) });
-        fdtable::set(fd, forward::kind_of(proto));
+        fdtable::set(fd, ask::kind_of(proto));
         crate::dpf::inherit::publish(st);
     });
-    crate::dpf::serve::ensure();
+    crate::dpf::state::ensure_responder();
     Ok(public)
 }
 
 /// Asks the gateway its public address (NAT-PMP opcode 0) and learns it as
 /// its whole list; why not, if it did not say.
 pub fn ask_public() -> Result<(), String> {
-    let gateway = super::gateway().ok_or("no gateway")?;
-    let (sock, _) = mgmt::open(gateway).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
+    let gateway = super::wire::gateway().ok_or("no gateway")?;
+    let (sock, _) = crate::client::exchange::open(gateway).map_err(|e| format!("cannot reach it: {}", std::io::Error::from_raw_os_error(e)))?;
     let request = proto::natpmp::encode_request(&proto::natpmp::Request::PublicAddress);
     let end = Instant::now() + CALL_BOUND;
     let mut wait = Duration::from_millis(250);
@@ -166,7 +167,7 @@ pub fn ask_public() -> Result<(), String> {
             // SAFETY: a live buffer of the given length.
             let n = unsafe { crate::real::recv(sock.raw(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n < 0 {
-                return match crate::hook::errno() {
+                return match crate::guard::errno() {
                     libc::EAGAIN | libc::EINTR => continue,
                     libc::ECONNREFUSED => Err(NoAnswer::Refused.describe()),
                     e => Err(NoAnswer::Io(e).describe()),

@@ -34,7 +34,7 @@ fn gateway(answer: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + 'static) -> (Socke
 }
 
 fn client_to(gw: SocketAddrV4, prefer_failure: bool) -> (sys::Sock, MapClient) {
-    let (sock, local) = mgmt::open(gw).unwrap();
+    let (sock, local) = crate::client::exchange::open(gw).unwrap();
     let desired = prefer_failure.then(|| "100.0.0.1:40500".parse().unwrap());
     let mut cfg = config(Proto::Tcp, SocketAddrV4::new(*local.ip(), 7000), desired, prefer_failure);
     cfg.pcp_retry = CALL_RETRY;

@@ -35,7 +35,7 @@ pub fn nonce_for(proto: Proto, local: SocketAddrV4) -> [u8; 12] {
     });
     match key {
         Some(k) => proto::portmap::derived_nonce(k, proto, local),
-        None => super::nonce(),
+        None => super::wire::nonce(),
     }
 }
 
@@ -48,7 +48,7 @@ fn key_at(path: &str, uid: libc::uid_t) -> Option<[u8; KEY_LEN]> {
     let (c_tmp, c_path) = (CString::new(tmp.as_str()).ok()?, CString::new(path).ok()?);
     let mut key = [0u8; KEY_LEN];
     for chunk in key.chunks_mut(8) {
-        chunk.copy_from_slice(&crate::gcb::sys::random_u64().to_ne_bytes()[..chunk.len()]);
+        chunk.copy_from_slice(&crate::client::sys::random_u64().to_ne_bytes()[..chunk.len()]);
     }
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: a valid C string; the fd is closed below.
@@ -77,7 +77,7 @@ fn read(path: &str, uid: libc::uid_t) -> Option<[u8; KEY_LEN]> {
     if fd < 0 {
         return None;
     }
-    let sock = crate::gcb::sys::Sock::from_raw(fd);
+    let sock = crate::client::sys::Sock::from_raw(fd);
     // SAFETY: a zeroed stat is a valid out-parameter.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: our fd.

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 use proto::portmap::{Event, MapClient, Output, Retry};
 
-use super::{announce, wind, Mapping, RETRY};
+use super::side::Mapping;
+use super::wire::RETRY;
+use super::{announce, wind};
 use crate::dpf::state::{Forward, State};
-use crate::gcb::mgmt;
 use crate::responder::PollSet;
 
 /// Tag of the announcement socket in the poll set (others are their fd).
@@ -38,7 +39,7 @@ fn earliest(a: &mut Option<Instant>, b: Option<Instant>) {
 
 /// Adds the mappings' sockets to `set`; the next timer.
 pub fn gather(set: &mut PollSet, _now: Instant) -> Option<Instant> {
-    crate::dpf::with(|st| {
+    crate::dpf::state::with(|st| {
         keep_announce(st);
         if let Some(fd) = st.pcp.announce_fd {
             set.add(fd, libc::POLLIN, ANNOUNCE_TAG);
@@ -88,8 +89,8 @@ fn keep_announce(st: &mut State) {
 
 /// Handles the ready sockets and the timers that fell due.
 pub fn run(ready: &[(u64, i16)], now: Instant) {
-    let Some(gateway) = super::gateway() else { return };
-    crate::dpf::with(|st| {
+    let Some(gateway) = super::wire::gateway() else { return };
+    crate::dpf::state::with(|st| {
         let mut moved = false;
         let heard = match st.pcp.announce_fd {
             Some(fd) if ready.iter().any(|&(t, _)| t == ANNOUNCE_TAG) => announce::read(fd, *gateway.ip()),
@@ -102,7 +103,7 @@ pub fn run(ready: &[(u64, i16)], now: Instant) {
             if f.mgmt_fd >= 0 && ready_fds.contains(&f.mgmt_fd) {
                 // An error here is the gateway's port refusing for a moment
                 // (it restarts): the retransmissions go on.
-                if let Ok(o) = super::drain(f.mgmt_fd, &mut m.client, now) {
+                if let Ok(o) = super::wire::drain(f.mgmt_fd, &mut m.client, now) {
                     merge(&mut out, o);
                 }
             }
@@ -110,7 +111,7 @@ pub fn run(ready: &[(u64, i16)], now: Instant) {
                 merge(&mut out, m.client.on_datagram(d, now));
                 if m.client.is_done() {
                     // A gateway back from a restart: map again soon.
-                    let soon = now + Duration::from_millis(u64::from(crate::gcb::sys::random_u64() as u16 % 5000));
+                    let soon = now + Duration::from_millis(u64::from(crate::client::sys::random_u64() as u16 % 5000));
                     m.restart_at = Some(m.restart_at.map_or(soon, |r| r.min(soon)));
                 }
             }
@@ -153,11 +154,11 @@ pub fn fresh(old: &MapClient, public: SocketAddrV4) -> MapClient {
 fn apply(f: &mut Forward, m: &mut Mapping, out: Output, gateway: SocketAddrV4, now: Instant) -> bool {
     if !out.send.is_empty() {
         if f.mgmt_fd < 0 {
-            if let Ok((s, _)) = mgmt::open(gateway) {
+            if let Ok((s, _)) = crate::client::exchange::open(gateway) {
                 f.mgmt_fd = crate::internal::adopt(s.into_raw());
             }
         }
-        let _ = super::send(f.mgmt_fd, &out);
+        let _ = super::wire::send(f.mgmt_fd, &out);
     }
     let (proto, local, public) = (f.proto, f.local, f.public);
     let mut moved = false;

@@ -44,14 +44,14 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
-use proto::gcb::{Decision, ErrorCode, Frame, StreamPeer, Token};
+use proto::gcb::{Decision, Frame, StreamPeer, Token};
 
-use super::connector::{self, Asking};
-use super::family::{self, Family};
+use super::ask::{self, Asking};
+use crate::client::family::{self, Family};
 use super::registry::{Names, Registry};
 use super::reversal_listener::TempListener;
 use super::swap::{put_on, AppSocket};
-use super::sys::{self, Errno, Sock};
+use crate::client::sys::{self, Errno, Sock};
 use crate::client::exchange::Exchange;
 use crate::fdtable::{self, Kind};
 use crate::{process, real};
@@ -192,7 +192,7 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
     let raw = family::encode(gate, fam);
     // SAFETY: a valid address of the stated length.
     let r = unsafe { real::connect(fd, raw.ptr(), raw.len()) };
-    if r == 0 || crate::hook::errno() != libc::EINPROGRESS {
+    if r == 0 || crate::guard::errno() != libc::EINPROGRESS {
         log!(Warn, "the gate did not hold a connect ({}); connecting to {dest} inside the call", std::io::Error::last_os_error());
         crate::internal::release(placeholder);
         return None;
@@ -205,8 +205,8 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
     slot.store(id, Ordering::Release);
     fdtable::replace(fd, Kind::Watched, Kind::Connecting);
     INCOMING.push(Job { id, app_fd: fd, placeholder, dest, family: fam, since: now, deadline: now + CONNECT_TIMEOUT, stage: Stage::New });
-    super::responder::ensure();
-    crate::hook::set_errno(libc::EINPROGRESS);
+    super::state::ensure_responder();
+    crate::guard::set_errno(libc::EINPROGRESS);
     Some(-1)
 }
 
@@ -230,7 +230,7 @@ pub fn cancel(reg: &mut Registry, fd: c_int) {
 pub unsafe fn getsockopt_error(fd: c_int, value: *mut libc::c_void, len: *mut libc::socklen_t) -> c_int {
     let r = real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, value, len);
     if r == 0 && !value.is_null() && !len.is_null() && *len as usize >= std::mem::size_of::<c_int>() {
-        if let Some(e) = super::with(|reg| reg.connects.errors.remove(&fd)) {
+        if let Some(e) = super::state::with(|reg| reg.connects.errors.remove(&fd)) {
             std::ptr::write_unaligned(value.cast::<c_int>(), e);
         }
     }
@@ -274,7 +274,7 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
 
 /// The responder's work on job socket `fd`, ready with `revents`.
 pub fn progress(fd: c_int, revents: i16, now: Instant) {
-    let job = super::with(|reg| {
+    let job = super::state::with(|reg| {
         let i = reg.connects.jobs.iter().position(|j| owns(j, fd))?;
         Some(reg.connects.jobs.swap_remove(i))
     });
@@ -286,7 +286,7 @@ pub fn progress(fd: c_int, revents: i16, now: Instant) {
 
 /// New jobs, and those whose timers fell due.
 pub fn on_timers(now: Instant) {
-    let due: Vec<Job> = super::with(|reg| {
+    let due: Vec<Job> = super::state::with(|reg| {
         let (due, keep): (Vec<Job>, Vec<Job>) = reg.connects.jobs.drain(..).partition(|j| due(j, now));
         reg.connects.jobs = keep;
         due
@@ -319,15 +319,6 @@ fn owns(j: &Job, fd: c_int) -> bool {
     }
 }
 
-/// The errno of a `ConnectFailed`: a listener that never answered the broker
-/// is a connect that timed out; any other refusal is a refused connect.
-pub fn refusal_errno(code: ErrorCode) -> Errno {
-    match code {
-        ErrorCode::Timeout => libc::ETIMEDOUT,
-        _ => libc::ECONNREFUSED,
-    }
-}
-
 /// Ends a step: the job goes back to wait, or its connection (or failure)
 /// goes on the program's fd. Whatever stops that (no socket for the
 /// failure, the fd holding something else, a failed `dup3`), a job still live
@@ -336,7 +327,7 @@ pub fn refusal_errno(code: ErrorCode) -> Errno {
 fn conclude(mut job: Job, step: Step) {
     let (sock, named, decision, error) = match step {
         Step::Wait => {
-            super::with(|reg| {
+            super::state::with(|reg| {
                 if is_live(job.app_fd, job.id) {
                     reg.connects.jobs.push(job);
                 }
@@ -352,7 +343,7 @@ fn conclude(mut job: Job, step: Step) {
         }
     };
     drop(std::mem::replace(&mut job.stage, Stage::New));
-    let swapped = super::with(|reg| {
+    let swapped = super::state::with(|reg| {
         if !is_live(job.app_fd, job.id) {
             return Swap::Cancelled;
         }
@@ -397,7 +388,7 @@ fn conclude(mut job: Job, step: Step) {
         }
         Swap::Done => {
             if let Some(d) = decision {
-                connector::log_path(proto::Proto::Tcp, job.dest, &d, job.since);
+                ask::log_path(proto::Proto::Tcp, job.dest, &d, job.since);
             }
         }
     }

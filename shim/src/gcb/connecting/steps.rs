@@ -10,12 +10,14 @@ use std::time::Instant;
 use libc::c_int;
 use proto::gcb::{Decision, Frame, Role, StreamHello, StreamPeer, Token};
 
-use super::super::connector::{self, Asked};
-use super::super::family::Family;
+use super::super::ask::{self, Asked};
+use crate::client::family::Family;
 use super::super::punch::{self, Progress, Session};
-use super::super::reversal_listener::{self, TempListener};
-use super::super::sys::{self, Errno, Sock};
-use super::{refusal_errno, Job, Stage, MAX_UNSPOKEN};
+use super::super::reversal_listener::TempListener;
+use super::super::spare;
+use crate::client::sys::{self, Errno, Sock};
+use super::super::notice::refusal_errno;
+use super::{Job, Stage, MAX_UNSPOKEN};
 use crate::client::exchange::Exchange;
 use crate::real;
 
@@ -42,7 +44,7 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
             };
             match got {
                 Some(got) => {
-                    let asked = connector::answered(*asking, got, job.dest);
+                    let asked = ask::answered(*asking, got, job.dest);
                     decided(job, asked)
                 }
                 None => {
@@ -68,14 +70,14 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
 
 /// Sends the `Connect`.
 fn ask(job: &mut Job) -> Step {
-    match connector::prepare_ask(job.dest, job.family) {
+    match ask::prepare_ask(job.dest, job.family) {
         Ok(asking) => match Exchange::start(asking.probe.raw(), asking.cmd, asking.policy, &super::super::mgmt::CODEC, &asking.msg) {
             Ok(ex) => {
                 job.stage = Stage::Asking(Box::new(asking), ex);
                 Step::Wait
             }
             Err(why) => {
-                let asked = connector::answered(asking, Err(why), job.dest);
+                let asked = ask::answered(asking, Err(why), job.dest);
                 decided(job, asked)
             }
         },
@@ -88,7 +90,7 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
     match asked {
         Asked::NotGcb => {
             log!(Debug, "{} has no broker; connecting directly", job.dest.ip());
-            connector::remember_no_broker(*job.dest.ip());
+            ask::remember_no_broker(*job.dest.ip());
             dial(job, job.dest, None)
         }
         Asked::Silent => {
@@ -106,7 +108,7 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
                 Decision::Reversal { .. } => tmp,
                 _ => {
                     if let Some(t) = tmp {
-                        reversal_listener::give_back(t);
+                        spare::give_back(t);
                     }
                     None
                 }
@@ -124,7 +126,7 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
                     }
                     Err(e) => Step::Failed(e),
                 },
-                Decision::PunchUdp { .. } => Step::Failed(connector::unoffered(&d)),
+                Decision::PunchUdp { .. } => Step::Failed(ask::unoffered(&d)),
                 Decision::Relay { via, token } => match started(job.family, via) {
                     Ok(sock) => {
                         job.stage = Stage::Relaying { sock, token, said_hello: false, buf: [0; StreamPeer::LEN], have: 0, decision: d };
@@ -172,7 +174,7 @@ fn relaying(job: &mut Job, sock: Sock, token: Token, said_hello: bool, mut buf: 
         // SAFETY: a live buffer; a fresh socket takes 16 bytes whole.
         let n = unsafe { real::send(sock.raw(), hello.as_ptr().cast(), hello.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
         if n != hello.len() as isize {
-            return Step::Failed(if n < 0 { crate::hook::errno() } else { libc::EIO });
+            return Step::Failed(if n < 0 { crate::guard::errno() } else { libc::EIO });
         }
         job.stage = Stage::Relaying { sock, token, said_hello: true, buf, have, decision };
         return Step::Wait;
@@ -183,7 +185,7 @@ fn relaying(job: &mut Job, sock: Sock, token: Token, said_hello: bool, mut buf: 
     match n {
         0 => return Step::Failed(libc::ECONNREFUSED),
         n if n < 0 => {
-            let e = crate::hook::errno();
+            let e = crate::guard::errno();
             if e != libc::EAGAIN && e != libc::EINTR {
                 return Step::Failed(e);
             }
@@ -230,7 +232,7 @@ fn reversing(job: &mut Job, ready: Option<(c_int, i16)>, tmp: TempListener, noti
         match hello_of(unspoken[i].raw()) {
             Some(Ok(t)) if t == token => {
                 let sock = unspoken.swap_remove(i);
-                reversal_listener::give_back(tmp);
+                spare::give_back(tmp);
                 return Step::Done { sock, named: true, decision: Some(decision) };
             }
             None => i += 1,
@@ -248,7 +250,7 @@ fn hello_of(fd: c_int) -> Option<Result<Token, ()>> {
     let mut buf = [0u8; StreamHello::LEN];
     // SAFETY: a live buffer of the given length.
     let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_PEEK) };
-    if n == 0 || (n < 0 && crate::hook::errno() != libc::EAGAIN) {
+    if n == 0 || (n < 0 && crate::guard::errno() != libc::EAGAIN) {
         return Some(Err(()));
     }
     if n < StreamHello::LEN as isize {

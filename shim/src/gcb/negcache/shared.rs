@@ -153,13 +153,7 @@ pub fn table() -> Option<Table<'static>> {
     Some(Table::new(slots, m.tag))
 }
 
-/// `CLOCK_MONOTONIC` in whole seconds: the clock every process of a boot shares.
-pub fn now_secs() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec; served by the vDSO, no system call.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec.max(0) as u64
-}
+pub use crate::client::sys::now_secs;
 
 fn map() -> Mapping {
     let failed = Mapping { base: None, tag: 0 };

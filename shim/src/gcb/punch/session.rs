@@ -28,8 +28,8 @@ use libc::c_int;
 use proto::gcb::punch::{BrokerFrameReader, ConnId, DialFailure, Dialer, Do, PeerHello, PunchReport, PunchVerdict, Schedule};
 use proto::gcb::{Frame, FrameReader, Role, Token};
 
-use super::super::family::Family;
-use super::super::sys::{self, Errno, Sock};
+use crate::client::family::Family;
+use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
 /// An internal fd the session holds: released when dropped.
@@ -138,7 +138,7 @@ fn listening(s: Sock) -> Result<Sock, Errno> {
     // SAFETY: listen on our own socket.
     match unsafe { real::listen(s.raw(), 4) } {
         0 => Ok(s),
-        _ => Err(crate::hook::errno()),
+        _ => Err(crate::guard::errno()),
     }
 }
 
@@ -333,7 +333,7 @@ impl Session {
                         }
                         PeerHello::decode(&buf[..]).map_err(drop)
                     }
-                    n if n < 0 && matches!(crate::hook::errno(), libc::EAGAIN | libc::EINTR) => return Vec::new(),
+                    n if n < 0 && matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR) => return Vec::new(),
                     _ => Err(()),
                 };
                 self.dialer.peer_hello(id, hello, now)
@@ -403,7 +403,7 @@ impl Session {
                 Do::Fail(code) => {
                     self.conns.clear();
                     self.rendezvous = None;
-                    return Progress::Failed(super::super::connecting::refusal_errno(code));
+                    return Progress::Failed(super::super::notice::refusal_errno(code));
                 }
             }
         }
@@ -419,7 +419,7 @@ fn send_whole(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
     let n = unsafe { real::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     match n {
         n if n == bytes.len() as isize => Ok(()),
-        n if n < 0 => Err(crate::hook::errno()),
+        n if n < 0 => Err(crate::guard::errno()),
         _ => Err(libc::EIO),
     }
 }
@@ -432,7 +432,7 @@ fn recv_some(fd: c_int, buf: &mut [u8]) -> Result<usize, Errno> {
     match n {
         0 => Err(libc::ECONNRESET),
         n if n > 0 => Ok(n as usize),
-        _ => match crate::hook::errno() {
+        _ => match crate::guard::errno() {
             libc::EAGAIN | libc::EINTR => Ok(0),
             e => Err(e),
         },

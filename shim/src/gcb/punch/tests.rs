@@ -12,8 +12,8 @@ use proto::gcb::punch::{Arrival, BrokerFrame, Effect, Meeting, PeerHello, Policy
 use proto::gcb::{Frame, Role, Token};
 
 use super::{Progress, Session};
-use crate::gcb::family::Family;
-use crate::gcb::sys;
+use crate::client::family::Family;
+use crate::client::sys;
 use crate::real;
 
 const PROXY: &str = "203.0.113.10:20001";

@@ -38,21 +38,21 @@ use proto::rudp::RetryPolicy;
 
 use super::super::mgmt;
 use super::super::registry::{ListenerId, Purpose, Registry};
-use super::super::sys;
+use crate::client::sys;
 use super::table::Channel;
 use crate::client::seal;
 
 /// Asks the broker for a channel to `fd`'s relayed `peer`. `None` when the
 /// socket is not registered or the broker has none to give.
 pub fn open(fd: c_int, peer: SocketAddrV4) -> Option<Channel> {
-    let (id, proxy, udp_token, broker) = super::super::with(|reg| {
+    let (id, proxy, udp_token, broker) = super::super::state::with(|reg| {
         let id = reg.udp.get(fd)?.listener?;
         let l = reg.listener(id)?;
         Some((id, l.proxy?, l.udp_token?, l.mgmt.broker))
     })?;
     // A socket of its own: the management socket is read by the AEH of
     // whichever thread (or process) waits, which would take the reply.
-    let (sock, _) = mgmt::open(broker).ok()?;
+    let (sock, _) = crate::client::exchange::open(broker).ok()?;
     let msg = Message::UdpChannel { proxy, peer, udp_token, open: true };
     match mgmt::exchange(sock.raw(), broker, RetryPolicy::default(), &msg) {
         Ok(Message::UdpChannelOk { channel, token }) => {
@@ -64,7 +64,7 @@ pub fn open(fd: c_int, peer: SocketAddrV4) -> Option<Channel> {
             // connected to the peer itself until the refreshed token gets the
             // channel (`on_reopen_reply` then connects the socket to it).
             let now = Instant::now();
-            super::super::with(|reg| refresh_token(reg, id, now));
+            super::super::state::with(|reg| refresh_token(reg, id, now));
             Some(Channel { peer, addr: peer, token: proto::gcb::Token(0), reopen: Some(Reopen::now(now)) })
         }
         Ok(Message::Error { code, detail }) => {
@@ -167,7 +167,7 @@ pub fn absorbs(fd: c_int, e: c_int) -> bool {
     if e != libc::ECONNREFUSED || !super::manages(fd) {
         return false;
     }
-    super::super::with(|reg| match reg.udp.get_mut(fd).and_then(|s| s.channel.as_mut()) {
+    super::super::state::with(|reg| match reg.udp.get_mut(fd).and_then(|s| s.channel.as_mut()) {
         Some(c) => {
             lost(c, Instant::now(), "its port refused");
             true

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use libc::{c_int, pollfd, socklen_t};
 use proto::gcb::Token;
 
-use super::super::sys;
+use crate::client::sys;
 use super::control::{self, Incoming};
 use super::table::{Datagram, Route};
 use crate::real;
@@ -51,7 +51,7 @@ pub const CONNECT_WAIT: Duration = Duration::from_millis(600);
 /// the socket blocks, and `dest`'s last punch was not missed lately.
 pub fn may_wait(fd: c_int, dest: SocketAddrV4) -> bool {
     let blocking = sys::get_fl(fd).is_ok_and(|fl| fl & libc::O_NONBLOCK == 0);
-    blocking && !super::super::with(|reg| reg.udp.connect_misses.recent(dest, Instant::now()))
+    blocking && !super::super::state::with(|reg| reg.udp.connect_misses.recent(dest, Instant::now()))
 }
 
 /// Waits for the punch whose proof is `mine` to open `fd`'s path to `dest`:
@@ -68,7 +68,7 @@ pub fn await_punch(fd: c_int, dest: SocketAddrV4, mine: Token) -> Option<SocketA
     let mut buf = vec![0u8; 65_536];
     let opened = loop {
         drain(fd, dest, &mut buf);
-        let direct = super::super::with(|reg| match reg.udp.get(fd)?.route(dest, Instant::now()) {
+        let direct = super::super::state::with(|reg| match reg.udp.get(fd)?.route(dest, Instant::now()) {
             Some(Route::Direct(real)) => Some(real),
             _ => None,
         });
@@ -89,11 +89,11 @@ pub fn await_punch(fd: c_int, dest: SocketAddrV4, mine: Token) -> Option<SocketA
     };
     match opened {
         Some(real) => {
-            super::super::with(|reg| reg.udp.connect_misses.forget(dest));
+            super::super::state::with(|reg| reg.udp.connect_misses.forget(dest));
             log!(Debug, "udp connect to {dest}: punched in {} us, connected to {real}", start.elapsed().as_micros());
         }
         None => {
-            super::super::with(|reg| {
+            super::super::state::with(|reg| {
                 if let Some(s) = reg.udp.get_mut(fd) {
                     s.cancel_punch(mine);
                 }
@@ -122,7 +122,7 @@ fn drain(fd: c_int, dest: SocketAddrV4, buf: &mut [u8]) {
         // SAFETY: the kernel filled `sl` bytes of the storage.
         let src = unsafe { sys::from_sockaddr((&st as *const libc::sockaddr_storage).cast(), sl) }.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
         let now = Instant::now();
-        super::super::with(|reg| match control::classify(reg, fd, src, &buf[..n], now) {
+        super::super::state::with(|reg| match control::classify(reg, fd, src, &buf[..n], now) {
             Incoming::Data { from, offset } if from == dest => reg.udp.entry(fd).stash(Datagram { from, data: buf[offset..n].to_vec() }),
             Incoming::Data { .. } => log!(Debug, "udp connect to {dest}: a datagram from {src} dropped while the punch runs"),
             Incoming::Consumed => {}
@@ -161,7 +161,7 @@ mod tests {
     fn punching(fd: c_int, proxy: SocketAddrV4, listener_at: SocketAddrV4, token: Token) {
         let now = Instant::now();
         let punch = Punch { expect: proof(token, Role::Listener), report: None, gap: Duration::from_secs(60), confirm: false, proven: false, yielded: false };
-        super::super::super::with(|reg| {
+        super::super::super::state::with(|reg| {
             let s = reg.udp.entry(fd);
             s.set_route(proxy, Route::AsNamed, now);
             s.start_hole(Hole { token: proof(token, Role::Connector), target: listener_at, peer: proxy, next_try: now + HOLE_ACK_TTL, tries_left: 1, expires: now + HOLE_ACK_TTL, punch: Some(punch) });
@@ -182,7 +182,7 @@ mod tests {
         send(&listener, &theirs, at);
         send(&listener, b"after", at);
         assert_eq!(await_punch(fd, proxy, proof(token, Role::Connector)), Some(listener_at));
-        let stashed = super::super::super::with(|reg| {
+        let stashed = super::super::super::state::with(|reg| {
             let s = reg.udp.get_mut(fd).unwrap();
             let all: Vec<Datagram> = std::iter::from_fn(|| s.take_stashed()).collect();
             all
@@ -192,7 +192,7 @@ mod tests {
         let n = unsafe { libc::recv(listener.raw(), buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
         assert!(n > 0, "the listener's Dummy answered");
         assert_eq!(gcb::decode(&buf[..n as usize]).unwrap().1, Message::DummyAck { token: proof(token, Role::Connector) });
-        super::super::super::with(|reg| reg.udp.remove(fd));
+        super::super::super::state::with(|reg| reg.udp.remove(fd));
     }
 
     #[test]
@@ -204,9 +204,9 @@ mod tests {
         assert!(!may_wait(fd, dest), "a non-blocking socket goes to the relay at once");
         sys::set_nonblock(fd, false).unwrap();
         assert!(may_wait(fd, dest));
-        super::super::super::with(|reg| reg.udp.connect_misses.note(dest, Instant::now()));
+        super::super::super::state::with(|reg| reg.udp.connect_misses.note(dest, Instant::now()));
         assert!(!may_wait(fd, dest), "a destination missed lately is not waited for");
-        super::super::super::with(|reg| reg.udp.connect_misses.forget(dest));
+        super::super::super::state::with(|reg| reg.udp.connect_misses.forget(dest));
     }
 
     #[test]
@@ -222,8 +222,8 @@ mod tests {
         assert_eq!(await_punch(fd, proxy, proof(token, Role::Connector)), None);
         let waited = t0.elapsed();
         assert!(waited >= CONNECT_WAIT && waited < CONNECT_WAIT + Duration::from_secs(2), "{waited:?}");
-        let left = super::super::super::with(|reg| reg.udp.get(fd).map(|s| s.holes.len()));
+        let left = super::super::super::state::with(|reg| reg.udp.get(fd).map(|s| s.holes.len()));
         assert_eq!(left, Some(0), "the punch is given up");
-        super::super::super::with(|reg| reg.udp.remove(fd));
+        super::super::super::state::with(|reg| reg.udp.remove(fd));
     }
 }

@@ -46,7 +46,7 @@ use proto::gcb::{self, Message, Role, Token, UdpRelayHeader};
 use proto::Proto;
 
 use super::super::registry::{Listener, ListenerId, Registry};
-use super::super::sys;
+use crate::client::sys;
 use super::table::{Heard, Hole, Punch};
 use crate::client::seal;
 use crate::real;
@@ -94,7 +94,7 @@ pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys
         )
     };
     if n < 0 {
-        Err(crate::hook::errno())
+        Err(crate::guard::errno())
     } else {
         Ok(n as usize)
     }

@@ -40,7 +40,7 @@ use crate::real;
 /// Whether `fd` is a UDP socket this client manages (`Managed` and known to
 /// the UDP table; a `Managed` TCP listener is not).
 pub fn manages(fd: c_int) -> bool {
-    fdtable::kind(fd) == Kind::Managed && super::enabled() && super::with(|reg| reg.udp.get(fd).is_some())
+    fdtable::kind(fd) == Kind::Managed && super::mode::enabled() && super::state::with(|reg| reg.udp.get(fd).is_some())
 }
 
 /// Whether sends and connects on `fd` take [`send`].
@@ -58,7 +58,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let r = real::bind(fd, addr, len);
     if r == 0 && fdtable::kind(fd) == Kind::WatchedUdp {
         // Bound whatever happens next (`hook`, rule 4).
-        crate::hook::bookkeep(|| {
+        crate::guard::bookkeep(|| {
             if !join_registered(fd) {
                 // The bind itself succeeded; a socket that could not register (no
                 // descriptor for its management socket) works unbrokered, as logged.
@@ -78,8 +78,8 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 /// is closed.
 fn join_registered(fd: c_int) -> bool {
     // Loopback never registers: no twin to find, and no lock to take.
-    let Some(local) = super::sys::local_addr(fd).ok().filter(|a| super::listener::registrable(*a.ip())) else { return false };
-    super::with(|reg| {
+    let Some(local) = crate::client::sys::local_addr(fd).ok().filter(|a| super::listener::registrable(*a.ip())) else { return false };
+    super::state::with(|reg| {
         let twin = reg.listeners().find(|(_, l)| l.proto == Proto::Udp && l.local == local).map(|(id, _)| id);
         let Some(id) = twin.filter(|&id| reg.add_fd(id, fd)) else { return false };
         reg.udp.entry(fd).listener = Some(id);

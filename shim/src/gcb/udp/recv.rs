@@ -33,11 +33,11 @@ use std::time::Instant;
 
 use libc::{c_int, c_uint, c_void, iovec, mmsghdr, msghdr, pollfd, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
-use super::super::family;
-use super::super::sys;
+use crate::client::family;
+use crate::client::sys;
 use super::control::{self, Incoming};
 use super::table::Datagram;
-use crate::hook::{errno, set_errno};
+use crate::guard::{errno, set_errno};
 use crate::real;
 
 /// Larger than any UDP payload, so the kernel never truncates what the shim reads.
@@ -55,7 +55,7 @@ pub fn next(fd: c_int, flags: c_int) -> Result<Datagram, c_int> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
     let mut bound: Option<Option<Instant>> = None;
     loop {
-        let stashed = super::super::with(|reg| {
+        let stashed = super::super::state::with(|reg| {
             reg.udp.get_mut(fd).and_then(|s| if peek { s.peek_stashed() } else { s.take_stashed() })
         });
         if let Some(d) = stashed {
@@ -77,7 +77,7 @@ pub fn next(fd: c_int, flags: c_int) -> Result<Datagram, c_int> {
             let src = unsafe { sys::from_sockaddr((&st as *const libc::sockaddr_storage).cast(), sl) };
             let src = src.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
             let now = Instant::now();
-            match super::super::with(|reg| control::classify(reg, fd, src, &buf[..n], now)) {
+            match super::super::state::with(|reg| control::classify(reg, fd, src, &buf[..n], now)) {
                 Incoming::Data { from, offset } => return Ok(Datagram { from, data: buf[offset..n].to_vec() }),
                 Incoming::Consumed => {
                     if peek {

@@ -35,13 +35,14 @@ use proto::gcb::{Decision, ErrorCode, Features, Message, Role, Token, UdpRelayHe
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
-use super::super::connector::{command_port, log_path, our_broker, remember_no_broker, worth_asking};
+use super::super::ask::{command_port, log_path, our_broker, remember_no_broker, worth_asking};
 use super::super::registry::Registry;
-use super::super::{mgmt, sys};
+use super::super::mgmt;
+use crate::client::sys;
 use super::control::{proof, PUNCH_GAP, PUNCH_HEAD_START, PUNCH_TRIES};
 use super::table::{Hole, Punch, Route, HOLE_ACK_TTL};
 use crate::fdtable::{self, Kind};
-use crate::hook::{errno, set_errno};
+use crate::guard::{errno, set_errno};
 use crate::{config, real};
 
 /// Where one datagram goes.
@@ -59,7 +60,7 @@ fn known(fd: c_int, dest: SocketAddrV4, now: Instant) -> Option<Out> {
     if fdtable::kind(fd) != Kind::Managed {
         return None;
     }
-    super::super::with(|reg| {
+    super::super::state::with(|reg| {
         let s = reg.udp.get(fd)?;
         if let Some(channel) = s.channel_to(dest) {
             return Some(Out::To(channel));
@@ -125,7 +126,7 @@ fn route_punching(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<(Out
         Some(Awaited::Punch { token, .. }) => Some(proof(token, Role::Connector)),
         _ => None,
     };
-    super::super::with(|reg| {
+    super::super::state::with(|reg| {
         let s = reg.udp.entry(fd);
         let now = Instant::now();
         s.set_route(dest, route, now);
@@ -146,7 +147,7 @@ fn route_punching(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<(Out
     });
     if punching.is_some() {
         // Its Dummies are the responder's timers.
-        super::super::responder::ensure();
+        super::super::state::ensure_responder();
     }
     let out = match route {
         Route::Direct(real) => Out::To(real),
@@ -176,7 +177,7 @@ enum Asked {
 fn ask(fd: c_int, dest: SocketAddrV4, punch: bool) -> Asked {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
-    let Ok((probe, probe_local)) = mgmt::open(cmd) else { return Asked::NotGcb };
+    let Ok((probe, probe_local)) = crate::client::exchange::open(cmd) else { return Asked::NotGcb };
     let mut local = sys::local_addr(fd).unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
     if local.port() == 0 {
         let _ = sys::bind(fd, SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
@@ -240,7 +241,7 @@ pub fn auto_bound_candidate(reg: &Registry, fd: c_int) -> bool {
 /// A send failed with `e`: a network error drops `dest`'s record.
 fn after_error(fd: c_int, dest: SocketAddrV4, e: c_int) {
     if matches!(e, libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN) {
-        super::super::with(|reg| {
+        super::super::state::with(|reg| {
             if let Some(s) = reg.udp.get_mut(fd) {
                 s.remove_route(dest);
             }
@@ -375,7 +376,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     // managed socket has one: a watched one's connect takes no lock.
     let managed = fdtable::kind(fd) == Kind::Managed;
     if managed {
-        super::super::with(|reg| {
+        super::super::state::with(|reg| {
             super::channel::drop_from(reg, fd);
             if let Some(s) = reg.udp.get_mut(fd) {
                 s.connected_to = None;
@@ -407,7 +408,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         // A plain association: nothing to record.
         return r;
     }
-    super::super::with(|reg| {
+    super::super::state::with(|reg| {
         if r != 0 {
             if let Some(c) = channel {
                 super::channel::close(reg, reg.udp.get(fd).and_then(|s| s.listener), c);

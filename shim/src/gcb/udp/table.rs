@@ -80,7 +80,7 @@ pub struct Channel {
 #[derive(Debug, Default)]
 pub struct UdpSocket {
     /// Its registration, if it is registered (bound to a non-loopback address).
-    pub listener: Option<super::super::registry::ListenerId>,
+    pub listener: Option<super::super::registration::ListenerId>,
     /// `getpeername`: the GCB address a connected socket was connected to.
     pub connected_to: Option<SocketAddrV4>,
     /// Its channel, when it is connected to a relayed peer.

@@ -1,12 +1,38 @@
-//! The text of `GCB_INHERITED` (format in the parent module's docs):
+//! The entries of `GCB_INHERITED` and its text (format in the parent module's docs):
 //! rendered at exec into a fixed buffer, without allocating (a `vfork` child
 //! may be the one exec-ing), and parsed by the new image.
 
 use std::fmt::Write as _;
+use std::net::SocketAddrV4;
 
 use libc::c_int;
 
-use super::{ChannelEntry, Entry, VAR};
+/// The variable the hand-over travels in.
+pub const VAR: &str = "GCB_INHERITED";
+/// One managed listener fd as handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub fd: c_int,
+    pub mgmt: c_int,
+    pub proxy: Option<SocketAddrV4>,
+    pub local: SocketAddrV4,
+    pub backlog: u64,
+    /// A registered UDP socket's data-path token; `None` for TCP (and DPF).
+    pub udp_token: Option<u64>,
+    /// The broker channel a UDP socket is connected through.
+    pub channel: Option<ChannelEntry>,
+    /// The PCP mapping nonce of a forward a standard gateway made (`dpf::pcp`).
+    pub nonce: Option<[u8; 12]>,
+}
+
+/// A UDP socket's broker channel as handed over (`udp::table::Channel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelEntry {
+    pub peer: SocketAddrV4,
+    pub addr: SocketAddrV4,
+    /// 0: the channel is being asked for again (no live port to keep).
+    pub token: u64,
+}
 
 /// A fixed buffer to format into without allocating; overflow is remembered.
 pub(super) struct Buf<const N: usize> {

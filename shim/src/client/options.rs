@@ -160,7 +160,7 @@ pub fn copy_options(from: c_int, to: c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcb::sys;
+    use crate::client::sys;
 
     #[test]
     fn only_options_that_differ_are_carried() {

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use libc::c_int;
 
-use super::super::registry::{Listener, Mgmt};
-use super::super::sys;
-use super::super::udp::channel::Reopen;
-use super::super::udp::table::Channel;
-use super::super::{listener, mgmt};
-use super::{parse, publish, Entry, VAR};
+use super::registry::{Listener, Mgmt};
+use crate::client::sys;
+use super::udp::channel::Reopen;
+use super::udp::table::Channel;
+use super::{listener, mgmt};
+use super::inherit::publish;
+use crate::client::inherit::{parse, ChannelEntry, Entry, VAR};
 use crate::fdtable::{self, Kind};
 
 /// At init in a new image: takes over the listeners `GCB_INHERITED` names.
@@ -35,9 +36,9 @@ pub fn adopt() {
             n => n as usize,
         };
         let broker = broker_for(first.proxy);
-        let l = held(fds.clone(), local, first.proxy, proto, super::super::family::of(first_fd), backlog, broker);
+        let l = held(fds.clone(), local, first.proxy, proto, crate::client::family::of(first_fd), backlog, broker);
         let udp_token = first.udp_token.filter(|&t| t != 0).map(proto::gcb::Token);
-        super::super::with(|reg| {
+        super::state::with(|reg| {
             for &fd in &fds {
                 fdtable::set(fd, Kind::Managed);
             }
@@ -58,7 +59,7 @@ pub fn adopt() {
         any = true;
     }
     if any {
-        super::super::responder::ensure();
+        super::state::ensure_responder();
     }
 }
 
@@ -72,7 +73,7 @@ pub fn held(
     local: SocketAddrV4,
     proxy: Option<SocketAddrV4>,
     proto: proto::Proto,
-    family: super::super::family::Family,
+    family: crate::client::family::Family,
     backlog: usize,
     broker: Option<SocketAddrV4>,
 ) -> Listener {
@@ -104,17 +105,17 @@ pub fn held(
 /// The broker to register a held listener with: the one its proxy address
 /// is on, else this process's preferred one. Takes the registry lock.
 pub fn broker_for(proxy: Option<SocketAddrV4>) -> Option<SocketAddrV4> {
-    let named = proxy.and_then(|p| super::super::connector::our_broker(*p.ip())).and_then(|b| match b {
+    let named = proxy.and_then(|p| super::ask::our_broker(*p.ip())).and_then(|b| match b {
         std::net::SocketAddr::V4(v4) => Some(v4),
         std::net::SocketAddr::V6(_) => None,
     });
-    named.or_else(|| super::super::with(|reg| super::super::brokers::set(reg).candidates(Instant::now()).into_iter().next()))
+    named.or_else(|| super::state::with(|reg| reg.brokers.loaded().candidates(Instant::now()).into_iter().next()))
 }
 
 /// A channel handed over: kept as it was, or, while the parent was asking
 /// for it again (token 0), asked for again here (the socket is connected to
 /// the peer meanwhile, as `udp::channel::open` leaves it).
-fn inherited_channel(c: super::ChannelEntry) -> Channel {
+fn inherited_channel(c: ChannelEntry) -> Channel {
     let reopen = (c.token == 0).then(|| Reopen::now(Instant::now()));
     Channel { peer: c.peer, addr: c.addr, token: proto::gcb::Token(c.token), reopen }
 }

@@ -24,7 +24,7 @@
 //! and keeps the channel open; images without this field skip such entries.
 //! A DPF forward that a standard gateway made carries its PCP mapping nonce
 //! (`n` and 24 hex digits), so the new image renews the same mapping.
-//! The new image's shim reads it at init ([`adopt`](adopt())),
+//! The new image's shim reads it at init (`gcb::adopt`, `dpf::adopt`),
 //! checks each fd (a listening TCP socket, or a UDP socket, with that local
 //! address), and has its responder join the registration. Inherited listeners
 //! are shared (see `fdops`). DPF hands its forwards over in the same variable
@@ -35,7 +35,7 @@
 //! `exec` may run in a `vfork` child, which borrows the parent's memory while a
 //! parent thread may hold the registry lock. So the exec path takes no lock and
 //! allocates nothing: the registry publishes its listeners into a fixed static
-//! table under a sequence lock ([`publish`], called under the registry lock
+//! table under a sequence lock (`gcb::inherit::publish`, called under the registry lock
 //! whenever a listener, a dup of one, or a proxy address changes), and exec reads
 //! it with bounded retries. The new environment array and string go into one
 //! anonymous `mmap` (a system call, safe anywhere), unmapped if `exec` fails,
@@ -47,10 +47,11 @@
 //! shim's exec hooks (see `hooks/lifetime.rs`), so listeners are not handed over
 //! through them.
 //!
-//! Here: the entry, the published table and the exec side; the variable's
-//! text in `text`, the new image's side in `adopt`.
+//! Here: the published table and the exec side, shared by both clients; the
+//! entries and the variable's text in `text`. What GCB publishes is
+//! `gcb::inherit`'s, what DPF publishes `dpf::inherit`'s; the new image's side
+//! is `gcb::adopt` and `dpf::adopt`.
 
-mod adopt;
 mod text;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -58,41 +59,13 @@ use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 use libc::{c_char, c_int, c_void};
 
-use super::registry::Registry;
 use crate::fdtable::{self, Kind};
 use crate::real;
-pub use adopt::{adopt, broker_for, held};
-pub use text::parse;
+pub use text::{parse, ChannelEntry, Entry, VAR};
 use text::{render, Buf};
 
-pub const VAR: &str = "GCB_INHERITED";
 /// Listener fds that can be handed over in one exec.
 pub const SLOTS: usize = 64;
-
-/// One managed listener fd as handed over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
-    pub fd: c_int,
-    pub mgmt: c_int,
-    pub proxy: Option<SocketAddrV4>,
-    pub local: SocketAddrV4,
-    pub backlog: u64,
-    /// A registered UDP socket's data-path token; `None` for TCP (and DPF).
-    pub udp_token: Option<u64>,
-    /// The broker channel a UDP socket is connected through.
-    pub channel: Option<ChannelEntry>,
-    /// The PCP mapping nonce of a forward a standard gateway made (`dpf::pcp`).
-    pub nonce: Option<[u8; 12]>,
-}
-
-/// A UDP socket's broker channel as handed over (`udp::table::Channel`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChannelEntry {
-    pub peer: SocketAddrV4,
-    pub addr: SocketAddrV4,
-    /// 0: the channel is being asked for again (no live port to keep).
-    pub token: u64,
-}
 
 const EMPTY: Entry =
     Entry { fd: -1, mgmt: -1, proxy: None, local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), backlog: 0, udp_token: None, channel: None, nonce: None };
@@ -148,24 +121,6 @@ impl Entry {
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static LEN: AtomicUsize = AtomicUsize::new(0);
 static TABLE: [[AtomicU64; WORDS]; SLOTS] = [const { [const { AtomicU64::new(0) }; WORDS] }; SLOTS];
-
-/// Publishes the registry's listener and UDP fds for exec. Call with the
-/// registry locked (the lock is what makes this the only writer).
-pub fn publish(reg: &Registry) {
-    publish_entries(reg.listeners().flat_map(|(_, l)| {
-        // A UDP registration always has a token once the broker answered;
-        // before, there is no proxy to keep either.
-        let udp_token = (l.proto == proto::Proto::Udp).then(|| l.udp_token.map_or(0, |t| t.0));
-        l.fds.iter().map(move |&fd| {
-            let channel = reg.udp.get(fd).and_then(|s| s.channel).map(|c| ChannelEntry {
-                peer: c.peer,
-                addr: c.addr,
-                token: if c.reopen.is_some() { 0 } else { c.token.0 },
-            });
-            Entry { fd, mgmt: -1, proxy: l.proxy, local: l.local, backlog: l.backlog as u64, udp_token, channel, nonce: None }
-        })
-    }));
-}
 
 /// Publishes `entries` as the fds to hand over at exec. One client writes the
 /// table per process (GCB and DPF are exclusive modes), under its own lock.

@@ -1,4 +1,4 @@
-//! Socket plumbing for the GCB client: address conversion, fds the shim owns for a
+//! Socket plumbing for both clients: address conversion, fds the shim owns for a
 //! moment, and connect/send/receive with a deadline.
 //!
 //! Everything here calls [`crate::real`], never the hooks, and reports failure as
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_void, sockaddr, sockaddr_in, socklen_t};
 
 use super::family::{self, Family};
-use crate::hook::errno;
+use crate::guard::errno;
 use crate::real;
 
 pub type Errno = c_int;
@@ -119,7 +119,7 @@ impl Sock {
 
 impl Drop for Sock {
     fn drop(&mut self) {
-        let _errno = crate::hook::ErrnoGuard::new();
+        let _errno = crate::guard::ErrnoGuard::new();
         // SAFETY: our fd.
         unsafe { real::close(self.0) };
     }
@@ -197,7 +197,7 @@ impl NonBlocking {
 impl Drop for NonBlocking {
     fn drop(&mut self) {
         if let Some(old) = self.old {
-            let _errno = crate::hook::ErrnoGuard::new();
+            let _errno = crate::guard::ErrnoGuard::new();
             let _ = set_fl(self.fd, old);
         }
     }
@@ -388,6 +388,19 @@ pub fn random_u64() -> u64 {
 }
 
 /// Socket options carried to replacement sockets live in `options`.
+/// Errors that say "this process or host is out of something", not "no broker".
+pub fn out_of_resources(e: Errno) -> bool {
+    matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+}
+
+/// `CLOCK_MONOTONIC` in whole seconds: the clock every process of a boot shares.
+pub fn now_secs() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec; served by the vDSO, no system call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec.max(0) as u64
+}
+
 pub use super::options::copy_options;
 
 #[cfg(test)]

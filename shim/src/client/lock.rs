@@ -1,4 +1,4 @@
-//! The one lock of the GCB client, and what `fork` does with it.
+//! The one lock of a client (the GCB registry, or the DPF state), and what `fork` does with it.
 //!
 //! The registry (listeners, names, caches) sits behind a plain `pthread_mutex_t`
 //! rather than `std::sync::Mutex`, because `fork` needs to take it and drop it
@@ -124,7 +124,7 @@ pub fn prepare_fork<T>(lock: &'static Lock<T>, during: impl FnOnce(&mut T)) {
         return;
     }
     let mut guard = lock.lock();
-    let _ = crate::hook::contain("the fork goes ahead, the lock held", || during(&mut guard));
+    let _ = crate::guard::contain("the fork goes ahead, the lock held", || during(&mut guard));
     std::mem::forget(guard);
     TAKEN_FOR_FORK.store(true, Ordering::Relaxed);
 }
