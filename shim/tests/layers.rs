@@ -45,15 +45,13 @@ const LAYERS: &[(&str, Layer)] = &[
 const KNOWN_CYCLES: &[&str] = &[
     // The GCB client's registry and the code around it (issue 15). The
     // registry holds the state of doorbells, parked and served connections,
-    // punches, non-blocking connects and UDP sockets, as types defined beside
-    // the code that drives them and takes the registry; and `udp::table`'s
-    // records hold `udp::channel::Reopen`. Breaking it takes those types (and
-    // `ask::Asking`) into modules of data below the registry, with their
-    // fork and fd-move bookkeeping as methods, and `Reopen` into `udp::table`.
+    // punches and non-blocking connects, as types defined beside the code
+    // that drives them and takes the registry. Breaking it takes those types
+    // (and `ask::Asking`) into modules of data below the registry, with their
+    // fork and fd-move bookkeeping as methods.
     "gcb::ask gcb::connecting gcb::connecting::steps gcb::doorbell gcb::inherit \
      gcb::listener gcb::mgmt gcb::park gcb::registry gcb::serve gcb::serve_punch \
-     gcb::spare gcb::state gcb::udp gcb::udp::channel gcb::udp::control \
-     gcb::udp::hole gcb::udp::table",
+     gcb::spare gcb::state gcb::udp gcb::udp::channel gcb::udp::control",
 ];
 
 /// From the bottom up; `proto`, a crate of its own, lies below them all.

@@ -10,7 +10,7 @@ use libc::c_int;
 
 use super::registry::{Listener, Mgmt};
 use crate::client::sys;
-use super::udp::channel::Reopen;
+use super::udp::table::Reopen;
 use super::udp::table::Channel;
 use super::{listener, mgmt};
 use super::inherit::publish;
