@@ -5,8 +5,9 @@
 //! * registers every non-loopback AF_INET TCP listener with the broker and
 //!   reports the proxy address it gets ([`listener`], [`identity`]);
 //! * answers the broker from a thread of its own, whatever the program is
-//!   doing ([`responder`], [`mgmt`]): heartbeats, commands, and the brokered
-//!   connections it dials at once and parks for `accept` ([`serve`], [`park`]);
+//!   doing ([`responder`], [`mgmt`], [`mgmt_events`]): heartbeats, commands,
+//!   and the brokered connections it dials at once and parks for `accept`
+//!   ([`serve`], [`park`]);
 //! * hands those connections to the program's `accept`, in kernel order,
 //!   through doorbells ([`doorbell`], [`accept`]);
 //! * brokers the application's own connects ([`connector`], [`dial`]), the
@@ -47,6 +48,7 @@ pub mod lifecycle;
 pub mod mode;
 pub mod listener;
 pub mod mgmt;
+pub mod mgmt_events;
 pub mod negcache;
 pub mod notice;
 pub mod park;

@@ -53,7 +53,7 @@ pub struct Registry {
     /// The program's non-blocking connects being brokered (`connecting`).
     pub connects: super::connecting::Connects,
     /// Acks of connection commands, sent once the connection is under way
-    /// (`mgmt::send_acks_due`): management fd and sealed datagram.
+    /// (`mgmt_events::send_acks_due`): management fd and sealed datagram.
     pub acks_due: Vec<(c_int, Vec<u8>)>,
     /// Proxy addresses of closed listeners, for re-listens (see `released`).
     pub released: crate::client::released::Released,

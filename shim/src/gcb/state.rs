@@ -24,7 +24,7 @@ pub fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
 /// First use in a forked child: the parent's work in progress is the
 /// parent's, and so are its management sockets. The child closes its copies
 /// and becomes a holder of each registration with a socket of its own
-/// (`mgmt::on_timers`, run by the child's responder), so the parent's replies
+/// (`mgmt_events::on_timers`, run by the child's responder), so the parent's replies
 /// and commands never reach it; request ids start afresh (the broker caches
 /// replies by source address and id).
 fn after_fork_in_child(reg: &mut Registry) {
