@@ -20,8 +20,8 @@ use proto::rudp::Timeout;
 use proto::Endpoint;
 
 use super::mgmt::{self, register_message, reregister, send_datagram, start};
+use super::registry::serving::{Dial, Job};
 use super::registry::{Listener, ListenerId, Purpose, Registry};
-use super::serve::{Dial, Job};
 use crate::client::seal;
 use crate::config;
 
