@@ -25,7 +25,13 @@
 //!
 //! State lives in one [`registry::Registry`] behind one fork-safe
 //! [`crate::client::lock::Lock`], taken through [`state::with`] for short,
-//! non-blocking critical sections only.
+//! non-blocking critical sections only. The registry and the records it
+//! keeps of work in progress (its child modules: doorbells, dials and
+//! punches, parked connections, the program's non-blocking connects) import
+//! none of the modules that drive that work; those take the registry. In the
+//! same way [`mgmt`] (a listener's requests to its broker) lies below
+//! [`mgmt_events`] (the responder's handling of what comes back), and the
+//! UDP [`udp::table`] below the code that fills it.
 //!
 //! The mode ([`mode::enabled`], and the broker it names) is decided in
 //! [`mode`], which every module below uses; the process's lifetime events (init, fork, exec,

@@ -25,10 +25,9 @@
 //! `connect` itself takes no lock: on a loaded machine a thread that waits
 //! for a lock the responder holds can lose its CPU for milliseconds, and an
 //! event loop must not. A job goes to the responder through a lock-free list
-//! ([`Incoming`](super::registry::connects::Incoming)), and whether it is
-//! still live is one atomic per fd
-//! ([`LIVE`](super::registry::connects::LIVE)): the job's id while it is, 0
-//! once cancelled or done.
+//! (`Incoming`, in `registry::connects`), and whether it is still live is one
+//! atomic per fd (`LIVE`, beside it): the job's id while it is, 0 once
+//! cancelled or done.
 //!
 //! Limits: the socket is replaced, so a local address bound before `connect`
 //! is not kept (such sockets are brokered inside the call instead, see
@@ -56,7 +55,7 @@ use crate::{process, real};
 
 /// Bound on a brokered connect (the blocking path's too, `dial::PAIR_TIMEOUT`).
 const CONNECT_TIMEOUT: Duration = super::dial::PAIR_TIMEOUT;
-/// Ids of jobs, for [`LIVE`](super::registry::connects::LIVE); 0 is none.
+/// Ids of jobs, for `registry::connects::LIVE`; 0 is none.
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Moves the jobs pushed since the last round into the registry (the

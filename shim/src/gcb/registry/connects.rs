@@ -2,8 +2,8 @@
 //! registry holds them: each job and the stage it stands at, with the
 //! sockets of its own it holds there, and the errors kept for `SO_ERROR`;
 //! and, outside the lock, the per-fd atomics that say whether a job is still
-//! live ([`LIVE`]) and the lock-free list that brings new jobs to the
-//! responder ([`Incoming`]). Plain data and its bookkeeping (moved fds, a
+//! live (`LIVE`) and the lock-free list that brings new jobs to the
+//! responder (`Incoming`). Plain data and its bookkeeping (moved fds, a
 //! forked child's share); `connecting` and its steps drive the jobs.
 
 use std::collections::HashMap;

@@ -61,7 +61,7 @@ impl UdpSocket {
     /// A `Dummy` or (`ack`) `DummyAck` with `token` came from `src`: `None`
     /// if no punch of this socket has the token (not ours). Only the other
     /// side's proof from the punch's target counts, and opens the path but
-    /// on a side that confirms ([`Punch::confirm`]), where only an ack does;
+    /// on a side that confirms ([`Punch::confirm`](super::hole::Punch::confirm)), where only an ack does;
     /// this side's own proof (a stranger who caught a Dummy sending it back)
     /// or either from anywhere else is taken and does nothing more.
     pub fn punch_heard(&mut self, token: Token, src: SocketAddrV4, ack: bool, now: Instant) -> Option<Heard> {
