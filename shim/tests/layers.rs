@@ -38,24 +38,6 @@ const LAYERS: &[(&str, Layer)] = &[
     ("route", Layer::Base),
 ];
 
-/// Import cycles not broken yet, each as the modules of one strongly connected
-/// component, sorted. The test fails if any other breach appears, and also if
-/// one of these changes or is gone: then this list is out of date, and
-/// shrinks with the fix.
-const KNOWN_CYCLES: &[&str] = &[
-    // The GCB client's registry and the code around it (issue 15). The
-    // registry holds the state of doorbells, parked and served connections,
-    // punches, non-blocking connects and UDP sockets, as types defined beside
-    // the code that drives them and takes the registry; and `udp::table`'s
-    // records hold `udp::channel::Reopen`. Breaking it takes those types (and
-    // `ask::Asking`) into modules of data below the registry, with their
-    // fork and fd-move bookkeeping as methods, and `Reopen` into `udp::table`.
-    "gcb::ask gcb::connecting gcb::connecting::steps gcb::doorbell gcb::inherit \
-     gcb::listener gcb::mgmt gcb::park gcb::registry gcb::serve gcb::serve_punch \
-     gcb::spare gcb::state gcb::udp gcb::udp::channel gcb::udp::control \
-     gcb::udp::hole gcb::udp::table",
-];
-
 /// From the bottom up; `proto`, a crate of its own, lies below them all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Layer {
@@ -139,16 +121,7 @@ fn no_cycle_and_no_upward_import() {
         println!("{from:>28} {layer:>8} -> {}", tos.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" "));
     }
     let found = breaches(&krate, LAYERS);
-    let known: Vec<String> = KNOWN_CYCLES.iter().map(|c| format!("cycle: {c}")).collect();
-    let new: Vec<&String> = found.iter().filter(|b| !known.contains(b)).collect();
-    let gone: Vec<&String> = known.iter().filter(|k| !found.contains(k)).collect();
-    assert!(
-        new.is_empty() && gone.is_empty(),
-        "{} breaches of the shim's layers:\n{}\n\nKNOWN_CYCLES lists cycles that are no longer there:\n{}",
-        new.len(),
-        new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
-        gone.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
-    );
+    assert!(found.is_empty(), "{} breaches of the shim's layers:\n{}", found.len(), found.join("\n"));
 }
 
 fn synthetic(files: &[(&str, &str)]) -> Crate {

@@ -10,7 +10,7 @@ use libc::c_int;
 
 use super::registry::{Listener, Mgmt};
 use crate::client::sys;
-use super::udp::channel::Reopen;
+use super::udp::table::Reopen;
 use super::udp::table::Channel;
 use super::{listener, mgmt};
 use super::inherit::publish;
@@ -66,7 +66,7 @@ pub fn adopt() {
 /// The record of a listener this process holds without having registered it
 /// (inherited across `exec`, received over `SCM_RIGHTS`, handed over by
 /// socket activation): shared, with no management socket yet. The responder
-/// opens one and registers from it (`mgmt::on_timers`), which joins the
+/// opens one and registers from it (`mgmt_events::on_timers`), which joins the
 /// registration another holder made, or makes it.
 pub fn held(
     fds: Vec<c_int>,

@@ -12,6 +12,7 @@ use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use super::mgmt;
+use super::registry::connects::Asking;
 use super::reversal_listener::TempListener;
 use super::spare;
 use crate::client::family::Family;
@@ -97,18 +98,6 @@ pub(crate) fn our_broker(ip: std::net::Ipv4Addr) -> Option<std::net::SocketAddr>
 /// it uses another port, else the historic default.
 pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
     our_broker(ip).map_or(COMMAND_PORT, |b| b.port())
-}
-
-/// A `Connect` ready to go: its socket (connected to the command port at
-/// `cmd`), the temporary listener named in it, and the retry policy.
-pub(crate) struct Asking {
-    pub probe: Sock,
-    pub cmd: SocketAddrV4,
-    pub tmp: Option<TempListener>,
-    pub msg: Message,
-    pub policy: RetryPolicy,
-    /// `cmd` is one of our own brokers.
-    pub ours: bool,
 }
 
 /// Prepares asking the broker at `dest`'s IP. A destination on one of our own

@@ -32,6 +32,7 @@ use libc::c_int;
 pub use proto::gcb::doorbell::{Record, RECORD_LEN};
 
 use crate::client::family::Family;
+use super::registry::bells::PendingBell;
 use super::registry::Registry;
 use crate::client::sys;
 use crate::real;
@@ -46,32 +47,6 @@ const ROOM_TIMEOUT: Duration = Duration::from_secs(120);
 pub fn is_doorbell_peer(ip: Ipv4Addr) -> bool {
     let o = ip.octets();
     o[0] == 127 && o[1] == 71
-}
-
-/// A doorbell the responder still looks after: an internal fd, connecting
-/// (waiting for POLLOUT, then the record is sent) or sent (waiting for the end
-/// of stream that says the accepting side has taken the record).
-#[derive(Debug)]
-pub struct PendingBell {
-    pub fd: c_int,
-    /// The parked connection's key: let go if the bell ends unanswered.
-    pub key: u64,
-    pub record: [u8; RECORD_LEN],
-    pub target: SocketAddrV4,
-    pub sent: bool,
-    /// Until the record is sent only.
-    pub deadline: Option<Instant>,
-}
-
-impl PendingBell {
-    /// The poll events the responder waits for on it.
-    pub fn events(&self) -> i16 {
-        if self.sent {
-            libc::POLLIN
-        } else {
-            libc::POLLOUT
-        }
-    }
 }
 
 /// Rings the doorbell for `record` at `target` (under the registry lock:
@@ -155,7 +130,7 @@ pub fn progress(reg: &mut Registry, fd: c_int, revents: i16) {
     if done {
         let b = reg.bells.swap_remove(i);
         crate::internal::release(b.fd);
-        super::park::let_go(reg, b.key);
+        reg.parked.let_go(b.key);
     }
 }
 
@@ -166,20 +141,13 @@ pub fn on_timers(reg: &mut Registry, now: Instant) {
     for b in late {
         rang_in_vain(b.target, libc::ETIMEDOUT);
         crate::internal::release(b.fd);
-        super::park::let_go(reg, b.key);
+        reg.parked.let_go(b.key);
     }
 }
 
 /// The earliest deadline of a doorbell waiting for room.
 pub fn next_deadline(reg: &Registry) -> Option<Instant> {
     reg.bells.iter().filter_map(|b| b.deadline).min()
-}
-
-/// A forked child's copies of its parent's doorbells are the parent's.
-pub fn forget_in_child(reg: &mut Registry) {
-    for b in reg.bells.drain(..) {
-        crate::internal::release(b.fd);
-    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! * registers every non-loopback AF_INET TCP listener with the broker and
 //!   reports the proxy address it gets ([`listener`], [`identity`]);
 //! * answers the broker from a thread of its own, whatever the program is
-//!   doing ([`responder`], [`mgmt`]): heartbeats, commands, and the brokered
-//!   connections it dials at once and parks for `accept` ([`serve`], [`park`]);
+//!   doing ([`responder`], [`mgmt`], [`mgmt_events`]): heartbeats, commands,
+//!   and the brokered connections it dials at once and parks for `accept`
+//!   ([`serve`], [`park`]);
 //! * hands those connections to the program's `accept`, in kernel order,
 //!   through doorbells ([`doorbell`], [`accept`]);
 //! * brokers the application's own connects ([`connector`], [`dial`]), the
@@ -24,7 +25,13 @@
 //!
 //! State lives in one [`registry::Registry`] behind one fork-safe
 //! [`crate::client::lock::Lock`], taken through [`state::with`] for short,
-//! non-blocking critical sections only.
+//! non-blocking critical sections only. The registry and the records it
+//! keeps of work in progress (its child modules: doorbells, dials and
+//! punches, parked connections, the program's non-blocking connects) import
+//! none of the modules that drive that work; those take the registry. In the
+//! same way [`mgmt`] (a listener's requests to its broker) lies below
+//! [`mgmt_events`] (the responder's handling of what comes back), and the
+//! UDP [`udp::table`] below the code that fills it.
 //!
 //! The mode ([`mode::enabled`], and the broker it names) is decided in
 //! [`mode`], which every module below uses; the process's lifetime events (init, fork, exec,
@@ -47,6 +54,7 @@ pub mod lifecycle;
 pub mod mode;
 pub mod listener;
 pub mod mgmt;
+pub mod mgmt_events;
 pub mod negcache;
 pub mod notice;
 pub mod park;

@@ -27,13 +27,13 @@
 //! 3. Parked connections of a listener count against its backlog
 //!    (`serve::room_for`).
 
-use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use libc::{c_int, c_void, sockaddr_un, socklen_t};
 use proto::gcb::doorbell::{Park, Record};
 
+use super::registry::parking::{Parked, Request, Server};
 use super::registry::{ListenerId, Registry};
 use crate::client::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
@@ -43,87 +43,6 @@ use crate::{process, real};
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests waiting for their key at once, at most.
 const MAX_REQUESTS: usize = 64;
-
-/// One parked connection.
-#[derive(Debug)]
-pub struct Parked {
-    pub listener: ListenerId,
-    pub fd: c_int,
-    pub since: Instant,
-}
-
-/// This process's park socket.
-#[derive(Debug)]
-struct Server {
-    fd: c_int,
-    park: Park,
-}
-
-/// A connection to the park socket that has not sent its key yet.
-#[derive(Debug)]
-struct Request {
-    fd: c_int,
-    deadline: Instant,
-}
-
-/// The table of parked connections and the park socket that hands them out.
-#[derive(Debug, Default)]
-pub struct Parking {
-    by_key: HashMap<u64, Parked>,
-    server: Option<Server>,
-    requests: Vec<Request>,
-}
-
-impl Parking {
-    pub fn count_for(&self, id: ListenerId) -> usize {
-        self.by_key.values().filter(|p| p.listener == id).count()
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
-    }
-
-    /// The fds the responder waits on: the park socket and the requests.
-    pub fn poll_fds(&self) -> impl Iterator<Item = c_int> + '_ {
-        self.server.iter().map(|s| s.fd).chain(self.requests.iter().map(|r| r.fd))
-    }
-
-    pub fn is_server(&self, fd: c_int) -> bool {
-        self.server.as_ref().is_some_and(|s| s.fd == fd)
-    }
-
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.requests.iter().map(|r| r.deadline).min()
-    }
-
-    /// An internal fd of the park moved (the program `dup2`ed onto its
-    /// number); false if not one of them.
-    pub fn moved(&mut self, old: c_int, new: c_int) -> bool {
-        let fds = self.by_key.values_mut().map(|p| &mut p.fd);
-        let fds = fds.chain(self.server.iter_mut().map(|s| &mut s.fd)).chain(self.requests.iter_mut().map(|r| &mut r.fd));
-        for fd in fds {
-            if *fd == old {
-                *fd = new;
-                return true;
-            }
-        }
-        false
-    }
-
-    #[cfg(test)]
-    pub fn forget_listener_for_tests(&mut self, id: ListenerId) {
-        let keys: Vec<u64> = self.by_key.iter().filter(|(_, p)| p.listener == id).map(|(k, _)| *k).collect();
-        for k in keys {
-            if let Some(p) = self.by_key.remove(&k) {
-                crate::internal::release(p.fd);
-            }
-        }
-    }
-}
 
 /// The abstract name of a park socket.
 fn address(park: Park) -> (sockaddr_un, socklen_t) {
@@ -199,15 +118,7 @@ pub fn park(reg: &mut Registry, id: ListenerId, fd: c_int, peer: SocketAddrV4, p
     reg.parked.by_key.insert(key, Parked { listener: id, fd, since: now });
     let record = Record { key, park, peer, proxy };
     if !super::doorbell::ring(reg, target, &record, now) {
-        let_go(reg, key);
-    }
-}
-
-/// The doorbell of `key` ended: a connection nobody took is closed.
-pub fn let_go(reg: &mut Registry, key: u64) {
-    if let Some(p) = reg.parked.by_key.remove(&key) {
-        log!(Debug, "a parked connection for listener {} was not accepted; closed", p.listener);
-        crate::internal::release(p.fd);
+        reg.parked.let_go(key);
     }
 }
 
@@ -371,20 +282,6 @@ pub fn on_timers(reg: &mut Registry, now: Instant) {
     reg.parked.requests = keep;
     for r in late {
         crate::internal::release(r.fd);
-    }
-}
-
-/// A forked child's copies of what its parent parked, and of its park socket,
-/// are the parent's: closed here (the parent's stay open).
-pub fn forget_in_child(reg: &mut Registry) {
-    for (_, p) in reg.parked.by_key.drain() {
-        crate::internal::release(p.fd);
-    }
-    for r in reg.parked.requests.drain(..) {
-        crate::internal::release(r.fd);
-    }
-    if let Some(s) = reg.parked.server.take() {
-        crate::internal::release(s.fd);
     }
 }
 

@@ -2,7 +2,7 @@
 //! every round it waits on
 //!
 //! * the management sockets: the broker's replies and commands, read and
-//!   handled at once ([`mgmt::on_datagram`]); a connection command starts a
+//!   handled at once ([`mgmt_events::on_datagram`]); a connection command starts a
 //!   dial ([`serve`]);
 //! * the dials under way, the doorbells being rung ([`doorbell`]) and the park
 //!   socket ([`park`]);
@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use libc::c_int;
 
-use super::{connecting, doorbell, mgmt, park, serve, serve_punch};
+use super::{connecting, doorbell, mgmt, mgmt_events, park, serve, serve_punch};
 use crate::real;
 use crate::responder::{Duties, PollSet};
 
@@ -66,7 +66,7 @@ impl Duties for super::state::Duty {
                 set.add(fd, events, tag(PUNCH, fd));
             }
             [
-                mgmt::next_deadline(reg),
+                mgmt_events::next_deadline(reg),
                 doorbell::next_deadline(reg),
                 serve::next_deadline(reg),
                 serve_punch::next_deadline(reg),
@@ -94,7 +94,7 @@ impl Duties for super::state::Duty {
         }
         let interval = crate::config::get().heartbeat;
         super::state::with(|reg| {
-            mgmt::on_timers(reg, now, interval);
+            mgmt_events::on_timers(reg, now, interval);
             doorbell::on_timers(reg, now);
             serve::on_timers(reg, now);
             serve_punch::on_timers(reg, now);
@@ -134,11 +134,11 @@ fn management(fd: c_int, revents: i16, now: Instant) {
         let datagram = &buf[..n as usize];
         super::state::with(|reg| {
             let Some(id) = reg.by_mgmt_fd(fd) else { return };
-            if let Some(job) = mgmt::on_datagram(reg, id, datagram, now) {
+            if let Some(job) = mgmt_events::on_datagram(reg, id, datagram, now) {
                 serve::start(reg, job, now);
             }
             // Acknowledged once the dial is under way.
-            mgmt::send_acks_due(reg);
+            mgmt_events::send_acks_due(reg);
         });
     }
 }

@@ -6,78 +6,23 @@
 //! listening program is doing; it is parked (`park`) and its doorbell rung
 //! (`doorbell`), so the program's `accept` finds it in the kernel's queue.
 //!
-//! Each dial is a small state machine ([`Serving`]) on a non-blocking internal
-//! socket, advanced by the responder when its socket is ready and given up at
-//! its deadline; nothing here blocks. Dials and parked connections of one
+//! Each dial is a small state machine ([`Serving`], its record in
+//! `registry::serving`) on a non-blocking internal socket, advanced by the
+//! responder when its socket is ready and given up at its deadline; nothing
+//! here blocks. Dials and parked connections of one
 //! listener together stay within its listen backlog ([`room_for`]), so a flood
 //! of connections costs what the kernel's backlog would: the excess is refused.
 
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libc::c_int;
-use proto::gcb::{Frame, Role, StreamHello, StreamPeer, Token};
+use proto::gcb::{Frame, Role, StreamHello, StreamPeer};
 
+use super::registry::serving::{Dial, Job, Serving, Stage, DIAL_TIMEOUT, PAIR_TIMEOUT};
 use super::registry::{ListenerId, Registry};
 use crate::client::sys::{self, Errno};
 use crate::real;
-
-/// For the TCP handshake to the connector or the broker, and the hello.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// For the broker's `StreamPeer` once both halves of a relay have arrived; the
-/// broker itself gives a token 10 s.
-pub const PAIR_TIMEOUT: Duration = Duration::from_secs(12);
-
-/// Whom the listener dials for one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dial {
-    /// `ReverseConnect`: the connector's hidden listener.
-    Reverse { connector: SocketAddrV4 },
-    /// `RelayConnect`: the broker's rendezvous port.
-    Relay { broker: SocketAddrV4 },
-    /// `PunchConnect`: a hole punch met at the broker's rendezvous port
-    /// (`serve_punch`).
-    Punch { broker: SocketAddrV4 },
-}
-
-/// One connection the broker asked listener `listener` for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Job {
-    pub listener: ListenerId,
-    pub token: Token,
-    pub dial: Dial,
-    /// The original peer, for the accepted socket's `getpeername`.
-    pub peer: SocketAddrV4,
-    pub proxy: SocketAddrV4,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// The handshake is under way; the hello goes once it is over.
-    Connecting,
-    /// Relay: hello sent, `StreamPeer` being read.
-    Pairing { buf: [u8; StreamPeer::LEN], have: usize },
-}
-
-/// A dial in progress (module docs).
-#[derive(Debug)]
-pub struct Serving {
-    pub job: Job,
-    /// Internal, non-blocking, close-on-exec.
-    pub fd: c_int,
-    stage: Stage,
-    pub deadline: Instant,
-}
-
-impl Serving {
-    /// The events the responder waits for on it.
-    pub fn events(&self) -> i16 {
-        match self.stage {
-            Stage::Connecting => libc::POLLOUT,
-            Stage::Pairing { .. } => libc::POLLIN,
-        }
-    }
-}
 
 /// Whether listener `id` may take one more connection: dials under way and
 /// connections parked for it stay below its backlog.
@@ -214,16 +159,11 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
     reg.serving.iter().map(|s| s.deadline).min()
 }
 
-/// A forked child's copies of its parent's dials are the parent's to finish.
-pub fn forget_in_child(reg: &mut Registry) {
-    for s in reg.serving.drain(..) {
-        crate::internal::release(s.fd);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::gcb::Token;
+    use std::time::Duration;
     use std::net::Ipv4Addr;
 
     /// A listening socket on loopback recorded as a registered listener

@@ -14,15 +14,8 @@ use libc::c_int;
 use proto::gcb::Role;
 
 use super::punch::{self, Progress, Session};
+use super::registry::serving::{Job, Punching, PAIR_TIMEOUT};
 use super::registry::{ListenerId, Registry};
-use super::serve::{Job, PAIR_TIMEOUT};
-
-/// One punch under way for listener `job.listener`.
-#[derive(Debug)]
-pub struct Punching {
-    pub job: Job,
-    session: Session,
-}
 
 /// Starts the punch `job` asked for, through the rendezvous at `broker`.
 pub fn start(reg: &mut Registry, job: Job, broker: std::net::SocketAddrV4, now: Instant) {
@@ -93,9 +86,4 @@ fn step(reg: &mut Registry, i: usize, ready: Option<(c_int, i16)>, now: Instant)
         Progress::Wait => unreachable!(),
     }
     true
-}
-
-/// A forked child's copies of its parent's punches are the parent's.
-pub fn forget_in_child(reg: &mut Registry) {
-    reg.punching.clear();
 }

@@ -3,8 +3,8 @@
 //! handlers' part in taking and releasing the lock; and the marker through
 //! which the modules below start the responder ([`ensure_responder`]).
 
-use super::registry::Registry;
-use super::{connecting, doorbell, park, reversal_listener, serve, serve_punch};
+use super::registry::{bells, serving, Registry};
+use super::reversal_listener;
 use crate::client::lock::Lock;
 
 static REGISTRY: Lock<Option<Registry>> = Lock::new(None);
@@ -24,15 +24,14 @@ pub fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
 /// First use in a forked child: the parent's work in progress is the
 /// parent's, and so are its management sockets. The child closes its copies
 /// and becomes a holder of each registration with a socket of its own
-/// (`mgmt::on_timers`, run by the child's responder), so the parent's replies
+/// (`mgmt_events::on_timers`, run by the child's responder), so the parent's replies
 /// and commands never reach it; request ids start afresh (the broker caches
 /// replies by source address and id).
 fn after_fork_in_child(reg: &mut Registry) {
-    doorbell::forget_in_child(reg);
-    serve::forget_in_child(reg);
-    serve_punch::forget_in_child(reg);
-    park::forget_in_child(reg);
-    connecting::forget_in_child(reg);
+    bells::forget_in_child(&mut reg.bells);
+    serving::forget_in_child(&mut reg.serving, &mut reg.punching);
+    reg.parked.forget_in_child();
+    reg.connects.forget_in_child();
     reversal_listener::forget_in_child(&mut reg.spare_listener);
     reg.acks_due.clear();
     let now = std::time::Instant::now();

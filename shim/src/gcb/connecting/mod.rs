@@ -3,9 +3,9 @@
 //! `connect` on a non-blocking watched socket returns EINPROGRESS at once,
 //! with no round trip inside the call: the socket is parked in SYN_SENT on
 //! the process's gate (`gate`), marked `Connecting`, and handed to the
-//! responder as a [`Job`]. The responder asks the broker, dials (directly, at
-//! the broker's rendezvous, or waits for the listener's reversed connection)
-//! on sockets of its own, and when the connection is established end to end,
+//! responder as a [`Job`] (its record is in `registry::connects`). The
+//! responder asks the broker, dials (directly, at the broker's rendezvous, or
+//! waits for the listener's reversed connection) on sockets of its own, and when the connection is established end to end,
 //! or has failed, puts it on the program's fd number (`swap`): the socket
 //! becomes writable, and `SO_ERROR` says how it went, through the program's
 //! own `select`, `poll`, `epoll` or library loop, as a kernel connect would.
@@ -25,8 +25,9 @@
 //! `connect` itself takes no lock: on a loaded machine a thread that waits
 //! for a lock the responder holds can lose its CPU for milliseconds, and an
 //! event loop must not. A job goes to the responder through a lock-free list
-//! ([`Incoming`]), and whether it is still live is one atomic per fd
-//! ([`LIVE`]): the job's id while it is, 0 once cancelled or done.
+//! (`Incoming`, in `registry::connects`), and whether it is still live is one
+//! atomic per fd (`LIVE`, beside it): the job's id while it is, 0 once
+//! cancelled or done.
 //!
 //! Limits: the socket is replaced, so a local address bound before `connect`
 //! is not kept (such sockets are brokered inside the call instead, see
@@ -37,133 +38,25 @@ mod steps;
 
 use steps::{advance, Step};
 
-use std::collections::HashMap;
 use std::net::SocketAddrV4;
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
-use proto::gcb::{Decision, Frame, StreamPeer, Token};
 
-use super::ask::{self, Asking};
-use crate::client::family::{self, Family};
+use super::ask;
+use super::registry::connects::{is_live, live_slot, Job, Stage, INCOMING};
 use super::registry::{Names, Registry};
-use super::reversal_listener::TempListener;
 use super::swap::{put_on, AppSocket};
-use crate::client::sys::{self, Errno, Sock};
-use crate::client::exchange::Exchange;
+use crate::client::family::{self, Family};
+use crate::client::sys::{self, Errno};
 use crate::fdtable::{self, Kind};
 use crate::{process, real};
 
 /// Bound on a brokered connect (the blocking path's too, `dial::PAIR_TIMEOUT`).
 const CONNECT_TIMEOUT: Duration = super::dial::PAIR_TIMEOUT;
-/// Reversed connections that have not said hello yet, per job.
-const MAX_UNSPOKEN: usize = 4;
-
-/// Where a job stands.
-enum Stage {
-    /// Not started: the responder sends the `Connect`.
-    New,
-    Asking(Box<Asking>, Exchange),
-    /// A plain TCP connect to `to` (direct, same realm, or no broker there).
-    Dialing { sock: Sock, decision: Option<Decision> },
-    Relaying { sock: Sock, token: Token, said_hello: bool, buf: [u8; StreamPeer::LEN], have: usize, decision: Decision },
-    Reversing { tmp: TempListener, notices: Option<Sock>, token: Token, unspoken: Vec<Sock>, decision: Decision },
-    /// A hole punch met at the broker's rendezvous (`punch`).
-    Punching { session: Box<super::punch::Session>, via: SocketAddrV4, token: Token },
-}
-
-/// One non-blocking connect being brokered.
-pub struct Job {
-    id: u32,
-    /// The program's fd, holding the placeholder until the swap.
-    app_fd: c_int,
-    /// An internal duplicate of the placeholder: proves the fd still holds it,
-    /// and wakes waiters on it once the fd holds the connection.
-    placeholder: c_int,
-    dest: SocketAddrV4,
-    family: Family,
-    since: Instant,
-    deadline: Instant,
-    stage: Stage,
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        crate::internal::release(self.placeholder);
-    }
-}
-
-/// Per program fd, the id of its live job; 0 when it has none (cancelled,
-/// done, or never). Fds beyond the table are never brokered in the
-/// background.
-static LIVE: [AtomicU32; fdtable::CAPACITY] = [const { AtomicU32::new(0) }; fdtable::CAPACITY];
+/// Ids of jobs, for `registry::connects::LIVE`; 0 is none.
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
-
-fn live_slot(fd: c_int) -> Option<&'static AtomicU32> {
-    usize::try_from(fd).ok().and_then(|i| LIVE.get(i))
-}
-
-fn is_live(fd: c_int, id: u32) -> bool {
-    live_slot(fd).is_some_and(|s| s.load(Ordering::Acquire) == id)
-}
-
-/// New jobs on their way to the responder: a lock-free stack the program's
-/// threads push on and the responder takes whole (no ABA: nothing is ever
-/// popped singly).
-struct Incoming {
-    head: AtomicPtr<Node>,
-}
-
-struct Node {
-    job: Job,
-    next: *mut Node,
-}
-
-static INCOMING: Incoming = Incoming { head: AtomicPtr::new(ptr::null_mut()) };
-
-impl Incoming {
-    fn push(&self, job: Job) {
-        let node = Box::into_raw(Box::new(Node { job, next: ptr::null_mut() }));
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: `node` is ours until the exchange publishes it.
-            unsafe { (*node).next = head };
-            match self.head.compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
-        }
-    }
-
-    /// Every job pushed so far, oldest first.
-    fn take_all(&self) -> Vec<Job> {
-        let mut p = self.head.swap(ptr::null_mut(), Ordering::Acquire);
-        let mut out = Vec::new();
-        while !p.is_null() {
-            // SAFETY: each node was made by `push` and is taken here once.
-            let node = unsafe { Box::from_raw(p) };
-            p = node.next;
-            out.push(node.job);
-        }
-        out.reverse();
-        out
-    }
-}
-
-/// The jobs the responder works on, and the errors kept for `SO_ERROR`.
-#[derive(Default)]
-pub struct Connects {
-    jobs: Vec<Job>,
-    errors: HashMap<c_int, c_int>,
-}
-
-impl std::fmt::Debug for Connects {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connects").field("jobs", &self.jobs.len()).field("errors", &self.errors).finish()
-    }
-}
 
 /// Moves the jobs pushed since the last round into the registry (the
 /// responder, under the lock); cancelled ones are dropped.
@@ -415,24 +308,4 @@ fn same_file(a: c_int, b: c_int) -> bool {
     // SAFETY: kcmp only compares; no memory is passed.
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as libc::c_long, b as libc::c_long) };
     r <= 0
-}
-
-/// A forked child's copies of its parent's jobs are the parent's.
-pub fn forget_in_child(reg: &mut Registry) {
-    for job in reg.connects.jobs.drain(..).chain(INCOMING.take_all()) {
-        if let Some(slot) = live_slot(job.app_fd) {
-            slot.store(0, Ordering::Release);
-        }
-    }
-}
-
-/// An internal fd of a job moved (the program `dup2`ed onto its number).
-pub fn moved(reg: &mut Registry, old: c_int, new: c_int) -> bool {
-    match reg.connects.jobs.iter_mut().find(|j| j.placeholder == old) {
-        Some(j) => {
-            j.placeholder = new;
-            true
-        }
-        None => false,
-    }
 }

@@ -17,9 +17,12 @@ use super::super::reversal_listener::TempListener;
 use super::super::spare;
 use crate::client::sys::{self, Errno, Sock};
 use super::super::notice::refusal_errno;
-use super::{Job, Stage, MAX_UNSPOKEN};
+use super::super::registry::connects::{Job, Stage};
 use crate::client::exchange::Exchange;
 use crate::real;
+
+/// Reversed connections that have not said hello yet, per job.
+const MAX_UNSPOKEN: usize = 4;
 
 /// What a step came to.
 pub(super) enum Step {

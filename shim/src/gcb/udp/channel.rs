@@ -26,7 +26,7 @@
 //! connects the real socket to the new channel. The application's fd and
 //! `getpeername` do not change. The broker grants a channel only once the peer
 //! has written to the (new) proxy, so a refusal is retried, at
-//! [`FIRST_RETRY`] doubling up to one heartbeat interval, for as long as the
+//! [`FIRST_RETRY`](super::table::FIRST_RETRY) doubling up to one heartbeat interval, for as long as the
 //! socket stays connected.
 
 use std::net::SocketAddrV4;
@@ -39,7 +39,7 @@ use proto::rudp::RetryPolicy;
 use super::super::mgmt;
 use super::super::registry::{ListenerId, Purpose, Registry};
 use crate::client::sys;
-use super::table::Channel;
+use super::table::{Channel, Reopen};
 use crate::client::seal;
 
 /// Asks the broker for a channel to `fd`'s relayed `peer`. `None` when the
@@ -102,31 +102,6 @@ pub fn drop_from(reg: &mut Registry, fd: c_int) {
     if let Some(c) = channel {
         close(reg, listener, c);
         super::super::inherit::publish(reg);
-    }
-}
-
-/// The first retry of a refused reopen; each further one waits twice as
-/// long, up to the heartbeat interval.
-pub const FIRST_RETRY: Duration = Duration::from_millis(300);
-
-/// A channel being asked for again: when next, and how many asks so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reopen {
-    pub next_try: Instant,
-    pub tries: u32,
-}
-
-impl Reopen {
-    /// Due at once.
-    pub fn now(now: Instant) -> Reopen {
-        Reopen { next_try: now, tries: 0 }
-    }
-
-    /// An ask goes out at `now`: the next one (if this is refused or lost)
-    /// after the backoff.
-    pub fn asked(self, now: Instant, heartbeat: Duration) -> Reopen {
-        let wait = FIRST_RETRY.saturating_mul(1u32 << self.tries.min(16)).min(heartbeat.max(FIRST_RETRY));
-        Reopen { next_try: now + wait, tries: self.tries.saturating_add(1) }
     }
 }
 
@@ -252,6 +227,7 @@ pub fn on_reopen_reply(reg: &mut Registry, id: ListenerId, fd: c_int, peer: Sock
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gcb::udp::table::FIRST_RETRY;
 
     #[test]
     fn refused_reopens_back_off_to_the_heartbeat() {

@@ -423,7 +423,7 @@ mod tests {
         // This process knows the old port, being asked for again; the
         // socket is connected to the new one (by the other process).
         let (peer, old) = (a("203.0.113.20:5000"), a("203.0.113.10:20002"));
-        let reopen = Some(super::super::channel::Reopen::now(now));
+        let reopen = Some(super::super::table::Reopen::now(now));
         reg.udp.entry(fd).channel = Some(super::super::table::Channel { peer, addr: old, token: Token(1), reopen });
         let stranger = a("127.0.0.1:9");
         assert_eq!(classify(&mut reg, fd, stranger, b"x", now), Incoming::Data { from: stranger, offset: 0 }, "not where the socket is connected");

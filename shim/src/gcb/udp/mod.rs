@@ -27,6 +27,7 @@ pub mod channel;
 pub mod connected;
 pub mod control;
 pub mod hole;
+pub mod hole_rules;
 pub mod recv;
 pub mod send;
 pub mod table;

@@ -1,8 +1,9 @@
 //! What the shim knows about each UDP socket it manages, as plain data: the
 //! receiver list (paper 4.2.2: for each address the application sends to, where
 //! the datagrams really go), the reverse names of real sources, the peers the
-//! broker relays for this socket, holes being made (their rules are in
-//! [`hole`](super::hole)), and the buffer of data datagrams read but not yet
+//! broker relays for this socket, holes being made (their records are in
+//! [`hole`](super::hole), their rules in [`hole_rules`](super::hole_rules)), a
+//! channel's reopening, and the buffer of data datagrams read but not yet
 //! delivered. No system calls: every rule here is
 //! unit-tested; `udp::recv` and `udp::send` do the I/O.
 //!
@@ -73,7 +74,32 @@ pub struct Channel {
     /// The token of the Dummies that keep it (and its NAT mapping) open.
     pub token: Token,
     /// Set while the broker has forgotten it (`channel::reopen_all`).
-    pub reopen: Option<super::channel::Reopen>,
+    pub reopen: Option<Reopen>,
+}
+
+/// The first retry of a refused reopen; each further one waits twice as
+/// long, up to the heartbeat interval.
+pub const FIRST_RETRY: Duration = Duration::from_millis(300);
+
+/// A channel being asked for again: when next, and how many asks so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reopen {
+    pub next_try: Instant,
+    pub tries: u32,
+}
+
+impl Reopen {
+    /// Due at once.
+    pub fn now(now: Instant) -> Reopen {
+        Reopen { next_try: now, tries: 0 }
+    }
+
+    /// An ask goes out at `now`: the next one (if this is refused or lost)
+    /// after the backoff.
+    pub fn asked(self, now: Instant, heartbeat: Duration) -> Reopen {
+        let wait = FIRST_RETRY.saturating_mul(1u32 << self.tries.min(16)).min(heartbeat.max(FIRST_RETRY));
+        Reopen { next_try: now + wait, tries: self.tries.saturating_add(1) }
+    }
 }
 
 /// One managed UDP socket.
@@ -213,6 +239,14 @@ impl UdpSocket {
 
     pub fn has_stashed(&self) -> bool {
         !self.stash.is_empty()
+    }
+    /// The last of this socket's listener punches to a connector at `ip`
+    /// that is over: whether the listener yielded, and whether it was
+    /// answered ([`UdpTable::listener_yields`]).
+    fn last_punch_to(&self, ip: Ipv4Addr) -> Option<(bool, bool)> {
+        let over = |h: &&Hole| h.punch.is_some_and(|p| p.confirm) && *h.target.ip() == ip && h.tries_left == 0;
+        let h = self.holes.iter().rev().find(over)?;
+        Some((h.punch.is_some_and(|p| p.yielded), h.next_try == h.expires))
     }
 }
 

@@ -1,9 +1,12 @@
-//! Tests of the management protocol handling, with a datagram socketpair
-//! standing in for the management socket and the broker.
+//! Tests of the responder's handling of the management sockets, with a
+//! datagram socketpair standing in for the management socket and the broker.
 
 use super::*;
 use crate::client::sys::Sock;
+use crate::gcb::mgmt::{new_requester, send_unregister, DATAGRAM_MAX};
 use crate::gcb::registry::Mgmt;
+use proto::rudp::RetryPolicy;
+use proto::Proto;
 use proto::gcb::Token;
 
 fn addr(s: &str) -> SocketAddrV4 {

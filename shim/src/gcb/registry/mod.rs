@@ -1,8 +1,12 @@
 //! What the GCB client knows about this process's sockets: the paper's "pool of
 //! records of listening sockets" (4.2.1) in an fd-keyed table shared with DPF
 //! (`client::records`), the names it reports for brokered connections, and its
-//! caches. Pure data: no system calls, so every rule here is unit-tested; the
-//! modules around it do the I/O and keep the fd table in step.
+//! caches; and, in its child modules, the records of the work the responder
+//! has in hand for them (doorbells, dials and punches, parked connections,
+//! the program's non-blocking connects). Pure data: no system calls but
+//! closing the client's own fds when their work is dropped, so every rule
+//! here is unit-tested; the modules around it do the I/O and keep the fd
+//! table in step. It imports none of them: they all take the registry.
 //!
 //! # Invariants
 //!
@@ -22,9 +26,13 @@ use std::net::SocketAddrV4;
 use libc::c_int;
 use proto::rudp::ReplyCache;
 
-use super::doorbell::PendingBell;
 use super::interest::Interest;
 use crate::client::records::{self, FdRecords};
+
+pub mod bells;
+pub mod connects;
+pub mod parking;
+pub mod serving;
 
 pub use super::registration::{Listener, ListenerId, Mgmt, Purpose};
 pub use crate::client::records::Names;
@@ -43,17 +51,17 @@ pub struct Registry {
     /// Nonces of the broker's sealed commands, checked after `replies`.
     pub guard: proto::auth::ReplayGuard,
     /// Doorbells rung and not yet answered (`doorbell`).
-    pub bells: Vec<PendingBell>,
+    pub bells: Vec<bells::PendingBell>,
     /// Connections being dialed for the broker's commands (`serve`).
-    pub serving: Vec<super::serve::Serving>,
+    pub serving: Vec<serving::Serving>,
     /// Hole punches under way for the broker's `PunchConnect` (`serve_punch`).
-    pub punching: Vec<super::serve_punch::Punching>,
+    pub punching: Vec<serving::Punching>,
     /// Connections established and waiting for `accept` (`park`).
-    pub parked: super::park::Parking,
+    pub parked: parking::Parking,
     /// The program's non-blocking connects being brokered (`connecting`).
-    pub connects: super::connecting::Connects,
+    pub connects: connects::Connects,
     /// Acks of connection commands, sent once the connection is under way
-    /// (`mgmt::send_acks_due`): management fd and sealed datagram.
+    /// (`mgmt_events::send_acks_due`): management fd and sealed datagram.
     pub acks_due: Vec<(c_int, Vec<u8>)>,
     /// Proxy addresses of closed listeners, for re-listens (see `released`).
     pub released: crate::client::released::Released,
@@ -191,16 +199,7 @@ impl Registry {
             s.fd = new;
             return true;
         }
-        if self.parked.moved(old, new) || super::connecting::moved(self, old, new) {
-            return true;
-        }
-        match self.bells.iter_mut().find(|b| b.fd == old) {
-            Some(b) => {
-                b.fd = new;
-                true
-            }
-            None => false,
-        }
+        self.parked.moved(old, new) || self.connects.moved(old, new) || bells::moved(&mut self.bells, old, new)
     }
 
     /// Checks invariants 1 to 3 of the module docs; a description of the first broken one.
