@@ -4,7 +4,6 @@
 use super::*;
 use crate::client::sys::Sock;
 use crate::gcb::mgmt::{new_requester, send_unregister, DATAGRAM_MAX};
-use crate::gcb::registry::Mgmt;
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 use proto::gcb::Token;
@@ -20,28 +19,10 @@ fn setup() -> (Registry, ListenerId, Sock) {
     // SAFETY: socketpair writes two fds.
     assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0, sv.as_mut_ptr()) }, 0);
     let mut reg = Registry::new();
-    let listener = Listener {
-        fds: vec![900_000],
-        local: addr("0.0.0.0:7000"),
-        reg_local: addr("192.0.2.10:7000"),
-        proxy: Some(addr("203.0.113.10:20001")),
-        joined: true,
-        lost: false,
-        shared: false,
-        family: crate::client::family::Family::V4,
-        backlog: 16,
-        mgmt: Mgmt {
-            fd: sv[0],
-            broker: addr("203.0.113.10:65432"),
-            local: addr("192.0.2.10:40000"),
-            requester: new_requester(RetryPolicy::default()),
-            pending: Default::default(),
-            next_heartbeat: Instant::now() + Duration::from_secs(10),
-            heard: Instant::now(),
-        },
-        proto: Proto::Tcp,
-        udp_token: None,
-    };
+    let mut listener = crate::gcb::registration::tests::listener(&[900_000], sv[0]);
+    listener.proxy = Some(addr("203.0.113.10:20001"));
+    listener.mgmt.requester = new_requester(RetryPolicy::default());
+    listener.mgmt.next_heartbeat = Instant::now() + Duration::from_secs(10);
     let (id, _) = reg.add_listener(listener);
     (reg, id, Sock::from_raw(sv[1]))
 }
