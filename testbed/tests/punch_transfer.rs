@@ -260,7 +260,10 @@ fn iperf3_udp_runs_over_punched_paths_both_ways() {
 
 #[test]
 fn iperf3_udp_behind_an_answering_gateway_is_punched_from_the_second_test() {
-    let r = RealBed::up_with_nat(Mode::Gcb, 2, &[], NatKinds::new(NatKind::Drop, NatKind::Preserve));
+    // Without the broker's per-pair outcome cache: a TCP control connection
+    // whose punch falls back would otherwise send the same pair's UDP to the
+    // relay for ten minutes, and this test is about the UDP punch's order.
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--punch-retry-s", "0"], NatKinds::new(NatKind::Drop, NatKind::Preserve));
     let server = r.spawn("a1", true, &["iperf3", "-s", "-p", "5201", "--forceflush"]);
     let public = r.registered(&server, "tcp", "192.0.2.10:5201");
     server.wait_line("Server listening on ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
