@@ -12,7 +12,7 @@
 //! * The hop is real: from a1 a datagram with TTL 2 to GB's public address
 //!   is mapped by GA and dies at the router (its time exceeded counted);
 //!   the TTL 3 one sent after it is the first GB reads. The same from b1
-//!   toward GA.
+//!   toward GA. `down` removes the router's namespace with the rest.
 //! * A connected echo client on b1, with the server on a1, both gateways
 //!   `preserve`: punched at the first attempt, every datagram echoed whole
 //!   and in order from the server's proxy address, not one through the
@@ -76,7 +76,18 @@ fn the_router_is_one_more_hop_between_the_gateways() {
     assert_eq!(bed.ip("wan").to_string(), "203.0.113.254");
     low_ttl_dies_at_the_router(&bed, "a1", "ga", "gb");
     low_ttl_dies_at_the_router(&bed, "b1", "gb", "ga");
+    let wan = bed.netns("wan");
     bed.down().expect("down");
+    let left = run_with_timeout(
+        {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "list"]);
+            c
+        },
+        STEP,
+    )
+    .expect("ip netns list");
+    assert!(!String::from_utf8_lossy(&left.stdout).contains(&wan), "down removed {wan}");
 }
 
 #[test]
