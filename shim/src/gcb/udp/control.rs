@@ -119,10 +119,10 @@ fn send_control(fd: c_int, msg: &Message, request_id: u64, to: SocketAddrV4) {
 /// [`send_control`] with TTL `ttl` for this one datagram ([`ttl::send`](super::ttl::send)).
 fn send_control_ttl(fd: c_int, msg: &Message, request_id: u64, to: SocketAddrV4, ttl: Option<u8>) {
     let Ok(bytes) = seal::gcb_encode(msg, request_id) else { return };
-    match super::ttl::send(fd, &bytes, to, ttl) {
-        Err(e) => log!(Debug, "{:?} to {to} not sent: {}", msg.kind(), std::io::Error::from_raw_os_error(e)),
-        Ok(_) if ttl.is_some() => log!(Debug, "udp punch to {to}: its first Dummy sent with TTL {}", ttl.unwrap_or(0)),
-        Ok(_) => {}
+    match (super::ttl::send(fd, &bytes, to, ttl), ttl) {
+        (Err(e), _) => log!(Debug, "{:?} to {to} not sent: {}", msg.kind(), std::io::Error::from_raw_os_error(e)),
+        (Ok(_), Some(t)) => log!(Debug, "udp punch to {to}: its first Dummy sent with TTL {t}"),
+        (Ok(_), None) => {}
     }
 }
 
