@@ -142,8 +142,9 @@ pub struct DaemonArgs {
     pub punch_budget_ms: Option<u64>,
 
     /// Seconds a pair of realms (named by their public IPs) whose punch failed goes straight
-    /// to the relay before punching is tried between them again; a success clears the pair.
-    /// [default: 600]
+    /// to the relay before punching is tried between them again, TCP and UDP each on its
+    /// own (a failed TCP punch leaves the pair's UDP punching); a success clears the pair
+    /// for its protocol. [default: 600]
     #[arg(long, value_name = "N", env = "GCB_BROKER_PUNCH_RETRY_S")]
     pub punch_retry_s: Option<u64>,
 

@@ -280,7 +280,7 @@ impl Daemon {
             signal.as_str(),
             c.received,
             c.malformed,
-            self.engine.gauges().registrations,
+            self.engine.gauges(Instant::now()).registrations,
             c.relays_opened,
             c.bytes_closed.iter().chain(&running).sum::<u64>()
         );
@@ -333,7 +333,7 @@ impl Daemon {
 
     /// The periodic debug line: live counts and the counters that moved.
     fn log_stats(&self) {
-        let g = self.engine.gauges();
+        let g = self.engine.gauges(Instant::now());
         let line: Vec<String> = self
             .engine
             .counter_fields()

@@ -72,7 +72,7 @@ impl Daemon {
         if let Some(server) = &self.metrics {
             server.report(&mut s);
         }
-        let g = self.engine.gauges();
+        let g = self.engine.gauges(Instant::now());
         for (name, help, v) in [
             (
                 "registrations",
@@ -103,11 +103,21 @@ impl Daemon {
             ),
             (
                 "punch_blocked_pairs",
-                "Pairs of realms relayed at once after a failed punch (the outcome cache)",
+                "Pairs of realms relayed at once after a failed punch (the outcome cache), \
+                 TCP and UDP together",
                 g.punch_blocked_pairs,
             ),
         ] {
             s.gauge(name, help, v as f64);
+        }
+        for (proto, n) in [("tcp", g.punch_blocked[0]), ("udp", g.punch_blocked[1])] {
+            s.gauge_with(
+                "punch_blocked_pairs_by_proto",
+                "Pairs of realms whose connects of this protocol are relayed at once after a \
+                 failed punch",
+                vec![("proto", proto.into())],
+                n as f64,
+            );
         }
         let per_pool = |s: &mut Snapshot, what: &str, help, n: fn(&Ports) -> usize| {
             for pool in &g.ports {

@@ -1,30 +1,39 @@
 //! The hole-punching outcome cache (docs/hole-punching.md, "The outcome
-//! cache"): per unordered pair of public IPs, the pairs of realms whose last
-//! punch failed, so the next connection between them goes to the relay at
-//! once instead of spending a punch budget that will fail again.
+//! cache"): per protocol and unordered pair of public IPs, the pairs of
+//! realms whose last punch of that protocol failed, so the next connection
+//! of that protocol between them goes to the relay at once instead of
+//! spending a punch that will fail again.
 //!
-//! A failure (a side's timeout, a failed check, a local error, a missing
-//! report, an unpredictable mapping) blocks the pair for the retry time; a
-//! success clears it. The table is bounded: past its capacity the entry
-//! used least recently goes, so a flood of pairs costs memory once and
-//! never blocks more than it should (a forgotten pair is only tried again).
-//! Not kept across restarts.
+//! TCP and UDP are kept apart because they fail apart: a gateway that
+//! resets a stranger's SYN may still let a stranger's datagram die quietly,
+//! and the other way round (the tables in the doc), so a failed TCP punch
+//! says nothing about a UDP one between the same realms.
+//!
+//! A failure blocks the (protocol, pair) for the retry time; a success of
+//! that protocol clears it. What counts as a failure is the caller's
+//! (`engine::punch`, `engine::punch_udp`). The table is bounded over both
+//! protocols together: past its capacity the entry used least recently
+//! goes, so a flood of pairs costs memory once and never blocks more than
+//! it should (a forgotten pair is only tried again). Not kept across
+//! restarts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-/// Entries kept at most: a few hundred kilobytes.
+use proto::Proto;
+
+/// Entries kept at most, both protocols together: a few hundred kilobytes.
 pub const CAPACITY: usize = 4096;
 
-/// An unordered pair of public IPs, smaller first.
-type Pair = (Ipv4Addr, Ipv4Addr);
+/// A protocol and an unordered pair of public IPs, smaller first.
+type Key = (Proto, Ipv4Addr, Ipv4Addr);
 
-fn pair(a: Ipv4Addr, b: Ipv4Addr) -> Pair {
+fn key(proto: Proto, a: Ipv4Addr, b: Ipv4Addr) -> Key {
     if a <= b {
-        (a, b)
+        (proto, a, b)
     } else {
-        (b, a)
+        (proto, b, a)
     }
 }
 
@@ -36,11 +45,21 @@ struct Entry {
     stamp: u64,
 }
 
+/// One blocked (protocol, pair), as the status lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Blocked {
+    pub proto: Proto,
+    /// The pair's public IPs, smaller first.
+    pub ips: [Ipv4Addr; 2],
+    /// How long it stays blocked.
+    pub left: Duration,
+}
+
 #[derive(Debug)]
 pub struct OutcomeCache {
-    entries: HashMap<Pair, Entry>,
-    /// Recency: stamp → pair, the oldest first.
-    order: BTreeMap<u64, Pair>,
+    entries: HashMap<Key, Entry>,
+    /// Recency: stamp → key, the oldest first.
+    order: BTreeMap<u64, Key>,
     next_stamp: u64,
     capacity: usize,
 }
@@ -61,11 +80,13 @@ impl OutcomeCache {
         }
     }
 
+    /// Entries held, stale ones included (they go when next looked at).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    fn touch(&mut self, key: Pair) {
+    fn touch(&mut self, key: Key) {
         self.next_stamp += 1;
         let stamp = self.next_stamp;
         if let Some(e) = self.entries.get_mut(&key) {
@@ -75,16 +96,16 @@ impl OutcomeCache {
         }
     }
 
-    fn remove(&mut self, key: Pair) {
+    fn remove(&mut self, key: Key) {
         if let Some(e) = self.entries.remove(&key) {
             self.order.remove(&e.stamp);
         }
     }
 
-    /// Whether punching between `a` and `b` is blocked at `now`. An entry
-    /// past its time is dropped; a live one counts as used.
-    pub fn blocked(&mut self, a: Ipv4Addr, b: Ipv4Addr, now: Instant) -> bool {
-        let key = pair(a, b);
+    /// Whether punching `proto` between `a` and `b` is blocked at `now`. An
+    /// entry past its time is dropped; a live one counts as used.
+    pub fn blocked(&mut self, proto: Proto, a: Ipv4Addr, b: Ipv4Addr, now: Instant) -> bool {
+        let key = key(proto, a, b);
         match self.entries.get(&key) {
             Some(e) if now < e.until => {
                 self.touch(key);
@@ -98,9 +119,10 @@ impl OutcomeCache {
         }
     }
 
-    /// A punch between `a` and `b` failed: block the pair for `retry`.
-    pub fn failed(&mut self, a: Ipv4Addr, b: Ipv4Addr, retry: Duration, now: Instant) {
-        let key = pair(a, b);
+    /// A `proto` punch between `a` and `b` failed: block that protocol
+    /// between the pair for `retry`.
+    pub fn failed(&mut self, proto: Proto, a: Ipv4Addr, b: Ipv4Addr, retry: Duration, now: Instant) {
+        let key = key(proto, a, b);
         self.remove(key);
         while self.entries.len() >= self.capacity {
             let Some((_, oldest)) = self.order.pop_first() else { break };
@@ -112,19 +134,35 @@ impl OutcomeCache {
         self.order.insert(stamp, key);
     }
 
-    /// A punch between `a` and `b` succeeded: the pair may punch again.
-    pub fn succeeded(&mut self, a: Ipv4Addr, b: Ipv4Addr) {
-        self.remove(pair(a, b));
+    /// A `proto` punch between `a` and `b` succeeded: the pair may punch
+    /// that protocol again.
+    pub fn succeeded(&mut self, proto: Proto, a: Ipv4Addr, b: Ipv4Addr) {
+        self.remove(key(proto, a, b));
     }
 
-    /// The blocked pairs and how long each stays blocked.
-    #[cfg(test)]
-    pub fn blocked_pairs(&self, now: Instant) -> Vec<(Ipv4Addr, Ipv4Addr, Duration)> {
-        let mut out: Vec<_> = self
+    /// How many pairs are blocked at `now`: TCP, UDP. Stale entries not yet
+    /// dropped are not counted, so the gauge says what a connect would meet.
+    pub fn blocked_counts(&self, now: Instant) -> [usize; 2] {
+        let mut n = [0; 2];
+        for ((proto, ..), e) in &self.entries {
+            if now < e.until {
+                n[usize::from(*proto == Proto::Udp)] += 1;
+            }
+        }
+        n
+    }
+
+    /// The blocked (protocol, pair)s at `now`, by protocol and pair.
+    pub fn blocked_list(&self, now: Instant) -> Vec<Blocked> {
+        let mut out: Vec<Blocked> = self
             .entries
             .iter()
             .filter(|(_, e)| now < e.until)
-            .map(|(k, e)| (k.0, k.1, e.until - now))
+            .map(|(&(proto, a, b), e)| Blocked {
+                proto,
+                ips: [a, b],
+                left: e.until - now,
+            })
             .collect();
         out.sort();
         out
@@ -132,74 +170,5 @@ impl OutcomeCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(198, 51, 100, n)
-    }
-
-    const RETRY: Duration = Duration::from_secs(600);
-
-    #[test]
-    fn a_failure_blocks_the_pair_both_ways_until_the_retry_time() {
-        let t = Instant::now();
-        let mut c = OutcomeCache::default();
-        assert!(!c.blocked(ip(1), ip(2), t));
-        c.failed(ip(1), ip(2), RETRY, t);
-        assert!(c.blocked(ip(1), ip(2), t));
-        assert!(c.blocked(ip(2), ip(1), t + Duration::from_secs(599)), "unordered");
-        assert!(!c.blocked(ip(1), ip(3), t), "other pairs are not touched");
-        assert!(!c.blocked(ip(1), ip(2), t + RETRY), "tried again after the retry time");
-        assert_eq!(c.len(), 0, "the stale entry went");
-    }
-
-    #[test]
-    fn a_success_clears_the_pair() {
-        let t = Instant::now();
-        let mut c = OutcomeCache::default();
-        c.failed(ip(1), ip(2), RETRY, t);
-        c.succeeded(ip(2), ip(1));
-        assert!(!c.blocked(ip(1), ip(2), t));
-        assert_eq!(c.len(), 0);
-    }
-
-    #[test]
-    fn a_later_failure_restarts_the_time() {
-        let t = Instant::now();
-        let mut c = OutcomeCache::default();
-        c.failed(ip(1), ip(2), RETRY, t);
-        c.failed(ip(1), ip(2), RETRY, t + Duration::from_secs(500));
-        assert!(c.blocked(ip(1), ip(2), t + Duration::from_secs(1000)));
-        assert_eq!(c.len(), 1);
-    }
-
-    #[test]
-    fn past_capacity_the_least_recently_used_pair_goes() {
-        let t = Instant::now();
-        let mut c = OutcomeCache::new(3);
-        c.failed(ip(1), ip(2), RETRY, t);
-        c.failed(ip(1), ip(3), RETRY, t);
-        c.failed(ip(1), ip(4), RETRY, t);
-        // Using the oldest makes the second the least recently used.
-        assert!(c.blocked(ip(1), ip(2), t));
-        c.failed(ip(1), ip(5), RETRY, t);
-        assert_eq!(c.len(), 3);
-        assert!(!c.blocked(ip(1), ip(3), t), "evicted");
-        for n in [2, 4, 5] {
-            assert!(c.blocked(ip(1), ip(n), t), "{n} kept");
-        }
-        assert_eq!(c.blocked_pairs(t).len(), 3);
-    }
-
-    #[test]
-    fn the_table_never_grows_past_its_capacity() {
-        let t = Instant::now();
-        let mut c = OutcomeCache::new(64);
-        for a in 0..=255u8 {
-            c.failed(ip(a), Ipv4Addr::new(192, 0, 2, a), RETRY, t);
-            assert!(c.len() <= 64);
-            assert_eq!(c.order.len(), c.entries.len());
-        }
-    }
-}
+#[path = "punch_cache_tests.rs"]
+mod tests;

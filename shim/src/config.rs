@@ -80,6 +80,11 @@ pub struct Config {
     pub heartbeat: Duration,
     /// `GCB_PUNCH`: offer the broker TCP hole punching (default on; `0` off).
     pub punch: bool,
+    /// `GCB_PUNCH_TTL`: the TTL of a UDP punch's first Dummy (default
+    /// [`DEFAULT_PUNCH_TTL`]; 0 sends it like the others). Low, so it makes
+    /// the sender's own gateway's mapping and dies before the far gateway
+    /// (docs/hole-punching.md, "UDP").
+    pub punch_ttl: u8,
     /// `GCB_SECRET_FILE`'s contents: every request is sealed with it and
     /// every reply and command must be (see `client::seal`).
     pub secret: Option<SharedSecret>,
@@ -139,6 +144,7 @@ impl Config {
         let heartbeat = setting(env, p, "GCB_HEARTBEAT_S", "heartbeat every 10 s", parse_heartbeat);
         let routes = setting(env, p, "GCB_ROUTE", "no routes: every destination is brokered", load_routes);
         let punch = setting(env, p, "GCB_PUNCH", "hole punching is offered", parse_switch);
+        let punch_ttl = setting(env, p, "GCB_PUNCH_TTL", "a UDP punch's first Dummy has TTL 2", parse_ttl);
         // A path: any bytes will do.
         let log_file = env("GCB_LOG_FILE").filter(|v| !v.is_empty()).and_then(|v| CString::new(v).ok());
 
@@ -150,6 +156,7 @@ impl Config {
             log_file,
             heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
             punch: punch.unwrap_or(true),
+            punch_ttl: punch_ttl.unwrap_or(DEFAULT_PUNCH_TTL),
             secret,
             problems,
         }
@@ -222,6 +229,14 @@ fn load_secret(path: &str) -> Result<SharedSecret, String> {
 }
 
 /// `1` or `0` (also `on`/`off`, `yes`/`no`, `true`/`false`).
+/// The usual low TTL: past the host's own gateway (the first hop), and not
+/// to the far one, which is further on any path with a router between.
+pub const DEFAULT_PUNCH_TTL: u8 = 2;
+
+fn parse_ttl(s: &str) -> Result<u8, String> {
+    s.trim().parse::<u8>().map_err(|_| "is not a TTL from 0 (off) to 255".to_string())
+}
+
 fn parse_switch(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "1" | "on" | "yes" | "true" => Ok(true),

@@ -149,7 +149,8 @@ impl TestBed {
     }
 
     /// Create a test bed whose gateways have the given NAT kinds
-    /// (`scripts/netns up --nat-a A --nat-b B`).
+    /// (`scripts/netns up --nat-a A --nat-b B`, and `--wan-hop` with
+    /// [`NatKinds::wan_hop`]).
     pub fn up_with_nat(nat: NatKinds) -> Result<TestBed, String> {
         Self::create(None, false, nat)
     }
@@ -184,6 +185,9 @@ impl TestBed {
             args.push("--broker2");
         }
         args.extend(["--nat-a", nat.a.as_str(), "--nat-b", nat.b.as_str()]);
+        if nat.wan_hop {
+            args.push("--wan-hop");
+        }
         let out = netns_script_run(&args)?;
         let p = out.trim().to_string();
         if !valid_prefix(&p) {
@@ -201,8 +205,9 @@ impl TestBed {
             })
             .and_then(|t| {
                 let got = |g: &str| t.hosts.get(g).and_then(|h| h.nat);
+                let hop = t.hosts.contains_key("wan");
                 match (got("ga"), got("gb")) {
-                    (Some(a), Some(b)) if NatKinds::new(a, b) == nat => Ok(t),
+                    (Some(a), Some(b)) if NatKinds { a, b, wan_hop: hop } == nat => Ok(t),
                     other => Err(format!("list --json reported NAT kinds {other:?}, asked for {nat:?}")),
                 }
             });

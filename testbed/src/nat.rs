@@ -59,18 +59,28 @@ impl FromStr for NatKind {
     }
 }
 
-/// The kinds of the two gateways of one bed.
+/// The kinds of the two gateways of one bed, and the path between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NatKinds {
     /// Gateway GA (realm A).
     pub a: NatKind,
     /// Gateway GB (realm B).
     pub b: NatKind,
+    /// A router (host `wan`) between GB and the public switch
+    /// (`scripts/netns up --wan-hop`): the gateways are two routed hops
+    /// apart instead of neighbours, so a packet whose TTL runs out between
+    /// them can be sent (the low-TTL first Dummy of a UDP punch).
+    pub wan_hop: bool,
 }
 
 impl NatKinds {
     pub fn new(a: NatKind, b: NatKind) -> NatKinds {
-        NatKinds { a, b }
+        NatKinds { a, b, wan_hop: false }
+    }
+
+    /// The same gateways with the router between them.
+    pub fn with_wan_hop(self) -> NatKinds {
+        NatKinds { wan_hop: true, ..self }
     }
 }
 

@@ -23,8 +23,8 @@ pub const DPFD: &str = "192.0.2.1";
 /// How long a server may take to start and register on a loaded machine.
 pub const STARTUP: Duration = Duration::from_secs(20);
 /// The shim's variables, cleared so the caller's environment cannot leak in.
-const SHIM_VARS: [&str; 8] =
-    ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "DPF_INAGENT", "GCB_LOG", "GCB_LOG_FILE", "GCB_HEARTBEAT_S", "LD_PRELOAD"];
+const SHIM_VARS: [&str; 9] =
+    ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "DPF_INAGENT", "GCB_LOG", "GCB_LOG_FILE", "GCB_HEARTBEAT_S", "GCB_PUNCH_TTL", "LD_PRELOAD"];
 
 /// Which system carries the traffic across the NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

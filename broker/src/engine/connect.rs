@@ -148,11 +148,11 @@ impl Engine {
         let punch = match (path, proto) {
             (Path::Relay, Proto::Tcp) => {
                 let skip = self.punch_skip(
+                    Proto::Tcp,
                     from,
                     req.features,
                     req.asked_from_port,
                     &record,
-                    Features::PUNCH_TCP,
                     now,
                 );
                 if let Err(why) = skip {

@@ -206,8 +206,11 @@ pub struct Gauges {
     pub pending_pairings: usize,
     /// Punches whose sides are both at the rendezvous.
     pub punches: usize,
-    /// Pairs of realms the outcome cache relays at once.
+    /// Pairs of realms the outcome cache relays at once, both protocols
+    /// together (a pair blocked for both counts twice).
     pub punch_blocked_pairs: usize,
+    /// The same by protocol: TCP, UDP.
+    pub punch_blocked: [usize; 2],
     pub commands_in_flight: usize,
     pub udp_rules: usize,
     pub udp_channels: usize,
@@ -361,7 +364,9 @@ impl Engine {
         fields
     }
 
-    pub fn gauges(&self) -> Gauges {
+    /// The live counts at `now` (the outcome cache's entries past their
+    /// time are not counted).
+    pub fn gauges(&self, now: Instant) -> Gauges {
         let pool = |proto| {
             let p = self.registry.pool(proto);
             Ports {
@@ -371,12 +376,14 @@ impl Engine {
                 quarantined: p.quarantined(),
             }
         };
+        let blocked = self.punch_cache.blocked_counts(now);
         Gauges {
             registrations: self.registry.len(),
             relays: self.relays,
             pending_pairings: self.pairings.len(),
             punches: self.punches.len(),
-            punch_blocked_pairs: self.punch_cache.len(),
+            punch_blocked_pairs: blocked[0] + blocked[1],
+            punch_blocked: blocked,
             commands_in_flight: self.asyncs.len(),
             udp_rules: self.udp.table.rules_len(),
             udp_channels: self.udp.channels.len(),

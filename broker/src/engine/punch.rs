@@ -6,9 +6,9 @@
 //!   connector in its `Connect`, every holder of the listener's
 //!   registration in its `Register`, so the failed-command rule may send
 //!   `PunchConnect` on to any of them), punching is on, the pair of public
-//!   IPs is not in the outcome cache, and the connector's NAT kept the port
-//!   of its `Connect` (`asked_from_port`). Otherwise the connect is relayed
-//!   as before and the reason counted.
+//!   IPs is not in the outcome cache for the connect's protocol, and the
+//!   connector's NAT kept the port of its `Connect` (`asked_from_port`).
+//!   Otherwise the connect is relayed as before and the reason counted.
 //! * The pairing waits for both hellos like a relay's (`pairing`, same
 //!   expiry, same failed-command rule). Then proto's [`Meeting`] decides;
 //!   this module carries its effects out as the loop's: frames to send,
@@ -30,6 +30,7 @@ use proto::gcb::punch::{
     PunchHello, PunchReport, PunchVerdict, SkipReason,
 };
 use proto::gcb::{ErrorCode, Features, Role, Token};
+use proto::Proto;
 use tracing::{debug, info};
 
 use super::{Effect, Engine, RelayStart, StreamId};
@@ -87,19 +88,20 @@ impl Punch {
 }
 
 impl Engine {
-    /// Whether a connect from `from` to `record`'s socket, both private in
-    /// different realms, may be punched, both sides offering `wanted`
-    /// (`PUNCH_TCP` or `PUNCH_UDP`); `Err` says why not.
+    /// Whether a `proto` connect from `from` to `record`'s socket, both
+    /// private in different realms, may be punched; `Err` says why not.
+    /// The cache is read and written for `proto` alone.
     pub(super) fn punch_skip(
         &mut self,
+        proto: Proto,
         from: SocketAddrV4,
         features: Features,
         asked_from_port: u16,
         record: &Record,
-        wanted: Features,
         now: Instant,
     ) -> Result<(), Skip> {
         let p = self.config.limits.punch;
+        let wanted = if proto == Proto::Tcp { Features::PUNCH_TCP } else { Features::PUNCH_UDP };
         if !features.contains(wanted) || !record.all_offer(wanted) {
             return Err(Skip::NotCapable);
         }
@@ -109,13 +111,13 @@ impl Engine {
         if *from.ip() == record.ip {
             return Err(Skip::SamePublicIp);
         }
-        if self.punch_cache.blocked(*from.ip(), record.ip, now) {
+        if self.punch_cache.blocked(proto, *from.ip(), record.ip, now) {
             return Err(Skip::CachedFailure);
         }
         let kept = asked_from_port == 0 || asked_from_port == from.port();
         if !kept && !p.unpredictable {
             let retry = Duration::from_secs(p.retry_s);
-            self.punch_cache.failed(*from.ip(), record.ip, retry, now);
+            self.punch_cache.failed(proto, *from.ip(), record.ip, retry, now);
             return Err(Skip::UnpredictableMapping);
         }
         Ok(())
@@ -391,7 +393,7 @@ impl Engine {
         let failed = match outcome {
             Outcome::Direct => {
                 n.punch_succeeded += 1;
-                self.punch_cache.succeeded(ips[0], ips[1]);
+                self.punch_cache.succeeded(Proto::Tcp, ips[0], ips[1]);
                 false
             }
             Outcome::Vanished => {
@@ -413,7 +415,7 @@ impl Engine {
             }
         };
         if failed {
-            self.punch_cache.failed(ips[0], ips[1], retry, now);
+            self.punch_cache.failed(Proto::Tcp, ips[0], ips[1], retry, now);
         }
         info!(
             "punch {token} between connector {c} and listener {l} for {}: {}",

@@ -22,13 +22,24 @@
 //! pairing without a relay, over when acknowledged) and is done. Neither
 //! side's datagrams tell the broker whether the direct path opened, so the
 //! connector says so with one `Dummy{token}` to the proxy when it does;
-//! that is `udp_punch_direct`. A report from elsewhere, or after
-//! [`REPORT_TTL`], counts nothing.
+//! that is `udp_punch_direct`, and clears the pair's UDP entry in the
+//! outcome cache. A report from elsewhere, or after [`REPORT_TTL`], counts
+//! nothing.
+//!
+//! The outcome cache learns a UDP failure only from an unpredictable
+//! mapping (`punch_skip`, for UDP alone). A punch whose report never came
+//! is not cached as failed: the report is one datagram that may be lost;
+//! the miss cost the connector nothing but Dummies (it was on the relay
+//! from its first datagram) or, for a connected socket, 0.6 s that its
+//! shim already spares the next connects for a minute; and a missed punch
+//! is what teaches the listener's shim to yield (docs/hole-punching.md),
+//! after which the same pair punches: a cached miss would keep that pair
+//! on the relay for the whole retry time.
 
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use proto::gcb::{Features, Token};
+use proto::gcb::Token;
 use proto::{Endpoint, Proto};
 use tracing::{debug, info};
 
@@ -61,9 +72,8 @@ impl Engine {
         record: &Record,
         now: Instant,
     ) -> Option<UdpPunch> {
-        let wanted = Features::PUNCH_UDP;
         if let Err(why) =
-            self.punch_skip(from, req.features, req.asked_from_port, record, wanted, now)
+            self.punch_skip(Proto::Udp, from, req.features, req.asked_from_port, record, now)
         {
             self.count_skip(why);
             debug!(
@@ -148,6 +158,12 @@ impl Engine {
         }
         self.udp.punches.remove(&token);
         self.counters.udp_punch_direct += 1;
+        // The pair punches UDP: an unpredictable mapping cached for it
+        // since the decision was wrong, or is gone.
+        if let Some(listener) = self.registry.get(&Endpoint::new(Proto::Udp, proxy)) {
+            let ip = listener.ip;
+            self.punch_cache.succeeded(Proto::Udp, *from.ip(), ip);
+        }
         info!("udp {proxy}: the punch {token} to {from} is direct");
         true
     }

@@ -15,7 +15,7 @@ use super::{Engine, Host};
 use crate::decide::Realm;
 use crate::pairing::Kind;
 use crate::status::{
-    self, Head, HolderView, LimitsView, PendingView, RegView, Relayed, UdpRuleView, View,
+    self, BlockedView, Head, HolderView, LimitsView, PendingView, RegView, Relayed, UdpRuleView, View,
     MAX_SNAPSHOT_BYTES,
 };
 use crate::udp::rules::{TO_CLIENT, TO_PEER};
@@ -113,6 +113,16 @@ impl Engine {
             relays,
             pending: self.pending_views(now),
             udp_rules: self.udp_rule_views(now),
+            punch_blocked: self
+                .punch_cache
+                .blocked_list(now)
+                .into_iter()
+                .map(|b| BlockedView {
+                    proto: b.proto,
+                    realms: b.ips,
+                    expires_in: b.left,
+                })
+                .collect(),
             bytes_relayed,
             counters,
         }

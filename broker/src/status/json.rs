@@ -12,7 +12,9 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::ser::{CharEscape, Formatter};
 
-use super::view::{Head, PendingView, RegView, RelayView, Relayed, UdpRuleView, View};
+use super::view::{
+    BlockedView, Head, PendingView, RegView, RelayView, Relayed, UdpRuleView, View,
+};
 
 /// serde_json's compact output, with the broker's number and escape style.
 struct Style;
@@ -53,6 +55,8 @@ struct Doc<'a> {
     relays: &'a [RelayView],
     pending: &'a [PendingView],
     udp_rules: &'a [UdpRuleView],
+    /// Added after the others: readers of older output never saw it.
+    punch_blocked: &'a [BlockedView],
     bytes_relayed: Relayed,
     #[serde(serialize_with = "counters")]
     counters: &'a [(&'static str, u64)],
@@ -87,16 +91,19 @@ pub fn json(v: &View, budget: usize) -> String {
     let relays = fitting(&v.relays, &mut used, budget);
     let pending = fitting(&v.pending, &mut used, budget);
     let rules = fitting(&v.udp_rules, &mut used, budget);
+    let blocked = fitting(&v.punch_blocked, &mut used, budget);
     let truncated = regs < v.registrations.len()
         || relays < v.relays.len()
         || pending < v.pending.len()
-        || rules < v.udp_rules.len();
+        || rules < v.udp_rules.len()
+        || blocked < v.punch_blocked.len();
     to_string(&Doc {
         head: &v.head,
         registrations: &v.registrations[..regs],
         relays: &v.relays[..relays],
         pending: &v.pending[..pending],
         udp_rules: &v.udp_rules[..rules],
+        punch_blocked: &v.punch_blocked[..blocked],
         bytes_relayed: v.bytes_relayed,
         counters: &v.counters,
         truncated,

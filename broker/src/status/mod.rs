@@ -19,7 +19,8 @@ mod view;
 pub use json::json;
 pub use text::text;
 pub use view::{
-    Head, HolderView, LimitsView, PendingView, RegView, RelayView, Relayed, UdpRuleView, View,
+    BlockedView, Head, HolderView, LimitsView, PendingView, RegView, RelayView, Relayed,
+    UdpRuleView, View,
 };
 
 use std::collections::VecDeque;

@@ -95,6 +95,11 @@ fn view(registrations: usize) -> View {
             datagrams_to_peer: 2,
             bytes_to_peer: 20,
         }],
+        punch_blocked: vec![BlockedView {
+            proto: Proto::Udp,
+            realms: ["198.51.100.1".parse().unwrap(), "198.51.100.2".parse().unwrap()],
+            expires_in: Duration::from_secs(599),
+        }],
         bytes_relayed: Relayed {
             to_listener: 1 << 20,
             to_connector: 7,
@@ -125,6 +130,7 @@ fn text_names_every_part() {
         "\n    holder condor_shadow[43] mgmt 198.51.100.1:40001 heartbeat 4.0s ago (every 10s), joined 5.0s ago\n",
         "udp rules: 1",
         "198.51.100.4:9000 <-> 203.0.113.1:20001: 3 datagrams (300 bytes) to the client, 2 (20 bytes) back",
+        "punch blocked: 1\n  udp 198.51.100.1 <-> 198.51.100.2: relayed at once for 9m59s more\n",
         "refused and malformed: malformed 1",
         "counters: received 12, malformed 1",
     ] {
@@ -176,6 +182,11 @@ fn json_is_valid_and_complete() {
     assert_eq!(field(1, "last_heartbeat_s"), Some(Value::Num(4.0)));
     assert_eq!(field(0, "heartbeat_s"), Some(Value::Num(10.0)));
     assert_eq!(field(0, "age_s"), Some(Value::Num(3725.0)));
+    let blocked = v.get("punch_blocked").and_then(Value::as_array).unwrap();
+    assert_eq!(blocked[0].get("proto").and_then(Value::as_str), Some("udp"));
+    let realms = blocked[0].get("realms").and_then(Value::as_array).unwrap();
+    assert_eq!(realms[1].as_str(), Some("198.51.100.2"));
+    assert_eq!(blocked[0].get("expires_in_s"), Some(&Value::Num(599.0)));
     assert!(v.get("counters").and_then(|c| c.get("malformed")).is_some());
     assert!(v.get("limits").and_then(|l| l.get("max_relays")).is_some());
 }
@@ -200,7 +211,8 @@ fn budget_cuts_lists_and_says_so() {
 }
 
 /// The JSON as the hand-written renderer wrote it before serde took over
-/// (`golden/`): byte for byte, escapes and number style included.
+/// (`golden/`): byte for byte, escapes and number style included, and
+/// fields added since (`punch_blocked`) only added, never moved.
 #[test]
 fn json_is_byte_for_byte_what_it_was() {
     let mut v = view(2);
@@ -213,6 +225,7 @@ fn json_is_byte_for_byte_what_it_was() {
     empty.relays.clear();
     empty.pending.clear();
     empty.udp_rules.clear();
+    empty.punch_blocked.clear();
     empty.counters.clear();
     assert_eq!(json(&empty, 1 << 20), include_str!("golden/empty.json"));
     // Backspace and form feed too, which serde_json would shorten.

@@ -154,6 +154,18 @@ pub fn text(v: &View, budget: usize) -> String {
         );
     });
     more(&mut o, v.udp_rules.len() - shown);
+    let _ = writeln!(o, "\npunch blocked: {}", v.punch_blocked.len());
+    let shown = bounded(&mut o, budget, &v.punch_blocked, |o, b| {
+        let _ = writeln!(
+            o,
+            "  {} {} <-> {}: relayed at once for {} more",
+            b.proto,
+            b.realms[0],
+            b.realms[1],
+            secs(b.expires_in)
+        );
+    });
+    more(&mut o, v.punch_blocked.len() - shown);
     let _ = writeln!(
         o,
         "\nbytes relayed: {} connector -> listener, {} back",

@@ -6,7 +6,7 @@
 //! moved here changes what readers of that output see. Durations are
 //! seconds with millisecond precision (`_s` keys), addresses strings.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use proto::Proto;
@@ -83,6 +83,18 @@ pub struct UdpRuleView {
     pub bytes_to_peer: u64,
 }
 
+/// A protocol between a pair of realms that the hole-punching outcome cache
+/// relays at once after a failed punch.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedView {
+    #[serde(serialize_with = "shown")]
+    pub proto: Proto,
+    /// The two realms' public IPs, smaller first.
+    pub realms: [Ipv4Addr; 2],
+    #[serde(rename = "expires_in_s", serialize_with = "secs")]
+    pub expires_in: Duration,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayView {
     pub id: u64,
@@ -146,6 +158,7 @@ pub struct View {
     pub relays: Vec<RelayView>,
     pub pending: Vec<PendingView>,
     pub udp_rules: Vec<UdpRuleView>,
+    pub punch_blocked: Vec<BlockedView>,
     pub bytes_relayed: Relayed,
     pub counters: Vec<(&'static str, u64)>,
 }

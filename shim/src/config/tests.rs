@@ -222,3 +222,13 @@ fn hole_punching_is_offered_unless_switched_off() {
     assert!(c.punch, "an invalid value leaves the default");
     assert_eq!(c.problems, vec!["GCB_PUNCH=\"maybe\": is not 1 or 0; hole punching is offered".to_string()]);
 }
+
+#[test]
+fn a_punch_s_first_dummy_has_a_low_ttl_unless_told_otherwise() {
+    assert_eq!(config(&[]).punch_ttl, DEFAULT_PUNCH_TTL);
+    assert_eq!(config(&[("GCB_PUNCH_TTL", "0")]).punch_ttl, 0, "off");
+    assert_eq!(config(&[("GCB_PUNCH_TTL", " 3 ")]).punch_ttl, 3);
+    let c = config(&[("GCB_PUNCH_TTL", "256")]);
+    assert_eq!(c.punch_ttl, DEFAULT_PUNCH_TTL, "an invalid value leaves the default");
+    assert_eq!(c.problems, vec!["GCB_PUNCH_TTL=\"256\": is not a TTL from 0 (off) to 255; a UDP punch's first Dummy has TTL 2".to_string()]);
+}

@@ -14,6 +14,8 @@
 //!   the outcome cache;
 //! * `punch_udp`: UDP hole punching: the decision, `PunchHole`, each
 //!   reason not to punch, the connector's report;
+//! * `punch_cache`: the outcome cache, TCP and UDP apart, and what the
+//!   gauges and the status show of it;
 //! * `udp`: the UDP data path and channels;
 //! * `clients`: the processes the tests speak for, and the configuration;
 //! * `proptests`: random sequences of all of it against the invariants of
@@ -27,6 +29,7 @@ pub(super) mod harness;
 mod pipeline;
 mod proptests;
 mod punch;
+mod punch_cache;
 mod punch_udp;
 mod register;
 mod udp;

@@ -108,7 +108,7 @@ fn a_capable_pair_is_punched_and_both_commands_say_so() {
     assert_eq!((s.bed.fates[&c], s.bed.fates[&l]), (Fate::HungUp, Fate::HungUp));
     assert!(s.bed.relays.is_empty());
     assert_eq!(s.bed.counter("punch_succeeded"), 1);
-    assert_eq!(s.bed.engine.gauges().punches, 0);
+    assert_eq!(s.bed.engine.gauges(s.bed.now).punches, 0);
     // A success leaves the pair free to punch again.
     s.punch();
 }
@@ -180,7 +180,7 @@ fn without_reports_the_timer_relays_and_held_verdicts_go_after_a_grace() {
     assert_eq!(s.bed.frames_to(l)[1], relay_verdict(C_SEEN));
     assert_eq!(s.bed.relays.len(), 1);
     assert!(s.bed.relays[0].punched);
-    assert_eq!(s.bed.engine.gauges().punches, 0, "nothing left to time");
+    assert_eq!(s.bed.engine.gauges(s.bed.now).punches, 0, "nothing left to time");
 }
 
 #[test]

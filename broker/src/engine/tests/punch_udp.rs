@@ -135,7 +135,7 @@ fn a_capable_pair_is_punched_with_both_mappings() {
         ),
         (1, 0)
     );
-    assert_eq!(s.bed.engine.gauges().punches, 0, "no TCP meeting");
+    assert_eq!(s.bed.engine.gauges(s.bed.now).punches, 0, "no TCP meeting");
 
     // The relay works meanwhile: the connector's datagram reaches the listener.
     let (send, _) = s.bed.udp_in(s.proxy, mapping, b"first");

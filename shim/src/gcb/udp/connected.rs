@@ -22,8 +22,9 @@
 //! stranger's as the peer's (only the proof tells them apart). The peer's
 //! data after the path opened is kept for the program's first read.
 //!
-//! The wait is the price of a direct path: about the head start on a path
-//! that punches (0.2 s), [`CONNECT_WAIT`] on one that does not. Only a
+//! The wait is the price of a direct path: about the connector's second
+//! Dummy on a path that punches (0.3 s), [`CONNECT_WAIT`] on one that does
+//! not. Only a
 //! blocking socket pays it ([`may_wait`]): a UDP `connect` has no EINPROGRESS
 //! to give, and an event loop must not stall in one, so a non-blocking socket
 //! asks the broker without offering UDP punching and goes to the relay at once,
@@ -42,10 +43,12 @@ use super::control::{self, Incoming};
 use super::table::{Datagram, Route};
 use crate::real;
 
-/// How long a `connect` waits for the punch to answer: the head start, the
-/// connector's first two Dummies (0.2 and 0.3 s) and the listener's third
-/// (0.3 s after its first), with room for a loaded machine.
-pub const CONNECT_WAIT: Duration = Duration::from_millis(600);
+/// How long a `connect` waits for the punch to answer: the connector's
+/// first two Dummies (0.2 s, with a low TTL, and 0.3 s), the listener's
+/// second (0.4 s), or, when the listener yields, its second (0.45 s: its
+/// first, at 0.35 s, has a low TTL too, `control::LISTENER_YIELD`), with
+/// room for a loaded machine.
+pub const CONNECT_WAIT: Duration = Duration::from_millis(700);
 
 /// Whether a `connect` of `fd` to `dest` may wait for a punch (module docs):
 /// the socket blocks, and `dest`'s last punch was not missed lately.
@@ -139,13 +142,14 @@ fn dissolve(fd: c_int) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::gcb::udp::control::proof;
     use crate::gcb::udp::table::{Hole, Punch, HOLE_ACK_TTL};
     use proto::gcb::{self, Message, Role};
 
-    fn bound() -> (sys::Sock, SocketAddrV4) {
+    /// A UDP socket on a loopback port of its own, and its address.
+    pub(in crate::gcb::udp) fn bound() -> (sys::Sock, SocketAddrV4) {
         let s = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
         sys::bind(s.raw(), "127.0.0.1:0".parse().unwrap()).unwrap();
         let at = sys::local_addr(s.raw()).unwrap();
@@ -160,7 +164,7 @@ mod tests {
     /// whose Dummies the test sends itself (none due).
     fn punching(fd: c_int, proxy: SocketAddrV4, listener_at: SocketAddrV4, token: Token) {
         let now = Instant::now();
-        let punch = Punch { expect: proof(token, Role::Listener), report: None, gap: Duration::from_secs(60), confirm: false, proven: false, yielded: false };
+        let punch = Punch { expect: proof(token, Role::Listener), report: None, gap: Duration::from_secs(60), confirm: false, proven: false, yielded: false, ttl: None };
         super::super::super::state::with(|reg| {
             let s = reg.udp.entry(fd);
             s.set_route(proxy, Route::AsNamed, now);

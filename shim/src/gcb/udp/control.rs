@@ -18,7 +18,12 @@
 //!   `Dummy` with their role's proof of the token ([`proof`]) to the other's
 //!   mapping with backoff, the listener at once on `PunchHole`, the connector
 //!   after [`PUNCH_HEAD_START`] (`send`); each answers the other's Dummy with
-//!   a `DummyAck` of its own proof. The listener's proof from its mapping
+//!   a `DummyAck` of its own proof. Each side's first Dummy has a low TTL
+//!   ([`ttl::low_ttl`](super::ttl::low_ttl)): it makes that side's own
+//!   gateway's mapping and dies on the way, so where the gateways are hops
+//!   apart neither side's Dummy reaches the far gateway before the far
+//!   side's mapping is there; the second ones go after both first ones
+//!   ([`LISTENER_REACH`]). The listener's proof from its mapping
 //!   opens the connector's side; the listener's opens at the connector's ack
 //!   or its data after its proof (`table::Punch::confirm`). The connector
 //!   then tells the broker with one `Dummy{token}` to the proxy. These are answered because a punch needs both sides to hear
@@ -71,6 +76,13 @@ pub const PUNCH_HEAD_START: Duration = Duration::from_millis(200);
 /// first Dummy back, so that the connector's, at its head start, is the
 /// first to reach a gateway.
 pub const LISTENER_YIELD: Duration = Duration::from_millis(350);
+/// When a listener that goes first sends its second Dummy, the first of its
+/// own that can reach the connector: its first had a low TTL, and so had
+/// the connector's at the head start, which must have made the connector's
+/// mapping before this one arrives. The margin lets the listener hear of
+/// the punch up to 0.2 s before the connector does (the connector's second
+/// Dummy, 0.1 s after its first, lets it hear up to 0.3 s after).
+pub const LISTENER_REACH: Duration = Duration::from_millis(400);
 
 /// The proof a side of `role` puts in its punch's Dummies and acks instead of
 /// the token: a stranger who catches one cannot make the other side's
@@ -101,10 +113,16 @@ pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys
 }
 
 fn send_control(fd: c_int, msg: &Message, request_id: u64, to: SocketAddrV4) {
-    if let Ok(bytes) = seal::gcb_encode(msg, request_id) {
-        if let Err(e) = send_from(fd, &bytes, to) {
-            log!(Debug, "{:?} to {to} not sent: {}", msg.kind(), std::io::Error::from_raw_os_error(e));
-        }
+    send_control_ttl(fd, msg, request_id, to, None);
+}
+
+/// [`send_control`] with TTL `ttl` for this one datagram ([`ttl::send`](super::ttl::send)).
+fn send_control_ttl(fd: c_int, msg: &Message, request_id: u64, to: SocketAddrV4, ttl: Option<u8>) {
+    let Ok(bytes) = seal::gcb_encode(msg, request_id) else { return };
+    match (super::ttl::send(fd, &bytes, to, ttl), ttl) {
+        (Err(e), _) => log!(Debug, "{:?} to {to} not sent: {}", msg.kind(), std::io::Error::from_raw_os_error(e)),
+        (Ok(_), Some(t)) => log!(Debug, "udp punch to {to}: its first Dummy sent with TTL {t}"),
+        (Ok(_), None) => {}
     }
 }
 
@@ -161,18 +179,19 @@ pub fn make_hole(
     let hole = match punch {
         true if yields => {
             log!(Debug, "udp punch to {target}: the last one to {} went unanswered, so the connector's Dummy goes first", target.ip());
-            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP, confirm: true, proven: false, yielded: true };
+            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP, confirm: true, proven: false, yielded: true, ttl: super::ttl::low_ttl() };
             Hole { token: proof(token, Role::Listener), target, peer, next_try: now + LISTENER_YIELD, tries_left: PUNCH_TRIES, expires, punch: Some(punch) }
         }
         true => {
-            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2, confirm: true, proven: false, yielded: false };
-            Hole { token: proof(token, Role::Listener), target, peer, next_try: now + PUNCH_GAP, tries_left: PUNCH_TRIES - 1, expires, punch: Some(punch) }
+            // The first goes now, below.
+            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2, confirm: true, proven: false, yielded: false, ttl: None };
+            Hole { token: proof(token, Role::Listener), target, peer, next_try: now + LISTENER_REACH, tries_left: PUNCH_TRIES - 1, expires, punch: Some(punch) }
         }
         false => Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1, expires, punch: None },
     };
     reg.udp.entry(fd).start_hole(hole);
     if !yields {
-        send_control(fd, &Message::Dummy { token: hole.token }, sys::random_u64(), target);
+        send_control_ttl(fd, &Message::Dummy { token: hole.token }, sys::random_u64(), target, super::ttl::low_ttl().filter(|_| punch));
     }
     Message::Ack
 }
@@ -180,8 +199,8 @@ pub fn make_hole(
 /// Retries the Dummies of holes not yet acknowledged.
 pub fn on_timers(reg: &mut Registry, now: Instant) {
     for (fd, s) in reg.udp.sockets_mut() {
-        for (token, target) in s.due_holes(now, HOLE_RETRY) {
-            send_control(fd, &Message::Dummy { token }, sys::random_u64(), target);
+        for (token, target, ttl) in s.due_holes(now, HOLE_RETRY) {
+            send_control_ttl(fd, &Message::Dummy { token }, sys::random_u64(), target, ttl);
             if s.holes.iter().any(|h| h.token == token && h.punch.is_some() && h.tries_left == 0) {
                 log!(Info, "udp punch to {target}: its last Dummy sent, none answered so far");
             }
@@ -316,125 +335,5 @@ fn follow_moved_channel(fd: c_int, c: &mut super::table::Channel, src: SocketAdd
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::gcb::udp::table::Route;
-
-    fn a(s: &str) -> SocketAddrV4 {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn sorts_data_from_control() {
-        let mut reg = Registry::new();
-        let now = Instant::now();
-        // An unregistered connector socket that awaits a reversal's Dummy.
-        let sock = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
-        sys::bind(sock.raw(), a("127.0.0.1:0")).unwrap();
-        let fd = sock.raw();
-        let proxy = a("203.0.113.10:20001");
-        reg.udp.entry(fd).set_route(proxy, Route::AsNamed, now);
-        reg.udp.entry(fd).await_dummy(Token(3), proxy, true, now);
-        let peer = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
-        sys::bind(peer.raw(), a("127.0.0.1:0")).unwrap();
-        let src = sys::local_addr(peer.raw()).unwrap();
-
-        assert_eq!(classify(&mut reg, fd, src, b"hello", now), Incoming::Data { from: src, offset: 0 });
-        let forged = gcb::encode(&Message::Dummy { token: Token(4) }, 1).unwrap();
-        assert_eq!(classify(&mut reg, fd, src, &forged, now), Incoming::Data { from: src, offset: 0 }, "not our token");
-        let dummy = gcb::encode(&Message::Dummy { token: Token(3) }, 77).unwrap();
-        assert_eq!(classify(&mut reg, fd, src, &dummy, now), Incoming::Consumed);
-        let mut buf = [0u8; 64];
-        let n = unsafe { libc::recv(peer.raw(), buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
-        assert_eq!(n, -1, "the Dummy is not answered: the program's next datagram tells the listener");
-        assert_eq!(classify(&mut reg, fd, src, &dummy, now), Incoming::Consumed, "nor is a repeated one data");
-        assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::Direct(src)));
-        assert_eq!(classify(&mut reg, fd, src, b"x", now), Incoming::Data { from: proxy, offset: 0 }, "named as the proxy");
-        reg.udp.remove(fd);
-    }
-
-    /// The next datagram on `fd` within a second, decoded.
-    fn control_on(fd: c_int) -> Message {
-        let mut p = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
-        assert_eq!(unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) }, 1, "nothing arrived");
-        let mut buf = [0u8; 256];
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        gcb::decode(&buf[..n as usize]).unwrap().1
-    }
-
-    #[test]
-    fn a_punch_answers_its_peer_opens_and_reports_once() {
-        let mut reg = Registry::new();
-        let now = Instant::now();
-        let bound = || {
-            let s = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
-            sys::bind(s.raw(), a("127.0.0.1:0")).unwrap();
-            let at = sys::local_addr(s.raw()).unwrap();
-            (s, at)
-        };
-        // The connector's socket, the listener's (its mapping), the proxy.
-        let ((sock, _), (listener, listener_at), (proxy_sock, proxy)) = (bound(), bound(), bound());
-        let fd = sock.raw();
-        let token = Token(3);
-        let (mine, theirs) = (proof(token, Role::Connector), proof(token, Role::Listener));
-        assert!(mine != theirs && mine != token && theirs != token);
-        reg.udp.entry(fd).set_route(proxy, Route::AsNamed, now);
-        let punch = Some(Punch { expect: theirs, report: Some((proxy, token)), gap: PUNCH_GAP, confirm: false, proven: false, yielded: false });
-        let expires = now + super::super::table::HOLE_ACK_TTL;
-        reg.udp.entry(fd).start_hole(Hole { token: mine, target: listener_at, peer: proxy, next_try: now, tries_left: 1, expires, punch });
-        on_timers(&mut reg, now);
-        assert_eq!(control_on(listener.raw()), Message::Dummy { token: mine }, "to the listener's mapping, with the connector's proof");
-
-        let dummy = gcb::encode(&Message::Dummy { token: theirs }, 9).unwrap();
-        let (stranger, stranger_at) = bound();
-        assert_eq!(classify(&mut reg, fd, stranger_at, &dummy, now), Incoming::Consumed, "never the program's");
-        assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::AsNamed), "a stranger opens nothing");
-        let replay = gcb::encode(&Message::Dummy { token: mine }, 9).unwrap();
-        assert_eq!(classify(&mut reg, fd, listener_at, &replay, now), Incoming::Consumed, "its own Dummy sent back");
-        let raw = gcb::encode(&Message::DummyAck { token }, 9).unwrap();
-        assert_eq!(classify(&mut reg, fd, listener_at, &raw, now), Incoming::Data { from: listener_at, offset: 0 }, "the raw token is nothing of the punch's");
-        assert_eq!(classify(&mut reg, fd, listener_at, b"junk", now), Incoming::Data { from: listener_at, offset: 0 }, "not named as the peer");
-        assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::AsNamed), "neither opens it");
-        assert_eq!(classify(&mut reg, fd, listener_at, &dummy, now), Incoming::Consumed);
-        assert_eq!(control_on(listener.raw()), Message::DummyAck { token: mine }, "answered with its own proof");
-        assert_eq!(control_on(proxy_sock.raw()), Message::Dummy { token }, "the broker told, with the token");
-        assert_eq!(reg.udp.get(fd).unwrap().route(proxy, now), Some(Route::Direct(listener_at)));
-        assert_eq!(classify(&mut reg, fd, listener_at, b"echo", now), Incoming::Data { from: proxy, offset: 0 }, "named as the proxy");
-        let ack = gcb::encode(&Message::DummyAck { token: theirs }, 10).unwrap();
-        assert_eq!(classify(&mut reg, fd, listener_at, &ack, now), Incoming::Consumed);
-        let mut buf = [0u8; 64];
-        for s in [&stranger, &proxy_sock, &listener] {
-            let n = unsafe { libc::recv(s.raw(), buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
-            assert_eq!(n, -1, "no answer to a stranger or a replay, one report only");
-        }
-        reg.udp.remove(fd);
-    }
-
-    #[test]
-    fn a_channel_another_process_reconnected_is_followed() {
-        let mut reg = Registry::new();
-        let now = Instant::now();
-        let new_port = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
-        sys::bind(new_port.raw(), a("127.0.0.1:0")).unwrap();
-        let moved = sys::local_addr(new_port.raw()).unwrap();
-        let sock = sys::socket(libc::SOCK_DGRAM, true, true).unwrap();
-        sys::bind(sock.raw(), a("127.0.0.1:0")).unwrap();
-        let fd = sock.raw();
-        // This process knows the old port, being asked for again; the
-        // socket is connected to the new one (by the other process).
-        let (peer, old) = (a("203.0.113.20:5000"), a("203.0.113.10:20002"));
-        let reopen = Some(super::super::table::Reopen::now(now));
-        reg.udp.entry(fd).channel = Some(super::super::table::Channel { peer, addr: old, token: Token(1), reopen });
-        let stranger = a("127.0.0.1:9");
-        assert_eq!(classify(&mut reg, fd, stranger, b"x", now), Incoming::Data { from: stranger, offset: 0 }, "not where the socket is connected");
-        assert_eq!(reg.udp.get(fd).unwrap().channel.unwrap().addr, old);
-
-        sys::connect(fd, moved, now).unwrap();
-        assert_eq!(classify(&mut reg, fd, moved, b"data", now), Incoming::Data { from: peer, offset: 0 }, "the peer's, through the channel");
-        let ack = gcb::encode(&Message::DummyAck { token: Token(9) }, 5).unwrap();
-        assert_eq!(classify(&mut reg, fd, moved, &ack, now), Incoming::Consumed, "the other process's Dummy answered");
-        let c = reg.udp.get(fd).unwrap().channel.unwrap();
-        assert_eq!((c.addr, c.token, c.reopen), (moved, Token(9), None), "followed, and no longer asked for");
-        reg.udp.remove(fd);
-    }
-}
+#[path = "control_tests.rs"]
+mod tests;

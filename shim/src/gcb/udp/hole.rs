@@ -56,6 +56,11 @@ pub struct Punch {
     /// The listener's side let the connector's first Dummy go ahead of its
     /// own ([`UdpTable::listener_yields`](super::table::UdpTable::listener_yields)).
     pub yielded: bool,
+    /// The TTL of this side's next Dummy while it is the first: low, so it
+    /// makes this side's own gateway's mapping toward the target and runs
+    /// out before the far gateway (`GCB_PUNCH_TTL`); `None` once it is sent,
+    /// or when low TTLs are off.
+    pub ttl: Option<u8>,
 }
 
 /// A `Dummy` or `DummyAck` of a punch's token, as [`UdpSocket::punch_heard`](super::table::UdpSocket::punch_heard)

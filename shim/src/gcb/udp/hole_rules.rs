@@ -88,10 +88,11 @@ impl UdpSocket {
         self.holes.retain(|h| !(h.punch.is_some() && h.token == mine));
     }
 
-    /// Holes whose next Dummy is due: their targets and tokens. Each try is
-    /// counted; a hole out of tries sends no more (the peer stays relayed)
-    /// and is dropped when it expires.
-    pub fn due_holes(&mut self, now: Instant, every: Duration) -> Vec<(Token, SocketAddrV4)> {
+    /// Holes whose next Dummy is due: their tokens, targets, and the TTL
+    /// the Dummy goes with when it is a punch's first ([`Punch::ttl`](super::hole::Punch::ttl)).
+    /// Each try is counted; a hole out of tries sends no more (the peer
+    /// stays relayed) and is dropped when it expires.
+    pub fn due_holes(&mut self, now: Instant, every: Duration) -> Vec<(Token, SocketAddrV4, Option<u8>)> {
         let mut due = Vec::new();
         self.holes.retain_mut(|h| {
             if h.tries_left == 0 {
@@ -101,6 +102,7 @@ impl UdpSocket {
                 return true;
             }
             h.tries_left -= 1;
+            let ttl = h.punch.as_mut().and_then(|p| p.ttl.take());
             h.next_try = now
                 + match &mut h.punch {
                     Some(p) => {
@@ -110,7 +112,7 @@ impl UdpSocket {
                     }
                     None => every,
                 };
-            due.push((h.token, h.target));
+            due.push((h.token, h.target, ttl));
             true
         });
         due

@@ -31,6 +31,7 @@ pub mod hole_rules;
 pub mod recv;
 pub mod send;
 pub mod table;
+pub mod ttl;
 
 use libc::{c_int, sockaddr, socklen_t};
 use proto::Proto;

@@ -40,6 +40,7 @@ use super::super::registry::Registry;
 use super::super::mgmt;
 use crate::client::sys;
 use super::control::{proof, PUNCH_GAP, PUNCH_HEAD_START, PUNCH_TRIES};
+use super::ttl::low_ttl;
 use super::table::{Hole, Punch, Route, HOLE_ACK_TTL};
 use crate::fdtable::{self, Kind};
 use crate::guard::{errno, set_errno};
@@ -139,7 +140,7 @@ fn route_punching(fd: c_int, dest: SocketAddrV4, connected: bool) -> Result<(Out
                 next_try: now + PUNCH_HEAD_START,
                 tries_left: PUNCH_TRIES,
                 expires: now + HOLE_ACK_TTL,
-                punch: Some(Punch { expect: proof(token, Role::Listener), report: Some((via, token)), gap: PUNCH_GAP, confirm: false, proven: false, yielded: false }),
+                punch: Some(Punch { expect: proof(token, Role::Listener), report: Some((via, token)), gap: PUNCH_GAP, confirm: false, proven: false, yielded: false, ttl: low_ttl() }),
             }),
             None => {}
         }

@@ -45,7 +45,7 @@ fn reversal_dummy_and_makehole_ack_open_direct_paths() {
 
     let peer = a("203.0.113.20:5000");
     s.start_hole(Hole { token: Token(9), target: peer, peer, next_try: now, tries_left: 2, expires: now + HOLE_ACK_TTL, punch: None });
-    assert_eq!(s.due_holes(now, Duration::from_secs(1)), vec![(Token(9), peer)]);
+    assert_eq!(s.due_holes(now, Duration::from_secs(1)), vec![(Token(9), peer, None)]);
     assert!(s.due_holes(now, Duration::from_secs(1)).is_empty(), "not due again yet");
     assert_eq!(s.next_hole_deadline(), Some(now + Duration::from_secs(1)));
     assert_eq!(s.hole_acked(Token(9), peer, now), Some(peer));
@@ -140,14 +140,14 @@ fn a_punch_opens_only_from_its_target_and_backs_off() {
     // its proof is 5, the listener's 50, the token (reported) 1.
     let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
     s.set_route(proxy, Route::AsNamed, now);
-    let punch = Some(Punch { expect: Token(50), report: Some((proxy, Token(1))), gap: Duration::from_millis(100), confirm: false, proven: false, yielded: false });
+    let punch = Some(Punch { expect: Token(50), report: Some((proxy, Token(1))), gap: Duration::from_millis(100), confirm: false, proven: false, yielded: false, ttl: Some(2) });
     let first = now + Duration::from_millis(200);
     s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: first, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
     assert!(s.due_holes(now, Duration::ZERO).is_empty(), "the head start");
     let ms = Duration::from_millis;
     let mut at = first;
-    for gap in [100, 200] {
-        assert_eq!(s.due_holes(at, Duration::ZERO), vec![(Token(5), listener_at)], "its own proof goes out");
+    for (gap, ttl) in [(100, Some(2)), (200, None)] {
+        assert_eq!(s.due_holes(at, Duration::ZERO), vec![(Token(5), listener_at, ttl)], "its own proof goes out, the first with a low TTL");
         assert_eq!(s.next_hole_deadline(), Some(at + ms(gap)), "doubling");
         at += ms(gap);
     }
@@ -180,7 +180,7 @@ fn a_cancelled_punch_sends_and_opens_nothing() {
     let now = Instant::now();
     let mut s = UdpSocket::default();
     let mapping = a("198.51.100.2:40000");
-    let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false, yielded: false });
+    let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false, yielded: false, ttl: None });
     s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
     s.cancel_punch(Token(70));
     assert_eq!(s.holes.len(), 1, "only by its own proof");
@@ -195,7 +195,7 @@ fn a_connector_opened_by_an_ack_announces_it() {
     let now = Instant::now();
     let mut s = UdpSocket::default();
     let (proxy, listener_at) = (a("203.0.113.10:20001"), a("198.51.100.1:7000"));
-    let punch = Some(Punch { expect: Token(50), report: None, gap: Duration::from_millis(100), confirm: false, proven: false, yielded: false });
+    let punch = Some(Punch { expect: Token(50), report: None, gap: Duration::from_millis(100), confirm: false, proven: false, yielded: false, ttl: None });
     s.start_hole(Hole { token: Token(5), target: listener_at, peer: proxy, next_try: now, tries_left: 3, expires: now + HOLE_ACK_TTL, punch });
     let heard = s.punch_heard(Token(50), listener_at, true, now).unwrap();
     assert!(heard.opened.is_some() && heard.announce, "opened by the listener's ack: the listener is told");
@@ -209,7 +209,7 @@ fn a_listeners_punch_opens_at_the_connectors_word() {
     let mapping = a("198.51.100.2:40000");
     let fresh = || {
         let mut s = UdpSocket::default();
-        let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false, yielded: false });
+        let punch = Some(Punch { expect: Token(70), report: None, gap: Duration::from_millis(200), confirm: true, proven: false, yielded: false, ttl: None });
         s.start_hole(Hole { token: Token(7), target: mapping, peer: mapping, next_try: now, tries_left: 4, expires: now + HOLE_ACK_TTL, punch });
         s
     };
@@ -236,7 +236,7 @@ fn a_listener_yields_after_an_unanswered_punch_and_keeps_what_worked() {
     let now = Instant::now();
     let ip = "198.51.100.2".parse().unwrap();
     let hole = |token: u64, target: &str, yielded: bool| {
-        let punch = Some(Punch { expect: Token(token * 10), report: None, gap: Duration::from_millis(100), confirm: true, proven: false, yielded });
+        let punch = Some(Punch { expect: Token(token * 10), report: None, gap: Duration::from_millis(100), confirm: true, proven: false, yielded, ttl: None });
         Hole { token: Token(token), target: a(target), peer: a(target), next_try: now, tries_left: 1, expires: now + HOLE_ACK_TTL, punch }
     };
     let mut t = UdpTable::default();
