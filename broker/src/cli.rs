@@ -134,10 +134,13 @@ pub struct DaemonArgs {
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub no_punch: Option<bool>,
 
-    /// Milliseconds each side of a hole punch may spend dialing the other before it reports
-    /// failure and the connection falls back to the relay; the broker waits this plus a margin
-    /// of the same length at most (at least 100 ms) for both reports. A connect between two
-    /// private realms never waits much longer than this for the relay. [default: 500]
+    /// The most milliseconds each side of a hole punch may spend dialing the other before it
+    /// reports failure and the connection falls back to the relay: the ceiling of the budget
+    /// the broker gives each punch, which is ten times the sum of the two sides' round trips to
+    /// the broker, at least 200 ms (or this, if lower), and this when a round trip is unknown.
+    /// A connect between two private realms that cannot punch waits about its budget for the
+    /// relay; the broker's own deadline, for reports that do not come, is the budget plus a
+    /// margin as long (at least 100 ms). [default: 500]
     #[arg(long, value_name = "MS", env = "GCB_BROKER_PUNCH_BUDGET_MS")]
     pub punch_budget_ms: Option<u64>,
 

@@ -40,7 +40,8 @@ use crate::registry::Record;
 /// How long past the meeting's deadline a held verdict waits for its
 /// side's report before it is sent anyway.
 const HOLD_GRACE: Duration = Duration::from_millis(250);
-/// The least time the broker waits past the budget for both reports.
+/// The least time the broker waits past the budget for both reports (the
+/// meeting waits as long again as the budget, if that is longer).
 const MIN_MARGIN: Duration = Duration::from_millis(100);
 
 /// Why a connect between private realms is not punched.
@@ -137,10 +138,9 @@ impl Engine {
 
     fn policy(&self) -> Policy {
         let p = self.config.limits.punch;
-        let budget = Duration::from_millis(p.budget_ms);
         Policy {
-            budget,
-            margin: budget.max(MIN_MARGIN),
+            max_budget: Duration::from_millis(p.budget_ms),
+            min_margin: MIN_MARGIN,
             punch_unpredictable: p.unpredictable,
         }
     }

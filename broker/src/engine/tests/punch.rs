@@ -94,8 +94,9 @@ fn a_capable_pair_is_punched_and_both_commands_say_so() {
     let (c, l) = s.meet(token, L_LOCAL);
     assert_eq!(s.bed.watched.len(), 2, "both are read for their reports");
     // Each is told to dial the other's mapping; the nearer (listener, 10 ms)
-    // waits half the difference of the round trips.
-    let go = |peer: &str, delay| BrokerFrame::Go(PunchGo { peer: a(peer), delay, budget: Duration::from_millis(500) });
+    // waits half the difference of the round trips. The budget is ten times
+    // their sum, under the 500 ms ceiling.
+    let go = |peer: &str, delay| BrokerFrame::Go(PunchGo { peer: a(peer), delay, budget: Duration::from_millis(400) });
     assert_eq!(s.bed.frames_to(c), [go(L_SEEN, Duration::ZERO)]);
     assert_eq!(s.bed.frames_to(l), [go(C_SEEN, Duration::from_millis(10))]);
 
@@ -181,6 +182,22 @@ fn without_reports_the_timer_relays_and_held_verdicts_go_after_a_grace() {
     assert_eq!(s.bed.relays.len(), 1);
     assert!(s.bed.relays[0].punched);
     assert_eq!(s.bed.engine.gauges(s.bed.now).punches, 0, "nothing left to time");
+}
+
+#[test]
+fn on_a_short_path_the_budget_is_the_floor_and_the_timer_follows_it() {
+    let mut s = setup(Punch::default());
+    let token = s.punch();
+    let c = s.bed.punch_hello(token, Role::Connector, a(C_SEEN), a(C_LOCAL), 1);
+    let l = s.bed.punch_hello(token, Role::Listener, a(L_SEEN), a(L_LOCAL), 1);
+    let floor = proto::gcb::punch::budget::FLOOR;
+    assert!(matches!(s.bed.frames_to(c)[..], [BrokerFrame::Go(PunchGo { budget, .. })] if budget == floor));
+    assert!(matches!(s.bed.frames_to(l)[..], [BrokerFrame::Go(PunchGo { budget, .. })] if budget == floor));
+    // The floor plus a margin as long, not the ceiling's second.
+    s.bed.advance(floor * 2 - Duration::from_millis(10));
+    assert_eq!(s.bed.counter("punch_fallbacks_no_report"), 0);
+    s.bed.advance(Duration::from_millis(20));
+    assert_eq!(s.bed.counter("punch_fallbacks_no_report"), 1);
 }
 
 #[test]

@@ -12,6 +12,7 @@
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+use super::budget::budget;
 use super::frames::{BrokerFrame, PunchFailure, PunchGo, PunchReport, PunchVerdict};
 use crate::gcb::{ErrorCode, Role};
 
@@ -36,18 +37,21 @@ impl Arrival {
 /// The broker's settings for punching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// How long the sides may try.
-    pub budget: Duration,
-    /// How much longer the broker waits for both reports before it decides
-    /// for the relay itself.
-    pub margin: Duration,
+    /// The longest the sides may try: the ceiling of the budget, which
+    /// follows their round trips ([`budget`]).
+    pub max_budget: Duration,
+    /// The broker waits for both reports for the budget plus a margin as
+    /// long as the budget, and at least this, before it decides for the
+    /// relay itself: a side reports only once its budget ran out, and a
+    /// report needs half a round trip and a wake-up to arrive.
+    pub min_margin: Duration,
     /// Punch even when a NAT did not keep the port.
     pub punch_unpredictable: bool,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { budget: Duration::from_millis(500), margin: Duration::from_millis(500), punch_unpredictable: false }
+        Policy { max_budget: Duration::from_millis(500), min_margin: Duration::from_millis(100), punch_unpredictable: false }
     }
 }
 
@@ -148,9 +152,11 @@ impl Meeting {
             return Some(self.verdicts(false, Outcome::Skipped(SkipReason::UnpredictableMapping)));
         }
         let delays = line_up(c.rtt, l.rtt);
-        self.stage = Stage::Punching { until: now + self.policy.budget + self.policy.margin, reports: [None, None] };
+        let budget = budget(c.rtt, l.rtt, self.policy.max_budget);
+        let margin = budget.max(self.policy.min_margin);
+        self.stage = Stage::Punching { until: now + budget + margin, reports: [None, None] };
         let go = |i: usize, other: Arrival| {
-            let frame = PunchGo { peer: other.observed, delay: delays[i], budget: self.policy.budget };
+            let frame = PunchGo { peer: other.observed, delay: delays[i], budget };
             Effect::Send(ROLES[i], BrokerFrame::Go(frame))
         };
         Some(vec![go(0, l), go(1, c)])

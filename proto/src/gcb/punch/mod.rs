@@ -2,9 +2,11 @@
 //! the frames on the rendezvous and punched connections (`frames`, and
 //! `first`, which tells a punch's hello from a relay's), the per-role proof
 //! each side shows on the punched connection (`proof`), the broker's meeting
-//! of the two sides (`meeting`), and each side's dialing (`dialer`). No I/O
-//! here: the broker and the shim carry the effects out.
+//! of the two sides (`meeting`) with the time it gives them (`budget`), and
+//! each side's dialing (`dialer`). No I/O here: the broker and the shim
+//! carry the effects out.
 
+pub mod budget;
 mod dialer;
 mod first;
 mod frames;

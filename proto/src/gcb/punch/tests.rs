@@ -168,7 +168,9 @@ fn both_punched_is_direct_and_the_streams_are_released() {
     assert_eq!(to_c.peer, a("203.0.113.1:41000"), "the connector dials the listener's mapping");
     assert_eq!(to_l.peer, a("203.0.113.2:40001"));
     assert_eq!((to_c.delay, to_l.delay), (Duration::from_micros(100), Duration::ZERO), "the nearer side waits half the difference");
-    assert_eq!(m.deadline(), Some(t0 + ms(1000)));
+    // Round trips of 0.1 and 0.3 ms: the floor, and a margin as long.
+    assert_eq!((to_c.budget, to_l.budget), (budget::FLOOR, budget::FLOOR));
+    assert_eq!(m.deadline(), Some(t0 + budget::FLOOR * 2));
     assert_eq!(m.reported(Role::Connector, PunchReport::Punched), vec![]);
     let fx = m.reported(Role::Listener, PunchReport::Punched);
     assert_eq!(sent(&fx, Role::Connector), vec![BrokerFrame::Verdict(PunchVerdict::Direct { peer: a(PROXY) })]);
@@ -177,6 +179,28 @@ fn both_punched_is_direct_and_the_streams_are_released() {
     assert!(m.ended());
     assert_eq!(m.reported(Role::Listener, PunchReport::Punched), vec![], "nothing after the end");
     assert_eq!(m.timer(t0 + ms(5000)), vec![]);
+}
+
+#[test]
+fn the_budget_and_the_deadline_follow_the_round_trips_under_the_ceiling() {
+    let t0 = Instant::now();
+    let go_and_deadline = |policy: Policy, c_us: Option<u64>, l_us: Option<u64>| {
+        let mut m = Meeting::new(a(PROXY), a(CONNECTOR_ID), policy);
+        m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", l_us), t0);
+        let fx = m.arrived(Role::Connector, arrival("203.0.113.2:40001", "198.51.100.10:40001", c_us), t0).unwrap();
+        let [BrokerFrame::Go(to_c)] = sent(&fx, Role::Connector)[..] else { panic!("{fx:?}") };
+        let [BrokerFrame::Go(to_l)] = sent(&fx, Role::Listener)[..] else { panic!("{fx:?}") };
+        assert_eq!(to_c.budget, to_l.budget, "one budget for both sides");
+        (to_c.budget, m.deadline().unwrap() - t0)
+    };
+    let p = Policy::default();
+    // 12 and 18 ms: ten times 30 ms, and a margin as long.
+    assert_eq!(go_and_deadline(p, Some(12_000), Some(18_000)), (ms(300), ms(600)));
+    assert_eq!(go_and_deadline(p, Some(5), Some(6)), (budget::FLOOR, budget::FLOOR * 2), "the bed's: the floor");
+    assert_eq!(go_and_deadline(p, Some(30_000), Some(40_000)), (ms(500), ms(1000)), "the ceiling");
+    assert_eq!(go_and_deadline(p, None, Some(40)), (ms(500), ms(1000)), "a round trip unknown: the ceiling");
+    let low = Policy { max_budget: ms(30), ..p };
+    assert_eq!(go_and_deadline(low, Some(5), Some(6)), (ms(30), ms(130)), "a ceiling under the floor wins");
 }
 
 #[test]
