@@ -39,17 +39,21 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     punch: DEFAULT_PUNCH,
 };
 
-/// Each side's time to punch (docs/hole-punching.md); about five round trips
-/// across a continent, and measured ample on the test bed's gateways.
+/// The most time each side may punch (docs/hole-punching.md): the budget's
+/// ceiling; about five round trips across a continent.
 pub const DEFAULT_PUNCH_BUDGET_MS: u64 = 500;
+/// The least (proto's `punch::budget` says why, from the bed's measurements).
+pub const DEFAULT_PUNCH_BUDGET_MIN_MS: u64 = proto::gcb::punch::budget::DEFAULT_FLOOR.as_millis() as u64;
 /// How long a pair of realms whose punch failed is relayed at once.
 pub const DEFAULT_PUNCH_RETRY_S: u64 = 600;
-/// The punch budget's bounds: a frame carries at most u16 milliseconds.
+/// The bounds of the punch budget's ceiling and floor: a frame carries at
+/// most u16 milliseconds.
 pub const PUNCH_BUDGET_MS: (u64, u64) = (10, 60_000);
 /// Hole punching when nothing sets it: on, for predictable mappings only.
 pub const DEFAULT_PUNCH: Punch = Punch {
     enabled: true,
     budget_ms: DEFAULT_PUNCH_BUDGET_MS,
+    budget_min_ms: DEFAULT_PUNCH_BUDGET_MIN_MS,
     retry_s: DEFAULT_PUNCH_RETRY_S,
     unpredictable: false,
 };
@@ -97,6 +101,8 @@ pub struct Punch {
     pub enabled: bool,
     #[serde(rename = "punch_budget_ms")]
     pub budget_ms: u64,
+    #[serde(rename = "punch_budget_min_ms")]
+    pub budget_min_ms: u64,
     #[serde(rename = "punch_retry_s")]
     pub retry_s: u64,
     #[serde(rename = "punch_unpredictable")]
@@ -133,6 +139,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub punch: Option<bool>,
     pub punch_budget_ms: Option<u64>,
+    pub punch_budget_min_ms: Option<u64>,
     pub punch_retry_s: Option<u64>,
     pub punch_unpredictable: Option<bool>,
 }
@@ -247,6 +254,12 @@ pub fn merge(
                 PUNCH_BUDGET_MS.0,
                 PUNCH_BUDGET_MS.1,
             )?,
+            budget_min_ms: in_bounds(
+                "punch_budget_min_ms",
+                pick(args.punch_budget_min_ms, file.punch_budget_min_ms, d.punch.budget_min_ms),
+                PUNCH_BUDGET_MS.0,
+                PUNCH_BUDGET_MS.1,
+            )?,
             retry_s: in_bounds(
                 "punch_retry_s",
                 pick(args.punch_retry_s, file.punch_retry_s, d.punch.retry_s),
@@ -298,7 +311,8 @@ impl Config {
         let punch = match (p.enabled, p.unpredictable) {
             (false, _) => "off".to_string(),
             (true, u) => format!(
-                "on (budget {} ms, retry {}s{})",
+                "on (budget {}-{} ms, retry {}s{})",
+                p.budget_min_ms.min(p.budget_ms),
                 p.budget_ms,
                 p.retry_s,
                 if u { ", unpredictable mappings too" } else { "" }

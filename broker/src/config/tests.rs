@@ -231,6 +231,7 @@ fn example_file_is_valid_and_complete() {
         "metrics_listen",
         "punch",
         "punch_budget_ms",
+        "punch_budget_min_ms",
         "punch_retry_s",
         "punch_unpredictable",
     ]
@@ -246,9 +247,10 @@ fn punch_settings_from_flag_file_and_default() {
     assert_eq!(c.limits.punch, Punch::default());
     assert!(c.limits.punch.enabled && !c.limits.punch.unpredictable);
     assert_eq!((c.limits.punch.budget_ms, c.limits.punch.retry_s), (500, 600));
-    let file = "punch = false\npunch_budget_ms = 250\npunch_retry_s = 30\npunch_unpredictable = true";
+    assert_eq!(c.limits.punch.budget_min_ms, 200);
+    let file = "punch = false\npunch_budget_ms = 250\npunch_budget_min_ms = 50\npunch_retry_s = 30\npunch_unpredictable = true";
     let c = merged(&["--listen", "192.0.2.1"], file).unwrap();
-    let want = Punch { enabled: false, budget_ms: 250, retry_s: 30, unpredictable: true };
+    let want = Punch { enabled: false, budget_ms: 250, budget_min_ms: 50, retry_s: 30, unpredictable: true };
     assert_eq!(c.limits.punch, want);
     // --no-punch=false beats the file's punch = false.
     let c = merged(&["--listen", "192.0.2.1", "--no-punch=false", "--punch-budget-ms", "900"], file).unwrap();
@@ -256,6 +258,8 @@ fn punch_settings_from_flag_file_and_default() {
     assert_eq!(c.limits.punch.budget_ms, 900);
     let err = merged(&["--listen", "192.0.2.1", "--punch-budget-ms", "0"], "").unwrap_err();
     assert!(err.contains("--punch-budget-ms"), "{err}");
+    let err = merged(&["--listen", "192.0.2.1", "--punch-budget-min-ms", "70000"], "").unwrap_err();
+    assert!(err.contains("--punch-budget-min-ms"), "{err}");
 }
 
 #[test]

@@ -139,6 +139,7 @@ impl Engine {
     fn policy(&self) -> Policy {
         let p = self.config.limits.punch;
         Policy {
+            min_budget: Duration::from_millis(p.budget_min_ms),
             max_budget: Duration::from_millis(p.budget_ms),
             min_margin: MIN_MARGIN,
             punch_unpredictable: p.unpredictable,

@@ -190,7 +190,7 @@ fn on_a_short_path_the_budget_is_the_floor_and_the_timer_follows_it() {
     let token = s.punch();
     let c = s.bed.punch_hello(token, Role::Connector, a(C_SEEN), a(C_LOCAL), 1);
     let l = s.bed.punch_hello(token, Role::Listener, a(L_SEEN), a(L_LOCAL), 1);
-    let floor = proto::gcb::punch::budget::FLOOR;
+    let floor = proto::gcb::punch::budget::DEFAULT_FLOOR;
     assert!(matches!(s.bed.frames_to(c)[..], [BrokerFrame::Go(PunchGo { budget, .. })] if budget == floor));
     assert!(matches!(s.bed.frames_to(l)[..], [BrokerFrame::Go(PunchGo { budget, .. })] if budget == floor));
     // The floor plus a margin as long, not the ceiling's second.

@@ -4,7 +4,8 @@
 //! whole budget before the relay takes over.
 //!
 //! The budget is [`ROUND_TRIPS`] times the sum of the two sides' round trips
-//! to the broker, raised to [`FLOOR`] and cut to the operator's ceiling
+//! to the broker, raised to a floor ([`DEFAULT_FLOOR`] unless the operator
+//! set `--punch-budget-min-ms`) and cut to the operator's ceiling
 //! (`--punch-budget-ms`):
 //!
 //! * **The sum, not the larger one.** The punched connection runs between the
@@ -40,19 +41,21 @@
 
 use std::time::Duration;
 
-/// The least budget, when the ceiling allows it.
-pub const FLOOR: Duration = Duration::from_millis(200);
+/// The least budget, when the ceiling allows it and the operator did not
+/// set another.
+pub const DEFAULT_FLOOR: Duration = Duration::from_millis(200);
 
 /// How many times the sum of the two round trips the budget is.
 pub const ROUND_TRIPS: u32 = 10;
 
 /// The budget for a punch between sides with these round trips to the
-/// broker, under `ceiling`. Never above `ceiling`, never below the lesser of
-/// [`FLOOR`] and `ceiling`, and never smaller for longer round trips.
-pub fn budget(connector_rtt: Option<Duration>, listener_rtt: Option<Duration>, ceiling: Duration) -> Duration {
+/// broker, between `floor` and `ceiling`. Never above `ceiling`, never below
+/// the lesser of `floor` and `ceiling` (the ceiling wins), and never smaller
+/// for longer round trips.
+pub fn budget(connector_rtt: Option<Duration>, listener_rtt: Option<Duration>, floor: Duration, ceiling: Duration) -> Duration {
     let (Some(c), Some(l)) = (connector_rtt, listener_rtt) else { return ceiling };
     let scaled = c.saturating_add(l).saturating_mul(ROUND_TRIPS);
-    whole_ms(scaled.max(FLOOR)).min(ceiling)
+    whole_ms(scaled.max(floor)).min(ceiling)
 }
 
 /// `d` rounded up to a whole millisecond.
@@ -70,36 +73,42 @@ mod tests {
         Some(Duration::from_micros(n))
     }
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     const CEILING: Duration = Duration::from_millis(500);
+    const FLOOR: Duration = DEFAULT_FLOOR;
 
     #[test]
     fn the_bed_gets_the_floor_a_real_path_its_round_trips_and_a_far_one_the_ceiling() {
-        assert_eq!(budget(us(5), us(6), CEILING), FLOOR, "the bed's microsecond round trips");
+        assert_eq!(budget(us(5), us(6), FLOOR, CEILING), FLOOR, "the bed's microsecond round trips");
         // 12 ms and 20 ms: 320 ms.
-        assert_eq!(budget(us(12_000), us(20_000), CEILING), Duration::from_millis(320));
-        assert_eq!(budget(us(40_000), us(30_000), CEILING), CEILING);
+        assert_eq!(budget(us(12_000), us(20_000), FLOOR, CEILING), ms(320));
+        assert_eq!(budget(us(40_000), us(30_000), FLOOR, CEILING), CEILING);
         // Rounded up to the frame's milliseconds.
-        assert_eq!(budget(us(10_050), us(10_000), CEILING), Duration::from_millis(201));
+        assert_eq!(budget(us(10_050), us(10_000), FLOOR, CEILING), ms(201));
     }
 
     #[test]
-    fn the_floor_leaves_room_for_four_attempts_of_the_dialer() {
+    fn the_default_floor_leaves_room_for_four_attempts_of_the_dialer() {
         let attempt = crate::gcb::punch::Schedule::default().attempt_timeout;
-        assert!(FLOOR >= attempt * 4, "the floor assumes attempts replaced after {attempt:?}");
+        assert!(DEFAULT_FLOOR >= attempt * 4, "the floor assumes attempts replaced after {attempt:?}");
     }
 
     #[test]
     fn without_both_round_trips_the_ceiling() {
-        assert_eq!(budget(None, us(5), CEILING), CEILING);
-        assert_eq!(budget(us(5), None, CEILING), CEILING);
-        assert_eq!(budget(None, None, Duration::from_millis(900)), Duration::from_millis(900));
+        assert_eq!(budget(None, us(5), FLOOR, CEILING), CEILING);
+        assert_eq!(budget(us(5), None, FLOOR, CEILING), CEILING);
+        assert_eq!(budget(None, None, FLOOR, ms(900)), ms(900));
     }
 
     #[test]
-    fn a_ceiling_under_the_floor_wins() {
-        assert_eq!(budget(us(5), us(5), Duration::from_millis(20)), Duration::from_millis(20));
-        assert_eq!(budget(us(5), us(5), Duration::from_millis(150)), Duration::from_millis(150));
-        assert_eq!(budget(us(u64::MAX / 2), us(u64::MAX / 2), Duration::from_millis(20)), Duration::from_millis(20));
+    fn the_operators_floor_and_ceiling() {
+        assert_eq!(budget(us(5), us(5), ms(3000), ms(3000)), ms(3000), "a fixed budget, as the floor and the ceiling");
+        assert_eq!(budget(us(5), us(5), FLOOR, ms(20)), ms(20), "a ceiling under the floor wins");
+        assert_eq!(budget(us(5), us(5), FLOOR, ms(150)), ms(150));
+        assert_eq!(budget(us(u64::MAX / 2), us(u64::MAX / 2), FLOOR, ms(20)), ms(20));
     }
 
     fn rtt() -> impl Strategy<Value = Option<Duration>> {
@@ -112,26 +121,26 @@ mod tests {
 
     proptest! {
         #[test]
-        fn within_floor_and_ceiling(c in rtt(), l in rtt(), ceiling_ms in 1u64..70_000) {
-            let ceiling = Duration::from_millis(ceiling_ms);
-            let b = budget(c, l, ceiling);
+        fn within_floor_and_ceiling(c in rtt(), l in rtt(), floor_ms in 1u64..70_000, ceiling_ms in 1u64..70_000) {
+            let (floor, ceiling) = (ms(floor_ms), ms(ceiling_ms));
+            let b = budget(c, l, floor, ceiling);
             prop_assert!(b <= ceiling);
-            prop_assert!(b >= FLOOR.min(ceiling));
+            prop_assert!(b >= floor.min(ceiling));
             prop_assert_eq!(b.subsec_nanos() % 1_000_000, 0, "whole milliseconds");
         }
 
         #[test]
-        fn monotone_in_either_round_trip(c in 0u64..2_000_000, l in 0u64..2_000_000, more in 0u64..2_000_000, ceiling_ms in 1u64..70_000) {
-            let ceiling = Duration::from_millis(ceiling_ms);
-            let b = budget(us(c), us(l), ceiling);
-            prop_assert!(budget(us(c + more), us(l), ceiling) >= b);
-            prop_assert!(budget(us(c), us(l + more), ceiling) >= b);
+        fn monotone_in_either_round_trip(c in 0u64..2_000_000, l in 0u64..2_000_000, more in 0u64..2_000_000,
+                                         floor_ms in 1u64..70_000, ceiling_ms in 1u64..70_000) {
+            let (floor, ceiling) = (ms(floor_ms), ms(ceiling_ms));
+            let b = budget(us(c), us(l), floor, ceiling);
+            prop_assert!(budget(us(c + more), us(l), floor, ceiling) >= b);
+            prop_assert!(budget(us(c), us(l + more), floor, ceiling) >= b);
         }
 
         #[test]
         fn symmetric(c in rtt(), l in rtt(), ceiling_ms in 1u64..70_000) {
-            let ceiling = Duration::from_millis(ceiling_ms);
-            prop_assert_eq!(budget(c, l, ceiling), budget(l, c, ceiling));
+            prop_assert_eq!(budget(c, l, FLOOR, ms(ceiling_ms)), budget(l, c, FLOOR, ms(ceiling_ms)));
         }
     }
 }

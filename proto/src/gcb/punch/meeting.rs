@@ -37,8 +37,9 @@ impl Arrival {
 /// The broker's settings for punching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// The longest the sides may try: the ceiling of the budget, which
-    /// follows their round trips ([`budget`]).
+    /// The least and the longest the sides may try: the floor and the
+    /// ceiling of the budget, which follows their round trips ([`budget`]).
+    pub min_budget: Duration,
     pub max_budget: Duration,
     /// The broker waits for both reports for the budget plus a margin as
     /// long as the budget, and at least this, before it decides for the
@@ -51,7 +52,12 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { max_budget: Duration::from_millis(500), min_margin: Duration::from_millis(100), punch_unpredictable: false }
+        Policy {
+            min_budget: super::budget::DEFAULT_FLOOR,
+            max_budget: Duration::from_millis(500),
+            min_margin: Duration::from_millis(100),
+            punch_unpredictable: false,
+        }
     }
 }
 
@@ -152,7 +158,7 @@ impl Meeting {
             return Some(self.verdicts(false, Outcome::Skipped(SkipReason::UnpredictableMapping)));
         }
         let delays = line_up(c.rtt, l.rtt);
-        let budget = budget(c.rtt, l.rtt, self.policy.max_budget);
+        let budget = budget(c.rtt, l.rtt, self.policy.min_budget, self.policy.max_budget);
         let margin = budget.max(self.policy.min_margin);
         self.stage = Stage::Punching { until: now + budget + margin, reports: [None, None] };
         let go = |i: usize, other: Arrival| {

@@ -169,8 +169,8 @@ fn both_punched_is_direct_and_the_streams_are_released() {
     assert_eq!(to_l.peer, a("203.0.113.2:40001"));
     assert_eq!((to_c.delay, to_l.delay), (Duration::from_micros(100), Duration::ZERO), "the nearer side waits half the difference");
     // Round trips of 0.1 and 0.3 ms: the floor, and a margin as long.
-    assert_eq!((to_c.budget, to_l.budget), (budget::FLOOR, budget::FLOOR));
-    assert_eq!(m.deadline(), Some(t0 + budget::FLOOR * 2));
+    assert_eq!((to_c.budget, to_l.budget), (budget::DEFAULT_FLOOR, budget::DEFAULT_FLOOR));
+    assert_eq!(m.deadline(), Some(t0 + budget::DEFAULT_FLOOR * 2));
     assert_eq!(m.reported(Role::Connector, PunchReport::Punched), vec![]);
     let fx = m.reported(Role::Listener, PunchReport::Punched);
     assert_eq!(sent(&fx, Role::Connector), vec![BrokerFrame::Verdict(PunchVerdict::Direct { peer: a(PROXY) })]);
@@ -196,7 +196,7 @@ fn the_budget_and_the_deadline_follow_the_round_trips_under_the_ceiling() {
     let p = Policy::default();
     // 12 and 18 ms: ten times 30 ms, and a margin as long.
     assert_eq!(go_and_deadline(p, Some(12_000), Some(18_000)), (ms(300), ms(600)));
-    assert_eq!(go_and_deadline(p, Some(5), Some(6)), (budget::FLOOR, budget::FLOOR * 2), "the bed's: the floor");
+    assert_eq!(go_and_deadline(p, Some(5), Some(6)), (budget::DEFAULT_FLOOR, budget::DEFAULT_FLOOR * 2), "the bed's: the floor");
     assert_eq!(go_and_deadline(p, Some(30_000), Some(40_000)), (ms(500), ms(1000)), "the ceiling");
     assert_eq!(go_and_deadline(p, None, Some(40)), (ms(500), ms(1000)), "a round trip unknown: the ceiling");
     let low = Policy { max_budget: ms(30), ..p };
