@@ -297,7 +297,8 @@ impl Engine {
                 return;
             };
             match step {
-                Step::Send(role, frame @ BrokerFrame::Go(_)) => {
+                Step::Send(role, frame @ BrokerFrame::Go(go)) => {
+                    debug!("punch {token}: the {role:?} goes after {:?} for {:?}", go.delay, go.budget);
                     punch.went[slot(role)] = true;
                     let stream = punch.streams[slot(role)];
                     self.emit(Effect::PunchSend { stream, frame });
