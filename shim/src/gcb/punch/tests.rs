@@ -182,7 +182,7 @@ fn a_relay_verdict_hands_over_the_rendezvous_connection() {
 fn lone_connector(peer: SocketAddrV4, token: Token, budget: Duration) -> (PunchReport, Duration, Progress) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let at = v4(l.local_addr().unwrap());
-    let policy = Policy { budget, ..Policy::default() };
+    let policy = Policy { min_budget: budget, max_budget: budget, ..Policy::default() };
     let handle = thread::spawn(move || {
         let mut m = Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), policy);
         let (mut s, from) = l.accept().unwrap();
