@@ -157,7 +157,7 @@ pub(super) mod tests {
     }
 
     fn send(from: &sys::Sock, bytes: &[u8], to: SocketAddrV4) {
-        control::send_from(from.raw(), bytes, to).unwrap();
+        crate::gcb::udp::ttl::send_from(from.raw(), bytes, to).unwrap();
     }
 
     /// The connector's socket with a punch to `listener_at` for `proxy`

@@ -54,7 +54,6 @@ use super::super::registry::{Listener, ListenerId, Registry};
 use crate::client::sys;
 use super::table::{Heard, Hole, Punch};
 use crate::client::seal;
-use crate::real;
 
 /// Dummies sent for one `MakeHole` before the peer is left relayed.
 const HOLE_TRIES: u8 = 5;
@@ -91,26 +90,6 @@ pub fn proof(token: Token, role: Role) -> Token {
     Token(u64::from_be_bytes(PunchProof::of(token, role).0))
 }
 
-/// Sends `bytes` from `fd` to `to` without blocking; the errno on failure.
-pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys::Errno> {
-    let sin = sys::to_sockaddr(to);
-    // SAFETY: a live buffer and address of the given lengths.
-    let n = unsafe {
-        real::sendto(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        Err(crate::guard::errno())
-    } else {
-        Ok(n as usize)
-    }
-}
 
 fn send_control(fd: c_int, msg: &Message, request_id: u64, to: SocketAddrV4) {
     send_control_ttl(fd, msg, request_id, to, None);

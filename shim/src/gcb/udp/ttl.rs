@@ -1,4 +1,5 @@
-//! Sending one of the shim's datagrams with a TTL of its own: a UDP punch's
+//! Sending the shim's own datagrams (Dummies, acks, control messages) from a
+//! program's UDP socket, and one of them with a TTL of its own: a UDP punch's
 //! first Dummy, whose low TTL makes the sender's own gateway's mapping toward
 //! the peer and runs out before the far gateway (docs/hole-punching.md,
 //! "UDP"). The TTL rides in that one datagram's ancillary data (`IP_TTL` as a
@@ -50,6 +51,27 @@ pub fn send_with_ttl(fd: c_int, bytes: &[u8], to: SocketAddrV4, ttl: u8) -> Resu
     }
 }
 
+/// Sends `bytes` from `fd` to `to` without blocking; the errno on failure.
+pub fn send_from(fd: c_int, bytes: &[u8], to: SocketAddrV4) -> Result<usize, sys::Errno> {
+    let sin = sys::to_sockaddr(to);
+    // SAFETY: a live buffer and address of the given lengths.
+    let n = unsafe {
+        real::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        Err(errno())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// The TTL of a punch's first Dummy (`GCB_PUNCH_TTL`), `None` when off.
 pub fn low_ttl() -> Option<u8> {
     Some(crate::config::get().punch_ttl).filter(|t| *t != 0)
@@ -62,9 +84,9 @@ pub fn send(fd: c_int, bytes: &[u8], to: SocketAddrV4, ttl: Option<u8>) -> Resul
     match ttl {
         Some(t) => send_with_ttl(fd, bytes, to, t).or_else(|e| {
             log!(Debug, "a datagram to {to} with TTL {t} not sent ({}); sent as usual", std::io::Error::from_raw_os_error(e));
-            super::control::send_from(fd, bytes, to)
+            send_from(fd, bytes, to)
         }),
-        None => super::control::send_from(fd, bytes, to),
+        None => send_from(fd, bytes, to),
     }
 }
 
@@ -115,7 +137,7 @@ mod tests {
         assert_eq!(errno(), libc::EAGAIN, "the caller's errno is kept");
         assert_eq!(received(receiver.raw()), (b"low".to_vec(), 2));
         assert_eq!(ttl_of_socket(), before, "the socket's option untouched");
-        assert_eq!(super::super::control::send_from(sender.raw(), b"next", to), Ok(4));
+        assert_eq!(send_from(sender.raw(), b"next", to), Ok(4));
         assert_eq!(received(receiver.raw()), (b"next".to_vec(), before), "the next datagram has the socket's TTL");
         set_errno(0);
         assert_eq!(send_with_ttl(sender.raw(), b"x", to, 0), Err(libc::EINVAL), "the kernel refuses TTL 0");
