@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
 use libc::c_int;
-use proto::gcb::punch::{BrokerFrameReader, ConnId, DialFailure, Dialer, Do, PeerHello, PunchReport, PunchVerdict, Schedule};
+use proto::gcb::punch::{BrokerFrameReader, ConnId, DialFailure, Dialer, Do, PeerHello, PunchVerdict, Schedule};
 use proto::gcb::{Frame, FrameReader, Role, Token};
 
 use crate::client::family::Family;
@@ -382,9 +382,7 @@ impl Session {
                     if let Err(e) = send_whole(fd, &r.to_bytes()) {
                         return self.broker_failed(e);
                     }
-                    if r != PunchReport::Punched {
-                        log!(Debug, "punch: reported {r:?} after {} attempts", self.dialer.attempts());
-                    }
+                    log!(Debug, "punch: reported {r:?} after {} attempts", self.dialer.attempts());
                 }
                 Do::Use { conn, peer } => {
                     let Some(at) = self.conns.iter().position(|c| c.id == conn) else { return Progress::Failed(libc::EPROTO) };

@@ -1,0 +1,82 @@
+//! Measures TCP hole punching with the real shims and broker on each pair of
+//! gateway kinds, on the plain bed or across the `--wan-hop` router
+//! (docs/hole-punching.md, "Across a router"): the paper's C
+//! echo server under the shim on a1 (behind GA, the listener), and CLIENTS
+//! echo clients in a row on b1 (behind GB, the connector), each a new
+//! process; the broker runs with `--punch-retry-s 0`, so no failure is
+//! cached and every connect punches anew. Per pair: how many were punched,
+//! how many of those at the connector's first attempt, the `connect` times
+//! (the shim's log line), and the broker's counters. A measuring tool, not a
+//! test; each client still checks every byte of its echo.
+//!
+//! ```
+//! TCP_MATRIX_PAIRS="preserve/preserve,preserve/drop" TCP_MATRIX_HOP=1 \
+//!     cargo run --release -p testbed --example tcp_punch_matrix
+//! ```
+//!
+//! `TCP_MATRIX_HOP=1` makes the beds with `--wan-hop`; `TCP_MATRIX_CLIENTS`
+//! (default 10).
+
+use std::time::Duration;
+
+#[path = "../tests/punch_support/mod.rs"]
+mod punch_support;
+
+use punch_support::{counter, shimmed};
+use testbed::real::{Mode, RealBed};
+use testbed::{run_with_timeout, NatKind, NatKinds};
+
+/// The `N` of the first line of `log` that has `before` N `after`.
+fn number_in(log: &str, before: &str, after: &str) -> Option<u64> {
+    log.lines().find_map(|l| l.split(before).nth(1)?.split(after).next()?.trim().parse().ok())
+}
+
+fn main() {
+    let pairs = std::env::var("TCP_MATRIX_PAIRS").unwrap_or_else(|_| "preserve/preserve,preserve/drop,drop/preserve,drop/drop".into());
+    let hop = std::env::var("TCP_MATRIX_HOP").is_ok_and(|v| v == "1");
+    let clients: usize = std::env::var("TCP_MATRIX_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let env: [(&str, &str); 0] = [];
+    println!("| GA (listener) / GB (connector) | punched | at the first attempt | punched connect p50 (us) | relayed connect (ms) | broker: attempts, succeeded, fallbacks |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for pair in pairs.split(',') {
+        let (a, b) = pair.split_once('/').expect("pairs are A/B");
+        let mut nat = NatKinds::new(a.parse::<NatKind>().unwrap(), b.parse::<NatKind>().unwrap());
+        if hop {
+            nat = nat.with_wan_hop();
+        }
+        let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--punch-retry-s", "0"], nat);
+        let mut c = shimmed(&r, "a1", "echo-server", &env);
+        c.args(["--proto", "tcp", "--port", "7490", "--mode", "epoll"]);
+        let server = r.bed.spawn_cmd(c).expect("echo-server");
+        let listen = r.registered(&server, "tcp", &format!("{}:7490", r.bed.ip("a1")));
+        let (mut punched_us, mut relayed_ms, mut first, mut failed) = (Vec::new(), Vec::new(), 0, 0);
+        for _ in 0..clients {
+            let mut c = shimmed(&r, "b1", "echo-client", &env);
+            c.args(["--proto", "tcp", "--connect", &listen, "--bytes", "10000", "--rounds", "2"]);
+            let out = run_with_timeout(c, Duration::from_secs(60)).expect("echo-client");
+            let (stdout, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if !out.status.success() || !stdout.contains(" ok=1 ") {
+                failed += 1;
+            }
+            if let Some(us) = number_in(&log, &format!("connect tcp {listen} via punched in "), " us") {
+                punched_us.push(us);
+                first += usize::from(number_in(&log, "reported Punched after ", " attempts") == Some(1));
+            } else if let Some(us) = number_in(&log, " in ", " us").filter(|_| log.contains(&format!("connect tcp {listen} via relay"))) {
+                relayed_ms.push(format!("{:.0}", us as f64 / 1e3));
+            }
+        }
+        punched_us.sort_unstable();
+        let p50 = punched_us.get(punched_us.len() / 2).map_or("-".into(), |v| v.to_string());
+        let fallbacks: u64 = ["timeout", "check_failed", "local_error", "no_report"].iter().map(|w| counter(&r, &format!("punch_fallbacks_{w}"))).sum();
+        let broker = format!("{}, {}, {fallbacks}", counter(&r, "punch_attempts"), counter(&r, "punch_succeeded"));
+        let failed = if failed > 0 { format!(" ({failed} echoes failed)") } else { String::new() };
+        println!(
+            "| {pair}{} | {}/{clients}{failed} | {first} | {p50} | {} | {broker} |",
+            if hop { " (hop)" } else { "" },
+            punched_us.len(),
+            if relayed_ms.is_empty() { "-".into() } else { relayed_ms.join(", ") }
+        );
+        drop(server);
+        r.down();
+    }
+}
