@@ -10,7 +10,8 @@
 //! says nothing about a UDP one between the same realms.
 //!
 //! A failure blocks the (protocol, pair) for the retry time; a success of
-//! that protocol clears it. What counts as a failure is the caller's
+//! that protocol clears it when its punch was decided after the failure (see
+//! [`OutcomeCache::succeeded`]). What counts as a failure is the caller's
 //! (`engine::punch`, `engine::punch_udp`). The table is bounded over both
 //! protocols together: past its capacity the entry used least recently
 //! goes, so a flood of pairs costs memory once and never blocks more than
@@ -39,6 +40,8 @@ fn key(proto: Proto, a: Ipv4Addr, b: Ipv4Addr) -> Key {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// When the failure that blocks the pair was recorded.
+    since: Instant,
     /// Punching between the pair is blocked until then.
     until: Instant,
     /// Its place in the recency order.
@@ -130,14 +133,22 @@ impl OutcomeCache {
         }
         self.next_stamp += 1;
         let stamp = self.next_stamp;
-        self.entries.insert(key, Entry { until: now + retry, stamp });
+        self.entries.insert(key, Entry { since: now, until: now + retry, stamp });
         self.order.insert(stamp, key);
     }
 
-    /// A `proto` punch between `a` and `b` succeeded: the pair may punch
-    /// that protocol again.
-    pub fn succeeded(&mut self, proto: Proto, a: Ipv4Addr, b: Ipv4Addr) {
-        self.remove(key(proto, a, b));
+    /// A `proto` punch between `a` and `b`, decided at `decided`, succeeded:
+    /// the pair may punch that protocol again, unless a failure was recorded
+    /// after that decision. Connects between two realms come in bursts, so
+    /// punches overlap; one that was already under way when another failed
+    /// says nothing about the next, and letting it lift the block made a pair
+    /// that fails one punch in three swing back to punching after every
+    /// success, each failure costing a connect the whole budget.
+    pub fn succeeded(&mut self, proto: Proto, a: Ipv4Addr, b: Ipv4Addr, decided: Instant) {
+        let key = key(proto, a, b);
+        if self.entries.get(&key).is_some_and(|e| e.since <= decided) {
+            self.remove(key);
+        }
     }
 
     /// How many pairs are blocked at `now`: TCP, UDP. Stale entries not yet

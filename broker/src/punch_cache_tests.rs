@@ -44,15 +44,28 @@ fn a_tcp_failure_does_not_block_udp_nor_the_reverse() {
 }
 
 #[test]
+fn a_success_decided_before_the_failure_does_not_lift_it() {
+    let t = Instant::now();
+    let mut c = OutcomeCache::default();
+    c.failed(TCP, ip(1), ip(2), RETRY, t + Duration::from_millis(200));
+    // A punch decided 100 ms before that failure, and done after it.
+    c.succeeded(TCP, ip(1), ip(2), t + Duration::from_millis(100));
+    assert!(c.blocked(TCP, ip(1), ip(2), t + Duration::from_millis(300)), "an overlapping success lifted the block");
+    // One decided after the failure (at or past it) lifts it.
+    c.succeeded(TCP, ip(2), ip(1), t + Duration::from_millis(200));
+    assert!(!c.blocked(TCP, ip(1), ip(2), t + Duration::from_millis(300)));
+}
+
+#[test]
 fn a_success_clears_only_its_own_protocol() {
     let t = Instant::now();
     let mut c = OutcomeCache::default();
     c.failed(TCP, ip(1), ip(2), RETRY, t);
     c.failed(UDP, ip(1), ip(2), RETRY, t);
-    c.succeeded(UDP, ip(2), ip(1));
+    c.succeeded(UDP, ip(2), ip(1), t);
     assert!(!c.blocked(UDP, ip(1), ip(2), t));
     assert!(c.blocked(TCP, ip(1), ip(2), t), "a UDP success says nothing of TCP");
-    c.succeeded(TCP, ip(2), ip(1));
+    c.succeeded(TCP, ip(2), ip(1), t);
     assert!(!c.blocked(TCP, ip(1), ip(2), t));
     assert_eq!(c.len(), 0);
 }
@@ -119,7 +132,8 @@ fn the_table_never_grows_past_its_capacity() {
 #[derive(Debug, Clone)]
 enum Op {
     Failed(Proto, u8, u8),
-    Succeeded(Proto, u8, u8),
+    /// A success of a punch decided this many seconds ago.
+    Succeeded(Proto, u8, u8, u16),
     Blocked(Proto, u8, u8),
     /// Time passes, in seconds.
     Wait(u16),
@@ -131,7 +145,7 @@ fn op() -> impl Strategy<Value = Op> {
     let n = || 0..5u8;
     prop_oneof![
         (proto.clone(), n(), n()).prop_map(|(p, a, b)| Op::Failed(p, a, b)),
-        (proto.clone(), n(), n()).prop_map(|(p, a, b)| Op::Succeeded(p, a, b)),
+        (proto.clone(), n(), n(), 0..400u16).prop_map(|(p, a, b, ago)| Op::Succeeded(p, a, b, ago)),
         (proto, n(), n()).prop_map(|(p, a, b)| Op::Blocked(p, a, b)),
         (0..400u16).prop_map(Op::Wait),
     ]
@@ -153,25 +167,31 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..200),
         capacity in 1..60usize,
     ) {
-        let t0 = Instant::now();
+        // Late enough that a decision 400 s before any moment is a time.
+        let t0 = Instant::now() + Duration::from_secs(400);
         let mut now = t0;
         let mut c = OutcomeCache::new(capacity);
-        let mut model: HashMap<Key, Instant> = HashMap::new();
+        // Key → (when the failure was recorded, when its block ends).
+        let mut model: HashMap<Key, (Instant, Instant)> = HashMap::new();
         // 2 protocols × 15 unordered pairs of 5 IPs.
         let roomy = capacity >= 30;
         for op in ops {
             match op {
                 Op::Failed(p, a, b) => {
                     c.failed(p, ip(a), ip(b), RETRY, now);
-                    model.insert(model_key(p, a, b), now + RETRY);
+                    model.insert(model_key(p, a, b), (now, now + RETRY));
                 }
-                Op::Succeeded(p, a, b) => {
-                    c.succeeded(p, ip(a), ip(b));
-                    model.remove(&model_key(p, a, b));
+                Op::Succeeded(p, a, b, ago) => {
+                    let decided = now - Duration::from_secs(ago.into());
+                    c.succeeded(p, ip(a), ip(b), decided);
+                    // Only a punch decided after the failure lifts it.
+                    if model.get(&model_key(p, a, b)).is_some_and(|(since, _)| *since <= decided) {
+                        model.remove(&model_key(p, a, b));
+                    }
                 }
                 Op::Blocked(p, a, b) => {
                     let got = c.blocked(p, ip(a), ip(b), now);
-                    let want = model.get(&model_key(p, a, b)).is_some_and(|u| now < *u);
+                    let want = model.get(&model_key(p, a, b)).is_some_and(|(_, u)| now < *u);
                     prop_assert!(!got || want, "{p} {a}-{b} blocked without a live failure");
                     if roomy {
                         prop_assert_eq!(got, want, "{} {}-{} forgotten with room", p, a, b);
@@ -186,7 +206,7 @@ proptest! {
             prop_assert_eq!(counts[0] + counts[1], listed.len());
             prop_assert_eq!(counts[1], listed.iter().filter(|b| b.proto == UDP).count());
             for b in listed {
-                let until = model.get(&(b.proto, b.ips[0], b.ips[1])).copied();
+                let until = model.get(&(b.proto, b.ips[0], b.ips[1])).map(|(_, u)| *u);
                 prop_assert_eq!(until, Some(now + b.left), "listed but not in the model");
             }
         }

@@ -65,6 +65,8 @@ pub(super) struct Punch {
     addrs: [SocketAddrV4; 2],
     proxy: SocketAddrV4,
     connector_id: SocketAddrV4,
+    /// When the connect was decided (the pairing's creation).
+    decided: Instant,
     /// Each side was told to go, and reported.
     went: [bool; 2],
     reported: [bool; 2],
@@ -184,6 +186,7 @@ impl Engine {
             addrs: [c.addr, l.addr],
             proxy: p.proxy,
             connector_id,
+            decided: p.created,
             went: [false; 2],
             reported: [false; 2],
             held: [None, None],
@@ -389,13 +392,13 @@ impl Engine {
             return;
         };
         let ips: [Ipv4Addr; 2] = [*p.addrs[0].ip(), *p.addrs[1].ip()];
-        let (c, l) = (p.addrs[0], p.addrs[1]);
+        let (c, l, decided) = (p.addrs[0], p.addrs[1], p.decided);
         let retry = Duration::from_secs(self.config.limits.punch.retry_s);
         let n = &mut self.counters;
         let failed = match outcome {
             Outcome::Direct => {
                 n.punch_succeeded += 1;
-                self.punch_cache.succeeded(Proto::Tcp, ips[0], ips[1]);
+                self.punch_cache.succeeded(Proto::Tcp, ips[0], ips[1], decided);
                 false
             }
             Outcome::Vanished => {

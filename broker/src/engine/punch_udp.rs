@@ -159,10 +159,11 @@ impl Engine {
         self.udp.punches.remove(&token);
         self.counters.udp_punch_direct += 1;
         // The pair punches UDP: an unpredictable mapping cached for it
-        // since the decision was wrong, or is gone.
+        // since the decision was wrong, or is gone. An open path proves the
+        // mappings, so it lifts a block set after the decision too.
         if let Some(listener) = self.registry.get(&Endpoint::new(Proto::Udp, proxy)) {
             let ip = listener.ip;
-            self.punch_cache.succeeded(Proto::Udp, *from.ip(), ip);
+            self.punch_cache.succeeded(Proto::Udp, *from.ip(), ip, now);
         }
         info!("udp {proxy}: the punch {token} to {from} is direct");
         true
