@@ -2,15 +2,18 @@
 //! the bed of `scripts/netns up --wan-hop`, docs/testbed.md): one router
 //! between GB and the public switch, as on any real path.
 //!
-//! GA drops strangers' packets and GB answers them with a reset (`drop` /
-//! `preserve`), with the shim's defaults (no low-TTL first SYN: "A low-TTL
-//! first SYN: measured, not on"); a listener behind a dropping gateway
-//! punches every time, on either bed (preserve / preserve across the hop
-//! punched 10/10 in one run and 6/10 in the next, so it is measured, not
-//! tested). The paper's C echo server under the shim on a1 (behind GA) and
+//! Both gateways drop strangers' packets (`drop` / `drop`), with the shim's
+//! defaults (no low-TTL first SYN: docs/hole-punching.md, "Across a router,
+//! and why the first SYN has no low TTL"). Where one gateway answers
+//! strangers with a reset, a reset SYN can leave a conntrack entry that makes
+//! that gateway renumber the other side's later SYNs, and about one punch in
+//! ten to twenty falls back (docs/nat-punching-notes.md, "The fallbacks"):
+//! those pairs are measured (the `tcp_punch_matrix` example), not tested
+//! here, since a test that asserts no fallback there fails one run in four.
+//! The paper's C echo server under the shim on a1 (behind GA) and
 //! the echo client on b1 (behind GB), several connects in a row, blocking
-//! and non-blocking: each is punched (the client's shim logs `via punched`,
-//! and sends no low-TTL SYN), every byte echoes back, both sides name the
+//! and non-blocking: each is punched (the client's shim logs `via punched`),
+//! every byte echoes back, both sides name the
 //! right peer (the proxy address for the client, GB for the server); the
 //! broker counts every attempt a success, no fallback and no relay.
 //!
@@ -30,7 +33,7 @@ const CONNECTS: u64 = 5;
 
 #[test]
 fn echoes_across_the_hop_are_punched_every_time() {
-    let nat = NatKinds::new(NatKind::Drop, NatKind::Preserve).with_wan_hop();
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Drop).with_wan_hop();
     let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
     let mut c = shimmed(&r, "a1", "echo-server", &[]);
     c.args(["--proto", "tcp", "--port", "7495", "--mode", "epoll"]);
