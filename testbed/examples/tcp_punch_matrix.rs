@@ -22,7 +22,7 @@ use std::time::Duration;
 #[path = "../tests/punch_support/mod.rs"]
 mod punch_support;
 
-use punch_support::{counter, shimmed};
+use punch_support::{counter, echo_server, shimmed};
 use testbed::real::{Mode, RealBed};
 use testbed::{run_with_timeout, NatKind, NatKinds};
 
@@ -45,10 +45,7 @@ fn main() {
             nat = nat.with_wan_hop();
         }
         let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--punch-retry-s", "0"], nat);
-        let mut c = shimmed(&r, "a1", "echo-server", &env);
-        c.args(["--proto", "tcp", "--port", "7490", "--mode", "epoll"]);
-        let server = r.bed.spawn_cmd(c).expect("echo-server");
-        let listen = r.registered(&server, "tcp", &format!("{}:7490", r.bed.ip("a1")));
+        let (server, listen) = echo_server(&r, "tcp", 7490, "epoll", &env);
         let (mut punched_us, mut relayed_ms, mut first, mut failed) = (Vec::new(), Vec::new(), 0, 0);
         for _ in 0..clients {
             let mut c = shimmed(&r, "b1", "echo-client", &env);

@@ -20,7 +20,7 @@ use std::time::Duration;
 #[path = "../tests/punch_support/mod.rs"]
 mod punch_support;
 
-use punch_support::{counter, shimmed};
+use punch_support::{counter, echo_server, shimmed};
 use testbed::real::{Mode, RealBed};
 use testbed::{run_with_timeout, NatKind, NatKinds};
 
@@ -39,10 +39,7 @@ fn main() {
             nat = nat.with_wan_hop();
         }
         let r = RealBed::up_with_nat(Mode::Gcb, 2, &[], nat);
-        let mut c = shimmed(&r, "a1", "echo-server", &env);
-        c.args(["--proto", "udp", "--port", "7480", "--mode", "poll"]);
-        let server = r.bed.spawn_cmd(c).expect("echo-server");
-        let listen = r.registered(&server, "udp", &format!("{}:7480", r.bed.ip("a1")));
+        let (server, listen) = echo_server(&r, "udp", 7480, "poll", &env);
         let (mut punched, mut waits) = (0, Vec::new());
         for _ in 0..clients {
             let mut c = shimmed(&r, "b1", "echo-client", &env);

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 mod punch_support;
 
-use punch_support::{counter, shimmed};
+use punch_support::{counter, echo_server, shimmed};
 use testbed::real::{Mode, RealBed};
 use testbed::{run_with_timeout, NatKind, NatKinds, Proc};
 
@@ -42,12 +42,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A server on a1 under the shim, registered; its proxy address.
 fn server(r: &RealBed, port: u16) -> (Proc, String) {
-    let p = port.to_string();
-    let mut c = shimmed(r, "a1", "echo-server", &[]);
-    c.args(["--proto", "tcp", "--port", &p, "--mode", "epoll"]);
-    let server = r.bed.spawn_cmd(c).expect("echo-server");
-    let listen = r.registered(&server, "tcp", &format!("{}:{port}", r.bed.ip("a1")));
-    (server, listen)
+    echo_server(r, "tcp", port, "epoll", &[])
 }
 
 /// The echo client on b1 to `dest`; asserts every byte came back and the
@@ -99,12 +94,7 @@ const SERVER_MODES: [&str; 6] = ["blocking", "select", "poll", "epoll", "epoll-e
 
 /// The echo server on a1 in `mode`, registered; its proxy address.
 fn server_in(r: &RealBed, port: u16, mode: &str) -> (Proc, String) {
-    let p = port.to_string();
-    let mut c = shimmed(r, "a1", "echo-server", &[]);
-    c.args(["--proto", "tcp", "--port", &p, "--mode", mode]);
-    let server = r.bed.spawn_cmd(c).expect("echo-server");
-    let listen = r.registered(&server, "tcp", &format!("{}:{port}", r.bed.ip("a1")));
-    (server, listen)
+    echo_server(r, "tcp", port, mode, &[])
 }
 
 /// The mean connect time of the client's runs, from its SUMMARY line.

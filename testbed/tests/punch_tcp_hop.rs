@@ -24,7 +24,7 @@ use std::time::Duration;
 
 mod punch_support;
 
-use punch_support::{counter, shimmed};
+use punch_support::{counter, echo_server, shimmed};
 use testbed::real::{Mode, RealBed};
 use testbed::{run_with_timeout, NatKind, NatKinds};
 
@@ -35,10 +35,7 @@ const CONNECTS: u64 = 5;
 fn echoes_across_the_hop_are_punched_every_time() {
     let nat = NatKinds::new(NatKind::Drop, NatKind::Drop).with_wan_hop();
     let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
-    let mut c = shimmed(&r, "a1", "echo-server", &[]);
-    c.args(["--proto", "tcp", "--port", "7495", "--mode", "epoll"]);
-    let server = r.bed.spawn_cmd(c).expect("echo-server");
-    let listen = r.registered(&server, "tcp", &format!("{}:7495", r.bed.ip("a1")));
+    let (server, listen) = echo_server(&r, "tcp", 7495, "epoll", &[]);
     for i in 0..CONNECTS {
         let mut c = shimmed(&r, "b1", "echo-client", &[]);
         c.args(["--proto", "tcp", "--connect", &listen, "--bytes", "100000", "--rounds", "3"]);

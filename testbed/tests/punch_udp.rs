@@ -37,7 +37,7 @@ use std::time::Duration;
 
 mod punch_support;
 
-use punch_support::{counter, shimmed};
+use punch_support::{counter, echo_server, shimmed};
 use testbed::real::{Mode, RealBed};
 use testbed::{run_with_timeout, wait_for, NatKind, NatKinds, Proc};
 
@@ -62,12 +62,7 @@ fn server(r: &RealBed, port: u16) -> (Proc, String) {
 
 /// [`server`] in readiness mode `mode`.
 fn server_in(r: &RealBed, port: u16, mode: &str) -> (Proc, String) {
-    let p = port.to_string();
-    let mut c = shimmed(r, "a1", "echo-server", &[]);
-    c.args(["--proto", "udp", "--port", &p, "--mode", mode]);
-    let server = r.bed.spawn_cmd(c).expect("echo-server");
-    let listen = r.registered(&server, "udp", &format!("{}:{port}", r.bed.ip("a1")));
-    (server, listen)
+    echo_server(r, "udp", port, mode, &[])
 }
 
 /// The echo client on b1 to `dest`, one run of `rounds` datagrams.

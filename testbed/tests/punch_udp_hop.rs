@@ -26,7 +26,7 @@ use std::time::Duration;
 
 mod punch_support;
 
-use punch_support::{counter, shimmed};
+use punch_support::{counter, echo_server, shimmed};
 use testbed::real::{Mode, RealBed};
 use testbed::{python3, run_with_timeout, wait_for, NatKind, NatKinds, TestBed};
 
@@ -94,10 +94,7 @@ fn the_router_is_one_more_hop_between_the_gateways() {
 fn a_udp_echo_between_two_answering_gateways_is_punched_at_once() {
     let nat = NatKinds::new(NatKind::Preserve, NatKind::Preserve).with_wan_hop();
     let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
-    let mut c = shimmed(&r, "a1", "echo-server", &[]);
-    c.args(["--proto", "udp", "--port", "7480", "--mode", "poll"]);
-    let server = r.bed.spawn_cmd(c).expect("echo-server");
-    let listen = r.registered(&server, "udp", &format!("{}:7480", r.bed.ip("a1")));
+    let (server, listen) = echo_server(&r, "udp", 7480, "poll", &[]);
     let before = time_exceeded(&r.bed);
 
     let mut c = shimmed(&r, "b1", "echo-client", &[]);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use testbed::real::{built, RealBed, BROKER};
+use testbed::Proc;
 use testbed::workspace_root;
 
 pub fn ctest(name: &str) -> PathBuf {
@@ -25,6 +26,17 @@ pub fn shimmed(r: &RealBed, host: &str, program: &str, env: &[(&str, &str)]) -> 
     }
     c.envs(env.iter().copied());
     c
+}
+
+/// The C echo server on a1 under the shim (with `env`), serving `proto` on
+/// `port` in readiness mode `mode`, and the proxy address it registered.
+pub fn echo_server(r: &RealBed, proto: &str, port: u16, mode: &str, env: &[(&str, &str)]) -> (Proc, String) {
+    let p = port.to_string();
+    let mut c = shimmed(r, "a1", "echo-server", env);
+    c.args(["--proto", proto, "--port", &p, "--mode", mode]);
+    let server = r.bed.spawn_cmd(c).expect("echo-server");
+    let listen = r.registered(&server, proto, &format!("{}:{port}", r.bed.ip("a1")));
+    (server, listen)
 }
 
 /// The broker's counter `name`.
