@@ -78,12 +78,17 @@ pub fn low_ttl() -> Option<u8> {
 }
 
 /// Sends `bytes` from `fd` to `to`, with TTL `ttl` when there is one. A
-/// kernel that refuses the TTL gets the datagram as usual: what a punch did
-/// before low TTLs.
+/// kernel that does not take the TTL as a control message gets the datagram
+/// as usual: what a punch did before low TTLs. Any other error is the send's
+/// own (a full buffer, a firewall) and is returned: sent again at full TTL it
+/// could reach the far gateway first, which the low TTL is there to prevent.
 pub fn send(fd: c_int, bytes: &[u8], to: SocketAddrV4, ttl: Option<u8>) -> Result<usize, sys::Errno> {
     match ttl {
         Some(t) => send_with_ttl(fd, bytes, to, t).or_else(|e| {
-            log!(Debug, "a datagram to {to} with TTL {t} not sent ({}); sent as usual", std::io::Error::from_raw_os_error(e));
+            if e != libc::EINVAL && e != libc::ENOPROTOOPT {
+                return Err(e);
+            }
+            log!(Debug, "a datagram to {to} with TTL {t} not taken ({}); sent as usual", std::io::Error::from_raw_os_error(e));
             send_from(fd, bytes, to)
         }),
         None => send_from(fd, bytes, to),
