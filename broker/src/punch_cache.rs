@@ -137,6 +137,12 @@ impl OutcomeCache {
         self.order.insert(stamp, key);
     }
 
+    /// Whatever blocks `proto` between `a` and `b` is gone: the pair may punch
+    /// that protocol again.
+    pub fn clear(&mut self, proto: Proto, a: Ipv4Addr, b: Ipv4Addr) {
+        self.remove(key(proto, a, b));
+    }
+
     /// A `proto` punch between `a` and `b`, decided at `decided`, succeeded:
     /// the pair may punch that protocol again, unless a failure was recorded
     /// after that decision. Connects between two realms come in bursts, so

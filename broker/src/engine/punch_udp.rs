@@ -30,7 +30,7 @@
 //! mapping (`punch_skip`, for UDP alone). A punch whose report never came
 //! is not cached as failed: the report is one datagram that may be lost;
 //! the miss cost the connector nothing but Dummies (it was on the relay
-//! from its first datagram) or, for a connected socket, 0.6 s that its
+//! from its first datagram) or, for a connected socket, 0.7 s that its
 //! shim already spares the next connects for a minute; and a missed punch
 //! is what teaches the listener's shim to yield (docs/hole-punching.md),
 //! after which the same pair punches: a cached miss would keep that pair
@@ -163,7 +163,7 @@ impl Engine {
         // mappings, so it lifts a block set after the decision too.
         if let Some(listener) = self.registry.get(&Endpoint::new(Proto::Udp, proxy)) {
             let ip = listener.ip;
-            self.punch_cache.succeeded(Proto::Udp, *from.ip(), ip, now);
+            self.punch_cache.clear(Proto::Udp, *from.ip(), ip);
         }
         info!("udp {proxy}: the punch {token} to {from} is direct");
         true
