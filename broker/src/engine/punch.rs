@@ -40,9 +40,6 @@ use crate::registry::Record;
 /// How long past the meeting's deadline a held verdict waits for its
 /// side's report before it is sent anyway.
 const HOLD_GRACE: Duration = Duration::from_millis(250);
-/// The least time the broker waits past the budget for both reports (the
-/// meeting waits as long again as the budget, if that is longer).
-const MIN_MARGIN: Duration = Duration::from_millis(100);
 
 /// Why a connect between private realms is not punched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +140,8 @@ impl Engine {
         Policy {
             min_budget: Duration::from_millis(p.budget_min_ms),
             max_budget: Duration::from_millis(p.budget_ms),
-            min_margin: MIN_MARGIN,
             punch_unpredictable: p.unpredictable,
+            ..Policy::default()
         }
     }
 
