@@ -228,7 +228,6 @@ fn load_secret(path: &str) -> Result<SharedSecret, String> {
     Ok(SharedSecret(bytes))
 }
 
-/// `1` or `0` (also `on`/`off`, `yes`/`no`, `true`/`false`).
 /// The usual low TTL: past the host's own gateway (the first hop), and not
 /// to the far one, which is further on any path with a router between.
 pub const DEFAULT_PUNCH_TTL: u8 = 2;
@@ -237,6 +236,7 @@ fn parse_ttl(s: &str) -> Result<u8, String> {
     s.trim().parse::<u8>().map_err(|_| "is not a TTL from 0 (off) to 255".to_string())
 }
 
+/// `1` or `0` (also `on`/`off`, `yes`/`no`, `true`/`false`).
 fn parse_switch(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "1" | "on" | "yes" | "true" => Ok(true),

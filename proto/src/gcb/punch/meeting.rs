@@ -37,9 +37,10 @@ impl Arrival {
 /// The broker's settings for punching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// The least and the longest the sides may try: the floor and the
-    /// ceiling of the budget, which follows their round trips ([`budget`]).
+    /// The least the sides may try: the floor of the budget, which follows
+    /// their round trips ([`budget`]).
     pub min_budget: Duration,
+    /// The longest the sides may try: the budget's ceiling.
     pub max_budget: Duration,
     /// The broker waits for both reports for the budget plus a margin as
     /// long as the budget, and at least this, before it decides for the

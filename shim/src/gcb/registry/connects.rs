@@ -73,7 +73,7 @@ impl Drop for Job {
 /// Per program fd, the id of its live job; 0 when it has none (cancelled,
 /// done, or never). Fds beyond the table are never brokered in the
 /// background.
-pub(crate) static LIVE: [AtomicU32; fdtable::CAPACITY] = [const { AtomicU32::new(0) }; fdtable::CAPACITY];
+static LIVE: [AtomicU32; fdtable::CAPACITY] = [const { AtomicU32::new(0) }; fdtable::CAPACITY];
 
 pub(crate) fn live_slot(fd: c_int) -> Option<&'static AtomicU32> {
     usize::try_from(fd).ok().and_then(|i| LIVE.get(i))

@@ -47,14 +47,6 @@ impl Parking {
         self.by_key.values().filter(|p| p.listener == id).count()
     }
 
-    pub fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
-    }
-
     /// The fds the responder waits on: the park socket and the requests.
     pub fn poll_fds(&self) -> impl Iterator<Item = c_int> + '_ {
         self.server.iter().map(|s| s.fd).chain(self.requests.iter().map(|r| r.fd))
