@@ -153,8 +153,8 @@ pub struct DaemonArgs {
 
     /// Seconds a pair of realms (named by their public IPs) whose punch failed goes straight
     /// to the relay before punching is tried between them again, TCP and UDP each on its
-    /// own (a failed TCP punch leaves the pair's UDP punching); a success clears the pair
-    /// for its protocol. [default: 600]
+    /// own (a failed TCP punch leaves the pair's UDP punching); a success of a punch decided
+    /// after the failure clears the pair for its protocol. [default: 600]
     #[arg(long, value_name = "N", env = "GCB_BROKER_PUNCH_RETRY_S")]
     pub punch_retry_s: Option<u64>,
 

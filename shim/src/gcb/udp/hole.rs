@@ -89,7 +89,7 @@ pub const HOLE_ACK_TTL: Duration = Duration::from_secs(120);
 /// punched wait for the punch again. A minute, not the broker's ten for a
 /// TCP pair: the listener changes its order after a miss, so the next punch
 /// may well answer (`UdpTable::listener_yields`), and a miss costs a
-/// blocking `connect` 0.6 s once a minute at most.
+/// blocking `connect` 0.7 s once a minute at most.
 #[derive(Debug, Default)]
 pub struct ConnectMisses {
     at: HashMap<SocketAddrV4, Instant>,
