@@ -58,7 +58,11 @@ fn main() {
             if let Some(us) = number_in(&log, &format!("connect tcp {listen} via punched in "), " us") {
                 punched_us.push(us);
                 first += usize::from(number_in(&log, "reported Punched after ", " attempts") == Some(1));
-            } else if let Some(us) = number_in(&log, " in ", " us").filter(|_| log.contains(&format!("connect tcp {listen} via relay"))) {
+            } else if let Some(us) = log
+                .lines()
+                .find(|l| l.contains(&format!("connect tcp {listen} via relay")))
+                .and_then(|l| number_in(l, " in ", " us"))
+            {
                 relayed_ms.push(format!("{:.0}", us as f64 / 1e3));
             }
         }
