@@ -72,7 +72,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let saved = errno();
     // A non-blocking socket gets EINPROGRESS at once; the responder brokers it.
     if sys::is_nonblocking(fd) {
-        if let Some(r) = super::connecting::start(fd, dest, fam, now) {
+        if let Some(r) = super::connecting::start(fd, dest, fam) {
             return r;
         }
     }

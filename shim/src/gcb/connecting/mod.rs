@@ -22,10 +22,11 @@
 //! lock while the job is still live and the fd still holds the placeholder
 //! (`kcmp`), so it never lands on a number the program has reused.
 //!
-//! `connect` itself takes no lock: on a loaded machine a thread that waits
-//! for a lock the responder holds can lose its CPU for milliseconds, and an
-//! event loop must not. A job goes to the responder through a lock-free list
-//! (`Incoming`, in `registry::connects`), and whether it is still live is one
+//! `connect` itself takes no lock and allocates nothing (the allocator has
+//! locks of its own): on a loaded machine a thread that waits for a lock the
+//! responder holds can lose its CPU for milliseconds, and an event loop must
+//! not. A job goes to the responder as a [`Request`] in per-fd atomics
+//! (`registry::connects::hand_over`), and whether it is still live is one
 //! atomic per fd (`LIVE`, beside it): the job's id while it is, 0 once
 //! cancelled or done.
 //!
@@ -45,7 +46,7 @@ use std::time::{Duration, Instant};
 use libc::c_int;
 
 use super::ask;
-use super::registry::connects::{is_live, live_slot, Job, Stage, INCOMING};
+use super::registry::connects::{self, is_live, live_slot, Job, Request, Stage};
 use super::registry::{Names, Registry};
 use super::swap::{put_on, AppSocket};
 use crate::client::family::{self, Family};
@@ -58,10 +59,13 @@ const CONNECT_TIMEOUT: Duration = super::dial::PAIR_TIMEOUT;
 /// Ids of jobs, for `registry::connects::LIVE`; 0 is none.
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
-/// Moves the jobs pushed since the last round into the registry (the
-/// responder, under the lock); cancelled ones are dropped.
+/// Moves the requests left since the last round into the registry (the
+/// responder, or a close, under the lock); cancelled ones are dropped.
 pub fn take_incoming(reg: &mut Registry) {
-    for job in INCOMING.take_all() {
+    let now = Instant::now();
+    for r in connects::take_all() {
+        let since = connects::instant_of(r.since_ns, now);
+        let job = Job { id: r.id, app_fd: r.app_fd, placeholder: r.placeholder, dest: r.dest, family: r.family, since, deadline: since + CONNECT_TIMEOUT, stage: Stage::New };
         if is_live(job.app_fd, job.id) {
             reg.connects.jobs.push(job);
         }
@@ -71,7 +75,10 @@ pub fn take_incoming(reg: &mut Registry) {
 /// Starts brokering a non-blocking connect of watched socket `fd` to `dest`;
 /// `Some(-1)` with EINPROGRESS, or `None` when it must be brokered inside the
 /// call (the socket is bound, there is no gate, or no responder here).
-pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option<c_int> {
+pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family) -> Option<c_int> {
+    let since_ns = connects::monotonic_ns();
+    // Fds beyond the per-fd tables are brokered inside the call.
+    let slot = live_slot(fd)?;
     if process::borrowed() || sys::local_addr(fd).is_ok_and(|a| a.port() != 0) {
         return None;
     }
@@ -90,14 +97,10 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
         crate::internal::release(placeholder);
         return None;
     }
-    let Some(slot) = live_slot(fd) else {
-        crate::internal::release(placeholder);
-        return None;
-    };
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed).max(1);
     slot.store(id, Ordering::Release);
     fdtable::replace(fd, Kind::Watched, Kind::Connecting);
-    INCOMING.push(Job { id, app_fd: fd, placeholder, dest, family: fam, since: now, deadline: now + CONNECT_TIMEOUT, stage: Stage::New });
+    connects::hand_over(Request { id, app_fd: fd, placeholder, dest, family: fam, since_ns });
     super::state::ensure_responder();
     crate::guard::set_errno(libc::EINPROGRESS);
     Some(-1)
@@ -106,6 +109,12 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family, now: Instant) -> Option
 /// The program closed `fd` (or replaced it): its job is dropped.
 pub fn cancel(reg: &mut Registry, fd: c_int) {
     if let Some(slot) = live_slot(fd) {
+        if slot.load(Ordering::Acquire) != 0 {
+            // A request the responder has not taken yet becomes a job here,
+            // dropped below with the fd's others (its fields may then be
+            // written again by a connect on the reused number).
+            take_incoming(reg);
+        }
         if slot.swap(0, Ordering::AcqRel) != 0 {
             reg.connects.jobs.retain(|j| j.app_fd != fd);
         }

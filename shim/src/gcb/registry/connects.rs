@@ -8,8 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use libc::c_int;
@@ -83,47 +82,110 @@ pub(crate) fn is_live(fd: c_int, id: u32) -> bool {
     live_slot(fd).is_some_and(|s| s.load(Ordering::Acquire) == id)
 }
 
-/// New jobs on their way to the responder: a lock-free stack the program's
-/// threads push on and the responder takes whole (no ABA: nothing is ever
-/// popped singly).
-pub(crate) struct Incoming {
-    head: AtomicPtr<Node>,
+/// A non-blocking connect as the program's thread hands it to the responder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub id: u32,
+    pub app_fd: c_int,
+    pub placeholder: c_int,
+    pub dest: SocketAddrV4,
+    pub family: Family,
+    /// `CLOCK_MONOTONIC` when `connect` was called, in nanoseconds ([`monotonic_ns`]).
+    pub since_ns: u64,
 }
 
-struct Node {
-    job: Job,
-    next: *mut Node,
+/// Requests on their way to the responder, kept per program fd in plain
+/// atomics with a bitmap of the fds whose request waits. `connect` neither
+/// allocates nor locks to leave one (an allocation takes the allocator's
+/// lock, which the responder may hold while it frees, and a thread that
+/// waits for it can lose its CPU for milliseconds on a loaded machine).
+///
+/// A bit is set (Release) once its fd's fields are written, and cleared
+/// (Acquire) by whoever takes them, under the registry lock ([`take_all`]).
+/// The fields of an fd are written again only by a later `connect` on the
+/// same number, after the program closed it; a close takes the waiting
+/// request under the registry lock first (`connecting::cancel`), so fields
+/// are never written before they were read.
+static PLACEHOLDER_AND_ID: [AtomicU64; fdtable::CAPACITY] = [const { AtomicU64::new(0) }; fdtable::CAPACITY];
+static DEST_AND_FAMILY: [AtomicU64; fdtable::CAPACITY] = [const { AtomicU64::new(0) }; fdtable::CAPACITY];
+static SINCE_NS: [AtomicU64; fdtable::CAPACITY] = [const { AtomicU64::new(0) }; fdtable::CAPACITY];
+static WAITING: [AtomicU64; fdtable::CAPACITY / 64] = [const { AtomicU64::new(0) }; fdtable::CAPACITY / 64];
+/// Set after a bit of [`WAITING`], so a round with nothing new skips the scan.
+static ANY_WAITING: AtomicBool = AtomicBool::new(false);
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `Instant` reads on Linux.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes the struct we pass; vDSO, never hooked.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
-pub(crate) static INCOMING: Incoming = Incoming { head: AtomicPtr::new(ptr::null_mut()) };
+/// The `Instant` a [`monotonic_ns`] reading stands for, as seen from `now`.
+pub(crate) fn instant_of(since_ns: u64, now: Instant) -> Instant {
+    let age = std::time::Duration::from_nanos(monotonic_ns().saturating_sub(since_ns));
+    now.checked_sub(age).unwrap_or(now)
+}
 
-impl Incoming {
-    pub(crate) fn push(&self, job: Job) {
-        let node = Box::into_raw(Box::new(Node { job, next: ptr::null_mut() }));
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: `node` is ours until the exchange publishes it.
-            unsafe { (*node).next = head };
-            match self.head.compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(now) => head = now,
+/// Leaves `r` for the responder. Its fd has a [`live_slot`], so it is
+/// inside the tables.
+pub(crate) fn hand_over(r: Request) {
+    let Some(i) = usize::try_from(r.app_fd).ok().filter(|&i| i < fdtable::CAPACITY) else {
+        return;
+    };
+    let (ip, port) = (u32::from(*r.dest.ip()) as u64, r.dest.port() as u64);
+    let fam = matches!(r.family, Family::Mapped) as u64;
+    PLACEHOLDER_AND_ID[i].store(((r.placeholder as u32 as u64) << 32) | r.id as u64, Ordering::Relaxed);
+    DEST_AND_FAMILY[i].store((ip << 32) | (port << 16) | fam, Ordering::Relaxed);
+    SINCE_NS[i].store(r.since_ns, Ordering::Relaxed);
+    WAITING[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
+    ANY_WAITING.store(true, Ordering::Release);
+}
+
+/// A waiting request's placeholder moved from `old` to `new` (the program
+/// `dup2`ed onto its number); false if none has it. Under the registry
+/// lock, as [`take_all`].
+fn retarget_waiting(old: c_int, new: c_int) -> bool {
+    for (w, word) in WAITING.iter().enumerate() {
+        let mut bits = word.load(Ordering::Acquire);
+        while bits != 0 {
+            let i = w * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let pid = PLACEHOLDER_AND_ID[i].load(Ordering::Relaxed);
+            if (pid >> 32) as u32 as c_int == old {
+                PLACEHOLDER_AND_ID[i].store(((new as u32 as u64) << 32) | (pid & 0xffff_ffff), Ordering::Relaxed);
+                return true;
             }
         }
     }
+    false
+}
 
-    /// Every job pushed so far, oldest first.
-    pub(crate) fn take_all(&self) -> Vec<Job> {
-        let mut p = self.head.swap(ptr::null_mut(), Ordering::Acquire);
-        let mut out = Vec::new();
-        while !p.is_null() {
-            // SAFETY: each node was made by `push` and is taken here once.
-            let node = unsafe { Box::from_raw(p) };
-            p = node.next;
-            out.push(node.job);
-        }
-        out.reverse();
-        out
+/// Every request left since the last call, lowest fd first. Called under
+/// the registry lock, so at most one thread takes them.
+pub(crate) fn take_all() -> Vec<Request> {
+    let mut out = Vec::new();
+    if !ANY_WAITING.swap(false, Ordering::Acquire) {
+        return out;
     }
+    for (w, word) in WAITING.iter().enumerate() {
+        let mut bits = if word.load(Ordering::Relaxed) == 0 { 0 } else { word.swap(0, Ordering::Acquire) };
+        while bits != 0 {
+            let i = w * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let pid = PLACEHOLDER_AND_ID[i].load(Ordering::Relaxed);
+            let daf = DEST_AND_FAMILY[i].load(Ordering::Relaxed);
+            out.push(Request {
+                id: pid as u32,
+                app_fd: i as c_int,
+                placeholder: (pid >> 32) as u32 as c_int,
+                dest: SocketAddrV4::new(std::net::Ipv4Addr::from((daf >> 32) as u32), (daf >> 16) as u16),
+                family: if daf & 1 == 1 { Family::Mapped } else { Family::V4 },
+                since_ns: SINCE_NS[i].load(Ordering::Relaxed),
+            });
+        }
+    }
+    out
 }
 
 /// The jobs the responder works on, and the errors kept for `SO_ERROR`.
@@ -142,10 +204,18 @@ impl std::fmt::Debug for Connects {
 impl Connects {
     /// A forked child's copies of its parent's jobs are the parent's.
     pub fn forget_in_child(&mut self) {
-        for job in self.jobs.drain(..).chain(INCOMING.take_all()) {
-            if let Some(slot) = live_slot(job.app_fd) {
+        let forget = |fd: c_int| {
+            if let Some(slot) = live_slot(fd) {
                 slot.store(0, Ordering::Release);
             }
+        };
+        // A dropped job releases its placeholder; a request has none to drop.
+        for job in self.jobs.drain(..) {
+            forget(job.app_fd);
+        }
+        for r in take_all() {
+            forget(r.app_fd);
+            crate::internal::release(r.placeholder);
         }
     }
 
@@ -156,7 +226,42 @@ impl Connects {
                 j.placeholder = new;
                 true
             }
-            None => false,
+            None => retarget_waiting(old, new),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(app_fd: c_int, placeholder: c_int, family: Family) -> Request {
+        let dest = SocketAddrV4::new(std::net::Ipv4Addr::new(203, 0, 113, 10), 20_000 + (app_fd % 1_000) as u16);
+        Request { id: 7_000 + app_fd as u32, app_fd, placeholder, dest, family, since_ns: monotonic_ns() }
+    }
+
+    /// The only test in this process that hands requests over: `take_all`
+    /// takes every waiting one.
+    #[test]
+    fn requests_come_back_whole_once_and_follow_a_moved_placeholder() {
+        assert!(take_all().is_empty(), "nothing waits at first");
+        // Fds across word boundaries, the table's last one, and both families.
+        let sent = [request(3, 1_001, Family::V4), request(64, 1_002, Family::Mapped), request(65_535, 65_534, Family::V4)];
+        for r in sent {
+            hand_over(r);
+        }
+        assert!(retarget_waiting(1_002, 1_010), "a waiting request's placeholder is found");
+        assert!(!retarget_waiting(4_444, 4_445), "and only one that exists");
+        let mut want = sent.to_vec();
+        want[1].placeholder = 1_010;
+        assert_eq!(take_all(), want);
+        assert!(take_all().is_empty(), "each request is taken once");
+        // A request past the table is never left (its connect is brokered in the call).
+        hand_over(request(fdtable::CAPACITY as c_int, 5, Family::V4));
+        assert!(take_all().is_empty());
+        let earlier = monotonic_ns() - 250_000_000;
+        let now = Instant::now();
+        let then = instant_of(earlier, now);
+        assert!(now - then >= std::time::Duration::from_millis(250) && now - then < std::time::Duration::from_secs(5));
     }
 }
