@@ -7,9 +7,11 @@
  * checks every echoed byte.
  *
  * For each connect call it records the wall time, the thread's CPU time and
- * whether the thread slept (a voluntary context switch, getrusage): a call of
- * 1 ms or more that neither slept nor used 1 ms of CPU was preempted, not
- * blocked, and is counted apart. Output lines (see usage) are parsed by
+ * whether the thread slept (a voluntary context switch, getrusage). A call of
+ * 1 ms or more is counted as blocked if it slept, as busy if it used 1 ms of
+ * CPU without sleeping (the kernel charges the packets it processes for
+ * every socket in softirq to whichever thread is in a system call then), or
+ * else as preempted. Output lines (see usage) are parsed by
  * testbed/tests/event_loops.rs; their names match async_connects.py's. */
 #define _GNU_SOURCE
 #include "common.h"
@@ -40,9 +42,9 @@ static const char usage_text[] =
 "  --bytes B          payload per connection (default 4096)\n"
 "  --timeout-ms T     bound on the whole run (default 60000)\n"
 "\n"
-"Prints: SLOWCALL addr= us= blocked= returned= for each call of 1 ms or\n"
+"Prints: SLOWCALL addr= us= kind= vcsw= cpu_us= returned= for each call of 1 ms or\n"
 "more as it happens; at the end CALLS n= einprogress= immediate= max_us= p50_us= blocked=\n"
-"max_blocked_us= preempted=; TIMER ticks= max_gap_ms=; TARGET addr= ok= of=\n"
+"max_blocked_us= busy= max_busy_cpu_us= preempted= slept=; TIMER ticks= max_gap_ms=; TARGET addr= ok= of=\n"
 "max_complete_ms=; REFUSED addr= returned= so_error= ms=; ECHO ok= bad=;\n"
 "FAILED lines; then DONE ok (exit 0) or ERROR (exit 1). Usage errors exit 2.\n";
 
@@ -75,6 +77,9 @@ static int nconns;
 static long long wall_ns[MAX_CONNS + MAX_REFUSED];
 static long long max_blocked_ns;
 static int nblocked, npreempted, neinprogress, nimmediate;
+static int nslept; /* calls that slept at all, however briefly */
+static int nbusy;
+static long long max_busy_cpu_ns;
 
 static long long ns_of(clockid_t c)
 {
@@ -98,7 +103,9 @@ static void usage_error(const char *what, const char *arg)
 	exit(2);
 }
 
-static int slow_blocked; /* whether the last slow call slept or spun */
+static const char *slow_kind; /* the last slow call: "blocked", "busy" or "preempted" */
+static long slow_vcsw; /* its voluntary context switches */
+static long long slow_cpu_ns; /* and the CPU time it used */
 
 /* The timed call; the rest of the loop is ordinary. */
 static int timed_connect_call(int fd, const struct sockaddr_in *to)
@@ -113,13 +120,23 @@ static int timed_connect_call(int fd, const struct sockaddr_in *to)
 	long v1 = nvcsw();
 
 	wall_ns[nconns] = took;
+	if (v1 > v0)
+		nslept++;
 	if (took >= SLOW_NS) {
-		slow_blocked = v1 > v0 || cpu >= SLOW_NS;
-		if (slow_blocked) {
+		slow_vcsw = v1 - v0;
+		slow_cpu_ns = cpu;
+		if (v1 > v0) {
+			slow_kind = "blocked";
 			nblocked++;
 			if (took > max_blocked_ns)
 				max_blocked_ns = took;
+		} else if (cpu >= SLOW_NS) {
+			slow_kind = "busy";
+			nbusy++;
+			if (cpu > max_busy_cpu_ns)
+				max_busy_cpu_ns = cpu;
 		} else {
+			slow_kind = "preempted";
 			npreempted++;
 		}
 	}
@@ -139,8 +156,8 @@ static int timed_connect(int fd, const struct sockaddr_in *to)
 
 	if (wall_ns[nconns] >= SLOW_NS) {
 		fmt_addr(to, addr, sizeof addr);
-		say("SLOWCALL addr=%s us=%.0f blocked=%d returned=%s", addr, wall_ns[nconns] / 1e3,
-		    slow_blocked, err ? errno_name(err) : "0");
+		say("SLOWCALL addr=%s us=%.0f kind=%s vcsw=%ld cpu_us=%.0f returned=%s", addr,
+		    wall_ns[nconns] / 1e3, slow_kind, slow_vcsw, slow_cpu_ns / 1e3, err ? errno_name(err) : "0");
 	}
 	return err;
 }
@@ -271,9 +288,9 @@ static int report(int ticks, long long max_gap_ns)
 
 	memcpy(sorted, wall_ns, sizeof(long long) * (size_t)nconns);
 	qsort(sorted, (size_t)nconns, sizeof sorted[0], cmp_ll);
-	say("CALLS n=%d einprogress=%d immediate=%d max_us=%.1f p50_us=%.1f blocked=%d max_blocked_us=%.1f preempted=%d",
+	say("CALLS n=%d einprogress=%d immediate=%d max_us=%.1f p50_us=%.1f blocked=%d max_blocked_us=%.1f busy=%d max_busy_cpu_us=%.1f preempted=%d slept=%d",
 	    nconns, neinprogress, nimmediate, sorted[nconns - 1] / 1e3, sorted[nconns / 2] / 1e3, nblocked,
-	    max_blocked_ns / 1e3, npreempted);
+	    max_blocked_ns / 1e3, nbusy, max_busy_cpu_ns / 1e3, npreempted, nslept);
 	say("TIMER ticks=%d max_gap_ms=%.1f", ticks, max_gap_ns / 1e6);
 	for (t = 0; t < ntargets; t++) {
 		int ok = 0, of = 0;

@@ -15,12 +15,15 @@ through `SO_ERROR`, the call itself having returned EINPROGRESS.
 
 For every `connect` call it records the wall time, the thread's CPU time and
 whether the thread slept (a voluntary context switch, getrusage). A call that
-took 1 ms or more without sleeping and without using 1 ms of CPU was
-preempted, not blocked: it is counted as `preempted`, not as `blocked`.
+took 1 ms or more is `blocked` if it slept, `busy` if it used 1 ms of CPU
+without sleeping (the kernel charges the packets it processes in softirq for
+every socket to whichever thread is in a system call then), else
+`preempted`; `slept` counts the calls that slept at all.
 
 Prints, flushed:
-    CALLS n=N einprogress=N immediate=N max_us=X p50_us=X blocked=N max_blocked_us=X preempted=N
-    SLOWCALL addr=IP:PORT us=X blocked=0|1 returned=ERRNO  (as it happens)
+    CALLS n=N einprogress=N immediate=N max_us=X p50_us=X blocked=N max_blocked_us=X
+          busy=N max_busy_cpu_us=X preempted=N slept=N returned=NAME:N,...  (one line)
+    SLOWCALL addr=IP:PORT us=X kind=blocked|busy|preempted vcsw=N cpu_us=X returned=ERRNO  (as it happens)
     TIMER ticks=N max_gap_ms=X
     TARGET addr=IP:PORT ok=N of=N max_complete_ms=X
     REFUSED addr=IP:PORT returned=NAME so_error=NAME ms=X
@@ -45,7 +48,9 @@ class Calls:
     def __init__(self):
         self.wall = []
         self.blocked = []
+        self.busy_cpu = []
         self.preempted = 0
+        self.slept = 0
         self.returned = {}
 
     def timed_connect(self, s, addr):
@@ -57,15 +62,24 @@ class Calls:
         t1 = time.perf_counter_ns()
         c1 = time.thread_time_ns()
         r1 = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
-        took = t1 - t0
+        took, cpu = t1 - t0, c1 - c0
         self.wall.append(took)
+        self.slept += r1 > r0
         if took >= SLOW_NS:
-            slept = r1 > r0 or c1 - c0 >= SLOW_NS
-            if slept:
+            if r1 > r0:
+                kind = "blocked"
                 self.blocked.append(took)
+            elif cpu >= SLOW_NS:
+                kind = "busy"
+                self.busy_cpu.append(cpu)
             else:
+                kind = "preempted"
                 self.preempted += 1
-            print(f"SLOWCALL addr={addr[0]}:{addr[1]} us={took / 1e3:.0f} blocked={int(slept)} returned={err}", flush=True)
+            print(
+                f"SLOWCALL addr={addr[0]}:{addr[1]} us={took / 1e3:.0f} kind={kind} "
+                f"vcsw={r1 - r0} cpu_us={cpu / 1e3:.0f} returned={err}",
+                flush=True,
+            )
         name = errno.errorcode.get(err, str(err)) if err else "0"
         self.returned[name] = self.returned.get(name, 0) + 1
         return err
@@ -76,7 +90,9 @@ class Calls:
             f"CALLS n={len(self.wall)} einprogress={self.returned.get('EINPROGRESS', 0)} "
             f"immediate={self.returned.get('0', 0)} max_us={max(w) / 1e3:.1f} "
             f"p50_us={statistics.median(w) / 1e3:.1f} blocked={len(self.blocked)} "
-            f"max_blocked_us={max(self.blocked or [0]) / 1e3:.1f} preempted={self.preempted} "
+            f"max_blocked_us={max(self.blocked or [0]) / 1e3:.1f} busy={len(self.busy_cpu)} "
+            f"max_busy_cpu_us={max(self.busy_cpu or [0]) / 1e3:.1f} preempted={self.preempted} "
+            f"slept={self.slept} "
             f"returned={','.join(f'{k}:{v}' for k, v in sorted(self.returned.items()))}"
         )
 
