@@ -119,7 +119,7 @@ pub fn cancel(reg: &mut Registry, fd: c_int) {
             reg.connects.jobs.retain(|j| j.app_fd != fd);
         }
     }
-    reg.connects.errors.remove(&fd);
+    connects::keep_error(fd, 0);
 }
 
 /// `getsockopt(fd, SOL_SOCKET, SO_ERROR, ...)` on a named connection: the
@@ -132,7 +132,7 @@ pub fn cancel(reg: &mut Registry, fd: c_int) {
 pub unsafe fn getsockopt_error(fd: c_int, value: *mut libc::c_void, len: *mut libc::socklen_t) -> c_int {
     let r = real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, value, len);
     if r == 0 && !value.is_null() && !len.is_null() && *len as usize >= std::mem::size_of::<c_int>() {
-        if let Some(e) = super::state::with(|reg| reg.connects.errors.remove(&fd)) {
+        if let Some(e) = connects::take_error(fd) {
             std::ptr::write_unaligned(value.cast::<c_int>(), e);
         }
     }
@@ -255,6 +255,8 @@ fn conclude(mut job: Job, step: Step) {
         if !same_file(job.app_fd, job.placeholder) {
             return Swap::Cancelled;
         }
+        // Kept before the swap: the program may ask as soon as the fd is writable.
+        connects::keep_error(job.app_fd, error.unwrap_or(0));
         let put = match (sock, AppSocket::read(job.app_fd)) {
             (Some(sock), Ok(app)) => {
                 let regs = reg.interest.take(job.app_fd);
@@ -270,15 +272,10 @@ fn conclude(mut job: Job, step: Step) {
             fdtable::set(job.app_fd, Kind::Plain);
         }
         match put {
-            Ok(()) => {
-                if let Some(e) = error {
-                    reg.connects.errors.insert(job.app_fd, e);
-                }
-                Swap::Done
-            }
+            Ok(()) => Swap::Done,
             Err(e) => {
                 // The placeholder stays on the fd and fails below.
-                reg.connects.errors.insert(job.app_fd, error.unwrap_or(libc::ECONNREFUSED));
+                connects::keep_error(job.app_fd, error.unwrap_or(libc::ECONNREFUSED));
                 Swap::Failed(e)
             }
         }

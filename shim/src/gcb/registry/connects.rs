@@ -1,14 +1,14 @@
 //! The program's non-blocking connects being brokered (`connecting`), as the
 //! registry holds them: each job and the stage it stands at, with the
-//! sockets of its own it holds there, and the errors kept for `SO_ERROR`;
-//! and, outside the lock, the per-fd atomics that say whether a job is still
-//! live (`LIVE`) and the lock-free list that brings new jobs to the
-//! responder (`Incoming`). Plain data and its bookkeeping (moved fds, a
+//! sockets of its own it holds there; and, outside the lock, the per-fd
+//! atomics that say whether a job is still live (`LIVE`), that bring new
+//! jobs to the responder ([`hand_over`]) and that keep the errors for
+//! `SO_ERROR` ([`keep_error`]), so the program's `connect` and `getsockopt`
+//! never wait for the responder. Plain data and its bookkeeping (moved fds, a
 //! forked child's share); `connecting` and its steps drive the jobs.
 
-use std::collections::HashMap;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use libc::c_int;
@@ -188,16 +188,37 @@ pub(crate) fn take_all() -> Vec<Request> {
     out
 }
 
-/// The jobs the responder works on, and the errors kept for `SO_ERROR`.
+/// Per program fd, the error a failed brokered connect keeps for
+/// `getsockopt(SO_ERROR)` (0: none). An event loop asks after every
+/// connect; without a lock it never waits for a responder round.
+static KEPT_ERRORS: [AtomicI32; fdtable::CAPACITY] = [const { AtomicI32::new(0) }; fdtable::CAPACITY];
+
+/// Keeps `e` (0: none) as `fd`'s error for `SO_ERROR`.
+pub(crate) fn keep_error(fd: c_int, e: c_int) {
+    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| KEPT_ERRORS.get(i)) {
+        slot.store(e, Ordering::Release);
+    }
+}
+
+/// The error kept for `fd`, once.
+pub(crate) fn take_error(fd: c_int) -> Option<c_int> {
+    let slot = usize::try_from(fd).ok().and_then(|i| KEPT_ERRORS.get(i))?;
+    // A load first: the common answer (none) writes nothing.
+    if slot.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    Some(slot.swap(0, Ordering::AcqRel)).filter(|&e| e != 0)
+}
+
+/// The jobs the responder works on.
 #[derive(Default)]
 pub struct Connects {
     pub(crate) jobs: Vec<Job>,
-    pub(crate) errors: HashMap<c_int, c_int>,
 }
 
 impl std::fmt::Debug for Connects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connects").field("jobs", &self.jobs.len()).field("errors", &self.errors).finish()
+        f.debug_struct("Connects").field("jobs", &self.jobs.len()).finish()
     }
 }
 
