@@ -121,12 +121,13 @@ pub fn epoll_ctl(fd: c_int) -> Way {
     by_kind(kind, matches!(kind, Kind::Watched | Kind::Connecting))
 }
 
-/// `getsockopt`: a managed socket's options, and a named connection's
-/// `SO_ERROR` in GCB mode (a brokered connect's failure).
+/// `getsockopt`: a managed socket's options, and the `SO_ERROR` of a named
+/// or still connecting socket in GCB mode (a brokered connect's failure,
+/// kept before the connection goes on the fd, which is named just after).
 #[inline(always)]
 pub fn getsockopt(fd: c_int, level: c_int, name: c_int) -> Way {
     let kind = fdtable::kind(fd);
-    let connect_error = kind == Kind::Named && level == libc::SOL_SOCKET && name == libc::SO_ERROR && !dpf::mode::enabled();
+    let connect_error = matches!(kind, Kind::Named | Kind::Connecting) && level == libc::SOL_SOCKET && name == libc::SO_ERROR && !dpf::mode::enabled();
     by_kind(kind, kind == Kind::Managed || connect_error)
 }
 

@@ -220,6 +220,8 @@ fn name(fd: c_int, dest: SocketAddrV4) {
     super::state::with(|reg| {
         reg.interest.take(fd);
         reg.set_names(fd, Names { local: None, peer: Some(dest) });
+        // A connected socket has no error of a connect before it.
+        super::registry::connects::keep_error(fd, 0);
         fdtable::set(fd, Kind::Named);
     });
 }

@@ -130,6 +130,7 @@ pub fn unwatch(reg: &mut Registry, fd: c_int) {
 pub fn unmark(reg: &mut Registry, fd: c_int) {
     reg.remove_fd(fd);
     reg.udp.remove(fd);
+    super::registry::connects::keep_error(fd, 0);
     fdtable::set(fd, Kind::Plain);
 }
 

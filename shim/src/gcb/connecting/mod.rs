@@ -99,8 +99,19 @@ pub fn start(fd: c_int, dest: SocketAddrV4, fam: Family) -> Option<c_int> {
     }
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed).max(1);
     slot.store(id, Ordering::Release);
-    fdtable::replace(fd, Kind::Watched, Kind::Connecting);
+    if !fdtable::replace(fd, Kind::Watched, Kind::Connecting) {
+        // Another thread closed or replaced the fd during the call.
+        slot.store(0, Ordering::Release);
+        crate::internal::release(placeholder);
+        crate::guard::set_errno(libc::EBADF);
+        return Some(-1);
+    }
     connects::hand_over(Request { id, app_fd: fd, placeholder, dest, family: fam, since_ns });
+    if slot.load(Ordering::Acquire) != id && connects::withdraw(fd) {
+        // Closed by another thread before the request was published: the
+        // close found nothing to cancel, so the placeholder is ours to drop.
+        crate::internal::release(placeholder);
+    }
     super::state::ensure_responder();
     crate::guard::set_errno(libc::EINPROGRESS);
     Some(-1)

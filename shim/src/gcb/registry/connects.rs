@@ -139,7 +139,19 @@ pub(crate) fn hand_over(r: Request) {
     DEST_AND_FAMILY[i].store((ip << 32) | (port << 16) | fam, Ordering::Relaxed);
     SINCE_NS[i].store(r.since_ns, Ordering::Relaxed);
     WAITING[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
-    ANY_WAITING.store(true, Ordering::Release);
+    // A read-modify-write, so the taker that reads it synchronises with
+    // every thread that set it, not only the last.
+    ANY_WAITING.swap(true, Ordering::Release);
+}
+
+/// Takes `fd`'s request back if it still waits (true: the caller owns its
+/// placeholder again).
+pub(crate) fn withdraw(fd: c_int) -> bool {
+    let Some(i) = usize::try_from(fd).ok().filter(|&i| i < fdtable::CAPACITY) else {
+        return false;
+    };
+    let bit = 1u64 << (i % 64);
+    WAITING[i / 64].fetch_and(!bit, Ordering::AcqRel) & bit != 0
 }
 
 /// A waiting request's placeholder moved from `old` to `new` (the program
@@ -164,10 +176,16 @@ fn retarget_waiting(old: c_int, new: c_int) -> bool {
 /// Every request left since the last call, lowest fd first. Called under
 /// the registry lock, so at most one thread takes them.
 pub(crate) fn take_all() -> Vec<Request> {
-    let mut out = Vec::new();
     if !ANY_WAITING.swap(false, Ordering::Acquire) {
-        return out;
+        return Vec::new();
     }
+    take_every_bit()
+}
+
+/// [`take_all`] without trusting [`ANY_WAITING`]: a child forked between
+/// another thread's bit and its flag has the bit alone.
+fn take_every_bit() -> Vec<Request> {
+    let mut out = Vec::new();
     for (w, word) in WAITING.iter().enumerate() {
         let mut bits = if word.load(Ordering::Relaxed) == 0 { 0 } else { word.swap(0, Ordering::Acquire) };
         while bits != 0 {
@@ -200,14 +218,16 @@ pub(crate) fn keep_error(fd: c_int, e: c_int) {
     }
 }
 
-/// The error kept for `fd`, once.
+/// The error kept for `fd`, once (a `vfork` child reads it and leaves it to
+/// the parent, whose memory it shares).
 pub(crate) fn take_error(fd: c_int) -> Option<c_int> {
     let slot = usize::try_from(fd).ok().and_then(|i| KEPT_ERRORS.get(i))?;
     // A load first: the common answer (none) writes nothing.
-    if slot.load(Ordering::Acquire) == 0 {
-        return None;
+    match slot.load(Ordering::Acquire) {
+        0 => None,
+        e if crate::process::borrowed() => Some(e),
+        _ => Some(slot.swap(0, Ordering::AcqRel)).filter(|&e| e != 0),
     }
-    Some(slot.swap(0, Ordering::AcqRel)).filter(|&e| e != 0)
 }
 
 /// The jobs the responder works on.
@@ -234,7 +254,7 @@ impl Connects {
         for job in self.jobs.drain(..) {
             forget(job.app_fd);
         }
-        for r in take_all() {
+        for r in take_every_bit() {
             forget(r.app_fd);
             crate::internal::release(r.placeholder);
         }
@@ -264,7 +284,7 @@ mod tests {
     /// The only test in this process that hands requests over: `take_all`
     /// takes every waiting one.
     #[test]
-    fn requests_come_back_whole_once_and_follow_a_moved_placeholder() {
+    fn requests_come_back_whole_once_follow_a_moved_placeholder_and_can_be_withdrawn() {
         assert!(take_all().is_empty(), "nothing waits at first");
         // Fds across word boundaries, the table's last one, and both families.
         let sent = [request(3, 1_001, Family::V4), request(64, 1_002, Family::Mapped), request(65_535, 65_534, Family::V4)];
@@ -279,6 +299,10 @@ mod tests {
         assert!(take_all().is_empty(), "each request is taken once");
         // A request past the table is never left (its connect is brokered in the call).
         hand_over(request(fdtable::CAPACITY as c_int, 5, Family::V4));
+        assert!(take_all().is_empty());
+        // A request withdrawn before it is taken is gone, once.
+        hand_over(request(9, 1_003, Family::V4));
+        assert!(withdraw(9) && !withdraw(9));
         assert!(take_all().is_empty());
         let earlier = monotonic_ns() - 250_000_000;
         let now = Instant::now();
