@@ -22,10 +22,11 @@
 //! switch, getrusage). A call that took that long without sleeping was
 //! preempted by the scheduler or was busy on the CPU; the clients tell these
 //! apart with the thread's CPU clock. A preempted call must stay under
-//! 500 ms; a busy one may use no more CPU than one softirq round of the
-//! kernel (`net.core.netdev_budget_usecs`) plus 1 ms, since the kernel
-//! charges the packets it processes for every socket on the host to
-//! whichever thread is in a system call then, a plain kernel `connect` too;
+//! 500 ms. A busy one is tolerated at most twice per client and under 3 ms
+//! of CPU: the kernel charges the packets it processes in softirq, for
+//! every socket on the host, to whichever thread is in a system call then
+//! (a plain kernel `connect` too, when the punches of the other connects
+//! are in full flow), while a shim that spins shows on many calls;
 //! every echo intact; the timer's longest gap under 1 s (a loop stalled by
 //! a connect to a busy server stops for seconds). The numbers are printed.
 //!
@@ -48,13 +49,12 @@ const CALL_BOUND_US: f64 = 1000.0;
 /// a call that blocks on the network is caught by [`CALL_BOUND_US`] (it
 /// sleeps, so it is not counted as preempted).
 const PREEMPTED_BOUND_US: f64 = 500_000.0;
-/// The most CPU a connect call that did not sleep may use: one round of the
-/// kernel's packet processing, charged to the calling thread, plus
-/// [`CALL_BOUND_US`] for the call itself.
-fn busy_bound_us() -> f64 {
-    let budget = std::fs::read_to_string("/proc/sys/net/core/netdev_budget_usecs").expect("net.core.netdev_budget_usecs");
-    budget.trim().parse::<f64>().expect("a number of microseconds") + CALL_BOUND_US
-}
+/// The most CPU a connect call that did not sleep may use: a round of the
+/// kernel's packet processing charged to the calling thread (a few hundred
+/// packets of the bed's NAT paths) and the call itself.
+const BUSY_CPU_BOUND_US: f64 = 3000.0;
+/// How many calls of one client may be that busy.
+const BUSY_CALLS_BOUND: f64 = 2.0;
 /// Longest tolerated gap of the 10 ms timer: well under [`BUSY_FOR`], the
 /// stall of a loop that waited for a busy listener, and wide enough for a
 /// loaded machine's scheduling.
@@ -156,8 +156,8 @@ fn event_loop(client: &str) {
         if num(&calls, "blocked") > 0.0 {
             wrong.push(format!("{what}: a connect call blocked its thread for {} us: {calls}", kv(&calls, "max_blocked_us").unwrap_or("?")));
         }
-        if num(&calls, "max_busy_cpu_us") >= busy_bound_us() {
-            wrong.push(format!("{what}: a connect call used {} us of CPU: {calls}", kv(&calls, "max_busy_cpu_us").unwrap_or("?")));
+        if num(&calls, "max_busy_cpu_us") >= BUSY_CPU_BOUND_US || num(&calls, "busy") > BUSY_CALLS_BOUND {
+            wrong.push(format!("{what}: connect calls used the CPU for 1 ms or more: {calls}"));
         }
         let max_us = num(&calls, "max_us");
         let slow_but_not_blocked = num(&calls, "preempted") + num(&calls, "busy");

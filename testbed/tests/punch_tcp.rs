@@ -110,7 +110,7 @@ fn conn_us_mean(stdout_and_log: &str) -> f64 {
 #[test]
 fn every_server_mode_is_reached_over_a_punched_connection() {
     let nat = NatKinds::new(NatKind::Drop, NatKind::Drop);
-    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &[&["--log", "debug"][..], &punch_support::ROOMY_BUDGET].concat(), nat);
     let mut connects = 0;
     for (i, mode) in SERVER_MODES.iter().enumerate() {
         let (server, listen) = server_in(&r, 7470 + i as u16, mode);

@@ -34,7 +34,7 @@ const CONNECTS: u64 = 5;
 #[test]
 fn echoes_across_the_hop_are_punched_every_time() {
     let nat = NatKinds::new(NatKind::Drop, NatKind::Drop).with_wan_hop();
-    let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--log", "debug"], nat);
+    let r = RealBed::up_with_nat(Mode::Gcb, 2, &[&["--log", "debug"][..], &punch_support::ROOMY_BUDGET].concat(), nat);
     let (server, listen) = echo_server(&r, "tcp", 7495, "epoll", &[]);
     for i in 0..CONNECTS {
         let mut c = shimmed(&r, "b1", "echo-client", &[]);

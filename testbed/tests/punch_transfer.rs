@@ -25,6 +25,8 @@
 //!
 //! Needs root and `cargo build --release` (libgcb.so, gcb-broker).
 
+mod punch_support;
+
 use std::time::Duration;
 
 use testbed::json::{self, Value};
@@ -79,7 +81,7 @@ print(answer.decode().strip(), flush=True)
 "#;
 
 fn up() -> RealBed {
-    RealBed::up_with_nat(Mode::Gcb, 2, &[], NatKinds::new(NatKind::Drop, NatKind::Drop))
+    RealBed::up_with_nat(Mode::Gcb, 2, &punch_support::ROOMY_BUDGET, NatKinds::new(NatKind::Drop, NatKind::Drop))
 }
 
 /// Bytes received plus sent by every interface of the broker host but `lo`.

@@ -10,6 +10,12 @@ use testbed::real::{built, RealBed, BROKER};
 use testbed::Proc;
 use testbed::workspace_root;
 
+/// Broker flags for a bed whose every TCP punch must succeed: a budget of
+/// seconds instead of the default 200–500 ms, so a side that the loaded
+/// 2-core CI machine schedules late still meets its peer. A punch that
+/// cannot succeed still falls back and fails such a test.
+pub const ROOMY_BUDGET: [&str; 4] = ["--punch-budget-ms", "3000", "--punch-budget-min-ms", "2000"];
+
 pub fn ctest(name: &str) -> PathBuf {
     let p = workspace_root().join("c-tests/build").join(name);
     assert!(p.exists(), "{} is missing: run `make -C c-tests` (scripts/test does)", p.display());
