@@ -104,7 +104,7 @@ impl Bed {
             server.stderr_text(),
             self.broker.stderr_text()
         );
-        let end = Instant::now() + Duration::from_secs(5);
+        let end = Instant::now() + STARTUP;
         let line = format!("gcb: registered udp 192.0.2.10:{port} as {listen}");
         while !server.stderr_text().contains(&line) {
             assert!(Instant::now() < end, "no {line:?} in\n{}", server.stderr_text());
