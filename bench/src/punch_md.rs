@@ -136,7 +136,7 @@ fn matrix(res: &Results, s: &mut String) {
             continue;
         };
         let c = |k: &str| res.get(&format!("{p}.broker.punch_{k}")).map_or("-".into(), |v| format!("{v:.0}"));
-        let fb = ["timeout", "check_failed", "local_error", "no_report"].map(|k| c(&format!("fallbacks_{k}"))).join("/");
+        let fb = testbed::real::PUNCH_FALLBACKS.map(|k| c(&format!("fallbacks_{k}"))).join("/");
         let failed = res.get_str(&format!("{p}.failures")).map_or(String::new(), |f| format!(" ({})", f.replace('|', "\\|")));
         let _ = writeln!(
             s,

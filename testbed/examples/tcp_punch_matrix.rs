@@ -68,7 +68,7 @@ fn main() {
         }
         punched_us.sort_unstable();
         let p50 = punched_us.get(punched_us.len() / 2).map_or("-".into(), |v| v.to_string());
-        let fallbacks: u64 = ["timeout", "check_failed", "local_error", "no_report"].iter().map(|w| counter(&r, &format!("punch_fallbacks_{w}"))).sum();
+        let fallbacks = r.punch_fallbacks();
         let broker = format!("{}, {}, {fallbacks}", counter(&r, "punch_attempts"), counter(&r, "punch_succeeded"));
         let failed = if failed > 0 { format!(" ({failed} echoes failed)") } else { String::new() };
         println!(

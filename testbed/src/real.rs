@@ -22,6 +22,9 @@ pub const BROKER: &str = "203.0.113.10";
 pub const DPFD: &str = "192.0.2.1";
 /// How long a server may take to start and register on a loaded machine.
 pub const STARTUP: Duration = Duration::from_secs(20);
+/// The reasons the broker counts a TCP punch's fallback by, as in its
+/// `punch_fallbacks_<why>` counters.
+pub const PUNCH_FALLBACKS: [&str; 4] = ["timeout", "check_failed", "local_error", "no_report"];
 /// The shim's variables, cleared so the caller's environment cannot leak in.
 const SHIM_VARS: [&str; 9] =
     ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "DPF_INAGENT", "GCB_LOG", "GCB_LOG_FILE", "GCB_HEARTBEAT_S", "GCB_PUNCH_TTL", "LD_PRELOAD"];
@@ -232,19 +235,30 @@ impl RealBed {
         regs.iter().map(|r| (field(r, "proto"), field(r, public), field(r, "local"))).collect()
     }
 
-    /// The broker's counter `name` (`gcb-broker query --json`, GCB mode);
-    /// panics when the broker does not answer or has no such counter.
-    pub fn broker_counter(&self, name: &str) -> u64 {
-        assert_eq!(self.mode, Mode::Gcb, "broker counters exist in GCB mode");
+    /// `gcb-broker query --json` (GCB mode); panics when the broker does not answer.
+    pub fn broker_query(&self) -> crate::json::Value {
+        assert_eq!(self.mode, Mode::Gcb, "the broker runs in GCB mode");
         let args = [built("gcb-broker").into_os_string(), "query".into(), format!("{BROKER}:65432").into(), "--json".into()];
         let out = self.bed.run("broker", &args, STARTUP).unwrap_or_else(|e| panic!("gcb-broker query: {e}"));
         assert!(out.status.success(), "gcb-broker query failed: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
-        let v = crate::json::parse(&text).unwrap_or_else(|e| panic!("query --json: {e}: {text}"));
+        crate::json::parse(&text).unwrap_or_else(|e| panic!("query --json: {e}: {text}"))
+    }
+
+    /// The broker's counter `name` (GCB mode); panics when the broker does
+    /// not answer or has no such counter.
+    pub fn broker_counter(&self, name: &str) -> u64 {
+        let v = self.broker_query();
         match v.get("counters").and_then(|c| c.get(name)) {
             Some(crate::json::Value::Num(n)) => *n as u64,
-            other => panic!("no counter {name} in the query ({other:?}): {text}"),
+            other => panic!("no counter {name} in the query ({other:?}): {v:?}"),
         }
+    }
+
+    /// TCP punches that fell back to the relay, whatever the reason (the
+    /// broker's `punch_fallbacks_<why>` counters, [`PUNCH_FALLBACKS`]).
+    pub fn punch_fallbacks(&self) -> u64 {
+        PUNCH_FALLBACKS.iter().map(|why| self.broker_counter(&format!("punch_fallbacks_{why}"))).sum()
     }
 
     /// A path in the scratch directory.

@@ -148,10 +148,7 @@ fn resetting_gateways_punch_or_fall_back_and_every_byte_arrives() {
     }
     println!("preserve/preserve: {punched} of 5 connects punched, {relayed} relayed");
     let attempts = counter(&r, "punch_attempts");
-    let fallbacks: u64 = ["timeout", "check_failed", "local_error", "no_report"]
-        .iter()
-        .map(|why| counter(&r, &format!("punch_fallbacks_{why}")))
-        .sum();
+    let fallbacks = r.punch_fallbacks();
     let skipped = counter(&r, "punch_skipped_cached_failure");
     assert_eq!(counter(&r, "punch_succeeded"), punched, "{}", r.daemon.stderr_text());
     assert_eq!(attempts, punched + fallbacks, "every attempt ends punched or fallen back");

@@ -30,7 +30,7 @@ mod punch_support;
 use std::time::Duration;
 
 use testbed::json::{self, Value};
-use testbed::real::{built, host_port, payload, Mode, RealBed, BROKER};
+use testbed::real::{host_port, payload, Mode, RealBed};
 use testbed::{python3, wait_for, NatKind, NatKinds};
 
 const SIZE: usize = 100_000_000;
@@ -97,12 +97,8 @@ fn broker_if_bytes(r: &RealBed) -> u64 {
 /// The broker's outcome cache (`gcb-broker query --json`'s `punch_blocked`)
 /// as `(proto, realm, realm)`.
 fn punch_blocked(r: &RealBed) -> Vec<(String, String, String)> {
-    let args = [built("gcb-broker").into_os_string(), "query".into(), format!("{BROKER}:65432").into(), "--json".into()];
-    let out = r.bed.run("broker", &args, Duration::from_secs(20)).expect("gcb-broker query");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "gcb-broker query: {}", String::from_utf8_lossy(&out.stderr));
-    let v = json::parse(&text).unwrap_or_else(|e| panic!("query --json: {e}: {text}"));
-    let list = v.get("punch_blocked").and_then(Value::as_array).unwrap_or_else(|| panic!("no punch_blocked in {text}"));
+    let v = r.broker_query();
+    let list = v.get("punch_blocked").and_then(Value::as_array).unwrap_or_else(|| panic!("no punch_blocked in {v:?}"));
     let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
     list.iter()
         .map(|b| {
@@ -306,7 +302,7 @@ fn iperf3_udp_behind_an_answering_gateway_is_punched_from_the_second_test() {
     // The first test's miss is not cached as a UDP failure (the listener's
     // yield is what fixed it); a control connection's TCP fallback, if any,
     // is cached for TCP alone.
-    let fallbacks: u64 = ["timeout", "check_failed", "local_error", "no_report"].iter().map(|why| r.broker_counter(&format!("punch_fallbacks_{why}"))).sum();
+    let fallbacks = r.punch_fallbacks();
     let blocked = punch_blocked(&r);
     println!("TCP punches fallen back: {fallbacks}; the broker's outcome cache: {blocked:?}");
     assert!(blocked.iter().all(|(proto, ..)| proto == "tcp"), "{blocked:?}\n{}", context());
