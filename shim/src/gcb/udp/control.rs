@@ -155,7 +155,7 @@ pub fn make_hole(
     log!(Debug, "{} from udp {proxy} to {target} for {peer}", if punch { "punching a hole" } else { "making a hole" });
     let expires = now + super::table::HOLE_ACK_TTL;
     let yields = punch && reg.udp.listener_yields(fd, *target.ip());
-    let hole = match punch {
+    let mut hole = match punch {
         true if yields => {
             log!(Debug, "udp punch to {target}: the last one to {} went unanswered, so the connector's Dummy goes first", target.ip());
             let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP, confirm: true, proven: false, yielded: true, ttl: super::ttl::low_ttl() };
@@ -163,14 +163,16 @@ pub fn make_hole(
         }
         true => {
             // The first goes now, below.
-            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2, confirm: true, proven: false, yielded: false, ttl: None };
+            let punch = Punch { expect: proof(token, Role::Connector), report: None, gap: PUNCH_GAP * 2, confirm: true, proven: false, yielded: false, ttl: super::ttl::low_ttl() };
             Hole { token: proof(token, Role::Listener), target, peer, next_try: now + LISTENER_REACH, tries_left: PUNCH_TRIES - 1, expires, punch: Some(punch) }
         }
         false => Hole { token, target, peer, next_try: now + HOLE_RETRY, tries_left: HOLE_TRIES - 1, expires, punch: None },
     };
+    // A punch's first Dummy, whenever it goes, carries the punch's TTL.
+    let first_ttl = if yields { None } else { hole.punch.as_mut().and_then(|p| p.ttl.take()) };
     reg.udp.entry(fd).start_hole(hole);
     if !yields {
-        send_control_ttl(fd, &Message::Dummy { token: hole.token }, sys::random_u64(), target, super::ttl::low_ttl().filter(|_| punch));
+        send_control_ttl(fd, &Message::Dummy { token: hole.token }, sys::random_u64(), target, first_ttl);
     }
     Message::Ack
 }
