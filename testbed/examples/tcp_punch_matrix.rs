@@ -22,9 +22,9 @@ use std::time::Duration;
 #[path = "../tests/punch_support/mod.rs"]
 mod punch_support;
 
-use punch_support::{counter, echo_server, shimmed};
+use punch_support::{counter, echo_server, shimmed, MatrixPair};
 use testbed::real::{Mode, RealBed};
-use testbed::{run_with_timeout, NatKind, NatKinds};
+use testbed::run_with_timeout;
 
 /// The `N` of the first line of `log` that has `before` N `after`.
 fn number_in(log: &str, before: &str, after: &str) -> Option<u64> {
@@ -32,18 +32,11 @@ fn number_in(log: &str, before: &str, after: &str) -> Option<u64> {
 }
 
 fn main() {
-    let pairs = std::env::var("TCP_MATRIX_PAIRS").unwrap_or_else(|_| "preserve/preserve,preserve/drop,drop/preserve,drop/drop".into());
-    let hop = std::env::var("TCP_MATRIX_HOP").is_ok_and(|v| v == "1");
-    let clients: usize = std::env::var("TCP_MATRIX_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let (pairs, clients) = punch_support::matrix_from_env("TCP_MATRIX", 10);
     let env: [(&str, &str); 0] = [];
     println!("| GA (listener) / GB (connector) | punched | at the first attempt | punched connect p50 (us) | relayed connect (ms) | broker: attempts, succeeded, fallbacks |");
     println!("| --- | --- | --- | --- | --- | --- |");
-    for pair in pairs.split(',') {
-        let (a, b) = pair.split_once('/').expect("pairs are A/B");
-        let mut nat = NatKinds::new(a.parse::<NatKind>().unwrap(), b.parse::<NatKind>().unwrap());
-        if hop {
-            nat = nat.with_wan_hop();
-        }
+    for MatrixPair { label, nat } in pairs {
         let r = RealBed::up_with_nat(Mode::Gcb, 2, &["--punch-retry-s", "0"], nat);
         let (server, listen) = echo_server(&r, "tcp", 7490, "epoll", &env);
         let (mut punched_us, mut relayed_ms, mut first, mut failed) = (Vec::new(), Vec::new(), 0, 0);
@@ -72,8 +65,7 @@ fn main() {
         let broker = format!("{}, {}, {fallbacks}", counter(&r, "punch_attempts"), counter(&r, "punch_succeeded"));
         let failed = if failed > 0 { format!(" ({failed} echoes failed)") } else { String::new() };
         println!(
-            "| {pair}{} | {}/{clients}{failed} | {first} | {p50} | {} | {broker} |",
-            if hop { " (hop)" } else { "" },
+            "| {label} | {}/{clients}{failed} | {first} | {p50} | {} | {broker} |",
             punched_us.len(),
             if relayed_ms.is_empty() { "-".into() } else { relayed_ms.join(", ") }
         );

@@ -20,24 +20,17 @@ use std::time::Duration;
 #[path = "../tests/punch_support/mod.rs"]
 mod punch_support;
 
-use punch_support::{counter, echo_server, shimmed};
+use punch_support::{counter, echo_server, shimmed, MatrixPair};
 use testbed::real::{Mode, RealBed};
-use testbed::{run_with_timeout, NatKind, NatKinds};
+use testbed::run_with_timeout;
 
 fn main() {
-    let pairs = std::env::var("UDP_MATRIX_PAIRS").unwrap_or_else(|_| "preserve/preserve,preserve/drop,drop/preserve,drop/drop".into());
-    let hop = std::env::var("UDP_MATRIX_HOP").is_ok_and(|v| v == "1");
-    let clients: usize = std::env::var("UDP_MATRIX_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let (pairs, clients) = punch_support::matrix_from_env("UDP_MATRIX", 5);
     let ttl = std::env::var("UDP_MATRIX_TTL").ok();
     let env: Vec<(&str, &str)> = ttl.as_deref().map(|t| vec![("GCB_PUNCH_TTL", t)]).unwrap_or_default();
     println!("| GA (listener) / GB (connector) | punched | connect waits (s), in order |");
     println!("| --- | --- | --- |");
-    for pair in pairs.split(',') {
-        let (a, b) = pair.split_once('/').expect("pairs are A/B");
-        let mut nat = NatKinds::new(a.parse::<NatKind>().unwrap(), b.parse::<NatKind>().unwrap());
-        if hop {
-            nat = nat.with_wan_hop();
-        }
+    for MatrixPair { label, nat } in pairs {
         let r = RealBed::up_with_nat(Mode::Gcb, 2, &[], nat);
         let (server, listen) = echo_server(&r, "udp", 7480, "poll", &env);
         let (mut punched, mut waits) = (0, Vec::new());
@@ -60,7 +53,7 @@ fn main() {
             std::thread::sleep(Duration::from_secs(2));
         }
         let attempts = counter(&r, "udp_punch_attempts");
-        println!("| {pair}{} | {punched}/{clients} ({attempts} attempts) | {} |", if hop { " (hop)" } else { "" }, waits.join(", "));
+        println!("| {label} | {punched}/{clients} ({attempts} attempts) | {} |", waits.join(", "));
         drop(server);
         r.down();
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use testbed::real::{built, RealBed, BROKER};
-use testbed::Proc;
+use testbed::{NatKind, NatKinds, Proc};
 use testbed::workspace_root;
 
 /// Broker flags for a bed whose every TCP punch must succeed: a budget of
@@ -48,4 +48,34 @@ pub fn echo_server(r: &RealBed, proto: &str, port: u16, mode: &str, env: &[(&str
 /// The broker's counter `name`.
 pub fn counter(r: &RealBed, name: &str) -> u64 {
     r.broker_counter(name)
+}
+
+/// One pair of gateway kinds a matrix example measures, and its table label.
+pub struct MatrixPair {
+    pub label: String,
+    pub nat: NatKinds,
+}
+
+/// What a matrix example (`testbed/examples/*_punch_matrix.rs`) measures:
+/// `{prefix}_PAIRS` (`A/B,...`, the listener's gateway kind first; default
+/// the four pairs of preserve and drop), `{prefix}_HOP=1` for beds with
+/// `--wan-hop` (labelled "(hop)"), and `{prefix}_CLIENTS` clients per pair
+/// (default `clients`).
+pub fn matrix_from_env(prefix: &str, clients: usize) -> (Vec<MatrixPair>, usize) {
+    let var = |name: &str| std::env::var(format!("{prefix}_{name}")).ok();
+    let hop = var("HOP").is_some_and(|v| v == "1");
+    let clients = var("CLIENTS").and_then(|v| v.parse().ok()).unwrap_or(clients);
+    let pairs = var("PAIRS").unwrap_or_else(|| "preserve/preserve,preserve/drop,drop/preserve,drop/drop".into());
+    let pairs = pairs
+        .split(',')
+        .map(|pair| {
+            let (a, b) = pair.split_once('/').expect("pairs are A/B");
+            let nat = NatKinds::new(a.parse::<NatKind>().unwrap(), b.parse::<NatKind>().unwrap());
+            match hop {
+                true => MatrixPair { label: format!("{pair} (hop)"), nat: nat.with_wan_hop() },
+                false => MatrixPair { label: pair.to_string(), nat },
+            }
+        })
+        .collect();
+    (pairs, clients)
 }
