@@ -154,20 +154,25 @@ pub(crate) fn withdraw(fd: c_int) -> bool {
     WAITING[i / 64].fetch_and(!bit, Ordering::AcqRel) & bit != 0
 }
 
+/// The fds whose bits are set in `bits`, word `w` of [`WAITING`].
+fn fds_of(w: usize, mut bits: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let i = (bits != 0).then(|| w * 64 + bits.trailing_zeros() as usize)?;
+        bits &= bits - 1;
+        Some(i)
+    })
+}
+
 /// A waiting request's placeholder moved from `old` to `new` (the program
 /// `dup2`ed onto its number); false if none has it. Under the registry
 /// lock, as [`take_all`].
 fn retarget_waiting(old: c_int, new: c_int) -> bool {
-    for (w, word) in WAITING.iter().enumerate() {
-        let mut bits = word.load(Ordering::Acquire);
-        while bits != 0 {
-            let i = w * 64 + bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let pid = PLACEHOLDER_AND_ID[i].load(Ordering::Relaxed);
-            if (pid >> 32) as u32 as c_int == old {
-                PLACEHOLDER_AND_ID[i].store(((new as u32 as u64) << 32) | (pid & 0xffff_ffff), Ordering::Relaxed);
-                return true;
-            }
+    let waiting = WAITING.iter().enumerate().flat_map(|(w, word)| fds_of(w, word.load(Ordering::Acquire)));
+    for i in waiting {
+        let pid = PLACEHOLDER_AND_ID[i].load(Ordering::Relaxed);
+        if (pid >> 32) as u32 as c_int == old {
+            PLACEHOLDER_AND_ID[i].store(((new as u32 as u64) << 32) | (pid & 0xffff_ffff), Ordering::Relaxed);
+            return true;
         }
     }
     false
@@ -185,25 +190,22 @@ pub(crate) fn take_all() -> Vec<Request> {
 /// [`take_all`] without trusting [`ANY_WAITING`]: a child forked between
 /// another thread's bit and its flag has the bit alone.
 fn take_every_bit() -> Vec<Request> {
-    let mut out = Vec::new();
-    for (w, word) in WAITING.iter().enumerate() {
-        let mut bits = if word.load(Ordering::Relaxed) == 0 { 0 } else { word.swap(0, Ordering::Acquire) };
-        while bits != 0 {
-            let i = w * 64 + bits.trailing_zeros() as usize;
-            bits &= bits - 1;
+    let taken = |word: &AtomicU64| if word.load(Ordering::Relaxed) == 0 { 0 } else { word.swap(0, Ordering::Acquire) };
+    let waiting = WAITING.iter().enumerate().flat_map(|(w, word)| fds_of(w, taken(word)));
+    waiting
+        .map(|i| {
             let pid = PLACEHOLDER_AND_ID[i].load(Ordering::Relaxed);
             let daf = DEST_AND_FAMILY[i].load(Ordering::Relaxed);
-            out.push(Request {
+            Request {
                 id: pid as u32,
                 app_fd: i as c_int,
                 placeholder: (pid >> 32) as u32 as c_int,
                 dest: SocketAddrV4::new(std::net::Ipv4Addr::from((daf >> 32) as u32), (daf >> 16) as u16),
                 family: if daf & 1 == 1 { Family::Mapped } else { Family::V4 },
                 since_ns: SINCE_NS[i].load(Ordering::Relaxed),
-            });
-        }
-    }
-    out
+            }
+        })
+        .collect()
 }
 
 /// Per program fd, the error a failed brokered connect keeps for
