@@ -136,11 +136,12 @@ pub fn gcb_message() -> BoxedStrategy<gcb::Message> {
             peer,
             proxy
         }),
-        command().prop_map(|(token, broker, peer, proxy)| M::PunchConnect {
+        (command(), any::<bool>()).prop_map(|((token, broker, peer, proxy), standby)| M::PunchConnect {
             token,
             broker,
             peer,
-            proxy
+            proxy,
+            standby
         }),
         command().prop_map(|(token, target, peer, proxy)| M::PunchHole {
             token,

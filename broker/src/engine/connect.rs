@@ -242,7 +242,7 @@ impl Engine {
                 let via = self.rendezvous;
                 let (broker, proxy) = (via, req.target);
                 let msg = match punch {
-                    true => Message::PunchConnect { token, broker, peer, proxy },
+                    true => Message::PunchConnect { token, broker, peer, proxy, standby: false },
                     false => Message::RelayConnect { token, broker, peer, proxy },
                 };
                 if let Err(e) = self.start_pairing(token, pending, msg, now) {

@@ -16,7 +16,7 @@
 //! | 0x12 | RelayConnect      | u64 token, broker, peer, proxy                              |
 //! | 0x13 | MakeHole          | u64 token, target, peer, proxy                              |
 //! | 0x14 | ConnectFailed     | u64 token, u8 code                                          |
-//! | 0x15 | PunchConnect      | u64 token, broker, peer, proxy                              |
+//! | 0x15 | PunchConnect      | u64 token, broker, peer, proxy, [u8 standby = 1]            |
 //! | 0x16 | PunchHole         | u64 token, target, peer, proxy                              |
 //! | 0x21 | Dummy             | u64 token                                                   |
 //! | 0x81 | RegisterOk        | proxy, observed, opt u64 udp_token                          |
@@ -35,6 +35,8 @@
 //! Fields in brackets are an optional *tail*, written only when the shim has
 //! [`Features`](super::Features) to offer: without it a request is exactly
 //! what an older shim sends, and a tail this broker reads is all or nothing.
+//! `PunchConnect`'s tail is written only for a standby: its one byte is 1,
+//! and no other value is read.
 
 use super::features::Features;
 use super::message::*;

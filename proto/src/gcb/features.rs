@@ -22,7 +22,15 @@ impl Features {
     /// UDP hole punching: the shim understands `Decision::PunchUdp` and
     /// `PunchHole`.
     pub const PUNCH_UDP: Features = Features(2);
-    const KNOWN: [(Features, &'static str); 2] = [(Features::PUNCH_TCP, "PUNCH_TCP"), (Features::PUNCH_UDP, "PUNCH_UDP")];
+    /// A standby connection (docs/hole-punching.md, "Standby connections"):
+    /// in a TCP `Connect` that also offers `PUNCH_TCP`, "this connect asks
+    /// for a standby connection: a punched one or none". The broker then
+    /// punches (and tells the listener `PunchConnect` with `standby`) or
+    /// refuses with `Error{Unsupported}`, never relays or reverses. Means
+    /// nothing in a `Register`, nor in a UDP `Connect`.
+    pub const STANDBY: Features = Features(4);
+    const KNOWN: [(Features, &'static str); 3] =
+        [(Features::PUNCH_TCP, "PUNCH_TCP"), (Features::PUNCH_UDP, "PUNCH_UDP"), (Features::STANDBY, "STANDBY")];
 
     pub const fn from_bits(bits: u8) -> Self {
         Features(bits)
@@ -73,5 +81,9 @@ mod tests {
         assert_eq!(format!("{:?}", Features::PUNCH_TCP.union(Features::PUNCH_UDP)), "Features(PUNCH_TCP|PUNCH_UDP)");
         assert_eq!(format!("{:?}", Features::NONE), "Features(NONE)");
         assert_eq!(Features::NONE.union(Features::PUNCH_TCP), Features::PUNCH_TCP);
+        let standby = Features::PUNCH_TCP.union(Features::STANDBY);
+        assert_eq!(standby.bits(), 5);
+        assert_eq!(format!("{standby:?}"), "Features(PUNCH_TCP|STANDBY)");
+        assert_eq!(format!("{:?}", Features::from_bits(0x0c)), "Features(STANDBY|0x08)");
     }
 }

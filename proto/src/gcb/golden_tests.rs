@@ -142,6 +142,7 @@ fn golden_punch_decisions_and_commands() {
         broker: a("203.0.113.10:65432"),
         peer: a("203.0.113.2:40000"),
         proxy: a("203.0.113.10:20001"),
+        standby: false,
     };
     let want = hex("47434231 01 15 00 0000000000000002  0000000000000009 cb00710a ff98 cb007102 9c40 cb00710a 4e21");
     assert_eq!(encode(&cmd, 2).unwrap(), want);
@@ -155,6 +156,28 @@ fn golden_punch_decisions_and_commands() {
     let want = hex("47434231 01 16 00 0000000000000002  0000000000000009 cb007102 9c40 cb00710a 4e22 cb00710a 4e21");
     assert_eq!(encode(&hole, 2).unwrap(), want);
     assert_eq!(decode(&want).unwrap().1, hole);
+}
+
+/// A standby `PunchConnect` is the plain one with a one-byte tail of 1;
+/// any other tail is malformed, so a plain one stays today's bytes.
+#[test]
+fn golden_standby_punch_connect() {
+    let cmd = Message::PunchConnect {
+        token: Token(9),
+        broker: a("203.0.113.10:65432"),
+        peer: a("203.0.113.2:40000"),
+        proxy: a("203.0.113.10:20001"),
+        standby: true,
+    };
+    let plain = "47434231 01 15 00 0000000000000002  0000000000000009 cb00710a ff98 cb007102 9c40 cb00710a 4e21";
+    let want = hex(&format!("{plain} 01"));
+    assert_eq!(encode(&cmd, 2).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, cmd);
+    for tail in ["00", "02", "ff", "0101"] {
+        let bad = hex(&format!("{plain} {tail}"));
+        assert!(decode(&bad).is_err(), "tail {tail} is refused");
+    }
+    assert_eq!(decode(&hex(&format!("{plain} 00"))), Err(DecodeError::BadValue("standby tail")));
 }
 
 /// A required port is the preferred-port layout with tag 2; a required flag

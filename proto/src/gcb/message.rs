@@ -320,12 +320,16 @@ pub enum Message {
     /// at once). Either way the connection ends up queued on `proxy`'s
     /// listening socket with `peer` as its peer. Sent only to a holder whose
     /// `Register` offered [`Features::PUNCH_TCP`]. Answered by `Ack` or
-    /// `Error`.
+    /// `Error`. With `standby` (the connector asked for
+    /// [`Features::STANDBY`]) a punched connection is held hidden, not
+    /// queued, until the connector's [`STANDBY_CLAIM`](super::punch::STANDBY_CLAIM)
+    /// arrives on it; a relay verdict means both sides close it.
     PunchConnect {
         token: Token,
         broker: SocketAddrV4,
         peer: SocketAddrV4,
         proxy: SocketAddrV4,
+        standby: bool,
     },
     /// Broker → listener (UDP hole punching). From the UDP socket registered
     /// as `proxy`, the listener sends `Dummy{token}` to `target` (the

@@ -68,6 +68,14 @@ fn samples() -> Vec<Message> {
             broker: a("203.0.113.10:65432"),
             peer: a("203.0.113.2:40123"),
             proxy: ep.addr,
+            standby: false,
+        },
+        Message::PunchConnect {
+            token: Token(15),
+            broker: a("203.0.113.10:65432"),
+            peer: a("203.0.113.2:40124"),
+            proxy: ep.addr,
+            standby: true,
         },
         Message::PunchHole {
             token: Token(14),
@@ -137,6 +145,7 @@ fn without_features(m: &Message) -> Option<Message> {
             *features = Features::NONE;
             *asked_from_port = 0;
         }
+        Message::PunchConnect { standby, .. } if *standby => *standby = false,
         _ => return None,
     }
     Some(m)
@@ -251,7 +260,8 @@ proptest! {
     /// A cut or an added byte never goes unnoticed. The one exception is
     /// the optional features tail: cutting exactly the tail leaves the same
     /// request without features, and one byte after a tail-less `Register`
-    /// reads as its features (the decoded request then says so).
+    /// reads as its features (the decoded request then says so); the same
+    /// holds for `PunchConnect`'s standby tail, whose only byte is 1.
     #[test]
     fn every_truncation_or_extension_fails(m in strategies::gcb_message(), extra in any::<u8>()) {
         let bytes = encode(&m, 3).unwrap();
@@ -279,6 +289,13 @@ proptest! {
             (Message::Connect { features, .. }, got) if features.is_empty() => {
                 let want = if extra == 0 { DecodeError::BadValue("empty features tail") } else { DecodeError::Truncated };
                 prop_assert_eq!(got, Err(want));
+            }
+            (Message::PunchConnect { standby: false, .. }, Ok((_, back))) => {
+                prop_assert_eq!(extra, 1, "only a standby tail of 1 reads");
+                prop_assert_eq!(without_features(&back), Some(m.clone()));
+            }
+            (Message::PunchConnect { standby: false, .. }, got) => {
+                prop_assert_eq!(got, Err(DecodeError::BadValue("standby tail")));
             }
             (_, got) => prop_assert_eq!(got, Err(DecodeError::TrailingBytes(1))),
         }

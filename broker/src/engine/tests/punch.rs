@@ -86,7 +86,7 @@ fn a_capable_pair_is_punched_and_both_commands_say_so() {
     // Until its rendezvous connection arrives the connector is known by its
     // public IP and its own port, as for a relay.
     let guess = SocketAddrV4::new(*s.connector.mgmt.ip(), 40000);
-    assert_eq!(cmd, Message::PunchConnect { token, broker: a(BROKER), peer: guess, proxy: s.proxy });
+    assert_eq!(cmd, Message::PunchConnect { token, broker: a(BROKER), peer: guess, proxy: s.proxy, standby: false });
     s.bed.answer(s.listener.mgmt, id, Message::Ack);
     assert_eq!((s.bed.counter("punch_attempts"), s.bed.counter("decided_relay")), (1, 0));
     assert_eq!(s.bed.engine.pairings.relaying(), 1, "it may become a relay: it counts against the limit");

@@ -42,6 +42,18 @@ fn read_features(r: &mut Reader<'_>) -> Result<Features, DecodeError> {
     }
 }
 
+/// `PunchConnect`'s tail: absent, or 1 for a standby. A 0 is refused like
+/// an empty features tail, for the same reason.
+fn read_standby(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(false);
+    }
+    match r.u8()? {
+        1 => Ok(true),
+        _ => Err(DecodeError::BadValue("standby tail")),
+    }
+}
+
 /// The (token, dial-or-send address, peer, proxy) body shared by the
 /// broker → listener commands.
 type Command = (Token, SocketAddrV4, SocketAddrV4, SocketAddrV4);
@@ -142,6 +154,7 @@ pub(super) fn read_body(r: &mut Reader<'_>, kind: Kind) -> Result<Message, Decod
                 broker,
                 peer,
                 proxy,
+                standby: read_standby(r)?,
             }
         }
         Kind::PunchHole => {

@@ -84,6 +84,7 @@ pub(super) fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             broker: a,
             peer,
             proxy,
+            ..
         }
         | Message::PunchHole {
             token,
@@ -95,6 +96,9 @@ pub(super) fn write_body<S: Sink>(w: &mut Writer<S>, msg: &Message) {
             w.addr(a);
             w.addr(peer);
             w.addr(proxy);
+            if let Message::PunchConnect { standby: true, .. } = msg {
+                w.u8(1);
+            }
         }
         Message::ConnectFailed { token, code } => {
             write_token(w, *token);
