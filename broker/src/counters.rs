@@ -109,6 +109,12 @@ pub struct Counters {
     pub punch_skipped_not_capable: u64,
     pub punch_skipped_disabled: u64,
     pub punch_vanished: u64,
+    /// Standby connections (docs/hole-punching.md): standby connects
+    /// punched (counted in `punch_attempts` too), and those refused
+    /// because the connect would not have been punched (counted nowhere
+    /// else: not as a decision, nor a skip).
+    pub punch_standby_attempts: u64,
+    pub punch_standby_refused: u64,
     /// UDP hole punching: `PunchUdp` decisions (the listener was sent
     /// `PunchHole`), and those whose connector said its direct path opened
     /// (its one `Dummy{token}` to the proxy, `engine::punch_udp`).
@@ -212,6 +218,8 @@ impl Counters {
             ("punch_skipped_not_capable", self.punch_skipped_not_capable),
             ("punch_skipped_disabled", self.punch_skipped_disabled),
             ("punch_vanished", self.punch_vanished),
+            ("punch_standby_attempts", self.punch_standby_attempts),
+            ("punch_standby_refused", self.punch_standby_refused),
             ("udp_punch_attempts", self.udp_punch_attempts),
             ("udp_punch_direct", self.udp_punch_direct),
             ("udp_relayed_to_client", self.udp_relayed_to_client),

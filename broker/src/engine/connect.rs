@@ -18,6 +18,16 @@
 //! the same two connections become the relay. A UDP relay between two such
 //! shims is punched too (`punch_udp`): `PunchUdp` to the connector,
 //! `PunchHole` to the listener, the relay kept meanwhile.
+//!
+//! A `Connect` asking for a standby connection (`Features::STANDBY`) is
+//! punched exactly so, with `standby` in the `PunchConnect`, or refused
+//! with `Error{Unsupported}` before anything is sent or minted: a shim
+//! asks for one in the background, and wants a punched connection or
+//! none. A refusal is counted in `punch_standby_refused` alone, not as a
+//! decision or a skip (so those still count the program's own connects),
+//! and logged at debug. The one trace it may leave is the outcome cache's
+//! entry for a connector whose NAT did not keep its port, which
+//! `punch_skip` writes for any connect: it is a fact about the pair.
 
 use std::net::SocketAddrV4;
 use std::time::Instant;
@@ -26,6 +36,7 @@ use proto::gcb::{Decision, ErrorCode, Features, Message, Token};
 use proto::{Endpoint, Proto};
 use tracing::{debug, error, info, warn};
 
+use super::punch::Skip;
 use super::punch_udp::UdpPunch;
 use super::{Engine, StreamId, PAIR_TIMEOUT};
 use crate::decide::{self, Path, Situation};
@@ -120,6 +131,14 @@ impl Engine {
         }
     }
 
+    /// A standby connect that would not be punched: refused, nothing sent
+    /// (module docs).
+    fn refuse_standby(&mut self, from: SocketAddrV4, req: &ConnectReq, why: &str) -> Message {
+        self.counters.punch_standby_refused += 1;
+        debug!("connect {} from {from} to {}: no standby: {why}", req.proto, req.target);
+        Message::error(ErrorCode::Unsupported, &format!("no standby: {why}"))
+    }
+
     pub(super) fn on_connect(
         &mut self,
         from: SocketAddrV4,
@@ -128,8 +147,12 @@ impl Engine {
     ) -> Message {
         self.counters.connects += 1;
         let proto = req.proto;
+        let standby = req.features.contains(Features::STANDBY);
         let connector = decide::situation(*req.connector.ip(), *from.ip(), req.realm.as_deref());
         let Some(record) = self.registry.get(&Endpoint::new(proto, req.target)) else {
+            if standby {
+                return self.refuse_standby(from, &req, "the target is not registered");
+            }
             self.counters.decided_not_registered += 1;
             info!(
                 "connect {proto} from {from} to {}: not registered",
@@ -145,6 +168,13 @@ impl Engine {
         };
         let (local, mgmt) = (record.local, record.commanded(now).mgmt);
         let path = decide::decide(&listener, &connector);
+        if standby && (path, proto) != (Path::Relay, Proto::Tcp) {
+            let why = match proto {
+                Proto::Udp => "a standby is TCP only".to_string(),
+                Proto::Tcp => format!("the pair connects by {path}"),
+            };
+            return self.refuse_standby(from, &req, &why);
+        }
         let punch = match (path, proto) {
             (Path::Relay, Proto::Tcp) => {
                 let skip = self.punch_skip(
@@ -155,6 +185,9 @@ impl Engine {
                     &record,
                     now,
                 );
+                if let (Err(why), true) = (skip, standby) {
+                    return self.refuse_standby(from, &req, &format!("the pair is relayed: {}", skip_words(why)));
+                }
                 if let Err(why) = skip {
                     self.count_skip(why);
                     debug!("connect tcp from {from} to {}: not punched: {why:?}", req.target);
@@ -222,6 +255,9 @@ impl Engine {
             },
             Path::Relay => {
                 if !self.relay_room() {
+                    if standby {
+                        return self.refuse_standby(from, &req, "the relay limit is reached");
+                    }
                     self.relay_refused(&format!("a relay from {from} to {}", req.target), now);
                     return Message::error(
                         ErrorCode::LimitReached,
@@ -242,7 +278,7 @@ impl Engine {
                 let via = self.rendezvous;
                 let (broker, proxy) = (via, req.target);
                 let msg = match punch {
-                    true => Message::PunchConnect { token, broker, peer, proxy, standby: false },
+                    true => Message::PunchConnect { token, broker, peer, proxy, standby },
                     false => Message::RelayConnect { token, broker, peer, proxy },
                 };
                 if let Err(e) = self.start_pairing(token, pending, msg, now) {
@@ -251,6 +287,7 @@ impl Engine {
                 }
                 if punch {
                     self.counters.punch_attempts += 1;
+                    self.counters.punch_standby_attempts += u64::from(standby);
                     Decision::PunchTcp { via, token }
                 } else {
                     self.counters.decided_relay += 1;
@@ -259,7 +296,9 @@ impl Engine {
             }
         };
         let punched = punch || matches!(decision, Decision::PunchUdp { .. });
-        let path = if punched {
+        let path = if standby {
+            "punch (standby)".to_string()
+        } else if punched {
             "punch".to_string()
         } else {
             path.to_string()
@@ -269,5 +308,16 @@ impl Engine {
             req.connector, req.target
         );
         Message::ConnectDecision(decision)
+    }
+}
+
+/// Why a connect is not punched, in words, for a standby's refusal.
+fn skip_words(skip: Skip) -> &'static str {
+    match skip {
+        Skip::NotCapable => "a side's shim cannot punch",
+        Skip::Disabled => "punching is off",
+        Skip::CachedFailure => "the pair failed to punch recently",
+        Skip::UnpredictableMapping => "the connector's NAT did not keep its port",
+        Skip::SamePublicIp => "both realms are behind one public IP",
     }
 }

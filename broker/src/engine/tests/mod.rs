@@ -14,6 +14,8 @@
 //!   the outcome cache;
 //! * `punch_udp`: UDP hole punching: the decision, `PunchHole`, each
 //!   reason not to punch, the connector's report;
+//! * `punch_standby`: standby connects, punched or refused before any
+//!   command;
 //! * `punch_cache`: the outcome cache, TCP and UDP apart, and what the
 //!   gauges and the status show of it;
 //! * `udp`: the UDP data path and channels;
@@ -30,6 +32,7 @@ mod pipeline;
 mod proptests;
 mod punch;
 mod punch_cache;
+mod punch_standby;
 mod punch_udp;
 mod register;
 mod udp;
