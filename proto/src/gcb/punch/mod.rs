@@ -19,7 +19,7 @@ pub use first::{FirstFrame, FirstFrameReader};
 pub use dialer::{ConnId, DialFailure, Dialer, Do, Schedule};
 pub use frames::{BrokerFrame, BrokerFrameReader, PunchFailure, PunchGo, PunchHello, PunchReport, PunchVerdict};
 pub use proof::{PeerHello, PunchProof};
-pub use standby::STANDBY_CLAIM;
+pub use standby::{STANDBY_CLAIM, STANDBY_TAKEN};
 pub use meeting::{line_up, Arrival, Effect, FallbackReason, Meeting, Outcome, Policy, SkipReason};
 
 #[cfg(test)]
