@@ -85,6 +85,10 @@ pub struct Config {
     /// the sender's own gateway's mapping and dies before the far gateway
     /// (docs/hole-punching.md, "UDP").
     pub punch_ttl: u8,
+    /// `GCB_STANDBY`: after a connect to a listener was punched, keep one
+    /// more punched connection to it ready for the next connect (default off;
+    /// docs/hole-punching.md, "Standby connections").
+    pub standby: bool,
     /// `GCB_SECRET_FILE`'s contents: every request is sealed with it and
     /// every reply and command must be (see `client::seal`).
     pub secret: Option<SharedSecret>,
@@ -145,6 +149,7 @@ impl Config {
         let routes = setting(env, p, "GCB_ROUTE", "no routes: every destination is brokered", load_routes);
         let punch = setting(env, p, "GCB_PUNCH", "hole punching is offered", parse_switch);
         let punch_ttl = setting(env, p, "GCB_PUNCH_TTL", "a UDP punch's first Dummy has TTL 2", parse_ttl);
+        let standby = setting(env, p, "GCB_STANDBY", "no standby connections", parse_switch);
         // A path: any bytes will do.
         let log_file = env("GCB_LOG_FILE").filter(|v| !v.is_empty()).and_then(|v| CString::new(v).ok());
 
@@ -157,6 +162,7 @@ impl Config {
             heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
             punch: punch.unwrap_or(true),
             punch_ttl: punch_ttl.unwrap_or(DEFAULT_PUNCH_TTL),
+            standby: standby.unwrap_or(false),
             secret,
             problems,
         }
@@ -194,6 +200,8 @@ impl fmt::Display for Summary<'_> {
         }
         if !c.punch {
             f.write_str(", no hole punching")?;
+        } else if c.standby {
+            f.write_str(", standby connections")?;
         }
         write!(f, ", heartbeat {}s, log {}", c.heartbeat.as_secs(), c.log_level.name())
     }

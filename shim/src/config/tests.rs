@@ -232,3 +232,13 @@ fn a_punch_s_first_dummy_has_a_low_ttl_unless_told_otherwise() {
     assert_eq!(c.punch_ttl, DEFAULT_PUNCH_TTL, "an invalid value leaves the default");
     assert_eq!(c.problems, vec!["GCB_PUNCH_TTL=\"256\": is not a TTL from 0 (off) to 255; a UDP punch's first Dummy has TTL 2".to_string()]);
 }
+
+#[test]
+fn standby_connections_are_kept_only_when_asked_for() {
+    assert!(!config(&[]).standby);
+    assert!(config(&[("GCB_STANDBY", "1")]).standby);
+    assert!(!config(&[("GCB_STANDBY", "0")]).standby);
+    let c = config(&[("GCB_STANDBY", "2")]);
+    assert!(!c.standby, "an invalid value leaves the default");
+    assert_eq!(c.problems, vec!["GCB_STANDBY=\"2\": is not 1 or 0; no standby connections".to_string()]);
+}

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddrV4};
 use std::time::Instant;
 
-use proto::gcb::{Decision, ErrorCode, Message, COMMAND_PORT};
+use proto::gcb::{Decision, ErrorCode, Features, Message, COMMAND_PORT};
 use proto::rudp::RetryPolicy;
 use proto::Proto;
 
@@ -105,6 +105,16 @@ pub(crate) fn command_port(ip: std::net::Ipv4Addr) -> u16 {
 /// rather than the short probe, and silence there is not remembered as "no
 /// broker". `Err` when there is nothing to ask.
 pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, Asked> {
+    prepare(dest, family, false)
+}
+
+/// Prepares asking for a standby connection to `dest` (`standby`): a punch
+/// or nothing, so no hidden listener goes along.
+pub(crate) fn prepare_standby_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, Asked> {
+    prepare(dest, family, true)
+}
+
+fn prepare(dest: SocketAddrV4, family: Family, standby: bool) -> Result<Asking, Asked> {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));
     let (probe, local) = match crate::client::exchange::open(cmd) {
@@ -112,10 +122,14 @@ pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, 
         Err(e) if sys::out_of_resources(e) => return Err(Asked::NoResources(e)),
         Err(_) => return Err(Asked::NotGcb),
     };
-    let tmp = match spare::take(*local.ip(), family) {
-        Ok(t) => Some(t),
-        Err(e) if sys::out_of_resources(e) => return Err(Asked::NoResources(e)),
-        Err(_) => None,
+    let tmp = if standby {
+        None
+    } else {
+        match spare::take(*local.ip(), family) {
+            Ok(t) => Some(t),
+            Err(e) if sys::out_of_resources(e) => return Err(Asked::NoResources(e)),
+            Err(_) => None,
+        }
     };
     let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
     let msg = Message::Connect {
@@ -124,7 +138,7 @@ pub(crate) fn prepare_ask(dest: SocketAddrV4, family: Family) -> Result<Asking, 
         connector,
         connector_id: None,
         realm: config::get().realm.clone(),
-        features: super::punch::offered(),
+        features: if standby { super::punch::offered().union(Features::STANDBY) } else { super::punch::offered() },
         asked_from_port: local.port(),
     };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };

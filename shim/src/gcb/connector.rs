@@ -19,6 +19,9 @@
 //!    or the broker's `ConnectFailed` arrives on the `Connect` socket, kept open
 //!    for it, and the connect fails with ECONNREFUSED (the listener is gone).
 //!
+//! With `GCB_STANDBY=1`, a standby connection kept for the destination
+//! (`standby`) is taken first, with no brokering at all.
+//!
 //! A non-blocking socket returns EINPROGRESS at once, before any of this:
 //! the responder carries the steps out and puts the connection on the fd
 //! (`connecting`). A blocking one does them inside the call, bounded by the
@@ -48,6 +51,7 @@ use crate::client::family::{self, Family};
 use super::registry::Names;
 use super::reversal_listener::TempListener;
 use super::spare;
+use super::standby;
 use super::swap::{put_on, AppSocket};
 use crate::client::sys::{self, Errno, Sock};
 use crate::fdtable::{self, Kind};
@@ -73,6 +77,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     // A non-blocking socket gets EINPROGRESS at once; the responder brokers it.
     if sys::is_nonblocking(fd) {
         if let Some(r) = super::connecting::start(fd, dest, fam) {
+            return r;
+        }
+    } else if crate::config::get().standby && standby::any_kept() {
+        if let Some(r) = take_standby(fd, dest, fam, saved, now) {
             return r;
         }
     }
@@ -106,6 +114,45 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         Asked::NoResources(e) => {
             log!(Warn, "connect to {dest}: no socket for the broker's exchange: {}", std::io::Error::from_raw_os_error(e));
             fail(e)
+        }
+    }
+}
+
+/// The program's blocking connect takes a standby connection kept for
+/// `dest`, if there is one (`standby`): no brokering, only the claim and the
+/// listener's answer, and the next standby is asked for. `None` if there is
+/// none, or the listener did not take the claim: the connect is brokered.
+fn take_standby(fd: c_int, dest: SocketAddrV4, fam: Family, saved: c_int, since: Instant) -> Option<c_int> {
+    let app = AppSocket::read(fd).ok()?;
+    let conn = super::state::with(|reg| standby::outgoing::claim(reg, dest))?;
+    let deadline = connect_deadline(fd).min(Instant::now() + standby::outgoing::ANSWER_WAIT);
+    if !standby::outgoing::await_answer(conn.raw(), deadline) {
+        log!(Debug, "connect to {dest}: the listener did not take the standby connection; asking the broker");
+        return None;
+    }
+    let put = super::state::with(|reg| {
+        let regs = reg.interest.take(fd);
+        put_on(fd, conn, true, &app, regs)?;
+        reg.set_names(fd, Names { local: None, peer: Some(dest) });
+        super::registry::connects::keep_error(fd, 0);
+        fdtable::set(fd, Kind::Named);
+        Ok(standby::outgoing::want(reg, dest, fam, Instant::now()))
+    });
+    match put {
+        Err(e) => {
+            log!(Warn, "connect to {dest}: the standby connection could not be put on fd {fd} ({}); the connect fails", std::io::Error::from_raw_os_error(e));
+            Some(fail(e))
+        }
+        Ok(wanted) => {
+            // Connected: a panic from here on must not fail the connect (`hook`, rule 4).
+            crate::guard::bookkeep(|| {
+                log!(Info, "connect tcp {dest} via punched (standby) in {} us", since.elapsed().as_micros());
+                if wanted {
+                    super::state::ensure_responder();
+                }
+            });
+            set_errno(saved);
+            Some(0)
         }
     }
 }
@@ -152,6 +199,9 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
                     crate::guard::bookkeep(|| {
                         name(fd, dest);
                         log_path(Proto::Tcp, dest, &if direct { d } else { Decision::Relay { via, token } }, since);
+                        if direct {
+                            standby::replenish(dest, fam);
+                        }
                     });
                     set_errno(saved);
                     0

@@ -106,7 +106,7 @@ fn command(reg: &Registry, id: ListenerId, msg: Message) -> (Message, Option<Job
     let (token, dial, peer, proxy) = match msg {
         Message::ReverseConnect { token, connector, peer, proxy } => (token, Dial::Reverse { connector }, peer, proxy),
         Message::RelayConnect { token, broker, peer, proxy } => (token, Dial::Relay { broker }, peer, proxy),
-        Message::PunchConnect { token, broker, peer, proxy, .. } => (token, Dial::Punch { broker }, peer, proxy),
+        Message::PunchConnect { token, broker, peer, proxy, standby } => (token, Dial::Punch { broker, standby }, peer, proxy),
         other => {
             log!(Debug, "command {:?} not handled by a TCP listener", other.kind());
             return (Message::error(ErrorCode::Unsupported, "not a TCP listener command"), None);

@@ -68,6 +68,7 @@ pub mod reversal_listener;
 pub mod serve;
 pub mod serve_punch;
 pub mod spare;
+pub mod standby;
 pub mod state;
 pub mod swap;
 pub mod udp;

@@ -7,6 +7,7 @@
 //! * the dials under way, the doorbells being rung ([`doorbell`]) and the park
 //!   socket ([`park`]);
 //! * the program's non-blocking brokered connects ([`connecting`]);
+//! * standby connections being made, kept and held ([`standby`]);
 //!
 //! and runs the timers: heartbeats, registrations and joins, retransmissions,
 //! failover, UDP holes and channels, and the deadlines of all the above.
@@ -18,7 +19,7 @@ use std::time::Instant;
 
 use libc::c_int;
 
-use super::{connecting, doorbell, mgmt, mgmt_events, park, serve, serve_punch};
+use super::{connecting, doorbell, mgmt, mgmt_events, park, serve, serve_punch, standby};
 use crate::real;
 use crate::responder::{Duties, PollSet};
 
@@ -32,6 +33,7 @@ const SERVING: u64 = 3;
 const PARK: u64 = 4;
 const CONNECT: u64 = 5;
 const PUNCH: u64 = 6;
+const STANDBY: u64 = 7;
 
 fn tag(kind: u64, fd: c_int) -> u64 {
     (kind << 32) | u64::from(fd as u32)
@@ -65,6 +67,11 @@ impl Duties for super::state::Duty {
             for (fd, events) in punches {
                 set.add(fd, events, tag(PUNCH, fd));
             }
+            let mut standbys = Vec::new();
+            standby::poll_fds(reg, &mut standbys);
+            for (fd, events) in standbys {
+                set.add(fd, events, tag(STANDBY, fd));
+            }
             [
                 mgmt_events::next_deadline(reg),
                 doorbell::next_deadline(reg),
@@ -72,6 +79,7 @@ impl Duties for super::state::Duty {
                 serve_punch::next_deadline(reg),
                 reg.parked.next_deadline(),
                 connecting::next_deadline(reg),
+                standby::next_deadline(reg),
             ]
             .into_iter()
             .flatten()
@@ -87,6 +95,7 @@ impl Duties for super::state::Duty {
                 BELL => super::state::with(|reg| doorbell::progress(reg, fd, revents)),
                 SERVING => super::state::with(|reg| serve::progress(reg, fd, revents, now)),
                 PUNCH => super::state::with(|reg| serve_punch::progress(reg, fd, revents, now)),
+                STANDBY => super::state::with(|reg| standby::progress(reg, fd, revents, now)),
                 PARK => super::state::with(|reg| park::on_ready(reg, fd, now)),
                 CONNECT => connecting::progress(fd, revents, now),
                 _ => {}
@@ -99,6 +108,7 @@ impl Duties for super::state::Duty {
             serve::on_timers(reg, now);
             serve_punch::on_timers(reg, now);
             park::on_timers(reg, now);
+            standby::on_timers(reg, now);
         });
         connecting::on_timers(now);
     }

@@ -39,7 +39,7 @@ pub fn start(reg: &mut Registry, job: Job, now: Instant) {
     let to = match job.dial {
         Dial::Reverse { connector } => connector,
         Dial::Relay { broker } => broker,
-        Dial::Punch { broker } => return super::serve_punch::start(reg, job, broker, now),
+        Dial::Punch { broker, .. } => return super::serve_punch::start(reg, job, broker, now),
     };
     let started = sys::socket_of(family, libc::SOCK_STREAM, true, true).and_then(|s| {
         // The hello carries the handshake's last ACK: one segment fewer.

@@ -6,7 +6,9 @@
 //! program's `accept` takes it as if the kernel had queued it.
 //!
 //! Punches count against the listener's backlog with its other dials and
-//! parked connections (`serve::room_for`).
+//! parked connections (`serve::room_for`). A standby's punch (`standby`)
+//! ends held instead, until its connector claims it, or closed if the
+//! broker relays it.
 
 use std::time::Instant;
 
@@ -14,7 +16,7 @@ use libc::c_int;
 use proto::gcb::Role;
 
 use super::punch::{self, Progress, Session};
-use super::registry::serving::{Job, Punching, PAIR_TIMEOUT};
+use super::registry::serving::{Dial, Job, Punching, PAIR_TIMEOUT};
 use super::registry::{ListenerId, Registry};
 
 /// Starts the punch `job` asked for, through the rendezvous at `broker`.
@@ -73,7 +75,11 @@ fn step(reg: &mut Registry, i: usize, ready: Option<(c_int, i16)>, now: Instant)
         return false;
     }
     let p = reg.punching.swap_remove(i);
+    let standby = matches!(p.job.dial, Dial::Punch { standby: true, .. });
     match progress {
+        Progress::Direct { sock, peer } if standby => super::standby::incoming::hold(reg, p.job.listener, sock, peer, p.job.proxy, now),
+        // A standby is punched or nothing: the connector closes its end too.
+        Progress::Relay { peer, .. } if standby => log!(Debug, "no standby connection from {peer} to {}: the punch failed", p.job.proxy),
         Progress::Direct { sock, peer } => {
             log!(Info, "connection from {peer} to {} punched after {} attempts", p.job.proxy, p.session.attempts());
             super::park::park(reg, p.job.listener, sock.into_internal(), peer, p.job.proxy, now);

@@ -33,6 +33,7 @@ fn after_fork_in_child(reg: &mut Registry) {
     reg.parked.forget_in_child();
     reg.connects.forget_in_child();
     reversal_listener::forget_in_child(&mut reg.spare_listener);
+    reg.standby.forget_in_child();
     reg.acks_due.clear();
     let now = std::time::Instant::now();
     for (_, l) in reg.listeners_mut() {

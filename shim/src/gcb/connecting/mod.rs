@@ -25,7 +25,8 @@
 //! `connect` itself takes no lock and allocates nothing (the allocator has
 //! locks of its own): on a loaded machine a thread that waits for a lock the
 //! responder holds can lose its CPU for milliseconds, and an event loop must
-//! not. A job goes to the responder as a [`Request`] in per-fd atomics
+//! not. A standby connection (`standby`) is claimed by the responder too.
+//! A job goes to the responder as a [`Request`] in per-fd atomics
 //! (`registry::connects::hand_over`), and whether it is still live is one
 //! atomic per fd (`LIVE`, beside it): the job's id while it is, 0 once
 //! cancelled or done.
@@ -165,6 +166,7 @@ pub fn poll_fds(reg: &Registry) -> Vec<(c_int, i16)> {
                 out.extend(unspoken.iter().map(|u| (u.raw(), libc::POLLIN)));
             }
             Stage::Punching { session, .. } => session.poll_fds(&mut out),
+            Stage::Claiming { sock, .. } => out.push((sock.raw(), libc::POLLIN)),
         }
     }
     out
@@ -180,6 +182,7 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
             Stage::New => now,
             Stage::Asking(_, ex) => ex.next_deadline().unwrap_or(now).min(j.deadline),
             Stage::Punching { session, .. } => session.next_deadline().min(j.deadline),
+            Stage::Claiming { until, .. } => (*until).min(j.deadline),
             _ => j.deadline,
         })
         .min()
@@ -216,6 +219,7 @@ fn due(j: &Job, now: Instant) -> bool {
         Stage::Asking(_, ex) => now >= j.deadline || ex.next_deadline().map_or(true, |d| now >= d),
         Stage::Dialing { .. } => false,
         Stage::Punching { session, .. } => now >= session.next_deadline().min(j.deadline),
+        Stage::Claiming { until, .. } => now >= (*until).min(j.deadline),
         _ => now >= j.deadline,
     }
 }
@@ -229,6 +233,7 @@ fn owns(j: &Job, fd: c_int) -> bool {
             tmp.raw() == fd || notices.as_ref().is_some_and(|n| n.raw() == fd) || unspoken.iter().any(|u| u.raw() == fd)
         }
         Stage::Punching { session, .. } => session.owns(fd),
+        Stage::Claiming { sock, .. } => sock.raw() == fd,
     }
 }
 
@@ -238,6 +243,7 @@ fn owns(j: &Job, fd: c_int) -> bool {
 /// ends with its placeholder shut down: the program's connect then fails, it
 /// never waits for ever.
 fn conclude(mut job: Job, step: Step) {
+    let standby = matches!(step, Step::Standby(_));
     let (sock, named, decision, error) = match step {
         Step::Wait => {
             super::state::with(|reg| {
@@ -248,6 +254,7 @@ fn conclude(mut job: Job, step: Step) {
             return;
         }
         Step::Done { sock, named, decision } => (Some(sock), named, decision, None),
+        Step::Standby(sock) => (Some(sock), true, None, None),
         Step::Failed(e) => {
             log!(Warn, "connect to {} failed: {}", job.dest, std::io::Error::from_raw_os_error(e));
             let refused = super::gate::refused(job.family).ok();
@@ -299,6 +306,12 @@ fn conclude(mut job: Job, step: Step) {
         Swap::Done => {
             if let Some(d) = decision {
                 ask::log_path(proto::Proto::Tcp, job.dest, &d, job.since);
+            }
+            if standby {
+                log!(Info, "connect tcp {} via punched (standby) in {} us", job.dest, job.since.elapsed().as_micros());
+            }
+            if standby || matches!(decision, Some(proto::gcb::Decision::PunchTcp { .. })) {
+                super::standby::replenish(job.dest, job.family);
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::client::family::Family;
 use super::super::punch::{self, Progress, Session};
 use super::super::reversal_listener::TempListener;
 use super::super::spare;
+use super::super::standby;
 use crate::client::sys::{self, Errno, Sock};
 use super::super::notice::refusal_errno;
 use super::super::registry::connects::{Job, Stage};
@@ -30,6 +31,8 @@ pub(super) enum Step {
     /// Connected (or, for a direct dial, done with the kernel's verdict in
     /// the socket), to be reported as a connection to the destination or not.
     Done { sock: Sock, named: bool, decision: Option<Decision> },
+    /// The standby connection kept for the destination (`standby`), claimed.
+    Standby(Sock),
     Failed(Errno),
 }
 
@@ -39,7 +42,7 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
         return Step::Failed(libc::ETIMEDOUT);
     }
     match std::mem::replace(&mut job.stage, Stage::New) {
-        Stage::New => ask(job),
+        Stage::New => ask(job, now),
         Stage::Asking(asking, mut ex) => {
             let got = match ready {
                 Some((fd, _)) => ex.on_readable(fd, &super::super::mgmt::CODEC),
@@ -59,6 +62,18 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
         Stage::Dialing { sock, decision } => Step::Done { named: decision.is_some(), sock, decision },
         Stage::Relaying { sock, token, said_hello, buf, have, decision } => relaying(job, sock, token, said_hello, buf, have, decision),
         Stage::Reversing { tmp, notices, token, unspoken, decision } => reversing(job, ready, tmp, notices, token, unspoken, decision),
+        Stage::Claiming { sock, until } => match standby::outgoing::answer(sock.raw()) {
+            Some(true) => Step::Standby(sock),
+            None if now < until => {
+                job.stage = Stage::Claiming { sock, until };
+                Step::Wait
+            }
+            // Not taken: the connect is brokered after all.
+            _ => {
+                log!(Debug, "connect to {}: the listener did not take the standby connection; asking the broker", job.dest);
+                ask_broker(job)
+            }
+        },
         Stage::Punching { mut session, via, token } => match session.advance(ready, now) {
             Progress::Wait => {
                 job.stage = Stage::Punching { session, via, token };
@@ -71,8 +86,20 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
     }
 }
 
+/// Claims a standby connection for the destination if one is kept, else
+/// sends the `Connect`.
+fn ask(job: &mut Job, now: Instant) -> Step {
+    if crate::config::get().standby && standby::any_kept() {
+        if let Some(sock) = super::super::state::with(|reg| standby::outgoing::claim(reg, job.dest)) {
+            job.stage = Stage::Claiming { sock, until: now + standby::outgoing::ANSWER_WAIT };
+            return Step::Wait;
+        }
+    }
+    ask_broker(job)
+}
+
 /// Sends the `Connect`.
-fn ask(job: &mut Job) -> Step {
+fn ask_broker(job: &mut Job) -> Step {
     match ask::prepare_ask(job.dest, job.family) {
         Ok(asking) => match Exchange::start(asking.probe.raw(), asking.cmd, asking.policy, &super::super::mgmt::CODEC, &asking.msg) {
             Ok(ex) => {

@@ -37,7 +37,7 @@ use crate::real;
 pub struct Held(c_int);
 
 impl Held {
-    fn adopt(s: Sock) -> Held {
+    pub(crate) fn adopt(s: Sock) -> Held {
         Held(crate::internal::adopt(s.into_raw()))
     }
 
@@ -54,6 +54,16 @@ impl Held {
         let _ = sys::set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0);
         crate::fdtable::set(fd, crate::fdtable::Kind::Plain);
         Sock::from_raw(fd)
+    }
+
+    /// The program `dup2`ed onto this fd and the shim moved it to `new`
+    /// (`Registry::replace_internal_fd`); false if it is not `old`.
+    pub fn renumber(&mut self, old: c_int, new: c_int) -> bool {
+        let ours = self.0 == old;
+        if ours {
+            self.0 = new;
+        }
+        ours
     }
 
     /// The fd, still internal, for a caller that keeps it so (a parked

@@ -46,6 +46,9 @@ pub(crate) enum Stage {
     Reversing { tmp: TempListener, notices: Option<Sock>, token: Token, unspoken: Vec<Sock>, decision: Decision },
     /// A hole punch met at the broker's rendezvous (`punch`).
     Punching { session: Box<Session>, via: SocketAddrV4, token: Token },
+    /// A standby connection claimed (`standby`): the listener's answer is
+    /// awaited until `until`.
+    Claiming { sock: Sock, until: Instant },
 }
 
 /// One non-blocking connect being brokered.

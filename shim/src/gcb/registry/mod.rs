@@ -33,6 +33,7 @@ pub mod bells;
 pub mod connects;
 pub mod parking;
 pub mod serving;
+pub mod standby;
 
 pub use super::registration::{Listener, ListenerId, Mgmt, Purpose};
 pub use crate::client::records::Names;
@@ -75,6 +76,8 @@ pub struct Registry {
     /// The connector's listener for reversed connections, between connects
     /// (see `reversal_listener`).
     pub spare_listener: super::reversal_listener::Spare,
+    /// Standby connections, both sides (see `standby`).
+    pub standby: standby::Standbys,
 }
 
 impl Default for Registry {
@@ -101,6 +104,7 @@ impl Registry {
             brokers: Default::default(),
             udp: Default::default(),
             spare_listener: None,
+            standby: Default::default(),
         }
     }
 
@@ -199,7 +203,7 @@ impl Registry {
             s.fd = new;
             return true;
         }
-        self.parked.moved(old, new) || self.connects.moved(old, new) || bells::moved(&mut self.bells, old, new)
+        self.parked.moved(old, new) || self.connects.moved(old, new) || bells::moved(&mut self.bells, old, new) || self.standby.moved(old, new)
     }
 
     /// Checks invariants 1 to 3 of the module docs; a description of the first broken one.

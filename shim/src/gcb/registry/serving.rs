@@ -27,8 +27,9 @@ pub enum Dial {
     /// `RelayConnect`: the broker's rendezvous port.
     Relay { broker: SocketAddrV4 },
     /// `PunchConnect`: a hole punch met at the broker's rendezvous port
-    /// (`serve_punch`).
-    Punch { broker: SocketAddrV4 },
+    /// (`serve_punch`); for a standby connection (`standby`), held until
+    /// the connector claims it.
+    Punch { broker: SocketAddrV4, standby: bool },
 }
 
 /// One connection the broker asked listener `listener` for.

@@ -1,0 +1,119 @@
+//! Standby connections as the registry holds them (`standby` drives them):
+//! the connector's kept and being made, and the listener's held until
+//! claimed. Plain data and its bookkeeping.
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use libc::c_int;
+
+use super::connects::Asking;
+use crate::client::exchange::Exchange;
+use crate::client::family::Family;
+use crate::gcb::punch::{Held, Session};
+use crate::gcb::registration::ListenerId;
+
+/// This process's standbys, both sides.
+#[derive(Default)]
+pub struct Standbys {
+    pub outgoing: Outgoing,
+    pub incoming: Incoming,
+}
+
+impl std::fmt::Debug for Standbys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Standbys({} outgoing, {} incoming)", self.outgoing.len(), self.incoming.held.len())
+    }
+}
+
+impl Standbys {
+    /// A forked child's copies: closed, the parent's connections untouched.
+    pub fn forget_in_child(&mut self) {
+        *self = Standbys::default();
+        self.outgoing.note();
+    }
+
+    /// An internal fd moved (the program `dup2`ed onto it); false if not ours.
+    pub fn moved(&mut self, old: c_int, new: c_int) -> bool {
+        self.outgoing.kept.iter_mut().any(|k| k.conn.renumber(old, new)) || self.incoming.held.iter_mut().any(|w| w.conn.renumber(old, new))
+    }
+}
+
+/// How many standbys the connector keeps, as last noted under the lock: a
+/// connect with none to take asks no lock (`any_kept`).
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this process may keep a standby (a hint, read without the lock).
+pub fn any_kept() -> bool {
+    KEPT.load(Ordering::Relaxed) > 0
+}
+
+/// The connector's standbys: kept ones and those being made, at most one of
+/// either per destination.
+#[derive(Default)]
+pub struct Outgoing {
+    pub kept: Vec<Kept>,
+    pub making: Vec<Making>,
+}
+
+impl Outgoing {
+    /// Standbys kept and being made.
+    pub fn len(&self) -> usize {
+        self.kept.len() + self.making.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Publishes how many are kept (`any_kept`); after every change to `kept`.
+    pub fn note(&self) {
+        KEPT.store(self.kept.len(), Ordering::Relaxed);
+    }
+
+    /// Standbys for `dest`, kept or being made.
+    pub fn count_for(&self, dest: SocketAddrV4) -> usize {
+        self.kept.iter().filter(|k| k.dest == dest).count() + self.making.iter().filter(|m| m.dest == dest).count()
+    }
+}
+
+/// A standby ready for the next connect to `dest`.
+pub struct Kept {
+    pub dest: SocketAddrV4,
+    pub conn: Held,
+    pub since: Instant,
+}
+
+/// A standby being made for `dest`.
+pub struct Making {
+    pub dest: SocketAddrV4,
+    pub family: Family,
+    pub(crate) stage: MakingStage,
+    pub deadline: Instant,
+}
+
+pub(crate) enum MakingStage {
+    /// Asked for by a connect; the responder sends the `Connect`, so the
+    /// connecting thread makes no system call for it.
+    Wanted,
+    Asking(Box<Asking>, Exchange),
+    Punching(Box<Session>),
+    /// Only while a step has taken the stage out; never left in the list.
+    Taken,
+}
+
+/// The listener's standbys.
+#[derive(Default)]
+pub struct Incoming {
+    pub held: Vec<Waiting>,
+}
+
+/// A standby held for `listener`, from `peer` to `proxy`.
+pub struct Waiting {
+    pub listener: ListenerId,
+    pub conn: Held,
+    pub peer: SocketAddrV4,
+    pub proxy: SocketAddrV4,
+    pub since: Instant,
+}

@@ -1,0 +1,53 @@
+//! What both sides of `standby` do with a standby connection: how long they
+//! keep it, whether it is still alive, and reading the 8-byte frames they
+//! exchange on it (the claim and its answer).
+
+use std::time::Duration;
+
+use libc::c_int;
+
+/// How long the connector keeps an unclaimed standby.
+pub const KEEP_FOR: Duration = Duration::from_secs(30);
+/// How long the listener holds one: a bound for a connector that never
+/// closes it (its process stopped), far above [`KEEP_FOR`].
+pub const HOLD_FOR: Duration = Duration::from_secs(120);
+
+/// Whether connection `fd` is still as it was left: open both ways with
+/// nothing to read. The listener's end says nothing after the punch's hello,
+/// and the connector's says nothing before its claim, so anything readable is
+/// the end of the stream, a reset, or a peer breaking the protocol.
+pub(super) fn quiet(fd: c_int) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a live one-byte buffer.
+    let n = unsafe { crate::real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n < 0 && matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR)
+}
+
+/// What the first bytes waiting on a standby say, against the frame expected.
+pub(crate) enum Said {
+    /// The frame, now taken from the socket: what follows is the program's.
+    Frame,
+    /// Nothing yet, or part of the frame: the rest is on its way.
+    NotYet,
+    /// The end of the stream, an error, or other bytes.
+    Other,
+}
+
+/// Reads `frame` from `fd` if it is there whole, never past it.
+pub(crate) fn expect(fd: c_int, frame: &[u8; 8]) -> Said {
+    let mut buf = [0u8; 8];
+    // SAFETY: a live buffer of the given length.
+    let n = unsafe { crate::real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n < 0 && matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR) {
+        return Said::NotYet;
+    }
+    if n <= 0 || buf[..n as usize] != frame[..n as usize] {
+        return Said::Other;
+    }
+    if (n as usize) < frame.len() {
+        return Said::NotYet;
+    }
+    // SAFETY: as above; takes the bytes peeked.
+    unsafe { crate::real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    Said::Frame
+}

@@ -1,0 +1,120 @@
+//! The standbys' rules on real loopback connections, without a broker: what
+//! a claim sends and when it refuses, what the listener's side takes as a
+//! claim, and how long each side keeps one.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use proto::gcb::punch::STANDBY_CLAIM;
+
+use super::*;
+use crate::client::sys::{self, Sock};
+use crate::gcb::punch::Held;
+use crate::gcb::registry::Registry;
+use crate::real;
+
+/// A connected loopback TCP pair: (the standby's end, the peer's end).
+fn pair() -> (Sock, Sock) {
+    let l = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
+    sys::bind(l.raw(), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+    assert_eq!(unsafe { real::listen(l.raw(), 1) }, 0);
+    let at = sys::local_addr(l.raw()).unwrap();
+    let c = sys::socket(libc::SOCK_STREAM, true, true).unwrap();
+    let _ = sys::connect(c.raw(), at, Instant::now() + Duration::from_secs(5));
+    sys::wait_fd(l.raw(), libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    let a = Sock::from_raw(unsafe { real::accept4(l.raw(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) });
+    sys::wait_fd(c.raw(), libc::POLLOUT, Instant::now() + Duration::from_secs(5)).unwrap();
+    (c, a)
+}
+
+const DEST: &str = "203.0.113.10:20001";
+
+/// Keeps `conn` as the standby for [`DEST`]; its fd, now internal (moved high).
+fn kept(reg: &mut Registry, conn: Sock, since: Instant) -> libc::c_int {
+    outgoing::keep_for_tests(reg, DEST.parse().unwrap(), Held::adopt(conn), since)
+}
+
+fn send(fd: libc::c_int, bytes: &[u8]) {
+    assert_eq!(unsafe { real::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) }, bytes.len() as isize);
+}
+
+#[test]
+fn a_claim_sends_the_claim_first_and_hands_the_connection_over() {
+    let mut reg = Registry::new();
+    let (mine, peer) = pair();
+    kept(&mut reg, mine, Instant::now());
+    assert!(outgoing::claim(&mut reg, "203.0.113.10:20002".parse().unwrap()).is_none(), "another destination");
+    let conn = outgoing::claim(&mut reg, DEST.parse().unwrap()).expect("the kept standby");
+    assert!(reg.standby.outgoing.is_empty(), "taken");
+    send(conn.raw(), b"program");
+    let mut buf = [0u8; STANDBY_CLAIM.len() + 7];
+    sys::recv_exact(peer.raw(), &mut buf, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert_eq!(&buf[..STANDBY_CLAIM.len()], &STANDBY_CLAIM[..]);
+    assert_eq!(&buf[STANDBY_CLAIM.len()..], b"program");
+    assert!(outgoing::claim(&mut reg, DEST.parse().unwrap()).is_none(), "one claim per standby");
+}
+
+#[test]
+fn a_standby_its_listener_closed_is_not_claimed() {
+    let mut reg = Registry::new();
+    let (mine, peer) = pair();
+    let fd = kept(&mut reg, mine, Instant::now());
+    drop(peer);
+    sys::wait_fd(fd, libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert!(outgoing::claim(&mut reg, DEST.parse().unwrap()).is_none());
+    assert!(reg.standby.outgoing.is_empty(), "dropped");
+}
+
+#[test]
+fn the_responder_drops_a_kept_standby_when_its_peer_ends_or_it_is_old() {
+    let mut reg = Registry::new();
+    let now = Instant::now();
+    let (mine, peer) = pair();
+    let fd = kept(&mut reg, mine, now);
+    assert!(outgoing::progress(&mut reg, fd, libc::POLLIN, now), "ours");
+    assert_eq!(reg.standby.outgoing.len(), 1, "a spurious wake-up leaves it");
+    drop(peer);
+    sys::wait_fd(fd, libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert!(outgoing::progress(&mut reg, fd, libc::POLLIN, now));
+    assert!(reg.standby.outgoing.is_empty(), "ended");
+
+    let (mine, _peer) = pair();
+    kept(&mut reg, mine, now);
+    on_timers(&mut reg, now + KEEP_FOR - Duration::from_millis(1));
+    assert_eq!(reg.standby.outgoing.len(), 1);
+    assert_eq!(next_deadline(&reg), Some(now + KEEP_FOR));
+    on_timers(&mut reg, now + KEEP_FOR);
+    assert!(reg.standby.outgoing.is_empty(), "kept no longer than KEEP_FOR");
+}
+
+#[test]
+fn the_listener_takes_exactly_the_claim_and_nothing_else() {
+    let (mine, peer) = pair();
+    assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::NotYet), "nothing yet");
+    send(peer.raw(), &STANDBY_CLAIM[..3]);
+    sys::wait_fd(mine.raw(), libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::NotYet), "part of it");
+    let mut rest = STANDBY_CLAIM[3..].to_vec();
+    rest.extend_from_slice(b"data");
+    send(peer.raw(), &rest);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match conn::expect(mine.raw(), &STANDBY_CLAIM) {
+            conn::Said::Frame => break,
+            conn::Said::NotYet => assert!(Instant::now() < deadline, "the rest of the claim"),
+            conn::Said::Other => panic!("a claim in two pieces is a claim"),
+        }
+    }
+    let mut buf = [0u8; 4];
+    sys::recv_exact(mine.raw(), &mut buf, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert_eq!(&buf, b"data", "the program's bytes are left for it");
+
+    let (mine, peer) = pair();
+    send(peer.raw(), b"GET / HTTP/1.0\r\n");
+    sys::wait_fd(mine.raw(), libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::Other), "other bytes");
+    let (mine, peer) = pair();
+    drop(peer);
+    sys::wait_fd(mine.raw(), libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::Other), "end of stream");
+}
