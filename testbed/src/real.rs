@@ -26,8 +26,8 @@ pub const STARTUP: Duration = Duration::from_secs(20);
 /// `punch_fallbacks_<why>` counters.
 pub const PUNCH_FALLBACKS: [&str; 4] = ["timeout", "check_failed", "local_error", "no_report"];
 /// The shim's variables, cleared so the caller's environment cannot leak in.
-const SHIM_VARS: [&str; 9] =
-    ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "DPF_INAGENT", "GCB_LOG", "GCB_LOG_FILE", "GCB_HEARTBEAT_S", "GCB_PUNCH_TTL", "LD_PRELOAD"];
+const SHIM_VARS: [&str; 10] =
+    ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "DPF_INAGENT", "GCB_LOG", "GCB_LOG_FILE", "GCB_HEARTBEAT_S", "GCB_PUNCH_TTL", "GCB_STANDBY", "LD_PRELOAD"];
 
 /// Which system carries the traffic across the NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

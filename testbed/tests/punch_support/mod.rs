@@ -27,7 +27,7 @@ pub fn shimmed(r: &RealBed, host: &str, program: &str, env: &[(&str, &str)]) -> 
     let mut c = r.bed.cmd(host, workspace_root().join("scripts/gcb-run"));
     c.args(["--broker", BROKER, "--heartbeat", "2", "--log", "debug", "--lib"]).arg(built("libgcb.so"));
     c.arg("--").arg(ctest(program));
-    for v in ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "GCB_LOG_FILE", "GCB_PUNCH", "GCB_PUNCH_TTL", "LD_PRELOAD"] {
+    for v in ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "GCB_LOG_FILE", "GCB_PUNCH", "GCB_PUNCH_TTL", "GCB_STANDBY", "LD_PRELOAD"] {
         c.env_remove(v);
     }
     c.envs(env.iter().copied());

@@ -1,0 +1,210 @@
+//! Standby connections end to end (`GCB_STANDBY=1`, docs/hole-punching.md,
+//! "Standby connections"): a Python client under the shim on b1 (realm B,
+//! behind GB) connects again and again to the C echo server under the shim
+//! on a1 (realm A, behind GA), both gateways dropping strangers, so every
+//! punch succeeds.
+//!
+//! * The first connect is punched; each later one, blocking or not, takes
+//!   the standby made after the one before (the client's shim logs `via
+//!   punched (standby)`), every byte echoes back, and `getpeername` names the
+//!   proxy address.
+//! * A forked child does not take its parent's standby (it brokers its own
+//!   connect), and the parent's standby still works after the child exits.
+//! * The listening program accepts exactly the connections that were made:
+//!   once the client has exited and every standby the server's shim held has
+//!   ended, the server has accepted one connection per connect, none more.
+//! * A listener that exits takes its standbys with it: the client's shim
+//!   drops the one it kept, and the next connect fails as it would without
+//!   standbys instead of succeeding on a dead connection.
+//!
+//! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
+//! `make -C c-tests`.
+
+use std::io::Write;
+use std::process::{ChildStdin, Stdio};
+use std::time::Duration;
+
+mod punch_support;
+
+use punch_support::{counter, echo_server};
+use testbed::real::{built, RealBed, BROKER};
+use testbed::{wait_for, workspace_root, NatKind, NatKinds, Proc};
+
+const STEP: Duration = Duration::from_secs(30);
+
+/// The client: one line on stdin per action, one line on stdout per result.
+const CLIENT: &str = r#"
+import os, select, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+dest = (host, int(port))
+payload = os.urandom(65536)
+
+def echo(s):
+    s.sendall(payload)
+    got = bytearray()
+    while len(got) < len(payload):
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    if bytes(got) != payload:
+        return "BAD echo of %d bytes" % len(got)
+    if s.getpeername() != dest:
+        return "BAD peer %s" % (s.getpeername(),)
+    return "OK"
+
+def once(nonblocking):
+    s = socket.socket()
+    try:
+        if nonblocking:
+            s.setblocking(False)
+            if s.connect_ex(dest) not in (0, 115):
+                return "FAILED connect_ex"
+            select.select([], [s], [], 20)
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                return "FAILED %d" % err
+            s.setblocking(True)
+        else:
+            # No timeout: Python would make the socket non-blocking for one,
+            # and this is the shim's path for blocking connects.
+            s.connect(dest)
+        return echo(s)
+    except OSError as e:
+        return "FAILED %s" % e.errno
+    finally:
+        s.close()
+
+n = 0
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "connect":
+        print("DONE %d %s" % (n, once(cmd[1] == "nonblocking")), flush=True)
+        n += 1
+    elif cmd[0] == "fork":
+        pid = os.fork()
+        if pid == 0:
+            print("CHILD %s" % once(False), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("FORKED", flush=True)
+    elif cmd[0] == "exit":
+        break
+"#;
+
+/// The client on b1 under the shim with standbys on, dialing `dest`.
+fn client(r: &RealBed, dest: &str) -> (Proc, ChildStdin) {
+    let mut c = r.bed.cmd("b1", workspace_root().join("scripts/gcb-run"));
+    c.args(["--broker", BROKER, "--heartbeat", "2", "--log", "debug", "--lib"]).arg(built("libgcb.so"));
+    c.args(["--", "python3", "-c", CLIENT, dest]);
+    for v in ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "GCB_LOG_FILE", "GCB_PUNCH", "LD_PRELOAD"] {
+        c.env_remove(v);
+    }
+    c.env("GCB_STANDBY", "1").stdin(Stdio::piped());
+    let mut p = r.bed.spawn_cmd(c).expect("python3 client");
+    let stdin = p.take_stdin().expect("stdin");
+    (p, stdin)
+}
+
+fn say(stdin: &mut ChildStdin, line: &str) {
+    writeln!(stdin, "{line}").and_then(|()| stdin.flush()).expect("client stdin");
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// Waits until `p`'s stderr holds `needle` at least `n` times.
+fn wait_count(p: &Proc, needle: &str, n: usize) {
+    let deadline = std::time::Instant::now() + STEP;
+    while count(&p.stderr_text(), needle) < n {
+        assert!(std::time::Instant::now() < deadline, "not {n} times {needle:?} within {STEP:?} in:\n{}", p.stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bed whose gateways both drop strangers (every punch succeeds), the
+/// echo server on a1 under the shim, and the client on b1 dialing it.
+struct Setup {
+    r: RealBed,
+    server: Proc,
+    listen: String,
+    client: Proc,
+    stdin: ChildStdin,
+}
+
+impl Setup {
+    fn up(port: u16) -> Setup {
+        let nat = NatKinds::new(NatKind::Drop, NatKind::Drop);
+        let r = RealBed::up_with_nat(testbed::real::Mode::Gcb, 2, &[&["--log", "debug"][..], &punch_support::ROOMY_BUDGET].concat(), nat);
+        let (server, listen) = echo_server(&r, "tcp", port, "epoll", &[]);
+        let (client, stdin) = client(&r, &listen);
+        Setup { r, server, listen, client, stdin }
+    }
+}
+
+#[test]
+fn later_connects_take_standbys_and_the_server_accepts_exactly_what_was_connected() {
+    let Setup { r, server, listen, client, mut stdin } = Setup::up(7480);
+    let context = || format!("client stderr:\n{}\nserver stderr:\n{}\nbroker stderr:\n{}", client.stderr_text(), server.stderr_text(), r.daemon.stderr_text());
+    let ready = format!("a standby connection to {listen} is ready");
+    let punched = format!("connect tcp {listen} via punched in ");
+    let standby = format!("connect tcp {listen} via punched (standby) in ");
+
+    const CONNECTS: usize = 6;
+    for i in 0..CONNECTS {
+        say(&mut stdin, if i % 2 == 0 { "connect blocking" } else { "connect nonblocking" });
+        let got = client.wait_line(&format!("DONE {i} "), STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+        assert_eq!(got, "OK", "connect {i}\n{}", context());
+        // The standby for the next connect is ready before it is made.
+        wait_count(&client, &ready, i + 1);
+    }
+    let log = client.stderr_text();
+    assert_eq!((count(&log, &punched), count(&log, &standby)), (1, CONNECTS - 1), "the first connect punched, the others took standbys\n{}", context());
+
+    // A child has none of its parent's standbys; the parent's survives it.
+    say(&mut stdin, "fork");
+    let child = client.wait_line("CHILD ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+    assert_eq!(child, "OK", "{}", context());
+    client.wait_line("FORKED", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+    say(&mut stdin, "connect blocking");
+    let got = client.wait_line(&format!("DONE {CONNECTS} "), STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+    assert_eq!(got, "OK", "{}", context());
+    let log = client.stderr_text();
+    assert_eq!((count(&log, &punched), count(&log, &standby)), (2, CONNECTS), "the child punched its own; the parent took its standby\n{}", context());
+
+    // Every standby the server's shim held ends once the client is gone;
+    // then the accepts are counted.
+    say(&mut stdin, "exit");
+    assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
+    wait_for(STEP, "every standby the server held to be claimed or ended", || {
+        let s = server.stderr_text();
+        let held = count(&s, "is held until claimed");
+        (held > 0 && held == count(&s, "was claimed") + count(&s, "ended unclaimed")).then_some(())
+    });
+    let accepted = server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
+    assert_eq!(accepted, CONNECTS + 2, "one accept per connect (the parent's and the child's), none for a standby\n{}", context());
+    assert_eq!(count(&server.stderr_text(), "was claimed"), CONNECTS, "{}", context());
+    assert!(counter(&r, "punch_standby_attempts") >= CONNECTS as u64, "{}", context());
+    assert_eq!(counter(&r, "relays_opened"), 0, "nothing went through the relay");
+    r.down();
+}
+
+#[test]
+fn a_listener_that_exits_takes_its_standbys_with_it() {
+    let Setup { r, server, listen, client, mut stdin } = Setup::up(7481);
+    let context = || format!("client stderr:\n{}\nserver stderr:\n{}\nbroker stderr:\n{}", client.stderr_text(), server.stderr_text(), r.daemon.stderr_text());
+    say(&mut stdin, "connect blocking");
+    assert_eq!(client.wait_line("DONE 0 ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context())), "OK", "{}", context());
+    wait_count(&client, &format!("a standby connection to {listen} is ready"), 1);
+
+    server.terminate();
+    wait_count(&client, &format!("the standby connection to {listen} was closed by its listener"), 1);
+    say(&mut stdin, "connect blocking");
+    let got = client.wait_line("DONE 1 ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+    assert!(got.starts_with("FAILED "), "a connect to a listener that exited must fail, got {got}\n{}", context());
+    assert_eq!(count(&client.stderr_text(), "via punched (standby)"), 0, "{}", context());
+    say(&mut stdin, "exit");
+    assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
+    r.down();
+}
