@@ -4,8 +4,10 @@
 //!   server on a1 (realm A), as `tables` measures Table 3 (TCP; UDP is not
 //!   punched yet and stays relayed), in three cells that take turns block by
 //!   block: regular (a static forward on GA, the baseline), GCB with a client
-//!   that does not offer punching (`GCB_PUNCH=0`: the relay), and GCB as
-//!   shipped (punching offered). On two beds: GB dropping strangers (`drop`),
+//!   that does not offer punching (`GCB_PUNCH=0`: the relay), GCB as
+//!   shipped (punching offered), and GCB with standby connections
+//!   (`GCB_STANDBY=1`: each client process's connects after its first take
+//!   the standby punched after the one before, if it is ready). On two beds: GB dropping strangers (`drop`),
 //!   where the punch nearly always goes through (the broker tries every
 //!   connect there, `--punch-retry-s 0`, and the runs are also split by the
 //!   path they took), and both gateways resetting them (`preserve`, the
@@ -38,6 +40,8 @@ const TP_GCB_PORT: u16 = 7711;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Path {
     Punched(f64),
+    /// A standby connection taken (`GCB_STANDBY=1`): punched ahead of the connect.
+    Standby(f64),
     Relayed(f64),
 }
 
@@ -51,7 +55,9 @@ pub fn paths(log: &str, dest: &str) -> Vec<Path> {
                 .rsplit_once(" in ")
                 .and_then(|(_, t)| t.strip_suffix(" us"))
                 .and_then(|t| t.trim().parse().ok())?;
-            if rest.starts_with("punched ") {
+            if rest.starts_with("punched (standby) ") {
+                Some(Path::Standby(us))
+            } else if rest.starts_with("punched ") {
                 Some(Path::Punched(us))
             } else if rest.starts_with("relay ") {
                 Some(Path::Relayed(us))
@@ -111,6 +117,7 @@ struct Cell {
     data: Vec<f64>,
     /// (conn, data) of the runs whose path the shim named.
     punched: Vec<(f64, f64)>,
+    standby: Vec<(f64, f64)>,
     relayed: Vec<(f64, f64)>,
     /// Runs whose path could not be paired with a log line.
     unpaired: usize,
@@ -119,7 +126,7 @@ struct Cell {
 
 impl Cell {
     fn new(key: &'static str, shim: Shim, env: &'static [(&'static str, &'static str)]) -> Cell {
-        Cell { key, shim, env, dial: Err("not started".into()), conn: vec![], data: vec![], punched: vec![], relayed: vec![], unpaired: 0, failed_runs: 0 }
+        Cell { key, shim, env, dial: Err("not started".into()), conn: vec![], data: vec![], punched: vec![], standby: vec![], relayed: vec![], unpaired: 0, failed_runs: 0 }
     }
 }
 
@@ -178,6 +185,7 @@ fn table3(ctx: &Ctx, bed: &TestBed, bed_key: &str, runs: usize, blocks: usize, r
         Cell::new("regular", Shim::None, &[]),
         Cell::new("gcb_relay", Shim::Gcb, &[("GCB_PUNCH", "0")]),
         Cell::new("gcb_punch", Shim::Gcb, &[]),
+        Cell::new("gcb_standby", Shim::Gcb, &[("GCB_STANDBY", "1")]),
     ];
     let mut keep = Vec::new();
     // Regular: a plain server behind a static forward on GA.
@@ -196,7 +204,8 @@ fn table3(ctx: &Ctx, bed: &TestBed, bed_key: &str, runs: usize, blocks: usize, r
         a
     });
     cells[1].dial = gcb.clone();
-    cells[2].dial = gcb;
+    cells[2].dial = gcb.clone();
+    cells[3].dial = gcb;
 
     let per_block = runs.div_ceil(blocks);
     for b in 0..blocks {
@@ -218,7 +227,7 @@ fn table3(ctx: &Ctx, bed: &TestBed, bed_key: &str, runs: usize, blocks: usize, r
             let (Some(r), Some(t)) = (res.get(&format!("{base}.regular.{m}.mean")), res.get(&format!("{base}.{}.{m}.mean", cell.key))) else { continue };
             if r > 0.0 {
                 res.num(&format!("{base}.{}.{}_ratio", cell.key, &m[..4]), t / r);
-                for way in ["punched", "relayed"] {
+                for way in ["punched", "standby", "relayed"] {
                     if let Some(p) = res.get(&format!("{base}.{}.{way}.{m}.mean", cell.key)) {
                         res.num(&format!("{base}.{}.{way}.{}_ratio", cell.key, &m[..4]), p / r);
                     }
@@ -254,6 +263,7 @@ fn run_block(ctx: &Ctx, bed: &TestBed, cell: &mut Cell, runs: usize) -> Result<(
             for (w, (c, d)) in ways.iter().zip(r.conn_us.iter().zip(&r.data_us)) {
                 match w {
                     Path::Punched(_) => cell.punched.push((*c, *d)),
+                    Path::Standby(_) => cell.standby.push((*c, *d)),
                     Path::Relayed(_) => cell.relayed.push((*c, *d)),
                 }
             }
@@ -294,11 +304,12 @@ fn record(res: &mut Results, path: &str, cell: &Cell) {
         return;
     }
     res.int(&format!("{path}.via_punched"), cell.punched.len() as i64);
+    res.int(&format!("{path}.via_standby"), cell.standby.len() as i64);
     res.int(&format!("{path}.via_relay"), cell.relayed.len() as i64);
     if cell.unpaired > 0 {
         res.int(&format!("{path}.path_unknown"), cell.unpaired as i64);
     }
-    for (way, runs) in [("punched", &cell.punched), ("relayed", &cell.relayed)] {
+    for (way, runs) in [("punched", &cell.punched), ("standby", &cell.standby), ("relayed", &cell.relayed)] {
         let conn: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let data: Vec<f64> = runs.iter().map(|r| r.1).collect();
         if let (Some(c), Some(d)) = (Stat::of(&conn), Stat::of(&data)) {

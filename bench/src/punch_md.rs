@@ -36,18 +36,19 @@ const BEDS: [(&str, &str); 2] = [
     ("preserve", "GA preserve / GB preserve (the bed's default), broker as shipped"),
 ];
 
-const CELLS: [(&str, &str); 3] = [
+const CELLS: [(&str, &str); 4] = [
     ("regular", "Regular (static forward on GA)"),
     ("gcb_relay", "GCB, relayed (client GCB_PUNCH=0)"),
     ("gcb_punch", "GCB with punching"),
+    ("gcb_standby", "GCB with punching and standbys (client GCB_STANDBY=1)"),
 ];
 
 fn table3(res: &Results, s: &mut String) {
     let runs = res.get("meta.punch.runs_per_cell").unwrap_or(0.0);
     let blocks = res.get("meta.punch.blocks").unwrap_or(0.0);
     let _ = writeln!(s, "\n### Table 3 with punching (TCP, client on b1 in realm B, server on a1 in realm A; {runs:.0} runs per cell in {blocks:.0} interleaved blocks)\n");
-    s.push_str("µs, mean (sd) and median; ratios of the means to regular on the same bed. *Paths* counts the connects the client's shim logged `via punched` / `via relay`. UDP is not measured here (`testbed/tests/punch_udp.rs` checks that it is punched).\n\n");
-    s.push_str("| bed | configuration | conn | conn p50 | conn ratio | data | data ratio | paths punched / relayed |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("µs, mean (sd) and median; ratios of the means to regular on the same bed. *Paths* counts the connects the client's shim logged `via punched` / `via punched (standby)` / `via relay`; each client process makes 25 connects in a row, so with standbys its first one is punched and the later ones take a standby when it is ready. UDP is not measured here (`testbed/tests/punch_udp.rs` checks that it is punched).\n\n");
+    s.push_str("| bed | configuration | conn | conn p50 | conn ratio | data | data ratio | paths punched / standby / relayed |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
     for (bk, bl) in BEDS {
         for (ck, cl) in CELLS {
             let p = format!("punch.table3.{bk}.{ck}");
@@ -58,7 +59,8 @@ fn table3(res: &Results, s: &mut String) {
             let ways = match (res.get(&format!("{p}.via_punched")), res.get(&format!("{p}.via_relay"))) {
                 (Some(a), Some(b)) => {
                     let unknown = res.get(&format!("{p}.path_unknown")).map_or(String::new(), |u| format!(" ({u:.0} unknown)"));
-                    format!("{a:.0} / {b:.0}{unknown}")
+                    let standby = res.get(&format!("{p}.via_standby")).unwrap_or(0.0);
+                    format!("{a:.0} / {standby:.0} / {b:.0}{unknown}")
                 }
                 _ => "-".into(),
             };
@@ -71,9 +73,12 @@ fn table3(res: &Results, s: &mut String) {
                 mean_sd(res, &format!("{p}.data_us")),
                 ratio(res.get(&format!("{p}.data_ratio"))),
             );
-            let mixed = res.get(&format!("{p}.via_punched")).unwrap_or(0.0) > 0.0 && res.get(&format!("{p}.via_relay")).unwrap_or(0.0) > 0.0;
-            if ck == "gcb_punch" && mixed {
-                for way in ["punched", "relayed"] {
+            let ways_taken: Vec<&str> = ["punched", "standby", "relayed"]
+                .into_iter()
+                .filter(|w| res.get(&format!("{p}.via_{}", if *w == "relayed" { "relay" } else { w })).unwrap_or(0.0) > 0.0)
+                .collect();
+            if ck != "gcb_relay" && ways_taken.len() > 1 {
+                for way in ways_taken {
                     let _ = writeln!(
                         s,
                         "| {bl} | … the runs {way} | {} | {} | {} | {} | {} | |",
