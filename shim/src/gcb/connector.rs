@@ -124,7 +124,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 /// none, or the listener did not take the claim: the connect is brokered.
 fn take_standby(fd: c_int, dest: SocketAddrV4, fam: Family, saved: c_int, since: Instant) -> Option<c_int> {
     let app = AppSocket::read(fd).ok()?;
-    let conn = super::state::with(|reg| standby::outgoing::claim(reg, dest))?;
+    let conn = super::state::with(|reg| standby::outgoing::claim(reg, dest, fam))?;
     let deadline = connect_deadline(fd).min(Instant::now() + standby::outgoing::ANSWER_WAIT);
     if !standby::outgoing::await_answer(conn.raw(), deadline) {
         log!(Debug, "connect to {dest}: the listener did not take the standby connection; asking the broker");

@@ -90,7 +90,7 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
 /// sends the `Connect`.
 fn ask(job: &mut Job, now: Instant) -> Step {
     if crate::config::get().standby && standby::any_kept() {
-        if let Some(sock) = super::super::state::with(|reg| standby::outgoing::claim(reg, job.dest)) {
+        if let Some(sock) = super::super::state::with(|reg| standby::outgoing::claim(reg, job.dest, job.family)) {
             job.stage = Stage::Claiming { sock, until: now + standby::outgoing::ANSWER_WAIT };
             return Step::Wait;
         }

@@ -49,8 +49,8 @@ pub fn any_kept() -> bool {
     KEPT.load(Ordering::Relaxed) > 0
 }
 
-/// The connector's standbys: kept ones and those being made, at most one of
-/// either per destination.
+/// The connector's standbys: kept ones and those being made, a few per
+/// destination and socket family (`standby::outgoing::PER_DESTINATION`).
 #[derive(Default)]
 pub struct Outgoing {
     pub kept: Vec<Kept>,
@@ -72,15 +72,18 @@ impl Outgoing {
         KEPT.store(self.kept.len(), Ordering::Relaxed);
     }
 
-    /// Standbys for `dest`, kept or being made.
-    pub fn count_for(&self, dest: SocketAddrV4) -> usize {
-        self.kept.iter().filter(|k| k.dest == dest).count() + self.making.iter().filter(|m| m.dest == dest).count()
+    /// Standbys for `dest` and sockets of `family`, kept or being made.
+    pub fn count_for(&self, dest: SocketAddrV4, family: Family) -> usize {
+        self.kept.iter().filter(|k| k.dest == dest && k.family == family).count()
+            + self.making.iter().filter(|m| m.dest == dest && m.family == family).count()
     }
 }
 
-/// A standby ready for the next connect to `dest`.
+/// A standby ready for the next connect to `dest` from a socket of
+/// `family`: it goes on the program's fd, so its domain must be the fd's.
 pub struct Kept {
     pub dest: SocketAddrV4,
+    pub family: Family,
     pub conn: Held,
     pub since: Instant,
 }

@@ -54,7 +54,7 @@ enum Made {
 pub fn want(reg: &mut Registry, dest: SocketAddrV4, family: Family, now: Instant) -> bool {
     let out = &mut reg.standby.outgoing;
     let mut wanted = false;
-    while out.count_for(dest) < PER_DESTINATION && out.len() < MAX_STANDBYS {
+    while out.count_for(dest, family) < PER_DESTINATION && out.len() < MAX_STANDBYS {
         let deadline = now + super::super::dial::PAIR_TIMEOUT;
         out.making.push(Making { dest, family, stage: Stage::Wanted, deadline });
         wanted = true;
@@ -81,13 +81,15 @@ fn ask_for(m: &mut Making) -> Made {
     }
 }
 
-/// A standby kept for `dest`, claimed: the listener is told (the claim is
-/// its first bytes) and the connection is the caller's, non-blocking, to put
-/// on the program's fd once the listener's answer is read ([`answer`]).
-/// `None` if there is none, or it has died since (it is dropped then).
-pub fn claim(reg: &mut Registry, dest: SocketAddrV4) -> Option<Sock> {
+/// A standby kept for `dest` and a socket of `family`, claimed: the listener
+/// is told (the claim is its first bytes) and the connection is the caller's,
+/// non-blocking, to put on the program's fd once the listener's answer is
+/// read ([`answer`]). `None` if there is none, or it has died since (it is
+/// dropped then). The family must match: `put_on` `dup3`s the standby onto
+/// the program's fd, which then has the standby's domain.
+pub fn claim(reg: &mut Registry, dest: SocketAddrV4, family: Family) -> Option<Sock> {
     let out = &mut reg.standby.outgoing;
-    let i = out.kept.iter().position(|k| k.dest == dest)?;
+    let i = out.kept.iter().position(|k| k.dest == dest && k.family == family)?;
     let k = out.kept.swap_remove(i);
     out.note();
     if !quiet(k.conn.raw()) {
@@ -204,7 +206,7 @@ fn settle(o: &mut Outgoing, i: usize, made: Made, now: Instant) -> bool {
         Made::Ready(conn) => {
             let m = o.making.swap_remove(i);
             log!(Debug, "a standby connection to {} is ready", m.dest);
-            o.kept.push(Kept { dest: m.dest, conn, since: now });
+            o.kept.push(Kept { dest: m.dest, family: m.family, conn, since: now });
             o.note();
             true
         }
@@ -296,7 +298,7 @@ fn punch_if_decided(m: &mut Making, asked: Asked) -> Made {
 #[cfg(test)]
 pub(super) fn keep_for_tests(reg: &mut Registry, dest: SocketAddrV4, conn: Held, since: Instant) -> c_int {
     let fd = conn.raw();
-    reg.standby.outgoing.kept.push(Kept { dest, conn, since });
+    reg.standby.outgoing.kept.push(Kept { dest, family: Family::V4, conn, since });
     reg.standby.outgoing.note();
     fd
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use proto::gcb::punch::STANDBY_CLAIM;
 
 use super::*;
+use crate::client::family::Family;
 use crate::client::sys::{self, Sock};
 use crate::gcb::punch::Held;
 use crate::gcb::registry::Registry;
@@ -43,15 +44,17 @@ fn a_claim_sends_the_claim_first_and_hands_the_connection_over() {
     let mut reg = Registry::new();
     let (mine, peer) = pair();
     kept(&mut reg, mine, Instant::now());
-    assert!(outgoing::claim(&mut reg, "203.0.113.10:20002".parse().unwrap()).is_none(), "another destination");
-    let conn = outgoing::claim(&mut reg, DEST.parse().unwrap()).expect("the kept standby");
+    assert!(outgoing::claim(&mut reg, "203.0.113.10:20002".parse().unwrap(), Family::V4).is_none(), "another destination");
+    assert!(outgoing::claim(&mut reg, DEST.parse().unwrap(), Family::Mapped).is_none(), "an AF_INET6 socket does not take an AF_INET standby");
+    assert_eq!(reg.standby.outgoing.len(), 1, "left for a socket of its family");
+    let conn = outgoing::claim(&mut reg, DEST.parse().unwrap(), Family::V4).expect("the kept standby");
     assert!(reg.standby.outgoing.is_empty(), "taken");
     send(conn.raw(), b"program");
     let mut buf = [0u8; STANDBY_CLAIM.len() + 7];
     sys::recv_exact(peer.raw(), &mut buf, Instant::now() + Duration::from_secs(5)).unwrap();
     assert_eq!(&buf[..STANDBY_CLAIM.len()], &STANDBY_CLAIM[..]);
     assert_eq!(&buf[STANDBY_CLAIM.len()..], b"program");
-    assert!(outgoing::claim(&mut reg, DEST.parse().unwrap()).is_none(), "one claim per standby");
+    assert!(outgoing::claim(&mut reg, DEST.parse().unwrap(), Family::V4).is_none(), "one claim per standby");
 }
 
 #[test]
@@ -61,7 +64,7 @@ fn a_standby_its_listener_closed_is_not_claimed() {
     let fd = kept(&mut reg, mine, Instant::now());
     drop(peer);
     sys::wait_fd(fd, libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
-    assert!(outgoing::claim(&mut reg, DEST.parse().unwrap()).is_none());
+    assert!(outgoing::claim(&mut reg, DEST.parse().unwrap(), Family::V4).is_none());
     assert!(reg.standby.outgoing.is_empty(), "dropped");
 }
 
