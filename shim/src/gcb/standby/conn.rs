@@ -23,6 +23,15 @@ pub(super) fn quiet(fd: c_int) -> bool {
     n < 0 && matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR)
 }
 
+/// Whether the peer has already closed or reset connection `fd`: the end of
+/// the stream (or an error) is next to read. Bytes waiting are not an end.
+pub(crate) fn ended(fd: c_int) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a live one-byte buffer.
+    let n = unsafe { crate::real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n == 0 || (n < 0 && !matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR))
+}
+
 /// What the first bytes waiting on a standby say, against the frame expected.
 pub(crate) enum Said {
     /// The frame, now taken from the socket: what follows is the program's.
@@ -50,4 +59,17 @@ pub(crate) fn expect(fd: c_int, frame: &[u8; 8]) -> Said {
     // SAFETY: as above; takes the bytes peeked.
     unsafe { crate::real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     Said::Frame
+}
+
+/// Whether `fd` holds a whole claim with the end of the stream behind it.
+#[cfg(test)]
+pub(super) fn ended_after_claim_for_tests(fd: c_int) -> bool {
+    let mut buf = [0u8; 9];
+    // SAFETY: a live buffer of the given length.
+    let n = unsafe { crate::real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    // A peek of 9 stops at 8 either way; the FIN is seen through poll's POLLRDHUP.
+    let mut p = [libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 }];
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), 1, 0) };
+    n == 8 && r == 1 && p[0].revents & libc::POLLRDHUP != 0
 }

@@ -15,7 +15,7 @@ use proto::gcb::punch::{STANDBY_CLAIM, STANDBY_TAKEN};
 use super::super::punch::Held;
 use super::super::registry::standby::Waiting;
 use super::super::registry::{ListenerId, Registry};
-use super::conn::{expect, Said, HOLD_FOR};
+use super::conn::{ended, expect, Said, HOLD_FOR};
 use crate::real;
 
 /// Standbys held for one listener, at most (each connector keeps one).
@@ -56,6 +56,15 @@ pub(super) fn progress(reg: &mut Registry, fd: c_int, now: Instant) -> bool {
             if reg.listener(w.listener).is_none() {
                 // Closed without the answer: the connector brokers its connect.
                 log!(Debug, "the standby connection from {} to {} was claimed after its listener closed", w.peer, w.proxy);
+                return true;
+            }
+            // The connector closes its end only if it stopped waiting for the
+            // answer (`outgoing::ANSWER_WAIT`, a cancelled connect) and brokers
+            // or fails the connect instead: parked, this would be an accept
+            // nobody connected. A connector that waits never closes before it
+            // reads the answer, so a live claim never ends here.
+            if ended(fd) {
+                log!(Debug, "the standby connection from {} to {} was claimed and closed before its answer", w.peer, w.proxy);
                 return true;
             }
             // SAFETY: a live buffer; an idle connection's send buffer takes 8 bytes whole.

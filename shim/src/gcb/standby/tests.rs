@@ -121,3 +121,34 @@ fn the_listener_takes_exactly_the_claim_and_nothing_else() {
     sys::wait_fd(mine.raw(), libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
     assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::Other), "end of stream");
 }
+
+/// A claim whose connector has already closed its end (it stopped waiting
+/// for the answer and brokers the connect instead) is not parked: the
+/// listening program must not accept a connection nobody connected.
+#[test]
+fn a_claim_followed_by_the_end_of_the_stream_is_not_parked() {
+    let mut reg = Registry::new();
+    let (id, _) = reg.add_listener(crate::gcb::registration::tests::listener(&[9_000], -1));
+    let (mine, peer) = pair();
+    let peer_at: SocketAddrV4 = "198.51.100.10:4000".parse().unwrap();
+    let now = Instant::now();
+    let held = Held::adopt(mine);
+    let fd = held.raw();
+    incoming::hold(&mut reg, id, held, peer_at, DEST.parse().unwrap(), now);
+    send(peer.raw(), &STANDBY_CLAIM);
+    // SAFETY: the peer's end, ours to shut.
+    unsafe { libc::shutdown(peer.raw(), libc::SHUT_WR) };
+    sys::wait_fd(fd, libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    // The FIN follows the claim on loopback at once; wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !conn::ended_after_claim_for_tests(fd) {
+        assert!(Instant::now() < deadline, "the end of the stream after the claim");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(incoming::progress(&mut reg, fd, now), "ours");
+    assert!(reg.standby.incoming.held.is_empty(), "no longer held");
+    assert_eq!(reg.parked.count_for(id), 0, "not parked for accept");
+    let mut byte = [0u8; 8];
+    let n = unsafe { real::recv(peer.raw(), byte.as_mut_ptr().cast(), byte.len(), 0) };
+    assert!(n <= 0, "no answer: {n} bytes");
+}
