@@ -114,6 +114,8 @@ pub(crate) fn prepare_standby_ask(dest: SocketAddrV4, family: Family) -> Result<
     prepare(dest, family, true)
 }
 
+/// A standby's is prepared by the responder under the registry lock, so it
+/// must not take the lock: it skips `spare::take`, which does.
 fn prepare(dest: SocketAddrV4, family: Family, standby: bool) -> Result<Asking, Asked> {
     let ours = our_broker(*dest.ip()).is_some();
     let cmd = SocketAddrV4::new(*dest.ip(), command_port(*dest.ip()));

@@ -79,7 +79,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         if let Some(r) = super::connecting::start(fd, dest, fam) {
             return r;
         }
-    } else if crate::config::get().standby && standby::any_kept() {
+    } else if crate::config::get().standby && standby::any_kept() && !crate::process::borrowed() {
         if let Some(r) = take_standby(fd, dest, fam, saved, now) {
             return r;
         }
@@ -121,18 +121,25 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 /// The program's blocking connect takes a standby connection kept for
 /// `dest`, if there is one (`standby`): no brokering, only the claim and the
 /// listener's answer, and the next standby is asked for. `None` if there is
-/// none, or the listener did not take the claim: the connect is brokered.
+/// none, or the listener refused the claim: the connect is brokered. No
+/// answer by the connect's deadline fails it with ETIMEDOUT.
 fn take_standby(fd: c_int, dest: SocketAddrV4, fam: Family, saved: c_int, since: Instant) -> Option<c_int> {
     let app = AppSocket::read(fd).ok()?;
     let conn = super::state::with(|reg| standby::outgoing::claim(reg, dest, fam))?;
-    let deadline = connect_deadline(fd).min(Instant::now() + standby::outgoing::ANSWER_WAIT);
-    if !standby::outgoing::await_answer(conn.raw(), deadline) {
-        log!(Debug, "connect to {dest}: the listener did not take the standby connection; asking the broker");
-        return None;
+    match standby::outgoing::await_answer(conn.raw(), connect_deadline(fd)) {
+        standby::outgoing::Answer::Taken => {}
+        standby::outgoing::Answer::Refused => {
+            log!(Debug, "connect to {dest}: the listener did not take the standby connection; asking the broker");
+            return None;
+        }
+        standby::outgoing::Answer::Pending => {
+            log!(Warn, "connect to {dest}: the listener did not answer the claim of a standby connection in time");
+            return Some(fail(libc::ETIMEDOUT));
+        }
     }
     let put = super::state::with(|reg| {
         let regs = reg.interest.take(fd);
-        put_on(fd, conn, true, &app, regs)?;
+        put_on(fd, conn.into_sock(), true, &app, regs)?;
         reg.set_names(fd, Names { local: None, peer: Some(dest) });
         super::registry::connects::keep_error(fd, 0);
         fdtable::set(fd, Kind::Named);

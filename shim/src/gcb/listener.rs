@@ -17,7 +17,7 @@
 //! Pure IPv6 listeners are left alone.
 //!
 //! The backlog given to `listen` bounds the brokered connections that may
-//! wait for `accept` (`serve::room_for`), as it bounds the kernel's queue.
+//! wait for `accept` (`Registry::room_for`), as it bounds the kernel's queue.
 //!
 //! `accept` is in `accept`.
 

@@ -115,7 +115,7 @@ fn command(reg: &Registry, id: ListenerId, msg: Message) -> (Message, Option<Job
     if l.proxy != Some(proxy) {
         return (Message::error(ErrorCode::NotRegistered, "no such listener here"), None);
     }
-    if !super::serve::room_for(reg, id) {
+    if !reg.room_for(id) {
         log!(Debug, "a connection from {peer} to {proxy} refused: its accept queue is full ({})", l.backlog);
         return (Message::error(ErrorCode::LimitReached, "the listener's accept queue is full"), None);
     }

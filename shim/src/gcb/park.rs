@@ -25,7 +25,7 @@
 //! 2. A parked connection is let go when its doorbell ends without it having
 //!    been taken (the listener closed, or the accepting side gave up).
 //! 3. Parked connections of a listener count against its backlog
-//!    (`serve::room_for`).
+//!    (`Registry::room_for`).
 
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -97,28 +97,45 @@ fn same_user(fd: c_int) -> bool {
 }
 
 /// Parks connection `fd` (internal) for listener `id` and rings its doorbell
-/// (under the registry lock; nothing here blocks).
-pub fn park(reg: &mut Registry, id: ListenerId, fd: c_int, peer: SocketAddrV4, proxy: SocketAddrV4, now: Instant) {
+/// (under the registry lock; nothing here blocks); false if the connection
+/// was lost instead (closed).
+pub fn park(reg: &mut Registry, id: ListenerId, fd: c_int, peer: SocketAddrV4, proxy: SocketAddrV4, now: Instant) -> bool {
     let Some(target) = reg.listener(id).map(|l| l.doorbell_target()) else {
         crate::internal::release(fd);
-        return;
+        return false;
     };
-    if reg.parked.server.is_none() {
-        match open_server() {
-            Ok(s) => reg.parked.server = Some(s),
-            Err(e) => {
-                log!(Warn, "cannot open the park socket ({}); a brokered connection is lost", std::io::Error::from_raw_os_error(e));
-                crate::internal::release(fd);
-                return;
-            }
-        }
+    if !ready(reg) {
+        log!(Warn, "a brokered connection from {peer} to {proxy} is lost: no park socket");
+        crate::internal::release(fd);
+        return false;
     }
-    let park = reg.parked.server.as_ref().map(|s| s.park).expect("opened above");
+    let park = reg.parked.server.as_ref().map(|s| s.park).expect("opened by ready");
     let key = sys::random_u64();
     reg.parked.by_key.insert(key, Parked { listener: id, fd, since: now });
     let record = Record { key, park, peer, proxy };
     if !super::doorbell::ring(reg, target, &record, now) {
         reg.parked.let_go(key);
+        return false;
+    }
+    true
+}
+
+/// Whether this process can park: its park socket is open (opened now if
+/// need be). For a caller that must know before it commits to parking (a
+/// standby's answer, `standby::incoming`).
+pub fn ready(reg: &mut Registry) -> bool {
+    if reg.parked.server.is_some() {
+        return true;
+    }
+    match open_server() {
+        Ok(s) => {
+            reg.parked.server = Some(s);
+            true
+        }
+        Err(e) => {
+            log!(Warn, "cannot open the park socket ({})", std::io::Error::from_raw_os_error(e));
+            false
+        }
     }
 }
 

@@ -66,7 +66,7 @@ pub struct Listener {
     /// The socket's family, which the connections parked for it take.
     pub family: crate::client::family::Family,
     /// Connections that may wait for `accept` at once, dialing or parked
-    /// (`serve::room_for`): the listen backlog as the kernel caps it.
+    /// (`Registry::room_for`): the listen backlog as the kernel caps it.
     pub backlog: usize,
     pub mgmt: Mgmt,
     /// TCP (a listening socket) or UDP (a bound datagram socket, see `udp`).

@@ -10,7 +10,7 @@
 //! `registry::serving`) on a non-blocking internal socket, advanced by the
 //! responder when its socket is ready and given up at its deadline; nothing
 //! here blocks. Dials and parked connections of one
-//! listener together stay within its listen backlog ([`room_for`]), so a flood
+//! listener together stay within its listen backlog (`Registry::room_for`), so a flood
 //! of connections costs what the kernel's backlog would: the excess is refused.
 
 use std::net::SocketAddrV4;
@@ -20,17 +20,9 @@ use libc::c_int;
 use proto::gcb::{Frame, Role, StreamHello, StreamPeer};
 
 use super::registry::serving::{Dial, Job, Serving, Stage, DIAL_TIMEOUT, PAIR_TIMEOUT};
-use super::registry::{ListenerId, Registry};
+use super::registry::Registry;
 use crate::client::sys::{self, Errno};
 use crate::real;
-
-/// Whether listener `id` may take one more connection: dials under way and
-/// connections parked for it stay below its backlog.
-pub fn room_for(reg: &Registry, id: ListenerId) -> bool {
-    let Some(l) = reg.listener(id) else { return false };
-    let busy = reg.serving.iter().filter(|s| s.job.listener == id).count() + super::serve_punch::count_for(reg, id) + reg.parked.count_for(id);
-    busy < l.backlog
-}
 
 /// Starts dialing for `job` (under the registry lock: nothing here blocks).
 /// The listener's family decides the socket's, as the accepted fd it replaces.
@@ -78,7 +70,9 @@ pub fn progress(reg: &mut Registry, fd: c_int, revents: i16, now: Instant) {
     }
     let s = reg.serving.swap_remove(i);
     match step {
-        Step::Done { peer } => super::park::park(reg, s.job.listener, s.fd, peer, s.job.proxy, now),
+        Step::Done { peer } => {
+            super::park::park(reg, s.job.listener, s.fd, peer, s.job.proxy, now);
+        }
         Step::Failed(e) => {
             failed(&s.job, e);
             crate::internal::release(s.fd);
@@ -162,6 +156,7 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::super::registry::ListenerId;
     use proto::gcb::Token;
     use std::time::Duration;
     use std::net::Ipv4Addr;
@@ -195,7 +190,7 @@ mod tests {
         let job = Job { listener: id, token, dial: Dial::Reverse { connector: at }, peer, proxy };
         let now = Instant::now();
         let fd = super::super::state::with(|reg| {
-            assert!(room_for(reg, id));
+            assert!(reg.room_for(id));
             start(reg, job, now);
             reg.serving.last().unwrap().fd
         });

@@ -6,7 +6,7 @@
 //! program's `accept` takes it as if the kernel had queued it.
 //!
 //! Punches count against the listener's backlog with its other dials and
-//! parked connections (`serve::room_for`). A standby's punch (`standby`)
+//! parked connections (`Registry::room_for`). A standby's punch (`standby`)
 //! ends held instead, until its connector claims it, or closed if the
 //! broker relays it.
 
@@ -17,7 +17,7 @@ use proto::gcb::Role;
 
 use super::punch::{self, Progress, Session};
 use super::registry::serving::{Dial, Job, Punching, PAIR_TIMEOUT};
-use super::registry::{ListenerId, Registry};
+use super::registry::Registry;
 
 /// Starts the punch `job` asked for, through the rendezvous at `broker`.
 pub fn start(reg: &mut Registry, job: Job, broker: std::net::SocketAddrV4, now: Instant) {
@@ -43,11 +43,6 @@ pub fn poll_fds(reg: &Registry, out: &mut Vec<(c_int, i16)>) {
 /// The earliest time a punch must be looked at.
 pub fn next_deadline(reg: &Registry) -> Option<Instant> {
     reg.punching.iter().map(|p| p.session.next_deadline()).min()
-}
-
-/// How many punches listener `id` has under way.
-pub fn count_for(reg: &Registry, id: ListenerId) -> usize {
-    reg.punching.iter().filter(|p| p.job.listener == id).count()
 }
 
 /// Advances the punch owning `fd`, ready with `revents`.

@@ -42,7 +42,7 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
         return Step::Failed(libc::ETIMEDOUT);
     }
     match std::mem::replace(&mut job.stage, Stage::New) {
-        Stage::New => ask(job, now),
+        Stage::New => ask(job),
         Stage::Asking(asking, mut ex) => {
             let got = match ready {
                 Some((fd, _)) => ex.on_readable(fd, &super::super::mgmt::CODEC),
@@ -62,14 +62,15 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
         Stage::Dialing { sock, decision } => Step::Done { named: decision.is_some(), sock, decision },
         Stage::Relaying { sock, token, said_hello, buf, have, decision } => relaying(job, sock, token, said_hello, buf, have, decision),
         Stage::Reversing { tmp, notices, token, unspoken, decision } => reversing(job, ready, tmp, notices, token, unspoken, decision),
-        Stage::Claiming { sock, until } => match standby::outgoing::answer(sock.raw()) {
-            Some(true) => Step::Standby(sock),
-            None if now < until => {
-                job.stage = Stage::Claiming { sock, until };
+        // Silent until the job's deadline: ETIMEDOUT above, never brokered
+        // (`standby::outgoing::await_answer`).
+        Stage::Claiming { conn } => match standby::outgoing::answer(conn.raw()) {
+            standby::outgoing::Answer::Taken => Step::Standby(conn.into_sock()),
+            standby::outgoing::Answer::Pending => {
+                job.stage = Stage::Claiming { conn };
                 Step::Wait
             }
-            // Not taken: the connect is brokered after all.
-            _ => {
+            standby::outgoing::Answer::Refused => {
                 log!(Debug, "connect to {}: the listener did not take the standby connection; asking the broker", job.dest);
                 ask_broker(job)
             }
@@ -88,10 +89,10 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
 
 /// Claims a standby connection for the destination if one is kept, else
 /// sends the `Connect`.
-fn ask(job: &mut Job, now: Instant) -> Step {
+fn ask(job: &mut Job) -> Step {
     if crate::config::get().standby && standby::any_kept() {
-        if let Some(sock) = super::super::state::with(|reg| standby::outgoing::claim(reg, job.dest, job.family)) {
-            job.stage = Stage::Claiming { sock, until: now + standby::outgoing::ANSWER_WAIT };
+        if let Some(conn) = super::super::state::with(|reg| standby::outgoing::claim(reg, job.dest, job.family)) {
+            job.stage = Stage::Claiming { conn };
             return Step::Wait;
         }
     }

@@ -19,7 +19,7 @@ use crate::client::exchange::Exchange;
 use crate::client::family::Family;
 use crate::client::sys::Sock;
 use crate::fdtable;
-use crate::gcb::punch::Session;
+use crate::gcb::punch::{Held, Session};
 use crate::gcb::reversal_listener::TempListener;
 
 /// A `Connect` ready to go (`ask::prepare_ask`): its socket (connected to
@@ -47,8 +47,8 @@ pub(crate) enum Stage {
     /// A hole punch met at the broker's rendezvous (`punch`).
     Punching { session: Box<Session>, via: SocketAddrV4, token: Token },
     /// A standby connection claimed (`standby`): the listener's answer is
-    /// awaited until `until`.
-    Claiming { sock: Sock, until: Instant },
+    /// awaited, until the job's deadline.
+    Claiming { conn: Held },
 }
 
 /// One non-blocking connect being brokered.
@@ -267,13 +267,16 @@ impl Connects {
 
     /// An internal fd of a job moved (the program `dup2`ed onto its number).
     pub fn moved(&mut self, old: c_int, new: c_int) -> bool {
-        match self.jobs.iter_mut().find(|j| j.placeholder == old) {
-            Some(j) => {
-                j.placeholder = new;
-                true
-            }
-            None => retarget_waiting(old, new),
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.placeholder == old) {
+            j.placeholder = new;
+            return true;
         }
+        // A claimed standby is internal while its answer is awaited.
+        let claimed = self.jobs.iter_mut().any(|j| match &mut j.stage {
+            Stage::Claiming { conn } => conn.renumber(old, new),
+            _ => false,
+        });
+        claimed || retarget_waiting(old, new)
     }
 }
 

@@ -183,6 +183,16 @@ impl Registry {
         self.listeners.remove_fd(fd)
     }
 
+    /// Whether listener `id` may take one more connection: dials and punches
+    /// under way and connections parked for it stay below its backlog, as
+    /// the kernel's queue does.
+    pub fn room_for(&self, id: ListenerId) -> bool {
+        let Some(l) = self.listener(id) else { return false };
+        let dialing = self.serving.iter().filter(|s| s.job.listener == id).count();
+        let punching = self.punching.iter().filter(|p| p.job.listener == id).count();
+        dialing + punching + self.parked.count_for(id) < l.backlog
+    }
+
     /// Called as the process forks: from now on every listener is shared.
     pub fn mark_all_shared(&mut self) {
         self.listeners_mut().for_each(|(_, l)| l.shared = true);

@@ -36,13 +36,17 @@ pub(crate) fn ended(fd: c_int) -> bool {
 pub(crate) enum Said {
     /// The frame, now taken from the socket: what follows is the program's.
     Frame,
-    /// Nothing yet, or part of the frame: the rest is on its way.
+    /// Nothing yet.
     NotYet,
-    /// The end of the stream, an error, or other bytes.
+    /// The end of the stream, an error, other bytes, or part of the frame.
     Other,
 }
 
-/// Reads `frame` from `fd` if it is there whole, never past it.
+/// Reads `frame` from `fd` if it is there whole, never past it. Each side
+/// sends its frame with one `send` on a connection with nothing else in
+/// flight, so it arrives in one segment: part of one is a peer that broke
+/// off or breaks the protocol, not one to wait for (polled, it would keep
+/// the responder spinning).
 pub(crate) fn expect(fd: c_int, frame: &[u8; 8]) -> Said {
     let mut buf = [0u8; 8];
     // SAFETY: a live buffer of the given length.
@@ -50,11 +54,8 @@ pub(crate) fn expect(fd: c_int, frame: &[u8; 8]) -> Said {
     if n < 0 && matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR) {
         return Said::NotYet;
     }
-    if n <= 0 || buf[..n as usize] != frame[..n as usize] {
+    if n as usize != frame.len() || buf != *frame {
         return Said::Other;
-    }
-    if (n as usize) < frame.len() {
-        return Said::NotYet;
     }
     // SAFETY: as above; takes the bytes peeked.
     unsafe { crate::real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };

@@ -18,8 +18,9 @@ use super::super::registry::{ListenerId, Registry};
 use super::conn::{ended, expect, Said, HOLD_FOR};
 use crate::real;
 
-/// Standbys held for one listener, at most (each connector keeps one).
-pub const MAX_PER_LISTENER: usize = 8;
+/// Standbys held for one listener, at most (each connector process keeps
+/// up to two per listener).
+pub const MAX_PER_LISTENER: usize = 16;
 
 /// Holds a standby punched for `listener` (closed at once if it has
 /// [`MAX_PER_LISTENER`] already).
@@ -53,9 +54,11 @@ pub(super) fn progress(reg: &mut Registry, fd: c_int, now: Instant) -> bool {
         }
         Said::Frame => {
             let w = held.swap_remove(i);
-            if reg.listener(w.listener).is_none() {
-                // Closed without the answer: the connector brokers its connect.
-                log!(Debug, "the standby connection from {} to {} was claimed after its listener closed", w.peer, w.proxy);
+            // Closed without the answer when it could not be queued: the
+            // connector brokers its connect (and is refused as the kernel
+            // refuses a connection to a closed port or a full queue).
+            if reg.listener(w.listener).is_none() || !reg.room_for(w.listener) || !super::super::park::ready(reg) {
+                log!(Debug, "the standby connection from {} to {} was claimed but cannot be queued", w.peer, w.proxy);
                 return true;
             }
             // The connector closes its end only if it stopped waiting for the
@@ -74,7 +77,11 @@ pub(super) fn progress(reg: &mut Registry, fd: c_int, now: Instant) -> bool {
                 return true;
             }
             log!(Debug, "the standby connection from {} to {} was claimed", w.peer, w.proxy);
-            super::super::park::park(reg, w.listener, w.conn.into_internal(), w.peer, w.proxy, now);
+            // The answer goes first: once the doorbell rings, the program may
+            // accept and write, and its bytes must come after it.
+            if !super::super::park::park(reg, w.listener, w.conn.into_internal(), w.peer, w.proxy, now) {
+                log!(Warn, "a claimed standby connection from {} to {} was lost after its answer", w.peer, w.proxy);
+            }
         }
     }
     true

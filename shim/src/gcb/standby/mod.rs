@@ -18,7 +18,7 @@
 //! Taking a standby asks for the next one.
 //!
 //! * [`outgoing`]: the connector's side: the standbys being made and those
-//!   kept, one per destination, for at most [`KEEP_FOR`].
+//!   kept, two per destination, for at most [`KEEP_FOR`].
 //! * [`incoming`]: the listener's side: standbys held until claimed, for at
 //!   most [`HOLD_FOR`], a few per listener.
 //!

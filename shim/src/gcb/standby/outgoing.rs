@@ -1,5 +1,5 @@
 //! The connector's standbys (`standby`): made by the responder after a
-//! connect to a destination was punched ([`want`]), kept one per destination,
+//! connect to a destination was punched ([`want`]), kept two per destination,
 //! and taken by the program's next connect there ([`claim`]).
 //!
 //! Making one is a non-blocking connect's brokering without a program's fd:
@@ -25,7 +25,6 @@ use super::super::registry::Registry;
 use super::conn::{expect, quiet, Said, KEEP_FOR};
 use crate::client::exchange::Exchange;
 use crate::client::family::Family;
-use crate::client::sys::Sock;
 use crate::real;
 
 /// Standbys kept or being made, at most: a bound on the connections and
@@ -35,10 +34,18 @@ pub const MAX_STANDBYS: usize = 16;
 /// that connects again before the standby its last connect asked for is
 /// ready still finds one.
 pub const PER_DESTINATION: usize = 2;
-/// How long a connect that claimed a standby waits for the listener's
-/// answer before it brokers the connect instead (a listener's responder
-/// answers at once; only a stopped process would not).
-pub const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The listener's answer to a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Taken: the connection waits in the listener's accept queue.
+    Taken,
+    /// Closed, or something else said: the listener did not take it (its
+    /// program closed the listening socket), so nothing was queued and the
+    /// connect may be brokered instead.
+    Refused,
+    /// Nothing yet.
+    Pending,
+}
 
 /// What a step of [`Making`] came to.
 enum Made {
@@ -87,7 +94,7 @@ fn ask_for(m: &mut Making) -> Made {
 /// read ([`answer`]). `None` if there is none, or it has died since (it is
 /// dropped then). The family must match: `put_on` `dup3`s the standby onto
 /// the program's fd, which then has the standby's domain.
-pub fn claim(reg: &mut Registry, dest: SocketAddrV4, family: Family) -> Option<Sock> {
+pub fn claim(reg: &mut Registry, dest: SocketAddrV4, family: Family) -> Option<Held> {
     let out = &mut reg.standby.outgoing;
     let i = out.kept.iter().position(|k| k.dest == dest && k.family == family)?;
     let k = out.kept.swap_remove(i);
@@ -102,31 +109,32 @@ pub fn claim(reg: &mut Registry, dest: SocketAddrV4, family: Family) -> Option<S
         log!(Debug, "the standby connection to {dest} could not be claimed: {}", std::io::Error::last_os_error());
         return None;
     }
-    Some(k.conn.into_sock())
+    Some(k.conn)
 }
 
-/// Where the listener's answer to a claim on `fd` stands: `Some(true)` once
-/// read (the connection waits for its `accept`), `Some(false)` if the
-/// listener said anything else or closed it, `None` while it has not come.
-pub fn answer(fd: c_int) -> Option<bool> {
+/// The listener's answer to a claim on `fd`, if it has come.
+pub fn answer(fd: c_int) -> Answer {
     match expect(fd, &STANDBY_TAKEN) {
-        Said::Frame => Some(true),
-        Said::NotYet => None,
-        Said::Other => Some(false),
+        Said::Frame => Answer::Taken,
+        Said::NotYet => Answer::Pending,
+        Said::Other => Answer::Refused,
     }
 }
 
 /// Waits (a blocking connect) for the listener's answer to a claim on `fd`,
-/// until `deadline`; whether it said the connection is queued.
-pub fn await_answer(fd: c_int, deadline: Instant) -> bool {
+/// until `deadline`: `Pending` if none came by then. The connect must not be
+/// brokered after that (the listener may still take the claim late, and its
+/// program would accept both), so it fails as a kernel connect to a server
+/// that does not answer does.
+pub fn await_answer(fd: c_int, deadline: Instant) -> Answer {
     loop {
-        if let Some(taken) = answer(fd) {
-            return taken;
+        match answer(fd) {
+            Answer::Pending => {}
+            said => return said,
         }
         if crate::client::sys::wait_fd(fd, libc::POLLIN, deadline).is_err() {
-            // An answer that came with the deadline is an answer: the
-            // connection waits in the listener's queue.
-            return answer(fd) == Some(true);
+            // An answer that came with the deadline is an answer.
+            return answer(fd);
         }
     }
 }
@@ -283,8 +291,11 @@ fn punch_if_decided(m: &mut Making, asked: Asked) -> Made {
             log!(Debug, "no standby connection to {}: the broker says {code:?}", m.dest);
             Made::Gone
         }
-        // A broker that does not know standbys decided as for a connect;
-        // nothing is dialed, so its command to the listener times out there.
+        // Only a broker that does not know standbys decides anything else
+        // for one: nothing is dialed, so its command to the listener times
+        // out there. (Such a broker would also punch a standby as a plain
+        // connect, and the listener's program accept it: standbys need the
+        // brokers of this release, docs/hole-punching.md.)
         Asked::Decision(d, _, _) => {
             log!(Debug, "no standby connection to {}: the broker decided {d:?}", m.dest);
             Made::Gone

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use proto::gcb::punch::STANDBY_CLAIM;
+use proto::gcb::punch::{STANDBY_CLAIM, STANDBY_TAKEN};
 
 use super::*;
 use crate::client::family::Family;
@@ -94,23 +94,20 @@ fn the_responder_drops_a_kept_standby_when_its_peer_ends_or_it_is_old() {
 fn the_listener_takes_exactly_the_claim_and_nothing_else() {
     let (mine, peer) = pair();
     assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::NotYet), "nothing yet");
-    send(peer.raw(), &STANDBY_CLAIM[..3]);
+    let mut claim_and_data = STANDBY_CLAIM.to_vec();
+    claim_and_data.extend_from_slice(b"data");
+    send(peer.raw(), &claim_and_data);
     sys::wait_fd(mine.raw(), libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
-    assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::NotYet), "part of it");
-    let mut rest = STANDBY_CLAIM[3..].to_vec();
-    rest.extend_from_slice(b"data");
-    send(peer.raw(), &rest);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match conn::expect(mine.raw(), &STANDBY_CLAIM) {
-            conn::Said::Frame => break,
-            conn::Said::NotYet => assert!(Instant::now() < deadline, "the rest of the claim"),
-            conn::Said::Other => panic!("a claim in two pieces is a claim"),
-        }
-    }
+    assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::Frame), "the claim");
     let mut buf = [0u8; 4];
     sys::recv_exact(mine.raw(), &mut buf, Instant::now() + Duration::from_secs(5)).unwrap();
     assert_eq!(&buf, b"data", "the program's bytes are left for it");
+
+    // Part of a claim is a peer that broke off: polled, it would spin.
+    let (mine, peer) = pair();
+    send(peer.raw(), &STANDBY_CLAIM[..3]);
+    sys::wait_fd(mine.raw(), libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert!(matches!(conn::expect(mine.raw(), &STANDBY_CLAIM), conn::Said::Other), "part of it");
 
     let (mine, peer) = pair();
     send(peer.raw(), b"GET / HTTP/1.0\r\n");
@@ -151,4 +148,26 @@ fn a_claim_followed_by_the_end_of_the_stream_is_not_parked() {
     let mut byte = [0u8; 8];
     let n = unsafe { real::recv(peer.raw(), byte.as_mut_ptr().cast(), byte.len(), 0) };
     assert!(n <= 0, "no answer: {n} bytes");
+}
+
+#[test]
+fn a_claim_is_taken_refused_or_unanswered_by_its_deadline() {
+    use outgoing::{await_answer, Answer};
+    let soon = || Instant::now() + Duration::from_millis(300);
+    let (mine, peer) = pair();
+    send(peer.raw(), &STANDBY_TAKEN);
+    send(peer.raw(), b"banner");
+    assert_eq!(await_answer(mine.raw(), soon()), Answer::Taken);
+    let mut buf = [0u8; 6];
+    sys::recv_exact(mine.raw(), &mut buf, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert_eq!(&buf, b"banner", "what the listening program sent after the answer is its program's");
+
+    let (mine, peer) = pair();
+    drop(peer);
+    assert_eq!(await_answer(mine.raw(), soon()), Answer::Refused, "closed: the connect may be brokered");
+
+    let (mine, _peer) = pair();
+    let start = Instant::now();
+    assert_eq!(await_answer(mine.raw(), soon()), Answer::Pending, "silent: the connect fails, never brokered");
+    assert!(start.elapsed() >= Duration::from_millis(250), "waited for its deadline");
 }
