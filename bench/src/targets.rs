@@ -352,6 +352,21 @@ pub fn evaluate(res: &mut Results, parts: &[String]) -> Vec<Verdict> {
         "Table 3 TCP, the punched runs (GB drop): data ≤ 1.05× regular (issue 13)",
         judge(res, &punched("data"), false, le(1.05), "×"),
     );
+    // With standbys (GCB_STANDBY=1): the connects that took one, and the
+    // whole cell (each client process's first connect is punched, or falls back).
+    let standby = |m: &str| vec![format!("punch.table3.gb_drop.gcb_standby.standby.{m}_ratio")];
+    push(
+        "punch_standby_conn",
+        "punch",
+        "Table 3 TCP with standbys, the runs that took one (GB drop): conn ≤ 3× regular (issue 13)",
+        judge(res, &standby("conn"), false, le(3.0), "×"),
+    );
+    push(
+        "punch_standby_data",
+        "punch",
+        "Table 3 TCP with standbys, the runs that took one (GB drop): data ≤ 1.05× regular (issue 13)",
+        judge(res, &standby("data"), false, le(1.05), "×"),
+    );
     push(
         "punch_throughput",
         "punch",
