@@ -13,6 +13,8 @@
 //! * The listening program accepts exactly the connections that were made:
 //!   once the client has exited and every standby the server's shim held has
 //!   ended, the server has accepted one connection per connect, none more.
+//! * Every readiness mode of the server accepts a claimed standby, from a
+//!   blocking and a non-blocking connect.
 //! * A listener that exits takes its standbys with it: the client's shim
 //!   drops the one it kept, and the next connect fails as it would without
 //!   standbys instead of succeeding on a dead connection.
@@ -182,8 +184,9 @@ fn later_connects_take_standbys_and_the_server_accepts_exactly_what_was_connecte
         let held = count(&s, "is held until claimed");
         (held > 0 && held == count(&s, "was claimed") + count(&s, "ended unclaimed")).then_some(())
     });
-    let accepted = server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
-    assert_eq!(accepted, CONNECTS + 2, "one accept per connect (the parent's and the child's), none for a standby\n{}", context());
+    let accepted = || server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
+    wait_for(STEP, "an ACCEPT line per connect", || (accepted() >= CONNECTS + 2).then_some(()));
+    assert_eq!(accepted(), CONNECTS + 2, "one accept per connect (the parent's and the child's), none for a standby\n{}", context());
     assert_eq!(count(&server.stderr_text(), "was claimed"), CONNECTS, "{}", context());
     assert!(counter(&r, "punch_standby_attempts") >= CONNECTS as u64, "{}", context());
     assert_eq!(counter(&r, "relays_opened"), 0, "nothing went through the relay");
@@ -206,5 +209,35 @@ fn a_listener_that_exits_takes_its_standbys_with_it() {
     assert_eq!(count(&client.stderr_text(), "via punched (standby)"), 0, "{}", context());
     say(&mut stdin, "exit");
     assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
+    r.down();
+}
+
+/// Every way a server waits for its connections (`echo-server --mode`).
+const SERVER_MODES: [&str; 6] = ["blocking", "select", "poll", "epoll", "epoll-et", "nonblock"];
+
+#[test]
+fn every_server_mode_accepts_a_claimed_standby() {
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Drop);
+    let r = RealBed::up_with_nat(testbed::real::Mode::Gcb, 2, &[&["--log", "debug"][..], &punch_support::ROOMY_BUDGET].concat(), nat);
+    for (i, mode) in SERVER_MODES.iter().enumerate() {
+        let (server, listen) = echo_server(&r, "tcp", 7482 + i as u16, mode, &[]);
+        let (client, mut stdin) = client(&r, &listen);
+        let context = || format!("server mode {mode}\nclient stderr:\n{}\nserver stderr:\n{}", client.stderr_text(), server.stderr_text());
+        let ready = format!("a standby connection to {listen} is ready");
+        for (n, how) in ["blocking", "nonblocking", "blocking"].iter().enumerate() {
+            say(&mut stdin, &format!("connect {how}"));
+            let got = client.wait_line(&format!("DONE {n} "), STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+            assert_eq!(got, "OK", "connect {n} ({how})\n{}", context());
+            wait_count(&client, &ready, n + 1);
+        }
+        let standby = format!("connect tcp {listen} via punched (standby) in ");
+        assert_eq!(count(&client.stderr_text(), &standby), 2, "the second and third connects took standbys\n{}", context());
+        say(&mut stdin, "exit");
+        assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
+        // Each echo came back, so each accept happened; its line may still be on its way here.
+        let accepted = || server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
+        wait_for(STEP, "three ACCEPT lines", || (accepted() >= 3).then_some(()));
+        assert_eq!(accepted(), 3, "{}", context());
+    }
     r.down();
 }
