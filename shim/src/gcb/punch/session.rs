@@ -201,6 +201,13 @@ impl Session {
             || self.conns.iter().any(|c| c.sock.raw() == fd)
     }
 
+    /// The program `dup2`ed onto one of this session's internal fds and the
+    /// shim moved it to `new` (`Registry::replace_internal_fd`); false if
+    /// none is `old`.
+    pub fn renumber(&mut self, old: c_int, new: c_int) -> bool {
+        self.rendezvous.iter_mut().chain(self.listener.iter_mut()).chain(self.conns.iter_mut().map(|c| &mut c.sock)).any(|h| h.renumber(old, new))
+    }
+
     /// When to advance without an event.
     pub fn next_deadline(&self) -> Instant {
         self.dialer.next_wakeup().map_or(self.deadline, |t| t.min(self.deadline))

@@ -286,3 +286,25 @@ fn a_stranger_at_the_peers_mapping_gets_a_proof_it_cannot_replay() {
     assert_eq!(report, PunchReport::Failed(PunchFailure::CheckFailed));
     assert!(matches!(outcome, Progress::Relay { .. }), "{outcome:?}");
 }
+
+/// The program `dup2`s onto a session's internal fd: the shim moves it, and
+/// the session follows it to its new number, so it never closes the
+/// program's file at the old one (`Registry::replace_internal_fd`).
+#[test]
+fn a_session_follows_its_fd_when_it_is_moved() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let via = v4(l.local_addr().unwrap());
+    let mut s = Session::start(Family::V4, via, Token(7), Role::Connector, Schedule::default(), Instant::now() + Duration::from_secs(5)).unwrap();
+    let mut fds = Vec::new();
+    s.poll_fds(&mut fds);
+    let old = fds[0].0;
+    // SAFETY: duplicating the session's own socket, as the shim's evacuation does.
+    let new = unsafe { libc::fcntl(old, libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(new >= 0);
+    assert!(!s.renumber(new + 1000, new + 2000), "not one of its fds");
+    assert!(s.renumber(old, new));
+    assert!(s.owns(new) && !s.owns(old));
+    // SAFETY: the old number is no longer the session's; dropping it closes the new one.
+    unsafe { libc::close(old) };
+    drop(s);
+}

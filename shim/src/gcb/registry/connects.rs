@@ -272,11 +272,13 @@ impl Connects {
             return true;
         }
         // A claimed standby is internal while its answer is awaited.
-        let claimed = self.jobs.iter_mut().any(|j| match &mut j.stage {
+        // A claimed standby, and a punch's sockets, are internal.
+        let ours = self.jobs.iter_mut().any(|j| match &mut j.stage {
             Stage::Claiming { conn } => conn.renumber(old, new),
+            Stage::Punching { session, .. } => session.renumber(old, new),
             _ => false,
         });
-        claimed || retarget_waiting(old, new)
+        ours || retarget_waiting(old, new)
     }
 }
 

@@ -213,6 +213,9 @@ impl Registry {
             s.fd = new;
             return true;
         }
+        if self.punching.iter_mut().any(|p| p.session.renumber(old, new)) {
+            return true;
+        }
         self.parked.moved(old, new) || self.connects.moved(old, new) || bells::moved(&mut self.bells, old, new) || self.standby.moved(old, new)
     }
 

@@ -36,7 +36,11 @@ impl Standbys {
 
     /// An internal fd moved (the program `dup2`ed onto it); false if not ours.
     pub fn moved(&mut self, old: c_int, new: c_int) -> bool {
-        self.outgoing.kept.iter_mut().any(|k| k.conn.renumber(old, new)) || self.incoming.held.iter_mut().any(|w| w.conn.renumber(old, new))
+        let making = self.outgoing.making.iter_mut().any(|m| match &mut m.stage {
+            MakingStage::Punching(s) => s.renumber(old, new),
+            _ => false,
+        });
+        making || self.outgoing.kept.iter_mut().any(|k| k.conn.renumber(old, new)) || self.incoming.held.iter_mut().any(|w| w.conn.renumber(old, new))
     }
 }
 
