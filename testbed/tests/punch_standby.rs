@@ -241,3 +241,41 @@ fn every_server_mode_accepts_a_claimed_standby() {
     }
     r.down();
 }
+
+/// GA's gateway starts dropping everything from GB (as a gateway that
+/// restarted and lost the standby's mapping would): the next connect's
+/// claim is never acknowledged, so after `LOST_AFTER` (1 s) the shim brokers
+/// the connect instead, the punch fails on the dead path, and the relay
+/// carries it. The listener never saw the claim, so its program accepts one
+/// connection for that connect, not two.
+#[test]
+fn a_claim_down_a_dead_path_is_brokered_instead() {
+    let Setup { r, server, listen, client, mut stdin } = Setup::up(7488);
+    let context = || format!("client stderr:\n{}\nserver stderr:\n{}\nbroker stderr:\n{}", client.stderr_text(), server.stderr_text(), r.daemon.stderr_text());
+    say(&mut stdin, "connect blocking");
+    assert_eq!(client.wait_line("DONE 0 ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context())), "OK", "{}", context());
+    wait_count(&client, &format!("a standby connection to {listen} is ready"), 1);
+
+    let gb = r.bed.ip("gb").to_string();
+    for rule in [
+        "add table ip standby_test".to_string(),
+        "add chain ip standby_test pre { type filter hook prerouting priority -300; }".to_string(),
+        format!("add rule ip standby_test pre ip saddr {gb} drop"),
+    ] {
+        let out = r.bed.run("ga", &["nft", &rule], STEP).expect("nft on ga");
+        assert!(out.status.success(), "nft {rule}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    say(&mut stdin, "connect blocking");
+    let got = client.wait_line("DONE 1 ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+    assert_eq!(got, "OK", "{}", context());
+    let log = client.stderr_text();
+    assert!(log.contains(&format!("connect to {listen}: the standby connection's path is gone; asking the broker")), "{}", context());
+    assert!(log.contains(&format!("connect tcp {listen} via relay")), "relayed once the punch failed\n{}", context());
+    assert_eq!(count(&log, "via punched (standby)"), 0, "{}", context());
+    let accepted = || server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
+    wait_for(STEP, "two ACCEPT lines", || (accepted() >= 2).then_some(()));
+    assert_eq!(accepted(), 2, "one accept per connect\n{}", context());
+    say(&mut stdin, "exit");
+    assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
+    r.down();
+}

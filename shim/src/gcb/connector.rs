@@ -126,10 +126,14 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 fn take_standby(fd: c_int, dest: SocketAddrV4, fam: Family, saved: c_int, since: Instant) -> Option<c_int> {
     let app = AppSocket::read(fd).ok()?;
     let conn = super::state::with(|reg| standby::outgoing::claim(reg, dest, fam))?;
-    match standby::outgoing::await_answer(conn.raw(), connect_deadline(fd)) {
+    match standby::outgoing::await_answer(conn.raw(), Instant::now(), connect_deadline(fd)) {
         standby::outgoing::Answer::Taken => {}
         standby::outgoing::Answer::Refused => {
             log!(Debug, "connect to {dest}: the listener did not take the standby connection; asking the broker");
+            return None;
+        }
+        standby::outgoing::Answer::Lost => {
+            log!(Info, "connect to {dest}: the standby connection's path is gone; asking the broker");
             return None;
         }
         standby::outgoing::Answer::Pending => {

@@ -166,7 +166,7 @@ pub fn poll_fds(reg: &Registry) -> Vec<(c_int, i16)> {
                 out.extend(unspoken.iter().map(|u| (u.raw(), libc::POLLIN)));
             }
             Stage::Punching { session, .. } => session.poll_fds(&mut out),
-            Stage::Claiming { conn } => out.push((conn.raw(), libc::POLLIN)),
+            Stage::Claiming { conn, .. } => out.push((conn.raw(), libc::POLLIN)),
         }
     }
     out
@@ -182,6 +182,7 @@ pub fn next_deadline(reg: &Registry) -> Option<Instant> {
             Stage::New => now,
             Stage::Asking(_, ex) => ex.next_deadline().unwrap_or(now).min(j.deadline),
             Stage::Punching { session, .. } => session.next_deadline().min(j.deadline),
+            Stage::Claiming { lost_check: Some(at), .. } => (*at).min(j.deadline),
             _ => j.deadline,
         })
         .min()
@@ -218,6 +219,7 @@ fn due(j: &Job, now: Instant) -> bool {
         Stage::Asking(_, ex) => now >= j.deadline || ex.next_deadline().map_or(true, |d| now >= d),
         Stage::Dialing { .. } => false,
         Stage::Punching { session, .. } => now >= session.next_deadline().min(j.deadline),
+        Stage::Claiming { lost_check: Some(at), .. } => now >= (*at).min(j.deadline),
         _ => now >= j.deadline,
     }
 }
@@ -231,7 +233,7 @@ fn owns(j: &Job, fd: c_int) -> bool {
             tmp.raw() == fd || notices.as_ref().is_some_and(|n| n.raw() == fd) || unspoken.iter().any(|u| u.raw() == fd)
         }
         Stage::Punching { session, .. } => session.owns(fd),
-        Stage::Claiming { conn } => conn.raw() == fd,
+        Stage::Claiming { conn, .. } => conn.raw() == fd,
     }
 }
 

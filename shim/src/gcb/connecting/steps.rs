@@ -64,14 +64,20 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
         Stage::Reversing { tmp, notices, token, unspoken, decision } => reversing(job, ready, tmp, notices, token, unspoken, decision),
         // Silent until the job's deadline: ETIMEDOUT above, never brokered
         // (`standby::outgoing::await_answer`).
-        Stage::Claiming { conn } => match standby::outgoing::answer(conn.raw()) {
+        Stage::Claiming { conn, claimed, lost_check } => match standby::outgoing::answer_or_lost(conn.raw(), claimed, now) {
             standby::outgoing::Answer::Taken => Step::Standby(conn.into_sock()),
             standby::outgoing::Answer::Pending => {
-                job.stage = Stage::Claiming { conn };
+                // Acknowledged by the time of the check: only the answer is awaited now.
+                let lost_check = lost_check.filter(|at| now < *at);
+                job.stage = Stage::Claiming { conn, claimed, lost_check };
                 Step::Wait
             }
             standby::outgoing::Answer::Refused => {
                 log!(Debug, "connect to {}: the listener did not take the standby connection; asking the broker", job.dest);
+                ask_broker(job)
+            }
+            standby::outgoing::Answer::Lost => {
+                log!(Info, "connect to {}: the standby connection's path is gone; asking the broker", job.dest);
                 ask_broker(job)
             }
         },
@@ -92,7 +98,8 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
 fn ask(job: &mut Job) -> Step {
     if crate::config::get().standby && standby::any_kept() {
         if let Some(conn) = super::super::state::with(|reg| standby::outgoing::claim(reg, job.dest, job.family)) {
-            job.stage = Stage::Claiming { conn };
+            let claimed = Instant::now();
+            job.stage = Stage::Claiming { conn, claimed, lost_check: Some(claimed + standby::LOST_AFTER) };
             return Step::Wait;
         }
     }

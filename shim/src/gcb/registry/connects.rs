@@ -47,8 +47,9 @@ pub(crate) enum Stage {
     /// A hole punch met at the broker's rendezvous (`punch`).
     Punching { session: Box<Session>, via: SocketAddrV4, token: Token },
     /// A standby connection claimed (`standby`): the listener's answer is
-    /// awaited, until the job's deadline.
-    Claiming { conn: Held },
+    /// awaited, until the job's deadline; at `lost_check`, if set, whether
+    /// the claim was acknowledged at all.
+    Claiming { conn: Held, claimed: Instant, lost_check: Option<Instant> },
 }
 
 /// One non-blocking connect being brokered.
@@ -274,7 +275,7 @@ impl Connects {
         // A claimed standby is internal while its answer is awaited.
         // A claimed standby, and a punch's sockets, are internal.
         let ours = self.jobs.iter_mut().any(|j| match &mut j.stage {
-            Stage::Claiming { conn } => conn.renumber(old, new),
+            Stage::Claiming { conn, .. } => conn.renumber(old, new),
             Stage::Punching { session, .. } => session.renumber(old, new),
             _ => false,
         });

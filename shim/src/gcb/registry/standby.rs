@@ -83,12 +83,18 @@ impl Outgoing {
     }
 }
 
+/// The keepalive settings a standby had before the side turned its probes
+/// on (`standby::conn::watch_path`), given back when a program gets it.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive(pub [Option<c_int>; 4]);
+
 /// A standby ready for the next connect to `dest` from a socket of
 /// `family`: it goes on the program's fd, so its domain must be the fd's.
 pub struct Kept {
     pub dest: SocketAddrV4,
     pub family: Family,
     pub conn: Held,
+    pub keepalive: Keepalive,
     pub since: Instant,
 }
 
@@ -120,6 +126,7 @@ pub struct Incoming {
 pub struct Waiting {
     pub listener: ListenerId,
     pub conn: Held,
+    pub keepalive: Keepalive,
     pub peer: SocketAddrV4,
     pub proxy: SocketAddrV4,
     pub since: Instant,

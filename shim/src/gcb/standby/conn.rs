@@ -1,16 +1,62 @@
 //! What both sides of `standby` do with a standby connection: how long they
-//! keep it, whether it is still alive, and reading the 8-byte frames they
-//! exchange on it (the claim and its answer).
+//! keep it, whether it is still alive (and keepalives that find out while it
+//! waits), and reading the 8-byte frames they exchange on it (the claim and
+//! its answer).
 
 use std::time::Duration;
 
 use libc::c_int;
+
+use crate::gcb::registry::standby::Keepalive;
 
 /// How long the connector keeps an unclaimed standby.
 pub const KEEP_FOR: Duration = Duration::from_secs(30);
 /// How long the listener holds one: a bound for a connector that never
 /// closes it (its process stopped), far above [`KEEP_FOR`].
 pub const HOLD_FOR: Duration = Duration::from_secs(120);
+/// A claim that the listener's host has not acknowledged after this long
+/// went down a path that died (a gateway restarted and lost its state): the
+/// connect is brokered instead. Far above any round trip with its
+/// retransmission, and short of what a program would call a hang.
+pub const LOST_AFTER: Duration = Duration::from_secs(1);
+
+/// Keepalive probes on a waiting standby: idle 10 s, then one every 2 s, 3
+/// unanswered and the kernel ends the connection, which the side's
+/// responder sees and drops it. A path that died is found in about 16 s,
+/// within the connector's [`KEEP_FOR`].
+const PROBES: [(libc::c_int, libc::c_int, libc::c_int); 4] = [
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 2),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+];
+
+/// Turns keepalive probes on for a waiting standby; what it had before.
+pub fn watch_path(fd: c_int) -> Keepalive {
+    let mut before = [None; 4];
+    for (slot, &(level, name, value)) in before.iter_mut().zip(PROBES.iter()) {
+        *slot = crate::client::sys::get_int_opt(fd, level, name).ok();
+        let _ = crate::client::sys::set_int_opt(fd, level, name, value);
+    }
+    Keepalive(before)
+}
+
+/// Gives a standby its keepalive settings back before a program gets it.
+pub fn unwatch_path(fd: c_int, before: Keepalive) {
+    for (value, &(level, name, _)) in before.0.iter().zip(PROBES.iter()) {
+        if let Some(v) = value {
+            let _ = crate::client::sys::set_int_opt(fd, level, name, *v);
+        }
+    }
+}
+
+/// Whether bytes sent on `fd` still wait for the peer's acknowledgement.
+pub fn unacked(fd: c_int) -> bool {
+    let mut queued: c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+    r == 0 && queued > 0
+}
 
 /// Whether connection `fd` is still as it was left: open both ways with
 /// nothing to read. The listener's end says nothing after the punch's hello,

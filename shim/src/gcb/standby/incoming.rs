@@ -15,7 +15,7 @@ use proto::gcb::punch::{STANDBY_CLAIM, STANDBY_TAKEN};
 use super::super::punch::Held;
 use super::super::registry::standby::Waiting;
 use super::super::registry::{ListenerId, Registry};
-use super::conn::{ended, expect, Said, HOLD_FOR};
+use super::conn::{ended, expect, unwatch_path, watch_path, Said, HOLD_FOR};
 use crate::real;
 
 /// Standbys held for one listener, at most (each connector process keeps
@@ -31,7 +31,8 @@ pub fn hold(reg: &mut Registry, listener: ListenerId, conn: Held, peer: SocketAd
         return;
     }
     log!(Debug, "a standby connection from {peer} to {proxy} is held until claimed");
-    held.push(Waiting { listener, conn, peer, proxy, since: now });
+    let keepalive = watch_path(conn.raw());
+    held.push(Waiting { listener, conn, keepalive, peer, proxy, since: now });
 }
 
 pub(super) fn poll_fds(reg: &Registry, out: &mut Vec<(c_int, i16)>) {
@@ -77,6 +78,7 @@ pub(super) fn progress(reg: &mut Registry, fd: c_int, now: Instant) -> bool {
                 return true;
             }
             log!(Debug, "the standby connection from {} to {} was claimed", w.peer, w.proxy);
+            unwatch_path(fd, w.keepalive);
             // The answer goes first: once the doorbell rings, the program may
             // accept and write, and its bytes must come after it.
             if !super::super::park::park(reg, w.listener, w.conn.into_internal(), w.peer, w.proxy, now) {

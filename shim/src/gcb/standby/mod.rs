@@ -42,7 +42,7 @@ pub mod outgoing;
 mod conn;
 
 pub use super::registry::standby::any_kept;
-pub use conn::{HOLD_FOR, KEEP_FOR};
+pub use conn::{HOLD_FOR, KEEP_FOR, LOST_AFTER};
 
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ use super::super::ask::{self, Asked};
 use super::super::punch::{self, Held, Progress, Session};
 use super::super::registry::standby::{Kept, Making, MakingStage as Stage, Outgoing};
 use super::super::registry::Registry;
-use super::conn::{expect, quiet, Said, KEEP_FOR};
+use super::conn::{expect, quiet, unacked, unwatch_path, watch_path, Said, KEEP_FOR, LOST_AFTER};
 use crate::client::exchange::Exchange;
 use crate::client::family::Family;
 use crate::real;
@@ -43,6 +43,10 @@ pub enum Answer {
     /// program closed the listening socket), so nothing was queued and the
     /// connect may be brokered instead.
     Refused,
+    /// The claim was never acknowledged by the listener's host
+    /// ([`LOST_AFTER`]): the path died, the listener never read it, and the
+    /// connect may be brokered instead.
+    Lost,
     /// Nothing yet.
     Pending,
 }
@@ -103,6 +107,7 @@ pub fn claim(reg: &mut Registry, dest: SocketAddrV4, family: Family) -> Option<H
         log!(Debug, "the standby connection to {dest} was closed by its listener");
         return None;
     }
+    unwatch_path(k.conn.raw(), k.keepalive);
     // SAFETY: a live buffer; an idle connection's send buffer takes 8 bytes whole.
     let n = unsafe { real::send(k.conn.raw(), STANDBY_CLAIM.as_ptr().cast(), STANDBY_CLAIM.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     if n != STANDBY_CLAIM.len() as isize {
@@ -121,18 +126,31 @@ pub fn answer(fd: c_int) -> Answer {
     }
 }
 
-/// Waits (a blocking connect) for the listener's answer to a claim on `fd`,
-/// until `deadline`: `Pending` if none came by then. The connect must not be
-/// brokered after that (the listener may still take the claim late, and its
-/// program would accept both), so it fails as a kernel connect to a server
-/// that does not answer does.
-pub fn await_answer(fd: c_int, deadline: Instant) -> Answer {
+/// The answer to a claim on `fd` made at `claimed`, or `Lost` once the
+/// claim has waited [`LOST_AFTER`] without the peer's acknowledgement.
+pub fn answer_or_lost(fd: c_int, claimed: Instant, now: Instant) -> Answer {
+    match answer(fd) {
+        Answer::Pending if now >= claimed + LOST_AFTER && unacked(fd) => Answer::Lost,
+        said => said,
+    }
+}
+
+/// Waits (a blocking connect) for the listener's answer to a claim on `fd`
+/// made at `claimed`, until `deadline`: `Pending` if none came by then. The
+/// connect must not be brokered after that (the listener may still take the
+/// claim late, and its program would accept both), so it fails as a kernel
+/// connect to a server that does not answer does. A claim the listener's
+/// host never acknowledged is `Lost` instead, after [`LOST_AFTER`].
+pub fn await_answer(fd: c_int, claimed: Instant, deadline: Instant) -> Answer {
     loop {
-        match answer(fd) {
+        match answer_or_lost(fd, claimed, Instant::now()) {
             Answer::Pending => {}
             said => return said,
         }
-        if crate::client::sys::wait_fd(fd, libc::POLLIN, deadline).is_err() {
+        let now = Instant::now();
+        let lost_check = claimed + LOST_AFTER;
+        let wake = if now < lost_check { lost_check.min(deadline) } else { deadline };
+        if crate::client::sys::wait_fd(fd, libc::POLLIN, wake).is_err() && Instant::now() >= deadline {
             // An answer that came with the deadline is an answer.
             return answer(fd);
         }
@@ -216,7 +234,8 @@ fn settle(o: &mut Outgoing, i: usize, made: Made, now: Instant) -> bool {
         Made::Ready(conn) => {
             let m = o.making.swap_remove(i);
             log!(Debug, "a standby connection to {} is ready", m.dest);
-            o.kept.push(Kept { dest: m.dest, family: m.family, conn, since: now });
+            let keepalive = watch_path(conn.raw());
+            o.kept.push(Kept { dest: m.dest, family: m.family, conn, keepalive, since: now });
             o.note();
             true
         }
@@ -311,7 +330,8 @@ fn punch_if_decided(m: &mut Making, asked: Asked) -> Made {
 #[cfg(test)]
 pub(super) fn keep_for_tests(reg: &mut Registry, dest: SocketAddrV4, conn: Held, since: Instant) -> c_int {
     let fd = conn.raw();
-    reg.standby.outgoing.kept.push(Kept { dest, family: Family::V4, conn, since });
+    let keepalive = watch_path(conn.raw());
+    reg.standby.outgoing.kept.push(Kept { dest, family: Family::V4, conn, keepalive, since });
     reg.standby.outgoing.note();
     fd
 }

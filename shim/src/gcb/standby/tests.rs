@@ -157,17 +157,32 @@ fn a_claim_is_taken_refused_or_unanswered_by_its_deadline() {
     let (mine, peer) = pair();
     send(peer.raw(), &STANDBY_TAKEN);
     send(peer.raw(), b"banner");
-    assert_eq!(await_answer(mine.raw(), soon()), Answer::Taken);
+    assert_eq!(await_answer(mine.raw(), Instant::now(), soon()), Answer::Taken);
     let mut buf = [0u8; 6];
     sys::recv_exact(mine.raw(), &mut buf, Instant::now() + Duration::from_secs(5)).unwrap();
     assert_eq!(&buf, b"banner", "what the listening program sent after the answer is its program's");
 
     let (mine, peer) = pair();
     drop(peer);
-    assert_eq!(await_answer(mine.raw(), soon()), Answer::Refused, "closed: the connect may be brokered");
+    assert_eq!(await_answer(mine.raw(), Instant::now(), soon()), Answer::Refused, "closed: the connect may be brokered");
 
     let (mine, _peer) = pair();
     let start = Instant::now();
-    assert_eq!(await_answer(mine.raw(), soon()), Answer::Pending, "silent: the connect fails, never brokered");
+    assert_eq!(await_answer(mine.raw(), Instant::now(), soon()), Answer::Pending, "silent but acknowledged: the connect fails, never brokered");
     assert!(start.elapsed() >= Duration::from_millis(250), "waited for its deadline");
+}
+
+#[test]
+fn a_waiting_standby_probes_its_path_and_a_program_gets_the_kernel_s_settings_back() {
+    let (mine, _peer) = pair();
+    let fd = mine.raw();
+    let get = |level, name| sys::get_int_opt(fd, level, name).unwrap();
+    let fresh = [get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT)];
+    let before = conn::watch_path(fd);
+    assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+    assert!(get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) * 1000 + get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) * get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT) * 1000 < KEEP_FOR.as_millis() as i32, "a dead path is found while the connector still keeps it");
+    assert!(!conn::unacked(fd), "nothing sent");
+    conn::unwatch_path(fd, before);
+    let now = [get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT)];
+    assert_eq!(now, fresh);
 }
