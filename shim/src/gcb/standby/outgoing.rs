@@ -34,6 +34,7 @@ pub const MAX_STANDBYS: usize = 16;
 /// that connects again before the standby its last connect asked for is
 /// ready still finds one.
 pub const PER_DESTINATION: usize = 2;
+
 /// The listener's answer to a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
