@@ -44,6 +44,9 @@ impl Standbys {
     }
 }
 
+/// Destinations resting at once, at most.
+const MAX_RESTING: usize = 16;
+
 /// How many standbys the connector keeps, as last noted under the lock: a
 /// connect with none to take asks no lock (`any_kept`).
 static KEPT: AtomicUsize = AtomicUsize::new(0);
@@ -59,6 +62,12 @@ pub fn any_kept() -> bool {
 pub struct Outgoing {
     pub kept: Vec<Kept>,
     pub making: Vec<Making>,
+    /// Destinations whose last standby ended unclaimed (its listener closed
+    /// it, or it could not be made), with the time until which none is
+    /// asked for: a listener that holds no more (its limit, a full queue) or
+    /// a pair that cannot punch would otherwise cost a punch per connect for
+    /// nothing.
+    pub resting: Vec<(SocketAddrV4, Instant)>,
 }
 
 impl Outgoing {
@@ -74,6 +83,23 @@ impl Outgoing {
     /// Publishes how many are kept (`any_kept`); after every change to `kept`.
     pub fn note(&self) {
         KEPT.store(self.kept.len(), Ordering::Relaxed);
+    }
+
+    /// Asks for no standby for `dest` until `until`; the list is bounded,
+    /// the entry that ends first going when it is full.
+    pub fn rest(&mut self, dest: SocketAddrV4, until: Instant) {
+        self.resting.retain(|(d, _)| *d != dest);
+        if self.resting.len() >= MAX_RESTING {
+            if let Some(i) = self.resting.iter().enumerate().min_by_key(|(_, (_, t))| *t).map(|(i, _)| i) {
+                self.resting.swap_remove(i);
+            }
+        }
+        self.resting.push((dest, until));
+    }
+
+    /// Whether `dest` rests at `now` (see `resting`).
+    pub fn resting(&self, dest: SocketAddrV4, now: Instant) -> bool {
+        self.resting.iter().any(|(d, until)| *d == dest && now < *until)
     }
 
     /// Standbys for `dest` and sockets of `family`, kept or being made.

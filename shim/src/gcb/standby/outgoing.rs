@@ -34,6 +34,8 @@ pub const MAX_STANDBYS: usize = 16;
 /// that connects again before the standby its last connect asked for is
 /// ready still finds one.
 pub const PER_DESTINATION: usize = 2;
+/// How long no standby is asked for a destination after one ended unclaimed.
+pub const REST_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The listener's answer to a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +62,15 @@ enum Made {
 }
 
 /// Asks for standbys for `dest` until it has [`PER_DESTINATION`] kept or
-/// being made, within the process's [`MAX_STANDBYS`]; true if one is now
-/// wanted. Only bookkeeping: the responder, which the caller wakes, starts
+/// being made, within the process's [`MAX_STANDBYS`], unless `dest` rests
+/// ([`REST_FOR`] after one of its standbys ended unclaimed); true if one is
+/// now wanted. Only bookkeeping: the responder, which the caller wakes, starts
 /// them.
 pub fn want(reg: &mut Registry, dest: SocketAddrV4, family: Family, now: Instant) -> bool {
     let out = &mut reg.standby.outgoing;
+    if out.resting(dest, now) {
+        return false;
+    }
     let mut wanted = false;
     while out.count_for(dest, family) < PER_DESTINATION && out.len() < MAX_STANDBYS {
         let deadline = now + super::super::dial::PAIR_TIMEOUT;
@@ -106,6 +112,7 @@ pub fn claim(reg: &mut Registry, dest: SocketAddrV4, family: Family) -> Option<H
     out.note();
     if !quiet(k.conn.raw()) {
         log!(Debug, "the standby connection to {dest} was closed by its listener");
+        out.rest(dest, Instant::now() + REST_FOR);
         return None;
     }
     unwatch_path(k.conn.raw(), k.keepalive);
@@ -195,6 +202,7 @@ pub(super) fn progress(reg: &mut Registry, fd: c_int, revents: i16, now: Instant
             let k = o.kept.swap_remove(i);
             o.note();
             log!(Debug, "the standby connection to {} was closed by its listener", k.dest);
+            o.rest(k.dest, now + REST_FOR);
         }
         return true;
     }
@@ -241,7 +249,8 @@ fn settle(o: &mut Outgoing, i: usize, made: Made, now: Instant) -> bool {
             true
         }
         Made::Gone => {
-            o.making.swap_remove(i);
+            let m = o.making.swap_remove(i);
+            o.rest(m.dest, now + REST_FOR);
             true
         }
     }

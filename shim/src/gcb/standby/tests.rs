@@ -186,3 +186,23 @@ fn a_waiting_standby_probes_its_path_and_a_program_gets_the_kernel_s_settings_ba
     let now = [get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT)];
     assert_eq!(now, fresh);
 }
+
+#[test]
+fn a_destination_whose_standby_ended_unclaimed_gets_none_for_a_while() {
+    let mut reg = Registry::new();
+    let now = Instant::now();
+    let dest: std::net::SocketAddrV4 = DEST.parse().unwrap();
+    let (mine, peer) = pair();
+    let fd = kept(&mut reg, mine, now);
+    drop(peer);
+    sys::wait_fd(fd, libc::POLLIN, Instant::now() + Duration::from_secs(5)).unwrap();
+    assert!(outgoing::progress(&mut reg, fd, libc::POLLIN, now));
+    assert!(reg.standby.outgoing.is_empty(), "ended");
+    // A listener that closes what it is given (its limit, a full queue) would
+    // otherwise cost a punch per connect for nothing.
+    assert!(!outgoing::want(&mut reg, dest, crate::client::family::Family::V4, now + outgoing::REST_FOR / 2));
+    assert!(reg.standby.outgoing.is_empty());
+    assert!(outgoing::want(&mut reg, "203.0.113.10:20002".parse().unwrap(), crate::client::family::Family::V4, now), "other destinations are not affected");
+    assert!(outgoing::want(&mut reg, dest, crate::client::family::Family::V4, now + outgoing::REST_FOR), "asked for again once it has rested");
+    assert_eq!(reg.standby.outgoing.count_for(dest, crate::client::family::Family::V4), outgoing::PER_DESTINATION);
+}
