@@ -168,6 +168,18 @@ pub(crate) fn answered(asked: Asking, got: Result<Message, crate::client::exchan
     }
 }
 
+/// One step of the responder's exchange `ex` for `asking`, woken by its
+/// socket (`readable`) or its timer: what the broker's answer came to, or
+/// the exchange back to wait on.
+pub(crate) fn step(asking: Box<Asking>, mut ex: crate::client::exchange::Exchange, readable: bool, now: Instant, dest: SocketAddrV4) -> Result<Asked, (Box<Asking>, crate::client::exchange::Exchange)> {
+    let fd = asking.probe.raw();
+    let got = if readable { ex.on_readable(fd, &mgmt::CODEC) } else { ex.on_timeout(fd, now).map(Err) };
+    match got {
+        Some(got) => Ok(answered(*asking, got, dest)),
+        None => Err((asking, ex)),
+    }
+}
+
 /// Asks the broker at `dest`'s IP, waiting for the answer (a blocking connect).
 pub(crate) fn ask(dest: SocketAddrV4, family: Family) -> Asked {
     match prepare_ask(dest, family) {

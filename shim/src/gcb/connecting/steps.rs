@@ -43,22 +43,13 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
     }
     match std::mem::replace(&mut job.stage, Stage::New) {
         Stage::New => ask(job),
-        Stage::Asking(asking, mut ex) => {
-            let got = match ready {
-                Some((fd, _)) => ex.on_readable(fd, &super::super::mgmt::CODEC),
-                None => ex.on_timeout(asking.probe.raw(), now).map(Err),
-            };
-            match got {
-                Some(got) => {
-                    let asked = ask::answered(*asking, got, job.dest);
-                    decided(job, asked)
-                }
-                None => {
-                    job.stage = Stage::Asking(asking, ex);
-                    Step::Wait
-                }
+        Stage::Asking(asking, ex) => match ask::step(asking, ex, ready.is_some(), now, job.dest) {
+            Ok(asked) => decided(job, asked),
+            Err((asking, ex)) => {
+                job.stage = Stage::Asking(asking, ex);
+                Step::Wait
             }
-        }
+        },
         Stage::Dialing { sock, decision } => Step::Done { named: decision.is_some(), sock, decision },
         Stage::Relaying { sock, token, said_hello, buf, have, decision } => relaying(job, sock, token, said_hello, buf, have, decision),
         Stage::Reversing { tmp, notices, token, unspoken, decision } => reversing(job, ready, tmp, notices, token, unspoken, decision),

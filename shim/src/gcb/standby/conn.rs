@@ -58,24 +58,39 @@ pub fn unacked(fd: c_int) -> bool {
     r == 0 && queued > 0
 }
 
+/// What is next to read on a standby connection, without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Nothing: open both ways, as it was left.
+    Nothing,
+    Bytes,
+    /// The end of the stream, or an error (a reset).
+    End,
+}
+
+fn peek(fd: c_int) -> Next {
+    let mut byte = 0u8;
+    // SAFETY: a live one-byte buffer.
+    let n = unsafe { crate::real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match n {
+        1.. => Next::Bytes,
+        n if n < 0 && matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR) => Next::Nothing,
+        _ => Next::End,
+    }
+}
+
 /// Whether connection `fd` is still as it was left: open both ways with
 /// nothing to read. The listener's end says nothing after the punch's hello,
 /// and the connector's says nothing before its claim, so anything readable is
 /// the end of the stream, a reset, or a peer breaking the protocol.
 pub(super) fn quiet(fd: c_int) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: a live one-byte buffer.
-    let n = unsafe { crate::real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    n < 0 && matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR)
+    peek(fd) == Next::Nothing
 }
 
 /// Whether the peer has already closed or reset connection `fd`: the end of
 /// the stream (or an error) is next to read. Bytes waiting are not an end.
 pub(crate) fn ended(fd: c_int) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: a live one-byte buffer.
-    let n = unsafe { crate::real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    n == 0 || (n < 0 && !matches!(crate::guard::errno(), libc::EAGAIN | libc::EINTR))
+    peek(fd) == Next::End
 }
 
 /// What the first bytes waiting on a standby say, against the frame expected.

@@ -271,19 +271,13 @@ fn step(m: &mut Making, ready: Option<(c_int, i16)>, now: Instant) -> Made {
     }
     match std::mem::replace(&mut m.stage, Stage::Taken) {
         Stage::Wanted => ask_for(m),
-        Stage::Asking(asking, mut ex) => {
-            let got = match ready {
-                Some((fd, _)) => ex.on_readable(fd, &super::super::mgmt::CODEC),
-                None => ex.on_timeout(asking.probe.raw(), now).map(Err),
-            };
-            match got {
-                Some(got) => punch_if_decided(m, ask::answered(*asking, got, m.dest)),
-                None => {
-                    m.stage = Stage::Asking(asking, ex);
-                    Made::Wait
-                }
+        Stage::Asking(asking, ex) => match ask::step(asking, ex, ready.is_some(), now, m.dest) {
+            Ok(asked) => punch_if_decided(m, asked),
+            Err((asking, ex)) => {
+                m.stage = Stage::Asking(asking, ex);
+                Made::Wait
             }
-        }
+        },
         Stage::Punching(mut session) => match session.advance(ready, now) {
             Progress::Wait => {
                 m.stage = Stage::Punching(session);
