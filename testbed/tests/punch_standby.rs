@@ -116,6 +116,23 @@ fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
 
+/// The client's first connect, whose echo must come back, and the standby
+/// it asks for, ready.
+fn first_connect_and_its_standby(client: &Proc, stdin: &mut ChildStdin, listen: &str, context: &dyn Fn() -> String) {
+    say(stdin, "connect blocking");
+    assert_eq!(client.wait_line("DONE 0 ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context())), "OK", "{}", context());
+    wait_count(client, &format!("a standby connection to {listen} is ready"), 1);
+}
+
+/// Waits until `server` printed `n` ACCEPT lines (each echo that came back
+/// was accepted, but its line may still be on its way here); how many it
+/// printed.
+fn accepts(server: &Proc, n: usize) -> usize {
+    let accepted = || server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
+    wait_for(STEP, &format!("{n} ACCEPT lines"), || (accepted() >= n).then_some(()));
+    accepted()
+}
+
 /// Waits until `p`'s stderr holds `needle` at least `n` times.
 fn wait_count(p: &Proc, needle: &str, n: usize) {
     let deadline = std::time::Instant::now() + STEP;
@@ -184,9 +201,7 @@ fn later_connects_take_standbys_and_the_server_accepts_exactly_what_was_connecte
         let held = count(&s, "is held until claimed");
         (held > 0 && held == count(&s, "was claimed") + count(&s, "ended unclaimed")).then_some(())
     });
-    let accepted = || server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
-    wait_for(STEP, "an ACCEPT line per connect", || (accepted() >= CONNECTS + 2).then_some(()));
-    assert_eq!(accepted(), CONNECTS + 2, "one accept per connect (the parent's and the child's), none for a standby\n{}", context());
+    assert_eq!(accepts(&server, CONNECTS + 2), CONNECTS + 2, "one accept per connect (the parent's and the child's), none for a standby\n{}", context());
     assert_eq!(count(&server.stderr_text(), "was claimed"), CONNECTS, "{}", context());
     assert!(counter(&r, "punch_standby_attempts") >= CONNECTS as u64, "{}", context());
     assert_eq!(counter(&r, "relays_opened"), 0, "nothing went through the relay");
@@ -197,9 +212,7 @@ fn later_connects_take_standbys_and_the_server_accepts_exactly_what_was_connecte
 fn a_listener_that_exits_takes_its_standbys_with_it() {
     let Setup { r, server, listen, client, mut stdin } = Setup::up(7481);
     let context = || format!("client stderr:\n{}\nserver stderr:\n{}\nbroker stderr:\n{}", client.stderr_text(), server.stderr_text(), r.daemon.stderr_text());
-    say(&mut stdin, "connect blocking");
-    assert_eq!(client.wait_line("DONE 0 ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context())), "OK", "{}", context());
-    wait_count(&client, &format!("a standby connection to {listen} is ready"), 1);
+    first_connect_and_its_standby(&client, &mut stdin, &listen, &context);
 
     server.terminate();
     wait_count(&client, &format!("the standby connection to {listen} was closed by its listener"), 1);
@@ -234,10 +247,7 @@ fn every_server_mode_accepts_a_claimed_standby() {
         assert_eq!(count(&client.stderr_text(), &standby), 2, "the second and third connects took standbys\n{}", context());
         say(&mut stdin, "exit");
         assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
-        // Each echo came back, so each accept happened; its line may still be on its way here.
-        let accepted = || server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
-        wait_for(STEP, "three ACCEPT lines", || (accepted() >= 3).then_some(()));
-        assert_eq!(accepted(), 3, "{}", context());
+        assert_eq!(accepts(&server, 3), 3, "{}", context());
     }
     r.down();
 }
@@ -252,9 +262,7 @@ fn every_server_mode_accepts_a_claimed_standby() {
 fn a_claim_down_a_dead_path_is_brokered_instead() {
     let Setup { r, server, listen, client, mut stdin } = Setup::up(7488);
     let context = || format!("client stderr:\n{}\nserver stderr:\n{}\nbroker stderr:\n{}", client.stderr_text(), server.stderr_text(), r.daemon.stderr_text());
-    say(&mut stdin, "connect blocking");
-    assert_eq!(client.wait_line("DONE 0 ", STEP).unwrap_or_else(|e| panic!("{e}\n{}", context())), "OK", "{}", context());
-    wait_count(&client, &format!("a standby connection to {listen} is ready"), 1);
+    first_connect_and_its_standby(&client, &mut stdin, &listen, &context);
 
     let gb = r.bed.ip("gb").to_string();
     for rule in [
@@ -272,10 +280,9 @@ fn a_claim_down_a_dead_path_is_brokered_instead() {
     assert!(log.contains(&format!("connect to {listen}: the standby connection's path is gone; asking the broker")), "{}", context());
     assert!(log.contains(&format!("connect tcp {listen} via relay")), "relayed once the punch failed\n{}", context());
     assert_eq!(count(&log, "via punched (standby)"), 0, "{}", context());
-    let accepted = || server.stdout_seen().iter().filter(|l| l.starts_with("ACCEPT PEER ")).count();
-    wait_for(STEP, "two ACCEPT lines", || (accepted() >= 2).then_some(()));
-    assert_eq!(accepted(), 2, "one accept per connect\n{}", context());
+    assert_eq!(accepts(&server, 2), 2, "one accept per connect\n{}", context());
     say(&mut stdin, "exit");
     assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
     r.down();
 }
+
