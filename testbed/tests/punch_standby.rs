@@ -15,6 +15,10 @@
 //!   ended, the server has accepted one connection per connect, none more.
 //! * Every readiness mode of the server accepts a claimed standby, from a
 //!   blocking and a non-blocking connect.
+//! * An asyncio program that runs a child and computes between its connects
+//!   takes standbys as well.
+//! * A listening program that runs children (`subprocess`, `fork`) keeps
+//!   the standbys its shim holds.
 //! * A listener that exits takes its standbys with it: the client's shim
 //!   drops the one it kept, and the next connect fails as it would without
 //!   standbys instead of succeeding on a dead connection.
@@ -94,11 +98,56 @@ for line in sys.stdin:
         break
 "#;
 
+/// An event-loop program (asyncio) that runs a child and computes for 50 ms
+/// before each connect, as a busy worker does: one line on stdin per
+/// connect, one line on stdout per result.
+const ASYNC_CLIENT: &str = r#"
+import asyncio, os, subprocess, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+dest = (host, int(port))
+payload = os.urandom(200000)
+
+async def once():
+    r, w = await asyncio.open_connection(*dest)
+    w.write(payload)
+    await w.drain()
+    got = await r.readexactly(len(payload))
+    peer = w.get_extra_info("peername")
+    w.close()
+    await w.wait_closed()
+    return "OK" if got == payload and peer == dest else "BAD peer %s" % (peer,)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    n = 0
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line or line.strip() == "exit":
+            break
+        subprocess.run(["true"], check=True)
+        start = time.monotonic()
+        while time.monotonic() - start < 0.05:
+            pass
+        try:
+            result = await once()
+        except (OSError, asyncio.IncompleteReadError) as e:
+            result = "FAILED %r" % (e,)
+        print("DONE %d %s" % (n, result), flush=True)
+        n += 1
+
+asyncio.run(main())
+"#;
+
 /// The client on b1 under the shim with standbys on, dialing `dest`.
 fn client(r: &RealBed, dest: &str) -> (Proc, ChildStdin) {
+    python_client(r, dest, CLIENT)
+}
+
+/// `script` under python3 on b1 under the shim with standbys on, dialing `dest`.
+fn python_client(r: &RealBed, dest: &str, script: &str) -> (Proc, ChildStdin) {
     let mut c = r.bed.cmd("b1", workspace_root().join("scripts/gcb-run"));
     c.args(["--broker", BROKER, "--heartbeat", "2", "--log", "debug", "--lib"]).arg(built("libgcb.so"));
-    c.args(["--", "python3", "-c", CLIENT, dest]);
+    c.args(["--", "python3", "-c", script, dest]);
     for v in ["GCB_INAGENT", "GCB_ROUTE", "GCB_REALM", "GCB_LOG_FILE", "GCB_PUNCH", "LD_PRELOAD"] {
         c.env_remove(v);
     }
@@ -286,3 +335,76 @@ fn a_claim_down_a_dead_path_is_brokered_instead() {
     r.down();
 }
 
+/// An asyncio program that runs a child (`subprocess`, vfork and
+/// `close_range` in the child) and computes before each connect: its
+/// connects after the first take standbys, every byte comes back, and the
+/// server accepts one connection per connect.
+#[test]
+fn a_busy_event_loop_that_runs_children_takes_standbys() {
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Drop);
+    let r = RealBed::up_with_nat(testbed::real::Mode::Gcb, 2, &[&["--log", "debug"][..], &punch_support::ROOMY_BUDGET].concat(), nat);
+    let (server, listen) = echo_server(&r, "tcp", 7489, "epoll", &[]);
+    let (client, mut stdin) = python_client(&r, &listen, ASYNC_CLIENT);
+    let context = || format!("client stderr:\n{}\nserver stderr:\n{}", client.stderr_text(), server.stderr_text());
+    const CONNECTS: usize = 4;
+    for n in 0..CONNECTS {
+        say(&mut stdin, "connect");
+        let got = client.wait_line(&format!("DONE {n} "), STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+        assert_eq!(got, "OK", "connect {n}\n{}", context());
+        wait_count(&client, &format!("a standby connection to {listen} is ready"), n + 1);
+    }
+    let log = client.stderr_text();
+    assert_eq!(count(&log, &format!("connect tcp {listen} via punched (standby) in ")), CONNECTS - 1, "{}", context());
+    say(&mut stdin, "exit");
+    assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
+    assert_eq!(accepts(&server, CONNECTS), CONNECTS, "{}", context());
+    r.down();
+}
+
+/// A listening program that runs children while it holds standbys: after
+/// each accept, a `subprocess` (vfork, `close_range` in the child) and a
+/// forked child that exits at once. The children close their copies of the
+/// held standbys and the parent's stay; every later connect takes one.
+const CHILDREN_SERVER: &str = r#"
+import os, socket, subprocess, sys
+s = socket.socket()
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(16)
+print("LISTEN tcp %s:%d" % s.getsockname(), flush=True)
+while True:
+    c, peer = s.accept()
+    print("ACCEPT PEER %s:%d" % peer, flush=True)
+    subprocess.run(["true"], check=True)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        c.sendall(b)
+    c.close()
+"#;
+
+#[test]
+fn a_listener_that_runs_children_keeps_its_standbys() {
+    let nat = NatKinds::new(NatKind::Drop, NatKind::Drop);
+    let r = RealBed::up_with_nat(testbed::real::Mode::Gcb, 2, &[&["--log", "debug"][..], &punch_support::ROOMY_BUDGET].concat(), nat);
+    let server = r.spawn("a1", true, &["python3", "-c", CHILDREN_SERVER, "7490"]);
+    let listen = r.registered(&server, "tcp", &format!("{}:7490", r.bed.ip("a1")));
+    let (client, mut stdin) = client(&r, &listen);
+    let context = || format!("client stderr:\n{}\nserver stderr:\n{}", client.stderr_text(), server.stderr_text());
+    const CONNECTS: usize = 4;
+    for n in 0..CONNECTS {
+        say(&mut stdin, "connect blocking");
+        let got = client.wait_line(&format!("DONE {n} "), STEP).unwrap_or_else(|e| panic!("{e}\n{}", context()));
+        assert_eq!(got, "OK", "connect {n}\n{}", context());
+        wait_count(&client, &format!("a standby connection to {listen} is ready"), n + 1);
+    }
+    assert_eq!(count(&client.stderr_text(), &format!("connect tcp {listen} via punched (standby) in ")), CONNECTS - 1, "{}", context());
+    say(&mut stdin, "exit");
+    assert!(client.wait_timeout(STEP).is_some_and(|s| s.success()), "client exit\n{}", context());
+    assert_eq!(accepts(&server, CONNECTS), CONNECTS, "{}", context());
+    r.down();
+}
