@@ -144,9 +144,7 @@ fn take_standby(fd: c_int, dest: SocketAddrV4, fam: Family, saved: c_int, since:
     let put = super::state::with(|reg| {
         let regs = reg.interest.take(fd);
         put_on(fd, conn.into_sock(), true, &app, regs)?;
-        reg.set_names(fd, Names { local: None, peer: Some(dest) });
-        super::registry::connects::keep_error(fd, 0);
-        fdtable::set(fd, Kind::Named);
+        name_in(reg, fd, dest);
         Ok(standby::outgoing::want(reg, dest, fam, Instant::now()))
     });
     match put {
@@ -280,11 +278,16 @@ fn brokered_failed(dest: SocketAddrV4, how: &str, e: Errno) -> c_int {
 fn name(fd: c_int, dest: SocketAddrV4) {
     super::state::with(|reg| {
         reg.interest.take(fd);
-        reg.set_names(fd, Names { local: None, peer: Some(dest) });
-        // A connected socket has no error of a connect before it.
-        super::registry::connects::keep_error(fd, 0);
-        fdtable::set(fd, Kind::Named);
+        name_in(reg, fd, dest);
     });
+}
+
+/// [`name`], for a caller that holds the registry.
+fn name_in(reg: &mut super::registry::Registry, fd: c_int, dest: SocketAddrV4) {
+    reg.set_names(fd, Names { local: None, peer: Some(dest) });
+    // A connected socket has no error of a connect before it.
+    super::registry::connects::keep_error(fd, 0);
+    fdtable::set(fd, Kind::Named);
 }
 
 /// Puts connection `c` (non-blocking if `c_nonblocking`) on the application's
