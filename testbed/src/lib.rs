@@ -149,8 +149,8 @@ impl TestBed {
     }
 
     /// Create a test bed whose gateways have the given NAT kinds
-    /// (`scripts/netns up --nat-a A --nat-b B`, and `--wan-hop` with
-    /// [`NatKinds::wan_hop`]).
+    /// (`scripts/netns up --nat-a A --nat-b B`, `--wan-hop` with
+    /// [`NatKinds::wan_hop`], `--wan-delay-us` with [`NatKinds::wan_delay_us`]).
     pub fn up_with_nat(nat: NatKinds) -> Result<TestBed, String> {
         Self::create(None, false, nat)
     }
@@ -188,6 +188,10 @@ impl TestBed {
         if nat.wan_hop {
             args.push("--wan-hop");
         }
+        let delay = nat.wan_delay_us.to_string();
+        if nat.wan_delay_us > 0 {
+            args.extend(["--wan-delay-us", &delay]);
+        }
         let out = netns_script_run(&args)?;
         let p = out.trim().to_string();
         if !valid_prefix(&p) {
@@ -207,7 +211,7 @@ impl TestBed {
                 let got = |g: &str| t.hosts.get(g).and_then(|h| h.nat);
                 let hop = t.hosts.contains_key("wan");
                 match (got("ga"), got("gb")) {
-                    (Some(a), Some(b)) if NatKinds { a, b, wan_hop: hop } == nat => Ok(t),
+                    (Some(a), Some(b)) if NatKinds { a, b, wan_hop: hop, ..nat } == nat => Ok(t),
                     other => Err(format!("list --json reported NAT kinds {other:?}, asked for {nat:?}")),
                 }
             });

@@ -71,16 +71,26 @@ pub struct NatKinds {
     /// apart instead of neighbours, so a packet whose TTL runs out between
     /// them can be sent (the low-TTL first Dummy of a UDP punch).
     pub wan_hop: bool,
+    /// One-way delay the `wan` router adds to every packet it forwards, µs
+    /// (`scripts/netns up --wan-hop --wan-delay-us N`; 0: none): every path
+    /// to or from realm B then has the round-trip time of a real WAN.
+    pub wan_delay_us: u32,
 }
 
 impl NatKinds {
     pub fn new(a: NatKind, b: NatKind) -> NatKinds {
-        NatKinds { a, b, wan_hop: false }
+        NatKinds { a, b, wan_hop: false, wan_delay_us: 0 }
     }
 
     /// The same gateways with the router between them.
     pub fn with_wan_hop(self) -> NatKinds {
         NatKinds { wan_hop: true, ..self }
+    }
+
+    /// The same gateways with the router between them, adding `us` µs each
+    /// way to everything to or from realm B.
+    pub fn with_wan_delay_us(self, us: u32) -> NatKinds {
+        NatKinds { wan_hop: true, wan_delay_us: us, ..self }
     }
 }
 
