@@ -31,9 +31,10 @@ fn mean_sd(res: &Results, path: &str) -> String {
     }
 }
 
-const BEDS: [(&str, &str); 2] = [
+const BEDS: [(&str, &str); 3] = [
     ("gb_drop", "GA preserve / GB drop, broker `--punch-retry-s 0`"),
     ("preserve", "GA preserve / GB preserve (the bed's default), broker as shipped"),
+    ("wan", "GA preserve / GB preserve, 1 ms WAN round trip (`--wan-delay-us 500`), broker `--punch-retry-s 0`"),
 ];
 
 const CELLS: [(&str, &str); 4] = [
