@@ -35,7 +35,16 @@ const T3_GCB_PORT: u16 = 7701;
 const TP_DIRECT_PORT: u16 = 7710;
 const TP_GCB_PORT: u16 = 7711;
 /// One-way delay of the WAN bed's router, µs: a 1 ms round trip.
-const WAN_DELAY_US: u32 = 500;
+pub(crate) const WAN_DELAY_US: u32 = 500;
+
+/// How the report and the targets name the WAN bed's round trip: a macro,
+/// so labels can `concat!` it; a test holds it to [`WAN_DELAY_US`].
+#[macro_export]
+macro_rules! wan_rtt {
+    () => {
+        "1 ms WAN round trip"
+    };
+}
 
 /// The path one connect took, with the shim's own time for it (µs, from the
 /// program's call to its answer).
@@ -437,6 +446,14 @@ fn throughput(ctx: &Ctx, bed: &TestBed, res: &mut Results) -> Result<(), String>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_wan_beds_label_says_its_delay() {
+        let rtt_ms = 2 * super::WAN_DELAY_US / 1000;
+        assert_eq!(crate::wan_rtt!(), format!("{rtt_ms} ms WAN round trip"));
+        assert!(crate::punch_md::WAN_BED.contains(&format!("`--wan-delay-us {}`", super::WAN_DELAY_US)));
+        assert!(crate::punch_md::WAN_BED.contains(crate::wan_rtt!()));
+    }
+
     use super::*;
 
     #[test]

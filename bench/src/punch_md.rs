@@ -31,10 +31,13 @@ fn mean_sd(res: &Results, path: &str) -> String {
     }
 }
 
+/// The WAN bed's label (`punch::WAN_DELAY_US`, checked by a test there).
+pub(crate) const WAN_BED: &str = concat!("GA preserve / GB preserve, ", crate::wan_rtt!(), " (`--wan-delay-us 500`), broker `--punch-retry-s 0`");
+
 const BEDS: [(&str, &str); 3] = [
     ("gb_drop", "GA preserve / GB drop, broker `--punch-retry-s 0`"),
     ("preserve", "GA preserve / GB preserve (the bed's default), broker as shipped"),
-    ("wan", "GA preserve / GB preserve, 1 ms WAN round trip (`--wan-delay-us 500`), broker `--punch-retry-s 0`"),
+    ("wan", WAN_BED),
 ];
 
 const CELLS: [(&str, &str); 4] = [

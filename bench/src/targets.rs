@@ -367,43 +367,43 @@ pub fn evaluate(res: &mut Results, parts: &[String]) -> Vec<Verdict> {
         "Table 3 TCP with standbys, the runs that took one (GB drop): data ≤ 1.05× regular (issue 13)",
         judge(res, &standby("data"), false, le(1.05), "×"),
     );
-    // The same on the bed with a WAN's 1 ms round trip, where a connect's
+    // The same on the bed with a WAN's round trip (`punch::WAN_DELAY_US`), where a connect's
     // round trips weigh as they do between real sites.
     let wan = |way: &str, m: &str| vec![format!("punch.table3.wan.{way}.{m}_ratio")];
     push(
         "punch_wan_table3_conn",
         "punch",
-        "Table 3 TCP, the punched runs (1 ms WAN round trip): conn ≤ 3× regular (issue 13)",
+        concat!("Table 3 TCP, the punched runs (", crate::wan_rtt!(), "): conn ≤ 3× regular (issue 13)"),
         judge(res, &wan("gcb_punch.punched", "conn"), false, le(3.0), "×"),
     );
     push(
         "punch_wan_table3_data",
         "punch",
-        "Table 3 TCP, the punched runs (1 ms WAN round trip): data ≤ 1.05× regular (issue 13)",
+        concat!("Table 3 TCP, the punched runs (", crate::wan_rtt!(), "): data ≤ 1.05× regular (issue 13)"),
         judge(res, &wan("gcb_punch.punched", "data"), false, le(1.05), "×"),
     );
     push(
         "punch_wan_standby_conn",
         "punch",
-        "Table 3 TCP with standbys, the runs that took one (1 ms WAN round trip): conn ≤ 3× regular (issue 13)",
+        concat!("Table 3 TCP with standbys, the runs that took one (", crate::wan_rtt!(), "): conn ≤ 3× regular (issue 13)"),
         judge(res, &wan("gcb_standby.standby", "conn"), false, le(3.0), "×"),
     );
     push(
         "punch_wan_standby_data",
         "punch",
-        "Table 3 TCP with standbys, the runs that took one (1 ms WAN round trip): data ≤ 1.05× regular (issue 13)",
+        concat!("Table 3 TCP with standbys, the runs that took one (", crate::wan_rtt!(), "): data ≤ 1.05× regular (issue 13)"),
         judge(res, &wan("gcb_standby.standby", "data"), false, le(1.05), "×"),
     );
     push(
         "punch_wan_standby_cell_conn",
         "punch",
-        "Table 3 TCP with standbys, every run of the cell (1 ms WAN round trip): conn ≤ 3× regular (issue 13)",
+        concat!("Table 3 TCP with standbys, every run of the cell (", crate::wan_rtt!(), "): conn ≤ 3× regular (issue 13)"),
         judge(res, &["punch.table3.wan.gcb_standby.conn_ratio".into()], false, le(3.0), "×"),
     );
     push(
         "punch_wan_standby_cell_data",
         "punch",
-        "Table 3 TCP with standbys, every run of the cell (1 ms WAN round trip): data ≤ 1.05× regular (issue 13)",
+        concat!("Table 3 TCP with standbys, every run of the cell (", crate::wan_rtt!(), "): data ≤ 1.05× regular (issue 13)"),
         judge(res, &["punch.table3.wan.gcb_standby.data_ratio".into()], false, le(1.05), "×"),
     );
     push(

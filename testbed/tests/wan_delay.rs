@@ -38,11 +38,13 @@ fn echo(bed: &TestBed, host: &str, proto: &str, dest: &str, runs: u32) -> Vec<f6
     let summary = stdout.lines().find(|l| l.starts_with("SUMMARY ")).unwrap_or_else(|| panic!("no SUMMARY:\n{stdout}"));
     assert!(summary.contains(&format!("runs={runs} ok={runs} ")), "{proto} from {host}: {summary}");
     assert!(summary.contains(" lost=0 "), "{proto} from {host}: {summary}");
-    stdout
+    let times: Vec<f64> = stdout
         .lines()
         .filter(|l| l.starts_with("RUN "))
         .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("conn_us="))?.parse().ok())
-        .collect()
+        .collect();
+    assert_eq!(times.len(), runs as usize, "a connect time for every run:\n{stdout}");
+    times
 }
 
 fn min(v: &[f64]) -> f64 {

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 /// The largest packet a TUN device without offloads hands over (its MTU is
 /// at most 64 KiB).
 const MAX_PACKET: usize = 65536;
+/// Packets read per wake-up at most, so a steady inflow cannot hold back the
+/// ones that are due.
+const READS_PER_WAKE: usize = 64;
 
 struct Args {
     tun: String,
@@ -36,8 +39,18 @@ struct Args {
     netns: Option<String>,
 }
 
+const USAGE: &str = "usage: wan-delay --tun NAME --delay-us N [--max-packets N] [--netns NAME]";
+
 fn parse_args() -> Result<Args, String> {
     let words: Vec<String> = std::env::args().skip(1).collect();
+    if words.iter().any(|w| w == "--help" || w == "-h") {
+        println!("{USAGE}");
+        println!("Holds every packet routed into TUN device NAME for N microseconds, then writes it back");
+        println!("into the device (the test bed's WAN latency: scripts/netns up --wan-hop --wan-delay-us N).");
+        println!("  --max-packets N  packets held at most; more are dropped and counted (default 10000)");
+        println!("  --netns NAME     exit once /run/netns/NAME is gone");
+        std::process::exit(0);
+    }
     let value = |flag: &str| -> Option<String> {
         let i = words.iter().position(|w| w == flag)?;
         words.get(i + 1).cloned()
@@ -93,36 +106,42 @@ struct Held {
     queue: VecDeque<(Instant, Vec<u8>)>,
     /// Buffers of packets sent, for the next ones to arrive.
     spare: Vec<Vec<u8>>,
+    /// Where each packet is read; only its bytes are queued.
+    scratch: Vec<u8>,
+    delay: Duration,
     max: usize,
     passed: u64,
     dropped: u64,
 }
 
 impl Held {
-    /// Reads every packet waiting on `fd`; false if the device is gone.
-    fn take_in(&mut self, fd: i32, due: Instant) -> bool {
-        loop {
-            let mut buf = self.spare.pop().unwrap_or_else(|| vec![0; MAX_PACKET]);
-            buf.resize(MAX_PACKET, 0);
-            // SAFETY: a live buffer of MAX_PACKET bytes.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    fn new(delay: Duration, max: usize) -> Held {
+        Held { queue: VecDeque::new(), spare: Vec::new(), scratch: vec![0; MAX_PACKET], delay, max, passed: 0, dropped: 0 }
+    }
+
+    /// Reads the packets waiting on `fd`, up to [`READS_PER_WAKE`], each due
+    /// its delay after it was read; false if the device is gone.
+    fn take_in(&mut self, fd: i32) -> bool {
+        for _ in 0..READS_PER_WAKE {
+            // SAFETY: a live buffer of scratch.len() bytes.
+            let n = unsafe { libc::read(fd, self.scratch.as_mut_ptr().cast(), self.scratch.len()) };
             if n < 0 {
-                self.spare.push(buf);
                 let e = std::io::Error::last_os_error();
                 return matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR));
             }
             if n == 0 {
-                self.spare.push(buf);
                 return false;
             }
-            buf.truncate(n as usize);
             if self.queue.len() >= self.max {
                 self.dropped += 1;
-                self.spare.push(buf);
-            } else {
-                self.queue.push_back((due, buf));
+                continue;
             }
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(&self.scratch[..n as usize]);
+            self.queue.push_back((Instant::now() + self.delay, buf));
         }
+        true
     }
 
     /// Writes back every packet due by `now`.
@@ -136,7 +155,8 @@ impl Held {
             } else {
                 self.dropped += 1;
             }
-            if self.spare.len() < 64 {
+            // Kept for reuse only if MTU-sized: a rare large one is let go.
+            if self.spare.len() < 64 && buf.capacity() <= 2048 {
                 self.spare.push(buf);
             }
         }
@@ -149,7 +169,7 @@ fn run(args: Args) -> Result<(u64, u64), String> {
     // SAFETY: a plain prctl on this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     let netns_file = args.netns.as_ref().map(|n| std::path::PathBuf::from(format!("/run/netns/{n}")));
-    let mut held = Held { queue: VecDeque::new(), spare: Vec::new(), max: args.max_packets, passed: 0, dropped: 0 };
+    let mut held = Held::new(args.delay, args.max_packets);
     let fd = tun.as_raw_fd();
     println!("READY");
     let mut next_check = Instant::now() + Duration::from_secs(1);
@@ -173,8 +193,7 @@ fn run(args: Args) -> Result<(u64, u64), String> {
         if pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
             return Ok((held.passed, held.dropped));
         }
-        let now = Instant::now();
-        if pfd.revents & libc::POLLIN != 0 && !held.take_in(fd, now + args.delay) {
+        if pfd.revents & libc::POLLIN != 0 && !held.take_in(fd) {
             return Ok((held.passed, held.dropped));
         }
         held.send_due(fd, Instant::now());
@@ -186,7 +205,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("wan-delay: {e}");
-            eprintln!("usage: wan-delay --tun NAME --delay-us N [--max-packets N] [--netns NAME]");
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -206,52 +225,90 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn held(max: usize) -> Held {
-        Held { queue: VecDeque::new(), spare: Vec::new(), max, passed: 0, dropped: 0 }
+    /// A datagram socket pair stands in for the device: each write is one
+    /// packet "routed in", each read one packet back.
+    fn packet_pair() -> (i32, i32) {
+        let mut fds = [0; 2];
+        // SAFETY: a socket pair of our own, non-blocking.
+        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK, 0, fds.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        (fds[0], fds[1])
+    }
+
+    fn put(fd: i32, bytes: &[u8]) {
+        // SAFETY: a live buffer.
+        assert_eq!(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
+    }
+
+    fn get(fd: i32) -> Option<Vec<u8>> {
+        let mut out = [0u8; 64];
+        // SAFETY: a live buffer.
+        let n = unsafe { libc::read(fd, out.as_mut_ptr().cast(), out.len()) };
+        (n > 0).then(|| out[..n as usize].to_vec())
+    }
+
+    fn close(fds: (i32, i32)) {
+        // SAFETY: our fds.
+        unsafe {
+            libc::close(fds.0);
+            libc::close(fds.1);
+        }
     }
 
     #[test]
-    fn packets_leave_in_arrival_order_once_due() {
-        // A pipe stands in for the device: bytes written to it are "routed in".
-        let mut fds = [0; 2];
-        // SAFETY: a pipe of our own, non-blocking both ends.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) }, 0);
-        let (r, w) = (fds[0], fds[1]);
-        let mut h = held(10);
-        let t0 = Instant::now();
-        // SAFETY: 3 bytes of a constant.
-        unsafe { libc::write(w, b"abc".as_ptr().cast(), 3) };
-        assert!(h.take_in(r, t0 + Duration::from_millis(5)));
-        assert_eq!(h.queue.len(), 1);
-        assert_eq!(h.queue[0].1, b"abc");
-        // Not yet due: nothing leaves (it would be written to the read end,
-        // which fails and counts as dropped).
-        h.send_due(r, t0 + Duration::from_millis(4));
-        assert_eq!((h.queue.len(), h.passed, h.dropped), (1, 0, 0));
-        h.send_due(w, t0 + Duration::from_millis(5));
-        assert_eq!((h.queue.len(), h.passed, h.dropped), (0, 1, 0));
-        let mut out = [0u8; 8];
-        // SAFETY: a live buffer.
-        let n = unsafe { libc::read(r, out.as_mut_ptr().cast(), out.len()) };
-        assert_eq!(&out[..n as usize], b"abc");
-        // SAFETY: our fds.
-        unsafe { libc::close(r) };
-        unsafe { libc::close(w) };
+    fn packets_leave_whole_in_arrival_order_each_its_delay_after_it_came() {
+        let (device, router) = packet_pair();
+        let delay = Duration::from_millis(50);
+        let mut h = Held::new(delay, 10);
+        let before = Instant::now();
+        put(router, b"first");
+        put(router, b"second");
+        assert!(h.take_in(device));
+        std::thread::sleep(Duration::from_millis(5));
+        put(router, b"third");
+        assert!(h.take_in(device));
+        let after = Instant::now();
+        assert_eq!(h.queue.len(), 3);
+        for (due, _) in &h.queue {
+            assert!(*due >= before + delay && *due <= after + delay, "each due its delay after it was read");
+        }
+        assert!(h.queue[2].0 >= h.queue[1].0 + Duration::from_millis(5), "the later packet is due later");
+        // Nothing is due before the first packet's time.
+        h.send_due(device, before + delay - Duration::from_millis(1));
+        assert_eq!((h.queue.len(), h.passed), (3, 0));
+        assert_eq!(get(router), None);
+        // Once all are due they leave whole and in order.
+        h.send_due(device, after + delay);
+        assert_eq!((h.queue.len(), h.passed, h.dropped), (0, 3, 0));
+        assert_eq!(get(router).as_deref(), Some(&b"first"[..]));
+        assert_eq!(get(router).as_deref(), Some(&b"second"[..]));
+        assert_eq!(get(router).as_deref(), Some(&b"third"[..]));
+        close((device, router));
     }
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let mut h = held(1);
-        h.queue.push_back((Instant::now(), vec![1]));
-        let mut fds = [0; 2];
-        // SAFETY: a pipe of our own.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) }, 0);
-        // SAFETY: one byte.
-        unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
-        assert!(h.take_in(fds[0], Instant::now()));
+        let (device, router) = packet_pair();
+        let mut h = Held::new(Duration::from_millis(1), 1);
+        put(router, b"kept");
+        put(router, b"dropped");
+        assert!(h.take_in(device));
         assert_eq!((h.queue.len(), h.dropped), (1, 1));
-        // SAFETY: our fds.
-        unsafe { libc::close(fds[0]) };
-        unsafe { libc::close(fds[1]) };
+        assert_eq!(h.queue[0].1, b"kept");
+        close((device, router));
+    }
+
+    #[test]
+    fn one_wake_up_reads_a_bounded_number_of_packets() {
+        let (device, router) = packet_pair();
+        let mut h = Held::new(Duration::from_millis(1), 1000);
+        for i in 0..READS_PER_WAKE + 3 {
+            put(router, &[i as u8]);
+        }
+        assert!(h.take_in(device));
+        assert_eq!(h.queue.len(), READS_PER_WAKE);
+        assert!(h.take_in(device));
+        assert_eq!(h.queue.len(), READS_PER_WAKE + 3);
+        close((device, router));
     }
 }
