@@ -27,17 +27,14 @@
 //! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
 //! `make -C c-tests`.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 mod punch_support;
 
-use punch_support::{counter, echo_server, shimmed};
+use punch_support::{conn_us_mean, counter, echo_server, shimmed, tcp_echo_from_b1};
 use testbed::real::{Mode, RealBed};
 use testbed::{run_with_timeout, NatKind, NatKinds, Proc};
 
-/// GB, realm B's public address: what the server sees as its peer.
-const GB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A server on a1 under the shim, registered; its proxy address.
@@ -45,33 +42,10 @@ fn server(r: &RealBed, port: u16) -> (Proc, String) {
     echo_server(r, "tcp", port, "epoll", &[])
 }
 
-/// The echo client on b1 to `dest`; asserts every byte came back and the
-/// server accepted from realm B; returns the client's stderr (the shim's log).
+/// The echo client on b1 to `dest` (`punch_support::tcp_echo_from_b1`: every
+/// byte back, the right peers); returns the client's stderr (the shim's log).
 fn client(r: &RealBed, server: &Proc, dest: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
-    let mut c = shimmed(r, "b1", "echo-client", env);
-    c.args(["--proto", "tcp", "--connect", dest, "--bytes", "100000", "--rounds", "3"]).args(extra);
-    let out = run_with_timeout(c, CLIENT_TIMEOUT).unwrap_or_else(|e| panic!("client: {e}"));
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let context = || {
-        format!(
-            "stdout:\n{stdout}\nclient stderr:\n{stderr}\nserver stderr:\n{}\nbroker stderr:\n{}",
-            server.stderr_text(),
-            r.daemon.stderr_text()
-        )
-    };
-    assert!(out.status.success(), "echo-client {extra:?} failed ({}):\n{}", out.status, context());
-    let summary = stdout.lines().find(|l| l.starts_with("SUMMARY ")).unwrap_or_else(|| panic!("no SUMMARY:\n{}", context()));
-    let field = |k: &str| summary.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_string);
-    assert_eq!(field("ok"), field("runs"), "{summary}\n{}", context());
-    assert!(field("ok").is_some_and(|n| n != "0"), "{summary}");
-    // The client reports the proxy address as its peer, whatever the path.
-    for peer in stdout.lines().filter_map(|l| l.split_once(" PEER ").map(|(_, p)| p)) {
-        assert_eq!(peer, dest, "the client's getpeername\n{}", context());
-    }
-    let rest = server.wait_line("ACCEPT PEER ", Duration::from_secs(5)).expect("ACCEPT PEER");
-    let ip: Ipv4Addr = rest.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok()).expect("peer ip");
-    assert_eq!(ip, GB, "the server's peer is realm B's mapping\n{}", context());
-    stderr.into_owned()
+    tcp_echo_from_b1(r, server, dest, extra, env).1
 }
 
 /// [`client`], returning its stdout (the RUN and SUMMARY lines) and then its
@@ -95,16 +69,6 @@ const SERVER_MODES: [&str; 6] = ["blocking", "select", "poll", "epoll", "epoll-e
 /// The echo server on a1 in `mode`, registered; its proxy address.
 fn server_in(r: &RealBed, port: u16, mode: &str) -> (Proc, String) {
     echo_server(r, "tcp", port, mode, &[])
-}
-
-/// The mean connect time of the client's runs, from its SUMMARY line.
-fn conn_us_mean(stdout_and_log: &str) -> f64 {
-    let summary = stdout_and_log.lines().find(|l| l.starts_with("SUMMARY ")).expect("SUMMARY");
-    summary
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("conn_us_mean="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no conn_us_mean in {summary}"))
 }
 
 #[test]

@@ -20,15 +20,12 @@
 //! Needs root, `cargo build --release` (libgcb.so, gcb-broker) and
 //! `make -C c-tests`.
 
-use std::time::Duration;
-
 mod punch_support;
 
-use punch_support::{counter, echo_server, shimmed};
+use punch_support::{counter, echo_server, tcp_echo_from_b1};
 use testbed::real::{Mode, RealBed};
-use testbed::{run_with_timeout, NatKind, NatKinds};
+use testbed::{NatKind, NatKinds};
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECTS: u64 = 5;
 
 #[test]
@@ -37,26 +34,9 @@ fn echoes_across_the_hop_are_punched_every_time() {
     let r = RealBed::up_with_nat(Mode::Gcb, 2, &[&["--log", "debug"][..], &punch_support::ROOMY_BUDGET].concat(), nat);
     let (server, listen) = echo_server(&r, "tcp", 7495, "epoll", &[]);
     for i in 0..CONNECTS {
-        let mut c = shimmed(&r, "b1", "echo-client", &[]);
-        c.args(["--proto", "tcp", "--connect", &listen, "--bytes", "100000", "--rounds", "3"]);
-        if i % 2 == 1 {
-            c.arg("--nonblock");
-        }
-        let out = run_with_timeout(c, CLIENT_TIMEOUT).expect("echo-client");
-        let (stdout, log) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-        let all = || format!("connect {i}:\n{stdout}\n{log}\nserver:\n{}\nbroker:\n{}", server.stderr_text(), r.daemon.stderr_text());
-        assert!(out.status.success(), "{}", all());
-        // The client compares every byte it reads back with what it sent.
-        let summary = stdout.lines().find(|l| l.starts_with("SUMMARY ")).unwrap_or_else(|| panic!("no SUMMARY: {}", all()));
-        for kv in ["runs=1", "ok=1"] {
-            assert!(summary.split_whitespace().any(|w| w == kv), "{kv} in {summary}: {}", all());
-        }
-        for peer in stdout.lines().filter_map(|l| l.split_once(" PEER ").map(|(_, p)| p)) {
-            assert_eq!(peer, listen, "the client's getpeername: {}", all());
-        }
-        assert!(log.contains(&format!("connect tcp {listen} via punched")), "the client's shim: {}", all());
-        let accepted = server.wait_line("ACCEPT PEER ", Duration::from_secs(10)).expect("ACCEPT PEER");
-        assert!(accepted.starts_with("203.0.113.2:"), "the server's peer is GB: {accepted}: {}", all());
+        let extra: &[&str] = if i % 2 == 1 { &["--nonblock"] } else { &[] };
+        let (_, log) = tcp_echo_from_b1(&r, &server, &listen, extra, &[]);
+        assert!(log.contains(&format!("connect tcp {listen} via punched")), "connect {i}: the client's shim:\n{log}\nbroker:\n{}", r.daemon.stderr_text());
     }
     let broker = r.daemon.stderr_text();
     assert_eq!(counter(&r, "punch_attempts"), CONNECTS, "{broker}");

@@ -1,5 +1,6 @@
-//! What the hole-punching tests (`punch_tcp`, `punch_udp`) share: the C
-//! test programs under the shim on a bed host, and the broker's counters.
+//! What the hole-punching tests (`punch_tcp`, `punch_udp`, ...) share: the C
+//! test programs under the shim on a bed host, a checked TCP echo across the
+//! realms, and the broker's counters.
 
 #![allow(dead_code)]
 
@@ -32,6 +33,46 @@ pub fn shimmed(r: &RealBed, host: &str, program: &str, env: &[(&str, &str)]) -> 
     }
     c.envs(env.iter().copied());
     c
+}
+
+/// How long one echo client may run.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The TCP echo client on b1 under the shim (with `env`) to `dest`, 100000
+/// bytes three times per run, plus `extra` flags: asserts that it ended well
+/// with every run's bytes echoed whole (the client compares them), that it
+/// names `dest` as its peer, and that `server` accepted the connection from
+/// realm B's mapping (GB). Returns its stdout (RUN and SUMMARY lines) and
+/// its stderr (the shim's log).
+pub fn tcp_echo_from_b1(r: &RealBed, server: &Proc, dest: &str, extra: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let mut c = shimmed(r, "b1", "echo-client", env);
+    c.args(["--proto", "tcp", "--connect", dest, "--bytes", "100000", "--rounds", "3"]).args(extra);
+    let out = testbed::run_with_timeout(c, CLIENT_TIMEOUT).unwrap_or_else(|e| panic!("client: {e}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let context = || format!("stdout:\n{stdout}\nclient stderr:\n{stderr}\nserver stderr:\n{}\nbroker stderr:\n{}", server.stderr_text(), r.daemon.stderr_text());
+    assert!(out.status.success(), "echo-client {extra:?} failed ({}):\n{}", out.status, context());
+    let summary = stdout.lines().find(|l| l.starts_with("SUMMARY ")).unwrap_or_else(|| panic!("no SUMMARY:\n{}", context()));
+    let field = |k: &str| summary.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_string);
+    assert_eq!(field("ok"), field("runs"), "{summary}\n{}", context());
+    assert!(field("ok").is_some_and(|n| n != "0"), "{summary}");
+    // The client reports the proxy address as its peer, whatever the path.
+    for peer in stdout.lines().filter_map(|l| l.split_once(" PEER ").map(|(_, p)| p)) {
+        assert_eq!(peer, dest, "the client's getpeername\n{}", context());
+    }
+    let rest = server.wait_line("ACCEPT PEER ", std::time::Duration::from_secs(5)).expect("ACCEPT PEER");
+    let ip = rest.rsplit_once(':').map(|(ip, _)| ip);
+    assert_eq!(ip, Some("203.0.113.2"), "the server's peer is realm B's mapping (GB)\n{}", context());
+    (stdout, stderr)
+}
+
+/// The mean connect time of the client's runs, from its SUMMARY line.
+pub fn conn_us_mean(stdout: &str) -> f64 {
+    let summary = stdout.lines().find(|l| l.starts_with("SUMMARY ")).expect("SUMMARY");
+    summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("conn_us_mean="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no conn_us_mean in {summary}"))
 }
 
 /// The C echo server on a1 under the shim (with `env`), serving `proto` on
