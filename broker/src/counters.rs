@@ -115,6 +115,9 @@ pub struct Counters {
     /// else: not as a decision, nor a skip).
     pub punch_standby_attempts: u64,
     pub punch_standby_refused: u64,
+    /// TCP punches whose connector opened its rendezvous beside its
+    /// `Connect` (`Features::PUNCH_EARLY`; counted in `punch_attempts` too).
+    pub punch_early: u64,
     /// UDP hole punching: `PunchUdp` decisions (the listener was sent
     /// `PunchHole`), and those whose connector said its direct path opened
     /// (its one `Dummy{token}` to the proxy, `engine::punch_udp`).
@@ -220,6 +223,7 @@ impl Counters {
             ("punch_vanished", self.punch_vanished),
             ("punch_standby_attempts", self.punch_standby_attempts),
             ("punch_standby_refused", self.punch_standby_refused),
+            ("punch_early", self.punch_early),
             ("udp_punch_attempts", self.udp_punch_attempts),
             ("udp_punch_direct", self.udp_punch_direct),
             ("udp_relayed_to_client", self.udp_relayed_to_client),

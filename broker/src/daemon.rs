@@ -158,6 +158,7 @@ impl Daemon {
             true => daemon_kit::freebind::tcp_listener(command_addr).map(TcpListener::from_std),
         }
         .map_err(|e| format!("cannot bind the rendezvous port tcp {command_addr}: {e}"))?;
+        crate::relay::fast_open::enable(&rendezvous);
 
         let poll = command_port::event_loop(&signals, &mut command)?;
         poll.registry()

@@ -227,6 +227,7 @@ pub(crate) fn help(name: &str) -> &'static str {
         "punch_vanished" => "Punches a side left before the verdict or never came to (no connection)",
         "punch_standby_attempts" => "TCP hole punches decided for a shim's standby connection (also in punch_attempts)",
         "punch_standby_refused" => "Standby connects refused: the pair would not have been punched",
+        "punch_early" => "TCP hole punches whose connector opened its rendezvous with its Connect (also in punch_attempts)",
         "udp_punch_attempts" => "UDP hole punches decided between private realms (PunchHole sent)",
         "udp_punch_direct" => "UDP hole punches whose connector reported its direct path open",
         "udp_relayed_to_client" => "UDP datagrams relayed from peers to clients",

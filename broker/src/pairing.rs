@@ -91,6 +91,9 @@ pub struct Pending<S> {
     /// The listener failed its command with this code: the connection
     /// will not be made, and an arriving half is rejected with the code.
     pub failed: Option<ErrorCode>,
+    /// A punch whose connector opened its rendezvous beside its `Connect`
+    /// and commits on its own check (`Features::PUNCH_EARLY`).
+    pub early: bool,
     pub created: Instant,
     pub deadline: Instant,
     pub connector: Option<Half<S>>,
@@ -114,6 +117,7 @@ impl<S> Pending<S> {
             connector_id: None,
             connector_cmd: None,
             failed: None,
+            early: false,
             created: now,
             deadline,
             connector: None,

@@ -48,7 +48,7 @@ fn decision() -> impl Strategy<Value = Decision> {
         token().prop_map(|token| Decision::Reversal { token }),
         (addr(), token()).prop_map(|(via, token)| Decision::Relay { via, token }),
         Just(Decision::NotRegistered),
-        (addr(), token()).prop_map(|(via, token)| Decision::PunchTcp { via, token }),
+        (addr(), token(), any::<bool>()).prop_map(|(via, token, early)| Decision::PunchTcp { via, token, early }),
         (addr(), token(), addr()).prop_map(|(via, token, listener_at)| Decision::PunchUdp {
             via,
             token,

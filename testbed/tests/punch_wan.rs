@@ -13,7 +13,8 @@
 //!   every byte echoes back, both sides name the right peer, and the connect
 //!   took at least two of the WAN's round trips (the delay is there);
 //! * UDP: a connected echo client is punched and every datagram comes back;
-//! * the broker counts every punch a success, no fallback, no relay.
+//! * the broker counts every punch a success, no fallback, no relay, and
+//!   every TCP connector's rendezvous as one that came with its `Connect`.
 //!
 //! Needs root, `cargo build --release` (libgcb.so, gcb-broker, wan-delay)
 //! and `make -C c-tests`.
@@ -46,6 +47,7 @@ fn tcp_and_udp_are_punched_across_a_wan_between_resetting_gateways() {
         let (stdout, log) = tcp_echo_from_b1(&r, &server, &listen, extra, &[]);
         let all = || format!("connect {i}:\n{stdout}\n{log}\nbroker:\n{}", r.daemon.stderr_text());
         let conn_us = conn_us_mean(&stdout);
+        eprintln!("connect {i}: {conn_us:.0} us, {:.2} round trips", conn_us / rtt_us);
         assert!(conn_us >= 2.0 * rtt_us, "a brokered connect takes at least two of the WAN's round trips ({rtt_us} µs): {conn_us} µs: {}", all());
         assert!(log.contains(&format!("connect tcp {listen} via punched")), "the client's shim: {}", all());
     }
@@ -65,6 +67,7 @@ fn tcp_and_udp_are_punched_across_a_wan_between_resetting_gateways() {
     let broker = r.daemon.stderr_text();
     assert_eq!(counter(&r, "punch_attempts"), CONNECTS, "{broker}");
     assert_eq!(counter(&r, "punch_succeeded"), CONNECTS, "{broker}");
+    assert_eq!(counter(&r, "punch_early"), CONNECTS, "every connector's rendezvous came with its Connect: {broker}");
     for why in testbed::real::PUNCH_FALLBACKS {
         assert_eq!(counter(&r, &format!("punch_fallbacks_{why}")), 0, "no fallback ({why}): {broker}");
     }

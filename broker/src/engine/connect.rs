@@ -273,8 +273,10 @@ impl Engine {
                     .connector_id
                     .unwrap_or(SocketAddrV4::new(*from.ip(), req.connector.port()));
                 let kind = if punch { Kind::Punch } else { Kind::Relay };
+                let early = punch && req.features.contains(Features::PUNCH_EARLY) && req.asked_from_port != 0;
                 let mut pending = Pending::new(kind, req.target, mgmt, peer, now, now + PAIR_TIMEOUT);
                 pending.connector_id = req.connector_id;
+                pending.early = early;
                 let via = self.rendezvous;
                 let (broker, proxy) = (via, req.target);
                 let msg = match punch {
@@ -288,7 +290,12 @@ impl Engine {
                 if punch {
                     self.counters.punch_attempts += 1;
                     self.counters.punch_standby_attempts += u64::from(standby);
-                    Decision::PunchTcp { via, token }
+                    if early {
+                        self.counters.punch_early += 1;
+                        let local = SocketAddrV4::new(*req.connector.ip(), req.asked_from_port);
+                        self.early_connect(from, local, token, now);
+                    }
+                    Decision::PunchTcp { via, token, early }
                 } else {
                     self.counters.decided_relay += 1;
                     Decision::Relay { via, token }

@@ -57,6 +57,7 @@ mod connect;
 mod holders;
 mod icmp;
 mod punch;
+mod punch_early;
 mod punch_udp;
 mod register;
 mod status;
@@ -244,6 +245,8 @@ pub struct Engine {
     punches: HashMap<Token, punch::Punch>,
     punch_streams: HashMap<StreamId, (Token, Role)>,
     punch_cache: OutcomeCache,
+    /// Connectors' rendezvous connections that came with their `Connect`.
+    early: punch_early::EarlyRendezvous,
     asyncs: AsyncCommands,
     udp: UdpRelay,
     replies: ReplyCache<SocketAddrV4>,
@@ -280,6 +283,7 @@ impl Engine {
             punches: HashMap::new(),
             punch_streams: HashMap::new(),
             punch_cache: OutcomeCache::default(),
+            early: punch_early::EarlyRendezvous::default(),
             asyncs: AsyncCommands::new(random_u64()),
             udp: UdpRelay::new(limits),
             replies: ReplyCache::new(
@@ -412,6 +416,7 @@ impl Engine {
             self.udp.table.next_deadline(),
             self.udp.channels.next_deadline(),
             self.next_punch_deadline(),
+            self.early.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -425,6 +430,7 @@ impl Engine {
         self.expire_holders(now);
         self.expire_pairings(now);
         self.expire_punches(now);
+        self.expire_early(now);
         self.expire_udp_rules(now);
         self.expire_udp_channels(now);
         self.poll_commands(now);

@@ -158,13 +158,17 @@ impl Engine {
         let arrival = Arrival {
             observed: addr,
             local: hello.local,
-            rtt,
+            rtt: self.early.rtt(*addr.ip(), rtt),
         };
         let half = Half {
             stream,
             addr,
             punch: Some(arrival),
         };
+        if hello.role == Role::Connector && self.pairings.get(hello.token).is_none() {
+            self.early_hello(&hello, half, now);
+            return;
+        }
         self.arrive(hello.token, hello.role, half, now);
     }
 
@@ -177,8 +181,9 @@ impl Engine {
             return;
         };
         let connector_id = p.connector_id.unwrap_or(c.addr);
+        let meeting = Meeting::new(p.proxy, connector_id, self.policy());
         let punch = Punch {
-            meeting: Meeting::new(p.proxy, connector_id, self.policy()),
+            meeting: if p.early { meeting.committing_connector() } else { meeting },
             streams: [c.stream, l.stream],
             addrs: [c.addr, l.addr],
             proxy: p.proxy,
@@ -208,8 +213,10 @@ impl Engine {
         self.carry_steps(token, steps, now);
     }
 
-    /// A punch's side reported.
-    pub fn on_punch_report(&mut self, stream: StreamId, report: PunchReport, now: Instant) {
+    /// A punch's side reported; `rtt` is its connection's smoothed round
+    /// trip by now, if the loop could read it (kept for its IP's next hello
+    /// that comes before its handshake, `punch_early`).
+    pub fn on_punch_report(&mut self, stream: StreamId, report: PunchReport, rtt: Option<Duration>, now: Instant) {
         let Some(&(token, role)) = self.punch_streams.get(&stream) else {
             return;
         };
@@ -217,6 +224,13 @@ impl Engine {
             return;
         };
         let i = slot(role);
+        if let Some(rtt) = rtt {
+            let ip = *punch.addrs[i].ip();
+            self.early.remember_rtt(ip, rtt);
+        }
+        let Some(punch) = self.punches.get_mut(&token) else {
+            return;
+        };
         punch.reported[i] = true;
         debug!("punch {token}: the {role:?} reported {report:?}");
         if let Some(frame) = punch.held[i].take() {

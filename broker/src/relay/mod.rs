@@ -18,6 +18,7 @@
 //!   more (its relay verdict said it).
 //! * `pump`: the splice-based data pump of one relay.
 
+pub(crate) mod fast_open;
 mod proxy;
 mod pump;
 mod punch;

@@ -67,7 +67,8 @@ impl Daemon {
             Read1::Report(report) => {
                 // A side reports once; what follows is not read here.
                 self.io.unwatch_parked(id);
-                self.engine.on_punch_report(id, report, now);
+                let rtt = self.io.parked_mut(id).and_then(|s| smoothed_rtt(s));
+                self.engine.on_punch_report(id, report, rtt, now);
             }
             Read1::Gone(why) => {
                 debug!("punch: a rendezvous connection ended: {why}");

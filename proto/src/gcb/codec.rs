@@ -22,7 +22,7 @@
 //! | 0x81 | RegisterOk        | proxy, observed, opt u64 udp_token                          |
 //! | 0x82 | HeartbeatAck      | (empty)                                                     |
 //! | 0x83 | ReregisterRequest | u8 n, n × endpoint                                          |
-//! | 0x84 | ConnectDecision   | u8 tag: 1 Direct addr, 2 SameRealm addr, 3 Reversal token, 4 Relay via token, 5 NotRegistered, 6 PunchTcp via token, 7 PunchUdp via token listener_at |
+//! | 0x84 | ConnectDecision   | u8 tag: 1 Direct addr, 2 SameRealm addr, 3 Reversal token, 4 Relay via token, 5 NotRegistered, 6 PunchTcp via token, 7 PunchUdp via token listener_at, 8 PunchTcp (early) via token |
 //! | 0x85 | Ack               | (empty)                                                     |
 //! | 0x86 | DummyAck          | u64 token                                                   |
 //! | 0x87 | StatusReply       | u64 snapshot, u16 page, u16 pages, u16-prefixed chunk       |

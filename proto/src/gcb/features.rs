@@ -29,8 +29,22 @@ impl Features {
     /// refuses with `Error{Unsupported}`, never relays or reverses. Means
     /// nothing in a `Register`, nor in a UDP `Connect`.
     pub const STANDBY: Features = Features(4);
-    const KNOWN: [(Features, &'static str); 3] =
-        [(Features::PUNCH_TCP, "PUNCH_TCP"), (Features::PUNCH_UDP, "PUNCH_UDP"), (Features::STANDBY, "STANDBY")];
+    /// In a TCP `Connect` that also offers `PUNCH_TCP`: "my rendezvous
+    /// connection is already on its way" (docs/hole-punching.md, "The
+    /// connector's rendezvous comes with its Connect"). The shim opened it
+    /// beside the `Connect`, from a TCP socket bound to the port number the
+    /// `Connect` was sent from, on the interface it was sent from, and may
+    /// have said its `PunchHello` already. A broker that punches the connect
+    /// answers `PunchTcp` with `early` set and takes that connection as the
+    /// connector's side of the meeting; the connector then uses the punched
+    /// connection as soon as its own check passes, without the verdict.
+    pub const PUNCH_EARLY: Features = Features(8);
+    const KNOWN: [(Features, &'static str); 4] = [
+        (Features::PUNCH_TCP, "PUNCH_TCP"),
+        (Features::PUNCH_UDP, "PUNCH_UDP"),
+        (Features::STANDBY, "STANDBY"),
+        (Features::PUNCH_EARLY, "PUNCH_EARLY"),
+    ];
 
     pub const fn from_bits(bits: u8) -> Self {
         Features(bits)
@@ -84,6 +98,8 @@ mod tests {
         let standby = Features::PUNCH_TCP.union(Features::STANDBY);
         assert_eq!(standby.bits(), 5);
         assert_eq!(format!("{standby:?}"), "Features(PUNCH_TCP|STANDBY)");
-        assert_eq!(format!("{:?}", Features::from_bits(0x0c)), "Features(STANDBY|0x08)");
+        assert_eq!(format!("{:?}", Features::from_bits(0x0c)), "Features(STANDBY|PUNCH_EARLY)");
+        assert_eq!(format!("{:?}", Features::from_bits(0x14)), "Features(STANDBY|0x10)");
+        assert_eq!(Features::PUNCH_EARLY.bits(), 8);
     }
 }

@@ -125,10 +125,15 @@ fn golden_features_tails() {
 
 #[test]
 fn golden_punch_decisions_and_commands() {
-    let tcp = Message::ConnectDecision(Decision::PunchTcp { via: a("203.0.113.10:65432"), token: Token(0x0102030405060708) });
+    let tcp = Message::ConnectDecision(Decision::PunchTcp { via: a("203.0.113.10:65432"), token: Token(0x0102030405060708), early: false });
     let want = hex("47434231 01 84 01 0000000000000001  06 cb00710a ff98 0102030405060708");
     assert_eq!(encode(&tcp, 1).unwrap(), want);
     assert_eq!(decode(&want).unwrap().1, tcp);
+    // The early form differs in its tag alone.
+    let early = Message::ConnectDecision(Decision::PunchTcp { via: a("203.0.113.10:65432"), token: Token(0x0102030405060708), early: true });
+    let want = hex("47434231 01 84 01 0000000000000001  08 cb00710a ff98 0102030405060708");
+    assert_eq!(encode(&early, 1).unwrap(), want);
+    assert_eq!(decode(&want).unwrap().1, early);
     let udp = Message::ConnectDecision(Decision::PunchUdp {
         via: a("203.0.113.10:20001"),
         token: Token(9),

@@ -111,7 +111,16 @@ pub enum Decision {
     /// socket, send `PunchHello{token, Connector, local}`, and follow the
     /// broker's `PunchGo` or `PunchVerdict`. Sent only to a connector whose
     /// `Connect` offered [`Features::PUNCH_TCP`].
-    PunchTcp { via: SocketAddrV4, token: Token },
+    ///
+    /// With `early` (only to a `Connect` that offered
+    /// [`Features::PUNCH_EARLY`]) the broker took the rendezvous connection
+    /// the connector opened beside its `Connect` as its side of the meeting:
+    /// no new connection, no second hello (one not said yet is said with
+    /// `token`); the go follows on it, and the connector uses its punched
+    /// connection once the listener's proof checks, reporting `Punched`
+    /// and closing the rendezvous connection without waiting for the
+    /// verdict.
+    PunchTcp { via: SocketAddrV4, token: Token, early: bool },
     /// The UDP counterpart: send to `via` (the listener's proxy socket) as for
     /// `Relay` from the first datagram, and meanwhile send `Dummy{token}` to
     /// `listener_at`, the listener socket's mapping as the broker saw it; a

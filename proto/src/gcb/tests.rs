@@ -57,6 +57,12 @@ fn samples() -> Vec<Message> {
         Message::ConnectDecision(Decision::PunchTcp {
             via: a("203.0.113.10:65432"),
             token: Token(11),
+            early: false,
+        }),
+        Message::ConnectDecision(Decision::PunchTcp {
+            via: a("203.0.113.10:65432"),
+            token: Token(13),
+            early: true,
         }),
         Message::ConnectDecision(Decision::PunchUdp {
             via: a("203.0.113.10:20001"),

@@ -12,6 +12,7 @@ use proto::rudp::RetryPolicy;
 use proto::Proto;
 
 use super::mgmt;
+use super::punch::Early;
 use super::registry::connects::Asking;
 use super::reversal_listener::TempListener;
 use super::spare;
@@ -31,8 +32,9 @@ pub(crate) enum Asked {
     Refused(ErrorCode),
     /// A broker decided; in case it is a reversal, the temporary listener and
     /// the socket the `Connect` went out on (the broker's `ConnectFailed`
-    /// arrives there).
-    Decision(Decision, Option<TempListener>, Option<Sock>),
+    /// arrives there); in case it is an early punch, the rendezvous
+    /// connection opened beside the `Connect` (`punch::early`).
+    Decision(Decision, Option<TempListener>, Option<Sock>, Option<Early>),
     /// The shim could not make its own sockets for the exchange (EMFILE,
     /// ENFILE, ENOBUFS, ENOMEM): the caller gets that errno and may retry; the
     /// destination is not cached as "not GCB" for it.
@@ -134,26 +136,63 @@ fn prepare(dest: SocketAddrV4, family: Family, standby: bool) -> Result<Asking, 
         }
     };
     let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
+    let early = if standby { None } else { open_early(dest, family, cmd, local, connector) };
+    let mut features = super::punch::offered();
+    if standby {
+        features = features.union(Features::STANDBY);
+    }
+    if early.is_some() {
+        features = features.union(Features::PUNCH_EARLY);
+    }
     let msg = Message::Connect {
         proto: Proto::Tcp,
         target: dest,
         connector,
         connector_id: None,
         realm: config::get().realm.clone(),
-        features: if standby { super::punch::offered().union(Features::STANDBY) } else { super::punch::offered() },
+        features,
         asked_from_port: local.port(),
     };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
-    Ok(Asking { probe, cmd, tmp, msg, policy, ours })
+    Ok(Asking { probe, cmd, tmp, msg, policy, ours, early })
+}
+
+/// The rendezvous connection opened beside the `Connect` from `local`, the
+/// probe's address (`punch::early`): only to one of our own brokers (a proxy
+/// address), when this process punches, the broker will know it by the
+/// `Connect`'s connector IP, and the destination's last connect was punched
+/// this way or not tried. A failure costs nothing: the `Connect` goes
+/// without it.
+fn open_early(dest: SocketAddrV4, family: Family, cmd: SocketAddrV4, local: SocketAddrV4, connector: SocketAddrV4) -> Option<Early> {
+    let offered = super::punch::offered().contains(Features::PUNCH_TCP);
+    if !offered || our_broker(*dest.ip()).is_none() || connector.ip() != local.ip() {
+        return None;
+    }
+    if super::state::with(|reg| reg.not_early.skips(dest, Instant::now())) {
+        return None;
+    }
+    match Early::open(family, cmd, local.port()) {
+        Ok(e) if e.local().port() == local.port() && e.local().ip() == local.ip() => Some(e),
+        Ok(_) => None,
+        Err(e) => {
+            log!(Debug, "connect to {dest}: no early rendezvous: {}", std::io::Error::from_raw_os_error(e));
+            None
+        }
+    }
 }
 
 /// What the exchange `asked` came to.
 pub(crate) fn answered(asked: Asking, got: Result<Message, crate::client::exchange::NoAnswer>, dest: SocketAddrV4) -> Asked {
-    let Asking { probe, cmd, tmp, ours, .. } = asked;
+    let Asking { probe, cmd, tmp, ours, early, .. } = asked;
+    if early.is_some() {
+        let punched_early = matches!(&got, Ok(Message::ConnectDecision(Decision::PunchTcp { early: true, .. })));
+        super::state::with(|reg| reg.not_early.note(dest, punched_early, Instant::now()));
+    }
     match got {
         Ok(reply) => match mgmt::decision_of(reply) {
-            Ok(d) => Asked::Decision(d, tmp, Some(probe)),
-            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, tmp, None),
+            Ok(d @ Decision::PunchTcp { early: true, .. }) => Asked::Decision(d, tmp, Some(probe), early),
+            Ok(d) => Asked::Decision(d, tmp, Some(probe), None),
+            Err(Some(ErrorCode::NotRegistered)) => Asked::Decision(Decision::NotRegistered, tmp, None, None),
             Err(Some(code)) => Asked::Refused(code),
             Err(None) => Asked::NotGcb,
         },

@@ -102,8 +102,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             log!(Warn, "the broker at {} refused a connection to {dest}: {code:?}", dest.ip());
             fail(libc::ECONNREFUSED)
         }
-        Asked::Decision(decision, tmp, notices) => {
-            let r = decide(fd, dest, decision, (tmp, notices), saved, now);
+        Asked::Decision(decision, tmp, notices, early) => {
+            let r = decide(fd, dest, decision, (tmp, notices, early), saved, now);
             // A punch logs which way it went itself.
             let logged = matches!(decision, Decision::PunchTcp { .. });
             if !logged && (r == 0 || errno() == libc::EINPROGRESS) {
@@ -172,7 +172,7 @@ fn fail(e: Errno) -> c_int {
 }
 
 /// Carries out the broker's decision on the application's socket `fd`.
-unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Option<TempListener>, Option<Sock>), saved: c_int, since: Instant) -> c_int {
+unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices, early): (Option<TempListener>, Option<Sock>, Option<super::punch::Early>), saved: c_int, since: Instant) -> c_int {
     log!(Debug, "connect to {dest}: {d:?}");
     let tmp = match d {
         Decision::Reversal { .. } => tmp,
@@ -195,13 +195,19 @@ unsafe fn decide(fd: c_int, dest: SocketAddrV4, d: Decision, (tmp, notices): (Op
             log!(Info, "connect to {dest}: nothing is registered there");
             fail(libc::ECONNREFUSED)
         }
-        Decision::PunchTcp { via, token } => {
+        Decision::PunchTcp { via, token, early: is_early } => {
             let app = match AppSocket::read(fd) {
                 Ok(app) => app,
                 Err(e) => return brokered_failed(dest, "punch", e),
             };
             let fam = family::of(fd);
-            let punched = super::punch::Session::start(fam, via, token, Role::Connector, super::punch::schedule(), connect_deadline(fd)).and_then(|s| s.finish());
+            let (schedule, deadline) = (super::punch::schedule(), connect_deadline(fd));
+            let session = match (is_early, early) {
+                (true, Some(e)) => Ok(super::punch::Session::resume(fam, e, token, schedule, deadline, dest)),
+                (true, None) => Err(unoffered(&d)),
+                (false, _) => super::punch::Session::start(fam, via, token, Role::Connector, schedule, deadline),
+            };
+            let punched = session.and_then(|s| s.finish());
             match punched.and_then(|(sock, direct)| swap(fd, sock.into_sock(), true, &app).map(|()| direct)) {
                 Ok(direct) => {
                     // Connected: a panic from here on must not fail the connect (`hook`, rule 4).

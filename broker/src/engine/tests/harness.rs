@@ -281,20 +281,40 @@ impl Bed {
         local: SocketAddrV4,
         rtt_ms: u64,
     ) -> StreamId {
+        self.punch_hello_measured(token, role, addr, local, Some(Duration::from_millis(rtt_ms)))
+    }
+
+    /// As [`punch_hello`](Self::punch_hello), with the round trip the loop
+    /// read, if any (none: the hello came in its connection's SYN).
+    pub fn punch_hello_measured(
+        &mut self,
+        token: Token,
+        role: Role,
+        addr: SocketAddrV4,
+        local: SocketAddrV4,
+        rtt: Option<Duration>,
+    ) -> StreamId {
         let stream = self.new_stream();
         let now = self.now;
         let hello = PunchHello { token, role, local };
-        let rtt = Some(Duration::from_millis(rtt_ms));
         self.engine.on_punch_hello(hello, stream, addr, rtt, now);
         self.apply();
         stream
+    }
+
+    /// A watched punch connection reports, its round trip measured by then.
+    pub fn report_measured(&mut self, stream: StreamId, report: PunchReport, rtt: Duration) {
+        assert!(self.watched.remove(&stream), "{stream:?} reports unwatched");
+        let now = self.now;
+        self.engine.on_punch_report(stream, report, Some(rtt), now);
+        self.apply();
     }
 
     /// A watched punch connection reports.
     pub fn report(&mut self, stream: StreamId, report: PunchReport) {
         assert!(self.watched.remove(&stream), "{stream:?} reports unwatched");
         let now = self.now;
-        self.engine.on_punch_report(stream, report, now);
+        self.engine.on_punch_report(stream, report, None, now);
         self.apply();
     }
 

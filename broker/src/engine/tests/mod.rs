@@ -32,6 +32,7 @@ mod pipeline;
 mod proptests;
 mod punch;
 mod punch_cache;
+mod punch_early;
 mod punch_standby;
 mod punch_udp;
 mod register;

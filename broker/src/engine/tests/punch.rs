@@ -23,14 +23,14 @@ const C_LOCAL: &str = "10.1.0.10:40000";
 const L_SEEN: &str = "198.51.100.1:41000";
 const L_LOCAL: &str = "192.0.2.10:41000";
 
-struct Setup {
-    bed: Bed,
-    listener: Proc,
-    connector: Proc,
-    proxy: SocketAddrV4,
+pub(super) struct Setup {
+    pub bed: Bed,
+    pub listener: Proc,
+    pub connector: Proc,
+    pub proxy: SocketAddrV4,
 }
 
-fn setup(punch: Punch) -> Setup {
+pub(super) fn setup(punch: Punch) -> Setup {
     let mut l = limits();
     l.punch = punch;
     let mut bed = Bed::with(l);
@@ -58,7 +58,7 @@ impl Setup {
     fn punch(&mut self) -> Token {
         let msg = self.connector.connect_punching(self.proxy);
         match self.connect(msg) {
-            Decision::PunchTcp { via, token } => {
+            Decision::PunchTcp { via, token, .. } => {
                 assert_eq!(via, a(BROKER));
                 token
             }

@@ -73,7 +73,7 @@ impl Setup {
 fn a_standby_between_punching_realms_is_punched_and_the_listener_told_so() {
     let mut s = setup();
     let msg = standby(s.connector.connect_punching(s.proxy));
-    let Message::ConnectDecision(Decision::PunchTcp { via, token }) = s.bed.ask(s.connector.mgmt, msg) else {
+    let Message::ConnectDecision(Decision::PunchTcp { via, token, .. }) = s.bed.ask(s.connector.mgmt, msg) else {
         panic!("not punched")
     };
     assert_eq!(via, a(BROKER));

@@ -16,9 +16,10 @@ fn read_decision(r: &mut Reader<'_>) -> Result<Decision, DecodeError> {
             token: read_token(r)?,
         },
         5 => Decision::NotRegistered,
-        6 => Decision::PunchTcp {
+        tag @ (6 | 8) => Decision::PunchTcp {
             via: r.addr()?,
             token: read_token(r)?,
+            early: tag == 8,
         },
         7 => Decision::PunchUdp {
             via: r.addr()?,

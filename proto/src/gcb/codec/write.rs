@@ -168,8 +168,8 @@ fn write_decision<S: Sink>(w: &mut Writer<S>, d: &Decision) {
             write_token(w, *token);
         }
         Decision::NotRegistered => w.u8(5),
-        Decision::PunchTcp { via, token } => {
-            w.u8(6);
+        Decision::PunchTcp { via, token, early } => {
+            w.u8(if *early { 8 } else { 6 });
             w.addr(via);
             write_token(w, *token);
         }

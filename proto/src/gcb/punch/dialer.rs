@@ -28,11 +28,21 @@
 //! it counts. The raw token goes only to the broker, in
 //! [`Dialer::rendezvous_hello`].
 //!
+//! A side that [commits on its check](Dialer::commit_on_check) (the
+//! connector of an early punch, `Decision::PunchTcp { early }`) does not wait
+//! for the verdict: once the peer's proof checks it reports `Punched` and
+//! uses the connection at once. The broker gives the listener's side a longer
+//! budget than the connector's, so a listener whose peer committed is still
+//! dialing when the connector's hello reaches it; the broker's verdict then
+//! only tells the listener, and a connector that could not punch still
+//! reports and waits for it, to be relayed.
+//!
 //! Invariants, checked by the tests:
 //! * exactly one `Report`, and never after the verdict;
 //! * nothing is dialed after the report or past the deadline;
 //! * `Use` names only a connection whose hello checked, and only on a
-//!   `Direct` verdict; every other connection and attempt is closed;
+//!   `Direct` verdict or, for a side that commits on its check, right after
+//!   its `Punched` report; every other connection and attempt is closed;
 //! * after `Finished` the dialer does nothing more.
 
 use std::net::SocketAddrV4;
@@ -131,6 +141,8 @@ pub struct Dialer {
     /// xorshift64 state for the random part of the waits, seeded from the
     /// token and the role, so the two sides draw differently.
     rng: u64,
+    /// Commit on our own check, naming this peer (module docs).
+    commit_as: Option<SocketAddrV4>,
 }
 
 impl Dialer {
@@ -150,7 +162,16 @@ impl Dialer {
             refusals: 0,
             local_failures: 0,
             rng: (token.0 ^ if role == Role::Connector { 0x9e37_79b9_7f4a_7c15 } else { 0xc2b2_ae3d_27d4_eb4f }) | 1,
+            commit_as: None,
         }
+    }
+
+    /// This side uses its punched connection as soon as the peer's proof
+    /// checks, without the broker's verdict, with `peer` as its peer (module
+    /// docs). Only for a broker that said so (`Decision::PunchTcp { early }`).
+    pub fn commit_on_check(mut self, peer: SocketAddrV4) -> Self {
+        self.commit_as = Some(peer);
+        self
     }
 
     /// A random duration of up to `max`.
@@ -313,7 +334,14 @@ impl Dialer {
         let Some(at) = self.checking.iter().position(|c| *c == conn) else { return Vec::new() };
         self.checking.swap_remove(at);
         match hello {
-            Ok(h) if h.is_peer_of(self.token, self.role) => self.report(Some(conn), PunchReport::Punched),
+            Ok(h) if h.is_peer_of(self.token, self.role) => {
+                let mut out = self.report(Some(conn), PunchReport::Punched);
+                if let Some(peer) = self.commit_as {
+                    self.stage = Stage::Finished;
+                    out.push(Do::Use { conn, peer });
+                }
+                out
+            }
             _ => {
                 self.check_failures += 1;
                 let mut out = vec![Do::Close(conn)];

@@ -73,6 +73,31 @@ fn a_relay_verdict_closes_the_punched_connection() {
 }
 
 #[test]
+fn a_side_that_commits_uses_its_connection_at_its_check() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Connector).commit_on_check(a(PROXY));
+    assert_eq!(d.broker_frame(go(0, 500), t0), vec![Do::Listen, Do::Dial { conn: 1, to: a(PEER) }]);
+    assert_eq!(d.connected(1, a(PEER), t0 + ms(1)), vec![Do::SendHello(1)]);
+    let out = d.peer_hello(1, peer_hello(Role::Listener), t0 + ms(2));
+    assert_eq!(out, vec![Do::Unlisten, Do::Report(PunchReport::Punched), Do::Use { conn: 1, peer: a(PROXY) }]);
+    assert!(d.finished());
+    assert_eq!(d.verdict(PunchVerdict::Relay { peer: a(PROXY) }), vec![], "a verdict after the commitment changes nothing");
+    assert_eq!(d.broker_lost(), vec![], "nor does the broker's connection ending");
+}
+
+#[test]
+fn a_side_that_commits_still_waits_for_the_relay_when_it_could_not_punch() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Connector).commit_on_check(a(PROXY));
+    d.broker_frame(go(0, 100), t0);
+    d.dial_failed(1, DialFailure::Refused, t0 + ms(1));
+    let out = d.timer(t0 + ms(100));
+    assert_eq!(out.last(), Some(&Do::Report(PunchReport::Failed(PunchFailure::Timeout))));
+    assert!(!d.finished(), "the verdict says where its connection is");
+    assert_eq!(d.verdict(PunchVerdict::Relay { peer: a(PROXY) }), vec![Do::UseRelay { peer: a(PROXY) }]);
+}
+
+#[test]
 fn strangers_and_wrong_hellos_never_count() {
     let t0 = Instant::now();
     let mut d = dialer(Role::Connector);
@@ -171,9 +196,13 @@ proptest! {
     /// `Use` only for a connection whose hello checked and only on a
     /// direct verdict; nothing after `Finished`.
     #[test]
-    fn a_dialer_keeps_its_invariants(events in proptest::collection::vec(dial_event(), 0..60)) {
+    fn a_dialer_keeps_its_invariants(events in proptest::collection::vec(dial_event(), 0..60), commits in any::<bool>()) {
         let t0 = Instant::now();
         let mut d = dialer(Role::Connector);
+        if commits {
+            d = d.commit_on_check(a(PROXY));
+        }
+        let mut used = false;
         let mut now = t0;
         let mut deadline = None;
         let mut reported = false;
@@ -248,6 +277,8 @@ proptest! {
                     Do::Use { conn, .. } => {
                         prop_assert!(checked.contains(conn), "used an unchecked connection");
                         prop_assert!(punched_first);
+                        prop_assert!(!used, "used twice");
+                        used = true;
                     }
                     _ => {}
                 }

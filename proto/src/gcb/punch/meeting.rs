@@ -2,6 +2,13 @@
 //! I/O: the two sides' hellos come in, the meeting says what to send whom,
 //! and when to splice the rendezvous connections into a relay or let them go.
 //!
+//! A meeting whose connector [commits on its own check](Meeting::committing_connector)
+//! (an early punch) gives the listener a longer budget than the connector,
+//! by half the margin: a connector that committed did so within its budget,
+//! right after the connection to the listener came up, so the listener is
+//! still dialing when the connector's hello reaches it, and reports
+//! `Punched` too.
+//!
 //! Invariants, checked by the tests:
 //! * each side gets exactly one `PunchVerdict`, and a `PunchGo` only before it;
 //! * `Effect::Splice` comes with relay verdicts, `Effect::Release` with direct
@@ -117,6 +124,8 @@ pub struct Meeting {
     arrivals: [Option<Arrival>; 2],
     policy: Policy,
     stage: Stage,
+    /// The connector uses its connection without the verdict (module docs).
+    connector_commits: bool,
 }
 
 fn slot(role: Role) -> usize {
@@ -131,7 +140,13 @@ const ROLES: [Role; 2] = [Role::Connector, Role::Listener];
 impl Meeting {
     /// `connector_sees` and `listener_sees` are each side's `getpeername`.
     pub fn new(connector_sees: SocketAddrV4, listener_sees: SocketAddrV4, policy: Policy) -> Self {
-        Meeting { peers: [connector_sees, listener_sees], arrivals: [None, None], policy, stage: Stage::Gathering }
+        Meeting { peers: [connector_sees, listener_sees], arrivals: [None, None], policy, stage: Stage::Gathering, connector_commits: false }
+    }
+
+    /// The connector commits on its own check (an early punch, module docs).
+    pub fn committing_connector(mut self) -> Self {
+        self.connector_commits = true;
+        self
     }
 
     pub fn ended(&self) -> bool {
@@ -162,7 +177,11 @@ impl Meeting {
         let budget = budget(c.rtt, l.rtt, self.policy.min_budget, self.policy.max_budget);
         let margin = budget.max(self.policy.min_margin);
         self.stage = Stage::Punching { until: now + budget + margin, reports: [None, None] };
+        // Half the margin more for the listener of a committing connector,
+        // well inside the broker's own deadline of budget plus margin.
+        let listener_extra = if self.connector_commits { margin / 2 } else { Duration::ZERO };
         let go = |i: usize, other: Arrival| {
+            let budget = if ROLES[i] == Role::Listener { budget + listener_extra } else { budget };
             let frame = PunchGo { peer: other.observed, delay: delays[i], budget };
             Effect::Send(ROLES[i], BrokerFrame::Go(frame))
         };

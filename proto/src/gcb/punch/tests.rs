@@ -182,6 +182,25 @@ fn both_punched_is_direct_and_the_streams_are_released() {
 }
 
 #[test]
+fn a_committing_connector_leaves_the_listener_more_time_inside_the_deadline() {
+    let t0 = Instant::now();
+    let mut m = meeting().committing_connector();
+    m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", Some(300)), t0);
+    let fx = m.arrived(Role::Connector, arrival("203.0.113.2:40001", "198.51.100.10:40001", Some(100)), t0).unwrap();
+    let [BrokerFrame::Go(to_c)] = sent(&fx, Role::Connector)[..] else { panic!("{fx:?}") };
+    let [BrokerFrame::Go(to_l)] = sent(&fx, Role::Listener)[..] else { panic!("{fx:?}") };
+    // The floor for the connector; half the margin (as long as the floor) more for the listener.
+    assert_eq!(to_c.budget, budget::DEFAULT_FLOOR);
+    assert_eq!(to_l.budget, budget::DEFAULT_FLOOR + budget::DEFAULT_FLOOR / 2);
+    let deadline = m.deadline().unwrap();
+    assert!(t0 + to_l.budget < deadline, "the listener reports before the broker gives up");
+    // The connector reported and left; the listener's report decides.
+    assert_eq!(m.reported(Role::Connector, PunchReport::Punched), vec![]);
+    let fx = m.reported(Role::Listener, PunchReport::Punched);
+    assert!(fx.contains(&Effect::Ended(Outcome::Direct)), "{fx:?}");
+}
+
+#[test]
 fn the_budget_and_the_deadline_follow_the_round_trips_under_the_ceiling() {
     let t0 = Instant::now();
     let go_and_deadline = |policy: Policy, c_us: Option<u64>, l_us: Option<u64>| {

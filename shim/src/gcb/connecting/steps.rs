@@ -72,12 +72,12 @@ pub(super) fn advance(job: &mut Job, ready: Option<(c_int, i16)>, now: Instant) 
                 ask_broker(job)
             }
         },
-        Stage::Punching { mut session, via, token } => match session.advance(ready, now) {
+        Stage::Punching { mut session, via, token, early } => match session.advance(ready, now) {
             Progress::Wait => {
-                job.stage = Stage::Punching { session, via, token };
+                job.stage = Stage::Punching { session, via, token, early };
                 Step::Wait
             }
-            Progress::Direct { sock, .. } => Step::Done { sock: sock.into_sock(), named: true, decision: Some(Decision::PunchTcp { via, token }) },
+            Progress::Direct { sock, .. } => Step::Done { sock: sock.into_sock(), named: true, decision: Some(Decision::PunchTcp { via, token, early }) },
             Progress::Relay { sock, .. } => Step::Done { sock: sock.into_sock(), named: true, decision: Some(Decision::Relay { via, token }) },
             Progress::Failed(e) => Step::Failed(e),
         },
@@ -131,7 +131,7 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
             Step::Failed(libc::ECONNREFUSED)
         }
         Asked::NoResources(e) => Step::Failed(e),
-        Asked::Decision(d, tmp, notices) => {
+        Asked::Decision(d, tmp, notices, early) => {
             log!(Debug, "connect to {}: {d:?}", job.dest);
             let tmp = match d {
                 Decision::Reversal { .. } => tmp,
@@ -148,9 +148,17 @@ fn decided(job: &mut Job, asked: Asked) -> Step {
                     log!(Info, "connect to {}: nothing is registered there", job.dest);
                     Step::Failed(libc::ECONNREFUSED)
                 }
-                Decision::PunchTcp { via, token } => match Session::start(job.family, via, token, Role::Connector, punch::schedule(), job.deadline) {
+                Decision::PunchTcp { via, token, early: true } => match early {
+                    Some(e) => {
+                        let session = Session::resume(job.family, e, token, punch::schedule(), job.deadline, job.dest);
+                        job.stage = Stage::Punching { session: Box::new(session), via, token, early: true };
+                        Step::Wait
+                    }
+                    None => Step::Failed(ask::unoffered(&d)),
+                },
+                Decision::PunchTcp { via, token, early: false } => match Session::start(job.family, via, token, Role::Connector, punch::schedule(), job.deadline) {
                     Ok(session) => {
-                        job.stage = Stage::Punching { session: Box::new(session), via, token };
+                        job.stage = Stage::Punching { session: Box::new(session), via, token, early: false };
                         Step::Wait
                     }
                     Err(e) => Step::Failed(e),

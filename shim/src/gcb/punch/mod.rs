@@ -3,9 +3,13 @@
 //! punch for the connector (`connecting`, `connector`) and the listener
 //! (`serve_punch`).
 
+mod early;
 mod session;
+mod sock;
 
-pub use session::{Held, Progress, Session};
+pub use early::{Early, NotEarly};
+pub use session::{Progress, Session};
+pub use sock::Held;
 
 use proto::gcb::punch::Schedule;
 use proto::gcb::Features;

@@ -25,63 +25,14 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
 use libc::c_int;
-use proto::gcb::punch::{BrokerFrameReader, ConnId, DialFailure, Dialer, Do, PeerHello, PunchVerdict, Schedule};
+use proto::gcb::punch::{BrokerFrame, BrokerFrameReader, ConnId, DialFailure, Dialer, Do, PeerHello, PunchVerdict, Schedule};
 use proto::gcb::{Frame, FrameReader, Role, Token};
 
 use crate::client::family::Family;
 use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
-/// An internal fd the session holds: released when dropped.
-#[derive(Debug)]
-pub struct Held(c_int);
-
-impl Held {
-    pub(crate) fn adopt(s: Sock) -> Held {
-        Held(crate::internal::adopt(s.into_raw()))
-    }
-
-    pub fn raw(&self) -> c_int {
-        self.0
-    }
-
-    /// The socket, no longer internal, with the reuse options cleared: what
-    /// goes on the program's fd.
-    pub fn into_sock(self) -> Sock {
-        let fd = self.0;
-        std::mem::forget(self);
-        let _ = sys::set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0);
-        let _ = sys::set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0);
-        crate::fdtable::set(fd, crate::fdtable::Kind::Plain);
-        Sock::from_raw(fd)
-    }
-
-    /// The program `dup2`ed onto this fd and the shim moved it to `new`
-    /// (`Registry::replace_internal_fd`); false if it is not `old`.
-    pub fn renumber(&mut self, old: c_int, new: c_int) -> bool {
-        let ours = self.0 == old;
-        if ours {
-            self.0 = new;
-        }
-        ours
-    }
-
-    /// The fd, still internal, for a caller that keeps it so (a parked
-    /// connection); reuse options cleared.
-    pub fn into_internal(self) -> c_int {
-        let fd = self.0;
-        std::mem::forget(self);
-        let _ = sys::set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0);
-        let _ = sys::set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0);
-        fd
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        crate::internal::release(self.0);
-    }
-}
+use super::sock::{reusable, send_whole, Held};
 
 /// How a session stands after a step.
 #[derive(Debug)]
@@ -131,16 +82,10 @@ pub struct Session {
     listener: Option<Held>,
     conns: Vec<Conn>,
     deadline: Instant,
-}
-
-/// A non-blocking socket of `fam` with `SO_REUSEADDR` and `SO_REUSEPORT`, bound
-/// to `port` on every address.
-fn reusable(fam: Family, port: u16) -> Result<Sock, Errno> {
-    let s = sys::socket_of(fam, libc::SOCK_STREAM, true, true)?;
-    sys::set_int_opt(s.raw(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    sys::set_int_opt(s.raw(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    sys::bind_as(s.raw(), fam, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
-    Ok(s)
+    /// An early rendezvous (`resume`) the broker turned away before its go
+    /// (it held too many, or lost it) is made again here, once, with the
+    /// token, which finds the meeting the broker decided.
+    again_at: Option<SocketAddrV4>,
 }
 
 /// `s`, listening (a few: only the peer's SYN is expected).
@@ -163,6 +108,9 @@ impl Session {
     /// relay fallback included, must be over by `deadline`.
     pub fn start(fam: Family, via: SocketAddrV4, token: Token, role: Role, schedule: Schedule, deadline: Instant) -> Result<Session, Errno> {
         let s = reusable(fam, 0)?;
+        // The hello rides in the SYN where the kernel has the broker's Fast
+        // Open cookie (`early`); the connection is the same either way.
+        let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
         sys::connect_start(s.raw(), fam, via)?;
         Ok(Session {
             fam,
@@ -173,7 +121,49 @@ impl Session {
             listener: None,
             conns: Vec::new(),
             deadline,
+            again_at: None,
         })
+    }
+
+    /// The connector's side on the rendezvous connection it opened beside its
+    /// `Connect` (`Early`), which the broker took for the punch `token`
+    /// (`Decision::PunchTcp { early }`): the go comes on it, and the
+    /// connection to the listener is used once its proof checks, named
+    /// `peer` (the proxy address the program dialed), without the verdict.
+    pub fn resume(fam: Family, early: super::early::Early, token: Token, schedule: Schedule, deadline: Instant, peer: SocketAddrV4) -> Session {
+        let rv = if early.said_hello { Rendezvous::First(BrokerFrameReader::new()) } else { Rendezvous::Connecting };
+        Session {
+            fam,
+            dialer: Dialer::new(token, Role::Connector, schedule).commit_on_check(peer),
+            rendezvous: Some(early.sock),
+            rv,
+            local: early.local,
+            listener: None,
+            conns: Vec::new(),
+            deadline,
+            again_at: Some(early.via),
+        }
+    }
+
+    /// Whether the early rendezvous is to be made again (`again_at`): only
+    /// before the broker's first frame on it.
+    fn dial_again(&mut self) -> bool {
+        let Some(via) = self.again_at.take() else { return false };
+        if !matches!(self.rv, Rendezvous::First(_)) && !matches!(self.rv, Rendezvous::Connecting) {
+            return false;
+        }
+        let s = match reusable(self.fam, 0) {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
+        if sys::connect_start(s.raw(), self.fam, via).is_err() {
+            return false;
+        }
+        log!(Debug, "punch: the broker turned the early rendezvous away; meeting it again with the token");
+        self.rendezvous = Some(Held::adopt(s));
+        self.rv = Rendezvous::Connecting;
+        true
     }
 
     /// Attempts dialed so far, for the log.
@@ -270,6 +260,9 @@ impl Session {
     /// The rendezvous connection failed or ended before a verdict: the
     /// dialer closes what it holds, and the connect fails with `e`.
     fn broker_failed(&mut self, e: Errno) -> Progress {
+        if self.dial_again() {
+            return Progress::Wait;
+        }
         let dos = self.dialer.broker_lost();
         match self.run(dos, Instant::now()) {
             Progress::Failed(_) | Progress::Wait => Progress::Failed(e),
@@ -296,6 +289,10 @@ impl Session {
                 let n = recv_some(fd, &mut buf[..reader.missing()])?;
                 let (_, frame) = reader.feed(&buf[..n]).map_err(|_| libc::EPROTO)?;
                 let Some(frame) = frame else { return Ok(Vec::new()) };
+                if matches!(frame, BrokerFrame::Verdict(PunchVerdict::Rejected { .. })) && self.dial_again() {
+                    return Ok(Vec::new());
+                }
+                self.again_at = None;
                 self.rv = Rendezvous::Verdict(FrameReader::new());
                 Ok(self.dialer.broker_frame(frame, now))
             }
@@ -423,19 +420,6 @@ impl Session {
             }
         }
         Progress::Wait
-    }
-}
-
-/// Sends `bytes` whole on non-blocking `fd`: a frame this small always fits
-/// a connection's send buffer when it is the first thing sent, or follows
-/// only other frames.
-fn send_whole(fd: c_int, bytes: &[u8]) -> Result<(), Errno> {
-    // SAFETY: a live buffer of the given length.
-    let n = unsafe { real::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    match n {
-        n if n == bytes.len() as isize => Ok(()),
-        n if n < 0 => Err(crate::guard::errno()),
-        _ => Err(libc::EIO),
     }
 }
 

@@ -29,23 +29,37 @@ fn v4(a: std::net::SocketAddr) -> SocketAddrV4 {
 /// A broker for one meeting on `l`: `policy` decides, and with
 /// `force_relay` it answers the reports with relay verdicts whatever they say.
 fn broker(l: TcpListener, policy: Policy, force_relay: bool) -> thread::JoinHandle<Vec<Effect>> {
+    broker_of(l, Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), policy), force_relay, false)
+}
+
+/// The same for a meeting of the caller's; with `turn_away` the first
+/// connector's hello is answered `Rejected` and its connection closed, as a
+/// broker does with an early hello it cannot hold.
+fn broker_of(l: TcpListener, mut m: Meeting, force_relay: bool, mut turn_away: bool) -> thread::JoinHandle<Vec<Effect>> {
     thread::spawn(move || {
-        let mut m = Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), policy);
         let mut sides: Vec<(Role, TcpStream)> = Vec::new();
         let mut log = Vec::new();
         let send = |sides: &mut Vec<(Role, TcpStream)>, fx: &[Effect]| {
             for e in fx {
                 if let Effect::Send(role, frame) = e {
                     let s = &mut sides.iter_mut().find(|(r, _)| r == role).unwrap().1;
-                    s.write_all(&frame.to_bytes()).unwrap();
+                    // A connector that committed may have gone already.
+                    let _ = s.write_all(&frame.to_bytes());
                 }
             }
         };
-        for _ in 0..2 {
+        while sides.len() < 2 {
             let (mut s, from) = l.accept().unwrap();
             let mut buf = [0u8; PunchHello::LEN];
             s.read_exact(&mut buf).unwrap();
             let h = PunchHello::decode(&buf).unwrap();
+            if std::mem::take(&mut turn_away) && h.role == Role::Connector {
+                let no = proto::gcb::punch::PunchVerdict::Rejected { code: proto::gcb::ErrorCode::UnknownToken };
+                s.write_all(&no.to_bytes()).unwrap();
+                log.push(Effect::Drop);
+                continue;
+            }
+            turn_away = false;
             let fx = m.arrived(h.role, Arrival { observed: v4(from), local: h.local, rtt: None }, Instant::now()).unwrap();
             sides.push((h.role, s));
             send(&mut sides, &fx);
@@ -158,6 +172,50 @@ fn two_sessions_punch_to_each_other_and_check_each_others_proof() {
     drop((sock, sl));
     let log = b.join().unwrap();
     assert!(log.contains(&Effect::Release), "{log:?}");
+}
+
+/// An early connector and a listener meeting at a broker whose meeting has
+/// the connector commit (`turn_away`: see `broker_of`), driven to their ends;
+/// and the broker's thread. The connector's rendezvous is opened before any
+/// decision, from a port of its choosing; the brokers here take a plain
+/// handshake, so its hello follows, with the token.
+fn early_punch(turn_away: bool) -> (Progress, Progress, thread::JoinHandle<Vec<Effect>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = v4(l.local_addr().unwrap());
+    let meeting = Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), Policy::default()).committing_connector();
+    let b = broker_of(l, meeting, false, turn_away);
+    let token = Token(sys::random_u64());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let port = TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let early = super::Early::open(Family::V4, at, port).unwrap();
+    assert_eq!(early.local().port(), port, "from the port it was asked to use");
+    let c = Session::resume(Family::V4, early, token, Schedule::default(), deadline, PROXY.parse().unwrap());
+    let l = Session::start(Family::V4, at, token, Role::Listener, Schedule::default(), deadline).unwrap();
+    let (pc, pl) = drive(c, l);
+    (pc, pl, b)
+}
+
+#[test]
+fn an_early_connector_uses_its_connection_at_its_check_without_the_verdict() {
+    let (pc, pl, b) = early_punch(false);
+    let (Progress::Direct { sock: sc, peer: peer_c }, Progress::Direct { sock: sl, .. }) = (pc, pl) else { panic!("not both direct") };
+    assert_eq!(peer_c, PROXY.parse::<SocketAddrV4>().unwrap(), "the connector names the address its program dialed");
+    exchange(&sc, &sl);
+    exchange(&sl, &sc);
+    drop((sc, sl));
+    let log = b.join().unwrap();
+    assert!(log.contains(&Effect::Ended(proto::gcb::punch::Outcome::Direct)), "the listener's report, after the connector's, ends it direct: {log:?}");
+}
+
+#[test]
+fn an_early_rendezvous_turned_away_before_the_go_is_made_again_with_the_token() {
+    let (pc, pl, b) = early_punch(true);
+    let (Progress::Direct { sock: sc, .. }, Progress::Direct { sock: sl, .. }) = (pc, pl) else { panic!("not both direct") };
+    exchange(&sc, &sl);
+    drop((sc, sl));
+    let log = b.join().unwrap();
+    assert_eq!(log.first(), Some(&Effect::Drop), "the first was turned away: {log:?}");
+    assert!(log.contains(&Effect::Ended(proto::gcb::punch::Outcome::Direct)), "{log:?}");
 }
 
 #[test]

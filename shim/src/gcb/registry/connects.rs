@@ -33,6 +33,8 @@ pub(crate) struct Asking {
     pub policy: RetryPolicy,
     /// `cmd` is one of our own brokers.
     pub ours: bool,
+    /// The rendezvous connection opened beside the `Connect` (`punch::early`).
+    pub early: Option<super::super::punch::Early>,
 }
 
 /// Where a job stands.
@@ -45,7 +47,7 @@ pub(crate) enum Stage {
     Relaying { sock: Sock, token: Token, said_hello: bool, buf: [u8; StreamPeer::LEN], have: usize, decision: Decision },
     Reversing { tmp: TempListener, notices: Option<Sock>, token: Token, unspoken: Vec<Sock>, decision: Decision },
     /// A hole punch met at the broker's rendezvous (`punch`).
-    Punching { session: Box<Session>, via: SocketAddrV4, token: Token },
+    Punching { session: Box<Session>, via: SocketAddrV4, token: Token, early: bool },
     /// A standby connection claimed (`standby`): the listener's answer is
     /// awaited, until the job's deadline; at `lost_check`, if set, whether
     /// the claim was acknowledged at all.
@@ -272,11 +274,12 @@ impl Connects {
             j.placeholder = new;
             return true;
         }
-        // A claimed standby is internal while its answer is awaited.
-        // A claimed standby, and a punch's sockets, are internal.
+        // A claimed standby, an early rendezvous and a punch's sockets are
+        // internal.
         let ours = self.jobs.iter_mut().any(|j| match &mut j.stage {
             Stage::Claiming { conn, .. } => conn.renumber(old, new),
             Stage::Punching { session, .. } => session.renumber(old, new),
+            Stage::Asking(asking, _) => asking.early.as_mut().is_some_and(|e| e.renumber(old, new)),
             _ => false,
         });
         ours || retarget_waiting(old, new)

@@ -76,6 +76,8 @@ pub struct Registry {
     /// The connector's listener for reversed connections, between connects
     /// (see `reversal_listener`).
     pub spare_listener: super::reversal_listener::Spare,
+    /// Destinations not worth an early rendezvous (`punch::early`).
+    pub not_early: super::punch::NotEarly,
     /// Standby connections, both sides (see `standby`).
     pub standby: standby::Standbys,
 }
@@ -104,6 +106,7 @@ impl Registry {
             brokers: Default::default(),
             udp: Default::default(),
             spare_listener: None,
+            not_early: Default::default(),
             standby: Default::default(),
         }
     }

@@ -300,7 +300,8 @@ fn step(m: &mut Making, ready: Option<(c_int, i16)>, now: Instant) -> Made {
 /// The broker's answer: a punch starts, anything else ends the standby.
 fn punch_if_decided(m: &mut Making, asked: Asked) -> Made {
     match asked {
-        Asked::Decision(Decision::PunchTcp { via, token }, _, _) => match Session::start(m.family, via, token, Role::Connector, punch::schedule(), m.deadline) {
+        // A standby's `Connect` opens no early rendezvous (`ask::prepare`).
+        Asked::Decision(Decision::PunchTcp { via, token, early: false }, _, _, _) => match Session::start(m.family, via, token, Role::Connector, punch::schedule(), m.deadline) {
             Ok(s) => {
                 m.stage = Stage::Punching(Box::new(s));
                 Made::Wait
@@ -319,7 +320,7 @@ fn punch_if_decided(m: &mut Making, asked: Asked) -> Made {
         // out there. (Such a broker would also punch a standby as a plain
         // connect, and the listener's program accept it: standbys need the
         // brokers of this release, docs/hole-punching.md.)
-        Asked::Decision(d, _, _) => {
+        Asked::Decision(d, _, _, _) => {
             log!(Debug, "no standby connection to {}: the broker decided {d:?}", m.dest);
             Made::Gone
         }

@@ -1,0 +1,112 @@
+//! The connector's rendezvous connection, opened beside its `Connect`
+//! (`Features::PUNCH_EARLY`, docs/hole-punching.md, "The connector's
+//! rendezvous comes with its Connect"). Waiting for the broker's decision
+//! before dialing its rendezvous cost a punched connect a round trip to the
+//! broker, and the TCP handshake another: here the connection starts with
+//! the `Connect`, from a socket bound to the port number the `Connect`
+//! datagram leaves from (the broker matches the two by that, and by the
+//! public IP both come from), and with TCP Fast Open the hello rides in its
+//! SYN. The hello names a random token of its own: the broker mints the
+//! real one when it decides, and finds this connection by where it came
+//! from. A broker that does not punch the connect, or does not know the
+//! feature, leaves it unused, and it is closed.
+
+use std::net::SocketAddrV4;
+
+use proto::gcb::punch::PunchHello;
+use proto::gcb::{Role, Token};
+
+use super::sock::{reusable, send_whole, Held};
+use crate::client::family::Family;
+use crate::client::sys::{self, Errno};
+
+/// The connection, and whether its hello is said.
+#[derive(Debug)]
+pub struct Early {
+    pub(super) sock: Held,
+    pub(super) local: SocketAddrV4,
+    /// The broker's rendezvous.
+    pub(super) via: SocketAddrV4,
+    pub(super) said_hello: bool,
+}
+
+impl Early {
+    /// Starts the connection to the broker's rendezvous `via` from `port`
+    /// on every address. With a Fast Open cookie for the broker the kernel
+    /// defers the SYN to the first write, and the hello goes with it; without
+    /// one the handshake runs now, and the hello waits for the decision.
+    pub fn open(fam: Family, via: SocketAddrV4, port: u16) -> Result<Early, Errno> {
+        let s = reusable(fam, port)?;
+        // Best effort: a kernel without it makes the connection as always.
+        let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
+        let deferred = sys::connect_start(s.raw(), fam, via)?;
+        let sock = Held::adopt(s);
+        let local = sys::local_addr(sock.raw())?;
+        let mut early = Early { sock, local, via, said_hello: false };
+        if deferred {
+            let hello = PunchHello { token: Token(sys::random_u64()), role: Role::Connector, local };
+            early.said_hello = send_whole(early.sock.raw(), &hello.to_bytes()).is_ok();
+        }
+        Ok(early)
+    }
+
+    /// The program `dup2`ed onto this internal fd and the shim moved it to
+    /// `new`; false if it is not `old`.
+    pub fn renumber(&mut self, old: libc::c_int, new: libc::c_int) -> bool {
+        self.sock.renumber(old, new)
+    }
+
+    /// The socket's own address: the broker matches it with the `Connect`'s.
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+}
+
+/// Destinations whose last connect was not punched with the early
+/// rendezvous (a public or same-realm listener, a pair on the relay, an
+/// older broker): their next connects for a minute do not open one, which
+/// would only cost the broker a connection it holds for nothing.
+#[derive(Debug, Default)]
+pub struct NotEarly(Vec<(SocketAddrV4, std::time::Instant)>);
+
+impl NotEarly {
+    const FOR: std::time::Duration = std::time::Duration::from_secs(60);
+    const MAX: usize = 64;
+
+    pub fn skips(&self, dest: SocketAddrV4, now: std::time::Instant) -> bool {
+        self.0.iter().any(|(d, until)| *d == dest && now < *until)
+    }
+
+    /// What the broker decided for a connect to `dest` that offered it.
+    pub fn note(&mut self, dest: SocketAddrV4, punched_early: bool, now: std::time::Instant) {
+        self.0.retain(|(d, until)| *d != dest && now < *until);
+        if !punched_early {
+            if self.0.len() >= Self::MAX {
+                self.0.remove(0);
+            }
+            self.0.push((dest, now + Self::FOR));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_destination_not_punched_early_is_skipped_for_a_minute() {
+        let (t0, dest, other) = (Instant::now(), "203.0.113.10:20001".parse().unwrap(), "203.0.113.10:20002".parse().unwrap());
+        let mut n = NotEarly::default();
+        assert!(!n.skips(dest, t0));
+        n.note(dest, false, t0);
+        assert!(n.skips(dest, t0 + Duration::from_secs(59)) && !n.skips(other, t0));
+        assert!(!n.skips(dest, t0 + Duration::from_secs(60)), "tried again after the minute");
+        n.note(dest, true, t0);
+        assert!(!n.skips(dest, t0), "an early punch clears it");
+        for port in 0..100 {
+            n.note(SocketAddrV4::new([198, 51, 100, 1].into(), port), false, t0);
+        }
+        assert_eq!(n.0.len(), NotEarly::MAX, "bounded");
+    }
+}
