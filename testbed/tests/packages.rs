@@ -121,7 +121,7 @@ fn packages_install_check_and_purge_cleanly() {
         .collect();
     let lib = files.iter().find(|f| f.ends_with("/gcb/libgcb.so")).expect("libgcb.so installed");
     assert!(lib.starts_with("/usr/lib/") && lib.matches('/').count() == 5, "multiarch path: {lib}");
-    for f in ["/usr/bin/gcb-broker", "/usr/bin/dpfd", "/usr/bin/gcb-run", "/etc/gcb-broker.toml.example", "/etc/dpfd.toml.example"] {
+    for f in ["/usr/bin/gcb-broker", "/usr/bin/dpfd", "/usr/bin/gcb-run", "/etc/gcb-broker.toml.example", "/etc/dpfd.toml.example", "/usr/lib/sysctl.d/60-gcb-broker.conf"] {
         assert!(files.iter().any(|x| x == f), "{f} not installed: {files:?}");
     }
     // Enabled, but with examples only: a unit must not find a config, so
