@@ -115,9 +115,13 @@ pub struct Counters {
     /// else: not as a decision, nor a skip).
     pub punch_standby_attempts: u64,
     pub punch_standby_refused: u64,
-    /// TCP punches whose connector opened its rendezvous beside its
-    /// `Connect` (`Features::PUNCH_EARLY`; counted in `punch_attempts` too).
+    /// TCP punches decided for a connector that opened its rendezvous
+    /// beside its `Connect` (`Features::PUNCH_EARLY`; counted in
+    /// `punch_attempts` too), and those whose early hello joined them (the
+    /// others' connector said its hello with the token after the decision:
+    /// no Fast Open cookie yet, or the early hello was turned away).
     pub punch_early: u64,
+    pub punch_early_joined: u64,
     /// UDP hole punching: `PunchUdp` decisions (the listener was sent
     /// `PunchHole`), and those whose connector said its direct path opened
     /// (its one `Dummy{token}` to the proxy, `engine::punch_udp`).
@@ -224,6 +228,7 @@ impl Counters {
             ("punch_standby_attempts", self.punch_standby_attempts),
             ("punch_standby_refused", self.punch_standby_refused),
             ("punch_early", self.punch_early),
+            ("punch_early_joined", self.punch_early_joined),
             ("udp_punch_attempts", self.udp_punch_attempts),
             ("udp_punch_direct", self.udp_punch_direct),
             ("udp_relayed_to_client", self.udp_relayed_to_client),

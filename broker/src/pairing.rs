@@ -92,8 +92,10 @@ pub struct Pending<S> {
     /// will not be made, and an arriving half is rejected with the code.
     pub failed: Option<ErrorCode>,
     /// A punch whose connector opened its rendezvous beside its `Connect`
-    /// and commits on its own check (`Features::PUNCH_EARLY`).
+    /// and commits on its own check (`Features::PUNCH_EARLY`); and whether
+    /// the listener's shims can follow it (they offered the feature too).
     pub early: bool,
+    pub listener_follows: bool,
     pub created: Instant,
     pub deadline: Instant,
     pub connector: Option<Half<S>>,
@@ -118,6 +120,7 @@ impl<S> Pending<S> {
             connector_cmd: None,
             failed: None,
             early: false,
+            listener_follows: false,
             created: now,
             deadline,
             connector: None,

@@ -14,7 +14,8 @@
 //!   took at least two of the WAN's round trips (the delay is there);
 //! * UDP: a connected echo client is punched and every datagram comes back;
 //! * the broker counts every punch a success, no fallback, no relay, and
-//!   every TCP connector's rendezvous as one that came with its `Connect`.
+//!   every TCP connector's rendezvous as one that came with its `Connect`,
+//!   its hello in its SYN from the second on (a Fast Open cookie).
 //!
 //! Needs root, `cargo build --release` (libgcb.so, gcb-broker, wan-delay)
 //! and `make -C c-tests`.
@@ -68,6 +69,9 @@ fn tcp_and_udp_are_punched_across_a_wan_between_resetting_gateways() {
     assert_eq!(counter(&r, "punch_attempts"), CONNECTS, "{broker}");
     assert_eq!(counter(&r, "punch_succeeded"), CONNECTS, "{broker}");
     assert_eq!(counter(&r, "punch_early"), CONNECTS, "every connector's rendezvous came with its Connect: {broker}");
+    // The first from b1 had no Fast Open cookie for the broker yet: its
+    // hello followed the decision. Every later one came in its SYN.
+    assert_eq!(counter(&r, "punch_early_joined"), CONNECTS - 1, "{broker}");
     for why in testbed::real::PUNCH_FALLBACKS {
         assert_eq!(counter(&r, &format!("punch_fallbacks_{why}")), 0, "no fallback ({why}): {broker}");
     }

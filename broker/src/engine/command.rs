@@ -103,7 +103,7 @@ impl Engine {
         // replies. The first page is cached, since a retransmission of it
         // must not take a second snapshot.
         let cache = !matches!(msg, Message::StatusRequest { snapshot, .. } if snapshot != 0);
-        let reply = self.handle(msg, from, now, host);
+        let reply = self.handle(msg, header.request_id, from, now, host);
         if let Some(bytes) = self.seal(&reply, header.request_id, from) {
             if cache {
                 self.replies
@@ -156,6 +156,7 @@ impl Engine {
     pub fn handle(
         &mut self,
         msg: Message,
+        request_id: u64,
         from: SocketAddrV4,
         now: Instant,
         host: &mut impl Host,
@@ -198,6 +199,7 @@ impl Engine {
                     realm,
                     features,
                     asked_from_port,
+                    request_id,
                 };
                 let started = Instant::now();
                 let reply = self.on_connect(from, req, now);

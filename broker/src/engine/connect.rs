@@ -53,6 +53,8 @@ pub struct ConnectReq {
     pub features: Features,
     /// The port the `Connect` was sent from (0: not said).
     pub asked_from_port: u16,
+    /// The request's id: an early rendezvous names it (`punch_early`).
+    pub request_id: u64,
 }
 
 impl Engine {
@@ -273,10 +275,11 @@ impl Engine {
                     .connector_id
                     .unwrap_or(SocketAddrV4::new(*from.ip(), req.connector.port()));
                 let kind = if punch { Kind::Punch } else { Kind::Relay };
-                let early = punch && req.features.contains(Features::PUNCH_EARLY) && req.asked_from_port != 0;
+                let early = punch && req.features.contains(Features::PUNCH_EARLY);
                 let mut pending = Pending::new(kind, req.target, mgmt, peer, now, now + PAIR_TIMEOUT);
                 pending.connector_id = req.connector_id;
                 pending.early = early;
+                pending.listener_follows = early && record.all_offer(Features::PUNCH_EARLY);
                 let via = self.rendezvous;
                 let (broker, proxy) = (via, req.target);
                 let msg = match punch {
@@ -292,8 +295,7 @@ impl Engine {
                     self.counters.punch_standby_attempts += u64::from(standby);
                     if early {
                         self.counters.punch_early += 1;
-                        let local = SocketAddrV4::new(*req.connector.ip(), req.asked_from_port);
-                        self.early_connect(from, local, token, now);
+                        self.early_connect(req.request_id, token, now);
                     }
                     Decision::PunchTcp { via, token, early }
                 } else {

@@ -165,8 +165,8 @@ impl Engine {
             addr,
             punch: Some(arrival),
         };
-        if hello.role == Role::Connector && self.pairings.get(hello.token).is_none() {
-            self.early_hello(&hello, half, now);
+        if hello.early {
+            self.early_hello(hello.token.0, half, now);
             return;
         }
         self.arrive(hello.token, hello.role, half, now);
@@ -183,7 +183,12 @@ impl Engine {
         let connector_id = p.connector_id.unwrap_or(c.addr);
         let meeting = Meeting::new(p.proxy, connector_id, self.policy());
         let punch = Punch {
-            meeting: if p.early { meeting.committing_connector() } else { meeting },
+            // The listener follows at the connector's proof only where the go's
+            // peer is what its verdict would name.
+            meeting: match p.early {
+                true => meeting.committing_connector(p.listener_follows && connector_id == c.addr),
+                false => meeting,
+            },
             streams: [c.stream, l.stream],
             addrs: [c.addr, l.addr],
             proxy: p.proxy,

@@ -1,24 +1,29 @@
 //! The connector's rendezvous that comes with its `Connect`
 //! (`Features::PUNCH_EARLY`, docs/hole-punching.md): a shim that may be
 //! punched opens its TCP rendezvous connection beside the `Connect` datagram,
-//! from a socket bound to the port number the datagram left from, so the
-//! hello and the `Connect` travel together. The hello cannot name the token
-//! (the broker mints it when it decides), so the two are matched by where
-//! they came from: the public IP both came from, and the local address both
-//! name (the hello's `local`; the `Connect`'s connector IP and
-//! `asked_from_port`). Either may arrive first:
+//! so the hello and the `Connect` travel together. The hello cannot name the
+//! token (the broker mints it when it decides); it is an early hello
+//! (`PunchHello::early`) naming the `Connect`'s request id instead, a random
+//! 64-bit number only the shim, the broker and the path between them see,
+//! as they see the token. Either may arrive first:
 //!
-//! * a hello that finds a punch awaiting its key joins that pairing;
-//! * a hello that finds none is **held** until its `Connect` comes, at most
+//! * an early hello that finds a punch awaiting its request id joins that
+//!   pairing;
+//! * one that finds none is **held** until its `Connect` comes, at most
 //!   [`HOLD_FOR`] (then hung up: the connect was not punched, or never came),
 //!   and at most [`MAX_HELD`] at once and [`MAX_HELD_PER_IP`] from one public
-//!   IP (more are rejected; the shim then says its hello again on a new
-//!   connection, with the token, once it has the decision);
-//! * a `Connect` decided as an early punch takes a held hello of its key, or
-//!   leaves its token **awaited** under the key for [`HOLD_FOR`].
+//!   IP (more are rejected with `LimitReached`; the shim then says its hello
+//!   again on a new connection, with the token, once it has the decision);
+//! * a `Connect` decided as an early punch takes a held hello of its request
+//!   id, or leaves its token **awaited** under it for [`HOLD_FOR`].
 //!
-//! Invariants: a key is held or awaited, never both; a held stream is in no
-//! pairing; every held stream is joined, rejected or hung up exactly once.
+//! The request id alone decides, not the addresses: a NAT that sends a
+//! host's TCP and UDP from different public IPs is served too, and what a
+//! punch dials is the hello's own connection's source, as always.
+//!
+//! Invariants: a request id is held or awaited, never both; a held stream is
+//! in no pairing; every held stream is joined, rejected or hung up exactly
+//! once.
 //!
 //! Also here: the round trips last measured per public IP. A hello sent
 //! with its connection's SYN (TCP Fast Open) arrives before the handshake
@@ -26,10 +31,9 @@
 //! one measured from that IP, on an earlier meeting's report.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use proto::gcb::punch::PunchHello;
 use proto::gcb::{ErrorCode, Role, Token};
 use tracing::debug;
 
@@ -45,13 +49,12 @@ pub(super) const MAX_HELD_PER_IP: usize = 64;
 /// The most public IPs whose round trip is remembered.
 const MAX_RTTS: usize = 4096;
 
-/// Public IP, and the local address the side named.
-pub(super) type EarlyKey = (Ipv4Addr, SocketAddrV4);
-
 #[derive(Debug, Default)]
 pub(super) struct EarlyRendezvous {
-    held: HashMap<EarlyKey, (Half<StreamId>, Instant)>,
-    awaited: HashMap<EarlyKey, (Token, Instant)>,
+    /// Early hellos by their `Connect`'s request id.
+    held: HashMap<u64, (Half<StreamId>, Instant)>,
+    /// Early punches' tokens by their `Connect`'s request id.
+    awaited: HashMap<u64, (Token, Instant)>,
     rtts: HashMap<Ipv4Addr, Duration>,
 }
 
@@ -86,67 +89,67 @@ impl EarlyRendezvous {
 }
 
 impl Engine {
-    /// A connector's `PunchHello` whose token no pairing has: an early
-    /// rendezvous (module docs), joined, held, or rejected.
-    pub(super) fn early_hello(&mut self, hello: &PunchHello, half: Half<StreamId>, now: Instant) {
-        let key = (*half.addr.ip(), hello.local);
-        if let Some((token, _)) = self.early.awaited.remove(&key) {
+    /// An early hello naming `request_id`: joined, held, or rejected
+    /// (module docs).
+    pub(super) fn early_hello(&mut self, request_id: u64, half: Half<StreamId>, now: Instant) {
+        if let Some((token, _)) = self.early.awaited.remove(&request_id) {
             debug!(
                 "punch {token}: the connector's early rendezvous from {} is here",
                 half.addr
             );
-            self.arrive(token, Role::Connector, half, now);
+            self.early_joined(token, half, now);
             return;
         }
+        let ip = *half.addr.ip();
         let from_ip = self
             .early
             .held
-            .keys()
-            .filter(|(ip, _)| *ip == key.0)
+            .values()
+            .filter(|(h, _)| *h.addr.ip() == ip)
             .count();
         if self.early.held.len() >= MAX_HELD
             || from_ip >= MAX_HELD_PER_IP
-            || self.early.held.contains_key(&key)
+            || self.early.held.contains_key(&request_id)
         {
             self.counters.rendezvous_rejected += 1;
-            self.reject_half(half, ErrorCode::UnknownToken);
+            self.reject_half(half, ErrorCode::LimitReached);
             return;
         }
         debug!(
-            "rendezvous: an early punch hello from {} (local {}) waits for its Connect",
-            half.addr, hello.local
+            "rendezvous: an early punch hello from {} waits for its Connect",
+            half.addr
         );
-        self.early.held.insert(key, (half, now + HOLD_FOR));
+        self.early.held.insert(request_id, (half, now + HOLD_FOR));
     }
 
-    /// A `Connect` from `from` decided as an early punch with `token`; the
-    /// connector named `local` (its IP, and the port it asked from).
-    pub(super) fn early_connect(
-        &mut self,
-        from: SocketAddrV4,
-        local: SocketAddrV4,
-        token: Token,
-        now: Instant,
-    ) {
-        let key = (*from.ip(), local);
-        match self.early.held.remove(&key) {
+    /// The `Connect` with `request_id` was decided as an early punch with
+    /// `token`.
+    pub(super) fn early_connect(&mut self, request_id: u64, token: Token, now: Instant) {
+        match self.early.held.remove(&request_id) {
             Some((half, _)) => {
                 debug!(
                     "punch {token}: the connector's early rendezvous from {} was here first",
                     half.addr
                 );
-                self.arrive(token, Role::Connector, half, now);
+                self.early_joined(token, half, now);
             }
             None => {
-                self.early.awaited.insert(key, (token, now + HOLD_FOR));
+                self.early
+                    .awaited
+                    .insert(request_id, (token, now + HOLD_FOR));
             }
         }
     }
 
+    fn early_joined(&mut self, token: Token, half: Half<StreamId>, now: Instant) {
+        self.counters.punch_early_joined += 1;
+        self.arrive(token, Role::Connector, half, now);
+    }
+
     /// Hangs up hellos whose `Connect` never made them a punch, and forgets
-    /// awaited keys past their time.
+    /// awaited request ids past their time.
     pub(super) fn expire_early(&mut self, now: Instant) {
-        let gone: Vec<EarlyKey> = self
+        let gone: Vec<u64> = self
             .early
             .held
             .iter()

@@ -32,12 +32,15 @@ impl Features {
     /// In a TCP `Connect` that also offers `PUNCH_TCP`: "my rendezvous
     /// connection is already on its way" (docs/hole-punching.md, "The
     /// connector's rendezvous comes with its Connect"). The shim opened it
-    /// beside the `Connect`, from a TCP socket bound to the port number the
-    /// `Connect` was sent from, on the interface it was sent from, and may
-    /// have said its `PunchHello` already. A broker that punches the connect
+    /// beside the `Connect` and may have said its early `PunchHello`, naming
+    /// the `Connect`'s request id, already. A broker that punches the connect
     /// answers `PunchTcp` with `early` set and takes that connection as the
     /// connector's side of the meeting; the connector then uses the punched
     /// connection as soon as its own check passes, without the verdict.
+    /// In a `Register` (with `PUNCH_TCP`): "my punches can follow such a
+    /// connector": the broker may set `PunchGo::commit` in their go, and the
+    /// listener's shim uses the connection at the connector's proof. Every
+    /// holder of a registration must offer it.
     pub const PUNCH_EARLY: Features = Features(8);
     const KNOWN: [(Features, &'static str); 4] = [
         (Features::PUNCH_TCP, "PUNCH_TCP"),

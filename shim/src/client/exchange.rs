@@ -83,7 +83,13 @@ pub struct Exchange {
 impl Exchange {
     /// Sends `msg` on `fd` to `peer`, retransmitted per `policy`.
     pub fn start<M>(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, codec: &Codec<M>, msg: &M) -> Result<Exchange, NoAnswer> {
-        let mut req = new_requester(policy);
+        Exchange::start_as(fd, peer, policy, codec, msg, sys::random_u64())
+    }
+
+    /// [`start`](Self::start) with the request id `id` (random, and known to
+    /// the caller beforehand: an early punch hello names it).
+    pub fn start_as<M>(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, codec: &Codec<M>, msg: &M, id: u64) -> Result<Exchange, NoAnswer> {
+        let mut req = Requester::new(policy, id, MAX_OUTSTANDING);
         let (_, bytes) = req.send(peer, Instant::now(), |id| (codec.encode)(msg, id)).map_err(|_| NoAnswer::Io(libc::EINVAL))?;
         send_or_refused(fd, bytes)?;
         Ok(Exchange { req, peer })
@@ -139,7 +145,12 @@ impl Exchange {
 /// Sends `msg` on the connected, non-blocking UDP socket `fd` and waits for the
 /// reply, retransmitting per `policy`. Bounded by `policy.total`.
 pub fn exchange<M>(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, codec: &Codec<M>, msg: &M) -> Result<M, NoAnswer> {
-    let mut ex = Exchange::start(fd, peer, policy, codec, msg)?;
+    exchange_as(fd, peer, policy, codec, msg, sys::random_u64())
+}
+
+/// [`exchange`] with the request id `id`.
+pub fn exchange_as<M>(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, codec: &Codec<M>, msg: &M, id: u64) -> Result<M, NoAnswer> {
+    let mut ex = Exchange::start_as(fd, peer, policy, codec, msg, id)?;
     loop {
         let Some(deadline) = ex.next_deadline() else { return Err(NoAnswer::Timeout) };
         match sys::wait_fd(fd, libc::POLLIN, deadline) {

@@ -136,7 +136,8 @@ fn prepare(dest: SocketAddrV4, family: Family, standby: bool) -> Result<Asking, 
         }
     };
     let connector = tmp.as_ref().map_or(SocketAddrV4::new(*local.ip(), 0), |t| t.at);
-    let early = if standby { None } else { open_early(dest, family, cmd, local, connector) };
+    let request_id = sys::random_u64();
+    let early = if standby { None } else { open_early(dest, family, cmd, request_id) };
     let mut features = super::punch::offered();
     if standby {
         features = features.union(Features::STANDBY);
@@ -154,26 +155,24 @@ fn prepare(dest: SocketAddrV4, family: Family, standby: bool) -> Result<Asking, 
         asked_from_port: local.port(),
     };
     let policy = if ours { RetryPolicy::default() } else { RetryPolicy::probe() };
-    Ok(Asking { probe, cmd, tmp, msg, policy, ours, early })
+    Ok(Asking { probe, cmd, tmp, msg, policy, ours, early, request_id })
 }
 
-/// The rendezvous connection opened beside the `Connect` from `local`, the
-/// probe's address (`punch::early`): only to one of our own brokers (a proxy
-/// address), when this process punches, the broker will know it by the
-/// `Connect`'s connector IP, and the destination's last connect was punched
-/// this way or not tried. A failure costs nothing: the `Connect` goes
-/// without it.
-fn open_early(dest: SocketAddrV4, family: Family, cmd: SocketAddrV4, local: SocketAddrV4, connector: SocketAddrV4) -> Option<Early> {
+/// The rendezvous connection opened beside the `Connect` that goes as
+/// `request_id` (`punch::early`): only to one of our own brokers (a proxy
+/// address), when this process punches, and when the destination's last
+/// connect was punched this way or not tried. A failure costs nothing: the
+/// `Connect` goes without it.
+fn open_early(dest: SocketAddrV4, family: Family, cmd: SocketAddrV4, request_id: u64) -> Option<Early> {
     let offered = super::punch::offered().contains(Features::PUNCH_TCP);
-    if !offered || our_broker(*dest.ip()).is_none() || connector.ip() != local.ip() {
+    if !offered || our_broker(*dest.ip()).is_none() {
         return None;
     }
     if super::state::with(|reg| reg.not_early.skips(dest, Instant::now())) {
         return None;
     }
-    match Early::open(family, cmd, local.port()) {
-        Ok(e) if e.local().port() == local.port() && e.local().ip() == local.ip() => Some(e),
-        Ok(_) => None,
+    match Early::open(family, cmd, request_id) {
+        Ok(e) => Some(e),
         Err(e) => {
             log!(Debug, "connect to {dest}: no early rendezvous: {}", std::io::Error::from_raw_os_error(e));
             None
@@ -223,7 +222,7 @@ pub(crate) fn step(asking: Box<Asking>, mut ex: crate::client::exchange::Exchang
 pub(crate) fn ask(dest: SocketAddrV4, family: Family) -> Asked {
     match prepare_ask(dest, family) {
         Ok(a) => {
-            let got = mgmt::exchange(a.probe.raw(), a.cmd, a.policy, &a.msg);
+            let got = mgmt::exchange_as(a.probe.raw(), a.cmd, a.policy, &a.msg, a.request_id);
             answered(a, got, dest)
         }
         Err(asked) => asked,

@@ -47,6 +47,11 @@ pub fn exchange(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, msg: &Messag
     crate::client::exchange::exchange(fd, peer, policy, &CODEC, msg)
 }
 
+/// [`exchange`] as request `id`.
+pub fn exchange_as(fd: c_int, peer: SocketAddrV4, policy: RetryPolicy, msg: &Message, id: u64) -> Result<Message, NoAnswer> {
+    crate::client::exchange::exchange_as(fd, peer, policy, &CODEC, msg, id)
+}
+
 extern "C" {
     /// glibc's name of the running program, without directories.
     static program_invocation_short_name: *const libc::c_char;
@@ -65,7 +70,7 @@ fn mgmt_info(mgmt_local: SocketAddrV4) -> MgmtInfo {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
     let secs = config::get().heartbeat.as_secs().min(u64::from(u16::MAX)) as u16;
-    MgmtInfo { features: super::punch::offered(), ..MgmtInfo::new(mgmt_local, pid, secs, &name) }
+    MgmtInfo { features: super::punch::offered_to_register(), ..MgmtInfo::new(mgmt_local, pid, secs, &name) }
 }
 
 /// The `Register` for a TCP listener or UDP socket known to the broker as `local`.

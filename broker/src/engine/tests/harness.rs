@@ -281,22 +281,20 @@ impl Bed {
         local: SocketAddrV4,
         rtt_ms: u64,
     ) -> StreamId {
-        self.punch_hello_measured(token, role, addr, local, Some(Duration::from_millis(rtt_ms)))
+        let hello = PunchHello::new(token, role, local);
+        self.punch_hello_measured(hello, addr, Some(Duration::from_millis(rtt_ms)))
     }
 
-    /// As [`punch_hello`](Self::punch_hello), with the round trip the loop
-    /// read, if any (none: the hello came in its connection's SYN).
+    /// A rendezvous connection from `addr` says `hello`; the round trip the
+    /// loop read, if any (none: the hello came in its connection's SYN).
     pub fn punch_hello_measured(
         &mut self,
-        token: Token,
-        role: Role,
+        hello: PunchHello,
         addr: SocketAddrV4,
-        local: SocketAddrV4,
         rtt: Option<Duration>,
     ) -> StreamId {
         let stream = self.new_stream();
         let now = self.now;
-        let hello = PunchHello { token, role, local };
         self.engine.on_punch_hello(hello, stream, addr, rtt, now);
         self.apply();
         stream

@@ -96,7 +96,7 @@ fn a_capable_pair_is_punched_and_both_commands_say_so() {
     // Each is told to dial the other's mapping; the nearer (listener, 10 ms)
     // waits half the difference of the round trips. The budget is ten times
     // their sum, under the 500 ms ceiling.
-    let go = |peer: &str, delay| BrokerFrame::Go(PunchGo { peer: a(peer), delay, budget: Duration::from_millis(400) });
+    let go = |peer: &str, delay| BrokerFrame::Go(PunchGo { peer: a(peer), delay, budget: Duration::from_millis(400), commit: false });
     assert_eq!(s.bed.frames_to(c), [go(L_SEEN, Duration::ZERO)]);
     assert_eq!(s.bed.frames_to(l), [go(C_SEEN, Duration::from_millis(10))]);
 

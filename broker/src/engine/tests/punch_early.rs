@@ -1,14 +1,15 @@
 //! The connector's rendezvous that comes with its `Connect`
-//! (`engine::punch_early`): joined whichever arrives first, matched by where
-//! both came from and nothing else, hung up when no punch takes it, the
-//! listener's longer budget, and the round trip remembered for hellos that
-//! came before their handshake.
+//! (`engine::punch_early`): joined by the `Connect`'s request id whichever
+//! arrives first and from whichever public IP, never by anything else, hung
+//! up when no punch takes it, bounded, an ordinary hello with an unknown
+//! token still refused at once, the listener's longer budget, and the round
+//! trip remembered for hellos that came before their handshake.
 
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use proto::gcb::punch::{BrokerFrame, PunchGo, PunchReport, PunchVerdict};
-use proto::gcb::{Decision, Features, Message, Role, Token};
+use proto::gcb::punch::{BrokerFrame, PunchGo, PunchHello, PunchReport, PunchVerdict};
+use proto::gcb::{self, Decision, ErrorCode, Features, Message, Role, Token};
 
 use super::harness::{a, Fate};
 use super::punch::Setup;
@@ -16,33 +17,36 @@ use crate::engine::StreamId;
 
 const L_SEEN: &str = "198.51.100.1:41000";
 const L_LOCAL: &str = "192.0.2.10:41000";
+/// The request id of the connector's `Connect`.
+const ID: u64 = 0x00e1_e1e1_e1e1_0001;
 
 fn setup() -> Setup {
     super::punch::setup(crate::config::Punch::default())
 }
 
 impl Setup {
-    /// The connector's `Connect`, early or not; its decision.
-    fn connect_early(&mut self, early: bool) -> Decision {
+    /// The connector's `Connect` as request `id`, early or not; its decision.
+    fn connect_early(&mut self, id: u64, early: bool) -> Decision {
         let mut msg = self.connector.connect_punching(self.proxy);
         if let (true, Message::Connect { features, .. }) = (early, &mut msg) {
             *features = features.union(Features::PUNCH_EARLY);
         }
-        match self.bed.ask(self.connector.mgmt, msg) {
-            Message::ConnectDecision(d) => d,
+        let bytes = gcb::encode(&msg, id).unwrap();
+        match self.bed.datagram(self.connector.mgmt, id, &bytes) {
+            Some(Message::ConnectDecision(d)) => d,
             other => panic!("not a decision: {other:?}"),
         }
     }
 
-    /// The connector's early hello: from the port its `Connect` came from,
-    /// naming the local address it names, with a token of its own.
-    fn early_hello(&mut self, rtt: Option<Duration>) -> StreamId {
-        let (seen, local) = (
-            self.connector.mgmt,
-            self.connector.local(self.connector.mgmt.port()),
-        );
+    /// The connector's early hello naming request `id`, from `seen`.
+    fn early_hello_from(&mut self, seen: SocketAddrV4, id: u64, rtt: Option<Duration>) -> StreamId {
+        let local = self.connector.local(self.connector.mgmt.port());
         self.bed
-            .punch_hello_measured(Token(0x5eed), Role::Connector, seen, local, rtt)
+            .punch_hello_measured(PunchHello::early(id, local), seen, rtt)
+    }
+
+    fn early_hello(&mut self, id: u64, rtt: Option<Duration>) -> StreamId {
+        self.early_hello_from(self.connector.mgmt, id, rtt)
     }
 
     /// The listener answers its command and says hello.
@@ -80,10 +84,10 @@ fn go(frames: &[BrokerFrame]) -> PunchGo {
 #[test]
 fn a_hello_before_its_connect_is_held_and_joined() {
     let mut s = setup();
-    let c = s.early_hello(Some(Duration::from_millis(30)));
+    let c = s.early_hello(ID, Some(Duration::from_millis(30)));
     assert!(!s.bed.fates.contains_key(&c), "held, not rejected");
     assert_eq!(s.bed.engine.early_held(), 1);
-    let token = early_token(s.connect_early(true));
+    let token = early_token(s.connect_early(ID, true));
     assert_eq!(s.bed.engine.early_held(), 0, "taken by its connect");
     let l = s.listener_arrives(token);
     let (to_c, to_l) = (go(&s.bed.frames_to(c)), go(&s.bed.frames_to(l)));
@@ -106,58 +110,61 @@ fn a_hello_before_its_connect_is_held_and_joined() {
     assert_eq!(
         (
             s.bed.counter("punch_succeeded"),
-            s.bed.counter("punch_early")
+            s.bed.counter("punch_early"),
+            s.bed.counter("punch_early_joined")
         ),
-        (1, 1)
+        (1, 1, 1)
     );
 }
 
 #[test]
-fn a_hello_after_its_connect_joins_the_awaiting_punch() {
+fn a_hello_after_its_connect_joins_the_awaiting_punch_from_any_public_ip() {
     let mut s = setup();
-    let token = early_token(s.connect_early(true));
+    let token = early_token(s.connect_early(ID, true));
     let l = s.listener_arrives(token);
     assert!(
         s.bed.frames_to(l).is_empty(),
         "the listener waits for the connector"
     );
-    let c = s.early_hello(Some(Duration::from_millis(10)));
+    // A NAT that sends the host's TCP from another public IP than its UDP.
+    let tcp_seen = a("198.51.100.3:5002");
+    let c = s.early_hello_from(tcp_seen, ID, Some(Duration::from_millis(10)));
     assert_eq!(go(&s.bed.frames_to(c)).peer, a(L_SEEN));
-    assert_eq!(go(&s.bed.frames_to(l)).peer, s.connector.mgmt);
+    assert_eq!(
+        go(&s.bed.frames_to(l)).peer,
+        tcp_seen,
+        "the listener dials where the hello came from"
+    );
 }
 
 #[test]
-fn a_hello_from_elsewhere_is_never_joined_and_is_hung_up() {
+fn a_hello_naming_another_request_is_never_joined_and_is_hung_up() {
     let mut s = setup();
-    let token = early_token(s.connect_early(true));
+    let token = early_token(s.connect_early(ID, true));
     let l = s.listener_arrives(token);
-    // Same public IP and port, another host behind the NAT.
-    let other_local = SocketAddrV4::new("10.1.0.99".parse().unwrap(), s.connector.mgmt.port());
-    let stranger = s.bed.punch_hello_measured(
-        Token(1),
+    // Same host, same public IP and port, another request id: held, never joined.
+    let stranger = s.early_hello(ID + 1, None);
+    assert!(s.bed.frames_to(l).is_empty() && s.bed.frames_to(stranger).is_empty());
+    s.bed.advance(Duration::from_secs(3));
+    assert_eq!(s.bed.fates.get(&stranger), Some(&Fate::HungUp));
+    assert_eq!(s.bed.engine.early_held(), 0);
+    assert_eq!(s.bed.counter("punch_early_joined"), 0);
+}
+
+#[test]
+fn an_ordinary_hello_with_an_unknown_token_is_refused_at_once() {
+    let mut s = setup();
+    let c = s.bed.punch_hello(
+        Token(0xbad),
         Role::Connector,
         s.connector.mgmt,
-        other_local,
-        None,
+        s.connector.local(5002),
+        10,
     );
-    // Another public IP naming the connector's own local address.
-    let local = s.connector.local(s.connector.mgmt.port());
-    let elsewhere = s.bed.punch_hello_measured(
-        Token(2),
-        Role::Connector,
-        a("203.0.113.77:5002"),
-        local,
-        None,
-    );
-    assert!(
-        s.bed.frames_to(l).is_empty()
-            && s.bed.frames_to(stranger).is_empty()
-            && s.bed.frames_to(elsewhere).is_empty()
-    );
-    s.bed.advance(Duration::from_secs(3));
     assert_eq!(
-        (s.bed.fates.get(&stranger), s.bed.fates.get(&elsewhere)),
-        (Some(&Fate::HungUp), Some(&Fate::HungUp))
+        s.bed.fates.get(&c),
+        Some(&Fate::PunchRejected(ErrorCode::UnknownToken)),
+        "not held"
     );
     assert_eq!(s.bed.engine.early_held(), 0);
 }
@@ -165,8 +172,8 @@ fn a_hello_from_elsewhere_is_never_joined_and_is_hung_up() {
 #[test]
 fn a_connect_that_is_not_early_leaves_an_early_hello_to_be_hung_up() {
     let mut s = setup();
-    let c = s.early_hello(None);
-    match s.connect_early(false) {
+    let c = s.early_hello(ID, None);
+    match s.connect_early(ID, false) {
         Decision::PunchTcp { early: false, .. } => {}
         other => panic!("{other:?}"),
     }
@@ -181,17 +188,12 @@ fn held_hellos_are_bounded_per_ip_and_in_all() {
     use super::super::punch_early::{MAX_HELD, MAX_HELD_PER_IP};
     let mut s = setup();
     let mut rejected = 0;
-    // Hellos from many public IPs (a few ports each), past both bounds.
-    for n in 0..(MAX_HELD + MAX_HELD_PER_IP) as u32 {
-        let ip = std::net::Ipv4Addr::from(0xcb00_7100 + n / 8);
-        let (seen, local) = (
-            SocketAddrV4::new(ip, 5000),
-            SocketAddrV4::new(s.connector.own, 20000 + (n % 8) as u16),
-        );
-        let c = s
-            .bed
-            .punch_hello_measured(Token(9), Role::Connector, seen, local, None);
-        rejected += usize::from(matches!(s.bed.fates.get(&c), Some(Fate::PunchRejected(_))));
+    // Hellos from many public IPs (eight each), past the table's bound.
+    for n in 0..(MAX_HELD + MAX_HELD_PER_IP) as u64 {
+        let seen = SocketAddrV4::new(std::net::Ipv4Addr::from(0xcb00_7100 + (n / 8) as u32), 5000);
+        let c = s.early_hello_from(seen, n, None);
+        rejected +=
+            usize::from(s.bed.fates.get(&c) == Some(&Fate::PunchRejected(ErrorCode::LimitReached)));
     }
     assert_eq!(s.bed.engine.early_held(), MAX_HELD);
     assert_eq!(
@@ -200,10 +202,8 @@ fn held_hellos_are_bounded_per_ip_and_in_all() {
     );
     // One IP alone fills only its share.
     let mut s = setup();
-    for port in 0..(MAX_HELD_PER_IP + 5) as u16 {
-        let local = SocketAddrV4::new(s.connector.own, 20000 + port);
-        s.bed
-            .punch_hello_measured(Token(9), Role::Connector, s.connector.mgmt, local, None);
+    for n in 0..(MAX_HELD_PER_IP + 5) as u64 {
+        s.early_hello(n, None);
     }
     assert_eq!(s.bed.engine.early_held(), MAX_HELD_PER_IP);
 }
@@ -212,9 +212,9 @@ fn held_hellos_are_bounded_per_ip_and_in_all() {
 fn a_hello_before_its_handshake_is_lined_up_with_its_ips_last_round_trip() {
     let mut s = setup();
     // A first punch: the connector's round trip is 30 ms by its report.
-    let token = early_token(s.connect_early(true));
+    let token = early_token(s.connect_early(ID, true));
     let l = s.listener_arrives(token);
-    let c = s.early_hello(None);
+    let c = s.early_hello(ID, None);
     assert_eq!(
         go(&s.bed.frames_to(l)).delay,
         Duration::ZERO,
@@ -225,10 +225,39 @@ fn a_hello_before_its_handshake_is_lined_up_with_its_ips_last_round_trip() {
     s.bed.report(l, PunchReport::Punched);
     // The next one from that IP comes before its handshake too.
     s.bed.advance(Duration::from_millis(10));
-    let c = s.early_hello(None);
-    let token = early_token(s.connect_early(true));
+    let c = s.early_hello(ID + 1, None);
+    let token = early_token(s.connect_early(ID + 1, true));
     let l = s.listener_arrives(token);
     // The listener (10 ms) waits half the difference from 30 ms.
     assert_eq!(go(&s.bed.frames_to(l)).delay, Duration::from_millis(10));
     assert_eq!(go(&s.bed.frames_to(c)).delay, Duration::ZERO);
+}
+
+#[test]
+fn a_listener_whose_shims_can_follow_is_told_to_use_the_connection_at_the_connectors_proof() {
+    for follows in [false, true] {
+        let mut s = setup();
+        // The listener registers again, on another port, offering it or not.
+        let mut msg = s.listener.register_punching(8081);
+        if let (true, Message::Register { mgmt, .. }) = (follows, &mut msg) {
+            mgmt.features = mgmt.features.union(Features::PUNCH_EARLY);
+        }
+        s.proxy = match s.bed.ask(s.listener.mgmt, msg) {
+            Message::RegisterOk { proxy, .. } => proxy,
+            other => panic!("{other:?}"),
+        };
+        let c = s.early_hello(ID, None);
+        let token = early_token(s.connect_early(ID, true));
+        let l = s.listener_arrives(token);
+        let (to_c, to_l) = (go(&s.bed.frames_to(c)), go(&s.bed.frames_to(l)));
+        assert_eq!(
+            (to_l.commit, to_c.commit),
+            (follows, false),
+            "follows: {follows}"
+        );
+        assert_eq!(
+            to_l.peer, s.connector.mgmt,
+            "the peer it names, as its verdict would"
+        );
+    }
 }

@@ -28,14 +28,18 @@
 //! it counts. The raw token goes only to the broker, in
 //! [`Dialer::rendezvous_hello`].
 //!
-//! A side that [commits on its check](Dialer::commit_on_check) (the
-//! connector of an early punch, `Decision::PunchTcp { early }`) does not wait
-//! for the verdict: once the peer's proof checks it reports `Punched` and
-//! uses the connection at once. The broker gives the listener's side a longer
-//! budget than the connector's, so a listener whose peer committed is still
-//! dialing when the connector's hello reaches it; the broker's verdict then
-//! only tells the listener, and a connector that could not punch still
-//! reports and waits for it, to be relayed.
+//! In an early punch (`Decision::PunchTcp { early }`) neither side waits for
+//! the broker's verdict. The connector [commits on its check](Dialer::commit_on_check):
+//! it sends its own hello only once the listener's proof checked, in the
+//! same step as it reports `Punched` and uses the connection, so its proof
+//! *is* its commitment. A listener told so in its go (`PunchGo::commit`)
+//! uses the connection as soon as the connector's proof checks: the
+//! connector has committed by then. The connector's data follows its hello
+//! at once, so the listener's program has the connection when the data
+//! comes, as it would without NAT. The broker gives such a listener a
+//! longer budget than the connector's, so a connector that committed within
+//! its budget finds the listener still there; a side that could not punch
+//! still reports and waits for the verdict, to be relayed.
 //!
 //! Invariants, checked by the tests:
 //! * exactly one `Report`, and never after the verdict;
@@ -93,8 +97,12 @@ pub enum Do {
     /// Open a reusable socket bound to the local port and connect it,
     /// non-blocking, to `to`; tell the dialer what came of it as `conn`.
     Dial { conn: ConnId, to: SocketAddrV4 },
-    /// Send our [`Dialer::peer_hello_frame`] on `conn`, then read the peer's.
+    /// Send our [`Dialer::peer_hello_frame`] on `conn`, then read the peer's
+    /// (unless it was read already: a committing connector's).
     SendHello(ConnId),
+    /// Read the peer's hello on `conn` without sending ours yet (a
+    /// connector that commits on its check).
+    ReadHello(ConnId),
     /// Close `conn` (an attempt or a connection).
     Close(ConnId),
     /// Send this report on the rendezvous connection.
@@ -166,9 +174,10 @@ impl Dialer {
         }
     }
 
-    /// This side uses its punched connection as soon as the peer's proof
-    /// checks, without the broker's verdict, with `peer` as its peer (module
-    /// docs). Only for a broker that said so (`Decision::PunchTcp { early }`).
+    /// This side (a connector) uses its punched connection as soon as the
+    /// peer's proof checks, without the broker's verdict, with `peer` as its
+    /// peer, and says its own hello only then (module docs). Only for a
+    /// broker that said so (`Decision::PunchTcp { early }`).
     pub fn commit_on_check(mut self, peer: SocketAddrV4) -> Self {
         self.commit_as = Some(peer);
         self
@@ -185,7 +194,7 @@ impl Dialer {
 
     /// Our hello for the rendezvous connection to the broker, with the token.
     pub fn rendezvous_hello(&self, local: SocketAddrV4) -> PunchHello {
-        PunchHello { token: self.token, role: self.role, local }
+        PunchHello::new(self.token, self.role, local)
     }
 
     /// Our hello for each punched connection, with our role's proof: the
@@ -227,6 +236,10 @@ impl Dialer {
             return self.protocol_broken();
         }
         let start = now + go.delay;
+        if go.commit && self.role == Role::Listener {
+            // The connector's proof is its commitment (module docs).
+            self.commit_as = Some(go.peer);
+        }
         self.stage = Stage::Dialing { peer: go.peer, deadline: start + go.budget };
         self.next_dial = Some(start);
         let mut out = Vec::new();
@@ -315,7 +328,11 @@ impl Dialer {
         match self.stage {
             Stage::Dialing { peer, .. } if from == peer => {
                 self.checking.push(conn);
-                vec![Do::SendHello(conn)]
+                if self.withholds_hello() {
+                    vec![Do::ReadHello(conn)]
+                } else {
+                    vec![Do::SendHello(conn)]
+                }
             }
             Stage::Dialing { .. } => {
                 // Not the peer's mapping: a stranger, whatever it would say.
@@ -335,8 +352,12 @@ impl Dialer {
         self.checking.swap_remove(at);
         match hello {
             Ok(h) if h.is_peer_of(self.token, self.role) => {
+                let withheld = self.withholds_hello();
                 let mut out = self.report(Some(conn), PunchReport::Punched);
                 if let Some(peer) = self.commit_as {
+                    if withheld {
+                        out.push(Do::SendHello(conn));
+                    }
                     self.stage = Stage::Finished;
                     out.push(Do::Use { conn, peer });
                 }
@@ -352,6 +373,11 @@ impl Dialer {
                 out
             }
         }
+    }
+
+    /// A committing connector says its hello only once it commits.
+    fn withholds_hello(&self) -> bool {
+        self.role == Role::Connector && self.commit_as.is_some()
     }
 
     /// Ends dialing: closes all but `chosen`, and reports.

@@ -7,7 +7,7 @@ use super::*;
 const PEER: &str = "203.0.113.2:40001";
 
 fn go(delay_ms: u64, budget_ms: u64) -> BrokerFrame {
-    BrokerFrame::Go(PunchGo { peer: a(PEER), delay: ms(delay_ms), budget: ms(budget_ms) })
+    BrokerFrame::Go(PunchGo { peer: a(PEER), delay: ms(delay_ms), budget: ms(budget_ms), commit: false })
 }
 
 fn dialer(role: Role) -> Dialer {
@@ -27,7 +27,7 @@ fn dials(out: &[Do]) -> Vec<ConnId> {
 fn the_token_goes_to_the_broker_and_only_a_proof_to_the_peer() {
     let d = dialer(Role::Listener);
     let local = a("192.0.2.10:40000");
-    assert_eq!(d.rendezvous_hello(local), PunchHello { token: Token(77), role: Role::Listener, local });
+    assert_eq!(d.rendezvous_hello(local), PunchHello::new(Token(77), Role::Listener, local));
     let h = d.peer_hello_frame(local);
     assert_eq!(h, PeerHello { proof: PunchProof::of(Token(77), Role::Listener), role: Role::Listener, local });
     assert_ne!(h.to_bytes()[8..16], 77u64.to_be_bytes(), "no token on the punched connection");
@@ -73,16 +73,37 @@ fn a_relay_verdict_closes_the_punched_connection() {
 }
 
 #[test]
-fn a_side_that_commits_uses_its_connection_at_its_check() {
+fn a_connector_that_commits_says_its_hello_only_with_its_commitment() {
     let t0 = Instant::now();
     let mut d = dialer(Role::Connector).commit_on_check(a(PROXY));
     assert_eq!(d.broker_frame(go(0, 500), t0), vec![Do::Listen, Do::Dial { conn: 1, to: a(PEER) }]);
-    assert_eq!(d.connected(1, a(PEER), t0 + ms(1)), vec![Do::SendHello(1)]);
+    assert_eq!(d.connected(1, a(PEER), t0 + ms(1)), vec![Do::ReadHello(1)], "nothing said before the listener's proof");
     let out = d.peer_hello(1, peer_hello(Role::Listener), t0 + ms(2));
-    assert_eq!(out, vec![Do::Unlisten, Do::Report(PunchReport::Punched), Do::Use { conn: 1, peer: a(PROXY) }]);
+    assert_eq!(out, vec![Do::Unlisten, Do::Report(PunchReport::Punched), Do::SendHello(1), Do::Use { conn: 1, peer: a(PROXY) }]);
     assert!(d.finished());
     assert_eq!(d.verdict(PunchVerdict::Relay { peer: a(PROXY) }), vec![], "a verdict after the commitment changes nothing");
     assert_eq!(d.broker_lost(), vec![], "nor does the broker's connection ending");
+}
+
+#[test]
+fn a_listener_told_to_follow_uses_its_connection_at_the_connectors_proof() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Listener);
+    let go = BrokerFrame::Go(PunchGo { peer: a(PEER), delay: ms(0), budget: ms(750), commit: true });
+    d.broker_frame(go, t0);
+    assert_eq!(d.connected(1, a(PEER), t0 + ms(1)), vec![Do::SendHello(1)], "the listener speaks first");
+    let out = d.peer_hello(1, peer_hello(Role::Connector), t0 + ms(2));
+    assert_eq!(out, vec![Do::Unlisten, Do::Report(PunchReport::Punched), Do::Use { conn: 1, peer: a(PEER) }], "the connector's mapping is its peer");
+    assert!(d.finished());
+    // Without the flag a listener waits for the verdict.
+    let mut d = dialer(Role::Listener);
+    d.broker_frame(go_frame_plain(), t0);
+    d.connected(1, a(PEER), t0 + ms(1));
+    assert_eq!(d.peer_hello(1, peer_hello(Role::Connector), t0 + ms(2)), vec![Do::Unlisten, Do::Report(PunchReport::Punched)]);
+}
+
+fn go_frame_plain() -> BrokerFrame {
+    go(0, 500)
 }
 
 #[test]
@@ -231,7 +252,7 @@ proptest! {
                 },
                 DialEvent::Accepted(right) => {
                     let (c, out) = d.accepted(if right { a(PEER) } else { a("203.0.113.66:1") }, now);
-                    if out.contains(&Do::SendHello(c)) { open.push(c); }
+                    if out.contains(&Do::SendHello(c)) || out.contains(&Do::ReadHello(c)) { open.push(c); }
                     out
                 }
                 DialEvent::Hello(k) => match open.pop() {
@@ -260,7 +281,10 @@ proptest! {
                         prop_assert!(deadline.is_some_and(|dl| now < dl), "dialed at or past the deadline");
                         in_flight = Some(*conn);
                     }
-                    Do::SendHello(c) => {
+                    Do::SendHello(c) | Do::ReadHello(c) => {
+                        let with_use = out.iter().any(|x| matches!(x, Do::Use { conn, .. } if conn == c));
+                        prop_assert!(!commits || matches!(x, Do::ReadHello(_)) || with_use, "a committing connector said its hello before committing: {:?}", out);
+                        prop_assert!(commits || matches!(x, Do::SendHello(_)), "only a committing connector withholds its hello");
                         if !open.contains(c) {
                             open.push(*c);
                         }

@@ -89,7 +89,7 @@ mod tests {
     }
 
     fn punch() -> PunchHello {
-        PunchHello { token: Token(7), role: Role::Listener, local: "192.0.2.10:40000".parse().unwrap() }
+        PunchHello::new(Token(7), Role::Listener, "192.0.2.10:40000".parse().unwrap())
     }
 
     /// Feeds `bytes` `step` at a time, as the loop reads them.

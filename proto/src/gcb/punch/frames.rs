@@ -13,8 +13,10 @@
 //! |      0 |    4 | magic `b"GCBJ"`                                      |
 //! |      4 |    1 | version (1)                                          |
 //! |      5 |    1 | role: 1 connector, 2 listener                        |
-//! |      6 |    2 | reserved, zero                                       |
-//! |      8 |    8 | token, big-endian (a peer hello: the sender's proof) |
+//! |      6 |    1 | flags: bit 0 early (a peer hello: zero)              |
+//! |      7 |    1 | reserved, zero                                       |
+//! |      8 |    8 | token, big-endian (a peer hello: the sender's proof; |
+//! |        |      | an early hello: its `Connect`'s request id)          |
 //! |     16 |    6 | the sender socket's local address                    |
 //!
 //! [`PunchGo`], 18 bytes: broker → each side once both are in.
@@ -23,7 +25,7 @@
 //! | -----: | ---: | ---------------------------------------------- |
 //! |      0 |    4 | magic `b"GCBG"`                                |
 //! |      4 |    1 | version (1)                                    |
-//! |      5 |    1 | reserved, zero                                 |
+//! |      5 |    1 | flags: bit 0 commit (to a listener, below)     |
 //! |      6 |    6 | peer: the other side's mapping, to dial        |
 //! |     12 |    4 | delay before the first SYN, microseconds       |
 //! |     16 |    2 | budget, milliseconds (at least 1)              |
@@ -77,32 +79,41 @@ fn reserved_zero(r: &mut Reader<'_>, n: usize, what: &'static str) -> Result<(),
     Ok(())
 }
 
+/// The early flag of a hello's flags byte.
+const EARLY: u8 = 1;
+
 /// A hello's layout (the table above): `field` is the token or a proof.
-pub(super) fn hello_bytes(role: Role, field: [u8; 8], local: SocketAddrV4) -> [u8; 22] {
+pub(super) fn hello_bytes(role: Role, flags: u8, field: [u8; 8], local: SocketAddrV4) -> [u8; 22] {
     let mut out = [0u8; 22];
     let mut w = Writer::new(SliceSink::new(&mut out));
     w.bytes(&PunchHello::MAGIC);
     w.u8(VERSION);
     w.u8(role_byte(role));
-    w.u16(0);
+    w.u8(flags);
+    w.u8(0);
     w.bytes(&field);
     w.addr(&local);
     debug_assert!(w.finish().is_ok());
     out
 }
 
-/// Decodes a hello's layout into its role, field and local address.
-pub(super) fn hello_fields<F: Frame>(buf: &[u8]) -> Result<(Role, [u8; 8], SocketAddrV4), DecodeError> {
+/// Decodes a hello's layout into its role, flags, field and local address;
+/// flags other than `allowed` are an error.
+pub(super) fn hello_fields<F: Frame>(buf: &[u8], allowed: u8) -> Result<(Role, u8, [u8; 8], SocketAddrV4), DecodeError> {
     let mut r = frame_reader::<F>(buf)?;
     let role = match r.u8()? {
         1 => Role::Connector,
         2 => Role::Listener,
         _ => return Err(DecodeError::BadValue("punch role")),
     };
-    reserved_zero(&mut r, 2, "punch hello reserved")?;
+    let flags = r.u8()?;
+    if flags & !allowed != 0 {
+        return Err(DecodeError::BadValue("punch hello flags"));
+    }
+    reserved_zero(&mut r, 1, "punch hello reserved")?;
     let mut field = [0u8; 8];
     field.copy_from_slice(r.take(8)?);
-    Ok((role, field, r.addr()?))
+    Ok((role, flags, field, r.addr()?))
 }
 
 /// First bytes on a rendezvous connection in punch mode: the broker finds
@@ -110,16 +121,32 @@ pub(super) fn hello_fields<F: Frame>(buf: &[u8]) -> Result<(Role, [u8; 8], Socke
 /// ([`PeerHello`](super::PeerHello) is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PunchHello {
+    /// The punch's token; in an early hello, the request id of the
+    /// `Connect` it came with, by which the broker finds that `Connect`.
     pub token: Token,
     pub role: Role,
     /// The sending socket's own address (`getsockname`): the broker compares
     /// its port with the mapping it sees to tell whether the NAT kept it.
     pub local: SocketAddrV4,
+    /// A connector's rendezvous opened beside its `Connect`, before the
+    /// decision (`Features::PUNCH_EARLY`, docs/hole-punching.md).
+    pub early: bool,
 }
 
 impl PunchHello {
+    /// A side's hello with the punch's token.
+    pub fn new(token: Token, role: Role, local: SocketAddrV4) -> Self {
+        PunchHello { token, role, local, early: false }
+    }
+
+    /// A connector's early hello, naming its `Connect`'s request id.
+    pub fn early(request_id: u64, local: SocketAddrV4) -> Self {
+        PunchHello { token: Token(request_id), role: Role::Connector, local, early: true }
+    }
+
     pub fn to_bytes(&self) -> [u8; 22] {
-        hello_bytes(self.role, self.token.0.to_be_bytes(), self.local)
+        let flags = if self.early { EARLY } else { 0 };
+        hello_bytes(self.role, flags, self.token.0.to_be_bytes(), self.local)
     }
 }
 
@@ -128,8 +155,12 @@ impl Frame for PunchHello {
     const MAGIC: [u8; 4] = *b"GCBJ";
 
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let (role, token, local) = hello_fields::<Self>(buf)?;
-        Ok(PunchHello { token: Token(u64::from_be_bytes(token)), role, local })
+        let (role, flags, token, local) = hello_fields::<Self>(buf, EARLY)?;
+        let early = flags & EARLY != 0;
+        if early && role != Role::Connector {
+            return Err(DecodeError::BadValue("an early punch hello is a connector's"));
+        }
+        Ok(PunchHello { token: Token(u64::from_be_bytes(token)), role, local, early })
     }
 }
 
@@ -140,6 +171,12 @@ pub struct PunchGo {
     pub peer: SocketAddrV4,
     pub delay: Duration,
     pub budget: Duration,
+    /// To a listener whose connector commits on its own check (an early
+    /// punch, docs/hole-punching.md): the connector's proof comes only once
+    /// it committed, so use the connection once it checks, without the
+    /// verdict, with `peer` as the connector's address. Sent only to a
+    /// listener whose shims offered `Features::PUNCH_EARLY`.
+    pub commit: bool,
 }
 
 impl PunchGo {
@@ -155,7 +192,7 @@ impl PunchGo {
         let mut w = Writer::new(SliceSink::new(&mut out));
         w.bytes(&Self::MAGIC);
         w.u8(VERSION);
-        w.u8(0);
+        w.u8(u8::from(self.commit));
         w.addr(&self.peer);
         w.u32(self.delay.min(Self::MAX_DELAY).as_micros() as u32);
         w.u16(self.budget.min(Self::MAX_BUDGET).as_millis().max(1) as u16);
@@ -170,14 +207,18 @@ impl Frame for PunchGo {
 
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = frame_reader::<Self>(buf)?;
-        reserved_zero(&mut r, 1, "punch go reserved")?;
+        let commit = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(DecodeError::BadValue("punch go flags")),
+        };
         let peer = r.addr()?;
         let delay = Duration::from_micros(u64::from(r.u32()?));
         let budget = match r.u16()? {
             0 => return Err(DecodeError::BadValue("punch budget")),
             ms => Duration::from_millis(u64::from(ms)),
         };
-        Ok(PunchGo { peer, delay, budget })
+        Ok(PunchGo { peer, delay, budget, commit })
     }
 }
 

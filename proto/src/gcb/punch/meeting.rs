@@ -7,7 +7,9 @@
 //! by half the margin: a connector that committed did so within its budget,
 //! right after the connection to the listener came up, so the listener is
 //! still dialing when the connector's hello reaches it, and reports
-//! `Punched` too.
+//! `Punched` too. A listener whose shims can (`Features::PUNCH_EARLY` in
+//! their `Register`) is told in its go to use the connection at the
+//! connector's proof (`PunchGo::commit`), without the verdict.
 //!
 //! Invariants, checked by the tests:
 //! * each side gets exactly one `PunchVerdict`, and a `PunchGo` only before it;
@@ -126,6 +128,8 @@ pub struct Meeting {
     stage: Stage,
     /// The connector uses its connection without the verdict (module docs).
     connector_commits: bool,
+    /// So does the listener, at the connector's proof.
+    listener_follows: bool,
 }
 
 fn slot(role: Role) -> usize {
@@ -140,12 +144,17 @@ const ROLES: [Role; 2] = [Role::Connector, Role::Listener];
 impl Meeting {
     /// `connector_sees` and `listener_sees` are each side's `getpeername`.
     pub fn new(connector_sees: SocketAddrV4, listener_sees: SocketAddrV4, policy: Policy) -> Self {
-        Meeting { peers: [connector_sees, listener_sees], arrivals: [None, None], policy, stage: Stage::Gathering, connector_commits: false }
+        Meeting { peers: [connector_sees, listener_sees], arrivals: [None, None], policy, stage: Stage::Gathering, connector_commits: false, listener_follows: false }
     }
 
-    /// The connector commits on its own check (an early punch, module docs).
-    pub fn committing_connector(mut self) -> Self {
+    /// The connector commits on its own check (an early punch, module docs),
+    /// and with `listener_follows` the listener is told to use the
+    /// connection at the connector's proof. Its peer is then the go's
+    /// `peer`, the connector's mapping: the caller asks it only where that
+    /// is what the listener's verdict would have named.
+    pub fn committing_connector(mut self, listener_follows: bool) -> Self {
         self.connector_commits = true;
+        self.listener_follows = listener_follows;
         self
     }
 
@@ -181,8 +190,10 @@ impl Meeting {
         // well inside the broker's own deadline of budget plus margin.
         let listener_extra = if self.connector_commits { margin / 2 } else { Duration::ZERO };
         let go = |i: usize, other: Arrival| {
-            let budget = if ROLES[i] == Role::Listener { budget + listener_extra } else { budget };
-            let frame = PunchGo { peer: other.observed, delay: delays[i], budget };
+            let listener = ROLES[i] == Role::Listener;
+            let budget = if listener { budget + listener_extra } else { budget };
+            let commit = listener && self.listener_follows;
+            let frame = PunchGo { peer: other.observed, delay: delays[i], budget, commit };
             Effect::Send(ROLES[i], BrokerFrame::Go(frame))
         };
         Some(vec![go(0, l), go(1, c)])

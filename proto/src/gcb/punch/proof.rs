@@ -66,7 +66,7 @@ pub struct PeerHello {
 
 impl PeerHello {
     pub fn to_bytes(&self) -> [u8; 22] {
-        hello_bytes(self.role, self.proof.0, self.local)
+        hello_bytes(self.role, 0, self.proof.0, self.local)
     }
 
     /// Whether this is the hello of the side opposite `ours` in the punch
@@ -85,7 +85,7 @@ impl Frame for PeerHello {
     const MAGIC: [u8; 4] = PunchHello::MAGIC;
 
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let (role, proof, local) = hello_fields::<Self>(buf)?;
+        let (role, _, proof, local) = hello_fields::<Self>(buf, 0)?;
         Ok(PeerHello { proof: PunchProof(proof), role, local })
     }
 }

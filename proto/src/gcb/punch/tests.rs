@@ -21,12 +21,23 @@ fn ms(n: u64) -> Duration {
 
 #[test]
 fn frames_golden() {
-    let h = PunchHello { token: Token(0xa1b2), role: Role::Listener, local: a("192.0.2.10:40000") };
+    let h = PunchHello::new(Token(0xa1b2), Role::Listener, a("192.0.2.10:40000"));
     assert_eq!(h.to_bytes().to_vec(), hex("4743424a 01 02 0000 000000000000a1b2 c000020a 9c40"));
     assert_eq!(PunchHello::decode(&h.to_bytes()), Ok(h));
-    let g = PunchGo { peer: a("203.0.113.2:40001"), delay: Duration::from_micros(250), budget: ms(500) };
+    // An early hello: the flag, and its Connect's request id for the token.
+    let e = PunchHello::early(0x0102_0304_0506_0708, a("198.51.100.10:40001"));
+    assert_eq!(e.to_bytes().to_vec(), hex("4743424a 01 01 0100 0102030405060708 c633640a 9c41"));
+    assert_eq!(PunchHello::decode(&e.to_bytes()), Ok(e));
+    assert!(PunchHello::decode(&hex("4743424a 01 02 0100 0102030405060708 c633640a 9c41")).is_err(), "only a connector's hello is early");
+    assert!(PunchHello::decode(&hex("4743424a 01 01 0200 0102030405060708 c633640a 9c41")).is_err(), "unknown flags");
+    assert!(PeerHello::decode(&e.to_bytes()).is_err(), "a peer hello has no flags");
+    let g = PunchGo { peer: a("203.0.113.2:40001"), delay: Duration::from_micros(250), budget: ms(500), commit: false };
     assert_eq!(g.to_bytes().to_vec(), hex("47434247 01 00 cb007102 9c41 000000fa 01f4"));
     assert_eq!(PunchGo::decode(&g.to_bytes()), Ok(g));
+    let g = PunchGo { commit: true, ..g };
+    assert_eq!(g.to_bytes().to_vec(), hex("47434247 01 01 cb007102 9c41 000000fa 01f4"));
+    assert_eq!(PunchGo::decode(&g.to_bytes()), Ok(g));
+    assert!(PunchGo::decode(&hex("47434247 01 02 cb007102 9c41 000000fa 01f4")).is_err(), "unknown flags");
     let r = PunchReport::Failed(PunchFailure::CheckFailed);
     assert_eq!(r.to_bytes().to_vec(), hex("47434252 01 02 0000"));
     assert_eq!(PunchReport::decode(&r.to_bytes()), Ok(r));
@@ -44,7 +55,7 @@ fn frames_golden() {
 #[test]
 fn malformed_frames_are_refused() {
     assert_eq!(PunchGo::decode(&hex("47434247 01 00 cb007102 9c41 000000fa 0000")), Err(DecodeError::BadValue("punch budget")));
-    assert_eq!(PunchGo::decode(&hex("47434247 01 01 cb007102 9c41 000000fa 0001")), Err(DecodeError::BadValue("punch go reserved")));
+    assert_eq!(PunchGo::decode(&hex("47434247 01 80 cb007102 9c41 000000fa 0001")), Err(DecodeError::BadValue("punch go flags")));
     assert_eq!(PunchHello::decode(&hex("4743424a 01 03 0000 000000000000a1b2 c000020a 9c40")), Err(DecodeError::BadValue("punch role")));
     assert_eq!(PunchReport::decode(&hex("47434252 01 00 0100")), Err(DecodeError::BadValue("punch report reserved")));
     for bad in ["47434256 01 00 01 00 cb00710a 4e21", "47434256 01 02 00 00 00000000 0000", "47434256 01 02 0a 00 cb00710a 4e21", "47434256 01 03 00 00 cb00710a 4e21"] {
@@ -55,7 +66,7 @@ fn malformed_frames_are_refused() {
 
 #[test]
 fn go_cuts_what_its_fields_cannot_hold() {
-    let g = PunchGo { peer: a("203.0.113.2:1"), delay: Duration::from_secs(1 << 40), budget: Duration::from_micros(10) };
+    let g = PunchGo { peer: a("203.0.113.2:1"), delay: Duration::from_secs(1 << 40), budget: Duration::from_micros(10), commit: false };
     let back = PunchGo::decode(&g.to_bytes()).unwrap();
     assert_eq!(back.delay, PunchGo::MAX_DELAY);
     assert_eq!(back.budget, ms(1));
@@ -81,7 +92,7 @@ fn read_broker_frame(stream: &[u8], step: usize) -> Result<(BrokerFrame, usize),
 
 #[test]
 fn broker_frames_are_read_to_their_end_and_no_further() {
-    let go = BrokerFrame::Go(PunchGo { peer: a("203.0.113.2:40001"), delay: ms(1), budget: ms(500) });
+    let go = BrokerFrame::Go(PunchGo { peer: a("203.0.113.2:40001"), delay: ms(1), budget: ms(500), commit: false });
     let relay = BrokerFrame::Verdict(PunchVerdict::Relay { peer: a("203.0.113.10:20001") });
     for frame in [go, relay] {
         let mut stream = frame.to_bytes();
@@ -106,9 +117,9 @@ proptest! {
     fn frames_round_trip(token in any::<u64>(), connector in any::<bool>(), local in strategies::addr(), peer in strategies::addr(),
                          delay in 0u32.., budget in 1u16.., report in any::<u8>(), code in 1u8..) {
         let role = if connector { Role::Connector } else { Role::Listener };
-        let h = PunchHello { token: Token(token), role, local };
+        let h = PunchHello::new(Token(token), role, local);
         prop_assert_eq!(PunchHello::decode(&h.to_bytes()), Ok(h));
-        let g = PunchGo { peer, delay: Duration::from_micros(u64::from(delay)), budget: ms(u64::from(budget)) };
+        let g = PunchGo { peer, delay: Duration::from_micros(u64::from(delay)), budget: ms(u64::from(budget)), commit: delay % 2 == 1 };
         prop_assert_eq!(PunchGo::decode(&g.to_bytes()), Ok(g));
         let r = match PunchFailure::from_wire(report) { None => PunchReport::Punched, Some(f) => PunchReport::Failed(f) };
         prop_assert_eq!(PunchReport::decode(&r.to_bytes()), Ok(r));
@@ -184,7 +195,7 @@ fn both_punched_is_direct_and_the_streams_are_released() {
 #[test]
 fn a_committing_connector_leaves_the_listener_more_time_inside_the_deadline() {
     let t0 = Instant::now();
-    let mut m = meeting().committing_connector();
+    let mut m = meeting().committing_connector(true);
     m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", Some(300)), t0);
     let fx = m.arrived(Role::Connector, arrival("203.0.113.2:40001", "198.51.100.10:40001", Some(100)), t0).unwrap();
     let [BrokerFrame::Go(to_c)] = sent(&fx, Role::Connector)[..] else { panic!("{fx:?}") };
@@ -192,8 +203,18 @@ fn a_committing_connector_leaves_the_listener_more_time_inside_the_deadline() {
     // The floor for the connector; half the margin (as long as the floor) more for the listener.
     assert_eq!(to_c.budget, budget::DEFAULT_FLOOR);
     assert_eq!(to_l.budget, budget::DEFAULT_FLOOR + budget::DEFAULT_FLOOR / 2);
+    assert!(to_l.commit && !to_c.commit, "the listener is told to follow the connector");
     let deadline = m.deadline().unwrap();
-    assert!(t0 + to_l.budget < deadline, "the listener reports before the broker gives up");
+    assert!(t0 + to_l.delay + to_l.budget < deadline, "the listener reports before the broker gives up");
+    // At the ceiling too (no round trip known: a hello that came in its SYN),
+    // with room for the report's way back.
+    let mut m = meeting().committing_connector(false);
+    m.arrived(Role::Listener, arrival("203.0.113.1:41000", "192.0.2.10:41000", None), t0);
+    let fx = m.arrived(Role::Connector, arrival("203.0.113.2:40001", "198.51.100.10:40001", None), t0).unwrap();
+    let [BrokerFrame::Go(to_l)] = sent(&fx, Role::Listener)[..] else { panic!("{fx:?}") };
+    assert!(!to_l.commit, "a listener that cannot follow waits for its verdict");
+    let room = m.deadline().unwrap() - (t0 + to_l.delay + to_l.budget);
+    assert!(room >= Policy::default().max_budget / 2, "{room:?} left for the report");
     // The connector reported and left; the listener's report decides.
     assert_eq!(m.reported(Role::Connector, PunchReport::Punched), vec![]);
     let fx = m.reported(Role::Listener, PunchReport::Punched);

@@ -100,7 +100,7 @@ fn ask(job: &mut Job) -> Step {
 /// Sends the `Connect`.
 fn ask_broker(job: &mut Job) -> Step {
     match ask::prepare_ask(job.dest, job.family) {
-        Ok(asking) => match Exchange::start(asking.probe.raw(), asking.cmd, asking.policy, &super::super::mgmt::CODEC, &asking.msg) {
+        Ok(asking) => match Exchange::start_as(asking.probe.raw(), asking.cmd, asking.policy, &super::super::mgmt::CODEC, &asking.msg, asking.request_id) {
             Ok(ex) => {
                 job.stage = Stage::Asking(Box::new(asking), ex);
                 Step::Wait

@@ -3,18 +3,16 @@
 //! rendezvous comes with its Connect"). Waiting for the broker's decision
 //! before dialing its rendezvous cost a punched connect a round trip to the
 //! broker, and the TCP handshake another: here the connection starts with
-//! the `Connect`, from a socket bound to the port number the `Connect`
-//! datagram leaves from (the broker matches the two by that, and by the
-//! public IP both come from), and with TCP Fast Open the hello rides in its
-//! SYN. The hello names a random token of its own: the broker mints the
-//! real one when it decides, and finds this connection by where it came
-//! from. A broker that does not punch the connect, or does not know the
-//! feature, leaves it unused, and it is closed.
+//! the `Connect`, and with TCP Fast Open its hello rides in the SYN. The
+//! hello cannot carry the token, which the broker mints when it decides: it
+//! is an early hello naming the `Connect`'s request id, a random number the
+//! caller chose for it, by which the broker finds the `Connect`. A broker
+//! that does not punch the connect, or does not know the feature, leaves
+//! the connection unused, and it is closed.
 
 use std::net::SocketAddrV4;
 
 use proto::gcb::punch::PunchHello;
-use proto::gcb::{Role, Token};
 
 use super::sock::{reusable, send_whole, Held};
 use crate::client::family::Family;
@@ -31,12 +29,14 @@ pub struct Early {
 }
 
 impl Early {
-    /// Starts the connection to the broker's rendezvous `via` from `port`
-    /// on every address. With a Fast Open cookie for the broker the kernel
-    /// defers the SYN to the first write, and the hello goes with it; without
-    /// one the handshake runs now, and the hello waits for the decision.
-    pub fn open(fam: Family, via: SocketAddrV4, port: u16) -> Result<Early, Errno> {
-        let s = reusable(fam, port)?;
+    /// Starts the connection to the broker's rendezvous `via`, from a port
+    /// of the kernel's choosing, for the `Connect` that goes as `request_id`.
+    /// With a Fast Open cookie for the broker the kernel defers the SYN to
+    /// the first write, and the early hello goes with it; without one the
+    /// handshake runs now, and the hello, with the token, waits for the
+    /// decision.
+    pub fn open(fam: Family, via: SocketAddrV4, request_id: u64) -> Result<Early, Errno> {
+        let s = reusable(fam, 0)?;
         // Best effort: a kernel without it makes the connection as always.
         let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
         let deferred = sys::connect_start(s.raw(), fam, via)?;
@@ -44,7 +44,7 @@ impl Early {
         let local = sys::local_addr(sock.raw())?;
         let mut early = Early { sock, local, via, said_hello: false };
         if deferred {
-            let hello = PunchHello { token: Token(sys::random_u64()), role: Role::Connector, local };
+            let hello = PunchHello::early(request_id, local);
             early.said_hello = send_whole(early.sock.raw(), &hello.to_bytes()).is_ok();
         }
         Ok(early)
@@ -56,7 +56,17 @@ impl Early {
         self.sock.renumber(old, new)
     }
 
-    /// The socket's own address: the broker matches it with the `Connect`'s.
+    /// Says the early hello on a connection whose handshake the kernel runs
+    /// (no Fast Open cookie), once it is up: what Fast Open does in the SYN.
+    #[cfg(test)]
+    pub fn say_early_hello_now(&mut self, request_id: u64) {
+        sys::wait_fd(self.sock.raw(), libc::POLLOUT, std::time::Instant::now() + std::time::Duration::from_secs(5)).unwrap();
+        let hello = PunchHello::early(request_id, self.local);
+        send_whole(self.sock.raw(), &hello.to_bytes()).unwrap();
+        self.said_hello = true;
+    }
+
+    /// The socket's own address.
     pub fn local(&self) -> SocketAddrV4 {
         self.local
     }

@@ -24,6 +24,18 @@ pub fn offered() -> Features {
     }
 }
 
+/// The features this process's registrations offer: the punching ones,
+/// and with TCP punching the early punch's part for the listener (a go's
+/// `commit`: use the connection at the connector's proof).
+pub fn offered_to_register() -> Features {
+    let offered = offered();
+    if offered.contains(Features::PUNCH_TCP) {
+        offered.union(Features::PUNCH_EARLY)
+    } else {
+        offered
+    }
+}
+
 /// How this side spaces its attempts (proto's defaults, measured on the test
 /// bed's gateways: docs/nat-punching-notes.md).
 pub fn schedule() -> Schedule {

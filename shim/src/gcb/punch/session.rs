@@ -83,8 +83,9 @@ pub struct Session {
     conns: Vec<Conn>,
     deadline: Instant,
     /// An early rendezvous (`resume`) the broker turned away before its go
-    /// (it held too many, or lost it) is made again here, once, with the
-    /// token, which finds the meeting the broker decided.
+    /// (it held too many: `LimitReached`, or the connection ended) is made
+    /// again here, once, with the token, which finds the meeting the broker
+    /// decided.
     again_at: Option<SocketAddrV4>,
 }
 
@@ -289,7 +290,10 @@ impl Session {
                 let n = recv_some(fd, &mut buf[..reader.missing()])?;
                 let (_, frame) = reader.feed(&buf[..n]).map_err(|_| libc::EPROTO)?;
                 let Some(frame) = frame else { return Ok(Vec::new()) };
-                if matches!(frame, BrokerFrame::Verdict(PunchVerdict::Rejected { .. })) && self.dial_again() {
+                // Only "not held" makes it worth meeting again: any other
+                // refusal is the connect's own (its listener failed).
+                let turned_away = matches!(frame, BrokerFrame::Verdict(PunchVerdict::Rejected { code: proto::gcb::ErrorCode::LimitReached }));
+                if turned_away && self.dial_again() {
                     return Ok(Vec::new());
                 }
                 self.again_at = None;
@@ -373,6 +377,11 @@ impl Session {
                     Ok(s) => self.conns.push(Conn { id: conn, sock: Held::adopt(s), stage: Stage::Dialing }),
                     Err(e) => todo.extend(self.dialer.dial_failed(conn, if refused(e) { DialFailure::Refused } else { DialFailure::Local }, now)),
                 },
+                Do::ReadHello(conn) => {
+                    if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+                        c.stage = Stage::Checking { buf: [0; PeerHello::LEN], have: 0 };
+                    }
+                }
                 Do::SendHello(conn) => {
                     let hello = self.dialer.peer_hello_frame(self.local).to_bytes();
                     if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {

@@ -29,19 +29,35 @@ fn v4(a: std::net::SocketAddr) -> SocketAddrV4 {
 /// A broker for one meeting on `l`: `policy` decides, and with
 /// `force_relay` it answers the reports with relay verdicts whatever they say.
 fn broker(l: TcpListener, policy: Policy, force_relay: bool) -> thread::JoinHandle<Vec<Effect>> {
-    broker_of(l, Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), policy), force_relay, false)
+    let quirks = Quirks { force_relay, ..Quirks::default() };
+    broker_of(l, Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), policy), quirks)
 }
 
-/// The same for a meeting of the caller's; with `turn_away` the first
-/// connector's hello is answered `Rejected` and its connection closed, as a
-/// broker does with an early hello it cannot hold.
-fn broker_of(l: TcpListener, mut m: Meeting, force_relay: bool, mut turn_away: bool) -> thread::JoinHandle<Vec<Effect>> {
+/// How a test broker departs from the meeting's word.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quirks {
+    /// Relay verdicts whatever the reports say.
+    force_relay: bool,
+    /// The first connector's hello is answered `Rejected { LimitReached }`
+    /// and its connection closed, as a broker does with an early hello it
+    /// cannot hold.
+    turn_away: bool,
+    /// No side is sent its verdict: in an early punch neither needs it.
+    mute_verdicts: bool,
+}
+
+/// The same for a meeting of the caller's, with `quirks`.
+fn broker_of(l: TcpListener, mut m: Meeting, quirks: Quirks) -> thread::JoinHandle<Vec<Effect>> {
+    let Quirks { force_relay, mut turn_away, mute_verdicts } = quirks;
     thread::spawn(move || {
         let mut sides: Vec<(Role, TcpStream)> = Vec::new();
         let mut log = Vec::new();
         let send = |sides: &mut Vec<(Role, TcpStream)>, fx: &[Effect]| {
             for e in fx {
                 if let Effect::Send(role, frame) = e {
+                    if mute_verdicts && matches!(frame, BrokerFrame::Verdict(_)) {
+                        continue;
+                    }
                     let s = &mut sides.iter_mut().find(|(r, _)| r == role).unwrap().1;
                     // A connector that committed may have gone already.
                     let _ = s.write_all(&frame.to_bytes());
@@ -54,7 +70,7 @@ fn broker_of(l: TcpListener, mut m: Meeting, force_relay: bool, mut turn_away: b
             s.read_exact(&mut buf).unwrap();
             let h = PunchHello::decode(&buf).unwrap();
             if std::mem::take(&mut turn_away) && h.role == Role::Connector {
-                let no = proto::gcb::punch::PunchVerdict::Rejected { code: proto::gcb::ErrorCode::UnknownToken };
+                let no = proto::gcb::punch::PunchVerdict::Rejected { code: proto::gcb::ErrorCode::LimitReached };
                 s.write_all(&no.to_bytes()).unwrap();
                 log.push(Effect::Drop);
                 continue;
@@ -175,20 +191,22 @@ fn two_sessions_punch_to_each_other_and_check_each_others_proof() {
 }
 
 /// An early connector and a listener meeting at a broker whose meeting has
-/// the connector commit (`turn_away`: see `broker_of`), driven to their ends;
-/// and the broker's thread. The connector's rendezvous is opened before any
-/// decision, from a port of its choosing; the brokers here take a plain
-/// handshake, so its hello follows, with the token.
-fn early_punch(turn_away: bool) -> (Progress, Progress, thread::JoinHandle<Vec<Effect>>) {
+/// the connector commit and the listener follow, and who sends neither its
+/// verdict (`Quirks`), driven to their ends; and the broker's thread. The
+/// connector's rendezvous is opened before any decision; with `say_early`
+/// its early hello is said at once (as Fast Open does), else the brokers
+/// here take a plain handshake and its hello follows, with the token.
+fn early_punch(turn_away: bool, say_early: bool) -> (Progress, Progress, thread::JoinHandle<Vec<Effect>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let at = v4(l.local_addr().unwrap());
-    let meeting = Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), Policy::default()).committing_connector();
-    let b = broker_of(l, meeting, false, turn_away);
+    let meeting = Meeting::new(PROXY.parse().unwrap(), CONNECTOR_ID.parse().unwrap(), Policy::default()).committing_connector(true);
+    let b = broker_of(l, meeting, Quirks { turn_away, mute_verdicts: true, ..Quirks::default() });
     let token = Token(sys::random_u64());
     let deadline = Instant::now() + Duration::from_secs(10);
-    let port = TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
-    let early = super::Early::open(Family::V4, at, port).unwrap();
-    assert_eq!(early.local().port(), port, "from the port it was asked to use");
+    let mut early = super::Early::open(Family::V4, at, 0x5eed).unwrap();
+    if say_early {
+        early.say_early_hello_now(0x5eed);
+    }
     let c = Session::resume(Family::V4, early, token, Schedule::default(), deadline, PROXY.parse().unwrap());
     let l = Session::start(Family::V4, at, token, Role::Listener, Schedule::default(), deadline).unwrap();
     let (pc, pl) = drive(c, l);
@@ -196,10 +214,11 @@ fn early_punch(turn_away: bool) -> (Progress, Progress, thread::JoinHandle<Vec<E
 }
 
 #[test]
-fn an_early_connector_uses_its_connection_at_its_check_without_the_verdict() {
-    let (pc, pl, b) = early_punch(false);
-    let (Progress::Direct { sock: sc, peer: peer_c }, Progress::Direct { sock: sl, .. }) = (pc, pl) else { panic!("not both direct") };
+fn in_an_early_punch_both_sides_use_the_connection_without_the_verdict() {
+    let (pc, pl, b) = early_punch(false, false);
+    let (Progress::Direct { sock: sc, peer: peer_c }, Progress::Direct { sock: sl, peer: peer_l }) = (pc, pl) else { panic!("not both direct") };
     assert_eq!(peer_c, PROXY.parse::<SocketAddrV4>().unwrap(), "the connector names the address its program dialed");
+    assert_eq!(peer_l, sys::local_addr(sc.raw()).unwrap(), "the listener names the connector's mapping (loopback: its address)");
     exchange(&sc, &sl);
     exchange(&sl, &sc);
     drop((sc, sl));
@@ -208,8 +227,17 @@ fn an_early_connector_uses_its_connection_at_its_check_without_the_verdict() {
 }
 
 #[test]
+fn an_early_hello_said_before_the_decision_is_followed_by_the_go() {
+    let (pc, pl, b) = early_punch(false, true);
+    let (Progress::Direct { sock: sc, .. }, Progress::Direct { sock: sl, .. }) = (pc, pl) else { panic!("not both direct") };
+    exchange(&sc, &sl);
+    drop((sc, sl));
+    assert!(b.join().unwrap().contains(&Effect::Ended(proto::gcb::punch::Outcome::Direct)));
+}
+
+#[test]
 fn an_early_rendezvous_turned_away_before_the_go_is_made_again_with_the_token() {
-    let (pc, pl, b) = early_punch(true);
+    let (pc, pl, b) = early_punch(true, false);
     let (Progress::Direct { sock: sc, .. }, Progress::Direct { sock: sl, .. }) = (pc, pl) else { panic!("not both direct") };
     exchange(&sc, &sl);
     drop((sc, sl));

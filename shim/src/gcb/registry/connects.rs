@@ -35,6 +35,8 @@ pub(crate) struct Asking {
     pub ours: bool,
     /// The rendezvous connection opened beside the `Connect` (`punch::early`).
     pub early: Option<super::super::punch::Early>,
+    /// The `Connect`'s request id, random: the early hello names it.
+    pub request_id: u64,
 }
 
 /// Where a job stands.
