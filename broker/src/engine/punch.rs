@@ -20,7 +20,11 @@
 //!   short grace after the meeting's deadline). The side sends its report
 //!   before it reads the verdict, so one sent while the verdict travels
 //!   would otherwise reach the relay, and the peer's program would read
-//!   8 bytes of protocol.
+//!   8 bytes of protocol. A listener that follows an early punch's connector
+//!   (`PunchGo::commit`) reports even after its verdict, so its relay
+//!   verdict goes at once, and only the splice waits for that report: its
+//!   longer budget would otherwise hold a fallback's relay for the
+//!   difference.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -69,6 +73,11 @@ pub(super) struct Punch {
     reported: [bool; 2],
     /// Relay verdicts waiting for their side's report (module docs).
     held: [Option<BrokerFrame>; 2],
+    /// Relay verdicts sent to a side whose report is still to come, which the
+    /// splice waits for (a following listener, module docs).
+    awaiting: [bool; 2],
+    /// The listener follows the connector (`PunchGo::commit`).
+    follows: bool,
     /// The splice waits for the held verdicts.
     splice: bool,
     hold_until: Option<Instant>,
@@ -182,11 +191,12 @@ impl Engine {
         };
         let connector_id = p.connector_id.unwrap_or(c.addr);
         let meeting = Meeting::new(p.proxy, connector_id, self.policy());
+        // The listener follows at the connector's proof only where the go's
+        // peer is what its verdict would name.
+        let follows = p.early && p.listener_follows && connector_id == c.addr;
         let punch = Punch {
-            // The listener follows at the connector's proof only where the go's
-            // peer is what its verdict would name.
             meeting: match p.early {
-                true => meeting.committing_connector(p.listener_follows && connector_id == c.addr),
+                true => meeting.committing_connector(follows),
                 false => meeting,
             },
             streams: [c.stream, l.stream],
@@ -197,6 +207,8 @@ impl Engine {
             went: [false; 2],
             reported: [false; 2],
             held: [None, None],
+            awaiting: [false; 2],
+            follows,
             splice: false,
             hold_until: None,
         };
@@ -238,6 +250,11 @@ impl Engine {
         };
         punch.reported[i] = true;
         debug!("punch {token}: the {role:?} reported {report:?}");
+        if std::mem::take(&mut punch.awaiting[i]) {
+            // Its verdict went already; the loop read the report off the stream.
+            self.maybe_splice(token, now);
+            return;
+        }
         if let Some(frame) = punch.held[i].take() {
             self.send_verdict(token, role, frame);
             self.maybe_splice(token, now);
@@ -288,6 +305,13 @@ impl Engine {
             if punch.hold_until.is_some_and(|h| h <= now) {
                 punch.hold_until = None;
                 for role in [Role::Connector, Role::Listener] {
+                    let i = slot(role);
+                    if let Some(p) = self.punches.get_mut(&token).filter(|p| p.awaiting[i]) {
+                        p.awaiting[i] = false;
+                        let stream = p.streams[i];
+                        debug!("punch {token}: no report from the {role:?} after its verdict; relaying anyway");
+                        self.emit(Effect::PunchUnwatch(stream));
+                    }
                     if let Some(frame) = self.punches.get_mut(&token).and_then(|p| p.held[slot(role)].take()) {
                         debug!("punch {token}: no report from the {role:?}; its verdict goes anyway");
                         self.send_verdict(token, role, frame);
@@ -326,9 +350,15 @@ impl Engine {
                     let i = slot(role);
                     let relay = matches!(frame, BrokerFrame::Verdict(PunchVerdict::Relay { .. }));
                     if relay && punch.went[i] && !punch.reported[i] {
-                        punch.held[i] = Some(frame);
                         let until = punch.meeting.deadline().unwrap_or(now).max(now);
                         punch.hold_until = Some(until + HOLD_GRACE);
+                        if punch.follows && role == Role::Listener {
+                            punch.awaiting[i] = true;
+                            let stream = punch.streams[i];
+                            self.emit(Effect::PunchSend { stream, frame });
+                        } else {
+                            punch.held[i] = Some(frame);
+                        }
                     } else {
                         self.send_verdict(token, role, frame);
                     }
@@ -358,7 +388,7 @@ impl Engine {
         let ready = self
             .punches
             .get(&token)
-            .is_some_and(|p| p.splice && p.held.iter().all(Option::is_none));
+            .is_some_and(|p| p.splice && p.held.iter().all(Option::is_none) && !p.awaiting.contains(&true));
         if !ready {
             return;
         }

@@ -261,3 +261,65 @@ fn a_listener_whose_shims_can_follow_is_told_to_use_the_connection_at_the_connec
         );
     }
 }
+
+impl Setup {
+    /// An early punch to a listener (on port 8081) whose shims can follow:
+    /// (connector, listener) streams, both told to go.
+    fn following_punch(&mut self) -> (StreamId, StreamId) {
+        let mut msg = self.listener.register_punching(8081);
+        if let Message::Register { mgmt, .. } = &mut msg {
+            mgmt.features = mgmt.features.union(Features::PUNCH_EARLY);
+        }
+        self.proxy = match self.bed.ask(self.listener.mgmt, msg) {
+            Message::RegisterOk { proxy, .. } => proxy,
+            other => panic!("{other:?}"),
+        };
+        let c = self.early_hello(ID, Some(Duration::from_millis(1)));
+        let token = early_token(self.connect_early(ID, true));
+        let l = self.listener_arrives(token);
+        assert!(go(&self.bed.frames_to(l)).commit);
+        (c, l)
+    }
+}
+
+#[test]
+fn a_following_listener_gets_its_relay_verdict_at_once_and_the_splice_waits_for_its_report() {
+    let mut s = setup();
+    let (c, l) = s.following_punch();
+    s.bed.report(
+        c,
+        PunchReport::Failed(proto::gcb::punch::PunchFailure::Timeout),
+    );
+    assert!(
+        matches!(
+            s.bed.frames_to(l)[..],
+            [_, BrokerFrame::Verdict(PunchVerdict::Relay { .. })]
+        ),
+        "the listener is not kept dialing out its longer budget: {:?}",
+        s.bed.frames_to(l)
+    );
+    assert!(s.bed.relays.is_empty(), "no splice before its report");
+    s.bed.report(
+        l,
+        PunchReport::Failed(proto::gcb::punch::PunchFailure::Timeout),
+    );
+    assert_eq!(
+        s.bed.relays.len(),
+        1,
+        "spliced once the report is off the stream"
+    );
+}
+
+#[test]
+fn a_following_listener_whose_report_never_comes_is_relayed_after_the_grace() {
+    let mut s = setup();
+    let (c, l) = s.following_punch();
+    s.bed.report(
+        c,
+        PunchReport::Failed(proto::gcb::punch::PunchFailure::Timeout),
+    );
+    assert!(s.bed.relays.is_empty());
+    s.bed.advance(Duration::from_secs(2));
+    assert_eq!(s.bed.relays.len(), 1, "relayed anyway");
+    assert!(!s.bed.watched.contains(&l), "no longer read for a report");
+}

@@ -39,10 +39,14 @@
 //! comes, as it would without NAT. The broker gives such a listener a
 //! longer budget than the connector's, so a connector that committed within
 //! its budget finds the listener still there; a side that could not punch
-//! still reports and waits for the verdict, to be relayed.
+//! still reports and waits for the verdict, to be relayed. The broker sends
+//! such a listener a relay verdict as soon as the connector failed, and the
+//! listener reports then, while it dials, so that its report, not the
+//! verdict, is the last thing it sends before the relay's bytes.
 //!
 //! Invariants, checked by the tests:
-//! * exactly one `Report`, and never after the verdict;
+//! * exactly one `Report`, and never after the verdict (but for a following
+//!   listener's, which comes with the verdict when it found it dialing);
 //! * nothing is dialed after the report or past the deadline;
 //! * `Use` names only a connection whose hello checked, and only on a
 //!   `Direct` verdict or, for a side that commits on its check, right after
@@ -404,12 +408,18 @@ impl Dialer {
     /// The broker's verdict, whenever it comes (it may come before our
     /// report: the other side failed, or the broker chose the relay at once).
     pub fn verdict(&mut self, v: PunchVerdict) -> Vec<Do> {
+        // A following listener reports even when the relay verdict came
+        // first: the broker sent it at once and splices after that report.
+        let late_report = matches!(self.stage, Stage::Dialing { .. }) && self.role == Role::Listener && self.commit_as.is_some() && matches!(v, PunchVerdict::Relay { .. });
         let chosen = match self.stage {
             Stage::Finished => return Vec::new(),
             Stage::Reported { chosen } => chosen,
             _ => None,
         };
         let mut out = self.close_all_but(None);
+        if late_report {
+            out.push(Do::Report(PunchReport::Failed(PunchFailure::Timeout)));
+        }
         self.stage = Stage::Finished;
         match (v, chosen) {
             (PunchVerdict::Direct { peer }, Some(conn)) => out.push(Do::Use { conn, peer }),

@@ -102,6 +102,21 @@ fn a_listener_told_to_follow_uses_its_connection_at_the_connectors_proof() {
     assert_eq!(d.peer_hello(1, peer_hello(Role::Connector), t0 + ms(2)), vec![Do::Unlisten, Do::Report(PunchReport::Punched)]);
 }
 
+#[test]
+fn a_following_listener_reports_when_the_relay_verdict_finds_it_dialing() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Listener);
+    d.broker_frame(BrokerFrame::Go(PunchGo { peer: a(PEER), delay: ms(0), budget: ms(750), commit: true }), t0);
+    let out = d.verdict(PunchVerdict::Relay { peer: a(CONNECTOR_ID) });
+    assert_eq!(out.iter().filter(|x| matches!(x, Do::Report(_))).count(), 1, "{out:?}");
+    let at = |f: fn(&Do) -> bool| out.iter().position(f).unwrap();
+    assert!(at(|x| matches!(x, Do::Report(_))) < at(|x| matches!(x, Do::UseRelay { .. })), "the report before the relay's bytes: {out:?}");
+    // One that does not follow stays silent: its broker held the verdict for its report.
+    let mut d = dialer(Role::Listener);
+    d.broker_frame(go(0, 500), t0);
+    assert!(!d.verdict(PunchVerdict::Relay { peer: a(CONNECTOR_ID) }).iter().any(|x| matches!(x, Do::Report(_))));
+}
+
 fn go_frame_plain() -> BrokerFrame {
     go(0, 500)
 }
