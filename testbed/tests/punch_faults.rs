@@ -31,8 +31,8 @@
 //!   place (which the test hands it from the broker's log, as if it had
 //!   leaked). The test then asserts that the connector
 //!   reported `Failed(CheckFailed)` to the broker, that each stranger
-//!   connection got the connector's 22-byte hello with the connector's proof
-//!   (not the token) and nothing more before the connector closed it, that
+//!   connection got not a byte from the connector (neither its proof nor
+//!   the token) before the connector closed it, that
 //!   the program's connect ended on the relay with every echoed byte
 //!   verified (junk from the stranger would fail that), and that nothing was
 //!   punched.

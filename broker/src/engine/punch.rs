@@ -78,6 +78,9 @@ pub(super) struct Punch {
     awaiting: [bool; 2],
     /// The listener follows the connector (`PunchGo::commit`).
     follows: bool,
+    /// The meeting's deadline as set at the go: a held verdict waits past
+    /// it (the meeting forgets it once it ended).
+    until: Option<Instant>,
     /// The splice waits for the held verdicts.
     splice: bool,
     hold_until: Option<Instant>,
@@ -209,6 +212,7 @@ impl Engine {
             held: [None, None],
             awaiting: [false; 2],
             follows,
+            until: None,
             splice: false,
             hold_until: None,
         };
@@ -343,6 +347,7 @@ impl Engine {
                 Step::Send(role, frame @ BrokerFrame::Go(go)) => {
                     debug!("punch {token}: the {role:?} goes after {:?} for {:?}", go.delay, go.budget);
                     punch.went[slot(role)] = true;
+                    punch.until = punch.meeting.deadline();
                     let stream = punch.streams[slot(role)];
                     self.emit(Effect::PunchSend { stream, frame });
                 }
@@ -350,7 +355,9 @@ impl Engine {
                     let i = slot(role);
                     let relay = matches!(frame, BrokerFrame::Verdict(PunchVerdict::Relay { .. }));
                     if relay && punch.went[i] && !punch.reported[i] {
-                        let until = punch.meeting.deadline().unwrap_or(now).max(now);
+                        // Past the meeting's deadline, which is past every
+                        // side's budget: its report comes before then.
+                        let until = punch.until.unwrap_or(now).max(now);
                         punch.hold_until = Some(until + HOLD_GRACE);
                         if punch.follows && role == Role::Listener {
                             punch.awaiting[i] = true;

@@ -323,3 +323,31 @@ fn a_following_listener_whose_report_never_comes_is_relayed_after_the_grace() {
     assert_eq!(s.bed.relays.len(), 1, "relayed anyway");
     assert!(!s.bed.watched.contains(&l), "no longer read for a report");
 }
+
+#[test]
+fn a_listener_that_does_not_follow_has_its_relay_verdict_held_past_its_longer_budget() {
+    let mut s = setup();
+    let c = s.early_hello(ID, Some(Duration::from_millis(1)));
+    let token = early_token(s.connect_early(ID, true));
+    let l = s.listener_arrives(token);
+    let to_l = go(&s.bed.frames_to(l));
+    assert!(!to_l.commit);
+    s.bed.report(
+        c,
+        PunchReport::Failed(proto::gcb::punch::PunchFailure::Timeout),
+    );
+    // The listener dials until its own budget ends, later than the
+    // connector's: its verdict waits for its report (on the engine's clock).
+    s.bed.advance(to_l.budget);
+    assert_eq!(s.bed.frames_to(l).len(), 1, "held: only the go so far");
+    assert!(s.bed.relays.is_empty());
+    s.bed.report(
+        l,
+        PunchReport::Failed(proto::gcb::punch::PunchFailure::Timeout),
+    );
+    assert!(matches!(
+        s.bed.frames_to(l)[..],
+        [_, BrokerFrame::Verdict(PunchVerdict::Relay { .. })]
+    ));
+    assert_eq!(s.bed.relays.len(), 1);
+}

@@ -42,7 +42,10 @@
 //! still reports and waits for the verdict, to be relayed. The broker sends
 //! such a listener a relay verdict as soon as the connector failed, and the
 //! listener reports then, while it dials, so that its report, not the
-//! verdict, is the last thing it sends before the relay's bytes.
+//! verdict, is the last thing it sends before the relay's bytes. Nor does
+//! such a listener give up at its own deadline while a connection waits for
+//! the connector's proof: it stops dialing and waits for that proof, or for
+//! the verdict (the broker's own deadline bounds it).
 //!
 //! Invariants, checked by the tests:
 //! * exactly one `Report`, and never after the verdict (but for a following
@@ -155,6 +158,9 @@ pub struct Dialer {
     rng: u64,
     /// Commit on our own check, naming this peer (module docs).
     commit_as: Option<SocketAddrV4>,
+    /// A following listener past its deadline, waiting on the connections
+    /// it has for the connector's proof, or for the verdict.
+    overtime: bool,
 }
 
 impl Dialer {
@@ -175,6 +181,7 @@ impl Dialer {
             local_failures: 0,
             rng: (token.0 ^ if role == Role::Connector { 0x9e37_79b9_7f4a_7c15 } else { 0xc2b2_ae3d_27d4_eb4f }) | 1,
             commit_as: None,
+            overtime: false,
         }
     }
 
@@ -219,6 +226,9 @@ impl Dialer {
     /// When [`timer`](Self::timer) must run next, if ever.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let Stage::Dialing { deadline, .. } = self.stage else { return None };
+        if self.overtime {
+            return None;
+        }
         let attempt = match self.current {
             Some((_, since)) => Some(since + self.schedule.attempt_timeout),
             None if self.checking.is_empty() => self.next_dial,
@@ -258,6 +268,20 @@ impl Dialer {
     /// Time passed: start, replace or give up attempts.
     pub fn timer(&mut self, now: Instant) -> Vec<Do> {
         let Stage::Dialing { peer, deadline } = self.stage else { return Vec::new() };
+        if now >= deadline && self.role == Role::Listener && self.commit_as.is_some() && !self.checking.is_empty() {
+            // A connector that committed within its budget may have sent its
+            // proof just now: the connections up wait for it, or for the
+            // verdict the broker sends when the connector failed.
+            if std::mem::replace(&mut self.overtime, true) {
+                return Vec::new();
+            }
+            let mut out: Vec<Do> = self.current.take().map(|(c, _)| Do::Close(c)).into_iter().collect();
+            if std::mem::take(&mut self.listening) {
+                out.push(Do::Unlisten);
+            }
+            self.next_dial = None;
+            return out;
+        }
         if now >= deadline {
             let why = if self.check_failures > 0 {
                 PunchFailure::CheckFailed

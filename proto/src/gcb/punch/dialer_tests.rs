@@ -117,6 +117,24 @@ fn a_following_listener_reports_when_the_relay_verdict_finds_it_dialing() {
     assert!(!d.verdict(PunchVerdict::Relay { peer: a(CONNECTOR_ID) }).iter().any(|x| matches!(x, Do::Report(_))));
 }
 
+#[test]
+fn a_following_listener_past_its_deadline_waits_for_the_proof_on_the_connection_it_has() {
+    let t0 = Instant::now();
+    let mut d = dialer(Role::Listener);
+    d.broker_frame(BrokerFrame::Go(PunchGo { peer: a(PEER), delay: ms(0), budget: ms(100), commit: true }), t0);
+    assert_eq!(d.connected(1, a(PEER), t0 + ms(99)), vec![Do::SendHello(1)]);
+    assert_eq!(d.timer(t0 + ms(100)), vec![Do::Unlisten], "no report: the connection waits for the proof");
+    assert_eq!(d.next_wakeup(), None);
+    assert_eq!(d.timer(t0 + ms(150)), vec![]);
+    let out = d.peer_hello(1, peer_hello(Role::Connector), t0 + ms(160));
+    assert_eq!(out, vec![Do::Report(PunchReport::Punched), Do::Use { conn: 1, peer: a(PEER) }]);
+    // Without a connection up at its deadline it reports as any side does.
+    let mut d = dialer(Role::Listener);
+    d.broker_frame(BrokerFrame::Go(PunchGo { peer: a(PEER), delay: ms(0), budget: ms(100), commit: true }), t0);
+    let out = d.timer(t0 + ms(100));
+    assert_eq!(out.last(), Some(&Do::Report(PunchReport::Failed(PunchFailure::Timeout))), "{out:?}");
+}
+
 fn go_frame_plain() -> BrokerFrame {
     go(0, 500)
 }

@@ -247,6 +247,28 @@ fn an_early_rendezvous_turned_away_before_the_go_is_made_again_with_the_token() 
 }
 
 #[test]
+fn an_early_rendezvous_refused_for_the_connect_itself_fails_it_at_once() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = v4(l.local_addr().unwrap());
+    let b = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; PunchHello::LEN];
+        s.read_exact(&mut buf).unwrap();
+        // The pairing failed: its listener is gone.
+        let no = proto::gcb::punch::PunchVerdict::Rejected { code: proto::gcb::ErrorCode::NotRegistered };
+        s.write_all(&no.to_bytes()).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let early = super::Early::open(Family::V4, at, 0x5eed).unwrap();
+    let c = Session::resume(Family::V4, early, Token(sys::random_u64()), Schedule::default(), deadline, PROXY.parse().unwrap());
+    // A meeting again would wait out the deadline: ETIMEDOUT, not this.
+    assert_eq!(c.finish().err(), Some(libc::ECONNREFUSED));
+    b.join().unwrap();
+}
+
+#[test]
 fn a_relay_verdict_hands_over_the_rendezvous_connection() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let at = v4(l.local_addr().unwrap());
