@@ -11,12 +11,39 @@
 //! the connection unused, and it is closed.
 
 use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proto::gcb::punch::PunchHello;
 
 use super::sock::{reusable, send_whole, Held};
 use crate::client::family::Family;
 use crate::client::sys::{self, Errno};
+
+/// Early connections a process keeps waiting for their decision at once: a
+/// burst of connects beyond it goes the ordinary way, which opens its
+/// rendezvous only for connects the broker punches, so a burst does not hold
+/// a socket per connect on top of its placeholder (`internal::reserve_room`).
+const MAX_WAITING: usize = 64;
+
+/// Early connections waiting for their decision now.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of [`WAITING`], given back when the decision came (the connection
+/// went on to the session, or was closed).
+#[derive(Debug)]
+struct Waiting;
+
+impl Waiting {
+    fn take() -> Option<Waiting> {
+        WAITING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_WAITING).then_some(n + 1)).ok().map(|_| Waiting)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The connection, and whether its hello is said.
 #[derive(Debug)]
@@ -26,6 +53,7 @@ pub struct Early {
     /// The broker's rendezvous.
     pub(super) via: SocketAddrV4,
     pub(super) said_hello: bool,
+    _waiting: Waiting,
 }
 
 impl Early {
@@ -35,14 +63,16 @@ impl Early {
     /// the first write, and the early hello goes with it; without one the
     /// handshake runs now, and the hello, with the token, waits for the
     /// decision.
+    /// `EAGAIN` when [`MAX_WAITING`] are waiting already.
     pub fn open(fam: Family, via: SocketAddrV4, request_id: u64) -> Result<Early, Errno> {
+        let waiting = Waiting::take().ok_or(libc::EAGAIN)?;
         let s = reusable(fam, 0)?;
         // Best effort: a kernel without it makes the connection as always.
         let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
         let deferred = sys::connect_start(s.raw(), fam, via)?;
         let sock = Held::adopt(s);
         let local = sys::local_addr(sock.raw())?;
-        let mut early = Early { sock, local, via, said_hello: false };
+        let mut early = Early { sock, local, via, said_hello: false, _waiting: waiting };
         if deferred {
             let hello = PunchHello::early(request_id, local);
             early.said_hello = send_whole(early.sock.raw(), &hello.to_bytes()).is_ok();
