@@ -246,12 +246,8 @@ impl Engine {
         };
         let i = slot(role);
         if let Some(rtt) = rtt {
-            let ip = *punch.addrs[i].ip();
-            self.early.remember_rtt(ip, rtt);
+            self.early.remember_rtt(*punch.addrs[i].ip(), rtt);
         }
-        let Some(punch) = self.punches.get_mut(&token) else {
-            return;
-        };
         punch.reported[i] = true;
         debug!("punch {token}: the {role:?} reported {report:?}");
         if std::mem::take(&mut punch.awaiting[i]) {

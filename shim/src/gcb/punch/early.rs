@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proto::gcb::punch::PunchHello;
 
-use super::sock::{reusable, send_whole, Held};
+use super::sock::{rendezvous, send_whole, Held};
 use crate::client::family::Family;
 use crate::client::sys::{self, Errno};
 
@@ -66,10 +66,7 @@ impl Early {
     /// `EAGAIN` when [`MAX_WAITING`] are waiting already.
     pub fn open(fam: Family, via: SocketAddrV4, request_id: u64) -> Result<Early, Errno> {
         let waiting = Waiting::take().ok_or(libc::EAGAIN)?;
-        let s = reusable(fam, 0)?;
-        // Best effort: a kernel without it makes the connection as always.
-        let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
-        let deferred = sys::connect_start(s.raw(), fam, via)?;
+        let (s, deferred) = rendezvous(fam, via)?;
         let sock = Held::adopt(s);
         let local = sys::local_addr(sock.raw())?;
         let mut early = Early { sock, local, via, said_hello: false, _waiting: waiting };

@@ -32,7 +32,7 @@ use crate::client::family::Family;
 use crate::client::sys::{self, Errno, Sock};
 use crate::real;
 
-use super::sock::{reusable, send_whole, Held};
+use super::sock::{rendezvous, reusable, send_whole, Held};
 
 /// How a session stands after a step.
 #[derive(Debug)]
@@ -108,11 +108,9 @@ impl Session {
     /// Dials the rendezvous `via` for `token` as `role`; the whole punch,
     /// relay fallback included, must be over by `deadline`.
     pub fn start(fam: Family, via: SocketAddrV4, token: Token, role: Role, schedule: Schedule, deadline: Instant) -> Result<Session, Errno> {
-        let s = reusable(fam, 0)?;
         // The hello rides in the SYN where the kernel has the broker's Fast
-        // Open cookie (`early`); the connection is the same either way.
-        let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
-        sys::connect_start(s.raw(), fam, via)?;
+        // Open cookie; the connection is the same either way.
+        let (s, _) = rendezvous(fam, via)?;
         Ok(Session {
             fam,
             dialer: Dialer::new(token, role, schedule),
@@ -150,17 +148,10 @@ impl Session {
     /// before the broker's first frame on it.
     fn dial_again(&mut self) -> bool {
         let Some(via) = self.again_at.take() else { return false };
-        if !matches!(self.rv, Rendezvous::First(_)) && !matches!(self.rv, Rendezvous::Connecting) {
+        if !matches!(self.rv, Rendezvous::First(_) | Rendezvous::Connecting) {
             return false;
         }
-        let s = match reusable(self.fam, 0) {
-            Ok(s) => s,
-            Err(_) => return false,
-        };
-        let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
-        if sys::connect_start(s.raw(), self.fam, via).is_err() {
-            return false;
-        }
+        let Ok((s, _)) = rendezvous(self.fam, via) else { return false };
         log!(Debug, "punch: the broker turned the early rendezvous away; meeting it again with the token");
         self.rendezvous = Some(Held::adopt(s));
         self.rv = Rendezvous::Connecting;

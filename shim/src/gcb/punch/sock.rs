@@ -71,6 +71,18 @@ pub(super) fn reusable(fam: Family, port: u16) -> Result<Sock, Errno> {
     Ok(s)
 }
 
+/// A rendezvous connection to the broker's `via`, started from a reusable
+/// port of the kernel's choosing, with TCP Fast Open asked for (best effort:
+/// a kernel without it makes the connection as always); and whether the
+/// kernel deferred the SYN to the first write, which then carries the hello
+/// (it has the broker's cookie).
+pub(super) fn rendezvous(fam: Family, via: SocketAddrV4) -> Result<(Sock, bool), Errno> {
+    let s = reusable(fam, 0)?;
+    let _ = sys::set_int_opt(s.raw(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1);
+    let deferred = sys::connect_start(s.raw(), fam, via)?;
+    Ok((s, deferred))
+}
+
 /// Sends `bytes` whole on non-blocking `fd`: a frame this small always fits
 /// a connection's send buffer when it is the first thing sent, or follows
 /// only other frames.
