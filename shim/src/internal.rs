@@ -57,11 +57,8 @@ pub fn dup_high(fd: c_int) -> Option<c_int> {
 }
 
 /// Internal fds a process may hold above the high base before the kernel
-/// grows its fd table again: an event loop's burst of brokered connects holds
-/// a placeholder each, and each of its punches a rendezvous, a listening
-/// socket and an attempt or two (`testbed/tests/event_loops.rs` starts 400 at
-/// once). The table then takes 32 KiB of pointers.
-const ROOM: c_int = 2048;
+/// grows its fd table again.
+const ROOM: c_int = 1024;
 
 /// Grows the process's fd table now to cover the numbers internal fds take,
 /// before the responder thread exists. The kernel grows a table shared by
